@@ -1,0 +1,89 @@
+"""Settings from ``OPSGATE_*`` environment variables and an optional ``opsgate.toml``.
+
+Provider credentials and endpoints use the providers' conventional variable names
+(``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``, ``DEEPSEEK_API_KEY``, ``DEEPSEEK_BASE_URL``,
+``GEMINI_API_KEY``, ``GEMINI_BASE_URL``). Precedence: explicit arguments, environment, then
+``opsgate.toml`` in the working directory (or the file named by ``OPSGATE_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    """Every tunable of the gateway. Durations are seconds; money is micro-USD."""
+
+    model_config = SettingsConfigDict(env_prefix="OPSGATE_", extra="ignore")
+
+    database_url: str = "sqlite:///./opsgate.db"
+    auto_migrate: bool = Field(
+        default=True, description="Apply Alembic migrations at start-up (serve, run)."
+    )
+
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 signing key; when unset, a random key kept in jwt_secret_file."
+    )
+    jwt_secret_file: Path = Path(".opsgate/jwt-secret")
+    jwt_issuer: str = "opsgate"
+    jwt_audience: str = "opsgate-api"
+    access_token_ttl_s: int = 3600
+
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "OPSGATE_ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str = Field(
+        default="https://api.anthropic.com",
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "OPSGATE_ANTHROPIC_BASE_URL"),
+    )
+    deepseek_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DEEPSEEK_API_KEY", "OPSGATE_DEEPSEEK_API_KEY")
+    )
+    deepseek_base_url: str = Field(
+        default="https://api.deepseek.com",
+        validation_alias=AliasChoices("DEEPSEEK_BASE_URL", "OPSGATE_DEEPSEEK_BASE_URL"),
+    )
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "OPSGATE_GEMINI_API_KEY")
+    )
+    gemini_base_url: str = Field(
+        default="https://generativelanguage.googleapis.com",
+        validation_alias=AliasChoices("GEMINI_BASE_URL", "OPSGATE_GEMINI_BASE_URL"),
+    )
+
+    sandbox: bool = Field(default=False, description="Serve providers from in-process sandboxes.")
+    sandbox_faults: str = "none"
+
+    provider_timeout_s: float = 60.0
+    max_retry_wait_s: float = 30.0
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
+
+    ledger_synchronous: str = Field(
+        default="FULL", description="SQLite PRAGMA synchronous for ledger commits (FULL or NORMAL)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("OPSGATE_CONFIG", "opsgate.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )

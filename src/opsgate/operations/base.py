@@ -1,0 +1,51 @@
+"""The contract every AI operation fulfils.
+
+An operation turns a validated ``Input`` into a :class:`Prepared` (the prompt, the JSON schema the
+model must answer with, and anything computed locally in code), then merges the model's validated
+``ModelOutput`` with that local work into the ``Output`` the API returns::
+
+    data = op.Input.model_validate(body)          # 422 on failure
+    prepared = op.prepare(data)                   # may raise InvalidInput (422)
+    completion = await router.complete(prepared.request, ...)
+    answer = op.ModelOutput.model_validate(completion.data)
+    result = op.finish(prepared, answer)          # an op.Output instance
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from opsgate.providers.base import CompletionRequest
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A ready-to-send request plus what the operation computed locally (``context``)."""
+
+    request: CompletionRequest
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+class Operation:
+    """Base class of the nine operations. Subclasses set the class attributes and both methods.
+
+    ``id`` is the public operation id (e.g. ``email-classify``); ``Input``, ``ModelOutput`` and
+    ``Output`` are pydantic models; ``max_tokens`` caps the model's answer.
+    """
+
+    id: ClassVar[str]
+    Input: ClassVar[type[BaseModel]]
+    ModelOutput: ClassVar[type[BaseModel]]
+    Output: ClassVar[type[BaseModel]]
+    max_tokens: ClassVar[int] = 1024
+
+    def prepare(self, data: BaseModel) -> Prepared:
+        """Build the provider request for validated input ``data``."""
+        raise NotImplementedError
+
+    def finish(self, prepared: Prepared, answer: BaseModel) -> BaseModel:
+        """Merge the model's validated ``answer`` with ``prepared.context`` into an ``Output``."""
+        raise NotImplementedError

@@ -1,0 +1,114 @@
+"""The normalised shapes every provider adapter produces and consumes.
+
+An adapter turns a :class:`CompletionRequest` into its provider's wire request, and the wire
+response into a :class:`Completion` (or raises one of :mod:`opsgate.providers.errors`). Usage is
+normalised so that each field is billed at exactly one price (see :mod:`opsgate.metering.cost`):
+
+- ``input_tokens``: uncached input billed at the input price (Anthropic ``input_tokens``;
+  DeepSeek ``prompt_cache_miss_tokens``; Gemini ``promptTokenCount - cachedContentTokenCount +
+  toolUsePromptTokenCount``).
+- ``cache_write_tokens`` / ``cache_write_1h_tokens``: input written to the 5-minute / 1-hour cache
+  (Anthropic ``cache_creation_input_tokens`` split by ``cache_creation.ephemeral_*``).
+- ``cache_read_tokens``: input read from the cache (Anthropic ``cache_read_input_tokens``; DeepSeek
+  ``prompt_cache_hit_tokens``; Gemini ``cachedContentTokenCount``).
+- ``output_tokens``: everything billed at the output price, reasoning/thoughts included (Anthropic
+  ``output_tokens``; DeepSeek ``completion_tokens``; Gemini ``candidatesTokenCount +
+  thoughtsTokenCount``).
+- ``reasoning_tokens``: the part of ``output_tokens`` spent on reasoning/thoughts (informational).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class FinishReason(StrEnum):
+    """Why generation stopped, mapped without loss from each provider's own value.
+
+    Anthropic ``stop_reason``, OpenAI ``finish_reason`` and Gemini ``finishReason`` map onto these;
+    a value we do not know stays ``UNKNOWN`` (the raw value is kept in ``Completion.raw_finish_reason``)
+    and is never turned into ``STOP``.
+    """
+
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_USE = "tool_use"
+    CONTENT_FILTER = "content_filter"
+    PAUSE = "pause"
+    CONTEXT_EXCEEDED = "context_exceeded"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts, each billed at one price (see the module docstring). All integers >= 0."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    cache_read_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """All billed tokens: input of every kind plus output."""
+        return (
+            self.input_tokens
+            + self.cache_write_tokens
+            + self.cache_write_1h_tokens
+            + self.cache_read_tokens
+            + self.output_tokens
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """One provider-neutral request.
+
+    ``system`` and ``user`` are the prompt texts; ``json_schema`` (a JSON Schema object, ``$ref``
+    allowed) asks for a JSON object answer named ``schema_name``, requested in each provider's
+    native way; ``max_tokens`` caps output tokens; ``temperature`` is 0..1.
+    """
+
+    system: str
+    user: str
+    max_tokens: int
+    json_schema: dict[str, Any] | None = None
+    schema_name: str = "result"
+    temperature: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One normalised provider answer.
+
+    ``data`` is the parsed JSON object when the request asked for a schema (not yet validated
+    against it), otherwise ``None``; ``text`` is the answer's text (the raw JSON text for schema
+    requests). ``provider_latency_ms`` is the wall time of the HTTP exchange in milliseconds.
+    """
+
+    provider: str
+    model: str
+    text: str
+    data: dict[str, Any] | None
+    usage: Usage
+    finish_reason: FinishReason
+    raw_finish_reason: str | None
+    provider_request_id: str | None
+    provider_latency_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    """What the router needs from an adapter. ``name`` is ``anthropic``, ``deepseek`` or ``gemini``
+    (or any configured OpenAI-compatible endpoint's name)."""
+
+    name: str
+
+    async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
+        """Send ``request`` to ``model``; return a :class:`Completion` or raise a
+        :class:`opsgate.providers.errors.ProviderError` subclass. Never retries by itself."""
+        ...

@@ -1,0 +1,149 @@
+"""Typed provider failures; the router decides on retry and fallback from the class alone.
+
+Each class carries two policy flags:
+
+- ``retryable``: the same provider may succeed if asked again (after ``retry_after`` seconds
+  when the provider said so).
+- ``fallback``: the next provider in the chain may be tried. Content-policy refusals fall back only
+  when the routing policy says so.
+
+``detail`` is safe to show a client: it never contains the provider's raw body, a key or a host.
+"""
+
+from __future__ import annotations
+
+from opsgate.errors import OpsgateError
+
+
+class ProviderError(OpsgateError):
+    """A provider call failed. ``status`` here is the API status we answer with, ``http_status``
+    the provider's status (``None`` for transport failures); ``retry_after`` is in seconds."""
+
+    code = "provider_unavailable"
+    status = 503
+    title = "The AI provider is unavailable"
+    retryable = False
+    fallback = True
+
+    def __init__(
+        self,
+        provider: str,
+        detail: str | None = None,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        provider_request_id: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.provider = provider
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.provider_request_id = provider_request_id
+
+    @property
+    def kind(self) -> str:
+        """A short stable name for logs and the operation log, e.g. ``rate_limited``."""
+        return _KINDS.get(type(self), "provider_error")
+
+
+class RateLimited(ProviderError):
+    """429 with a wait we can honour (Retry-After, Anthropic reset headers, Gemini RetryInfo)."""
+
+    retryable = True
+    title = "The AI provider is rate limiting"
+
+
+class SpendCapReached(ProviderError):
+    """A 429 that will not clear by waiting (e.g. Anthropic's monthly spend limit): no retry."""
+
+    title = "The AI provider's spend limit is reached"
+
+
+class Overloaded(ProviderError):
+    """Anthropic 529 overloaded_error, 503 UNAVAILABLE / server overloaded."""
+
+    retryable = True
+    title = "The AI provider is overloaded"
+
+
+class ServerError(ProviderError):
+    """500, 502, 504 from the provider."""
+
+    retryable = True
+    title = "The AI provider failed"
+
+
+class ProviderTimeout(ProviderError):
+    """No complete answer within the policy's timeout."""
+
+    retryable = True
+    title = "The AI provider timed out"
+
+
+class ConnectionFailed(ProviderError):
+    """Connection refused, reset, TLS failure or DNS failure."""
+
+    retryable = True
+    title = "The AI provider could not be reached"
+
+
+class AuthenticationFailed(ProviderError):
+    """401/403: the key is missing, wrong or lacks permission. Falls back, never retried."""
+
+    title = "The AI provider rejected our credentials"
+
+
+class BillingFailed(ProviderError):
+    """402: insufficient balance or a billing error. Falls back, never retried."""
+
+    title = "The AI provider refused for billing reasons"
+
+
+class InvalidRequest(ProviderError):
+    """400/404/413/422: the request itself is wrong; another provider would not help."""
+
+    code = "provider_rejected"
+    status = 502
+    fallback = False
+    title = "The AI provider rejected the request"
+
+
+class ContentFiltered(ProviderError):
+    """A refusal, a SAFETY/blocked finish or a blocked prompt. Falls back only if the policy asks."""
+
+    code = "content_filtered"
+    status = 422
+    fallback = False
+    title = "The AI provider declined to answer this content"
+
+
+class EmptyAnswer(ProviderError):
+    """A 200 with no usable content (no candidates, no text, no tool input)."""
+
+    code = "provider_bad_response"
+    status = 502
+    title = "The AI provider returned an empty answer"
+
+
+class MalformedResponse(ProviderError):
+    """A body that is not the documented shape (invalid JSON, missing fields)."""
+
+    code = "provider_bad_response"
+    status = 502
+    title = "The AI provider returned a malformed answer"
+
+
+_KINDS: dict[type[ProviderError], str] = {
+    RateLimited: "rate_limited",
+    SpendCapReached: "spend_cap",
+    Overloaded: "overloaded",
+    ServerError: "server_error",
+    ProviderTimeout: "timeout",
+    ConnectionFailed: "connection_failed",
+    AuthenticationFailed: "authentication_failed",
+    BillingFailed: "billing_failed",
+    InvalidRequest: "invalid_request",
+    ContentFiltered: "content_filtered",
+    EmptyAnswer: "empty_answer",
+    MalformedResponse: "malformed_response",
+}
