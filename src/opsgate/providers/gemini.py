@@ -1,0 +1,226 @@
+"""Google Gemini adapter (``POST {base}/v1beta/models/{model}:generateContent``, non-streaming).
+
+Wire format: Gemini API reference "generateContent" (GenerateContentResponse, UsageMetadata,
+FinishReason, BlockReason), "Structured output" and "Troubleshooting" (error codes). The key
+travels in the ``x-goog-api-key`` header, never as ``?key=`` (URLs end up in logs).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+
+from opsgate.providers.base import Completion, CompletionRequest, FinishReason, Usage
+from opsgate.providers.errors import (
+    AuthenticationFailed,
+    ContentFiltered,
+    EmptyAnswer,
+    InvalidRequest,
+    MalformedResponse,
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    ServerError,
+)
+from opsgate.providers.http import (
+    HttpReply,
+    answer_object,
+    check_base_url,
+    decode_object,
+    error_body,
+    error_class,
+    error_detail,
+    optional_str,
+    post_json,
+    require_key,
+    safe_token,
+    token_count,
+)
+from opsgate.providers.schema import to_gemini_schema
+
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_BLOCKED_FINISH = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
+)
+_FINISH_REASONS = {"STOP": FinishReason.STOP, "MAX_TOKENS": FinishReason.LENGTH}
+_STATUS_ERRORS: dict[int, type[ProviderError]] = {
+    400: InvalidRequest,
+    404: InvalidRequest,
+    401: AuthenticationFailed,
+    403: AuthenticationFailed,
+    429: RateLimited,
+    500: ServerError,
+    504: ServerError,
+    503: Overloaded,
+}
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
+_RETRY_IN_MESSAGE = re.compile(r"retry in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
+
+
+class GeminiProvider:
+    """Calls Gemini models through generateContent over the shared aiohttp session.
+
+    A schema request sends ``responseMimeType: application/json`` and ``responseSchema`` (the
+    schema converted by :func:`opsgate.providers.schema.to_gemini_schema`). ``api_key`` may be
+    ``None``: calls then raise :class:`AuthenticationFailed` ("GEMINI_API_KEY is not set")
+    without a network call. ``base_url`` is checked with ``check_base_url``.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_key: str | None,
+        *,
+        base_url: str = GEMINI_BASE_URL,
+        name: str = "gemini",
+        key_env: str = "GEMINI_API_KEY",
+    ) -> None:
+        self.name = name
+        self._session = session
+        self._api_key = api_key
+        self._key_env = key_env
+        self._base = check_base_url(base_url)
+
+    async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
+        """One generateContent call. Raises the :mod:`opsgate.providers.errors` class for the
+        status, :class:`ContentFiltered` (blocked prompt or a safety finish), :class:`EmptyAnswer`
+        (no candidate or no text) or :class:`MalformedResponse`; :class:`InvalidRequest` for a
+        model name that is not a plain model id."""
+        key = require_key(self.name, self._api_key, self._key_env)
+        reply = await post_json(
+            self._session,
+            self.name,
+            f"{self._base}/v1beta/models/{self._model_id(model)}:generateContent",
+            headers={"x-goog-api-key": key},
+            payload=generate_content_payload(request),
+            timeout_s=timeout_s,
+        )
+        if reply.status != 200:
+            raise self._error(reply)
+        return self._completion(request, model, reply)
+
+    def _model_id(self, model: str) -> str:
+        model_id = model.removeprefix("models/")
+        if not _MODEL_NAME.fullmatch(model_id):
+            raise InvalidRequest(self.name, "the model name is not a Gemini model id")
+        return model_id
+
+    def _completion(self, request: CompletionRequest, model: str, reply: HttpReply) -> Completion:
+        body = decode_object(self.name, reply.body)
+        request_id = reply.headers.get("x-goog-request-id") or optional_str(body.get("responseId"))
+        candidate = self._candidate(body, request_id)
+        raw_finish = candidate.get("finishReason")
+        if raw_finish in _BLOCKED_FINISH:
+            raise ContentFiltered(self.name, f"the answer was blocked ({raw_finish})",
+                                  http_status=200, provider_request_id=request_id)
+        usage = self._usage(body.get("usageMetadata"))
+        text = _answer_text(candidate.get("content"))
+        if not text.strip():
+            raise EmptyAnswer(self.name, "no text in the answer", http_status=200,
+                              provider_request_id=request_id)
+        data = answer_object(self.name, text, request_id) if request.json_schema is not None else None
+        return Completion(
+            provider=self.name,
+            model=model,
+            text=text,
+            data=data,
+            usage=usage,
+            finish_reason=_FINISH_REASONS.get(raw_finish, FinishReason.UNKNOWN),
+            raw_finish_reason=raw_finish if isinstance(raw_finish, str) else None,
+            provider_request_id=request_id,
+            provider_latency_ms=reply.latency_ms,
+        )
+
+    def _candidate(self, body: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        candidates = body.get("candidates")
+        if isinstance(candidates, list) and candidates:
+            if not isinstance(candidates[0], dict):
+                raise MalformedResponse(self.name, "candidate is not an object", http_status=200)
+            return candidates[0]
+        feedback = body.get("promptFeedback")
+        reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+        if reason:
+            shown = safe_token(reason) or "blocked"
+            raise ContentFiltered(self.name, f"the prompt was blocked ({shown})", http_status=200,
+                                  provider_request_id=request_id)
+        raise EmptyAnswer(self.name, "no candidates in the answer", http_status=200,
+                          provider_request_id=request_id)
+
+    def _usage(self, meta: Any) -> Usage:
+        if not isinstance(meta, dict):
+            raise MalformedResponse(self.name, "usageMetadata is missing", http_status=200)
+        prompt = token_count(self.name, meta, "promptTokenCount")
+        cached = token_count(self.name, meta, "cachedContentTokenCount")
+        tool_prompt = token_count(self.name, meta, "toolUsePromptTokenCount")
+        thoughts = token_count(self.name, meta, "thoughtsTokenCount")
+        if cached > prompt:
+            raise MalformedResponse(self.name, "cached tokens exceed prompt tokens", http_status=200)
+        return Usage(
+            input_tokens=prompt - cached + tool_prompt,
+            cache_read_tokens=cached,
+            output_tokens=token_count(self.name, meta, "candidatesTokenCount") + thoughts,
+            reasoning_tokens=thoughts,
+        )
+
+    def _error(self, reply: HttpReply) -> ProviderError:
+        body = error_body(reply.body)
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        detail = error_detail(reply.status, error.get("status"))
+        retry_after = retry_delay(error) if reply.status == 429 else None
+        cls = error_class(_STATUS_ERRORS, reply.status)
+        return cls(self.name, detail, http_status=reply.status, retry_after=retry_after,
+                   provider_request_id=reply.headers.get("x-goog-request-id"))
+
+
+def generate_content_payload(request: CompletionRequest) -> dict[str, Any]:
+    """The generateContent request body: ``systemInstruction`` (when non-empty), one user turn and
+    ``generationConfig`` (``maxOutputTokens``, ``temperature`` and, for a schema,
+    ``responseMimeType: application/json`` with ``responseSchema``)."""
+    config: dict[str, Any] = {
+        "maxOutputTokens": request.max_tokens,
+        "temperature": request.temperature,
+    }
+    if request.json_schema is not None:
+        config["responseMimeType"] = "application/json"
+        config["responseSchema"] = to_gemini_schema(request.json_schema)
+    payload: dict[str, Any] = {
+        "contents": [{"role": "user", "parts": [{"text": request.user}]}],
+        "generationConfig": config,
+    }
+    if request.system:
+        payload["systemInstruction"] = {"parts": [{"text": request.system}]}
+    return payload
+
+
+def retry_delay(error: dict[str, Any]) -> float | None:
+    """Seconds to wait from a Gemini 429 ``error`` object: the ``google.rpc.RetryInfo`` detail's
+    ``retryDelay`` (a protobuf Duration such as ``"32s"`` or ``"32.5s"``), else a "Please retry in
+    32.5s" (or ``ms``) phrase in ``message``; ``None`` when neither is present."""
+    details = error.get("details")
+    for item in details if isinstance(details, list) else []:
+        if isinstance(item, dict) and item.get("@type") == _RETRY_INFO:
+            match = _DURATION.fullmatch(str(item.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    message = error.get("message")
+    match = _RETRY_IN_MESSAGE.search(message) if isinstance(message, str) else None
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value / 1000.0 if match.group(2).lower() == "ms" else value
+
+
+def _answer_text(content: Any) -> str:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return ""
+    return "".join(
+        part["text"]
+        for part in parts
+        if isinstance(part, dict) and isinstance(part.get("text"), str) and not part.get("thought")
+    )

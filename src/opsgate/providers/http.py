@@ -1,0 +1,285 @@
+"""The one HTTP exchange every provider adapter shares: session, base-URL policy, POST, body decoding.
+
+Adapters call :func:`post_json` and get an :class:`HttpReply` (status, headers, raw body, latency) or
+a transport error already mapped to :mod:`opsgate.providers.errors`. Nothing here puts a key, a host,
+a URL or a provider's raw body into an error ``detail``: those details reach clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import re
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from opsgate.providers.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    InvalidRequest,
+    MalformedResponse,
+    ProviderError,
+    ProviderTimeout,
+    ServerError,
+)
+
+#: Largest response body an adapter reads (bytes); bigger bodies are a MalformedResponse.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+_USER_AGENT = "opsgate/0.1 (+aiohttp)"
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def make_session(*, limit: int = 256, limit_per_host: int = 64) -> aiohttp.ClientSession:
+    """Create the process's single provider session (call it inside the running event loop).
+
+    TLS uses the system trust store with TLS 1.2 as the minimum version; the pool keeps at most
+    ``limit`` connections, ``limit_per_host`` per provider host, and caches DNS for 5 minutes.
+    JSON bodies sent with ``json=`` are serialised with orjson. No session-wide timeout: each call
+    passes its own (see :func:`post_json`). The caller closes the session at shutdown.
+    """
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    connector = aiohttp.TCPConnector(
+        ssl=context,
+        limit=limit,
+        limit_per_host=limit_per_host,
+        ttl_dns_cache=300,
+        keepalive_timeout=30,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        headers={"User-Agent": _USER_AGENT},
+        raise_for_status=False,
+    )
+
+
+def check_base_url(url: str) -> str:
+    """Validate a provider base URL and return it without a trailing slash.
+
+    Accepts ``https://host[:port][/path]``, and ``http://`` only for loopback hosts (127.0.0.0/8,
+    ``::1``, ``localhost``) such as local sandboxes, vLLM or Ollama. Credentials, query strings and
+    fragments are refused (a key must never ride in a URL). Raises ``ValueError`` naming the rule
+    that failed; this is a configuration error reported at start-up, never to API clients.
+    """
+    try:
+        parsed = URL(url.strip())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"provider base URL {url!r} is not a URL") from exc
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise ValueError(f"provider base URL {url!r} must be an absolute https:// URL")
+    if parsed.user is not None or parsed.password is not None:
+        raise ValueError("provider base URL must not contain credentials")
+    if parsed.query_string or parsed.fragment:
+        raise ValueError(f"provider base URL {url!r} must not have a query or fragment")
+    if parsed.scheme == "http" and not _is_loopback(parsed.host):
+        raise ValueError(
+            f"provider base URL {url!r} uses plain http for a non-loopback host; use https"
+        )
+    return str(parsed).rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_key(provider: str, api_key: str | None, key_env: str) -> str:
+    """Return ``api_key``, or raise :class:`AuthenticationFailed` ("<KEY_ENV> is not set")."""
+    if not api_key:
+        raise AuthenticationFailed(provider, f"{key_env} is not set")
+    return api_key
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """One completed HTTP exchange: status, response headers, raw body bytes and the wall time
+    from sending the request to having read the whole body, in milliseconds."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    latency_ms: float
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    provider: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    payload: Mapping[str, Any],
+    timeout_s: float,
+) -> HttpReply:
+    """POST ``payload`` as orjson-encoded JSON and read the whole answer within ``timeout_s`` seconds.
+
+    Any HTTP status is returned, not raised. Raises :class:`ProviderTimeout` when the exchange
+    (connect, send, headers and body) does not finish in time, :class:`ConnectionFailed` on
+    refused/reset connections, DNS and TLS failures or a cut body, and :class:`MalformedResponse`
+    when the body exceeds :data:`MAX_BODY_BYTES`. Details name only the failure class.
+    """
+    data = orjson.dumps(payload)
+    send_headers = {**headers, "Content-Type": "application/json", "Accept": "application/json"}
+    started = time.perf_counter()
+    try:
+        async with session.post(
+            url,
+            data=data,
+            headers=send_headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as response:
+            body = await _read_body(provider, response)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            return HttpReply(response.status, response.headers, body, latency_ms)
+    except (TimeoutError, asyncio.TimeoutError) as exc:
+        raise ProviderTimeout(provider, f"no complete answer within {timeout_s:g} s") from exc
+    except aiohttp.ClientError as exc:
+        raise ConnectionFailed(provider, f"transport failure ({type(exc).__name__})") from exc
+
+
+async def _read_body(provider: str, response: aiohttp.ClientResponse) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise MalformedResponse(provider, "response body too large", http_status=response.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(provider: str, body: bytes, *, http_status: int | None = None) -> Any:
+    """Parse a JSON body, tolerating leading/trailing whitespace and blank keep-alive lines
+    (DeepSeek sends empty lines while a non-streaming answer is pending).
+
+    Raises :class:`MalformedResponse` when the body is not JSON."""
+    try:
+        return orjson.loads(body.strip())
+    except orjson.JSONDecodeError as exc:
+        raise MalformedResponse(provider, "response body is not JSON", http_status=http_status) from exc
+
+
+def decode_object(provider: str, body: bytes) -> dict[str, Any]:
+    """Like :func:`decode_json` for a 2xx body that must be a JSON object."""
+    value = decode_json(provider, body, http_status=200)
+    if not isinstance(value, dict):
+        raise MalformedResponse(provider, "response body is not a JSON object", http_status=200)
+    return value
+
+
+def safe_token(value: object) -> str | None:
+    """Return ``value`` if it is a short identifier-like string (a provider error type such as
+    ``overloaded_error`` or ``RESOURCE_EXHAUSTED``) that is safe to echo, else ``None``."""
+    if isinstance(value, str) and _SAFE_TOKEN.fullmatch(value):
+        return value
+    return None
+
+
+def token_count(provider: str, usage: Mapping[str, Any], key: str, *, required: bool = False) -> int:
+    """Read a non-negative integer token count ``usage[key]``; absent or ``null`` counts as 0
+    unless ``required``. Raises :class:`MalformedResponse` for any other shape."""
+    value = usage.get(key)
+    if value is None and not required:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedResponse(provider, f"usage field {key} is missing or invalid", http_status=200)
+    return value
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: datetime) -> float | None:
+    """The wait a response asks for, in seconds, or ``None``.
+
+    Reads ``retry-after-ms`` (milliseconds, OpenAI-style) first, then ``Retry-After`` as
+    delta-seconds or an HTTP-date (RFC 9110 §10.2.3) relative to ``now``. Negative waits become 0.
+    """
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return max(millis / 1000.0, 0.0)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return max(seconds, 0.0)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max((when - now).total_seconds(), 0.0)
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def error_class(
+    table: Mapping[int, type[ProviderError]], status: int
+) -> type[ProviderError]:
+    """The error class for a non-2xx ``status`` from a provider's ``table``; statuses the table
+    does not name map to :class:`ServerError` (5xx) or :class:`InvalidRequest` (anything else)."""
+    if status in table:
+        return table[status]
+    return ServerError if status >= 500 else InvalidRequest
+
+
+def error_detail(status: int, error_type: object) -> str:
+    """A client-safe detail: ``"HTTP 529 overloaded_error"`` (the type only if :func:`safe_token`)."""
+    token = safe_token(error_type)
+    return f"HTTP {status} {token}" if token else f"HTTP {status}"
+
+
+def error_body(body: bytes) -> dict[str, Any]:
+    """Best-effort parse of an error body: the JSON object, or ``{}`` when it is anything else
+    (an HTML page from a proxy, an empty body)."""
+    try:
+        value = orjson.loads(body.strip())
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def optional_str(value: object) -> str | None:
+    """``value`` if it is a non-empty string (e.g. a request id read from a body), else ``None``."""
+    return value if isinstance(value, str) and value else None
+
+
+def answer_object(provider: str, text: str, request_id: str | None) -> dict[str, Any]:
+    """Parse an answer's text that must be one JSON object (surrounding whitespace allowed).
+
+    Raises :class:`MalformedResponse` when it is not valid JSON or not an object (e.g. cut off
+    by ``max_tokens``). The object is not validated against any schema here."""
+    try:
+        data = orjson.loads(text.strip())
+    except orjson.JSONDecodeError as exc:
+        raise MalformedResponse(provider, "the answer is not valid JSON", http_status=200,
+                                provider_request_id=request_id) from exc
+    if not isinstance(data, dict):
+        raise MalformedResponse(provider, "the answer is not a JSON object", http_status=200,
+                                provider_request_id=request_id)
+    return data

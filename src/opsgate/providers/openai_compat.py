@@ -1,0 +1,228 @@
+"""OpenAI-compatible Chat Completions adapter (``POST {base}/chat/completions``, non-streaming).
+
+Serves DeepSeek (base ``https://api.deepseek.com``, JSON mode ``json_object``) and any endpoint
+that speaks the OpenAI Chat Completions format (vLLM, Ollama, ...; JSON mode ``json_schema``).
+Wire format: OpenAI API reference "Chat Completions" and DeepSeek API docs ("Create Chat
+Completion", "JSON Output", "Context Caching", "Error Codes").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+
+from opsgate.clock import Clock, SystemClock
+from opsgate.providers.base import Completion, CompletionRequest, FinishReason, Usage
+from opsgate.providers.errors import (
+    AuthenticationFailed,
+    BillingFailed,
+    ContentFiltered,
+    EmptyAnswer,
+    InvalidRequest,
+    MalformedResponse,
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    ServerError,
+)
+from opsgate.providers.http import (
+    HttpReply,
+    answer_object,
+    check_base_url,
+    decode_object,
+    error_body,
+    error_class,
+    error_detail,
+    optional_str,
+    post_json,
+    require_key,
+    retry_after_seconds,
+    token_count,
+)
+
+DEEPSEEK_BASE_URL = "https://api.deepseek.com"
+
+JsonMode = Literal["json_schema", "json_object"]
+
+_FINISH_REASONS = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_USE,
+    "function_call": FinishReason.TOOL_USE,
+}
+_STATUS_ERRORS: dict[int, type[ProviderError]] = {
+    400: InvalidRequest,
+    404: InvalidRequest,
+    422: InvalidRequest,
+    401: AuthenticationFailed,
+    403: AuthenticationFailed,
+    402: BillingFailed,
+    429: RateLimited,
+    500: ServerError,
+    502: ServerError,
+    504: ServerError,
+    503: Overloaded,
+}
+
+
+class OpenAICompatProvider:
+    """Calls an OpenAI-compatible Chat Completions endpoint over the shared aiohttp session.
+
+    ``json_mode`` says how a schema is requested: ``"json_schema"`` sends
+    ``response_format: {"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}``;
+    ``"json_object"`` (DeepSeek) sends ``{"type": "json_object"}`` and appends the schema to the
+    system prompt, which then names JSON as DeepSeek requires. Either way ``Completion.data`` is
+    the parsed object, not yet validated against the schema. ``api_key`` may be ``None``: calls
+    then raise :class:`AuthenticationFailed` ("<key_env> is not set") without a network call.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str | None,
+        *,
+        json_mode: JsonMode = "json_schema",
+        key_env: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if json_mode not in ("json_schema", "json_object"):
+            raise ValueError(f"json_mode must be 'json_schema' or 'json_object', not {json_mode!r}")
+        self.name = name
+        self._session = session
+        self._url = f"{check_base_url(base_url)}/chat/completions"
+        self._api_key = api_key
+        self._key_env = key_env or f"{name.upper().replace('-', '_')}_API_KEY"
+        self._json_mode = json_mode
+        self._clock = clock or SystemClock()
+
+    async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
+        """One Chat Completions call. Raises the :mod:`opsgate.providers.errors` class for the
+        status, :class:`ContentFiltered` (``content_filter``), :class:`Overloaded` (DeepSeek
+        ``insufficient_system_resource``), :class:`EmptyAnswer` (no choice or empty content) or
+        :class:`MalformedResponse` (bad body, or content that is not a JSON object when asked)."""
+        key = require_key(self.name, self._api_key, self._key_env)
+        reply = await post_json(
+            self._session,
+            self.name,
+            self._url,
+            headers={"Authorization": f"Bearer {key}"},
+            payload=chat_payload(request, model, self._json_mode),
+            timeout_s=timeout_s,
+        )
+        if reply.status != 200:
+            raise self._error(reply)
+        return self._completion(request, model, reply)
+
+    def _completion(self, request: CompletionRequest, model: str, reply: HttpReply) -> Completion:
+        body = decode_object(self.name, reply.body)
+        request_id = reply.headers.get("x-request-id") or optional_str(body.get("id"))
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise EmptyAnswer(self.name, "no choices in the answer", http_status=200,
+                              provider_request_id=request_id)
+        raw_finish = choices[0].get("finish_reason")
+        self._raise_for_finish(raw_finish, request_id)
+        usage = self._usage(body.get("usage"))
+        message = choices[0].get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str) or not content.strip():
+            raise EmptyAnswer(self.name, "no content in the answer", http_status=200,
+                              provider_request_id=request_id)
+        data = answer_object(self.name, content, request_id) if request.json_schema is not None else None
+        return Completion(
+            provider=self.name,
+            model=model,
+            text=content,
+            data=data,
+            usage=usage,
+            finish_reason=_FINISH_REASONS.get(raw_finish, FinishReason.UNKNOWN),
+            raw_finish_reason=raw_finish if isinstance(raw_finish, str) else None,
+            provider_request_id=request_id,
+            provider_latency_ms=reply.latency_ms,
+        )
+
+    def _raise_for_finish(self, raw_finish: Any, request_id: str | None) -> None:
+        if raw_finish == "content_filter":
+            raise ContentFiltered(self.name, "the answer was filtered (content_filter)",
+                                  http_status=200, provider_request_id=request_id)
+        if raw_finish == "insufficient_system_resource":
+            raise Overloaded(self.name, "generation stopped (insufficient_system_resource)",
+                             http_status=200, provider_request_id=request_id)
+
+    def _usage(self, usage: Any) -> Usage:
+        if not isinstance(usage, dict):
+            raise MalformedResponse(self.name, "usage is missing", http_status=200)
+        prompt = token_count(self.name, usage, "prompt_tokens", required=True)
+        details = usage.get("completion_tokens_details")
+        reasoning = token_count(self.name, details, "reasoning_tokens") if isinstance(details, dict) else 0
+        if "prompt_cache_hit_tokens" in usage or "prompt_cache_miss_tokens" in usage:
+            cached = token_count(self.name, usage, "prompt_cache_hit_tokens")
+            uncached = token_count(self.name, usage, "prompt_cache_miss_tokens")
+        else:
+            prompt_details = usage.get("prompt_tokens_details")
+            cached = (
+                token_count(self.name, prompt_details, "cached_tokens")
+                if isinstance(prompt_details, dict) else 0
+            )
+            uncached = prompt - cached
+        if uncached < 0:
+            raise MalformedResponse(self.name, "cached tokens exceed prompt tokens", http_status=200)
+        return Usage(
+            input_tokens=uncached,
+            cache_read_tokens=cached,
+            output_tokens=token_count(self.name, usage, "completion_tokens", required=True),
+            reasoning_tokens=reasoning,
+        )
+
+    def _error(self, reply: HttpReply) -> ProviderError:
+        body = error_body(reply.body)
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        request_id = reply.headers.get("x-request-id")
+        detail = error_detail(reply.status, error.get("type") or error.get("code"))
+        retry_after = (
+            retry_after_seconds(reply.headers, self._clock.now()) if reply.status == 429 else None
+        )
+        cls = error_class(_STATUS_ERRORS, reply.status)
+        return cls(self.name, detail, http_status=reply.status, retry_after=retry_after,
+                   provider_request_id=request_id)
+
+
+def chat_payload(request: CompletionRequest, model: str, json_mode: JsonMode) -> dict[str, Any]:
+    """The Chat Completions request body: system and user messages, ``max_tokens``,
+    ``temperature``, ``stream: false`` and, for a schema, ``response_format`` per ``json_mode``."""
+    system = request.system
+    payload: dict[str, Any] = {
+        "model": model,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "stream": False,
+    }
+    if request.json_schema is not None and json_mode == "json_object":
+        system = _with_schema_instructions(system, request.json_schema)
+        payload["response_format"] = {"type": "json_object"}
+    elif request.json_schema is not None:
+        payload["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": request.schema_name,
+                "schema": request.json_schema,
+                "strict": True,
+            },
+        }
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": request.user})
+    payload["messages"] = messages
+    return payload
+
+
+def _with_schema_instructions(system: str, schema: dict[str, Any]) -> str:
+    shape = orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode()
+    instructions = (
+        "Answer with one JSON object only: no prose, no Markdown code fences. "
+        f"The JSON object must conform to this JSON Schema:\n{shape}"
+    )
+    return f"{system}\n\n{instructions}" if system else instructions
