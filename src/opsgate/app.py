@@ -1,0 +1,195 @@
+"""The FastAPI application: one route per operation, health probes, problem+json errors.
+
+``POST /v1/operations/{operation}`` takes the operation's JSON input and answers::
+
+    {"request_id", "operation", "output": {...}, "provider", "model", "attempts",
+     "usage": {"input_tokens", "output_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+               "cache_read_tokens", "reasoning_tokens"},
+     "cost_micro_usd", "latency_ms"}
+
+Every error is an RFC 9457 problem (see :mod:`opsgate.problems`). OpenAPI at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from opsgate import __version__
+from opsgate.clock import Clock
+from opsgate.config import Settings
+from opsgate.errors import NotFound, OpsgateError
+from opsgate.operations import OPERATIONS
+from opsgate.operations.base import Operation
+from opsgate.pipeline import Call, Outcome
+from opsgate.problems import problem_response
+from opsgate.runtime import Runtime, start_runtime
+from opsgate.store.db import migrations_current
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    """Build the app. The runtime (database, ledger, providers) opens in the lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await start_runtime(settings, clock)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="opsgate",
+        version=__version__,
+        description="A governed gateway for an app's AI operations.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    _add_error_handlers(app)
+    _add_probes(app)
+    components: dict[str, Any] = {}
+    for op in OPERATIONS.values():
+        app.add_api_route(
+            f"/v1/operations/{op.id}",
+            _operation_endpoint(op.id),
+            methods=["POST"],
+            name=op.id,
+            summary=(op.__doc__ or op.id).strip().splitlines()[0],
+            tags=["operations"],
+            openapi_extra=_openapi_for(op, components),
+        )
+    app.openapi = _with_components(app, components)  # type: ignore[method-assign]
+    return app
+
+
+def _operation_endpoint(op_id: str) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        request_id = request.state.request_id = uuid.uuid4().hex
+        body = await request.body()
+        call = Call(op_id, body, request.headers.get("authorization"), request_id)
+        outcome = await runtime.gateway.govern(call)
+        return Response(
+            orjson.dumps(_outcome_body(outcome)),
+            media_type="application/json",
+            headers={"X-Request-ID": request_id},
+        )
+
+    endpoint.__name__ = "operation_" + op_id.replace("-", "_")
+    return endpoint
+
+
+def _outcome_body(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "request_id": outcome.request_id,
+        "operation": outcome.operation,
+        "output": outcome.output,
+        "provider": outcome.provider,
+        "model": outcome.model,
+        "attempts": outcome.attempts,
+        "usage": asdict(outcome.usage),
+        "cost_micro_usd": outcome.cost_micro_usd,
+        "latency_ms": round(outcome.latency_ms, 3),
+    }
+
+
+def _add_probes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["probes"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"], summary="Readiness: database reachable, migrations current")
+    async def readyz(request: Request) -> Response:
+        runtime: Runtime = request.app.state.runtime
+        request.state.request_id = uuid.uuid4().hex
+        try:
+            current = await asyncio.to_thread(migrations_current, runtime.engine)
+        except Exception:
+            return problem_response(_NotReady("The database is not reachable"), request.state.request_id)
+        if not current:
+            return problem_response(_NotReady("Database migrations are not current"), request.state.request_id)
+        return ORJSONResponse({"status": "ready"})
+
+
+class _NotReady(OpsgateError):
+    code = "not_ready"
+    status = 503
+    title = "Not ready"
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def request_id(request: Request) -> str:
+        return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+    @app.exception_handler(OpsgateError)
+    async def opsgate_error(request: Request, exc: OpsgateError) -> Response:
+        return problem_response(exc, request_id(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error = NotFound("No such route") if exc.status_code == 404 else _HTTPProblem(exc.status_code)
+        return problem_response(error, request_id(request))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return problem_response(exc, request_id(request))
+
+
+class _HTTPProblem(OpsgateError):
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.code = "method_not_allowed" if status == 405 else "http_error"
+        self.title = "Method not allowed" if status == 405 else "HTTP error"
+        super().__init__()
+
+
+def _openapi_for(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    """Request and response schemas for one operation, with shared ``$defs`` hoisted to components."""
+    ref = "#/components/schemas/{model}"
+    input_schema = op.Input.model_json_schema(ref_template=ref)
+    output_schema = op.Output.model_json_schema(ref_template=ref)
+    components.update(input_schema.pop("$defs", {}))
+    components.update(output_schema.pop("$defs", {}))
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": input_schema}}},
+        "responses": {
+            "200": {
+                "description": "The operation's validated output, provider, usage and cost",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"output": output_schema, "cost_micro_usd": {"type": "integer"}},
+                        }
+                    }
+                },
+            },
+            "default": {
+                "description": "RFC 9457 problem details",
+                "content": {"application/problem+json": {"schema": {"type": "object"}}},
+            },
+        },
+    }
+
+
+def _with_components(app: FastAPI, components: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    return openapi

@@ -1,0 +1,194 @@
+"""The ``opsgate`` command line (Typer): serve, sandbox, run, demo, users, token, ledger, db."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+from pathlib import Path
+
+import orjson
+import typer
+from rich.console import Console
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.errors import OpsgateError
+
+app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Inspect and verify the tamper-evident ledger.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True)
+CLI_USER = "opsgate-cli"
+
+
+def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
+    settings = Settings()
+    update: dict[str, object] = {}
+    if sandbox:
+        update["sandbox"] = True
+    if faults is not None:
+        update["sandbox_faults"] = faults
+    return settings.model_copy(update=update) if update else settings
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(8000, help="TCP port."),
+    sandbox: bool = typer.Option(False, "--sandbox", help="Serve providers from loopback sandboxes."),
+    faults: str = typer.Option(None, help="Sandbox fault profile (with --sandbox)."),
+) -> None:
+    """Run the HTTP API (OpenAPI at /docs)."""
+    import uvicorn
+
+    from opsgate.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(_settings(sandbox, faults)), host=host, port=port, log_level="warning")
+
+
+@app.command("sandbox")
+def sandbox_cmd(
+    host: str = typer.Option("127.0.0.1", help="Loopback interface to bind."),
+    port: int = typer.Option(8100, help="TCP port."),
+    faults: str = typer.Option("none", help="Fault profile, e.g. flaky or outage:anthropic,slow:20ms."),
+) -> None:
+    """Serve the Anthropic, DeepSeek and Gemini sandboxes on one loopback port."""
+    from opsgate.sandbox.server import run_sandbox_forever
+
+    run_sandbox_forever(host, port, faults)
+
+
+@app.command()
+def run(
+    operation: str = typer.Argument(..., help="Operation id, e.g. email-classify."),
+    input: Path = typer.Option(..., "--input", exists=True, dir_okay=False, help="Input file."),
+    user: str = typer.Option(CLI_USER, help="User id the call runs as."),
+    sandbox: bool = typer.Option(False, "--sandbox", help="Use loopback provider sandboxes."),
+    faults: str = typer.Option(None, help="Sandbox fault profile (with --sandbox)."),
+) -> None:
+    """Run one operation in-process through the full pipeline and print the result as JSON."""
+    from opsgate.operations.io import input_from_file
+
+    try:
+        body = orjson.dumps(input_from_file(operation, input, None))
+    except OpsgateError as exc:
+        _fail(f"{exc.code}: {exc.detail}", 1)
+    settings = _settings(sandbox, faults)
+    outcome, problem = asyncio.run(_run_once(settings, operation, body, user))
+    if problem is not None:
+        sys.stderr.buffer.write(orjson.dumps(problem, option=orjson.OPT_INDENT_2) + b"\n")
+        _fail(problem["code"], 1)
+    sys.stdout.buffer.write(orjson.dumps(outcome, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+async def _run_once(settings: Settings, operation: str, body: bytes, user: str) -> tuple[dict | None, dict | None]:
+    from opsgate.app import _outcome_body
+    from opsgate.pipeline import Call
+    from opsgate.problems import problem_body
+    from opsgate.runtime import start_runtime
+    from opsgate.security.users import add_user, get_role
+
+    runtime = await start_runtime(settings)
+    try:
+        if user == CLI_USER:
+            add_user(runtime.engine, runtime.clock, user, "user")
+        token = runtime.tokens.issue(user, get_role(runtime.engine, user))
+        call = Call(operation, body, f"Bearer {token}", uuid.uuid4().hex)
+        try:
+            return _outcome_body(await runtime.gateway.govern(call)), None
+        except Exception as exc:  # reported as a problem document, like the API does
+            return None, problem_body(exc, call.request_id)[1]
+    finally:
+        await runtime.close()
+
+
+@app.command()
+def demo(
+    examples: Path = typer.Option(Path("examples"), help="Folder of example inputs, one per operation."),
+    port: int = typer.Option(0, help="Port for the demo server (0 = any free port)."),
+) -> None:
+    """Serve opsgate on the sandboxes, call all nine operations over HTTP, verify the ledger."""
+    from opsgate.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(sandbox=True), examples, port))
+
+
+@users_app.command("add")
+def users_add(
+    user_id: str = typer.Argument(..., help="The user's id."),
+    role: str = typer.Option("user", help="user | operator | admin"),
+) -> None:
+    """Create a user (or change an existing user's role)."""
+    from opsgate.security.users import add_user
+
+    engine = _engine()
+    try:
+        created = add_user(engine, SystemClock(), user_id, role)
+    except ValueError as exc:
+        _fail(str(exc))
+    print(f"{'created' if created else 'updated'} {user_id} ({role})")
+
+
+@app.command()
+def token(user_id: str = typer.Argument(..., help="An existing user's id.")) -> None:
+    """Print a 1-hour access token for USER_ID."""
+    from opsgate.security.auth import TokenService
+    from opsgate.security.users import get_role
+
+    settings = Settings()
+    engine = _engine(settings)
+    try:
+        role = get_role(engine, user_id)
+    except OpsgateError as exc:
+        _fail(exc.detail, 1)
+    print(TokenService(settings, SystemClock()).issue(user_id, role))
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Recompute every ledger hash. Exit 0 when intact, 1 naming the first bad entry, 2 on I/O errors."""
+    from opsgate.ledger.errors import LedgerIOError
+    from opsgate.ledger.verify import format_summary, verify
+
+    try:
+        report = verify(_engine())
+    except (LedgerIOError, OSError, ValueError) as exc:
+        _fail(f"cannot read the ledger: {type(exc).__name__}: {exc}")
+    print(format_summary(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending Alembic migrations to OPSGATE_DATABASE_URL."""
+    from opsgate.store.db import upgrade
+
+    upgrade(Settings().database_url)
+    print("database is at the latest migration")
+
+
+def _engine(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from opsgate.store.db import make_engine, upgrade
+
+    settings = settings or Settings()
+    try:
+        if settings.auto_migrate:
+            upgrade(settings.database_url)
+        return make_engine(settings.database_url)
+    except (SQLAlchemyError, OSError) as exc:
+        _fail(f"cannot open the database: {type(exc).__name__}")

@@ -1,0 +1,109 @@
+"""``opsgate demo``: the README's first command.
+
+Starts ``opsgate serve --sandbox`` in this process on a free loopback port, creates a demo user and
+an access token, calls all nine operations over real HTTP with the example inputs, prints one table
+row per call (operation, provider, status, latency, tokens, cost), then verifies the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from opsgate.app import create_app
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.ledger.verify import format_summary, verify
+from opsgate.operations import OPERATIONS
+from opsgate.operations.io import input_from_file
+from opsgate.security.auth import TokenService
+from opsgate.security.users import add_user
+from opsgate.store.db import make_engine, upgrade
+
+DEMO_USER = "demo-user"
+console = Console()
+
+
+def run_demo(settings: Settings, examples: Path, port: int = 0) -> int:
+    """Run the demo; returns the process exit code (0 when every call succeeded and the ledger verifies)."""
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    add_user(engine, SystemClock(), DEMO_USER, "user")
+    token = TokenService(settings, SystemClock()).issue(DEMO_USER, "user")
+    bodies = {op_id: _example_body(op_id, examples) for op_id in OPERATIONS}
+    server, base_url = _start_server(settings, port)
+    try:
+        rows = asyncio.run(_call_all(base_url, token, bodies))
+    finally:
+        server.should_exit = True
+    console.print(_table(rows))
+    report = verify(engine)
+    console.print(("[green]" if report.ok else "[red]") + "ledger: " + format_summary(report))
+    engine.dispose()
+    return 0 if report.ok and all(r["status"] == 200 for r in rows) else 1
+
+
+def _example_body(op_id: str, examples: Path) -> bytes:
+    matches = sorted(examples.glob(f"{op_id}.*"))
+    if not matches:
+        raise SystemExit(f"no example input for {op_id} in {examples}/")
+    return orjson.dumps(input_from_file(op_id, matches[0], None))
+
+
+def _start_server(settings: Settings, port: int) -> tuple[uvicorn.Server, str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise SystemExit("the demo server did not start")
+        time.sleep(0.05)
+    return server, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def _call_all(base_url: str, token: str, bodies: dict[str, bytes]) -> list[dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(base_url, headers=headers) as http:
+        return [await _call(http, op_id, body) for op_id, body in bodies.items()]
+
+
+async def _call(http: aiohttp.ClientSession, op_id: str, body: bytes) -> dict[str, Any]:
+    started = time.perf_counter()
+    async with http.post(f"/v1/operations/{op_id}", data=body) as resp:
+        payload = orjson.loads(await resp.read())
+    row = {"operation": op_id, "status": resp.status, "latency_ms": (time.perf_counter() - started) * 1000}
+    if resp.status == 200:
+        usage = payload["usage"]
+        row.update(
+            provider=f"{payload['provider']}/{payload['model']}",
+            tokens=f"{sum(usage[k] for k in usage if k != 'reasoning_tokens')}",
+            cost=f"${payload['cost_micro_usd'] / 1_000_000:.6f}",
+        )
+    else:
+        row.update(provider="-", tokens="-", cost=payload.get("code", "?"))
+    return row
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="opsgate demo: nine operations over HTTP (sandbox providers)")
+    for name, justify in [("operation", "left"), ("provider/model", "left"), ("status", "right"),
+                          ("latency ms", "right"), ("tokens", "right"), ("cost USD", "right")]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(r["operation"], r["provider"], str(r["status"]), f"{r['latency_ms']:.1f}",
+                      r["tokens"], r["cost"])
+    return table

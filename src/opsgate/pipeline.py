@@ -1,0 +1,338 @@
+"""The path of one governed AI operation, step by step (see docs/architecture.md).
+
+:meth:`Gateway.govern` reads top to bottom like the ten steps of the design:
+
+  1 authenticate   JWT access token                       -> Principal          401
+  2 authorize      role + feature toggle (seam)           -> Operation          403/404
+  3 rate limit     (user, operation) (seam)                                     429
+  4 validate       the operation's input schema           -> Prepared           422
+  5 reserve        worst-case cost against budgets (seam)                       402
+  6 ledger intent  durable before any provider call                             503
+  7 route          provider chain with retries, breaker, fallback; JSON repair
+  8 meter          usage -> micro-USD at the versioned price table
+  9 record         ledger result entry + ai_operation_log row, in one transaction
+ 10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
+
+Steps 2, 3 and 5 are seams that later issues fill (toggles, rate limits, budgets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from opsgate.clock import Clock
+from opsgate.errors import InvalidInput, OpsgateError
+from opsgate.ledger.writer import AppendedEntry, Ledger
+from opsgate.metering.cost import cost_micro_usd
+from opsgate.metering.prices import PriceTable
+from opsgate.operations import get_operation
+from opsgate.operations.base import Operation, Prepared
+from opsgate.providers.base import Completion, CompletionRequest, Usage
+from opsgate.providers.errors import ProviderError
+from opsgate.routing.policy import RoutePolicy
+from opsgate.routing.router import Router
+from opsgate.security.auth import Principal, TokenService, bearer_token
+from opsgate.store.models import ai_operation_log
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One incoming operation call: the operation id, the raw JSON body and the credentials."""
+
+    operation: str
+    body: bytes
+    authorization: str | None
+    request_id: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A successful operation: the validated output plus what it cost and where it ran."""
+
+    request_id: str
+    operation: str
+    output: dict[str, Any]
+    provider: str
+    model: str
+    usage: Usage
+    cost_micro_usd: int
+    latency_ms: float
+    attempts: int
+
+
+@dataclass(slots=True)
+class _Spend:
+    """Completions paid for during one call (a repair attempt adds a second one)."""
+
+    completions: list[Completion] = field(default_factory=list)
+    attempts: int = 0
+
+
+class InvalidModelOutput(ProviderError):
+    """The model's answer did not match the operation's schema, even after one repair attempt."""
+
+    code = "provider_bad_response"
+    status = 502
+    title = "The AI provider's answer did not match the expected shape"
+
+
+class Gateway:
+    """Runs governed operations. One instance per process; safe for concurrent calls."""
+
+    def __init__(
+        self,
+        *,
+        tokens: TokenService,
+        ledger: Ledger,
+        router: Router,
+        policies: dict[str, RoutePolicy],
+        prices: PriceTable,
+        clock: Clock,
+    ) -> None:
+        self._tokens = tokens
+        self._ledger = ledger
+        self._router = router
+        self._policies = policies
+        self._prices = prices
+        self._clock = clock
+
+    async def govern(self, call: Call) -> Outcome:
+        """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
+        started = time.perf_counter()
+        principal = self.authenticate(call)
+        op = self.authorize(principal, call.operation)
+        self.rate_limit(principal, op)
+        prepared, input_digest = self.validate(op, call.body)
+        self.reserve(principal, op, prepared)
+        intent = await self.ledger_intent(call, principal, op, input_digest)
+        spend = _Spend()
+        try:
+            output = await self.route(op, prepared, spend)
+        except Exception as exc:
+            await self.record_failure(call, principal, intent, spend, exc, started)
+            raise
+        return await self.record(call, principal, intent, spend, output, started)
+
+    # 1 ------------------------------------------------------------------------------------------
+    def authenticate(self, call: Call) -> Principal:
+        """Verify the bearer token (401 on any failure)."""
+        return self._tokens.verify(bearer_token(call.authorization))
+
+    # 2 ------------------------------------------------------------------------------------------
+    def authorize(self, principal: Principal, operation_id: str) -> Operation:
+        """Resolve the operation (404 if unknown). Seam: role and feature-toggle checks (403)."""
+        return get_operation(operation_id)
+
+    # 3 ------------------------------------------------------------------------------------------
+    def rate_limit(self, principal: Principal, op: Operation) -> None:
+        """Seam: per (user, operation) request and token limits (429 with Retry-After)."""
+
+    # 4 ------------------------------------------------------------------------------------------
+    def validate(self, op: Operation, body: bytes) -> tuple[Prepared, str]:
+        """Parse and validate the JSON body; prepare the provider request.
+
+        Returns the prepared request and the SHA-256 hex of the body (the ledger stores only this).
+        Error messages name fields and rules, never submitted values.
+        """
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidInput(f"The request body exceeds {MAX_BODY_BYTES} bytes")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidInput("The request body is not valid JSON") from None
+        try:
+            data = op.Input.model_validate(payload)
+        except ValidationError as exc:
+            raise _invalid_input(exc, "The request body does not match the operation's input") from None
+        return op.prepare(data), hashlib.sha256(body).hexdigest()
+
+    # 5 ------------------------------------------------------------------------------------------
+    def reserve(self, principal: Principal, op: Operation, prepared: Prepared) -> None:
+        """Seam: reserve the worst-case cost against every applicable budget (402)."""
+
+    # 6 ------------------------------------------------------------------------------------------
+    async def ledger_intent(
+        self, call: Call, principal: Principal, op: Operation, input_digest: str
+    ) -> AppendedEntry:
+        """Durably append the ``intent`` entry; :class:`LedgerUnavailable` (503) stops the call here."""
+        policy = self._policies[op.id]
+        return await self._ledger.append(
+            "intent",
+            {
+                "request_id": call.request_id,
+                "user_id": principal.user_id,
+                "operation": op.id,
+                "input_sha256": input_digest,
+                "policy": [f"{t.provider}/{t.model}" for t in policy.chain],
+            },
+        )
+
+    # 7 ------------------------------------------------------------------------------------------
+    async def route(self, op: Operation, prepared: Prepared, spend: _Spend) -> BaseModel:
+        """Send the request along the operation's provider chain and validate the answer.
+
+        An answer that does not match ``op.ModelOutput`` gets one repair request that quotes the
+        validation errors; a second miss raises :class:`InvalidModelOutput`.
+        """
+        policy = self._policies[op.id]
+        request = prepared.request
+        for attempt in range(2):
+            routed = await self._router.complete(request, policy)
+            spend.completions.append(routed.completion)
+            spend.attempts += len(routed.attempts)
+            try:
+                answer = op.ModelOutput.model_validate(routed.completion.data)
+            except ValidationError as exc:
+                if attempt:
+                    raise InvalidModelOutput(routed.completion.provider) from None
+                request = _repair_request(prepared.request, exc)
+                continue
+            return op.finish(prepared, answer)
+        raise AssertionError("unreachable")
+
+    # 8 ------------------------------------------------------------------------------------------
+    def meter(self, spend: _Spend) -> tuple[Usage, int]:
+        """Total usage and its cost in integer micro-USD over every completion paid for."""
+        usage, cost = Usage(), 0
+        for c in spend.completions:
+            usage = _add_usage(usage, c.usage)
+            cost += cost_micro_usd(c.usage, self._prices.price_for(c.model))
+        return usage, cost
+
+    # 9 ------------------------------------------------------------------------------------------
+    async def record(
+        self,
+        call: Call,
+        principal: Principal,
+        intent: AppendedEntry,
+        spend: _Spend,
+        output: BaseModel,
+        started: float,
+    ) -> Outcome:
+        """Append the ``result`` entry and the ``ai_operation_log`` row together; build the Outcome."""
+        usage, cost = self.meter(spend)
+        last = spend.completions[-1]
+        latency_ms = (time.perf_counter() - started) * 1000
+        await self._write_result(
+            call, principal, intent, spend, usage, cost, latency_ms, status="ok", error_code=None
+        )
+        return Outcome(
+            request_id=call.request_id,
+            operation=call.operation,
+            output=output.model_dump(mode="json"),
+            provider=last.provider,
+            model=last.model,
+            usage=usage,
+            cost_micro_usd=cost,
+            latency_ms=latency_ms,
+            attempts=spend.attempts,
+        )
+
+    async def record_failure(
+        self,
+        call: Call,
+        principal: Principal,
+        intent: AppendedEntry,
+        spend: _Spend,
+        exc: Exception,
+        started: float,
+    ) -> None:
+        """Record a failed call (whatever was paid for is still metered)."""
+        usage, cost = self.meter(spend)
+        code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
+        spend.attempts += len(getattr(exc, "attempts", ()) or ())
+        latency_ms = (time.perf_counter() - started) * 1000
+        await self._write_result(
+            call, principal, intent, spend, usage, cost, latency_ms, status="error", error_code=code
+        )
+
+    async def _write_result(
+        self,
+        call: Call,
+        principal: Principal,
+        intent: AppendedEntry,
+        spend: _Spend,
+        usage: Usage,
+        cost: int,
+        latency_ms: float,
+        *,
+        status: str,
+        error_code: str | None,
+    ) -> None:
+        last = spend.completions[-1] if spend.completions else None
+        provider, model = (last.provider, last.model) if last else (None, None)
+        row = {
+            "request_id": call.request_id,
+            "user_id": principal.user_id,
+            "operation": call.operation,
+            "provider": provider,
+            "model": model,
+            "status": status,
+            "error_code": error_code,
+            "attempts": spend.attempts,
+            "latency_ms": latency_ms,
+            "provider_latency_ms": sum(c.provider_latency_ms for c in spend.completions) or None,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_write_tokens": usage.cache_write_tokens + usage.cache_write_1h_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "cost_micro_usd": cost,
+            "created_at": self._clock.now(),
+        }
+        entry = {
+            "request_id": call.request_id,
+            "intent_seq": intent.seq,
+            "status": status,
+            "error_code": error_code,
+            "provider": provider,
+            "model": model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_write_tokens": row["cache_write_tokens"],
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cost_micro_usd": cost,
+        }
+        await self._ledger.append("result", entry, rows=[(ai_operation_log, row)])
+
+
+def _invalid_input(exc: ValidationError, detail: str) -> InvalidInput:
+    """An InvalidInput listing each error's location and message, never the submitted value."""
+    errors = [
+        {"loc": ".".join(str(p) for p in err["loc"]) or "body", "msg": err["msg"]}
+        for err in exc.errors(include_input=False, include_url=False)
+    ]
+    return InvalidInput(detail, errors=errors)
+
+
+def _repair_request(original: CompletionRequest, exc: ValidationError) -> CompletionRequest:
+    """The original request plus a note listing where the previous answer broke the schema."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)[:20]
+    )
+    note = (
+        "\n\nYour previous answer did not match the required JSON schema "
+        f"({problems}). Answer again with one JSON object that matches the schema exactly."
+    )
+    return replace(original, user=original.user + note)
+
+
+def _add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
+        cache_write_1h_tokens=a.cache_write_1h_tokens + b.cache_write_1h_tokens,
+        cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+    )
+

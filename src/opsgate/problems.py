@@ -1,0 +1,51 @@
+"""RFC 9457 problem details: every error response the API sends.
+
+Body: ``{"type", "title", "status", "detail", "code", "request_id"}`` plus ``errors`` (field
+locations and messages, never values) for ``invalid_input``. Served as ``application/problem+json``.
+Only an :class:`OpsgateError`'s ``detail`` reaches a client; anything else becomes a bare
+``internal_error`` with no exception text, host, key or stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from opsgate.errors import InvalidInput, OpsgateError
+
+PROBLEM_TYPE_BASE = "https://opsgate.dev/problems/"
+log = logging.getLogger("opsgate.api")
+
+
+def problem_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any]]:
+    """The status and problem document for ``exc``; unexpected exceptions are logged, not shown."""
+    if not isinstance(exc, OpsgateError):
+        log.error("unhandled error in request %s: %s", request_id, type(exc).__name__)
+        exc = OpsgateError()
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + exc.code,
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        "code": exc.code,
+        "request_id": request_id,
+    }
+    if isinstance(exc, InvalidInput) and exc.errors:
+        body["errors"] = exc.errors
+    return exc.status, body
+
+
+def problem_response(exc: BaseException, request_id: str) -> Response:
+    """An ``application/problem+json`` response for ``exc`` with ``X-Request-ID`` (and
+    ``Retry-After`` in whole seconds when the error carries ``retry_after``)."""
+    status, body = problem_body(exc, request_id)
+    headers = {"X-Request-ID": request_id}
+    retry_after = getattr(exc, "retry_after", None)
+    if status in (429, 503) and retry_after:
+        headers["Retry-After"] = str(max(1, round(retry_after)))
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/problem+json", headers=headers
+    )

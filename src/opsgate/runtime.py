@@ -1,0 +1,104 @@
+"""Assembles one process's gateway: database, ledger, provider session, router, sandboxes.
+
+Both ``opsgate serve`` (through the FastAPI lifespan) and ``opsgate run`` (in-process) use
+:func:`start_runtime` / :meth:`Runtime.close`, so they share every code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+import aiohttp
+from pydantic import SecretStr
+from sqlalchemy import Engine
+
+from opsgate.clock import Clock, SystemClock
+from opsgate.config import Settings
+from opsgate.ledger.writer import Ledger
+from opsgate.metering.prices import PriceTable
+from opsgate.pipeline import Gateway
+from opsgate.providers.http import make_session
+from opsgate.providers.registry import build_providers
+from opsgate.routing.policy import policies_for
+from opsgate.routing.router import Router
+from opsgate.sandbox.server import SandboxServer
+from opsgate.security.auth import TokenService
+from opsgate.store.db import make_engine, upgrade
+
+log = logging.getLogger("opsgate")
+
+SANDBOX_BANNER = (
+    "*** SANDBOX MODE: providers are loopback sandboxes at {urls}. "
+    "No real AI provider is called; answers are synthetic. Never use this in production. ***"
+)
+
+
+@dataclass
+class Runtime:
+    """Everything one gateway process holds open."""
+
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    ledger: Ledger
+    session: aiohttp.ClientSession
+    gateway: Gateway
+    tokens: TokenService
+    sandbox: SandboxServer | None = None
+
+    async def close(self) -> None:
+        """Drain the ledger, close the HTTP session and the sandbox, dispose of the engine."""
+        self.ledger.close()
+        await self.session.close()
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+        self.engine.dispose()
+
+
+async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
+    """Open the database (migrating it when ``auto_migrate``), start the ledger writer, the shared
+    aiohttp session and, with ``settings.sandbox``, the in-process provider sandboxes."""
+    clock = clock or SystemClock()
+    sandbox = None
+    if settings.sandbox:
+        sandbox = SandboxServer(faults=settings.sandbox_faults)
+        await sandbox.start()
+        settings = sandbox_settings(settings, sandbox.base_urls)
+        log.warning(SANDBOX_BANNER.format(urls=", ".join(sandbox.base_urls.values())))
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.ledger_synchronous)
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    session = make_session()
+    router = Router(build_providers(settings, session), clock)
+    tokens = TokenService(settings, clock)
+    gateway = Gateway(
+        tokens=tokens,
+        ledger=ledger,
+        router=router,
+        policies=policies_for(settings),
+        prices=PriceTable.load(),
+        clock=clock,
+    )
+    return Runtime(settings, clock, engine, ledger, session, gateway, tokens, sandbox)
+
+
+def sandbox_settings(settings: Settings, base_urls: dict[str, str]) -> Settings:
+    """Point every provider at its sandbox; missing keys get generated keys of the provider's shape."""
+    return settings.model_copy(
+        update={
+            "anthropic_base_url": base_urls["anthropic"],
+            "deepseek_base_url": base_urls["deepseek"],
+            "gemini_base_url": base_urls["gemini"],
+            "anthropic_api_key": settings.anthropic_api_key or _fake("sk-ant-api03-"),
+            "deepseek_api_key": settings.deepseek_api_key or _fake("sk-"),
+            "gemini_api_key": settings.gemini_api_key or _fake("AIza"),
+        }
+    )
+
+
+def _fake(prefix: str) -> SecretStr:
+    return SecretStr(prefix + secrets.token_urlsafe(32))

@@ -1,0 +1,1 @@
+"""Authentication, authorisation and (later) secrets, redaction and at-rest encryption."""

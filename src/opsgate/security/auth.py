@@ -1,0 +1,127 @@
+"""Access tokens: JWT (RFC 7519) signed HS256 (RFC 7518 §3.2), algorithm pinned, 1 hour by default.
+
+Claims: ``sub`` (user id), ``role`` (user | operator | admin), ``iss``, ``aud``, ``iat``, ``nbf``,
+``exp``, ``jti``. Verification pins ``algorithms=["HS256"]`` (so ``alg: none`` and algorithm
+confusion are rejected), requires every registered claim and checks issuer and audience.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import jwt
+
+from opsgate.clock import Clock
+from opsgate.config import Settings
+from opsgate.security.errors import Unauthorized
+
+ALGORITHM = "HS256"
+ROLES = ("user", "operator", "admin")
+_REQUIRED = ["sub", "role", "iss", "aud", "iat", "nbf", "exp"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: ``user_id`` and ``roles`` (a tuple of role names)."""
+
+    user_id: str
+    roles: tuple[str, ...]
+
+
+def signing_key(settings: Settings) -> bytes:
+    """The HS256 key: ``OPSGATE_JWT_SECRET`` if set, else a random 256-bit key kept (mode 0600) in
+    ``settings.jwt_secret_file``, created on first use. Raises ``ValueError`` for a key under 32 bytes
+    (RFC 7518 §3.2 requires a key at least as long as the hash output)."""
+    if settings.jwt_secret is not None:
+        key = settings.jwt_secret.get_secret_value().encode()
+    else:
+        key = _key_from_file(settings.jwt_secret_file)
+    if len(key) < 32:
+        raise ValueError("OPSGATE_JWT_SECRET must be at least 32 bytes long")
+    return key
+
+
+def _key_from_file(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+    return path.read_text().strip().encode()
+
+
+class TokenService:
+    """Issues and verifies access tokens with one key, issuer, audience and lifetime."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self._key = signing_key(settings)
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._ttl = timedelta(seconds=settings.access_token_ttl_s)
+        self._clock = clock
+
+    def issue(self, user_id: str, role: str) -> str:
+        """Return a signed access token for ``user_id`` with ``role``, valid for the configured TTL."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        now = self._clock.now()
+        claims = {
+            "sub": user_id,
+            "role": role,
+            "iss": self._issuer,
+            "aud": self._audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self._ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> Principal:
+        """Check signature, algorithm, issuer, audience and times; return the :class:`Principal`.
+
+        Raises :class:`Unauthorized` with a reason that names the failed check, never the token.
+        """
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": _REQUIRED, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise Unauthorized("The access token was issued for another service") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("The access token is malformed or its signature is invalid") from None
+        self._check_times(claims)
+        if claims["role"] not in ROLES or not isinstance(claims["sub"], str):
+            raise Unauthorized("The access token carries an unknown role")
+        return Principal(user_id=claims["sub"], roles=(claims["role"],))
+
+    def _check_times(self, claims: dict) -> None:
+        """``nbf`` and ``exp`` against the injected clock (RFC 7519 §4.1.4-5), no leeway."""
+        now = self._clock.now().timestamp()
+        if not isinstance(claims["exp"], int | float) or not isinstance(claims["nbf"], int | float):
+            raise Unauthorized("The access token is malformed or its signature is invalid")
+        if now >= claims["exp"]:
+            raise Unauthorized("The access token has expired")
+        if now < claims["nbf"]:
+            raise Unauthorized("The access token is not valid yet")
+
+
+def bearer_token(authorization: str | None) -> str:
+    """Extract the token from an ``Authorization: Bearer <token>`` header (RFC 6750 §2.1)."""
+    if not authorization:
+        raise Unauthorized("Missing Authorization header with a Bearer token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The Authorization header must use the Bearer scheme")
+    return token.strip()
