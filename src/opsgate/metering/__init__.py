@@ -1,0 +1,1 @@
+"""Price table, exact cost metering, budgets and rate limits."""
