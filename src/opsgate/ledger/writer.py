@@ -1,0 +1,274 @@
+"""Appending to the ledger with group commit.
+
+One writer thread owns one database connection. Callers enqueue requests; the thread takes
+everything queued (up to ``max_batch``) and writes it in ONE transaction:
+
+1. take the ledger's write lock — SQLite: the first statement is a write, which acquires the
+   database's RESERVED lock (waiting up to ``busy_timeout``) exactly as ``BEGIN IMMEDIATE`` would;
+   ``make_engine`` issues the ``BEGIN`` itself. PostgreSQL: ``pg_advisory_xact_lock(LOCK_KEY)``,
+   released at commit or rollback. Either way appends from several processes are serialised.
+2. read the head (highest ``seq``, its hash and ``ts``) inside that transaction;
+3. assign consecutive ``seq`` values, clamp ``ts`` to ``max(clock.now(), head ts)``, hash the chain;
+4. insert the entries and every extra row the callers attached (``rows``);
+5. commit, then resolve each caller with an :class:`AppendedEntry`.
+
+If the transaction fails, every caller in the batch gets :class:`LedgerUnavailable` and the database
+holds none of the batch. One exception: an integrity error (a caller's row breaks a unique
+constraint) makes the writer retry the batch's requests one by one, so one bad row cannot take the
+others down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, select, text
+from sqlalchemy.exc import IntegrityError
+
+from opsgate.clock import Clock
+from opsgate.ledger.entry import (
+    FIRST_SEQ,
+    GENESIS_PREV_HASH,
+    ChainedEntry,
+    chain_entry,
+    clean_payload,
+    encode_body,
+    format_ts,
+    parse_ts,
+)
+from opsgate.ledger.errors import LedgerError, LedgerUnavailable
+from opsgate.store.models import ledger_entries
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = 0x6F70_7367_6174_654C
+"""PostgreSQL advisory lock id of the ledger's append lock (ASCII "opsgateL", a signed bigint)."""
+
+_LOCK_SQL = {
+    "sqlite": text("INSERT INTO ledger_entries SELECT * FROM ledger_entries WHERE 0"),
+    "postgresql": text(f"SELECT pg_advisory_xact_lock({LOCK_KEY})"),
+}
+_HEAD = (
+    select(ledger_entries.c.seq, ledger_entries.c.entry_hash, ledger_entries.c.body)
+    .order_by(ledger_entries.c.seq.desc())
+    .limit(1)
+)
+_STOP = object()
+
+ExtraRows = Iterable[tuple[Table, Mapping[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendedEntry:
+    """A committed entry: its ``seq``, 32-byte ``entry_hash`` and ``ts`` (UTC, microseconds)."""
+
+    seq: int
+    entry_hash: bytes
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    kind: str
+    payload: dict[str, Any]
+    rows: tuple[tuple[Table, Mapping[str, Any]], ...]
+    future: Future[AppendedEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    seq: int
+    entry_hash: bytes
+    ts: datetime
+
+
+class Ledger:
+    """The append side of the ledger (see the module docstring for the commit protocol).
+
+    ``Ledger(engine, clock)``; ``start()`` launches the writer thread; ``close()`` writes whatever
+    is queued, then stops and joins it. Engines come from ``opsgate.store.db.make_engine``
+    (SQLite or PostgreSQL). ``transactions`` and ``entries`` count what has been committed.
+    """
+
+    def __init__(self, engine: Engine, clock: Clock, *, max_batch: int = 1024) -> None:
+        if engine.dialect.name not in _LOCK_SQL:
+            raise LedgerError(f"the ledger does not support {engine.dialect.name} databases")
+        self._engine = engine
+        self._clock = clock
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._guard = threading.Lock()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None
+        self.transactions = 0
+        self.entries = 0
+
+    def start(self) -> None:
+        """Start the writer thread (once)."""
+        with self._guard:
+            if self._closed or self._thread is not None:
+                raise LedgerError("ledger already started or closed")
+            self._thread = threading.Thread(target=self._run, name="opsgate-ledger", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Commit everything queued, stop the writer thread and wait for it. Idempotent."""
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join()
+        else:
+            self._fail_queued()
+
+    async def append(
+        self, kind: str, payload: dict[str, Any], rows: ExtraRows = ()
+    ) -> AppendedEntry:
+        """Append one entry and commit ``rows`` (``(table, values)`` inserts) with it.
+
+        Returns once the entry is durable. Raises LedgerError for a payload the format refuses
+        (see ``entry.clean_payload``), LedgerUnavailable if the transaction failed or the ledger
+        is closed. Cancelling the caller before the writer takes the request drops the request.
+        """
+        return await asyncio.wrap_future(self._submit(kind, payload, rows))
+
+    def append_sync(
+        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), timeout: float | None = None
+    ) -> AppendedEntry:
+        """Blocking :meth:`append` for threads without an event loop; ``timeout`` in seconds."""
+        return self._submit(kind, payload, rows).result(timeout)
+
+    def _submit(self, kind: str, payload: dict[str, Any], rows: ExtraRows) -> Future[AppendedEntry]:
+        request = _Request(kind, clean_payload(kind, payload), tuple(rows), Future())
+        with self._guard:
+            if self._closed:
+                raise LedgerUnavailable("the ledger is closed")
+            self._queue.put(request)
+        return request.future
+
+    def _run(self) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+                if live:
+                    self._commit(live)
+        finally:
+            self._drop_connection()
+
+    def _next_batch(self) -> list[_Request] | None:
+        """Block for one request, then take whatever else is queued; None once stopped."""
+        batch: list[_Request] = []
+        item = self._queue.get()
+        while item is not _STOP:
+            batch.append(item)
+            if len(batch) >= self._max_batch:
+                return batch
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch
+        self._queue.put(_STOP)  # seen: finish this batch, stop on the next call
+        return batch or None
+
+    def _commit(self, requests: list[_Request]) -> None:
+        try:
+            appended = self._transaction(requests)
+        except IntegrityError:
+            if len(requests) == 1:
+                self._fail(requests, "a row broke a database constraint")
+                return
+            log.warning("ledger batch hit an integrity error; retrying %d appends one by one",
+                        len(requests))
+            for request in requests:
+                self._commit([request])
+            return
+        except Exception:
+            log.exception("ledger transaction failed")
+            self._fail(requests, "the ledger transaction failed")
+            return
+        for request, entry in zip(requests, appended, strict=True):
+            request.future.set_result(entry)
+
+    def _transaction(self, requests: list[_Request]) -> list[AppendedEntry]:
+        conn = self._connection()
+        try:
+            with conn.begin():
+                conn.execute(_LOCK_SQL[self._engine.dialect.name])
+                head = _read_head(conn)
+                ts = max(self._clock.now().astimezone(UTC), head.ts)
+                chained = _chain(head, format_ts(ts), requests)
+                conn.execute(ledger_entries.insert(), [_row(entry) for entry in chained])
+                for request in requests:
+                    for table, values in request.rows:
+                        conn.execute(table.insert(), dict(values))
+        except Exception:
+            self._drop_connection()
+            raise
+        self.transactions += 1
+        self.entries += len(chained)
+        return [AppendedEntry(e.seq, e.entry_hash, ts) for e in chained]
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                log.warning("closing the ledger connection failed", exc_info=True)
+            self._conn = None
+
+    def _fail(self, requests: list[_Request], why: str) -> None:
+        for request in requests:
+            request.future.set_exception(LedgerUnavailable(why))
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(LedgerUnavailable("the ledger was closed unstarted"))
+
+
+def _read_head(conn: Connection) -> _Head:
+    row = conn.execute(_HEAD).first()
+    if row is None:
+        return _Head(FIRST_SEQ - 1, GENESIS_PREV_HASH, datetime.min.replace(tzinfo=UTC))
+    return _Head(row.seq, bytes(row.entry_hash), parse_ts(json.loads(bytes(row.body))["ts"]))
+
+
+def _chain(head: _Head, ts: str, requests: list[_Request]) -> list[ChainedEntry]:
+    chained: list[ChainedEntry] = []
+    seq, prev_hash = head.seq, head.entry_hash
+    for request in requests:
+        seq += 1
+        entry = chain_entry(seq, prev_hash, encode_body(seq, ts, request.kind, request.payload))
+        chained.append(entry)
+        prev_hash = entry.entry_hash
+    return chained
+
+
+def _row(entry: ChainedEntry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "prev_hash": entry.prev_hash,
+        "entry_hash": entry.entry_hash,
+        "body": entry.body,
+    }
