@@ -1,0 +1,1 @@
+"""Routing: per-operation policies, retry waits, circuit breakers and the fallback chain."""

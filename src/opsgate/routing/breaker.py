@@ -1,0 +1,128 @@
+"""A circuit breaker per provider (closed -> open -> half-open -> closed), on an injected clock.
+
+- **closed**: calls pass. ``failure_threshold`` consecutive provider faults open the circuit.
+- **open**: calls are refused until ``open_until``: the later of ``cooldown_s`` after opening and
+  the end of the longest wait a provider asked for (``retry_after``) during the failure streak.
+- **half-open**: exactly one trial call at a time is admitted; concurrent callers are refused,
+  not queued. Success closes the circuit; a provider fault re-opens it.
+
+A *provider fault* is any :class:`~opsgate.providers.errors.ProviderError` except
+:class:`InvalidRequest` and :class:`ContentFiltered`, which say something about the request, not
+about the provider's health: they neither count as failures nor as successes.
+
+Concurrency: meant for one asyncio event loop. No method awaits, so each runs atomically with
+respect to other tasks; it is not safe to share across OS threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from opsgate.clock import Clock
+from opsgate.providers.errors import ContentFiltered, InvalidRequest, ProviderError
+
+
+class BreakerState(StrEnum):
+    """The three states of a circuit breaker."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """A breaker's state for /metrics and logs. ``open_for_s`` is how long it stays open (0 when
+    not open); ``consecutive_failures`` the current streak."""
+
+    provider: str
+    state: BreakerState
+    consecutive_failures: int
+    open_for_s: float
+    trial_in_flight: bool
+
+
+def is_provider_fault(error: ProviderError) -> bool:
+    """Whether ``error`` says the provider is unhealthy (see the module docstring)."""
+    return not isinstance(error, (InvalidRequest, ContentFiltered))
+
+
+class CircuitBreaker:
+    """The breaker of one provider. ``cooldown_s`` and ``failure_threshold`` come from settings
+    (``breaker_cooldown_s``, ``breaker_failure_threshold``); times are ``clock.monotonic()``
+    seconds.
+
+    Protocol: call :meth:`allow` before a call; if it returned ``True``, report the call's end
+    with exactly one of :meth:`record_success`, :meth:`record_failure` or :meth:`record_neutral`
+    (also when the call was cancelled), so a half-open trial slot is always released.
+    """
+
+    def __init__(
+        self, provider: str, clock: Clock, *, failure_threshold: int = 5, cooldown_s: float = 30.0
+    ) -> None:
+        if failure_threshold < 1 or cooldown_s < 0:
+            raise ValueError("failure_threshold must be >= 1 and cooldown_s >= 0")
+        self.provider = provider
+        self._clock = clock
+        self._threshold = failure_threshold
+        self._cooldown_s = cooldown_s
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._wait_until = float("-inf")  # end of the longest retry_after seen in this streak
+        self._open_until = float("-inf")
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an open breaker whose time is up reads as half-open."""
+        if self._state is BreakerState.OPEN and self._clock.monotonic() >= self._open_until:
+            self._state = BreakerState.HALF_OPEN
+        return self._state
+
+    def allow(self) -> bool:
+        """Whether a call may go to the provider now. In half-open, admits one trial at a time."""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        """The call answered: close the circuit and forget the failure streak."""
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._wait_until = float("-inf")
+        self._trial_in_flight = False
+
+    def record_failure(self, error: ProviderError) -> None:
+        """The call failed with ``error``; provider faults count towards opening the circuit."""
+        if not is_provider_fault(error):
+            self.record_neutral()
+            return
+        now = self._clock.monotonic()
+        if error.retry_after is not None:
+            self._wait_until = max(self._wait_until, now + error.retry_after)
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN or self._failures >= self._threshold:
+            self._open(now)
+        self._trial_in_flight = False
+
+    def record_neutral(self) -> None:
+        """The call ended without telling us about the provider's health (a request-side error,
+        or cancellation): release a half-open trial slot, change nothing else."""
+        self._trial_in_flight = False
+
+    def snapshot(self) -> BreakerSnapshot:
+        """The breaker's state now (see :class:`BreakerSnapshot`)."""
+        state = self.state
+        open_for = self._open_until - self._clock.monotonic() if state is BreakerState.OPEN else 0
+        return BreakerSnapshot(
+            self.provider, state, self._failures, max(0.0, open_for), self._trial_in_flight
+        )
+
+    def _open(self, now: float) -> None:
+        self._state = BreakerState.OPEN
+        self._open_until = max(now + self._cooldown_s, self._wait_until)

@@ -1,0 +1,56 @@
+"""Routing failures, in the provider error hierarchy so the API maps them like provider errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from opsgate.providers.errors import ProviderError
+
+if TYPE_CHECKING:
+    from opsgate.routing.router import Attempt
+
+
+class CircuitOpen(ProviderError):
+    """The provider's circuit breaker refused the call (open, or half-open with a trial running).
+    Never sent; the router moves to the next target."""
+
+    title = "The AI provider is temporarily disabled after repeated failures"
+
+    @property
+    def kind(self) -> str:
+        return "circuit_open"
+
+
+class ProviderNotConfigured(ProviderError):
+    """The policy names a provider the router has no adapter for (e.g. no API key configured)."""
+
+    title = "The AI provider is not configured"
+
+    @property
+    def kind(self) -> str:
+        return "not_configured"
+
+
+class DeadlineExceeded(ProviderError):
+    """The policy's ``total_timeout_s`` ran out before a target answered."""
+
+    title = "The AI providers did not answer in time"
+
+    @property
+    def kind(self) -> str:
+        return "deadline_exceeded"
+
+
+class AllProvidersFailed(ProviderError):
+    """Every target of the chain failed, was skipped, or the deadline passed (503,
+    ``provider_unavailable``). ``attempts`` lists every attempt and skip in order;
+    ``last_error`` is the final failure (also chained as ``__cause__``)."""
+
+    title = "No AI provider could answer"
+
+    def __init__(self, attempts: Sequence[Attempt], last_error: ProviderError | None) -> None:
+        provider = last_error.provider if last_error is not None else "none"
+        super().__init__(provider, self.title)
+        self.attempts = list(attempts)
+        self.last_error = last_error

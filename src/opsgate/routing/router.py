@@ -1,0 +1,212 @@
+"""The router: the gateway's only retry loop.
+
+For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in order:
+
+1. skip it when its provider has no adapter or its circuit breaker refuses (recorded);
+2. call it, up to ``max_attempts_per_target`` times, each attempt limited to ``timeout_s`` (and
+   to what is left of ``total_timeout_s``);
+3. after an error with ``retryable`` set (429 with a usable wait, 529, 500/502/503/504, timeouts,
+   connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry; a wait longer
+   than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead;
+4. after any other error (400/401/402/403/422, spend-cap 429, ...) or exhausted retries, fall
+   back to the next target only if ``error.fallback`` is set (auth, billing, spend cap, outages),
+   or the error is :class:`ContentFiltered` and the policy allows it. :class:`InvalidRequest`
+   never falls back.
+
+A request-side error that must not fall back is re-raised as is, with ``error.attempts`` set.
+When the chain is exhausted, :class:`~opsgate.routing.errors.AllProvidersFailed` is raised.
+Every outcome is reported to the provider's :class:`~opsgate.routing.breaker.CircuitBreaker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from opsgate.clock import Clock
+from opsgate.providers.base import Completion, CompletionRequest, Provider
+from opsgate.providers.errors import ContentFiltered, ProviderError, ProviderTimeout
+from opsgate.routing.breaker import BreakerSnapshot, CircuitBreaker
+from opsgate.routing.errors import (
+    AllProvidersFailed,
+    CircuitOpen,
+    DeadlineExceeded,
+    ProviderNotConfigured,
+)
+from opsgate.routing.policy import RoutePolicy, Target
+from opsgate.routing.retry import retry_wait_s
+
+OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try (or skip) of one target.
+
+    ``outcome_kind`` is ``ok`` or an error's ``kind`` (``rate_limited``, ``overloaded``, ...,
+    ``circuit_open``, ``not_configured``, ``deadline_exceeded``); ``http_status`` the provider's
+    status (200 on success, None without an HTTP answer); ``latency_ms`` the call's duration on
+    the router's clock; ``waited_s`` the wait taken before this attempt, in seconds."""
+
+    provider: str
+    model: str
+    outcome_kind: str
+    http_status: int | None
+    latency_ms: float
+    waited_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A successful routed call: the provider's completion and every attempt that led to it."""
+
+    completion: Completion
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Call:
+    """The state of one :meth:`Router.complete` call."""
+
+    request: CompletionRequest
+    policy: RoutePolicy
+    deadline: float
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class Router:
+    """Routes requests over ``providers`` (by name) with retries, breakers and fallback.
+
+    ``clock`` times attempts, deadlines and breakers; ``sleep`` waits between retries (inject a
+    fake in tests); ``rand`` drives backoff jitter; ``failure_threshold`` and ``cooldown_s``
+    configure each provider's breaker (settings ``breaker_failure_threshold`` and
+    ``breaker_cooldown_s``).
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        clock: Clock,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        *,
+        failure_threshold: int = 5,
+        cooldown_s: float = 30.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._providers = dict(providers)
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._breakers = {
+            name: CircuitBreaker(
+                name, clock, failure_threshold=failure_threshold, cooldown_s=cooldown_s
+            )
+            for name in self._providers
+        }
+
+    def breaker(self, provider: str) -> CircuitBreaker:
+        """The circuit breaker of ``provider``; ``KeyError`` if it is not configured."""
+        return self._breakers[provider]
+
+    def snapshot(self) -> list[BreakerSnapshot]:
+        """Every provider breaker's state, for /metrics."""
+        return [breaker.snapshot() for breaker in self._breakers.values()]
+
+    async def complete(self, request: CompletionRequest, policy: RoutePolicy) -> Routed:
+        """Serve ``request`` along ``policy.chain``; see the module docstring for the rules.
+
+        Returns :class:`Routed`. Raises :class:`ContentFiltered` or :class:`InvalidRequest` (with
+        ``.attempts``) when they may not fall back, else :class:`AllProvidersFailed`.
+        """
+        total = policy.total_timeout_s
+        deadline = self._clock.monotonic() + total if total is not None else float("inf")
+        call = _Call(request, policy, deadline)
+        last_error: ProviderError | None = None
+        for target in policy.chain:
+            result = await self._try_target(call, target)
+            if isinstance(result, Completion):
+                return Routed(result, call.attempts)
+            last_error = result
+            if isinstance(result, DeadlineExceeded):
+                break
+            if not _falls_back(result, policy):
+                result.attempts = call.attempts  # type: ignore[attr-defined]
+                raise result
+        raise AllProvidersFailed(call.attempts, last_error) from last_error
+
+    async def _try_target(self, call: _Call, target: Target) -> Completion | ProviderError:
+        """Up to ``max_attempts_per_target`` attempts; the completion or the error to act on."""
+        provider = self._providers.get(target.provider)
+        if provider is None:
+            return self._skip(call, target, ProviderNotConfigured(target.provider))
+        breaker = self._breakers[target.provider]
+        waited = 0.0
+        for failures in range(1, call.policy.max_attempts_per_target + 1):
+            remaining = call.deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return self._skip(call, target, DeadlineExceeded(target.provider))
+            if not breaker.allow():
+                return self._skip(call, target, CircuitOpen(target.provider))
+            result = await self._attempt(call, target, provider, breaker, remaining, waited)
+            if isinstance(result, Completion):
+                return result
+            if failures == call.policy.max_attempts_per_target:
+                return result
+            wait = retry_wait_s(result, failures, call.policy.max_retry_wait_s, self._rand)
+            if wait is None or wait >= call.deadline - self._clock.monotonic():
+                return result
+            await self._sleep(wait)
+            waited = wait
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    async def _attempt(
+        self,
+        call: _Call,
+        target: Target,
+        provider: Provider,
+        breaker: CircuitBreaker,
+        remaining: float,
+        waited: float,
+    ) -> Completion | ProviderError:
+        """One call to ``provider``, reported to its breaker and recorded in ``call.attempts``."""
+        timeout = min(call.policy.timeout_s, remaining)
+        started = self._clock.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                completion = await provider.complete(call.request, target.model, timeout)
+        except ProviderError as exc:
+            error: ProviderError = exc
+        except TimeoutError:
+            error = ProviderTimeout(target.provider, f"no answer within {timeout:g} s")
+        except BaseException:
+            breaker.record_neutral()
+            raise
+        else:
+            breaker.record_success()
+            self._record(call, target, OK, 200, started, waited)
+            return completion
+        breaker.record_failure(error)
+        self._record(call, target, error.kind, error.http_status, started, waited)
+        return error
+
+    def _skip(self, call: _Call, target: Target, error: ProviderError) -> ProviderError:
+        self._record(call, target, error.kind, None, self._clock.monotonic(), 0.0)
+        return error
+
+    def _record(
+        self, call: _Call, target: Target, kind: str, status: int | None, started: float,
+        waited: float,
+    ) -> None:
+        latency_ms = (self._clock.monotonic() - started) * 1000
+        call.attempts.append(
+            Attempt(target.provider, target.model, kind, status, latency_ms, waited)
+        )
+
+
+def _falls_back(error: ProviderError, policy: RoutePolicy) -> bool:
+    """Whether the next target may be tried after ``error``."""
+    if isinstance(error, ContentFiltered):
+        return policy.fallback_on_content_filter
+    return error.fallback

@@ -1,0 +1,229 @@
+"""The router's retry loop and fallback chain, with fake providers, a manual clock and fake sleep."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from opsgate.clock import ManualClock
+from opsgate.providers.errors import (
+    AuthenticationFailed,
+    BillingFailed,
+    ConnectionFailed,
+    ContentFiltered,
+    EmptyAnswer,
+    InvalidRequest,
+    Overloaded,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    SpendCapReached,
+)
+from opsgate.routing.errors import AllProvidersFailed
+from opsgate.routing.policy import RoutePolicy, Target
+from opsgate.routing.router import Attempt, Router
+from routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
+
+CHAIN = (
+    Target("anthropic", "claude-opus-4-5"),
+    Target("deepseek", "deepseek-chat"),
+    Target("gemini", "gemini-2.0-flash"),
+)
+
+
+def policy(**changes: object) -> RoutePolicy:
+    fields: dict[str, object] = dict(
+        chain=CHAIN, timeout_s=20.0, max_attempts_per_target=3, max_retry_wait_s=30.0
+    )
+    fields.update(changes)
+    return RoutePolicy(**fields)  # type: ignore[arg-type]
+
+
+class Setup:
+    def __init__(self, **scripts: list) -> None:
+        self.clock = ManualClock()
+        self.sleep = RecordingSleep(self.clock)
+        self.providers = {
+            name: ScriptedProvider(name, self.clock, list(scripts.get(name, [])))
+            for name in ("anthropic", "deepseek", "gemini")
+        }
+        self.router = Router(
+            self.providers, self.clock, self.sleep, failure_threshold=100, rand=lambda: 0.5
+        )
+
+    def calls(self, name: str) -> int:
+        return len(self.providers[name].calls)
+
+
+def kinds(attempts: list[Attempt]) -> list[tuple[str, str]]:
+    return [(a.provider, a.outcome_kind) for a in attempts]
+
+
+async def test_first_target_answers() -> None:
+    s = Setup()
+    routed = await s.router.complete(REQUEST, policy())
+    assert routed.completion.provider == "anthropic"
+    assert routed.attempts == [Attempt("anthropic", "claude-opus-4-5", "ok", 200, 0.0, 0.0)]
+    assert s.providers["anthropic"].calls == [("claude-opus-4-5", 20.0)]
+
+
+async def test_retry_honours_retry_after_exactly() -> None:
+    s = Setup(anthropic=[RateLimited("anthropic", http_status=429, retry_after=7.0)])
+    routed = await s.router.complete(REQUEST, policy())
+    assert s.sleep.waits == [7.0]
+    assert kinds(routed.attempts) == [("anthropic", "rate_limited"), ("anthropic", "ok")]
+    assert routed.attempts[0].http_status == 429
+    assert routed.attempts[1].waited_s == 7.0
+
+
+async def test_retry_after_above_the_cap_skips_to_the_next_target_without_waiting() -> None:
+    s = Setup(anthropic=[RateLimited("anthropic", http_status=429, retry_after=31.0)])
+    routed = await s.router.complete(REQUEST, policy(max_retry_wait_s=30.0))
+    assert s.sleep.waits == []
+    assert kinds(routed.attempts) == [("anthropic", "rate_limited"), ("deepseek", "ok")]
+    assert s.calls("anthropic") == 1
+
+
+async def test_without_retry_after_waits_full_jitter_exponential_backoff() -> None:
+    s = Setup(anthropic=[Overloaded("anthropic", http_status=529),
+                         ServerError("anthropic", http_status=500)])
+    routed = await s.router.complete(REQUEST, policy())
+    # rand() = 0.5: 0.5 x min(8, 0.25 x 2^0) then 0.5 x min(8, 0.25 x 2^1)
+    assert s.sleep.waits == [0.125, 0.25]
+    assert routed.completion.provider == "anthropic"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Overloaded("anthropic", http_status=529),
+        Overloaded("anthropic", http_status=503),
+        ServerError("anthropic", http_status=500),
+        ServerError("anthropic", http_status=502),
+        ServerError("anthropic", http_status=504),
+        ProviderTimeout("anthropic"),
+        ConnectionFailed("anthropic"),
+        RateLimited("anthropic", http_status=429, retry_after=1.0),
+    ],
+    ids=lambda e: f"{e.kind}-{e.http_status}",
+)
+async def test_retryable_errors_are_retried_then_fall_back(error: Exception) -> None:
+    s = Setup(anthropic=[error] * 3)
+    routed = await s.router.complete(REQUEST, policy())
+    assert s.calls("anthropic") == 3
+    assert len(s.sleep.waits) == 2
+    assert routed.completion.provider == "deepseek"
+    assert [a.provider for a in routed.attempts] == ["anthropic"] * 3 + ["deepseek"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AuthenticationFailed("anthropic", http_status=401),
+        AuthenticationFailed("anthropic", http_status=403),
+        BillingFailed("anthropic", http_status=402),
+        SpendCapReached("anthropic", http_status=429),
+        EmptyAnswer("anthropic", http_status=200),
+    ],
+    ids=lambda e: f"{e.kind}-{e.http_status}",
+)
+async def test_non_retryable_provider_faults_fall_back_at_once(error: Exception) -> None:
+    s = Setup(anthropic=[error])
+    routed = await s.router.complete(REQUEST, policy())
+    assert s.calls("anthropic") == 1
+    assert s.sleep.waits == []
+    assert routed.completion.provider == "deepseek"
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+async def test_invalid_request_is_neither_retried_nor_falls_back(status: int) -> None:
+    s = Setup(anthropic=[InvalidRequest("anthropic", http_status=status)])
+    with pytest.raises(InvalidRequest) as info:
+        await s.router.complete(REQUEST, policy())
+    assert (s.calls("anthropic"), s.calls("deepseek"), s.sleep.waits) == (1, 0, [])
+    assert kinds(info.value.attempts) == [("anthropic", "invalid_request")]
+
+
+async def test_content_filtered_does_not_fall_back_by_default() -> None:
+    s = Setup(anthropic=[ContentFiltered("anthropic", http_status=200)])
+    with pytest.raises(ContentFiltered) as info:
+        await s.router.complete(REQUEST, policy())
+    assert s.calls("deepseek") == 0
+    assert kinds(info.value.attempts) == [("anthropic", "content_filtered")]
+
+
+async def test_content_filtered_falls_back_when_the_policy_asks() -> None:
+    s = Setup(anthropic=[ContentFiltered("anthropic")])
+    routed = await s.router.complete(REQUEST, policy(fallback_on_content_filter=True))
+    assert kinds(routed.attempts) == [("anthropic", "content_filtered"), ("deepseek", "ok")]
+    assert s.calls("anthropic") == 1
+
+
+async def test_all_failing_raises_all_providers_failed_with_every_attempt() -> None:
+    s = Setup(
+        anthropic=[Overloaded("anthropic", http_status=529)] * 2,
+        deepseek=[BillingFailed("deepseek", http_status=402)],
+        gemini=[ServerError("gemini", http_status=503), ServerError("gemini", http_status=500)],
+    )
+    with pytest.raises(AllProvidersFailed) as info:
+        await s.router.complete(REQUEST, policy(max_attempts_per_target=2))
+    error = info.value
+    assert (error.code, error.status) == ("provider_unavailable", 503)
+    assert [(a.provider, a.outcome_kind, a.http_status) for a in error.attempts] == [
+        ("anthropic", "overloaded", 529),
+        ("anthropic", "overloaded", 529),
+        ("deepseek", "billing_failed", 402),
+        ("gemini", "server_error", 503),
+        ("gemini", "server_error", 500),
+    ]
+    assert error.last_error is error.__cause__
+    assert isinstance(error.last_error, ServerError) and error.last_error.http_status == 500
+
+
+async def test_unconfigured_provider_is_skipped_and_recorded() -> None:
+    s = Setup()
+    del s.providers["anthropic"]
+    router = Router(s.providers, s.clock, s.sleep)
+    routed = await router.complete(REQUEST, policy())
+    assert kinds(routed.attempts) == [("anthropic", "not_configured"), ("deepseek", "ok")]
+
+
+async def test_slow_provider_is_cut_at_the_attempt_timeout() -> None:
+    s = Setup()
+    slow = s.providers["anthropic"]
+
+    async def hang(request, model, timeout_s):  # noqa: ANN001, ANN202
+        slow.calls.append((model, timeout_s))
+        await asyncio.sleep(10)
+
+    slow.complete = hang  # type: ignore[method-assign]
+    routed = await s.router.complete(REQUEST, policy(timeout_s=0.05, max_attempts_per_target=1))
+    assert kinds(routed.attempts) == [("anthropic", "timeout"), ("deepseek", "ok")]
+    assert slow.calls == [("claude-opus-4-5", 0.05)]
+
+
+async def test_total_deadline_stops_the_chain() -> None:
+    s = Setup(anthropic=[ServerError("anthropic", http_status=500)])
+    s.providers["anthropic"].latency_s = 6.0
+    with pytest.raises(AllProvidersFailed) as info:
+        await s.router.complete(REQUEST, policy(total_timeout_s=5.0))
+    assert kinds(info.value.attempts) == [
+        ("anthropic", "server_error"),
+        ("deepseek", "deadline_exceeded"),
+    ]
+    assert info.value.attempts[0].latency_ms == 6000.0
+    assert s.calls("deepseek") == 0
+
+
+async def test_attempt_timeout_shrinks_to_the_time_left() -> None:
+    s = Setup(anthropic=[RateLimited("anthropic", http_status=429, retry_after=4.0)])
+    await s.router.complete(REQUEST, policy(timeout_s=20.0, total_timeout_s=10.0))
+    assert s.providers["anthropic"].calls == [("claude-opus-4-5", 10.0), ("claude-opus-4-5", 6.0)]
+
+
+async def test_a_wait_longer_than_the_time_left_moves_on() -> None:
+    s = Setup(anthropic=[RateLimited("anthropic", http_status=429, retry_after=12.0)])
+    routed = await s.router.complete(REQUEST, policy(total_timeout_s=10.0))
+    assert s.sleep.waits == []
+    assert routed.completion.provider == "deepseek"
