@@ -1,0 +1,422 @@
+"""email-classify, email-respond and email-compose.
+
+Input: a raw RFC 822 / MIME message in ``raw`` (at most :data:`MAX_RAW_CHARS` characters) or the
+same content as structured fields in ``email`` (:class:`EmailFields`). Parsing: see
+:mod:`opsgate.operations.mailparse`.
+
+What a provider sees (and nothing else): From, To, Cc, Date, Subject, the attachments' names and
+types, the new text of the body and the quoted history. Size cap per message: the new text is
+kept up to :data:`MAX_NEW_CHARS` characters and the quoted history up to
+:data:`MAX_QUOTED_CHARS`; the history is trimmed first and from its end, which holds the oldest
+messages of a top-posted thread; cuts fall on line breaks (see :func:`common.clip`). Every
+``Output`` says whether trimming happened (``trimmed``) and how (``trim_notes``).
+
+Recipients, subject and threading headers of a draft are computed in code from the message; the
+model only writes the text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from opsgate.operations.base import Operation, Prepared
+from opsgate.operations.common import Answer, build_request, clip, data_block, user_request
+from opsgate.operations.mailparse import Attachment, ParsedEmail, parse_email, split_quoted
+
+MAX_RAW_CHARS = 2_000_000
+MAX_NEW_CHARS = 12_000
+MAX_QUOTED_CHARS = 4_000
+MAX_SUBJECT_CHARS = 300
+MAX_ATTACHMENTS_LISTED = 20
+
+Category = Literal[
+    "personal", "work", "mailing-list", "newsletter", "promotion", "notification",
+    "transactional", "bounce", "spam", "other",
+]
+CATEGORY_HELP = {
+    "personal": "written by a person to the recipient about private matters",
+    "work": "written by a person about work, a project, a customer or a colleague's request",
+    "mailing-list": "a discussion post or digest from a mailing list or forum",
+    "newsletter": "editorial content sent to subscribers",
+    "promotion": "marketing, offers, sales",
+    "notification": "automated alert or status message from a system or service",
+    "transactional": "receipt, booking, invoice, password reset, account message",
+    "bounce": "delivery failure report (non-delivery, delivery status notification)",
+    "spam": "unsolicited bulk or fraudulent mail",
+    "other": "none of the above",
+}
+Priority = Literal["low", "normal", "high", "urgent"]
+Tone = Literal["neutral", "formal", "friendly", "brief"]
+_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|vs|r)\s*:", re.I)
+
+
+class AttachmentInfo(BaseModel):
+    """An attachment's name and MIME type (``size_bytes`` when known). Never its content."""
+
+    filename: str | None = Field(None, max_length=255)
+    content_type: str = Field("application/octet-stream", max_length=255)
+    size_bytes: int = Field(0, ge=0)
+
+
+class EmailFields(BaseModel):
+    """A message given as structured fields instead of ``raw``. Addresses are ``addr-spec``s."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field("", max_length=2_000)
+    sender: str | None = Field(None, max_length=320)
+    reply_to: list[str] = Field(default_factory=list, max_length=50)
+    to: list[str] = Field(default_factory=list, max_length=500)
+    cc: list[str] = Field(default_factory=list, max_length=500)
+    date: str | None = Field(None, max_length=100)
+    message_id: str | None = Field(None, max_length=1_000)
+    references: list[str] = Field(default_factory=list, max_length=200)
+    body: str = Field("", max_length=MAX_RAW_CHARS)
+    attachments: list[AttachmentInfo] = Field(default_factory=list, max_length=200)
+
+
+class EmailSource(BaseModel):
+    """``raw`` (an RFC 822 message as text) or ``email`` (structured fields); at most one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    raw: str | None = Field(None, min_length=1, max_length=MAX_RAW_CHARS)
+    email: EmailFields | None = None
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> EmailSource:
+        if self.raw is not None and self.email is not None:
+            raise ValueError("give either 'raw' or 'email', not both")
+        return self
+
+    def has_message(self) -> bool:
+        """Whether a message was given at all."""
+        return self.raw is not None or self.email is not None
+
+    def parsed(self) -> ParsedEmail:
+        """The message as a :class:`ParsedEmail`; raises InvalidInput when ``raw`` is no email."""
+        if self.raw is not None:
+            return parse_email(self.raw)
+        if self.email is None:
+            raise ValueError("no message given")
+        fields = self.email
+        new_text, quoted = split_quoted(fields.body)
+        return ParsedEmail(
+            subject=fields.subject, sender=fields.sender, sender_name=None,
+            reply_to=fields.reply_to, to=fields.to, cc=fields.cc, date=fields.date,
+            message_id=fields.message_id, references=fields.references, new_text=new_text,
+            quoted_text=quoted,
+            attachments=[
+                Attachment(a.filename, a.content_type, a.size_bytes) for a in fields.attachments
+            ],
+        )
+
+
+class RequiredEmail(EmailSource):
+    """An :class:`EmailSource` where exactly one of ``raw`` / ``email`` is required."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RequiredEmail:
+        if not self.has_message():
+            raise ValueError("give the message in 'raw' (RFC 822 text) or in 'email' (fields)")
+        return self
+
+
+class EmailInfo(BaseModel):
+    """What the code read from the message, returned beside the model's answer."""
+
+    subject: str
+    sender: str | None
+    date: str | None
+    attachments: list[AttachmentInfo]
+    html_only: bool
+    trimmed: bool
+    trim_notes: list[str]
+
+
+def render_email(mail: ParsedEmail) -> tuple[str, EmailInfo]:
+    """The prompt text of ``mail`` (headers used, attachments, new text, trimmed history)."""
+    notes: list[str] = []
+    subject, cut_subject = clip(mail.subject, MAX_SUBJECT_CHARS)
+    new_text, cut_new = clip(mail.new_text, MAX_NEW_CHARS)
+    quoted, cut_quoted = clip(mail.quoted_text, MAX_QUOTED_CHARS)
+    if cut_subject:
+        notes.append(f"subject cut to {MAX_SUBJECT_CHARS} characters")
+    if cut_quoted:
+        notes.append(f"quoted history cut to its newest {MAX_QUOTED_CHARS} characters")
+    if cut_new:
+        notes.append(f"new text cut to its first {MAX_NEW_CHARS} characters")
+    listed = mail.attachments[:MAX_ATTACHMENTS_LISTED]
+    if len(mail.attachments) > len(listed):
+        notes.append(f"only the first {MAX_ATTACHMENTS_LISTED} attachments listed")
+    lines = [
+        f"From: {mail.sender or '(unknown)'}",
+        f"To: {', '.join(mail.to[:20]) or '(none)'}",
+        f"Cc: {', '.join(mail.cc[:20]) or '(none)'}",
+        f"Date: {mail.date or '(unknown)'}",
+        f"Subject: {subject}",
+        "Attachments: "
+        + (", ".join(f"{a.filename or '(unnamed)'} ({a.content_type})" for a in listed) or "none"),
+        "",
+        "New text:",
+        new_text or "(empty)",
+        "",
+        "Quoted history:",
+        quoted or "(none)",
+    ]
+    info = EmailInfo(
+        subject=mail.subject,
+        sender=mail.sender,
+        date=mail.date,
+        attachments=[AttachmentInfo(**vars(a)) for a in mail.attachments],
+        html_only=mail.html_only,
+        trimmed=bool(notes),
+        trim_notes=notes,
+    )
+    return data_block("email", "\n".join(lines)), info
+
+
+# ---------------------------------------------------------------- email-classify
+
+
+class ClassifyInput(RequiredEmail):
+    """email-classify input: the message only."""
+
+
+class ClassifyAnswer(Answer):
+    """The model's classification."""
+
+    category: Category
+    priority: Priority
+    needs_reply: bool
+    confidence: float = Field(ge=0, le=1)
+    reason: str = Field(max_length=400)
+
+
+class ClassifyOutput(ClassifyAnswer):
+    """The classification plus what the code read from the message."""
+
+    email: EmailInfo
+
+
+class EmailClassify(Operation):
+    """Classify one message into :data:`CATEGORY_HELP`'s labels with priority and needs-reply."""
+
+    id = "email-classify"
+    Input = ClassifyInput
+    ModelOutput = ClassifyAnswer
+    Output = ClassifyOutput
+    max_tokens = 400
+
+    def prepare(self, data: BaseModel) -> Prepared:
+        """Parse the message and ask for a classification."""
+        assert isinstance(data, ClassifyInput)
+        text, info = render_email(data.parsed())
+        labels = "\n".join(f"- {name}: {meaning}" for name, meaning in CATEGORY_HELP.items())
+        system = (
+            "You classify one email for its recipient. Choose exactly one category:\n"
+            f"{labels}\n"
+            "priority is low, normal, high or urgent for the recipient; needs_reply is true when "
+            "a person expects an answer from the recipient; confidence is 0..1; reason is one "
+            "short sentence. Answer with the JSON object of the given schema only."
+        )
+        request = build_request(system, text, ClassifyAnswer, "email_classification", self.max_tokens)
+        return Prepared(request=request, context={"email": info})
+
+    def finish(self, prepared: Prepared, answer: BaseModel) -> ClassifyOutput:
+        """Merge the answer with the parsed message's info."""
+        assert isinstance(answer, ClassifyAnswer)
+        return ClassifyOutput(**answer.model_dump(), email=prepared.context["email"])
+
+
+# ---------------------------------------------------------------- email-respond
+
+
+class RespondInput(RequiredEmail):
+    """email-respond input: the message and how to answer it.
+
+    ``me`` lists the user's own addresses (left out of the recipients); ``reply_all`` keeps the
+    original To/Cc as Cc.
+    """
+
+    instructions: str | None = Field(None, max_length=2_000)
+    tone: Tone = "neutral"
+    reply_all: bool = False
+    me: list[str] = Field(default_factory=list, max_length=20)
+
+
+class DraftAnswer(Answer):
+    """The model's reply text: ``language`` is a BCP 47 tag such as ``en`` or ``de``."""
+
+    language: str = Field(max_length=35)
+    body: str = Field(max_length=8_000)
+    open_questions: list[str] = Field(max_length=5)
+
+
+class ReplyOutput(BaseModel):
+    """A reply draft: recipients, subject and threading headers from code, text from the model."""
+
+    to: list[str]
+    cc: list[str]
+    subject: str
+    body: str
+    language: str
+    in_reply_to: str | None
+    references: list[str]
+    open_questions: list[str]
+    email: EmailInfo
+
+
+def reply_recipients(mail: ParsedEmail, reply_all: bool, me: list[str]) -> tuple[list[str], list[str]]:
+    """``(to, cc)`` of a reply per RFC 5322 §3.6.3: Reply-To, else From; with ``reply_all`` the
+    original To and Cc become Cc. The user's own addresses and duplicates are removed."""
+    mine = {address.lower() for address in me}
+    to = _unique(mail.reply_to or ([mail.sender] if mail.sender else []), mine)
+    cc = _unique(mail.to + mail.cc, mine | {a.lower() for a in to}) if reply_all else []
+    return to, cc
+
+
+def reply_subject(subject: str) -> str:
+    """``Re: subject`` unless the subject already starts with a reply prefix."""
+    return subject if _REPLY_PREFIX.match(subject) else f"Re: {subject}".rstrip()
+
+
+def _unique(addresses: list[str], exclude: set[str]) -> list[str]:
+    seen: set[str] = set(exclude)
+    result = []
+    for address in addresses:
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            result.append(address)
+    return result
+
+
+_THREAD_LANGUAGE = "Write in the language of the email thread unless told otherwise."
+_DRAFT_RULES = (
+    "Set language to the BCP 47 tag of the language you wrote in. The body field holds only the "
+    "message text: no subject line, no headers, no placeholder signature. "
+    "Do not invent facts, dates, prices or commitments; list anything the user must decide or "
+    "supply in open_questions (at most 5). Answer with the JSON object of the given schema only."
+)
+
+
+class EmailRespond(Operation):
+    """Draft a reply to one message."""
+
+    id = "email-respond"
+    Input = RespondInput
+    ModelOutput = DraftAnswer
+    Output = ReplyOutput
+    max_tokens = 1_500
+
+    def prepare(self, data: BaseModel) -> Prepared:
+        """Parse the message, compute recipients and subject, ask for the reply text."""
+        assert isinstance(data, RespondInput)
+        mail = data.parsed()
+        text, info = render_email(mail)
+        to, cc = reply_recipients(mail, data.reply_all, data.me)
+        system = (
+            f"You draft a reply, on behalf of the recipient, to the email below. Tone: {data.tone}. "
+            f"{_THREAD_LANGUAGE} {_DRAFT_RULES}"
+        )
+        user = text
+        if data.instructions:
+            user += "\n\n" + user_request(data.instructions)
+        request = build_request(system, user, DraftAnswer, "email_reply", self.max_tokens)
+        references = [*mail.references, *([mail.message_id] if mail.message_id else [])]
+        context = {
+            "email": info, "to": to, "cc": cc, "subject": reply_subject(mail.subject),
+            "in_reply_to": mail.message_id, "references": references,
+        }
+        return Prepared(request=request, context=context)
+
+    def finish(self, prepared: Prepared, answer: BaseModel) -> ReplyOutput:
+        """Merge the reply text with the computed recipients and headers."""
+        assert isinstance(answer, DraftAnswer)
+        return ReplyOutput(**prepared.context, **answer.model_dump())
+
+
+# ---------------------------------------------------------------- email-compose
+
+
+class ComposeInput(EmailSource):
+    """email-compose input: what to write (``instructions``) and/or a message it is about.
+
+    Recipients are ``to``/``cc`` as given; when ``to`` is empty and a message is given, the
+    draft goes to that message's Reply-To or From. Without ``instructions`` the draft is a short
+    follow-up on the given message.
+    """
+
+    instructions: str | None = Field(None, min_length=1, max_length=4_000)
+    to: list[str] = Field(default_factory=list, max_length=100)
+    cc: list[str] = Field(default_factory=list, max_length=100)
+    tone: Tone = "neutral"
+    language: str | None = Field(None, max_length=35)
+
+    @model_validator(mode="after")
+    def _something_to_write(self) -> ComposeInput:
+        if self.instructions is None and not self.has_message():
+            raise ValueError("give 'instructions', or a message in 'raw' or 'email', or both")
+        return self
+
+
+class ComposeAnswer(DraftAnswer):
+    """The model's new email: a subject besides the draft fields."""
+
+    subject: str = Field(max_length=200)
+
+
+class ComposeOutput(BaseModel):
+    """A new email draft."""
+
+    to: list[str]
+    cc: list[str]
+    subject: str
+    body: str
+    language: str
+    open_questions: list[str]
+    email: EmailInfo | None
+
+
+DEFAULT_COMPOSE = "Write a short, polite follow-up email to the sender about this message."
+
+
+class EmailCompose(Operation):
+    """Compose a new email from instructions, optionally about a given message."""
+
+    id = "email-compose"
+    Input = ComposeInput
+    ModelOutput = ComposeAnswer
+    Output = ComposeOutput
+    max_tokens = 1_500
+
+    def prepare(self, data: BaseModel) -> Prepared:
+        """Build the prompt from the instructions and the optional message."""
+        assert isinstance(data, ComposeInput)
+        parts = [user_request(data.instructions or DEFAULT_COMPOSE)]
+        info = None
+        to = list(data.to)
+        if data.has_message():
+            mail = data.parsed()
+            text, info = render_email(mail)
+            parts.append(text)
+            if not to:
+                to, _ = reply_recipients(mail, False, [])
+        language = f"Write in {data.language}." if data.language else (
+            "Write in the language of the instructions, or of the email if one is given."
+        )
+        system = (
+            "You compose a new email on behalf of the user as the user_request asks, using the "
+            f"email data block, if present, as context. Tone: {data.tone}. {language} Give a concise subject. "
+            + _DRAFT_RULES
+        )
+        request = build_request(system, "\n\n".join(parts), ComposeAnswer, "email_draft", self.max_tokens)
+        return Prepared(request=request, context={"email": info, "to": to, "cc": list(data.cc)})
+
+    def finish(self, prepared: Prepared, answer: BaseModel) -> ComposeOutput:
+        """Merge the draft with the recipients."""
+        assert isinstance(answer, ComposeAnswer)
+        return ComposeOutput(**prepared.context, **answer.model_dump())

@@ -1,0 +1,257 @@
+"""Turn a raw RFC 822 / MIME message into the few fields the email operations send to a model.
+
+Parsing follows RFC 5322 / RFC 2045-2049 through the standard library ``email`` package with
+``policy.default`` (RFC 2047 encoded headers and RFC 2231 parameters decoded by it). What we add:
+
+- body text: ``text/plain`` parts, or ``text/html`` converted to text with BeautifulSoup's
+  ``html.parser`` when a part has no plain alternative; ``multipart/alternative`` yields one part;
+  forwarded ``message/rfc822`` parts are included under a "Forwarded message" line;
+- charsets (:func:`decode_text`): the declared charset, except that bytes declared as ASCII or a
+  Western single-byte charset which are valid UTF-8 are read as UTF-8 (the common mislabel); an
+  unknown or wrong charset falls back to UTF-8, then to the declared one with ``errors="replace"``;
+- attachments: file name, MIME type and decoded size only — never their bytes;
+- reply chains (:func:`split_quoted`): ``>``-quoted lines, "On ... wrote:" attributions and
+  everything after an "Original Message"/Outlook header block are history, the rest is new text.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+
+from bs4 import BeautifulSoup
+
+from opsgate.operations.common import invalid
+
+IDENTITY_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "mime-version")
+_WESTERN = {"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252"}
+_ATTRIBUTION = re.compile(r"^(on\b.{0,200}\bwrote:|.{0,120}\bwrote:|le\b.{0,200}a écrit\s?:|am\b.{0,200}schrieb\s?.{0,80}:)\s*$", re.I)
+_ORIGINAL = re.compile(r"^\s*(-{2,}\s*(original message|forwarded message|ursprüngliche nachricht|message d'origine)\s*-{2,}|_{10,})\s*$", re.I)
+_OUTLOOK_FROM = re.compile(r"^\s*(from|von|de):\s.+$", re.I)
+_OUTLOOK_NEXT = re.compile(r"^\s*(sent|date|gesendet|envoyé|to|an|à|subject|betreff|objet):\s", re.I)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One attachment: ``filename`` (or None), ``content_type`` (``type/subtype``), ``size_bytes``."""
+
+    filename: str | None
+    content_type: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ParsedEmail:
+    """The parts of a message the operations use. Addresses are ``addr-spec`` strings.
+
+    ``new_text`` is the author's own text, ``quoted_text`` the reply history (newest first, as in
+    the message), ``html_only`` whether the text came from HTML because no plain part existed.
+    """
+
+    subject: str
+    sender: str | None
+    sender_name: str | None
+    reply_to: list[str]
+    to: list[str]
+    cc: list[str]
+    date: str | None
+    message_id: str | None
+    references: list[str]
+    new_text: str
+    quoted_text: str
+    attachments: list[Attachment] = field(default_factory=list)
+    html_only: bool = False
+
+
+def parse_email(raw: str) -> ParsedEmail:
+    """Parse ``raw`` (the message as text; non-ASCII characters are taken as UTF-8 bytes).
+
+    Raises :class:`opsgate.errors.InvalidInput` when the text has none of the headers From, To,
+    Cc, Subject, Date, Message-ID or MIME-Version: it is then not an RFC 822 / MIME message.
+    """
+    data = raw.encode("utf-8", "surrogateescape")
+    msg = BytesParser(policy=policy.default).parsebytes(data)
+    if not any(_header(msg, name) for name in IDENTITY_HEADERS):
+        raise invalid(
+            "the 'raw' field is not an RFC 822 message: no From, To, Cc, Subject, Date, "
+            "Message-ID or MIME-Version header was found before the first blank line",
+            "raw",
+        )
+    texts: list[tuple[str, str]] = []
+    attachments: list[Attachment] = []
+    _collect(msg, texts, attachments)
+    kinds = {kind for kind, text in texts if text.strip()}
+    new_text, quoted = split_quoted("\n\n".join(text for _, text in texts if text.strip()))
+    sender = _addresses(msg, "from")
+    return ParsedEmail(
+        subject=_header(msg, "subject"),
+        sender=sender[0].addr_spec if sender else None,
+        sender_name=(sender[0].display_name or None) if sender else None,
+        reply_to=[a.addr_spec for a in _addresses(msg, "reply-to")],
+        to=[a.addr_spec for a in _addresses(msg, "to")],
+        cc=[a.addr_spec for a in _addresses(msg, "cc")],
+        date=_header(msg, "date") or None,
+        message_id=_header(msg, "message-id") or None,
+        references=_header(msg, "references").split(),
+        new_text=new_text,
+        quoted_text=quoted,
+        attachments=attachments,
+        html_only=kinds == {"html"},
+    )
+
+
+def decode_text(payload: bytes, declared: str | None) -> str:
+    """Decode a text part's bytes; see the module docstring for the charset rules."""
+    label = (declared or "us-ascii").strip().lower()
+    if label in _WESTERN and not payload.isascii():
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            label = "windows-1252" if label in {"us-ascii", "ascii"} else label
+    try:
+        codecs.lookup(label)
+    except LookupError:
+        label = "utf-8"
+    for candidate in (label, "utf-8"):
+        try:
+            return payload.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+    return payload.decode(label, errors="replace")
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML document: scripts, styles and head removed, one block per line."""
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup(["script", "style", "head", "title", "noscript", "template"]):
+        tag.decompose()
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    text = soup.get_text("\n")
+    lines = (" ".join(line.split()) for line in text.splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def split_quoted(text: str) -> tuple[str, str]:
+    """Split a body into ``(new_text, quoted_history)``; see the module docstring for the rules.
+
+    Interleaved answers between quoted blocks stay in ``new_text``; attribution lines move to the
+    history; both parts keep their original line order.
+    """
+    lines = text.splitlines()
+    new: list[str] = []
+    old: list[str] = []
+    for i, line in enumerate(lines):
+        if _ORIGINAL.match(line) or _outlook_block(lines, i):
+            old.extend(lines[i:])
+            break
+        if line.lstrip().startswith(">") or (_ATTRIBUTION.match(line.strip()) and _quote_follows(lines, i)):
+            old.append(line)
+        else:
+            new.append(line)
+    return "\n".join(new).strip(), "\n".join(old).strip()
+
+
+def _quote_follows(lines: list[str], i: int) -> bool:
+    following = [line for line in lines[i + 1 : i + 4] if line.strip()]
+    return bool(following) and following[0].lstrip().startswith(">")
+
+
+def _outlook_block(lines: list[str], i: int) -> bool:
+    if not _OUTLOOK_FROM.match(lines[i]) or i == 0:
+        return False
+    following = lines[i + 1 : i + 4]
+    return sum(1 for line in following if _OUTLOOK_NEXT.match(line)) >= 2
+
+
+def _header(msg: Message, name: str) -> str:
+    try:
+        value = msg.get(name)
+    except (ValueError, IndexError, TypeError):
+        return ""
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+def _addresses(msg: Message, name: str) -> list[Address]:
+    try:
+        value = msg.get(name)
+        return [a for a in getattr(value, "addresses", ()) if a.addr_spec and a.addr_spec != "<>"]
+    except (ValueError, IndexError, TypeError, AttributeError):
+        return []
+
+
+def _collect(part: Message, texts: list[tuple[str, str]], attachments: list[Attachment]) -> None:
+    """Append ``(kind, text)`` pairs (kind ``plain`` or ``html``) and attachment descriptions."""
+    ctype = part.get_content_type()
+    if ctype == "message/rfc822":
+        _collect_forwarded(part, texts, attachments)
+    elif part.is_multipart() and ctype == "multipart/alternative":
+        _collect_alternative(part, texts, attachments)
+    elif part.is_multipart():
+        for sub in part.iter_parts():
+            _collect(sub, texts, attachments)
+    elif _is_attachment(part) or ctype not in ("text/plain", "text/html"):
+        attachments.append(_describe(part))
+    elif ctype == "text/plain":
+        texts.append(("plain", _text(part)))
+    else:
+        texts.append(("html", html_to_text(_text(part))))
+
+
+def _collect_alternative(
+    part: Message, texts: list[tuple[str, str]], attachments: list[Attachment]
+) -> None:
+    subparts = list(part.iter_parts())
+    readable = [p for p in subparts if not _is_attachment(p)]
+    for wanted in ("text/plain", "text/html"):
+        chosen = [p for p in readable if p.get_content_type() == wanted]
+        if chosen:
+            _collect(chosen[0], texts, attachments)
+            return
+    for sub in subparts:
+        _collect(sub, texts, attachments)
+
+
+def _collect_forwarded(
+    part: Message, texts: list[tuple[str, str]], attachments: list[Attachment]
+) -> None:
+    inner = part.get_payload(0) if part.is_multipart() else None
+    if not isinstance(inner, Message):
+        attachments.append(_describe(part))
+        return
+    sender = _header(inner, "from") or "unknown sender"
+    subject = _header(inner, "subject")
+    texts.append(("plain", f"---------- Forwarded message from {sender}: {subject} ----------"))
+    _collect(inner, texts, attachments)
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = (part.get_content_disposition() or "").lower()
+    return disposition == "attachment" or (
+        disposition == "inline" and part.get_filename() is not None and part.get_content_maintype() != "text"
+    )
+
+
+def _describe(part: Message) -> Attachment:
+    try:
+        filename = part.get_filename()
+    except (ValueError, TypeError):
+        filename = None
+    payload = part.get_payload(decode=True) if not part.is_multipart() else None
+    return Attachment(filename, part.get_content_type(), len(payload) if payload else 0)
+
+
+def _text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        return ""
+    if isinstance(part, EmailMessage):
+        charset = part.get_content_charset()
+    else:
+        charset = part.get_param("charset")
+    return decode_text(payload, charset if isinstance(charset, str) else None).replace("\r\n", "\n")
