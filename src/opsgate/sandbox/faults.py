@@ -1,0 +1,218 @@
+"""Fault profiles: what the sandboxes do to each request, decided deterministically.
+
+A profile string is a comma-separated list of parts (whitespace ignored, order irrelevant):
+
+- ``none``: answer normally.
+- ``slow`` or ``slow:<n>ms`` / ``slow:<n>s``: add latency before answering (default 300 ms).
+- ``flaky``: per provider, request 2, 5, 8, ... (every third, starting with the second) fails,
+  alternating between a 429 (with a retry delay) and the provider's overload error (Anthropic
+  529, DeepSeek 503, Gemini 503). Never two failures in a row, so one retry succeeds.
+- ``outage:<provider>``: that provider always answers its overload error.
+- ``ratelimit:<provider>``: that provider always answers 429 with a retry delay.
+- ``status:<provider>:<code>``: that provider always answers ``code`` with its own error body
+  (e.g. ``status:deepseek:402`` for insufficient balance, ``status:anthropic:500``).
+- ``malformed``: 200 answers that cannot be used, cycling per provider through: JSON cut in half,
+  JSON lacking the required fields, an empty body (for streams: a broken ``data:`` line, a stream
+  cut before its final event, an empty stream).
+- ``safety-blocked``: Anthropic ``stop_reason: "refusal"``, DeepSeek ``finish_reason:
+  "content_filter"``, Gemini ``promptFeedback.blockReason: "SAFETY"`` with no candidates.
+- ``timeout``: the request hangs for :data:`HANG_SECONDS` (longer than any client timeout); the
+  waiting handler is an ordinary cancellable ``asyncio.sleep``.
+
+Where several parts apply to one request, the first of timeout, status, outage, ratelimit, flaky,
+malformed, safety-blocked wins; ``slow`` latency is added in every case. Providers are
+``anthropic``, ``deepseek``, ``gemini``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+PROVIDERS = ("anthropic", "deepseek", "gemini")
+DEFAULT_SLOW_S = 0.3
+HANG_SECONDS = 3600.0
+FLAKY_PERIOD = 3
+MALFORMED_VARIANTS = 3
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s)$")
+
+
+class FaultProfileError(ValueError):
+    """A profile string that does not follow the grammar in the module docstring."""
+
+
+class Outcome(StrEnum):
+    """What a provider sandbox does with one request."""
+
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    STATUS = "status"
+    MALFORMED = "malformed"
+    SAFETY_BLOCKED = "safety_blocked"
+    HANG = "hang"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The fault decision for one request: ``delay_s`` seconds of latency, then ``outcome``.
+
+    ``status`` is the HTTP status for :attr:`Outcome.STATUS`; ``variant`` (0..2) picks the kind of
+    :attr:`Outcome.MALFORMED` body.
+    """
+
+    outcome: Outcome
+    delay_s: float = 0.0
+    status: int | None = None
+    variant: int = 0
+
+    async def wait(self) -> None:
+        """Sleep for the latency, then (for :attr:`Outcome.HANG`) for :data:`HANG_SECONDS`.
+
+        Raises ``asyncio.CancelledError`` when the handler is cancelled (client gone, server stop).
+        """
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
+        if self.outcome is Outcome.HANG:
+            await asyncio.sleep(HANG_SECONDS)
+
+    def error_status(self, overload_status: int) -> int | None:
+        """The HTTP error status this decision calls for (429, ``overload_status``, or the
+        configured status), or ``None`` when the answer is a 200."""
+        if self.outcome is Outcome.RATE_LIMITED:
+            return 429
+        if self.outcome is Outcome.OVERLOADED:
+            return overload_status
+        return self.status if self.outcome is Outcome.STATUS else None
+
+
+@dataclass(frozen=True, slots=True)
+class FaultProfile:
+    """A parsed profile string (see the module docstring); ``text`` is the normalised string."""
+
+    text: str = "none"
+    delay_s: float = 0.0
+    flaky: bool = False
+    malformed: bool = False
+    safety_blocked: bool = False
+    timeout: bool = False
+    outage: frozenset[str] = frozenset()
+    ratelimit: frozenset[str] = frozenset()
+    status: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, profile: str) -> FaultProfile:
+        """Parse ``profile``; raises :class:`FaultProfileError` on an unknown part."""
+        parts = [p.strip().lower() for p in profile.split(",") if p.strip()] or ["none"]
+        fields: dict[str, object] = {"text": ",".join(parts)}
+        outage: set[str] = set()
+        ratelimit: set[str] = set()
+        status: dict[str, int] = {}
+        for part in parts:
+            name, _, arg = part.partition(":")
+            if name == "none" and not arg:
+                continue
+            if name == "slow":
+                fields["delay_s"] = _duration(arg) if arg else DEFAULT_SLOW_S
+            elif name in ("flaky", "malformed", "timeout") and not arg:
+                fields[name] = True
+            elif name == "safety-blocked" and not arg:
+                fields["safety_blocked"] = True
+            elif name == "outage":
+                outage.add(_provider(arg))
+            elif name == "ratelimit":
+                ratelimit.add(_provider(arg))
+            elif name == "status":
+                provider, code = _status(arg)
+                status[provider] = code
+            else:
+                raise FaultProfileError(f"unknown fault profile part {part!r}")
+        return cls(
+            **fields,  # type: ignore[arg-type]
+            outage=frozenset(outage),
+            ratelimit=frozenset(ratelimit),
+            status=status,
+        )
+
+
+class FaultState:
+    """The active profile plus the per-provider request counters that make decisions repeatable.
+
+    Thread-safe: :class:`opsgate.sandbox.server.SandboxThread` changes it from another thread.
+    Setting a profile restarts the counters, so the sequence after ``set`` is always the same.
+    """
+
+    def __init__(self, profile: str = "none") -> None:
+        self._lock = threading.Lock()
+        self._profile = FaultProfile.parse(profile)
+        self._counters: dict[tuple[str, str], int] = {}
+
+    @property
+    def profile(self) -> FaultProfile:
+        """The active profile."""
+        return self._profile
+
+    def set(self, profile: str) -> FaultProfile:
+        """Replace the active profile (raises :class:`FaultProfileError`) and reset counters."""
+        parsed = FaultProfile.parse(profile)
+        with self._lock:
+            self._profile = parsed
+            self._counters.clear()
+        return parsed
+
+    def decide(self, provider: str) -> Decision:
+        """The decision for the next request to ``provider`` (advances its counters)."""
+        with self._lock:
+            p = self._profile
+            outcome, status, variant = self._outcome(p, provider)
+        return Decision(outcome=outcome, delay_s=p.delay_s, status=status, variant=variant)
+
+    def _outcome(self, p: FaultProfile, provider: str) -> tuple[Outcome, int | None, int]:
+        if p.timeout:
+            return Outcome.HANG, None, 0
+        if provider in p.status:
+            return Outcome.STATUS, p.status[provider], 0
+        if provider in p.outage:
+            return Outcome.OVERLOADED, None, 0
+        if provider in p.ratelimit:
+            return Outcome.RATE_LIMITED, None, 0
+        if p.flaky:
+            n = self._next(provider, "flaky")
+            if n % FLAKY_PERIOD == 1:
+                kind = Outcome.RATE_LIMITED if (n // FLAKY_PERIOD) % 2 == 0 else Outcome.OVERLOADED
+                return kind, None, 0
+        if p.malformed:
+            return Outcome.MALFORMED, None, self._next(provider, "malformed") % MALFORMED_VARIANTS
+        if p.safety_blocked:
+            return Outcome.SAFETY_BLOCKED, None, 0
+        return Outcome.OK, None, 0
+
+    def _next(self, provider: str, key: str) -> int:
+        n = self._counters.get((provider, key), 0)
+        self._counters[(provider, key)] = n + 1
+        return n
+
+
+def _duration(text: str) -> float:
+    match = _DURATION.match(text)
+    if not match:
+        raise FaultProfileError(f"bad duration {text!r}: use e.g. 50ms or 1.5s")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value
+
+
+def _provider(name: str) -> str:
+    if name not in PROVIDERS:
+        raise FaultProfileError(f"unknown provider {name!r}: expected one of {PROVIDERS}")
+    return name
+
+
+def _status(arg: str) -> tuple[str, int]:
+    provider, _, code = arg.partition(":")
+    if not code.isdigit() or not 400 <= int(code) <= 599:
+        raise FaultProfileError(f"status needs <provider>:<4xx|5xx>, got {arg!r}")
+    return _provider(provider), int(code)

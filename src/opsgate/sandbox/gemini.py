@@ -1,0 +1,242 @@
+"""Gemini API sandbox: ``POST {base}/v1beta/models/{model}:generateContent`` and
+``:streamGenerateContent`` (``?alt=sse`` for SSE, else one JSON array) with ``base = /gemini``.
+
+Follows the Gemini API reference (ai.google.dev, "Generating content", "Structured output",
+"Thinking", "Context caching", "Troubleshooting / API errors"):
+
+- The key comes in the ``x-goog-api-key`` header (``?key=`` is accepted too, as the SDKs may use
+  it); a missing key is 403 ``PERMISSION_DENIED``.
+- A non-empty ``contents`` list is required (else 400 ``INVALID_ARGUMENT``).
+- With ``generationConfig.responseMimeType: "application/json"`` the answer text is a JSON
+  instance of ``responseSchema`` (OpenAPI subset, upper-case types allowed) or
+  ``responseJsonSchema`` (JSON Schema), or ``{}`` without a schema. Otherwise a text answer, cut
+  to ``maxOutputTokens`` with ``finishReason: "MAX_TOKENS"``.
+- ``generationConfig.thinkingConfig`` with a non-zero ``thinkingBudget`` or ``includeThoughts``
+  adds ``thoughtsTokenCount`` (and, with ``includeThoughts``, a ``thought: true`` part).
+- Usage: ``promptTokenCount`` over system instruction and contents (see
+  :mod:`opsgate.sandbox.synth`); from the second sighting of a system instruction of at least 1,024
+  tokens its tokens are ``cachedContentTokenCount`` (implicit caching; included in the prompt
+  count); ``totalTokenCount`` = prompt + candidates + thoughts.
+- Errors: ``{"error": {"code", "message", "status", "details"}}``; 429 ``RESOURCE_EXHAUSTED``
+  carries a ``google.rpc.RetryInfo`` detail (``retryDelay: "2s"``) and "Please retry in 2.0s."
+  in the message, and no ``Retry-After`` header, as the real API.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from opsgate.sandbox.faults import Outcome
+from opsgate.sandbox.instance import instance_for
+from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
+from opsgate.sandbox.sse import send_event, start_sse
+from opsgate.sandbox.state import CACHE_MIN_TOKENS, STATE, SandboxState
+from opsgate.sandbox.synth import count_tokens, reply_text, split_text, truncate_to_tokens
+
+PROVIDER = "gemini"
+OVERLOAD_STATUS = 503
+RETRY_DELAY_S = 2
+REQUIRED_FIELDS = ("candidates", "usageMetadata")
+_ACTIONS = ("generateContent", "streamGenerateContent")
+_RPC = "type.googleapis.com/google.rpc."
+
+_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    403: ("PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without "
+          "established identity). Please use API Key or other form of API consumer identity."),
+    404: ("NOT_FOUND", "models/unknown is not found for API version v1beta."),
+    429: ("RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and "
+          f"billing details. Please retry in {RETRY_DELAY_S:.1f}s."),
+    500: ("INTERNAL", "An internal error has occurred. Please retry or report in "
+          "https://developers.generativeai.google/guide/troubleshooting"),
+    503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
+    504: ("DEADLINE_EXCEEDED", "The request timed out. Please try again."),
+}
+
+
+class _InvalidArgument(ValueError):
+    """The body breaks the generateContent contract (answered with 400 INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    model: str
+    stream: bool
+    system: str
+    prompt: str
+    last_user: str
+    json_mode: bool
+    schema: dict[str, Any] | None
+    max_tokens: int | None
+    thinking_budget: int | None
+    include_thoughts: bool
+
+
+async def generate_content(request: web.Request) -> web.StreamResponse:
+    """``POST /gemini/{version}/models/{model}:{generateContent|streamGenerateContent}``."""
+    state = request.app[STATE]
+    model, _, action = request.match_info["target"].partition(":")
+    if action not in _ACTIONS:
+        return _error(404, f"Method {action!r} is not found.")
+    if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
+        return _error(403)
+    try:
+        parsed = _parse(model, action, await request.json())
+    except ValueError as exc:
+        return _error(400, str(exc) if isinstance(exc, _InvalidArgument) else None)
+    decision = state.faults.decide(PROVIDER)
+    await decision.wait()
+    status = decision.error_status(OVERLOAD_STATUS)
+    if status is not None:
+        return _error(status)
+    answer = _answer(parsed, state, blocked=decision.outcome is Outcome.SAFETY_BLOCKED)
+    sse = request.query.get("alt") == "sse"
+    if decision.outcome is Outcome.MALFORMED and parsed.stream and sse:
+        return await malformed_stream(request, _chunks(answer), decision.variant, {})
+    if decision.outcome is Outcome.MALFORMED:
+        return malformed_json(answer, REQUIRED_FIELDS, decision.variant, {})
+    if parsed.stream and sse:
+        return await _stream(request, answer)
+    if parsed.stream:
+        return web.json_response([data for _, data in _chunks(answer)])
+    return web.json_response(answer)
+
+
+def _parse(model: str, action: str, body: Any) -> _Request:
+    if not isinstance(body, dict):
+        raise _InvalidArgument("Invalid JSON payload: expected an object.")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _InvalidArgument("* GenerateContentRequest.contents: contents is not specified")
+    config = body.get("generationConfig") or body.get("generation_config") or {}
+    thinking = config.get("thinkingConfig") or {}
+    system = _text(body.get("systemInstruction") or body.get("system_instruction"))
+    texts = [_text(c) for c in contents if isinstance(c, dict)]
+    users = [_text(c) for c in contents if isinstance(c, dict) and c.get("role", "user") == "user"]
+    return _Request(
+        model=model,
+        stream=action == "streamGenerateContent",
+        system=system,
+        prompt="\n".join(filter(None, [system, *texts])),
+        last_user=users[-1] if users else "",
+        json_mode=config.get("responseMimeType") == "application/json",
+        schema=config.get("responseJsonSchema") or config.get("responseSchema"),
+        max_tokens=config.get("maxOutputTokens"),
+        thinking_budget=thinking.get("thinkingBudget"),
+        include_thoughts=bool(thinking.get("includeThoughts")),
+    )
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return "\n".join(str(p.get("text", "")) for p in parts or [] if isinstance(p, dict))
+
+
+def _answer(req: _Request, state: SandboxState, *, blocked: bool) -> dict[str, Any]:
+    ids = {"modelVersion": req.model, "responseId": state.next_id()}
+    prompt_tokens = count_tokens(req.prompt)
+    if blocked:
+        ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
+        usage = {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens}
+        return {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings},
+                "usageMetadata": usage, **ids}
+    if req.json_mode:
+        text, finish = json.dumps(instance_for(req.schema or {"type": "object"})), "STOP"
+    else:
+        full = reply_text(req.model, req.last_user)
+        text = truncate_to_tokens(full, req.max_tokens) if req.max_tokens else full
+        finish = "STOP" if text == full else "MAX_TOKENS"
+    thought = _thought(req)
+    parts = ([{"text": thought, "thought": True}] if thought and req.include_thoughts else [])
+    candidate = {"content": {"parts": [*parts, {"text": text}], "role": "model"},
+                 "finishReason": finish, "index": 0}
+    return {"candidates": [candidate],
+            "usageMetadata": _usage(req, state, prompt_tokens, count_tokens(text), count_tokens(thought)),
+            **ids}
+
+
+def _thought(req: _Request) -> str:
+    thinking = req.include_thoughts or (req.thinking_budget is not None and req.thinking_budget != 0)
+    return f"Thinking about how {req.model} should answer this request." if thinking else ""
+
+
+def _usage(req: _Request, state: SandboxState, prompt: int, output: int, thoughts: int) -> dict[str, Any]:
+    system_tokens = count_tokens(req.system)
+    cached = 0
+    if system_tokens >= CACHE_MIN_TOKENS[PROVIDER] and state.cache.seen_before(
+        PROVIDER, req.model, req.system
+    ):
+        cached = system_tokens
+    usage: dict[str, Any] = {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": output,
+        "totalTokenCount": prompt + output + thoughts,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+    }
+    if cached:
+        usage["cachedContentTokenCount"] = cached
+        usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+    if thoughts:
+        usage["thoughtsTokenCount"] = thoughts
+    return usage
+
+
+def _chunks(answer: dict[str, Any]) -> list[Event]:
+    """The answer as streamed chunks: one per text piece; the last has finishReason and usage."""
+    if "candidates" not in answer:
+        return [(None, answer)]
+    ids = {"modelVersion": answer["modelVersion"], "responseId": answer["responseId"]}
+    candidate = answer["candidates"][0]
+    usage = answer["usageMetadata"]
+    partial_usage = {"promptTokenCount": usage["promptTokenCount"],
+                     "totalTokenCount": usage["promptTokenCount"]}
+    pieces = [[p] for p in candidate["content"]["parts"] if p.get("thought")]
+    text = "".join(p["text"] for p in candidate["content"]["parts"] if not p.get("thought"))
+    pieces += [[{"text": t}] for t in split_text(text) or [""]]
+    events: list[Event] = []
+    for number, parts in enumerate(pieces, start=1):
+        last = number == len(pieces)
+        chunk = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if last:
+            chunk["finishReason"] = candidate["finishReason"]
+        events.append((None, {"candidates": [chunk], "usageMetadata": usage if last else partial_usage,
+                              **ids}))
+    return events
+
+
+async def _stream(request: web.Request, answer: dict[str, Any]) -> web.StreamResponse:
+    response = await start_sse(request)
+    for _, data in _chunks(answer):
+        await send_event(response, data)
+    await response.write_eof()
+    return response
+
+
+def _error(status: int, message: str | None = None) -> web.Response:
+    code, default = _ERRORS.get(status, ("INTERNAL", _ERRORS[500][1]))
+    details: list[dict[str, Any]] = []
+    if status == 429:
+        details = [
+            {"@type": _RPC + "QuotaFailure", "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
+            {"@type": _RPC + "Help", "links": [{"description": "Learn more about Gemini API quotas",
+                                                "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+            {"@type": _RPC + "RetryInfo", "retryDelay": f"{RETRY_DELAY_S}s"},
+        ]
+    elif status == 400:
+        details = [{"@type": _RPC + "BadRequest", "fieldViolations": []}]
+    body = {"error": {"code": status, "message": message or default, "status": code, "details": details}}
+    return web.json_response(body, status=status)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the Gemini routes on ``app`` (API versions v1beta and v1)."""
+    for version in ("v1beta", "v1"):
+        app.router.add_post(f"/gemini/{version}/models/{{target}}", generate_content)
