@@ -1,0 +1,266 @@
+"""Gemini generateContent adapter against a loopback server with documented response bodies."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from opsgate.providers.base import CompletionRequest, FinishReason, Usage
+from opsgate.providers.errors import (
+    AuthenticationFailed,
+    ContentFiltered,
+    EmptyAnswer,
+    InvalidRequest,
+    MalformedResponse,
+    Overloaded,
+    ProviderError,
+    RateLimited,
+    ServerError,
+)
+from opsgate.providers.gemini import GeminiProvider
+
+SCHEMA = {
+    "$defs": {"Step": {"type": "object", "title": "Step",
+                       "properties": {"title": {"type": "string", "title": "Title"}},
+                       "required": ["title"]}},
+    "type": "object",
+    "title": "Breakdown",
+    "properties": {
+        "steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}, "maxItems": 5},
+        "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+    },
+    "required": ["steps"],
+    "additionalProperties": False,
+}
+JSON_REQUEST = CompletionRequest(
+    system="Break the task down.", user="Ship the release.", max_tokens=512, json_schema=SCHEMA,
+    schema_name="breakdown", temperature=0.3,
+)
+TEXT_REQUEST = CompletionRequest(system="", user="Say hi.", max_tokens=16)
+ANSWER = {"steps": [{"title": "Tag"}, {"title": "Publish"}], "note": None}
+MODEL = "gemini-2.0-flash"
+
+
+def generated(parts=None, finish="STOP", usage=None, *, content=True):
+    candidate = {"finishReason": finish, "index": 0, "avgLogprobs": -0.0523}
+    if content:
+        candidate["content"] = {"parts": parts or [{"text": "ok"}], "role": "model"}
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage or {"promptTokenCount": 8, "candidatesTokenCount": 2,
+                                   "totalTokenCount": 10},
+        "modelVersion": MODEL,
+        "responseId": "2K9NaJ-ODfKxz7IP0fX3wQk",
+    }
+
+
+def google_error(code, status, message="Request had invalid authentication credentials.", details=None):
+    error = {"code": code, "message": message, "status": status}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+@pytest.fixture
+def gemini(session, upstream, gemini_key):
+    return GeminiProvider(session, gemini_key, base_url=upstream.base_url)
+
+
+async def test_json_answer_with_cached_thought_and_tool_prompt_tokens(gemini, upstream, gemini_key) -> None:
+    upstream.reply(
+        200,
+        generated(
+            [{"text": "Planning the steps...", "thought": True},
+             {"text": orjson.dumps(ANSWER).decode()}],
+            usage={"promptTokenCount": 1500, "cachedContentTokenCount": 1000,
+                   "candidatesTokenCount": 120, "thoughtsTokenCount": 80,
+                   "toolUsePromptTokenCount": 20, "totalTokenCount": 1720,
+                   "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1500}]},
+        ),
+    )
+    done = await gemini.complete(JSON_REQUEST, MODEL, timeout_s=5)
+    assert done.data == ANSWER
+    assert done.text == orjson.dumps(ANSWER).decode()
+    assert done.usage == Usage(input_tokens=520, cache_read_tokens=1000, output_tokens=200,
+                               reasoning_tokens=80)
+    assert done.usage.total_tokens == 1720
+    assert done.finish_reason is FinishReason.STOP
+    assert done.provider_request_id == "2K9NaJ-ODfKxz7IP0fX3wQk"
+
+    sent = upstream.requests[0]
+    assert sent.path == "/v1beta/models/gemini-2.0-flash:generateContent"
+    assert sent.query == ""
+    assert sent.headers["x-goog-api-key"] == gemini_key
+    assert gemini_key not in sent.raw_url
+    assert "key=" not in sent.raw_url
+    assert sent.body["systemInstruction"] == {"parts": [{"text": "Break the task down."}]}
+    assert sent.body["contents"] == [{"role": "user", "parts": [{"text": "Ship the release."}]}]
+    assert sent.body["generationConfig"] == {
+        "maxOutputTokens": 512,
+        "temperature": 0.3,
+        "responseMimeType": "application/json",
+        "responseSchema": {
+            "type": "OBJECT",
+            "properties": {
+                "steps": {
+                    "type": "ARRAY",
+                    "items": {"type": "OBJECT", "properties": {"title": {"type": "STRING"}},
+                              "required": ["title"]},
+                    "maxItems": 5,
+                },
+                "note": {"type": "STRING", "nullable": True},
+            },
+            "required": ["steps"],
+            "propertyOrdering": ["steps", "note"],
+        },
+    }
+
+
+async def test_text_request_without_system_or_schema(gemini, upstream) -> None:
+    upstream.reply(200, generated([{"text": "Hi"}, {"text": "!"}], finish="MAX_TOKENS"),
+                   headers={"x-goog-request-id": "goog-1"})
+    done = await gemini.complete(TEXT_REQUEST, "models/gemini-2.0-flash", timeout_s=5)
+    assert (done.text, done.data) == ("Hi!", None)
+    assert done.finish_reason is FinishReason.LENGTH
+    assert done.provider_request_id == "goog-1"
+    assert done.usage == Usage(input_tokens=8, output_tokens=2)
+    body = upstream.requests[0].body
+    assert "systemInstruction" not in body
+    assert body["generationConfig"] == {"maxOutputTokens": 16, "temperature": 0.2}
+    assert upstream.requests[0].path == "/v1beta/models/gemini-2.0-flash:generateContent"
+
+
+@pytest.mark.parametrize("raw", ["MALFORMED_FUNCTION_CALL", "LANGUAGE", "OTHER", "UNEXPECTED_TOOL_CALL"])
+async def test_other_finish_reasons_stay_unknown(gemini, upstream, raw) -> None:
+    upstream.reply(200, generated([{"text": "partial"}], finish=raw))
+    done = await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert done.finish_reason is FinishReason.UNKNOWN
+    assert done.raw_finish_reason == raw
+
+
+async def test_blocked_prompt_is_content_filtered(gemini, upstream) -> None:
+    upstream.reply(200, {
+        "promptFeedback": {"blockReason": "SAFETY", "safetyRatings": [
+            {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
+        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+        "modelVersion": MODEL,
+    })
+    with pytest.raises(ContentFiltered) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert info.value.detail == "the prompt was blocked (SAFETY)"
+
+
+@pytest.mark.parametrize(
+    "finish", ["SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"]
+)
+async def test_blocked_answers_are_content_filtered(gemini, upstream, finish) -> None:
+    upstream.reply(200, generated(finish=finish, content=False))
+    with pytest.raises(ContentFiltered) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert info.value.detail == f"the answer was blocked ({finish})"
+
+
+async def test_safety_finish_with_partial_content_is_still_filtered(gemini, upstream) -> None:
+    upstream.reply(200, generated([{"text": "Here is how to"}], finish="SAFETY"))
+    with pytest.raises(ContentFiltered):
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        generated(finish="OTHER", content=False),
+        generated([{"text": "thinking only", "thought": True}]),
+        {"candidates": [], "usageMetadata": {"promptTokenCount": 3}},
+        {"usageMetadata": {"promptTokenCount": 3}},
+    ],
+)
+async def test_empty_answers(gemini, upstream, body) -> None:
+    upstream.reply(200, body)
+    with pytest.raises(EmptyAnswer):
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+
+
+@pytest.mark.parametrize(
+    ("body", "request_"),
+    [
+        (b"\n<html>oops</html>", TEXT_REQUEST),
+        ({"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}]}, TEXT_REQUEST),
+        (generated([{"text": "hi"}], usage={"promptTokenCount": 5, "cachedContentTokenCount": 9}),
+         TEXT_REQUEST),
+        (generated([{"text": '{"steps": [{"title": "Ta'}], finish="MAX_TOKENS"), JSON_REQUEST),
+        ({"candidates": ["text"], "usageMetadata": {}}, TEXT_REQUEST),
+    ],
+)
+async def test_undocumented_or_cut_bodies_are_malformed(gemini, upstream, body, request_) -> None:
+    upstream.reply(200, body)
+    with pytest.raises(MalformedResponse):
+        await gemini.complete(request_, MODEL, timeout_s=5)
+
+
+@pytest.mark.parametrize(
+    ("status", "google_status", "cls"),
+    [
+        (400, "INVALID_ARGUMENT", InvalidRequest),
+        (400, "FAILED_PRECONDITION", InvalidRequest),
+        (401, "UNAUTHENTICATED", AuthenticationFailed),
+        (403, "PERMISSION_DENIED", AuthenticationFailed),
+        (404, "NOT_FOUND", InvalidRequest),
+        (500, "INTERNAL", ServerError),
+        (503, "UNAVAILABLE", Overloaded),
+        (504, "DEADLINE_EXCEEDED", ServerError),
+    ],
+)
+async def test_error_statuses_map_to_typed_errors(
+    gemini, upstream, gemini_key, assert_safe_detail, status, google_status, cls
+) -> None:
+    upstream.reply(status, google_error(status, google_status, f"API key not valid: {gemini_key}"))
+    with pytest.raises(ProviderError) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert type(info.value) is cls
+    assert info.value.http_status == status
+    assert info.value.detail == f"HTTP {status} {google_status}"
+    assert_safe_detail(info.value, gemini_key, "API key not valid")
+
+
+async def test_429_reads_retry_info_from_the_body(gemini, upstream) -> None:
+    upstream.reply(429, google_error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota.", [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+             "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
+        {"@type": "type.googleapis.com/google.rpc.Help", "links": [
+            {"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "32s"},
+    ]))
+    with pytest.raises(RateLimited) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert info.value.retry_after == 32.0
+    assert info.value.detail == "HTTP 429 RESOURCE_EXHAUSTED"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("You exceeded your current quota. Please retry in 32.5s.", 32.5),
+        ("Quota exceeded. Please retry in 750ms.", 0.75),
+        ("Resource has been exhausted (e.g. check quota).", None),
+    ],
+)
+async def test_429_falls_back_to_the_retry_phrase(gemini, upstream, message, expected) -> None:
+    upstream.reply(429, google_error(429, "RESOURCE_EXHAUSTED", message))
+    with pytest.raises(RateLimited) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert info.value.retry_after == expected
+
+
+async def test_path_injection_in_the_model_name_is_refused_locally(gemini, upstream) -> None:
+    with pytest.raises(InvalidRequest):
+        await gemini.complete(TEXT_REQUEST, "../../v1/files?x=", timeout_s=5)
+    assert upstream.requests == []
+
+
+async def test_missing_key_fails_without_a_network_call(session, upstream) -> None:
+    gemini = GeminiProvider(session, None, base_url=upstream.base_url)
+    with pytest.raises(AuthenticationFailed, match="^GEMINI_API_KEY is not set$"):
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert upstream.requests == []
