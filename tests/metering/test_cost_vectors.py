@@ -17,8 +17,13 @@ from opsgate.providers.base import Usage
 VECTORS = json.loads(
     (Path(__file__).parents[1] / "vectors" / "cost_vectors.json").read_text("utf-8")
 )
-BILLED = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-          "cache_read_tokens")
+BILLED = (
+    "input_tokens",
+    "output_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "cache_read_tokens",
+)
 
 
 def vector_price(model: str) -> ModelPrice:
@@ -94,8 +99,9 @@ def test_cost_is_additive_up_to_rounding(a: Usage, b: Usage, model: str) -> None
 @given(usages, st.sampled_from(BILLED), st.integers(min_value=1, max_value=10**6), models)
 def test_cost_is_monotone_in_every_field(usage: Usage, field: str, more: int, model: str) -> None:
     price = vector_price(model)
-    bigger = Usage(**{name: getattr(usage, name) + (more if name == field else 0)
-                      for name in BILLED})
+    bigger = Usage(
+        **{name: getattr(usage, name) + (more if name == field else 0) for name in BILLED}
+    )
     assert cost_micro_usd(bigger, price) >= cost_micro_usd(usage, price)
 
 
@@ -108,11 +114,16 @@ def test_rounded_cost_is_within_half_a_micro_dollar(usage: Usage, model: str) ->
 
 
 @given(st.integers(0, 10**7), st.integers(0, 10**6), models)
-def test_worst_case_bounds_every_split_of_the_prompt(prompt: int, max_tokens: int,
-                                                     model: str) -> None:
+def test_worst_case_bounds_every_split_of_the_prompt(
+    prompt: int, max_tokens: int, model: str
+) -> None:
     price = vector_price(model)
     bound = worst_case_micro_usd(prompt, max_tokens, price)
-    for field in ("input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-                  "cache_read_tokens"):
+    for field in (
+        "input_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "cache_read_tokens",
+    ):
         usage = Usage(**{field: prompt, "output_tokens": max_tokens})
         assert cost_micro_usd(usage, price) <= bound

@@ -36,13 +36,18 @@ def test_packaged_table_prices_every_default_model() -> None:
     table = PriceTable.load()
     opus = table.price_for("claude-opus-4-5")
     assert (opus.input, opus.output, opus.cache_write, opus.cache_write_1h, opus.cache_read) == (
-        Decimal("5"), Decimal("25"), Decimal("6.25"), Decimal("10"), Decimal("0.50"),
+        Decimal("5"),
+        Decimal("25"),
+        Decimal("6.25"),
+        Decimal("10"),
+        Decimal("0.50"),
     )
     assert table.price_for("deepseek-chat").cache_read == Decimal("0.028")
     assert table.price_for("deepseek-reasoner").output == Decimal("0.42")
     assert table.price_for("gemini-2.0-flash").cache_read == Decimal("0.025")
     assert {s.provider: s.read_on for s in table.sources.values()} == {
-        "anthropic": date(2026, 11, 30), "deepseek": date(2026, 11, 30),
+        "anthropic": date(2026, 11, 30),
+        "deepseek": date(2026, 11, 30),
         "gemini": date(2026, 11, 30),
     }
 
@@ -78,10 +83,18 @@ def test_unknown_model_is_an_opsgate_error() -> None:
         ('output = "15"', 'output = "1000000.01"', r"'acme-1': 'output' .* over \$1 per token"),
         ('cache_write_1h = "6"\n', "", r"'acme-1': 'cache_write_1h' must be a decimal string"),
         ('provider = "acme"', 'provider = "other"', r"'acme-1': 'provider' must name"),
-        ('cache_read = "0.30"', 'cache_read = "0.30"\ncache_hit = "1"', r"unknown field.*cache_hit"),
+        (
+            'cache_read = "0.30"',
+            'cache_read = "0.30"\ncache_hit = "1"',
+            r"unknown field.*cache_hit",
+        ),
         ('version = "test.1"', "", r"'version' must be a non-empty string"),
         ("read_on = 2026-11-30", 'read_on = "yesterday"', r"'acme': 'read_on' must be a TOML date"),
-        ('source = "https://acme.example/pricing"', 'source = "acme"', r"'source' must be an https"),
+        (
+            'source = "https://acme.example/pricing"',
+            'source = "acme"',
+            r"'source' must be an https",
+        ),
     ],
 )
 def test_invalid_tables_are_refused_with_a_clear_message(

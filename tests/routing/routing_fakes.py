@@ -10,7 +10,9 @@ from opsgate.clock import ManualClock
 from opsgate.providers.base import Completion, CompletionRequest, FinishReason, Usage
 from opsgate.providers.errors import ProviderError
 
-REQUEST = CompletionRequest(system="You sort email.", user="Classify: invoice overdue", max_tokens=64)
+REQUEST = CompletionRequest(
+    system="You sort email.", user="Classify: invoice overdue", max_tokens=64
+)
 
 Step = ProviderError | Callable[[], ProviderError] | None
 """A scripted answer: an error to raise, or ``None`` for a successful completion."""
@@ -18,9 +20,14 @@ Step = ProviderError | Callable[[], ProviderError] | None
 
 def completion(provider: str, model: str) -> Completion:
     return Completion(
-        provider=provider, model=model, text='{"label": "billing"}', data={"label": "billing"},
-        usage=Usage(input_tokens=12, output_tokens=5), finish_reason=FinishReason.STOP,
-        raw_finish_reason="end_turn", provider_request_id=f"req-{provider}",
+        provider=provider,
+        model=model,
+        text='{"label": "billing"}',
+        data={"label": "billing"},
+        usage=Usage(input_tokens=12, output_tokens=5),
+        finish_reason=FinishReason.STOP,
+        raw_finish_reason="end_turn",
+        provider_request_id=f"req-{provider}",
         provider_latency_ms=3.0,
     )
 
@@ -39,7 +46,9 @@ class ScriptedProvider:
     gate: asyncio.Event | None = None
     calls: list[tuple[str, float]] = field(default_factory=list)
 
-    async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
+    async def complete(
+        self, request: CompletionRequest, model: str, timeout_s: float
+    ) -> Completion:
         self.calls.append((model, timeout_s))
         if self.gate is not None:
             await self.gate.wait()

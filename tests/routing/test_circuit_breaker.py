@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
 
 from opsgate.clock import ManualClock
 from opsgate.providers.errors import (
@@ -19,15 +20,15 @@ from opsgate.providers.errors import (
 from opsgate.routing.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.router import Router
-from routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
 
 OVERLOADED = Overloaded("deepseek", http_status=503)
 
 
 def breaker(threshold: int = 3, cooldown_s: float = 30.0) -> tuple[CircuitBreaker, ManualClock]:
     clock = ManualClock()
-    return CircuitBreaker("deepseek", clock, failure_threshold=threshold,
-                          cooldown_s=cooldown_s), clock
+    return CircuitBreaker(
+        "deepseek", clock, failure_threshold=threshold, cooldown_s=cooldown_s
+    ), clock
 
 
 def fail(b: CircuitBreaker, error: Exception = OVERLOADED, times: int = 1) -> None:
@@ -55,16 +56,19 @@ def test_a_success_resets_the_streak() -> None:
     assert b.snapshot().consecutive_failures == 2
 
 
-@pytest.mark.parametrize("error", [AuthenticationFailed("deepseek", http_status=401),
-                                   BillingFailed("deepseek", http_status=402)])
+@pytest.mark.parametrize(
+    "error",
+    [AuthenticationFailed("deepseek", http_status=401), BillingFailed("deepseek", http_status=402)],
+)
 def test_auth_and_billing_failures_count(error: Exception) -> None:
     b, _ = breaker(threshold=2)
     fail(b, error, times=2)
     assert b.state is BreakerState.OPEN
 
 
-@pytest.mark.parametrize("error", [InvalidRequest("deepseek", http_status=400),
-                                   ContentFiltered("deepseek")])
+@pytest.mark.parametrize(
+    "error", [InvalidRequest("deepseek", http_status=400), ContentFiltered("deepseek")]
+)
 def test_request_side_errors_do_not_count(error: Exception) -> None:
     b, _ = breaker(threshold=2)
     fail(b, error, times=5)
@@ -136,7 +140,9 @@ def test_neutral_trial_frees_the_slot_and_stays_half_open() -> None:
 def chain_policy() -> RoutePolicy:
     return RoutePolicy(
         chain=(Target("deepseek", "deepseek-chat"), Target("gemini", "gemini-2.0-flash")),
-        timeout_s=10.0, max_attempts_per_target=1, max_retry_wait_s=30.0,
+        timeout_s=10.0,
+        max_attempts_per_target=1,
+        max_retry_wait_s=30.0,
     )
 
 
@@ -157,7 +163,8 @@ async def test_router_skips_a_provider_whose_breaker_is_open() -> None:
     assert router.breaker("deepseek").state is BreakerState.OPEN
     routed = await router.complete(REQUEST, chain_policy())
     assert [(a.provider, a.outcome_kind) for a in routed.attempts] == [
-        ("deepseek", "circuit_open"), ("gemini", "ok"),
+        ("deepseek", "circuit_open"),
+        ("gemini", "ok"),
     ]
     assert len(providers["deepseek"].calls) == 2
     clock.advance(30)
@@ -202,5 +209,6 @@ async def test_router_snapshot_lists_every_provider() -> None:
     router, _, _ = router_setup([ServerError("deepseek", http_status=500)])
     await router.complete(REQUEST, chain_policy())
     assert {(s.provider, s.state, s.consecutive_failures) for s in router.snapshot()} == {
-        ("deepseek", BreakerState.CLOSED, 1), ("gemini", BreakerState.CLOSED, 0),
+        ("deepseek", BreakerState.CLOSED, 1),
+        ("gemini", BreakerState.CLOSED, 0),
     }

@@ -25,8 +25,9 @@ def test_non_retryable_errors_get_no_wait() -> None:
     assert retry_wait_s(InvalidRequest("anthropic", http_status=400), 1, 60.0) is None
 
 
-@pytest.mark.parametrize(("failures", "ceiling"), [(1, 0.25), (2, 0.5), (3, 1.0), (6, 8.0),
-                                                   (40, 8.0)])
+@pytest.mark.parametrize(
+    ("failures", "ceiling"), [(1, 0.25), (2, 0.5), (3, 1.0), (6, 8.0), (40, 8.0), (5000, 8.0)]
+)
 def test_backoff_is_full_jitter_under_a_doubling_ceiling(failures: int, ceiling: float) -> None:
     assert backoff_s(failures, rand=lambda: 0.0) == 0.0
     assert backoff_s(failures, rand=lambda: 0.5) == ceiling / 2
@@ -50,14 +51,20 @@ def test_every_operation_gets_the_default_policy() -> None:
         Target("gemini", "gemini-2.0-flash"),
     )
     assert (default.timeout_s, default.max_retry_wait_s, default.total_timeout_s) == (
-        45.0, 12.0, 90.0,
+        45.0,
+        12.0,
+        90.0,
     )
     assert default.fallback_on_content_filter is False
 
 
 def test_overrides_replace_one_operation() -> None:
-    mine = RoutePolicy(chain=(Target("gemini", "gemini-2.0-flash"),), timeout_s=5.0,
-                       max_attempts_per_target=1, max_retry_wait_s=0.0)
+    mine = RoutePolicy(
+        chain=(Target("gemini", "gemini-2.0-flash"),),
+        timeout_s=5.0,
+        max_attempts_per_target=1,
+        max_retry_wait_s=0.0,
+    )
     policies = policies_for(Settings(), {"email-classify": mine})
     assert policies["email-classify"] is mine
     assert policies["email-compose"] == default_policy(Settings())
@@ -68,10 +75,19 @@ def test_overrides_for_unknown_operations_are_refused() -> None:
         policies_for(Settings(), {"email-delete": default_policy(Settings())})
 
 
-@pytest.mark.parametrize("changes", [{"chain": ()}, {"timeout_s": 0}, {"max_attempts_per_target": 0},
-                                     {"total_timeout_s": -1.0}])
+@pytest.mark.parametrize(
+    "changes",
+    [{"chain": ()}, {"timeout_s": 0}, {"max_attempts_per_target": 0}, {"total_timeout_s": -1.0}],
+)
 def test_invalid_policies_are_refused(changes: dict) -> None:
-    fields = dict(chain=(Target("gemini", "gemini-2.0-flash"),), timeout_s=5.0,
-                  max_attempts_per_target=1, max_retry_wait_s=0.0) | changes
+    fields = (
+        dict(
+            chain=(Target("gemini", "gemini-2.0-flash"),),
+            timeout_s=5.0,
+            max_attempts_per_target=1,
+            max_retry_wait_s=0.0,
+        )
+        | changes
+    )
     with pytest.raises(ValueError):
         RoutePolicy(**fields)

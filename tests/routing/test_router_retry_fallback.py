@@ -1,10 +1,11 @@
-"""The router's retry loop and fallback chain, with fake providers, a manual clock and fake sleep."""
+"""The router's retry loop and fallback chain: fake providers, manual clock, recording sleep."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
 
 from opsgate.clock import ManualClock
 from opsgate.providers.errors import (
@@ -23,7 +24,6 @@ from opsgate.providers.errors import (
 from opsgate.routing.errors import AllProvidersFailed
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.router import Attempt, Router
-from routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
 
 CHAIN = (
     Target("anthropic", "claude-opus-4-5"),
@@ -86,8 +86,12 @@ async def test_retry_after_above_the_cap_skips_to_the_next_target_without_waitin
 
 
 async def test_without_retry_after_waits_full_jitter_exponential_backoff() -> None:
-    s = Setup(anthropic=[Overloaded("anthropic", http_status=529),
-                         ServerError("anthropic", http_status=500)])
+    s = Setup(
+        anthropic=[
+            Overloaded("anthropic", http_status=529),
+            ServerError("anthropic", http_status=500),
+        ]
+    )
     routed = await s.router.complete(REQUEST, policy())
     # rand() = 0.5: 0.5 x min(8, 0.25 x 2^0) then 0.5 x min(8, 0.25 x 2^1)
     assert s.sleep.waits == [0.125, 0.25]
@@ -193,7 +197,7 @@ async def test_slow_provider_is_cut_at_the_attempt_timeout() -> None:
     s = Setup()
     slow = s.providers["anthropic"]
 
-    async def hang(request, model, timeout_s):  # noqa: ANN001, ANN202
+    async def hang(request, model, timeout_s):
         slow.calls.append((model, timeout_s))
         await asyncio.sleep(10)
 

@@ -14,13 +14,14 @@ like 0.028 exactly. The file's shape::
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from opsgate.errors import OpsgateError
 
@@ -137,7 +138,7 @@ def _model_price(model: str, entry: Any, sources: Mapping[str, PriceSource]) -> 
     if not isinstance(entry, dict):
         raise PriceTableError(f"model {model!r}: must be a table")
     provider = entry.get("provider")
-    if provider not in sources:
+    if not isinstance(provider, str) or provider not in sources:
         raise PriceTableError(f"model {model!r}: 'provider' must name a [providers.*] table")
     unknown = set(entry) - {"provider", *PRICE_FIELDS}
     if unknown:

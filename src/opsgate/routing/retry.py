@@ -23,7 +23,8 @@ def backoff_s(failures: int, rand: Callable[[], float] = random.random) -> float
     """Full-jitter backoff in seconds after ``failures`` (>= 1) consecutive failures.
 
     ``rand`` returns a float in [0, 1) (injectable for tests)."""
-    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+    doublings = min(failures - 1, 32)  # the cap is reached long before; avoids float overflow
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**doublings)
     return rand() * ceiling
 
 

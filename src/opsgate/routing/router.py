@@ -196,7 +196,12 @@ class Router:
         return error
 
     def _record(
-        self, call: _Call, target: Target, kind: str, status: int | None, started: float,
+        self,
+        call: _Call,
+        target: Target,
+        kind: str,
+        status: int | None,
+        started: float,
         waited: float,
     ) -> None:
         latency_ms = (self._clock.monotonic() - started) * 1000
