@@ -112,7 +112,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def anthropic_key() -> str:
     """A key in Anthropic's shape, generated now (never a real secret)."""
-    return "sk-ant-api03-" + secrets.token_urlsafe(70)[:93] + "-" + secrets.token_urlsafe(6)[:6] + "AA"
+    return (
+        "sk-ant-api03-" + secrets.token_urlsafe(70)[:93] + "-" + secrets.token_urlsafe(6)[:6] + "AA"
+    )
 
 
 @pytest.fixture

@@ -26,11 +26,17 @@ from opsgate.providers.errors import (
 
 SCHEMA = {
     "type": "object",
-    "properties": {"label": {"type": "string", "enum": ["urgent", "later"]}, "score": {"type": "number"}},
+    "properties": {
+        "label": {"type": "string", "enum": ["urgent", "later"]},
+        "score": {"type": "number"},
+    },
     "required": ["label", "score"],
 }
 JSON_REQUEST = CompletionRequest(
-    system="Classify the email.", user="Server down!", max_tokens=256, json_schema=SCHEMA,
+    system="Classify the email.",
+    user="Server down!",
+    max_tokens=256,
+    json_schema=SCHEMA,
     schema_name="classification",
 )
 TEXT_REQUEST = CompletionRequest(system="Be brief.", user="Say hi.", max_tokens=64)
@@ -74,14 +80,23 @@ async def test_json_answer_comes_from_the_forced_tool_with_all_usage_fields(
     upstream.reply(
         200,
         message(
-            [{"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "classification",
-              "input": {"label": "urgent", "score": 0.93}}],
+            [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01A09q90qw90lq917835lq9",
+                    "name": "classification",
+                    "input": {"label": "urgent", "score": 0.93},
+                }
+            ],
             stop_reason="tool_use",
             usage={
                 "input_tokens": 2095,
                 "cache_creation_input_tokens": 2051,
                 "cache_read_input_tokens": 1800,
-                "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 51},
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 2000,
+                    "ephemeral_1h_input_tokens": 51,
+                },
                 "output_tokens": 503,
                 "service_tier": "standard",
             },
@@ -92,7 +107,10 @@ async def test_json_answer_comes_from_the_forced_tool_with_all_usage_fields(
     assert done.data == {"label": "urgent", "score": 0.93}
     assert done.text == '{"label":"urgent","score":0.93}'
     assert done.usage == Usage(
-        input_tokens=2095, output_tokens=503, cache_write_tokens=2000, cache_write_1h_tokens=51,
+        input_tokens=2095,
+        output_tokens=503,
+        cache_write_tokens=2000,
+        cache_write_1h_tokens=51,
         cache_read_tokens=1800,
     )
     assert done.finish_reason is FinishReason.TOOL_USE
@@ -122,8 +140,12 @@ async def test_text_answer_and_unsplit_cache_writes_count_as_five_minute(claude,
         200,
         message(
             [{"type": "text", "text": "Hi"}, {"type": "text", "text": " there."}],
-            usage={"input_tokens": 12, "output_tokens": 4, "cache_creation_input_tokens": 300,
-                   "cache_read_input_tokens": None},
+            usage={
+                "input_tokens": 12,
+                "output_tokens": 4,
+                "cache_creation_input_tokens": 300,
+                "cache_read_input_tokens": None,
+            },
         ),
     )
     done = await claude.complete(TEXT_REQUEST, MODEL, timeout_s=5)
@@ -154,8 +176,11 @@ async def test_stop_reasons_map_without_loss(claude, upstream, raw, expected) ->
 
 
 async def test_refusal_is_content_filtered(claude, upstream) -> None:
-    upstream.reply(200, message([{"type": "text", "text": "I can't help."}], stop_reason="refusal"),
-                   headers={"request-id": "req_r"})
+    upstream.reply(
+        200,
+        message([{"type": "text", "text": "I can't help."}], stop_reason="refusal"),
+        headers={"request-id": "req_r"},
+    )
     with pytest.raises(ContentFiltered) as info:
         await claude.complete(TEXT_REQUEST, MODEL, timeout_s=5)
     assert info.value.detail == "the model refused (refusal)"
@@ -170,7 +195,9 @@ async def test_refusal_is_content_filtered(claude, upstream) -> None:
         (JSON_REQUEST, [{"type": "text", "text": "Here is the classification."}]),
     ],
 )
-async def test_no_text_or_tool_input_is_an_empty_answer(claude, upstream, request_, content) -> None:
+async def test_no_text_or_tool_input_is_an_empty_answer(
+    claude, upstream, request_, content
+) -> None:
     upstream.reply(200, message(content))
     with pytest.raises(EmptyAnswer):
         await claude.complete(request_, MODEL, timeout_s=5)
@@ -193,8 +220,12 @@ async def test_undocumented_bodies_are_malformed(claude, upstream, body) -> None
 
 
 async def test_tool_use_for_another_tool_is_malformed(claude, upstream) -> None:
-    upstream.reply(200, message([{"type": "tool_use", "id": "t", "name": "other", "input": {}}],
-                                stop_reason="tool_use"))
+    upstream.reply(
+        200,
+        message(
+            [{"type": "tool_use", "id": "t", "name": "other", "input": {}}], stop_reason="tool_use"
+        ),
+    )
     with pytest.raises(MalformedResponse):
         await claude.complete(JSON_REQUEST, MODEL, timeout_s=5)
 
@@ -249,7 +280,9 @@ async def test_429_honours_retry_after(claude, upstream) -> None:
     assert info.value.retryable is True
 
 
-async def test_429_without_retry_after_waits_for_the_exhausted_bucket(claude, upstream, clock) -> None:
+async def test_429_without_retry_after_waits_for_the_exhausted_bucket(
+    claude, upstream, clock
+) -> None:
     now = clock.now()
     upstream.reply(
         429,
@@ -268,7 +301,9 @@ async def test_429_without_retry_after_waits_for_the_exhausted_bucket(claude, up
     assert info.value.retry_after == 12.0
 
 
-async def test_429_with_resets_but_no_exhausted_bucket_waits_for_the_latest(claude, upstream, clock) -> None:
+async def test_429_with_resets_but_no_exhausted_bucket_waits_for_the_latest(
+    claude, upstream, clock
+) -> None:
     now = clock.now()
     upstream.reply(
         429,
@@ -284,7 +319,9 @@ async def test_429_with_resets_but_no_exhausted_bucket_waits_for_the_latest(clau
 
 
 async def test_429_without_any_wait_is_the_spend_cap(claude, upstream) -> None:
-    upstream.reply(429, error("rate_limit_error", "You have reached your specified API usage limits."))
+    upstream.reply(
+        429, error("rate_limit_error", "You have reached your specified API usage limits.")
+    )
     with pytest.raises(SpendCapReached) as info:
         await claude.complete(TEXT_REQUEST, MODEL, timeout_s=5)
     assert info.value.retryable is False

@@ -20,9 +20,14 @@ from opsgate.providers.errors import (
 from opsgate.providers.gemini import GeminiProvider
 
 SCHEMA = {
-    "$defs": {"Step": {"type": "object", "title": "Step",
-                       "properties": {"title": {"type": "string", "title": "Title"}},
-                       "required": ["title"]}},
+    "$defs": {
+        "Step": {
+            "type": "object",
+            "title": "Step",
+            "properties": {"title": {"type": "string", "title": "Title"}},
+            "required": ["title"],
+        }
+    },
     "type": "object",
     "title": "Breakdown",
     "properties": {
@@ -33,8 +38,12 @@ SCHEMA = {
     "additionalProperties": False,
 }
 JSON_REQUEST = CompletionRequest(
-    system="Break the task down.", user="Ship the release.", max_tokens=512, json_schema=SCHEMA,
-    schema_name="breakdown", temperature=0.3,
+    system="Break the task down.",
+    user="Ship the release.",
+    max_tokens=512,
+    json_schema=SCHEMA,
+    schema_name="breakdown",
+    temperature=0.3,
 )
 TEXT_REQUEST = CompletionRequest(system="", user="Say hi.", max_tokens=16)
 ANSWER = {"steps": [{"title": "Tag"}, {"title": "Publish"}], "note": None}
@@ -47,14 +56,16 @@ def generated(parts=None, finish="STOP", usage=None, *, content=True):
         candidate["content"] = {"parts": parts or [{"text": "ok"}], "role": "model"}
     return {
         "candidates": [candidate],
-        "usageMetadata": usage or {"promptTokenCount": 8, "candidatesTokenCount": 2,
-                                   "totalTokenCount": 10},
+        "usageMetadata": usage
+        or {"promptTokenCount": 8, "candidatesTokenCount": 2, "totalTokenCount": 10},
         "modelVersion": MODEL,
         "responseId": "2K9NaJ-ODfKxz7IP0fX3wQk",
     }
 
 
-def google_error(code, status, message="Request had invalid authentication credentials.", details=None):
+def google_error(
+    code, status, message="Request had invalid authentication credentials.", details=None
+):
     error = {"code": code, "message": message, "status": status}
     if details is not None:
         error["details"] = details
@@ -66,23 +77,33 @@ def gemini(session, upstream, gemini_key):
     return GeminiProvider(session, gemini_key, base_url=upstream.base_url)
 
 
-async def test_json_answer_with_cached_thought_and_tool_prompt_tokens(gemini, upstream, gemini_key) -> None:
+async def test_json_answer_with_cached_thought_and_tool_prompt_tokens(
+    gemini, upstream, gemini_key
+) -> None:
     upstream.reply(
         200,
         generated(
-            [{"text": "Planning the steps...", "thought": True},
-             {"text": orjson.dumps(ANSWER).decode()}],
-            usage={"promptTokenCount": 1500, "cachedContentTokenCount": 1000,
-                   "candidatesTokenCount": 120, "thoughtsTokenCount": 80,
-                   "toolUsePromptTokenCount": 20, "totalTokenCount": 1720,
-                   "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1500}]},
+            [
+                {"text": "Planning the steps...", "thought": True},
+                {"text": orjson.dumps(ANSWER).decode()},
+            ],
+            usage={
+                "promptTokenCount": 1500,
+                "cachedContentTokenCount": 1000,
+                "candidatesTokenCount": 120,
+                "thoughtsTokenCount": 80,
+                "toolUsePromptTokenCount": 20,
+                "totalTokenCount": 1720,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1500}],
+            },
         ),
     )
     done = await gemini.complete(JSON_REQUEST, MODEL, timeout_s=5)
     assert done.data == ANSWER
     assert done.text == orjson.dumps(ANSWER).decode()
-    assert done.usage == Usage(input_tokens=520, cache_read_tokens=1000, output_tokens=200,
-                               reasoning_tokens=80)
+    assert done.usage == Usage(
+        input_tokens=520, cache_read_tokens=1000, output_tokens=200, reasoning_tokens=80
+    )
     assert done.usage.total_tokens == 1720
     assert done.finish_reason is FinishReason.STOP
     assert done.provider_request_id == "2K9NaJ-ODfKxz7IP0fX3wQk"
@@ -104,8 +125,11 @@ async def test_json_answer_with_cached_thought_and_tool_prompt_tokens(gemini, up
             "properties": {
                 "steps": {
                     "type": "ARRAY",
-                    "items": {"type": "OBJECT", "properties": {"title": {"type": "STRING"}},
-                              "required": ["title"]},
+                    "items": {
+                        "type": "OBJECT",
+                        "properties": {"title": {"type": "STRING"}},
+                        "required": ["title"],
+                    },
                     "maxItems": 5,
                 },
                 "note": {"type": "STRING", "nullable": True},
@@ -117,8 +141,11 @@ async def test_json_answer_with_cached_thought_and_tool_prompt_tokens(gemini, up
 
 
 async def test_text_request_without_system_or_schema(gemini, upstream) -> None:
-    upstream.reply(200, generated([{"text": "Hi"}, {"text": "!"}], finish="MAX_TOKENS"),
-                   headers={"x-goog-request-id": "goog-1"})
+    upstream.reply(
+        200,
+        generated([{"text": "Hi"}, {"text": "!"}], finish="MAX_TOKENS"),
+        headers={"x-goog-request-id": "goog-1"},
+    )
     done = await gemini.complete(TEXT_REQUEST, "models/gemini-2.0-flash", timeout_s=5)
     assert (done.text, done.data) == ("Hi!", None)
     assert done.finish_reason is FinishReason.LENGTH
@@ -130,7 +157,9 @@ async def test_text_request_without_system_or_schema(gemini, upstream) -> None:
     assert upstream.requests[0].path == "/v1beta/models/gemini-2.0-flash:generateContent"
 
 
-@pytest.mark.parametrize("raw", ["MALFORMED_FUNCTION_CALL", "LANGUAGE", "OTHER", "UNEXPECTED_TOOL_CALL"])
+@pytest.mark.parametrize(
+    "raw", ["MALFORMED_FUNCTION_CALL", "LANGUAGE", "OTHER", "UNEXPECTED_TOOL_CALL"]
+)
 async def test_other_finish_reasons_stay_unknown(gemini, upstream, raw) -> None:
     upstream.reply(200, generated([{"text": "partial"}], finish=raw))
     done = await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
@@ -139,12 +168,19 @@ async def test_other_finish_reasons_stay_unknown(gemini, upstream, raw) -> None:
 
 
 async def test_blocked_prompt_is_content_filtered(gemini, upstream) -> None:
-    upstream.reply(200, {
-        "promptFeedback": {"blockReason": "SAFETY", "safetyRatings": [
-            {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
-        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
-        "modelVersion": MODEL,
-    })
+    upstream.reply(
+        200,
+        {
+            "promptFeedback": {
+                "blockReason": "SAFETY",
+                "safetyRatings": [
+                    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
+                ],
+            },
+            "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+            "modelVersion": MODEL,
+        },
+    )
     with pytest.raises(ContentFiltered) as info:
         await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
     assert info.value.detail == "the prompt was blocked (SAFETY)"
@@ -185,9 +221,16 @@ async def test_empty_answers(gemini, upstream, body) -> None:
     ("body", "request_"),
     [
         (b"\n<html>oops</html>", TEXT_REQUEST),
-        ({"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}]}, TEXT_REQUEST),
-        (generated([{"text": "hi"}], usage={"promptTokenCount": 5, "cachedContentTokenCount": 9}),
-         TEXT_REQUEST),
+        (
+            {"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}]},
+            TEXT_REQUEST,
+        ),
+        (
+            generated(
+                [{"text": "hi"}], usage={"promptTokenCount": 5, "cachedContentTokenCount": 9}
+            ),
+            TEXT_REQUEST,
+        ),
         (generated([{"text": '{"steps": [{"title": "Ta'}], finish="MAX_TOKENS"), JSON_REQUEST),
         ({"candidates": ["text"], "usageMetadata": {}}, TEXT_REQUEST),
     ],
@@ -224,14 +267,35 @@ async def test_error_statuses_map_to_typed_errors(
 
 
 async def test_429_reads_retry_info_from_the_body(gemini, upstream) -> None:
-    upstream.reply(429, google_error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota.", [
-        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
-            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-             "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
-        {"@type": "type.googleapis.com/google.rpc.Help", "links": [
-            {"description": "Learn more", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
-        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "32s"},
-    ]))
+    upstream.reply(
+        429,
+        google_error(
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota.",
+            [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                        }
+                    ],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [
+                        {
+                            "description": "Learn more",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "32s"},
+            ],
+        ),
+    )
     with pytest.raises(RateLimited) as info:
         await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
     assert info.value.retry_after == 32.0

@@ -31,8 +31,12 @@ SCHEMA = {
     "additionalProperties": False,
 }
 JSON_REQUEST = CompletionRequest(
-    system="Classify the email.", user="Invoice overdue.", max_tokens=300, json_schema=SCHEMA,
-    schema_name="classification", temperature=0.0,
+    system="Classify the email.",
+    user="Invoice overdue.",
+    max_tokens=300,
+    json_schema=SCHEMA,
+    schema_name="classification",
+    temperature=0.0,
 )
 TEXT_REQUEST = CompletionRequest(system="", user="Say hi.", max_tokens=32)
 ANSWER = {"label": "billing", "reason": "mentions an invoice"}
@@ -44,9 +48,15 @@ def chat(content, finish_reason="stop", usage=None, choices=None):
         "object": "chat.completion",
         "created": 1705651092,
         "model": "deepseek-chat",
-        "choices": choices if choices is not None else [
-            {"index": 0, "message": {"role": "assistant", "content": content},
-             "logprobs": None, "finish_reason": finish_reason}
+        "choices": choices
+        if choices is not None
+        else [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
         ],
         "usage": usage or {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52},
         "system_fingerprint": "fp_3a5770e1b4_prod0820_fp8_kvcache",
@@ -64,8 +74,9 @@ def clock():
 
 @pytest.fixture
 def deepseek(session, upstream, deepseek_key, clock):
-    return OpenAICompatProvider("deepseek", session, upstream.base_url, deepseek_key,
-                                json_mode="json_object", clock=clock)
+    return OpenAICompatProvider(
+        "deepseek", session, upstream.base_url, deepseek_key, json_mode="json_object", clock=clock
+    )
 
 
 @pytest.fixture
@@ -73,14 +84,21 @@ def vllm(session, upstream):
     return OpenAICompatProvider("vllm", session, f"{upstream.base_url}/v1", "token-abc123")
 
 
-async def test_deepseek_json_object_answer_with_cache_usage(deepseek, upstream, deepseek_key) -> None:
+async def test_deepseek_json_object_answer_with_cache_usage(
+    deepseek, upstream, deepseek_key
+) -> None:
     upstream.reply(
         200,
         chat(
             orjson.dumps(ANSWER).decode(),
-            usage={"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
-                   "prompt_tokens_details": {"cached_tokens": 1024},
-                   "prompt_cache_hit_tokens": 1024, "prompt_cache_miss_tokens": 176},
+            usage={
+                "prompt_tokens": 1200,
+                "completion_tokens": 300,
+                "total_tokens": 1500,
+                "prompt_tokens_details": {"cached_tokens": 1024},
+                "prompt_cache_hit_tokens": 1024,
+                "prompt_cache_miss_tokens": 176,
+            },
         ),
         headers={"x-request-id": "ds-req-77"},
     )
@@ -134,9 +152,14 @@ async def test_reasoning_tokens_stay_inside_output(deepseek, upstream) -> None:
         200,
         chat(
             orjson.dumps(ANSWER).decode(),
-            usage={"prompt_tokens": 50, "completion_tokens": 900, "total_tokens": 950,
-                   "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 50,
-                   "completion_tokens_details": {"reasoning_tokens": 700}},
+            usage={
+                "prompt_tokens": 50,
+                "completion_tokens": 900,
+                "total_tokens": 950,
+                "prompt_cache_hit_tokens": 0,
+                "prompt_cache_miss_tokens": 50,
+                "completion_tokens_details": {"reasoning_tokens": 700},
+            },
         ),
     )
     done = await deepseek.complete(JSON_REQUEST, "deepseek-reasoner", timeout_s=5)
@@ -146,21 +169,32 @@ async def test_reasoning_tokens_stay_inside_output(deepseek, upstream) -> None:
 @pytest.mark.parametrize(
     ("usage", "expected"),
     [
-        ({"prompt_tokens": 2000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 1536}},
-         Usage(input_tokens=464, cache_read_tokens=1536, output_tokens=10)),
-        ({"prompt_tokens": 2000, "completion_tokens": 10},
-         Usage(input_tokens=2000, output_tokens=10)),
+        (
+            {
+                "prompt_tokens": 2000,
+                "completion_tokens": 10,
+                "prompt_tokens_details": {"cached_tokens": 1536},
+            },
+            Usage(input_tokens=464, cache_read_tokens=1536, output_tokens=10),
+        ),
+        (
+            {"prompt_tokens": 2000, "completion_tokens": 10},
+            Usage(input_tokens=2000, output_tokens=10),
+        ),
     ],
 )
-async def test_openai_style_cached_tokens_without_deepseek_fields(vllm, upstream, usage, expected) -> None:
+async def test_openai_style_cached_tokens_without_deepseek_fields(
+    vllm, upstream, usage, expected
+) -> None:
     upstream.reply(200, chat("ok", usage=usage))
     done = await vllm.complete(TEXT_REQUEST, "m", timeout_s=5)
     assert done.usage == expected
 
 
 async def test_leading_blank_lines_under_load_are_tolerated(deepseek, upstream) -> None:
-    upstream.reply(200, chat(orjson.dumps(ANSWER).decode()), lead=[b"\n", b"\n", b"  \n"],
-                   lead_interval_s=0.05)
+    upstream.reply(
+        200, chat(orjson.dumps(ANSWER).decode()), lead=[b"\n", b"\n", b"  \n"], lead_interval_s=0.05
+    )
     done = await deepseek.complete(JSON_REQUEST, "deepseek-chat", timeout_s=5)
     assert done.data == ANSWER
     assert done.provider_latency_ms >= 150.0
@@ -192,7 +226,7 @@ async def test_content_filter_is_content_filtered(deepseek, upstream) -> None:
 
 
 async def test_insufficient_system_resource_is_overloaded(deepseek, upstream) -> None:
-    upstream.reply(200, chat("{\"label\": ", finish_reason="insufficient_system_resource"))
+    upstream.reply(200, chat('{"label": ', finish_reason="insufficient_system_resource"))
     with pytest.raises(Overloaded) as info:
         await deepseek.complete(JSON_REQUEST, "deepseek-chat", timeout_s=5)
     assert info.value.retryable is True
@@ -217,11 +251,13 @@ async def test_empty_answers(deepseek, upstream, body) -> None:
     ("content", "detail"),
     [
         ('{"label": "billing", "reas', "the answer is not valid JSON"),
-        ("```json\n{\"label\": \"billing\"}\n```", "the answer is not valid JSON"),
+        ('```json\n{"label": "billing"}\n```', "the answer is not valid JSON"),
         ('["billing"]', "the answer is not a JSON object"),
     ],
 )
-async def test_content_that_is_not_a_json_object_is_malformed(deepseek, upstream, content, detail) -> None:
+async def test_content_that_is_not_a_json_object_is_malformed(
+    deepseek, upstream, content, detail
+) -> None:
     upstream.reply(200, chat(content, finish_reason="length"))
     with pytest.raises(MalformedResponse) as info:
         await deepseek.complete(JSON_REQUEST, "deepseek-chat", timeout_s=5)
@@ -233,10 +269,19 @@ async def test_content_that_is_not_a_json_object_is_malformed(deepseek, upstream
     "body",
     [
         b"Service Unavailable",
-        {"id": "x", "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}]},
+        {
+            "id": "x",
+            "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+        },
         chat("hi", usage={"prompt_tokens": 10, "completion_tokens": -1}),
-        chat("hi", usage={"prompt_tokens": 10, "completion_tokens": 2,
-                          "prompt_tokens_details": {"cached_tokens": 11}}),
+        chat(
+            "hi",
+            usage={
+                "prompt_tokens": 10,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 11},
+            },
+        ),
     ],
 )
 async def test_undocumented_bodies_are_malformed(vllm, upstream, body) -> None:
@@ -263,8 +308,11 @@ async def test_undocumented_bodies_are_malformed(vllm, upstream, body) -> None:
 async def test_error_statuses_map_to_typed_errors(
     deepseek, upstream, deepseek_key, assert_safe_detail, status, kind, cls
 ) -> None:
-    upstream.reply(status, error(kind, f"Your api key: {deepseek_key} is invalid"),
-                   headers={"x-request-id": "ds-err-1"})
+    upstream.reply(
+        status,
+        error(kind, f"Your api key: {deepseek_key} is invalid"),
+        headers={"x-request-id": "ds-err-1"},
+    )
     with pytest.raises(ProviderError) as info:
         await deepseek.complete(TEXT_REQUEST, "deepseek-chat", timeout_s=5)
     assert type(info.value) is cls
@@ -284,7 +332,9 @@ async def test_error_statuses_map_to_typed_errors(
         ({}, None),
     ],
 )
-async def test_429_is_rate_limited_with_the_advertised_wait(deepseek, upstream, headers, expected) -> None:
+async def test_429_is_rate_limited_with_the_advertised_wait(
+    deepseek, upstream, headers, expected
+) -> None:
     upstream.reply(429, error("rate_limit_reached", "Rate limit reached"), headers=headers)
     with pytest.raises(RateLimited) as info:
         await deepseek.complete(TEXT_REQUEST, "deepseek-chat", timeout_s=5)
@@ -293,8 +343,9 @@ async def test_429_is_rate_limited_with_the_advertised_wait(deepseek, upstream, 
 
 
 async def test_missing_key_fails_without_a_network_call(session, upstream) -> None:
-    deepseek = OpenAICompatProvider("deepseek", session, upstream.base_url, None,
-                                    json_mode="json_object")
+    deepseek = OpenAICompatProvider(
+        "deepseek", session, upstream.base_url, None, json_mode="json_object"
+    )
     with pytest.raises(AuthenticationFailed, match="^DEEPSEEK_API_KEY is not set$"):
         await deepseek.complete(TEXT_REQUEST, "deepseek-chat", timeout_s=5)
     assert upstream.requests == []

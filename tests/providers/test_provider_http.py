@@ -95,7 +95,9 @@ async def test_post_json_returns_status_headers_body_and_latency(upstream, sessi
 async def test_slow_answer_is_a_provider_timeout(upstream, session) -> None:
     upstream.reply(200, {"ok": True}, delay_s=1.0)
     with pytest.raises(ProviderTimeout) as info:
-        await post_json(session, "p", f"{upstream.base_url}/x", headers={}, payload={}, timeout_s=0.2)
+        await post_json(
+            session, "p", f"{upstream.base_url}/x", headers={}, payload={}, timeout_s=0.2
+        )
     assert info.value.retryable is True
     assert info.value.detail == "no complete answer within 0.2 s"
 
@@ -103,7 +105,9 @@ async def test_slow_answer_is_a_provider_timeout(upstream, session) -> None:
 async def test_endless_keep_alive_lines_still_time_out(upstream, session) -> None:
     upstream.reply(200, {"ok": True}, lead=[b"\n"] * 20, lead_interval_s=0.05)
     with pytest.raises(ProviderTimeout):
-        await post_json(session, "p", f"{upstream.base_url}/x", headers={}, payload={}, timeout_s=0.3)
+        await post_json(
+            session, "p", f"{upstream.base_url}/x", headers={}, payload={}, timeout_s=0.3
+        )
 
 
 async def test_connection_refused_is_connection_failed(session, assert_safe_detail) -> None:
@@ -111,7 +115,9 @@ async def test_connection_refused_is_connection_failed(session, assert_safe_deta
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(ConnectionFailed) as info:
-        await post_json(session, "p", f"http://127.0.0.1:{port}/x", headers={}, payload={}, timeout_s=2)
+        await post_json(
+            session, "p", f"http://127.0.0.1:{port}/x", headers={}, payload={}, timeout_s=2
+        )
     assert info.value.http_status is None
     assert info.value.detail.startswith("transport failure (")
     assert_safe_detail(info.value, str(port))
@@ -133,8 +139,9 @@ async def test_tls_failure_is_connection_failed(session, assert_safe_detail) -> 
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(ConnectionFailed) as info:
-            await post_json(session, "p", f"https://127.0.0.1:{port}/x", headers={}, payload={},
-                            timeout_s=2)
+            await post_json(
+                session, "p", f"https://127.0.0.1:{port}/x", headers={}, payload={}, timeout_s=2
+            )
         assert_safe_detail(info.value, str(port))
     finally:
         server.close()
@@ -142,7 +149,7 @@ async def test_tls_failure_is_connection_failed(session, assert_safe_detail) -> 
 
 
 def test_decode_json_strips_leading_blank_lines() -> None:
-    assert decode_json("p", b"\n\n  \r\n{\"id\": 1}\n") == {"id": 1}
+    assert decode_json("p", b'\n\n  \r\n{"id": 1}\n') == {"id": 1}
 
 
 def test_decode_json_rejects_html() -> None:

@@ -41,30 +41,56 @@ def test_default_models() -> None:
         "gemini": GEMINI_DEFAULT_MODEL,
     }
     assert (ANTHROPIC_DEFAULT_MODEL, DEEPSEEK_DEFAULT_MODEL, GEMINI_DEFAULT_MODEL) == (
-        "claude-opus-4-5", "deepseek-chat", "gemini-2.0-flash")
+        "claude-opus-4-5",
+        "deepseek-chat",
+        "gemini-2.0-flash",
+    )
 
 
 async def test_builds_all_three_and_keys_reach_the_right_headers(
     session, upstream, anthropic_key, deepseek_key, gemini_key
 ) -> None:
     settings = _settings(
-        ANTHROPIC_API_KEY=anthropic_key, ANTHROPIC_BASE_URL=upstream.base_url,
-        DEEPSEEK_API_KEY=deepseek_key, DEEPSEEK_BASE_URL=upstream.base_url,
-        GEMINI_API_KEY=gemini_key, GEMINI_BASE_URL=upstream.base_url,
+        ANTHROPIC_API_KEY=anthropic_key,
+        ANTHROPIC_BASE_URL=upstream.base_url,
+        DEEPSEEK_API_KEY=deepseek_key,
+        DEEPSEEK_BASE_URL=upstream.base_url,
+        GEMINI_API_KEY=gemini_key,
+        GEMINI_BASE_URL=upstream.base_url,
     )
     providers = build_providers(settings, session)
     assert isinstance(providers["anthropic"], AnthropicProvider)
     assert isinstance(providers["deepseek"], OpenAICompatProvider)
     assert isinstance(providers["gemini"], GeminiProvider)
     assert {name: p.name for name, p in providers.items()} == {
-        "anthropic": "anthropic", "deepseek": "deepseek", "gemini": "gemini"}
+        "anthropic": "anthropic",
+        "deepseek": "deepseek",
+        "gemini": "gemini",
+    }
 
-    upstream.reply(200, {"content": [{"type": "text", "text": "a"}], "stop_reason": "end_turn",
-                         "usage": {"input_tokens": 1, "output_tokens": 1}})
-    upstream.reply(200, {"id": "d", "choices": [{"message": {"content": "d"}, "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
-    upstream.reply(200, {"candidates": [{"content": {"parts": [{"text": "g"}]}, "finishReason": "STOP"}],
-                         "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}})
+    upstream.reply(
+        200,
+        {
+            "content": [{"type": "text", "text": "a"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        },
+    )
+    upstream.reply(
+        200,
+        {
+            "id": "d",
+            "choices": [{"message": {"content": "d"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        },
+    )
+    upstream.reply(
+        200,
+        {
+            "candidates": [{"content": {"parts": [{"text": "g"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1},
+        },
+    )
     texts = [
         (await providers[name].complete(REQUEST, DEFAULT_MODELS[name], timeout_s=5)).text
         for name in ("anthropic", "deepseek", "gemini")
@@ -79,9 +105,15 @@ async def test_builds_all_three_and_keys_reach_the_right_headers(
 
 @pytest.mark.parametrize(
     ("name", "variable"),
-    [("anthropic", "ANTHROPIC_API_KEY"), ("deepseek", "DEEPSEEK_API_KEY"), ("gemini", "GEMINI_API_KEY")],
+    [
+        ("anthropic", "ANTHROPIC_API_KEY"),
+        ("deepseek", "DEEPSEEK_API_KEY"),
+        ("gemini", "GEMINI_API_KEY"),
+    ],
 )
-async def test_unset_keys_build_providers_that_fail_without_network(session, name, variable) -> None:
+async def test_unset_keys_build_providers_that_fail_without_network(
+    session, name, variable
+) -> None:
     providers = build_providers(_settings(), session)
     with pytest.raises(AuthenticationFailed) as info:
         await providers[name].complete(REQUEST, DEFAULT_MODELS[name], timeout_s=5)
@@ -91,11 +123,18 @@ async def test_unset_keys_build_providers_that_fail_without_network(session, nam
 
 async def test_deepseek_is_built_in_json_object_mode(session, upstream) -> None:
     settings = _settings(DEEPSEEK_API_KEY="sk-test", DEEPSEEK_BASE_URL=upstream.base_url)
-    upstream.reply(200, {"id": "d", "choices": [{"message": {"content": '{"a": 1}'},
-                                                 "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    upstream.reply(
+        200,
+        {
+            "id": "d",
+            "choices": [{"message": {"content": '{"a": 1}'}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        },
+    )
     request = CompletionRequest(system="s", user="u", max_tokens=8, json_schema={"type": "object"})
-    done = await build_providers(settings, session)["deepseek"].complete(request, "deepseek-chat", 5)
+    done = await build_providers(settings, session)["deepseek"].complete(
+        request, "deepseek-chat", 5
+    )
     assert done.data == {"a": 1}
     assert upstream.requests[0].body["response_format"] == {"type": "json_object"}
 

@@ -62,7 +62,10 @@ def test_inline_refs_resolves_pydantic_defs_and_drops_them() -> None:
     organizer = inlined["properties"]["organizer"]
     assert organizer["description"] == "Who called it"
     assert organizer["anyOf"][0]["properties"]["email"] == {
-        "format": "email", "title": "Email", "type": "string"}
+        "format": "email",
+        "title": "Email",
+        "type": "string",
+    }
     assert organizer["anyOf"][1] == {"type": "null"}
     assert inlined["properties"]["priority"]["enum"] == ["high", "low"]
     assert inlined["properties"]["attendees"]["items"]["title"] == "Attendee"
@@ -126,10 +129,26 @@ def test_pydantic_schema_becomes_gemini_openapi_subset() -> None:
             "notes": {"type": "STRING", "nullable": True},
             "duration": {"anyOf": [{"type": "INTEGER"}, {"type": "STRING"}]},
         },
-        "required": ["title", "starts_at", "attendees", "priority", "kind", "confidence",
-                     "duration"],
-        "propertyOrdering": ["title", "starts_at", "organizer", "attendees", "priority", "kind",
-                             "confidence", "notes", "duration"],
+        "required": [
+            "title",
+            "starts_at",
+            "attendees",
+            "priority",
+            "kind",
+            "confidence",
+            "duration",
+        ],
+        "propertyOrdering": [
+            "title",
+            "starts_at",
+            "organizer",
+            "attendees",
+            "priority",
+            "kind",
+            "confidence",
+            "notes",
+            "duration",
+        ],
     }
 
 
@@ -140,8 +159,11 @@ def test_hand_written_schema_edge_cases() -> None:
         "properties": {
             "code": {"type": ["integer", "null"], "format": "int64", "exclusiveMinimum": 0},
             "level": {"type": "integer", "enum": [1, 2, 3]},
-            "tags": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"},
-                     "uniqueItems": True},
+            "tags": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[a-z]+$"},
+                "uniqueItems": True,
+            },
             "meta": {"type": "object", "additionalProperties": {"type": "string"}},
         },
         "required": ["code", "ghost"],

@@ -32,6 +32,7 @@ from opsgate.providers.errors import (
 )
 from opsgate.providers.http import (
     HttpReply,
+    as_object,
     check_base_url,
     decode_object,
     error_body,
@@ -96,7 +97,9 @@ class AnthropicProvider:
         self._url = f"{check_base_url(base_url)}/v1/messages"
         self._clock = clock or SystemClock()
 
-    async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
+    async def complete(
+        self, request: CompletionRequest, model: str, timeout_s: float
+    ) -> Completion:
         """One Messages call. Returns the normalised :class:`Completion`; raises the
         :mod:`opsgate.providers.errors` class for the status (see module tables), a refusal
         (:class:`ContentFiltered`), no text/tool input (:class:`EmptyAnswer`) or a body that is
@@ -118,10 +121,12 @@ class AnthropicProvider:
     def _completion(self, request: CompletionRequest, model: str, reply: HttpReply) -> Completion:
         body = decode_object(self.name, reply.body)
         request_id = reply.headers.get("request-id")
-        raw_stop = body.get("stop_reason")
+        raw_stop = optional_str(body.get("stop_reason"))
         if raw_stop == "refusal":
             raise ContentFiltered(
-                self.name, "the model refused (refusal)", http_status=200,
+                self.name,
+                "the model refused (refusal)",
+                http_status=200,
                 provider_request_id=request_id,
             )
         usage = self._usage(body.get("usage"))
@@ -140,8 +145,8 @@ class AnthropicProvider:
             text=text,
             data=data,
             usage=usage,
-            finish_reason=_STOP_REASONS.get(raw_stop, FinishReason.UNKNOWN),
-            raw_finish_reason=raw_stop if isinstance(raw_stop, str) else None,
+            finish_reason=_STOP_REASONS.get(raw_stop or "", FinishReason.UNKNOWN),
+            raw_finish_reason=raw_stop,
             provider_request_id=request_id,
             provider_latency_ms=reply.latency_ms,
         )
@@ -171,36 +176,48 @@ class AnthropicProvider:
             if isinstance(block, dict) and block.get("type") == "tool_use":
                 value = block.get("input")
                 if block.get("name") != tool_name or not isinstance(value, dict):
-                    raise MalformedResponse(self.name, "tool_use block is not the requested tool",
-                                            http_status=200, provider_request_id=request_id)
+                    raise MalformedResponse(
+                        self.name,
+                        "tool_use block is not the requested tool",
+                        http_status=200,
+                        provider_request_id=request_id,
+                    )
                 return value
-        raise EmptyAnswer(self.name, "no tool_use block in the answer", http_status=200,
-                          provider_request_id=request_id)
+        raise EmptyAnswer(
+            self.name,
+            "no tool_use block in the answer",
+            http_status=200,
+            provider_request_id=request_id,
+        )
 
     def _text(self, content: list[Any], request_id: str | None) -> str:
         text = "".join(
             block["text"]
             for block in content
-            if isinstance(block, dict) and block.get("type") == "text"
+            if isinstance(block, dict)
+            and block.get("type") == "text"
             and isinstance(block.get("text"), str)
         )
         if not text.strip():
-            raise EmptyAnswer(self.name, "no text in the answer", http_status=200,
-                              provider_request_id=request_id)
+            raise EmptyAnswer(
+                self.name, "no text in the answer", http_status=200, provider_request_id=request_id
+            )
         return text
 
     def _error(self, reply: HttpReply) -> ProviderError:
         body = error_body(reply.body)
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = as_object(body.get("error"))
         request_id = reply.headers.get("request-id") or optional_str(body.get("request_id"))
         detail = error_detail(reply.status, error.get("type"))
         if reply.status == 429:
             wait = rate_limit_wait(reply.headers, self._clock.now())
             if wait is None:
-                return SpendCapReached(self.name, detail, http_status=429,
-                                       provider_request_id=request_id)
-            return RateLimited(self.name, detail, http_status=429, retry_after=wait,
-                               provider_request_id=request_id)
+                return SpendCapReached(
+                    self.name, detail, http_status=429, provider_request_id=request_id
+                )
+            return RateLimited(
+                self.name, detail, http_status=429, retry_after=wait, provider_request_id=request_id
+            )
         cls = error_class(_STATUS_ERRORS, reply.status)
         return cls(self.name, detail, http_status=reply.status, provider_request_id=request_id)
 
@@ -248,7 +265,8 @@ def rate_limit_wait(headers: Mapping[str, str], now: datetime) -> float | None:
     if not resets:
         return None
     exhausted = [
-        reset for bucket, reset in resets.items()
+        reset
+        for bucket, reset in resets.items()
         if headers.get(f"anthropic-ratelimit-{bucket}-remaining", "").strip() == "0"
     ]
     latest = max(exhausted or resets.values())

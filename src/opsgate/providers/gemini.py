@@ -27,6 +27,7 @@ from opsgate.providers.errors import (
 from opsgate.providers.http import (
     HttpReply,
     answer_object,
+    as_object,
     check_base_url,
     decode_object,
     error_body,
@@ -86,7 +87,9 @@ class GeminiProvider:
         self._key_env = key_env
         self._base = check_base_url(base_url)
 
-    async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
+    async def complete(
+        self, request: CompletionRequest, model: str, timeout_s: float
+    ) -> Completion:
         """One generateContent call. Raises the :mod:`opsgate.providers.errors` class for the
         status, :class:`ContentFiltered` (blocked prompt or a safety finish), :class:`EmptyAnswer`
         (no candidate or no text) or :class:`MalformedResponse`; :class:`InvalidRequest` for a
@@ -114,24 +117,31 @@ class GeminiProvider:
         body = decode_object(self.name, reply.body)
         request_id = reply.headers.get("x-goog-request-id") or optional_str(body.get("responseId"))
         candidate = self._candidate(body, request_id)
-        raw_finish = candidate.get("finishReason")
+        raw_finish = optional_str(candidate.get("finishReason"))
         if raw_finish in _BLOCKED_FINISH:
-            raise ContentFiltered(self.name, f"the answer was blocked ({raw_finish})",
-                                  http_status=200, provider_request_id=request_id)
+            raise ContentFiltered(
+                self.name,
+                f"the answer was blocked ({raw_finish})",
+                http_status=200,
+                provider_request_id=request_id,
+            )
         usage = self._usage(body.get("usageMetadata"))
         text = _answer_text(candidate.get("content"))
         if not text.strip():
-            raise EmptyAnswer(self.name, "no text in the answer", http_status=200,
-                              provider_request_id=request_id)
-        data = answer_object(self.name, text, request_id) if request.json_schema is not None else None
+            raise EmptyAnswer(
+                self.name, "no text in the answer", http_status=200, provider_request_id=request_id
+            )
+        data = (
+            answer_object(self.name, text, request_id) if request.json_schema is not None else None
+        )
         return Completion(
             provider=self.name,
             model=model,
             text=text,
             data=data,
             usage=usage,
-            finish_reason=_FINISH_REASONS.get(raw_finish, FinishReason.UNKNOWN),
-            raw_finish_reason=raw_finish if isinstance(raw_finish, str) else None,
+            finish_reason=_FINISH_REASONS.get(raw_finish or "", FinishReason.UNKNOWN),
+            raw_finish_reason=raw_finish,
             provider_request_id=request_id,
             provider_latency_ms=reply.latency_ms,
         )
@@ -146,10 +156,18 @@ class GeminiProvider:
         reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
         if reason:
             shown = safe_token(reason) or "blocked"
-            raise ContentFiltered(self.name, f"the prompt was blocked ({shown})", http_status=200,
-                                  provider_request_id=request_id)
-        raise EmptyAnswer(self.name, "no candidates in the answer", http_status=200,
-                          provider_request_id=request_id)
+            raise ContentFiltered(
+                self.name,
+                f"the prompt was blocked ({shown})",
+                http_status=200,
+                provider_request_id=request_id,
+            )
+        raise EmptyAnswer(
+            self.name,
+            "no candidates in the answer",
+            http_status=200,
+            provider_request_id=request_id,
+        )
 
     def _usage(self, meta: Any) -> Usage:
         if not isinstance(meta, dict):
@@ -159,7 +177,9 @@ class GeminiProvider:
         tool_prompt = token_count(self.name, meta, "toolUsePromptTokenCount")
         thoughts = token_count(self.name, meta, "thoughtsTokenCount")
         if cached > prompt:
-            raise MalformedResponse(self.name, "cached tokens exceed prompt tokens", http_status=200)
+            raise MalformedResponse(
+                self.name, "cached tokens exceed prompt tokens", http_status=200
+            )
         return Usage(
             input_tokens=prompt - cached + tool_prompt,
             cache_read_tokens=cached,
@@ -169,12 +189,17 @@ class GeminiProvider:
 
     def _error(self, reply: HttpReply) -> ProviderError:
         body = error_body(reply.body)
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = as_object(body.get("error"))
         detail = error_detail(reply.status, error.get("status"))
         retry_after = retry_delay(error) if reply.status == 429 else None
         cls = error_class(_STATUS_ERRORS, reply.status)
-        return cls(self.name, detail, http_status=reply.status, retry_after=retry_after,
-                   provider_request_id=reply.headers.get("x-goog-request-id"))
+        return cls(
+            self.name,
+            detail,
+            http_status=reply.status,
+            retry_after=retry_after,
+            provider_request_id=reply.headers.get("x-goog-request-id"),
+        )
 
 
 def generate_content_payload(request: CompletionRequest) -> dict[str, Any]:

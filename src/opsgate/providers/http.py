@@ -7,7 +7,6 @@ a URL or a provider's raw body into an error ``detail``: those details reach cli
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import math
 import re
@@ -149,7 +148,7 @@ async def post_json(
             body = await _read_body(provider, response)
             latency_ms = (time.perf_counter() - started) * 1000.0
             return HttpReply(response.status, response.headers, body, latency_ms)
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:
         raise ProviderTimeout(provider, f"no complete answer within {timeout_s:g} s") from exc
     except aiohttp.ClientError as exc:
         raise ConnectionFailed(provider, f"transport failure ({type(exc).__name__})") from exc
@@ -161,7 +160,9 @@ async def _read_body(provider: str, response: aiohttp.ClientResponse) -> bytes:
     async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise MalformedResponse(provider, "response body too large", http_status=response.status)
+            raise MalformedResponse(
+                provider, "response body too large", http_status=response.status
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -174,7 +175,9 @@ def decode_json(provider: str, body: bytes, *, http_status: int | None = None) -
     try:
         return orjson.loads(body.strip())
     except orjson.JSONDecodeError as exc:
-        raise MalformedResponse(provider, "response body is not JSON", http_status=http_status) from exc
+        raise MalformedResponse(
+            provider, "response body is not JSON", http_status=http_status
+        ) from exc
 
 
 def decode_object(provider: str, body: bytes) -> dict[str, Any]:
@@ -193,14 +196,18 @@ def safe_token(value: object) -> str | None:
     return None
 
 
-def token_count(provider: str, usage: Mapping[str, Any], key: str, *, required: bool = False) -> int:
+def token_count(
+    provider: str, usage: Mapping[str, Any], key: str, *, required: bool = False
+) -> int:
     """Read a non-negative integer token count ``usage[key]``; absent or ``null`` counts as 0
     unless ``required``. Raises :class:`MalformedResponse` for any other shape."""
     value = usage.get(key)
     if value is None and not required:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise MalformedResponse(provider, f"usage field {key} is missing or invalid", http_status=200)
+        raise MalformedResponse(
+            provider, f"usage field {key} is missing or invalid", http_status=200
+        )
     return value
 
 
@@ -238,9 +245,7 @@ def _number(value: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def error_class(
-    table: Mapping[int, type[ProviderError]], status: int
-) -> type[ProviderError]:
+def error_class(table: Mapping[int, type[ProviderError]], status: int) -> type[ProviderError]:
     """The error class for a non-2xx ``status`` from a provider's ``table``; statuses the table
     does not name map to :class:`ServerError` (5xx) or :class:`InvalidRequest` (anything else)."""
     if status in table:
@@ -277,9 +282,22 @@ def answer_object(provider: str, text: str, request_id: str | None) -> dict[str,
     try:
         data = orjson.loads(text.strip())
     except orjson.JSONDecodeError as exc:
-        raise MalformedResponse(provider, "the answer is not valid JSON", http_status=200,
-                                provider_request_id=request_id) from exc
+        raise MalformedResponse(
+            provider,
+            "the answer is not valid JSON",
+            http_status=200,
+            provider_request_id=request_id,
+        ) from exc
     if not isinstance(data, dict):
-        raise MalformedResponse(provider, "the answer is not a JSON object", http_status=200,
-                                provider_request_id=request_id)
+        raise MalformedResponse(
+            provider,
+            "the answer is not a JSON object",
+            http_status=200,
+            provider_request_id=request_id,
+        )
     return data
+
+
+def as_object(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object (dict), else ``{}`` (for optional nested objects)."""
+    return value if isinstance(value, dict) else {}

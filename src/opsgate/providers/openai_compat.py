@@ -30,6 +30,7 @@ from opsgate.providers.errors import (
 from opsgate.providers.http import (
     HttpReply,
     answer_object,
+    as_object,
     check_base_url,
     decode_object,
     error_body,
@@ -99,7 +100,9 @@ class OpenAICompatProvider:
         self._json_mode = json_mode
         self._clock = clock or SystemClock()
 
-    async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
+    async def complete(
+        self, request: CompletionRequest, model: str, timeout_s: float
+    ) -> Completion:
         """One Chat Completions call. Raises the :mod:`opsgate.providers.errors` class for the
         status, :class:`ContentFiltered` (``content_filter``), :class:`Overloaded` (DeepSeek
         ``insufficient_system_resource``), :class:`EmptyAnswer` (no choice or empty content) or
@@ -122,43 +125,65 @@ class OpenAICompatProvider:
         request_id = reply.headers.get("x-request-id") or optional_str(body.get("id"))
         choices = body.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise EmptyAnswer(self.name, "no choices in the answer", http_status=200,
-                              provider_request_id=request_id)
-        raw_finish = choices[0].get("finish_reason")
+            raise EmptyAnswer(
+                self.name,
+                "no choices in the answer",
+                http_status=200,
+                provider_request_id=request_id,
+            )
+        raw_finish = optional_str(choices[0].get("finish_reason"))
         self._raise_for_finish(raw_finish, request_id)
         usage = self._usage(body.get("usage"))
         message = choices[0].get("message")
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str) or not content.strip():
-            raise EmptyAnswer(self.name, "no content in the answer", http_status=200,
-                              provider_request_id=request_id)
-        data = answer_object(self.name, content, request_id) if request.json_schema is not None else None
+            raise EmptyAnswer(
+                self.name,
+                "no content in the answer",
+                http_status=200,
+                provider_request_id=request_id,
+            )
+        data = (
+            answer_object(self.name, content, request_id)
+            if request.json_schema is not None
+            else None
+        )
         return Completion(
             provider=self.name,
             model=model,
             text=content,
             data=data,
             usage=usage,
-            finish_reason=_FINISH_REASONS.get(raw_finish, FinishReason.UNKNOWN),
-            raw_finish_reason=raw_finish if isinstance(raw_finish, str) else None,
+            finish_reason=_FINISH_REASONS.get(raw_finish or "", FinishReason.UNKNOWN),
+            raw_finish_reason=raw_finish,
             provider_request_id=request_id,
             provider_latency_ms=reply.latency_ms,
         )
 
-    def _raise_for_finish(self, raw_finish: Any, request_id: str | None) -> None:
+    def _raise_for_finish(self, raw_finish: str | None, request_id: str | None) -> None:
         if raw_finish == "content_filter":
-            raise ContentFiltered(self.name, "the answer was filtered (content_filter)",
-                                  http_status=200, provider_request_id=request_id)
+            raise ContentFiltered(
+                self.name,
+                "the answer was filtered (content_filter)",
+                http_status=200,
+                provider_request_id=request_id,
+            )
         if raw_finish == "insufficient_system_resource":
-            raise Overloaded(self.name, "generation stopped (insufficient_system_resource)",
-                             http_status=200, provider_request_id=request_id)
+            raise Overloaded(
+                self.name,
+                "generation stopped (insufficient_system_resource)",
+                http_status=200,
+                provider_request_id=request_id,
+            )
 
     def _usage(self, usage: Any) -> Usage:
         if not isinstance(usage, dict):
             raise MalformedResponse(self.name, "usage is missing", http_status=200)
         prompt = token_count(self.name, usage, "prompt_tokens", required=True)
         details = usage.get("completion_tokens_details")
-        reasoning = token_count(self.name, details, "reasoning_tokens") if isinstance(details, dict) else 0
+        reasoning = (
+            token_count(self.name, details, "reasoning_tokens") if isinstance(details, dict) else 0
+        )
         if "prompt_cache_hit_tokens" in usage or "prompt_cache_miss_tokens" in usage:
             cached = token_count(self.name, usage, "prompt_cache_hit_tokens")
             uncached = token_count(self.name, usage, "prompt_cache_miss_tokens")
@@ -166,11 +191,14 @@ class OpenAICompatProvider:
             prompt_details = usage.get("prompt_tokens_details")
             cached = (
                 token_count(self.name, prompt_details, "cached_tokens")
-                if isinstance(prompt_details, dict) else 0
+                if isinstance(prompt_details, dict)
+                else 0
             )
             uncached = prompt - cached
         if uncached < 0:
-            raise MalformedResponse(self.name, "cached tokens exceed prompt tokens", http_status=200)
+            raise MalformedResponse(
+                self.name, "cached tokens exceed prompt tokens", http_status=200
+            )
         return Usage(
             input_tokens=uncached,
             cache_read_tokens=cached,
@@ -180,15 +208,20 @@ class OpenAICompatProvider:
 
     def _error(self, reply: HttpReply) -> ProviderError:
         body = error_body(reply.body)
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = as_object(body.get("error"))
         request_id = reply.headers.get("x-request-id")
         detail = error_detail(reply.status, error.get("type") or error.get("code"))
         retry_after = (
             retry_after_seconds(reply.headers, self._clock.now()) if reply.status == 429 else None
         )
         cls = error_class(_STATUS_ERRORS, reply.status)
-        return cls(self.name, detail, http_status=reply.status, retry_after=retry_after,
-                   provider_request_id=request_id)
+        return cls(
+            self.name,
+            detail,
+            http_status=reply.status,
+            retry_after=retry_after,
+            provider_request_id=request_id,
+        )
 
 
 def chat_payload(request: CompletionRequest, model: str, json_mode: JsonMode) -> dict[str, Any]:

@@ -90,7 +90,9 @@ def _convert(node: Schema) -> Schema:
     gemini_type = _gemini_type(node)
     if gemini_type:
         out["type"] = gemini_type
-    if isinstance(node.get("format"), str) and node["format"] in _GEMINI_FORMATS.get(gemini_type, ()):
+    if isinstance(node.get("format"), str) and node["format"] in _GEMINI_FORMATS.get(
+        gemini_type, ()
+    ):
         out["format"] = node["format"]
     if isinstance(node.get("description"), str):
         out["description"] = node["description"]
