@@ -79,10 +79,10 @@ def clean_payload(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Check ``kind`` and ``payload`` for a v1 body; return a detached deep copy of ``payload``.
 
     The copy means a caller that mutates its dict after appending cannot change what is written.
-    Refused with LedgerError, with the offending path in the message: a non-dict payload, a non-str key, a reserved
-    envelope key at top level, a float (including NaN and infinities) anywhere, an integer outside
-    ±(2**53 - 1), a string that is not valid Unicode (lone surrogates), a tuple/set/bytes or any
-    other type, nesting deeper than 32.
+    Refused with LedgerError naming the offending path (e.g. ``payload.usage.cost``): a non-dict
+    payload, a non-str key, a reserved envelope key at top level, a float (including NaN and
+    infinities) anywhere, an integer outside ±(2**53 - 1), a string that is not valid Unicode
+    (lone surrogates), a tuple, set, bytes or any other type, nesting deeper than 32.
     """
     if not isinstance(kind, str) or not _KIND_RE.match(kind):
         raise LedgerError(f"ledger kind {kind!r} must match [a-z][a-z0-9_.-]{{0,63}}")
@@ -91,52 +91,91 @@ def clean_payload(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
     reserved = ENVELOPE_KEYS.intersection(k for k in payload if isinstance(k, str))
     if reserved:
         raise LedgerError(f"ledger payload may not set envelope keys {sorted(reserved)}")
-    return _clean(payload, "payload", 0)
+    try:
+        return _clean(payload, 0)
+    except _Refused as exc:
+        raise LedgerError(f"payload{exc.path}: {exc.reason}") from None
 
 
-def _clean(value: Any, path: str, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise LedgerError(f"{path}: nested deeper than {MAX_DEPTH}")
+class _Refused(Exception):
+    """A value :func:`clean_payload` refuses; ``path`` is filled in while unwinding."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path = ""
+
+    def within(self, step: str) -> _Refused:
+        self.path = step + self.path
+        return self
+
+
+def _clean(value: Any, depth: int) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
-            raise LedgerError(f"{path}: integer outside ±(2**53-1)")
+            raise _Refused("integer outside ±(2**53-1)")
         return value
     if isinstance(value, str):
-        return _check_str(value, path)
+        return _check_str(value)
+    if depth >= MAX_DEPTH:
+        raise _Refused(f"nested deeper than {MAX_DEPTH}")
     if isinstance(value, dict):
-        return {
-            _check_key(key, path): _clean(item, f"{path}.{key}", depth + 1)
-            for key, item in value.items()
-        }
+        return {_check_key(key): _clean_item(item, key, depth) for key, item in value.items()}
     if isinstance(value, list):
-        return [_clean(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
+        return [_clean_item(item, index, depth) for index, item in enumerate(value)]
     if isinstance(value, float):
-        raise LedgerError(f"{path}: floats are not allowed in ledger entries (use integers)")
-    raise LedgerError(f"{path}: {type(value).__name__} is not a JSON value")
+        raise _Refused("floats are not allowed in ledger entries (use integers)")
+    raise _Refused(f"{type(value).__name__} is not a JSON value")
 
 
-def _check_key(key: Any, path: str) -> str:
-    if not isinstance(key, str):
-        raise LedgerError(f"{path}: key {key!r} is not a string")
-    return _check_str(key, path)
-
-
-def _check_str(text: str, path: str) -> str:
+def _clean_item(item: Any, where: str | int, depth: int) -> Any:
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise LedgerError(f"{path}: string is not valid Unicode") from None
+        return _clean(item, depth + 1)
+    except _Refused as exc:
+        raise exc.within(f"[{where}]" if isinstance(where, int) else f".{where}") from None
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise _Refused(f"key {key!r} is not a string")
+    return _check_str(key)
+
+
+def _check_str(text: str) -> str:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Refused("string is not valid Unicode (lone surrogate)") from None
     return text
 
 
 def encode_body(seq: int, ts: str, kind: str, payload: dict[str, Any]) -> bytes:
     """The RFC 8785 bytes of ``{"v":1,"seq":seq,"ts":ts,"kind":kind,**payload}``.
 
-    ``payload`` must come from :func:`clean_payload`; ``ts`` comes from :func:`format_ts`.
+    ``payload`` must come from :func:`clean_payload` (so: no floats, safe integers, valid Unicode);
+    ``ts`` comes from :func:`format_ts`. See :func:`canonical_json` for how the bytes are made.
     """
-    return rfc8785.dumps({**payload, "v": FORMAT_VERSION, "seq": seq, "ts": ts, "kind": kind})
+    obj = {**payload, "v": FORMAT_VERSION, "seq": seq, "ts": ts, "kind": kind}
+    return canonical_json(obj)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """RFC 8785 bytes of a float-free JSON value (integers within ±(2**53-1), valid Unicode).
+
+    For such values RFC 8785 differs from Python's compact, key-sorted, non-ASCII-escaping encoder
+    in one place only: RFC 8785 sorts object keys by UTF-16 code units, Python by code point, and the
+    two orders disagree only between characters U+E000..U+FFFF and those above U+FFFF. Both escape
+    exactly ``"``, ``\\`` and U+0000..U+001F the same way, and print safe integers alike. So the fast
+    encoder's output is used when it holds no UTF-8 lead byte >= 0xEE (no character >= U+E000),
+    and the ``rfc8785`` package is used otherwise. tests/ledger pins the equality with hypothesis.
+    """
+    fast = _ENCODER.encode(obj).encode("utf-8")
+    if fast.isascii() or not _HIGH_CHAR.search(fast):
+        return fast
+    return rfc8785.dumps(obj)
 
 
 def chain_hash(prev_hash: bytes, body: bytes) -> bytes:
@@ -161,28 +200,14 @@ def decode_body(body: bytes) -> dict[str, Any]:
     form and a valid ``kind``. Returns the parsed object.
     """
     try:
-        obj = json.loads(
-            body.decode("utf-8"),
-            parse_float=_refuse_number,
-            parse_constant=_refuse_number,
-            parse_int=_safe_int,
-        )
-        canonical = _canonical(obj, body)
-    except (ValueError, UnicodeError, rfc8785.CanonicalizationError) as exc:
+        obj = _DECODER.decode(body.decode("utf-8"))
+        canonical = canonical_json(obj)
+    except (ValueError, UnicodeError, RecursionError, rfc8785.CanonicalizationError) as exc:
         raise LedgerError(f"body is not canonical JSON: {exc}") from None
     if canonical != body:
         raise LedgerError("body is not in RFC 8785 canonical form")
     _check_envelope(obj)
     return obj
-
-
-def _canonical(obj: Any, body: bytes) -> bytes:
-    """RFC 8785 bytes of ``obj``. Fast path: with no decoded character at or above U+E000 (no UTF-8
-    lead byte >= 0xEE in ``body``), sorting keys by code point equals RFC 8785's UTF-16 order and
-    Python's compact encoder escapes exactly what RFC 8785 escapes, for float-free values."""
-    if max(body, default=0) >= 0xEE:
-        return rfc8785.dumps(obj)
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _refuse_number(text: str) -> Any:
@@ -194,6 +219,13 @@ def _safe_int(text: str) -> int:
     if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
         raise ValueError("integer outside ±(2**53-1)")
     return value
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_refuse_number, parse_constant=_refuse_number, parse_int=_safe_int
+)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+_HIGH_CHAR = re.compile(rb"[\xee-\xf4]")
 
 
 def _check_envelope(obj: Any) -> None:

@@ -1,0 +1,20 @@
+"""Small helpers shared by the ledger tests (imported as ``ledger_helpers``)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+
+def execute(engine: Engine, sql: str, **params: object) -> None:
+    """Run one statement in its own transaction (tampering, dropping tables)."""
+    with engine.begin() as conn:
+        conn.execute(text(sql), params)
+
+
+def ledger_rows(engine: Engine) -> list[tuple[int, bytes, bytes, bytes]]:
+    """Every ledger row as ``(seq, prev_hash, entry_hash, body)`` in seq order."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT seq, prev_hash, entry_hash, body FROM ledger_entries ORDER BY seq")
+        )
+        return [(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3])) for r in rows]
