@@ -32,7 +32,7 @@ from opsgate.operations.ical import (
     freebusy_periods,
     parse_calendar,
 )
-from opsgate.operations.slots import SlotRules, free_slots
+from opsgate.operations.slots import SlotRules, free_slots, merge
 
 MAX_ICS_CHARS = 1_000_000
 DEFAULT_WINDOW_DAYS = 7
@@ -372,9 +372,11 @@ class CalendarTime(Operation):
         slots = free_slots((start, end), busy, tz, data.rules())
         listing = "\n".join(f"[{i}] {_fmt(s)} - {e.strftime('%H:%M')}" for i, (s, e) in enumerate(slots))
         per_day: dict[str, int] = {}
-        for busy_start, busy_end in busy:
-            key = busy_start.strftime("%a %Y-%m-%d")
-            per_day[key] = per_day.get(key, 0) + int((busy_end - busy_start).total_seconds() // 60)
+        for busy_start, busy_end in merge(busy):
+            clipped_start, clipped_end = max(busy_start, start), min(busy_end, end)
+            day = clipped_start.astimezone(tz).strftime("%a %Y-%m-%d")
+            minutes = int((clipped_end - clipped_start).total_seconds() // 60)
+            per_day[day] = per_day.get(day, 0) + max(minutes, 0)
         load = ", ".join(f"{day}: {minutes} min" for day, minutes in per_day.items()) or "none"
         user = (
             f"Requested: {data.duration_minutes} minutes between {_fmt(start)} and {_fmt(end)} "

@@ -80,6 +80,17 @@ def subtract(windows: list[Interval], busy: Iterable[Interval]) -> list[Interval
     return result
 
 
+def merge(intervals: Iterable[Interval]) -> list[Interval]:
+    """The union of ``intervals`` as sorted, non-overlapping, non-touching intervals (in UTC)."""
+    merged: list[Interval] = []
+    for start, end in sorted((s.astimezone(UTC), e.astimezone(UTC)) for s, e in intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def _local_hours(day: date, tz: tzinfo, rules: SlotRules) -> Interval:
     open_at = datetime.combine(day, rules.day_start, tzinfo=tz)
     close_day = day + timedelta(days=1) if rules.day_end == time(0) else day
