@@ -3,7 +3,8 @@
 Follows the Messages API reference (docs.anthropic.com, "Messages", "Streaming Messages",
 "Errors", "Rate limits", "Prompt caching"):
 
-- Headers: ``x-api-key`` (missing or empty: 401 ``authentication_error``) and
+- Headers: ``x-api-key`` (or ``Authorization: Bearer <key>``, which the ``anthropic`` SDK 2.x
+  sends for API keys; neither: 401 ``authentication_error``) and
   ``anthropic-version`` (missing: 400 ``invalid_request_error``, as the real API does).
 - Body: ``model``, ``max_tokens`` and a non-empty ``messages`` list are required (else 400).
 - With ``tools`` and ``tool_choice`` ``{"type": "tool", "name": N}`` (or ``{"type": "any"}``: the
@@ -81,7 +82,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     """``POST /anthropic/v1/messages``: see the module docstring."""
     state = request.app[STATE]
     request_id = f"req_{state.next_id()}"
-    if not request.headers.get("x-api-key"):
+    if not _api_key(request):
         return _error(401, request_id, state)
     if not request.headers.get("anthropic-version"):
         return _error(400, request_id, state, "anthropic-version: header is required")
@@ -103,6 +104,12 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     if parsed.stream:
         return await _stream(request, message, headers)
     return web.json_response(message, headers=headers)
+
+
+def _api_key(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    return request.headers.get("x-api-key", "").strip() or bearer
 
 
 def _parse(body: Any) -> _Request:

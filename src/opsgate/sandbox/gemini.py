@@ -6,7 +6,8 @@ Follows the Gemini API reference (ai.google.dev, "Generating content", "Structur
 
 - The key comes in the ``x-goog-api-key`` header (``?key=`` is accepted too, as the SDKs may use
   it); a missing key is 403 ``PERMISSION_DENIED``.
-- A non-empty ``contents`` list is required (else 400 ``INVALID_ARGUMENT``).
+- A non-empty ``contents`` list is required (else 400 ``INVALID_ARGUMENT``). Field names are
+  read in lowerCamelCase or snake_case, as proto3 JSON parsing allows.
 - With ``generationConfig.responseMimeType: "application/json"`` the answer text is a JSON
   instance of ``responseSchema`` (OpenAPI subset, upper-case types allowed) or
   ``responseJsonSchema`` (JSON Schema), or ``{}`` without a schema. Otherwise a text answer, cut
@@ -25,6 +26,7 @@ Follows the Gemini API reference (ai.google.dev, "Generating content", "Structur
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,9 +114,9 @@ def _parse(model: str, action: str, body: Any) -> _Request:
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise _InvalidArgument("* GenerateContentRequest.contents: contents is not specified")
-    config = body.get("generationConfig") or body.get("generation_config") or {}
-    thinking = config.get("thinkingConfig") or {}
-    system = _text(body.get("systemInstruction") or body.get("system_instruction"))
+    config = _field(body, "generationConfig") or {}
+    thinking = _field(config, "thinkingConfig") or {}
+    system = _text(_field(body, "systemInstruction"))
     texts = [_text(c) for c in contents if isinstance(c, dict)]
     users = [_text(c) for c in contents if isinstance(c, dict) and c.get("role", "user") == "user"]
     return _Request(
@@ -123,12 +125,20 @@ def _parse(model: str, action: str, body: Any) -> _Request:
         system=system,
         prompt="\n".join(filter(None, [system, *texts])),
         last_user=users[-1] if users else "",
-        json_mode=config.get("responseMimeType") == "application/json",
-        schema=config.get("responseJsonSchema") or config.get("responseSchema"),
-        max_tokens=config.get("maxOutputTokens"),
-        thinking_budget=thinking.get("thinkingBudget"),
-        include_thoughts=bool(thinking.get("includeThoughts")),
+        json_mode=_field(config, "responseMimeType") == "application/json",
+        schema=_field(config, "responseJsonSchema") or _field(config, "responseSchema"),
+        max_tokens=_field(config, "maxOutputTokens"),
+        thinking_budget=_field(thinking, "thinkingBudget"),
+        include_thoughts=bool(_field(thinking, "includeThoughts")),
     )
+
+
+def _field(message: dict[str, Any], camel: str) -> Any:
+    """``message[camel]``, or its snake_case spelling: proto3 JSON accepts both (the
+    google-genai SDK sends ``thinkingConfig.thinking_budget``)."""
+    if camel in message:
+        return message[camel]
+    return message.get(re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower())
 
 
 def _text(content: Any) -> str:

@@ -294,15 +294,11 @@ class _Interval:
         return candidate
 
     def multiple(self, step: Decimal) -> Decimal:
-        """The multiple of ``step`` nearest above the preferred value or the lower end."""
-        start = self.PREFERRED if self.low is None or self.contains(self.PREFERRED) else self.low
-        if self.low is None and self.high is not None and not self.contains(start):
-            start = self.high
-            candidate = Decimal(math.floor(start / step)) * step
-            candidate -= step if not self.contains(candidate) else 0
-        else:
-            candidate = Decimal(math.ceil(start / step)) * step
-            candidate += step if not self.contains(candidate) else 0
-        if not self.contains(candidate):
-            raise UnsupportedSchemaError("no multiple of the step lies within the numeric bounds")
-        return candidate
+        """A multiple of ``step`` inside: the nearest to the preferred value, else to an end."""
+        anchors = [self.PREFERRED, *(b for b in (self.low, self.high) if b is not None)]
+        for anchor in anchors:
+            up, down = math.ceil(anchor / step), math.floor(anchor / step)
+            for k in (up, down, up + 1, down - 1):
+                if self.contains(Decimal(k) * step):
+                    return Decimal(k) * step
+        raise UnsupportedSchemaError("no multiple of the step lies within the numeric bounds")
