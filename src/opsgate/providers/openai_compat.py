@@ -256,6 +256,6 @@ def _with_schema_instructions(system: str, schema: dict[str, Any]) -> str:
     shape = orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode()
     instructions = (
         "Answer with one JSON object only: no prose, no Markdown code fences. "
-        f"The JSON object must conform to this JSON Schema:\n{shape}"
+        f"The JSON object must conform to this JSON Schema:\n```json\n{shape}\n```"
     )
     return f"{system}\n\n{instructions}" if system else instructions
