@@ -192,3 +192,7 @@ def _engine(settings: Settings | None = None):  # type: ignore[no-untyped-def]
         return make_engine(settings.database_url)
     except (SQLAlchemyError, OSError) as exc:
         _fail(f"cannot open the database: {type(exc).__name__}")
+
+
+if __name__ == "__main__":
+    app()

@@ -8,21 +8,19 @@ row per call (operation, provider, status, latency, tokens, cost), then verifies
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import uvicorn
 from rich.console import Console
 from rich.table import Table
 
 from opsgate.app import create_app
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
+from opsgate.localserver import serve_in_thread
 from opsgate.ledger.verify import format_summary, verify
 from opsgate.operations import OPERATIONS
 from opsgate.operations.io import input_from_file
@@ -41,11 +39,11 @@ def run_demo(settings: Settings, examples: Path, port: int = 0) -> int:
     add_user(engine, SystemClock(), DEMO_USER, "user")
     token = TokenService(settings, SystemClock()).issue(DEMO_USER, "user")
     bodies = {op_id: _example_body(op_id, examples) for op_id in OPERATIONS}
-    server, base_url = _start_server(settings, port)
+    server = serve_in_thread(create_app(settings), port)
     try:
-        rows = asyncio.run(_call_all(base_url, token, bodies))
+        rows = asyncio.run(_call_all(server.base_url, token, bodies))
     finally:
-        server.should_exit = True
+        server.stop()
     console.print(_table(rows))
     report = verify(engine)
     console.print(("[green]" if report.ok else "[red]") + "ledger: " + format_summary(report))
@@ -58,21 +56,6 @@ def _example_body(op_id: str, examples: Path) -> bytes:
     if not matches:
         raise SystemExit(f"no example input for {op_id} in {examples}/")
     return orjson.dumps(input_from_file(op_id, matches[0], None))
-
-
-def _start_server(settings: Settings, port: int) -> tuple[uvicorn.Server, str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise SystemExit("the demo server did not start")
-        time.sleep(0.05)
-    return server, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 async def _call_all(base_url: str, token: str, bodies: dict[str, bytes]) -> list[dict[str, Any]]:

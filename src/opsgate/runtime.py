@@ -73,7 +73,12 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
     ledger = Ledger(engine, clock)
     ledger.start()
     session = make_session()
-    router = Router(build_providers(settings, session), clock)
+    router = Router(
+        build_providers(settings, session),
+        clock,
+        failure_threshold=settings.breaker_failure_threshold,
+        cooldown_s=settings.breaker_cooldown_s,
+    )
     tokens = TokenService(settings, clock)
     gateway = Gateway(
         tokens=tokens,
