@@ -66,8 +66,9 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Apply every pending migration (``alembic upgrade head``)."""
-    command.upgrade(alembic_config(url), "head")
+    """Apply every pending migration on every branch (``alembic upgrade heads``; each domain
+    package owns a branch of revisions rooted at 0001)."""
+    command.upgrade(alembic_config(url), "heads")
 
 
 def migrations_current(engine: Engine) -> bool:
