@@ -8,7 +8,8 @@ Parsing follows RFC 5322 / RFC 2045-2049 through the standard library ``email`` 
   forwarded ``message/rfc822`` parts are included under a "Forwarded message" line;
 - charsets (:func:`decode_text`): the declared charset, except that bytes declared as ASCII or a
   Western single-byte charset which are valid UTF-8 are read as UTF-8 (the common mislabel); an
-  unknown or wrong charset falls back to UTF-8, then to the declared one with ``errors="replace"``;
+  unknown or wrong charset falls back to UTF-8, then Windows-1252, then to the declared one with
+  ``errors="replace"``;
 - attachments: file name, MIME type and decoded size only — never their bytes;
 - reply chains (:func:`split_quoted`): ``>``-quoted lines, "On ... wrote:" attributions and
   everything after an "Original Message"/Outlook header block are history, the rest is new text.
@@ -32,6 +33,10 @@ IDENTITY_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "mime-v
 _WESTERN = {"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252"}
 _ATTRIBUTION = re.compile(r"^(on\b.{0,200}\bwrote:|.{0,120}\bwrote:|le\b.{0,200}a écrit\s?:|am\b.{0,200}schrieb\s?.{0,80}:)\s*$", re.I)
 _ORIGINAL = re.compile(r"^\s*(-{2,}\s*(original message|forwarded message|ursprüngliche nachricht|message d'origine)\s*-{2,}|_{10,})\s*$", re.I)
+_BLOCK_TAGS = [
+    "p", "div", "li", "tr", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
+    "blockquote", "pre", "hr", "section", "article", "header", "footer",
+]
 _OUTLOOK_FROM = re.compile(r"^\s*(from|von|de):\s.+$", re.I)
 _OUTLOOK_NEXT = re.compile(r"^\s*(sent|date|gesendet|envoyé|to|an|à|subject|betreff|objet):\s", re.I)
 
@@ -117,7 +122,7 @@ def decode_text(payload: bytes, declared: str | None) -> str:
         codecs.lookup(label)
     except LookupError:
         label = "utf-8"
-    for candidate in (label, "utf-8"):
+    for candidate in (label, "utf-8", "windows-1252"):
         try:
             return payload.decode(candidate)
         except UnicodeDecodeError:
@@ -126,14 +131,17 @@ def decode_text(payload: bytes, declared: str | None) -> str:
 
 
 def html_to_text(html: str) -> str:
-    """Visible text of an HTML document: scripts, styles and head removed, one block per line."""
+    """Visible text of an HTML document: scripts, styles and head removed; block elements
+    (paragraphs, divs, list items, table rows, headings, ``<br>``) end lines, inline ones don't."""
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup(["script", "style", "head", "title", "noscript", "template"]):
         tag.decompose()
     for br in soup.find_all("br"):
         br.replace_with("\n")
-    text = soup.get_text("\n")
-    lines = (" ".join(line.split()) for line in text.splitlines())
+    for block in soup.find_all(_BLOCK_TAGS):
+        block.insert_before("\n")
+        block.insert_after("\n")
+    lines = (" ".join(line.split()) for line in soup.get_text().splitlines())
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
