@@ -126,7 +126,7 @@ def _parse(model: str, action: str, body: Any) -> _Request:
         prompt="\n".join(filter(None, [system, *texts])),
         last_user=users[-1] if users else "",
         json_mode=_field(config, "responseMimeType") == "application/json",
-        schema=_field(config, "responseJsonSchema") or _field(config, "responseSchema"),
+        schema=_field(config, "responseJsonSchema") or _camel_schema(_field(config, "responseSchema")),
         max_tokens=_field(config, "maxOutputTokens"),
         thinking_budget=_field(thinking, "thinkingBudget"),
         include_thoughts=bool(_field(thinking, "includeThoughts")),
@@ -139,6 +139,25 @@ def _field(message: dict[str, Any], camel: str) -> Any:
     if camel in message:
         return message[camel]
     return message.get(re.sub(r"(?<!^)([A-Z])", r"_\1", camel).lower())
+
+
+def _camel_schema(schema: Any) -> Any:
+    """A ``responseSchema`` (the proto ``Schema`` message) with its keys in lowerCamelCase: the
+    google-genai SDK sends ``min_items``, ``any_of``, ... Property names are kept as they are."""
+    if not isinstance(schema, dict):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        name = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), key)
+        if name == "properties" and isinstance(value, dict):
+            result[name] = {prop: _camel_schema(sub) for prop, sub in value.items()}
+        elif name == "anyOf" and isinstance(value, list):
+            result[name] = [_camel_schema(sub) for sub in value]
+        elif name == "items":
+            result[name] = _camel_schema(value)
+        else:
+            result[name] = value
+    return result
 
 
 def _text(content: Any) -> str:
