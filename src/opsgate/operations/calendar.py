@@ -380,7 +380,8 @@ class CalendarTime(Operation):
         load = ", ".join(f"{day}: {minutes} min" for day, minutes in per_day.items()) or "none"
         user = (
             f"Requested: {data.duration_minutes} minutes between {_fmt(start)} and {_fmt(end)} "
-            f"({data.timezone}).\nBusy minutes per day: {load}.\nFree slots:\n{listing or '(none)'}"
+            f"({data.timezone}).\nBusy minutes per day: {load}.\nFree slots:\n"
+            + data_block("free_slots", listing or "(none)")
         )
         if data.purpose:
             user += "\n\n" + user_request(data.purpose)

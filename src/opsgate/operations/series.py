@@ -83,6 +83,8 @@ def parse_csv(text: str) -> list[Point]:
         header = [cell.strip().lower() for cell in rows[0]]
         value_column = header.index("value") if "value" in header else 1
         rows, first_row = rows[1:], 2
+    if not rows:
+        raise invalid("the series is empty: the CSV has a header but no data rows", "csv")
     if len(rows) > MAX_POINTS:
         raise invalid(f"the series has more than {MAX_POINTS} rows", "csv")
     points = []
