@@ -8,11 +8,17 @@ recall = labelled windows overlapped by at least one anomaly / labelled windows.
 from __future__ import annotations
 
 import json
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from opsgate.operations import OPERATIONS
 from opsgate.operations.analytics import AnomalyAnswer
+from opsgate.operations.series import _sorted_mad
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "series"
 OP = OPERATIONS["analytics-anomaly"]
@@ -55,3 +61,10 @@ def test_unlabelled_seasonal_series_with_gaps_is_quiet() -> None:
     assert prepared.context["count"] == 0
     output = OP.finish(prepared, AnomalyAnswer(severity="none", narrative="nothing", notes=[{"anomaly": 0, "explanation": "x"}]))
     assert output.anomalies == [] and output.notes == [] and output.dropped_references == 1
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60))
+def test_sorted_mad_equals_the_textbook_mad(values: list[float]) -> None:
+    ordered = sorted(values)
+    centre = statistics.median(ordered)
+    assert _sorted_mad(ordered, centre) == pytest.approx(statistics.median(abs(v - centre) for v in ordered))

@@ -96,7 +96,7 @@ def test_finish_never_returns_what_the_code_did_not_compute() -> None:
     assert [r.index for r in slots.recommended] == [1] and slots.dropped_references == 1
     assert slots.recommended[0].start == prepared.context["slots"][1].start
     prepared, ranked = results["task-prioritize"]
-    assert [r.task.index for r in ranked.ranked][0] == 1 and ranked.ranked[0].source == "model"
+    assert ranked.ranked[0].task.index == 1 and ranked.ranked[0].source == "model"
     assert sorted(r.task.index for r in ranked.ranked) == sorted(prepared.context["sent"])
     assert 6 not in [r.task.index for r in ranked.ranked] and [t.index for t in ranked.closed] == [6]
     assert ranked.dropped_references == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -73,7 +74,7 @@ def test_an_empty_calendar_gives_slots_when_the_window_allows(request) -> None:
 @given(busy_lists)
 def test_merge_is_a_disjoint_cover(busy) -> None:
     merged = merge(busy)
-    assert all(a[1] < b[0] for a, b in zip(merged, merged[1:], strict=False))
+    assert all(a[1] < b[0] for a, b in pairwise(merged))
     for start, end in busy:
         assert any(m_start <= start and end <= m_end for m_start, m_end in merged)
 

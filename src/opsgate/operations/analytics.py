@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -108,7 +109,7 @@ def figures(points: list[Point]) -> Figures:
     values = [p.value for p in present if p.value is not None]
     low = min(present, key=lambda p: p.value or 0.0)
     high = max(present, key=lambda p: p.value or 0.0)
-    gaps = [(b.timestamp - a.timestamp, a.timestamp) for a, b in zip(points, points[1:], strict=False)]
+    gaps = [(b.timestamp - a.timestamp, a.timestamp) for a, b in pairwise(points)]
     widest = max(gaps, default=(timedelta(0), None), key=lambda g: g[0])
     first, last = values[0], values[-1]
     return Figures(

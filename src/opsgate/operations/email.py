@@ -50,7 +50,7 @@ CATEGORY_HELP = {
 }
 Priority = Literal["low", "normal", "high", "urgent"]
 Tone = Literal["neutral", "formal", "friendly", "brief"]
-_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|vs|r)\s*:", re.I)
+_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|vs|r)\s*:", re.IGNORECASE)
 
 
 class AttachmentInfo(BaseModel):

@@ -34,7 +34,7 @@ def input_from_file(op_id: str, path: str | Path, options: dict[str, Any] | None
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix != ".json" and suffix not in FIELD_BY_SUFFIX:
-        raise invalid(f"unsupported input file type; use one of .eml .ics .csv .json", "input")
+        raise invalid("unsupported input file type; use one of .eml .ics .csv .json", "input")
     data = file.read_bytes()
     if len(data) > MAX_FILE_BYTES:
         raise invalid(f"the input file is larger than {MAX_FILE_BYTES} bytes", "input")

@@ -31,14 +31,14 @@ from opsgate.operations.common import invalid
 
 IDENTITY_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "mime-version")
 _WESTERN = {"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252"}
-_ATTRIBUTION = re.compile(r"^(on\b.{0,200}\bwrote:|.{0,120}\bwrote:|le\b.{0,200}a écrit\s?:|am\b.{0,200}schrieb\s?.{0,80}:)\s*$", re.I)
-_ORIGINAL = re.compile(r"^\s*(-{2,}\s*(original message|forwarded message|ursprüngliche nachricht|message d'origine)\s*-{2,}|_{10,})\s*$", re.I)
+_ATTRIBUTION = re.compile(r"^(on\b.{0,200}\bwrote:|.{0,120}\bwrote:|le\b.{0,200}a écrit\s?:|am\b.{0,200}schrieb\s?.{0,80}:)\s*$", re.IGNORECASE)
+_ORIGINAL = re.compile(r"^\s*(-{2,}\s*(original message|forwarded message|ursprüngliche nachricht|message d'origine)\s*-{2,}|_{10,})\s*$", re.IGNORECASE)
 _BLOCK_TAGS = [
     "p", "div", "li", "tr", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
     "blockquote", "pre", "hr", "section", "article", "header", "footer",
 ]
-_OUTLOOK_FROM = re.compile(r"^\s*(from|von|de):\s.+$", re.I)
-_OUTLOOK_NEXT = re.compile(r"^\s*(sent|date|gesendet|envoyé|to|an|à|subject|betreff|objet):\s", re.I)
+_OUTLOOK_FROM = re.compile(r"^\s*(from|von|de):\s.+$", re.IGNORECASE)
+_OUTLOOK_NEXT = re.compile(r"^\s*(sent|date|gesendet|envoyé|to|an|à|subject|betreff|objet):\s", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

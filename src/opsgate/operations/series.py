@@ -27,6 +27,7 @@ import statistics
 from bisect import bisect_left, insort
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 from opsgate.operations.common import invalid
 
@@ -127,7 +128,7 @@ def finish_series(points: list[Point], loc: str) -> list[Point]:
 
 def median_interval(points: list[Point]) -> timedelta:
     """Median spacing between consecutive timestamps (zero for fewer than two points)."""
-    gaps = [b.timestamp - a.timestamp for a, b in zip(points, points[1:], strict=False)]
+    gaps = [b.timestamp - a.timestamp for a, b in pairwise(points)]
     return statistics.median(gaps) if gaps else timedelta(0)
 
 
@@ -141,7 +142,7 @@ def detect(points: list[Point], params: DetectionParams = DetectionParams()) -> 
     times = [p.timestamp for _, p in present]
     step = median_interval([p for _, p in present])
     span = max(params.window, step * 12)
-    overall = _mad(sorted(ys), statistics.median(ys))
+    overall = _mad(ys, statistics.median(ys))
     floor = overall * 0.1 if overall > 0 else 1e-9
     flagged: list[tuple[int, float, float]] = []
     window: list[float] = []
@@ -151,8 +152,8 @@ def detect(points: list[Point], params: DetectionParams = DetectionParams()) -> 
             del window[bisect_left(window, ys[left])]
             left += 1
         if len(window) >= params.min_points:
-            centre = statistics.median(window)
-            score = 0.6745 * (y - centre) / max(_mad(window, centre), floor)
+            centre = _sorted_median(window)
+            score = 0.6745 * (y - centre) / max(_sorted_mad(window, centre), floor)
             if abs(score) >= params.threshold:
                 flagged.append((k, score, centre))
         insort(window, y)
@@ -180,8 +181,44 @@ def _group(flagged: list[tuple[int, float, float]], present: list[tuple[int, Poi
     return sorted(anomalies, key=lambda a: -abs(a.score))
 
 
-def _mad(ordered: list[float], centre: float) -> float:
-    return statistics.median(abs(y - centre) for y in ordered)
+def _mad(values: list[float], centre: float) -> float:
+    return statistics.median(abs(y - centre) for y in values)
+
+
+def _sorted_median(ordered: list[float]) -> float:
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def _sorted_mad(ordered: list[float], centre: float) -> float:
+    """MAD of a sorted list in O(log n): the deviations below and above ``centre`` are two sorted
+    sequences, and the median of their union is found by the k-th-of-two-sorted-arrays search."""
+    split = bisect_left(ordered, centre)
+    n = len(ordered)
+    if n % 2:
+        return _kth_deviation(ordered, split, centre, n // 2)
+    return (_kth_deviation(ordered, split, centre, n // 2 - 1) + _kth_deviation(ordered, split, centre, n // 2)) / 2
+
+
+def _kth_deviation(ordered: list[float], split: int, centre: float, k: int) -> float:
+    below, above = split, len(ordered) - split
+
+    def low(i: int) -> float:  # i-th smallest deviation among the values below centre
+        return centre - ordered[split - 1 - i]
+
+    def high(j: int) -> float:  # j-th smallest deviation among the values at or above centre
+        return ordered[split + j] - centre
+
+    lo, hi = max(0, k + 1 - above), min(k + 1, below)
+    while True:
+        i = (lo + hi) // 2
+        j = k + 1 - i
+        if i < below and j > 0 and high(j - 1) > low(i):
+            lo = i + 1
+        elif i > 0 and j < above and low(i - 1) > high(j):
+            hi = i - 1
+        else:
+            return max(low(i - 1) if i > 0 else -math.inf, high(j - 1) if j > 0 else -math.inf)
 
 
 def _is_number(text: str) -> bool:
