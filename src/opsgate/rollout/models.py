@@ -1,0 +1,96 @@
+"""Rollout tables on the shared ``opsgate.store.models.metadata`` (migration 0003).
+
+- ``feature_toggles``: one row per operation (the seed's table name); ``rollout_percentage`` 0..100,
+  ``group_id`` the Unleash group id of the bucketing hash, ``kill_switch`` overrides everything.
+- ``feature_toggle_version``: one row (``id`` = 1) whose ``version`` every toggle or opt-in write
+  increments in the same transaction, so each process can refresh its in-memory snapshot cheaply.
+- ``user_settings``: a user's opt-in per operation.
+- ``rollouts``: one canary rollout of a set of operations; ``plan`` and ``operations`` are JSON text.
+- ``rollout_decisions``: the rollout history, one row per controller decision with its numbers
+  (JSON of integers), written in the same transaction as the decision's ledger entry.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+)
+
+from opsgate.store.models import metadata
+
+feature_toggles = Table(
+    "feature_toggles",
+    metadata,
+    Column("operation", String(64), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("rollout_percentage", Integer, nullable=False),
+    Column("group_id", String(128), nullable=False),
+    Column("opt_in_required", Boolean, nullable=False),
+    Column("kill_switch", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)
+
+feature_toggle_version = Table(
+    "feature_toggle_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+user_settings = Table(
+    "user_settings",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("operation", String(64), primary_key=True),
+    Column("opted_in", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("operations", Text, nullable=False),
+    Column("plan", Text, nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("stage_index", Integer, nullable=False),
+    Column("stage_started_at", DateTime(timezone=True), nullable=False),
+    Column("paused_since", DateTime(timezone=True)),
+    Column("paused_s", Integer, nullable=False),
+    Column("check_due_at", DateTime(timezone=True)),
+    Column("rolled_back_at", DateTime(timezone=True)),
+    Column("reason", Text),
+    Column("banner", Text),
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_rollouts_state", rollouts.c.state)
+
+rollout_decisions = Table(
+    "rollout_decisions",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("rollout_id", BigInteger, ForeignKey("rollouts.id"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(24), nullable=False),
+    Column("action", String(24), nullable=False),
+    Column("state_before", String(24), nullable=False),
+    Column("state_after", String(24), nullable=False),
+    Column("stage_index", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("numbers", Text, nullable=False),
+    Column("actor", String(128), nullable=False),
+)
+Index("ix_rollout_decisions_rollout", rollout_decisions.c.rollout_id, rollout_decisions.c.id)
