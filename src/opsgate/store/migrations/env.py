@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import opsgate.rollout.models  # noqa: F401  (registers the rollout tables)
 from opsgate.store.models import metadata
 
 config = context.config
