@@ -78,10 +78,23 @@ class AppendedEntry:
 
 @dataclass(frozen=True, slots=True)
 class _Request:
+    """One queued append. Async callers wait on an asyncio future of ``loop``; sync callers on a
+    ``concurrent.futures.Future`` (``loop`` is None)."""
+
     kind: str
     payload: dict[str, Any]
     rows: tuple[tuple[Table, Mapping[str, Any]], ...]
-    future: Future[AppendedEntry]
+    future: Future[AppendedEntry] | asyncio.Future[AppendedEntry]
+    loop: asyncio.AbstractEventLoop | None
+
+    def take(self) -> bool:
+        """Claim the request for writing; False if its caller already gave up (cancelled)."""
+        if self.loop is None:
+            return self.future.set_running_or_notify_cancel()  # type: ignore[union-attr]
+        return not self.future.cancelled()
+
+
+Outcome = AppendedEntry | LedgerUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,26 +155,29 @@ class Ledger:
         (see ``entry.clean_payload``), LedgerUnavailable if the transaction failed or the ledger
         is closed. Cancelling the caller before the writer takes the request drops the request.
         """
-        return await asyncio.wrap_future(self._submit(kind, payload, rows))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AppendedEntry] = loop.create_future()
+        self._enqueue(_Request(kind, clean_payload(kind, payload), tuple(rows), future, loop))
+        return await future
 
     def append_sync(
         self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), timeout: float | None = None
     ) -> AppendedEntry:
         """Blocking :meth:`append` for threads without an event loop; ``timeout`` in seconds."""
-        return self._submit(kind, payload, rows).result(timeout)
+        future: Future[AppendedEntry] = Future()
+        self._enqueue(_Request(kind, clean_payload(kind, payload), tuple(rows), future, None))
+        return future.result(timeout)
 
-    def _submit(self, kind: str, payload: dict[str, Any], rows: ExtraRows) -> Future[AppendedEntry]:
-        request = _Request(kind, clean_payload(kind, payload), tuple(rows), Future())
+    def _enqueue(self, request: _Request) -> None:
         with self._guard:
             if self._closed:
                 raise LedgerUnavailable("the ledger is closed")
             self._queue.put(request)
-        return request.future
 
     def _run(self) -> None:
         try:
             while (batch := self._next_batch()) is not None:
-                live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+                live = [r for r in batch if r.take()]
                 if live:
                     self._commit(live)
         finally:
@@ -198,8 +214,7 @@ class Ledger:
             log.exception("ledger transaction failed")
             self._fail(requests, "the ledger transaction failed")
             return
-        for request, entry in zip(requests, appended, strict=True):
-            request.future.set_result(entry)
+        _settle(requests, appended)
 
     def _transaction(self, requests: list[_Request]) -> list[AppendedEntry]:
         conn = self._connection()
@@ -234,8 +249,7 @@ class Ledger:
             self._conn = None
 
     def _fail(self, requests: list[_Request], why: str) -> None:
-        for request in requests:
-            request.future.set_exception(LedgerUnavailable(why))
+        _settle(requests, [LedgerUnavailable(why) for _ in requests])
 
     def _fail_queued(self) -> None:
         while True:
@@ -243,8 +257,37 @@ class Ledger:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _STOP and item.future.set_running_or_notify_cancel():
-                item.future.set_exception(LedgerUnavailable("the ledger was closed unstarted"))
+            if item is not _STOP and item.take():
+                self._fail([item], "the ledger was closed unstarted")
+
+
+def _settle(requests: list[_Request], outcomes: list[Outcome] | list[AppendedEntry]) -> None:
+    """Resolve each caller. Async callers are woken with one ``call_soon_threadsafe`` per event
+    loop per batch, not one per caller: waking a loop costs a self-pipe write each time."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if request.loop is None:
+            _resolve(request.future, outcome)
+        else:
+            by_loop.setdefault(request.loop, []).append((request.future, outcome))  # type: ignore[arg-type]
+    for loop, pending in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve_all, pending)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+            log.warning("ledger caller's event loop closed before its append was settled")
+
+
+def _resolve_all(pending: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
+    for future, outcome in pending:
+        if not future.done():
+            _resolve(future, outcome)
+
+
+def _resolve(future: Future[Any] | asyncio.Future[Any], outcome: Outcome) -> None:
+    if isinstance(outcome, LedgerUnavailable):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _read_head(conn: Connection) -> _Head:
