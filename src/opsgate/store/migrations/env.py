@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+import opsgate.metering.models  # noqa: F401  (registers the metering tables)
 import opsgate.rollout.models  # noqa: F401  (registers the rollout tables)
 from opsgate.store.models import metadata
 

@@ -1,0 +1,154 @@
+"""Budgets: limits in micro-USD per user, per operation, per (user, operation) and global, each for
+a UTC calendar day and/or a UTC calendar month.
+
+A budget row is ``(user_id, operation, period, limit_micro_usd)`` where ``*`` is the wildcard:
+
+==================  =========  ===========
+scope               user_id    operation
+==================  =========  ===========
+global              ``*``      ``*``
+user U              ``U``      ``*``
+operation OP        ``*``      ``OP``
+user U on OP        ``U``      ``OP``
+==================  =========  ===========
+
+A call by U on OP is charged against every budget that matches it (up to 8: four scopes × two
+periods). Periods are UTC calendar periods: a day runs from 00:00:00 UTC, a month from 00:00:00
+UTC on its first day. A call is charged to the period in which its reservation was made.
+Plain functions over an engine (the Dispatch ``service.py`` shape).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import Engine, and_, insert, or_, select, update
+
+from opsgate.clock import Clock
+from opsgate.errors import InvalidInput
+from opsgate.metering.models import ANY, budget_counters, budgets
+
+PERIODS = ("day", "month")
+MICRO_PER_USD = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One budget: ``id``, ``user_id`` and ``operation`` (``*`` = any), ``period`` (day | month),
+    ``limit_micro_usd``."""
+
+    id: int
+    user_id: str
+    operation: str
+    period: str
+    limit_micro_usd: int
+
+    @property
+    def scope(self) -> str:
+        """``global``, ``user:U``, ``operation:OP`` or ``user:U/operation:OP``."""
+        parts = [f"user:{self.user_id}"] if self.user_id != ANY else []
+        parts += [f"operation:{self.operation}"] if self.operation != ANY else []
+        return "/".join(parts) or "global"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """A budget with its current period's counters (micro-USD)."""
+
+    budget: Budget
+    period_start: datetime
+    spent_micro_usd: int
+    reserved_micro_usd: int
+
+
+def period_start(period: str, now: datetime) -> datetime:
+    """The UTC start of the ``day`` or ``month`` containing ``now`` (aware). ``ValueError`` for
+    another period name."""
+    now = now.astimezone(UTC)
+    if period == "day":
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    raise ValueError(f"unknown budget period {period!r}; expected day or month")
+
+
+def usd_to_micro(usd: str | Decimal) -> int:
+    """A USD amount (decimal string, e.g. ``"0.010"``) as integer micro-USD.
+
+    Raises :class:`InvalidInput` when it is not a finite amount >= 0 with at most 6 decimals.
+    """
+    try:
+        value = Decimal(str(usd))
+    except InvalidOperation:
+        raise InvalidInput("limit_usd must be a decimal amount in USD") from None
+    micro = value * MICRO_PER_USD
+    if not value.is_finite() or value < 0 or micro != micro.to_integral_value():
+        raise InvalidInput("limit_usd must be >= 0 with at most 6 decimals (whole micro-USD)")
+    return int(micro)
+
+
+def set_budget(
+    engine: Engine, clock: Clock, *, user_id: str, operation: str, period: str, limit_micro_usd: int
+) -> Budget:
+    """Create or change the budget of a scope and period; ``*`` is the wildcard. Returns it.
+
+    Lowering a limit below what is already spent or reserved refuses new calls; it never undoes a
+    charge. Raises :class:`InvalidInput` for an unknown period, a negative limit or an empty id.
+    """
+    _check(user_id, operation, period, limit_micro_usd)
+    now = clock.now()
+    where = and_(budgets.c.user_id == user_id, budgets.c.operation == operation,
+                 budgets.c.period == period)
+    with engine.begin() as conn:
+        changed = conn.execute(update(budgets).where(where)
+                               .values(limit_micro_usd=limit_micro_usd, updated_at=now))
+        if not changed.rowcount:
+            conn.execute(insert(budgets).values(user_id=user_id, operation=operation, period=period,
+                                                limit_micro_usd=limit_micro_usd, updated_at=now))
+        row = conn.execute(select(budgets).where(where)).one()
+    return _budget(row)
+
+
+def applicable_budgets(engine: Engine, user_id: str, operation: str) -> list[Budget]:
+    """Every budget that a call by ``user_id`` on ``operation`` is charged against, by id."""
+    query = (
+        select(budgets)
+        .where(or_(budgets.c.user_id == user_id, budgets.c.user_id == ANY),
+               or_(budgets.c.operation == operation, budgets.c.operation == ANY))
+        .order_by(budgets.c.id)
+    )
+    with engine.connect() as conn:
+        return [_budget(row) for row in conn.execute(query)]
+
+
+def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:
+    """Every budget with the spent and reserved amounts of its current period."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(budgets).order_by(budgets.c.id)).all()
+        result = []
+        for row in rows:
+            budget = _budget(row)
+            start = period_start(budget.period, now)
+            counter = conn.execute(
+                select(budget_counters.c.spent_micro_usd, budget_counters.c.reserved_micro_usd)
+                .where(budget_counters.c.budget_id == budget.id,
+                       budget_counters.c.period_start == start)
+            ).first()
+            spent, reserved = (counter.spent_micro_usd, counter.reserved_micro_usd) if counter else (0, 0)
+            result.append(BudgetStatus(budget, start, spent, reserved))
+    return result
+
+
+def _check(user_id: str, operation: str, period: str, limit: int) -> None:
+    if period not in PERIODS:
+        raise InvalidInput(f"period must be one of {', '.join(PERIODS)}")
+    if not user_id or len(user_id) > 128 or not operation or len(operation) > 64:
+        raise InvalidInput("user_id is 1-128 characters and operation 1-64 ('*' for any)")
+    if limit < 0:
+        raise InvalidInput("the limit must be >= 0 micro-USD")
+
+
+def _budget(row) -> Budget:  # type: ignore[no-untyped-def]
+    return Budget(row.id, row.user_id, row.operation, row.period, row.limit_micro_usd)

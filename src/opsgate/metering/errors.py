@@ -1,0 +1,36 @@
+"""Metering refusals: budgets (402 ``budget_exceeded``), rate limits (429 ``rate_limited``), and an
+enforcement that could not run (503 ``budget_unavailable``, the gateway fails closed)."""
+
+from __future__ import annotations
+
+from opsgate.errors import OpsgateError
+
+
+class BudgetExceeded(OpsgateError):
+    """Reserving the call's worst-case cost would take a budget over its limit (402)."""
+
+    code = "budget_exceeded"
+    status = 402
+    title = "A budget would be exceeded"
+
+
+class RateLimitExceeded(OpsgateError):
+    """A gateway-side rate limit is reached (429). ``retry_after`` is in seconds; the problem layer
+    sends it as ``Retry-After`` (RFC 9110 §10.2.3). Never counted as a provider failure."""
+
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class BudgetUnavailable(OpsgateError):
+    """The budget store could not be read or written, so the call is refused rather than run
+    unbudgeted (503)."""
+
+    code = "budget_unavailable"
+    status = 503
+    title = "Budget enforcement is unavailable"

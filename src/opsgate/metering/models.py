@@ -1,0 +1,86 @@
+"""Metering tables, on the shared :data:`opsgate.store.models.metadata` (migration ``0002``).
+
+- ``budgets``: one limit per (``user_id``, ``operation``, ``period``); ``*`` in ``user_id`` or
+  ``operation`` means "every user" / "every operation", so ``('*', '*')`` is the global budget.
+- ``budget_counters``: per budget and period start (UTC), settled ``spent_micro_usd`` and
+  ``reserved_micro_usd`` still held by open reservations. Updated only by conditional UPDATEs.
+- ``budget_reservations``: one row per (request, budget): the worst case held, the actual charge,
+  the state (``open``, ``settled``, ``unknown_usage``, ``expired``) and when it expires.
+- ``cost_reconciliations``: one row per (run, UTC day, model) of an invoice reconciliation.
+
+Money is integer micro-USD; timestamps are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+from opsgate.store.models import metadata
+
+ANY = "*"
+"""The wildcard of ``budgets.user_id`` / ``budgets.operation``."""
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", String(128), nullable=False),
+    Column("operation", String(64), nullable=False),
+    Column("period", String(8), nullable=False),
+    Column("limit_micro_usd", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("user_id", "operation", "period", name="uq_budgets_scope_period"),
+)
+
+budget_counters = Table(
+    "budget_counters",
+    metadata,
+    Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("spent_micro_usd", BigInteger, nullable=False, default=0),
+    Column("reserved_micro_usd", BigInteger, nullable=False, default=0),
+)
+
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("worst_micro_usd", BigInteger, nullable=False),
+    Column("actual_micro_usd", BigInteger),
+    Column("state", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("settled_at", DateTime(timezone=True)),
+)
+Index("ix_budget_reservations_state_expires", budget_reservations.c.state,
+      budget_reservations.c.expires_at)
+
+cost_reconciliations = Table(
+    "cost_reconciliations",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("run_id", String(32), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("invoice_name", String(255), nullable=False),
+    Column("day", Date, nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("tracked_micro_usd", BigInteger, nullable=False),
+    Column("invoiced_micro_usd", BigInteger, nullable=False),
+    Column("difference_micro_usd", BigInteger, nullable=False),
+    Column("accuracy_pct", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_cost_reconciliations_run", cost_reconciliations.c.run_id)

@@ -1,0 +1,226 @@
+"""Reserve, settle and expire budget reservations, atomically in the database.
+
+Per budget and period there is one ``budget_counters`` row. :func:`reserve` runs ONE transaction:
+for every applicable budget (in id order, so concurrent transactions lock rows in the same order)
+it makes sure the counter row exists and then runs the conditional update ::
+
+    UPDATE budget_counters SET reserved = reserved + :worst
+     WHERE budget_id = :b AND period_start = :p
+       AND spent + reserved + :worst <= (SELECT limit FROM budgets WHERE id = :b)
+
+If any update matches no row the whole transaction rolls back and :class:`BudgetExceeded` is
+raised; otherwise one ``budget_reservations`` row per budget is inserted in the same transaction.
+On PostgreSQL (READ COMMITTED) a concurrent UPDATE waits for the row lock and re-evaluates its
+WHERE clause on the committed row, so two replicas can never both pass the check; on SQLite the
+transaction's first statement is a write, which takes the database write lock (waiting up to the
+busy timeout) before anything is read.
+
+:func:`settle` moves one call from reserved to spent (``reserved -= worst; spent += actual``) in
+one transaction. :func:`expire_reservations` settles reservations nobody settled before their
+``expires_at`` (a crashed request) at their worst case, state ``expired``; a late settle of such a
+call then corrects ``spent`` to the real charge. Nothing is leaked or dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from opsgate.clock import Clock
+from opsgate.metering.budgets import Budget, applicable_budgets, period_start
+from opsgate.metering.errors import BudgetExceeded
+from opsgate.metering.models import budget_counters, budget_reservations, budgets
+
+log = logging.getLogger("opsgate.metering")
+
+OPEN, SETTLED, UNKNOWN_USAGE, EXPIRED = "open", "settled", "unknown_usage", "expired"
+_SQLITE_WRITE_LOCK = text("INSERT INTO budget_counters SELECT * FROM budget_counters WHERE 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What :func:`reserve` holds for one call: ``worst_micro_usd`` against each of ``budgets``
+    (empty when no budget applies, in which case nothing was written)."""
+
+    request_id: str
+    user_id: str
+    operation: str
+    worst_micro_usd: int
+    budgets: tuple[Budget, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The outcome of :func:`settle`: the amount charged, the state written, and the budgets whose
+    period spend is now above their limit (an overspend: the call cost more than its worst case)."""
+
+    charged_micro_usd: int
+    state: str
+    over_limit: tuple[Budget, ...]
+
+
+def reserve(
+    engine: Engine,
+    clock: Clock,
+    *,
+    request_id: str,
+    user_id: str,
+    operation: str,
+    worst_micro_usd: int,
+    ttl_s: float,
+) -> Reservation:
+    """Hold ``worst_micro_usd`` against every budget that applies to (``user_id``, ``operation``).
+
+    Raises :class:`BudgetExceeded` (402, naming the budget) when any of them would go over its
+    limit; then nothing is held. Database errors propagate (the caller fails closed).
+    """
+    found = tuple(applicable_budgets(engine, user_id, operation))
+    reservation = Reservation(request_id, user_id, operation, worst_micro_usd, found)
+    if not found:
+        return reservation
+    now = clock.now()
+    with engine.begin() as conn:
+        _lock(conn)
+        for budget in found:
+            start = period_start(budget.period, now)
+            _ensure_counter(conn, budget.id, start)
+            if not _hold(conn, budget.id, start, worst_micro_usd):
+                raise BudgetExceeded(
+                    f"The {budget.period} budget of {budget.scope} has no room for this call's "
+                    f"worst-case cost of {worst_micro_usd} micro-USD"
+                )
+        conn.execute(budget_reservations.insert(), [
+            {"request_id": request_id, "budget_id": b.id, "period_start": period_start(b.period, now),
+             "worst_micro_usd": worst_micro_usd, "state": OPEN, "created_at": now,
+             "expires_at": now + timedelta(seconds=ttl_s)}
+            for b in found
+        ])
+    return reservation
+
+
+def settle(
+    engine: Engine, clock: Clock, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
+) -> Settlement:
+    """Charge the call and release the rest of its reservation, in one transaction.
+
+    ``actual_micro_usd`` is the metered cost. With ``unknown_usage`` (the provider may have billed
+    tokens we never saw: a timeout, a cut or unreadable answer) the call is charged
+    ``max(actual, worst)`` and its rows are flagged ``unknown_usage``.
+    """
+    charged = max(actual_micro_usd, reservation.worst_micro_usd) if unknown_usage else actual_micro_usd
+    state = UNKNOWN_USAGE if unknown_usage else SETTLED
+    if not reservation.budgets:
+        return Settlement(charged, state, ())
+    with engine.begin() as conn:
+        _lock(conn)
+        closed = _close(conn, clock, reservation.request_id, (OPEN, EXPIRED), state, charged)
+        over_ids = _over_limit(conn, closed)
+    return Settlement(charged, state, tuple(b for b in reservation.budgets if b.id in over_ids))
+
+
+def expire_reservations(engine: Engine, clock: Clock) -> list[str]:
+    """Settle every open reservation past its ``expires_at`` at its worst case (state ``expired``).
+
+    Returns the request ids expired. Run at start-up, by ``opsgate budgets show`` and periodically.
+    """
+    now = clock.now()
+    with engine.connect() as conn:
+        stale = conn.execute(
+            select(budget_reservations.c.request_id).distinct()
+            .where(budget_reservations.c.state == OPEN, budget_reservations.c.expires_at < now)
+        ).scalars().all()
+    for request_id in stale:
+        with engine.begin() as conn:
+            _lock(conn)
+            _close(conn, clock, request_id, (OPEN,), EXPIRED, None)
+        log.warning("budget reservation of request %s expired unsettled; charged its worst case",
+                    request_id)
+    return list(stale)
+
+
+def _lock(conn: Connection) -> None:
+    """SQLite: take the write lock first (see the module doc). PostgreSQL: row locks suffice."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(_SQLITE_WRITE_LOCK)
+
+
+def _ensure_counter(conn: Connection, budget_id: int, start: datetime) -> None:
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(
+        dialect_insert(budget_counters)
+        .values(budget_id=budget_id, period_start=start, spent_micro_usd=0, reserved_micro_usd=0)
+        .on_conflict_do_nothing()
+    )
+
+
+def _hold(conn: Connection, budget_id: int, start: datetime, amount: int) -> bool:
+    c = budget_counters.c
+    limit = select(budgets.c.limit_micro_usd).where(budgets.c.id == budget_id).scalar_subquery()
+    result = conn.execute(
+        update(budget_counters)
+        .where(c.budget_id == budget_id, c.period_start == start,
+               c.spent_micro_usd + c.reserved_micro_usd + amount <= limit)
+        .values(reserved_micro_usd=c.reserved_micro_usd + amount)
+    )
+    return result.rowcount == 1
+
+
+def _close(
+    conn: Connection,
+    clock: Clock,
+    request_id: str,
+    from_states: Sequence[str],
+    state: str,
+    charged: int | None,
+) -> list[tuple[int, datetime]]:
+    """Move ``request_id``'s rows in ``from_states`` to ``state`` and apply them to the counters.
+
+    ``charged`` None means "the worst case" (expiry). An ``open`` row releases its worst case from
+    ``reserved``; an ``expired`` row (already charged its worst case) corrects ``spent``.
+    Returns the (budget id, period start) counters touched.
+    """
+    r = budget_reservations.c
+    rows = conn.execute(
+        select(r.budget_id, r.period_start, r.worst_micro_usd, r.state)
+        .where(r.request_id == request_id, r.state.in_(from_states))
+        .order_by(r.budget_id)
+        .with_for_update()
+    ).all()
+    now = clock.now()
+    for row in rows:
+        amount = row.worst_micro_usd if charged is None else charged
+        conn.execute(
+            update(budget_reservations)
+            .where(r.request_id == request_id, r.budget_id == row.budget_id)
+            .values(state=state, actual_micro_usd=amount, settled_at=now)
+        )
+        released = row.worst_micro_usd if row.state == OPEN else 0
+        spent_delta = amount if row.state == OPEN else amount - row.worst_micro_usd
+        c = budget_counters.c
+        conn.execute(
+            update(budget_counters)
+            .where(c.budget_id == row.budget_id, c.period_start == row.period_start)
+            .values(reserved_micro_usd=c.reserved_micro_usd - released,
+                    spent_micro_usd=c.spent_micro_usd + spent_delta)
+        )
+    return [(row.budget_id, row.period_start) for row in rows]
+
+
+def _over_limit(conn: Connection, counters: Sequence[tuple[int, datetime]]) -> set[int]:
+    """The budget ids among ``counters`` whose spend is above their limit."""
+    c = budget_counters.c
+    over = set()
+    for budget_id, start in counters:
+        row = conn.execute(
+            select(c.spent_micro_usd, budgets.c.limit_micro_usd)
+            .join(budgets, budgets.c.id == c.budget_id)
+            .where(c.budget_id == budget_id, c.period_start == start)
+        ).first()
+        if row is not None and row.spent_micro_usd > row.limit_micro_usd:
+            over.add(budget_id)
+    return over

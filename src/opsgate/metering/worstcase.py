@@ -1,0 +1,52 @@
+"""The worst-case cost a call may incur, which the budget reservation holds.
+
+Prompt tokens are bounded without a tokenizer: Claude's and DeepSeek's byte-level BPE and Gemini's
+SentencePiece (with byte fallback) never emit a text token covering less than one UTF-8 byte, so
+the prompt's UTF-8 byte count is an upper bound on its text tokens. We count the system prompt,
+the user prompt and the JSON schema (pretty-printed, the larger form: DeepSeek's JSON mode puts it
+in the prompt), plus :data:`PROMPT_OVERHEAD_TOKENS` for what the provider adds around them (role
+and turn markers; Anthropic's tool-use system prompt is at most 346 tokens per its tool-use
+pricing table). A ``bytes / 3`` estimate is *not* an upper bound (CJK text is ~1 token per
+3 bytes or worse, digits and symbols ~1 per byte), so it is not used.
+
+A call may pay for two completions: the answer and, if it did not match the schema, one repair
+request that repeats the prompt plus a note of at most about :data:`REPAIR_NOTE_ALLOWANCE_BYTES`.
+Each is priced at the dearest model of the routing chain (:func:`worst_case_micro_usd`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
+
+from opsgate.metering.cost import worst_case_micro_usd
+from opsgate.metering.prices import PriceTable
+from opsgate.providers.base import CompletionRequest
+
+PROMPT_OVERHEAD_TOKENS = 512
+REPAIR_NOTE_ALLOWANCE_BYTES = 8192
+
+
+def prompt_token_bound(request: CompletionRequest) -> int:
+    """An upper bound on the input tokens ``request`` is billed for (see the module doc)."""
+    size = len(request.system.encode()) + len(request.user.encode())
+    if request.json_schema is not None:
+        size += len(orjson.dumps(request.json_schema, option=orjson.OPT_INDENT_2))
+    return size + PROMPT_OVERHEAD_TOKENS
+
+
+def call_worst_case_micro_usd(
+    request: CompletionRequest, models: Iterable[str], prices: PriceTable
+) -> int:
+    """The most a governed call of ``request`` can cost, in integer micro-USD: the answer and one
+    repair request, each at the dearest of ``models`` (the routing chain). Raises
+    :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
+    models = list(models)
+    prompt = prompt_token_bound(request)
+    repair_prompt = prompt + REPAIR_NOTE_ALLOWANCE_BYTES
+    first = max(worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(m)) for m in models)
+    repair = max(
+        worst_case_micro_usd(repair_prompt, request.max_tokens, prices.price_for(m)) for m in models
+    )
+    return first + repair
