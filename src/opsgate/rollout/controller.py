@@ -1,0 +1,331 @@
+"""The canary controller: a pure state machine over an injected time and metrics snapshots.
+
+:func:`step` maps (:class:`RolloutState`, event, now) to a :class:`Decision`; it reads no clock and
+touches no database, so every (state, event) pair is unit tested. The service applies decisions.
+
+States: ``running`` (a stage whose time is not served yet), ``awaiting_promotion`` (time served, the
+promotion gates not met yet), ``paused`` (a provider outage hits canary and control alike; the stage
+clock stops), ``observing`` (the observation after the last stage, at 100 %), ``rolling_back``
+(operations disabled; the 5-minute check that the error rate dropped is pending), and the terminal
+``rolled_back``, ``escalated`` and ``completed``.
+
+Evaluation outcomes (seed Phase 8 deployment plan; thresholds in :class:`Thresholds`):
+
+- roll back: an open P1 incident, or the canary's error rate > 1 % with at least ``min_requests``
+  requests (unless it is a provider outage, below);
+- hold (``paused``): the control cohort has ``min_requests`` and an error rate > 1 %, and the
+  canary's error rate is at most 1 point above the control's (the fault is the provider's, not the
+  release's);
+- hold: fewer than ``min_requests`` canary requests (zero traffic never rolls back), the stage time not
+  yet served, or the promotion gates not met;
+- promote: stage time served (excluding paused time), error rate < 0.5 %, average latency < 2 s,
+  p99 < 2 s and no open P1. Promoting from the last stage enters ``observing``; a served, healthy
+  observation completes the rollout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """Rollout states (see the module docstring)."""
+
+    RUNNING = "running"
+    AWAITING_PROMOTION = "awaiting_promotion"
+    PAUSED = "paused"
+    OBSERVING = "observing"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ESCALATED = "escalated"
+    COMPLETED = "completed"
+
+
+ACTIVE = frozenset({State.RUNNING, State.AWAITING_PROMOTION, State.PAUSED, State.OBSERVING})
+TERMINAL = frozenset({State.ROLLED_BACK, State.ESCALATED, State.COMPLETED})
+
+
+class Action(StrEnum):
+    """What a decision does."""
+
+    PROMOTE = "promote"
+    HOLD = "hold"
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+    COMPLETE = "complete"
+    VERIFIED = "verified"
+    ESCALATE = "escalate"
+    IGNORE = "ignore"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One plan stage: ``percentage`` of users (1..100) for ``seconds`` (> 0)."""
+
+    percentage: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Stages, then an observation at 100 % for ``observation_s`` seconds. Default: the seed's
+    5 %/24 h, 25 %/12 h, 100 %/12 h, then 48 h of observation."""
+
+    stages: tuple[Stage, ...] = (Stage(5, 24 * 3600), Stage(25, 12 * 3600), Stage(100, 12 * 3600))
+    observation_s: int = 48 * 3600
+
+    def duration_s(self, stage_index: int) -> int:
+        """Seconds of stage ``stage_index``; ``len(stages)`` is the observation."""
+        if stage_index >= len(self.stages):
+            return self.observation_s
+        return self.stages[stage_index].seconds
+
+    def percentage(self, stage_index: int) -> int:
+        """The rollout percentage of ``stage_index`` (100 during the observation)."""
+        return self.stages[stage_index].percentage if stage_index < len(self.stages) else 100
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON shape (integers only): ``{"stages": [{"percentage", "seconds"}], "observation_s"}``."""
+        return {"stages": [{"percentage": s.percentage, "seconds": s.seconds} for s in self.stages],
+                "observation_s": self.observation_s}
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Decision thresholds. Error rates in basis points (1 bp = 0.01 %), latency in ms."""
+
+    promote_max_error_bp: int = 50
+    rollback_error_bp: int = 100
+    max_avg_latency_ms: float = 2000.0
+    max_p99_latency_ms: float = 2000.0
+    min_requests: int = 100
+    outage_margin_bp: int = 100
+    verify_after_s: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class CohortMetrics:
+    """One cohort over a window: requests and errors (counts), average and p99 latency (ms, p99 by
+    nearest rank), and cost per request (integer micro-USD, floor)."""
+
+    requests: int = 0
+    errors: int = 0
+    avg_latency_ms: float = 0.0
+    p99_latency_ms: float = 0.0
+    cost_per_request_micro_usd: int = 0
+
+    def error_bp_exceeds(self, bp: int) -> bool:
+        """True when errors / requests > bp / 10 000 (exact integer arithmetic)."""
+        return self.errors * 10_000 > bp * self.requests
+
+    def error_bp_below(self, bp: int) -> bool:
+        """True when errors / requests < bp / 10 000."""
+        return self.errors * 10_000 < bp * self.requests
+
+    def error_ppm(self) -> int:
+        """The error rate in parts per million (0 without requests)."""
+        return self.errors * 1_000_000 // self.requests if self.requests else 0
+
+    def numbers(self, prefix: str) -> dict[str, int]:
+        """Integer fields for the ledger: counts, error ppm, latencies in microseconds, cost."""
+        return {
+            f"{prefix}_requests": self.requests,
+            f"{prefix}_errors": self.errors,
+            f"{prefix}_error_ppm": self.error_ppm(),
+            f"{prefix}_avg_latency_us": round(self.avg_latency_ms * 1000),
+            f"{prefix}_p99_latency_us": round(self.p99_latency_ms * 1000),
+            f"{prefix}_cost_per_request_micro_usd": self.cost_per_request_micro_usd,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """What the controller needs to know about one rollout (a ``rollouts`` row)."""
+
+    state: State
+    stage_index: int
+    stage_started_at: datetime
+    plan: Plan = field(default_factory=Plan)
+    paused_since: datetime | None = None
+    paused_s: int = 0
+    check_due_at: datetime | None = None
+
+    def served_s(self, now: datetime) -> float:
+        """Seconds of the current stage served so far, excluding paused time."""
+        paused = self.paused_s + (int((now - self.paused_since).total_seconds())
+                                  if self.paused_since else 0)
+        return (now - self.stage_started_at).total_seconds() - paused
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluate:
+    """A periodic evaluation: the canary and control cohorts over the stage window, open P1s.
+    In ``rolling_back`` the canary is the rollout's operations since the rollback."""
+
+    canary: CohortMetrics
+    control: CohortMetrics
+    open_p1: int = 0
+    name = "evaluate"
+
+
+@dataclass(frozen=True, slots=True)
+class Advance:
+    """An operator promotes the rollout now, whatever the metrics say."""
+
+    name = "advance"
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """An operator (or another system) rolls the rollout back for ``reason``."""
+
+    reason: str
+    name = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitch:
+    """The kill switch of one of the rollout's operations was engaged."""
+
+    operation: str
+    name = "kill_switch"
+
+
+Event = Evaluate | Advance | Rollback | KillSwitch
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one step: the new state, what to do, why, and the numbers behind it.
+
+    ``percentage`` is the rollout percentage to set (None: unchanged); ``disable`` turns the
+    rollout's operations off; ``alert`` is a severity (``P1``/``P2``) to notify, or None.
+    """
+
+    action: Action
+    after: RolloutState
+    reason: str
+    numbers: dict[str, int]
+    percentage: int | None = None
+    disable: bool = False
+    alert: str | None = None
+
+
+def step(state: RolloutState, event: Event, now: datetime, limits: Thresholds = Thresholds()) -> Decision:
+    """Decide what ``event`` at ``now`` does to ``state``."""
+    numbers = _numbers(state, event, now)
+    if isinstance(event, Evaluate):
+        return _evaluate(state, event, now, limits, numbers)
+    if isinstance(event, Advance):
+        if state.state not in ACTIVE:
+            return Decision(Action.REJECT, state, f"a {state.state} rollout cannot advance", numbers)
+        return _promote(state, now, "advanced by an operator", numbers)
+    if isinstance(event, KillSwitch):
+        if state.state not in ACTIVE:
+            return Decision(Action.IGNORE, state, f"kill switch on {event.operation}; rollout {state.state}", numbers)
+        return _rollback(state, now, limits, f"kill switch engaged on {event.operation}", numbers)
+    if state.state in ACTIVE or state.state is State.COMPLETED:
+        return _rollback(state, now, limits, event.reason, numbers)
+    return Decision(Action.IGNORE, state, f"already {state.state}", numbers)
+
+
+def _evaluate(state: RolloutState, ev: Evaluate, now: datetime, limits: Thresholds,
+              numbers: dict[str, int]) -> Decision:
+    if state.state is State.ROLLING_BACK:
+        return _verify(state, ev, now, limits, numbers)
+    if state.state not in ACTIVE:
+        return Decision(Action.IGNORE, state, f"rollout {state.state}", numbers)
+    if ev.open_p1:
+        return _rollback(state, now, limits, f"{ev.open_p1} open P1 incident(s)", numbers)
+    if _outage(ev, limits):
+        paused = replace(state, state=State.PAUSED, paused_since=state.paused_since or now)
+        return Decision(Action.PAUSE, paused, "provider outage hits canary and control alike", numbers)
+    enough = ev.canary.requests >= limits.min_requests
+    if enough and ev.canary.error_bp_exceeds(limits.rollback_error_bp):
+        return _rollback(state, now, limits, "canary error rate above 1 %", numbers)
+    state = _resume(state, now)
+    served = state.served_s(now) >= state.plan.duration_s(state.stage_index)
+    gates = _gate_failures(ev, limits)
+    if served and not gates:
+        return _promote(state, now, "stage served and healthy", numbers)
+    held = state.state
+    if served:
+        held = State.AWAITING_PROMOTION
+    why = "stage time not served" if not served else "; ".join(gates)
+    if not served and gates:
+        why += "; " + "; ".join(gates)
+    return Decision(Action.HOLD, replace(state, state=held), why, numbers)
+
+
+def _gate_failures(ev: Evaluate, limits: Thresholds) -> list[str]:
+    c = ev.canary
+    failures = []
+    if c.requests < limits.min_requests:
+        failures.append(f"too few canary requests ({c.requests} < {limits.min_requests})")
+        return failures
+    if not c.error_bp_below(limits.promote_max_error_bp):
+        failures.append("error rate not below 0.5 %")
+    if c.avg_latency_ms >= limits.max_avg_latency_ms:
+        failures.append("average latency not below 2 s")
+    if c.p99_latency_ms >= limits.max_p99_latency_ms:
+        failures.append("p99 latency not below 2 s")
+    return failures
+
+
+def _outage(ev: Evaluate, limits: Thresholds) -> bool:
+    control, canary = ev.control, ev.canary
+    if control.requests < limits.min_requests or not control.error_bp_exceeds(limits.rollback_error_bp):
+        return False
+    # canary rate <= control rate + margin, cross-multiplied to stay in integers
+    return (canary.errors * 10_000 * control.requests
+            <= (control.errors * 10_000 + limits.outage_margin_bp * control.requests) * canary.requests)
+
+
+def _resume(state: RolloutState, now: datetime) -> RolloutState:
+    if state.state is not State.PAUSED:
+        return state
+    paused = int((now - state.paused_since).total_seconds()) if state.paused_since else 0
+    observing = state.stage_index >= len(state.plan.stages)
+    return replace(state, state=State.OBSERVING if observing else State.RUNNING,
+                   paused_since=None, paused_s=state.paused_s + paused)
+
+
+def _promote(state: RolloutState, now: datetime, why: str, numbers: dict[str, int]) -> Decision:
+    nxt = state.stage_index + 1
+    if nxt > len(state.plan.stages):
+        done = replace(state, state=State.COMPLETED, paused_since=None)
+        return Decision(Action.COMPLETE, done, why + "; observation complete", numbers)
+    after = replace(state, state=State.OBSERVING if nxt == len(state.plan.stages) else State.RUNNING,
+                    stage_index=nxt, stage_started_at=now, paused_since=None, paused_s=0)
+    return Decision(Action.PROMOTE, after, why, numbers, percentage=state.plan.percentage(nxt))
+
+
+def _rollback(state: RolloutState, now: datetime, limits: Thresholds, why: str,
+              numbers: dict[str, int]) -> Decision:
+    after = replace(state, state=State.ROLLING_BACK, paused_since=None,
+                    check_due_at=now + timedelta(seconds=limits.verify_after_s))
+    return Decision(Action.ROLLBACK, after, why, numbers, disable=True, alert="P2")
+
+
+def _verify(state: RolloutState, ev: Evaluate, now: datetime, limits: Thresholds,
+            numbers: dict[str, int]) -> Decision:
+    if state.check_due_at is not None and now < state.check_due_at:
+        return Decision(Action.HOLD, state, "rollback verification pending", numbers)
+    if ev.canary.error_bp_exceeds(limits.rollback_error_bp):
+        after = replace(state, state=State.ESCALATED)
+        return Decision(Action.ESCALATE, after, "error rate did not drop within 5 minutes of the rollback",
+                        numbers, alert="P1")
+    return Decision(Action.VERIFIED, replace(state, state=State.ROLLED_BACK),
+                    "error rate dropped after the rollback", numbers)
+
+
+def _numbers(state: RolloutState, event: Event, now: datetime) -> dict[str, int]:
+    numbers = {"stage_index": state.stage_index, "percentage": state.plan.percentage(state.stage_index),
+               "stage_served_s": int(state.served_s(now))}
+    if isinstance(event, Evaluate):
+        numbers |= event.canary.numbers("canary") | event.control.numbers("control")
+        numbers["open_p1"] = event.open_p1
+    return numbers

@@ -1,0 +1,60 @@
+"""Canary and control cohorts from ``ai_operation_log`` (feeds :class:`~.controller.Evaluate`).
+
+Canary: rows of the rollout's ``operations`` in the window whose ``(operation, user_id)`` passes
+``in_canary`` (default: every row; while the toggle gates the operation, everyone who reached it was
+in the canary). Control: every other row in the same window (the rest of the traffic through the same
+providers), which is what tells a provider outage from a bad release. An error is a row whose
+``status`` is not ``ok``. p99 is exact, by nearest rank over the sorted latencies (sorted in Python).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+
+from opsgate.rollout.controller import CohortMetrics
+from opsgate.store.models import ai_operation_log
+
+CanaryRule = Callable[[str, str], bool]
+"""``(operation, user_id) -> bool``: is this call part of the canary cohort?"""
+
+
+def metrics_from_log(
+    engine: Engine,
+    operations: Iterable[str],
+    since: datetime,
+    until: datetime,
+    in_canary: CanaryRule | None = None,
+) -> tuple[CohortMetrics, CohortMetrics]:
+    """``(canary, control)`` over ``since <= created_at < until`` (UTC)."""
+    ops = frozenset(operations)
+    log = ai_operation_log.c
+    query = select(log.operation, log.user_id, log.status, log.latency_ms, log.cost_micro_usd).where(
+        log.created_at >= since, log.created_at < until
+    )
+    canary: list[tuple[bool, float, int]] = []
+    control: list[tuple[bool, float, int]] = []
+    with engine.connect() as conn:
+        for operation, user_id, status, latency, cost in conn.execute(query):
+            row = (status != "ok", latency, cost)
+            in_cohort = operation in ops and (in_canary is None or in_canary(operation, user_id))
+            (canary if in_cohort else control).append(row)
+    return cohort(canary), cohort(control)
+
+
+def cohort(rows: list[tuple[bool, float, int]]) -> CohortMetrics:
+    """:class:`CohortMetrics` of ``(is_error, latency_ms, cost_micro_usd)`` rows."""
+    if not rows:
+        return CohortMetrics()
+    latencies = sorted(r[1] for r in rows)
+    n = len(rows)
+    return CohortMetrics(
+        requests=n,
+        errors=sum(1 for r in rows if r[0]),
+        avg_latency_ms=math.fsum(latencies) / n,
+        p99_latency_ms=latencies[math.ceil(0.99 * n) - 1],
+        cost_per_request_micro_usd=sum(r[2] for r in rows) // n,
+    )
