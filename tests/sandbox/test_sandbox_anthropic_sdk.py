@@ -25,8 +25,9 @@ class Triage(BaseModel):
 
 @pytest.fixture
 def client(sandbox: SandboxThread, anthropic_key: str) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(api_key=anthropic_key, base_url=sandbox.base_urls["anthropic"],
-                             max_retries=0) as sdk:
+    with anthropic.Anthropic(
+        api_key=anthropic_key, base_url=sandbox.base_urls["anthropic"], max_retries=0
+    ) as sdk:
         yield sdk
 
 
@@ -35,8 +36,9 @@ def _user(text: str) -> list[dict[str, str]]:
 
 
 def test_text_message_parses_with_usage(client: anthropic.Anthropic) -> None:
-    message = client.messages.create(model=MODEL, max_tokens=200, system="Be brief.",
-                                     messages=_user("Summarise my inbox"))
+    message = client.messages.create(
+        model=MODEL, max_tokens=200, system="Be brief.", messages=_user("Summarise my inbox")
+    )
     assert message.type == "message" and message.role == "assistant"
     assert message.id.startswith("msg_")
     assert message.stop_reason == "end_turn"
@@ -54,7 +56,9 @@ def test_text_message_parses_with_usage(client: anthropic.Anthropic) -> None:
 def test_forced_tool_answers_schema_valid_tool_use(client: anthropic.Anthropic) -> None:
     schema = Triage.model_json_schema()
     message = client.messages.create(
-        model=MODEL, max_tokens=500, messages=_user("Triage this email"),
+        model=MODEL,
+        max_tokens=500,
+        messages=_user("Triage this email"),
         tools=[{"name": "triage", "description": "Record the triage", "input_schema": schema}],
         tool_choice={"type": "tool", "name": "triage"},
     )
@@ -75,9 +79,13 @@ def test_max_tokens_cuts_text(client: anthropic.Anthropic) -> None:
 def test_cache_write_then_read(client: anthropic.Anthropic) -> None:
     system_text = "Policy " + secrets.token_hex(8) + " " + "x" * 5000
     system_tokens = count_tokens(system_text)
-    system = [{"type": "text", "text": system_text, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    system = [
+        {"type": "text", "text": system_text, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    ]
     first = client.messages.create(model=MODEL, max_tokens=50, system=system, messages=_user("one"))
-    second = client.messages.create(model=MODEL, max_tokens=50, system=system, messages=_user("one"))
+    second = client.messages.create(
+        model=MODEL, max_tokens=50, system=system, messages=_user("one")
+    )
     assert first.usage.cache_creation_input_tokens == system_tokens
     assert first.usage.cache_creation.ephemeral_1h_input_tokens == system_tokens
     assert first.usage.cache_creation.ephemeral_5m_input_tokens == 0
@@ -91,17 +99,23 @@ def test_cache_write_then_read(client: anthropic.Anthropic) -> None:
 def test_small_or_unmarked_system_is_not_cached(client: anthropic.Anthropic) -> None:
     big = "y" * 8000
     for _ in range(2):
-        unmarked = client.messages.create(model=MODEL, max_tokens=20, system=big, messages=_user("a"))
+        unmarked = client.messages.create(
+            model=MODEL, max_tokens=20, system=big, messages=_user("a")
+        )
         assert unmarked.usage.cache_read_input_tokens == 0
         assert unmarked.usage.cache_creation_input_tokens == 0
     small = [{"type": "text", "text": "short", "cache_control": {"type": "ephemeral"}}]
     for _ in range(2):
-        answer = client.messages.create(model=MODEL, max_tokens=20, system=small, messages=_user("a"))
+        answer = client.messages.create(
+            model=MODEL, max_tokens=20, system=small, messages=_user("a")
+        )
         assert answer.usage.cache_read_input_tokens == 0
 
 
 def test_streaming_text_reports_usage(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model=MODEL, max_tokens=300, messages=_user("stream please")) as stream:
+    with client.messages.stream(
+        model=MODEL, max_tokens=300, messages=_user("stream please")
+    ) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert len(pieces) > 1
@@ -114,7 +128,9 @@ def test_streaming_text_reports_usage(client: anthropic.Anthropic) -> None:
 def test_streaming_tool_use_rebuilds_input(client: anthropic.Anthropic) -> None:
     schema = Triage.model_json_schema()
     with client.messages.stream(
-        model=MODEL, max_tokens=500, messages=_user("Triage"),
+        model=MODEL,
+        max_tokens=500,
+        messages=_user("Triage"),
         tools=[{"name": "triage", "description": "Record", "input_schema": schema}],
         tool_choice={"type": "tool", "name": "triage"},
     ) as stream:
@@ -129,7 +145,9 @@ def test_raw_event_sequence(sandbox: SandboxThread, anthropic_key: str) -> None:
     body = {"model": MODEL, "max_tokens": 100, "stream": True, "messages": _user("hi")}
     headers = {"x-api-key": anthropic_key, "anthropic-version": "2023-06-01"}
     reply = httpx.post(sandbox.base_urls["anthropic"] + "/v1/messages", json=body, headers=headers)
-    events = [line[len("event: "):] for line in reply.text.splitlines() if line.startswith("event: ")]
+    events = [
+        line[len("event: ") :] for line in reply.text.splitlines() if line.startswith("event: ")
+    ]
     assert reply.headers["content-type"].startswith("text/event-stream")
     assert events[:3] == ["message_start", "content_block_start", "ping"]
     assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
@@ -138,8 +156,11 @@ def test_raw_event_sequence(sandbox: SandboxThread, anthropic_key: str) -> None:
 
 def test_headers_and_request_id(sandbox: SandboxThread, anthropic_key: str) -> None:
     body = {"model": MODEL, "max_tokens": 10, "messages": _user("hi")}
-    reply = httpx.post(sandbox.base_urls["anthropic"] + "/v1/messages", json=body,
-                       headers={"x-api-key": anthropic_key, "anthropic-version": "2023-06-01"})
+    reply = httpx.post(
+        sandbox.base_urls["anthropic"] + "/v1/messages",
+        json=body,
+        headers={"x-api-key": anthropic_key, "anthropic-version": "2023-06-01"},
+    )
     assert reply.status_code == 200
     assert reply.headers["request-id"].startswith("req_")
     assert reply.headers["anthropic-ratelimit-requests-limit"] == "4000"
@@ -157,8 +178,10 @@ def test_missing_credentials_and_version(sandbox: SandboxThread, anthropic_key: 
     assert no_key.json()["request_id"] == no_key.headers["request-id"]
     no_version = httpx.post(url, json=body, headers={"x-api-key": anthropic_key})
     assert no_version.status_code == 400
-    assert no_version.json()["error"] == {"type": "invalid_request_error",
-                                          "message": "anthropic-version: header is required"}
+    assert no_version.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "anthropic-version: header is required",
+    }
 
 
 def test_invalid_body_is_bad_request(client: anthropic.Anthropic) -> None:
@@ -168,7 +191,9 @@ def test_invalid_body_is_bad_request(client: anthropic.Anthropic) -> None:
     assert caught.value.body["error"]["type"] == "invalid_request_error"
 
 
-def test_rate_limit_maps_to_rate_limit_error(sandbox: SandboxThread, client: anthropic.Anthropic) -> None:
+def test_rate_limit_maps_to_rate_limit_error(
+    sandbox: SandboxThread, client: anthropic.Anthropic
+) -> None:
     sandbox.set_faults("ratelimit:anthropic")
     with pytest.raises(anthropic.RateLimitError) as caught:
         client.messages.create(model=MODEL, max_tokens=10, messages=_user("hi"))
@@ -177,7 +202,9 @@ def test_rate_limit_maps_to_rate_limit_error(sandbox: SandboxThread, client: ant
     assert caught.value.body["error"]["type"] == "rate_limit_error"
 
 
-def test_overload_maps_to_internal_server_error(sandbox: SandboxThread, client: anthropic.Anthropic) -> None:
+def test_overload_maps_to_internal_server_error(
+    sandbox: SandboxThread, client: anthropic.Anthropic
+) -> None:
     sandbox.set_faults("outage:anthropic")
     with pytest.raises(anthropic.InternalServerError) as caught:
         client.messages.create(model=MODEL, max_tokens=10, messages=_user("hi"))
@@ -196,7 +223,9 @@ def test_api_error_500(sandbox: SandboxThread, client: anthropic.Anthropic) -> N
 def test_refusal_has_no_tool_use(sandbox: SandboxThread, client: anthropic.Anthropic) -> None:
     sandbox.set_faults("safety-blocked")
     message = client.messages.create(
-        model=MODEL, max_tokens=100, messages=_user("x"),
+        model=MODEL,
+        max_tokens=100,
+        messages=_user("x"),
         tools=[{"name": "t", "description": "d", "input_schema": {"type": "object"}}],
         tool_choice={"type": "tool", "name": "t"},
     )

@@ -27,8 +27,11 @@ class Anomaly(BaseModel):
 
 @pytest.fixture
 def client(sandbox: SandboxThread, gemini_key: str) -> genai.Client:
-    options = types.HttpOptions(base_url=sandbox.base_urls["gemini"], api_version="v1beta",
-                                retry_options=types.HttpRetryOptions(attempts=1))
+    options = types.HttpOptions(
+        base_url=sandbox.base_urls["gemini"],
+        api_version="v1beta",
+        retry_options=types.HttpRetryOptions(attempts=1),
+    )
     return genai.Client(api_key=gemini_key, http_options=options)
 
 
@@ -38,7 +41,8 @@ def _config(**kwargs: object) -> types.GenerateContentConfig:
 
 def test_text_answer_parses_with_usage(client: genai.Client) -> None:
     reply = client.models.generate_content(
-        model=MODEL, contents="Find anomalies", config=_config(system_instruction="Be exact."))
+        model=MODEL, contents="Find anomalies", config=_config(system_instruction="Be exact.")
+    )
     candidate = reply.candidates[0]
     assert candidate.finish_reason == types.FinishReason.STOP
     assert candidate.content.role == "model"
@@ -53,40 +57,59 @@ def test_text_answer_parses_with_usage(client: genai.Client) -> None:
 
 def test_response_schema_from_pydantic_model(client: genai.Client) -> None:
     reply = client.models.generate_content(
-        model=MODEL, contents="Analyse",
-        config=_config(response_mime_type="application/json", response_schema=Anomaly))
+        model=MODEL,
+        contents="Analyse",
+        config=_config(response_mime_type="application/json", response_schema=Anomaly),
+    )
     jsonschema.validate(json.loads(reply.text), Anomaly.model_json_schema())
     assert isinstance(reply.parsed, Anomaly)
 
 
 def test_response_schema_openapi_upper_case(client: genai.Client) -> None:
-    schema = {"type": "OBJECT", "required": ["labels"],
-              "properties": {"labels": {"type": "ARRAY", "minItems": 2,
-                                        "items": {"type": "STRING", "enum": ["work", "home"]}}}}
+    schema = {
+        "type": "OBJECT",
+        "required": ["labels"],
+        "properties": {
+            "labels": {
+                "type": "ARRAY",
+                "minItems": 2,
+                "items": {"type": "STRING", "enum": ["work", "home"]},
+            }
+        },
+    }
     reply = client.models.generate_content(
-        model=MODEL, contents="Label", config=_config(response_mime_type="application/json",
-                                                      response_schema=schema))
+        model=MODEL,
+        contents="Label",
+        config=_config(response_mime_type="application/json", response_schema=schema),
+    )
     assert json.loads(reply.text) == {"labels": ["work", "work"]}
 
 
 def test_response_json_schema(client: genai.Client) -> None:
     schema = Anomaly.model_json_schema()
     reply = client.models.generate_content(
-        model=MODEL, contents="Analyse",
-        config=_config(response_mime_type="application/json", response_json_schema=schema))
+        model=MODEL,
+        contents="Analyse",
+        config=_config(response_mime_type="application/json", response_json_schema=schema),
+    )
     jsonschema.validate(json.loads(reply.text), schema)
 
 
 def test_thinking_reports_thoughts(client: genai.Client) -> None:
     reply = client.models.generate_content(
-        model=MODEL, contents="Think",
-        config=_config(thinking_config=types.ThinkingConfig(thinking_budget=512, include_thoughts=True)))
+        model=MODEL,
+        contents="Think",
+        config=_config(
+            thinking_config=types.ThinkingConfig(thinking_budget=512, include_thoughts=True)
+        ),
+    )
     usage = reply.usage_metadata
     parts = reply.candidates[0].content.parts
     assert parts[0].thought is True
     assert usage.thoughts_token_count == count_tokens(parts[0].text)
-    assert usage.total_token_count == (usage.prompt_token_count + usage.candidates_token_count
-                                       + usage.thoughts_token_count)
+    assert usage.total_token_count == (
+        usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count
+    )
 
 
 def test_implicit_cache_on_repeat(client: genai.Client) -> None:
@@ -100,8 +123,9 @@ def test_implicit_cache_on_repeat(client: genai.Client) -> None:
 
 
 def test_max_output_tokens(client: genai.Client) -> None:
-    reply = client.models.generate_content(model=MODEL, contents="x",
-                                           config=_config(max_output_tokens=4))
+    reply = client.models.generate_content(
+        model=MODEL, contents="x", config=_config(max_output_tokens=4)
+    )
     assert reply.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
     assert reply.usage_metadata.candidates_token_count == 4
 
@@ -117,8 +141,11 @@ def test_streaming_sse(client: genai.Client) -> None:
 
 def test_streaming_json_array_without_alt(sandbox: SandboxThread, gemini_key: str) -> None:
     url = sandbox.base_urls["gemini"] + f"/v1beta/models/{MODEL}:streamGenerateContent"
-    reply = httpx.post(url, headers={"x-goog-api-key": gemini_key},
-                       json={"contents": [{"parts": [{"text": "hi"}]}]})
+    reply = httpx.post(
+        url,
+        headers={"x-goog-api-key": gemini_key},
+        json={"contents": [{"parts": [{"text": "hi"}]}]},
+    )
     chunks = reply.json()
     assert isinstance(chunks, list) and chunks[-1]["candidates"][0]["finishReason"] == "STOP"
 
@@ -139,22 +166,29 @@ def test_invalid_argument(client: genai.Client, sandbox: SandboxThread, gemini_k
     assert reply.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
-def test_rate_limit_has_retry_info_and_no_header(sandbox: SandboxThread, client: genai.Client) -> None:
+def test_rate_limit_has_retry_info_and_no_header(
+    sandbox: SandboxThread, client: genai.Client
+) -> None:
     sandbox.set_faults("ratelimit:gemini")
     with pytest.raises(errors.ClientError) as caught:
         client.models.generate_content(model=MODEL, contents="x")
     error = caught.value
     assert error.code == 429 and error.status == "RESOURCE_EXHAUSTED"
     assert "Please retry in 2.0s." in error.message
-    retry = [d for d in error.details["error"]["details"] if d["@type"].endswith("google.rpc.RetryInfo")]
+    retry = [
+        d for d in error.details["error"]["details"] if d["@type"].endswith("google.rpc.RetryInfo")
+    ]
     assert retry == [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "2s"}]
     assert "retry-after" not in {k.lower() for k in error.response.headers}
 
 
-@pytest.mark.parametrize(("profile", "code", "status"), [("outage:gemini", 503, "UNAVAILABLE"),
-                                                         ("status:gemini:500", 500, "INTERNAL")])
-def test_server_errors(sandbox: SandboxThread, client: genai.Client, profile: str, code: int,
-                       status: str) -> None:
+@pytest.mark.parametrize(
+    ("profile", "code", "status"),
+    [("outage:gemini", 503, "UNAVAILABLE"), ("status:gemini:500", 500, "INTERNAL")],
+)
+def test_server_errors(
+    sandbox: SandboxThread, client: genai.Client, profile: str, code: int, status: str
+) -> None:
     sandbox.set_faults(profile)
     with pytest.raises(errors.ServerError) as caught:
         client.models.generate_content(model=MODEL, contents="x")

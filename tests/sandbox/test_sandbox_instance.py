@@ -105,8 +105,13 @@ def test_gemini_openapi_subset_with_upper_case_types() -> None:
         "propertyOrdering": ["label", "confidence", "count", "why", "words"],
     }
     value = instance_for(schema)
-    assert value == {"label": "spam", "confidence": 0.5, "count": 3, "why": "sandbox",
-                     "words": ["sandbox", "sandbox"]}
+    assert value == {
+        "label": "spam",
+        "confidence": 0.5,
+        "count": 3,
+        "why": "sandbox",
+        "words": ["sandbox", "sandbox"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -117,17 +122,37 @@ def test_gemini_openapi_subset_with_upper_case_types() -> None:
         ({"type": "integer", "exclusiveMaximum": 0, "multipleOf": 4}, -4),
         ({"type": "number", "exclusiveMinimum": 0.1, "exclusiveMaximum": 0.2}, 0.15),
         ({"type": "number", "minimum": 10, "multipleOf": 2.5}, 10),
-        ({"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer", "minimum": 3,
-          "exclusiveMinimum": True}, 4),
+        (
+            {
+                "$schema": "http://json-schema.org/draft-04/schema#",
+                "type": "integer",
+                "minimum": 3,
+                "exclusiveMinimum": True,
+            },
+            4,
+        ),
         ({"type": "string", "minLength": 9, "maxLength": 9}, "sandboxxx"),
         ({"type": "string", "maxLength": 3}, "san"),
         ({"type": "string", "pattern": "^[0-9]+$"}, "0"),
         ({"type": "string", "format": "date"}, "2025-01-01"),
         ({"type": ["null", "integer"]}, 1),
         ({"const": {"fixed": True}}, {"fixed": True}),
-        ({"allOf": [{"$ref": "#/$defs/A"}, {"required": ["b"], "properties": {"b": {"type": "boolean"}}}],
-          "$defs": {"A": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}},
-         {"a": 1, "b": True}),
+        (
+            {
+                "allOf": [
+                    {"$ref": "#/$defs/A"},
+                    {"required": ["b"], "properties": {"b": {"type": "boolean"}}},
+                ],
+                "$defs": {
+                    "A": {
+                        "type": "object",
+                        "properties": {"a": {"type": "integer"}},
+                        "required": ["a"],
+                    }
+                },
+            },
+            {"a": 1, "b": True},
+        ),
         ({"type": "array", "items": {"type": "integer"}, "maxItems": 0}, []),
     ],
 )
@@ -143,8 +168,16 @@ def test_keyword_edge_cases(schema: dict[str, Any], expected: Any) -> None:
         {"type": "string", "pattern": "^zz[a-f]{40}$"},
         {"$ref": "https://example.com/schema.json"},
         {"type": "integer", "minimum": 1, "maximum": 0},
-        {"$ref": "#/$defs/Loop", "$defs": {"Loop": {"type": "object", "required": ["next"],
-                                                    "properties": {"next": {"$ref": "#/$defs/Loop"}}}}},
+        {
+            "$ref": "#/$defs/Loop",
+            "$defs": {
+                "Loop": {
+                    "type": "object",
+                    "required": ["next"],
+                    "properties": {"next": {"$ref": "#/$defs/Loop"}},
+                }
+            },
+        },
     ],
 )
 def test_unsatisfiable_schemas_raise(schema: dict[str, Any]) -> None:
@@ -154,16 +187,35 @@ def test_unsatisfiable_schemas_raise(schema: dict[str, Any]) -> None:
 
 # Random JSON schemas built from the keywords instance_for supports.
 _scalars = st.one_of(
-    st.builds(lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span},
-              st.integers(-1000, 1000), st.integers(0, 50)),
-    st.builds(lambda lo, span, mul: {"type": "integer", "minimum": lo, "maximum": lo + span * mul,
-                                     "multipleOf": mul},
-              st.integers(-100, 100), st.integers(1, 5), st.integers(1, 7)),
-    st.builds(lambda lo, span: {"type": "number", "exclusiveMinimum": lo, "exclusiveMaximum": lo + span},
-              st.floats(-1e3, 1e3, allow_nan=False), st.floats(0.001, 10)),
-    st.builds(lambda lo, extra: {"type": "string", "minLength": lo, "maxLength": lo + extra},
-              st.integers(0, 30), st.integers(0, 5)),
-    st.sampled_from([{"type": "string", "format": f} for f in ("date-time", "date", "email", "uuid")]),
+    st.builds(
+        lambda lo, span: {"type": "integer", "minimum": lo, "maximum": lo + span},
+        st.integers(-1000, 1000),
+        st.integers(0, 50),
+    ),
+    st.builds(
+        lambda lo, span, mul: {
+            "type": "integer",
+            "minimum": lo,
+            "maximum": lo + span * mul,
+            "multipleOf": mul,
+        },
+        st.integers(-100, 100),
+        st.integers(1, 5),
+        st.integers(1, 7),
+    ),
+    st.builds(
+        lambda lo, span: {"type": "number", "exclusiveMinimum": lo, "exclusiveMaximum": lo + span},
+        st.floats(-1e3, 1e3, allow_nan=False),
+        st.floats(0.001, 10),
+    ),
+    st.builds(
+        lambda lo, extra: {"type": "string", "minLength": lo, "maxLength": lo + extra},
+        st.integers(0, 30),
+        st.integers(0, 5),
+    ),
+    st.sampled_from(
+        [{"type": "string", "format": f} for f in ("date-time", "date", "email", "uuid")]
+    ),
     st.lists(st.text(max_size=5), min_size=1, max_size=4, unique=True).map(lambda e: {"enum": e}),
     st.just({"type": "boolean"}),
     st.just({"type": "null"}),
@@ -172,13 +224,28 @@ _scalars = st.one_of(
 
 def _extend(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
     props = st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), children, max_size=4)
-    objects = props.flatmap(lambda p: st.builds(
-        lambda req: {"type": "object", "properties": p, "required": sorted(req),
-                     "additionalProperties": False},
-        st.sets(st.sampled_from(sorted(p)) if p else st.nothing(), max_size=len(p))))
-    arrays = st.builds(lambda item, lo, extra: {"type": "array", "items": item, "minItems": lo,
-                                                "maxItems": lo + extra},
-                       children, st.integers(0, 3), st.integers(0, 2))
+    objects = props.flatmap(
+        lambda p: st.builds(
+            lambda req: {
+                "type": "object",
+                "properties": p,
+                "required": sorted(req),
+                "additionalProperties": False,
+            },
+            st.sets(st.sampled_from(sorted(p)) if p else st.nothing(), max_size=len(p)),
+        )
+    )
+    arrays = st.builds(
+        lambda item, lo, extra: {
+            "type": "array",
+            "items": item,
+            "minItems": lo,
+            "maxItems": lo + extra,
+        },
+        children,
+        st.integers(0, 3),
+        st.integers(0, 2),
+    )
     unions = st.lists(children, min_size=1, max_size=3).map(lambda bs: {"anyOf": bs})
     nullable = children.map(lambda c: {"anyOf": [c, {"type": "null"}]})
     return st.one_of(objects, arrays, unions, nullable)
@@ -197,8 +264,12 @@ def test_random_schemas_get_valid_instances(schema: dict[str, Any]) -> None:
 @given(_schemas)
 @settings(max_examples=100, deadline=None)
 def test_random_schemas_behind_refs(schema: dict[str, Any]) -> None:
-    wrapped = {"type": "object", "properties": {"x": {"$ref": "#/$defs/X"}}, "required": ["x"],
-               "$defs": {"X": schema}}
+    wrapped = {
+        "type": "object",
+        "properties": {"x": {"$ref": "#/$defs/X"}},
+        "required": ["x"],
+        "$defs": {"X": schema},
+    }
     jsonschema.validate(instance_for(wrapped), wrapped)
 
 

@@ -6,7 +6,12 @@ for the profiles."""
 from opsgate.sandbox.app import create_app
 from opsgate.sandbox.faults import FaultProfile, FaultProfileError
 from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
-from opsgate.sandbox.server import SandboxServer, SandboxThread, run_sandbox_forever, running_sandbox
+from opsgate.sandbox.server import (
+    SandboxServer,
+    SandboxThread,
+    run_sandbox_forever,
+    running_sandbox,
+)
 
 __all__ = [
     "FaultProfile",

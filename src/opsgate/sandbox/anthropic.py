@@ -52,7 +52,10 @@ _ERRORS: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "Invalid request."),
     401: ("authentication_error", "invalid x-api-key"),
     402: ("billing_error", "Your credit balance is too low to access the Anthropic API."),
-    403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+    403: (
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
     404: ("not_found_error", "The requested resource could not be found."),
     413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
     429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit."),
@@ -124,7 +127,9 @@ def _parse(body: Any) -> _Request:
         raise _InvalidRequest("messages: at least one message is required")
     system_blocks = _blocks(body.get("system"))
     texts = [_text(m.get("content")) for m in messages if isinstance(m, dict)]
-    users = [_text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    users = [
+        _text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"
+    ]
     tools = body.get("tools") or []
     system = "\n".join(b.get("text", "") for b in system_blocks)
     return _Request(
@@ -176,8 +181,14 @@ def _message(req: _Request, state: SandboxState, *, refusal: bool) -> dict[str, 
     elif req.tool is not None:
         tool_input = instance_for(req.tool.get("input_schema") or {"type": "object"})
         output = json.dumps(tool_input)
-        content = [{"type": "tool_use", "id": f"toolu_{state.next_id()}", "name": req.tool["name"],
-                    "input": tool_input}]
+        content = [
+            {
+                "type": "tool_use",
+                "id": f"toolu_{state.next_id()}",
+                "name": req.tool["name"],
+                "input": tool_input,
+            }
+        ]
         stop_reason = "tool_use"
     else:
         full = reply_text(req.model, req.last_user)
@@ -223,8 +234,16 @@ def _events(message: dict[str, Any]) -> list[Event]:
         if index == 0:
             events.insert(2, ("ping", {"type": "ping"}))
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
-    events.append(("message_delta", {"type": "message_delta", "delta": delta,
-                                     "usage": {"output_tokens": usage["output_tokens"]}}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": delta,
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        )
+    )
     events.append(("message_stop", {"type": "message_stop"}))
     return events
 
@@ -232,15 +251,23 @@ def _events(message: dict[str, Any]) -> list[Event]:
 def _block_events(index: int, block: dict[str, Any]) -> list[Event]:
     if block["type"] == "tool_use":
         opening = {**block, "input": {}}
-        deltas = [{"type": "input_json_delta", "partial_json": p}
-                  for p in split_text(json.dumps(block["input"]))]
+        deltas = [
+            {"type": "input_json_delta", "partial_json": p}
+            for p in split_text(json.dumps(block["input"]))
+        ]
     else:
         opening = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": p} for p in split_text(block["text"])]
-    events: list[Event] = [("content_block_start",
-                            {"type": "content_block_start", "index": index, "content_block": opening})]
-    events += [("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
-               for d in deltas]
+    events: list[Event] = [
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": opening},
+        )
+    ]
+    events += [
+        ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+        for d in deltas
+    ]
     events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
     return events
 
@@ -255,7 +282,9 @@ async def _stream(
     return response
 
 
-def _rate_headers(request_id: str, state: SandboxState, *, exhausted: bool = False) -> dict[str, str]:
+def _rate_headers(
+    request_id: str, state: SandboxState, *, exhausted: bool = False
+) -> dict[str, str]:
     reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
     used = state.stats.requests(PROVIDER) % REQUESTS_LIMIT
     return {
@@ -269,13 +298,18 @@ def _rate_headers(request_id: str, state: SandboxState, *, exhausted: bool = Fal
     }
 
 
-def _error(status: int, request_id: str, state: SandboxState, message: str | None = None) -> web.Response:
+def _error(
+    status: int, request_id: str, state: SandboxState, message: str | None = None
+) -> web.Response:
     kind, default = _ERRORS.get(status, ("api_error", "Internal server error"))
     headers = _rate_headers(request_id, state, exhausted=status == 429)
     if status == 429:
         headers["retry-after"] = str(RETRY_AFTER_S)
-    body = {"type": "error", "error": {"type": kind, "message": message or default},
-            "request_id": request_id}
+    body = {
+        "type": "error",
+        "error": {"type": kind, "message": message or default},
+        "request_id": request_id,
+    }
     return web.json_response(body, status=status, headers=headers)
 
 

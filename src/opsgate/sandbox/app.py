@@ -87,5 +87,5 @@ async def _set_faults(request: web.Request) -> web.Response:
         body = await request.json()
         profile = request.app[STATE].faults.set(str(body["profile"]))
     except (ValueError, KeyError, TypeError, FaultProfileError) as exc:
-        return web.json_response({"error": f"expected {{\"profile\": \"...\"}}: {exc}"}, status=400)
+        return web.json_response({"error": f'expected {{"profile": "..."}}: {exc}'}, status=400)
     return web.json_response({"profile": profile.text})

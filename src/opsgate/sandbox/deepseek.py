@@ -116,7 +116,9 @@ def _parse(body: Any) -> _Request:
         raise _RequestError(400, "Invalid format: messages is required")
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise _RequestError(422, "Invalid max_tokens value, the valid range of max_tokens is [1, 8192]")
+        raise _RequestError(
+            422, "Invalid max_tokens value, the valid range of max_tokens is [1, 8192]"
+        )
     temperature = body.get("temperature", 1)
     if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
         raise _RequestError(422, "Invalid temperature value, the valid range is [0, 2]")
@@ -132,7 +134,9 @@ def _parse(body: Any) -> _Request:
         system=systems[0] if systems else "",
         prompt="\n".join(t for _, t in texts if t),
         last_user=users[-1] if users else "",
-        schema=_schema(body.get("response_format"), [t for role, t in texts if role in ("system", "user")]),
+        schema=_schema(
+            body.get("response_format"), [t for role, t in texts if role in ("system", "user")]
+        ),
     )
 
 
@@ -183,12 +187,16 @@ def _completion(req: _Request, state: SandboxState, *, filtered: bool) -> dict[s
     }
 
 
-def _usage(req: _Request, state: SandboxState, content_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
+def _usage(
+    req: _Request, state: SandboxState, content_tokens: int, reasoning_tokens: int
+) -> dict[str, Any]:
     prompt_tokens = count_tokens(req.prompt)
     prefix = count_tokens(req.system)
     cacheable = prefix // DEEPSEEK_CACHE_UNIT * DEEPSEEK_CACHE_UNIT
     hit = 0
-    if prefix >= CACHE_MIN_TOKENS[PROVIDER] and state.cache.seen_before(PROVIDER, req.model, req.system):
+    if prefix >= CACHE_MIN_TOKENS[PROVIDER] and state.cache.seen_before(
+        PROVIDER, req.model, req.system
+    ):
         hit = cacheable
     completion_tokens = content_tokens + reasoning_tokens
     usage: dict[str, Any] = {
@@ -214,16 +222,29 @@ def _events(completion: dict[str, Any], include_usage: bool) -> list[Event]:
         return None, {**head, "object": "chat.completion.chunk", "choices": choices}
 
     events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"reasoning_content": p}) for p in split_text(message.get("reasoning_content", ""))]
+    events += [
+        chunk({"reasoning_content": p}) for p in split_text(message.get("reasoning_content", ""))
+    ]
     events += [chunk({"content": p}) for p in split_text(message["content"])]
     events.append(chunk({}, choice["finish_reason"]))
     if include_usage:
-        events.append((None, {**head, "object": "chat.completion.chunk", "choices": [],
-                              "usage": completion["usage"]}))
+        events.append(
+            (
+                None,
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": completion["usage"],
+                },
+            )
+        )
     return events
 
 
-async def _stream(request: web.Request, completion: dict[str, Any], include_usage: bool) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, completion: dict[str, Any], include_usage: bool
+) -> web.StreamResponse:
     response = await start_sse(request)
     for _, data in _events(completion, include_usage):
         await send_event(response, data)
@@ -234,8 +255,14 @@ async def _stream(request: web.Request, completion: dict[str, Any], include_usag
 
 def _error(status: int, message: str | None = None) -> web.Response:
     kind, default = _ERRORS.get(status, ("api_error", "Server Error"))
-    body = {"error": {"message": message or default, "type": kind, "param": None,
-                      "code": "invalid_request_error" if status < 500 else None}}
+    body = {
+        "error": {
+            "message": message or default,
+            "type": kind,
+            "param": None,
+            "code": "invalid_request_error" if status < 500 else None,
+        }
+    }
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}
     return web.json_response(body, status=status, headers=headers)
 

@@ -48,13 +48,28 @@ _RPC = "type.googleapis.com/google.rpc."
 
 _ERRORS: dict[int, tuple[str, str]] = {
     400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
-    403: ("PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without "
-          "established identity). Please use API Key or other form of API consumer identity."),
+    403: (
+        "PERMISSION_DENIED",
+        (
+            "Method doesn't allow unregistered callers (callers without established identity)."
+            " Please use API Key or other form of API consumer identity."
+        ),
+    ),
     404: ("NOT_FOUND", "models/unknown is not found for API version v1beta."),
-    429: ("RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and "
-          f"billing details. Please retry in {RETRY_DELAY_S:.1f}s."),
-    500: ("INTERNAL", "An internal error has occurred. Please retry or report in "
-          "https://developers.generativeai.google/guide/troubleshooting"),
+    429: (
+        "RESOURCE_EXHAUSTED",
+        (
+            "You exceeded your current quota, please check your plan and billing details."
+            f" Please retry in {RETRY_DELAY_S:.1f}s."
+        ),
+    ),
+    500: (
+        "INTERNAL",
+        (
+            "An internal error has occurred. Please retry or report in"
+            " https://developers.generativeai.google/guide/troubleshooting"
+        ),
+    ),
     503: ("UNAVAILABLE", "The model is overloaded. Please try again later."),
     504: ("DEADLINE_EXCEEDED", "The request timed out. Please try again."),
 }
@@ -126,7 +141,8 @@ def _parse(model: str, action: str, body: Any) -> _Request:
         prompt="\n".join(filter(None, [system, *texts])),
         last_user=users[-1] if users else "",
         json_mode=_field(config, "responseMimeType") == "application/json",
-        schema=_field(config, "responseJsonSchema") or _camel_schema(_field(config, "responseSchema")),
+        schema=_field(config, "responseJsonSchema")
+        or _camel_schema(_field(config, "responseSchema")),
         max_tokens=_field(config, "maxOutputTokens"),
         thinking_budget=_field(thinking, "thinkingBudget"),
         include_thoughts=bool(_field(thinking, "includeThoughts")),
@@ -171,10 +187,15 @@ def _answer(req: _Request, state: SandboxState, *, blocked: bool) -> dict[str, A
     ids = {"modelVersion": req.model, "responseId": state.next_id()}
     prompt_tokens = count_tokens(req.prompt)
     if blocked:
-        ratings = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
+        ratings = [
+            {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}
+        ]
         usage = {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens}
-        return {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings},
-                "usageMetadata": usage, **ids}
+        return {
+            "promptFeedback": {"blockReason": "SAFETY", "safetyRatings": ratings},
+            "usageMetadata": usage,
+            **ids,
+        }
     if req.json_mode:
         text, finish = json.dumps(instance_for(req.schema or {"type": "object"})), "STOP"
     else:
@@ -182,20 +203,31 @@ def _answer(req: _Request, state: SandboxState, *, blocked: bool) -> dict[str, A
         text = truncate_to_tokens(full, req.max_tokens) if req.max_tokens else full
         finish = "STOP" if text == full else "MAX_TOKENS"
     thought = _thought(req)
-    parts = ([{"text": thought, "thought": True}] if thought and req.include_thoughts else [])
-    candidate = {"content": {"parts": [*parts, {"text": text}], "role": "model"},
-                 "finishReason": finish, "index": 0}
-    return {"candidates": [candidate],
-            "usageMetadata": _usage(req, state, prompt_tokens, count_tokens(text), count_tokens(thought)),
-            **ids}
+    parts = [{"text": thought, "thought": True}] if thought and req.include_thoughts else []
+    candidate = {
+        "content": {"parts": [*parts, {"text": text}], "role": "model"},
+        "finishReason": finish,
+        "index": 0,
+    }
+    return {
+        "candidates": [candidate],
+        "usageMetadata": _usage(
+            req, state, prompt_tokens, count_tokens(text), count_tokens(thought)
+        ),
+        **ids,
+    }
 
 
 def _thought(req: _Request) -> str:
-    thinking = req.include_thoughts or (req.thinking_budget is not None and req.thinking_budget != 0)
+    thinking = req.include_thoughts or (
+        req.thinking_budget is not None and req.thinking_budget != 0
+    )
     return f"Thinking about how {req.model} should answer this request." if thinking else ""
 
 
-def _usage(req: _Request, state: SandboxState, prompt: int, output: int, thoughts: int) -> dict[str, Any]:
+def _usage(
+    req: _Request, state: SandboxState, prompt: int, output: int, thoughts: int
+) -> dict[str, Any]:
     system_tokens = count_tokens(req.system)
     cached = 0
     if system_tokens >= CACHE_MIN_TOKENS[PROVIDER] and state.cache.seen_before(
@@ -223,8 +255,10 @@ def _chunks(answer: dict[str, Any]) -> list[Event]:
     ids = {"modelVersion": answer["modelVersion"], "responseId": answer["responseId"]}
     candidate = answer["candidates"][0]
     usage = answer["usageMetadata"]
-    partial_usage = {"promptTokenCount": usage["promptTokenCount"],
-                     "totalTokenCount": usage["promptTokenCount"]}
+    partial_usage = {
+        "promptTokenCount": usage["promptTokenCount"],
+        "totalTokenCount": usage["promptTokenCount"],
+    }
     pieces = [[p] for p in candidate["content"]["parts"] if p.get("thought")]
     text = "".join(p["text"] for p in candidate["content"]["parts"] if not p.get("thought"))
     pieces += [[{"text": t}] for t in split_text(text) or [""]]
@@ -234,8 +268,12 @@ def _chunks(answer: dict[str, Any]) -> list[Event]:
         chunk = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if last:
             chunk["finishReason"] = candidate["finishReason"]
-        events.append((None, {"candidates": [chunk], "usageMetadata": usage if last else partial_usage,
-                              **ids}))
+        events.append(
+            (
+                None,
+                {"candidates": [chunk], "usageMetadata": usage if last else partial_usage, **ids},
+            )
+        )
     return events
 
 
@@ -252,16 +290,31 @@ def _error(status: int, message: str | None = None) -> web.Response:
     details: list[dict[str, Any]] = []
     if status == 429:
         details = [
-            {"@type": _RPC + "QuotaFailure", "violations": [{
-                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-                "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},
-            {"@type": _RPC + "Help", "links": [{"description": "Learn more about Gemini API quotas",
-                                                "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+            {
+                "@type": _RPC + "QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                    }
+                ],
+            },
+            {
+                "@type": _RPC + "Help",
+                "links": [
+                    {
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                    }
+                ],
+            },
             {"@type": _RPC + "RetryInfo", "retryDelay": f"{RETRY_DELAY_S}s"},
         ]
     elif status == 400:
         details = [{"@type": _RPC + "BadRequest", "fieldViolations": []}]
-    body = {"error": {"code": status, "message": message or default, "status": code, "details": details}}
+    body = {
+        "error": {"code": status, "message": message or default, "status": code, "details": details}
+    }
     return web.json_response(body, status=status)
 
 

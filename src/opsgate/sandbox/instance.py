@@ -137,7 +137,9 @@ class _Builder:
         self._fill_min_properties(schema, result, depth)
         return result
 
-    def _fill_min_properties(self, schema: dict[str, Any], result: dict[str, Any], depth: int) -> None:
+    def _fill_min_properties(
+        self, schema: dict[str, Any], result: dict[str, Any], depth: int
+    ) -> None:
         extra = schema.get("additionalProperties", True)
         index = 0
         while len(result) < _int(schema.get("minProperties"), 0) and extra is not False:
@@ -147,7 +149,7 @@ class _Builder:
     def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
         prefix = [self.build(s, depth + 1) for s in schema.get("prefixItems") or []]
         low = _int(schema.get("minItems"), 0)
-        high = _int(schema.get("maxItems"), None)
+        high = _limit(schema.get("maxItems"))
         wanted = max(low, 1 if depth < OPTIONAL_DEPTH else 0, len(prefix))
         if high is not None:
             wanted = min(wanted, high)
@@ -230,13 +232,17 @@ def _merge_all_of(schema: dict[str, Any], parts: list[dict[str, Any]]) -> dict[s
     return merged
 
 
-def _int(value: Any, default: int | None) -> int | None:
+def _int(value: Any, default: int) -> int:
     return default if value is None else int(value)
 
 
+def _limit(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def _fit_string(text: str, schema: dict[str, Any]) -> str:
-    low = _int(schema.get("minLength"), 0) or 0
-    high = _int(schema.get("maxLength"), None)
+    low = _int(schema.get("minLength"), 0)
+    high = _limit(schema.get("maxLength"))
     text = text + "x" * max(0, low - len(text))
     return text if high is None else text[:high]
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -17,7 +17,7 @@ from opsgate.sandbox.app import create_app, stats_of
 from opsgate.sandbox.faults import PROVIDERS
 from opsgate.sandbox.state import STATE
 
-SHUTDOWN_TIMEOUT_S = 1.0
+SHUTDOWN_TIMEOUT_S = 0.5
 """How long ``stop`` lets open requests finish before cancelling them (hung ones included)."""
 START_TIMEOUT_S = 10.0
 
@@ -38,7 +38,10 @@ class SandboxServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (port 0: a free port chosen by the OS)."""
         runner = web.AppRunner(
-            self.app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None
+            self.app,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            access_log=None,
         )
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
@@ -73,13 +76,16 @@ class SandboxServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> SandboxServer:
+    async def __aenter__(self) -> Self:
         if self._runner is None:
             await self.start()
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
 
@@ -141,11 +147,15 @@ class SandboxThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
 
-    def __enter__(self) -> SandboxThread:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -164,7 +174,10 @@ def run_sandbox_forever(host: str = "127.0.0.1", port: int = 8787, faults: str =
 
 async def _serve_forever(host: str, port: int, faults: str) -> None:
     async with running_sandbox(faults, host, port) as server:
-        print("*** opsgate PROVIDER SANDBOX: fake Anthropic, DeepSeek and Gemini APIs ***", file=sys.stderr)
+        print(
+            "*** opsgate PROVIDER SANDBOX: fake Anthropic, DeepSeek and Gemini APIs ***",
+            file=sys.stderr,
+        )
         print(f"fault profile: {faults}", file=sys.stderr)
         for provider, url in server.base_urls.items():
             print(f"{provider} base URL: {url}", flush=True)

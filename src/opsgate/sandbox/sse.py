@@ -8,11 +8,17 @@ from typing import Any
 from aiohttp import web
 
 
-async def start_sse(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
+async def start_sse(
+    request: web.Request, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
     """Send 200 with ``Content-Type: text/event-stream`` and return the open response."""
     response = web.StreamResponse(
         status=200,
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **(headers or {})},
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            **(headers or {}),
+        },
     )
     await response.prepare(request)
     return response
