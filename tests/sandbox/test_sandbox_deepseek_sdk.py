@@ -105,6 +105,15 @@ def test_json_object_uses_last_fenced_schema_in_prompt(client: openai.OpenAI) ->
     assert "wrong" not in data
 
 
+def test_json_object_echoes_an_example_shape(client: openai.OpenAI) -> None:
+    example = {"type": "meeting", "minutes": 30, "people": ["ana", "bo"]}
+    user = f"Reply with JSON like:\n```json\n{json.dumps(example)}\n```"
+    completion = client.chat.completions.create(
+        model=CHAT, messages=_messages("json", user), response_format={"type": "json_object"}
+    )
+    assert json.loads(completion.choices[0].message.content) == example
+
+
 def test_json_object_without_schema_is_empty_object(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model=CHAT, messages=_messages("json please", "go"), response_format={"type": "json_object"}

@@ -230,9 +230,11 @@ def _events(message: dict[str, Any]) -> list[Event]:
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     events: list[Event] = [("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(message["content"]):
-        events.extend(_block_events(index, block))
-        if index == 0:
-            events.insert(2, ("ping", {"type": "ping"}))
+        opening, *rest = _block_events(index, block)
+        events.append(opening)
+        if index == 0:  # the real stream pings once, after the first content_block_start
+            events.append(("ping", {"type": "ping"}))
+        events.extend(rest)
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
     events.append(
         (

@@ -20,12 +20,11 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from opsgate.sandbox import anthropic, deepseek, gemini
 from opsgate.sandbox.faults import PROVIDERS, FaultProfileError, FaultState
 from opsgate.sandbox.state import STATE, SandboxState
-
-Handler = Any
 
 
 def create_app(faults: str = "none") -> web.Application:

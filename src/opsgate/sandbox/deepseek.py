@@ -9,9 +9,11 @@ Follows the DeepSeek API docs ("Create Chat Completion", "JSON Output", "Context
   ``temperature`` outside 0..2 is 422.
 - ``response_format`` ``{"type": "json_schema", "json_schema": {"schema": S}}``: the content is a
   JSON instance of ``S``. ``{"type": "json_object"}``: by this sandbox's convention the **last
-  fenced ```json block in the system or user messages** is read as the JSON Schema of the answer
-  and the content is an instance of it; without such a block (or if it is not valid JSON) the
-  content is ``{}``.
+  fenced ```json block in the system or user messages** gives the answer's shape: a JSON Schema
+  (an object with ``properties``, ``$ref``, ``$defs``, ``$schema``, ``anyOf``/``oneOf``/``allOf``
+  or a JSON type name as ``type``) yields an instance of it; any other non-empty object is an
+  example answer and is returned as it is; without such a block (or if it is not a JSON object)
+  the content is ``{}``.
 - Model ``deepseek-reasoner`` adds ``message.reasoning_content``; its tokens are inside
   ``completion_tokens`` and reported as ``completion_tokens_details.reasoning_tokens``.
 - Usage: ``prompt_tokens`` over all message texts (:mod:`opsgate.sandbox.synth`). The first
@@ -46,6 +48,8 @@ RETRY_AFTER_S = 1
 REASONER_MODEL = "deepseek-reasoner"
 SYSTEM_FINGERPRINT = "fp_sandbox_0001"
 REQUIRED_FIELDS = ("choices", "usage")
+_SCHEMA_KEYWORDS = frozenset({"properties", "$ref", "$defs", "$schema", "anyOf", "oneOf", "allOf"})
+_JSON_TYPES = frozenset({"object", "array", "string", "integer", "number", "boolean", "null"})
 _FENCED_JSON = re.compile(r"```json\s*\n(.*?)```", re.DOTALL)
 
 _ERRORS: dict[int, tuple[str, str]] = {
@@ -156,10 +160,17 @@ def _schema(response_format: Any, prompts: list[str]) -> dict[str, Any] | None:
         return None
     blocks = [b for text in prompts for b in _FENCED_JSON.findall(text)]
     try:
-        schema = json.loads(blocks[-1]) if blocks else {}
+        shown = json.loads(blocks[-1]) if blocks else None
     except ValueError:
-        schema = {}
-    return schema if isinstance(schema, dict) and schema else {"type": "object", "properties": {}}
+        shown = None
+    if not isinstance(shown, dict) or not shown:
+        return {"type": "object", "properties": {}}
+    return shown if _is_schema(shown) else {"const": shown}
+
+
+def _is_schema(value: dict[str, Any]) -> bool:
+    """Whether a JSON object shown in a prompt is a JSON Schema rather than an example answer."""
+    return bool(_SCHEMA_KEYWORDS & value.keys()) or value.get("type") in _JSON_TYPES
 
 
 def _completion(req: _Request, state: SandboxState, *, filtered: bool) -> dict[str, Any]:
