@@ -95,7 +95,10 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Decision thresholds. Error rates in basis points (1 bp = 0.01 %), latency in ms."""
+    """Decision thresholds. Error rates in basis points (1 bp = 0.01 %), latency in ms.
+
+    A rollback is verified ``verify_after_s`` after it happened, on the rollout's operations over
+    the last ``verify_window_s`` (so calls already in flight at the rollback do not count)."""
 
     promote_max_error_bp: int = 50
     rollback_error_bp: int = 100
@@ -104,6 +107,7 @@ class Thresholds:
     min_requests: int = 100
     outage_margin_bp: int = 100
     verify_after_s: int = 300
+    verify_window_s: int = 60
 
 
 @dataclass(frozen=True, slots=True)

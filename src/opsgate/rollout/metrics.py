@@ -29,11 +29,11 @@ def metrics_from_log(
     until: datetime,
     in_canary: CanaryRule | None = None,
 ) -> tuple[CohortMetrics, CohortMetrics]:
-    """``(canary, control)`` over ``since <= created_at < until`` (UTC)."""
+    """``(canary, control)`` over ``since <= created_at <= until`` (UTC)."""
     ops = frozenset(operations)
     log = ai_operation_log.c
     query = select(log.operation, log.user_id, log.status, log.latency_ms, log.cost_micro_usd).where(
-        log.created_at >= since, log.created_at < until
+        log.created_at >= since, log.created_at <= until
     )
     canary: list[tuple[bool, float, int]] = []
     control: list[tuple[bool, float, int]] = []
