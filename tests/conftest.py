@@ -41,6 +41,10 @@ class Gateway:
     def sandbox(self):  # type: ignore[no-untyped-def]
         return self.runtime.sandbox
 
+    def stats(self) -> dict[str, dict]:
+        """Requests that reached each provider sandbox: ``{provider: {"requests", "statuses"}}``."""
+        return self.runtime.sandbox.stats()["providers"]
+
 
 def gateway_settings(tmp_path: Path, **overrides: object) -> Settings:
     """Settings for a test gateway: its own SQLite file and JWT key, sandboxes on, short waits."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -54,7 +54,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         version=__version__,
         description="A governed gateway for an app's AI operations.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     _add_error_handlers(app)
     _add_probes(app)
@@ -119,7 +118,7 @@ def _add_probes(app: FastAPI) -> None:
             return problem_response(_NotReady("The database is not reachable"), request.state.request_id)
         if not current:
             return problem_response(_NotReady("Database migrations are not current"), request.state.request_id)
-        return ORJSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready"})
 
 
 class _NotReady(OpsgateError):

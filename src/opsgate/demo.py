@@ -8,6 +8,7 @@ row per call (operation, provider, status, latency, tokens, cost), then verifies
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from opsgate.security.users import add_user
 from opsgate.store.db import make_engine, upgrade
 
 DEMO_USER = "demo-user"
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def run_demo(settings: Settings, examples: Path, port: int = 0) -> int:

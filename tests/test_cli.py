@@ -1,0 +1,82 @@
+"""The command line: users, token, run, ledger verify exit codes, sandbox and serve help."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from opsgate.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("OPSGATE_JWT_SECRET", secrets.token_urlsafe(48))
+    return db
+
+
+def test_users_add_then_token_verifies(env):
+    from opsgate.clock import SystemClock
+    from opsgate.config import Settings
+    from opsgate.security.auth import TokenService
+
+    assert runner.invoke(app, ["users", "add", "bob", "--role", "operator"]).output.strip() == "created bob (operator)"
+    result = runner.invoke(app, ["token", "bob"])
+    assert result.exit_code == 0
+    principal = TokenService(Settings(), SystemClock()).verify(result.output.strip())
+    assert principal.user_id == "bob" and principal.roles == ("operator",)
+
+
+def test_token_for_unknown_user_fails(env):
+    result = runner.invoke(app, ["token", "nobody"])
+    assert result.exit_code == 1 and "opsgate users add nobody" in result.output
+
+
+def test_users_add_rejects_unknown_role(env):
+    result = runner.invoke(app, ["users", "add", "bob", "--role", "root"])
+    assert result.exit_code == 2 and "unknown role" in result.output
+
+
+def test_run_prints_the_result_and_verify_passes(env):
+    result = runner.invoke(app, ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml"), "--sandbox"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout[result.stdout.index("{"):])
+    assert body["operation"] == "email-classify" and body["cost_micro_usd"] > 0
+    verify = runner.invoke(app, ["ledger", "verify"])
+    assert verify.exit_code == 0 and verify.output.startswith("OK entries=2")
+
+
+def test_run_failure_exits_nonzero_with_the_problem_code(env):
+    result = runner.invoke(app, ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml"),
+                                 "--sandbox", "--faults", "safety-blocked"])
+    assert result.exit_code == 1 and "content_filtered" in result.output
+
+
+def test_verify_exit_1_names_the_bad_entry(env):
+    assert runner.invoke(app, ["run", "task-breakdown", "--input", str(EXAMPLES / "task-breakdown.ics"), "--sandbox"]).exit_code == 0
+    engine = create_engine(f"sqlite:///{env}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ledger_entries SET body = CAST(REPLACE(CAST(body AS TEXT), 'ok', 'no') AS BLOB) WHERE seq = 1"))
+    result = runner.invoke(app, ["ledger", "verify"])
+    assert result.exit_code == 1 and result.output.startswith("FAIL seq=1 reason=hash_mismatch")
+
+
+def test_verify_exit_2_on_an_unreadable_database(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path}/missing-dir/x/../../nope/db.sqlite")
+    monkeypatch.setenv("OPSGATE_AUTO_MIGRATE", "false")
+    result = runner.invoke(app, ["ledger", "verify"])
+    assert result.exit_code == 2 and "error" in result.output
+
+
+@pytest.mark.parametrize("path", [["serve"], ["sandbox"], ["run"], ["demo"], ["ledger", "verify"], ["db", "upgrade"]])
+def test_every_command_has_help(path):
+    assert runner.invoke(app, [*path, "--help"]).exit_code == 0
