@@ -105,7 +105,7 @@ def test_swapped_bodies_are_a_seq_mismatch(engine: Engine, ledger: Ledger) -> No
 
 def test_body_with_a_different_seq_field_is_a_seq_mismatch(engine: Engine, ledger: Ledger) -> None:
     fill(ledger)
-    seq, prev_hash, _, body = ledger_rows(engine)[1]
+    _, prev_hash, _, body = ledger_rows(engine)[1]
     forged = body.replace(b'"seq":1,', b'"seq":9,')
     execute(engine, "UPDATE ledger_entries SET body = :b, entry_hash = :h WHERE seq = 1",
             b=forged, h=hashlib.sha256(DOMAIN + prev_hash + forged).digest())

@@ -151,9 +151,13 @@ def verify(
         with engine.connect() as conn:
             if engine.dialect.name == "postgresql":
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(_ROWS)
+            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
+                _ROWS
+            )
             for batch in result.partitions():
-                if not all(checker.feed(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3])) for r in batch):
+                if not all(
+                    checker.feed(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3])) for r in batch
+                ):
                     break
                 if progress is not None:
                     progress(checker.entries)

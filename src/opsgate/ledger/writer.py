@@ -25,7 +25,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -205,8 +205,9 @@ class Ledger:
             if len(requests) == 1:
                 self._fail(requests, "a row broke a database constraint")
                 return
-            log.warning("ledger batch hit an integrity error; retrying %d appends one by one",
-                        len(requests))
+            log.warning(
+                "ledger batch hit an integrity error; retrying %d appends one by one", len(requests)
+            )
             for request in requests:
                 self._commit([request])
             return
@@ -261,7 +262,7 @@ class Ledger:
                 self._fail([item], "the ledger was closed unstarted")
 
 
-def _settle(requests: list[_Request], outcomes: list[Outcome] | list[AppendedEntry]) -> None:
+def _settle(requests: list[_Request], outcomes: Sequence[Outcome]) -> None:
     """Resolve each caller. Async callers are woken with one ``call_soon_threadsafe`` per event
     loop per batch, not one per caller: waking a loop costs a self-pipe write each time."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Outcome]]] = {}
