@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = 5
     breaker_cooldown_s: float = 30.0
 
+    redis_url: str | None = Field(
+        default=None, description="redis:// URL for counters shared by replicas (rate limits)."
+    )
+    rate_limit_key_prefix: str = "opsgate"
+    rate_limit_user_rpm: int = Field(default=0, ge=0, description="Requests/min per user; 0 = off.")
+    rate_limit_user_tpm: int = Field(default=0, ge=0, description="Tokens/min per user; 0 = off.")
+    rate_limit_user_operation_rpm: int = Field(default=0, ge=0)
+    rate_limit_user_operation_tpm: int = Field(default=0, ge=0)
+    budget_reservation_ttl_s: float = Field(
+        default=900.0, gt=0, description="An unsettled budget reservation expires after this."
+    )
+
     ledger_synchronous: str = Field(
         default="FULL", description="SQLite PRAGMA synchronous for ledger commits (FULL or NORMAL)."
     )

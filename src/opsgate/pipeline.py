@@ -31,6 +31,8 @@ from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.ledger.writer import AppendedEntry, Ledger
 from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.prices import PriceTable
+from opsgate.metering.reservations import Reservation
+from opsgate.metering.service import MeteringService, usage_unknown
 from opsgate.operations import get_operation
 from opsgate.operations.base import Operation, Prepared
 from opsgate.providers.base import Completion, CompletionRequest, Usage
@@ -96,6 +98,7 @@ class Gateway:
         policies: dict[str, RoutePolicy],
         prices: PriceTable,
         clock: Clock,
+        metering: MeteringService | None = None,
     ) -> None:
         self._tokens = tokens
         self._ledger = ledger
@@ -103,23 +106,24 @@ class Gateway:
         self._policies = policies
         self._prices = prices
         self._clock = clock
+        self.metering = metering
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
         started = time.perf_counter()
         principal = self.authenticate(call)
         op = self.authorize(principal, call.operation)
-        self.rate_limit(principal, op)
+        await self.rate_limit(principal, op)
         prepared, input_digest = self.validate(op, call.body)
-        self.reserve(principal, op, prepared)
+        reservation = await self.reserve(call, principal, op, prepared)
         intent = await self.ledger_intent(call, principal, op, input_digest)
         spend = _Spend()
         try:
             output = await self.route(op, prepared, spend)
         except Exception as exc:
-            await self.record_failure(call, principal, intent, spend, exc, started)
+            await self.record_failure(call, principal, intent, reservation, spend, exc, started)
             raise
-        return await self.record(call, principal, intent, spend, output, started)
+        return await self.record(call, principal, intent, reservation, spend, output, started)
 
     # 1 ------------------------------------------------------------------------------------------
     def authenticate(self, call: Call) -> Principal:
@@ -132,8 +136,10 @@ class Gateway:
         return get_operation(operation_id)
 
     # 3 ------------------------------------------------------------------------------------------
-    def rate_limit(self, principal: Principal, op: Operation) -> None:
-        """Seam: per (user, operation) request and token limits (429 with Retry-After)."""
+    async def rate_limit(self, principal: Principal, op: Operation) -> None:
+        """Per user and per (user, operation) request and token limits (429 with Retry-After)."""
+        if self.metering is not None:
+            await self.metering.rate_limit(principal.user_id, op.id)
 
     # 4 ------------------------------------------------------------------------------------------
     def validate(self, op: Operation, body: bytes) -> tuple[Prepared, str]:
@@ -155,8 +161,17 @@ class Gateway:
         return op.prepare(data), hashlib.sha256(body).hexdigest()
 
     # 5 ------------------------------------------------------------------------------------------
-    def reserve(self, principal: Principal, op: Operation, prepared: Prepared) -> None:
-        """Seam: reserve the worst-case cost against every applicable budget (402)."""
+    async def reserve(
+        self, call: Call, principal: Principal, op: Operation, prepared: Prepared
+    ) -> Reservation | None:
+        """Reserve the worst-case cost against every applicable budget atomically (402), or
+        ``None`` without metering."""
+        if self.metering is None:
+            return None
+        models = [t.model for t in self._policies[op.id].chain]
+        return await self.metering.reserve(
+            call.request_id, principal.user_id, op.id, prepared.request, models
+        )
 
     # 6 ------------------------------------------------------------------------------------------
     async def ledger_intent(
@@ -213,17 +228,21 @@ class Gateway:
         call: Call,
         principal: Principal,
         intent: AppendedEntry,
+        reservation: Reservation | None,
         spend: _Spend,
         output: BaseModel,
         started: float,
     ) -> Outcome:
-        """Append the ``result`` entry and the ``ai_operation_log`` row together; build the Outcome."""
+        """Append the ``result`` entry and the ``ai_operation_log`` row together, settle the
+        reservation; build the Outcome."""
         usage, cost = self.meter(spend)
         last = spend.completions[-1]
         latency_ms = (time.perf_counter() - started) * 1000
         await self._write_result(
             call, principal, intent, spend, usage, cost, latency_ms, status="ok", error_code=None
         )
+        if reservation is not None and self.metering is not None:
+            await self.metering.settle(reservation, cost, usage.total_tokens, unknown_usage=False)
         return Outcome(
             request_id=call.request_id,
             operation=call.operation,
@@ -241,11 +260,13 @@ class Gateway:
         call: Call,
         principal: Principal,
         intent: AppendedEntry,
+        reservation: Reservation | None,
         spend: _Spend,
         exc: Exception,
         started: float,
     ) -> None:
-        """Record a failed call (whatever was paid for is still metered)."""
+        """Record a failed call (whatever was paid for is still metered) and settle its
+        reservation; usage the provider may have billed unseen is charged at the worst case."""
         usage, cost = self.meter(spend)
         code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
         spend.attempts += len(getattr(exc, "attempts", ()) or ())
@@ -253,6 +274,10 @@ class Gateway:
         await self._write_result(
             call, principal, intent, spend, usage, cost, latency_ms, status="error", error_code=code
         )
+        if reservation is not None and self.metering is not None:
+            await self.metering.settle(
+                reservation, cost, usage.total_tokens, unknown_usage=usage_unknown(exc)
+            )
 
     async def _write_result(
         self,

@@ -18,6 +18,7 @@ from opsgate.clock import Clock, SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceTable
+from opsgate.metering.service import build_metering
 from opsgate.pipeline import Gateway
 from opsgate.providers.http import make_session
 from opsgate.providers.registry import build_providers
@@ -80,13 +81,16 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
         cooldown_s=settings.breaker_cooldown_s,
     )
     tokens = TokenService(settings, clock)
+    policies, prices = policies_for(settings), PriceTable.load()
+    routed = [t.model for p in policies.values() for t in p.chain]
     gateway = Gateway(
         tokens=tokens,
         ledger=ledger,
         router=router,
-        policies=policies_for(settings),
-        prices=PriceTable.load(),
+        policies=policies,
+        prices=prices,
         clock=clock,
+        metering=build_metering(settings, engine, clock, prices, routed),
     )
     return Runtime(settings, clock, engine, ledger, session, gateway, tokens, sandbox)
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from sqlalchemy import Engine
 
 from opsgate.clock import Clock
+from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.metering.enforcement import (
     ENFORCEMENT_ERROR,
@@ -25,8 +26,8 @@ from opsgate.metering.enforcement import (
     EnforcementHooks,
 )
 from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable
-from opsgate.metering.prices import PriceTable
-from opsgate.metering.ratelimit import RateLimiter
+from opsgate.metering.prices import PriceTable, PriceTableError
+from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
 from opsgate.metering.reservations import Reservation, expire_reservations, reserve, settle
 from opsgate.metering.worstcase import call_worst_case_micro_usd
 from opsgate.providers.base import CompletionRequest
@@ -128,3 +129,31 @@ class MeteringService:
 
     def _publish(self, reason: str, operation: str, detail: str, request_id: str | None) -> None:
         self.hooks.publish(EnforcementFailure(reason, operation, detail, self.clock.now(), request_id))
+
+
+def require_prices(prices: PriceTable, models: Iterable[str]) -> None:
+    """Refuse to start when a routed model has no price (it could be neither reserved nor
+    metered). Raises :class:`~opsgate.metering.prices.PriceTableError` naming the models."""
+    missing = sorted({m for m in models if m not in prices.prices})
+    if missing:
+        raise PriceTableError(f"routed model(s) without a price: {', '.join(missing)}")
+
+
+def build_metering(
+    settings: Settings, engine: Engine, clock: Clock, prices: PriceTable, models: Iterable[str]
+) -> MeteringService:
+    """The process's :class:`MeteringService` from ``settings`` (rate limits, Redis URL,
+    reservation TTL), after checking every routed model has a price and charging reservations
+    that expired while no gateway ran."""
+    require_prices(prices, models)
+    limits = RateLimits(
+        user_rpm=settings.rate_limit_user_rpm,
+        user_tpm=settings.rate_limit_user_tpm,
+        user_operation_rpm=settings.rate_limit_user_operation_rpm,
+        user_operation_tpm=settings.rate_limit_user_operation_tpm,
+    )
+    limiter = RateLimiter(limits, make_storage(settings.redis_url, settings.rate_limit_key_prefix))
+    service = MeteringService(engine, clock, prices, limiter, EnforcementHooks(),
+                              reservation_ttl_s=settings.budget_reservation_ttl_s)
+    service.expire()
+    return service
