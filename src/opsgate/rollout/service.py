@@ -499,13 +499,13 @@ def _rollout(row: Mapping[str, Any]) -> Rollout:
     plan_doc = json.loads(row["plan"])
     plan = Plan(tuple(Stage(s["percentage"], s["seconds"]) for s in plan_doc["stages"]),
                 plan_doc["observation_s"])
-    state = RolloutState(State(row["state"]), row["stage_index"], _utc(row["stage_started_at"]), plan,
-                         _utc(row["paused_since"]), row["paused_s"], _utc(row["check_due_at"]))
-    return Rollout(row["id"], tuple(json.loads(row["operations"])), state, _utc(row["rolled_back_at"]),
-                   row["reason"], row["banner"], row["version"], _utc(row["created_at"]), row["created_by"])
+    state = RolloutState(State(row["state"]), row["stage_index"], as_utc(row["stage_started_at"]), plan,
+                         as_utc(row["paused_since"]), row["paused_s"], as_utc(row["check_due_at"]))
+    return Rollout(row["id"], tuple(json.loads(row["operations"])), state, as_utc(row["rolled_back_at"]),
+                   row["reason"], row["banner"], row["version"], as_utc(row["created_at"]), row["created_by"])
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes for timezone-aware columns; they were written in UTC."""
     if value is None or value.tzinfo is not None:
         return value

@@ -1,0 +1,179 @@
+"""``opsgate toggles`` and ``opsgate rollout`` (Typer apps registered by ``opsgate.cli``).
+
+They act on ``OPSGATE_DATABASE_URL`` directly as the operator ``cli:<login>`` and write every
+change to the ledger, like the admin API. Exit status: 0 done, 1 ``toggles check`` refused the
+user, 2 an error (printed, never a traceback).
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.errors import OpsgateError
+from opsgate.rollout.controller import ACTIVE, Plan, State
+from opsgate.rollout.plans import load_plan
+from opsgate.rollout.service import RolloutService, ToggleChange, open_ledger
+from opsgate.rollout.toggles import ToggleSnapshot
+
+toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
+rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+@contextmanager
+def _service() -> Iterator[RolloutService]:
+    from opsgate.operations import OPERATIONS
+    from opsgate.store.db import make_engine, upgrade
+
+    settings = Settings()
+    clock = SystemClock()
+    try:
+        if settings.auto_migrate:
+            upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+        with open_ledger(engine, clock) as ledger:
+            service = RolloutService(engine, ledger, clock, ToggleSnapshot(engine, clock))
+            service.ensure_toggles(OPERATIONS)
+            yield service
+    except OpsgateError as exc:
+        err.print(f"[red]error:[/red] {exc.code}: {exc.detail}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(2) from None
+
+
+@toggles_app.command("list")
+def toggles_list() -> None:
+    """Every toggle with its adoption rate (opted-in users / eligible users)."""
+    with _service() as svc:
+        toggles, adoption = svc.list_toggles(), svc.adoption()
+    table = Table(title="feature toggles")
+    for name in ("operation", "enabled", "rollout %", "group id", "opt-in", "kill switch",
+                 "adoption", "updated by"):
+        table.add_column(name)
+    for t in toggles:
+        a = adoption[t.operation]
+        rate = f"{a['opted_in']}/{a['eligible']} ({a['rate_ppm'] / 10_000:.1f} %)" if a["eligible"] else "-"
+        table.add_row(t.operation, _yes(t.enabled), str(t.rollout_percentage), t.group_id,
+                      _yes(t.opt_in_required), _yes(t.kill_switch), rate, t.updated_by)
+    out.print(table)
+
+
+@toggles_app.command("set")
+def toggles_set(
+    operation: str = typer.Argument(..., help="Operation id, e.g. email-compose."),
+    enable: bool = typer.Option(None, "--enable/--disable", help="Turn the operation on or off."),
+    percent: int = typer.Option(None, "--percent", min=0, max=100, help="Rollout percentage 0..100."),
+    group_id: str = typer.Option(None, "--group-id", help="Bucketing group id (Unleash groupId)."),
+    opt_in: bool = typer.Option(None, "--opt-in/--no-opt-in", help="Require users to opt in."),
+    kill: bool = typer.Option(None, "--kill/--no-kill", help="Engage or release the kill switch."),
+    reason: str = typer.Option("", help="Why (written to the ledger)."),
+) -> None:
+    """Change OPERATION's toggle; the change is written to the ledger."""
+    change = ToggleChange(enabled=enable, rollout_percentage=percent, group_id=group_id,
+                          opt_in_required=opt_in, kill_switch=kill)
+    with _service() as svc:
+        t = svc.set_toggle(operation, change, _actor(), reason)
+    out.print(f"{t.operation}: enabled={_yes(t.enabled)} rollout={t.rollout_percentage} % "
+              f"group={t.group_id} opt-in={_yes(t.opt_in_required)} kill-switch={_yes(t.kill_switch)}")
+
+
+@toggles_app.command("check")
+def toggles_check(
+    operation: str = typer.Argument(..., help="Operation id."),
+    user_id: str = typer.Argument(..., help="The user to check."),
+) -> None:
+    """Whether USER_ID gets OPERATION, the user's bucket (1-100) and why. Exit 0 yes, 1 no."""
+    with _service() as svc:
+        verdict = svc.snapshot.check(operation, user_id)
+        toggle = svc.snapshot.toggles().get(operation)
+    rollout = f", rollout {toggle.rollout_percentage} %" if toggle else ""
+    out.print(f"{operation} for {user_id}: {'yes' if verdict.allowed else 'no'} "
+              f"(bucket {verdict.bucket}{rollout}; {verdict.reason}: {verdict.explain()})")
+    raise typer.Exit(0 if verdict.allowed else 1)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    operations: list[str] = typer.Argument(..., help="Operation ids to roll out together."),
+    plan: Path = typer.Option(None, "--plan", exists=True, dir_okay=False,
+                              help="Plan file (JSON or TOML); default 5 %/24 h, 25 %/12 h, 100 %/12 h, 48 h."),
+) -> None:
+    """Start a canary rollout of OPERATIONS at the plan's first stage."""
+    with _service() as svc:
+        chosen = load_plan(plan) if plan else Plan()
+        r = svc.start_rollout(operations, chosen, _actor())
+    out.print(f"rollout {r.id} started: {', '.join(r.operations)} at {chosen.percentage(0)} %")
+
+
+@rollout_app.command("status")
+def rollout_status(
+    all_: bool = typer.Option(False, "--all", help="Include finished rollouts."),
+) -> None:
+    """Rollouts with their stage and the latest decisions."""
+    with _service() as svc:
+        found = svc.list_rollouts(None if all_ else ACTIVE | {State.ROLLING_BACK})
+        histories = {r.id: svc.history(r.id)[-5:] for r in found}
+    if not found:
+        out.print("no rollouts" + ("" if all_ else " in progress (--all shows finished ones)"))
+        return
+    for r in found:
+        s = r.state
+        stage = "observation" if s.stage_index >= len(s.plan.stages) else f"stage {s.stage_index + 1}/{len(s.plan.stages)}"
+        out.print(f"[bold]rollout {r.id}[/bold] {', '.join(r.operations)}: {s.state}, {stage}, "
+                  f"{s.plan.percentage(s.stage_index)} % since {s.stage_started_at:%Y-%m-%d %H:%M} UTC")
+        for h in histories[r.id]:
+            out.print(f"  {h['at'][:19]}  {h['action']:<9} {h['state_after']:<19} {h['reason']}")
+
+
+@rollout_app.command("advance")
+def rollout_advance(
+    rollout_id: int = typer.Option(None, "--id", help="Rollout id (default: the only one in progress)."),
+) -> None:
+    """Promote a rollout to its next stage now."""
+    with _service() as svc:
+        rid = rollout_id if rollout_id is not None else _only_active(svc)
+        d = svc.advance(rid, _actor())
+    out.print(f"rollout {rid}: {d.action.value} -> {d.after.state} at {d.after.plan.percentage(d.after.stage_index)} %")
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    operations: list[str] = typer.Argument(None, help="Operations to roll back."),
+    all_: bool = typer.Option(False, "--all", help="Every operation."),
+    reason: str = typer.Option(..., "--reason", help="Why (shown in the ledger and the history)."),
+) -> None:
+    """Disable OPERATIONS (or --all) and roll back their rollouts."""
+    if bool(operations) == all_:
+        err.print("[red]error:[/red] name operations or pass --all (not both)")
+        raise typer.Exit(2)
+    with _service() as svc:
+        disabled = svc.rollback_operations(None if all_ else operations, reason, _actor())
+    out.print(f"disabled: {', '.join(disabled)}")
+
+
+def _only_active(svc: RolloutService) -> int:
+    active = svc.list_rollouts(ACTIVE)
+    if len(active) != 1:
+        err.print(f"[red]error:[/red] {len(active)} rollouts in progress; name one with --id")
+        raise typer.Exit(2)
+    return active[0].id
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

@@ -1,0 +1,197 @@
+"""HTTP API of the rollout domain (FastAPI router; errors are RFC 9457 problems via OpsgateError).
+
+Admin (role ``admin``; every change is written to the ledger):
+  ``GET /v1/admin/toggles``                 every toggle with its adoption numbers
+  ``GET|PUT /v1/admin/toggles/{operation}`` one toggle; PUT body: any of ``enabled``,
+                                            ``rollout_percentage`` (0..100), ``group_id``,
+                                            ``opt_in_required``, ``kill_switch``, plus ``reason``
+  ``POST /v1/admin/rollouts``               ``{"operations": [...], "plan": {...}?}`` -> 201
+  ``GET /v1/admin/rollouts``                rollouts, newest first, each with its history
+  ``POST /v1/admin/rollouts/{id}/advance``  promote now
+  ``POST /v1/admin/rollouts/{id}/rollback`` ``{"reason": "..."}``
+Any authenticated user (only their own data):
+  ``GET|PUT /v1/me/settings``               opt-ins: ``{"opt_in": {"email-compose": true}}``
+  ``GET /v1/banners``                       in-app banners of rolled-back operations
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import ORJSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from opsgate.errors import InvalidInput
+from opsgate.rollout.controller import Decision, Plan
+from opsgate.rollout.plans import parse_plan
+from opsgate.rollout.service import RolloutService, ToggleChange, as_utc
+from opsgate.rollout.toggles import Toggle
+from opsgate.security.auth import Principal, bearer_token
+from opsgate.security.rbac import require_role
+
+router = APIRouter(tags=["rollout"])
+M = TypeVar("M", bound=BaseModel)
+
+
+class ToggleUpdate(BaseModel):
+    """Body of ``PUT /v1/admin/toggles/{operation}``; omitted fields stay as they are."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    enabled: bool | None = None
+    rollout_percentage: int | None = Field(default=None, ge=0, le=100)
+    group_id: str | None = Field(default=None, min_length=1, max_length=128)
+    opt_in_required: bool | None = None
+    kill_switch: bool | None = None
+    reason: str = Field(default="", max_length=500)
+
+
+class RolloutStart(BaseModel):
+    """Body of ``POST /v1/admin/rollouts``; without ``plan`` the seed's default plan."""
+
+    model_config = ConfigDict(extra="forbid")
+    operations: list[str] = Field(min_length=1)
+    plan: dict[str, Any] | None = None
+
+
+class RollbackBody(BaseModel):
+    """Body of ``POST /v1/admin/rollouts/{id}/rollback``."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class OptIns(BaseModel):
+    """Body of ``PUT /v1/me/settings``: the caller's opt-in choice per operation."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    opt_in: dict[str, bool]
+
+
+def _principal(request: Request, role: str | None = None) -> Principal:
+    tokens = request.app.state.runtime.tokens
+    principal = tokens.verify(bearer_token(request.headers.get("authorization")))
+    if role is not None:
+        require_role(principal, role)
+    return principal
+
+
+def _service(request: Request) -> RolloutService:
+    return request.app.state.runtime.rollout
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(orjson.loads(await request.body() or b"{}"))
+    except orjson.JSONDecodeError:
+        raise InvalidInput("The request body is not valid JSON") from None
+    except ValidationError as exc:
+        errors = [{"loc": ".".join(str(p) for p in e["loc"]) or "body", "msg": e["msg"]}
+                  for e in exc.errors(include_input=False, include_url=False)]
+        raise InvalidInput("The request body does not match the expected shape", errors=errors) from None
+
+
+def toggle_json(t: Toggle, adoption: dict[str, int] | None = None) -> dict[str, Any]:
+    """API shape of a toggle (``updated_at`` ISO 8601 UTC)."""
+    body: dict[str, Any] = {
+        "operation": t.operation, "enabled": t.enabled, "rollout_percentage": t.rollout_percentage,
+        "group_id": t.group_id, "opt_in_required": t.opt_in_required, "kill_switch": t.kill_switch,
+        "updated_at": as_utc(t.updated_at).isoformat(), "updated_by": t.updated_by,
+    }
+    if adoption is not None:
+        body["adoption"] = adoption
+    return body
+
+
+def _decision_json(rollout_id: int, d: Decision) -> dict[str, Any]:
+    return {"rollout_id": rollout_id, "action": d.action.value, "state": d.after.state.value,
+            "stage_index": d.after.stage_index, "reason": d.reason, "numbers": d.numbers}
+
+
+@router.get("/v1/admin/toggles", summary="Every feature toggle with adoption numbers")
+async def list_toggles(request: Request) -> ORJSONResponse:
+    _principal(request, "admin")
+    svc = _service(request)
+    toggles, adoption = await asyncio.to_thread(lambda: (svc.list_toggles(), svc.adoption()))
+    return ORJSONResponse({"toggles": [toggle_json(t, adoption[t.operation]) for t in toggles]})
+
+
+@router.get("/v1/admin/toggles/{operation}", summary="One feature toggle")
+async def get_toggle(request: Request, operation: str) -> ORJSONResponse:
+    _principal(request, "admin")
+    return ORJSONResponse(toggle_json(await asyncio.to_thread(_service(request).get_toggle, operation)))
+
+
+@router.put("/v1/admin/toggles/{operation}", summary="Change a feature toggle (ledgered)")
+async def put_toggle(request: Request, operation: str) -> ORJSONResponse:
+    admin = _principal(request, "admin")
+    body = await _body(request, ToggleUpdate)
+    change = ToggleChange(**body.model_dump(exclude={"reason"}))
+    toggle = await asyncio.to_thread(_service(request).set_toggle, operation, change, admin.user_id, body.reason)
+    return ORJSONResponse(toggle_json(toggle))
+
+
+@router.post("/v1/admin/rollouts", status_code=201, summary="Start a canary rollout")
+async def start_rollout(request: Request) -> ORJSONResponse:
+    admin = _principal(request, "admin")
+    body = await _body(request, RolloutStart)
+    plan = parse_plan(body.plan) if body.plan is not None else Plan()
+    rollout = await asyncio.to_thread(_service(request).start_rollout, body.operations, plan, admin.user_id)
+    return ORJSONResponse(rollout.to_json(), status_code=201)
+
+
+@router.get("/v1/admin/rollouts", summary="Rollouts with their decision history")
+async def list_rollouts(request: Request) -> ORJSONResponse:
+    _principal(request, "admin")
+    svc = _service(request)
+
+    def load() -> list[dict[str, Any]]:
+        return [{**r.to_json(), "history": svc.history(r.id)} for r in svc.list_rollouts()]
+
+    return ORJSONResponse({"rollouts": await asyncio.to_thread(load)})
+
+
+@router.post("/v1/admin/rollouts/{rollout_id}/advance", summary="Promote a rollout now")
+async def advance_rollout(request: Request, rollout_id: int) -> ORJSONResponse:
+    admin = _principal(request, "admin")
+    decision = await asyncio.to_thread(_service(request).advance, rollout_id, admin.user_id)
+    return ORJSONResponse(_decision_json(rollout_id, decision))
+
+
+@router.post("/v1/admin/rollouts/{rollout_id}/rollback", summary="Roll a rollout back")
+async def rollback_rollout(request: Request, rollout_id: int) -> ORJSONResponse:
+    admin = _principal(request, "admin")
+    body = await _body(request, RollbackBody)
+    decision = await asyncio.to_thread(_service(request).rollback, rollout_id, body.reason, admin.user_id)
+    return ORJSONResponse(_decision_json(rollout_id, decision))
+
+
+async def _settings(request: Request, user_id: str) -> dict[str, Any]:
+    svc = _service(request)
+    opt_in = await asyncio.to_thread(svc.get_opt_ins, user_id)
+    verdicts = {op: svc.snapshot.check(op, user_id) for op in opt_in} if svc.snapshot else {}
+    return {"user_id": user_id, "opt_in": opt_in,
+            "operations": {op: {"available": v.allowed, "reason": v.reason, "detail": v.explain()}
+                           for op, v in verdicts.items()}}
+
+
+@router.get("/v1/me/settings", summary="The caller's opt-ins and which operations they can use")
+async def get_settings(request: Request) -> ORJSONResponse:
+    me = _principal(request)
+    return ORJSONResponse(await _settings(request, me.user_id))
+
+
+@router.put("/v1/me/settings", summary="Opt in to (or out of) operations, for the caller only")
+async def put_settings(request: Request) -> ORJSONResponse:
+    me = _principal(request)
+    body = await _body(request, OptIns)
+    await asyncio.to_thread(_service(request).set_opt_ins, me.user_id, body.opt_in)
+    return ORJSONResponse(await _settings(request, me.user_id))
+
+
+@router.get("/v1/banners", summary="In-app banners (operations rolled back)")
+async def banners(request: Request) -> ORJSONResponse:
+    _principal(request)
+    return ORJSONResponse({"banners": await asyncio.to_thread(_service(request).banners)})
