@@ -69,6 +69,23 @@ def test_forced_tool_answers_schema_valid_tool_use(client: anthropic.Anthropic) 
     Triage.model_validate(block.input)
 
 
+def test_unanswerable_input_schema_is_a_bad_request(client: anthropic.Anthropic) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}},
+        "required": ["n"],
+    }
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model=MODEL,
+            max_tokens=50,
+            messages=_user("x"),
+            tools=[{"name": "t", "description": "d", "input_schema": schema}],
+            tool_choice={"type": "tool", "name": "t"},
+        )
+    assert caught.value.body["error"]["message"].startswith("input_schema:")
+
+
 def test_max_tokens_cuts_text(client: anthropic.Anthropic) -> None:
     message = client.messages.create(model=MODEL, max_tokens=3, messages=_user("hello"))
     assert message.stop_reason == "max_tokens"

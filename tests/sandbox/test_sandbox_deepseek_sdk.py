@@ -105,6 +105,21 @@ def test_json_object_uses_last_fenced_schema_in_prompt(client: openai.OpenAI) ->
     assert "wrong" not in data
 
 
+def test_unanswerable_schema_is_a_bad_request(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^Q[0-9]{9}$"}},
+        "required": ["code"],
+    }
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=CHAT,
+            messages=_messages("s", "u"),
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        )
+    assert "pattern" in caught.value.message
+
+
 def test_json_object_echoes_an_example_shape(client: openai.OpenAI) -> None:
     example = {"type": "meeting", "minutes": 30, "people": ["ana", "bo"]}
     user = f"Reply with JSON like:\n```json\n{json.dumps(example)}\n```"

@@ -168,6 +168,7 @@ def test_keyword_edge_cases(schema: dict[str, Any], expected: Any) -> None:
         {"type": "string", "pattern": "^zz[a-f]{40}$"},
         {"$ref": "https://example.com/schema.json"},
         {"type": "integer", "minimum": 1, "maximum": 0},
+        {"type": "TYPE_UNSPECIFIED"},
         {
             "$ref": "#/$defs/Loop",
             "$defs": {

@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from opsgate.sandbox.faults import Outcome
-from opsgate.sandbox.instance import instance_for
+from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
 from opsgate.sandbox.sse import send_event, start_sse
 from opsgate.sandbox.state import CACHE_MIN_TOKENS, STATE, SandboxState
@@ -98,7 +98,10 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     status = decision.error_status(OVERLOAD_STATUS)
     if status is not None:
         return _error(status, request_id, state)
-    message = _message(parsed, state, refusal=decision.outcome is Outcome.SAFETY_BLOCKED)
+    try:
+        message = _message(parsed, state, refusal=decision.outcome is Outcome.SAFETY_BLOCKED)
+    except UnsupportedSchemaError as exc:
+        return _error(400, request_id, state, f"input_schema: {exc}")
     headers = _rate_headers(request_id, state)
     if decision.outcome is Outcome.MALFORMED and parsed.stream:
         return await malformed_stream(request, _events(message), decision.variant, headers)

@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from opsgate.sandbox.faults import Outcome
-from opsgate.sandbox.instance import instance_for
+from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
 from opsgate.sandbox.sse import send_event, start_sse
 from opsgate.sandbox.state import CACHE_MIN_TOKENS, DEEPSEEK_CACHE_UNIT, STATE, SandboxState
@@ -100,7 +100,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     status = decision.error_status(OVERLOAD_STATUS)
     if status is not None:
         return _error(status)
-    completion = _completion(parsed, state, filtered=decision.outcome is Outcome.SAFETY_BLOCKED)
+    try:
+        completion = _completion(parsed, state, filtered=decision.outcome is Outcome.SAFETY_BLOCKED)
+    except UnsupportedSchemaError as exc:
+        return _error(400, f"Invalid response_format schema: {exc}")
     if decision.outcome is Outcome.MALFORMED and parsed.stream:
         return await malformed_stream(request, _events(completion, True), decision.variant, {})
     if decision.outcome is Outcome.MALFORMED:

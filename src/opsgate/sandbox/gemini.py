@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from opsgate.sandbox.faults import Outcome
-from opsgate.sandbox.instance import instance_for
+from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
 from opsgate.sandbox.sse import send_event, start_sse
 from opsgate.sandbox.state import CACHE_MIN_TOKENS, STATE, SandboxState
@@ -110,7 +110,10 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     status = decision.error_status(OVERLOAD_STATUS)
     if status is not None:
         return _error(status)
-    answer = _answer(parsed, state, blocked=decision.outcome is Outcome.SAFETY_BLOCKED)
+    try:
+        answer = _answer(parsed, state, blocked=decision.outcome is Outcome.SAFETY_BLOCKED)
+    except UnsupportedSchemaError as exc:
+        return _error(400, f"Invalid JSON payload: response schema: {exc}")
     sse = request.query.get("alt") == "sse"
     if decision.outcome is Outcome.MALFORMED and parsed.stream and sse:
         return await malformed_stream(request, _chunks(answer), decision.variant, {})

@@ -81,10 +81,7 @@ class _Builder:
         for key in ("anyOf", "oneOf"):
             if schema.get(key):
                 return self.build(self._pick_branch(schema, key, depth), depth + 1)
-        kind = _kind(schema)
-        if kind is None:
-            return None
-        return getattr(self, f"_{kind}")(schema, depth)
+        return getattr(self, f"_{_kind(schema)}")(schema, depth)
 
     def _resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         seen: set[str] = set()
@@ -200,12 +197,14 @@ class _Builder:
         return None
 
 
-def _kind(schema: dict[str, Any]) -> str | None:
+def _kind(schema: dict[str, Any]) -> str:
     declared = schema.get("type")
     if isinstance(declared, list):
         names = [str(t).lower() for t in declared]
         non_null = [t for t in _TYPE_ORDER if t in names and t != "null"]
         return non_null[0] if non_null else "null"
+    if declared is not None and str(declared).lower() not in _TYPE_ORDER:
+        raise UnsupportedSchemaError(f"unknown type {declared!r}")
     if declared is not None:
         return str(declared).lower()
     if "properties" in schema or "required" in schema:
