@@ -15,7 +15,7 @@ import mmh3
 
 def bucket(group_id: str, user_id: str) -> int:
     """The user's bucket in ``group_id``: an int in 1..100 (Unleash ``normalizedValue``)."""
-    return mmh3.hash(f"{group_id}:{user_id}".encode(), 0, signed=False) % 100 + 1
+    return mmh3.hash(f"{group_id}:{user_id}", 0, False) % 100 + 1  # str is hashed as UTF-8
 
 
 def in_rollout(bucket_value: int, percentage: int) -> bool:
