@@ -88,7 +88,7 @@ async def _measure(url: str, body: bytes, headers: dict[str, str], n: int, concu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--operation", default="email-classify")
+    parser.add_argument("--operation", default="email-compose")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="opsgate-bench-"))

@@ -7,6 +7,7 @@ series' name) reaches the model only inside a :func:`data_block`, and every syst
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -76,11 +77,17 @@ def invalid(detail: str, loc: str, msg: str | None = None) -> InvalidInput:
     return InvalidInput(detail, errors=[{"loc": loc, "msg": msg or detail}])
 
 
+@functools.cache
+def answer_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema, generated once per model (callers must not mutate it)."""
+    return model.model_json_schema()
+
+
 def build_request(
     system: str, user: str, model: type[BaseModel], schema_name: str, max_tokens: int
 ) -> CompletionRequest:
     """A :class:`CompletionRequest` asking for a JSON object valid against ``model``'s schema."""
-    schema: dict[str, Any] = model.model_json_schema()
+    schema = answer_schema(model)
     return CompletionRequest(
         system=f"{system}\n\n{DATA_RULE}",
         user=user,
