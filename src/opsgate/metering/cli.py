@@ -1,0 +1,106 @@
+"""``opsgate budgets set|show`` and ``opsgate costs reconcile`` (Typer apps ``budgets_app`` and
+``costs_app``; registered in :mod:`opsgate.cli`)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.errors import OpsgateError
+from opsgate.metering.models import ANY
+
+budgets_app = typer.Typer(help="Budgets: limits, spent and reserved (micro-USD).", no_args_is_help=True)
+costs_app = typer.Typer(help="Cost accuracy against provider invoices.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from opsgate.store.db import make_engine, upgrade
+
+    settings = Settings()
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    return make_engine(settings.database_url)
+
+
+def _usd(micro: int) -> str:
+    """Integer micro-USD shown as dollars, exactly (Decimal, no float)."""
+    return f"${Decimal(micro).scaleb(-6):,.6f}"
+
+
+@budgets_app.command("set")
+def budgets_set(
+    user: str = typer.Option(None, "--user", help="Budget of this user (with --operation: of the pair)."),
+    operation: str = typer.Option(None, "--operation", help="Budget of this operation."),
+    global_: bool = typer.Option(False, "--global", help="The global budget."),
+    period: str = typer.Option(..., "--period", help="day | month (UTC calendar periods)."),
+    limit_usd: str = typer.Option(..., "--limit-usd", help="Limit in USD, e.g. 25.00."),
+) -> None:
+    """Create or change a budget: --user U, --operation OP, both, or --global."""
+    from opsgate.metering.budgets import set_budget, usd_to_micro
+
+    if global_ == bool(user or operation):
+        err.print("[red]error:[/red] give --global, or --user and/or --operation")
+        raise typer.Exit(2)
+    try:
+        budget = set_budget(_engine(), SystemClock(), user_id=user or ANY, operation=operation or ANY,
+                            period=period, limit_micro_usd=usd_to_micro(limit_usd))
+    except OpsgateError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
+    out.print(f"{budget.scope} {budget.period} budget: {_usd(budget.limit_micro_usd)}")
+
+
+@budgets_app.command("show")
+def budgets_show() -> None:
+    """List budgets with this period's spent and reserved amounts (expired reservations are
+    charged first)."""
+    from opsgate.metering.budgets import budget_statuses
+    from opsgate.metering.reservations import expire_reservations
+
+    engine, clock = _engine(), SystemClock()
+    expired = expire_reservations(engine, clock)
+    table = Table("scope", "period", "since (UTC)", "limit", "spent", "reserved", "left")
+    for s in budget_statuses(engine, clock.now()):
+        left = s.budget.limit_micro_usd - s.spent_micro_usd - s.reserved_micro_usd
+        table.add_row(s.budget.scope, s.budget.period, s.period_start.strftime("%Y-%m-%d"),
+                      _usd(s.budget.limit_micro_usd), _usd(s.spent_micro_usd),
+                      _usd(s.reserved_micro_usd), _usd(left))
+    out.print(table)
+    if expired:
+        out.print(f"[yellow]{len(expired)} expired reservation(s) charged at their worst case[/yellow]")
+
+
+@costs_app.command("reconcile")
+def costs_reconcile(
+    provider: str = typer.Option(..., "--provider", help="anthropic | deepseek | gemini"),
+    invoice: Path = typer.Option(..., "--invoice", exists=True, dir_okay=False, help="Export file."),
+) -> None:
+    """Match a provider's usage/cost export against the operation log by UTC day and model.
+    Exit 1 when any discrepancy exceeds 1 %, 2 when the file cannot be read."""
+    from opsgate.metering.invoices import InvoiceFormatError, parse_invoice
+    from opsgate.metering.reconcile import THRESHOLD_PCT, reconcile
+
+    try:
+        lines = parse_invoice(provider, invoice)
+    except InvoiceFormatError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    report = reconcile(_engine(), SystemClock(), provider, invoice.name, lines)
+    table = Table("day (UTC)", "model", "tracked", "invoiced", "difference", "accuracy")
+    for r in report.rows:
+        style = "red" if r.discrepant else ""
+        table.add_row(r.day.isoformat(), r.model, _usd(r.tracked_micro_usd),
+                      _usd(r.invoiced_micro_usd), _usd(r.difference_micro_usd),
+                      f"{r.accuracy_pct} %", style=style)
+    out.print(table)
+    out.print(f"run {report.run_id}: {len(report.rows)} day/model rows; "
+              f"threshold {THRESHOLD_PCT} %; {'DISCREPANCY' if report.discrepant else 'ok'}")
+    raise typer.Exit(1 if report.discrepant else 0)

@@ -1,0 +1,115 @@
+"""Invoice reconciliation with export files in each provider's format (tests/vectors/invoices)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+from metering_stores import store, store_url  # noqa: F401  (fixtures)
+from sqlalchemy import Engine, select
+from typer.testing import CliRunner
+
+from opsgate.clock import SystemClock
+from opsgate.metering.cli import costs_app
+from opsgate.metering.cost import cost_micro_usd
+from opsgate.metering.invoices import InvoiceFormatError, parse_invoice
+from opsgate.metering.models import cost_reconciliations
+from opsgate.metering.prices import PriceTable
+from opsgate.metering.reconcile import reconcile
+from opsgate.providers.base import Usage
+from opsgate.store.models import ai_operation_log
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "invoices"
+FILES = {"anthropic": "anthropic_cost_report.json", "deepseek": "deepseek_usage.csv",
+         "gemini": "gemini_billing_export.csv"}
+CALLS = json.loads((VECTORS / "calls.json").read_text())
+
+
+def _track_calls(engine: Engine) -> None:
+    """Write the vector calls into ai_operation_log as the pipeline would (cost metered at call)."""
+    prices = PriceTable.load()
+    assert prices.version == CALLS["price_table_version"]
+    rows = []
+    for i, call in enumerate(CALLS["calls"]):
+        usage = Usage(**call["usage"])
+        rows.append({
+            "request_id": f"req-{i}", "user_id": "alice", "operation": "email-classify",
+            "provider": call["provider"], "model": call["model"], "status": "ok", "attempts": 1,
+            "latency_ms": 1.0, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "cache_write_tokens": usage.cache_write_tokens + usage.cache_write_1h_tokens,
+            "cache_read_tokens": usage.cache_read_tokens, "reasoning_tokens": usage.reasoning_tokens,
+            "cost_micro_usd": cost_micro_usd(usage, prices.price_for(call["model"])),
+            "created_at": datetime.fromisoformat(call["at"]),
+        })
+    with engine.begin() as conn:
+        conn.execute(ai_operation_log.insert(), rows)
+
+
+@pytest.mark.parametrize("provider", sorted(FILES))
+def test_correctly_tracked_usage_reconciles_at_100_percent(store: Engine, provider: str) -> None:
+    _track_calls(store)
+    lines = parse_invoice(provider, VECTORS / FILES[provider])
+    report = reconcile(store, SystemClock(), provider, FILES[provider], lines)
+    expected = [(date.fromisoformat(d), m, cost) for d, m, cost in CALLS["expected"][provider]]
+    assert [(r.day, r.model, r.tracked_micro_usd) for r in report.rows] == expected
+    assert [(r.day, r.model, r.invoiced_micro_usd) for r in report.rows] == expected
+    assert {(r.difference_micro_usd, r.accuracy_pct, r.discrepant) for r in report.rows} == {
+        (0, "100.00", False)}
+    with store.connect() as conn:
+        stored = conn.execute(select(cost_reconciliations.c.run_id, cost_reconciliations.c.model)
+                              ).all()
+    assert len(stored) == len(expected) and {r.run_id for r in stored} == {report.run_id}
+
+
+def test_an_altered_export_row_shows_the_exact_discrepancy(store: Engine, tmp_path: Path) -> None:
+    _track_calls(store)
+    altered = tmp_path / "deepseek.csv"
+    text = (VECTORS / FILES["deepseek"]).read_text()
+    altered.write_text(text.replace(",0.00504,", ",0.00604,"))
+    report = reconcile(store, SystemClock(), "deepseek", altered.name,
+                       parse_invoice("deepseek", altered))
+    chat = next(r for r in report.rows if r.model == "deepseek-chat")
+    assert (chat.tracked_micro_usd, chat.invoiced_micro_usd, chat.difference_micro_usd) == (
+        5040, 6040, 1000)
+    assert chat.accuracy_pct == "83.44" and chat.discrepant and report.discrepant
+    other = next(r for r in report.rows if r.model == "deepseek-reasoner")
+    assert (other.accuracy_pct, other.discrepant) == ("100.00", False)
+
+
+def test_a_difference_within_one_percent_is_not_a_discrepancy(store: Engine, tmp_path: Path) -> None:
+    _track_calls(store)
+    altered = tmp_path / "gemini.csv"
+    text = (VECTORS / FILES["gemini"]).read_text()
+    altered.write_text(text.replace(",0.00024,", ",0.000246,"))  # 665 -> 671 micro-USD (0.89 %)
+    report = reconcile(store, SystemClock(), "gemini", altered.name, parse_invoice("gemini", altered))
+    (row,) = report.rows
+    assert (row.difference_micro_usd, row.accuracy_pct, row.discrepant) == (6, "99.11", False)
+
+
+def test_cli_prints_the_table_and_exits_1_on_a_discrepancy(
+    store: Engine, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    _track_calls(store)
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", store_url)
+    runner = CliRunner()
+    ok = runner.invoke(costs_app, ["--provider", "anthropic", "--invoice",
+                                   str(VECTORS / FILES["anthropic"])])
+    assert ok.exit_code == 0, ok.output
+    assert "claude-opus-4-5" in ok.output and "100.00 %" in ok.output
+    altered = tmp_path / "report.json"
+    altered.write_text((VECTORS / FILES["anthropic"]).read_text().replace('"2.0"', '"2.5"'))
+    bad = runner.invoke(costs_app, ["--provider", "anthropic", "--invoice", str(altered)])
+    assert bad.exit_code == 1 and "DISCREPANCY" in bad.output
+
+
+def test_malformed_exports_are_refused(tmp_path: Path) -> None:
+    wrong = tmp_path / "x.csv"
+    wrong.write_text("day,model,cost\n2026-11-30,deepseek-chat,1\n")
+    with pytest.raises(InvoiceFormatError, match="missing column"):
+        parse_invoice("deepseek", wrong)
+    eur = tmp_path / "eur.csv"
+    eur.write_text((VECTORS / FILES["deepseek"]).read_text().replace(",USD", ",EUR"))
+    with pytest.raises(InvoiceFormatError, match="USD"):
+        parse_invoice("deepseek", eur)
