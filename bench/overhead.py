@@ -1,7 +1,7 @@
 """Gateway overhead: a direct call to the sandbox vs the same call through ``opsgate serve``.
 
 One run, one client (aiohttp, no SDK), one sandbox process, one gateway process (one uvicorn
-worker, SQLite ledger and operation log on, synchronous=FULL). For concurrency 1 and 32 it prints
+worker, SQLite ledger and operation log on, synchronous=FULL unless --synchronous NORMAL). For concurrency 1 and 32 it prints
 p50/p99 latency of both paths, the added latency, and throughput in operations per second.
 
     ./dev bench overhead [--requests 2000] [--operation email-classify]
@@ -89,6 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--operation", default="email-compose")
+    parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
+                        help="SQLite synchronous mode of the gateway's ledger commits")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="opsgate-bench-"))
@@ -100,6 +102,7 @@ def main() -> None:
         "OPSGATE_JWT_SECRET": secrets.token_urlsafe(48),
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sandbox_port}/anthropic",
         "ANTHROPIC_API_KEY": key,
+        "OPSGATE_LEDGER_SYNCHRONOUS": args.synchronous,
     }
     opsgate = [sys.executable, "-m", "opsgate.cli"]
     procs = [
@@ -136,7 +139,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], key: str, sandbox_port: 
         {"Authorization": f"Bearer {token}", "content-type": "application/json"},
     )
     print(f"opsgate overhead: {op.id}, {args.requests} requests per cell, sandbox and gateway in "
-          f"separate processes, ledger + ai_operation_log on (SQLite, synchronous=FULL)")
+          f"separate processes, ledger + ai_operation_log on (SQLite, synchronous={args.synchronous})")
     print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'ops/s':>8}")
     for concurrency in (1, 32):
         d = asyncio.run(_measure(*direct, args.requests, concurrency))
