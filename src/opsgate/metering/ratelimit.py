@@ -65,7 +65,8 @@ class RateLimiter:
 
     async def admit(self, user_id: str, operation: str) -> None:
         """Step 3: raise :class:`RateLimitExceeded` if a token window is used up or a request
-        limit is reached; otherwise count this request."""
+        limit is reached; otherwise count this request in every request limit (a refused request
+        is counted in none)."""
         if not self.limits.enabled:
             return
         try:
@@ -73,10 +74,13 @@ class RateLimiter:
                 stats = await self._strategy.get_window_stats(item, *ids)
                 if stats.remaining <= 0:
                     raise _exceeded("tokens", item, stats.reset_time)
-            for item, ids in self._request_items(user_id, operation):
-                if not await self._strategy.hit(item, *ids):
-                    stats = await self._strategy.get_window_stats(item, *ids)
-                    raise _exceeded("requests", item, stats.reset_time)
+            requests = self._request_items(user_id, operation)
+            for item, ids in requests:  # check every limit before counting in any of them
+                if not await self._strategy.test(item, *ids):
+                    raise await self._refusal(item, ids)
+            for item, ids in requests:
+                if not await self._strategy.hit(item, *ids):  # lost a race for the last unit
+                    raise await self._refusal(item, ids)
         except StorageError:
             log.error("rate-limit storage unreachable; admitting without a rate limit")
 
@@ -93,6 +97,10 @@ class RateLimiter:
                         await self._strategy.hit(item, *ids, cost=left)
         except StorageError:
             log.error("rate-limit storage unreachable; tokens of this call not counted")
+
+    async def _refusal(self, item: RateLimitItem, ids: tuple[str, ...]) -> RateLimitExceeded:
+        stats = await self._strategy.get_window_stats(item, *ids)
+        return _exceeded("requests", item, stats.reset_time)
 
     def _request_items(self, user_id: str, operation: str) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
         return _items(self.limits.user_rpm, self.limits.user_operation_rpm, "rpm", user_id, operation)

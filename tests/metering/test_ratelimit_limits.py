@@ -1,0 +1,92 @@
+"""Rate limits: unit behaviour on memory storage, and two gateway processes sharing Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_procs import gateways
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.metering.errors import RateLimitExceeded
+from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
+from opsgate.operations.io import input_from_file
+from opsgate.problems import problem_response
+from opsgate.store.db import upgrade
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def test_requests_per_minute_per_user_and_per_pair() -> None:
+    limiter = RateLimiter(RateLimits(user_rpm=3, user_operation_rpm=2), make_storage(None, "t"))
+    await limiter.admit("alice", "email-classify")
+    await limiter.admit("alice", "email-classify")
+    with pytest.raises(RateLimitExceeded) as info:
+        await limiter.admit("alice", "email-classify")
+    assert info.value.status == 429 and info.value.code == "rate_limited"
+    assert 1 <= info.value.retry_after <= 60 and "per user and operation" in info.value.detail
+    await limiter.admit("alice", "email-compose")  # third request of alice: the user limit's last
+    with pytest.raises(RateLimitExceeded, match="per minute per user is reached"):
+        await limiter.admit("alice", "task-breakdown")
+    await limiter.admit("bob", "email-classify")  # other users are not affected
+
+
+async def test_tokens_per_minute_are_taken_after_the_call() -> None:
+    limiter = RateLimiter(RateLimits(user_tpm=1000), make_storage(None, "t"))
+    await limiter.admit("alice", "email-classify")
+    await limiter.charge_tokens("alice", "email-classify", 600)
+    await limiter.admit("alice", "email-classify")  # 400 left: admitted
+    await limiter.charge_tokens("alice", "email-classify", 600)  # larger than what is left: fills
+    with pytest.raises(RateLimitExceeded, match="1000 tokens per minute"):
+        await limiter.admit("alice", "email-classify")
+
+
+def test_the_problem_carries_retry_after() -> None:
+    response = problem_response(RateLimitExceeded("slow down", 17), "req-1")
+    assert response.status_code == 429 and response.headers["Retry-After"] == "17"
+
+
+async def test_no_limits_admit_everything() -> None:
+    limiter = RateLimiter(RateLimits(), make_storage(None, "t"))
+    for _ in range(100):
+        await limiter.admit("alice", "email-classify")
+
+
+@pytest.mark.redis
+def test_two_gateway_processes_share_one_redis_limit(tmp_path: Path) -> None:
+    secret = secrets.token_urlsafe(48)
+    env = {
+        "OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'rl.db'}",
+        "OPSGATE_JWT_SECRET": secret,
+        "OPSGATE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "OPSGATE_RATE_LIMIT_KEY_PREFIX": f"opsgate-test-{uuid.uuid4().hex}",
+        "OPSGATE_RATE_LIMIT_USER_OPERATION_RPM": "5",
+    }
+    upgrade(env["OPSGATE_DATABASE_URL"])  # once, before two processes open the file
+    token = TokenServiceFor(secret)
+    body = input_from_file("email-classify", next((REPO / "examples").glob("email-classify.*")), None)
+
+    async def fire(urls: list[str]) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return [await client.post(f"{urls[i % 2]}/v1/operations/email-classify", json=body,
+                                      headers={"Authorization": f"Bearer {token}"})
+                    for i in range(10)]
+
+    with gateways(2, env, tmp_path) as urls:
+        responses = asyncio.run(fire(urls))
+    codes = [r.status_code for r in responses]
+    assert codes == [200] * 5 + [429] * 5  # five in total across both processes, not five each
+    limited = responses[-1]
+    assert limited.json()["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+
+
+def TokenServiceFor(secret: str) -> str:  # noqa: N802
+    from opsgate.security.auth import TokenService
+
+    return TokenService(Settings(jwt_secret=secret), SystemClock()).issue("limited", "user")
