@@ -15,6 +15,8 @@ from rich.console import Console
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
+from opsgate.metering.cli import budgets_app, costs_app
+from opsgate.rollout.cli import rollout_app, toggles_app
 
 app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
@@ -23,6 +25,10 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(db_app, name="db")
+app.add_typer(budgets_app, name="budgets")
+app.add_typer(costs_app, name="costs")
+app.add_typer(toggles_app, name="toggles")
+app.add_typer(rollout_app, name="rollout")
 
 err = Console(stderr=True)
 CLI_USER = "opsgate-cli"
