@@ -1,0 +1,134 @@
+"""MeteringService: worst case, fail-closed enforcement and the enforcement-failure events; the
+budgets admin API over real HTTP."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import gateway_settings
+from sqlalchemy import text
+
+from opsgate.app import create_app
+from opsgate.clock import ManualClock
+from opsgate.errors import OpsgateError
+from opsgate.localserver import serve_in_thread
+from opsgate.metering.budgets import set_budget
+from opsgate.metering.cost import worst_case_micro_usd
+from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
+from opsgate.metering.errors import BudgetUnavailable
+from opsgate.metering.models import ANY
+from opsgate.metering.prices import PriceTable, PriceTableError
+from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
+from opsgate.metering.service import MeteringService, require_prices, usage_unknown
+from opsgate.metering.views import router
+from opsgate.metering.worstcase import (
+    PROMPT_OVERHEAD_TOKENS,
+    REPAIR_NOTE_ALLOWANCE_BYTES,
+    call_worst_case_micro_usd,
+    prompt_token_bound,
+)
+from opsgate.providers.base import CompletionRequest
+from opsgate.providers.errors import ProviderTimeout, RateLimited
+from opsgate.routing.errors import AllProvidersFailed
+from opsgate.routing.router import Attempt
+from opsgate.security.auth import TokenService
+from opsgate.store.db import make_engine, upgrade
+
+NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
+REQUEST = CompletionRequest(system="Classify.", user="héllo 世界", max_tokens=100,
+                            json_schema={"type": "object"})
+
+
+def test_prompt_bound_counts_utf8_bytes_schema_and_overhead() -> None:
+    schema = len(b'{\n  "type": "object"\n}')
+    assert prompt_token_bound(REQUEST) == 9 + len("héllo 世界".encode()) + schema + PROMPT_OVERHEAD_TOKENS
+
+
+def test_worst_case_is_answer_plus_repair_at_the_dearest_model() -> None:
+    prices = PriceTable.load()
+    prompt = prompt_token_bound(REQUEST)
+    opus = prices.price_for("claude-opus-4-5")
+    expected = (worst_case_micro_usd(prompt, 100, opus)
+                + worst_case_micro_usd(prompt + REPAIR_NOTE_ALLOWANCE_BYTES, 100, opus))
+    chain = ["gemini-2.0-flash", "claude-opus-4-5", "deepseek-chat"]
+    assert call_worst_case_micro_usd(REQUEST, chain, prices) == expected
+
+
+def test_every_routed_model_needs_a_price() -> None:
+    with pytest.raises(PriceTableError, match="gpt-9"):
+        require_prices(PriceTable.load(), ["claude-opus-4-5", "gpt-9"])
+
+
+def test_usage_is_unknown_after_a_timeout_but_not_after_a_429() -> None:
+    def failed(kind: str) -> AllProvidersFailed:
+        return AllProvidersFailed([Attempt("anthropic", "claude-opus-4-5", kind, None, 1.0, 0.0)],
+                                  None)
+
+    assert usage_unknown(failed("timeout")) and not usage_unknown(failed("rate_limited"))
+    assert usage_unknown(RuntimeError("crash mid-call"))
+    assert not usage_unknown(RateLimited("anthropic")) and not usage_unknown(ProviderTimeout("x"))
+
+
+def _service(engine, clock, events: list[EnforcementFailure]) -> MeteringService:  # type: ignore[no-untyped-def]
+    hooks = EnforcementHooks()
+    hooks.subscribe(events.append)
+    hooks.subscribe(lambda e: 1 / 0)  # a broken subscriber never breaks enforcement
+    limiter = RateLimiter(RateLimits(), make_storage(None, "t"))
+    return MeteringService(engine, clock, PriceTable.load(), limiter, hooks, reservation_ttl_s=60)
+
+
+async def test_a_failing_store_refuses_the_call_and_publishes_an_event(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(url)
+    engine, clock, events = make_engine(url), ManualClock(NOW), []
+    set_budget(engine, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10**9)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE budget_reservations"))
+    service = _service(engine, clock, events)
+    with pytest.raises(BudgetUnavailable) as info:
+        await service.reserve("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+    assert isinstance(info.value, OpsgateError) and info.value.status == 503
+    assert [(e.reason, e.operation, e.request_id) for e in events] == [
+        ("enforcement_error", "email-classify", "r1")]
+
+
+async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(url)
+    engine, clock, events = make_engine(url), ManualClock(NOW), []
+    service = _service(engine, clock, events)
+    worst = call_worst_case_micro_usd(REQUEST, ["claude-opus-4-5"], service.prices)
+    set_budget(engine, clock, user_id="alice", operation=ANY, period="month", limit_micro_usd=worst)
+    reservation = await service.reserve("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+    await service.settle(reservation, worst + 1, 10, unknown_usage=False)
+    assert [(e.reason, e.operation) for e in events] == [("overspend", "email-classify")]
+    assert "user:alice" in events[0].detail
+
+
+def test_admin_api_sets_and_lists_budgets(tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path)
+    app = create_app(settings)
+    app.include_router(router)
+    server = serve_in_thread(app)
+    tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
+    admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
+    user = {"Authorization": f"Bearer {tokens.issue('alice', 'user')}"}
+    try:
+        with httpx.Client(base_url=server.base_url) as client:
+            put = client.put("/v1/admin/budgets", headers=admin,
+                             json={"user_id": "alice", "period": "day", "limit_usd": "0.010"})
+            assert put.status_code == 200, put.text
+            assert (put.json()["scope"], put.json()["limit_micro_usd"]) == ("user:alice", 10_000)
+            listed = client.get("/v1/admin/budgets", headers=admin).json()["budgets"]
+            assert [(b["scope"], b["spent_micro_usd"], b["reserved_micro_usd"]) for b in listed] == [
+                ("user:alice", 0, 0)]
+            denied = client.get("/v1/admin/budgets", headers=user)
+            assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
+            bad = client.put("/v1/admin/budgets", headers=admin,
+                             json={"period": "day", "limit_usd": "0.0000001"})
+            assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+    finally:
+        server.stop()
