@@ -84,6 +84,32 @@ class Settings(BaseSettings):
         default="FULL", description="SQLite PRAGMA synchronous for ledger commits (FULL or NORMAL)."
     )
 
+    # security (issue 6 part B): refresh tokens, identity provider, browser sessions, CORS, keys
+    refresh_token_ttl_s: int = Field(default=30 * 86400, gt=0, description="Refresh token lifetime.")
+    refresh_reuse_grace_s: float = Field(
+        default=10.0, ge=0, description="A rotated refresh token reused within this is a concurrent "
+        "refresh (new sibling token), later it revokes the whole family."
+    )
+    idp_issuer: str | None = Field(default=None, description="External IdP `iss`; unset = IdP off.")
+    idp_audience: str | None = None
+    idp_hs256_secret: SecretStr | None = Field(default=None, description="IdP HS256 shared secret.")
+    idp_jwks_url: str | None = Field(default=None, description="IdP JWKS URL (RS256/ES256 keys).")
+    idp_algorithm: str = Field(default="RS256", description="Pinned JWKS algorithm: RS256 or ES256.")
+    idp_role_claim: str | None = Field(
+        default=None, description="Claim holding user|operator|admin; unset = every IdP user is `user`."
+    )
+    master_key: SecretStr | None = Field(
+        default=None, description="Base64 256-bit key wrapping the data keys; else master_key_file."
+    )
+    master_key_file: Path = Path(".opsgate/master-key")
+    key_rotation_days: int = Field(default=30, gt=0, description="Data key rotation policy (days).")
+    session_ttl_s: int = Field(default=8 * 3600, gt=0, description="Dashboard session lifetime.")
+    session_cookie_secure: bool = Field(default=True, description="Secure flag on session cookies.")
+    session_samesite: str = Field(default="strict", pattern="^(strict|lax)$")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Exact origins (scheme://host[:port]) allowed by CORS."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
