@@ -16,6 +16,8 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
 A request-side error that must not fall back is re-raised as is, with ``error.attempts`` set.
 When the chain is exhausted, :class:`~opsgate.routing.errors.AllProvidersFailed` is raised.
 Every outcome is reported to the provider's :class:`~opsgate.routing.breaker.CircuitBreaker`.
+A provider the alerting system :meth:`~Router.demote`\ s (a long outage) is tried after every other
+target until it is :meth:`~Router.restore`\ d; :meth:`~Router.probe` checks whether it recovered.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class Router:
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
+        self._demoted: set[str] = set()
         self._breakers = {
             name: CircuitBreaker(
                 name, clock, failure_threshold=failure_threshold, cooldown_s=cooldown_s
@@ -114,6 +117,46 @@ class Router:
         """Every provider breaker's state, for /metrics."""
         return [breaker.snapshot() for breaker in self._breakers.values()]
 
+    @property
+    def demoted(self) -> frozenset[str]:
+        """Providers moved to the end of every chain (see :meth:`demote`)."""
+        return frozenset(self._demoted)
+
+    def demote(self, provider: str) -> None:
+        """Move ``provider``'s targets behind every other target of each chain (order among the
+        others kept) until :meth:`restore`; the alerting system does this after a long outage."""
+        self._demoted.add(provider)
+
+    def restore(self, provider: str) -> None:
+        """Undo :meth:`demote` for ``provider`` (no-op when it is not demoted)."""
+        self._demoted.discard(provider)
+
+    def chain(self, policy: RoutePolicy) -> tuple[Target, ...]:
+        """``policy.chain`` with demoted providers' targets moved to the end, in their order."""
+        return tuple(sorted(policy.chain, key=lambda t: t.provider in self._demoted))
+
+    async def probe(self, provider: str, model: str, request: CompletionRequest, timeout_s: float) -> bool:
+        """One health-check call to ``provider`` if its breaker admits it (a half-open trial);
+        the outcome is reported to the breaker. True when the provider answered. Used to notice
+        that a demoted provider recovered, since a demoted provider sees little traffic."""
+        breaker = self._breakers.get(provider)
+        if breaker is None or not breaker.allow():
+            return False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._providers[provider].complete(request, model, timeout_s)
+        except ProviderError as exc:
+            breaker.record_failure(exc)
+            return False
+        except TimeoutError:
+            breaker.record_failure(ProviderTimeout(provider, f"no answer within {timeout_s:g} s"))
+            return False
+        except BaseException:
+            breaker.record_neutral()
+            raise
+        breaker.record_success()
+        return True
+
     async def complete(self, request: CompletionRequest, policy: RoutePolicy) -> Routed:
         """Serve ``request`` along ``policy.chain``; see the module docstring for the rules.
 
@@ -124,7 +167,7 @@ class Router:
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
         call = _Call(request, policy, deadline)
         last_error: ProviderError | None = None
-        for target in policy.chain:
+        for target in self.chain(policy):
             result = await self._try_target(call, target)
             if isinstance(result, Completion):
                 return Routed(result, call.attempts)
