@@ -9,6 +9,7 @@ Provider credentials and endpoints use the providers' conventional variable name
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -109,6 +110,54 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Exact origins (scheme://host[:port]) allowed by CORS."
     )
+
+    # monitoring (issue 7): health window, alert rules, notification channels, worker
+    health_window_s: int = Field(default=3600, gt=0, description="Default HealthMetrics window.")
+    alert_min_requests: int = Field(
+        default=20, ge=1, description="Requests a window needs before a rate/latency rule fires."
+    )
+    alert_error_rate_p2_pct: Decimal = Field(default=Decimal(1), description="Error rate > this: P2, page.")
+    alert_error_rate_p1_pct: Decimal = Field(default=Decimal(5), description="Error rate > this: P1.")
+    alert_p99_latency_ms: int = Field(default=5000, gt=0, description="p99 > this: warning (P2).")
+    alert_cost_discrepancy_pct: Decimal = Field(
+        default=Decimal(1), description="Reconciliation discrepancy > this: investigation (P2)."
+    )
+    alert_provider_unavailable_s: int = Field(
+        default=1800, gt=0, description="A provider unavailable this long is demoted (fallback)."
+    )
+    alert_repeat_interval_s: int = Field(
+        default=4 * 3600, gt=0, description="Re-send an unacknowledged open incident this often."
+    )
+    alert_eval_interval_s: float = Field(default=60.0, gt=0, description="Worker: alert rules cadence.")
+    canary_eval_interval_s: float = Field(
+        default=300.0, gt=0, description="Worker: canary metric evaluation cadence during a rollout."
+    )
+    worker_tick_s: float = Field(default=5.0, gt=0, description="Worker: outbox/escalation cadence.")
+    worker_lock_file: Path = Path(".opsgate/worker.lock")
+    provider_status_interval_s: float = Field(
+        default=15.0, gt=0, description="Serve: how often breaker states are published."
+    )
+    outbox_max_backoff_s: float = Field(default=300.0, gt=0)
+    outbox_give_up_s: float = Field(
+        default=24 * 3600.0, gt=0, description="A notification still failing after this is failed."
+    )
+    discord_webhook_url: SecretStr | None = Field(default=None, description="Discord execute-webhook URL.")
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = Field(default=None, description="E.164 sender number.")
+    twilio_base_url: str = "https://api.twilio.com"
+    sms_to: list[str] = Field(default_factory=list, description="E.164 on-call numbers (P1 SMS).")
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    email_from: str | None = None
+    email_to: list[str] = Field(default_factory=list, description="Team addresses (P2 and above).")
+    admin_email_to: list[str] = Field(default_factory=list, description="Last escalation level.")
+    admin_sms_to: list[str] = Field(default_factory=list, description="Last escalation level (SMS).")
 
     @classmethod
     def settings_customise_sources(
