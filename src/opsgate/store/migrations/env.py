@@ -6,6 +6,7 @@ from sqlalchemy import create_engine, pool
 import opsgate.ledger.models  # noqa: F401  (registers the ledger checkpoint and anchor tables)
 import opsgate.metering.models  # noqa: F401  (registers the metering tables)
 import opsgate.rollout.models  # noqa: F401  (registers the rollout tables)
+import opsgate.monitoring.models  # noqa: F401  (registers the monitoring tables)
 import opsgate.security.models  # noqa: F401  (registers the security tables and users columns)
 from opsgate.store.models import metadata
 
