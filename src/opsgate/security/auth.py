@@ -3,6 +3,10 @@
 Claims: ``sub`` (user id), ``role`` (user | operator | admin), ``iss``, ``aud``, ``iat``, ``nbf``,
 ``exp``, ``jti``. Verification pins ``algorithms=["HS256"]`` (so ``alg: none`` and algorithm
 confusion are rejected), requires every registered claim and checks issuer and audience.
+
+When an external identity provider is configured (:mod:`opsgate.security.idp`), a token whose
+unverified ``iss`` is the IdP's goes to the IdP verifier instead; the unverified claim only picks
+the verifier, each of which pins its own algorithms, key, issuer and audience.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jwt
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.security.errors import Unauthorized
+from opsgate.security.idp import idp_verifier
 
 ALGORITHM = "HS256"
 ROLES = ("user", "operator", "admin")
@@ -65,6 +70,9 @@ class TokenService:
         self._audience = settings.jwt_audience
         self._ttl = timedelta(seconds=settings.access_token_ttl_s)
         self._clock = clock
+        self._idp = idp_verifier(settings, clock)
+        if self._idp is not None and self._idp.issuer == self._issuer:
+            raise ValueError("OPSGATE_IDP_ISSUER must differ from OPSGATE_JWT_ISSUER")
 
     def issue(self, user_id: str, role: str) -> str:
         """Return a signed access token for ``user_id`` with ``role``, valid for the configured TTL."""
@@ -88,6 +96,9 @@ class TokenService:
 
         Raises :class:`Unauthorized` with a reason that names the failed check, never the token.
         """
+        if self._idp is not None and _unverified_issuer(token) == self._idp.issuer:
+            user_id, role = self._idp.verify(token)
+            return Principal(user_id=user_id, roles=(role,))
         try:
             claims = jwt.decode(
                 token,
@@ -115,6 +126,13 @@ class TokenService:
             raise Unauthorized("The access token has expired")
         if now < claims["nbf"]:
             raise Unauthorized("The access token is not valid yet")
+
+
+def _unverified_issuer(token: str) -> object:
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.InvalidTokenError:
+        return None
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -1,13 +1,23 @@
-"""Users and their roles (``users`` table). Plain functions over an engine."""
+"""Users: roles, Argon2id password hashes and encrypted email addresses (``users`` table).
+
+Plain functions over an engine. An email address is stored as an AES-256-GCM field ciphertext
+(context ``"users.email:<user_id>"``) beside its blind index, so :func:`find_by_email` needs no
+decryption and the database never holds the address in clear.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.errors import NotFound
 from opsgate.security.auth import ROLES
-from opsgate.store.models import users
+from opsgate.security.crypto import FieldCipher, normalise_email
+from opsgate.security.errors import Unauthorized
+from opsgate.security.models import users
+from opsgate.security.passwords import hash_password, needs_rehash, verify_password
+from opsgate.security.reencrypt import USERS_EMAIL
 
 
 def add_user(engine: Engine, clock: Clock, user_id: str, role: str = "user") -> bool:
@@ -34,3 +44,75 @@ def get_role(engine: Engine, user_id: str) -> str:
     if role is None:
         raise NotFound(f"no user {user_id!r}; create it with `opsgate users add {user_id}`")
     return role
+
+
+def set_role(engine: Engine, user_id: str, role: str) -> None:
+    """Change the role of an existing user. Raises ``ValueError`` for an unknown role and
+    :class:`NotFound` for an unknown user."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    _update(engine, user_id, role=role)
+
+
+def set_password(engine: Engine, user_id: str, password: str) -> None:
+    """Store the Argon2id hash of ``password`` (``ValueError`` when it is too short or too long)."""
+    _update(engine, user_id, password_hash=hash_password(password))
+
+
+def set_email(engine: Engine, cipher: FieldCipher, user_id: str, email: str) -> None:
+    """Store ``email`` encrypted with its blind index. Raises ``ValueError`` for a malformed
+    address or one another user already has, :class:`NotFound` for an unknown user."""
+    address = email.strip()
+    local, _, domain = address.rpartition("@")
+    if not local or "." not in domain or len(address) > 254 or any(c.isspace() for c in address):
+        raise ValueError("not an email address")
+    try:
+        _update(
+            engine,
+            user_id,
+            email_ciphertext=cipher.encrypt(address, USERS_EMAIL.context(user_id)),
+            email_blind_index=cipher.blind_index(normalise_email(address)),
+        )
+    except IntegrityError:
+        raise ValueError("another user has this email address") from None
+
+
+def get_email(engine: Engine, cipher: FieldCipher, user_id: str) -> str | None:
+    """The decrypted email address of ``user_id``, or None when it has none."""
+    with engine.connect() as conn:
+        blob = conn.execute(select(users.c.email_ciphertext).where(users.c.user_id == user_id)).scalar()
+    return None if blob is None else cipher.decrypt(blob, USERS_EMAIL.context(user_id))
+
+
+def find_by_email(engine: Engine, cipher: FieldCipher, email: str) -> str | None:
+    """The id of the user with ``email`` (case-insensitive, via the blind index), or None."""
+    index = cipher.blind_index(normalise_email(email))
+    with engine.connect() as conn:
+        return conn.execute(select(users.c.user_id).where(users.c.email_blind_index == index)).scalar()
+
+
+def authenticate(engine: Engine, cipher: FieldCipher, username: str, password: str) -> tuple[str, str]:
+    """Check a password for a user named by id or email address; returns ``(user_id, role)``.
+
+    Raises :class:`Unauthorized` with one message for an unknown user and a wrong password (the
+    unknown case still verifies a dummy hash, so timing does not tell them apart). A hash made with
+    outdated parameters is upgraded on success.
+    """
+    user_id = find_by_email(engine, cipher, username) if "@" in username else username
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(users.c.role, users.c.password_hash).where(users.c.user_id == user_id)
+        ).first()
+    stored = row.password_hash if row is not None else None
+    if not verify_password(stored, password) or row is None:
+        raise Unauthorized("Unknown user or wrong password")
+    if needs_rehash(stored):
+        set_password(engine, user_id, password)
+    return user_id, row.role
+
+
+def _update(engine: Engine, user_id: str, **values: object) -> None:
+    with engine.begin() as conn:
+        changed = conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
+    if not changed.rowcount:
+        raise NotFound(f"no user {user_id!r}; create it with `opsgate users add {user_id}`")

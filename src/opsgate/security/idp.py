@@ -1,0 +1,130 @@
+"""Access tokens from an external identity provider (Supabase Auth, Auth0, Keycloak, ...).
+
+Configured by ``idp_issuer`` and ``idp_audience`` plus exactly one key source:
+
+* ``idp_hs256_secret``: a shared HS256 secret (Supabase's legacy JWT secret); only HS256 accepted.
+* ``idp_jwks_url``: a JWKS document (RFC 7517) fetched over HTTP(S) by PyJWT's ``PyJWKClient``;
+  only ``idp_algorithm`` (RS256 or ES256, RFC 7518 §3.3/§3.4) is accepted, and the key is chosen
+  by the token's ``kid``. An unknown ``kid`` refetches the set at most once per
+  ``JWKS_REFETCH_S`` (a key rotation is picked up; random kids cannot make us hammer the IdP).
+
+Each mode pins its algorithm list, so ``alg: none`` and HS/RS confusion (an RSA public key used as
+an HMAC secret) cannot verify. ``iss``, ``aud``, ``exp``, ``nbf`` (when present) and ``iat`` are
+checked against the injected clock with no leeway. The principal is ``sub`` with the role from
+``idp_role_claim`` when configured (a value outside user/operator/admin is refused), else ``user``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+from jwt import PyJWKClient, PyJWKClientError
+
+from opsgate.clock import Clock
+from opsgate.config import Settings
+from opsgate.security.errors import Unauthorized
+
+JWKS_ALGORITHMS = ("RS256", "ES256")
+JWKS_REFETCH_S = 60.0
+JWKS_TIMEOUT_S = 5
+_ROLES = ("user", "operator", "admin")
+
+
+class IdpVerifier:
+    """Verifies one identity provider's tokens; build it with :func:`idp_verifier`."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        if not settings.idp_issuer or not settings.idp_audience:
+            raise ValueError("an identity provider needs OPSGATE_IDP_ISSUER and OPSGATE_IDP_AUDIENCE")
+        if (settings.idp_hs256_secret is None) == (settings.idp_jwks_url is None):
+            raise ValueError("set exactly one of OPSGATE_IDP_HS256_SECRET and OPSGATE_IDP_JWKS_URL")
+        self.issuer = settings.idp_issuer
+        self._audience = settings.idp_audience
+        self._role_claim = settings.idp_role_claim
+        self._clock = clock
+        self._secret = settings.idp_hs256_secret.get_secret_value().encode() if settings.idp_hs256_secret else None
+        if self._secret is not None and len(self._secret) < 32:
+            raise ValueError("OPSGATE_IDP_HS256_SECRET must be at least 32 bytes long")
+        if self._secret is None and settings.idp_algorithm not in JWKS_ALGORITHMS:
+            raise ValueError(f"OPSGATE_IDP_ALGORITHM must be one of {', '.join(JWKS_ALGORITHMS)}")
+        self._algorithm = "HS256" if self._secret is not None else settings.idp_algorithm
+        self._jwks = (
+            PyJWKClient(settings.idp_jwks_url, cache_keys=False, lifespan=300, timeout=JWKS_TIMEOUT_S)
+            if settings.idp_jwks_url
+            else None
+        )
+        self._last_fetch = float("-inf")
+
+    def verify(self, token: str) -> tuple[str, str]:
+        """``(user_id, role)`` from a valid IdP token. Raises :class:`Unauthorized` naming the
+        failed check (never the token)."""
+        key = self._secret if self._secret is not None else self._jwk(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self.issuer,
+                options={"require": ["sub", "iss", "aud", "exp", "iat"], "verify_exp": False,
+                         "verify_nbf": False, "verify_iat": False},
+            )
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise Unauthorized("The access token was issued for another service") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("The access token is malformed or its signature is invalid") from None
+        self._check_times(claims)
+        return claims["sub"], self._role(claims)
+
+    def _jwk(self, token: str) -> Any:
+        assert self._jwks is not None
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            raise Unauthorized("The access token is malformed or its signature is invalid") from None
+        if not isinstance(kid, str):
+            raise Unauthorized("The access token names no signing key (kid)")
+        key = self._find(kid, refresh=False)
+        if key is None and self._clock.monotonic() - self._last_fetch >= JWKS_REFETCH_S:
+            key = self._find(kid, refresh=True)
+        if key is None:
+            raise Unauthorized("The access token names an unknown signing key")
+        if key.algorithm_name != self._algorithm:
+            raise Unauthorized("The identity provider's key does not match the pinned algorithm")
+        return key.key
+
+    def _find(self, kid: str, *, refresh: bool) -> Any:
+        assert self._jwks is not None
+        try:
+            if refresh or self._last_fetch == float("-inf"):
+                self._last_fetch = self._clock.monotonic()
+                keys = self._jwks.get_jwk_set(refresh=True).keys
+            else:
+                keys = self._jwks.get_jwk_set().keys
+        except PyJWKClientError:
+            raise Unauthorized("The identity provider's keys are unavailable") from None
+        return next((k for k in keys if k.key_id == kid), None)
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        now = self._clock.now().timestamp()
+        exp, nbf = claims["exp"], claims.get("nbf", claims["iat"])
+        if not isinstance(exp, int | float) or not isinstance(nbf, int | float) or not isinstance(claims["sub"], str):
+            raise Unauthorized("The access token is malformed or its signature is invalid")
+        if now >= exp:
+            raise Unauthorized("The access token has expired")
+        if now < nbf:
+            raise Unauthorized("The access token is not valid yet")
+
+    def _role(self, claims: dict[str, Any]) -> str:
+        if self._role_claim is None:
+            return "user"
+        role = claims.get(self._role_claim, "user")
+        if role not in _ROLES:
+            raise Unauthorized("The access token carries an unknown role")
+        return role
+
+
+def idp_verifier(settings: Settings, clock: Clock) -> IdpVerifier | None:
+    """The configured identity provider's verifier, or None when ``idp_issuer`` is unset."""
+    return IdpVerifier(settings, clock) if settings.idp_issuer else None

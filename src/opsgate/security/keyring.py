@@ -1,0 +1,214 @@
+"""The versioned key ring for field encryption, stored wrapped in ``encryption_keys``.
+
+Every replica shares the ring through the database. Each data key (``purpose="data"``) is a random
+256-bit AES-GCM key with an integer ``key_id`` (1, 2, ...); the highest unretired one is current and
+encrypts new values, older ones still decrypt until :mod:`opsgate.security.reencrypt` has moved
+every row off them and they are retired. The blind-index key (``purpose="index"``) is separate and
+not rotated (rotating it would need every indexed plaintext; see docs/security.md).
+
+Keys are stored wrapped: ``nonce(12) || AES-256-GCM(master_key, key, aad="opsgate-key:<purpose>:<id>")``.
+The master key comes from ``OPSGATE_MASTER_KEY`` (base64 of 32 bytes) or a file (mode 0600) created
+on first use, like the JWT key; it never reaches the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from opsgate.clock import Clock
+from opsgate.config import Settings
+from opsgate.security.models import encryption_keys
+
+KEY_BYTES = 32
+INDEX_KEY_ID = 0
+RELOAD_S = 60.0
+
+
+class KeyRingError(Exception):
+    """The ring cannot serve a request: unknown key id, bad master key, retiring the current key."""
+
+
+def master_key(settings: Settings) -> bytes:
+    """The 32-byte master key from ``settings.master_key`` (base64) or ``settings.master_key_file``
+    (created with a random key, mode 0600, on first use). Raises :class:`KeyRingError` otherwise."""
+    if settings.master_key is not None:
+        raw = settings.master_key.get_secret_value()
+    else:
+        raw = _key_file(settings.master_key_file)
+    try:
+        key = base64.b64decode(raw, altchars=b"-_", validate=True)
+    except ValueError:
+        raise KeyRingError("OPSGATE_MASTER_KEY is not base64") from None
+    if len(key) != KEY_BYTES:
+        raise KeyRingError("OPSGATE_MASTER_KEY must decode to exactly 32 bytes")
+    return key
+
+
+def _key_file(path: Path) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode())
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One ring entry: ``key_id``, ``purpose`` (data | index), ``created_at`` and ``retired_at``."""
+
+    key_id: int
+    purpose: str
+    created_at: datetime
+    retired_at: datetime | None
+
+
+class KeyRing:
+    """Data keys by id plus the blind-index key; loads (and on first use creates) them lazily."""
+
+    def __init__(self, engine: Engine, master: bytes, clock: Clock) -> None:
+        self._engine = engine
+        self._wrap = AESGCM(master)
+        self._clock = clock
+        self._aeads: dict[int, AESGCM] = {}
+        self._index_key: bytes | None = None
+        self._versions: list[KeyVersion] = []
+        self._current: int | None = None
+        self._loaded_at = 0.0
+
+    def current(self) -> tuple[int, AESGCM]:
+        """The current data key's id and its AES-256-GCM instance (the ring is re-read when older
+        than ``RELOAD_S``, so a rotation by another process is seen within a minute)."""
+        if self._current is None or self._clock.monotonic() - self._loaded_at >= RELOAD_S:
+            self.reload()
+        assert self._current is not None
+        return self._current, self._aeads[self._current]
+
+    def aead(self, key_id: int) -> AESGCM:
+        """The AES-256-GCM instance of data key ``key_id`` (reloads once for a key another replica
+        added). Raises :class:`KeyRingError` for an unknown id."""
+        aead = self._aeads.get(key_id)
+        if aead is None:
+            self.reload()
+            aead = self._aeads.get(key_id)
+        if aead is None:
+            raise KeyRingError(f"no data key {key_id} in the key ring")
+        return aead
+
+    def index_key(self) -> bytes:
+        """The 32-byte HMAC-SHA256 key of the blind index."""
+        if self._index_key is None:
+            self.reload()
+        assert self._index_key is not None
+        return self._index_key
+
+    def versions(self) -> list[KeyVersion]:
+        """Every key version, freshly read, ordered by id (the index key is id 0)."""
+        self.reload()
+        return list(self._versions)
+
+    def reload(self) -> None:
+        """Read the ring from the database, creating the first data key and the index key if absent."""
+        rows = self._rows()
+        if not any(r.purpose == "data" for r in rows) or not any(r.purpose == "index" for r in rows):
+            self._create_missing(rows)
+            rows = self._rows()
+        self._versions = [KeyVersion(r.key_id, r.purpose, r.created_at, r.retired_at) for r in rows]
+        for r in rows:
+            if r.retired_at is not None:
+                continue
+            key = self._unwrap(r.key_id, r.purpose, r.wrapped)
+            if r.purpose == "index":
+                self._index_key = key
+            else:
+                self._aeads[r.key_id] = AESGCM(key)
+        active = [r.key_id for r in rows if r.purpose == "data" and r.retired_at is None]
+        self._current = max(active)
+        self._loaded_at = self._clock.monotonic()
+
+    def age_s(self, key_id: int) -> float:
+        """Seconds since key ``key_id`` was created (by the injected clock)."""
+        created = next(v.created_at for v in self._versions if v.key_id == key_id)
+        return (self._clock.now() - _utc(created)).total_seconds()
+
+    def rotate(self) -> int:
+        """Add a new data key version and make it current; returns its id."""
+        self.reload()  # the first key exists before there is a second
+        while True:
+            rows = self._rows()
+            key_id = max((r.key_id for r in rows), default=INDEX_KEY_ID) + 1
+            if self._insert(key_id, "data"):
+                self.reload()
+                return key_id
+
+    def retire(self, key_id: int) -> None:
+        """Mark data key ``key_id`` retired (its material is deleted). The caller must first make
+        sure no row uses it (:func:`opsgate.security.reencrypt.retire_unused`); the current key
+        cannot be retired. Raises :class:`KeyRingError`."""
+        current, _ = self.current()
+        if key_id == current:
+            raise KeyRingError("the current data key cannot be retired; rotate first")
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                update(encryption_keys)
+                .where(encryption_keys.c.key_id == key_id, encryption_keys.c.purpose == "data")
+                .values(retired_at=self._clock.now(), wrapped=b"")
+            )
+        if not done.rowcount:
+            raise KeyRingError(f"no data key {key_id} in the key ring")
+        self._aeads.pop(key_id, None)
+        self.reload()
+
+    def _rows(self) -> list:
+        with self._engine.connect() as conn:
+            return list(conn.execute(select(encryption_keys).order_by(encryption_keys.c.key_id)))
+
+    def _create_missing(self, rows: list) -> None:
+        if not any(r.purpose == "index" for r in rows):
+            self._insert(INDEX_KEY_ID, "index")
+        if not any(r.purpose == "data" for r in rows):
+            self._insert(1, "data")
+
+    def _insert(self, key_id: int, purpose: str) -> bool:
+        """Insert a fresh wrapped key; False when another process took ``key_id`` first."""
+        key = secrets.token_bytes(KEY_BYTES)
+        nonce = secrets.token_bytes(12)
+        wrapped = nonce + self._wrap.encrypt(nonce, key, _wrap_aad(key_id, purpose))
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(encryption_keys).values(
+                        key_id=key_id, purpose=purpose, wrapped=wrapped, created_at=self._clock.now()
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def _unwrap(self, key_id: int, purpose: str, wrapped: bytes) -> bytes:
+        try:
+            return self._wrap.decrypt(wrapped[:12], wrapped[12:], _wrap_aad(key_id, purpose))
+        except InvalidTag:
+            raise KeyRingError("the master key does not unwrap the key ring") from None
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _wrap_aad(key_id: int, purpose: str) -> bytes:
+    return f"opsgate-key:{purpose}:{key_id}".encode()

@@ -1,0 +1,45 @@
+"""Tables of the security domain (on :data:`opsgate.store.models.metadata`, migration 0005).
+
+``users`` (the store's table) gains ``password_hash`` (Argon2id PHC string), ``email_ciphertext``
+(AES-256-GCM field ciphertext, see :mod:`opsgate.security.crypto`) and ``email_blind_index``
+(HMAC-SHA256 of the normalised address, unique, for lookups by email).
+
+``encryption_keys``: the versioned key ring. ``wrapped`` is ``nonce(12) || AES-256-GCM(master key,
+data key)``; ``purpose`` is ``data`` (field encryption, rotated) or ``index`` (blind index).
+
+``refresh_tokens``: opaque refresh tokens by SHA-256 hash, grouped in rotation families.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Index, Integer, LargeBinary, String, Table
+
+from opsgate.store.models import metadata, users
+
+users.append_column(Column("password_hash", String(255), nullable=True))
+users.append_column(Column("email_ciphertext", LargeBinary, nullable=True))
+users.append_column(Column("email_blind_index", LargeBinary(32), nullable=True, unique=True))
+
+encryption_keys = Table(
+    "encryption_keys",
+    metadata,
+    Column("key_id", Integer, primary_key=True, autoincrement=False),
+    Column("purpose", String(16), nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("family_id", String(32), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("rotated_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+Index("ix_refresh_tokens_family", refresh_tokens.c.family_id)
+Index("ix_refresh_tokens_user", refresh_tokens.c.user_id)

@@ -1,0 +1,125 @@
+"""Opaque refresh tokens: stored hashed, rotated on every use, reuse revokes the family.
+
+A token is ``ogr_`` + 43 base64url characters (256 random bits). Only ``SHA-256(token)`` is
+stored (a high-entropy token needs no slow hash). Every token belongs to a *family* started by
+one login; :meth:`RefreshTokens.rotate` marks the presented token rotated and issues its successor
+in the same family, atomically (``UPDATE ... WHERE rotated_at IS NULL``), so of two concurrent
+rotations exactly one wins.
+
+Reuse detection (OAuth 2.0 Security BCP, RFC 9700 §4.14.2): presenting an already rotated token
+revokes the whole family and fails, *except* within ``refresh_reuse_grace_s`` (default 10 s) of
+its rotation, which is the loser of a concurrent refresh (two browser tabs, a retried request):
+it gets a new sibling token in the same family instead. Revoked, expired and unknown tokens fail
+with 401 ``unauthorized``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from opsgate.clock import Clock
+from opsgate.security.errors import Unauthorized
+from opsgate.security.models import refresh_tokens
+
+PREFIX = "ogr_"
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A new refresh token (shown once), its ``family_id``, ``user_id`` and ``expires_at`` (UTC)."""
+
+    token: str
+    family_id: str
+    user_id: str
+    expires_at: datetime
+
+
+class RefreshTokens:
+    """Issue, rotate and revoke refresh tokens in ``refresh_tokens``."""
+
+    def __init__(self, engine: Engine, clock: Clock, ttl_s: int, grace_s: float) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._ttl = timedelta(seconds=ttl_s)
+        self._grace = timedelta(seconds=grace_s)
+
+    def issue(self, user_id: str) -> Issued:
+        """Start a new family for ``user_id`` (a login) and return its first token."""
+        with self._engine.begin() as conn:
+            return self._insert(conn, user_id, uuid.uuid4().hex)
+
+    def rotate(self, token: str) -> Issued:
+        """Exchange ``token`` for its successor. Raises :class:`Unauthorized` when it is unknown,
+        expired, revoked, or reused after the grace window (which revokes its family)."""
+        digest = _hash(token)
+        now = self._clock.now()
+        with self._engine.begin() as conn:  # write first: the transaction holds the row lock
+            won = conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.token_hash == digest, refresh_tokens.c.rotated_at.is_(None))
+                .values(rotated_at=now)
+            ).rowcount
+            row = conn.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == digest)).first()
+            if row is None or row.revoked_at is not None or now >= _utc(row.expires_at):
+                raise Unauthorized("The refresh token is not valid")  # rolls the UPDATE back
+            if won or now - _utc(row.rotated_at) <= self._grace:
+                return self._insert(conn, row.user_id, row.family_id)
+        self.revoke_family(row.family_id)
+        raise Unauthorized("The refresh token was already used; every session of this login is revoked")
+
+    def revoke(self, token: str) -> bool:
+        """Revoke the family of ``token`` (logout); False when the token is unknown."""
+        with self._engine.connect() as conn:
+            family = conn.execute(
+                select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == _hash(token))
+            ).scalar()
+        if family is None:
+            return False
+        self.revoke_family(family)
+        return True
+
+    def revoke_family(self, family_id: str) -> None:
+        """Revoke every token of ``family_id``."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=self._clock.now())
+            )
+
+    def revoke_user(self, user_id: str) -> None:
+        """Revoke every refresh token of ``user_id`` (role change, password change)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.user_id == user_id, refresh_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=self._clock.now())
+            )
+
+    def _insert(self, conn: Connection, user_id: str, family_id: str) -> Issued:
+        token = PREFIX + secrets.token_urlsafe(32)
+        now = self._clock.now()
+        conn.execute(
+            insert(refresh_tokens).values(
+                token_hash=_hash(token),
+                family_id=family_id,
+                user_id=user_id,
+                created_at=now,
+                expires_at=now + self._ttl,
+            )
+        )
+        return Issued(token, family_id, user_id, now + self._ttl)
+
+
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
