@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput
@@ -111,16 +111,19 @@ def set_budget(
     return _budget(row)
 
 
+_APPLICABLE = (
+    select(budgets)
+    .where(or_(budgets.c.user_id == bindparam("user_id"), budgets.c.user_id == ANY),
+           or_(budgets.c.operation == bindparam("operation"), budgets.c.operation == ANY))
+    .order_by(budgets.c.id)
+)
+
+
 def applicable_budgets(engine: Engine, user_id: str, operation: str) -> list[Budget]:
     """Every budget that a call by ``user_id`` on ``operation`` is charged against, by id."""
-    query = (
-        select(budgets)
-        .where(or_(budgets.c.user_id == user_id, budgets.c.user_id == ANY),
-               or_(budgets.c.operation == operation, budgets.c.operation == ANY))
-        .order_by(budgets.c.id)
-    )
     with engine.connect() as conn:
-        return [_budget(row) for row in conn.execute(query)]
+        rows = conn.execute(_APPLICABLE, {"user_id": user_id, "operation": operation})
+        return [_budget(row) for row in rows]
 
 
 def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:

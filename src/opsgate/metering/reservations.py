@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from opsgate.clock import Clock
@@ -40,6 +40,42 @@ log = logging.getLogger("opsgate.metering")
 
 OPEN, SETTLED, UNKNOWN_USAGE, EXPIRED = "open", "settled", "unknown_usage", "expired"
 _SQLITE_WRITE_LOCK = text("INSERT INTO budget_counters SELECT * FROM budget_counters WHERE 0")
+
+# Statements are built once, with bound parameters: building SQLAlchemy expressions per call cost
+# more than the database work on the request path.
+_c, _r = budget_counters.c, budget_reservations.c
+_ENSURE = {
+    name: dialect.insert(budget_counters)
+    .values(budget_id=bindparam("b"), period_start=bindparam("p"), spent_micro_usd=0,
+            reserved_micro_usd=0)
+    .on_conflict_do_nothing()
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+_HOLD = (
+    update(budget_counters)
+    .where(_c.budget_id == bindparam("b"), _c.period_start == bindparam("p"),
+           _c.spent_micro_usd + _c.reserved_micro_usd + bindparam("amount")
+           <= select(budgets.c.limit_micro_usd).where(budgets.c.id == bindparam("b")).scalar_subquery())
+    .values(reserved_micro_usd=_c.reserved_micro_usd + bindparam("amount"))
+)
+_ROWS = (
+    select(_r.budget_id, _r.period_start, _r.worst_micro_usd, _r.state)
+    .where(_r.request_id == bindparam("rid"), _r.state.in_(bindparam("states", expanding=True)))
+    .order_by(_r.budget_id)
+    .with_for_update()
+)
+_MARK = (
+    update(budget_reservations)
+    .where(_r.request_id == bindparam("rid"), _r.budget_id == bindparam("b"))
+    .values(state=bindparam("new_state"), actual_micro_usd=bindparam("amount"),
+            settled_at=bindparam("now"))
+)
+_APPLY = (
+    update(budget_counters)
+    .where(_c.budget_id == bindparam("b"), _c.period_start == bindparam("p"))
+    .values(reserved_micro_usd=_c.reserved_micro_usd - bindparam("released"),
+            spent_micro_usd=_c.spent_micro_usd + bindparam("spent_delta"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,24 +186,11 @@ def _lock(conn: Connection) -> None:
 
 
 def _ensure_counter(conn: Connection, budget_id: int, start: datetime) -> None:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(
-        dialect_insert(budget_counters)
-        .values(budget_id=budget_id, period_start=start, spent_micro_usd=0, reserved_micro_usd=0)
-        .on_conflict_do_nothing()
-    )
+    conn.execute(_ENSURE[conn.dialect.name], {"b": budget_id, "p": start})
 
 
 def _hold(conn: Connection, budget_id: int, start: datetime, amount: int) -> bool:
-    c = budget_counters.c
-    limit = select(budgets.c.limit_micro_usd).where(budgets.c.id == budget_id).scalar_subquery()
-    result = conn.execute(
-        update(budget_counters)
-        .where(c.budget_id == budget_id, c.period_start == start,
-               c.spent_micro_usd + c.reserved_micro_usd + amount <= limit)
-        .values(reserved_micro_usd=c.reserved_micro_usd + amount)
-    )
-    return result.rowcount == 1
+    return conn.execute(_HOLD, {"b": budget_id, "p": start, "amount": amount}).rowcount == 1
 
 
 def _close(
@@ -184,30 +207,16 @@ def _close(
     ``reserved``; an ``expired`` row (already charged its worst case) corrects ``spent``.
     Returns the (budget id, period start) counters touched.
     """
-    r = budget_reservations.c
-    rows = conn.execute(
-        select(r.budget_id, r.period_start, r.worst_micro_usd, r.state)
-        .where(r.request_id == request_id, r.state.in_(from_states))
-        .order_by(r.budget_id)
-        .with_for_update()
-    ).all()
+    rows = conn.execute(_ROWS, {"rid": request_id, "states": list(from_states)}).all()
     now = clock.now()
     for row in rows:
         amount = row.worst_micro_usd if charged is None else charged
-        conn.execute(
-            update(budget_reservations)
-            .where(r.request_id == request_id, r.budget_id == row.budget_id)
-            .values(state=state, actual_micro_usd=amount, settled_at=now)
-        )
+        conn.execute(_MARK, {"rid": request_id, "b": row.budget_id, "new_state": state,
+                             "amount": amount, "now": now})
         released = row.worst_micro_usd if row.state == OPEN else 0
         spent_delta = amount if row.state == OPEN else amount - row.worst_micro_usd
-        c = budget_counters.c
-        conn.execute(
-            update(budget_counters)
-            .where(c.budget_id == row.budget_id, c.period_start == row.period_start)
-            .values(reserved_micro_usd=c.reserved_micro_usd - released,
-                    spent_micro_usd=c.spent_micro_usd + spent_delta)
-        )
+        conn.execute(_APPLY, {"b": row.budget_id, "p": row.period_start, "released": released,
+                              "spent_delta": spent_delta})
     return [(row.budget_id, row.period_start) for row in rows]
 
 
