@@ -68,7 +68,7 @@ class RefreshTokens:
             row = conn.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == digest)).first()
             if row is None or row.revoked_at is not None or now >= _utc(row.expires_at):
                 raise Unauthorized("The refresh token is not valid")  # rolls the UPDATE back
-            if won or now - _utc(row.rotated_at) <= self._grace:
+            if won or now - _utc(row.rotated_at) < self._grace:
                 return self._insert(conn, row.user_id, row.family_id)
         self.revoke_family(row.family_id)
         raise Unauthorized("The refresh token was already used; every session of this login is revoked")
