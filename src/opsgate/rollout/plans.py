@@ -7,6 +7,7 @@ observation >= 0 s. Raises :class:`~opsgate.rollout.errors.InvalidPlan` naming t
 
 from __future__ import annotations
 
+import itertools
 import json
 import tomllib
 from pathlib import Path
@@ -22,7 +23,7 @@ def parse_plan(data: dict[str, Any]) -> Plan:
     if not isinstance(raw, list) or not raw:
         raise InvalidPlan("a plan needs a non-empty list of stages")
     stages = tuple(Stage(_percentage(s), _seconds(s, "hours", "seconds")) for s in raw)
-    if any(b.percentage <= a.percentage for a, b in zip(stages, stages[1:])):
+    if any(b.percentage <= a.percentage for a, b in itertools.pairwise(stages)):
         raise InvalidPlan("stage percentages must increase strictly")
     if any(s.seconds <= 0 for s in stages):
         raise InvalidPlan("every stage needs a duration above 0")
