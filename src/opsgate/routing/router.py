@@ -16,8 +16,8 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
 A request-side error that must not fall back is re-raised as is, with ``error.attempts`` set.
 When the chain is exhausted, :class:`~opsgate.routing.errors.AllProvidersFailed` is raised.
 Every outcome is reported to the provider's :class:`~opsgate.routing.breaker.CircuitBreaker`.
-A provider the alerting system :meth:`~Router.demote`\ s (a long outage) is tried after every other
-target until it is :meth:`~Router.restore`\ d; :meth:`~Router.probe` checks whether it recovered.
+A provider the alerting system :meth:`~Router.demote` (after a long outage) is tried after every other
+target until :meth:`~Router.restore`; :meth:`~Router.probe` checks whether it recovered.
 """
 
 from __future__ import annotations

@@ -1,0 +1,46 @@
+"""Where other domains' events enter alerting: each becomes a ``monitoring_signals`` row (one
+cheap insert on the caller's path) that the worker turns into an incident.
+
+- metering's :class:`~opsgate.metering.enforcement.EnforcementHooks`: every
+  :class:`EnforcementFailure` → signal ``enforcement_failure`` (subject: the operation or ``*``);
+  the worker opens a P1 ``budget_enforcement`` incident and disables the operation.
+- rollout's ``RolloutService.listeners``: every :class:`RolloutEvent` (``rollout.rolled_back`` P2,
+  ``rollout.escalated`` P1) → a signal of that kind (subject: the rollout id).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine, insert
+
+from opsgate.clock import Clock
+from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
+from opsgate.monitoring.health import ENFORCEMENT_FAILURE
+from opsgate.monitoring.models import signals
+from opsgate.rollout.service import RolloutEvent, RolloutService
+
+log = logging.getLogger("opsgate.monitoring")
+
+
+def record_signal(engine: Engine, clock: Clock, kind: str, subject: str, *, ok: bool,
+                  detail: str, severity: str | None = None) -> None:
+    """Insert one signal row (``detail`` cut to 2,000 characters)."""
+    with engine.begin() as conn:
+        conn.execute(insert(signals).values(kind=kind, subject=subject[:128], severity=severity, ok=ok,
+                                            detail=detail[:2000], at=clock.now()))
+
+
+def attach(engine: Engine, clock: Clock, enforcement: EnforcementHooks | None,
+           rollout: RolloutService | None) -> None:
+    """Subscribe alerting to metering's enforcement failures and rollout's alert events."""
+    if enforcement is not None:
+        def on_failure(event: EnforcementFailure) -> None:
+            record_signal(engine, clock, ENFORCEMENT_FAILURE, event.operation or "*", ok=False,
+                          severity="P1", detail=f"{event.reason}: {event.detail}")
+        enforcement.subscribe(on_failure)
+    if rollout is not None:
+        def on_rollout(event: RolloutEvent) -> None:
+            record_signal(engine, clock, event.kind, str(event.rollout_id), ok=False, severity=event.severity,
+                          detail=f"{', '.join(event.operations)}: {event.reason}")
+        rollout.listeners.append(on_rollout)

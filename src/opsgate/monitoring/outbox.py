@@ -1,0 +1,167 @@
+"""The durable notification outbox (transactional outbox pattern).
+
+A notification is rendered into wire payloads and stored (``monitoring_outbox``) in the same
+transaction as the incident change that caused it, before any send. :meth:`Outbox.dispatch_once`
+then delivers due rows:
+
+- **claiming**: PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` then an UPDATE to ``sending``
+  in one transaction; SQLite a conditional ``UPDATE ... WHERE id = ? AND <still due>`` whose
+  rowcount says who won. A claim lasts ``claim_s``; a worker that died mid-send leaves a claim that
+  expires and is taken again (nothing is lost across a restart). Two workers never hold one row,
+  and the unique (channel, recipient, notify_key) means one event is stored once, so a dedup key
+  and state are sent once.
+- **retry**: 429 waits ``max(Retry-After, backoff)``; 5xx and network errors back off
+  exponentially (1, 2, 4, ... s, at most ``max_backoff_s``); a row still failing ``give_up_s``
+  after it was stored fails for good.
+- **permanent failure** (4xx other than 429, SMTP 5xx, or giving up): the row is ``failed`` with
+  its status and error, the incident's timeline records it, and a ``delivery_failure``
+  notification goes out through the first other configured channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from opsgate.clock import Clock
+from opsgate.monitoring.models import incident_events, outbox
+from opsgate.monitoring.notifiers import DeliveryError, Notification, Notifier
+
+log = logging.getLogger("opsgate.monitoring")
+
+CHANNEL_ORDER = ("discord", "email", "pagerduty", "sms")
+PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+
+Recipients = Callable[[str], list[str]]
+
+
+def outbox_rows(notifiers: Mapping[str, Notifier], note: Notification, targets: list[tuple[str, str]],
+                notify_key: str, now: datetime) -> list[dict[str, Any]]:
+    """Rows to insert for ``note`` to every (channel, recipient) of ``targets``; a payload split
+    in parts (Discord) gets ``#i/n`` appended to its notify key."""
+    rows = []
+    for channel, recipient in targets:
+        payloads = notifiers[channel].render(note, recipient)
+        for i, payload in enumerate(payloads, 1):
+            key = notify_key if len(payloads) == 1 else f"{notify_key}#{i}/{len(payloads)}"
+            rows.append({
+                "notify_key": key[:255], "channel": channel, "recipient": recipient,
+                "incident_id": note.incident_id, "payload": json.dumps(payload), "state": PENDING,
+                "attempts": 0, "next_attempt_at": now, "created_at": now,
+            })
+    return rows
+
+
+class Outbox:
+    """Delivers stored notifications through ``notifiers`` (by channel name).
+
+    ``fallback_recipient(channel)`` names who gets a delivery-failure notice on that channel
+    (empty string for webhook channels). Times come from ``clock``; ``worker_id`` marks claims.
+    """
+
+    def __init__(self, engine: Engine, clock: Clock, notifiers: Mapping[str, Notifier], worker_id: str,
+                 fallback_recipients: Recipients, *, max_backoff_s: float = 300.0,
+                 give_up_s: float = 86400.0, claim_s: float = 120.0) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.notifiers = dict(notifiers)
+        self.worker_id = worker_id[:64]
+        self.fallback_recipients = fallback_recipients
+        self.max_backoff_s = max_backoff_s
+        self.give_up_s = give_up_s
+        self.claim_s = claim_s
+
+    def claim(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` due rows for this worker (see the module docstring)."""
+        now = self.clock.now()
+        due = or_(and_(outbox.c.state == PENDING, outbox.c.next_attempt_at <= now),
+                  and_(outbox.c.state == SENDING, outbox.c.claim_expires_at <= now))
+        claim = {"state": SENDING, "claimed_by": self.worker_id,
+                 "claim_expires_at": now + timedelta(seconds=self.claim_s)}
+        query = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                ids = list(conn.execute(query.with_for_update(skip_locked=True)).scalars())
+                conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(claim))
+            else:
+                ids = [i for i in conn.execute(query).scalars()
+                       if conn.execute(update(outbox).where(outbox.c.id == i, due).values(claim)).rowcount]
+            return [dict(r) for r in conn.execute(select(outbox).where(outbox.c.id.in_(ids))
+                                                  .order_by(outbox.c.id)).mappings()]
+
+    async def dispatch_once(self, limit: int = 50) -> int:
+        """Claim and send due rows one by one; returns how many were sent."""
+        sent = 0
+        for row in self.claim(limit):
+            notifier = self.notifiers.get(row["channel"])
+            try:
+                if notifier is None:
+                    raise DeliveryError(f"channel {row['channel']} is not configured", permanent=True)
+                await notifier.send(json.loads(row["payload"]))
+            except DeliveryError as exc:
+                self._failed_attempt(row, exc)
+            except Exception as exc:  # a bug in a notifier must not stop the others
+                log.exception("notifier %s raised", row["channel"])
+                self._failed_attempt(row, DeliveryError(type(exc).__name__))
+            else:
+                self._finish(row, {"state": SENT, "sent_at": self.clock.now(), "last_status": None,
+                                   "attempts": row["attempts"] + 1})
+                sent += 1
+        return sent
+
+    def _failed_attempt(self, row: dict[str, Any], exc: DeliveryError) -> None:
+        now = self.clock.now()
+        attempts = row["attempts"] + 1
+        values = {"attempts": attempts, "last_status": exc.status, "last_error": exc.detail[:1000]}
+        given_up = now - _utc(row["created_at"]) >= timedelta(seconds=self.give_up_s)
+        if exc.permanent or given_up:
+            self._finish(row, {**values, "state": FAILED}, lambda conn: self._report(conn, row, exc))
+            return
+        wait = min(self.max_backoff_s, 2.0 ** (attempts - 1))
+        if exc.retry_after is not None:
+            wait = max(wait, exc.retry_after)
+        self._finish(row, {**values, "state": PENDING, "next_attempt_at": now + timedelta(seconds=wait)})
+
+    def _finish(self, row: dict[str, Any], values: dict[str, Any],
+                also: Callable[[Connection], None] | None = None) -> None:
+        """Record the outcome, only if this worker still holds the claim."""
+        with self.engine.begin() as conn:
+            done = conn.execute(update(outbox).where(
+                outbox.c.id == row["id"], outbox.c.state == SENDING, outbox.c.claimed_by == self.worker_id,
+            ).values({**values, "claimed_by": None, "claim_expires_at": None}))
+            if done.rowcount and also is not None:
+                also(conn)
+
+    def _report(self, conn: Connection, row: dict[str, Any], exc: DeliveryError) -> None:
+        """Timeline entry and a delivery-failure notice on another channel."""
+        now = self.clock.now()
+        detail = f"{row['channel']} to {row['recipient'] or 'webhook'} failed for good: {exc.detail}"
+        if row["incident_id"]:
+            conn.execute(insert(incident_events).values(
+                incident_id=row["incident_id"], at=now, kind="delivery_failed", actor="outbox",
+                detail=detail[:2000]))
+        other = next((c for c in CHANNEL_ORDER if c in self.notifiers and c != row["channel"]
+                      and (c in ("discord", "pagerduty") or self.fallback_recipients(c))), None)
+        if other is None:
+            log.error("notification %s failed and no other channel is configured: %s", row["id"], detail)
+            return
+        note = Notification("delivery_failure", row["incident_id"] or "-", f"outbox:{row['id']}", "P2",
+                            f"Notification delivery failed ({row['channel']})", detail, now.isoformat())
+        recipients = self.fallback_recipients(other) or [""]
+        targets = [(other, r) for r in recipients]
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(outbox), outbox_rows(self.notifiers, note, targets,
+                                                         f"delivery_failure:{row['id']}", now))
+        except IntegrityError:  # already reported
+            pass
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,287 @@
+"""``opsgate worker``: the periodic jobs, run by one leader among any number of workers.
+
+Leadership: PostgreSQL ``pg_try_advisory_lock(LEADER_KEY)`` held on a dedicated session (the
+server releases it when that session dies); SQLite an exclusive ``flock`` on
+``worker_lock_file`` (the kernel releases it when the process dies). A standby retries every tick
+and takes over as soon as the leader is gone. The leader records itself in ``monitoring_workers``.
+
+Jobs per tick (``worker_tick_s``), each on its cadence: signals → incidents (and disabling an
+operation after a budget enforcement failure); alert rules every ``alert_eval_interval_s`` (with
+the outage fallback: demote / restore); the canary evaluation every ``canary_eval_interval_s``
+while a rollout is active; ledger verification hourly; escalations and repeats; the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+from sqlalchemy import Connection, Engine, select, text, update
+
+from opsgate.clock import Clock
+from opsgate.config import Settings
+from opsgate.errors import OpsgateError
+from opsgate.ledger.verify import verify
+from opsgate.ledger.writer import Ledger
+from opsgate.monitoring.escalation import Contacts
+from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY
+from opsgate.monitoring.hooks import attach, record_signal
+from opsgate.monitoring.incidents import IncidentService
+from opsgate.monitoring.models import alerts, signals, workers
+from opsgate.monitoring.notifiers import Notifier
+from opsgate.monitoring.notifiers.discord import DiscordNotifier
+from opsgate.monitoring.notifiers.email import EmailNotifier
+from opsgate.monitoring.notifiers.pagerduty import PagerDutyNotifier
+from opsgate.monitoring.notifiers.sms import TwilioSmsNotifier
+from opsgate.monitoring.outbox import Outbox
+from opsgate.monitoring.providers import demote, restore
+from opsgate.monitoring.rules import OUTAGE, Finding, RuleConfig, Severity, evaluate
+from opsgate.providers.http import make_session
+from opsgate.rollout.service import RolloutService, disable_operation
+from opsgate.store.db import is_sqlite, make_engine, upgrade
+
+log = logging.getLogger("opsgate.monitoring")
+
+LEADER_KEY = 0x6F70_7367_6174_6557
+"""PostgreSQL advisory lock id of worker leadership (ASCII "opsgateW")."""
+LEDGER_VERIFY_INTERVAL_S = 3600.0
+
+
+class Leadership:
+    """One worker's claim to lead. :meth:`try_acquire` is non-blocking and idempotent."""
+
+    def __init__(self, engine: Engine, lock_file: Path) -> None:
+        self.engine = engine
+        self.lock_file = lock_file
+        self._file: IO[str] | None = None
+        self._conn: Connection | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this worker leads."""
+        return self._file is not None or self._conn is not None
+
+    def try_acquire(self) -> bool:
+        """Take leadership if nobody holds it; True when this worker leads."""
+        if self.held:
+            return True
+        if is_sqlite(str(self.engine.url)):
+            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_file, "a+")  # noqa: SIM115 (held open while leading)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return False
+            self._file = handle
+            return True
+        conn = self.engine.connect()
+        if conn.execute(text(f"SELECT pg_try_advisory_lock({LEADER_KEY})")).scalar():
+            conn.commit()
+            self._conn = conn
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        """Give leadership up (closing the lock file / session releases the lock)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def build_notifiers(settings: Settings, session: aiohttp.ClientSession) -> dict[str, Notifier]:
+    """A notifier for every channel whose settings are complete."""
+    found: dict[str, Notifier] = {}
+    if settings.discord_webhook_url:
+        found["discord"] = DiscordNotifier(session, settings.discord_webhook_url.get_secret_value())
+    if settings.pagerduty_routing_key:
+        found["pagerduty"] = PagerDutyNotifier(session, settings.pagerduty_url,
+                                               settings.pagerduty_routing_key.get_secret_value())
+    if settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from:
+        found["sms"] = TwilioSmsNotifier(session, settings.twilio_base_url, settings.twilio_account_sid,
+                                         settings.twilio_auth_token.get_secret_value(), settings.twilio_from)
+    if settings.smtp_host and settings.email_from:
+        found["email"] = EmailNotifier(
+            settings.smtp_host, settings.smtp_port, settings.email_from, username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            starttls=settings.smtp_starttls)
+    return found
+
+
+class Worker:
+    """The jobs of one worker process over ``engine`` (see the module docstring)."""
+
+    def __init__(self, settings: Settings, engine: Engine, ledger: Ledger, clock: Clock,
+                 session: aiohttp.ClientSession, *, worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.ledger = ledger
+        self.clock = clock
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.notifiers = build_notifiers(settings, session)
+        self.contacts = Contacts.from_settings(settings, frozenset(self.notifiers))
+        self.incidents = IncidentService(engine, ledger, clock, self.notifiers, self.contacts,
+                                         repeat_interval_s=settings.alert_repeat_interval_s)
+        self.outbox = Outbox(engine, clock, self.notifiers, self.worker_id, self.contacts.recipients,
+                             max_backoff_s=settings.outbox_max_backoff_s, give_up_s=settings.outbox_give_up_s)
+        self.rules = RuleConfig.from_settings(settings)
+        self.rollout = RolloutService(engine, ledger, clock)
+        attach(engine, clock, None, self.rollout)
+        self.leadership = Leadership(engine, settings.worker_lock_file)
+        self._last: dict[str, float] = {}
+
+    async def tick(self) -> bool:
+        """Run every due job if this worker leads; False when it is a standby."""
+        if not self.leadership.try_acquire():
+            return False
+        await asyncio.to_thread(self._heartbeat)
+        if self._due("ledger", LEDGER_VERIFY_INTERVAL_S):
+            await asyncio.to_thread(self.verify_ledger)
+        await asyncio.to_thread(self.handle_signals)
+        if self._due("rules", self.settings.alert_eval_interval_s):
+            await asyncio.to_thread(self.evaluate_rules)
+        if self._due("canary", self.settings.canary_eval_interval_s):
+            await asyncio.to_thread(self.evaluate_canary)
+        await asyncio.to_thread(self.incidents.escalate_due)
+        await asyncio.to_thread(self.incidents.repeat_due)
+        while await self.outbox.dispatch_once():
+            pass
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """:meth:`tick` every ``worker_tick_s`` until ``stop`` is set; errors are logged."""
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("worker tick failed")
+                try:
+                    await asyncio.wait_for(stop.wait(), self.settings.worker_tick_s)
+                except TimeoutError:
+                    pass
+        finally:
+            self.leadership.release()
+
+    # jobs -------------------------------------------------------------------------------------
+    def evaluate_rules(self) -> list[Finding]:
+        """Evaluate the alert rules, apply findings to incidents, demote/restore providers."""
+        now = self.clock.now()
+        with self.engine.connect() as conn:
+            firing = {_provider(k) for k in conn.execute(select(alerts.c.dedup_key).where(
+                alerts.c.rule == OUTAGE, alerts.c.firing.is_(True))).scalars()}
+            findings = evaluate(conn, now, self.rules, firing)
+        for f in findings:
+            self.incidents.observe(f)
+            if f.rule == OUTAGE and f.firing is not None:
+                self._fallback(f, now)
+        return findings
+
+    def _fallback(self, f: Finding, now: datetime) -> None:
+        provider = f.labels["provider"]
+        with self.engine.begin() as conn:
+            if f.firing:
+                changed = demote(conn, provider, now, f.title)
+            else:
+                changed = restore(conn, provider)
+        if changed:
+            log.warning("provider %s %s", provider, "demoted (fallback active)" if f.firing else "restored")
+
+    def handle_signals(self) -> int:
+        """Turn unhandled enforcement/rollout signals into incidents; returns how many."""
+        now = self.clock.now()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(signals).where(signals.c.handled_at.is_(None),
+                                                      signals.c.kind != LEDGER_VERIFY)
+                                .order_by(signals.c.id)).mappings().all()
+        handled = 0
+        for row in rows:
+            with self.engine.begin() as conn:
+                claimed = conn.execute(update(signals).where(signals.c.id == row["id"],
+                                                             signals.c.handled_at.is_(None))
+                                       .values(handled_at=now)).rowcount
+            if claimed:
+                self._signal(row)
+                handled += 1
+        return handled
+
+    def _signal(self, row: Any) -> None:
+        severity = Severity(row["severity"] or "P2")
+        if row["kind"] == ENFORCEMENT_FAILURE:
+            op = row["subject"]
+            f = Finding("budget_enforcement", {"operation": op}, True, severity, "failed",
+                        f"Budget enforcement failure ({op})", row["detail"])
+            self.incidents.signal(f, row["detail"])
+            if op != "*":
+                self._disable(op, row["detail"])
+            return
+        f = Finding("rollout", {"rollout": row["subject"], "event": row["kind"]}, True, severity, row["kind"],
+                    f"Rollout {row['subject']}: {row['kind']}", row["detail"])
+        self.incidents.signal(f, row["detail"])
+
+    def _disable(self, op: str, why: str) -> None:
+        try:
+            disable_operation(self.engine, op, f"budget enforcement failure: {why}"[:500], "monitoring",
+                              ledger=self.ledger, clock=self.clock)
+        except OpsgateError as exc:
+            log.error("could not disable %s after an enforcement failure: %s", op, exc)
+
+    def evaluate_canary(self) -> int:
+        """Evaluate every active rollout with the open P1 count; returns decisions taken."""
+        return len(self.rollout.evaluate_all(open_p1=self.incidents.open_count("P1")))
+
+    def verify_ledger(self) -> bool:
+        """Verify the whole ledger and store the result (``hashChainIntegrity``)."""
+        report = verify(self.engine)
+        detail = "ok" if report.ok else f"{report.failure.reason} at seq {report.failure.seq}"  # type: ignore[union-attr]
+        record_signal(self.engine, self.clock, LEDGER_VERIFY, "ledger", ok=report.ok,
+                      detail=f"{report.entries} entries: {detail}")
+        return report.ok
+
+    def _due(self, job: str, every_s: float) -> bool:
+        now = self.clock.monotonic()
+        last = self._last.get(job)
+        if last is not None and now - last < every_s:
+            return False
+        self._last[job] = now
+        return True
+
+    def _heartbeat(self) -> None:
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            done = conn.execute(update(workers).where(workers.c.name == "leader").values(
+                holder=self.worker_id[:128], heartbeat_at=now))
+            if not done.rowcount:
+                conn.execute(workers.insert().values(name="leader", holder=self.worker_id[:128],
+                                                     since=now, heartbeat_at=now))
+
+
+def _provider(dedup_key: str) -> str:
+    return dedup_key.split("provider=", 1)[-1]
+
+
+async def run_worker(settings: Settings, clock: Clock, stop: asyncio.Event) -> None:
+    """Open the database, ledger and HTTP session and run a :class:`Worker` until ``stop``."""
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    engine = make_engine(settings.database_url, synchronous=settings.ledger_synchronous)
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    session = make_session()
+    try:
+        await Worker(settings, engine, ledger, clock, session).run(stop)
+    finally:
+        await session.close()
+        ledger.close()
+        engine.dispose()
