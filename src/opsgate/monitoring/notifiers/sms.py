@@ -24,7 +24,7 @@ class TwilioSmsNotifier:
                  auth_token: str, from_number: str) -> None:
         self.session = session
         self.url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
-        self.auth = aiohttp.BasicAuth(account_sid, auth_token)
+        self.headers = {"Authorization": aiohttp.encode_basic_auth(account_sid, auth_token)}
         self.from_number = from_number
 
     def render(self, note: Notification, recipient: str) -> list[dict[str, Any]]:
@@ -34,5 +34,5 @@ class TwilioSmsNotifier:
     async def send(self, payload: dict[str, Any]) -> None:
         """POST the form; :class:`DeliveryError` unless 201/200."""
         form = {"To": payload["To"], "From": self.from_number, "Body": payload["Body"]}
-        async with self.session.post(self.url, data=form, auth=self.auth) as resp:
+        async with self.session.post(self.url, data=form, headers=self.headers) as resp:
             await check_http(resp, ok=(200, 201))
