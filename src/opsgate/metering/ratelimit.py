@@ -1,4 +1,8 @@
-"""Gateway-side rate limits with the ``limits`` library (moving window, one-minute windows).
+"""Gateway-side rate limits with the ``limits`` library (sliding window counter, one minute).
+
+The sliding window counter keeps two counters per key (this and the previous minute, weighted by
+the overlap), so counting thousands of tokens costs one increment; a moving window would store
+one timestamp per token.
 
 Four limits, each off when 0 (settings ``rate_limit_user_rpm``, ``rate_limit_user_tpm``,
 ``rate_limit_user_operation_rpm``, ``rate_limit_user_operation_tpm``):
@@ -11,7 +15,7 @@ Four limits, each off when 0 (settings ``rate_limit_user_rpm``, ``rate_limit_use
 
 Counters live in memory (one process) or, with ``OPSGATE_REDIS_URL``, in Redis, shared by every
 replica (``key_prefix`` separates deployments). Over a limit: :class:`RateLimitExceeded` (429,
-``Retry-After`` = seconds until the oldest counted unit leaves the window). A gateway-side limit is
+``Retry-After`` = seconds until the window has room again, as ``limits`` reports it). A gateway-side limit is
 never reported to the router or a circuit breaker. If Redis is unreachable the limiter fails open
 (logs an error and admits): the budget, not the rate limit, is what guards money.
 """
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 
 from opsgate.metering.errors import RateLimitExceeded
@@ -61,7 +65,7 @@ class RateLimiter:
 
     def __init__(self, limits: RateLimits, storage: Storage) -> None:
         self.limits = limits
-        self._strategy = MovingWindowRateLimiter(storage)
+        self._strategy = SlidingWindowCounterRateLimiter(storage)
 
     async def admit(self, user_id: str, operation: str) -> None:
         """Step 3: raise :class:`RateLimitExceeded` if a token window is used up or a request
