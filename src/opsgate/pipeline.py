@@ -37,6 +37,7 @@ from opsgate.operations import get_operation
 from opsgate.operations.base import Operation, Prepared
 from opsgate.providers.base import Completion, CompletionRequest, Usage
 from opsgate.providers.errors import ProviderError
+from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.routing.policy import RoutePolicy
 from opsgate.routing.router import Router
 from opsgate.security.auth import Principal, TokenService, bearer_token
@@ -99,6 +100,7 @@ class Gateway:
         prices: PriceTable,
         clock: Clock,
         metering: MeteringService | None = None,
+        toggles: ToggleSnapshot | None = None,
     ) -> None:
         self._tokens = tokens
         self._ledger = ledger
@@ -107,6 +109,7 @@ class Gateway:
         self._prices = prices
         self._clock = clock
         self.metering = metering
+        self._toggles = toggles
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
@@ -132,8 +135,12 @@ class Gateway:
 
     # 2 ------------------------------------------------------------------------------------------
     def authorize(self, principal: Principal, operation_id: str) -> Operation:
-        """Resolve the operation (404 if unknown). Seam: role and feature-toggle checks (403)."""
-        return get_operation(operation_id)
+        """Resolve the operation (404 if unknown), then its feature toggle for this user: kill
+        switch, enabled, rollout bucket, opt-in (403 ``operation_disabled``)."""
+        op = get_operation(operation_id)
+        if self._toggles is not None:
+            self._toggles.require(op.id, principal.user_id)
+        return op
 
     # 3 ------------------------------------------------------------------------------------------
     async def rate_limit(self, principal: Principal, op: Operation) -> None:

@@ -19,9 +19,12 @@ from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.service import build_metering
+from opsgate.operations import OPERATIONS
 from opsgate.pipeline import Gateway
 from opsgate.providers.http import make_session
 from opsgate.providers.registry import build_providers
+from opsgate.rollout.service import RolloutService
+from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.routing.policy import policies_for
 from opsgate.routing.router import Router
 from opsgate.sandbox.server import SandboxServer
@@ -48,6 +51,7 @@ class Runtime:
     gateway: Gateway
     tokens: TokenService
     sandbox: SandboxServer | None = None
+    rollout: RolloutService | None = None
 
     async def close(self) -> None:
         """Drain the ledger, close the HTTP session and the sandbox, dispose of the engine."""
@@ -83,6 +87,11 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
     tokens = TokenService(settings, clock)
     policies, prices = policies_for(settings), PriceTable.load()
     routed = [t.model for p in policies.values() for t in p.chain]
+    toggles = ToggleSnapshot(engine, clock)
+    rollout = RolloutService(engine, ledger, clock, toggles)
+    rollout.ensure_toggles(OPERATIONS)
+    if settings.sandbox:
+        rollout.enable_for_sandbox()
     gateway = Gateway(
         tokens=tokens,
         ledger=ledger,
@@ -91,8 +100,9 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
         prices=prices,
         clock=clock,
         metering=build_metering(settings, engine, clock, prices, routed),
+        toggles=toggles,
     )
-    return Runtime(settings, clock, engine, ledger, session, gateway, tokens, sandbox)
+    return Runtime(settings, clock, engine, ledger, session, gateway, tokens, sandbox, rollout)
 
 
 def sandbox_settings(settings: Settings, base_urls: dict[str, str]) -> Settings:
