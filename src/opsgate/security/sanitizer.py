@@ -1,0 +1,404 @@
+"""One sanitizer for every sink: logs, tracebacks, problem+json, alert payloads and reports.
+
+:func:`sanitize` replaces secrets and personal data in text with ``[REDACTED:<kind>:<hash>]``, where
+``<hash>`` is the first 6 hex digits of HMAC-SHA256(key, normalised value). The key is random per
+process unless :func:`configure` sets one (``OPSGATE_REDACTION_KEY``), so the same value correlates
+across lines without being revealed. The output is a fixed point: ``sanitize(sanitize(t)) ==
+sanitize(t)``. :func:`sanitize_obj` walks dicts, lists and tuples; a dict key that names a sensitive
+field (``password``, ``secret``, ``token``, ``api_key``, ``authorization``, ``cookie``, … as
+substrings) redacts everything under it.
+
+Kinds and what they match (vectors: ``tests/vectors/redaction.json``):
+
+========== ===========================================================================
+anthropic  ``sk-ant-…`` keys (Anthropic console key format)
+openai     ``sk-…``, ``sk-proj-…`` keys (OpenAI, DeepSeek and other OpenAI-compatible APIs)
+google     ``AIza`` + 35 characters (Google API keys, Gemini)
+github     ``ghp_ gho_ ghu_ ghs_ ghr_`` + 36 characters, ``github_pat_…`` (GitHub token formats)
+slack      ``xoxa- xoxb- xoxp- xoxr- xoxs-`` tokens
+aws        ``AKIA``/``ASIA`` access key ids; secret access keys by their field name
+jwt        JWS compact serialisations (RFC 7515) including unsigned ``alg: none`` ones
+pem        PEM private key blocks (RFC 7468), also when cut short
+bearer     ``Bearer <b64token>`` credentials (RFC 6750 §2.1)
+basic      ``Basic <base64(user:password)>`` credentials (RFC 7617)
+url_cred   ``user:password@`` in URLs (RFC 3986 §3.2.1)
+param      ``key=`` and ``sig=`` query parameters
+field      the value of a sensitive field (``name=value``, ``name: value``, JSON, headers)
+email      addresses (RFC 5322 dot-atom subset with a top-level domain)
+phone      numbers ``phonenumbers`` finds valid in an international format or in one of the
+           configured regions (ISO 3166-1 alpha-2 codes); hashed as E.164
+card       13–19 digit payment card numbers with a card-network prefix and a valid Luhn digit
+iban       IBANs (ISO 13616) with a valid mod-97 check
+========== ===========================================================================
+
+Speed: one compiled alternation per combination of pre-filters (cheap substring tests decide which
+rules can possibly match a text), timestamps, IP addresses and UUIDs are skipped as a whole, and
+``phonenumbers`` only sees candidate digit runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+
+import phonenumbers
+
+HASH_HEX = 6
+TOKEN_RE = re.compile(r"\[REDACTED:[a-z_]+:[0-9a-f]{6}\]")
+
+SENSITIVE_WORDS = (
+    "password", "passwd", "passphrase", "secret", "token", "api_key", "api-key", "apikey",
+    "access_key", "private_key", "signing_key", "authorization", "cookie", "credential",
+    "session_id", "sessionid", "x-api-key",
+)  # fmt: skip
+"""Field-name substrings whose values are always redacted (case-insensitive)."""
+
+_NOT_SENSITIVE = re.compile(r"(?i)tokens$|token_?count|tokeni[sz]e|_tokens_")
+"""Names that contain a sensitive word but carry counts (``input_tokens``, ``max_tokens``)."""
+
+_NAME = "|".join(re.escape(w).replace("_", "[_-]?") for w in SENSITIVE_WORDS)
+_VALUE = (
+    r"(?:\[REDACTED:[a-z_]+:[0-9a-f]{6}\]"
+    r"|\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
+    r"|(?:(?:Bearer|Basic|Token|Digest)\s+)?[^\s,;&}\]\)\"']+)"
+)
+
+
+class _Rule:
+    """One alternative of the combined pattern: ``name`` (its regex group), ``regex``, and the
+    ``needles`` of its pre-filter (one must occur in the text, or in its lower-case form with
+    ``lower``); rules without needles have their own pre-filter in :func:`_mask`."""
+
+    def __init__(self, name: str, regex: str, needles: Iterable[str] = (), lower: bool = False):
+        self.name, self.regex, self.needles, self.lower = name, regex, tuple(needles), lower
+
+
+_SHAPE = str.maketrans(
+    {c: "d" if chr(c).isdigit() else "s" if chr(c) in " .-()" else "p" if chr(c) == "+"
+     else "u" if chr(c).isupper() else "w" if chr(c).isalpha() or chr(c) == "_" else "x"
+     for c in range(128)}
+)  # fmt: skip
+_SHAPE_NEEDLES = ("pd", "uudd") + tuple(
+    before + run for before in "xsp" for run in ("ddddddd", "dddsddd", "ddddsddd")
+)
+"""In the text's shape (digit d, separator s, + p, upper u, word w, other x): the starts of runs
+that could be a phone, card or IBAN. Timestamps, short counts, costs and hex ids mostly do not
+contain one."""
+
+
+def _sk_gate(text: str) -> bool:
+    """``sk-`` at the start of a word (not inside ``task-…``)."""
+    i = text.find("sk-")
+    while i >= 0:
+        if i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_-"):
+            return True
+        i = text.find("sk-", i + 1)
+    return False
+
+
+RULES: tuple[_Rule, ...] = (
+    _Rule("token", r"\[REDACTED:[a-z_]+:[0-9a-f]{6}\]", ["[REDACTED:"]),
+    _Rule(
+        "header",
+        r"(?im)(?<![\w-])(?:set-cookie|cookie|proxy-authorization|authorization)(?=:[ \t])"
+        r":[ \t]*+(?!\[REDACTED:)[^\r\n]+",
+        ["cookie", "authorization"],
+        lower=True,
+    ),
+    _Rule("url_cred", r"(?i)\b[a-z][a-z0-9+.-]{1,15}://(?!\[REDACTED:)[^\s/?#@:\"'<>]+:[^\s/?#@\"'<>]+@"),
+    _Rule("param", r"(?i)(?<=[?&;])(?:key|sig)=(?!\[REDACTED:)[^&\s#\"'<>]+", ["key=", "sig="]),
+    _Rule("field", rf"(?i)(?<![A-Za-z0-9])[\w.-]*?(?:{_NAME})[\w.-]*[\"']?\s*[:=]\s*{_VALUE}"),
+    _Rule("bearer", r"(?i)\bbearer\s+(?=[A-Za-z0-9._~+/-]*[0-9._~+/-])[A-Za-z0-9._~+/-]{8,}=*",
+          ["bearer "], lower=True),
+    _Rule("basic", r"(?i)\bbasic\s+[A-Za-z0-9+/]{4,}={0,2}(?![\w+/=])", ["basic "], lower=True),
+    _Rule("jwt", r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*", ["eyJ"]),
+    _Rule("anthropic", r"(?<![\w-])sk-ant-[A-Za-z0-9_-]{20,}", ["sk-ant-"]),
+    _Rule("openai", r"(?<![\w-])sk-[A-Za-z0-9_-]{20,}"),
+    _Rule("google", r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])", ["AIza"]),
+    _Rule("github", r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,})(?!\w)",
+          ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
+    _Rule("slack", r"(?<![\w-])xox[abprs]-[A-Za-z0-9-]{10,}", ["xox"]),
+    _Rule("aws", r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])", ["AKIA", "ASIA"]),
+    _Rule("email", r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+          r"(?![\w-])", ["@"]),
+    _Rule("iban", r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?"
+          r"(?![A-Za-z0-9])"),
+    # Skipped whole so that no digit rule starts inside them: ISO 8601 times, IPv4, UUIDs.
+    _Rule("skip", r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?"
+          r"|(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])"
+          r"|(?<![\w-])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![\w-])"),
+    _Rule("digits", r"(?<![\w.+/@#-])(?:\+|\(\+?)?\d(?:(?:[ .-]|\) ?| ?\(|\)[ .-])?\d){6,18}"
+          r"(?![\w])"),
+)  # fmt: skip
+
+
+class Sanitizer:
+    """Redacts secrets and personal data; see the module docstring for kinds and formats.
+
+    ``key`` is the HMAC key for the correlation hashes (random when None); ``phone_regions`` the
+    ISO 3166-1 alpha-2 regions national phone numbers are read in (``ValueError`` for one
+    ``phonenumbers`` does not support).
+    """
+
+    def __init__(self, key: bytes | None = None, phone_regions: Iterable[str] = ("US", "GB")):
+        self._key = key or secrets.token_bytes(32)
+        self._regions = tuple(r.upper() for r in phone_regions)
+        unknown = [r for r in self._regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown phone region codes: {unknown}")
+        self._replacers: dict[str, Callable[[re.Match[str]], str]] = {
+            "token": _same, "skip": _same, "pem": self._whole("pem"), "header": self._header,
+            "url_cred": self._url_cred, "param": self._param, "field": self._field,
+            "bearer": self._whole("bearer"), "basic": self._basic, "jwt": self._whole("jwt"),
+            "anthropic": self._whole("anthropic"), "openai": self._whole("openai"),
+            "google": self._whole("google"), "github": self._whole("github"),
+            "slack": self._whole("slack"), "aws": self._whole("aws"), "email": self._email,
+            "iban": self._iban, "digits": self._digits,
+        }  # fmt: skip
+
+    def sanitize(self, text: str) -> str:
+        """``text`` with every match replaced by ``[REDACTED:<kind>:<hash>]``.
+
+        PEM blocks are found in the whole text; every other rule works line by line, so each
+        line only meets the rules its pre-filters admit.
+        """
+        if not text:
+            return text
+        if "PRIVATE KEY-----" in text:
+            text = _PEM.sub(self._replace, text)
+        if "\n" in text:
+            return "\n".join([self._line(line) for line in text.split("\n")])
+        return self._line(text)
+
+    def _line(self, text: str) -> str:
+        mask = _mask(text)
+        return _combined(mask).sub(self._replace, text) if mask > 1 else text
+
+    def sanitize_obj(self, obj: Any) -> Any:
+        """A copy of ``obj`` with every string sanitized; dicts, lists and tuples are walked.
+
+        Under a sensitive key (see :data:`SENSITIVE_WORDS`) every scalar leaf becomes a
+        ``field`` token; other scalars (int, float, bool, None) are kept as they are.
+        """
+        return self._walk(obj, False)
+
+    def token(self, kind: str, value: str) -> str:
+        """The replacement for ``value``: ``[REDACTED:<kind>:<6 hex of HMAC-SHA256>]``."""
+        digest = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return f"[REDACTED:{kind}:{digest.hexdigest()[:HASH_HEX]}]"
+
+    def _walk(self, obj: Any, forced: bool) -> Any:
+        if isinstance(obj, str):
+            return obj if TOKEN_RE.fullmatch(obj) else (
+                self.token("field", obj) if forced else self.sanitize(obj))
+        if isinstance(obj, dict):
+            return {
+                self._walk(k, False) if isinstance(k, str) else k: self._walk(
+                    v, forced or is_sensitive_name(k)
+                )
+                for k, v in obj.items()
+            }
+        if isinstance(obj, list | tuple):
+            return type(obj)(self._walk(v, forced) for v in obj)
+        if forced and obj is not None and not isinstance(obj, bool):
+            return self.token("field", str(obj))
+        return obj
+
+    def _replace(self, m: re.Match[str]) -> str:
+        return self._replacers[m.lastgroup or "token"](m)
+
+    def _whole(self, kind: str) -> Callable[[re.Match[str]], str]:
+        return lambda m: self.token(kind, m.group())
+
+    def _header(self, m: re.Match[str]) -> str:
+        name, _, value = m.group().partition(":")
+        return f"{name}: {self.token('field', value.strip())}"
+
+    def _url_cred(self, m: re.Match[str]) -> str:
+        scheme, _, cred = m.group()[:-1].partition("://")
+        return f"{scheme}://{self.token('url_cred', cred)}@"
+
+    def _param(self, m: re.Match[str]) -> str:
+        name, _, value = m.group().partition("=")
+        return f"{name}={self.token('param', value)}"
+
+    def _field(self, m: re.Match[str]) -> str:
+        text = m.group()
+        sep = _SEPARATOR.search(text)
+        assert sep is not None  # the rule requires one
+        name, value = text[: sep.start()], text[sep.end():]
+        quote = value[0] if value[0] in "\"'" and len(value) > 1 and value[-1] == value[0] else ""
+        inner = value[1:-1] if quote else value
+        if _NOT_SENSITIVE.search(name) or TOKEN_RE.fullmatch(inner):
+            inner = self.sanitize(inner)
+        else:
+            inner = self.token("field", inner)
+        return text[: sep.end()] + quote + inner + quote
+
+    def _basic(self, m: re.Match[str]) -> str:
+        scheme, _, cred = m.group().partition(" ")
+        try:
+            decoded = base64.b64decode(cred.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return m.group()
+        return f"{scheme} {self.token('basic', cred.strip())}" if b":" in decoded else m.group()
+
+    def _email(self, m: re.Match[str]) -> str:
+        return self.token("email", m.group().lower())
+
+    def _iban(self, m: re.Match[str]) -> str:
+        compact = m.group().replace(" ", "")
+        return self.token("iban", compact) if iban_valid(compact) else _sanitize_digits_in(self, m)
+
+    def _digits(self, m: re.Match[str]) -> str:
+        text = m.group()
+        digits = re.sub(r"\D", "", text)
+        if card_valid(digits) and not text.startswith(("+", "(")):
+            return self.token("card", digits)
+        return self._phones(text)
+
+    def _phones(self, text: str) -> str:
+        spans: list[tuple[int, int, str]] = []
+        for region in self._regions:
+            for found in phonenumbers.PhoneNumberMatcher(
+                text, region, leniency=phonenumbers.Leniency.VALID
+            ):
+                if not any(s < found.end and found.start < e for s, e, _ in spans):
+                    e164 = phonenumbers.format_number(
+                        found.number, phonenumbers.PhoneNumberFormat.E164
+                    )
+                    spans.append((found.start, found.end, e164))
+        for start, end, e164 in sorted(spans, reverse=True):
+            text = text[:start] + self.token("phone", e164) + text[end:]
+        return text
+
+
+_PEM = re.compile(
+    r"(?P<pem>-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY-----"
+    r"|[A-Za-z0-9+/=\s:,-]*))",
+    re.DOTALL,
+)
+"""PEM private key blocks (RFC 7468), whole, or to the end of the base64 when cut short."""
+
+_BIT = {rule.name: 1 << i for i, rule in enumerate(RULES)}
+_WORDS = tuple(w for w in SENSITIVE_WORDS if w != "token")
+_GATED = tuple((_BIT[r.name], r.needles, r.lower) for r in RULES if r.needles)
+
+
+def _mask(text: str) -> int:
+    """Bits of the rules whose pre-filters admit ``text`` (bit 0, existing tokens, alone means
+    there is nothing to do)."""
+    lowered = text.lower()
+    mask = 0
+    for bit, needles, lower in _GATED:
+        haystack = lowered if lower else text
+        for needle in needles:
+            if needle in haystack:
+                mask |= bit
+                break
+    if "token" in lowered and lowered.count("token") > lowered.count("tokens") or any(
+        w in lowered for w in _WORDS
+    ):
+        mask |= _BIT["field"]
+    if "sk-" in text and _sk_gate(text):
+        mask |= _BIT["openai"]
+    if "@" in text and "://" in text:
+        mask |= _BIT["url_cred"]
+    shape = ("\0" + text).translate(_SHAPE)
+    if any(n in shape for n in _SHAPE_NEEDLES):
+        mask |= _BIT["iban"] | _BIT["skip"] | _BIT["digits"]
+    return mask
+
+
+_SEPARATOR = re.compile(r"[\"']?\s*[:=]\s*")
+
+
+def _sanitize_digits_in(sanitizer: Sanitizer, m: re.Match[str]) -> str:
+    """An IBAN-shaped match that fails mod-97 may still hold a card or phone number."""
+    text = m.group()
+    return text[:2] + sanitizer.sanitize(text[2:]) if text[2:].strip() else text
+
+
+def _same(m: re.Match[str]) -> str:
+    return m.group()
+
+
+@lru_cache(maxsize=512)
+def _combined(mask: int) -> re.Pattern[str]:
+    """The alternation of the rules whose bits are set in ``mask``, each in a named group.
+
+    Inline flags are scoped to each alternative (``(?i:…)``) so one rule's flags do not leak.
+    """
+    parts = []
+    for bit, rule in enumerate(RULES):
+        if mask >> bit & 1:
+            flags, body = _split_flags(rule.regex)
+            parts.append(f"(?P<{rule.name}>(?{flags}:{body}))" if flags else
+                         f"(?P<{rule.name}>{body})")
+    return re.compile("|".join(parts), re.DOTALL)
+
+
+def _split_flags(regex: str) -> tuple[str, str]:
+    m = re.match(r"\(\?([aiLmsux]+)\)", regex)
+    return (m.group(1), regex[m.end():]) if m else ("", regex)
+
+
+def is_sensitive_name(name: object) -> bool:
+    """Whether a field name contains a sensitive word (``"X-Api-Key"``, ``"db_password"``)
+    and is not a count such as ``input_tokens``."""
+    if not isinstance(name, str):
+        return False
+    lowered = name.lower().replace("-", "_")
+    return any(w.replace("-", "_") in lowered for w in SENSITIVE_WORDS) and not _NOT_SENSITIVE.search(
+        lowered
+    )
+
+
+def card_valid(digits: str) -> bool:
+    """13–19 digits, a card-network prefix (2, 3, 4, 5, 6) and a valid Luhn check digit
+    (ISO/IEC 7812-1 Annex B)."""
+    if not 13 <= len(digits) <= 19 or digits[0] not in "23456":
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """ISO 13616: 15–34 characters, two letters, two check digits, and ``int(rearranged) % 97 == 1``
+    where letters count as 10–35 (ISO 7064 MOD 97-10)."""
+    if not 15 <= len(iban) <= 34 or not iban[:2].isalpha() or not iban[2:4].isdigit():
+        return False
+    rearranged = iban[4:] + iban[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+_default = Sanitizer()
+
+
+def configure(key: bytes | None = None, phone_regions: Iterable[str] = ("US", "GB")) -> Sanitizer:
+    """Replace the process-wide sanitizer (the correlation key and phone regions) and return it."""
+    global _default
+    _default = Sanitizer(key, phone_regions)
+    return _default
+
+
+def sanitize(text: str) -> str:
+    """The process-wide :meth:`Sanitizer.sanitize`."""
+    return _default.sanitize(text)
+
+
+def sanitize_obj(obj: Any) -> Any:
+    """The process-wide :meth:`Sanitizer.sanitize_obj`."""
+    return _default.sanitize_obj(obj)

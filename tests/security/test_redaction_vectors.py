@@ -1,0 +1,123 @@
+"""Redaction vectors (tests/vectors/redaction.json): every pattern and its near misses,
+idempotence as a property, sanitize_obj, and the correlation hash."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opsgate.security.sanitizer import Sanitizer, card_valid, iban_valid, is_sensitive_name
+
+VECTORS = json.loads(
+    (Path(__file__).resolve().parents[1] / "vectors" / "redaction.json").read_text()
+)["vectors"]
+ALPHABETS = {
+    "alnum": string.ascii_letters + string.digits,
+    "hex": "0123456789abcdef",
+    "urlsafe": string.ascii_letters + string.digits + "-_",
+    "upper": string.ascii_uppercase + string.digits,
+}
+TOKEN = re.compile(r"\[REDACTED:([a-z_]+):[0-9a-f]{6}\]")
+
+
+def expand(template: str) -> tuple[str, list[str]]:
+    """Fill ``{alphabet:N}`` placeholders with random characters; return the text and the fills."""
+    fills: list[str] = []
+
+    def fill(m: re.Match[str]) -> str:
+        value = "".join(secrets.choice(ALPHABETS[m.group(1)]) for _ in range(int(m.group(2))))
+        fills.append(value)
+        return value
+
+    return re.sub(r"\{(alnum|hex|urlsafe|upper):(\d+)\}", fill, template), fills
+
+
+@pytest.fixture(scope="module")
+def sanitizer() -> Sanitizer:
+    return Sanitizer(b"k" * 32, phone_regions=("US", "GB"))
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_vector(sanitizer: Sanitizer, vector: dict) -> None:
+    text, fills = expand(vector["input"])
+    out = sanitizer.sanitize(text)
+    assert TOKEN.findall(out) == vector["kinds"], out
+    for kept in vector.get("kept", []):
+        assert kept in out
+    if not vector["kinds"]:
+        assert out == text
+    if vector["kinds"]:  # then every random part lies inside what is redacted
+        assert not [value for value in fills if value in out]
+    assert sanitizer.sanitize(out) == out
+
+
+def test_same_value_same_hash_across_lines_and_formats(sanitizer: Sanitizer) -> None:
+    a = sanitizer.sanitize("from Bob@Example.com, call +1 415 555 2671")
+    b = sanitizer.sanitize("to bob@example.com; call (415) 555-2671")
+    assert TOKEN.findall(a) == TOKEN.findall(b) == ["email", "phone"]
+    assert re.findall(r"\[REDACTED:[^\]]+\]", a) == re.findall(r"\[REDACTED:[^\]]+\]", b)
+
+
+def test_hash_depends_on_the_key() -> None:
+    text = "ana@example.org"
+    assert Sanitizer(b"a" * 32).sanitize(text) != Sanitizer(b"b" * 32).sanitize(text)
+
+
+def test_sanitize_obj_redacts_under_sensitive_keys(sanitizer: Sanitizer) -> None:
+    out = sanitizer.sanitize_obj(
+        {
+            "headers": {"X-Api-Key": "plain", "Accept": "json"},
+            "secrets": {"db": "hunter2", "port": 5432},
+            "input_tokens": 12,
+            "note": ("mail ana@example.org", None, True),
+            "ana@example.org": 1,
+        }
+    )
+    assert TOKEN.fullmatch(out["headers"]["X-Api-Key"])
+    assert out["headers"]["Accept"] == "json"
+    assert TOKEN.fullmatch(out["secrets"]["db"]) and TOKEN.fullmatch(out["secrets"]["port"])
+    assert out["input_tokens"] == 12
+    assert out["note"][0].startswith("mail [REDACTED:email:") and out["note"][1:] == (None, True)
+    assert list(out)[-1].startswith("[REDACTED:email:")
+    assert sanitizer.sanitize_obj(out) == out
+
+
+def test_sensitive_names() -> None:
+    assert all(map(is_sensitive_name, ["Authorization", "db_password", "X-Api-Key", "setCookie"]))
+    assert not any(map(is_sensitive_name, ["input_tokens", "max_tokens", "monkey", "user", 3]))
+
+
+def test_luhn_and_mod97() -> None:
+    assert card_valid("4111111111111111") and not card_valid("4111111111111112")
+    assert not card_valid("1714567890123")  # Luhn-valid shape but no card network prefix
+    assert iban_valid("GB82WEST12345698765432") and not iban_valid("GB83WEST12345698765432")
+
+
+def test_unknown_phone_region_refused() -> None:
+    with pytest.raises(ValueError, match="UK"):
+        Sanitizer(phone_regions=("UK",))
+
+
+_pieces = st.sampled_from(
+    [
+        "ana@example.org", "+44 20 7946 0958", "4111 1111 1111 1111", "password=", "token: ",
+        "Authorization: Bearer abc123def456", "https://u:p@h.io/", "?key=", "sk-" + "a" * 24,
+        "GB82 WEST 1234 5698 7654 32", " ", "\n", "=", ":", "\"", "'", "[", "]", "@", "-", ".",
+        "2025-03-14T10:22:33Z", "[REDACTED:email:abcdef]", "415", "555", "2671", "AKIA" + "B" * 16,
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_pieces, st.text(max_size=12)), max_size=12).map("".join))
+def test_idempotent(text: str) -> None:
+    sanitizer = Sanitizer(b"p" * 32)
+    once = sanitizer.sanitize(text)
+    assert sanitizer.sanitize(once) == once
