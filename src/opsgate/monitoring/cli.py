@@ -1,0 +1,98 @@
+"""``opsgate incidents list|show|ack|resolve`` (Typer app :data:`incidents_app`) and the
+``opsgate worker`` command (:func:`worker`), both registered by ``opsgate.cli``.
+
+They act on ``OPSGATE_DATABASE_URL`` directly as ``cli:<login>``; every incident change is written
+to the ledger and its notifications queued in the outbox (the worker sends them). Exit status: 0
+done, 2 an error (printed, never a traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.errors import OpsgateError
+from opsgate.monitoring.escalation import Contacts
+from opsgate.monitoring.incidents import IncidentService
+from opsgate.monitoring.worker import build_notifiers, run_worker
+from opsgate.rollout.service import open_ledger
+from opsgate.store.db import make_engine, upgrade
+
+incidents_app = typer.Typer(help="Incidents: list, show, acknowledge, resolve.", no_args_is_help=True)
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _service() -> Iterator[IncidentService]:
+    settings, clock = Settings(), SystemClock()
+    try:
+        if settings.auto_migrate:
+            upgrade(settings.database_url)
+        engine = make_engine(settings.database_url)
+        with open_ledger(engine, clock) as ledger:
+            notifiers = build_notifiers(settings, None)  # type: ignore[arg-type]  # render only
+            yield IncidentService(engine, ledger, clock, notifiers,
+                                  Contacts.from_settings(settings, frozenset(notifiers)),
+                                  repeat_interval_s=settings.alert_repeat_interval_s)
+    except OpsgateError as exc:
+        err.print(f"[red]error:[/red] {exc.code}: {exc.detail}")
+        raise typer.Exit(2) from None
+
+
+@incidents_app.command("list")
+def incidents_list(state: str = typer.Option(None, help="open, acknowledged or resolved")) -> None:
+    """Incidents, newest first."""
+    with _service() as svc:
+        table = Table("id", "severity", "state", "opened", "title")
+        for i in svc.list(state):
+            table.add_row(i["id"], i["severity"], i["state"], i["opened_at"], i["title"])
+        out.print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(incident_id: str) -> None:
+    """One incident with its timeline and notifications, as JSON."""
+    with _service() as svc:
+        out.print_json(json.dumps(svc.show(incident_id)))
+
+
+@incidents_app.command("ack")
+def incidents_ack(incident_id: str) -> None:
+    """Acknowledge an open incident (stops escalation)."""
+    with _service() as svc:
+        svc.acknowledge(incident_id, f"cli:{getpass.getuser()}")
+        out.print(f"{incident_id} acknowledged")
+
+
+@incidents_app.command("resolve")
+def incidents_resolve(incident_id: str, note: str = typer.Option(..., "--note", help="Resolution note.")) -> None:
+    """Resolve an incident with a note."""
+    with _service() as svc:
+        svc.resolve(incident_id, f"cli:{getpass.getuser()}", note)
+        out.print(f"{incident_id} resolved")
+
+
+def worker() -> None:
+    """Run the periodic jobs (alert rules, canary evaluation, escalations, outbox) until SIGTERM/SIGINT;
+    with several workers only the leader works."""
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(Settings(), SystemClock(), stop)
+
+    asyncio.run(main())
+
+
