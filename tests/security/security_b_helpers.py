@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from sqlalchemy import Engine
+
+from opsgate.app import create_app
+from opsgate.localserver import serve_in_thread
+from opsgate.security.service import security_services
+from opsgate.security.users import add_user, set_email, set_password
+from tests.conftest import Gateway, gateway_settings
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
@@ -36,3 +45,26 @@ def cipher_for(engine: Engine, settings: Settings, clock: Clock) -> tuple[KeyRin
     """The key ring and field cipher of ``engine`` under ``settings``' master key."""
     ring = KeyRing(engine, master_key(settings), clock)
     return ring, FieldCipher(ring)
+
+
+@contextmanager
+def running_gateway(tmp_path: Path, **overrides: object) -> Iterator[Gateway]:
+    """A real gateway on a loopback port with a generated master key (like the ``gateway`` fixture)."""
+    master = base64.b64encode(secrets.token_bytes(32)).decode()
+    settings = gateway_settings(tmp_path, master_key=master, **overrides)
+    app = create_app(settings)
+    server = serve_in_thread(app)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            yield Gateway(settings, app.state.runtime, client)
+    finally:
+        server.stop()
+
+
+def add_login(gateway: Gateway, user_id: str, role: str, password: str, email: str | None = None) -> None:
+    """Create ``user_id`` with ``role`` and ``password`` (and an encrypted ``email``) in the gateway."""
+    runtime = gateway.runtime
+    add_user(runtime.engine, runtime.clock, user_id, role)
+    set_password(runtime.engine, user_id, password)
+    if email is not None:
+        set_email(runtime.engine, security_services(runtime).cipher, user_id, email)

@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -64,6 +66,13 @@ def _key_file(path: Path) -> str:
         with os.fdopen(fd, "w") as fh:
             fh.write(base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode())
     return path.read_text().strip()
+
+
+def derived_key(settings: Settings, purpose: str) -> bytes:
+    """A 32-byte key for ``purpose`` (e.g. ``"session-cookies"``, ``"backups"``) derived from the
+    master key with HKDF-SHA256 (RFC 5869), so each use has its own key and only one is stored."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=b"opsgate:" + purpose.encode())
+    return hkdf.derive(master_key(settings))
 
 
 @dataclass(frozen=True, slots=True)

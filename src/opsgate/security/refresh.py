@@ -84,6 +84,16 @@ class RefreshTokens:
         self.revoke_family(family)
         return True
 
+    def family_active(self, family_id: str) -> bool:
+        """True while ``family_id`` has an unrevoked, unexpired token (a live login)."""
+        now = self._clock.now()
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(refresh_tokens.c.expires_at)
+                .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
+            ).scalars()
+            return any(now < _utc(expires_at) for expires_at in rows)
+
     def revoke_family(self, family_id: str) -> None:
         """Revoke every token of ``family_id``."""
         with self._engine.begin() as conn:
