@@ -11,13 +11,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from sqlalchemy import Engine
+from tests.monitoring.monitoring_receivers import HttpReceiver, SmtpReceiver
 
 from opsgate.clock import ManualClock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.worker import Worker
 from opsgate.store.db import make_engine, upgrade
-from tests.monitoring.monitoring_receivers import HttpReceiver, SmtpReceiver
 
 DISCORD = "/api/webhooks/123/tok"
 PAGERDUTY = "/v2/enqueue"

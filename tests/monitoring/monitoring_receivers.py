@@ -69,7 +69,7 @@ class _Handler:
     def __init__(self) -> None:
         self.messages: list[dict[str, str]] = []
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         self.messages.append({"to": ",".join(envelope.rcpt_tos),
                               "data": envelope.content.decode("utf-8", "replace")})
         return "250 OK"

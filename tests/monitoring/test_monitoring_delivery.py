@@ -8,13 +8,13 @@ import re
 from datetime import timedelta
 
 from sqlalchemy import insert, select
+from tests.monitoring.conftest import DISCORD, PAGERDUTY, Env
 
 from opsgate.monitoring.models import outbox
 from opsgate.monitoring.notifiers import Notification
 from opsgate.monitoring.outbox import outbox_rows
 from opsgate.monitoring.rules import Finding, Severity
 from opsgate.store.models import ai_operation_log
-from tests.monitoring.conftest import DISCORD, PAGERDUTY, Env
 
 
 def failing_calls(env: Env, op: str = "email-compose", n: int = 100, errors: int = 10) -> None:

@@ -96,9 +96,9 @@ def test_monitoring_ledger_failure_is_p1_and_immediate(db) -> None:
 
 def test_monitoring_severity_table_matches_the_seed() -> None:
     assert classify_error_rate(Decimal("0.5")) is Severity.P3
-    assert classify_error_rate(Decimal("1")) is Severity.P3
+    assert classify_error_rate(Decimal(1)) is Severity.P3
     assert classify_error_rate(Decimal("1.01")) is Severity.P2
-    assert classify_error_rate(Decimal("5")) is Severity.P2
+    assert classify_error_rate(Decimal(5)) is Severity.P2
     assert classify_error_rate(Decimal("5.01")) is Severity.P1
     assert SEVERITY_TABLE["cost_discrepancy"] is Severity.P1
     assert SEVERITY_TABLE["security_breach"] is Severity.P1

@@ -1,0 +1,109 @@
+"""A sandbox provider outage past the threshold demotes the provider (fallback), and it returns to
+the chain once it recovers; worker leadership moves to a standby when the leader process dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.monitoring.conftest import PAGERDUTY, Env
+
+from opsgate.monitoring.providers import ProviderStatusSync
+from opsgate.providers.base import CompletionRequest
+from opsgate.providers.registry import build_providers
+from opsgate.routing.policy import policies_for
+from opsgate.routing.router import Router
+from opsgate.runtime import sandbox_settings
+from opsgate.sandbox.server import SandboxServer
+
+REQUEST = CompletionRequest(system="s", user="u", max_tokens=32,
+                            json_schema={"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+async def test_monitoring_outage_demotes_then_restores_provider(env: Env) -> None:
+    async with SandboxServer(faults="outage:anthropic") as sandbox:
+        settings = sandbox_settings(env.settings, sandbox.base_urls)
+        policies = policies_for(settings)
+        router = Router(build_providers(settings, env.session), env.clock, _no_sleep,
+                        failure_threshold=3, cooldown_s=30)
+        sync = ProviderStatusSync(env.engine, router, env.clock, policies)
+        policy = policies["email-compose"]
+        routed = await router.complete(REQUEST, policy)
+        assert routed.completion.provider == "deepseek"  # anthropic overloaded: fell back
+        await sync.sync_once()
+        worker = env.worker()
+        env.clock.advance(29 * 60)
+        await sync.sync_once()
+        await worker.tick()
+        assert router.demoted == frozenset()  # 29 minutes: not yet
+        env.clock.advance(2 * 60)
+        await sync.sync_once()
+        worker._last.clear()
+        await worker.tick()
+        await sync.sync_once()
+        assert router.demoted == {"anthropic"}
+        assert [t.provider for t in router.chain(policy)] == ["deepseek", "gemini", "anthropic"]
+        assert [p["event_action"] for p in env.http.bodies(PAGERDUTY)] == ["trigger"]
+        sandbox.set_faults("none")
+        env.clock.advance(31)
+        await sync.sync_once()  # the breaker admits a trial: the probe succeeds and closes it
+        worker._last.clear()
+        await worker.tick()
+        await sync.sync_once()
+        assert router.demoted == frozenset()
+        assert [t.provider for t in router.chain(policy)][0] == "anthropic"
+        assert [p["event_action"] for p in env.http.bodies(PAGERDUTY)] == ["trigger", "resolve"]
+
+
+LEADER = """
+import sys, time
+from pathlib import Path
+from opsgate.monitoring.worker import Leadership
+from opsgate.store.db import make_engine
+lead = Leadership(make_engine(sys.argv[1]), Path(sys.argv[2]))
+while not lead.try_acquire():
+    time.sleep(0.05)
+print("leader", flush=True)
+time.sleep(600)
+"""
+
+
+def _wait_line(proc: subprocess.Popen, timeout: float) -> str | None:
+    os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if line:
+            return line.strip()
+        time.sleep(0.05)
+    return None
+
+
+def test_monitoring_standby_takes_over_when_the_leader_dies(db, tmp_path: Path) -> None:
+    url, _ = db
+    lock = tmp_path / "worker.lock"
+    start = lambda: subprocess.Popen([sys.executable, "-c", LEADER, url, str(lock)],
+                                     stdout=subprocess.PIPE, text=True)
+    a = start()
+    try:
+        assert _wait_line(a, 20) == "leader"
+        b = start()
+        try:
+            assert _wait_line(b, 1.5) is None  # a standby while A lives
+            a.send_signal(signal.SIGKILL)
+            a.wait()
+            assert _wait_line(b, 10) == "leader"
+        finally:
+            b.kill()
+            b.wait()
+    finally:
+        a.kill()
+        a.wait()
