@@ -84,6 +84,25 @@ class Settings(BaseSettings):
     ledger_synchronous: str = Field(
         default="FULL", description="SQLite PRAGMA synchronous for ledger commits (FULL or NORMAL)."
     )
+    ledger_checkpoint_every: int = Field(
+        default=1000, gt=0, description="Sign a checkpoint after this many new ledger entries."
+    )
+    ledger_checkpoint_interval_s: float = Field(
+        default=60.0, gt=0, description="...or after this many seconds when any entry is new."
+    )
+    ledger_signing_key_file: Path = Field(
+        default=Path(".opsgate/ledger-signing.key"),
+        description="Ed25519 signer key (C2SP note format, mode 0600), outside the database.",
+    )
+    ledger_origin: str = Field(
+        default="opsgate.local/ledger", description="Checkpoint origin line and signing key name."
+    )
+    ledger_anchor_dir: Path | None = Field(
+        default=None, description="Append-only directory receiving a copy of every checkpoint."
+    )
+    ledger_discord_webhook_url: SecretStr | None = Field(
+        default=None, description="Discord webhook URL receiving every checkpoint."
+    )
 
     # security (issue 6 part B): refresh tokens, identity provider, browser sessions, CORS, keys
     refresh_token_ttl_s: int = Field(default=30 * 86400, gt=0, description="Refresh token lifetime.")

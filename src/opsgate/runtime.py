@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from opsgate.clock import Clock, SystemClock
 from opsgate.config import Settings
+from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.service import build_metering
@@ -52,9 +53,12 @@ class Runtime:
     tokens: TokenService
     sandbox: SandboxServer | None = None
     rollout: RolloutService | None = None
+    checkpointer: Checkpointer | None = None
 
     async def close(self) -> None:
         """Drain the ledger, close the HTTP session and the sandbox, dispose of the engine."""
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
         self.ledger.close()
         await self.session.close()
         if self.sandbox is not None:
@@ -102,7 +106,12 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
         metering=build_metering(settings, engine, clock, prices, routed),
         toggles=toggles,
     )
-    return Runtime(settings, clock, engine, ledger, session, gateway, tokens, sandbox, rollout)
+    checkpointer = checkpointer_for(settings, engine, clock, session)
+    if checkpointer is not None:
+        checkpointer.start()
+    return Runtime(
+        settings, clock, engine, ledger, session, gateway, tokens, sandbox, rollout, checkpointer
+    )
 
 
 def sandbox_settings(settings: Settings, base_urls: dict[str, str]) -> Settings:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
+from opsgate.ledger.guards import drop_triggers
+
 
 def execute(engine: Engine, sql: str, **params: object) -> None:
-    """Run one statement in its own transaction (tampering, dropping tables)."""
+    """Tamper as the tables' owner would: drop the append-only triggers, then run ``sql`` in the
+    same transaction (the guards are speed bumps; the owner can always remove them)."""
     with engine.begin() as conn:
+        drop_triggers(conn)
         conn.execute(text(sql), params)
 
 

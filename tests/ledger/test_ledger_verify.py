@@ -37,14 +37,14 @@ def test_intact_chain_verifies(engine: Engine, ledger: Ledger) -> None:
     assert (report.entries, report.head_seq, report.head_hash) == (8, 7, rows[-1][2])
     assert report.incomplete_intents == 0 and report.warning_count == 0
     assert format_summary(report) == (
-        f"OK entries=8 head=7 hash={rows[-1][2].hex()} warnings=0 incomplete=0"
+        f"OK entries=8 head=7 hash={rows[-1][2].hex()} checkpoints=0 anchored=0 unanchored=8 warnings=0 incomplete=0"
     )
 
 
 def test_empty_ledger_verifies(engine: Engine) -> None:
     report = verify(engine)
     assert (report.ok, report.entries, report.head_seq, report.head_hash) == (True, 0, None, None)
-    assert format_summary(report) == "OK entries=0 head=none hash=none warnings=0 incomplete=0"
+    assert format_summary(report) == "OK entries=0 head=none hash=none checkpoints=0 anchored=0 unanchored=0 warnings=0 incomplete=0"
 
 
 def test_edited_payload_byte_is_a_hash_mismatch(engine: Engine, ledger: Ledger) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import rfc8785
 
 from opsgate.ledger.errors import LedgerError
@@ -208,6 +209,73 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise LedgerError("body is not in RFC 8785 canonical form")
     _check_envelope(obj)
     return obj
+
+
+def decode_body_fast(body: bytes) -> dict[str, Any]:
+    """:func:`decode_body` with the same result and checks, about five times faster.
+
+    Bodies without characters >= U+E000 (where UTF-16 and code point key orders can differ) are
+    parsed with orjson and accepted when orjson's sorted compact re-encoding equals the body
+    byte for byte and no float or unsafe integer occurs (orjson's compact output is RFC 8785's
+    for such values; tests/ledger pins this with hypothesis). Everything else, including every
+    refusal, goes through :func:`decode_body` for its exact checks and message.
+    """
+    if body.isascii() or _HIGH_CHAR.search(body) is None:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj = None
+        if (
+            type(obj) is dict
+            and orjson.dumps(obj, option=orjson.OPT_SORT_KEYS) == body
+            and _plain(obj, 0)
+            and _envelope_ok(obj)
+        ):
+            return obj
+    return decode_body(body)
+
+
+def _envelope_ok(obj: dict[str, Any]) -> bool:
+    """The checks of :func:`_check_envelope` as one boolean, with valid kinds remembered."""
+    v, seq, ts, kind = obj.get("v"), obj.get("seq"), obj.get("ts"), obj.get("kind")
+    return (
+        type(v) is int
+        and v == FORMAT_VERSION
+        and type(seq) is int
+        and seq >= FIRST_SEQ
+        and type(ts) is str
+        and _TS_RE.match(ts) is not None
+        and (kind in _VALID_KINDS or _remember_kind(kind))
+    )
+
+
+def _remember_kind(kind: Any) -> bool:
+    if not isinstance(kind, str) or not _KIND_RE.match(kind):
+        return False
+    if len(_VALID_KINDS) < 1024:
+        _VALID_KINDS.add(kind)
+    return True
+
+
+_VALID_KINDS: set[str] = set()
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when ``value`` holds no float, no integer outside ±(2**53-1), no nesting past 32."""
+    if depth > MAX_DEPTH:
+        return False
+    items = value.values() if type(value) is dict else value
+    for item in items:
+        kind = type(item)
+        if kind is int:
+            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
+                return False
+        elif kind is dict or kind is list:
+            if not _plain(item, depth + 1):
+                return False
+        elif kind is float:
+            return False
+    return True
 
 
 def _refuse_number(text: str) -> Any:

@@ -14,7 +14,12 @@ import re
 
 from sqlalchemy import Connection, text
 
-GUARDED_TABLES = ("ledger_entries", "ledger_checkpoints", "ledger_anchor_records", "ledger_recoveries")
+GUARDED_TABLES = (
+    "ledger_entries",
+    "ledger_checkpoints",
+    "ledger_anchor_records",
+    "ledger_recoveries",
+)
 OWNER_ROLE = "opsgate_ledger_owner"
 PG_FUNCTION = "opsgate_ledger_append_only"
 _ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
@@ -34,7 +39,9 @@ def drop_triggers(conn: Connection) -> None:
     postgres = conn.dialect.name == "postgresql"
     for table in GUARDED_TABLES:
         for name in _trigger_names(conn.dialect.name, table):
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {name}" + (f" ON {table}" if postgres else "")))
+            conn.execute(
+                text(f"DROP TRIGGER IF EXISTS {name}" + (f" ON {table}" if postgres else ""))
+            )
     if postgres:
         conn.execute(text(f"DROP FUNCTION IF EXISTS {PG_FUNCTION}()"))
 

@@ -59,11 +59,25 @@ class CompactRange:
     subtree roots right to left, which is exactly RFC 9162's recursive split for ``size``.
     """
 
-    __slots__ = ("size", "_hashes")
+    __slots__ = ("_hashes", "size")
 
     def __init__(self) -> None:
         self.size = 0
         self._hashes: list[bytes] = []
+
+    @classmethod
+    def restore(cls, size: int, frontier: bytes) -> CompactRange:
+        """Rebuild from :meth:`frontier` bytes; ValueError unless there is one hash per set bit."""
+        if len(frontier) != HASH_SIZE * size.bit_count():
+            raise ValueError(f"a frontier of size {size} holds {size.bit_count()} hashes")
+        compact = cls()
+        compact.size = size
+        compact._hashes = [frontier[i : i + HASH_SIZE] for i in range(0, len(frontier), HASH_SIZE)]
+        return compact
+
+    def frontier(self) -> bytes:
+        """The perfect-subtree roots, largest (leftmost) first, concatenated (32 bytes each)."""
+        return b"".join(self._hashes)
 
     def append(self, leaf: bytes) -> None:
         """Add the next leaf hash (32 bytes)."""

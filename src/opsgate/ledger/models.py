@@ -1,7 +1,8 @@
 """The ledger's own tables beside ``ledger_entries`` (registered on ``opsgate.store.models.metadata``).
 
 - ``ledger_checkpoints``: every signed checkpoint, its note stored byte for byte and re-served as
-  is; ``size`` is the primary key, so no size is ever signed twice.
+  is, with the tree's frontier (``merkle.CompactRange``) so the next checkpoint only hashes
+  new entries; ``size`` is the primary key, so no size is ever signed twice.
 - ``ledger_anchor_records``: one row per checkpoint posted to an anchor, with the anchor's
   reference (the Discord message id, the anchor file's name).
 - ``ledger_anchor_state``: per anchor, the largest size anchored; advanced only by
@@ -24,6 +25,7 @@ ledger_checkpoints = Table(
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("root_hash", LargeBinary(32), nullable=False),
     Column("note", LargeBinary, nullable=False),
+    Column("frontier", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 

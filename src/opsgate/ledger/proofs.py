@@ -93,7 +93,9 @@ def _subproof(leaves: Sequence[bytes], m: int, start: int, end: int, whole: bool
         return _subproof(leaves, m, start, start + k, whole) + [
             subtree_root(leaves, start + k, end)
         ]
-    return _subproof(leaves, m - k, start + k, end, False) + [subtree_root(leaves, start, start + k)]
+    return _subproof(leaves, m - k, start + k, end, False) + [
+        subtree_root(leaves, start, start + k)
+    ]
 
 
 def verify_inclusion(leaf: bytes, proof: InclusionProof, root: bytes) -> None:

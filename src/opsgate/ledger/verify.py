@@ -1,43 +1,57 @@
-"""Verifying the whole chain from the stored bytes.
+"""Verifying the ledger from the stored bytes: chain, Merkle tree, checkpoints and anchors.
 
-:func:`verify` streams ``ledger_entries`` in ``seq`` order (a server-side cursor on PostgreSQL,
-SQLite's incremental cursor, ``batch_size`` rows at a time) inside one read transaction, so it
-checks one consistent snapshot with memory bounded by the batch size plus the set of intents
-still waiting for their result. For each row, in this order:
+:func:`verify` reads ``ledger_entries`` in ``seq`` order with the driver's own cursor (a named
+server-side cursor on PostgreSQL inside one REPEATABLE READ snapshot, SQLite's incremental cursor),
+``batch_size`` rows at a time, so memory stays bounded by the batch plus the intents still waiting
+for their result. Before the scan every checkpoint is gathered — the ones stored in the database and
+those read back from external anchors — and its signature checked. During the scan the RFC 9162 tree
+grows leaf by leaf (``merkle.CompactRange``) and, at each checkpointed size, its root is compared.
 
-``seq_gap``       the row's seq is not the previous seq + 1 (the first row must be 0); the failure
-                  names the first missing seq.
-``bad_body``      the body is not the canonical v1 JSON the writer produces (``entry.decode_body``).
-``seq_mismatch``  the body's own ``seq`` differs from the row's (e.g. two bodies swapped).
-``hash_mismatch`` ``SHA-256(domain || prev_hash || body)`` differs from the stored ``entry_hash``.
-``link_mismatch`` ``prev_hash`` differs from the previous row's ``entry_hash`` (genesis: zeros).
+Failures (the first one stops the scan; its ``seq`` is where trust ends):
 
-The first failure stops the scan: nothing after it can be trusted. A ``ts`` earlier than the one
-before it is a ``clock_regression`` warning, not a failure (the writer clamps, so a regression means
-another writer's clock or a hand-made entry). Truncation of the newest entries cannot be seen from
-the chain alone; signed checkpoints (a later issue) close that gap.
+``bad_signature``  a checkpoint (stored or anchored) is not validly signed by the ledger's key, or
+                   its stored root differs from its note; seq = the checkpoint's last entry.
+``seq_gap``        the row's seq is not the previous seq + 1 (the first row must be 0); the failure
+                   names the first missing seq.
+``bad_body``       the body is not the canonical v1 JSON the writer produces (``entry.decode_body``).
+``seq_mismatch``   the body's own ``seq`` differs from the row's (e.g. two bodies swapped).
+``hash_mismatch``  ``SHA-256(domain || prev_hash || body)`` differs from the stored ``entry_hash``.
+``link_mismatch``  ``prev_hash`` differs from the previous row's ``entry_hash`` (genesis: zeros).
+``root_mismatch``  the tree recomputed over entries ``0 .. size-1`` differs from a signed
+                   checkpoint of that size (e.g. the chain was recomputed after an edit); seq = the
+                   first entry not covered by the last checkpoint that still matched, so the change
+                   lies in ``seq .. size-1``.
+``truncated``      a checkpoint stored in the database covers more entries than the log holds;
+                   seq = the first missing entry.
+``rolled_back``    an external anchor holds a checkpoint larger than the log and the database has no
+                   such checkpoint (e.g. restored from an older backup); seq = the first missing entry.
+
+Warnings, not failures: ``clock_regression`` (a ``ts`` earlier than its predecessor's; the writer
+clamps, so it means another writer's clock or a hand-made entry). ``incomplete_intents`` counts
+intents without a result for the same ``request_id``: a crash or an operation in flight.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
-from opsgate.ledger.entry import FIRST_SEQ, GENESIS_PREV_HASH, chain_hash, decode_body
+from opsgate.ledger.checkpoint import Checkpoint, CheckpointError, Verifier, parse_checkpoint
+from opsgate.ledger.entry import CHAIN_DOMAIN, FIRST_SEQ, GENESIS_PREV_HASH, decode_body_fast
 from opsgate.ledger.errors import LedgerError, LedgerIOError
-from opsgate.store.models import ledger_entries
+from opsgate.ledger.merkle import CompactRange
+from opsgate.ledger.models import ledger_checkpoints
 
 MAX_KEPT_WARNINGS = 100
-_ROWS = select(
-    ledger_entries.c.seq,
-    ledger_entries.c.prev_hash,
-    ledger_entries.c.entry_hash,
-    ledger_entries.c.body,
-).order_by(ledger_entries.c.seq)
+DB_SOURCE = "database"
+_ROWS_SQL = "SELECT seq, prev_hash, entry_hash, body FROM ledger_entries ORDER BY seq"
+_CHAIN = hashlib.sha256(CHAIN_DOMAIN)
+_LEAF = hashlib.sha256(b"\x00")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,14 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
+class AnchoredNote:
+    """A signed checkpoint note read back from an external anchor named ``source``."""
+
+    source: str
+    note: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyReport:
     """The outcome of :func:`verify`.
 
@@ -57,8 +79,10 @@ class VerifyReport:
     ``head_hash`` (32 bytes): the last entry that verified, None for an empty ledger or a failure on
     the first row. ``failure``: the first failure, None when ``ok``. ``warnings``: the first
     ``MAX_KEPT_WARNINGS`` warnings; ``warning_count``: all of them. ``incomplete_intents``: intent
-    entries with no result entry carrying the same ``request_id`` (not tampering: a crash or an
-    operation still running).
+    entries with no result carrying the same ``request_id``. ``checkpoints``: distinct checkpoint
+    sizes checked (stored and anchored). ``anchored_size``: the largest size confirmed by an
+    external anchor given to :func:`verify` (0 without anchors); ``unanchored`` = entries beyond it.
+    ``root``: the recomputed tree hash of all entries (None on failure).
     """
 
     ok: bool
@@ -69,12 +93,29 @@ class VerifyReport:
     warnings: tuple[Finding, ...]
     warning_count: int
     incomplete_intents: int
+    checkpoints: int = 0
+    anchored_size: int = 0
+    root: bytes | None = None
+
+    @property
+    def unanchored(self) -> int:
+        """Entries not covered by any externally anchored checkpoint."""
+        return max(self.entries - self.anchored_size, 0)
+
+
+@dataclass(slots=True)
+class _Target:
+    """A checkpointed size with its signed root and where each copy of it came from."""
+
+    size: int
+    root: bytes
+    sources: list[str] = field(default_factory=list)
 
 
 class _Checker:
-    """The per-row checks, fed rows in seq order; stops accepting rows after the first failure."""
+    """The per-row checks, fed batches in seq order; stops after the first failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, targets: dict[int, _Target]) -> None:
         self.entries = 0
         self.head_seq: int | None = None
         self.head_hash = GENESIS_PREV_HASH
@@ -83,48 +124,100 @@ class _Checker:
         self.warnings: list[Finding] = []
         self.warning_count = 0
         self.open_intents: dict[str, int] = {}
+        self.tree = CompactRange()
+        self.targets = targets
+        self.matched_size = 0
 
-    def feed(self, seq: int, prev_hash: bytes, entry_hash: bytes, body: bytes) -> bool:
-        """Check one row; False once a failure has been recorded."""
-        self.entries += 1
-        self.failure = self._check(seq, prev_hash, entry_hash, body)
-        return self.failure is None
-
-    def _check(self, seq: int, prev_hash: bytes, entry_hash: bytes, body: bytes) -> Finding | None:
+    def feed(self, rows: Iterable[tuple[int, bytes, bytes, bytes]]) -> bool:
+        """Check a batch of ``(seq, prev_hash, entry_hash, body)`` rows; False once failed."""
+        chain, leaf, tree, targets = _CHAIN.copy, _LEAF.copy, self.tree, self.targets
         expected = FIRST_SEQ if self.head_seq is None else self.head_seq + 1
-        if seq != expected:
-            return Finding(expected, "seq_gap", f"entry {expected} is missing (next row is {seq})")
-        try:
-            obj = decode_body(body)
-        except LedgerError as exc:
-            return Finding(seq, "bad_body", exc.detail)
-        if obj["seq"] != seq:
-            return Finding(seq, "seq_mismatch", f"row {seq} holds the body of entry {obj['seq']}")
-        if chain_hash(prev_hash, body) != entry_hash:
-            return Finding(seq, "hash_mismatch", "stored entry_hash does not match the body")
-        if prev_hash != self.head_hash:
-            return Finding(seq, "link_mismatch", "prev_hash is not the previous entry's hash")
-        self._accept(seq, entry_hash, obj)
-        return None
+        for seq, prev_hash, entry_hash, body in rows:
+            self.entries += 1
+            if seq != expected:
+                return self._fail(
+                    expected, "seq_gap", f"entry {expected} is missing (next row is {seq})"
+                )
+            try:
+                obj = decode_body_fast(body)
+            except LedgerError as exc:
+                return self._fail(seq, "bad_body", exc.detail)
+            if obj["seq"] != seq:
+                return self._fail(
+                    seq, "seq_mismatch", f"row {seq} holds the body of entry {obj['seq']}"
+                )
+            digest = chain()
+            digest.update(prev_hash)
+            digest.update(body)
+            if digest.digest() != entry_hash:
+                return self._fail(seq, "hash_mismatch", "stored entry_hash does not match the body")
+            if prev_hash != self.head_hash:
+                return self._fail(
+                    seq, "link_mismatch", "prev_hash is not the previous entry's hash"
+                )
+            self._accept(seq, entry_hash, obj)
+            digest = leaf()
+            digest.update(body)
+            tree.append(digest.digest())
+            expected = seq + 1
+            if expected in targets and not self._check_root(targets[expected]):
+                return False
+        return True
 
     def _accept(self, seq: int, entry_hash: bytes, obj: dict[str, Any]) -> None:
-        if obj["ts"] < self.head_ts:  # fixed-width UTC text: string order is time order
-            self._warn(Finding(seq, "clock_regression", f"ts {obj['ts']} < {self.head_ts}"))
-        request_id = obj.get("request_id")
-        if obj["kind"] == "intent" and isinstance(request_id, str):
-            self.open_intents[request_id] = seq
-        elif obj["kind"] == "result" and isinstance(request_id, str):
-            self.open_intents.pop(request_id, None)
-        self.head_seq, self.head_hash, self.head_ts = seq, entry_hash, obj["ts"]
+        ts = obj["ts"]
+        if ts < self.head_ts:  # fixed-width UTC text: string order is time order
+            self._warn(Finding(seq, "clock_regression", f"ts {ts} < {self.head_ts}"))
+        kind = obj["kind"]
+        if kind == "intent" or kind == "result":
+            request_id = obj.get("request_id")
+            if isinstance(request_id, str):
+                if kind == "intent":
+                    self.open_intents[request_id] = seq
+                else:
+                    self.open_intents.pop(request_id, None)
+        self.head_seq, self.head_hash, self.head_ts = seq, entry_hash, ts
+
+    def _check_root(self, target: _Target) -> bool:
+        if self.tree.root() != target.root:
+            start = self.matched_size
+            return self._fail(
+                start,
+                "root_mismatch",
+                f"entries {start}..{target.size - 1} differ from the signed checkpoint of size "
+                f"{target.size} ({', '.join(target.sources)})",
+            )
+        self.matched_size = target.size
+        return True
+
+    def finish(self) -> None:
+        """After the last row: checkpoints larger than the log are truncation or a rollback."""
+        size = self.tree.size
+        beyond = [t for t in self.targets.values() if t.size > size]
+        if self.failure is not None or not beyond:
+            return
+        target = max(beyond, key=lambda t: t.size)
+        reason = "truncated" if DB_SOURCE in target.sources else "rolled_back"
+        self._fail(
+            size,
+            reason,
+            f"a signed checkpoint of size {target.size} ({', '.join(target.sources)}) "
+            f"but the log ends at {size} entries",
+        )
+
+    def _fail(self, seq: int, reason: str, detail: str) -> bool:
+        self.failure = Finding(seq, reason, detail)
+        return False
 
     def _warn(self, finding: Finding) -> None:
         self.warning_count += 1
         if len(self.warnings) < MAX_KEPT_WARNINGS:
             self.warnings.append(finding)
 
-    def report(self) -> VerifyReport:
+    def report(self, anchored_size: int) -> VerifyReport:
+        ok = self.failure is None
         return VerifyReport(
-            ok=self.failure is None,
+            ok=ok,
             entries=self.entries,
             head_seq=self.head_seq,
             head_hash=None if self.head_seq is None else self.head_hash,
@@ -132,44 +225,125 @@ class _Checker:
             warnings=tuple(self.warnings),
             warning_count=self.warning_count,
             incomplete_intents=len(self.open_intents),
+            checkpoints=len(self.targets),
+            anchored_size=anchored_size if ok else 0,
+            root=self.tree.root() if ok else None,
         )
 
 
 def verify(
     engine: Engine,
     *,
+    verifier: Verifier | None = None,
+    anchored: Sequence[AnchoredNote] = (),
     batch_size: int = 10_000,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Recompute the chain of ``engine``'s ledger from the stored bytes (see module docstring).
+    """Recompute ``engine``'s ledger from the stored bytes (see the module docstring).
 
-    ``progress`` (optional) is called with the number of rows checked after each batch.
+    ``verifier`` checks the signatures of stored checkpoints and of the ``anchored`` notes (read
+    from external anchors); without it stored checkpoints are compared by root only and anchored
+    notes are refused. ``progress`` (optional) is called with the rows checked after each batch.
     Raises :class:`LedgerIOError` if the ledger cannot be read (no table, database unreachable).
     """
-    checker = _Checker()
     try:
-        with engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-                _ROWS
-            )
-            for batch in result.partitions():
-                if not all(
-                    checker.feed(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3])) for r in batch
-                ):
-                    break
-                if progress is not None:
-                    progress(checker.entries)
-            result.close()
+        stored = _stored_checkpoints(engine)
     except DBAPIError as exc:
-        raise LedgerIOError(f"could not read the ledger: {type(exc.orig).__name__}") from exc
-    return checker.report()
+        raise LedgerIOError(f"could not read the checkpoints: {type(exc.orig).__name__}") from exc
+    targets, failure = _targets(stored, anchored, verifier)
+    checker = _Checker(targets)
+    if failure is not None:
+        checker.failure = failure
+        return checker.report(0)
+    try:
+        for batch in row_batches(engine, batch_size):
+            if not checker.feed(batch):
+                break
+            if progress is not None:
+                progress(checker.entries)
+    except (DBAPIError, engine.dialect.loaded_dbapi.Error) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise LedgerIOError(f"could not read the ledger: {type(cause).__name__}") from exc
+    checker.finish()
+    external = [t.size for t in targets.values() if set(t.sources) - {DB_SOURCE}]
+    return checker.report(max(external, default=0))
+
+
+def _stored_checkpoints(engine: Engine) -> list[tuple[int, bytes, bytes]]:
+    query = select(
+        ledger_checkpoints.c.size, ledger_checkpoints.c.root_hash, ledger_checkpoints.c.note
+    ).order_by(ledger_checkpoints.c.size)
+    with engine.connect() as conn:
+        return [(r[0], bytes(r[1]), bytes(r[2])) for r in conn.execute(query)]
+
+
+def _targets(
+    stored: list[tuple[int, bytes, bytes]],
+    anchored: Sequence[AnchoredNote],
+    verifier: Verifier | None,
+) -> tuple[dict[int, _Target], Finding | None]:
+    """Every checkpoint by size, each signature checked; or the first bad one as a Finding."""
+    targets: dict[int, _Target] = {}
+    notes = [(DB_SOURCE, note, size, root) for size, root, note in stored]
+    notes += [(a.source, a.note, None, None) for a in anchored]
+    for source, note, size, root in notes:
+        try:
+            checkpoint = _open(note, verifier)
+        except CheckpointError as exc:
+            seq = max((size or 1) - 1, 0)
+            return targets, Finding(seq, "bad_signature", f"checkpoint from {source}: {exc.detail}")
+        if (size is not None and (size, root) != (checkpoint.size, checkpoint.root)) or (
+            checkpoint.size == 0
+        ):
+            return targets, Finding(
+                max(checkpoint.size - 1, 0),
+                "bad_signature",
+                f"checkpoint from {source}: stored size/root differ from its signed note",
+            )
+        target = targets.setdefault(checkpoint.size, _Target(checkpoint.size, checkpoint.root))
+        if target.root != checkpoint.root:
+            return targets, Finding(
+                checkpoint.size - 1,
+                "root_mismatch",
+                f"two signed checkpoints of size {checkpoint.size} disagree "
+                f"({', '.join(target.sources)} vs {source}): the signing key is misused",
+            )
+        target.sources.append(source)
+    return targets, None
+
+
+def _open(note: bytes, verifier: Verifier | None) -> Checkpoint:
+    if verifier is not None:
+        return verifier.open_checkpoint(note)
+    cut = note.rfind(b"\n\n")
+    return parse_checkpoint(note[: cut + 1] if cut >= 0 else note)
+
+
+def row_batches(engine: Engine, batch_size: int) -> Iterator[list[tuple[int, bytes, bytes, bytes]]]:
+    """Raw DBAPI rows in seq order, ``batch_size`` at a time, from one consistent snapshot."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            cursor = (
+                raw.cursor(name="opsgate_ledger_verify")  # type: ignore[call-arg]
+                if engine.dialect.name == "postgresql"
+                else raw.cursor()
+            )
+            try:
+                cursor.execute(_ROWS_SQL)
+                while batch := cursor.fetchmany(batch_size):
+                    yield batch
+            finally:
+                cursor.close()
 
 
 def format_summary(report: VerifyReport) -> str:
-    """One line: ``OK entries=N head=SEQ hash=HEX warnings=W incomplete=I`` or
-    ``FAIL seq=N reason=R: detail`` (``head=none hash=none`` for an empty ledger)."""
+    """One line: ``OK entries=N head=SEQ hash=HEX checkpoints=C anchored=A unanchored=U
+    warnings=W incomplete=I`` or ``FAIL seq=N reason=R: detail`` (``head=none hash=none`` for an
+    empty ledger)."""
     if report.failure is not None:
         failure = report.failure
         return f"FAIL seq={failure.seq} reason={failure.reason}: {failure.detail}"
@@ -177,5 +351,7 @@ def format_summary(report: VerifyReport) -> str:
     digest = "none" if report.head_hash is None else report.head_hash.hex()
     return (
         f"OK entries={report.entries} head={head} hash={digest} "
+        f"checkpoints={report.checkpoints} anchored={report.anchored_size} "
+        f"unanchored={report.unanchored} "
         f"warnings={report.warning_count} incomplete={report.incomplete_intents}"
     )

@@ -21,6 +21,7 @@ def upgrade() -> None:
         sa.Column("size", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("root_hash", sa.LargeBinary(length=32), nullable=False),
         sa.Column("note", sa.LargeBinary(), nullable=False),
+        sa.Column("frontier", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("size"),
     )

@@ -1,0 +1,234 @@
+"""``opsgate ledger ...``: verify, prove, consistency, checkpoint, recover, guard, keygen.
+
+Exit status: 0 ok; 1 tampering found (``verify`` printed ``FAIL ...``) or a proof that does not
+verify; 2 configuration or I/O errors (no database, no key, unreadable anchor, unknown size).
+Settings come from ``OPSGATE_*`` (``opsgate.config.Settings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import aiohttp
+import typer
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.ledger.anchors import DirectoryAnchor, DiscordAnchor, discord_references
+from opsgate.ledger.checkpoint import Verifier, write_key_file
+from opsgate.ledger.errors import LedgerError
+from opsgate.ledger.guards import OWNER_ROLE, guard_postgres
+from opsgate.ledger.proofs import (
+    ProofError,
+    consistency_proof,
+    inclusion_proof,
+    verify_consistency_against,
+    verify_inclusion_against,
+)
+from opsgate.ledger.recovery import DEFAULT_OLDER_THAN_S, recover
+from opsgate.ledger.scheduled import Checkpointer, anchors_for, signer_for
+from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_hashes
+from opsgate.ledger.verify import AnchoredNote, format_summary, verify
+from opsgate.ledger.writer import Ledger
+from opsgate.store.db import make_engine, normalise_url
+
+ledger_app = typer.Typer(
+    help="Verify, prove and checkpoint the tamper-evident ledger.", no_args_is_help=True
+)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _engine(settings: Settings) -> Engine:
+    try:
+        return make_engine(settings.database_url)
+    except (SQLAlchemyError, OSError) as exc:
+        _fail(f"cannot open the database: {type(exc).__name__}")
+
+
+def _verifier(settings: Settings, vkey: str | None) -> Verifier | None:
+    if vkey is not None:
+        return Verifier(vkey)
+    if not Path(settings.ledger_signing_key_file).exists():
+        return None
+    return signer_for(settings, create=False).verifier()
+
+
+@ledger_app.command("verify")
+def verify_cmd(
+    anchors: Path = typer.Option(None, "--anchors", help="Directory anchor to check against."),
+    discord: bool = typer.Option(False, "--discord", help="Read checkpoints back from Discord."),
+    vkey: str = typer.Option(None, "--verifier-key", help="Verifier key (default: from key file)."),
+) -> None:
+    """Recompute every entry, link, leaf and signed checkpoint; compare the anchors.
+    Prints ``OK ...`` (exit 0) or ``FAIL seq=N reason=...`` (exit 1)."""
+    settings = Settings()
+    try:
+        verifier = _verifier(settings, vkey)
+        engine = _engine(settings)
+        notes = DirectoryAnchor(anchors).read() if anchors is not None else []
+        if discord:
+            notes += asyncio.run(_discord_notes(settings, engine))
+        if notes and verifier is None:
+            _fail("anchors need the verifier key (--verifier-key or the signing key file)")
+        report = verify(engine, verifier=verifier, anchored=notes)
+    except (LedgerError, OSError, ValueError) as exc:
+        _fail(f"cannot verify: {type(exc).__name__}: {exc}")
+    print(format_summary(report))
+    raise typer.Exit(0 if report.ok else 1)
+
+
+async def _discord_notes(settings: Settings, engine: Engine) -> list[AnchoredNote]:
+    if settings.ledger_discord_webhook_url is None:
+        _fail("--discord needs OPSGATE_LEDGER_DISCORD_WEBHOOK_URL")
+    async with aiohttp.ClientSession() as session:
+        anchor = DiscordAnchor(settings.ledger_discord_webhook_url, session)
+        return [await anchor.fetch(ref) for ref in discord_references(engine)]
+
+
+@ledger_app.command("prove")
+def prove_cmd(seq: int = typer.Argument(..., help="Entry sequence number (= leaf index).")) -> None:
+    """Print an RFC 9162 inclusion proof of entry SEQ against the latest signed checkpoint (JSON)."""
+    settings = Settings()
+    engine = _engine(settings)
+    try:
+        verifier = signer_for(settings, create=False).verifier()
+        latest = latest_checkpoint(engine)
+        if latest is None or not 0 <= seq < latest.size:
+            _fail(
+                f"entry {seq} is not covered by a signed checkpoint (run `opsgate ledger checkpoint`)"
+            )
+        leaves = leaf_hashes(engine, latest.size)
+        proof = inclusion_proof(leaves, seq, latest.size)
+        verify_inclusion_against(leaves[seq], proof, latest.note, verifier)
+    except ProofError as exc:
+        _fail(f"proof does not verify: {exc.detail}", 1)
+    except (LedgerError, OSError, SQLAlchemyError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    _print({"leaf_hash": _b64(leaves[seq]), **proof.to_json(), "checkpoint": latest.note.decode()})
+
+
+@ledger_app.command("consistency")
+def consistency_cmd(old: int = typer.Argument(...), new: int = typer.Argument(...)) -> None:
+    """Print an RFC 9162 consistency proof between two signed checkpoints' sizes (JSON)."""
+    settings = Settings()
+    engine = _engine(settings)
+    try:
+        verifier = signer_for(settings, create=False).verifier()
+        old_cp, new_cp = checkpoint_of_size(engine, old), checkpoint_of_size(engine, new)
+        if old_cp is None or new_cp is None:
+            _fail(f"no signed checkpoint of size {old if old_cp is None else new}")
+        proof = consistency_proof(leaf_hashes(engine, new), old, new)
+        verify_consistency_against(proof, old_cp.note, new_cp.note, verifier)
+    except ProofError as exc:
+        _fail(f"proof does not verify: {exc.detail}", 1)
+    except (LedgerError, OSError, SQLAlchemyError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    _print(
+        {
+            **proof.to_json(),
+            "old_checkpoint": old_cp.note.decode(),
+            "new_checkpoint": new_cp.note.decode(),
+        }
+    )
+
+
+@ledger_app.command("checkpoint")
+def checkpoint_cmd() -> None:
+    """Sign a checkpoint of the whole log now and post pending checkpoints to every anchor."""
+    settings = Settings()
+    engine = _engine(settings)
+    try:
+        signer = signer_for(settings, create=engine.dialect.name == "sqlite")
+        made = asyncio.run(_checkpoint(settings, engine, signer))
+    except (LedgerError, OSError, SQLAlchemyError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    latest = latest_checkpoint(engine)
+    state = "signed" if made is not None else "unchanged"
+    print(f"checkpoint {state}: size={latest.size if latest else 0}")
+
+
+async def _checkpoint(settings: Settings, engine: Engine, signer: Any) -> Any:
+    async with aiohttp.ClientSession() as session:
+        checkpointer = Checkpointer(
+            engine, signer, settings.ledger_origin, SystemClock(), anchors_for(settings, session)
+        )
+        return await checkpointer.run_once(force=True)
+
+
+@ledger_app.command("recover")
+def recover_cmd(
+    older_than: float = typer.Option(
+        DEFAULT_OLDER_THAN_S, help="Only intents older than this (s)."
+    ),
+) -> None:
+    """Append an ``interrupted`` result for every intent left open by a crash."""
+    settings = Settings()
+    engine = _engine(settings)
+    clock = SystemClock()
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    try:
+        closed = asyncio.run(recover(engine, ledger, clock, older_than))
+    except (LedgerError, SQLAlchemyError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    finally:
+        ledger.close()
+    print(f"recovered {len(closed)} interrupted operation(s)")
+    for request_id in closed:
+        print(request_id)
+
+
+@ledger_app.command("guard")
+def guard_cmd(
+    admin_url: str = typer.Option(..., help="PostgreSQL URL of a superuser or the tables' owner."),
+    app_role: str = typer.Option(
+        None, help="The application's role (default: the user in OPSGATE_DATABASE_URL)."
+    ),
+    owner_role: str = typer.Option(OWNER_ROLE, help="The role that will own the ledger tables."),
+) -> None:
+    """PostgreSQL: hand the ledger tables to a separate owner; leave the app INSERT and SELECT."""
+    from sqlalchemy.engine import make_url
+
+    settings = Settings()
+    role = app_role or make_url(normalise_url(settings.database_url)).username
+    if not role or not normalise_url(admin_url).startswith("postgresql"):
+        _fail("guard needs a PostgreSQL --admin-url and an app role")
+    engine = create_engine(normalise_url(admin_url))
+    try:
+        with engine.begin() as conn:
+            for statement in guard_postgres(conn, role, owner_role):
+                print(statement)
+    except (SQLAlchemyError, ValueError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+
+
+@ledger_app.command("keygen")
+def keygen_cmd() -> None:
+    """Create the Ed25519 signing key file (mode 0600); print the verifier key to publish."""
+    settings = Settings()
+    try:
+        signer = write_key_file(Path(settings.ledger_signing_key_file), settings.ledger_origin)
+    except (OSError, LedgerError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    print(signer.verifier_key())
+
+
+def _print(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")

@@ -1,0 +1,66 @@
+"""Closing intents a crash left open: an ``interrupted`` result for each.
+
+After a ``kill -9`` mid-request the ledger holds the durable ``intent`` but no ``result``. The
+chain is intact (each append is one transaction) and ``verify`` counts such intents as incomplete,
+not as tampering. :func:`recover` appends, for every intent older than ``older_than_s`` without a
+result, a ``result`` entry ``{"request_id", "intent_seq", "status": "interrupted", "error_code":
+"interrupted"}`` together with a ``ledger_recoveries`` row whose primary key makes a second
+recovery of the same request fail instead of writing a duplicate. The age threshold keeps it away
+from requests still running in another replica.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from opsgate.clock import Clock
+from opsgate.ledger.entry import decode_body_fast, format_ts
+from opsgate.ledger.errors import LedgerUnavailable
+from opsgate.ledger.models import ledger_recoveries
+from opsgate.ledger.verify import row_batches
+from opsgate.ledger.writer import Ledger
+
+DEFAULT_OLDER_THAN_S = 900.0
+"""Longer than any request can run (provider timeout x retries), so no live request is closed."""
+
+
+def open_intents(engine: Engine, before: str) -> dict[str, int]:
+    """``request_id -> intent seq`` for intents with ``ts < before`` (``format_ts`` text) and no
+    result entry. Reads the whole log once."""
+    pending: dict[str, int] = {}
+    for batch in row_batches(engine, 10_000):
+        for seq, _, _, body in batch:
+            obj = decode_body_fast(bytes(body))
+            request_id = obj.get("request_id")
+            if not isinstance(request_id, str):
+                continue
+            if obj["kind"] == "intent" and obj["ts"] < before:
+                pending[request_id] = seq
+            elif obj["kind"] == "result":
+                pending.pop(request_id, None)
+    return pending
+
+
+async def recover(
+    engine: Engine, ledger: Ledger, clock: Clock, older_than_s: float = DEFAULT_OLDER_THAN_S
+) -> list[str]:
+    """Append an ``interrupted`` result for every open intent older than ``older_than_s``;
+    return their request ids (those another recovery closed first are left out)."""
+    before = format_ts(clock.now() - timedelta(seconds=older_than_s))
+    closed = []
+    for request_id, seq in open_intents(engine, before).items():
+        payload = {
+            "request_id": request_id,
+            "intent_seq": seq,
+            "status": "interrupted",
+            "error_code": "interrupted",
+        }
+        row = {"request_id": request_id, "intent_seq": seq, "created_at": clock.now()}
+        try:
+            await ledger.append("result", payload, rows=[(ledger_recoveries, row)])
+        except LedgerUnavailable:
+            continue
+        closed.append(request_id)
+    return closed

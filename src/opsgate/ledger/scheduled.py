@@ -1,0 +1,132 @@
+"""The periodic checkpoint job: sign a checkpoint every N entries or T seconds, then anchor it.
+
+:class:`Checkpointer` runs as an asyncio task in ``opsgate serve`` (and can run in the worker).
+Every ``poll_s`` it reads the log size; when ``every`` entries are new, or ``interval_s`` has
+passed and any entry is new, it signs a checkpoint (``service.create_checkpoint``, in a thread)
+and then posts every checkpoint an anchor has not seen yet (``anchors.publish``). Several
+replicas may run it at once: the conditional insert and the anchors' compare-and-swap keep them
+from signing a size twice or moving an anchored size backwards. A failing round is logged and
+retried at the next poll; it never stops the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from opsgate.clock import Clock
+from opsgate.config import Settings
+from opsgate.ledger.anchors import Anchor, DirectoryAnchor, DiscordAnchor, publish
+from opsgate.ledger.checkpoint import Signer, load_key_file, write_key_file
+from opsgate.ledger.errors import LedgerError
+from opsgate.ledger.service import StoredCheckpoint, create_checkpoint, latest_checkpoint, log_size
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Signs and anchors checkpoints (see the module docstring). ``start()`` / ``await stop()``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        signer: Signer,
+        origin: str,
+        clock: Clock,
+        anchors: Sequence[Anchor] = (),
+        *,
+        every: int = 1000,
+        interval_s: float = 60.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self._engine, self._signer, self._origin, self._clock = engine, signer, origin, clock
+        self._anchors = list(anchors)
+        self._every, self._interval_s, self._poll_s = every, interval_s, min(poll_s, interval_s)
+        self._last_at = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self, *, force: bool = False) -> StoredCheckpoint | None:
+        """One round: checkpoint if due (or ``force`` and anything is new), then anchor."""
+        checkpoint = None
+        if force or await asyncio.to_thread(self._due):
+            checkpoint = await asyncio.to_thread(
+                create_checkpoint, self._engine, self._signer, self._origin, self._clock
+            )
+            self._last_at = time.monotonic()
+        for anchor in self._anchors:
+            await publish(self._engine, anchor, self._clock)
+        return checkpoint
+
+    def _due(self) -> bool:
+        latest = latest_checkpoint(self._engine)
+        new = log_size(self._engine) - (latest.size if latest else 0)
+        elapsed = time.monotonic() - self._last_at
+        return new >= self._every or (new > 0 and elapsed >= self._interval_s)
+
+    def start(self) -> None:
+        """Start the polling task on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="ledger-checkpoints")
+
+    async def stop(self) -> None:
+        """Cancel the polling task and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ledger checkpoint round failed; retrying at the next poll")
+            await asyncio.sleep(self._poll_s)
+
+
+def signer_for(settings: Settings, *, create: bool) -> Signer:
+    """Load the signing key from ``settings.ledger_signing_key_file``; with ``create``, generate
+    it first when missing (the embedded SQLite default). OSError / CheckpointError otherwise."""
+    path = Path(settings.ledger_signing_key_file)
+    if create and not path.exists():
+        log.warning("generated a new ledger signing key at %s (mode 0600); back it up", path)
+        return write_key_file(path, settings.ledger_origin)
+    return load_key_file(path)
+
+
+def anchors_for(settings: Settings, session: object | None) -> list[Anchor]:
+    """The anchors configured in ``settings`` (a directory and/or a Discord webhook; the webhook
+    needs the shared aiohttp ``session``)."""
+    anchors: list[Anchor] = []
+    if settings.ledger_anchor_dir is not None:
+        anchors.append(DirectoryAnchor(Path(settings.ledger_anchor_dir)))
+    if settings.ledger_discord_webhook_url is not None and session is not None:
+        anchors.append(DiscordAnchor(settings.ledger_discord_webhook_url, session))  # type: ignore[arg-type]
+    return anchors
+
+
+def checkpointer_for(
+    settings: Settings, engine: Engine, clock: Clock, session: object | None
+) -> Checkpointer | None:
+    """A :class:`Checkpointer` from ``settings``, or None (logged) when no signing key can be
+    had: a missing key is generated only for SQLite, the embedded default."""
+    try:
+        signer = signer_for(settings, create=engine.dialect.name == "sqlite")
+    except (OSError, LedgerError) as exc:
+        log.error("ledger checkpoints are OFF: no signing key (%s)", exc)
+        return None
+    return Checkpointer(
+        engine,
+        signer,
+        settings.ledger_origin,
+        clock,
+        anchors_for(settings, session),
+        every=settings.ledger_checkpoint_every,
+        interval_s=settings.ledger_checkpoint_interval_s,
+    )
