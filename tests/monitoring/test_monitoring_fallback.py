@@ -59,7 +59,7 @@ async def test_monitoring_outage_demotes_then_restores_provider(env: Env) -> Non
         await worker.tick()
         await sync.sync_once()
         assert router.demoted == frozenset()
-        assert [t.provider for t in router.chain(policy)][0] == "anthropic"
+        assert [t.provider for t in router.chain(policy)] == ["anthropic", "deepseek", "gemini"]
         assert [p["event_action"] for p in env.http.bodies(PAGERDUTY)] == ["trigger", "resolve"]
 
 

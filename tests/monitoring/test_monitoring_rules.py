@@ -82,7 +82,7 @@ def test_monitoring_cost_discrepancy_threshold(db, difference, firing) -> None:
             tracked_micro_usd=1_000_000 - difference, invoiced_micro_usd=1_000_000,
             difference_micro_usd=difference, accuracy_pct="99.00", created_at=CLOCK.now()))
     assert findings(engine, "cost_discrepancy") == {"deepseek": (firing, Severity.P2 if firing else None)}
-    assert compute_health(engine, CLOCK.now(), 3600).costAccuracy == (99.0 if not firing else 99.0)
+    assert compute_health(engine, CLOCK.now(), 3600).costAccuracy == 99.0  # 2 decimals, half up
 
 
 def test_monitoring_ledger_failure_is_p1_and_immediate(db) -> None:
