@@ -15,6 +15,7 @@ import orjson
 from starlette.responses import Response
 
 from opsgate.errors import InvalidInput, OpsgateError
+from opsgate.security.sanitizer import sanitize_obj
 
 PROBLEM_TYPE_BASE = "https://opsgate.dev/problems/"
 log = logging.getLogger("opsgate.api")
@@ -35,7 +36,7 @@ def problem_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, An
     }
     if isinstance(exc, InvalidInput) and exc.errors:
         body["errors"] = exc.errors
-    return exc.status, body
+    return exc.status, sanitize_obj(body)
 
 
 def problem_response(exc: BaseException, request_id: str) -> Response:

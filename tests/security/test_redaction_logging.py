@@ -1,0 +1,72 @@
+"""The sanitizer on every log path: stdlib loggers (ours and third-party), tracebacks, structlog
+JSON lines, uvicorn's access formatter, and problem+json bodies."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import secrets
+
+import pytest
+import structlog
+from uvicorn.logging import AccessFormatter
+
+from opsgate.errors import OpsgateError
+from opsgate.problems import problem_body
+from opsgate.security.logging import SanitizingFilter, configure_logging
+
+KEY = "sk-ant-api03-" + secrets.token_urlsafe(40)
+EMAIL = "ana.lopez@example.org"
+
+
+@pytest.fixture
+def json_logs() -> io.StringIO:
+    """configure_logging, with the root handler's stream swapped for a buffer."""
+    configure_logging("DEBUG")
+    stream = io.StringIO()
+    handler = logging.getLogger().handlers[-1]
+    handler.setStream(stream)  # type: ignore[attr-defined]
+    yield stream
+    logging.getLogger().removeHandler(handler)
+    logging.setLogRecordFactory(logging.LogRecord)
+
+
+def test_stdlib_message_args_and_traceback(json_logs: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("httpx")
+    try:
+        raise RuntimeError(f"upstream refused key {KEY}")
+    except RuntimeError:
+        log.exception("calling with password=%s for %s", "hunter2", EMAIL)
+    text = json_logs.getvalue() + caplog.text
+    assert "hunter2" not in text and KEY not in text and EMAIL not in text
+    line = json.loads(json_logs.getvalue().splitlines()[-1])
+    assert line["logger"] == "httpx" and line["level"] == "error"
+    assert "RuntimeError: upstream refused key [REDACTED:anthropic:" in line["exception"]
+    assert "[REDACTED:field:" in line["event"] and "[REDACTED:email:" in line["event"]
+
+
+def test_structlog_event_dict(json_logs: io.StringIO) -> None:
+    structlog.get_logger("opsgate.test").info(
+        "login", user=EMAIL, headers={"Authorization": "Bearer abcdef123456"}, input_tokens=12
+    )
+    line = json.loads(json_logs.getvalue().splitlines()[-1])
+    assert line["user"].startswith("[REDACTED:email:")
+    assert line["headers"]["Authorization"].startswith("[REDACTED:field:")
+    assert line["input_tokens"] == 12 and line["event"] == "login"
+
+
+def test_uvicorn_access_record_keeps_its_arguments(json_logs: io.StringIO) -> None:
+    record = logging.getLogger("uvicorn.access").makeRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", f"/v1/x?key={KEY}", "1.1", 200), None,
+    )  # fmt: skip
+    SanitizingFilter().filter(record)
+    line = AccessFormatter("%(request_line)s %(status_code)s", use_colors=False).format(record)
+    assert KEY not in line and line.startswith("GET /v1/x?key=[REDACTED:") and line.endswith("200 OK")
+
+
+def test_problem_body_never_echoes_a_secret() -> None:
+    _, body = problem_body(OpsgateError(f"bad token: {KEY} for {EMAIL}"), "req-1")
+    assert KEY not in body["detail"] and EMAIL not in body["detail"]
+    assert body["code"] == "internal_error" and body["request_id"] == "req-1"
