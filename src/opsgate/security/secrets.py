@@ -1,0 +1,153 @@
+"""Secrets from environment variables or 1Password references, with a ledger entry per access.
+
+A secret is named by its environment variable (``ANTHROPIC_API_KEY``). The variable holds either
+the value or a 1Password reference ``op://vault/item/[section/]field`` resolved through Connect
+(:mod:`opsgate.security.secrets_connect`). Before any read — from the cache or the source — the
+store appends ``secret_access`` ``{"secret", "actor", "purpose"}`` to the ledger, never the value.
+
+Values are cached in memory encrypted with AES-256-GCM (``cryptography`` AESGCM, a random 96-bit
+nonce per entry, the secret's name as associated data, the key only in this process's memory) for
+``ttl_s`` seconds; :meth:`SecretStore.refresh` drops entries early.
+
+Rotation: ``<NAME>_PREVIOUS`` holds the key being retired; :meth:`SecretStore.active_keys` returns
+``[current, previous]`` while both are set, so a caller can accept or fall back to either during
+the window. ``<NAME>_ROTATED_AT`` (ISO 8601) dates an environment secret for ``secrets check``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import aiohttp
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from opsgate.clock import Clock
+from opsgate.ledger.writer import Ledger
+from opsgate.security.secrets_connect import ConnectClient, OpReference
+from opsgate.security.secrets_errors import SecretNotFound
+
+NONCE_BYTES = 12
+
+
+class EncryptedCache:
+    """``name -> value`` held as AES-256-GCM ciphertexts that expire ``ttl_s`` seconds after
+    being put (monotonic clock)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[bytes, bytes, float]] = {}
+
+    def put(self, name: str, value: str) -> None:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, value.encode(), name.encode())
+        self._entries[name] = (nonce, sealed, time.monotonic() + self._ttl_s)
+
+    def get(self, name: str) -> str | None:
+        """The value, or None when absent or expired."""
+        entry = self._entries.get(name)
+        if entry is None or entry[2] <= time.monotonic():
+            self._entries.pop(name, None)
+            return None
+        return self._aead.decrypt(entry[0], entry[1], name.encode()).decode()
+
+    def ciphertext(self, name: str) -> bytes | None:
+        """The stored ciphertext (for tests that the value is not held in clear)."""
+        entry = self._entries.get(name)
+        return entry[1] if entry else None
+
+    def drop(self, name: str | None = None) -> None:
+        """Forget ``name``, or everything."""
+        if name is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(name, None)
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """Where a secret comes from and how old it is (``age`` None when unknown)."""
+
+    name: str
+    source: str  # "env:NAME", "op://vault/item/field" or "unset"
+    age: timedelta | None
+
+
+class SecretStore:
+    """Reads secrets with a ledger entry first; see the module docstring.
+
+    ``env`` defaults to ``os.environ``; ``connect`` is needed only for ``op://`` references.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        clock: Clock,
+        *,
+        env: Mapping[str, str] | None = None,
+        connect: ConnectClient | None = None,
+        ttl_s: float = 300.0,
+    ) -> None:
+        self._ledger, self._clock = ledger, clock
+        self._env = os.environ if env is None else env
+        self._connect = connect
+        self._cache = EncryptedCache(ttl_s)
+        self._dates: dict[str, datetime | None] = {}
+
+    async def get(self, name: str, *, actor: str, purpose: str) -> str:
+        """The value of secret ``name``. Ledgers the access first (``LedgerUnavailable`` means
+        no read happens); ``SecretNotFound`` names the unset variable or empty reference."""
+        await self._ledger.append("secret_access", {"secret": name, "actor": actor, "purpose": purpose})
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        value = await self._load(name)
+        self._cache.put(name, value)
+        return value
+
+    async def active_keys(self, name: str, *, actor: str, purpose: str) -> list[str]:
+        """``[current]``, or ``[current, previous]`` during a rotation window."""
+        keys = [await self.get(name, actor=actor, purpose=purpose)]
+        if self._env.get(f"{name}_PREVIOUS"):
+            keys.append(await self.get(f"{name}_PREVIOUS", actor=actor, purpose=purpose))
+        return keys
+
+    def refresh(self, name: str | None = None) -> None:
+        """Drop ``name`` (or every secret) from the cache; the next ``get`` reads the source."""
+        self._cache.drop(name)
+
+    async def info(self, name: str, *, actor: str) -> SecretInfo:
+        """Source and age of ``name``; an ``op://`` secret is fetched (and ledgered) for its date."""
+        raw = self._env.get(name)
+        if not raw:
+            return SecretInfo(name, "unset", None)
+        if raw.startswith("op://"):
+            await self.get(name, actor=actor, purpose="secrets check")
+            updated = self._dates.get(name)
+            return SecretInfo(name, raw, self._clock.now() - updated if updated else None)
+        rotated = self._env.get(f"{name}_ROTATED_AT")
+        age = self._clock.now() - datetime.fromisoformat(rotated) if rotated else None
+        return SecretInfo(name, f"env:{name}", age)
+
+    async def _load(self, name: str) -> str:
+        raw = self._env.get(name)
+        if not raw:
+            raise SecretNotFound(f"environment variable {name} is not set")
+        if not raw.startswith("op://"):
+            return raw
+        if self._connect is None:
+            raise SecretNotFound(f"{name} is a 1Password reference but OP_CONNECT_HOST is not set")
+        resolved = await self._connect.resolve(OpReference.parse(raw))
+        self._dates[name] = resolved.updated_at
+        return resolved.value
+
+
+def connect_from_env(session: aiohttp.ClientSession, env: Mapping[str, str] | None = None) -> ConnectClient | None:
+    """A Connect client from ``OP_CONNECT_HOST`` and ``OP_CONNECT_TOKEN``, or None when unset."""
+    env = os.environ if env is None else env
+    host, token = env.get("OP_CONNECT_HOST"), env.get("OP_CONNECT_TOKEN")
+    return ConnectClient(session, host, token) if host and token else None
