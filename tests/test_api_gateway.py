@@ -121,6 +121,12 @@ def test_invalid_input_is_422_without_echoing_values(gateway):
 
 
 def test_failing_ledger_write_refuses_with_503_and_calls_no_provider(gateway):
+    from opsgate.clock import SystemClock
+    from opsgate.metering.budgets import set_budget
+    from opsgate.metering.models import budget_counters, budget_reservations
+
+    set_budget(gateway.runtime.engine, SystemClock(), user_id="*", operation="*", period="day",
+               limit_micro_usd=10_000_000)
     with gateway.runtime.engine.begin() as conn:
         conn.execute(text(
             "CREATE TRIGGER ledger_down BEFORE INSERT ON ledger_entries "
@@ -131,6 +137,9 @@ def test_failing_ledger_write_refuses_with_503_and_calls_no_provider(gateway):
     assert "disk" not in body["detail"]
     assert sum(s["requests"] for s in gateway.stats().values()) == 0
     assert _log_rows(gateway) == []
+    with gateway.runtime.engine.connect() as conn:  # the reservation was given back, not left to expire
+        assert conn.execute(select(budget_counters.c.reserved_micro_usd, budget_counters.c.spent_micro_usd)).all() == [(0, 0)]
+        assert conn.execute(select(budget_reservations.c.state)).scalars().all() == ["settled"]
 
 
 def test_flaky_provider_is_retried_after_its_retry_after(gateway):

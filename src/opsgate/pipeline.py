@@ -3,17 +3,18 @@
 :meth:`Gateway.govern` reads top to bottom like the ten steps of the design:
 
   1 authenticate   JWT access token                       -> Principal          401
-  2 authorize      role + feature toggle (seam)           -> Operation          403/404
-  3 rate limit     (user, operation) (seam)                                     429
+  2 authorize      feature toggle for (operation, user)   -> Operation          403/404
+  3 rate limit     (user) and (user, operation)                                 429
   4 validate       the operation's input schema           -> Prepared           422
-  5 reserve        worst-case cost against budgets (seam)                       402
+  5 reserve        worst-case cost against budgets, atomically                  402
   6 ledger intent  durable before any provider call                             503
   7 route          provider chain with retries, breaker, fallback; JSON repair
   8 meter          usage -> micro-USD at the versioned price table
   9 record         ledger result entry + ai_operation_log row, in one transaction
  10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
 
-Steps 2, 3 and 5 are seams that later issues fill (toggles, rate limits, budgets).
+Steps 2, 3 and 5 are delegated to the rollout (toggles) and metering (rate limits, budgets)
+domains; without them (``toggles=None``, ``metering=None``) those steps admit every call.
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ class Gateway:
         await self.rate_limit(principal, op)
         prepared, input_digest = self.validate(op, call.body)
         reservation = await self.reserve(call, principal, op, prepared)
-        intent = await self.ledger_intent(call, principal, op, input_digest)
+        try:
+            intent = await self.ledger_intent(call, principal, op, input_digest)
+        except Exception:
+            await self.release(reservation)
+            raise
         spend = _Spend()
         try:
             output = await self.route(op, prepared, spend)
@@ -179,6 +184,11 @@ class Gateway:
         return await self.metering.reserve(
             call.request_id, principal.user_id, op.id, prepared.request, models
         )
+
+    async def release(self, reservation: Reservation | None) -> None:
+        """Give a reservation back untouched: the call stopped before any provider was asked."""
+        if reservation is not None and self.metering is not None:
+            await self.metering.settle(reservation, 0, 0, unknown_usage=False)
 
     # 6 ------------------------------------------------------------------------------------------
     async def ledger_intent(
