@@ -105,6 +105,9 @@ def main() -> None:
         "OPSGATE_LEDGER_SYNCHRONOUS": args.synchronous,
     }
     opsgate = [sys.executable, "-m", "opsgate.cli"]
+    subprocess.run([*opsgate, "toggles", "set", args.operation, "--enable", "--percent", "100",
+                    "--no-opt-in", "--reason", "benchmark"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
     procs = [
         subprocess.Popen([*opsgate, "sandbox", "--port", str(sandbox_port)], env=env,
                          stdout=subprocess.DEVNULL),
