@@ -11,6 +11,9 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
 - ``ratelimit:<provider>``: that provider always answers 429 with a retry delay.
 - ``status:<provider>:<code>``: that provider always answers ``code`` with its own error body
   (e.g. ``status:deepseek:402`` for insufficient balance, ``status:anthropic:500``).
+- ``errors:<provider>:<pct>``: ``pct`` % (0..100) of that provider's requests answer 400 with its
+  invalid-request error body (what a bad release that builds broken requests gets), spread evenly
+  by a counter: request ``n`` (from 0) fails when ``(n + 1) * pct // 100 > n * pct // 100``.
 - ``malformed``: 200 answers that cannot be used, cycling per provider through: JSON cut in half,
   JSON lacking the required fields, an empty body (for streams: a broken ``data:`` line, a stream
   cut before its final event, an empty stream).
@@ -19,8 +22,8 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
 - ``timeout``: the request hangs for :data:`HANG_SECONDS` (longer than any client timeout); the
   waiting handler is an ordinary cancellable ``asyncio.sleep``.
 
-Where several parts apply to one request, the first of timeout, status, outage, ratelimit, flaky,
-malformed, safety-blocked wins; ``slow`` latency is added in every case. Providers are
+Where several parts apply to one request, the first of timeout, status, outage, ratelimit, errors,
+flaky, malformed, safety-blocked wins; ``slow`` latency is added in every case. Providers are
 ``anthropic``, ``deepseek``, ``gemini``.
 """
 
@@ -35,6 +38,7 @@ from enum import StrEnum
 PROVIDERS = ("anthropic", "deepseek", "gemini")
 DEFAULT_SLOW_S = 0.3
 HANG_SECONDS = 3600.0
+ERRORS_STATUS = 400
 FLAKY_PERIOD = 3
 MALFORMED_VARIANTS = 3
 
@@ -103,6 +107,7 @@ class FaultProfile:
     outage: frozenset[str] = frozenset()
     ratelimit: frozenset[str] = frozenset()
     status: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, profile: str) -> FaultProfile:
@@ -112,6 +117,7 @@ class FaultProfile:
         outage: set[str] = set()
         ratelimit: set[str] = set()
         status: dict[str, int] = {}
+        errors: dict[str, int] = {}
         for part in parts:
             name, _, arg = part.partition(":")
             if name == "none" and not arg:
@@ -129,6 +135,9 @@ class FaultProfile:
             elif name == "status":
                 provider, code = _status(arg)
                 status[provider] = code
+            elif name == "errors":
+                provider, pct = _errors(arg)
+                errors[provider] = pct
             else:
                 raise FaultProfileError(f"unknown fault profile part {part!r}")
         return cls(
@@ -136,6 +145,7 @@ class FaultProfile:
             outage=frozenset(outage),
             ratelimit=frozenset(ratelimit),
             status=status,
+            errors=errors,
         )
 
 
@@ -180,6 +190,10 @@ class FaultState:
             return Outcome.OVERLOADED, None, 0
         if provider in p.ratelimit:
             return Outcome.RATE_LIMITED, None, 0
+        if provider in p.errors:
+            n, pct = self._next(provider, "errors"), p.errors[provider]
+            if (n + 1) * pct // 100 > n * pct // 100:
+                return Outcome.STATUS, ERRORS_STATUS, 0
         if p.flaky:
             n = self._next(provider, "flaky")
             if n % FLAKY_PERIOD == 1:
@@ -216,3 +230,10 @@ def _status(arg: str) -> tuple[str, int]:
     if not code.isdigit() or not 400 <= int(code) <= 599:
         raise FaultProfileError(f"status needs <provider>:<4xx|5xx>, got {arg!r}")
     return _provider(provider), int(code)
+
+
+def _errors(arg: str) -> tuple[str, int]:
+    provider, _, pct = arg.partition(":")
+    if not pct.isdigit() or not 0 <= int(pct) <= 100:
+        raise FaultProfileError(f"errors needs <provider>:<0..100>, got {arg!r}")
+    return _provider(provider), int(pct)

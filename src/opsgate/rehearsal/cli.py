@@ -1,0 +1,42 @@
+"""The ``opsgate rehearse`` command (registered by :mod:`opsgate.cli`)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from opsgate.rehearsal.driver import DEFAULT_EXAMPLES, RehearsalConfig, rehearse as run_rehearsal
+from opsgate.rehearsal.report import criteria_rows, render, write_json
+from opsgate.rehearsal.scenarios import SCENARIOS
+
+
+def rehearse(
+    hours: float = typer.Option(48, min=1, help="Simulated hours (the seed's plan is scaled to fit)."),
+    users: int = typer.Option(10_000, min=10, help="Synthetic users."),
+    scenario: str = typer.Option("healthy", help=f"One of: {', '.join(SCENARIOS)}."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same report."),
+    report: Path | None = typer.Option(None, help="Write the JSON report here."),
+    database_url: str | None = typer.Option(None, help="Database (default: SQLite in a temporary directory)."),
+    examples: Path = typer.Option(DEFAULT_EXAMPLES, help="Directory with one example input per operation."),
+) -> None:
+    """Replay the seed's 48-hour canary plan (5 % -> 25 % -> 100 %) on a compressed clock against the
+    sandboxes; print the success criteria and the decision timeline. Exit 1 if a scenario check fails."""
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"expected one of {', '.join(SCENARIOS)}", param_hint="--scenario")
+    config = RehearsalConfig(hours=hours, users=users, scenario=scenario, seed=seed,
+                             database_url=database_url, examples=examples)
+    console = Console()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f} %"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"rehearsal {scenario}, {hours:g} simulated hours", total=1.0)
+        result = asyncio.run(run_rehearsal(config, lambda done: progress.update(task, completed=done)))
+    render(result, console)
+    if report is not None:
+        write_json(result, report)
+        console.print(f"report written to {report}")
+    if not criteria_rows(result)[0][3]:
+        raise typer.Exit(1)
