@@ -60,7 +60,7 @@ class DirectoryAnchor:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.name = f"dir:{path}"
+        self.name = "directory"
 
     async def publish(self, size: int, note: bytes) -> str:
         """Write ``<size>.checkpoint`` once; an identical existing file is accepted, a different
@@ -90,7 +90,7 @@ class DirectoryAnchor:
     def read(self) -> list[AnchoredNote]:
         """Every checkpoint file in the directory, by size. OSError if it cannot be read."""
         files = sorted(p for p in self.path.iterdir() if _FILE_RE.match(p.name))
-        return [AnchoredNote(f"{self.name}/{p.name}", p.read_bytes()) for p in files]
+        return [AnchoredNote(str(p), p.read_bytes()) for p in files]
 
 
 class DiscordAnchor:

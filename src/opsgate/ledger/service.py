@@ -140,12 +140,14 @@ def _store(
         literal(frontier),
         literal(clock.now()),
     ).where(~exists().where(ledger_checkpoints.c.size >= checkpoint.size))
-    statement = insert(ledger_checkpoints).from_select(
-        ["size", "root_hash", "note", "frontier", "created_at"], values
+    statement = (
+        insert(ledger_checkpoints)
+        .from_select(["size", "root_hash", "note", "frontier", "created_at"], values)
+        .returning(ledger_checkpoints.c.size)
     )
     with engine.begin() as conn:
-        inserted = conn.execute(statement).rowcount
-    return checkpoint if inserted == 1 else None
+        inserted = conn.execute(statement).scalar()
+    return checkpoint if inserted == checkpoint.size else None
 
 
 def _rows(engine: Engine, start: int, end: int) -> Iterator[tuple[int, bytes, bytes, bytes]]:

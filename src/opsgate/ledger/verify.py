@@ -290,7 +290,7 @@ def _targets(
         try:
             checkpoint = _open(note, verifier)
         except CheckpointError as exc:
-            seq = max((size or 1) - 1, 0)
+            seq = max((size or _claimed_size(note)) - 1, 0)
             return targets, Finding(seq, "bad_signature", f"checkpoint from {source}: {exc.detail}")
         if (size is not None and (size, root) != (checkpoint.size, checkpoint.root)) or (
             checkpoint.size == 0
@@ -310,6 +310,14 @@ def _targets(
             )
         target.sources.append(source)
     return targets, None
+
+
+def _claimed_size(note: bytes) -> int:
+    """The size an unverifiable note claims (to name a seq in the failure), 0 if unreadable."""
+    try:
+        return _open(note, None).size
+    except CheckpointError:
+        return 0
 
 
 def _open(note: bytes, verifier: Verifier | None) -> Checkpoint:
