@@ -113,6 +113,8 @@ RULES: tuple[_Rule, ...] = (
         lower=True,
     ),
     _Rule("url_cred", r"(?i)\b[a-z][a-z0-9+.-]{1,15}://(?!\[REDACTED:)[^\s/?#@:\"'<>]+:[^\s/?#@\"'<>]+@"),
+    _Rule("email", r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+          r"(?![\w-])", ["@"]),
     _Rule("param", r"(?i)(?<=[?&;])(?:key|sig)=(?!\[REDACTED:)[^&\s#\"'<>]+", ["key=", "sig="]),
     _Rule("field", rf"(?i)(?<![A-Za-z0-9])[\w.-]*?(?:{_NAME})[\w.-]*[\"']?\s*[:=]\s*{_VALUE}"),
     _Rule("bearer", r"(?i)\bbearer\s+(?=[A-Za-z0-9._~+/-]*[0-9._~+/-])[A-Za-z0-9._~+/-]{8,}=*",
@@ -126,8 +128,6 @@ RULES: tuple[_Rule, ...] = (
           ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
     _Rule("slack", r"(?<![\w-])xox[abprs]-[A-Za-z0-9-]{10,}", ["xox"]),
     _Rule("aws", r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])", ["AKIA", "ASIA"]),
-    _Rule("email", r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-          r"(?![\w-])", ["@"]),
     _Rule("iban", r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?"
           r"(?![A-Za-z0-9])"),
     # Skipped whole so that no digit rule starts inside them: ISO 8601 times, IPv4, UUIDs.
