@@ -11,12 +11,14 @@ CSRF (OWASP Cross-Site Request Forgery Prevention Cheat Sheet, "Signed Double-Su
 ``token = hex(HMAC-SHA256(csrf_key, len(sid)!sid!len(r)!r)) + "." + r`` for a random ``r``; it is
 sent in the ``opsgate_csrf`` cookie (readable by the page, ``SameSite`` and ``Secure`` like the
 session) and must come back in the ``X-CSRF-Token`` header or the ``csrf_token`` form field of
-every state-changing request (POST, PUT, PATCH, DELETE) that carries a session cookie.
+every state-changing request (POST, PUT, PATCH, DELETE) that carries a live session cookie (an
+expired or revoked one authenticates nothing, so it does not block a fresh login).
 :class:`CSRFMiddleware` enforces it; failures are 403 ``csrf_failed``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -154,7 +156,7 @@ class _ClockSigner(TimestampSigner):
 
 
 class CSRFMiddleware:
-    """ASGI middleware: every unsafe request carrying the session cookie needs a valid CSRF token
+    """ASGI middleware: every unsafe request carrying a live session cookie needs a valid CSRF token
     in ``X-CSRF-Token`` or, for form posts, the ``csrf_token`` field (the body, at most 1 MiB, is
     buffered and replayed to the app). ``sessions`` is resolved per request (it lives in the
     runtime, created in the lifespan)."""
@@ -169,8 +171,8 @@ class CSRFMiddleware:
             return
         manager = self._sessions(scope)
         request = Request(scope, receive)
-        if manager.cookie not in request.cookies:
-            await self.app(scope, receive, send)
+        if manager.cookie not in request.cookies or await asyncio.to_thread(manager.read, request) is None:
+            await self.app(scope, receive, send)  # no live session: the cookie authenticates nothing
             return
         try:
             body = await _read_body(receive)

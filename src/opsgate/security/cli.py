@@ -1,0 +1,171 @@
+"""CLI of the security domain (Typer apps mounted by :mod:`opsgate.cli`):
+
+``opsgate users add USER_ID [--role R] [--password] [--email E]``  (password read from a hidden prompt)
+``opsgate keys status``      key versions, their ages, rows using each, rotation due or not
+``opsgate keys rotate``      add a data key version (the current one from now on)
+``opsgate keys reencrypt``   move every encrypted value to the current key (progress bar), then
+                             retire the keys no row uses
+``opsgate backup create PATH | verify PATH | restore PATH [--target URL]``
+
+Exit codes: 0 done, 1 a check failed (verify), 2 usage or I/O errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress as Bar
+from rich.table import Table
+from sqlalchemy import Engine
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.errors import OpsgateError
+from opsgate.store.db import make_engine, upgrade
+
+users_app = typer.Typer(help="Manage users, roles, passwords and email addresses.", no_args_is_help=True)
+keys_app = typer.Typer(help="Field encryption keys: status, rotation, re-encryption.", no_args_is_help=True)
+backup_app = typer.Typer(help="Encrypted backups: create, verify, restore.", no_args_is_help=True)
+out, err = Console(), Console(stderr=True)
+
+
+def _engine(settings: Settings) -> Engine:
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    return make_engine(settings.database_url)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _services(settings: Settings, engine: Engine):  # type: ignore[no-untyped-def]
+    from opsgate.security.crypto import FieldCipher
+    from opsgate.security.keyring import KeyRing, master_key
+
+    ring = KeyRing(engine, master_key(settings), SystemClock())
+    return ring, FieldCipher(ring)
+
+
+@users_app.callback()
+def users() -> None:
+    """Manage users, roles, passwords and email addresses."""
+
+
+@users_app.command("add")
+def users_add(
+    user_id: str = typer.Argument(..., help="The user's id."),
+    role: str = typer.Option("user", help="user | operator | admin"),
+    password: bool = typer.Option(False, "--password", help="Set a password (asked twice, hidden)."),
+    email: str | None = typer.Option(None, help="Email address (stored encrypted)."),
+) -> None:
+    """Create a user (or change an existing user's role), optionally with a password and email."""
+    from opsgate.security.users import add_user, set_email, set_password
+
+    settings = Settings()
+    secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
+    engine = _engine(settings)
+    try:
+        created = add_user(engine, SystemClock(), user_id, role)
+        if secret is not None:
+            set_password(engine, user_id, secret)
+        if email is not None:
+            set_email(engine, _services(settings, engine)[1], user_id, email)
+    except (ValueError, OpsgateError) as exc:
+        _fail(str(exc))
+    out.print(f"{'created' if created else 'updated'} {user_id} ({role})")
+
+
+@keys_app.command("status")
+def keys_status() -> None:
+    """Show every key version: purpose, age in days, values using it, rotation policy."""
+    from opsgate.security.reencrypt import keys_in_use
+
+    settings = Settings()
+    engine = _engine(settings)
+    ring, _ = _services(settings, engine)
+    used = keys_in_use(engine)
+    current, _ = ring.current()
+    table = Table("key", "purpose", "created (UTC)", "age (days)", "values", "state")
+    for v in ring.versions():
+        age = ring.age_s(v.key_id) / 86400
+        state = "retired" if v.retired_at else ("current" if v.key_id == current else ("active" if v.purpose == "data" else "index"))
+        table.add_row(str(v.key_id), v.purpose, v.created_at.isoformat(timespec="seconds"), f"{age:.1f}",
+                      str(used.get(v.key_id, 0)) if v.purpose == "data" else "-", state)
+    out.print(table)
+    if ring.age_s(current) > settings.key_rotation_days * 86400:
+        out.print(f"[yellow]rotation due:[/yellow] the current key is older than {settings.key_rotation_days} days; "
+                  "run `opsgate keys rotate` then `opsgate keys reencrypt`")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Add a new data key version; new values are encrypted with it at once."""
+    settings = Settings()
+    ring, _ = _services(settings, _engine(settings))
+    out.print(f"data key {ring.rotate()} is now current; run `opsgate keys reencrypt` to move old values")
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(batch_size: int = typer.Option(500, min=1, help="Rows per transaction.")) -> None:
+    """Re-encrypt old values under the current key, then retire keys no value uses."""
+    from opsgate.security.reencrypt import reencrypt, retire_unused
+
+    settings = Settings()
+    engine = _engine(settings)
+    ring, cipher = _services(settings, engine)
+    with Bar(console=out) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(p) -> None:  # type: ignore[no-untyped-def]
+            task = tasks.setdefault(p.column, bar.add_task(p.column, total=p.total))
+            bar.update(task, completed=p.scanned)
+
+        moved = reencrypt(engine, cipher, ring, batch_size=batch_size, progress=progress)
+    retired = retire_unused(engine, ring)
+    out.print(f"moved {moved} values; retired keys: {', '.join(map(str, retired)) or 'none'}")
+
+
+@backup_app.command("create")
+def backup_create(path: Path = typer.Argument(..., help="Where to write the encrypted backup.")) -> None:
+    """Back up the database (SQLite online backup or pg_dump), encrypted with AES-256-GCM."""
+    from opsgate.security.backup import BackupError, create
+
+    try:
+        size = create(Settings(), path)
+    except (BackupError, OSError) as exc:
+        _fail(str(exc))
+    out.print(f"wrote {path} ({size} bytes before encryption)")
+
+
+@backup_app.command("verify")
+def backup_verify(path: Path = typer.Argument(..., help="An encrypted backup.")) -> None:
+    """Decrypt, restore into a scratch database and verify the ledger. Exit 1 when it fails."""
+    from opsgate.ledger.verify import format_summary
+    from opsgate.security.backup import BackupError, verify_backup
+
+    try:
+        found = verify_backup(Settings(), path)
+    except (BackupError, OSError) as exc:
+        _fail(str(exc))
+    out.print(f"{found.kind} backup, {found.size} bytes: {format_summary(found.report)}")
+    raise typer.Exit(0 if found.report.ok else 1)
+
+
+@backup_app.command("restore")
+def backup_restore(
+    path: Path = typer.Argument(..., help="An encrypted backup."),
+    target: str | None = typer.Option(None, help="Database URL to restore into (default: OPSGATE_DATABASE_URL)."),
+) -> None:
+    """Restore a backup into the target database (stop the gateway first)."""
+    from opsgate.security.backup import BackupError, restore
+
+    settings = Settings()
+    try:
+        restore(settings, path, target or settings.database_url)
+    except (BackupError, OSError) as exc:
+        _fail(str(exc))
+    out.print(f"restored {path} into the database")
