@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from opsgate.ledger.entry import decode_body
 from opsgate.ledger.verify import verify
 
-PROCESSES, APPENDS = 4, 200
+PROCESSES, APPENDS = 8, 500
 
 WORKER = """
 import asyncio, json, sys
