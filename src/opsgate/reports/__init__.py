@@ -1,0 +1,1 @@
+"""Operator reports: the daily security report and the pre-production readiness audit."""

@@ -1,0 +1,129 @@
+"""CLI of the reports (registered by :mod:`opsgate.cli`):
+
+``opsgate report security [--date YYYY-MM-DD] [--format md|html|json] [--output PATH]``
+    the daily security report (default: today so far, UTC) on stdout or into PATH.
+``opsgate readiness [--json] [--backup PATH] [--rehearsal PATH] [--root DIR]``
+    the pre-production audit; exit 0 ready, 1 a blocking item failed, 2 usage or I/O errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from opsgate.clock import SystemClock
+from opsgate.config import Settings
+from opsgate.ledger.errors import LedgerError
+from opsgate.reports.readiness import Audit, Context, project_root, run_readiness
+from opsgate.reports.render import FORMATS, render
+from opsgate.reports.security import build_security_report
+from opsgate.store.db import make_engine, upgrade
+
+report_app = typer.Typer(help="Operator reports.", no_args_is_help=True)
+out, err = Console(), Console(stderr=True)
+MARKS = {"pass": "[x]", "fail": "[ ]", "n/a": "[ ] n/a", "manual": "[ ] manual"}
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    try:
+        if settings.auto_migrate:
+            upgrade(settings.database_url)
+        return make_engine(settings.database_url)
+    except (SQLAlchemyError, OSError) as exc:
+        err.print(f"[red]error:[/red] cannot open the database: {type(exc).__name__}")
+        raise typer.Exit(2) from None
+
+
+@report_app.callback()
+def report() -> None:
+    """Operator reports."""
+
+
+@report_app.command("security")
+def security(
+    day: str | None = typer.Option(None, "--date", help="UTC day YYYY-MM-DD (default: today)."),
+    fmt: str = typer.Option("md", "--format", help="md, html or json."),
+    output: Path | None = typer.Option(None, "--output", help="Write here instead of stdout."),
+) -> None:
+    """The daily security report: auth failures, secret accesses, keys, ledger, incidents,
+    redactions and weak settings, from the database and the ledger."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"expected one of {', '.join(FORMATS)}", param_hint="--format")
+    try:
+        chosen = date.fromisoformat(day) if day else datetime.now(UTC).date()
+    except ValueError:
+        raise typer.BadParameter("expected YYYY-MM-DD", param_hint="--date") from None
+    settings = Settings()
+    try:
+        text = render(
+            build_security_report(_engine(settings), settings, chosen, SystemClock().now()), fmt
+        )
+    except (LedgerError, SQLAlchemyError) as exc:
+        err.print(f"[red]error:[/red] cannot read the database: {type(exc).__name__}")
+        raise typer.Exit(2) from None
+    if output is None:
+        print(text, end="")
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"report written to {output}")
+
+
+def readiness(
+    as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
+    backup: Path | None = typer.Option(
+        None, "--backup", exists=True, dir_okay=False, help="Latest backup to verify."
+    ),
+    rehearsal: Path | None = typer.Option(
+        None,
+        "--rehearsal",
+        exists=True,
+        dir_okay=False,
+        help="JSON report of `opsgate rehearse --report` for the success criteria.",
+    ),
+    root: Path | None = typer.Option(
+        None, "--root", help="Project directory holding docs/runbooks (default: the checkout)."
+    ),
+) -> None:
+    """Run the pre-production security audit and deployment checklist against the running
+    configuration and database; exit 1 when a blocking item fails."""
+    settings = Settings()
+    ctx = Context(
+        settings, _engine(settings), SystemClock(), root or project_root(), backup, rehearsal
+    )
+    audit = asyncio.run(run_readiness(ctx))
+    if as_json:
+        print(json.dumps(audit.to_dict(), indent=2))
+    else:
+        _print(audit)
+    raise typer.Exit(0 if audit.ready else 1)
+
+
+def _print(audit: Audit) -> None:
+    for item in audit.items:
+        mark = MARKS[item.status]
+        colour = {"pass": "green", "fail": "red" if item.blocking else "yellow"}.get(
+            item.status, "dim"
+        )
+        out.print(
+            f"[{colour}]{escape(mark)}[/{colour}] {escape(item.title)}: {escape(item.evidence)}"
+        )
+    table = Table(title="Success criteria")
+    for name in ("Criterion", "Target", "Actual", "Status"):
+        table.add_column(name)
+    for row in audit.criteria:
+        table.add_row(row["criterion"], row["target"], row["actual"], row["status"].upper())
+    out.print(table)
+    failed = [i.title for i in audit.items if i.blocking and i.status == "fail"]
+    out.print(
+        "[green]READY[/green]"
+        if audit.ready
+        else f"[red]NOT READY[/red]: {len(failed)} blocking item(s) failed"
+    )
