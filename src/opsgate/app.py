@@ -39,6 +39,7 @@ from opsgate.runtime import Runtime, start_runtime
 from opsgate.security.views import install as install_security
 from opsgate.security.views import install as install_security
 from opsgate.store.db import migrations_current
+from opsgate.web.views import router as dashboard_router
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
     """Build the app. The runtime (database, ledger, providers) opens in the lifespan."""
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(monitoring_router)
     install_security(app, settings)
     app.include_router(rollout_router)
+    app.include_router(dashboard_router)
     components: dict[str, Any] = {}
     for op in OPERATIONS.values():
         app.add_api_route(

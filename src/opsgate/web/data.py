@@ -1,0 +1,200 @@
+"""The dashboard's figures as JSON documents, and the endpoints its pages poll (every few seconds,
+so figures refresh without a reload).
+
+Every figure comes from the same domain function the HTTP API uses, at the runtime clock's now:
+``health`` is :func:`opsgate.monitoring.health.compute_health` (``GET /v1/health``), rollouts are
+``RolloutService.to_json`` + ``history`` (``GET /v1/admin/rollouts``), toggles and adoption are
+``toggle_json`` (``GET /v1/admin/toggles``), budgets are ``status_json`` (``GET /v1/admin/budgets``),
+incidents are ``IncidentService.list`` / ``show`` (``GET /v1/incidents``). What no domain offers
+yet comes from :mod:`opsgate.web.queries`.
+
+Endpoints (a dashboard session of an operator or admin; 401 / 403 problems otherwise):
+``GET /dashboard/data/{overview|providers|costs|adoption|rollouts|incidents|ledger}`` and
+``GET /dashboard/data/series?window=<s>&operation=<id>``; ``window`` is in seconds (default: the
+``health_window_s`` setting), 1 s to 31 days.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from opsgate.errors import InvalidInput, NotFound
+from opsgate.metering.budgets import budget_statuses, period_start
+from opsgate.metering.views import status_json
+from opsgate.monitoring.escalation import Contacts
+from opsgate.monitoring.health import compute_health, latest_discrepancies
+from opsgate.monitoring.incidents import ACKNOWLEDGED, OPEN, IncidentService
+from opsgate.monitoring.worker import build_notifiers
+from opsgate.operations import OPERATIONS
+from opsgate.rollout.views import toggle_json
+from opsgate.web import queries
+from opsgate.web.access import require_session
+
+router = APIRouter(prefix="/data")
+"""Included by :data:`opsgate.web.views.router`, so its paths start with ``/dashboard/data``."""
+MAX_WINDOW_S = 31 * 86400
+SERIES_BUCKETS = 48
+COST_DAYS = 14
+Doc = dict[str, Any]
+
+
+def window_of(runtime: Any, window: int | None) -> int:
+    """``window`` seconds, or the ``health_window_s`` default; :class:`InvalidInput` out of range."""
+    window_s = window or runtime.settings.health_window_s
+    if not 0 < window_s <= MAX_WINDOW_S:
+        raise InvalidInput(f"window must be between 1 and {MAX_WINDOW_S} seconds")
+    return window_s
+
+
+def operation_of(operation: str | None) -> str | None:
+    """``operation`` when it names a known operation (empty: all); :class:`NotFound` otherwise."""
+    if not operation:
+        return None
+    if operation not in OPERATIONS:
+        raise NotFound(f"no operation {operation!r}")
+    return operation
+
+
+def incident_service(runtime: Any) -> IncidentService:
+    """An :class:`IncidentService` over ``runtime`` with the configured notifiers and contacts."""
+    notifiers = build_notifiers(runtime.settings, runtime.session)
+    return IncidentService(runtime.engine, runtime.ledger, runtime.clock, notifiers,
+                           Contacts.from_settings(runtime.settings, frozenset(notifiers)),
+                           repeat_interval_s=runtime.settings.alert_repeat_interval_s)
+
+
+def per_minute(count: int, window_s: int) -> str:
+    """``count`` calls over ``window_s`` seconds as calls per minute, 2 decimals (half up)."""
+    rate = Decimal(count * 60) / Decimal(window_s)
+    return str(rate.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def overview(runtime: Any, window_s: int) -> Doc:
+    """``{"window_s", "health" (GET /v1/health), "ops_per_min", "p50", "spend_today_micro_usd",
+    "budgets" (day and month, GET /v1/admin/budgets), "incidents": {"open", "acknowledged"},
+    "rollout" (the newest, API shape, or None)}``."""
+    now = runtime.clock.now()
+    health = compute_health(runtime.engine, now, window_s).model_dump()
+    totals = queries.series(runtime.engine, now, window_s, 1, None)["total"]
+    incidents = incident_service(runtime)
+    rollouts = runtime.rollout.list_rollouts()
+    return {
+        "window_s": window_s,
+        "health": health,
+        "ops_per_min": per_minute(health["operationCount"], window_s),
+        "p50": totals["p50"],
+        "spend_today_micro_usd": queries.spend_since(runtime.engine, period_start("day", now)),
+        "budgets": [status_json(s) for s in budget_statuses(runtime.engine, now)],
+        "incidents": {"open": len(incidents.list(OPEN, limit=1000)),
+                      "acknowledged": len(incidents.list(ACKNOWLEDGED, limit=1000))},
+        "rollout": rollouts[0].to_json() if rollouts else None,
+    }
+
+
+def series(runtime: Any, window_s: int, operation: str | None) -> Doc:
+    """:func:`opsgate.web.queries.series` over ``window_s`` in :data:`SERIES_BUCKETS` buckets."""
+    return queries.series(runtime.engine, runtime.clock.now(), window_s, SERIES_BUCKETS, operation)
+
+
+def providers(runtime: Any, window_s: int) -> Doc:
+    """``{"window_s", "providers": {name: {"available", "errorRate", "latency" (GET /v1/health
+    providerAvailability), "breaker", "consecutive_failures" (this instance's circuit breaker,
+    as ``opsgate_breaker_state`` in /metrics)}}}``."""
+    health = compute_health(runtime.engine, runtime.clock.now(), window_s).model_dump()
+    breakers = {s.provider: s for s in runtime.gateway._router.snapshot()}
+    found: Doc = {}
+    for name in sorted(set(breakers) | set(health["providerAvailability"])):
+        figures = health["providerAvailability"].get(name, {"available": True, "errorRate": 0.0, "latency": None})
+        snap = breakers.get(name)
+        found[name] = {**figures, "breaker": snap.state.value if snap else "-",
+                       "consecutive_failures": snap.consecutive_failures if snap else 0}
+    return {"window_s": window_s, "providers": found}
+
+
+def costs(runtime: Any) -> Doc:
+    """The last :data:`COST_DAYS` UTC days of spend (:func:`opsgate.web.queries.costs`), the
+    latest reconciliation per provider with its discrepancy (%, Decimal string) and
+    ``costAccuracy`` as ``GET /v1/health`` reports it."""
+    now = runtime.clock.now()
+    since = period_start("day", now) - timedelta(days=COST_DAYS - 1)
+    doc = queries.costs(runtime.engine, since)
+    with runtime.engine.connect() as conn:
+        off = latest_discrepancies(conn)
+    runs = queries.reconciliation_runs(runtime.engine)
+    for run in runs:
+        run["discrepancy_pct"] = str(off[run["provider"]].quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))
+    health = compute_health(runtime.engine, now, runtime.settings.health_window_s)
+    return {**doc, "days": COST_DAYS, "since": since.isoformat(), "reconciliations": runs,
+            "costAccuracy": health.costAccuracy}
+
+
+def adoption(runtime: Any) -> Doc:
+    """``{"toggles": [toggle with "adoption": {"eligible", "opted_in", "rate_ppm"}]}`` exactly as
+    ``GET /v1/admin/toggles``."""
+    svc = runtime.rollout
+    numbers = svc.adoption()
+    return {"toggles": [toggle_json(t, numbers[t.operation]) for t in svc.list_toggles()]}
+
+
+def rollouts(runtime: Any) -> Doc:
+    """``{"rollouts": [...]}`` exactly as ``GET /v1/admin/rollouts`` (newest first, with history)."""
+    svc = runtime.rollout
+    return {"rollouts": [{**r.to_json(), "history": svc.history(r.id)} for r in svc.list_rollouts()]}
+
+
+def incidents(runtime: Any) -> Doc:
+    """``{"incidents": [...] (GET /v1/incidents), "open", "acknowledged", "resolved"}``."""
+    found = incident_service(runtime).list(limit=1000)
+    counts = {state: sum(1 for i in found if i["state"] == state) for state in (OPEN, ACKNOWLEDGED, "resolved")}
+    return {"incidents": found, **counts}
+
+
+def ledger(runtime: Any) -> Doc:
+    """:func:`opsgate.web.queries.ledger_status`."""
+    return queries.ledger_status(runtime.engine)
+
+
+PAGES: dict[str, Callable[[Any], Doc]] = {
+    "costs": costs, "adoption": adoption, "rollouts": rollouts, "incidents": incidents, "ledger": ledger,
+}
+
+
+def _json(doc: Doc) -> JSONResponse:
+    return JSONResponse(doc, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/overview")
+async def overview_data(request: Request, window: int | None = None) -> JSONResponse:
+    require_session(request)
+    runtime = request.app.state.runtime
+    return _json(await asyncio.to_thread(overview, runtime, window_of(runtime, window)))
+
+
+@router.get("/series")
+async def series_data(request: Request, window: int | None = None, operation: str | None = None) -> JSONResponse:
+    require_session(request)
+    runtime = request.app.state.runtime
+    doc = await asyncio.to_thread(series, runtime, window_of(runtime, window), operation_of(operation))
+    return _json(doc)
+
+
+@router.get("/providers")
+async def providers_data(request: Request, window: int | None = None) -> JSONResponse:
+    require_session(request)
+    runtime = request.app.state.runtime
+    return _json(await asyncio.to_thread(providers, runtime, window_of(runtime, window)))
+
+
+@router.get("/{page}")
+async def page_data(request: Request, page: str) -> JSONResponse:
+    require_session(request)
+    if page not in PAGES:
+        raise NotFound(f"no dashboard data {page!r}")
+    return _json(await asyncio.to_thread(PAGES[page], request.app.state.runtime))

@@ -1,0 +1,180 @@
+"""A dashboard over a rehearsed database, and a real headless Chromium driving it.
+
+``dashboard`` (package scope): a short ``bad-release`` rehearsal (6 simulated hours: canary, error
+spike, automatic rollback, incident) fills a SQLite file; then ``opsgate serve`` (sandboxes on,
+plain-HTTP cookies) runs on it with a :class:`ManualClock` stopped at the rehearsal's end, checkpoints
+every 100 entries into an anchor directory, with three users (admin, operator, user), a daily
+budget, an invoice reconciliation and a ledger verification on record.
+
+``browser``: Debian's ``/usr/bin/chromium`` through Playwright; a missing binary is a failure, not
+a skip (CI installs it with ``apt-get install -y chromium``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from sqlalchemy import select
+
+from opsgate.app import create_app
+from opsgate.clock import ManualClock
+from opsgate.config import Settings
+from opsgate.localserver import serve_in_thread
+from opsgate.metering.budgets import set_budget
+from opsgate.metering.invoices import InvoiceLine
+from opsgate.metering.reconcile import Reconciliation, reconcile
+from opsgate.monitoring.worker import Worker
+from opsgate.rehearsal.driver import START, RehearsalConfig, rehearse
+from opsgate.runtime import Runtime
+from opsgate.security.users import add_user, set_password
+from opsgate.store.models import ai_operation_log
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REHEARSAL_HOURS = 6
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+USERS = {"ada": "admin", "oscar": "operator", "ursula": "user"}
+
+
+@dataclass
+class Dashboard:
+    """The running server: ``base_url``, its ``runtime``, the users' ``passwords``, the stored
+    ``reconciliation`` and an httpx ``client`` for the API."""
+
+    base_url: str
+    runtime: Runtime
+    passwords: dict[str, str]
+    reconciliation: Reconciliation
+    client: httpx.Client
+    anchor_dir: Path
+
+    def token(self, user: str) -> str:
+        """An access token for ``user`` issued on the server's own clock."""
+        return self.runtime.tokens.issue(user, USERS[user])
+
+    def api(self, path: str, user: str = "oscar", method: str = "GET", **kwargs: Any) -> Any:
+        """``method path`` with ``user``'s bearer token; the JSON answer (raises on HTTP errors)."""
+        response = self.client.request(method, path, headers={"Authorization": f"Bearer {self.token(user)}"},
+                                       **kwargs)
+        response.raise_for_status()
+        return response.json() if response.headers.get("content-type", "").startswith("application/json") \
+            else response.text
+
+
+@dataclass
+class Console:
+    """Console errors and uncaught page errors seen by a page."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def watch(self, page: Page) -> Page:
+        def on_console(msg: ConsoleMessage) -> None:
+            if msg.type == "error":
+                self.errors.append(f"{page.url}: {msg.text}")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
+        return page
+
+
+def _invoice_lines(runtime: Runtime, provider: str) -> list[InvoiceLine]:
+    """The provider's tracked spend per (day, model) with 12 micro-USD more on the first line,
+    as an invoice export would show a small discrepancy."""
+    log = ai_operation_log.c
+    spend: dict[tuple[Any, str], int] = defaultdict(int)
+    with runtime.engine.connect() as conn:
+        for at, model, cost in conn.execute(select(log.created_at, log.model, log.cost_micro_usd)
+                                            .where(log.provider == provider)):
+            spend[(at.date(), model)] += cost
+    lines = [InvoiceLine(day, model, Decimal(cost)) for (day, model), cost in sorted(spend.items())]
+    first = lines[0]
+    lines[0] = InvoiceLine(first.day, first.model, first.cost_micro_usd + 12)
+    return lines
+
+
+def _prepare(runtime: Runtime, clock: ManualClock) -> tuple[dict[str, str], Reconciliation]:
+    passwords = {}
+    for user, role in USERS.items():
+        add_user(runtime.engine, clock, user, role)
+        passwords[user] = secrets.token_urlsafe(18)
+        set_password(runtime.engine, user, passwords[user])
+    set_budget(runtime.engine, clock, user_id="*", operation="*", period="day", limit_micro_usd=5_000_000)
+    set_budget(runtime.engine, clock, user_id="*", operation="*", period="month", limit_micro_usd=50_000_000)
+    run = reconcile(runtime.engine, clock, "anthropic", "anthropic-cost-report.csv",
+                    _invoice_lines(runtime, "anthropic"))
+    worker = Worker(runtime.settings, runtime.engine, runtime.ledger, clock, runtime.session, worker_id="test")
+    assert worker.verify_ledger() is True
+    return passwords, run
+
+
+@pytest.fixture(scope="package")
+def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    tmp = tmp_path_factory.mktemp("dashboard")
+    url = f"sqlite:///{tmp / 'opsgate.db'}"
+    report = asyncio.run(rehearse(RehearsalConfig(hours=REHEARSAL_HOURS, users=1000, scenario="bad-release",
+                                                  database_url=url)))
+    assert report["rehearsal"]["rollout"]["state"] == "rolled_back"
+    settings = Settings(
+        database_url=url, sandbox=True, sandbox_faults="none", jwt_secret=secrets.token_urlsafe(48),
+        master_key_file=tmp / "master-key", ledger_signing_key_file=tmp / "ledger.key",
+        ledger_anchor_dir=tmp / "anchors", ledger_checkpoint_every=100, worker_lock_file=tmp / "worker.lock",
+        session_cookie_secure=False, breaker_cooldown_s=1.0, provider_timeout_s=5.0,
+    )
+    clock = ManualClock(START + timedelta(hours=REHEARSAL_HOURS))
+    app = create_app(settings, clock)
+    server = serve_in_thread(app)
+    try:
+        runtime: Runtime = app.state.runtime
+        passwords, run = _prepare(runtime, clock)
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            yield Dashboard(server.base_url, runtime, passwords, run, client, tmp / "anchors")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "Chromium is missing: apt-get install -y chromium"
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def sign_in(browser: Browser, dashboard: Dashboard, user: str, console: Console) -> Page:
+    """A fresh browser context signed in as ``user`` through the sign-in form; its page."""
+    context = browser.new_context(base_url=dashboard.base_url, viewport={"width": 1400, "height": 900})
+    page = console.watch(context.new_page())
+    page.goto("/dashboard/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", dashboard.passwords[user])
+    page.click("button[type=submit]")
+    page.wait_for_load_state("domcontentloaded")
+    return page
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Save a full-page screenshot as ``artifacts/screenshots/<name>.png``."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def wait_live(page: Page) -> None:
+    """Wait until the page's script has polled its document and refreshed the figures once."""
+    page.wait_for_function(
+        "() => /^\\d{4}-\\d{2}-\\d{2}T/.test((document.getElementById('updated') || {}).textContent || '')",
+        timeout=15_000)
