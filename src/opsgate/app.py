@@ -37,7 +37,6 @@ from opsgate.problems import problem_response
 from opsgate.rollout.views import router as rollout_router
 from opsgate.runtime import Runtime, start_runtime
 from opsgate.security.views import install as install_security
-from opsgate.security.views import install as install_security
 from opsgate.store.db import migrations_current
 from opsgate.web.views import router as dashboard_router
 
@@ -62,7 +61,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     )
     _add_error_handlers(app)
     _add_probes(app)
-    install_security(app, settings)
     app.include_router(monitoring_router)
     install_security(app, settings)
     app.include_router(rollout_router)
