@@ -137,9 +137,9 @@ def test_failing_ledger_write_refuses_with_503_and_calls_no_provider(gateway):
     assert "disk" not in body["detail"]
     assert sum(s["requests"] for s in gateway.stats().values()) == 0
     assert _log_rows(gateway) == []
-    with gateway.runtime.engine.connect() as conn:  # the reservation was given back, not left to expire
-        assert conn.execute(select(budget_counters.c.reserved_micro_usd, budget_counters.c.spent_micro_usd)).all() == [(0, 0)]
-        assert conn.execute(select(budget_reservations.c.state)).scalars().all() == ["settled"]
+    with gateway.runtime.engine.connect() as conn:  # the reservation rolled back with the intent
+        assert conn.execute(select(budget_counters.c.reserved_micro_usd)).scalars().all() in ([], [0])
+        assert conn.execute(select(budget_reservations)).all() == []
 
 
 def test_flaky_provider_is_retried_after_its_retry_after(gateway):

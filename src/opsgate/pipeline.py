@@ -7,10 +7,10 @@
   3 rate limit     (user) and (user, operation)                                 429
   4 validate       the operation's input schema           -> Prepared           422
   5 reserve        worst-case cost against budgets, atomically                  402
-  6 ledger intent  durable before any provider call                             503
+  6 ledger intent  durable before any provider call, one transaction with 5     503
   7 route          provider chain with retries, breaker, fallback; JSON repair
   8 meter          usage -> micro-USD at the versioned price table
-  9 record         ledger result entry + ai_operation_log row, in one transaction
+  9 record         ledger result entry + ai_operation_log row + settlement, in one transaction
  10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
 
 Steps 2, 3 and 5 are delegated to the rollout (toggles) and metering (rate limits, budgets)
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput, OpsgateError
-from opsgate.ledger.writer import AppendedEntry, Ledger
+from opsgate.ledger.writer import AppendedEntry, InTransaction, Ledger
 from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.reservations import Reservation
@@ -119,19 +119,15 @@ class Gateway:
         op = self.authorize(principal, call.operation)
         await self.rate_limit(principal, op)
         prepared, input_digest = self.validate(op, call.body)
-        reservation = await self.reserve(call, principal, op, prepared)
-        try:
-            intent = await self.ledger_intent(call, principal, op, input_digest)
-        except Exception:
-            await self.release(reservation)
-            raise
+        hold = self.reserve(call, principal, op, prepared)
+        intent = await self.ledger_intent(call, principal, op, input_digest, hold)
         spend = _Spend()
         try:
             output = await self.route(op, prepared, spend)
         except Exception as exc:
-            await self.record_failure(call, principal, intent, reservation, spend, exc, started)
+            await self.record_failure(call, principal, intent, spend, exc, started)
             raise
-        return await self.record(call, principal, intent, reservation, spend, output, started)
+        return await self.record(call, principal, intent, spend, output, started)
 
     # 1 ------------------------------------------------------------------------------------------
     def authenticate(self, call: Call) -> Principal:
@@ -173,28 +169,28 @@ class Gateway:
         return op.prepare(data), hashlib.sha256(body).hexdigest()
 
     # 5 ------------------------------------------------------------------------------------------
-    async def reserve(
+    def reserve(
         self, call: Call, principal: Principal, op: Operation, prepared: Prepared
-    ) -> Reservation | None:
-        """Reserve the worst-case cost against every applicable budget atomically (402), or
-        ``None`` without metering."""
+    ) -> InTransaction | None:
+        """The work that reserves the worst-case cost against every applicable budget (402). It
+        commits inside the intent's transaction (step 6): a call is admitted and ledgered
+        atomically, and a refused call leaves no intent. ``None`` without metering."""
         if self.metering is None:
             return None
         models = [t.model for t in self._policies[op.id].chain]
-        return await self.metering.reserve(
-            call.request_id, principal.user_id, op.id, prepared.request, models
-        )
-
-    async def release(self, reservation: Reservation | None) -> None:
-        """Give a reservation back untouched: the call stopped before any provider was asked."""
-        if reservation is not None and self.metering is not None:
-            await self.metering.settle(reservation, 0, 0, unknown_usage=False)
+        return self.metering.hold_step(call.request_id, principal.user_id, op.id, prepared.request, models)
 
     # 6 ------------------------------------------------------------------------------------------
     async def ledger_intent(
-        self, call: Call, principal: Principal, op: Operation, input_digest: str
+        self,
+        call: Call,
+        principal: Principal,
+        op: Operation,
+        input_digest: str,
+        hold: InTransaction | None,
     ) -> AppendedEntry:
-        """Durably append the ``intent`` entry; :class:`LedgerUnavailable` (503) stops the call here."""
+        """Durably append the ``intent`` entry with the reservation (its ``before_result``);
+        :class:`LedgerUnavailable` (503) or a budget refusal stops the call here."""
         policy = self._policies[op.id]
         return await self._ledger.append(
             "intent",
@@ -205,6 +201,7 @@ class Gateway:
                 "input_sha256": input_digest,
                 "policy": [f"{t.provider}/{t.model}" for t in policy.chain],
             },
+            before=hold,
         )
 
     # 7 ------------------------------------------------------------------------------------------
@@ -245,21 +242,17 @@ class Gateway:
         call: Call,
         principal: Principal,
         intent: AppendedEntry,
-        reservation: Reservation | None,
         spend: _Spend,
         output: BaseModel,
         started: float,
     ) -> Outcome:
-        """Append the ``result`` entry and the ``ai_operation_log`` row together, settle the
-        reservation; build the Outcome."""
+        """Append the ``result`` entry and the ``ai_operation_log`` row and settle the reservation,
+        in one transaction; build the Outcome."""
         usage, cost = self.meter(spend)
         last = spend.completions[-1]
         latency_ms = (time.perf_counter() - started) * 1000
-        await self._write_result(
-            call, principal, intent, spend, usage, cost, latency_ms, status="ok", error_code=None
-        )
-        if reservation is not None and self.metering is not None:
-            await self.metering.settle(reservation, cost, usage.total_tokens, unknown_usage=False)
+        await self._write_result(call, principal, intent, spend, usage, cost, latency_ms,
+                                 status="ok", error_code=None, unknown_usage=False)
         return Outcome(
             request_id=call.request_id,
             operation=call.operation,
@@ -277,7 +270,6 @@ class Gateway:
         call: Call,
         principal: Principal,
         intent: AppendedEntry,
-        reservation: Reservation | None,
         spend: _Spend,
         exc: Exception,
         started: float,
@@ -288,13 +280,8 @@ class Gateway:
         code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
         spend.attempts += len(getattr(exc, "attempts", ()) or ())
         latency_ms = (time.perf_counter() - started) * 1000
-        await self._write_result(
-            call, principal, intent, spend, usage, cost, latency_ms, status="error", error_code=code
-        )
-        if reservation is not None and self.metering is not None:
-            await self.metering.settle(
-                reservation, cost, usage.total_tokens, unknown_usage=usage_unknown(exc)
-            )
+        await self._write_result(call, principal, intent, spend, usage, cost, latency_ms,
+                                 status="error", error_code=code, unknown_usage=usage_unknown(exc))
 
     async def _write_result(
         self,
@@ -308,6 +295,7 @@ class Gateway:
         *,
         status: str,
         error_code: str | None,
+        unknown_usage: bool,
     ) -> None:
         last = spend.completions[-1] if spend.completions else None
         provider, model = (last.provider, last.model) if last else (None, None)
@@ -343,7 +331,13 @@ class Gateway:
             "cache_read_tokens": usage.cache_read_tokens,
             "cost_micro_usd": cost,
         }
-        await self._ledger.append("result", entry, rows=[(ai_operation_log, row)])
+        reservation: Reservation | None = intent.before_result  # set only when metering is on
+        charge = None
+        if reservation is not None:
+            charge = self.metering.charge_step(reservation, cost, unknown_usage=unknown_usage)
+        result = await self._ledger.append("result", entry, rows=[(ai_operation_log, row)], before=charge)
+        if reservation is not None:
+            await self.metering.settled(reservation, result.before_result, usage.total_tokens)
 
 
 def _invalid_input(exc: ValidationError, detail: str) -> InvalidInput:

@@ -15,6 +15,7 @@ from opsgate.app import create_app
 from opsgate.clock import ManualClock
 from opsgate.errors import OpsgateError
 from opsgate.localserver import serve_in_thread
+from opsgate.ledger.writer import Ledger
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.cost import worst_case_micro_usd
 from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
@@ -88,9 +89,14 @@ async def test_a_failing_store_refuses_the_call_and_publishes_an_event(tmp_path:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE budget_reservations"))
     service = _service(engine, clock, events)
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    hold = service.hold_step("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
     with pytest.raises(BudgetUnavailable) as info:
-        await service.reserve("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+        await ledger.append("intent", {"request_id": "r1"}, before=hold)
+    ledger.close()
     assert isinstance(info.value, OpsgateError) and info.value.status == 503
+    assert ledger.entries == 0  # a refused reservation leaves no intent
     assert [(e.reason, e.operation, e.request_id) for e in events] == [
         ("enforcement_error", "email-classify", "r1")]
 
@@ -102,8 +108,14 @@ async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
     service = _service(engine, clock, events)
     worst = call_worst_case_micro_usd(REQUEST, ["claude-opus-4-5"], service.prices)
     set_budget(engine, clock, user_id="alice", operation=ANY, period="month", limit_micro_usd=worst)
-    reservation = await service.reserve("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
-    await service.settle(reservation, worst + 1, 10, unknown_usage=False)
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    hold = service.hold_step("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+    reservation = (await ledger.append("intent", {"request_id": "r1"}, before=hold)).before_result
+    charge = service.charge_step(reservation, worst + 1, unknown_usage=False)
+    settlement = (await ledger.append("result", {"request_id": "r1"}, before=charge)).before_result
+    ledger.close()
+    await service.settled(reservation, settlement, 10)
     assert [(e.reason, e.operation) for e in events] == [("overspend", "email-classify")]
     assert "user:alice" in events[0].detail
 

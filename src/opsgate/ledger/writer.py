@@ -25,7 +25,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ from sqlalchemy import Connection, Engine, Table, select, text
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
+from opsgate.errors import OpsgateError
 from opsgate.ledger.entry import (
     FIRST_SEQ,
     GENESIS_PREV_HASH,
@@ -65,15 +66,22 @@ _HEAD = (
 _STOP = object()
 
 ExtraRows = Iterable[tuple[Table, Mapping[str, Any]]]
+InTransaction = Callable[[Connection], Any]
+"""Work that must commit atomically with an entry (e.g. a budget reservation). It runs in a
+savepoint of the append's transaction, before the entry is chained; raising an
+:class:`~opsgate.errors.OpsgateError` refuses that one append (its savepoint is rolled back and the
+caller gets the error) without disturbing the rest of the batch."""
 
 
 @dataclass(frozen=True, slots=True)
 class AppendedEntry:
-    """A committed entry: its ``seq``, 32-byte ``entry_hash`` and ``ts`` (UTC, microseconds)."""
+    """A committed entry: its ``seq``, 32-byte ``entry_hash``, ``ts`` (UTC, microseconds) and what
+    the append's ``before`` callback returned (``None`` without one)."""
 
     seq: int
     entry_hash: bytes
     ts: datetime
+    before_result: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,7 @@ class _Request:
     rows: tuple[tuple[Table, Mapping[str, Any]], ...]
     future: Future[AppendedEntry] | asyncio.Future[AppendedEntry]
     loop: asyncio.AbstractEventLoop | None
+    before: InTransaction | None = None
 
     def take(self) -> bool:
         """Claim the request for writing; False if its caller already gave up (cancelled)."""
@@ -94,7 +103,7 @@ class _Request:
         return not self.future.cancelled()
 
 
-Outcome = AppendedEntry | LedgerUnavailable
+Outcome = AppendedEntry | OpsgateError
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,17 +156,25 @@ class Ledger:
             self._fail_queued()
 
     async def append(
-        self, kind: str, payload: dict[str, Any], rows: ExtraRows = ()
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        rows: ExtraRows = (),
+        *,
+        before: InTransaction | None = None,
     ) -> AppendedEntry:
-        """Append one entry and commit ``rows`` (``(table, values)`` inserts) with it.
+        """Append one entry and commit ``rows`` (``(table, values)`` inserts) and ``before``'s work
+        (see :data:`InTransaction`) with it.
 
         Returns once the entry is durable. Raises LedgerError for a payload the format refuses
         (see ``entry.clean_payload``), LedgerUnavailable if the transaction failed or the ledger
-        is closed. Cancelling the caller before the writer takes the request drops the request.
+        is closed, or the OpsgateError ``before`` raised (then nothing of this append is written).
+        Cancelling the caller before the writer takes the request drops the request.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendedEntry] = loop.create_future()
-        self._enqueue(_Request(kind, clean_payload(kind, payload), tuple(rows), future, loop))
+        cleaned = clean_payload(kind, payload)
+        self._enqueue(_Request(kind, cleaned, tuple(rows), future, loop, before))
         return await future
 
     def append_sync(
@@ -217,16 +234,19 @@ class Ledger:
             return
         _settle(requests, appended)
 
-    def _transaction(self, requests: list[_Request]) -> list[AppendedEntry]:
+    def _transaction(self, requests: list[_Request]) -> list[Outcome]:
         conn = self._connection()
         try:
             with conn.begin():
                 conn.execute(_LOCK_SQL[self._engine.dialect.name])
+                before = [_run_before(conn, r) for r in requests]
+                accepted = [r for r, b in zip(requests, before, strict=True) if not _refused(b)]
                 head = _read_head(conn)
                 ts = max(self._clock.now().astimezone(UTC), head.ts)
-                chained = _chain(head, format_ts(ts), requests)
-                conn.execute(ledger_entries.insert(), [_row(entry) for entry in chained])
-                for request in requests:
+                chained = _chain(head, format_ts(ts), accepted)
+                if chained:
+                    conn.execute(ledger_entries.insert(), [_row(e) for e in chained])
+                for request in accepted:
                     for table, values in request.rows:
                         conn.execute(table.insert(), dict(values))
         except Exception:
@@ -234,7 +254,11 @@ class Ledger:
             raise
         self.transactions += 1
         self.entries += len(chained)
-        return [AppendedEntry(e.seq, e.entry_hash, ts) for e in chained]
+        entries = iter(chained)
+        return [
+            b if _refused(b) else AppendedEntry((e := next(entries)).seq, e.entry_hash, ts, b)
+            for b in before
+        ]
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -284,8 +308,23 @@ def _resolve_all(pending: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
             _resolve(future, outcome)
 
 
+def _run_before(conn: Connection, request: _Request) -> Any:
+    """Run ``request.before`` in a savepoint; an OpsgateError it raises is returned (refusal)."""
+    if request.before is None:
+        return None
+    try:
+        with conn.begin_nested():
+            return request.before(conn)
+    except OpsgateError as exc:
+        return exc
+
+
+def _refused(before_result: Any) -> bool:
+    return isinstance(before_result, OpsgateError)
+
+
 def _resolve(future: Future[Any] | asyncio.Future[Any], outcome: Outcome) -> None:
-    if isinstance(outcome, LedgerUnavailable):
+    if isinstance(outcome, OpsgateError):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput
@@ -119,11 +119,11 @@ _APPLICABLE = (
 )
 
 
-def applicable_budgets(engine: Engine, user_id: str, operation: str) -> list[Budget]:
-    """Every budget that a call by ``user_id`` on ``operation`` is charged against, by id."""
-    with engine.connect() as conn:
-        rows = conn.execute(_APPLICABLE, {"user_id": user_id, "operation": operation})
-        return [_budget(row) for row in rows]
+def budgets_for(conn: Connection, user_id: str, operation: str) -> list[Budget]:
+    """Every budget that a call by ``user_id`` on ``operation`` is charged against, by id, read on
+    ``conn`` (inside the caller's transaction)."""
+    rows = conn.execute(_APPLICABLE, {"user_id": user_id, "operation": operation})
+    return [_budget(row) for row in rows]
 
 
 def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:

@@ -1,6 +1,7 @@
 """Reserve, settle and expire budget reservations, atomically in the database.
 
-Per budget and period there is one ``budget_counters`` row. :func:`reserve` runs ONE transaction:
+Per budget and period there is one ``budget_counters`` row. :func:`hold` runs inside ONE transaction (the ledger intent's, on the request path; its own in
+:func:`reserve`):
 for every applicable budget (in id order, so concurrent transactions lock rows in the same order)
 it makes sure the counter row exists and then runs the conditional update ::
 
@@ -32,7 +33,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from opsgate.clock import Clock
-from opsgate.metering.budgets import Budget, applicable_budgets, period_start
+from opsgate.metering.budgets import Budget, budgets_for, period_start
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import budget_counters, budget_reservations, budgets
 
@@ -110,39 +111,63 @@ def reserve(
     worst_micro_usd: int,
     ttl_s: float,
 ) -> Reservation:
-    """Hold ``worst_micro_usd`` against every budget that applies to (``user_id``, ``operation``).
+    """:func:`hold` in a transaction of its own."""
+    with engine.begin() as conn:
+        return hold(conn, clock, request_id=request_id, user_id=user_id, operation=operation,
+                    worst_micro_usd=worst_micro_usd, ttl_s=ttl_s)
+
+
+def hold(
+    conn: Connection,
+    clock: Clock,
+    *,
+    request_id: str,
+    user_id: str,
+    operation: str,
+    worst_micro_usd: int,
+    ttl_s: float,
+) -> Reservation:
+    """Hold ``worst_micro_usd`` against every budget that applies to (``user_id``, ``operation``),
+    inside the caller's transaction ``conn`` (the pipeline uses the ledger intent's transaction).
 
     Raises :class:`BudgetExceeded` (402, naming the budget) when any of them would go over its
-    limit; then nothing is held. Database errors propagate (the caller fails closed).
+    limit; the caller must then roll back (a savepoint suffices). Database errors propagate.
     """
-    found = tuple(applicable_budgets(engine, user_id, operation))
+    _lock(conn)  # before any read: a SQLite read snapshot cannot be upgraded to a write later
+    found = tuple(budgets_for(conn, user_id, operation))
     reservation = Reservation(request_id, user_id, operation, worst_micro_usd, found)
     if not found:
         return reservation
     now = clock.now()
-    with engine.begin() as conn:
-        _lock(conn)
-        for budget in found:
-            start = period_start(budget.period, now)
-            _ensure_counter(conn, budget.id, start)
-            if not _hold(conn, budget.id, start, worst_micro_usd):
-                raise BudgetExceeded(
-                    f"The {budget.period} budget of {budget.scope} has no room for this call's "
-                    f"worst-case cost of {worst_micro_usd} micro-USD"
-                )
-        conn.execute(budget_reservations.insert(), [
-            {"request_id": request_id, "budget_id": b.id, "period_start": period_start(b.period, now),
-             "worst_micro_usd": worst_micro_usd, "state": OPEN, "created_at": now,
-             "expires_at": now + timedelta(seconds=ttl_s)}
-            for b in found
-        ])
+    for budget in found:
+        start = period_start(budget.period, now)
+        _ensure_counter(conn, budget.id, start)
+        if not _hold(conn, budget.id, start, worst_micro_usd):
+            raise BudgetExceeded(
+                f"The {budget.period} budget of {budget.scope} has no room for this call's "
+                f"worst-case cost of {worst_micro_usd} micro-USD"
+            )
+    conn.execute(budget_reservations.insert(), [
+        {"request_id": request_id, "budget_id": b.id, "period_start": period_start(b.period, now),
+         "worst_micro_usd": worst_micro_usd, "state": OPEN, "created_at": now,
+         "expires_at": now + timedelta(seconds=ttl_s)}
+        for b in found
+    ])
     return reservation
 
 
 def settle(
     engine: Engine, clock: Clock, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
 ) -> Settlement:
-    """Charge the call and release the rest of its reservation, in one transaction.
+    """:func:`charge` in a transaction of its own."""
+    with engine.begin() as conn:
+        return charge(conn, clock, reservation, actual_micro_usd, unknown_usage=unknown_usage)
+
+
+def charge(
+    conn: Connection, clock: Clock, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
+) -> Settlement:
+    """Charge the call and release the rest of its reservation, inside the caller's transaction.
 
     ``actual_micro_usd`` is the metered cost. With ``unknown_usage`` (the provider may have billed
     tokens we never saw: a timeout, a cut or unreadable answer) the call is charged
@@ -152,10 +177,9 @@ def settle(
     state = UNKNOWN_USAGE if unknown_usage else SETTLED
     if not reservation.budgets:
         return Settlement(charged, state, ())
-    with engine.begin() as conn:
-        _lock(conn)
-        closed = _close(conn, clock, reservation.request_id, (OPEN, EXPIRED), state, charged)
-        over_ids = _over_limit(conn, closed)
+    _lock(conn)
+    closed = _close(conn, clock, reservation.request_id, (OPEN, EXPIRED), state, charged)
+    over_ids = _over_limit(conn, closed)
     return Settlement(charged, state, tuple(b for b in reservation.budgets if b.id in over_ids))
 
 

@@ -1,11 +1,12 @@
 """The metering steps of the pipeline in one object: rate limit (step 3), reserve (step 5) and
 settle (step 8), with the enforcement-failure seam.
 
-Database work runs in a worker thread (``asyncio.to_thread``) so a busy SQLite lock or a slow
-PostgreSQL never blocks the event loop. Enforcement fails closed: if a reservation cannot be
-written the call is refused with 503 ``budget_unavailable`` and an :class:`EnforcementFailure` is
-published. A settle that fails leaves the reservation open; it expires and is charged its worst
-case by :func:`~opsgate.metering.reservations.expire_reservations`.
+The reservation and the settlement run inside the ledger writer's transactions (the intent's and
+the result's), so admitting a call, ledgering it and charging it cost no extra commits and never
+contend for the SQLite write lock. Enforcement fails closed: if a reservation cannot be written the
+call is refused with 503 ``budget_unavailable`` and an :class:`EnforcementFailure` is published. A
+settle that fails leaves the reservation open; it expires and is charged its worst case by
+:func:`~opsgate.metering.reservations.expire_reservations`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
+from opsgate.ledger.writer import InTransaction
 from opsgate.metering.enforcement import (
     ENFORCEMENT_ERROR,
     OVERSPEND,
@@ -28,7 +30,13 @@ from opsgate.metering.enforcement import (
 from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable
 from opsgate.metering.prices import PriceTable, PriceTableError
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
-from opsgate.metering.reservations import Reservation, expire_reservations, reserve, settle
+from opsgate.metering.reservations import (
+    Reservation,
+    Settlement,
+    charge,
+    expire_reservations,
+    hold,
+)
 from opsgate.metering.worstcase import call_worst_case_micro_usd
 from opsgate.providers.base import CompletionRequest
 
@@ -76,52 +84,69 @@ class MeteringService:
         """Step 3; raises :class:`~opsgate.metering.errors.RateLimitExceeded` (429)."""
         await self.limiter.admit(user_id, operation)
 
-    async def reserve(
+    def hold_step(
         self,
         request_id: str,
         user_id: str,
         operation: str,
         request: CompletionRequest,
         models: Iterable[str],
-    ) -> Reservation:
-        """Step 5: hold the worst case of ``request`` on ``models`` against every applicable budget.
+    ) -> InTransaction:
+        """Step 5: the work that holds the worst case of ``request`` on ``models`` against every
+        applicable budget, to run inside the ledger intent's transaction
+        (``Ledger.append(..., before=step)``), so a call is admitted and ledgered atomically.
 
-        Raises :class:`BudgetExceeded` (402) or, when the store fails, :class:`BudgetUnavailable`
-        (503) after publishing an ``enforcement_error`` event.
+        The step returns the :class:`Reservation`; it raises :class:`BudgetExceeded` (402) or, when
+        the store fails, :class:`BudgetUnavailable` (503) after an ``enforcement_error`` event is
+        published on the caller's event loop. Call from the event loop.
         """
         worst = call_worst_case_micro_usd(request, models, self.prices)
-        try:
-            return await asyncio.to_thread(
-                reserve, self.engine, self.clock, request_id=request_id, user_id=user_id,
-                operation=operation, worst_micro_usd=worst, ttl_s=self.reservation_ttl_s,
-            )
-        except BudgetExceeded:
-            raise
-        except Exception as exc:
-            self._publish(ENFORCEMENT_ERROR, operation, f"reserve failed: {type(exc).__name__}",
-                          request_id)
-            raise BudgetUnavailable() from exc
+        loop = asyncio.get_running_loop()
 
-    async def settle(
-        self, reservation: Reservation, actual_micro_usd: int, tokens: int, *, unknown_usage: bool
-    ) -> None:
-        """Step 8: charge the call, release the rest, count its tokens; publish ``overspend`` for
-        every budget the charge took over its limit. Never raises."""
+        def step(conn: Connection) -> Reservation:
+            try:
+                return hold(conn, self.clock, request_id=request_id, user_id=user_id,
+                            operation=operation, worst_micro_usd=worst, ttl_s=self.reservation_ttl_s)
+            except BudgetExceeded:
+                raise
+            except Exception as exc:
+                loop.call_soon_threadsafe(self._publish, ENFORCEMENT_ERROR, operation,
+                                          f"reserve failed: {type(exc).__name__}", request_id)
+                raise BudgetUnavailable() from exc
+
+        return step
+
+    def charge_step(
+        self, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
+    ) -> InTransaction:
+        """Step 8: the work that charges the call and releases the rest of its reservation, to run
+        inside the ``result`` entry's transaction. It never refuses the entry: a failure is rolled
+        back to its own savepoint and returns ``None`` (the reservation then expires and is charged
+        its worst case); otherwise it returns the :class:`Settlement`. Call from the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def step(conn: Connection) -> Settlement | None:
+            try:
+                with conn.begin_nested():
+                    return charge(conn, self.clock, reservation, actual_micro_usd,
+                                  unknown_usage=unknown_usage)
+            except Exception as exc:
+                loop.call_soon_threadsafe(
+                    self._publish, ENFORCEMENT_ERROR, reservation.operation,
+                    f"settle failed ({type(exc).__name__}); the reservation will expire and be "
+                    "charged its worst case", reservation.request_id)
+                return None
+
+        return step
+
+    async def settled(self, reservation: Reservation, settlement: Settlement | None, tokens: int) -> None:
+        """After the result committed: count the call's tokens against the token rate limits and
+        publish ``overspend`` for every budget the charge took over its limit. Never raises."""
         await self.limiter.charge_tokens(reservation.user_id, reservation.operation, tokens)
-        try:
-            result = await asyncio.to_thread(
-                settle, self.engine, self.clock, reservation, actual_micro_usd,
-                unknown_usage=unknown_usage,
-            )
-        except Exception as exc:
-            self._publish(ENFORCEMENT_ERROR, reservation.operation,
-                          f"settle failed ({type(exc).__name__}); the reservation will expire "
-                          "and be charged its worst case", reservation.request_id)
-            return
-        for budget in result.over_limit:
+        for budget in settlement.over_limit if settlement else ():
             self._publish(OVERSPEND, reservation.operation,
                           f"the {budget.period} budget of {budget.scope} is over its limit after a "
-                          f"charge of {result.charged_micro_usd} micro-USD", reservation.request_id)
+                          f"charge of {settlement.charged_micro_usd} micro-USD", reservation.request_id)
 
     def expire(self) -> list[str]:
         """Charge expired reservations at their worst case (see :func:`expire_reservations`)."""
