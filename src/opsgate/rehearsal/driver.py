@@ -41,7 +41,7 @@ from opsgate.rehearsal.facts import log_facts
 from opsgate.rehearsal.report import build_report
 from opsgate.rehearsal.scenarios import Scenario, get_scenario
 from opsgate.rehearsal.traffic import Gate, Population, cadence_s, scaled_plan
-from opsgate.rollout.controller import Action
+from opsgate.rollout.controller import Action, State
 from opsgate.rollout.service import RolloutEvent
 from opsgate.runtime import Runtime
 from opsgate.security.auth import TokenService
@@ -51,6 +51,7 @@ TOKEN_REFRESH_S = 50 * 60
 ADMIN = "rehearsal-admin"
 DEFAULT_EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 NEVER_S = 1e12
+ROLLED_BACK = frozenset({State.ROLLING_BACK, State.ROLLED_BACK, State.ESCALATED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ class RehearsalConfig:
     seed: int = 0
     database_url: str | None = None
     examples: Path = DEFAULT_EXAMPLES
-    calls_per_minute: float = 5.0
+    calls_per_minute: float = 4.0
     concurrency: int = 16
 
 
@@ -290,8 +291,7 @@ class _Run:
         self.timeline.append({
             "at": now.isoformat(), "hours": _hours(now), "action": decision.action.value,
             "state": decision.after.state.value, "stage_index": decision.after.stage_index,
-            "percentage": self.plan.percentage(decision.after.stage_index)
-            if decision.action is not Action.ROLLBACK else 0,
+            "percentage": 0 if decision.after.state in ROLLED_BACK else self.plan.percentage(decision.after.stage_index),
             "reason": decision.reason,
             "numbers": {k: v for k, v in numbers.items() if "latency" not in k},
         })
@@ -330,8 +330,9 @@ def _settings(config: RehearsalConfig, tmp: Path, receiver: AlertReceiver) -> Se
 
 
 def _secrets(settings: Settings) -> list[bytes]:
+    """Values no response or alert may contain (PagerDuty's routing key travels in its body by design)."""
     values = [settings.anthropic_api_key, settings.deepseek_api_key, settings.gemini_api_key, settings.jwt_secret,
-              settings.twilio_auth_token, settings.pagerduty_routing_key]
+              settings.twilio_auth_token]
     return [v.get_secret_value().encode() for v in values if v is not None]
 
 
