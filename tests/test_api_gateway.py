@@ -213,7 +213,7 @@ def test_invalid_model_output_gets_one_repair_then_a_typed_error(gateway, monkey
     from opsgate.providers.base import Completion
 
     calls = []
-    router = gateway.runtime.gateway._router
+    router = gateway.runtime.gateway.router
     original = router.complete
 
     async def bad_json(request, policy):

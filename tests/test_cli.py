@@ -29,10 +29,10 @@ def test_users_add_then_token_verifies(env):
     from opsgate.config import Settings
     from opsgate.security.auth import TokenService
 
-    assert runner.invoke(app, ["users", "add", "bob", "--role", "operator"]).output.strip() == "created bob (operator)"
+    assert runner.invoke(app, ["users", "add", "bob", "--role", "operator"]).stdout.strip() == "created bob (operator)"
     result = runner.invoke(app, ["token", "bob"])
     assert result.exit_code == 0
-    principal = TokenService(Settings(), SystemClock()).verify(result.output.strip())
+    principal = TokenService(Settings(), SystemClock()).verify(result.stdout.strip())
     assert principal.user_id == "bob" and principal.roles == ("operator",)
 
 
@@ -52,7 +52,7 @@ def test_run_prints_the_result_and_verify_passes(env):
     body = json.loads(result.stdout[result.stdout.index("{"):])
     assert body["operation"] == "email-classify" and body["cost_micro_usd"] > 0
     verify = runner.invoke(app, ["ledger", "verify"])
-    assert verify.exit_code == 0 and verify.output.startswith("OK entries=")
+    assert verify.exit_code == 0 and verify.stdout.startswith("OK entries=")
 
 
 def test_run_failure_exits_nonzero_with_the_problem_code(env):
@@ -69,7 +69,7 @@ def test_verify_exit_1_names_the_bad_entry(env):
         conn.execute(text("DROP TRIGGER ledger_entries_no_update"))  # a tamperer with write access
         conn.execute(text("UPDATE ledger_entries SET body = CAST(REPLACE(CAST(body AS TEXT), '\"ok\"', '\"no\"') AS BLOB) WHERE seq = :s"), {"s": seq})
     result = runner.invoke(app, ["ledger", "verify"])
-    assert result.exit_code == 1 and result.output.startswith(f"FAIL seq={seq} reason=hash_mismatch")
+    assert result.exit_code == 1 and result.stdout.startswith(f"FAIL seq={seq} reason=hash_mismatch")
 
 
 def test_verify_exit_2_on_an_unreadable_database(tmp_path, monkeypatch):

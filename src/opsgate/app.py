@@ -13,6 +13,7 @@ Every error is an RFC 9457 problem (see :mod:`opsgate.problems`). OpenAPI at ``/
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from opsgate import __version__
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.errors import NotFound, OpsgateError
+from opsgate.monitoring.prometheus import observe, observe_error
 from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation
@@ -86,7 +88,14 @@ def _operation_endpoint(op_id: str) -> Callable[[Request], Any]:
         request_id = request.state.request_id = uuid.uuid4().hex
         body = await request.body()
         call = Call(op_id, body, request.headers.get("authorization"), request_id)
-        outcome = await runtime.gateway.govern(call)
+        started = time.perf_counter()
+        try:
+            outcome = await runtime.gateway.govern(call)
+        except Exception as exc:
+            code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
+            observe_error(op_id, code, (time.perf_counter() - started) * 1000)
+            raise
+        observe(outcome)
         return Response(
             orjson.dumps(_outcome_body(outcome)),
             media_type="application/json",

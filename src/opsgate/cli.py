@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import uuid
 from pathlib import Path
@@ -15,12 +14,16 @@ from rich.console import Console
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
+from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
+from opsgate.monitoring.cli import incidents_app, worker
+from opsgate.rehearsal.cli import rehearse
+from opsgate.reports.cli import readiness, report_app
 from opsgate.rollout.cli import rollout_app, toggles_app
+from opsgate.security.cli import backup_app, keys_app, users_app
+from opsgate.security.logging import configure_logging
 
 app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
-users_app = typer.Typer(help="Manage users and roles.", no_args_is_help=True)
-ledger_app = typer.Typer(help="Inspect and verify the tamper-evident ledger.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(ledger_app, name="ledger")
@@ -29,9 +32,22 @@ app.add_typer(budgets_app, name="budgets")
 app.add_typer(costs_app, name="costs")
 app.add_typer(toggles_app, name="toggles")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(keys_app, name="keys")
+app.add_typer(backup_app, name="backup")
+app.add_typer(report_app, name="report")
+app.command("worker")(worker)
+app.command("rehearse")(rehearse)
+app.command("readiness")(readiness)
 
 err = Console(stderr=True)
 CLI_USER = "opsgate-cli"
+
+
+@app.callback()
+def main() -> None:
+    """opsgate: a governed gateway for an app's AI operations."""
+    configure_logging(Settings().log_level.upper(), json=not sys.stderr.isatty())
 
 
 def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
@@ -61,7 +77,6 @@ def serve(
 
     from opsgate.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(_settings(sandbox, faults)), host=host, port=port, log_level="warning")
 
 
@@ -132,22 +147,6 @@ def demo(
     raise typer.Exit(run_demo(_settings(sandbox=True), examples, port))
 
 
-@users_app.command("add")
-def users_add(
-    user_id: str = typer.Argument(..., help="The user's id."),
-    role: str = typer.Option("user", help="user | operator | admin"),
-) -> None:
-    """Create a user (or change an existing user's role)."""
-    from opsgate.security.users import add_user
-
-    engine = _engine()
-    try:
-        created = add_user(engine, SystemClock(), user_id, role)
-    except ValueError as exc:
-        _fail(str(exc))
-    print(f"{'created' if created else 'updated'} {user_id} ({role})")
-
-
 @app.command()
 def token(user_id: str = typer.Argument(..., help="An existing user's id.")) -> None:
     """Print a 1-hour access token for USER_ID."""
@@ -161,20 +160,6 @@ def token(user_id: str = typer.Argument(..., help="An existing user's id.")) -> 
     except OpsgateError as exc:
         _fail(exc.detail, 1)
     print(TokenService(settings, SystemClock()).issue(user_id, role))
-
-
-@ledger_app.command("verify")
-def ledger_verify() -> None:
-    """Recompute every ledger hash. Exit 0 when intact, 1 naming the first bad entry, 2 on I/O errors."""
-    from opsgate.ledger.errors import LedgerIOError
-    from opsgate.ledger.verify import format_summary, verify
-
-    try:
-        report = verify(_engine())
-    except (LedgerIOError, OSError, ValueError) as exc:
-        _fail(f"cannot read the ledger: {type(exc).__name__}: {exc}")
-    print(format_summary(report))
-    raise typer.Exit(0 if report.ok else 1)
 
 
 @db_app.command("upgrade")

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("GEMINI_BASE_URL", "OPSGATE_GEMINI_BASE_URL"),
     )
 
+    log_level: str = Field(default="WARNING", description="Root log level (logs go to stderr).")
     sandbox: bool = Field(default=False, description="Serve providers from in-process sandboxes.")
     sandbox_faults: str = "none"
 

@@ -105,7 +105,7 @@ class Gateway:
     ) -> None:
         self._tokens = tokens
         self._ledger = ledger
-        self._router = router
+        self.router = router
         self._policies = policies
         self._prices = prices
         self._clock = clock
@@ -214,7 +214,7 @@ class Gateway:
         policy = self._policies[op.id]
         request = prepared.request
         for attempt in range(2):
-            routed = await self._router.complete(request, policy)
+            routed = await self.router.complete(request, policy)
             spend.completions.append(routed.completion)
             spend.attempts += len(routed.attempts)
             try:

@@ -6,6 +6,7 @@ Both ``opsgate serve`` (through the FastAPI lifespan) and ``opsgate run`` (in-pr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from opsgate.config import Settings
 from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceTable
+from opsgate.monitoring.hooks import attach as attach_alerting
+from opsgate.monitoring.providers import ProviderStatusSync
 from opsgate.metering.service import build_metering
 from opsgate.operations import OPERATIONS
 from opsgate.pipeline import Gateway
@@ -54,9 +57,12 @@ class Runtime:
     sandbox: SandboxServer | None = None
     rollout: RolloutService | None = None
     checkpointer: Checkpointer | None = None
+    status_sync: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         """Drain the ledger, close the HTTP session and the sandbox, dispose of the engine."""
+        if self.status_sync is not None:
+            self.status_sync.cancel()
         if self.checkpointer is not None:
             await self.checkpointer.stop()
         self.ledger.close()
@@ -106,11 +112,16 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
         metering=build_metering(settings, engine, clock, prices, routed),
         toggles=toggles,
     )
+    attach_alerting(engine, clock, gateway.metering.hooks if gateway.metering else None, rollout)
     checkpointer = checkpointer_for(settings, engine, clock, session)
     if checkpointer is not None:
         checkpointer.start()
+    status_sync = asyncio.create_task(
+        ProviderStatusSync(engine, router, clock, policies).run(settings.provider_status_interval_s)
+    )
     return Runtime(
-        settings, clock, engine, ledger, session, gateway, tokens, sandbox, rollout, checkpointer
+        settings, clock, engine, ledger, session, gateway, tokens, sandbox, rollout, checkpointer,
+        status_sync,
     )
 
 

@@ -49,7 +49,7 @@ def observe_error(operation: str, code: str, latency_ms: float) -> None:
 def exposition(runtime: Any) -> bytes:
     """The registry plus breaker states and ledger size read from ``runtime`` now."""
     breaker = GaugeMetricFamily("opsgate_breaker_state", "0 closed, 1 half-open, 2 open", labels=["provider"])
-    for snap in runtime.gateway._router.snapshot():
+    for snap in runtime.gateway.router.snapshot():
         breaker.add_metric([snap.provider], BREAKER_VALUE[snap.state.value])
     with runtime.engine.connect() as conn:
         size = conn.execute(select(func.count()).select_from(ledger_entries)).scalar() or 0
