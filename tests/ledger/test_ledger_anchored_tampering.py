@@ -54,6 +54,9 @@ async def anchored(engine: Engine, ledger: Ledger, clock: ManualClock, signer: S
 def check(engine: Engine, signer: Signer, anchor: DirectoryAnchor) -> tuple[int, str]:
     report = verify(engine, verifier=signer.verifier(), anchored=anchor.read())
     assert not report.ok and format_summary(report).startswith("FAIL ")
+    parallel = verify(engine, verifier=signer.verifier(), anchored=anchor.read(), batch_size=2,
+                      workers=2)  # batches of 2 joined across processes: the same finding
+    assert parallel.failure == report.failure
     return report.failure.seq, report.failure.reason
 
 
@@ -168,3 +171,18 @@ async def test_checkpointing_refuses_a_broken_chain(
     execute(engine, "UPDATE ledger_entries SET entry_hash = :h WHERE seq = 9", h=b"\x02" * 32)
     with pytest.raises(Exception, match="chain is broken at seq 9"):
         create_checkpoint(engine, signer, ORIGIN, clock)
+
+
+def test_parallel_batches_check_unaligned_checkpoints(
+    engine: Engine, ledger: Ledger, clock: ManualClock, signer: Signer
+) -> None:
+    for size in (7, 19, 33, 50):
+        while ledger.entries < size:
+            ledger.append_sync("intent", {"request_id": f"r{ledger.entries}"})
+        assert create_checkpoint(engine, signer, ORIGIN, clock).size == size
+    serial = verify(engine, verifier=signer.verifier(), workers=1)
+    parallel = verify(engine, verifier=signer.verifier(), batch_size=4, workers=2)
+    assert serial.ok and parallel.ok and serial.checkpoints == parallel.checkpoints == 4
+    assert serial.root == parallel.root and serial.head_hash == parallel.head_hash
+    execute(engine, "DELETE FROM ledger_entries WHERE seq >= 40")
+    assert verify(engine, verifier=signer.verifier(), batch_size=4, workers=2).failure.seq == 40

@@ -55,6 +55,7 @@ def test_edited_payload_byte_is_a_hash_mismatch(engine: Engine, ledger: Ledger) 
     report = verify(engine)
     assert not report.ok
     assert (report.failure.seq, report.failure.reason) == (3, "hash_mismatch")
+    assert verify(engine, batch_size=2, workers=2).failure == report.failure
     assert (report.head_seq, report.entries) == (2, 4)
     assert format_summary(report).startswith("FAIL seq=3 reason=hash_mismatch: ")
 
@@ -183,8 +184,8 @@ def test_missing_table_is_an_io_error(engine: Engine) -> None:
 def test_progress_is_reported_per_batch(engine: Engine, ledger: Ledger) -> None:
     fill(ledger, pairs=5)
     seen: list[int] = []
-    assert verify(engine, batch_size=3, progress=seen.append).entries == 10
-    assert seen == [3, 6, 9, 10]
+    assert verify(engine, batch_size=3, progress=seen.append).entries == 10  # 3 -> 4 rows
+    assert seen == [4, 8, 10]
 
 
 def test_streaming_keeps_memory_bounded(engine: Engine) -> None:
@@ -205,7 +206,7 @@ def test_streaming_keeps_memory_bounded(engine: Engine) -> None:
                 batch = []
     tracemalloc.start()
     try:
-        report = verify(engine, batch_size=1000)
+        report = verify(engine, batch_size=1000, workers=1)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

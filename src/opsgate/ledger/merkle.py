@@ -79,6 +79,28 @@ class CompactRange:
         """The perfect-subtree roots, largest (leftmost) first, concatenated (32 bytes each)."""
         return b"".join(self._hashes)
 
+    def copy(self) -> CompactRange:
+        """An independent copy."""
+        return CompactRange.restore(self.size, self.frontier())
+
+    def subtrees(self) -> list[tuple[int, bytes]]:
+        """``(height, hash)`` of each perfect subtree, largest (leftmost) first."""
+        heights = [h for h in range(self.size.bit_length() - 1, -1, -1) if self.size >> h & 1]
+        return list(zip(heights, self._hashes, strict=True))
+
+    def append_subtree(self, node: bytes, height: int) -> None:
+        """Add a perfect subtree of ``2**height`` leaves whose hash is ``node``; ValueError unless
+        ``size`` is a multiple of ``2**height`` (the subtree must be aligned, RFC 9162 shape)."""
+        if self.size & ((1 << height) - 1):
+            raise ValueError(f"a subtree of height {height} cannot start at leaf {self.size}")
+        hashes = self._hashes
+        size = self.size >> height
+        while size & 1:
+            node = node_hash(hashes.pop(), node)
+            size >>= 1
+        hashes.append(node)
+        self.size += 1 << height
+
     def append(self, leaf: bytes) -> None:
         """Add the next leaf hash (32 bytes)."""
         hashes = self._hashes

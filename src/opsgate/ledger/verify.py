@@ -34,7 +34,12 @@ intents without a result for the same ``request_id``: a crash or an operation in
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import itertools
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +47,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
 from opsgate.ledger.checkpoint import Checkpoint, CheckpointError, Verifier, parse_checkpoint
-from opsgate.ledger.entry import CHAIN_DOMAIN, FIRST_SEQ, GENESIS_PREV_HASH, decode_body_fast
+from opsgate.ledger.entry import CHAIN_DOMAIN, GENESIS_PREV_HASH, decode_body_fast
 from opsgate.ledger.errors import LedgerError, LedgerIOError
 from opsgate.ledger.merkle import CompactRange
 from opsgate.ledger.models import ledger_checkpoints
@@ -112,8 +117,88 @@ class _Target:
     sources: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Scan:
+    """What :func:`_scan_batch` found in one batch of rows starting at ``start`` (a multiple of the
+    power-of-two batch size). ``checked``: rows that passed. ``frontier``: ``(height, hash)``
+    perfect subtrees of the passed rows' leaves, largest first; ``prefixes``: the same for each
+    checkpoint size inside the batch. ``events``: ``(is_intent, request_id, seq)`` in order."""
+
+    start: int
+    checked: int = 0
+    failure: Finding | None = None
+    first_prev: bytes = b""
+    last_hash: bytes = b""
+    first_ts: str = ""
+    last_ts: str = ""
+    frontier: list[tuple[int, bytes]] = field(default_factory=list)
+    prefixes: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    events: list[tuple[bool, str, int]] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+
+
+def _scan_batch(
+    job: tuple[int, list[tuple[int, bytes, bytes, bytes]], frozenset[int]],
+) -> _Scan:
+    """Every per-row check of one batch that needs no earlier batch (runs in a worker process):
+    seq contiguity, body, body seq, chain hash, links inside the batch, ts order inside the batch,
+    leaf hashes. The first row's link and ts are checked by the caller against the previous batch."""
+    start, rows, sizes = job
+    scan = _Scan(start)
+    chain, leaf, tree = _CHAIN.copy, _LEAF.copy, CompactRange()
+    expected, head_hash, head_ts = start, b"", ""
+    for seq, prev_hash, entry_hash, body in rows:
+        obj = _check_row(expected, seq, prev_hash, entry_hash, body, head_hash, chain)
+        if type(obj) is Finding:
+            scan.failure = obj
+            return scan
+        ts, kind = obj["ts"], obj["kind"]
+        if seq == start:
+            scan.first_prev, scan.first_ts = prev_hash, ts
+        elif ts < head_ts:  # fixed-width UTC text: string order is time order
+            scan.warnings.append(Finding(seq, "clock_regression", f"ts {ts} < {head_ts}"))
+        if kind == "intent" or kind == "result":
+            request_id = obj.get("request_id")
+            if isinstance(request_id, str):
+                scan.events.append((kind == "intent", request_id, seq))
+        digest = leaf()
+        digest.update(body)
+        tree.append(digest.digest())
+        expected, head_hash, head_ts = seq + 1, entry_hash, ts
+        scan.checked, scan.last_hash, scan.last_ts = scan.checked + 1, entry_hash, ts
+        if expected in sizes:
+            scan.prefixes[expected] = tree.subtrees()
+    scan.frontier = tree.subtrees()
+    return scan
+
+
+def _check_row(
+    expected: int, seq: int, prev_hash: bytes, entry_hash: bytes, body: bytes, head_hash: bytes,
+    chain: Callable[[], Any],
+) -> Any:
+    """The row's parsed body, or the Finding of its first failed check (in the documented order;
+    the link is only checked here when ``head_hash`` is known, i.e. not for a batch's first row)."""
+    if seq != expected:
+        return Finding(expected, "seq_gap", f"entry {expected} is missing (next row is {seq})")
+    try:
+        obj = decode_body_fast(body)
+    except LedgerError as exc:
+        return Finding(seq, "bad_body", exc.detail)
+    if obj["seq"] != seq:
+        return Finding(seq, "seq_mismatch", f"row {seq} holds the body of entry {obj['seq']}")
+    digest = chain()
+    digest.update(prev_hash)
+    digest.update(body)
+    if digest.digest() != entry_hash:
+        return Finding(seq, "hash_mismatch", "stored entry_hash does not match the body")
+    if head_hash and prev_hash != head_hash:
+        return Finding(seq, "link_mismatch", "prev_hash is not the previous entry's hash")
+    return obj
+
+
 class _Checker:
-    """The per-row checks, fed batches in seq order; stops after the first failure."""
+    """Joins batch scans in seq order: links and ts across batches, the tree, checkpoint roots,
+    open intents. Stops after the first failure."""
 
     def __init__(self, targets: dict[int, _Target]) -> None:
         self.entries = 0
@@ -128,58 +213,38 @@ class _Checker:
         self.targets = targets
         self.matched_size = 0
 
-    def feed(self, rows: Iterable[tuple[int, bytes, bytes, bytes]]) -> bool:
-        """Check a batch of ``(seq, prev_hash, entry_hash, body)`` rows; False once failed."""
-        chain, leaf, tree, targets = _CHAIN.copy, _LEAF.copy, self.tree, self.targets
-        expected = FIRST_SEQ if self.head_seq is None else self.head_seq + 1
-        for seq, prev_hash, entry_hash, body in rows:
-            self.entries += 1
-            if seq != expected:
-                return self._fail(
-                    expected, "seq_gap", f"entry {expected} is missing (next row is {seq})"
-                )
-            try:
-                obj = decode_body_fast(body)
-            except LedgerError as exc:
-                return self._fail(seq, "bad_body", exc.detail)
-            if obj["seq"] != seq:
-                return self._fail(
-                    seq, "seq_mismatch", f"row {seq} holds the body of entry {obj['seq']}"
-                )
-            digest = chain()
-            digest.update(prev_hash)
-            digest.update(body)
-            if digest.digest() != entry_hash:
-                return self._fail(seq, "hash_mismatch", "stored entry_hash does not match the body")
-            if prev_hash != self.head_hash:
-                return self._fail(
-                    seq, "link_mismatch", "prev_hash is not the previous entry's hash"
-                )
-            self._accept(seq, entry_hash, obj)
-            digest = leaf()
-            digest.update(body)
-            tree.append(digest.digest())
-            expected = seq + 1
-            if expected in targets and not self._check_root(targets[expected]):
+    def join(self, scan: _Scan) -> bool:
+        """Take one batch's scan (batches in order); False once a failure is recorded."""
+        self.entries += scan.checked + (scan.failure is not None)
+        if scan.checked and scan.first_prev != self.head_hash:
+            return self._fail(scan.start, "link_mismatch", "prev_hash is not the previous entry's hash")
+        if scan.checked and scan.first_ts < self.head_ts:
+            self._warn(Finding(scan.start, "clock_regression", f"ts {scan.first_ts} < {self.head_ts}"))
+        for finding in scan.warnings:
+            self._warn(finding)
+        for size in sorted(scan.prefixes):
+            if not self._check_root(self.targets[size], scan.prefixes[size]):
                 return False
+        for is_intent, request_id, seq in scan.events:
+            if is_intent:
+                self.open_intents[request_id] = seq
+            else:
+                self.open_intents.pop(request_id, None)
+        for height, node in scan.frontier:
+            self.tree.append_subtree(node, height)
+        if scan.checked:
+            self.head_seq = scan.start + scan.checked - 1
+            self.head_hash, self.head_ts = scan.last_hash, scan.last_ts
+        if scan.failure is not None:
+            self.failure = scan.failure
+            return False
         return True
 
-    def _accept(self, seq: int, entry_hash: bytes, obj: dict[str, Any]) -> None:
-        ts = obj["ts"]
-        if ts < self.head_ts:  # fixed-width UTC text: string order is time order
-            self._warn(Finding(seq, "clock_regression", f"ts {ts} < {self.head_ts}"))
-        kind = obj["kind"]
-        if kind == "intent" or kind == "result":
-            request_id = obj.get("request_id")
-            if isinstance(request_id, str):
-                if kind == "intent":
-                    self.open_intents[request_id] = seq
-                else:
-                    self.open_intents.pop(request_id, None)
-        self.head_seq, self.head_hash, self.head_ts = seq, entry_hash, ts
-
-    def _check_root(self, target: _Target) -> bool:
-        if self.tree.root() != target.root:
+    def _check_root(self, target: _Target, prefix: list[tuple[int, bytes]]) -> bool:
+        tree = self.tree.copy()
+        for height, node in prefix:
+            tree.append_subtree(node, height)
+        if tree.root() != target.root:
             start = self.matched_size
             return self._fail(
                 start,
@@ -236,14 +301,18 @@ def verify(
     *,
     verifier: Verifier | None = None,
     anchored: Sequence[AnchoredNote] = (),
-    batch_size: int = 10_000,
+    batch_size: int = 8192,
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Recompute ``engine``'s ledger from the stored bytes (see the module docstring).
 
     ``verifier`` checks the signatures of stored checkpoints and of the ``anchored`` notes (read
     from external anchors); without it stored checkpoints are compared by root only and anchored
     notes are refused. ``progress`` (optional) is called with the rows checked after each batch.
+    Batches (``batch_size`` rounded up to a power of two) are checked by ``workers`` processes
+    (default: one per CPU; 1 = in this process) while this process reads the next ones and joins
+    the results in order.
     Raises :class:`LedgerIOError` if the ledger cannot be read (no table, database unreachable).
     """
     try:
@@ -256,8 +325,8 @@ def verify(
         checker.failure = failure
         return checker.report(0)
     try:
-        for batch in row_batches(engine, batch_size):
-            if not checker.feed(batch):
+        for scan in _scans(engine, _power_of_two(batch_size), frozenset(targets), workers):
+            if not checker.join(scan):
                 break
             if progress is not None:
                 progress(checker.entries)
@@ -267,6 +336,41 @@ def verify(
     checker.finish()
     external = [t.size for t in targets.values() if set(t.sources) - {DB_SOURCE}]
     return checker.report(max(external, default=0))
+
+
+def _power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 1).bit_length()
+
+
+def _scans(
+    engine: Engine, batch_size: int, sizes: frozenset[int], workers: int | None
+) -> Iterator[_Scan]:
+    """Scans of consecutive batches, in order, at most ``2 * workers`` batches in flight."""
+    workers = workers or os.cpu_count() or 1
+    batches = row_batches(engine, batch_size)
+    first = next(batches, None)
+    if first is None:
+        return
+    jobs = (
+        (index * batch_size, rows, frozenset(
+            s for s in sizes if index * batch_size < s <= (index + 1) * batch_size))
+        for index, rows in enumerate(itertools.chain([first], batches))
+    )
+    if workers == 1 or len(first) < batch_size:  # one batch: a pool would only add start-up
+        yield from map(_scan_batch, jobs)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: deque[Future[_Scan]] = deque()
+        for job in jobs:
+            pending.append(pool.submit(_scan_batch, job))
+            if len(pending) >= 2 * workers:
+                scan = pending.popleft().result()
+                yield scan
+                if scan.failure is not None:
+                    break
+        while pending:
+            yield pending.popleft().result()
 
 
 def _stored_checkpoints(engine: Engine) -> list[tuple[int, bytes, bytes]]:
