@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from opsgate.rehearsal.driver import DEFAULT_EXAMPLES, RehearsalConfig, rehearse as run_rehearsal
+from opsgate.rehearsal.driver import DEFAULT_EXAMPLES, RehearsalConfig
+from opsgate.rehearsal.driver import rehearse as run_rehearsal
 from opsgate.rehearsal.report import criteria_rows, render, write_json
 from opsgate.rehearsal.scenarios import SCENARIOS
 
@@ -19,9 +21,9 @@ def rehearse(
     users: int = typer.Option(10_000, min=10, help="Synthetic users."),
     scenario: str = typer.Option("healthy", help=f"One of: {', '.join(SCENARIOS)}."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same report."),
-    report: Path | None = typer.Option(None, help="Write the JSON report here."),
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     database_url: str | None = typer.Option(None, help="Database (default: SQLite in a temporary directory)."),
-    examples: Path = typer.Option(DEFAULT_EXAMPLES, help="Directory with one example input per operation."),
+    examples: Annotated[Path, typer.Option(help="Directory with one example input per operation.")] = DEFAULT_EXAMPLES,
 ) -> None:
     """Replay the seed's 48-hour canary plan (5 % -> 25 % -> 100 %) on a compressed clock against the
     sandboxes; print the success criteria and the decision timeline. Exit 1 if a scenario check fails."""

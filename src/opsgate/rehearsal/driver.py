@@ -36,8 +36,8 @@ from opsgate.monitoring.worker import Worker
 from opsgate.operations import OPERATIONS
 from opsgate.operations.io import input_from_file
 from opsgate.providers.http import make_session
-from opsgate.rehearsal.receivers import DISCORD_PATH, PAGERDUTY_PATH, AlertReceiver
 from opsgate.rehearsal.facts import log_facts
+from opsgate.rehearsal.receivers import DISCORD_PATH, PAGERDUTY_PATH, AlertReceiver
 from opsgate.rehearsal.report import build_report
 from opsgate.rehearsal.scenarios import Scenario, get_scenario
 from opsgate.rehearsal.traffic import Gate, Population, cadence_s, scaled_plan
