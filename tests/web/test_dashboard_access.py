@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 from playwright.sync_api import Browser
-
 from tests.web.conftest import Console, Dashboard, screenshot, sign_in
 
 PAGES = ["/dashboard", "/dashboard/metrics", "/dashboard/providers", "/dashboard/costs", "/dashboard/adoption",

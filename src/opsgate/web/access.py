@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from opsgate.security.auth import Principal
-from opsgate.security.errors import Forbidden, Unauthorized
+from opsgate.security.errors import Unauthorized
 from opsgate.security.rbac import require_role
 from opsgate.security.service import security_services
 from opsgate.security.sessions import CSRF_COOKIE

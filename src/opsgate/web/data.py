@@ -108,7 +108,7 @@ def providers(runtime: Any, window_s: int) -> Doc:
     providerAvailability), "breaker", "consecutive_failures" (this instance's circuit breaker,
     as ``opsgate_breaker_state`` in /metrics)}}}``."""
     health = compute_health(runtime.engine, runtime.clock.now(), window_s).model_dump()
-    breakers = {s.provider: s for s in runtime.gateway._router.snapshot()}
+    breakers = {s.provider: s for s in runtime.gateway.router.snapshot()}
     found: Doc = {}
     for name in sorted(set(breakers) | set(health["providerAvailability"])):
         figures = health["providerAvailability"].get(name, {"available": True, "errorRate": 0.0, "latency": None})

@@ -81,9 +81,16 @@
                               paths: uPlot.paths.bars({ size: [0.7, 40] }) }] };
     },
     "cost-days": function (doc) {
-      var days = doc.by_day || [];
-      return { data: [days.map(function (d) { return Date.parse(d.key + "T00:00:00Z") / 1000; }),
-                      days.map(function (d) { return d.cost_micro_usd; })],
+      var start = Date.parse(doc.since) / 1000;
+      var spent = {};
+      (doc.by_day || []).forEach(function (d) { spent[d.key] = d.cost_micro_usd; });
+      var days = [], costs = [];
+      for (var i = 0; i < doc.days; i++) {
+        var t = start + i * 86400;
+        days.push(t);
+        costs.push(spent[new Date(t * 1000).toISOString().slice(0, 10)] || 0);
+      }
+      return { data: [days, costs],
                series: [{}, { label: "spend (micro-USD)", stroke: "#1e8449", fill: "rgba(30,132,73,0.3)",
                               paths: uPlot.paths.bars({ size: [0.6, 60] }) }],
                axes: [{}, { values: usdAxis, size: 70 }] };
