@@ -115,6 +115,7 @@ def main() -> None:
                          stderr=subprocess.DEVNULL),
     ]
     try:
+        _wait_http(f"http://127.0.0.1:{sandbox_port}/_sandbox/stats")
         _wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
         _run(args, env, key, sandbox_port, gateway_port)
     finally:

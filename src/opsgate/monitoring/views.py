@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from opsgate.errors import InvalidInput
@@ -26,6 +26,12 @@ from opsgate.monitoring.prometheus import exposition
 from opsgate.monitoring.worker import build_notifiers
 from opsgate.security.auth import Principal, bearer_token
 from opsgate.security.rbac import require_role
+
+
+def _json(document: object) -> Response:
+    """A JSON response serialised with orjson (datetimes as RFC 3339)."""
+    return Response(orjson.dumps(document), media_type="application/json")
+
 
 router = APIRouter(tags=["monitoring"])
 MAX_WINDOW_S = 31 * 86400
@@ -46,14 +52,14 @@ def _incidents(request: Request) -> IncidentService:
 
 
 @router.get("/v1/health", summary="Health metrics over a window (default 1 h)")
-async def health(request: Request, window: int | None = None, operation: str | None = None) -> ORJSONResponse:
+async def health(request: Request, window: int | None = None, operation: str | None = None) -> Response:
     _operator(request)
     rt = request.app.state.runtime
     window_s = window or rt.settings.health_window_s
     if not 0 < window_s <= MAX_WINDOW_S:
         raise InvalidInput(f"window must be between 1 and {MAX_WINDOW_S} seconds")
     metrics = await asyncio.to_thread(compute_health, rt.engine, rt.clock.now(), window_s, operation)
-    return ORJSONResponse(metrics.model_dump())
+    return _json(metrics.model_dump())
 
 
 @router.get("/metrics", summary="Prometheus metrics")
@@ -64,28 +70,28 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/incidents", summary="Incidents, newest first")
-async def list_incidents(request: Request, state: str | None = None) -> ORJSONResponse:
+async def list_incidents(request: Request, state: str | None = None) -> Response:
     _operator(request)
-    return ORJSONResponse({"incidents": await asyncio.to_thread(_incidents(request).list, state)})
+    return _json({"incidents": await asyncio.to_thread(_incidents(request).list, state)})
 
 
 @router.get("/v1/incidents/{incident_id}", summary="One incident with its timeline")
-async def show_incident(request: Request, incident_id: str) -> ORJSONResponse:
+async def show_incident(request: Request, incident_id: str) -> Response:
     _operator(request)
-    return ORJSONResponse(await asyncio.to_thread(_incidents(request).show, incident_id))
+    return _json(await asyncio.to_thread(_incidents(request).show, incident_id))
 
 
 @router.post("/v1/incidents/{incident_id}/ack", summary="Acknowledge an incident (ledgered)")
-async def ack_incident(request: Request, incident_id: str) -> ORJSONResponse:
+async def ack_incident(request: Request, incident_id: str) -> Response:
     who = _operator(request)
-    return ORJSONResponse(await asyncio.to_thread(_incidents(request).acknowledge, incident_id, who.user_id))
+    return _json(await asyncio.to_thread(_incidents(request).acknowledge, incident_id, who.user_id))
 
 
 @router.post("/v1/incidents/{incident_id}/resolve", summary="Resolve an incident with a note (ledgered)")
-async def resolve_incident(request: Request, incident_id: str) -> ORJSONResponse:
+async def resolve_incident(request: Request, incident_id: str) -> Response:
     who = _operator(request)
     note = _note(await request.body())
-    return ORJSONResponse(await asyncio.to_thread(_incidents(request).resolve, incident_id, who.user_id, note))
+    return _json(await asyncio.to_thread(_incidents(request).resolve, incident_id, who.user_id, note))
 
 
 def _note(body: bytes) -> str:
