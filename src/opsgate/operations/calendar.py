@@ -4,7 +4,9 @@ Common options: ``timezone`` (IANA name, default ``UTC``) is the requester's zon
 ``window_start``/``window_end`` are read in it. Without ``window_start`` the window starts at
 local midnight of the calendar's earliest DTSTART (events or free/busy data), so a file can be
 run without options and the result does not depend on today's date; without ``window_end`` it
-lasts :data:`DEFAULT_WINDOW_DAYS` days. A window may last at most :data:`MAX_WINDOW_DAYS` days.
+lasts :data:`DEFAULT_WINDOW_DAYS` days. A window may last at most :data:`MAX_WINDOW_DAYS` days and
+lies within :data:`WINDOW_YEARS`. Working hours (``day_start``/``day_end``) are wall-clock times
+in ``timezone``; a time with a UTC offset is refused.
 
 calendar-prep sends the model at most :data:`MAX_PREP_EVENTS` events — the earliest; the furthest
 are dropped first — with titles, locations and descriptions cut to fixed lengths.
@@ -42,6 +44,7 @@ MAX_TITLE_CHARS = 200
 MAX_LOCATION_CHARS = 200
 MAX_DESCRIPTION_CHARS = 400
 MAX_ATTENDEES_LISTED = 10
+WINDOW_YEARS = (1900, 2200)
 
 
 class CalendarInput(BaseModel):
@@ -61,6 +64,15 @@ class CalendarInput(BaseModel):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError("unknown IANA time zone name (e.g. Europe/Berlin)") from None
+        return value
+
+    @field_validator("window_start", "window_end")
+    @classmethod
+    def _window_years(cls, value: datetime | None) -> datetime | None:
+        """Refuse (422) moments outside :data:`WINDOW_YEARS`, so zone conversions and the
+        default window length never leave the range ``datetime`` can represent."""
+        if value is not None and not WINDOW_YEARS[0] <= value.year <= WINDOW_YEARS[1]:
+            raise ValueError(f"window times must lie in the years {WINDOW_YEARS[0]} to {WINDOW_YEARS[1]}")
         return value
 
     @model_validator(mode="after")
@@ -89,6 +101,9 @@ class CalendarInput(BaseModel):
                     "window_start",
                 )
             start = first.replace(hour=0, minute=0, second=0, microsecond=0)
+            if not WINDOW_YEARS[0] <= start.year <= WINDOW_YEARS[1]:
+                raise invalid(f"the calendar's first event is outside the years {WINDOW_YEARS[0]} "
+                              f"to {WINDOW_YEARS[1]}; give window_start", "window_start")
         end = (
             self._aware(self.window_end).astimezone(tz)
             if self.window_end is not None
@@ -294,6 +309,14 @@ class TimeInput(CalendarInput):
     def _weekday_range(cls, value: list[int]) -> list[int]:
         if any(day < 0 or day > 6 for day in value):
             raise ValueError("weekdays are 0 (Monday) to 6 (Sunday)")
+        return value
+
+    @field_validator("day_start", "day_end")
+    @classmethod
+    def _wall_clock(cls, value: time) -> time:
+        """Working hours are local times in ``timezone``; an offset on them is refused (422)."""
+        if value.tzinfo is not None:
+            raise ValueError("working hours are local times in 'timezone', without a UTC offset")
         return value
 
     @model_validator(mode="after")

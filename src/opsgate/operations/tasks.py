@@ -17,11 +17,12 @@ the total is added up in code.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time
 from typing import Literal
 
 import icalendar
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opsgate.operations.base import Operation, Prepared
 from opsgate.operations.common import Answer, build_request, clip, data_block, invalid, user_request
@@ -33,12 +34,14 @@ MAX_PROMPT_TASKS = 60
 MAX_NOTES_CHARS = 300
 MAX_BREAKDOWN_NOTES_CHARS = 4_000
 Status = Literal["needs-action", "in-process", "completed", "cancelled"]
+DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 OPEN = ("needs-action", "in-process")
 
 
 class TaskItem(BaseModel):
     """One task. ``priority``: 1 highest .. 9 lowest, 0 or None undefined (RFC 5545 §3.8.1.9);
-    ``estimate_minutes``: expected effort; ``due``: a date or a datetime (naive = UTC)."""
+    ``estimate_minutes``: expected effort; ``due``: a date (``YYYY-MM-DD`` stays a date) or a
+    datetime, stored aware (naive = UTC), so it serialises as an RFC 3339 ``date-time``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +51,21 @@ class TaskItem(BaseModel):
     priority: int | None = Field(None, ge=0, le=9)
     status: Status = "needs-action"
     estimate_minutes: int | None = Field(None, ge=1, le=100_000)
+
+    @field_validator("due", mode="before")
+    @classmethod
+    def _date_stays_date(cls, value: object) -> object:
+        """``"2025-03-01"`` is a date (lax union parsing would make it a naive midnight)."""
+        if isinstance(value, str) and DATE_ONLY.fullmatch(value):
+            return date.fromisoformat(value)
+        return value
+
+    @field_validator("due")
+    @classmethod
+    def _aware(cls, value: datetime | date | None) -> datetime | date | None:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class TaskSource(BaseModel):
@@ -119,8 +137,8 @@ def _due_key(task: TaskItem) -> datetime:
     if due is None:
         return datetime.max.replace(tzinfo=UTC)
     if not isinstance(due, datetime):
-        due = datetime.combine(due, time(23, 59), tzinfo=UTC)
-    return due if due.tzinfo else due.replace(tzinfo=UTC)
+        return datetime.combine(due, time(23, 59), tzinfo=UTC)
+    return due
 
 
 def urgency_order(tasks: list[TaskItem]) -> list[int]:
