@@ -30,6 +30,7 @@ from opsgate import __version__
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.errors import NotFound, OpsgateError
+from opsgate.metering.views import router as budgets_router
 from opsgate.monitoring.prometheus import observe, observe_error
 from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     _add_error_handlers(app)
     _add_probes(app)
     app.include_router(monitoring_router)
+    app.include_router(budgets_router)
     install_security(app, settings)
     app.include_router(rollout_router)
     app.include_router(dashboard_router)

@@ -24,7 +24,6 @@ from opsgate.metering.models import ANY
 from opsgate.metering.prices import PriceTable, PriceTableError
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
 from opsgate.metering.service import MeteringService, require_prices, usage_unknown
-from opsgate.metering.views import router
 from opsgate.metering.worstcase import (
     PROMPT_OVERHEAD_TOKENS,
     REPAIR_NOTE_ALLOWANCE_BYTES,
@@ -123,7 +122,6 @@ async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
 def test_admin_api_sets_and_lists_budgets(tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path)
     app = create_app(settings)
-    app.include_router(router)
     server = serve_in_thread(app)
     tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
     admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
