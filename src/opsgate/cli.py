@@ -21,6 +21,7 @@ from opsgate.rehearsal.cli import rehearse
 from opsgate.reports.cli import readiness, report_app
 from opsgate.rollout.cli import rollout_app, toggles_app
 from opsgate.security.cli import backup_app, keys_app, users_app
+from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 
 app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
@@ -35,6 +36,7 @@ app.add_typer(rollout_app, name="rollout")
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(keys_app, name="keys")
 app.add_typer(backup_app, name="backup")
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(report_app, name="report")
 app.command("worker")(worker)
 app.command("rehearse")(rehearse)

@@ -179,6 +179,22 @@ class Settings(BaseSettings):
     admin_email_to: list[str] = Field(default_factory=list, description="Last escalation level.")
     admin_sms_to: list[str] = Field(default_factory=list, description="Last escalation level (SMS).")
 
+    # security (issue 6): redaction and secrets policy
+    redaction_key: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key (UTF-8 bytes) of the redaction correlation hashes; "
+        "unset = a random key per process, so hashes correlate only within one process."
+    )
+    redaction_phone_regions: list[str] = Field(
+        default_factory=lambda: ["US", "GB"],
+        description="ISO 3166-1 alpha-2 regions national phone numbers are read in (redaction).",
+    )
+    secret_max_age_days: int = Field(
+        default=90, gt=0, description="`opsgate secrets check` warns about a secret older than this."
+    )
+    secret_cache_ttl_s: float = Field(
+        default=300.0, gt=0, description="Seconds a secret stays in the encrypted in-memory cache."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

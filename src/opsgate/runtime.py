@@ -33,6 +33,8 @@ from opsgate.routing.policy import policies_for
 from opsgate.routing.router import Router
 from opsgate.sandbox.server import SandboxServer
 from opsgate.security.auth import TokenService
+from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
+from opsgate.security.secrets import resolve_provider_keys
 from opsgate.store.db import make_engine, upgrade
 
 log = logging.getLogger("opsgate")
@@ -74,8 +76,11 @@ class Runtime:
 
 async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     """Open the database (migrating it when ``auto_migrate``), start the ledger writer, the shared
-    aiohttp session and, with ``settings.sandbox``, the in-process provider sandboxes."""
+    aiohttp session and, with ``settings.sandbox``, the in-process provider sandboxes. The
+    sanitizer takes its key and phone regions from ``settings``; provider keys are read through
+    the secrets layer (ledgered, ``op://`` references resolved) before the providers are built."""
     clock = clock or SystemClock()
+    configure_sanitizer(settings)
     sandbox = None
     if settings.sandbox:
         sandbox = SandboxServer(faults=settings.sandbox_faults)
@@ -88,6 +93,7 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
     ledger = Ledger(engine, clock)
     ledger.start()
     session = make_session()
+    settings = await resolve_provider_keys(settings, ledger, clock, session)
     router = Router(
         build_providers(settings, session),
         clock,

@@ -46,9 +46,12 @@ import re
 import secrets
 from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import phonenumbers
+
+if TYPE_CHECKING:
+    from opsgate.config import Settings
 
 HASH_HEX = 6
 TOKEN_RE = re.compile(r"\[REDACTED:[a-z_]+:[0-9a-f]{6}\]")
@@ -392,6 +395,13 @@ def configure(key: bytes | None = None, phone_regions: Iterable[str] = ("US", "G
     global _default
     _default = Sanitizer(key, phone_regions)
     return _default
+
+
+def configure_from_settings(settings: Settings) -> Sanitizer:
+    """:func:`configure` from ``OPSGATE_REDACTION_KEY`` (its UTF-8 bytes; random when unset) and
+    ``OPSGATE_REDACTION_PHONE_REGIONS``; ``ValueError`` names unknown region codes."""
+    key = settings.redaction_key.get_secret_value().encode() if settings.redaction_key else None
+    return configure(key, settings.redaction_phone_regions)
 
 
 def sanitize(text: str) -> str:

@@ -11,7 +11,7 @@ nonce per entry, the secret's name as associated data, the key only in this proc
 
 Rotation: ``<NAME>_PREVIOUS`` holds the key being retired; :meth:`SecretStore.active_keys` returns
 ``[current, previous]`` while both are set, so a caller can accept or fall back to either during
-the window. ``<NAME>_ROTATED_AT`` (ISO 8601) dates an environment secret for ``secrets check``.
+the window. ``<NAME>_ROTATED_AT`` (ISO 8601, naive = UTC) dates an environment secret for ``secrets check``.
 """
 
 from __future__ import annotations
@@ -20,17 +20,22 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from pydantic import SecretStr
+
 from opsgate.clock import Clock
+from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
 from opsgate.security.secrets_connect import ConnectClient, OpReference
 from opsgate.security.secrets_errors import SecretNotFound
 
 NONCE_BYTES = 12
+PROVIDER_KEYS = {"anthropic_api_key": "ANTHROPIC_API_KEY", "deepseek_api_key": "DEEPSEEK_API_KEY",
+                 "gemini_api_key": "GEMINI_API_KEY"}  # Settings field -> secret (variable) name
 
 
 class EncryptedCache:
@@ -130,8 +135,7 @@ class SecretStore:
             updated = self._dates.get(name)
             return SecretInfo(name, raw, self._clock.now() - updated if updated else None)
         rotated = self._env.get(f"{name}_ROTATED_AT")
-        age = self._clock.now() - datetime.fromisoformat(rotated) if rotated else None
-        return SecretInfo(name, f"env:{name}", age)
+        return SecretInfo(name, f"env:{name}", self._clock.now() - _utc(rotated) if rotated else None)
 
     async def _load(self, name: str) -> str:
         raw = self._env.get(name)
@@ -146,8 +150,33 @@ class SecretStore:
         return resolved.value
 
 
+def _utc(moment: str) -> datetime:
+    """An ISO 8601 date or date-time (naive = UTC); ``ValueError`` when it is not one."""
+    parsed = datetime.fromisoformat(moment)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def connect_from_env(session: aiohttp.ClientSession, env: Mapping[str, str] | None = None) -> ConnectClient | None:
     """A Connect client from ``OP_CONNECT_HOST`` and ``OP_CONNECT_TOKEN``, or None when unset."""
     env = os.environ if env is None else env
     host, token = env.get("OP_CONNECT_HOST"), env.get("OP_CONNECT_TOKEN")
     return ConnectClient(session, host, token) if host and token else None
+
+
+async def resolve_provider_keys(
+    settings: Settings, ledger: Ledger, clock: Clock, session: aiohttp.ClientSession
+) -> Settings:
+    """``settings`` with each configured provider key read through a :class:`SecretStore`: every
+    read ledgered first (actor ``runtime``), ``op://`` references resolved through Connect
+    (``OP_CONNECT_HOST``/``OP_CONNECT_TOKEN``). Unset keys stay unset. ``SecretNotFound`` or
+    ``SecretUnavailable`` when a reference cannot be resolved."""
+    env = {name: key.get_secret_value() for field, name in PROVIDER_KEYS.items()
+           if (key := getattr(settings, field)) is not None}
+    store = SecretStore(ledger, clock, env=env, connect=connect_from_env(session),
+                        ttl_s=settings.secret_cache_ttl_s)
+    update = {}
+    for field, name in PROVIDER_KEYS.items():
+        if name in env:
+            value = await store.get(name, actor="runtime", purpose="provider client")
+            update[field] = SecretStr(value)
+    return settings.model_copy(update=update)
