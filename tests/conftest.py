@@ -51,6 +51,7 @@ def gateway_settings(tmp_path: Path, **overrides: object) -> Settings:
     base = {
         "database_url": f"sqlite:///{tmp_path / 'opsgate.db'}",
         "jwt_secret": secrets.token_urlsafe(48),
+        "master_key": secrets.token_urlsafe(32) + "=",  # 32 random bytes as padded base64url
         "sandbox": True,
         "sandbox_faults": "none",
         "breaker_cooldown_s": 1.0,
