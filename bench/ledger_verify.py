@@ -5,7 +5,9 @@
 
 Writes intent/result pairs shaped like the pipeline's (bodies of ~300 bytes) straight into
 ``ledger_entries`` with the product's encoder and chain (much faster than appending one by one),
-signs a checkpoint every 1,000 entries like the scheduler would, then times ``verify`` — every
+signs a checkpoint every 1,000 entries like the scheduler would, then times ``verify`` with
+``--workers`` processes and with one. Prints wall and CPU seconds (CPU / cores is what an idle
+machine would take; the load average shows how shared the machine was) — every
 body decoded and checked, every chain hash and Merkle leaf recomputed, every checkpoint root
 compared. The PostgreSQL database must exist and be migrated empty (or is emptied first).
 """
@@ -13,6 +15,8 @@ compared. The PostgreSQL database must exist and be migrated empty (or is emptie
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -96,11 +100,21 @@ def fill(engine: Engine, total: int, signer: Signer, every: int) -> None:
         install_triggers(conn)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children (the verify workers)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="database URL (default: a new SQLite file)")
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--every", type=int, default=1_000, help="entries per checkpoint")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     url = args.url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
     upgrade(url)
@@ -109,14 +123,16 @@ def main() -> None:
     start = time.perf_counter()
     fill(engine, args.entries, signer, args.every)
     print(f"wrote {args.entries:,} entries in {time.perf_counter() - start:.1f} s")
-    start = time.perf_counter()
-    report = verify(engine, verifier=signer.verifier())
-    elapsed = time.perf_counter() - start
-    print(format_summary(report))
-    print(
-        f"{engine.dialect.name:<10} verify {report.entries:,} entries: {elapsed:.2f} s "
-        f"({report.entries / elapsed:,.0f} entries/s)"
-    )
+    for workers in (args.workers, 1):
+        cpu0, start = cpu_seconds(), time.perf_counter()
+        report = verify(engine, verifier=signer.verifier(), workers=workers)
+        elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        print(format_summary(report))
+        print(
+            f"{engine.dialect.name:<10} workers={workers} verify {report.entries:,} entries: "
+            f"{elapsed:.2f} s wall ({report.entries / elapsed:,.0f} entries/s), {cpu:.2f} s CPU "
+            f"in all processes, load average {os.getloadavg()[0]:.1f}"
+        )
     engine.dispose()
 
 

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import rfc8785
 
 from opsgate.ledger.entry import clean_payload, decode_body, decode_body_fast, encode_body
 from opsgate.ledger.errors import LedgerError

@@ -12,7 +12,7 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import aiohttp
 import typer
@@ -66,7 +66,9 @@ def _verifier(settings: Settings, vkey: str | None) -> Verifier | None:
 
 @ledger_app.command("verify")
 def verify_cmd(
-    anchors: Path = typer.Option(None, "--anchors", help="Directory anchor to check against."),
+    anchors: Annotated[
+        Path | None, typer.Option("--anchors", help="Directory anchor to check against.")
+    ] = None,
     discord: bool = typer.Option(False, "--discord", help="Read checkpoints back from Discord."),
     vkey: str = typer.Option(None, "--verifier-key", help="Verifier key (default: from key file)."),
 ) -> None:

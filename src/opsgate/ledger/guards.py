@@ -54,8 +54,10 @@ def guard_postgres(conn: Connection, app_role: str, owner_role: str = OWNER_ROLE
         if not _ROLE_RE.match(role):
             raise ValueError(f"role name {role!r} is not a plain lower-case identifier")
     statements = [
-        f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{owner_role}') "
-        f"THEN CREATE ROLE {owner_role} NOLOGIN; END IF; END $$",
+        (
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{owner_role}') "
+            f"THEN CREATE ROLE {owner_role} NOLOGIN; END IF; END $$"
+        ),
         f"ALTER FUNCTION {PG_FUNCTION}() OWNER TO {owner_role}",
     ]
     for table in (*GUARDED_TABLES, "ledger_anchor_state"):
@@ -91,10 +93,14 @@ def _trigger_sql(dialect: str, table: str) -> list[str]:
     if dialect == "postgresql":
         row, statement = _trigger_names(dialect, table)
         return [
-            f"CREATE TRIGGER {row} BEFORE UPDATE OR DELETE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {PG_FUNCTION}()",
-            f"CREATE TRIGGER {statement} BEFORE TRUNCATE ON {table} "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {PG_FUNCTION}()",
+            (
+                f"CREATE TRIGGER {row} BEFORE UPDATE OR DELETE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION {PG_FUNCTION}()"
+            ),
+            (
+                f"CREATE TRIGGER {statement} BEFORE TRUNCATE ON {table} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {PG_FUNCTION}()"
+            ),
         ]
     return [
         f"CREATE TRIGGER {name} BEFORE {op} ON {table} BEGIN "

@@ -173,7 +173,12 @@ def _scan_batch(
 
 
 def _check_row(
-    expected: int, seq: int, prev_hash: bytes, entry_hash: bytes, body: bytes, head_hash: bytes,
+    expected: int,
+    seq: int,
+    prev_hash: bytes,
+    entry_hash: bytes,
+    body: bytes,
+    head_hash: bytes,
     chain: Callable[[], Any],
 ) -> Any:
     """The row's parsed body, or the Finding of its first failed check (in the documented order;
@@ -217,9 +222,13 @@ class _Checker:
         """Take one batch's scan (batches in order); False once a failure is recorded."""
         self.entries += scan.checked + (scan.failure is not None)
         if scan.checked and scan.first_prev != self.head_hash:
-            return self._fail(scan.start, "link_mismatch", "prev_hash is not the previous entry's hash")
+            return self._fail(
+                scan.start, "link_mismatch", "prev_hash is not the previous entry's hash"
+            )
         if scan.checked and scan.first_ts < self.head_ts:
-            self._warn(Finding(scan.start, "clock_regression", f"ts {scan.first_ts} < {self.head_ts}"))
+            self._warn(
+                Finding(scan.start, "clock_regression", f"ts {scan.first_ts} < {self.head_ts}")
+            )
         for finding in scan.warnings:
             self._warn(finding)
         for size in sorted(scan.prefixes):
@@ -352,8 +361,11 @@ def _scans(
     if first is None:
         return
     jobs = (
-        (index * batch_size, rows, frozenset(
-            s for s in sizes if index * batch_size < s <= (index + 1) * batch_size))
+        (
+            index * batch_size,
+            rows,
+            frozenset(s for s in sizes if index * batch_size < s <= (index + 1) * batch_size),
+        )
         for index, rows in enumerate(itertools.chain([first], batches))
     )
     if workers == 1 or len(first) < batch_size:  # one batch: a pool would only add start-up
@@ -388,6 +400,7 @@ def _targets(
 ) -> tuple[dict[int, _Target], Finding | None]:
     """Every checkpoint by size, each signature checked; or the first bad one as a Finding."""
     targets: dict[int, _Target] = {}
+    notes: list[tuple[str, bytes, int | None, bytes | None]]
     notes = [(DB_SOURCE, note, size, root) for size, root, note in stored]
     notes += [(a.source, a.note, None, None) for a in anchored]
     for source, note, size, root in notes:
@@ -447,7 +460,7 @@ def row_batches(engine: Engine, batch_size: int) -> Iterator[list[tuple[int, byt
             try:
                 cursor.execute(_ROWS_SQL)
                 while batch := cursor.fetchmany(batch_size):
-                    yield batch
+                    yield batch  # type: ignore[misc]  # DBAPI rows are (int, bytes, bytes, bytes)
             finally:
                 cursor.close()
 
