@@ -21,6 +21,19 @@ from opsgate.store.models import ledger_entries
 from tests.security.test_secrets_store import TOKEN, VALUE, connect  # noqa: F401  (fixture)
 
 NAMES = ("ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "GEMINI_API_KEY")
+MISSING_REFERENCE = "op://Prod/Missing/credential"
+
+
+def anthropic_key() -> str:
+    return "sk-ant-api03-" + secrets.token_urlsafe(40)
+
+
+def deepseek_key() -> str:
+    return "sk-" + secrets.token_hex(24)
+
+
+def gemini_key() -> str:
+    return "AIza" + secrets.token_urlsafe(26)
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +58,8 @@ def days_ago(days: int) -> str:
 
 
 def test_env_secrets_sources_ages_and_strict(tmp_path: Path) -> None:
-    keys = {"ANTHROPIC_API_KEY": "sk-ant-api03-" + secrets.token_urlsafe(40),
-            "ANTHROPIC_API_KEY_PREVIOUS": "sk-ant-api03-" + secrets.token_urlsafe(40),
-            "DEEPSEEK_API_KEY": "sk-" + secrets.token_hex(24)}
+    keys = {"ANTHROPIC_API_KEY": anthropic_key(), "ANTHROPIC_API_KEY_PREVIOUS": anthropic_key(),
+            "DEEPSEEK_API_KEY": deepseek_key()}
     env = {**keys, "ANTHROPIC_API_KEY_ROTATED_AT": days_ago(10),
            "ANTHROPIC_API_KEY_PREVIOUS_ROTATED_AT": days_ago(120)}
     lax = run(tmp_path, env)
@@ -68,8 +80,8 @@ def test_env_secrets_sources_ages_and_strict(tmp_path: Path) -> None:
 
 
 def test_policy_comes_from_settings_and_bad_dates_warn(tmp_path: Path) -> None:
-    env = {"GEMINI_API_KEY": "AIza" + secrets.token_urlsafe(26), "GEMINI_API_KEY_ROTATED_AT": days_ago(40),
-           "DEEPSEEK_API_KEY": "sk-" + secrets.token_hex(24), "DEEPSEEK_API_KEY_ROTATED_AT": "last spring",
+    env = {"GEMINI_API_KEY": gemini_key(), "GEMINI_API_KEY_ROTATED_AT": days_ago(40),
+           "DEEPSEEK_API_KEY": deepseek_key(), "DEEPSEEK_API_KEY_ROTATED_AT": "last spring",
            "OPSGATE_SECRET_MAX_AGE_DAYS": "30"}
     result = run(tmp_path, env, "--strict")
     assert result.exit_code == 1
@@ -81,13 +93,13 @@ async def test_op_reference_is_dated_by_its_item_and_ledgered(connect, tmp_path:
     _, seen, _, port = connect
     reference = "op://Prod/Anthropic/keys/credential"
     env = {"ANTHROPIC_API_KEY": reference, "OP_CONNECT_HOST": f"http://127.0.0.1:{port}", "OP_CONNECT_TOKEN": TOKEN,
-           "GEMINI_API_KEY": "op://Prod/Missing/credential"}
+           "GEMINI_API_KEY": MISSING_REFERENCE}
     result = await asyncio.to_thread(run, tmp_path, env, "--strict")
     assert result.exit_code == 1, result.output
     anthropic = row(result.output, "ANTHROPIC_API_KEY")
     age = (datetime.now(UTC) - datetime(2025, 1, 1, tzinfo=UTC)).days
     assert reference in anthropic and f" {age} " in anthropic and "older than 90 days" in anthropic
-    assert "op://Prod/Missing/credential: 'Missing' not found" in row(result.output, "GEMINI_API_KEY")
+    assert f"{MISSING_REFERENCE}: 'Missing' not found" in row(result.output, "GEMINI_API_KEY")
     assert VALUE not in result.output and len(seen) == 5
     with make_engine(f"sqlite:///{tmp_path / 'cli.db'}").connect() as conn:
         bodies = [json.loads(b) for (b,) in conn.execute(select(ledger_entries.c.body))]

@@ -34,8 +34,8 @@ from opsgate.security.secrets_connect import ConnectClient, OpReference
 from opsgate.security.secrets_errors import SecretNotFound
 
 NONCE_BYTES = 12
-PROVIDER_KEYS = {"anthropic_api_key": "ANTHROPIC_API_KEY", "deepseek_api_key": "DEEPSEEK_API_KEY",
-                 "gemini_api_key": "GEMINI_API_KEY"}  # Settings field -> secret (variable) name
+PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "GEMINI_API_KEY")
+"""Provider key secrets by variable name; each one's Settings field is the lower-cased name."""
 
 
 class EncryptedCache:
@@ -170,13 +170,11 @@ async def resolve_provider_keys(
     read ledgered first (actor ``runtime``), ``op://`` references resolved through Connect
     (``OP_CONNECT_HOST``/``OP_CONNECT_TOKEN``). Unset keys stay unset. ``SecretNotFound`` or
     ``SecretUnavailable`` when a reference cannot be resolved."""
-    env = {name: key.get_secret_value() for field, name in PROVIDER_KEYS.items()
-           if (key := getattr(settings, field)) is not None}
+    env = {name: key.get_secret_value() for name in PROVIDER_KEYS
+           if (key := getattr(settings, name.lower())) is not None}
     store = SecretStore(ledger, clock, env=env, connect=connect_from_env(session),
                         ttl_s=settings.secret_cache_ttl_s)
     update = {}
-    for field, name in PROVIDER_KEYS.items():
-        if name in env:
-            value = await store.get(name, actor="runtime", purpose="provider client")
-            update[field] = SecretStr(value)
+    for name in env:
+        update[name.lower()] = SecretStr(await store.get(name, actor="runtime", purpose="provider client"))
     return settings.model_copy(update=update)

@@ -75,7 +75,7 @@ def check(
 
 def default_names() -> list[str]:
     """The provider keys, and each one's ``_PREVIOUS`` key while it is set (rotation window)."""
-    names = list(PROVIDER_KEYS.values())
+    names = list(PROVIDER_KEYS)
     return names + [f"{n}_PREVIOUS" for n in names if os.environ.get(f"{n}_PREVIOUS")]
 
 
