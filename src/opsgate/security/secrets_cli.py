@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import timedelta
+from typing import Annotated
 
 import aiohttp
 import typer
@@ -46,7 +47,7 @@ def secrets() -> None:
 
 @secrets_app.command("check")
 def check(
-    names: list[str] = typer.Argument(None, help="More secret (variable) names to check."),
+    names: Annotated[list[str] | None, typer.Argument(help="More secret (variable) names to check.")] = None,
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any secret has a warning."),
     max_age_days: int = typer.Option(None, min=1, help="Policy age (default OPSGATE_SECRET_MAX_AGE_DAYS)."),
 ) -> None:
