@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import gateway_settings
+from tests.conftest import gateway_settings
 from sqlalchemy import text
 
 from opsgate.app import create_app
