@@ -1,11 +1,14 @@
 """Verifying the ledger from the stored bytes: chain, Merkle tree, checkpoints and anchors.
 
-:func:`verify` reads ``ledger_entries`` in ``seq`` order with the driver's own cursor (a named
-server-side cursor on PostgreSQL inside one REPEATABLE READ snapshot, SQLite's incremental cursor),
-``batch_size`` rows at a time, so memory stays bounded by the batch plus the intents still waiting
-for their result. Before the scan every checkpoint is gathered — the ones stored in the database and
-those read back from external anchors — and its signature checked. During the scan the RFC 9162 tree
-grows leaf by leaf (``merkle.CompactRange``) and, at each checkpointed size, its root is compared.
+:func:`verify` reads ``ledger_entries`` in ``seq`` order in batches of a power-of-two size. A small
+log, or ``workers=1``, is streamed through this process with the driver's own cursor (a named
+server-side cursor inside one REPEATABLE READ snapshot on PostgreSQL). A larger one is split into
+ranges up to the head seen at the start; worker processes read and check their ranges over their
+own connections and this process joins the results in order (links and timestamps across ranges,
+the Merkle tree from each range's aligned perfect subtrees, checkpoint roots, open intents).
+Memory stays bounded by the batches in flight plus the intents still waiting for their result.
+Before the scan every checkpoint is gathered — stored in the database and read back from external
+anchors — and its signature checked; at each checkpointed size the recomputed root is compared.
 
 Failures (the first one stops the scan; its ``seq`` is where trust ends):
 
@@ -34,7 +37,6 @@ intents without a result for the same ``request_id``: a crash or an operation in
 from __future__ import annotations
 
 import hashlib
-import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -43,7 +45,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
 from opsgate.ledger.checkpoint import Checkpoint, CheckpointError, Verifier, parse_checkpoint
@@ -51,6 +53,7 @@ from opsgate.ledger.entry import CHAIN_DOMAIN, GENESIS_PREV_HASH, decode_body_fa
 from opsgate.ledger.errors import LedgerError, LedgerIOError
 from opsgate.ledger.merkle import CompactRange
 from opsgate.ledger.models import ledger_checkpoints
+from opsgate.store.models import ledger_entries
 
 MAX_KEPT_WARNINGS = 100
 DB_SOURCE = "database"
@@ -354,35 +357,78 @@ def _power_of_two(n: int) -> int:
 def _scans(
     engine: Engine, batch_size: int, sizes: frozenset[int], workers: int | None
 ) -> Iterator[_Scan]:
-    """Scans of consecutive batches, in order, at most ``2 * workers`` batches in flight."""
+    """Scans of consecutive batches of ``batch_size`` rows, in order.
+
+    With one worker, or a log of one batch, this process streams and checks the rows itself. With
+    more, each worker process reads its own ranges (``seq >= start ORDER BY seq LIMIT n``) over its
+    own connection, so this process only joins small results; at most ``2 * workers`` ranges are
+    in flight. Ranges end at the head seen when verification starts: the log is append-only, so
+    rows below it do not change while they are read (a change would itself be tampering, caught
+    by the hashes).
+    """
     workers = workers or os.cpu_count() or 1
-    batches = row_batches(engine, batch_size)
-    first = next(batches, None)
-    if first is None:
-        return
-    jobs = (
-        (
-            index * batch_size,
-            rows,
-            frozenset(s for s in sizes if index * batch_size < s <= (index + 1) * batch_size),
+    with engine.connect() as conn:
+        head = conn.execute(select(func.max(ledger_entries.c.seq))).scalar()
+    total = 0 if head is None else head + 1
+    if workers == 1 or total <= batch_size or engine.url.database in (None, "", ":memory:"):
+        jobs = (
+            (index * batch_size, rows, _sizes_in(sizes, index * batch_size, batch_size))
+            for index, rows in enumerate(row_batches(engine, batch_size))
         )
-        for index, rows in enumerate(itertools.chain([first], batches))
-    )
-    if workers == 1 or len(first) < batch_size:  # one batch: a pool would only add start-up
         yield from map(_scan_batch, jobs)
         return
+    ranges = [
+        (start, min(batch_size, total - start), _sizes_in(sizes, start, batch_size))
+        for start in range(0, total, batch_size)
+    ]
+    url = engine.url.render_as_string(hide_password=False)
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_open_worker, initargs=(url,)
+    ) as pool:
         pending: deque[Future[_Scan]] = deque()
-        for job in jobs:
-            pending.append(pool.submit(_scan_batch, job))
+        for job in ranges:
+            pending.append(pool.submit(_scan_range, job))
             if len(pending) >= 2 * workers:
                 scan = pending.popleft().result()
                 yield scan
                 if scan.failure is not None:
-                    break
+                    return
         while pending:
             yield pending.popleft().result()
+
+
+def _sizes_in(sizes: frozenset[int], start: int, batch_size: int) -> frozenset[int]:
+    return frozenset(s for s in sizes if start < s <= start + batch_size)
+
+
+_worker_engine: Engine | None = None
+
+
+def _open_worker(url: str) -> None:
+    """Worker process initializer: its own engine (connections are never shared across fork)."""
+    global _worker_engine
+    from opsgate.store.db import make_engine
+
+    _worker_engine = make_engine(url)
+
+
+def _scan_range(job: tuple[int, int, frozenset[int]]) -> _Scan:
+    """Read up to ``count`` rows from seq ``start`` in this worker and scan them. A gap shows up
+    as a row whose seq is not the expected one, exactly as in the streamed scan."""
+    start, count, sizes = job
+    assert _worker_engine is not None
+    sql = f"{_ROWS_SQL.replace('ORDER BY', f'WHERE seq >= {int(start)} ORDER BY')} LIMIT {int(count)}"
+    with _worker_engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+    return _scan_batch((start, rows, sizes))  # type: ignore[arg-type]
 
 
 def _stored_checkpoints(engine: Engine) -> list[tuple[int, bytes, bytes]]:
