@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 from sqlalchemy import select
+from tests.conftest import EXAMPLES, gateway_settings
+from tests.security.test_secrets_store import TOKEN, VALUE, connect  # noqa: F401  (fixture)
 
 import opsgate.sandbox.anthropic as anthropic_sandbox
 from opsgate.operations.io import input_from_file
@@ -19,8 +21,6 @@ from opsgate.pipeline import Call
 from opsgate.runtime import start_runtime
 from opsgate.security.users import add_user
 from opsgate.store.models import ledger_entries
-from tests.conftest import EXAMPLES, gateway_settings
-from tests.security.test_secrets_store import TOKEN, VALUE, connect  # noqa: F401  (fixture)
 
 REFERENCE = "op://Prod/Anthropic/keys/credential"
 

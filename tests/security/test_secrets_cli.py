@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from sqlalchemy import select
+from tests.security.test_secrets_store import TOKEN, VALUE, connect  # noqa: F401  (fixture)
 from typer.testing import CliRunner, Result
 
-import opsgate.security.secrets_cli as secrets_cli
 from opsgate.cli import app
+from opsgate.security import secrets_cli
 from opsgate.store.db import make_engine
 from opsgate.store.models import ledger_entries
-from tests.security.test_secrets_store import TOKEN, VALUE, connect  # noqa: F401  (fixture)
 
 NAMES = ("ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "GEMINI_API_KEY")
 MISSING_REFERENCE = "op://Prod/Missing/credential"

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from pydantic import SecretStr
 
 from opsgate.clock import Clock
