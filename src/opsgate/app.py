@@ -20,9 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -37,6 +35,7 @@ from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation
 from opsgate.pipeline import Call, Outcome
 from opsgate.problems import problem_response
+from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
 from opsgate.runtime import Runtime, start_runtime
 from opsgate.security.views import install as install_security
@@ -98,11 +97,7 @@ def _operation_endpoint(op_id: str) -> Callable[[Request], Any]:
             observe_error(op_id, code, (time.perf_counter() - started) * 1000)
             raise
         observe(outcome)
-        return Response(
-            orjson.dumps(_outcome_body(outcome)),
-            media_type="application/json",
-            headers={"X-Request-ID": request_id},
-        )
+        return json_response(_outcome_body(outcome), headers={"X-Request-ID": request_id})
 
     endpoint.__name__ = "operation_" + op_id.replace("-", "_")
     return endpoint
@@ -137,7 +132,7 @@ def _add_probes(app: FastAPI) -> None:
             return problem_response(_NotReady("The database is not reachable"), request.state.request_id)
         if not current:
             return problem_response(_NotReady("Database migrations are not current"), request.state.request_id)
-        return JSONResponse({"status": "ready"})
+        return json_response({"status": "ready"})
 
 
 class _NotReady(OpsgateError):

@@ -209,7 +209,7 @@ class IncidentService:
         with self.engine.connect() as conn:
             row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).mappings().first()
             if row is None:
-                raise NotFound(f"no incident {incident_id!r}")
+                raise NotFound("no such incident")
             events = conn.execute(select(incident_events).where(incident_events.c.incident_id == incident_id)
                                   .order_by(incident_events.c.id)).mappings().all()
             notes = conn.execute(select(outbox).where(outbox.c.incident_id == incident_id)
@@ -252,7 +252,7 @@ class IncidentService:
         with self.engine.begin() as conn:
             row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).mappings().first()
             if row is None:
-                raise NotFound(f"no incident {incident_id!r}")
+                raise NotFound("no such incident")
             if row["state"] not in allowed or (version is not None and row["version"] != version):
                 raise IncidentConflict(f"incident {incident_id} is {row['state']}")
             done = conn.execute(update(incidents).where(

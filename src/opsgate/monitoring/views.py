@@ -25,12 +25,8 @@ from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.prometheus import exposition
 from opsgate.monitoring.worker import build_notifiers
 from opsgate.security.auth import Principal, bearer_token
+from opsgate.responses import json_response
 from opsgate.security.rbac import require_role
-
-
-def _json(document: object) -> Response:
-    """A JSON response serialised with orjson (datetimes as RFC 3339)."""
-    return Response(orjson.dumps(document), media_type="application/json")
 
 
 router = APIRouter(tags=["monitoring"])
@@ -59,7 +55,7 @@ async def health(request: Request, window: int | None = None, operation: str | N
     if not 0 < window_s <= MAX_WINDOW_S:
         raise InvalidInput(f"window must be between 1 and {MAX_WINDOW_S} seconds")
     metrics = await asyncio.to_thread(compute_health, rt.engine, rt.clock.now(), window_s, operation)
-    return _json(metrics.model_dump())
+    return json_response(metrics.model_dump())
 
 
 @router.get("/metrics", summary="Prometheus metrics")
@@ -72,26 +68,26 @@ async def metrics(request: Request) -> Response:
 @router.get("/v1/incidents", summary="Incidents, newest first")
 async def list_incidents(request: Request, state: str | None = None) -> Response:
     _operator(request)
-    return _json({"incidents": await asyncio.to_thread(_incidents(request).list, state)})
+    return json_response({"incidents": await asyncio.to_thread(_incidents(request).list, state)})
 
 
 @router.get("/v1/incidents/{incident_id}", summary="One incident with its timeline")
 async def show_incident(request: Request, incident_id: str) -> Response:
     _operator(request)
-    return _json(await asyncio.to_thread(_incidents(request).show, incident_id))
+    return json_response(await asyncio.to_thread(_incidents(request).show, incident_id))
 
 
 @router.post("/v1/incidents/{incident_id}/ack", summary="Acknowledge an incident (ledgered)")
 async def ack_incident(request: Request, incident_id: str) -> Response:
     who = _operator(request)
-    return _json(await asyncio.to_thread(_incidents(request).acknowledge, incident_id, who.user_id))
+    return json_response(await asyncio.to_thread(_incidents(request).acknowledge, incident_id, who.user_id))
 
 
 @router.post("/v1/incidents/{incident_id}/resolve", summary="Resolve an incident with a note (ledgered)")
 async def resolve_incident(request: Request, incident_id: str) -> Response:
     who = _operator(request)
     note = _note(await request.body())
-    return _json(await asyncio.to_thread(_incidents(request).resolve, incident_id, who.user_id, note))
+    return json_response(await asyncio.to_thread(_incidents(request).resolve, incident_id, who.user_id, note))
 
 
 def _note(body: bytes) -> str:

@@ -174,7 +174,7 @@ class RolloutService:
         """One toggle; :class:`NotFound` (404) for an operation without one."""
         row = self._toggle_row(operation)
         if row is None:
-            raise NotFound(f"no feature toggle for operation {operation!r}")
+            raise NotFound("no feature toggle for that operation (GET /v1/admin/toggles lists them)")
         return Toggle(**row)
 
     def set_toggle(self, operation: str, change: ToggleChange, actor: str, reason: str = "") -> Toggle:
@@ -215,7 +215,7 @@ class RolloutService:
         known = {t.operation for t in self.list_toggles()}
         unknown = sorted(set(choices) - known)
         if unknown:
-            raise NotFound(f"no feature toggle for operation(s) {', '.join(unknown)}")
+            raise NotFound(f"{len(unknown)} of the operations given have no feature toggle")
         self.ledger.append_sync("opt_in.set", {"user_id": user_id, "choices": dict(choices)})
         now = self.clock.now()
         with self.engine.begin() as conn:

@@ -17,14 +17,15 @@ Any authenticated user (only their own data):
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opsgate.errors import InvalidInput
+from opsgate.responses import json_response
 from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
 from opsgate.rollout.service import RolloutService, ToggleChange, as_utc
@@ -111,61 +112,61 @@ def _decision_json(rollout_id: int, d: Decision) -> dict[str, Any]:
 
 
 @router.get("/v1/admin/toggles", summary="Every feature toggle with adoption numbers")
-async def list_toggles(request: Request) -> ORJSONResponse:
+async def list_toggles(request: Request) -> Response:
     _principal(request, "admin")
     svc = _service(request)
     toggles, adoption = await asyncio.to_thread(lambda: (svc.list_toggles(), svc.adoption()))
-    return ORJSONResponse({"toggles": [toggle_json(t, adoption[t.operation]) for t in toggles]})
+    return json_response({"toggles": [toggle_json(t, adoption[t.operation]) for t in toggles]})
 
 
 @router.get("/v1/admin/toggles/{operation}", summary="One feature toggle")
-async def get_toggle(request: Request, operation: str) -> ORJSONResponse:
+async def get_toggle(request: Request, operation: str) -> Response:
     _principal(request, "admin")
-    return ORJSONResponse(toggle_json(await asyncio.to_thread(_service(request).get_toggle, operation)))
+    return json_response(toggle_json(await asyncio.to_thread(_service(request).get_toggle, operation)))
 
 
 @router.put("/v1/admin/toggles/{operation}", summary="Change a feature toggle (ledgered)")
-async def put_toggle(request: Request, operation: str) -> ORJSONResponse:
+async def put_toggle(request: Request, operation: str) -> Response:
     admin = _principal(request, "admin")
     body = await _body(request, ToggleUpdate)
     change = ToggleChange(**body.model_dump(exclude={"reason"}))
     toggle = await asyncio.to_thread(_service(request).set_toggle, operation, change, admin.user_id, body.reason)
-    return ORJSONResponse(toggle_json(toggle))
+    return json_response(toggle_json(toggle))
 
 
 @router.post("/v1/admin/rollouts", status_code=201, summary="Start a canary rollout")
-async def start_rollout(request: Request) -> ORJSONResponse:
+async def start_rollout(request: Request) -> Response:
     admin = _principal(request, "admin")
     body = await _body(request, RolloutStart)
     plan = parse_plan(body.plan) if body.plan is not None else Plan()
     rollout = await asyncio.to_thread(_service(request).start_rollout, body.operations, plan, admin.user_id)
-    return ORJSONResponse(rollout.to_json(), status_code=201)
+    return json_response(rollout.to_json(), status_code=201)
 
 
 @router.get("/v1/admin/rollouts", summary="Rollouts with their decision history")
-async def list_rollouts(request: Request) -> ORJSONResponse:
+async def list_rollouts(request: Request) -> Response:
     _principal(request, "admin")
     svc = _service(request)
 
     def load() -> list[dict[str, Any]]:
         return [{**r.to_json(), "history": svc.history(r.id)} for r in svc.list_rollouts()]
 
-    return ORJSONResponse({"rollouts": await asyncio.to_thread(load)})
+    return json_response({"rollouts": await asyncio.to_thread(load)})
 
 
 @router.post("/v1/admin/rollouts/{rollout_id}/advance", summary="Promote a rollout now")
-async def advance_rollout(request: Request, rollout_id: int) -> ORJSONResponse:
+async def advance_rollout(request: Request, rollout_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> Response:
     admin = _principal(request, "admin")
     decision = await asyncio.to_thread(_service(request).advance, rollout_id, admin.user_id)
-    return ORJSONResponse(_decision_json(rollout_id, decision))
+    return json_response(_decision_json(rollout_id, decision))
 
 
 @router.post("/v1/admin/rollouts/{rollout_id}/rollback", summary="Roll a rollout back")
-async def rollback_rollout(request: Request, rollout_id: int) -> ORJSONResponse:
+async def rollback_rollout(request: Request, rollout_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> Response:
     admin = _principal(request, "admin")
     body = await _body(request, RollbackBody)
     decision = await asyncio.to_thread(_service(request).rollback, rollout_id, body.reason, admin.user_id)
-    return ORJSONResponse(_decision_json(rollout_id, decision))
+    return json_response(_decision_json(rollout_id, decision))
 
 
 async def _settings(request: Request, user_id: str) -> dict[str, Any]:
@@ -178,20 +179,20 @@ async def _settings(request: Request, user_id: str) -> dict[str, Any]:
 
 
 @router.get("/v1/me/settings", summary="The caller's opt-ins and which operations they can use")
-async def get_settings(request: Request) -> ORJSONResponse:
+async def get_settings(request: Request) -> Response:
     me = _principal(request)
-    return ORJSONResponse(await _settings(request, me.user_id))
+    return json_response(await _settings(request, me.user_id))
 
 
 @router.put("/v1/me/settings", summary="Opt in to (or out of) operations, for the caller only")
-async def put_settings(request: Request) -> ORJSONResponse:
+async def put_settings(request: Request) -> Response:
     me = _principal(request)
     body = await _body(request, OptIns)
     await asyncio.to_thread(_service(request).set_opt_ins, me.user_id, body.opt_in)
-    return ORJSONResponse(await _settings(request, me.user_id))
+    return json_response(await _settings(request, me.user_id))
 
 
 @router.get("/v1/banners", summary="In-app banners (operations rolled back)")
-async def banners(request: Request) -> ORJSONResponse:
+async def banners(request: Request) -> Response:
     _principal(request)
-    return ORJSONResponse({"banners": await asyncio.to_thread(_service(request).banners)})
+    return json_response({"banners": await asyncio.to_thread(_service(request).banners)})

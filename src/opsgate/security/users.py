@@ -42,7 +42,7 @@ def get_role(engine: Engine, user_id: str) -> str:
     with engine.connect() as conn:
         role = conn.execute(select(users.c.role).where(users.c.user_id == user_id)).scalar()
     if role is None:
-        raise NotFound(f"no user {user_id!r}; create it with `opsgate users add {user_id}`")
+        raise NotFound("no such user; create it with `opsgate users add USER_ID`")
     return role
 
 
@@ -115,4 +115,4 @@ def _update(engine: Engine, user_id: str, **values: object) -> None:
     with engine.begin() as conn:
         changed = conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
     if not changed.rowcount:
-        raise NotFound(f"no user {user_id!r}; create it with `opsgate users add {user_id}`")
+        raise NotFound("no such user; create it with `opsgate users add USER_ID`")
