@@ -18,7 +18,6 @@ from opsgate.runtime import Runtime
 from opsgate.security.auth import TokenService
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples"
 
 

@@ -18,8 +18,9 @@ from opsgate.operations import OPERATIONS
 from opsgate.operations.calendar import TimeOutput
 from opsgate.operations.io import input_from_file
 from tests.operations.test_ops_calendar import assert_no_conflict, independent_busy
+from tests.shared_data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = SHARED_DATA
 PLAN = {
     "emails/*.eml": ["email-classify", "email-respond", "email-compose"],
     "calendars/*.ics": ["calendar-prep", "calendar-time"],

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from opsgate.operations import OPERATIONS
 from opsgate.operations.analytics import AnomalyAnswer
 from opsgate.operations.series import _sorted_mad
+from tests.shared_data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "series"
+DATA = SHARED_DATA / "series"
 OP = OPERATIONS["analytics-anomaly"]
 
 

@@ -14,9 +14,10 @@ from opsgate.errors import InvalidInput
 from opsgate.operations import OPERATIONS
 from opsgate.operations.calendar import TimeAnswer, TimeOutput
 from opsgate.operations.io import input_from_file
+from tests.shared_data import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
+DATA = SHARED_DATA
 CALENDARS = sorted((DATA / "calendars").glob("*.ics"))
 TIME = OPERATIONS["calendar-time"]
 PREP = OPERATIONS["calendar-prep"]

@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from opsgate.errors import InvalidInput, NotFound
 from opsgate.operations import OPERATIONS, get_operation
 from opsgate.operations.io import input_from_file
+from tests.shared_data import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
+DATA = SHARED_DATA
 EXAMPLES = REPO / "examples"
 IDS = [
     "email-compose", "email-classify", "email-respond", "calendar-prep", "calendar-time",

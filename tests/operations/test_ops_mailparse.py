@@ -10,8 +10,9 @@ import pytest
 from opsgate.errors import InvalidInput
 from opsgate.operations import OPERATIONS
 from opsgate.operations.mailparse import decode_text, html_to_text, parse_email, split_quoted
+from tests.shared_data import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = SHARED_DATA
 EMAILS = sorted((DATA / "emails").glob("*.eml"))
 
 
