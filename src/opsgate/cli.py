@@ -176,13 +176,10 @@ def db_upgrade() -> None:
 def _engine(settings: Settings | None = None):  # type: ignore[no-untyped-def]
     from sqlalchemy.exc import SQLAlchemyError
 
-    from opsgate.store.db import make_engine, upgrade
+    from opsgate.store.db import open_database
 
-    settings = settings or Settings()
     try:
-        if settings.auto_migrate:
-            upgrade(settings.database_url)
-        return make_engine(settings.database_url)
+        return open_database(settings or Settings())
     except (SQLAlchemyError, OSError) as exc:
         _fail(f"cannot open the database: {type(exc).__name__}")
 

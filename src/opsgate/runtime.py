@@ -35,7 +35,7 @@ from opsgate.sandbox.server import SandboxServer
 from opsgate.security.auth import TokenService
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
 from opsgate.security.secrets import resolve_provider_keys
-from opsgate.store.db import make_engine, upgrade
+from opsgate.store.db import open_database
 
 log = logging.getLogger("opsgate")
 
@@ -87,9 +87,7 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
         await sandbox.start()
         settings = sandbox_settings(settings, sandbox.base_urls)
         log.warning(SANDBOX_BANNER.format(urls=", ".join(sandbox.base_urls.values())))
-    if settings.auto_migrate:
-        upgrade(settings.database_url)
-    engine = make_engine(settings.database_url, synchronous=settings.ledger_synchronous)
+    engine = open_database(settings)
     ledger = Ledger(engine, clock)
     ledger.start()
     session = make_session()

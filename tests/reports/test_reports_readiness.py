@@ -34,6 +34,7 @@ def engine(tmp_path):  # type: ignore[no-untyped-def]
 def root_logging():  # type: ignore[no-untyped-def]
     root, factory = logging.getLogger(), logging.getLogRecordFactory()
     saved = list(root.handlers)
+    logging.setLogRecordFactory(logging.LogRecord)  # plain logging, whatever ran before
     yield root
     root.handlers[:] = saved
     logging.setLogRecordFactory(factory)

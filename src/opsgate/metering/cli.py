@@ -22,12 +22,9 @@ err = Console(stderr=True)
 
 
 def _engine():  # type: ignore[no-untyped-def]
-    from opsgate.store.db import make_engine, upgrade
+    from opsgate.store.db import open_database
 
-    settings = Settings()
-    if settings.auto_migrate:
-        upgrade(settings.database_url)
-    return make_engine(settings.database_url)
+    return open_database(Settings())
 
 
 def _usd(micro: int) -> str:

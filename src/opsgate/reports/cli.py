@@ -25,7 +25,7 @@ from opsgate.ledger.errors import LedgerError
 from opsgate.reports.readiness import Audit, Context, project_root, run_readiness
 from opsgate.reports.render import FORMATS, render
 from opsgate.reports.security import build_security_report
-from opsgate.store.db import make_engine, upgrade
+from opsgate.store.db import open_database
 
 report_app = typer.Typer(help="Operator reports.", no_args_is_help=True)
 out, err = Console(), Console(stderr=True)
@@ -34,9 +34,7 @@ MARKS = {"pass": "[x]", "fail": "[ ]", "n/a": "[ ] n/a", "manual": "[ ] manual"}
 
 def _engine(settings: Settings):  # type: ignore[no-untyped-def]
     try:
-        if settings.auto_migrate:
-            upgrade(settings.database_url)
-        return make_engine(settings.database_url)
+        return open_database(settings)
     except (SQLAlchemyError, OSError) as exc:
         err.print(f"[red]error:[/red] cannot open the database: {type(exc).__name__}")
         raise typer.Exit(2) from None

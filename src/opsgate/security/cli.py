@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
-from opsgate.store.db import make_engine, upgrade
+from opsgate.store.db import open_database
 
 users_app = typer.Typer(help="Manage users, roles, passwords and email addresses.", no_args_is_help=True)
 keys_app = typer.Typer(help="Field encryption keys: status, rotation, re-encryption.", no_args_is_help=True)
@@ -32,9 +32,7 @@ out, err = Console(), Console(stderr=True)
 
 
 def _engine(settings: Settings) -> Engine:
-    if settings.auto_migrate:
-        upgrade(settings.database_url)
-    return make_engine(settings.database_url)
+    return open_database(settings)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -15,6 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from opsgate.config import Settings
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -77,3 +79,10 @@ def migrations_current(engine: Engine) -> bool:
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()
     return set(current) == set(script.get_heads())
+
+
+def open_database(settings: Settings) -> Engine:
+    """The engine for ``settings.database_url``, migrated first when ``settings.auto_migrate``."""
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    return make_engine(settings.database_url, synchronous=settings.ledger_synchronous)
