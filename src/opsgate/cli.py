@@ -173,6 +173,40 @@ def db_upgrade() -> None:
     print("database is at the latest migration")
 
 
+@db_app.command("rls")
+def db_rls(
+    app_role: str = typer.Option(..., "--app-role", help="The non-owner role the gateway connects as."),
+    admin_url: str | None = typer.Option(
+        None, "--admin-url", help="A URL connecting as the tables' owner (default OPSGATE_DATABASE_URL)."
+    ),
+) -> None:
+    """PostgreSQL: create or check the app role, grant it the tables, force row-level security
+    on the user-owned ones (opsgate.security.rls.deploy_rls). Run after every `opsgate db upgrade`."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from opsgate.security.rls import deploy_rls
+    from opsgate.store.db import is_sqlite, make_engine, normalise_url
+
+    url = normalise_url(admin_url or Settings().database_url)
+    if is_sqlite(url):
+        _fail("row-level security needs PostgreSQL: SQLite has no roles or policies (one tenant, one file)")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            done = deploy_rls(conn, app_role)
+    except ValueError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(f"cannot install row-level security: {type(exc).__name__}: {getattr(exc, 'orig', exc)}", 1)
+    finally:
+        engine.dispose()
+    print(f"app role {done.app_role}: {'created (set its password)' if done.role_created else 'exists, checked'}")
+    for table, privileges in done.grants.items():
+        print(f"granted {privileges} on {table}")
+    print(f"row-level security enabled and forced, policies installed: {', '.join(done.forced)}")
+    print(f"connect the gateway as {done.app_role} with OPSGATE_AUTO_MIGRATE=false")
+
+
 def _engine(settings: Settings | None = None):  # type: ignore[no-untyped-def]
     from sqlalchemy.exc import SQLAlchemyError
 

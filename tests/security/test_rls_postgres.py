@@ -31,7 +31,9 @@ def app_engine():
     try:
         upgrade(f"{SERVER}/{name}")
         with owner.begin() as conn:
-            assert install_rls(conn, role) == ["ai_operation_log", "budgets", "refresh_tokens", "user_settings"]
+            assert install_rls(conn, role) == ["refresh_tokens", "user_settings"]  # USER_OWNED_TABLES
+            # the policy mechanics, on a table with many rows per user (not user-owned in deployment)
+            assert install_rls(conn, role, {"ai_operation_log": "user_id"}) == ["ai_operation_log"]
         engine = create_engine(f"postgresql+psycopg://{role}@127.0.0.1:5432/{name}", pool_size=1, max_overflow=0)
         yield engine
         engine.dispose()

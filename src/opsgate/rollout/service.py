@@ -53,6 +53,8 @@ from opsgate.rollout.models import (
     user_settings,
 )
 from opsgate.rollout.toggles import Toggle, ToggleSnapshot
+from opsgate.security.auth import Principal
+from opsgate.security.rls import service_scope, user_scope
 from opsgate.store.models import users
 
 log = logging.getLogger(__name__)
@@ -203,7 +205,7 @@ class RolloutService:
     # opt-ins ---------------------------------------------------------------------------------
     def get_opt_ins(self, user_id: str) -> dict[str, bool]:
         """``{operation: opted_in}`` for every operation with a toggle (False when never set)."""
-        with self.engine.connect() as conn:
+        with user_scope(self.engine, Principal(user_id, ("user",))) as conn:  # RLS on PostgreSQL
             rows = conn.execute(select(user_settings.c.operation, user_settings.c.opted_in)
                                 .where(user_settings.c.user_id == user_id))
             chosen = {op: opted for op, opted in rows}
@@ -218,7 +220,7 @@ class RolloutService:
             raise NotFound(f"{len(unknown)} of the operations given have no feature toggle")
         self.ledger.append_sync("opt_in.set", {"user_id": user_id, "choices": dict(choices)})
         now = self.clock.now()
-        with self.engine.begin() as conn:
+        with user_scope(self.engine, Principal(user_id, ("user",))) as conn:  # RLS on PostgreSQL
             conn.execute(delete(user_settings).where(user_settings.c.user_id == user_id,
                                                      user_settings.c.operation.in_(list(choices))))
             if choices:
@@ -233,7 +235,7 @@ class RolloutService:
     def adoption(self) -> dict[str, dict[str, int]]:
         """Per operation: ``eligible`` users (known users the toggle lets in, opt-in aside),
         ``opted_in`` among them, and ``rate_ppm`` = opted_in / eligible in parts per million."""
-        with self.engine.connect() as conn:
+        with service_scope(self.engine) as conn:  # every user's opt-ins (RLS on PostgreSQL)
             user_ids = conn.execute(select(users.c.user_id)).scalars().all()
             query = select(user_settings.c.operation, user_settings.c.user_id).where(user_settings.c.opted_in)
             opted = {(op, user) for op, user in conn.execute(query)}

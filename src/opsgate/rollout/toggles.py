@@ -23,6 +23,7 @@ from opsgate.clock import Clock
 from opsgate.rollout.bucketing import bucket
 from opsgate.rollout.errors import OperationDisabled
 from opsgate.rollout.models import feature_toggle_version, feature_toggles, user_settings
+from opsgate.security.rls import service_scope
 
 DISABLED = "disabled"
 KILL_SWITCH = "kill_switch"
@@ -138,7 +139,7 @@ class ToggleSnapshot:
         with self._lock:
             if self._clock.monotonic() < self._next_poll:
                 return
-            with self._engine.connect() as conn:
+            with service_scope(self._engine) as conn:  # every user's opt-ins (RLS on PostgreSQL)
                 version = conn.execute(select(feature_toggle_version.c.version)).scalar() or 0
                 if version != self._state.version:
                     self._state = _load(conn, version)

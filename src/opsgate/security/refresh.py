@@ -24,8 +24,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from opsgate.clock import Clock
+from opsgate.monitoring.security_counts import COUNTS, REFRESH_REUSE, TOKEN_REJECTION
+from opsgate.security.auth import Principal
 from opsgate.security.errors import Unauthorized
 from opsgate.security.models import refresh_tokens
+from opsgate.security.rls import service_scope, user_scope
 
 PREFIX = "ogr_"
 
@@ -41,7 +44,11 @@ class Issued:
 
 
 class RefreshTokens:
-    """Issue, rotate and revoke refresh tokens in ``refresh_tokens``."""
+    """Issue, rotate and revoke refresh tokens in ``refresh_tokens``.
+
+    On PostgreSQL the table has row-level security (:mod:`opsgate.security.rls`): :meth:`issue`
+    and :meth:`revoke_user` run in :func:`user_scope` of that user; the others start from a
+    presented token or family whose owner is not known yet, so they run in :func:`service_scope`."""
 
     def __init__(self, engine: Engine, clock: Clock, ttl_s: int, grace_s: float) -> None:
         self._engine = engine
@@ -51,7 +58,7 @@ class RefreshTokens:
 
     def issue(self, user_id: str) -> Issued:
         """Start a new family for ``user_id`` (a login) and return its first token."""
-        with self._engine.begin() as conn:
+        with user_scope(self._engine, Principal(user_id, ("user",))) as conn:
             return self._insert(conn, user_id, uuid.uuid4().hex)
 
     def rotate(self, token: str) -> Issued:
@@ -59,7 +66,7 @@ class RefreshTokens:
         expired, revoked, or reused after the grace window (which revokes its family)."""
         digest = _hash(token)
         now = self._clock.now()
-        with self._engine.begin() as conn:  # write first: the transaction holds the row lock
+        with service_scope(self._engine) as conn:  # write first: the transaction holds the row lock
             won = conn.execute(
                 update(refresh_tokens)
                 .where(refresh_tokens.c.token_hash == digest, refresh_tokens.c.rotated_at.is_(None))
@@ -67,15 +74,17 @@ class RefreshTokens:
             ).rowcount
             row = conn.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == digest)).first()
             if row is None or row.revoked_at is not None or now >= _utc(row.expires_at):
+                COUNTS.add(TOKEN_REJECTION, "refresh_invalid")
                 raise Unauthorized("The refresh token is not valid")  # rolls the UPDATE back
             if won or now - _utc(row.rotated_at) < self._grace:
                 return self._insert(conn, row.user_id, row.family_id)
         self.revoke_family(row.family_id)
+        COUNTS.add(REFRESH_REUSE, "family_revoked")
         raise Unauthorized("The refresh token was already used; every session of this login is revoked")
 
     def revoke(self, token: str) -> bool:
         """Revoke the family of ``token`` (logout); False when the token is unknown."""
-        with self._engine.connect() as conn:
+        with service_scope(self._engine) as conn:
             family = conn.execute(
                 select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == _hash(token))
             ).scalar()
@@ -87,7 +96,7 @@ class RefreshTokens:
     def family_active(self, family_id: str) -> bool:
         """True while ``family_id`` has an unrevoked, unexpired token (a live login)."""
         now = self._clock.now()
-        with self._engine.connect() as conn:
+        with service_scope(self._engine) as conn:
             rows = conn.execute(
                 select(refresh_tokens.c.expires_at)
                 .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
@@ -96,7 +105,7 @@ class RefreshTokens:
 
     def revoke_family(self, family_id: str) -> None:
         """Revoke every token of ``family_id``."""
-        with self._engine.begin() as conn:
+        with service_scope(self._engine) as conn:
             conn.execute(
                 update(refresh_tokens)
                 .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
@@ -105,7 +114,7 @@ class RefreshTokens:
 
     def revoke_user(self, user_id: str) -> None:
         """Revoke every refresh token of ``user_id`` (role change, password change)."""
-        with self._engine.begin() as conn:
+        with user_scope(self._engine, Principal(user_id, ("user",))) as conn:
             conn.execute(
                 update(refresh_tokens)
                 .where(refresh_tokens.c.user_id == user_id, refresh_tokens.c.revoked_at.is_(None))

@@ -17,6 +17,17 @@ The application connects as a non-owner role (no ``BYPASSRLS``) and runs each un
 :func:`user_scope`, which sets both values with ``set_config(name, value, true)`` -- the
 parameterised form of ``SET LOCAL``, so a user id is never spliced into SQL -- inside the
 transaction; they end with it, so a pooled connection never carries the previous user's id.
+On SQLite (one tenant, no policies) the scopes are plain transactions.
+
+User-owned tables are the rows a user writes through the API or that are bound to their login:
+``user_settings`` (opt-ins) and ``refresh_tokens``. Not user-owned: ``budgets`` (limits set by
+admins, including ``*`` rows that apply to everyone -- an owner policy would let a user-scoped
+transaction raise its own limit), ``ai_operation_log`` and the ledger (written by the gateway and
+read across users by monitoring, metrics, reconciliation and operators; users have no endpoint
+that reads them). Those are guarded by the API's roles and by :func:`deploy_rls`'s grants.
+
+:func:`deploy_rls` is the whole deployment step (``opsgate db rls``): the non-owner role, its
+grants on every table, then :func:`install_rls`.
 """
 
 from __future__ import annotations
@@ -24,17 +35,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
 from opsgate.security.auth import Principal
 
 USER_OWNED_TABLES: dict[str, str] = {
-    "ai_operation_log": "user_id",
     "user_settings": "user_id",
-    "budgets": "user_id",
     "refresh_tokens": "user_id",
 }
+APPEND_ONLY_TABLES = frozenset({"ledger_entries"})
+"""Tables the app role may read and insert into but never update or delete (the hash chain)."""
+READ_ONLY_TABLES = frozenset({"alembic_version"})
+"""Tables the app role may only read (migrations run as the owner)."""
 _ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _CURRENT_USER = "NULLIF(current_setting('opsgate.user_id', true), '')"
 _CURRENT_ROLE = "current_setting('opsgate.role', true)"
@@ -79,6 +93,66 @@ def _schema(conn: Connection) -> str:
     return schema
 
 
+@dataclass(frozen=True)
+class RlsDeployment:
+    """What :func:`deploy_rls` did: ``role_created`` (False when it existed), ``forced`` (tables
+    with RLS enabled, forced and with policies), ``grants`` (``{table: privileges}``)."""
+
+    app_role: str
+    role_created: bool
+    forced: list[str]
+    grants: dict[str, str]
+
+
+def deploy_rls(conn: Connection, app_role: str) -> RlsDeployment:
+    """Run as the tables' owner on PostgreSQL after ``opsgate db upgrade`` (rerun after each one:
+    idempotent, and new tables need their grants). Creates ``app_role`` (``LOGIN NOSUPERUSER
+    NOBYPASSRLS``, no password: set one or use your server's authentication) unless it exists,
+    grants it DML on every table (read-only :data:`READ_ONLY_TABLES`, append-only
+    :data:`APPEND_ONLY_TABLES`) and installs the policies (:func:`install_rls`).
+    Raises ``ValueError`` when the role is the connecting one, a superuser, ``BYPASSRLS``, or owns
+    a table -- RLS would not bind it -- or for a name that is not a plain lower-case identifier."""
+    if not _ROLE_NAME.match(app_role):
+        raise ValueError("the app role must be a lower-case identifier")
+    if app_role == conn.execute(text("SELECT current_user")).scalar_one():
+        raise ValueError(f"{app_role} is the role running this command (the owner); pick another")
+    created = _ensure_role(conn, app_role)
+    schema = _schema(conn)
+    conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {app_role}"))
+    grants = {t: _grant(conn, t, app_role) for t in _tables(conn)}
+    return RlsDeployment(app_role, created, install_rls(conn, app_role), grants)
+
+
+def _ensure_role(conn: Connection, role: str) -> bool:
+    found = conn.execute(
+        text("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = :r"), {"r": role}
+    ).first()
+    if found is None:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"))
+        return True
+    if found[0]:
+        raise ValueError(f"{role} is a superuser or has BYPASSRLS: row-level security would not bind it")
+    owned = conn.execute(
+        text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tableowner = :r"), {"r": role}
+    ).scalars().all()
+    if owned:
+        raise ValueError(f"{role} owns {len(owned)} table(s) ({', '.join(sorted(owned))}): owners bypass policies")
+    return False
+
+
+def _tables(conn: Connection) -> list[str]:
+    names = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")).scalars()
+    return sorted(n for n in names if _ROLE_NAME.match(n))
+
+
+def _grant(conn: Connection, table: str, role: str) -> str:
+    privileges = ("SELECT" if table in READ_ONLY_TABLES else "SELECT, INSERT" if table in APPEND_ONLY_TABLES
+                  else "SELECT, INSERT, UPDATE, DELETE")
+    conn.execute(text(f"REVOKE ALL ON {table} FROM {role}"))
+    conn.execute(text(f"GRANT {privileges} ON {table} TO {role}"))
+    return privileges
+
+
 @contextmanager
 def user_scope(engine: Engine, principal: Principal) -> Iterator[Connection]:
     """A transaction in which the policies see ``principal`` (its id and highest role)."""
@@ -97,8 +171,9 @@ def service_scope(engine: Engine) -> Iterator[Connection]:
 @contextmanager
 def _scoped(engine: Engine, user_id: str, role: str) -> Iterator[Connection]:
     with engine.begin() as conn:
-        conn.execute(
-            text("SELECT set_config('opsgate.user_id', :uid, true), set_config('opsgate.role', :role, true)"),
-            {"uid": user_id, "role": role},
-        )
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text("SELECT set_config('opsgate.user_id', :uid, true), set_config('opsgate.role', :role, true)"),
+                {"uid": user_id, "role": role},
+            )
         yield conn
