@@ -67,10 +67,11 @@ _STOP = object()
 
 ExtraRows = Iterable[tuple[Table, Mapping[str, Any]]]
 InTransaction = Callable[[Connection], Any]
-"""Work that must commit atomically with an entry (e.g. a budget reservation). It runs in a
-savepoint of the append's transaction, before the entry is chained; raising an
-:class:`~opsgate.errors.OpsgateError` refuses that one append (its savepoint is rolled back and the
-caller gets the error) without disturbing the rest of the batch."""
+"""Work that must commit atomically with an entry (e.g. a budget reservation). It runs inside the
+append's transaction, before the entry is chained; raising an :class:`~opsgate.errors.OpsgateError`
+refuses that one append (the caller gets the error) without disturbing the rest of the batch. A
+step that writes before it may raise must undo its own writes (a savepoint around them), so a
+refusal leaves nothing behind; steps that only read need no savepoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,12 +310,11 @@ def _resolve_all(pending: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
 
 
 def _run_before(conn: Connection, request: _Request) -> Any:
-    """Run ``request.before`` in a savepoint; an OpsgateError it raises is returned (refusal)."""
+    """Run ``request.before``; an OpsgateError it raises is returned (a refusal)."""
     if request.before is None:
         return None
     try:
-        with conn.begin_nested():
-            return request.before(conn)
+        return request.before(conn)
     except OpsgateError as exc:
         return exc
 

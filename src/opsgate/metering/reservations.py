@@ -139,6 +139,18 @@ def hold(
     if not found:
         return reservation
     now = clock.now()
+    with conn.begin_nested():  # a refusal undoes the holds already made
+        _hold_all(conn, found, now, worst_micro_usd)
+    conn.execute(budget_reservations.insert(), [
+        {"request_id": request_id, "budget_id": b.id, "period_start": period_start(b.period, now),
+         "worst_micro_usd": worst_micro_usd, "state": OPEN, "created_at": now,
+         "expires_at": now + timedelta(seconds=ttl_s)}
+        for b in found
+    ])
+    return reservation
+
+
+def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, worst_micro_usd: int) -> None:
     for budget in found:
         start = period_start(budget.period, now)
         _ensure_counter(conn, budget.id, start)
@@ -147,13 +159,6 @@ def hold(
                 f"The {budget.period} budget of {budget.scope} has no room for this call's "
                 f"worst-case cost of {worst_micro_usd} micro-USD"
             )
-    conn.execute(budget_reservations.insert(), [
-        {"request_id": request_id, "budget_id": b.id, "period_start": period_start(b.period, now),
-         "worst_micro_usd": worst_micro_usd, "state": OPEN, "created_at": now,
-         "expires_at": now + timedelta(seconds=ttl_s)}
-        for b in found
-    ])
-    return reservation
 
 
 def settle(

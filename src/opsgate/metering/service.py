@@ -126,6 +126,8 @@ class MeteringService:
         loop = asyncio.get_running_loop()
 
         def step(conn: Connection) -> Settlement | None:
+            if not reservation.budgets:  # nothing was held: nothing to write
+                return charge(conn, self.clock, reservation, actual_micro_usd, unknown_usage=unknown_usage)
             try:
                 with conn.begin_nested():
                     return charge(conn, self.clock, reservation, actual_micro_usd,
