@@ -28,6 +28,9 @@ from opsgate.security.idp import idp_verifier
 
 ALGORITHM = "HS256"
 ROLES = ("user", "operator", "admin")
+_VERIFIED_CACHE_SIZE = 10_000
+"""Tokens whose signature was checked are remembered (times are still checked on every call):
+an HMAC verification costs more than the rest of authentication."""
 _REQUIRED = ["sub", "role", "iss", "aud", "iat", "nbf", "exp"]
 
 
@@ -71,6 +74,7 @@ class TokenService:
         self._ttl = timedelta(seconds=settings.access_token_ttl_s)
         self._clock = clock
         self._idp = idp_verifier(settings, clock)
+        self._verified: dict[str, dict] = {}  # token -> claims whose signature already checked out
         if self._idp is not None and self._idp.issuer == self._issuer:
             raise ValueError("OPSGATE_IDP_ISSUER must differ from OPSGATE_JWT_ISSUER")
 
@@ -99,6 +103,17 @@ class TokenService:
         if self._idp is not None and _unverified_issuer(token) == self._idp.issuer:
             user_id, role = self._idp.verify(token)
             return Principal(user_id=user_id, roles=(role,))
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token)
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        self._check_times(claims)
+        return Principal(user_id=claims["sub"], roles=(claims["role"],))
+
+    def _decode(self, token: str) -> dict:
+        """Signature, algorithm, issuer, audience, required claims and role (not the times)."""
         try:
             claims = jwt.decode(
                 token,
@@ -112,10 +127,9 @@ class TokenService:
             raise Unauthorized("The access token was issued for another service") from None
         except jwt.InvalidTokenError:
             raise Unauthorized("The access token is malformed or its signature is invalid") from None
-        self._check_times(claims)
         if claims["role"] not in ROLES or not isinstance(claims["sub"], str):
             raise Unauthorized("The access token carries an unknown role")
-        return Principal(user_id=claims["sub"], roles=(claims["role"],))
+        return claims
 
     def _check_times(self, claims: dict) -> None:
         """``nbf`` and ``exp`` against the injected clock (RFC 7519 §4.1.4-5), no leeway."""
