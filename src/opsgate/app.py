@@ -30,6 +30,7 @@ from opsgate.config import Settings
 from opsgate.errors import NotFound, OpsgateError
 from opsgate.metering.views import router as budgets_router
 from opsgate.monitoring.prometheus import observe, observe_error
+from opsgate.monitoring.security_counts import count_refusal
 from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation
@@ -95,6 +96,7 @@ def _operation_endpoint(op_id: str) -> Callable[[Request], Any]:
         except Exception as exc:
             code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
             observe_error(op_id, code, (time.perf_counter() - started) * 1000)
+            count_refusal(exc)
             raise
         observe(outcome)
         return json_response(_outcome_body(outcome), headers={"X-Request-ID": request_id})

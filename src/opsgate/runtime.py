@@ -22,6 +22,7 @@ from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceTable
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.providers import ProviderStatusSync
+from opsgate.monitoring.security_counts import CountFlusher
 from opsgate.metering.service import build_metering
 from opsgate.operations import OPERATIONS
 from opsgate.pipeline import Gateway
@@ -60,13 +61,17 @@ class Runtime:
     rollout: RolloutService | None = None
     checkpointer: Checkpointer | None = None
     status_sync: asyncio.Task[None] | None = None
+    security_counts: CountFlusher | None = None
 
     async def close(self) -> None:
-        """Drain the ledger, close the HTTP session and the sandbox, dispose of the engine."""
+        """Flush the security event counts, drain the ledger, close the HTTP session and the
+        sandbox, dispose of the engine."""
         if self.status_sync is not None:
             self.status_sync.cancel()
         if self.checkpointer is not None:
             await self.checkpointer.stop()
+        if self.security_counts is not None:
+            await self.security_counts.stop()
         self.ledger.close()
         await self.session.close()
         if self.sandbox is not None:
@@ -123,9 +128,11 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
     status_sync = asyncio.create_task(
         ProviderStatusSync(engine, router, clock, policies).run(settings.provider_status_interval_s)
     )
+    security_counts = CountFlusher(engine, clock)
+    security_counts.start()
     return Runtime(
         settings, clock, engine, ledger, session, gateway, tokens, sandbox, rollout, checkpointer,
-        status_sync,
+        status_sync, security_counts,
     )
 
 

@@ -12,6 +12,7 @@ from opsgate.clock import ManualClock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.models import incidents
+from opsgate.monitoring.security_counts import add_counts
 from opsgate.reports.ledger_window import entries_between
 from opsgate.reports.render import render
 from opsgate.reports.security import build_security_report
@@ -111,7 +112,8 @@ def test_counts_come_from_the_ledger_and_tables(engine) -> None:  # type: ignore
         "cors_origins",
         "session_cookie_secure",
     ]
-    assert report["not_available"] == ["auth_failures", "refresh_reuse", "rejections", "redactions"]
+    assert report["not_available"] == []
+    assert s["auth_failures"] == {"available": True, "total": 0, "rows": []}
 
 
 def test_window_search_matches_a_full_scan(engine) -> None:  # type: ignore[no-untyped-def]
@@ -124,12 +126,16 @@ def test_window_search_matches_a_full_scan(engine) -> None:  # type: ignore[no-u
 
 def test_formats_show_the_same_numbers_and_escape(engine) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(cors_origins=["http://evil.example/<script>"], _env_file=None)
+    add_counts(engine, DAY, {("token_rejection", "expired"): 3})
     report = build_security_report(engine, settings, DAY, datetime(2026, 11, 30, tzinfo=UTC))
     md, html, doc = render(report, "md"), render(report, "html"), json.loads(render(report, "json"))
     assert "# opsgate security report 2026-11-29" in md
     assert "| cors_origins | http://evil.example/<script> |" in md
     assert "&lt;script&gt;" in html and "<script>" not in html
     assert doc["sections"]["weak_config"]["findings"][0]["value"] == "http://evil.example/<script>"
-    assert md.count("not available:") == html.count("not available:") == 4
+    assert "not available:" not in md and "not available:" not in html
+    assert "## Failed sign-ins and token rejections: 3 in total" in md
+    assert "| token_rejection | expired | 3 |" in md
+    assert "<td>token_rejection</td><td>expired</td><td>3</td>" in html
     with pytest.raises(ValueError):
         render(report, "pdf")

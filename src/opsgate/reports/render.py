@@ -59,6 +59,9 @@ def _table(name: str, s: dict[str, Any]) -> Table:
     title = TITLES[name]
     if not s["available"]:
         return Table(title, ("status",), [(f"not available: {s['reason']}",)])
+    if "rows" in s:  # the event-count sections
+        rows = [(r["kind"], r["reason"], str(r["count"])) for r in s["rows"]]
+        return Table(f"{title}: {s['total']} in total", ("kind", "reason", "count"), rows)
     if name == "secret_accesses":
         rows = [(r["secret"], r["actor"], str(r["count"])) for r in s["by_secret_actor"]]
         return Table(f"{title}: {s['total']} in total", ("secret", "actor", "accesses"), rows)

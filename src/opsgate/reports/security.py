@@ -8,7 +8,7 @@ never estimated. JSON shape (``format = "opsgate.security-report.v1"``)::
     {"format", "date": "YYYY-MM-DD", "window": {"start", "end"}, "generated_at",
      "sections": {
         "auth_failures" | "refresh_reuse" | "rejections" | "redactions":
-            {"available": false, "reason": str},
+            {"available": true, "total": int, "rows": [{"kind", "reason", "count"}]},
         "secret_accesses": {"available": true, "total": int,
                             "by_secret_actor": [{"secret", "actor", "count"}]},
         "keys": {"available": true, "policy_days": int, "current_key_id": int | null,
@@ -22,7 +22,13 @@ never estimated. JSON shape (``format = "opsgate.security-report.v1"``)::
         "incidents": {"available": true, "opened": {sev: n}, "closed": {sev: n},
                       "open_now": {sev: n}},
         "weak_config": {"available": true, "findings": [{"setting", "value", "why"}]}},
-     "not_available": [section names]}
+     "not_available": [section names]}  (empty since every section has a stored source)
+
+The four count sections read ``security_event_counts`` (:mod:`opsgate.monitoring.security_counts`,
+flushed by each serving process every minute): ``auth_failures`` holds the kinds
+``sign_in_failure`` and ``token_rejection`` (access tokens on operation calls, refresh tokens),
+``refresh_reuse``, ``rejections`` (``rate_limited``, ``budget_exceeded``) and ``redactions`` one
+kind each; a section with no events has ``total`` 0 and no rows.
 
 Times are ISO 8601 UTC; ages in days (one decimal, Decimal-rounded text is avoided: floats here
 are durations, not money).
@@ -43,22 +49,27 @@ from opsgate.ledger.service import log_size
 from opsgate.ledger.verify import format_summary, verify
 from opsgate.monitoring.health import LEDGER_VERIFY
 from opsgate.monitoring.models import incidents, signals
+from opsgate.monitoring.security_counts import (
+    REDACTION,
+    REFRESH_REUSE,
+    REJECTION,
+    SIGN_IN_FAILURE,
+    TOKEN_REJECTION,
+    counts_for,
+)
 from opsgate.reports.ledger_window import entries_between
 from opsgate.reports.weak_config import weak_settings
 from opsgate.security.models import encryption_keys
 
 FORMAT = "opsgate.security-report.v1"
 
-NOT_RECORDED = {
-    "auth_failures": "failed sign-ins and token rejections are answered 401 but not stored in the "
-    "database or the ledger (opsgate.security.views, opsgate.security.auth)",
-    "refresh_reuse": "a reused refresh token revokes its family, but no reuse event is stored; a "
-    "revoked family cannot be told apart from a logout (opsgate.security.refresh)",
-    "rejections": "rate-limit (429) and budget (402) refusals happen before the ledger intent and "
-    "are not stored (opsgate.pipeline steps 3 and 5)",
-    "redactions": "the sanitizer keeps no redaction counts (opsgate.security.sanitizer)",
+COUNTED = {
+    "auth_failures": (SIGN_IN_FAILURE, TOKEN_REJECTION),
+    "refresh_reuse": (REFRESH_REUSE,),
+    "rejections": (REJECTION,),
+    "redactions": (REDACTION,),
 }
-"""Sections whose numbers have no stored source yet, and why."""
+"""Sections read from ``security_event_counts``, and the kinds each one sums."""
 
 
 def day_window(day: date) -> tuple[datetime, datetime]:
@@ -74,9 +85,7 @@ def build_security_report(
     it and dates key ages. Raises :class:`~opsgate.ledger.errors.LedgerIOError` when the ledger
     cannot be read."""
     start, end = day_window(day)
-    sections: dict[str, Any] = {
-        name: {"available": False, "reason": why} for name, why in NOT_RECORDED.items()
-    }
+    sections: dict[str, Any] = event_counts(engine, day)
     entries = list(entries_between(engine, start, end))
     sections["secret_accesses"] = secret_accesses(entries)
     sections["keys"] = key_status(engine, settings, now)
@@ -102,6 +111,21 @@ def build_security_report(
         "sections": {name: sections[name] for name in order},
         "not_available": [name for name in order if not sections[name]["available"]],
     }
+
+
+def event_counts(engine: Engine, day: date) -> dict[str, dict[str, Any]]:
+    """The :data:`COUNTED` sections of UTC ``day``: ``{"available": True, "total", "rows":
+    [{"kind", "reason", "count"}]}``, rows by kind then most frequent reason first."""
+    stored = counts_for(engine, day)
+    sections = {}
+    for name, kinds in COUNTED.items():
+        rows: list[dict[str, Any]] = [
+            {"kind": kind, "reason": reason, "count": n}
+            for kind in kinds
+            for reason, n in sorted(stored.get(kind, {}).items(), key=lambda i: (-i[1], i[0]))
+        ]
+        sections[name] = {"available": True, "total": sum(r["count"] for r in rows), "rows": rows}
+    return sections
 
 
 def secret_accesses(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,6 +31,9 @@ card       13–19 digit payment card numbers with a card-network prefix and a v
 iban       IBANs (ISO 13616) with a valid mod-97 check
 ========== ===========================================================================
 
+Every replacement adds one to the process's redaction count of its kind
+(:data:`opsgate.monitoring.security_counts.COUNTS`).
+
 Speed: one compiled alternation per combination of pre-filters (cheap substring tests decide which
 rules can possibly match a text), timestamps, IP addresses and UUIDs are skipped as a whole, and
 ``phonenumbers`` only sees candidate digit runs.
@@ -49,6 +52,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import phonenumbers
+
+from opsgate.monitoring.security_counts import COUNTS, REDACTION
 
 if TYPE_CHECKING:
     from opsgate.config import Settings
@@ -193,7 +198,9 @@ class Sanitizer:
         return self._walk(obj, False)
 
     def token(self, kind: str, value: str) -> str:
-        """The replacement for ``value``: ``[REDACTED:<kind>:<6 hex of HMAC-SHA256>]``."""
+        """The replacement for ``value``: ``[REDACTED:<kind>:<6 hex of HMAC-SHA256>]``; counted
+        as one ``redaction`` of ``kind`` (:mod:`opsgate.monitoring.security_counts`)."""
+        COUNTS.add(REDACTION, kind)
         digest = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return f"[REDACTED:{kind}:{digest.hexdigest()[:HASH_HEX]}]"
 

@@ -37,7 +37,9 @@ from starlette.responses import Response
 
 from opsgate.config import Settings
 from opsgate.errors import InvalidInput
+from opsgate.monitoring.security_counts import COUNTS, SIGN_IN_FAILURE
 from opsgate.security.auth import Principal, bearer_token
+from opsgate.security.errors import Unauthorized
 from opsgate.security.rbac import require_role
 from opsgate.security.service import SecurityServices, security_services
 from opsgate.security.sessions import CSRFMiddleware
@@ -128,9 +130,7 @@ def _responses(model: type[BaseModel] | None) -> dict[int | str, dict[str, Any]]
 async def token(request: Request) -> Response:
     grant = await _form(request, PasswordGrant)
     services, runtime = _services(request)
-    user_id, role = await asyncio.to_thread(
-        authenticate, runtime.engine, services.cipher, grant.username, grant.password
-    )
+    user_id, role = await _sign_in(runtime, services, grant.username, grant.password)
     issued = await asyncio.to_thread(services.refresh.issue, user_id)
     return _token_answer(runtime, user_id, role, issued.token)
 
@@ -163,7 +163,7 @@ async def logout(request: Request) -> Response:
 async def session_login(request: Request) -> Response:
     form = await _form(request, SessionLogin)
     services, runtime = _services(request)
-    user_id, role = await asyncio.to_thread(authenticate, runtime.engine, services.cipher, form.username, form.password)
+    user_id, role = await _sign_in(runtime, services, form.username, form.password)
     cookies = Response()
     csrf = await asyncio.to_thread(services.sessions.login, cookies, user_id, role)
     response = JSONResponse({"user_id": user_id, "role": role, "csrf_token": csrf},
@@ -200,6 +200,15 @@ async def put_user(user_id: str, request: Request) -> Response:
 def _services(request: Request) -> tuple[SecurityServices, Any]:
     runtime = request.app.state.runtime
     return security_services(runtime), runtime
+
+
+async def _sign_in(runtime: Any, services: SecurityServices, username: str, password: str) -> tuple[str, str]:
+    """:func:`authenticate` off the event loop; a refusal is counted as a failed sign-in."""
+    try:
+        return await asyncio.to_thread(authenticate, runtime.engine, services.cipher, username, password)
+    except Unauthorized:
+        COUNTS.add(SIGN_IN_FAILURE, "bad_credentials")
+        raise
 
 
 def _principal(request: Request, role: str) -> Principal:
