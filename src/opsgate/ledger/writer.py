@@ -247,9 +247,8 @@ class Ledger:
                 chained = _chain(head, format_ts(ts), accepted)
                 if chained:
                     conn.execute(ledger_entries.insert(), [_row(e) for e in chained])
-                for request in accepted:
-                    for table, values in request.rows:
-                        conn.execute(table.insert(), dict(values))
+                for table, rows in _rows_by_table(accepted).items():
+                    conn.execute(table.insert(), rows)  # one executemany per table
         except Exception:
             self._drop_connection()
             raise
@@ -307,6 +306,14 @@ def _resolve_all(pending: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
     for future, outcome in pending:
         if not future.done():
             _resolve(future, outcome)
+
+
+def _rows_by_table(requests: list[_Request]) -> dict[Table, list[dict[str, Any]]]:
+    grouped: dict[Table, list[dict[str, Any]]] = {}
+    for request in requests:
+        for table, values in request.rows:
+            grouped.setdefault(table, []).append(dict(values))
+    return grouped
 
 
 def _run_before(conn: Connection, request: _Request) -> Any:

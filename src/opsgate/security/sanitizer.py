@@ -147,6 +147,8 @@ RULES: tuple[_Rule, ...] = (
 )  # fmt: skip
 
 
+_MAX_PASSES = 4
+
 class Sanitizer:
     """Redacts secrets and personal data; see the module docstring for kinds and formats.
 
@@ -186,8 +188,18 @@ class Sanitizer:
         return self._line(text)
 
     def _line(self, text: str) -> str:
-        mask = _mask(text)
-        return _combined(mask).sub(self._replace, text) if mask > 1 else text
+        """One line; a line that changed is passed again, because a redaction can expose a
+        neighbour (``AKIA…sk-…`` glued together: the ``sk-`` key only stands alone once the
+        AWS id is replaced), so the result is a fixed point and redaction is idempotent."""
+        for _ in range(_MAX_PASSES):
+            mask = _mask(text)
+            if mask <= 1:
+                return text
+            redacted = _combined(mask).sub(self._replace, text)
+            if redacted == text:
+                return text
+            text = redacted
+        return text
 
     def sanitize_obj(self, obj: Any) -> Any:
         """A copy of ``obj`` with every string sanitized; dicts, lists and tuples are walked.
