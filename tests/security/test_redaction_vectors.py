@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opsgate.security.sanitizer import Sanitizer, card_valid, iban_valid, is_sensitive_name
+from opsgate.security.sanitizer import Sanitizer, card_valid, iban_valid, is_sensitive_name, sanitize
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parents[1] / "vectors" / "redaction.json").read_text()
