@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--operation", default="email-compose")
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
                         help="SQLite synchronous mode of the gateway's ledger commits")
+    parser.add_argument("--governance", action="store_true",
+                        help="three applicable budgets and four rate limits on (high limits: none refuses)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="opsgate-bench-"))
@@ -104,10 +106,16 @@ def main() -> None:
         "ANTHROPIC_API_KEY": key,
         "OPSGATE_LEDGER_SYNCHRONOUS": args.synchronous,
     }
+    if args.governance:
+        env.update({f"OPSGATE_RATE_LIMIT_{k}": "100000000" for k in
+                    ("USER_RPM", "USER_TPM", "USER_OPERATION_RPM", "USER_OPERATION_TPM")})
     opsgate = [sys.executable, "-m", "opsgate.cli"]
     subprocess.run([*opsgate, "toggles", "set", args.operation, "--enable", "--percent", "100",
                     "--no-opt-in", "--reason", "benchmark"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
+    for scope in (["--global"], ["--user", "bench-user"], ["--operation", args.operation]) if args.governance else ():
+        subprocess.run([*opsgate, "budgets", "set", *scope, "--period", "day", "--limit-usd", "1000000"],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
     procs = [
         subprocess.Popen([*opsgate, "sandbox", "--port", str(sandbox_port)], env=env,
                          stdout=subprocess.DEVNULL),
@@ -143,7 +151,8 @@ def _run(args: argparse.Namespace, env: dict[str, str], key: str, sandbox_port: 
         {"Authorization": f"Bearer {token}", "content-type": "application/json"},
     )
     print(f"opsgate overhead: {op.id}, {args.requests} requests per cell, sandbox and gateway in "
-          f"separate processes, ledger + ai_operation_log on (SQLite, synchronous={args.synchronous})")
+          f"separate processes, ledger + ai_operation_log on (SQLite, synchronous={args.synchronous}), "
+          f"budgets and rate limits {'on' if args.governance else 'off'}")
     print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'ops/s':>8}")
     for concurrency in (1, 32):
         d = asyncio.run(_measure(*direct, args.requests, concurrency))
