@@ -23,6 +23,7 @@ from opsgate.rollout.cli import rollout_app, toggles_app
 from opsgate.security.cli import backup_app, keys_app, users_app
 from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
+from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
 
 app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -49,7 +50,9 @@ CLI_USER = "opsgate-cli"
 @app.callback()
 def main() -> None:
     """opsgate: a governed gateway for an app's AI operations."""
-    configure_logging(Settings().log_level.upper(), json=not sys.stderr.isatty())
+    settings = Settings()
+    configure_sanitizer(settings)
+    configure_logging(settings.log_level.upper(), json=not sys.stderr.isatty())
 
 
 def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
