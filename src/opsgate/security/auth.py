@@ -11,19 +11,16 @@ the verifier, each of which pins its own algorithms, key, issuer and audience.
 
 from __future__ import annotations
 
-import base64
-import os
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import jwt
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.security.errors import Unauthorized
+from opsgate.security.keyfile import random_key_file
 from opsgate.security.idp import idp_verifier
 
 ALGORITHM = "HS256"
@@ -49,19 +46,10 @@ def signing_key(settings: Settings) -> bytes:
     if settings.jwt_secret is not None:
         key = settings.jwt_secret.get_secret_value().encode()
     else:
-        key = _key_from_file(settings.jwt_secret_file)
+        key = random_key_file(settings.jwt_secret_file).encode()
     if len(key) < 32:
         raise ValueError("OPSGATE_JWT_SECRET must be at least 32 bytes long")
     return key
-
-
-def _key_from_file(path: Path) -> bytes:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
-    return path.read_text().strip().encode()
 
 
 class TokenService:

@@ -14,11 +14,9 @@ on first use, like the JWT key; it never reaches the database.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -29,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
+from opsgate.security.keyfile import random_key_file
 from opsgate.security.models import encryption_keys
 
 KEY_BYTES = 32
@@ -46,7 +45,7 @@ def master_key(settings: Settings) -> bytes:
     if settings.master_key is not None:
         raw = settings.master_key.get_secret_value()
     else:
-        raw = _key_file(settings.master_key_file)
+        raw = random_key_file(settings.master_key_file, KEY_BYTES)
     try:
         key = base64.b64decode(raw, altchars=b"-_", validate=True)
     except ValueError:
@@ -54,18 +53,6 @@ def master_key(settings: Settings) -> bytes:
     if len(key) != KEY_BYTES:
         raise KeyRingError("OPSGATE_MASTER_KEY must decode to exactly 32 bytes")
     return key
-
-
-def _key_file(path: Path) -> str:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode())
-    return path.read_text().strip()
 
 
 def derived_key(settings: Settings, purpose: str) -> bytes:
