@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--operation", default="email-compose")
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
                         help="SQLite synchronous mode of the gateway's ledger commits")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--governance", action="store_true",
                         help="three applicable budgets and four rate limits on (high limits: none refuses)")
     args = parser.parse_args()
@@ -119,7 +120,8 @@ def main() -> None:
     procs = [
         subprocess.Popen([*opsgate, "sandbox", "--port", str(sandbox_port)], env=env,
                          stdout=subprocess.DEVNULL),
-        subprocess.Popen([*opsgate, "serve", "--port", str(gateway_port)], env=env,
+        subprocess.Popen([*opsgate, "serve", "--port", str(gateway_port), "--workers", str(args.workers)],
+                         env=env,
                          stderr=subprocess.DEVNULL),
     ]
     try:
@@ -152,7 +154,7 @@ def _run(args: argparse.Namespace, env: dict[str, str], key: str, sandbox_port: 
     )
     print(f"opsgate overhead: {op.id}, {args.requests} requests per cell, sandbox and gateway in "
           f"separate processes, ledger + ai_operation_log on (SQLite, synchronous={args.synchronous}), "
-          f"budgets and rate limits {'on' if args.governance else 'off'}")
+          f"budgets and rate limits {'on' if args.governance else 'off'}, {args.workers} gateway worker(s)")
     print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'ops/s':>8}")
     for concurrency in (1, 32):
         d = asyncio.run(_measure(*direct, args.requests, concurrency))

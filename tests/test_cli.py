@@ -82,3 +82,8 @@ def test_verify_exit_2_on_an_unreadable_database(tmp_path, monkeypatch):
 @pytest.mark.parametrize("path", [["serve"], ["sandbox"], ["run"], ["demo"], ["ledger", "verify"], ["db", "upgrade"]])
 def test_every_command_has_help(path):
     assert runner.invoke(app, [*path, "--help"]).exit_code == 0
+
+
+def test_serve_refuses_sandbox_with_several_workers(env):
+    result = runner.invoke(app, ["serve", "--sandbox", "--workers", "2"])
+    assert result.exit_code == 2 and "one process" in result.output

@@ -76,13 +76,22 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Serve providers from loopback sandboxes."),
     faults: str = typer.Option(None, help="Sandbox fault profile (with --sandbox)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes sharing the port (replicas)."),
 ) -> None:
-    """Run the HTTP API (OpenAPI at /docs)."""
+    """Run the HTTP API (OpenAPI at /docs). With ``--workers N`` each worker is a full replica
+    (own event loop, ledger writer and provider session) over the same database: worth it on
+    PostgreSQL; on SQLite the single database writer serialises them."""
     import uvicorn
 
-    from opsgate.app import create_app
+    if workers == 1:
+        from opsgate.app import create_app
 
-    uvicorn.run(create_app(_settings(sandbox, faults)), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(_settings(sandbox, faults)), host=host, port=port, log_level="warning")
+        return
+    if sandbox:
+        _fail("--sandbox runs in one process; start `opsgate sandbox` and point the *_BASE_URL variables at it")
+    uvicorn.run("opsgate.app:create_app", factory=True, workers=workers, host=host, port=port,
+                log_level="warning")
 
 
 @app.command("sandbox")
