@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
                         help="SQLite synchronous mode of the gateway's ledger commits")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
+    parser.add_argument("--database-url", help="the gateway's database (default: a fresh SQLite file)")
     parser.add_argument("--governance", action="store_true",
                         help="three applicable budgets and four rate limits on (high limits: none refuses)")
     args = parser.parse_args()
@@ -101,7 +102,7 @@ def main() -> None:
     key = "sk-ant-api03-" + secrets.token_urlsafe(40)
     env = {
         **os.environ,
-        "OPSGATE_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+        "OPSGATE_DATABASE_URL": args.database_url or f"sqlite:///{tmp / 'bench.db'}",
         "OPSGATE_JWT_SECRET": secrets.token_urlsafe(48),
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sandbox_port}/anthropic",
         "ANTHROPIC_API_KEY": key,
@@ -153,7 +154,8 @@ def _run(args: argparse.Namespace, env: dict[str, str], key: str, sandbox_port: 
         {"Authorization": f"Bearer {token}", "content-type": "application/json"},
     )
     print(f"opsgate overhead: {op.id}, {args.requests} requests per cell, sandbox and gateway in "
-          f"separate processes, ledger + ai_operation_log on (SQLite, synchronous={args.synchronous}), "
+          f"separate processes, ledger + ai_operation_log on "
+          f"({args.database_url.split(':')[0] if args.database_url else 'SQLite'}, synchronous={args.synchronous}), "
           f"budgets and rate limits {'on' if args.governance else 'off'}, {args.workers} gateway worker(s)")
     print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'ops/s':>8}")
     for concurrency in (1, 32):
