@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from opsgate.keyfile import publish_new
 from opsgate.ledger.errors import LedgerError
 from opsgate.ledger.merkle import HASH_SIZE
 
@@ -163,14 +163,10 @@ def generate_signer_key(name: str) -> str:
 
 
 def write_key_file(path: Path, name: str) -> Signer:
-    """Create ``path`` (mode 0600, refusing to overwrite) holding a new signer key; return it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` (mode 0600, published atomically; ``FileExistsError`` rather than overwrite)
+    holding a new signer key; return it."""
     skey = generate_signer_key(name)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(skey + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    publish_new(path, skey + "\n")
     return Signer(skey)
 
 

@@ -95,8 +95,12 @@ def signer_for(settings: Settings, *, create: bool) -> Signer:
     it first when missing (the embedded SQLite default). OSError / CheckpointError otherwise."""
     path = Path(settings.ledger_signing_key_file)
     if create and not path.exists():
+        try:
+            signer = write_key_file(path, settings.ledger_origin)
+        except FileExistsError:  # another process created it at the same moment
+            return load_key_file(path)
         log.warning("generated a new ledger signing key at %s (mode 0600); back it up", path)
-        return write_key_file(path, settings.ledger_origin)
+        return signer
     return load_key_file(path)
 
 

@@ -20,7 +20,7 @@ import jwt
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.security.errors import Unauthorized
-from opsgate.security.keyfile import random_key_file
+from opsgate.keyfile import random_key_file
 from opsgate.security.idp import idp_verifier
 
 ALGORITHM = "HS256"

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
-from opsgate.security.keyfile import random_key_file
+from opsgate.keyfile import random_key_file
 from opsgate.security.models import encryption_keys
 
 KEY_BYTES = 32
