@@ -64,13 +64,18 @@ def budgets_show() -> None:
 
     engine, clock = _engine(), SystemClock()
     expired = expire_reservations(engine, clock)
+    statuses = budget_statuses(engine, clock.now())
+    if not statuses:
+        out.print("no budgets configured (set one with `opsgate budgets set --global --period day "
+                  "--limit-usd 50`)")
     table = Table("scope", "period", "since (UTC)", "limit", "spent", "reserved", "left")
-    for s in budget_statuses(engine, clock.now()):
+    for s in statuses:
         left = s.budget.limit_micro_usd - s.spent_micro_usd - s.reserved_micro_usd
         table.add_row(s.budget.scope, s.budget.period, s.period_start.strftime("%Y-%m-%d"),
                       _usd(s.budget.limit_micro_usd), _usd(s.spent_micro_usd),
                       _usd(s.reserved_micro_usd), _usd(left))
-    out.print(table)
+    if statuses:
+        out.print(table)
     if expired:
         out.print(f"[yellow]{len(expired)} expired reservation(s) charged at their worst case[/yellow]")
 
