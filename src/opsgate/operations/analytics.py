@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from opsgate.operations.base import Operation, Prepared
-from opsgate.operations.common import Answer, build_request, data_block, user_request
+from opsgate.operations.common import Answer, build_request, data_block, known_references, user_request
 from opsgate.operations.series import (
     Anomaly,
     DetectionParams,
@@ -360,12 +360,10 @@ class AnalyticsAnomaly(Operation):
         ctx = dict(prepared.context)
         anomalies: list[AnomalyOut] = ctx["anomalies"]
         sent = ctx.pop("sent")
-        seen: set[int] = set()
-        joined = []
-        for note in answer.notes:
-            if note.anomaly < sent and note.anomaly not in seen:
-                seen.add(note.anomaly)
-                joined.append(AnomalyNoteOut(anomaly=anomalies[note.anomaly], explanation=note.explanation))
+        joined = [
+            AnomalyNoteOut(anomaly=anomalies[note.anomaly], explanation=note.explanation)
+            for note in known_references(answer.notes, lambda note: note.anomaly, sent)
+        ]
         return AnomalyOutput(
             **ctx, severity=answer.severity, narrative=answer.narrative, notes=joined,
             trimmed=bool(ctx["trim_notes"]), dropped_references=len(answer.notes) - len(joined),

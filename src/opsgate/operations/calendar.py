@@ -25,7 +25,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opsgate.operations.base import Operation, Prepared
-from opsgate.operations.common import Answer, build_request, clip, data_block, invalid, user_request
+from opsgate.operations.common import (
+    Answer,
+    build_request,
+    clip,
+    data_block,
+    invalid,
+    known_references,
+    user_request,
+)
 from opsgate.operations.ical import (
     EventInstance,
     busy_intervals,
@@ -270,12 +278,10 @@ class CalendarPrep(Operation):
         """Join the items with the computed events; unknown or repeated indices are dropped."""
         assert isinstance(answer, PrepAnswer)
         events: list[EventOut] = prepared.context["events"]
-        seen: set[int] = set()
-        items = []
-        for item in answer.items:
-            if item.event < len(events) and item.event not in seen:
-                seen.add(item.event)
-                items.append(PrepItemOut(event=events[item.event], briefing=item.briefing, preparation=item.preparation))
+        items = [
+            PrepItemOut(event=events[item.event], briefing=item.briefing, preparation=item.preparation)
+            for item in known_references(answer.items, lambda item: item.event, len(events))
+        ]
         ctx = prepared.context
         return PrepOutput(
             timezone=ctx["timezone"], window_start=ctx["window_start"], window_end=ctx["window_end"],
@@ -427,12 +433,10 @@ class CalendarTime(Operation):
         """Keep the model's picks that name computed slots; never returns another slot."""
         assert isinstance(answer, TimeAnswer)
         slots: list[SlotOut] = prepared.context["slots"]
-        seen: set[int] = set()
-        recommended = []
-        for pick in answer.ranked:
-            if pick.slot < len(slots) and pick.slot not in seen:
-                seen.add(pick.slot)
-                recommended.append(RecommendedSlot(**slots[pick.slot].model_dump(), reason=pick.reason))
+        recommended = [
+            RecommendedSlot(**slots[pick.slot].model_dump(), reason=pick.reason)
+            for pick in known_references(answer.ranked, lambda pick: pick.slot, len(slots))
+        ]
         return TimeOutput(
             **prepared.context, recommended=recommended, summary=answer.summary,
             dropped_references=len(answer.ranked) - len(recommended),

@@ -8,7 +8,8 @@ series' name) reaches the model only inside a :func:`data_block`, and every syst
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -75,6 +76,23 @@ def invalid(detail: str, loc: str, msg: str | None = None) -> InvalidInput:
     ``detail`` and ``msg`` must describe the problem without quoting the input's content.
     """
     return InvalidInput(detail, errors=[{"loc": loc, "msg": msg or detail}])
+
+
+T = TypeVar("T")
+
+
+def known_references(picks: Iterable[T], index: Callable[[T], int], count: int) -> list[T]:
+    """The model's ``picks`` whose ``index`` names one of the ``count`` items code computed, first
+    mention only, in the model's order: the model can point at computed facts, never invent or
+    repeat one. Callers report ``len(picks) - len(result)`` as dropped references."""
+    seen: set[int] = set()
+    kept = []
+    for pick in picks:
+        i = index(pick)
+        if 0 <= i < count and i not in seen:
+            seen.add(i)
+            kept.append(pick)
+    return kept
 
 
 @functools.cache
