@@ -20,7 +20,7 @@ from pathlib import Path
 
 from opsgate.security.sanitizer import sanitize
 
-EMAILS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emails"
+EMAILS = Path(__file__).resolve().parents[1] / "tests" / "data" / "shared" / "emails"
 OPERATIONS = ("email-compose", "email-classify", "calendar-prep", "task-prioritize", "analytics-summary")
 
 

@@ -13,6 +13,12 @@ The key is derived from the master key (HKDF, purpose ``backups``), so a backup 
 key rotation but needs the same master key. :func:`verify` decrypts, restores into a scratch
 database (a temporary SQLite file, or a fresh PostgreSQL database that is dropped afterwards) and
 runs the ledger verification.
+
+``pg_dump`` and ``pg_restore`` run in a minimal environment (:func:`child_env`): ``PATH``, the
+locale, ``HOME`` and the operator's own libpq ``PG*`` settings, never a provider key or the master
+key. The database password never appears on their command line (where ``ps`` shows it to every
+user): it is written to a 0600 password file in the backup's private temporary directory and named
+by ``PGPASSFILE`` (libpq's documented way, https://www.postgresql.org/docs/current/libpq-pgpass.html).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import struct
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +71,7 @@ def create(settings: Settings, out: Path) -> int:
     plaintext size in bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "dump"
-        kind = _dump(settings.database_url, plain)
+        kind = _dump(settings.database_url, plain, Path(tmp))
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with plain.open("rb") as src, os.fdopen(fd, "wb") as dst:
             _encrypt(derived_key(settings, "backups"), kind, src, dst)
@@ -78,7 +84,7 @@ def verify_backup(settings: Settings, backup: Path) -> BackupReport:
         plain = Path(tmp) / "dump"
         kind = _decrypt_to(settings, backup, plain)
         with _scratch(settings.database_url, kind, Path(tmp)) as url:
-            _load(kind, plain, url)
+            _load(kind, plain, url, Path(tmp))
             engine = make_engine(url)
             try:
                 report = verify(engine)
@@ -95,10 +101,10 @@ def restore(settings: Settings, backup: Path, target_url: str) -> None:
         kind = _decrypt_to(settings, backup, plain)
         if (kind == b"S") != is_sqlite(target_url):
             raise BackupError("the backup and the target are different kinds of database")
-        _load(kind, plain, target_url)
+        _load(kind, plain, target_url, Path(tmp))
 
 
-def _dump(url: str, plain: Path) -> bytes:
+def _dump(url: str, plain: Path, tmp: Path) -> bytes:
     if is_sqlite(url):
         source = sqlite3.connect(make_url(url).database)
         target = sqlite3.connect(plain)
@@ -108,11 +114,13 @@ def _dump(url: str, plain: Path) -> bytes:
             target.close()
             source.close()
         return b"S"
-    _run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={plain}", _libpq(url)])
+    conninfo, env = _libpq(url, tmp)
+    _run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={plain}",
+          f"--dbname={conninfo}"], env)
     return b"P"
 
 
-def _load(kind: bytes, plain: Path, url: str) -> None:
+def _load(kind: bytes, plain: Path, url: str, tmp: Path) -> None:
     if kind == b"S":
         source = sqlite3.connect(plain)
         target = sqlite3.connect(make_url(url).database)
@@ -122,8 +130,9 @@ def _load(kind: bytes, plain: Path, url: str) -> None:
             target.close()
             source.close()
         return
+    conninfo, env = _libpq(url, tmp)
     _run(["pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges",
-          "--single-transaction", f"--dbname={_libpq(url)}", str(plain)])
+          "--single-transaction", f"--dbname={conninfo}", str(plain)], env)
 
 
 @contextmanager
@@ -143,12 +152,38 @@ def _scratch(url: str, kind: bytes, tmp: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def _libpq(url: str) -> str:
-    return make_url(normalise_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ")
+"""Variables a PostgreSQL client tool inherits besides the ``PG*`` ones (see :func:`child_env`)."""
 
 
-def _run(argv: list[str]) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+def child_env(environ: Mapping[str, str], passfile: Path | None) -> dict[str, str]:
+    """The environment of a ``pg_dump`` / ``pg_restore`` child: :data:`KEPT_ENV` and the operator's
+    libpq variables (``PGSSLMODE``, ``PGHOST``, ...) from ``environ``; with ``passfile`` it is named
+    by ``PGPASSFILE`` and any inherited ``PGPASSWORD`` (which libpq would prefer) is dropped."""
+    env = {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith("PG")}
+    if passfile is not None:
+        env.pop("PGPASSWORD", None)
+        env["PGPASSFILE"] = str(passfile)
+    return env
+
+
+def _libpq(url: str, tmp: Path) -> tuple[str, dict[str, str]]:
+    """The libpq URI of ``url`` without its password, and the child environment that carries the
+    password in a ``.pgpass`` file (``*:*:*:*:password``, ``\\`` and ``:`` escaped) under ``tmp``."""
+    parsed = make_url(normalise_url(url)).set(drivername="postgresql")
+    passfile = None
+    if parsed.password:
+        passfile = tmp / f"pgpass-{uuid.uuid4().hex}"
+        escaped = str(parsed.password).replace("\\", "\\\\").replace(":", "\\:")
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"*:*:*:*:{escaped}\n")
+    conninfo = parsed._replace(password=None).render_as_string(hide_password=False)
+    return conninfo, child_env(os.environ, passfile)
+
+
+def _run(argv: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise BackupError(f"{argv[0]} failed with exit code {done.returncode}")
 
