@@ -3,7 +3,7 @@
 :func:`verify` reads ``ledger_entries`` in ``seq`` order in batches of a power-of-two size. A small
 log, or ``workers=1``, is streamed through this process with the driver's own cursor (a named
 server-side cursor inside one REPEATABLE READ snapshot on PostgreSQL). A larger one is split into
-ranges up to the head seen at the start; worker processes read and check their ranges over their
+ranges covering the row count seen at the start; worker processes read and check their ranges over their
 own connections and this process joins the results in order (links and timestamps across ranges,
 the Merkle tree from each range's aligned perfect subtrees, checkpoint roots, open intents).
 Memory stays bounded by the batches in flight plus the intents still waiting for their result.
@@ -14,6 +14,8 @@ Failures (the first one stops the scan; its ``seq`` is where trust ends):
 
 ``bad_signature``  a checkpoint (stored or anchored) is not validly signed by the ledger's key, or
                    its stored root differs from its note; seq = the checkpoint's last entry.
+``bad_type``       a stored column holds a value of another type than the schema's (an integer seq,
+                   byte strings for the hashes and the body), e.g. a body rewritten as TEXT.
 ``seq_gap``        the row's seq is not the previous seq + 1 (the first row must be 0); the failure
                    names the first missing seq.
 ``bad_body``       the body is not the canonical v1 JSON the writer produces (``entry.decode_body``).
@@ -186,6 +188,8 @@ def _check_row(
 ) -> Any:
     """The row's parsed body, or the Finding of its first failed check (in the documented order;
     the link is only checked here when ``head_hash`` is known, i.e. not for a batch's first row)."""
+    if type(seq) is not int or not (type(prev_hash) is type(entry_hash) is type(body) is bytes):
+        return Finding(expected, "bad_type", "a stored column holds a value of an unexpected type")
     if seq != expected:
         return Finding(expected, "seq_gap", f"entry {expected} is missing (next row is {seq})")
     try:
@@ -362,14 +366,14 @@ def _scans(
     With one worker, or a log of one batch, this process streams and checks the rows itself. With
     more, each worker process reads its own ranges (``seq >= start ORDER BY seq LIMIT n``) over its
     own connection, so this process only joins small results; at most ``2 * workers`` ranges are
-    in flight. Ranges end at the head seen when verification starts: the log is append-only, so
-    rows below it do not change while they are read (a change would itself be tampering, caught
+    in flight. Ranges cover the row count seen when verification starts (never the largest stored seq,
+    which a flipped bit can make astronomically large): the log is append-only, so rows below it
+    do not change while they are read (a change would itself be tampering, caught
     by the hashes).
     """
     workers = workers or os.cpu_count() or 1
     with engine.connect() as conn:
-        head = conn.execute(select(func.max(ledger_entries.c.seq))).scalar()
-    total = 0 if head is None else head + 1
+        total = conn.execute(select(func.count()).select_from(ledger_entries)).scalar() or 0
     if workers == 1 or total <= batch_size or engine.url.database in (None, "", ":memory:"):
         jobs = (
             (index * batch_size, rows, _sizes_in(sizes, index * batch_size, batch_size))
@@ -377,10 +381,10 @@ def _scans(
         )
         yield from map(_scan_batch, jobs)
         return
-    ranges = [
+    ranges = (
         (start, min(batch_size, total - start), _sizes_in(sizes, start, batch_size))
         for start in range(0, total, batch_size)
-    ]
+    )
     url = engine.url.render_as_string(hide_password=False)
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(
