@@ -3,6 +3,7 @@ SMTP server (aiosmtpd) that record what they get; a scripted answer sequence per
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class HttpReceiver:
     script: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     failing: Any = None  # optional callable(path) -> (status, headers) | None
     ok: dict[str, int] = field(default_factory=dict)
+    hang: set[str] = field(default_factory=set)  # paths that accept the request and never answer
     runner: web.AppRunner | None = None
     base_url: str = ""
 
@@ -47,6 +49,8 @@ class HttpReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.path
+        if path in self.hang:
+            await asyncio.Event().wait()
         if self.failing is not None and (answer := self.failing(path)) is not None:
             return web.json_response({"message": "failing"}, status=answer[0], headers=answer[1])
         pending = self.script.get(path) or []

@@ -10,9 +10,17 @@ then delivers due rows:
   expires and is taken again (nothing is lost across a restart). Two workers never hold one row,
   and the unique (channel, recipient, notify_key) means one event is stored once, so a dedup key
   and state are sent once.
+- **order**: rows of one incident to one (channel, recipient) go out in the order they were
+  stored: a row is not due while an earlier one of the same stream is pending or being sent, so a
+  resolve never overtakes its rate-limited trigger (it is claimed once the trigger is out).
+- **deadline**: every send has ``send_timeout_s``; a receiver that accepts and never answers is a
+  retryable failure, never a frozen worker.
 - **retry**: 429 waits ``max(Retry-After, backoff)``; 5xx and network errors back off
   exponentially (1, 2, 4, ... s, at most ``max_backoff_s``); a row still failing ``give_up_s``
-  after it was stored fails for good.
+  after it was stored fails for good. A receiver's Retry-After is untrusted input: it is capped at
+  ``max_retry_after_s``.
+- **stale**: an escalation or repeat whose incident is no longer open when its turn comes is
+  ``cancelled``, not sent (an acknowledgement stops what was queued for retry too).
 - **permanent failure** (4xx other than 429, SMTP 5xx, or giving up): the row is ``failed`` with
   its status and error, the incident's timeline records it, and a ``delivery_failure``
   notification goes out through the first other configured channel.
@@ -20,23 +28,27 @@ then delivers due rows:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
-from opsgate.monitoring.models import incident_events, outbox
+from opsgate.monitoring.models import incident_events, incidents, outbox
 from opsgate.monitoring.notifiers import DeliveryError, Notification, Notifier
 
 log = logging.getLogger("opsgate.monitoring")
 
 CHANNEL_ORDER = ("discord", "email", "pagerduty", "sms")
-PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+PENDING, SENDING, SENT, FAILED, CANCELLED = "pending", "sending", "sent", "failed", "cancelled"
+STOPPED_WHEN_NOT_OPEN = ("escalate", "repeat")
+"""Notification events (the second field of a notify key ``<incident>:<event>:...``) that are only
+worth sending while their incident is still open."""
 
 Recipients = Callable[[str], list[str]]
 
@@ -67,7 +79,8 @@ class Outbox:
 
     def __init__(self, engine: Engine, clock: Clock, notifiers: Mapping[str, Notifier], worker_id: str,
                  fallback_recipients: Recipients, *, max_backoff_s: float = 300.0,
-                 give_up_s: float = 86400.0, claim_s: float = 120.0) -> None:
+                 give_up_s: float = 86400.0, claim_s: float = 120.0, send_timeout_s: float = 30.0,
+                 max_retry_after_s: float = 3600.0) -> None:
         self.engine = engine
         self.clock = clock
         self.notifiers = dict(notifiers)
@@ -76,57 +89,95 @@ class Outbox:
         self.max_backoff_s = max_backoff_s
         self.give_up_s = give_up_s
         self.claim_s = claim_s
+        self.send_timeout_s = send_timeout_s
+        self.max_retry_after_s = max_retry_after_s
 
     def claim(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Claim up to ``limit`` due rows for this worker (see the module docstring)."""
+        """Claim up to ``limit`` due rows for this worker (see the module docstring). SQLite takes
+        them with one ``UPDATE ... RETURNING``, which holds the write lock from its first step (a
+        read followed by a write would fail with "database is locked" under load)."""
         now = self.clock.now()
-        due = or_(and_(outbox.c.state == PENDING, outbox.c.next_attempt_at <= now),
-                  and_(outbox.c.state == SENDING, outbox.c.claim_expires_at <= now))
+        earlier = outbox.alias("earlier")
+        blocked = exists().where(
+            earlier.c.incident_id == outbox.c.incident_id, earlier.c.channel == outbox.c.channel,
+            earlier.c.recipient == outbox.c.recipient, earlier.c.id < outbox.c.id,
+            earlier.c.state.in_((PENDING, SENDING)))
+        due = and_(or_(and_(outbox.c.state == PENDING, outbox.c.next_attempt_at <= now),
+                       and_(outbox.c.state == SENDING, outbox.c.claim_expires_at <= now)), ~blocked)
         claim = {"state": SENDING, "claimed_by": self.worker_id,
                  "claim_expires_at": now + timedelta(seconds=self.claim_s)}
         query = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                ids = list(conn.execute(query.with_for_update(skip_locked=True)).scalars())
+                ids = list(conn.execute(query.with_for_update(of=outbox, skip_locked=True)).scalars())
                 conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(claim))
             else:
-                ids = [i for i in conn.execute(query).scalars()
-                       if conn.execute(update(outbox).where(outbox.c.id == i, due).values(claim)).rowcount]
+                ids = list(conn.execute(update(outbox).where(outbox.c.id.in_(query.scalar_subquery()))
+                                        .values(claim).returning(outbox.c.id)).scalars())
             return [dict(r) for r in conn.execute(select(outbox).where(outbox.c.id.in_(ids))
                                                   .order_by(outbox.c.id)).mappings()]
 
     async def dispatch_once(self, limit: int = 50) -> int:
-        """Claim and send due rows one by one; returns how many were sent."""
-        sent = 0
-        for row in self.claim(limit):
-            notifier = self.notifiers.get(row["channel"])
-            try:
-                if notifier is None:
-                    raise DeliveryError(f"channel {row['channel']} is not configured", permanent=True)
-                await notifier.send(json.loads(row["payload"]))
-            except DeliveryError as exc:
-                self._failed_attempt(row, exc)
-            except Exception as exc:  # a bug in a notifier must not stop the others
-                log.exception("notifier %s raised", row["channel"])
-                self._failed_attempt(row, DeliveryError(type(exc).__name__))
-            else:
-                self._finish(row, {"state": SENT, "sent_at": self.clock.now(), "last_status": None,
-                                   "attempts": row["attempts"] + 1})
-                sent += 1
+        """Claim and send due rows one by one, claiming again while a round finished rows (a
+        finished row makes the next one of its stream due); returns how many were sent. At most
+        ``limit`` rows are handled."""
+        sent = handled = 0
+        while handled < limit and (batch := self.claim(limit - handled)):
+            handled += len(batch)
+            finished = 0
+            for row in batch:
+                outcome = await self._deliver(row)
+                sent += outcome == SENT
+                finished += outcome in (SENT, CANCELLED)
+            if not finished:
+                break
         return sent
 
-    def _failed_attempt(self, row: dict[str, Any], exc: DeliveryError) -> None:
+    async def _deliver(self, row: dict[str, Any]) -> str:
+        """Send one claimed row; returns its new state."""
+        if self._stale(row):
+            self._finish(row, {"state": CANCELLED})
+            return CANCELLED
+        notifier = self.notifiers.get(row["channel"])
+        try:
+            if notifier is None:
+                raise DeliveryError(f"channel {row['channel']} is not configured", permanent=True)
+            async with asyncio.timeout(self.send_timeout_s):
+                await notifier.send(json.loads(row["payload"]))
+        except TimeoutError:
+            return self._failed_attempt(row, DeliveryError(f"no answer within {self.send_timeout_s:g} s"))
+        except DeliveryError as exc:
+            return self._failed_attempt(row, exc)
+        except Exception as exc:  # a bug in a notifier must not stop the others
+            log.exception("notifier %s raised", row["channel"])
+            return self._failed_attempt(row, DeliveryError(type(exc).__name__))
+        self._finish(row, {"state": SENT, "sent_at": self.clock.now(), "last_status": None,
+                           "attempts": row["attempts"] + 1})
+        return SENT
+
+    def _failed_attempt(self, row: dict[str, Any], exc: DeliveryError) -> str:
+        """Record a failed send: ``failed`` for good or ``pending`` until its next attempt."""
         now = self.clock.now()
         attempts = row["attempts"] + 1
         values = {"attempts": attempts, "last_status": exc.status, "last_error": exc.detail[:1000]}
         given_up = now - _utc(row["created_at"]) >= timedelta(seconds=self.give_up_s)
         if exc.permanent or given_up:
             self._finish(row, {**values, "state": FAILED}, lambda conn: self._report(conn, row, exc))
-            return
+            return FAILED
         wait = min(self.max_backoff_s, 2.0 ** (attempts - 1))
         if exc.retry_after is not None:
-            wait = max(wait, exc.retry_after)
+            wait = min(max(wait, exc.retry_after), self.max_retry_after_s)
         self._finish(row, {**values, "state": PENDING, "next_attempt_at": now + timedelta(seconds=wait)})
+        return PENDING
+
+    def _stale(self, row: dict[str, Any]) -> bool:
+        """An escalation or repeat whose incident has been acknowledged or resolved meanwhile."""
+        parts = row["notify_key"].split(":")
+        if not row["incident_id"] or len(parts) < 2 or parts[1] not in STOPPED_WHEN_NOT_OPEN:
+            return False
+        with self.engine.connect() as conn:
+            state = conn.execute(select(incidents.c.state).where(incidents.c.id == row["incident_id"])).scalar()
+        return state is not None and state != "open"
 
     def _finish(self, row: dict[str, Any], values: dict[str, Any],
                 also: Callable[[Connection], None] | None = None) -> None:

@@ -8,6 +8,7 @@ Credentials are added at send time and never stored: a rendered payload holds no
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -68,13 +69,16 @@ class Notifier(Protocol):
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110 §10.2.3);
-    None when absent or unreadable."""
+    None when absent or unreadable (including ``inf``/``nan``: the value is the receiver's, so it is
+    untrusted input; the caller caps how long it honours it)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

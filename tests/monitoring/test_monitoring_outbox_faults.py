@@ -1,0 +1,93 @@
+"""Faults a field trial found in notification delivery: a receiver that never answers, an
+untrusted Retry-After, a resolve overtaking its rate-limited trigger, and escalations queued for
+retry that an acknowledgement must stop."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import insert, select
+from tests.monitoring.conftest import DISCORD, PAGERDUTY, Env
+
+from opsgate.monitoring.models import outbox
+from opsgate.monitoring.notifiers import Notification
+from opsgate.monitoring.outbox import outbox_rows
+from opsgate.monitoring.rules import Finding, Severity
+
+
+def _rows(env: Env, channel: str) -> list[dict]:
+    with env.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(
+            select(outbox).where(outbox.c.channel == channel).order_by(outbox.c.id)).mappings()]
+
+
+def _queue(env: Env, event: str, incident: str = "inc-o") -> None:
+    worker_notifiers = env.worker().notifiers
+    note = Notification(event, incident, "k:a=b", "P1", f"{event} title", event, env.clock.now().isoformat())
+    with env.engine.begin() as conn:
+        conn.execute(insert(outbox), outbox_rows(worker_notifiers, note, [("discord", "")],
+                                                 f"{incident}:{event}", env.clock.now()))
+
+
+async def test_receiver_that_never_answers_cannot_freeze_the_worker(env: Env) -> None:
+    env.http.hang = {DISCORD}
+    worker = env.worker()
+    worker.outbox.send_timeout_s = 0.3
+    worker.incidents.observe(Finding("cost_discrepancy", {"provider": "gemini"}, True, Severity.P1, "3%", "c", "c"))
+    assert await asyncio.wait_for(worker.tick(), 20)
+    [row] = _rows(env, "discord")
+    assert (row["state"], row["attempts"], row["last_error"]) == ("pending", 1, "no answer within 0.3 s")
+    assert [b["event_action"] for b in env.http.bodies(PAGERDUTY)] == ["trigger"]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e300", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_untrusted_retry_after_is_capped(env: Env, value: str) -> None:
+    env.http.script[DISCORD] = [(429, {"Retry-After": value})]
+    worker = env.worker()
+    _queue(env, "trigger")
+    assert await worker.outbox.dispatch_once() == 0
+    [row] = _rows(env, "discord")
+    wait = (row["next_attempt_at"].replace(tzinfo=None) - env.clock.now().replace(tzinfo=None)).total_seconds()
+    assert row["state"] == "pending" and 0 < wait <= worker.outbox.max_retry_after_s
+    env.clock.advance(worker.outbox.max_retry_after_s)
+    assert await worker.outbox.dispatch_once() == 1
+
+
+async def test_resolve_never_overtakes_its_rate_limited_trigger(env: Env) -> None:
+    env.http.script[DISCORD] = [(429, {"Retry-After": "60"})]
+    worker = env.worker()
+    _queue(env, "trigger")
+    _queue(env, "resolve")
+    _queue(env, "trigger", incident="inc-other")  # another stream is not held up
+    await worker.outbox.dispatch_once()
+    assert [b["content"].split(":")[0] for b in env.http.bodies(DISCORD)] == ["[P1] TRIGGER"]
+    assert [r["state"] for r in _rows(env, "discord")] == ["pending", "pending", "sent"]
+    env.clock.advance(61)
+    assert await worker.outbox.dispatch_once() == 2  # the trigger, then its resolve
+    assert [b["content"].split(":")[0] for b in env.http.bodies(DISCORD)] == [
+        "[P1] TRIGGER", "[P1] TRIGGER", "[P1] RESOLVE"]
+    assert [r["state"] for r in _rows(env, "discord")] == ["sent", "sent", "sent"]
+
+
+async def test_acknowledgement_cancels_escalations_queued_for_retry(env: Env) -> None:
+    worker = env.worker()
+    worker.incidents.observe(Finding("p99_latency", {"operation": "calendar-time"}, True, Severity.P2, "6000 ms",
+                                     "slow", "p99 slow", pages=False))
+    await worker.outbox.dispatch_once()
+    env.http.failing = lambda path: (503, {})
+    env.clock.advance(15 * 60 + 1)  # level 1 adds PagerDuty and SMS, both answer 503
+    await worker.tick()
+    queued = [r for r in _rows(env, "pagerduty") + _rows(env, "sms") if ":escalate:" in r["notify_key"]]
+    assert queued and all(r["state"] == "pending" for r in queued)
+    [incident] = worker.incidents.list()
+    worker.incidents.acknowledge(incident["id"], "operator-1")
+    env.http.failing = None
+    env.clock.advance(120)
+    await worker.tick()
+    after = {r["id"]: r["state"] for r in _rows(env, "pagerduty") + _rows(env, "sms")}
+    assert {after[r["id"]] for r in queued} == {"cancelled"}
+    assert env.http.bodies(env.sms_path) == []
+    # the escalation's trigger was cancelled; the acknowledgement itself still goes out
+    assert [b["event_action"] for b in env.http.bodies(PAGERDUTY)] == ["acknowledge"]
