@@ -98,7 +98,12 @@ class Thresholds:
     """Decision thresholds. Error rates in basis points (1 bp = 0.01 %), latency in ms.
 
     A rollback is verified ``verify_after_s`` after it happened, on the rollout's operations over
-    the last ``verify_window_s`` (so calls already in flight at the rollback do not count)."""
+    the last ``verify_window_s`` (so calls already in flight at the rollback do not count).
+
+    Canary against control, in the same window: a canary p99 above ``max_p99_ratio`` times the
+    control's rolls back (errors are compared with the control by the outage rule: both failing
+    alike pauses instead). ``recent_window_s`` is the most recent window, judged on its own so that a late
+    spike is not diluted by a long healthy stage."""
 
     promote_max_error_bp: int = 50
     rollback_error_bp: int = 100
@@ -108,6 +113,8 @@ class Thresholds:
     outage_margin_bp: int = 100
     verify_after_s: int = 300
     verify_window_s: int = 60
+    recent_window_s: int = 3600
+    max_p99_ratio: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +173,15 @@ class RolloutState:
 
 @dataclass(frozen=True, slots=True)
 class Evaluate:
-    """A periodic evaluation: the canary and control cohorts over the stage window, open P1s.
-    In ``rolling_back`` the canary is the rollout's operations since the rollback."""
+    """A periodic evaluation: the canary and control cohorts over the stage window and over the
+    most recent window (``Thresholds.recent_window_s``), open P1s. In ``rolling_back`` the canary
+    is the rollout's operations since the rollback."""
 
     canary: CohortMetrics
     control: CohortMetrics
     open_p1: int = 0
+    recent_canary: CohortMetrics = CohortMetrics()
+    recent_control: CohortMetrics = CohortMetrics()
     name = "evaluate"
 
 
@@ -247,9 +257,8 @@ def _evaluate(state: RolloutState, ev: Evaluate, now: datetime, limits: Threshol
     if _outage(ev, limits):
         paused = replace(state, state=State.PAUSED, paused_since=state.paused_since or now)
         return Decision(Action.PAUSE, paused, "provider outage hits canary and control alike", numbers)
-    enough = ev.canary.requests >= limits.min_requests
-    if enough and ev.canary.error_bp_exceeds(limits.rollback_error_bp):
-        return _rollback(state, now, limits, "canary error rate above 1 %", numbers)
+    if why := _rollback_reason(ev, limits):
+        return _rollback(state, now, limits, why, numbers)
     state = _resume(state, now)
     served = state.served_s(now) >= state.plan.duration_s(state.stage_index)
     gates = _gate_failures(ev, limits)
@@ -262,6 +271,25 @@ def _evaluate(state: RolloutState, ev: Evaluate, now: datetime, limits: Threshol
     if not served and gates:
         why += "; " + "; ".join(gates)
     return Decision(Action.HOLD, replace(state, state=held), why, numbers)
+
+
+def _rollback_reason(ev: Evaluate, limits: Thresholds) -> str | None:
+    """Why the canary must be rolled back now, judged on the stage window and on the most recent
+    window alike, or None."""
+    for canary, control, window in ((ev.canary, ev.control, ""),
+                                    (ev.recent_canary, ev.recent_control, " in the most recent window")):
+        if canary.requests < limits.min_requests:
+            continue
+        if canary.error_bp_exceeds(limits.rollback_error_bp):
+            return "canary error rate above 1 %" + window
+        if control.requests >= limits.min_requests and _slower(canary, control, limits.max_p99_ratio):
+            return (f"canary p99 {canary.p99_latency_ms:.0f} ms above {limits.max_p99_ratio:g}x "
+                    f"control's {control.p99_latency_ms:.0f} ms" + window)
+    return None
+
+
+def _slower(canary: CohortMetrics, control: CohortMetrics, ratio: float) -> bool:
+    return canary.p99_latency_ms > ratio * control.p99_latency_ms
 
 
 def _gate_failures(ev: Evaluate, limits: Thresholds) -> list[str]:

@@ -332,8 +332,9 @@ class RolloutService:
         return sorted(disabled)
 
     def evaluate(self, rollout_id: int, open_p1: int = 0) -> Decision | None:
-        """Evaluate one rollout on metrics from ``ai_operation_log``: the stage window while active,
-        the last ``limits.verify_window_s`` while rolling back. None when the rollout is finished."""
+        """Evaluate one rollout on metrics from ``ai_operation_log``: the stage window and its most
+        recent ``limits.recent_window_s`` while active, the last ``limits.verify_window_s`` while
+        rolling back. None when the rollout is finished."""
         rollout = self.get_rollout(rollout_id)
         s = rollout.state
         if s.state not in ACTIVE and s.state is not State.ROLLING_BACK:
@@ -343,7 +344,10 @@ class RolloutService:
         if s.state is State.ROLLING_BACK:
             since = now - timedelta(seconds=self.limits.verify_window_s)
         canary, control = metrics_from_log(self.engine, rollout.operations, since, now)
-        return self.apply(rollout_id, Evaluate(canary, control, open_p1), "controller")
+        recent = max(since, now - timedelta(seconds=self.limits.recent_window_s))
+        recent_canary, recent_control = metrics_from_log(self.engine, rollout.operations, recent, now)
+        return self.apply(rollout_id, Evaluate(canary, control, open_p1, recent_canary, recent_control),
+                          "controller")
 
     def evaluate_all(self, open_p1: int = 0) -> dict[int, Decision]:
         """Evaluate every unfinished rollout (the monitoring cadence calls this)."""
