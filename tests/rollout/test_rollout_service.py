@@ -7,12 +7,14 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, select
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.entry import ENVELOPE_KEYS
+from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.verify import verify
 from opsgate.ledger.writer import Ledger
 from opsgate.rollout.bucketing import bucket
@@ -268,3 +270,56 @@ def test_rollout_sandbox_enables_only_untouched_toggles(service: RolloutService,
     assert service.get_toggle("email-classify").enabled is False
     assert service.enable_for_sandbox() == []
     assert json.dumps(ledger_kinds(engine)[-1][1]).count("sandbox") >= 1
+
+
+# a decision cut short half-way is completed from the saved rollout state -------------------
+def refuse_next_toggle_write(service: RolloutService, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ledger refuses the next ``toggle.set`` entry once (a ledger outage for one write)."""
+    refused: list[str] = []
+    append = service.ledger.append_sync
+
+    def flaky(kind: str, payload: dict[str, Any], **kw: Any) -> Any:
+        if kind == "toggle.set" and not refused:
+            refused.append(payload["operation"])
+            raise LedgerUnavailable("the ledger refused a write")
+        return append(kind, payload, **kw)
+
+    monkeypatch.setattr(service.ledger, "append_sync", flaky)
+    return refused
+
+
+def test_rollback_whose_switch_off_failed_is_completed_and_alerted(
+    service: RolloutService, engine: Engine, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alerts: list[RolloutEvent] = []
+    service.listeners.append(alerts.append)
+    rollout = service.start_rollout(["email-compose"], Plan(), "root")
+    clock.advance(600)
+    log_calls(engine, clock, "email-compose", 190, 10)  # 5 %
+    refused = refuse_next_toggle_write(service, monkeypatch)
+    with pytest.raises(LedgerUnavailable):
+        service.evaluate(rollout.id)
+    assert refused == ["email-compose"]
+    assert service.get_rollout(rollout.id).state.state is State.ROLLING_BACK
+    assert service.get_toggle("email-compose").enabled is True  # still serving its canary share
+    assert [(a.kind, a.severity) for a in alerts] == [("rollout.rolled_back", "P2")]
+    clock.advance(60)
+    assert service.evaluate(rollout.id).action is Action.HOLD
+    assert service.get_toggle("email-compose").enabled is False
+    clock.advance(300)
+    assert service.evaluate(rollout.id).action is Action.VERIFIED
+
+
+def test_promotion_whose_percentage_change_failed_is_completed(
+    service: RolloutService, engine: Engine, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rollout = service.start_rollout(["email-classify"], Plan(), "root")
+    clock.advance(24 * 3600 + 60)
+    log_calls(engine, clock, "email-classify", 300, 0)
+    refuse_next_toggle_write(service, monkeypatch)
+    with pytest.raises(LedgerUnavailable):
+        service.evaluate(rollout.id)
+    assert service.get_rollout(rollout.id).state.stage_index == 1
+    assert service.get_toggle("email-classify").rollout_percentage == 5
+    service.evaluate(rollout.id)
+    assert service.get_toggle("email-classify").rollout_percentage == 25

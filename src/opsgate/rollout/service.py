@@ -339,6 +339,7 @@ class RolloutService:
         s = rollout.state
         if s.state not in ACTIVE and s.state is not State.ROLLING_BACK:
             return None
+        self._converge(rollout)
         now = self.clock.now()
         since = s.stage_started_at
         if s.state is State.ROLLING_BACK:
@@ -404,18 +405,36 @@ class RolloutService:
             raise RolloutConflict(f"rollout {rollout.id} changed meanwhile; the decision was not applied")
 
     def _carry_out(self, rollout: Rollout, decision: Decision, actor: str, now: datetime) -> None:
+        """The toggle changes of a saved decision, then its alert, which goes out even when a
+        toggle change fails (that change is retried from the saved state, see :meth:`_converge`)."""
         who = f"rollout:{rollout.id}"
-        if decision.percentage is not None:
-            for op in rollout.operations:
-                self.set_toggle(op, ToggleChange(rollout_percentage=decision.percentage), who, decision.reason)
-        if decision.disable:
-            for op in rollout.operations:
-                if self.get_toggle(op).enabled:
-                    self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback: {decision.reason}")
-        if decision.alert:
-            kind = "rollout.escalated" if decision.action is Action.ESCALATE else "rollout.rolled_back"
-            self._notify(RolloutEvent(kind, decision.alert, rollout.id, rollout.operations,
-                                      decision.reason, decision.numbers, now))
+        try:
+            if decision.percentage is not None:
+                for op in rollout.operations:
+                    self.set_toggle(op, ToggleChange(rollout_percentage=decision.percentage), who, decision.reason)
+            if decision.disable:
+                for op in rollout.operations:
+                    if self.get_toggle(op).enabled:
+                        self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback: {decision.reason}")
+        finally:
+            if decision.alert:
+                kind = "rollout.escalated" if decision.action is Action.ESCALATE else "rollout.rolled_back"
+                self._notify(RolloutEvent(kind, decision.alert, rollout.id, rollout.operations,
+                                          decision.reason, decision.numbers, now))
+
+    def _converge(self, rollout: Rollout) -> None:
+        """Finish toggle changes a saved decision did not complete (a ledger refusal half-way):
+        the rollout row is the durable record of what its toggles must be. Rolling back: every
+        operation off. Active: every operation at the stage's percentage. Raises what
+        :meth:`set_toggle` raises, so the next evaluation tries again."""
+        s, who = rollout.state, f"rollout:{rollout.id}"
+        for op in rollout.operations:
+            toggle = self.get_toggle(op)
+            if s.state is State.ROLLING_BACK and toggle.enabled:
+                self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback (completed): {rollout.reason}")
+            elif s.state in ACTIVE and toggle.rollout_percentage != s.plan.percentage(s.stage_index):
+                self.set_toggle(op, ToggleChange(rollout_percentage=s.plan.percentage(s.stage_index)), who,
+                                "stage percentage (completed)")
 
     def _notify(self, event: RolloutEvent) -> None:
         for listener in self.listeners:
