@@ -39,6 +39,7 @@ from opsgate.problems import problem_response
 from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
 from opsgate.runtime import Runtime, start_runtime
+from opsgate.security.auth import bearer_token
 from opsgate.security.views import install as install_security
 from opsgate.store.db import migrations_current
 from opsgate.web.views import router as dashboard_router
@@ -89,10 +90,10 @@ def _operation_endpoint(op_id: str) -> Callable[[Request], Any]:
         runtime: Runtime = request.app.state.runtime
         request_id = request.state.request_id = uuid.uuid4().hex
         body = await request.body()
-        call = Call(op_id, body, request.headers.get("authorization"), request_id)
         started = time.perf_counter()
         try:
-            outcome = await runtime.gateway.govern(call)
+            token = bearer_token(request.headers.get("authorization"))
+            outcome = await runtime.gateway.govern(Call(op_id, body, token, request_id))
         except Exception as exc:
             code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
             observe_error(op_id, code, (time.perf_counter() - started) * 1000)

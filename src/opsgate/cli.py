@@ -141,7 +141,7 @@ async def _run_once(settings: Settings, operation: str, body: bytes, user: str) 
         if user == CLI_USER:
             add_user(runtime.engine, runtime.clock, user, "user")
         token = runtime.tokens.issue(user, get_role(runtime.engine, user))
-        call = Call(operation, body, f"Bearer {token}", uuid.uuid4().hex)
+        call = Call(operation, body, token, uuid.uuid4().hex)
         try:
             return _outcome_body(await runtime.gateway.govern(call)), None
         except Exception as exc:  # reported as a problem document, like the API does

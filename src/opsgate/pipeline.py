@@ -10,7 +10,8 @@
   6 ledger intent  durable before any provider call, one transaction with 5     503
   7 route          provider chain with retries, breaker, fallback; JSON repair
   8 meter          usage -> micro-USD at the versioned price table
-  9 record         ledger result entry + ai_operation_log row + settlement, in one transaction
+  9 record         ledger result entry + ai_operation_log row (one CallRecord) + settlement,
+                  in one transaction
  10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
 
 Steps 2, 3 and 5 are delegated to the rollout (toggles) and metering (rate limits, budgets)
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -36,12 +38,13 @@ from opsgate.metering.reservations import Reservation
 from opsgate.metering.service import MeteringService, usage_unknown
 from opsgate.operations import get_operation
 from opsgate.operations.base import Operation, Prepared
-from opsgate.providers.base import Completion, CompletionRequest, Usage
-from opsgate.providers.errors import ProviderError
+from opsgate.operations.errors import InvalidModelOutput
+from opsgate.operations.repair import repair_request
+from opsgate.providers.base import Completion, Usage
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.routing.policy import RoutePolicy
 from opsgate.routing.router import Router
-from opsgate.security.auth import Principal, TokenService, bearer_token
+from opsgate.security.auth import Principal, TokenService
 from opsgate.store.models import ai_operation_log
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -49,11 +52,12 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One incoming operation call: the operation id, the raw JSON body and the credentials."""
+    """One incoming operation call: the operation id, the raw JSON body, the bearer token (the
+    API layer takes it from the ``Authorization`` header, RFC 6750 §2.1) and the request id."""
 
     operation: str
     body: bytes
-    authorization: str | None
+    token: str
     request_id: str
 
 
@@ -72,6 +76,73 @@ class Outcome:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What step 9 records about one call, succeeded (``status="ok"``) or failed (``"error"``
+    with its stable ``error_code``). The ``ai_operation_log`` row and the ledger ``result``
+    payload are two views of this one value, so they cannot disagree. Money in integer
+    micro-USD, latencies in milliseconds, ``created_at`` tz-aware UTC from the injected Clock."""
+
+    request_id: str
+    user_id: str
+    operation: str
+    intent_seq: int
+    status: str
+    error_code: str | None
+    provider: str | None
+    model: str | None
+    attempts: int
+    latency_ms: float
+    provider_latency_ms: float | None
+    usage: Usage
+    cost_micro_usd: int
+    created_at: datetime
+
+    @property
+    def cache_write_tokens(self) -> int:
+        """Input written to either cache (5-minute and 1-hour writes share one column)."""
+        return self.usage.cache_write_tokens + self.usage.cache_write_1h_tokens
+
+    def log_row(self) -> dict[str, Any]:
+        """The ``ai_operation_log`` row."""
+        return {
+            "request_id": self.request_id,
+            "user_id": self.user_id,
+            "operation": self.operation,
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "error_code": self.error_code,
+            "attempts": self.attempts,
+            "latency_ms": self.latency_ms,
+            "provider_latency_ms": self.provider_latency_ms,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_read_tokens": self.usage.cache_read_tokens,
+            "reasoning_tokens": self.usage.reasoning_tokens,
+            "cost_micro_usd": self.cost_micro_usd,
+            "created_at": self.created_at,
+        }
+
+    def ledger_payload(self) -> dict[str, Any]:
+        """The payload of the ledger ``result`` entry (no user id, no latencies: those stay in
+        the log row; ``intent_seq`` links it to its intent)."""
+        return {
+            "request_id": self.request_id,
+            "intent_seq": self.intent_seq,
+            "status": self.status,
+            "error_code": self.error_code,
+            "provider": self.provider,
+            "model": self.model,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_read_tokens": self.usage.cache_read_tokens,
+            "cost_micro_usd": self.cost_micro_usd,
+        }
+
+
 @dataclass(slots=True)
 class _Spend:
     """Completions paid for during one call (a repair attempt adds a second one)."""
@@ -80,12 +151,9 @@ class _Spend:
     attempts: int = 0
 
 
-class InvalidModelOutput(ProviderError):
-    """The model's answer did not match the operation's schema, even after one repair attempt."""
-
-    code = "provider_bad_response"
-    status = 502
-    title = "The AI provider's answer did not match the expected shape"
+Intent = AppendedEntry[Reservation | None]
+"""The committed ``intent`` entry; its ``work_result`` is the call's budget reservation (``None``
+without metering)."""
 
 
 class Gateway:
@@ -119,8 +187,8 @@ class Gateway:
         op = self.authorize(principal, call.operation)
         await self.rate_limit(principal, op)
         prepared, input_digest = self.validate(op, call.body)
-        hold = self.reserve(call, principal, op, prepared)
-        intent = await self.ledger_intent(call, principal, op, input_digest, hold)
+        reserve = self.reserve(call, principal, op, prepared)
+        intent = await self.ledger_intent(call, principal, op, input_digest, reserve)
         spend = _Spend()
         try:
             output = await self.route(op, prepared, spend)
@@ -132,7 +200,7 @@ class Gateway:
     # 1 ------------------------------------------------------------------------------------------
     def authenticate(self, call: Call) -> Principal:
         """Verify the bearer token (401 on any failure)."""
-        return self._tokens.verify(bearer_token(call.authorization))
+        return self._tokens.verify(call.token)
 
     # 2 ------------------------------------------------------------------------------------------
     def authorize(self, principal: Principal, operation_id: str) -> Operation:
@@ -171,14 +239,14 @@ class Gateway:
     # 5 ------------------------------------------------------------------------------------------
     def reserve(
         self, call: Call, principal: Principal, op: Operation, prepared: Prepared
-    ) -> InTransaction | None:
+    ) -> InTransaction[Reservation] | None:
         """The work that reserves the worst-case cost against every applicable budget (402). It
         commits inside the intent's transaction (step 6): a call is admitted and ledgered
         atomically, and a refused call leaves no intent. ``None`` without metering."""
         if self.metering is None:
             return None
         models = [t.model for t in self._policies[op.id].chain]
-        return self.metering.hold_step(call.request_id, principal.user_id, op.id, prepared.request, models)
+        return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request, models)
 
     # 6 ------------------------------------------------------------------------------------------
     async def ledger_intent(
@@ -187,22 +255,21 @@ class Gateway:
         principal: Principal,
         op: Operation,
         input_digest: str,
-        hold: InTransaction | None,
-    ) -> AppendedEntry:
-        """Durably append the ``intent`` entry with the reservation (its ``before_result``);
+        reserve: InTransaction[Reservation] | None,
+    ) -> Intent:
+        """Durably append the ``intent`` entry with the reservation (its ``work_result``);
         :class:`LedgerUnavailable` (503) or a budget refusal stops the call here."""
         policy = self._policies[op.id]
-        return await self._ledger.append(
-            "intent",
-            {
-                "request_id": call.request_id,
-                "user_id": principal.user_id,
-                "operation": op.id,
-                "input_sha256": input_digest,
-                "policy": [f"{t.provider}/{t.model}" for t in policy.chain],
-            },
-            before=hold,
-        )
+        payload = {
+            "request_id": call.request_id,
+            "user_id": principal.user_id,
+            "operation": op.id,
+            "input_sha256": input_digest,
+            "policy": [f"{t.provider}/{t.model}" for t in policy.chain],
+        }
+        if reserve is None:
+            return await self._ledger.append("intent", payload)
+        return await self._ledger.append("intent", payload, work=reserve)
 
     # 7 ------------------------------------------------------------------------------------------
     async def route(self, op: Operation, prepared: Prepared, spend: _Spend) -> BaseModel:
@@ -222,7 +289,7 @@ class Gateway:
             except ValidationError as exc:
                 if attempt:
                     raise InvalidModelOutput(routed.completion.provider) from None
-                request = _repair_request(prepared.request, exc)
+                request = repair_request(prepared.request, exc)
                 continue
             return op.finish(prepared, answer)
         raise AssertionError("unreachable")
@@ -232,7 +299,7 @@ class Gateway:
         """Total usage and its cost in integer micro-USD over every completion paid for."""
         usage, cost = Usage(), 0
         for c in spend.completions:
-            usage = _add_usage(usage, c.usage)
+            usage += c.usage
             cost += cost_micro_usd(c.usage, self._prices.price_for(c.model))
         return usage, cost
 
@@ -241,103 +308,84 @@ class Gateway:
         self,
         call: Call,
         principal: Principal,
-        intent: AppendedEntry,
+        intent: Intent,
         spend: _Spend,
         output: BaseModel,
         started: float,
     ) -> Outcome:
         """Append the ``result`` entry and the ``ai_operation_log`` row and settle the reservation,
         in one transaction; build the Outcome."""
-        usage, cost = self.meter(spend)
+        record = self._call_record(call, principal, intent, spend, started, error_code=None)
+        await self._write(record, intent, unknown_usage=False)
         last = spend.completions[-1]
-        latency_ms = (time.perf_counter() - started) * 1000
-        await self._write_result(call, principal, intent, spend, usage, cost, latency_ms,
-                                 status="ok", error_code=None, unknown_usage=False)
         return Outcome(
             request_id=call.request_id,
             operation=call.operation,
             output=output.model_dump(mode="json"),
             provider=last.provider,
             model=last.model,
-            usage=usage,
-            cost_micro_usd=cost,
-            latency_ms=latency_ms,
-            attempts=spend.attempts,
+            usage=record.usage,
+            cost_micro_usd=record.cost_micro_usd,
+            latency_ms=record.latency_ms,
+            attempts=record.attempts,
         )
 
     async def record_failure(
         self,
         call: Call,
         principal: Principal,
-        intent: AppendedEntry,
+        intent: Intent,
         spend: _Spend,
         exc: Exception,
         started: float,
     ) -> None:
         """Record a failed call (whatever was paid for is still metered) and settle its
         reservation; usage the provider may have billed unseen is charged at the worst case."""
-        usage, cost = self.meter(spend)
         code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
         spend.attempts += len(getattr(exc, "attempts", ()) or ())
-        latency_ms = (time.perf_counter() - started) * 1000
-        await self._write_result(call, principal, intent, spend, usage, cost, latency_ms,
-                                 status="error", error_code=code, unknown_usage=usage_unknown(exc))
+        record = self._call_record(call, principal, intent, spend, started, error_code=code)
+        await self._write(record, intent, unknown_usage=usage_unknown(exc))
 
-    async def _write_result(
+    def _call_record(
         self,
         call: Call,
         principal: Principal,
-        intent: AppendedEntry,
+        intent: Intent,
         spend: _Spend,
-        usage: Usage,
-        cost: int,
-        latency_ms: float,
+        started: float,
         *,
-        status: str,
         error_code: str | None,
-        unknown_usage: bool,
-    ) -> None:
+    ) -> CallRecord:
+        usage, cost = self.meter(spend)
         last = spend.completions[-1] if spend.completions else None
-        provider, model = (last.provider, last.model) if last else (None, None)
-        row = {
-            "request_id": call.request_id,
-            "user_id": principal.user_id,
-            "operation": call.operation,
-            "provider": provider,
-            "model": model,
-            "status": status,
-            "error_code": error_code,
-            "attempts": spend.attempts,
-            "latency_ms": latency_ms,
-            "provider_latency_ms": sum(c.provider_latency_ms for c in spend.completions) or None,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cache_write_tokens": usage.cache_write_tokens + usage.cache_write_1h_tokens,
-            "cache_read_tokens": usage.cache_read_tokens,
-            "reasoning_tokens": usage.reasoning_tokens,
-            "cost_micro_usd": cost,
-            "created_at": self._clock.now(),
-        }
-        entry = {
-            "request_id": call.request_id,
-            "intent_seq": intent.seq,
-            "status": status,
-            "error_code": error_code,
-            "provider": provider,
-            "model": model,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cache_write_tokens": row["cache_write_tokens"],
-            "cache_read_tokens": usage.cache_read_tokens,
-            "cost_micro_usd": cost,
-        }
-        reservation: Reservation | None = intent.before_result  # set only when metering is on
-        charge = None
-        if reservation is not None:
-            charge = self.metering.charge_step(reservation, cost, unknown_usage=unknown_usage)
-        result = await self._ledger.append("result", entry, rows=[(ai_operation_log, row)], before=charge)
-        if reservation is not None:
-            await self.metering.settled(reservation, result.before_result, usage.total_tokens)
+        return CallRecord(
+            request_id=call.request_id,
+            user_id=principal.user_id,
+            operation=call.operation,
+            intent_seq=intent.seq,
+            status="ok" if error_code is None else "error",
+            error_code=error_code,
+            provider=last.provider if last else None,
+            model=last.model if last else None,
+            attempts=spend.attempts,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            provider_latency_ms=sum(c.provider_latency_ms for c in spend.completions) or None,
+            usage=usage,
+            cost_micro_usd=cost,
+            created_at=self._clock.now(),
+        )
+
+    async def _write(self, record: CallRecord, intent: Intent, *, unknown_usage: bool) -> None:
+        """One transaction: the ``result`` entry, the log row and (with metering) the settlement;
+        then the token rate limits and overspend events."""
+        rows = [(ai_operation_log, record.log_row())]
+        reservation = intent.work_result
+        if reservation is None or self.metering is None:
+            await self._ledger.append("result", record.ledger_payload(), rows)
+            return
+        settle = self.metering.settle_in(reservation, record.cost_micro_usd, unknown_usage=unknown_usage)
+        result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
+        await self.metering.settled(reservation, result.work_result, record.usage.total_tokens)
 
 
 def _invalid_input(exc: ValidationError, detail: str) -> InvalidInput:
@@ -347,28 +395,3 @@ def _invalid_input(exc: ValidationError, detail: str) -> InvalidInput:
         for err in exc.errors(include_input=False, include_url=False)
     ]
     return InvalidInput(detail, errors=errors)
-
-
-def _repair_request(original: CompletionRequest, exc: ValidationError) -> CompletionRequest:
-    """The original request plus a note listing where the previous answer broke the schema."""
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}"
-        for e in exc.errors(include_input=False, include_url=False)[:20]
-    )
-    note = (
-        "\n\nYour previous answer did not match the required JSON schema "
-        f"({problems}). Answer again with one JSON object that matches the schema exactly."
-    )
-    return replace(original, user=original.user + note)
-
-
-def _add_usage(a: Usage, b: Usage) -> Usage:
-    return Usage(
-        input_tokens=a.input_tokens + b.input_tokens,
-        output_tokens=a.output_tokens + b.output_tokens,
-        cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
-        cache_write_1h_tokens=a.cache_write_1h_tokens + b.cache_write_1h_tokens,
-        cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
-        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
-    )
-

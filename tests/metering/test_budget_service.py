@@ -90,9 +90,9 @@ async def test_a_failing_store_refuses_the_call_and_publishes_an_event(tmp_path:
     service = _service(engine, clock, events)
     ledger = Ledger(engine, clock)
     ledger.start()
-    hold = service.hold_step("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+    reserve = service.reserve_in("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
     with pytest.raises(BudgetUnavailable) as info:
-        await ledger.append("intent", {"request_id": "r1"}, before=hold)
+        await ledger.append("intent", {"request_id": "r1"}, work=reserve)
     ledger.close()
     assert isinstance(info.value, OpsgateError) and info.value.status == 503
     assert ledger.entries == 0  # a refused reservation leaves no intent
@@ -109,10 +109,10 @@ async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
     set_budget(engine, clock, user_id="alice", operation=ANY, period="month", limit_micro_usd=worst)
     ledger = Ledger(engine, clock)
     ledger.start()
-    hold = service.hold_step("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
-    reservation = (await ledger.append("intent", {"request_id": "r1"}, before=hold)).before_result
-    charge = service.charge_step(reservation, worst + 1, unknown_usage=False)
-    settlement = (await ledger.append("result", {"request_id": "r1"}, before=charge)).before_result
+    reserve = service.reserve_in("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+    reservation = (await ledger.append("intent", {"request_id": "r1"}, work=reserve)).work_result
+    settle = service.settle_in(reservation, worst + 1, unknown_usage=False)
+    settlement = (await ledger.append("result", {"request_id": "r1"}, work=settle)).work_result
     ledger.close()
     await service.settled(reservation, settlement, 10)
     assert [(e.reason, e.operation) for e in events] == [("overspend", "email-classify")]

@@ -55,7 +55,7 @@ async def test_op_reference_reaches_the_sandbox_and_is_ledgered_first(
         add_user(runtime.engine, runtime.clock, "alice")
         body = orjson.dumps(input_from_file("task-prioritize", EXAMPLES / "task-prioritize.json", None))
         token = runtime.tokens.issue("alice", "user")
-        outcome = await runtime.gateway.govern(Call("task-prioritize", body, f"Bearer {token}", uuid.uuid4().hex))
+        outcome = await runtime.gateway.govern(Call("task-prioritize", body, token, uuid.uuid4().hex))
         assert (outcome.provider, outcome.attempts) == ("anthropic", 1)
         with runtime.engine.connect() as conn:
             bodies = [json.loads(b) for (b,) in conn.execute(select(ledger_entries.c.body).order_by(ledger_entries.c.seq))]

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, Table, select, text
 from sqlalchemy.exc import IntegrityError
@@ -65,24 +65,28 @@ _HEAD = (
 )
 _STOP = object()
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
 ExtraRows = Iterable[tuple[Table, Mapping[str, Any]]]
-InTransaction = Callable[[Connection], Any]
-"""Work that must commit atomically with an entry (e.g. a budget reservation). It runs inside the
-append's transaction, before the entry is chained; raising an :class:`~opsgate.errors.OpsgateError`
-refuses that one append (the caller gets the error) without disturbing the rest of the batch. A
-step that writes before it may raise must undo its own writes (a savepoint around them), so a
-refusal leaves nothing behind; steps that only read need no savepoint."""
+InTransaction: TypeAlias = Callable[[Connection], T]
+"""``InTransaction[T]``: work that must commit atomically with an entry (e.g. a budget reservation,
+``T = Reservation``). It runs inside the append's transaction, before the entry is chained, and
+its return value comes back as :attr:`AppendedEntry.work_result`. Raising an
+:class:`~opsgate.errors.OpsgateError` refuses that one append (the caller gets the error) without
+disturbing the rest of the batch. Work that writes before it may raise must undo its own writes (a
+savepoint around them), so a refusal leaves nothing behind; work that only reads needs none."""
 
 
 @dataclass(frozen=True, slots=True)
-class AppendedEntry:
-    """A committed entry: its ``seq``, 32-byte ``entry_hash``, ``ts`` (UTC, microseconds) and what
-    the append's ``before`` callback returned (``None`` without one)."""
+class AppendedEntry(Generic[T_co]):
+    """A committed entry: its ``seq``, 32-byte ``entry_hash``, ``ts`` (UTC, microseconds) and
+    ``work_result``, what the append's :data:`InTransaction` returned (``None`` without one)."""
 
     seq: int
     entry_hash: bytes
     ts: datetime
-    before_result: Any = None
+    work_result: T_co
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +97,9 @@ class _Request:
     kind: str
     payload: dict[str, Any]
     rows: tuple[tuple[Table, Mapping[str, Any]], ...]
-    future: Future[AppendedEntry] | asyncio.Future[AppendedEntry]
+    future: Future[AppendedEntry[Any]] | asyncio.Future[AppendedEntry[Any]]
     loop: asyncio.AbstractEventLoop | None
-    before: InTransaction | None = None
+    work: InTransaction[Any] | None = None
 
     def take(self) -> bool:
         """Claim the request for writing; False if its caller already gave up (cancelled)."""
@@ -104,7 +108,7 @@ class _Request:
         return not self.future.cancelled()
 
 
-Outcome = AppendedEntry | OpsgateError
+Outcome = AppendedEntry[Any] | OpsgateError
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,33 +160,43 @@ class Ledger:
         else:
             self._fail_queued()
 
+    @overload
+    async def append(
+        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), *, work: None = None
+    ) -> AppendedEntry[None]: ...
+
+    @overload
+    async def append(
+        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), *, work: InTransaction[T]
+    ) -> AppendedEntry[T]: ...
+
     async def append(
         self,
         kind: str,
         payload: dict[str, Any],
         rows: ExtraRows = (),
         *,
-        before: InTransaction | None = None,
-    ) -> AppendedEntry:
-        """Append one entry and commit ``rows`` (``(table, values)`` inserts) and ``before``'s work
-        (see :data:`InTransaction`) with it.
+        work: InTransaction[Any] | None = None,
+    ) -> AppendedEntry[Any]:
+        """Append one entry and commit ``rows`` (``(table, values)`` inserts) and ``work`` (see
+        :data:`InTransaction`) with it; what ``work`` returns comes back as ``work_result``.
 
         Returns once the entry is durable. Raises LedgerError for a payload the format refuses
         (see ``entry.clean_payload``), LedgerUnavailable if the transaction failed or the ledger
-        is closed, or the OpsgateError ``before`` raised (then nothing of this append is written).
+        is closed, or the OpsgateError ``work`` raised (then nothing of this append is written).
         Cancelling the caller before the writer takes the request drops the request.
         """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[AppendedEntry] = loop.create_future()
+        future: asyncio.Future[AppendedEntry[Any]] = loop.create_future()
         cleaned = clean_payload(kind, payload)
-        self._enqueue(_Request(kind, cleaned, tuple(rows), future, loop, before))
+        self._enqueue(_Request(kind, cleaned, tuple(rows), future, loop, work))
         return await future
 
     def append_sync(
         self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), timeout: float | None = None
-    ) -> AppendedEntry:
+    ) -> AppendedEntry[None]:
         """Blocking :meth:`append` for threads without an event loop; ``timeout`` in seconds."""
-        future: Future[AppendedEntry] = Future()
+        future: Future[AppendedEntry[None]] = Future()
         self._enqueue(_Request(kind, clean_payload(kind, payload), tuple(rows), future, None))
         return future.result(timeout)
 
@@ -240,8 +254,8 @@ class Ledger:
         try:
             with conn.begin():
                 conn.execute(_LOCK_SQL[self._engine.dialect.name])
-                before = [_run_before(conn, r) for r in requests]
-                accepted = [r for r, b in zip(requests, before, strict=True) if not _refused(b)]
+                done = [_run_work(conn, r) for r in requests]
+                accepted = [r for r, w in zip(requests, done, strict=True) if not _refused(w)]
                 head = _read_head(conn)
                 ts = max(self._clock.now().astimezone(UTC), head.ts)
                 chained = _chain(head, format_ts(ts), accepted)
@@ -256,8 +270,8 @@ class Ledger:
         self.entries += len(chained)
         entries = iter(chained)
         return [
-            b if _refused(b) else AppendedEntry((e := next(entries)).seq, e.entry_hash, ts, b)
-            for b in before
+            w if _refused(w) else AppendedEntry((e := next(entries)).seq, e.entry_hash, ts, w)
+            for w in done
         ]
 
     def _connection(self) -> Connection:
@@ -316,18 +330,18 @@ def _rows_by_table(requests: list[_Request]) -> dict[Table, list[dict[str, Any]]
     return grouped
 
 
-def _run_before(conn: Connection, request: _Request) -> Any:
-    """Run ``request.before``; an OpsgateError it raises is returned (a refusal)."""
-    if request.before is None:
+def _run_work(conn: Connection, request: _Request) -> Any:
+    """Run ``request.work``; an OpsgateError it raises is returned (a refusal)."""
+    if request.work is None:
         return None
     try:
-        return request.before(conn)
+        return request.work(conn)
     except OpsgateError as exc:
         return exc
 
 
-def _refused(before_result: Any) -> bool:
-    return isinstance(before_result, OpsgateError)
+def _refused(work_result: Any) -> bool:
+    return isinstance(work_result, OpsgateError)
 
 
 def _resolve(future: Future[Any] | asyncio.Future[Any], outcome: Outcome) -> None:

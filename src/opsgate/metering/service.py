@@ -84,26 +84,26 @@ class MeteringService:
         """Step 3; raises :class:`~opsgate.metering.errors.RateLimitExceeded` (429)."""
         await self.limiter.admit(user_id, operation)
 
-    def hold_step(
+    def reserve_in(
         self,
         request_id: str,
         user_id: str,
         operation: str,
         request: CompletionRequest,
         models: Iterable[str],
-    ) -> InTransaction:
-        """Step 5: the work that holds the worst case of ``request`` on ``models`` against every
+    ) -> InTransaction[Reservation]:
+        """Step 5: the work that reserves the worst case of ``request`` on ``models`` against every
         applicable budget, to run inside the ledger intent's transaction
-        (``Ledger.append(..., before=step)``), so a call is admitted and ledgered atomically.
+        (``Ledger.append(..., work=reserve)``), so a call is admitted and ledgered atomically.
 
-        The step returns the :class:`Reservation`; it raises :class:`BudgetExceeded` (402) or, when
+        The work returns the :class:`Reservation`; it raises :class:`BudgetExceeded` (402) or, when
         the store fails, :class:`BudgetUnavailable` (503) after an ``enforcement_error`` event is
         published on the caller's event loop. Call from the event loop.
         """
         worst = call_worst_case_micro_usd(request, models, self.prices)
         loop = asyncio.get_running_loop()
 
-        def step(conn: Connection) -> Reservation:
+        def reserve(conn: Connection) -> Reservation:
             try:
                 return hold(conn, self.clock, request_id=request_id, user_id=user_id,
                             operation=operation, worst_micro_usd=worst, ttl_s=self.reservation_ttl_s)
@@ -114,18 +114,18 @@ class MeteringService:
                                           f"reserve failed: {type(exc).__name__}", request_id)
                 raise BudgetUnavailable() from exc
 
-        return step
+        return reserve
 
-    def charge_step(
+    def settle_in(
         self, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
-    ) -> InTransaction:
+    ) -> InTransaction[Settlement | None]:
         """Step 8: the work that charges the call and releases the rest of its reservation, to run
         inside the ``result`` entry's transaction. It never refuses the entry: a failure is rolled
         back to its own savepoint and returns ``None`` (the reservation then expires and is charged
         its worst case); otherwise it returns the :class:`Settlement`. Call from the event loop."""
         loop = asyncio.get_running_loop()
 
-        def step(conn: Connection) -> Settlement | None:
+        def settle(conn: Connection) -> Settlement | None:
             if not reservation.budgets:  # nothing was held: nothing to write
                 return charge(conn, self.clock, reservation, actual_micro_usd, unknown_usage=unknown_usage)
             try:
@@ -139,13 +139,15 @@ class MeteringService:
                     "charged its worst case", reservation.request_id)
                 return None
 
-        return step
+        return settle
 
     async def settled(self, reservation: Reservation, settlement: Settlement | None, tokens: int) -> None:
         """After the result committed: count the call's tokens against the token rate limits and
         publish ``overspend`` for every budget the charge took over its limit. Never raises."""
         await self.limiter.charge_tokens(reservation.user_id, reservation.operation, tokens)
-        for budget in settlement.over_limit if settlement else ():
+        if settlement is None:
+            return
+        for budget in settlement.over_limit:
             self._publish(OVERSPEND, reservation.operation,
                           f"the {budget.period} budget of {budget.scope} is over its limit after a "
                           f"charge of {settlement.charged_micro_usd} micro-USD", reservation.request_id)

@@ -66,7 +66,7 @@ async def provider_errors_sanitised(settings: Settings, clock: Clock) -> Probe:
             call = Call(
                 PROBE_OPERATION,
                 orjson.dumps(PROBE_INPUT),
-                f"Bearer {runtime.tokens.issue(user, 'user')}",
+                runtime.tokens.issue(user, "user"),
                 uuid.uuid4().hex,
             )
             try:
