@@ -21,13 +21,15 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from opsgate import __version__
 from opsgate.clock import Clock
 from opsgate.config import Settings
-from opsgate.errors import NotFound, OpsgateError
+from opsgate.deps import BEARER, RuntimeDep
+from opsgate.errors import InvalidInput, NotFound, OpsgateError
 from opsgate.metering.views import router as budgets_router
 from opsgate.monitoring.prometheus import observe, observe_error
 from opsgate.monitoring.security_counts import count_refusal
@@ -38,10 +40,11 @@ from opsgate.pipeline import Call, Outcome
 from opsgate.problems import problem_response
 from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
-from opsgate.runtime import Runtime, start_runtime
+from opsgate.runtime import start_runtime
 from opsgate.security.auth import bearer_token
 from opsgate.security.views import install as install_security
 from opsgate.store.db import migrations_current
+from opsgate.validation import field_errors
 from opsgate.web.views import router as dashboard_router
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
@@ -85,9 +88,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     return app
 
 
-def _operation_endpoint(op_id: str) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> Response:
-        runtime: Runtime = request.app.state.runtime
+def _operation_endpoint(op_id: str) -> Callable[..., Any]:
+    async def endpoint(request: Request, runtime: RuntimeDep) -> Response:
         request_id = request.state.request_id = uuid.uuid4().hex
         body = await request.body()
         started = time.perf_counter()
@@ -126,8 +128,7 @@ def _add_probes(app: FastAPI) -> None:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["probes"], summary="Readiness: database reachable, migrations current")
-    async def readyz(request: Request) -> Response:
-        runtime: Runtime = request.app.state.runtime
+    async def readyz(request: Request, runtime: RuntimeDep) -> Response:
         request.state.request_id = uuid.uuid4().hex
         try:
             current = await asyncio.to_thread(migrations_current, runtime.engine)
@@ -151,6 +152,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpsgateError)
     async def opsgate_error(request: Request, exc: OpsgateError) -> Response:
         return problem_response(exc, request_id(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """The one validation handler (FastAPI's default, which echoes the input, is replaced)."""
+        error = InvalidInput("The request does not match the expected shape", errors=field_errors(exc.errors()))
+        return problem_response(error, request_id(request))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -178,6 +185,7 @@ def _openapi_for(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     components.update(input_schema.pop("$defs", {}))
     components.update(output_schema.pop("$defs", {}))
     return {
+        "security": [{BEARER: ["user"]}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": input_schema}}},
         "responses": {
             "200": {

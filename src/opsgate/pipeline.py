@@ -46,6 +46,7 @@ from opsgate.routing.policy import RoutePolicy
 from opsgate.routing.router import Router
 from opsgate.security.auth import Principal, TokenService
 from opsgate.store.models import ai_operation_log
+from opsgate.validation import invalid_input
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -233,7 +234,7 @@ class Gateway:
         try:
             data = op.Input.model_validate(payload)
         except ValidationError as exc:
-            raise _invalid_input(exc, "The request body does not match the operation's input") from None
+            raise invalid_input(exc, "The request body does not match the operation's input") from None
         return op.prepare(data), hashlib.sha256(body).hexdigest()
 
     # 5 ------------------------------------------------------------------------------------------
@@ -386,12 +387,3 @@ class Gateway:
         settle = self.metering.settle_in(reservation, record.cost_micro_usd, unknown_usage=unknown_usage)
         result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
         await self.metering.settled(reservation, result.work_result, record.usage.total_tokens)
-
-
-def _invalid_input(exc: ValidationError, detail: str) -> InvalidInput:
-    """An InvalidInput listing each error's location and message, never the submitted value."""
-    errors = [
-        {"loc": ".".join(str(p) for p in err["loc"]) or "body", "msg": err["msg"]}
-        for err in exc.errors(include_input=False, include_url=False)
-    ]
-    return InvalidInput(detail, errors=errors)

@@ -21,8 +21,10 @@ from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceTable
 from opsgate.monitoring.hooks import attach as attach_alerting
+from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.providers import ProviderStatusSync
 from opsgate.monitoring.security_counts import CountFlusher
+from opsgate.monitoring.worker import incident_service
 from opsgate.metering.service import build_metering
 from opsgate.operations import OPERATIONS
 from opsgate.pipeline import Gateway
@@ -36,6 +38,7 @@ from opsgate.sandbox.server import SandboxServer
 from opsgate.security.auth import TokenService
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
 from opsgate.security.secrets import resolve_provider_keys
+from opsgate.security.service import SecurityServices, build_security
 from opsgate.store.db import open_database
 
 log = logging.getLogger("opsgate")
@@ -57,8 +60,10 @@ class Runtime:
     session: aiohttp.ClientSession
     gateway: Gateway
     tokens: TokenService
+    security: SecurityServices
+    rollout: RolloutService
+    incidents: IncidentService
     sandbox: SandboxServer | None = None
-    rollout: RolloutService | None = None
     checkpointer: Checkpointer | None = None
     status_sync: asyncio.Task[None] | None = None
     security_counts: CountFlusher | None = None
@@ -131,8 +136,9 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
     security_counts = CountFlusher(engine, clock)
     security_counts.start()
     return Runtime(
-        settings, clock, engine, ledger, session, gateway, tokens, sandbox, rollout, checkpointer,
-        status_sync, security_counts,
+        settings, clock, engine, ledger, session, gateway, tokens, build_security(settings, clock, engine), rollout,
+        incident_service(settings, engine, ledger, clock, session), sandbox, checkpointer, status_sync,
+        security_counts,
     )
 
 

@@ -13,7 +13,6 @@ from sqlalchemy import Engine
 
 from opsgate.app import create_app
 from opsgate.localserver import serve_in_thread
-from opsgate.security.service import security_services
 from opsgate.security.users import add_user, set_email, set_password
 from tests.conftest import Gateway, gateway_settings
 
@@ -67,4 +66,4 @@ def add_login(gateway: Gateway, user_id: str, role: str, password: str, email: s
     add_user(runtime.engine, runtime.clock, user_id, role)
     set_password(runtime.engine, user_id, password)
     if email is not None:
-        set_email(runtime.engine, security_services(runtime).cipher, user_id, email)
+        set_email(runtime.engine, runtime.security.cipher, user_id, email)

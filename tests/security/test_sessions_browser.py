@@ -7,7 +7,6 @@ import pytest
 
 from starlette.requests import Request
 
-from opsgate.security.service import security_services
 from opsgate.security.web_security import checked_origins
 from tests.security.security_b_helpers import add_login, running_gateway
 
@@ -67,7 +66,7 @@ def test_a_token_from_another_session_is_refused_and_logout_revokes_on_the_serve
     assert crossed.status_code == 403
     assert gw.client.post("/v1/auth/session/logout", headers={"X-CSRF-Token": second}).status_code == 204
     gw.client.cookies.set("opsgate_session", stolen)
-    manager = security_services(gw.runtime).sessions
+    manager = gw.runtime.security.sessions
     scope = {"type": "http", "headers": [(b"cookie", f"opsgate_session={stolen}".encode())]}
     assert manager.read(Request(scope)) is not None  # the first login is still live
     gw.client.post("/v1/auth/session/logout", headers={"X-CSRF-Token": first_cookie_csrf},

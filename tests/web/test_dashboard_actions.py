@@ -9,7 +9,6 @@ from playwright.sync_api import Browser
 from tests.web.conftest import Console, Dashboard, screenshot, sign_in, wait_live
 
 from opsgate.monitoring.rules import Finding, Severity
-from opsgate.web.data import incident_service
 
 
 def _start_rollout(dashboard: Dashboard, operation: str) -> dict:
@@ -93,7 +92,7 @@ def test_an_operator_cannot_change_rollouts(dashboard: Dashboard, browser: Brows
 def test_operator_acknowledges_and_resolves_an_incident(dashboard: Dashboard, browser: Browser) -> None:
     finding = Finding("error_rate", {"operation": "email-classify"}, True, Severity.P2, "2.50",
                       "Error rate of email-classify at 2.50 %", "2.50 % of calls failed over 5 minutes")
-    incident_id = incident_service(dashboard.runtime).open(finding, 1)
+    incident_id = dashboard.runtime.incidents.open(finding, 1)
     assert incident_id is not None
     console = Console()
     page = sign_in(browser, dashboard, "oscar", console)

@@ -12,15 +12,14 @@ changes one budget and answers it in the same shape.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from opsgate.deps import AdminDep, RuntimeDep, body_doc, json_body
 from opsgate.metering.budgets import BudgetStatus, budget_statuses, set_budget, usd_to_micro
 from opsgate.metering.models import ANY
-from opsgate.security.auth import bearer_token
-from opsgate.security.rbac import require_role
 
 router = APIRouter(prefix="/v1/admin/budgets", tags=["budgets"])
 
@@ -32,13 +31,6 @@ class BudgetIn(BaseModel):
     operation: str = Field(default=ANY, min_length=1, max_length=64)
     period: str = Field(pattern="^(day|month)$")
     limit_usd: str = Field(max_length=32)
-
-
-def _admin_runtime(request: Request):  # type: ignore[no-untyped-def]
-    runtime = request.app.state.runtime
-    principal = runtime.tokens.verify(bearer_token(request.headers.get("authorization")))
-    require_role(principal, "admin")
-    return runtime
 
 
 def status_json(status: BudgetStatus) -> dict[str, Any]:
@@ -53,15 +45,14 @@ def status_json(status: BudgetStatus) -> dict[str, Any]:
 
 
 @router.get("", summary="List budgets with spent and reserved amounts (admin)")
-async def list_budgets(request: Request) -> dict[str, Any]:
-    runtime = _admin_runtime(request)
+async def list_budgets(_admin: AdminDep, runtime: RuntimeDep) -> dict[str, Any]:
     statuses = await asyncio.to_thread(budget_statuses, runtime.engine, runtime.clock.now())
     return {"budgets": [status_json(s) for s in statuses]}
 
 
-@router.put("", summary="Create or change one budget (admin)")
-async def put_budget(request: Request, body: BudgetIn) -> dict[str, Any]:
-    runtime = _admin_runtime(request)
+@router.put("", summary="Create or change one budget (admin)", openapi_extra=body_doc(BudgetIn))
+async def put_budget(_admin: AdminDep, runtime: RuntimeDep,
+                     body: Annotated[BudgetIn, json_body(BudgetIn)]) -> dict[str, Any]:
     budget = await asyncio.to_thread(
         set_budget, runtime.engine, runtime.clock, user_id=body.user_id, operation=body.operation,
         period=body.period, limit_micro_usd=usd_to_micro(body.limit_usd),

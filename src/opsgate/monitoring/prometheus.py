@@ -14,8 +14,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
+from opsgate.routing.router import Router
 from opsgate.store.models import ledger_entries
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -46,12 +47,12 @@ def observe_error(operation: str, code: str, latency_ms: float) -> None:
         RATE_LIMIT_REJECTIONS.labels(operation).inc()
 
 
-def exposition(runtime: Any) -> bytes:
-    """The registry plus breaker states and ledger size read from ``runtime`` now."""
+def exposition(router: Router, engine: Engine) -> bytes:
+    """The registry plus ``router``'s breaker states and the ledger size in ``engine``, read now."""
     breaker = GaugeMetricFamily("opsgate_breaker_state", "0 closed, 1 half-open, 2 open", labels=["provider"])
-    for snap in runtime.gateway.router.snapshot():
+    for snap in router.snapshot():
         breaker.add_metric([snap.provider], BREAKER_VALUE[snap.state.value])
-    with runtime.engine.connect() as conn:
+    with engine.connect() as conn:
         size = conn.execute(select(func.count()).select_from(ledger_entries)).scalar() or 0
     ledger = GaugeMetricFamily("opsgate_ledger_entries", "Entries in the ledger", value=size)
     extra = CollectorRegistry()

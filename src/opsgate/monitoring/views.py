@@ -11,46 +11,33 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated
 
-import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 
+from opsgate.deps import IncidentsDep, OperatorDep, RuntimeDep, body_doc, json_body
 from opsgate.errors import InvalidInput
-from opsgate.monitoring.escalation import Contacts
 from opsgate.monitoring.health import compute_health
-from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.prometheus import exposition
-from opsgate.monitoring.worker import build_notifiers
-from opsgate.security.auth import Principal, bearer_token
 from opsgate.responses import json_response
-from opsgate.security.rbac import require_role
-
 
 router = APIRouter(tags=["monitoring"])
 MAX_WINDOW_S = 31 * 86400
 
 
-def _operator(request: Request) -> Principal:
-    principal = request.app.state.runtime.tokens.verify(bearer_token(request.headers.get("authorization")))
-    require_role(principal, "operator")
-    return principal
+class ResolveBody(BaseModel):
+    """Body of ``POST /v1/incidents/{id}/resolve``."""
 
-
-def _incidents(request: Request) -> IncidentService:
-    rt = request.app.state.runtime
-    notifiers = build_notifiers(rt.settings, rt.session)
-    return IncidentService(rt.engine, rt.ledger, rt.clock, notifiers,
-                           Contacts.from_settings(rt.settings, frozenset(notifiers)),
-                           repeat_interval_s=rt.settings.alert_repeat_interval_s)
+    model_config = ConfigDict(extra="ignore")
+    note: str = Field(min_length=1, max_length=2000, description="What was done; a resolution note is required")
 
 
 @router.get("/v1/health", summary="Health metrics over a window (default 1 h)")
-async def health(request: Request, window: int | None = None, operation: str | None = None) -> Response:
-    _operator(request)
-    rt = request.app.state.runtime
+async def health(_operator: OperatorDep, rt: RuntimeDep, window: int | None = None,
+                 operation: str | None = None) -> Response:
     window_s = window or rt.settings.health_window_s
     if not 0 < window_s <= MAX_WINDOW_S:
         raise InvalidInput(f"window must be between 1 and {MAX_WINDOW_S} seconds")
@@ -59,43 +46,28 @@ async def health(request: Request, window: int | None = None, operation: str | N
 
 
 @router.get("/metrics", summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
-    _operator(request)
-    body = await asyncio.to_thread(exposition, request.app.state.runtime)
+async def metrics(_operator: OperatorDep, rt: RuntimeDep) -> Response:
+    body = await asyncio.to_thread(exposition, rt.gateway.router, rt.engine)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/incidents", summary="Incidents, newest first")
-async def list_incidents(request: Request, state: str | None = None) -> Response:
-    _operator(request)
-    return json_response({"incidents": await asyncio.to_thread(_incidents(request).list, state)})
+async def list_incidents(_operator: OperatorDep, incidents: IncidentsDep, state: str | None = None) -> Response:
+    return json_response({"incidents": await asyncio.to_thread(incidents.list, state)})
 
 
 @router.get("/v1/incidents/{incident_id}", summary="One incident with its timeline")
-async def show_incident(request: Request, incident_id: str) -> Response:
-    _operator(request)
-    return json_response(await asyncio.to_thread(_incidents(request).show, incident_id))
+async def show_incident(_operator: OperatorDep, incidents: IncidentsDep, incident_id: str) -> Response:
+    return json_response(await asyncio.to_thread(incidents.show, incident_id))
 
 
 @router.post("/v1/incidents/{incident_id}/ack", summary="Acknowledge an incident (ledgered)")
-async def ack_incident(request: Request, incident_id: str) -> Response:
-    who = _operator(request)
-    return json_response(await asyncio.to_thread(_incidents(request).acknowledge, incident_id, who.user_id))
+async def ack_incident(operator: OperatorDep, incidents: IncidentsDep, incident_id: str) -> Response:
+    return json_response(await asyncio.to_thread(incidents.acknowledge, incident_id, operator.user_id))
 
 
-@router.post("/v1/incidents/{incident_id}/resolve", summary="Resolve an incident with a note (ledgered)")
-async def resolve_incident(request: Request, incident_id: str) -> Response:
-    who = _operator(request)
-    note = _note(await request.body())
-    return json_response(await asyncio.to_thread(_incidents(request).resolve, incident_id, who.user_id, note))
-
-
-def _note(body: bytes) -> str:
-    try:
-        data: Any = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The request body is not valid JSON") from None
-    note = data.get("note") if isinstance(data, dict) else None
-    if not isinstance(note, str) or not 0 < len(note) <= 2000:
-        raise InvalidInput("note: a resolution note of 1 to 2,000 characters is required")
-    return note
+@router.post("/v1/incidents/{incident_id}/resolve", summary="Resolve an incident with a note (ledgered)",
+             openapi_extra=body_doc(ResolveBody))
+async def resolve_incident(operator: OperatorDep, incidents: IncidentsDep, incident_id: str,
+                           body: Annotated[ResolveBody, json_body(ResolveBody)]) -> Response:
+    return json_response(await asyncio.to_thread(incidents.resolve, incident_id, operator.user_id, body.note))

@@ -119,6 +119,16 @@ def build_notifiers(settings: Settings, session: aiohttp.ClientSession) -> dict[
     return found
 
 
+def incident_service(settings: Settings, engine: Engine, ledger: Ledger, clock: Clock,
+                     session: aiohttp.ClientSession | None) -> IncidentService:
+    """The :class:`IncidentService` with the configured notifiers and contacts. Without a
+    ``session`` (a CLI command) the notifiers only render: the worker sends the outbox."""
+    # without a session the notifiers are only asked to render messages, never to send
+    notifiers = build_notifiers(settings, session)  # type: ignore[arg-type]
+    return IncidentService(engine, ledger, clock, notifiers, Contacts.from_settings(settings, frozenset(notifiers)),
+                           repeat_interval_s=settings.alert_repeat_interval_s)
+
+
 class Worker:
     """The jobs of one worker process over ``engine`` (see the module docstring)."""
 
@@ -129,10 +139,8 @@ class Worker:
         self.ledger = ledger
         self.clock = clock
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.notifiers = build_notifiers(settings, session)
-        self.contacts = Contacts.from_settings(settings, frozenset(self.notifiers))
-        self.incidents = IncidentService(engine, ledger, clock, self.notifiers, self.contacts,
-                                         repeat_interval_s=settings.alert_repeat_interval_s)
+        self.incidents = incident_service(settings, engine, ledger, clock, session)
+        self.notifiers, self.contacts = self.incidents.notifiers, self.incidents.contacts
         self.outbox = Outbox(engine, clock, self.notifiers, self.worker_id, self.contacts.recipients,
                              max_backoff_s=settings.outbox_max_backoff_s, give_up_s=settings.outbox_give_up_s)
         self.rules = RuleConfig.from_settings(settings)

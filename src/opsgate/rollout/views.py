@@ -17,24 +17,21 @@ Any authenticated user (only their own data):
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from opsgate.errors import InvalidInput
+from opsgate.deps import AdminDep, RolloutDep, UserDep, body_doc, json_body
 from opsgate.responses import json_response
 from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
 from opsgate.rollout.service import RolloutService, ToggleChange, as_utc
 from opsgate.rollout.toggles import Toggle
-from opsgate.security.auth import Principal, bearer_token
-from opsgate.security.rbac import require_role
 
 router = APIRouter(tags=["rollout"])
-M = TypeVar("M", bound=BaseModel)
+RolloutId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class ToggleUpdate(BaseModel):
@@ -71,29 +68,6 @@ class OptIns(BaseModel):
     opt_in: dict[str, bool]
 
 
-def _principal(request: Request, role: str | None = None) -> Principal:
-    tokens = request.app.state.runtime.tokens
-    principal = tokens.verify(bearer_token(request.headers.get("authorization")))
-    if role is not None:
-        require_role(principal, role)
-    return principal
-
-
-def _service(request: Request) -> RolloutService:
-    return request.app.state.runtime.rollout
-
-
-async def _body(request: Request, model: type[M]) -> M:
-    try:
-        return model.model_validate(orjson.loads(await request.body() or b"{}"))
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The request body is not valid JSON") from None
-    except ValidationError as exc:
-        errors = [{"loc": ".".join(str(p) for p in e["loc"]) or "body", "msg": e["msg"]}
-                  for e in exc.errors(include_input=False, include_url=False)]
-        raise InvalidInput("The request body does not match the expected shape", errors=errors) from None
-
-
 def toggle_json(t: Toggle, adoption: dict[str, int] | None = None) -> dict[str, Any]:
     """API shape of a toggle (``updated_at`` ISO 8601 UTC)."""
     body: dict[str, Any] = {
@@ -112,42 +86,36 @@ def _decision_json(rollout_id: int, d: Decision) -> dict[str, Any]:
 
 
 @router.get("/v1/admin/toggles", summary="Every feature toggle with adoption numbers")
-async def list_toggles(request: Request) -> Response:
-    _principal(request, "admin")
-    svc = _service(request)
+async def list_toggles(_admin: AdminDep, svc: RolloutDep) -> Response:
     toggles, adoption = await asyncio.to_thread(lambda: (svc.list_toggles(), svc.adoption()))
     return json_response({"toggles": [toggle_json(t, adoption[t.operation]) for t in toggles]})
 
 
 @router.get("/v1/admin/toggles/{operation}", summary="One feature toggle")
-async def get_toggle(request: Request, operation: str) -> Response:
-    _principal(request, "admin")
-    return json_response(toggle_json(await asyncio.to_thread(_service(request).get_toggle, operation)))
+async def get_toggle(_admin: AdminDep, svc: RolloutDep, operation: str) -> Response:
+    return json_response(toggle_json(await asyncio.to_thread(svc.get_toggle, operation)))
 
 
-@router.put("/v1/admin/toggles/{operation}", summary="Change a feature toggle (ledgered)")
-async def put_toggle(request: Request, operation: str) -> Response:
-    admin = _principal(request, "admin")
-    body = await _body(request, ToggleUpdate)
+@router.put("/v1/admin/toggles/{operation}", summary="Change a feature toggle (ledgered)",
+            openapi_extra=body_doc(ToggleUpdate))
+async def put_toggle(admin: AdminDep, svc: RolloutDep, operation: str,
+                     body: Annotated[ToggleUpdate, json_body(ToggleUpdate)]) -> Response:
     change = ToggleChange(**body.model_dump(exclude={"reason"}))
-    toggle = await asyncio.to_thread(_service(request).set_toggle, operation, change, admin.user_id, body.reason)
+    toggle = await asyncio.to_thread(svc.set_toggle, operation, change, admin.user_id, body.reason)
     return json_response(toggle_json(toggle))
 
 
-@router.post("/v1/admin/rollouts", status_code=201, summary="Start a canary rollout")
-async def start_rollout(request: Request) -> Response:
-    admin = _principal(request, "admin")
-    body = await _body(request, RolloutStart)
+@router.post("/v1/admin/rollouts", status_code=201, summary="Start a canary rollout",
+             openapi_extra=body_doc(RolloutStart))
+async def start_rollout(admin: AdminDep, svc: RolloutDep,
+                        body: Annotated[RolloutStart, json_body(RolloutStart)]) -> Response:
     plan = parse_plan(body.plan) if body.plan is not None else Plan()
-    rollout = await asyncio.to_thread(_service(request).start_rollout, body.operations, plan, admin.user_id)
+    rollout = await asyncio.to_thread(svc.start_rollout, body.operations, plan, admin.user_id)
     return json_response(rollout.to_json(), status_code=201)
 
 
 @router.get("/v1/admin/rollouts", summary="Rollouts with their decision history")
-async def list_rollouts(request: Request) -> Response:
-    _principal(request, "admin")
-    svc = _service(request)
-
+async def list_rollouts(_admin: AdminDep, svc: RolloutDep) -> Response:
     def load() -> list[dict[str, Any]]:
         return [{**r.to_json(), "history": svc.history(r.id)} for r in svc.list_rollouts()]
 
@@ -155,22 +123,20 @@ async def list_rollouts(request: Request) -> Response:
 
 
 @router.post("/v1/admin/rollouts/{rollout_id}/advance", summary="Promote a rollout now")
-async def advance_rollout(request: Request, rollout_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> Response:
-    admin = _principal(request, "admin")
-    decision = await asyncio.to_thread(_service(request).advance, rollout_id, admin.user_id)
+async def advance_rollout(admin: AdminDep, svc: RolloutDep, rollout_id: RolloutId) -> Response:
+    decision = await asyncio.to_thread(svc.advance, rollout_id, admin.user_id)
     return json_response(_decision_json(rollout_id, decision))
 
 
-@router.post("/v1/admin/rollouts/{rollout_id}/rollback", summary="Roll a rollout back")
-async def rollback_rollout(request: Request, rollout_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> Response:
-    admin = _principal(request, "admin")
-    body = await _body(request, RollbackBody)
-    decision = await asyncio.to_thread(_service(request).rollback, rollout_id, body.reason, admin.user_id)
+@router.post("/v1/admin/rollouts/{rollout_id}/rollback", summary="Roll a rollout back",
+             openapi_extra=body_doc(RollbackBody))
+async def rollback_rollout(admin: AdminDep, svc: RolloutDep, rollout_id: RolloutId,
+                           body: Annotated[RollbackBody, json_body(RollbackBody)]) -> Response:
+    decision = await asyncio.to_thread(svc.rollback, rollout_id, body.reason, admin.user_id)
     return json_response(_decision_json(rollout_id, decision))
 
 
-async def _settings(request: Request, user_id: str) -> dict[str, Any]:
-    svc = _service(request)
+async def _settings(svc: RolloutService, user_id: str) -> dict[str, Any]:
     opt_in = await asyncio.to_thread(svc.get_opt_ins, user_id)
     verdicts = {op: svc.snapshot.check(op, user_id) for op in opt_in} if svc.snapshot else {}
     return {"user_id": user_id, "opt_in": opt_in,
@@ -179,20 +145,17 @@ async def _settings(request: Request, user_id: str) -> dict[str, Any]:
 
 
 @router.get("/v1/me/settings", summary="The caller's opt-ins and which operations they can use")
-async def get_settings(request: Request) -> Response:
-    me = _principal(request)
-    return json_response(await _settings(request, me.user_id))
+async def get_settings(me: UserDep, svc: RolloutDep) -> Response:
+    return json_response(await _settings(svc, me.user_id))
 
 
-@router.put("/v1/me/settings", summary="Opt in to (or out of) operations, for the caller only")
-async def put_settings(request: Request) -> Response:
-    me = _principal(request)
-    body = await _body(request, OptIns)
-    await asyncio.to_thread(_service(request).set_opt_ins, me.user_id, body.opt_in)
-    return json_response(await _settings(request, me.user_id))
+@router.put("/v1/me/settings", summary="Opt in to (or out of) operations, for the caller only",
+            openapi_extra=body_doc(OptIns))
+async def put_settings(me: UserDep, svc: RolloutDep, body: Annotated[OptIns, json_body(OptIns)]) -> Response:
+    await asyncio.to_thread(svc.set_opt_ins, me.user_id, body.opt_in)
+    return json_response(await _settings(svc, me.user_id))
 
 
 @router.get("/v1/banners", summary="In-app banners (operations rolled back)")
-async def banners(request: Request) -> Response:
-    _principal(request)
-    return json_response({"banners": await asyncio.to_thread(_service(request).banners)})
+async def banners(_user: UserDep, svc: RolloutDep) -> Response:
+    return json_response({"banners": await asyncio.to_thread(svc.banners)})

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from sqlalchemy import Engine
+
+from opsgate.clock import Clock
+from opsgate.config import Settings
 from opsgate.security.crypto import FieldCipher
 from opsgate.security.keyring import KeyRing, master_key
 from opsgate.security.refresh import RefreshTokens
@@ -21,14 +24,10 @@ class SecurityServices:
     sessions: SessionManager
 
 
-def security_services(runtime: Any) -> SecurityServices:
-    """The :class:`SecurityServices` of ``runtime`` (an :class:`opsgate.runtime.Runtime`), created on
-    first use and kept on it."""
-    services = getattr(runtime, "_security_services", None)
-    if services is None:
-        settings, clock, engine = runtime.settings, runtime.clock, runtime.engine
-        keyring = KeyRing(engine, master_key(settings), clock)
-        refresh = RefreshTokens(engine, clock, settings.refresh_token_ttl_s, settings.refresh_reuse_grace_s)
-        services = SecurityServices(keyring, FieldCipher(keyring), refresh, SessionManager(settings, clock, refresh))
-        runtime._security_services = services
-    return services
+def build_security(settings: Settings, clock: Clock, engine: Engine) -> SecurityServices:
+    """The :class:`SecurityServices` over ``engine``: the master key from ``settings`` (env or key
+    file, see :func:`~opsgate.security.keyring.master_key`; :class:`KeyRingError` when unusable),
+    refresh-token lifetimes and the session cookie settings. Built once, by the runtime."""
+    keyring = KeyRing(engine, master_key(settings), clock)
+    refresh = RefreshTokens(engine, clock, settings.refresh_token_ttl_s, settings.refresh_reuse_grace_s)
+    return SecurityServices(keyring, FieldCipher(keyring), refresh, SessionManager(settings, clock, refresh))

@@ -27,28 +27,34 @@ the same 401.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Literal
 
-import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from opsgate.config import Settings
-from opsgate.errors import InvalidInput
+from opsgate.deps import (
+    FORM,
+    PROBLEM_RESPONSES,
+    AdminDep,
+    RuntimeDep,
+    SecurityDep,
+    body_doc,
+    form_body,
+    get_runtime,
+    json_body,
+)
 from opsgate.monitoring.security_counts import COUNTS, SIGN_IN_FAILURE
-from opsgate.security.auth import Principal, bearer_token
+from opsgate.runtime import Runtime
 from opsgate.security.errors import Unauthorized
-from opsgate.security.rbac import require_role
-from opsgate.security.service import SecurityServices, security_services
+from opsgate.security.service import SecurityServices
 from opsgate.security.sessions import CSRFMiddleware
 from opsgate.security.users import authenticate, get_role, set_role
 from opsgate.security.web_security import add_web_security
 
-router = APIRouter(tags=["auth"])
-M = TypeVar("M", bound=BaseModel)
-FORM = "application/x-www-form-urlencoded"
+router = APIRouter(tags=["auth"], responses=PROBLEM_RESPONSES)
 _Text = Field(min_length=1, max_length=1024)
 
 
@@ -115,31 +121,19 @@ class UserAnswer(BaseModel):
     role: str
 
 
-def _form_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {FORM: {"schema": model.model_json_schema()}}}}
-
-
-def _responses(model: type[BaseModel] | None) -> dict[int | str, dict[str, Any]]:
-    problem = {"description": "RFC 9457 problem details",
-               "content": {"application/problem+json": {"schema": {"type": "object"}}}}
-    return {"default": problem} if model is None else {"default": problem, 200: {"model": model}}
-
-
-@router.post("/v1/auth/token", response_model=TokenAnswer, responses=_responses(None),
-             openapi_extra=_form_body(PasswordGrant), summary="Password grant: access + refresh token")
-async def token(request: Request) -> Response:
-    grant = await _form(request, PasswordGrant)
-    services, runtime = _services(request)
+@router.post("/v1/auth/token", response_model=TokenAnswer, openapi_extra=body_doc(PasswordGrant, FORM),
+             summary="Password grant: access + refresh token")
+async def token(grant: Annotated[PasswordGrant, form_body(PasswordGrant)], runtime: RuntimeDep,
+                services: SecurityDep) -> Response:
     user_id, role = await _sign_in(runtime, services, grant.username, grant.password)
     issued = await asyncio.to_thread(services.refresh.issue, user_id)
     return _token_answer(runtime, user_id, role, issued.token)
 
 
-@router.post("/v1/auth/refresh", response_model=TokenAnswer, responses=_responses(None),
-             openapi_extra=_form_body(RefreshGrant), summary="Rotate a refresh token")
-async def refresh(request: Request) -> Response:
-    grant = await _form(request, RefreshGrant)
-    services, runtime = _services(request)
+@router.post("/v1/auth/refresh", response_model=TokenAnswer, openapi_extra=body_doc(RefreshGrant, FORM),
+             summary="Rotate a refresh token")
+async def refresh(grant: Annotated[RefreshGrant, form_body(RefreshGrant)], runtime: RuntimeDep,
+                  services: SecurityDep) -> Response:
     issued = await asyncio.to_thread(services.refresh.rotate, grant.refresh_token)
     try:
         role = await asyncio.to_thread(get_role, runtime.engine, issued.user_id)
@@ -149,20 +143,17 @@ async def refresh(request: Request) -> Response:
     return _token_answer(runtime, issued.user_id, role, issued.token)
 
 
-@router.post("/v1/auth/logout", status_code=204, responses=_responses(None),
-             openapi_extra=_form_body(LogoutForm), summary="Revoke a refresh token's login")
-async def logout(request: Request) -> Response:
-    form = await _form(request, LogoutForm)
-    services, _ = _services(request)
+@router.post("/v1/auth/logout", status_code=204, openapi_extra=body_doc(LogoutForm, FORM),
+             summary="Revoke a refresh token's login")
+async def logout(form: Annotated[LogoutForm, form_body(LogoutForm)], services: SecurityDep) -> Response:
     await asyncio.to_thread(services.refresh.revoke, form.refresh_token)
     return Response(status_code=204)
 
 
-@router.post("/v1/auth/session", response_model=SessionAnswer, responses=_responses(None),
-             openapi_extra=_form_body(SessionLogin), summary="Dashboard login (session cookie)")
-async def session_login(request: Request) -> Response:
-    form = await _form(request, SessionLogin)
-    services, runtime = _services(request)
+@router.post("/v1/auth/session", response_model=SessionAnswer, openapi_extra=body_doc(SessionLogin, FORM),
+             summary="Dashboard login (session cookie)")
+async def session_login(form: Annotated[SessionLogin, form_body(SessionLogin)], runtime: RuntimeDep,
+                        services: SecurityDep) -> Response:
     user_id, role = await _sign_in(runtime, services, form.username, form.password)
     cookies = Response()
     csrf = await asyncio.to_thread(services.sessions.login, cookies, user_id, role)
@@ -172,24 +163,17 @@ async def session_login(request: Request) -> Response:
     return response
 
 
-@router.post("/v1/auth/session/logout", status_code=204, responses=_responses(None),
-             summary="End the dashboard session")
-async def session_logout(request: Request) -> Response:
-    services, _ = _services(request)
+@router.post("/v1/auth/session/logout", status_code=204, summary="End the dashboard session")
+async def session_logout(request: Request, services: SecurityDep) -> Response:
     response = Response(status_code=204)
     await asyncio.to_thread(services.sessions.logout, request, response)
     return response
 
 
-@router.put("/v1/admin/users/{user_id}", response_model=UserAnswer, responses=_responses(None),
-            openapi_extra={"requestBody": {"required": True, "content": {
-                "application/json": {"schema": RoleUpdate.model_json_schema()}}}},
+@router.put("/v1/admin/users/{user_id}", response_model=UserAnswer, openapi_extra=body_doc(RoleUpdate),
             summary="Change a user's role (admin)")
-async def put_user(user_id: str, request: Request) -> Response:
-    runtime = request.app.state.runtime
-    admin = _principal(request, "admin")
-    body = _json(await request.body(), RoleUpdate)
-    services, _ = _services(request)
+async def put_user(admin: AdminDep, runtime: RuntimeDep, services: SecurityDep, user_id: str,
+                   body: Annotated[RoleUpdate, json_body(RoleUpdate)]) -> Response:
     await asyncio.to_thread(get_role, runtime.engine, user_id)  # 404 before the ledger entry
     await runtime.ledger.append("user.role_set", {"user_id": user_id, "role": body.role, "actor": admin.user_id})
     await asyncio.to_thread(set_role, runtime.engine, user_id, body.role)
@@ -197,12 +181,7 @@ async def put_user(user_id: str, request: Request) -> Response:
     return JSONResponse({"user_id": user_id, "role": body.role})
 
 
-def _services(request: Request) -> tuple[SecurityServices, Any]:
-    runtime = request.app.state.runtime
-    return security_services(runtime), runtime
-
-
-async def _sign_in(runtime: Any, services: SecurityServices, username: str, password: str) -> tuple[str, str]:
+async def _sign_in(runtime: Runtime, services: SecurityServices, username: str, password: str) -> tuple[str, str]:
     """:func:`authenticate` off the event loop; a refusal is counted as a failed sign-in."""
     try:
         return await asyncio.to_thread(authenticate, runtime.engine, services.cipher, username, password)
@@ -211,48 +190,16 @@ async def _sign_in(runtime: Any, services: SecurityServices, username: str, pass
         raise
 
 
-def _principal(request: Request, role: str) -> Principal:
-    principal = request.app.state.runtime.tokens.verify(bearer_token(request.headers.get("authorization")))
-    require_role(principal, role)
-    return principal
-
-
-def _token_answer(runtime: Any, user_id: str, role: str, refresh_token: str) -> Response:
+def _token_answer(runtime: Runtime, user_id: str, role: str, refresh_token: str) -> Response:
     access = runtime.tokens.issue(user_id, role)
     body = {"access_token": access, "token_type": "Bearer",
             "expires_in": runtime.settings.access_token_ttl_s, "refresh_token": refresh_token}
     return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-async def _form(request: Request, model: type[M]) -> M:
-    if request.headers.get("content-type", "").split(";")[0].strip() != FORM:
-        raise InvalidInput(f"The body must be {FORM}")
-    try:
-        form = await request.form()
-    except Exception:
-        raise InvalidInput("The form body could not be parsed") from None
-    return _validated(model, {k: v for k, v in form.items() if isinstance(v, str)})
-
-
-def _json(raw: bytes, model: type[M]) -> M:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidInput("The body is not valid JSON") from None
-    return _validated(model, data)
-
-
-def _validated(model: type[M], data: Any) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = [{"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        raise InvalidInput("The request failed validation", errors=errors) from None
-
-
 def install(app: FastAPI, settings: Settings) -> None:
     """Add this router, the CSRF check for cookie sessions, the CORS allowlist and the security
     headers (outermost, so every response, errors included, carries them) to ``app``."""
     app.include_router(router)
-    app.add_middleware(CSRFMiddleware, sessions=lambda scope: security_services(scope["app"].state.runtime).sessions)
+    app.add_middleware(CSRFMiddleware, sessions=lambda scope: get_runtime(Request(scope)).security.sessions)
     add_web_security(app, settings.cors_origins, hsts=settings.session_cookie_secure)

@@ -1,35 +1,45 @@
 """Who may see the dashboard: a signed-in browser session (see :mod:`opsgate.security.sessions`)
 of an ``operator`` or ``admin``. Users with role ``user`` see nothing; only admins change settings
 (promote, roll back). The bearer-token API is not accepted here: the dashboard is a browser surface.
+
+Dependencies (``Annotated``, like :mod:`opsgate.deps`): :data:`SessionDep` is the session's
+principal or None; :data:`ViewerDep` is a session principal holding :data:`VIEW_ROLE` (401 / 403).
 """
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
 
+from fastapi import Depends, Request
+
+from opsgate.deps import SecurityDep
 from opsgate.security.auth import Principal
 from opsgate.security.errors import Unauthorized
 from opsgate.security.rbac import require_role
-from opsgate.security.service import security_services
 from opsgate.security.sessions import CSRF_COOKIE
 
 VIEW_ROLE = "operator"
 CHANGE_ROLE = "admin"
 
 
-def session_principal(request: Request) -> Principal | None:
+def session_principal(request: Request, services: SecurityDep) -> Principal | None:
     """The principal of the request's dashboard session, or None (no, bad, expired or revoked)."""
-    return security_services(request.app.state.runtime).sessions.principal(request)
+    return services.sessions.principal(request)
 
 
-def require_session(request: Request, role: str = VIEW_ROLE) -> Principal:
-    """The session principal holding ``role`` or higher. Raises :class:`Unauthorized` (401) without
-    a valid session and :class:`Forbidden` (403) for a lower role."""
-    principal = session_principal(request)
+SessionDep = Annotated[Principal | None, Depends(session_principal)]
+
+
+def require_session(principal: SessionDep) -> Principal:
+    """The session principal holding :data:`VIEW_ROLE` or higher. Raises :class:`Unauthorized`
+    (401) without a valid session and :class:`Forbidden` (403) for a lower role."""
     if principal is None:
         raise Unauthorized("Sign in to the dashboard first")
-    require_role(principal, role)
+    require_role(principal, VIEW_ROLE)
     return principal
+
+
+ViewerDep = Annotated[Principal, Depends(require_session)]
 
 
 def can_change(principal: Principal) -> bool:

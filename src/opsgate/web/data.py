@@ -22,20 +22,20 @@ from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from opsgate.deps import RuntimeDep
 from opsgate.errors import InvalidInput, NotFound
 from opsgate.metering.budgets import budget_statuses, period_start
 from opsgate.metering.views import status_json
-from opsgate.monitoring.escalation import Contacts
 from opsgate.monitoring.health import compute_health, latest_discrepancies
-from opsgate.monitoring.incidents import ACKNOWLEDGED, OPEN, IncidentService
-from opsgate.monitoring.worker import build_notifiers
+from opsgate.monitoring.incidents import ACKNOWLEDGED, OPEN
 from opsgate.operations import OPERATIONS
 from opsgate.rollout.views import toggle_json
+from opsgate.runtime import Runtime
 from opsgate.web import queries
-from opsgate.web.access import require_session
+from opsgate.web.access import ViewerDep
 
 router = APIRouter(prefix="/data")
 """Included by :data:`opsgate.web.views.router`, so its paths start with ``/dashboard/data``."""
@@ -45,7 +45,7 @@ COST_DAYS = 14
 Doc = dict[str, Any]
 
 
-def window_of(runtime: Any, window: int | None) -> int:
+def window_of(runtime: Runtime, window: int | None) -> int:
     """``window`` seconds, or the ``health_window_s`` default; :class:`InvalidInput` out of range."""
     window_s = window or runtime.settings.health_window_s
     if not 0 < window_s <= MAX_WINDOW_S:
@@ -62,28 +62,20 @@ def operation_of(operation: str | None) -> str | None:
     return operation
 
 
-def incident_service(runtime: Any) -> IncidentService:
-    """An :class:`IncidentService` over ``runtime`` with the configured notifiers and contacts."""
-    notifiers = build_notifiers(runtime.settings, runtime.session)
-    return IncidentService(runtime.engine, runtime.ledger, runtime.clock, notifiers,
-                           Contacts.from_settings(runtime.settings, frozenset(notifiers)),
-                           repeat_interval_s=runtime.settings.alert_repeat_interval_s)
-
-
 def per_minute(count: int, window_s: int) -> str:
     """``count`` calls over ``window_s`` seconds as calls per minute, 2 decimals (half up)."""
     rate = Decimal(count * 60) / Decimal(window_s)
     return str(rate.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-def overview(runtime: Any, window_s: int) -> Doc:
+def overview(runtime: Runtime, window_s: int) -> Doc:
     """``{"window_s", "health" (GET /v1/health), "ops_per_min", "p50", "spend_today_micro_usd",
     "budgets" (day and month, GET /v1/admin/budgets), "incidents": {"open", "acknowledged"},
     "rollout" (the newest, API shape, or None)}``."""
     now = runtime.clock.now()
     health = compute_health(runtime.engine, now, window_s).model_dump()
     totals = queries.series(runtime.engine, now, window_s, 1, None)["total"]
-    incidents = incident_service(runtime)
+    incidents = runtime.incidents
     rollouts = runtime.rollout.list_rollouts()
     return {
         "window_s": window_s,
@@ -98,12 +90,12 @@ def overview(runtime: Any, window_s: int) -> Doc:
     }
 
 
-def series(runtime: Any, window_s: int, operation: str | None) -> Doc:
+def series(runtime: Runtime, window_s: int, operation: str | None) -> Doc:
     """:func:`opsgate.web.queries.series` over ``window_s`` in :data:`SERIES_BUCKETS` buckets."""
     return queries.series(runtime.engine, runtime.clock.now(), window_s, SERIES_BUCKETS, operation)
 
 
-def providers(runtime: Any, window_s: int) -> Doc:
+def providers(runtime: Runtime, window_s: int) -> Doc:
     """``{"window_s", "providers": {name: {"available", "errorRate", "latency" (GET /v1/health
     providerAvailability), "breaker", "consecutive_failures" (this instance's circuit breaker,
     as ``opsgate_breaker_state`` in /metrics)}}}``."""
@@ -118,7 +110,7 @@ def providers(runtime: Any, window_s: int) -> Doc:
     return {"window_s": window_s, "providers": found}
 
 
-def costs(runtime: Any) -> Doc:
+def costs(runtime: Runtime) -> Doc:
     """The last :data:`COST_DAYS` UTC days of spend (:func:`opsgate.web.queries.costs`), the
     latest reconciliation per provider with its discrepancy (%, Decimal string) and
     ``costAccuracy`` as ``GET /v1/health`` reports it."""
@@ -135,7 +127,7 @@ def costs(runtime: Any) -> Doc:
             "costAccuracy": health.costAccuracy}
 
 
-def adoption(runtime: Any) -> Doc:
+def adoption(runtime: Runtime) -> Doc:
     """``{"toggles": [toggle with "adoption": {"eligible", "opted_in", "rate_ppm"}]}`` exactly as
     ``GET /v1/admin/toggles``."""
     svc = runtime.rollout
@@ -143,25 +135,25 @@ def adoption(runtime: Any) -> Doc:
     return {"toggles": [toggle_json(t, numbers[t.operation]) for t in svc.list_toggles()]}
 
 
-def rollouts(runtime: Any) -> Doc:
+def rollouts(runtime: Runtime) -> Doc:
     """``{"rollouts": [...]}`` exactly as ``GET /v1/admin/rollouts`` (newest first, with history)."""
     svc = runtime.rollout
     return {"rollouts": [{**r.to_json(), "history": svc.history(r.id)} for r in svc.list_rollouts()]}
 
 
-def incidents(runtime: Any) -> Doc:
+def incidents(runtime: Runtime) -> Doc:
     """``{"incidents": [...] (GET /v1/incidents), "open", "acknowledged", "resolved"}``."""
-    found = incident_service(runtime).list(limit=1000)
+    found = runtime.incidents.list(limit=1000)
     counts = {state: sum(1 for i in found if i["state"] == state) for state in (OPEN, ACKNOWLEDGED, "resolved")}
     return {"incidents": found, **counts}
 
 
-def ledger(runtime: Any) -> Doc:
+def ledger(runtime: Runtime) -> Doc:
     """:func:`opsgate.web.queries.ledger_status`."""
     return queries.ledger_status(runtime.engine)
 
 
-PAGES: dict[str, Callable[[Any], Doc]] = {
+PAGES: dict[str, Callable[[Runtime], Doc]] = {
     "costs": costs, "adoption": adoption, "rollouts": rollouts, "incidents": incidents, "ledger": ledger,
 }
 
@@ -171,30 +163,24 @@ def _json(doc: Doc) -> JSONResponse:
 
 
 @router.get("/overview")
-async def overview_data(request: Request, window: int | None = None) -> JSONResponse:
-    require_session(request)
-    runtime = request.app.state.runtime
+async def overview_data(_viewer: ViewerDep, runtime: RuntimeDep, window: int | None = None) -> JSONResponse:
     return _json(await asyncio.to_thread(overview, runtime, window_of(runtime, window)))
 
 
 @router.get("/series")
-async def series_data(request: Request, window: int | None = None, operation: str | None = None) -> JSONResponse:
-    require_session(request)
-    runtime = request.app.state.runtime
+async def series_data(_viewer: ViewerDep, runtime: RuntimeDep, window: int | None = None,
+                      operation: str | None = None) -> JSONResponse:
     doc = await asyncio.to_thread(series, runtime, window_of(runtime, window), operation_of(operation))
     return _json(doc)
 
 
 @router.get("/providers")
-async def providers_data(request: Request, window: int | None = None) -> JSONResponse:
-    require_session(request)
-    runtime = request.app.state.runtime
+async def providers_data(_viewer: ViewerDep, runtime: RuntimeDep, window: int | None = None) -> JSONResponse:
     return _json(await asyncio.to_thread(providers, runtime, window_of(runtime, window)))
 
 
 @router.get("/{page}")
-async def page_data(request: Request, page: str) -> JSONResponse:
-    require_session(request)
+async def page_data(_viewer: ViewerDep, runtime: RuntimeDep, page: str) -> JSONResponse:
     if page not in PAGES:
         raise NotFound(f"no dashboard data {page!r}")
-    return _json(await asyncio.to_thread(PAGES[page], request.app.state.runtime))
+    return _json(await asyncio.to_thread(PAGES[page], runtime))

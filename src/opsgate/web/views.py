@@ -32,15 +32,16 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.staticfiles import StaticFiles
 
+from opsgate.deps import RuntimeDep, SecurityDep
 from opsgate.errors import OpsgateError
 from opsgate.operations import OPERATIONS
+from opsgate.runtime import Runtime
 from opsgate.rollout.controller import ACTIVE
 from opsgate.security.auth import Principal
 from opsgate.security.rbac import require_role
-from opsgate.security.service import security_services
 from opsgate.security.users import authenticate
 from opsgate.web import data
-from opsgate.web.access import CHANGE_ROLE, VIEW_ROLE, can_change, csrf_value, session_principal
+from opsgate.web.access import CHANGE_ROLE, VIEW_ROLE, SessionDep, can_change, csrf_value
 from opsgate.web.format import figure, show
 
 HERE = Path(__file__).parent
@@ -58,10 +59,6 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 router.include_router(data.router)
 
 
-class _SignIn(Exception):
-    """Raised inside a page handler: answer with a redirect to the sign-in page."""
-
-
 # static files and sign-in --------------------------------------------------------------------
 @router.get("/static/{path:path}")
 async def static(request: Request, path: str) -> Response:
@@ -69,21 +66,19 @@ async def static(request: Request, path: str) -> Response:
 
 
 @router.get("/login")
-async def login_page(request: Request, next: str = "/dashboard") -> Response:
-    who = session_principal(request)
+async def login_page(request: Request, who: SessionDep, services: SecurityDep, next: str = "/dashboard") -> Response:
     if who is not None and _may_view(who):
         return RedirectResponse(_safe_next(next), status_code=303)
     response = _render(request, "login.html", None, {"next": _safe_next(next), "error": None})
-    if who is None and security_services(request.app.state.runtime).sessions.cookie in request.cookies:
-        security_services(request.app.state.runtime).sessions.logout(request, response)  # drop stale cookies
+    if who is None and services.sessions.cookie in request.cookies:
+        services.sessions.logout(request, response)  # drop stale cookies
     return response
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
+async def login(request: Request, runtime: RuntimeDep) -> Response:
     form = await _form(request)
-    runtime = request.app.state.runtime
-    services = security_services(runtime)
+    services = runtime.security
     target = _safe_next(form.get("next", ""))
     try:
         user_id, role = await asyncio.to_thread(authenticate, runtime.engine, services.cipher,
@@ -98,101 +93,96 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
+async def logout(request: Request, services: SecurityDep) -> Response:
     response = RedirectResponse("/dashboard/login", status_code=303)
-    await asyncio.to_thread(security_services(request.app.state.runtime).sessions.logout, request, response)
+    await asyncio.to_thread(services.sessions.logout, request, response)
     return response
 
 
 # pages ---------------------------------------------------------------------------------------
 @router.get("")
-async def overview_page(request: Request, window: int | None = None) -> Response:
-    runtime = request.app.state.runtime
+async def overview_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: int | None = None) -> Response:
+    if (refused := _refusal(request, who)) is not None:
+        return refused
     window_s = data.window_of(runtime, window)
-    return await _page(request, "overview.html", lambda: data.overview(runtime, window_s),
+    return await _page(request, who, "overview.html", lambda: data.overview(runtime, window_s),
                        poll=f"/dashboard/data/overview?window={window_s}")
 
 
 @router.get("/metrics")
-async def metrics_page(request: Request, window: int | None = None, operation: str | None = None) -> Response:
-    runtime = request.app.state.runtime
+async def metrics_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: int | None = None,
+                       operation: str | None = None) -> Response:
+    if (refused := _refusal(request, who)) is not None:
+        return refused
     window_s = data.window_of(runtime, window or DEFAULT_SERIES_WINDOW_S)
     op = data.operation_of(operation)
     poll = f"/dashboard/data/series?window={window_s}" + (f"&operation={quote(op)}" if op else "")
-    return await _page(request, "metrics.html", lambda: data.series(runtime, window_s, op), poll=poll,
+    return await _page(request, who, "metrics.html", lambda: data.series(runtime, window_s, op), poll=poll,
                        extra={"windows": WINDOWS, "operations": sorted(OPERATIONS), "operation": op or ""})
 
 
 @router.get("/providers")
-async def providers_page(request: Request, window: int | None = None) -> Response:
-    runtime = request.app.state.runtime
+async def providers_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: int | None = None) -> Response:
+    if (refused := _refusal(request, who)) is not None:
+        return refused
     window_s = data.window_of(runtime, window)
-    return await _page(request, "providers.html", lambda: data.providers(runtime, window_s),
+    return await _page(request, who, "providers.html", lambda: data.providers(runtime, window_s),
                        poll=f"/dashboard/data/providers?window={window_s}")
 
 
 @router.get("/costs")
-async def costs_page(request: Request) -> Response:
-    return await _simple_page(request, "costs")
+async def costs_page(request: Request, who: SessionDep, runtime: RuntimeDep) -> Response:
+    return await _simple_page(request, who, runtime, "costs")
 
 
 @router.get("/adoption")
-async def adoption_page(request: Request) -> Response:
-    return await _simple_page(request, "adoption")
+async def adoption_page(request: Request, who: SessionDep, runtime: RuntimeDep) -> Response:
+    return await _simple_page(request, who, runtime, "adoption")
 
 
 @router.get("/rollouts")
-async def rollouts_page(request: Request) -> Response:
-    return await _simple_page(request, "rollouts")
+async def rollouts_page(request: Request, who: SessionDep, runtime: RuntimeDep) -> Response:
+    return await _simple_page(request, who, runtime, "rollouts")
 
 
 @router.get("/incidents")
-async def incidents_page(request: Request) -> Response:
-    return await _simple_page(request, "incidents")
+async def incidents_page(request: Request, who: SessionDep, runtime: RuntimeDep) -> Response:
+    return await _simple_page(request, who, runtime, "incidents")
 
 
 @router.get("/incidents/{incident_id}")
-async def incident_page(request: Request, incident_id: str) -> Response:
-    runtime = request.app.state.runtime
-    return await _page(request, "incident.html", lambda: data.incident_service(runtime).show(incident_id))
+async def incident_page(request: Request, who: SessionDep, runtime: RuntimeDep, incident_id: str) -> Response:
+    return await _page(request, who, "incident.html", lambda: runtime.incidents.show(incident_id))
 
 
 @router.get("/ledger")
-async def ledger_page(request: Request) -> Response:
-    return await _simple_page(request, "ledger")
+async def ledger_page(request: Request, who: SessionDep, runtime: RuntimeDep) -> Response:
+    return await _simple_page(request, who, runtime, "ledger")
 
 
 # changes -------------------------------------------------------------------------------------
 @router.post("/rollouts/{rollout_id}/promote")
-async def promote(request: Request, rollout_id: int) -> Response:
-    return await _act(request, CHANGE_ROLE, "/dashboard/rollouts",
-                      lambda who, form: request.app.state.runtime.rollout.advance(rollout_id, who.user_id))
+async def promote(request: Request, who: SessionDep, runtime: RuntimeDep, rollout_id: int) -> Response:
+    return await _act(request, who, CHANGE_ROLE, "/dashboard/rollouts",
+                      lambda user, form: runtime.rollout.advance(rollout_id, user.user_id))
 
 
 @router.post("/rollouts/{rollout_id}/rollback")
-async def rollback(request: Request, rollout_id: int) -> Response:
-    def act(who: Principal, form: dict[str, str]) -> Any:
-        reason = _text(form, "reason")
-        return request.app.state.runtime.rollout.rollback(rollout_id, reason, who.user_id)
-
-    return await _act(request, CHANGE_ROLE, "/dashboard/rollouts", act)
+async def rollback(request: Request, who: SessionDep, runtime: RuntimeDep, rollout_id: int) -> Response:
+    return await _act(request, who, CHANGE_ROLE, "/dashboard/rollouts",
+                      lambda user, form: runtime.rollout.rollback(rollout_id, _text(form, "reason"), user.user_id))
 
 
 @router.post("/incidents/{incident_id}/ack")
-async def acknowledge(request: Request, incident_id: str) -> Response:
-    runtime = request.app.state.runtime
-    return await _act(request, VIEW_ROLE, f"/dashboard/incidents/{quote(incident_id)}",
-                      lambda who, form: data.incident_service(runtime).acknowledge(incident_id, who.user_id))
+async def acknowledge(request: Request, who: SessionDep, runtime: RuntimeDep, incident_id: str) -> Response:
+    return await _act(request, who, VIEW_ROLE, f"/dashboard/incidents/{quote(incident_id)}",
+                      lambda user, form: runtime.incidents.acknowledge(incident_id, user.user_id))
 
 
 @router.post("/incidents/{incident_id}/resolve")
-async def resolve(request: Request, incident_id: str) -> Response:
-    runtime = request.app.state.runtime
-
-    def act(who: Principal, form: dict[str, str]) -> Any:
-        return data.incident_service(runtime).resolve(incident_id, who.user_id, _text(form, "note"))
-
-    return await _act(request, VIEW_ROLE, f"/dashboard/incidents/{quote(incident_id)}", act)
+async def resolve(request: Request, who: SessionDep, runtime: RuntimeDep, incident_id: str) -> Response:
+    return await _act(request, who, VIEW_ROLE, f"/dashboard/incidents/{quote(incident_id)}",
+                      lambda user, form: runtime.incidents.resolve(incident_id, user.user_id, _text(form, "note")))
 
 
 # helpers -------------------------------------------------------------------------------------
@@ -209,28 +199,25 @@ def _safe_next(target: str) -> str:
     return target if _NEXT.match(target or "") else "/dashboard"
 
 
-def _viewer(request: Request) -> Principal:
-    who = session_principal(request)
+def _refusal(request: Request, who: Principal | None) -> Response | None:
+    """None when ``who`` may view the dashboard; otherwise the answer: a redirect to the sign-in
+    page (no session, coming back here afterwards) or the denied page (403)."""
     if who is None:
-        raise _SignIn()
-    require_role(who, VIEW_ROLE)
-    return who
-
-
-async def _simple_page(request: Request, name: str) -> Response:
-    runtime = request.app.state.runtime
-    return await _page(request, f"{name}.html", lambda: data.PAGES[name](runtime), poll=f"/dashboard/data/{name}")
-
-
-async def _page(request: Request, template: str, load: Callable[[], Any], *, poll: str | None = None,
-                extra: dict[str, Any] | None = None) -> Response:
-    try:
-        who = _viewer(request)
-    except _SignIn:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/dashboard/login?next={quote(target, safe='')}", status_code=303)
-    except OpsgateError:
+    if not _may_view(who):
         return _render(request, "denied.html", None, {}, status=403)
+    return None
+
+
+async def _simple_page(request: Request, who: Principal | None, runtime: Runtime, name: str) -> Response:
+    return await _page(request, who, f"{name}.html", lambda: data.PAGES[name](runtime), poll=f"/dashboard/data/{name}")
+
+
+async def _page(request: Request, who: Principal | None, template: str, load: Callable[[], Any], *,
+                poll: str | None = None, extra: dict[str, Any] | None = None) -> Response:
+    if (refused := _refusal(request, who)) is not None:
+        return refused
     doc = await asyncio.to_thread(load)
     error = request.query_params.get("error", "")
     return _render(request, template, who, {"doc": doc, "poll": poll, "error": error if _CODE.match(error) else None,
@@ -269,8 +256,8 @@ class _Refused(Exception):
         self.code = code
 
 
-async def _act(request: Request, role: str, back: str, change: Callable[[Principal, dict[str, str]], Any]) -> Response:
-    who = session_principal(request)
+async def _act(request: Request, who: Principal | None, role: str, back: str,
+               change: Callable[[Principal, dict[str, str]], Any]) -> Response:
     if who is None:
         return RedirectResponse("/dashboard/login", status_code=303)
     try:

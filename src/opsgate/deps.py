@@ -1,0 +1,173 @@
+"""FastAPI dependencies for every route, in ``Annotated`` form (as the FastAPI full-stack
+template's ``api/deps.py`` does): who may call a route reads in its signature and in OpenAPI.
+
+================== ==========================================================================
+``RuntimeDep``     the process's :class:`~opsgate.runtime.Runtime` (opened by the lifespan)
+``PrincipalDep``   the caller of a valid ``Authorization: Bearer`` access token (RFC 6750), 401
+``UserDep``        ``require_role("user")``: any authenticated caller
+``OperatorDep``    ``require_role("operator")``: operator or admin, 403 for a lower role
+``AdminDep``       ``require_role("admin")``
+``SecurityDep``    key ring, field cipher, refresh tokens, browser sessions
+``RolloutDep``     toggles and canary rollouts
+``IncidentsDep``   incidents with the configured notifiers and contacts
+================== ==========================================================================
+
+A protected route's first parameter is its role dependency; FastAPI solves dependencies in the
+order of the signature and stops at the first that raises, so a caller without a token (401) or
+with too low a role (403) is refused before anything else about the request is looked at. A
+body is never a FastAPI body parameter (those are JSON-decoded before any dependency runs): it is
+:func:`json_body` or :func:`form_body`, a dependency that itself needs the principal (JSON) and
+reads the body only when its turn comes. Its schema reaches OpenAPI through :func:`body_doc`.
+
+OpenAPI: every protected route lists the ``HTTPBearer`` scheme with the role it needs as the
+requirement's value (OpenAPI 3.1 §4.8.30: for non-OAuth schemes the array MAY list role names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from opsgate.errors import InvalidInput
+from opsgate.validation import validated
+from opsgate.monitoring.incidents import IncidentService
+from opsgate.rollout.service import RolloutService
+from opsgate.runtime import Runtime
+from opsgate.security import rbac
+from opsgate.security.auth import Principal, bearer_token
+from opsgate.security.service import SecurityServices
+
+M = TypeVar("M", bound=BaseModel)
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+BEARER = "bearer"
+"""The OpenAPI name of the bearer-token security scheme."""
+bearer_scheme = HTTPBearer(
+    scheme_name=BEARER,
+    auto_error=False,
+    description="A 1-hour JWT access token (POST /v1/auth/token or `opsgate token USER`); the "
+    "requirement lists the least role a route needs (user < operator < admin).",
+)
+"""Declares the scheme in OpenAPI; the token itself is checked by :func:`get_principal`."""
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The runtime the app's lifespan opened (the one place a route reaches ``app.state``)."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_principal(
+    request: Request,
+    runtime: RuntimeDep,
+    _documented: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> Principal:
+    """The caller of the request's bearer token; :class:`Unauthorized` (401) for a missing, wrong
+    scheme, malformed, expired or forged one. Verified once per request (kept on
+    ``request.state``, whichever role dependency asked first)."""
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is None:
+        known = request.state.principal = runtime.tokens.verify(bearer_token(request.headers.get("authorization")))
+    return known
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+@cache
+def require_role(role: str) -> Callable[[Principal], Principal]:
+    """A dependency answering the principal when it holds ``role`` or a higher one; raises
+    :class:`Forbidden` (403) otherwise. One function per role, so FastAPI caches it per request."""
+
+    def dependency(principal: PrincipalDep) -> Principal:
+        rbac.require_role(principal, role)
+        return principal
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+UserDep = Annotated[Principal, Security(require_role("user"), scopes=["user"])]
+OperatorDep = Annotated[Principal, Security(require_role("operator"), scopes=["operator"])]
+AdminDep = Annotated[Principal, Security(require_role("admin"), scopes=["admin"])]
+
+
+def get_security(runtime: RuntimeDep) -> SecurityServices:
+    """The runtime's security services."""
+    return runtime.security
+
+
+def get_rollout(runtime: RuntimeDep) -> RolloutService:
+    """The runtime's toggles and rollouts."""
+    return runtime.rollout
+
+
+def get_incidents(runtime: RuntimeDep) -> IncidentService:
+    """The runtime's incident service (notifiers and contacts wired once, at start-up)."""
+    return runtime.incidents
+
+
+SecurityDep = Annotated[SecurityServices, Depends(get_security)]
+RolloutDep = Annotated[RolloutService, Depends(get_rollout)]
+IncidentsDep = Annotated[IncidentService, Depends(get_incidents)]
+
+
+def json_body(model: type[M]) -> Any:
+    """``Depends`` on a parser of the request's JSON body into ``model``, run only after the
+    caller is authenticated (it needs :data:`PrincipalDep`). An empty body counts as ``{}``.
+    :class:`InvalidInput` (422) names fields and rules, never values."""
+
+    async def parse(request: Request, _caller: PrincipalDep) -> M:
+        raw = await request.body()
+        try:
+            data = orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError:
+            raise InvalidInput("The request body is not valid JSON") from None
+        return validated(model, data)
+
+    parse.__name__ = f"json_{model.__name__}"
+    return Depends(parse)
+
+
+def form_body(model: type[M]) -> Any:
+    """``Depends`` on a parser of an ``application/x-www-form-urlencoded`` body into ``model``
+    (for the public sign-in routes; text fields only). :class:`InvalidInput` (422) otherwise."""
+
+    async def parse(request: Request) -> M:
+        if request.headers.get("content-type", "").split(";")[0].strip() != FORM:
+            raise InvalidInput(f"The body must be {FORM}")
+        try:
+            form = await request.form()
+        except Exception:
+            raise InvalidInput("The form body could not be parsed") from None
+        return validated(model, {k: v for k, v in form.items() if isinstance(v, str)})
+
+    parse.__name__ = f"form_{model.__name__}"
+    return Depends(parse)
+
+
+def body_doc(model: type[BaseModel], media_type: str = JSON) -> dict[str, Any]:
+    """``openapi_extra`` documenting ``model`` as the required request body of ``media_type``
+    (a flat model: nested models would need their ``$defs`` hoisted to components)."""
+    schema = model.model_json_schema()
+    if "$defs" in schema:
+        raise TypeError(f"{model.__name__} nests models; document it with components")
+    return {"requestBody": {"required": True, "content": {media_type: {"schema": schema}}}}
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "default": {"description": "RFC 9457 problem details",
+                "content": {"application/problem+json": {"schema": {"type": "object"}}}},
+}
+"""``responses=`` for routes: every error is an RFC 9457 problem."""
+

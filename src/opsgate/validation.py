@@ -1,0 +1,49 @@
+"""Validation failures as :class:`~opsgate.errors.InvalidInput`: fields and rules, never values.
+
+Every 422 the gateway sends goes through :func:`field_errors`, whether pydantic refused an
+operation's input (the pipeline), a route's body (:mod:`opsgate.deps`) or FastAPI refused a path
+or query parameter (the app's one ``RequestValidationError`` handler). Each error is
+``{"loc": "a.b.0", "msg": pydantic's message}``; ``loc`` is ``body`` for the body as a whole.
+pydantic's messages state the rule (``String should have at most 1024 characters``), but a few
+quote what was sent (a union's unknown tag), so a message that contains the submitted value is
+replaced by the rule's type (``rule: union_tag_invalid``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from opsgate.errors import InvalidInput
+
+M = TypeVar("M", bound=BaseModel)
+_QUOTABLE = 3
+"""Submitted text at least this long may not appear in a message (shorter cannot carry a secret)."""
+
+
+def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """``[{"loc", "msg"}]`` from pydantic / FastAPI error dicts (``loc``, ``msg``, ``type``, and
+    ``input`` when present); no submitted value survives."""
+    found = []
+    for err in errors:
+        msg = str(err.get("msg", ""))
+        submitted = err.get("input")
+        if isinstance(submitted, str | int | float) and len(str(submitted)) >= _QUOTABLE and str(submitted) in msg:
+            msg = f"rule: {err.get('type', 'invalid')}"
+        found.append({"loc": ".".join(str(p) for p in err.get("loc", ())) or "body", "msg": msg})
+    return found
+
+
+def invalid_input(exc: ValidationError, detail: str) -> InvalidInput:
+    """The :class:`InvalidInput` (422) for a pydantic ``exc``, with ``detail`` as its summary."""
+    return InvalidInput(detail, errors=field_errors(exc.errors(include_url=False)))
+
+
+def validated(model: type[M], data: Any) -> M:
+    """``model.model_validate(data)``; :class:`InvalidInput` naming the failing fields."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_input(exc, "The request body does not match the expected shape") from None
