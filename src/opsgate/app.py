@@ -119,6 +119,7 @@ def _outcome_body(outcome: Outcome) -> dict[str, Any]:
         "usage": asdict(outcome.usage),
         "cost_micro_usd": outcome.cost_micro_usd,
         "latency_ms": round(outcome.latency_ms, 3),
+        "privacy": outcome.privacy,
     }
 
 

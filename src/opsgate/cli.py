@@ -17,6 +17,7 @@ from opsgate.errors import OpsgateError
 from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
 from opsgate.monitoring.cli import incidents_app, worker
+from opsgate.operations.cli import privacy_app
 from opsgate.rehearsal.cli import rehearse
 from opsgate.reports.cli import readiness, report_app
 from opsgate.rollout.cli import rollout_app, toggles_app
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(backup_app, name="backup")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(report_app, name="report")
+app.add_typer(privacy_app, name="privacy")
 app.command("worker")(worker)
 app.command("rehearse")(rehearse)
 app.command("readiness")(readiness)

@@ -20,6 +20,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+DEFAULT_PSEUDONYMISED = (
+    "email-compose", "email-classify", "email-respond", "calendar-prep", "calendar-time",
+)
+"""Operations whose prompts are pseudonymised unless ``privacy_pseudonymise`` says otherwise."""
+
 
 class Settings(BaseSettings):
     """Every tunable of the gateway. Durations are seconds; money is micro-USD."""
@@ -187,6 +192,11 @@ class Settings(BaseSettings):
     redaction_phone_regions: list[str] = Field(
         default_factory=lambda: ["US", "GB"],
         description="ISO 3166-1 alpha-2 regions national phone numbers are read in (redaction).",
+    )
+    privacy_pseudonymise: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PSEUDONYMISED),
+        description="Operations whose prompts carry pseudonyms instead of email addresses, names "
+        "and phone numbers (docs/privacy.md); secrets are masked for every operation.",
     )
     secret_max_age_days: int = Field(
         default=90, gt=0, description="`opsgate secrets check` warns about a secret older than this."

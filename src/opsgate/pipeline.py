@@ -6,6 +6,7 @@
   2 authorize      feature toggle for (operation, user)   -> Operation          403/404
   3 rate limit     (user) and (user, operation)                                 429
   4 validate       the operation's input schema           -> Prepared           422
+    minimise       secrets -> placeholders, personal data -> pseudonyms (what is really sent)
   5 reserve        worst-case cost against budgets, atomically                  402
   6 ledger intent  durable before any provider call, one transaction with 5     503
   7 route          provider chain with retries, breaker, fallback; JSON repair
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ from opsgate.metering.service import MeteringService, usage_unknown
 from opsgate.operations import get_operation
 from opsgate.operations.base import Operation, Prepared
 from opsgate.operations.errors import InvalidModelOutput
+from opsgate.operations.privacy import CallPrivacy, PrivacyPolicy
 from opsgate.operations.repair import repair_request
 from opsgate.providers.base import Completion, Usage
 from opsgate.rollout.toggles import ToggleSnapshot
@@ -75,6 +77,7 @@ class Outcome:
     cost_micro_usd: int
     latency_ms: float
     attempts: int
+    privacy: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +174,7 @@ class Gateway:
         clock: Clock,
         metering: MeteringService | None = None,
         toggles: ToggleSnapshot | None = None,
+        privacy: PrivacyPolicy | None = None,
     ) -> None:
         self._tokens = tokens
         self._ledger = ledger
@@ -180,6 +184,7 @@ class Gateway:
         self._clock = clock
         self.metering = metering
         self._toggles = toggles
+        self._privacy = privacy or PrivacyPolicy()
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
@@ -188,15 +193,18 @@ class Gateway:
         op = self.authorize(principal, call.operation)
         await self.rate_limit(principal, op)
         prepared, input_digest = self.validate(op, call.body)
+        prepared, privacy = self.minimise(op, prepared)
         reserve = self.reserve(call, principal, op, prepared)
-        intent = await self.ledger_intent(call, principal, op, input_digest, reserve)
+        intent = await self.ledger_intent(call, principal, op, input_digest, reserve, privacy)
         spend = _Spend()
         try:
-            output = await self.route(op, prepared, spend)
+            output = await self.route(op, prepared, spend, privacy)
         except Exception as exc:
             await self.record_failure(call, principal, intent, spend, exc, started)
             raise
-        return await self.record(call, principal, intent, spend, output, started)
+        outcome = await self.record(call, principal, intent, spend, output, started)
+        outcome.privacy = privacy.report()
+        return outcome
 
     # 1 ------------------------------------------------------------------------------------------
     def authenticate(self, call: Call) -> Principal:
@@ -237,6 +245,13 @@ class Gateway:
             raise invalid_input(exc, "The request body does not match the operation's input") from None
         return op.prepare(data), hashlib.sha256(body).hexdigest()
 
+    def minimise(self, op: Operation, prepared: Prepared) -> tuple[Prepared, CallPrivacy]:
+        """The prepared request as it will really be sent: secrets masked, personal data
+        pseudonymised per the privacy policy (:mod:`opsgate.operations.privacy`). Runs before
+        the reservation, so the reserved worst case covers this prompt."""
+        request, privacy = self._privacy.minimise(op.id, prepared.request)
+        return replace(prepared, request=request), privacy
+
     # 5 ------------------------------------------------------------------------------------------
     def reserve(
         self, call: Call, principal: Principal, op: Operation, prepared: Prepared
@@ -257,9 +272,11 @@ class Gateway:
         op: Operation,
         input_digest: str,
         reserve: InTransaction[Reservation] | None,
+        privacy: CallPrivacy,
     ) -> Intent:
         """Durably append the ``intent`` entry with the reservation (its ``work_result``);
-        :class:`LedgerUnavailable` (503) or a budget refusal stops the call here."""
+        :class:`LedgerUnavailable` (503) or a budget refusal stops the call here. The entry
+        counts what was masked and pseudonymised, never the values."""
         policy = self._policies[op.id]
         payload = {
             "request_id": call.request_id,
@@ -267,14 +284,18 @@ class Gateway:
             "operation": op.id,
             "input_sha256": input_digest,
             "policy": [f"{t.provider}/{t.model}" for t in policy.chain],
+            "privacy": privacy.ledger_counts(),
         }
         if reserve is None:
             return await self._ledger.append("intent", payload)
         return await self._ledger.append("intent", payload, work=reserve)
 
     # 7 ------------------------------------------------------------------------------------------
-    async def route(self, op: Operation, prepared: Prepared, spend: _Spend) -> BaseModel:
-        """Send the request along the operation's provider chain and validate the answer.
+    async def route(
+        self, op: Operation, prepared: Prepared, spend: _Spend, privacy: CallPrivacy
+    ) -> BaseModel:
+        """Send the request along the operation's provider chain, map the call's pseudonyms in
+        the answer back, and validate it.
 
         An answer that does not match ``op.ModelOutput`` gets one repair request that quotes the
         validation errors; a second miss raises :class:`InvalidModelOutput`.
@@ -286,7 +307,7 @@ class Gateway:
             spend.completions.append(routed.completion)
             spend.attempts += len(routed.attempts)
             try:
-                answer = op.ModelOutput.model_validate(routed.completion.data)
+                answer = op.ModelOutput.model_validate(privacy.restore(routed.completion.data))
             except ValidationError as exc:
                 if attempt:
                     raise InvalidModelOutput(routed.completion.provider) from None

@@ -27,6 +27,7 @@ from opsgate.monitoring.security_counts import CountFlusher
 from opsgate.monitoring.worker import incident_service
 from opsgate.metering.service import build_metering
 from opsgate.operations import OPERATIONS
+from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.pipeline import Gateway
 from opsgate.providers.http import make_session
 from opsgate.providers.registry import build_providers
@@ -91,6 +92,7 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
     the secrets layer (ledgered, ``op://`` references resolved) before the providers are built."""
     clock = clock or SystemClock()
     configure_sanitizer(settings)
+    privacy = PrivacyPolicy.from_settings(settings)
     sandbox = None
     if settings.sandbox:
         sandbox = SandboxServer(faults=settings.sandbox_faults)
@@ -125,6 +127,7 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
         clock=clock,
         metering=build_metering(settings, engine, clock, prices, routed),
         toggles=toggles,
+        privacy=privacy,
     )
     attach_alerting(engine, clock, gateway.metering.hooks if gateway.metering else None, rollout)
     checkpointer = checkpointer_for(settings, engine, clock, session)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from opsgate.operations.base import Operation, Prepared
+from opsgate.operations.base import Operation, Prepared, Sent
 from opsgate.operations.common import Answer, build_request, data_block, known_references, user_request
 from opsgate.operations.series import (
     Anomaly,
@@ -187,6 +187,12 @@ class AnalyticsSummary(Operation):
     ModelOutput = SummaryAnswer
     Output = SummaryOutput
     max_tokens = 1_000
+    sends = (
+        Sent("series name and unit"),
+        Sent("key figures (computed)"),
+        Sent(f"bucket means (at most {MAX_SENT_POINTS}, computed)"),
+        Sent("question"),
+    )
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Compute the figures and the bucketed series; ask for a narrative."""
@@ -311,6 +317,13 @@ class AnalyticsAnomaly(Operation):
     ModelOutput = AnomalyAnswer
     Output = AnomalyOutput
     max_tokens = 1_500
+    sends = (
+        Sent("series name and unit"),
+        Sent("count, time range and median (computed)"),
+        Sent("method, threshold and window"),
+        Sent(f"anomalies (the {MAX_SENT_ANOMALIES} strongest, computed)"),
+        Sent("question"),
+    )
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Detect anomalies and ask the model to narrate the strongest."""

@@ -21,6 +21,16 @@ from pydantic import BaseModel
 from opsgate.providers.base import CompletionRequest
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One thing an operation puts in its prompt (for the privacy manifest, docs/privacy.md):
+    ``what`` names input fields or values computed from them; ``clip`` is the most characters of
+    it sent (``None``: sent whole, within the input schema's limits)."""
+
+    what: str
+    clip: int | None = None
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A ready-to-send request plus what the operation computed locally (``context``)."""
@@ -33,7 +43,8 @@ class Operation:
     """Base class of the nine operations. Subclasses set the class attributes and both methods.
 
     ``id`` is the public operation id (e.g. ``email-classify``); ``Input``, ``ModelOutput`` and
-    ``Output`` are pydantic models; ``max_tokens`` caps the model's answer.
+    ``Output`` are pydantic models; ``max_tokens`` caps the model's answer; ``sends`` lists what
+    ``prepare`` puts in the prompt, and nothing else may reach it.
     """
 
     id: ClassVar[str]
@@ -41,6 +52,7 @@ class Operation:
     ModelOutput: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
     max_tokens: ClassVar[int] = 1024
+    sends: ClassVar[tuple[Sent, ...]] = ()
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Build the provider request for validated input ``data``."""

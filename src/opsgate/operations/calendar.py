@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from opsgate.operations.base import Operation, Prepared
+from opsgate.operations.base import Operation, Prepared, Sent
 from opsgate.operations.common import (
     Answer,
     build_request,
@@ -237,6 +237,17 @@ class CalendarPrep(Operation):
     ModelOutput = PrepAnswer
     Output = PrepOutput
     max_tokens = 2_000
+    sends = (
+        Sent("window and time zone"),
+        Sent(f"event titles (the earliest {MAX_PREP_EVENTS} events)", MAX_TITLE_CHARS),
+        Sent("event times, status, busy or free"),
+        Sent("event locations", MAX_LOCATION_CHARS),
+        Sent("event organizer (name and address)"),
+        Sent(f"event attendees (names and addresses, first {MAX_ATTENDEES_LISTED})"),
+        Sent("event descriptions (whitespace collapsed)", MAX_DESCRIPTION_CHARS),
+        Sent("overlapping events (computed)"),
+        Sent("focus"),
+    )
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Expand the events in the window and ask for a briefing on them."""
@@ -390,6 +401,13 @@ class CalendarTime(Operation):
     ModelOutput = TimeAnswer
     Output = TimeOutput
     max_tokens = 800
+    sends = (
+        Sent("window and time zone"),
+        Sent("requested duration"),
+        Sent("free slots (computed; never event titles)"),
+        Sent("busy minutes per day (computed)"),
+        Sent("purpose"),
+    )
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Compute the free slots and ask the model to rank them."""

@@ -4,8 +4,8 @@ Input: a raw RFC 822 / MIME message in ``raw`` (at most :data:`MAX_RAW_CHARS` ch
 same content as structured fields in ``email`` (:class:`EmailFields`). Parsing: see
 :mod:`opsgate.operations.mailparse`.
 
-What a provider sees (and nothing else): From, To, Cc, Date, Subject, the attachments' names and
-types, the new text of the body and the quoted history. Size cap per message: the new text is
+What a provider sees (and nothing else): From (with its display name), To, Cc, Date, Subject, the
+attachments' names and types, the new text of the body and the quoted history. Size cap per message: the new text is
 kept up to :data:`MAX_NEW_CHARS` characters and the quoted history up to
 :data:`MAX_QUOTED_CHARS`; the history is trimmed first and from its end, which holds the oldest
 messages of a top-posted thread; cuts fall on line breaks (see :func:`common.clip`). Every
@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from opsgate.operations.base import Operation, Prepared
+from opsgate.operations.base import Operation, Prepared, Sent
 from opsgate.operations.common import Answer, build_request, clip, data_block, user_request
 from opsgate.operations.mailparse import Attachment, ParsedEmail, parse_email, split_quoted
 
@@ -31,6 +31,7 @@ MAX_NEW_CHARS = 12_000
 MAX_QUOTED_CHARS = 4_000
 MAX_SUBJECT_CHARS = 300
 MAX_ATTACHMENTS_LISTED = 20
+MAX_RECIPIENTS_LISTED = 20
 
 Category = Literal[
     "personal", "work", "mailing-list", "newsletter", "promotion", "notification",
@@ -137,6 +138,29 @@ class EmailInfo(BaseModel):
     trim_notes: list[str]
 
 
+EMAIL_SENT = (
+    Sent("From address and display name"),
+    Sent(f"To and Cc addresses (first {MAX_RECIPIENTS_LISTED} each)"),
+    Sent("Date"),
+    Sent("Subject", MAX_SUBJECT_CHARS),
+    Sent(f"attachment names and types (first {MAX_ATTACHMENTS_LISTED}; never their content)"),
+    Sent("new text of the body", MAX_NEW_CHARS),
+    Sent("quoted history (its newest part)", MAX_QUOTED_CHARS),
+)
+"""What :func:`render_email` puts in a prompt."""
+
+
+def name_addr(name: str | None, address: str) -> str:
+    """``Name <address>`` (RFC 5322 §3.4 name-addr; the name quoted when it holds specials such as
+    a comma), or the bare address without a name. Unlike ``email.utils.formataddr`` a non-ASCII
+    name stays readable text (no RFC 2047 encoded-word)."""
+    if not name:
+        return address
+    if any(c in name for c in '()<>[]:;@\\,."'):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"
+
+
 def render_email(mail: ParsedEmail) -> tuple[str, EmailInfo]:
     """The prompt text of ``mail`` (headers used, attachments, new text, trimmed history)."""
     notes: list[str] = []
@@ -153,9 +177,9 @@ def render_email(mail: ParsedEmail) -> tuple[str, EmailInfo]:
     if len(mail.attachments) > len(listed):
         notes.append(f"only the first {MAX_ATTACHMENTS_LISTED} attachments listed")
     lines = [
-        f"From: {mail.sender or '(unknown)'}",
-        f"To: {', '.join(mail.to[:20]) or '(none)'}",
-        f"Cc: {', '.join(mail.cc[:20]) or '(none)'}",
+        f"From: {name_addr(mail.sender_name, mail.sender) if mail.sender else '(unknown)'}",
+        f"To: {', '.join(mail.to[:MAX_RECIPIENTS_LISTED]) or '(none)'}",
+        f"Cc: {', '.join(mail.cc[:MAX_RECIPIENTS_LISTED]) or '(none)'}",
         f"Date: {mail.date or '(unknown)'}",
         f"Subject: {subject}",
         "Attachments: "
@@ -210,6 +234,7 @@ class EmailClassify(Operation):
     ModelOutput = ClassifyAnswer
     Output = ClassifyOutput
     max_tokens = 400
+    sends = EMAIL_SENT
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Parse the message and ask for a classification."""
@@ -311,6 +336,7 @@ class EmailRespond(Operation):
     ModelOutput = DraftAnswer
     Output = ReplyOutput
     max_tokens = 1_500
+    sends = (*EMAIL_SENT, Sent("instructions"), Sent("tone"))
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Parse the message, compute recipients and subject, ask for the reply text."""
@@ -392,6 +418,7 @@ class EmailCompose(Operation):
     ModelOutput = ComposeAnswer
     Output = ComposeOutput
     max_tokens = 1_500
+    sends = (Sent("instructions"), Sent("tone"), Sent("language"), *EMAIL_SENT)
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Build the prompt from the instructions and the optional message."""

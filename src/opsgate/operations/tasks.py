@@ -24,13 +24,14 @@ from typing import Literal
 import icalendar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from opsgate.operations.base import Operation, Prepared
+from opsgate.operations.base import Operation, Prepared, Sent
 from opsgate.operations.common import Answer, build_request, clip, data_block, invalid, user_request
 from opsgate.operations.ical import parse_calendar
 
 MAX_ICS_CHARS = 1_000_000
 MAX_TASKS = 1_000
 MAX_PROMPT_TASKS = 60
+MAX_TITLE_CHARS = 500
 MAX_NOTES_CHARS = 300
 MAX_BREAKDOWN_NOTES_CHARS = 4_000
 Status = Literal["needs-action", "in-process", "completed", "cancelled"]
@@ -45,7 +46,7 @@ class TaskItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=500)
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
     notes: str | None = Field(None, max_length=20_000)
     due: datetime | date | None = None
     priority: int | None = Field(None, ge=0, le=9)
@@ -122,7 +123,7 @@ def _from_vtodo(todo: icalendar.Todo) -> TaskItem:
     priority = todo.get("PRIORITY")
     estimate = int(duration.dt.total_seconds() // 60) if duration is not None else None
     return TaskItem(
-        title=clip(str(todo.get("SUMMARY", "")).strip() or "(untitled)", 500)[0],
+        title=clip(str(todo.get("SUMMARY", "")).strip() or "(untitled)", MAX_TITLE_CHARS)[0],
         notes=str(todo["DESCRIPTION"])[:20_000] if todo.get("DESCRIPTION") else None,
         due=due_value,
         priority=int(priority) if priority is not None else None,
@@ -219,6 +220,13 @@ class TaskPrioritize(Operation):
     ModelOutput = PrioritizeAnswer
     Output = PrioritizeOutput
     max_tokens = 3_000
+    sends = (
+        Sent("today"),
+        Sent(f"task titles (the {MAX_PROMPT_TASKS} open tasks due soonest)", MAX_TITLE_CHARS),
+        Sent("task status, due date, priority, estimate"),
+        Sent("task notes", MAX_NOTES_CHARS),
+        Sent("goal"),
+    )
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Select the open tasks (soonest due first, capped) and ask for an order."""
@@ -326,6 +334,12 @@ class TaskBreakdown(Operation):
     ModelOutput = BreakdownAnswer
     Output = BreakdownOutput
     max_tokens = 1_500
+    sends = (
+        Sent("the chosen task's title", MAX_TITLE_CHARS),
+        Sent("its status, due date, priority, estimate"),
+        Sent("its notes", MAX_BREAKDOWN_NOTES_CHARS),
+        Sent("context"),
+    )
 
     def prepare(self, data: BaseModel) -> Prepared:
         """Pick the task and ask for subtasks."""

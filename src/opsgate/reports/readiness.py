@@ -24,6 +24,8 @@ from sqlalchemy import Engine, inspect, select, text
 import opsgate
 from opsgate.clock import Clock
 from opsgate.config import Settings
+from opsgate.operations.manifest import differences, from_markdown, manifest
+from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.reports import live, probes
 from opsgate.reports.criteria import criteria_from_rehearsal, criteria_from_window
 from opsgate.reports.security import key_status
@@ -423,6 +425,20 @@ def runbooks_present(ctx: Context) -> tuple[bool, str]:
     )
 
 
+def privacy_manifest(ctx: Context) -> tuple[bool, str]:
+    """Each operation's deployed privacy settings (what is pseudonymised) give the row that
+    ``docs/privacy.md``'s manifest documents."""
+    page = ctx.root / "docs" / "privacy.md"
+    if not page.is_file():
+        return False, f"{page} not found"
+    documented = from_markdown(page.read_text(encoding="utf-8"))
+    deployed = manifest(PrivacyPolicy.from_settings(ctx.settings))
+    differ = differences(documented, deployed)
+    if differ:
+        return False, f"deployed settings differ from {page.name} for: {', '.join(differ)}"
+    return True, f"{len(deployed)} operations as documented in {page}"
+
+
 async def _sanitizer(ctx: Context) -> tuple[bool, str]:
     return probes.sanitizer_canary()
 
@@ -486,6 +502,11 @@ CHECKS: tuple[tuple[str, str, Check], ...] = (
     ),
     ("migrations_current", "Database migrations current", _sync(migrations_current_check)),
     ("runbooks_present", "Runbooks present", _sync(runbooks_present)),
+    (
+        "privacy_manifest",
+        "Deployed operations send what the privacy manifest documents",
+        _sync(privacy_manifest),
+    ),
 )
 """Every machine-verifiable item: (key, title, check). Each check returns (True | False | None
 for not applicable, evidence)."""

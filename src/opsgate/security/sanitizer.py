@@ -23,7 +23,8 @@ bearer     ``Bearer <b64token>`` credentials (RFC 6750 §2.1)
 basic      ``Basic <base64(user:password)>`` credentials (RFC 7617)
 url_cred   ``user:password@`` in URLs (RFC 3986 §3.2.1)
 param      ``key=`` and ``sig=`` query parameters
-field      the value of a sensitive field (``name=value``, ``name: value``, JSON, headers)
+field      the value of a sensitive field (``name=value``, ``name: value``, ``name is: value``, JSON,
+           headers)
 email      addresses (RFC 5322 dot-atom subset with a top-level domain)
 phone      numbers ``phonenumbers`` finds valid in an international format or in one of the
            configured regions (ISO 3166-1 alpha-2 codes); hashed as E.164
@@ -59,7 +60,14 @@ if TYPE_CHECKING:
     from opsgate.config import Settings
 
 HASH_HEX = 6
-TOKEN_RE = re.compile(r"\[REDACTED:[a-z_]+:[0-9a-f]{6}\]")
+PLACEHOLDER = r"\[[A-Z]+(?:_[A-Z]+)*_[0-9]+\]"
+"""A typed placeholder that stands for a masked secret in a prompt (``[API_KEY_1]``, see
+:mod:`opsgate.security.masking`): like a redaction token, it is never redacted again."""
+_DONE = rf"\[REDACTED:[a-z_]+:[0-9a-f]{{{HASH_HEX}}}\]|{PLACEHOLDER}"
+TOKEN_RE = re.compile(_DONE)
+EMAIL = (r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+         r"(?![\w-])")
+"""Email addresses (RFC 5322 dot-atom subset with a top-level domain)."""
 
 SENSITIVE_WORDS = (
     "password", "passwd", "passphrase", "secret", "token", "api_key", "api-key", "apikey",
@@ -73,7 +81,7 @@ _NOT_SENSITIVE = re.compile(r"(?i)tokens$|token_?count|tokeni[sz]e|_tokens_")
 
 _NAME = "|".join(re.escape(w).replace("_", "[_-]?") for w in SENSITIVE_WORDS)
 _VALUE = (
-    r"(?:\[REDACTED:[a-z_]+:[0-9a-f]{6}\]"
+    rf"(?:{_DONE}"
     r"|\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
     r"|(?:(?:Bearer|Basic|Token|Digest)\s+)?[^\s,;&}\]\)\"']+)"
 )
@@ -116,15 +124,14 @@ RULES: tuple[_Rule, ...] = (
     _Rule(
         "header",
         r"(?im)(?<![\w-])(?:set-cookie|cookie|proxy-authorization|authorization)(?=:[ \t])"
-        r":[ \t]*+(?!\[REDACTED:)[^\r\n]+",
+        rf":[ \t]*+(?!{_DONE})[^\r\n]+",
         ["cookie", "authorization"],
         lower=True,
     ),
-    _Rule("url_cred", r"(?i)\b[a-z][a-z0-9+.-]{1,15}://(?!\[REDACTED:)[^\s/?#@:\"'<>]+:[^\s/?#@\"'<>]+@"),
-    _Rule("email", r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-          r"(?![\w-])", ["@"]),
-    _Rule("param", r"(?i)(?<=[?&;])(?:key|sig)=(?!\[REDACTED:)[^&\s#\"'<>]+", ["key=", "sig="]),
-    _Rule("field", rf"(?i)(?<![A-Za-z0-9])[\w.-]*?(?:{_NAME})[\w.-]*[\"']?\s*[:=]\s*{_VALUE}"),
+    _Rule("url_cred", rf"(?i)\b[a-z][a-z0-9+.-]{{1,15}}://(?!{_DONE})[^\s/?#@:\"'<>]+:[^\s/?#@\"'<>]+@"),
+    _Rule("email", EMAIL, ["@"]),
+    _Rule("param", rf"(?i)(?<=[?&;])(?:key|sig)=(?!{_DONE})[^&\s#\"'<>]+", ["key=", "sig="]),
+    _Rule("field", rf"(?i)(?<![A-Za-z0-9])[\w.-]*?(?:{_NAME})[\w.-]*(?:\s+is)?[\"']?\s*[:=]\s*{_VALUE}"),
     _Rule("bearer", r"(?i)\bbearer\s+(?=[A-Za-z0-9._~+/-]*[0-9._~+/-])[A-Za-z0-9._~+/-]{8,}=*",
           ["bearer "], lower=True),
     _Rule("basic", r"(?i)\bbasic\s+[A-Za-z0-9+/]{4,}={0,2}(?![\w+/=])", ["basic "], lower=True),
@@ -216,6 +223,11 @@ class Sanitizer:
         digest = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return f"[REDACTED:{kind}:{digest.hexdigest()[:HASH_HEX]}]"
 
+    def field_token(self, name: str, value: str) -> str:
+        """The replacement for the ``value`` of the sensitive field ``name`` (``password``,
+        ``Authorization``, ``The password is``): :meth:`token` of kind ``field``."""
+        return self.token("field", value)
+
     def _walk(self, obj: Any, forced: bool) -> Any:
         if isinstance(obj, str):
             return obj if TOKEN_RE.fullmatch(obj) else (
@@ -241,7 +253,7 @@ class Sanitizer:
 
     def _header(self, m: re.Match[str]) -> str:
         name, _, value = m.group().partition(":")
-        return f"{name}: {self.token('field', value.strip())}"
+        return f"{name}: {self.field_token(name, value.strip())}"
 
     def _url_cred(self, m: re.Match[str]) -> str:
         scheme, _, cred = m.group()[:-1].partition("://")
@@ -261,7 +273,7 @@ class Sanitizer:
         if _NOT_SENSITIVE.search(name) or TOKEN_RE.fullmatch(inner):
             inner = self.sanitize(inner)
         else:
-            inner = self.token("field", inner)
+            inner = self.field_token(name, inner)
         return text[: sep.end()] + quote + inner + quote
 
     def _basic(self, m: re.Match[str]) -> str:

@@ -1,0 +1,109 @@
+"""Secret placeholders and per-call pseudonyms, unit by unit (opsgate.security.masking and
+opsgate.security.pseudonyms); the end-to-end proof is tests/operations/test_privacy_prompts.py."""
+
+from __future__ import annotations
+
+import secrets
+import string
+
+from opsgate.operations.privacy import PrivacyPolicy
+from opsgate.providers.base import CompletionRequest
+from opsgate.security.masking import SecretMasker
+from opsgate.security.pseudonyms import Pseudonymiser
+from opsgate.security.sanitizer import sanitize
+
+
+def _key() -> str:
+    return "sk-ant-api03-" + "".join(secrets.choice(string.ascii_letters) for _ in range(40))
+
+
+def test_the_same_secret_gets_the_same_placeholder_and_counts_once() -> None:
+    key, other = _key(), _key()
+    masker = SecretMasker()
+    text = f"use {key}\nnot {other}\nagain {key}\npassword: {other[-12:]}"
+    assert masker.mask(text) == "use [API_KEY_1]\nnot [API_KEY_2]\nagain [API_KEY_1]\npassword: [PASSWORD_1]"
+    assert masker.counts == {"API_KEY": 2, "PASSWORD": 1}
+    assert "sk-ant" not in repr(masker)
+
+
+def test_masking_is_idempotent_and_the_log_sanitizer_leaves_placeholders_alone() -> None:
+    masker = SecretMasker()
+    once = masker.mask(f"The password is: {secrets.token_hex(8)}\nAuthorization: Bearer {secrets.token_hex(16)}")
+    assert once == "The password is: [PASSWORD_1]\nAuthorization: [CREDENTIAL_1]"
+    assert masker.mask(once) == once
+    assert sanitize(once) == once
+
+
+def test_connection_strings_cards_and_field_names_get_their_kinds() -> None:
+    masker = SecretMasker()
+    text = (
+        f"postgresql://app:{secrets.token_hex(6)}@db.internal:5432/app\n"
+        f"Server=db;User Id=sa;Password={secrets.token_hex(6)};\n"
+        "card 4111 1111 1111 1111\n"
+        f"aws_access_key_id = AKIA{secrets.token_hex(8).upper()}\n"
+        f"client_secret: {secrets.token_hex(10)}\n"
+    )
+    assert masker.mask(text) == (
+        "postgresql://[CREDENTIAL_1]@db.internal:5432/app\nServer=db;User Id=sa;Password=[PASSWORD_1];\n"
+        "card [CARD_NUMBER_1]\naws_access_key_id = [AWS_ACCESS_KEY_1]\nclient_secret: [SECRET_1]\n"
+    )
+
+
+def test_addresses_and_phones_are_left_to_the_pseudonymiser() -> None:
+    text = "write to ann@example.com or call +44 20 7946 0958"
+    masker = SecretMasker()
+    assert masker.mask(text) == text
+    assert masker.counts == {}
+
+
+def test_pseudonyms_are_stable_per_call_and_restore_exactly() -> None:
+    p = Pseudonymiser(["GB"])
+    text = ('From: "Lee, Ann" <Ann.Lee@example.com>\nCc: bo@example.org\n'
+            "Ann.Lee@EXAMPLE.com wrote: ring 020 7946 0958 or +44 20 7946 0958. Lee, Ann")
+    sent = p.pseudonymise(text)
+    assert sent == (
+        "From: <person1> <person1@example.invalid>\nCc: <person2@example.invalid>\n"
+        "<person1@example.invalid> wrote: ring <phone-1> or <phone-1>. <person1>"
+    )
+    assert p.counts == {"email": 2, "name": 1, "phone": 1}
+    answer = {"body": "Dear <person1>, <person2@example.invalid> and <person1> <person1@example.invalid> "
+                      "will call <phone-1>.", "n": 3, "list": ["person2@example.invalid"]}
+    assert p.restore(answer) == {
+        "body": "Dear Lee, Ann, bo@example.org and Lee, Ann <Ann.Lee@example.com> will call 020 7946 0958.",
+        "n": 3, "list": ["bo@example.org"]}
+    assert p.unresolved == []
+    assert "example.com" not in repr(p) and "7946" not in repr(p)
+
+
+def test_a_multi_word_name_is_replaced_wherever_it_occurs() -> None:
+    p = Pseudonymiser()
+    sent = p.pseudonymise("attendees: Maria de la Cruz <maria@example.com>\nnotes: ask Maria de la Cruz first")
+    assert sent == ("attendees: <person1> <person1@example.invalid>\nnotes: ask <person1> first")
+
+
+def test_unknown_and_mangled_pseudonyms_are_kept_and_flagged_never_guessed() -> None:
+    p = Pseudonymiser()
+    p.pseudonymise("Bo <bo@example.org>, +1 415 555 0100")
+    restored = p.restore("<person2> <Person1@example.invalid> <person1@example.com> <phone-1 > phone-3 <person1>")
+    assert restored == "<person2> <Person1@example.invalid> <person1@example.com> <phone-1 > phone-3 Bo"
+    assert p.unresolved == ["<person2>", "<Person1@example.invalid>", "<person1@example.com>", "<phone-1 >", "phone-3"]
+
+
+def test_the_policy_masks_every_operation_and_pseudonymises_the_configured_ones() -> None:
+    request = CompletionRequest(system="Draft a reply.", user=f"bo@example.org sent {_key()}", max_tokens=10)
+    policy = PrivacyPolicy.of(["email-respond"], ["US"])
+    sent, privacy = policy.minimise("email-respond", request)
+    assert sent.user == "<person1@example.invalid> sent [API_KEY_1]"
+    assert privacy.ledger_counts() == {"masked": {"api_key": 1}, "pseudonymised": {"email": 1}}
+    sent, privacy = policy.minimise("task-breakdown", request)
+    assert sent.user == "bo@example.org sent [API_KEY_1]"
+    assert privacy.report() == {"masked": {"api_key": 1}, "pseudonymised": {}, "unresolved_pseudonyms": []}
+
+
+def test_a_policy_naming_an_unknown_operation_is_refused() -> None:
+    try:
+        PrivacyPolicy.of(["email-respond", "email-sned"], ["US"])
+    except ValueError as exc:
+        assert "email-sned" in str(exc)
+    else:
+        raise AssertionError("an unknown operation id was accepted")
