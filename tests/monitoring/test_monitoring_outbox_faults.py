@@ -1,20 +1,26 @@
-"""Faults a field trial found in notification delivery: a receiver that never answers, an
-untrusted Retry-After, a resolve overtaking its rate-limited trigger, and escalations queued for
-retry that an acknowledgement must stop."""
+"""Faults a field trial found in the worker: a receiver that never answers, an untrusted
+Retry-After, a resolve overtaking its rate-limited trigger, escalations queued for retry that an
+acknowledgement must stop, and a periodic ledger check blind to a rollback below an anchor."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from tests.monitoring.conftest import DISCORD, PAGERDUTY, Env
 
-from opsgate.monitoring.models import outbox
+from opsgate.ledger.anchors import DirectoryAnchor, publish
+from opsgate.ledger.guards import drop_triggers
+from opsgate.ledger.models import ledger_checkpoints
+from opsgate.ledger.scheduled import signer_for
+from opsgate.ledger.service import create_checkpoint
+from opsgate.monitoring.models import outbox, signals
 from opsgate.monitoring.notifiers import Notification
 from opsgate.monitoring.outbox import outbox_rows
 from opsgate.monitoring.rules import Finding, Severity
+from opsgate.monitoring.worker import Worker
+from opsgate.store.models import ledger_entries
 
 
 def _rows(env: Env, channel: str) -> list[dict]:
@@ -91,3 +97,23 @@ async def test_acknowledgement_cancels_escalations_queued_for_retry(env: Env) ->
     assert env.http.bodies(env.sms_path) == []
     # the escalation's trigger was cancelled; the acknowledgement itself still goes out
     assert [b["event_action"] for b in env.http.bodies(PAGERDUTY)] == ["acknowledge"]
+
+
+async def test_periodic_ledger_check_sees_a_database_rolled_back_below_its_anchor(env: Env, tmp_path) -> None:
+    settings = env.settings.model_copy(update={
+        "ledger_signing_key_file": tmp_path / "ledger.key", "ledger_anchor_dir": tmp_path / "anchors"})
+    signer = signer_for(settings, create=True)
+    for i in range(6):
+        env.ledger.append_sync("intent", {"request_id": f"req-{i}", "user_id": "alice"})
+    assert create_checkpoint(env.engine, signer, settings.ledger_origin, env.clock) is not None
+    assert await publish(env.engine, DirectoryAnchor(tmp_path / "anchors"), env.clock) == 6
+    worker = Worker(settings, env.engine, env.ledger, env.clock, env.session, worker_id="w1")
+    assert worker.verify_ledger() is True
+    with env.engine.begin() as conn:  # what restoring an older backup leaves behind
+        drop_triggers(conn)
+        conn.execute(delete(ledger_entries).where(ledger_entries.c.seq >= 4))
+        conn.execute(delete(ledger_checkpoints))
+    assert worker.verify_ledger() is False
+    with env.engine.connect() as conn:
+        detail = conn.execute(select(signals.c.detail).order_by(signals.c.id.desc())).scalars().first()
+    assert detail == "4 entries: rolled_back at seq 4"

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from opsgate.rollout.controller import Action, CohortMetrics, Evaluate, Plan, RolloutState, State, step
+from opsgate.rollout.controller import (
+    Action,
+    CohortMetrics,
+    Evaluate,
+    Plan,
+    RolloutState,
+    State,
+    step,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SERVED = RolloutState(State.RUNNING, 0, NOW - timedelta(hours=24, minutes=1), Plan())

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
-from opsgate.ledger.anchors import DirectoryAnchor, DiscordAnchor, discord_references
+from opsgate.ledger.anchors import DiscordAnchor, discord_references
 from opsgate.ledger.checkpoint import Verifier, write_key_file
 from opsgate.ledger.errors import LedgerError
 from opsgate.ledger.guards import OWNER_ROLE, guard_postgres
@@ -33,9 +33,9 @@ from opsgate.ledger.proofs import (
     verify_inclusion_against,
 )
 from opsgate.ledger.recovery import DEFAULT_OLDER_THAN_S, recover
-from opsgate.ledger.scheduled import Checkpointer, anchors_for, signer_for
+from opsgate.ledger.scheduled import Checkpointer, anchors_for, signer_for, verify_configured
 from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_hashes
-from opsgate.ledger.verify import AnchoredNote, format_summary, verify
+from opsgate.ledger.verify import AnchoredNote, format_summary
 from opsgate.ledger.writer import Ledger
 from opsgate.store.db import make_engine, normalise_url
 
@@ -56,34 +56,22 @@ def _engine(settings: Settings) -> Engine:
         _fail(f"cannot open the database: {type(exc).__name__}")
 
 
-def _verifier(settings: Settings, vkey: str | None) -> Verifier | None:
-    if vkey is not None:
-        return Verifier(vkey)
-    if not Path(settings.ledger_signing_key_file).exists():
-        return None
-    return signer_for(settings, create=False).verifier()
-
-
 @ledger_app.command("verify")
 def verify_cmd(
     anchors: Annotated[
-        Path | None, typer.Option("--anchors", help="Directory anchor to check against.")
+        Path | None, typer.Option("--anchors", help="Directory anchor to check against (default: OPSGATE_LEDGER_ANCHOR_DIR).")
     ] = None,
     discord: bool = typer.Option(False, "--discord", help="Read checkpoints back from Discord."),
     vkey: str = typer.Option(None, "--verifier-key", help="Verifier key (default: from key file)."),
 ) -> None:
-    """Recompute every entry, link, leaf and signed checkpoint; compare the anchors.
-    Prints ``OK ...`` (exit 0) or ``FAIL seq=N reason=...`` (exit 1)."""
+    """Recompute every entry, link, leaf and signed checkpoint; compare the anchors (the
+    configured directory anchor unless --anchors names another). Prints ``OK ...`` (exit 0) or ``FAIL seq=N reason=...`` (exit 1)."""
     settings = Settings()
     try:
-        verifier = _verifier(settings, vkey)
         engine = _engine(settings)
-        notes = DirectoryAnchor(anchors).read() if anchors is not None else []
-        if discord:
-            notes += asyncio.run(_discord_notes(settings, engine))
-        if notes and verifier is None:
-            _fail("anchors need the verifier key (--verifier-key or the signing key file)")
-        report = verify(engine, verifier=verifier, anchored=notes)
+        notes = asyncio.run(_discord_notes(settings, engine)) if discord else []
+        report = verify_configured(settings, engine, anchor_dir=anchors, anchored=notes,
+                                   verifier=Verifier(vkey) if vkey is not None else None)
     except (LedgerError, OSError, ValueError) as exc:
         _fail(f"cannot verify: {type(exc).__name__}: {exc}")
     print(format_summary(report))

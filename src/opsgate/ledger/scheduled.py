@@ -22,9 +22,10 @@ from sqlalchemy import Engine
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.ledger.anchors import Anchor, DirectoryAnchor, DiscordAnchor, publish
-from opsgate.ledger.checkpoint import Signer, load_key_file, write_key_file
+from opsgate.ledger.checkpoint import Signer, Verifier, load_key_file, write_key_file
 from opsgate.ledger.errors import LedgerError
 from opsgate.ledger.service import StoredCheckpoint, create_checkpoint, latest_checkpoint, log_size
+from opsgate.ledger.verify import AnchoredNote, VerifyReport, verify
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,23 @@ def signer_for(settings: Settings, *, create: bool) -> Signer:
         log.warning("generated a new ledger signing key at %s (mode 0600); back it up", path)
         return signer
     return load_key_file(path)
+
+
+def verify_configured(settings: Settings, engine: Engine, *, anchor_dir: Path | None = None,
+                      anchored: Sequence[AnchoredNote] = (), verifier: Verifier | None = None) -> VerifyReport:
+    """The one ledger verification that ``opsgate ledger verify`` and the worker's periodic check
+    both run: signatures checked with ``verifier`` (default: the signing key file's, when it
+    exists) and the checkpoints read back from the directory anchor (``anchor_dir``, default
+    ``settings.ledger_anchor_dir``) plus any ``anchored`` notes, so a rollback or truncation of
+    the database below an anchored size fails (``rolled_back``). Raises what :func:`verify` and
+    reading the key file raise."""
+    if verifier is None and Path(settings.ledger_signing_key_file).exists():
+        verifier = signer_for(settings, create=False).verifier()
+    directory = anchor_dir or settings.ledger_anchor_dir
+    notes = [*(DirectoryAnchor(Path(directory)).read() if directory is not None else []), *anchored]
+    if notes and verifier is None:
+        raise LedgerError("anchored checkpoints need the verifier key (the signing key file)")
+    return verify(engine, verifier=verifier, anchored=notes)
 
 
 def anchors_for(settings: Settings, session: object | None) -> list[Anchor]:

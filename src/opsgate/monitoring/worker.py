@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, select, text, update
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
-from opsgate.ledger.verify import verify
+from opsgate.ledger.scheduled import verify_configured
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.escalation import Contacts
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY
@@ -250,8 +250,15 @@ class Worker:
         return len(self.rollout.evaluate_all(open_p1=self.incidents.open_count("P1")))
 
     def verify_ledger(self) -> bool:
-        """Verify the whole ledger and store the result (``hashChainIntegrity``)."""
-        report = verify(self.engine)
+        """Verify the whole ledger exactly as ``opsgate ledger verify`` does (signing key and
+        directory anchor included) and store the result (``hashChainIntegrity``); a ledger that
+        cannot be verified at all is a failure too."""
+        try:
+            report = verify_configured(self.settings, self.engine)
+        except (OpsgateError, OSError) as exc:
+            record_signal(self.engine, self.clock, LEDGER_VERIFY, "ledger", ok=False,
+                          detail=f"cannot verify: {type(exc).__name__}")
+            return False
         detail = "ok" if report.ok else f"{report.failure.reason} at seq {report.failure.seq}"  # type: ignore[union-attr]
         record_signal(self.engine, self.clock, LEDGER_VERIFY, "ledger", ok=report.ok,
                       detail=f"{report.entries} entries: {detail}")
