@@ -87,3 +87,18 @@ def test_every_command_has_help(path):
 def test_serve_refuses_sandbox_with_several_workers(env):
     result = runner.invoke(app, ["serve", "--sandbox", "--workers", "2"])
     assert result.exit_code == 2 and "one process" in result.output
+
+
+def test_serve_refuses_several_workers_with_rate_limits_but_no_redis(env, monkeypatch):
+    started: list[dict] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(kw))
+    monkeypatch.setenv("OPSGATE_RATE_LIMIT_USER_TPM", "50000")
+    result = runner.invoke(app, ["serve", "--workers", "3"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and started == [] and len(lines) == 1
+    assert "counted per worker (3x each limit)" in lines[0] and "--per-worker-limits" in lines[0]
+
+    assert runner.invoke(app, ["serve", "--workers", "3", "--per-worker-limits"]).exit_code == 0
+    monkeypatch.setenv("OPSGATE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert runner.invoke(app, ["serve", "--workers", "3"]).exit_code == 0
+    assert [kw["workers"] for kw in started] == [3, 3]

@@ -68,7 +68,7 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -79,10 +79,16 @@ def serve(
     sandbox: bool = typer.Option(False, "--sandbox", help="Serve providers from loopback sandboxes."),
     faults: str = typer.Option(None, help="Sandbox fault profile (with --sandbox)."),
     workers: int = typer.Option(1, min=1, help="Worker processes sharing the port (replicas)."),
+    per_worker_limits: bool = typer.Option(
+        False, "--per-worker-limits",
+        help="With --workers N and no OPSGATE_REDIS_URL: accept that every worker counts the rate "
+             "limits on its own (each limit is multiplied by N)."),
 ) -> None:
     """Run the HTTP API (OpenAPI at /docs). With ``--workers N`` each worker is a full replica
     (own event loop, ledger writer and provider session) over the same database: worth it on
-    PostgreSQL; on SQLite the single database writer serialises them."""
+    PostgreSQL; on SQLite the single database writer serialises them. Rate limits set without
+    ``OPSGATE_REDIS_URL`` would be counted per worker, so N > 1 workers refuse to start then,
+    unless ``--per-worker-limits`` accepts it."""
     import uvicorn
 
     if workers == 1:
@@ -92,8 +98,17 @@ def serve(
         return
     if sandbox:
         _fail("--sandbox runs in one process; start `opsgate sandbox` and point the *_BASE_URL variables at it")
+    settings = _settings()
+    if _limits_set(settings) and not settings.redis_url and not per_worker_limits:
+        _fail(f"rate limits without OPSGATE_REDIS_URL would be counted per worker ({workers}x each limit); "
+              "set OPSGATE_REDIS_URL or pass --per-worker-limits")
     uvicorn.run("opsgate.app:create_app", factory=True, workers=workers, host=host, port=port,
                 log_level="warning")
+
+
+def _limits_set(settings: Settings) -> bool:
+    return any((settings.rate_limit_user_rpm, settings.rate_limit_user_tpm,
+                settings.rate_limit_user_operation_rpm, settings.rate_limit_user_operation_tpm))
 
 
 @app.command("sandbox")

@@ -7,7 +7,8 @@
   3 rate limit     (user) and (user, operation)                                 429
   4 validate       the operation's input schema           -> Prepared           422
     minimise       secrets -> placeholders, personal data -> pseudonyms (what is really sent)
-  5 reserve        worst-case cost against budgets, atomically                  402
+  5 reserve        worst-case tokens against token limits (429), worst-case cost
+                   against budgets, atomically                                  402
   6 ledger intent  durable before any provider call, one transaction with 5     503
   7 route          provider chain with retries, breaker, fallback; JSON repair
   8 meter          usage -> micro-USD at the versioned price table
@@ -37,6 +38,7 @@ from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.reservations import Reservation
 from opsgate.metering.service import MeteringService, usage_unknown
+from opsgate.metering.tokenlimits import TokenHold
 from opsgate.operations import get_operation
 from opsgate.operations.base import Operation, Prepared
 from opsgate.operations.errors import InvalidModelOutput
@@ -149,10 +151,12 @@ class CallRecord:
 
 @dataclass(slots=True)
 class _Spend:
-    """Completions paid for during one call (a repair attempt adds a second one)."""
+    """Completions paid for during one call (a repair attempt adds a second one), and the
+    worst-case tokens the call holds against the token rate limits until it is recorded."""
 
     completions: list[Completion] = field(default_factory=list)
     attempts: int = 0
+    tokens: TokenHold | None = None
 
 
 Intent = AppendedEntry[Reservation | None]
@@ -194,9 +198,9 @@ class Gateway:
         await self.rate_limit(principal, op)
         prepared, input_digest = self.validate(op, call.body)
         prepared, privacy = self.minimise(op, prepared)
+        spend = _Spend(tokens=await self.take_tokens(principal, op, prepared))
         reserve = self.reserve(call, principal, op, prepared)
-        intent = await self.ledger_intent(call, principal, op, input_digest, reserve, privacy)
-        spend = _Spend()
+        intent = await self.ledger_intent(call, principal, op, input_digest, reserve, privacy, spend)
         try:
             output = await self.route(op, prepared, spend, privacy)
         except Exception as exc:
@@ -253,6 +257,13 @@ class Gateway:
         return replace(prepared, request=request), privacy
 
     # 5 ------------------------------------------------------------------------------------------
+    async def take_tokens(self, principal: Principal, op: Operation, prepared: Prepared) -> TokenHold | None:
+        """Hold the call's worst-case tokens against the token rate limits (429); the hold is
+        settled to the billed tokens when the call is recorded. ``None`` without limits."""
+        if self.metering is None:
+            return None
+        return await self.metering.take_tokens(principal.user_id, op.id, prepared.request)
+
     def reserve(
         self, call: Call, principal: Principal, op: Operation, prepared: Prepared
     ) -> InTransaction[Reservation] | None:
@@ -273,10 +284,11 @@ class Gateway:
         input_digest: str,
         reserve: InTransaction[Reservation] | None,
         privacy: CallPrivacy,
+        spend: _Spend,
     ) -> Intent:
         """Durably append the ``intent`` entry with the reservation (its ``work_result``);
-        :class:`LedgerUnavailable` (503) or a budget refusal stops the call here. The entry
-        counts what was masked and pseudonymised, never the values."""
+        :class:`LedgerUnavailable` (503) or a budget refusal stops the call here and gives its
+        held tokens back. The entry counts what was masked and pseudonymised, never the values."""
         policy = self._policies[op.id]
         payload = {
             "request_id": call.request_id,
@@ -286,9 +298,14 @@ class Gateway:
             "policy": [f"{t.provider}/{t.model}" for t in policy.chain],
             "privacy": privacy.ledger_counts(),
         }
-        if reserve is None:
-            return await self._ledger.append("intent", payload)
-        return await self._ledger.append("intent", payload, work=reserve)
+        try:
+            if reserve is None:
+                return await self._ledger.append("intent", payload)
+            return await self._ledger.append("intent", payload, work=reserve)
+        except BaseException:
+            if self.metering is not None:
+                await self.metering.settle_tokens(spend.tokens, 0)
+            raise
 
     # 7 ------------------------------------------------------------------------------------------
     async def route(
@@ -338,7 +355,7 @@ class Gateway:
         """Append the ``result`` entry and the ``ai_operation_log`` row and settle the reservation,
         in one transaction; build the Outcome."""
         record = self._call_record(call, principal, intent, spend, started, error_code=None)
-        await self._write(record, intent, unknown_usage=False)
+        await self._write(record, intent, spend.tokens, unknown_usage=False)
         last = spend.completions[-1]
         return Outcome(
             request_id=call.request_id,
@@ -366,7 +383,7 @@ class Gateway:
         code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
         spend.attempts += len(getattr(exc, "attempts", ()) or ())
         record = self._call_record(call, principal, intent, spend, started, error_code=code)
-        await self._write(record, intent, unknown_usage=usage_unknown(exc))
+        await self._write(record, intent, spend.tokens, unknown_usage=usage_unknown(exc))
 
     def _call_record(
         self,
@@ -397,9 +414,12 @@ class Gateway:
             created_at=self._clock.now(),
         )
 
-    async def _write(self, record: CallRecord, intent: Intent, *, unknown_usage: bool) -> None:
+    async def _write(
+        self, record: CallRecord, intent: Intent, tokens: TokenHold | None, *, unknown_usage: bool
+    ) -> None:
         """One transaction: the ``result`` entry, the log row and (with metering) the settlement;
-        then the token rate limits and overspend events."""
+        then the token hold settles to the billed tokens (kept at its worst case when usage is
+        unknown) and overspend events go out."""
         rows = [(ai_operation_log, record.log_row())]
         reservation = intent.work_result
         if reservation is None or self.metering is None:
@@ -407,4 +427,6 @@ class Gateway:
             return
         settle = self.metering.settle_in(reservation, record.cost_micro_usd, unknown_usage=unknown_usage)
         result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
-        await self.metering.settled(reservation, result.work_result, record.usage.total_tokens)
+        await self.metering.settle_tokens(tokens, None if unknown_usage else record.usage.total_tokens)
+        await self.metering.settled(reservation, result.work_result)
+

@@ -114,7 +114,7 @@ async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
     settle = service.settle_in(reservation, worst + 1, unknown_usage=False)
     settlement = (await ledger.append("result", {"request_id": "r1"}, work=settle)).work_result
     ledger.close()
-    await service.settled(reservation, settlement, 10)
+    await service.settled(reservation, settlement)
     assert [(e.reason, e.operation) for e in events] == [("overspend", "email-classify")]
     assert "user:alice" in events[0].detail
 

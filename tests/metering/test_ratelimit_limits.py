@@ -36,14 +36,37 @@ async def test_requests_per_minute_per_user_and_per_pair() -> None:
     await limiter.admit("bob", "email-classify")  # other users are not affected
 
 
-async def test_tokens_per_minute_are_taken_after_the_call() -> None:
+async def test_tokens_per_minute_are_held_at_admission_and_settled_to_the_actual() -> None:
     limiter = RateLimiter(RateLimits(user_tpm=1000), make_storage(None, "t"))
-    await limiter.admit("alice", "email-classify")
-    await limiter.charge_tokens("alice", "email-classify", 600)
-    await limiter.admit("alice", "email-classify")  # 400 left: admitted
-    await limiter.charge_tokens("alice", "email-classify", 600)  # larger than what is left: fills
-    with pytest.raises(RateLimitExceeded, match="1000 tokens per minute"):
-        await limiter.admit("alice", "email-classify")
+    first = await limiter.take_tokens("alice", "email-classify", 600)  # worst case held
+    with pytest.raises(RateLimitExceeded, match="1000 tokens per minute per user") as info:
+        await limiter.take_tokens("alice", "email-classify", 600)  # 400 left: no room for 600
+    assert 1 <= info.value.retry_after <= 120
+    await limiter.settle_tokens(first, 150)  # billed 150: 450 come back
+    second = await limiter.take_tokens("alice", "email-classify", 600)  # 150 + 600 <= 1000
+    await limiter.settle_tokens(second, None)  # usage unknown: the worst case stays
+    with pytest.raises(RateLimitExceeded):
+        await limiter.take_tokens("alice", "email-classify", 300)  # 750 used, 250 left
+    assert await limiter.take_tokens("bob", "email-classify", 600) is not None  # per user
+
+
+async def test_a_call_larger_than_the_limit_is_refused_outright() -> None:
+    limiter = RateLimiter(RateLimits(user_operation_tpm=500), make_storage(None, "t"))
+    with pytest.raises(RateLimitExceeded, match="up to 501 tokens, more than the limit of 500"):
+        await limiter.take_tokens("alice", "email-classify", 501)
+    assert await limiter.take_tokens("alice", "email-classify", 500) is not None
+
+
+async def test_tokens_are_taken_from_every_scope_or_from_none() -> None:
+    limiter = RateLimiter(RateLimits(user_tpm=1000, user_operation_tpm=400), make_storage(None, "t"))
+    await limiter.take_tokens("alice", "email-classify", 400)
+    with pytest.raises(RateLimitExceeded, match="per user and operation"):
+        await limiter.take_tokens("alice", "email-classify", 100)
+    # the refused call took nothing from the user window: 600 are still there
+    await limiter.take_tokens("alice", "task-breakdown", 400)
+    await limiter.take_tokens("alice", "email-compose", 200)
+    with pytest.raises(RateLimitExceeded, match="1000 tokens per minute per user"):
+        await limiter.take_tokens("alice", "calendar-prep", 1)
 
 
 def test_the_problem_carries_retry_after() -> None:

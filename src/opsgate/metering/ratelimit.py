@@ -8,13 +8,15 @@ Four limits, each off when 0 (settings ``rate_limit_user_rpm``, ``rate_limit_use
 ``rate_limit_user_operation_rpm``, ``rate_limit_user_operation_tpm``):
 
 - requests per minute per user, and per (user, operation): a request takes one unit at step 3;
-- tokens per minute per user, and per (user, operation): a request is admitted while the window
-  still has tokens left, and its billed tokens (``Usage.total_tokens``) are taken after the call
-  (the prompt size is unknown at step 3, and the answer's size until the end). A call larger than
-  what is left fills the window, so the next one waits.
+- tokens per minute per user, and per (user, operation): a call takes its worst-case tokens at
+  admission (after validation, when its prompt is known) and is settled to its billed tokens
+  (``Usage.total_tokens``) when it ends, with :mod:`opsgate.metering.tokenlimits` -- so
+  concurrent calls cannot take more than a limit between them. A call whose worst case alone is
+  larger than a limit is refused.
 
 Counters live in memory (one process) or, with ``OPSGATE_REDIS_URL``, in Redis, shared by every
-replica (``key_prefix`` separates deployments). Over a limit: :class:`RateLimitExceeded` (429,
+replica (``key_prefix`` separates deployments); ``opsgate serve --workers N`` refuses to start
+with limits but without Redis unless told ``--per-worker-limits``. Over a limit: :class:`RateLimitExceeded` (429,
 ``Retry-After`` = seconds until the window has room again, as ``limits`` reports it). A gateway-side limit is
 never reported to the router or a circuit breaker. If Redis is unreachable the limiter fails open
 (logs an error and admits): the budget, not the rate limit, is what guards money.
@@ -31,8 +33,17 @@ from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
+from redis.exceptions import RedisError
 
 from opsgate.metering.errors import RateLimitExceeded
+from opsgate.metering.tokenlimits import (
+    MemoryTokenWindows,
+    RedisTokenWindows,
+    Refusal,
+    TokenHold,
+    TokenScope,
+    TokenWindows,
+)
 
 log = logging.getLogger("opsgate.metering")
 
@@ -60,24 +71,26 @@ def make_storage(redis_url: str | None, key_prefix: str) -> Storage:
                         wrap_exceptions=True)
 
 
-class RateLimiter:
-    """Checks and counts the limits of :class:`RateLimits` on ``storage``."""
+def make_token_windows(redis_url: str | None, key_prefix: str) -> TokenWindows:
+    """Token windows in Redis for ``redis://`` / ``rediss://`` URLs, else in memory."""
+    return RedisTokenWindows(redis_url, key_prefix) if redis_url else MemoryTokenWindows()
 
-    def __init__(self, limits: RateLimits, storage: Storage) -> None:
+
+class RateLimiter:
+    """Checks and counts the limits of :class:`RateLimits`: requests on ``storage`` (``limits``),
+    tokens on ``windows``."""
+
+    def __init__(self, limits: RateLimits, storage: Storage, windows: TokenWindows | None = None) -> None:
         self.limits = limits
         self._strategy = SlidingWindowCounterRateLimiter(storage)
+        self._windows = windows or MemoryTokenWindows()
 
     async def admit(self, user_id: str, operation: str) -> None:
-        """Step 3: raise :class:`RateLimitExceeded` if a token window is used up or a request
-        limit is reached; otherwise count this request in every request limit (a refused request
-        is counted in none)."""
+        """Step 3: raise :class:`RateLimitExceeded` if a request limit is reached; otherwise count
+        this request in every request limit (a refused request is counted in none)."""
         if not self.limits.enabled:
             return
         try:
-            for item, ids in self._token_items(user_id, operation):
-                stats = await self._strategy.get_window_stats(item, *ids)
-                if stats.remaining <= 0:
-                    raise _exceeded("tokens", item, stats.reset_time)
             requests = self._request_items(user_id, operation)
             for item, ids in requests:  # check every limit before counting in any of them
                 if not await self._strategy.test(item, *ids):
@@ -88,19 +101,40 @@ class RateLimiter:
         except StorageError:
             log.error("rate-limit storage unreachable; admitting without a rate limit")
 
-    async def charge_tokens(self, user_id: str, operation: str, tokens: int) -> None:
-        """After a call: take ``tokens`` billed tokens from each token window (at most what is
-        left, so an oversized call fills the window)."""
-        if tokens <= 0:
+    async def take_tokens(self, user_id: str, operation: str, worst_case: int) -> TokenHold | None:
+        """At admission: take ``worst_case`` tokens from every token limit of the user and the
+        (user, operation), all or none. Raises :class:`RateLimitExceeded` naming the full limit
+        (``Retry-After`` until it has room; a worst case above the limit itself can never fit).
+        ``None`` when no token limit applies or the storage is unreachable (fails open)."""
+        scopes = self._token_scopes(user_id, operation)
+        if not scopes:
+            return None
+        for scope in scopes:
+            if worst_case > scope.limit:
+                raise RateLimitExceeded(
+                    f"This call may use up to {worst_case} tokens, more than the limit of "
+                    f"{scope.limit} tokens per minute {scope.label}; shorten the input", 60)
+        try:
+            taken = await self._windows.take(scopes, worst_case)
+        except RedisError:
+            log.error("rate-limit storage unreachable; admitting without a token limit")
+            return None
+        if isinstance(taken, Refusal):
+            wait = taken.retry_after_s
+            raise RateLimitExceeded(f"The limit of {taken.scope.limit} tokens per minute "
+                                    f"{taken.scope.label} is reached; retry in {wait} s", wait)
+        return taken
+
+    async def settle_tokens(self, hold: TokenHold | None, actual: int | None) -> None:
+        """When the call ends: settle ``hold`` to the ``actual`` billed tokens (0 for a call
+        refused before any provider saw it; ``None`` when usage is unknown keeps the worst case).
+        Never raises."""
+        if hold is None or actual is None:
             return
         try:
-            for item, ids in self._token_items(user_id, operation):
-                if not await self._strategy.hit(item, *ids, cost=min(tokens, item.amount)):
-                    left = (await self._strategy.get_window_stats(item, *ids)).remaining
-                    if left > 0:
-                        await self._strategy.hit(item, *ids, cost=left)
-        except StorageError:
-            log.error("rate-limit storage unreachable; tokens of this call not counted")
+            await self._windows.settle(hold, actual)
+        except RedisError:
+            log.error("rate-limit storage unreachable; this call's tokens stay at its worst case")
 
     async def _refusal(self, item: RateLimitItem, ids: tuple[str, ...]) -> RateLimitExceeded:
         stats = await self._strategy.get_window_stats(item, *ids)
@@ -109,8 +143,14 @@ class RateLimiter:
     def _request_items(self, user_id: str, operation: str) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
         return _items(self.limits.user_rpm, self.limits.user_operation_rpm, "rpm", user_id, operation)
 
-    def _token_items(self, user_id: str, operation: str) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
-        return _items(self.limits.user_tpm, self.limits.user_operation_tpm, "tpm", user_id, operation)
+    def _token_scopes(self, user_id: str, operation: str) -> list[TokenScope]:
+        scopes = []
+        if self.limits.user_tpm:
+            scopes.append(TokenScope(f"user:{user_id}", self.limits.user_tpm, "per user"))
+        if self.limits.user_operation_tpm:
+            scopes.append(TokenScope(f"user-op:{user_id}:{operation}", self.limits.user_operation_tpm,
+                                     "per user and operation"))
+        return scopes
 
 
 def _items(per_user: int, per_pair: int, kind: str, user_id: str, operation: str

@@ -29,7 +29,7 @@ from opsgate.metering.enforcement import (
 )
 from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable
 from opsgate.metering.prices import PriceTable, PriceTableError
-from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
+from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage, make_token_windows
 from opsgate.metering.reservations import (
     Reservation,
     Settlement,
@@ -37,7 +37,8 @@ from opsgate.metering.reservations import (
     expire_reservations,
     hold,
 )
-from opsgate.metering.worstcase import call_worst_case_micro_usd
+from opsgate.metering.tokenlimits import TokenHold
+from opsgate.metering.worstcase import call_worst_case_micro_usd, call_worst_case_tokens
 from opsgate.providers.base import CompletionRequest
 
 log = logging.getLogger("opsgate.metering")
@@ -83,6 +84,16 @@ class MeteringService:
     async def rate_limit(self, user_id: str, operation: str) -> None:
         """Step 3; raises :class:`~opsgate.metering.errors.RateLimitExceeded` (429)."""
         await self.limiter.admit(user_id, operation)
+
+    async def take_tokens(self, user_id: str, operation: str, request: CompletionRequest) -> TokenHold | None:
+        """Step 5, first half: hold the worst-case tokens of ``request`` against the token rate
+        limits (429 when one has no room); settle the hold with :meth:`settle_tokens`."""
+        return await self.limiter.take_tokens(user_id, operation, call_worst_case_tokens(request))
+
+    async def settle_tokens(self, hold: TokenHold | None, actual: int | None) -> None:
+        """Settle a token hold to the ``actual`` billed tokens (0 when refused before any provider
+        saw the call, ``None`` to keep the worst case when usage is unknown). Never raises."""
+        await self.limiter.settle_tokens(hold, actual)
 
     def reserve_in(
         self,
@@ -141,10 +152,9 @@ class MeteringService:
 
         return settle
 
-    async def settled(self, reservation: Reservation, settlement: Settlement | None, tokens: int) -> None:
-        """After the result committed: count the call's tokens against the token rate limits and
-        publish ``overspend`` for every budget the charge took over its limit. Never raises."""
-        await self.limiter.charge_tokens(reservation.user_id, reservation.operation, tokens)
+    async def settled(self, reservation: Reservation, settlement: Settlement | None) -> None:
+        """After the result committed: publish ``overspend`` for every budget the charge took over
+        its limit. Never raises."""
         if settlement is None:
             return
         for budget in settlement.over_limit:
@@ -181,7 +191,8 @@ def build_metering(
         user_operation_rpm=settings.rate_limit_user_operation_rpm,
         user_operation_tpm=settings.rate_limit_user_operation_tpm,
     )
-    limiter = RateLimiter(limits, make_storage(settings.redis_url, settings.rate_limit_key_prefix))
+    limiter = RateLimiter(limits, make_storage(settings.redis_url, settings.rate_limit_key_prefix),
+                          make_token_windows(settings.redis_url, settings.rate_limit_key_prefix))
     service = MeteringService(engine, clock, prices, limiter, EnforcementHooks(),
                               reservation_ttl_s=settings.budget_reservation_ttl_s)
     service.expire()

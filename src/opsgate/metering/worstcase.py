@@ -11,7 +11,8 @@ pricing table). A ``bytes / 3`` estimate is *not* an upper bound (CJK text is ~1
 
 A call may pay for two completions: the answer and, if it did not match the schema, one repair
 request that repeats the prompt plus a note of at most about :data:`REPAIR_NOTE_ALLOWANCE_BYTES`.
-Each is priced at the dearest model of the routing chain (:func:`worst_case_micro_usd`).
+Each is priced at the dearest model of the routing chain (:func:`worst_case_micro_usd`); the
+token rate limits hold the same two completions in tokens (:func:`call_worst_case_tokens`).
 """
 
 from __future__ import annotations
@@ -50,3 +51,11 @@ def call_worst_case_micro_usd(
         worst_case_micro_usd(repair_prompt, request.max_tokens, prices.price_for(m)) for m in models
     )
     return first + repair
+
+
+def call_worst_case_tokens(request: CompletionRequest) -> int:
+    """The most tokens a governed call of ``request`` can be billed for: the answer and one
+    repair request, each its prompt bound plus ``max_tokens`` (what a tokens-per-minute limit
+    holds at admission)."""
+    prompt = prompt_token_bound(request)
+    return (prompt + request.max_tokens) + (prompt + REPAIR_NOTE_ALLOWANCE_BYTES + request.max_tokens)
