@@ -70,3 +70,26 @@ def test_problem_body_never_echoes_a_secret() -> None:
     _, body = problem_body(OpsgateError(f"bad token: {KEY} for {EMAIL}"), "req-1")
     assert KEY not in body["detail"] and EMAIL not in body["detail"]
     assert body["code"] == "internal_error" and body["request_id"] == "req-1"
+
+
+async def test_a_secret_the_store_reads_is_redacted_in_logs_whatever_its_shape(
+    json_logs: io.StringIO, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from opsgate.clock import SystemClock
+    from opsgate.ledger.writer import Ledger
+    from opsgate.security.secrets import SecretStore
+    from opsgate.store.db import make_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    upgrade(url)
+    ledger = Ledger(make_engine(url), SystemClock())
+    ledger.start()
+    odd = "Pl41n W0rds " + secrets.token_hex(5)  # no key shape, no field name: no rule knows it
+    try:
+        store = SecretStore(ledger, SystemClock(), env={"PARTNER_WEBHOOK_TOKEN": odd})
+        assert await store.get("PARTNER_WEBHOOK_TOKEN", actor="test", purpose="test") == odd
+    finally:
+        ledger.close()
+    logging.getLogger("opsgate.test").warning("partner answered 500 for %s (retrying)", odd)
+    text = json_logs.getvalue()
+    assert odd not in text and "[REDACTED:secret:" in text and "(retrying)" in text

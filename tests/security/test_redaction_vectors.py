@@ -46,6 +46,8 @@ def sanitizer() -> Sanitizer:
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_vector(sanitizer: Sanitizer, vector: dict) -> None:
+    if "regions" in vector:
+        sanitizer = Sanitizer(b"k" * 32, phone_regions=vector["regions"])
     text, fills = expand(vector["input"])
     out = sanitizer.sanitize(text)
     assert TOKEN.findall(out) == vector["kinds"], out
@@ -92,6 +94,37 @@ def test_sanitize_obj_redacts_under_sensitive_keys(sanitizer: Sanitizer) -> None
 def test_sensitive_names() -> None:
     assert all(map(is_sensitive_name, ["Authorization", "db_password", "X-Api-Key", "setCookie"]))
     assert not any(map(is_sensitive_name, ["input_tokens", "max_tokens", "monkey", "user", 3]))
+
+
+def test_sensitive_names_in_every_case_style() -> None:
+    names = ["privateKey", "private_key", "PRIVATE_KEY", "signingKey", "signing-key", "accessKeyId",
+             "access_key_id", "auth", "Auth", "pwd", "PWD", "bearer", "BearerToken", "apiKey",
+             "x-api-key", "clientSecret", "refresh_token", "sessionToken", "db_pass", "passphrase",
+             "AWS_SECRET_ACCESS_KEY", "authToken", "webhookUrl", "otp"]
+    assert [n for n in names if not is_sensitive_name(n)] == []
+    near = ["author", "authority", "monkey", "keyboard", "tokens", "token_count", "output_tokens",
+            "passenger", "signal", "spinner", "id", "key_id_count"]
+    assert [n for n in near if is_sensitive_name(n)] == []
+
+
+def test_sanitize_obj_redacts_camel_case_secret_keys(sanitizer: Sanitizer) -> None:
+    out = sanitizer.sanitize_obj({"credentials": {"accessKeyId": "AKIDEXAMPLE", "privateKey": "abc"},
+                                  "auth": "letmein", "pwd": 1234, "bearer": "x", "author": "Ada"})
+    assert TOKEN.fullmatch(out["credentials"]["accessKeyId"]) and TOKEN.fullmatch(out["credentials"]["privateKey"])
+    assert all(TOKEN.fullmatch(out[k]) for k in ("auth", "pwd", "bearer"))
+    assert out["author"] == "Ada"
+
+
+def test_held_secrets_are_redacted_literally_whatever_their_shape() -> None:
+    odd = "correct horse " + secrets.token_hex(4) + " battery"  # no known key shape, has spaces
+    s = Sanitizer(b"k" * 32)
+    assert s.sanitize(f"connecting with {odd}!") == f"connecting with {odd}!"
+    s.hold(odd)
+    s.hold("short")  # under MIN_HELD_SECRET: not held (it would blank ordinary words)
+    out = s.sanitize(f"connecting with {odd}!\nagain: {odd}; short stays")
+    assert odd not in out and TOKEN.findall(out) == ["secret", "secret"] and "short stays" in out
+    assert s.sanitize(out) == out
+    assert odd not in json.dumps(s.sanitize_obj({"note": [f"x{odd}y"]}))
 
 
 def test_luhn_and_mod97() -> None:

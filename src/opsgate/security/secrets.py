@@ -7,7 +7,9 @@ store appends ``secret_access`` ``{"secret", "actor", "purpose"}`` to the ledger
 
 Values are cached in memory encrypted with AES-256-GCM (``cryptography`` AESGCM, a random 96-bit
 nonce per entry, the secret's name as associated data, the key only in this process's memory) for
-``ttl_s`` seconds; :meth:`SecretStore.refresh` drops entries early.
+``ttl_s`` seconds; :meth:`SecretStore.refresh` drops entries early. Every value read is also
+held by the sanitizer (:func:`~opsgate.security.sanitizer.hold_secret`), so it is redacted
+literally in every log line, error and alert, whatever its shape.
 
 Rotation: ``<NAME>_PREVIOUS`` holds the key being retired; :meth:`SecretStore.active_keys` returns
 ``[current, previous]`` while both are set, so a caller can accept or fall back to either during
@@ -29,6 +31,7 @@ from pydantic import SecretStr
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
+from opsgate.security.sanitizer import hold_secret
 from opsgate.security.secrets_connect import ConnectClient, OpReference
 from opsgate.security.secrets_errors import SecretNotFound
 
@@ -111,6 +114,7 @@ class SecretStore:
             return cached
         value = await self._load(name)
         self._cache.put(name, value)
+        hold_secret(value)
         return value
 
     async def active_keys(self, name: str, *, actor: str, purpose: str) -> list[str]:
