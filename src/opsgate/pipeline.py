@@ -429,4 +429,3 @@ class Gateway:
         result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
         await self.metering.settle_tokens(tokens, None if unknown_usage else record.usage.total_tokens)
         await self.metering.settled(reservation, result.work_result)
-
