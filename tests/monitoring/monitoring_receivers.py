@@ -30,6 +30,8 @@ class HttpReceiver:
     failing: Any = None  # optional callable(path) -> (status, headers) | None
     ok: dict[str, int] = field(default_factory=dict)
     hang: set[str] = field(default_factory=set)  # paths that accept the request and never answer
+    hang_seen: int = 0  # requests held by ``hang``
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # set by stop(): held requests end
     runner: web.AppRunner | None = None
     base_url: str = ""
 
@@ -44,13 +46,15 @@ class HttpReceiver:
         self.base_url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        self.released.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
         path = request.path
         if path in self.hang:
-            await asyncio.Event().wait()
+            self.hang_seen += 1
+            await self.released.wait()
         if self.failing is not None and (answer := self.failing(path)) is not None:
             return web.json_response({"message": "failing"}, status=answer[0], headers=answer[1])
         pending = self.script.get(path) or []

@@ -117,3 +117,19 @@ async def test_periodic_ledger_check_sees_a_database_rolled_back_below_its_ancho
     with env.engine.connect() as conn:
         detail = conn.execute(select(signals.c.detail).order_by(signals.c.id.desc())).scalars().first()
     assert detail == "4 entries: rolled_back at seq 4"
+
+
+async def test_stop_cancels_a_tick_stuck_on_a_receiver(env: Env) -> None:
+    env.http.hang = {DISCORD}
+    worker = env.worker()
+    worker.outbox.send_timeout_s = 3600.0  # only the stop can end this send
+    worker.incidents.observe(Finding("cost_discrepancy", {"provider": "gemini"}, True, Severity.P1, "3%", "c", "c"))
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    while not env.http.hang_seen:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(running, 30)
+    assert worker.leadership.held is False
+    [row] = _rows(env, "discord")
+    assert row["state"] == "sending"  # its claim expires and another worker takes it over

@@ -168,19 +168,32 @@ class Worker:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        """:meth:`tick` every ``worker_tick_s`` until ``stop`` is set; errors are logged."""
+        """:meth:`tick` every ``worker_tick_s`` until ``stop`` is set; errors are logged. Setting
+        ``stop`` (SIGTERM) cancels a tick in progress: shutdown never waits on a receiver."""
         try:
             while not stop.is_set():
-                try:
-                    await self.tick()
-                except Exception:
-                    log.exception("worker tick failed")
+                if not await self._tick_unless(stop):
+                    return
                 try:
                     await asyncio.wait_for(stop.wait(), self.settings.worker_tick_s)
                 except TimeoutError:
                     pass
         finally:
             self.leadership.release()
+
+    async def _tick_unless(self, stop: asyncio.Event) -> bool:
+        """Run one tick; False when ``stop`` was set first (the tick is then cancelled)."""
+        tick = asyncio.ensure_future(self.tick())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({tick, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not tick.done():
+            tick.cancel()
+            await asyncio.gather(tick, return_exceptions=True)
+            return False
+        if not tick.cancelled() and tick.exception() is not None:
+            log.error("worker tick failed", exc_info=tick.exception())
+        return True
 
     # jobs -------------------------------------------------------------------------------------
     def evaluate_rules(self) -> list[Finding]:
