@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             tags=["operations"],
             openapi_extra=_openapi_for(op, components),
         )
-    app.openapi = _with_components(app, components)  # type: ignore[method-assign]
+    app.openapi = _with_components(app, components)  # type: ignore[method-assign]  # FastAPI's documented override
     return app
 
 
@@ -215,6 +215,6 @@ def _with_components(app: FastAPI, components: dict[str, Any]) -> Callable[[], d
         if app.openapi_schema is None:
             schema = original()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
-        return app.openapi_schema  # type: ignore[return-value]
+        return app.openapi_schema  # type: ignore[return-value]  # set by original() above
 
     return openapi

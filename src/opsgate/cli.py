@@ -6,10 +6,12 @@ import asyncio
 import sys
 import uuid
 from pathlib import Path
+from typing import Any, NoReturn
 
 import orjson
 import typer
 from rich.console import Console
+from sqlalchemy import Engine
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
@@ -67,7 +69,7 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -146,7 +148,7 @@ def run(
     sys.stdout.buffer.write(orjson.dumps(outcome, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-async def _run_once(settings: Settings, operation: str, body: bytes, user: str) -> tuple[dict | None, dict | None]:
+async def _run_once(settings: Settings, operation: str, body: bytes, user: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     from opsgate.app import _outcome_body
     from opsgate.pipeline import Call
     from opsgate.problems import problem_body
@@ -236,7 +238,7 @@ def db_rls(
     print(f"connect the gateway as {done.app_role} with OPSGATE_AUTO_MIGRATE=false")
 
 
-def _engine(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+def _engine(settings: Settings | None = None) -> Engine:
     from sqlalchemy.exc import SQLAlchemyError
 
     from opsgate.store.db import open_database

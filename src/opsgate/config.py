@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
+from typing import Literal
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -131,7 +132,7 @@ class Settings(BaseSettings):
     key_rotation_days: int = Field(default=30, gt=0, description="Data key rotation policy (days).")
     session_ttl_s: int = Field(default=8 * 3600, gt=0, description="Dashboard session lifetime.")
     session_cookie_secure: bool = Field(default=True, description="Secure flag on session cookies.")
-    session_samesite: str = Field(default="strict", pattern="^(strict|lax)$")
+    session_samesite: Literal["strict", "lax"] = "strict"
     cors_origins: list[str] = Field(
         default_factory=list, description="Exact origins (scheme://host[:port]) allowed by CORS."
     )

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 from rich.console import Console
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from opsgate.app import create_app
@@ -83,9 +84,10 @@ async def _call(http: aiohttp.ClientSession, op_id: str, body: bytes) -> dict[st
 
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="opsgate demo: nine operations over HTTP (sandbox providers)")
-    for name, justify in [("operation", "left"), ("provider/model", "left"), ("status", "right"),
-                          ("latency ms", "right"), ("tokens", "right"), ("cost USD", "right")]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    columns: list[tuple[str, JustifyMethod]] = [("operation", "left"), ("provider/model", "left"), ("status", "right"),
+                          ("latency ms", "right"), ("tokens", "right"), ("cost USD", "right")]
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
     for r in rows:
         table.add_row(r["operation"], r["provider"], str(r["status"]), f"{r['latency_ms']:.1f}",
                       r["tokens"], r["cost"])

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import uvicorn
+from starlette.types import ASGIApp
 
 
 @dataclass
@@ -24,7 +25,7 @@ class LocalServer:
         self.thread.join(timeout_s)
 
 
-def serve_in_thread(app: object, port: int = 0, start_timeout_s: float = 30) -> LocalServer:
+def serve_in_thread(app: ASGIApp, port: int = 0, start_timeout_s: float = 30) -> LocalServer:
     """Bind 127.0.0.1:``port`` (0 = any free port), start uvicorn there and wait until it serves.
 
     Raises ``RuntimeError`` when the server does not start within ``start_timeout_s`` seconds
@@ -32,7 +33,7 @@ def serve_in_thread(app: object, port: int = 0, start_timeout_s: float = 30) -> 
     """
     sock = socket.socket()
     sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

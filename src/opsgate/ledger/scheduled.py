@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 from sqlalchemy import Engine
 
 from opsgate.clock import Clock
@@ -122,19 +123,19 @@ def verify_configured(settings: Settings, engine: Engine, *, anchor_dir: Path | 
     return verify(engine, verifier=verifier, anchored=notes)
 
 
-def anchors_for(settings: Settings, session: object | None) -> list[Anchor]:
+def anchors_for(settings: Settings, session: aiohttp.ClientSession | None) -> list[Anchor]:
     """The anchors configured in ``settings`` (a directory and/or a Discord webhook; the webhook
     needs the shared aiohttp ``session``)."""
     anchors: list[Anchor] = []
     if settings.ledger_anchor_dir is not None:
         anchors.append(DirectoryAnchor(Path(settings.ledger_anchor_dir)))
     if settings.ledger_discord_webhook_url is not None and session is not None:
-        anchors.append(DiscordAnchor(settings.ledger_discord_webhook_url, session))  # type: ignore[arg-type]
+        anchors.append(DiscordAnchor(settings.ledger_discord_webhook_url, session))
     return anchors
 
 
 def checkpointer_for(
-    settings: Settings, engine: Engine, clock: Clock, session: object | None
+    settings: Settings, engine: Engine, clock: Clock, session: aiohttp.ClientSession | None
 ) -> Checkpointer | None:
     """A :class:`Checkpointer` from ``settings``, or None (logged) when no signing key can be
     had: a missing key is generated only for SQLite, the embedded default."""

@@ -432,7 +432,7 @@ def _scan_range(job: tuple[int, int, frozenset[int]]) -> _Scan:
             rows = cursor.fetchall()
         finally:
             cursor.close()
-    return _scan_batch((start, rows, sizes))  # type: ignore[arg-type]
+    return _scan_batch((start, rows, sizes))  # type: ignore[arg-type]  # DB-API rows are untyped tuples
 
 
 def _stored_checkpoints(engine: Engine) -> list[tuple[int, bytes, bytes]]:
@@ -503,7 +503,7 @@ def row_batches(engine: Engine, batch_size: int) -> Iterator[list[tuple[int, byt
             raw = conn.connection.dbapi_connection
             assert raw is not None
             cursor = (
-                raw.cursor(name="opsgate_ledger_verify")  # type: ignore[call-arg]
+                raw.cursor(name="opsgate_ledger_verify")
                 if engine.dialect.name == "postgresql"
                 else raw.cursor()
             )

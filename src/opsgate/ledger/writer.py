@@ -104,7 +104,7 @@ class _Request:
     def take(self) -> bool:
         """Claim the request for writing; False if its caller already gave up (cancelled)."""
         if self.loop is None:
-            return self.future.set_running_or_notify_cancel()  # type: ignore[union-attr]
+            return self.future.set_running_or_notify_cancel()  # type: ignore[union-attr]  # no loop: a thread Future
         return not self.future.cancelled()
 
 
@@ -308,7 +308,7 @@ def _settle(requests: list[_Request], outcomes: Sequence[Outcome]) -> None:
         if request.loop is None:
             _resolve(request.future, outcome)
         else:
-            by_loop.setdefault(request.loop, []).append((request.future, outcome))  # type: ignore[arg-type]
+            by_loop.setdefault(request.loop, []).append((request.future, outcome))  # type: ignore[arg-type]  # a loop: an asyncio Future
     for loop, pending in by_loop.items():
         try:
             loop.call_soon_threadsafe(_resolve_all, pending)

@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, or_, select, update
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput
@@ -153,5 +154,5 @@ def _check(user_id: str, operation: str, period: str, limit: int) -> None:
         raise InvalidInput("the limit must be >= 0 micro-USD")
 
 
-def _budget(row) -> Budget:  # type: ignore[no-untyped-def]
+def _budget(row: Row[*tuple[Any, ...]]) -> Budget:
     return Budget(row.id, row.user_id, row.operation, row.period, row.limit_micro_usd)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
@@ -21,7 +22,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _engine():  # type: ignore[no-untyped-def]
+def _engine() -> Engine:
     from opsgate.store.db import open_database
 
     return open_database(Settings())

@@ -155,7 +155,7 @@ class RateLimiter:
 
 def _items(per_user: int, per_pair: int, kind: str, user_id: str, operation: str
            ) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
-    items = []
+    items: list[tuple[RateLimitItem, tuple[str, ...]]] = []
     if per_user:
         items.append((RateLimitItemPerMinute(per_user, namespace=f"opsgate-{kind}-user"), (user_id,)))
     if per_pair:

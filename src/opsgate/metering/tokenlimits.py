@@ -173,7 +173,7 @@ class RedisTokenWindows:
         """See :meth:`TokenWindows.take`: one Lua script checks and takes every scope."""
         minute, elapsed = _minute(self._clock())
         keys = [k for s in scopes for k in (self._key(s, minute - 1), self._key(s, minute))]
-        args = [amount, repr(1 - elapsed), 2 * WINDOW_S * 1000, *(s.limit for s in scopes)]
+        args: list[int | str] = [amount, repr(1 - elapsed), 2 * WINDOW_S * 1000, *(s.limit for s in scopes)]
         refused, previous, current = await self._take(keys=keys, args=args)
         if refused:
             scope = scopes[int(refused) - 1]

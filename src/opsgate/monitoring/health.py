@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, Row, func, select
 
 from opsgate.metering.models import cost_reconciliations
 from opsgate.monitoring.models import signals
@@ -107,8 +109,8 @@ def compute_health(
     )
 
 
-def _providers(rows: list, unavailable: set[str]) -> dict[str, ProviderHealth]:  # type: ignore[type-arg]
-    calls: dict[str, list] = defaultdict(list)  # type: ignore[type-arg]
+def _providers(rows: Sequence[Row[*tuple[Any, ...]]], unavailable: set[str]) -> dict[str, ProviderHealth]:
+    calls: dict[str, list[Row[*tuple[Any, ...]]]] = defaultdict(list)
     for r in rows:
         if r.provider:
             calls[r.provider].append(r)
@@ -150,7 +152,7 @@ def _cost_accuracy(conn: Connection) -> float | None:
     return float(max(Decimal(0), 100 - worst).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-def _latest_ok(conn, kind: str, since: datetime | None) -> bool | None:  # type: ignore[no-untyped-def]
+def _latest_ok(conn: Connection, kind: str, since: datetime | None) -> bool | None:
     query = select(signals.c.ok).where(signals.c.kind == kind)
     if since is not None:
         query = query.where(signals.c.at >= since)

@@ -14,13 +14,14 @@ workers or operators cannot apply one change twice.
 
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, RowMapping, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
@@ -66,12 +67,12 @@ class IncidentService:
         now, key = self.clock.now(), finding.dedup_key
         with self.engine.connect() as conn:
             state = conn.execute(select(alerts).where(alerts.c.dedup_key == key)).mappings().first()
-        if finding.firing and (state is None or not state["firing"]):
-            episode = (state["episode"] if state else 0) + 1
-            if not self._flip(key, finding, state, True, episode, now):
-                return None
-            return self.open(finding, episode)
         if finding.firing:
+            if state is None or not state["firing"]:
+                episode = (state["episode"] if state else 0) + 1
+                if not self._flip(key, finding, state, True, episode, now):
+                    return None
+                return self.open(finding, episode)
             return self._maybe_raise(key, state["episode"], finding)
         if state is not None and state["firing"] and self._flip(key, finding, state, False, state["episode"], now):
             current = self._by_key(key, state["episode"])
@@ -80,7 +81,7 @@ class IncidentService:
                 return current["id"]
         return None
 
-    def _flip(self, key: str, f: Finding, state: Mapping[str, Any] | None, firing: bool,
+    def _flip(self, key: str, f: Finding, state: RowMapping | None, firing: bool,
               episode: int, now: datetime) -> bool:
         values = {"rule": f.rule, "labels": json.dumps(f.labels, sort_keys=True), "firing": firing,
                   "severity": f.severity, "episode": episode, "since": now, "value": f.value[:64],
@@ -105,7 +106,7 @@ class IncidentService:
         now = self.clock.now()
         severity = f.severity or Severity.P2
         level = MAX_LEVEL if f.immediate else 0
-        row = {
+        row: dict[str, Any] = {
             "id": "inc-" + secrets.token_hex(6), "dedup_key": f.dedup_key, "episode": episode,
             "rule": f.rule, "severity": severity, "title": f.title[:255], "summary": f.summary,
             "labels": json.dumps(f.labels, sort_keys=True), "pages": f.pages, "state": OPEN,
@@ -196,7 +197,7 @@ class IncidentService:
         return current["id"]
 
     # reading --------------------------------------------------------------------------------
-    def list(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Incidents, newest first, optionally in one ``state``."""
         where = incidents.c.state == state if state else incidents.c.id.is_not(None)
         with self.engine.connect() as conn:
@@ -244,7 +245,7 @@ class IncidentService:
                      f"{row['id']}:severity:{f.severity}")
         return row["id"]
 
-    def _reached(self, row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    def _reached(self, row: Mapping[str, Any]) -> builtins.list[tuple[str, str]]:
         return targets(row["severity"], row["escalation_level"], row["pages"], self.contacts)
 
     def _claim(self, incident_id: str, allowed: set[str], values: dict[str, Any],
@@ -263,7 +264,7 @@ class IncidentService:
         return {**row, **values, "version": row["version"] + 1}
 
     def _append(self, kind: str, row: Mapping[str, Any], actor: str, detail: str, note: Notification | None,
-                reach: list[tuple[str, str]], notify_key: str, first: list[tuple[Any, Any]] | None = None) -> None:
+                reach: builtins.list[tuple[str, str]], notify_key: str, first: builtins.list[tuple[Any, Any]] | None = None) -> None:
         now = self.clock.now()
         event = {"incident_id": row["id"], "at": now, "kind": kind, "actor": actor[:128], "detail": detail[:2000]}
         rows = list(first or []) + [(incident_events, event)]
@@ -282,7 +283,7 @@ class IncidentService:
                 incidents.c.dedup_key == key, incidents.c.episode == episode)).mappings().first()
         return dict(row) if row else None
 
-    def _select(self, where: Any) -> list[dict[str, Any]]:
+    def _select(self, where: Any) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(select(incidents).where(where).order_by(incidents.c.opened_at))
                     .mappings()]
@@ -300,7 +301,7 @@ def _iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-def incident_json(r: Mapping[str, Any]) -> dict[str, Any]:
+def incident_json(r: Mapping[str, Any] | RowMapping) -> dict[str, Any]:
     """API shape of an incident row (times ISO 8601 UTC)."""
     return {
         "id": r["id"], "dedup_key": r["dedup_key"], "episode": r["episode"], "rule": r["rule"],

@@ -272,7 +272,8 @@ class Worker:
             record_signal(self.engine, self.clock, LEDGER_VERIFY, "ledger", ok=False,
                           detail=f"cannot verify: {type(exc).__name__}")
             return False
-        detail = "ok" if report.ok else f"{report.failure.reason} at seq {report.failure.seq}"  # type: ignore[union-attr]
+        failure = report.failure
+        detail = f"{failure.reason} at seq {failure.seq}" if failure is not None else "ok"
         record_signal(self.engine, self.clock, LEDGER_VERIFY, "ledger", ok=report.ok,
                       detail=f"{report.entries} entries: {detail}")
         return report.ok

@@ -134,6 +134,12 @@ def _when(value: date | datetime, tz: tzinfo) -> datetime:
     return datetime.combine(value, time(0), tzinfo=tz)
 
 
+def _dt(component: icalendar.Component, name: str) -> Any:
+    """``component[name].dt``: the date, datetime or duration of a date-time property (``Any``:
+    icalendar types a property as the union of every value class, most without ``dt``)."""
+    return getattr(component[name], "dt")
+
+
 def _period(value: Any, name: str) -> tuple[datetime, Any]:
     period = getattr(value, "dt", None)
     if not isinstance(period, tuple) or not isinstance(period[0], datetime):
@@ -142,14 +148,14 @@ def _period(value: Any, name: str) -> tuple[datetime, Any]:
 
 
 def _instance(component: icalendar.Event, tz: tzinfo) -> EventInstance:
-    raw_start = component["DTSTART"].dt
+    raw_start = _dt(component, "DTSTART")
     all_day = not isinstance(raw_start, datetime)
     start = _when(raw_start, tz)
     end_prop = component.get("DTEND")
     if end_prop is not None:
         end = _when(end_prop.dt, tz)
     elif component.get("DURATION") is not None:
-        end = start + component["DURATION"].dt
+        end = start + _dt(component, "DURATION")
     else:
         end = start + (timedelta(days=1) if all_day else timedelta(0))
     status = str(component.get("STATUS", "CONFIRMED")).upper()

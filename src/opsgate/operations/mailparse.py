@@ -201,7 +201,7 @@ def _collect(part: Message, texts: list[tuple[str, str]], attachments: list[Atta
     elif part.is_multipart() and ctype == "multipart/alternative":
         _collect_alternative(part, texts, attachments)
     elif part.is_multipart():
-        for sub in part.iter_parts():
+        for sub in _parts(part):
             _collect(sub, texts, attachments)
     elif _is_attachment(part) or ctype not in ("text/plain", "text/html"):
         attachments.append(_describe(part))
@@ -214,7 +214,7 @@ def _collect(part: Message, texts: list[tuple[str, str]], attachments: list[Atta
 def _collect_alternative(
     part: Message, texts: list[tuple[str, str]], attachments: list[Attachment]
 ) -> None:
-    subparts = list(part.iter_parts())
+    subparts = _parts(part)
     readable = [p for p in subparts if not _is_attachment(p)]
     for wanted in ("text/plain", "text/html"):
         chosen = [p for p in readable if p.get_content_type() == wanted]
@@ -223,6 +223,12 @@ def _collect_alternative(
             return
     for sub in subparts:
         _collect(sub, texts, attachments)
+
+
+def _parts(part: Message) -> list[Message]:
+    """The sub-parts of a multipart ``part`` (what ``EmailMessage.iter_parts`` yields)."""
+    payload = part.get_payload()
+    return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
 
 
 def _collect_forwarded(
@@ -256,8 +262,9 @@ def _describe(part: Message) -> Attachment:
 
 def _text(part: Message) -> str:
     payload = part.get_payload(decode=True)
-    if payload is None:
+    if not isinstance(payload, bytes):
         return ""
+    charset: object
     if isinstance(part, EmailMessage):
         charset = part.get_content_charset()
     else:

@@ -129,7 +129,9 @@ def finish_series(points: list[Point], loc: str) -> list[Point]:
 def median_interval(points: list[Point]) -> timedelta:
     """Median spacing between consecutive timestamps (zero for fewer than two points)."""
     gaps = [b.timestamp - a.timestamp for a, b in pairwise(points)]
-    return statistics.median(gaps) if gaps else timedelta(0)
+    if not gaps:
+        return timedelta(0)
+    return statistics.median(gaps)  # type: ignore[type-var]  # typeshed: numbers only; timedeltas work
 
 
 def detect(points: list[Point], params: DetectionParams = DetectionParams()) -> list[Anomaly]:
@@ -137,8 +139,9 @@ def detect(points: list[Point], params: DetectionParams = DetectionParams()) -> 
     present = [(i, p) for i, p in enumerate(points) if p.value is not None]
     if len(present) <= params.min_points:
         return []
-    use_log = all(p.value > 0 for _, p in present)  # type: ignore[operator]
-    ys = [math.log(p.value) if use_log else p.value for _, p in present]  # type: ignore[arg-type]
+    values = [p.value for _, p in present if p.value is not None]
+    use_log = all(v > 0 for v in values)
+    ys = [math.log(v) if use_log else v for v in values]
     times = [p.timestamp for _, p in present]
     step = median_interval([p for _, p in present])
     span = max(params.window, step * 12)

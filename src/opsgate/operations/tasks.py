@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time
-from typing import Literal
+from typing import Literal, get_args
 
 import icalendar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -35,6 +35,7 @@ MAX_TITLE_CHARS = 500
 MAX_NOTES_CHARS = 300
 MAX_BREAKDOWN_NOTES_CHARS = 4_000
 Status = Literal["needs-action", "in-process", "completed", "cancelled"]
+_STATUSES: dict[str, Status] = {s: s for s in get_args(Status)}
 DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 OPEN = ("needs-action", "in-process")
 
@@ -112,7 +113,7 @@ class TaskOut(BaseModel):
     overdue: bool | None
 
 
-def _from_vtodo(todo: icalendar.Todo) -> TaskItem:
+def _from_vtodo(todo: icalendar.Component) -> TaskItem:
     due = todo.get("DUE")
     duration = todo.get("DURATION")
     start = todo.get("DTSTART")
@@ -127,7 +128,7 @@ def _from_vtodo(todo: icalendar.Todo) -> TaskItem:
         notes=str(todo["DESCRIPTION"])[:20_000] if todo.get("DESCRIPTION") else None,
         due=due_value,
         priority=int(priority) if priority is not None else None,
-        status=status if status in ("needs-action", "in-process", "completed", "cancelled") else "needs-action",
+        status=_STATUSES.get(status, "needs-action"),
         estimate_minutes=estimate if estimate and estimate > 0 else None,
     )
 

@@ -277,7 +277,7 @@ class _Run:
                 active.append(f.profile)
         profile = ",".join(active) or "none"
         if profile != self.profile:
-            self.runtime.sandbox.set_faults(profile)  # type: ignore[union-attr]
+            self.runtime.sandbox.set_faults(profile)  # type: ignore[union-attr]  # rehearsals run on sandboxes
             self.fault_log.append({"at": now.isoformat(), "hours": _hours(now), "faults": profile})
             self.profile = profile
 
@@ -300,7 +300,7 @@ class _Run:
 
     def facts(self) -> dict[str, Any]:
         """Everything :func:`build_report` needs, read after the last window (blocking)."""
-        rollout = self.runtime.rollout.get_rollout(self.rollout_id)  # type: ignore[union-attr]
+        rollout = self.runtime.rollout.get_rollout(self.rollout_id)
         return {
             "config": self.config, "scenario": self.scenario, "tally": self.tally, "holds": self.holds,
             "timeline": self.timeline, "measured": self.measured, "faults": self.fault_log,

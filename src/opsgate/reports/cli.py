@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from opsgate.clock import SystemClock
@@ -32,7 +33,7 @@ out, err = Console(), Console(stderr=True)
 MARKS = {"pass": "[x]", "fail": "[ ]", "n/a": "[ ] n/a", "manual": "[ ] manual"}
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+def _engine(settings: Settings) -> Engine:
     try:
         return open_database(settings)
     except (SQLAlchemyError, OSError) as exc:

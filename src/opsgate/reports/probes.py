@@ -74,7 +74,7 @@ def sanitizer_canary() -> Probe:
     finally:
         logger.setLevel(level)
         for h, stream in zip(handlers, saved, strict=True):
-            h.setStream(stream)  # type: ignore[arg-type]
+            h.setStream(stream)
     out = "".join(b.getvalue() for b in buffers)
     if "readiness canary" not in out:
         return False, "the canary line did not reach the log output (level or filter drops INFO)"

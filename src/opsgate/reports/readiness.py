@@ -275,7 +275,8 @@ def csrf_on(ctx: Context) -> tuple[bool, str]:
     from opsgate.security.sessions import CSRFMiddleware
 
     app = create_app(ctx.settings, ctx.clock)
-    on = any(m.cls is CSRFMiddleware for m in app.user_middleware)
+    classes: list[object] = [m.cls for m in app.user_middleware]
+    on = CSRFMiddleware in classes
     return (
         on,
         "CSRFMiddleware checks every unsafe request with a session cookie"
@@ -375,7 +376,7 @@ def ledger_verified_anchored(ctx: Context) -> tuple[bool, str]:
         latest = conn.execute(
             select(ledger_checkpoints.c.size).order_by(ledger_checkpoints.c.size.desc()).limit(1)
         ).scalar()
-    on_anchor = bool(latest) and max(anchored, default=0) >= latest
+    on_anchor = bool(latest and max(anchored, default=0) >= latest)
     why = (
         ""
         if on_anchor

@@ -57,6 +57,7 @@ def security_tables(report: dict[str, Any]) -> list[Table]:
 
 def _table(name: str, s: dict[str, Any]) -> Table:
     title = TITLES[name]
+    rows: list[tuple[str, ...]]
     if not s["available"]:
         return Table(title, ("status",), [(f"not available: {s['reason']}",)])
     if "rows" in s:  # the event-count sections
@@ -96,7 +97,7 @@ def _table(name: str, s: dict[str, Any]) -> Table:
 
 def _ledger_rows(s: dict[str, Any]) -> list[tuple[str, ...]]:
     rec, latest = s["recorded_verifications"], s["latest_checkpoint"]
-    rows = [
+    rows: list[tuple[str, ...]] = [
         ("entries", str(s["entries"])),
         ("entries written in the window", str(s["entries_in_window"])),
         ("verification now", s["verification"]["summary"]),

@@ -198,7 +198,7 @@ def ledger_status(engine: Engine, start: datetime, end: datetime, in_window: int
         checkpoints = conn.execute(
             select(func.count()).where(cp.created_at >= start, cp.created_at < end)
         ).scalar()
-        anchored_today = dict(
+        anchored_today: dict[str, int] = dict(
             conn.execute(
                 select(ar.anchor, func.count())
                 .where(ar.created_at >= start, ar.created_at < end)

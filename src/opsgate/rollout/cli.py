@@ -100,8 +100,9 @@ def toggles_check(
 ) -> None:
     """Whether USER_ID gets OPERATION, the user's bucket (1-100) and why. Exit 0 yes, 1 no."""
     with _service() as svc:
-        verdict = svc.snapshot.check(operation, user_id)
-        toggle = svc.snapshot.toggles().get(operation)
+        snapshot = ToggleSnapshot(svc.engine, svc.clock)
+        verdict = snapshot.check(operation, user_id)
+        toggle = snapshot.toggles().get(operation)
     rollout = f", rollout {toggle.rollout_percentage} %" if toggle else ""
     out.print(f"{operation} for {user_id}: {'yes' if verdict.allowed else 'no'} "
               f"(bucket {verdict.bucket}{rollout}; {verdict.reason}: {verdict.explain()})")

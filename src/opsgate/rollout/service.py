@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, delete, insert, select, update
 
 from opsgate.clock import Clock, SystemClock
 from opsgate.errors import NotFound
@@ -266,7 +266,7 @@ class RolloutService:
             rollout_id = conn.execute(insert(rollouts).values(
                 operations=json.dumps(ops), plan=json.dumps(plan.to_dict()), state=State.RUNNING.value,
                 stage_index=0, stage_started_at=now, paused_s=0, version=0, created_at=now,
-                created_by=actor, updated_at=now)).inserted_primary_key[0]
+                created_by=actor, updated_at=now).returning(rollouts.c.id)).scalar_one()
         try:
             self._record(rollout_id, "start", "start", State.RUNNING, State.RUNNING, 0,
                          "rollout started", {"percentage": plan.percentage(0)}, actor,
@@ -497,7 +497,7 @@ def open_ledger(engine: Engine, clock: Clock, ledger: Ledger | None = None) -> I
         own.close()
 
 
-def _bump_in(conn) -> None:  # type: ignore[no-untyped-def]
+def _bump_in(conn: Connection) -> None:
     conn.execute(update(feature_toggle_version).where(feature_toggle_version.c.id == 1)
                  .values(version=feature_toggle_version.c.version + 1))
 
@@ -520,7 +520,7 @@ def _check_toggle(values: Mapping[str, Any]) -> None:
         raise InvalidPlan("group_id must be 1 to 128 characters")
 
 
-def _rollout(row: Mapping[str, Any]) -> Rollout:
+def _rollout(row: RowMapping) -> Rollout:
     plan_doc = json.loads(row["plan"])
     plan = Plan(tuple(Stage(s["percentage"], s["seconds"]) for s in plan_doc["stages"]),
                 plan_doc["observation_s"])
@@ -530,6 +530,10 @@ def _rollout(row: Mapping[str, Any]) -> Rollout:
                    row["reason"], row["banner"], row["version"], as_utc(row["created_at"]), row["created_by"])
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes for timezone-aware columns; they were written in UTC."""
     if value is None or value.tzinfo is not None:

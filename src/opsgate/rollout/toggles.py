@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from opsgate.clock import Clock
 from opsgate.rollout.bucketing import bucket
@@ -146,7 +146,7 @@ class ToggleSnapshot:
             self._next_poll = self._clock.monotonic() + self._refresh_s
 
 
-def _load(conn, version: int) -> _State:  # type: ignore[no-untyped-def]
+def _load(conn: Connection, version: int) -> _State:
     toggles = {row.operation: Toggle(**row._mapping) for row in conn.execute(select(feature_toggles))}
     opted: dict[str, set[str]] = {}
     query = select(user_settings.c.operation, user_settings.c.user_id).where(user_settings.c.opted_in)

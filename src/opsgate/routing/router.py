@@ -175,7 +175,7 @@ class Router:
             if isinstance(result, DeadlineExceeded):
                 break
             if not _falls_back(result, policy):
-                result.attempts = call.attempts  # type: ignore[attr-defined]
+                result.attempts = call.attempts  # type: ignore[attr-defined]  # read back by the pipeline's getattr
                 raise result
         raise AllProvidersFailed(call.attempts, last_error) from last_error
 

@@ -141,7 +141,7 @@ class FaultProfile:
             else:
                 raise FaultProfileError(f"unknown fault profile part {part!r}")
         return cls(
-            **fields,  # type: ignore[arg-type]
+            **fields,  # type: ignore[arg-type]  # set above by field name with that field's type
             outage=frozenset(outage),
             ratelimit=frozenset(ratelimit),
             status=status,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import jwt
 
@@ -62,7 +63,7 @@ class TokenService:
         self._ttl = timedelta(seconds=settings.access_token_ttl_s)
         self._clock = clock
         self._idp = idp_verifier(settings, clock)
-        self._verified: dict[str, dict] = {}  # token -> claims whose signature already checked out
+        self._verified: dict[str, dict[str, Any]] = {}  # token -> claims whose signature already checked out
         if self._idp is not None and self._idp.issuer == self._issuer:
             raise ValueError("OPSGATE_IDP_ISSUER must differ from OPSGATE_JWT_ISSUER")
 
@@ -100,7 +101,7 @@ class TokenService:
         self._check_times(claims)
         return Principal(user_id=claims["sub"], roles=(claims["role"],))
 
-    def _decode(self, token: str) -> dict:
+    def _decode(self, token: str) -> dict[str, Any]:
         """Signature, algorithm, issuer, audience, required claims and role (not the times)."""
         try:
             claims = jwt.decode(
@@ -119,7 +120,7 @@ class TokenService:
             raise Unauthorized("The access token carries an unknown role")
         return claims
 
-    def _check_times(self, claims: dict) -> None:
+    def _check_times(self, claims: dict[str, Any]) -> None:
         """``nbf`` and ``exp`` against the injected clock (RFC 7519 §4.1.4-5), no leeway."""
         now = self._clock.now().timestamp()
         if not isinstance(claims["exp"], int | float) or not isinstance(claims["nbf"], int | float):

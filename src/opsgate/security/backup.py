@@ -106,7 +106,7 @@ def restore(settings: Settings, backup: Path, target_url: str) -> None:
 
 def _dump(url: str, plain: Path, tmp: Path) -> bytes:
     if is_sqlite(url):
-        source = sqlite3.connect(make_url(url).database)
+        source = sqlite3.connect(_sqlite_path(url))
         target = sqlite3.connect(plain)
         try:
             source.backup(target)
@@ -120,10 +120,18 @@ def _dump(url: str, plain: Path, tmp: Path) -> bytes:
     return b"P"
 
 
+def _sqlite_path(url: str) -> str:
+    """The database file of a SQLite URL."""
+    path = make_url(url).database
+    if not path:
+        raise BackupError("the SQLite database URL names no file")
+    return path
+
+
 def _load(kind: bytes, plain: Path, url: str, tmp: Path) -> None:
     if kind == b"S":
         source = sqlite3.connect(plain)
-        target = sqlite3.connect(make_url(url).database)
+        target = sqlite3.connect(_sqlite_path(url))
         try:
             source.backup(target)
         finally:

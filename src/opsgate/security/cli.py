@@ -13,10 +13,12 @@ Exit codes: 0 done, 1 a check failed (verify), 2 usage or I/O errors.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.progress import Progress as Bar
+from rich.progress import TaskID
 from rich.table import Table
 from sqlalchemy import Engine
 
@@ -24,6 +26,10 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.store.db import open_database
+
+if TYPE_CHECKING:
+    from opsgate.security.crypto import FieldCipher
+    from opsgate.security.keyring import KeyRing
 
 users_app = typer.Typer(help="Manage users, roles, passwords and email addresses.", no_args_is_help=True)
 keys_app = typer.Typer(help="Field encryption keys: status, rotation, re-encryption.", no_args_is_help=True)
@@ -40,7 +46,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _services(settings: Settings, engine: Engine):  # type: ignore[no-untyped-def]
+def _services(settings: Settings, engine: Engine) -> tuple[KeyRing, FieldCipher]:
     from opsgate.security.crypto import FieldCipher
     from opsgate.security.keyring import KeyRing, master_key
 
@@ -110,15 +116,15 @@ def keys_rotate() -> None:
 @keys_app.command("reencrypt")
 def keys_reencrypt(batch_size: int = typer.Option(500, min=1, help="Rows per transaction.")) -> None:
     """Re-encrypt old values under the current key, then retire keys no value uses."""
-    from opsgate.security.reencrypt import reencrypt, retire_unused
+    from opsgate.security.reencrypt import Progress, reencrypt, retire_unused
 
     settings = Settings()
     engine = _engine(settings)
     ring, cipher = _services(settings, engine)
     with Bar(console=out) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
-        def progress(p) -> None:  # type: ignore[no-untyped-def]
+        def progress(p: Progress) -> None:
             task = tasks.setdefault(p.column, bar.add_task(p.column, total=p.total))
             bar.update(task, completed=p.scanned)
 

@@ -17,12 +17,13 @@ import base64
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
@@ -168,11 +169,11 @@ class KeyRing:
         self._aeads.pop(key_id, None)
         self.reload()
 
-    def _rows(self) -> list:
+    def _rows(self) -> list[Row[*tuple[Any, ...]]]:
         with self._engine.connect() as conn:
             return list(conn.execute(select(encryption_keys).order_by(encryption_keys.c.key_id)))
 
-    def _create_missing(self, rows: list) -> None:
+    def _create_missing(self, rows: list[Row[*tuple[Any, ...]]]) -> None:
         if not any(r.purpose == "index" for r in rows):
             self._insert(INDEX_KEY_ID, "index")
         if not any(r.purpose == "data" for r in rows):

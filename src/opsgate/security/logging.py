@@ -73,7 +73,7 @@ def sanitize_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -
 
     Place it after ``format_exc_info`` so the rendered traceback is covered too.
     """
-    return sanitize_obj(event_dict)  # type: ignore[no-any-return]
+    return sanitize_obj(event_dict)
 
 
 def _exc_text_field(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:

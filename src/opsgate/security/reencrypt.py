@@ -26,8 +26,8 @@ class EncryptedColumn:
     the encryption context of a row is ``f"{prefix}:{primary key}"``."""
 
     table: Table
-    pk: Column
-    column: Column
+    pk: Column[str]
+    column: Column[bytes]
     prefix: str
 
     def context(self, pk: object) -> str:

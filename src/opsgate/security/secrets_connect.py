@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import aiohttp
 
@@ -71,13 +72,15 @@ class ConnectClient:
                 return ConnectValue(field["value"], when)
         raise SecretNotFound(f"1Password reference {ref} names no field with a value")
 
-    async def _one(self, path: str, title: str, ref: OpReference) -> dict:
+    async def _one(self, path: str, title: str, ref: OpReference) -> dict[str, Any]:
         found = await self._get(path, ref, params={"filter": f'title eq "{title}"'})
         if not isinstance(found, list) or not found:
             raise SecretNotFound(f"1Password reference {ref}: {title!r} not found")
-        return found[0]  # type: ignore[no-any-return]
+        item: dict[str, Any] = found[0]
+        return item
 
-    async def _get(self, path: str, ref: OpReference, params: dict | None = None):  # type: ignore[no-untyped-def]
+    async def _get(self, path: str, ref: OpReference, params: dict[str, str] | None = None) -> Any:
+        """The JSON body of a Connect API GET (an item, a list of items or vaults)."""
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
             async with self._session.get(self._host + path, params=params, headers=headers) as resp:

@@ -104,9 +104,9 @@ def authenticate(engine: Engine, cipher: FieldCipher, username: str, password: s
             select(users.c.role, users.c.password_hash).where(users.c.user_id == user_id)
         ).first()
     stored = row.password_hash if row is not None else None
-    if not verify_password(stored, password) or row is None:
+    if not verify_password(stored, password) or row is None or user_id is None:
         raise Unauthorized("Unknown user or wrong password")
-    if needs_rehash(stored):
+    if needs_rehash(row.password_hash):
         set_password(engine, user_id, password)
     return user_id, row.role
 

@@ -75,7 +75,7 @@ def series(engine: Engine, now: datetime, window_s: int, buckets: int, operation
     bucket_s = window_s / buckets
     split: list[list[tuple[str, float]]] = [[] for _ in range(buckets)]
     for at, status, latency in rows:
-        index = int((utc(at) - since).total_seconds() // bucket_s)  # type: ignore[operator]
+        index = int((utc(at) - since).total_seconds() // bucket_s)  # type: ignore[operator]  # created_at is NOT NULL
         split[min(index, buckets - 1)].append((status, latency))
     stats = [_stats(b) for b in split]
     doc: dict[str, Any] = {
@@ -108,7 +108,7 @@ def costs(engine: Engine, since: datetime) -> dict[str, Any]:
     total = requests = 0
     with engine.connect() as conn:
         for at, operation, provider, model, cost in conn.execute(query):
-            keys = {"by_day": utc(at).date().isoformat(), "by_operation": operation,  # type: ignore[union-attr]
+            keys = {"by_day": utc(at).date().isoformat(), "by_operation": operation,  # type: ignore[union-attr]  # created_at is NOT NULL
                     "by_provider": provider or "-", "by_model": model or "-"}
             for group, key in keys.items():
                 groups[group][key][0] += cost

@@ -12,7 +12,10 @@ import opsgate.monitoring.security_counts  # noqa: F401  (registers security_eve
 from opsgate.store.models import metadata
 
 config = context.config
-engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+url = config.get_main_option("sqlalchemy.url")
+if url is None:
+    raise RuntimeError("the Alembic config names no sqlalchemy.url")
+engine = create_engine(url, poolclass=pool.NullPool)
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
     with context.begin_transaction():
