@@ -284,3 +284,71 @@ def test_invented_and_mangled_pseudonyms_are_kept_and_flagged(tmp_path: Path) ->
     assert doc["privacy"]["unresolved_pseudonyms"] == [
         "<person7@example.invalid>", "<person1@example.com>", "<phone-9>"]
     assert doc["privacy"]["pseudonymised"] == {"email": 2, "name": 1, "phone": 1}
+
+
+def test_a_meeting_brief_names_the_real_attendees(tmp_path: Path) -> None:
+    cal = icalendar.Calendar()
+    cal.add("prodid", "-//opsgate tests//privacy//EN")
+    cal.add("version", "2.0")
+    event = icalendar.Event()
+    event.add("uid", "brief@opsgate.test")
+    event.add("summary", "Contract review")
+    event.add("dtstart", datetime(2026, 3, 2, 9, tzinfo=UTC))
+    event.add("dtend", datetime(2026, 3, 2, 10, tzinfo=UTC))
+    organizer = icalendar.vCalAddress("mailto:maria.cruz@example.com")
+    organizer.params["cn"] = "Maria de la Cruz"
+    event.add("organizer", organizer)
+    attendee = icalendar.vCalAddress("mailto:j.okafor@example.net")
+    attendee.params["cn"] = "Jide Okafor"
+    event.add("attendee", attendee)
+    event.add("description", "Dial-in +1 415 555 0100; Jide Okafor brings the redlines.")
+    cal.add_component(event)
+    with recorded_gateway(tmp_path) as (gw, recorder):
+        recorder.answer = lambda req: {"summary": "One review with <person1> and <person2>.", "items": [
+            {"event": 0, "briefing": "<person2> <person2@example.invalid> brings redlines; dial <phone-1>.",
+             "preparation": ["Ask <person1> for the draft"]}]}
+        resp = gw.post("calendar-prep", {"ics": cal.to_ical().decode()})
+        prompt = prompt_of(recorder.received[0]["body"])
+    assert resp.status_code == 200, resp.text
+    for original in ("Maria de la Cruz", "maria.cruz@", "Jide Okafor", "j.okafor@", "555 0100"):
+        assert original not in prompt
+    assert "<person2> brings the redlines" in prompt
+    output = resp.json()["output"]
+    assert output["summary"] == "One review with Maria de la Cruz and Jide Okafor."
+    assert output["items"][0]["briefing"] == (
+        "Jide Okafor <j.okafor@example.net> brings redlines; dial +1 415 555 0100.")
+    assert output["items"][0]["preparation"] == ["Ask Maria de la Cruz for the draft"]
+
+
+def test_the_reservation_covers_the_prompt_really_sent(tmp_path: Path) -> None:
+    """Placeholders are longer than the short passwords they replace: the budget holds the worst
+    case of the minimised prompt, which is dearer than the original's."""
+    from opsgate.metering.budgets import set_budget
+    from opsgate.metering.models import budget_reservations
+    from opsgate.metering.prices import PriceTable
+    from opsgate.metering.worstcase import call_worst_case_micro_usd
+    from opsgate.operations import OPERATIONS
+    from opsgate.providers.base import CompletionRequest
+    from opsgate.routing.policy import policies_for
+
+    notes = "\n".join(f"door {i} password: {_alnum(3)}" for i in range(150))
+    body = {"tasks": [{"title": "Re-key the doors", "notes": notes}], "task": 0}
+    with recorded_gateway(tmp_path) as (gw, recorder):
+        set_budget(gw.runtime.engine, gw.runtime.clock, user_id="*", operation="*", period="day",
+                   limit_micro_usd=10**9)
+        resp = gw.post("task-breakdown", body)
+        assert resp.status_code == 200, resp.text
+        with gw.runtime.engine.connect() as conn:
+            held = conn.execute(select(budget_reservations.c.worst_micro_usd).where(
+                budget_reservations.c.request_id == resp.json()["request_id"])).scalar_one()
+    sent = recorder.received[0]["body"]
+    assert "[PASSWORD_150]" in prompt_of(sent)
+    really_sent = CompletionRequest(
+        system=sent["system"], user=prompt_of(sent), max_tokens=sent["max_tokens"],
+        json_schema=sent["tools"][0]["input_schema"], schema_name=sent["tools"][0]["name"])
+    op = OPERATIONS["task-breakdown"]
+    original = op.prepare(op.Input.model_validate(body)).request
+    models = [t.model for t in policies_for(gw.settings)["task-breakdown"].chain]
+    prices = PriceTable.load()
+    assert held == call_worst_case_micro_usd(really_sent, models, prices)
+    assert held > call_worst_case_micro_usd(original, models, prices)

@@ -107,3 +107,24 @@ def test_a_policy_naming_an_unknown_operation_is_refused() -> None:
         assert "email-sned" in str(exc)
     else:
         raise AssertionError("an unknown operation id was accepted")
+
+
+def test_no_number_the_full_phonenumbers_matcher_finds_survives() -> None:
+    """The pseudonymiser hands only digit runs to ``phonenumbers``; the matcher run over the whole
+    text afterwards finds nothing it missed."""
+    import phonenumbers
+
+    text = ("Ring +1 (415) 555-0100, 415.555.0100 or 1-800-555-0199; London 020 7946 0958 or "
+            "+44 (0)20 7946 0958; Berlin +49 30 901820; desk (212) 555 0134 ext. 7.\n"
+            "Not phones: 2026-03-02T09:30, 10.194.236.201, order 20120113, build 20592.1022586929.4")
+    regions = ["US", "GB"]
+
+    def found(t: str) -> int:
+        return sum(1 for r in regions for _ in phonenumbers.PhoneNumberMatcher(t, r, leniency=phonenumbers.Leniency.VALID))
+
+    assert found(text) == 10  # seven numbers written, some found in both regions
+    p = Pseudonymiser(regions)
+    sent = p.pseudonymise(text)
+    assert found(sent) == 0
+    assert p.counts["phone"] == 5  # distinct by E.164: 415 555 0100 and the London number twice each
+    assert "2026-03-02T09:30, 10.194.236.201, order 20120113, build 20592.1022586929.4" in sent

@@ -54,6 +54,16 @@ _LOOKS_LIKE = re.compile(
 _EXACT = re.compile(rf"<person(\d+)>|<?person(\d+)@{re.escape(DOMAIN)}>?|<phone-(\d+)>")
 _NAME_BEFORE = re.compile(r"<person\d+>[ \t]?$")
 _VALID, _E164 = phonenumbers.Leniency.VALID, phonenumbers.PhoneNumberFormat.E164
+_DIGIT_RUN = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?"
+    r"|(?P<run>(?<![\w.])[+(]?\d(?:[ \t.()/-]{0,3}\d){6,16}(?![\w.]?\d)"
+    r"(?:[ \t]*(?:ext\.?|x|#)[ \t]*\d{1,6})?)",
+    re.IGNORECASE,
+)
+"""Where a phone number can be (group ``run``): 7 to 17 digits (E.164 has at most 15, plus a
+trunk prefix) with separators between them, not inside a longer run; ISO 8601 dates and times
+are skipped whole. Only runs are handed to ``phonenumbers``, whose matcher costs milliseconds on
+a long text."""
 
 
 class Pseudonymiser:
@@ -119,11 +129,14 @@ class Pseudonymiser:
 
     def _phone_numbers(self, text: str) -> str:
         spans: list[tuple[int, int, str]] = []
-        for region in self._regions:
-            for found in phonenumbers.PhoneNumberMatcher(text, region, leniency=_VALID):
-                if not any(s < found.end and found.start < e for s, e, _ in spans):
-                    e164 = phonenumbers.format_number(found.number, _E164)
-                    spans.append((found.start, found.end, e164))
+        for candidate in _DIGIT_RUN.finditer(text):
+            if candidate.group("run") is None:
+                continue
+            for region in self._regions:
+                for found in phonenumbers.PhoneNumberMatcher(candidate.group(), region, leniency=_VALID):
+                    start, end = candidate.start() + found.start, candidate.start() + found.end
+                    if not any(s < end and start < e for s, e, _ in spans):
+                        spans.append((start, end, phonenumbers.format_number(found.number, _E164)))
         for start, end, e164 in sorted(spans):
             n = self._phones.setdefault(e164, len(self._phones) + 1)
             self._phone_texts.setdefault(n, text[start:end])
