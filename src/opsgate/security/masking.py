@@ -41,11 +41,11 @@ KIND_PLACEHOLDERS = {
 """The placeholder kind of each sanitizer kind (``field`` is decided by the field's name)."""
 
 _FIELD_PLACEHOLDERS = (
-    (re.compile(r"pass(?:word|wd|phrase)"), "PASSWORD"),
+    (re.compile(r"pass(?:word|wd|phrase|code)?(?![a-z])|pwd|\bpw\b|\bpin\b"), "PASSWORD"),
     (re.compile(r"api[_-]?key"), "API_KEY"),
     (re.compile(r"access[_-]?key[_-]?id"), "AWS_ACCESS_KEY"),
-    (re.compile(r"token|session[_-]?id|cookie"), "TOKEN"),
-    (re.compile(r"authorization|credential"), "CREDENTIAL"),
+    (re.compile(r"token|session[_-]?id|cookie|jwt|bearer|otp"), "TOKEN"),
+    (re.compile(r"auth|cred"), "CREDENTIAL"),
 )
 """The placeholder kind of a sensitive field by its name (first match); any other is ``SECRET``."""
 
