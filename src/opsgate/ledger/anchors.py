@@ -92,6 +92,24 @@ class DirectoryAnchor:
         files = sorted(p for p in self.path.iterdir() if _FILE_RE.match(p.name))
         return [AnchoredNote(str(p), p.read_bytes()) for p in files]
 
+    def anchored_size(self) -> int:
+        """The largest size anchored here, read from the directory itself (never from the
+        database, which a restore can roll back); 0 when it holds nothing yet."""
+        if not self.path.exists():
+            return 0
+        return max((int(m.group(1)) for p in self.path.iterdir() if (m := _FILE_RE.match(p.name))), default=0)
+
+    def archive_above(self, size: int, label: str) -> list[str]:
+        """Move every checkpoint larger than ``size`` into ``rolled-back-<label>/`` (kept, never
+        deleted: they prove what was lost); returns the moved file names."""
+        moved = sorted(p for p in self.path.iterdir() if (m := _FILE_RE.match(p.name)) and int(m.group(1)) > size)
+        if moved:
+            archive = self.path / f"rolled-back-{label}"
+            archive.mkdir()
+            for p in moved:
+                p.rename(archive / p.name)
+        return [p.name for p in moved]
+
 
 class DiscordAnchor:
     """A Discord webhook as an anchor (see the module docstring). ``webhook_url`` is

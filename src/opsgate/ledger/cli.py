@@ -21,9 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
-from opsgate.ledger.anchors import DiscordAnchor, discord_references
+from opsgate.ledger.anchors import DirectoryAnchor, DiscordAnchor, discord_references
 from opsgate.ledger.checkpoint import Verifier, write_key_file
-from opsgate.ledger.errors import LedgerError
+from opsgate.ledger.errors import LedgerError, LedgerRolledBack
 from opsgate.ledger.guards import OWNER_ROLE, guard_postgres
 from opsgate.ledger.proofs import (
     ProofError,
@@ -33,7 +33,13 @@ from opsgate.ledger.proofs import (
     verify_inclusion_against,
 )
 from opsgate.ledger.recovery import DEFAULT_OLDER_THAN_S, recover
-from opsgate.ledger.scheduled import Checkpointer, anchors_for, signer_for, verify_configured
+from opsgate.ledger.scheduled import (
+    Checkpointer,
+    accept_rollback,
+    anchors_for,
+    signer_for,
+    verify_configured,
+)
 from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_hashes
 from opsgate.ledger.verify import AnchoredNote, format_summary
 from opsgate.ledger.writer import Ledger
@@ -141,11 +147,18 @@ def checkpoint_cmd() -> None:
     try:
         signer = signer_for(settings, create=engine.dialect.name == "sqlite")
         made = asyncio.run(_checkpoint(settings, engine, signer))
+    except LedgerRolledBack as exc:
+        _fail(str(exc), 1)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
         _fail(f"{type(exc).__name__}: {exc}")
     latest = latest_checkpoint(engine)
     state = "signed" if made is not None else "unchanged"
     print(f"checkpoint {state}: size={latest.size if latest else 0}")
+    if settings.ledger_anchor_dir is not None and latest is not None:
+        held = DirectoryAnchor(Path(settings.ledger_anchor_dir)).anchored_size()
+        if held < latest.size:
+            _fail(f"the directory anchor holds {held} entries, behind the latest checkpoint ({latest.size}): "
+                  f"anchoring is stuck (check ledger_anchor_state)", 1)
 
 
 async def _checkpoint(settings: Settings, engine: Engine, signer: Any) -> Any:
@@ -154,6 +167,30 @@ async def _checkpoint(settings: Settings, engine: Engine, signer: Any) -> Any:
             engine, signer, settings.ledger_origin, SystemClock(), anchors_for(settings, session)
         )
         return await checkpointer.run_once(force=True)
+
+
+@ledger_app.command("accept-rollback")
+def accept_rollback_cmd(
+    reason: str = typer.Option(..., "--reason", help="Why the lost entries are accepted (ledgered)."),
+    actor: str = typer.Option(..., "--actor", help="Who accepts it (ledgered)."),
+) -> None:
+    """After a restore left the log behind its directory anchor: ledger the anchored size that is
+    lost, move the anchor's larger checkpoints into an archive folder and let signing resume."""
+    settings = Settings()
+    if settings.ledger_anchor_dir is None:
+        _fail("no directory anchor is configured (OPSGATE_LEDGER_ANCHOR_DIR)")
+    engine = _engine(settings)
+    clock = SystemClock()
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    try:
+        anchored, size = accept_rollback(engine, ledger, DirectoryAnchor(Path(settings.ledger_anchor_dir)),
+                                         clock, reason, actor)
+    except (LedgerError, OSError, SQLAlchemyError) as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    finally:
+        ledger.close()
+    print(f"rollback accepted: anchored size {anchored} lost {anchored - size} entries; the log has {size}")
 
 
 @ledger_app.command("recover")

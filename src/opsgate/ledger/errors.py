@@ -5,6 +5,9 @@
   outage: HTTP 500.
 - :class:`LedgerUnavailable` — an append could not be made durable (the transaction failed, the
   ledger is closed). The pipeline refuses the operation: code ``audit_unavailable``, HTTP 503.
+- :class:`LedgerRolledBack` — an anchor outside the database holds a checkpoint larger than the
+  log (the database was restored from an older backup); no checkpoint is signed until an
+  operator runs ``opsgate ledger accept-rollback``.
 - :class:`LedgerIOError` — the ledger could not be *read* (missing table, unreachable database).
   The CLI maps it to exit status 2, distinct from tampering (exit 1).
 """
@@ -34,3 +37,12 @@ class LedgerIOError(LedgerUnavailable):
     """The ledger store could not be read (configuration or I/O failure, not tampering)."""
 
     title = "The audit ledger could not be read"
+
+
+class LedgerRolledBack(LedgerError):
+    """The log is behind an anchor: ``anchored_size`` entries were anchored, ``log_size`` remain."""
+
+    def __init__(self, detail: str, *, anchored_size: int, log_size: int) -> None:
+        super().__init__(detail)
+        self.anchored_size = anchored_size
+        self.log_size = log_size

@@ -24,9 +24,10 @@ from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.ledger.anchors import Anchor, DirectoryAnchor, DiscordAnchor, publish
 from opsgate.ledger.checkpoint import Signer, Verifier, load_key_file, write_key_file
-from opsgate.ledger.errors import LedgerError
+from opsgate.ledger.errors import LedgerError, LedgerRolledBack
 from opsgate.ledger.service import StoredCheckpoint, create_checkpoint, latest_checkpoint, log_size
 from opsgate.ledger.verify import AnchoredNote, VerifyReport, verify
+from opsgate.ledger.writer import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ class Checkpointer:
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self, *, force: bool = False) -> StoredCheckpoint | None:
-        """One round: checkpoint if due (or ``force`` and anything is new), then anchor."""
+        """One round: checkpoint if due (or ``force`` and anything is new), then anchor.
+        :class:`LedgerRolledBack` when an anchor holds more than the log: signing then would
+        fork the log."""
+        await asyncio.to_thread(check_not_rolled_back, self._engine, self._anchors)
         checkpoint = None
         if force or await asyncio.to_thread(self._due):
             checkpoint = await asyncio.to_thread(
@@ -90,6 +94,34 @@ class Checkpointer:
             except Exception:
                 log.exception("ledger checkpoint round failed; retrying at the next poll")
             await asyncio.sleep(self._poll_s)
+
+
+def check_not_rolled_back(engine: Engine, anchors: Sequence[Anchor]) -> None:
+    """Raise :class:`LedgerRolledBack` when a directory anchor holds a checkpoint larger than the
+    log (the database was restored from an older backup). Read from the anchor itself."""
+    size = log_size(engine)
+    for anchor in anchors:
+        if isinstance(anchor, DirectoryAnchor) and (held := anchor.anchored_size()) > size:
+            raise LedgerRolledBack(
+                f"the {anchor.name} anchor holds a checkpoint of {held} entries but the log has {size}: "
+                f"the database was rolled back; run `opsgate ledger accept-rollback` to sign again",
+                anchored_size=held, log_size=size)
+
+
+def accept_rollback(engine: Engine, ledger: Ledger, anchor: DirectoryAnchor, clock: Clock,
+                    reason: str, actor: str) -> tuple[int, int]:
+    """Accept that the log lost ``anchored - size`` anchored entries: append a
+    ``ledger.rollback_accepted`` entry naming both sizes, then move the anchor's larger
+    checkpoints into an archive folder so signing can resume. Returns ``(anchored, size)``.
+    :class:`LedgerError` when the log is not behind the anchor."""
+    anchored, size = anchor.anchored_size(), log_size(engine)
+    if anchored <= size:
+        raise LedgerError(f"nothing to accept: the log ({size} entries) is not behind the anchor ({anchored})")
+    ledger.append_sync("ledger.rollback_accepted", {
+        "anchored_size": anchored, "log_size": size, "lost_entries": anchored - size,
+        "reason": reason[:500], "actor": actor[:128]})
+    anchor.archive_above(size, clock.now().strftime("%Y%m%dT%H%M%SZ"))
+    return anchored, size
 
 
 def signer_for(settings: Settings, *, create: bool) -> Signer:

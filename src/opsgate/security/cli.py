@@ -164,12 +164,25 @@ def backup_restore(
     path: Path = typer.Argument(..., help="An encrypted backup."),
     target: str | None = typer.Option(None, help="Database URL to restore into (default: OPSGATE_DATABASE_URL)."),
 ) -> None:
-    """Restore a backup into the target database (stop the gateway first)."""
+    """Restore a backup into the target database (stop the gateway first). Exits 1 when the
+    restored ledger is behind its directory anchor: checkpoints stay unsigned until
+    ``opsgate ledger accept-rollback``, and the worker's first ledger check raises the P1."""
+    from opsgate.ledger.errors import LedgerRolledBack
+    from opsgate.ledger.scheduled import anchors_for, check_not_rolled_back
     from opsgate.security.backup import BackupError, restore
+    from opsgate.store.db import make_engine
 
     settings = Settings()
+    url = target or settings.database_url
     try:
-        restore(settings, path, target or settings.database_url)
+        restore(settings, path, url)
     except (BackupError, OSError) as exc:
         _fail(str(exc))
     out.print(f"restored {path} into the database")
+    engine = make_engine(url)
+    try:
+        check_not_rolled_back(engine, anchors_for(settings, None))
+    except LedgerRolledBack as exc:
+        _fail(f"the restored ledger is behind its anchor ({exc.anchored_size} > {exc.log_size} entries): {exc}", 1)
+    finally:
+        engine.dispose()

@@ -1,0 +1,99 @@
+"""A database restored from an older backup is behind its anchor: nothing is signed (a new
+checkpoint would fork the log), the CLI says so with exit 1, and signing resumes only after an
+explicit, ledgered ``opsgate ledger accept-rollback``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from typer.testing import CliRunner
+
+from opsgate.cli import app
+from opsgate.clock import ManualClock
+from opsgate.config import Settings
+from opsgate.ledger.anchors import DirectoryAnchor
+from opsgate.ledger.errors import LedgerRolledBack
+from opsgate.ledger.scheduled import Checkpointer, accept_rollback, signer_for, verify_configured
+from opsgate.ledger.service import latest_checkpoint
+from opsgate.ledger.writer import Ledger
+from opsgate.store.db import make_engine, upgrade
+from opsgate.store.models import ledger_entries
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    env = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+           "OPSGATE_LEDGER_SIGNING_KEY_FILE": str(tmp_path / "ledger.key"),
+           "OPSGATE_LEDGER_ANCHOR_DIR": str(tmp_path / "anchors")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    upgrade(env["OPSGATE_DATABASE_URL"])
+    return Settings()
+
+
+def grow(settings: Settings, clock: ManualClock, entries: int) -> None:
+    """Append ``entries`` intents, then sign and anchor a checkpoint of the whole log."""
+    engine = make_engine(settings.database_url)
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    for i in range(entries):
+        ledger.append_sync("intent", {"request_id": f"req-{i}", "user_id": "alice"})
+    ledger.close()
+    asyncio.run(checkpointer(settings, engine, clock).run_once(force=True))
+    engine.dispose()
+
+
+def copy_database(source: Path, target: Path) -> None:
+    """SQLite's online backup API: what a backup and a restore of the whole database do."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+
+
+def checkpointer(settings: Settings, engine: Engine, clock: ManualClock) -> Checkpointer:
+    return Checkpointer(engine, signer_for(settings, create=True), settings.ledger_origin, clock,
+                        [DirectoryAnchor(Path(settings.ledger_anchor_dir))])
+
+
+def test_restored_database_behind_its_anchor_is_not_signed_until_accepted(
+    settings: Settings, tmp_path: Path
+) -> None:
+    clock = ManualClock()
+    db = tmp_path / "ledger.db"
+    grow(settings, clock, 4)
+    copy_database(db, tmp_path / "backup.db")  # the backup, taken at 4 anchored entries
+    grow(settings, clock, 4)
+    assert DirectoryAnchor(Path(settings.ledger_anchor_dir)).anchored_size() == 8
+    copy_database(tmp_path / "backup.db", db)  # the restore
+
+    engine = make_engine(settings.database_url)
+    with pytest.raises(LedgerRolledBack) as refused:
+        asyncio.run(checkpointer(settings, engine, clock).run_once(force=True))
+    assert (refused.value.anchored_size, refused.value.log_size) == (8, 4)
+    assert latest_checkpoint(engine).size == 4
+    report = verify_configured(settings, engine)
+    assert (report.failure.seq, report.failure.reason) == (4, "rolled_back")
+
+    result = CliRunner().invoke(app, ["ledger", "checkpoint"])
+    assert result.exit_code == 1 and "accept-rollback" in result.output
+
+    ledger = Ledger(engine, clock)
+    ledger.start()
+    anchor = DirectoryAnchor(Path(settings.ledger_anchor_dir))
+    assert accept_rollback(engine, ledger, anchor, clock, "restored last night's backup", "oncall") == (8, 4)
+    ledger.close()
+    with engine.connect() as conn:
+        last = json.loads(conn.execute(select(ledger_entries.c.body).order_by(ledger_entries.c.seq.desc())).scalar())
+    assert (last["kind"], last["anchored_size"], last["lost_entries"], last["actor"]) == (
+        "ledger.rollback_accepted", 8, 4, "oncall")
+    assert [p.name for p in Path(settings.ledger_anchor_dir).glob("rolled-back-*/*")] == [
+        f"{8:020d}.checkpoint"]
+
+    result = CliRunner().invoke(app, ["ledger", "checkpoint"])
+    assert (result.exit_code, result.output.strip()) == (0, "checkpoint signed: size=5")
+    assert verify_configured(settings, engine).ok
+    engine.dispose()
