@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.exceptions import RequestValidationError
 from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from tests.conftest import Gateway
 
 from opsgate.app import create_app
 from opsgate.deps import BEARER, FORM
-from tests.conftest import Gateway
 
 LOWER = {"user": None, "operator": "user", "admin": "operator"}
 PATH_VALUES = {"operation": "task-prioritize", "user_id": "alice", "incident_id": "no-such-incident"}
@@ -133,8 +133,8 @@ def _route(method: str, path: str, op: dict[str, Any]) -> Route:
 def _send(client: httpx.Client, route: Route, canaries: Canaries, token: str | None) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     path = route.path
-    for name in PATH_VALUES:
-        path = path.replace("{" + name + "}", PATH_VALUES[name])
+    for name, value in PATH_VALUES.items():
+        path = path.replace("{" + name + "}", value)
     path = path.replace("{rollout_id}", "1")
     params = {name: canaries.api_key for name in route.query}
     if route.body_type == FORM:

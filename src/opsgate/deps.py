@@ -35,13 +35,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from opsgate.errors import InvalidInput
-from opsgate.validation import validated
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.rollout.service import RolloutService
 from opsgate.runtime import Runtime
 from opsgate.security import rbac
 from opsgate.security.auth import Principal, bearer_token
 from opsgate.security.service import SecurityServices
+from opsgate.validation import validated
 
 M = TypeVar("M", bound=BaseModel)
 FORM = "application/x-www-form-urlencoded"
@@ -148,7 +148,7 @@ def form_body(model: type[M]) -> Any:
             raise InvalidInput(f"The body must be {FORM}")
         try:
             form = await request.form()
-        except Exception:
+        except Exception:  # noqa: BLE001 (whatever the parser trips on is the client's malformed body)
             raise InvalidInput("The form body could not be parsed") from None
         return validated(model, {k: v for k, v in form.items() if isinstance(v, str)})
 

@@ -1,7 +1,15 @@
-"""Assembles one process's gateway: database, ledger, provider session, router, sandboxes.
+"""The composition root: every long-lived service of one process, built once, under an exit stack.
 
-Both ``opsgate serve`` (through the FastAPI lifespan) and ``opsgate run`` (in-process) use
-:func:`start_runtime` / :meth:`Runtime.close`, so they share every code path.
+:func:`open_services` builds what commands and the gateway share (database, ledger writer,
+toggles and rollouts, incidents with their notifiers and contacts) onto an exit stack the caller
+owns; :func:`cli_services` is that for one CLI command. :func:`start_runtime` adds what serving
+needs (sandboxes, the shared aiohttp session, provider keys, router, metering, security services,
+pipeline, checkpointer, provider status sync, security-count flusher) on an
+:class:`~contextlib.AsyncExitStack` the :class:`Runtime` keeps: each step that opens something
+registers how to close it as it goes, so a step that raises closes what was already open (ledger
+writer thread, sandbox, session, engine) in reverse order, and :meth:`Runtime.close` closes
+everything the same way. ``opsgate serve`` (through the FastAPI lifespan), ``opsgate run`` and the
+readiness probe use :func:`start_runtime`, so they share every code path.
 """
 
 from __future__ import annotations
@@ -9,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,12 +30,12 @@ from opsgate.config import Settings
 from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceTable
+from opsgate.metering.service import MeteringService, build_metering
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.providers import ProviderStatusSync
 from opsgate.monitoring.security_counts import CountFlusher
 from opsgate.monitoring.worker import incident_service
-from opsgate.metering.service import build_metering
 from opsgate.operations import OPERATIONS
 from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.pipeline import Gateway
@@ -50,99 +60,117 @@ SANDBOX_BANNER = (
 )
 
 
-@dataclass
-class Runtime:
-    """Everything one gateway process holds open."""
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What every command and the gateway share, over one database."""
 
     settings: Settings
     clock: Clock
     engine: Engine
     ledger: Ledger
+    toggles: ToggleSnapshot
+    rollout: RolloutService
+    incidents: IncidentService
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime(Services):
+    """Everything one gateway process holds open (``settings`` with the provider keys resolved)."""
+
     session: aiohttp.ClientSession
+    router: Router
+    metering: MeteringService | None
     gateway: Gateway
     tokens: TokenService
     security: SecurityServices
-    rollout: RolloutService
-    incidents: IncidentService
-    sandbox: SandboxServer | None = None
-    checkpointer: Checkpointer | None = None
-    status_sync: asyncio.Task[None] | None = None
-    security_counts: CountFlusher | None = None
+    sandbox: SandboxServer | None
+    checkpointer: Checkpointer | None
+    security_counts: CountFlusher
+    exits: AsyncExitStack
 
     async def close(self) -> None:
-        """Flush the security event counts, drain the ledger, close the HTTP session and the
-        sandbox, dispose of the engine."""
-        if self.status_sync is not None:
-            self.status_sync.cancel()
-        if self.checkpointer is not None:
-            await self.checkpointer.stop()
-        if self.security_counts is not None:
-            await self.security_counts.stop()
-        self.ledger.close()
-        await self.session.close()
-        if self.sandbox is not None:
-            await self.sandbox.stop()
-        self.engine.dispose()
+        """Close everything :func:`start_runtime` opened, newest first: flush the security event
+        counts, stop the status sync and the checkpointer, drain the ledger, dispose of the engine,
+        close the HTTP session and the sandbox. Idempotent."""
+        await self.exits.aclose()
+
+
+def open_services(
+    stack: ExitStack | AsyncExitStack, settings: Settings, clock: Clock, session: aiohttp.ClientSession | None
+) -> Services:
+    """Open the database (migrating it when ``auto_migrate``) and start the ledger writer, both
+    closed by ``stack``; build toggles, rollouts and incidents over them. Without ``session`` (a
+    CLI command) the incident notifiers only render: the worker sends the outbox."""
+    engine = open_database(settings)
+    stack.callback(engine.dispose)
+    ledger = stack.enter_context(Ledger(engine, clock))
+    toggles = ToggleSnapshot(engine, clock)
+    return Services(settings, clock, engine, ledger, toggles, RolloutService(engine, ledger, clock, toggles),
+                    incident_service(settings, engine, ledger, clock, session))
+
+
+@contextmanager
+def cli_services(settings: Settings | None = None, clock: Clock | None = None) -> Iterator[Services]:
+    """``with cli_services() as services:`` the :class:`Services` of one CLI command, from
+    ``settings`` (default: the environment), closed when the block ends."""
+    with ExitStack() as stack:
+        yield open_services(stack, settings or Settings(), clock or SystemClock(), None)
 
 
 async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
-    """Open the database (migrating it when ``auto_migrate``), start the ledger writer, the shared
-    aiohttp session and, with ``settings.sandbox``, the in-process provider sandboxes. The
-    sanitizer takes its key and phone regions from ``settings``; provider keys are read through
-    the secrets layer (ledgered, ``op://`` references resolved) before the providers are built."""
-    clock = clock or SystemClock()
+    """Open every service of a gateway process (see the module docstring); with
+    ``settings.sandbox`` the in-process provider sandboxes first. The sanitizer takes its key and
+    phone regions from ``settings``; provider keys are read through the secrets layer (ledgered,
+    ``op://`` references resolved) before the providers are built. Whatever raises half-way, what
+    was already open is closed before the error propagates."""
+    stack = AsyncExitStack()
+    try:
+        return await _open(stack, settings, clock or SystemClock())
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runtime:
     configure_sanitizer(settings)
     privacy = PrivacyPolicy.from_settings(settings)
     sandbox = None
     if settings.sandbox:
-        sandbox = SandboxServer(faults=settings.sandbox_faults)
-        await sandbox.start()
+        sandbox = await stack.enter_async_context(SandboxServer(faults=settings.sandbox_faults))
         settings = sandbox_settings(settings, sandbox.base_urls)
         log.warning(SANDBOX_BANNER.format(urls=", ".join(sandbox.base_urls.values())))
-    engine = open_database(settings)
-    ledger = Ledger(engine, clock)
-    ledger.start()
     session = make_session()
+    stack.push_async_callback(session.close)
+    shared = open_services(stack, settings, clock, session)
+    engine, ledger, rollout = shared.engine, shared.ledger, shared.rollout
     settings = await resolve_provider_keys(settings, ledger, clock, session)
-    router = Router(
-        build_providers(settings, session),
-        clock,
-        failure_threshold=settings.breaker_failure_threshold,
-        cooldown_s=settings.breaker_cooldown_s,
-    )
+    router = Router(build_providers(settings, session), clock,
+                    failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s)
     tokens = TokenService(settings, clock)
     policies, prices = policies_for(settings), PriceTable.load()
-    routed = [t.model for p in policies.values() for t in p.chain]
-    toggles = ToggleSnapshot(engine, clock)
-    rollout = RolloutService(engine, ledger, clock, toggles)
+    metering = build_metering(settings, engine, clock, prices, [t.model for p in policies.values() for t in p.chain])
     rollout.ensure_toggles(OPERATIONS)
     if settings.sandbox:
         rollout.enable_for_sandbox()
-    gateway = Gateway(
-        tokens=tokens,
-        ledger=ledger,
-        router=router,
-        policies=policies,
-        prices=prices,
-        clock=clock,
-        metering=build_metering(settings, engine, clock, prices, routed),
-        toggles=toggles,
-        privacy=privacy,
-    )
-    attach_alerting(engine, clock, gateway.metering.hooks if gateway.metering else None, rollout)
+    gateway = Gateway(tokens=tokens, ledger=ledger, router=router, policies=policies, prices=prices, clock=clock,
+                      metering=metering, toggles=shared.toggles, privacy=privacy)
+    attach_alerting(engine, clock, metering.hooks if metering else None, rollout)
+    security = build_security(settings, clock, engine)
     checkpointer = checkpointer_for(settings, engine, clock, session)
     if checkpointer is not None:
-        checkpointer.start()
+        await stack.enter_async_context(checkpointer)
     status_sync = asyncio.create_task(
         ProviderStatusSync(engine, router, clock, policies).run(settings.provider_status_interval_s)
     )
-    security_counts = CountFlusher(engine, clock)
-    security_counts.start()
-    return Runtime(
-        settings, clock, engine, ledger, session, gateway, tokens, build_security(settings, clock, engine), rollout,
-        incident_service(settings, engine, ledger, clock, session), sandbox, checkpointer, status_sync,
-        security_counts,
-    )
+    stack.push_async_callback(_cancel, status_sync)
+    counts = await stack.enter_async_context(CountFlusher(engine, clock))
+    return Runtime(settings, clock, engine, ledger, shared.toggles, rollout, shared.incidents, session, router,
+                   metering, gateway, tokens, security, sandbox, checkpointer, counts, stack)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def sandbox_settings(settings: Settings, base_urls: dict[str, str]) -> Settings:

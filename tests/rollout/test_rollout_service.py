@@ -142,7 +142,7 @@ def test_rollout_snapshot_sees_other_processes_after_refresh(
     assert other.check("task-breakdown", "bob").allowed is False  # stale until the next poll
     clock.advance(5)
     assert other.check("task-breakdown", "bob").allowed is True
-    disable_operation(engine, "task-breakdown", "budget enforcement failed", "metering", clock=clock)
+    disable_operation(engine, "task-breakdown", "budget enforcement failed", "metering", ledger=service.ledger, clock=clock)
     clock.advance(5)
     assert other.check("task-breakdown", "bob").reason == "disabled"
     assert ledger_kinds(engine)[-1][1]["actor"] == "metering"

@@ -203,14 +203,11 @@ def recover_cmd(
     settings = Settings()
     engine = _engine(settings)
     clock = SystemClock()
-    ledger = Ledger(engine, clock)
-    ledger.start()
     try:
-        closed = asyncio.run(recover(engine, ledger, clock, older_than))
+        with Ledger(engine, clock) as ledger:
+            closed = asyncio.run(recover(engine, ledger, clock, older_than))
     except (LedgerError, SQLAlchemyError) as exc:
         _fail(f"{type(exc).__name__}: {exc}")
-    finally:
-        ledger.close()
     print(f"recovered {len(closed)} interrupted operation(s)")
     for request_id in closed:
         print(request_id)

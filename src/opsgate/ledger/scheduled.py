@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import aiohttp
 from sqlalchemy import Engine
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 class Checkpointer:
-    """Signs and anchors checkpoints (see the module docstring). ``start()`` / ``await stop()``."""
+    """Signs and anchors checkpoints (see the module docstring). ``start()`` / ``await stop()``,
+    or ``async with checkpointer:``."""
 
     def __init__(
         self,
@@ -84,6 +86,13 @@ class Checkpointer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def _loop(self) -> None:
         while True:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeAlias, TypeVar, overload
+from typing import Any, Generic, Self, TypeAlias, TypeVar, overload
 
 from sqlalchemy import Connection, Engine, Table, select, text
 from sqlalchemy.exc import IntegrityError
@@ -122,7 +122,7 @@ class Ledger:
     """The append side of the ledger (see the module docstring for the commit protocol).
 
     ``Ledger(engine, clock)``; ``start()`` launches the writer thread; ``close()`` writes whatever
-    is queued, then stops and joins it. Engines come from ``opsgate.store.db.make_engine``
+    is queued, then stops and joins it; ``with Ledger(engine, clock) as ledger:`` does both. Engines come from ``opsgate.store.db.make_engine``
     (SQLite or PostgreSQL). ``transactions`` and ``entries`` count what has been committed.
     """
 
@@ -159,6 +159,13 @@ class Ledger:
             self._thread.join()
         else:
             self._fail_queued()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @overload
     async def append(

@@ -13,7 +13,7 @@ import getpass
 import json
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 
 import typer
 from rich.console import Console
@@ -22,11 +22,8 @@ from rich.table import Table
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
-from opsgate.monitoring.escalation import Contacts
 from opsgate.monitoring.incidents import IncidentService
-from opsgate.monitoring.worker import build_notifiers, run_worker
-from opsgate.rollout.service import open_ledger
-from opsgate.store.db import make_engine, upgrade
+from opsgate.monitoring.worker import Worker
 
 incidents_app = typer.Typer(help="Incidents: list, show, acknowledge, resolve.", no_args_is_help=True)
 out = Console()
@@ -35,16 +32,11 @@ err = Console(stderr=True)
 
 @contextmanager
 def _service() -> Iterator[IncidentService]:
-    settings, clock = Settings(), SystemClock()
+    from opsgate.runtime import cli_services
+
     try:
-        if settings.auto_migrate:
-            upgrade(settings.database_url)
-        engine = make_engine(settings.database_url)
-        with open_ledger(engine, clock) as ledger:
-            notifiers = build_notifiers(settings, None)  # type: ignore[arg-type]  # render only
-            yield IncidentService(engine, ledger, clock, notifiers,
-                                  Contacts.from_settings(settings, frozenset(notifiers)),
-                                  repeat_interval_s=settings.alert_repeat_interval_s)
+        with cli_services() as services:
+            yield services.incidents
     except OpsgateError as exc:
         err.print(f"[red]error:[/red] {exc.code}: {exc.detail}")
         raise typer.Exit(2) from None
@@ -86,13 +78,19 @@ def incidents_resolve(incident_id: str, note: str = typer.Option(..., "--note", 
 def worker() -> None:
     """Run the periodic jobs (alert rules, canary evaluation, escalations, outbox) until SIGTERM/SIGINT;
     with several workers only the leader works."""
+    from opsgate.providers.http import make_session
+    from opsgate.runtime import open_services
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(Settings(), SystemClock(), stop)
+        async with AsyncExitStack() as stack:
+            session = make_session()
+            stack.push_async_callback(session.close)
+            shared = open_services(stack, Settings(), SystemClock(), session)
+            await Worker(shared.settings, shared.engine, shared.ledger, shared.clock, session,
+                         incidents=shared.incidents).run(stop)
 
     asyncio.run(main())
-
-

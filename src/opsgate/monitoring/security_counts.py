@@ -29,6 +29,7 @@ import asyncio
 import logging
 import threading
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Self
 
 import jwt
 from sqlalchemy import Column, Date, Engine, Integer, PrimaryKeyConstraint, String, Table, select
@@ -135,7 +136,7 @@ def count_refusal(exc: Exception) -> None:
 
 class CountFlusher:
     """Adds :data:`COUNTS` (or ``counts``) to ``security_event_counts`` every ``interval_s``
-    seconds, at each UTC midnight and on :meth:`stop`. A failed flush keeps its counts for the
+    seconds, at each UTC midnight and on :meth:`stop` (``async with flusher:`` starts and stops it). A failed flush keeps its counts for the
     next one (logged as a warning, never raised into the loop)."""
 
     def __init__(
@@ -163,6 +164,13 @@ class CountFlusher:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await asyncio.to_thread(self.flush)
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     def flush(self) -> int:
         """Add the drained counts to the current window's day; returns the rows written."""

@@ -43,9 +43,8 @@ from opsgate.monitoring.notifiers.sms import TwilioSmsNotifier
 from opsgate.monitoring.outbox import Outbox
 from opsgate.monitoring.providers import demote, restore
 from opsgate.monitoring.rules import OUTAGE, Finding, RuleConfig, Severity, evaluate
-from opsgate.providers.http import make_session
 from opsgate.rollout.service import RolloutService, disable_operation
-from opsgate.store.db import is_sqlite, make_engine, upgrade
+from opsgate.store.db import is_sqlite
 
 log = logging.getLogger("opsgate.monitoring")
 
@@ -133,13 +132,14 @@ class Worker:
     """The jobs of one worker process over ``engine`` (see the module docstring)."""
 
     def __init__(self, settings: Settings, engine: Engine, ledger: Ledger, clock: Clock,
-                 session: aiohttp.ClientSession, *, worker_id: str | None = None) -> None:
+                 session: aiohttp.ClientSession, *, worker_id: str | None = None,
+                 incidents: IncidentService | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.ledger = ledger
         self.clock = clock
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.incidents = incident_service(settings, engine, ledger, clock, session)
+        self.incidents = incidents or incident_service(settings, engine, ledger, clock, session)
         self.notifiers, self.contacts = self.incidents.notifiers, self.incidents.contacts
         self.outbox = Outbox(engine, clock, self.notifiers, self.worker_id, self.contacts.recipients,
                              max_backoff_s=settings.outbox_max_backoff_s, give_up_s=settings.outbox_give_up_s)
@@ -298,19 +298,3 @@ class Worker:
 
 def _provider(dedup_key: str) -> str:
     return dedup_key.split("provider=", 1)[-1]
-
-
-async def run_worker(settings: Settings, clock: Clock, stop: asyncio.Event) -> None:
-    """Open the database, ledger and HTTP session and run a :class:`Worker` until ``stop``."""
-    if settings.auto_migrate:
-        upgrade(settings.database_url)
-    engine = make_engine(settings.database_url, synchronous=settings.ledger_synchronous)
-    ledger = Ledger(engine, clock)
-    ledger.start()
-    session = make_session()
-    try:
-        await Worker(settings, engine, ledger, clock, session).run(stop)
-    finally:
-        await session.close()
-        ledger.close()
-        engine.dispose()

@@ -16,13 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from opsgate.clock import SystemClock
-from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.rollout.controller import ACTIVE, Plan, State
 from opsgate.rollout.plans import load_plan
-from opsgate.rollout.service import RolloutService, ToggleChange, open_ledger
-from opsgate.rollout.toggles import ToggleSnapshot
+from opsgate.rollout.service import RolloutService, ToggleChange
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
@@ -37,18 +34,12 @@ def _actor() -> str:
 @contextmanager
 def _service() -> Iterator[RolloutService]:
     from opsgate.operations import OPERATIONS
-    from opsgate.store.db import make_engine, upgrade
+    from opsgate.runtime import cli_services
 
-    settings = Settings()
-    clock = SystemClock()
     try:
-        if settings.auto_migrate:
-            upgrade(settings.database_url)
-        engine = make_engine(settings.database_url)
-        with open_ledger(engine, clock) as ledger:
-            service = RolloutService(engine, ledger, clock, ToggleSnapshot(engine, clock))
-            service.ensure_toggles(OPERATIONS)
-            yield service
+        with cli_services() as services:
+            services.rollout.ensure_toggles(OPERATIONS)
+            yield services.rollout
     except OpsgateError as exc:
         err.print(f"[red]error:[/red] {exc.code}: {exc.detail}")
         raise typer.Exit(2) from None

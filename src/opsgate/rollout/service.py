@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 from sqlalchemy import Connection, Engine, RowMapping, delete, insert, select, update
 
-from opsgate.clock import Clock, SystemClock
+from opsgate.clock import Clock
 from opsgate.errors import NotFound
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.writer import Ledger
@@ -473,28 +472,12 @@ class RolloutService:
             self.snapshot.invalidate()
 
 
-def disable_operation(engine: Engine, op_id: str, reason: str, actor: str, *,
-                      ledger: Ledger | None = None, clock: Clock | None = None) -> Toggle:
-    """Turn ``op_id`` off (e.g. a budget enforcement failure), recorded in the ledger as
-    ``toggle.set`` by ``actor`` with ``reason``. Without ``ledger`` a short-lived writer on
-    ``engine`` is used. Other processes stop serving the operation within their refresh interval."""
-    clock = clock or SystemClock()
-    with open_ledger(engine, clock, ledger) as active:
-        return RolloutService(engine, active, clock).set_toggle(op_id, ToggleChange(enabled=False), actor, reason)
-
-
-@contextmanager
-def open_ledger(engine: Engine, clock: Clock, ledger: Ledger | None = None) -> Iterator[Ledger]:
-    """Yield ``ledger`` or, when None, a ledger writer started on ``engine`` and closed afterwards."""
-    if ledger is not None:
-        yield ledger
-        return
-    own = Ledger(engine, clock)
-    own.start()
-    try:
-        yield own
-    finally:
-        own.close()
+def disable_operation(engine: Engine, op_id: str, reason: str, actor: str, *, ledger: Ledger,
+                      clock: Clock) -> Toggle:
+    """Turn ``op_id`` off (e.g. a budget enforcement failure), recorded in ``ledger`` as
+    ``toggle.set`` by ``actor`` with ``reason``. Other processes stop serving the operation within
+    their refresh interval."""
+    return RolloutService(engine, ledger, clock).set_toggle(op_id, ToggleChange(enabled=False), actor, reason)
 
 
 def _bump_in(conn: Connection) -> None:

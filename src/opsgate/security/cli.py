@@ -13,7 +13,6 @@ Exit codes: 0 done, 1 a check failed (verify), 2 usage or I/O errors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -25,11 +24,8 @@ from sqlalchemy import Engine
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
+from opsgate.security.service import SecurityServices, build_security
 from opsgate.store.db import open_database
-
-if TYPE_CHECKING:
-    from opsgate.security.crypto import FieldCipher
-    from opsgate.security.keyring import KeyRing
 
 users_app = typer.Typer(help="Manage users, roles, passwords and email addresses.", no_args_is_help=True)
 keys_app = typer.Typer(help="Field encryption keys: status, rotation, re-encryption.", no_args_is_help=True)
@@ -46,12 +42,8 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _services(settings: Settings, engine: Engine) -> tuple[KeyRing, FieldCipher]:
-    from opsgate.security.crypto import FieldCipher
-    from opsgate.security.keyring import KeyRing, master_key
-
-    ring = KeyRing(engine, master_key(settings), SystemClock())
-    return ring, FieldCipher(ring)
+def _services(settings: Settings, engine: Engine) -> SecurityServices:
+    return build_security(settings, SystemClock(), engine)
 
 
 @users_app.callback()
@@ -77,7 +69,7 @@ def users_add(
         if secret is not None:
             set_password(engine, user_id, secret)
         if email is not None:
-            set_email(engine, _services(settings, engine)[1], user_id, email)
+            set_email(engine, _services(settings, engine).cipher, user_id, email)
     except (ValueError, OpsgateError) as exc:
         _fail(str(exc))
     out.print(f"{'created' if created else 'updated'} {user_id} ({role})")
@@ -90,7 +82,7 @@ def keys_status() -> None:
 
     settings = Settings()
     engine = _engine(settings)
-    ring, _ = _services(settings, engine)
+    ring = _services(settings, engine).keyring
     used = keys_in_use(engine)
     current, _ = ring.current()
     table = Table("key", "purpose", "created (UTC)", "age (days)", "values", "state")
@@ -109,7 +101,7 @@ def keys_status() -> None:
 def keys_rotate() -> None:
     """Add a new data key version; new values are encrypted with it at once."""
     settings = Settings()
-    ring, _ = _services(settings, _engine(settings))
+    ring = _services(settings, _engine(settings)).keyring
     out.print(f"data key {ring.rotate()} is now current; run `opsgate keys reencrypt` to move old values")
 
 
@@ -120,7 +112,8 @@ def keys_reencrypt(batch_size: int = typer.Option(500, min=1, help="Rows per tra
 
     settings = Settings()
     engine = _engine(settings)
-    ring, cipher = _services(settings, engine)
+    services = _services(settings, engine)
+    ring, cipher = services.keyring, services.cipher
     with Bar(console=out) as bar:
         tasks: dict[str, TaskID] = {}
 

@@ -62,11 +62,8 @@ def check(
     except (SQLAlchemyError, OSError) as exc:
         err.print(f"[red]error:[/red] cannot open the database: {type(exc).__name__}")
         raise typer.Exit(2) from None
-    ledger.start()
-    try:
+    with ledger:
         rows = asyncio.run(_inspect(ledger, checked, policy))
-    finally:
-        ledger.close()
     out.print(_table(rows, policy))
     warnings = sum(1 for _, _, warned in rows if warned)
     out.print(f"{warnings} warning(s); policy: at most {policy.days} days")

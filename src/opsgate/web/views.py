@@ -35,8 +35,8 @@ from starlette.staticfiles import StaticFiles
 from opsgate.deps import RuntimeDep, SecurityDep
 from opsgate.errors import OpsgateError
 from opsgate.operations import OPERATIONS
-from opsgate.runtime import Runtime
 from opsgate.rollout.controller import ACTIVE
+from opsgate.runtime import Runtime
 from opsgate.security.auth import Principal
 from opsgate.security.rbac import require_role
 from opsgate.security.users import authenticate

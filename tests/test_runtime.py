@@ -1,0 +1,97 @@
+"""The composition root: a start-up step that raises closes what was already open.
+
+``start_runtime`` opens the sandbox, the HTTP session, the database, the ledger writer thread,
+then (later) the checkpointer task and the security-count flusher. Each test breaks one step with
+the real services around it and looks for what would leak: a live ``opsgate-ledger`` thread, a
+sandbox still accepting connections, a checkpoint task still scheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.conftest import gateway_settings
+
+import opsgate.runtime as runtime_module
+from opsgate.runtime import cli_services, start_runtime
+from opsgate.sandbox.server import SandboxServer
+
+
+class _Broken(RuntimeError):
+    pass
+
+
+def _ledger_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "opsgate-ledger" and t.is_alive()}
+
+
+def _checkpoint_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "ledger-checkpoints" and not t.done()]
+
+
+@pytest.fixture
+def sandboxes(monkeypatch: pytest.MonkeyPatch) -> list[SandboxServer]:
+    """Every sandbox the runtime starts."""
+    started: list[SandboxServer] = []
+
+    class Recorded(SandboxServer):
+        async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+            await super().start(host, port)
+            started.append(self)
+
+    monkeypatch.setattr(runtime_module, "SandboxServer", Recorded)
+    return started
+
+
+async def _refuses(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url, timeout=aiohttp.ClientTimeout(total=5)):
+            return False
+    except aiohttp.ClientConnectorError:
+        return True
+
+
+@pytest.mark.parametrize("step", ["policies_for", "ProviderStatusSync"])
+async def test_a_failing_start_up_step_leaves_no_thread_sandbox_or_task(
+    step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandboxes: list[SandboxServer]
+) -> None:
+    settings = gateway_settings(tmp_path, ledger_signing_key_file=tmp_path / "ledger.key")
+    threads_before = _ledger_threads()
+    seen: dict[str, Any] = {}
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        seen["threads"] = _ledger_threads() - threads_before
+        seen["checkpoints"] = len(_checkpoint_tasks())
+        raise _Broken(step)
+
+    monkeypatch.setattr(runtime_module, step, broken)
+    with pytest.raises(_Broken):
+        await start_runtime(settings)
+    assert len(seen["threads"]) == 1 and len(sandboxes) == 1  # they were running
+    assert seen["checkpoints"] == (1 if step == "ProviderStatusSync" else 0)
+    assert _ledger_threads() - threads_before == set()
+    assert await _refuses(sandboxes[0].base_urls["anthropic"])
+    assert _checkpoint_tasks() == []
+
+
+async def test_close_stops_everything_start_runtime_opened(tmp_path: Path, sandboxes: list[SandboxServer]) -> None:
+    threads_before = _ledger_threads()
+    runtime = await start_runtime(gateway_settings(tmp_path, ledger_signing_key_file=tmp_path / "ledger.key"))
+    assert len(_ledger_threads() - threads_before) == 1 and len(_checkpoint_tasks()) == 1
+    await runtime.close()
+    assert _ledger_threads() - threads_before == set()
+    assert await _refuses(sandboxes[0].base_urls["anthropic"])
+    assert _checkpoint_tasks() == [] and runtime.session.closed
+
+
+def test_cli_services_close_their_ledger_writer(tmp_path: Path) -> None:
+    threads_before = _ledger_threads()
+    with cli_services(gateway_settings(tmp_path, sandbox=False)) as services:
+        assert len(_ledger_threads() - threads_before) == 1
+        assert services.incidents.list() == []
+    assert _ledger_threads() - threads_before == set()
