@@ -20,6 +20,7 @@ from opsgate.errors import OpsgateError
 from opsgate.rollout.controller import ACTIVE, Plan, State
 from opsgate.rollout.plans import load_plan
 from opsgate.rollout.service import RolloutService, ToggleChange
+from opsgate.rollout.toggles import ToggleSnapshot
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
