@@ -181,15 +181,12 @@ def accept_rollback_cmd(
         _fail("no directory anchor is configured (OPSGATE_LEDGER_ANCHOR_DIR)")
     engine = _engine(settings)
     clock = SystemClock()
-    ledger = Ledger(engine, clock)
-    ledger.start()
     try:
-        anchored, size = accept_rollback(engine, ledger, DirectoryAnchor(Path(settings.ledger_anchor_dir)),
-                                         clock, reason, actor)
+        with Ledger(engine, clock) as ledger:
+            anchored, size = accept_rollback(engine, ledger, DirectoryAnchor(Path(settings.ledger_anchor_dir)),
+                                             clock, reason, actor)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
         _fail(f"{type(exc).__name__}: {exc}")
-    finally:
-        ledger.close()
     print(f"rollback accepted: anchored size {anchored} lost {anchored - size} entries; the log has {size}")
 
 

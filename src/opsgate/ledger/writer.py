@@ -122,8 +122,9 @@ class Ledger:
     """The append side of the ledger (see the module docstring for the commit protocol).
 
     ``Ledger(engine, clock)``; ``start()`` launches the writer thread; ``close()`` writes whatever
-    is queued, then stops and joins it; ``with Ledger(engine, clock) as ledger:`` does both. Engines come from ``opsgate.store.db.make_engine``
-    (SQLite or PostgreSQL). ``transactions`` and ``entries`` count what has been committed.
+    is queued, then stops and joins it; ``with Ledger(engine, clock) as ledger:`` does both.
+    Engines come from ``opsgate.store.db.make_engine`` (SQLite or PostgreSQL). ``transactions``
+    and ``entries`` count what has been committed.
     """
 
     def __init__(self, engine: Engine, clock: Clock, *, max_batch: int = 1024) -> None:

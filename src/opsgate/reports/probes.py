@@ -103,15 +103,11 @@ async def pre_access_logging(clock: Clock) -> Probe:
     ``secret_access`` entry was written and holds the name, not the value."""
     value = canary_key()
     with scratch_engine() as engine:
-        ledger = Ledger(engine, clock)
-        ledger.start()
-        try:
+        with Ledger(engine, clock) as ledger:
             store = SecretStore(ledger, clock, env={"READINESS_CANARY": value})
             got = await store.get(
                 "READINESS_CANARY", actor="readiness", purpose="pre-access logging probe"
             )
-        finally:
-            ledger.close()
         with engine.connect() as conn:
             bodies = [
                 orjson.loads(b) for b in conn.execute(select(ledger_entries.c.body)).scalars()
