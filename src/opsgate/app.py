@@ -32,7 +32,7 @@ from opsgate.deps import BEARER, RuntimeDep
 from opsgate.errors import InvalidInput, NotFound, OpsgateError
 from opsgate.metering.views import router as budgets_router
 from opsgate.monitoring.prometheus import observe, observe_error
-from opsgate.monitoring.security_counts import count_refusal
+from opsgate.security.counts import count_refusal
 from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation

@@ -34,7 +34,7 @@ from opsgate.metering.service import MeteringService, build_metering
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.providers import ProviderStatusSync
-from opsgate.monitoring.security_counts import CountFlusher
+from opsgate.security.counts import CountFlusher
 from opsgate.monitoring.worker import incident_service
 from opsgate.operations import OPERATIONS
 from opsgate.operations.privacy import PrivacyPolicy

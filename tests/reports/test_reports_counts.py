@@ -15,17 +15,17 @@ from tests.security.security_b_helpers import add_login, running_gateway
 from opsgate.clock import ManualClock, SystemClock
 from opsgate.config import Settings
 from opsgate.metering.budgets import set_budget
-from opsgate.monitoring.security_counts import (
+from opsgate.security.counts import (
     COUNTS,
     CountFlusher,
     SecurityCounts,
+    count_refusal,
     counts_for,
-    token_reason,
 )
 from opsgate.operations.io import input_from_file
 from opsgate.reports.security import build_security_report
 from opsgate.security.auth import TokenService, bearer_token
-from opsgate.security.errors import Unauthorized
+from opsgate.security.errors import AuthFailure, Unauthorized
 from opsgate.security.sanitizer import Sanitizer
 from opsgate.store.db import make_engine, upgrade
 
@@ -134,8 +134,14 @@ def test_every_token_refusal_has_its_reason_code() -> None:
         "not_yet_valid": _refusal(settings, issue(settings, now + timedelta(hours=1))),
         "unknown_role": _refusal(settings, other_role),
     }
-    assert {reason: token_reason(exc) for reason, exc in cases.items()} == {r: r for r in cases}
-    assert token_reason(Unauthorized("Sign in to the dashboard first")) == "other"
+    assert {reason: exc.reason for reason, exc in cases.items()} == {r: r for r in cases}
+
+
+def test_a_refusal_is_counted_by_its_reason_whatever_its_words() -> None:
+    COUNTS.drain()
+    count_refusal(Unauthorized(AuthFailure.EXPIRED, "Your session ran out, please sign in again"))
+    count_refusal(Unauthorized(AuthFailure.EXPIRED))
+    assert COUNTS.drain() == {("token_rejection", "expired"): 2}
 
 
 def test_redactions_are_counted_by_kind(engine) -> None:  # type: ignore[no-untyped-def]

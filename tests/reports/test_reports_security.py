@@ -12,7 +12,7 @@ from opsgate.clock import ManualClock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.models import incidents
-from opsgate.monitoring.security_counts import add_counts
+from opsgate.security.counts import add_counts
 from opsgate.reports.ledger_window import entries_between
 from opsgate.reports.render import render
 from opsgate.reports.security import build_security_report

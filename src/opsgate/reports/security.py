@@ -24,7 +24,7 @@ never estimated. JSON shape (``format = "opsgate.security-report.v1"``)::
         "weak_config": {"available": true, "findings": [{"setting", "value", "why"}]}},
      "not_available": [section names]}  (empty since every section has a stored source)
 
-The four count sections read ``security_event_counts`` (:mod:`opsgate.monitoring.security_counts`,
+The four count sections read ``security_event_counts`` (:mod:`opsgate.security.counts`,
 flushed by each serving process every minute): ``auth_failures`` holds the kinds
 ``sign_in_failure`` and ``token_rejection`` (access tokens on operation calls, refresh tokens),
 ``refresh_reuse``, ``rejections`` (``rate_limited``, ``budget_exceeded``) and ``redactions`` one
@@ -49,7 +49,7 @@ from opsgate.ledger.service import log_size
 from opsgate.ledger.verify import format_summary, verify
 from opsgate.monitoring.health import LEDGER_VERIFY
 from opsgate.monitoring.models import incidents, signals
-from opsgate.monitoring.security_counts import (
+from opsgate.security.counts import (
     REDACTION,
     REFRESH_REUSE,
     REJECTION,

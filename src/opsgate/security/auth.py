@@ -20,7 +20,7 @@ import jwt
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
-from opsgate.security.errors import Unauthorized
+from opsgate.security.errors import AuthFailure, Unauthorized, jwt_failure
 from opsgate.keyfile import random_key_file
 from opsgate.security.idp import idp_verifier
 
@@ -113,22 +113,22 @@ class TokenService:
                 options={"require": _REQUIRED, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
             )
         except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
-            raise Unauthorized("The access token was issued for another service") from None
-        except jwt.InvalidTokenError:
-            raise Unauthorized("The access token is malformed or its signature is invalid") from None
+            raise Unauthorized(AuthFailure.WRONG_AUDIENCE) from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(jwt_failure(exc)) from None
         if claims["role"] not in ROLES or not isinstance(claims["sub"], str):
-            raise Unauthorized("The access token carries an unknown role")
+            raise Unauthorized(AuthFailure.UNKNOWN_ROLE)
         return claims
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         """``nbf`` and ``exp`` against the injected clock (RFC 7519 §4.1.4-5), no leeway."""
         now = self._clock.now().timestamp()
         if not isinstance(claims["exp"], int | float) or not isinstance(claims["nbf"], int | float):
-            raise Unauthorized("The access token is malformed or its signature is invalid")
+            raise Unauthorized(AuthFailure.MALFORMED)
         if now >= claims["exp"]:
-            raise Unauthorized("The access token has expired")
+            raise Unauthorized(AuthFailure.EXPIRED)
         if now < claims["nbf"]:
-            raise Unauthorized("The access token is not valid yet")
+            raise Unauthorized(AuthFailure.NOT_YET_VALID)
 
 
 def _unverified_issuer(token: str) -> object:
@@ -141,8 +141,8 @@ def _unverified_issuer(token: str) -> object:
 def bearer_token(authorization: str | None) -> str:
     """Extract the token from an ``Authorization: Bearer <token>`` header (RFC 6750 §2.1)."""
     if not authorization:
-        raise Unauthorized("Missing Authorization header with a Bearer token")
+        raise Unauthorized(AuthFailure.MISSING)
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("The Authorization header must use the Bearer scheme")
+        raise Unauthorized(AuthFailure.WRONG_SCHEME)
     return token.strip()

@@ -1,14 +1,97 @@
-"""Security failures, mapped to 401 ``unauthorized`` and 403 ``forbidden``."""
+"""Security failures, mapped to 401 ``unauthorized`` and 403 ``forbidden``.
+
+Every :class:`Unauthorized` carries an :class:`AuthFailure` ``reason``: the machine-readable cause
+that the security event counts (:mod:`opsgate.security.counts`) and tests read. ``detail`` is the
+client's sentence and may be reworded freely; nothing matches on it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import jwt
 
 from opsgate.errors import OpsgateError
 
 
+class AuthFailure(StrEnum):
+    """Why a credential was refused (stable codes, the ``reason`` of a ``token_rejection`` or
+    ``sign_in_failure`` count)."""
+
+    MISSING = "missing"
+    """No ``Authorization: Bearer`` header (RFC 6750 §3.1)."""
+    WRONG_SCHEME = "wrong_scheme"
+    """An ``Authorization`` header with another scheme or no token."""
+    MALFORMED = "malformed"
+    """Not a JWT, a required claim missing or of the wrong type, or no ``kid`` for the IdP."""
+    BAD_SIGNATURE = "bad_signature"
+    """The signature does not verify under the key."""
+    BAD_ALGORITHM = "bad_algorithm"
+    """An algorithm other than the pinned one (``none`` included; RFC 8725 §3.1)."""
+    WRONG_AUDIENCE = "wrong_audience"
+    """Issued by or for another service (``iss``/``aud``)."""
+    EXPIRED = "expired"
+    """``exp`` has passed (RFC 7519 §4.1.4)."""
+    NOT_YET_VALID = "not_yet_valid"
+    """``nbf`` is in the future (RFC 7519 §4.1.5)."""
+    UNKNOWN_ROLE = "unknown_role"
+    """A role outside user / operator / admin."""
+    UNKNOWN_KEY = "unknown_key"
+    """The identity provider has no key with the token's ``kid``."""
+    IDP_UNAVAILABLE = "idp_unavailable"
+    """The identity provider's JWKS could not be fetched."""
+    REFRESH_INVALID = "refresh_invalid"
+    """A refresh token that is unknown, expired or revoked."""
+    REFRESH_REUSED = "refresh_reused"
+    """A rotated refresh token presented again after the grace window (RFC 9700 §4.14.2)."""
+    BAD_CREDENTIALS = "bad_credentials"
+    """A password sign-in with an unknown user or a wrong password."""
+    NO_SESSION = "no_session"
+    """A dashboard page without a valid session cookie."""
+
+
+_INVALID = "The access token is malformed or its signature is invalid"
+_DETAILS = {
+    AuthFailure.MISSING: "Missing Authorization header with a Bearer token",
+    AuthFailure.WRONG_SCHEME: "The Authorization header must use the Bearer scheme",
+    AuthFailure.MALFORMED: _INVALID,
+    AuthFailure.BAD_SIGNATURE: _INVALID,
+    AuthFailure.BAD_ALGORITHM: _INVALID,
+    AuthFailure.WRONG_AUDIENCE: "The access token was issued for another service",
+    AuthFailure.EXPIRED: "The access token has expired",
+    AuthFailure.NOT_YET_VALID: "The access token is not valid yet",
+    AuthFailure.UNKNOWN_ROLE: "The access token carries an unknown role",
+    AuthFailure.UNKNOWN_KEY: "The access token names an unknown signing key",
+    AuthFailure.IDP_UNAVAILABLE: "The identity provider's keys are unavailable",
+    AuthFailure.REFRESH_INVALID: "The refresh token is not valid",
+    AuthFailure.REFRESH_REUSED: "The refresh token was already used; every session of this login is revoked",
+    AuthFailure.BAD_CREDENTIALS: "Unknown user or wrong password",
+    AuthFailure.NO_SESSION: "Sign in to the dashboard first",
+}
+"""The client's sentence per reason (one sentence for the three ways a signature check fails, so
+a caller learns no more than "invalid")."""
+
+
 class Unauthorized(OpsgateError):
-    """No valid credentials: missing, malformed, expired or wrongly signed token (401)."""
+    """No valid credentials (401); ``reason`` says which check failed, ``detail`` (default: the
+    reason's sentence) is what the client reads."""
 
     code = "unauthorized"
     status = 401
     title = "Authentication required"
+
+    def __init__(self, reason: AuthFailure, detail: str | None = None) -> None:
+        super().__init__(detail or _DETAILS[reason])
+        self.reason = reason
+
+
+def jwt_failure(exc: jwt.InvalidTokenError) -> AuthFailure:
+    """The reason of a PyJWT refusal: a bad signature, a disallowed algorithm, or malformed."""
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return AuthFailure.BAD_SIGNATURE
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return AuthFailure.BAD_ALGORITHM
+    return AuthFailure.MALFORMED
 
 
 class Forbidden(OpsgateError):

@@ -23,7 +23,7 @@ from jwt import PyJWKClient, PyJWKClientError
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
-from opsgate.security.errors import Unauthorized
+from opsgate.security.errors import AuthFailure, Unauthorized, jwt_failure
 
 JWKS_ALGORITHMS = ("RS256", "ES256")
 JWKS_REFETCH_S = 60.0
@@ -71,9 +71,9 @@ class IdpVerifier:
                          "verify_nbf": False, "verify_iat": False},
             )
         except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
-            raise Unauthorized("The access token was issued for another service") from None
-        except jwt.InvalidTokenError:
-            raise Unauthorized("The access token is malformed or its signature is invalid") from None
+            raise Unauthorized(AuthFailure.WRONG_AUDIENCE) from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(jwt_failure(exc)) from None
         self._check_times(claims)
         return claims["sub"], self._role(claims)
 
@@ -82,16 +82,17 @@ class IdpVerifier:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.InvalidTokenError:
-            raise Unauthorized("The access token is malformed or its signature is invalid") from None
+            raise Unauthorized(AuthFailure.MALFORMED) from None
         if not isinstance(kid, str):
-            raise Unauthorized("The access token names no signing key (kid)")
+            raise Unauthorized(AuthFailure.MALFORMED, "The access token names no signing key (kid)")
         key = self._find(kid, refresh=False)
         if key is None and self._clock.monotonic() - self._last_fetch >= JWKS_REFETCH_S:
             key = self._find(kid, refresh=True)
         if key is None:
-            raise Unauthorized("The access token names an unknown signing key")
+            raise Unauthorized(AuthFailure.UNKNOWN_KEY)
         if key.algorithm_name != self._algorithm:
-            raise Unauthorized("The identity provider's key does not match the pinned algorithm")
+            raise Unauthorized(AuthFailure.BAD_ALGORITHM,
+                               "The identity provider's key does not match the pinned algorithm")
         return key.key
 
     def _find(self, kid: str, *, refresh: bool) -> Any:
@@ -103,25 +104,25 @@ class IdpVerifier:
             else:
                 keys = self._jwks.get_jwk_set().keys
         except PyJWKClientError:
-            raise Unauthorized("The identity provider's keys are unavailable") from None
+            raise Unauthorized(AuthFailure.IDP_UNAVAILABLE) from None
         return next((k for k in keys if k.key_id == kid), None)
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         now = self._clock.now().timestamp()
         exp, nbf = claims["exp"], claims.get("nbf", claims["iat"])
         if not isinstance(exp, int | float) or not isinstance(nbf, int | float) or not isinstance(claims["sub"], str):
-            raise Unauthorized("The access token is malformed or its signature is invalid")
+            raise Unauthorized(AuthFailure.MALFORMED)
         if now >= exp:
-            raise Unauthorized("The access token has expired")
+            raise Unauthorized(AuthFailure.EXPIRED)
         if now < nbf:
-            raise Unauthorized("The access token is not valid yet")
+            raise Unauthorized(AuthFailure.NOT_YET_VALID)
 
     def _role(self, claims: dict[str, Any]) -> str:
         if self._role_claim is None:
             return "user"
         role = claims.get(self._role_claim, "user")
         if role not in _ROLES:
-            raise Unauthorized("The access token carries an unknown role")
+            raise Unauthorized(AuthFailure.UNKNOWN_ROLE)
         return role
 
 

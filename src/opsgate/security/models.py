@@ -8,11 +8,23 @@
 data key)``; ``purpose`` is ``data`` (field encryption, rotated) or ``index`` (blind index).
 
 ``refresh_tokens``: opaque refresh tokens by SHA-256 hash, grouped in rotation families.
+
+``security_event_counts``: the security event counts per UTC day, kind and reason.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, LargeBinary, String, Table
+from sqlalchemy import (
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+)
 
 from opsgate.store.models import metadata, users
 
@@ -43,3 +55,15 @@ refresh_tokens = Table(
 )
 Index("ix_refresh_tokens_family", refresh_tokens.c.family_id)
 Index("ix_refresh_tokens_user", refresh_tokens.c.user_id)
+
+security_event_counts = Table(
+    "security_event_counts",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("count", Integer, nullable=False),
+    PrimaryKeyConstraint("day", "kind", "reason"),
+)
+"""One row per UTC day, kind and reason; ``count`` is the sum over every process (migration 0007,
+fed by :mod:`opsgate.security.counts`)."""

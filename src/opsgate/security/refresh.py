@@ -24,9 +24,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from opsgate.clock import Clock
-from opsgate.monitoring.security_counts import COUNTS, REFRESH_REUSE, TOKEN_REJECTION
+from opsgate.security.counts import COUNTS, REFRESH_REUSE, TOKEN_REJECTION
 from opsgate.security.auth import Principal
-from opsgate.security.errors import Unauthorized
+from opsgate.security.errors import AuthFailure, Unauthorized
 from opsgate.security.models import refresh_tokens
 from opsgate.security.rls import service_scope, user_scope
 
@@ -74,13 +74,13 @@ class RefreshTokens:
             ).rowcount
             row = conn.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == digest)).first()
             if row is None or row.revoked_at is not None or now >= _utc(row.expires_at):
-                COUNTS.add(TOKEN_REJECTION, "refresh_invalid")
-                raise Unauthorized("The refresh token is not valid")  # rolls the UPDATE back
+                COUNTS.add(TOKEN_REJECTION, AuthFailure.REFRESH_INVALID)
+                raise Unauthorized(AuthFailure.REFRESH_INVALID)  # rolls the UPDATE back
             if won or now - _utc(row.rotated_at) < self._grace:
                 return self._insert(conn, row.user_id, row.family_id)
         self.revoke_family(row.family_id)
         COUNTS.add(REFRESH_REUSE, "family_revoked")
-        raise Unauthorized("The refresh token was already used; every session of this login is revoked")
+        raise Unauthorized(AuthFailure.REFRESH_REUSED)
 
     def revoke(self, token: str) -> bool:
         """Revoke the family of ``token`` (logout); False when the token is unknown."""

@@ -43,7 +43,7 @@ iban       IBANs (ISO 13616) with a valid mod-97 check
 ========== ===========================================================================
 
 Every replacement adds one to the process's redaction count of its kind
-(:data:`opsgate.monitoring.security_counts.COUNTS`).
+(:data:`opsgate.security.counts.COUNTS`).
 
 Speed: one search of a trigger pattern per line finds which rules can possibly match (a literal
 needle, a sensitive word, or a digit run the ``digits`` rule could match that is not an ISO date
@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 from pydantic import SecretStr
 
-from opsgate.monitoring.security_counts import COUNTS, REDACTION
+from opsgate.security.counts import COUNTS, REDACTION
 
 if TYPE_CHECKING:
     from opsgate.config import Settings
@@ -251,7 +251,7 @@ class Sanitizer:
 
     def token(self, kind: str, value: str) -> str:
         """The replacement for ``value``: ``[REDACTED:<kind>:<6 hex of HMAC-SHA256>]``; counted
-        as one ``redaction`` of ``kind`` (:mod:`opsgate.monitoring.security_counts`)."""
+        as one ``redaction`` of ``kind`` (:mod:`opsgate.security.counts`)."""
         COUNTS.add(REDACTION, kind)
         digest = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return f"[REDACTED:{kind}:{digest.hexdigest()[:HASH_HEX]}]"

@@ -31,7 +31,6 @@ from starlette.responses import Response
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
-from opsgate.problems import problem_response
 from opsgate.security.auth import Principal
 from opsgate.security.errors import Forbidden
 from opsgate.security.keyring import derived_key
@@ -159,11 +158,19 @@ class CSRFMiddleware:
     """ASGI middleware: every unsafe request carrying a live session cookie needs a valid CSRF token
     in ``X-CSRF-Token`` or, for form posts, the ``csrf_token`` field (the body, at most 1 MiB, is
     buffered and replayed to the app). ``sessions`` is resolved per request (it lives in the
-    runtime, created in the lifespan)."""
+    runtime, created in the lifespan). ``problem`` renders a refusal and its request id as the
+    API's RFC 9457 response (:func:`opsgate.problems.problem_response`, passed in by the app so
+    security needs nothing above it)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], sessions: Callable[[Scope], SessionManager]) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Awaitable[None]],
+        sessions: Callable[[Scope], SessionManager],
+        problem: Callable[[Exception, str], Response],
+    ) -> None:
         self.app = app
         self._sessions = sessions
+        self._problem = problem
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS:
@@ -179,7 +186,7 @@ class CSRFMiddleware:
             submitted = request.headers.get(CSRF_HEADER) or await _form_token(scope, body)
             manager.check_csrf(request, submitted)
         except CSRFFailed as exc:
-            await problem_response(exc, secrets.token_hex(16))(scope, _replay(b""), send)
+            await self._problem(exc, secrets.token_hex(16))(scope, _replay(b""), send)
             return
         await self.app(scope, _replay(body), send)
 

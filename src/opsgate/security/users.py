@@ -14,7 +14,7 @@ from opsgate.clock import Clock
 from opsgate.errors import NotFound
 from opsgate.security.auth import ROLES
 from opsgate.security.crypto import FieldCipher, normalise_email
-from opsgate.security.errors import Unauthorized
+from opsgate.security.errors import AuthFailure, Unauthorized
 from opsgate.security.models import users
 from opsgate.security.passwords import hash_password, needs_rehash, verify_password
 from opsgate.security.reencrypt import USERS_EMAIL
@@ -105,7 +105,7 @@ def authenticate(engine: Engine, cipher: FieldCipher, username: str, password: s
         ).first()
     stored = row.password_hash if row is not None else None
     if not verify_password(stored, password) or row is None or user_id is None:
-        raise Unauthorized("Unknown user or wrong password")
+        raise Unauthorized(AuthFailure.BAD_CREDENTIALS)
     if needs_rehash(row.password_hash):
         set_password(engine, user_id, password)
     return user_id, row.role

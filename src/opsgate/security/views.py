@@ -46,8 +46,9 @@ from opsgate.deps import (
     get_runtime,
     json_body,
 )
-from opsgate.monitoring.security_counts import COUNTS, SIGN_IN_FAILURE
+from opsgate.problems import problem_response
 from opsgate.runtime import Runtime
+from opsgate.security.counts import COUNTS, SIGN_IN_FAILURE
 from opsgate.security.errors import Unauthorized
 from opsgate.security.service import SecurityServices
 from opsgate.security.sessions import CSRFMiddleware
@@ -185,8 +186,8 @@ async def _sign_in(runtime: Runtime, services: SecurityServices, username: str, 
     """:func:`authenticate` off the event loop; a refusal is counted as a failed sign-in."""
     try:
         return await asyncio.to_thread(authenticate, runtime.engine, services.cipher, username, password)
-    except Unauthorized:
-        COUNTS.add(SIGN_IN_FAILURE, "bad_credentials")
+    except Unauthorized as exc:
+        COUNTS.add(SIGN_IN_FAILURE, exc.reason)
         raise
 
 
@@ -201,5 +202,6 @@ def install(app: FastAPI, settings: Settings) -> None:
     """Add this router, the CSRF check for cookie sessions, the CORS allowlist and the security
     headers (outermost, so every response, errors included, carries them) to ``app``."""
     app.include_router(router)
-    app.add_middleware(CSRFMiddleware, sessions=lambda scope: get_runtime(Request(scope)).security.sessions)
+    app.add_middleware(CSRFMiddleware, sessions=lambda scope: get_runtime(Request(scope)).security.sessions,
+                       problem=problem_response)
     add_web_security(app, settings.cors_origins, hsts=settings.session_cookie_secure)

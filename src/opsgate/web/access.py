@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 
 from opsgate.deps import SecurityDep
 from opsgate.security.auth import Principal
-from opsgate.security.errors import Unauthorized
+from opsgate.security.errors import AuthFailure, Unauthorized
 from opsgate.security.rbac import require_role
 from opsgate.security.sessions import CSRF_COOKIE
 
@@ -34,7 +34,7 @@ def require_session(principal: SessionDep) -> Principal:
     """The session principal holding :data:`VIEW_ROLE` or higher. Raises :class:`Unauthorized`
     (401) without a valid session and :class:`Forbidden` (403) for a lower role."""
     if principal is None:
-        raise Unauthorized("Sign in to the dashboard first")
+        raise Unauthorized(AuthFailure.NO_SESSION)
     require_role(principal, VIEW_ROLE)
     return principal
 

@@ -7,8 +7,7 @@ import opsgate.ledger.models  # noqa: F401  (registers the ledger checkpoint and
 import opsgate.metering.models  # noqa: F401  (registers the metering tables)
 import opsgate.rollout.models  # noqa: F401  (registers the rollout tables)
 import opsgate.monitoring.models  # noqa: F401  (registers the monitoring tables)
-import opsgate.security.models  # noqa: F401  (registers the security tables and users columns)
-import opsgate.monitoring.security_counts  # noqa: F401  (registers security_event_counts)
+import opsgate.security.models  # noqa: F401  (registers the security tables and security_event_counts)
 from opsgate.store.models import metadata
 
 config = context.config

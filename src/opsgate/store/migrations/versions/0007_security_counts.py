@@ -1,4 +1,4 @@
-"""security event counts: per UTC day, kind and reason (opsgate.monitoring.security_counts)
+"""security event counts: per UTC day, kind and reason (opsgate.security.counts)
 
 Revision ID: 0007
 Revises: 0001

@@ -9,14 +9,18 @@ SET count = count + excluded.count`` (SQLite and PostgreSQL), so several process
 A window never crosses a UTC midnight: the flusher also wakes at midnight, so every count lands on
 the day it happened (give or take the wake-up latency).
 
-Kinds and their reasons — stable codes from this module's tables, never user input:
+Security counts its own events: the feeding sites are in this package (token checks, sign-in,
+refresh rotation, the sanitizer), and the reason of a refusal is the ``reason`` the
+:class:`~opsgate.security.errors.Unauthorized` was raised with, never its message text.
+
+Kinds and their reasons — stable codes, never user input:
 
 ==================== =========================================================================
 ``sign_in_failure``  ``bad_credentials`` (password grant or dashboard session refused)
-``token_rejection``  ``missing``, ``wrong_scheme``, ``malformed``, ``bad_signature``,
-                     ``bad_algorithm``, ``wrong_audience``, ``expired``, ``not_yet_valid``,
-                     ``unknown_role``, ``unknown_key``, ``idp_unavailable``, ``refresh_invalid``,
-                     ``other``
+``token_rejection``  an :class:`~opsgate.security.errors.AuthFailure` (``missing``,
+                     ``wrong_scheme``, ``malformed``, ``bad_signature``, ``bad_algorithm``,
+                     ``wrong_audience``, ``expired``, ``not_yet_valid``, ``unknown_role``,
+                     ``unknown_key``, ``idp_unavailable``, ``refresh_invalid``)
 ``refresh_reuse``    ``family_revoked`` (RFC 9700 §4.14.2 reuse detection)
 ``rejection``        ``rate_limited`` (429), ``budget_exceeded`` (402)
 ``redaction``        a sanitizer kind (:mod:`opsgate.security.sanitizer`: ``email``, ``jwt``, …)
@@ -31,32 +35,22 @@ import threading
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Self
 
-import jwt
-from sqlalchemy import Column, Date, Engine, Integer, PrimaryKeyConstraint, String, Table, select
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from opsgate.clock import Clock
-from opsgate.store.models import metadata
+from opsgate.errors import OpsgateError
+from opsgate.security.errors import Unauthorized
+from opsgate.security.models import security_event_counts
 
-log = logging.getLogger("opsgate.monitoring")
+log = logging.getLogger("opsgate.security")
 
 SIGN_IN_FAILURE = "sign_in_failure"
 TOKEN_REJECTION = "token_rejection"
 REFRESH_REUSE = "refresh_reuse"
 REJECTION = "rejection"
 REDACTION = "redaction"
-
-security_event_counts = Table(
-    "security_event_counts",
-    metadata,
-    Column("day", Date, nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("reason", String(32), nullable=False),
-    Column("count", Integer, nullable=False),
-    PrimaryKeyConstraint("day", "kind", "reason"),
-)
-"""One row per UTC day, kind and reason; ``count`` is the sum over every process (migration 0007)."""
 
 
 class SecurityCounts:
@@ -88,50 +82,18 @@ COUNTS = SecurityCounts()
 """The process-wide counters every feeding site adds to."""
 
 
-_TOKEN_REASONS = {
-    "Missing Authorization header with a Bearer token": "missing",
-    "The Authorization header must use the Bearer scheme": "wrong_scheme",
-    "The access token was issued for another service": "wrong_audience",
-    "The access token has expired": "expired",
-    "The access token is not valid yet": "not_yet_valid",
-    "The access token carries an unknown role": "unknown_role",
-    "The access token names no signing key (kid)": "malformed",
-    "The access token names an unknown signing key": "unknown_key",
-    "The identity provider's key does not match the pinned algorithm": "bad_algorithm",
-    "The identity provider's keys are unavailable": "idp_unavailable",
-}
-"""The details :mod:`opsgate.security.auth` and :mod:`opsgate.security.idp` raise, by code."""
-
-_INVALID = "The access token is malformed or its signature is invalid"
-
-
-def token_reason(exc: Exception) -> str:
-    """The reason code of an access-token ``Unauthorized`` (its ``detail``; for the combined
-    malformed-or-bad-signature detail, the PyJWT error it was raised from, kept on
-    ``__context__`` even under ``raise ... from None``). ``other`` for any other detail."""
-    detail = getattr(exc, "detail", "")
-    if detail != _INVALID:
-        return _TOKEN_REASONS.get(detail, "other")
-    cause = exc.__context__
-    if isinstance(cause, jwt.InvalidSignatureError):
-        return "bad_signature"
-    if isinstance(cause, jwt.InvalidAlgorithmError):
-        return "bad_algorithm"
-    return "malformed"
-
-
 REJECTED_CODES = frozenset({"rate_limited", "budget_exceeded"})
 """Error codes counted as ``rejection`` events."""
 
 
 def count_refusal(exc: Exception) -> None:
-    """Count an operation call's refusal: a 401 as a token rejection by reason, a rate-limit or
-    budget refusal by its error code; anything else is not a security event."""
-    code = getattr(exc, "code", None)
-    if code == "unauthorized":
-        COUNTS.add(TOKEN_REJECTION, token_reason(exc))
-    elif code in REJECTED_CODES:
-        COUNTS.add(REJECTION, code)
+    """Count an operation call's refusal: a 401 as a token rejection by its
+    :class:`~opsgate.security.errors.AuthFailure` reason, a rate-limit or budget refusal by its
+    error code; anything else is not a security event."""
+    if isinstance(exc, Unauthorized):
+        COUNTS.add(TOKEN_REJECTION, exc.reason)
+    elif isinstance(exc, OpsgateError) and exc.code in REJECTED_CODES:
+        COUNTS.add(REJECTION, exc.code)
 
 
 class CountFlusher:
