@@ -29,7 +29,7 @@ from opsgate import __version__
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.deps import BEARER, RuntimeDep
-from opsgate.errors import InvalidInput, NotFound, OpsgateError
+from opsgate.errors import HTTPError, InvalidInput, MethodNotAllowed, NotFound, NotReady, OpsgateError
 from opsgate.metering.views import router as budgets_router
 from opsgate.monitoring.prometheus import observe, observe_error
 from opsgate.security.counts import count_refusal
@@ -134,16 +134,10 @@ def _add_probes(app: FastAPI) -> None:
         try:
             current = await asyncio.to_thread(migrations_current, runtime.engine)
         except Exception:
-            return problem_response(_NotReady("The database is not reachable"), request.state.request_id)
+            return problem_response(NotReady("The database is not reachable"), request.state.request_id)
         if not current:
-            return problem_response(_NotReady("Database migrations are not current"), request.state.request_id)
+            return problem_response(NotReady("Database migrations are not current"), request.state.request_id)
         return json_response({"status": "ready"})
-
-
-class _NotReady(OpsgateError):
-    code = "not_ready"
-    status = 503
-    title = "Not ready"
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -162,20 +156,20 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        error = NotFound("No such route") if exc.status_code == 404 else _HTTPProblem(exc.status_code)
-        return problem_response(error, request_id(request))
+        return problem_response(_http_problem(exc.status_code), request_id(request))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return problem_response(exc, request_id(request))
 
 
-class _HTTPProblem(OpsgateError):
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.code = "method_not_allowed" if status == 405 else "http_error"
-        self.title = "Method not allowed" if status == 405 else "HTTP error"
-        super().__init__()
+def _http_problem(status: int) -> OpsgateError:
+    """The catalogue's error for a status the web framework raised (an unknown route or method)."""
+    if status == 404:
+        return NotFound("No such route")
+    if status == 405:
+        return MethodNotAllowed()
+    return HTTPError(status)
 
 
 def _openapi_for(op: Operation, components: dict[str, Any]) -> dict[str, Any]:

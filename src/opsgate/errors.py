@@ -1,9 +1,66 @@
-"""The root of every domain's exception hierarchy.
+"""The root of every domain's exception hierarchy, and the catalogue of every error.
 
-Each domain package (providers, routing, ledger, security, operations, ...) subclasses
-:class:`OpsgateError`. The API turns any of them into an RFC 9457 problem+json response with the
-class's stable ``code`` and HTTP ``status``; ``detail`` is the only free text a client sees, so it
-must never hold a key, a host, a provider's raw error body or a stack trace.
+Each domain package subclasses :class:`OpsgateError` in its own ``errors.py`` (nowhere else). The
+API turns any of them into an RFC 9457 problem+json response with the class's stable ``code`` and
+HTTP ``status``; ``detail`` is the only free text a client sees, so it must never hold a key, a
+host, a provider's raw error body or a stack trace. Anything that is not an OpsgateError becomes
+a bare 500 ``internal_error``. The tree (``tests/test_error_catalogue.py`` keeps it, and the
+table in docs/architecture.md, equal to the classes)::
+
+    class                             code                      status module
+    OpsgateError                      internal_error            500  errors
+    ├── HTTPError                     http_error                400  errors
+    ├── InvalidInput                  invalid_input             422  errors
+    ├── MethodNotAllowed              method_not_allowed        405  errors
+    ├── NotFound                      not_found                 404  errors
+    │   └── RolloutNotFound           not_found                 404  rollout.errors
+    ├── NotReady                      not_ready                 503  errors
+    ├── LedgerError                   ledger_error              500  ledger.errors
+    │   ├── AnchorError               ledger_anchor_failed      503  ledger.errors
+    │   ├── CheckpointError           ledger_checkpoint_invalid 500  ledger.errors
+    │   ├── LedgerRolledBack          ledger_error              500  ledger.errors
+    │   ├── LedgerUnavailable         audit_unavailable         503  ledger.errors
+    │   │   └── LedgerIOError         audit_unavailable         503  ledger.errors
+    │   └── ProofError                ledger_proof_invalid      422  ledger.errors
+    ├── BudgetExceeded                budget_exceeded           402  metering.errors
+    ├── BudgetUnavailable             budget_unavailable        503  metering.errors
+    ├── PriceTableError               price_table_invalid       500  metering.errors
+    ├── RateLimitExceeded             rate_limited              429  metering.errors
+    ├── UnknownModelPrice             unknown_model_price       500  metering.errors
+    ├── IncidentConflict              incident_conflict         409  monitoring.errors
+    ├── ProviderError                 provider_unavailable      503  providers.errors
+    │   ├── InvalidModelOutput        provider_bad_response     502  operations.errors
+    │   ├── AuthenticationFailed      provider_unavailable      503  providers.errors
+    │   ├── BillingFailed             provider_unavailable      503  providers.errors
+    │   ├── ConnectionFailed          provider_unavailable      503  providers.errors
+    │   ├── ContentFiltered           content_filtered          422  providers.errors
+    │   ├── EmptyAnswer               provider_bad_response     502  providers.errors
+    │   ├── InvalidRequest            provider_rejected         502  providers.errors
+    │   ├── MalformedResponse         provider_bad_response     502  providers.errors
+    │   ├── Overloaded                provider_unavailable      503  providers.errors
+    │   ├── ProviderTimeout           provider_unavailable      503  providers.errors
+    │   ├── RateLimited               provider_unavailable      503  providers.errors
+    │   ├── ServerError               provider_unavailable      503  providers.errors
+    │   ├── SpendCapReached           provider_unavailable      503  providers.errors
+    │   ├── AllProvidersFailed        provider_unavailable      503  routing.errors
+    │   ├── CircuitOpen               provider_unavailable      503  routing.errors
+    │   ├── DeadlineExceeded          provider_unavailable      503  routing.errors
+    │   └── ProviderNotConfigured     provider_unavailable      503  routing.errors
+    ├── InvalidPlan                   invalid_input             422  rollout.errors
+    ├── OperationDisabled             operation_disabled        403  rollout.errors
+    ├── RolloutConflict               rollout_conflict          409  rollout.errors
+    ├── BackupError                   backup_failed             500  security.errors
+    ├── DecryptionFailed              decryption_failed         500  security.errors
+    ├── Forbidden                     forbidden                 403  security.errors
+    │   └── CSRFFailed                csrf_failed               403  security.errors
+    ├── KeyRingError                  key_ring_error            500  security.errors
+    ├── SecretNotFound                secret_not_found          500  security.errors
+    ├── SecretUnavailable             secret_unavailable        503  security.errors
+    └── Unauthorized                  unauthorized              401  security.errors
+
+``HTTPError`` carries the status the web framework raised (400 is its default). A code names one
+status wherever it is used; several classes may share a code (the router tells provider failures
+apart by class, a client by code).
 """
 
 from __future__ import annotations
@@ -39,3 +96,32 @@ class NotFound(OpsgateError):
     code = "not_found"
     status = 404
     title = "Not found"
+
+
+class NotReady(OpsgateError):
+    """Readiness probe: the database is unreachable or its migrations are not current (503)."""
+
+    code = "not_ready"
+    status = 503
+    title = "Not ready"
+
+
+class MethodNotAllowed(OpsgateError):
+    """The route exists but not for this HTTP method (405, RFC 9110 §15.5.6)."""
+
+    code = "method_not_allowed"
+    status = 405
+    title = "Method not allowed"
+
+
+class HTTPError(OpsgateError):
+    """Any other status the web framework raised before a route ran; ``status`` is that status
+    (400 when built without one)."""
+
+    code = "http_error"
+    status = 400
+    title = "HTTP error"
+
+    def __init__(self, status: int = 400) -> None:
+        super().__init__()
+        self.status = status

@@ -10,13 +10,13 @@ import pytest
 
 from opsgate.ledger.checkpoint import (
     Checkpoint,
-    CheckpointError,
     Signer,
     Verifier,
     load_key_file,
     parse_checkpoint,
     write_key_file,
 )
+from opsgate.ledger.errors import CheckpointError
 
 VECTOR = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "checkpoint_note.json").read_text())
 

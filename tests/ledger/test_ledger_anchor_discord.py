@@ -14,8 +14,9 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from opsgate.clock import ManualClock
-from opsgate.ledger.anchors import AnchorError, DiscordAnchor, discord_references, publish
+from opsgate.ledger.anchors import DiscordAnchor, discord_references, publish
 from opsgate.ledger.checkpoint import Signer, generate_signer_key
+from opsgate.ledger.errors import AnchorError
 from opsgate.ledger.service import create_checkpoint
 from opsgate.ledger.verify import verify
 from opsgate.ledger.writer import Ledger

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from opsgate.ledger.checkpoint import Checkpoint, Signer, generate_signer_key
+from opsgate.ledger.errors import ProofError
 from opsgate.ledger.merkle import EMPTY_ROOT, CompactRange, leaf_hash, node_hash, root_of
 from opsgate.ledger.proofs import (
     ConsistencyProof,
     InclusionProof,
-    ProofError,
     consistency_proof,
     inclusion_proof,
     verify_consistency,

@@ -8,20 +8,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import gateway_settings
 from sqlalchemy import text
+from tests.conftest import gateway_settings
 
 from opsgate.app import create_app
 from opsgate.clock import ManualClock
 from opsgate.errors import OpsgateError
-from opsgate.localserver import serve_in_thread
 from opsgate.ledger.writer import Ledger
+from opsgate.localserver import serve_in_thread
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.cost import worst_case_micro_usd
 from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
-from opsgate.metering.errors import BudgetUnavailable
+from opsgate.metering.errors import BudgetUnavailable, PriceTableError
 from opsgate.metering.models import ANY
-from opsgate.metering.prices import PriceTable, PriceTableError
+from opsgate.metering.prices import PriceTable
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
 from opsgate.metering.service import MeteringService, require_prices, usage_unknown
 from opsgate.metering.worstcase import (

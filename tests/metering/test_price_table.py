@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from opsgate.errors import OpsgateError
-from opsgate.metering.prices import PriceTable, PriceTableError, UnknownModelPrice
+from opsgate.metering.errors import PriceTableError, UnknownModelPrice
+from opsgate.metering.prices import PriceTable
 
 VALID = """
 version = "test.1"

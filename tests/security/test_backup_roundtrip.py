@@ -10,13 +10,14 @@ import uuid
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import create_engine, select, text
+from tests.security.security_b_helpers import security_settings
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.writer import Ledger
-from opsgate.security.backup import MAGIC, BackupError, create, restore, verify_backup
+from opsgate.security.backup import MAGIC, create, restore, verify_backup
+from opsgate.security.errors import BackupError
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ledger_entries
-from tests.security.security_b_helpers import security_settings
 
 
 def _fill_ledger(url: str, n: int) -> None:

@@ -10,14 +10,15 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 from sqlalchemy import select
+from tests.security.security_b_helpers import cipher_for, migrated_engine, security_settings
 
 from opsgate.clock import ManualClock
-from opsgate.security.crypto import DecryptionFailed, key_id_of
-from opsgate.security.keyring import KeyRing, KeyRingError, master_key
+from opsgate.security.crypto import key_id_of
+from opsgate.security.errors import DecryptionFailed, KeyRingError
+from opsgate.security.keyring import KeyRing, master_key
 from opsgate.security.models import encryption_keys, users
 from opsgate.security.reencrypt import RETIRE_AFTER_S, keys_in_use, reencrypt, retire_unused
 from opsgate.security.users import add_user, find_by_email, get_email, set_email
-from tests.security.security_b_helpers import cipher_for, migrated_engine, security_settings
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from opsgate.clock import SystemClock
 from opsgate.ledger.writer import Ledger
+from opsgate.security.errors import SecretNotFound, SecretUnavailable
 from opsgate.security.secrets import EncryptedCache, SecretStore
 from opsgate.security.secrets_connect import ConnectClient, OpReference
-from opsgate.security.secrets_errors import SecretNotFound, SecretUnavailable
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ledger_entries
 

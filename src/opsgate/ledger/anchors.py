@@ -28,21 +28,13 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
-from opsgate.ledger.errors import LedgerError
+from opsgate.ledger.errors import AnchorError
 from opsgate.ledger.models import ledger_anchor_records, ledger_anchor_state, ledger_checkpoints
 from opsgate.ledger.verify import AnchoredNote
 
 MAX_PER_RUN = 100
 _FILE_RE = re.compile(r"(\d{20})\.checkpoint\Z")
 _FENCE = "```"
-
-
-class AnchorError(LedgerError):
-    """An anchor could not be written or read (I/O, HTTP, or a conflicting existing copy)."""
-
-    code = "ledger_anchor_failed"
-    status = 503
-    title = "Ledger anchor failed"
 
 
 class Anchor(Protocol):

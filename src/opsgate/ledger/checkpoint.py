@@ -28,20 +28,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from opsgate.keyfile import publish_new
-from opsgate.ledger.errors import LedgerError
+from opsgate.ledger.errors import CheckpointError
 from opsgate.ledger.merkle import HASH_SIZE
 
 ALG_ED25519 = 0x01
 EM_DASH = "\u2014"
 _NAME_RE = re.compile(r"[^\s+]+\Z")
 _SIZE_RE = re.compile(r"(0|[1-9][0-9]{0,19})\Z")
-
-
-class CheckpointError(LedgerError):
-    """A malformed key, checkpoint or note, or a signature that does not verify."""
-
-    code = "ledger_checkpoint_invalid"
-    title = "Invalid ledger checkpoint"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,9 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.anchors import DirectoryAnchor, DiscordAnchor, discord_references
 from opsgate.ledger.checkpoint import Verifier, write_key_file
-from opsgate.ledger.errors import LedgerError, LedgerRolledBack
+from opsgate.ledger.errors import LedgerError, LedgerRolledBack, ProofError
 from opsgate.ledger.guards import OWNER_ROLE, guard_postgres
 from opsgate.ledger.proofs import (
-    ProofError,
     consistency_proof,
     inclusion_proof,
     verify_consistency_against,

@@ -39,6 +39,29 @@ class LedgerIOError(LedgerUnavailable):
     title = "The audit ledger could not be read"
 
 
+class CheckpointError(LedgerError):
+    """A malformed key, checkpoint or note, or a signature that does not verify."""
+
+    code = "ledger_checkpoint_invalid"
+    title = "Invalid ledger checkpoint"
+
+
+class AnchorError(LedgerError):
+    """An anchor could not be written or read (I/O, HTTP, or a conflicting existing copy)."""
+
+    code = "ledger_anchor_failed"
+    status = 503
+    title = "Ledger anchor failed"
+
+
+class ProofError(LedgerError):
+    """A proof that does not verify, or one asked for with impossible sizes or indexes."""
+
+    code = "ledger_proof_invalid"
+    status = 422
+    title = "Invalid ledger proof"
+
+
 class LedgerRolledBack(LedgerError):
     """The log is behind an anchor: ``anchored_size`` entries were anchored, ``log_size`` remain."""
 

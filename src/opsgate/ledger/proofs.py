@@ -14,16 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from opsgate.ledger.checkpoint import Checkpoint, Verifier
-from opsgate.ledger.errors import LedgerError
+from opsgate.ledger.errors import ProofError
 from opsgate.ledger.merkle import HASH_SIZE, largest_power_of_two_below, node_hash, subtree_root
-
-
-class ProofError(LedgerError):
-    """A proof that does not verify, or one asked for with impossible sizes or indexes."""
-
-    code = "ledger_proof_invalid"
-    status = 422
-    title = "Invalid ledger proof"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,9 +50,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError
 
-from opsgate.ledger.checkpoint import Checkpoint, CheckpointError, Verifier, parse_checkpoint
+from opsgate.ledger.checkpoint import Checkpoint, Verifier, parse_checkpoint
 from opsgate.ledger.entry import CHAIN_DOMAIN, GENESIS_PREV_HASH, decode_body_fast
-from opsgate.ledger.errors import LedgerError, LedgerIOError
+from opsgate.ledger.errors import CheckpointError, LedgerError, LedgerIOError
 from opsgate.ledger.merkle import CompactRange
 from opsgate.ledger.models import ledger_checkpoints
 from opsgate.store.models import ledger_entries

@@ -34,3 +34,17 @@ class BudgetUnavailable(OpsgateError):
     code = "budget_unavailable"
     status = 503
     title = "Budget enforcement is unavailable"
+
+
+class PriceTableError(OpsgateError):
+    """The price table is malformed; ``detail`` names the model or provider and the field."""
+
+    code = "price_table_invalid"
+    title = "The price table is invalid"
+
+
+class UnknownModelPrice(OpsgateError):
+    """A model has no entry in the price table, so its cost cannot be metered."""
+
+    code = "unknown_model_price"
+    title = "No price is known for this model"

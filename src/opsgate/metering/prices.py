@@ -23,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from opsgate.errors import OpsgateError
+from opsgate.metering.errors import PriceTableError, UnknownModelPrice
 
 PRICE_FIELDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
 """The priced fields of every model, in USD per million tokens."""
@@ -31,20 +31,6 @@ PRICE_FIELDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read"
 MAX_USD_PER_MTOK = Decimal(1_000_000)
 """A price above this is more than $1 per token: almost surely a unit mistake (USD per token
 written where USD per million tokens was meant), so loading refuses it."""
-
-
-class PriceTableError(OpsgateError):
-    """The price table is malformed; ``detail`` names the model or provider and the field."""
-
-    code = "price_table_invalid"
-    title = "The price table is invalid"
-
-
-class UnknownModelPrice(OpsgateError):
-    """A model has no entry in the price table, so its cost cannot be metered."""
-
-    code = "unknown_model_price"
-    title = "No price is known for this model"
 
 
 @dataclass(frozen=True, slots=True)

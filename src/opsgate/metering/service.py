@@ -27,8 +27,8 @@ from opsgate.metering.enforcement import (
     EnforcementFailure,
     EnforcementHooks,
 )
-from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable
-from opsgate.metering.prices import PriceTable, PriceTableError
+from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable, PriceTableError
+from opsgate.metering.prices import PriceTable
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage, make_token_windows
 from opsgate.metering.reservations import (
     Reservation,
@@ -172,7 +172,7 @@ class MeteringService:
 
 def require_prices(prices: PriceTable, models: Iterable[str]) -> None:
     """Refuse to start when a routed model has no price (it could be neither reserved nor
-    metered). Raises :class:`~opsgate.metering.prices.PriceTableError` naming the models."""
+    metered). Raises :class:`~opsgate.metering.errors.PriceTableError` naming the models."""
     missing = sorted({m for m in models if m not in prices.prices})
     if missing:
         raise PriceTableError(f"routed model(s) without a price: {', '.join(missing)}")

@@ -25,9 +25,10 @@ from sqlalchemy import Engine, RowMapping, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
-from opsgate.errors import NotFound, OpsgateError
+from opsgate.errors import NotFound
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.writer import Ledger
+from opsgate.monitoring.errors import IncidentConflict
 from opsgate.monitoring.escalation import MAX_LEVEL, Contacts, new_targets, targets
 from opsgate.monitoring.models import alerts, incident_events, incidents, outbox
 from opsgate.monitoring.notifiers import Notification, Notifier
@@ -36,14 +37,6 @@ from opsgate.monitoring.rules import RESPONSE_TIME_S, Finding, Severity
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 MONITOR = "monitoring"
-
-
-class IncidentConflict(OpsgateError):
-    """The incident is not in a state that allows this change (409)."""
-
-    code = "incident_conflict"
-    status = 409
-    title = "Incident state conflict"
 
 
 class IncidentService:

@@ -43,6 +43,7 @@ from sqlalchemy.engine import make_url
 
 from opsgate.config import Settings
 from opsgate.ledger.verify import VerifyReport, verify
+from opsgate.security.errors import BackupError
 from opsgate.security.keyring import derived_key
 from opsgate.store.db import is_sqlite, make_engine, normalise_url
 
@@ -50,10 +51,6 @@ MAGIC = b"OPSGATEBK1"
 CHUNK = 1 << 20
 TAG = 16
 PREFIX_BYTES = 7
-
-
-class BackupError(Exception):
-    """A backup cannot be made, read or restored (bad key, tampered file, tool failure)."""
 
 
 @dataclass(frozen=True, slots=True)

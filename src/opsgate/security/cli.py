@@ -129,7 +129,8 @@ def keys_reencrypt(batch_size: int = typer.Option(500, min=1, help="Rows per tra
 @backup_app.command("create")
 def backup_create(path: Path = typer.Argument(..., help="Where to write the encrypted backup.")) -> None:
     """Back up the database (SQLite online backup or pg_dump), encrypted with AES-256-GCM."""
-    from opsgate.security.backup import BackupError, create
+    from opsgate.security.backup import create
+    from opsgate.security.errors import BackupError
 
     try:
         size = create(Settings(), path)
@@ -142,7 +143,8 @@ def backup_create(path: Path = typer.Argument(..., help="Where to write the encr
 def backup_verify(path: Path = typer.Argument(..., help="An encrypted backup.")) -> None:
     """Decrypt, restore into a scratch database and verify the ledger. Exit 1 when it fails."""
     from opsgate.ledger.verify import format_summary
-    from opsgate.security.backup import BackupError, verify_backup
+    from opsgate.security.backup import verify_backup
+    from opsgate.security.errors import BackupError
 
     try:
         found = verify_backup(Settings(), path)
@@ -162,7 +164,8 @@ def backup_restore(
     ``opsgate ledger accept-rollback``, and the worker's first ledger check raises the P1."""
     from opsgate.ledger.errors import LedgerRolledBack
     from opsgate.ledger.scheduled import anchors_for, check_not_rolled_back
-    from opsgate.security.backup import BackupError, restore
+    from opsgate.security.backup import restore
+    from opsgate.security.errors import BackupError
     from opsgate.store.db import make_engine
 
     settings = Settings()

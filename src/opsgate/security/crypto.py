@@ -22,20 +22,12 @@ import struct
 
 from cryptography.exceptions import InvalidTag
 
-from opsgate.errors import OpsgateError
-from opsgate.security.keyring import KeyRing, KeyRingError
+from opsgate.security.errors import DecryptionFailed, KeyRingError
+from opsgate.security.keyring import KeyRing
 
 FORMAT = 1
 HEADER = struct.Struct(">BI")
 NONCE_BYTES = 12
-
-
-class DecryptionFailed(OpsgateError):
-    """A stored ciphertext does not decrypt: wrong context, tampered, or an unknown format (500)."""
-
-    code = "decryption_failed"
-    status = 500
-    title = "Stored data could not be decrypted"
 
 
 class FieldCipher:

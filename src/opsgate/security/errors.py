@@ -1,4 +1,7 @@
-"""Security failures, mapped to 401 ``unauthorized`` and 403 ``forbidden``.
+"""The security domain's errors: authentication (401 ``unauthorized``), authorisation and CSRF
+(403), secrets (``secret_not_found``, ``secret_unavailable``), data at rest (``decryption_failed``,
+``key_ring_error``) and backups (``backup_failed``). Messages name settings, references and key
+ids, never a value.
 
 Every :class:`Unauthorized` carries an :class:`AuthFailure` ``reason``: the machine-readable cause
 that the security event counts (:mod:`opsgate.security.counts`) and tests read. ``detail`` is the
@@ -100,3 +103,53 @@ class Forbidden(OpsgateError):
     code = "forbidden"
     status = 403
     title = "Forbidden"
+
+
+class CSRFFailed(Forbidden):
+    """A state-changing browser request without a valid CSRF token (403)."""
+
+    code = "csrf_failed"
+    title = "CSRF check failed"
+
+
+class SecretNotFound(OpsgateError):
+    """The named environment variable is unset, or the 1Password reference resolves to nothing."""
+
+    code = "secret_not_found"
+    status = 500
+    title = "Secret not configured"
+
+
+class SecretUnavailable(OpsgateError):
+    """The secret store (1Password Connect) could not be reached or refused the request."""
+
+    code = "secret_unavailable"
+    status = 503
+    title = "Secret store unavailable"
+
+
+class DecryptionFailed(OpsgateError):
+    """A stored ciphertext does not decrypt: wrong context, tampered, or an unknown format (500)."""
+
+    code = "decryption_failed"
+    status = 500
+    title = "Stored data could not be decrypted"
+
+
+class KeyRingError(OpsgateError):
+    """The key ring cannot serve a request: unknown key id, a master key that is not 32 base64
+    bytes or does not unwrap the ring, retiring the current key (500). Messages name the setting
+    or the key id, never key material."""
+
+    code = "key_ring_error"
+    status = 500
+    title = "The key ring cannot serve this request"
+
+
+class BackupError(OpsgateError):
+    """A backup cannot be made, read or restored: another master key, a tampered or foreign file,
+    a failing ``pg_dump``/``pg_restore`` (500)."""
+
+    code = "backup_failed"
+    status = 500
+    title = "The backup could not be made, read or restored"

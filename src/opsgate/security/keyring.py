@@ -29,15 +29,12 @@ from sqlalchemy.exc import IntegrityError
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.keyfile import random_key_file
+from opsgate.security.errors import KeyRingError
 from opsgate.security.models import encryption_keys
 
 KEY_BYTES = 32
 INDEX_KEY_ID = 0
 RELOAD_S = 60.0
-
-
-class KeyRingError(Exception):
-    """The ring cannot serve a request: unknown key id, bad master key, retiring the current key."""
 
 
 def master_key(settings: Settings) -> bytes:

@@ -31,9 +31,9 @@ from pydantic import SecretStr
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
+from opsgate.security.errors import SecretNotFound
 from opsgate.security.sanitizer import hold_secret
 from opsgate.security.secrets_connect import ConnectClient, OpReference
-from opsgate.security.secrets_errors import SecretNotFound
 
 NONCE_BYTES = 12
 PROVIDER_KEYS = ("ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "GEMINI_API_KEY")

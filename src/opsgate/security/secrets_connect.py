@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from opsgate.security.secrets_errors import SecretNotFound, SecretUnavailable
+from opsgate.security.errors import SecretNotFound, SecretUnavailable
 
 
 @dataclass(frozen=True)

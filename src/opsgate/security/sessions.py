@@ -32,7 +32,7 @@ from starlette.responses import Response
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.security.auth import Principal
-from opsgate.security.errors import Forbidden
+from opsgate.security.errors import CSRFFailed
 from opsgate.security.keyring import derived_key
 from opsgate.security.refresh import RefreshTokens
 
@@ -46,13 +46,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-
-class CSRFFailed(Forbidden):
-    """A state-changing browser request without a valid CSRF token (403)."""
-
-    code = "csrf_failed"
-    title = "CSRF check failed"
 
 
 class SessionManager:
