@@ -17,6 +17,8 @@ from opsgate.localserver import serve_in_thread
 from opsgate.runtime import Runtime
 from opsgate.security.auth import TokenService
 
+pytest_plugins = ["opsgate.testing"]
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 

@@ -1,0 +1,84 @@
+"""Gateway.govern without a server: the pipeline's promises, shown in-process with the fakes of
+opsgate.testing (real SQLite database, real ledger writer, real metering, a fake provider)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from opsgate.metering.budgets import set_budget
+from opsgate.metering.cost import cost_micro_usd
+from opsgate.metering.errors import BudgetExceeded
+from opsgate.metering.models import ANY, budget_counters, budget_reservations
+from opsgate.metering.prices import PriceTable
+from opsgate.providers.base import CompletionRequest, Usage
+from opsgate.store.models import ai_operation_log
+from opsgate.testing import FAKE_MODEL, GovernedGateway
+from tests.conftest import EXAMPLES
+
+CLASSIFY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
+
+
+async def test_the_intent_is_durable_before_the_first_byte_goes_to_a_provider(
+    governed: GovernedGateway,
+) -> None:
+    set_budget(governed.engine, governed.clock, user_id=ANY, operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    seen: list[list[tuple[str, int]]] = []
+
+    def at_send(request: CompletionRequest) -> None:
+        # read on a connection of its own: only committed rows are visible here
+        entries = governed.entries()
+        with governed.engine.connect() as conn:
+            held = conn.execute(select(budget_reservations.c.request_id)).scalars().all()
+        seen.append([(kind, len(held)) for kind, _ in entries])
+
+    governed.provider.on_send = at_send
+    call = governed.call("email-classify", CLASSIFY)
+    outcome = await governed.gateway.govern(call)
+
+    assert seen == [[("intent", 1)]]  # the intent and its reservation, committed, nothing else
+    assert [kind for kind, _ in governed.entries(call.request_id)] == ["intent", "result"]
+    assert outcome.provider == "anthropic" and outcome.model == FAKE_MODEL
+
+
+async def test_a_402_leaves_no_intent_and_reaches_no_provider(governed: GovernedGateway) -> None:
+    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=1)
+    call = governed.call("email-classify", CLASSIFY)
+
+    with pytest.raises(BudgetExceeded) as refused:
+        await governed.gateway.govern(call)
+
+    assert refused.value.status == 402 and refused.value.code == "budget_exceeded"
+    assert governed.entries() == []
+    assert governed.provider.requests == []
+    with governed.engine.connect() as conn:
+        assert conn.execute(select(ai_operation_log)).all() == []
+        assert conn.execute(select(budget_reservations)).all() == []
+        assert conn.execute(select(budget_counters)).all() == []  # the refused hold rolled back
+
+
+async def test_a_repaired_call_pays_for_both_answers(governed: GovernedGateway) -> None:
+    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    governed.provider.script = [{"category": "not a category"}]  # then a schema-valid answer
+    call = governed.call("email-classify", CLASSIFY)
+
+    outcome = await governed.gateway.govern(call)
+
+    usage = governed.provider.usage
+    one_answer = cost_micro_usd(usage, PriceTable.load().price_for(FAKE_MODEL))
+    assert one_answer > 0
+    assert len(governed.provider.requests) == 2
+    first, repair = governed.provider.requests
+    assert repair.user.startswith(first.user) and "did not match the required JSON schema" in repair.user
+    assert outcome.usage == usage + usage == Usage(input_tokens=2_000, output_tokens=400)
+    assert outcome.cost_micro_usd == 2 * one_answer
+    [(_, result)] = [e for e in governed.entries(call.request_id) if e[0] == "result"]
+    assert (result["status"], result["cost_micro_usd"], result["input_tokens"]) == ("ok", 2 * one_answer, 2_000)
+    with governed.engine.connect() as conn:
+        logged = conn.execute(select(ai_operation_log.c.cost_micro_usd, ai_operation_log.c.output_tokens)).one()
+        spent = conn.execute(select(budget_counters.c.spent_micro_usd, budget_counters.c.reserved_micro_usd)).one()
+    assert tuple(logged) == (2 * one_answer, 400)
+    assert tuple(spent) == (2 * one_answer, 0)
