@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         default=None, description="Discord webhook URL receiving every checkpoint."
     )
 
-    # security (issue 6 part B): refresh tokens, identity provider, browser sessions, CORS, keys
+    # security: refresh tokens, identity provider, browser sessions, CORS, keys
     refresh_token_ttl_s: int = Field(default=30 * 86400, gt=0, description="Refresh token lifetime.")
     refresh_reuse_grace_s: float = Field(
         default=10.0, ge=0, description="A rotated refresh token reused within this is a concurrent "
@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Exact origins (scheme://host[:port]) allowed by CORS."
     )
 
-    # monitoring (issue 7): health window, alert rules, notification channels, worker
+    # monitoring: health window, alert rules, notification channels, worker
     health_window_s: int = Field(default=3600, gt=0, description="Default HealthMetrics window.")
     alert_min_requests: int = Field(
         default=20, ge=1, description="Requests a window needs before a rate/latency rule fires."
@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     admin_email_to: list[str] = Field(default_factory=list, description="Last escalation level.")
     admin_sms_to: list[str] = Field(default_factory=list, description="Last escalation level (SMS).")
 
-    # security (issue 6): redaction and secrets policy
+    # security: redaction and secrets policy
     redaction_key: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key (UTF-8 bytes) of the redaction correlation hashes; "
         "unset = a random key per process, so hashes correlate only within one process."

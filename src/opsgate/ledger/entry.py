@@ -19,8 +19,8 @@ Chain
     ``prev_hash`` is the previous entry's ``entry_hash`` and 32 zero bytes for ``seq`` 0. The domain
     prefix keeps chain hashes from ever colliding with other SHA-256 uses of the same bytes.
 
-Room for a Merkle tree (a later issue)
-    The stored body is also the RFC 9162 §2.1.1 leaf input: leaf index = ``seq``, leaf hash =
+Merkle tree
+    The stored body is also the RFC 9162 §2.1.1 leaf input (:mod:`opsgate.ledger.merkle`): leaf index = ``seq``, leaf hash =
     ``SHA-256(0x00 || body)``, interior node = ``SHA-256(0x01 || left || right)``. A C2SP
     ``tlog-checkpoint`` of tree size ``N`` then commits to entries ``0 .. N-1``, and its inclusion and
     consistency proofs need nothing beyond the bodies already stored. See docs/ledger.md.

@@ -1,1 +1,2 @@
-"""Authentication, authorisation and (later) secrets, redaction and at-rest encryption."""
+"""Authentication, authorisation, sessions, secrets, redaction, at-rest encryption and the
+security event counts."""
