@@ -133,3 +133,16 @@ async def test_stop_cancels_a_tick_stuck_on_a_receiver(env: Env) -> None:
     assert worker.leadership.held is False
     [row] = _rows(env, "discord")
     assert row["state"] == "sending"  # its claim expires and another worker takes it over
+
+
+async def test_escalation_carries_the_latest_figures_not_the_opening_ones(env: Env) -> None:
+    worker = env.worker()
+    for value in ("6000 ms", "9400 ms"):
+        worker.incidents.observe(Finding("p99_latency", {"operation": "calendar-time"}, True, Severity.P2, value,
+                                         f"p99 is {value}", "p99 slow", pages=False))
+    await worker.outbox.dispatch_once()
+    assert "p99 is 6000 ms" in env.http.bodies(DISCORD)[0]["content"]  # the trigger: figures at opening
+    env.clock.advance(15 * 60 + 1)  # P2 response time passed: escalated to PagerDuty and SMS
+    await worker.tick()
+    [page] = env.http.bodies(PAGERDUTY)
+    assert "p99 is 9400 ms" in str(page["payload"]) and "6000" not in str(page["payload"])

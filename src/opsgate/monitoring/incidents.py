@@ -225,8 +225,11 @@ class IncidentService:
     # internals ------------------------------------------------------------------------------
     def _maybe_raise(self, key: str, episode: int, f: Finding) -> str | None:
         row = self._by_key(key, episode)
-        if row is None or row["state"] == RESOLVED or f.severity is None or f.severity >= row["severity"]:
-            return None  # StrEnum order: "P1" < "P2" < "P3", lower is more urgent
+        if row is None or row["state"] == RESOLVED:
+            return None
+        if f.severity is None or f.severity >= row["severity"]:  # StrEnum order: lower is more urgent
+            self._refresh(row["id"], f)
+            return None
         now = self.clock.now()
         try:
             row = self._claim(row["id"], {OPEN, ACKNOWLEDGED}, {"severity": f.severity, "title": f.title[:255],
@@ -237,6 +240,13 @@ class IncidentService:
                      targets(f.severity, row["escalation_level"], row["pages"], self.contacts),
                      f"{row['id']}:severity:{f.severity}")
         return row["id"]
+
+    def _refresh(self, incident_id: str, f: Finding) -> None:
+        """Keep an unresolved incident's title and summary at the latest figures, so escalations
+        and repeats say what is true now, not what was true when it opened (no notification)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.state != RESOLVED)
+                         .values(title=f.title[:255], summary=f.summary))
 
     def _reached(self, row: Mapping[str, Any]) -> builtins.list[tuple[str, str]]:
         return targets(row["severity"], row["escalation_level"], row["pages"], self.contacts)
