@@ -321,6 +321,7 @@ def _settings(config: RehearsalConfig, tmp: Path, receiver: AlertReceiver) -> Se
         database_url=url, auto_migrate=True, sandbox=True, sandbox_faults="none",
         jwt_secret=secrets.token_urlsafe(32), jwt_secret_file=tmp / "jwt-secret",
         master_key_file=tmp / "master-key", worker_lock_file=tmp / "worker.lock",
+        ledger_signing_key_file=tmp / "ledger-signing.key",
         canary_eval_interval_s=NEVER_S,
         discord_webhook_url=receiver.base_url + DISCORD_PATH,
         pagerduty_url=receiver.base_url + PAGERDUTY_PATH, pagerduty_routing_key=secrets.token_hex(16),
