@@ -172,6 +172,19 @@ def _http_problem(status: int) -> OpsgateError:
     return HTTPError(status)
 
 
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}}
+_PRIVACY_SCHEMA = {
+    "type": "object",
+    "description": "What the minimise step did (docs/privacy.md): secrets masked and people "
+    "pseudonymised per kind, and pseudonyms in the answer that the call never handed out.",
+    "properties": {
+        "masked": _COUNTS,
+        "pseudonymised": _COUNTS,
+        "unresolved_pseudonyms": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
 def _openapi_for(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
     """Request and response schemas for one operation, with shared ``$defs`` hoisted to components."""
     ref = "#/components/schemas/{model}"
@@ -189,7 +202,11 @@ def _openapi_for(op: Operation, components: dict[str, Any]) -> dict[str, Any]:
                     "application/json": {
                         "schema": {
                             "type": "object",
-                            "properties": {"output": output_schema, "cost_micro_usd": {"type": "integer"}},
+                            "properties": {
+                                "output": output_schema,
+                                "cost_micro_usd": {"type": "integer"},
+                                "privacy": _PRIVACY_SCHEMA,
+                            },
                         }
                     }
                 },

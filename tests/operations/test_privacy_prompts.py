@@ -11,6 +11,7 @@ to the real recipients, and the model's pseudonyms come back as the real people.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import string
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import icalendar
+import jsonschema
 import jwt
 import phonenumbers
 import pytest
@@ -265,7 +267,10 @@ def sent_addresses(path: Path) -> set[str]:
     return found
 
 
-def test_invented_and_mangled_pseudonyms_are_kept_and_flagged(tmp_path: Path) -> None:
+def test_invented_and_mangled_pseudonyms_are_kept_and_flagged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     raw = ("From: \"Lee, Ann\" <ann.lee@example.com>\nTo: me@example.org\nSubject: call\n\n"
            "Call me on +44 20 7946 0958 or write to ann.lee@example.com.\nAnn\n")
     with recorded_gateway(tmp_path) as (gw, recorder):
@@ -274,7 +279,16 @@ def test_invented_and_mangled_pseudonyms_are_kept_and_flagged(tmp_path: Path) ->
             "<person1@example.com>, ask <phone-9>.")}
         resp = gw.post("email-respond", {"raw": raw})
         prompt = prompt_of(recorder.received[0]["body"])
+        spec = gw.client.get("/openapi.json").json()
+        database = b"".join(p.read_bytes() for p in tmp_path.glob("opsgate.db*"))
+    for original in ("ann.lee@example.com", "Lee, Ann", "7946 0958", "me@example.org"):
+        assert original.encode() not in database  # the mapping is never ledgered or stored
+        assert original not in caplog.text  # nor logged
+    assert "opsgate" in caplog.text  # the gateway did log (at DEBUG) through the capture
     assert resp.status_code == 200, resp.text
+    documented = spec["paths"]["/v1/operations/email-respond"]["post"]["responses"]["200"]
+    jsonschema.validate(resp.json()["privacy"],
+                        documented["content"]["application/json"]["schema"]["properties"]["privacy"])
     assert "<person1@example.invalid>" in prompt and "<phone-1>" in prompt
     assert "ann.lee" not in prompt and "7946" not in prompt
     doc = resp.json()
