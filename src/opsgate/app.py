@@ -97,15 +97,20 @@ def _operation_endpoint(op_id: str) -> Callable[..., Any]:
             token = bearer_token(request.headers.get("authorization"))
             outcome = await runtime.gateway.govern(Call(op_id, body, token, request_id))
         except Exception as exc:
-            code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
-            observe_error(op_id, code, (time.perf_counter() - started) * 1000)
+            code, status = (exc.code, exc.status) if isinstance(exc, OpsgateError) else ("internal_error", 500)
+            observe_error(op_id, code, status, (time.perf_counter() - started) * 1000, _variant(runtime, op_id))
             count_refusal(exc)
             raise
-        observe(outcome)
+        observe(outcome, _variant(runtime, op_id))
         return json_response(_outcome_body(outcome), headers={"X-Request-ID": request_id})
 
     endpoint.__name__ = "operation_" + op_id.replace("-", "_")
     return endpoint
+
+
+def _variant(runtime: Runtime, op_id: str) -> str:
+    snapshot = runtime.rollout.snapshot if runtime.rollout is not None else None
+    return snapshot.variant(op_id) if snapshot is not None else "stable"
 
 
 def _outcome_body(outcome: Outcome) -> dict[str, Any]:

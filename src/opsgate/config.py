@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     )
 
     # monitoring: health window, alert rules, notification channels, worker
+    metrics_token_file: Path | None = Field(
+        default=None,
+        description="File holding the bearer token GET /metrics accepts besides an operator JWT "
+        "(a scraper's credential that does not expire; `opsgate keys metrics-token` creates it).",
+    )
     health_window_s: int = Field(default=3600, gt=0, description="Default HealthMetrics window.")
     alert_min_requests: int = Field(
         default=20, ge=1, description="Requests a window needs before a rate/latency rule fires."

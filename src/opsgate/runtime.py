@@ -33,6 +33,7 @@ from opsgate.metering.prices import PriceTable
 from opsgate.metering.service import MeteringService, build_metering
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
+from opsgate.monitoring.prometheus import observe_attempt
 from opsgate.monitoring.providers import ProviderStatusSync
 from opsgate.security.counts import CountFlusher
 from opsgate.monitoring.worker import incident_service
@@ -144,7 +145,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     shared = open_services(stack, settings, clock, session)
     engine, ledger, rollout = shared.engine, shared.ledger, shared.rollout
     settings = await resolve_provider_keys(settings, ledger, clock, session)
-    router = Router(build_providers(settings, session), clock,
+    router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s)
     tokens = TokenService(settings, clock)
     policies, prices = policies_for(settings), PriceTable.load()

@@ -1,68 +1,207 @@
 """Prometheus metrics (prometheus-client; text exposition format 0.0.4) for ``GET /metrics``.
 
-Counted by the pipeline through :func:`observe` / :func:`observe_error` (one call per governed
-request): ``opsgate_requests_total{operation,provider,status}``,
-``opsgate_request_latency_seconds{operation}`` (histogram), ``opsgate_cost_micro_usd_total
-{operation,provider}``, ``opsgate_budget_rejections_total{operation}``,
-``opsgate_rate_limit_rejections_total{operation}``. Read at scrape time from the runtime:
-``opsgate_breaker_state{provider}`` (0 closed, 1 half-open, 2 open) and ``opsgate_ledger_entries``.
+Names follow the Prometheus naming conventions (https://prometheus.io/docs/practices/naming/):
+the unit in the name (``_seconds``, ``_micro_usd``, ``_ratio``), ``_total`` on counters, base units
+except money, which stays integer micro-USD as everywhere in opsgate. Labels never carry a user id.
+
+Counted in this process, one call per governed request or provider attempt:
+
+- ``opsgate_requests_total{operation,provider,model,status,code,variant}``: ``status`` is ``ok``,
+  ``error`` (opsgate or a provider failed: a 5xx answer) or ``refused`` (the caller was turned
+  down: a 4xx answer); ``code`` the stable error code (empty when ``ok``); ``provider``/``model``
+  what served an ``ok`` call (empty otherwise); ``variant`` ``canary`` while the operation's toggle
+  is rolled out to 1-99 % of users, else ``stable``;
+- ``opsgate_request_duration_seconds{operation,status,variant}``: end-to-end latency histogram,
+  buckets :data:`LATENCY_BUCKETS_S` (10 ms to 60 s, LLM calls);
+- ``opsgate_provider_requests_total{provider,model,outcome}`` and
+  ``opsgate_provider_request_duration_seconds{provider,model}``: every provider attempt of the router
+  (``outcome`` ``ok`` or the error kind, e.g. ``rate_limited``, ``circuit_open``);
+- ``opsgate_cost_micro_usd_total{operation,provider,model}``,
+  ``opsgate_tokens_total{operation,provider,model,type}`` (``type`` input or output).
+
+Read from the database at scrape time (the same for every replica; rules take ``max``):
+
+- ``opsgate_provider_available{provider}`` (1/0) and
+  ``opsgate_provider_unavailable_duration_seconds{provider}`` (0 when available), from
+  :func:`~opsgate.monitoring.providers.outages` over every live instance;
+- ``opsgate_ledger_hash_chain_intact`` (1/0, absent before the first ``opsgate ledger verify``) and
+  ``opsgate_ledger_last_verification_timestamp_seconds``;
+- ``opsgate_budget_enforcement_failures_total``: enforcement failures ever signalled;
+- ``opsgate_cost_discrepancy_ratio{provider}``: the latest invoice reconciliation's
+  Σ|difference| / Σ invoiced (0.01 = 1 %);
+- ``opsgate_incidents{state,severity}`` (open and acknowledged), ``opsgate_rollout_percentage
+  {operation}``, ``opsgate_budget_limit_micro_usd`` / ``opsgate_budget_spent_micro_usd`` /
+  ``opsgate_budget_reserved_micro_usd{budget,period,operation}`` (``budget`` is the budget's id);
+- ``opsgate_ledger_entries`` and this instance's ``opsgate_breaker_state{provider}`` (0 closed,
+  1 half-open, 2 open).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import Engine, func, select
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy import Connection, Engine, func, select
 
+from opsgate.metering.budgets import budget_statuses
+from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY, latest_discrepancies
+from opsgate.monitoring.models import incidents, signals
+from opsgate.monitoring.providers import outages
+from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.routing.router import Router
 from opsgate.store.models import ledger_entries
 
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+"""Histogram buckets (seconds) for LLM calls: 10 ms (a refusal) to 60 s (a long generation);
+5 s is a bucket edge because the seed's P99 alert threshold is 5 s."""
+
 REGISTRY = CollectorRegistry(auto_describe=True)
-REQUESTS = Counter("opsgate_requests", "Governed requests", ["operation", "provider", "status"], registry=REGISTRY)
-LATENCY = Histogram("opsgate_request_latency_seconds", "End-to-end latency", ["operation"], registry=REGISTRY,
-                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-COST = Counter("opsgate_cost_micro_usd", "Metered cost (micro-USD)", ["operation", "provider"], registry=REGISTRY)
-BUDGET_REJECTIONS = Counter("opsgate_budget_rejections", "Refused: budget_exceeded", ["operation"], registry=REGISTRY)
-RATE_LIMIT_REJECTIONS = Counter("opsgate_rate_limit_rejections", "Refused: rate_limited", ["operation"],
-                                registry=REGISTRY)
+REQUESTS = Counter("opsgate_requests", "Governed requests by outcome",
+                   ["operation", "provider", "model", "status", "code", "variant"], registry=REGISTRY)
+DURATION = Histogram("opsgate_request_duration_seconds", "End-to-end latency of governed requests",
+                     ["operation", "status", "variant"], registry=REGISTRY, buckets=LATENCY_BUCKETS_S)
+PROVIDER_REQUESTS = Counter("opsgate_provider_requests", "Provider attempts by outcome",
+                            ["provider", "model", "outcome"], registry=REGISTRY)
+PROVIDER_DURATION = Histogram("opsgate_provider_request_duration_seconds", "Latency of provider attempts",
+                              ["provider", "model"], registry=REGISTRY, buckets=LATENCY_BUCKETS_S)
+COST = Counter("opsgate_cost_micro_usd", "Metered cost (micro-USD)", ["operation", "provider", "model"],
+               registry=REGISTRY)
+TOKENS = Counter("opsgate_tokens", "Tokens billed", ["operation", "provider", "model", "type"], registry=REGISTRY)
 BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+SKIPPED = frozenset({"circuit_open", "not_configured", "deadline_exceeded"})
+"""Attempt kinds of targets the router skipped without calling the provider (no duration)."""
 
 
-def observe(outcome: Any) -> None:
-    """Count a successful :class:`opsgate.pipeline.Outcome` (operation, provider, cost, latency)."""
-    REQUESTS.labels(outcome.operation, outcome.provider, "ok").inc()
-    LATENCY.labels(outcome.operation).observe(outcome.latency_ms / 1000)
-    COST.labels(outcome.operation, outcome.provider).inc(outcome.cost_micro_usd)
+def observe(outcome: Any, variant: str) -> None:
+    """Count a successful :class:`opsgate.pipeline.Outcome` (provider, model, cost, tokens, latency)."""
+    op, provider, model = outcome.operation, outcome.provider, outcome.model
+    REQUESTS.labels(op, provider, model, "ok", "", variant).inc()
+    DURATION.labels(op, "ok", variant).observe(outcome.latency_ms / 1000)
+    COST.labels(op, provider, model).inc(outcome.cost_micro_usd)
+    usage = outcome.usage
+    TOKENS.labels(op, provider, model, "input").inc(
+        usage.input_tokens + usage.cache_write_tokens + usage.cache_write_1h_tokens + usage.cache_read_tokens)
+    TOKENS.labels(op, provider, model, "output").inc(usage.output_tokens)
 
 
-def observe_error(operation: str, code: str, latency_ms: float) -> None:
-    """Count a refused or failed request by its stable error ``code``."""
-    REQUESTS.labels(operation, "", code).inc()
-    LATENCY.labels(operation).observe(latency_ms / 1000)
-    if code == "budget_exceeded":
-        BUDGET_REJECTIONS.labels(operation).inc()
-    elif code == "rate_limited":
-        RATE_LIMIT_REJECTIONS.labels(operation).inc()
+def observe_error(operation: str, code: str, http_status: int, latency_ms: float, variant: str) -> None:
+    """Count a refused (4xx) or failed (5xx) request by its stable error ``code``."""
+    status = "refused" if http_status < 500 else "error"
+    REQUESTS.labels(operation, "", "", status, code, variant).inc()
+    DURATION.labels(operation, status, variant).observe(latency_ms / 1000)
 
 
-def exposition(router: Router, engine: Engine) -> bytes:
-    """The registry plus ``router``'s breaker states and the ledger size in ``engine``, read now."""
-    breaker = GaugeMetricFamily("opsgate_breaker_state", "0 closed, 1 half-open, 2 open", labels=["provider"])
-    for snap in router.snapshot():
-        breaker.add_metric([snap.provider], BREAKER_VALUE[snap.state.value])
+def observe_attempt(attempt: Any) -> None:
+    """Count one :class:`opsgate.routing.router.Attempt` (skips count, without a duration)."""
+    PROVIDER_REQUESTS.labels(attempt.provider, attempt.model, attempt.outcome_kind).inc()
+    if attempt.outcome_kind not in SKIPPED:
+        PROVIDER_DURATION.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
+
+
+def exposition(router: Router, engine: Engine, now: datetime, toggles: ToggleSnapshot | None) -> bytes:
+    """This process's registry plus the families read now from ``router`` (breakers), ``engine``
+    (the database's figures at ``now``) and ``toggles`` (rollout percentages)."""
     with engine.connect() as conn:
-        size = conn.execute(select(func.count()).select_from(ledger_entries)).scalar() or 0
-    ledger = GaugeMetricFamily("opsgate_ledger_entries", "Entries in the ledger", value=size)
+        families = [*_provider_families(conn, now, router), *_ledger_families(conn),
+                    *_alerting_families(conn)]
+    families += _rollout_families(toggles) + _budget_families(engine, now)
     extra = CollectorRegistry()
-    extra.register(_Fixed([breaker, ledger]))
+    extra.register(_Fixed(families))
     return generate_latest(REGISTRY) + generate_latest(extra)
 
 
-class _Fixed:
-    def __init__(self, families: list[GaugeMetricFamily]) -> None:
-        self.families = families
+def _provider_families(conn: Connection, now: datetime, router: Router) -> list[Metric]:
+    breaker = GaugeMetricFamily("opsgate_breaker_state", "0 closed, 1 half-open, 2 open (this instance)",
+                                labels=["provider"])
+    available = GaugeMetricFamily("opsgate_provider_available",
+                                  "1 when no live instance reports the provider's circuit open or half-open",
+                                  labels=["provider"])
+    down_for = GaugeMetricFamily("opsgate_provider_unavailable_duration_seconds",
+                                 "How long the provider has been unavailable (0 when available)",
+                                 labels=["provider"])
+    out = outages(conn, now)
+    snapshot = router.snapshot()
+    names = {s.provider for s in snapshot} | set(out)
+    for snap in snapshot:
+        breaker.add_metric([snap.provider], BREAKER_VALUE[snap.state.value])
+    for name in sorted(names):
+        since = out.get(name)
+        available.add_metric([name], 0 if since else 1)
+        down_for.add_metric([name], (now - since).total_seconds() if since else 0)
+    return [breaker, available, down_for]
 
-    def collect(self) -> list[GaugeMetricFamily]:
+
+def _ledger_families(conn: Connection) -> list[Metric]:
+    size = conn.execute(select(func.count()).select_from(ledger_entries)).scalar() or 0
+    found = [GaugeMetricFamily("opsgate_ledger_entries", "Entries in the ledger", value=size)]
+    latest = conn.execute(select(signals.c.ok, signals.c.at).where(signals.c.kind == LEDGER_VERIFY)
+                          .order_by(signals.c.id.desc()).limit(1)).first()
+    if latest is not None:
+        found.append(GaugeMetricFamily("opsgate_ledger_hash_chain_intact",
+                                       "1 when the latest ledger verification passed, 0 when it failed",
+                                       value=1 if latest.ok else 0))
+        found.append(GaugeMetricFamily("opsgate_ledger_last_verification_timestamp_seconds",
+                                       "When the latest ledger verification ran (Unix time)",
+                                       value=_utc_timestamp(latest.at)))
+    return found
+
+
+def _alerting_families(conn: Connection) -> list[Metric]:
+    failures = conn.execute(select(func.count()).select_from(signals).where(
+        signals.c.kind == ENFORCEMENT_FAILURE, signals.c.ok.is_(False))).scalar() or 0
+    enforcement = CounterMetricFamily("opsgate_budget_enforcement_failures",
+                                      "Budget enforcement failures signalled by metering", value=failures)
+    discrepancy = GaugeMetricFamily("opsgate_cost_discrepancy_ratio",
+                                    "Latest invoice reconciliation: sum |difference| / sum invoiced",
+                                    labels=["provider"])
+    for provider, pct in sorted(latest_discrepancies(conn).items()):
+        discrepancy.add_metric([provider], float(pct / 100))
+    open_incidents = GaugeMetricFamily("opsgate_incidents", "Incidents not yet resolved",
+                                       labels=["state", "severity"])
+    i = incidents.c
+    for state, severity, count in conn.execute(
+        select(i.state, i.severity, func.count()).where(i.state != "resolved")
+        .group_by(i.state, i.severity).order_by(i.state, i.severity)
+    ):
+        open_incidents.add_metric([state, severity], count)
+    return [enforcement, discrepancy, open_incidents]
+
+
+def _rollout_families(toggles: ToggleSnapshot | None) -> list[Metric]:
+    gauge = GaugeMetricFamily("opsgate_rollout_percentage",
+                              "Share of users the operation's toggle admits (0 when disabled or killed)",
+                              labels=["operation"])
+    for op, toggle in sorted((toggles.toggles() if toggles is not None else {}).items()):
+        live = toggle.enabled and not toggle.kill_switch
+        gauge.add_metric([op], toggle.rollout_percentage if live else 0)
+    return [gauge]
+
+
+def _budget_families(engine: Engine, now: datetime) -> list[Metric]:
+    labels = ["budget", "period", "operation"]
+    limit = GaugeMetricFamily("opsgate_budget_limit_micro_usd", "Budget limit per period", labels=labels)
+    spent = GaugeMetricFamily("opsgate_budget_spent_micro_usd", "Spent in the current period", labels=labels)
+    reserved = GaugeMetricFamily("opsgate_budget_reserved_micro_usd", "Reserved by calls in flight",
+                                 labels=labels)
+    for status in budget_statuses(engine, now):
+        b = status.budget
+        key = [str(b.id), b.period, b.operation]
+        limit.add_metric(key, b.limit_micro_usd)
+        spent.add_metric(key, status.spent_micro_usd)
+        reserved.add_metric(key, status.reserved_micro_usd)
+    return [limit, spent, reserved]
+
+
+def _utc_timestamp(at: datetime) -> float:
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+class _Fixed:
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> list[Metric]:
         return self.families

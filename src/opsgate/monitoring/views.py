@@ -1,7 +1,8 @@
 """HTTP API of monitoring (operator or admin; errors are RFC 9457 problems):
 
   ``GET /v1/health?window=<seconds>&operation=<id>``  the seed's HealthMetrics
-  ``GET /metrics``                                     Prometheus exposition (text/plain 0.0.4)
+  ``GET /metrics``                                     Prometheus exposition (text/plain 0.0.4); an
+                                                      operator JWT or the scrape token (:mod:`~opsgate.security.metrics_token`)
   ``GET /v1/incidents?state=open``                     incidents, newest first
   ``GET /v1/incidents/{id}``                           one incident with timeline and notifications
   ``POST /v1/incidents/{id}/ack``                      acknowledge (stops escalation)
@@ -13,16 +14,17 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsgate.deps import IncidentsDep, OperatorDep, RuntimeDep, body_doc, json_body
+from opsgate.deps import IncidentsDep, OperatorDep, RuntimeDep, body_doc, get_principal, json_body
 from opsgate.errors import InvalidInput
 from opsgate.monitoring.health import compute_health
 from opsgate.monitoring.prometheus import exposition
 from opsgate.responses import json_response
+from opsgate.security import metrics_token, rbac
 
 router = APIRouter(tags=["monitoring"])
 MAX_WINDOW_S = 31 * 86400
@@ -45,9 +47,16 @@ async def health(_operator: OperatorDep, rt: RuntimeDep, window: int | None = No
     return json_response(metrics.model_dump())
 
 
-@router.get("/metrics", summary="Prometheus metrics")
-async def metrics(_operator: OperatorDep, rt: RuntimeDep) -> Response:
-    body = await asyncio.to_thread(exposition, rt.gateway.router, rt.engine)
+def scraper(request: Request, runtime: RuntimeDep) -> None:
+    """``GET /metrics``'s caller: the scrape token of ``OPSGATE_METRICS_TOKEN_FILE`` (compared in
+    constant time), else an operator's JWT (401 / 403 as :data:`OperatorDep`)."""
+    if not metrics_token.accepts(runtime.settings.metrics_token_file, request.headers.get("authorization")):
+        rbac.require_role(get_principal(request, runtime, None), "operator")
+
+
+@router.get("/metrics", summary="Prometheus metrics (an operator JWT or the scrape token)")
+async def metrics(_scraper: Annotated[None, Security(scraper, scopes=["operator"])], rt: RuntimeDep) -> Response:
+    body = await asyncio.to_thread(exposition, rt.gateway.router, rt.engine, rt.clock.now(), rt.rollout.snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -125,6 +125,12 @@ class ToggleSnapshot:
             raise OperationDisabled(verdict.explain(), verdict.reason)
         return verdict
 
+    def variant(self, operation: str) -> str:
+        """``canary`` while ``operation``'s toggle admits 1-99 % of users, else ``stable``: the
+        ``variant`` label of opsgate's Prometheus metrics. Reads the current snapshot, no refresh."""
+        toggle = self._state.toggles.get(operation)
+        return "canary" if toggle is not None and 0 < toggle.rollout_percentage < 100 else "stable"
+
     def toggles(self) -> dict[str, Toggle]:
         """The current toggles by operation (refreshing first if due)."""
         if self._clock.monotonic() >= self._next_poll:

@@ -84,7 +84,8 @@ class Router:
     ``clock`` times attempts, deadlines and breakers; ``sleep`` waits between retries (inject a
     fake in tests); ``rand`` drives backoff jitter; ``failure_threshold`` and ``cooldown_s``
     configure each provider's breaker (settings ``breaker_failure_threshold`` and
-    ``breaker_cooldown_s``).
+    ``breaker_cooldown_s``); ``observer`` (optional) sees every :class:`Attempt` as it is recorded
+    (the Prometheus provider counters).
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class Router:
         failure_threshold: int = 5,
         cooldown_s: float = 30.0,
         rand: Callable[[], float] = random.random,
+        observer: Callable[[Attempt], None] | None = None,
     ) -> None:
         self._providers = dict(providers)
+        self._observer = observer
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
@@ -248,9 +251,10 @@ class Router:
         waited: float,
     ) -> None:
         latency_ms = (self._clock.monotonic() - started) * 1000
-        call.attempts.append(
-            Attempt(target.provider, target.model, kind, status, latency_ms, waited)
-        )
+        attempt = Attempt(target.provider, target.model, kind, status, latency_ms, waited)
+        call.attempts.append(attempt)
+        if self._observer is not None:
+            self._observer(attempt)
 
 
 def _falls_back(error: ProviderError, policy: RoutePolicy) -> bool:

@@ -5,6 +5,7 @@
 ``opsgate keys rotate``      add a data key version (the current one from now on)
 ``opsgate keys reencrypt``   move every encrypted value to the current key (progress bar), then
                              retire the keys no row uses
+``opsgate keys metrics-token [--rotate]``  the /metrics scrape token file (mode 0600)
 ``opsgate backup create PATH | verify PATH | restore PATH [--target URL]``
 
 Exit codes: 0 done, 1 a check failed (verify), 2 usage or I/O errors.
@@ -28,7 +29,8 @@ from opsgate.security.service import SecurityServices, build_security
 from opsgate.store.db import open_database
 
 users_app = typer.Typer(help="Manage users, roles, passwords and email addresses.", no_args_is_help=True)
-keys_app = typer.Typer(help="Field encryption keys: status, rotation, re-encryption.", no_args_is_help=True)
+keys_app = typer.Typer(help="Field encryption keys: status, rotation, re-encryption; the /metrics scrape token.",
+                        no_args_is_help=True)
 backup_app = typer.Typer(help="Encrypted backups: create, verify, restore.", no_args_is_help=True)
 out, err = Console(), Console(stderr=True)
 
@@ -124,6 +126,28 @@ def keys_reencrypt(batch_size: int = typer.Option(500, min=1, help="Rows per tra
         moved = reencrypt(engine, cipher, ring, batch_size=batch_size, progress=progress)
     retired = retire_unused(engine, ring)
     out.print(f"moved {moved} values; retired keys: {', '.join(map(str, retired)) or 'none'}")
+
+
+@keys_app.command("metrics-token")
+def keys_metrics_token(
+    rotate: bool = typer.Option(False, "--rotate", help="Replace an existing token (scrapers must re-read it)."),
+) -> None:
+    """Create the /metrics scrape token file (mode 0600) at OPSGATE_METRICS_TOKEN_FILE
+    (default .opsgate/metrics-token). The token itself is never printed."""
+    from opsgate.security import metrics_token
+
+    configured = Settings().metrics_token_file
+    path = configured or metrics_token.DEFAULT_PATH
+    try:
+        created = metrics_token.create(path, rotate=rotate)
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror}")
+    if not created:
+        out.print(f"kept the existing token in {path} (--rotate replaces it)")
+    else:
+        out.print(f"{'rotated' if rotate else 'created'} the scrape token in {path} (mode 0600)")
+    if configured is None:
+        out.print(f"set OPSGATE_METRICS_TOKEN_FILE={path.resolve()} for opsgate serve")
 
 
 @backup_app.command("create")

@@ -1,0 +1,171 @@
+"""GET /metrics: the scrape token (outlives a JWT, accepted nowhere else), the exposition's names,
+labels and buckets, and the HealthMetrics figures it carries for alert rules."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert
+from typer.testing import CliRunner
+
+from opsgate.app import create_app
+from opsgate.cli import app as cli
+from opsgate.clock import ManualClock
+from opsgate.localserver import serve_in_thread
+from opsgate.metering.models import cost_reconciliations
+from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY
+from opsgate.monitoring.hooks import record_signal
+from opsgate.monitoring.models import provider_status
+from opsgate.monitoring.prometheus import LATENCY_BUCKETS_S
+from opsgate.runtime import Runtime
+from opsgate.security import metrics_token
+from tests.conftest import EXAMPLES, gateway_settings
+
+
+@dataclass
+class Scraped:
+    runtime: Runtime
+    client: httpx.Client
+    clock: ManualClock
+    token: str
+
+    def metrics(self, credential: str) -> httpx.Response:
+        return self.client.get("/metrics", headers={"Authorization": f"Bearer {credential}"})
+
+    def samples(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        response = self.metrics(self.token)
+        assert response.status_code == 200
+        found: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                found.setdefault(sample.name, []).append((sample.labels, sample.value))
+        return found
+
+
+@pytest.fixture
+def scraped(tmp_path: Path) -> Iterator[Scraped]:
+    token_file = tmp_path / "secrets" / "metrics-token"
+    assert metrics_token.create(token_file)
+    clock = ManualClock()
+    app = create_app(gateway_settings(tmp_path, metrics_token_file=token_file), clock)
+    server = serve_in_thread(app)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            yield Scraped(app.state.runtime, client, clock, token_file.read_text().strip())
+    finally:
+        server.stop()
+
+
+def test_metrics_scrape_token_is_still_accepted_after_the_jwt_lifetime(scraped: Scraped) -> None:
+    operator_jwt = scraped.runtime.tokens.issue("ops", "operator")
+    assert scraped.metrics(operator_jwt).status_code == 200
+    assert scraped.metrics(scraped.token).status_code == 200
+    scraped.clock.advance(scraped.runtime.settings.access_token_ttl_s + 1)
+    assert scraped.metrics(operator_jwt).status_code == 401
+    later = scraped.metrics(scraped.token)
+    assert later.status_code == 200
+    assert "opsgate_ledger_entries" in later.text
+
+
+def test_metrics_scrape_token_is_accepted_by_metrics_only(scraped: Scraped) -> None:
+    bearer = {"Authorization": f"Bearer {scraped.token}"}
+    for method, path in [("GET", "/v1/health"), ("GET", "/v1/incidents"), ("GET", "/v1/admin/toggles"),
+                         ("GET", "/v1/admin/budgets"), ("POST", "/v1/operations/email-classify")]:
+        answer = scraped.client.request(method, path, headers=bearer, json={"raw": "x"})
+        assert answer.status_code == 401, path
+        assert scraped.token not in answer.text
+    for wrong in [scraped.token[:-1], scraped.token + "x", scraped.token.upper(), "x"]:
+        assert scraped.metrics(wrong).status_code == 401
+    assert scraped.client.get("/metrics").status_code == 401
+    user_jwt = scraped.runtime.tokens.issue("alice", "user")
+    assert scraped.metrics(user_jwt).status_code == 403
+
+
+def test_metrics_follow_prometheus_naming_with_operation_labels(scraped: Scraped) -> None:
+    user = scraped.runtime.tokens.issue("alice", "user")
+    raw = (EXAMPLES / "email-classify.eml").read_text()
+    ok = scraped.client.post("/v1/operations/email-classify", json={"raw": raw},
+                             headers={"Authorization": f"Bearer {user}"})
+    assert ok.status_code == 200, ok.text
+    refused = scraped.client.post("/v1/operations/email-classify", json={"nope": 1},
+                                  headers={"Authorization": f"Bearer {user}"})
+    assert refused.status_code == 422
+    samples = scraped.samples()
+    served = ok.json()
+    requests = {(s["status"], s["code"]): (s, v) for s, v in samples["opsgate_requests_total"]
+                if s["operation"] == "email-classify"}
+    ok_labels, ok_count = requests[("ok", "")]
+    assert ok_count == 1.0
+    assert (ok_labels["provider"], ok_labels["model"], ok_labels["variant"]) == (
+        served["provider"], served["model"], "stable")
+    assert requests[("refused", "invalid_input")][1] == 1.0
+    buckets = [float(s["le"]) for s, _ in samples["opsgate_request_duration_seconds_bucket"]
+               if s["operation"] == "email-classify" and s["status"] == "ok"]
+    assert buckets == [*LATENCY_BUCKETS_S, float("inf")]
+    assert (buckets[0], buckets[-2]) == (0.01, 60)
+    cost = {s["model"]: v for s, v in samples["opsgate_cost_micro_usd_total"]}
+    assert cost[served["model"]] == served["cost_micro_usd"]
+    tokens = {s["type"]: v for s, v in samples["opsgate_tokens_total"] if s["operation"] == "email-classify"}
+    assert tokens["output"] == served["usage"]["output_tokens"]
+    attempts = {(s["provider"], s["outcome"]): v for s, v in samples["opsgate_provider_requests_total"]}
+    assert attempts[(served["provider"], "ok")] >= 1
+    every_label_value = {v for series in samples.values() for labels, _ in series for v in labels.values()}
+    assert "alice" not in every_label_value
+    text = scraped.metrics(scraped.token).text
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE"))
+    assert {n for n, t in types.items() if t == "counter"} >= {
+        "opsgate_requests_total", "opsgate_provider_requests_total", "opsgate_cost_micro_usd_total",
+        "opsgate_tokens_total", "opsgate_budget_enforcement_failures_total"}
+    assert all(n.endswith("_total") for n, t in types.items() if t == "counter")
+    assert all(n.endswith("_seconds") for n, t in types.items() if t == "histogram")
+
+
+def test_metrics_carry_the_health_figures_rules_need(scraped: Scraped) -> None:
+    rt, clock = scraped.runtime, scraped.clock
+    assert "opsgate_ledger_hash_chain_intact" not in scraped.samples()  # no verification yet
+    record_signal(rt.engine, clock, LEDGER_VERIFY, "ledger", ok=False, detail="entry 7: hash mismatch")
+    record_signal(rt.engine, clock, ENFORCEMENT_FAILURE, "email-compose", ok=False, detail="counter lost")
+    with rt.engine.begin() as conn:
+        conn.execute(insert(cost_reconciliations).values(
+            run_id="r1", provider="deepseek", invoice_name="inv.csv", day=clock.now().date(),
+            model="deepseek-chat", tracked_micro_usd=985_000, invoiced_micro_usd=1_000_000,
+            difference_micro_usd=15_000, accuracy_pct="98.50", created_at=clock.now()))
+        conn.execute(insert(provider_status).values(
+            instance="other-replica", provider="gemini", state="open",
+            unavailable_since=clock.now() - timedelta(minutes=40), updated_at=clock.now()))
+    samples = scraped.samples()
+    value = {name: {tuple(sorted(labels.items())): v for labels, v in series} for name, series in samples.items()}
+    assert value["opsgate_ledger_hash_chain_intact"][()] == 0
+    assert value["opsgate_ledger_last_verification_timestamp_seconds"][()] == clock.now().timestamp()
+    assert value["opsgate_budget_enforcement_failures_total"][()] == 1
+    assert value["opsgate_cost_discrepancy_ratio"][(("provider", "deepseek"),)] == 0.015
+    assert value["opsgate_provider_available"][(("provider", "gemini"),)] == 0
+    assert value["opsgate_provider_available"][(("provider", "anthropic"),)] == 1
+    assert value["opsgate_provider_unavailable_duration_seconds"][(("provider", "gemini"),)] == 2400
+    assert value["opsgate_rollout_percentage"][(("operation", "email-classify"),)] == 100
+
+
+def test_metrics_token_command_creates_a_private_file_and_rotates_it(tmp_path: Path) -> None:
+    path = tmp_path / "metrics-token"
+    env = {"OPSGATE_METRICS_TOKEN_FILE": str(path)}
+    runner = CliRunner()
+    first = runner.invoke(cli, ["keys", "metrics-token"], env=env)
+    assert first.exit_code == 0, first.output
+    token = path.read_text().strip()
+    assert len(token) >= 43 and token not in first.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = runner.invoke(cli, ["keys", "metrics-token"], env=env)
+    assert again.exit_code == 0 and "kept" in again.output
+    assert path.read_text().strip() == token
+    rotated = runner.invoke(cli, ["keys", "metrics-token", "--rotate"], env=env)
+    assert rotated.exit_code == 0, rotated.output
+    assert path.read_text().strip() != token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics-token"]
