@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from opsgate import __version__
+from opsgate import __version__, tracing
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.deps import BEARER, RuntimeDep
@@ -93,16 +93,18 @@ def _operation_endpoint(op_id: str) -> Callable[..., Any]:
         request_id = request.state.request_id = uuid.uuid4().hex
         body = await request.body()
         started = time.perf_counter()
-        try:
-            token = bearer_token(request.headers.get("authorization"))
-            outcome = await runtime.gateway.govern(Call(op_id, body, token, request_id))
-        except Exception as exc:
-            code, status = (exc.code, exc.status) if isinstance(exc, OpsgateError) else ("internal_error", 500)
-            observe_error(op_id, code, status, (time.perf_counter() - started) * 1000, _variant(runtime, op_id))
-            count_refusal(exc)
-            raise
-        observe(outcome, _variant(runtime, op_id))
-        return json_response(_outcome_body(outcome), headers={"X-Request-ID": request_id})
+        with tracing.request_span(op_id, request_id, request.headers):
+            try:
+                token = bearer_token(request.headers.get("authorization"))
+                outcome = await runtime.gateway.govern(Call(op_id, body, token, request_id))
+            except Exception as exc:
+                code, status = (exc.code, exc.status) if isinstance(exc, OpsgateError) else ("internal_error", 500)
+                observe_error(op_id, code, status, (time.perf_counter() - started) * 1000, _variant(runtime, op_id))
+                count_refusal(exc)
+                raise
+            observe(outcome, _variant(runtime, op_id))
+            with tracing.span("respond"):
+                return json_response(_outcome_body(outcome), headers={"X-Request-ID": request_id})
 
     endpoint.__name__ = "operation_" + op_id.replace("-", "_")
     return endpoint

@@ -16,6 +16,7 @@
                   in one transaction
  10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
 
+Each step runs in its own OpenTelemetry span when tracing is configured (:mod:`opsgate.tracing`).
 Steps 2, 3 and 5 are delegated to the rollout (toggles) and metering (rate limits, budgets)
 domains; without them (``toggles=None``, ``metering=None``) those steps admit every call.
 """
@@ -50,6 +51,7 @@ from opsgate.routing.policy import RoutePolicy
 from opsgate.routing.router import Router
 from opsgate.security.auth import Principal, TokenService
 from opsgate.store.models import ai_operation_log
+from opsgate.tracing import step
 from opsgate.validation import invalid_input
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -211,11 +213,13 @@ class Gateway:
         return outcome
 
     # 1 ------------------------------------------------------------------------------------------
+    @step("authenticate")
     def authenticate(self, call: Call) -> Principal:
         """Verify the bearer token (401 on any failure)."""
         return self._tokens.verify(call.token)
 
     # 2 ------------------------------------------------------------------------------------------
+    @step("authorize")
     def authorize(self, principal: Principal, operation_id: str) -> Operation:
         """Resolve the operation (404 if unknown), then its feature toggle for this user: kill
         switch, enabled, rollout bucket, opt-in (403 ``operation_disabled``)."""
@@ -225,12 +229,14 @@ class Gateway:
         return op
 
     # 3 ------------------------------------------------------------------------------------------
+    @step("rate_limit")
     async def rate_limit(self, principal: Principal, op: Operation) -> None:
         """Per user and per (user, operation) request and token limits (429 with Retry-After)."""
         if self.metering is not None:
             await self.metering.rate_limit(principal.user_id, op.id)
 
     # 4 ------------------------------------------------------------------------------------------
+    @step("validate")
     def validate(self, op: Operation, body: bytes) -> tuple[Prepared, str]:
         """Parse and validate the JSON body; prepare the provider request.
 
@@ -249,6 +255,7 @@ class Gateway:
             raise invalid_input(exc, "The request body does not match the operation's input") from None
         return op.prepare(data), hashlib.sha256(body).hexdigest()
 
+    @step("minimise")
     def minimise(self, op: Operation, prepared: Prepared) -> tuple[Prepared, CallPrivacy]:
         """The prepared request as it will really be sent: secrets masked, personal data
         pseudonymised per the privacy policy (:mod:`opsgate.operations.privacy`). Runs before
@@ -257,6 +264,7 @@ class Gateway:
         return replace(prepared, request=request), privacy
 
     # 5 ------------------------------------------------------------------------------------------
+    @step("take_tokens")
     async def take_tokens(self, principal: Principal, op: Operation, prepared: Prepared) -> TokenHold | None:
         """Hold the call's worst-case tokens against the token rate limits (429); the hold is
         settled to the billed tokens when the call is recorded. ``None`` without limits."""
@@ -264,6 +272,7 @@ class Gateway:
             return None
         return await self.metering.take_tokens(principal.user_id, op.id, prepared.request)
 
+    @step("reserve")
     def reserve(
         self, call: Call, principal: Principal, op: Operation, prepared: Prepared
     ) -> InTransaction[Reservation] | None:
@@ -276,6 +285,7 @@ class Gateway:
         return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request, models)
 
     # 6 ------------------------------------------------------------------------------------------
+    @step("ledger_intent")
     async def ledger_intent(
         self,
         call: Call,
@@ -308,6 +318,7 @@ class Gateway:
             raise
 
     # 7 ------------------------------------------------------------------------------------------
+    @step("route")
     async def route(
         self, op: Operation, prepared: Prepared, spend: _Spend, privacy: CallPrivacy
     ) -> BaseModel:
@@ -334,6 +345,7 @@ class Gateway:
         raise AssertionError("unreachable")
 
     # 8 ------------------------------------------------------------------------------------------
+    @step("meter")
     def meter(self, spend: _Spend) -> tuple[Usage, int]:
         """Total usage and its cost in integer micro-USD over every completion paid for."""
         usage, cost = Usage(), 0
@@ -343,6 +355,7 @@ class Gateway:
         return usage, cost
 
     # 9 ------------------------------------------------------------------------------------------
+    @step("record")
     async def record(
         self,
         call: Call,
@@ -369,6 +382,7 @@ class Gateway:
             attempts=record.attempts,
         )
 
+    @step("record")
     async def record_failure(
         self,
         call: Call,

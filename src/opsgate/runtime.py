@@ -25,6 +25,7 @@ import aiohttp
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from opsgate import tracing
 from opsgate.clock import Clock, SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
@@ -91,8 +92,8 @@ class Runtime(Services):
 
     async def close(self) -> None:
         """Close everything :func:`start_runtime` opened, newest first: flush the security event
-        counts, stop the status sync and the checkpointer, drain the ledger, dispose of the engine,
-        close the HTTP session and the sandbox. Idempotent."""
+        counts and the traces, stop the status sync and the checkpointer, drain the ledger, dispose
+        of the engine, close the HTTP session and the sandbox. Idempotent."""
         await self.exits.aclose()
 
 
@@ -165,6 +166,8 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     )
     stack.push_async_callback(_cancel, status_sync)
     counts = await stack.enter_async_context(CountFlusher(engine, clock))
+    if tracing.configure():  # OTLP traces when the OTEL_* variables ask for them
+        stack.callback(tracing.shutdown)
     return Runtime(settings, clock, engine, ledger, shared.toggles, rollout, shared.incidents, session, router,
                    metering, gateway, tokens, security, sandbox, checkpointer, counts, stack)
 

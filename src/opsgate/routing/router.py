@@ -39,6 +39,7 @@ from opsgate.routing.errors import (
 )
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.retry import retry_wait_s
+from opsgate.tracing import provider_call
 
 OK = "ok"
 
@@ -221,7 +222,8 @@ class Router:
         started = self._clock.monotonic()
         try:
             async with asyncio.timeout(timeout):
-                completion = await provider.complete(call.request, target.model, timeout)
+                completion = await provider_call(target.provider, target.model, call.request,
+                                                 provider.complete(call.request, target.model, timeout))
         except ProviderError as exc:
             error: ProviderError = exc
         except TimeoutError:
