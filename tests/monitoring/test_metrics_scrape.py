@@ -88,7 +88,15 @@ def test_metrics_scrape_token_is_accepted_by_metrics_only(scraped: Scraped) -> N
     assert scraped.metrics(user_jwt).status_code == 403
 
 
+def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    """The sample of ``name`` whose labels include ``labels`` (0 when absent: counters are per process)."""
+    found = [v for s, v in samples.get(name, []) if labels.items() <= s.items()]
+    assert len(found) <= 1, found
+    return found[0] if found else 0.0
+
+
 def test_metrics_follow_prometheus_naming_with_operation_labels(scraped: Scraped) -> None:
+    before = scraped.samples()
     user = scraped.runtime.tokens.issue("alice", "user")
     raw = (EXAMPLES / "email-classify.eml").read_text()
     ok = scraped.client.post("/v1/operations/email-classify", json={"raw": raw},
@@ -99,23 +107,25 @@ def test_metrics_follow_prometheus_naming_with_operation_labels(scraped: Scraped
     assert refused.status_code == 422
     samples = scraped.samples()
     served = ok.json()
-    requests = {(s["status"], s["code"]): (s, v) for s, v in samples["opsgate_requests_total"]
-                if s["operation"] == "email-classify"}
-    ok_labels, ok_count = requests[("ok", "")]
-    assert ok_count == 1.0
-    assert (ok_labels["provider"], ok_labels["model"], ok_labels["variant"]) == (
-        served["provider"], served["model"], "stable")
-    assert requests[("refused", "invalid_input")][1] == 1.0
+
+    def delta(name: str, **labels: str) -> float:
+        return _value(samples, name, **labels) - _value(before, name, **labels)
+
+    op = {"operation": "email-classify"}
+    assert delta("opsgate_requests_total", **op, provider=served["provider"], model=served["model"],
+                 status="ok", code="", variant="stable") == 1
+    assert delta("opsgate_requests_total", **op, provider="", model="", status="refused",
+                 code="invalid_input", variant="stable") == 1
     buckets = [float(s["le"]) for s, _ in samples["opsgate_request_duration_seconds_bucket"]
                if s["operation"] == "email-classify" and s["status"] == "ok"]
     assert buckets == [*LATENCY_BUCKETS_S, float("inf")]
     assert (buckets[0], buckets[-2]) == (0.01, 60)
-    cost = {s["model"]: v for s, v in samples["opsgate_cost_micro_usd_total"]}
-    assert cost[served["model"]] == served["cost_micro_usd"]
-    tokens = {s["type"]: v for s, v in samples["opsgate_tokens_total"] if s["operation"] == "email-classify"}
-    assert tokens["output"] == served["usage"]["output_tokens"]
-    attempts = {(s["provider"], s["outcome"]): v for s, v in samples["opsgate_provider_requests_total"]}
-    assert attempts[(served["provider"], "ok")] >= 1
+    where = {**op, "provider": served["provider"], "model": served["model"]}
+    assert delta("opsgate_cost_micro_usd_total", **where) == served["cost_micro_usd"]
+    assert delta("opsgate_tokens_total", **where, type="output") == served["usage"]["output_tokens"] > 0
+    assert delta("opsgate_provider_requests_total", provider=served["provider"], model=served["model"],
+                 outcome="ok") == served["attempts"]
+    assert delta("opsgate_request_duration_seconds_count", **op, status="ok", variant="stable") == 1
     every_label_value = {v for series in samples.values() for labels, _ in series for v in labels.values()}
     assert "alice" not in every_label_value
     text = scraped.metrics(scraped.token).text
