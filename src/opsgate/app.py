@@ -40,7 +40,7 @@ from opsgate.pipeline import Call, Outcome
 from opsgate.problems import problem_response
 from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
-from opsgate.runtime import start_runtime
+from opsgate.runtime import Runtime, start_runtime
 from opsgate.security.auth import bearer_token
 from opsgate.security.views import install as install_security
 from opsgate.store.db import migrations_current
@@ -111,7 +111,8 @@ def _operation_endpoint(op_id: str) -> Callable[..., Any]:
 
 
 def _variant(runtime: Runtime, op_id: str) -> str:
-    snapshot = runtime.rollout.snapshot if runtime.rollout is not None else None
+    """The ``variant`` metrics label of ``op_id`` (``canary`` or ``stable``)."""
+    snapshot = runtime.rollout.snapshot
     return snapshot.variant(op_id) if snapshot is not None else "stable"
 
 

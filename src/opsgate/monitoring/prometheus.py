@@ -136,7 +136,7 @@ def _provider_families(conn: Connection, now: datetime, router: Router) -> list[
 
 def _ledger_families(conn: Connection) -> list[Metric]:
     size = conn.execute(select(func.count()).select_from(ledger_entries)).scalar() or 0
-    found = [GaugeMetricFamily("opsgate_ledger_entries", "Entries in the ledger", value=size)]
+    found: list[Metric] = [GaugeMetricFamily("opsgate_ledger_entries", "Entries in the ledger", value=size)]
     latest = conn.execute(select(signals.c.ok, signals.c.at).where(signals.c.kind == LEDGER_VERIFY)
                           .order_by(signals.c.id.desc()).limit(1)).first()
     if latest is not None:
