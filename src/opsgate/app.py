@@ -112,8 +112,7 @@ def _operation_endpoint(op_id: str) -> Callable[..., Any]:
 
 def _variant(runtime: Runtime, op_id: str) -> str:
     """The ``variant`` metrics label of ``op_id`` (``canary`` or ``stable``)."""
-    snapshot = runtime.rollout.snapshot
-    return snapshot.variant(op_id) if snapshot is not None else "stable"
+    return runtime.toggles.variant(op_id)
 
 
 def _outcome_body(outcome: Outcome) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def observe_attempt(attempt: Any) -> None:
         PROVIDER_DURATION.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
 
 
-def exposition(router: Router, engine: Engine, now: datetime, toggles: ToggleSnapshot | None) -> bytes:
+def exposition(router: Router, engine: Engine, now: datetime, toggles: ToggleSnapshot) -> bytes:
     """This process's registry plus the families read now from ``router`` (breakers), ``engine``
     (the database's figures at ``now``) and ``toggles`` (rollout percentages)."""
     with engine.connect() as conn:
@@ -170,11 +170,11 @@ def _alerting_families(conn: Connection) -> list[Metric]:
     return [enforcement, discrepancy, open_incidents]
 
 
-def _rollout_families(toggles: ToggleSnapshot | None) -> list[Metric]:
+def _rollout_families(toggles: ToggleSnapshot) -> list[Metric]:
     gauge = GaugeMetricFamily("opsgate_rollout_percentage",
                               "Share of users the operation's toggle admits (0 when disabled or killed)",
                               labels=["operation"])
-    for op, toggle in sorted((toggles.toggles() if toggles is not None else {}).items()):
+    for op, toggle in sorted(toggles.toggles().items()):
         live = toggle.enabled and not toggle.kill_switch
         gauge.add_metric([op], toggle.rollout_percentage if live else 0)
     return [gauge]

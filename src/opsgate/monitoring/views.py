@@ -56,7 +56,7 @@ def scraper(request: Request, runtime: RuntimeDep) -> None:
 
 @router.get("/metrics", summary="Prometheus metrics (an operator JWT or the scrape token)")
 async def metrics(_scraper: Annotated[None, Security(scraper, scopes=["operator"])], rt: RuntimeDep) -> Response:
-    body = await asyncio.to_thread(exposition, rt.gateway.router, rt.engine, rt.clock.now(), rt.rollout.snapshot)
+    body = await asyncio.to_thread(exposition, rt.gateway.router, rt.engine, rt.clock.now(), rt.toggles)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
