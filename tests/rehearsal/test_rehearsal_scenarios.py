@@ -8,7 +8,7 @@ from functools import cache
 from typing import Any
 
 from opsgate.rehearsal.driver import RehearsalConfig, rehearse
-from opsgate.rehearsal.report import criteria_rows
+from opsgate.reports.criteria import rehearsal_rows
 
 
 @cache
@@ -29,7 +29,12 @@ def test_healthy_promotes_to_100_percent() -> None:
     assert r["operation_log"]["by_provider"] == {"anthropic": r["operation_log"]["requests"]}
     assert r["alerts"]["rollout_events"] == [] and r["alerts"]["delivered"] == {}
     assert r["calls"]["problem_codes"].keys() == {"operation_disabled"}
-    assert all(ok for *_, ok in criteria_rows(report))
+    rows = rehearsal_rows(report, "this rehearsal")
+    assert [r.criterion for r in rows] == [
+        "Error Rate", "P99 Latency", "Average Latency", "Availability", "Cost Accuracy",
+        "Security Issues", "Hash Chain Integrity",
+    ]
+    assert all(r.status == "pass" for r in rows), rows
 
 
 def test_bad_release_rolls_back_automatically_at_25_percent() -> None:
@@ -44,7 +49,7 @@ def test_bad_release_rolls_back_automatically_at_25_percent() -> None:
     assert [e["kind"] for e in r["alerts"]["rollout_events"]] == ["rollout.rolled_back"]
     assert r["alerts"]["delivered"] == {"discord": 1, "pagerduty": 1, "sms": 1}
     assert r["alerts"]["incidents"] == ["P2 Rollout 1: rollout.rolled_back"]
-    assert r["criteria"]["test_pass_rate"]["passed"] == 5
+    assert r["criteria"]["scenario_checks"]["passed"] == 5
     assert r["criteria"]["hash_chain_integrity"]["ok"] is True
 
 
@@ -58,7 +63,7 @@ def test_provider_outage_falls_back_without_rollback() -> None:
     assert r["operation_log"]["errors"] == 0
     assert r["operation_log"]["by_provider"]["deepseek"] > 0
     assert r["alerts"]["rollout_events"] == []
-    assert r["criteria"]["test_pass_rate"]["passed"] == 5
+    assert r["criteria"]["scenario_checks"]["passed"] == 5
 
 
 def test_same_seed_same_report_other_seed_other_users() -> None:

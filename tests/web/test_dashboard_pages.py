@@ -212,3 +212,26 @@ def test_figures_refresh_without_a_reload(operator: tuple[Page, Console], dashbo
     assert page.evaluate("window.__sameDocument") is True  # no reload happened
     assert text(page, "#count-open") == str(len(found) - 1)
     assert console.errors == []
+
+
+def test_criteria_page_shows_the_nine_rows_with_their_evidence(operator: tuple[Page, Console],
+                                                               dashboard: Dashboard) -> None:
+    page, console = operator
+    response = page.goto("/dashboard/criteria")
+    assert response is not None and response.status == 200
+    screenshot(page, "criteria")
+    doc = page.request.get("/dashboard/data/criteria").json()["criteria"]
+    assert [r["criterion"] for r in doc] == [
+        "Test Pass Rate", "Code Coverage", "Error Rate", "P99 Latency", "Average Latency",
+        "Cost Accuracy", "Security Issues", "Hash Chain Integrity", "Availability"]
+    rows = page.locator("#criteria tbody tr")
+    assert rows.count() == 9
+    for i, row in enumerate(doc):
+        cells = [c.strip() for c in rows.nth(i).locator("td").all_inner_texts()]
+        status = "no evidence" if row["status"] == "n/a" else row["status"]
+        assert cells == [row["criterion"], row["target"], row["actual"], status, row["evidence"]]
+    by_name = {r["criterion"]: r for r in doc}
+    assert by_name["Cost Accuracy"]["evidence"].startswith("latest reconciliation of ")
+    assert by_name["Hash Chain Integrity"]["status"] == "pass"
+    assert by_name["Error Rate"]["evidence"].startswith("window ")
+    assert console.errors == []

@@ -12,8 +12,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from opsgate.rehearsal.driver import DEFAULT_EXAMPLES, RehearsalConfig
 from opsgate.rehearsal.driver import rehearse as run_rehearsal
-from opsgate.rehearsal.report import criteria_rows, render, write_json
+from opsgate.rehearsal.report import criteria, render, scenario_passed, write_json
 from opsgate.rehearsal.scenarios import SCENARIOS
+from opsgate.reports.evidence import artifacts_dir
 
 
 def rehearse(
@@ -26,7 +27,8 @@ def rehearse(
     examples: Annotated[Path, typer.Option(help="Directory with one example input per operation.")] = DEFAULT_EXAMPLES,
 ) -> None:
     """Replay the seed's 48-hour canary plan (5 % -> 25 % -> 100 %) on a compressed clock against the
-    sandboxes; print the success criteria and the decision timeline. Exit 1 if a scenario check fails."""
+    sandboxes; print the scenario's checks, the success criteria (with the last `./dev test` run's
+    reports) and the decision timeline. Exit 1 if a scenario check fails."""
     if scenario not in SCENARIOS:
         raise typer.BadParameter(f"expected one of {', '.join(SCENARIOS)}", param_hint="--scenario")
     config = RehearsalConfig(hours=hours, users=users, scenario=scenario, seed=seed,
@@ -36,9 +38,11 @@ def rehearse(
                   TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(f"rehearsal {scenario}, {hours:g} simulated hours", total=1.0)
         result = asyncio.run(run_rehearsal(config, lambda done: progress.update(task, completed=done)))
-    render(result, console)
+    artifacts = artifacts_dir()
+    render(result, console, artifacts)
     if report is not None:
+        result["success_criteria"] = criteria(result, artifacts, f"rehearsal {report}")
         write_json(result, report)
         console.print(f"report written to {report}")
-    if not criteria_rows(result)[0][3]:
+    if not scenario_passed(result):
         raise typer.Exit(1)

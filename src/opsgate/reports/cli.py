@@ -16,15 +16,15 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.errors import LedgerError
-from opsgate.reports.readiness import Audit, Context, project_root, run_readiness
-from opsgate.reports.render import FORMATS, render
+from opsgate.reports.evidence import project_root
+from opsgate.reports.readiness import DEPLOYMENT_CHECKLIST, Audit, Context, run_readiness
+from opsgate.reports.render import FORMATS, criteria_table, render
 from opsgate.reports.security import build_security_report
 from opsgate.store.db import open_database
 
@@ -85,14 +85,19 @@ def readiness(
         "--rehearsal",
         exists=True,
         dir_okay=False,
-        help="JSON report of `opsgate rehearse --report` for the success criteria.",
+        help="JSON report of `opsgate rehearse --report`: its calls stand in for the health window.",
     ),
     root: Path | None = typer.Option(
-        None, "--root", help="Project directory holding docs/runbooks (default: the checkout)."
+        None,
+        "--root",
+        help="Project directory holding docs/runbooks and the last test run's artifacts/ "
+        "(default: the checkout).",
     ),
 ) -> None:
-    """Run the pre-production security audit and deployment checklist against the running
-    configuration and database; exit 1 when a blocking item fails."""
+    """Run the seed's pre-production security audit (its seven headings) and deployment checklist
+    (pre-deployment, deployment day, post-deployment), every line once, against the running
+    configuration and database, then print the seed's success criteria with their evidence;
+    exit 1 when a blocking item fails."""
     settings = Settings()
     ctx = Context(
         settings, _engine(settings), SystemClock(), root or project_root(), backup, rehearsal
@@ -106,7 +111,12 @@ def readiness(
 
 
 def _print(audit: Audit) -> None:
+    section = None
     for item in audit.items:
+        if item.section != section:
+            section = item.section
+            part = "Deployment checklist" if section in DEPLOYMENT_CHECKLIST else "Security audit"
+            out.print(f"\n[bold]{part}: {escape(section)}[/bold]")
         mark = MARKS[item.status]
         colour = {"pass": "green", "fail": "red" if item.blocking else "yellow"}.get(
             item.status, "dim"
@@ -114,12 +124,7 @@ def _print(audit: Audit) -> None:
         out.print(
             f"[{colour}]{escape(mark)}[/{colour}] {escape(item.title)}: {escape(item.evidence)}"
         )
-    table = Table(title="Success criteria")
-    for name in ("Criterion", "Target", "Actual", "Status"):
-        table.add_column(name)
-    for row in audit.criteria:
-        table.add_row(row["criterion"], row["target"], row["actual"], row["status"].upper())
-    out.print(table)
+    out.print(criteria_table(audit.criteria))
     failed = [i.title for i in audit.items if i.blocking and i.status == "fail"]
     out.print(
         "[green]READY[/green]"

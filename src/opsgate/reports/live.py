@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -33,20 +36,17 @@ PROBLEM_KEYS = {
 }
 
 
-async def provider_errors_sanitised(settings: Settings, clock: Clock) -> Probe:
-    """Run one operation through the full pipeline on the sandboxes, every provider answering an
-    error (401, 500, 503), and check the problem document the client gets holds only problem
-    fields, a stable code, and no provider key, host, port or provider error text."""
-    from opsgate.pipeline import Call
-    from opsgate.problems import problem_body
+@asynccontextmanager
+async def scratch_runtime(settings: Settings, clock: Clock, faults: str) -> AsyncIterator[Any]:
+    """A runtime like ``settings`` on a temporary SQLite database with the sandboxes (``faults``),
+    no anchors and no rate limits, closed and removed afterwards."""
     from opsgate.runtime import start_runtime
-    from opsgate.security.users import add_user
 
     with tempfile.TemporaryDirectory(prefix="opsgate-readiness-") as tmp:
         probe = settings.model_copy(
             update={
                 "sandbox": True,
-                "sandbox_faults": PROBE_FAULTS,
+                "sandbox_faults": faults,
                 "auto_migrate": True,
                 "database_url": f"sqlite:///{Path(tmp) / 'probe.db'}",
                 "ledger_anchor_dir": None,
@@ -61,31 +61,79 @@ async def provider_errors_sanitised(settings: Settings, clock: Clock) -> Probe:
         )
         runtime = await start_runtime(probe, clock)
         try:
-            user = probe_user()
-            add_user(runtime.engine, clock, user, "user")
-            call = Call(
-                PROBE_OPERATION,
-                orjson.dumps(PROBE_INPUT),
-                runtime.tokens.issue(user, "user"),
-                uuid.uuid4().hex,
-            )
-            try:
-                await runtime.gateway.govern(call)
-            except Exception as exc:  # noqa: BLE001 (every refusal becomes the client's problem)
-                status, body = problem_body(exc, call.request_id)
-            else:
-                return (
-                    False,
-                    "the probe call succeeded although every sandbox provider answered an error",
-                )
-            secrets_ = [
-                runtime.settings.anthropic_api_key,
-                runtime.settings.deepseek_api_key,
-                runtime.settings.gemini_api_key,
-            ]
-            hosts = list(runtime.sandbox.base_urls.values()) if runtime.sandbox else []
+            yield runtime
         finally:
             await runtime.close()
+
+
+async def toggle_refuses(settings: Settings, clock: Clock) -> Probe:
+    """On a scratch runtime: with the operation's toggle disabled, a call through the full
+    pipeline is refused with 403 ``operation_disabled`` and no provider sees a request; enabled
+    at 100 %, the same call is answered."""
+    from opsgate.pipeline import Call
+    from opsgate.problems import problem_body
+    from opsgate.rollout.service import ToggleChange
+    from opsgate.security.users import add_user
+
+    async with scratch_runtime(settings, clock, "none") as runtime:
+        user = probe_user()
+        add_user(runtime.engine, clock, user, "user")
+        token = runtime.tokens.issue(user, "user")
+        found: list[tuple[int, str | None]] = []
+        for enabled in (False, True):
+            runtime.rollout.set_toggle(
+                PROBE_OPERATION,
+                ToggleChange(enabled=enabled, rollout_percentage=100, opt_in_required=False),
+                "readiness",
+            )
+            call = Call(PROBE_OPERATION, orjson.dumps(PROBE_INPUT), token, uuid.uuid4().hex)
+            try:
+                await runtime.gateway.govern(call)
+                found.append((200, None))
+            except Exception as exc:  # noqa: BLE001 (a refusal is what the probe looks for)
+                status, body = problem_body(exc, call.request_id)
+                found.append((status, body.get("code")))
+            if not enabled:
+                reached = sum(p["requests"] for p in runtime.sandbox.stats()["providers"].values())
+    if found[0] != (403, "operation_disabled") or reached:
+        return False, f"disabled toggle: {found[0]} with {reached} provider request(s)"
+    if found[1][0] != 200:
+        return False, f"enabled toggle: the call was refused {found[1]}"
+    return True, "disabled: 403 operation_disabled, no provider request; enabled at 100 %: answered"
+
+
+async def provider_errors_sanitised(settings: Settings, clock: Clock) -> Probe:
+    """Run one operation through the full pipeline on the sandboxes, every provider answering an
+    error (401, 500, 503), and check the problem document the client gets holds only problem
+    fields, a stable code, and no provider key, host, port or provider error text."""
+    from opsgate.pipeline import Call
+    from opsgate.problems import problem_body
+    from opsgate.security.users import add_user
+
+    async with scratch_runtime(settings, clock, PROBE_FAULTS) as runtime:
+        user = probe_user()
+        add_user(runtime.engine, clock, user, "user")
+        call = Call(
+            PROBE_OPERATION,
+            orjson.dumps(PROBE_INPUT),
+            runtime.tokens.issue(user, "user"),
+            uuid.uuid4().hex,
+        )
+        try:
+            await runtime.gateway.govern(call)
+        except Exception as exc:  # noqa: BLE001 (every refusal becomes the client's problem)
+            status, body = problem_body(exc, call.request_id)
+        else:
+            return (
+                False,
+                "the probe call succeeded although every sandbox provider answered an error",
+            )
+        secrets_ = [
+            runtime.settings.anthropic_api_key,
+            runtime.settings.deepseek_api_key,
+            runtime.settings.gemini_api_key,
+        ]
+        hosts = list(runtime.sandbox.base_urls.values()) if runtime.sandbox else []
     text = orjson.dumps(body).decode()
     leaks = [
         what

@@ -61,6 +61,17 @@ def sanitizer_canary() -> Probe:
     """Log a line holding a canary key through this process's root logging handlers (their
     streams captured for the moment) and check it came out redacted."""
     key = canary_key()
+    return _log_canary(f"api_key={key}", (key, key[:20]), "the canary key")
+
+
+def pii_canary() -> Probe:
+    """Log a line holding a random email address the same way and check it came out redacted
+    (the sanitizer's personal-data rules; problem documents never echo input values)."""
+    address = f"readiness.{secrets.token_hex(6)}@example.org"
+    return _log_canary(f"user email {address}", (address,), "the canary email address")
+
+
+def _log_canary(payload: str, clear: tuple[str, ...], what: str) -> Probe:
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
     if not handlers:
         return False, "no root log handler is configured, so no log line is known to be sanitized"
@@ -70,7 +81,7 @@ def sanitizer_canary() -> Probe:
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        logger.info("readiness canary api_key=%s", key)
+        logger.info("readiness canary %s", payload)
     finally:
         logger.setLevel(level)
         for h, stream in zip(handlers, saved, strict=True):
@@ -78,9 +89,9 @@ def sanitizer_canary() -> Probe:
     out = "".join(b.getvalue() for b in buffers)
     if "readiness canary" not in out:
         return False, "the canary line did not reach the log output (level or filter drops INFO)"
-    if key in out or key[:20] in out:
-        return False, "the canary key came out in clear: the sanitizer is not on the logging path"
-    return True, f"canary line logged through {len(handlers)} handler(s) came out redacted"
+    if any(c in out for c in clear):
+        return False, f"{what} came out in clear: the sanitizer is not on the logging path"
+    return True, f"canary line with {what} logged through {len(handlers)} handler(s) came out redacted"
 
 
 def encrypted_cache() -> Probe:

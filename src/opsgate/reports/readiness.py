@@ -1,18 +1,18 @@
 """``opsgate readiness``: the pre-production security audit and deployment checklist, run by the
 machine against the running configuration and database.
 
-Each :class:`Item` is ``pass`` (printed ``[x]``), ``fail``, ``n/a`` (does not apply to this
-deployment, e.g. row-level security on SQLite) or ``manual`` (a person must confirm it; never
-ticked), with the evidence found. Then the seed's success criteria with actual values from a
-rehearsal report (``opsgate rehearse --report PATH``) or, without one, from the latest health
-window of ``ai_operation_log``. :func:`run_readiness` returns the :class:`Audit`; the audit is
+The items are the seed's lines (docs/seed-phase8.md), each once, under the seed's seven audit
+headings and the three phases of its deployment checklist (:data:`SEED_ITEMS`). Each
+:class:`Item` is ``pass`` (printed ``[x]``), ``fail``, ``n/a`` (does not apply to this deployment,
+e.g. row-level security on SQLite) or ``manual`` (a person must confirm it, with the reason; never
+ticked), with the evidence found. Then the seed's success criteria, each row with its evidence
+(:mod:`opsgate.reports.criteria`). :func:`run_readiness` returns the :class:`Audit`; the audit is
 ``ready`` when no blocking item failed (the CLI exits 1 otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -26,8 +26,8 @@ from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.operations.manifest import differences, from_markdown, manifest
 from opsgate.operations.privacy import PrivacyPolicy
-from opsgate.reports import live, probes
-from opsgate.reports.criteria import criteria_from_rehearsal, criteria_from_window
+from opsgate.reports import deploy_checks, live, probes, seed_checks
+from opsgate.reports.criteria import chain_row, deployment_rows
 from opsgate.reports.security import key_status
 from opsgate.reports.weak_config import weak_settings
 from opsgate.security.sanitizer import sanitize
@@ -52,31 +52,28 @@ PROVIDER_KEYS = {
     "DEEPSEEK_API_KEY": "deepseek_api_key",
     "GEMINI_API_KEY": "gemini_api_key",
 }
-MANUAL_ITEMS = (
-    ("team_trained", "Team trained on the runbooks and the dashboard"),
-    ("on_call", "On-call rotation and escalation contacts agreed"),
-    ("provider_agreements", "Data processing agreements in place with every AI provider"),
-    ("security_review", "External security review / penetration test done"),
-    ("rollback_rehearsed", "A rollback rehearsed by the on-call team on staging"),
-)
 
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One checklist line: ``status`` is pass | fail | n/a | manual; ``blocking`` items that fail
-    make the deployment not ready."""
+    """One line of the seed's checklists: ``title`` is the seed's line, ``section`` its heading
+    (one of :data:`SECURITY_AUDIT` or :data:`DEPLOYMENT_CHECKLIST`); ``status`` is pass | fail |
+    n/a | manual; ``blocking`` items that fail make the deployment not ready."""
 
     key: str
     title: str
     status: str
     evidence: str
     blocking: bool = True
+    section: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What the checks run against. ``root`` holds ``docs/runbooks``; ``backup`` is the latest
-    backup file to verify; ``rehearsal`` a JSON report of ``opsgate rehearse``."""
+    """What the checks run against. ``root`` holds ``docs/runbooks`` and the last test run's
+    ``artifacts/``; ``backup`` is the latest backup file to verify; ``rehearsal`` a JSON report of
+    ``opsgate rehearse``; ``cache`` holds results several checks share (one ledger verification,
+    one backup restore per audit)."""
 
     settings: Settings
     engine: Engine
@@ -84,6 +81,7 @@ class Context:
     root: Path
     backup: Path | None = None
     rehearsal: Path | None = None
+    cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(slots=True)
@@ -120,12 +118,6 @@ def _sync(fn: Callable[[Context], tuple[bool | None, str]]) -> Check:
 def package_root() -> Path:
     """The installed ``opsgate`` package directory (the code base scanned for keys)."""
     return Path(opsgate.__file__).resolve().parent
-
-
-def project_root() -> Path:
-    """The checkout holding ``pyproject.toml`` above the package (src layout), else the cwd."""
-    candidate = package_root().parents[1]
-    return candidate if (candidate / "pyproject.toml").exists() else Path.cwd()
 
 
 # checks --------------------------------------------------------------------------------------
@@ -390,11 +382,10 @@ def ledger_verified_anchored(ctx: Context) -> tuple[bool, str]:
 def backup_verified(ctx: Context) -> tuple[bool, str]:
     """The given backup decrypts, restores into a scratch database and its ledger verifies."""
     from opsgate.ledger.verify import format_summary
-    from opsgate.security.backup import verify_backup
 
     if ctx.backup is None:
         return False, "no backup checked: pass --backup PATH (made by `opsgate backup create`)"
-    found = verify_backup(ctx.settings, ctx.backup)
+    found = seed_checks.restored_backup(ctx)
     return (
         found.report.ok,
         f"{ctx.backup.name}: {found.kind}, {found.size} bytes, restored ledger {format_summary(found.report)}",
@@ -440,6 +431,14 @@ def privacy_manifest(ctx: Context) -> tuple[bool, str]:
     return True, f"{len(deployed)} operations as documented in {page}"
 
 
+def no_pii(ctx: Context) -> tuple[bool, str]:
+    """No personal data in logs (an email canary comes out redacted) nor sent to providers beyond
+    what the privacy manifest documents (:func:`privacy_manifest`)."""
+    logged, log_evidence = probes.pii_canary()
+    sent, sent_evidence = privacy_manifest(ctx)
+    return logged and sent, f"logs: {log_evidence}; providers: {sent_evidence}"
+
+
 async def _sanitizer(ctx: Context) -> tuple[bool, str]:
     return probes.sanitizer_canary()
 
@@ -448,106 +447,197 @@ async def _cache(ctx: Context) -> tuple[bool, str]:
     return probes.encrypted_cache()
 
 
-CHECKS: tuple[tuple[str, str, Check], ...] = (
-    ("no_hardcoded_keys", "No hard-coded keys in the code base", _sync(no_hardcoded_keys)),
-    (
-        "credentials_from_env",
-        "Credentials from environment variables or 1Password",
-        _sync(credentials_from_env),
-    ),
-    ("sanitizer_active", "Sanitizer active on the logging path (canary line)", _sanitizer),
-    ("secrets_cache_encrypted", "Secrets cache encrypted (AES-256-GCM)", _cache),
-    (
-        "pre_access_logging",
-        "Secret access written to the ledger before the read",
-        lambda ctx: probes.pre_access_logging(ctx.clock),
-    ),
-    (
-        "personal_fields_encrypted",
-        "Personal fields encrypted at rest",
-        _sync(personal_fields_encrypted),
-    ),
-    ("rls_forced", "Row-level security present and forced (PostgreSQL)", _sync(rls_forced)),
-    ("limits_configured", "Rate limiting and budgets configured", _sync(limits_configured)),
-    ("cors_not_wildcard", "CORS is an allowlist, not a wildcard", _sync(cors_not_wildcard)),
-    ("csrf_on", "CSRF protection on", _sync(csrf_on)),
-    ("provider_tls", "Provider URLs https with TLS >= 1.2", provider_tls),
-    ("key_ages", "Key ages within the rotation policy", _sync(key_ages)),
-    ("fallback_providers", "Fallback providers configured and healthy", _sync(fallback_configured)),
-    (
-        "provider_errors_sanitised",
-        "Provider errors sanitised (sandbox probe)",
-        lambda ctx: live.provider_errors_sanitised(ctx.settings, ctx.clock),
-    ),
-    ("ledger_verified_anchored", "Ledger verified and anchored", _sync(ledger_verified_anchored)),
-    ("backup_verified", "Latest backup verified", _sync(backup_verified)),
-    (
-        "decrypt_time",
-        "Decrypting a field takes < 100 ms (measured)",
-        _sync(lambda ctx: probes.decrypt_time(ctx.settings, ctx.engine, ctx.clock)),
-    ),
-    (
-        "jwt_expiry",
-        "Access tokens expire after 1 hour",
-        _sync(lambda ctx: probes.jwt_expiry(ctx.settings, ctx.clock)),
-    ),
-    (
-        "refresh_rotation",
-        "Refresh tokens rotate; reuse revokes the family",
-        _sync(lambda ctx: probes.refresh_rotation(ctx.settings)),
-    ),
-    (
-        "alert_channels",
-        "Alert channels configured (a test notification to each)",
-        lambda ctx: live.alert_channels(ctx.settings, ctx.clock),
-    ),
-    ("migrations_current", "Database migrations current", _sync(migrations_current_check)),
-    ("runbooks_present", "Runbooks present", _sync(runbooks_present)),
-    (
-        "privacy_manifest",
-        "Deployed operations send what the privacy manifest documents",
-        _sync(privacy_manifest),
-    ),
+SECURITY_AUDIT = (
+    "Secret Management Audit",
+    "Code Privacy Audit",
+    "Provider Integration Security",
+    "Hash Chain Integrity Audit",
+    "Data Encryption Audit",
+    "Authentication & Authorization",
+    "Monitoring & Alerting",
 )
-"""Every machine-verifiable item: (key, title, check). Each check returns (True | False | None
-for not applicable, evidence)."""
+"""The seed's seven audit headings (docs/seed-phase8.md), in its order."""
+DEPLOYMENT_CHECKLIST = ("Pre-Deployment", "Deployment Day", "Post-Deployment")
+"""The seed's three checklist phases. Deployment-day and post-deployment items record the
+deployment's progress and never block readiness; the audit and pre-deployment items do."""
+DERIVED = "derived"
+"""Marks an item computed from the others (the audit's verdict, the success criteria)."""
+
+Entry = tuple[str, str, str, "Check | str"]
+SEED_ITEMS: tuple[Entry, ...] = (
+    # (section, the seed's line, key, check -- or the reason a person must confirm it)
+    ("Secret Management Audit", "No hardcoded API keys in source code", "no_hardcoded_keys",
+     _sync(no_hardcoded_keys)),
+    ("Secret Management Audit", "Environment variables for all credentials", "credentials_from_env",
+     _sync(credentials_from_env)),
+    ("Secret Management Audit", "1Password integration verified", "onepassword_verified",
+     seed_checks.onepassword_verified),
+    ("Secret Management Audit", "Log sanitization for sensitive data", "sanitizer_active", _sanitizer),
+    ("Secret Management Audit", "Encrypted secrets cache with AES-256-GCM", "secrets_cache_encrypted",
+     _cache),
+    ("Secret Management Audit", "Pre-execution logging before secret access", "pre_access_logging",
+     lambda ctx: probes.pre_access_logging(ctx.clock)),
+    ("Code Privacy Audit", "No PII in logs or responses", "no_pii",
+     _sync(no_pii)),
+    ("Code Privacy Audit", "Email addresses encrypted at rest", "personal_fields_encrypted",
+     _sync(personal_fields_encrypted)),
+    ("Code Privacy Audit", "User data isolation verified (RLS policies)", "rls_forced", _sync(rls_forced)),
+    ("Code Privacy Audit", "No SQL injection vulnerabilities", "no_sql_injection",
+     _sync(seed_checks.no_sql_injection)),
+    ("Code Privacy Audit", "No XSS vulnerabilities in React components", "no_xss",
+     _sync(seed_checks.no_xss)),
+    ("Code Privacy Audit", "Rate limiting implemented", "limits_configured", _sync(limits_configured)),
+    ("Code Privacy Audit", "CORS properly configured", "cors_not_wildcard", _sync(cors_not_wildcard)),
+    ("Code Privacy Audit", "CSRF tokens validated", "csrf_on", _sync(csrf_on)),
+    ("Provider Integration Security", "HTTPS enforced for all API calls", "https_everywhere",
+     _sync(seed_checks.https_everywhere)),
+    ("Provider Integration Security", "TLS 1.2+ for provider communications", "provider_tls",
+     provider_tls),
+    ("Provider Integration Security", "API key rotation strategy defined", "provider_key_rotation",
+     _sync(seed_checks.provider_key_rotation)),
+    ("Provider Integration Security", "Fallback providers secure", "fallback_providers",
+     _sync(fallback_configured)),
+    ("Provider Integration Security", "Error messages don't leak provider details",
+     "provider_errors_sanitised", lambda ctx: live.provider_errors_sanitised(ctx.settings, ctx.clock)),
+    ("Hash Chain Integrity Audit", "Hash chain immutable records", "ledger_append_only",
+     _sync(seed_checks.ledger_append_only)),
+    ("Hash Chain Integrity Audit", "Pre-execution logging", "intent_before_result",
+     _sync(seed_checks.intent_before_result)),
+    ("Hash Chain Integrity Audit", "Discord webhook as external record", "discord_anchor",
+     _sync(seed_checks.discord_anchor)),
+    ("Hash Chain Integrity Audit", "Entry linking with previous hash", "ledger_links",
+     _sync(seed_checks.ledger_links)),
+    ("Hash Chain Integrity Audit", "Timestamp validation", "ledger_timestamps",
+     _sync(seed_checks.ledger_timestamps)),
+    ("Hash Chain Integrity Audit", "No log modification possible", "ledger_verified_anchored",
+     _sync(ledger_verified_anchored)),
+    ("Data Encryption Audit", "Sensitive data encrypted at rest", "data_keys_wrapped",
+     _sync(seed_checks.data_keys_wrapped)),
+    ("Data Encryption Audit", "Encryption keys rotated monthly", "key_ages", _sync(key_ages)),
+    ("Data Encryption Audit", "Backup encryption verified", "backup_encrypted",
+     _sync(seed_checks.backup_encrypted)),
+    ("Data Encryption Audit", "Decryption performance acceptable (<100ms)", "decrypt_time",
+     _sync(lambda ctx: probes.decrypt_time(ctx.settings, ctx.engine, ctx.clock))),
+    ("Authentication & Authorization", "Supabase Auth properly configured", "auth_configured",
+     _sync(seed_checks.auth_configured)),
+    ("Authentication & Authorization", "JWT token expiration set (1 hour)", "jwt_expiry",
+     _sync(lambda ctx: probes.jwt_expiry(ctx.settings, ctx.clock))),
+    ("Authentication & Authorization", "Refresh token rotation implemented", "refresh_rotation",
+     _sync(lambda ctx: probes.refresh_rotation(ctx.settings))),
+    ("Authentication & Authorization", "Role-based access control verified", "rbac_verified",
+     _sync(seed_checks.rbac_verified)),
+    ("Authentication & Authorization", "Feature toggle authorization working", "toggle_authorization",
+     lambda ctx: live.toggle_refuses(ctx.settings, ctx.clock)),
+    ("Monitoring & Alerting", "Discord logging on all operations", "discord_operations",
+     ("opsgate does not post each operation to Discord (rate limits, personal data): every "
+             "operation is a ledger entry whose checkpoints go to the Discord anchor (see 'Discord "
+             "webhook as external record') and alerts go to Discord; a person decides that suffices")),
+    ("Monitoring & Alerting", "Error threshold monitoring", "error_thresholds",
+     _sync(seed_checks.error_thresholds)),
+    ("Monitoring & Alerting", "Performance metrics tracking", "performance_tracked",
+     _sync(seed_checks.performance_tracked)),
+    ("Monitoring & Alerting", "Hash chain audit trail", "audit_trail_recorded",
+     _sync(seed_checks.audit_trail_recorded)),
+    ("Monitoring & Alerting", "Automated alert escalation for critical errors", "escalation_configured",
+     seed_checks.escalation_configured),
+    ("Monitoring & Alerting", "Daily security report generation", "daily_report_queued",
+     _sync(seed_checks.daily_report_queued)),
+    ("Pre-Deployment", "All tests passing (490+)", "tests_passing", _sync(deploy_checks.tests_passing)),
+    ("Pre-Deployment", "Code review completed", "code_review",
+     ("a person reviews the change; the repository's history is not a review record")),
+    ("Pre-Deployment", "Security audit passed", "security_audit_passed", DERIVED),
+    ("Pre-Deployment", "Performance benchmarks met", "benchmarks_met",
+     ("`./dev bench overhead` (and the others in bench/) print ratios measured in one run on "
+             "the machine at hand; a person compares them with the goals")),
+    ("Pre-Deployment", "Documentation complete", "runbooks_present", _sync(runbooks_present)),
+    ("Pre-Deployment", "Database migration tested on staging", "migration_staging",
+     ("staging is outside opsgate's reach: restore the latest backup there "
+             "(`opsgate backup restore`) and run `opsgate db upgrade` on it")),
+    ("Pre-Deployment", "Backup strategy verified", "backup_verified", _sync(backup_verified)),
+    ("Pre-Deployment", "Rollback procedure documented", "rollback_documented",
+     _sync(deploy_checks.runbook("rollback", "opsgate rollout rollback"))),
+    ("Pre-Deployment", "Incident response plan ready", "incident_plan",
+     _sync(deploy_checks.runbook("incident", "opsgate incidents"))),
+    ("Pre-Deployment", "Team trained on Phase 8 features", "team_trained",
+     ("training is confirmed by people (runbooks in docs/runbooks, the dashboard)")),
+    ("Deployment Day", "Backup database taken", "backup_taken", _sync(deploy_checks.backup_taken)),
+    ("Deployment Day", "Monitoring dashboards active", "dashboards_active",
+     _sync(deploy_checks.dashboards_active)),
+    ("Deployment Day", "Alert channels verified (Discord, email, SMS)", "alert_channels",
+     lambda ctx: live.alert_channels(ctx.settings, ctx.clock)),
+    ("Deployment Day", "Support team ready", "support_team",
+     ("on-call rotation and escalation contacts are agreed by people")),
+    ("Deployment Day", "Database migration executed", "migrations_current",
+     _sync(migrations_current_check)),
+    ("Deployment Day", "Canary deployment (5%)", "canary_started", _sync(deploy_checks.canary_started)),
+    ("Deployment Day", "Health checks passing", "health_checks", _sync(deploy_checks.health_checks)),
+    ("Deployment Day", "Error rate < 1%", "deploy_error_rate", _sync(deploy_checks.window_error_rate)),
+    ("Deployment Day", "Latency acceptable", "latency_acceptable", _sync(deploy_checks.window_latency)),
+    ("Post-Deployment", "Canary phase monitoring 24 hours", "canary_watched",
+     _sync(deploy_checks.watched(0))),
+    ("Post-Deployment", "Success metrics verified", "success_metrics", DERIVED),
+    ("Post-Deployment", "Gradual rollout to 25%", "rollout_25", _sync(deploy_checks.reached(1, 25))),
+    ("Post-Deployment", "Monitor 12 hours", "watched_25", _sync(deploy_checks.watched(1))),
+    ("Post-Deployment", "Gradual rollout to 100%", "rollout_100", _sync(deploy_checks.reached(2, 100))),
+    ("Post-Deployment", "Monitor 24 hours", "watched_100", _sync(deploy_checks.watched(2))),
+    ("Post-Deployment", "Final verification", "final_verification",
+     _sync(deploy_checks.final_verification)),
+    ("Post-Deployment", "Team debriefing", "team_debriefing",
+     ("a meeting of the people who ran the rollout: nothing a machine can observe")),
+)
+"""Every line of the seed's security audit and deployment checklist, once: checked by a probe,
+derived from the other items, or manual with the reason a person must confirm it."""
 
 
-async def run_item(ctx: Context, key: str, title: str, check: Check) -> Item:
+async def run_item(ctx: Context, key: str, title: str, check: Check, section: str = "") -> Item:
     """Run one check; an exception is a failure whose evidence names it (sanitized)."""
+    blocking = section not in DEPLOYMENT_CHECKLIST[1:]
     try:
         ok, evidence = await check(ctx)
     except Exception as exc:  # noqa: BLE001 (a crashing check is a failed item, not a crash)
-        return Item(key, title, FAIL, sanitize(f"check raised {type(exc).__name__}: {exc}")[:500])
-    return Item(key, title, NA if ok is None else PASS if ok else FAIL, sanitize(evidence))
+        return Item(key, title, FAIL, sanitize(f"check raised {type(exc).__name__}: {exc}")[:500],
+                    blocking, section)
+    return Item(key, title, NA if ok is None else PASS if ok else FAIL, sanitize(evidence), blocking,
+                section)
 
 
 async def run_readiness(ctx: Context, only: set[str] | None = None) -> Audit:
-    """Run every check (or those in ``only``) one after another, list the manual items, and
-    fill the success criteria from ``ctx.rehearsal`` or the latest health window."""
-    items = [
-        await run_item(ctx, key, title, check)
-        for key, title, check in CHECKS
-        if only is None or key in only
-    ]
-    items += [
-        Item(
-            key,
-            title,
-            MANUAL,
-            "a person confirms this; never ticked by the machine",
-            blocking=False,
-        )
-        for key, title in MANUAL_ITEMS
-    ]
-    if ctx.rehearsal is not None:
-        criteria = criteria_from_rehearsal(json.loads(ctx.rehearsal.read_text(encoding="utf-8")))
+    """Run every check (or those in ``only``) one after another in the seed's order, list the
+    manual items, derive the audit's verdict and the success metrics, and fill the success
+    criteria (:func:`opsgate.reports.criteria.deployment_rows`)."""
+    items: list[Item] = []
+    for section, line, key, check in SEED_ITEMS:
+        if isinstance(check, str):
+            if check != DERIVED:
+                items.append(Item(key, line, MANUAL, check, blocking=False, section=section))
+            elif only is None or key in only:
+                items.append(Item(key, line, NA, "", section=section))  # filled in below
+        elif only is None or key in only:
+            items.append(await run_item(ctx, key, line, check, section))
+    ledger = next((i for i in items if i.key == "ledger_verified_anchored"), None)
+    chain = chain_row(
+        None if ledger is None else ledger.evidence.startswith("OK"),
+        "" if ledger is None else ledger.evidence,
+        f"verify() over this database's ledger ({ctx.clock.now():%Y-%m-%dT%H:%M:%SZ})",
+    )
+    criteria = deployment_rows(
+        ctx.engine, ctx.settings, ctx.clock.now(), ctx.root / "artifacts", chain, ctx.rehearsal
+    )
+    return Audit([_derive(i, items, criteria) for i in items], criteria)
+
+
+def _derive(item: Item, items: list[Item], criteria: list[dict[str, str]]) -> Item:
+    """The two derived items: the security audit passed (no blocking item of its seven sections
+    failed), and the success metrics verified (all nine criteria pass)."""
+    if item.key == "security_audit_passed":
+        failed = [i.key for i in items if i.section in SECURITY_AUDIT and i.blocking and i.status == FAIL]
+        ran = sum(1 for i in items if i.section in SECURITY_AUDIT and i.status != MANUAL)
+        ok, evidence = not failed and ran > 0, (
+            f"failed: {', '.join(failed)}" if failed else f"{ran} audit item(s) checked, none failed")
+    elif item.key == "success_metrics":
+        short = [f"{c['criterion']} ({c['status']})" for c in criteria if c["status"] != "pass"]
+        ok, evidence = not short, (f"not passing: {', '.join(short)}" if short
+                                   else "all nine success criteria pass")
     else:
-        ledger = next((i for i in items if i.key == "ledger_verified_anchored"), None)
-        criteria = criteria_from_window(
-            ctx.engine,
-            ctx.settings,
-            ctx.clock.now(),
-            None if ledger is None else ledger.evidence.startswith("OK"),
-        )
-    return Audit(items, criteria)
+        return item
+    return Item(item.key, item.title, PASS if ok else FAIL, evidence, item.blocking, item.section)

@@ -9,7 +9,7 @@ incidents are ``IncidentService.list`` / ``show`` (``GET /v1/incidents``). What 
 yet comes from :mod:`opsgate.web.queries`.
 
 Endpoints (a dashboard session of an operator or admin; 401 / 403 problems otherwise):
-``GET /dashboard/data/{overview|providers|costs|adoption|rollouts|incidents|ledger}`` and
+``GET /dashboard/data/{overview|providers|costs|adoption|rollouts|incidents|ledger|criteria}`` and
 ``GET /dashboard/data/series?window=<s>&operation=<id>``; ``window`` is in seconds (default: the
 ``health_window_s`` setting), 1 s to 31 days.
 """
@@ -32,6 +32,8 @@ from opsgate.metering.views import status_json
 from opsgate.monitoring.health import compute_health, latest_discrepancies
 from opsgate.monitoring.incidents import ACKNOWLEDGED, OPEN
 from opsgate.operations import OPERATIONS
+from opsgate.reports import criteria as report_criteria
+from opsgate.reports.evidence import artifacts_dir
 from opsgate.rollout.views import toggle_json
 from opsgate.runtime import Runtime
 from opsgate.web import queries
@@ -148,6 +150,22 @@ def incidents(runtime: Runtime) -> Doc:
     return {"incidents": found, **counts}
 
 
+def criteria(runtime: Runtime) -> Doc:
+    """``{"criteria": [the nine rows of opsgate.reports.criteria, with evidence]}``: the last test
+    run's artifacts, the calls of the health window, the latest reconciliation, today's security
+    report and the worker's latest recorded ledger verification (as ``opsgate readiness`` shows
+    them, except that readiness verifies the ledger itself)."""
+    now, engine = runtime.clock.now(), runtime.engine
+    integrity = compute_health(engine, now, runtime.settings.health_window_s).hashChainIntegrity
+    chain = report_criteria.missing(
+        "Hash Chain Integrity", "no ledger verification recorded: run `opsgate worker` or `opsgate ledger verify`",
+    ) if integrity is None else report_criteria.measured(
+        "Hash Chain Integrity", "verified" if integrity else "FAILED", integrity,
+        "the worker's latest recorded ledger verification (signals)")
+    return {"criteria": report_criteria.deployment_rows(
+        engine, runtime.settings, now, artifacts_dir(), chain)}
+
+
 def ledger(runtime: Runtime) -> Doc:
     """:func:`opsgate.web.queries.ledger_status`."""
     return queries.ledger_status(runtime.engine)
@@ -155,6 +173,7 @@ def ledger(runtime: Runtime) -> Doc:
 
 PAGES: dict[str, Callable[[Runtime], Doc]] = {
     "costs": costs, "adoption": adoption, "rollouts": rollouts, "incidents": incidents, "ledger": ledger,
+    "criteria": criteria,
 }
 
 

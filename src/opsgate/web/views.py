@@ -3,7 +3,8 @@
 Pages (a dashboard session of an operator or admin; without one, a 303 to the sign-in page; role
 ``user``: 403 and nothing else): ``/dashboard`` (overview), ``/metrics`` (error rate and latency
 over time, ``?window=<s>&operation=<id>``), ``/providers``, ``/costs``, ``/adoption``,
-``/rollouts``, ``/incidents``, ``/incidents/{id}``, ``/ledger``. Each page polls its JSON document
+``/rollouts``, ``/incidents``, ``/incidents/{id}``, ``/ledger``, ``/criteria`` (the seed's success
+criteria with their evidence; loaded once, not polled). Each other page polls its JSON document
 (:mod:`opsgate.web.data`) every few seconds and refreshes its figures in place.
 
 Forms (``application/x-www-form-urlencoded``, each carrying the session's ``csrf_token``, checked by
@@ -158,6 +159,12 @@ async def incident_page(request: Request, who: SessionDep, runtime: RuntimeDep, 
 @router.get("/ledger")
 async def ledger_page(request: Request, who: SessionDep, runtime: RuntimeDep) -> Response:
     return await _simple_page(request, who, runtime, "ledger")
+
+
+@router.get("/criteria")
+async def criteria_page(request: Request, who: SessionDep, runtime: RuntimeDep) -> Response:
+    # no polling: today's security report verifies the whole ledger, once per page load
+    return await _page(request, who, "criteria.html", lambda: data.criteria(runtime))
 
 
 # changes -------------------------------------------------------------------------------------
