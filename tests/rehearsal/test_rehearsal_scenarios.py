@@ -7,8 +7,8 @@ import asyncio
 from functools import cache
 from typing import Any
 
+from opsgate.monitoring.criteria import rehearsal_rows
 from opsgate.rehearsal.driver import RehearsalConfig, rehearse
-from opsgate.reports.criteria import rehearsal_rows
 
 
 @cache

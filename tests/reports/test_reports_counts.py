@@ -15,6 +15,9 @@ from tests.security.security_b_helpers import add_login, running_gateway
 from opsgate.clock import ManualClock, SystemClock
 from opsgate.config import Settings
 from opsgate.metering.budgets import set_budget
+from opsgate.operations.io import input_from_file
+from opsgate.reports.security import build_security_report
+from opsgate.security.auth import TokenService, bearer_token
 from opsgate.security.counts import (
     COUNTS,
     CountFlusher,
@@ -22,9 +25,6 @@ from opsgate.security.counts import (
     count_refusal,
     counts_for,
 )
-from opsgate.operations.io import input_from_file
-from opsgate.reports.security import build_security_report
-from opsgate.security.auth import TokenService, bearer_token
 from opsgate.security.errors import AuthFailure, Unauthorized
 from opsgate.security.sanitizer import Sanitizer
 from opsgate.store.db import make_engine, upgrade

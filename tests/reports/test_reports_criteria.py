@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from opsgate.cli import app
 from opsgate.metering.models import cost_reconciliations
-from opsgate.reports import criteria
-from opsgate.reports.evidence import COVERAGE, JUNIT, read_coverage, read_test_run
+from opsgate.monitoring import criteria
+from opsgate.monitoring.evidence import COVERAGE, JUNIT, read_coverage, read_test_run
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ai_operation_log
 

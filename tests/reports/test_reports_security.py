@@ -12,10 +12,10 @@ from opsgate.clock import ManualClock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.models import incidents
-from opsgate.security.counts import add_counts
 from opsgate.reports.ledger_window import entries_between
 from opsgate.reports.render import render
 from opsgate.reports.security import build_security_report
+from opsgate.security.counts import add_counts
 from opsgate.store.db import make_engine, upgrade
 
 DAY = date(2026, 11, 29)

@@ -10,11 +10,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from opsgate.monitoring.evidence import artifacts_dir
 from opsgate.rehearsal.driver import DEFAULT_EXAMPLES, RehearsalConfig
 from opsgate.rehearsal.driver import rehearse as run_rehearsal
 from opsgate.rehearsal.report import criteria, render, scenario_passed, write_json
 from opsgate.rehearsal.scenarios import SCENARIOS
-from opsgate.reports.evidence import artifacts_dir
 
 
 def rehearse(

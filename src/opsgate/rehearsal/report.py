@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from opsgate.reports.criteria import rehearsal_rows, table, test_rows
-from opsgate.reports.render import criteria_table
+from opsgate.monitoring.criteria import PASS, rehearsal_rows, table, test_rows
 
 
 def build_report(facts: dict[str, Any], wall_s: float) -> dict[str, Any]:
@@ -135,6 +135,19 @@ def render(report: dict[str, Any], console: Console, artifacts: Path) -> None:
                   f"final state: {r['rollout']['state']} at {r['rollout']['percentage']} %; "
                   f"wall clock {report['measured']['wall_clock_s']} s")
 
+
+def criteria_table(rows: list[dict[str, str]], title: str = "Success criteria (the seed's)") -> Table:
+    """The criteria rows as a Rich table with their evidence."""
+    shown = Table(title=title)
+    for name in ("Criterion", "Target", "Actual", "Status", "Evidence"):
+        shown.add_column(name, overflow="fold")
+    colour = {PASS: "green", "fail": "red"}
+    for row in rows:
+        mark = colour.get(row["status"], "yellow")
+        status = "NO EVIDENCE" if row["status"] == "n/a" else row["status"].upper()
+        shown.add_row(row["criterion"], row["target"], escape(row["actual"]), f"[{mark}]{status}",
+                      escape(row["evidence"]))
+    return shown
 
 def write_json(report: dict[str, Any], path: Path) -> None:
     """Write the report as indented JSON (UTF-8)."""

@@ -22,9 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.errors import LedgerError
-from opsgate.reports.evidence import project_root
+from opsgate.monitoring.evidence import project_root
+from opsgate.rehearsal.report import criteria_table
 from opsgate.reports.readiness import DEPLOYMENT_CHECKLIST, Audit, Context, run_readiness
-from opsgate.reports.render import FORMATS, criteria_table, render
+from opsgate.reports.render import FORMATS, render
 from opsgate.reports.security import build_security_report
 from opsgate.store.db import open_database
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from opsgate.reports.evidence import JUNIT, EvidenceError, read_test_run
+from opsgate.monitoring.evidence import JUNIT, EvidenceError, read_test_run
 
 if TYPE_CHECKING:
     from opsgate.reports.readiness import Context

@@ -24,10 +24,11 @@ from sqlalchemy import Engine, inspect, select, text
 import opsgate
 from opsgate.clock import Clock
 from opsgate.config import Settings
+from opsgate.monitoring.criteria import chain_row
 from opsgate.operations.manifest import differences, from_markdown, manifest
 from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.reports import deploy_checks, live, probes, seed_checks
-from opsgate.reports.criteria import chain_row, deployment_rows
+from opsgate.reports.criteria import deployment_rows
 from opsgate.reports.security import key_status
 from opsgate.reports.weak_config import weak_settings
 from opsgate.security.sanitizer import sanitize

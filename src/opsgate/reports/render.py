@@ -1,5 +1,4 @@
-"""Rendering of the security report document as Markdown, HTML or JSON, and of the success
-criteria (:mod:`opsgate.reports.criteria`) as a Rich table for the terminal.
+"""Rendering of the security report document as Markdown, HTML or JSON.
 
 Both text formats are built from one list of :class:`Table` (:func:`security_tables`), so they
 always show the same numbers. Every cell is escaped for its format (Markdown table pipes, HTML
@@ -14,10 +13,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table as RichTable
-
-from opsgate.reports.criteria import PASS
 from opsgate.security.sanitizer import sanitize
 
 FORMATS = ("md", "html", "json")
@@ -175,19 +170,6 @@ def to_html(report: dict[str, Any]) -> str:
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
-
-def criteria_table(rows: list[dict[str, str]], title: str = "Success criteria (the seed's)") -> RichTable:
-    """The criteria rows as a Rich table with their evidence."""
-    shown = RichTable(title=title)
-    for name in ("Criterion", "Target", "Actual", "Status", "Evidence"):
-        shown.add_column(name, overflow="fold")
-    colour = {PASS: "green", "fail": "red"}
-    for row in rows:
-        mark = colour.get(row["status"], "yellow")
-        status = "NO EVIDENCE" if row["status"] == "n/a" else row["status"].upper()
-        shown.add_row(row["criterion"], row["target"], escape(row["actual"]), f"[{mark}]{status}",
-                      escape(row["evidence"]))
-    return shown
 
 def _clean(obj: Any) -> Any:
     """``obj`` with every string leaf sanitized (keys are the report's own field names)."""

@@ -49,6 +49,8 @@ from opsgate.ledger.service import log_size
 from opsgate.ledger.verify import format_summary, verify
 from opsgate.monitoring.health import LEDGER_VERIFY
 from opsgate.monitoring.models import incidents, signals
+from opsgate.reports.ledger_window import entries_between
+from opsgate.reports.weak_config import weak_settings
 from opsgate.security.counts import (
     REDACTION,
     REFRESH_REUSE,
@@ -57,8 +59,6 @@ from opsgate.security.counts import (
     TOKEN_REJECTION,
     counts_for,
 )
-from opsgate.reports.ledger_window import entries_between
-from opsgate.reports.weak_config import weak_settings
 from opsgate.security.models import encryption_keys
 
 FORMAT = "opsgate.security-report.v1"

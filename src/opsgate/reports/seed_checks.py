@@ -17,7 +17,7 @@ import jwt
 import orjson
 from sqlalchemy import func, inspect, select
 
-from opsgate.reports.evidence import JUNIT, EvidenceError, test_cases
+from opsgate.monitoring.evidence import JUNIT, EvidenceError, test_cases
 
 if TYPE_CHECKING:
     from opsgate.reports.readiness import Context

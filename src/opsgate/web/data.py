@@ -29,11 +29,11 @@ from opsgate.deps import RuntimeDep
 from opsgate.errors import InvalidInput, NotFound
 from opsgate.metering.budgets import budget_statuses, period_start
 from opsgate.metering.views import status_json
+from opsgate.monitoring import criteria as report_criteria
+from opsgate.monitoring.evidence import artifacts_dir
 from opsgate.monitoring.health import compute_health, latest_discrepancies
 from opsgate.monitoring.incidents import ACKNOWLEDGED, OPEN
 from opsgate.operations import OPERATIONS
-from opsgate.reports import criteria as report_criteria
-from opsgate.reports.evidence import artifacts_dir
 from opsgate.rollout.views import toggle_json
 from opsgate.runtime import Runtime
 from opsgate.web import queries
@@ -151,10 +151,11 @@ def incidents(runtime: Runtime) -> Doc:
 
 
 def criteria(runtime: Runtime) -> Doc:
-    """``{"criteria": [the nine rows of opsgate.reports.criteria, with evidence]}``: the last test
-    run's artifacts, the calls of the health window, the latest reconciliation, today's security
-    report and the worker's latest recorded ledger verification (as ``opsgate readiness`` shows
-    them, except that readiness verifies the ledger itself)."""
+    """``{"criteria": [the nine rows of opsgate.monitoring.criteria, with evidence]}``: the last
+    test run's artifacts, the calls of the health window, the latest reconciliation and the
+    worker's latest recorded ledger verification. Security Issues stays without evidence here:
+    today's security report verifies the whole ledger, which `opsgate readiness` and `opsgate
+    report security` do."""
     now, engine = runtime.clock.now(), runtime.engine
     integrity = compute_health(engine, now, runtime.settings.health_window_s).hashChainIntegrity
     chain = report_criteria.missing(
@@ -162,8 +163,13 @@ def criteria(runtime: Runtime) -> Doc:
     ) if integrity is None else report_criteria.measured(
         "Hash Chain Integrity", "verified" if integrity else "FAILED", integrity,
         "the worker's latest recorded ledger verification (signals)")
-    return {"criteria": report_criteria.deployment_rows(
-        engine, runtime.settings, now, artifacts_dir(), chain)}
+    security = report_criteria.missing(
+        "Security Issues", "the dashboard does not build the security report: `opsgate readiness` "
+        "or `opsgate report security`")
+    calls = report_criteria.window_calls(engine, now, runtime.settings.health_window_s)
+    return {"criteria": report_criteria.table([
+        *report_criteria.test_rows(artifacts_dir()), *report_criteria.call_rows(calls),
+        report_criteria.reconciliation_row(engine), security, chain])}
 
 
 def ledger(runtime: Runtime) -> Doc:

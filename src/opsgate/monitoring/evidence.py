@@ -181,7 +181,7 @@ def totals(artifacts: Path) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # `python -m opsgate.reports.evidence DIR`, run by `./dev test`
+if __name__ == "__main__":  # `python -m opsgate.monitoring.evidence DIR`, run by `./dev test`
     import sys
 
     print("\n".join(totals(Path(sys.argv[1] if len(sys.argv) > 1 else "artifacts"))))
