@@ -50,7 +50,7 @@ def test_each_operation_succeeds_and_is_metered_logged_and_ledgered(gateway, op_
     assert resp.status_code == 200, resp.text
     body = resp.json()
     OPERATIONS[op_id].Output.model_validate(body["output"])
-    assert (body["provider"], body["model"]) == ("anthropic", "claude-opus-4-5")
+    assert (body["provider"], body["model"]) == ("anthropic", "claude-opus-5")  # issue 13: current default
     assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
     assert body["cost_micro_usd"] > 0
     [row] = _log_rows(gateway)

@@ -10,11 +10,13 @@ from typing import Any, NoReturn
 
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import Engine
 
 from opsgate.clock import SystemClock
-from opsgate.config import Settings
+from opsgate.config import Settings, config_path
 from opsgate.errors import OpsgateError
 from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
@@ -23,10 +25,13 @@ from opsgate.operations.cli import privacy_app
 from opsgate.rehearsal.cli import rehearse
 from opsgate.reports.cli import readiness, report_app
 from opsgate.rollout.cli import rollout_app, toggles_app
+from opsgate.routing.cli import config_app
 from opsgate.security.cli import backup_app, keys_app, users_app
 from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
+from opsgate.routing.effective import checked_routes
+from opsgate.routing.policy import RouteConfigError
 
 app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -43,6 +48,7 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(report_app, name="report")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(config_app, name="config")
 app.command("worker")(worker)
 app.command("rehearse")(rehearse)
 app.command("readiness")(readiness)
@@ -54,19 +60,31 @@ CLI_USER = "opsgate-cli"
 @app.callback()
 def main() -> None:
     """opsgate: a governed gateway for an app's AI operations."""
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        _fail(f"configuration ({config_path()}): {where}: {first['msg']}")
     configure_sanitizer(settings)
     configure_logging(settings.log_level.upper(), json=not sys.stderr.isatty())
 
 
 def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
+    """The settings of a command that serves calls; a routing configuration that cannot be served
+    (unknown provider, missing price) refuses here, one line per problem."""
     settings = Settings()
     update: dict[str, object] = {}
     if sandbox:
         update["sandbox"] = True
     if faults is not None:
         update["sandbox_faults"] = faults
-    return settings.model_copy(update=update) if update else settings
+    settings = settings.model_copy(update=update) if update else settings
+    try:
+        checked_routes(settings, SystemClock())
+    except RouteConfigError as exc:
+        _fail(escape("; ".join(exc.problems)))
+    return settings
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:

@@ -13,7 +13,9 @@ from decimal import Decimal
 from typing import Literal
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +27,77 @@ DEFAULT_PSEUDONYMISED = (
     "email-compose", "email-classify", "email-respond", "calendar-prep", "calendar-time",
 )
 """Operations whose prompts are pseudonymised unless ``privacy_pseudonymise`` says otherwise."""
+
+
+class ProviderConfig(BaseModel):
+    """One ``[providers.<name>]`` table of ``opsgate.toml``: a named OpenAI-compatible endpoint
+    (vLLM, Ollama, a hosted OpenAI-compatible API).
+
+    ``base_url`` is https, or http on loopback only (checked when the adapter is built);
+    ``api_key_env`` names the environment variable holding the key, which is sent only in the
+    ``Authorization: Bearer`` header (unset: no key is sent); ``json_mode`` is how a JSON answer
+    is asked for (``json_schema`` per the OpenAI Chat Completions reference, ``json_object`` for
+    endpoints that only know JSON mode).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["openai-compatible"]
+    base_url: str
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    json_mode: Literal["json_schema", "json_object"] = "json_schema"
+
+
+class RouteConfig(BaseModel):
+    """One ``[routes.<operation>]`` (or ``[routes.default]``) table: ``chain`` of
+    ``"provider/model"`` targets in order of preference, the per-attempt ``timeout_s`` (seconds),
+    ``max_attempts_per_target`` and the whole call's ``total_timeout_s``. An unset field of an
+    operation's route inherits ``routes.default``'s, whose unset fields take the built-in defaults
+    (see :mod:`opsgate.routing.policy`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chain: tuple[str, ...] | None = Field(default=None, min_length=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_attempts_per_target: int | None = Field(default=None, ge=1)
+    total_timeout_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("chain")
+    @classmethod
+    def _targets(cls, chain: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for target in chain or ():
+            provider, _, model = target.partition("/")
+            if not provider or not model:
+                raise ValueError(f"target {target!r} must be written 'provider/model'")
+        return chain
+
+
+class PriceConfig(BaseModel):
+    """One ``[prices."provider/model"]`` table: USD per million tokens as decimal strings (the
+    fields of :mod:`opsgate.metering.prices`); unset cache fields are 0. It adds to, or overrides,
+    the maintained price data (``genai-prices``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: Decimal
+    output: Decimal
+    cache_write: Decimal = Decimal(0)
+    cache_write_1h: Decimal = Decimal(0)
+    cache_read: Decimal = Decimal(0)
+
+    @field_validator("input", "output", "cache_write", "cache_write_1h", "cache_read", mode="before")
+    @classmethod
+    def _decimal_string(cls, value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError("must be a decimal string (USD per million tokens), e.g. \"0.15\"")
+        return value
+
+    @field_validator("input", "output", "cache_write", "cache_write_1h", "cache_read")
+    @classmethod
+    def _non_negative(cls, value: Decimal) -> Decimal:
+        if not value.is_finite() or value < 0:
+            raise ValueError("must be a finite price >= 0")
+        return value
 
 
 class Settings(BaseSettings):
@@ -65,6 +138,20 @@ class Settings(BaseSettings):
     gemini_base_url: str = Field(
         default="https://generativelanguage.googleapis.com",
         validation_alias=AliasChoices("GEMINI_BASE_URL", "OPSGATE_GEMINI_BASE_URL"),
+    )
+
+    config: Path = Field(
+        default=Path("opsgate.toml"),
+        description="The TOML file read for everything below (providers, routes, prices); absent = defaults.",
+    )
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=dict, description="Named OpenAI-compatible endpoints ([providers.<name>])."
+    )
+    routes: dict[str, RouteConfig] = Field(
+        default_factory=dict, description="[routes.default] and per-operation routes."
+    )
+    prices: dict[str, PriceConfig] = Field(
+        default_factory=dict, description='Prices of "provider/model" targets (USD per MTok).'
     )
 
     log_level: str = Field(default="WARNING", description="Root log level (logs go to stderr).")
@@ -220,9 +307,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get("OPSGATE_CONFIG", "opsgate.toml"))
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_path()),
         )
+
+
+def config_path() -> Path:
+    """The TOML file settings are read from: ``$OPSGATE_CONFIG``, else ``./opsgate.toml``."""
+    return Path(os.environ.get("OPSGATE_CONFIG", "opsgate.toml"))

@@ -11,7 +11,7 @@
                    against budgets, atomically                                  402
   6 ledger intent  durable before any provider call, one transaction with 5     503
   7 route          provider chain with retries, breaker, fallback; JSON repair
-  8 meter          usage -> micro-USD at the versioned price table
+  8 meter          usage -> micro-USD at the served model's price at the call's time
   9 record         ledger result entry + ai_operation_log row (one CallRecord) + settlement,
                   in one transaction
  10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
@@ -24,6 +24,7 @@ domains; without them (``toggles=None``, ``metering=None``) those steps admit ev
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -36,7 +37,7 @@ from opsgate.clock import Clock
 from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.ledger.writer import AppendedEntry, InTransaction, Ledger
 from opsgate.metering.cost import cost_micro_usd
-from opsgate.metering.prices import PriceTable
+from opsgate.metering.prices import PRICE_FIELDS, ModelPrice, PriceBook, ResolvedPrice
 from opsgate.metering.reservations import Reservation
 from opsgate.metering.service import MeteringService, usage_unknown
 from opsgate.metering.tokenlimits import TokenHold
@@ -48,13 +49,17 @@ from opsgate.operations.repair import repair_request
 from opsgate.providers.base import Completion, Usage
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.routing.policy import RoutePolicy
-from opsgate.routing.router import Router
+from opsgate.routing.router import Attempt, Router
+from opsgate.routing.served import MODEL_UNAVAILABLE, ModelWatch, substituted
 from opsgate.security.auth import Principal, TokenService
 from opsgate.store.models import ai_operation_log
 from opsgate.tracing import step
 from opsgate.validation import invalid_input
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+SERVED_MODEL_UNPRICED = "served_model_unpriced"
+
+log = logging.getLogger("opsgate.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +104,15 @@ class CallRecord:
     error_code: str | None
     provider: str | None
     model: str | None
+    served_model: str | None
     attempts: int
     latency_ms: float
     provider_latency_ms: float | None
     usage: Usage
     cost_micro_usd: int
     created_at: datetime
+    price: ResolvedPrice | None = None
+    price_flag: str | None = None
 
     @property
     def cache_write_tokens(self) -> int:
@@ -119,6 +127,7 @@ class CallRecord:
             "operation": self.operation,
             "provider": self.provider,
             "model": self.model,
+            "served_model": self.served_model,
             "status": self.status,
             "error_code": self.error_code,
             "attempts": self.attempts,
@@ -135,19 +144,24 @@ class CallRecord:
 
     def ledger_payload(self) -> dict[str, Any]:
         """The payload of the ledger ``result`` entry (no user id, no latencies: those stay in
-        the log row; ``intent_seq`` links it to its intent)."""
-        return {
+        the log row; ``intent_seq`` links it to its intent). It names the price's source and
+        version, so the call can be re-priced later, and ``price_flag`` when there is one."""
+        flag = {"price_flag": self.price_flag} if self.price_flag else {}
+        return {**flag,
             "request_id": self.request_id,
             "intent_seq": self.intent_seq,
             "status": self.status,
             "error_code": self.error_code,
             "provider": self.provider,
             "model": self.model,
+            "served_model": self.served_model,
             "input_tokens": self.usage.input_tokens,
             "output_tokens": self.usage.output_tokens,
             "cache_write_tokens": self.cache_write_tokens,
             "cache_read_tokens": self.usage.cache_read_tokens,
             "cost_micro_usd": self.cost_micro_usd,
+            "price_source": self.price.source if self.price else None,
+            "price_version": self.price.version if self.price else None,
         }
 
 
@@ -159,6 +173,8 @@ class _Spend:
     completions: list[Completion] = field(default_factory=list)
     attempts: int = 0
     tokens: TokenHold | None = None
+    prices: list[tuple[ResolvedPrice, str | None]] = field(default_factory=list)
+    priced_at: datetime | None = None
 
 
 Intent = AppendedEntry[Reservation | None]
@@ -176,11 +192,12 @@ class Gateway:
         ledger: Ledger,
         router: Router,
         policies: dict[str, RoutePolicy],
-        prices: PriceTable,
+        prices: PriceBook,
         clock: Clock,
         metering: MeteringService | None = None,
         toggles: ToggleSnapshot | None = None,
         privacy: PrivacyPolicy | None = None,
+        models: ModelWatch | None = None,
     ) -> None:
         self._tokens = tokens
         self._ledger = ledger
@@ -189,6 +206,7 @@ class Gateway:
         self._prices = prices
         self._clock = clock
         self.metering = metering
+        self.models = models or ModelWatch()
         self._toggles = toggles
         self._privacy = privacy or PrivacyPolicy()
 
@@ -281,7 +299,7 @@ class Gateway:
         atomically, and a refused call leaves no intent. ``None`` without metering."""
         if self.metering is None:
             return None
-        models = [t.model for t in self._policies[op.id].chain]
+        models = [f"{t.provider}/{t.model}" for t in self._policies[op.id].chain]
         return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request, models)
 
     # 6 ------------------------------------------------------------------------------------------
@@ -334,6 +352,8 @@ class Gateway:
             routed = await self.router.complete(request, policy)
             spend.completions.append(routed.completion)
             spend.attempts += len(routed.attempts)
+            self.models.unavailable(op.id, _unavailable(routed.attempts))
+            self.models.completed(op.id, routed.completion)
             try:
                 answer = op.ModelOutput.model_validate(privacy.restore(routed.completion.data))
             except ValidationError as exc:
@@ -346,13 +366,34 @@ class Gateway:
 
     # 8 ------------------------------------------------------------------------------------------
     @step("meter")
-    def meter(self, spend: _Spend) -> tuple[Usage, int]:
-        """Total usage and its cost in integer micro-USD over every completion paid for."""
-        usage, cost = Usage(), 0
+    def meter(self, operation: str, spend: _Spend) -> tuple[Usage, int]:
+        """Total usage and its cost in integer micro-USD over every completion paid for, each
+        priced by the model that served it at the call's time (see :meth:`price`)."""
+        usage, cost, now = Usage(), 0, self._clock.now()
+        spend.priced_at = now
         for c in spend.completions:
             usage += c.usage
-            cost += cost_micro_usd(c.usage, self._prices.price_for(c.model))
+            resolved, flag = self.price(operation, c, now)
+            spend.prices.append((resolved, flag))
+            cost += cost_micro_usd(c.usage, resolved.price)
         return usage, cost
+
+    def price(self, operation: str, c: Completion, at: datetime) -> tuple[ResolvedPrice, str | None]:
+        """The price ``c`` pays: the served model's when the provider substituted another model;
+        when that model has no known price, the dearer, per token kind, of the requested model's
+        price and the dearest on the operation's chain (what the reservation held), flagged
+        ``served_model_unpriced``. Raises UnknownModelPrice for an unpriced requested model."""
+        tokens = c.usage.total_tokens - c.usage.output_tokens
+        requested = self._prices.price_at(c.provider, c.model, at, tokens)
+        if not substituted(c.model, c.served_model):
+            return requested, None
+        served = self._prices.lookup(c.provider, c.served_model or c.model, at, tokens)
+        if served is not None:
+            return served, None
+        log.warning("%s/%s served by %s, which has no price: charged at the dearer price",
+                    c.provider, c.model, c.served_model)
+        chain = [self._prices.price_for(f"{t.provider}/{t.model}") for t in self._policies[operation].chain]
+        return replace(requested, price=_dearer(requested.price, *chain)), SERVED_MODEL_UNPRICED
 
     # 9 ------------------------------------------------------------------------------------------
     @step("record")
@@ -395,7 +436,9 @@ class Gateway:
         """Record a failed call (whatever was paid for is still metered) and settle its
         reservation; usage the provider may have billed unseen is charged at the worst case."""
         code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
-        spend.attempts += len(getattr(exc, "attempts", ()) or ())
+        attempts = getattr(exc, "attempts", ()) or ()
+        spend.attempts += len(attempts)
+        self.models.unavailable(call.operation, _unavailable(attempts))
         record = self._call_record(call, principal, intent, spend, started, error_code=code)
         await self._write(record, intent, spend.tokens, unknown_usage=usage_unknown(exc))
 
@@ -409,8 +452,9 @@ class Gateway:
         *,
         error_code: str | None,
     ) -> CallRecord:
-        usage, cost = self.meter(spend)
+        usage, cost = self.meter(call.operation, spend)
         last = spend.completions[-1] if spend.completions else None
+        price, flag = spend.prices[-1] if spend.prices else (None, None)
         return CallRecord(
             request_id=call.request_id,
             user_id=principal.user_id,
@@ -420,12 +464,15 @@ class Gateway:
             error_code=error_code,
             provider=last.provider if last else None,
             model=last.model if last else None,
+            served_model=(last.served_model or last.model) if last else None,
             attempts=spend.attempts,
             latency_ms=(time.perf_counter() - started) * 1000,
             provider_latency_ms=sum(c.provider_latency_ms for c in spend.completions) or None,
             usage=usage,
             cost_micro_usd=cost,
-            created_at=self._clock.now(),
+            created_at=spend.priced_at or self._clock.now(),
+            price=price,
+            price_flag=flag,
         )
 
     async def _write(
@@ -443,3 +490,14 @@ class Gateway:
         result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
         await self.metering.settle_tokens(tokens, None if unknown_usage else record.usage.total_tokens)
         await self.metering.settled(reservation, result.work_result)
+
+
+def _unavailable(attempts: Any) -> list[tuple[str, str]]:
+    """The (provider, model) targets among ``attempts`` that answered ``model_unavailable``."""
+    return [(a.provider, a.model) for a in attempts if isinstance(a, Attempt)
+            and a.outcome_kind == MODEL_UNAVAILABLE]
+
+
+def _dearer(first: ModelPrice, *others: ModelPrice) -> ModelPrice:
+    """Per token kind, the highest of the prices (reported under ``first``'s model name)."""
+    return replace(first, **{f: max(getattr(p, f) for p in (first, *others)) for f in PRICE_FIELDS})

@@ -30,7 +30,6 @@ from opsgate.clock import Clock, SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
-from opsgate.metering.prices import PriceTable
 from opsgate.metering.service import MeteringService, build_metering
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
@@ -45,7 +44,7 @@ from opsgate.providers.http import make_session
 from opsgate.providers.registry import build_providers
 from opsgate.rollout.service import RolloutService
 from opsgate.rollout.toggles import ToggleSnapshot
-from opsgate.routing.policy import policies_for
+from opsgate.routing.effective import checked_routes, routing_record
 from opsgate.routing.router import Router
 from opsgate.sandbox.server import SandboxServer
 from opsgate.security.auth import TokenService
@@ -149,14 +148,16 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s)
     tokens = TokenService(settings, clock)
-    policies, prices = policies_for(settings), PriceTable.load()
-    metering = build_metering(settings, engine, clock, prices, [t.model for p in policies.values() for t in p.chain])
+    policies, prices = checked_routes(settings, clock)
+    routed = [f"{t.provider}/{t.model}" for p in policies.values() for t in p.chain]
+    metering = build_metering(settings, engine, clock, prices, routed)
     rollout.ensure_toggles(OPERATIONS)
     if settings.sandbox:
         rollout.enable_for_sandbox()
     gateway = Gateway(tokens=tokens, ledger=ledger, router=router, policies=policies, prices=prices, clock=clock,
                       metering=metering, toggles=shared.toggles, privacy=privacy)
-    attach_alerting(engine, clock, metering.hooks if metering else None, rollout)
+    attach_alerting(engine, clock, metering.hooks if metering else None, rollout, gateway.models)
+    await ledger.append("routing_config", routing_record(settings, prices, clock.now()))
     security = build_security(settings, clock, engine)
     checkpointer = checkpointer_for(settings, engine, clock, session)
     if checkpointer is not None:

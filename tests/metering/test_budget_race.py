@@ -33,7 +33,7 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.models import ANY, budget_counters
-from opsgate.metering.prices import PriceTable
+from opsgate.metering.prices import PriceBook
 from opsgate.metering.worstcase import call_worst_case_micro_usd
 from opsgate.operations import get_operation
 from opsgate.operations.io import input_from_file
@@ -57,7 +57,8 @@ def gateway_worst_case(body: dict) -> int:
     op = get_operation(OP)
     request = op.prepare(op.Input.model_validate(body)).request
     chain = policies_for(Settings())[OP].chain
-    return call_worst_case_micro_usd(request, [t.model for t in chain], PriceTable.load())
+    book = PriceBook.from_settings(Settings())
+    return call_worst_case_micro_usd(request, [f"{t.provider}/{t.model}" for t in chain], book)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -15,6 +15,7 @@ from opsgate.providers.errors import (
     ContentFiltered,
     EmptyAnswer,
     InvalidRequest,
+    ModelUnavailable,
     MalformedResponse,
     Overloaded,
     ProviderError,
@@ -237,7 +238,7 @@ async def test_tool_use_for_another_tool_is_malformed(claude, upstream) -> None:
         (401, "authentication_error", AuthenticationFailed),
         (402, "billing_error", BillingFailed),
         (403, "permission_error", AuthenticationFailed),
-        (404, "not_found_error", InvalidRequest),
+        (404, "not_found_error", ModelUnavailable),  # issue 13: a retired model
         (413, "request_too_large", InvalidRequest),
         (500, "api_error", ServerError),
         (503, "api_error", Overloaded),

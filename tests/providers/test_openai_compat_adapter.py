@@ -15,6 +15,7 @@ from opsgate.providers.errors import (
     ContentFiltered,
     EmptyAnswer,
     InvalidRequest,
+    ModelUnavailable,
     MalformedResponse,
     Overloaded,
     ProviderError,
@@ -297,7 +298,7 @@ async def test_undocumented_bodies_are_malformed(vllm, upstream, body) -> None:
         (401, "authentication_error", AuthenticationFailed),
         (402, "insufficient_balance", BillingFailed),
         (403, "permission_denied", AuthenticationFailed),
-        (404, "not_found", InvalidRequest),
+        (404, "not_found", ModelUnavailable),  # issue 13: a retired or unknown model
         (422, "invalid_request_error", InvalidRequest),
         (500, "server_error", ServerError),
         (502, "bad_gateway", ServerError),

@@ -41,9 +41,9 @@ def test_default_models() -> None:
         "gemini": GEMINI_DEFAULT_MODEL,
     }
     assert (ANTHROPIC_DEFAULT_MODEL, DEEPSEEK_DEFAULT_MODEL, GEMINI_DEFAULT_MODEL) == (
-        "claude-opus-4-5",
-        "deepseek-chat",
-        "gemini-2.0-flash",
+        "claude-opus-5",  # issue 13: models the providers serve today
+        "deepseek-flash",
+        "gemini-3.8-flash",
     )
 
 

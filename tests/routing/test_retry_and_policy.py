@@ -46,9 +46,9 @@ def test_every_operation_gets_the_default_policy() -> None:
     default = default_policy(settings)
     assert set(policies.values()) == {default}
     assert default.chain == (
-        Target("anthropic", "claude-opus-4-5"),
-        Target("deepseek", "deepseek-chat"),
-        Target("gemini", "gemini-2.0-flash"),
+        Target("anthropic", "claude-opus-5"),  # issue 13: models the providers serve today
+        Target("deepseek", "deepseek-flash"),
+        Target("gemini", "gemini-3.8-flash"),
     )
     assert (default.timeout_s, default.max_retry_wait_s, default.total_timeout_s) == (
         45.0,

@@ -1,4 +1,5 @@
-"""The versioned price table: what one token of each kind costs on each model.
+"""Prices: the maintained ``genai-prices`` data, opsgate's packaged table and the operator's
+``[prices]`` on top (:class:`PriceBook`), and the packaged versioned table itself (:class:`PriceTable`).
 
 Prices are read from TOML (the packaged ``prices.toml`` by default) as decimal *strings*, in USD
 per million tokens, which is the same number as micro-USD per token. They become
@@ -13,15 +14,21 @@ like 0.028 exactly. The file's shape::
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import date
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
+
+import genai_prices
+import orjson
+from genai_prices import data_snapshot as genai_data_snapshot
+from genai_prices import types as genai_types
 
 from opsgate.metering.errors import PriceTableError, UnknownModelPrice
 
@@ -46,8 +53,16 @@ class ModelPrice:
     cache_read: Decimal
 
 
+class PriceSource(Protocol):
+    """What reservations need: ``price_for(key)`` -> :class:`ModelPrice` or
+    :class:`UnknownModelPrice` (a :class:`PriceTable` by model id, a :class:`PriceBook` by
+    ``"provider/model"``)."""
+
+    def price_for(self, key: str) -> ModelPrice: ...
+
+
 @dataclass(frozen=True, slots=True)
-class PriceSource:
+class ProviderPriceSource:
     """Where a provider's prices were read (its pricing page) and on which day."""
 
     provider: str
@@ -59,11 +74,11 @@ class PriceTable:
     """An immutable, validated price table. Build it with :meth:`load`."""
 
     def __init__(
-        self, version: str, prices: Mapping[str, ModelPrice], sources: Mapping[str, PriceSource]
+        self, version: str, prices: Mapping[str, ModelPrice], sources: Mapping[str, ProviderPriceSource]
     ) -> None:
         self.version = version
         self.prices: Mapping[str, ModelPrice] = MappingProxyType(dict(prices))
-        self.sources: Mapping[str, PriceSource] = MappingProxyType(dict(sources))
+        self.sources: Mapping[str, ProviderPriceSource] = MappingProxyType(dict(sources))
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> PriceTable:
@@ -109,7 +124,7 @@ def _table(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value
 
 
-def _source(name: str, entry: Any) -> PriceSource:
+def _source(name: str, entry: Any) -> ProviderPriceSource:
     if not isinstance(entry, dict):
         raise PriceTableError(f"provider {name!r}: must be a table")
     source, read_on = entry.get("source"), entry.get("read_on")
@@ -117,10 +132,10 @@ def _source(name: str, entry: Any) -> PriceSource:
         raise PriceTableError(f"provider {name!r}: 'source' must be an https URL")
     if not isinstance(read_on, date):
         raise PriceTableError(f"provider {name!r}: 'read_on' must be a TOML date")
-    return PriceSource(name, source, read_on)
+    return ProviderPriceSource(name, source, read_on)
 
 
-def _model_price(model: str, entry: Any, sources: Mapping[str, PriceSource]) -> ModelPrice:
+def _model_price(model: str, entry: Any, sources: Mapping[str, ProviderPriceSource]) -> ModelPrice:
     if not isinstance(entry, dict):
         raise PriceTableError(f"model {model!r}: must be a table")
     provider = entry.get("provider")
@@ -150,3 +165,155 @@ def _price(model: str, field: str, value: Any) -> Decimal:
             "was USD per token written by mistake?"
         )
     return price
+
+
+GENAI_PRICES_PROVIDERS: Mapping[str, str] = MappingProxyType(
+    {"anthropic": "anthropic", "deepseek": "deepseek", "gemini": "google"}
+)
+"""opsgate's built-in provider -> its id in ``genai-prices``. Only these are priced from the
+maintained data; any other provider (a self-hosted endpoint) is priced explicitly or not at all."""
+
+_GENAI_FIELDS = (
+    ("input", "input_mtok"),
+    ("output", "output_mtok"),
+    ("cache_write", "cache_write_mtok"),
+    ("cache_write_1h", "cache_write_1h_mtok"),
+    ("cache_read", "cache_read_mtok"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPrice:
+    """The price one call pays and where it came from.
+
+    ``source`` is ``opsgate.toml`` (the operator's ``[prices]``), ``opsgate`` (the packaged
+    ``prices.toml``) or ``genai-prices``; ``version`` the digest of the operator's prices, the
+    packaged table's ``version`` or the ``genai-prices`` package version. Both go into the
+    ``result`` ledger entry so a call can be re-priced and explained later."""
+
+    price: ModelPrice
+    source: str
+    version: str
+
+
+class PriceBook:
+    """Every price the gateway charges, by ``(provider, model)`` and request time.
+
+    Lookup order: the operator's ``[prices."provider/model"]`` (``overrides``), then the packaged
+    table (``table``: opsgate's overrides and models ``genai-prices`` lacks), then the maintained
+    ``genai-prices`` data for the built-in providers (:data:`GENAI_PRICES_PROVIDERS`), which
+    applies prices that change on a date or by time of day (DeepSeek's peak hours) at the call's
+    time. Tiered prices (long-context tiers) take the tier of the call's input token count.
+    """
+
+    def __init__(
+        self,
+        table: PriceTable,
+        overrides: Mapping[str, Mapping[str, Decimal]] | None = None,
+        *,
+        overrides_version: str = "none",
+        now: Callable[[], datetime] | None = None,
+        horizon_s: float = 900.0,
+    ) -> None:
+        self.table = table
+        self._now = now or (lambda: datetime.now(UTC))
+        self._horizon_s = horizon_s
+        self._overrides = {
+            key: ModelPrice(model=key.partition("/")[2], provider=key.partition("/")[0], **fields)
+            for key, fields in (overrides or {}).items()
+        }
+        self._overrides_version = overrides_version
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, now: Callable[[], datetime] | None = None, table: PriceTable | None = None
+    ) -> PriceBook:
+        """The book of ``settings.prices`` (digested as the overrides' version) over ``table``
+        (default: the packaged ``prices.toml``); ``now`` is the clock's ``now`` and
+        ``settings.budget_reservation_ttl_s`` the horizon of :meth:`price_for`."""
+        overrides = {key: p.model_dump() for key, p in settings.prices.items()}
+        digest = hashlib.sha256(
+            orjson.dumps({k: {f: str(v) for f, v in p.items()} for k, p in overrides.items()},
+                         option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()[:16]
+        return cls(table or PriceTable.load(), overrides, overrides_version=f"sha256:{digest}",
+                   now=now, horizon_s=settings.budget_reservation_ttl_s)
+
+    def price_for(self, key: str) -> ModelPrice:
+        """The dearest price of ``"provider/model"`` from now over the reservation horizon: what
+        a budget reservation must hold (see :func:`opsgate.metering.worstcase`). Raises
+        :class:`UnknownModelPrice`."""
+        provider, _, model = key.partition("/")
+        return self.dearest(provider, model, self._now(), self._horizon_s)
+
+    def lookup(
+        self, provider: str, model: str, at: datetime, input_tokens: int = 0
+    ) -> ResolvedPrice | None:
+        """The price of ``model`` served by ``provider`` at ``at`` (tz-aware UTC), or ``None``."""
+        override = self._overrides.get(f"{provider}/{model}")
+        if override is not None:
+            return ResolvedPrice(override, "opsgate.toml", self._overrides_version)
+        packaged = self.table.prices.get(model)
+        if packaged is not None and packaged.provider == provider:
+            return ResolvedPrice(packaged, "opsgate", self.table.version)
+        return _genai_price(provider, model, at, input_tokens)
+
+    def price_at(
+        self, provider: str, model: str, at: datetime, input_tokens: int = 0
+    ) -> ResolvedPrice:
+        """Like :meth:`lookup`; raises :class:`UnknownModelPrice` when nothing prices it."""
+        resolved = self.lookup(provider, model, at, input_tokens)
+        if resolved is None:
+            raise UnknownModelPrice(f"no price for model {provider}/{model}")
+        return resolved
+
+    def dearest(self, provider: str, model: str, start: datetime, horizon_s: float) -> ModelPrice:
+        """Per field, the highest price ``model`` has between ``start`` and ``start + horizon_s``
+        (prices change only on whole hours: peak windows, dated changes), for reservations.
+        Raises :class:`UnknownModelPrice`."""
+        times = [start]
+        hour = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        while hour <= start + timedelta(seconds=horizon_s):
+            times.append(hour)
+            hour += timedelta(hours=1)
+        prices = [self.price_at(provider, model, t, 10**9).price for t in times]
+        first = prices[0]
+        return replace(first, **{f: max(getattr(p, f) for p in prices) for f in PRICE_FIELDS})
+
+
+def genai_prices_version() -> str:
+    """The installed ``genai-prices`` package version (the maintained data's version)."""
+    return genai_prices.__version__
+
+
+def _genai_price(provider: str, model: str, at: datetime, input_tokens: int) -> ResolvedPrice | None:
+    provider_id = GENAI_PRICES_PROVIDERS.get(provider)
+    if provider_id is None:
+        return None
+    snapshot = genai_data_snapshot.get_snapshot()
+    source = next((p for p in snapshot.providers if p.id == provider_id), None)
+    info = source.find_model(model) if source is not None else None
+    if info is None:
+        return None
+    raw = info.get_prices(at)
+    if raw.input_mtok is None or raw.output_mtok is None:
+        return None
+    values = {field: _tier(getattr(raw, key), input_tokens) for field, key in _GENAI_FIELDS}
+    if not values["cache_write_1h"]:
+        values["cache_write_1h"] = values["cache_write"]
+    price = ModelPrice(model=model, provider=provider, **values)
+    return ResolvedPrice(price, "genai-prices", genai_prices_version())
+
+
+def _tier(value: Any, input_tokens: int) -> Decimal:
+    """A genai-prices price as one Decimal: ``None`` is 0, a tiered price takes the highest tier
+    whose start the call's input tokens exceed (the providers' "cliff" tiers)."""
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, genai_types.TieredPrices):
+        applicable = value.base
+        for tier in value.tiers:
+            if input_tokens > tier.start:
+                applicable = tier.price
+        return Decimal(applicable)
+    return Decimal(value)

@@ -27,8 +27,8 @@ from opsgate.metering.enforcement import (
     EnforcementFailure,
     EnforcementHooks,
 )
-from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable, PriceTableError
-from opsgate.metering.prices import PriceTable
+from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable, PriceTableError, UnknownModelPrice
+from opsgate.metering.prices import PriceSource
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage, make_token_windows
 from opsgate.metering.reservations import (
     Reservation,
@@ -68,7 +68,7 @@ class MeteringService:
         self,
         engine: Engine,
         clock: Clock,
-        prices: PriceTable,
+        prices: PriceSource,
         limiter: RateLimiter,
         hooks: EnforcementHooks,
         *,
@@ -170,16 +170,26 @@ class MeteringService:
         self.hooks.publish(EnforcementFailure(reason, operation, detail, self.clock.now(), request_id))
 
 
-def require_prices(prices: PriceTable, models: Iterable[str]) -> None:
+def require_prices(prices: PriceSource, models: Iterable[str]) -> None:
     """Refuse to start when a routed model has no price (it could be neither reserved nor
-    metered). Raises :class:`~opsgate.metering.errors.PriceTableError` naming the models."""
-    missing = sorted({m for m in models if m not in prices.prices})
+    metered). ``models`` are the keys ``prices.price_for`` takes (``"provider/model"`` for a
+    :class:`~opsgate.metering.prices.PriceBook`). Raises
+    :class:`~opsgate.metering.errors.PriceTableError` naming the models."""
+    missing = sorted({m for m in models if not _priced(prices, m)})
     if missing:
         raise PriceTableError(f"routed model(s) without a price: {', '.join(missing)}")
 
 
+def _priced(prices: PriceSource, model: str) -> bool:
+    try:
+        prices.price_for(model)
+    except UnknownModelPrice:
+        return False
+    return True
+
+
 def build_metering(
-    settings: Settings, engine: Engine, clock: Clock, prices: PriceTable, models: Iterable[str]
+    settings: Settings, engine: Engine, clock: Clock, prices: PriceSource, models: Iterable[str]
 ) -> MeteringService:
     """The process's :class:`MeteringService` from ``settings`` (rate limits, Redis URL,
     reservation TTL), after checking every routed model has a price and charging reservations

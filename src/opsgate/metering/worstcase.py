@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import orjson
 
 from opsgate.metering.cost import worst_case_micro_usd
-from opsgate.metering.prices import PriceTable
+from opsgate.metering.prices import PriceSource
 from opsgate.providers.base import CompletionRequest
 
 PROMPT_OVERHEAD_TOKENS = 512
@@ -38,7 +38,7 @@ def prompt_token_bound(request: CompletionRequest) -> int:
 
 
 def call_worst_case_micro_usd(
-    request: CompletionRequest, models: Iterable[str], prices: PriceTable
+    request: CompletionRequest, models: Iterable[str], prices: PriceSource
 ) -> int:
     """The most a governed call of ``request`` can cost, in integer micro-USD: the answer and one
     repair request, each at the dearest of ``models`` (the routing chain). Raises

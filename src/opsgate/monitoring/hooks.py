@@ -6,6 +6,9 @@ cheap insert on the caller's path) that the worker turns into an incident.
   the worker opens a P1 ``budget_enforcement`` incident and disables the operation.
 - rollout's ``RolloutService.listeners``: every :class:`RolloutEvent` (``rollout.rolled_back`` P2,
   ``rollout.escalated`` P1) → a signal of that kind (subject: the rollout id).
+- routing's :class:`~opsgate.routing.served.ModelWatch`: every :class:`ModelEvent`
+  (``model_substituted`` P3, ``model_unavailable`` P2, each once per episode) → a signal of that
+  kind (subject: ``"<operation> <provider>/<model>"``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE
 from opsgate.monitoring.models import signals
 from opsgate.rollout.service import RolloutEvent, RolloutService
+from opsgate.routing.served import ModelEvent, ModelWatch
 
 log = logging.getLogger("opsgate.monitoring")
 
@@ -32,8 +36,14 @@ def record_signal(engine: Engine, clock: Clock, kind: str, subject: str, *, ok: 
 
 
 def attach(engine: Engine, clock: Clock, enforcement: EnforcementHooks | None,
-           rollout: RolloutService | None) -> None:
-    """Subscribe alerting to metering's enforcement failures and rollout's alert events."""
+           rollout: RolloutService | None, models: ModelWatch | None = None) -> None:
+    """Subscribe alerting to metering's enforcement failures, rollout's alert events and
+    routing's model events."""
+    if models is not None:
+        def on_model(event: ModelEvent) -> None:
+            record_signal(engine, clock, event.kind, event.subject, ok=False, severity=event.severity,
+                          detail=event.detail)
+        models.listeners.append(on_model)
     if enforcement is not None:
         def on_failure(event: EnforcementFailure) -> None:
             record_signal(engine, clock, ENFORCEMENT_FAILURE, event.operation or "*", ok=False,

@@ -42,11 +42,15 @@ from opsgate.monitoring.notifiers.pagerduty import PagerDutyNotifier
 from opsgate.monitoring.notifiers.sms import TwilioSmsNotifier
 from opsgate.monitoring.outbox import Outbox
 from opsgate.monitoring.providers import demote, restore
+from opsgate.routing.served import MODEL_SUBSTITUTED, MODEL_UNAVAILABLE
 from opsgate.monitoring.rules import OUTAGE, Finding, RuleConfig, Severity, evaluate
 from opsgate.rollout.service import RolloutService, disable_operation
 from opsgate.store.db import is_sqlite
 
 log = logging.getLogger("opsgate.monitoring")
+
+MODEL_EVENTS = frozenset({MODEL_SUBSTITUTED, MODEL_UNAVAILABLE})
+"""Model events (routing.served) that open an incident per (operation, target) episode."""
 
 LEADER_KEY = 0x6F70_7367_6174_6557
 """PostgreSQL advisory lock id of worker leadership (ASCII "opsgateW")."""
@@ -246,6 +250,11 @@ class Worker:
             self.incidents.signal(f, row["detail"])
             if op != "*":
                 self._disable(op, row["detail"])
+            return
+        if row["kind"] in MODEL_EVENTS:
+            f = Finding(row["kind"], {"target": row["subject"]}, True, severity, row["kind"],
+                        f"{row['kind']}: {row['subject']}", row["detail"])
+            self.incidents.signal(f, row["detail"])
             return
         f = Finding("rollout", {"rollout": row["subject"], "event": row["kind"]}, True, severity, row["kind"],
                     f"Rollout {row['subject']}: {row['kind']}", row["detail"])

@@ -8,6 +8,8 @@ schema, forced with ``tool_choice: {"type": "tool", "name": <schema_name>}``; th
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -24,6 +26,7 @@ from opsgate.providers.errors import (
     EmptyAnswer,
     InvalidRequest,
     MalformedResponse,
+    ModelUnavailable,
     Overloaded,
     ProviderError,
     RateLimited,
@@ -58,7 +61,7 @@ _STOP_REASONS = {
 }
 _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     400: InvalidRequest,
-    404: InvalidRequest,
+    404: ModelUnavailable,
     413: InvalidRequest,
     401: AuthenticationFailed,
     403: AuthenticationFailed,
@@ -142,6 +145,7 @@ class AnthropicProvider:
         return Completion(
             provider=self.name,
             model=model,
+            served_model=optional_str(body.get("model")),
             text=text,
             data=data,
             usage=usage,
@@ -222,15 +226,28 @@ class AnthropicProvider:
         return cls(self.name, detail, http_status=reply.status, provider_request_id=request_id)
 
 
+_THINKS_BY_DEFAULT = re.compile(r"claude-opus-5(-\d{8})?")
+"""Claude models that think unless told not to (their dated snapshots included)."""
+
+
 def messages_payload(request: CompletionRequest, model: str) -> dict[str, Any]:
     """The Messages API request body for ``request``: ``model``, ``max_tokens``, ``temperature``,
-    ``system`` (when non-empty), one user message and, for a schema, the forced tool."""
+    ``system`` (when non-empty), one user message and, for a schema, the forced tool.
+
+    Claude Opus 5 thinks by default, and a forced tool is refused while thinking is on, so for
+    it (:data:`_THINKS_BY_DEFAULT`) thinking is switched off (``thinking: {"type": "disabled"}``,
+    accepted at the default effort) and ``temperature`` is left out (non-default sampling
+    parameters are not supported); source: Anthropic "What's new in Claude Opus 5.5" (breaking
+    changes from Opus 5), read 2026-12-04."""
     payload: dict[str, Any] = {
         "model": model,
         "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
         "messages": [{"role": "user", "content": request.user}],
     }
+    if _THINKS_BY_DEFAULT.fullmatch(model):
+        payload["thinking"] = {"type": "disabled"}
+    else:
+        payload["temperature"] = request.temperature
     if request.system:
         payload["system"] = request.system
     if request.json_schema is not None:

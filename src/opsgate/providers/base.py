@@ -99,6 +99,9 @@ class Completion:
     ``data`` is the parsed JSON object when the request asked for a schema (not yet validated
     against it), otherwise ``None``; ``text`` is the answer's text (the raw JSON text for schema
     requests). ``provider_latency_ms`` is the wall time of the HTTP exchange in milliseconds.
+    ``model`` is the model asked for; ``served_model`` the one the provider says answered
+    (OpenAI-compatible and Anthropic ``model``, Gemini ``modelVersion``), ``None`` when it did
+    not say.
     """
 
     provider: str
@@ -111,6 +114,7 @@ class Completion:
     provider_request_id: str | None
     provider_latency_ms: float
     extra: dict[str, Any] = field(default_factory=dict)
+    served_model: str | None = None
 
 
 class Provider(Protocol):

@@ -108,6 +108,15 @@ class InvalidRequest(ProviderError):
     title = "The AI provider rejected the request"
 
 
+class ModelUnavailable(ProviderError):
+    """The provider does not serve the requested model (retired or unknown): Anthropic 404
+    ``not_found_error``, OpenAI-compatible 404 or 400 ``model_not_found``, Gemini 404
+    ``NOT_FOUND``. Never retried on the same target; the next target is tried."""
+
+    code = "model_unavailable"
+    title = "The AI provider no longer serves the configured model"
+
+
 class ContentFiltered(ProviderError):
     """A refusal, a SAFETY/blocked finish or a blocked prompt. Falls back only if the policy asks."""
 
@@ -143,6 +152,7 @@ _KINDS: dict[type[ProviderError], str] = {
     AuthenticationFailed: "authentication_failed",
     BillingFailed: "billing_failed",
     InvalidRequest: "invalid_request",
+    ModelUnavailable: "model_unavailable",
     ContentFiltered: "content_filtered",
     EmptyAnswer: "empty_answer",
     MalformedResponse: "malformed_response",

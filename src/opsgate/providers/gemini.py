@@ -19,6 +19,7 @@ from opsgate.providers.errors import (
     EmptyAnswer,
     InvalidRequest,
     MalformedResponse,
+    ModelUnavailable,
     Overloaded,
     ProviderError,
     RateLimited,
@@ -50,7 +51,7 @@ _BLOCKED_FINISH = frozenset(
 _FINISH_REASONS = {"STOP": FinishReason.STOP, "MAX_TOKENS": FinishReason.LENGTH}
 _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     400: InvalidRequest,
-    404: InvalidRequest,
+    404: ModelUnavailable,
     401: AuthenticationFailed,
     403: AuthenticationFailed,
     429: RateLimited,
@@ -100,7 +101,7 @@ class GeminiProvider:
             self.name,
             f"{self._base}/v1beta/models/{self._model_id(model)}:generateContent",
             headers={"x-goog-api-key": key},
-            payload=generate_content_payload(request),
+            payload=generate_content_payload(request, model),
             timeout_s=timeout_s,
         )
         if reply.status != 200:
@@ -137,6 +138,7 @@ class GeminiProvider:
         return Completion(
             provider=self.name,
             model=model,
+            served_model=optional_str(body.get("modelVersion")),
             text=text,
             data=data,
             usage=usage,
@@ -202,10 +204,19 @@ class GeminiProvider:
         )
 
 
-def generate_content_payload(request: CompletionRequest) -> dict[str, Any]:
+GEMINI_3_THINKING_LEVEL = "low"
+"""Gemini 3 models think at level ``high`` unless told otherwise (thought tokens are billed as
+output, ``thoughtsTokenCount``); the gateway's structured answers need little, so ``low``."""
+
+_GEMINI_3 = re.compile(r"(models/)?gemini-3[.-]")
+
+
+def generate_content_payload(request: CompletionRequest, model: str | None = None) -> dict[str, Any]:
     """The generateContent request body: ``systemInstruction`` (when non-empty), one user turn and
     ``generationConfig`` (``maxOutputTokens``, ``temperature`` and, for a schema,
-    ``responseMimeType: application/json`` with ``responseSchema``)."""
+    ``responseMimeType: application/json`` with ``responseSchema``). For a Gemini 3 ``model`` it
+    adds ``thinkingConfig.thinkingLevel`` (Gemini 3 replaces 2.5's ``thinkingBudget`` with
+    levels; sending both is a 400), per Google's "Gemini thinking" guide, read 2026-12-04."""
     config: dict[str, Any] = {
         "maxOutputTokens": request.max_tokens,
         "temperature": request.temperature,
@@ -213,6 +224,8 @@ def generate_content_payload(request: CompletionRequest) -> dict[str, Any]:
     if request.json_schema is not None:
         config["responseMimeType"] = "application/json"
         config["responseSchema"] = to_gemini_schema(request.json_schema)
+    if model is not None and _GEMINI_3.match(model):
+        config["thinkingConfig"] = {"thinkingLevel": GEMINI_3_THINKING_LEVEL}
     payload: dict[str, Any] = {
         "contents": [{"role": "user", "parts": [{"text": request.user}]}],
         "generationConfig": config,

@@ -22,6 +22,7 @@ from opsgate.providers.errors import (
     EmptyAnswer,
     InvalidRequest,
     MalformedResponse,
+    ModelUnavailable,
     Overloaded,
     ProviderError,
     RateLimited,
@@ -46,6 +47,7 @@ from opsgate.providers.http import (
 DEEPSEEK_BASE_URL = "https://api.deepseek.com"
 
 JsonMode = Literal["json_schema", "json_object"]
+Thinking = Literal["enabled", "disabled"]
 
 _FINISH_REASONS = {
     "stop": FinishReason.STOP,
@@ -55,7 +57,7 @@ _FINISH_REASONS = {
 }
 _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     400: InvalidRequest,
-    404: InvalidRequest,
+    404: ModelUnavailable,
     422: InvalidRequest,
     401: AuthenticationFailed,
     403: AuthenticationFailed,
@@ -76,7 +78,11 @@ class OpenAICompatProvider:
     ``"json_object"`` (DeepSeek) sends ``{"type": "json_object"}`` and appends the schema to the
     system prompt, which then names JSON as DeepSeek requires. Either way ``Completion.data`` is
     the parsed object, not yet validated against the schema. ``api_key`` may be ``None``: calls
-    then raise :class:`AuthenticationFailed` ("<key_env> is not set") without a network call.
+    then raise :class:`AuthenticationFailed` ("<key_env> is not set") without a network call, or,
+    with ``key_required=False`` (a local endpoint configured without a key), go out without an
+    ``Authorization`` header. ``thinking`` sends DeepSeek's thinking switch
+    (``{"thinking": {"type": ...}}``, DeepSeek API docs "Thinking Mode": V4 models think by
+    default); ``None`` sends nothing (endpoints that do not know the field).
     """
 
     def __init__(
@@ -88,6 +94,8 @@ class OpenAICompatProvider:
         *,
         json_mode: JsonMode = "json_schema",
         key_env: str | None = None,
+        key_required: bool = True,
+        thinking: Thinking | None = None,
         clock: Clock | None = None,
     ) -> None:
         if json_mode not in ("json_schema", "json_object"):
@@ -98,6 +106,8 @@ class OpenAICompatProvider:
         self._api_key = api_key
         self._key_env = key_env or f"{name.upper().replace('-', '_')}_API_KEY"
         self._json_mode = json_mode
+        self._key_required = key_required
+        self._thinking = thinking
         self._clock = clock or SystemClock()
 
     async def complete(
@@ -107,13 +117,19 @@ class OpenAICompatProvider:
         status, :class:`ContentFiltered` (``content_filter``), :class:`Overloaded` (DeepSeek
         ``insufficient_system_resource``), :class:`EmptyAnswer` (no choice or empty content) or
         :class:`MalformedResponse` (bad body, or content that is not a JSON object when asked)."""
-        key = require_key(self.name, self._api_key, self._key_env)
+        headers = {}
+        if self._key_required or self._api_key:
+            key = require_key(self.name, self._api_key, self._key_env)
+            headers["Authorization"] = f"Bearer {key}"
+        payload = chat_payload(request, model, self._json_mode)
+        if self._thinking is not None:
+            payload["thinking"] = {"type": self._thinking}
         reply = await post_json(
             self._session,
             self.name,
             self._url,
-            headers={"Authorization": f"Bearer {key}"},
-            payload=chat_payload(request, model, self._json_mode),
+            headers=headers,
+            payload=payload,
             timeout_s=timeout_s,
         )
         if reply.status != 200:
@@ -151,6 +167,7 @@ class OpenAICompatProvider:
         return Completion(
             provider=self.name,
             model=model,
+            served_model=optional_str(body.get("model")),
             text=content,
             data=data,
             usage=usage,
@@ -215,6 +232,8 @@ class OpenAICompatProvider:
             retry_after_seconds(reply.headers, self._clock.now()) if reply.status == 429 else None
         )
         cls = error_class(_STATUS_ERRORS, reply.status)
+        if "model_not_found" in (error.get("code"), error.get("type")):
+            cls = ModelUnavailable
         return cls(
             self.name,
             detail,

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from opsgate.metering.cost import exact_cost_micro_usd
-from opsgate.metering.prices import PriceTable
+from opsgate.metering.prices import PriceBook, PriceTable
 from opsgate.providers.base import Usage
 from opsgate.store.models import ai_operation_log
 
@@ -18,12 +18,14 @@ from opsgate.store.models import ai_operation_log
 def log_facts(engine: Engine) -> dict[str, Any]:
     """``{requests, errors, by_provider, error_codes, p99_latency_ms, avg_latency_ms,
     cost_micro_usd, recomputed_cost_micro_usd (Decimal)}`` over every row. The recomputation prices
-    each row's tokens at the price table with exact Decimal arithmetic (cache writes at the 5-minute
-    rate, as the log stores them together)."""
-    prices = PriceTable.load()
+    each row's tokens at the served model's price at the row's time (the maintained prices under
+    opsgate's packaged table) with exact Decimal arithmetic (cache writes at the 5-minute rate, as
+    the log stores them together)."""
+    prices = PriceBook(PriceTable.load())
     c = ai_operation_log.c
-    query = select(c.status, c.error_code, c.provider, c.model, c.latency_ms, c.cost_micro_usd, c.input_tokens,
-                   c.output_tokens, c.cache_write_tokens, c.cache_read_tokens, c.reasoning_tokens)
+    query = select(c.status, c.error_code, c.provider, c.model, c.served_model, c.created_at, c.latency_ms,
+                   c.cost_micro_usd, c.input_tokens, c.output_tokens, c.cache_write_tokens,
+                   c.cache_read_tokens, c.reasoning_tokens)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     latencies = sorted(r.latency_ms for r in rows)
@@ -39,7 +41,8 @@ def log_facts(engine: Engine) -> dict[str, Any]:
             usage = Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                           cache_write_tokens=r.cache_write_tokens, cache_read_tokens=r.cache_read_tokens,
                           reasoning_tokens=r.reasoning_tokens)
-            recomputed += exact_cost_micro_usd(usage, prices.price_for(r.model))
+            price = prices.price_at(r.provider, r.served_model or r.model, r.created_at).price
+            recomputed += exact_cost_micro_usd(usage, price)
     n = len(rows)
     return {
         "requests": n, "errors": n - sum(by_provider.values()),

@@ -1,16 +1,22 @@
 """Routing policies: which provider/model chain an operation uses, and how patiently.
 
-:func:`policies_for` gives every operation id a :class:`RoutePolicy`. Today all nine share
-:func:`default_policy`; per-operation policies come in through its ``overrides`` argument (the
-seam for reading them from settings later).
+:func:`policies_for` gives every operation id a :class:`RoutePolicy`, read from the settings'
+``[routes.*]`` tables of ``opsgate.toml``: ``routes.default`` applies to every operation without
+its own route, and an operation's route inherits every field it does not set. Without any route
+the built-in :data:`DEFAULT_CHAIN` applies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from opsgate.config import Settings
+from opsgate.config import RouteConfig, Settings
+from opsgate.providers.registry import (
+    ANTHROPIC_DEFAULT_MODEL,
+    DEEPSEEK_DEFAULT_MODEL,
+    GEMINI_DEFAULT_MODEL,
+)
 
 OPERATION_IDS: tuple[str, ...] = (
     "email-compose",
@@ -68,17 +74,42 @@ class RoutePolicy:
             raise ValueError("total_timeout_s must be > 0 when set")
 
 
+BUILTIN_PROVIDERS: tuple[str, ...] = ("anthropic", "deepseek", "gemini")
+"""Providers every gateway has an adapter for; ``[providers.*]`` adds OpenAI-compatible ones."""
+
 DEFAULT_CHAIN: tuple[Target, ...] = (
-    Target("anthropic", "claude-opus-4-5"),
-    Target("deepseek", "deepseek-chat"),
-    Target("gemini", "gemini-2.0-flash"),
+    Target("anthropic", ANTHROPIC_DEFAULT_MODEL),
+    Target("deepseek", DEEPSEEK_DEFAULT_MODEL),
+    Target("gemini", GEMINI_DEFAULT_MODEL),
 )
+"""The seed's shape with models the providers serve today (read 2026-12-04, see docs/providers.md):
+a premium Claude model, then DeepSeek, then a Gemini Flash model."""
+
+
+class RouteConfigError(ValueError):
+    """The routing configuration cannot be served; ``problems`` holds one line per problem, each
+    naming the route, the target and what is missing."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def parse_target(text: str) -> Target:
+    """``"provider/model"`` -> :class:`Target` (split at the first ``/``: model ids may hold more)."""
+    provider, _, model = text.partition("/")
+    return Target(provider, model)
 
 
 def default_policy(settings: Settings) -> RoutePolicy:
-    """The policy every operation gets unless overridden: :data:`DEFAULT_CHAIN`, the settings'
-    ``provider_timeout_s`` per attempt and ``max_retry_wait_s``, three attempts per target, and an
-    overall deadline of twice the attempt timeout."""
+    """The policy of every operation without its own route: ``[routes.default]`` over the
+    built-ins (:data:`DEFAULT_CHAIN`, the settings' ``provider_timeout_s`` per attempt and
+    ``max_retry_wait_s``, three attempts per target, an overall deadline of twice the attempt
+    timeout)."""
+    return _policy(settings.routes.get("default", RouteConfig()), _builtin_policy(settings))
+
+
+def _builtin_policy(settings: Settings) -> RoutePolicy:
     return RoutePolicy(
         chain=DEFAULT_CHAIN,
         timeout_s=settings.provider_timeout_s,
@@ -88,14 +119,66 @@ def default_policy(settings: Settings) -> RoutePolicy:
     )
 
 
+def _policy(route: RouteConfig, base: RoutePolicy) -> RoutePolicy:
+    """``route``'s set fields over ``base``; a route that sets ``timeout_s`` but not
+    ``total_timeout_s`` gets twice its timeout as the overall deadline."""
+    timeout = route.timeout_s if route.timeout_s is not None else base.timeout_s
+    total = route.total_timeout_s
+    if total is None:
+        total = 2 * timeout if route.timeout_s is not None else base.total_timeout_s
+    return replace(
+        base,
+        chain=tuple(parse_target(t) for t in route.chain) if route.chain else base.chain,
+        timeout_s=timeout,
+        max_attempts_per_target=route.max_attempts_per_target or base.max_attempts_per_target,
+        total_timeout_s=total,
+    )
+
+
+def route_problems(settings: Settings) -> list[str]:
+    """Every problem of ``settings.routes`` and ``settings.providers`` that would make a call
+    unroutable, one line each (``route 'email-classify', target 'local/qwen3-8b': unknown provider
+    'local' (...)``); prices are checked by :func:`opsgate.metering.prices.price_problems`."""
+    problems = [
+        f"route {name!r}: no such operation (operations: default, {', '.join(OPERATION_IDS)})"
+        for name in settings.routes
+        if name != "default" and name not in OPERATION_IDS
+    ]
+    problems += [
+        f"provider {name!r}: the name of a built-in provider cannot be reused"
+        for name in settings.providers
+        if name in BUILTIN_PROVIDERS
+    ]
+    known = set(BUILTIN_PROVIDERS) | set(settings.providers)
+    for name, route in settings.routes.items():
+        for target in route.chain or ():
+            provider = parse_target(target).provider
+            if provider not in known:
+                problems.append(
+                    f"route {name!r}, target {target!r}: unknown provider {provider!r} "
+                    f"(known: {', '.join(sorted(known))}; add [providers.{provider}] to the config)"
+                )
+    return problems
+
+
 def policies_for(
     settings: Settings, overrides: Mapping[str, RoutePolicy] | None = None
 ) -> dict[str, RoutePolicy]:
-    """A policy for each of :data:`OPERATION_IDS`: ``overrides[op]`` when given, else
-    :func:`default_policy`. Raises ``ValueError`` if ``overrides`` names an unknown operation."""
+    """A policy for each of :data:`OPERATION_IDS`: ``overrides[op]`` when given, else the
+    operation's ``[routes.<op>]`` over :func:`default_policy`.
+
+    Raises ``ValueError`` if ``overrides`` names an unknown operation and
+    :class:`RouteConfigError` (one line per problem) for routes naming an unknown operation or
+    provider."""
     overrides = overrides or {}
     unknown = set(overrides) - set(OPERATION_IDS)
     if unknown:
         raise ValueError(f"route policy for unknown operation(s): {sorted(unknown)}")
+    problems = route_problems(settings)
+    if problems:
+        raise RouteConfigError(problems)
     default = default_policy(settings)
-    return {op: overrides.get(op, default) for op in OPERATION_IDS}
+    return {
+        op: overrides.get(op) or _policy(settings.routes.get(op, RouteConfig()), default)
+        for op in OPERATION_IDS
+    }

@@ -37,6 +37,7 @@ from aiohttp import web
 from opsgate.sandbox.faults import Outcome
 from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
+from opsgate.sandbox.models import served_model
 from opsgate.sandbox.sse import send_event, start_sse
 from opsgate.sandbox.state import CACHE_MIN_TOKENS, STATE, SandboxState
 from opsgate.sandbox.synth import count_tokens, reply_text, split_text, truncate_to_tokens
@@ -93,6 +94,9 @@ async def create_message(request: web.Request) -> web.StreamResponse:
         parsed = _parse(await request.json())
     except (ValueError, _InvalidRequest) as exc:
         return _error(400, request_id, state, str(exc) or "Invalid JSON body.")
+    served = served_model(PROVIDER, parsed.model, state.faults.profile)
+    if served is None:
+        return _error(404, request_id, state, f"model: {parsed.model}")
     decision = state.faults.decide(PROVIDER)
     await decision.wait()
     status = decision.error_status(OVERLOAD_STATUS)
@@ -102,6 +106,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
         message = _message(parsed, state, refusal=decision.outcome is Outcome.SAFETY_BLOCKED)
     except UnsupportedSchemaError as exc:
         return _error(400, request_id, state, f"input_schema: {exc}")
+    message["model"] = served
     headers = _rate_headers(request_id, state)
     if decision.outcome is Outcome.MALFORMED and parsed.stream:
         return await malformed_stream(request, _events(message), decision.variant, headers)

@@ -38,6 +38,7 @@ from aiohttp import web
 from opsgate.sandbox.faults import Outcome
 from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
+from opsgate.sandbox.models import served_model
 from opsgate.sandbox.sse import send_event, start_sse
 from opsgate.sandbox.state import CACHE_MIN_TOKENS, DEEPSEEK_CACHE_UNIT, STATE, SandboxState
 from opsgate.sandbox.synth import count_tokens, reply_text, split_text, truncate_to_tokens
@@ -56,6 +57,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "Invalid format: the request body is not valid."),
     401: ("authentication_error", "Authentication Fails, Your api key is invalid"),
     402: ("invalid_request_error", "Insufficient Balance"),
+    404: ("invalid_request_error", "The model does not exist or you do not have access to it."),
     422: ("invalid_request_error", "Invalid Parameters"),
     429: ("rate_limit_error", "Rate Limit Reached"),
     500: ("api_error", "Server Error"),
@@ -95,6 +97,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         return _error(exc.status, str(exc))
     except ValueError:
         return _error(400)
+    served = served_model(PROVIDER, parsed.model, state.faults.profile)
+    if served is None:
+        return _error(404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
+                      code="model_not_found")
     decision = state.faults.decide(PROVIDER)
     await decision.wait()
     status = decision.error_status(OVERLOAD_STATUS)
@@ -104,6 +110,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         completion = _completion(parsed, state, filtered=decision.outcome is Outcome.SAFETY_BLOCKED)
     except UnsupportedSchemaError as exc:
         return _error(400, f"Invalid response_format schema: {exc}")
+    completion["model"] = served
     if decision.outcome is Outcome.MALFORMED and parsed.stream:
         return await malformed_stream(request, _events(completion, True), decision.variant, {})
     if decision.outcome is Outcome.MALFORMED:
@@ -267,14 +274,14 @@ async def _stream(
     return response
 
 
-def _error(status: int, message: str | None = None) -> web.Response:
+def _error(status: int, message: str | None = None, *, code: str | None = None) -> web.Response:
     kind, default = _ERRORS.get(status, ("api_error", "Server Error"))
     body = {
         "error": {
             "message": message or default,
             "type": kind,
             "param": None,
-            "code": "invalid_request_error" if status < 500 else None,
+            "code": code or ("invalid_request_error" if status < 500 else None),
         }
     }
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 429 else {}

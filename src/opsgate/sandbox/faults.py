@@ -21,6 +21,10 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
   "content_filter"``, Gemini ``promptFeedback.blockReason: "SAFETY"`` with no candidates.
 - ``timeout``: the request hangs for :data:`HANG_SECONDS` (longer than any client timeout); the
   waiting handler is an ordinary cancellable ``asyncio.sleep``.
+- ``retired:<provider>:<model>``: that provider answers requests for ``model`` with its own
+  "model not found" 404 (as for a retired model).
+- ``substitute:<provider>:<model>``: that provider reports ``model`` as the model that served
+  every request (as when a provider reroutes an alias or a retired model).
 
 Where several parts apply to one request, the first of timeout, status, outage, ratelimit, errors,
 flaky, malformed, safety-blocked wins; ``slow`` latency is added in every case. Providers are
@@ -108,6 +112,8 @@ class FaultProfile:
     ratelimit: frozenset[str] = frozenset()
     status: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    retired: frozenset[tuple[str, str]] = frozenset()
+    substitute: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, profile: str) -> FaultProfile:
@@ -118,6 +124,8 @@ class FaultProfile:
         ratelimit: set[str] = set()
         status: dict[str, int] = {}
         errors: dict[str, int] = {}
+        retired: set[tuple[str, str]] = set()
+        substitute: dict[str, str] = {}
         for part in parts:
             name, _, arg = part.partition(":")
             if name == "none" and not arg:
@@ -138,6 +146,11 @@ class FaultProfile:
             elif name == "errors":
                 provider, pct = _errors(arg)
                 errors[provider] = pct
+            elif name == "retired":
+                retired.add(_model(arg))
+            elif name == "substitute":
+                provider, model = _model(arg)
+                substitute[provider] = model
             else:
                 raise FaultProfileError(f"unknown fault profile part {part!r}")
         return cls(
@@ -146,6 +159,8 @@ class FaultProfile:
             ratelimit=frozenset(ratelimit),
             status=status,
             errors=errors,
+            retired=frozenset(retired),
+            substitute=substitute,
         )
 
 
@@ -230,6 +245,13 @@ def _status(arg: str) -> tuple[str, int]:
     if not code.isdigit() or not 400 <= int(code) <= 599:
         raise FaultProfileError(f"status needs <provider>:<4xx|5xx>, got {arg!r}")
     return _provider(provider), int(code)
+
+
+def _model(arg: str) -> tuple[str, str]:
+    provider, _, model = arg.partition(":")
+    if not model:
+        raise FaultProfileError(f"expected <provider>:<model>, got {arg!r}")
+    return _provider(provider), model
 
 
 def _errors(arg: str) -> tuple[str, int]:

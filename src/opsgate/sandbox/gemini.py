@@ -35,6 +35,7 @@ from aiohttp import web
 from opsgate.sandbox.faults import Outcome
 from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
+from opsgate.sandbox.models import served_model
 from opsgate.sandbox.sse import send_event, start_sse
 from opsgate.sandbox.state import CACHE_MIN_TOKENS, STATE, SandboxState
 from opsgate.sandbox.synth import count_tokens, reply_text, split_text, truncate_to_tokens
@@ -105,6 +106,10 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
         parsed = _parse(model, action, await request.json())
     except ValueError as exc:
         return _error(400, str(exc) if isinstance(exc, _InvalidArgument) else None)
+    served = served_model(PROVIDER, parsed.model, state.faults.profile)
+    if served is None:
+        return _error(404, f"models/{parsed.model} is not found for API version v1beta, or is not "
+                           "supported for generateContent.")
     decision = state.faults.decide(PROVIDER)
     await decision.wait()
     status = decision.error_status(OVERLOAD_STATUS)
@@ -112,6 +117,7 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
         return _error(status)
     try:
         answer = _answer(parsed, state, blocked=decision.outcome is Outcome.SAFETY_BLOCKED)
+        answer["modelVersion"] = served
     except UnsupportedSchemaError as exc:
         return _error(400, f"Invalid JSON payload: response schema: {exc}")
     sse = request.query.get("alt") == "sse"

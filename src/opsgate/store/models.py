@@ -38,6 +38,7 @@ ai_operation_log = Table(
     Column("operation", String(64), nullable=False),
     Column("provider", String(32)),
     Column("model", String(128)),
+    Column("served_model", String(128)),  # as the provider reported it (issue 13); model = requested
     Column("status", String(16), nullable=False),
     Column("error_code", String(64)),
     Column("attempts", Integer, nullable=False, default=0),

@@ -1,0 +1,97 @@
+"""Which model served a call, and the alert events about models: substitutions and retirements.
+
+Providers report the model that answered (OpenAI-compatible and Anthropic ``model``, Gemini
+``modelVersion``). A dated snapshot of the requested model (``claude-opus-5-20260724``,
+``gemini-3.8-flash-001``) is the same model; anything else is a *substitution* (an alias moved,
+or a retired model rerouted by the provider), which :class:`ModelWatch` reports once per episode
+as ``model_substituted`` (P3). A target answering ``model_unavailable`` (retired or unknown model)
+is reported once per episode as ``model_unavailable`` (P2). An episode ends when the same
+(operation, provider, model) is served by the requested model again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from opsgate.providers.base import Completion
+
+MODEL_SUBSTITUTED = "model_substituted"
+MODEL_UNAVAILABLE = "model_unavailable"
+SEVERITY = {MODEL_SUBSTITUTED: "P3", MODEL_UNAVAILABLE: "P2"}
+
+_SNAPSHOT = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|\d{3}|latest)$")
+
+
+def normalise_model(model: str) -> str:
+    """``model`` without a ``models/`` prefix and a dated-snapshot or version suffix
+    (``-20260724``, ``-2026-07-24``, ``-001``, ``-latest``), lower-cased."""
+    return _SNAPSHOT.sub("", model.lower().removeprefix("models/"))
+
+
+def substituted(requested: str, served: str | None) -> bool:
+    """Whether ``served`` is another model than ``requested`` (``None``: the provider did not
+    say, so it is taken as the requested model)."""
+    return served is not None and normalise_model(served) != normalise_model(requested)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEvent:
+    """An alert event: ``kind`` (:data:`MODEL_SUBSTITUTED` or :data:`MODEL_UNAVAILABLE`), its
+    ``severity``, the operation, provider and requested model, and the served model (for a
+    substitution)."""
+
+    kind: str
+    severity: str
+    operation: str
+    provider: str
+    model: str
+    served_model: str | None = None
+
+    @property
+    def subject(self) -> str:
+        """``"<operation> <provider>/<model>"``, the alert group."""
+        return f"{self.operation} {self.provider}/{self.model}"
+
+    @property
+    def detail(self) -> str:
+        """One line for the incident timeline."""
+        if self.kind == MODEL_SUBSTITUTED:
+            return (f"{self.operation}: asked {self.provider} for {self.model}, "
+                    f"served by {self.served_model}")
+        return f"{self.operation}: {self.provider} no longer serves {self.model} (fell back)"
+
+
+@dataclass
+class ModelWatch:
+    """Tracks open episodes per (kind, operation, provider, model) and publishes a
+    :class:`ModelEvent` to every ``listeners`` entry when one opens. In-process and event-loop
+    confined (no awaits), like the router."""
+
+    listeners: list[Callable[[ModelEvent], None]] = field(default_factory=list)
+    _open: set[tuple[str, str, str, str]] = field(default_factory=set)
+
+    def completed(self, operation: str, completion: Completion) -> None:
+        """A call of ``operation`` was answered by ``completion``: open or close the
+        substitution episode of its target."""
+        key = (MODEL_SUBSTITUTED, operation, completion.provider, completion.model)
+        if substituted(completion.model, completion.served_model):
+            self._event(key, completion.served_model)
+        else:
+            self._open.discard(key)
+            self._open.discard((MODEL_UNAVAILABLE, *key[1:]))
+
+    def unavailable(self, operation: str, targets: Iterable[tuple[str, str]]) -> None:
+        """``targets`` ((provider, model) pairs) answered ``model_unavailable`` for ``operation``."""
+        for provider, model in targets:
+            self._event((MODEL_UNAVAILABLE, operation, provider, model), None)
+
+    def _event(self, key: tuple[str, str, str, str], served: str | None) -> None:
+        if key in self._open:
+            return
+        self._open.add(key)
+        kind, operation, provider, model = key
+        event = ModelEvent(kind, SEVERITY[kind], operation, provider, model, served)
+        for listener in self.listeners:
+            listener(event)
