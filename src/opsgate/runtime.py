@@ -123,7 +123,9 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
     ``settings.sandbox`` the in-process provider sandboxes first. The sanitizer takes its key and
     phone regions from ``settings``; provider keys are read through the secrets layer (ledgered,
     ``op://`` references resolved) before the providers are built. Whatever raises half-way, what
-    was already open is closed before the error propagates."""
+    was already open is closed before the error propagates. A routing configuration that cannot
+    be served raises :class:`~opsgate.routing.policy.RouteConfigError` before anything is opened;
+    the effective routing configuration and its digest are appended to the ledger."""
     stack = AsyncExitStack()
     try:
         return await _open(stack, settings, clock or SystemClock())
@@ -135,6 +137,7 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
 async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runtime:
     configure_sanitizer(settings)
     privacy = PrivacyPolicy.from_settings(settings)
+    policies, prices = checked_routes(settings, clock)  # refuses before anything is opened
     sandbox = None
     if settings.sandbox:
         sandbox = await stack.enter_async_context(SandboxServer(faults=settings.sandbox_faults))
@@ -148,7 +151,6 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s)
     tokens = TokenService(settings, clock)
-    policies, prices = checked_routes(settings, clock)
     routed = [f"{t.provider}/{t.model}" for p in policies.values() for t in p.chain]
     metering = build_metering(settings, engine, clock, prices, routed)
     rollout.ensure_toggles(OPERATIONS)

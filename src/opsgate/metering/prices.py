@@ -202,8 +202,9 @@ class PriceBook:
     Lookup order: the operator's ``[prices."provider/model"]`` (``overrides``), then the packaged
     table (``table``: opsgate's overrides and models ``genai-prices`` lacks), then the maintained
     ``genai-prices`` data for the built-in providers (:data:`GENAI_PRICES_PROVIDERS`), which
-    applies prices that change on a date or by time of day (DeepSeek's peak hours) at the call's
-    time. Tiered prices (long-context tiers) take the tier of the call's input token count.
+    applies prices that change on a date or by time of day (DeepSeek's peak hours, weekdays only:
+    :data:`WEEKEND_OFF_PEAK`) at the call's time. Tiered prices (long-context tiers) take the tier
+    of the call's input token count.
     """
 
     def __init__(
@@ -286,10 +287,19 @@ def genai_prices_version() -> str:
     return genai_prices.__version__
 
 
+WEEKEND_OFF_PEAK: frozenset[str] = frozenset({"deepseek"})
+"""Providers billing off-peak all day on Saturdays and Sundays. DeepSeek's pricing page puts its
+peak windows (01:00-04:00 and 06:00-10:00 UTC) on weekdays only, since 2026-08-23; genai-prices
+0.2.3 has no day-of-week condition and bills those windows at peak every day (its note calls that
+an upper bound). The windows lie within one Beijing calendar day, so the UTC weekday decides."""
+
+
 def _genai_price(provider: str, model: str, at: datetime, input_tokens: int) -> ResolvedPrice | None:
     provider_id = GENAI_PRICES_PROVIDERS.get(provider)
     if provider_id is None:
         return None
+    if provider in WEEKEND_OFF_PEAK and at.astimezone(UTC).weekday() >= 5:
+        at = at.astimezone(UTC).replace(hour=12, minute=0, second=0, microsecond=0)  # off-peak
     snapshot = genai_data_snapshot.get_snapshot()
     source = next((p for p in snapshot.providers if p.id == provider_id), None)
     info = source.find_model(model) if source is not None else None

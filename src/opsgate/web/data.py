@@ -100,7 +100,8 @@ def series(runtime: Runtime, window_s: int, operation: str | None) -> Doc:
 def providers(runtime: Runtime, window_s: int) -> Doc:
     """``{"window_s", "providers": {name: {"available", "errorRate", "latency" (GET /v1/health
     providerAvailability), "breaker", "consecutive_failures" (this instance's circuit breaker,
-    as ``opsgate_breaker_state`` in /metrics)}}}``."""
+    as ``opsgate_breaker_state`` in /metrics)}}, "substitutions": [...]}`` (served models that
+    differ from the requested ones within the window, :func:`opsgate.web.queries.substitutions`)."""
     health = compute_health(runtime.engine, runtime.clock.now(), window_s).model_dump()
     breakers = {s.provider: s for s in runtime.gateway.router.snapshot()}
     found: Doc = {}
@@ -109,7 +110,9 @@ def providers(runtime: Runtime, window_s: int) -> Doc:
         snap = breakers.get(name)
         found[name] = {**figures, "breaker": snap.state.value if snap else "-",
                        "consecutive_failures": snap.consecutive_failures if snap else 0}
-    return {"window_s": window_s, "providers": found}
+    return {"window_s": window_s, "providers": found,
+            "substitutions": queries.substitutions(runtime.engine, runtime.clock.now() - timedelta(seconds=window_s))}
+
 
 
 def costs(runtime: Runtime) -> Doc:

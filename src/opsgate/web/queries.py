@@ -25,6 +25,7 @@ from opsgate.ledger.service import log_size
 from opsgate.metering.models import cost_reconciliations
 from opsgate.monitoring.health import LEDGER_VERIFY, pct, percentile
 from opsgate.monitoring.models import signals
+from opsgate.routing.served import substituted
 from opsgate.store.models import ai_operation_log, ledger_entries
 
 RECENT_ENTRIES = 12
@@ -186,3 +187,18 @@ def _anchor(conn: Any, name: str, anchored: int) -> dict[str, Any]:
 def _envelope(body: bytes) -> dict[str, Any]:
     entry = orjson.loads(body)
     return {"seq": entry["seq"], "ts": entry["ts"], "kind": entry["kind"], "actor": entry.get("actor")}
+
+
+def substitutions(engine: Engine, since: datetime) -> list[dict[str, Any]]:
+    """Calls since ``since`` that a provider answered with another model than the one asked for
+    (dated snapshots of the same model do not count): ``[{"operation", "provider", "model",
+    "served_model", "calls", "last"}]``, most calls first (issue 13, ``model_substituted``)."""
+    c = ai_operation_log.c
+    query = (select(c.operation, c.provider, c.model, c.served_model, func.count(), func.max(c.created_at))
+             .where(c.created_at >= since, c.served_model.is_not(None), c.served_model != c.model)
+             .group_by(c.operation, c.provider, c.model, c.served_model))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    found = [{"operation": r[0], "provider": r[1], "model": r[2], "served_model": r[3], "calls": r[4],
+              "last": r[5].isoformat()} for r in rows if substituted(r[2], r[3])]
+    return sorted(found, key=lambda f: -f["calls"])
