@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -25,6 +25,7 @@ from opsgate.metering.prices import PriceBook, PriceTable
 from opsgate.monitoring.models import signals
 from opsgate.providers.base import Usage
 from opsgate.store.models import ai_operation_log, ledger_entries
+from opsgate.web.queries import substitutions
 from tests.conftest import EXAMPLES, Gateway, gateway_settings
 
 
@@ -95,6 +96,9 @@ def test_substitution_is_stored_priced_at_the_served_model_and_alerted_once_per_
             assert body["cost_micro_usd"] == row["cost_micro_usd"] == _expected_cost(row, provider, served)
             assert row["cost_micro_usd"] != _expected_cost(row, provider, requested)
         assert [r["served_model"] for r in _results(gw)] == [served, served]
+        [shown] = substitutions(gw.runtime.engine, rows[0]["created_at"] - timedelta(minutes=1))
+        assert (shown["operation"], shown["model"], shown["served_model"], shown["calls"]) == (
+            "email-classify", requested, served, 2)  # the dashboard's Providers page
         [event] = _signals(gw, "model_substituted")
         assert (event["severity"], event["subject"]) == ("P3", f"email-classify {target}")
         assert event["detail"] == f"email-classify: asked {provider} for {requested}, served by {served}"

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from opsgate.sandbox import SandboxThread
 from opsgate.sandbox.synth import count_tokens
 
-MODEL = "gemini-2.5-flash"
+MODEL = "gemini-3.8-flash"  # issue 13: Google answers gemini-2.5-flash with another model since 2026-12-01
 
 
 class Anomaly(BaseModel):

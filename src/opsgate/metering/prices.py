@@ -309,14 +309,19 @@ def _genai_price(provider: str, model: str, at: datetime, input_tokens: int) -> 
     if raw.input_mtok is None or raw.output_mtok is None:
         return None
     values = {field: _tier(getattr(raw, key), input_tokens) for field, key in _GENAI_FIELDS}
-    if not values["cache_write_1h"]:
-        values["cache_write_1h"] = values["cache_write"]
+    # genai-prices bills cache tokens of a kind the model has no price for as uncached input
+    # (and 1-hour writes as 5-minute writes); opsgate's Usage keeps the kinds apart, so the
+    # missing prices are filled in the same way.
+    for missing, fallback in (("cache_write", "input"), ("cache_read", "input"),
+                              ("cache_write_1h", "cache_write")):
+        if getattr(raw, dict(_GENAI_FIELDS)[missing]) is None:
+            values[missing] = values[fallback]
     price = ModelPrice(model=model, provider=provider, **values)
     return ResolvedPrice(price, "genai-prices", genai_prices_version())
 
 
 def _tier(value: Any, input_tokens: int) -> Decimal:
-    """A genai-prices price as one Decimal: ``None`` is 0, a tiered price takes the highest tier
+    """A genai-prices price as one Decimal: ``None`` is 0 (filled in by the caller), a tiered price takes the highest tier
     whose start the call's input tokens exceed (the providers' "cliff" tiers)."""
     if value is None:
         return Decimal(0)
