@@ -20,18 +20,19 @@ from opsgate.config import Settings, config_path
 from opsgate.errors import OpsgateError
 from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
+from opsgate.metering.prices import PriceBook
 from opsgate.monitoring.cli import incidents_app, worker
 from opsgate.operations.cli import privacy_app
 from opsgate.rehearsal.cli import rehearse
 from opsgate.reports.cli import readiness, report_app
+from opsgate.reports.config_check import config_app
 from opsgate.rollout.cli import rollout_app, toggles_app
-from opsgate.routing.cli import config_app
+from opsgate.routing.effective import checked_routes
+from opsgate.routing.policy import RouteConfigError
 from opsgate.security.cli import backup_app, keys_app, users_app
 from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
-from opsgate.routing.effective import checked_routes
-from opsgate.routing.policy import RouteConfigError
 
 app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -80,8 +81,9 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
     if faults is not None:
         update["sandbox_faults"] = faults
     settings = settings.model_copy(update=update) if update else settings
+    now = SystemClock().now
     try:
-        checked_routes(settings, SystemClock())
+        checked_routes(settings, PriceBook.from_settings(settings, now), now())
     except RouteConfigError as exc:
         _fail(escape("; ".join(exc.problems)))
     return settings

@@ -30,6 +30,7 @@ from opsgate.clock import Clock, SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
+from opsgate.metering.prices import PriceBook
 from opsgate.metering.service import MeteringService, build_metering
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
@@ -137,7 +138,8 @@ async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runti
 async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runtime:
     configure_sanitizer(settings)
     privacy = PrivacyPolicy.from_settings(settings)
-    policies, prices = checked_routes(settings, clock)  # refuses before anything is opened
+    prices = PriceBook.from_settings(settings, clock.now)
+    policies = checked_routes(settings, prices, clock.now())  # refuses before anything is opened
     sandbox = None
     if settings.sandbox:
         sandbox = await stack.enter_async_context(SandboxServer(faults=settings.sandbox_faults))

@@ -2,7 +2,9 @@
 the problems that refuse start-up, and the digest written to the ledger.
 
 Used by the runtime at start-up (:func:`checked_routes`), by ``opsgate config check`` and by the
-readiness audit (:func:`effective_routes`, :func:`config_problems`).
+readiness audit (:func:`effective_routes`, :func:`config_problems`). Prices come in through
+:class:`PriceLookup` (a :class:`opsgate.metering.prices.PriceBook`): routing and metering are
+independent layers.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Protocol
 
 import orjson
 
-from opsgate.clock import Clock
 from opsgate.config import Settings, config_path
-from opsgate.metering.prices import PriceBook, ResolvedPrice
 from opsgate.routing.policy import (
     OPERATION_IDS,
     RouteConfigError,
@@ -27,6 +28,36 @@ from opsgate.routing.policy import (
     policies_for,
     route_problems,
 )
+
+class UnitPrice(Protocol):
+    """USD per million tokens of input and output."""
+
+    @property
+    def input(self) -> Decimal: ...
+
+    @property
+    def output(self) -> Decimal: ...
+
+
+class Priced(Protocol):
+    """A price with its ``source`` and ``version`` (a ``ResolvedPrice``)."""
+
+    @property
+    def price(self) -> UnitPrice: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+
+class PriceLookup(Protocol):
+    """What the routing check needs of the price book: the price of ``provider``/``model`` at
+    ``at`` (tz-aware UTC), or ``None`` when nothing prices it."""
+
+    def lookup(self, provider: str, model: str, at: datetime, input_tokens: int = 0) -> Priced | None: ...
+
 
 _BUILTIN_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "deepseek": "DEEPSEEK_API_KEY",
                     "gemini": "GEMINI_API_KEY"}
@@ -40,7 +71,7 @@ class TargetView:
     target: Target
     key_source: str
     key_set: bool
-    price: ResolvedPrice | None
+    price: Priced | None
 
     @property
     def name(self) -> str:
@@ -59,19 +90,18 @@ class RouteView:
     targets: tuple[TargetView, ...]
 
 
-def checked_routes(settings: Settings, clock: Clock) -> tuple[dict[str, RoutePolicy], PriceBook]:
-    """The policies and price book of ``settings``, or :class:`RouteConfigError` listing every
-    problem that makes a call unroutable or unmeterable (unknown provider, missing price).
-    A missing key does not refuse start-up: the router falls back past it."""
-    book = PriceBook.from_settings(settings, clock.now)
-    problems = config_problems(settings, book, clock.now(), check_keys=False)
+def checked_routes(settings: Settings, prices: PriceLookup, at: datetime) -> dict[str, RoutePolicy]:
+    """The policies of ``settings``, or :class:`RouteConfigError` listing every problem that makes
+    a call unroutable or unmeterable at ``at`` (unknown provider, missing price). A missing key
+    does not refuse start-up: the router falls back past it."""
+    problems = config_problems(settings, prices, at, check_keys=False)
     if problems:
         raise RouteConfigError(problems)
-    return policies_for(settings), book
+    return policies_for(settings)
 
 
 def config_problems(
-    settings: Settings, book: PriceBook, at: datetime, *, check_keys: bool = True
+    settings: Settings, book: PriceLookup, at: datetime, *, check_keys: bool = True
 ) -> list[str]:
     """One line per problem: routes naming an unknown operation or provider, targets without a
     price at ``at`` and, with ``check_keys``, targets whose key is not set (never in sandbox)."""
@@ -92,7 +122,7 @@ def config_problems(
     return problems
 
 
-def effective_routes(settings: Settings, book: PriceBook, at: datetime) -> list[RouteView]:
+def effective_routes(settings: Settings, book: PriceLookup, at: datetime) -> list[RouteView]:
     """Every operation's effective route, priced at ``at``. Raises :class:`RouteConfigError`
     when the routes name unknown operations or providers."""
     policies = policies_for(settings)
@@ -108,7 +138,7 @@ def effective_routes(settings: Settings, book: PriceBook, at: datetime) -> list[
     return views
 
 
-def routing_record(settings: Settings, book: PriceBook, at: datetime) -> dict[str, Any]:
+def routing_record(settings: Settings, book: PriceLookup, at: datetime) -> dict[str, Any]:
     """What the ledger's ``routing_config`` entry holds at start-up: the config file, every
     operation's effective route (targets, key source, price source and version, timeouts), the
     named providers (no keys) and ``digest``, the SHA-256 of the rest in canonical JSON."""

@@ -1,4 +1,7 @@
-"""``opsgate config check``: every operation's effective route, and whether it can be served."""
+"""``opsgate config check``: every operation's effective route, and whether it can be served.
+
+It lives with the reports because it reads both routing and metering (the price book), which are
+independent layers."""
 
 from __future__ import annotations
 
