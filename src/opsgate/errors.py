@@ -37,6 +37,7 @@ table in docs/architecture.md, equal to the classes)::
     │   ├── EmptyAnswer               provider_bad_response     502  providers.errors
     │   ├── InvalidRequest            provider_rejected         502  providers.errors
     │   ├── MalformedResponse         provider_bad_response     502  providers.errors
+    │   ├── ModelUnavailable          model_unavailable         503  providers.errors
     │   ├── Overloaded                provider_unavailable      503  providers.errors
     │   ├── ProviderTimeout           provider_unavailable      503  providers.errors
     │   ├── RateLimited               provider_unavailable      503  providers.errors
