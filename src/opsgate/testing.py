@@ -35,7 +35,7 @@ from opsgate.clock import ManualClock
 from opsgate.config import Settings
 from opsgate.ledger.entry import decode_body
 from opsgate.ledger.writer import Ledger
-from opsgate.metering.prices import PriceTable
+from opsgate.metering.prices import PriceBook, PriceTable
 from opsgate.metering.service import build_metering
 from opsgate.operations import OPERATIONS
 from opsgate.pipeline import Call, Gateway, Outcome
@@ -177,7 +177,7 @@ async def governed_gateway(
     ledger = Ledger(engine, clock)
     ledger.start()
     try:
-        prices = PriceTable.load()
+        prices = PriceBook(PriceTable.load(), now=clock.now)
         tokens = TokenService(settings, clock)
         gateway = Gateway(
             tokens=tokens,
@@ -186,7 +186,8 @@ async def governed_gateway(
             policies=_policies(provider.name, [FAKE_MODEL]),
             prices=prices,
             clock=clock,
-            metering=build_metering(settings, engine, clock, prices, [FAKE_MODEL]) if metering else None,
+            metering=(build_metering(settings, engine, clock, prices, [f"{provider.name}/{FAKE_MODEL}"])
+                      if metering else None),
         )
         yield GovernedGateway(gateway, engine, ledger, tokens, clock, provider)
     finally:
