@@ -339,7 +339,7 @@ def test_the_reservation_covers_the_prompt_really_sent(tmp_path: Path) -> None:
     case of the minimised prompt, which is dearer than the original's."""
     from opsgate.metering.budgets import set_budget
     from opsgate.metering.models import budget_reservations
-    from opsgate.metering.prices import PriceTable
+    from opsgate.metering.prices import PriceBook
     from opsgate.metering.worstcase import call_worst_case_micro_usd
     from opsgate.operations import OPERATIONS
     from opsgate.providers.base import CompletionRequest
@@ -362,7 +362,7 @@ def test_the_reservation_covers_the_prompt_really_sent(tmp_path: Path) -> None:
         json_schema=sent["tools"][0]["input_schema"], schema_name=sent["tools"][0]["name"])
     op = OPERATIONS["task-breakdown"]
     original = op.prepare(op.Input.model_validate(body)).request
-    models = [t.model for t in policies_for(gw.settings)["task-breakdown"].chain]
-    prices = PriceTable.load()
+    models = [f"{t.provider}/{t.model}" for t in policies_for(gw.settings)["task-breakdown"].chain]
+    prices = PriceBook.from_settings(gw.settings, gw.runtime.clock.now)  # the gateway's own price book
     assert held == call_worst_case_micro_usd(really_sent, models, prices)
     assert held > call_worst_case_micro_usd(original, models, prices)
