@@ -56,7 +56,7 @@ async def _refuses(url: str) -> bool:
         return True
 
 
-@pytest.mark.parametrize("step", ["policies_for", "ProviderStatusSync"])
+@pytest.mark.parametrize("step", ["build_metering", "ProviderStatusSync"])
 async def test_a_failing_start_up_step_leaves_no_thread_sandbox_or_task(
     step: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandboxes: list[SandboxServer]
 ) -> None:
