@@ -153,3 +153,21 @@ async def test_daily_report_is_queued_once_for_the_team_channels(engine) -> None
     assert first >= 1 and again == 0
     assert {r.channel for r in rows} == {"discord"}  # never the paging channel
     assert all(r.notify_key.startswith("security-report:2026-11-29") for r in rows)
+
+
+async def test_fallback_item_runs_the_config_check(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clock = ManualClock(datetime(2026, 12, 4, 12, tzinfo=UTC))
+    good = Settings(sandbox=True, _env_file=None)
+    audit = await run_readiness(Context(good, engine, clock, tmp_path), only={"fallback_providers"})
+    item = next(i for i in audit.items if i.key == "fallback_providers")
+    assert item.status == PASS and "`opsgate config check` ok" in item.evidence
+    bad = Settings(
+        sandbox=True,
+        providers={"local-vllm": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}},
+        routes={"email-classify": {"chain": ["local-vllm/qwen3-8b", "deepseek/deepseek-flash"]}},
+        _env_file=None,
+    )
+    audit = await run_readiness(Context(bad, engine, clock, tmp_path), only={"fallback_providers"})
+    item = next(i for i in audit.items if i.key == "fallback_providers")
+    assert item.status == FAIL
+    assert "config check: route 'email-classify', target 'local-vllm/qwen3-8b': no price" in item.evidence

@@ -194,6 +194,11 @@ def test_unservable_config_refuses_start_with_one_clear_line(tmp_path, monkeypat
                                      "--input", str(next(EXAMPLES.glob("email-classify.*")))])
     assert result.exit_code == 2
     assert " ".join(result.output.split()) == f"error: {line}"
+    started: list[dict] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(kw))
+    result = runner.invoke(cli_app, ["serve", "--workers", "2"])
+    assert (result.exit_code, started) == (2, [])
+    assert " ".join(result.output.split()) == f"error: {line}"
     with pytest.raises(RouteConfigError) as caught:
         asyncio.run(start_runtime(gateway_settings(tmp_path)))
     assert caught.value.problems == [line]

@@ -323,31 +323,33 @@ def key_ages(ctx: Context) -> tuple[bool, str]:
 
 
 def fallback_configured(ctx: Context) -> tuple[bool, str]:
-    """Every operation's route has a second provider, each has a key (or the sandbox), and none
-    is reported unavailable or demoted now."""
+    """Every operation's route has a second provider, ``opsgate config check`` finds no problem
+    (unknown provider, missing key outside the sandbox, missing price), and no provider is
+    reported unavailable or demoted now."""
+    from opsgate.metering.prices import PriceBook
     from opsgate.monitoring.providers import outages
-    from opsgate.routing.policy import policies_for
+    from opsgate.routing.effective import config_problems
+    from opsgate.routing.policy import RouteConfigError, policies_for
 
-    policies = policies_for(ctx.settings)
+    now = ctx.clock.now()
+    problems = config_problems(ctx.settings, PriceBook.from_settings(ctx.settings, ctx.clock.now), now)
+    try:
+        policies = policies_for(ctx.settings)
+    except RouteConfigError:  # already among ``problems``
+        policies = {}
     short = sorted(op for op, p in policies.items() if len({t.provider for t in p.chain}) < 2)
     providers = sorted({t.provider for p in policies.values() for t in p.chain})
-    keyless = [
-        p
-        for p in providers
-        if f"{p}_api_key" in type(ctx.settings).model_fields
-        and getattr(ctx.settings, f"{p}_api_key") is None
-        and not ctx.settings.sandbox
-    ]
     with ctx.engine.connect() as conn:
-        down = sorted(outages(conn, ctx.clock.now()))
+        down = sorted(outages(conn, now))
     bad = (
-        ([f"no fallback for {', '.join(short)}"] if short else [])
-        + ([f"no key for {', '.join(keyless)}"] if keyless else [])
+        [f"config check: {line}" for line in problems]
+        + ([f"no fallback for {', '.join(short)}"] if short else [])
         + ([f"unavailable now: {', '.join(down)}"] if down else [])
     )
-    return not bad, "; ".join(
-        bad
-    ) or f"chain {' -> '.join(providers)} for all {len(policies)} operations; all available"
+    return not bad, "; ".join(bad) or (
+        f"chain {' -> '.join(providers)} for all {len(policies)} operations; "
+        "`opsgate config check` ok; all available"
+    )
 
 
 def ledger_verified_anchored(ctx: Context) -> tuple[bool, str]:
