@@ -23,6 +23,7 @@ from opsgate.providers.errors import (
     AuthenticationFailed,
     BillingFailed,
     ContentFiltered,
+    ContextLengthExceeded,
     EmptyAnswer,
     InvalidRequest,
     MalformedResponse,
@@ -43,6 +44,7 @@ from opsgate.providers.http import (
     error_detail,
     optional_str,
     post_json,
+    rejected,
     require_key,
     retry_after_seconds,
     token_count,
@@ -71,6 +73,11 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     503: Overloaded,
     529: Overloaded,
 }
+_POLICY_MESSAGE = re.compile(r"content filtering policy", re.I)
+_CONTEXT_MESSAGE = re.compile(r"prompt is too long|exceed context limit", re.I)
+"""Anthropic's 400 messages for a content-policy block ("Output blocked by content filtering
+policy") and a prompt beyond the window ("prompt is too long: 208656 tokens > 200000 maximum",
+"input length and `max_tokens` exceed context limit: ...")."""
 _RATE_LIMIT_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 
@@ -223,6 +230,11 @@ class AnthropicProvider:
                 self.name, detail, http_status=429, retry_after=wait, provider_request_id=request_id
             )
         cls = error_class(_STATUS_ERRORS, reply.status)
+        message = optional_str(error.get("message")) or ""
+        if cls is InvalidRequest and _POLICY_MESSAGE.search(message):
+            cls, detail = rejected(ContentFiltered, detail)
+        elif cls is InvalidRequest and _CONTEXT_MESSAGE.search(message):
+            cls, detail = rejected(ContextLengthExceeded, detail)
         return cls(self.name, detail, http_status=reply.status, provider_request_id=request_id)
 
 

@@ -118,12 +118,27 @@ class ModelUnavailable(ProviderError):
 
 
 class ContentFiltered(ProviderError):
-    """A refusal, a SAFETY/blocked finish or a blocked prompt. Falls back only if the policy asks."""
+    """A content-policy refusal (422 ``content_filtered``): a refusal, a SAFETY/blocked finish, a
+    blocked prompt, or a 400 whose error says content policy (see each adapter). Never retried on
+    the same target; falls back only if the policy asks."""
 
     code = "content_filtered"
     status = 422
     fallback = False
     title = "The AI provider declined to answer this content"
+
+
+class ContextLengthExceeded(ProviderError):
+    """The prompt does not fit the target's context window (413 ``input_too_large``): Anthropic
+    400 "prompt is too long", OpenAI-compatible 400
+    ``context_length_exceeded`` or "maximum context length", Gemini 400 "input token count ...
+    exceeds the maximum". Never retried on the same target; the next target, which may have a
+    larger window, is tried. The client sees it only when no target of the chain can take the
+    prompt."""
+
+    code = "input_too_large"
+    status = 413
+    title = "The input is too large for the AI models of this operation"
 
 
 class EmptyAnswer(ProviderError):
@@ -154,6 +169,7 @@ _KINDS: dict[type[ProviderError], str] = {
     InvalidRequest: "invalid_request",
     ModelUnavailable: "model_unavailable",
     ContentFiltered: "content_filtered",
+    ContextLengthExceeded: "context_length",
     EmptyAnswer: "empty_answer",
     MalformedResponse: "malformed_response",
 }

@@ -16,6 +16,7 @@ from opsgate.providers.base import Completion, CompletionRequest, FinishReason, 
 from opsgate.providers.errors import (
     AuthenticationFailed,
     ContentFiltered,
+    ContextLengthExceeded,
     EmptyAnswer,
     InvalidRequest,
     MalformedResponse,
@@ -36,6 +37,7 @@ from opsgate.providers.http import (
     error_detail,
     optional_str,
     post_json,
+    rejected,
     require_key,
     safe_token,
     token_count,
@@ -59,6 +61,9 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     504: ServerError,
     503: Overloaded,
 }
+_CONTEXT_MESSAGE = re.compile(r"input token count.*exceeds the maximum", re.I | re.S)
+"""Gemini's 400 INVALID_ARGUMENT for a prompt beyond the window: "The input token count (1200293)
+exceeds the maximum number of tokens allowed (1048576)."."""
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
 _RETRY_IN_MESSAGE = re.compile(r"retry in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
@@ -195,6 +200,8 @@ class GeminiProvider:
         detail = error_detail(reply.status, error.get("status"))
         retry_after = retry_delay(error) if reply.status == 429 else None
         cls = error_class(_STATUS_ERRORS, reply.status)
+        if cls is InvalidRequest and _CONTEXT_MESSAGE.search(optional_str(error.get("message")) or ""):
+            cls, detail = rejected(ContextLengthExceeded, detail)
         return cls(
             self.name,
             detail,

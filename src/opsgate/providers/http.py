@@ -26,6 +26,8 @@ from yarl import URL
 from opsgate.providers.errors import (
     AuthenticationFailed,
     ConnectionFailed,
+    ContentFiltered,
+    ContextLengthExceeded,
     InvalidRequest,
     MalformedResponse,
     ProviderError,
@@ -257,6 +259,19 @@ def error_detail(status: int, error_type: object) -> str:
     """A client-safe detail: ``"HTTP 529 overloaded_error"`` (the type only if :func:`safe_token`)."""
     token = safe_token(error_type)
     return f"HTTP {status} {token}" if token else f"HTTP {status}"
+
+
+_REJECTION_NOTES: Mapping[type[ProviderError], str] = {
+    ContentFiltered: "the provider refused the content (content policy)",
+    ContextLengthExceeded: "the prompt exceeds the model's context window",
+}
+
+
+def rejected(cls: type[ProviderError], detail: str) -> tuple[type[ProviderError], str]:
+    """``cls`` (:class:`ContentFiltered` or :class:`ContextLengthExceeded`, read from a 400
+    body) and ``detail`` with what it means appended, e.g. ``"HTTP 400 invalid_request_error:
+    the prompt exceeds the model's context window"``; the provider's own message stays out."""
+    return cls, f"{detail}: {_REJECTION_NOTES[cls]}"
 
 
 def error_body(body: bytes) -> dict[str, Any]:

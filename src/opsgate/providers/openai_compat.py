@@ -8,6 +8,7 @@ Completion", "JSON Output", "Context Caching", "Error Codes").
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import aiohttp
@@ -19,6 +20,7 @@ from opsgate.providers.errors import (
     AuthenticationFailed,
     BillingFailed,
     ContentFiltered,
+    ContextLengthExceeded,
     EmptyAnswer,
     InvalidRequest,
     MalformedResponse,
@@ -39,6 +41,7 @@ from opsgate.providers.http import (
     error_detail,
     optional_str,
     post_json,
+    rejected,
     require_key,
     retry_after_seconds,
     token_count,
@@ -68,6 +71,13 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     504: ServerError,
     503: Overloaded,
 }
+
+
+_POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "ResponsibleAIPolicyViolation"})
+_CONTEXT_CODES = frozenset({"context_length_exceeded"})
+_POLICY_MESSAGE = re.compile(r"content exists risk|content management policy|content policy", re.I)
+_CONTEXT_MESSAGE = re.compile(r"maximum context length|context length exceeded", re.I)
+"""Content-policy and context-length signals of a 400/422 body (see :func:`rejection`)."""
 
 
 class OpenAICompatProvider:
@@ -148,9 +158,9 @@ class OpenAICompatProvider:
                 provider_request_id=request_id,
             )
         raw_finish = optional_str(choices[0].get("finish_reason"))
-        self._raise_for_finish(raw_finish, request_id)
-        usage = self._usage(body.get("usage"))
         message = choices[0].get("message")
+        self._raise_for_finish(raw_finish, message, request_id)
+        usage = self._usage(body.get("usage"))
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str) or not content.strip():
             raise EmptyAnswer(
@@ -177,11 +187,18 @@ class OpenAICompatProvider:
             provider_latency_ms=reply.latency_ms,
         )
 
-    def _raise_for_finish(self, raw_finish: str | None, request_id: str | None) -> None:
+    def _raise_for_finish(self, raw_finish: str | None, message: Any, request_id: str | None) -> None:
         if raw_finish == "content_filter":
             raise ContentFiltered(
                 self.name,
                 "the answer was filtered (content_filter)",
+                http_status=200,
+                provider_request_id=request_id,
+            )
+        if isinstance(message, dict) and optional_str(message.get("refusal")):
+            raise ContentFiltered(
+                self.name,
+                "the model refused (refusal)",
                 http_status=200,
                 provider_request_id=request_id,
             )
@@ -234,6 +251,8 @@ class OpenAICompatProvider:
         cls = error_class(_STATUS_ERRORS, reply.status)
         if "model_not_found" in (error.get("code"), error.get("type")):
             cls = ModelUnavailable
+        elif cls is InvalidRequest and (refusal := rejection(error)) is not None:
+            cls, detail = rejected(refusal, detail)
         return cls(
             self.name,
             detail,
@@ -241,6 +260,23 @@ class OpenAICompatProvider:
             retry_after=retry_after,
             provider_request_id=request_id,
         )
+
+
+def rejection(error: dict[str, Any]) -> type[ProviderError] | None:
+    """The typed refusal a 400/422 ``error`` object carries, or ``None``: a content-policy refusal (:class:`ContentFiltered`: ``code`` ``content_filter`` /
+    ``content_policy_violation``, Azure's ``innererror.code`` ``ResponsibleAIPolicyViolation``,
+    DeepSeek's message "Content Exists Risk") or a prompt beyond the context window
+    (:class:`ContextLengthExceeded`: ``code`` ``context_length_exceeded``, or the "This model's
+    maximum context length is N tokens" message of OpenAI, DeepSeek and vLLM). The provider's
+    message is only matched, never echoed."""
+    inner = as_object(error.get("innererror"))
+    codes = {c for c in (error.get("code"), error.get("type"), inner.get("code")) if isinstance(c, str)}
+    message = optional_str(error.get("message")) or ""
+    if codes & _POLICY_CODES or _POLICY_MESSAGE.search(message):
+        return ContentFiltered
+    if codes & _CONTEXT_CODES or _CONTEXT_MESSAGE.search(message):
+        return ContextLengthExceeded
+    return None
 
 
 def chat_payload(request: CompletionRequest, model: str, json_mode: JsonMode) -> dict[str, Any]:

@@ -7,9 +7,10 @@
   not queued. Success closes the circuit; a provider fault re-opens it.
 
 A *provider fault* is any :class:`~opsgate.providers.errors.ProviderError` except
-:class:`InvalidRequest`, :class:`ContentFiltered` and :class:`ModelUnavailable` (a retired model,
-while the provider serves others), which say something about the request, not about the provider's
-health: they neither count as failures nor as successes.
+:class:`InvalidRequest`, :class:`ContentFiltered`, :class:`ContextLengthExceeded` and
+:class:`ModelUnavailable` (a retired model, while the provider serves others), which say something
+about the request, not about the provider's health: they neither count as failures nor as
+successes.
 
 Concurrency: meant for one asyncio event loop. No method awaits, so each runs atomically with
 respect to other tasks; it is not safe to share across OS threads.
@@ -21,7 +22,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from opsgate.clock import Clock
-from opsgate.providers.errors import ContentFiltered, InvalidRequest, ModelUnavailable, ProviderError
+from opsgate.providers.errors import (
+    ContentFiltered,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelUnavailable,
+    ProviderError,
+)
 
 
 class BreakerState(StrEnum):
@@ -46,7 +53,7 @@ class BreakerSnapshot:
 
 def is_provider_fault(error: ProviderError) -> bool:
     """Whether ``error`` says the provider is unhealthy (see the module docstring)."""
-    return not isinstance(error, (InvalidRequest, ContentFiltered, ModelUnavailable))
+    return not isinstance(error, (InvalidRequest, ContentFiltered, ContextLengthExceeded, ModelUnavailable))
 
 
 class CircuitBreaker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from opsgate.providers.errors import ProviderError
+from opsgate.providers.errors import ContextLengthExceeded, ProviderError
 
 if TYPE_CHECKING:
     from opsgate.routing.router import Attempt
@@ -52,5 +52,20 @@ class AllProvidersFailed(ProviderError):
     def __init__(self, attempts: Sequence[Attempt], last_error: ProviderError | None) -> None:
         provider = last_error.provider if last_error is not None else "none"
         super().__init__(provider, self.title)
+        self.attempts = list(attempts)
+        self.last_error = last_error
+
+
+class InputTooLarge(ContextLengthExceeded):
+    """No target of the chain can take the prompt (413, ``input_too_large``): each one refused it
+    for its context length, or was skipped because the prompt's bound exceeds its context window
+    (:mod:`opsgate.routing.windows`). ``attempts`` and ``last_error`` as in
+    :class:`AllProvidersFailed`."""
+
+    title = "The input is too large for the AI models of this operation"
+
+    def __init__(self, attempts: Sequence[Attempt], last_error: ProviderError | None) -> None:
+        provider = last_error.provider if last_error is not None else "none"
+        super().__init__(provider, "The prompt does not fit the context window of any model of this operation")
         self.attempts = list(attempts)
         self.last_error = last_error

@@ -9,12 +9,17 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry; a wait longer
    than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead;
 4. after any other error (400/401/402/403/422, spend-cap 429, ...) or exhausted retries, fall
-   back to the next target only if ``error.fallback`` is set (auth, billing, spend cap, outages),
-   or the error is :class:`ContentFiltered` and the policy allows it. :class:`InvalidRequest`
-   never falls back.
+   back to the next target only if ``error.fallback`` is set (auth, billing, spend cap, outages,
+   a prompt beyond the target's context window), or the error is :class:`ContentFiltered` and the
+   policy allows it. :class:`InvalidRequest` never falls back; a :class:`ContentFiltered` or
+   :class:`ContextLengthExceeded` is never retried on the same target.
 
 A request-side error that must not fall back is re-raised as is, with ``error.attempts`` set.
-When the chain is exhausted, :class:`~opsgate.routing.errors.AllProvidersFailed` is raised.
+When the chain is exhausted, :class:`~opsgate.routing.errors.InputTooLarge` (413) is raised if
+every target refused the prompt for its length, else
+:class:`~opsgate.routing.errors.AllProvidersFailed`. Every failed provider call is logged (one
+WARNING line through the sanitizer: provider, model, status, error kind, provider request id;
+never the provider's body).
 Every outcome is reported to the provider's :class:`~opsgate.routing.breaker.CircuitBreaker`.
 A provider the alerting system :meth:`~Router.demote` (after a long outage) is tried after every other
 target until :meth:`~Router.restore`; :meth:`~Router.probe` checks whether it recovered.
@@ -23,25 +28,35 @@ target until :meth:`~Router.restore`; :meth:`~Router.probe` checks whether it re
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from opsgate.clock import Clock
 from opsgate.providers.base import Completion, CompletionRequest, Provider
-from opsgate.providers.errors import ContentFiltered, ProviderError, ProviderTimeout
+from opsgate.providers.errors import (
+    ContentFiltered,
+    ContextLengthExceeded,
+    ProviderError,
+    ProviderTimeout,
+)
 from opsgate.routing.breaker import BreakerSnapshot, CircuitBreaker
 from opsgate.routing.errors import (
     AllProvidersFailed,
     CircuitOpen,
     DeadlineExceeded,
+    InputTooLarge,
     ProviderNotConfigured,
 )
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.retry import retry_wait_s
+from opsgate.security.sanitizer import sanitize
 from opsgate.tracing import provider_call
 
 OK = "ok"
+
+log = logging.getLogger("opsgate.routing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,22 +180,26 @@ class Router:
         """Serve ``request`` along ``policy.chain``; see the module docstring for the rules.
 
         Returns :class:`Routed`. Raises :class:`ContentFiltered` or :class:`InvalidRequest` (with
-        ``.attempts``) when they may not fall back, else :class:`AllProvidersFailed`.
+        ``.attempts``) when they may not fall back, :class:`InputTooLarge` when every target
+        refused the prompt's length, else :class:`AllProvidersFailed`.
         """
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
         call = _Call(request, policy, deadline)
-        last_error: ProviderError | None = None
+        failures: list[ProviderError] = []
         for target in self.chain(policy):
             result = await self._try_target(call, target)
             if isinstance(result, Completion):
                 return Routed(result, call.attempts)
-            last_error = result
+            failures.append(result)
             if isinstance(result, DeadlineExceeded):
                 break
             if not _falls_back(result, policy):
                 result.attempts = call.attempts  # type: ignore[attr-defined]  # read back by the pipeline's getattr
                 raise result
+        last_error = failures[-1] if failures else None
+        if failures and all(isinstance(f, ContextLengthExceeded) for f in failures):
+            raise InputTooLarge(call.attempts, last_error) from last_error
         raise AllProvidersFailed(call.attempts, last_error) from last_error
 
     async def _try_target(self, call: _Call, target: Target) -> Completion | ProviderError:
@@ -237,6 +256,7 @@ class Router:
             return completion
         breaker.record_failure(error)
         self._record(call, target, error.kind, error.http_status, started, waited)
+        log_provider_error(target, error)
         return error
 
     def _skip(self, call: _Call, target: Target, error: ProviderError) -> ProviderError:
@@ -257,6 +277,20 @@ class Router:
         call.attempts.append(attempt)
         if self._observer is not None:
             self._observer(attempt)
+
+
+def log_provider_error(target: Target, error: ProviderError) -> None:
+    """Log one failed provider call as a WARNING of ``opsgate.routing``, through the sanitizer:
+    ``provider error: provider=deepseek model=deepseek-v4.1-flash status=400
+    error=content_filtered request_id=ds-1``. ``status`` is the provider's HTTP status (``none``
+    for transport failures and timeouts), ``error`` the error's kind; the provider's body is never
+    read here (``error.detail`` holds at most its error type)."""
+    line = (
+        f"provider error: provider={target.provider} model={target.model} "
+        f"status={error.http_status or 'none'} error={error.kind} "
+        f"request_id={error.provider_request_id or 'none'}"
+    )
+    log.warning(sanitize(line))
 
 
 def _falls_back(error: ProviderError, policy: RoutePolicy) -> bool:

@@ -97,11 +97,17 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     served = served_model(PROVIDER, parsed.model, state.faults.profile)
     if served is None:
         return _error(404, request_id, state, f"model: {parsed.model}")
+    tokens = count_tokens(parsed.prompt)
+    window = state.faults.profile.too_long(PROVIDER, tokens)
+    if window is not None:
+        return _error(400, request_id, state, f"prompt is too long: {tokens} tokens > {window} maximum")
     decision = state.faults.decide(PROVIDER)
     await decision.wait()
     status = decision.error_status(OVERLOAD_STATUS)
     if status is not None:
         return _error(status, request_id, state)
+    if decision.outcome is Outcome.POLICY_REFUSED:
+        return _error(400, request_id, state, "Output blocked by content filtering policy")
     try:
         message = _message(parsed, state, refusal=decision.outcome is Outcome.SAFETY_BLOCKED)
     except UnsupportedSchemaError as exc:

@@ -101,11 +101,21 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if served is None:
         return _error(404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
                       code="model_not_found")
+    tokens = count_tokens(parsed.prompt)
+    window = state.faults.profile.too_long(PROVIDER, tokens)
+    if window is not None:
+        completion_tokens = parsed.max_tokens or 0
+        return _error(400, f"This model's maximum context length is {window} tokens. However, you "
+                           f"requested {tokens + completion_tokens} tokens ({tokens} in the messages, "
+                           f"{completion_tokens} in the completion). Please reduce the length of the "
+                           "messages or completion.")
     decision = state.faults.decide(PROVIDER)
     await decision.wait()
     status = decision.error_status(OVERLOAD_STATUS)
     if status is not None:
         return _error(status)
+    if decision.outcome is Outcome.POLICY_REFUSED:
+        return _error(400, "Content Exists Risk")
     try:
         completion = _completion(parsed, state, filtered=decision.outcome is Outcome.SAFETY_BLOCKED)
     except UnsupportedSchemaError as exc:

@@ -19,6 +19,16 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
   cut before its final event, an empty stream).
 - ``safety-blocked``: Anthropic ``stop_reason: "refusal"``, DeepSeek ``finish_reason:
   "content_filter"``, Gemini ``promptFeedback.blockReason: "SAFETY"`` with no candidates.
+- ``policy:<provider>``: that provider refuses the content on policy grounds in its other form:
+  Anthropic 400 ``invalid_request_error`` "Output blocked by content filtering policy", DeepSeek
+  400 "Content Exists Risk", Gemini a 200 whose candidate has ``finishReason: "SAFETY"`` and no
+  content (a blocked answer).
+- ``context:<provider>:<tokens>``: that provider's context window is ``tokens``: a request whose
+  prompt counts more (the sandboxes' token rule, :func:`opsgate.sandbox.synth.count_tokens`) gets
+  its context-length 400: Anthropic "prompt is too long: N tokens > M maximum", DeepSeek "This
+  model's maximum context length is M tokens. However, you requested ...", Gemini
+  ``INVALID_ARGUMENT`` "The input token count (N) exceeds the maximum number of tokens allowed
+  (M).". Checked before any other part, as the real APIs validate before serving.
 - ``timeout``: the request hangs for :data:`HANG_SECONDS` (longer than any client timeout); the
   waiting handler is an ordinary cancellable ``asyncio.sleep``.
 - ``retired:<provider>:<model>``: that provider answers requests for ``model`` with its own
@@ -27,7 +37,7 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
   every request (as when a provider reroutes an alias or a retired model).
 
 Where several parts apply to one request, the first of timeout, status, outage, ratelimit, errors,
-flaky, malformed, safety-blocked wins; ``slow`` latency is added in every case. Providers are
+policy, flaky, malformed, safety-blocked wins; ``slow`` latency is added in every case. Providers are
 ``anthropic``, ``deepseek``, ``gemini``.
 """
 
@@ -62,6 +72,7 @@ class Outcome(StrEnum):
     STATUS = "status"
     MALFORMED = "malformed"
     SAFETY_BLOCKED = "safety_blocked"
+    POLICY_REFUSED = "policy_refused"
     HANG = "hang"
 
 
@@ -114,6 +125,14 @@ class FaultProfile:
     errors: dict[str, int] = field(default_factory=dict)
     retired: frozenset[tuple[str, str]] = frozenset()
     substitute: dict[str, str] = field(default_factory=dict)
+    policy: frozenset[str] = frozenset()
+    context: dict[str, int] = field(default_factory=dict)
+
+    def too_long(self, provider: str, prompt_tokens: int) -> int | None:
+        """``provider``'s context window when ``prompt_tokens`` exceeds it (``context:``), else
+        ``None``."""
+        window = self.context.get(provider)
+        return window if window is not None and prompt_tokens > window else None
 
     @classmethod
     def parse(cls, profile: str) -> FaultProfile:
@@ -126,6 +145,8 @@ class FaultProfile:
         errors: dict[str, int] = {}
         retired: set[tuple[str, str]] = set()
         substitute: dict[str, str] = {}
+        policy: set[str] = set()
+        context: dict[str, int] = {}
         for part in parts:
             name, _, arg = part.partition(":")
             if name == "none" and not arg:
@@ -151,6 +172,11 @@ class FaultProfile:
             elif name == "substitute":
                 provider, model = _model(arg)
                 substitute[provider] = model
+            elif name == "policy":
+                policy.add(_provider(arg))
+            elif name == "context":
+                provider, window = _context(arg)
+                context[provider] = window
             else:
                 raise FaultProfileError(f"unknown fault profile part {part!r}")
         return cls(
@@ -161,6 +187,8 @@ class FaultProfile:
             errors=errors,
             retired=frozenset(retired),
             substitute=substitute,
+            policy=frozenset(policy),
+            context=context,
         )
 
 
@@ -209,6 +237,8 @@ class FaultState:
             n, pct = self._next(provider, "errors"), p.errors[provider]
             if (n + 1) * pct // 100 > n * pct // 100:
                 return Outcome.STATUS, ERRORS_STATUS, 0
+        if provider in p.policy:
+            return Outcome.POLICY_REFUSED, None, 0
         if p.flaky:
             n = self._next(provider, "flaky")
             if n % FLAKY_PERIOD == 1:
@@ -252,6 +282,13 @@ def _model(arg: str) -> tuple[str, str]:
     if not model:
         raise FaultProfileError(f"expected <provider>:<model>, got {arg!r}")
     return _provider(provider), model
+
+
+def _context(arg: str) -> tuple[str, int]:
+    provider, _, tokens = arg.partition(":")
+    if not tokens.isdigit() or int(tokens) < 1:
+        raise FaultProfileError(f"context needs <provider>:<tokens>, got {arg!r}")
+    return _provider(provider), int(tokens)
 
 
 def _errors(arg: str) -> tuple[str, int]:

@@ -110,11 +110,18 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     if served is None:
         return _error(404, f"models/{parsed.model} is not found for API version v1beta, or is not "
                            "supported for generateContent.")
+    tokens = count_tokens(parsed.prompt)
+    window = state.faults.profile.too_long(PROVIDER, tokens)
+    if window is not None:
+        return _error(400, f"The input token count ({tokens}) exceeds the maximum number of tokens "
+                           f"allowed ({window}).")
     decision = state.faults.decide(PROVIDER)
     await decision.wait()
     status = decision.error_status(OVERLOAD_STATUS)
     if status is not None:
         return _error(status)
+    if decision.outcome is Outcome.POLICY_REFUSED:
+        return web.json_response(_blocked_answer(parsed, state, served))
     try:
         answer = _answer(parsed, state, blocked=decision.outcome is Outcome.SAFETY_BLOCKED)
         answer["modelVersion"] = served
@@ -224,6 +231,19 @@ def _answer(req: _Request, state: SandboxState, *, blocked: bool) -> dict[str, A
             req, state, prompt_tokens, count_tokens(text), count_tokens(thought)
         ),
         **ids,
+    }
+
+
+def _blocked_answer(req: _Request, state: SandboxState, served: str) -> dict[str, Any]:
+    """A blocked answer: one candidate with ``finishReason: "SAFETY"``, its safety ratings and no
+    ``content`` (what generateContent returns when the output trips a safety filter)."""
+    prompt_tokens = count_tokens(req.prompt)
+    ratings = [{"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}]
+    return {
+        "candidates": [{"finishReason": "SAFETY", "index": 0, "safetyRatings": ratings}],
+        "usageMetadata": {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens},
+        "modelVersion": served,
+        "responseId": state.next_id(),
     }
 
 

@@ -1,0 +1,136 @@
+"""Typed provider answers end to end (issue 14, item 5): real HTTP into the gateway, the provider
+sandboxes answering in each wire format's own shape.
+
+- A content-policy refusal is 422 ``content_filtered`` on every wire format, never retried on the
+  same target and not passed down the chain.
+- A context-length refusal falls back to the next target; when no target can take the prompt the
+  client gets 413 ``input_too_large``.
+- Every failed provider call leaves one sanitized log line (status, provider, model, error kind,
+  provider request id), never the provider's body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from opsgate.app import create_app
+from opsgate.localserver import serve_in_thread
+from opsgate.operations.io import input_from_file
+from opsgate.store.models import ai_operation_log
+from tests.conftest import EXAMPLES, Gateway, gateway_settings
+
+TARGETS = {
+    "anthropic": "anthropic/claude-opus-5",
+    "openai-compatible": "deepseek/deepseek-flash",
+    "gemini": "gemini/gemini-3.8-flash",
+}
+SANDBOX = {"anthropic": "anthropic", "openai-compatible": "deepseek", "gemini": "gemini"}
+
+
+def _gateway(tmp_path: Path, chain: list[str], faults: str, **overrides: object) -> Iterator[Gateway]:
+    settings = gateway_settings(tmp_path, sandbox_faults=faults,
+                                routes={"email-classify": {"chain": chain}}, **overrides)
+    app = create_app(settings)
+    server = serve_in_thread(app)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            yield Gateway(settings, app.state.runtime, client)
+    finally:
+        server.stop()
+
+
+def _classify(gw: Gateway) -> httpx.Response:
+    body = input_from_file("email-classify", next(EXAMPLES.glob("email-classify.*")), None)
+    return gw.post("email-classify", body)
+
+
+def _rows(gw: Gateway) -> list[dict]:
+    with gw.runtime.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(select(ai_operation_log)).mappings()]
+
+
+def _problem(resp: httpx.Response, status: int, code: str) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/problem+json"
+    body = resp.json()
+    assert (body["status"], body["code"]) == (status, code)
+    return body
+
+
+def _provider_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "opsgate.routing"]
+
+
+@pytest.mark.parametrize(
+    ("wire", "faults", "status"),
+    [
+        ("anthropic", "policy:anthropic", "400"),        # 400 "Output blocked by content filtering policy"
+        ("anthropic", "safety-blocked", "200"),          # stop_reason "refusal"
+        ("openai-compatible", "policy:deepseek", "400"),  # 400 "Content Exists Risk"
+        ("openai-compatible", "safety-blocked", "200"),  # finish_reason "content_filter"
+        ("gemini", "policy:gemini", "200"),              # candidate finishReason SAFETY, no content
+        ("gemini", "safety-blocked", "200"),             # promptFeedback.blockReason SAFETY
+    ],
+)
+def test_content_policy_refusals_are_422_content_filtered_without_retry_or_fallback(
+    tmp_path, caplog, wire, faults, status
+) -> None:
+    others = [t for w, t in TARGETS.items() if w != wire]
+    caplog.set_level(logging.WARNING, logger="opsgate.routing")
+    for gw in _gateway(tmp_path, [TARGETS[wire], *others], faults):
+        body = _problem(_classify(gw), 422, "content_filtered")
+        assert "Content Exists Risk" not in body["detail"] and "Output blocked" not in body["detail"]
+        stats = gw.stats()
+        assert stats[SANDBOX[wire]]["statuses"] == {status: 1}  # asked once, never retried
+        assert sum(stats[p]["requests"] for p in stats if p != SANDBOX[wire]) == 0  # no fallback
+        [row] = _rows(gw)
+        assert (row["status"], row["error_code"], row["attempts"]) == ("error", "content_filtered", 1)
+    provider, model = TARGETS[wire].split("/")
+    [line] = _provider_log(caplog)
+    assert line.startswith(f"provider error: provider={provider} model={model} status={status} "
+                           "error=content_filtered request_id=")
+    # the provider's request id when it gave one (DeepSeek's error bodies and headers carry none)
+    assert line.endswith("request_id=none") == (faults == "policy:deepseek")
+    assert "Content Exists Risk" not in line and "Output blocked" not in line
+
+
+@pytest.mark.parametrize("wire", sorted(TARGETS))
+def test_a_context_length_refusal_falls_back_to_the_next_target(tmp_path, caplog, wire) -> None:
+    fallback = next(t for w, t in TARGETS.items() if w != wire)
+    caplog.set_level(logging.WARNING, logger="opsgate.routing")
+    for gw in _gateway(tmp_path, [TARGETS[wire], fallback], f"context:{SANDBOX[wire]}:50"):
+        resp = _classify(gw)
+        assert resp.status_code == 200, resp.text
+        assert f"{resp.json()['provider']}/{resp.json()['model']}" == fallback
+        assert gw.stats()[SANDBOX[wire]]["statuses"] == {"400": 1}  # not retried on the same target
+        [row] = _rows(gw)
+        assert (row["status"], row["attempts"]) == ("ok", 2)
+    provider, model = TARGETS[wire].split("/")
+    [line] = _provider_log(caplog)
+    assert line.startswith(f"provider error: provider={provider} model={model} status=400 error=context_length")
+    assert "maximum" not in line and "token count" not in line
+
+
+def test_no_target_can_take_the_prompt_is_413_input_too_large(tmp_path) -> None:
+    faults = "context:anthropic:50,context:deepseek:50,context:gemini:50"
+    for gw in _gateway(tmp_path, list(TARGETS.values()), faults):
+        body = _problem(_classify(gw), 413, "input_too_large")
+        assert body["detail"] == "The prompt does not fit the context window of any model of this operation"
+        stats = gw.stats()
+        assert {p: s["statuses"] for p, s in stats.items()} == {p: {"400": 1} for p in SANDBOX.values()}
+        [row] = _rows(gw)
+        assert (row["status"], row["error_code"], row["attempts"]) == ("error", "input_too_large", 3)
+
+
+def test_a_context_refusal_then_an_outage_is_503_not_413(tmp_path) -> None:
+    """One target could still take the prompt later, so the client is told to retry, not to shrink it."""
+    chain = [TARGETS["anthropic"], TARGETS["openai-compatible"]]
+    for gw in _gateway(tmp_path, chain, "context:anthropic:50,outage:deepseek"):
+        _problem(_classify(gw), 503, "provider_unavailable")
+        assert gw.stats()["anthropic"]["statuses"] == {"400": 1}
