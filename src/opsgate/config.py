@@ -197,6 +197,10 @@ class Settings(BaseSettings):
     ledger_discord_webhook_url: SecretStr | None = Field(
         default=None, description="Discord webhook URL receiving every checkpoint."
     )
+    ledger_discord_bot_token: SecretStr | None = Field(
+        default=None, description="Discord bot token with Read Message History in the webhook's channel: "
+        "the checkpoints are read back from the channel itself.",
+    )
 
     # security: refresh tokens, identity provider, browser sessions, CORS, keys
     refresh_token_ttl_s: int = Field(default=30 * 86400, gt=0, description="Refresh token lifetime.")

@@ -5,7 +5,9 @@ explicit, ledgered ``opsgate ledger accept-rollback``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import secrets
 import sqlite3
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from opsgate.ledger.errors import LedgerRolledBack
 from opsgate.ledger.scheduled import Checkpointer, accept_rollback, signer_for, verify_configured
 from opsgate.ledger.service import latest_checkpoint
 from opsgate.ledger.writer import Ledger
+from opsgate.monitoring.rules import LEDGER, RuleConfig, evaluate
+from opsgate.runtime import cli_services
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ledger_entries
 
@@ -84,7 +88,8 @@ def test_restored_database_behind_its_anchor_is_not_signed_until_accepted(
     ledger = Ledger(engine, clock)
     ledger.start()
     anchor = DirectoryAnchor(Path(settings.ledger_anchor_dir))
-    assert accept_rollback(engine, ledger, anchor, clock, "restored last night's backup", "oncall") == (8, 4)
+    assert asyncio.run(accept_rollback(engine, ledger, [anchor], clock, "restored last night's backup",
+                                       "oncall")) == (8, 4)
     ledger.close()
     with engine.connect() as conn:
         last = json.loads(conn.execute(select(ledger_entries.c.body).order_by(ledger_entries.c.seq.desc())).scalar())
@@ -97,3 +102,34 @@ def test_restored_database_behind_its_anchor_is_not_signed_until_accepted(
     assert (result.exit_code, result.output.strip()) == (0, "checkpoint signed: size=5")
     assert verify_configured(settings, engine).ok
     engine.dispose()
+
+
+def test_backup_restore_behind_its_anchor_raises_the_p1_itself(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the restore used to exit 1 and leave the page to the worker's next (hourly)
+    ledger check. It opens the P1 itself, at the top escalation level, its pages queued."""
+    monkeypatch.setenv("OPSGATE_MASTER_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+    monkeypatch.setenv("OPSGATE_DISCORD_WEBHOOK_URL", "http://127.0.0.1:9/api/webhooks/1/restore-test")
+    clock = ManualClock()
+    grow(settings, clock, 4)
+    runner = CliRunner()
+    backup = tmp_path / "backup.ogb"
+    assert runner.invoke(app, ["backup", "create", str(backup)]).exit_code == 0
+    grow(settings, clock, 4)
+
+    restored = runner.invoke(app, ["backup", "restore", str(backup)])
+    said = " ".join(restored.output.split())  # rich wraps long lines
+    assert restored.exit_code == 1 and "behind its anchor (8 > 4 entries), P1 incident inc-" in said
+    with cli_services(Settings()) as services:
+        [incident] = services.incidents.list(state="open")
+        shown = services.incidents.show(incident["id"])
+        # the worker's rule reads the same failed verification: the group stays firing, no second incident
+        with services.engine.connect() as conn:
+            findings = [f for f in evaluate(conn, services.clock.now(), RuleConfig(), set()) if f.rule == LEDGER]
+        assert [(f.firing, services.incidents.observe(f)) for f in findings] == [(True, None)]
+        assert len(services.incidents.list()) == 1
+    assert (incident["rule"], incident["severity"], incident["title"]) == (
+        "ledger_integrity", "P1", "Ledger verification failed")
+    assert "rolled_back at seq 4" in shown["summary"]
+    assert [n["channel"] for n in shown["notifications"]] == ["discord"]

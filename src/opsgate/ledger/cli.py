@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
-from opsgate.ledger.anchors import DirectoryAnchor, DiscordAnchor, discord_references
+from opsgate.ledger.anchors import DirectoryAnchor
 from opsgate.ledger.checkpoint import Verifier, write_key_file
 from opsgate.ledger.errors import LedgerError, LedgerRolledBack, ProofError
 from opsgate.ledger.guards import OWNER_ROLE, guard_postgres
@@ -40,7 +40,7 @@ from opsgate.ledger.scheduled import (
     verify_configured,
 )
 from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_hashes
-from opsgate.ledger.verify import AnchoredNote, format_summary
+from opsgate.ledger.verify import format_summary
 from opsgate.ledger.writer import Ledger
 from opsgate.store.db import make_engine, normalise_url
 
@@ -66,29 +66,24 @@ def verify_cmd(
     anchors: Annotated[
         Path | None, typer.Option("--anchors", help="Directory anchor to check against (default: OPSGATE_LEDGER_ANCHOR_DIR).")
     ] = None,
-    discord: bool = typer.Option(False, "--discord", help="Read checkpoints back from Discord."),
+    discord: bool = typer.Option(False, "--discord", help="Require the Discord anchor (exit 2 when it is not "
+                                 "configured); it is read from its channel whenever it is configured."),
     vkey: str = typer.Option(None, "--verifier-key", help="Verifier key (default: from key file)."),
 ) -> None:
-    """Recompute every entry, link, leaf and signed checkpoint; compare the anchors (the
-    configured directory anchor unless --anchors names another). Prints ``OK ...`` (exit 0) or ``FAIL seq=N reason=...`` (exit 1)."""
+    """Recompute every entry, link, leaf and signed checkpoint; compare every configured anchor,
+    read from the anchor itself (the configured directory unless --anchors names another, and the
+    Discord channel). Prints ``OK ...`` (exit 0) or ``FAIL seq=N reason=...`` (exit 1)."""
     settings = Settings()
+    if discord and (settings.ledger_discord_webhook_url is None or settings.ledger_discord_bot_token is None):
+        _fail("--discord needs OPSGATE_LEDGER_DISCORD_WEBHOOK_URL and OPSGATE_LEDGER_DISCORD_BOT_TOKEN")
     try:
         engine = _engine(settings)
-        notes = asyncio.run(_discord_notes(settings, engine)) if discord else []
-        report = verify_configured(settings, engine, anchor_dir=anchors, anchored=notes,
+        report = verify_configured(settings, engine, anchor_dir=anchors,
                                    verifier=Verifier(vkey) if vkey is not None else None)
     except (LedgerError, OSError, ValueError) as exc:
         _fail(f"cannot verify: {type(exc).__name__}: {exc}")
     print(format_summary(report))
     raise typer.Exit(0 if report.ok else 1)
-
-
-async def _discord_notes(settings: Settings, engine: Engine) -> list[AnchoredNote]:
-    if settings.ledger_discord_webhook_url is None:
-        _fail("--discord needs OPSGATE_LEDGER_DISCORD_WEBHOOK_URL")
-    async with aiohttp.ClientSession() as session:
-        anchor = DiscordAnchor(settings.ledger_discord_webhook_url, session)
-        return [await anchor.fetch(ref) for ref in discord_references(engine)]
 
 
 @ledger_app.command("prove")
@@ -173,20 +168,26 @@ def accept_rollback_cmd(
     reason: str = typer.Option(..., "--reason", help="Why the lost entries are accepted (ledgered)."),
     actor: str = typer.Option(..., "--actor", help="Who accepts it (ledgered)."),
 ) -> None:
-    """After a restore left the log behind its directory anchor: ledger the anchored size that is
-    lost, move the anchor's larger checkpoints into an archive folder and let signing resume."""
+    """After a restore left the log behind its anchors: ledger the anchored size that is lost,
+    record the rollback in each anchor (the directory archives its larger checkpoints, Discord gets
+    a marker message) and let signing resume."""
     settings = Settings()
-    if settings.ledger_anchor_dir is None:
-        _fail("no directory anchor is configured (OPSGATE_LEDGER_ANCHOR_DIR)")
+    if settings.ledger_anchor_dir is None and settings.ledger_discord_webhook_url is None:
+        _fail("no anchor is configured (OPSGATE_LEDGER_ANCHOR_DIR, OPSGATE_LEDGER_DISCORD_WEBHOOK_URL)")
     engine = _engine(settings)
     clock = SystemClock()
     try:
         with Ledger(engine, clock) as ledger:
-            anchored, size = accept_rollback(engine, ledger, DirectoryAnchor(Path(settings.ledger_anchor_dir)),
-                                             clock, reason, actor)
+            anchored, size = asyncio.run(_accept_rollback(settings, engine, ledger, clock, reason, actor))
     except (LedgerError, OSError, SQLAlchemyError) as exc:
         _fail(f"{type(exc).__name__}: {exc}")
     print(f"rollback accepted: anchored size {anchored} lost {anchored - size} entries; the log has {size}")
+
+
+async def _accept_rollback(settings: Settings, engine: Engine, ledger: Ledger, clock: SystemClock,
+                           reason: str, actor: str) -> tuple[int, int]:
+    async with aiohttp.ClientSession() as session:
+        return await accept_rollback(engine, ledger, anchors_for(settings, session), clock, reason, actor)
 
 
 @ledger_app.command("recover")

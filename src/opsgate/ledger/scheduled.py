@@ -57,11 +57,11 @@ class Checkpointer:
 
     async def run_once(self, *, force: bool = False) -> StoredCheckpoint | None:
         """One round: checkpoint if due (or ``force`` and anything is new), then anchor.
-        :class:`LedgerRolledBack` when an anchor holds more than the log: signing then would
-        fork the log."""
-        await asyncio.to_thread(check_not_rolled_back, self._engine, self._anchors)
+        Before signing, every anchor is read: :class:`LedgerRolledBack` when one holds more than
+        the log (signing then would fork the log), :class:`AnchorError` when one cannot be read."""
         checkpoint = None
         if force or await asyncio.to_thread(self._due):
+            await check_not_rolled_back(self._engine, self._anchors)
             checkpoint = await asyncio.to_thread(
                 create_checkpoint, self._engine, self._signer, self._origin, self._clock
             )
@@ -105,31 +105,38 @@ class Checkpointer:
             await asyncio.sleep(self._poll_s)
 
 
-def check_not_rolled_back(engine: Engine, anchors: Sequence[Anchor]) -> None:
-    """Raise :class:`LedgerRolledBack` when a directory anchor holds a checkpoint larger than the
-    log (the database was restored from an older backup). Read from the anchor itself."""
-    size = log_size(engine)
+async def check_not_rolled_back(engine: Engine, anchors: Sequence[Anchor]) -> None:
+    """Raise :class:`LedgerRolledBack` when an anchor holds a checkpoint larger than the log (the
+    database was restored from an older backup). Each anchor's size is read from the anchor
+    itself; :class:`AnchorError` when one cannot be read."""
+    size = await asyncio.to_thread(log_size, engine)
     for anchor in anchors:
-        if isinstance(anchor, DirectoryAnchor) and (held := anchor.anchored_size()) > size:
+        if (held := await anchor.held()) > size:
             raise LedgerRolledBack(
                 f"the {anchor.name} anchor holds a checkpoint of {held} entries but the log has {size}: "
                 f"the database was rolled back; run `opsgate ledger accept-rollback` to sign again",
                 anchored_size=held, log_size=size)
 
 
-def accept_rollback(engine: Engine, ledger: Ledger, anchor: DirectoryAnchor, clock: Clock,
-                    reason: str, actor: str) -> tuple[int, int]:
-    """Accept that the log lost ``anchored - size`` anchored entries: append a
-    ``ledger.rollback_accepted`` entry naming both sizes, then move the anchor's larger
-    checkpoints into an archive folder so signing can resume. Returns ``(anchored, size)``.
-    :class:`LedgerError` when the log is not behind the anchor."""
-    anchored, size = anchor.anchored_size(), log_size(engine)
+async def accept_rollback(engine: Engine, ledger: Ledger, anchors: Sequence[Anchor], clock: Clock,
+                          reason: str, actor: str) -> tuple[int, int]:
+    """Accept that the log lost ``anchored - size`` anchored entries (``anchored``: the largest
+    size any anchor holds): append a ``ledger.rollback_accepted`` entry naming both sizes, then
+    record the rollback in every anchor holding more (the directory archives its larger
+    checkpoints, Discord gets a marker message) so signing can resume. Returns
+    ``(anchored, size)``. :class:`LedgerError` when the log is not behind any anchor."""
+    size = await asyncio.to_thread(log_size, engine)
+    held = {anchor.name: await anchor.held() for anchor in anchors}
+    anchored = max(held.values(), default=0)
     if anchored <= size:
-        raise LedgerError(f"nothing to accept: the log ({size} entries) is not behind the anchor ({anchored})")
-    ledger.append_sync("ledger.rollback_accepted", {
+        raise LedgerError(f"nothing to accept: the log ({size} entries) is not behind the anchors ({anchored})")
+    await ledger.append("ledger.rollback_accepted", {
         "anchored_size": anchored, "log_size": size, "lost_entries": anchored - size,
         "reason": reason[:500], "actor": actor[:128]})
-    anchor.archive_above(size, clock.now().strftime("%Y%m%dT%H%M%SZ"))
+    label = clock.now().strftime("%Y%m%dT%H%M%SZ")
+    for anchor in anchors:
+        if held[anchor.name] > size:
+            await anchor.accept_rollback(size, held[anchor.name], label)
     return anchored, size
 
 
@@ -148,20 +155,35 @@ def signer_for(settings: Settings, *, create: bool) -> Signer:
 
 
 def verify_configured(settings: Settings, engine: Engine, *, anchor_dir: Path | None = None,
-                      anchored: Sequence[AnchoredNote] = (), verifier: Verifier | None = None) -> VerifyReport:
+                      verifier: Verifier | None = None) -> VerifyReport:
     """The one ledger verification that ``opsgate ledger verify`` and the worker's periodic check
     both run: signatures checked with ``verifier`` (default: the signing key file's, when it
-    exists) and the checkpoints read back from the directory anchor (``anchor_dir``, default
-    ``settings.ledger_anchor_dir``) plus any ``anchored`` notes, so a rollback or truncation of
-    the database below an anchored size fails (``rolled_back``). Raises what :func:`verify` and
-    reading the key file raise."""
+    exists) and the checkpoints read back from every configured anchor itself — the directory
+    (``anchor_dir``, default ``settings.ledger_anchor_dir``) and the Discord channel — so a
+    rollback or truncation of the database below an anchored size fails (``rolled_back``).
+    Call it outside an event loop (Discord is read with ``asyncio.run``). Raises what
+    :func:`verify`, the anchors and reading the key file raise."""
     if verifier is None and Path(settings.ledger_signing_key_file).exists():
         verifier = signer_for(settings, create=False).verifier()
     directory = anchor_dir or settings.ledger_anchor_dir
-    notes = [*(DirectoryAnchor(Path(directory)).read() if directory is not None else []), *anchored]
+    notes = DirectoryAnchor(Path(directory)).read() if directory is not None else []
+    if settings.ledger_discord_webhook_url is not None:
+        notes += asyncio.run(_discord_notes(settings))
     if notes and verifier is None:
         raise LedgerError("anchored checkpoints need the verifier key (the signing key file)")
     return verify(engine, verifier=verifier, anchored=notes)
+
+
+async def _discord_notes(settings: Settings) -> list[AnchoredNote]:
+    async with aiohttp.ClientSession() as session:
+        return [note for anchor in anchors_for(settings, session) if isinstance(anchor, DiscordAnchor)
+                for note in await anchor.notes()]
+
+
+async def check_configured(settings: Settings, engine: Engine) -> None:
+    """:func:`check_not_rolled_back` against every anchor configured in ``settings``."""
+    async with aiohttp.ClientSession() as session:
+        await check_not_rolled_back(engine, anchors_for(settings, session))
 
 
 def anchors_for(settings: Settings, session: aiohttp.ClientSession | None) -> list[Anchor]:
@@ -171,7 +193,8 @@ def anchors_for(settings: Settings, session: aiohttp.ClientSession | None) -> li
     if settings.ledger_anchor_dir is not None:
         anchors.append(DirectoryAnchor(Path(settings.ledger_anchor_dir)))
     if settings.ledger_discord_webhook_url is not None and session is not None:
-        anchors.append(DiscordAnchor(settings.ledger_discord_webhook_url, session))
+        anchors.append(DiscordAnchor(settings.ledger_discord_webhook_url, session,
+                                     bot_token=settings.ledger_discord_bot_token))
     return anchors
 
 

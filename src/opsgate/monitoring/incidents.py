@@ -30,10 +30,12 @@ from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.errors import IncidentConflict
 from opsgate.monitoring.escalation import MAX_LEVEL, Contacts, new_targets, targets
+from opsgate.monitoring.health import LEDGER_VERIFY
+from opsgate.monitoring.hooks import record_signal
 from opsgate.monitoring.models import alerts, incident_events, incidents, outbox
 from opsgate.monitoring.notifiers import Notification, Notifier
 from opsgate.monitoring.outbox import outbox_rows
-from opsgate.monitoring.rules import RESPONSE_TIME_S, Finding, Severity
+from opsgate.monitoring.rules import RESPONSE_TIME_S, Finding, Severity, ledger_failure
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 MONITOR = "monitoring"
@@ -188,6 +190,16 @@ class IncidentService:
             return self.open(f, last + 1)
         self._append("signal", dict(current), MONITOR, detail, None, [], "")
         return current["id"]
+
+    def ledger_failed(self, detail: str) -> str | None:
+        """A ledger verification failure found outside the worker's periodic check (``opsgate
+        backup restore`` finding the restored ledger behind its anchor): record the failed
+        verification, so the ``ledger_integrity`` rule keeps its group firing until a later
+        verification passes, and raise the rule's P1 incident now (top escalation level, the
+        notifications queued in the outbox). Returns the incident id; None when the group was
+        already firing (its incident is open)."""
+        record_signal(self.engine, self.clock, LEDGER_VERIFY, "ledger", ok=False, detail=detail)
+        return self.observe(ledger_failure(detail))
 
     # reading --------------------------------------------------------------------------------
     def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:

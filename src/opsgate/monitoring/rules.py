@@ -196,8 +196,14 @@ def _ledger_findings(conn: Connection) -> list[Finding]:
         return []
     if row.ok:
         return [Finding(LEDGER, {}, False, value="ok")]
-    return [Finding(LEDGER, {}, True, Severity.P1, "failed", "Ledger verification failed",
-                    f"The hash-chained ledger did not verify: {row.detail}", immediate=True)]
+    return [ledger_failure(row.detail)]
+
+
+def ledger_failure(detail: str) -> Finding:
+    """The ``ledger_integrity`` rule's firing finding for a failed verification (``detail``: what
+    failed): P1, at the top escalation level at once."""
+    return Finding(LEDGER, {}, True, Severity.P1, "failed", "Ledger verification failed",
+                   f"The hash-chained ledger did not verify: {detail}", immediate=True)
 
 
 def _outage_findings(conn: Connection, now: datetime, cfg: RuleConfig, firing: set[str]) -> list[Finding]:

@@ -13,6 +13,7 @@ Exit codes: 0 done, 1 a check failed (verify), 2 usage or I/O errors.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import typer
@@ -183,11 +184,14 @@ def backup_restore(
     path: Path = typer.Argument(..., help="An encrypted backup."),
     target: str | None = typer.Option(None, help="Database URL to restore into (default: OPSGATE_DATABASE_URL)."),
 ) -> None:
-    """Restore a backup into the target database (stop the gateway first). Exits 1 when the
-    restored ledger is behind its directory anchor: checkpoints stay unsigned until
-    ``opsgate ledger accept-rollback``, and the worker's first ledger check raises the P1."""
-    from opsgate.ledger.errors import LedgerRolledBack
-    from opsgate.ledger.scheduled import anchors_for, check_not_rolled_back
+    """Restore a backup into the target database (stop the gateway first). When the restored
+    ledger is behind one of its anchors (each read from the anchor itself), it raises the P1
+    "Ledger verification failed" incident at once (notifications queued for the worker) and exits
+    1: checkpoints stay unsigned until ``opsgate ledger accept-rollback``. Exit 2 when the
+    anchors cannot be read."""
+    from opsgate.ledger.errors import AnchorError, LedgerRolledBack
+    from opsgate.ledger.scheduled import check_configured
+    from opsgate.runtime import cli_services
     from opsgate.security.backup import restore
     from opsgate.security.errors import BackupError
     from opsgate.store.db import make_engine
@@ -199,10 +203,18 @@ def backup_restore(
     except (BackupError, OSError) as exc:
         _fail(str(exc))
     out.print(f"restored {path} into the database")
+    restored = settings.model_copy(update={"database_url": url})
     engine = make_engine(url)
     try:
-        check_not_rolled_back(engine, anchors_for(settings, None))
+        asyncio.run(check_configured(restored, engine))
+    except AnchorError as exc:
+        _fail(f"the restored ledger could not be compared with its anchors: {exc}")
     except LedgerRolledBack as exc:
-        _fail(f"the restored ledger is behind its anchor ({exc.anchored_size} > {exc.log_size} entries): {exc}", 1)
+        detail = (f"rolled_back at seq {exc.log_size}: backup restore left the ledger behind its anchor "
+                  f"({exc.anchored_size} > {exc.log_size} entries)")
+        with cli_services(restored) as services:
+            incident = services.incidents.ledger_failed(detail)
+        _fail(f"the restored ledger is behind its anchor ({exc.anchored_size} > {exc.log_size} entries), "
+              f"P1 incident {incident or 'already open'}: {exc}", 1)
     finally:
         engine.dispose()
