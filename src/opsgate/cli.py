@@ -26,7 +26,8 @@ from opsgate.operations.cli import privacy_app
 from opsgate.rehearsal.cli import rehearse
 from opsgate.reports.cli import readiness, report_app
 from opsgate.reports.config_check import config_app
-from opsgate.rollout.cli import rollout_app, toggles_app
+from opsgate.rollout.cli import rollout_app, toggles_app, variants_app
+from opsgate.rollout.variants import checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import RouteConfigError
 from opsgate.security.cli import backup_app, keys_app, users_app
@@ -43,6 +44,7 @@ app.add_typer(budgets_app, name="budgets")
 app.add_typer(costs_app, name="costs")
 app.add_typer(toggles_app, name="toggles")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(variants_app, name="variants")
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(keys_app, name="keys")
 app.add_typer(backup_app, name="backup")
@@ -72,8 +74,9 @@ def main() -> None:
 
 
 def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
-    """The settings of a command that serves calls; a routing configuration that cannot be served
-    (unknown provider, missing price) refuses here, one line per problem."""
+    """The settings of a command that serves calls; a routing or variant configuration that cannot
+    be served (unknown provider, missing price, unknown prompt version) refuses here, one line per
+    problem."""
     settings = Settings()
     update: dict[str, object] = {}
     if sandbox:
@@ -83,7 +86,8 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
     settings = settings.model_copy(update=update) if update else settings
     now = SystemClock().now
     try:
-        checked_routes(settings, PriceBook.from_settings(settings, now), now())
+        prices = PriceBook.from_settings(settings, now)
+        checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
     except RouteConfigError as exc:
         _fail(escape("; ".join(exc.problems)))
     return settings

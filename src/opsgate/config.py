@@ -65,11 +65,33 @@ class RouteConfig(BaseModel):
     @field_validator("chain")
     @classmethod
     def _targets(cls, chain: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for target in chain or ():
-            provider, _, model = target.partition("/")
-            if not provider or not model:
-                raise ValueError(f"target {target!r} must be written 'provider/model'")
-        return chain
+        return _check_targets(chain)
+
+
+def _check_targets(chain: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for target in chain or ():
+        provider, _, model = target.partition("/")
+        if not provider or not model:
+            raise ValueError(f"target {target!r} must be written 'provider/model'")
+    return chain
+
+
+class VariantConfig(BaseModel):
+    """One ``[variants.<operation>.<name>]`` table: a variant of the operation is a ``chain`` of
+    ``"provider/model"`` targets (unset: the operation's route chain; timeouts always come from
+    the route) plus the ``prompt`` version it renders (see :mod:`opsgate.operations.prompts`).
+    Which variant is live and which is the candidate is rollout state, not configuration
+    (:mod:`opsgate.rollout.variants`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chain: tuple[str, ...] | None = Field(default=None, min_length=1)
+    prompt: str = "v1"
+
+    @field_validator("chain")
+    @classmethod
+    def _targets(cls, chain: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _check_targets(chain)
 
 
 class PriceConfig(BaseModel):
@@ -152,6 +174,12 @@ class Settings(BaseSettings):
     )
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict, description='Prices of "provider/model" targets (USD per MTok).'
+    )
+    prompts_dir: Path | None = Field(
+        default=None, description="Operator prompt versions, <dir>/<operation>/<version>.txt (unset: the package's only)."
+    )
+    variants: dict[str, dict[str, VariantConfig]] = Field(
+        default_factory=dict, description="[variants.<operation>.<name>]: route chain + prompt version."
     )
 
     log_level: str = Field(default="WARNING", description="Root log level (logs go to stderr).")

@@ -13,7 +13,8 @@ table in docs/architecture.md, equal to the classes)::
     ├── InvalidInput                  invalid_input             422  errors
     ├── MethodNotAllowed              method_not_allowed        405  errors
     ├── NotFound                      not_found                 404  errors
-    │   └── RolloutNotFound           not_found                 404  rollout.errors
+    │   ├── RolloutNotFound           not_found                 404  rollout.errors
+    │   └── VariantNotFound           not_found                 404  rollout.errors
     ├── NotReady                      not_ready                 503  errors
     ├── LedgerError                   ledger_error              500  ledger.errors
     │   ├── AnchorError               ledger_anchor_failed      503  ledger.errors

@@ -4,6 +4,7 @@
 
   1 authenticate   JWT access token                       -> Principal          401
   2 authorize      feature toggle for (operation, user)   -> Operation          403/404
+                   and the variant (route + prompt version) serving the user
   3 rate limit     (user) and (user, operation)                                 429
   4 validate       the operation's input schema           -> Prepared           422
     minimise       secrets -> placeholders, personal data -> pseudonyms (what is really sent)
@@ -48,6 +49,7 @@ from opsgate.operations.privacy import CallPrivacy, PrivacyPolicy
 from opsgate.operations.repair import repair_request
 from opsgate.providers.base import Completion, Usage
 from opsgate.rollout.toggles import ToggleSnapshot
+from opsgate.rollout.variants import DEFAULT_VARIANT, Variant, VariantBook, default_book
 from opsgate.routing.policy import RoutePolicy
 from opsgate.routing.router import Attempt, Router
 from opsgate.routing.served import MODEL_UNAVAILABLE, ModelWatch, substituted
@@ -167,9 +169,11 @@ class CallRecord:
 
 @dataclass(slots=True)
 class _Spend:
-    """Completions paid for during one call (a repair attempt adds a second one), and the
-    worst-case tokens the call holds against the token rate limits until it is recorded."""
+    """The variant a call is served by, the completions paid for during the call (a repair
+    attempt adds a second one), and the worst-case tokens the call holds against the token rate
+    limits until it is recorded."""
 
+    variant: Variant
     completions: list[Completion] = field(default_factory=list)
     attempts: int = 0
     tokens: TokenHold | None = None
@@ -198,11 +202,12 @@ class Gateway:
         toggles: ToggleSnapshot | None = None,
         privacy: PrivacyPolicy | None = None,
         models: ModelWatch | None = None,
+        variants: VariantBook | None = None,
     ) -> None:
         self._tokens = tokens
         self._ledger = ledger
         self.router = router
-        self._policies = policies
+        self.variants = variants or default_book(policies)
         self._prices = prices
         self._clock = clock
         self.metering = metering
@@ -215,11 +220,12 @@ class Gateway:
         started = time.perf_counter()
         principal = self.authenticate(call)
         op = self.authorize(principal, call.operation)
+        variant = self.choose_variant(principal, op)
         await self.rate_limit(principal, op)
-        prepared, input_digest = self.validate(op, call.body)
+        prepared, input_digest = self.validate(op, variant, call.body)
         prepared, privacy = self.minimise(op, prepared)
-        spend = _Spend(tokens=await self.take_tokens(principal, op, prepared))
-        reserve = self.reserve(call, principal, op, prepared)
+        spend = _Spend(variant, tokens=await self.take_tokens(principal, op, prepared))
+        reserve = self.reserve(call, principal, op, prepared, variant)
         intent = await self.ledger_intent(call, principal, op, input_digest, reserve, privacy, spend)
         try:
             output = await self.route(op, prepared, spend, privacy)
@@ -246,6 +252,10 @@ class Gateway:
             self._toggles.require(op.id, principal.user_id)
         return op
 
+    def choose_variant(self, principal: Principal, op: Operation) -> Variant:
+        """The variant serving ``principal`` for ``op``: the operation's live variant."""
+        return self.variants.get(op.id, DEFAULT_VARIANT)
+
     # 3 ------------------------------------------------------------------------------------------
     @step("rate_limit")
     async def rate_limit(self, principal: Principal, op: Operation) -> None:
@@ -255,8 +265,9 @@ class Gateway:
 
     # 4 ------------------------------------------------------------------------------------------
     @step("validate")
-    def validate(self, op: Operation, body: bytes) -> tuple[Prepared, str]:
-        """Parse and validate the JSON body; prepare the provider request.
+    def validate(self, op: Operation, variant: Variant, body: bytes) -> tuple[Prepared, str]:
+        """Parse and validate the JSON body; prepare the provider request with the variant's
+        prompt version.
 
         Returns the prepared request and the SHA-256 hex of the body (the ledger stores only this).
         Error messages name fields and rules, never submitted values.
@@ -271,7 +282,7 @@ class Gateway:
             data = op.Input.model_validate(payload)
         except ValidationError as exc:
             raise invalid_input(exc, "The request body does not match the operation's input") from None
-        return op.prepare(data), hashlib.sha256(body).hexdigest()
+        return op.prepare(data, variant.prompt), hashlib.sha256(body).hexdigest()
 
     @step("minimise")
     def minimise(self, op: Operation, prepared: Prepared) -> tuple[Prepared, CallPrivacy]:
@@ -292,15 +303,15 @@ class Gateway:
 
     @step("reserve")
     def reserve(
-        self, call: Call, principal: Principal, op: Operation, prepared: Prepared
+        self, call: Call, principal: Principal, op: Operation, prepared: Prepared, variant: Variant
     ) -> InTransaction[Reservation] | None:
         """The work that reserves the worst-case cost against every applicable budget (402). It
         commits inside the intent's transaction (step 6): a call is admitted and ledgered
         atomically, and a refused call leaves no intent. ``None`` without metering."""
         if self.metering is None:
             return None
-        models = [f"{t.provider}/{t.model}" for t in self._policies[op.id].chain]
-        return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request, models)
+        return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
+                                        variant.targets())
 
     # 6 ------------------------------------------------------------------------------------------
     @step("ledger_intent")
@@ -316,15 +327,17 @@ class Gateway:
     ) -> Intent:
         """Durably append the ``intent`` entry with the reservation (its ``work_result``);
         :class:`LedgerUnavailable` (503) or a budget refusal stops the call here and gives its
-        held tokens back. The entry counts what was masked and pseudonymised, never the values."""
-        policy = self._policies[op.id]
+        held tokens back. The entry counts what was masked and pseudonymised, never the values,
+        and names the variant serving the call with its prompt's version id and digest, never
+        the prompt."""
         payload = {
             "request_id": call.request_id,
             "user_id": principal.user_id,
             "operation": op.id,
             "input_sha256": input_digest,
-            "policy": [f"{t.provider}/{t.model}" for t in policy.chain],
+            "policy": spend.variant.targets(),
             "privacy": privacy.ledger_counts(),
+            **spend.variant.ledger_ref(),
         }
         try:
             if reserve is None:
@@ -346,7 +359,7 @@ class Gateway:
         An answer that does not match ``op.ModelOutput`` gets one repair request that quotes the
         validation errors; a second miss raises :class:`InvalidModelOutput`.
         """
-        policy = self._policies[op.id]
+        policy = spend.variant.policy
         request = prepared.request
         for attempt in range(2):
             routed = await self.router.complete(request, policy)
@@ -366,22 +379,22 @@ class Gateway:
 
     # 8 ------------------------------------------------------------------------------------------
     @step("meter")
-    def meter(self, operation: str, spend: _Spend) -> tuple[Usage, int]:
+    def meter(self, spend: _Spend) -> tuple[Usage, int]:
         """Total usage and its cost in integer micro-USD over every completion paid for, each
         priced by the model that served it at the call's time (see :meth:`price`)."""
         usage, cost, now = Usage(), 0, self._clock.now()
         spend.priced_at = now
         for c in spend.completions:
             usage += c.usage
-            resolved, flag = self.price(operation, c, now)
+            resolved, flag = self.price(spend.variant, c, now)
             spend.prices.append((resolved, flag))
             cost += cost_micro_usd(c.usage, resolved.price)
         return usage, cost
 
-    def price(self, operation: str, c: Completion, at: datetime) -> tuple[ResolvedPrice, str | None]:
+    def price(self, variant: Variant, c: Completion, at: datetime) -> tuple[ResolvedPrice, str | None]:
         """The price ``c`` pays: the served model's when the provider substituted another model;
         when that model has no known price, the dearer, per token kind, of the requested model's
-        price and the dearest on the operation's chain (what the reservation held), flagged
+        price and the dearest on the variant's chain (what the reservation held), flagged
         ``served_model_unpriced``. Raises UnknownModelPrice for an unpriced requested model."""
         tokens = c.usage.total_tokens - c.usage.output_tokens
         requested = self._prices.price_at(c.provider, c.model, at, tokens)
@@ -392,7 +405,7 @@ class Gateway:
             return served, None
         log.warning("%s/%s served by %s, which has no price: charged at the dearer price",
                     c.provider, c.model, c.served_model)
-        chain = [self._prices.price_for(f"{t.provider}/{t.model}") for t in self._policies[operation].chain]
+        chain = [self._prices.price_for(target) for target in variant.targets()]
         return replace(requested, price=_dearer(requested.price, *chain)), SERVED_MODEL_UNPRICED
 
     # 9 ------------------------------------------------------------------------------------------
@@ -452,7 +465,7 @@ class Gateway:
         *,
         error_code: str | None,
     ) -> CallRecord:
-        usage, cost = self.meter(call.operation, spend)
+        usage, cost = self.meter(spend)
         last = spend.completions[-1] if spend.completions else None
         price, flag = spend.prices[-1] if spend.prices else (None, None)
         return CallRecord(

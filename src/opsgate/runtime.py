@@ -45,6 +45,7 @@ from opsgate.providers.http import make_session
 from opsgate.providers.registry import build_providers
 from opsgate.rollout.service import RolloutService
 from opsgate.rollout.toggles import ToggleSnapshot
+from opsgate.rollout.variants import checked_variants
 from opsgate.routing.effective import checked_routes, routing_record
 from opsgate.routing.router import Router
 from opsgate.sandbox.server import SandboxServer
@@ -140,6 +141,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     privacy = PrivacyPolicy.from_settings(settings)
     prices = PriceBook.from_settings(settings, clock.now)
     policies = checked_routes(settings, prices, clock.now())  # refuses before anything is opened
+    variants = checked_variants(settings, policies, prices, clock.now())
     sandbox = None
     if settings.sandbox:
         sandbox = await stack.enter_async_context(SandboxServer(faults=settings.sandbox_faults))
@@ -153,13 +155,13 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s)
     tokens = TokenService(settings, clock)
-    routed = [f"{t.provider}/{t.model}" for p in policies.values() for t in p.chain]
+    routed = variants.chains()
     metering = build_metering(settings, engine, clock, prices, routed)
     rollout.ensure_toggles(OPERATIONS)
     if settings.sandbox:
         rollout.enable_for_sandbox()
     gateway = Gateway(tokens=tokens, ledger=ledger, router=router, policies=policies, prices=prices, clock=clock,
-                      metering=metering, toggles=shared.toggles, privacy=privacy)
+                      metering=metering, toggles=shared.toggles, privacy=privacy, variants=variants)
     attach_alerting(engine, clock, metering.hooks if metering else None, rollout, gateway.models)
     await ledger.append("routing_config", routing_record(settings, prices, clock.now()))
     security = build_security(settings, clock, engine)

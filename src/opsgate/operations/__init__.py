@@ -7,11 +7,14 @@ instance; :func:`get_operation` looks one up. Drive an operation only through
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from opsgate.errors import NotFound
 from opsgate.operations.analytics import AnalyticsAnomaly, AnalyticsSummary
 from opsgate.operations.base import Operation, Prepared
 from opsgate.operations.calendar import CalendarPrep, CalendarTime
 from opsgate.operations.email import EmailClassify, EmailCompose, EmailRespond
+from opsgate.operations.prompts import PromptCatalogue, load_catalogue
 from opsgate.operations.tasks import TaskBreakdown, TaskPrioritize
 
 OPERATIONS: dict[str, Operation] = {
@@ -31,4 +34,10 @@ def get_operation(op_id: str) -> Operation:
         raise NotFound(f"unknown operation; known: {', '.join(sorted(OPERATIONS))}") from None
 
 
-__all__ = ["OPERATIONS", "Operation", "Prepared", "get_operation"]
+def prompt_catalogue(operator_dir: Path | None = None) -> PromptCatalogue:
+    """Every prompt version of the nine operations: the package's plus ``operator_dir``'s
+    (raises :class:`~opsgate.operations.prompts.PromptConfigError`, see ``load_catalogue``)."""
+    return load_catalogue({op_id: op.prompt_fields for op_id, op in OPERATIONS.items()}, operator_dir)
+
+
+__all__ = ["OPERATIONS", "Operation", "Prepared", "get_operation", "prompt_catalogue"]

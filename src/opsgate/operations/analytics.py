@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from opsgate.operations.base import Operation, Prepared, Sent
+from opsgate.operations.prompts import PromptVersion
 from opsgate.operations.common import Answer, build_request, data_block, known_references, user_request
 from opsgate.operations.series import (
     Anomaly,
@@ -194,7 +195,7 @@ class AnalyticsSummary(Operation):
         Sent("question"),
     )
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Compute the figures and the bucketed series; ask for a narrative."""
         assert isinstance(data, SeriesInput)
         points = data.points()
@@ -207,12 +208,7 @@ class AnalyticsSummary(Operation):
         )
         if data.question:
             user += "\n\n" + user_request(data.question)
-        system = (
-            "You summarise a numeric time series for a busy reader. The key figures are exact; "
-            "quote them, never recompute or invent numbers. Write a headline, a short narrative "
-            "(level, trend, variability, notable highs/lows, gaps) and up to 5 highlights. "
-            "Answer with the JSON object of the given schema only."
-        )
+        system = self.system_prompt(prompt)
         request = build_request(system, user, SummaryAnswer, "series_summary", self.max_tokens)
         context = {
             "name": data.name, "unit": data.unit, "figures": stats, "sent_points": len(shape),
@@ -325,7 +321,7 @@ class AnalyticsAnomaly(Operation):
         Sent("question"),
     )
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Detect anomalies and ask the model to narrate the strongest."""
         assert isinstance(data, AnomalyInput)
         points = data.points()
@@ -352,13 +348,7 @@ class AnalyticsAnomaly(Operation):
         )
         if data.question:
             user += "\n\n" + user_request(data.question)
-        system = (
-            "You explain anomalies that a statistical detector found in a time series. Do not "
-            "add, remove or re-score anomalies; refer to them only by their number in brackets. "
-            "Give an overall severity (none if the list is empty), a short narrative, and a note "
-            "for the most important ones (possible causes phrased as hypotheses). Answer with "
-            "the JSON object of the given schema only."
-        )
+        system = self.system_prompt(prompt)
         request = build_request(system, user, AnomalyAnswer, "anomaly_report", self.max_tokens)
         context = {
             "name": data.name, "unit": data.unit, "method": METHOD, "threshold": data.threshold,

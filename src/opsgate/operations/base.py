@@ -5,7 +5,7 @@ model must answer with, and anything computed locally in code), then merges the 
 ``ModelOutput`` with that local work into the ``Output`` the API returns::
 
     data = op.Input.model_validate(body)          # 422 on failure
-    prepared = op.prepare(data)                   # may raise InvalidInput (422)
+    prepared = op.prepare(data, prompt)           # may raise InvalidInput (422)
     completion = await router.complete(prepared.request, ...)
     answer = op.ModelOutput.model_validate(completion.data)
     result = op.finish(prepared, answer)          # an op.Output instance
@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from opsgate.operations.prompts import PromptVersion, package_prompt
 from opsgate.providers.base import CompletionRequest
 
 
@@ -44,7 +45,9 @@ class Operation:
 
     ``id`` is the public operation id (e.g. ``email-classify``); ``Input``, ``ModelOutput`` and
     ``Output`` are pydantic models; ``max_tokens`` caps the model's answer; ``sends`` lists what
-    ``prepare`` puts in the prompt, and nothing else may reach it.
+    ``prepare`` puts in the prompt, and nothing else may reach it; ``prompt_fields`` names the
+    ``${name}`` placeholders a prompt version of the operation may use
+    (:mod:`opsgate.operations.prompts`).
     """
 
     id: ClassVar[str]
@@ -53,10 +56,16 @@ class Operation:
     Output: ClassVar[type[BaseModel]]
     max_tokens: ClassVar[int] = 1024
     sends: ClassVar[tuple[Sent, ...]] = ()
+    prompt_fields: ClassVar[frozenset[str]] = frozenset()
 
-    def prepare(self, data: BaseModel) -> Prepared:
-        """Build the provider request for validated input ``data``."""
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
+        """Build the provider request for validated input ``data`` with the system prompt of
+        ``prompt`` (default: the package's :data:`~opsgate.operations.prompts.DEFAULT_VERSION`)."""
         raise NotImplementedError
+
+    def system_prompt(self, prompt: PromptVersion | None, **fields: object) -> str:
+        """``prompt`` (default: the package's default version) rendered with ``fields``."""
+        return (prompt or package_prompt(self.id)).render(fields)
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> BaseModel:
         """Merge the model's validated ``answer`` with ``prepared.context`` into an ``Output``."""

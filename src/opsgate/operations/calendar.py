@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opsgate.operations.base import Operation, Prepared, Sent
+from opsgate.operations.prompts import PromptVersion
 from opsgate.operations.common import (
     Answer,
     build_request,
@@ -249,7 +250,7 @@ class CalendarPrep(Operation):
         Sent("focus"),
     )
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Expand the events in the window and ask for a briefing on them."""
         assert isinstance(data, PrepInput)
         calendar = parse_calendar(data.ics)
@@ -269,14 +270,7 @@ class CalendarPrep(Operation):
         )
         if data.focus:
             user += "\n\n" + user_request(data.focus)
-        system = (
-            "You prepare the user for the calendar events listed in the events block. Write a "
-            "short summary of the window (main commitments, conflicts, free stretches), then one "
-            "item per event worth preparing for: event is the event's number in brackets, "
-            "briefing says what it is and what matters, preparation lists up to 5 concrete "
-            "steps. Skip cancelled events unless relevant. Use only facts from the data. Answer "
-            "with the JSON object of the given schema only."
-        )
+        system = self.system_prompt(prompt)
         request = build_request(system, user, PrepAnswer, "calendar_briefing", self.max_tokens)
         context = {
             "timezone": data.timezone, "window_start": start, "window_end": end,
@@ -409,7 +403,7 @@ class CalendarTime(Operation):
         Sent("purpose"),
     )
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Compute the free slots and ask the model to rank them."""
         assert isinstance(data, TimeInput)
         calendar = parse_calendar(data.ics)
@@ -432,13 +426,7 @@ class CalendarTime(Operation):
         )
         if data.purpose:
             user += "\n\n" + user_request(data.purpose)
-        system = (
-            "You help pick a meeting time. The free slots were computed exactly; you may only "
-            "refer to them by their number in brackets. Rank up to 5 slots (best first), with a "
-            "one-sentence reason each (e.g. fewer busy minutes that day, earlier, not at the edge "
-            "of the day), and write a short summary. If there are no slots, return an empty "
-            "ranking and say so. Answer with the JSON object of the given schema only."
-        )
+        system = self.system_prompt(prompt)
         request = build_request(system, user, TimeAnswer, "meeting_slots", self.max_tokens)
         context = {
             "timezone": data.timezone, "window_start": start, "window_end": end,

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from opsgate.operations.base import Operation, Prepared, Sent
 from opsgate.operations.common import Answer, build_request, clip, data_block, user_request
+from opsgate.operations.prompts import PromptVersion
 from opsgate.operations.mailparse import Attachment, ParsedEmail, parse_email, split_quoted
 
 MAX_RAW_CHARS = 2_000_000
@@ -235,19 +236,14 @@ class EmailClassify(Operation):
     Output = ClassifyOutput
     max_tokens = 400
     sends = EMAIL_SENT
+    prompt_fields = frozenset({"labels"})
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Parse the message and ask for a classification."""
         assert isinstance(data, ClassifyInput)
         text, info = render_email(data.parsed())
         labels = "\n".join(f"- {name}: {meaning}" for name, meaning in CATEGORY_HELP.items())
-        system = (
-            "You classify one email for its recipient. Choose exactly one category:\n"
-            f"{labels}\n"
-            "priority is low, normal, high or urgent for the recipient; needs_reply is true when "
-            "a person expects an answer from the recipient; confidence is 0..1; reason is one "
-            "short sentence. Answer with the JSON object of the given schema only."
-        )
+        system = self.system_prompt(prompt, labels=labels)
         request = build_request(system, text, ClassifyAnswer, "email_classification", self.max_tokens)
         return Prepared(request=request, context={"email": info})
 
@@ -319,13 +315,6 @@ def _unique(addresses: list[str], exclude: set[str]) -> list[str]:
     return result
 
 
-_THREAD_LANGUAGE = "Write in the language of the email thread unless told otherwise."
-_DRAFT_RULES = (
-    "Set language to the BCP 47 tag of the language you wrote in. The body field holds only the "
-    "message text: no subject line, no headers, no placeholder signature. "
-    "Do not invent facts, dates, prices or commitments; list anything the user must decide or "
-    "supply in open_questions (at most 5). Answer with the JSON object of the given schema only."
-)
 
 
 class EmailRespond(Operation):
@@ -337,17 +326,15 @@ class EmailRespond(Operation):
     Output = ReplyOutput
     max_tokens = 1_500
     sends = (*EMAIL_SENT, Sent("instructions"), Sent("tone"))
+    prompt_fields = frozenset({"tone"})
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Parse the message, compute recipients and subject, ask for the reply text."""
         assert isinstance(data, RespondInput)
         mail = data.parsed()
         text, info = render_email(mail)
         to, cc = reply_recipients(mail, data.reply_all, data.me)
-        system = (
-            f"You draft a reply, on behalf of the recipient, to the email below. Tone: {data.tone}. "
-            f"{_THREAD_LANGUAGE} {_DRAFT_RULES}"
-        )
+        system = self.system_prompt(prompt, tone=data.tone)
         user = text
         if data.instructions:
             user += "\n\n" + user_request(data.instructions)
@@ -419,8 +406,9 @@ class EmailCompose(Operation):
     Output = ComposeOutput
     max_tokens = 1_500
     sends = (Sent("instructions"), Sent("tone"), Sent("language"), *EMAIL_SENT)
+    prompt_fields = frozenset({"language", "tone"})
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Build the prompt from the instructions and the optional message."""
         assert isinstance(data, ComposeInput)
         parts = [user_request(data.instructions or DEFAULT_COMPOSE)]
@@ -435,11 +423,7 @@ class EmailCompose(Operation):
         language = f"Write in {data.language}." if data.language else (
             "Write in the language of the instructions, or of the email if one is given."
         )
-        system = (
-            "You compose a new email on behalf of the user as the user_request asks, using the "
-            f"email data block, if present, as context. Tone: {data.tone}. {language} Give a concise subject. "
-            + _DRAFT_RULES
-        )
+        system = self.system_prompt(prompt, tone=data.tone, language=language)
         request = build_request(system, "\n\n".join(parts), ComposeAnswer, "email_draft", self.max_tokens)
         return Prepared(request=request, context={"email": info, "to": to, "cc": list(data.cc)})
 

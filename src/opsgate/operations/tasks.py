@@ -25,6 +25,7 @@ import icalendar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opsgate.operations.base import Operation, Prepared, Sent
+from opsgate.operations.prompts import PromptVersion
 from opsgate.operations.common import Answer, build_request, clip, data_block, invalid, user_request
 from opsgate.operations.ical import parse_calendar
 
@@ -229,7 +230,7 @@ class TaskPrioritize(Operation):
         Sent("goal"),
     )
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Select the open tasks (soonest due first, capped) and ask for an order."""
         assert isinstance(data, PrioritizeInput)
         tasks = data.items()
@@ -244,13 +245,7 @@ class TaskPrioritize(Operation):
         user = today + data_block("tasks", listing)
         if data.goal:
             user += "\n\n" + user_request(data.goal)
-        system = (
-            "You prioritise the user's open tasks in the tasks block. Return them in order, most "
-            "important first, each with its number in brackets and a one-sentence reason (weigh "
-            "due dates, priority, effort and dependencies stated in the notes), then a short "
-            "summary. Use each number at most once. Answer with the JSON object of the given "
-            "schema only."
-        )
+        system = self.system_prompt(prompt)
         request = build_request(system, user, PrioritizeAnswer, "task_priorities", self.max_tokens)
         context = {
             "sent": sent, "tasks": [task_out(i, t, data.today) for i, t in enumerate(tasks)],
@@ -341,8 +336,9 @@ class TaskBreakdown(Operation):
         Sent("its notes", MAX_BREAKDOWN_NOTES_CHARS),
         Sent("context"),
     )
+    prompt_fields = frozenset({"max_subtasks"})
 
-    def prepare(self, data: BaseModel) -> Prepared:
+    def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Pick the task and ask for subtasks."""
         assert isinstance(data, BreakdownInput)
         tasks = data.items()
@@ -355,12 +351,7 @@ class TaskBreakdown(Operation):
         user = data_block("task", _render(data.task, task, MAX_BREAKDOWN_NOTES_CHARS))
         if data.context:
             user += "\n\n" + user_request(data.context)
-        system = (
-            f"You break the task in the task block into 2 to {data.max_subtasks} concrete, "
-            "ordered subtasks. Each has a short imperative title, a realistic estimate in "
-            "minutes (1 to 480) and a done_when criterion. Put assumptions in notes. Answer "
-            "with the JSON object of the given schema only."
-        )
+        system = self.system_prompt(prompt, max_subtasks=data.max_subtasks)
         request = build_request(system, user, BreakdownAnswer, "task_breakdown", self.max_tokens)
         context = {
             "task": task_out(data.task, task, data.today), "max_subtasks": data.max_subtasks,

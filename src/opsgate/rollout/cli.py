@@ -1,4 +1,5 @@
-"""``opsgate toggles`` and ``opsgate rollout`` (Typer apps registered by ``opsgate.cli``).
+"""``opsgate toggles``, ``opsgate rollout`` and ``opsgate variants`` (Typer apps registered by
+``opsgate.cli``).
 
 They act on ``OPSGATE_DATABASE_URL`` directly as the operator ``cli:<login>`` and write every
 change to the ledger, like the admin API. Exit status: 0 done, 1 ``toggles check`` refused the
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from opsgate.errors import OpsgateError
@@ -21,6 +23,9 @@ from opsgate.rollout.controller import ACTIVE, Plan, State
 from opsgate.rollout.plans import load_plan
 from opsgate.rollout.service import RolloutService, ToggleChange
 from opsgate.rollout.toggles import ToggleSnapshot
+from opsgate.rollout.variants import DEFAULT_VARIANT, VariantBook, checked_variants
+from opsgate.routing.effective import checked_routes
+from opsgate.routing.policy import OPERATION_IDS, RouteConfigError
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
@@ -170,3 +175,52 @@ def _only_active(svc: RolloutService) -> int:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+variants_app = typer.Typer(help="Variants (route + prompt version) of each operation.", no_args_is_help=True)
+
+
+def _book() -> VariantBook:
+    """The configured variants, checked as start-up checks them (exit 2 listing the problems)."""
+    from opsgate.clock import SystemClock
+    from opsgate.config import Settings
+    from opsgate.metering.prices import PriceBook
+
+    settings, now = Settings(), SystemClock().now
+    prices = PriceBook.from_settings(settings, now)
+    try:
+        return checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
+    except RouteConfigError as exc:
+        err.print(f"[red]error:[/red] {escape('; '.join(exc.problems))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@variants_app.command("list")
+def variants_list() -> None:
+    """Each operation's live variant and candidate, with the live route and prompt version."""
+    book = _book()
+    table = Table(title="variants")
+    for name in ("operation", "live", "candidate", "route", "prompt", "sha256", "variants"):
+        table.add_column(name)
+    for op in OPERATION_IDS:
+        live = book.get(op, DEFAULT_VARIANT)
+        table.add_row(op, live.name, "-", " > ".join(live.targets()), live.prompt.version,
+                      live.prompt.sha256[:12], str(len(book.of(op))))
+    out.print(table)
+
+
+@variants_app.command("show")
+def variants_show(operation: str = typer.Argument(..., help="Operation id, e.g. email-classify.")) -> None:
+    """Every variant of OPERATION: its route, prompt version id, digest and source, and its role."""
+    book = _book()
+    if operation not in OPERATION_IDS:
+        err.print(f"[red]error:[/red] unknown operation; known: {', '.join(OPERATION_IDS)}")
+        raise typer.Exit(2)
+    table = Table(title=f"variants of {operation}")
+    for name in ("variant", "role", "route", "prompt", "sha256", "source"):
+        table.add_column(name)
+    for v in book.of(operation):
+        role = "live" if v.name == DEFAULT_VARIANT else "-"
+        table.add_row(v.name, role, " > ".join(v.targets()), v.prompt.version, v.prompt.sha256,
+                      v.prompt.source)
+    out.print(table)

@@ -34,6 +34,10 @@ class RolloutNotFound(NotFound):
     """No rollout with that id (404 ``not_found``)."""
 
 
+class VariantNotFound(NotFound):
+    """The operation has no variant of that name (404 ``not_found``)."""
+
+
 class InvalidPlan(OpsgateError):
     """A rollout plan or toggle change is malformed (422 ``invalid_input``)."""
 
