@@ -12,6 +12,7 @@ sandboxes answering in each wire format's own shape.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from sqlalchemy import select
 from opsgate.app import create_app
 from opsgate.localserver import serve_in_thread
 from opsgate.operations.io import input_from_file
+from opsgate.sandbox import SandboxThread
 from opsgate.store.models import ai_operation_log
 from tests.conftest import EXAMPLES, Gateway, gateway_settings
 
@@ -134,3 +136,23 @@ def test_a_context_refusal_then_an_outage_is_503_not_413(tmp_path) -> None:
     for gw in _gateway(tmp_path, chain, "context:anthropic:50,outage:deepseek"):
         _problem(_classify(gw), 503, "provider_unavailable")
         assert gw.stats()["anthropic"]["statuses"] == {"400": 1}
+
+
+def test_a_configured_context_window_skips_the_endpoint_before_sending(tmp_path, monkeypatch) -> None:
+    """``[providers.local] context_window`` (vLLM's --max-model-len) is read at start-up: a prompt
+    whose bound plus max_tokens exceeds it skips the endpoint without a request."""
+    monkeypatch.setenv("LOCAL_KEY", "sk-" + secrets.token_hex(16))
+    with SandboxThread() as local:
+        config = {
+            "providers": {"local": {"kind": "openai-compatible", "base_url": local.base_urls["deepseek"],
+                                    "api_key_env": "LOCAL_KEY",  # pragma: allowlist secret
+                                    "json_mode": "json_object", "context_window": 1000}},
+            "prices": {"local/qwen3-8b": {"input": "0", "output": "0"}},
+        }
+        for gw in _gateway(tmp_path, ["local/qwen3-8b", TARGETS["anthropic"]], "none", **config):
+            resp = _classify(gw)
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["provider"] == "anthropic"
+            [row] = _rows(gw)
+            assert (row["provider"], row["attempts"]) == ("anthropic", 2)  # the skip is an attempt
+        assert local.stats()["providers"]["deepseek"]["requests"] == 0

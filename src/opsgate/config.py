@@ -37,7 +37,9 @@ class ProviderConfig(BaseModel):
     ``api_key_env`` names the environment variable holding the key, which is sent only in the
     ``Authorization: Bearer`` header (unset: no key is sent); ``json_mode`` is how a JSON answer
     is asked for (``json_schema`` per the OpenAI Chat Completions reference, ``json_object`` for
-    endpoints that only know JSON mode).
+    endpoints that only know JSON mode); ``context_window`` (tokens, optional) is what the endpoint
+    accepts per request, prompt and answer together (vLLM's ``--max-model-len``): prompts that may
+    not fit skip it (:mod:`opsgate.routing.windows`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +48,7 @@ class ProviderConfig(BaseModel):
     base_url: str
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     json_mode: Literal["json_schema", "json_object"] = "json_schema"
+    context_window: int | None = Field(default=None, ge=1)
 
 
 class RouteConfig(BaseModel):

@@ -36,6 +36,7 @@ table in docs/architecture.md, equal to the classes)::
     │   ├── ConnectionFailed          provider_unavailable      503  providers.errors
     │   ├── ContentFiltered           content_filtered          422  providers.errors
     │   ├── ContextLengthExceeded     input_too_large           413  providers.errors
+    │   │   ├── ContextWindowTooSmall input_too_large           413  routing.errors
     │   │   └── InputTooLarge         input_too_large           413  routing.errors
     │   ├── EmptyAnswer               provider_bad_response     502  providers.errors
     │   ├── InvalidRequest            provider_rejected         502  providers.errors

@@ -32,6 +32,7 @@ from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceBook
 from opsgate.metering.service import MeteringService, build_metering
+from opsgate.metering.worstcase import prompt_token_bound
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.prometheus import observe_attempt
@@ -48,6 +49,7 @@ from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import checked_variants
 from opsgate.routing.effective import checked_routes, routing_record
 from opsgate.routing.router import Router
+from opsgate.routing.windows import ContextWindows
 from opsgate.sandbox.server import SandboxServer
 from opsgate.security.auth import TokenService
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
@@ -153,7 +155,8 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     engine, ledger, rollout = shared.engine, shared.ledger, shared.rollout
     settings = await resolve_provider_keys(settings, ledger, clock, session)
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
-                    failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s)
+                    failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,
+                    windows=ContextWindows.from_settings(settings, prompt_token_bound, prices))
     tokens = TokenService(settings, clock)
     routed = variants.chains()
     metering = build_metering(settings, engine, clock, prices, routed)

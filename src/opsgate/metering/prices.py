@@ -268,6 +268,12 @@ class PriceBook:
             raise UnknownModelPrice(f"no price for model {provider}/{model}")
         return resolved
 
+    def context_window(self, provider: str, model: str) -> int | None:
+        """``model``'s context window in tokens from the ``genai-prices`` model facts (built-in
+        providers only, :data:`GENAI_PRICES_PROVIDERS`), or ``None`` when they do not say."""
+        info = _genai_model(provider, model)
+        return info.context_window if info is not None else None
+
     def dearest(self, provider: str, model: str, start: datetime, horizon_s: float) -> ModelPrice:
         """Per field, the highest price ``model`` has between ``start`` and ``start + horizon_s``
         (prices change only on whole hours: peak windows, dated changes), for reservations.
@@ -294,17 +300,22 @@ peak windows (01:00-04:00 and 06:00-10:00 UTC) on weekdays only, since 2026-08-2
 an upper bound). The windows lie within one Beijing calendar day, so the UTC weekday decides."""
 
 
-def _genai_price(provider: str, model: str, at: datetime, input_tokens: int) -> ResolvedPrice | None:
+def _genai_model(provider: str, model: str) -> genai_types.ModelInfo | None:
+    """``model``'s entry in the ``genai-prices`` data, for a built-in ``provider`` only."""
     provider_id = GENAI_PRICES_PROVIDERS.get(provider)
     if provider_id is None:
         return None
-    if provider in WEEKEND_OFF_PEAK and at.astimezone(UTC).weekday() >= 5:
-        at = at.astimezone(UTC).replace(hour=12, minute=0, second=0, microsecond=0)  # off-peak
     snapshot = genai_data_snapshot.get_snapshot()
     source = next((p for p in snapshot.providers if p.id == provider_id), None)
-    info = source.find_model(model) if source is not None else None
+    return source.find_model(model) if source is not None else None
+
+
+def _genai_price(provider: str, model: str, at: datetime, input_tokens: int) -> ResolvedPrice | None:
+    info = _genai_model(provider, model)
     if info is None:
         return None
+    if provider in WEEKEND_OFF_PEAK and at.astimezone(UTC).weekday() >= 5:
+        at = at.astimezone(UTC).replace(hour=12, minute=0, second=0, microsecond=0)  # off-peak
     raw = info.get_prices(at)
     if raw.input_mtok is None or raw.output_mtok is None:
         return None

@@ -71,7 +71,7 @@ COST = Counter("opsgate_cost_micro_usd", "Metered cost (micro-USD)", ["operation
                registry=REGISTRY)
 TOKENS = Counter("opsgate_tokens", "Tokens billed", ["operation", "provider", "model", "type"], registry=REGISTRY)
 BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
-SKIPPED = frozenset({"circuit_open", "not_configured", "deadline_exceeded"})
+SKIPPED = frozenset({"circuit_open", "not_configured", "deadline_exceeded", "context_window"})
 """Attempt kinds of targets the router skipped without calling the provider (no duration)."""
 
 

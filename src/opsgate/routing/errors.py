@@ -56,6 +56,15 @@ class AllProvidersFailed(ProviderError):
         self.last_error = last_error
 
 
+class ContextWindowTooSmall(ContextLengthExceeded):
+    """The prompt's bound exceeds the target's context window (:mod:`opsgate.routing.windows`):
+    the target is skipped, never sent; the router moves to the next target."""
+
+    @property
+    def kind(self) -> str:
+        return "context_window"
+
+
 class InputTooLarge(ContextLengthExceeded):
     """No target of the chain can take the prompt (413, ``input_too_large``): each one refused it
     for its context length, or was skipped because the prompt's bound exceeds its context window

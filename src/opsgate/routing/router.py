@@ -2,7 +2,8 @@
 
 For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in order:
 
-1. skip it when its provider has no adapter or its circuit breaker refuses (recorded);
+1. skip it when its provider has no adapter, its circuit breaker refuses, or the prompt may not fit
+   its context window while another target has room (:mod:`opsgate.routing.windows`) (recorded);
 2. call it, up to ``max_attempts_per_target`` times, each attempt limited to ``timeout_s`` (and
    to what is left of ``total_timeout_s``);
 3. after an error with ``retryable`` set (429 with a usable wait, 529, 500/502/503/504, timeouts,
@@ -45,12 +46,14 @@ from opsgate.routing.breaker import BreakerSnapshot, CircuitBreaker
 from opsgate.routing.errors import (
     AllProvidersFailed,
     CircuitOpen,
+    ContextWindowTooSmall,
     DeadlineExceeded,
     InputTooLarge,
     ProviderNotConfigured,
 )
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.retry import retry_wait_s
+from opsgate.routing.windows import ContextWindows
 from opsgate.security.sanitizer import sanitize
 from opsgate.tracing import provider_call
 
@@ -64,9 +67,10 @@ class Attempt:
     """One try (or skip) of one target.
 
     ``outcome_kind`` is ``ok`` or an error's ``kind`` (``rate_limited``, ``overloaded``, ...,
-    ``circuit_open``, ``not_configured``, ``deadline_exceeded``); ``http_status`` the provider's
-    status (200 on success, None without an HTTP answer); ``latency_ms`` the call's duration on
-    the router's clock; ``waited_s`` the wait taken before this attempt, in seconds."""
+    ``circuit_open``, ``not_configured``, ``deadline_exceeded``, ``context_window``);
+    ``http_status`` the provider's status (200 on success, None without an HTTP answer);
+    ``latency_ms`` the call's duration on the router's clock; ``waited_s`` the wait taken before
+    this attempt, in seconds."""
 
     provider: str
     model: str
@@ -92,6 +96,7 @@ class _Call:
     policy: RoutePolicy
     deadline: float
     attempts: list[Attempt] = field(default_factory=list)
+    too_small: set[Target] = field(default_factory=set)
 
 
 class Router:
@@ -101,7 +106,8 @@ class Router:
     fake in tests); ``rand`` drives backoff jitter; ``failure_threshold`` and ``cooldown_s``
     configure each provider's breaker (settings ``breaker_failure_threshold`` and
     ``breaker_cooldown_s``); ``observer`` (optional) sees every :class:`Attempt` as it is recorded
-    (the Prometheus provider counters).
+    (the Prometheus provider counters); ``windows`` (optional) skips targets whose context window
+    the prompt may not fit.
     """
 
     def __init__(
@@ -114,9 +120,11 @@ class Router:
         cooldown_s: float = 30.0,
         rand: Callable[[], float] = random.random,
         observer: Callable[[Attempt], None] | None = None,
+        windows: ContextWindows | None = None,
     ) -> None:
         self._providers = dict(providers)
         self._observer = observer
+        self._windows = windows
         self._clock = clock
         self._sleep = sleep
         self._rand = rand
@@ -185,9 +193,12 @@ class Router:
         """
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
+        chain = self.chain(policy)
         call = _Call(request, policy, deadline)
+        if self._windows is not None:
+            call.too_small = self._windows.too_small(request, chain)
         failures: list[ProviderError] = []
-        for target in self.chain(policy):
+        for target in chain:
             result = await self._try_target(call, target)
             if isinstance(result, Completion):
                 return Routed(result, call.attempts)
@@ -207,6 +218,9 @@ class Router:
         provider = self._providers.get(target.provider)
         if provider is None:
             return self._skip(call, target, ProviderNotConfigured(target.provider))
+        if target in call.too_small:
+            return self._skip(call, target, ContextWindowTooSmall(
+                target.provider, "the prompt may not fit the model's context window"))
         breaker = self._breakers[target.provider]
         waited = 0.0
         for failures in range(1, call.policy.max_attempts_per_target + 1):
