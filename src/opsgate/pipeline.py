@@ -96,7 +96,8 @@ class CallRecord:
     """What step 9 records about one call, succeeded (``status="ok"``) or failed (``"error"``
     with its stable ``error_code``). The ``ai_operation_log`` row and the ledger ``result``
     payload are two views of this one value, so they cannot disagree. Money in integer
-    micro-USD, latencies in milliseconds, ``created_at`` tz-aware UTC from the injected Clock."""
+    micro-USD, latencies in milliseconds, ``created_at`` tz-aware UTC from the injected Clock;
+    ``variant`` served the call, ``repaired`` says its answer needed the schema repair request."""
 
     request_id: str
     user_id: str
@@ -115,6 +116,8 @@ class CallRecord:
     created_at: datetime
     price: ResolvedPrice | None = None
     price_flag: str | None = None
+    variant: str | None = None
+    repaired: bool = False
 
     @property
     def cache_write_tokens(self) -> int:
@@ -130,6 +133,8 @@ class CallRecord:
             "provider": self.provider,
             "model": self.model,
             "served_model": self.served_model,
+            "variant": self.variant,
+            "repaired": self.repaired,
             "status": self.status,
             "error_code": self.error_code,
             "attempts": self.attempts,
@@ -253,8 +258,10 @@ class Gateway:
         return op
 
     def choose_variant(self, principal: Principal, op: Operation) -> Variant:
-        """The variant serving ``principal`` for ``op``: the operation's live variant."""
-        return self.variants.get(op.id, DEFAULT_VARIANT)
+        """The variant serving ``principal`` for ``op``: a variant rollout's candidate when the
+        user's bucket is within its percentage, else the live variant (sticky per user)."""
+        name = DEFAULT_VARIANT if self._toggles is None else self._toggles.serving_variant(op.id, principal.user_id)
+        return self.variants.serving(op.id, name)
 
     # 3 ------------------------------------------------------------------------------------------
     @step("rate_limit")
@@ -486,6 +493,8 @@ class Gateway:
             created_at=spend.priced_at or self._clock.now(),
             price=price,
             price_flag=flag,
+            variant=spend.variant.name,
+            repaired=len(spend.completions) > 1,
         )
 
     async def _write(

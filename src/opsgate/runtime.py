@@ -153,6 +153,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     stack.push_async_callback(session.close)
     shared = open_services(stack, settings, clock, session)
     engine, ledger, rollout = shared.engine, shared.ledger, shared.rollout
+    rollout.variants = variants
     settings = await resolve_provider_keys(settings, ledger, clock, session)
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from opsgate.cli import app as cli_app
@@ -15,6 +16,7 @@ from opsgate.operations import prompt_catalogue
 from opsgate.rollout.errors import VariantNotFound
 from opsgate.rollout.variants import DEFAULT_VARIANT, VariantConfigError, build_book, checked_variants
 from opsgate.routing.policy import Target, policies_for
+from opsgate.store.models import ai_operation_log
 from opsgate.testing import GovernedGateway
 from tests.conftest import EXAMPLES
 
@@ -91,27 +93,44 @@ def test_a_variant_target_without_a_price_refuses(tmp_path: Path) -> None:
         "input and output in USD per million tokens)"]
 
 
-def test_variants_list_and_show_name_route_prompt_version_and_digest(tmp_path: Path, monkeypatch) -> None:
+def test_variants_cli_lists_shows_and_rolls_out_a_variant(tmp_path: Path, monkeypatch) -> None:
     prompts = _prompts(tmp_path)
     config = tmp_path / "opsgate.toml"
     config.write_text(f'prompts_dir = "{prompts}"\n\n[variants.email-classify.flash-v2]\n'
                       'chain = ["gemini/gemini-3.8-flash"]\nprompt = "v2"\n')
     monkeypatch.setenv("OPSGATE_CONFIG", str(config))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
     shown = runner.invoke(cli_app, ["variants", "show", "email-classify"], env={"COLUMNS": "240"})
     assert shown.exit_code == 0, shown.output
     v2 = prompt_catalogue(prompts).get("email-classify", "v2")
-    assert f"flash-v2 │ -    │ gemini/gemini-3.8-flash" in shown.output
-    assert f"│ v2     │ {v2.sha256} │ {prompts}" in shown.output
-    listed = runner.invoke(cli_app, ["variants", "list"], env={"COLUMNS": "240"})
-    assert listed.exit_code == 0, listed.output
-    row = next(line for line in listed.output.splitlines() if "email-classify" in line)
-    assert [c.strip() for c in row.split("│")[1:4]] == ["email-classify", "default", "-"]
-    assert row.split("│")[-2].strip() == "2"
+    row = next(line for line in shown.output.splitlines() if "flash-v2" in line)
+    assert [c.strip() for c in row.split("│")[1:6]] == ["flash-v2", "-", "gemini/gemini-3.8-flash", "v2", v2.sha256]
+
+    started = runner.invoke(cli_app, ["rollout", "start", "email-classify", "--variant", "flash-v2"])
+    assert started.exit_code == 0, started.output
+    assert started.output.strip() == "rollout 1 started: variant flash-v2 of email-classify at 5 %"
+    assert _row(cli_app, "email-classify")[:3] == ["email-classify", "default", "flash-v2 (5 %)"]
+    assert _row(cli_app, "email-classify")[-1] == "2"
+    shown = runner.invoke(cli_app, ["variants", "show", "email-classify"], env={"COLUMNS": "240"})
+    row = next(line for line in shown.output.splitlines() if "flash-v2" in line)
+    assert [c.strip() for c in row.split("│")[1:3]] == ["flash-v2", "candidate 5 %"]
+    rolled = runner.invoke(cli_app, ["rollout", "rollback", "email-classify", "--reason", "answers look off"])
+    assert rolled.exit_code == 0, rolled.output
+    assert rolled.output.strip() == "disabled: none (variant rollouts rolled back, operations stay on)"
+    assert _row(cli_app, "email-classify")[:3] == ["email-classify", "default", "-"]
+
     config.write_text('[variants.email-classify.x]\nprompt = "v7"\n')
     refused = runner.invoke(cli_app, ["variants", "list"], env={"COLUMNS": "240"})
     assert refused.exit_code == 2
     assert " ".join(refused.output.split()) == (
         "error: variant email-classify/x: email-classify has no prompt version 'v7' (known: v1)")
+
+
+def _row(app, operation: str) -> list[str]:  # type: ignore[no-untyped-def]
+    listed = runner.invoke(app, ["variants", "list"], env={"COLUMNS": "240"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if operation in line)
+    return [c.strip() for c in row.split("│")[1:-1]]
 
 
 async def test_the_intent_names_the_variant_and_its_prompt_digest_never_the_text(
@@ -125,3 +144,18 @@ async def test_the_intent_names_the_variant_and_its_prompt_digest_never_the_text
     assert intent["prompt"] == {"version": "v1", "sha256": default.prompt.sha256}
     assert "You classify one email" not in str(governed.entries())
     assert governed.provider.requests[-1].system.startswith("You classify one email")
+    with governed.engine.connect() as conn:
+        row = conn.execute(select(ai_operation_log.c.variant, ai_operation_log.c.repaired)
+                           .where(ai_operation_log.c.request_id == call.request_id)).one()
+    assert tuple(row) == ("default", False)
+
+
+async def test_a_call_whose_answer_needed_the_repair_request_is_logged_repaired(governed: GovernedGateway) -> None:
+    governed.provider.script.append({"category": "not-a-category"})  # schema miss, then a valid answer
+    call = governed.call("email-classify", CLASSIFY)
+    await governed.gateway.govern(call)
+    with governed.engine.connect() as conn:
+        row = conn.execute(select(ai_operation_log.c.variant, ai_operation_log.c.repaired, ai_operation_log.c.status)
+                           .where(ai_operation_log.c.request_id == call.request_id)).one()
+    assert tuple(row) == ("default", True, "ok")
+    assert len(governed.provider.requests) == 2

@@ -52,5 +52,9 @@ def attach(engine: Engine, clock: Clock, enforcement: EnforcementHooks | None,
     if rollout is not None:
         def on_rollout(event: RolloutEvent) -> None:
             record_signal(engine, clock, event.kind, str(event.rollout_id), ok=False, severity=event.severity,
-                          detail=f"{', '.join(event.operations)}: {event.reason}")
+                          detail=f"{', '.join(event.operations)}{_variant(event)}: {event.reason}")
         rollout.listeners.append(on_rollout)
+
+
+def _variant(event: RolloutEvent) -> str:
+    return f" (variant {event.variant})" if event.variant else ""

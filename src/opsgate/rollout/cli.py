@@ -23,7 +23,7 @@ from opsgate.rollout.controller import ACTIVE, Plan, State
 from opsgate.rollout.plans import load_plan
 from opsgate.rollout.service import RolloutService, ToggleChange
 from opsgate.rollout.toggles import ToggleSnapshot
-from opsgate.rollout.variants import DEFAULT_VARIANT, VariantBook, checked_variants
+from opsgate.rollout.variants import VariantBook, checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import OPERATION_IDS, RouteConfigError
 
@@ -111,12 +111,18 @@ def rollout_start(
     operations: list[str] = typer.Argument(..., help="Operation ids to roll out together."),
     plan: Path = typer.Option(None, "--plan", exists=True, dir_okay=False,
                               help="Plan file (JSON or TOML); default 5 %/24 h, 25 %/12 h, 100 %/12 h, 48 h."),
+    variant: str = typer.Option(None, "--variant",
+                                help="Release this variant of the one OPERATION (opsgate variants show OP)."),
 ) -> None:
-    """Start a canary rollout of OPERATIONS at the plan's first stage."""
+    """Start a canary rollout of OPERATIONS at the plan's first stage (with --variant: the
+    variant's share of the operation's users grows by stage instead)."""
+    book = _book() if variant else None
     with _service() as svc:
+        svc.variants = book
         chosen = load_plan(plan) if plan else Plan()
-        r = svc.start_rollout(operations, chosen, _actor())
-    out.print(f"rollout {r.id} started: {', '.join(r.operations)} at {chosen.percentage(0)} %")
+        r = svc.start_rollout(operations, chosen, _actor(), variant)
+    what = f"variant {variant} of " if variant else ""
+    out.print(f"rollout {r.id} started: {what}{', '.join(r.operations)} at {chosen.percentage(0)} %")
 
 
 @rollout_app.command("status")
@@ -162,7 +168,7 @@ def rollout_rollback(
         raise typer.Exit(2)
     with _service() as svc:
         disabled = svc.rollback_operations(None if all_ else operations, reason, _actor())
-    out.print(f"disabled: {', '.join(disabled)}")
+    out.print(f"disabled: {', '.join(disabled) or 'none (variant rollouts rolled back, operations stay on)'}")
 
 
 def _only_active(svc: RolloutService) -> int:
@@ -197,14 +203,18 @@ def _book() -> VariantBook:
 
 @variants_app.command("list")
 def variants_list() -> None:
-    """Each operation's live variant and candidate, with the live route and prompt version."""
+    """Each operation's live variant and candidate (with its share of users), with the live
+    variant's route and prompt version."""
     book = _book()
+    with _service() as svc:
+        assigned = {op: svc.assignment(op) for op in OPERATION_IDS}
     table = Table(title="variants")
     for name in ("operation", "live", "candidate", "route", "prompt", "sha256", "variants"):
         table.add_column(name)
-    for op in OPERATION_IDS:
-        live = book.get(op, DEFAULT_VARIANT)
-        table.add_row(op, live.name, "-", " > ".join(live.targets()), live.prompt.version,
+    for op, a in assigned.items():
+        live = book.serving(op, a.live)
+        candidate = f"{a.candidate} ({a.candidate_percentage} %)" if a.candidate else "-"
+        table.add_row(op, live.name, candidate, " > ".join(live.targets()), live.prompt.version,
                       live.prompt.sha256[:12], str(len(book.of(op))))
     out.print(table)
 
@@ -216,11 +226,14 @@ def variants_show(operation: str = typer.Argument(..., help="Operation id, e.g. 
     if operation not in OPERATION_IDS:
         err.print(f"[red]error:[/red] unknown operation; known: {', '.join(OPERATION_IDS)}")
         raise typer.Exit(2)
+    with _service() as svc:
+        a = svc.assignment(operation)
+    roles = {a.live: "live", **({a.candidate: f"candidate {a.candidate_percentage} %"} if a.candidate else {})}
     table = Table(title=f"variants of {operation}")
     for name in ("variant", "role", "route", "prompt", "sha256", "source"):
         table.add_column(name)
     for v in book.of(operation):
-        role = "live" if v.name == DEFAULT_VARIANT else "-"
+        role = roles.get(v.name, "-")
         table.add_row(v.name, role, " > ".join(v.targets()), v.prompt.version, v.prompt.sha256,
                       v.prompt.source)
     out.print(table)

@@ -45,6 +45,24 @@ def metrics_from_log(
     return cohort(canary), cohort(control)
 
 
+def metrics_by_variant(
+    engine: Engine, operation: str, candidate: str, since: datetime, until: datetime
+) -> tuple[CohortMetrics, CohortMetrics]:
+    """``(canary, control)`` of a variant rollout over ``since <= created_at <= until`` (UTC):
+    ``operation``'s calls served by ``candidate``, and its other calls (the live variant's, in
+    the same window, through whatever route that variant takes)."""
+    log = ai_operation_log.c
+    query = select(log.variant, log.status, log.latency_ms, log.cost_micro_usd).where(
+        log.operation == operation, log.created_at >= since, log.created_at <= until
+    )
+    canary: list[tuple[bool, float, int]] = []
+    control: list[tuple[bool, float, int]] = []
+    with engine.connect() as conn:
+        for variant, status, latency, cost in conn.execute(query):
+            (canary if variant == candidate else control).append((status != "ok", latency, cost))
+    return cohort(canary), cohort(control)
+
+
 def cohort(rows: list[tuple[bool, float, int]]) -> CohortMetrics:
     """:class:`CohortMetrics` of ``(is_error, latency_ms, cost_micro_usd)`` rows."""
     if not rows:

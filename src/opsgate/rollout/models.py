@@ -5,7 +5,12 @@
 - ``feature_toggle_version``: one row (``id`` = 1) whose ``version`` every toggle or opt-in write
   increments in the same transaction, so each process can refresh its in-memory snapshot cheaply.
 - ``user_settings``: a user's opt-in per operation.
-- ``rollouts``: one canary rollout of a set of operations; ``plan`` and ``operations`` are JSON text.
+- ``rollouts``: one canary rollout of a set of operations; ``plan`` and ``operations`` are JSON text;
+  ``variant`` names the candidate variant a variant rollout releases (its one operation stays on).
+- ``operation_variants`` (migration 0009): per operation, the ``live`` variant, the ``previous``
+  live one (restored by a rollback after promotion), the ``candidate`` and the percentage of users
+  (by their bucket in ``group_id``) it serves. No row: ``default`` is live, no candidate. Writes
+  increment ``feature_toggle_version`` like toggle writes, so every process's snapshot follows.
 - ``rollout_decisions``: the rollout history, one row per controller decision with its numbers
   (JSON of integers), written in the same transaction as the decision's ledger entry.
 """
@@ -75,8 +80,22 @@ rollouts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(128), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("variant", String(48)),
 )
 Index("ix_rollouts_state", rollouts.c.state)
+
+operation_variants = Table(
+    "operation_variants",
+    metadata,
+    Column("operation", String(64), primary_key=True),
+    Column("live", String(48), nullable=False),
+    Column("previous", String(48)),
+    Column("candidate", String(48)),
+    Column("candidate_percentage", Integer, nullable=False),
+    Column("group_id", String(128), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(128), nullable=False),
+)
 
 rollout_decisions = Table(
     "rollout_decisions",

@@ -6,8 +6,16 @@ changes), (2) the tables change in one transaction that also increments ``featur
 see the new version within their refresh interval. Inserts (seeded toggles, decision rows) are
 written in the ledger's own transaction, so they and their entry commit together.
 
-Ledger kinds: ``toggle.created``, ``toggle.set``, ``opt_in.set``, ``rollout.decision`` (payloads hold
-ids, strings, booleans and integers only).
+Ledger kinds: ``toggle.created``, ``toggle.set``, ``opt_in.set``, ``rollout.decision``,
+``variant.set`` (payloads hold ids, strings, booleans and integers only).
+
+A **variant rollout** (``start_rollout(..., variant=NAME)``, one operation) releases a candidate
+variant instead of switching the operation on: its stages set the share of users (by their bucket
+in the assignment's own group id, :func:`variant_group`) served by the candidate; the operation's
+toggle is left alone. Promotion from the last stage makes the candidate the live variant (the
+previous one is kept for a later rollback); a rollback sends every user back to the live variant
+at once. Metrics compare the candidate's calls with the operation's other calls
+(:func:`~opsgate.rollout.metrics.metrics_by_variant`).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
@@ -30,6 +38,7 @@ from opsgate.rollout.controller import (
     ACTIVE,
     Action,
     Advance,
+    CohortMetrics,
     Decision,
     Evaluate,
     Event,
@@ -43,15 +52,17 @@ from opsgate.rollout.controller import (
     step,
 )
 from opsgate.rollout.errors import InvalidPlan, RolloutConflict, RolloutNotFound
-from opsgate.rollout.metrics import metrics_from_log
+from opsgate.rollout.metrics import metrics_by_variant, metrics_from_log
 from opsgate.rollout.models import (
     feature_toggle_version,
     feature_toggles,
+    operation_variants,
     rollout_decisions,
     rollouts,
     user_settings,
 )
-from opsgate.rollout.toggles import Toggle, ToggleSnapshot
+from opsgate.rollout.toggles import Toggle, ToggleSnapshot, VariantAssignment
+from opsgate.rollout.variants import DEFAULT_VARIANT, VariantBook
 from opsgate.security.auth import Principal
 from opsgate.security.rls import service_scope, user_scope
 from opsgate.store.models import users
@@ -62,6 +73,13 @@ SEED_ACTOR = "opsgate-seed"
 """``updated_by`` of a toggle nobody has changed since it was created (disabled, opt-in)."""
 SANDBOX_ACTOR = "sandbox"
 BANNER = "{ops} {verb} temporarily unavailable while we investigate a problem. Your data is safe."
+VARIANT_BANNER = "{ops} is back on its previous version while we investigate a problem with a new one. Your data is safe."
+
+
+def variant_group(operation: str, variant: str) -> str:
+    """The bucketing group id of ``variant``'s rollout on ``operation``: independent of the
+    operation's toggle group id, so the candidate's users are not the toggle canary's."""
+    return f"variant/{operation}/{variant}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +105,13 @@ class RolloutEvent:
     reason: str
     numbers: dict[str, int]
     at: datetime
+    variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Rollout:
-    """A ``rollouts`` row: its id, operations, controller state and bookkeeping."""
+    """A ``rollouts`` row: its id, operations, controller state and bookkeeping; ``variant`` is
+    the candidate of a variant rollout (None: a toggle rollout)."""
 
     id: int
     operations: tuple[str, ...]
@@ -102,6 +122,7 @@ class Rollout:
     version: int
     created_at: datetime
     created_by: str
+    variant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """API shape: ids, state, stage, percentage, plan, timestamps (ISO 8601)."""
@@ -109,6 +130,7 @@ class Rollout:
         return {
             "id": self.id,
             "operations": list(self.operations),
+            "variant": self.variant,
             "state": str(s.state),
             "stage_index": s.stage_index,
             "percentage": s.plan.percentage(s.stage_index),
@@ -124,7 +146,8 @@ class Rollout:
 @dataclass
 class RolloutService:
     """Toggles, opt-ins and rollouts of one database. ``snapshot`` (optional) is invalidated after
-    every write; ``listeners`` receive :class:`RolloutEvent` alerts (exceptions are logged)."""
+    every write; ``listeners`` receive :class:`RolloutEvent` alerts (exceptions are logged);
+    ``variants`` (the configured variants) lets a variant rollout check the name it releases."""
 
     engine: Engine
     ledger: Ledger
@@ -132,6 +155,7 @@ class RolloutService:
     snapshot: ToggleSnapshot | None = None
     limits: Thresholds = field(default_factory=Thresholds)
     listeners: list[Callable[[RolloutEvent], None]] = field(default_factory=list)
+    variants: VariantBook | None = None
 
     # toggles ---------------------------------------------------------------------------------
     def ensure_toggles(self, operations: Iterable[str]) -> list[str]:
@@ -248,15 +272,21 @@ class RolloutService:
         return report
 
     # rollouts --------------------------------------------------------------------------------
-    def start_rollout(self, operations: Iterable[str], plan: Plan, actor: str) -> Rollout:
+    def start_rollout(self, operations: Iterable[str], plan: Plan, actor: str,
+                      variant: str | None = None) -> Rollout:
         """Start a canary of ``operations`` at the plan's first stage: each toggle is enabled, its
-        kill switch released, its percentage set (opt-in stays as configured). Raises
-        :class:`RolloutConflict` (409) when an operation already has an unfinished rollout."""
+        kill switch released, its percentage set (opt-in stays as configured). With ``variant``,
+        a variant rollout of one operation: the candidate serves the stage's share of users, the
+        toggle is left alone. Raises :class:`RolloutConflict` (409) when an operation already has
+        an unfinished rollout or ``variant`` is already live, :class:`InvalidPlan` (422) for a
+        variant rollout of other than one operation, :class:`VariantNotFound` (404)."""
         ops = tuple(sorted(set(operations)))
         if not ops:
             raise InvalidPlan("name at least one operation")
         for op in ops:
             self.get_toggle(op)
+        if variant is not None:
+            self._check_candidate(ops, variant)
         busy = self._rollouts_with(ops, ACTIVE | {State.ROLLING_BACK})
         if busy:
             raise RolloutConflict(f"rollout {busy[0].id} is still running for {', '.join(busy[0].operations)}")
@@ -265,15 +295,20 @@ class RolloutService:
             rollout_id = conn.execute(insert(rollouts).values(
                 operations=json.dumps(ops), plan=json.dumps(plan.to_dict()), state=State.RUNNING.value,
                 stage_index=0, stage_started_at=now, paused_s=0, version=0, created_at=now,
-                created_by=actor, updated_at=now).returning(rollouts.c.id)).scalar_one()
+                created_by=actor, updated_at=now, variant=variant).returning(rollouts.c.id)).scalar_one()
         try:
             self._record(rollout_id, "start", "start", State.RUNNING, State.RUNNING, 0,
                          "rollout started", {"percentage": plan.percentage(0)}, actor,
-                         extra={"operations": list(ops), "plan": plan.to_dict()})
+                         extra={"operations": list(ops), "plan": plan.to_dict(),
+                                **({"variant": variant} if variant else {})})
         except Exception:
             with self.engine.begin() as conn:
                 conn.execute(delete(rollouts).where(rollouts.c.id == rollout_id))
             raise
+        if variant is not None:
+            self._assign(ops[0], f"rollout:{rollout_id}", "variant canary stage 1", candidate=variant,
+                         candidate_percentage=plan.percentage(0), group_id=variant_group(ops[0], variant))
+            return self.get_rollout(rollout_id)
         change = ToggleChange(enabled=True, rollout_percentage=plan.percentage(0), kill_switch=False)
         for op in ops:
             self.set_toggle(op, change, f"rollout:{rollout_id}", "canary stage 1")
@@ -316,15 +351,17 @@ class RolloutService:
 
     def rollback_operations(self, operations: Iterable[str] | None, reason: str, actor: str) -> list[str]:
         """Roll back every unfinished rollout touching ``operations`` (None: every operation) and
-        disable the named operations that have none. Returns the operations now disabled."""
+        disable the named operations that have none. An operation whose variant rollout is rolled
+        back stays on (its users go back to the live variant). Returns the operations now disabled."""
         names = [t.operation for t in self.list_toggles()] if operations is None else list(operations)
         for op in names:
             self.get_toggle(op)
         disabled: set[str] = set()
+        on_live: set[str] = set()
         for rollout in self._rollouts_with(names, ACTIVE):
             self.rollback(rollout.id, reason, actor)
-            disabled.update(rollout.operations)
-        for op in names:
+            (on_live if rollout.variant else disabled).update(rollout.operations)
+        for op in set(names) - on_live:
             if op not in disabled and self.get_toggle(op).enabled:
                 self.set_toggle(op, ToggleChange(enabled=False), actor, reason)
             disabled.add(op)
@@ -333,7 +370,8 @@ class RolloutService:
     def evaluate(self, rollout_id: int, open_p1: int = 0) -> Decision | None:
         """Evaluate one rollout on metrics from ``ai_operation_log``: the stage window and its most
         recent ``limits.recent_window_s`` while active, the last ``limits.verify_window_s`` while
-        rolling back. None when the rollout is finished."""
+        rolling back. A variant rollout compares the candidate's calls with the operation's other
+        calls while active. None when the rollout is finished."""
         rollout = self.get_rollout(rollout_id)
         s = rollout.state
         if s.state not in ACTIVE and s.state is not State.ROLLING_BACK:
@@ -343,9 +381,13 @@ class RolloutService:
         since = s.stage_started_at
         if s.state is State.ROLLING_BACK:
             since = now - timedelta(seconds=self.limits.verify_window_s)
-        canary, control = metrics_from_log(self.engine, rollout.operations, since, now)
-        recent = max(since, now - timedelta(seconds=self.limits.recent_window_s))
-        recent_canary, recent_control = metrics_from_log(self.engine, rollout.operations, recent, now)
+        def cohorts(start: datetime) -> tuple[CohortMetrics, CohortMetrics]:
+            if rollout.variant is None or s.state is State.ROLLING_BACK:
+                return metrics_from_log(self.engine, rollout.operations, start, now)
+            return metrics_by_variant(self.engine, rollout.operations[0], rollout.variant, start, now)
+
+        canary, control = cohorts(since)
+        recent_canary, recent_control = cohorts(max(since, now - timedelta(seconds=self.limits.recent_window_s)))
         return self.apply(rollout_id, Evaluate(canary, control, open_p1, recent_canary, recent_control),
                           "controller")
 
@@ -355,12 +397,19 @@ class RolloutService:
         return {r.id: d for r in found if (d := self.evaluate(r.id, open_p1)) is not None}
 
     def banners(self) -> list[dict[str, Any]]:
-        """In-app banners: one per rolled-back rollout whose operations are still disabled."""
+        """In-app banners: one per rolled-back rollout whose operations are still disabled, and one
+        per rolled-back variant rollout until the operation's next rollout starts."""
         toggles = {t.operation: t for t in self.list_toggles()}
+        newest: dict[str, int] = {}
+        for r in self.list_rollouts():  # newest first
+            for op in r.operations:
+                newest.setdefault(op, r.id)
         shown = []
         for r in self.list_rollouts([State.ROLLING_BACK, State.ROLLED_BACK, State.ESCALATED]):
             off = [op for op in r.operations if op in toggles
                    and (not toggles[op].enabled or toggles[op].kill_switch)]
+            if r.variant is not None:  # the operation stays on: shown until its next rollout starts
+                off = [op for op in r.operations if newest[op] == r.id]
             if r.banner and off:
                 shown.append({"id": f"rollout-{r.id}", "level": "warning", "message": r.banner,
                               "operations": off,
@@ -395,8 +444,9 @@ class RolloutService:
         }
         if decision.action is Action.ROLLBACK:
             ops = rollout.operations
+            text = VARIANT_BANNER if rollout.variant else BANNER
             values |= {"rolled_back_at": now, "reason": decision.reason,
-                       "banner": BANNER.format(ops=", ".join(ops), verb="is" if len(ops) == 1 else "are")}
+                       "banner": text.format(ops=", ".join(ops), verb="is" if len(ops) == 1 else "are")}
         with self.engine.begin() as conn:
             done = conn.execute(update(rollouts).where(rollouts.c.id == rollout.id,
                                                        rollouts.c.version == rollout.version).values(values))
@@ -408,10 +458,12 @@ class RolloutService:
         toggle change fails (that change is retried from the saved state, see :meth:`_converge`)."""
         who = f"rollout:{rollout.id}"
         try:
-            if decision.percentage is not None:
+            if rollout.variant is not None:
+                self._carry_out_variant(rollout, decision, who)
+            elif decision.percentage is not None:
                 for op in rollout.operations:
                     self.set_toggle(op, ToggleChange(rollout_percentage=decision.percentage), who, decision.reason)
-            if decision.disable:
+            if decision.disable and rollout.variant is None:
                 for op in rollout.operations:
                     if self.get_toggle(op).enabled:
                         self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback: {decision.reason}")
@@ -419,7 +471,7 @@ class RolloutService:
             if decision.alert:
                 kind = "rollout.escalated" if decision.action is Action.ESCALATE else "rollout.rolled_back"
                 self._notify(RolloutEvent(kind, decision.alert, rollout.id, rollout.operations,
-                                          decision.reason, decision.numbers, now))
+                                          decision.reason, decision.numbers, now, rollout.variant))
 
     def _converge(self, rollout: Rollout) -> None:
         """Finish toggle changes a saved decision did not complete (a ledger refusal half-way):
@@ -427,6 +479,9 @@ class RolloutService:
         operation off. Active: every operation at the stage's percentage. Raises what
         :meth:`set_toggle` raises, so the next evaluation tries again."""
         s, who = rollout.state, f"rollout:{rollout.id}"
+        if rollout.variant is not None:
+            self._converge_variant(rollout, who)
+            return
         for op in rollout.operations:
             toggle = self.get_toggle(op)
             if s.state is State.ROLLING_BACK and toggle.enabled:
@@ -434,6 +489,82 @@ class RolloutService:
             elif s.state in ACTIVE and toggle.rollout_percentage != s.plan.percentage(s.stage_index):
                 self.set_toggle(op, ToggleChange(rollout_percentage=s.plan.percentage(s.stage_index)), who,
                                 "stage percentage (completed)")
+
+    # variants -------------------------------------------------------------------------------
+    def assignment(self, operation: str) -> VariantAssignment:
+        """``operation``'s variant assignment (``default`` live, no candidate, without a row)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(operation_variants).where(operation_variants.c.operation == operation))
+            found = row.mappings().first()
+        if found is None:
+            return VariantAssignment(operation, DEFAULT_VARIANT, None, None, 0, operation,
+                                     datetime(1970, 1, 1, tzinfo=UTC), SEED_ACTOR)
+        return VariantAssignment(**{**found, "updated_at": as_utc(found["updated_at"])})
+
+    def _check_candidate(self, ops: tuple[str, ...], variant: str) -> None:
+        if len(ops) != 1:
+            raise InvalidPlan("a variant rollout releases a variant of exactly one operation")
+        if self.variants is not None:
+            self.variants.get(ops[0], variant)
+        if self.assignment(ops[0]).live == variant:
+            raise RolloutConflict(f"{variant} is already the live variant of {ops[0]}")
+
+    def _assign(self, operation: str, actor: str, reason: str, started_by: str | None = None,
+                **changes: Any) -> VariantAssignment:
+        """Change ``operation``'s assignment: ledger ``variant.set`` (before/after, and the
+        rollout's ``started_by`` on a promotion) first, then the row and the version counter."""
+        before = self.assignment(operation)
+        after = replace(before, **changes, updated_at=self.clock.now(), updated_by=actor)
+        self.ledger.append_sync("variant.set", {
+            "operation": operation, "actor": actor, "reason": reason,
+            "before": _assignment_payload(before), "after": _assignment_payload(after),
+            **({"started_by": started_by} if started_by else {}),
+        })
+        with self.engine.begin() as conn:
+            conn.execute(delete(operation_variants).where(operation_variants.c.operation == operation))
+            conn.execute(insert(operation_variants).values(asdict(after)))
+            _bump_in(conn)
+        self._changed()
+        return after
+
+    def _carry_out_variant(self, rollout: Rollout, decision: Decision, who: str) -> None:
+        op, variant = rollout.operations[0], rollout.variant
+        if decision.disable:
+            self._variant_rollback(rollout, who, f"rollback: {decision.reason}")
+        elif decision.action is Action.PROMOTE and decision.after.state is State.OBSERVING:
+            self._promote_variant(rollout, who, decision.reason)
+        elif decision.percentage is not None:
+            self._assign(op, who, decision.reason, candidate=variant, candidate_percentage=decision.percentage)
+
+    def _promote_variant(self, rollout: Rollout, who: str, reason: str) -> None:
+        op, current = rollout.operations[0], self.assignment(rollout.operations[0])
+        self._assign(op, who, f"{rollout.variant} becomes live: {reason}", started_by=rollout.created_by,
+                     live=rollout.variant, previous=current.live, candidate=None, candidate_percentage=0)
+
+    def _variant_rollback(self, rollout: Rollout, who: str, reason: str) -> None:
+        """Every user back on the live variant (the previous live one if the candidate was
+        already promoted); nothing is written when that is already so."""
+        current = self.assignment(rollout.operations[0])
+        changes: dict[str, Any] = {}
+        if current.candidate == rollout.variant:
+            changes |= {"candidate": None, "candidate_percentage": 0}
+        if current.live == rollout.variant and current.previous is not None:
+            changes |= {"live": current.previous, "previous": None}
+        if changes:
+            self._assign(rollout.operations[0], who, reason, **changes)
+
+    def _converge_variant(self, rollout: Rollout, who: str) -> None:
+        s, current = rollout.state, self.assignment(rollout.operations[0])
+        observing = s.stage_index >= len(s.plan.stages)
+        if s.state is State.ROLLING_BACK:
+            self._variant_rollback(rollout, who, f"rollback (completed): {rollout.reason}")
+        elif s.state in ACTIVE and observing and current.live != rollout.variant:
+            self._promote_variant(rollout, who, "promotion (completed)")
+        elif s.state in ACTIVE and not observing and (
+                current.candidate != rollout.variant
+                or current.candidate_percentage != s.plan.percentage(s.stage_index)):
+            self._assign(rollout.operations[0], who, "stage percentage (completed)", candidate=rollout.variant,
+                         candidate_percentage=s.plan.percentage(s.stage_index))
 
     def _notify(self, event: RolloutEvent) -> None:
         for listener in self.listeners:
@@ -495,6 +626,11 @@ def _toggle_payload(values: Mapping[str, Any], actor: str | None = None, reason:
     return payload
 
 
+def _assignment_payload(a: VariantAssignment) -> dict[str, Any]:
+    return {"live": a.live, "previous": a.previous, "candidate": a.candidate,
+            "candidate_percentage": a.candidate_percentage, "group_id": a.group_id}
+
+
 def _check_toggle(values: Mapping[str, Any]) -> None:
     pct = values["rollout_percentage"]
     if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
@@ -510,7 +646,8 @@ def _rollout(row: RowMapping) -> Rollout:
     state = RolloutState(State(row["state"]), row["stage_index"], as_utc(row["stage_started_at"]), plan,
                          as_utc(row["paused_since"]), row["paused_s"], as_utc(row["check_due_at"]))
     return Rollout(row["id"], tuple(json.loads(row["operations"])), state, as_utc(row["rolled_back_at"]),
-                   row["reason"], row["banner"], row["version"], as_utc(row["created_at"]), row["created_by"])
+                   row["reason"], row["banner"], row["version"], as_utc(row["created_at"]), row["created_by"],
+                   row["variant"])
 
 
 @overload

@@ -9,6 +9,11 @@ toggle is treated as disabled (fail closed).
 one MurmurHash3 (bench/toggles.py). It re-reads the ``feature_toggle_version`` row at most every
 ``refresh_s`` seconds of the injected clock and reloads everything when the version moved;
 :meth:`ToggleSnapshot.invalidate` forces the reload on the next check (this process's own writes).
+
+The snapshot also holds each operation's variant assignment (``operation_variants``, written under
+the same version counter): :meth:`ToggleSnapshot.serving_variant` gives a user the candidate
+variant when their bucket in the assignment's own group id is within the candidate percentage, else
+the live variant (:data:`~opsgate.rollout.variants.DEFAULT_VARIANT` without a row).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from sqlalchemy import Connection, Engine, select
 from opsgate.clock import Clock
 from opsgate.rollout.bucketing import bucket
 from opsgate.rollout.errors import OperationDisabled
-from opsgate.rollout.models import feature_toggle_version, feature_toggles, user_settings
+from opsgate.rollout.models import feature_toggle_version, feature_toggles, operation_variants, user_settings
+from opsgate.rollout.variants import DEFAULT_VARIANT
 from opsgate.security.rls import service_scope
 
 DISABLED = "disabled"
@@ -44,6 +50,28 @@ class Toggle:
     kill_switch: bool
     updated_at: datetime
     updated_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class VariantAssignment:
+    """One ``operation_variants`` row: the ``live`` variant, the ``previous`` live one, the
+    ``candidate`` (None: no variant rollout) served to ``candidate_percentage`` (0..100) of users
+    by their bucket in ``group_id`` (independent of the toggle's group id)."""
+
+    operation: str
+    live: str
+    previous: str | None
+    candidate: str | None
+    candidate_percentage: int
+    group_id: str
+    updated_at: datetime
+    updated_by: str
+
+    def serving(self, user_id: str) -> str:
+        """The variant name serving ``user_id`` (sticky: a pure function of the row and the id)."""
+        if self.candidate is not None and bucket(self.group_id, user_id) <= self.candidate_percentage:
+            return self.candidate
+        return self.live
 
 
 @dataclass(slots=True)
@@ -97,6 +125,7 @@ class _State:
     version: int
     toggles: dict[str, Toggle]
     opt_ins: dict[str, frozenset[str]]
+    variants: dict[str, VariantAssignment]
 
 
 class ToggleSnapshot:
@@ -107,7 +136,7 @@ class ToggleSnapshot:
         self._clock = clock
         self._refresh_s = refresh_s
         self._lock = threading.Lock()
-        self._state = _State(-1, {}, {})
+        self._state = _State(-1, {}, {}, {})
         self._next_poll = float("-inf")
 
     def check(self, operation: str, user_id: str) -> Verdict:
@@ -130,6 +159,20 @@ class ToggleSnapshot:
         ``variant`` label of opsgate's Prometheus metrics. Reads the current snapshot, no refresh."""
         toggle = self._state.toggles.get(operation)
         return "canary" if toggle is not None and 0 < toggle.rollout_percentage < 100 else "stable"
+
+    def serving_variant(self, operation: str, user_id: str) -> str:
+        """The name of the variant serving ``user_id`` for ``operation`` (refreshing first if due):
+        the candidate when the user's bucket is within its percentage, else the live variant."""
+        if self._clock.monotonic() >= self._next_poll:
+            self._refresh()
+        assignment = self._state.variants.get(operation)
+        return DEFAULT_VARIANT if assignment is None else assignment.serving(user_id)
+
+    def assignments(self) -> dict[str, VariantAssignment]:
+        """The current variant assignments by operation (refreshing first if due)."""
+        if self._clock.monotonic() >= self._next_poll:
+            self._refresh()
+        return dict(self._state.variants)
 
     def toggles(self) -> dict[str, Toggle]:
         """The current toggles by operation (refreshing first if due)."""
@@ -158,4 +201,5 @@ def _load(conn: Connection, version: int) -> _State:
     query = select(user_settings.c.operation, user_settings.c.user_id).where(user_settings.c.opted_in)
     for operation, user_id in conn.execute(query):
         opted.setdefault(operation, set()).add(user_id)
-    return _State(version, toggles, {op: frozenset(users) for op, users in opted.items()})
+    variants = {row.operation: VariantAssignment(**row._mapping) for row in conn.execute(select(operation_variants))}
+    return _State(version, toggles, {op: frozenset(users) for op, users in opted.items()}, variants)

@@ -19,6 +19,7 @@ variant name and its prompt's version id and SHA-256, never the prompt text.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -32,6 +33,8 @@ from opsgate.operations.prompts import PromptCatalogue, PromptConfigError, Promp
 from opsgate.rollout.errors import VariantNotFound
 from opsgate.routing.effective import PriceLookup
 from opsgate.routing.policy import BUILTIN_PROVIDERS, RouteConfigError, RoutePolicy, parse_target
+
+log = logging.getLogger(__name__)
 
 DEFAULT_VARIANT = "default"
 """The implicit variant of every operation: its configured route and the package's prompt."""
@@ -79,6 +82,16 @@ class VariantBook:
         if found is None:
             known = ", ".join(sorted(self.variants.get(operation, {}))) or "none (unknown operation)"
             raise VariantNotFound(f"{operation} has no variant {name!r}; its variants: {known}")
+        return found
+
+    def serving(self, operation: str, name: str) -> Variant:
+        """The variant ``name`` the rollout state assigns; when the configuration no longer
+        declares it (a variant removed from ``opsgate.toml`` while assigned), ``default``, logged."""
+        found = self.variants.get(operation, {}).get(name)
+        if found is None:
+            log.warning("%s: variant %r is assigned but not configured; serving %r", operation, name,
+                        DEFAULT_VARIANT)
+            return self.variants[operation][DEFAULT_VARIANT]
         return found
 
     def of(self, operation: str) -> list[Variant]:

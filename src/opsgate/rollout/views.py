@@ -5,7 +5,9 @@ Admin (role ``admin``; every change is written to the ledger):
   ``GET|PUT /v1/admin/toggles/{operation}`` one toggle; PUT body: any of ``enabled``,
                                             ``rollout_percentage`` (0..100), ``group_id``,
                                             ``opt_in_required``, ``kill_switch``, plus ``reason``
-  ``POST /v1/admin/rollouts``               ``{"operations": [...], "plan": {...}?}`` -> 201
+  ``POST /v1/admin/rollouts``               ``{"operations": [...], "plan": {...}?, "variant": "name"?}``
+                                            -> 201 (with ``variant``: a variant rollout of one
+                                            operation)
   ``GET /v1/admin/rollouts``                rollouts, newest first, each with its history
   ``POST /v1/admin/rollouts/{id}/advance``  promote now
   ``POST /v1/admin/rollouts/{id}/rollback`` ``{"reason": "..."}``
@@ -47,11 +49,13 @@ class ToggleUpdate(BaseModel):
 
 
 class RolloutStart(BaseModel):
-    """Body of ``POST /v1/admin/rollouts``; without ``plan`` the seed's default plan."""
+    """Body of ``POST /v1/admin/rollouts``; without ``plan`` the seed's default plan; with
+    ``variant``, the candidate variant of the one operation named (a variant rollout)."""
 
     model_config = ConfigDict(extra="forbid")
     operations: list[str] = Field(min_length=1)
     plan: dict[str, Any] | None = None
+    variant: str | None = Field(default=None, min_length=1, max_length=48)
 
 
 class RollbackBody(BaseModel):
@@ -110,7 +114,7 @@ async def put_toggle(admin: AdminDep, svc: RolloutDep, operation: str,
 async def start_rollout(admin: AdminDep, svc: RolloutDep,
                         body: Annotated[RolloutStart, json_body(RolloutStart)]) -> Response:
     plan = parse_plan(body.plan) if body.plan is not None else Plan()
-    rollout = await asyncio.to_thread(svc.start_rollout, body.operations, plan, admin.user_id)
+    rollout = await asyncio.to_thread(svc.start_rollout, body.operations, plan, admin.user_id, body.variant)
     return json_response(rollout.to_json(), status_code=201)
 
 

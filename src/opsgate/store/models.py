@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -39,6 +40,8 @@ ai_operation_log = Table(
     Column("provider", String(32)),
     Column("model", String(128)),
     Column("served_model", String(128)),  # as the provider reported it (issue 13); model = requested
+    Column("variant", String(48)),  # the variant that served the call (issue 17, migration 0009)
+    Column("repaired", Boolean),  # the answer needed the schema repair request
     Column("status", String(16), nullable=False),
     Column("error_code", String(64)),
     Column("attempts", Integer, nullable=False, default=0),
