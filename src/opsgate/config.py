@@ -285,6 +285,24 @@ class Settings(BaseSettings):
     canary_eval_interval_s: float = Field(
         default=300.0, gt=0, description="Worker: canary metric evaluation cadence during a rollout."
     )
+    canary_min_requests: int = Field(
+        default=100, ge=1, description="Calls a cohort needs before the canary controller judges it."
+    )
+    canary_rollback_error_pct: Decimal = Field(
+        default=Decimal(1), ge=0, le=100, description="Canary error rate > this: rollback (the seed's 1 %)."
+    )
+    canary_max_p99_ratio: float = Field(default=2.0, gt=0, description="Canary p99 > this x control's: rollback.")
+    canary_max_cost_ratio: float = Field(
+        default=1.5, gt=0, description="Variant rollouts: cost per call > this x the live variant's: rollback."
+    )
+    canary_max_repair_points: Decimal = Field(
+        default=Decimal(5), ge=0, le=100,
+        description="Variant rollouts: schema-repair rate > the live variant's + this (points): hold.",
+    )
+    canary_max_refusal_points: Decimal = Field(
+        default=Decimal(5), ge=0, le=100,
+        description="Variant rollouts: refusal rate > the live variant's + this (points): hold.",
+    )
     worker_tick_s: float = Field(default=5.0, gt=0, description="Worker: outbox/escalation cadence.")
     worker_lock_file: Path = Path(".opsgate/worker.lock")
     provider_status_interval_s: float = Field(

@@ -45,6 +45,7 @@ from opsgate.pipeline import Gateway
 from opsgate.providers.http import make_session
 from opsgate.providers.registry import build_providers
 from opsgate.rollout.service import RolloutService
+from opsgate.rollout.controller import Thresholds
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import checked_variants
 from opsgate.routing.effective import checked_routes, routing_record
@@ -110,7 +111,8 @@ def open_services(
     stack.callback(engine.dispose)
     ledger = stack.enter_context(Ledger(engine, clock))
     toggles = ToggleSnapshot(engine, clock)
-    return Services(settings, clock, engine, ledger, toggles, RolloutService(engine, ledger, clock, toggles),
+    rollout = RolloutService(engine, ledger, clock, toggles, Thresholds.from_settings(settings))
+    return Services(settings, clock, engine, ledger, toggles, rollout,
                     incident_service(settings, engine, ledger, clock, session))
 
 

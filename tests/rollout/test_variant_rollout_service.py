@@ -53,12 +53,13 @@ def service(engine: Engine, tmp_path: Path) -> Iterator[RolloutService]:
     ledger.close()
 
 
-def log_variant_calls(svc: RolloutService, variant: str, ok: int, failed: int, latency_ms: float = 300.0) -> None:
+def log_variant_calls(svc: RolloutService, variant: str, ok: int, failed: int, latency_ms: float = 300.0,
+                      cost: int = 150, repaired: int = 0, code: str = "invalid_model_output") -> None:
     rows = [{"request_id": uuid.uuid4().hex, "user_id": f"u{i}", "operation": OP, "variant": variant,
-             "repaired": False, "status": "ok" if i < ok else "error",
-             "error_code": None if i < ok else "invalid_model_output", "attempts": 1, "latency_ms": latency_ms,
+             "repaired": i < repaired, "status": "ok" if i < ok else "error",
+             "error_code": None if i < ok else code, "attempts": 1, "latency_ms": latency_ms,
              "input_tokens": 10, "output_tokens": 5, "cache_write_tokens": 0, "cache_read_tokens": 0,
-             "reasoning_tokens": 0, "cost_micro_usd": 150, "created_at": svc.clock.now()}
+             "reasoning_tokens": 0, "cost_micro_usd": cost, "created_at": svc.clock.now()}
             for i in range(ok + failed)]
     with svc.engine.begin() as conn:
         conn.execute(insert(ai_operation_log), rows)
@@ -122,8 +123,22 @@ def test_a_half_done_stage_change_is_completed_from_the_rollout_row(service: Rol
 
 def test_metrics_by_variant_split_one_operations_calls(service: RolloutService) -> None:
     since = service.clock.now()
-    log_variant_calls(service, "cand", 99, 1, latency_ms=900.0)
-    log_variant_calls(service, "default", 50, 0, latency_ms=100.0)
+    log_variant_calls(service, "cand", 99, 1, latency_ms=900.0, repaired=8, code="content_filtered")
+    log_variant_calls(service, "default", 50, 0, latency_ms=100.0, repaired=1)
     canary, control = metrics_by_variant(service.engine, OP, "cand", since, since + timedelta(seconds=1))
-    assert (canary.requests, canary.errors, canary.p99_latency_ms) == (100, 1, 900.0)
-    assert (control.requests, control.errors, control.p99_latency_ms) == (50, 0, 100.0)
+    assert (canary.requests, canary.errors, canary.p99_latency_ms, canary.repaired, canary.refused) == (
+        100, 1, 900.0, 8, 1)
+    assert (control.requests, control.errors, control.p99_latency_ms, control.repaired, control.refused) == (
+        50, 0, 100.0, 1, 0)
+
+
+def test_a_candidate_costing_3x_the_live_variant_is_rolled_back_on_its_metrics(service: RolloutService) -> None:
+    r = service.start_rollout([OP], PLAN, "alice", variant="cand")
+    log_variant_calls(service, "cand", 200, 0, cost=450)
+    log_variant_calls(service, "default", 400, 0, cost=150)
+    decision = service.evaluate(r.id)
+    assert decision is not None and decision.action is Action.ROLLBACK
+    assert decision.reason == "canary cost per call 450 micro-USD above 1.5x control's 150"
+    assert (decision.numbers["canary_cost_per_request_micro_usd"],
+            decision.numbers["control_cost_per_request_micro_usd"]) == (450, 150)
+    assert service.assignment(OP).candidate is None

@@ -44,6 +44,7 @@ from opsgate.monitoring.outbox import Outbox
 from opsgate.monitoring.providers import demote, restore
 from opsgate.routing.served import MODEL_SUBSTITUTED, MODEL_UNAVAILABLE
 from opsgate.monitoring.rules import OUTAGE, Finding, RuleConfig, Severity, evaluate
+from opsgate.rollout.controller import Thresholds
 from opsgate.rollout.service import RolloutService, disable_operation
 from opsgate.store.db import is_sqlite
 
@@ -148,7 +149,7 @@ class Worker:
         self.outbox = Outbox(engine, clock, self.notifiers, self.worker_id, self.contacts.recipients,
                              max_backoff_s=settings.outbox_max_backoff_s, give_up_s=settings.outbox_give_up_s)
         self.rules = RuleConfig.from_settings(settings)
-        self.rollout = RolloutService(engine, ledger, clock)
+        self.rollout = RolloutService(engine, ledger, clock, limits=Thresholds.from_settings(settings))
         attach(engine, clock, None, self.rollout)
         self.leadership = Leadership(engine, settings.worker_lock_file)
         self._last: dict[str, float] = {}

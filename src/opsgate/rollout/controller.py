@@ -21,13 +21,21 @@ Evaluation outcomes (seed Phase 8 deployment plan; thresholds in :class:`Thresho
 - promote: stage time served (excluding paused time), error rate < 0.5 %, average latency < 2 s,
   p99 < 2 s and no open P1. Promoting from the last stage enters ``observing``; a served, healthy
   observation completes the rollout.
+
+A variant rollout (:attr:`Evaluate.relative`) also judges the candidate against the live variant's
+calls in the same window, when both have ``min_requests``: cost per call above
+``max_cost_ratio`` × the control's rolls back; a schema-repair rate or a refusal rate more than
+``max_repair_bp`` / ``max_refusal_bp`` above the control's holds (the promotion waits).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
+
+from opsgate.config import Settings
 
 
 class State(StrEnum):
@@ -103,7 +111,10 @@ class Thresholds:
     Canary against control, in the same window: a canary p99 above ``max_p99_ratio`` times the
     control's rolls back (errors are compared with the control by the outage rule: both failing
     alike pauses instead). ``recent_window_s`` is the most recent window, judged on its own so that a late
-    spike is not diluted by a long healthy stage."""
+    spike is not diluted by a long healthy stage.
+
+    Variant rollouts only (relative to the live variant): ``max_cost_ratio`` (cost per call,
+    rollback), ``max_repair_bp`` and ``max_refusal_bp`` (points above the control's rate, hold)."""
 
     promote_max_error_bp: int = 50
     rollback_error_bp: int = 100
@@ -115,18 +126,42 @@ class Thresholds:
     verify_window_s: int = 60
     recent_window_s: int = 3600
     max_p99_ratio: float = 2.0
+    max_cost_ratio: float = 1.5
+    max_repair_bp: int = 500
+    max_refusal_bp: int = 500
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Thresholds:
+        """The ``canary_*`` thresholds of ``settings`` (percentages and points to basis points)."""
+        return cls(rollback_error_bp=_bp(settings.canary_rollback_error_pct),
+                   min_requests=settings.canary_min_requests, max_p99_ratio=settings.canary_max_p99_ratio,
+                   max_cost_ratio=settings.canary_max_cost_ratio,
+                   max_repair_bp=_bp(settings.canary_max_repair_points),
+                   max_refusal_bp=_bp(settings.canary_max_refusal_points))
+
+
+def _bp(percent: Decimal) -> int:
+    return int(percent * 100)
 
 
 @dataclass(frozen=True, slots=True)
 class CohortMetrics:
     """One cohort over a window: requests and errors (counts), average and p99 latency (ms, p99 by
-    nearest rank), and cost per request (integer micro-USD, floor)."""
+    nearest rank), cost per request (integer micro-USD, floor), and the calls whose answer needed
+    the schema repair request (``repaired``) or that a provider refused on content policy
+    (``refused``)."""
 
     requests: int = 0
     errors: int = 0
     avg_latency_ms: float = 0.0
     p99_latency_ms: float = 0.0
     cost_per_request_micro_usd: int = 0
+    repaired: int = 0
+    refused: int = 0
+
+    def rate_bp_above(self, count: int, other: CohortMetrics, other_count: int, bp: int) -> bool:
+        """True when count / requests > other_count / other.requests + bp / 10 000 (integers)."""
+        return count * 10_000 * other.requests > (other_count * 10_000 + bp * other.requests) * self.requests
 
     def error_bp_exceeds(self, bp: int) -> bool:
         """True when errors / requests > bp / 10 000 (exact integer arithmetic)."""
@@ -149,6 +184,8 @@ class CohortMetrics:
             f"{prefix}_avg_latency_us": round(self.avg_latency_ms * 1000),
             f"{prefix}_p99_latency_us": round(self.p99_latency_ms * 1000),
             f"{prefix}_cost_per_request_micro_usd": self.cost_per_request_micro_usd,
+            f"{prefix}_repaired": self.repaired,
+            f"{prefix}_refused": self.refused,
         }
 
 
@@ -175,13 +212,15 @@ class RolloutState:
 class Evaluate:
     """A periodic evaluation: the canary and control cohorts over the stage window and over the
     most recent window (``Thresholds.recent_window_s``), open P1s. In ``rolling_back`` the canary
-    is the rollout's operations since the rollback."""
+    is the rollout's operations since the rollback. ``relative``: a variant rollout, whose control
+    is the same operation's live variant, so cost, repairs and refusals are compared too."""
 
     canary: CohortMetrics
     control: CohortMetrics
     open_p1: int = 0
     recent_canary: CohortMetrics = CohortMetrics()
     recent_control: CohortMetrics = CohortMetrics()
+    relative: bool = False
     name = "evaluate"
 
 
@@ -285,7 +324,14 @@ def _rollback_reason(ev: Evaluate, limits: Thresholds) -> str | None:
         if control.requests >= limits.min_requests and _slower(canary, control, limits.max_p99_ratio):
             return (f"canary p99 {canary.p99_latency_ms:.0f} ms above {limits.max_p99_ratio:g}x "
                     f"control's {control.p99_latency_ms:.0f} ms" + window)
+        if ev.relative and control.requests >= limits.min_requests and _dearer(canary, control, limits.max_cost_ratio):
+            return (f"canary cost per call {canary.cost_per_request_micro_usd} micro-USD above "
+                    f"{limits.max_cost_ratio:g}x control's {control.cost_per_request_micro_usd}" + window)
     return None
+
+
+def _dearer(canary: CohortMetrics, control: CohortMetrics, ratio: float) -> bool:
+    return canary.cost_per_request_micro_usd > ratio * control.cost_per_request_micro_usd
 
 
 def _slower(canary: CohortMetrics, control: CohortMetrics, ratio: float) -> bool:
@@ -304,6 +350,17 @@ def _gate_failures(ev: Evaluate, limits: Thresholds) -> list[str]:
         failures.append("average latency not below 2 s")
     if c.p99_latency_ms >= limits.max_p99_latency_ms:
         failures.append("p99 latency not below 2 s")
+    if ev.relative and ev.control.requests >= limits.min_requests:
+        failures += _relative_failures(c, ev.control, limits)
+    return failures
+
+
+def _relative_failures(c: CohortMetrics, control: CohortMetrics, limits: Thresholds) -> list[str]:
+    failures = []
+    if c.rate_bp_above(c.repaired, control, control.repaired, limits.max_repair_bp):
+        failures.append(f"schema-repair rate more than {limits.max_repair_bp / 100:g} points above control's")
+    if c.rate_bp_above(c.refused, control, control.refused, limits.max_refusal_bp):
+        failures.append(f"refusal rate more than {limits.max_refusal_bp / 100:g} points above control's")
     return failures
 
 

@@ -10,6 +10,7 @@ providers), which is what tells a provider outage from a bad release. An error i
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -17,6 +18,9 @@ from sqlalchemy import Engine, select
 
 from opsgate.rollout.controller import CohortMetrics
 from opsgate.store.models import ai_operation_log
+
+REFUSED = "content_filtered"
+"""The error code of a provider's content-policy refusal (a refusal / safety block)."""
 
 CanaryRule = Callable[[str, str], bool]
 """``(operation, user_id) -> bool``: is this call part of the canary cohort?"""
@@ -50,17 +54,22 @@ def metrics_by_variant(
 ) -> tuple[CohortMetrics, CohortMetrics]:
     """``(canary, control)`` of a variant rollout over ``since <= created_at <= until`` (UTC):
     ``operation``'s calls served by ``candidate``, and its other calls (the live variant's, in
-    the same window, through whatever route that variant takes)."""
+    the same window, through whatever route that variant takes), with the calls whose answer
+    needed the repair request and those refused on content policy (``content_filtered``)."""
     log = ai_operation_log.c
-    query = select(log.variant, log.status, log.latency_ms, log.cost_micro_usd).where(
-        log.operation == operation, log.created_at >= since, log.created_at <= until
-    )
+    query = select(log.variant, log.status, log.error_code, log.latency_ms, log.cost_micro_usd,
+                   log.repaired).where(log.operation == operation, log.created_at >= since, log.created_at <= until)
     canary: list[tuple[bool, float, int]] = []
     control: list[tuple[bool, float, int]] = []
+    counts = {True: [0, 0], False: [0, 0]}  # in canary -> [repaired, refused]
     with engine.connect() as conn:
-        for variant, status, latency, cost in conn.execute(query):
-            (canary if variant == candidate else control).append((status != "ok", latency, cost))
-    return cohort(canary), cohort(control)
+        for variant, status, code, latency, cost, repaired in conn.execute(query):
+            is_canary = variant == candidate
+            (canary if is_canary else control).append((status != "ok", latency, cost))
+            counts[is_canary][0] += bool(repaired)
+            counts[is_canary][1] += code == REFUSED
+    return (replace(cohort(canary), repaired=counts[True][0], refused=counts[True][1]),
+            replace(cohort(control), repaired=counts[False][0], refused=counts[False][1]))
 
 
 def cohort(rows: list[tuple[bool, float, int]]) -> CohortMetrics:

@@ -388,8 +388,8 @@ class RolloutService:
 
         canary, control = cohorts(since)
         recent_canary, recent_control = cohorts(max(since, now - timedelta(seconds=self.limits.recent_window_s)))
-        return self.apply(rollout_id, Evaluate(canary, control, open_p1, recent_canary, recent_control),
-                          "controller")
+        return self.apply(rollout_id, Evaluate(canary, control, open_p1, recent_canary, recent_control,
+                                                relative=rollout.variant is not None), "controller")
 
     def evaluate_all(self, open_p1: int = 0) -> dict[int, Decision]:
         """Evaluate every unfinished rollout (the monitoring cadence calls this)."""
