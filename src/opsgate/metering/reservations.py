@@ -3,7 +3,8 @@
 Per budget and period there is one ``budget_counters`` row. :func:`hold` runs inside ONE transaction (the ledger intent's, on the request path; its own in
 :func:`reserve`):
 for every applicable budget (in id order, so concurrent transactions lock rows in the same order)
-it makes sure the counter row exists and then runs the conditional update ::
+it runs the conditional update (and, when that matches no row, makes sure the period's counter
+row exists and runs it once more) ::
 
     UPDATE budget_counters SET reserved = reserved + :worst
      WHERE budget_id = :b AND period_start = :p
@@ -17,7 +18,8 @@ transaction's first statement is a write, which takes the database write lock (w
 busy timeout) before anything is read.
 
 :func:`settle` moves one call from reserved to spent (``reserved -= worst; spent += actual``) in
-one transaction. :func:`expire_reservations` settles reservations nobody settled before their
+one transaction: one read of the call's rows, one update marking them all, and one update per
+counter that also returns whether the counter is now over its limit. :func:`expire_reservations` settles reservations nobody settled before their
 ``expires_at`` (a crashed request) at their worst case, state ``expired``; a late settle of such a
 call then corrects ``spent`` to the real charge. Nothing is leaked or dropped.
 """
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, bindparam, select, text, update
+from sqlalchemy import BigInteger, Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from opsgate.clock import Clock
@@ -65,17 +67,19 @@ _ROWS = (
     .order_by(_r.budget_id)
     .with_for_update()
 )
-_MARK = (
+_MARK = (  # every row of the request at once; amount NULL = each row's worst case (expiry)
     update(budget_reservations)
-    .where(_r.request_id == bindparam("rid"), _r.budget_id == bindparam("b"))
-    .values(state=bindparam("new_state"), actual_micro_usd=bindparam("amount"),
-            settled_at=bindparam("now"))
+    .where(_r.request_id == bindparam("rid"), _r.state.in_(bindparam("states", expanding=True)))
+    .values(state=bindparam("new_state"), settled_at=bindparam("now"),
+            actual_micro_usd=func.coalesce(bindparam("amount", type_=BigInteger), _r.worst_micro_usd))
 )
-_APPLY = (
+_APPLY = (  # and whether the counter's spend is now above its budget's limit
     update(budget_counters)
     .where(_c.budget_id == bindparam("b"), _c.period_start == bindparam("p"))
     .values(reserved_micro_usd=_c.reserved_micro_usd - bindparam("released"),
             spent_micro_usd=_c.spent_micro_usd + bindparam("spent_delta"))
+    .returning(_c.spent_micro_usd
+               > select(budgets.c.limit_micro_usd).where(budgets.c.id == _c.budget_id).scalar_subquery())
 )
 
 
@@ -153,7 +157,6 @@ def hold(
 def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, worst_micro_usd: int) -> None:
     for budget in found:
         start = period_start(budget.period, now)
-        _ensure_counter(conn, budget.id, start)
         if not _hold(conn, budget.id, start, worst_micro_usd):
             raise BudgetExceeded(
                 f"The {budget.period} budget of {budget.scope} has no room for this call's "
@@ -183,8 +186,7 @@ def charge(
     if not reservation.budgets:
         return Settlement(charged, state, ())
     _lock(conn)
-    closed = _close(conn, clock, reservation.request_id, (OPEN, EXPIRED), state, charged)
-    over_ids = _over_limit(conn, closed)
+    over_ids = _close(conn, clock, reservation.request_id, (OPEN, EXPIRED), state, charged)
     return Settlement(charged, state, tuple(b for b in reservation.budgets if b.id in over_ids))
 
 
@@ -214,12 +216,14 @@ def _lock(conn: Connection) -> None:
         conn.execute(_SQLITE_WRITE_LOCK)
 
 
-def _ensure_counter(conn: Connection, budget_id: int, start: datetime) -> None:
-    conn.execute(_ENSURE[conn.dialect.name], {"b": budget_id, "p": start})
-
-
 def _hold(conn: Connection, budget_id: int, start: datetime, amount: int) -> bool:
-    return conn.execute(_HOLD, {"b": budget_id, "p": start, "amount": amount}).rowcount == 1
+    """The conditional update; when it matches no row, the period's counter may not exist yet:
+    create it (a no-op if it does) and try once more. One statement once the counter exists."""
+    values = {"b": budget_id, "p": start, "amount": amount}
+    if conn.execute(_HOLD, values).rowcount == 1:
+        return True
+    conn.execute(_ENSURE[conn.dialect.name], values)
+    return conn.execute(_HOLD, values).rowcount == 1
 
 
 def _close(
@@ -229,36 +233,24 @@ def _close(
     from_states: Sequence[str],
     state: str,
     charged: int | None,
-) -> list[tuple[int, datetime]]:
+) -> set[int]:
     """Move ``request_id``'s rows in ``from_states`` to ``state`` and apply them to the counters.
 
     ``charged`` None means "the worst case" (expiry). An ``open`` row releases its worst case from
     ``reserved``; an ``expired`` row (already charged its worst case) corrects ``spent``.
-    Returns the (budget id, period start) counters touched.
+    Returns the ids of the budgets whose period spend is now above their limit.
     """
     rows = conn.execute(_ROWS, {"rid": request_id, "states": list(from_states)}).all()
-    now = clock.now()
+    if not rows:
+        return set()
+    conn.execute(_MARK, {"rid": request_id, "states": list(from_states), "new_state": state,
+                         "amount": charged, "now": clock.now()})
+    over = set()
     for row in rows:
         amount = row.worst_micro_usd if charged is None else charged
-        conn.execute(_MARK, {"rid": request_id, "b": row.budget_id, "new_state": state,
-                             "amount": amount, "now": now})
         released = row.worst_micro_usd if row.state == OPEN else 0
         spent_delta = amount if row.state == OPEN else amount - row.worst_micro_usd
-        conn.execute(_APPLY, {"b": row.budget_id, "p": row.period_start, "released": released,
-                              "spent_delta": spent_delta})
-    return [(row.budget_id, row.period_start) for row in rows]
-
-
-def _over_limit(conn: Connection, counters: Sequence[tuple[int, datetime]]) -> set[int]:
-    """The budget ids among ``counters`` whose spend is above their limit."""
-    c = budget_counters.c
-    over = set()
-    for budget_id, start in counters:
-        row = conn.execute(
-            select(c.spent_micro_usd, budgets.c.limit_micro_usd)
-            .join(budgets, budgets.c.id == c.budget_id)
-            .where(c.budget_id == budget_id, c.period_start == start)
-        ).first()
-        if row is not None and row.spent_micro_usd > row.limit_micro_usd:
-            over.add(budget_id)
+        if conn.execute(_APPLY, {"b": row.budget_id, "p": row.period_start, "released": released,
+                                 "spent_delta": spent_delta}).scalar():
+            over.add(row.budget_id)
     return over
