@@ -224,6 +224,8 @@ class PriceBook:
             for key, fields in (overrides or {}).items()
         }
         self._overrides_version = overrides_version
+        self._dearest_hour: datetime | None = None
+        self._dearest: dict[tuple[str, str, int], ModelPrice] = {}
 
     @classmethod
     def from_settings(
@@ -277,15 +279,22 @@ class PriceBook:
     def dearest(self, provider: str, model: str, start: datetime, horizon_s: float) -> ModelPrice:
         """Per field, the highest price ``model`` has between ``start`` and ``start + horizon_s``
         (prices change only on whole hours: peak windows, dated changes), for reservations.
-        Raises :class:`UnknownModelPrice`."""
-        times = [start]
-        hour = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-        while hour <= start + timedelta(seconds=horizon_s):
-            times.append(hour)
-            hour += timedelta(hours=1)
-        prices = [self.price_at(provider, model, t, 10**9).price for t in times]
-        first = prices[0]
-        return replace(first, **{f: max(getattr(p, f) for p in prices) for f in PRICE_FIELDS})
+        Raises :class:`UnknownModelPrice`.
+
+        So the answer depends only on ``start``'s hour and how many hour boundaries the horizon
+        crosses; it is remembered for that hour (the request path asks it for every call)."""
+        floor = start.replace(minute=0, second=0, microsecond=0)
+        crossed = int((start + timedelta(seconds=horizon_s) - floor) // timedelta(hours=1))
+        key = (provider, model, crossed)
+        if self._dearest_hour != floor:
+            self._dearest_hour, self._dearest = floor, {}
+        if key not in self._dearest:
+            times = [start, *(floor + timedelta(hours=h) for h in range(1, crossed + 1))]
+            prices = [self.price_at(provider, model, t, 10**9).price for t in times]
+            first = prices[0]
+            self._dearest[key] = replace(first, **{f: max(getattr(p, f) for p in prices)
+                                                   for f in PRICE_FIELDS})
+        return self._dearest[key]
 
 
 def genai_prices_version() -> str:

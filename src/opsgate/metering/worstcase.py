@@ -43,13 +43,11 @@ def call_worst_case_micro_usd(
     """The most a governed call of ``request`` can cost, in integer micro-USD: the answer and one
     repair request, each at the dearest of ``models`` (the routing chain). Raises
     :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
-    models = list(models)
+    dearest = [prices.price_for(m) for m in models]
     prompt = prompt_token_bound(request)
     repair_prompt = prompt + REPAIR_NOTE_ALLOWANCE_BYTES
-    first = max(worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(m)) for m in models)
-    repair = max(
-        worst_case_micro_usd(repair_prompt, request.max_tokens, prices.price_for(m)) for m in models
-    )
+    first = max(worst_case_micro_usd(prompt, request.max_tokens, p) for p in dearest)
+    repair = max(worst_case_micro_usd(repair_prompt, request.max_tokens, p) for p in dearest)
     return first + repair
 
 
