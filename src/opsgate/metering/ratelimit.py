@@ -84,6 +84,7 @@ class RateLimiter:
         self.limits = limits
         self._strategy = SlidingWindowCounterRateLimiter(storage)
         self._windows = windows or MemoryTokenWindows()
+        self._per_user, self._per_pair = _items(limits.user_rpm, limits.user_operation_rpm, "rpm")
 
     async def admit(self, user_id: str, operation: str) -> None:
         """Step 3: raise :class:`RateLimitExceeded` if a request limit is reached; otherwise count
@@ -141,7 +142,12 @@ class RateLimiter:
         return _exceeded("requests", item, stats.reset_time)
 
     def _request_items(self, user_id: str, operation: str) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
-        return _items(self.limits.user_rpm, self.limits.user_operation_rpm, "rpm", user_id, operation)
+        items: list[tuple[RateLimitItem, tuple[str, ...]]] = []
+        if self._per_user is not None:
+            items.append((self._per_user, (user_id,)))
+        if self._per_pair is not None:
+            items.append((self._per_pair, (user_id, operation)))
+        return items
 
     def _token_scopes(self, user_id: str, operation: str) -> list[TokenScope]:
         scopes = []
@@ -153,15 +159,12 @@ class RateLimiter:
         return scopes
 
 
-def _items(per_user: int, per_pair: int, kind: str, user_id: str, operation: str
-           ) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
-    items: list[tuple[RateLimitItem, tuple[str, ...]]] = []
-    if per_user:
-        items.append((RateLimitItemPerMinute(per_user, namespace=f"opsgate-{kind}-user"), (user_id,)))
-    if per_pair:
-        items.append((RateLimitItemPerMinute(per_pair, namespace=f"opsgate-{kind}-user-op"),
-                      (user_id, operation)))
-    return items
+def _items(per_user: int, per_pair: int, kind: str) -> tuple[RateLimitItem | None, RateLimitItem | None]:
+    """The per-user and per-(user, operation) items of one kind of limit (``None`` when off),
+    built once per limiter: the ``limits`` library takes the ids per call."""
+    user = RateLimitItemPerMinute(per_user, namespace=f"opsgate-{kind}-user") if per_user else None
+    pair = RateLimitItemPerMinute(per_pair, namespace=f"opsgate-{kind}-user-op") if per_pair else None
+    return user, pair
 
 
 def _exceeded(what: str, item: RateLimitItem, reset_time: float) -> RateLimitExceeded:
