@@ -62,7 +62,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Iterable
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
 
 import phonenumbers
@@ -185,7 +185,12 @@ class Sanitizer:
         unknown = [r for r in self._regions if r not in phonenumbers.SUPPORTED_REGIONS]
         if unknown:
             raise ValueError(f"unknown phone region codes: {unknown}")
-        self._replacers: dict[str, Callable[[re.Match[str]], str]] = {
+
+    @cached_property
+    def _replacers(self) -> dict[str, Callable[[re.Match[str]], str]]:
+        """Built on the first match, not per instance: most texts have none, and a
+        :class:`~opsgate.security.masking.SecretMasker` lives for one call."""
+        return {
             "token": _same, "skip": _same, "pem": self._whole("pem"), "header": self._header,
             "url_cred": self._url_cred, "param": self._param, "field": self._field,
             "bearer": self._whole("bearer"), "basic": self._basic, "jwt": self._whole("jwt"),
