@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_procs import gateways
-from metering_stores import fresh_postgres
 from sqlalchemy import Engine, select
+from tests.stores import fresh_postgres
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings

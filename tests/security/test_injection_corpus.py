@@ -21,8 +21,9 @@ from tests.conftest import EXAMPLES
 from opsgate.ledger.verify import verify
 from opsgate.operations import OPERATIONS
 from opsgate.operations.io import input_from_file
+from opsgate.security.models import users
 from opsgate.security.users import add_user, set_password
-from opsgate.store.models import ai_operation_log, users
+from opsgate.store.models import ai_operation_log
 
 SQLI = [
     "' OR '1'='1", "'; DROP TABLE users; --", "\" OR \"\"=\"", "1; DELETE FROM ledger_entries",

@@ -15,9 +15,10 @@ Checkpoints, anchor records and recoveries are append-only like the entries (see
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, LargeBinary, String, Table
+from sqlalchemy import BigInteger, Column, LargeBinary, String, Table
 
 from opsgate.store.models import metadata
+from opsgate.store.types import UTCDateTime
 
 ledger_checkpoints = Table(
     "ledger_checkpoints",
@@ -26,7 +27,7 @@ ledger_checkpoints = Table(
     Column("root_hash", LargeBinary(32), nullable=False),
     Column("note", LargeBinary, nullable=False),
     Column("frontier", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 ledger_anchor_records = Table(
@@ -35,7 +36,7 @@ ledger_anchor_records = Table(
     Column("anchor", String(64), primary_key=True),
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("reference", String(256), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 
 ledger_anchor_state = Table(
@@ -50,5 +51,5 @@ ledger_recoveries = Table(
     metadata,
     Column("request_id", String(64), primary_key=True),
     Column("intent_seq", BigInteger, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )

@@ -17,7 +17,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Date,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -27,6 +26,7 @@ from sqlalchemy import (
 )
 
 from opsgate.store.models import metadata
+from opsgate.store.types import UTCDateTime
 
 ANY = "*"
 """The wildcard of ``budgets.user_id`` / ``budgets.operation``."""
@@ -39,7 +39,7 @@ budgets = Table(
     Column("operation", String(64), nullable=False),
     Column("period", String(8), nullable=False),
     Column("limit_micro_usd", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     UniqueConstraint("user_id", "operation", "period", name="uq_budgets_scope_period"),
 )
 
@@ -47,7 +47,7 @@ budget_counters = Table(
     "budget_counters",
     metadata,
     Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True),
-    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("period_start", UTCDateTime(), primary_key=True),
     Column("spent_micro_usd", BigInteger, nullable=False, default=0),
     Column("reserved_micro_usd", BigInteger, nullable=False, default=0),
 )
@@ -57,13 +57,13 @@ budget_reservations = Table(
     metadata,
     Column("request_id", String(64), primary_key=True),
     Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True),
-    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_start", UTCDateTime(), nullable=False),
     Column("worst_micro_usd", BigInteger, nullable=False),
     Column("actual_micro_usd", BigInteger),
     Column("state", String(16), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("settled_at", DateTime(timezone=True)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("settled_at", UTCDateTime()),
 )
 Index("ix_budget_reservations_state_expires", budget_reservations.c.state,
       budget_reservations.c.expires_at)
@@ -81,6 +81,6 @@ cost_reconciliations = Table(
     Column("invoiced_micro_usd", BigInteger, nullable=False),
     Column("difference_micro_usd", BigInteger, nullable=False),
     Column("accuracy_pct", String(16), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 Index("ix_cost_reconciliations_run", cost_reconciliations.c.run_id)

@@ -85,8 +85,7 @@ def _tracked(engine: Engine, provider: str, days: set[date]) -> dict[tuple[date,
     totals: dict[tuple[date, str], int] = defaultdict(int)
     with engine.connect() as conn:
         for created_at, model, cost in conn.execute(query):
-            moment = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
-            day = moment.astimezone(UTC).date()
+            day = created_at.date()
             if day in days and model:
                 totals[(day, model)] += cost
     return totals

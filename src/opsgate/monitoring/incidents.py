@@ -18,7 +18,7 @@ import builtins
 import json
 import secrets
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, RowMapping, func, insert, select, update
@@ -311,9 +311,7 @@ def _note(row: Mapping[str, Any], event: str, now: datetime, details: Mapping[st
 
 
 def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return None if value is None else value.isoformat()
 
 
 def incident_json(r: Mapping[str, Any] | RowMapping) -> dict[str, Any]:

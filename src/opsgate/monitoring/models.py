@@ -24,7 +24,6 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -35,6 +34,7 @@ from sqlalchemy import (
 )
 
 from opsgate.store.models import metadata
+from opsgate.store.types import UTCDateTime
 
 alerts = Table(
     "monitoring_alerts",
@@ -45,9 +45,9 @@ alerts = Table(
     Column("firing", Boolean, nullable=False),
     Column("severity", String(4)),
     Column("episode", Integer, nullable=False),
-    Column("since", DateTime(timezone=True), nullable=False),
+    Column("since", UTCDateTime(), nullable=False),
     Column("value", String(64)),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 incidents = Table(
@@ -63,15 +63,15 @@ incidents = Table(
     Column("labels", Text, nullable=False),
     Column("pages", Boolean, nullable=False),
     Column("state", String(16), nullable=False),
-    Column("opened_at", DateTime(timezone=True), nullable=False),
-    Column("acknowledged_at", DateTime(timezone=True)),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("acknowledged_at", UTCDateTime()),
     Column("acknowledged_by", String(128)),
-    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolved_at", UTCDateTime()),
     Column("resolved_by", String(128)),
     Column("resolution_note", Text),
     Column("escalation_level", Integer, nullable=False),
-    Column("next_escalation_at", DateTime(timezone=True)),
-    Column("last_notified_at", DateTime(timezone=True), nullable=False),
+    Column("next_escalation_at", UTCDateTime()),
+    Column("last_notified_at", UTCDateTime(), nullable=False),
     Column("repeats", Integer, nullable=False),
     Column("version", Integer, nullable=False),
     UniqueConstraint("dedup_key", "episode", name="uq_monitoring_incidents_key_episode"),
@@ -83,7 +83,7 @@ incident_events = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("incident_id", String(16), ForeignKey("monitoring_incidents.id"), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("actor", String(128), nullable=False),
     Column("detail", Text, nullable=False),
@@ -101,13 +101,13 @@ outbox = Table(
     Column("payload", Text, nullable=False),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
-    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
     Column("claimed_by", String(64)),
-    Column("claim_expires_at", DateTime(timezone=True)),
+    Column("claim_expires_at", UTCDateTime()),
     Column("last_status", Integer),
     Column("last_error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
     UniqueConstraint("channel", "recipient", "notify_key", name="uq_monitoring_outbox_event"),
 )
 Index("ix_monitoring_outbox_due", outbox.c.state, outbox.c.next_attempt_at)
@@ -121,8 +121,8 @@ signals = Table(
     Column("severity", String(4)),
     Column("ok", Boolean, nullable=False),
     Column("detail", Text, nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("handled_at", DateTime(timezone=True)),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("handled_at", UTCDateTime()),
 )
 Index("ix_monitoring_signals_kind_at", signals.c.kind, signals.c.at)
 
@@ -132,15 +132,15 @@ provider_status = Table(
     Column("instance", String(64), primary_key=True),
     Column("provider", String(32), primary_key=True),
     Column("state", String(16), nullable=False),
-    Column("unavailable_since", DateTime(timezone=True)),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("unavailable_since", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 demotions = Table(
     "monitoring_demotions",
     metadata,
     Column("provider", String(32), primary_key=True),
-    Column("since", DateTime(timezone=True), nullable=False),
+    Column("since", UTCDateTime(), nullable=False),
     Column("reason", Text, nullable=False),
 )
 
@@ -149,6 +149,6 @@ workers = Table(
     metadata,
     Column("name", String(32), primary_key=True),
     Column("holder", String(128), nullable=False),
-    Column("since", DateTime(timezone=True), nullable=False),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("since", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
 )

@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, exists, insert, or_, select, update
@@ -160,7 +160,7 @@ class Outbox:
         now = self.clock.now()
         attempts = row["attempts"] + 1
         values = {"attempts": attempts, "last_status": exc.status, "last_error": exc.detail[:1000]}
-        given_up = now - _utc(row["created_at"]) >= timedelta(seconds=self.give_up_s)
+        given_up = now - row["created_at"] >= timedelta(seconds=self.give_up_s)
         if exc.permanent or given_up:
             self._finish(row, {**values, "state": FAILED}, lambda conn: self._report(conn, row, exc))
             return FAILED
@@ -212,7 +212,3 @@ class Outbox:
                                                          f"delivery_failure:{row['id']}", now))
         except IntegrityError:  # already reported
             pass
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -39,7 +39,7 @@ Read from the database at scrape time (the same for every replica; rules take ``
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -145,7 +145,7 @@ def _ledger_families(conn: Connection) -> list[Metric]:
                                        value=1 if latest.ok else 0))
         found.append(GaugeMetricFamily("opsgate_ledger_last_verification_timestamp_seconds",
                                        "When the latest ledger verification ran (Unix time)",
-                                       value=_utc_timestamp(latest.at)))
+                                       value=latest.at.timestamp()))
     return found
 
 
@@ -193,10 +193,6 @@ def _budget_families(engine: Engine, now: datetime) -> list[Metric]:
         spent.add_metric(key, status.spent_micro_usd)
         reserved.add_metric(key, status.reserved_micro_usd)
     return [limit, spent, reserved]
-
-
-def _utc_timestamp(at: datetime) -> float:
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 class _Fixed:

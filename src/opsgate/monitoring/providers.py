@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
@@ -45,15 +45,10 @@ def outages(conn: Connection, now: datetime) -> dict[str, datetime]:
         .where(st.state != BreakerState.CLOSED.value, st.updated_at >= fresh)
         .group_by(st.provider)
     ).all()
-    found = {p: _utc(since) if since else now for p, since in rows}
+    found = {p: since or now for p, since in rows}
     for provider, since in conn.execute(select(demotions.c.provider, demotions.c.since)):
-        found.setdefault(provider, _utc(since))
+        found.setdefault(provider, since)
     return found
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def recovered(conn: Connection, now: datetime, provider: str) -> bool:

@@ -125,8 +125,8 @@ def stage_times(ctx: Context) -> dict[str, Any] | None:
         promoted = conn.execute(select(rollout_decisions.c.at).where(
             rollout_decisions.c.rollout_id == row.id, rollout_decisions.c.action == "promote")
             .order_by(rollout_decisions.c.id)).scalars().all()
-    return {"id": row.id, "state": row.state, "started": _utc(row.created_at),
-            "promoted": [_utc(t) for t in promoted]}
+    return {"id": row.id, "state": row.state, "started": row.created_at,
+            "promoted": list(promoted)}
 
 
 def canary_started(ctx: Context) -> Result:
@@ -184,7 +184,3 @@ def final_verification(ctx: Context) -> Result:
     report = verified(ctx)
     bad = ([f"{open_} P1/P2 incident(s) open"] if open_ else []) + ([] if report.ok else ["the ledger does not verify"])
     return not bad, "; ".join(bad) or f"no P1/P2 incident open; ledger verifies ({report.entries} entries)"
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -160,12 +160,12 @@ def key_status(engine: Engine, settings: Settings, now: datetime) -> dict[str, A
             if r.key_id == current
             else "active"
         )
-        age = (now - _utc(r.created_at)).total_seconds() / 86400
+        age = (now - r.created_at).total_seconds() / 86400
         keys.append(
             {
                 "key_id": r.key_id,
                 "purpose": r.purpose,
-                "created_at": _utc(r.created_at).isoformat(),
+                "created_at": r.created_at.isoformat(),
                 "age_days": round(age, 1),
                 "state": state,
             }
@@ -224,7 +224,7 @@ def ledger_status(engine: Engine, start: datetime, end: datetime, in_window: int
         },
         "latest_checkpoint": {
             "size": latest.size,
-            "created_at": _utc(latest.created_at).isoformat(),
+            "created_at": latest.created_at.isoformat(),
         }
         if latest
         else None,
@@ -258,8 +258,3 @@ def incident_counts(engine: Engine, start: datetime, end: datetime) -> dict[str,
             "closed": by_severity(i.resolved_at >= start, i.resolved_at < end),
             "open_now": by_severity(i.state != "resolved"),
         }
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -343,7 +343,7 @@ def audit_trail_recorded(ctx: Context) -> Result:
                            .order_by(signals.c.id.desc()).limit(1)).first()
     if row is None:
         return False, "no ledger verification recorded: run `opsgate worker`"
-    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
+    at = row.at
     if ctx.clock.now() - at > AUDIT_TRAIL_MAX_AGE:
         return False, f"the latest recorded verification is from {at:%Y-%m-%dT%H:%MZ} (older than a day)"
     return bool(row.ok), f"latest recorded ledger verification {at:%Y-%m-%dT%H:%MZ}: {'ok' if row.ok else 'FAILED'}"

@@ -21,7 +21,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -31,6 +30,7 @@ from sqlalchemy import (
 )
 
 from opsgate.store.models import metadata
+from opsgate.store.types import UTCDateTime
 
 feature_toggles = Table(
     "feature_toggles",
@@ -41,7 +41,7 @@ feature_toggles = Table(
     Column("group_id", String(128), nullable=False),
     Column("opt_in_required", Boolean, nullable=False),
     Column("kill_switch", Boolean, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     Column("updated_by", String(128), nullable=False),
 )
 
@@ -58,7 +58,7 @@ user_settings = Table(
     Column("user_id", String(128), primary_key=True),
     Column("operation", String(64), primary_key=True),
     Column("opted_in", Boolean, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 rollouts = Table(
@@ -69,17 +69,17 @@ rollouts = Table(
     Column("plan", Text, nullable=False),
     Column("state", String(24), nullable=False),
     Column("stage_index", Integer, nullable=False),
-    Column("stage_started_at", DateTime(timezone=True), nullable=False),
-    Column("paused_since", DateTime(timezone=True)),
+    Column("stage_started_at", UTCDateTime(), nullable=False),
+    Column("paused_since", UTCDateTime()),
     Column("paused_s", Integer, nullable=False),
-    Column("check_due_at", DateTime(timezone=True)),
-    Column("rolled_back_at", DateTime(timezone=True)),
+    Column("check_due_at", UTCDateTime()),
+    Column("rolled_back_at", UTCDateTime()),
     Column("reason", Text),
     Column("banner", Text),
     Column("version", Integer, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
     Column("created_by", String(128), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     Column("variant", String(48)),
 )
 Index("ix_rollouts_state", rollouts.c.state)
@@ -93,7 +93,7 @@ operation_variants = Table(
     Column("candidate", String(48)),
     Column("candidate_percentage", Integer, nullable=False),
     Column("group_id", String(128), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
     Column("updated_by", String(128), nullable=False),
 )
 
@@ -102,7 +102,7 @@ rollout_decisions = Table(
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("rollout_id", BigInteger, ForeignKey("rollouts.id"), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
     Column("event", String(24), nullable=False),
     Column("action", String(24), nullable=False),
     Column("state_before", String(24), nullable=False),

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import Connection, Engine, RowMapping, delete, insert, select, update
 
@@ -64,8 +64,8 @@ from opsgate.rollout.models import (
 from opsgate.rollout.toggles import Toggle, ToggleSnapshot, VariantAssignment
 from opsgate.rollout.variants import DEFAULT_VARIANT, VariantBook
 from opsgate.security.auth import Principal
+from opsgate.security.models import users
 from opsgate.security.rls import service_scope, user_scope
-from opsgate.store.models import users
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +499,7 @@ class RolloutService:
         if found is None:
             return VariantAssignment(operation, DEFAULT_VARIANT, None, None, 0, operation,
                                      datetime(1970, 1, 1, tzinfo=UTC), SEED_ACTOR)
-        return VariantAssignment(**{**found, "updated_at": as_utc(found["updated_at"])})
+        return VariantAssignment(**found)
 
     def _check_candidate(self, ops: tuple[str, ...], variant: str) -> None:
         if len(ops) != 1:
@@ -643,19 +643,8 @@ def _rollout(row: RowMapping) -> Rollout:
     plan_doc = json.loads(row["plan"])
     plan = Plan(tuple(Stage(s["percentage"], s["seconds"]) for s in plan_doc["stages"]),
                 plan_doc["observation_s"])
-    state = RolloutState(State(row["state"]), row["stage_index"], as_utc(row["stage_started_at"]), plan,
-                         as_utc(row["paused_since"]), row["paused_s"], as_utc(row["check_due_at"]))
-    return Rollout(row["id"], tuple(json.loads(row["operations"])), state, as_utc(row["rolled_back_at"]),
-                   row["reason"], row["banner"], row["version"], as_utc(row["created_at"]), row["created_by"],
+    state = RolloutState(State(row["state"]), row["stage_index"], row["stage_started_at"], plan,
+                         row["paused_since"], row["paused_s"], row["check_due_at"])
+    return Rollout(row["id"], tuple(json.loads(row["operations"])), state, row["rolled_back_at"],
+                   row["reason"], row["banner"], row["version"], row["created_at"], row["created_by"],
                    row["variant"])
-
-
-@overload
-def as_utc(value: datetime) -> datetime: ...
-@overload
-def as_utc(value: None) -> None: ...
-def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes for timezone-aware columns; they were written in UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

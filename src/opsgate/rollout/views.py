@@ -29,7 +29,7 @@ from opsgate.deps import AdminDep, RolloutDep, UserDep, body_doc, json_body
 from opsgate.responses import json_response
 from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
-from opsgate.rollout.service import RolloutService, ToggleChange, as_utc
+from opsgate.rollout.service import RolloutService, ToggleChange
 from opsgate.rollout.toggles import Toggle
 
 router = APIRouter(tags=["rollout"])
@@ -77,7 +77,7 @@ def toggle_json(t: Toggle, adoption: dict[str, int] | None = None) -> dict[str, 
     body: dict[str, Any] = {
         "operation": t.operation, "enabled": t.enabled, "rollout_percentage": t.rollout_percentage,
         "group_id": t.group_id, "opt_in_required": t.opt_in_required, "kill_switch": t.kill_switch,
-        "updated_at": as_utc(t.updated_at).isoformat(), "updated_by": t.updated_by,
+        "updated_at": t.updated_at.isoformat(), "updated_by": t.updated_by,
     }
     if adoption is not None:
         body["adoption"] = adoption

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -136,7 +136,7 @@ class KeyRing:
     def age_s(self, key_id: int) -> float:
         """Seconds since key ``key_id`` was created (by the injected clock)."""
         created = next(v.created_at for v in self._versions if v.key_id == key_id)
-        return (self._clock.now() - _utc(created)).total_seconds()
+        return (self._clock.now() - created).total_seconds()
 
     def rotate(self) -> int:
         """Add a new data key version and make it current; returns its id."""
@@ -197,11 +197,6 @@ class KeyRing:
             return self._wrap.decrypt(wrapped[:12], wrapped[12:], _wrap_aad(key_id, purpose))
         except InvalidTag:
             raise KeyRingError("the master key does not unwrap the key ring") from None
-
-
-def _utc(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; every stored time is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _wrap_aad(key_id: int, purpose: str) -> bytes:

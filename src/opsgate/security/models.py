@@ -1,8 +1,10 @@
-"""Tables of the security domain (on :data:`opsgate.store.models.metadata`, migration 0005).
+"""Tables of the security domain (on :data:`opsgate.store.models.metadata`).
 
-``users`` (the store's table) gains ``password_hash`` (Argon2id PHC string), ``email_ciphertext``
-(AES-256-GCM field ciphertext, see :mod:`opsgate.security.crypto`) and ``email_blind_index``
-(HMAC-SHA256 of the normalised address, unique, for lookups by email).
+``users``: one row per user (migration 0001) with its ``role``, ``password_hash`` (Argon2id PHC
+string), ``email_ciphertext`` (AES-256-GCM field ciphertext, see :mod:`opsgate.security.crypto`)
+and ``email_blind_index`` (HMAC-SHA256 of the normalised address, unique, for lookups by email;
+the last three from migration 0005). Defined here only; :mod:`opsgate.security.users` reads and
+writes it.
 
 ``encryption_keys``: the versioned key ring. ``wrapped`` is ``nonce(12) || AES-256-GCM(master key,
 data key)``; ``purpose`` is ``data`` (field encryption, rotated) or ``index`` (blind index).
@@ -17,7 +19,6 @@ from __future__ import annotations
 from sqlalchemy import (
     Column,
     Date,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -26,11 +27,19 @@ from sqlalchemy import (
     Table,
 )
 
-from opsgate.store.models import metadata, users
+from opsgate.store.models import metadata
+from opsgate.store.types import UTCDateTime
 
-users.append_column(Column("password_hash", String(255), nullable=True))
-users.append_column(Column("email_ciphertext", LargeBinary, nullable=True))
-users.append_column(Column("email_blind_index", LargeBinary(32), nullable=True, unique=True))
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("password_hash", String(255), nullable=True),
+    Column("email_ciphertext", LargeBinary, nullable=True),
+    Column("email_blind_index", LargeBinary(32), nullable=True, unique=True),
+)
 
 encryption_keys = Table(
     "encryption_keys",
@@ -38,8 +47,8 @@ encryption_keys = Table(
     Column("key_id", Integer, primary_key=True, autoincrement=False),
     Column("purpose", String(16), nullable=False),
     Column("wrapped", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("retired_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("retired_at", UTCDateTime(), nullable=True),
 )
 
 refresh_tokens = Table(
@@ -48,10 +57,10 @@ refresh_tokens = Table(
     Column("token_hash", LargeBinary(32), primary_key=True),
     Column("family_id", String(32), nullable=False),
     Column("user_id", String(128), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("rotated_at", DateTime(timezone=True), nullable=True),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("rotated_at", UTCDateTime(), nullable=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
 )
 Index("ix_refresh_tokens_family", refresh_tokens.c.family_id)
 Index("ix_refresh_tokens_user", refresh_tokens.c.user_id)

@@ -19,7 +19,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
@@ -73,10 +73,10 @@ class RefreshTokens:
                 .values(rotated_at=now)
             ).rowcount
             row = conn.execute(select(refresh_tokens).where(refresh_tokens.c.token_hash == digest)).first()
-            if row is None or row.revoked_at is not None or now >= _utc(row.expires_at):
+            if row is None or row.revoked_at is not None or now >= row.expires_at:
                 COUNTS.add(TOKEN_REJECTION, AuthFailure.REFRESH_INVALID)
                 raise Unauthorized(AuthFailure.REFRESH_INVALID)  # rolls the UPDATE back
-            if won or now - _utc(row.rotated_at) < self._grace:
+            if won or now - row.rotated_at < self._grace:
                 return self._insert(conn, row.user_id, row.family_id)
         self.revoke_family(row.family_id)
         COUNTS.add(REFRESH_REUSE, "family_revoked")
@@ -101,7 +101,7 @@ class RefreshTokens:
                 select(refresh_tokens.c.expires_at)
                 .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
             ).scalars()
-            return any(now < _utc(expires_at) for expires_at in rows)
+            return any(now < expires_at for expires_at in rows)
 
     def revoke_family(self, family_id: str) -> None:
         """Revoke every token of ``family_id``."""
@@ -138,7 +138,3 @@ class RefreshTokens:
 
 def _hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

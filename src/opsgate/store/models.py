@@ -1,4 +1,8 @@
-"""The tables. Names follow the seed (``ai_operation_log``); every timestamp is UTC.
+"""The shared :data:`metadata`, the operation log and the ledger's entries. Names follow the seed
+(``ai_operation_log``); every timestamp is a :class:`~opsgate.store.types.UTCDateTime`.
+
+Each domain defines its own tables once, in its ``models.py`` on this :data:`metadata` (``users``
+lives in :mod:`opsgate.security.models`).
 
 No table holds prompt text, email content or secret values: the operation log holds counts,
 ids and costs; the ledger holds canonical JSON entries with hashes and ids only.
@@ -10,7 +14,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Float,
     Index,
     Integer,
@@ -20,15 +23,9 @@ from sqlalchemy import (
     Table,
 )
 
-metadata = MetaData()
+from opsgate.store.types import UTCDateTime
 
-users = Table(
-    "users",
-    metadata,
-    Column("user_id", String(128), primary_key=True),
-    Column("role", String(16), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
+metadata = MetaData()
 
 ai_operation_log = Table(
     "ai_operation_log",
@@ -53,7 +50,7 @@ ai_operation_log = Table(
     Column("cache_read_tokens", Integer, nullable=False, default=0),
     Column("reasoning_tokens", Integer, nullable=False, default=0),
     Column("cost_micro_usd", BigInteger, nullable=False, default=0),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
 Index("ix_ai_operation_log_created_at", ai_operation_log.c.created_at)
 Index("ix_ai_operation_log_operation_created", ai_operation_log.c.operation, ai_operation_log.c.created_at)

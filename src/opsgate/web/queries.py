@@ -14,7 +14,7 @@ engine, blocking; call them through ``asyncio.to_thread``).
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -31,16 +31,8 @@ from opsgate.store.models import ai_operation_log, ledger_entries
 RECENT_ENTRIES = 12
 
 
-def utc(value: datetime | None) -> datetime | None:
-    """``value`` as an aware UTC datetime (SQLite hands back naive ones; every stored time is UTC)."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _iso(value: datetime | None) -> str | None:
-    aware = utc(value)
-    return None if aware is None else aware.isoformat()
+    return None if value is None else value.isoformat()
 
 
 def _stats(rows: list[tuple[str, float]]) -> dict[str, Any]:
@@ -76,7 +68,7 @@ def series(engine: Engine, now: datetime, window_s: int, buckets: int, operation
     bucket_s = window_s / buckets
     split: list[list[tuple[str, float]]] = [[] for _ in range(buckets)]
     for at, status, latency in rows:
-        index = int((utc(at) - since).total_seconds() // bucket_s)  # type: ignore[operator]  # created_at is NOT NULL
+        index = int((at - since).total_seconds() // bucket_s)
         split[min(index, buckets - 1)].append((status, latency))
     stats = [_stats(b) for b in split]
     doc: dict[str, Any] = {
@@ -109,7 +101,7 @@ def costs(engine: Engine, since: datetime) -> dict[str, Any]:
     total = requests = 0
     with engine.connect() as conn:
         for at, operation, provider, model, cost in conn.execute(query):
-            keys = {"by_day": utc(at).date().isoformat(), "by_operation": operation,  # type: ignore[union-attr]  # created_at is NOT NULL
+            keys = {"by_day": at.date().isoformat(), "by_operation": operation,
                     "by_provider": provider or "-", "by_model": model or "-"}
             for group, key in keys.items():
                 groups[group][key][0] += cost
