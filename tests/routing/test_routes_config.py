@@ -221,3 +221,31 @@ def test_config_check_prints_every_route_and_exits_1_on_a_missing_key(tmp_path, 
     result = runner.invoke(cli_app, ["config", "check"], env={"COLUMNS": "240"})
     assert result.exit_code == 0, result.output
     assert result.output.rstrip().endswith("ok: 9 operations routable")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "sandbox", "prices", "line"),
+    [
+        ("http://10.0.0.5:8001/v1", False, {},
+         "provider 'local-vllm': provider base URL 'http://10.0.0.5:8001/v1' uses plain http for a "
+         "non-loopback host; use https"),
+        ("https://vllm.example.invalid/v1", True, {},
+         "provider 'local-vllm': sandbox mode calls no real provider, but "
+         "https://vllm.example.invalid/v1 is not on loopback (point base_url at a loopback server, "
+         "or run without --sandbox)"),
+        ("http://127.0.0.1:9/v1", False, {"nope/x": {"input": "1", "output": "1"}},
+         "price 'nope/x': unknown provider 'nope' (known: anthropic, deepseek, gemini, local-vllm)"),
+    ],
+    ids=["plain-http-remote", "sandbox-remote", "price-unknown-provider"],
+)
+def test_endpoint_and_price_problems_refuse_with_one_line(tmp_path, monkeypatch, base_url, sandbox, prices, line):
+    config = _local_config(base_url)
+    config["prices"] = {**config["prices"], **prices}
+    monkeypatch.setenv("OPSGATE_CONFIG", str(_write_config(tmp_path, config)))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("LOCAL_VLLM_KEY", "local-test-key")  # pragma: allowlist secret
+    args = ["run", "email-classify", "--input", str(next(EXAMPLES.glob("email-classify.*")))]
+    result = runner.invoke(cli_app, [*args, "--sandbox"] if sandbox else args)
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == f"error: {line}"
+    assert not list(tmp_path.glob("*.sqlite"))  # refused before anything opened

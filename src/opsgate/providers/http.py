@@ -93,6 +93,12 @@ def check_base_url(url: str) -> str:
     return str(parsed).rstrip("/")
 
 
+def is_loopback_url(url: str) -> bool:
+    """True when ``url``'s host is loopback (127.0.0.0/8, ``::1``, ``localhost``)."""
+    host = URL(url.strip()).host
+    return host is not None and _is_loopback(host)
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True

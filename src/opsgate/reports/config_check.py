@@ -49,7 +49,7 @@ def route_table(views: list[RouteView]) -> Table:
     price comes from), per-attempt timeout, attempts per target, overall deadline."""
     table = Table(title="effective routes")
     for column in ("operation", "route", "targets", "timeout_s", "attempts", "total_s"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for v in views:
         targets = "\n".join(
             f"{t.name}  key: {t.key_source}{'' if t.key_set else ' (unset)'}  "

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from opsgate.config import RouteConfig, Settings
+from opsgate.providers.http import check_base_url, is_loopback_url
 from opsgate.providers.registry import (
     ANTHROPIC_DEFAULT_MODEL,
     DEEPSEEK_DEFAULT_MODEL,
@@ -138,7 +139,9 @@ def _policy(route: RouteConfig, base: RoutePolicy) -> RoutePolicy:
 def route_problems(settings: Settings) -> list[str]:
     """Every problem of ``settings.routes`` and ``settings.providers`` that would make a call
     unroutable, one line each (``route 'email-classify', target 'local/qwen3-8b': unknown provider
-    'local' (...)``); prices are checked by :func:`opsgate.metering.prices.price_problems`."""
+    'local' (...)``): unknown operations and providers, a named provider's bad ``base_url`` (or a
+    non-loopback one in sandbox mode), a ``[prices]`` key naming an unknown provider. Missing
+    prices are checked by :func:`opsgate.routing.effective.config_problems`."""
     problems = [
         f"route {name!r}: no such operation (operations: default, {', '.join(OPERATION_IDS)})"
         for name in settings.routes
@@ -149,7 +152,14 @@ def route_problems(settings: Settings) -> list[str]:
         for name in settings.providers
         if name in BUILTIN_PROVIDERS
     ]
+    problems += _endpoint_problems(settings)
     known = set(BUILTIN_PROVIDERS) | set(settings.providers)
+    routed = {parse_target(t).provider for route in settings.routes.values() for t in route.chain or ()}
+    problems += [  # an unknown provider that a route names is reported once, on the route below
+        f"price {key!r}: unknown provider {key.partition('/')[0]!r} (known: {', '.join(sorted(known))})"
+        for key in settings.prices
+        if key.partition("/")[0] not in known | routed
+    ]
     for name, route in settings.routes.items():
         for target in route.chain or ():
             provider = parse_target(target).provider
@@ -158,6 +168,24 @@ def route_problems(settings: Settings) -> list[str]:
                     f"route {name!r}, target {target!r}: unknown provider {provider!r} "
                     f"(known: {', '.join(sorted(known))}; add [providers.{provider}] to the config)"
                 )
+    return problems
+
+
+def _endpoint_problems(settings: Settings) -> list[str]:
+    """A named provider's ``base_url`` must pass :func:`check_base_url`; in sandbox mode it must
+    also be on loopback, since sandbox mode promises that no real provider is called."""
+    problems = []
+    for name, config in settings.providers.items():
+        try:
+            url = check_base_url(config.base_url)
+        except ValueError as exc:
+            problems.append(f"provider {name!r}: {exc}")
+            continue
+        if settings.sandbox and not is_loopback_url(url):
+            problems.append(
+                f"provider {name!r}: sandbox mode calls no real provider, but {url} is not on "
+                "loopback (point base_url at a loopback server, or run without --sandbox)"
+            )
     return problems
 
 
