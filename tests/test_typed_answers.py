@@ -156,3 +156,68 @@ def test_a_configured_context_window_skips_the_endpoint_before_sending(tmp_path,
             [row] = _rows(gw)
             assert (row["provider"], row["attempts"]) == ("anthropic", 2)  # the skip is an attempt
         assert local.stats()["providers"]["deepseek"]["requests"] == 0
+
+
+# --------------------------------------------------------------------- Retry-After beyond patience
+
+RATE_LIMITED_WAIT = {"anthropic": "retry-after: 1", "openai-compatible": "Retry-After: 1",
+                     "gemini": "RetryInfo retryDelay 2s"}
+
+
+@pytest.mark.parametrize("wire", sorted(TARGETS))
+def test_a_retry_after_beyond_the_routes_patience_cools_the_provider_down(tmp_path, wire) -> None:
+    """The sandboxes' 429s ask for 1 s (Anthropic retry-after, DeepSeek Retry-After) or 2 s
+    (Gemini RetryInfo); the route waits at most 0.5 s, so the call falls back at once and the
+    next calls skip the provider until the time it asked for has passed."""
+    fallback = next(t for w, t in TARGETS.items() if w != wire)
+    sandbox = SANDBOX[wire]
+    for gw in _gateway(tmp_path, [TARGETS[wire], fallback], f"ratelimit:{sandbox}", max_retry_wait_s=0.5):
+        first = _classify(gw)
+        assert first.status_code == 200 and f"{first.json()['provider']}/{first.json()['model']}" == fallback
+        assert gw.stats()[sandbox]["statuses"] == {"429": 1}  # not retried: the wait is beyond patience
+        second = _classify(gw)
+        assert second.status_code == 200 and second.json()["provider"] == fallback.split("/")[0]
+        assert gw.stats()[sandbox]["requests"] == 1  # skipped while cooling down
+        breaker = gw.runtime.router.breaker(sandbox).snapshot()
+        assert breaker.state == "open" and 0 < breaker.open_for_s <= 2.0
+        gw.sandbox.set_faults("none")
+        import time
+
+        time.sleep(breaker.open_for_s + 0.05)  # the provider's own wait, then the half-open trial
+        third = _classify(gw)
+        assert third.status_code == 200 and f"{third.json()['provider']}/{third.json()['model']}" == TARGETS[wire]
+        assert [r["attempts"] for r in _rows(gw)] == [2, 2, 1]  # the skip is an attempt
+
+
+# --------------------------------------------------------------------- what goes into the prompt
+
+def _raw(from_header: str, attachment_name: str = "statement.pdf") -> str:
+    return (
+        f"From: {from_header}\r\nTo: support@example.org\r\nSubject: Refund\r\n"
+        "Date: Tue, 03 Mar 2026 09:12:44 +0100\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlease refund the duplicate charge.\r\n"
+        f'--b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="{attachment_name}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n"
+    )
+
+
+def test_a_600000_character_from_header_is_clipped_in_the_prompt(tmp_path) -> None:
+    huge = '"' + "Maria " * 100_000 + '" <maria.lopez@example.com>'  # 600,000-character display name
+    for gw in _gateway(tmp_path, [TARGETS["anthropic"]], "none"):
+        resp = gw.post("email-classify", {"raw": _raw(huge)})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["output"]["email"]["trim_notes"] == ["header values cut to 255 characters: From"]
+        [row] = _rows(gw)
+        # the sandbox bills ceil(bytes / 4) tokens: the whole From alone would be 150,000
+        assert row["input_tokens"] < 2_000
+
+
+def test_an_attachment_name_over_255_characters_is_a_422_naming_the_field(tmp_path) -> None:
+    name = "statement-" + "x" * 300 + ".pdf"
+    for gw in _gateway(tmp_path, [TARGETS["anthropic"]], "none"):
+        resp = gw.post("email-classify", {"raw": _raw("maria.lopez@example.com", name)})
+        body = _problem(resp, 422, "invalid_input")
+        assert body["errors"] == [{"loc": "raw", "msg": "filename: String should have at most 255 characters"}]
+        assert "x" * 50 not in resp.text  # the submitted value is not echoed
+        assert gw.stats()["anthropic"]["requests"] == 0 and _rows(gw) == []

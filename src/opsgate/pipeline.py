@@ -43,7 +43,7 @@ from opsgate.metering.reservations import Reservation
 from opsgate.metering.service import MeteringService, usage_unknown
 from opsgate.metering.tokenlimits import TokenHold
 from opsgate.operations import get_operation
-from opsgate.operations.base import Operation, Prepared
+from opsgate.operations.base import Operation, Prepared, prepare_input
 from opsgate.operations.errors import InvalidModelOutput
 from opsgate.operations.privacy import CallPrivacy, PrivacyPolicy
 from opsgate.operations.repair import repair_request
@@ -289,7 +289,7 @@ class Gateway:
             data = op.Input.model_validate(payload)
         except ValidationError as exc:
             raise invalid_input(exc, "The request body does not match the operation's input") from None
-        return op.prepare(data, variant.prompt), hashlib.sha256(body).hexdigest()
+        return prepare_input(op, data, variant.prompt), hashlib.sha256(body).hexdigest()
 
     @step("minimise")
     def minimise(self, op: Operation, prepared: Prepared) -> tuple[Prepared, CallPrivacy]:

@@ -185,6 +185,7 @@ class AnalyticsSummary(Operation):
 
     id = "analytics-summary"
     Input = SeriesInput
+    reads = ("csv", "series")
     ModelOutput = SummaryAnswer
     Output = SummaryOutput
     max_tokens = 1_000
@@ -310,6 +311,7 @@ class AnalyticsAnomaly(Operation):
 
     id = "analytics-anomaly"
     Input = AnomalyInput
+    reads = ("csv", "series")
     ModelOutput = AnomalyAnswer
     Output = AnomalyOutput
     max_tokens = 1_500

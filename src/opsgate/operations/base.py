@@ -5,7 +5,7 @@ model must answer with, and anything computed locally in code), then merges the 
 ``ModelOutput`` with that local work into the ``Output`` the API returns::
 
     data = op.Input.model_validate(body)          # 422 on failure
-    prepared = op.prepare(data, prompt)           # may raise InvalidInput (422)
+    prepared = prepare_input(op, data, prompt)    # any failure of op.prepare is a 422
     completion = await router.complete(prepared.request, ...)
     answer = op.ModelOutput.model_validate(completion.data)
     result = op.finish(prepared, answer)          # an op.Output instance
@@ -13,13 +13,18 @@ model must answer with, and anything computed locally in code), then merges the 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.operations.prompts import PromptVersion, package_prompt
 from opsgate.providers.base import CompletionRequest
+from opsgate.validation import field_errors
+
+log = logging.getLogger("opsgate.operations")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +52,9 @@ class Operation:
     ``Output`` are pydantic models; ``max_tokens`` caps the model's answer; ``sends`` lists what
     ``prepare`` puts in the prompt, and nothing else may reach it; ``prompt_fields`` names the
     ``${name}`` placeholders a prompt version of the operation may use
-    (:mod:`opsgate.operations.prompts`).
+    (:mod:`opsgate.operations.prompts`); ``reads`` names the input fields whose content
+    ``prepare`` parses (a raw message, a calendar, a CSV), which :func:`prepare_input` names when
+    preparing fails in a way ``prepare`` did not anticipate.
     """
 
     id: ClassVar[str]
@@ -57,6 +64,7 @@ class Operation:
     max_tokens: ClassVar[int] = 1024
     sends: ClassVar[tuple[Sent, ...]] = ()
     prompt_fields: ClassVar[frozenset[str]] = frozenset()
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Build the provider request for validated input ``data`` with the system prompt of
@@ -70,3 +78,31 @@ class Operation:
     def finish(self, prepared: Prepared, answer: BaseModel) -> BaseModel:
         """Merge the model's validated ``answer`` with ``prepared.context`` into an ``Output``."""
         raise NotImplementedError
+
+
+def prepare_input(op: Operation, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
+    """``op.prepare(data, prompt)``, where every failure is a 422 naming the field.
+
+    An :class:`~opsgate.errors.InvalidInput` passes as raised (it names its field), as does any
+    other :class:`~opsgate.errors.OpsgateError`. Anything else — a value read out of the input
+    that breaks a limit of the operation's own models (an attachment name over 255 characters in
+    a raw message), or a parser failing on input it does not expect — becomes an
+    :class:`InvalidInput` whose errors name the given fields of ``op.reads`` (``body`` when none
+    is given) with the rule that failed (pydantic's message, through
+    :func:`opsgate.validation.field_errors`) or the exception's type, never a submitted value.
+    The failure is logged (WARNING, with its traceback, through the sanitizer) so an
+    unanticipated one is seen and fixed."""
+    try:
+        return op.prepare(data, prompt)
+    except OpsgateError:
+        raise
+    except Exception as exc:
+        log.warning("%s: preparing the input failed (%s)", op.id, type(exc).__name__, exc_info=True)
+        fields = [name for name in op.reads if getattr(data, name, None) is not None] or ["body"]
+        if isinstance(exc, ValidationError):
+            rules = [f"{e['loc']}: {e['msg']}" for e in field_errors(exc.errors(include_url=False))]
+        else:
+            rules = [f"could not be read ({type(exc).__name__})"]
+        errors = [{"loc": name, "msg": rule} for name in fields for rule in rules]
+        raise InvalidInput(f"The {', '.join(fields)} field could not be prepared for the model: "
+                           + "; ".join(rules), errors=errors) from None

@@ -235,6 +235,7 @@ class CalendarPrep(Operation):
 
     id = "calendar-prep"
     Input = PrepInput
+    reads = ("ics",)
     ModelOutput = PrepAnswer
     Output = PrepOutput
     max_tokens = 2_000
@@ -392,6 +393,7 @@ class CalendarTime(Operation):
 
     id = "calendar-time"
     Input = TimeInput
+    reads = ("ics",)
     ModelOutput = TimeAnswer
     Output = TimeOutput
     max_tokens = 800

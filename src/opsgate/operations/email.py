@@ -5,8 +5,10 @@ same content as structured fields in ``email`` (:class:`EmailFields`). Parsing: 
 :mod:`opsgate.operations.mailparse`.
 
 What a provider sees (and nothing else): From (with its display name), To, Cc, Date, Subject, the
-attachments' names and types, the new text of the body and the quoted history. Size cap per message: the new text is
-kept up to :data:`MAX_NEW_CHARS` characters and the quoted history up to
+attachments' names and types, the new text of the body and the quoted history. Each header value is
+clipped at :data:`~opsgate.operations.mailparse.MAX_HEADER_CHARS` characters (Subject at
+:data:`MAX_SUBJECT_CHARS`), so one forged header cannot blow up the prompt. Size cap per message:
+the new text is kept up to :data:`MAX_NEW_CHARS` characters and the quoted history up to
 :data:`MAX_QUOTED_CHARS`; the history is trimmed first and from its end, which holds the oldest
 messages of a top-posted thread; cuts fall on line breaks (see :func:`common.clip`). Every
 ``Output`` says whether trimming happened (``trimmed``) and how (``trim_notes``).
@@ -25,7 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from opsgate.operations.base import Operation, Prepared, Sent
 from opsgate.operations.common import Answer, build_request, clip, data_block, user_request
 from opsgate.operations.prompts import PromptVersion
-from opsgate.operations.mailparse import Attachment, ParsedEmail, parse_email, split_quoted
+from opsgate.operations.mailparse import (
+    MAX_HEADER_CHARS,
+    Attachment,
+    ParsedEmail,
+    clip_header,
+    parse_email,
+    split_quoted,
+)
 
 MAX_RAW_CHARS = 2_000_000
 MAX_NEW_CHARS = 12_000
@@ -140,9 +149,9 @@ class EmailInfo(BaseModel):
 
 
 EMAIL_SENT = (
-    Sent("From address and display name"),
-    Sent(f"To and Cc addresses (first {MAX_RECIPIENTS_LISTED} each)"),
-    Sent("Date"),
+    Sent(f"From address and display name (each at most {MAX_HEADER_CHARS} characters)"),
+    Sent(f"To and Cc addresses (first {MAX_RECIPIENTS_LISTED} each, each at most {MAX_HEADER_CHARS} characters)"),
+    Sent(f"Date (at most {MAX_HEADER_CHARS} characters)"),
     Sent("Subject", MAX_SUBJECT_CHARS),
     Sent(f"attachment names and types (first {MAX_ATTACHMENTS_LISTED}; never their content)"),
     Sent("new text of the body", MAX_NEW_CHARS),
@@ -162,6 +171,27 @@ def name_addr(name: str | None, address: str) -> str:
     return f"{name} <{address}>"
 
 
+def _headers(mail: ParsedEmail) -> tuple[str, str, str, str, list[str]]:
+    """The From, To, Cc and Date values of the prompt, every header value clipped at
+    :data:`MAX_HEADER_CHARS` (:func:`clip_header`), and the names of the headers that were cut."""
+    cut: list[str] = []
+
+    def value(header: str, text: str) -> str:
+        clipped, was_cut = clip_header(text)
+        if was_cut and header not in cut:
+            cut.append(header)
+        return clipped
+
+    def addresses(header: str, found: list[str]) -> str:
+        return ", ".join(value(header, a) for a in found[:MAX_RECIPIENTS_LISTED]) or "(none)"
+
+    sender = "(unknown)"
+    if mail.sender:
+        sender = name_addr(value("From", mail.sender_name or ""), value("From", mail.sender))
+    date = value("Date", mail.date) if mail.date else "(unknown)"
+    return sender, addresses("To", mail.to), addresses("Cc", mail.cc), date, cut
+
+
 def render_email(mail: ParsedEmail) -> tuple[str, EmailInfo]:
     """The prompt text of ``mail`` (headers used, attachments, new text, trimmed history)."""
     notes: list[str] = []
@@ -177,11 +207,14 @@ def render_email(mail: ParsedEmail) -> tuple[str, EmailInfo]:
     listed = mail.attachments[:MAX_ATTACHMENTS_LISTED]
     if len(mail.attachments) > len(listed):
         notes.append(f"only the first {MAX_ATTACHMENTS_LISTED} attachments listed")
+    sender, to, cc, date, cut_headers = _headers(mail)
+    if cut_headers:
+        notes.append(f"header values cut to {MAX_HEADER_CHARS} characters: {', '.join(cut_headers)}")
     lines = [
-        f"From: {name_addr(mail.sender_name, mail.sender) if mail.sender else '(unknown)'}",
-        f"To: {', '.join(mail.to[:MAX_RECIPIENTS_LISTED]) or '(none)'}",
-        f"Cc: {', '.join(mail.cc[:MAX_RECIPIENTS_LISTED]) or '(none)'}",
-        f"Date: {mail.date or '(unknown)'}",
+        f"From: {sender}",
+        f"To: {to}",
+        f"Cc: {cc}",
+        f"Date: {date}",
         f"Subject: {subject}",
         "Attachments: "
         + (", ".join(f"{a.filename or '(unnamed)'} ({a.content_type})" for a in listed) or "none"),
@@ -232,6 +265,7 @@ class EmailClassify(Operation):
 
     id = "email-classify"
     Input = ClassifyInput
+    reads = ("raw", "email")
     ModelOutput = ClassifyAnswer
     Output = ClassifyOutput
     max_tokens = 400
@@ -322,6 +356,7 @@ class EmailRespond(Operation):
 
     id = "email-respond"
     Input = RespondInput
+    reads = ("raw", "email")
     ModelOutput = DraftAnswer
     Output = ReplyOutput
     max_tokens = 1_500
@@ -402,6 +437,7 @@ class EmailCompose(Operation):
 
     id = "email-compose"
     Input = ComposeInput
+    reads = ("raw", "email")
     ModelOutput = ComposeAnswer
     Output = ComposeOutput
     max_tokens = 1_500

@@ -12,7 +12,13 @@ Parsing follows RFC 5322 / RFC 2045-2049 through the standard library ``email`` 
   ``errors="replace"``;
 - attachments: file name, MIME type and decoded size only — never their bytes;
 - reply chains (:func:`split_quoted`): ``>``-quoted lines, "On ... wrote:" attributions and
-  everything after an "Original Message"/Outlook header block are history, the rest is new text.
+  everything after an "Original Message"/Outlook header block are history, the rest is new text;
+- header values that reach a prompt are clipped at :data:`MAX_HEADER_CHARS` (:func:`clip_header`):
+  a forwarded message's From and Subject here, the message's own headers where the prompt is
+  rendered (:func:`opsgate.operations.email.render_email`);
+- a header value longer than :data:`MAX_PARSED_HEADER_CHARS` is cut to that length *before* the
+  standard library parses it (:class:`_BoundedPolicy`): its structured-header parser copies the
+  rest of the value at every token, so a 600,000-character From took 34 s of CPU to parse.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass, field
-from email import policy
+from email.policy import EmailPolicy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -28,6 +34,17 @@ from email.parser import BytesParser
 from bs4 import BeautifulSoup
 
 from opsgate.operations.common import invalid
+
+MAX_HEADER_CHARS = 255
+"""The most characters of one header value a prompt carries (From's display name and address,
+each To/Cc address, Date, a forwarded message's From and Subject): an RFC 5321 address fits in
+254, a date in about 40, so only a forged or broken header is cut. Subject has its own limit
+(``MAX_SUBJECT_CHARS``)."""
+HEADER_CUT_MARK = "[...]"
+MAX_PARSED_HEADER_CHARS = 16_384
+"""The most characters of one raw header value that are parsed (see the module docstring): far
+above any real header (RFC 5322 lines stop at 998 characters; 500 recipients fit), so only a
+forged header loses its tail."""
 
 IDENTITY_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "mime-version")
 _WESTERN = {"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252"}
@@ -73,6 +90,19 @@ class ParsedEmail:
     html_only: bool = False
 
 
+class _BoundedPolicy(EmailPolicy):
+    """``policy.default`` that parses at most :data:`MAX_PARSED_HEADER_CHARS` characters of a
+    header value (whatever the message part: the parser itself reads each part's Content-Type)."""
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        if isinstance(value, str) and len(value) > MAX_PARSED_HEADER_CHARS:
+            value = value[:MAX_PARSED_HEADER_CHARS]
+        return super().header_fetch_parse(name, value)
+
+
+_POLICY = _BoundedPolicy()
+
+
 def parse_email(raw: str) -> ParsedEmail:
     """Parse ``raw`` (the message as text; non-ASCII characters are taken as UTF-8 bytes).
 
@@ -80,7 +110,7 @@ def parse_email(raw: str) -> ParsedEmail:
     Cc, Subject, Date, Message-ID or MIME-Version: it is then not an RFC 822 / MIME message.
     """
     data = raw.encode("utf-8", "surrogateescape")
-    msg = BytesParser(policy=policy.default).parsebytes(data)
+    msg = BytesParser(policy=_POLICY).parsebytes(data)
     if not any(_header(msg, name) for name in IDENTITY_HEADERS):
         raise invalid(
             "the 'raw' field is not an RFC 822 message: no From, To, Cc, Subject, Date, "
@@ -108,6 +138,14 @@ def parse_email(raw: str) -> ParsedEmail:
         attachments=attachments,
         html_only=kinds == {"html"},
     )
+
+
+def clip_header(value: str) -> tuple[str, bool]:
+    """``value`` cut to at most :data:`MAX_HEADER_CHARS` characters, the last of them
+    :data:`HEADER_CUT_MARK` when it was cut, and whether it was. Stays on one line."""
+    if len(value) <= MAX_HEADER_CHARS:
+        return value, False
+    return value[: MAX_HEADER_CHARS - len(HEADER_CUT_MARK)] + HEADER_CUT_MARK, True
 
 
 def decode_text(payload: bytes, declared: str | None) -> str:
@@ -238,8 +276,8 @@ def _collect_forwarded(
     if not isinstance(inner, Message):
         attachments.append(_describe(part))
         return
-    sender = _header(inner, "from") or "unknown sender"
-    subject = _header(inner, "subject")
+    sender = clip_header(_header(inner, "from") or "unknown sender")[0]
+    subject = clip_header(_header(inner, "subject"))[0]
     texts.append(("plain", f"---------- Forwarded message from {sender}: {subject} ----------"))
     _collect(inner, texts, attachments)
 

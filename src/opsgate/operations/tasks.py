@@ -219,6 +219,7 @@ class TaskPrioritize(Operation):
 
     id = "task-prioritize"
     Input = PrioritizeInput
+    reads = ("ics", "tasks")
     ModelOutput = PrioritizeAnswer
     Output = PrioritizeOutput
     max_tokens = 3_000
@@ -327,6 +328,7 @@ class TaskBreakdown(Operation):
 
     id = "task-breakdown"
     Input = BreakdownInput
+    reads = ("ics", "tasks")
     ModelOutput = BreakdownAnswer
     Output = BreakdownOutput
     max_tokens = 1_500

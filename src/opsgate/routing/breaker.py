@@ -6,6 +6,10 @@
 - **half-open**: exactly one trial call at a time is admitted; concurrent callers are refused,
   not queued. Success closes the circuit; a provider fault re-opens it.
 
+A provider that asks for a longer wait than a route would take (a Retry-After beyond the route's
+``max_retry_wait_s``) is cooled down for exactly that long (:meth:`CircuitBreaker.cool_down`):
+open until then, half-open after, as after the breaker's own cooldown.
+
 A *provider fault* is any :class:`~opsgate.providers.errors.ProviderError` except
 :class:`InvalidRequest`, :class:`ContentFiltered`, :class:`ContextLengthExceeded` and
 :class:`ModelUnavailable` (a retired model, while the provider serves others), which say something
@@ -116,6 +120,17 @@ class CircuitBreaker:
         self._failures += 1
         if self._state is BreakerState.HALF_OPEN or self._failures >= self._threshold:
             self._open(now)
+        self._trial_in_flight = False
+
+    def cool_down(self, seconds: float) -> None:
+        """Refuse calls for ``seconds`` from now (the wait the provider asked for, when a route
+        would not take it): the circuit opens until then, or stays open longer if it already
+        was; then it half-opens as after :attr:`cooldown_s`. The failure streak is unchanged."""
+        until = self._clock.monotonic() + max(seconds, 0.0)
+        if self.state is BreakerState.OPEN and self._open_until >= until:
+            return
+        self._state = BreakerState.OPEN
+        self._open_until = until
         self._trial_in_flight = False
 
     def record_neutral(self) -> None:

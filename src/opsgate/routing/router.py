@@ -8,7 +8,9 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    to what is left of ``total_timeout_s``);
 3. after an error with ``retryable`` set (429 with a usable wait, 529, 500/502/503/504, timeouts,
    connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry; a wait longer
-   than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead;
+   than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead, and
+   a provider that asked for more than ``max_retry_wait_s`` is cooled down for the time it asked
+   for (:meth:`~opsgate.routing.breaker.CircuitBreaker.cool_down`), so later calls skip it;
 4. after any other error (400/401/402/403/422, spend-cap 429, ...) or exhausted retries, fall
    back to the next target only if ``error.fallback`` is set (auth, billing, spend cap, outages,
    a prompt beyond the target's context window), or the error is :class:`ContentFiltered` and the
@@ -232,6 +234,8 @@ class Router:
             result = await self._attempt(call, target, provider, breaker, remaining, waited)
             if isinstance(result, Completion):
                 return result
+            if result.retry_after is not None and result.retry_after > call.policy.max_retry_wait_s:
+                breaker.cool_down(result.retry_after)
             if failures == call.policy.max_attempts_per_target:
                 return result
             wait = retry_wait_s(result, failures, call.policy.max_retry_wait_s, self._rand)
