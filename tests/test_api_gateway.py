@@ -216,8 +216,8 @@ def test_invalid_model_output_gets_one_repair_then_a_typed_error(gateway, monkey
     router = gateway.runtime.gateway.router
     original = router.complete
 
-    async def bad_json(request, policy):
-        routed = await original(request, policy)
+    async def bad_json(request, policy, admit=None):
+        routed = await original(request, policy, admit)
         calls.append(request.user)
         object.__setattr__(routed, "completion", Completion(**{
             **{f: getattr(routed.completion, f) for f in routed.completion.__dataclass_fields__},

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from opsgate.metering.budgets import set_budget
+from opsgate.metering.budgets import budget_statuses, set_budget
 from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.errors import BudgetExceeded
-from opsgate.metering.models import ANY, budget_counters, budget_reservations
+from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters, budget_reservations
 from opsgate.metering.prices import PriceTable
 from opsgate.providers.base import CompletionRequest, Usage
 from opsgate.store.models import ai_operation_log
@@ -82,3 +82,62 @@ async def test_a_repaired_call_pays_for_both_answers(governed: GovernedGateway) 
         spent = conn.execute(select(budget_counters.c.spent_micro_usd, budget_counters.c.reserved_micro_usd)).one()
     assert tuple(logged) == (2 * one_answer, 400)
     assert tuple(spent) == (2 * one_answer, 0)
+
+
+async def test_a_repair_request_is_first_admitted_in_a_ledgered_extension(governed: GovernedGateway) -> None:
+    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    governed.provider.script = [{"category": "not a category"}]  # then a schema-valid answer
+    seen: list[list[str]] = []
+    governed.provider.on_send = lambda request: seen.append([k for k, _ in governed.entries()])
+    call = governed.call("email-classify", CLASSIFY)
+
+    outcome = await governed.gateway.govern(call)
+
+    assert seen == [["intent"], ["intent", "extend"]]  # the extension committed before the repair left
+    [(_, extension)] = [e for e in governed.entries(call.request_id) if e[0] == "extend"]
+    with governed.engine.connect() as conn:
+        attempts = conn.execute(select(ai_operation_attempts.c.billing, ai_operation_attempts.c.cost_micro_usd)
+                                .order_by(ai_operation_attempts.c.seq)).all()
+        held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalar_one()
+    assert held == extension["held_micro_usd"] > extension["extend_micro_usd"] > 0
+    assert [tuple(a) for a in attempts] == [("reported", outcome.cost_micro_usd // 2)] * 2
+
+
+async def test_a_402_on_an_extension_stops_the_call_and_settles_what_was_spent(
+    governed: GovernedGateway,
+) -> None:
+    first = await _first_worst_case(governed)
+    governed.provider.script = [{"category": "not a category"}]
+    call = governed.call("email-classify", CLASSIFY)
+    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=first + 1)  # the first request fits, the repair request cannot
+
+    with pytest.raises(BudgetExceeded):
+        await governed.gateway.govern(call)
+
+    assert len(governed.provider.requests) == 2  # the probe's and this call's first: nothing more
+    kinds = [k for k, _ in governed.entries(call.request_id)]
+    assert kinds == ["intent", "result"]
+    [(_, result)] = [e for e in governed.entries(call.request_id) if e[0] == "result"]
+    one_answer = cost_micro_usd(governed.provider.usage, PriceTable.load().price_for(FAKE_MODEL))
+    assert (result["error_code"], result["cost_micro_usd"]) == ("budget_exceeded", one_answer)
+    assert _counters(governed, "alice") == (one_answer, 0)
+
+
+def _counters(governed: GovernedGateway, user: str) -> tuple[int, int]:
+    """(spent, reserved) of ``user``'s day budget."""
+    [status] = [s for s in budget_statuses(governed.engine, governed.clock.now())
+                if s.budget.user_id == user]
+    return status.spent_micro_usd, status.reserved_micro_usd
+
+
+async def _first_worst_case(governed: GovernedGateway) -> int:
+    """The worst case the intent holds for CLASSIFY (measured with a budget that admits it)."""
+    set_budget(governed.engine, governed.clock, user_id="probe", operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    await governed.govern("email-classify", CLASSIFY, user="probe")
+    [(_, intent)] = [e for e in governed.entries() if e[0] == "intent"]
+    with governed.engine.connect() as conn:
+        return conn.execute(select(budget_reservations.c.worst_micro_usd).where(
+            budget_reservations.c.request_id == intent["request_id"])).scalar_one()

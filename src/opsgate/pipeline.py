@@ -8,13 +8,17 @@
   3 rate limit     (user) and (user, operation)                                 429
   4 validate       the operation's input schema           -> Prepared           422
     minimise       secrets -> placeholders, personal data -> pseudonyms (what is really sent)
-  5 reserve        worst-case tokens against token limits (429), worst-case cost
-                   against budgets, atomically                                  402
+  5 reserve        worst-case tokens against token limits (429), the worst case of the
+                   first request at the first target's price against budgets    402
   6 ledger intent  durable before any provider call, one transaction with 5     503
-  7 route          provider chain with retries, breaker, fallback; JSON repair
-  8 meter          usage -> micro-USD at the served model's price at the call's time
-  9 record         ledger result entry + ai_operation_log row (one CallRecord) + settlement,
-                  in one transaction
+  7 route          provider chain with retries, breaker, fallback; JSON repair. Each
+                   further request first extends the reservation, in a ledger
+                   ``extend`` entry, or stops the call                          402
+  8 meter          every request the provider may have billed: reported usage ->
+                   micro-USD at the served model's price, unknown usage -> that
+                   request's worst case (flagged)
+  9 record         ledger result entry + ai_operation_log row (one CallRecord) + one
+                  ai_operation_attempts row per billed request + settlement, in one transaction
  10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
 
 Each step runs in its own OpenTelemetry span when tracing is configured (:mod:`opsgate.tracing`).
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -37,21 +42,24 @@ from pydantic import BaseModel, ValidationError
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.ledger.writer import AppendedEntry, InTransaction, Ledger
+from opsgate.metering.attempts import ESTIMATED, INTERRUPTED, REPORTED, AttemptCharge, billing
 from opsgate.metering.cost import cost_micro_usd
+from opsgate.metering.models import ai_operation_attempts
 from opsgate.metering.prices import PRICE_FIELDS, ModelPrice, PriceBook, ResolvedPrice
 from opsgate.metering.reservations import Reservation
-from opsgate.metering.service import MeteringService, usage_unknown
+from opsgate.metering.service import MeteringService
 from opsgate.metering.tokenlimits import TokenHold
+from opsgate.metering.worstcase import attempt_worst_case_micro_usd
 from opsgate.operations import get_operation
 from opsgate.operations.base import Operation, Prepared, prepare_input
 from opsgate.operations.errors import InvalidModelOutput
 from opsgate.operations.privacy import CallPrivacy, PrivacyPolicy
 from opsgate.operations.repair import repair_request
-from opsgate.providers.base import Completion, Usage
+from opsgate.providers.base import Completion, CompletionRequest, Usage
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import DEFAULT_VARIANT, Variant, VariantBook, default_book
-from opsgate.routing.policy import RoutePolicy
-from opsgate.routing.router import Attempt, Router
+from opsgate.routing.policy import RoutePolicy, Target
+from opsgate.routing.router import Admit, Attempt, Router
 from opsgate.routing.served import MODEL_UNAVAILABLE, ModelWatch, substituted
 from opsgate.security.auth import Principal, TokenService
 from opsgate.store.models import ai_operation_log
@@ -174,16 +182,21 @@ class CallRecord:
 
 @dataclass(slots=True)
 class _Spend:
-    """The variant a call is served by, the completions paid for during the call (a repair
-    attempt adds a second one), and the worst-case tokens the call holds against the token rate
-    limits until it is recorded."""
+    """What one call sent and holds: the variant serving it, the completions it got (a repair
+    adds a second one), every attempt the router recorded, each request admitted with its worst
+    case in micro-USD (one per sent attempt, in order; the last may have no attempt when the call
+    broke off mid-request), the micro-USD its reservation holds so far, and the worst-case tokens
+    it holds against the token rate limits until it is recorded."""
 
     variant: Variant
     completions: list[Completion] = field(default_factory=list)
-    attempts: int = 0
+    attempts: list[Attempt] = field(default_factory=list)
+    admitted: list[tuple[Target, int]] = field(default_factory=list)
+    held_micro_usd: int = 0
     tokens: TokenHold | None = None
     prices: list[tuple[ResolvedPrice, str | None]] = field(default_factory=list)
     priced_at: datetime | None = None
+    charges: list[AttemptCharge] = field(default_factory=list)
 
 
 Intent = AppendedEntry[Reservation | None]
@@ -233,7 +246,7 @@ class Gateway:
         reserve = self.reserve(call, principal, op, prepared, variant)
         intent = await self.ledger_intent(call, principal, op, input_digest, reserve, privacy, spend)
         try:
-            output = await self.route(op, prepared, spend, privacy)
+            output = await self.route(call, op, prepared, spend, privacy, intent)
         except Exception as exc:
             await self.record_failure(call, principal, intent, spend, exc, started)
             raise
@@ -312,13 +325,15 @@ class Gateway:
     def reserve(
         self, call: Call, principal: Principal, op: Operation, prepared: Prepared, variant: Variant
     ) -> InTransaction[Reservation] | None:
-        """The work that reserves the worst-case cost against every applicable budget (402). It
-        commits inside the intent's transaction (step 6): a call is admitted and ledgered
-        atomically, and a refused call leaves no intent. ``None`` without metering."""
+        """The work that reserves the worst case of the first request (``prepared.request`` to
+        the first target the router will try, at its price) against every applicable budget
+        (402). It commits inside the intent's transaction (step 6): a call is admitted and
+        ledgered atomically, and a refused call leaves no intent. ``None`` without metering."""
         if self.metering is None:
             return None
+        first = self.router.chain(variant.policy)[0]
         return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
-                                        variant.targets())
+                                        _key(first))
 
     # 6 ------------------------------------------------------------------------------------------
     @step("ledger_intent")
@@ -349,7 +364,9 @@ class Gateway:
         try:
             if reserve is None:
                 return await self._ledger.append("intent", payload)
-            return await self._ledger.append("intent", payload, work=reserve)
+            intent = await self._ledger.append("intent", payload, work=reserve)
+            spend.held_micro_usd = intent.work_result.worst_micro_usd
+            return intent
         except BaseException:
             if self.metering is not None:
                 await self.metering.settle_tokens(spend.tokens, 0)
@@ -358,20 +375,22 @@ class Gateway:
     # 7 ------------------------------------------------------------------------------------------
     @step("route")
     async def route(
-        self, op: Operation, prepared: Prepared, spend: _Spend, privacy: CallPrivacy
+        self, call: Call, op: Operation, prepared: Prepared, spend: _Spend, privacy: CallPrivacy,
+        intent: Intent,
     ) -> BaseModel:
         """Send the request along the operation's provider chain, map the call's pseudonyms in
-        the answer back, and validate it.
+        the answer back, and validate it. Every request is first admitted (:meth:`admit`).
 
         An answer that does not match ``op.ModelOutput`` gets one repair request that quotes the
         validation errors; a second miss raises :class:`InvalidModelOutput`.
         """
         policy = spend.variant.policy
         request = prepared.request
+        admit = self.admit(call, spend, intent)
         for attempt in range(2):
-            routed = await self.router.complete(request, policy)
+            routed = await self.router.complete(request, policy, admit)
             spend.completions.append(routed.completion)
-            spend.attempts += len(routed.attempts)
+            spend.attempts += routed.attempts
             self.models.unavailable(op.id, _unavailable(routed.attempts))
             self.models.completed(op.id, routed.completion)
             try:
@@ -384,34 +403,90 @@ class Gateway:
             return op.finish(prepared, answer)
         raise AssertionError("unreachable")
 
+    def admit(self, call: Call, spend: _Spend, intent: Intent) -> Admit:
+        """The router's hook before each request leaves: its worst case at the target's price is
+        added to ``spend.admitted``; when what the call may already owe (:meth:`charges`) plus
+        that worst case is more than the reservation holds, the reservation is first extended by
+        the difference in a ledger ``extend`` entry, atomically on every budget, or the call
+        stops with :class:`BudgetExceeded` (402) and nothing more is sent."""
+
+        async def admit(target: Target, request: CompletionRequest, routing: Sequence[Attempt]) -> None:
+            worst = attempt_worst_case_micro_usd(request, _key(target), self._prices)
+            so_far = replace(spend, attempts=[*spend.attempts, *routing], prices=[])
+            owed = sum(c.cost_micro_usd for c in self.charges(so_far, self._clock.now()))
+            missing = owed + worst - spend.held_micro_usd
+            reservation = intent.work_result
+            if missing > 0 and reservation is not None and reservation.budgets and self.metering:
+                payload = {"request_id": call.request_id, "intent_seq": intent.seq,
+                           "target": _key(target), "extend_micro_usd": missing,
+                           "held_micro_usd": spend.held_micro_usd + missing}
+                await self._ledger.append("extend", payload,
+                                          work=self.metering.extend_in(reservation, missing))
+            spend.held_micro_usd = max(spend.held_micro_usd, owed + worst)
+            spend.admitted.append((target, worst))
+
+        return admit
+
     # 8 ------------------------------------------------------------------------------------------
     @step("meter")
     def meter(self, spend: _Spend) -> tuple[Usage, int]:
-        """Total usage and its cost in integer micro-USD over every completion paid for, each
-        priced by the model that served it at the call's time (see :meth:`price`)."""
-        usage, cost, now = Usage(), 0, self._clock.now()
+        """Total reported usage and the call's cost in integer micro-USD: the sum of
+        :meth:`charges` at the call's time (kept in ``spend.charges``)."""
+        now = self._clock.now()
         spend.priced_at = now
-        for c in spend.completions:
+        spend.charges = self.charges(spend, now, spend.prices)
+        usage = Usage()
+        for c in spend.charges:
             usage += c.usage
-            resolved, flag = self.price(spend.variant, c, now)
-            spend.prices.append((resolved, flag))
-            cost += cost_micro_usd(c.usage, resolved.price)
-        return usage, cost
+        return usage, sum(c.cost_micro_usd for c in spend.charges)
 
-    def price(self, variant: Variant, c: Completion, at: datetime) -> tuple[ResolvedPrice, str | None]:
-        """The price ``c`` pays: the served model's when the provider substituted another model;
-        when that model has no known price, the dearer, per token kind, of the requested model's
-        price and the dearest on the variant's chain (what the reservation held), flagged
+    def charges(
+        self, spend: _Spend, at: datetime, prices: list[tuple[ResolvedPrice, str | None]] | None = None,
+    ) -> list[AttemptCharge]:
+        """One :class:`AttemptCharge` per admitted request the provider may have billed (see
+        :mod:`opsgate.metering.attempts`): reported usage priced by :meth:`price` (appended to
+        ``prices`` when given), unknown usage at that request's worst case. ``admit`` passes
+        the attempts of the routing call in progress too. A request admitted
+        without a recorded attempt (the call broke off while it was in flight) is estimated."""
+        sent = [a for a in spend.attempts if a.sent]
+        found = []
+        for seq, (target, worst) in enumerate(spend.admitted):
+            a = sent[seq] if seq < len(sent) else None
+            if a is None:
+                found.append(AttemptCharge(seq, target.provider, target.model, None, INTERRUPTED,
+                                           ESTIMATED, Usage(), worst))
+                continue
+            how = billing(sent=True, outcome_kind=a.outcome_kind, http_status=a.http_status,
+                          reported=a.usage is not None)
+            if how == ESTIMATED:
+                found.append(AttemptCharge(seq, a.provider, a.model, None, a.outcome_kind,
+                                           ESTIMATED, Usage(), worst))
+            elif how == REPORTED and a.usage is not None:
+                resolved, flag = self.price(spend.variant, a.provider, a.model, a.served_model,
+                                            a.usage, at)
+                if prices is not None:
+                    prices.append((resolved, flag))
+                found.append(AttemptCharge(seq, a.provider, a.model, a.served_model, a.outcome_kind,
+                                           REPORTED, a.usage, cost_micro_usd(a.usage, resolved.price)))
+        return found
+
+    def price(
+        self, variant: Variant, provider: str, model: str, served_model: str | None, usage: Usage,
+        at: datetime,
+    ) -> tuple[ResolvedPrice, str | None]:
+        """The price ``usage`` of ``provider``/``model`` pays: the served model's when the provider
+        substituted another model; when that model has no known price, the dearer, per token kind,
+        of the requested model's price and the dearest on the variant's chain, flagged
         ``served_model_unpriced``. Raises UnknownModelPrice for an unpriced requested model."""
-        tokens = c.usage.total_tokens - c.usage.output_tokens
-        requested = self._prices.price_at(c.provider, c.model, at, tokens)
-        if not substituted(c.model, c.served_model):
+        tokens = usage.total_tokens - usage.output_tokens
+        requested = self._prices.price_at(provider, model, at, tokens)
+        if not substituted(model, served_model):
             return requested, None
-        served = self._prices.lookup(c.provider, c.served_model or c.model, at, tokens)
+        served = self._prices.lookup(provider, served_model or model, at, tokens)
         if served is not None:
             return served, None
         log.warning("%s/%s served by %s, which has no price: charged at the dearer price",
-                    c.provider, c.model, c.served_model)
+                    provider, model, served_model)
         chain = [self._prices.price_for(target) for target in variant.targets()]
         return replace(requested, price=_dearer(requested.price, *chain)), SERVED_MODEL_UNPRICED
 
@@ -429,7 +504,7 @@ class Gateway:
         """Append the ``result`` entry and the ``ai_operation_log`` row and settle the reservation,
         in one transaction; build the Outcome."""
         record = self._call_record(call, principal, intent, spend, started, error_code=None)
-        await self._write(record, intent, spend.tokens, unknown_usage=False)
+        await self._write(record, intent, spend)
         last = spend.completions[-1]
         return Outcome(
             request_id=call.request_id,
@@ -453,14 +528,14 @@ class Gateway:
         exc: Exception,
         started: float,
     ) -> None:
-        """Record a failed call (whatever was paid for is still metered) and settle its
-        reservation; usage the provider may have billed unseen is charged at the worst case."""
+        """Record a failed call (every request the provider may have billed is still metered)
+        and settle its reservation; usage billed unseen is charged at that request's worst case."""
         code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
-        attempts = getattr(exc, "attempts", ()) or ()
-        spend.attempts += len(attempts)
+        attempts = list(getattr(exc, "attempts", ()) or ())
+        spend.attempts += [a for a in attempts if isinstance(a, Attempt)]
         self.models.unavailable(call.operation, _unavailable(attempts))
         record = self._call_record(call, principal, intent, spend, started, error_code=code)
-        await self._write(record, intent, spend.tokens, unknown_usage=usage_unknown(exc))
+        await self._write(record, intent, spend)
 
     def _call_record(
         self,
@@ -485,7 +560,7 @@ class Gateway:
             provider=last.provider if last else None,
             model=last.model if last else None,
             served_model=(last.served_model or last.model) if last else None,
-            attempts=spend.attempts,
+            attempts=len(spend.attempts),
             latency_ms=(time.perf_counter() - started) * 1000,
             provider_latency_ms=sum(c.provider_latency_ms for c in spend.completions) or None,
             usage=usage,
@@ -497,21 +572,29 @@ class Gateway:
             repaired=len(spend.completions) > 1,
         )
 
-    async def _write(
-        self, record: CallRecord, intent: Intent, tokens: TokenHold | None, *, unknown_usage: bool
-    ) -> None:
-        """One transaction: the ``result`` entry, the log row and (with metering) the settlement;
+    async def _write(self, record: CallRecord, intent: Intent, spend: _Spend) -> None:
+        """One transaction: the ``result`` entry, the log row, one attempt row per billed request
+        and (with metering) the settlement, flagged when a request was charged its worst case;
         then the token hold settles to the billed tokens (kept at its worst case when usage is
         unknown) and overspend events go out."""
-        rows = [(ai_operation_log, record.log_row())]
+        rows: list[tuple[Any, dict[str, Any]]] = [(ai_operation_log, record.log_row())]
+        rows += [(ai_operation_attempts, c.row(record.request_id, record.created_at))
+                 for c in spend.charges]
         reservation = intent.work_result
         if reservation is None or self.metering is None:
             await self._ledger.append("result", record.ledger_payload(), rows)
             return
-        settle = self.metering.settle_in(reservation, record.cost_micro_usd, unknown_usage=unknown_usage)
+        estimated = any(c.billing == ESTIMATED for c in spend.charges)
+        settle = self.metering.settle_in(reservation, record.cost_micro_usd, unknown_usage=False,
+                                         estimated=estimated)
         result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
-        await self.metering.settle_tokens(tokens, None if unknown_usage else record.usage.total_tokens)
+        await self.metering.settle_tokens(spend.tokens, None if estimated else record.usage.total_tokens)
         await self.metering.settled(reservation, result.work_result)
+
+
+def _key(target: Target) -> str:
+    """``provider/model``: the price book's key of ``target``."""
+    return f"{target.provider}/{target.model}"
 
 
 def _unavailable(attempts: Any) -> list[tuple[str, str]]:

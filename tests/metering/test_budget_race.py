@@ -1,9 +1,9 @@
 """The $0-overspend race through the HTTP API against the provider sandboxes.
 
 Budget: the global daily budget is sized at 2.5 x the worst case the gateway reserves for the
-request (computed with the gateway's own :func:`call_worst_case_micro_usd`), so at most two calls
-fit. (The issue's example is $0.010 against $0.004 per call; the ratio is what matters, and the
-gateway's real worst case for this request is larger because it covers a repair request too.)
+request's first attempt (computed with the gateway's own :func:`attempt_worst_case_micro_usd`), so
+at most two calls fit. (The issue's example is $0.010 against $0.004 per call; the ratio is what
+matters.)
 
 1. Slow profile (every provider answer takes seconds, so all 200 requests overlap): exactly two
    are admitted, every other one is a 402 ``budget_exceeded``, the ledger holds an intent only for
@@ -12,6 +12,16 @@ gateway's real worst case for this request is larger because it covers a repair 
 2. No slow profile, 16 calls in flight at a time (calls finish and release while others
    arrive): a sampler reads the counters
    all along; spent + reserved never exceeds the limit at any sample.
+3. Calls that fall back and calls that need a repair (``malformed:anthropic``: every Claude
+   answer is cut after its 200, so each call falls back to DeepSeek; ``off-schema``: every other
+   DeepSeek answer misses the schema, so a repair request follows), each further request
+   extending the reservation first: the limit is never passed, and every µUSD spent is an
+   attempt row.
+4. Extensions refused at the edge: with a limit of six first-request worst cases plus less than
+   one fallback's, all 200 overlapping calls are admitted or refused at the intent (six
+   admitted); each admitted call's Claude answer is cut (charged its worst case), and its
+   fallback finds no room: 402 after the intent, nothing more sent, spent = exactly the six
+   worst cases, never above the limit.
 """
 
 from __future__ import annotations
@@ -32,11 +42,12 @@ from tests.stores import fresh_postgres
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.metering.budgets import set_budget
-from opsgate.metering.models import ANY, budget_counters
+from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters
 from opsgate.metering.prices import PriceBook
-from opsgate.metering.worstcase import call_worst_case_micro_usd
+from opsgate.metering.worstcase import attempt_worst_case_micro_usd
 from opsgate.operations import get_operation
 from opsgate.operations.io import input_from_file
+from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.routing.policy import policies_for
 from opsgate.security.auth import TokenService
 from opsgate.store.db import make_engine, upgrade
@@ -52,13 +63,14 @@ def _body() -> dict:
     return input_from_file(OP, next((REPO / "examples").glob(f"{OP}.*")), None)
 
 
-def gateway_worst_case(body: dict) -> int:
-    """What the gateway reserves for ``body``: the same function on the same inputs."""
+def gateway_worst_case(body: dict, target: int = 0) -> int:
+    """What the gateway holds for a request of ``body`` to the chain's ``target``-th model: the
+    same function on the same inputs (the prompt as really sent, after the privacy step)."""
     op = get_operation(OP)
-    request = op.prepare(op.Input.model_validate(body)).request
+    request = PrivacyPolicy().minimise(OP, op.prepare(op.Input.model_validate(body)).request)[0]
     chain = policies_for(Settings())[OP].chain
     book = PriceBook.from_settings(Settings())
-    return call_worst_case_micro_usd(request, [f"{t.provider}/{t.model}" for t in chain], book)
+    return attempt_worst_case_micro_usd(request, f"{chain[target].provider}/{chain[target].model}", book)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -110,10 +122,10 @@ class CounterSampler(threading.Thread):
         self.join()
 
 
-def _setup(url: str, tmp_path: Path) -> tuple[dict[str, str], str, int, dict]:
+def _setup(url: str, tmp_path: Path, limit: int | None = None) -> tuple[dict[str, str], str, int, dict]:
     secret = secrets.token_urlsafe(48)
     body = _body()
-    limit = gateway_worst_case(body) * 5 // 2
+    limit = limit if limit is not None else gateway_worst_case(body) * 5 // 2
     engine = make_engine(url)
     set_budget(engine, SystemClock(), user_id=ANY, operation=ANY, period="day", limit_micro_usd=limit)
     engine.dispose()
@@ -178,5 +190,80 @@ def test_released_reservations_never_let_spent_plus_reserved_pass_the_limit(
                 select(budget_counters.c.spent_micro_usd, budget_counters.c.reserved_micro_usd)
             ).one()
         assert reserved == 0 and spent == sum(r.json()["cost_micro_usd"] for r in ok) <= limit
+    finally:
+        engine.dispose()
+
+
+def _results(engine: Engine) -> list[dict]:
+    with engine.connect() as conn:
+        bodies = [json.loads(b) for b in conn.execute(select(ledger_entries.c.body)).scalars()]
+    return [b for b in bodies if b["kind"] in ("result", "extend")]
+
+
+def _attempts_by_call(engine: Engine) -> list[list[tuple[str, str]]]:
+    """Per call, its billed requests as (provider, billing), in order."""
+    a = ai_operation_attempts.c
+    calls: dict[str, list[tuple[str, str]]] = {}
+    with engine.connect() as conn:
+        for rid, provider, billing in conn.execute(select(a.request_id, a.provider, a.billing)
+                                                   .order_by(a.request_id, a.seq)):
+            calls.setdefault(rid, []).append((provider, billing))
+    return list(calls.values())
+
+
+def _counters(engine: Engine) -> tuple[int, int, int]:
+    """(spent, reserved, the sum of every attempt row's cost)."""
+    with engine.connect() as conn:
+        spent, reserved = conn.execute(
+            select(budget_counters.c.spent_micro_usd, budget_counters.c.reserved_micro_usd)).one()
+        rows = conn.execute(select(ai_operation_attempts.c.cost_micro_usd)).scalars().all()
+    return spent, reserved, sum(rows)
+
+
+def test_fallbacks_and_repairs_extend_their_reservations_and_never_pass_the_limit(
+    race_db: tuple[str, int], tmp_path: Path
+) -> None:
+    url, processes = race_db
+    env, token, limit, body = _setup(url, tmp_path, limit=gateway_worst_case(_body()) * 30)
+    env["OPSGATE_BREAKER_FAILURE_THRESHOLD"] = str(10 * REQUESTS)  # Claude stays in every chain
+    engine = make_engine(url)
+    sampler = CounterSampler(engine)
+    try:
+        with gateways(processes, env, tmp_path, faults="malformed:anthropic,off-schema") as urls:
+            sampler.start()
+            responses = asyncio.run(_fire(urls, token, body, 16))
+            sampler.stop()
+        statuses = {r.status_code for r in responses}
+        assert statuses <= {200, 402, 502} and 200 in statuses and 402 in statuses
+        assert any(e["kind"] == "extend" for e in _results(engine))
+        calls = _attempts_by_call(engine)
+        assert any(("anthropic", "estimated") in c and ("deepseek", "reported") in c for c in calls)  # fallbacks
+        assert any(c.count(("deepseek", "reported")) == 2 for c in calls)  # repairs
+        spent, reserved, attempts = _counters(engine)
+        assert reserved == 0 and spent == attempts <= limit
+        assert sampler.samples > 10 and sampler.peak <= limit
+    finally:
+        engine.dispose()
+
+
+def test_an_extension_without_room_stops_the_call_with_a_402_after_its_intent(
+    race_db: tuple[str, int], tmp_path: Path
+) -> None:
+    url, processes = race_db
+    first, fallback = gateway_worst_case(_body()), gateway_worst_case(_body(), 1)
+    limit = 6 * first + fallback // 2
+    env, token, limit, body = _setup(url, tmp_path, limit=limit)
+    engine = make_engine(url)
+    try:
+        with gateways(processes, env, tmp_path, faults=f"{SLOW},malformed:anthropic") as urls:
+            responses = asyncio.run(_fire(urls, token, body, REQUESTS))
+        assert {r.status_code for r in responses} == {402}
+        assert {r.json()["code"] for r in responses} == {"budget_exceeded"}
+        admitted = _intent_request_ids(engine)
+        results = [e for e in _results(engine) if e["kind"] == "result"]
+        assert len(admitted) == 6 and {e["request_id"] for e in results} == admitted
+        assert {(e["error_code"], e["cost_micro_usd"]) for e in results} == {("budget_exceeded", first)}
+        spent, reserved, attempts = _counters(engine)
+        assert (spent, reserved, attempts) == (6 * first, 0, 6 * first) and spent <= limit
     finally:
         engine.dispose()

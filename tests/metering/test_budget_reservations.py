@@ -14,7 +14,7 @@ from opsgate.errors import InvalidInput
 from opsgate.metering.budgets import budget_statuses, period_start, set_budget, usd_to_micro
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, budget_reservations
-from opsgate.metering.reservations import expire_reservations, reserve, settle
+from opsgate.metering.reservations import expire_reservations, extend, reserve, settle
 
 NOW = datetime(2026, 11, 30, 23, 59, 30, tzinfo=UTC)
 
@@ -147,3 +147,24 @@ def test_threads_racing_one_store_never_exceed_the_limit(store: Engine) -> None:
         t.join()
     assert (len(admitted), len(refused)) == (2, 14)
     assert _counters(store, clock)["global/day"] == (0, 8_000)
+
+
+def test_extend_holds_more_on_every_budget_all_or_nothing_and_settle_releases_it(store: Engine) -> None:
+    clock = ManualClock(NOW)
+    set_budget(store, clock, user_id=ANY, operation=ANY, period="month", limit_micro_usd=100_000)
+    set_budget(store, clock, user_id="alice", operation=ANY, period="day", limit_micro_usd=10_000)
+    r = _reserve(store, clock, "r1", 4_000)
+    with store.begin() as conn:
+        extend(conn, r, 5_000)
+    assert _counters(store, clock) == {"global/month": (0, 9_000), "user:alice/day": (0, 9_000)}
+    with pytest.raises(BudgetExceeded, match="user:alice"), store.begin() as conn:
+        extend(conn, r, 1_001)  # the day budget has 1,000 left: nothing is held anywhere
+    assert _counters(store, clock) == {"global/month": (0, 9_000), "user:alice/day": (0, 9_000)}
+    with store.connect() as conn:
+        held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalars().all()
+    assert held == [9_000, 9_000]
+    result = settle(store, clock, r, 4_500, unknown_usage=False, estimated=True)
+    assert (result.charged_micro_usd, result.state) == (4_500, "unknown_usage")
+    assert _counters(store, clock) == {"global/month": (4_500, 0), "user:alice/day": (4_500, 0)}
+    with pytest.raises(BudgetExceeded, match="no longer open"), store.begin() as conn:
+        extend(conn, r, 1)  # a settled (or expired) reservation cannot grow

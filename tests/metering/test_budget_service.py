@@ -23,17 +23,14 @@ from opsgate.metering.errors import BudgetUnavailable, PriceTableError
 from opsgate.metering.models import ANY
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
-from opsgate.metering.service import MeteringService, require_prices, usage_unknown
+from opsgate.metering.attempts import ESTIMATED, REPORTED, billing
+from opsgate.metering.service import MeteringService, require_prices
 from opsgate.metering.worstcase import (
     PROMPT_OVERHEAD_TOKENS,
-    REPAIR_NOTE_ALLOWANCE_BYTES,
-    call_worst_case_micro_usd,
+    attempt_worst_case_micro_usd,
     prompt_token_bound,
 )
 from opsgate.providers.base import CompletionRequest
-from opsgate.providers.errors import ProviderTimeout, RateLimited
-from opsgate.routing.errors import AllProvidersFailed
-from opsgate.routing.router import Attempt
 from opsgate.security.auth import TokenService
 from opsgate.store.db import make_engine, upgrade
 
@@ -47,14 +44,14 @@ def test_prompt_bound_counts_utf8_bytes_schema_and_overhead() -> None:
     assert prompt_token_bound(REQUEST) == 9 + len("héllo 世界".encode()) + schema + PROMPT_OVERHEAD_TOKENS
 
 
-def test_worst_case_is_answer_plus_repair_at_the_dearest_model() -> None:
+def test_an_attempts_worst_case_is_its_prompt_bound_and_max_tokens_at_its_models_price() -> None:
     prices = PriceTable.load()
     prompt = prompt_token_bound(REQUEST)
-    opus = prices.price_for("claude-opus-4-5")
-    expected = (worst_case_micro_usd(prompt, 100, opus)
-                + worst_case_micro_usd(prompt + REPAIR_NOTE_ALLOWANCE_BYTES, 100, opus))
-    chain = ["gemini-2.0-flash", "claude-opus-4-5", "deepseek-chat"]
-    assert call_worst_case_micro_usd(REQUEST, chain, prices) == expected
+    for model in ("gemini-2.0-flash", "claude-opus-4-5", "deepseek-chat"):
+        expected = worst_case_micro_usd(prompt, 100, prices.price_for(model))
+        assert attempt_worst_case_micro_usd(REQUEST, model, prices) == expected
+    assert attempt_worst_case_micro_usd(REQUEST, "claude-opus-4-5", prices) > \
+        attempt_worst_case_micro_usd(REQUEST, "deepseek-chat", prices)
 
 
 def test_every_routed_model_needs_a_price() -> None:
@@ -62,14 +59,15 @@ def test_every_routed_model_needs_a_price() -> None:
         require_prices(PriceTable.load(), ["claude-opus-4-5", "gpt-9"])
 
 
-def test_usage_is_unknown_after_a_timeout_but_not_after_a_429() -> None:
-    def failed(kind: str) -> AllProvidersFailed:
-        return AllProvidersFailed([Attempt("anthropic", "claude-opus-4-5", kind, None, 1.0, 0.0)],
-                                  None)
+def test_usage_is_unknown_after_a_timeout_or_an_unreadable_200_but_not_after_a_429() -> None:
+    def how(kind: str, status: int | None, *, sent: bool = True, reported: bool = False) -> str | None:
+        return billing(sent=sent, outcome_kind=kind, http_status=status, reported=reported)
 
-    assert usage_unknown(failed("timeout")) and not usage_unknown(failed("rate_limited"))
-    assert usage_unknown(RuntimeError("crash mid-call"))
-    assert not usage_unknown(RateLimited("anthropic")) and not usage_unknown(ProviderTimeout("x"))
+    assert how("timeout", None) == ESTIMATED and how("rate_limited", 429) is None
+    assert how("malformed_response", 200) == ESTIMATED and how("connection_failed", 200) == ESTIMATED
+    assert how("content_filtered", 200, reported=True) == REPORTED and how("ok", 200, reported=True) == REPORTED
+    assert how("overloaded", 529) is None and how("connection_failed", None) is None
+    assert how("circuit_open", None, sent=False) is None
 
 
 def _service(engine, clock, events: list[EnforcementFailure]) -> MeteringService:  # type: ignore[no-untyped-def]
@@ -90,7 +88,7 @@ async def test_a_failing_store_refuses_the_call_and_publishes_an_event(tmp_path:
     service = _service(engine, clock, events)
     ledger = Ledger(engine, clock)
     ledger.start()
-    reserve = service.reserve_in("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+    reserve = service.reserve_in("r1", "alice", "email-classify", REQUEST, "claude-opus-4-5")
     with pytest.raises(BudgetUnavailable) as info:
         await ledger.append("intent", {"request_id": "r1"}, work=reserve)
     ledger.close()
@@ -105,11 +103,11 @@ async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
     upgrade(url)
     engine, clock, events = make_engine(url), ManualClock(NOW), []
     service = _service(engine, clock, events)
-    worst = call_worst_case_micro_usd(REQUEST, ["claude-opus-4-5"], service.prices)
+    worst = attempt_worst_case_micro_usd(REQUEST, "claude-opus-4-5", service.prices)
     set_budget(engine, clock, user_id="alice", operation=ANY, period="month", limit_micro_usd=worst)
     ledger = Ledger(engine, clock)
     ledger.start()
-    reserve = service.reserve_in("r1", "alice", "email-classify", REQUEST, ["claude-opus-4-5"])
+    reserve = service.reserve_in("r1", "alice", "email-classify", REQUEST, "claude-opus-4-5")
     reservation = (await ledger.append("intent", {"request_id": "r1"}, work=reserve)).work_result
     settle = service.settle_in(reservation, worst + 1, unknown_usage=False)
     settlement = (await ledger.append("result", {"request_id": "r1"}, work=settle)).work_result

@@ -12,14 +12,14 @@ from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from opsgate.clock import SystemClock
+from opsgate.metering.attempts import REPORTED, AttemptCharge
 from opsgate.metering.cli import costs_app
 from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.invoices import InvoiceFormatError, parse_invoice
-from opsgate.metering.models import cost_reconciliations
+from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.reconcile import reconcile
 from opsgate.providers.base import Usage
-from opsgate.store.models import ai_operation_log
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "invoices"
 FILES = {"anthropic": "anthropic_cost_report.json", "deepseek": "deepseek_usage.csv",
@@ -28,23 +28,18 @@ CALLS = json.loads((VECTORS / "calls.json").read_text())
 
 
 def _track_calls(engine: Engine) -> None:
-    """Write the vector calls into ai_operation_log as the pipeline would (cost metered at call)."""
+    """Write the vector calls into ai_operation_attempts as the pipeline would (one billed request
+    per call, cost metered at call)."""
     prices = PriceTable.load()
     assert prices.version == CALLS["price_table_version"]
     rows = []
     for i, call in enumerate(CALLS["calls"]):
         usage = Usage(**call["usage"])
-        rows.append({
-            "request_id": f"req-{i}", "user_id": "alice", "operation": "email-classify",
-            "provider": call["provider"], "model": call["model"], "status": "ok", "attempts": 1,
-            "latency_ms": 1.0, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "cache_write_tokens": usage.cache_write_tokens + usage.cache_write_1h_tokens,
-            "cache_read_tokens": usage.cache_read_tokens, "reasoning_tokens": usage.reasoning_tokens,
-            "cost_micro_usd": cost_micro_usd(usage, prices.price_for(call["model"])),
-            "created_at": datetime.fromisoformat(call["at"]),
-        })
+        cost = cost_micro_usd(usage, prices.price_for(call["model"]))
+        charge = AttemptCharge(0, call["provider"], call["model"], None, "ok", REPORTED, usage, cost)
+        rows.append(charge.row(f"req-{i}", datetime.fromisoformat(call["at"])))
     with engine.begin() as conn:
-        conn.execute(ai_operation_log.insert(), rows)
+        conn.execute(ai_operation_attempts.insert(), rows)
 
 
 @pytest.mark.parametrize("provider", sorted(FILES))

@@ -340,7 +340,7 @@ def test_the_reservation_covers_the_prompt_really_sent(tmp_path: Path) -> None:
     from opsgate.metering.budgets import set_budget
     from opsgate.metering.models import budget_reservations
     from opsgate.metering.prices import PriceBook
-    from opsgate.metering.worstcase import call_worst_case_micro_usd
+    from opsgate.metering.worstcase import attempt_worst_case_micro_usd
     from opsgate.operations import OPERATIONS
     from opsgate.providers.base import CompletionRequest
     from opsgate.routing.policy import policies_for
@@ -362,7 +362,8 @@ def test_the_reservation_covers_the_prompt_really_sent(tmp_path: Path) -> None:
         json_schema=sent["tools"][0]["input_schema"], schema_name=sent["tools"][0]["name"])
     op = OPERATIONS["task-breakdown"]
     original = op.prepare(op.Input.model_validate(body)).request
-    models = [f"{t.provider}/{t.model}" for t in policies_for(gw.settings)["task-breakdown"].chain]
+    first = policies_for(gw.settings)["task-breakdown"].chain[0]
+    model = f"{first.provider}/{first.model}"  # the intent holds the first request at its price
     prices = PriceBook.from_settings(gw.settings, gw.runtime.clock.now)  # the gateway's own price book
-    assert held == call_worst_case_micro_usd(really_sent, models, prices)
-    assert held > call_worst_case_micro_usd(original, models, prices)
+    assert held == attempt_worst_case_micro_usd(really_sent, model, prices)
+    assert held > attempt_worst_case_micro_usd(original, model, prices)

@@ -125,6 +125,30 @@ def test_precedence() -> None:
     assert state.decide("gemini").outcome is Outcome.MALFORMED
 
 
+def test_per_provider_malformed_timeout_once_and_off_schema_sequences() -> None:
+    state = FaultState("malformed:anthropic,timeout-once:gemini,off-schema")
+    assert [state.decide("anthropic").outcome for _ in range(2)] == [Outcome.MALFORMED] * 2
+    assert [state.decide("gemini").outcome for _ in range(3)] == [
+        Outcome.HANG, Outcome.OFF_SCHEMA, Outcome.OK]
+    assert [state.decide("deepseek").outcome for _ in range(4)] == [
+        Outcome.OFF_SCHEMA, Outcome.OK, Outcome.OFF_SCHEMA, Outcome.OK]
+    with pytest.raises(FaultProfileError):
+        FaultProfile.parse("timeout-once:openai")
+
+
+def test_an_off_schema_answer_is_a_well_formed_empty_object(sandbox: SandboxThread) -> None:
+    sandbox.set_faults("off-schema")
+    url = sandbox.base_urls["deepseek"]
+    body = {**DEEPSEEK_BODY, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "r", "schema": {"type": "object", "properties": {"a": {"type": "integer"}},
+                                "required": ["a"]}}}}
+    first, second = (_HTTP.post(f"{url}/chat/completions", json=body,
+                                headers={"Authorization": "Bearer sk-test"}).json() for _ in range(2))
+    assert json.loads(first["choices"][0]["message"]["content"]) == {}
+    assert first["usage"]["completion_tokens"] > 0
+    assert set(json.loads(second["choices"][0]["message"]["content"])) == {"a"}  # schema-valid again
+
+
 # --- behaviour over HTTP ---------------------------------------------------------------------
 
 

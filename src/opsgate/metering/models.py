@@ -6,6 +6,11 @@
   ``reserved_micro_usd`` still held by open reservations. Updated only by conditional UPDATEs.
 - ``budget_reservations``: one row per (request, budget): the worst case held, the actual charge,
   the state (``open``, ``settled``, ``unknown_usage``, ``expired``) and when it expires.
+- ``ai_operation_attempts``: one row per provider request a call may have been billed for
+  (migration ``0009``): its provider, model, reported usage and cost, or, with ``billing`` =
+  ``estimated``, no usage and the request's worst case (a timeout, a cut or unreadable 200).
+  Reconciliation reads these rows, so an attempt is matched against the invoice of the provider
+  and model that served it.
 - ``cost_reconciliations``: one row per (run, UTC day, model) of an invoice reconciliation.
 
 Money is integer micro-USD; timestamps are timezone-aware UTC.
@@ -67,6 +72,26 @@ budget_reservations = Table(
 )
 Index("ix_budget_reservations_state_expires", budget_reservations.c.state,
       budget_reservations.c.expires_at)
+
+ai_operation_attempts = Table(
+    "ai_operation_attempts",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("provider", String(32), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("served_model", String(128)),
+    Column("outcome", String(32), nullable=False),
+    Column("billing", String(16), nullable=False),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("cache_write_tokens", Integer, nullable=False),
+    Column("cache_read_tokens", Integer, nullable=False),
+    Column("cost_micro_usd", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+Index("ix_ai_operation_attempts_provider_created", ai_operation_attempts.c.provider,
+      ai_operation_attempts.c.created_at)
 
 cost_reconciliations = Table(
     "cost_reconciliations",

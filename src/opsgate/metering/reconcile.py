@@ -1,8 +1,12 @@
-"""Cost reconciliation: tracked cost (``ai_operation_log``) against a provider's export, per UTC
-day and model.
+"""Cost reconciliation: tracked cost (``ai_operation_attempts``, one row per provider request a
+call may have been billed for) against a provider's export, per UTC day and model.
 
-For each (day, model) in either source: ``tracked`` (sum of ``cost_micro_usd`` of that provider's
-calls that day), ``invoiced`` (sum of the export's lines, rounded once, half up, to micro-USD),
+For each (day, model) in either source: ``tracked`` (the ``cost_micro_usd`` of that provider's
+requests that day: reported usage exactly, plus the part of the ``estimated`` requests' worst
+cases the invoice shows was billed, i.e. ``invoiced - reported`` clamped to ``[0, estimated]``:
+the usage of a timed-out or cut request is unknown, its worst case is only a bound, and the
+invoice is what reveals it; such a request can therefore hide a discrepancy no larger than its
+bound), ``invoiced`` (sum of the export's lines, rounded once, half up, to micro-USD),
 ``difference = invoiced - tracked`` and ``accuracy = 100 - |difference| / invoiced × 100`` (two
 decimals, half up, at least 0; 100.00 when both are 0, 0.00 when only the invoice is 0). A row whose
 ``|difference|`` is above :data:`THRESHOLD_PCT` of ``invoiced`` (or any tracked spend against a
@@ -21,9 +25,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import Engine, select
 
 from opsgate.clock import Clock
+from opsgate.metering.attempts import ESTIMATED
 from opsgate.metering.invoices import InvoiceLine
-from opsgate.metering.models import cost_reconciliations
-from opsgate.store.models import ai_operation_log
+from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
 
 THRESHOLD_PCT = Decimal(1)
 """The seed's alert threshold: a discrepancy above 1 % of the invoiced cost."""
@@ -63,36 +67,43 @@ def reconcile(
     for line in lines:
         invoiced[(line.day, line.model)] += line.cost_micro_usd
     days = {day for day, _ in invoiced}
-    tracked = _tracked(engine, provider, days)
+    reported, estimated = _tracked(engine, provider, days)
     rows = tuple(
-        _row(day, model, tracked.get((day, model), 0), invoiced.get((day, model), Decimal(0)))
-        for day, model in sorted(set(invoiced) | set(tracked))
+        _row(day, model, reported.get((day, model), 0), estimated.get((day, model), 0),
+             invoiced.get((day, model), Decimal(0)))
+        for day, model in sorted(set(invoiced) | set(reported) | set(estimated))
     )
     run = Reconciliation(uuid.uuid4().hex, rows)
     _store(engine, clock, provider, invoice_name, run)
     return run
 
 
-def _tracked(engine: Engine, provider: str, days: set[date]) -> dict[tuple[date, str], int]:
+Totals = dict[tuple[date, str], int]
+
+
+def _tracked(engine: Engine, provider: str, days: set[date]) -> tuple[Totals, Totals]:
+    """(reported, estimated) micro-USD per (day, model) of ``provider``'s requests on ``days``."""
+    reported: Totals = defaultdict(int)
+    estimated: Totals = defaultdict(int)
     if not days:
-        return {}
+        return reported, estimated
     start = datetime.combine(min(days), time(), UTC)
     end = datetime.combine(max(days) + timedelta(days=1), time(), UTC)
-    log = ai_operation_log.c
-    query = select(log.created_at, log.model, log.cost_micro_usd).where(
-        log.provider == provider, log.created_at >= start, log.created_at < end
+    a = ai_operation_attempts.c
+    query = select(a.created_at, a.model, a.billing, a.cost_micro_usd).where(
+        a.provider == provider, a.created_at >= start, a.created_at < end
     )
-    totals: dict[tuple[date, str], int] = defaultdict(int)
     with engine.connect() as conn:
-        for created_at, model, cost in conn.execute(query):
+        for created_at, model, billing, cost in conn.execute(query):
             day = created_at.date()
-            if day in days and model:
-                totals[(day, model)] += cost
-    return totals
+            if day in days:
+                (estimated if billing == ESTIMATED else reported)[(day, model)] += cost
+    return reported, estimated
 
 
-def _row(day: date, model: str, tracked: int, invoiced_exact: Decimal) -> ReconciledRow:
+def _row(day: date, model: str, reported: int, estimated: int, invoiced_exact: Decimal) -> ReconciledRow:
     invoiced = int(invoiced_exact.to_integral_value(rounding=ROUND_HALF_UP))
+    tracked = reported + min(max(invoiced - reported, 0), estimated)
     difference = invoiced - tracked
     if invoiced == 0:
         accuracy = Decimal(100) if tracked == 0 else Decimal(0)

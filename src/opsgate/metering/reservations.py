@@ -17,6 +17,11 @@ WHERE clause on the committed row, so two replicas can never both pass the check
 transaction's first statement is a write, which takes the database write lock (waiting up to the
 busy timeout) before anything is read.
 
+:func:`extend` (per attempt: a retry, a fallback or a repair request the first hold does not
+cover) runs the same conditional UPDATE for the extra amount on the counters the call's open rows
+hold, and grows those rows' ``worst_micro_usd``, all or nothing, in the caller's transaction (the
+ledger ``extend`` entry's): the same guarantees as the first hold.
+
 :func:`settle` moves one call from reserved to spent (``reserved -= worst; spent += actual``) in
 one transaction: one read of the call's rows, one update marking them all, and one update per
 counter that also returns whether the counter is now over its limit. :func:`expire_reservations` settles reservations nobody settled before their
@@ -72,6 +77,11 @@ _MARK = (  # every row of the request at once; amount NULL = each row's worst ca
     .where(_r.request_id == bindparam("rid"), _r.state.in_(bindparam("states", expanding=True)))
     .values(state=bindparam("new_state"), settled_at=bindparam("now"),
             actual_micro_usd=func.coalesce(bindparam("amount", type_=BigInteger), _r.worst_micro_usd))
+)
+_GROW = (
+    update(budget_reservations)
+    .where(_r.request_id == bindparam("rid"), _r.state == OPEN)
+    .values(worst_micro_usd=_r.worst_micro_usd + bindparam("amount"))
 )
 _APPLY = (  # and whether the counter's spend is now above its budget's limit
     update(budget_counters)
@@ -164,25 +174,54 @@ def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, worst_mi
             )
 
 
+def extend(conn: Connection, reservation: Reservation, amount: int) -> None:
+    """Hold ``amount`` more micro-USD for ``reservation``'s call on every budget it holds, inside
+    the caller's transaction, before a further request of the call leaves.
+
+    Raises :class:`BudgetExceeded` (402, naming the budget) when any of them has no room, or when
+    the reservation is no longer open (it expired); nothing is then held (savepoint). A call
+    that no budget applies to writes nothing.
+    """
+    if not reservation.budgets or amount <= 0:
+        return
+    _lock(conn)
+    rows = conn.execute(_ROWS, {"rid": reservation.request_id, "states": [OPEN]}).all()
+    if len(rows) != len(reservation.budgets):
+        raise BudgetExceeded("This call's budget reservation is no longer open (it expired)")
+    with conn.begin_nested():
+        for row, budget in zip(rows, reservation.budgets, strict=True):
+            if not _hold(conn, row.budget_id, row.period_start, amount):
+                raise BudgetExceeded(
+                    f"The {budget.period} budget of {budget.scope} has no room for this call's "
+                    f"next request (worst case {amount} micro-USD more)"
+                )
+        conn.execute(_GROW, {"rid": reservation.request_id, "amount": amount})
+
+
 def settle(
-    engine: Engine, clock: Clock, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
+    engine: Engine, clock: Clock, reservation: Reservation, actual_micro_usd: int, *,
+    unknown_usage: bool, estimated: bool = False,
 ) -> Settlement:
     """:func:`charge` in a transaction of its own."""
     with engine.begin() as conn:
-        return charge(conn, clock, reservation, actual_micro_usd, unknown_usage=unknown_usage)
+        return charge(conn, clock, reservation, actual_micro_usd, unknown_usage=unknown_usage,
+                      estimated=estimated)
 
 
 def charge(
-    conn: Connection, clock: Clock, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
+    conn: Connection, clock: Clock, reservation: Reservation, actual_micro_usd: int, *,
+    unknown_usage: bool, estimated: bool = False,
 ) -> Settlement:
     """Charge the call and release the rest of its reservation, inside the caller's transaction.
 
     ``actual_micro_usd`` is the metered cost. With ``unknown_usage`` (the provider may have billed
-    tokens we never saw: a timeout, a cut or unreadable answer) the call is charged
-    ``max(actual, worst)`` and its rows are flagged ``unknown_usage``.
+    tokens we never saw and the caller cannot say for which request) the call is charged
+    ``max(actual, worst)`` and its rows are flagged ``unknown_usage``. With ``estimated`` the
+    caller metered per attempt and ``actual`` already charges each attempt of unknown usage its
+    own worst case: it is charged as is, and the rows are flagged ``unknown_usage``.
     """
     charged = max(actual_micro_usd, reservation.worst_micro_usd) if unknown_usage else actual_micro_usd
-    state = UNKNOWN_USAGE if unknown_usage else SETTLED
+    state = UNKNOWN_USAGE if unknown_usage or estimated else SETTLED
     if not reservation.budgets:
         return Settlement(charged, state, ())
     _lock(conn)

@@ -19,7 +19,6 @@ from sqlalchemy import Connection, Engine
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
-from opsgate.errors import OpsgateError
 from opsgate.ledger.writer import InTransaction
 from opsgate.metering.enforcement import (
     ENFORCEMENT_ERROR,
@@ -35,27 +34,14 @@ from opsgate.metering.reservations import (
     Settlement,
     charge,
     expire_reservations,
+    extend,
     hold,
 )
 from opsgate.metering.tokenlimits import TokenHold
-from opsgate.metering.worstcase import call_worst_case_micro_usd, call_worst_case_tokens
+from opsgate.metering.worstcase import attempt_worst_case_micro_usd, call_worst_case_tokens
 from opsgate.providers.base import CompletionRequest
 
 log = logging.getLogger("opsgate.metering")
-
-BILLING_UNKNOWN_KINDS = frozenset({"timeout", "malformed_response", "empty_answer", "content_filtered"})
-"""Attempt outcomes after which the provider may have billed tokens we never saw: the request
-was sent and either no complete answer or an unusable 200 came back."""
-
-
-def usage_unknown(exc: BaseException) -> bool:
-    """Whether a failed call may have been billed for usage the gateway could not read: an
-    unexpected (non-Opsgate) error mid-call, or any attempt in :data:`BILLING_UNKNOWN_KINDS`."""
-    if not isinstance(exc, OpsgateError):
-        return True
-    attempts = getattr(exc, "attempts", None) or ()
-    return any(a.outcome_kind in BILLING_UNKNOWN_KINDS for a in attempts)
-
 
 class MeteringService:
     """Rate limits, budget reservations and settlements for one gateway process.
@@ -101,17 +87,18 @@ class MeteringService:
         user_id: str,
         operation: str,
         request: CompletionRequest,
-        models: Iterable[str],
+        model: str,
     ) -> InTransaction[Reservation]:
-        """Step 5: the work that reserves the worst case of ``request`` on ``models`` against every
-        applicable budget, to run inside the ledger intent's transaction
-        (``Ledger.append(..., work=reserve)``), so a call is admitted and ledgered atomically.
+        """Step 5: the work that reserves the worst case of the call's first request, ``request``
+        to ``model`` (a price key), against every applicable budget, to run inside the ledger
+        intent's transaction (``Ledger.append(..., work=reserve)``), so a call is admitted and
+        ledgered atomically. Further requests extend it (:meth:`extend_in`).
 
         The work returns the :class:`Reservation`; it raises :class:`BudgetExceeded` (402) or, when
         the store fails, :class:`BudgetUnavailable` (503) after an ``enforcement_error`` event is
         published on the caller's event loop. Call from the event loop.
         """
-        worst = call_worst_case_micro_usd(request, models, self.prices)
+        worst = attempt_worst_case_micro_usd(request, model, self.prices)
         loop = asyncio.get_running_loop()
 
         def reserve(conn: Connection) -> Reservation:
@@ -127,22 +114,46 @@ class MeteringService:
 
         return reserve
 
+    def extend_in(self, reservation: Reservation, amount_micro_usd: int) -> InTransaction[None]:
+        """Step 7, before a further request of the call leaves: the work that holds
+        ``amount_micro_usd`` more on every budget ``reservation`` holds, to run inside the ledger
+        ``extend`` entry's transaction (so the extension is ledgered before the request is sent).
+        Raises :class:`BudgetExceeded` (402) when one has no room, or :class:`BudgetUnavailable`
+        (503, after an ``enforcement_error`` event) when the store fails. Call from the event loop."""
+        loop = asyncio.get_running_loop()
+
+        def grow(conn: Connection) -> None:
+            try:
+                extend(conn, reservation, amount_micro_usd)
+            except BudgetExceeded:
+                raise
+            except Exception as exc:
+                loop.call_soon_threadsafe(self._publish, ENFORCEMENT_ERROR, reservation.operation,
+                                          f"extend failed: {type(exc).__name__}",
+                                          reservation.request_id)
+                raise BudgetUnavailable() from exc
+
+        return grow
+
     def settle_in(
-        self, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool
+        self, reservation: Reservation, actual_micro_usd: int, *, unknown_usage: bool,
+        estimated: bool = False,
     ) -> InTransaction[Settlement | None]:
         """Step 8: the work that charges the call and releases the rest of its reservation, to run
         inside the ``result`` entry's transaction. It never refuses the entry: a failure is rolled
         back to its own savepoint and returns ``None`` (the reservation then expires and is charged
-        its worst case); otherwise it returns the :class:`Settlement`. Call from the event loop."""
+        its worst case); otherwise it returns the :class:`Settlement`. ``unknown_usage`` and
+        ``estimated`` are :func:`~opsgate.metering.reservations.charge`'s. Call from the event loop."""
         loop = asyncio.get_running_loop()
 
         def settle(conn: Connection) -> Settlement | None:
             if not reservation.budgets:  # nothing was held: nothing to write
-                return charge(conn, self.clock, reservation, actual_micro_usd, unknown_usage=unknown_usage)
+                return charge(conn, self.clock, reservation, actual_micro_usd,
+                              unknown_usage=unknown_usage, estimated=estimated)
             try:
                 with conn.begin_nested():
                     return charge(conn, self.clock, reservation, actual_micro_usd,
-                                  unknown_usage=unknown_usage)
+                                  unknown_usage=unknown_usage, estimated=estimated)
             except Exception as exc:
                 loop.call_soon_threadsafe(
                     self._publish, ENFORCEMENT_ERROR, reservation.operation,

@@ -9,15 +9,15 @@ and turn markers; Anthropic's tool-use system prompt is at most 346 tokens per i
 pricing table). A ``bytes / 3`` estimate is *not* an upper bound (CJK text is ~1 token per
 3 bytes or worse, digits and symbols ~1 per byte), so it is not used.
 
-A call may pay for two completions: the answer and, if it did not match the schema, one repair
-request that repeats the prompt plus a note of at most about :data:`REPAIR_NOTE_ALLOWANCE_BYTES`.
-Each is priced at the dearest model of the routing chain (:func:`worst_case_micro_usd`); the
-token rate limits hold the same two completions in tokens (:func:`call_worst_case_tokens`).
+Money is reserved per attempt (:func:`attempt_worst_case_micro_usd`): the intent holds the first
+attempt at the first target's price, and every further request (a retry after an answer that may
+have been billed, a fallback to a dearer target, a schema-repair request, whose prompt is then
+known exactly) first extends the hold (see :mod:`opsgate.pipeline`). The token rate limits hold
+the answer and one repair request in tokens at admission (:func:`call_worst_case_tokens`), the
+repair's note bounded by :data:`REPAIR_NOTE_ALLOWANCE_BYTES`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import orjson
 
@@ -37,18 +37,12 @@ def prompt_token_bound(request: CompletionRequest) -> int:
     return size + PROMPT_OVERHEAD_TOKENS
 
 
-def call_worst_case_micro_usd(
-    request: CompletionRequest, models: Iterable[str], prices: PriceSource
-) -> int:
-    """The most a governed call of ``request`` can cost, in integer micro-USD: the answer and one
-    repair request, each at the dearest of ``models`` (the routing chain). Raises
+def attempt_worst_case_micro_usd(request: CompletionRequest, model: str, prices: PriceSource) -> int:
+    """The most one request of ``request`` to ``model`` (a ``prices`` key, ``provider/model`` for a
+    :class:`~opsgate.metering.prices.PriceBook`) can cost, in integer micro-USD rounded up: the
+    prompt bound plus ``max_tokens`` at the model's price. Raises
     :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
-    dearest = [prices.price_for(m) for m in models]
-    prompt = prompt_token_bound(request)
-    repair_prompt = prompt + REPAIR_NOTE_ALLOWANCE_BYTES
-    first = max(worst_case_micro_usd(prompt, request.max_tokens, p) for p in dearest)
-    repair = max(worst_case_micro_usd(repair_prompt, request.max_tokens, p) for p in dearest)
-    return first + repair
+    return worst_case_micro_usd(prompt_token_bound(request), request.max_tokens, prices.price_for(model))
 
 
 def call_worst_case_tokens(request: CompletionRequest) -> int:

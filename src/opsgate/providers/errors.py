@@ -13,11 +13,15 @@ Each class carries two policy flags:
 from __future__ import annotations
 
 from opsgate.errors import OpsgateError
+from opsgate.providers.base import Usage
 
 
 class ProviderError(OpsgateError):
     """A provider call failed. ``status`` here is the API status we answer with, ``http_status``
-    the provider's status (``None`` for transport failures); ``retry_after`` is in seconds."""
+    the provider's status (``None`` for transport failures); ``retry_after`` is in seconds.
+    ``usage`` is what the provider reported billing for an answer that could not be used (a
+    refusal or an unusable 200 that still carried its usage object), ``None`` when it reported
+    nothing; the adapters set it, the metering charges it."""
 
     code = "provider_unavailable"
     status = 503
@@ -39,6 +43,7 @@ class ProviderError(OpsgateError):
         self.http_status = http_status
         self.retry_after = retry_after
         self.provider_request_id = provider_request_id
+        self.usage: Usage | None = None
 
     @property
     def kind(self) -> str:

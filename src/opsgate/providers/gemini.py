@@ -38,6 +38,7 @@ from opsgate.providers.http import (
     optional_str,
     post_json,
     rejected,
+    reported_usage,
     require_key,
     safe_token,
     token_count,
@@ -111,7 +112,11 @@ class GeminiProvider:
         )
         if reply.status != 200:
             raise self._error(reply)
-        return self._completion(request, model, reply)
+        try:
+            return self._completion(request, model, reply)
+        except ProviderError as exc:  # an unusable 200 is still billed for what it reported
+            exc.usage = reported_usage(reply.body, "usageMetadata", self._usage)
+            raise
 
     def _model_id(self, model: str) -> str:
         model_id = model.removeprefix("models/")

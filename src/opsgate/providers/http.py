@@ -12,7 +12,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -23,6 +23,7 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from opsgate.providers.base import Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -139,7 +140,8 @@ async def post_json(
 
     Any HTTP status is returned, not raised. Raises :class:`ProviderTimeout` when the exchange
     (connect, send, headers and body) does not finish in time, :class:`ConnectionFailed` on
-    refused/reset connections, DNS and TLS failures or a cut body, and :class:`MalformedResponse`
+    refused/reset connections, DNS and TLS failures or a cut body (with ``http_status`` set when
+    the headers had arrived: the provider answered, and may bill), and :class:`MalformedResponse`
     when the body exceeds :data:`MAX_BODY_BYTES`. Details name only the failure class.
     """
     data = orjson.dumps(payload)
@@ -153,7 +155,11 @@ async def post_json(
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
         ) as response:
-            body = await _read_body(provider, response)
+            try:
+                body = await _read_body(provider, response)
+            except aiohttp.ClientError as exc:  # cut after the headers: the provider answered
+                raise ConnectionFailed(provider, f"answer cut ({type(exc).__name__})",
+                                       http_status=response.status) from exc
             latency_ms = (time.perf_counter() - started) * 1000.0
             return HttpReply(response.status, response.headers, body, latency_ms)
     except TimeoutError as exc:
@@ -194,6 +200,17 @@ def decode_object(provider: str, body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedResponse(provider, "response body is not a JSON object", http_status=200)
     return value
+
+
+def reported_usage(body: bytes, key: str, parse: Callable[[Any], Usage]) -> Usage | None:
+    """The usage object ``key`` of a 200 JSON ``body`` read with the adapter's ``parse``, for an
+    answer that could not be used but may have been billed; ``None`` when the body is not JSON or
+    carries no readable usage (the metering then charges the attempt's worst case)."""
+    try:
+        value = orjson.loads(body.strip())
+        return parse(value[key]) if isinstance(value, dict) and key in value else None
+    except (orjson.JSONDecodeError, ProviderError):
+        return None
 
 
 def safe_token(value: object) -> str | None:

@@ -42,6 +42,7 @@ from opsgate.providers.http import (
     optional_str,
     post_json,
     rejected,
+    reported_usage,
     require_key,
     retry_after_seconds,
     token_count,
@@ -144,7 +145,11 @@ class OpenAICompatProvider:
         )
         if reply.status != 200:
             raise self._error(reply)
-        return self._completion(request, model, reply)
+        try:
+            return self._completion(request, model, reply)
+        except ProviderError as exc:  # an unusable 200 is still billed for what it reported
+            exc.usage = reported_usage(reply.body, "usage", self._usage)
+            raise
 
     def _completion(self, request: CompletionRequest, model: str, reply: HttpReply) -> Completion:
         body = decode_object(self.name, reply.body)

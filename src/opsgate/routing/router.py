@@ -6,6 +6,9 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    its context window while another target has room (:mod:`opsgate.routing.windows`) (recorded);
 2. call it, up to ``max_attempts_per_target`` times, each attempt limited to ``timeout_s`` (and
    to what is left of ``total_timeout_s``);
+   Before each call the policy's ``admit`` hook (if any) runs with the target: the pipeline
+   extends the call's budget reservation there, and a refusal it raises stops the chain as is
+   (with ``error.attempts`` set), before that request leaves;
 3. after an error with ``retryable`` set (429 with a usable wait, 529, 500/502/503/504, timeouts,
    connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry; a wait longer
    than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead, and
@@ -33,11 +36,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from opsgate.clock import Clock
-from opsgate.providers.base import Completion, CompletionRequest, Provider
+from opsgate.errors import OpsgateError
+from opsgate.providers.base import Completion, CompletionRequest, Provider, Usage
 from opsgate.providers.errors import (
     ContentFiltered,
     ContextLengthExceeded,
@@ -63,6 +67,10 @@ OK = "ok"
 
 log = logging.getLogger("opsgate.routing")
 
+Admit = Callable[[Target, CompletionRequest, "Sequence[Attempt]"], Awaitable[None]]
+"""Runs before each request leaves, with the target, the request and this routing call's attempts
+so far; raises an :class:`OpsgateError` to stop the call there."""
+
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
@@ -72,7 +80,11 @@ class Attempt:
     ``circuit_open``, ``not_configured``, ``deadline_exceeded``, ``context_window``);
     ``http_status`` the provider's status (200 on success, None without an HTTP answer);
     ``latency_ms`` the call's duration on the router's clock; ``waited_s`` the wait taken before
-    this attempt, in seconds."""
+    this attempt, in seconds. ``sent`` is True when the request went to the provider (False for
+    skips); ``usage`` what the provider reported for it (the completion's, or an unusable
+    answer's), ``None`` when it reported none; ``served_model`` the model the provider said
+    answered (successes only). These three are details of the attempt and take no part in
+    comparing attempts."""
 
     provider: str
     model: str
@@ -80,6 +92,9 @@ class Attempt:
     http_status: int | None
     latency_ms: float
     waited_s: float
+    sent: bool = field(default=False, compare=False)
+    usage: Usage | None = field(default=None, compare=False)
+    served_model: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +112,7 @@ class _Call:
     request: CompletionRequest
     policy: RoutePolicy
     deadline: float
+    admit: Admit | None = None
     attempts: list[Attempt] = field(default_factory=list)
     too_small: set[Target] = field(default_factory=set)
 
@@ -186,22 +202,30 @@ class Router:
         breaker.record_success()
         return True
 
-    async def complete(self, request: CompletionRequest, policy: RoutePolicy) -> Routed:
+    async def complete(
+        self, request: CompletionRequest, policy: RoutePolicy, admit: Admit | None = None
+    ) -> Routed:
         """Serve ``request`` along ``policy.chain``; see the module docstring for the rules.
+        ``admit(target, request, attempts)`` runs before every request that leaves (see step 2).
 
         Returns :class:`Routed`. Raises :class:`ContentFiltered` or :class:`InvalidRequest` (with
         ``.attempts``) when they may not fall back, :class:`InputTooLarge` when every target
-        refused the prompt's length, else :class:`AllProvidersFailed`.
+        refused the prompt's length, the :class:`OpsgateError` ``admit`` raised (with
+        ``.attempts``), else :class:`AllProvidersFailed`.
         """
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
         chain = self.chain(policy)
-        call = _Call(request, policy, deadline)
+        call = _Call(request, policy, deadline, admit)
         if self._windows is not None:
             call.too_small = self._windows.too_small(request, chain)
         failures: list[ProviderError] = []
         for target in chain:
-            result = await self._try_target(call, target)
+            try:
+                result = await self._try_target(call, target)
+            except OpsgateError as refused:  # from admit: nothing more is sent
+                refused.attempts = call.attempts  # type: ignore[attr-defined]  # read back by the pipeline's getattr
+                raise
             if isinstance(result, Completion):
                 return Routed(result, call.attempts)
             failures.append(result)
@@ -256,6 +280,12 @@ class Router:
     ) -> Completion | ProviderError:
         """One call to ``provider``, reported to its breaker and recorded in ``call.attempts``."""
         timeout = min(call.policy.timeout_s, remaining)
+        if call.admit is not None:
+            try:
+                await call.admit(target, call.request, call.attempts)
+            except BaseException:
+                breaker.record_neutral()
+                raise
         started = self._clock.monotonic()
         try:
             async with asyncio.timeout(timeout):
@@ -270,15 +300,17 @@ class Router:
             raise
         else:
             breaker.record_success()
-            self._record(call, target, OK, 200, started, waited)
+            self._record(call, target, OK, 200, started, waited,
+                         sent=True, usage=completion.usage, served_model=completion.served_model)
             return completion
         breaker.record_failure(error)
-        self._record(call, target, error.kind, error.http_status, started, waited)
+        self._record(call, target, error.kind, error.http_status, started, waited,
+                     sent=True, usage=error.usage)
         log_provider_error(target, error)
         return error
 
     def _skip(self, call: _Call, target: Target, error: ProviderError) -> ProviderError:
-        self._record(call, target, error.kind, None, self._clock.monotonic(), 0.0)
+        self._record(call, target, error.kind, None, self._clock.monotonic(), 0.0, sent=False)
         return error
 
     def _record(
@@ -289,9 +321,14 @@ class Router:
         status: int | None,
         started: float,
         waited: float,
+        *,
+        sent: bool,
+        usage: Usage | None = None,
+        served_model: str | None = None,
     ) -> None:
         latency_ms = (self._clock.monotonic() - started) * 1000
-        attempt = Attempt(target.provider, target.model, kind, status, latency_ms, waited)
+        attempt = Attempt(target.provider, target.model, kind, status, latency_ms, waited,
+                          sent, usage, served_model)
         call.attempts.append(attempt)
         if self._observer is not None:
             self._observer(attempt)

@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from opsgate.sandbox.faults import Outcome
-from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
+from opsgate.sandbox.instance import UnsupportedSchemaError, answer_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
 from opsgate.sandbox.models import served_model
 from opsgate.sandbox.sse import send_event, start_sse
@@ -109,7 +109,8 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     if decision.outcome is Outcome.POLICY_REFUSED:
         return _error(400, request_id, state, "Output blocked by content filtering policy")
     try:
-        message = _message(parsed, state, refusal=decision.outcome is Outcome.SAFETY_BLOCKED)
+        message = _message(parsed, state, refusal=decision.outcome is Outcome.SAFETY_BLOCKED,
+                           off_schema=decision.outcome is Outcome.OFF_SCHEMA)
     except UnsupportedSchemaError as exc:
         return _error(400, request_id, state, f"input_schema: {exc}")
     message["model"] = served
@@ -188,12 +189,12 @@ def _forced_tool(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any] | N
     raise _InvalidRequest(f"tool_choice: tool {choice.get('name')!r} is not in tools")
 
 
-def _message(req: _Request, state: SandboxState, *, refusal: bool) -> dict[str, Any]:
+def _message(req: _Request, state: SandboxState, *, refusal: bool, off_schema: bool) -> dict[str, Any]:
     content: list[dict[str, Any]]
     if refusal:
         content, stop_reason, output = [], "refusal", ""
     elif req.tool is not None:
-        tool_input = instance_for(req.tool.get("input_schema") or {"type": "object"})
+        tool_input = answer_for(req.tool.get("input_schema") or {"type": "object"}, off_schema=off_schema)
         output = json.dumps(tool_input)
         content = [
             {

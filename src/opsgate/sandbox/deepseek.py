@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from opsgate.sandbox.faults import Outcome
-from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
+from opsgate.sandbox.instance import UnsupportedSchemaError, answer_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
 from opsgate.sandbox.models import served_model
 from opsgate.sandbox.sse import send_event, start_sse
@@ -117,7 +117,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if decision.outcome is Outcome.POLICY_REFUSED:
         return _error(400, "Content Exists Risk")
     try:
-        completion = _completion(parsed, state, filtered=decision.outcome is Outcome.SAFETY_BLOCKED)
+        completion = _completion(parsed, state, filtered=decision.outcome is Outcome.SAFETY_BLOCKED,
+                                 off_schema=decision.outcome is Outcome.OFF_SCHEMA)
     except UnsupportedSchemaError as exc:
         return _error(400, f"Invalid response_format schema: {exc}")
     completion["model"] = served
@@ -193,11 +194,11 @@ def _is_schema(value: dict[str, Any]) -> bool:
     return bool(_SCHEMA_KEYWORDS & value.keys()) or value.get("type") in _JSON_TYPES
 
 
-def _completion(req: _Request, state: SandboxState, *, filtered: bool) -> dict[str, Any]:
+def _completion(req: _Request, state: SandboxState, *, filtered: bool, off_schema: bool) -> dict[str, Any]:
     if filtered:
         content, finish = "", "content_filter"
     elif req.schema is not None:
-        content, finish = json.dumps(instance_for(req.schema)), "stop"
+        content, finish = json.dumps(answer_for(req.schema, off_schema=off_schema)), "stop"
     else:
         full = reply_text(req.model, req.last_user)
         content = truncate_to_tokens(full, req.max_tokens) if req.max_tokens else full

@@ -16,7 +16,10 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
   by a counter: request ``n`` (from 0) fails when ``(n + 1) * pct // 100 > n * pct // 100``.
 - ``malformed``: 200 answers that cannot be used, cycling per provider through: JSON cut in half,
   JSON lacking the required fields, an empty body (for streams: a broken ``data:`` line, a stream
-  cut before its final event, an empty stream).
+  cut before its final event, an empty stream). ``malformed:<provider>``: only that provider's.
+- ``off-schema``: per provider, request 1, 3, 5, ... (every other, starting with the first)
+  answers a well-formed 200 whose JSON object is ``{}``, which misses the requested schema (what
+  makes the gateway send a schema-repair request); the next one answers normally.
 - ``safety-blocked``: Anthropic ``stop_reason: "refusal"``, DeepSeek ``finish_reason:
   "content_filter"``, Gemini ``promptFeedback.blockReason: "SAFETY"`` with no candidates.
 - ``policy:<provider>``: that provider refuses the content on policy grounds in its other form:
@@ -30,14 +33,16 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
   ``INVALID_ARGUMENT`` "The input token count (N) exceeds the maximum number of tokens allowed
   (M).". Checked before any other part, as the real APIs validate before serving.
 - ``timeout``: the request hangs for :data:`HANG_SECONDS` (longer than any client timeout); the
-  waiting handler is an ordinary cancellable ``asyncio.sleep``.
+  waiting handler is an ordinary cancellable ``asyncio.sleep``. ``timeout-once:<provider>``: only
+  the first request to that provider hangs (a retry then succeeds).
 - ``retired:<provider>:<model>``: that provider answers requests for ``model`` with its own
   "model not found" 404 (as for a retired model).
 - ``substitute:<provider>:<model>``: that provider reports ``model`` as the model that served
   every request (as when a provider reroutes an alias or a retired model).
 
-Where several parts apply to one request, the first of timeout, status, outage, ratelimit, errors,
-policy, flaky, malformed, safety-blocked wins; ``slow`` latency is added in every case. Providers are
+Where several parts apply to one request, the first of timeout, timeout-once, status, outage,
+ratelimit, errors, policy, flaky, malformed, safety-blocked, off-schema wins; ``slow`` latency is
+added in every case. Providers are
 ``anthropic``, ``deepseek``, ``gemini``.
 """
 
@@ -73,6 +78,7 @@ class Outcome(StrEnum):
     MALFORMED = "malformed"
     SAFETY_BLOCKED = "safety_blocked"
     POLICY_REFUSED = "policy_refused"
+    OFF_SCHEMA = "off_schema"
     HANG = "hang"
 
 
@@ -118,7 +124,10 @@ class FaultProfile:
     flaky: bool = False
     malformed: bool = False
     safety_blocked: bool = False
+    off_schema: bool = False
     timeout: bool = False
+    malformed_for: frozenset[str] = frozenset()
+    timeout_once: frozenset[str] = frozenset()
     outage: frozenset[str] = frozenset()
     ratelimit: frozenset[str] = frozenset()
     status: dict[str, int] = field(default_factory=dict)
@@ -147,6 +156,8 @@ class FaultProfile:
         substitute: dict[str, str] = {}
         policy: set[str] = set()
         context: dict[str, int] = {}
+        malformed_for: set[str] = set()
+        timeout_once: set[str] = set()
         for part in parts:
             name, _, arg = part.partition(":")
             if name == "none" and not arg:
@@ -157,6 +168,12 @@ class FaultProfile:
                 fields[name] = True
             elif name == "safety-blocked" and not arg:
                 fields["safety_blocked"] = True
+            elif name == "off-schema" and not arg:
+                fields["off_schema"] = True
+            elif name == "malformed":
+                malformed_for.add(_provider(arg))
+            elif name == "timeout-once":
+                timeout_once.add(_provider(arg))
             elif name == "outage":
                 outage.add(_provider(arg))
             elif name == "ratelimit":
@@ -189,6 +206,8 @@ class FaultProfile:
             substitute=substitute,
             policy=frozenset(policy),
             context=context,
+            malformed_for=frozenset(malformed_for),
+            timeout_once=frozenset(timeout_once),
         )
 
 
@@ -227,6 +246,8 @@ class FaultState:
     def _outcome(self, p: FaultProfile, provider: str) -> tuple[Outcome, int | None, int]:
         if p.timeout:
             return Outcome.HANG, None, 0
+        if provider in p.timeout_once and self._next(provider, "timeout-once") == 0:
+            return Outcome.HANG, None, 0
         if provider in p.status:
             return Outcome.STATUS, p.status[provider], 0
         if provider in p.outage:
@@ -244,10 +265,12 @@ class FaultState:
             if n % FLAKY_PERIOD == 1:
                 kind = Outcome.RATE_LIMITED if (n // FLAKY_PERIOD) % 2 == 0 else Outcome.OVERLOADED
                 return kind, None, 0
-        if p.malformed:
+        if p.malformed or provider in p.malformed_for:
             return Outcome.MALFORMED, None, self._next(provider, "malformed") % MALFORMED_VARIANTS
         if p.safety_blocked:
             return Outcome.SAFETY_BLOCKED, None, 0
+        if p.off_schema and self._next(provider, "off-schema") % 2 == 0:
+            return Outcome.OFF_SCHEMA, None, 0
         return Outcome.OK, None, 0
 
     def _next(self, provider: str, key: str) -> int:

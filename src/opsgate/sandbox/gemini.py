@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from opsgate.sandbox.faults import Outcome
-from opsgate.sandbox.instance import UnsupportedSchemaError, instance_for
+from opsgate.sandbox.instance import UnsupportedSchemaError, answer_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
 from opsgate.sandbox.models import served_model
 from opsgate.sandbox.sse import send_event, start_sse
@@ -123,7 +123,8 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     if decision.outcome is Outcome.POLICY_REFUSED:
         return web.json_response(_blocked_answer(parsed, state, served))
     try:
-        answer = _answer(parsed, state, blocked=decision.outcome is Outcome.SAFETY_BLOCKED)
+        answer = _answer(parsed, state, blocked=decision.outcome is Outcome.SAFETY_BLOCKED,
+                         off_schema=decision.outcome is Outcome.OFF_SCHEMA)
         answer["modelVersion"] = served
     except UnsupportedSchemaError as exc:
         return _error(400, f"Invalid JSON payload: response schema: {exc}")
@@ -199,7 +200,7 @@ def _text(content: Any) -> str:
     return "\n".join(str(p.get("text", "")) for p in parts or [] if isinstance(p, dict))
 
 
-def _answer(req: _Request, state: SandboxState, *, blocked: bool) -> dict[str, Any]:
+def _answer(req: _Request, state: SandboxState, *, blocked: bool, off_schema: bool) -> dict[str, Any]:
     ids = {"modelVersion": req.model, "responseId": state.next_id()}
     prompt_tokens = count_tokens(req.prompt)
     if blocked:
@@ -213,7 +214,7 @@ def _answer(req: _Request, state: SandboxState, *, blocked: bool) -> dict[str, A
             **ids,
         }
     if req.json_mode:
-        text, finish = json.dumps(instance_for(req.schema or {"type": "object"})), "STOP"
+        text, finish = json.dumps(answer_for(req.schema or {"type": "object"}, off_schema=off_schema)), "STOP"
     else:
         full = reply_text(req.model, req.last_user)
         text = truncate_to_tokens(full, req.max_tokens) if req.max_tokens else full

@@ -62,6 +62,12 @@ def instance_for(schema: dict[str, Any] | bool) -> Any:
     return _Builder(schema).build(schema, 0)
 
 
+def answer_for(schema: dict[str, Any] | bool, *, off_schema: bool) -> Any:
+    """:func:`instance_for` ``schema``, or ``{}`` with ``off_schema`` (the ``off-schema`` fault: a
+    well-formed JSON object that misses the schema's required fields)."""
+    return {} if off_schema else instance_for(schema)
+
+
 class _Builder:
     def __init__(self, root: dict[str, Any] | bool) -> None:
         self._root = root
