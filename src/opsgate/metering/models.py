@@ -7,7 +7,7 @@
 - ``budget_reservations``: one row per (request, budget): the worst case held, the actual charge,
   the state (``open``, ``settled``, ``unknown_usage``, ``expired``) and when it expires.
 - ``ai_operation_attempts``: one row per provider request a call may have been billed for
-  (migration ``0009``): its provider, model, reported usage and cost, or, with ``billing`` =
+  (migration ``0010``): its provider, model, reported usage and cost, or, with ``billing`` =
   ``estimated``, no usage and the request's worst case (a timeout, a cut or unreadable 200).
   Reconciliation reads these rows, so an attempt is matched against the invoice of the provider
   and model that served it.

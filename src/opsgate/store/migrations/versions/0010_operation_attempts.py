@@ -3,14 +3,14 @@
 Existing calls are copied in as one attempt each (the provider and model the log row names, its
 usage and cost, billing ``reported``), so reconciliation reads one table for old and new calls.
 
-Revision ID: 0009
+Revision ID: 0010
 Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
+revision = "0010"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
