@@ -163,8 +163,8 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{ports['upstream']}/")
         wait_http(f"http://127.0.0.1:{ports['portkey']}/")
-        for path in PATHS[2:]:
-            wait_http(f"http://127.0.0.1:{ports[path]}/healthz")
+        for path in PATHS[2:]:  # several workers starting on a loaded machine take their time
+            wait_http(f"http://127.0.0.1:{ports[path]}/healthz", timeout_s=240)
         jwt_secret = envs["governed"]["OPSGATE_JWT_SECRET"]
         _run(args, _targets(ports, op.id, payload, request, jwt_secret))
     finally:
