@@ -160,3 +160,12 @@ def test_redaction_reaches_a_fixed_point_when_one_secret_hides_another() -> None
     glued = "AKIA" + "A" * 16 + "sk-" + "a" * 24  # found by hypothesis: one pass left the sk- key
     once = sanitize(glued)
     assert "sk-" not in once and sanitize(once) == once
+
+
+def test_a_value_is_never_cut_inside_a_redaction_token() -> None:
+    # found by hypothesis: the bare value of the non-sensitive name ``orgtoken`` stopped before the
+    # ``]`` of the token redacted inside it, so every pass wrapped the token in one more ``]``
+    sanitizer = Sanitizer(b"p" * 32)
+    once = sanitizer.sanitize("orgtoken: password=ana@example.org")
+    assert once == "orgtoken: password=" + sanitizer.token("field", "ana@example.org")
+    assert sanitizer.sanitize(once) == once

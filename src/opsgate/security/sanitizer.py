@@ -111,8 +111,11 @@ replacer decides with :func:`is_sensitive_name`)."""
 _VALUE = (
     rf"(?:{_DONE}"
     r"|\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
-    r"|(?:(?:Bearer|Basic|Token|Digest)\s+)?[^\s,;&}\]\)\"']+)"
+    rf"|(?:(?:Bearer|Basic|Token|Digest)\s+)?(?:{_DONE}|[^\s,;&}}\]\)\"'])+)"
 )
+"""A field's value: a redaction token or placeholder, a quoted string, or a bare run of characters
+(a token inside a bare run is taken whole, so a value is never cut inside a token's brackets:
+that made ``orgtoken: password=…`` grow one ``]`` per pass)."""
 
 
 class _Rule:
