@@ -1,24 +1,28 @@
 """Sanitizer throughput on a realistic log corpus, beside a plain ``str.replace`` baseline.
 
-Run: ``.venv/bin/python bench/sanitizer.py [--mb 8]``. Goal (issue 6): >= 20 MB/s.
+Run: ``./dev bench sanitizer [--mb 8] [--held 8]``. Goal (issues 6 and 14): >= 20 MB/s.
 
 The corpus is what a gateway writes: JSON log lines (ISO timestamps, request ids, UUIDs, operation
 ids, token counts, micro-USD costs, latencies), uvicorn access lines, httpx request lines, provider
 error warnings, and about 2 % of lines that carry a secret or personal data (keys of each provider's
 shape, bearer headers, emails, phone numbers, cards, IBANs) plus header blocks of the real emails in
-``../shared/data/emails``. The baseline replaces one literal (``str.replace``) over the same text: the
-floor any pass over the bytes costs in Python.
+``../shared/data/emails``. The process holds ``--held`` random secrets, as a deployment holds its
+settings secrets and provider keys. The baseline replaces one literal (``str.replace``) over the
+same text in the same run: the floor any pass over the bytes costs in Python, and the ratio to it
+stays meaningful when other processes share the cores. Speeds are given in wall-clock and in CPU
+seconds (``time.process_time``); the goal is judged on CPU seconds, which load distorts least.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import secrets
 import time
 from pathlib import Path
 
-from opsgate.security.sanitizer import sanitize
+from opsgate.security.sanitizer import hold_secret, sanitize
 
 EMAILS = Path(__file__).resolve().parents[1] / "tests" / "data" / "shared" / "emails"
 OPERATIONS = ("email-compose", "email-classify", "calendar-prep", "task-prioritize", "analytics-summary")
@@ -119,21 +123,32 @@ def mb_per_s(fn, text: str, timer=time.perf_counter) -> float:  # type: ignore[n
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=8.0, help="corpus size in MB")
+    parser.add_argument("--held", type=int, default=8,
+                        help="secrets held for literal redaction (settings secrets, provider keys)")
     args = parser.parse_args()
     text = corpus(args.mb)
     lines = text.split("\n")
-    whole = mb_per_s(sanitize, text)
-    per_line = mb_per_s(lambda t: [sanitize(line) for line in lines], text)
-    baseline = mb_per_s(lambda t: t.replace("sk-ant-", "[REDACTED]"), text)
-    print(f"corpus: {len(text.encode()) / 1e6:.1f} MB, {len(lines)} lines")
-    print(f"sanitize, whole text:  {whole:8.1f} MB/s")
-    print(f"sanitize, line by line:{per_line:8.1f} MB/s  (how a logging filter sees it)")
-    cpu = mb_per_s(lambda t: [sanitize(line) for line in lines], text, time.process_time)
-    cpu_baseline = mb_per_s(lambda t: t.replace("sk-ant-", "[REDACTED]"), text, time.process_time)
-    print(f"str.replace baseline:  {baseline:8.1f} MB/s  ({baseline / whole:.0f}x whole text)")
-    print(f"line by line, CPU time:{cpu:8.1f} MB per CPU-second  (baseline {cpu_baseline:.0f}, "
-          f"{cpu_baseline / cpu:.0f}x; steadier when other processes share the cores)")
-    print(f"goal >= 20 MB/s: {'met' if min(whole, per_line) >= 20 else 'NOT met'}")
+    for _ in range(args.held):
+        hold_secret(secrets.token_urlsafe(24))
+    runs = {
+        "whole text": lambda t: sanitize(t),
+        "line by line": lambda t: [sanitize(line) for line in lines],
+        "str.replace baseline": lambda t: t.replace("sk-ant-", "[REDACTED]"),
+    }
+    wall = {name: mb_per_s(fn, text) for name, fn in runs.items()}
+    cpu = {name: mb_per_s(fn, text, time.process_time) for name, fn in runs.items()}
+    base_wall, base_cpu = wall.pop("str.replace baseline"), cpu.pop("str.replace baseline")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"corpus: {len(text.encode()) / 1e6:.1f} MB, {len(lines)} lines, {args.held} held secrets; "
+          f"load average {load} on {os.cpu_count()} cores")
+    print("                        wall MB/s  CPU MB/s  baseline/sanitize (wall, CPU)")
+    for name in wall:
+        print(f"sanitize, {name + ':':14s}{wall[name]:8.1f}  {cpu[name]:8.1f}  "
+              f"{base_wall / wall[name]:5.0f}x {base_cpu / cpu[name]:5.0f}x")
+    print(f"str.replace baseline:   {base_wall:8.1f}  {base_cpu:8.1f}  (one literal over the same text)")
+    worst = min(cpu.values())
+    print(f"goal >= 20 MB/s (CPU time, the slower mode): {'met' if worst >= 20 else 'NOT met'} "
+          f"({worst:.1f}); wall clock {min(wall.values()):.1f} at this load")
 
 
 if __name__ == "__main__":

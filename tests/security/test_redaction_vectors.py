@@ -127,6 +127,15 @@ def test_held_secrets_are_redacted_literally_whatever_their_shape() -> None:
     assert odd not in json.dumps(s.sanitize_obj({"note": [f"x{odd}y"]}))
 
 
+def test_a_held_secret_that_contains_another_is_redacted_whole() -> None:
+    inner = secrets.token_hex(6)
+    outer = inner + secrets.token_hex(6)
+    s = Sanitizer(b"k" * 32)
+    s.hold(inner)  # held first: replacing it first would leave the rest of ``outer`` in clear
+    s.hold(outer)
+    assert s.sanitize(f"a {outer} b {inner} c") == f"a {s.token('secret', outer)} b {s.token('secret', inner)} c"
+
+
 def test_luhn_and_mod97() -> None:
     assert card_valid("4111111111111111") and not card_valid("4111111111111112")
     assert not card_valid("1714567890123")  # Luhn-valid shape but no card network prefix
