@@ -10,7 +10,7 @@ from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.providers.base import CompletionRequest
 from opsgate.security.masking import SecretMasker
 from opsgate.security.pseudonyms import Pseudonymiser
-from opsgate.security.sanitizer import sanitize
+from opsgate.security.sanitizer import hold_secret, sanitize
 
 
 def _key() -> str:
@@ -47,6 +47,17 @@ def test_connection_strings_cards_and_field_names_get_their_kinds() -> None:
         "postgresql://[CREDENTIAL_1]@db.internal:5432/app\nServer=db;User Id=sa;Password=[PASSWORD_1];\n"
         "card [CARD_NUMBER_1]\naws_access_key_id = [AWS_ACCESS_KEY_1]\nclient_secret: [SECRET_1]\n"
     )
+
+
+def test_every_secret_the_process_holds_is_masked_literally_whatever_its_shape() -> None:
+    odd = f"correct horse {secrets.token_hex(6)} battery"  # no known key shape, has spaces
+    text = f"the vault phrase is {odd}, keep it\nagain: {odd}"
+    assert SecretMasker().mask(text) == text  # not held: nothing says it is a secret
+    hold_secret(odd)  # as the settings and the secret store do at start-up
+    masker = SecretMasker()
+    assert masker.mask(text) == "the vault phrase is [SECRET_1], keep it\nagain: [SECRET_1]"
+    assert masker.counts == {"SECRET": 1}
+    assert odd not in repr(masker)
 
 
 def test_addresses_and_phones_are_left_to_the_pseudonymiser() -> None:

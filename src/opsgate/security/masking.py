@@ -9,6 +9,10 @@ never needs a secret, so an answer that refers to one shows its placeholder.
 Email addresses and phone numbers are left alone here: they are personal data, pseudonymised (and
 restored) by :mod:`opsgate.security.pseudonyms` when the operation's configuration says so.
 
+Every secret the process-wide sanitizer holds (:func:`opsgate.security.sanitizer.held_secrets`:
+the settings' secrets and every secret-store value read) is masked literally too, whatever its
+shape, by the sanitizer's own literal matching (kind ``secret`` -> ``SECRET``).
+
 Placeholder kinds (sanitizer kind -> placeholder):
 
 ================================ =================
@@ -20,6 +24,7 @@ pem                               ``PRIVATE_KEY``
 basic, url_cred                   ``CREDENTIAL``
 card                              ``CARD_NUMBER``
 iban                              ``IBAN``
+secret (a held value)             ``SECRET``
 field (by the field's name)       ``PASSWORD``, ``API_KEY``, ``AWS_ACCESS_KEY``, ``TOKEN``,
                                   ``CREDENTIAL`` or ``SECRET``
 ================================ =================
@@ -30,7 +35,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from opsgate.security.sanitizer import Sanitizer
+from opsgate.security.sanitizer import Sanitizer, held_secrets
 
 KIND_PLACEHOLDERS = {
     "anthropic": "API_KEY", "openai": "API_KEY", "google": "API_KEY",
@@ -38,7 +43,8 @@ KIND_PLACEHOLDERS = {
     "aws": "AWS_ACCESS_KEY", "jwt": "JWT", "pem": "PRIVATE_KEY",
     "basic": "CREDENTIAL", "url_cred": "CREDENTIAL", "card": "CARD_NUMBER", "iban": "IBAN",
 }  # fmt: skip
-"""The placeholder kind of each sanitizer kind (``field`` is decided by the field's name)."""
+"""The placeholder kind of each sanitizer kind (``field`` is decided by the field's name; any
+other kind, such as a held value's, is ``SECRET``)."""
 
 _FIELD_PLACEHOLDERS = (
     (re.compile(r"pass(?:word|wd|phrase|code)?(?![a-z])|pwd|\bpw\b|\bpin\b"), "PASSWORD"),
@@ -51,14 +57,15 @@ _FIELD_PLACEHOLDERS = (
 
 
 class SecretMasker(Sanitizer):
-    """Masks the secrets of one call; keep one instance per call and drop it afterwards.
+    """Masks the secrets of one call; keep one instance per call and drop it afterwards. It holds
+    the secrets the process-wide sanitizer held when it was made.
 
     :meth:`mask` returns the text with placeholders; :attr:`counts` says how many distinct
     secrets of each placeholder kind were masked (``{"API_KEY": 2, "PASSWORD": 1}``), never which.
     """
 
     def __init__(self) -> None:
-        super().__init__(key=b"unused: placeholders are numbered, not hashed")
+        super().__init__(key=b"unused: placeholders are numbered, not hashed", held=held_secrets())
         self._placeholders: dict[tuple[str, str], str] = {}
         self.counts: Counter[str] = Counter()
 

@@ -622,6 +622,11 @@ def configure_from_settings(settings: Settings) -> Sanitizer:
     return sanitizer
 
 
+def held_secrets() -> tuple[str, ...]:
+    """The secret values the process-wide sanitizer replaces literally (:func:`hold_secret`)."""
+    return _default.held
+
+
 def hold_secret(value: str) -> None:
     """Redact ``value`` literally in everything the process-wide sanitizer sees from now on
     (:meth:`Sanitizer.hold`)."""
