@@ -45,11 +45,13 @@ iban       IBANs (ISO 13616) with a valid mod-97 check
 Every replacement adds one to the process's redaction count of its kind
 (:data:`opsgate.security.counts.COUNTS`).
 
-Speed: one search of a trigger pattern per line finds which rules can possibly match (a literal
-needle, a sensitive word, or a digit run the ``digits`` rule could match that is not an ISO date
-or an IPv4 address); a line without a trigger is returned as it is, and the others meet one
-compiled alternation of just those rules. Timestamps, IP addresses and UUIDs are skipped as a
-whole, and ``phonenumbers`` sees every digit run of 7+ digits with phone punctuation between
+Speed (``./dev bench sanitizer``): three searches per line find which rules can possibly match --
+the literal needles and sensitive words in the lower-cased line, the capital-led needles and the
+start of an IBAN, and a digit run the ``digits`` rule could match that is not an ISO date, an IPv4
+address or a UUID. A line none of them finds anything in is returned as it is (a text of many
+lines is searched whole, and only the lines with a hit are visited); the others meet one compiled
+alternation of just the rules whose triggers occur. These searches are a superset of the rules,
+never a filter: ``phonenumbers`` sees every digit run of 7+ digits with phone punctuation between
 (the same candidates its matcher would consider), never a shape-filtered subset.
 """
 
