@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Self, TypeAlias, TypeVar, overload
 
-from sqlalchemy import Connection, Engine, Table, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, RootTransaction, Table, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.errors import OpsgateError
@@ -258,10 +258,9 @@ class Ledger:
         _settle(requests, appended)
 
     def _transaction(self, requests: list[_Request]) -> list[Outcome]:
-        conn = self._connection()
         try:
-            with conn.begin():
-                conn.execute(_LOCK_SQL[self._engine.dialect.name])
+            conn, transaction = self._begin_locked()
+            with transaction:
                 done = [_run_work(conn, r) for r in requests]
                 accepted = [r for r, w in zip(requests, done, strict=True) if not _refused(w)]
                 head = _read_head(conn)
@@ -281,6 +280,23 @@ class Ledger:
             w if _refused(w) else AppendedEntry((e := next(entries)).seq, e.entry_hash, ts, w)
             for w in done
         ]
+
+    def _begin_locked(self) -> tuple[Connection, RootTransaction]:
+        """Begin a transaction and take the append lock. A connection the server closed since the
+        last batch (a database restart) fails on this first statement, before anything is
+        written, so it is replaced once and the lock taken on the new one."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            transaction = conn.begin()
+            try:
+                conn.execute(_LOCK_SQL[self._engine.dialect.name])
+                return conn, transaction
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+                log.warning("the database closed the ledger connection; appending on a new one")
+                self._drop_connection()
+        raise AssertionError("unreachable")
 
     def _connection(self) -> Connection:
         if self._conn is None:
