@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import aiohttp
 from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
@@ -73,7 +74,12 @@ class Leadership:
         return self._file is not None or self._conn is not None
 
     def try_acquire(self) -> bool:
-        """Take leadership if nobody holds it; True when this worker leads."""
+        """Take leadership if nobody holds it; True when this worker leads. A PostgreSQL leader
+        first checks that its session is alive: a database restart ends the session and frees the
+        lock for anyone, so a leader that lost its session contends again like a standby."""
+        if self._conn is not None and not _alive(self._conn):
+            log.warning("the database closed the leader's session: leadership lost, contending again")
+            self.release()
         if self.held:
             return True
         if is_sqlite(str(self.engine.url)):
@@ -95,13 +101,24 @@ class Leadership:
         return False
 
     def release(self) -> None:
-        """Give leadership up (closing the lock file / session releases the lock)."""
+        """Give leadership up (closing the lock file / ending the session releases the lock; the
+        session's connection is discarded, not returned to the pool where it would keep the lock)."""
         if self._file is not None:
             self._file.close()
             self._file = None
         if self._conn is not None:
+            self._conn.invalidate()
             self._conn.close()
             self._conn = None
+
+
+def _alive(conn: Connection) -> bool:
+    try:
+        conn.execute(text("SELECT 1"))
+        conn.commit()
+        return True
+    except DBAPIError:
+        return False
 
 
 def build_notifiers(settings: Settings, session: aiohttp.ClientSession) -> dict[str, Notifier]:
