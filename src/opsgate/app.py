@@ -37,7 +37,7 @@ from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation
 from opsgate.pipeline import Call, Outcome
-from opsgate.problems import problem_response
+from opsgate.problems import as_opsgate_error, problem_response
 from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
 from opsgate.runtime import Runtime, start_runtime
@@ -102,7 +102,8 @@ def _operation_endpoint(op_id: str) -> Callable[..., Any]:
                 token = bearer_token(request.headers.get("authorization"))
                 outcome = await runtime.gateway.govern(Call(op_id, body, token, request_id))
             except Exception as exc:
-                code, status = (exc.code, exc.status) if isinstance(exc, OpsgateError) else ("internal_error", 500)
+                known = as_opsgate_error(exc) or OpsgateError()
+                code, status = known.code, known.status
                 observe_error(op_id, code, status, (time.perf_counter() - started) * 1000, _variant(runtime, op_id))
                 count_refusal(exc)
                 raise

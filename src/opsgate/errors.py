@@ -9,6 +9,7 @@ table in docs/architecture.md, equal to the classes)::
 
     class                             code                      status module
     OpsgateError                      internal_error            500  errors
+    ├── DatabaseUnavailable           database_unavailable      503  errors
     ├── HTTPError                     http_error                400  errors
     ├── InvalidInput                  invalid_input             422  errors
     ├── MethodNotAllowed              method_not_allowed        405  errors
@@ -109,6 +110,17 @@ class NotReady(OpsgateError):
     code = "not_ready"
     status = 503
     title = "Not ready"
+
+
+class DatabaseUnavailable(OpsgateError):
+    """The database did not answer a request's query: a restart, a failover, a lost connection
+    (503, ``Retry-After: 1``). The API maps the driver's ``OperationalError`` to it wherever it is
+    raised, so a database outage reads as one, never as ``internal_error``."""
+
+    code = "database_unavailable"
+    status = 503
+    title = "Database unavailable"
+    retry_after = 1.0
 
 
 class MethodNotAllowed(OpsgateError):

@@ -14,18 +14,33 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from opsgate.errors import InvalidInput, OpsgateError
+from sqlalchemy.exc import OperationalError
+
+from opsgate.errors import DatabaseUnavailable, InvalidInput, OpsgateError
 from opsgate.security.sanitizer import sanitize_obj
 
 PROBLEM_TYPE_BASE = "https://opsgate.dev/problems/"
 log = logging.getLogger("opsgate.api")
 
 
+def as_opsgate_error(exc: BaseException) -> OpsgateError | None:
+    """``exc`` as the catalogue's error: itself for an :class:`OpsgateError`,
+    :class:`DatabaseUnavailable` for the database driver's ``OperationalError`` (the database did
+    not answer), None for anything unexpected."""
+    if isinstance(exc, OpsgateError):
+        return exc
+    if isinstance(exc, OperationalError):
+        return DatabaseUnavailable("The database did not answer; retry shortly")
+    return None
+
+
 def problem_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any]]:
     """The status and problem document for ``exc``; unexpected exceptions are logged, not shown."""
-    if not isinstance(exc, OpsgateError):
+    known = as_opsgate_error(exc)
+    if known is None:
         log.error("unhandled error in request %s: %s", request_id, type(exc).__name__)
-        exc = OpsgateError()
+        known = OpsgateError()
+    exc = known
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + exc.code,
         "title": exc.title,
@@ -44,7 +59,7 @@ def problem_response(exc: BaseException, request_id: str) -> Response:
     ``Retry-After`` in whole seconds when the error carries ``retry_after``)."""
     status, body = problem_body(exc, request_id)
     headers = {"X-Request-ID": request_id}
-    retry_after = getattr(exc, "retry_after", None)
+    retry_after = getattr(as_opsgate_error(exc), "retry_after", None)
     if status in (429, 503) and retry_after:
         headers["Retry-After"] = str(max(1, round(retry_after)))
     return Response(
