@@ -133,3 +133,27 @@ def test_backup_restore_behind_its_anchor_raises_the_p1_itself(
         "ledger_integrity", "P1", "Ledger verification failed")
     assert "rolled_back at seq 4" in shown["summary"]
     assert [n["channel"] for n in shown["notifications"]] == ["discord"]
+
+
+def test_an_anchor_directory_not_created_yet_is_empty_until_something_is_anchored(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Regression (found by bench/chaos.py): a worker verifying before the first checkpoint was
+    anchored failed on the missing directory ('cannot verify: FileNotFoundError') and opened a P1.
+    Once the database records an anchored size, a missing directory is an error again."""
+    engine = make_engine(settings.database_url)
+    ledger = Ledger(engine, ManualClock())
+    ledger.start()
+    ledger.append_sync("intent", {"request_id": "first"})
+    ledger.close()
+    signer_for(settings, create=True)
+    assert not Path(settings.ledger_anchor_dir).exists()
+    report = verify_configured(settings, engine)
+    assert (report.ok, report.entries, report.anchored_size) == (True, 1, 0)
+    grow(settings, ManualClock(), 1)  # signs and anchors: the directory now exists
+    for anchored in Path(settings.ledger_anchor_dir).iterdir():
+        anchored.unlink()
+    Path(settings.ledger_anchor_dir).rmdir()
+    with pytest.raises(FileNotFoundError):
+        verify_configured(settings, engine)
+    engine.dispose()

@@ -299,6 +299,15 @@ def _anchored_size(engine: Engine, name: str) -> int:
         return int(size)
 
 
+def recorded_size(engine: Engine, name: str) -> int:
+    """The size the database records as anchored at anchor ``name`` (0 when none): read only."""
+    with engine.connect() as conn:
+        size = conn.execute(
+            select(ledger_anchor_state.c.anchored_size).where(ledger_anchor_state.c.anchor == name)
+        ).scalar()
+    return int(size or 0)
+
+
 def _pending(engine: Engine, anchored: int) -> list[tuple[int, bytes]]:
     with engine.connect() as conn:
         rows = conn.execute(

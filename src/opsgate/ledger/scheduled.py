@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
-from opsgate.ledger.anchors import Anchor, DirectoryAnchor, DiscordAnchor, publish
+from opsgate.ledger.anchors import Anchor, DirectoryAnchor, DiscordAnchor, publish, recorded_size
 from opsgate.ledger.checkpoint import Signer, Verifier, load_key_file, write_key_file
 from opsgate.ledger.errors import LedgerError, LedgerRolledBack
 from opsgate.ledger.service import StoredCheckpoint, create_checkpoint, latest_checkpoint, log_size
@@ -166,12 +166,22 @@ def verify_configured(settings: Settings, engine: Engine, *, anchor_dir: Path | 
     if verifier is None and Path(settings.ledger_signing_key_file).exists():
         verifier = signer_for(settings, create=False).verifier()
     directory = anchor_dir or settings.ledger_anchor_dir
-    notes = DirectoryAnchor(Path(directory)).read() if directory is not None else []
+    notes = _directory_notes(engine, Path(directory)) if directory is not None else []
     if settings.ledger_discord_webhook_url is not None:
         notes += asyncio.run(_discord_notes(settings))
     if notes and verifier is None:
         raise LedgerError("anchored checkpoints need the verifier key (the signing key file)")
     return verify(engine, verifier=verifier, anchored=notes)
+
+
+def _directory_notes(engine: Engine, path: Path) -> list[AnchoredNote]:
+    """The directory anchor's checkpoints. The first anchored checkpoint creates the directory:
+    before it, a missing directory holds nothing, as long as the database records nothing
+    anchored there; otherwise a missing directory is an error (FileNotFoundError)."""
+    anchor = DirectoryAnchor(path)
+    if not path.exists() and recorded_size(engine, anchor.name) == 0:
+        return []
+    return anchor.read()
 
 
 async def _discord_notes(settings: Settings) -> list[AnchoredNote]:
