@@ -48,7 +48,7 @@ def test_an_attempts_worst_case_is_its_prompt_bound_and_max_tokens_at_its_models
     prices = PriceTable.load()
     prompt = prompt_token_bound(REQUEST)
     for model in ("gemini-2.0-flash", "claude-opus-4-5", "deepseek-chat"):
-        expected = worst_case_micro_usd(prompt, 100, prices.price_for(model))
+        expected = worst_case_micro_usd(prompt, 100, prices.price_for(model), cache_writes=False)
         assert attempt_worst_case_micro_usd(REQUEST, model, prices) == expected
     assert attempt_worst_case_micro_usd(REQUEST, "claude-opus-4-5", prices) > \
         attempt_worst_case_micro_usd(REQUEST, "deepseek-chat", prices)

@@ -72,6 +72,14 @@ def test_worst_case_uses_dearest_input_price_and_rounds_up() -> None:
     assert worst_case_micro_usd(3, 1, vector_price("deepseek-chat")) == 2
 
 
+def test_a_request_without_cache_writes_is_bounded_at_the_input_price() -> None:
+    opus = vector_price("claude-opus-4-5")
+    # 1000 prompt tokens at the input price 5 = 5000; 200 output x 25 = 5000
+    assert worst_case_micro_usd(1000, 200, opus, cache_writes=False) == 10000
+    bound = worst_case_micro_usd(1000, 200, opus, cache_writes=False)
+    assert cost_micro_usd(Usage(input_tokens=600, cache_read_tokens=400, output_tokens=200), opus) <= bound
+
+
 def test_worst_case_refuses_negative_counts() -> None:
     with pytest.raises(ValueError):
         worst_case_micro_usd(-1, 10, vector_price("deepseek-chat"))

@@ -56,18 +56,23 @@ def cost_micro_usd(usage: Usage, price: ModelPrice) -> int:
     return int(exact_cost_micro_usd(usage, price).to_integral_value(rounding=ROUND_HALF_UP))
 
 
-def worst_case_micro_usd(input_tokens: int, max_tokens: int, price: ModelPrice) -> int:
+def worst_case_micro_usd(
+    input_tokens: int, max_tokens: int, price: ModelPrice, *, cache_writes: bool = True
+) -> int:
     """An upper bound, in integer micro-USD rounded up, on what a call can cost.
 
     ``input_tokens`` is the prompt's size and ``max_tokens`` the output cap. Each input token is
     priced at the dearest input-side price of the model (uncached, 5-minute or 1-hour cache write,
     cache read), because the reservation must hold whatever the provider decides to cache; each
-    output token at the output price. For budget reservations: reserve this, settle the real cost.
-    Raises ``ValueError`` on a negative count.
+    output token at the output price. With ``cache_writes=False`` (a request that asks for no
+    cache writes: Anthropic writes only what ``cache_control`` marks, the others cache implicitly
+    and bill no writes) the write prices are left out. For budget reservations: reserve this,
+    settle the real cost. Raises ``ValueError`` on a negative count.
     """
     if input_tokens < 0 or max_tokens < 0:
         raise ValueError("input_tokens and max_tokens must be >= 0")
-    dearest_input = max(price.input, price.cache_write, price.cache_write_1h, price.cache_read)
+    writes = (price.cache_write, price.cache_write_1h) if cache_writes else ()
+    dearest_input = max(price.input, price.cache_read, *writes)
     total = _EXACT.add(
         _EXACT.multiply(Decimal(input_tokens), dearest_input),
         _EXACT.multiply(Decimal(max_tokens), price.output),

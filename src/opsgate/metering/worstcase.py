@@ -40,9 +40,13 @@ def prompt_token_bound(request: CompletionRequest) -> int:
 def attempt_worst_case_micro_usd(request: CompletionRequest, model: str, prices: PriceSource) -> int:
     """The most one request of ``request`` to ``model`` (a ``prices`` key, ``provider/model`` for a
     :class:`~opsgate.metering.prices.PriceBook`) can cost, in integer micro-USD rounded up: the
-    prompt bound plus ``max_tokens`` at the model's price. Raises
+    prompt bound plus ``max_tokens`` at the model's price. The input is priced without cache
+    writes: opsgate's requests carry no ``cache_control`` mark, and Anthropic writes to its cache
+    only what such a mark asks for (prompt caching docs; DeepSeek and Gemini cache implicitly and
+    bill no writes, and a cache read is never dearer than input). Raises
     :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
-    return worst_case_micro_usd(prompt_token_bound(request), request.max_tokens, prices.price_for(model))
+    return worst_case_micro_usd(prompt_token_bound(request), request.max_tokens, prices.price_for(model),
+                                cache_writes=False)
 
 
 def call_worst_case_tokens(request: CompletionRequest) -> int:
