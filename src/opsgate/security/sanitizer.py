@@ -344,7 +344,7 @@ class Sanitizer:
             inner = self.sanitize(inner)
         else:
             inner = self.field_token(name, inner)
-        return text[: sep.end()] + quote + inner + quote
+        return self.sanitize(name) + sep.group() + quote + inner + quote
 
     def _basic(self, m: re.Match[str]) -> str:
         scheme, _, cred = m.group().partition(" ")
