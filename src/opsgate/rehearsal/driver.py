@@ -9,6 +9,10 @@ window's end run the worker's jobs (signals -> incidents, alert rules, escalatio
 the loopback receivers) and ``RolloutService.evaluate_all`` with the open P1 count, exactly as
 ``opsgate worker`` does. The clock only moves while no request is in flight, so every row of
 ``ai_operation_log`` gets a reproducible time.
+
+A variant scenario (:class:`~opsgate.rehearsal.scenarios.Candidate`) configures the candidate
+variant (route, price, prompt version in the run's ``prompts_dir``), starts a variant rollout of
+its one operation over the admin API, and sends all traffic to that operation.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import orjson
 
 from opsgate.app import create_app
 from opsgate.clock import ManualClock
-from opsgate.config import Settings
+from opsgate.config import PriceConfig, Settings, VariantConfig
 from opsgate.ledger.verify import verify
 from opsgate.localserver import serve_in_thread
 from opsgate.monitoring.worker import Worker
@@ -95,7 +99,7 @@ async def rehearse(config: RehearsalConfig, progress: Callable[[float], None] | 
         receiver = AlertReceiver()
         await receiver.start()
         try:
-            settings = _settings(config, Path(tmp), receiver)
+            settings = _settings(config, scenario, Path(tmp), receiver)
             clock = ManualClock(START)
             app = create_app(settings, clock)
             server = await asyncio.to_thread(serve_in_thread, app)
@@ -157,14 +161,18 @@ class _Run:
         for op in OPERATIONS:
             await self._admin("PUT", f"/v1/admin/toggles/{op}",
                               {"opt_in_required": True, "reason": "rehearsal: users opt in"})
-        body = {"operations": sorted(OPERATIONS), "plan": {
+        body: dict[str, Any] = {"operations": sorted(OPERATIONS), "plan": {
             "stages": [{"percentage": s.percentage, "seconds": s.seconds} for s in self.plan.stages],
             "observation_s": self.plan.observation_s}}
+        if self.scenario.candidate is not None:
+            body |= {"operations": [self.scenario.candidate.operation], "variant": self.scenario.candidate.name}
         self.rollout_id = (await self._admin("POST", "/v1/admin/rollouts", body))["id"]
 
     async def _window(self, window_s: float) -> None:
         window_start = self.clock.now()
         gates = await self._gates()
+        if self.scenario.candidate is not None:  # a variant rollout: all traffic to its operation
+            gates = {self.scenario.candidate.operation: gates[self.scenario.candidate.operation]}
         pct = max((g.percentage for g in gates.values() if g.enabled), default=0)
         n = self.population.calls_for(pct, window_s, self.config.calls_per_minute)
         chunks = max(1, min(n, int(window_s // 60)))
@@ -290,6 +298,7 @@ class _Run:
         numbers = decision.numbers
         self.timeline.append({
             "at": now.isoformat(), "hours": _hours(now), "action": decision.action.value,
+            "variant": self.scenario.candidate.name if self.scenario.candidate else None,
             "state": decision.after.state.value, "stage_index": decision.after.stage_index,
             "percentage": 0 if decision.after.state in ROLLED_BACK else self.plan.percentage(decision.after.stage_index),
             "reason": decision.reason,
@@ -301,23 +310,26 @@ class _Run:
     def facts(self) -> dict[str, Any]:
         """Everything :func:`build_report` needs, read after the last window (blocking)."""
         rollout = self.runtime.rollout.get_rollout(self.rollout_id)
+        candidate = self.scenario.candidate
         return {
+            "live_variant": self.runtime.rollout.assignment(candidate.operation).live if candidate else None,
             "config": self.config, "scenario": self.scenario, "tally": self.tally, "holds": self.holds,
             "timeline": self.timeline, "measured": self.measured, "faults": self.fault_log,
             "alerts": [{"kind": e.kind, "severity": e.severity, "at": e.at.isoformat()} for e in self.events],
             "receiver": dict(self.receiver.counts),
             "receiver_leaks": sum(any(s in b for s in self.secrets) for b in self.receiver.bodies),
             "rollout": rollout.to_json(), "incidents": self.worker.incidents.list(limit=1000),
-            "log": log_facts(self.runtime.engine), "ledger": verify(self.runtime.engine),
+            "log": log_facts(self.runtime.engine, self.settings), "ledger": verify(self.runtime.engine),
             "population": {"users": self.config.users, "active": len(self.population.active),
                            "decided": len(self.population.decided),
                            "opted_in": sum(self.population.decided.values())},
         }
 
 
-def _settings(config: RehearsalConfig, tmp: Path, receiver: AlertReceiver) -> Settings:
+def _settings(config: RehearsalConfig, scenario: Scenario, tmp: Path, receiver: AlertReceiver) -> Settings:
     url = config.database_url or f"sqlite:///{tmp / 'rehearsal.db'}"
     return Settings(
+        **_candidate_settings(scenario, tmp),
         database_url=url, auto_migrate=True, sandbox=True, sandbox_faults="none",
         jwt_secret=secrets.token_urlsafe(32), jwt_secret_file=tmp / "jwt-secret",
         master_key_file=tmp / "master-key", worker_lock_file=tmp / "worker.lock",
@@ -328,6 +340,26 @@ def _settings(config: RehearsalConfig, tmp: Path, receiver: AlertReceiver) -> Se
         twilio_base_url=receiver.base_url, twilio_account_sid="AC" + secrets.token_hex(16),
         twilio_auth_token=secrets.token_hex(16), twilio_from="+15005550006", sms_to=["+15005550001"],
     )
+
+
+def _candidate_settings(scenario: Scenario, tmp: Path) -> dict[str, Any]:
+    """``variants``, ``prices`` and ``prompts_dir`` for a variant scenario's candidate (the price
+    without a cache discount, so the comparison is the model's price alone)."""
+    c = scenario.candidate
+    if c is None:
+        return {}
+    prompt = "v1"
+    if c.prompt is not None:
+        prompt = "v2"
+        (tmp / "prompts" / c.operation).mkdir(parents=True)
+        (tmp / "prompts" / c.operation / f"{prompt}.txt").write_text(c.prompt, encoding="utf-8")
+    extra: dict[str, Any] = {"variants": {c.operation: {c.name: VariantConfig(chain=c.chain, prompt=prompt)}}}
+    if c.prompt is not None:
+        extra["prompts_dir"] = tmp / "prompts"
+    if c.price is not None:
+        price = PriceConfig(input=c.price[0], output=c.price[1], cache_read=c.price[0])
+        extra["prices"] = {target: price for target in c.chain}
+    return extra
 
 
 def _secrets(settings: Settings) -> list[bytes]:

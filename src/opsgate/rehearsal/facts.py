@@ -9,19 +9,20 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from opsgate.config import Settings
 from opsgate.metering.cost import exact_cost_micro_usd
 from opsgate.metering.prices import PriceBook, PriceTable
 from opsgate.providers.base import Usage
 from opsgate.store.models import ai_operation_log
 
 
-def log_facts(engine: Engine) -> dict[str, Any]:
+def log_facts(engine: Engine, settings: Settings) -> dict[str, Any]:
     """``{requests, errors, by_provider, error_codes, p99_latency_ms, avg_latency_ms,
     cost_micro_usd, recomputed_cost_micro_usd (Decimal)}`` over every row. The recomputation prices
     each row's tokens at the served model's price at the row's time (the maintained prices under
-    opsgate's packaged table) with exact Decimal arithmetic (cache writes at the 5-minute rate, as
-    the log stores them together)."""
-    prices = PriceBook(PriceTable.load())
+    opsgate's packaged table, plus the run's ``[prices]``, e.g. a variant scenario's candidate) with
+    exact Decimal arithmetic (cache writes at the 5-minute rate, as the log stores them together)."""
+    prices = PriceBook.from_settings(settings, table=PriceTable.load())
     c = ai_operation_log.c
     query = select(c.status, c.error_code, c.provider, c.model, c.served_model, c.created_at, c.latency_ms,
                    c.cost_micro_usd, c.input_tokens, c.output_tokens, c.cache_write_tokens,

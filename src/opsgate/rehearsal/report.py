@@ -53,7 +53,9 @@ def build_report(facts: dict[str, Any], wall_s: float) -> dict[str, Any]:
                       "served_by": dict(sorted(tally.providers.items())), "opt_in_writes": tally.opt_in_writes},
             "operation_log": {k: log[k] for k in ("requests", "errors", "by_provider", "error_codes", "cost_micro_usd")},
             "faults": facts["faults"],
-            "rollout": {k: facts["rollout"][k] for k in ("id", "state", "stage_index", "percentage", "reason")},
+            "rollout": {k: facts["rollout"][k] for k in ("id", "variant", "state", "stage_index", "percentage",
+                                                           "reason")},
+            "live_variant": facts["live_variant"],
             "timeline": facts["timeline"], "holds": facts["holds"],
             "alerts": {"rollout_events": facts["alerts"], "delivered": dict(sorted(facts["receiver"].items())),
                        "incidents": sorted(f"{i['severity']} {i['title']}" for i in facts["incidents"])},
@@ -71,12 +73,16 @@ def _checks(facts: dict[str, Any]) -> list[dict[str, Any]]:
     rolled_back = rollout["state"] in ("rolling_back", "rolled_back", "escalated")
     fallback = any(p != "anthropic" for p in log["by_provider"])
     reached = 0 if rolled_back else rollout["percentage"]
+    routing = {"check": "fell back to another provider" if scenario.expect_fallback else "no fallback needed",
+               "ok": fallback == scenario.expect_fallback}
+    if scenario.candidate is not None:  # the candidate's own route is not a fallback
+        routing = {"check": f"live variant at the end: {scenario.expect_live}",
+                   "ok": facts["live_variant"] == scenario.expect_live}
     return [
         {"check": "rolled back" if scenario.expect_rollback else "no rollback",
          "ok": rolled_back == scenario.expect_rollback},
         {"check": f"ends at {scenario.expect_percentage} %", "ok": reached == scenario.expect_percentage},
-        {"check": "fell back to another provider" if scenario.expect_fallback else "no fallback needed",
-         "ok": fallback == scenario.expect_fallback},
+        routing,
         {"check": "rollback alert delivered" if scenario.expect_rollback else "no rollout alert",
          "ok": bool(facts["alerts"]) == scenario.expect_rollback
          and (not scenario.expect_rollback or sum(facts["receiver"].values()) > 0)},
@@ -124,15 +130,16 @@ def render(report: dict[str, Any], console: Console, artifacts: Path) -> None:
     console.print(checks)
     console.print(criteria_table(criteria(report, artifacts)))
     timeline = Table(title=f"Decision timeline ({r['holds']} holds not shown)")
-    for name in ("Hour", "Action", "State", "Stage %", "Reason", "Canary req/err"):
+    for name in ("Hour", "Action", "Variant", "State", "Stage %", "Reason", "Canary req/err"):
         timeline.add_column(name)
     for d in r["timeline"]:
         n = d["numbers"]
-        timeline.add_row(f"{d['hours']:.2f}", d["action"], d["state"], str(d["percentage"]), d["reason"],
-                         f"{n.get('canary_requests', '-')}/{n.get('canary_errors', '-')}")
+        timeline.add_row(f"{d['hours']:.2f}", d["action"], d["variant"] or "-", d["state"], str(d["percentage"]),
+                         d["reason"], f"{n.get('canary_requests', '-')}/{n.get('canary_errors', '-')}")
     console.print(timeline)
     console.print(f"faults: {r['faults'] or 'none'}; alerts delivered: {r['alerts']['delivered'] or 'none'}; "
-                  f"final state: {r['rollout']['state']} at {r['rollout']['percentage']} %; "
+                  f"final state: {r['rollout']['state']} at {r['rollout']['percentage']} %"
+                  f"{'; live variant: ' + r['live_variant'] if r['live_variant'] else ''}; "
                   f"wall clock {report['measured']['wall_clock_s']} s")
 
 

@@ -14,6 +14,9 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
 - ``errors:<provider>:<pct>``: ``pct`` % (0..100) of that provider's requests answer 400 with its
   invalid-request error body (what a bad release that builds broken requests gets), spread evenly
   by a counter: request ``n`` (from 0) fails when ``(n + 1) * pct // 100 > n * pct // 100``.
+- ``schema:<provider>:<pct>``: ``pct`` % (0..100) of that provider's requests get the
+  ``off-schema`` answer (``{}``, a well-formed 200 that misses the requested schema; what a model
+  that follows the schema badly does), spread evenly by a counter as for ``errors``.
 - ``malformed``: 200 answers that cannot be used, cycling per provider through: JSON cut in half,
   JSON lacking the required fields, an empty body (for streams: a broken ``data:`` line, a stream
   cut before its final event, an empty stream). ``malformed:<provider>``: only that provider's.
@@ -41,9 +44,8 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
   every request (as when a provider reroutes an alias or a retired model).
 
 Where several parts apply to one request, the first of timeout, timeout-once, status, outage,
-ratelimit, errors, policy, flaky, malformed, safety-blocked, off-schema wins; ``slow`` latency is
-added in every case. Providers are
-``anthropic``, ``deepseek``, ``gemini``.
+ratelimit, errors, policy, flaky, malformed, safety-blocked, off-schema, schema wins; ``slow``
+latency is added in every case. Providers are ``anthropic``, ``deepseek``, ``gemini``.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class FaultProfile:
     ratelimit: frozenset[str] = frozenset()
     status: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    schema: dict[str, int] = field(default_factory=dict)
     retired: frozenset[tuple[str, str]] = frozenset()
     substitute: dict[str, str] = field(default_factory=dict)
     policy: frozenset[str] = frozenset()
@@ -152,6 +155,7 @@ class FaultProfile:
         ratelimit: set[str] = set()
         status: dict[str, int] = {}
         errors: dict[str, int] = {}
+        schema: dict[str, int] = {}
         retired: set[tuple[str, str]] = set()
         substitute: dict[str, str] = {}
         policy: set[str] = set()
@@ -181,9 +185,9 @@ class FaultProfile:
             elif name == "status":
                 provider, code = _status(arg)
                 status[provider] = code
-            elif name == "errors":
-                provider, pct = _errors(arg)
-                errors[provider] = pct
+            elif name in ("errors", "schema"):
+                provider, pct = _errors(arg, name)
+                (errors if name == "errors" else schema)[provider] = pct
             elif name == "retired":
                 retired.add(_model(arg))
             elif name == "substitute":
@@ -202,6 +206,7 @@ class FaultProfile:
             ratelimit=frozenset(ratelimit),
             status=status,
             errors=errors,
+            schema=schema,
             retired=frozenset(retired),
             substitute=substitute,
             policy=frozenset(policy),
@@ -254,10 +259,8 @@ class FaultState:
             return Outcome.OVERLOADED, None, 0
         if provider in p.ratelimit:
             return Outcome.RATE_LIMITED, None, 0
-        if provider in p.errors:
-            n, pct = self._next(provider, "errors"), p.errors[provider]
-            if (n + 1) * pct // 100 > n * pct // 100:
-                return Outcome.STATUS, ERRORS_STATUS, 0
+        if provider in p.errors and self._spread(provider, "errors", p.errors[provider]):
+            return Outcome.STATUS, ERRORS_STATUS, 0
         if provider in p.policy:
             return Outcome.POLICY_REFUSED, None, 0
         if p.flaky:
@@ -271,7 +274,15 @@ class FaultState:
             return Outcome.SAFETY_BLOCKED, None, 0
         if p.off_schema and self._next(provider, "off-schema") % 2 == 0:
             return Outcome.OFF_SCHEMA, None, 0
+        if provider in p.schema and self._spread(provider, "schema", p.schema[provider]):
+            return Outcome.OFF_SCHEMA, None, 0
         return Outcome.OK, None, 0
+
+    def _spread(self, provider: str, key: str, pct: int) -> bool:
+        """Whether request ``n`` of ``pct`` % (counted per provider and key) is hit: when
+        ``(n + 1) * pct // 100 > n * pct // 100``, so hits are spread evenly."""
+        n = self._next(provider, key)
+        return (n + 1) * pct // 100 > n * pct // 100
 
     def _next(self, provider: str, key: str) -> int:
         n = self._counters.get((provider, key), 0)
@@ -314,8 +325,8 @@ def _context(arg: str) -> tuple[str, int]:
     return _provider(provider), int(tokens)
 
 
-def _errors(arg: str) -> tuple[str, int]:
+def _errors(arg: str, name: str) -> tuple[str, int]:
     provider, _, pct = arg.partition(":")
     if not pct.isdigit() or not 0 <= int(pct) <= 100:
-        raise FaultProfileError(f"errors needs <provider>:<0..100>, got {arg!r}")
+        raise FaultProfileError(f"{name} needs <provider>:<0..100>, got {arg!r}")
     return _provider(provider), int(pct)
