@@ -30,7 +30,7 @@ from functools import cache
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Security, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -122,7 +122,7 @@ RolloutDep = Annotated[RolloutService, Depends(get_rollout)]
 IncidentsDep = Annotated[IncidentService, Depends(get_incidents)]
 
 
-def json_body(model: type[M]) -> Any:
+def json_body(model: type[M]) -> params.Depends:
     """``Depends`` on a parser of the request's JSON body into ``model``, run only after the
     caller is authenticated (it needs :data:`PrincipalDep`). An empty body counts as ``{}``.
     :class:`InvalidInput` (422) names fields and rules, never values."""
@@ -139,7 +139,7 @@ def json_body(model: type[M]) -> Any:
     return Depends(parse)
 
 
-def form_body(model: type[M]) -> Any:
+def form_body(model: type[M]) -> params.Depends:
     """``Depends`` on a parser of an ``application/x-www-form-urlencoded`` body into ``model``
     (for the public sign-in routes; text fields only). :class:`InvalidInput` (422) otherwise."""
 

@@ -94,7 +94,7 @@ class FakeProvider:
         step = self.script.pop(0) if self.script else None
         if isinstance(step, ProviderError):
             raise step
-        data = step if step is not None else instance_for(request.json_schema or {"type": "object"})
+        data = step if step is not None else _instance(request)
         return Completion(
             provider=self.name,
             model=model,
@@ -108,16 +108,26 @@ class FakeProvider:
         )
 
 
-def gateway_settings(tmp_path: Path, **overrides: Any) -> Settings:
+def _instance(request: CompletionRequest) -> dict[str, Any]:
+    """A schema-valid JSON object for ``request``, from the sandboxes' generator."""
+    data = instance_for(request.json_schema or {"type": "object"})
+    if not isinstance(data, dict):
+        raise TypeError("a FakeProvider answers JSON objects: give the request an object schema")
+    return data
+
+
+def gateway_settings(tmp_path: Path, **overrides: object) -> Settings:
     """Settings for a throw-away gateway under ``tmp_path``: SQLite file ``opsgate.db`` and a JWT
     secret and 32-byte master key generated now (never a real secret); everything else is the
-    default (no sandbox, rate limits off). ``overrides`` replace any field."""
-    base: dict[str, Any] = {
+    default (no sandbox, rate limits off). ``overrides`` replace any field; pydantic validates each
+    value as ``Settings(**...)`` would (``ValidationError`` otherwise)."""
+    values: dict[str, Any] = {  # Any: pydantic validates each value against its field
         "database_url": f"sqlite:///{tmp_path / 'opsgate.db'}",
         "jwt_secret": secrets.token_urlsafe(48),
         "master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        **overrides,
     }
-    return Settings(**{**base, **overrides})
+    return Settings(**values)
 
 
 @dataclass

@@ -41,8 +41,9 @@ def invalid_input(exc: ValidationError, detail: str) -> InvalidInput:
     return InvalidInput(detail, errors=field_errors(exc.errors(include_url=False)))
 
 
-def validated(model: type[M], data: Any) -> M:
-    """``model.model_validate(data)``; :class:`InvalidInput` naming the failing fields."""
+def validated(model: type[M], data: object) -> M:
+    """``model.model_validate(data)`` for untrusted ``data`` (decoded JSON, form fields, a TOML
+    table); :class:`InvalidInput` naming the failing fields."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

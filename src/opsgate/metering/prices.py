@@ -30,6 +30,7 @@ import orjson
 from genai_prices import data_snapshot as genai_data_snapshot
 from genai_prices import types as genai_types
 
+from opsgate.config import Settings
 from opsgate.metering.errors import PriceTableError, UnknownModelPrice
 
 PRICE_FIELDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
@@ -229,7 +230,7 @@ class PriceBook:
 
     @classmethod
     def from_settings(
-        cls, settings: Any, now: Callable[[], datetime] | None = None, table: PriceTable | None = None
+        cls, settings: Settings, now: Callable[[], datetime] | None = None, table: PriceTable | None = None
     ) -> PriceBook:
         """The book of ``settings.prices`` (digested as the overrides' version) over ``table``
         (default: the packaged ``prices.toml``); ``now`` is the clock's ``now`` and

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,8 +50,9 @@ from opsgate.metering.budgets import budget_statuses
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY, latest_discrepancies
 from opsgate.monitoring.models import incidents, signals
 from opsgate.monitoring.providers import outages
+from opsgate.providers.base import Usage
 from opsgate.rollout.toggles import ToggleSnapshot
-from opsgate.routing.router import Router
+from opsgate.routing.router import Attempt, Router
 from opsgate.store.models import ledger_entries
 
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
@@ -75,8 +76,21 @@ SKIPPED = frozenset({"circuit_open", "not_configured", "deadline_exceeded", "con
 """Attempt kinds of targets the router skipped without calling the provider (no duration)."""
 
 
-def observe(outcome: Any, variant: str) -> None:
-    """Count a successful :class:`opsgate.pipeline.Outcome` (provider, model, cost, tokens, latency)."""
+class ServedOutcome(Protocol):
+    """What :func:`observe` reads of a successful call: :class:`opsgate.pipeline.Outcome` has
+    these fields (the pipeline sits above monitoring, so it is described here, not imported).
+    Cost in micro-USD, latency in milliseconds."""
+
+    operation: str
+    provider: str
+    model: str
+    usage: Usage
+    cost_micro_usd: int
+    latency_ms: float
+
+
+def observe(outcome: ServedOutcome, variant: str) -> None:
+    """Count a successful call (provider, model, cost, tokens, latency) under ``variant``."""
     op, provider, model = outcome.operation, outcome.provider, outcome.model
     REQUESTS.labels(op, provider, model, "ok", "", variant).inc()
     DURATION.labels(op, "ok", variant).observe(outcome.latency_ms / 1000)
@@ -94,8 +108,8 @@ def observe_error(operation: str, code: str, http_status: int, latency_ms: float
     DURATION.labels(operation, status, variant).observe(latency_ms / 1000)
 
 
-def observe_attempt(attempt: Any) -> None:
-    """Count one :class:`opsgate.routing.router.Attempt` (skips count, without a duration)."""
+def observe_attempt(attempt: Attempt) -> None:
+    """Count one router :class:`~opsgate.routing.router.Attempt` (skips count, without a duration)."""
     PROVIDER_REQUESTS.labels(attempt.provider, attempt.model, attempt.outcome_kind).inc()
     if attempt.outcome_kind not in SKIPPED:
         PROVIDER_DURATION.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)

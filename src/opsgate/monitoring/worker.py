@@ -144,8 +144,7 @@ def incident_service(settings: Settings, engine: Engine, ledger: Ledger, clock: 
                      session: aiohttp.ClientSession | None) -> IncidentService:
     """The :class:`IncidentService` with the configured notifiers and contacts. Without a
     ``session`` (a CLI command) the notifiers only render: the worker sends the outbox."""
-    # without a session the notifiers are only asked to render messages, never to send
-    notifiers = build_notifiers(settings, session)  # type: ignore[arg-type]
+    notifiers = build_notifiers(settings, session)  # type: ignore[arg-type]  # None: they only render, never send
     return IncidentService(engine, ledger, clock, notifiers, Contacts.from_settings(settings, frozenset(notifiers)),
                            repeat_interval_s=settings.alert_repeat_interval_s)
 

@@ -37,7 +37,7 @@ class CallPrivacy:
         self._masker = masker
         self._pseudonyms = pseudonyms
 
-    def restore(self, data: Any) -> Any:
+    def restore(self, data: object) -> object:
         """The model's decoded JSON answer with this call's pseudonyms mapped back (unchanged
         when the operation is not pseudonymised)."""
         return data if self._pseudonyms is None else self._pseudonyms.restore(data)

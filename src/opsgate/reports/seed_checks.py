@@ -268,7 +268,7 @@ def auth_configured(ctx: Context) -> Result:
     service = TokenService(s, ctx.clock)
     claims = jwt.decode(service.issue("readiness-probe", "user"), options={"verify_signature": False})
     forged = [
-        jwt.encode(claims, key=None, algorithm="none"),  # type: ignore[arg-type]
+        jwt.encode(claims, key=None, algorithm="none"),  # type: ignore[arg-type]  # alg none: no key (the forgery probed)
         jwt.encode(claims, "another-key-of-at-least-32-bytes!!", algorithm="HS256"),
     ]
     accepted = 0

@@ -54,7 +54,7 @@ class UnsupportedSchemaError(ValueError):
     """The schema has no instance this generator can build (see the module docstring)."""
 
 
-def instance_for(schema: dict[str, Any] | bool) -> Any:
+def instance_for(schema: dict[str, Any] | bool) -> object:
     """Return a deterministic instance of ``schema`` (a JSON Schema or Gemini OpenAPI schema).
 
     The result is made of plain JSON values (dict, list, str, int, float, bool, None).

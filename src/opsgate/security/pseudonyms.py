@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
 
 import phonenumbers
 
@@ -93,7 +92,7 @@ class Pseudonymiser:
         text = self._other_mentions(text)
         return self._phone_numbers(text)
 
-    def restore(self, data: Any) -> Any:
+    def restore(self, data: object) -> object:
         """A copy of ``data`` (decoded JSON: dicts, lists, strings, scalars) with this call's
         pseudonyms mapped back; unknown or mangled ones are kept and added to :attr:`unresolved`."""
         if isinstance(data, str):

@@ -63,9 +63,9 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import phonenumbers
 from pydantic import SecretStr
@@ -278,7 +278,7 @@ class Sanitizer:
             text = redacted
         return text
 
-    def sanitize_obj(self, obj: Any) -> Any:
+    def sanitize_obj(self, obj: object) -> object:
         """A copy of ``obj`` with every string sanitized; dicts, lists and tuples are walked.
 
         Under a sensitive key (see :data:`SENSITIVE_WORDS`) every scalar leaf becomes a
@@ -640,6 +640,12 @@ def sanitize(text: str) -> str:
     return _default.sanitize(text)
 
 
-def sanitize_obj(obj: Any) -> Any:
-    """The process-wide :meth:`Sanitizer.sanitize_obj`."""
+@overload
+def sanitize_obj(obj: str) -> str: ...
+@overload
+def sanitize_obj(obj: Mapping[str, object]) -> dict[str, object]: ...
+@overload
+def sanitize_obj(obj: object) -> object: ...
+def sanitize_obj(obj: object) -> object:
+    """The process-wide :meth:`Sanitizer.sanitize_obj` (a str stays a str, a dict a dict)."""
     return _default.sanitize_obj(obj)

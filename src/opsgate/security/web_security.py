@@ -45,7 +45,9 @@ CORS_HEADERS = ["Authorization", "Content-Type", "X-CSRF-Token"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def checked_origins(origins: list[str]) -> list[str]:
@@ -90,7 +92,7 @@ class SecurityHeadersMiddleware:
         self.app = app
         self._extra = BASE_HEADERS + ((HSTS,) if hsts else ())
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
