@@ -1,6 +1,6 @@
-"""The two stores for tests: a throwaway PostgreSQL database on the server at 127.0.0.1:5432 and a
-migrated database URL on either store. PostgreSQL halves are marked ``postgres`` and fail, never
-skip, when the server is down."""
+"""The two stores for tests: a throwaway PostgreSQL database on the server at 127.0.0.1:5432, a
+migrated database URL on either store, and an engine on a migrated SQLite file. PostgreSQL halves
+are marked ``postgres`` and fail, never skip, when the server is down."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
-from opsgate.store.db import upgrade
+from opsgate.store.db import make_engine, upgrade
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
@@ -29,6 +29,13 @@ def fresh_postgres(prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+def migrated_engine(tmp_path: Path, name: str = "opsgate.db") -> Engine:
+    """An engine on a fresh SQLite file ``tmp_path / name`` at every migration head."""
+    url = f"sqlite:///{tmp_path / name}"
+    upgrade(url)
+    return make_engine(url)
 
 
 @contextmanager

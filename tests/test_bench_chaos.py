@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-
-from tests.conftest import REPO
+from tests.paths import REPO
 
 INVARIANTS = ("admitted_calls_closed", "chain_verifies_against_anchors", "budgets_within_limits",
               "alerts_once_in_order", "no_5xx_outside_windows", "load_held")

@@ -17,7 +17,7 @@ from opsgate.operations import get_operation
 from opsgate.operations.io import input_from_file
 from opsgate.providers.openai_compat import OpenAICompatProvider
 from opsgate.sandbox.synth import count_tokens
-from tests.conftest import EXAMPLES, REPO
+from tests.paths import EXAMPLES, REPO
 
 
 @pytest.fixture

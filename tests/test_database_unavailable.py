@@ -9,14 +9,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine
+from tests.gateways import gateway_settings, running_gateway
 
-from opsgate.app import create_app
-from opsgate.localserver import serve_in_thread
 from opsgate.store.db import upgrade
-from tests.conftest import Gateway, gateway_settings
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
@@ -40,22 +37,17 @@ def pg_url() -> Iterator[str]:
 @pytest.mark.postgres
 def test_a_database_that_stops_answering_is_503_database_unavailable(pg_url: str, tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path, database_url=pg_url)
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            gateway = Gateway(settings, app.state.runtime, client)
-            headers = {"Authorization": f"Bearer {gateway.token('oncall', 'admin')}"}
-            assert client.get("/v1/incidents", headers=headers).status_code == 200
-            name = pg_url.rsplit("/", 1)[1]
-            admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:  # the database stops answering: no session, no new one
-                conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-                conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                     f"WHERE datname = '{name}'")
-            admin.dispose()
-            down = client.get("/v1/incidents", headers=headers)
-    finally:
-        server.stop()
+    with running_gateway(settings) as gateway:
+        client = gateway.client
+        headers = {"Authorization": f"Bearer {gateway.token('oncall', 'admin')}"}
+        assert client.get("/v1/incidents", headers=headers).status_code == 200
+        name = pg_url.rsplit("/", 1)[1]
+        admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:  # the database stops answering: no session, no new one
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 f"WHERE datname = '{name}'")
+        admin.dispose()
+        down = client.get("/v1/incidents", headers=headers)
     assert (down.status_code, down.json()["code"], down.headers["Retry-After"]) == (503, "database_unavailable", "1")
     assert "postgres" not in down.text and "127.0.0.1" not in down.text

@@ -13,12 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.operations.calendar_checks import assert_no_conflict, independent_busy
+from tests.shared_data import SHARED_DATA
 
 from opsgate.operations import OPERATIONS
 from opsgate.operations.calendar import TimeOutput
 from opsgate.operations.io import input_from_file
-from tests.operations.test_ops_calendar import assert_no_conflict, independent_busy
-from tests.shared_data import SHARED_DATA
 
 DATA = SHARED_DATA
 PLAN = {

@@ -14,7 +14,7 @@ from opsgate.metering.prices import PriceTable
 from opsgate.providers.base import CompletionRequest, Usage
 from opsgate.store.models import ai_operation_log
 from opsgate.testing import FAKE_MODEL, GovernedGateway
-from tests.conftest import EXAMPLES
+from tests.paths import EXAMPLES
 
 CLASSIFY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
 

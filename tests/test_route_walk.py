@@ -22,7 +22,7 @@ import httpx
 import pytest
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from tests.conftest import Gateway
+from tests.gateways import Gateway
 
 from opsgate.app import create_app
 from opsgate.deps import BEARER, FORM

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.conftest import gateway_settings
+from tests.gateways import gateway_settings
 
 import opsgate.runtime as runtime_module
 from opsgate.runtime import cli_services, start_runtime

@@ -14,17 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from tests.gateways import gateway_settings, running_gateway
+from tests.security.canaries import CANARIES, EMAIL, KEYS, PASSWORD, compose
 
 from opsgate import tracing
-from opsgate.app import create_app
-from opsgate.localserver import serve_in_thread
-from tests.conftest import gateway_settings
-from tests.security.test_secret_canary import CANARIES, EMAIL, KEYS, PASSWORD, compose
 
 STEPS = ["authenticate", "authorize", "rate_limit", "validate", "minimise", "take_tokens", "reserve", "ledger_intent", "route",
          "record", "respond"]
@@ -102,24 +99,19 @@ def test_tracing_exports_the_pipeline_over_otlp_without_canaries(
     monkeypatch.setenv("OTEL_SERVICE_NAME", "opsgate-under-test")
     settings = gateway_settings(tmp_path, **KEYS)
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        runtime = app.state.runtime
+    with running_gateway(settings) as gateway:
+        runtime, client = gateway.runtime, gateway.client
         assert tracing.enabled()
         token = runtime.tokens.issue("alice", "user")
         headers = {"Authorization": f"Bearer {token}", "traceparent": f"00-{trace_id}-{caller_span}-01"}
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            ok = client.post("/v1/operations/email-compose", json=compose(), headers=headers)
-            runtime.sandbox.set_faults("outage:anthropic")
-            fallback = client.post("/v1/operations/email-compose", json=compose("fallback"),
-                                   headers={"Authorization": f"Bearer {token}"})
-            runtime.sandbox.set_faults("none")
-            refused = client.post("/v1/operations/email-compose",
-                                  json={"instructions": 5, "to": [EMAIL], "password": PASSWORD},
-                                  headers={"Authorization": f"Bearer {token}"})
-    finally:
-        server.stop()
+        ok = client.post("/v1/operations/email-compose", json=compose(), headers=headers)
+        runtime.sandbox.set_faults("outage:anthropic")
+        fallback = client.post("/v1/operations/email-compose", json=compose("fallback"),
+                               headers={"Authorization": f"Bearer {token}"})
+        runtime.sandbox.set_faults("none")
+        refused = client.post("/v1/operations/email-compose",
+                              json={"instructions": 5, "to": [EMAIL], "password": PASSWORD},
+                              headers={"Authorization": f"Bearer {token}"})
     assert not tracing.enabled()
     assert (ok.status_code, fallback.status_code, refused.status_code) == (200, 200, 422), ok.text
     assert set(receiver.paths) == {"/v1/traces"}
@@ -173,14 +165,9 @@ def test_tracing_is_off_without_an_otlp_endpoint(tmp_path: Path, monkeypatch: py
     assert not tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"})
     assert not tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none"})
     assert tracing.wanted({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces"})
-    app = create_app(gateway_settings(tmp_path))
-    server = serve_in_thread(app)
-    try:
-        token = app.state.runtime.tokens.issue("alice", "user")
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            answer = client.post("/v1/operations/email-compose", json=compose(),
-                                 headers={"Authorization": f"Bearer {token}", "traceparent": f"00-{'1' * 32}-{'2' * 16}-01"})
+    with running_gateway(gateway_settings(tmp_path)) as gateway:
+        token = gateway.runtime.tokens.issue("alice", "user")
+        answer = gateway.client.post("/v1/operations/email-compose", json=compose(),
+                                     headers={"Authorization": f"Bearer {token}", "traceparent": f"00-{'1' * 32}-{'2' * 16}-01"})
         assert answer.status_code == 200
         assert not tracing.enabled()
-    finally:
-        server.stop()

@@ -19,13 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
+from tests.gateways import Gateway, gateway_settings, running_gateway
+from tests.paths import EXAMPLES
 
-from opsgate.app import create_app
-from opsgate.localserver import serve_in_thread
 from opsgate.operations.io import input_from_file
 from opsgate.sandbox import SandboxThread
 from opsgate.store.models import ai_operation_log
-from tests.conftest import EXAMPLES, Gateway, gateway_settings
 
 TARGETS = {
     "anthropic": "anthropic/claude-opus-5",
@@ -38,13 +37,8 @@ SANDBOX = {"anthropic": "anthropic", "openai-compatible": "deepseek", "gemini": 
 def _gateway(tmp_path: Path, chain: list[str], faults: str, **overrides: object) -> Iterator[Gateway]:
     settings = gateway_settings(tmp_path, sandbox_faults=faults,
                                 routes={"email-classify": {"chain": chain}}, **overrides)
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            yield Gateway(settings, app.state.runtime, client)
-    finally:
-        server.stop()
+    with running_gateway(settings) as running:
+        yield running
 
 
 def _classify(gw: Gateway) -> httpx.Response:

@@ -6,43 +6,31 @@ fails (never skips) when the server at 127.0.0.1:5432 is down.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine
+from tests.stores import migrated_url
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.writer import Ledger
-from opsgate.store.db import make_engine, upgrade
+from opsgate.store.db import make_engine
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 LEDGER_EPOCH = datetime(2026, 11, 30, 6, 1, 2, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    upgrade(url)
-    return url
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    with migrated_url("sqlite", tmp_path, "ledger") as url:
+        yield url
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    name = f"ledger_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"{PG_SERVER}/{name}"
-        upgrade(url)
+def postgres_url(tmp_path: Path) -> Iterator[str]:
+    with migrated_url("postgres", tmp_path, "ledger") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

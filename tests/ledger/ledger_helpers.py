@@ -1,4 +1,5 @@
-"""Small helpers shared by the ledger tests (imported as ``ledger_helpers``)."""
+"""Small helpers shared by the ledger tests: tamper as the tables' owner (:func:`execute`) and read
+the rows back (:func:`ledger_rows`)."""
 
 from __future__ import annotations
 

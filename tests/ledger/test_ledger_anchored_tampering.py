@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ledger_helpers import execute, ledger_rows
 from sqlalchemy import Engine
+from tests.ledger.ledger_helpers import execute, ledger_rows
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.anchors import DirectoryAnchor, publish

@@ -7,16 +7,15 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
 from sqlalchemy import select
+from tests.gateways import serve_process
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
@@ -30,45 +29,6 @@ from opsgate.store.models import ledger_entries
 REPO = Path(__file__).resolve().parents[2]
 OP = "email-classify"
 LEDGER_CLI = [sys.executable, "-m", "opsgate.cli", "ledger"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(env: dict[str, str], workdir: Path, faults: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "opsgate.cli",
-            "serve",
-            "--sandbox",
-            "--faults",
-            faults,
-            "--port",
-            str(port),
-        ],
-        env=env,
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "gateway exited"
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("gateway did not come up")
 
 
 def _kinds(engine) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -98,7 +58,7 @@ def test_kill_9_mid_request_then_recover(tmp_path: Path) -> None:
     body = input_from_file(OP, next((REPO / "examples").glob(f"{OP}.*")), None)
     engine = make_engine(url_db)
 
-    proc, base = _serve(env, tmp_path, "slow:30s")
+    proc, base = serve_process(env, tmp_path, "slow:30s")
     sent = threading.Thread(target=_post, args=(base, token, body), daemon=True)
     sent.start()
     deadline = time.monotonic() + 30
@@ -112,7 +72,7 @@ def test_kill_9_mid_request_then_recover(tmp_path: Path) -> None:
     assert report.ok and report.incomplete_intents == 1  # incomplete, not tampering
     assert [e["kind"] for e in _kinds(engine)][-1] == "intent"
 
-    proc, base = _serve(env, tmp_path, "none")  # restart: the chain continues
+    proc, base = serve_process(env, tmp_path, "none")  # restart: the chain continues
     try:
         recovered = subprocess.run(
             [*LEDGER_CLI, "recover", "--older-than", "0"],

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from ledger_helpers import ledger_rows
 from sqlalchemy import Engine
+from tests.ledger.ledger_helpers import ledger_rows
 
 from opsgate.ledger.entry import decode_body
 from opsgate.ledger.verify import verify

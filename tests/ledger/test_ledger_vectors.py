@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ledger_helpers import ledger_rows
 from sqlalchemy import Engine
+from tests.ledger.ledger_helpers import ledger_rows
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.entry import chain_hash, clean_payload, encode_body, parse_ts

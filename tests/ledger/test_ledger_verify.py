@@ -7,8 +7,8 @@ import tracemalloc
 from datetime import timedelta
 
 import pytest
-from ledger_helpers import execute, ledger_rows
 from sqlalchemy import Engine, insert
+from tests.ledger.ledger_helpers import execute, ledger_rows
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.entry import chain_entry, encode_body

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from ledger_helpers import execute, ledger_rows
 from sqlalchemy import Engine
+from tests.ledger.ledger_helpers import execute, ledger_rows
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.verify import format_summary, verify

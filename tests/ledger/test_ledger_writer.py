@@ -7,8 +7,8 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from ledger_helpers import execute, ledger_rows
 from sqlalchemy import Engine, func, select
+from tests.ledger.ledger_helpers import execute, ledger_rows
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.entry import decode_body

@@ -27,12 +27,11 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import Engine, select
-from tests.conftest import EXAMPLES, gateway_settings
+from tests.gateways import gateway_settings, running_gateway
+from tests.paths import EXAMPLES
 
-from opsgate.app import create_app
 from opsgate.clock import SystemClock
 from opsgate.config import RouteConfig, Settings
-from opsgate.localserver import serve_in_thread
 from opsgate.metering.attempts import ESTIMATED, REPORTED
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.cost import cost_micro_usd
@@ -82,19 +81,14 @@ def _run(tmp_path: Path, faults: str, chain: list[str], **route: object) -> Run:
     settings = gateway_settings(tmp_path, sandbox_faults=faults,
                                 routes={OP: RouteConfig(chain=tuple(f"{p}/{MODELS[p]}" for p in chain),
                                                         **route)})  # type: ignore[arg-type]
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        runtime: Runtime = app.state.runtime
+    with running_gateway(settings) as gateway:
+        runtime: Runtime = gateway.runtime
         set_budget(runtime.engine, SystemClock(), user_id=ANY, operation=ANY, period="day",
                    limit_micro_usd=10**9)
         token = TokenService(settings, SystemClock()).issue("alice", "user")
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            response = client.post(f"/v1/operations/{OP}", json=BODY,
-                                   headers={"Authorization": f"Bearer {token}"})
+        response = gateway.client.post(f"/v1/operations/{OP}", json=BODY,
+                                       headers={"Authorization": f"Bearer {token}"})
         return _collect(runtime, settings, response, chain)
-    finally:
-        server.stop()
 
 
 def _collect(runtime: Runtime, settings: Settings, response: httpx.Response, chain: list[str]) -> Run:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_procs import gateways
 from sqlalchemy import Engine, select
+from tests.gateways import gateway_processes
 from tests.stores import fresh_postgres
 
 from opsgate.clock import SystemClock
@@ -149,7 +149,7 @@ def test_overlapping_requests_admit_at_most_what_the_budget_holds(
     engine = make_engine(url)
     sampler = CounterSampler(engine)
     try:
-        with gateways(processes, env, tmp_path, faults=SLOW) as urls:
+        with gateway_processes(processes, env, tmp_path, faults=SLOW) as urls:
             sampler.start()
             responses = asyncio.run(_fire(urls, token, body, REQUESTS))
             sampler.stop()
@@ -176,7 +176,7 @@ def test_released_reservations_never_let_spent_plus_reserved_pass_the_limit(
     engine = make_engine(url)
     sampler = CounterSampler(engine)
     try:
-        with gateways(processes, env, tmp_path) as urls:
+        with gateway_processes(processes, env, tmp_path) as urls:
             sampler.start()
             responses = asyncio.run(_fire(urls, token, body, 16))
             sampler.stop()
@@ -229,7 +229,7 @@ def test_fallbacks_and_repairs_extend_their_reservations_and_never_pass_the_limi
     engine = make_engine(url)
     sampler = CounterSampler(engine)
     try:
-        with gateways(processes, env, tmp_path, faults="malformed:anthropic,off-schema") as urls:
+        with gateway_processes(processes, env, tmp_path, faults="malformed:anthropic,off-schema") as urls:
             sampler.start()
             responses = asyncio.run(_fire(urls, token, body, 16))
             sampler.stop()
@@ -255,7 +255,7 @@ def test_an_extension_without_room_stops_the_call_with_a_402_after_its_intent(
     env, token, limit, body = _setup(url, tmp_path, limit=limit)
     engine = make_engine(url)
     try:
-        with gateways(processes, env, tmp_path, faults=f"{SLOW},malformed:anthropic") as urls:
+        with gateway_processes(processes, env, tmp_path, faults=f"{SLOW},malformed:anthropic") as urls:
             responses = asyncio.run(_fire(urls, token, body, REQUESTS))
         assert {r.status_code for r in responses} == {402}
         assert {r.json()["code"] for r in responses} == {"budget_exceeded"}

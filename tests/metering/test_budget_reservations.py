@@ -6,7 +6,6 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from metering_stores import store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import Engine, select
 
 from opsgate.clock import ManualClock

@@ -6,16 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import text
-from tests.conftest import gateway_settings
+from tests.gateways import gateway_settings, running_gateway
 
-from opsgate.app import create_app
 from opsgate.clock import ManualClock
 from opsgate.errors import OpsgateError
 from opsgate.ledger.writer import Ledger
-from opsgate.localserver import serve_in_thread
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.cost import worst_case_micro_usd
 from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
@@ -119,24 +116,20 @@ async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
 
 def test_admin_api_sets_and_lists_budgets(tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path)
-    app = create_app(settings)
-    server = serve_in_thread(app)
     tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
     admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
     user = {"Authorization": f"Bearer {tokens.issue('alice', 'user')}"}
-    try:
-        with httpx.Client(base_url=server.base_url) as client:
-            put = client.put("/v1/admin/budgets", headers=admin,
-                             json={"user_id": "alice", "period": "day", "limit_usd": "0.010"})
-            assert put.status_code == 200, put.text
-            assert (put.json()["scope"], put.json()["limit_micro_usd"]) == ("user:alice", 10_000)
-            listed = client.get("/v1/admin/budgets", headers=admin).json()["budgets"]
-            assert [(b["scope"], b["spent_micro_usd"], b["reserved_micro_usd"]) for b in listed] == [
-                ("user:alice", 0, 0)]
-            denied = client.get("/v1/admin/budgets", headers=user)
-            assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
-            bad = client.put("/v1/admin/budgets", headers=admin,
-                             json={"period": "day", "limit_usd": "0.0000001"})
-            assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
-    finally:
-        server.stop()
+    with running_gateway(settings) as gateway:
+        client = gateway.client
+        put = client.put("/v1/admin/budgets", headers=admin,
+                         json={"user_id": "alice", "period": "day", "limit_usd": "0.010"})
+        assert put.status_code == 200, put.text
+        assert (put.json()["scope"], put.json()["limit_micro_usd"]) == ("user:alice", 10_000)
+        listed = client.get("/v1/admin/budgets", headers=admin).json()["budgets"]
+        assert [(b["scope"], b["spent_micro_usd"], b["reserved_micro_usd"]) for b in listed] == [
+            ("user:alice", 0, 0)]
+        denied = client.get("/v1/admin/budgets", headers=user)
+        assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
+        bad = client.put("/v1/admin/budgets", headers=admin,
+                         json={"period": "day", "limit_usd": "0.0000001"})
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_procs import gateways
+from tests.gateways import gateway_processes
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
@@ -100,7 +100,7 @@ def test_two_gateway_processes_share_one_redis_limit(tmp_path: Path) -> None:
                                       headers={"Authorization": f"Bearer {token}"})
                     for i in range(10)]
 
-    with gateways(2, env, tmp_path) as urls:
+    with gateway_processes(2, env, tmp_path) as urls:
         responses = asyncio.run(fire(urls))
     codes = [r.status_code for r in responses]
     assert codes == [200] * 5 + [429] * 5  # five in total across both processes, not five each

@@ -7,7 +7,6 @@ from datetime import date, datetime
 from pathlib import Path
 
 import pytest
-from metering_stores import store, store_url  # noqa: F401  (fixtures)
 from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import select
-from tests.conftest import EXAMPLES, gateway_settings
+from tests.gateways import gateway_settings, running_gateway
+from tests.paths import EXAMPLES
 
-from opsgate.app import create_app
 from opsgate.clock import SystemClock
-from opsgate.localserver import serve_in_thread
 from opsgate.metering.budgets import budget_statuses, set_budget, usd_to_micro
 from opsgate.metering.models import ANY, budget_reservations
 from opsgate.security.auth import TokenService
@@ -24,14 +23,12 @@ def test_a_five_cent_daily_user_budget_admits_calls_until_less_than_one_worst_ca
     tmp_path: Path,
 ) -> None:
     settings = gateway_settings(tmp_path)
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        engine = app.state.runtime.engine
+    with running_gateway(settings) as gateway:
+        engine = gateway.runtime.engine
         limit = usd_to_micro("0.05")
         set_budget(engine, SystemClock(), user_id="alice", operation=ANY, period="day", limit_micro_usd=limit)
         token = TokenService(settings, SystemClock()).issue("alice", "user")
-        with httpx.Client(base_url=server.base_url, timeout=60,
+        with httpx.Client(base_url=gateway.base_url, timeout=60,
                           headers={"Authorization": f"Bearer {token}"}) as client:
             responses = []
             while not responses or responses[-1].status_code == 200:
@@ -40,8 +37,6 @@ def test_a_five_cent_daily_user_budget_admits_calls_until_less_than_one_worst_ca
         with engine.connect() as conn:
             held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalars().all()
         [status] = budget_statuses(engine, SystemClock().now())
-    finally:
-        server.stop()
 
     *admitted, refused = responses
     assert len(admitted) >= 5 and refused.status_code == 402

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_procs import gateways
+from tests.gateways import gateway_processes
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
@@ -63,7 +63,7 @@ def test_twenty_concurrent_calls_against_a_limit_that_fits_three(store: str, tmp
         env["OPSGATE_RATE_LIMIT_KEY_PREFIX"] = f"opsgate-test-{uuid.uuid4().hex}"
     upgrade(env["OPSGATE_DATABASE_URL"])
     token = TokenService(Settings(jwt_secret=secret), SystemClock()).issue("racer", "user")
-    with gateways(1 if store == "memory" else 2, env, tmp_path, faults="slow:3s") as urls:
+    with gateway_processes(1 if store == "memory" else 2, env, tmp_path, faults="slow:3s") as urls:
         responses = asyncio.run(_fire(urls, token, body))
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 3 + [429] * 17

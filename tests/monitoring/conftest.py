@@ -5,42 +5,18 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 from sqlalchemy import Engine
 from tests.monitoring.monitoring_receivers import HttpReceiver, SmtpReceiver
+from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env
 
 from opsgate.clock import ManualClock
 from opsgate.config import Settings
 from opsgate.ledger.writer import Ledger
-from opsgate.monitoring.worker import Worker
 from opsgate.store.db import make_engine, upgrade
-
-DISCORD = "/api/webhooks/123/tok"
-PAGERDUTY = "/v2/enqueue"
-
-
-@dataclass
-class Env:
-    settings: Settings
-    engine: Engine
-    ledger: Ledger
-    clock: ManualClock
-    http: HttpReceiver
-    smtp: SmtpReceiver
-    session: aiohttp.ClientSession
-    sid: str
-
-    def worker(self, name: str = "w1", lock: str = "worker.lock") -> Worker:
-        settings = self.settings.model_copy(update={"worker_lock_file": self.settings.worker_lock_file.parent / lock})
-        return Worker(settings, self.engine, self.ledger, self.clock, self.session, worker_id=name)
-
-    @property
-    def sms_path(self) -> str:
-        return f"/2010-04-01/Accounts/{self.sid}/Messages.json"
 
 
 @pytest.fixture

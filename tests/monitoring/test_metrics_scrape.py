@@ -14,11 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 from typer.testing import CliRunner
+from tests.gateways import gateway_settings, running_gateway
+from tests.paths import EXAMPLES
 
-from opsgate.app import create_app
 from opsgate.cli import app as cli
 from opsgate.clock import ManualClock
-from opsgate.localserver import serve_in_thread
 from opsgate.metering.models import cost_reconciliations
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY
 from opsgate.monitoring.hooks import record_signal
@@ -26,7 +26,6 @@ from opsgate.monitoring.models import provider_status
 from opsgate.monitoring.prometheus import LATENCY_BUCKETS_S
 from opsgate.runtime import Runtime
 from opsgate.security import metrics_token
-from tests.conftest import EXAMPLES, gateway_settings
 
 
 @dataclass
@@ -54,13 +53,8 @@ def scraped(tmp_path: Path) -> Iterator[Scraped]:
     token_file = tmp_path / "secrets" / "metrics-token"
     assert metrics_token.create(token_file)
     clock = ManualClock()
-    app = create_app(gateway_settings(tmp_path, metrics_token_file=token_file), clock)
-    server = serve_in_thread(app)
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            yield Scraped(app.state.runtime, client, clock, token_file.read_text().strip())
-    finally:
-        server.stop()
+    with running_gateway(gateway_settings(tmp_path, metrics_token_file=token_file), clock) as gateway:
+        yield Scraped(gateway.runtime, gateway.client, clock, token_file.read_text().strip())
 
 
 def test_metrics_scrape_token_is_still_accepted_after_the_jwt_lifetime(scraped: Scraped) -> None:

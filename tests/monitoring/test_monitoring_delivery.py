@@ -8,7 +8,7 @@ import re
 from datetime import timedelta
 
 from sqlalchemy import insert, select
-from tests.monitoring.conftest import DISCORD, PAGERDUTY, Env
+from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env
 
 from opsgate.monitoring.models import outbox
 from opsgate.monitoring.notifiers import Notification

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.monitoring.conftest import PAGERDUTY, Env
+from tests.monitoring.worker_env import PAGERDUTY, Env
 
 from opsgate.monitoring.providers import ProviderStatusSync
 from opsgate.providers.base import CompletionRequest

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 from sqlalchemy import delete, insert, select
-from tests.monitoring.conftest import DISCORD, PAGERDUTY, Env
+from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env
 
 from opsgate.ledger.anchors import DirectoryAnchor, publish
 from opsgate.ledger.guards import drop_triggers

@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tests.gateways import Gateway, free_port
+from tests.paths import EXAMPLES, REPO
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.security import metrics_token
 from opsgate.security.auth import TokenService
-from tests.conftest import EXAMPLES, REPO, Gateway
 
 DEPLOY = REPO / "deploy"
 RULES, RULES_TEST = DEPLOY / "prometheus" / "rules.yml", DEPLOY / "prometheus" / "rules_test.yml"
@@ -74,12 +74,6 @@ def test_prometheus_rules_catch_a_threshold_moved_past_its_edge(tmp_path: Path) 
         assert run.returncode == 1 and "FAILED" in run.stdout + run.stderr, moved
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -114,7 +108,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, Settings]]:
     """A real ``opsgate serve --sandbox`` (its own SQLite file) with a scrape token file."""
     token_file = tmp_path / "metrics-token"
     metrics_token.create(token_file)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'opsgate.db'}",
            "OPSGATE_JWT_SECRET": secrets.token_urlsafe(48), "OPSGATE_MASTER_KEY": secrets.token_urlsafe(32) + "=",
            "OPSGATE_METRICS_TOKEN_FILE": str(token_file), "OPSGATE_PROVIDER_STATUS_INTERVAL_S": "1"}
@@ -150,7 +144,7 @@ def test_real_prometheus_scrapes_opsgate_serve_with_the_token_file(
     config = _prometheus_config(tmp_path, url.removeprefix("http://"), token_file)
     check = subprocess.run([_tool("promtool"), "check", "config", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    prom = f"http://127.0.0.1:{_free_port()}"
+    prom = f"http://127.0.0.1:{free_port()}"
     args = [_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address={prom.removeprefix('http://')}"]
     with _process(args, tmp_path / "prometheus.log"):

@@ -21,9 +21,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from tests.conftest import Gateway, gateway_settings
+from tests.gateways import Gateway, gateway_settings, running_gateway
 
-from opsgate.app import create_app
 from opsgate.localserver import serve_in_thread
 from opsgate.sandbox.server import SandboxThread
 
@@ -98,13 +97,8 @@ def recorded_gateway(tmp_path: Path, **overrides: object) -> Iterator[tuple[Gate
                 gemini_api_key="AIza" + secrets.token_urlsafe(26)[:35],  # pragma: allowlist secret
                 **overrides,
             )  # fmt: skip
-            app = create_app(settings)
-            server = serve_in_thread(app)
-            try:
-                app.state.runtime.rollout.enable_for_sandbox()
-                with httpx.Client(base_url=server.base_url, timeout=60) as client:
-                    yield Gateway(settings, app.state.runtime, client), recorder
-            finally:
-                server.stop()
+            with running_gateway(settings) as gateway:
+                gateway.runtime.rollout.enable_for_sandbox()
+                yield gateway, recorder
         finally:
             stand_in.stop()

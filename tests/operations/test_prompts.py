@@ -11,7 +11,7 @@ from opsgate.operations import OPERATIONS, prompt_catalogue
 from opsgate.operations.common import DATA_RULE
 from opsgate.operations.io import input_from_file
 from opsgate.operations.prompts import PACKAGE_DIR, PromptConfigError, package_prompt
-from tests.conftest import EXAMPLES
+from tests.paths import EXAMPLES
 
 
 def _prepare(op_id: str, prompt=None):  # type: ignore[no-untyped-def]

@@ -10,7 +10,8 @@ from pathlib import Path
 import jwt
 import pytest
 from sqlalchemy import text
-from tests.security.security_b_helpers import add_login, running_gateway
+from tests.gateways import gateway_settings, running_gateway
+from tests.security.credentials import add_login
 
 from opsgate.clock import ManualClock, SystemClock
 from opsgate.config import Settings
@@ -79,7 +80,7 @@ def test_refusals_over_http_are_the_reports_numbers(gateway) -> None:  # type: i
 
 
 def test_refresh_reuse_is_counted_once_per_detection(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with running_gateway(tmp_path, refresh_reuse_grace_s=0) as gw:
+    with running_gateway(gateway_settings(tmp_path, refresh_reuse_grace_s=0)) as gw:
         add_login(gw, "ada", "user", PASSWORD)
         COUNTS.drain()
         login = gw.client.post(FORM_TOKEN, data={

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
+from tests.rollout.rollout_helpers import DAY, NOW, PLAN, state_of
 
 from opsgate.rollout.controller import (
     Action,
@@ -13,17 +13,12 @@ from opsgate.rollout.controller import (
     CohortMetrics,
     Evaluate,
     KillSwitch,
-    Plan,
     Rollback,
     RolloutState,
     State,
     Thresholds,
     step,
 )
-
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-PLAN = Plan()
-DAY = timedelta(hours=24)
 
 
 def healthy(requests: int = 1000) -> CohortMetrics:
@@ -45,19 +40,6 @@ EVENTS = {
     "rollback": Rollback("operator says so"),
     "kill_switch": KillSwitch("email-compose"),
 }
-
-
-def state_of(name: str) -> RolloutState:
-    """Each state with its stage time served (so a healthy evaluation can promote)."""
-    served = NOW - DAY - timedelta(minutes=1)
-    base = RolloutState(State(name), 0, served, PLAN)
-    if name == "paused":
-        return replace(base, paused_since=NOW - timedelta(seconds=30))
-    if name == "observing":
-        return replace(base, stage_index=3, stage_started_at=NOW - timedelta(hours=49))
-    if name == "rolling_back":
-        return replace(base, check_due_at=NOW + timedelta(minutes=2))
-    return base
 
 
 ACTIVE_ROWS = {

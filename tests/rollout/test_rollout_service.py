@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert
+from tests.rollout.rollout_helpers import ledger_kinds
 
 from opsgate.clock import ManualClock
-from opsgate.ledger.entry import ENVELOPE_KEYS
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.verify import verify
 from opsgate.ledger.writer import Ledger
@@ -31,7 +31,7 @@ from opsgate.rollout.service import (
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.security.users import add_user
 from opsgate.store.db import make_engine, upgrade
-from opsgate.store.models import ai_operation_log, ledger_entries
+from opsgate.store.models import ai_operation_log
 
 OPS = ["email-compose", "email-classify", "task-breakdown"]
 
@@ -58,13 +58,6 @@ def service(engine: Engine, clock: ManualClock) -> Iterator[RolloutService]:
     svc.ensure_toggles(OPS)
     yield svc
     ledger.close()
-
-
-def ledger_kinds(engine: Engine) -> list[tuple[str, dict]]:
-    with engine.connect() as conn:
-        bodies = conn.execute(select(ledger_entries.c.body).order_by(ledger_entries.c.seq)).scalars()
-        entries = [json.loads(b) for b in bodies]
-    return [(e["kind"], {k: v for k, v in e.items() if k not in ENVELOPE_KEYS}) for e in entries]
 
 
 def log_calls(engine: Engine, clock: ManualClock, operation: str, ok: int, failed: int,

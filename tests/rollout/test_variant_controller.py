@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from tests.rollout.rollout_helpers import NOW, state_of
 
 from opsgate.config import Settings
 from opsgate.rollout.controller import (
@@ -22,7 +23,6 @@ from opsgate.rollout.controller import (
     Thresholds,
     step,
 )
-from tests.rollout.test_rollout_controller import NOW, state_of
 
 LIVE = CohortMetrics(4000, 8, 700.0, 1400.0, 1000, repaired=40, refused=8)  # 1 % repaired, 0.2 % refused
 

@@ -8,21 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
+from tests.gateways import Gateway, gateway_settings, running_gateway
+from tests.paths import EXAMPLES
 
-from opsgate.app import create_app
 from opsgate.config import VariantConfig
 from opsgate.ledger.entry import decode_body
 
-from opsgate.localserver import serve_in_thread
 from opsgate.rollout.bucketing import bucket
 from opsgate.rollout.service import variant_group
 from opsgate.operations import get_operation
 from opsgate.security.auth import Principal
 from opsgate.store.models import ledger_entries
-from tests.conftest import EXAMPLES, Gateway, gateway_settings
 
 OP = "email-classify"
 CANDIDATE = "flash-v2"
@@ -38,13 +36,8 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     (prompts / "v2.txt").write_text("Sort this mail for its reader into one of:\n${labels}\n")
     settings = gateway_settings(tmp_path, prompts_dir=tmp_path / "prompts", variants={
         OP: {CANDIDATE: VariantConfig(chain=("gemini/gemini-3.8-flash",), prompt="v2")}})
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            yield Gateway(settings, app.state.runtime, client)
-    finally:
-        server.stop()
+    with running_gateway(settings) as running:
+        yield running
 
 
 def _admin(gateway: Gateway) -> dict[str, str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, insert
+from tests.rollout.rollout_helpers import ledger_kinds
 
 from opsgate.clock import ManualClock
 from opsgate.config import Settings, VariantConfig
@@ -24,7 +25,6 @@ from opsgate.rollout.variants import build_book
 from opsgate.routing.policy import policies_for
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ai_operation_log
-from tests.rollout.test_rollout_service import ledger_kinds
 
 OP = "email-classify"
 PLAN = Plan((Stage(5, 3600), Stage(25, 3600), Stage(100, 3600)), 3600)

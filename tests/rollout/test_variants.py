@@ -18,7 +18,7 @@ from opsgate.rollout.variants import DEFAULT_VARIANT, VariantConfigError, build_
 from opsgate.routing.policy import Target, policies_for
 from opsgate.store.models import ai_operation_log
 from opsgate.testing import GovernedGateway
-from tests.conftest import EXAMPLES
+from tests.paths import EXAMPLES
 
 NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)
 CLASSIFY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
+from tests.routing.routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
 
 from opsgate.clock import ManualClock
 from opsgate.providers.errors import (

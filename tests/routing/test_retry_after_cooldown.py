@@ -4,7 +4,7 @@ cooldown (manual clock; the HTTP path per wire format is in tests/test_typed_ans
 
 from __future__ import annotations
 
-from routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
+from tests.routing.routing_fakes import REQUEST, RecordingSleep, ScriptedProvider
 
 from opsgate.clock import ManualClock
 from opsgate.providers.errors import RateLimited

@@ -16,21 +16,19 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from aiohttp import web
 from sqlalchemy import select
 from typer.testing import CliRunner
+from tests.gateways import Gateway, gateway_settings, running_gateway
+from tests.paths import EXAMPLES
 
-from opsgate.app import create_app
 from opsgate.cli import app as cli_app
 from opsgate.config import Settings
-from opsgate.localserver import serve_in_thread
 from opsgate.routing.policy import RouteConfigError, policies_for
 from opsgate.runtime import start_runtime
 from opsgate.sandbox.instance import instance_for
 from opsgate.store.models import ai_operation_log, ledger_entries
-from tests.conftest import EXAMPLES, Gateway, gateway_settings
 
 runner = CliRunner()
 
@@ -101,13 +99,8 @@ def local() -> Iterator[LoopbackChat]:
 def routed_gateway(tmp_path: Path, local: LoopbackChat, monkeypatch) -> Iterator[Gateway]:
     monkeypatch.setenv("LOCAL_VLLM_KEY", "sk-local-" + secrets.token_urlsafe(24))
     settings = gateway_settings(tmp_path, **_local_config(local.base_url))
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            yield Gateway(settings, app.state.runtime, client)
-    finally:
-        server.stop()
+    with running_gateway(settings) as running:
+        yield running
 
 
 def _example(op: str) -> dict:

@@ -17,28 +17,22 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
+from tests.gateways import Gateway, gateway_settings, running_gateway
+from tests.paths import EXAMPLES
 
-from opsgate.app import create_app
-from opsgate.localserver import serve_in_thread
 from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.prices import PriceBook, PriceTable
 from opsgate.monitoring.models import signals
 from opsgate.providers.base import Usage
 from opsgate.store.models import ai_operation_log, ledger_entries
 from opsgate.web.queries import substitutions
-from tests.conftest import EXAMPLES, Gateway, gateway_settings
 
 
 def _gateway(tmp_path: Path, chain: list[str], faults: str = "none") -> Iterator[Gateway]:
     settings = gateway_settings(tmp_path, sandbox_faults=faults,
                                 routes={"email-classify": {"chain": chain}})
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            yield Gateway(settings, app.state.runtime, client)
-    finally:
-        server.stop()
+    with running_gateway(settings) as running:
+        yield running
 
 
 def _classify(gw: Gateway) -> dict:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 
 import aiohttp
 import httpx
 import pytest
+from tests.gateways import free_port
 
 from opsgate.sandbox import (
     FaultProfileError,
@@ -20,12 +20,6 @@ from opsgate.sandbox import (
     create_app,
     running_sandbox,
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _refuses(url: str) -> bool:
@@ -53,7 +47,7 @@ async def test_server_base_urls_and_stop_releases_port() -> None:
 
 
 async def test_running_sandbox_on_a_chosen_port() -> None:
-    port = _free_port()
+    port = free_port()
     async with running_sandbox("ratelimit:gemini", port=port) as server:
         assert server.base_urls["gemini"] == f"http://127.0.0.1:{port}/gemini"
         assert server.stats()["faults"] == "ratelimit:gemini"
@@ -113,7 +107,7 @@ def test_unknown_routes_are_404_and_counted(sandbox: SandboxThread) -> None:
 
 
 def test_run_sandbox_forever_prints_base_urls_and_stops_on_interrupt() -> None:
-    port = _free_port()
+    port = free_port()
     code = f"from opsgate.sandbox import run_sandbox_forever; run_sandbox_forever('127.0.0.1', {port}, 'flaky')"
     process = subprocess.Popen(
         [sys.executable, "-c", code],

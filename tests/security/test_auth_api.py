@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from opsgate.security.models import users
-from tests.security.security_b_helpers import add_login, running_gateway
+from tests.gateways import gateway_settings, running_gateway
+from tests.security.credentials import add_login
 
 PASSWORD = "correct horse battery staple"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -16,7 +17,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 @pytest.fixture
 def gw(tmp_path):
-    with running_gateway(tmp_path) as gateway:
+    with running_gateway(gateway_settings(tmp_path)) as gateway:
         add_login(gateway, "ada", "user", PASSWORD, email="Ada@Example.org")
         add_login(gateway, "root", "admin", PASSWORD + "!")
         yield gateway

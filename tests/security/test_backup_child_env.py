@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from opsgate.security.backup import MAGIC, create, restore
-from tests.security.security_b_helpers import security_settings
+from opsgate.testing import gateway_settings
 
 FAKE = """#!{python}
 import json, os, sys
@@ -54,7 +54,7 @@ def test_pg_tools_get_the_password_in_a_passfile_and_no_gateway_secret(
     monkeypatch.setenv("PGPASSWORD", "an-inherited-password")
     monkeypatch.setenv("PGSSLMODE", "prefer")
     url = f"postgresql+psycopg://opsgate:{password}@db.internal:5433/prod?application_name=x"
-    settings = security_settings(tmp_path, database_url=url)
+    settings = gateway_settings(tmp_path, database_url=url)
     monkeypatch.setenv("OPSGATE_MASTER_KEY", settings.master_key.get_secret_value())
 
     out = tmp_path / "pg.ogb"
@@ -83,7 +83,7 @@ def test_a_url_without_password_writes_no_passfile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_tools: Path
 ) -> None:
     monkeypatch.setenv("OPSGATE_MASTER_KEY", "unused-here")
-    settings = security_settings(tmp_path, database_url="postgresql://postgres@127.0.0.1:5432/test")
+    settings = gateway_settings(tmp_path, database_url="postgresql://postgres@127.0.0.1:5432/test")
     create(settings, tmp_path / "pg.ogb")
     (dump,) = (json.loads(line) for line in fake_tools.read_text().splitlines())
     assert dump["passfile"] is None and "PGPASSFILE" not in dump["env"]

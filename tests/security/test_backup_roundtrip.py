@@ -10,7 +10,6 @@ import uuid
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import create_engine, select, text
-from tests.security.security_b_helpers import security_settings
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.writer import Ledger
@@ -18,6 +17,7 @@ from opsgate.security.backup import MAGIC, create, restore, verify_backup
 from opsgate.security.errors import BackupError
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ledger_entries
+from opsgate.testing import gateway_settings
 
 
 def _fill_ledger(url: str, n: int) -> None:
@@ -34,7 +34,7 @@ def _fill_ledger(url: str, n: int) -> None:
 
 @pytest.fixture
 def sqlite_settings(tmp_path):
-    settings = security_settings(tmp_path)
+    settings = gateway_settings(tmp_path)
     upgrade(settings.database_url)
     _fill_ledger(settings.database_url, 700)  # > 1 MiB: several encrypted chunks
     return settings
@@ -107,7 +107,7 @@ def test_postgres_backup_with_pg_dump_verifies_in_a_scratch_database_and_restore
         conn.execute(text(f'CREATE DATABASE "{source}"'))
         conn.execute(text(f'CREATE DATABASE "{target}"'))
     try:
-        settings = security_settings(tmp_path, database_url=f"{server}/{source}")
+        settings = gateway_settings(tmp_path, database_url=f"{server}/{source}")
         upgrade(settings.database_url)
         _fill_ledger(settings.database_url, 50)
         out = tmp_path / "pg.ogb"

@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 from sqlalchemy import select
-from tests.security.security_b_helpers import cipher_for, migrated_engine, security_settings
+from tests.security.credentials import cipher_for
+from tests.stores import migrated_engine
 
 from opsgate.clock import ManualClock
 from opsgate.security.crypto import key_id_of
@@ -19,12 +20,13 @@ from opsgate.security.keyring import KeyRing, master_key
 from opsgate.security.models import encryption_keys, users
 from opsgate.security.reencrypt import RETIRE_AFTER_S, keys_in_use, reencrypt, retire_unused
 from opsgate.security.users import add_user, find_by_email, get_email, set_email
+from opsgate.testing import gateway_settings
 
 
 @pytest.fixture
 def env(tmp_path):
     clock = ManualClock()
-    settings = security_settings(tmp_path)
+    settings = gateway_settings(tmp_path)
     engine = migrated_engine(tmp_path)
     ring, cipher = cipher_for(engine, settings, clock)
     yield engine, settings, clock, ring, cipher

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 from sqlalchemy import func, inspect, select
-from tests.conftest import EXAMPLES
+from tests.paths import EXAMPLES
 
 from opsgate.ledger.verify import verify
 from opsgate.operations import OPERATIONS

@@ -12,8 +12,9 @@ from pathlib import Path
 import orjson
 import pytest
 from sqlalchemy import select
-from tests.conftest import EXAMPLES, gateway_settings
-from tests.security.test_secrets_store import TOKEN, VALUE, connect  # noqa: F401  (fixture)
+from tests.gateways import gateway_settings
+from tests.paths import EXAMPLES
+from tests.security.op_connect import TOKEN, VALUE
 
 import opsgate.sandbox.anthropic as anthropic_sandbox
 from opsgate.operations.io import input_from_file

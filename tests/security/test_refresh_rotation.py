@@ -13,7 +13,7 @@ from opsgate.clock import ManualClock
 from opsgate.security.errors import Unauthorized
 from opsgate.security.models import refresh_tokens
 from opsgate.security.refresh import RefreshTokens
-from tests.security.security_b_helpers import migrated_engine
+from tests.stores import migrated_engine
 
 
 @pytest.fixture

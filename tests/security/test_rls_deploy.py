@@ -12,15 +12,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
-from tests.conftest import Gateway, gateway_settings
+from tests.gateways import Gateway, gateway_settings, running_gateway
 
-from opsgate.app import create_app
 from opsgate.clock import SystemClock
-from opsgate.localserver import serve_in_thread
 from opsgate.security.auth import Principal
 from opsgate.security.errors import Unauthorized
 from opsgate.security.refresh import RefreshTokens
@@ -67,13 +64,8 @@ def app_gateway(database: tuple[str, str], tmp_path: Path) -> Iterator[Gateway]:
     assert "policies installed: refresh_tokens, user_settings" in done.stdout
     app_url = owner_url.replace("postgres@", f"{role}@", 1)
     settings = gateway_settings(tmp_path, database_url=app_url, auto_migrate=False)
-    app = create_app(settings)
-    server = serve_in_thread(app)
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            yield Gateway(settings, app.state.runtime, client)
-    finally:
-        server.stop()
+    with running_gateway(settings) as running:
+        yield running
 
 
 def _me(gateway: Gateway, who: Principal) -> dict[str, str]:

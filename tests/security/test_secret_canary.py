@@ -6,36 +6,15 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import inspect, select, text
+from tests.gateways import gateway_settings, running_gateway
+from tests.security.canaries import CANARIES, EMAIL, KEYS, PASSWORD, compose
 
-from opsgate.app import create_app
-from opsgate.localserver import serve_in_thread
 from opsgate.security.logging import configure_logging
-from tests.conftest import gateway_settings
-
-KEYS = {
-    "anthropic_api_key": "sk-ant-api03-" + secrets.token_urlsafe(70),
-    "deepseek_api_key": "sk-" + secrets.token_hex(16),
-    "gemini_api_key": "AIza" + secrets.token_urlsafe(27)[:35],
-}
-PASSWORD = "pw-" + secrets.token_urlsafe(12)
-EMAIL = f"canary.{secrets.token_hex(4)}@example.org"
-PHONE = "+44 20 7946 0958"
-CANARIES = [*KEYS.values(), PASSWORD, EMAIL, "2079460958", PHONE]
-
-
-def compose(extra: str = "") -> dict:
-    return {
-        "instructions": f"Ask {EMAIL} (phone {PHONE}) to reset password={PASSWORD}. {extra}",
-        "to": [EMAIL],
-        "tone": "friendly",
-        "language": "en",
-    }
 
 
 def scannable(resp: httpx.Response) -> str:
@@ -61,41 +40,36 @@ def test_no_canary_leaves_the_gateway(tmp_path: Path, caplog: pytest.LogCaptureF
     logging.getLogger().handlers[-1].setStream(stream)  # type: ignore[attr-defined]
     caplog.set_level(logging.DEBUG)
     settings = gateway_settings(tmp_path, **KEYS)
-    app = create_app(settings)
-    server = serve_in_thread(app)
     responses: list[httpx.Response] = []
-    try:
-        with httpx.Client(base_url=server.base_url, timeout=60) as client:
-            runtime = app.state.runtime
-            from opsgate.security.auth import TokenService
-            from opsgate.clock import SystemClock
+    with running_gateway(settings) as gateway:
+        runtime, client = gateway.runtime, gateway.client
+        from opsgate.security.auth import TokenService
+        from opsgate.clock import SystemClock
 
-            token = TokenService(settings, SystemClock()).issue("alice", "user")
-            auth = {"Authorization": f"Bearer {token}"}
+        token = TokenService(settings, SystemClock()).issue("alice", "user")
+        auth = {"Authorization": f"Bearer {token}"}
 
-            def post(body: object, headers: dict | None = None) -> None:
-                responses.append(client.post("/v1/operations/email-compose", json=body, headers=headers or auth))
+        def post(body: object, headers: dict | None = None) -> None:
+            responses.append(client.post("/v1/operations/email-compose", json=body, headers=headers or auth))
 
-            post(compose())
-            runtime.sandbox.set_faults("ratelimit:anthropic")
-            post(compose("rate limited"))
-            runtime.sandbox.set_faults("outage:anthropic,outage:deepseek,outage:gemini")
-            post(compose("outage"))
-            runtime.sandbox.set_faults("none")
-            post({"instructions": 5, "to": [EMAIL], "password": PASSWORD, "api_key": KEYS["anthropic_api_key"]})
-            post(compose(), {"Authorization": f"Bearer {KEYS['deepseek_api_key']}"})
-            post(compose(), {"Authorization": f"Basic {PASSWORD}"})
+        post(compose())
+        runtime.sandbox.set_faults("ratelimit:anthropic")
+        post(compose("rate limited"))
+        runtime.sandbox.set_faults("outage:anthropic,outage:deepseek,outage:gemini")
+        post(compose("outage"))
+        runtime.sandbox.set_faults("none")
+        post({"instructions": 5, "to": [EMAIL], "password": PASSWORD, "api_key": KEYS["anthropic_api_key"]})
+        post(compose(), {"Authorization": f"Bearer {KEYS['deepseek_api_key']}"})
+        post(compose(), {"Authorization": f"Basic {PASSWORD}"})
 
-            gateway_cls = type(runtime.gateway)
+        gateway_cls = type(runtime.gateway)
 
-            async def crash(self, call):  # type: ignore[no-untyped-def]
-                raise RuntimeError(f"crash with {KEYS['gemini_api_key']} for {EMAIL} password={PASSWORD}")
+        async def crash(self, call):  # type: ignore[no-untyped-def]
+            raise RuntimeError(f"crash with {KEYS['gemini_api_key']} for {EMAIL} password={PASSWORD}")
 
-            monkeypatch.setattr(gateway_cls, "govern", crash)
-            post(compose("crash"))
-            logging.getLogger("opsgate.test").exception("while holding %s", KEYS["anthropic_api_key"], exc_info=RuntimeError(EMAIL))
-    finally:
-        server.stop()
+        monkeypatch.setattr(gateway_cls, "govern", crash)
+        post(compose("crash"))
+        logging.getLogger("opsgate.test").exception("while holding %s", KEYS["anthropic_api_key"], exc_info=RuntimeError(EMAIL))
     statuses = [r.status_code for r in responses]
     assert statuses[0] == 200 and statuses[3] == 422 and statuses[-1] == 500
     assert {401} <= set(statuses) and (503 in statuses or 429 in statuses or statuses[2] >= 500)

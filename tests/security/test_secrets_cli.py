@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from sqlalchemy import select
-from tests.security.test_secrets_store import TOKEN, VALUE, connect  # noqa: F401  (fixture)
 from typer.testing import CliRunner, Result
+from tests.security.op_connect import TOKEN, VALUE
 
 from opsgate.cli import app
 from opsgate.security import secrets_cli

@@ -3,14 +3,12 @@ ledger entry before every read, encrypted cache with TTL and refresh, rotation, 
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
 from sqlalchemy import select
+from tests.security.op_connect import VALUE
 
 from opsgate.clock import SystemClock
 from opsgate.ledger.writer import Ledger
@@ -19,52 +17,6 @@ from opsgate.security.secrets import EncryptedCache, SecretStore
 from opsgate.security.secrets_connect import ConnectClient, OpReference
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ledger_entries
-
-VALUE = "sk-ant-api03-" + secrets.token_urlsafe(40)
-TOKEN = secrets.token_urlsafe(24)
-
-
-def connect_app(seen: list[str]) -> web.Application:
-    """Vault "Prod" with item "Anthropic" whose section "keys" has field "credential"."""
-
-    async def vaults(request: web.Request) -> web.Response:
-        seen.append(request.path_qs)
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return web.json_response({"status": 401, "message": "Invalid token"}, status=401)
-        ok = request.query.get("filter") == 'title eq "Prod"'
-        return web.json_response([{"id": "v1", "name": "Prod"}] if ok else [])
-
-    async def items(request: web.Request) -> web.Response:
-        seen.append(request.path_qs)
-        ok = request.query.get("filter") == 'title eq "Anthropic"'
-        return web.json_response([{"id": "i1", "title": "Anthropic"}] if ok else [])
-
-    async def item(request: web.Request) -> web.Response:
-        seen.append(request.path_qs)
-        return web.json_response({
-            "id": "i1", "title": "Anthropic", "updatedAt": "2025-01-01T00:00:00Z",
-            "sections": [{"id": "s1", "label": "keys"}],
-            "fields": [{"id": "f1", "label": "credential", "value": VALUE, "section": {"id": "s1"}}],
-        })  # fmt: skip
-
-    app = web.Application()
-    app.router.add_get("/v1/vaults", vaults)
-    app.router.add_get("/v1/vaults/v1/items", items)
-    app.router.add_get("/v1/vaults/v1/items/i1", item)
-    return app
-
-
-@pytest.fixture
-async def connect():  # type: ignore[no-untyped-def]
-    seen: list[str] = []
-    runner = web.AppRunner(connect_app(seen))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session:
-        yield ConnectClient(session, f"http://127.0.0.1:{port}", TOKEN), seen, session, port
-    await runner.cleanup()
 
 
 @pytest.fixture

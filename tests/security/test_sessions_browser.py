@@ -8,7 +8,8 @@ import pytest
 from starlette.requests import Request
 
 from opsgate.security.web_security import checked_origins
-from tests.security.security_b_helpers import add_login, running_gateway
+from tests.gateways import gateway_settings, running_gateway
+from tests.security.credentials import add_login
 
 PASSWORD = "correct horse battery staple"
 ORIGIN = "https://dash.example.test"
@@ -16,7 +17,7 @@ ORIGIN = "https://dash.example.test"
 
 @pytest.fixture
 def gw(tmp_path):
-    with running_gateway(tmp_path, session_cookie_secure=False, cors_origins=[ORIGIN]) as gateway:
+    with running_gateway(gateway_settings(tmp_path, session_cookie_secure=False, cors_origins=[ORIGIN])) as gateway:
         add_login(gateway, "ada", "admin", PASSWORD)
         yield gateway
 
@@ -36,7 +37,7 @@ def test_session_cookies_are_httponly_samesite_and_signed(gw, tmp_path):
     assert "HttpOnly" not in cookies["opsgate_csrf"]
     assert response.json()["csrf_token"] == gw.client.cookies["opsgate_csrf"]
     (tmp_path / "secure").mkdir()
-    with running_gateway(tmp_path / "secure") as secure:
+    with running_gateway(gateway_settings(tmp_path / "secure")) as secure:
         add_login(secure, "ada", "user", PASSWORD)
         flags = secure.client.post("/v1/auth/session", data={"username": "ada", "password": PASSWORD}).headers.get_list("set-cookie")
         assert any(c.startswith("__Host-opsgate_session=") and "Secure" in c for c in flags)

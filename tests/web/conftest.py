@@ -7,7 +7,8 @@ every 100 entries into an anchor directory, with three users (admin, operator, u
 budget, an invoice reconciliation and a ledger verification on record.
 
 ``browser``: Debian's ``/usr/bin/chromium`` through Playwright; a missing binary is a failure, not
-a skip (CI installs it with ``apt-get install -y chromium``).
+a skip (CI installs it with ``apt-get install -y chromium``). The helpers the tests drive it
+with are in :mod:`tests.web.browsing`.
 """
 
 from __future__ import annotations
@@ -17,21 +18,19 @@ import secrets
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import select
+from tests.gateways import running_gateway
+from tests.web.browsing import USERS, Dashboard
 
-from opsgate.app import create_app
 from opsgate.clock import ManualClock
 from opsgate.config import Settings
-from opsgate.localserver import serve_in_thread
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.invoices import InvoiceLine
 from opsgate.metering.reconcile import Reconciliation, reconcile
@@ -45,51 +44,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REHEARSAL_HOURS = 6
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
-USERS = {"ada": "admin", "oscar": "operator", "ursula": "user"}
-
-
-@dataclass
-class Dashboard:
-    """The running server: ``base_url``, its ``runtime``, the users' ``passwords``, the stored
-    ``reconciliation``, an httpx ``client`` for the API, the anchor directory and the rehearsal's
-    ``report``."""
-
-    base_url: str
-    runtime: Runtime
-    passwords: dict[str, str]
-    reconciliation: Reconciliation
-    client: httpx.Client
-    anchor_dir: Path
-    report: dict[str, Any]
-
-    def token(self, user: str) -> str:
-        """An access token for ``user`` issued on the server's own clock."""
-        return self.runtime.tokens.issue(user, USERS[user])
-
-    def api(self, path: str, user: str = "oscar", method: str = "GET", **kwargs: Any) -> Any:
-        """``method path`` with ``user``'s bearer token; the JSON answer (raises on HTTP errors)."""
-        response = self.client.request(method, path, headers={"Authorization": f"Bearer {self.token(user)}"},
-                                       **kwargs)
-        response.raise_for_status()
-        return response.json() if response.headers.get("content-type", "").startswith("application/json") \
-            else response.text
-
-
-@dataclass
-class Console:
-    """Console errors and uncaught page errors seen by a page."""
-
-    errors: list[str] = field(default_factory=list)
-
-    def watch(self, page: Page) -> Page:
-        def on_console(msg: ConsoleMessage) -> None:
-            if msg.type == "error":
-                self.errors.append(f"{page.url}: {msg.text}")
-
-        page.on("console", on_console)
-        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
-        return page
 
 
 def _invoice_lines(runtime: Runtime, provider: str) -> list[InvoiceLine]:
@@ -136,15 +90,10 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         session_cookie_secure=False, breaker_cooldown_s=1.0, provider_timeout_s=5.0,
     )
     clock = ManualClock(START + timedelta(hours=REHEARSAL_HOURS))
-    app = create_app(settings, clock)
-    server = serve_in_thread(app)
-    try:
-        runtime: Runtime = app.state.runtime
-        passwords, run = _prepare(runtime, clock)
-        with httpx.Client(base_url=server.base_url, timeout=30) as client:
-            yield Dashboard(server.base_url, runtime, passwords, run, client, tmp / "anchors", report)
-    finally:
-        server.stop()
+    with running_gateway(settings, clock, timeout_s=30) as gateway:
+        passwords, run = _prepare(gateway.runtime, clock)
+        yield Dashboard(gateway.base_url, gateway.runtime, passwords, run, gateway.client,
+                        tmp / "anchors", report)
 
 
 @pytest.fixture(scope="package")
@@ -156,28 +105,3 @@ def browser() -> Iterator[Browser]:
             yield chromium
         finally:
             chromium.close()
-
-
-def sign_in(browser: Browser, dashboard: Dashboard, user: str, console: Console) -> Page:
-    """A fresh browser context signed in as ``user`` through the sign-in form; its page."""
-    context = browser.new_context(base_url=dashboard.base_url, viewport={"width": 1400, "height": 900})
-    page = console.watch(context.new_page())
-    page.goto("/dashboard/login")
-    page.fill("input[name=username]", user)
-    page.fill("input[name=password]", dashboard.passwords[user])
-    page.click("button[type=submit]")
-    page.wait_for_load_state("domcontentloaded")
-    return page
-
-
-def screenshot(page: Page, name: str) -> None:
-    """Save a full-page screenshot as ``artifacts/screenshots/<name>.png``."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def wait_live(page: Page) -> None:
-    """Wait until the page's script has polled its document and refreshed the figures once."""
-    page.wait_for_function(
-        "() => /^\\d{4}-\\d{2}-\\d{2}T/.test((document.getElementById('updated') || {}).textContent || '')",
-        timeout=15_000)

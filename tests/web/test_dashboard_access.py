@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from playwright.sync_api import Browser
-from tests.web.conftest import Console, Dashboard, screenshot, sign_in
+from tests.web.browsing import Console, Dashboard, screenshot, sign_in
 
 PAGES = ["/dashboard", "/dashboard/metrics", "/dashboard/providers", "/dashboard/costs", "/dashboard/adoption",
          "/dashboard/rollouts", "/dashboard/incidents", "/dashboard/ledger", "/dashboard/incidents/inc-000000000000"]

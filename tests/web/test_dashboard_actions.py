@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import orjson
 from playwright.sync_api import Browser
-from tests.web.conftest import Console, Dashboard, screenshot, sign_in, wait_live
+from tests.web.browsing import Console, Dashboard, screenshot, sign_in, wait_live
 
 from opsgate.monitoring.rules import Finding, Severity
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page
-from tests.web.conftest import Console, Dashboard, screenshot, sign_in, wait_live
+from tests.web.browsing import Console, Dashboard, screenshot, sign_in, wait_live
 
 from opsgate.ledger.service import latest_checkpoint, log_size
 from opsgate.metering.budgets import budget_statuses

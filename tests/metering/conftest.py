@@ -1,9 +1,6 @@
-"""Store fixtures for the budget tests: a migrated SQLite file or a throwaway PostgreSQL database.
-
-Import the fixtures into a test module (``from tests.metering.metering_stores import *``-style
-imports are avoided: name them). PostgreSQL halves are marked ``postgres`` and fail, never skip,
-when the server at 127.0.0.1:5432 is down.
-"""
+"""Metering fixtures: ``store_url``, a migrated database URL on each store (SQLite, and PostgreSQL
+marked ``postgres``: a failure, never a skip, when the server at 127.0.0.1:5432 is down), and
+``store``, an engine on it."""
 
 from __future__ import annotations
 

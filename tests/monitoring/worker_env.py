@@ -1,0 +1,39 @@
+"""The environment of a monitoring worker under test: :class:`Env` (settings whose channels all
+point at loopback receivers, a migrated database, a ledger, a manual clock) and the receivers'
+Discord and PagerDuty paths. The ``env`` fixture that builds it is in ``conftest.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from sqlalchemy import Engine
+from tests.monitoring.monitoring_receivers import HttpReceiver, SmtpReceiver
+
+from opsgate.clock import ManualClock
+from opsgate.config import Settings
+from opsgate.ledger.writer import Ledger
+from opsgate.monitoring.worker import Worker
+
+DISCORD = "/api/webhooks/123/tok"
+PAGERDUTY = "/v2/enqueue"
+
+
+@dataclass
+class Env:
+    settings: Settings
+    engine: Engine
+    ledger: Ledger
+    clock: ManualClock
+    http: HttpReceiver
+    smtp: SmtpReceiver
+    session: aiohttp.ClientSession
+    sid: str
+
+    def worker(self, name: str = "w1", lock: str = "worker.lock") -> Worker:
+        settings = self.settings.model_copy(update={"worker_lock_file": self.settings.worker_lock_file.parent / lock})
+        return Worker(settings, self.engine, self.ledger, self.clock, self.session, worker_id=name)
+
+    @property
+    def sms_path(self) -> str:
+        return f"/2010-04-01/Accounts/{self.sid}/Messages.json"
