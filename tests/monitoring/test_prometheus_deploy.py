@@ -74,12 +74,12 @@ def test_prometheus_rules_catch_a_threshold_moved_past_its_edge(tmp_path: Path) 
         assert run.returncode == 1 and "FAILED" in run.stdout + run.stderr, moved
 
 
-def _wait(what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
+def _wait(what: str, check: Callable[[], Any], timeout_s: float = 180) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             found = check()
-        except (httpx.HTTPError, KeyError, IndexError):
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):  # ValueError: JSON not ready yet
             found = None
         if found:
             return found
