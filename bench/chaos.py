@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import math
 import os
 import re
@@ -83,11 +82,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import orjson
 from aiohttp import web
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
@@ -324,7 +324,7 @@ class Receivers:
             self.refused[f"{channel}:429"] += 1
             return web.json_response({"message": "You are being rate limited.", "retry_after": 1.0,
                                       "global": False}, status=429, headers={"Retry-After": "1"})
-        self.accepted.append(_delivery(channel, raw, request))
+        self.accepted.append(_delivery(channel, raw))
         if channel == "discord":
             return web.json_response({"id": str(len(self.accepted)), "type": 0}, status=200)
         if channel == "pagerduty":
@@ -336,7 +336,7 @@ _TEXT_HEAD = re.compile(r"\[(P\d)\] ([A-Z_]+): ")
 _TEXT_TAIL = re.compile(r"incident (\S+) · (\S+) · (\S+)")
 
 
-def _delivery(channel: str, raw: bytes, request: web.Request) -> Delivery:
+def _delivery(channel: str, raw: bytes) -> Delivery:
     if channel == "pagerduty":
         body = orjson.loads(raw)
         return Delivery(channel, body["dedup_key"], body["event_action"],
@@ -344,8 +344,6 @@ def _delivery(channel: str, raw: bytes, request: web.Request) -> Delivery:
     if channel == "discord":
         text = orjson.loads(raw)["content"]
     else:
-        from urllib.parse import parse_qs
-
         text = parse_qs(raw.decode())["Body"][0]
     head, tail = _TEXT_HEAD.search(text), _TEXT_TAIL.search(text)
     if head is None or tail is None:
