@@ -5,7 +5,6 @@ the freed lock. Found with ``bench/chaos.py`` (a PostgreSQL restart under two wo
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,22 +13,12 @@ from sqlalchemy import create_engine
 
 from opsgate.monitoring.worker import Leadership
 from opsgate.store.db import make_engine
-
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-
+from tests.stores import fresh_postgres
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    name = f"leader_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.dispose()
+    with fresh_postgres("leader") as url:
+        yield url
 
 
 @pytest.mark.postgres
