@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from tests.rollout.rollout_helpers import DAY, NOW, PLAN, state_of
+from tests.rollout.rollout_helpers import DAY, NOW, PLAN, decision_table, state_of
 
 from opsgate.rollout.controller import (
     Action,
@@ -62,32 +62,7 @@ OBSERVING_ROWS = {
     "healthy": (Action.COMPLETE, State.COMPLETED, 3),
     "advance": (Action.COMPLETE, State.COMPLETED, 3),
 }
-ROLLING_BACK_ROWS = {
-    **{e: (Action.HOLD, State.ROLLING_BACK, 0) for e in EVENTS if e not in ("advance", "rollback", "kill_switch")},
-    "advance": (Action.REJECT, State.ROLLING_BACK, 0),
-    "rollback": (Action.IGNORE, State.ROLLING_BACK, 0),
-    "kill_switch": (Action.IGNORE, State.ROLLING_BACK, 0),
-}
-
-
-def finished_rows(state: State) -> dict:
-    rows = {e: (Action.IGNORE, state, 0) for e in EVENTS}
-    rows["advance"] = (Action.REJECT, state, 0)
-    if state is State.COMPLETED:
-        rows["rollback"] = (Action.ROLLBACK, State.ROLLING_BACK, 0)
-    return rows
-
-
-TABLE = {
-    State.RUNNING: ACTIVE_ROWS,
-    State.AWAITING_PROMOTION: ACTIVE_ROWS,
-    State.PAUSED: ACTIVE_ROWS,
-    State.OBSERVING: OBSERVING_ROWS,
-    State.ROLLING_BACK: ROLLING_BACK_ROWS,
-    State.ROLLED_BACK: finished_rows(State.ROLLED_BACK),
-    State.ESCALATED: finished_rows(State.ESCALATED),
-    State.COMPLETED: finished_rows(State.COMPLETED),
-}
+TABLE = decision_table(EVENTS, ACTIVE_ROWS, OBSERVING_ROWS)
 PAIRS = [(s, e) for s in State for e in EVENTS]
 
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from tests.rollout.rollout_helpers import NOW, state_of
+from tests.rollout.rollout_helpers import NOW, decision_table, state_of
 
 from opsgate.config import Settings
 from opsgate.rollout.controller import (
@@ -73,27 +73,7 @@ OBSERVING_ROWS = {
     **{e: (a, s, 3) for e, (a, s, _) in ACTIVE_ROWS.items()},
     **{e: (Action.COMPLETE, State.COMPLETED, 3) for e, (a, _, _) in ACTIVE_ROWS.items() if a is Action.PROMOTE},
 }
-ROLLING_BACK_ROWS = {
-    **{e: (Action.HOLD, State.ROLLING_BACK, 0) for e in EVENTS if e not in ("advance", "rollback", "kill_switch")},
-    "advance": (Action.REJECT, State.ROLLING_BACK, 0),
-    "rollback": (Action.IGNORE, State.ROLLING_BACK, 0),
-    "kill_switch": (Action.IGNORE, State.ROLLING_BACK, 0),
-}
-
-
-def finished_rows(state: State) -> dict:
-    rows = {e: (Action.IGNORE, state, 0) for e in EVENTS}
-    rows["advance"] = (Action.REJECT, state, 0)
-    if state is State.COMPLETED:
-        rows["rollback"] = (Action.ROLLBACK, State.ROLLING_BACK, 0)
-    return rows
-
-
-TABLE = {
-    State.RUNNING: ACTIVE_ROWS, State.AWAITING_PROMOTION: ACTIVE_ROWS, State.PAUSED: ACTIVE_ROWS,
-    State.OBSERVING: OBSERVING_ROWS, State.ROLLING_BACK: ROLLING_BACK_ROWS,
-    **{s: finished_rows(s) for s in (State.ROLLED_BACK, State.ESCALATED, State.COMPLETED)},
-}
+TABLE = decision_table(EVENTS, ACTIVE_ROWS, OBSERVING_ROWS)
 PAIRS = [(s, e) for s in State for e in EVENTS]
 
 
