@@ -242,3 +242,16 @@ def test_endpoint_and_price_problems_refuse_with_one_line(tmp_path, monkeypatch,
     assert result.exit_code == 2
     assert " ".join(result.output.split()) == f"error: {line}"
     assert not list(tmp_path.glob("*.sqlite"))  # refused before anything opened
+
+
+def test_a_built_in_provider_on_plain_http_to_a_remote_host_refuses_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://10.0.0.5:8001")
+    result = runner.invoke(cli_app, ["run", "email-classify",
+                                     "--input", str(next(EXAMPLES.glob("email-classify.*")))])
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == (
+        "error: provider 'anthropic': provider base URL 'http://10.0.0.5:8001' uses plain http for a "
+        "non-loopback host; use https")
+    assert not list(tmp_path.glob("*.sqlite"))

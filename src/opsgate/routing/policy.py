@@ -172,12 +172,16 @@ def route_problems(settings: Settings) -> list[str]:
 
 
 def _endpoint_problems(settings: Settings) -> list[str]:
-    """A named provider's ``base_url`` must pass :func:`check_base_url`; in sandbox mode it must
-    also be on loopback, since sandbox mode promises that no real provider is called."""
+    """Every provider's base URL must pass :func:`check_base_url` (the built-in ones unless the
+    sandboxes replace them); in sandbox mode a named provider must also be on loopback, since
+    sandbox mode promises that no real provider is called."""
+    urls = {name: config.base_url for name, config in settings.providers.items()}
+    if not settings.sandbox:
+        urls |= {name: getattr(settings, f"{name}_base_url") for name in BUILTIN_PROVIDERS}
     problems = []
-    for name, config in settings.providers.items():
+    for name, base_url in urls.items():
         try:
-            url = check_base_url(config.base_url)
+            url = check_base_url(base_url)
         except ValueError as exc:
             problems.append(f"provider {name!r}: {exc}")
             continue
