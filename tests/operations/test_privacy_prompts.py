@@ -345,7 +345,10 @@ def test_the_reservation_covers_the_prompt_really_sent(tmp_path: Path) -> None:
     from opsgate.providers.base import CompletionRequest
     from opsgate.routing.policy import policies_for
 
-    notes = "\n".join(f"door {i} password: {_alnum(3)}" for i in range(150))
+    passwords: set[str] = set()
+    while len(passwords) < 150:  # distinct: a repeated value would share its placeholder number
+        passwords.add(_alnum(3))
+    notes = "\n".join(f"door {i} password: {p}" for i, p in enumerate(passwords))
     body = {"tasks": [{"title": "Re-key the doors", "notes": notes}], "task": 0}
     with recorded_gateway(tmp_path) as (gw, recorder):
         set_budget(gw.runtime.engine, gw.runtime.clock, user_id="*", operation="*", period="day",
