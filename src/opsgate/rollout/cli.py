@@ -12,6 +12,7 @@ import getpass
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -113,16 +114,20 @@ def rollout_start(
                               help="Plan file (JSON or TOML); default 5 %/24 h, 25 %/12 h, 100 %/12 h, 48 h."),
     variant: str = typer.Option(None, "--variant",
                                 help="Release this variant of the one OPERATION (opsgate variants show OP)."),
+    shadow: int = typer.Option(None, "--shadow", min=1, max=100,
+                               help="With --variant: first a shadow stage, PERCENT of live calls also sent to it."),
 ) -> None:
     """Start a canary rollout of OPERATIONS at the plan's first stage (with --variant: the
-    variant's share of the operation's users grows by stage instead)."""
+    variant's share of the operation's users grows by stage instead; with --shadow, after a shadow
+    stage that serves it to nobody)."""
     book = _book() if variant else None
     with _service() as svc:
         svc.variants = book
         chosen = load_plan(plan) if plan else Plan()
-        r = svc.start_rollout(operations, chosen, _actor(), variant)
+        r = svc.start_rollout(operations, chosen, _actor(), variant, shadow)
     what = f"variant {variant} of " if variant else ""
-    out.print(f"rollout {r.id} started: {what}{', '.join(r.operations)} at {chosen.percentage(0)} %")
+    at = f"shadowing {shadow} % of live calls" if shadow else f"at {chosen.percentage(0)} %"
+    out.print(f"rollout {r.id} started: {what}{', '.join(r.operations)} {at}")
 
 
 @rollout_app.command("status")
@@ -133,6 +138,7 @@ def rollout_status(
     with _service() as svc:
         found = svc.list_rollouts(None if all_ else ACTIVE | {State.ROLLING_BACK})
         histories = {r.id: svc.history(r.id)[-5:] for r in found}
+        shadows = {r.id: svc.shadow(r) for r in found}
     if not found:
         out.print("no rollouts" + ("" if all_ else " in progress (--all shows finished ones)"))
         return
@@ -141,6 +147,8 @@ def rollout_status(
         stage = "observation" if s.stage_index >= len(s.plan.stages) else f"stage {s.stage_index + 1}/{len(s.plan.stages)}"
         out.print(f"[bold]rollout {r.id}[/bold] {', '.join(r.operations)}: {s.state}, {stage}, "
                   f"{s.plan.percentage(s.stage_index)} % since {s.stage_started_at:%Y-%m-%d %H:%M} UTC")
+        if (shadow := shadows[r.id]) is not None:
+            out.print("  " + _shadow_line(shadow.to_json()))
         for h in histories[r.id]:
             out.print(f"  {h['at'][:19]}  {h['action']:<9} {h['state_after']:<19} {h['reason']}")
 
@@ -177,6 +185,16 @@ def _only_active(svc: RolloutService) -> int:
         err.print(f"[red]error:[/red] {len(active)} rollouts in progress; name one with --id")
         raise typer.Exit(2)
     return active[0].id
+
+
+def _shadow_line(j: dict[str, Any]) -> str:
+    """One line of a rollout's shadow calls (:meth:`ShadowReport.to_json`)."""
+    pct = "-" if j["agreement_pct"] is None else f"{j['agreement_pct']} %"
+    ratio = "-" if j["cost_ratio"] is None else f"{j['cost_ratio']}x"
+    now = "shadowing" if j["active"] else "shadowed"
+    return (f"{now} {j['percent']} % of live calls: {j['calls']} shadow calls, agreement {pct} "
+            f"({j['agreed']} agreed, {j['errors']} failed), {j['refused_budget']} refused by the "
+            f"shadow budget, cost shadow/live {ratio}")
 
 
 def _yes(flag: bool) -> str:

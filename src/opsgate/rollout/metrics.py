@@ -4,7 +4,8 @@ Canary: rows of the rollout's ``operations`` in the window whose ``(operation, u
 ``in_canary`` (default: every row; while the toggle gates the operation, everyone who reached it was
 in the canary). Control: every other row in the same window (the rest of the traffic through the same
 providers), which is what tells a provider outage from a bad release. An error is a row whose
-``status`` is not ``ok``. p99 is exact, by nearest rank over the sorted latencies (sorted in Python).
+``status`` is not ``ok``. Shadow calls (``shadow``: a candidate's answer nobody received) are in
+neither cohort. p99 is exact, by nearest rank over the sorted latencies (sorted in Python).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import replace
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, false, select
 
 from opsgate.rollout.controller import CohortMetrics
 from opsgate.store.models import ai_operation_log
@@ -37,7 +38,7 @@ def metrics_from_log(
     ops = frozenset(operations)
     log = ai_operation_log.c
     query = select(log.operation, log.user_id, log.status, log.latency_ms, log.cost_micro_usd).where(
-        log.created_at >= since, log.created_at <= until
+        log.created_at >= since, log.created_at <= until, log.shadow.is_(false())
     )
     canary: list[tuple[bool, float, int]] = []
     control: list[tuple[bool, float, int]] = []
@@ -58,7 +59,8 @@ def metrics_by_variant(
     needed the repair request and those refused on content policy (``content_filtered``)."""
     log = ai_operation_log.c
     query = select(log.variant, log.status, log.error_code, log.latency_ms, log.cost_micro_usd,
-                   log.repaired).where(log.operation == operation, log.created_at >= since, log.created_at <= until)
+                   log.repaired).where(log.operation == operation, log.created_at >= since, log.created_at <= until,
+                         log.shadow.is_(false()))
     canary: list[tuple[bool, float, int]] = []
     control: list[tuple[bool, float, int]] = []
     counts = {True: [0, 0], False: [0, 0]}  # in canary -> [repaired, refused]

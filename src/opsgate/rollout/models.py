@@ -11,6 +11,12 @@
   live one (restored by a rollback after promotion), the ``candidate`` and the percentage of users
   (by their bucket in ``group_id``) it serves. No row: ``default`` is live, no candidate. Writes
   increment ``feature_toggle_version`` like toggle writes, so every process's snapshot follows.
+- ``rollouts.shadow_percent`` / ``operation_variants.shadow_percentage`` (migration 0011): the
+  share of the operation's live calls also sent to the candidate while it serves 0 % of users
+  (a variant rollout's shadow stage).
+- ``shadow_calls`` (migration 0011): one row per sampled shadow call: ``status`` ``ok``,
+  ``error`` or ``refused`` (the ``shadow`` budget had no room: never sent), whether it
+  ``agreed`` with the live answer, and both calls' cost in micro-USD.
 - ``rollout_decisions``: the rollout history, one row per controller decision with its numbers
   (JSON of integers), written in the same transaction as the decision's ledger entry.
 """
@@ -27,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from opsgate.store.models import metadata
@@ -81,6 +88,7 @@ rollouts = Table(
     Column("created_by", String(128), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("variant", String(48)),
+    Column("shadow_percent", Integer),  # migration 0011: the shadow stage's share of live calls
 )
 Index("ix_rollouts_state", rollouts.c.state)
 
@@ -95,6 +103,7 @@ operation_variants = Table(
     Column("group_id", String(128), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("updated_by", String(128), nullable=False),
+    Column("shadow_percentage", Integer, nullable=False, default=0, server_default=text("0")),
 )
 
 rollout_decisions = Table(
@@ -113,3 +122,18 @@ rollout_decisions = Table(
     Column("actor", String(128), nullable=False),
 )
 Index("ix_rollout_decisions_rollout", rollout_decisions.c.rollout_id, rollout_decisions.c.id)
+
+shadow_calls = Table(
+    "shadow_calls",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("live_request_id", String(64), nullable=False),
+    Column("operation", String(64), nullable=False),
+    Column("variant", String(48), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("agreed", Boolean, nullable=False),
+    Column("live_cost_micro_usd", BigInteger, nullable=False),
+    Column("shadow_cost_micro_usd", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+Index("ix_shadow_calls_operation_created", shadow_calls.c.operation, shadow_calls.c.created_at)

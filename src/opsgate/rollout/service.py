@@ -61,6 +61,7 @@ from opsgate.rollout.models import (
     rollouts,
     user_settings,
 )
+from opsgate.rollout.shadow import ShadowReport, shadow_report
 from opsgate.rollout.toggles import Toggle, ToggleSnapshot, VariantAssignment
 from opsgate.rollout.variants import DEFAULT_VARIANT, VariantBook
 from opsgate.security.auth import Principal
@@ -73,7 +74,21 @@ SEED_ACTOR = "opsgate-seed"
 """``updated_by`` of a toggle nobody has changed since it was created (disabled, opt-in)."""
 SANDBOX_ACTOR = "sandbox"
 BANNER = "{ops} {verb} temporarily unavailable while we investigate a problem. Your data is safe."
+SHADOW_STAGE_S = 24 * 3600
+"""How long the shadow stage lasts before the controller reports it ``awaiting_promotion``."""
 VARIANT_BANNER = "{ops} is back on its previous version while we investigate a problem with a new one. Your data is safe."
+
+
+def shadow_plan(plan: Plan, variant: str | None, percent: int) -> Plan:
+    """``plan`` preceded by the shadow stage: 0 % of users for :data:`SHADOW_STAGE_S`, while
+    ``percent`` (1..100) of the live calls are also sent to the candidate. The controller holds
+    it (no user is served by the candidate, so there is no canary to judge); ``rollout advance``
+    moves to the plan's first stage. :class:`InvalidPlan` without a variant or for a bad share."""
+    if variant is None:
+        raise InvalidPlan("a shadow stage needs a variant rollout (--variant)")
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
+        raise InvalidPlan("the shadow share must be an integer percentage in 1..100")
+    return replace(plan, stages=(Stage(0, SHADOW_STAGE_S), *plan.stages))
 
 
 def variant_group(operation: str, variant: str) -> str:
@@ -123,6 +138,7 @@ class Rollout:
     created_at: datetime
     created_by: str
     variant: str | None = None
+    shadow_percent: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """API shape: ids, state, stage, percentage, plan, timestamps (ISO 8601)."""
@@ -131,6 +147,7 @@ class Rollout:
             "id": self.id,
             "operations": list(self.operations),
             "variant": self.variant,
+            "shadow_percent": self.shadow_percent,
             "state": str(s.state),
             "stage_index": s.stage_index,
             "percentage": s.plan.percentage(s.stage_index),
@@ -273,13 +290,16 @@ class RolloutService:
 
     # rollouts --------------------------------------------------------------------------------
     def start_rollout(self, operations: Iterable[str], plan: Plan, actor: str,
-                      variant: str | None = None) -> Rollout:
+                      variant: str | None = None, shadow_percent: int | None = None) -> Rollout:
         """Start a canary of ``operations`` at the plan's first stage: each toggle is enabled, its
         kill switch released, its percentage set (opt-in stays as configured). With ``variant``,
         a variant rollout of one operation: the candidate serves the stage's share of users, the
-        toggle is left alone. Raises :class:`RolloutConflict` (409) when an operation already has
-        an unfinished rollout or ``variant`` is already live, :class:`InvalidPlan` (422) for a
-        variant rollout of other than one operation, :class:`VariantNotFound` (404)."""
+        toggle is left alone. With ``shadow_percent`` (1..100, variant rollouts only) the plan
+        starts with a shadow stage (:func:`shadow_plan`): the candidate serves nobody and that
+        share of the live calls is also sent to it. Raises :class:`RolloutConflict` (409) when an
+        operation already has an unfinished rollout or ``variant`` is already live,
+        :class:`InvalidPlan` (422) for a variant rollout of other than one operation or a bad
+        shadow share, :class:`VariantNotFound` (404)."""
         ops = tuple(sorted(set(operations)))
         if not ops:
             raise InvalidPlan("name at least one operation")
@@ -287,6 +307,8 @@ class RolloutService:
             self.get_toggle(op)
         if variant is not None:
             self._check_candidate(ops, variant)
+        if shadow_percent is not None:
+            plan = shadow_plan(plan, variant, shadow_percent)
         busy = self._rollouts_with(ops, ACTIVE | {State.ROLLING_BACK})
         if busy:
             raise RolloutConflict(f"rollout {busy[0].id} is still running for {', '.join(busy[0].operations)}")
@@ -295,19 +317,22 @@ class RolloutService:
             rollout_id = conn.execute(insert(rollouts).values(
                 operations=json.dumps(ops), plan=json.dumps(plan.to_dict()), state=State.RUNNING.value,
                 stage_index=0, stage_started_at=now, paused_s=0, version=0, created_at=now,
-                created_by=actor, updated_at=now, variant=variant).returning(rollouts.c.id)).scalar_one()
+                created_by=actor, updated_at=now, variant=variant,
+                shadow_percent=shadow_percent).returning(rollouts.c.id)).scalar_one()
         try:
             self._record(rollout_id, "start", "start", State.RUNNING, State.RUNNING, 0,
                          "rollout started", {"percentage": plan.percentage(0)}, actor,
                          extra={"operations": list(ops), "plan": plan.to_dict(),
-                                **({"variant": variant} if variant else {})})
+                                **({"variant": variant} if variant else {}),
+                                **({"shadow_percent": shadow_percent} if shadow_percent else {})})
         except Exception:
             with self.engine.begin() as conn:
                 conn.execute(delete(rollouts).where(rollouts.c.id == rollout_id))
             raise
         if variant is not None:
             self._assign(ops[0], f"rollout:{rollout_id}", "variant canary stage 1", candidate=variant,
-                         candidate_percentage=plan.percentage(0), group_id=variant_group(ops[0], variant))
+                         candidate_percentage=plan.percentage(0), group_id=variant_group(ops[0], variant),
+                         shadow_percentage=shadow_percent or 0)
             return self.get_rollout(rollout_id)
         change = ToggleChange(enabled=True, rollout_percentage=plan.percentage(0), kill_switch=False)
         for op in ops:
@@ -329,6 +354,16 @@ class RolloutService:
             query = query.where(rollouts.c.state.in_([s.value for s in states]))
         with self.engine.connect() as conn:
             return [_rollout(r) for r in conn.execute(query).mappings()]
+
+    def shadow(self, rollout: Rollout) -> ShadowReport | None:
+        """The shadow calls of ``rollout`` (None when it was started without a shadow stage);
+        ``active`` while it is in that stage."""
+        if rollout.variant is None or not rollout.shadow_percent:
+            return None
+        s = rollout.state
+        active = s.state in ACTIVE and s.plan.percentage(s.stage_index) == 0
+        return shadow_report(self.engine, rollout.operations[0], rollout.variant, rollout.created_at,
+                             rollout.shadow_percent, active)
 
     def history(self, rollout_id: int) -> list[dict[str, Any]]:
         """The rollout's decisions, oldest first: ``{at, event, action, state_before, state_after,
@@ -628,7 +663,8 @@ def _toggle_payload(values: Mapping[str, Any], actor: str | None = None, reason:
 
 def _assignment_payload(a: VariantAssignment) -> dict[str, Any]:
     return {"live": a.live, "previous": a.previous, "candidate": a.candidate,
-            "candidate_percentage": a.candidate_percentage, "group_id": a.group_id}
+            "candidate_percentage": a.candidate_percentage, "group_id": a.group_id,
+            "shadow_percentage": a.shadow_percentage}
 
 
 def _check_toggle(values: Mapping[str, Any]) -> None:
@@ -647,4 +683,4 @@ def _rollout(row: RowMapping) -> Rollout:
                          row["paused_since"], row["paused_s"], row["check_due_at"])
     return Rollout(row["id"], tuple(json.loads(row["operations"])), state, row["rolled_back_at"],
                    row["reason"], row["banner"], row["version"], row["created_at"], row["created_by"],
-                   row["variant"])
+                   row["variant"], row["shadow_percent"])

@@ -66,12 +66,23 @@ class VariantAssignment:
     group_id: str
     updated_at: datetime
     updated_by: str
+    shadow_percentage: int = 0
 
     def serving(self, user_id: str) -> str:
         """The variant name serving ``user_id`` (sticky: a pure function of the row and the id)."""
         if self.candidate is not None and bucket(self.group_id, user_id) <= self.candidate_percentage:
             return self.candidate
         return self.live
+
+    def shadowed(self, request_id: str) -> str | None:
+        """The candidate when the call ``request_id`` is to be shadowed, else None: only while the
+        candidate serves 0 % of users (the shadow stage), for the calls whose bucket of
+        ``request_id`` in the group ``shadow/{operation}/{candidate}`` is within
+        ``shadow_percentage`` (deterministic per call, independent of the user's bucket)."""
+        if self.candidate is None or self.candidate_percentage or not self.shadow_percentage:
+            return None
+        group = f"shadow/{self.operation}/{self.candidate}"
+        return self.candidate if bucket(group, request_id) <= self.shadow_percentage else None
 
 
 @dataclass(slots=True)
@@ -167,6 +178,13 @@ class ToggleSnapshot:
             self._refresh()
         assignment = self._state.variants.get(operation)
         return DEFAULT_VARIANT if assignment is None else assignment.serving(user_id)
+
+    def shadow_variant(self, operation: str, request_id: str) -> str | None:
+        """The candidate to shadow the call ``request_id`` of ``operation`` with, or None
+        (:meth:`VariantAssignment.shadowed`). Reads the current snapshot, no refresh: the call
+        already refreshed it when its variant was chosen."""
+        assignment = self._state.variants.get(operation)
+        return None if assignment is None else assignment.shadowed(request_id)
 
     def assignments(self) -> dict[str, VariantAssignment]:
         """The current variant assignments by operation (refreshing first if due)."""

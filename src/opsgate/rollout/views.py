@@ -5,10 +5,12 @@ Admin (role ``admin``; every change is written to the ledger):
   ``GET|PUT /v1/admin/toggles/{operation}`` one toggle; PUT body: any of ``enabled``,
                                             ``rollout_percentage`` (0..100), ``group_id``,
                                             ``opt_in_required``, ``kill_switch``, plus ``reason``
-  ``POST /v1/admin/rollouts``               ``{"operations": [...], "plan": {...}?, "variant": "name"?}``
-                                            -> 201 (with ``variant``: a variant rollout of one
-                                            operation)
-  ``GET /v1/admin/rollouts``                rollouts, newest first, each with its history
+  ``POST /v1/admin/rollouts``               ``{"operations": [...], "plan": {...}?, "variant": "name"?,
+                                            "shadow_percent": 1..100?}`` -> 201 (with ``variant``: a
+                                            variant rollout of one operation; with
+                                            ``shadow_percent``, starting with a shadow stage)
+  ``GET /v1/admin/rollouts``                rollouts, newest first, each with its history and
+                                            ``shadow`` (its shadow calls, or null)
   ``POST /v1/admin/rollouts/{id}/advance``  promote now
   ``POST /v1/admin/rollouts/{id}/rollback`` ``{"reason": "..."}``
 Any authenticated user (only their own data):
@@ -29,7 +31,7 @@ from opsgate.deps import AdminDep, RolloutDep, UserDep, body_doc, json_body
 from opsgate.responses import json_response
 from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
-from opsgate.rollout.service import RolloutService, ToggleChange
+from opsgate.rollout.service import Rollout, RolloutService, ToggleChange
 from opsgate.rollout.toggles import Toggle
 
 router = APIRouter(tags=["rollout"])
@@ -56,6 +58,7 @@ class RolloutStart(BaseModel):
     operations: list[str] = Field(min_length=1)
     plan: dict[str, Any] | None = None
     variant: str | None = Field(default=None, min_length=1, max_length=48)
+    shadow_percent: int | None = Field(default=None, ge=1, le=100)
 
 
 class RollbackBody(BaseModel):
@@ -82,6 +85,11 @@ def toggle_json(t: Toggle, adoption: dict[str, int] | None = None) -> dict[str, 
     if adoption is not None:
         body["adoption"] = adoption
     return body
+
+
+def _shadow_json(svc: RolloutService, rollout: Rollout) -> dict[str, Any] | None:
+    report = svc.shadow(rollout)
+    return None if report is None else report.to_json()
 
 
 def _decision_json(rollout_id: int, d: Decision) -> dict[str, Any]:
@@ -114,14 +122,16 @@ async def put_toggle(admin: AdminDep, svc: RolloutDep, operation: str,
 async def start_rollout(admin: AdminDep, svc: RolloutDep,
                         body: Annotated[RolloutStart, json_body(RolloutStart)]) -> Response:
     plan = parse_plan(body.plan) if body.plan is not None else Plan()
-    rollout = await asyncio.to_thread(svc.start_rollout, body.operations, plan, admin.user_id, body.variant)
+    rollout = await asyncio.to_thread(svc.start_rollout, body.operations, plan, admin.user_id, body.variant,
+                                      body.shadow_percent)
     return json_response(rollout.to_json(), status_code=201)
 
 
 @router.get("/v1/admin/rollouts", summary="Rollouts with their decision history")
 async def list_rollouts(_admin: AdminDep, svc: RolloutDep) -> Response:
     def load() -> list[dict[str, Any]]:
-        return [{**r.to_json(), "history": svc.history(r.id)} for r in svc.list_rollouts()]
+        return [{**r.to_json(), "shadow": _shadow_json(svc, r), "history": svc.history(r.id)}
+                for r in svc.list_rollouts()]
 
     return json_response({"rollouts": await asyncio.to_thread(load)})
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 
 from opsgate.store.types import UTCDateTime
@@ -39,6 +40,7 @@ ai_operation_log = Table(
     Column("served_model", String(128)),  # as the provider reported it (issue 13); model = requested
     Column("variant", String(48)),  # the variant that served the call (issue 17, migration 0009)
     Column("repaired", Boolean),  # the answer needed the schema repair request
+    Column("shadow", Boolean, nullable=False, default=False, server_default=false()),  # migration 0011
     Column("status", String(16), nullable=False),
     Column("error_code", String(64)),
     Column("attempts", Integer, nullable=False, default=0),
