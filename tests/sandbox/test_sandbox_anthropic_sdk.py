@@ -248,3 +248,49 @@ def test_refusal_has_no_tool_use(sandbox: SandboxThread, client: anthropic.Anthr
     )
     assert message.stop_reason == "refusal"
     assert [b for b in message.content if b.type == "tool_use"] == []
+
+
+def test_count_tokens_agrees_with_the_message_usage(client: anthropic.Anthropic) -> None:
+    tool = {"name": "triage", "description": "Record the answer.",
+            "input_schema": Triage.model_json_schema()}
+    request = {"model": MODEL, "system": "Classify the mail.", "messages": _user("Server down, help"),
+               "tools": [tool], "tool_choice": {"type": "tool", "name": "triage"}}
+    counted = client.messages.count_tokens(**request)  # type: ignore[arg-type]  # the SDK's TypedDicts
+    message = client.messages.create(max_tokens=500, **request)  # type: ignore[arg-type]
+    assert counted.input_tokens == message.usage.input_tokens > count_tokens(
+        "Classify the mail.\nServer down, help")
+    plain = client.messages.count_tokens(model=MODEL, system="Be brief.", messages=_user("Summarise my inbox"))
+    assert plain.input_tokens == count_tokens("Be brief.\nSummarise my inbox")
+
+
+def test_count_tokens_counts_cached_input_too(client: anthropic.Anthropic) -> None:
+    system_text = "Policy " + secrets.token_hex(8) + " " + "x" * 5000
+    system = [{"type": "text", "text": system_text, "cache_control": {"type": "ephemeral"}}]
+    counted = client.messages.count_tokens(model=MODEL, system=system, messages=_user("one"))  # type: ignore[arg-type]
+    message = client.messages.create(model=MODEL, max_tokens=50, system=system, messages=_user("one"))  # type: ignore[arg-type]
+    usage = message.usage
+    assert usage.cache_creation_input_tokens == count_tokens(system_text)
+    assert counted.input_tokens == usage.input_tokens + usage.cache_creation_input_tokens
+    assert counted.input_tokens == count_tokens(system_text + "\none")
+
+
+def test_count_tokens_refuses_sampling_fields(sandbox: SandboxThread, anthropic_key: str) -> None:
+    reply = httpx.post(
+        sandbox.base_urls["anthropic"] + "/v1/messages/count_tokens",
+        headers={"x-api-key": anthropic_key, "anthropic-version": "2023-06-01"},
+        json={"model": MODEL, "max_tokens": 10, "messages": _user("hi")},
+    )
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {"type": "invalid_request_error",
+                                     "message": "max_tokens: Extra inputs are not permitted"}
+
+
+def test_count_fault_fails_only_the_count(sandbox: SandboxThread, client: anthropic.Anthropic) -> None:
+    sandbox.set_faults("count:anthropic:500")
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        client.messages.count_tokens(model=MODEL, messages=_user("hi"))
+    assert caught.value.status_code == 500
+    assert caught.value.body["error"]["type"] == "api_error"
+    assert client.messages.create(model=MODEL, max_tokens=10, messages=_user("hi")).stop_reason
+    assert sandbox.stats()["counts"]["anthropic"] == 1
+    assert sandbox.stats()["providers"]["anthropic"]["requests"] == 1

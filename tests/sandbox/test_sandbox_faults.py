@@ -83,7 +83,8 @@ def test_parse_latency(text: str, delay: float) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["outage:openai", "slow:fast", "flaky:2", "status:gemini:200", "status:gemini", "meltdown"],
+    ["outage:openai", "slow:fast", "flaky:2", "status:gemini:200", "status:gemini", "meltdown",
+     "count:gemini:slow", "count:deepseek2:500"],
 )
 def test_parse_rejects(text: str) -> None:
     with pytest.raises(FaultProfileError):
@@ -123,6 +124,17 @@ def test_precedence() -> None:
     state.set("malformed,safety-blocked,ratelimit:deepseek")
     assert state.decide("deepseek").outcome is Outcome.RATE_LIMITED
     assert state.decide("gemini").outcome is Outcome.MALFORMED
+
+
+def test_count_decisions_take_the_count_part_and_advance_no_counter() -> None:
+    state = FaultState("count:anthropic:timeout,count:gemini:503,flaky,slow:10ms")
+    assert state.decide_count("anthropic").outcome is Outcome.HANG
+    gemini = state.decide_count("gemini")
+    assert (gemini.outcome, gemini.status, gemini.delay_s) == (Outcome.STATUS, 503, 0.01)
+    assert [state.decide_count("deepseek").outcome for _ in range(3)] == [Outcome.OK] * 3
+    assert [state.decide("deepseek").outcome for _ in range(2)] == [Outcome.OK, Outcome.RATE_LIMITED]
+    state.set("status:gemini:500")
+    assert state.decide_count("gemini").status == 500
 
 
 def test_per_provider_malformed_timeout_once_and_off_schema_sequences() -> None:

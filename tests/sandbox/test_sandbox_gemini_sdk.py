@@ -201,3 +201,41 @@ def test_safety_blocked_prompt(sandbox: SandboxThread, client: genai.Client) -> 
     assert reply.candidates is None
     assert reply.prompt_feedback.block_reason == types.BlockedReason.SAFETY
     assert reply.text is None
+
+
+def test_count_tokens_agrees_with_the_prompt_token_count(client: genai.Client) -> None:
+    counted = client.models.count_tokens(model=MODEL, contents="Find anomalies in 3, 4, 99")
+    reply = client.models.generate_content(model=MODEL, contents="Find anomalies in 3, 4, 99")
+    assert counted.total_tokens == reply.usage_metadata.prompt_token_count
+    assert counted.total_tokens == count_tokens("Find anomalies in 3, 4, 99")
+
+
+def test_count_tokens_of_a_whole_generate_content_request(sandbox: SandboxThread, gemini_key: str) -> None:
+    """The REST form the gateway sends (the SDK sends only ``contents`` to the Gemini API)."""
+    request = {
+        "systemInstruction": {"parts": [{"text": "Be exact."}]},
+        "contents": [{"role": "user", "parts": [{"text": "Find anomalies"}]}],
+        "generationConfig": {"maxOutputTokens": 100, "responseMimeType": "application/json",
+                             "responseSchema": {"type": "OBJECT", "properties": {"m": {"type": "STRING"}}}},
+    }
+    base = sandbox.base_urls["gemini"] + f"/v1beta/models/{MODEL}"
+    headers = {"x-goog-api-key": gemini_key}
+    counted = httpx.post(base + ":countTokens", headers=headers,
+                         json={"generateContentRequest": {"model": f"models/{MODEL}", **request}})
+    answer = httpx.post(base + ":generateContent", headers=headers, json=request)
+    assert counted.status_code == 200
+    assert counted.json()["totalTokens"] == answer.json()["usageMetadata"]["promptTokenCount"]
+    assert counted.json()["totalTokens"] == count_tokens("Be exact.\nFind anomalies")
+    both = httpx.post(base + ":countTokens", headers=headers,
+                      json={"contents": request["contents"], "generateContentRequest": request})
+    assert both.status_code == 400 and both.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_count_fault_fails_only_the_count(sandbox: SandboxThread, client: genai.Client) -> None:
+    sandbox.set_faults("count:gemini:503")
+    with pytest.raises(errors.ServerError) as caught:
+        client.models.count_tokens(model=MODEL, contents="hi")
+    assert caught.value.code == 503 and caught.value.status == "UNAVAILABLE"
+    assert client.models.generate_content(model=MODEL, contents="hi").text
+    assert sandbox.stats()["counts"]["gemini"] == 1
+    assert sandbox.stats()["providers"]["gemini"]["requests"] == 1

@@ -23,6 +23,11 @@ Follows the Messages API reference (docs.anthropic.com, "Messages", "Streaming M
   (stop_reason, cumulative ``output_tokens``), message_stop.
 - Errors: ``{"type": "error", "error": {"type", "message"}, "request_id"}``; 429 carries
   ``retry-after``; every answer carries ``request-id`` and ``anthropic-ratelimit-*`` headers.
+- ``POST {base}/v1/messages/count_tokens`` (Anthropic "Count Message tokens"): the same headers
+  and body as a message without the sampling fields (``max_tokens``, ``temperature``, ``stream``,
+  ... are refused with 400, "Extra inputs are not permitted"); answers ``{"input_tokens": N}``,
+  N counted exactly as a message's input (``input_tokens`` + cache writes + cache reads of the
+  same request). Faults: :meth:`~opsgate.sandbox.faults.FaultState.decide_count`.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ RETRY_AFTER_S = 1
 REQUESTS_LIMIT = 4000
 TOKENS_LIMIT = 400_000
 REQUIRED_FIELDS = ("content", "usage", "stop_reason")
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "stream",
+                   "metadata", "service_tier")
+"""Messages fields the count_tokens endpoint does not take."""
 
 _ERRORS: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "Invalid request."),
@@ -124,19 +132,48 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     return web.json_response(message, headers=headers)
 
 
+async def count_message_tokens(request: web.Request) -> web.Response:
+    """``POST /anthropic/v1/messages/count_tokens``: see the module docstring."""
+    state = request.app[STATE]
+    request_id = f"req_{state.next_id()}"
+    if not _api_key(request):
+        return _error(401, request_id, state)
+    if not request.headers.get("anthropic-version"):
+        return _error(400, request_id, state, "anthropic-version: header is required")
+    try:
+        parsed = _parse(await request.json(), counting=True)
+    except (ValueError, _InvalidRequest) as exc:
+        return _error(400, request_id, state, str(exc) or "Invalid JSON body.")
+    if served_model(PROVIDER, parsed.model, state.faults.profile) is None:
+        return _error(404, request_id, state, f"model: {parsed.model}")
+    decision = state.faults.decide_count(PROVIDER)
+    await decision.wait()
+    status = decision.error_status(OVERLOAD_STATUS)
+    if status is not None:
+        return _error(status, request_id, state)
+    return web.json_response({"input_tokens": count_tokens(parsed.prompt)},
+                             headers={"request-id": request_id})
+
+
 def _api_key(request: web.Request) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else ""
     return request.headers.get("x-api-key", "").strip() or bearer
 
 
-def _parse(body: Any) -> _Request:
+def _parse(body: Any, *, counting: bool = False) -> _Request:
+    """The Messages request ``body`` (``counting``: a count_tokens body, which has no sampling
+    fields); raises :class:`_InvalidRequest`."""
     if not isinstance(body, dict):
         raise _InvalidRequest("body: expected an object")
-    model, max_tokens, messages = body.get("model"), body.get("max_tokens"), body.get("messages")
+    model, messages = body.get("model"), body.get("messages")
+    max_tokens = 0 if counting else body.get("max_tokens")
     if not isinstance(model, str) or not model:
         raise _InvalidRequest("model: Field required")
-    if not isinstance(max_tokens, int) or max_tokens < 1:
+    extra = [f for f in SAMPLING_FIELDS if f in body] if counting else []
+    if extra:
+        raise _InvalidRequest(f"{extra[0]}: Extra inputs are not permitted")
+    if not isinstance(max_tokens, int) or (max_tokens < 1 and not counting):
         raise _InvalidRequest("max_tokens: Field required (an integer >= 1)")
     if not isinstance(messages, list) or not messages:
         raise _InvalidRequest("messages: at least one message is required")
@@ -333,3 +370,4 @@ def _error(
 def add_routes(app: web.Application) -> None:
     """Register the Anthropic routes on ``app``."""
     app.router.add_post("/anthropic/v1/messages", create_message)
+    app.router.add_post("/anthropic/v1/messages/count_tokens", count_message_tokens)

@@ -2,13 +2,15 @@
 
 Routes (base URLs for clients in parentheses):
 
-- ``POST /anthropic/v1/messages`` (``http://HOST:PORT/anthropic``)
+- ``POST /anthropic/v1/messages`` and ``/anthropic/v1/messages/count_tokens``
+  (``http://HOST:PORT/anthropic``)
 - ``POST /deepseek/chat/completions`` and ``/deepseek/v1/chat/completions``
   (``http://HOST:PORT/deepseek``)
-- ``POST /gemini/v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``
-  (``http://HOST:PORT/gemini``)
+- ``POST /gemini/v1beta/models/{model}:generateContent``, ``:streamGenerateContent`` and
+  ``:countTokens`` (``http://HOST:PORT/gemini``)
 - ``GET /_sandbox/stats``: ``{"faults": str, "providers": {name: {"requests": int,
-  "statuses": {"200": int, ...}, "cancelled": int}}}``; ``DELETE /_sandbox/stats`` resets it.
+  "statuses": {"200": int, ...}, "cancelled": int}}, "counts": {name: int}}``; token-count
+  requests are in ``counts`` only; ``DELETE /_sandbox/stats`` resets it.
 - ``GET /_sandbox/faults`` and ``POST /_sandbox/faults`` with ``{"profile": "..."}``: read or
   change the fault profile (400 ``{"error": ...}`` for an invalid profile), see
   :mod:`opsgate.sandbox.faults`.
@@ -25,6 +27,9 @@ from aiohttp.typedefs import Handler
 from opsgate.sandbox import anthropic, deepseek, gemini
 from opsgate.sandbox.faults import PROVIDERS, FaultProfileError, FaultState
 from opsgate.sandbox.state import STATE, SandboxState
+
+COUNT_PATHS = ("/messages/count_tokens", ":countTokens")
+"""How the token-count routes' paths end (Anthropic, Gemini)."""
 
 
 def create_app(faults: str = "none") -> web.Application:
@@ -46,7 +51,8 @@ def create_app(faults: str = "none") -> web.Application:
 
 def stats_of(state: SandboxState) -> dict[str, Any]:
     """The statistics document served at ``GET /_sandbox/stats`` (shape in the module docstring)."""
-    return {"faults": state.faults.profile.text, "providers": state.stats.snapshot()}
+    return {"faults": state.faults.profile.text, "providers": state.stats.snapshot(),
+            "counts": state.stats.counts()}
 
 
 @web.middleware
@@ -55,6 +61,9 @@ async def _count_requests(request: web.Request, handler: Handler) -> web.StreamR
     if provider not in PROVIDERS:
         return await handler(request)
     stats = request.app[STATE].stats
+    if request.path.endswith(COUNT_PATHS):
+        stats.counted(provider)
+        return await handler(request)
     stats.started(provider)
     try:
         response = await handler(request)

@@ -42,6 +42,13 @@ A profile string is a comma-separated list of parts (whitespace ignored, order i
   "model not found" 404 (as for a retired model).
 - ``substitute:<provider>:<model>``: that provider reports ``model`` as the model that served
   every request (as when a provider reroutes an alias or a retired model).
+- ``count:<provider>:<code>`` / ``count:<provider>:timeout``: that provider's token-count endpoint
+  (Anthropic ``count_tokens``, Gemini ``countTokens``) answers ``code`` with its own error body, or
+  hangs; its other endpoints are untouched.
+
+The token-count endpoints advance no counter (so counted parts such as ``flaky`` or ``errors``
+keep their sequence on the real requests) and follow only ``slow``, ``timeout``, ``count``,
+``status``, ``outage`` and ``ratelimit`` (:meth:`FaultState.decide_count`).
 
 Where several parts apply to one request, the first of timeout, timeout-once, status, outage,
 ratelimit, errors, policy, flaky, malformed, safety-blocked, off-schema, schema wins; ``slow``
@@ -139,6 +146,7 @@ class FaultProfile:
     substitute: dict[str, str] = field(default_factory=dict)
     policy: frozenset[str] = frozenset()
     context: dict[str, int] = field(default_factory=dict)
+    count: dict[str, int | None] = field(default_factory=dict)
 
     def too_long(self, provider: str, prompt_tokens: int) -> int | None:
         """``provider``'s context window when ``prompt_tokens`` exceeds it (``context:``), else
@@ -160,6 +168,7 @@ class FaultProfile:
         substitute: dict[str, str] = {}
         policy: set[str] = set()
         context: dict[str, int] = {}
+        count: dict[str, int | None] = {}
         malformed_for: set[str] = set()
         timeout_once: set[str] = set()
         for part in parts:
@@ -198,6 +207,9 @@ class FaultProfile:
             elif name == "context":
                 provider, window = _context(arg)
                 context[provider] = window
+            elif name == "count":
+                provider, count_status = _count(arg)
+                count[provider] = count_status
             else:
                 raise FaultProfileError(f"unknown fault profile part {part!r}")
         return cls(
@@ -211,6 +223,7 @@ class FaultProfile:
             substitute=substitute,
             policy=frozenset(policy),
             context=context,
+            count=count,
             malformed_for=frozenset(malformed_for),
             timeout_once=frozenset(timeout_once),
         )
@@ -247,6 +260,23 @@ class FaultState:
             p = self._profile
             outcome, status, variant = self._outcome(p, provider)
         return Decision(outcome=outcome, delay_s=p.delay_s, status=status, variant=variant)
+
+    def decide_count(self, provider: str) -> Decision:
+        """The decision for a token-count request to ``provider``: hang (``timeout``,
+        ``count:<provider>:timeout``), the ``count`` or ``status`` code, the overload error
+        (``outage``) or a 429 (``ratelimit``), else OK; ``slow`` latency in every case. Advances
+        no counter."""
+        p = self._profile
+        outcome, status = Outcome.OK, None
+        if p.timeout or (provider in p.count and p.count[provider] is None):
+            outcome = Outcome.HANG
+        elif provider in p.count or provider in p.status:
+            outcome, status = Outcome.STATUS, p.count.get(provider) or p.status[provider]
+        elif provider in p.outage:
+            outcome = Outcome.OVERLOADED
+        elif provider in p.ratelimit:
+            outcome = Outcome.RATE_LIMITED
+        return Decision(outcome=outcome, delay_s=p.delay_s, status=status)
 
     def _outcome(self, p: FaultProfile, provider: str) -> tuple[Outcome, int | None, int]:
         if p.timeout:
@@ -323,6 +353,16 @@ def _context(arg: str) -> tuple[str, int]:
     if not tokens.isdigit() or int(tokens) < 1:
         raise FaultProfileError(f"context needs <provider>:<tokens>, got {arg!r}")
     return _provider(provider), int(tokens)
+
+
+def _count(arg: str) -> tuple[str, int | None]:
+    """``<provider>:timeout`` (``None``: hang) or ``<provider>:<4xx|5xx>``."""
+    provider, _, kind = arg.partition(":")
+    if kind == "timeout":
+        return _provider(provider), None
+    if not kind.isdigit() or not 400 <= int(kind) <= 599:
+        raise FaultProfileError(f"count needs <provider>:<4xx|5xx|timeout>, got {arg!r}")
+    return _provider(provider), int(kind)
 
 
 def _errors(arg: str, name: str) -> tuple[str, int]:

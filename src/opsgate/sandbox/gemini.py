@@ -21,6 +21,11 @@ Follows the Gemini API reference (ai.google.dev, "Generating content", "Structur
 - Errors: ``{"error": {"code", "message", "status", "details"}}``; 429 ``RESOURCE_EXHAUSTED``
   carries a ``google.rpc.RetryInfo`` detail (``retryDelay: "2s"``) and "Please retry in 2.0s."
   in the message, and no ``Retry-After`` header, as the real API.
+- ``POST {base}/v1beta/models/{model}:countTokens`` (Gemini "Counting tokens"): a body with
+  ``contents`` or with ``generateContentRequest`` (a whole request: system instruction, contents,
+  generation config), not both; answers ``{"totalTokens": N, "promptTokensDetails": [...]}``,
+  N the ``promptTokenCount`` generateContent reports for the same request. Faults:
+  :meth:`~opsgate.sandbox.faults.FaultState.decide_count`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ OVERLOAD_STATUS = 503
 RETRY_DELAY_S = 2
 REQUIRED_FIELDS = ("candidates", "usageMetadata")
 _ACTIONS = ("generateContent", "streamGenerateContent")
+_COUNT = "countTokens"
 _RPC = "type.googleapis.com/google.rpc."
 
 _ERRORS: dict[int, tuple[str, str]] = {
@@ -98,6 +104,8 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     """``POST /gemini/{version}/models/{model}:{generateContent|streamGenerateContent}``."""
     state = request.app[STATE]
     model, _, action = request.match_info["target"].partition(":")
+    if action == _COUNT:
+        return await count_tokens_for(request, model)
     if action not in _ACTIONS:
         return _error(404, f"Method {action!r} is not found.")
     if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
@@ -138,6 +146,40 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     if parsed.stream:
         return web.json_response([data for _, data in _chunks(answer)])
     return web.json_response(answer)
+
+
+async def count_tokens_for(request: web.Request, model: str) -> web.Response:
+    """``POST /gemini/{version}/models/{model}:countTokens``: see the module docstring."""
+    state = request.app[STATE]
+    if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
+        return _error(403)
+    try:
+        parsed = _parse(model, _COUNT, _counted_request(await request.json()))
+    except ValueError as exc:
+        return _error(400, str(exc) if isinstance(exc, _InvalidArgument) else None)
+    if served_model(PROVIDER, model, state.faults.profile) is None:
+        return _error(404, f"models/{model} is not found for API version v1beta, or is not "
+                           "supported for countTokens.")
+    decision = state.faults.decide_count(PROVIDER)
+    await decision.wait()
+    status = decision.error_status(OVERLOAD_STATUS)
+    if status is not None:
+        return _error(status)
+    tokens = count_tokens(parsed.prompt)
+    return web.json_response(
+        {"totalTokens": tokens, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": tokens}]}
+    )
+
+
+def _counted_request(body: Any) -> Any:
+    """The generateContent request a countTokens ``body`` counts: its ``generateContentRequest``,
+    or its ``contents`` alone (the two are mutually exclusive)."""
+    if not isinstance(body, dict):
+        raise _InvalidArgument("Invalid JSON payload: expected an object.")
+    whole = _field(body, "generateContentRequest")
+    if whole is not None and "contents" in body:
+        raise _InvalidArgument("contents and generateContentRequest are mutually exclusive")
+    return whole if whole is not None else {"contents": body.get("contents")}
 
 
 def _parse(model: str, action: str, body: Any) -> _Request:

@@ -20,10 +20,12 @@ DEEPSEEK_CACHE_UNIT = 64
 
 
 class Stats:
-    """Requests that reached each provider sandbox, by final HTTP status. Thread-safe."""
+    """Requests that reached each provider sandbox, by final HTTP status, and token-count
+    requests (kept apart: they are free and bill nothing). Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
         self._requests: Counter[str] = Counter()
         self._statuses: dict[str, Counter[int]] = {p: Counter() for p in PROVIDERS}
         self._cancelled: Counter[str] = Counter()
@@ -32,6 +34,16 @@ class Stats:
         """Count a request that reached ``provider``'s route."""
         with self._lock:
             self._requests[provider] += 1
+
+    def counted(self, provider: str) -> None:
+        """Count a request that reached ``provider``'s token-count route."""
+        with self._lock:
+            self._counts[provider] += 1
+
+    def counts(self) -> dict[str, int]:
+        """``{provider: token-count requests}`` for all three providers."""
+        with self._lock:
+            return {p: self._counts[p] for p in PROVIDERS}
 
     def finished(self, provider: str, status: int) -> None:
         """Count the HTTP ``status`` ``provider`` answered with."""
@@ -65,6 +77,7 @@ class Stats:
         """Forget every count."""
         with self._lock:
             self._requests.clear()
+            self._counts.clear()
             self._cancelled.clear()
             for counter in self._statuses.values():
                 counter.clear()
