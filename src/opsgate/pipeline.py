@@ -28,6 +28,7 @@ domains; without them (``toggles=None``, ``metering=None``) those steps admit ev
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -44,6 +45,7 @@ from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.ledger.writer import AppendedEntry, InTransaction, Ledger
 from opsgate.metering.attempts import ESTIMATED, INTERRUPTED, REPORTED, AttemptCharge, billing
 from opsgate.metering.cost import cost_micro_usd
+from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ai_operation_attempts
 from opsgate.metering.prices import PRICE_FIELDS, ModelPrice, PriceBook, ResolvedPrice
 from opsgate.metering.reservations import Reservation
@@ -56,6 +58,10 @@ from opsgate.operations.errors import InvalidModelOutput
 from opsgate.operations.privacy import CallPrivacy, PrivacyPolicy
 from opsgate.operations.repair import repair_request
 from opsgate.providers.base import Completion, CompletionRequest, Usage
+from opsgate.rollout.models import shadow_calls
+from opsgate.rollout.shadow import ERROR as SHADOW_ERROR
+from opsgate.rollout.shadow import OK as SHADOW_OK
+from opsgate.rollout.shadow import REFUSED, agrees
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import DEFAULT_VARIANT, Variant, VariantBook, default_book
 from opsgate.routing.policy import RoutePolicy, Target
@@ -68,6 +74,8 @@ from opsgate.validation import invalid_input
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 SERVED_MODEL_UNPRICED = "served_model_unpriced"
+SHADOW_DRAIN_S = 5.0
+"""How long shutdown waits for shadow calls in flight before cancelling them."""
 
 log = logging.getLogger("opsgate.pipeline")
 
@@ -105,7 +113,8 @@ class CallRecord:
     with its stable ``error_code``). The ``ai_operation_log`` row and the ledger ``result``
     payload are two views of this one value, so they cannot disagree. Money in integer
     micro-USD, latencies in milliseconds, ``created_at`` tz-aware UTC from the injected Clock;
-    ``variant`` served the call, ``repaired`` says its answer needed the schema repair request."""
+    ``variant`` served the call, ``repaired`` says its answer needed the schema repair request,
+    ``shadow`` marks a shadow call (:meth:`Gateway.shadow`)."""
 
     request_id: str
     user_id: str
@@ -126,6 +135,7 @@ class CallRecord:
     price_flag: str | None = None
     variant: str | None = None
     repaired: bool = False
+    shadow: bool = False
 
     @property
     def cache_write_tokens(self) -> int:
@@ -143,6 +153,7 @@ class CallRecord:
             "served_model": self.served_model,
             "variant": self.variant,
             "repaired": self.repaired,
+            "shadow": self.shadow,
             "status": self.status,
             "error_code": self.error_code,
             "attempts": self.attempts,
@@ -161,7 +172,8 @@ class CallRecord:
         """The payload of the ledger ``result`` entry (no user id, no latencies: those stay in
         the log row; ``intent_seq`` links it to its intent). It names the price's source and
         version, so the call can be re-priced later, and ``price_flag`` when there is one."""
-        flag = {"price_flag": self.price_flag} if self.price_flag else {}
+        flag: dict[str, Any] = {"price_flag": self.price_flag} if self.price_flag else {}
+        flag |= {"shadow": True} if self.shadow else {}
         return {**flag,
             "request_id": self.request_id,
             "intent_seq": self.intent_seq,
@@ -232,6 +244,7 @@ class Gateway:
         self.models = models or ModelWatch()
         self._toggles = toggles
         self._privacy = privacy or PrivacyPolicy()
+        self._shadows: set[asyncio.Task[None]] = set()
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
@@ -252,7 +265,81 @@ class Gateway:
             raise
         outcome = await self.record(call, principal, intent, spend, output, started)
         outcome.privacy = privacy.report()
+        self.shadow(call, principal, op, outcome)
         return outcome
+
+    # shadow calls -------------------------------------------------------------------------------
+    def shadow(self, call: Call, principal: Principal, op: Operation, live: Outcome) -> None:
+        """After the user's answer is produced: when a variant rollout's shadow stage samples
+        this call (:meth:`ToggleSnapshot.shadow_variant`), start :meth:`govern_shadow` as a
+        background task the gateway tracks (:meth:`drain_shadows`). The caller does not wait."""
+        name = None if self._toggles is None else self._toggles.shadow_variant(op.id, call.request_id)
+        if name is None:
+            return
+        task = asyncio.create_task(self.govern_shadow(call, principal, op, self.variants.serving(op.id, name), live))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def govern_shadow(self, call: Call, principal: Principal, op: Operation, variant: Variant,
+                            live: Outcome) -> None:
+        """The live ``call`` again through ``variant``, as a governed call of its own (request
+        id :func:`shadow_request_id`) whose answer nobody receives: validated and minimised with
+        the variant's prompt; no rate or token limit (it must not take the user's room); reserved
+        against the ``shadow`` budget scope in its ``intent`` entry (marked ``shadow`` and naming
+        the live call), refused when that has no room (a ``shadow.refused`` entry and row: counted,
+        never queued, never retried); routed and
+        recorded like any call (log row ``shadow``), plus its ``shadow_calls`` row: whether it
+        agrees with ``live`` (:func:`~opsgate.rollout.shadow.agrees`) and both costs. Never
+        raises: a failure is recorded or logged."""
+        shadow = replace(call, request_id=shadow_request_id(call.request_id))
+        started = time.perf_counter()
+        try:
+            prepared, input_digest = self.validate(op, variant, call.body)
+            prepared, privacy = self.minimise(op, prepared)
+            spend = _Spend(variant)
+            reserve = self.reserve(shadow, principal, op, prepared, variant, shadow=True)
+            try:
+                intent = await self.ledger_intent(shadow, principal, op, input_digest, reserve, privacy,
+                                                  spend, shadow_of=call.request_id)
+            except BudgetExceeded as refused:
+                payload = {"request_id": shadow.request_id, "shadow_of": call.request_id, "operation": op.id,
+                           "variant": variant.name, "reason": refused.detail}
+                row = self._shadow_row(shadow, call, variant, live, REFUSED)
+                await self._ledger.append("shadow.refused", payload, [(shadow_calls, row)])
+                return
+            try:
+                output = await self.route(shadow, op, prepared, spend, privacy, intent)
+            except Exception as exc:
+                record = self._failure_record(shadow, principal, intent, spend, exc, started, shadow=True)
+                row = self._shadow_row(shadow, call, variant, live, SHADOW_ERROR, record.cost_micro_usd)
+                await self._write(record, intent, spend, [(shadow_calls, row)])
+                return
+            record = self._call_record(shadow, principal, intent, spend, started, error_code=None, shadow=True)
+            agreed = agrees(op.id, live.output, output.model_dump(mode="json"))
+            row = self._shadow_row(shadow, call, variant, live, SHADOW_OK, record.cost_micro_usd, agreed)
+            await self._write(record, intent, spend, [(shadow_calls, row)])
+        except Exception:
+            log.exception("shadow call %s of %s could not be completed", shadow.request_id, call.request_id)
+
+    def _shadow_row(self, shadow: Call, call: Call, variant: Variant, live: Outcome, status: str,
+                    cost: int = 0, agreed: bool = False) -> dict[str, Any]:
+        """The ``shadow_calls`` row of ``shadow``, the shadow call of ``call``."""
+        return {"request_id": shadow.request_id, "live_request_id": call.request_id,
+                "operation": call.operation, "variant": variant.name, "status": status, "agreed": agreed,
+                "live_cost_micro_usd": live.cost_micro_usd, "shadow_cost_micro_usd": cost,
+                "created_at": self._clock.now()}
+
+    async def drain_shadows(self, timeout_s: float = SHADOW_DRAIN_S) -> None:
+        """Shutdown: wait up to ``timeout_s`` for the shadow calls in flight, then cancel the
+        rest (a cancelled call's reservation expires and is charged its worst case, like any
+        call cut off by a crash). Returns when every shadow task has ended."""
+        pending = set(self._shadows)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     # 1 ------------------------------------------------------------------------------------------
     @step("authenticate")
@@ -323,17 +410,19 @@ class Gateway:
 
     @step("reserve")
     def reserve(
-        self, call: Call, principal: Principal, op: Operation, prepared: Prepared, variant: Variant
+        self, call: Call, principal: Principal, op: Operation, prepared: Prepared, variant: Variant,
+        *, shadow: bool = False,
     ) -> InTransaction[Reservation] | None:
         """The work that reserves the worst case of the first request (``prepared.request`` to
         the first target the router will try, at its price) against every applicable budget
         (402). It commits inside the intent's transaction (step 6): a call is admitted and
-        ledgered atomically, and a refused call leaves no intent. ``None`` without metering."""
+        ledgered atomically, and a refused call leaves no intent. ``None`` without metering. A
+        ``shadow`` call reserves against the ``shadow`` budget scope instead."""
         if self.metering is None:
             return None
         first = self.router.chain(variant.policy)[0]
         return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
-                                        _key(first))
+                                        _key(first), shadow=shadow)
 
     # 6 ------------------------------------------------------------------------------------------
     @step("ledger_intent")
@@ -346,12 +435,14 @@ class Gateway:
         reserve: InTransaction[Reservation] | None,
         privacy: CallPrivacy,
         spend: _Spend,
+        shadow_of: str | None = None,
     ) -> Intent:
         """Durably append the ``intent`` entry with the reservation (its ``work_result``);
         :class:`LedgerUnavailable` (503) or a budget refusal stops the call here and gives its
         held tokens back. The entry counts what was masked and pseudonymised, never the values,
         and names the variant serving the call with its prompt's version id and digest, never
-        the prompt."""
+        the prompt. A shadow call's entry is marked ``shadow`` and names the live call
+        (``shadow_of``)."""
         payload = {
             "request_id": call.request_id,
             "user_id": principal.user_id,
@@ -360,6 +451,7 @@ class Gateway:
             "policy": spend.variant.targets(),
             "privacy": privacy.ledger_counts(),
             **spend.variant.ledger_ref(),
+            **({"shadow": True, "shadow_of": shadow_of} if shadow_of else {}),
         }
         try:
             if reserve is None:
@@ -530,12 +622,18 @@ class Gateway:
     ) -> None:
         """Record a failed call (every request the provider may have billed is still metered)
         and settle its reservation; usage billed unseen is charged at that request's worst case."""
+        record = self._failure_record(call, principal, intent, spend, exc, started)
+        await self._write(record, intent, spend)
+
+    def _failure_record(
+        self, call: Call, principal: Principal, intent: Intent, spend: _Spend, exc: Exception,
+        started: float, *, shadow: bool = False,
+    ) -> CallRecord:
         code = exc.code if isinstance(exc, OpsgateError) else "internal_error"
         attempts = list(getattr(exc, "attempts", ()) or ())
         spend.attempts += [a for a in attempts if isinstance(a, Attempt)]
         self.models.unavailable(call.operation, _unavailable(attempts))
-        record = self._call_record(call, principal, intent, spend, started, error_code=code)
-        await self._write(record, intent, spend)
+        return self._call_record(call, principal, intent, spend, started, error_code=code, shadow=shadow)
 
     def _call_record(
         self,
@@ -546,6 +644,7 @@ class Gateway:
         started: float,
         *,
         error_code: str | None,
+        shadow: bool = False,
     ) -> CallRecord:
         usage, cost = self.meter(spend)
         last = spend.completions[-1] if spend.completions else None
@@ -570,14 +669,17 @@ class Gateway:
             price_flag=flag,
             variant=spend.variant.name,
             repaired=len(spend.completions) > 1,
+            shadow=shadow,
         )
 
-    async def _write(self, record: CallRecord, intent: Intent, spend: _Spend) -> None:
-        """One transaction: the ``result`` entry, the log row, one attempt row per billed request
-        and (with metering) the settlement, flagged when a request was charged its worst case;
-        then the token hold settles to the billed tokens (kept at its worst case when usage is
-        unknown) and overspend events go out."""
-        rows: list[tuple[Any, dict[str, Any]]] = [(ai_operation_log, record.log_row())]
+    async def _write(self, record: CallRecord, intent: Intent, spend: _Spend,
+                     extra: Sequence[tuple[Any, dict[str, Any]]] = ()) -> None:
+        """One transaction: the ``result`` entry, the log row, one attempt row per billed request,
+        the ``extra`` rows and (with metering) the settlement, flagged when a request was charged
+        its worst case; then the token hold settles to the billed tokens (kept at its worst case
+        when usage is unknown) and overspend events go out (not for a shadow call: its budget is
+        the shadow scope's, and an event would disable the live operation)."""
+        rows: list[tuple[Any, dict[str, Any]]] = [(ai_operation_log, record.log_row()), *extra]
         rows += [(ai_operation_attempts, c.row(record.request_id, record.created_at))
                  for c in spend.charges]
         reservation = intent.work_result
@@ -589,7 +691,13 @@ class Gateway:
                                          estimated=estimated)
         result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
         await self.metering.settle_tokens(spend.tokens, None if estimated else record.usage.total_tokens)
-        await self.metering.settled(reservation, result.work_result)
+        if not record.shadow:
+            await self.metering.settled(reservation, result.work_result)
+
+
+def shadow_request_id(request_id: str) -> str:
+    """The request id of ``request_id``'s shadow call (``<id>.shadow``, at most 64 characters)."""
+    return request_id[:57] + ".shadow"
 
 
 def _key(target: Target) -> str:

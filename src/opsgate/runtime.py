@@ -96,7 +96,8 @@ class Runtime(Services):
 
     async def close(self) -> None:
         """Close everything :func:`start_runtime` opened, newest first: flush the security event
-        counts and the traces, stop the status sync and the checkpointer, drain the ledger, dispose
+        counts and the traces, stop the status sync and the checkpointer, drain the shadow calls (up to
+        5 s, then cancelled) and the ledger, dispose
         of the engine, close the HTTP session and the sandbox. Idempotent."""
         await self.exits.aclose()
 
@@ -168,6 +169,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
         rollout.enable_for_sandbox()
     gateway = Gateway(tokens=tokens, ledger=ledger, router=router, policies=policies, prices=prices, clock=clock,
                       metering=metering, toggles=shared.toggles, privacy=privacy, variants=variants)
+    stack.push_async_callback(gateway.drain_shadows)  # before the ledger and the engine close
     attach_alerting(engine, clock, metering.hooks if metering else None, rollout, gateway.models)
     await ledger.append("routing_config", routing_record(settings, prices, clock.now()))
     security = build_security(settings, clock, engine)

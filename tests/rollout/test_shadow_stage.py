@@ -16,6 +16,7 @@ from sqlalchemy import Engine, insert
 from opsgate.clock import ManualClock
 from opsgate.config import Settings, VariantConfig
 from opsgate.ledger.writer import Ledger
+from opsgate.monitoring.health import compute_health
 from opsgate.operations import prompt_catalogue
 from opsgate.rollout.controller import Plan, Stage, State
 from opsgate.rollout.errors import InvalidPlan
@@ -171,3 +172,14 @@ def test_shadow_rows_are_in_neither_cohort_of_the_canary_analysis(service: Rollo
 def _shadow_row(status: str, agreed: bool, live: int, shadow: int, at: object) -> dict[str, object]:
     return {"live_request_id": uuid.uuid4().hex, "operation": OP, "variant": "cand", "status": status,
             "agreed": agreed, "live_cost_micro_usd": live, "shadow_cost_micro_usd": shadow, "created_at": at}
+
+
+def test_shadow_rows_stay_out_of_the_users_health_numbers(service: RolloutService) -> None:
+    now = service.clock.now()
+    rows = [{"request_id": uuid.uuid4().hex, "user_id": "u1", "operation": OP, "variant": variant,
+             "shadow": shadow, "status": status, "attempts": 1, "latency_ms": 100.0, "cost_micro_usd": 10,
+             "created_at": now} for variant, shadow, status in (("default", False, "ok"), ("cand", True, "error"))]
+    with service.engine.begin() as conn:
+        conn.execute(insert(ai_operation_log), rows)
+    health = compute_health(service.engine, now, 60, OP)
+    assert (health.operationCount, health.errorRate) == (1, 0)

@@ -10,10 +10,13 @@ global              ``*``      ``*``
 user U              ``U``      ``*``
 operation OP        ``*``      ``OP``
 user U on OP        ``U``      ``OP``
+shadow              ``*``      ``@shadow``
 ==================  =========  ===========
 
 A call by U on OP is charged against every budget that matches it (up to 8: four scopes × two
-periods). Periods are UTC calendar periods: a day runs from 00:00:00 UTC, a month from 00:00:00
+periods). A shadow call (a variant rollout's candidate answering a live call again, unseen) is
+charged against the ``shadow`` budgets only (:func:`shadow_budgets`), so it never takes room from
+a user's, an operation's or the global budget. Periods are UTC calendar periods: a day runs from 00:00:00 UTC, a month from 00:00:00
 UTC on its first day. A call is charged to the period in which its reservation was made.
 Plain functions over an engine (the Dispatch ``service.py`` shape).
 """
@@ -29,7 +32,7 @@ from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, or_, se
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput
-from opsgate.metering.models import ANY, budget_counters, budgets
+from opsgate.metering.models import ANY, SHADOW, budget_counters, budgets
 
 PERIODS = ("day", "month")
 MICRO_PER_USD = 1_000_000
@@ -48,7 +51,9 @@ class Budget:
 
     @property
     def scope(self) -> str:
-        """``global``, ``user:U``, ``operation:OP`` or ``user:U/operation:OP``."""
+        """``global``, ``user:U``, ``operation:OP``, ``user:U/operation:OP`` or ``shadow``."""
+        if self.operation == SHADOW:
+            return "shadow"
         parts = [f"user:{self.user_id}"] if self.user_id != ANY else []
         parts += [f"operation:{self.operation}"] if self.operation != ANY else []
         return "/".join(parts) or "global"
@@ -125,6 +130,14 @@ def budgets_for(conn: Connection, user_id: str, operation: str) -> list[Budget]:
     ``conn`` (inside the caller's transaction)."""
     rows = conn.execute(_APPLICABLE, {"user_id": user_id, "operation": operation})
     return [_budget(row) for row in rows]
+
+
+_SHADOW_BUDGETS = select(budgets).where(budgets.c.operation == SHADOW).order_by(budgets.c.id)
+
+
+def shadow_budgets(conn: Connection) -> list[Budget]:
+    """The ``shadow`` scope's budgets (day and/or month), by id, read on ``conn``."""
+    return [_budget(row) for row in conn.execute(_SHADOW_BUDGETS)]
 
 
 def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
-from opsgate.metering.models import ANY
+from opsgate.metering.models import ANY, SHADOW
 
 budgets_app = typer.Typer(help="Budgets: limits, spent and reserved (micro-USD).", no_args_is_help=True)
 costs_app = typer.Typer(help="Cost accuracy against provider invoices.", no_args_is_help=True)
@@ -38,17 +38,22 @@ def budgets_set(
     user: str = typer.Option(None, "--user", help="Budget of this user (with --operation: of the pair)."),
     operation: str = typer.Option(None, "--operation", help="Budget of this operation."),
     global_: bool = typer.Option(False, "--global", help="The global budget."),
+    scope: str = typer.Option(None, "--scope", help="shadow: the budget of variant rollouts' shadow calls."),
     period: str = typer.Option(..., "--period", help="day | month (UTC calendar periods)."),
     limit_usd: str = typer.Option(..., "--limit-usd", help="Limit in USD, e.g. 25.00."),
 ) -> None:
-    """Create or change a budget: --user U, --operation OP, both, or --global."""
+    """Create or change a budget: --user U, --operation OP, both, --global, or --scope shadow."""
     from opsgate.metering.budgets import set_budget, usd_to_micro
 
-    if global_ == bool(user or operation):
-        err.print("[red]error:[/red] give --global, or --user and/or --operation")
+    if scope not in (None, "shadow"):
+        err.print("[red]error:[/red] --scope takes one value: shadow")
+        raise typer.Exit(2)
+    if [global_, bool(user or operation), scope is not None].count(True) != 1:
+        err.print("[red]error:[/red] give --global, --scope shadow, or --user and/or --operation")
         raise typer.Exit(2)
     try:
-        budget = set_budget(_engine(), SystemClock(), user_id=user or ANY, operation=operation or ANY,
+        budget = set_budget(_engine(), SystemClock(), user_id=user or ANY,
+                            operation=SHADOW if scope else operation or ANY,
                             period=period, limit_micro_usd=usd_to_micro(limit_usd))
     except OpsgateError as exc:
         err.print(f"[red]error:[/red] {exc.detail}")

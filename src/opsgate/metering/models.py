@@ -35,6 +35,10 @@ from opsgate.store.types import UTCDateTime
 
 ANY = "*"
 """The wildcard of ``budgets.user_id`` / ``budgets.operation``."""
+SHADOW = "@shadow"
+"""``budgets.operation`` of the ``shadow`` scope (with ``user_id`` ``*``): the budget of a variant
+rollout's shadow calls, and theirs only. No operation id starts with ``@``, so no user call
+matches it."""
 
 budgets = Table(
     "budgets",

@@ -40,7 +40,7 @@ from sqlalchemy import BigInteger, Connection, Engine, bindparam, func, select, 
 from sqlalchemy.dialects import postgresql, sqlite
 
 from opsgate.clock import Clock
-from opsgate.metering.budgets import Budget, budgets_for, period_start
+from opsgate.metering.budgets import Budget, budgets_for, period_start, shadow_budgets
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import budget_counters, budget_reservations, budgets
 
@@ -140,15 +140,20 @@ def hold(
     operation: str,
     worst_micro_usd: int,
     ttl_s: float,
+    shadow: bool = False,
 ) -> Reservation:
     """Hold ``worst_micro_usd`` against every budget that applies to (``user_id``, ``operation``),
-    inside the caller's transaction ``conn`` (the pipeline uses the ledger intent's transaction).
+    inside the caller's transaction ``conn`` (the pipeline uses the ledger intent's transaction);
+    with ``shadow``, against the ``shadow`` scope's budgets instead, and none set is a refusal.
 
     Raises :class:`BudgetExceeded` (402, naming the budget) when any of them would go over its
     limit; the caller must then roll back (a savepoint suffices). Database errors propagate.
     """
     _lock(conn)  # before any read: a SQLite read snapshot cannot be upgraded to a write later
-    found = tuple(budgets_for(conn, user_id, operation))
+    found = tuple(shadow_budgets(conn) if shadow else budgets_for(conn, user_id, operation))
+    if shadow and not found:
+        raise BudgetExceeded("No shadow budget is set (opsgate budgets set --scope shadow ...): "
+                             "shadow calls are refused")
     reservation = Reservation(request_id, user_id, operation, worst_micro_usd, found)
     if not found:
         return reservation

@@ -88,11 +88,14 @@ class MeteringService:
         operation: str,
         request: CompletionRequest,
         model: str,
+        *,
+        shadow: bool = False,
     ) -> InTransaction[Reservation]:
         """Step 5: the work that reserves the worst case of the call's first request, ``request``
         to ``model`` (a price key), against every applicable budget, to run inside the ledger
         intent's transaction (``Ledger.append(..., work=reserve)``), so a call is admitted and
-        ledgered atomically. Further requests extend it (:meth:`extend_in`).
+        ledgered atomically. Further requests extend it (:meth:`extend_in`). A ``shadow`` call
+        reserves against the ``shadow`` budget scope only.
 
         The work returns the :class:`Reservation`; it raises :class:`BudgetExceeded` (402) or, when
         the store fails, :class:`BudgetUnavailable` (503) after an ``enforcement_error`` event is
@@ -104,7 +107,8 @@ class MeteringService:
         def reserve(conn: Connection) -> Reservation:
             try:
                 return hold(conn, self.clock, request_id=request_id, user_id=user_id,
-                            operation=operation, worst_micro_usd=worst, ttl_s=self.reservation_ttl_s)
+                            operation=operation, worst_micro_usd=worst, ttl_s=self.reservation_ttl_s,
+                            shadow=shadow)
             except BudgetExceeded:
                 raise
             except Exception as exc:

@@ -26,7 +26,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, Row, func, select
+from sqlalchemy import Connection, Engine, Row, false, func, select
 
 from opsgate.metering.models import cost_reconciliations
 from opsgate.monitoring.models import signals
@@ -83,7 +83,7 @@ def compute_health(
     since = now - timedelta(seconds=window_s)
     log = ai_operation_log.c
     query = select(log.status, log.latency_ms, log.provider, log.provider_latency_ms).where(
-        log.created_at >= since, log.created_at <= now
+        log.created_at >= since, log.created_at <= now, log.shadow.is_(false())  # users' calls only
     )
     if operation is not None:
         query = query.where(log.operation == operation)

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, false, select
 
 from opsgate.config import Settings
 from opsgate.monitoring.health import LEDGER_VERIFY, latest_discrepancies, percentile
@@ -135,7 +135,8 @@ def evaluate(conn: Connection, now: datetime, cfg: RuleConfig, firing_outages: s
 def _operation_findings(conn: Connection, now: datetime, cfg: RuleConfig) -> list[Finding]:
     log = ai_operation_log.c
     rows = conn.execute(select(log.operation, log.status, log.latency_ms).where(
-        log.created_at > now - timedelta(seconds=cfg.window_s), log.created_at <= now))
+        log.created_at > now - timedelta(seconds=cfg.window_s), log.created_at <= now,
+        log.shadow.is_(false())))  # a shadow call's errors and latency are no user's
     by_op: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for op, status, latency in rows:
         by_op[op].append((status, latency))
