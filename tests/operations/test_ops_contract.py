@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from opsgate.errors import InvalidInput, NotFound
 from opsgate.operations import OPERATIONS, get_operation
+from opsgate.operations.caps import answer_cap
 from opsgate.operations.io import input_from_file
 from tests.shared_data import SHARED_DATA
 
@@ -48,6 +49,17 @@ ANSWERS: dict[str, dict[str, Any]] = {
                           "notes": [{"anomaly": 0, "explanation": "Latency spike."}, {"anomaly": 999, "explanation": "x"}]},
 }
 
+# The list fields each operation bounds by its input when it computes max_tokens (operations/caps.py).
+CAP_ITEMS: dict[str, Any] = {
+    "email-compose": lambda p: None, "email-classify": lambda p: None, "email-respond": lambda p: None,
+    "calendar-prep": lambda p: {"items": len(p.context["events"])},
+    "calendar-time": lambda p: {"ranked": len(p.context["slots"])},
+    "task-prioritize": lambda p: {"order": len(p.context["sent"])},
+    "task-breakdown": lambda p: {"subtasks": p.context["max_subtasks"]},
+    "analytics-summary": lambda p: None,
+    "analytics-anomaly": lambda p: {"notes": p.context["sent"]},
+}
+
 
 def example(op_id: str) -> Path:
     return next(EXAMPLES.glob(f"{op_id}.*"))
@@ -82,7 +94,8 @@ def test_example_input_round_trips_through_prepare_and_finish(op_id: str) -> Non
     assert isinstance(output, op.Output)
     again = op.Output.model_validate_json(output.model_dump_json())
     assert again.model_dump(mode="json") == output.model_dump(mode="json")
-    assert prepared.request.max_tokens == op.max_tokens
+    assert prepared.request.max_tokens == answer_cap(
+        op.ModelOutput, f"{prepared.request.system}\n{prepared.request.user}", CAP_ITEMS[op_id](prepared))
 
 
 def test_finish_never_returns_what_the_code_did_not_compute() -> None:

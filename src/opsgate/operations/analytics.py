@@ -16,7 +16,7 @@ from __future__ import annotations
 import statistics
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +37,8 @@ MAX_CSV_CHARS = 5_000_000
 MAX_SENT_POINTS = 48
 MAX_SENT_ANOMALIES = 20
 MAX_ANOMALIES = 100
+MAX_HIGHLIGHT_CHARS = 300
+"""One highlight of a summary (bounds the answer, :mod:`opsgate.operations.caps`)."""
 
 
 class PointIn(BaseModel):
@@ -164,7 +166,7 @@ class SummaryAnswer(Answer):
 
     headline: str = Field(max_length=200)
     narrative: str = Field(max_length=2_000)
-    highlights: list[str] = Field(max_length=5)
+    highlights: list[Annotated[str, Field(max_length=MAX_HIGHLIGHT_CHARS)]] = Field(max_length=5)
 
 
 class SummaryOutput(BaseModel):
@@ -188,7 +190,6 @@ class AnalyticsSummary(Operation):
     reads = ("csv", "series")
     ModelOutput = SummaryAnswer
     Output = SummaryOutput
-    max_tokens = 1_000
     sends = (
         Sent("series name and unit"),
         Sent("key figures (computed)"),
@@ -210,7 +211,7 @@ class AnalyticsSummary(Operation):
         if data.question:
             user += "\n\n" + user_request(data.question)
         system = self.system_prompt(prompt)
-        request = build_request(system, user, SummaryAnswer, "series_summary", self.max_tokens)
+        request = build_request(system, user, SummaryAnswer, "series_summary")
         context = {
             "name": data.name, "unit": data.unit, "figures": stats, "sent_points": len(shape),
             "downsampled": len(shape) < stats.count,
@@ -314,7 +315,6 @@ class AnalyticsAnomaly(Operation):
     reads = ("csv", "series")
     ModelOutput = AnomalyAnswer
     Output = AnomalyOutput
-    max_tokens = 1_500
     sends = (
         Sent("series name and unit"),
         Sent("count, time range and median (computed)"),
@@ -351,7 +351,7 @@ class AnalyticsAnomaly(Operation):
         if data.question:
             user += "\n\n" + user_request(data.question)
         system = self.system_prompt(prompt)
-        request = build_request(system, user, AnomalyAnswer, "anomaly_report", self.max_tokens)
+        request = build_request(system, user, AnomalyAnswer, "anomaly_report", {"notes": len(sent)})
         context = {
             "name": data.name, "unit": data.unit, "method": METHOD, "threshold": data.threshold,
             "window_hours": data.window_hours, "count": len(found), "anomalies": kept,

@@ -49,7 +49,8 @@ class Operation:
     """Base class of the nine operations. Subclasses set the class attributes and both methods.
 
     ``id`` is the public operation id (e.g. ``email-classify``); ``Input``, ``ModelOutput`` and
-    ``Output`` are pydantic models; ``max_tokens`` caps the model's answer; ``sends`` lists what
+    ``Output`` are pydantic models (each request's ``max_tokens`` is computed from ``ModelOutput``'s
+    schema and the input, :mod:`opsgate.operations.caps`); ``sends`` lists what
     ``prepare`` puts in the prompt, and nothing else may reach it; ``prompt_fields`` names the
     ``${name}`` placeholders a prompt version of the operation may use
     (:mod:`opsgate.operations.prompts`); ``reads`` names the input fields whose content
@@ -61,7 +62,6 @@ class Operation:
     Input: ClassVar[type[BaseModel]]
     ModelOutput: ClassVar[type[BaseModel]]
     Output: ClassVar[type[BaseModel]]
-    max_tokens: ClassVar[int] = 1024
     sends: ClassVar[tuple[Sent, ...]] = ()
     prompt_fields: ClassVar[frozenset[str]] = frozenset()
     reads: ClassVar[tuple[str, ...]] = ()

@@ -19,7 +19,7 @@ an index the code did not produce is dropped and counted in ``dropped_references
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta, tzinfo
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -53,6 +53,8 @@ MAX_TITLE_CHARS = 200
 MAX_LOCATION_CHARS = 200
 MAX_DESCRIPTION_CHARS = 400
 MAX_ATTENDEES_LISTED = 10
+MAX_STEP_CHARS = 200
+"""One preparation step of a briefing item (bounds the answer, :mod:`opsgate.operations.caps`)."""
 WINDOW_YEARS = (1900, 2200)
 
 
@@ -163,7 +165,7 @@ class PrepItem(Answer):
 
     event: int = Field(ge=0)
     briefing: str = Field(max_length=600)
-    preparation: list[str] = Field(max_length=5)
+    preparation: list[Annotated[str, Field(max_length=MAX_STEP_CHARS)]] = Field(max_length=5)
 
 
 class PrepAnswer(Answer):
@@ -238,7 +240,6 @@ class CalendarPrep(Operation):
     reads = ("ics",)
     ModelOutput = PrepAnswer
     Output = PrepOutput
-    max_tokens = 2_000
     sends = (
         Sent("window and time zone"),
         Sent(f"event titles (the earliest {MAX_PREP_EVENTS} events)", MAX_TITLE_CHARS),
@@ -272,7 +273,7 @@ class CalendarPrep(Operation):
         if data.focus:
             user += "\n\n" + user_request(data.focus)
         system = self.system_prompt(prompt)
-        request = build_request(system, user, PrepAnswer, "calendar_briefing", self.max_tokens)
+        request = build_request(system, user, PrepAnswer, "calendar_briefing", {"items": len(sent)})
         context = {
             "timezone": data.timezone, "window_start": start, "window_end": end,
             "events": [_event_out(i, e) for i, e in enumerate(sent)], "conflicts": pairs,
@@ -396,7 +397,6 @@ class CalendarTime(Operation):
     reads = ("ics",)
     ModelOutput = TimeAnswer
     Output = TimeOutput
-    max_tokens = 800
     sends = (
         Sent("window and time zone"),
         Sent("requested duration"),
@@ -429,7 +429,7 @@ class CalendarTime(Operation):
         if data.purpose:
             user += "\n\n" + user_request(data.purpose)
         system = self.system_prompt(prompt)
-        request = build_request(system, user, TimeAnswer, "meeting_slots", self.max_tokens)
+        request = build_request(system, user, TimeAnswer, "meeting_slots", {"ranked": len(slots)})
         context = {
             "timezone": data.timezone, "window_start": start, "window_end": end,
             "duration_minutes": data.duration_minutes, "busy_count": len(busy),

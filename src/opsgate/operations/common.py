@@ -8,12 +8,13 @@ series' name) reaches the model only inside a :func:`data_block`, and every syst
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from opsgate.errors import InvalidInput
+from opsgate.operations.caps import answer_cap
 from opsgate.providers.base import CompletionRequest
 
 DATA_RULE = (
@@ -102,14 +103,18 @@ def answer_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def build_request(
-    system: str, user: str, model: type[BaseModel], schema_name: str, max_tokens: int
+    system: str, user: str, model: type[BaseModel], schema_name: str,
+    items: Mapping[str, int] | None = None,
 ) -> CompletionRequest:
-    """A :class:`CompletionRequest` asking for a JSON object valid against ``model``'s schema."""
+    """A :class:`CompletionRequest` asking for a JSON object valid against ``model``'s schema,
+    its ``max_tokens`` the longest such answer (:func:`~opsgate.operations.caps.answer_cap`, with
+    ``items`` bounding list fields by what the input holds)."""
     schema = answer_schema(model)
+    system = f"{system}\n\n{DATA_RULE}"
     return CompletionRequest(
-        system=f"{system}\n\n{DATA_RULE}",
+        system=system,
         user=user,
-        max_tokens=max_tokens,
+        max_tokens=answer_cap(model, f"{system}\n{user}", items),
         json_schema=schema,
         schema_name=schema_name,
         temperature=0.2,

@@ -20,7 +20,7 @@ model only writes the text.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -42,6 +42,8 @@ MAX_QUOTED_CHARS = 4_000
 MAX_SUBJECT_CHARS = 300
 MAX_ATTACHMENTS_LISTED = 20
 MAX_RECIPIENTS_LISTED = 20
+MAX_QUESTION_CHARS = 300
+"""One open question of a draft (bounds the answer, :mod:`opsgate.operations.caps`)."""
 
 Category = Literal[
     "personal", "work", "mailing-list", "newsletter", "promotion", "notification",
@@ -268,7 +270,6 @@ class EmailClassify(Operation):
     reads = ("raw", "email")
     ModelOutput = ClassifyAnswer
     Output = ClassifyOutput
-    max_tokens = 400
     sends = EMAIL_SENT
     prompt_fields = frozenset({"labels"})
 
@@ -278,7 +279,7 @@ class EmailClassify(Operation):
         text, info = render_email(data.parsed())
         labels = "\n".join(f"- {name}: {meaning}" for name, meaning in CATEGORY_HELP.items())
         system = self.system_prompt(prompt, labels=labels)
-        request = build_request(system, text, ClassifyAnswer, "email_classification", self.max_tokens)
+        request = build_request(system, text, ClassifyAnswer, "email_classification")
         return Prepared(request=request, context={"email": info})
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ClassifyOutput:
@@ -308,7 +309,7 @@ class DraftAnswer(Answer):
 
     language: str = Field(max_length=35)
     body: str = Field(max_length=8_000)
-    open_questions: list[str] = Field(max_length=5)
+    open_questions: list[Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]] = Field(max_length=5)
 
 
 class ReplyOutput(BaseModel):
@@ -359,7 +360,6 @@ class EmailRespond(Operation):
     reads = ("raw", "email")
     ModelOutput = DraftAnswer
     Output = ReplyOutput
-    max_tokens = 1_500
     sends = (*EMAIL_SENT, Sent("instructions"), Sent("tone"))
     prompt_fields = frozenset({"tone"})
 
@@ -373,7 +373,7 @@ class EmailRespond(Operation):
         user = text
         if data.instructions:
             user += "\n\n" + user_request(data.instructions)
-        request = build_request(system, user, DraftAnswer, "email_reply", self.max_tokens)
+        request = build_request(system, user, DraftAnswer, "email_reply")
         references = [*mail.references, *([mail.message_id] if mail.message_id else [])]
         context = {
             "email": info, "to": to, "cc": cc, "subject": reply_subject(mail.subject),
@@ -440,7 +440,6 @@ class EmailCompose(Operation):
     reads = ("raw", "email")
     ModelOutput = ComposeAnswer
     Output = ComposeOutput
-    max_tokens = 1_500
     sends = (Sent("instructions"), Sent("tone"), Sent("language"), *EMAIL_SENT)
     prompt_fields = frozenset({"language", "tone"})
 
@@ -460,7 +459,7 @@ class EmailCompose(Operation):
             "Write in the language of the instructions, or of the email if one is given."
         )
         system = self.system_prompt(prompt, tone=data.tone, language=language)
-        request = build_request(system, "\n\n".join(parts), ComposeAnswer, "email_draft", self.max_tokens)
+        request = build_request(system, "\n\n".join(parts), ComposeAnswer, "email_draft")
         return Prepared(request=request, context={"email": info, "to": to, "cc": list(data.cc)})
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ComposeOutput:

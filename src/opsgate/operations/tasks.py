@@ -222,7 +222,6 @@ class TaskPrioritize(Operation):
     reads = ("ics", "tasks")
     ModelOutput = PrioritizeAnswer
     Output = PrioritizeOutput
-    max_tokens = 3_000
     sends = (
         Sent("today"),
         Sent(f"task titles (the {MAX_PROMPT_TASKS} open tasks due soonest)", MAX_TITLE_CHARS),
@@ -247,7 +246,7 @@ class TaskPrioritize(Operation):
         if data.goal:
             user += "\n\n" + user_request(data.goal)
         system = self.system_prompt(prompt)
-        request = build_request(system, user, PrioritizeAnswer, "task_priorities", self.max_tokens)
+        request = build_request(system, user, PrioritizeAnswer, "task_priorities", {"order": len(sent)})
         context = {
             "sent": sent, "tasks": [task_out(i, t, data.today) for i, t in enumerate(tasks)],
             "trim_notes": notes,
@@ -331,7 +330,6 @@ class TaskBreakdown(Operation):
     reads = ("ics", "tasks")
     ModelOutput = BreakdownAnswer
     Output = BreakdownOutput
-    max_tokens = 1_500
     sends = (
         Sent("the chosen task's title", MAX_TITLE_CHARS),
         Sent("its status, due date, priority, estimate"),
@@ -354,7 +352,8 @@ class TaskBreakdown(Operation):
         if data.context:
             user += "\n\n" + user_request(data.context)
         system = self.system_prompt(prompt, max_subtasks=data.max_subtasks)
-        request = build_request(system, user, BreakdownAnswer, "task_breakdown", self.max_tokens)
+        request = build_request(system, user, BreakdownAnswer, "task_breakdown",
+                                {"subtasks": data.max_subtasks})
         context = {
             "task": task_out(data.task, task, data.today), "max_subtasks": data.max_subtasks,
             "trim_notes": notes,

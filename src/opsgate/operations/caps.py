@@ -1,0 +1,131 @@
+"""Output caps that fit the answer: each request's ``max_tokens`` is computed from the operation's
+answer schema and the given input (issue 16, item 3; docs/budgets.md, "Output caps").
+
+The cap bounds the longest answer the schema allows, every field filled at once:
+
+- **Structure** — braces, brackets, keys, quotes, separators, one whitespace run per member (a
+  pretty-printed answer), enum values, numbers (:data:`NUMBER_CHARS`, an integer with a
+  ``maximum`` by its digits), booleans — counted at **one token per character**. These are ASCII
+  characters, and no tokenizer of the three providers emits a token shorter than one byte.
+- **Free text** — every string's ``maxLength`` characters, at :data:`LATIN_CHARS_PER_TOKEN`
+  characters per token when every letter of the prompt (system and user text) is a Latin letter,
+  else at :data:`OTHER_CHARS_PER_TOKEN` (an answer is written in the language of what the model
+  reads: the prompts say so for replies, and a non-Latin letter anywhere in the prompt takes the
+  slower rate). The providers document about 4 characters of English per token (Gemini: "about
+  4 characters"; OpenAI-compatible tokenizers likewise) and DeepSeek 0.3 tokens per English and
+  0.6 per Chinese character; 2 and 1 leave 1.67x over the least favourable of those figures.
+- **Framing** — :data:`FRAMING_TOKENS` for what a provider counts as output around the JSON (an
+  Anthropic ``tool_use`` block's name and wrapper).
+- **Ceiling** — at most :data:`MAX_ANSWER_TOKENS`, the largest output the built-in chain's
+  smallest models produce (DeepSeek's ``max_tokens`` range is 1..8,192, Gemini 2.0 Flash's output
+  limit 8,192): a longer answer could not be produced by every target, and DeepSeek refuses a
+  larger ``max_tokens`` with 422.
+
+Lists count ``maxItems`` items, or fewer where the input bounds them (``items``: an operation that
+lists *n* computed things for the model to pick from passes ``n``; a valid answer refers to each at
+most once). A string without ``maxLength`` has no bound and is refused (:class:`UnboundedAnswer`).
+
+The cap is not what keeps a budget safe — a provider bills at most ``max_tokens`` of output, and the
+reservation holds ``max_tokens`` — it decides which answers fit. An answer that still hits it stops
+with finish reason ``length``: cut JSON is a malformed answer (billed as reported, then the next
+target), a cut Anthropic tool input fails the schema (one repair request, then 502
+``invalid_model_output``); every further request is admitted and reserved first.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+
+LATIN_CHARS_PER_TOKEN = 2
+OTHER_CHARS_PER_TOKEN = 1
+FRAMING_TOKENS = 50
+MAX_ANSWER_TOKENS = 8_192
+NUMBER_CHARS = 24
+"""The longest JSON number a model writes for an unbounded ``number`` (``-1.2345678901234567e-308``)."""
+INTEGER_CHARS = 20
+"""An unbounded ``integer``: a signed 64-bit value's digits and sign."""
+MEMBER_CHARS = 2
+"""Per object member or list item besides its key: the separating comma and one whitespace run."""
+
+
+class UnboundedAnswer(ValueError):
+    """The answer schema has a string without ``maxLength`` or a list without ``maxItems``."""
+
+
+def chars_per_token(prompt: str) -> int:
+    """:data:`LATIN_CHARS_PER_TOKEN` when every letter of ``prompt`` is a Latin letter (digits,
+    punctuation and symbols do not count), else :data:`OTHER_CHARS_PER_TOKEN`."""
+    if prompt.isascii():
+        return LATIN_CHARS_PER_TOKEN
+    for ch in set(prompt):
+        if ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN"):
+            return OTHER_CHARS_PER_TOKEN
+    return LATIN_CHARS_PER_TOKEN
+
+
+def answer_cap(model: type[BaseModel], prompt: str, items: Mapping[str, int] | None = None) -> int:
+    """The ``max_tokens`` for an answer valid against ``model``'s JSON schema to a request whose
+    system and user text is ``prompt`` (see the module doc). ``items`` caps top-level list fields
+    (any level) by property name at fewer items than their ``maxItems`` (never more). Raises
+    :class:`UnboundedAnswer`."""
+    schema = model.model_json_schema()
+    structure, text = _Bound(schema, items or {}).value(schema, "")
+    return min(MAX_ANSWER_TOKENS, FRAMING_TOKENS + structure + math.ceil(text / chars_per_token(prompt)))
+
+
+class _Bound:
+    """Walks a pydantic JSON schema: each value's ``(structure characters, text characters)``."""
+
+    def __init__(self, root: dict[str, Any], items: Mapping[str, int]) -> None:
+        self._defs: dict[str, Any] = root.get("$defs", {})
+        self._items = items
+
+    def value(self, schema: dict[str, Any], name: str) -> tuple[int, int]:
+        if "$ref" in schema:
+            return self.value(self._defs[schema["$ref"].rsplit("/", 1)[-1]], name)
+        if "enum" in schema:
+            return max(len(str(v)) for v in schema["enum"]) + 2, 0
+        kind = schema.get("type")
+        if kind == "object":
+            return self._object(schema)
+        if kind == "array":
+            return self._array(schema, name)
+        if kind == "string":
+            if "maxLength" not in schema:
+                raise UnboundedAnswer(f"string {name or '(answer)'!r} has no maxLength")
+            return 2, int(schema["maxLength"])
+        if kind == "integer":
+            return _integer_chars(schema), 0
+        if kind == "number":
+            return NUMBER_CHARS, 0
+        if kind == "boolean":
+            return len("false"), 0
+        raise UnboundedAnswer(f"value {name!r} of type {kind!r} has no bound")
+
+    def _object(self, schema: dict[str, Any]) -> tuple[int, int]:
+        structure, text = 2, 0
+        for key, sub in schema.get("properties", {}).items():
+            s, t = self.value(sub, key)
+            structure += len(key) + 4 + MEMBER_CHARS + s
+            text += t
+        return structure, text
+
+    def _array(self, schema: dict[str, Any], name: str) -> tuple[int, int]:
+        if "maxItems" not in schema:
+            raise UnboundedAnswer(f"list {name!r} has no maxItems")
+        count = min(int(schema["maxItems"]), self._items.get(name, schema["maxItems"]))
+        s, t = self.value(schema.get("items", {}), name + "[]")
+        return 2 + count * (s + MEMBER_CHARS), count * t
+
+
+def _integer_chars(schema: dict[str, Any]) -> int:
+    if "maximum" not in schema:
+        return INTEGER_CHARS
+    low = schema.get("minimum")
+    widest = max(len(str(schema["maximum"])), len(str(low)) if low is not None else INTEGER_CHARS)
+    return widest

@@ -1,0 +1,132 @@
+"""Output caps that fit the answer (operations/caps.py, issue 16 item 3): each request's max_tokens
+is computed from the answer schema and the input; the longest valid answer fits under it."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from opsgate.operations import OPERATIONS
+from opsgate.operations.caps import (
+    FRAMING_TOKENS,
+    LATIN_CHARS_PER_TOKEN,
+    MAX_ANSWER_TOKENS,
+    UnboundedAnswer,
+    answer_cap,
+    chars_per_token,
+)
+from opsgate.operations.common import Answer, answer_schema
+from opsgate.operations.io import input_from_file
+from tests.operations.test_ops_contract import IDS, example
+
+# The caps the nine examples of examples/ get (Latin prompts; calendar-prep's 9 events reach the ceiling).
+EXAMPLE_CAPS = {
+    "email-compose": 5005, "email-classify": 379, "email-respond": 4890, "calendar-prep": 8192,
+    "calendar-time": 1571, "task-prioritize": 1768, "task-breakdown": 2653,
+    "analytics-summary": 1973, "analytics-anomaly": 1616,
+}
+
+
+def _prepared(op_id: str, **options: Any):  # type: ignore[no-untyped-def]  # Prepared of any operation
+    op = OPERATIONS[op_id]
+    return op.prepare(op.Input.model_validate(input_from_file(op_id, example(op_id), options)))
+
+
+def _longest(schema: dict[str, Any], node: dict[str, Any], items: dict[str, int], name: str = "") -> Any:
+    """The longest answer ``node`` allows: strings at maxLength (Latin text), lists at their bound."""
+    if "$ref" in node:
+        return _longest(schema, schema["$defs"][node["$ref"].rsplit("/", 1)[-1]], items, name)
+    if "enum" in node:
+        return max(node["enum"], key=lambda v: len(str(v)))
+    kind = node["type"]
+    if kind == "object":
+        return {key: _longest(schema, sub, items, key) for key, sub in node["properties"].items()}
+    if kind == "array":
+        count = min(node["maxItems"], items.get(name, node["maxItems"]))
+        return [_longest(schema, node["items"], items, name + "[]") for _ in range(count)]
+    if kind == "string":
+        return ("Lorem ipsum dolor sit amet. " * 400)[: node["maxLength"]]
+    if kind == "integer":
+        return node.get("maximum", 2**63 - 1)
+    if kind == "number":
+        return 0.12345678901234566
+    return False
+
+
+@pytest.mark.parametrize("op_id", IDS)
+def test_each_operations_cap_for_its_example(op_id: str) -> None:
+    assert _prepared(op_id).request.max_tokens == EXAMPLE_CAPS[op_id]
+
+
+@pytest.mark.parametrize("op_id", IDS)
+def test_the_longest_valid_answer_fits_under_the_cap(op_id: str) -> None:
+    """The answer with every string at its maxLength and every list at its input bound validates
+    against the operation's schema, and its JSON pretty-printed (the longer form) counted by the
+    rule (structure 1 token per character and per whitespace run of a newline and its indentation,
+    text 1 per LATIN_CHARS_PER_TOKEN characters) plus the framing is at most the cap, unless the cap
+    is the ceiling."""
+    op = OPERATIONS[op_id]
+    items = {"calendar-prep": {"items": 9}, "calendar-time": {"ranked": 12}, "task-prioritize": {"order": 6},
+             "task-breakdown": {"subtasks": 8}, "analytics-anomaly": {"notes": 2}}.get(op_id, {})
+    answer = _longest(answer_schema(op.ModelOutput), answer_schema(op.ModelOutput), items)
+    op.ModelOutput.model_validate(answer)
+    text = sum(len(s) for s in _strings(answer))
+    pretty = json.dumps(answer, indent=2)
+    structure = len(json.dumps(answer, separators=(",", ": "))) - text + pretty.count("\n")
+    needed = FRAMING_TOKENS + structure + math.ceil(text / LATIN_CHARS_PER_TOKEN)
+    cap = _prepared(op_id).request.max_tokens
+    assert needed <= cap or cap == MAX_ANSWER_TOKENS
+    assert cap - needed < 0.2 * cap or cap == MAX_ANSWER_TOKENS  # a bound, not a round number far above it
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_list_bounds_follow_the_input() -> None:
+    few = _prepared("task-breakdown", max_subtasks=2).request.max_tokens
+    many = _prepared("task-breakdown", max_subtasks=12).request.max_tokens
+    assert (few, many) == (1099, 3689)
+    one_slot = _prepared("calendar-time", max_slots=1).request.max_tokens
+    assert one_slot == 779 < EXAMPLE_CAPS["calendar-time"]
+
+
+def test_a_non_latin_prompt_takes_one_token_per_character() -> None:
+    latin = answer_cap(OPERATIONS["email-classify"].ModelOutput, "Bonjour, ça va? 🙂 €5")
+    cyrillic = answer_cap(OPERATIONS["email-classify"].ModelOutput, "Здравствуйте")
+    assert (latin, cyrillic) == (379, 579)
+    assert chars_per_token("naïve café ÆØÅ 12:00 — ok") == 2 and chars_per_token("日本語") == 1
+
+
+def test_the_cap_never_exceeds_the_smallest_models_output_limit() -> None:
+    assert answer_cap(OPERATIONS["email-respond"].ModelOutput, "Ответ") == MAX_ANSWER_TOKENS == 8192
+    assert answer_cap(OPERATIONS["email-respond"].ModelOutput, "Reply") == 4890
+
+
+def test_an_unbounded_answer_has_no_cap() -> None:
+    class Loose(Answer):
+        text: str
+
+    class Listing(Answer):
+        names: list[str] = Field(max_length=3)
+
+    class Fine(BaseModel):
+        flag: bool
+        score: int = Field(ge=0, le=100)
+
+    with pytest.raises(UnboundedAnswer, match="'text' has no maxLength"):
+        answer_cap(Loose, "x")
+    with pytest.raises(UnboundedAnswer, match="'names\\[\\]' has no maxLength"):
+        answer_cap(Listing, "x")
+    # {"flag": false, "score": 100}: braces 2, members (4+4+2)+5 and (5+4+2)+3
+    assert answer_cap(Fine, "x") == FRAMING_TOKENS + 2 + 15 + 14
