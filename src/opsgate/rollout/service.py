@@ -85,7 +85,7 @@ def shadow_plan(plan: Plan, variant: str | None, percent: int) -> Plan:
     it (no user is served by the candidate, so there is no canary to judge); ``rollout advance``
     moves to the plan's first stage. :class:`InvalidPlan` without a variant or for a bad share."""
     if variant is None:
-        raise InvalidPlan("a shadow stage needs a variant rollout (--variant)")
+        raise InvalidPlan("a shadow stage needs a variant rollout: name the variant to shadow")
     if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
         raise InvalidPlan("the shadow share must be an integer percentage in 1..100")
     return replace(plan, stages=(Stage(0, SHADOW_STAGE_S), *plan.stages))
