@@ -205,6 +205,10 @@ class Settings(BaseSettings):
     budget_reservation_ttl_s: float = Field(
         default=900.0, gt=0, description="An unsettled budget reservation expires after this."
     )
+    token_count_timeout_s: float = Field(
+        default=2.0, gt=0,
+        description="Wait for a provider's token count when the byte bound does not fit a budget.",
+    )
 
     ledger_synchronous: str = Field(
         default="FULL", description="SQLite PRAGMA synchronous for ledger commits (FULL or NORMAL)."

@@ -10,6 +10,8 @@
     minimise       secrets -> placeholders, personal data -> pseudonyms (what is really sent)
   5 reserve        worst-case tokens against token limits (429), the worst case of the
                    first request at the first target's price against budgets    402
+                   (input bounded by the prompt's bytes; when that does not fit, by
+                   the first target's exact token count, if its provider counts)
   6 ledger intent  durable before any provider call, one transaction with 5     503
   7 route          provider chain with retries, breaker, fallback; JSON repair. Each
                    further request first extends the reservation, in a ledger
@@ -32,7 +34,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -45,6 +47,7 @@ from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.ledger.writer import AppendedEntry, InTransaction, Ledger
 from opsgate.metering.attempts import ESTIMATED, INTERRUPTED, REPORTED, AttemptCharge, billing
 from opsgate.metering.cost import cost_micro_usd
+from opsgate.metering.counting import CountOutcome, count_input
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ai_operation_attempts
 from opsgate.metering.prices import PRICE_FIELDS, ModelPrice, PriceBook, ResolvedPrice
@@ -73,6 +76,8 @@ from opsgate.tracing import step
 from opsgate.validation import invalid_input
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+COUNT_TIMEOUT_S = 2.0
+"""Default wait for a provider's token count (``OPSGATE_TOKEN_COUNT_TIMEOUT_S``)."""
 SERVED_MODEL_UNPRICED = "served_model_unpriced"
 SHADOW_DRAIN_S = 5.0
 """How long shutdown waits for shadow calls in flight before cancelling them."""
@@ -197,8 +202,10 @@ class _Spend:
     """What one call sent and holds: the variant serving it, the completions it got (a repair
     adds a second one), every attempt the router recorded, each request admitted with its worst
     case in micro-USD (one per sent attempt, in order; the last may have no attempt when the call
-    broke off mid-request), the micro-USD its reservation holds so far, and the worst-case tokens
-    it holds against the token rate limits until it is recorded."""
+    broke off mid-request), the micro-USD its reservation holds so far, the worst-case tokens
+    it holds against the token rate limits until it is recorded, and ``counted``: the price key,
+    request and input bound (count + overhead) the first target's provider counted, when the
+    byte bound did not fit a budget."""
 
     variant: Variant
     completions: list[Completion] = field(default_factory=list)
@@ -209,6 +216,16 @@ class _Spend:
     prices: list[tuple[ResolvedPrice, str | None]] = field(default_factory=list)
     priced_at: datetime | None = None
     charges: list[AttemptCharge] = field(default_factory=list)
+    counted: tuple[str, CompletionRequest, int] | None = None
+
+    def input_tokens(self, target: Target, request: CompletionRequest) -> int | None:
+        """The counted input bound of ``request`` to ``target`` when that is the request the
+        provider counted (a retry to the same target, not a repair or a fallback), else ``None``
+        (the byte bound)."""
+        if self.counted is None:
+            return None
+        key, counted_request, tokens = self.counted
+        return tokens if key == _key(target) and counted_request == request else None
 
 
 Intent = AppendedEntry[Reservation | None]
@@ -233,6 +250,8 @@ class Gateway:
         privacy: PrivacyPolicy | None = None,
         models: ModelWatch | None = None,
         variants: VariantBook | None = None,
+        count_timeout_s: float = COUNT_TIMEOUT_S,
+        count_observer: Callable[[CountOutcome], None] | None = None,
     ) -> None:
         self._tokens = tokens
         self._ledger = ledger
@@ -245,6 +264,8 @@ class Gateway:
         self._toggles = toggles
         self._privacy = privacy or PrivacyPolicy()
         self._shadows: set[asyncio.Task[None]] = set()
+        self._count_timeout_s = count_timeout_s
+        self._count_observer = count_observer
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
@@ -257,7 +278,8 @@ class Gateway:
         prepared, privacy = self.minimise(op, prepared)
         spend = _Spend(variant, tokens=await self.take_tokens(principal, op, prepared))
         reserve = self.reserve(call, principal, op, prepared, variant)
-        intent = await self.ledger_intent(call, principal, op, input_digest, reserve, privacy, spend)
+        intent = await self.ledger_intent(call, principal, op, prepared, input_digest, reserve, privacy,
+                                          spend)
         try:
             output = await self.route(call, op, prepared, spend, privacy, intent)
         except Exception as exc:
@@ -299,8 +321,8 @@ class Gateway:
             spend = _Spend(variant)
             reserve = self.reserve(shadow, principal, op, prepared, variant, shadow=True)
             try:
-                intent = await self.ledger_intent(shadow, principal, op, input_digest, reserve, privacy,
-                                                  spend, shadow_of=call.request_id)
+                intent = await self.ledger_intent(shadow, principal, op, prepared, input_digest, reserve,
+                                                  privacy, spend, shadow_of=call.request_id)
             except BudgetExceeded as refused:
                 payload = {"request_id": shadow.request_id, "shadow_of": call.request_id, "operation": op.id,
                            "variant": variant.name, "reason": refused.detail}
@@ -420,9 +442,36 @@ class Gateway:
         ``shadow`` call reserves against the ``shadow`` budget scope instead."""
         if self.metering is None:
             return None
-        first = self.router.chain(variant.policy)[0]
         return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
-                                        _key(first), shadow=shadow)
+                                        _key(self._first(variant)), shadow=shadow)
+
+    @step("count_input")
+    async def count_input(
+        self, call: Call, principal: Principal, op: Operation, prepared: Prepared, spend: _Spend,
+        *, shadow: bool = False,
+    ) -> InTransaction[Reservation] | None:
+        """When the byte bound did not fit a budget: ask the first target's provider for the
+        exact input count of ``prepared.request`` (the minimised request, as it will be sent)
+        and return the work that reserves that count plus its overhead (kept in
+        ``spend.counted`` for the first request's admission). ``None`` when the provider has no
+        count API or the count failed or timed out: the byte bound's refusal then stands."""
+        first = self._first(spend.variant)
+        counter = self.router.counter(first.provider)
+        if self.metering is None or counter is None:
+            return None
+        counted = await count_input(counter, prepared.request, first.model, self._count_timeout_s)
+        if self._count_observer is not None:
+            self._count_observer(counted)
+        if counted.input_tokens is None:
+            return None
+        spend.counted = (_key(first), prepared.request, counted.input_tokens)
+        return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
+                                        _key(first), shadow=shadow,
+                                        input_tokens=counted.input_tokens)
+
+    def _first(self, variant: Variant) -> Target:
+        """The first target the router will try for ``variant`` (demoted providers last)."""
+        return self.router.chain(variant.policy)[0]
 
     # 6 ------------------------------------------------------------------------------------------
     @step("ledger_intent")
@@ -431,6 +480,7 @@ class Gateway:
         call: Call,
         principal: Principal,
         op: Operation,
+        prepared: Prepared,
         input_digest: str,
         reserve: InTransaction[Reservation] | None,
         privacy: CallPrivacy,
@@ -438,10 +488,11 @@ class Gateway:
         shadow_of: str | None = None,
     ) -> Intent:
         """Durably append the ``intent`` entry with the reservation (its ``work_result``);
-        :class:`LedgerUnavailable` (503) or a budget refusal stops the call here and gives its
-        held tokens back. The entry counts what was masked and pseudonymised, never the values,
-        and names the variant serving the call with its prompt's version id and digest, never
-        the prompt. A shadow call's entry is marked ``shadow`` and names the live call
+        when the byte bound does not fit a budget, once more with the exact count
+        (:meth:`count_input`) if the provider gives one. :class:`LedgerUnavailable` (503) or a
+        budget refusal stops the call here and gives its held tokens back. The entry counts what
+        was masked and pseudonymised, never the values, and names the variant serving the call
+        with its prompt's version id and digest, never the prompt. A shadow call's entry is marked ``shadow`` and names the live call
         (``shadow_of``)."""
         payload = {
             "request_id": call.request_id,
@@ -456,7 +507,14 @@ class Gateway:
         try:
             if reserve is None:
                 return await self._ledger.append("intent", payload)
-            intent = await self._ledger.append("intent", payload, work=reserve)
+            try:
+                intent = await self._ledger.append("intent", payload, work=reserve)
+            except BudgetExceeded:
+                exact = await self.count_input(call, principal, op, prepared, spend,
+                                               shadow=shadow_of is not None)
+                if exact is None:
+                    raise
+                intent = await self._ledger.append("intent", payload, work=exact)
             spend.held_micro_usd = intent.work_result.worst_micro_usd
             return intent
         except BaseException:
@@ -503,7 +561,8 @@ class Gateway:
         stops with :class:`BudgetExceeded` (402) and nothing more is sent."""
 
         async def admit(target: Target, request: CompletionRequest, routing: Sequence[Attempt]) -> None:
-            worst = attempt_worst_case_micro_usd(request, _key(target), self._prices)
+            worst = attempt_worst_case_micro_usd(request, _key(target), self._prices,
+                                                 spend.input_tokens(target, request))
             so_far = replace(spend, attempts=[*spend.attempts, *routing], prices=[])
             owed = sum(c.cost_micro_usd for c in self.charges(so_far, self._clock.now()))
             missing = owed + worst - spend.held_micro_usd

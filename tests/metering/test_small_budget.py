@@ -1,6 +1,8 @@
 """A small per-user budget is spendable (issue 16): a $0.05 daily budget for one user admits
 sequential email-classify calls, over HTTP against the sandboxes with the default chain, until
-what is left is less than one call's worst case; then the next call gets 402 budget_exceeded."""
+what is left is less than one call's *exact* worst case (its input counted by the first
+target's provider once the byte bound no longer fits); then the next call gets 402
+budget_exceeded."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from opsgate.security.auth import TokenService
 BODY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
 
 
-def test_a_five_cent_daily_user_budget_admits_calls_until_less_than_one_worst_case_is_left(
+def test_a_five_cent_daily_user_budget_admits_calls_until_less_than_one_exact_worst_case_is_left(
     tmp_path: Path,
 ) -> None:
     settings = gateway_settings(tmp_path)
@@ -35,8 +37,10 @@ def test_a_five_cent_daily_user_budget_admits_calls_until_less_than_one_worst_ca
                 responses.append(client.post("/v1/operations/email-classify", json=BODY))
                 assert len(responses) < 100
         with engine.connect() as conn:
-            held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalars().all()
+            held = conn.execute(select(budget_reservations.c.worst_micro_usd)
+                                .order_by(budget_reservations.c.created_at)).scalars().all()
         [status] = budget_statuses(engine, SystemClock().now())
+        counts = gateway.sandbox.stats()["counts"]
 
     *admitted, refused = responses
     assert len(admitted) >= 5 and refused.status_code == 402
@@ -44,5 +48,8 @@ def test_a_five_cent_daily_user_budget_admits_calls_until_less_than_one_worst_ca
     spent = sum(r.json()["cost_micro_usd"] for r in admitted)
     assert (status.spent_micro_usd, status.reserved_micro_usd) == (spent, 0)
     left = limit - spent
-    one_call = max(held)  # every call held the same worst case (same prompt, no extension)
-    assert set(held) == {one_call} and 0 <= left < one_call
+    # the same prompt every time, no extension: first the byte bound, then the exact count
+    byte_bound, exact = max(held), min(held)
+    assert set(held) == {byte_bound, exact} and exact < byte_bound
+    assert held[-1] == exact and counts["anthropic"] == held.count(exact) + 1  # the refused one too
+    assert 0 <= left < exact

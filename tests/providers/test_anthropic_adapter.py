@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from opsgate.clock import ManualClock
-from opsgate.providers.anthropic import AnthropicProvider
+from opsgate.providers.anthropic import TOOL_PROMPT_TOKENS, AnthropicProvider
 from opsgate.providers.base import CompletionRequest, FinishReason, Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
@@ -347,3 +347,34 @@ async def test_timeout_is_provider_timeout(claude, upstream) -> None:
 def test_plain_http_to_a_remote_host_is_refused_at_construction(session) -> None:
     with pytest.raises(ValueError, match="plain http"):
         AnthropicProvider(session, "k", base_url="http://api.anthropic.com")
+
+
+async def test_count_tokens_sends_the_request_without_sampling_fields(claude, upstream, anthropic_key) -> None:
+    upstream.reply(200, {"input_tokens": 1234})
+    counted = await claude.count_tokens(JSON_REQUEST, MODEL, 5)
+    assert (counted.tokens, counted.overhead, counted.bound) == (1234, TOOL_PROMPT_TOKENS, 1234 + TOOL_PROMPT_TOKENS)
+    [sent] = upstream.requests
+    assert sent.path == "/v1/messages/count_tokens"
+    assert sent.headers["x-api-key"] == anthropic_key and sent.headers["anthropic-version"] == "2023-06-01"
+    assert sent.body == {
+        "model": MODEL,
+        "system": "Classify the email.",
+        "messages": [{"role": "user", "content": "Server down!"}],
+        "tools": [{"name": "classification", "input_schema": SCHEMA,
+                   "description": "Record the answer. Its input is the complete answer object."}],
+        "tool_choice": {"type": "tool", "name": "classification"},
+    }
+    upstream.reply(200, {"input_tokens": 12})
+    assert (await claude.count_tokens(TEXT_REQUEST, MODEL, 5)).bound == 12  # no tool: no overhead
+
+
+async def test_count_tokens_failures_are_typed(claude, upstream) -> None:
+    upstream.reply(529, error("overloaded_error"))
+    with pytest.raises(Overloaded):
+        await claude.count_tokens(JSON_REQUEST, MODEL, 5)
+    upstream.reply(200, {"tokens": 5})
+    with pytest.raises(MalformedResponse):
+        await claude.count_tokens(JSON_REQUEST, MODEL, 5)
+    upstream.reply(200, {"input_tokens": 1}, delay_s=1)
+    with pytest.raises(ProviderTimeout):
+        await claude.count_tokens(JSON_REQUEST, MODEL, 0.2)

@@ -18,7 +18,7 @@ from opsgate.providers.errors import (
     RateLimited,
     ServerError,
 )
-from opsgate.providers.gemini import GeminiProvider
+from opsgate.providers.gemini import GeminiProvider, generate_content_payload
 
 SCHEMA = {
     "$defs": {
@@ -329,3 +329,24 @@ async def test_missing_key_fails_without_a_network_call(session, upstream) -> No
     with pytest.raises(AuthenticationFailed, match="^GEMINI_API_KEY is not set$"):
         await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
     assert upstream.requests == []
+
+
+async def test_count_tokens_sends_the_whole_generate_content_request(gemini, upstream, gemini_key) -> None:
+    upstream.reply(200, {"totalTokens": 31, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 31}]})
+    counted = await gemini.count_tokens(JSON_REQUEST, MODEL, 5)
+    assert (counted.tokens, counted.overhead, counted.bound) == (31, 0, 31)
+    [sent] = upstream.requests
+    assert sent.path == f"/v1beta/models/{MODEL}:countTokens" and sent.query == ""
+    assert sent.headers["x-goog-api-key"] == gemini_key
+    assert sent.body == {"generateContentRequest": {"model": f"models/{MODEL}",
+                                                    **generate_content_payload(JSON_REQUEST, MODEL)}}
+    assert sent.body["generateContentRequest"]["systemInstruction"] == {"parts": [{"text": "Break the task down."}]}
+
+
+async def test_count_tokens_failures_are_typed(gemini, upstream) -> None:
+    upstream.reply(503, google_error(503, "UNAVAILABLE", "The model is overloaded."))
+    with pytest.raises(Overloaded):
+        await gemini.count_tokens(JSON_REQUEST, MODEL, 5)
+    upstream.reply(200, {"cachedContentTokenCount": 0})
+    with pytest.raises(MalformedResponse):
+        await gemini.count_tokens(JSON_REQUEST, MODEL, 5)

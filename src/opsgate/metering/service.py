@@ -90,18 +90,21 @@ class MeteringService:
         model: str,
         *,
         shadow: bool = False,
+        input_tokens: int | None = None,
     ) -> InTransaction[Reservation]:
         """Step 5: the work that reserves the worst case of the call's first request, ``request``
         to ``model`` (a price key), against every applicable budget, to run inside the ledger
         intent's transaction (``Ledger.append(..., work=reserve)``), so a call is admitted and
         ledgered atomically. Further requests extend it (:meth:`extend_in`). A ``shadow`` call
-        reserves against the ``shadow`` budget scope only.
+        reserves against the ``shadow`` budget scope only. ``input_tokens`` is the provider's
+        exact count plus its overhead when the byte bound did not fit (see
+        :func:`~opsgate.metering.worstcase.attempt_worst_case_micro_usd`).
 
         The work returns the :class:`Reservation`; it raises :class:`BudgetExceeded` (402) or, when
         the store fails, :class:`BudgetUnavailable` (503) after an ``enforcement_error`` event is
         published on the caller's event loop. Call from the event loop.
         """
-        worst = attempt_worst_case_micro_usd(request, model, self.prices)
+        worst = attempt_worst_case_micro_usd(request, model, self.prices, input_tokens)
         loop = asyncio.get_running_loop()
 
         def reserve(conn: Connection) -> Reservation:

@@ -9,6 +9,10 @@ and turn markers; Anthropic's tool-use system prompt is at most 346 tokens per i
 pricing table). A ``bytes / 3`` estimate is *not* an upper bound (CJK text is ~1 token per
 3 bytes or worse, digits and symbols ~1 per byte), so it is not used.
 
+When this bound does not fit a budget, the pipeline asks the first target's provider for the
+exact count (:mod:`opsgate.metering.counting`) and reserves that count plus its documented
+overhead instead (``input_tokens``).
+
 Money is reserved per attempt (:func:`attempt_worst_case_micro_usd`): the intent holds the first
 attempt at the first target's price, and every further request (a retry after an answer that may
 have been billed, a fallback to a dearer target, a schema-repair request, whose prompt is then
@@ -37,16 +41,20 @@ def prompt_token_bound(request: CompletionRequest) -> int:
     return size + PROMPT_OVERHEAD_TOKENS
 
 
-def attempt_worst_case_micro_usd(request: CompletionRequest, model: str, prices: PriceSource) -> int:
+def attempt_worst_case_micro_usd(
+    request: CompletionRequest, model: str, prices: PriceSource, input_tokens: int | None = None,
+) -> int:
     """The most one request of ``request`` to ``model`` (a ``prices`` key, ``provider/model`` for a
     :class:`~opsgate.metering.prices.PriceBook`) can cost, in integer micro-USD rounded up: the
-    prompt bound plus ``max_tokens`` at the model's price. The input is priced without cache
+    prompt bound (``input_tokens`` when the provider counted them, see
+    :class:`~opsgate.providers.base.InputCount`, else :func:`prompt_token_bound`) plus
+    ``max_tokens`` at the model's price. The input is priced without cache
     writes: opsgate's requests carry no ``cache_control`` mark, and Anthropic writes to its cache
     only what such a mark asks for (prompt caching docs; DeepSeek and Gemini cache implicitly and
     bill no writes, and a cache read is never dearer than input). Raises
     :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
-    return worst_case_micro_usd(prompt_token_bound(request), request.max_tokens, prices.price_for(model),
-                                cache_writes=False)
+    prompt = prompt_token_bound(request) if input_tokens is None else input_tokens
+    return worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(model), cache_writes=False)
 
 
 def call_worst_case_tokens(request: CompletionRequest) -> int:

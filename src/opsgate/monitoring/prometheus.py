@@ -16,6 +16,9 @@ Counted in this process, one call per governed request or provider attempt:
 - ``opsgate_provider_requests_total{provider,model,outcome}`` and
   ``opsgate_provider_request_duration_seconds{provider,model}``: every provider attempt of the router
   (``outcome`` ``ok`` or the error kind, e.g. ``rate_limited``, ``circuit_open``);
+- ``opsgate_token_counts_total{provider,model,outcome}``: token-count requests made because the
+  prompt's byte bound did not fit a budget (``outcome`` ``counted`` or why the count failed,
+  e.g. ``timeout``: the reservation then kept the byte bound);
 - ``opsgate_cost_micro_usd_total{operation,provider,model}``,
   ``opsgate_tokens_total{operation,provider,model,type}`` (``type`` input or output).
 
@@ -47,6 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Connection, Engine, func, select
 
 from opsgate.metering.budgets import budget_statuses
+from opsgate.metering.counting import CountOutcome
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY, latest_discrepancies
 from opsgate.monitoring.models import incidents, signals
 from opsgate.monitoring.providers import outages
@@ -68,6 +72,8 @@ PROVIDER_REQUESTS = Counter("opsgate_provider_requests", "Provider attempts by o
                             ["provider", "model", "outcome"], registry=REGISTRY)
 PROVIDER_DURATION = Histogram("opsgate_provider_request_duration_seconds", "Latency of provider attempts",
                               ["provider", "model"], registry=REGISTRY, buckets=LATENCY_BUCKETS_S)
+TOKEN_COUNTS = Counter("opsgate_token_counts", "Provider token counts for budget reservations",
+                       ["provider", "model", "outcome"], registry=REGISTRY)
 COST = Counter("opsgate_cost_micro_usd", "Metered cost (micro-USD)", ["operation", "provider", "model"],
                registry=REGISTRY)
 TOKENS = Counter("opsgate_tokens", "Tokens billed", ["operation", "provider", "model", "type"], registry=REGISTRY)
@@ -113,6 +119,11 @@ def observe_attempt(attempt: Attempt) -> None:
     PROVIDER_REQUESTS.labels(attempt.provider, attempt.model, attempt.outcome_kind).inc()
     if attempt.outcome_kind not in SKIPPED:
         PROVIDER_DURATION.labels(attempt.provider, attempt.model).observe(attempt.latency_ms / 1000)
+
+
+def observe_count(counted: CountOutcome) -> None:
+    """Count one token-count request of the reservation step (``counted`` or its failure)."""
+    TOKEN_COUNTS.labels(counted.provider, counted.model, counted.outcome).inc()
 
 
 def exposition(router: Router, engine: Engine, now: datetime, toggles: ToggleSnapshot) -> bytes:

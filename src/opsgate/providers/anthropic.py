@@ -1,7 +1,8 @@
-"""Anthropic Messages API adapter (``POST {base}/v1/messages``, non-streaming).
+"""Anthropic Messages API adapter (``POST {base}/v1/messages``, non-streaming), and its token
+count (``POST {base}/v1/messages/count_tokens``).
 
-Wire format: Anthropic API reference "Messages" (anthropic-version ``2023-06-01``), "Errors" and
-"Rate limits". A JSON answer is requested as one tool whose ``input_schema`` is the operation's
+Wire format: Anthropic API reference "Messages" (anthropic-version ``2023-06-01``), "Count
+Message tokens", "Errors" and "Rate limits". A JSON answer is requested as one tool whose ``input_schema`` is the operation's
 schema, forced with ``tool_choice: {"type": "tool", "name": <schema_name>}``; the answer is that
 ``tool_use`` block's ``input``.
 """
@@ -18,7 +19,7 @@ import aiohttp
 import orjson
 
 from opsgate.clock import Clock, SystemClock
-from opsgate.providers.base import Completion, CompletionRequest, FinishReason, Usage
+from opsgate.providers.base import Completion, CompletionRequest, FinishReason, InputCount, Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
     BillingFailed,
@@ -80,6 +81,14 @@ _CONTEXT_MESSAGE = re.compile(r"prompt is too long|exceed context limit", re.I)
 policy") and a prompt beyond the window ("prompt is too long: 208656 tokens > 200000 maximum",
 "input length and `max_tokens` exceed context limit: ...")."""
 _RATE_LIMIT_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
+_COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+"""The Messages fields count_tokens takes (no ``max_tokens``, ``temperature``, ...)."""
+TOOL_PROMPT_TOKENS = 346
+"""The count's documented overhead for a request with a tool. Anthropic's token-counting guide
+calls the count an estimate that "may differ by a small amount" and does not say whether it
+includes the tool-use system prompt Anthropic adds whenever ``tools`` are sent, which its tool-use
+pricing table puts at 346 tokens at most (``auto``/``none``; 313 for a forced tool) on current
+models. So a request with a tool adds those 346 tokens to its count: the bound holds either way."""
 
 
 class AnthropicProvider:
@@ -106,6 +115,7 @@ class AnthropicProvider:
         self._api_key = api_key
         self._key_env = key_env
         self._url = f"{check_base_url(base_url)}/v1/messages"
+        self._count_url = f"{self._url}/count_tokens"
         self._clock = clock or SystemClock()
 
     async def complete(
@@ -132,6 +142,29 @@ class AnthropicProvider:
         except ProviderError as exc:  # an unusable 200 is still billed for what it reported
             exc.usage = reported_usage(reply.body, "usage", self._usage)
             raise
+
+    async def count_tokens(
+        self, request: CompletionRequest, model: str, timeout_s: float
+    ) -> InputCount:
+        """The input tokens of ``request`` to ``model`` from ``count_tokens`` (free; same system
+        prompt, messages, tool and tool_choice as :meth:`complete` sends, see
+        :func:`count_payload`), plus :data:`TOOL_PROMPT_TOKENS` when it carries a tool. Raises
+        the :mod:`opsgate.providers.errors` class for an error status, a timeout or a transport
+        failure, and :class:`MalformedResponse` for a body without ``input_tokens``."""
+        key = require_key(self.name, self._api_key, self._key_env)
+        reply = await post_json(
+            self._session,
+            self.name,
+            self._count_url,
+            headers={"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION},
+            payload=count_payload(request, model),
+            timeout_s=timeout_s,
+        )
+        if reply.status != 200:
+            raise self._error(reply)
+        tokens = token_count(self.name, decode_object(self.name, reply.body), "input_tokens",
+                             required=True)
+        return InputCount(tokens, TOOL_PROMPT_TOKENS if request.json_schema is not None else 0)
 
     def _completion(self, request: CompletionRequest, model: str, reply: HttpReply) -> Completion:
         body = decode_object(self.name, reply.body)
@@ -277,6 +310,14 @@ def messages_payload(request: CompletionRequest, model: str) -> dict[str, Any]:
         ]
         payload["tool_choice"] = {"type": "tool", "name": request.schema_name}
     return payload
+
+
+def count_payload(request: CompletionRequest, model: str) -> dict[str, Any]:
+    """The count_tokens request body for ``request``: :func:`messages_payload` without the
+    fields count_tokens does not take (``max_tokens``, ``temperature``), so the count covers
+    exactly the system prompt, message, tool and tool_choice the real request sends."""
+    payload = messages_payload(request, model)
+    return {field: payload[field] for field in _COUNT_FIELDS if field in payload}
 
 
 def rate_limit_wait(headers: Mapping[str, str], now: datetime) -> float | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class FinishReason(StrEnum):
@@ -126,4 +126,33 @@ class Provider(Protocol):
     async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
         """Send ``request`` to ``model``; return a :class:`Completion` or raise a
         :class:`opsgate.providers.errors.ProviderError` subclass. Never retries by itself."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InputCount:
+    """A provider's count of one request's input tokens, from its free token-count endpoint, and
+    the ``overhead`` tokens its documentation says it may bill beyond that count. ``bound`` is
+    what a reservation holds for the input."""
+
+    tokens: int
+    overhead: int = 0
+
+    @property
+    def bound(self) -> int:
+        """``tokens + overhead``: an upper bound on the input tokens the request is billed for."""
+        return self.tokens + self.overhead
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An adapter whose provider counts input tokens before a request is sent (Anthropic
+    ``count_tokens``, Gemini ``countTokens``; OpenAI-compatible endpoints have no such API)."""
+
+    name: str
+
+    async def count_tokens(self, request: CompletionRequest, model: str, timeout_s: float) -> InputCount:
+        """Count the input of ``request`` to ``model`` exactly as :meth:`Provider.complete`
+        would send it; raise a :class:`opsgate.providers.errors.ProviderError` subclass on any
+        failure (a timeout is :class:`~opsgate.providers.errors.ProviderTimeout`)."""
         ...

@@ -1,7 +1,9 @@
-"""Google Gemini adapter (``POST {base}/v1beta/models/{model}:generateContent``, non-streaming).
+"""Google Gemini adapter (``POST {base}/v1beta/models/{model}:generateContent``, non-streaming),
+and its token count (``:countTokens``).
 
 Wire format: Gemini API reference "generateContent" (GenerateContentResponse, UsageMetadata,
-FinishReason, BlockReason), "Structured output" and "Troubleshooting" (error codes). The key
+FinishReason, BlockReason), "Counting tokens" (CountTokensRequest/Response), "Structured output"
+and "Troubleshooting" (error codes). The key
 travels in the ``x-goog-api-key`` header, never as ``?key=`` (URLs end up in logs).
 """
 
@@ -12,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from opsgate.providers.base import Completion, CompletionRequest, FinishReason, Usage
+from opsgate.providers.base import Completion, CompletionRequest, FinishReason, InputCount, Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
     ContentFiltered,
@@ -117,6 +119,32 @@ class GeminiProvider:
         except ProviderError as exc:  # an unusable 200 is still billed for what it reported
             exc.usage = reported_usage(reply.body, "usageMetadata", self._usage)
             raise
+
+    async def count_tokens(
+        self, request: CompletionRequest, model: str, timeout_s: float
+    ) -> InputCount:
+        """The input tokens of ``request`` to ``model`` from ``countTokens`` (free), sent as a
+        whole ``generateContentRequest`` (the system instruction, contents and generation config
+        :meth:`complete` sends), so ``totalTokens`` is the ``promptTokenCount`` that request
+        reports, which bounds what it bills as input (cached tokens are inside it). No
+        overhead is documented. Raises the :mod:`opsgate.providers.errors` class for an error
+        status, a timeout or a transport failure, and :class:`MalformedResponse` for a body
+        without ``totalTokens``."""
+        key = require_key(self.name, self._api_key, self._key_env)
+        model_id = self._model_id(model)
+        whole = {"model": f"models/{model_id}", **generate_content_payload(request, model)}
+        reply = await post_json(
+            self._session,
+            self.name,
+            f"{self._base}/v1beta/models/{model_id}:countTokens",
+            headers={"x-goog-api-key": key},
+            payload={"generateContentRequest": whole},
+            timeout_s=timeout_s,
+        )
+        if reply.status != 200:
+            raise self._error(reply)
+        return InputCount(token_count(self.name, decode_object(self.name, reply.body), "totalTokens",
+                                      required=True))
 
     def _model_id(self, model: str) -> str:
         model_id = model.removeprefix("models/")

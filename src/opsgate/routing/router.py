@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from opsgate.clock import Clock
 from opsgate.errors import OpsgateError
-from opsgate.providers.base import Completion, CompletionRequest, Provider, Usage
+from opsgate.providers.base import Completion, CompletionRequest, Provider, TokenCounter, Usage
 from opsgate.providers.errors import (
     ContentFiltered,
     ContextLengthExceeded,
@@ -157,6 +157,12 @@ class Router:
     def breaker(self, provider: str) -> CircuitBreaker:
         """The circuit breaker of ``provider``; ``KeyError`` if it is not configured."""
         return self._breakers[provider]
+
+    def counter(self, provider: str) -> TokenCounter | None:
+        """``provider``'s adapter when its API counts input tokens (Anthropic, Gemini), else
+        ``None`` (OpenAI-compatible endpoints such as DeepSeek, an unconfigured provider)."""
+        adapter = self._providers.get(provider)
+        return adapter if isinstance(adapter, TokenCounter) else None
 
     def snapshot(self) -> list[BreakerSnapshot]:
         """Every provider breaker's state, for /metrics."""
