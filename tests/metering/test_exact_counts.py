@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import select
 from tests.gateways import Gateway, gateway_settings, running_gateway
@@ -19,13 +20,15 @@ from tests.security.canaries import CANARIES, compose
 
 from opsgate.clock import SystemClock
 from opsgate.metering.budgets import budget_statuses, set_budget, usd_to_micro
-from opsgate.metering.cost import worst_case_micro_usd
 from opsgate.metering.models import ANY, budget_reservations
 from opsgate.metering.prices import PriceBook
+from opsgate.metering.worstcase import attempt_worst_case_micro_usd
 from opsgate.monitoring.prometheus import REGISTRY
 from opsgate.operations import get_operation
 from opsgate.providers.anthropic import TOOL_PROMPT_TOKENS
+from opsgate.providers.base import CompletionRequest
 from opsgate.providers.registry import DEFAULT_MODELS
+from opsgate.rollout.variants import DEFAULT_VARIANT
 from opsgate.store.models import ai_operation_log
 
 OP = "email-classify"
@@ -73,10 +76,21 @@ def _learn(gateway: Gateway, first: str) -> Learned:
                                   ai_operation_log.c.model)
                            .where(ai_operation_log.c.request_id == request_id)).one()
     assert row.provider == first
-    price = PriceBook.from_settings(gateway.settings, SystemClock().now).price_for(f"{row.provider}/{row.model}")
-    exact = worst_case_micro_usd(row.input_tokens + OVERHEAD.get(first, 0), get_operation(OP).max_tokens, price,
-                                 cache_writes=False)
-    return Learned(_held(gateway, request_id), exact, reply.json()["cost_micro_usd"])
+    key = f"{row.provider}/{row.model}"
+    prices = PriceBook.from_settings(gateway.settings, SystemClock().now)
+    request = _sent(gateway)
+    held = _held(gateway, request_id)
+    assert held == attempt_worst_case_micro_usd(request, key, prices)  # the byte bound
+    exact = attempt_worst_case_micro_usd(request, key, prices, row.input_tokens + OVERHEAD.get(first, 0))
+    return Learned(held, exact, reply.json()["cost_micro_usd"])
+
+
+def _sent(gateway: Gateway) -> CompletionRequest:
+    """The request the gateway sends for ``BODY`` (validated with the live prompt, minimised)."""
+    pipeline = gateway.runtime.gateway
+    op = get_operation(OP)
+    prepared, _ = pipeline.validate(op, pipeline.variants.serving(OP, DEFAULT_VARIANT), orjson.dumps(BODY))
+    return pipeline.minimise(op, prepared)[0].request
 
 
 def _squeeze(gateway: Gateway, learned: Learned) -> int:
