@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
@@ -26,21 +27,33 @@ class SystemClock:
 
 
 class ManualClock:
-    """A clock that only moves when told to (tests, compressed rehearsals)."""
+    """A clock that only moves when told to (tests, compressed rehearsals).
+
+    :meth:`spend` lets one asyncio task (one request) spend simulated time, e.g. a simulated
+    provider's latency, without moving the clock for anyone else: that task's :meth:`monotonic`
+    reads the shared counter plus what it spent since the shared clock last moved (the next
+    :meth:`advance` starts every task from zero again). :meth:`now` is the shared time for all."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._mono = 0.0
+        self._spent: ContextVar[tuple[float, float]] = ContextVar(f"manual-clock-{id(self)}", default=(0.0, 0.0))
 
     def now(self) -> datetime:
         return self._now
 
     def monotonic(self) -> float:
-        return self._mono
+        at, spent = self._spent.get()
+        return self._mono + (spent if at == self._mono else 0.0)
 
     def advance(self, seconds: float) -> None:
         """Move both the wall time and the monotonic counter forward by ``seconds``."""
-        from datetime import timedelta
-
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
+
+    def spend(self, seconds: float) -> None:
+        """Let the calling task (its context) spend ``seconds`` (>= 0) of simulated time: only its
+        own :meth:`monotonic` moves, until the shared clock next moves."""
+        if seconds < 0:
+            raise ValueError(f"cannot spend negative time ({seconds} s)")
+        self._spent.set((self._mono, self.monotonic() - self._mono + seconds))

@@ -188,6 +188,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="WARNING", description="Root log level (logs go to stderr).")
     sandbox: bool = Field(default=False, description="Serve providers from in-process sandboxes.")
     sandbox_faults: str = "none"
+    sandbox_latency_seed: int | None = Field(
+        default=None, description="Rehearsals only (the simulated clock): the seed of the sandboxes' simulated "
+        "provider latency, spent on that clock (unset: none).")
 
     provider_timeout_s: float = 60.0
     max_retry_wait_s: float = 30.0

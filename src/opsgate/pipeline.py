@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -117,7 +116,9 @@ class CallRecord:
     """What step 9 records about one call, succeeded (``status="ok"``) or failed (``"error"``
     with its stable ``error_code``). The ``ai_operation_log`` row and the ledger ``result``
     payload are two views of this one value, so they cannot disagree. Money in integer
-    micro-USD, latencies in milliseconds, ``created_at`` tz-aware UTC from the injected Clock;
+    micro-USD, latencies in milliseconds (``latency_ms`` on the injected Clock's ``monotonic``, so a
+    rehearsal's simulated clock decides it; ``provider_latency_ms`` the HTTP exchanges' wall time),
+    ``created_at`` tz-aware UTC from the injected Clock;
     ``variant`` served the call, ``repaired`` says its answer needed the schema repair request,
     ``shadow`` marks a shadow call (:meth:`Gateway.shadow`)."""
 
@@ -269,7 +270,7 @@ class Gateway:
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         principal = self.authenticate(call)
         op = self.authorize(principal, call.operation)
         variant = self.choose_variant(principal, op)
@@ -314,7 +315,7 @@ class Gateway:
         agrees with ``live`` (:func:`~opsgate.rollout.shadow.agrees`) and both costs. Never
         raises: a failure is recorded or logged."""
         shadow = replace(call, request_id=shadow_request_id(call.request_id))
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         try:
             prepared, input_digest = self.validate(op, variant, call.body)
             prepared, privacy = self.minimise(op, prepared)
@@ -719,7 +720,7 @@ class Gateway:
             model=last.model if last else None,
             served_model=(last.served_model or last.model) if last else None,
             attempts=len(spend.attempts),
-            latency_ms=(time.perf_counter() - started) * 1000,
+            latency_ms=(self._clock.monotonic() - started) * 1000,
             provider_latency_ms=sum(c.provider_latency_ms for c in spend.completions) or None,
             usage=usage,
             cost_micro_usd=cost,

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from opsgate import tracing
-from opsgate.clock import Clock, SystemClock
+from opsgate.clock import Clock, ManualClock, SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
@@ -51,6 +51,7 @@ from opsgate.rollout.variants import checked_variants
 from opsgate.routing.effective import checked_routes, routing_record
 from opsgate.routing.router import Router
 from opsgate.routing.windows import ContextWindows
+from opsgate.sandbox.latency import LatencyModel, spending_trace
 from opsgate.sandbox.server import SandboxServer
 from opsgate.security.auth import TokenService
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
@@ -148,11 +149,13 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     policies = checked_routes(settings, prices, clock.now())  # refuses before anything is opened
     variants = checked_variants(settings, policies, prices, clock.now())
     sandbox = None
+    latency = simulated_latency(settings, clock)
     if settings.sandbox:
-        sandbox = await stack.enter_async_context(SandboxServer(faults=settings.sandbox_faults))
+        sandbox = await stack.enter_async_context(SandboxServer(faults=settings.sandbox_faults, latency=latency))
         settings = sandbox_settings(settings, sandbox.base_urls)
         log.warning(SANDBOX_BANNER.format(urls=", ".join(sandbox.base_urls.values())))
-    session = make_session()
+    traces = [spending_trace(clock)] if latency is not None and isinstance(clock, ManualClock) else None
+    session = make_session(trace_configs=traces)
     stack.push_async_callback(session.close)
     shared = open_services(stack, settings, clock, session)
     engine, ledger, rollout = shared.engine, shared.ledger, shared.rollout
@@ -191,6 +194,18 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def simulated_latency(settings: Settings, clock: Clock) -> LatencyModel | None:
+    """The sandboxes' seeded latency model (``sandbox_latency_seed``, :mod:`opsgate.sandbox.latency`),
+    spent on ``clock``; None without the seed. Raises ``ValueError`` when the seed is set but
+    the sandboxes are off or ``clock`` is not a :class:`ManualClock` (a real clock has real latency)."""
+    seed = settings.sandbox_latency_seed
+    if seed is None:
+        return None
+    if not settings.sandbox or not isinstance(clock, ManualClock):
+        raise ValueError("sandbox_latency_seed needs the sandboxes and a rehearsal's simulated clock")
+    return LatencyModel(seed)
 
 
 def sandbox_settings(settings: Settings, base_urls: dict[str, str]) -> Settings:

@@ -1,6 +1,7 @@
 """The two variant scenarios end as the issue specifies, through the real HTTP API, pipeline,
 variant rollout, controller and alerting, on a compressed 12-hour plan (10,000 users, 8 sampled
-calls per simulated minute, so the 5 % stage reaches the 100-call minimum sample)."""
+calls per simulated minute, so the 5 % stage reaches the 100-call minimum sample). Latencies are
+the sandboxes' seeded ones on the rehearsal clock, so a seed's decisions never depend on the load."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def test_good_model_is_promoted_through_every_stage_and_becomes_live() -> None:
     assert r["alerts"]["rollout_events"] == []
     assert r["operation_log"]["by_provider"].keys() == {"anthropic", "deepseek"}
     assert r["criteria"]["scenario_checks"]["passed"] == r["criteria"]["scenario_checks"]["total"] == 5
+
+
+def test_the_same_seed_gives_the_same_decisions_latency_numbers_included() -> None:
+    first = run("good-model")["rehearsal"]
+    again = asyncio.run(rehearse(RehearsalConfig(hours=12, users=10_000, scenario="good-model", seed=0,
+                                                 calls_per_minute=8)))["rehearsal"]
+    assert [(d["hours"], d["action"], d["reason"], d["numbers"]) for d in again["timeline"]] == [
+        (d["hours"], d["action"], d["reason"], d["numbers"]) for d in first["timeline"]]
+    assert again == first
+    promote = first["timeline"][0]["numbers"]  # on the rehearsal clock: DeepSeek vs Anthropic medians
+    assert 0 < promote["canary_p99_latency_us"] < promote["control_p99_latency_us"] < 2_000_000
+    assert first["operation_log"]["simulated_p99_latency_ms"] > first["operation_log"]["simulated_avg_latency_ms"] > 0

@@ -43,13 +43,16 @@ _USER_AGENT = "opsgate/0.1 (+aiohttp)"
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
-def make_session(*, limit: int = 256, limit_per_host: int = 64) -> aiohttp.ClientSession:
+def make_session(*, limit: int = 256, limit_per_host: int = 64,
+                 trace_configs: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
     """Create the process's single provider session (call it inside the running event loop).
 
     TLS uses the system trust store with TLS 1.2 as the minimum version; the pool keeps at most
     ``limit`` connections, ``limit_per_host`` per provider host, and caches DNS for 5 minutes.
     JSON bodies sent with ``json=`` are serialised with orjson. No session-wide timeout: each call
-    passes its own (see :func:`post_json`). The caller closes the session at shutdown.
+    passes its own (see :func:`post_json`). ``trace_configs`` (aiohttp request traces) see every
+    request, e.g. a rehearsal's :func:`opsgate.sandbox.latency.spending_trace`. The caller closes
+    the session at shutdown.
     """
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -66,6 +69,7 @@ def make_session(*, limit: int = 256, limit_per_host: int = 64) -> aiohttp.Clien
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
         headers={"User-Agent": _USER_AGENT},
         raise_for_status=False,
+        trace_configs=trace_configs,
     )
 
 

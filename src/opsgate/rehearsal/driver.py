@@ -8,7 +8,10 @@ first alone, so a half-open breaker's trial is not raced, then up to ``concurren
 window's end run the worker's jobs (signals -> incidents, alert rules, escalations, the outbox to
 the loopback receivers) and ``RolloutService.evaluate_all`` with the open P1 count, exactly as
 ``opsgate worker`` does. The clock only moves while no request is in flight, so every row of
-``ai_operation_log`` gets a reproducible time.
+``ai_operation_log`` gets a reproducible time. The sandboxes answer at once with a seeded simulated
+latency (:mod:`opsgate.sandbox.latency`, seed = the run's) that each request spends on the clock, so
+the latencies the gateway records and the controller compares are the same in every run of a seed,
+however loaded the machine is.
 
 A variant scenario (:class:`~opsgate.rehearsal.scenarios.Candidate`) configures the candidate
 variant (route, price, prompt version in the run's ``prompts_dir``), starts a variant rollout of
@@ -128,7 +131,6 @@ class _Run:
         self.issued: dict[str, tuple[str, datetime]] = {}
         self.tally = Tally()
         self.timeline: list[dict[str, Any]] = []
-        self.measured: list[dict[str, Any]] = []
         self.events: list[RolloutEvent] = []
         self.holds = 0
         self.stage_started: dict[int, datetime] = {}
@@ -295,17 +297,13 @@ class _Run:
             self.holds += 1
             return
         now = self.clock.now()
-        numbers = decision.numbers
         self.timeline.append({
             "at": now.isoformat(), "hours": _hours(now), "action": decision.action.value,
             "variant": self.scenario.candidate.name if self.scenario.candidate else None,
             "state": decision.after.state.value, "stage_index": decision.after.stage_index,
             "percentage": 0 if decision.after.state in ROLLED_BACK else self.plan.percentage(decision.after.stage_index),
-            "reason": decision.reason,
-            "numbers": {k: v for k, v in numbers.items() if "latency" not in k},
+            "reason": decision.reason, "numbers": decision.numbers,
         })
-        self.measured.append({"at": now.isoformat(),
-                              "numbers": {k: v for k, v in numbers.items() if "latency" in k}})
 
     def facts(self) -> dict[str, Any]:
         """Everything :func:`build_report` needs, read after the last window (blocking)."""
@@ -314,7 +312,7 @@ class _Run:
         return {
             "live_variant": self.runtime.rollout.assignment(candidate.operation).live if candidate else None,
             "config": self.config, "scenario": self.scenario, "tally": self.tally, "holds": self.holds,
-            "timeline": self.timeline, "measured": self.measured, "faults": self.fault_log,
+            "timeline": self.timeline, "faults": self.fault_log,
             "alerts": [{"kind": e.kind, "severity": e.severity, "at": e.at.isoformat()} for e in self.events],
             "receiver": dict(self.receiver.counts),
             "receiver_leaks": sum(any(s in b for s in self.secrets) for b in self.receiver.bodies),
@@ -330,7 +328,7 @@ def _settings(config: RehearsalConfig, scenario: Scenario, tmp: Path, receiver: 
     url = config.database_url or f"sqlite:///{tmp / 'rehearsal.db'}"
     return Settings(
         **_candidate_settings(scenario, tmp),
-        database_url=url, auto_migrate=True, sandbox=True, sandbox_faults="none",
+        database_url=url, auto_migrate=True, sandbox=True, sandbox_faults="none", sandbox_latency_seed=config.seed,
         jwt_secret=secrets.token_urlsafe(32), jwt_secret_file=tmp / "jwt-secret",
         master_key_file=tmp / "master-key", worker_lock_file=tmp / "worker.lock",
         ledger_signing_key_file=tmp / "ledger-signing.key",

@@ -3,10 +3,11 @@
 artifacts), the decision timeline, a JSON document.
 
 JSON shape: ``{"rehearsal": {...}, "measured": {...}}``. ``rehearsal`` depends only on the seed and
-the options (same seed, same document); ``measured`` holds what real time decides: the gateway's
-own per-request latencies (``ai_operation_log.latency_ms``, real perf-counter time — the compressed
-clock makes simulated durations meaningless for latency), the controller's latency numbers, the
-client-side latencies and the wall-clock duration of the run.
+the options (same seed, same document), the latencies the gateway recorded included: they are on the
+rehearsal's clock (``ai_operation_log.latency_ms``: the sandboxes' seeded simulated provider latency,
+:mod:`opsgate.sandbox.latency`), and so are the controller's latency numbers in the timeline.
+``measured`` holds what real time decides: the synthetic users' wall-clock latencies over HTTP
+(the gateway's real processing time, the sandboxes answering at once) and the run's duration.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def build_report(facts: dict[str, Any], wall_s: float) -> dict[str, Any]:
             "calls": {"http_statuses": dict(sorted(tally.statuses.items())),
                       "problem_codes": dict(sorted(tally.codes.items())),
                       "served_by": dict(sorted(tally.providers.items())), "opt_in_writes": tally.opt_in_writes},
-            "operation_log": {k: log[k] for k in ("requests", "errors", "by_provider", "error_codes", "cost_micro_usd")},
+            "operation_log": {k: log[k] for k in ("requests", "errors", "by_provider", "error_codes", "cost_micro_usd")}
+            | {"simulated_p99_latency_ms": round(log["p99_latency_ms"], 3),
+               "simulated_avg_latency_ms": round(log["avg_latency_ms"], 3)},
             "faults": facts["faults"],
             "rollout": {k: facts["rollout"][k] for k in ("id", "variant", "state", "stage_index", "percentage",
                                                            "reason")},
@@ -61,9 +64,8 @@ def build_report(facts: dict[str, Any], wall_s: float) -> dict[str, Any]:
                        "incidents": sorted(f"{i['severity']} {i['title']}" for i in facts["incidents"])},
         },
         "measured": {
-            "p99_latency_ms": round(log["p99_latency_ms"], 3), "avg_latency_ms": round(log["avg_latency_ms"], 3),
-            "client_p99_ms": round(_p99(tally.client_latency_ms), 3),
-            "decision_latencies": facts["measured"], "wall_clock_s": round(wall_s, 2),
+            "p99_latency_ms": round(_p99(tally.client_latency_ms), 3),
+            "avg_latency_ms": round(_mean(tally.client_latency_ms), 3), "wall_clock_s": round(wall_s, 2),
         },
     }
 
@@ -105,6 +107,10 @@ def _cost_accuracy(log: dict[str, Any]) -> dict[str, Any]:
 def _p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[math.ceil(0.99 * len(ordered)) - 1] if ordered else 0.0
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
 
 
 def scenario_passed(report: dict[str, Any]) -> bool:

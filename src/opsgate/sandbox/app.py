@@ -14,6 +14,9 @@ Routes (base URLs for clients in parentheses):
 - ``GET /_sandbox/faults`` and ``POST /_sandbox/faults`` with ``{"profile": "..."}``: read or
   change the fault profile (400 ``{"error": ...}`` for an invalid profile), see
   :mod:`opsgate.sandbox.faults`.
+
+With a :class:`~opsgate.sandbox.latency.LatencyModel` every provider answer carries its simulated
+latency in a header instead of taking it (rehearsals, :mod:`opsgate.sandbox.latency`).
 """
 
 from __future__ import annotations
@@ -26,19 +29,23 @@ from aiohttp.typedefs import Handler
 
 from opsgate.sandbox import anthropic, deepseek, gemini
 from opsgate.sandbox.faults import PROVIDERS, FaultProfileError, FaultState
+from opsgate.sandbox.latency import LatencyModel
 from opsgate.sandbox.state import STATE, SandboxState
 
 COUNT_PATHS = ("/messages/count_tokens", ":countTokens")
 """How the token-count routes' paths end (Anthropic, Gemini)."""
 
 
-def create_app(faults: str = "none") -> web.Application:
-    """Build the sandbox application with the fault profile ``faults``.
+def create_app(faults: str = "none", latency: LatencyModel | None = None) -> web.Application:
+    """Build the sandbox application with the fault profile ``faults`` and, for rehearsals, the
+    simulated ``latency`` its answers announce (None: no latency header).
 
     Raises :class:`opsgate.sandbox.faults.FaultProfileError` for an invalid profile.
     """
     app = web.Application(middlewares=[_count_requests])
     app[STATE] = SandboxState(faults=FaultState(faults))
+    if latency is not None:
+        app.on_response_prepare.append(latency.stamp)
     anthropic.add_routes(app)
     deepseek.add_routes(app)
     gemini.add_routes(app)

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from opsgate.sandbox.app import create_app, stats_of
 from opsgate.sandbox.faults import PROVIDERS
+from opsgate.sandbox.latency import LatencyModel
 from opsgate.sandbox.state import STATE
 
 SHUTDOWN_TIMEOUT_S = 0.5
@@ -25,13 +26,14 @@ START_TIMEOUT_S = 10.0
 class SandboxServer:
     """The sandbox application on a loopback TCP port, on the running event loop.
 
-    ``faults`` is a profile string (:mod:`opsgate.sandbox.faults`). Handlers are cancelled when
+    ``faults`` is a profile string (:mod:`opsgate.sandbox.faults`); ``latency`` the simulated
+    latency answers announce (:mod:`opsgate.sandbox.latency`; None: none). Handlers are cancelled when
     their client disconnects, so a ``timeout`` hang ends as soon as the client gives up.
     Usable as ``async with SandboxServer(...) as server``.
     """
 
-    def __init__(self, faults: str = "none") -> None:
-        self.app = create_app(faults)
+    def __init__(self, faults: str = "none", latency: LatencyModel | None = None) -> None:
+        self.app = create_app(faults, latency)
         self._runner: web.AppRunner | None = None
         self._origin: str | None = None
 
