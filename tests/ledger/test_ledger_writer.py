@@ -14,7 +14,7 @@ from opsgate.clock import ManualClock
 from opsgate.ledger.entry import decode_body
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.verify import verify
-from opsgate.ledger.writer import Ledger
+from opsgate.ledger.writer import Ledger, holds_write_lock
 from opsgate.store.models import ai_operation_log
 
 
@@ -185,3 +185,11 @@ def test_counters_count_commits(engine: Engine, ledger: Ledger) -> None:
     with engine.connect() as conn:
         stored = conn.execute(select(func.count()).select_from(ai_operation_log)).scalar_one()
     assert (ledger.transactions, ledger.entries, stored) == (3, 3, 0)
+
+
+async def test_work_runs_on_a_connection_holding_the_append_lock(engine: Engine, ledger: Ledger) -> None:
+    # metering's SQLite write-lock statement is skipped on exactly these connections
+    appended = await ledger.append("intent", {"request_id": "req-locked"}, work=holds_write_lock)
+    assert appended.work_result is True
+    with engine.connect() as conn:
+        assert holds_write_lock(conn) is False

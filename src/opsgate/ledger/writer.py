@@ -25,6 +25,7 @@ import json
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ _HEAD = (
     .limit(1)
 )
 _STOP = object()
+_WRITERS: weakref.WeakSet[Connection] = weakref.WeakSet()
+"""The writer threads' connections: every transaction on one of them takes the append lock (on
+SQLite the database write lock) before any work runs (see :func:`holds_write_lock`)."""
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -301,6 +305,7 @@ class Ledger:
     def _connection(self) -> Connection:
         if self._conn is None:
             self._conn = self._engine.connect()
+            _WRITERS.add(self._conn)
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -322,6 +327,13 @@ class Ledger:
                 return
             if item is not _STOP and item.take():
                 self._fail([item], "the ledger was closed unstarted")
+
+
+def holds_write_lock(conn: Connection) -> bool:
+    """True when ``conn`` is the ledger writer's connection, inside an append's transaction: the
+    append lock, on SQLite the database write lock, is already held (step 1 of the module doc), so
+    :data:`InTransaction` work need not take it again. False for any other connection."""
+    return conn in _WRITERS
 
 
 def _settle(requests: list[_Request], outcomes: Sequence[Outcome]) -> None:

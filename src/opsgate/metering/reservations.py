@@ -15,7 +15,8 @@ raised; otherwise one ``budget_reservations`` row per budget is inserted in the 
 On PostgreSQL (READ COMMITTED) a concurrent UPDATE waits for the row lock and re-evaluates its
 WHERE clause on the committed row, so two replicas can never both pass the check; on SQLite the
 transaction's first statement is a write, which takes the database write lock (waiting up to the
-busy timeout) before anything is read.
+busy timeout) before anything is read -- in a ledger append's transaction the ledger's own lock
+statement is that write, so these functions issue none there (``holds_write_lock``).
 
 :func:`extend` (per attempt: a retry, a fallback or a repair request the first hold does not
 cover) runs the same conditional UPDATE for the extra amount on the counters the call's open rows
@@ -23,8 +24,9 @@ hold, and grows those rows' ``worst_micro_usd``, all or nothing, in the caller's
 ledger ``extend`` entry's): the same guarantees as the first hold.
 
 :func:`settle` moves one call from reserved to spent (``reserved -= worst; spent += actual``) in
-one transaction: one read of the call's rows, one update marking them all, and one update per
-counter that also returns whether the counter is now over its limit. :func:`expire_reservations` settles reservations nobody settled before their
+one transaction: one update marking the call's open rows that returns what each held, and one
+update per counter that also returns whether the counter is now over its limit (a call that
+expired meanwhile: one read of its rows first). :func:`expire_reservations` settles reservations nobody settled before their
 ``expires_at`` (a crashed request) at their worst case, state ``expired``; a late settle of such a
 call then corrects ``spent`` to the real charge. Nothing is leaked or dropped.
 """
@@ -40,6 +42,7 @@ from sqlalchemy import BigInteger, Connection, Engine, bindparam, func, select, 
 from sqlalchemy.dialects import postgresql, sqlite
 
 from opsgate.clock import Clock
+from opsgate.ledger.writer import holds_write_lock
 from opsgate.metering.budgets import Budget, budgets_for, period_start, shadow_budgets
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import budget_counters, budget_reservations, budgets
@@ -77,6 +80,13 @@ _MARK = (  # every row of the request at once; amount NULL = each row's worst ca
     .where(_r.request_id == bindparam("rid"), _r.state.in_(bindparam("states", expanding=True)))
     .values(state=bindparam("new_state"), settled_at=bindparam("now"),
             actual_micro_usd=func.coalesce(bindparam("amount", type_=BigInteger), _r.worst_micro_usd))
+)
+_SETTLE_OPEN = (  # a settlement's common case: mark the call's open rows, learn what they held
+    update(budget_reservations)
+    .where(_r.request_id == bindparam("rid"), _r.state == OPEN)
+    .values(state=bindparam("new_state"), settled_at=bindparam("now"),
+            actual_micro_usd=bindparam("amount"))
+    .returning(_r.budget_id, _r.period_start, _r.worst_micro_usd)
 )
 _GROW = (
     update(budget_reservations)
@@ -230,7 +240,9 @@ def charge(
     if not reservation.budgets:
         return Settlement(charged, state, ())
     _lock(conn)
-    over_ids = _close(conn, clock, reservation.request_id, (OPEN, EXPIRED), state, charged)
+    over_ids = _settle_open(conn, clock, reservation.request_id, state, charged)
+    if over_ids is None:  # no open row: a late settle of a call that expired meanwhile
+        over_ids = _close(conn, clock, reservation.request_id, (EXPIRED,), state, charged)
     return Settlement(charged, state, tuple(b for b in reservation.budgets if b.id in over_ids))
 
 
@@ -255,8 +267,9 @@ def expire_reservations(engine: Engine, clock: Clock) -> list[str]:
 
 
 def _lock(conn: Connection) -> None:
-    """SQLite: take the write lock first (see the module doc). PostgreSQL: row locks suffice."""
-    if conn.dialect.name == "sqlite":
+    """SQLite: take the write lock first (see the module doc), unless ``conn`` is in a ledger
+    append's transaction, which took it as its first statement. PostgreSQL: row locks suffice."""
+    if conn.dialect.name == "sqlite" and not holds_write_lock(conn):
         conn.execute(_SQLITE_WRITE_LOCK)
 
 
@@ -268,6 +281,30 @@ def _hold(conn: Connection, budget_id: int, start: datetime, amount: int) -> boo
         return True
     conn.execute(_ENSURE[conn.dialect.name], values)
     return conn.execute(_HOLD, values).rowcount == 1
+
+
+def _settle_open(conn: Connection, clock: Clock, request_id: str, state: str, charged: int) -> set[int] | None:
+    """Charge ``charged`` to ``request_id``'s open rows and release what they held: one update
+    marking them (it returns each row's budget, period and worst case) and one per counter, in
+    budget id order like every hold. Returns the ids of the budgets now over their limit, or
+    ``None`` when the call has no open row (a call's rows are open, expired or settled together:
+    :func:`hold` and :func:`extend` write all of them, :func:`_close` moves all of them)."""
+    rows = conn.execute(_SETTLE_OPEN, {"rid": request_id, "new_state": state, "amount": charged,
+                                       "now": clock.now()}).all()
+    if not rows:
+        return None
+    over = set()
+    for row in sorted(rows, key=lambda r: r.budget_id):
+        if _apply(conn, row.budget_id, row.period_start, row.worst_micro_usd, charged):
+            over.add(row.budget_id)
+    return over
+
+
+def _apply(conn: Connection, budget_id: int, start: datetime, released: int, spent_delta: int) -> bool:
+    """Move one counter: ``reserved -= released; spent += spent_delta``. True when its period's
+    spend is now above its budget's limit."""
+    return bool(conn.execute(_APPLY, {"b": budget_id, "p": start, "released": released,
+                                      "spent_delta": spent_delta}).scalar())
 
 
 def _close(
@@ -294,7 +331,6 @@ def _close(
         amount = row.worst_micro_usd if charged is None else charged
         released = row.worst_micro_usd if row.state == OPEN else 0
         spent_delta = amount if row.state == OPEN else amount - row.worst_micro_usd
-        if conn.execute(_APPLY, {"b": row.budget_id, "p": row.period_start, "released": released,
-                                 "spent_delta": spent_delta}).scalar():
+        if _apply(conn, row.budget_id, row.period_start, released, spent_delta):
             over.add(row.budget_id)
     return over
