@@ -29,6 +29,7 @@ from opsgate.rollout.variants import build_book
 from opsgate.routing.policy import policies_for
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ai_operation_log
+from opsgate.web.queries import series
 
 OP = "email-classify"
 PLAN = Plan((Stage(5, 3600), Stage(100, 3600)), 3600)
@@ -183,3 +184,5 @@ def test_shadow_rows_stay_out_of_the_users_health_numbers(service: RolloutServic
         conn.execute(insert(ai_operation_log), rows)
     health = compute_health(service.engine, now, 60, OP)
     assert (health.operationCount, health.errorRate) == (1, 0)
+    traffic = series(service.engine, now, 60, 1, OP)["total"]
+    assert (traffic["count"], traffic["errorRate"]) == (1, 0)

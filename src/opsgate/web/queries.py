@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, false, func, select
 
 from opsgate.ledger.models import ledger_anchor_records, ledger_anchor_state, ledger_checkpoints
 from opsgate.ledger.service import log_size
@@ -48,8 +48,8 @@ def _stats(rows: list[tuple[str, float]]) -> dict[str, Any]:
 
 
 def series(engine: Engine, now: datetime, window_s: int, buckets: int, operation: str | None) -> dict[str, Any]:
-    """Calls in ``[now - window_s, now]`` (both ends included, as ``GET /v1/health``) split into
-    ``buckets`` equal buckets.
+    """Users' calls in ``[now - window_s, now]`` (both ends included, as ``GET /v1/health``; shadow
+    calls, answered to nobody, are left out) split into ``buckets`` equal buckets.
 
     Returns ``{"window_s", "bucket_s", "operation", "t": [bucket start, epoch seconds],
     "count": [...], "errorRate": [% 2 decimals], "p50"|"p95"|"p99": [ms or None],
@@ -60,7 +60,8 @@ def series(engine: Engine, now: datetime, window_s: int, buckets: int, operation
         raise ValueError("window_s and buckets must be positive")
     since = now - timedelta(seconds=window_s)
     log = ai_operation_log.c
-    query = select(log.created_at, log.status, log.latency_ms).where(log.created_at >= since, log.created_at <= now)
+    query = select(log.created_at, log.status, log.latency_ms).where(
+        log.created_at >= since, log.created_at <= now, log.shadow.is_(false()))  # users' calls only
     if operation is not None:
         query = query.where(log.operation == operation)
     with engine.connect() as conn:
