@@ -27,10 +27,11 @@ import statistics
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from opsgate.app import create_app
 from opsgate.clock import SystemClock
@@ -39,9 +40,11 @@ from opsgate.localserver import serve_in_thread
 from opsgate.errors import OpsgateError
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.models import ANY, budget_reservations
+from opsgate.metering.prices import PriceBook
 from opsgate.operations import get_operation
 from opsgate.operations.base import prepare_input
 from opsgate.operations.io import input_from_file
+from opsgate.routing.policy import default_policy
 from opsgate.security.auth import TokenService
 from opsgate.store.models import ai_operation_log
 
@@ -74,11 +77,15 @@ class Row:
     exact_actual: int | None
 
 
-def measure() -> dict[str, list[Row]]:
-    """Per operation, one :class:`Row` per file the operation took and answered."""
+def measure() -> tuple[dict[str, list[Row]], Decimal]:
+    """Per operation, one :class:`Row` per file the operation took and answered; and the output
+    price (µUSD per token) of the first target of the default chain, which every hold is priced at."""
     found: dict[str, list[Row]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
         settings = _settings(Path(tmp))
+        first = default_policy(settings).chain[0]
+        output_price = PriceBook.from_settings(settings, SystemClock().now).price_for(
+            f"{first.provider}/{first.model}").output
         app = create_app(settings)
         server = serve_in_thread(app)
         try:
@@ -95,7 +102,7 @@ def measure() -> dict[str, list[Row]]:
                                 found[op].append(row)
         finally:
             server.stop()
-    return found
+    return found, output_price
 
 
 def _one(client: httpx.Client, engine: Engine, tokens: TokenService, op: str, path: Path) -> Row | None:
@@ -124,18 +131,18 @@ def _call(client: httpx.Client, token: str, op: str, body: dict[str, object]) ->
 def _hold(engine: Engine, request_id: str) -> tuple[int, int]:
     """The intent's hold (µUSD) and the call's output tokens."""
     with engine.connect() as conn:
-        held = conn.execute(select(budget_reservations.c.worst_micro_usd).where(
-            budget_reservations.c.request_id == request_id)).scalar_one()
+        held = conn.execute(select(func.max(budget_reservations.c.worst_micro_usd)).where(
+            budget_reservations.c.request_id == request_id)).scalar_one()  # one row per budget
         output = conn.execute(select(ai_operation_log.c.output_tokens).where(
             ai_operation_log.c.request_id == request_id)).scalar_one()
     return held, output
 
 
 def main() -> None:
-    found = measure()
+    found, output_price = measure()
     print(f"{'operation':<18} {'calls':>5} {'max_tokens':>12} {'answer tok':>10} {'bytes ×':>8} "
-          f"{'reserved µUSD':>14} {'actual µUSD':>12} {'median ×':>9} {'max ×':>7}")
-    medians = [_line(op, found[op]) for op in sorted(found)]
+          f"{'reserved µUSD':>14} {'actual µUSD':>12} {'median ×':>9} {'max ×':>7} {'cap for 3×':>10}")
+    medians = [_line(op, found[op], output_price) for op in sorted(found)]
     refused = sum(r.exact is None for rows in found.values() for r in rows)
     if refused:
         print(f"{refused} calls were refused below the byte bound (no exact token count); "
@@ -145,20 +152,24 @@ def main() -> None:
     print(f"goal median <= {GOAL:g}x for every operation: {verdict} (largest median {worst:.2f}x)")
 
 
-def _line(op: str, rows: list[Row]) -> float:
-    """Print ``op``'s line; return its median ratio on the exact count (infinite: none admitted)."""
+def _line(op: str, rows: list[Row], output_price: Decimal) -> float:
+    """Print ``op``'s line; return its median ratio on the exact count (infinite: none admitted).
+    ``cap for 3×`` is the median ``max_tokens`` at which the call's hold would be 3x its cost."""
     caps = sorted(r.cap for r in rows)
     head = (f"{op:<18} {len(rows):>5} {f'{caps[0]:,}–{caps[-1]:,}':>12} "
             f"{max(r.output_tokens for r in rows):>10} "
             f"{statistics.median(r.bound / r.bound_actual for r in rows):>8.2f}")
     admitted = [(r.exact, r.exact_actual) for r in rows if r.exact is not None and r.exact_actual]
+    goal_caps = [r.cap - (r.exact - GOAL * r.exact_actual) / float(output_price)
+                 for r in rows if r.exact is not None and r.exact_actual]
     if not admitted:
         print(f"{head} {'refused':>14}")
         return float("inf")
     ratios = [held / actual for held, actual in admitted]
     median = statistics.median(ratios)
     print(f"{head} {statistics.median(h for h, _ in admitted):>14,.0f} "
-          f"{statistics.median(a for _, a in admitted):>12,.0f} {median:>9.2f} {max(ratios):>7.2f}")
+          f"{statistics.median(a for _, a in admitted):>12,.0f} {median:>9.2f} {max(ratios):>7.2f} "
+          f"{statistics.median(goal_caps):>10,.0f}")
     return median
 
 
