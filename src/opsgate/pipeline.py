@@ -295,11 +295,14 @@ class Gateway:
     def shadow(self, call: Call, principal: Principal, op: Operation, live: Outcome) -> None:
         """After the user's answer is produced: when a variant rollout's shadow stage samples
         this call (:meth:`ToggleSnapshot.shadow_variant`), start :meth:`govern_shadow` as a
-        background task the gateway tracks (:meth:`drain_shadows`). The caller does not wait."""
+        background task the gateway tracks (:meth:`drain_shadows`). The caller does not wait.
+        Nothing is shadowed without metering (no budget could govern it) or when the candidate is
+        no longer configured."""
         name = None if self._toggles is None else self._toggles.shadow_variant(op.id, call.request_id)
-        if name is None:
+        variant = None if name is None or self.metering is None else self.variants.serving(op.id, name)
+        if variant is None or variant.name != name:
             return
-        task = asyncio.create_task(self.govern_shadow(call, principal, op, self.variants.serving(op.id, name), live))
+        task = asyncio.create_task(self.govern_shadow(call, principal, op, variant, live))
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 

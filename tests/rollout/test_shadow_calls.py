@@ -29,7 +29,7 @@ from opsgate.rollout.controller import Plan, Stage
 from opsgate.rollout.models import shadow_calls
 from opsgate.rollout.service import RolloutService
 from opsgate.rollout.toggles import ToggleSnapshot
-from opsgate.rollout.variants import build_book
+from opsgate.rollout.variants import VariantBook, build_book
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.router import Router
 from opsgate.security.auth import TokenService
@@ -259,3 +259,13 @@ async def test_calls_after_the_shadow_stage_are_not_shadowed(shadowed: Shadowed)
         await shadowed.call(user=f"user-{i}")
     await shadowed.governed.gateway.drain_shadows()
     assert shadowed.shadow_rows() == []
+
+
+async def test_a_candidate_no_longer_configured_is_not_shadowed(shadowed: Shadowed) -> None:
+    _budget(shadowed, 10**9)
+    gateway = shadowed.governed.gateway
+    gateway.variants = VariantBook({op: {"default": ops["default"]} for op, ops in gateway.variants.variants.items()})
+    shadowed.candidate.release.set()
+    await shadowed.call()
+    await gateway.drain_shadows()
+    assert shadowed.shadow_rows() == [] and shadowed.candidate.requests == []
