@@ -17,9 +17,10 @@ from opsgate.operations.caps import (
     MAX_ANSWER_TOKENS,
     UnboundedAnswer,
     answer_cap,
+    answer_schema,
     chars_per_token,
 )
-from opsgate.operations.common import Answer, answer_schema
+from opsgate.operations.common import Answer
 from opsgate.operations.io import input_from_file
 from tests.operations.test_ops_contract import IDS, example
 

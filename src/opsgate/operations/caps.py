@@ -34,6 +34,7 @@ target), a cut Anthropic tool input fails the schema (one repair request, then 5
 
 from __future__ import annotations
 
+import functools
 import math
 import unicodedata
 from collections.abc import Mapping
@@ -68,12 +69,20 @@ def chars_per_token(prompt: str) -> int:
     return LATIN_CHARS_PER_TOKEN
 
 
+@functools.cache
+def answer_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema, generated once per model (callers must not mutate it): pydantic
+    builds it anew on every ``model_json_schema()``, which cost more than the rest of a call's
+    preparation."""
+    return model.model_json_schema()
+
+
 def answer_cap(model: type[BaseModel], prompt: str, items: Mapping[str, int] | None = None) -> int:
     """The ``max_tokens`` for an answer valid against ``model``'s JSON schema to a request whose
     system and user text is ``prompt`` (see the module doc). ``items`` caps top-level list fields
     (any level) by property name at fewer items than their ``maxItems`` (never more). Raises
     :class:`UnboundedAnswer`."""
-    schema = model.model_json_schema()
+    schema = answer_schema(model)
     structure, text = _Bound(schema, items or {}).value(schema, "")
     return min(MAX_ANSWER_TOKENS, FRAMING_TOKENS + structure + math.ceil(text / chars_per_token(prompt)))
 

@@ -7,14 +7,13 @@ series' name) reaches the model only inside a :func:`data_block`, and every syst
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from opsgate.errors import InvalidInput
-from opsgate.operations.caps import answer_cap
+from opsgate.operations.caps import answer_cap, answer_schema
 from opsgate.providers.base import CompletionRequest
 
 DATA_RULE = (
@@ -94,12 +93,6 @@ def known_references(picks: Iterable[T], index: Callable[[T], int], count: int) 
             seen.add(i)
             kept.append(pick)
     return kept
-
-
-@functools.cache
-def answer_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """``model``'s JSON schema, generated once per model (callers must not mutate it)."""
-    return model.model_json_schema()
 
 
 def build_request(
