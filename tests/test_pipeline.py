@@ -11,6 +11,7 @@ from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters, budget_reservations
 from opsgate.metering.prices import PriceTable
+from opsgate.operations.errors import InvalidModelOutput
 from opsgate.providers.base import CompletionRequest, Usage
 from opsgate.store.models import ai_operation_log
 from opsgate.testing import FAKE_MODEL, GovernedGateway
@@ -123,6 +124,33 @@ async def test_a_402_on_an_extension_stops_the_call_and_settles_what_was_spent(
     one_answer = cost_micro_usd(governed.provider.usage, PriceTable.load().price_for(FAKE_MODEL))
     assert (result["error_code"], result["cost_micro_usd"]) == ("budget_exceeded", one_answer)
     assert _counters(governed, "alice") == (one_answer, 0)
+
+
+async def test_an_answer_cut_at_its_cap_is_repaired_once_then_refused_within_its_hold(
+    governed: GovernedGateway,
+) -> None:
+    """An answer that reaches ``max_tokens`` (an Anthropic tool input cut short: required fields
+    missing) is billed as reported and gets the one repair request, cut too; the call ends with
+    502 and both answers at the cap cost no more than the call held (operations/caps.py)."""
+    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    cut = {"category": "work", "priority": "high"}
+    governed.provider.script = [cut, cut]
+    governed.provider.usage = Usage(input_tokens=1_000, output_tokens=379)  # the example's cap
+    call = governed.call("email-classify", CLASSIFY)
+
+    with pytest.raises(InvalidModelOutput):
+        await governed.gateway.govern(call)
+
+    first, repair = governed.provider.requests
+    assert first.max_tokens == repair.max_tokens == 379
+    one_answer = cost_micro_usd(governed.provider.usage, PriceTable.load().price_for(FAKE_MODEL))
+    [(_, result)] = [e for e in governed.entries(call.request_id) if e[0] == "result"]
+    assert (result["error_code"], result["cost_micro_usd"]) == ("provider_bad_response", 2 * one_answer)
+    with governed.engine.connect() as conn:
+        held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalar_one()
+    assert _counters(governed, "alice") == (2 * one_answer, 0)
+    assert 2 * one_answer <= held
 
 
 def _counters(governed: GovernedGateway, user: str) -> tuple[int, int]:

@@ -29,7 +29,7 @@ The cap is not what keeps a budget safe — a provider bills at most ``max_token
 reservation holds ``max_tokens`` — it decides which answers fit. An answer that still hits it stops
 with finish reason ``length``: cut JSON is a malformed answer (billed as reported, then the next
 target), a cut Anthropic tool input fails the schema (one repair request, then 502
-``invalid_model_output``); every further request is admitted and reserved first.
+``provider_bad_response``); every further request is admitted and reserved first.
 """
 
 from __future__ import annotations
