@@ -211,7 +211,7 @@ def rehearsal_calls(report: dict[str, Any], source: str) -> Calls:
         m["p99_latency_ms"] if log["requests"] else None,
         m["avg_latency_ms"] if log["requests"] else None,
         f"{source}: {r['scenario']} seed {r['seed']}, {r['hours']} h simulated, "
-        f"{log['requests']} calls (ai_operation_log)",
+        f"{log['requests']} calls (ai_operation_log; latencies: the users' wall-clock round trips)",
     )
 
 
