@@ -163,6 +163,14 @@ class CohortMetrics:
         """True when count / requests > other_count / other.requests + bp / 10 000 (integers)."""
         return count * 10_000 * other.requests > (other_count * 10_000 + bp * other.requests) * self.requests
 
+    def p99_above(self, other: CohortMetrics, ratio: float) -> bool:
+        """True when this p99 latency > ``ratio`` x ``other``'s (the canary-vs-control latency rule)."""
+        return self.p99_latency_ms > ratio * other.p99_latency_ms
+
+    def cost_above(self, other: CohortMetrics, ratio: float) -> bool:
+        """True when this cost per request > ``ratio`` x ``other``'s (the variant cost rule)."""
+        return self.cost_per_request_micro_usd > ratio * other.cost_per_request_micro_usd
+
     def error_bp_exceeds(self, bp: int) -> bool:
         """True when errors / requests > bp / 10 000 (exact integer arithmetic)."""
         return self.errors * 10_000 > bp * self.requests
@@ -173,7 +181,23 @@ class CohortMetrics:
 
     def error_ppm(self) -> int:
         """The error rate in parts per million (0 without requests)."""
-        return self.errors * 1_000_000 // self.requests if self.requests else 0
+        return self.rate_ppm(self.errors)
+
+    @classmethod
+    def from_numbers(cls, numbers: dict[str, int], prefix: str) -> CohortMetrics:
+        """The cohort back from a decision's :meth:`numbers` under ``prefix`` (missing keys: 0;
+        latencies to the microsecond)."""
+        def get(name: str) -> int:
+            return int(numbers.get(f"{prefix}_{name}", 0))
+
+        return cls(requests=get("requests"), errors=get("errors"), avg_latency_ms=get("avg_latency_us") / 1000,
+                   p99_latency_ms=get("p99_latency_us") / 1000,
+                   cost_per_request_micro_usd=get("cost_per_request_micro_usd"),
+                   repaired=get("repaired"), refused=get("refused"))
+
+    def rate_ppm(self, count: int) -> int:
+        """``count`` per request in parts per million (0 without requests)."""
+        return count * 1_000_000 // self.requests if self.requests else 0
 
     def numbers(self, prefix: str) -> dict[str, int]:
         """Integer fields for the ledger: counts, error ppm, latencies in microseconds, cost."""
@@ -321,21 +345,13 @@ def _rollback_reason(ev: Evaluate, limits: Thresholds) -> str | None:
             continue
         if canary.error_bp_exceeds(limits.rollback_error_bp):
             return "canary error rate above 1 %" + window
-        if control.requests >= limits.min_requests and _slower(canary, control, limits.max_p99_ratio):
+        if control.requests >= limits.min_requests and canary.p99_above(control, limits.max_p99_ratio):
             return (f"canary p99 {canary.p99_latency_ms:.0f} ms above {limits.max_p99_ratio:g}x "
                     f"control's {control.p99_latency_ms:.0f} ms" + window)
-        if ev.relative and control.requests >= limits.min_requests and _dearer(canary, control, limits.max_cost_ratio):
+        if ev.relative and control.requests >= limits.min_requests and canary.cost_above(control, limits.max_cost_ratio):
             return (f"canary cost per call {canary.cost_per_request_micro_usd} micro-USD above "
                     f"{limits.max_cost_ratio:g}x control's {control.cost_per_request_micro_usd}" + window)
     return None
-
-
-def _dearer(canary: CohortMetrics, control: CohortMetrics, ratio: float) -> bool:
-    return canary.cost_per_request_micro_usd > ratio * control.cost_per_request_micro_usd
-
-
-def _slower(canary: CohortMetrics, control: CohortMetrics, ratio: float) -> bool:
-    return canary.p99_latency_ms > ratio * control.p99_latency_ms
 
 
 def _gate_failures(ev: Evaluate, limits: Thresholds) -> list[str]:

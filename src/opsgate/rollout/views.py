@@ -9,8 +9,10 @@ Admin (role ``admin``; every change is written to the ledger):
                                             "shadow_percent": 1..100?}`` -> 201 (with ``variant``: a
                                             variant rollout of one operation; with
                                             ``shadow_percent``, starting with a shadow stage)
-  ``GET /v1/admin/rollouts``                rollouts, newest first, each with its history and
-                                            ``shadow`` (its shadow calls, or null)
+  ``GET /v1/admin/rollouts``                rollouts, newest first, each with its history,
+                                            ``shadow`` (its shadow calls, or null) and
+                                            ``comparison`` (a variant rollout's canary against
+                                            control per metric, :mod:`.comparison`, or null)
   ``POST /v1/admin/rollouts/{id}/advance``  promote now
   ``POST /v1/admin/rollouts/{id}/rollback`` ``{"reason": "..."}``
 Any authenticated user (only their own data):
@@ -29,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opsgate.deps import AdminDep, RolloutDep, UserDep, body_doc, json_body
 from opsgate.responses import json_response
+from opsgate.rollout.comparison import comparison
 from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
 from opsgate.rollout.service import Rollout, RolloutService, ToggleChange
@@ -87,9 +90,13 @@ def toggle_json(t: Toggle, adoption: dict[str, int] | None = None) -> dict[str, 
     return body
 
 
-def _shadow_json(svc: RolloutService, rollout: Rollout) -> dict[str, Any] | None:
+def rollout_json(svc: RolloutService, rollout: Rollout) -> dict[str, Any]:
+    """One rollout as ``GET /v1/admin/rollouts`` lists it: :meth:`Rollout.to_json` plus ``shadow``,
+    ``history`` and, for a variant rollout, ``comparison`` (else null). Blocking (database)."""
     report = svc.shadow(rollout)
-    return None if report is None else report.to_json()
+    history = svc.history(rollout.id)
+    return {**rollout.to_json(), "shadow": None if report is None else report.to_json(), "history": history,
+            "comparison": comparison(history, svc.limits) if rollout.variant else None}
 
 
 def _decision_json(rollout_id: int, d: Decision) -> dict[str, Any]:
@@ -130,8 +137,7 @@ async def start_rollout(admin: AdminDep, svc: RolloutDep,
 @router.get("/v1/admin/rollouts", summary="Rollouts with their decision history")
 async def list_rollouts(_admin: AdminDep, svc: RolloutDep) -> Response:
     def load() -> list[dict[str, Any]]:
-        return [{**r.to_json(), "shadow": _shadow_json(svc, r), "history": svc.history(r.id)}
-                for r in svc.list_rollouts()]
+        return [rollout_json(svc, r) for r in svc.list_rollouts()]
 
     return json_response({"rollouts": await asyncio.to_thread(load)})
 

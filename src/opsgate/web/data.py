@@ -34,7 +34,7 @@ from opsgate.monitoring.evidence import artifacts_dir
 from opsgate.monitoring.health import compute_health, latest_discrepancies
 from opsgate.monitoring.incidents import ACKNOWLEDGED, OPEN
 from opsgate.operations import OPERATIONS
-from opsgate.rollout.views import toggle_json
+from opsgate.rollout.views import rollout_json, toggle_json
 from opsgate.runtime import Runtime
 from opsgate.web import queries
 from opsgate.web.access import ViewerDep
@@ -141,9 +141,10 @@ def adoption(runtime: Runtime) -> Doc:
 
 
 def rollouts(runtime: Runtime) -> Doc:
-    """``{"rollouts": [...]}`` exactly as ``GET /v1/admin/rollouts`` (newest first, with history)."""
+    """``{"rollouts": [...]}`` exactly as ``GET /v1/admin/rollouts`` (newest first, with history,
+    shadow calls and a variant rollout's canary-against-control comparison)."""
     svc = runtime.rollout
-    return {"rollouts": [{**r.to_json(), "history": svc.history(r.id)} for r in svc.list_rollouts()]}
+    return {"rollouts": [rollout_json(svc, r) for r in svc.list_rollouts()]}
 
 
 def incidents(runtime: Runtime) -> Doc:
