@@ -109,6 +109,13 @@ def test_a_non_latin_prompt_takes_one_token_per_character() -> None:
     assert chars_per_token("naïve café ÆØÅ 12:00 — ok") == 2 and chars_per_token("日本語") == 1
 
 
+def test_an_answer_language_the_input_names_sets_the_rate() -> None:
+    """email-compose may be asked to write in another language than its English instructions."""
+    caps = {tag: _prepared("email-compose", language=tag).request.max_tokens for tag in ("en", "de-AT", "ja", "vi")}
+    assert caps == {"en": 5005, "de-AT": 5005, "ja": 8192, "vi": 8192}
+    assert (chars_per_token("Hello", "pt_BR"), chars_per_token("Hello", "Japanese")) == (2, 1)
+
+
 def test_the_cap_never_exceeds_the_smallest_models_output_limit() -> None:
     assert answer_cap(OPERATIONS["email-respond"].ModelOutput, "Ответ") == MAX_ANSWER_TOKENS == 8192
     assert answer_cap(OPERATIONS["email-respond"].ModelOutput, "Reply") == 4890

@@ -11,7 +11,8 @@ The cap bounds the longest answer the schema allows, every field filled at once:
   characters per token when every letter of the prompt (system and user text) is a Latin letter,
   else at :data:`OTHER_CHARS_PER_TOKEN` (an answer is written in the language of what the model
   reads: the prompts say so for replies, and a non-Latin letter anywhere in the prompt takes the
-  slower rate). The providers document about 4 characters of English per token (Gemini: "about
+  slower rate; so does an answer language the input names, unless it is one of
+  :data:`LATIN_LANGUAGES`). The providers document about 4 characters of English per token (Gemini: "about
   4 characters"; OpenAI-compatible tokenizers likewise) and DeepSeek 0.3 tokens per English and
   0.6 per Chinese character; 2 and 1 leave 1.67x over the least favourable of those figures.
 - **Framing** — :data:`FRAMING_TOKENS` for what a provider counts as output around the JSON (an
@@ -52,15 +53,26 @@ INTEGER_CHARS = 20
 """An unbounded ``integer``: a signed 64-bit value's digits and sign."""
 MEMBER_CHARS = 2
 """Per object member or list item besides its key: the separating comma and one whitespace run."""
+LATIN_LANGUAGES = frozenset({
+    "af", "ca", "cs", "cy", "da", "de", "en", "es", "et", "eu", "fi", "fr", "ga", "gl", "hr", "hu",
+    "id", "is", "it", "lt", "lv", "ms", "nb", "nl", "nn", "no", "pl", "pt", "ro", "sk", "sl", "sq",
+    "sv", "sw", "tr",
+})
+"""BCP 47 primary language subtags written in the Latin script with few letters beyond Latin
+Extended-A (Vietnamese, written with many stacked diacritics, is not among them)."""
 
 
 class UnboundedAnswer(ValueError):
     """The answer schema has a string without ``maxLength`` or a list without ``maxItems``."""
 
 
-def chars_per_token(prompt: str) -> int:
+def chars_per_token(prompt: str, language: str | None = None) -> int:
     """:data:`LATIN_CHARS_PER_TOKEN` when every letter of ``prompt`` is a Latin letter (digits,
-    punctuation and symbols do not count), else :data:`OTHER_CHARS_PER_TOKEN`."""
+    punctuation and symbols do not count) and ``language``, the answer's language when the input
+    names one (a BCP 47 tag), is ``None`` or has its primary subtag in :data:`LATIN_LANGUAGES`;
+    else :data:`OTHER_CHARS_PER_TOKEN`."""
+    if language is not None and language.strip().lower().replace("_", "-").split("-")[0] not in LATIN_LANGUAGES:
+        return OTHER_CHARS_PER_TOKEN
     if prompt.isascii():
         return LATIN_CHARS_PER_TOKEN
     for ch in set(prompt):
@@ -77,14 +89,17 @@ def answer_schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
 
 
-def answer_cap(model: type[BaseModel], prompt: str, items: Mapping[str, int] | None = None) -> int:
+def answer_cap(
+    model: type[BaseModel], prompt: str, items: Mapping[str, int] | None = None, language: str | None = None
+) -> int:
     """The ``max_tokens`` for an answer valid against ``model``'s JSON schema to a request whose
-    system and user text is ``prompt`` (see the module doc). ``items`` caps top-level list fields
-    (any level) by property name at fewer items than their ``maxItems`` (never more). Raises
-    :class:`UnboundedAnswer`."""
+    system and user text is ``prompt``, written in ``language`` when the input names one (see the
+    module doc). ``items`` caps list fields, at any level, by property name at fewer items than
+    their ``maxItems`` (never more). Raises :class:`UnboundedAnswer`."""
     schema = answer_schema(model)
     structure, text = _Bound(schema, items or {}).value(schema, "")
-    return min(MAX_ANSWER_TOKENS, FRAMING_TOKENS + structure + math.ceil(text / chars_per_token(prompt)))
+    rate = chars_per_token(prompt, language)
+    return min(MAX_ANSWER_TOKENS, FRAMING_TOKENS + structure + math.ceil(text / rate))
 
 
 class _Bound:

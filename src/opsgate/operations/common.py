@@ -97,17 +97,18 @@ def known_references(picks: Iterable[T], index: Callable[[T], int], count: int) 
 
 def build_request(
     system: str, user: str, model: type[BaseModel], schema_name: str,
-    items: Mapping[str, int] | None = None,
+    items: Mapping[str, int] | None = None, language: str | None = None,
 ) -> CompletionRequest:
     """A :class:`CompletionRequest` asking for a JSON object valid against ``model``'s schema,
     its ``max_tokens`` the longest such answer (:func:`~opsgate.operations.caps.answer_cap`, with
-    ``items`` bounding list fields by what the input holds)."""
+    ``items`` bounding list fields by what the input holds and ``language`` the answer language
+    the input names)."""
     schema = answer_schema(model)
     system = f"{system}\n\n{DATA_RULE}"
     return CompletionRequest(
         system=system,
         user=user,
-        max_tokens=answer_cap(model, f"{system}\n{user}", items),
+        max_tokens=answer_cap(model, f"{system}\n{user}", items, language),
         json_schema=schema,
         schema_name=schema_name,
         temperature=0.2,

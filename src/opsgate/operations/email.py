@@ -459,7 +459,8 @@ class EmailCompose(Operation):
             "Write in the language of the instructions, or of the email if one is given."
         )
         system = self.system_prompt(prompt, tone=data.tone, language=language)
-        request = build_request(system, "\n\n".join(parts), ComposeAnswer, "email_draft")
+        request = build_request(system, "\n\n".join(parts), ComposeAnswer, "email_draft",
+                                language=data.language)
         return Prepared(request=request, context={"email": info, "to": to, "cc": list(data.cc)})
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ComposeOutput:
