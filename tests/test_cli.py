@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,25 @@ def test_serve_refuses_several_workers_with_rate_limits_but_no_redis(env, monkey
     monkeypatch.setenv("OPSGATE_REDIS_URL", "redis://127.0.0.1:6379/0")
     assert runner.invoke(app, ["serve", "--workers", "3"]).exit_code == 0
     assert [kw["workers"] for kw in started] == [3, 3]
+
+
+def test_budgets_set_cheaper_serves_a_run_degraded_and_show_counts_it(env, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "220")
+    set_ = runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "0.002",
+                               "--on-exhausted", "cheaper"])
+    assert set_.exit_code == 0 and "global day budget: $0.002000, on exhausted: cheaper" in set_.stdout
+    result = runner.invoke(app, ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml"), "--sandbox"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout[result.stdout.index("{"):])
+    assert (body["degraded"], body["provider"]) == (True, "deepseek")  # Claude's worst case does not fit
+    show = runner.invoke(app, ["budgets", "show"])
+    assert show.exit_code == 0, show.output
+    assert "refused today" in show.stdout and "degraded today" in show.stdout
+    [row] = [line for line in show.stdout.splitlines() if "global" in line]
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    spent, reserved, left = (Decimal(c.lstrip("$")) for c in cells[5:8])
+    assert cells[3] == "cheaper" and cells[8:] == ["0", "1"]
+    assert reserved == 0 and spent == Decimal(body["cost_micro_usd"]) / 10**6 and left == Decimal("0.002") - spent
+    bad = runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "1",
+                              "--on-exhausted", "cheapest"])
+    assert bad.exit_code == 2 and "on_exhausted must be one of refuse, cheaper" in bad.output

@@ -128,6 +128,7 @@ def _outcome_body(outcome: Outcome) -> dict[str, Any]:
         "provider": outcome.provider,
         "model": outcome.model,
         "attempts": outcome.attempts,
+        "degraded": outcome.degraded,
         "usage": asdict(outcome.usage),
         "cost_micro_usd": outcome.cost_micro_usd,
         "latency_ms": round(outcome.latency_ms, 3),

@@ -11,7 +11,9 @@
   5 reserve        worst-case tokens against token limits (429), the worst case of the
                    first request at the first target's price against budgets    402
                    (input bounded by the prompt's bytes; when that does not fit, by
-                   the first target's exact token count, if its provider counts)
+                   the first target's exact token count, if its provider counts; or,
+                   where the budgets without room are ``cheaper``, at the first
+                   further target whose worst case fits: the call is degraded)
   6 ledger intent  durable before any provider call, one transaction with 5     503
   7 route          provider chain with retries, breaker, fallback; JSON repair. Each
                    further request first extends the reservation, in a ledger
@@ -109,6 +111,7 @@ class Outcome:
     latency_ms: float
     attempts: int
     privacy: dict[str, Any] = field(default_factory=dict)
+    degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,8 @@ class CallRecord:
     rehearsal's simulated clock decides it; ``provider_latency_ms`` the HTTP exchanges' wall time),
     ``created_at`` tz-aware UTC from the injected Clock;
     ``variant`` served the call, ``repaired`` says its answer needed the schema repair request,
-    ``shadow`` marks a shadow call (:meth:`Gateway.shadow`)."""
+    ``shadow`` marks a shadow call (:meth:`Gateway.shadow`), ``degraded`` a call a ``cheaper``
+    budget sent past its chain's first target."""
 
     request_id: str
     user_id: str
@@ -142,6 +146,7 @@ class CallRecord:
     variant: str | None = None
     repaired: bool = False
     shadow: bool = False
+    degraded: bool = False
 
     @property
     def cache_write_tokens(self) -> int:
@@ -160,6 +165,7 @@ class CallRecord:
             "variant": self.variant,
             "repaired": self.repaired,
             "shadow": self.shadow,
+            "degraded": self.degraded,
             "status": self.status,
             "error_code": self.error_code,
             "attempts": self.attempts,
@@ -177,9 +183,11 @@ class CallRecord:
     def ledger_payload(self) -> dict[str, Any]:
         """The payload of the ledger ``result`` entry (no user id, no latencies: those stay in
         the log row; ``intent_seq`` links it to its intent). It names the price's source and
-        version, so the call can be re-priced later, and ``price_flag`` when there is one."""
+        version, so the call can be re-priced later, ``price_flag`` when there is one and
+        ``degraded: true`` when the call was degraded."""
         flag: dict[str, Any] = {"price_flag": self.price_flag} if self.price_flag else {}
         flag |= {"shadow": True} if self.shadow else {}
+        flag |= {"degraded": True} if self.degraded else {}
         return {**flag,
             "request_id": self.request_id,
             "intent_seq": self.intent_seq,
@@ -206,7 +214,8 @@ class _Spend:
     broke off mid-request), the micro-USD its reservation holds so far, the worst-case tokens
     it holds against the token rate limits until it is recorded, and ``counted``: the price key,
     request and input bound (count + overhead) the first target's provider counted, when the
-    byte bound did not fit a budget."""
+    byte bound did not fit a budget. ``chain`` is the router's chain the call was reserved on and
+    ``start`` the index of the target it starts at (> 0: degraded)."""
 
     variant: Variant
     completions: list[Completion] = field(default_factory=list)
@@ -218,6 +227,8 @@ class _Spend:
     priced_at: datetime | None = None
     charges: list[AttemptCharge] = field(default_factory=list)
     counted: tuple[str, CompletionRequest, int] | None = None
+    chain: tuple[Target, ...] = ()
+    start: int = 0
 
     def input_tokens(self, target: Target, request: CompletionRequest) -> int | None:
         """The counted input bound of ``request`` to ``target`` when that is the request the
@@ -278,7 +289,7 @@ class Gateway:
         prepared, input_digest = self.validate(op, variant, call.body)
         prepared, privacy = self.minimise(op, prepared)
         spend = _Spend(variant, tokens=await self.take_tokens(principal, op, prepared))
-        reserve = self.reserve(call, principal, op, prepared, variant)
+        reserve = self.reserve(call, principal, op, prepared, spend)
         intent = await self.ledger_intent(call, principal, op, prepared, input_digest, reserve, privacy,
                                           spend)
         try:
@@ -323,7 +334,7 @@ class Gateway:
             prepared, input_digest = self.validate(op, variant, call.body)
             prepared, privacy = self.minimise(op, prepared)
             spend = _Spend(variant)
-            reserve = self.reserve(shadow, principal, op, prepared, variant, shadow=True)
+            reserve = self.reserve(shadow, principal, op, prepared, spend, shadow=True)
             try:
                 intent = await self.ledger_intent(shadow, principal, op, prepared, input_digest, reserve,
                                                   privacy, spend, shadow_of=call.request_id)
@@ -436,18 +447,28 @@ class Gateway:
 
     @step("reserve")
     def reserve(
-        self, call: Call, principal: Principal, op: Operation, prepared: Prepared, variant: Variant,
-        *, shadow: bool = False,
+        self, call: Call, principal: Principal, op: Operation, prepared: Prepared, spend: _Spend,
+        *, shadow: bool = False, input_tokens: int | None = None, retry: bool = False,
     ) -> InTransaction[Reservation] | None:
         """The work that reserves the worst case of the first request (``prepared.request`` to
-        the first target the router will try, at its price) against every applicable budget
-        (402). It commits inside the intent's transaction (step 6): a call is admitted and
-        ledgered atomically, and a refused call leaves no intent. ``None`` without metering. A
-        ``shadow`` call reserves against the ``shadow`` budget scope instead."""
+        the first target the router will try, at its price, its input bounded by the prompt's
+        bytes or by ``input_tokens`` when counted) against every applicable budget (402). It
+        commits inside the intent's transaction (step 6): a call is admitted and ledgered
+        atomically, and a refused call leaves no intent. ``None`` without metering. A ``shadow``
+        call reserves against the ``shadow`` budget scope instead, and is never degraded.
+
+        The last try (a ``retry``, or the first when the first target's provider cannot count)
+        counts a refusal against the budgets without room, and where every one of them is
+        ``cheaper`` it reserves at the first further target of the chain (kept in
+        ``spend.chain``) that fits instead: the call is degraded."""
         if self.metering is None:
             return None
+        spend.chain = self.router.chain(spend.variant.policy)
+        first, *further = (_key(t) for t in spend.chain)
+        last = retry or self.router.counter(spend.chain[0].provider) is None
         return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
-                                        _key(self._first(variant)), shadow=shadow)
+                                        first, shadow=shadow, input_tokens=input_tokens,
+                                        cheaper=further if last and not shadow else (), note=last)
 
     @step("count_input")
     async def count_input(
@@ -456,26 +477,21 @@ class Gateway:
     ) -> InTransaction[Reservation] | None:
         """When the byte bound did not fit a budget: ask the first target's provider for the
         exact input count of ``prepared.request`` (the minimised request, as it will be sent)
-        and return the work that reserves that count plus its overhead (kept in
-        ``spend.counted`` for the first request's admission). ``None`` when the provider has no
-        count API or the count failed or timed out: the byte bound's refusal then stands."""
-        first = self._first(spend.variant)
+        and return the last try's work (:meth:`reserve` with ``retry``): at that count plus its
+        overhead (kept in ``spend.counted`` for the first request's admission), or at the byte
+        bound again when the count failed or timed out. ``None`` when the provider has no count
+        API: the first try was the last, its refusal stands."""
+        first = spend.chain[0]
         counter = self.router.counter(first.provider)
         if self.metering is None or counter is None:
             return None
         counted = await count_input(counter, prepared.request, first.model, self._count_timeout_s)
         if self._count_observer is not None:
             self._count_observer(counted)
-        if counted.input_tokens is None:
-            return None
-        spend.counted = (_key(first), prepared.request, counted.input_tokens)
-        return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
-                                        _key(first), shadow=shadow,
-                                        input_tokens=counted.input_tokens)
-
-    def _first(self, variant: Variant) -> Target:
-        """The first target the router will try for ``variant`` (demoted providers last)."""
-        return self.router.chain(variant.policy)[0]
+        if counted.input_tokens is not None:
+            spend.counted = (_key(first), prepared.request, counted.input_tokens)
+        return self.reserve(call, principal, op, prepared, spend, shadow=shadow,
+                            input_tokens=counted.input_tokens, retry=True)
 
     # 6 ------------------------------------------------------------------------------------------
     @step("ledger_intent")
@@ -497,7 +513,7 @@ class Gateway:
         budget refusal stops the call here and gives its held tokens back. The entry counts what
         was masked and pseudonymised, never the values, and names the variant serving the call
         with its prompt's version id and digest, never the prompt. A shadow call's entry is marked ``shadow`` and names the live call
-        (``shadow_of``)."""
+        (``shadow_of``); a degraded call's entry adds ``degraded: true`` and the ``target`` chosen."""
         payload = {
             "request_id": call.request_id,
             "user_id": principal.user_id,
@@ -512,14 +528,17 @@ class Gateway:
             if reserve is None:
                 return await self._ledger.append("intent", payload)
             try:
-                intent = await self._ledger.append("intent", payload, work=reserve)
+                intent = await self._ledger.append("intent", payload, work=reserve,
+                                                   amend=_degraded(spend.chain))
             except BudgetExceeded:
-                exact = await self.count_input(call, principal, op, prepared, spend,
-                                               shadow=shadow_of is not None)
-                if exact is None:
+                last = await self.count_input(call, principal, op, prepared, spend,
+                                              shadow=shadow_of is not None)
+                if last is None:
                     raise
-                intent = await self._ledger.append("intent", payload, work=exact)
+                intent = await self._ledger.append("intent", payload, work=last,
+                                                   amend=_degraded(spend.chain))
             spend.held_micro_usd = intent.work_result.worst_micro_usd
+            spend.start = intent.work_result.choice
             return intent
         except BaseException:
             if self.metering is not None:
@@ -536,9 +555,12 @@ class Gateway:
         the answer back, and validate it. Every request is first admitted (:meth:`admit`).
 
         An answer that does not match ``op.ModelOutput`` gets one repair request that quotes the
-        validation errors; a second miss raises :class:`InvalidModelOutput`.
+        validation errors; a second miss raises :class:`InvalidModelOutput`. A degraded call
+        starts at its reserved target: the dearer targets before it had no room.
         """
         policy = spend.variant.policy
+        if spend.start:
+            policy = replace(policy, chain=spend.chain[spend.start:])
         request = prepared.request
         admit = self.admit(call, spend, intent)
         for attempt in range(2):
@@ -671,6 +693,7 @@ class Gateway:
             cost_micro_usd=record.cost_micro_usd,
             latency_ms=record.latency_ms,
             attempts=record.attempts,
+            degraded=record.degraded,
         )
 
     @step("record")
@@ -733,6 +756,7 @@ class Gateway:
             variant=spend.variant.name,
             repaired=len(spend.completions) > 1,
             shadow=shadow,
+            degraded=spend.start > 0,
         )
 
     async def _write(self, record: CallRecord, intent: Intent, spend: _Spend,
@@ -766,6 +790,12 @@ def shadow_request_id(request_id: str) -> str:
 def _key(target: Target) -> str:
     """``provider/model``: the price book's key of ``target``."""
     return f"{target.provider}/{target.model}"
+
+
+def _degraded(chain: Sequence[Target]) -> Callable[[Reservation], dict[str, Any]]:
+    """The intent's extra fields for a reservation on ``chain``: ``degraded`` and the ``target``
+    chosen when it is not the first, none otherwise."""
+    return lambda r: {"degraded": True, "target": _key(chain[r.choice])} if r.degraded else {}
 
 
 def _unavailable(attempts: Any) -> list[tuple[str, str]]:

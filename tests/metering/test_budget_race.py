@@ -22,6 +22,10 @@ matters.)
    admitted); each admitted call's Claude answer is cut (charged its worst case), and its
    fallback finds no room: 402 after the intent, nothing more sent, spent = exactly the six
    worst cases, never above the limit.
+5. ``--on-exhausted cheaper`` with a budget that fits only the cheapest target (DeepSeek, the
+   chain's second; Claude never fits): every call is served by it, degraded, while it fits; the
+   200 overlapping calls admit exactly as many as the limit holds of its worst case, refuse the
+   rest once less than one is left, and never pass the limit.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from tests.stores import fresh_postgres
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
-from opsgate.metering.budgets import set_budget
-from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters
+from opsgate.metering.budgets import budget_statuses, set_budget
+from opsgate.metering.models import ANY, REFUSE, ai_operation_attempts, budget_counters
 from opsgate.metering.prices import PriceBook
 from opsgate.metering.worstcase import attempt_worst_case_micro_usd
 from opsgate.operations import get_operation
@@ -51,7 +55,7 @@ from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.routing.policy import policies_for
 from opsgate.security.auth import TokenService
 from opsgate.store.db import make_engine, upgrade
-from opsgate.store.models import ledger_entries
+from opsgate.store.models import ai_operation_log, ledger_entries
 
 REPO = Path(__file__).resolve().parents[2]
 OP = "email-classify"
@@ -122,12 +126,14 @@ class CounterSampler(threading.Thread):
         self.join()
 
 
-def _setup(url: str, tmp_path: Path, limit: int | None = None) -> tuple[dict[str, str], str, int, dict]:
+def _setup(url: str, tmp_path: Path, limit: int | None = None, on_exhausted: str = REFUSE,
+           ) -> tuple[dict[str, str], str, int, dict]:
     secret = secrets.token_urlsafe(48)
     body = _body()
     limit = limit if limit is not None else gateway_worst_case(body) * 5 // 2
     engine = make_engine(url)
-    set_budget(engine, SystemClock(), user_id=ANY, operation=ANY, period="day", limit_micro_usd=limit)
+    set_budget(engine, SystemClock(), user_id=ANY, operation=ANY, period="day", limit_micro_usd=limit,
+               on_exhausted=on_exhausted)
     engine.dispose()
     token = TokenService(Settings(jwt_secret=secret), SystemClock()).issue("racer", "user")
     env = {"OPSGATE_DATABASE_URL": url, "OPSGATE_JWT_SECRET": secret,
@@ -135,10 +141,14 @@ def _setup(url: str, tmp_path: Path, limit: int | None = None) -> tuple[dict[str
     return env, token, limit, body
 
 
-def _intent_request_ids(engine: Engine) -> set[str]:
+def _intents(engine: Engine) -> dict[str, dict]:
     with engine.connect() as conn:
         bodies = [json.loads(b) for b in conn.execute(select(ledger_entries.c.body)).scalars()]
-    return {b["request_id"] for b in bodies if b["kind"] == "intent"}
+    return {b["request_id"]: b for b in bodies if b["kind"] == "intent"}
+
+
+def _intent_request_ids(engine: Engine) -> set[str]:
+    return set(_intents(engine))
 
 
 def test_overlapping_requests_admit_at_most_what_the_budget_holds(
@@ -265,5 +275,44 @@ def test_an_extension_without_room_stops_the_call_with_a_402_after_its_intent(
         assert {(e["error_code"], e["cost_micro_usd"]) for e in results} == {("budget_exceeded", first)}
         spent, reserved, attempts = _counters(engine)
         assert (spent, reserved, attempts) == (6 * first, 0, 6 * first) and spent <= limit
+    finally:
+        engine.dispose()
+
+
+def test_a_cheaper_budget_serves_degraded_calls_while_the_cheapest_target_fits(
+    race_db: tuple[str, int], tmp_path: Path
+) -> None:
+    url, processes = race_db
+    claude, deepseek, gemini = (gateway_worst_case(_body(), i) for i in range(3))
+    assert deepseek < gemini < claude  # the chain's cheapest target is its second
+    fits = 20
+    env, token, limit, body = _setup(url, tmp_path, limit=fits * deepseek + deepseek // 2,
+                                     on_exhausted="cheaper")
+    assert limit < claude
+    engine = make_engine(url)
+    sampler = CounterSampler(engine)
+    try:
+        with gateway_processes(processes, env, tmp_path, faults=SLOW) as urls:
+            sampler.start()
+            responses = asyncio.run(_fire(urls, token, body, REQUESTS))
+            sampler.stop()
+        ok = [r.json() for r in responses if r.status_code == 200]
+        refused = [r.json() for r in responses if r.status_code == 402]
+        assert (len(ok), len(refused)) == (fits, REQUESTS - fits)
+        assert {(r["degraded"], r["provider"]) for r in ok} == {(True, "deepseek")}
+        assert {r["code"] for r in refused} == {"budget_exceeded"}
+        intents = _intents(engine)
+        assert set(intents) == {r["request_id"] for r in ok}
+        assert {(i["degraded"], i["target"]) for i in intents.values()} == {
+            (True, "deepseek/deepseek-flash")}
+        with engine.connect() as conn:
+            logged = conn.execute(select(ai_operation_log.c.degraded, ai_operation_log.c.provider)).all()
+        assert [tuple(row) for row in logged] == [(True, "deepseek")] * fits
+        [status] = budget_statuses(engine, SystemClock().now())
+        assert (status.degraded_today, status.refused_today) == (fits, REQUESTS - fits)
+        assert status.reserved_micro_usd == 0
+        assert status.spent_micro_usd == sum(r["cost_micro_usd"] for r in ok) <= limit
+        assert sampler.samples > 10 and sampler.peak <= limit
+        assert limit - sampler.peak < deepseek  # refused only once the cheapest no longer fit
     finally:
         engine.dispose()

@@ -154,10 +154,10 @@ def test_extend_holds_more_on_every_budget_all_or_nothing_and_settle_releases_it
     set_budget(store, clock, user_id="alice", operation=ANY, period="day", limit_micro_usd=10_000)
     r = _reserve(store, clock, "r1", 4_000)
     with store.begin() as conn:
-        extend(conn, r, 5_000)
+        extend(conn, clock, r, 5_000)
     assert _counters(store, clock) == {"global/month": (0, 9_000), "user:alice/day": (0, 9_000)}
     with pytest.raises(BudgetExceeded, match="user:alice"), store.begin() as conn:
-        extend(conn, r, 1_001)  # the day budget has 1,000 left: nothing is held anywhere
+        extend(conn, clock, r, 1_001)  # the day budget has 1,000 left: nothing is held anywhere
     assert _counters(store, clock) == {"global/month": (0, 9_000), "user:alice/day": (0, 9_000)}
     with store.connect() as conn:
         held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalars().all()
@@ -166,4 +166,4 @@ def test_extend_holds_more_on_every_budget_all_or_nothing_and_settle_releases_it
     assert (result.charged_micro_usd, result.state) == (4_500, "unknown_usage")
     assert _counters(store, clock) == {"global/month": (4_500, 0), "user:alice/day": (4_500, 0)}
     with pytest.raises(BudgetExceeded, match="no longer open"), store.begin() as conn:
-        extend(conn, r, 1)  # a settled (or expired) reservation cannot grow
+        extend(conn, clock, r, 1)  # a settled (or expired) reservation cannot grow

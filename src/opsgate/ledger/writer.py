@@ -28,7 +28,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Self, TypeAlias, TypeVar, overload
 
@@ -79,7 +79,12 @@ InTransaction: TypeAlias = Callable[[Connection], T]
 its return value comes back as :attr:`AppendedEntry.work_result`. Raising an
 :class:`~opsgate.errors.OpsgateError` refuses that one append (the caller gets the error) without
 disturbing the rest of the batch. Work that writes before it may raise must undo its own writes (a
-savepoint around them), so a refusal leaves nothing behind; work that only reads needs none."""
+savepoint around them), so a refusal leaves nothing behind but what it means to record (a
+budget's refusal count); work that only reads needs none."""
+
+Amend: TypeAlias = Callable[[T], dict[str, Any]]
+"""``Amend[T]``: the payload fields an append's work result adds to its entry (e.g. the target a
+budget reservation chose), checked like the payload; ``{}`` adds none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +109,14 @@ class _Request:
     future: Future[AppendedEntry[Any]] | asyncio.Future[AppendedEntry[Any]]
     loop: asyncio.AbstractEventLoop | None
     work: InTransaction[Any] | None = None
+    amend: Amend[Any] | None = None
+
+    def amended(self, work_result: Any) -> _Request:
+        """This request with the fields :attr:`amend` draws from ``work_result`` in its payload."""
+        if self.amend is None:
+            return self
+        extra = clean_payload(self.kind, self.amend(work_result))
+        return replace(self, payload={**self.payload, **extra}) if extra else self
 
     def take(self) -> bool:
         """Claim the request for writing; False if its caller already gave up (cancelled)."""
@@ -179,7 +192,8 @@ class Ledger:
 
     @overload
     async def append(
-        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), *, work: InTransaction[T]
+        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), *, work: InTransaction[T],
+        amend: Amend[T] | None = None,
     ) -> AppendedEntry[T]: ...
 
     async def append(
@@ -189,9 +203,11 @@ class Ledger:
         rows: ExtraRows = (),
         *,
         work: InTransaction[Any] | None = None,
+        amend: Amend[Any] | None = None,
     ) -> AppendedEntry[Any]:
         """Append one entry and commit ``rows`` (``(table, values)`` inserts) and ``work`` (see
-        :data:`InTransaction`) with it; what ``work`` returns comes back as ``work_result``.
+        :data:`InTransaction`) with it; what ``work`` returns comes back as ``work_result``, and
+        ``amend(work_result)`` adds its fields to the payload before the entry is chained.
 
         Returns once the entry is durable. Raises LedgerError for a payload the format refuses
         (see ``entry.clean_payload``), LedgerUnavailable if the transaction failed or the ledger
@@ -201,7 +217,7 @@ class Ledger:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[AppendedEntry[Any]] = loop.create_future()
         cleaned = clean_payload(kind, payload)
-        self._enqueue(_Request(kind, cleaned, tuple(rows), future, loop, work))
+        self._enqueue(_Request(kind, cleaned, tuple(rows), future, loop, work, amend))
         return await future
 
     def append_sync(
@@ -266,7 +282,7 @@ class Ledger:
             conn, transaction = self._begin_locked()
             with transaction:
                 done = [_run_work(conn, r) for r in requests]
-                accepted = [r for r, w in zip(requests, done, strict=True) if not _refused(w)]
+                accepted = [r.amended(w) for r, w in zip(requests, done, strict=True) if not _refused(w)]
                 head = _read_head(conn)
                 ts = max(self._clock.now().astimezone(UTC), head.ts)
                 chained = _chain(head, format_ts(ts), accepted)

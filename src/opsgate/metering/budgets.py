@@ -18,6 +18,12 @@ periods). A shadow call (a variant rollout's candidate answering a live call aga
 charged against the ``shadow`` budgets only (:func:`shadow_budgets`), so it never takes room from
 a user's, an operation's or the global budget. Periods are UTC calendar periods: a day runs from 00:00:00 UTC, a month from 00:00:00
 UTC on its first day. A call is charged to the period in which its reservation was made.
+
+Each budget says what happens to a call whose first request does not fit (``on_exhausted``):
+``refuse`` (402, the default) or ``cheaper``: the call goes to the first target of its chain whose
+worst case fits every budget, marked degraded. When several budgets apply, a call is degraded
+only if every budget without room for its first target is ``cheaper``; one ``refuse`` budget
+without room refuses it (see :func:`opsgate.metering.reservations.hold`).
 Plain functions over an engine (the Dispatch ``service.py`` shape).
 """
 
@@ -28,26 +34,38 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, insert, or_, select, update
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput
-from opsgate.metering.models import ANY, SHADOW, budget_counters, budgets
+from opsgate.metering.models import (
+    ANY,
+    CHEAPER,
+    DEGRADED,
+    REFUSE,
+    REFUSED,
+    SHADOW,
+    budget_counters,
+    budget_outcomes,
+    budgets,
+)
 
 PERIODS = ("day", "month")
+ON_EXHAUSTED = (REFUSE, CHEAPER)
 MICRO_PER_USD = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class Budget:
     """One budget: ``id``, ``user_id`` and ``operation`` (``*`` = any), ``period`` (day | month),
-    ``limit_micro_usd``."""
+    ``limit_micro_usd``, ``on_exhausted`` (``refuse`` | ``cheaper``)."""
 
     id: int
     user_id: str
     operation: str
     period: str
     limit_micro_usd: int
+    on_exhausted: str = REFUSE
 
     @property
     def scope(self) -> str:
@@ -61,12 +79,20 @@ class Budget:
 
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
-    """A budget with its current period's counters (micro-USD)."""
+    """A budget with its current period's counters (micro-USD) and the calls it refused (402)
+    and degraded (sent to a cheaper target) during the current UTC day."""
 
     budget: Budget
     period_start: datetime
     spent_micro_usd: int
     reserved_micro_usd: int
+    refused_today: int = 0
+    degraded_today: int = 0
+
+    @property
+    def left_micro_usd(self) -> int:
+        """What the limit leaves after spent and reserved (negative after an overspend)."""
+        return self.budget.limit_micro_usd - self.spent_micro_usd - self.reserved_micro_usd
 
 
 def period_start(period: str, now: datetime) -> datetime:
@@ -96,23 +122,31 @@ def usd_to_micro(usd: str | Decimal) -> int:
 
 
 def set_budget(
-    engine: Engine, clock: Clock, *, user_id: str, operation: str, period: str, limit_micro_usd: int
+    engine: Engine, clock: Clock, *, user_id: str, operation: str, period: str, limit_micro_usd: int,
+    on_exhausted: str | None = None,
 ) -> Budget:
     """Create or change the budget of a scope and period; ``*`` is the wildcard. Returns it.
+    ``on_exhausted`` (``refuse`` | ``cheaper``) is kept as it is when ``None`` (``refuse`` for a
+    new budget).
 
     Lowering a limit below what is already spent or reserved refuses new calls; it never undoes a
-    charge. Raises :class:`InvalidInput` for an unknown period, a negative limit or an empty id.
+    charge. Raises :class:`InvalidInput` for an unknown period or policy, a negative limit or an
+    empty id.
     """
     _check(user_id, operation, period, limit_micro_usd)
+    if on_exhausted is not None and on_exhausted not in ON_EXHAUSTED:
+        raise InvalidInput(f"on_exhausted must be one of {', '.join(ON_EXHAUSTED)}")
     now = clock.now()
     where = and_(budgets.c.user_id == user_id, budgets.c.operation == operation,
                  budgets.c.period == period)
+    policy = {"on_exhausted": on_exhausted} if on_exhausted else {}
     with engine.begin() as conn:
         changed = conn.execute(update(budgets).where(where)
-                               .values(limit_micro_usd=limit_micro_usd, updated_at=now))
+                               .values(limit_micro_usd=limit_micro_usd, updated_at=now, **policy))
         if not changed.rowcount:
             conn.execute(insert(budgets).values(user_id=user_id, operation=operation, period=period,
-                                                limit_micro_usd=limit_micro_usd, updated_at=now))
+                                                limit_micro_usd=limit_micro_usd, updated_at=now,
+                                                **policy))
         row = conn.execute(select(budgets).where(where)).one()
     return _budget(row)
 
@@ -140,10 +174,20 @@ def shadow_budgets(conn: Connection) -> list[Budget]:
     return [_budget(row) for row in conn.execute(_SHADOW_BUDGETS)]
 
 
+_OUTCOMES_TODAY = (
+    select(budget_outcomes.c.budget_id, budget_outcomes.c.outcome, func.count())
+    .where(budget_outcomes.c.created_at >= bindparam("since"))
+    .group_by(budget_outcomes.c.budget_id, budget_outcomes.c.outcome)
+)
+
+
 def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:
-    """Every budget with the spent and reserved amounts of its current period."""
+    """Every budget with the spent and reserved amounts of its current period, and the calls it
+    refused and degraded since 00:00 UTC of ``now``'s day (its ``budget_outcomes`` rows)."""
     with engine.connect() as conn:
         rows = conn.execute(select(budgets).order_by(budgets.c.id)).all()
+        counts = {(b, outcome): n for b, outcome, n in
+                  conn.execute(_OUTCOMES_TODAY, {"since": period_start("day", now)})}
         result = []
         for row in rows:
             budget = _budget(row)
@@ -154,7 +198,9 @@ def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:
                        budget_counters.c.period_start == start)
             ).first()
             spent, reserved = (counter.spent_micro_usd, counter.reserved_micro_usd) if counter else (0, 0)
-            result.append(BudgetStatus(budget, start, spent, reserved))
+            result.append(BudgetStatus(budget, start, spent, reserved,
+                                       counts.get((budget.id, REFUSED), 0),
+                                       counts.get((budget.id, DEGRADED), 0)))
     return result
 
 
@@ -168,4 +214,5 @@ def _check(user_id: str, operation: str, period: str, limit: int) -> None:
 
 
 def _budget(row: Row[*tuple[Any, ...]]) -> Budget:
-    return Budget(row.id, row.user_id, row.operation, row.period, row.limit_micro_usd)
+    return Budget(row.id, row.user_id, row.operation, row.period, row.limit_micro_usd,
+                  row.on_exhausted)

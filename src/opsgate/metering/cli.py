@@ -41,6 +41,10 @@ def budgets_set(
     scope: str = typer.Option(None, "--scope", help="shadow: the budget of variant rollouts' shadow calls."),
     period: str = typer.Option(..., "--period", help="day | month (UTC calendar periods)."),
     limit_usd: str = typer.Option(..., "--limit-usd", help="Limit in USD, e.g. 25.00."),
+    on_exhausted: str = typer.Option(
+        None, "--on-exhausted",
+        help="refuse (402, the default for a new budget) | cheaper (serve the call degraded by the "
+             "first cheaper target of its chain that fits). Unchanged when not given."),
 ) -> None:
     """Create or change a budget: --user U, --operation OP, both, --global, or --scope shadow."""
     from opsgate.metering.budgets import set_budget, usd_to_micro
@@ -54,17 +58,19 @@ def budgets_set(
     try:
         budget = set_budget(_engine(), SystemClock(), user_id=user or ANY,
                             operation=SHADOW if scope else operation or ANY,
-                            period=period, limit_micro_usd=usd_to_micro(limit_usd))
+                            period=period, limit_micro_usd=usd_to_micro(limit_usd),
+                            on_exhausted=on_exhausted)
     except OpsgateError as exc:
         err.print(f"[red]error:[/red] {exc.detail}")
         raise typer.Exit(2) from None
-    out.print(f"{budget.scope} {budget.period} budget: {_usd(budget.limit_micro_usd)}")
+    out.print(f"{budget.scope} {budget.period} budget: {_usd(budget.limit_micro_usd)}, "
+              f"on exhausted: {budget.on_exhausted}")
 
 
 @budgets_app.command("show")
 def budgets_show() -> None:
-    """List budgets with this period's spent and reserved amounts (expired reservations are
-    charged first)."""
+    """List budgets with this period's spent, reserved and left amounts and the calls each refused
+    and degraded today (UTC); expired reservations are charged first."""
     from opsgate.metering.budgets import budget_statuses
     from opsgate.metering.reservations import expire_reservations
 
@@ -74,12 +80,13 @@ def budgets_show() -> None:
     if not statuses:
         out.print("no budgets configured (set one with `opsgate budgets set --global --period day "
                   "--limit-usd 50`)")
-    table = Table("scope", "period", "since (UTC)", "limit", "spent", "reserved", "left")
+    table = Table("scope", "period", "since (UTC)", "on exhausted", "limit", "spent", "reserved",
+                  "left", "refused today", "degraded today")
     for s in statuses:
-        left = s.budget.limit_micro_usd - s.spent_micro_usd - s.reserved_micro_usd
         table.add_row(s.budget.scope, s.budget.period, s.period_start.strftime("%Y-%m-%d"),
-                      _usd(s.budget.limit_micro_usd), _usd(s.spent_micro_usd),
-                      _usd(s.reserved_micro_usd), _usd(left))
+                      s.budget.on_exhausted, _usd(s.budget.limit_micro_usd), _usd(s.spent_micro_usd),
+                      _usd(s.reserved_micro_usd), _usd(s.left_micro_usd), str(s.refused_today),
+                      str(s.degraded_today))
     if statuses:
         out.print(table)
     if expired:

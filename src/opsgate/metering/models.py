@@ -2,6 +2,8 @@
 
 - ``budgets``: one limit per (``user_id``, ``operation``, ``period``); ``*`` in ``user_id`` or
   ``operation`` means "every user" / "every operation", so ``('*', '*')`` is the global budget.
+  ``on_exhausted`` (migration ``0012``) is what a call that does not fit does: ``refuse`` (402)
+  or ``cheaper`` (served by a cheaper target of its chain, degraded).
 - ``budget_counters``: per budget and period start (UTC), settled ``spent_micro_usd`` and
   ``reserved_micro_usd`` still held by open reservations. Updated only by conditional UPDATEs.
 - ``budget_reservations``: one row per (request, budget): the worst case held, the actual charge,
@@ -11,6 +13,9 @@
   ``estimated``, no usage and the request's worst case (a timeout, a cut or unreadable 200).
   Reconciliation reads these rows, so an attempt is matched against the invoice of the provider
   and model that served it.
+- ``budget_outcomes``: one row per (request, budget, outcome) for a call a budget refused
+  (``refused``, 402) or sent to a cheaper target (``degraded``), written in the ledger
+  transaction that decided it (migration ``0012``); ``opsgate budgets show`` counts them per UTC day.
 - ``cost_reconciliations``: one row per (run, UTC day, model) of an invoice reconciliation.
 
 Money is integer micro-USD; timestamps are timezone-aware UTC.
@@ -39,6 +44,10 @@ SHADOW = "@shadow"
 """``budgets.operation`` of the ``shadow`` scope (with ``user_id`` ``*``): the budget of a variant
 rollout's shadow calls, and theirs only. No operation id starts with ``@``, so no user call
 matches it."""
+REFUSE, CHEAPER = "refuse", "cheaper"
+"""The values of ``budgets.on_exhausted``."""
+REFUSED, DEGRADED = "refused", "degraded"
+"""The values of ``budget_outcomes.outcome``."""
 
 budgets = Table(
     "budgets",
@@ -49,6 +58,7 @@ budgets = Table(
     Column("period", String(8), nullable=False),
     Column("limit_micro_usd", BigInteger, nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("on_exhausted", String(8), nullable=False, server_default=REFUSE),
     UniqueConstraint("user_id", "operation", "period", name="uq_budgets_scope_period"),
 )
 
@@ -76,6 +86,16 @@ budget_reservations = Table(
 )
 Index("ix_budget_reservations_state_expires", budget_reservations.c.state,
       budget_reservations.c.expires_at)
+
+budget_outcomes = Table(
+    "budget_outcomes",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("budget_id", Integer, ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+Index("ix_budget_outcomes_budget_created", budget_outcomes.c.budget_id, budget_outcomes.c.created_at)
 
 ai_operation_attempts = Table(
     "ai_operation_attempts",

@@ -10,8 +10,12 @@ row exists and runs it once more) ::
      WHERE budget_id = :b AND period_start = :p
        AND spent + reserved + :worst <= (SELECT limit FROM budgets WHERE id = :b)
 
-If any update matches no row the whole transaction rolls back and :class:`BudgetExceeded` is
-raised; otherwise one ``budget_reservations`` row per budget is inserted in the same transaction.
+If any update matches no row the holds roll back (a savepoint) and :class:`BudgetExceeded` is
+raised, unless every budget without room is ``cheaper``: then the worst cases of the chain's
+further targets are tried in turn the same way and the first that fits is held (the call is
+degraded). Either way each budget without room gets a ``budget_outcomes`` row (``refused`` or
+``degraded``). Otherwise one ``budget_reservations`` row per budget is inserted in the same
+transaction.
 On PostgreSQL (READ COMMITTED) a concurrent UPDATE waits for the row lock and re-evaluates its
 WHERE clause on the committed row, so two replicas can never both pass the check; on SQLite the
 transaction's first statement is a write, which takes the database write lock (waiting up to the
@@ -45,7 +49,15 @@ from opsgate.clock import Clock
 from opsgate.ledger.writer import holds_write_lock
 from opsgate.metering.budgets import Budget, budgets_for, period_start, shadow_budgets
 from opsgate.metering.errors import BudgetExceeded
-from opsgate.metering.models import budget_counters, budget_reservations, budgets
+from opsgate.metering.models import (
+    CHEAPER,
+    DEGRADED,
+    REFUSED,
+    budget_counters,
+    budget_outcomes,
+    budget_reservations,
+    budgets,
+)
 
 log = logging.getLogger("opsgate.metering")
 
@@ -105,14 +117,22 @@ _APPLY = (  # and whether the counter's spend is now above its budget's limit
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """What :func:`reserve` holds for one call: ``worst_micro_usd`` against each of ``budgets``
-    (empty when no budget applies, in which case nothing was written)."""
+    """What :func:`hold` holds for one call: ``worst_micro_usd`` against each of ``budgets``
+    (empty when no budget applies, in which case nothing was written). ``choice`` is the target
+    the holds are for: 0 for the first target of the call's chain, ``n`` for the ``n``-th cheaper
+    candidate when the budgets had no room for the first one (the call is then degraded)."""
 
     request_id: str
     user_id: str
     operation: str
     worst_micro_usd: int
     budgets: tuple[Budget, ...]
+    choice: int = 0
+
+    @property
+    def degraded(self) -> bool:
+        """True when the call was sent to a cheaper target than its chain's first."""
+        return self.choice > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +154,16 @@ def reserve(
     operation: str,
     worst_micro_usd: int,
     ttl_s: float,
+    cheaper: Sequence[int] = (),
 ) -> Reservation:
-    """:func:`hold` in a transaction of its own."""
+    """:func:`hold` in a transaction of its own (a refusal's ``budget_outcomes`` rows commit too)."""
     with engine.begin() as conn:
-        return hold(conn, clock, request_id=request_id, user_id=user_id, operation=operation,
-                    worst_micro_usd=worst_micro_usd, ttl_s=ttl_s)
+        try:
+            return hold(conn, clock, request_id=request_id, user_id=user_id, operation=operation,
+                        worst_micro_usd=worst_micro_usd, ttl_s=ttl_s, cheaper=cheaper)
+        except BudgetExceeded as exc:
+            refused = exc
+    raise refused
 
 
 def hold(
@@ -151,51 +176,94 @@ def hold(
     worst_micro_usd: int,
     ttl_s: float,
     shadow: bool = False,
+    cheaper: Sequence[int] = (),
+    note: bool = True,
 ) -> Reservation:
-    """Hold ``worst_micro_usd`` against every budget that applies to (``user_id``, ``operation``),
-    inside the caller's transaction ``conn`` (the pipeline uses the ledger intent's transaction);
-    with ``shadow``, against the ``shadow`` scope's budgets instead, and none set is a refusal.
+    """Hold ``worst_micro_usd`` (the first request's worst case at the first target of the call's
+    chain) against every budget that applies to (``user_id``, ``operation``), inside the caller's
+    transaction ``conn`` (the pipeline uses the ledger intent's transaction); with ``shadow``,
+    against the ``shadow`` scope's budgets instead, and none set is a refusal.
 
-    Raises :class:`BudgetExceeded` (402, naming the budget) when any of them would go over its
-    limit; the caller must then roll back (a savepoint suffices). Database errors propagate.
+    When some budgets have no room and every one of them is ``cheaper``, the worst cases of the
+    chain's further targets, ``cheaper`` in chain order, are tried in turn with the same
+    conditional updates, and the first that every budget has room for is held
+    (:attr:`Reservation.choice`); each budget without room for the first target gets a
+    ``degraded`` row in ``budget_outcomes``. Raises :class:`BudgetExceeded` (402, naming a
+    budget) when a ``refuse`` budget has no room for the first target or no candidate fits; each
+    budget without room for the first target then gets a ``refused`` row, written after the
+    holds were undone (savepoints), so the caller keeps them when it commits. Without ``note``
+    (a try that another try follows) no row is written. Database errors propagate.
     """
     _lock(conn)  # before any read: a SQLite read snapshot cannot be upgraded to a write later
     found = tuple(shadow_budgets(conn) if shadow else budgets_for(conn, user_id, operation))
     if shadow and not found:
         raise BudgetExceeded("No shadow budget is set (opsgate budgets set --scope shadow ...): "
                              "shadow calls are refused")
-    reservation = Reservation(request_id, user_id, operation, worst_micro_usd, found)
     if not found:
-        return reservation
+        return Reservation(request_id, user_id, operation, worst_micro_usd, found)
     now = clock.now()
-    with conn.begin_nested():  # a refusal undoes the holds already made
-        _hold_all(conn, found, now, worst_micro_usd)
+    choice, amount = 0, worst_micro_usd
+    lacking = _hold_all(conn, found, now, worst_micro_usd)
+    if lacking:
+        refusing = next((b for b in lacking if b.on_exhausted != CHEAPER), None)
+        chosen = None if refusing else _cheapest_fit(conn, found, now, cheaper)
+        if note:
+            _note(conn, request_id, lacking, REFUSED if chosen is None else DEGRADED, now)
+        if chosen is None:
+            named = refusing or lacking[0]
+            raise BudgetExceeded(
+                f"The {named.period} budget of {named.scope} has no room for this call's "
+                f"worst-case cost of {worst_micro_usd} micro-USD"
+                + ("" if refusing else " (nor at a cheaper target of its chain)")
+            )
+        choice, amount = chosen
     conn.execute(budget_reservations.insert(), [
         {"request_id": request_id, "budget_id": b.id, "period_start": period_start(b.period, now),
-         "worst_micro_usd": worst_micro_usd, "state": OPEN, "created_at": now,
+         "worst_micro_usd": amount, "state": OPEN, "created_at": now,
          "expires_at": now + timedelta(seconds=ttl_s)}
         for b in found
     ])
-    return reservation
+    return Reservation(request_id, user_id, operation, amount, found, choice)
 
 
-def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, worst_micro_usd: int) -> None:
-    for budget in found:
-        start = period_start(budget.period, now)
-        if not _hold(conn, budget.id, start, worst_micro_usd):
-            raise BudgetExceeded(
-                f"The {budget.period} budget of {budget.scope} has no room for this call's "
-                f"worst-case cost of {worst_micro_usd} micro-USD"
-            )
+def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, amount: int) -> list[Budget]:
+    """Hold ``amount`` on every budget of ``found`` (in id order); the budgets without room. When
+    there are any, every hold made here is undone (a savepoint)."""
+    with conn.begin_nested() as savepoint:
+        lacking = [b for b in found if not _hold(conn, b.id, period_start(b.period, now), amount)]
+        if lacking:
+            savepoint.rollback()
+    return lacking
 
 
-def extend(conn: Connection, reservation: Reservation, amount: int) -> None:
+def _cheapest_fit(
+    conn: Connection, found: Sequence[Budget], now: datetime, cheaper: Sequence[int]
+) -> tuple[int, int] | None:
+    """The first of ``cheaper`` (1-based index, amount) that every budget has room for, held;
+    ``None`` when none fits. The conditional updates decide: a candidate a concurrent call took
+    the room of is passed over for the next."""
+    for index, amount in enumerate(cheaper, 1):
+        if not _hold_all(conn, found, now, amount):
+            return index, amount
+    return None
+
+
+def _note(conn: Connection, request_id: str, found: Sequence[Budget], outcome: str, now: datetime) -> None:
+    """One ``budget_outcomes`` row per budget of ``found`` for ``request_id``."""
+    conn.execute(budget_outcomes.insert(), [
+        {"request_id": request_id, "budget_id": b.id, "outcome": outcome, "created_at": now}
+        for b in found
+    ])
+
+
+def extend(conn: Connection, clock: Clock, reservation: Reservation, amount: int) -> None:
     """Hold ``amount`` more micro-USD for ``reservation``'s call on every budget it holds, inside
     the caller's transaction, before a further request of the call leaves.
 
-    Raises :class:`BudgetExceeded` (402, naming the budget) when any of them has no room, or when
-    the reservation is no longer open (it expired); nothing is then held (savepoint). A call
-    that no budget applies to writes nothing.
+    Raises :class:`BudgetExceeded` (402, naming the budget) when any of them has no room (after
+    writing that budget's ``refused`` row in ``budget_outcomes``), or when the reservation is no
+    longer open (it expired); nothing is then held (savepoint). A call that no budget applies to
+    writes nothing.
     """
     if not reservation.budgets or amount <= 0:
         return
@@ -203,14 +271,19 @@ def extend(conn: Connection, reservation: Reservation, amount: int) -> None:
     rows = conn.execute(_ROWS, {"rid": reservation.request_id, "states": [OPEN]}).all()
     if len(rows) != len(reservation.budgets):
         raise BudgetExceeded("This call's budget reservation is no longer open (it expired)")
-    with conn.begin_nested():
-        for row, budget in zip(rows, reservation.budgets, strict=True):
-            if not _hold(conn, row.budget_id, row.period_start, amount):
-                raise BudgetExceeded(
-                    f"The {budget.period} budget of {budget.scope} has no room for this call's "
-                    f"next request (worst case {amount} micro-USD more)"
-                )
-        conn.execute(_GROW, {"rid": reservation.request_id, "amount": amount})
+    with conn.begin_nested() as savepoint:
+        short = next((budget for row, budget in zip(rows, reservation.budgets, strict=True)
+                      if not _hold(conn, row.budget_id, row.period_start, amount)), None)
+        if short is None:
+            conn.execute(_GROW, {"rid": reservation.request_id, "amount": amount})
+        else:
+            savepoint.rollback()
+    if short is not None:
+        _note(conn, reservation.request_id, [short], REFUSED, clock.now())
+        raise BudgetExceeded(
+            f"The {short.period} budget of {short.scope} has no room for this call's "
+            f"next request (worst case {amount} micro-USD more)"
+        )
 
 
 def settle(

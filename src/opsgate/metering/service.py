@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, Engine
 
@@ -38,7 +38,11 @@ from opsgate.metering.reservations import (
     hold,
 )
 from opsgate.metering.tokenlimits import TokenHold
-from opsgate.metering.worstcase import attempt_worst_case_micro_usd, call_worst_case_tokens
+from opsgate.metering.worstcase import (
+    attempt_worst_case_micro_usd,
+    attempt_worst_cases_micro_usd,
+    call_worst_case_tokens,
+)
 from opsgate.providers.base import CompletionRequest
 
 log = logging.getLogger("opsgate.metering")
@@ -91,6 +95,8 @@ class MeteringService:
         *,
         shadow: bool = False,
         input_tokens: int | None = None,
+        cheaper: Sequence[str] = (),
+        note: bool = True,
     ) -> InTransaction[Reservation]:
         """Step 5: the work that reserves the worst case of the call's first request, ``request``
         to ``model`` (a price key), against every applicable budget, to run inside the ledger
@@ -98,20 +104,25 @@ class MeteringService:
         ledgered atomically. Further requests extend it (:meth:`extend_in`). A ``shadow`` call
         reserves against the ``shadow`` budget scope only. ``input_tokens`` is the provider's
         exact count plus its overhead when the byte bound did not fit (see
-        :func:`~opsgate.metering.worstcase.attempt_worst_case_micro_usd`).
+        :func:`~opsgate.metering.worstcase.attempt_worst_case_micro_usd`). ``cheaper`` are the
+        price keys of the chain's further targets, in order (their input at the byte bound):
+        where every budget without room is ``cheaper``, the first of them that fits is reserved
+        instead (``Reservation.choice``). ``note`` records a refusal or a degradation in
+        ``budget_outcomes`` (off for a try that another try follows).
 
         The work returns the :class:`Reservation`; it raises :class:`BudgetExceeded` (402) or, when
         the store fails, :class:`BudgetUnavailable` (503) after an ``enforcement_error`` event is
         published on the caller's event loop. Call from the event loop.
         """
         worst = attempt_worst_case_micro_usd(request, model, self.prices, input_tokens)
+        further = attempt_worst_cases_micro_usd(request, cheaper, self.prices)
         loop = asyncio.get_running_loop()
 
         def reserve(conn: Connection) -> Reservation:
             try:
                 return hold(conn, self.clock, request_id=request_id, user_id=user_id,
                             operation=operation, worst_micro_usd=worst, ttl_s=self.reservation_ttl_s,
-                            shadow=shadow)
+                            shadow=shadow, cheaper=further, note=note)
             except BudgetExceeded:
                 raise
             except Exception as exc:
@@ -131,7 +142,7 @@ class MeteringService:
 
         def grow(conn: Connection) -> None:
             try:
-                extend(conn, reservation, amount_micro_usd)
+                extend(conn, self.clock, reservation, amount_micro_usd)
             except BudgetExceeded:
                 raise
             except Exception as exc:

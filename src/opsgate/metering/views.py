@@ -2,11 +2,14 @@
 
 ``GET /v1/admin/budgets`` ->
 ``{"budgets": [{"id", "user_id", "operation", "period", "scope", "limit_micro_usd",
-"period_start", "spent_micro_usd", "reserved_micro_usd"}]}`` for the current UTC periods.
+"on_exhausted", "period_start", "spent_micro_usd", "reserved_micro_usd", "left_micro_usd",
+"refused_today", "degraded_today"}]}`` for the current UTC periods (the call counts for the
+current UTC day).
 
 ``PUT /v1/admin/budgets`` with ``{"user_id": "*", "operation": "*", "period": "day"|"month",
-"limit_usd": "0.010"}`` (``*`` = any; ``limit_usd`` a decimal string, whole micro-USD) creates or
-changes one budget and answers it in the same shape.
+"limit_usd": "0.010", "on_exhausted": "refuse"|"cheaper"}`` (``*`` = any; ``limit_usd`` a decimal
+string, whole micro-USD; ``on_exhausted`` optional, kept when absent) creates or changes one
+budget and answers it in the same shape.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class BudgetIn(BaseModel):
     operation: str = Field(default=ANY, min_length=1, max_length=64)
     period: str = Field(pattern="^(day|month)$")
     limit_usd: str = Field(max_length=32)
+    on_exhausted: str | None = Field(default=None, pattern="^(refuse|cheaper)$")
 
 
 def status_json(status: BudgetStatus) -> dict[str, Any]:
@@ -38,9 +42,11 @@ def status_json(status: BudgetStatus) -> dict[str, Any]:
     b = status.budget
     return {
         "id": b.id, "user_id": b.user_id, "operation": b.operation, "period": b.period,
-        "scope": b.scope, "limit_micro_usd": b.limit_micro_usd,
+        "scope": b.scope, "limit_micro_usd": b.limit_micro_usd, "on_exhausted": b.on_exhausted,
         "period_start": status.period_start.isoformat(),
         "spent_micro_usd": status.spent_micro_usd, "reserved_micro_usd": status.reserved_micro_usd,
+        "left_micro_usd": status.left_micro_usd, "refused_today": status.refused_today,
+        "degraded_today": status.degraded_today,
     }
 
 
@@ -56,6 +62,7 @@ async def put_budget(_admin: AdminDep, runtime: RuntimeDep,
     budget = await asyncio.to_thread(
         set_budget, runtime.engine, runtime.clock, user_id=body.user_id, operation=body.operation,
         period=body.period, limit_micro_usd=usd_to_micro(body.limit_usd),
+        on_exhausted=body.on_exhausted,
     )
     statuses = await asyncio.to_thread(budget_statuses, runtime.engine, runtime.clock.now())
     return next(status_json(s) for s in statuses if s.budget.id == budget.id)

@@ -23,6 +23,8 @@ repair's note bounded by :data:`REPAIR_NOTE_ALLOWANCE_BYTES`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
 
 from opsgate.metering.cost import worst_case_micro_usd
@@ -55,6 +57,19 @@ def attempt_worst_case_micro_usd(
     :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
     prompt = prompt_token_bound(request) if input_tokens is None else input_tokens
     return worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(model), cache_writes=False)
+
+
+def attempt_worst_cases_micro_usd(
+    request: CompletionRequest, models: Sequence[str], prices: PriceSource
+) -> list[int]:
+    """:func:`attempt_worst_case_micro_usd` of ``request`` at each of ``models`` (in order), the
+    prompt bound computed once (not at all for no model): the candidates a ``cheaper`` budget may
+    send a call to."""
+    if not models:
+        return []
+    prompt = prompt_token_bound(request)
+    return [worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(m), cache_writes=False)
+            for m in models]
 
 
 def call_worst_case_tokens(request: CompletionRequest) -> int:

@@ -41,6 +41,7 @@ ai_operation_log = Table(
     Column("variant", String(48)),  # the variant that served the call (issue 17, migration 0009)
     Column("repaired", Boolean),  # the answer needed the schema repair request
     Column("shadow", Boolean, nullable=False, default=False, server_default=false()),  # migration 0011
+    Column("degraded", Boolean),  # a budget sent the call to a cheaper target (migration 0012)
     Column("status", String(16), nullable=False),
     Column("error_code", String(64)),
     Column("attempts", Integer, nullable=False, default=0),
