@@ -165,6 +165,23 @@ async def test_cancelled_before_the_writer_takes_it_is_not_written(
     assert [decode_body(r[3])["request_id"] for r in ledger_rows(engine)] == ["kept"]
 
 
+async def test_amend_adds_the_work_results_fields_before_the_entry_is_chained(
+    engine: Engine, ledger: Ledger
+) -> None:
+    def amend(choice: int) -> dict[str, object]:
+        return {"degraded": True, "target": "deepseek/deepseek-flash"} if choice else {}
+
+    plain, degraded = await asyncio.gather(
+        ledger.append("intent", {"request_id": "r0"}, work=lambda conn: 0, amend=amend),
+        ledger.append("intent", {"request_id": "r1"}, work=lambda conn: 1, amend=amend),
+    )
+    assert (plain.work_result, degraded.work_result) == (0, 1)
+    bodies = [decode_body(r[3]) for r in ledger_rows(engine)]
+    assert [(b["request_id"], b.get("degraded"), b.get("target")) for b in bodies] == [
+        ("r0", None, None), ("r1", True, "deepseek/deepseek-flash")]
+    assert verify(engine).ok
+
+
 async def test_payload_is_copied_when_appended(engine: Engine, clock: ManualClock) -> None:
     ledger = Ledger(engine, clock)
     payload = {"request_id": "r", "policy": ["anthropic/claude-sonnet-4-5"]}
