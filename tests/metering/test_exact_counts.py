@@ -186,3 +186,43 @@ def test_the_count_request_carries_the_minimised_request_really_sent(tmp_path: P
     assert counted["body"] == {k: v for k, v in sent["body"].items() if k not in ("max_tokens", "temperature")}
     assert set(counted["body"]) >= {"model", "system", "messages", "tools", "tool_choice"}
     assert not [c for c in CANARIES if c in recorder.texts()]
+
+
+def _cheaper(gateway: Gateway, limit: int) -> None:
+    set_budget(gateway.runtime.engine, SystemClock(), user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=limit, on_exhausted="cheaper")
+
+
+def test_a_cheaper_budget_tries_the_exact_count_before_degrading(tmp_path: Path) -> None:
+    with _gateway(tmp_path, "anthropic") as gateway:
+        learned = _learn(gateway, "anthropic")
+        _cheaper(gateway, _squeeze(gateway, learned))
+
+        replies = [gateway.post(OP, BODY).json()]
+        while not replies[-1]["degraded"] and len(replies) < 50:
+            replies.append(gateway.post(OP, BODY).json())
+
+        *claude, degraded = replies
+        assert claude and {(r["degraded"], r["provider"]) for r in claude} == {(False, "anthropic")}
+        assert (degraded["degraded"], degraded["provider"]) == (True, "deepseek")
+        assert {_held(gateway, r["request_id"]) for r in claude} == {learned.exact_worst}
+        assert gateway.sandbox.stats()["counts"]["anthropic"] == len(replies)
+        [status] = budget_statuses(gateway.runtime.engine, SystemClock().now())
+        # the byte bound's refusals that the exact counts overturned are not counted
+        assert (status.degraded_today, status.refused_today) == (1, 0)
+        assert status.reserved_micro_usd == 0 and status.spent_micro_usd <= status.budget.limit_micro_usd
+
+
+def test_a_cheaper_budget_degrades_a_call_whose_count_failed(tmp_path: Path) -> None:
+    with _gateway(tmp_path, "anthropic", token_count_timeout_s=0.5) as gateway:
+        learned = _learn(gateway, "anthropic")
+        _cheaper(gateway, _squeeze(gateway, learned))
+        gateway.sandbox.set_faults("count:anthropic:500")
+
+        reply = gateway.post(OP, BODY)
+
+        assert reply.status_code == 200, reply.text
+        assert (reply.json()["degraded"], reply.json()["provider"]) == (True, "deepseek")
+        assert gateway.sandbox.stats()["providers"]["anthropic"]["requests"] == 1  # the first call only
+        [status] = budget_statuses(gateway.runtime.engine, SystemClock().now())
+        assert (status.degraded_today, status.refused_today) == (1, 0)

@@ -29,7 +29,7 @@ def run(*args: str) -> tuple[int, str]:
 
 def test_a_shadow_budget_is_set_and_shown_as_the_shadow_scope() -> None:
     assert run("budgets", "set", "--scope", "shadow", "--period", "day", "--limit-usd", "2.50") == (
-        0, "shadow day budget: $2.500000\n")
+        0, "shadow day budget: $2.500000, on exhausted: refuse\n")
     code, output = run("budgets", "show")
     assert code == 0
     [row] = [line for line in output.splitlines() if "shadow" in line]
