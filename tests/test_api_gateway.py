@@ -8,8 +8,11 @@ import json
 
 import orjson
 import pytest
+from fastapi.routing import APIRoute
 from sqlalchemy import select, text
+from starlette.routing import Route
 
+from opsgate.app import create_app
 from opsgate.ledger.verify import verify
 from opsgate.operations import OPERATIONS
 from opsgate.operations.io import input_from_file
@@ -241,6 +244,15 @@ def test_probes_and_openapi(gateway):
         post = spec["paths"][f"/v1/operations/{op_id}"]["post"]
         assert "requestBody" in post
     assert gateway.client.get("/docs").status_code == 200
+
+
+def test_operation_calls_skip_fastapis_request_handler():
+    # the first route of each operation path is a plain Starlette route (no dependency solving
+    # per call); the APIRoute after it only documents the operation (test_probes_and_openapi)
+    routes = create_app().router.routes
+    for op_id in OPERATIONS:
+        served = [r for r in routes if getattr(r, "path", None) == f"/v1/operations/{op_id}"]
+        assert [type(r) for r in served] == [Route, APIRoute]
 
 
 def test_ledger_verifies_after_mixed_traffic(gateway):
