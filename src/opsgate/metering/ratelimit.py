@@ -93,7 +93,10 @@ class RateLimiter:
             return
         try:
             requests = self._request_items(user_id, operation)
-            for item, ids in requests:  # check every limit before counting in any of them
+            # Check every limit before counting in any of them. A hit checks and counts in one
+            # storage operation, so the first limit's hit is its check: a request it refuses is
+            # counted nowhere yet (3 storage operations per call instead of 4, issue 21).
+            for item, ids in requests[1:]:
                 if not await self._strategy.test(item, *ids):
                     raise await self._refusal(item, ids)
             for item, ids in requests:
