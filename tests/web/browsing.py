@@ -21,8 +21,8 @@ USERS = {"ada": "admin", "oscar": "operator", "ursula": "user"}
 @dataclass
 class Dashboard:
     """The running server: ``base_url``, its ``runtime``, the users' ``passwords``, the stored
-    ``reconciliation``, an httpx ``client`` for the API, the anchor directory and the rehearsal's
-    ``report``."""
+    ``reconciliation``, an httpx ``client`` for the API, the anchor directory, the rehearsal's
+    ``report`` and the answers of the ``degraded`` calls made after it."""
 
     base_url: str
     runtime: Runtime
@@ -31,6 +31,7 @@ class Dashboard:
     client: httpx.Client
     anchor_dir: Path
     report: dict[str, Any]
+    degraded: list[dict[str, Any]] = field(default_factory=list)
 
     def token(self, user: str) -> str:
         """An access token for ``user`` issued on the server's own clock."""

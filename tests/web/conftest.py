@@ -4,7 +4,9 @@
 spike, automatic rollback, incident) fills a SQLite file; then ``opsgate serve`` (sandboxes on,
 plain-HTTP cookies) runs on it with a :class:`ManualClock` stopped at the rehearsal's end, checkpoints
 every 100 entries into an anchor directory, with three users (admin, operator, user), a daily
-budget, an invoice reconciliation and a ledger verification on record.
+budget, an invoice reconciliation and a ledger verification on record; then the user makes three
+``email-classify`` calls under a ``cheaper`` budget of her own that Claude never fits: two are
+served degraded (by DeepSeek), the third, after her limit is lowered, is refused.
 
 ``browser``: Debian's ``/usr/bin/chromium`` through Playwright; a missing binary is a failure, not
 a skip (CI installs it with ``apt-get install -y chromium``). The helpers the tests drive it
@@ -26,7 +28,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import select
-from tests.gateways import running_gateway
+from tests.gateways import Gateway, running_gateway
+from tests.paths import EXAMPLES
 from tests.web.browsing import USERS, Dashboard
 
 from opsgate.clock import ManualClock
@@ -75,6 +78,35 @@ def _prepare(runtime: Runtime, clock: ManualClock) -> tuple[dict[str, str], Reco
     return passwords, run
 
 
+def _degrade(gateway: Gateway, clock: ManualClock) -> list[dict[str, Any]]:
+    """Three calls by ursula under her cheaper daily budget of $0.002 (DeepSeek's worst case for
+    this input is ~$0.00075, Claude's ~$0.027): two served degraded, then with the limit lowered to
+    what she spent plus $0.0001 a third refused. Returns the two answers."""
+    runtime = gateway.runtime
+    engine, token = runtime.engine, runtime.tokens.issue("ursula", "user")
+    admin = {"Authorization": f"Bearer {runtime.tokens.issue('ada', 'admin')}"}
+    toggle = "/v1/admin/toggles/email-classify"
+    before = gateway.client.get(toggle, headers=admin).json()
+    fields = ("enabled", "rollout_percentage", "opt_in_required", "kill_switch")
+    opened = gateway.client.put(toggle, headers=admin, json={
+        "enabled": True, "rollout_percentage": 100, "opt_in_required": False, "kill_switch": False,
+        "reason": "dashboard tests: ursula's degraded calls"})  # the rehearsal rolled it back
+    assert opened.status_code == 200, opened.text
+    body = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
+    set_budget(engine, clock, user_id="ursula", operation="*", period="day", limit_micro_usd=2_000,
+               on_exhausted="cheaper")
+    served = [gateway.post("email-classify", body, token=token) for _ in range(2)]
+    assert [r.status_code for r in served] == [200, 200], served[0].text
+    spent = sum(r.json()["cost_micro_usd"] for r in served)
+    set_budget(engine, clock, user_id="ursula", operation="*", period="day", limit_micro_usd=spent + 100)
+    refused = gateway.post("email-classify", body, token=token)
+    assert refused.status_code == 402, refused.text
+    restored = gateway.client.put(toggle, headers=admin, json={
+        **{f: before[f] for f in fields}, "reason": "dashboard tests: as the rehearsal left it"})
+    assert restored.status_code == 200, restored.text
+    return [r.json() for r in served]
+
+
 @pytest.fixture(scope="package")
 def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     tmp = tmp_path_factory.mktemp("dashboard")
@@ -92,8 +124,9 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     clock = ManualClock(START + timedelta(hours=REHEARSAL_HOURS))
     with running_gateway(settings, clock, timeout_s=30) as gateway:
         passwords, run = _prepare(gateway.runtime, clock)
+        degraded = _degrade(gateway, clock)
         yield Dashboard(gateway.base_url, gateway.runtime, passwords, run, gateway.client,
-                        tmp / "anchors", report)
+                        tmp / "anchors", report, degraded)
 
 
 @pytest.fixture(scope="package")

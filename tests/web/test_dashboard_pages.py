@@ -60,8 +60,10 @@ def test_overview_equals_the_api(operator: tuple[Page, Console], dashboard: Dash
     # GET /v1/admin/budgets's own function (its router is not mounted in the app yet)
     runtime = dashboard.runtime
     budgets = [status_json(s) for s in budget_statuses(runtime.engine, runtime.clock.now())]
-    assert len(budgets) == 2
-    assert text(page, "#spend-today") == usd(dashboard.report["rehearsal"]["operation_log"]["cost_micro_usd"])  # one UTC day
+    assert len(budgets) == 3  # global day and month, ursula's day
+    degraded = sum(c["cost_micro_usd"] for c in dashboard.degraded)  # made after the rehearsal
+    assert text(page, "#spend-today") == usd(dashboard.report["rehearsal"]["operation_log"]["cost_micro_usd"]
+                                             + degraded)  # one UTC day
     shown = page.locator("#budgets tbody tr").all_inner_texts()
     assert [row.split("\t")[2] for row in shown] == [usd(b["spent_micro_usd"]) for b in budgets]
     incidents = dashboard.api("/v1/incidents", params={"state": "open"})["incidents"]
@@ -132,6 +134,31 @@ def test_costs_equal_the_metered_log_and_the_reconciliation(operator: tuple[Page
     shown = page.locator("#cost-by_provider tr[data-key=anthropic] .cost").inner_text()
     assert shown == usd(tracked)
     assert page.locator("#chart-cost-days canvas").count() == 1
+    assert console.errors == []
+
+
+def test_costs_show_each_budget_and_the_degraded_calls(operator: tuple[Page, Console],
+                                                       dashboard: Dashboard) -> None:
+    page, console = operator
+    open_page(page, "/dashboard/costs", "costs-budgets")
+    statuses = {f"{s.budget.scope}/{s.budget.period}": s
+                for s in budget_statuses(dashboard.runtime.engine, dashboard.runtime.clock.now())}
+    assert set(statuses) == {"global/day", "global/month", "user:ursula/day"}
+    for key, s in statuses.items():
+        row = page.locator(f"#cost-budgets tr[data-key='{key}']")
+        assert [row.locator(f".{c}").inner_text() for c in ("spent", "reserved", "left", "refused", "degraded")] == [
+            usd(s.spent_micro_usd), usd(s.reserved_micro_usd), usd(s.left_micro_usd),
+            str(s.refused_today), str(s.degraded_today)]
+    ursula = statuses["user:ursula/day"]
+    assert (ursula.budget.on_exhausted, ursula.degraded_today, ursula.refused_today) == ("cheaper", 2, 1)
+    assert ursula.left_micro_usd == 100 and ursula.spent_micro_usd == sum(c["cost_micro_usd"] for c in dashboard.degraded)
+    assert "cheaper" in page.locator("#cost-budgets tr[data-key='user:ursula/day']").inner_text()
+    assert text(page, "#degraded-count") == "2"
+    rows = page.locator("#degraded-calls tbody tr")
+    assert rows.count() == 2
+    shown = {rows.nth(i).get_attribute("data-key"): rows.nth(i).locator(".served").inner_text() for i in range(2)}
+    assert shown == {c["request_id"]: f"{c['provider']}/{c['model']}" for c in dashboard.degraded}
+    assert {c["provider"] for c in dashboard.degraded} == {"deepseek"}
     assert console.errors == []
 
 

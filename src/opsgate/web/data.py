@@ -44,6 +44,7 @@ router = APIRouter(prefix="/data")
 MAX_WINDOW_S = 31 * 86400
 SERIES_BUCKETS = 48
 COST_DAYS = 14
+DEGRADED_SHOWN = 20
 Doc = dict[str, Any]
 
 
@@ -117,8 +118,10 @@ def providers(runtime: Runtime, window_s: int) -> Doc:
 
 def costs(runtime: Runtime) -> Doc:
     """The last :data:`COST_DAYS` UTC days of spend (:func:`opsgate.web.queries.costs`), the
-    latest reconciliation per provider with its discrepancy (%, Decimal string) and
-    ``costAccuracy`` as ``GET /v1/health`` reports it."""
+    latest reconciliation per provider with its discrepancy (%, Decimal string),
+    ``costAccuracy`` as ``GET /v1/health`` reports it, every budget as ``GET /v1/admin/budgets``
+    (spent, reserved, left, refused and degraded today) and the window's ``degraded`` calls
+    (:func:`opsgate.web.queries.degraded_calls`, the newest :data:`DEGRADED_SHOWN`)."""
     now = runtime.clock.now()
     since = period_start("day", now) - timedelta(days=COST_DAYS - 1)
     doc = queries.costs(runtime.engine, since)
@@ -129,7 +132,9 @@ def costs(runtime: Runtime) -> Doc:
         run["discrepancy_pct"] = str(off[run["provider"]].quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP))
     health = compute_health(runtime.engine, now, runtime.settings.health_window_s)
     return {**doc, "days": COST_DAYS, "since": since.isoformat(), "reconciliations": runs,
-            "costAccuracy": health.costAccuracy}
+            "costAccuracy": health.costAccuracy,
+            "budgets": [status_json(s) for s in budget_statuses(runtime.engine, now)],
+            "degraded": queries.degraded_calls(runtime.engine, since, DEGRADED_SHOWN)}
 
 
 def adoption(runtime: Runtime) -> Doc:

@@ -6,6 +6,7 @@ engine, blocking; call them through ``asyncio.to_thread``).
   :func:`~opsgate.monitoring.health.pct` as ``GET /v1/health``, so the window's totals equal it;
 - :func:`costs`: metered spend (integer micro-USD) by UTC day, operation, provider and model, and
   spend since a moment (today's spend for the overview);
+- :func:`degraded_calls`: the calls a ``cheaper`` budget sent to a cheaper target;
 - :func:`reconciliation_runs`: each provider's latest invoice reconciliation, row by row;
 - :func:`ledger_status`: last verification, last checkpoint, anchors, unanchored entries and the
   newest entries' envelope (``seq``, ``ts``, ``kind``, ``actor``; never the payload).
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, false, func, select
+from sqlalchemy import Engine, false, func, select, true
 
 from opsgate.ledger.models import ledger_anchor_records, ledger_anchor_state, ledger_checkpoints
 from opsgate.ledger.service import log_size
@@ -113,6 +114,25 @@ def costs(engine: Engine, since: datetime) -> dict[str, Any]:
     for group, found in groups.items():
         doc[group] = [{"key": k, "cost_micro_usd": v[0], "requests": v[1]} for k, v in sorted(found.items())]
     return doc
+
+
+def degraded_calls(engine: Engine, since: datetime, limit: int) -> dict[str, Any]:
+    """The calls logged at or after ``since`` that a ``cheaper`` budget sent past their chain's
+    first target (``ai_operation_log.degraded``): ``{"count", "cost_micro_usd", "calls": [{"at",
+    "request_id", "user_id", "operation", "provider", "model", "status", "cost_micro_usd"}]}``,
+    the newest ``limit`` calls first."""
+    log = ai_operation_log.c
+    degraded = (log.created_at >= since) & log.degraded.is_(true())
+    with engine.connect() as conn:
+        count, cost = conn.execute(select(func.count(), func.coalesce(func.sum(log.cost_micro_usd), 0))
+                                   .where(degraded)).one()
+        rows = conn.execute(select(log.created_at, log.request_id, log.user_id, log.operation, log.provider,
+                                   log.model, log.status, log.cost_micro_usd)
+                            .where(degraded).order_by(log.created_at.desc(), log.id.desc()).limit(limit)).all()
+    calls = [{"at": _iso(r.created_at), "request_id": r.request_id, "user_id": r.user_id,
+              "operation": r.operation, "provider": r.provider, "model": r.model, "status": r.status,
+              "cost_micro_usd": r.cost_micro_usd} for r in rows]
+    return {"count": count, "cost_micro_usd": int(cost), "calls": calls}
 
 
 def reconciliation_runs(engine: Engine) -> list[dict[str, Any]]:
