@@ -125,9 +125,19 @@ def test_admin_api_sets_and_lists_budgets(tmp_path: Path) -> None:
                          json={"user_id": "alice", "period": "day", "limit_usd": "0.010"})
         assert put.status_code == 200, put.text
         assert (put.json()["scope"], put.json()["limit_micro_usd"]) == ("user:alice", 10_000)
+        assert put.json()["on_exhausted"] == "refuse"
+        cheaper = client.put("/v1/admin/budgets", headers=admin, json={
+            "user_id": "alice", "period": "day", "limit_usd": "0.020", "on_exhausted": "cheaper"})
+        assert cheaper.status_code == 200 and cheaper.json()["on_exhausted"] == "cheaper"
+        kept = client.put("/v1/admin/budgets", headers=admin,
+                          json={"user_id": "alice", "period": "day", "limit_usd": "0.010"})
+        assert kept.json()["on_exhausted"] == "cheaper"  # unchanged when not given
         listed = client.get("/v1/admin/budgets", headers=admin).json()["budgets"]
-        assert [(b["scope"], b["spent_micro_usd"], b["reserved_micro_usd"]) for b in listed] == [
-            ("user:alice", 0, 0)]
+        assert [(b["scope"], b["spent_micro_usd"], b["reserved_micro_usd"], b["left_micro_usd"],
+                 b["refused_today"], b["degraded_today"]) for b in listed] == [("user:alice", 0, 0, 10_000, 0, 0)]
+        unknown = client.put("/v1/admin/budgets", headers=admin, json={
+            "user_id": "alice", "period": "day", "limit_usd": "0.010", "on_exhausted": "cheapest"})
+        assert unknown.status_code == 422 and unknown.json()["code"] == "invalid_input"
         denied = client.get("/v1/admin/budgets", headers=user)
         assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
         bad = client.put("/v1/admin/budgets", headers=admin,
