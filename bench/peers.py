@@ -25,6 +25,9 @@ move with whatever else runs on the machine; the ratios are measured side by sid
     ./dev bench peers [--requests 2000] [--operation email-compose] [--synchronous NORMAL]
                       [--database-url postgresql+psycopg://...] [--workers 2]
 
+``--workers`` above 1 needs ``OPSGATE_REDIS_URL`` (the rate limits are shared through Redis); give
+``--database-url`` a fresh database.
+
 Never run by CI or by a test (a unit test covers :func:`ratio_line` and :func:`upstream_answer`).
 """
 
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -109,6 +113,16 @@ def ratio_line(cells: dict[tuple[int, str], dict[str, float]]) -> str:
     return f"governed/portkey: throughput_c32={throughput:.2f} added_p50_c1={added:.2f}"
 
 
+def workers_refusal(workers: int, environ: Mapping[str, str]) -> str | None:
+    """Why the governed gateway could not start with ``workers`` processes, or ``None``: its rate
+    limits are shared through Redis (``opsgate serve --workers N`` refuses them without), so
+    ``OPSGATE_REDIS_URL`` must be set -- said at once instead of after the 240 s start-up wait."""
+    if workers > 1 and not environ.get("OPSGATE_REDIS_URL"):
+        return (f"--workers {workers}: the governed gateway's rate limits need Redis; set "
+                "OPSGATE_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
+    return None
+
+
 def install_portkey() -> Path:
     """``@portkey-ai/gateway@PORTKEY_VERSION`` under :data:`PORTKEY_DIR` (npm, once); returns its
     ``build/start-server.js``. SystemExit when node or npm is missing or the install fails."""
@@ -144,6 +158,8 @@ def main() -> None:
                         help="the governed gateway's database (default: a fresh SQLite file); "
                              "the ungoverned one always gets a fresh SQLite file")
     args = parser.parse_args()
+    if (refusal := workers_refusal(args.workers, os.environ)) is not None:
+        raise SystemExit(refusal)
 
     op = get_operation(args.operation)
     payload = input_from_file(op.id, next((REPO / "examples").glob(f"{op.id}.*")), None)

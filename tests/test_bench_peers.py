@@ -70,3 +70,9 @@ async def test_the_upstream_answer_is_a_valid_answer_for_the_operation(
     assert completion.usage.output_tokens == count_tokens(completion.text)
     output = op.finish(prepared, op.ModelOutput.model_validate(completion.data))  # what govern does
     assert isinstance(output, op.Output)
+
+
+def test_several_workers_need_redis_for_the_governed_rate_limits(peers: ModuleType) -> None:
+    assert "OPSGATE_REDIS_URL" in peers.workers_refusal(2, {})
+    assert peers.workers_refusal(2, {"OPSGATE_REDIS_URL": "redis://127.0.0.1:6379/0"}) is None
+    assert peers.workers_refusal(1, {}) is None
