@@ -49,12 +49,14 @@ def test_good_model_is_promoted_through_every_stage_and_becomes_live() -> None:
 
 
 def test_the_same_seed_gives_the_same_decisions_latency_numbers_included() -> None:
-    first = run("good-model")["rehearsal"]
-    again = asyncio.run(rehearse(RehearsalConfig(hours=12, users=10_000, scenario="good-model", seed=0,
+    """bad-model's repaired calls take two latency draws: only a fixed arrival order gives every
+    call the same repair and the same draws, and so the canary the same p99, in every run."""
+    first = run("bad-model")["rehearsal"]
+    again = asyncio.run(rehearse(RehearsalConfig(hours=12, users=10_000, scenario="bad-model", seed=0,
                                                  calls_per_minute=8)))["rehearsal"]
     assert [(d["hours"], d["action"], d["reason"], d["numbers"]) for d in again["timeline"]] == [
         (d["hours"], d["action"], d["reason"], d["numbers"]) for d in first["timeline"]]
     assert again == first
-    promote = first["timeline"][0]["numbers"]  # on the rehearsal clock: DeepSeek vs Anthropic medians
-    assert 0 < promote["canary_p99_latency_us"] < promote["control_p99_latency_us"] < 2_000_000
+    rollback = first["timeline"][0]["numbers"]  # on the rehearsal clock: DeepSeek (some calls repaired) vs Anthropic
+    assert 0 < rollback["canary_p99_latency_us"] < 2 * rollback["control_p99_latency_us"]
     assert first["operation_log"]["simulated_p99_latency_ms"] > first["operation_log"]["simulated_avg_latency_ms"] > 0

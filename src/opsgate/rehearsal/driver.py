@@ -4,14 +4,19 @@ real HTTP (aiohttp), the monitoring worker's jobs and the canary controller on t
 Order of one evaluation window (5/10/15 simulated minutes by phase): read the toggles over the admin
 API; split the window's calls into chunks spread over it; per chunk advance the clock, switch the
 scenario's faults, let first-time users opt in or out (``PUT /v1/me/settings``), send the calls (the
-first alone, so a half-open breaker's trial is not raced, then up to ``concurrency`` at once); at the
+first alone, so a half-open breaker's trial is not raced, then up to ``concurrency`` at once; by
+default one after another, see below); at the
 window's end run the worker's jobs (signals -> incidents, alert rules, escalations, the outbox to
 the loopback receivers) and ``RolloutService.evaluate_all`` with the open P1 count, exactly as
 ``opsgate worker`` does. The clock only moves while no request is in flight, so every row of
 ``ai_operation_log`` gets a reproducible time. The sandboxes answer at once with a seeded simulated
 latency (:mod:`opsgate.sandbox.latency`, seed = the run's) that each request spends on the clock, so
 the latencies the gateway records and the controller compares are the same in every run of a seed,
-however loaded the machine is.
+however loaded the machine is. The sandboxes decide faults and latencies by each provider's arrival
+count, so calls sent concurrently would swap them between runs: which call gets the ``schema``
+fault's repair request (a second exchange, a second latency draw) and which draws add up in one
+call would change, and with them a cohort's p99. Hence ``concurrency`` 1 by default: every call of
+a seed gets the same faults and latency in every run.
 
 A variant scenario (:class:`~opsgate.rehearsal.scenarios.Candidate`) configures the candidate
 variant (route, price, prompt version in the run's ``prompts_dir``), starts a variant rollout of
@@ -66,7 +71,8 @@ class RehearsalConfig:
     """One run: simulated ``hours``, population ``users``, scenario name, ``seed``; an optional
     ``database_url`` (default: a SQLite file in a temporary directory); example inputs in
     ``examples`` (one ``<operation>.<ext>`` file each); ``calls_per_minute`` sampled calls per
-    simulated minute at 100 %; ``concurrency`` requests in flight at most."""
+    simulated minute at 100 %; ``concurrency`` requests in flight at most (above 1 a run is
+    faster but the per-call faults and latencies, and so the p99 numbers, vary between runs)."""
 
     hours: float = 48
     users: int = 10_000
@@ -75,7 +81,7 @@ class RehearsalConfig:
     database_url: str | None = None
     examples: Path = DEFAULT_EXAMPLES
     calls_per_minute: float = 4.0
-    concurrency: int = 16
+    concurrency: int = 1
 
 
 @dataclass
