@@ -151,8 +151,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per cell (after a warm-up)")
     parser.add_argument("--operation", default="email-compose")
-    parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
-                        help="SQLite synchronous mode of both gateways' ledger commits")
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"],
+                        default=os.environ.get("OPSGATE_LEDGER_SYNCHRONOUS", "FULL").upper(),
+                        help="SQLite synchronous mode of both gateways' ledger commits "
+                             "(default: $OPSGATE_LEDGER_SYNCHRONOUS, else FULL)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of the governed gateway")
     parser.add_argument("--database-url",
                         help="the governed gateway's database (default: a fresh SQLite file); "
