@@ -307,8 +307,11 @@ class Gateway:
         """After the user's answer is produced: when a variant rollout's shadow stage samples
         this call (:meth:`ToggleSnapshot.shadow_variant`), start :meth:`govern_shadow` as a
         background task the gateway tracks (:meth:`drain_shadows`). The caller does not wait.
-        Nothing is shadowed without metering (no budget could govern it) or when the candidate is
-        no longer configured."""
+        Nothing is shadowed without metering (no budget could govern it), when the candidate is
+        no longer configured, or when ``live`` was degraded (its answer and cost come from a
+        cheaper target, not the live variant's route, so comparing would mislead)."""
+        if live.degraded:
+            return
         name = None if self._toggles is None else self._toggles.shadow_variant(op.id, call.request_id)
         variant = None if name is None or self.metering is None else self.variants.serving(op.id, name)
         if variant is None or variant.name != name:

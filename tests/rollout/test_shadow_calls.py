@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +259,26 @@ async def test_calls_after_the_shadow_stage_are_not_shadowed(shadowed: Shadowed)
         await shadowed.call(user=f"user-{i}")
     await shadowed.governed.gateway.drain_shadows()
     assert shadowed.shadow_rows() == []
+
+
+async def test_a_degraded_live_call_is_not_shadowed(shadowed: Shadowed) -> None:
+    _budget(shadowed, 10**9)
+    shadowed.candidate.release.set()
+    gateway = shadowed.governed.gateway
+    served_id, _ = await shadowed.call()
+    await gateway.drain_shadows()
+    live = shadowed.governed.call(OP, CLASSIFY, user="bob")
+    principal = gateway.authenticate(live)
+    outcome = await gateway.govern(live)
+    await gateway.drain_shadows()
+    degraded = shadowed.governed.call(OP, CLASSIFY, user="carol")
+    # the live answer came from a cheaper target of the chain (a ``cheaper`` budget degraded it)
+    gateway.shadow(degraded, principal, gateway.authorize(principal, OP),
+                   replace(outcome, request_id=degraded.request_id, degraded=True))
+    await gateway.drain_shadows()
+    assert sorted(r["live_request_id"] for r in shadowed.shadow_rows()) == sorted([served_id, live.request_id])
+    report = shadowed.rollout.shadow(shadowed.rollout.list_rollouts()[0])
+    assert report is not None and report.calls == 2
 
 
 async def test_a_candidate_no_longer_configured_is_not_shadowed(shadowed: Shadowed) -> None:

@@ -18,7 +18,7 @@ from opsgate.config import Settings, VariantConfig
 from opsgate.ledger.writer import Ledger
 from opsgate.operations import prompt_catalogue
 from opsgate.rollout.controller import Action, Plan, Stage, State
-from opsgate.rollout.metrics import metrics_by_variant
+from opsgate.rollout.metrics import metrics_by_variant, metrics_from_log
 from opsgate.rollout.service import RolloutEvent, RolloutService, variant_group
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import build_book
@@ -54,12 +54,14 @@ def service(engine: Engine, tmp_path: Path) -> Iterator[RolloutService]:
 
 
 def log_variant_calls(svc: RolloutService, variant: str, ok: int, failed: int, latency_ms: float = 300.0,
-                      cost: int = 150, repaired: int = 0, code: str = "invalid_model_output") -> None:
+                      cost: int = 150, repaired: int = 0, code: str = "invalid_model_output",
+                      degraded: bool = False) -> None:
     rows = [{"request_id": uuid.uuid4().hex, "user_id": f"u{i}", "operation": OP, "variant": variant,
              "repaired": i < repaired, "status": "ok" if i < ok else "error",
              "error_code": None if i < ok else code, "attempts": 1, "latency_ms": latency_ms,
              "input_tokens": 10, "output_tokens": 5, "cache_write_tokens": 0, "cache_read_tokens": 0,
-             "reasoning_tokens": 0, "cost_micro_usd": cost, "created_at": svc.clock.now()}
+             "reasoning_tokens": 0, "cost_micro_usd": cost, "created_at": svc.clock.now(),
+             "degraded": degraded}
             for i in range(ok + failed)]
     with svc.engine.begin() as conn:
         conn.execute(insert(ai_operation_log), rows)
@@ -130,6 +132,26 @@ def test_metrics_by_variant_split_one_operations_calls(service: RolloutService) 
         100, 1, 900.0, 8, 1)
     assert (control.requests, control.errors, control.p99_latency_ms, control.repaired, control.refused) == (
         50, 0, 100.0, 1, 0)
+
+
+def test_degraded_calls_are_in_neither_cohort(service: RolloutService) -> None:
+    since = service.clock.now()
+    until = since + timedelta(seconds=1)
+    log_variant_calls(service, "cand", 10, 0, latency_ms=200.0, cost=100)
+    log_variant_calls(service, "default", 10, 0, latency_ms=300.0, cost=900)
+    before = metrics_by_variant(service.engine, OP, "cand", since, until)
+    before_toggle = metrics_from_log(service.engine, [OP], since, until)
+    # a cheaper budget sent these past the chain's first target: cheap, slow and failing
+    log_variant_calls(service, "cand", 1, 2, latency_ms=9_000.0, cost=1, degraded=True)
+    log_variant_calls(service, "default", 1, 2, latency_ms=9_000.0, cost=1, degraded=True)
+    canary, control = metrics_by_variant(service.engine, OP, "cand", since, until)
+    assert (canary, control) == before
+    assert (canary.requests, canary.errors, canary.p99_latency_ms, canary.cost_per_request_micro_usd) == (
+        10, 0, 200.0, 100)
+    assert (control.requests, control.errors, control.p99_latency_ms, control.cost_per_request_micro_usd) == (
+        10, 0, 300.0, 900)
+    assert metrics_from_log(service.engine, [OP], since, until) == before_toggle
+    assert metrics_from_log(service.engine, [OP], since, until)[0].requests == 20
 
 
 def test_a_candidate_costing_3x_the_live_variant_is_rolled_back_on_its_metrics(service: RolloutService) -> None:

@@ -4,8 +4,9 @@ Canary: rows of the rollout's ``operations`` in the window whose ``(operation, u
 ``in_canary`` (default: every row; while the toggle gates the operation, everyone who reached it was
 in the canary). Control: every other row in the same window (the rest of the traffic through the same
 providers), which is what tells a provider outage from a bad release. An error is a row whose
-``status`` is not ``ok``. Shadow calls (``shadow``: a candidate's answer nobody received) are in
-neither cohort. p99 is exact, by nearest rank over the sorted latencies (sorted in Python).
+``status`` is not ``ok``. Shadow calls (``shadow``: a candidate's answer nobody received) and
+degraded calls (``degraded``: a ``cheaper`` budget sent them past their chain's first target, so
+neither the canary's nor the control's route served them) are in neither cohort. p99 is exact, by nearest rank over the sorted latencies (sorted in Python).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import replace
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import Engine, false, select
+from sqlalchemy import ColumnElement, Engine, false, select, true
 
 from opsgate.rollout.controller import CohortMetrics
 from opsgate.store.models import ai_operation_log
@@ -25,6 +26,13 @@ REFUSED = "content_filtered"
 
 CanaryRule = Callable[[str, str], bool]
 """``(operation, user_id) -> bool``: is this call part of the canary cohort?"""
+
+
+def _served_by_route() -> ColumnElement[bool]:
+    """Rows that count in a cohort: neither shadow nor degraded (``degraded`` is NULL on rows
+    written before migration 0012)."""
+    log = ai_operation_log.c
+    return log.shadow.is_(false()) & log.degraded.is_not(true())
 
 
 def metrics_from_log(
@@ -38,7 +46,7 @@ def metrics_from_log(
     ops = frozenset(operations)
     log = ai_operation_log.c
     query = select(log.operation, log.user_id, log.status, log.latency_ms, log.cost_micro_usd).where(
-        log.created_at >= since, log.created_at <= until, log.shadow.is_(false())
+        log.created_at >= since, log.created_at <= until, _served_by_route()
     )
     canary: list[tuple[bool, float, int]] = []
     control: list[tuple[bool, float, int]] = []
@@ -60,7 +68,7 @@ def metrics_by_variant(
     log = ai_operation_log.c
     query = select(log.variant, log.status, log.error_code, log.latency_ms, log.cost_micro_usd,
                    log.repaired).where(log.operation == operation, log.created_at >= since, log.created_at <= until,
-                         log.shadow.is_(false()))
+                         _served_by_route())
     canary: list[tuple[bool, float, int]] = []
     control: list[tuple[bool, float, int]] = []
     counts = {True: [0, 0], False: [0, 0]}  # in canary -> [repaired, refused]
