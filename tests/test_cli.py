@@ -125,3 +125,17 @@ def test_budgets_set_cheaper_serves_a_run_degraded_and_show_counts_it(env, monke
     bad = runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "1",
                               "--on-exhausted", "cheapest"])
     assert bad.exit_code == 2 and "on_exhausted must be one of refuse, cheaper" in bad.output
+
+
+@pytest.mark.parametrize("command", [["variants", "list"], ["config", "check"], ["budgets", "show"], ["serve"]])
+def test_a_malformed_config_file_is_one_line_naming_file_line_and_column(env, tmp_path, monkeypatch, command):
+    config = tmp_path / "opsgate.toml"
+    config.write_text('[providers.local]\nbase_url = "http://127.0.0.1:9/v1"\n[variants.email-classify.x\n')
+    monkeypatch.setenv("OPSGATE_CONFIG", str(config))
+    started: list[dict] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(kw))
+    result = runner.invoke(app, command)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert (result.exit_code, started, len(lines)) == (2, [], 1), result.output
+    assert f"{config} is not valid TOML" in lines[0] and "(at line 3, column 27)" in lines[0]
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -16,7 +16,7 @@ from rich.markup import escape
 from sqlalchemy import Engine
 
 from opsgate.clock import SystemClock
-from opsgate.config import Settings, config_path
+from opsgate.config import ConfigFileError, Settings, config_path
 from opsgate.errors import OpsgateError
 from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
@@ -65,6 +65,8 @@ def main() -> None:
     """opsgate: a governed gateway for an app's AI operations."""
     try:
         settings = Settings()
+    except ConfigFileError as exc:
+        _fail(str(exc))
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -9,6 +9,7 @@ Provider credentials and endpoints use the providers' conventional variable name
 from __future__ import annotations
 
 import os
+import tomllib
 from decimal import Decimal
 from typing import Literal
 from pathlib import Path
@@ -367,11 +368,17 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=config_path()),
-        )
+        path = config_path()
+        try:
+            toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
+        except tomllib.TOMLDecodeError as exc:  # the message ends "(at line L, column C)"
+            raise ConfigFileError(f"{path} is not valid TOML: {exc}") from None
+        return (init_settings, env_settings, toml)
+
+
+class ConfigFileError(ValueError):
+    """``opsgate.toml`` (or ``$OPSGATE_CONFIG``) cannot be parsed: raised by ``Settings()``
+    with a one-line message naming the file, line and column (tomllib's own position)."""
 
 
 def config_path() -> Path:

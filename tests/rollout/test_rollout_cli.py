@@ -76,3 +76,29 @@ def test_rollout_cli_start_status_advance_rollback(tmp_path: Path) -> None:
     assert "rolling_back" in output and "bad answers" in output
     code, output = run("rollout", "advance", "--id", "1")
     assert code == 2 and "cannot advance" in output
+
+
+def test_rollout_cli_start_refuses_an_empty_variant_in_one_line() -> None:
+    code, output = run("rollout", "start", "email-respond", "--variant", "")
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert (code, len(lines)) == (2, 1)
+    assert "invalid_input" in lines[0] and "name the variant to roll out" in lines[0]
+    code, output = run("rollout", "status")
+    assert code == 0 and "rollout 1" not in output
+
+
+def test_rollout_cli_start_names_an_unknown_operation_and_the_known_ones() -> None:
+    code, output = run("rollout", "start", "email-reply")
+    assert code == 2 and "unknown operation 'email-reply' (known: " in output
+    assert "email-classify" in output and "no feature toggle" not in output
+
+
+def test_rollout_cli_status_numbers_stages_from_one(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"stages": [{"percentage": p, "hours": 1} for p in (5, 25, 50, 100)],
+                                "observation_hours": 2}))
+    run("rollout", "start", "email-compose", "--plan", str(plan))
+    run("rollout", "advance")
+    run("rollout", "advance")
+    code, output = run("rollout", "status")
+    assert code == 0 and "stage 3/4" in output and "50 %" in output

@@ -15,9 +15,11 @@ from tests.rollout.rollout_helpers import ledger_kinds
 
 from opsgate.clock import ManualClock
 from opsgate.config import Settings, VariantConfig
+from opsgate.errors import NotFound
 from opsgate.ledger.writer import Ledger
 from opsgate.operations import prompt_catalogue
 from opsgate.rollout.controller import Action, Plan, Stage, State
+from opsgate.rollout.errors import InvalidPlan
 from opsgate.rollout.metrics import metrics_by_variant, metrics_from_log
 from opsgate.rollout.service import RolloutEvent, RolloutService, variant_group
 from opsgate.rollout.toggles import ToggleSnapshot
@@ -121,6 +123,20 @@ def test_a_half_done_stage_change_is_completed_from_the_rollout_row(service: Rol
     service.evaluate(r.id)  # converges first: the rollout row says stage 1 at 5 %
     a = service.assignment(OP)
     assert (a.candidate, a.candidate_percentage) == ("cand", 5)
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_variant_name_starts_nothing(service: RolloutService, name: str) -> None:
+    with pytest.raises(InvalidPlan, match="name the variant to roll out"):
+        service.start_rollout([OP], PLAN, "alice", variant=name)
+    assert (service.list_rollouts(), service.assignment(OP).candidate) == ([], None)
+
+
+def test_an_unknown_operation_is_named_with_the_known_ones(service: RolloutService) -> None:
+    with pytest.raises(NotFound) as caught:
+        service.start_rollout(["email-reply"], PLAN, "alice")
+    assert caught.value.detail == "unknown operation 'email-reply' (known: email-classify)"  # the seeded toggles
+    assert service.list_rollouts() == []
 
 
 def test_metrics_by_variant_split_one_operations_calls(service: RolloutService) -> None:

@@ -183,6 +183,8 @@ def test_rollouts_show_the_decision_history(operator: tuple[Page, Console], dash
     first = next(r for r in rollouts if r["id"] == 1)
     card = page.locator("#rollout-1")
     assert card.locator(".state").inner_text() == first["state"] == "rolled_back"
+    stages = len(first["plan"]["stages"])  # numbered from 1 over the plan's stages, as `rollout status` does
+    assert card.locator(".stage").inner_text() == first["stage"] == f"{first['stage_index'] + 1}/{stages}"
     assert card.locator("table.history tbody tr").count() == len(first["history"])
     newest = card.locator("table.history tbody tr").first.text_content() or ""
     assert first["history"][-1]["reason"] in newest

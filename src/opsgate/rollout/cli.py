@@ -120,7 +120,7 @@ def rollout_start(
     """Start a canary rollout of OPERATIONS at the plan's first stage (with --variant: the
     variant's share of the operation's users grows by stage instead; with --shadow, after a shadow
     stage that serves it to nobody)."""
-    book = _book() if variant else None
+    book = _book() if variant is not None else None
     with _service() as svc:
         svc.variants = book
         chosen = load_plan(plan) if plan else Plan()
@@ -144,7 +144,8 @@ def rollout_status(
         return
     for r in found:
         s = r.state
-        stage = "observation" if s.stage_index >= len(s.plan.stages) else f"stage {s.stage_index + 1}/{len(s.plan.stages)}"
+        label = s.plan.stage_label(s.stage_index)
+        stage = label if label == "observation" else f"stage {label}"
         out.print(f"[bold]rollout {r.id}[/bold] {', '.join(r.operations)}: {s.state}, {stage}, "
                   f"{s.plan.percentage(s.stage_index)} % since {s.stage_started_at:%Y-%m-%d %H:%M} UTC")
         if (shadow := shadows[r.id]) is not None:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from opsgate.rollout.controller import CohortMetrics, Thresholds
+from opsgate.rollout.controller import CohortMetrics, Plan, Thresholds
 
 PASS = "pass"
 FAIL = "fail"
 TOO_FEW = "too few calls"
 
 
-def comparison(history: list[dict[str, Any]], limits: Thresholds) -> dict[str, Any] | None:
-    """``{"at", "stage_index", "samples": {"canary", "control", "minimum"}, "metrics": [row]}`` from
+def comparison(history: list[dict[str, Any]], limits: Thresholds, plan: Plan) -> dict[str, Any] | None:
+    """``{"at", "stage_index", "stage" (``plan``'s :meth:`~Plan.stage_label` of it), "samples": {"canary", "control", "minimum"}, "metrics": [row]}`` from
     the latest decision in ``history`` (oldest first, :meth:`RolloutService.history` shape) that
     carries cohort numbers; None before the first evaluation. A row is ``{"metric", "label",
     "format" (ppm | ms | usd, see :mod:`opsgate.web.format`), "canary", "control", "rule",
@@ -34,6 +34,7 @@ def comparison(history: list[dict[str, Any]], limits: Thresholds) -> dict[str, A
     canary = CohortMetrics.from_numbers(latest["numbers"], "canary")
     control = CohortMetrics.from_numbers(latest["numbers"], "control")
     return {"at": latest["at"], "stage_index": latest["stage_index"],
+            "stage": plan.stage_label(latest["stage_index"]),
             "samples": {"canary": canary.requests, "control": control.requests, "minimum": limits.min_requests},
             "metrics": _rows(canary, control, limits)}
 

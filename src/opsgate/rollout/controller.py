@@ -95,6 +95,13 @@ class Plan:
         """The rollout percentage of ``stage_index`` (100 during the observation)."""
         return self.stages[stage_index].percentage if stage_index < len(self.stages) else 100
 
+    def stage_label(self, stage_index: int) -> str:
+        """How the CLI and the dashboard name ``stage_index``: ``"N/M"`` counting from 1 over the
+        plan's ``M`` stages, or ``"observation"`` after the last one."""
+        if stage_index >= len(self.stages):
+            return "observation"
+        return f"{stage_index + 1}/{len(self.stages)}"
+
     def to_dict(self) -> dict[str, object]:
         """JSON shape (integers only): ``{"stages": [{"percentage", "seconds"}], "observation_s"}``."""
         return {"stages": [{"percentage": s.percentage, "seconds": s.seconds} for s in self.stages],

@@ -141,7 +141,8 @@ class Rollout:
     shadow_percent: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """API shape: ids, state, stage, percentage, plan, timestamps (ISO 8601)."""
+        """API shape: ids, state, ``stage_index`` (from 0) and ``stage`` (:meth:`Plan.stage_label`:
+        ``"N/M"`` from 1, or ``"observation"``), percentage, plan, timestamps (ISO 8601)."""
         s = self.state
         return {
             "id": self.id,
@@ -150,6 +151,7 @@ class Rollout:
             "shadow_percent": self.shadow_percent,
             "state": str(s.state),
             "stage_index": s.stage_index,
+            "stage": s.plan.stage_label(s.stage_index),
             "percentage": s.plan.percentage(s.stage_index),
             "stage_started_at": s.stage_started_at.isoformat(),
             "plan": s.plan.to_dict(),
@@ -213,10 +215,12 @@ class RolloutService:
             return [Toggle(**r._mapping) for r in rows]
 
     def get_toggle(self, operation: str) -> Toggle:
-        """One toggle; :class:`NotFound` (404) for an operation without one."""
+        """One toggle; :class:`NotFound` (404) naming ``operation`` and the known ones for an
+        operation without a toggle (the gateway seeds one per operation)."""
         row = self._toggle_row(operation)
         if row is None:
-            raise NotFound("no feature toggle for that operation (GET /v1/admin/toggles lists them)")
+            known = ", ".join(t.operation for t in self.list_toggles())
+            raise NotFound(f"unknown operation {operation!r} (known: {known})")
         return Toggle(**row)
 
     def set_toggle(self, operation: str, change: ToggleChange, actor: str, reason: str = "") -> Toggle:
@@ -298,8 +302,9 @@ class RolloutService:
         starts with a shadow stage (:func:`shadow_plan`): the candidate serves nobody and that
         share of the live calls is also sent to it. Raises :class:`RolloutConflict` (409) when an
         operation already has an unfinished rollout or ``variant`` is already live,
-        :class:`InvalidPlan` (422) for a variant rollout of other than one operation or a bad
-        shadow share, :class:`VariantNotFound` (404)."""
+        :class:`InvalidPlan` (422) for a variant rollout of other than one operation, an empty
+        variant name or a bad shadow share, :class:`NotFound` (404) for an unknown operation,
+        :class:`VariantNotFound` (404)."""
         ops = tuple(sorted(set(operations)))
         if not ops:
             raise InvalidPlan("name at least one operation")
@@ -539,6 +544,8 @@ class RolloutService:
     def _check_candidate(self, ops: tuple[str, ...], variant: str) -> None:
         if len(ops) != 1:
             raise InvalidPlan("a variant rollout releases a variant of exactly one operation")
+        if not variant.strip():
+            raise InvalidPlan("name the variant to roll out (an empty variant name releases nothing)")
         if self.variants is not None:
             self.variants.get(ops[0], variant)
         if self.assignment(ops[0]).live == variant:

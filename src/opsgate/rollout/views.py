@@ -96,7 +96,7 @@ def rollout_json(svc: RolloutService, rollout: Rollout) -> dict[str, Any]:
     report = svc.shadow(rollout)
     history = svc.history(rollout.id)
     return {**rollout.to_json(), "shadow": None if report is None else report.to_json(), "history": history,
-            "comparison": comparison(history, svc.limits) if rollout.variant else None}
+            "comparison": comparison(history, svc.limits, rollout.state.plan) if rollout.variant else None}
 
 
 def _decision_json(rollout_id: int, d: Decision) -> dict[str, Any]:
