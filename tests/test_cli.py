@@ -105,6 +105,24 @@ def test_serve_refuses_several_workers_with_rate_limits_but_no_redis(env, monkey
     assert [kw["workers"] for kw in started] == [3, 3]
 
 
+def _shown_budgets(stdout: str) -> list[dict[str, str]]:
+    """The budgets of ``opsgate budgets show``'s table: its cells joined per budget (a folded
+    scope rejoined), the stacked amounts by name."""
+    budgets: list[dict[str, str]] = []
+    lines: list[list[str]] = []
+    for line in stdout.splitlines() + ["├"]:
+        if line.startswith("│"):
+            lines.append([c.strip() for c in line.strip().strip("│").split("│")])
+        elif lines:
+            scope, period, policy, names, amounts, today = zip(*lines, strict=True)
+            budget = {"scope": "".join(scope), "period": period[0], "since": period[1],
+                      "on exhausted": policy[0], "today": " ".join(t for t in today if t)}
+            budget.update({n: a for n, a in zip(names, amounts, strict=True) if n})
+            budgets.append(budget)
+            lines = []
+    return budgets
+
+
 def test_budgets_set_cheaper_serves_a_run_degraded_and_show_counts_it(env, monkeypatch):
     monkeypatch.setenv("COLUMNS", "220")
     set_ = runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "0.002",
@@ -116,12 +134,12 @@ def test_budgets_set_cheaper_serves_a_run_degraded_and_show_counts_it(env, monke
     assert (body["degraded"], body["provider"]) == (True, "deepseek")  # Claude's worst case does not fit
     show = runner.invoke(app, ["budgets", "show"])
     assert show.exit_code == 0, show.output
-    assert "refused today" in show.stdout and "degraded today" in show.stdout
-    [row] = [line for line in show.stdout.splitlines() if "global" in line]
-    cells = [c.strip() for c in row.split("│") if c.strip()]
-    spent, reserved, left = (Decimal(c.lstrip("$")) for c in cells[5:8])
-    assert cells[3] == "cheaper" and cells[8:] == ["0", "1"]
-    assert reserved == 0 and spent == Decimal(body["cost_micro_usd"]) / 10**6 and left == Decimal("0.002") - spent
+    [budget] = _shown_budgets(show.stdout)
+    spent = Decimal(budget["spent"].lstrip("$"))
+    assert (budget["scope"], budget["period"], budget["on exhausted"]) == ("global", "day", "cheaper")
+    assert (budget["today"], budget["reserved"]) == ("refused 0 degraded 1", "$0.000000")
+    assert spent == Decimal(body["cost_micro_usd"]) / 10**6
+    assert Decimal(budget["left"].lstrip("$")) == Decimal("0.002") - spent
     bad = runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "1",
                               "--on-exhausted", "cheapest"])
     assert bad.exit_code == 2 and "on_exhausted must be one of refuse, cheaper" in bad.output
@@ -139,3 +157,40 @@ def test_a_malformed_config_file_is_one_line_naming_file_line_and_column(env, tm
     assert (result.exit_code, started, len(lines)) == (2, [], 1), result.output
     assert f"{config} is not valid TOML" in lines[0] and "(at line 3, column 27)" in lines[0]
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_budgets_show_at_80_columns_cuts_no_amount_and_no_scope(env, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    for args in (["--global", "--limit-usd", "1000000000"],
+                 ["--user", "alice-from-accounting", "--operation", "email-compose",
+                  "--limit-usd", "1234.5"]):
+        assert runner.invoke(app, ["budgets", "set", *args, "--period", "month"]).exit_code == 0
+    show = runner.invoke(app, ["budgets", "show"])
+    assert show.exit_code == 0, show.output
+    assert max(len(line) for line in show.stdout.splitlines()) <= 80 and "…" not in show.stdout
+    first, second = _shown_budgets(show.stdout)
+    assert (first["scope"], first["limit"], first["left"]) == (
+        "global", "$1,000,000,000.000000", "$1,000,000,000.000000")
+    assert (second["scope"], second["limit"], second["spent"]) == (
+        "user:alice-from-accounting/operation:email-compose", "$1,234.500000", "$0.000000")
+    assert second["period"] == "month" and second["since"].endswith("-01")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--global", "--limit-usd", "99999999999999"], "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
+    (["--global", "--limit-usd", "1e400"], "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
+    (["--operation", "no-such-op", "--limit-usd", "1"], "unknown operation; known: analytics-anomaly"),
+    (["--scope", "shadow", "--limit-usd", "1", "--on-exhausted", "cheaper"],
+     "a shadow budget cannot be cheaper: shadow calls are never degraded"),
+])
+def test_budgets_set_refuses_bad_input_in_one_line(env, args, message):
+    result = runner.invoke(app, ["budgets", "set", *args, "--period", "day"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert "no budgets configured" in runner.invoke(app, ["budgets", "show"]).stdout
+
+
+def test_budgets_set_accepts_the_largest_limit_and_a_user_without_calls(env):
+    result = runner.invoke(app, ["budgets", "set", "--user", "nobody-yet", "--period", "day",
+                                 "--limit-usd", "1e9"])
+    assert result.exit_code == 0 and "user:nobody-yet day budget: $1,000,000,000.000000" in result.stdout

@@ -143,3 +143,34 @@ def test_admin_api_sets_and_lists_budgets(tmp_path: Path) -> None:
         bad = client.put("/v1/admin/budgets", headers=admin,
                          json={"period": "day", "limit_usd": "0.0000001"})
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+
+
+def test_admin_api_refuses_bad_budgets_with_the_clis_messages(tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path)
+    tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
+    admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
+    day = {"period": "day", "limit_usd": "1"}
+    refused = [
+        ({**day, "limit_usd": "99999999999999"}, "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
+        ({**day, "limit_usd": "1e400"}, "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
+        ({**day, "user_id": "alice", "operation": "@shadow"}, "a shadow budget is global only: user_id must be '*'"),
+        ({**day, "operation": "@shadow", "on_exhausted": "cheaper"},
+         "a shadow budget cannot be cheaper: shadow calls are never degraded"),
+        ({**day, "operation": "nope"}, "unknown operation; known: analytics-anomaly, analytics-summary, "
+                                       "calendar-prep, calendar-time, email-classify, email-compose, "
+                                       "email-respond, task-breakdown, task-prioritize"),
+        ({**day, "on_exhausted": "cheap"}, "on_exhausted must be one of refuse, cheaper"),
+        ({**day, "period": "mon"}, "period must be one of day, month"),
+    ]
+    with running_gateway(settings) as gateway:
+        for body, message in refused:
+            answer = gateway.client.put("/v1/admin/budgets", headers=admin, json=body)
+            assert (answer.status_code, answer.json()["code"], answer.json()["detail"]) == (
+                422, "invalid_input", message), body
+        assert gateway.client.get("/v1/admin/budgets", headers=admin).json() == {"budgets": []}
+        largest = gateway.client.put("/v1/admin/budgets", headers=admin,
+                                     json={**day, "user_id": "not-yet-a-user", "limit_usd": "1000000000"})
+        assert (largest.status_code, largest.json()["limit_micro_usd"]) == (200, 10**15)
+        shadow = gateway.client.put("/v1/admin/budgets", headers=admin,
+                                    json={**day, "operation": "@shadow", "on_exhausted": "refuse"})
+        assert (shadow.status_code, shadow.json()["scope"]) == (200, "shadow")

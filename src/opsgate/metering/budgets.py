@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, insert, or_, select, update
@@ -49,10 +49,16 @@ from opsgate.metering.models import (
     budget_outcomes,
     budgets,
 )
+from opsgate.operations import OPERATIONS
 
 PERIODS = ("day", "month")
 ON_EXHAUSTED = (REFUSE, CHEAPER)
 MICRO_PER_USD = 1_000_000
+MAX_LIMIT_USD = 1_000_000_000
+"""The largest budget limit, in USD: 10**15 micro-USD, so a limit and the sums charged against it
+stay far inside a signed 64-bit ``BIGINT`` (9.2 * 10**18, the column type on SQLite and
+PostgreSQL)."""
+MAX_LIMIT_MICRO_USD = MAX_LIMIT_USD * MICRO_PER_USD
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +115,18 @@ def period_start(period: str, now: datetime) -> datetime:
 def usd_to_micro(usd: str | Decimal) -> int:
     """A USD amount (decimal string, e.g. ``"0.010"``) as integer micro-USD.
 
-    Raises :class:`InvalidInput` when it is not a finite amount >= 0 with at most 6 decimals.
+    Raises :class:`InvalidInput` when it is not a finite amount from 0 to :data:`MAX_LIMIT_USD`
+    with at most 6 decimals.
     """
     try:
         value = Decimal(str(usd))
     except InvalidOperation:
         raise InvalidInput("limit_usd must be a decimal amount in USD") from None
-    micro = value * MICRO_PER_USD
-    if not value.is_finite() or value < 0 or micro != micro.to_integral_value():
+    if not value.is_finite() or value > MAX_LIMIT_USD:
+        raise InvalidInput(f"limit_usd must be a finite amount of at most {MAX_LIMIT_USD:,} USD")
+    exact = Context(prec=len(value.as_tuple().digits), Emin=MIN_EMIN, Emax=MAX_EMAX)
+    micro = value.scaleb(6, exact)
+    if value < 0 or micro != micro.to_integral_value():
         raise InvalidInput("limit_usd must be >= 0 with at most 6 decimals (whole micro-USD)")
     return int(micro)
 
@@ -130,12 +140,10 @@ def set_budget(
     new budget).
 
     Lowering a limit below what is already spent or reserved refuses new calls; it never undoes a
-    charge. Raises :class:`InvalidInput` for an unknown period or policy, a negative limit or an
-    empty id.
+    charge. Raises :class:`InvalidInput` (see :func:`check_budget`) for bad input; nothing is
+    written then.
     """
-    _check(user_id, operation, period, limit_micro_usd)
-    if on_exhausted is not None and on_exhausted not in ON_EXHAUSTED:
-        raise InvalidInput(f"on_exhausted must be one of {', '.join(ON_EXHAUSTED)}")
+    check_budget(user_id, operation, period, limit_micro_usd, on_exhausted)
     now = clock.now()
     where = and_(budgets.c.user_id == user_id, budgets.c.operation == operation,
                  budgets.c.period == period)
@@ -204,13 +212,30 @@ def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:
     return result
 
 
-def _check(user_id: str, operation: str, period: str, limit: int) -> None:
+def check_budget(user_id: str, operation: str, period: str, limit_micro_usd: int,
+                 on_exhausted: str | None) -> None:
+    """The one check of a budget to set (CLI ``opsgate budgets set`` and ``PUT /v1/admin/budgets``
+    both reach it through :func:`set_budget`). Raises :class:`InvalidInput` for: an unknown period
+    or policy; an empty or too long id; a limit outside 0..:data:`MAX_LIMIT_MICRO_USD`; an
+    operation that is neither ``*``, ``@shadow`` nor a known operation (the message names them);
+    a shadow budget that is not global (``user_id`` ``*``) or is ``cheaper`` (shadow calls are
+    never degraded). Unknown users are accepted: a budget may precede a user's first call."""
     if period not in PERIODS:
         raise InvalidInput(f"period must be one of {', '.join(PERIODS)}")
+    if on_exhausted is not None and on_exhausted not in ON_EXHAUSTED:
+        raise InvalidInput(f"on_exhausted must be one of {', '.join(ON_EXHAUSTED)}")
     if not user_id or len(user_id) > 128 or not operation or len(operation) > 64:
         raise InvalidInput("user_id is 1-128 characters and operation 1-64 ('*' for any)")
-    if limit < 0:
-        raise InvalidInput("the limit must be >= 0 micro-USD")
+    if not 0 <= limit_micro_usd <= MAX_LIMIT_MICRO_USD:
+        raise InvalidInput(f"the limit must be from 0 to {MAX_LIMIT_MICRO_USD:,} micro-USD "
+                           f"({MAX_LIMIT_USD:,} USD)")
+    if operation == SHADOW:
+        if user_id != ANY:
+            raise InvalidInput("a shadow budget is global only: user_id must be '*'")
+        if on_exhausted == CHEAPER:
+            raise InvalidInput("a shadow budget cannot be cheaper: shadow calls are never degraded")
+    elif operation != ANY and operation not in OPERATIONS:
+        raise InvalidInput(f"unknown operation; known: {', '.join(sorted(OPERATIONS))}")
 
 
 def _budget(row: Row[*tuple[Any, ...]]) -> Budget:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import Engine
 
 from opsgate.clock import SystemClock
@@ -70,7 +70,8 @@ def budgets_set(
 @budgets_app.command("show")
 def budgets_show() -> None:
     """List budgets with this period's spent, reserved and left amounts and the calls each refused
-    and degraded today (UTC); expired reservations are charged first."""
+    and degraded today (UTC); expired reservations are charged first. One row per budget, its
+    amounts stacked, so amounts and scope are never cut at 80 columns (a long scope folds)."""
     from opsgate.metering.budgets import budget_statuses
     from opsgate.metering.reservations import expire_reservations
 
@@ -80,13 +81,17 @@ def budgets_show() -> None:
     if not statuses:
         out.print("no budgets configured (set one with `opsgate budgets set --global --period day "
                   "--limit-usd 50`)")
-    table = Table("scope", "period", "since (UTC)", "on exhausted", "limit", "spent", "reserved",
-                  "left", "refused today", "degraded today")
-    for s in statuses:
-        table.add_row(s.budget.scope, s.budget.period, s.period_start.strftime("%Y-%m-%d"),
-                      s.budget.on_exhausted, _usd(s.budget.limit_micro_usd), _usd(s.spent_micro_usd),
-                      _usd(s.reserved_micro_usd), _usd(s.left_micro_usd), str(s.refused_today),
-                      str(s.degraded_today))
+    amounts = [[_usd(m) for m in (s.budget.limit_micro_usd, s.spent_micro_usd,
+                                  s.reserved_micro_usd, s.left_micro_usd)] for s in statuses]
+    widest = max((len(a) for row in amounts for a in row), default=0)
+    table = Table(Column("scope", overflow="fold"), Column("period\n(since)", no_wrap=True),
+                  Column("on\nexhausted", no_wrap=True), Column("", no_wrap=True),
+                  Column("USD", justify="right", no_wrap=True, min_width=widest, overflow="fold"),
+                  Column("today\n(UTC)", no_wrap=True))
+    for s, usd in zip(statuses, amounts, strict=True):
+        table.add_row(s.budget.scope, f"{s.budget.period}\n{s.period_start:%Y-%m-%d}",
+                      s.budget.on_exhausted, "limit\nspent\nreserved\nleft", "\n".join(usd),
+                      f"refused {s.refused_today}\ndegraded {s.degraded_today}", end_section=True)
     if statuses:
         out.print(table)
     if expired:

@@ -8,8 +8,10 @@ current UTC day).
 
 ``PUT /v1/admin/budgets`` with ``{"user_id": "*", "operation": "*", "period": "day"|"month",
 "limit_usd": "0.010", "on_exhausted": "refuse"|"cheaper"}`` (``*`` = any; ``limit_usd`` a decimal
-string, whole micro-USD; ``on_exhausted`` optional, kept when absent) creates or changes one
-budget and answers it in the same shape.
+string, whole micro-USD, at most ``MAX_LIMIT_USD``; ``on_exhausted`` optional, kept when absent)
+creates or changes one budget and answers it in the same shape. The shadow scope is
+``{"user_id": "*", "operation": "@shadow"}``. Bad values are 422 ``invalid_input`` with the
+message of :func:`~opsgate.metering.budgets.check_budget`, the check the CLI uses too.
 """
 
 from __future__ import annotations
@@ -21,20 +23,30 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from opsgate.deps import AdminDep, RuntimeDep, body_doc, json_body
-from opsgate.metering.budgets import BudgetStatus, budget_statuses, set_budget, usd_to_micro
+from opsgate.metering.budgets import (
+    ON_EXHAUSTED,
+    PERIODS,
+    BudgetStatus,
+    budget_statuses,
+    set_budget,
+    usd_to_micro,
+)
 from opsgate.metering.models import ANY
 
 router = APIRouter(prefix="/v1/admin/budgets", tags=["budgets"])
 
 
 class BudgetIn(BaseModel):
-    """One budget to set. ``limit_usd`` is a decimal string (e.g. ``"25.00"``)."""
+    """One budget to set. ``limit_usd`` is a decimal string (e.g. ``"25.00"``). ``period`` and
+    ``on_exhausted`` list their values in the schema; :func:`set_budget` checks them, so the API
+    and the CLI refuse a bad value with the same message."""
 
     user_id: str = Field(default=ANY, min_length=1, max_length=128)
     operation: str = Field(default=ANY, min_length=1, max_length=64)
-    period: str = Field(pattern="^(day|month)$")
+    period: str = Field(max_length=16, json_schema_extra={"enum": list(PERIODS)})
     limit_usd: str = Field(max_length=32)
-    on_exhausted: str | None = Field(default=None, pattern="^(refuse|cheaper)$")
+    on_exhausted: str | None = Field(default=None, max_length=16,
+                                     json_schema_extra={"enum": list(ON_EXHAUSTED)})
 
 
 def status_json(status: BudgetStatus) -> dict[str, Any]:
