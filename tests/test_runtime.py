@@ -18,6 +18,7 @@ import pytest
 from tests.gateways import gateway_settings
 
 import opsgate.runtime as runtime_module
+from opsgate.monitoring.worker import Worker
 from opsgate.runtime import cli_services, start_runtime
 from opsgate.sandbox.server import SandboxServer
 
@@ -95,3 +96,15 @@ def test_cli_services_close_their_ledger_writer(tmp_path: Path) -> None:
         assert len(_ledger_threads() - threads_before) == 1
         assert services.incidents.list() == []
     assert _ledger_threads() - threads_before == set()
+
+
+async def test_the_dashboard_and_the_worker_judge_rollouts_with_the_same_canary_settings(tmp_path: Path) -> None:
+    """The Rollouts page's comparison uses the API process's ``runtime.rollout.limits``; the
+    controller runs in the worker: both are ``Thresholds.from_settings`` of the same Settings."""
+    settings = gateway_settings(tmp_path, sandbox=False, canary_min_requests=7, canary_max_cost_ratio=2.5,
+                                worker_lock_file=tmp_path / "worker.lock")
+    with cli_services(settings) as services:
+        async with aiohttp.ClientSession() as session:
+            worker = Worker(settings, services.engine, services.ledger, services.clock, session)
+            assert services.rollout.limits == worker.rollout.limits
+            assert (worker.rollout.limits.min_requests, worker.rollout.limits.max_cost_ratio) == (7, 2.5)

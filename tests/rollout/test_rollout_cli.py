@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from opsgate.rollout.bucketing import bucket
-from opsgate.rollout.cli import rollout_app, toggles_app
+from opsgate.rollout.cli import rollout_app, toggles_app, variants_app
 
 cli = typer.Typer()
 cli.add_typer(toggles_app, name="toggles")
@@ -78,7 +78,8 @@ def test_rollout_cli_start_status_advance_rollback(tmp_path: Path) -> None:
     assert code == 2 and "cannot advance" in output
 
 
-def test_rollout_cli_start_refuses_an_empty_variant_in_one_line() -> None:
+def test_rollout_cli_start_refuses_an_empty_variant_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "60")  # one line however narrow the terminal
     code, output = run("rollout", "start", "email-respond", "--variant", "")
     lines = [line for line in output.splitlines() if line.strip()]
     assert (code, len(lines)) == (2, 1)
@@ -102,3 +103,12 @@ def test_rollout_cli_status_numbers_stages_from_one(tmp_path: Path) -> None:
     run("rollout", "advance")
     code, output = run("rollout", "status")
     assert code == 0 and "stage 3/4" in output and "50 %" in output
+
+
+def test_variants_show_names_an_unknown_operation_and_the_known_ones(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "absent.toml"))
+    shown = runner.invoke(variants_app, ["show", "email-reply"])
+    lines = [line for line in shown.output.splitlines() if line.strip()]
+    assert (shown.exit_code, len(lines)) == (2, 1)
+    assert "unknown operation 'email-reply' (known: email-compose, email-classify, email-respond," in lines[0]

@@ -48,10 +48,10 @@ def _service() -> Iterator[RolloutService]:
             services.rollout.ensure_toggles(OPERATIONS)
             yield services.rollout
     except OpsgateError as exc:
-        err.print(f"[red]error:[/red] {exc.code}: {exc.detail}")
+        err.print(f"[red]error:[/red] {escape(f'{exc.code}: {exc.detail}')}", soft_wrap=True)
         raise typer.Exit(2) from None
     except OSError as exc:
-        err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        err.print(f"[red]error:[/red] {escape(f'{type(exc).__name__}: {exc}')}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -243,7 +243,8 @@ def variants_show(operation: str = typer.Argument(..., help="Operation id, e.g. 
     """Every variant of OPERATION: its route, prompt version id, digest and source, and its role."""
     book = _book()
     if operation not in OPERATION_IDS:
-        err.print(f"[red]error:[/red] unknown operation; known: {', '.join(OPERATION_IDS)}")
+        known = ", ".join(OPERATION_IDS)
+        err.print(f"[red]error:[/red] {escape(f'unknown operation {operation!r} (known: {known})')}", soft_wrap=True)
         raise typer.Exit(2)
     with _service() as svc:
         a = svc.assignment(operation)
