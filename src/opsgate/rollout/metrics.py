@@ -4,9 +4,11 @@ Canary: rows of the rollout's ``operations`` in the window whose ``(operation, u
 ``in_canary`` (default: every row; while the toggle gates the operation, everyone who reached it was
 in the canary). Control: every other row in the same window (the rest of the traffic through the same
 providers), which is what tells a provider outage from a bad release. An error is a row whose
-``status`` is not ``ok``. Shadow calls (``shadow``: a candidate's answer nobody received) and
-degraded calls (``degraded``: a ``cheaper`` budget sent them past their chain's first target, so
-neither the canary's nor the control's route served them) are in neither cohort. p99 is exact, by nearest rank over the sorted latencies (sorted in Python).
+``status`` is not ``ok``. Shadow calls (``shadow``: a candidate's answer nobody received) are in
+neither cohort. A variant rollout also leaves out degraded calls (``degraded``: a ``cheaper`` budget
+sent them past their chain's first target, so neither variant's route served them); a toggle
+rollout keeps them, since the operation did serve them. p99 is exact, by nearest rank over the
+sorted latencies (sorted in Python).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ CanaryRule = Callable[[str, str], bool]
 
 
 def _served_by_route() -> ColumnElement[bool]:
-    """Rows that count in a cohort: neither shadow nor degraded (``degraded`` is NULL on rows
-    written before migration 0012)."""
+    """Rows that count in a variant cohort: neither shadow nor degraded (``degraded`` is NULL on
+    rows written before migration 0012)."""
     log = ai_operation_log.c
     return log.shadow.is_(false()) & log.degraded.is_not(true())
 
@@ -46,7 +48,7 @@ def metrics_from_log(
     ops = frozenset(operations)
     log = ai_operation_log.c
     query = select(log.operation, log.user_id, log.status, log.latency_ms, log.cost_micro_usd).where(
-        log.created_at >= since, log.created_at <= until, _served_by_route()
+        log.created_at >= since, log.created_at <= until, log.shadow.is_(false())
     )
     canary: list[tuple[bool, float, int]] = []
     control: list[tuple[bool, float, int]] = []
