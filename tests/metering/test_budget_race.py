@@ -5,8 +5,10 @@ request's first attempt (computed with the gateway's own :func:`attempt_worst_ca
 at most two calls fit. (The issue's example is $0.010 against $0.004 per call; the ratio is what
 matters.)
 
-1. Slow profile (every provider answer takes seconds, so all 200 requests overlap): exactly two
-   are admitted, every other one is a 402 ``budget_exceeded``, the ledger holds an intent only for
+1. Slow profile (every provider answer takes seconds, so the 200 requests overlap): never more
+   than two calls are held at once (read from the ledger's order; under load the first answers
+   may return, and release room, before the last requests are decided), every other request is
+   a 402 ``budget_exceeded``, the ledger holds an intent only for
    the admitted ones, and spend never goes above the limit. SQLite: one process; PostgreSQL: two
    gateway processes on one database.
 2. No slow profile, 16 calls in flight at a time (calls finish and release while others
@@ -24,7 +26,7 @@ matters.)
    worst cases, never above the limit.
 5. ``--on-exhausted cheaper`` with a budget that fits only the cheapest target (DeepSeek, the
    chain's second; Claude never fits): every call is served by it, degraded, while it fits; the
-   200 overlapping calls admit exactly as many as the limit holds of its worst case, refuse the
+   200 overlapping calls hold at most as many at once as the limit holds of its worst case, refuse the
    rest once less than one is left, and never pass the limit.
 """
 
@@ -151,6 +153,25 @@ def _intent_request_ids(engine: Engine) -> set[str]:
     return set(_intents(engine))
 
 
+def _most_in_flight(engine: Engine) -> int:
+    """The most calls admitted and not yet ended at once, read from the ledger's order (an
+    ``intent`` opens a call, its ``result`` ends it). Under load the first answers can come back
+    before all 200 requests have been decided; what was admitted after a release says nothing
+    about the race, so the tests count calls held at the same time, not calls admitted."""
+    with engine.connect() as conn:
+        bodies = [json.loads(b) for b in conn.execute(
+            select(ledger_entries.c.body).order_by(ledger_entries.c.seq)).scalars()]
+    open_calls: set[str] = set()
+    most = 0
+    for body in bodies:
+        if body["kind"] == "intent":
+            open_calls.add(body["request_id"])
+        elif body["kind"] == "result":
+            open_calls.discard(body["request_id"])
+        most = max(most, len(open_calls))
+    return most
+
+
 def test_overlapping_requests_admit_at_most_what_the_budget_holds(
     race_db: tuple[str, int], tmp_path: Path
 ) -> None:
@@ -165,7 +186,7 @@ def test_overlapping_requests_admit_at_most_what_the_budget_holds(
             sampler.stop()
         ok = [r for r in responses if r.status_code == 200]
         refused = [r for r in responses if r.status_code == 402]
-        assert len(ok) == 2 and len(refused) == REQUESTS - 2
+        assert _most_in_flight(engine) <= 2 and len(ok) >= 2 and len(ok) + len(refused) == REQUESTS
         assert {r.json()["code"] for r in refused} == {"budget_exceeded"}
         assert _intent_request_ids(engine) == {r.json()["request_id"] for r in ok}
         with engine.connect() as conn:
@@ -298,7 +319,7 @@ def test_a_cheaper_budget_serves_degraded_calls_while_the_cheapest_target_fits(
             sampler.stop()
         ok = [r.json() for r in responses if r.status_code == 200]
         refused = [r.json() for r in responses if r.status_code == 402]
-        assert (len(ok), len(refused)) == (fits, REQUESTS - fits)
+        assert _most_in_flight(engine) <= fits and len(ok) >= fits and len(ok) + len(refused) == REQUESTS
         assert {(r["degraded"], r["provider"]) for r in ok} == {(True, "deepseek")}
         assert {r["code"] for r in refused} == {"budget_exceeded"}
         intents = _intents(engine)
@@ -307,9 +328,9 @@ def test_a_cheaper_budget_serves_degraded_calls_while_the_cheapest_target_fits(
             (True, "deepseek/deepseek-flash")}
         with engine.connect() as conn:
             logged = conn.execute(select(ai_operation_log.c.degraded, ai_operation_log.c.provider)).all()
-        assert [tuple(row) for row in logged] == [(True, "deepseek")] * fits
+        assert [tuple(row) for row in logged] == [(True, "deepseek")] * len(ok)
         [status] = budget_statuses(engine, SystemClock().now())
-        assert (status.degraded_today, status.refused_today) == (fits, REQUESTS - fits)
+        assert (status.degraded_today, status.refused_today) == (len(ok), len(refused))
         assert status.reserved_micro_usd == 0
         assert status.spent_micro_usd == sum(r["cost_micro_usd"] for r in ok) <= limit
         assert sampler.samples > 10 and sampler.peak <= limit
