@@ -24,6 +24,7 @@ from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.worker import Worker
+from opsgate.security.operator_input import operator_text
 
 incidents_app = typer.Typer(help="Incidents: list, show, acknowledge, resolve.", no_args_is_help=True)
 out = Console()
@@ -71,7 +72,7 @@ def incidents_ack(incident_id: str) -> None:
 def incidents_resolve(incident_id: str, note: str = typer.Option(..., "--note", help="Resolution note.")) -> None:
     """Resolve an incident with a note."""
     with _service() as svc:
-        svc.resolve(incident_id, f"cli:{getpass.getuser()}", note)
+        svc.resolve(incident_id, f"cli:{getpass.getuser()}", operator_text("--note", note))
         out.print(f"{incident_id} resolved")
 
 

@@ -25,6 +25,7 @@ from opsgate.monitoring.health import compute_health
 from opsgate.monitoring.prometheus import exposition
 from opsgate.responses import json_response
 from opsgate.security import metrics_token, rbac
+from opsgate.security.operator_input import OperatorText
 
 router = APIRouter(tags=["monitoring"])
 MAX_WINDOW_S = 31 * 86400
@@ -34,7 +35,7 @@ class ResolveBody(BaseModel):
     """Body of ``POST /v1/incidents/{id}/resolve``."""
 
     model_config = ConfigDict(extra="ignore")
-    note: str = Field(min_length=1, max_length=2000, description="What was done; a resolution note is required")
+    note: OperatorText = Field(min_length=1, max_length=2000, description="What was done; a resolution note is required")
 
 
 @router.get("/v1/health", summary="Health metrics over a window (default 1 h)")

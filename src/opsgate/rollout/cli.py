@@ -27,6 +27,7 @@ from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import VariantBook, checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import OPERATION_IDS, RouteConfigError
+from opsgate.security.operator_input import check_identifier, operator_text
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
@@ -86,7 +87,9 @@ def toggles_set(
     change = ToggleChange(enabled=enable, rollout_percentage=percent, group_id=group_id,
                           opt_in_required=opt_in, kill_switch=kill)
     with _service() as svc:
-        t = svc.set_toggle(operation, change, _actor(), reason)
+        if group_id is not None:
+            check_identifier("--group-id", group_id)
+        t = svc.set_toggle(operation, change, _actor(), operator_text("--reason", reason))
     out.print(f"{t.operation}: enabled={_yes(t.enabled)} rollout={t.rollout_percentage} % "
               f"group={t.group_id} opt-in={_yes(t.opt_in_required)} kill-switch={_yes(t.kill_switch)}")
 
@@ -176,7 +179,8 @@ def rollout_rollback(
         err.print("[red]error:[/red] name operations or pass --all (not both)")
         raise typer.Exit(2)
     with _service() as svc:
-        disabled = svc.rollback_operations(None if all_ else operations, reason, _actor())
+        disabled = svc.rollback_operations(None if all_ else operations, operator_text("--reason", reason),
+                                           _actor())
     out.print(f"disabled: {', '.join(disabled) or 'none (variant rollouts rolled back, operations stay on)'}")
 
 

@@ -36,6 +36,7 @@ from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
 from opsgate.rollout.service import Rollout, RolloutService, ToggleChange
 from opsgate.rollout.toggles import Toggle
+from opsgate.security.operator_input import Identifier, OperatorText
 
 router = APIRouter(tags=["rollout"])
 RolloutId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -47,10 +48,10 @@ class ToggleUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool | None = None
     rollout_percentage: int | None = Field(default=None, ge=0, le=100)
-    group_id: str | None = Field(default=None, min_length=1, max_length=128)
+    group_id: Identifier | None = Field(default=None, min_length=1, max_length=128)
     opt_in_required: bool | None = None
     kill_switch: bool | None = None
-    reason: str = Field(default="", max_length=500)
+    reason: OperatorText = Field(default="", max_length=500)
 
 
 class RolloutStart(BaseModel):
@@ -68,7 +69,7 @@ class RollbackBody(BaseModel):
     """Body of ``POST /v1/admin/rollouts/{id}/rollback``."""
 
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(min_length=1, max_length=500)
+    reason: OperatorText = Field(min_length=1, max_length=500)
 
 
 class OptIns(BaseModel):

@@ -1,0 +1,77 @@
+"""Operator input that is stored or ledgered: free text redacted, identifiers refused, never altered.
+
+The ledger is append-only: a secret written into an entry (a rollback reason quoting an API key)
+can never be removed from it, and the rollout tables and history hand it back on every read. So
+what an operator types is made safe *before* it is stored or ledgered, with the one sanitizer
+every other sink uses (:func:`opsgate.security.sanitizer.sanitize`):
+
+* :data:`OperatorText` (rollout and toggle reasons, incident notes): control characters other than
+  tab and newline are refused (:class:`ValueError`, a 422 through pydantic); the text is then
+  stored as the sanitizer returns it, secrets and personal data as ``[REDACTED:<kind>:<hash>]``.
+* :data:`Identifier` (names that other rows and calls are matched on, e.g. a toggle's
+  ``group_id``, a budget's ``user_id``): refused when blank, when it holds any control character
+  or when the sanitizer would change it (a secret-shaped id). An identifier is never silently
+  altered, since the altered one would name something else.
+
+:func:`check_identifier` and :func:`operator_text` are the same rules for callers outside pydantic
+(:func:`opsgate.metering.budgets.check_budget`, used by the CLI and the API).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+from opsgate.errors import InvalidInput
+from opsgate.security.sanitizer import sanitize
+
+TEXT_WHITESPACE = frozenset("\t\n")
+"""The control characters free text may hold (a note may have lines); every other one (NUL, CR,
+ESC, DEL, C1, ...: Unicode category ``Cc``) is refused."""
+
+
+def _has_control(value: str, allowed: frozenset[str] = frozenset()) -> bool:
+    return any(unicodedata.category(c) == "Cc" and c not in allowed for c in value)
+
+
+def _text(value: str) -> str:
+    if _has_control(value, TEXT_WHITESPACE):
+        raise ValueError("must not contain control characters (only tab and newline are allowed)")
+    return sanitize(value)
+
+
+def _identifier(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if _has_control(value):
+        raise ValueError("must not contain control characters")
+    if sanitize(value) != value:
+        raise ValueError("must not look like a secret or personal data (it would be redacted)")
+    return value
+
+
+OperatorText = Annotated[str, AfterValidator(_text)]
+"""Operator free text, redacted before it is stored or ledgered; control characters refused."""
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+"""An identifier stored as sent: refused when blank, with control characters, or secret-shaped."""
+
+
+def operator_text(name: str, value: str) -> str:
+    """:data:`OperatorText`'s rule outside pydantic: ``value`` redacted; :class:`InvalidInput`
+    naming ``name`` (never the value) for control characters."""
+    try:
+        return _text(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} {exc}") from None
+
+
+def check_identifier(name: str, value: str) -> None:
+    """:data:`Identifier`'s rule outside pydantic: :class:`InvalidInput` naming ``name`` (never
+    the value) when ``value`` is blank, holds a control character or is secret-shaped."""
+    try:
+        _identifier(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{name} {exc}") from None

@@ -1,0 +1,79 @@
+"""Operator input over real HTTP (``opsgate serve --sandbox``, tests/conftest.py ``gateway``): free
+text is stored and ledgered redacted, control characters and secret-shaped identifiers are 422 with
+nothing written (:mod:`opsgate.security.operator_input`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+from tests.rollout.rollout_helpers import ledger_kinds
+from tests.security.canaries import KEYS
+
+from opsgate.store.models import ledger_entries
+
+Gateway = Any  # tests/conftest.py's running-gateway fixture object
+OP = "task-prioritize"
+KEY = KEYS["anthropic_api_key"]
+
+
+def admin(gateway: Gateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gateway.token('root', 'admin')}"}
+
+
+def start(gateway: Gateway) -> int:
+    r = gateway.client.post("/v1/admin/rollouts", headers=admin(gateway), json={"operations": [OP]})
+    assert r.status_code == 201, r.text
+    return int(r.json()["id"])
+
+
+def ledger_count(gateway: Gateway) -> int:
+    with gateway.runtime.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one())
+
+
+def test_a_key_in_a_rollback_reason_is_answered_stored_and_ledgered_redacted(gateway: Gateway) -> None:
+    rid = start(gateway)
+    rb = gateway.client.post(f"/v1/admin/rollouts/{rid}/rollback", headers=admin(gateway),
+                             json={"reason": f"bad key {KEY}"})
+    assert rb.status_code == 200, rb.text
+    assert rb.json()["reason"].startswith("bad key [REDACTED:anthropic:")
+    assert KEY not in rb.text
+    listed = gateway.client.get("/v1/admin/rollouts", headers=admin(gateway))
+    [rollout] = listed.json()["rollouts"]
+    assert rollout["reason"] == rollout["history"][-1]["reason"] == rb.json()["reason"]
+    assert KEY not in listed.text
+    decisions = [p for k, p in ledger_kinds(gateway.runtime.engine) if k == "rollout.decision"]
+    assert decisions[-1]["reason"] == rb.json()["reason"]
+    assert not [e for e in ledger_kinds(gateway.runtime.engine) if KEY in json.dumps(e)]
+
+
+def test_a_nul_in_a_rollback_reason_is_a_422_and_nothing_is_written(gateway: Gateway) -> None:
+    rid = start(gateway)
+    entries = ledger_count(gateway)
+    rb = gateway.client.post(f"/v1/admin/rollouts/{rid}/rollback", headers=admin(gateway),
+                             json={"reason": "bad\x00key"})
+    assert (rb.status_code, rb.json()["code"]) == (422, "invalid_input")
+    assert rb.json()["errors"] == [{"loc": "reason", "msg": "Value error, must not contain control characters "
+                                                           "(only tab and newline are allowed)"}]
+    [rollout] = gateway.client.get("/v1/admin/rollouts", headers=admin(gateway)).json()["rollouts"]
+    assert (rollout["state"], [h["action"] for h in rollout["history"]]) == ("running", ["start"])
+    assert ledger_count(gateway) == entries
+
+
+def test_a_secret_shaped_blank_or_control_budget_user_id_is_a_422_and_nothing_is_written(gateway: Gateway) -> None:
+    entries = ledger_count(gateway)
+    for user_id, why in [(KEY, "must not look like a secret"), ("  ", "must not be blank"),
+                         ("al\x00ice", "must not contain control characters")]:
+        put = gateway.client.put("/v1/admin/budgets", headers=admin(gateway),
+                                 json={"user_id": user_id, "period": "day", "limit_usd": "1.00"})
+        assert (put.status_code, put.json()["code"]) == (422, "invalid_input"), put.text
+        assert put.json()["detail"].startswith(f"user_id {why}")
+        assert KEY not in put.text
+    listed = gateway.client.get("/v1/admin/budgets", headers=admin(gateway))
+    assert listed.json()["budgets"] == []
+    assert ledger_count(gateway) == entries
+    ok = gateway.client.put("/v1/admin/budgets", headers=admin(gateway),
+                            json={"user_id": "alice", "period": "day", "limit_usd": "1.00"})
+    assert (ok.status_code, ok.json()["user_id"], ok.json()["scope"]) == (200, "alice", "user:alice")
