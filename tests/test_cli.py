@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from tests.security.canaries import KEYS
 from typer.testing import CliRunner
 
 from opsgate.cli import app
@@ -194,3 +195,11 @@ def test_budgets_set_accepts_the_largest_limit_and_a_user_without_calls(env):
     result = runner.invoke(app, ["budgets", "set", "--user", "nobody-yet", "--period", "day",
                                  "--limit-usd", "1e9"])
     assert result.exit_code == 0 and "user:nobody-yet day budget: $1,000,000,000.000000" in result.stdout
+
+
+def test_budgets_set_refuses_a_secret_shaped_user_id_like_the_api(env):
+    key = KEYS["anthropic_api_key"]
+    bad = runner.invoke(app, ["budgets", "set", "--user", key, "--period", "day", "--limit-usd", "1"])
+    assert bad.exit_code == 2 and "user_id must not look like a secret" in bad.output and key not in bad.output
+    show = runner.invoke(app, ["budgets", "show"])
+    assert show.exit_code == 0 and key[:12] not in show.stdout and "user:" not in show.stdout

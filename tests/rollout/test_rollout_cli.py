@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from tests.security.canaries import KEYS
 from typer.testing import CliRunner
 
 from opsgate.rollout.bucketing import bucket
@@ -112,3 +113,15 @@ def test_variants_show_names_an_unknown_operation_and_the_known_ones(tmp_path: P
     lines = [line for line in shown.output.splitlines() if line.strip()]
     assert (shown.exit_code, len(lines)) == (2, 1)
     assert "unknown operation 'email-reply' (known: email-compose, email-classify, email-respond," in lines[0]
+
+
+def test_rollout_cli_rollback_reason_is_stored_redacted_and_a_nul_is_refused() -> None:
+    key = KEYS["anthropic_api_key"]
+    assert run("rollout", "start", "email-compose")[0] == 0
+    code, output = run("rollout", "rollback", "email-compose", "--reason", "bad\x00answers")
+    assert code == 2 and "--reason must not contain control characters" in output
+    assert "running" in run("rollout", "status")[1]
+    code, output = run("rollout", "rollback", "email-compose", "--reason", f"bad key {key}")
+    assert code == 0, output
+    code, output = run("rollout", "status")
+    assert "rolling_back" in output and "bad key [REDACTED:anthropic:" in output and key not in output
