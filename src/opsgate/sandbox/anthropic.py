@@ -6,7 +6,10 @@ Follows the Messages API reference (docs.anthropic.com, "Messages", "Streaming M
 - Headers: ``x-api-key`` (or ``Authorization: Bearer <key>``, which the ``anthropic`` SDK 2.x
   sends for API keys; neither: 401 ``authentication_error``) and
   ``anthropic-version`` (missing: 400 ``invalid_request_error``, as the real API does).
-- Body: ``model``, ``max_tokens`` and a non-empty ``messages`` list are required (else 400).
+- Body: ``model``, ``max_tokens`` and a non-empty ``messages`` list are required; the body is
+  checked against the Messages request shape (:func:`_check`, shared with count_tokens): any
+  malformed body (invalid JSON, an unpaired surrogate, a wrong type or role) is 400
+  ``invalid_request_error`` naming the field.
 - With ``tools`` and ``tool_choice`` ``{"type": "tool", "name": N}`` (or ``{"type": "any"}``: the
   first tool) the answer is one ``tool_use`` block whose ``input`` is
   :func:`~opsgate.sandbox.instance.instance_for` of that tool's ``input_schema``; stop_reason
@@ -39,6 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
+from opsgate.sandbox.body import BodyError, expect, objects, one_of, optional, read_json, required
 from opsgate.sandbox.faults import Outcome
 from opsgate.sandbox.instance import UnsupportedSchemaError, answer_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
@@ -74,10 +78,6 @@ _ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class _InvalidRequest(ValueError):
-    """The request body breaks the Messages API contract (answered with 400)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
     model: str
@@ -99,9 +99,9 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     if not request.headers.get("anthropic-version"):
         return _error(400, request_id, state, "anthropic-version: header is required")
     try:
-        parsed = _parse(await request.json())
-    except (ValueError, _InvalidRequest) as exc:
-        return _error(400, request_id, state, str(exc) or "Invalid JSON body.")
+        parsed = _parse(await read_json(request))
+    except BodyError as exc:
+        return _error(400, request_id, state, str(exc))
     served = served_model(PROVIDER, parsed.model, state.faults.profile)
     if served is None:
         return _error(404, request_id, state, f"model: {parsed.model}")
@@ -141,9 +141,9 @@ async def count_message_tokens(request: web.Request) -> web.Response:
     if not request.headers.get("anthropic-version"):
         return _error(400, request_id, state, "anthropic-version: header is required")
     try:
-        parsed = _parse(await request.json(), counting=True)
-    except (ValueError, _InvalidRequest) as exc:
-        return _error(400, request_id, state, str(exc) or "Invalid JSON body.")
+        parsed = _parse(await read_json(request), counting=True)
+    except BodyError as exc:
+        return _error(400, request_id, state, str(exc))
     if served_model(PROVIDER, parsed.model, state.faults.profile) is None:
         return _error(404, request_id, state, f"model: {parsed.model}")
     decision = state.faults.decide_count(PROVIDER)
@@ -163,25 +163,13 @@ def _api_key(request: web.Request) -> str:
 
 def _parse(body: Any, *, counting: bool = False) -> _Request:
     """The Messages request ``body`` (``counting``: a count_tokens body, which has no sampling
-    fields); raises :class:`_InvalidRequest`."""
-    if not isinstance(body, dict):
-        raise _InvalidRequest("body: expected an object")
-    model, messages = body.get("model"), body.get("messages")
-    max_tokens = 0 if counting else body.get("max_tokens")
-    if not isinstance(model, str) or not model:
-        raise _InvalidRequest("model: Field required")
-    extra = [f for f in SAMPLING_FIELDS if f in body] if counting else []
-    if extra:
-        raise _InvalidRequest(f"{extra[0]}: Extra inputs are not permitted")
-    if not isinstance(max_tokens, int) or (max_tokens < 1 and not counting):
-        raise _InvalidRequest("max_tokens: Field required (an integer >= 1)")
-    if not isinstance(messages, list) or not messages:
-        raise _InvalidRequest("messages: at least one message is required")
+    fields), checked by :func:`_check`; raises :class:`~opsgate.sandbox.body.BodyError`."""
+    _check(body, counting=counting)
+    model, messages = body["model"], body["messages"]
+    max_tokens = 0 if counting else body["max_tokens"]
     system_blocks = _blocks(body.get("system"))
-    texts = [_text(m.get("content")) for m in messages if isinstance(m, dict)]
-    users = [
-        _text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"
-    ]
+    texts = [_text(m["content"]) for m in messages]
+    users = [_text(m["content"]) for m in messages if m["role"] == "user"]
     tools = body.get("tools") or []
     system = "\n".join(b.get("text", "") for b in system_blocks)
     return _Request(
@@ -194,6 +182,58 @@ def _parse(body: Any, *, counting: bool = False) -> _Request:
         last_user=users[-1] if users else "",
         tool=_forced_tool(tools, body.get("tool_choice")),
     )
+
+
+def _check(body: Any, *, counting: bool) -> None:
+    """Raise :class:`~opsgate.sandbox.body.BodyError` unless ``body`` has the Messages request
+    shape: ``model`` (string), ``max_tokens`` (integer >= 1; a count_tokens body has no sampling
+    fields), a non-empty ``messages`` list of ``{"role": "user"|"assistant", "content": string or
+    content blocks}``, ``system`` (string or text blocks), ``tools`` (objects with a ``name``),
+    ``tool_choice`` (auto, any, tool with ``name``, none) and ``stream`` (boolean)."""
+    expect(body, "body", dict)
+    if not required(body, "model", "", str):
+        raise BodyError("model: String should have at least 1 character")
+    extra = [f for f in SAMPLING_FIELDS if f in body] if counting else []
+    if extra:
+        raise BodyError(f"{extra[0]}: Extra inputs are not permitted")
+    if not counting and required(body, "max_tokens", "", int) < 1:
+        raise BodyError("max_tokens: Input should be greater than or equal to 1")
+    messages = objects(required(body, "messages", "", list), "messages")
+    if not messages:
+        raise BodyError("messages: at least one message is required")
+    for index, message in enumerate(messages):
+        path = f"messages.{index}."
+        one_of(message.get("role"), f"{path}role", ("user", "assistant"))
+        _check_content(required(message, "content", path, str, list), f"{path}content")
+    system = optional(body, "system", "", str, list)
+    for index, block in enumerate(objects(system, "system") if isinstance(system, list) else []):
+        one_of(block.get("type"), f"system.{index}.type", ("text",))
+        required(block, "text", f"system.{index}.", str)
+        optional(block, "cache_control", f"system.{index}.", dict)
+    for index, tool in enumerate(objects(optional(body, "tools", "", list) or [], "tools")):
+        required(tool, "name", f"tools.{index}.", str)
+        optional(tool, "input_schema", f"tools.{index}.", dict)
+    choice = optional(body, "tool_choice", "", dict)
+    if choice is not None and one_of(choice.get("type"), "tool_choice.type",
+                                     ("auto", "any", "tool", "none")) == "tool":
+        required(choice, "name", "tool_choice.", str)
+    optional(body, "stream", "", bool)
+
+
+def _check_content(content: str | list[Any], path: str) -> None:
+    """Content blocks: objects with a string ``type``; a text block has a string ``text``, a
+    tool_result's ``content`` is a string or content blocks."""
+    if isinstance(content, str):
+        return
+    for index, block in enumerate(objects(content, path)):
+        prefix = f"{path}.{index}."
+        kind = required(block, "type", prefix, str)
+        if kind == "text":
+            required(block, "text", prefix, str)
+        if kind == "tool_result":
+            inner = optional(block, "content", prefix, str, list)
+            if inner is not None:
+                _check_content(inner, f"{prefix}content")
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
@@ -223,7 +263,7 @@ def _forced_tool(tools: list[dict[str, Any]], choice: Any) -> dict[str, Any] | N
     for tool in tools:
         if tool.get("name") == choice.get("name"):
             return tool
-    raise _InvalidRequest(f"tool_choice: tool {choice.get('name')!r} is not in tools")
+    raise BodyError(f"tool_choice: tool {choice.get('name')!r} is not in tools")
 
 
 def _message(req: _Request, state: SandboxState, *, refusal: bool, off_schema: bool) -> dict[str, Any]:

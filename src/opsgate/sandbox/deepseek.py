@@ -5,8 +5,10 @@ Follows the DeepSeek API docs ("Create Chat Completion", "JSON Output", "Context
 "Reasoning Model", "Error Codes") and the OpenAI Chat Completions reference for the shared shape:
 
 - ``Authorization: Bearer <key>`` is required (else 401 ``authentication_error``).
-- ``model`` and a non-empty ``messages`` list are required (else 400); ``max_tokens`` < 1 or
-  ``temperature`` outside 0..2 is 422.
+- ``model`` and a non-empty ``messages`` list are required; the body is checked against the
+  Chat Completions request shape (:func:`_check`): a malformed body (invalid JSON, an unpaired
+  surrogate, a wrong type or role) is 400; ``max_tokens`` < 1 or ``temperature`` outside 0..2
+  (or not a number) is 422.
 - ``response_format`` ``{"type": "json_schema", "json_schema": {"schema": S}}``: the content is a
   JSON instance of ``S``. ``{"type": "json_object"}``: by this sandbox's convention the **last
   fenced ```json block in the system or user messages** gives the answer's shape: a JSON Schema
@@ -35,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from opsgate.sandbox.body import BodyError, expect, objects, one_of, optional, read_json, required
 from opsgate.sandbox.faults import Outcome
 from opsgate.sandbox.instance import UnsupportedSchemaError, answer_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
@@ -92,11 +95,11 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     if scheme.lower() != "bearer" or not key.strip():
         return _error(401)
     try:
-        parsed = _parse(await request.json())
+        parsed = _parse(await read_json(request))
     except _RequestError as exc:
         return _error(exc.status, str(exc))
-    except ValueError:
-        return _error(400)
+    except BodyError as exc:
+        return _error(400, f"Invalid format: {exc}")
     served = served_model(PROVIDER, parsed.model, state.faults.profile)
     if served is None:
         return _error(404, f"The model `{parsed.model}` does not exist or you do not have access to it.",
@@ -132,22 +135,12 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
 
 
 def _parse(body: Any) -> _Request:
-    if not isinstance(body, dict):
-        raise _RequestError(400, "Invalid format: expected a JSON object")
-    model, messages = body.get("model"), body.get("messages")
-    if not isinstance(model, str) or not model:
-        raise _RequestError(400, "Invalid format: model is required")
-    if not isinstance(messages, list) or not messages:
-        raise _RequestError(400, "Invalid format: messages is required")
+    """The Chat Completions request ``body``, checked by :func:`_check`; raises
+    :class:`~opsgate.sandbox.body.BodyError` (400) or :class:`_RequestError` (422)."""
+    _check(body)
+    model, messages = body["model"], body["messages"]
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise _RequestError(
-            422, "Invalid max_tokens value, the valid range of max_tokens is [1, 8192]"
-        )
-    temperature = body.get("temperature", 1)
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise _RequestError(422, "Invalid temperature value, the valid range is [0, 2]")
-    texts = [(m.get("role"), _text(m.get("content"))) for m in messages if isinstance(m, dict)]
+    texts = [(m["role"], _text(m.get("content"))) for m in messages]
     systems = [t for role, t in texts if role == "system"]
     users = [t for role, t in texts if role == "user"]
     options = body.get("stream_options") or {}
@@ -163,6 +156,53 @@ def _parse(body: Any) -> _Request:
             body.get("response_format"), [t for role, t in texts if role in ("system", "user")]
         ),
     )
+
+
+def _check(body: Any) -> None:
+    """Raise :class:`~opsgate.sandbox.body.BodyError` unless ``body`` has the Chat Completions
+    request shape: ``model`` (string), a non-empty ``messages`` list of ``{"role": system | user |
+    assistant | tool, "content": string or content parts}`` (an assistant's content may be null),
+    ``stream`` (boolean), ``stream_options`` and ``response_format`` objects, ``tools`` (objects);
+    :class:`_RequestError` 422 for ``max_tokens`` < 1 or ``temperature`` outside 0..2."""
+    expect(body, "body", dict)
+    if not required(body, "model", "", str):
+        raise BodyError("model: String should have at least 1 character")
+    messages = objects(required(body, "messages", "", list), "messages")
+    if not messages:
+        raise BodyError("messages: at least one message is required")
+    for index, message in enumerate(messages):
+        path = f"messages.{index}."
+        role = one_of(message.get("role"), f"{path}role", ("system", "user", "assistant", "tool"))
+        content = message.get("content")
+        if content is not None or role != "assistant":
+            _check_content(required(message, "content", path, str, list), f"{path}content")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+        raise _RequestError(
+            422, "Invalid max_tokens value, the valid range of max_tokens is [1, 8192]"
+        )
+    temperature = body.get("temperature", 1)
+    if type(temperature) not in (int, float) or not 0 <= temperature <= 2:
+        raise _RequestError(422, "Invalid temperature value, the valid range is [0, 2]")
+    optional(body, "stream", "", bool)
+    optional(optional(body, "stream_options", "", dict) or {}, "include_usage", "stream_options.",
+             bool)
+    objects(optional(body, "tools", "", list) or [], "tools")
+    response_format = optional(body, "response_format", "", dict)
+    if response_format is not None and one_of(
+        response_format.get("type"), "response_format.type", ("text", "json_object", "json_schema")
+    ) == "json_schema":
+        spec = required(response_format, "json_schema", "response_format.", dict)
+        optional(spec, "schema", "response_format.json_schema.", dict)
+
+
+def _check_content(content: str | list[Any], path: str) -> None:
+    """Content parts: objects with a string ``type``; a text part has a string ``text``."""
+    if isinstance(content, str):
+        return
+    for index, part in enumerate(objects(content, path)):
+        if required(part, "type", f"{path}.{index}.", str) == "text":
+            required(part, "text", f"{path}.{index}.", str)
 
 
 def _text(content: Any) -> str:

@@ -6,8 +6,10 @@ Follows the Gemini API reference (ai.google.dev, "Generating content", "Structur
 
 - The key comes in the ``x-goog-api-key`` header (``?key=`` is accepted too, as the SDKs may use
   it); a missing key is 403 ``PERMISSION_DENIED``.
-- A non-empty ``contents`` list is required (else 400 ``INVALID_ARGUMENT``). Field names are
-  read in lowerCamelCase or snake_case, as proto3 JSON parsing allows.
+- A non-empty ``contents`` list is required; the body is checked against the
+  ``GenerateContentRequest`` shape (:func:`_check`, shared with countTokens): any malformed body
+  (invalid JSON, an unpaired surrogate, a wrong type or role) is 400 ``INVALID_ARGUMENT``. Field
+  names are read in lowerCamelCase or snake_case, as proto3 JSON parsing allows.
 - With ``generationConfig.responseMimeType: "application/json"`` the answer text is a JSON
   instance of ``responseSchema`` (OpenAPI subset, upper-case types allowed) or
   ``responseJsonSchema`` (JSON Schema), or ``{}`` without a schema. Otherwise a text answer, cut
@@ -37,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from opsgate.sandbox.body import BodyError, expect, objects, one_of, optional, read_json
 from opsgate.sandbox.faults import Outcome
 from opsgate.sandbox.instance import UnsupportedSchemaError, answer_for
 from opsgate.sandbox.malformed import Event, malformed_json, malformed_stream
@@ -82,10 +85,6 @@ _ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-class _InvalidArgument(ValueError):
-    """The body breaks the generateContent contract (answered with 400 INVALID_ARGUMENT)."""
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
     model: str
@@ -111,9 +110,9 @@ async def generate_content(request: web.Request) -> web.StreamResponse:
     if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
         return _error(403)
     try:
-        parsed = _parse(model, action, await request.json())
-    except ValueError as exc:
-        return _error(400, str(exc) if isinstance(exc, _InvalidArgument) else None)
+        parsed = _parse(model, action, await read_json(request))
+    except BodyError as exc:
+        return _error(400, f"Invalid JSON payload: {exc}")
     served = served_model(PROVIDER, parsed.model, state.faults.profile)
     if served is None:
         return _error(404, f"models/{parsed.model} is not found for API version v1beta, or is not "
@@ -154,9 +153,9 @@ async def count_tokens_for(request: web.Request, model: str) -> web.Response:
     if not (request.headers.get("x-goog-api-key") or request.query.get("key")):
         return _error(403)
     try:
-        parsed = _parse(model, _COUNT, _counted_request(await request.json()))
-    except ValueError as exc:
-        return _error(400, str(exc) if isinstance(exc, _InvalidArgument) else None)
+        parsed = _parse(model, _COUNT, _counted_request(await read_json(request)))
+    except BodyError as exc:
+        return _error(400, f"Invalid JSON payload: {exc}")
     if served_model(PROVIDER, model, state.faults.profile) is None:
         return _error(404, f"models/{model} is not found for API version v1beta, or is not "
                            "supported for countTokens.")
@@ -174,25 +173,23 @@ async def count_tokens_for(request: web.Request, model: str) -> web.Response:
 def _counted_request(body: Any) -> Any:
     """The generateContent request a countTokens ``body`` counts: its ``generateContentRequest``,
     or its ``contents`` alone (the two are mutually exclusive)."""
-    if not isinstance(body, dict):
-        raise _InvalidArgument("Invalid JSON payload: expected an object.")
+    expect(body, "body", dict)
     whole = _field(body, "generateContentRequest")
     if whole is not None and "contents" in body:
-        raise _InvalidArgument("contents and generateContentRequest are mutually exclusive")
+        raise BodyError("contents and generateContentRequest are mutually exclusive")
     return whole if whole is not None else {"contents": body.get("contents")}
 
 
 def _parse(model: str, action: str, body: Any) -> _Request:
-    if not isinstance(body, dict):
-        raise _InvalidArgument("Invalid JSON payload: expected an object.")
-    contents = body.get("contents")
-    if not isinstance(contents, list) or not contents:
-        raise _InvalidArgument("* GenerateContentRequest.contents: contents is not specified")
+    """The generateContent request ``body``, checked by :func:`_check`; raises
+    :class:`~opsgate.sandbox.body.BodyError`."""
+    _check(body)
+    contents = body["contents"]
     config = _field(body, "generationConfig") or {}
     thinking = _field(config, "thinkingConfig") or {}
     system = _text(_field(body, "systemInstruction"))
-    texts = [_text(c) for c in contents if isinstance(c, dict)]
-    users = [_text(c) for c in contents if isinstance(c, dict) and c.get("role", "user") == "user"]
+    texts = [_text(c) for c in contents]
+    users = [_text(c) for c in contents if c.get("role", "user") == "user"]
     return _Request(
         model=model,
         stream=action == "streamGenerateContent",
@@ -206,6 +203,55 @@ def _parse(model: str, action: str, body: Any) -> _Request:
         thinking_budget=_field(thinking, "thinkingBudget"),
         include_thoughts=bool(_field(thinking, "includeThoughts")),
     )
+
+
+def _check(body: Any) -> None:
+    """Raise :class:`~opsgate.sandbox.body.BodyError` unless ``body`` has the
+    ``GenerateContentRequest`` shape: a non-empty ``contents`` list of ``Content`` objects,
+    ``systemInstruction`` a ``Content``, ``generationConfig`` an object whose
+    ``responseMimeType`` is a string, ``maxOutputTokens`` an integer and ``thinkingConfig`` an
+    object with an integer ``thinkingBudget`` and a boolean ``includeThoughts``."""
+    expect(body, "body", dict)
+    contents = objects(_field(body, "contents"), "contents") if "contents" in body else []
+    if not contents:
+        raise BodyError("* GenerateContentRequest.contents: contents is not specified")
+    for index, content in enumerate(contents):
+        _check_content(content, f"contents[{index}]")
+    system = _field(body, "systemInstruction")
+    if system is not None:
+        _check_content(expect(system, "system_instruction", dict), "system_instruction")
+    config = _message(body, "generationConfig")
+    _check_fields(config, "generation_config", responseMimeType=str, maxOutputTokens=int)
+    thinking = _message(config, "thinkingConfig")
+    _check_fields(thinking, "thinking_config", thinkingBudget=int, includeThoughts=bool)
+
+
+def _message(parent: dict[str, Any], camel: str) -> dict[str, Any]:
+    """The sub-message ``parent[camel]`` (either spelling), ``{}`` when absent or null; any other
+    non-object value raises :class:`~opsgate.sandbox.body.BodyError`."""
+    value = _field(parent, camel)
+    return {} if value is None else expect(value, camel, dict)
+
+
+def _check_fields(message: dict[str, Any], path: str, **kinds: type) -> None:
+    """Each field named in ``kinds`` (either spelling, see :func:`_field`) is absent or of its
+    type."""
+    for name, kind in kinds.items():
+        value = _field(message, name)
+        if value is not None:
+            expect(value, f"{path}.{name}", kind)
+
+
+def _check_content(content: dict[str, Any], path: str) -> None:
+    """A ``Content``: ``role`` (optional) "user" or "model", a non-empty ``parts`` list of
+    objects whose ``text``, when present, is a string."""
+    if content.get("role") is not None:
+        one_of(content["role"], f"{path}.role", ("user", "model"))
+    parts = objects(content.get("parts"), f"{path}.parts")
+    if not parts:
+        raise BodyError(f"{path}.parts: must not be empty")
+    for index, part in enumerate(parts):
+        optional(part, "text", f"{path}.parts[{index}].", str)
 
 
 def _field(message: dict[str, Any], camel: str) -> Any:
