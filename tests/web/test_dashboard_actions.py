@@ -4,8 +4,10 @@ operator cannot change rollouts even with a valid CSRF token."""
 
 from __future__ import annotations
 
+import httpx
 import orjson
 from playwright.sync_api import Browser
+from tests.security.canaries import KEYS
 from tests.web.browsing import Console, Dashboard, screenshot, sign_in, wait_live
 
 from opsgate.monitoring.rules import Finding, Severity
@@ -114,3 +116,22 @@ def test_operator_acknowledges_and_resolves_an_incident(dashboard: Dashboard, br
     screenshot(page, "incident-resolved")
     assert console.errors == []
     page.context.close()
+
+
+def test_a_rollback_reason_from_the_dashboard_is_stored_redacted_and_a_nul_is_refused(dashboard: Dashboard) -> None:
+    key = KEYS["anthropic_api_key"]
+    rollout = _start_rollout(dashboard, "analytics-anomaly")
+    form = {"username": "ada", "password": dashboard.passwords["ada"]}
+    with httpx.Client(base_url=dashboard.base_url) as client:
+        assert client.post("/dashboard/login", data=form, follow_redirects=False).status_code == 303
+        client.get("/dashboard/rollouts")
+        csrf = client.cookies["opsgate_csrf"]
+        path = f"/dashboard/rollouts/{rollout['id']}/rollback"
+        refused = client.post(path, data={"csrf_token": csrf, "reason": "bad\x00key"}, follow_redirects=False)
+        assert refused.headers["location"] == "/dashboard/rollouts?error=invalid_input"
+        assert _rollout(dashboard, rollout["id"])["state"] == "running"
+        done = client.post(path, data={"csrf_token": csrf, "reason": f"bad key {key}"}, follow_redirects=False)
+        assert done.headers["location"] == "/dashboard/rollouts"
+    rolled_back = _rollout(dashboard, rollout["id"])
+    assert rolled_back["history"][-1]["reason"].startswith("bad key [REDACTED:anthropic:")
+    assert key not in orjson.dumps(rolled_back).decode()

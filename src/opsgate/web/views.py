@@ -39,6 +39,7 @@ from opsgate.operations import OPERATIONS
 from opsgate.rollout.controller import ACTIVE
 from opsgate.runtime import Runtime
 from opsgate.security.auth import Principal
+from opsgate.security.operator_input import operator_text
 from opsgate.security.rbac import require_role
 from opsgate.security.users import authenticate
 from opsgate.web import data
@@ -254,7 +255,7 @@ def _text(form: dict[str, str], field: str) -> str:
     value = form.get(field, "").strip()
     if not 0 < len(value) <= FORM_TEXT:
         raise _Refused("invalid_input")
-    return value
+    return operator_text(field, value)
 
 
 class _Refused(Exception):
