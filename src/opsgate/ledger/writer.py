@@ -220,12 +220,32 @@ class Ledger:
         self._enqueue(_Request(kind, cleaned, tuple(rows), future, loop, work, amend))
         return await future
 
+    @overload
     def append_sync(
-        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), timeout: float | None = None
-    ) -> AppendedEntry[None]:
-        """Blocking :meth:`append` for threads without an event loop; ``timeout`` in seconds."""
-        future: Future[AppendedEntry[None]] = Future()
-        self._enqueue(_Request(kind, clean_payload(kind, payload), tuple(rows), future, None))
+        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), timeout: float | None = None,
+        *, work: None = None,
+    ) -> AppendedEntry[None]: ...
+
+    @overload
+    def append_sync(
+        self, kind: str, payload: dict[str, Any], rows: ExtraRows = (), timeout: float | None = None,
+        *, work: InTransaction[T], amend: Amend[T] | None = None,
+    ) -> AppendedEntry[T]: ...
+
+    def append_sync(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        rows: ExtraRows = (),
+        timeout: float | None = None,
+        *,
+        work: InTransaction[Any] | None = None,
+        amend: Amend[Any] | None = None,
+    ) -> AppendedEntry[Any]:
+        """Blocking :meth:`append` (same ``rows``, ``work`` and ``amend``, same errors) for threads
+        without an event loop; ``timeout`` in seconds."""
+        future: Future[AppendedEntry[Any]] = Future()
+        self._enqueue(_Request(kind, clean_payload(kind, payload), tuple(rows), future, None, work, amend))
         return future.result(timeout)
 
     def _enqueue(self, request: _Request) -> None:

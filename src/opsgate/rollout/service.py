@@ -314,26 +314,29 @@ class RolloutService:
             self._check_candidate(ops, variant)
         if shadow_percent is not None:
             plan = shadow_plan(plan, variant, shadow_percent)
-        busy = self._rollouts_with(ops, ACTIVE | {State.ROLLING_BACK})
-        if busy:
-            raise RolloutConflict(f"rollout {busy[0].id} is still running for {', '.join(busy[0].operations)}")
         now = self.clock.now()
-        with self.engine.begin() as conn:
-            rollout_id = conn.execute(insert(rollouts).values(
-                operations=json.dumps(ops), plan=json.dumps(plan.to_dict()), state=State.RUNNING.value,
-                stage_index=0, stage_started_at=now, paused_s=0, version=0, created_at=now,
-                created_by=actor, updated_at=now, variant=variant,
-                shadow_percent=shadow_percent).returning(rollouts.c.id)).scalar_one()
-        try:
-            self._record(rollout_id, "start", "start", State.RUNNING, State.RUNNING, 0,
-                         "rollout started", {"percentage": plan.percentage(0)}, actor,
-                         extra={"operations": list(ops), "plan": plan.to_dict(),
-                                **({"variant": variant} if variant else {}),
-                                **({"shadow_percent": shadow_percent} if shadow_percent else {})})
-        except Exception:
-            with self.engine.begin() as conn:
-                conn.execute(delete(rollouts).where(rollouts.c.id == rollout_id))
-            raise
+        values = {"operations": json.dumps(ops), "plan": json.dumps(plan.to_dict()),
+                  "state": State.RUNNING.value, "stage_index": 0, "stage_started_at": now, "paused_s": 0,
+                  "version": 0, "created_at": now, "created_by": actor, "updated_at": now,
+                  "variant": variant, "shadow_percent": shadow_percent}
+        row, payload = self._decision("start", "start", State.RUNNING, State.RUNNING, 0, "rollout started",
+                                      {"percentage": plan.percentage(0)}, actor)
+        payload |= {"operations": list(ops), "plan": plan.to_dict(),
+                    **({"variant": variant} if variant else {}),
+                    **({"shadow_percent": shadow_percent} if shadow_percent else {})}
+
+        def insert_if_free(conn: Connection) -> int:
+            """In the ledger's transaction, which holds its append lock (SQLite: the database
+            write lock), so no other process can insert a rollout between this check and insert."""
+            busy = _unfinished_with(conn, ops)
+            if busy is not None:
+                raise RolloutConflict(f"rollout {busy.id} is still running for {', '.join(busy.operations)}")
+            rollout_id: int = conn.execute(insert(rollouts).values(values).returning(rollouts.c.id)).scalar_one()
+            conn.execute(insert(rollout_decisions).values({**row, "rollout_id": rollout_id}))
+            return rollout_id
+
+        rollout_id = self.ledger.append_sync("rollout.decision", payload, work=insert_if_free,
+                                             amend=lambda rid: {"rollout_id": rid}).work_result
         if variant is not None:
             self._assign(ops[0], f"rollout:{rollout_id}", "variant canary stage 1", candidate=variant,
                          candidate_percentage=plan.percentage(0), group_id=variant_group(ops[0], variant),
@@ -616,14 +619,19 @@ class RolloutService:
                 log.exception("rollout alert listener failed for %s", event.kind)
 
     def _record(self, rollout_id: int, event: str, action: str, before: State, after: State,
-                stage_index: int, reason: str, numbers: dict[str, int], actor: str,
-                extra: dict[str, Any] | None = None) -> None:
-        row = {"rollout_id": rollout_id, "at": self.clock.now(), "event": event, "action": action,
+                stage_index: int, reason: str, numbers: dict[str, int], actor: str) -> None:
+        row, payload = self._decision(event, action, before, after, stage_index, reason, numbers, actor)
+        self.ledger.append_sync("rollout.decision", {"rollout_id": rollout_id, **payload},
+                                rows=[(rollout_decisions, {**row, "rollout_id": rollout_id})])
+
+    def _decision(self, event: str, action: str, before: State, after: State, stage_index: int,
+                  reason: str, numbers: dict[str, int], actor: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A ``rollout_decisions`` row and its ledger payload, both without the rollout id."""
+        row = {"at": self.clock.now(), "event": event, "action": action,
                "state_before": before.value, "state_after": after.value, "stage_index": stage_index,
                "reason": reason, "numbers": json.dumps(numbers, sort_keys=True), "actor": actor}
         payload = {k: v for k, v in row.items() if k not in ("at", "numbers")}
-        self.ledger.append_sync("rollout.decision", {**payload, "numbers": numbers, **(extra or {})},
-                                rows=[(rollout_decisions, row)])
+        return row, {**payload, "numbers": numbers}
 
     def _rollouts_with(self, operations: Iterable[str], states: Iterable[State]) -> list[Rollout]:
         wanted = set(operations)
@@ -680,6 +688,15 @@ def _check_toggle(values: Mapping[str, Any]) -> None:
         raise InvalidPlan("rollout_percentage must be an integer in 0..100")
     if not values["group_id"] or len(values["group_id"]) > 128:
         raise InvalidPlan("group_id must be 1 to 128 characters")
+
+
+def _unfinished_with(conn: Connection, operations: tuple[str, ...]) -> Rollout | None:
+    """The newest rollout still active or rolling back that touches one of ``operations``, read
+    on ``conn``; None when there is none."""
+    query = (select(rollouts).where(rollouts.c.state.in_([s.value for s in ACTIVE | {State.ROLLING_BACK}]))
+             .order_by(rollouts.c.id.desc()))
+    found = (_rollout(r) for r in conn.execute(query).mappings())
+    return next((r for r in found if set(operations).intersection(r.operations)), None)
 
 
 def _rollout(row: RowMapping) -> Rollout:
