@@ -69,6 +69,14 @@ def test_rollout_api_rejects_bad_bodies(gateway: Gateway) -> None:
                             json={"operations": [OP], "plan": {"stages": [{"percentage": 50, "hours": 1},
                                                                           {"percentage": 10, "hours": 1}]}})
     assert (r.status_code, r.json()["detail"]) == (422, "stage percentages must increase strictly")
+    r = gateway.client.post("/v1/admin/rollouts", headers=admin(gateway),
+                            json={"operations": [OP], "plan": {"stages": [{"percentage": 5, "seconds": 1e300}]}})
+    assert (r.status_code, r.json()["code"], r.json()["detail"]) == (
+        422, "invalid_input", "stages[0].seconds must be an integer number of seconds")
+    r = gateway.client.post("/v1/admin/rollouts", headers=admin(gateway),
+                            json={"operations": [OP], "plan": {"stages": [{"percentage": 5, "seconds": 60}],
+                                                               "observation_s": 9007199254740991}})
+    assert (r.status_code, r.json()["detail"]) == (422, "observation_s must be at most 366 days (31622400 seconds)")
 
 
 def test_rollout_api_opt_in_is_per_user(gateway: Gateway) -> None:

@@ -2,7 +2,9 @@
 "observation_hours": 48}`` (``seconds`` / ``observation_s`` are accepted instead of hours).
 
 Rules: at least one stage; percentages strictly increasing within 1..100; every duration > 0 s and the
-observation >= 0 s. Raises :class:`~opsgate.rollout.errors.InvalidPlan` naming the broken rule.
+observation >= 0 s, each at most :data:`MAX_DURATION_S` (366 days) and a whole number of seconds
+(``seconds`` / ``observation_s`` are integers; hours may be fractional if they make whole seconds,
+e.g. 0.5). The API's ``plan`` and the CLI's plan files both go through :func:`parse_plan`. Raises :class:`~opsgate.rollout.errors.InvalidPlan` naming the broken rule.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from typing import Any
 from opsgate.rollout.controller import Plan, Stage
 from opsgate.rollout.errors import InvalidPlan
 
+MAX_DURATION_S = 366 * 24 * 3600
+"""The longest stage or observation a plan may set: 366 days, in seconds."""
+
 
 def parse_plan(data: dict[str, Any]) -> Plan:
     """A validated :class:`Plan` from a decoded plan document."""
     raw = data.get("stages")
     if not isinstance(raw, list) or not raw:
         raise InvalidPlan("a plan needs a non-empty list of stages")
-    stages = tuple(Stage(_percentage(s), _seconds(s, "hours", "seconds")) for s in raw)
+    stages = tuple(Stage(_percentage(s), _seconds(s, "hours", "seconds", f"stages[{i}]."))
+                   for i, s in enumerate(raw))
     if any(b.percentage <= a.percentage for a, b in itertools.pairwise(stages)):
         raise InvalidPlan("stage percentages must increase strictly")
     if any(s.seconds <= 0 for s in stages):
@@ -52,17 +58,26 @@ def _percentage(stage: Any) -> int:
     return value
 
 
-def _seconds(obj: dict[str, Any], hours_key: str, seconds_key: str, default: int | None = None) -> int:
+def _seconds(obj: dict[str, Any], hours_key: str, seconds_key: str, where: str = "",
+             default: int | None = None) -> int:
+    """Whole seconds from ``obj[seconds_key]`` (an integer) or ``obj[hours_key]`` (a number of
+    hours); ``where`` prefixes the key in messages (``"stages[0]."``)."""
     if seconds_key in obj:
-        value = obj[seconds_key]
-        scale = 1
+        key, value, scale = seconds_key, obj[seconds_key], 1
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidPlan(f"{where}{key} must be an integer number of seconds")
     elif hours_key in obj:
-        value = obj[hours_key]
-        scale = 3600
+        key, value, scale = hours_key, obj[hours_key], 3600
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise InvalidPlan(f"{where}{key} must be a number")
     elif default is not None:
         return default
     else:
         raise InvalidPlan(f"each stage needs {hours_key} or {seconds_key}")
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise InvalidPlan(f"{hours_key}/{seconds_key} must be a number")
-    return round(value * scale)
+    exact = value * scale
+    if not abs(exact) <= MAX_DURATION_S:  # also refuses NaN and infinities
+        raise InvalidPlan(f"{where}{key} must be at most 366 days ({MAX_DURATION_S} seconds)")
+    seconds = round(exact)
+    if abs(exact - seconds) > 1e-6:
+        raise InvalidPlan(f"{where}{key} must be a whole number of seconds")
+    return seconds
