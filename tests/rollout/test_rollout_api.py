@@ -54,6 +54,9 @@ def test_rollout_api_admin_routes_need_the_admin_role(gateway: Gateway) -> None:
     assert gateway.client.put(f"/v1/admin/toggles/{OP}", headers=user(gateway),
                               json={"enabled": False}).status_code == 403
     assert gateway.client.post("/v1/admin/rollouts", json={"operations": [OP]}).status_code == 401
+    operator = {"Authorization": f"Bearer {gateway.token('olga', 'operator')}"}
+    r = gateway.client.post("/v1/admin/rollouts/1/rollback", headers=operator, json={"reason": "p1"})
+    assert (r.status_code, r.json()["code"]) == (403, "forbidden")  # docs/security.md: rollbacks are admin's
     assert gateway.post(OP, body()).status_code == 200
 
 
