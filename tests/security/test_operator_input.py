@@ -77,3 +77,12 @@ def test_a_secret_shaped_blank_or_control_budget_user_id_is_a_422_and_nothing_is
     ok = gateway.client.put("/v1/admin/budgets", headers=admin(gateway),
                             json={"user_id": "alice", "period": "day", "limit_usd": "1.00"})
     assert (ok.status_code, ok.json()["user_id"], ok.json()["scope"]) == (200, "alice", "user:alice")
+
+
+def test_a_user_id_shaped_like_personal_data_can_have_a_budget(gateway: Gateway) -> None:
+    """``opsgate users add`` takes any id: an e-mail address or a long numeric IdP ``sub`` (a
+    phone- or card-shaped run of digits to the sanitizer) names a user a budget must reach."""
+    for user_id in ["alice@example.com", "4155552671", "4111111111111111", "108234567890123456789"]:
+        ok = gateway.client.put("/v1/admin/budgets", headers=admin(gateway),
+                                json={"user_id": user_id, "period": "day", "limit_usd": "1.00"})
+        assert (ok.status_code, ok.json()["user_id"]) == (200, user_id), ok.text
