@@ -215,12 +215,13 @@ class RolloutService:
             return [Toggle(**r._mapping) for r in rows]
 
     def get_toggle(self, operation: str) -> Toggle:
-        """One toggle; :class:`NotFound` (404) naming ``operation`` and the known ones for an
-        operation without a toggle (the gateway seeds one per operation)."""
+        """One toggle; :class:`NotFound` (404) listing the known operations for an operation
+        without a toggle (the gateway seeds one per operation). The message never repeats the
+        submitted name: problem details do not echo input (it may hold a secret)."""
         row = self._toggle_row(operation)
         if row is None:
             known = ", ".join(t.operation for t in self.list_toggles())
-            raise NotFound(f"unknown operation {operation!r} (known: {known})")
+            raise NotFound(f"unknown operation (known: {known})")
         return Toggle(**row)
 
     def set_toggle(self, operation: str, change: ToggleChange, actor: str, reason: str = "") -> Toggle:
