@@ -90,28 +90,18 @@ class _Request:
     tool: dict[str, Any] | None
 
 
-async def _checked(request: web.Request, request_id: str, *, counting: bool) -> _Request | web.Response:
-    """The checks both endpoints make before anything else, in the API's order: the key (401),
-    the ``anthropic-version`` header (400), then the body's shape (400); the parsed body, or the
-    error response to send."""
+async def create_message(request: web.Request) -> web.StreamResponse:
+    """``POST /anthropic/v1/messages``: see the module docstring."""
     state = request.app[STATE]
+    request_id = f"req_{state.next_id()}"
     if not _api_key(request):
         return _error(401, request_id, state)
     if not request.headers.get("anthropic-version"):
         return _error(400, request_id, state, "anthropic-version: header is required")
     try:
-        return _parse(await read_json(request), counting=counting)
+        parsed = _parse(await read_json(request))
     except BodyError as exc:
         return _error(400, request_id, state, str(exc))
-
-
-async def create_message(request: web.Request) -> web.StreamResponse:
-    """``POST /anthropic/v1/messages``: see the module docstring."""
-    state = request.app[STATE]
-    request_id = f"req_{state.next_id()}"
-    parsed = await _checked(request, request_id, counting=False)
-    if isinstance(parsed, web.Response):
-        return parsed
     served = served_model(PROVIDER, parsed.model, state.faults.profile)
     if served is None:
         return _error(404, request_id, state, f"model: {parsed.model}")
@@ -146,9 +136,14 @@ async def count_message_tokens(request: web.Request) -> web.Response:
     """``POST /anthropic/v1/messages/count_tokens``: see the module docstring."""
     state = request.app[STATE]
     request_id = f"req_{state.next_id()}"
-    parsed = await _checked(request, request_id, counting=True)
-    if isinstance(parsed, web.Response):
-        return parsed
+    if not _api_key(request):
+        return _error(401, request_id, state)
+    if not request.headers.get("anthropic-version"):
+        return _error(400, request_id, state, "anthropic-version: header is required")
+    try:
+        parsed = _parse(await read_json(request), counting=True)
+    except BodyError as exc:
+        return _error(400, request_id, state, str(exc))
     if served_model(PROVIDER, parsed.model, state.faults.profile) is None:
         return _error(404, request_id, state, f"model: {parsed.model}")
     decision = state.faults.decide_count(PROVIDER)
