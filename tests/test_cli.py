@@ -13,6 +13,7 @@ from tests.security.canaries import KEYS
 from typer.testing import CliRunner
 
 from opsgate.cli import app
+from opsgate.numbers import DECIMAL_RULE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
@@ -178,8 +179,11 @@ def test_budgets_show_at_80_columns_cuts_no_amount_and_no_scope(env, monkeypatch
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--global", "--limit-usd", "99999999999999"], "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
-    (["--global", "--limit-usd", "1e400"], "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
+    (["--global", "--limit-usd", "99999999999999"], "limit_usd must be at most 1,000,000,000 USD"),
+    (["--global", "--limit-usd", "1e400"], f"limit_usd must be {DECIMAL_RULE}"),
+    (["--global", "--limit-usd", "1_000"], f"limit_usd must be {DECIMAL_RULE}"),
+    (["--global", "--limit-usd", "\uff11\uff10"], f"limit_usd must be {DECIMAL_RULE}"),
+    (["--global", "--limit-usd", "\u0661\u0660"], f"limit_usd must be {DECIMAL_RULE}"),
     (["--operation", "no-such-op", "--limit-usd", "1"], "unknown operation; known: analytics-anomaly"),
     (["--scope", "shadow", "--limit-usd", "1", "--on-exhausted", "cheaper"],
      "a shadow budget cannot be cheaper: shadow calls are never degraded"),
@@ -193,7 +197,7 @@ def test_budgets_set_refuses_bad_input_in_one_line(env, args, message):
 
 def test_budgets_set_accepts_the_largest_limit_and_a_user_without_calls(env):
     result = runner.invoke(app, ["budgets", "set", "--user", "nobody-yet", "--period", "day",
-                                 "--limit-usd", "1e9"])
+                                 "--limit-usd", "1000000000"])
     assert result.exit_code == 0 and "user:nobody-yet day budget: $1,000,000,000.000000" in result.stdout
 
 

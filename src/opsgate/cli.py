@@ -22,6 +22,7 @@ from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
 from opsgate.metering.prices import PriceBook
 from opsgate.monitoring.cli import incidents_app, worker
+from opsgate.numbers import cli_int
 from opsgate.operations.cli import privacy_app
 from opsgate.rehearsal.cli import rehearse
 from opsgate.reports.cli import readiness, report_app
@@ -103,10 +104,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, parser=cli_int(0, 65535), help="TCP port."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Serve providers from loopback sandboxes."),
     faults: str = typer.Option(None, help="Sandbox fault profile (with --sandbox)."),
-    workers: int = typer.Option(1, min=1, help="Worker processes sharing the port (replicas)."),
+    workers: int = typer.Option(1, parser=cli_int(1), help="Worker processes sharing the port (replicas)."),
     per_worker_limits: bool = typer.Option(
         False, "--per-worker-limits",
         help="With --workers N and no OPSGATE_REDIS_URL: accept that every worker counts the rate "
@@ -142,7 +143,7 @@ def _limits_set(settings: Settings) -> bool:
 @app.command("sandbox")
 def sandbox_cmd(
     host: str = typer.Option("127.0.0.1", help="Loopback interface to bind."),
-    port: int = typer.Option(8100, help="TCP port."),
+    port: int = typer.Option(8100, parser=cli_int(0, 65535), help="TCP port."),
     faults: str = typer.Option("none", help="Fault profile, e.g. flaky or outage:anthropic,slow:20ms."),
 ) -> None:
     """Serve the Anthropic, DeepSeek and Gemini sandboxes on one loopback port."""
@@ -198,7 +199,7 @@ async def _run_once(settings: Settings, operation: str, body: bytes, user: str) 
 @app.command()
 def demo(
     examples: Path = typer.Option(Path("examples"), help="Folder of example inputs, one per operation."),
-    port: int = typer.Option(0, help="Port for the demo server (0 = any free port)."),
+    port: int = typer.Option(0, parser=cli_int(0, 65535), help="Port for the demo server (0 = any free port)."),
 ) -> None:
     """Serve opsgate on the sandboxes, call all nine operations over HTTP, verify the ledger."""
     from opsgate.demo import run_demo

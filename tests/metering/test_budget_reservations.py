@@ -41,7 +41,8 @@ def test_periods_are_utc_calendar_day_and_month() -> None:
 def test_usd_amounts_become_whole_micro_usd() -> None:
     assert usd_to_micro("0.010") == 10_000
     assert usd_to_micro("12.345678") == 12_345_678
-    for bad in ("0.0000001", "-1", "abc", "NaN"):
+    assert usd_to_micro("1.00000000000000000000000000000000") == 1_000_000
+    for bad in ("0.0000001", "-1", "abc", "NaN", "1_000", "\uff11", "1e3", "1.0000000000000000000000000000001"):
         with pytest.raises(InvalidInput):
             usd_to_micro(bad)
 

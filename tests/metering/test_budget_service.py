@@ -27,6 +27,7 @@ from opsgate.metering.worstcase import (
     attempt_worst_case_micro_usd,
     prompt_token_bound,
 )
+from opsgate.numbers import DECIMAL_RULE
 from opsgate.providers.base import CompletionRequest
 from opsgate.security.auth import TokenService
 from opsgate.store.db import make_engine, upgrade
@@ -145,14 +146,22 @@ def test_admin_api_sets_and_lists_budgets(tmp_path: Path) -> None:
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
 
 
+NOT_DECIMAL = f"limit_usd must be {DECIMAL_RULE}"
+
+
 def test_admin_api_refuses_bad_budgets_with_the_clis_messages(tmp_path: Path) -> None:
     settings = gateway_settings(tmp_path)
     tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
     admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
     day = {"period": "day", "limit_usd": "1"}
     refused = [
-        ({**day, "limit_usd": "99999999999999"}, "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
-        ({**day, "limit_usd": "1e400"}, "limit_usd must be a finite amount of at most 1,000,000,000 USD"),
+        ({**day, "limit_usd": "99999999999999"}, "limit_usd must be at most 1,000,000,000 USD"),
+        ({**day, "limit_usd": "1e400"}, NOT_DECIMAL),
+        ({**day, "limit_usd": "1_000"}, NOT_DECIMAL),
+        ({**day, "limit_usd": "\uff11\uff10"}, NOT_DECIMAL),
+        ({**day, "limit_usd": "\u0661\u0660"}, NOT_DECIMAL),
+        ({**day, "limit_usd": " 10"}, NOT_DECIMAL),
+        ({**day, "limit_usd": "NaN"}, NOT_DECIMAL),
         ({**day, "user_id": "alice", "operation": "@shadow"}, "a shadow budget is global only: user_id must be '*'"),
         ({**day, "operation": "@shadow", "on_exhausted": "cheaper"},
          "a shadow budget cannot be cheaper: shadow calls are never degraded"),

@@ -42,6 +42,7 @@ from opsgate.ledger.scheduled import (
 from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_hashes
 from opsgate.ledger.verify import format_summary
 from opsgate.ledger.writer import Ledger
+from opsgate.numbers import cli_float, cli_int
 from opsgate.store.db import make_engine, normalise_url
 
 ledger_app = typer.Typer(
@@ -87,7 +88,7 @@ def verify_cmd(
 
 
 @ledger_app.command("prove")
-def prove_cmd(seq: int = typer.Argument(..., help="Entry sequence number (= leaf index).")) -> None:
+def prove_cmd(seq: int = typer.Argument(..., parser=cli_int(0), help="Entry sequence number (= leaf index).")) -> None:
     """Print an RFC 9162 inclusion proof of entry SEQ against the latest signed checkpoint (JSON)."""
     settings = Settings()
     engine = _engine(settings)
@@ -109,7 +110,7 @@ def prove_cmd(seq: int = typer.Argument(..., help="Entry sequence number (= leaf
 
 
 @ledger_app.command("consistency")
-def consistency_cmd(old: int = typer.Argument(...), new: int = typer.Argument(...)) -> None:
+def consistency_cmd(old: int = typer.Argument(..., parser=cli_int(0)), new: int = typer.Argument(..., parser=cli_int(0))) -> None:
     """Print an RFC 9162 consistency proof between two signed checkpoints' sizes (JSON)."""
     settings = Settings()
     engine = _engine(settings)
@@ -193,7 +194,7 @@ async def _accept_rollback(settings: Settings, engine: Engine, ledger: Ledger, c
 @ledger_app.command("recover")
 def recover_cmd(
     older_than: float = typer.Option(
-        DEFAULT_OLDER_THAN_S, help="Only intents older than this (s)."
+        DEFAULT_OLDER_THAN_S, parser=cli_float(0), help="Only intents older than this (s)."
     ),
 ) -> None:
     """Append an ``interrupted`` result for every intent left open by a crash."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, InvalidOperation
+from decimal import Context
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, insert, or_, select, update
@@ -49,6 +49,7 @@ from opsgate.metering.models import (
     budget_outcomes,
     budgets,
 )
+from opsgate.numbers import MAX_DIGITS, parse_decimal
 from opsgate.operations import OPERATIONS
 from opsgate.security.operator_input import check_identifier
 
@@ -113,20 +114,21 @@ def period_start(period: str, now: datetime) -> datetime:
     raise ValueError(f"unknown budget period {period!r}; expected day or month")
 
 
-def usd_to_micro(usd: str | Decimal) -> int:
-    """A USD amount (decimal string, e.g. ``"0.010"``) as integer micro-USD.
+def usd_to_micro(usd: str) -> int:
+    """A USD amount (decimal text, e.g. ``"0.010"``) as integer micro-USD.
 
-    Raises :class:`InvalidInput` when it is not a finite amount from 0 to :data:`MAX_LIMIT_USD`
-    with at most 6 decimals.
+    The text follows the one number grammar of :mod:`opsgate.numbers` (ASCII digits, an optional
+    ``.``: no ``_``, exponent, spaces or other scripts' digits). Raises :class:`InvalidInput`
+    naming the rule, never the text, when it does not, or when the amount is not from 0 to
+    :data:`MAX_LIMIT_USD` with at most 6 decimals.
     """
     try:
-        value = Decimal(str(usd))
-    except InvalidOperation:
-        raise InvalidInput("limit_usd must be a decimal amount in USD") from None
-    if not value.is_finite() or value > MAX_LIMIT_USD:
-        raise InvalidInput(f"limit_usd must be a finite amount of at most {MAX_LIMIT_USD:,} USD")
-    exact = Context(prec=len(value.as_tuple().digits), Emin=MIN_EMIN, Emax=MAX_EMAX)
-    micro = value.scaleb(6, exact)
+        value = parse_decimal(usd)
+    except ValueError as exc:
+        raise InvalidInput(f"limit_usd {exc}") from None
+    if value > MAX_LIMIT_USD:
+        raise InvalidInput(f"limit_usd must be at most {MAX_LIMIT_USD:,} USD")
+    micro = value.scaleb(6, Context(prec=MAX_DIGITS))  # exact: the text has at most MAX_DIGITS digits
     if value < 0 or micro != micro.to_integral_value():
         raise InvalidInput("limit_usd must be >= 0 with at most 6 decimals (whole micro-USD)")
     return int(micro)

@@ -23,6 +23,7 @@ from opsgate.deps import IncidentsDep, OperatorDep, RuntimeDep, body_doc, get_pr
 from opsgate.errors import InvalidInput
 from opsgate.monitoring.health import compute_health
 from opsgate.monitoring.prometheus import exposition
+from opsgate.numbers import AsciiInt
 from opsgate.responses import json_response
 from opsgate.security import metrics_token, rbac
 from opsgate.security.operator_input import OperatorText
@@ -39,7 +40,7 @@ class ResolveBody(BaseModel):
 
 
 @router.get("/v1/health", summary="Health metrics over a window (default 1 h)")
-async def health(_operator: OperatorDep, rt: RuntimeDep, window: int | None = None,
+async def health(_operator: OperatorDep, rt: RuntimeDep, window: AsciiInt | None = None,
                  operation: str | None = None) -> Response:
     window_s = window or rt.settings.health_window_s
     if not 0 < window_s <= MAX_WINDOW_S:

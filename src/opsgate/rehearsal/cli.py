@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from opsgate.monitoring.evidence import artifacts_dir
+from opsgate.numbers import cli_float, cli_int
 from opsgate.rehearsal.driver import DEFAULT_EXAMPLES, RehearsalConfig
 from opsgate.rehearsal.driver import rehearse as run_rehearsal
 from opsgate.rehearsal.report import criteria, render, scenario_passed, write_json
@@ -18,10 +19,10 @@ from opsgate.rehearsal.scenarios import SCENARIOS
 
 
 def rehearse(
-    hours: float = typer.Option(48, min=1, help="Simulated hours (the seed's plan is scaled to fit)."),
-    users: int = typer.Option(10_000, min=10, help="Synthetic users."),
+    hours: float = typer.Option(48, parser=cli_float(1), help="Simulated hours (the seed's plan is scaled to fit)."),
+    users: int = typer.Option(10_000, parser=cli_int(10), help="Synthetic users."),
     scenario: str = typer.Option("healthy", help=f"One of: {', '.join(SCENARIOS)}."),
-    seed: int = typer.Option(0, help="Random seed: the same seed gives the same report."),
+    seed: int = typer.Option(0, parser=cli_int(), help="Random seed: the same seed gives the same report."),
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
     database_url: str | None = typer.Option(None, help="Database (default: SQLite in a temporary directory)."),
     examples: Annotated[Path, typer.Option(help="Directory with one example input per operation.")] = DEFAULT_EXAMPLES,

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from opsgate.errors import OpsgateError
+from opsgate.numbers import cli_int
 from opsgate.rollout.controller import ACTIVE, Plan, State
 from opsgate.rollout.plans import load_plan
 from opsgate.rollout.service import RolloutService, ToggleChange
@@ -77,7 +78,7 @@ def toggles_list() -> None:
 def toggles_set(
     operation: str = typer.Argument(..., help="Operation id, e.g. email-compose."),
     enable: bool = typer.Option(None, "--enable/--disable", help="Turn the operation on or off."),
-    percent: int = typer.Option(None, "--percent", min=0, max=100, help="Rollout percentage 0..100."),
+    percent: int = typer.Option(None, "--percent", parser=cli_int(0, 100), help="Rollout percentage 0..100."),
     group_id: str = typer.Option(None, "--group-id", help="Bucketing group id (Unleash groupId)."),
     opt_in: bool = typer.Option(None, "--opt-in/--no-opt-in", help="Require users to opt in."),
     kill: bool = typer.Option(None, "--kill/--no-kill", help="Engage or release the kill switch."),
@@ -117,7 +118,7 @@ def rollout_start(
                               help="Plan file (JSON or TOML); default 5 %/24 h, 25 %/12 h, 100 %/12 h, 48 h."),
     variant: str = typer.Option(None, "--variant",
                                 help="Release this variant of the one OPERATION (opsgate variants show OP)."),
-    shadow: int = typer.Option(None, "--shadow", min=1, max=100,
+    shadow: int = typer.Option(None, "--shadow", parser=cli_int(1, 100),
                                help="With --variant: first a shadow stage, PERCENT of live calls also sent to it."),
 ) -> None:
     """Start a canary rollout of OPERATIONS at the plan's first stage (with --variant: the
@@ -159,7 +160,7 @@ def rollout_status(
 
 @rollout_app.command("advance")
 def rollout_advance(
-    rollout_id: int = typer.Option(None, "--id", help="Rollout id (default: the only one in progress)."),
+    rollout_id: int = typer.Option(None, "--id", parser=cli_int(1, 2**63 - 1), help="Rollout id (default: the only one in progress)."),
 ) -> None:
     """Promote a rollout to its next stage now."""
     with _service() as svc:

@@ -30,6 +30,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from opsgate.deps import AdminDep, RolloutDep, UserDep, body_doc, json_body
+from opsgate.numbers import AsciiInt
 from opsgate.responses import json_response
 from opsgate.rollout.comparison import comparison
 from opsgate.rollout.controller import Decision, Plan
@@ -39,7 +40,7 @@ from opsgate.rollout.toggles import Toggle
 from opsgate.security.operator_input import Identifier, OperatorText
 
 router = APIRouter(tags=["rollout"])
-RolloutId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+RolloutId = Annotated[AsciiInt, Path(ge=1, le=2**63 - 1)]
 
 
 class ToggleUpdate(BaseModel):

@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
+from opsgate.numbers import cli_int
 from opsgate.security.service import SecurityServices, build_security
 from opsgate.store.db import open_database
 
@@ -109,7 +110,7 @@ def keys_rotate() -> None:
 
 
 @keys_app.command("reencrypt")
-def keys_reencrypt(batch_size: int = typer.Option(500, min=1, help="Rows per transaction.")) -> None:
+def keys_reencrypt(batch_size: int = typer.Option(500, parser=cli_int(1), help="Rows per transaction.")) -> None:
     """Re-encrypt old values under the current key, then retire keys no value uses."""
     from opsgate.security.reencrypt import Progress, reencrypt, retire_unused
 

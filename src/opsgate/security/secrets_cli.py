@@ -32,6 +32,7 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.ledger.writer import Ledger
+from opsgate.numbers import cli_int
 from opsgate.security.secrets import PROVIDER_KEYS, SecretInfo, SecretStore, connect_from_env
 from opsgate.store.db import make_engine, upgrade
 
@@ -49,7 +50,7 @@ def secrets() -> None:
 def check(
     names: Annotated[list[str] | None, typer.Argument(help="More secret (variable) names to check.")] = None,
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when any secret has a warning."),
-    max_age_days: int = typer.Option(None, min=1, help="Policy age (default OPSGATE_SECRET_MAX_AGE_DAYS)."),
+    max_age_days: int = typer.Option(None, parser=cli_int(1), help="Policy age (default OPSGATE_SECRET_MAX_AGE_DAYS)."),
 ) -> None:
     """Report each secret's source and age; warn when one is older than the policy."""
     settings = Settings()

@@ -33,6 +33,7 @@ from opsgate.monitoring import criteria as report_criteria
 from opsgate.monitoring.evidence import artifacts_dir
 from opsgate.monitoring.health import compute_health, latest_discrepancies
 from opsgate.monitoring.incidents import ACKNOWLEDGED, OPEN
+from opsgate.numbers import AsciiInt
 from opsgate.operations import OPERATIONS
 from opsgate.rollout.views import rollout_json, toggle_json
 from opsgate.runtime import Runtime
@@ -197,19 +198,19 @@ def _json(doc: Doc) -> JSONResponse:
 
 
 @router.get("/overview")
-async def overview_data(_viewer: ViewerDep, runtime: RuntimeDep, window: int | None = None) -> JSONResponse:
+async def overview_data(_viewer: ViewerDep, runtime: RuntimeDep, window: AsciiInt | None = None) -> JSONResponse:
     return _json(await asyncio.to_thread(overview, runtime, window_of(runtime, window)))
 
 
 @router.get("/series")
-async def series_data(_viewer: ViewerDep, runtime: RuntimeDep, window: int | None = None,
+async def series_data(_viewer: ViewerDep, runtime: RuntimeDep, window: AsciiInt | None = None,
                       operation: str | None = None) -> JSONResponse:
     doc = await asyncio.to_thread(series, runtime, window_of(runtime, window), operation_of(operation))
     return _json(doc)
 
 
 @router.get("/providers")
-async def providers_data(_viewer: ViewerDep, runtime: RuntimeDep, window: int | None = None) -> JSONResponse:
+async def providers_data(_viewer: ViewerDep, runtime: RuntimeDep, window: AsciiInt | None = None) -> JSONResponse:
     return _json(await asyncio.to_thread(providers, runtime, window_of(runtime, window)))
 
 

@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from opsgate.deps import RuntimeDep, SecurityDep
 from opsgate.errors import OpsgateError
+from opsgate.numbers import AsciiInt
 from opsgate.operations import OPERATIONS
 from opsgate.rollout.controller import ACTIVE
 from opsgate.runtime import Runtime
@@ -103,7 +104,7 @@ async def logout(request: Request, services: SecurityDep) -> Response:
 
 # pages ---------------------------------------------------------------------------------------
 @router.get("")
-async def overview_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: int | None = None) -> Response:
+async def overview_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: AsciiInt | None = None) -> Response:
     if (refused := _refusal(request, who)) is not None:
         return refused
     window_s = data.window_of(runtime, window)
@@ -112,7 +113,7 @@ async def overview_page(request: Request, who: SessionDep, runtime: RuntimeDep, 
 
 
 @router.get("/metrics")
-async def metrics_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: int | None = None,
+async def metrics_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: AsciiInt | None = None,
                        operation: str | None = None) -> Response:
     if (refused := _refusal(request, who)) is not None:
         return refused
@@ -124,7 +125,7 @@ async def metrics_page(request: Request, who: SessionDep, runtime: RuntimeDep, w
 
 
 @router.get("/providers")
-async def providers_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: int | None = None) -> Response:
+async def providers_page(request: Request, who: SessionDep, runtime: RuntimeDep, window: AsciiInt | None = None) -> Response:
     if (refused := _refusal(request, who)) is not None:
         return refused
     window_s = data.window_of(runtime, window)
@@ -170,13 +171,13 @@ async def criteria_page(request: Request, who: SessionDep, runtime: RuntimeDep) 
 
 # changes -------------------------------------------------------------------------------------
 @router.post("/rollouts/{rollout_id}/promote")
-async def promote(request: Request, who: SessionDep, runtime: RuntimeDep, rollout_id: int) -> Response:
+async def promote(request: Request, who: SessionDep, runtime: RuntimeDep, rollout_id: AsciiInt) -> Response:
     return await _act(request, who, CHANGE_ROLE, "/dashboard/rollouts",
                       lambda user, form: runtime.rollout.advance(rollout_id, user.user_id))
 
 
 @router.post("/rollouts/{rollout_id}/rollback")
-async def rollback(request: Request, who: SessionDep, runtime: RuntimeDep, rollout_id: int) -> Response:
+async def rollback(request: Request, who: SessionDep, runtime: RuntimeDep, rollout_id: AsciiInt) -> Response:
     return await _act(request, who, CHANGE_ROLE, "/dashboard/rollouts",
                       lambda user, form: runtime.rollout.rollback(rollout_id, _text(form, "reason"), user.user_id))
 
