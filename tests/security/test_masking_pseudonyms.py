@@ -111,6 +111,31 @@ def test_the_policy_masks_every_operation_and_pseudonymises_the_configured_ones(
     assert privacy.report() == {"masked": {"api_key": 1}, "pseudonymised": {}, "unresolved_pseudonyms": []}
 
 
+def test_a_system_prompt_with_nothing_to_minimise_is_searched_once_per_held_secrets(monkeypatch) -> None:
+    """The rendered system prompt, the same for most calls, is searched once; a secret held
+    later is still masked in it, and a prompt with personal data is pseudonymised every call."""
+    searched: list[str] = []
+    mask = SecretMasker.mask
+    monkeypatch.setattr(SecretMasker, "mask", lambda self, text: searched.append(text) or mask(self, text))
+    policy = PrivacyPolicy.of(["email-respond"], ["US"])
+    prompt = "Draft a reply to the sender, signed " + secrets.token_hex(20)
+    request = CompletionRequest(system=prompt, user="bo@example.org wrote", max_tokens=10)
+    for _ in range(3):
+        sent, privacy = policy.minimise("email-respond", request)
+        assert (sent.system, sent.user) == (prompt, "<person1@example.invalid> wrote")
+        assert privacy.ledger_counts() == {"masked": {}, "pseudonymised": {"email": 1}}
+    assert searched.count(prompt) == 1
+    hold_secret(prompt[-40:])
+    sent, privacy = policy.minimise("email-respond", request)
+    assert sent.system == prompt[:-40] + "[SECRET_1]"
+    assert privacy.ledger_counts()["masked"] == {"secret": 1}
+    personal = CompletionRequest(system="Sign as: Ann Lee <ann@example.org>.", user="Thanks", max_tokens=10)
+    for _ in range(2):
+        sent, _ = policy.minimise("email-respond", personal)
+        assert sent.system == "Sign as: <person1> <person1@example.invalid>."
+    assert not any(key[0] == personal.system for key in policy.as_is)
+
+
 def test_a_policy_naming_an_unknown_operation_is_refused() -> None:
     try:
         PrivacyPolicy.of(["email-respond", "email-sned"], ["US"])
