@@ -21,7 +21,8 @@ from opsgate.providers.http import make_session
 class Canned:
     """One canned answer: status, headers, body; ``lead`` bytes (e.g. DeepSeek's blank keep-alive
     lines) are sent first, one per ``lead_interval_s``; ``delay_s`` waits before anything;
-    ``cut_after`` sends only that many body bytes of a longer declared body, then drops the socket."""
+    ``cut_after`` sends only that many body bytes of a longer declared body, then drops the socket;
+    ``wait_for`` holds the answer until that event is set."""
 
     status: int = 200
     body: bytes = b"{}"
@@ -30,6 +31,7 @@ class Canned:
     lead: list[bytes] = field(default_factory=list)
     lead_interval_s: float = 0.0
     cut_after: int | None = None
+    wait_for: asyncio.Event | None = None
 
 
 @dataclass
@@ -67,6 +69,8 @@ class Upstream:
             )
         )
         canned = self.answers.popleft()
+        if canned.wait_for is not None:
+            await canned.wait_for.wait()
         if canned.delay_s:
             await asyncio.sleep(canned.delay_s)
         response = web.StreamResponse(status=canned.status, headers=canned.headers)

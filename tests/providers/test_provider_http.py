@@ -7,6 +7,7 @@ import socket
 import ssl
 from datetime import UTC, datetime
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict
 
@@ -189,3 +190,50 @@ def test_error_class_defaults_and_detail_sanitising() -> None:
     assert error_detail(529, "overloaded_error") == "HTTP 529 overloaded_error"
     assert error_detail(500, "see https://evil.example/x?key=1") == "HTTP 500"
     assert error_detail(500, None) == "HTTP 500"
+
+
+async def test_a_queued_request_cancelled_after_its_wake_up_hands_the_connection_on(
+    upstream,
+) -> None:
+    """One connection per host: A holds it, B and C queue for it. A's answer frees it and wakes B;
+    B is cancelled (its timeout, as a token count's) before it runs. C must get the connection;
+    stock aiohttp drops that wake-up, and C waits for the free connection until its own timeout
+    (in the gateway a degraded call can so wait out its 60 s behind token counts cut at 2 s)."""
+    queued = asyncio.Event()
+    waiting: list[object] = []
+
+    async def on_queued(*_: object) -> None:
+        waiting.append(None)
+        if len(waiting) == 2:
+            queued.set()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(on_queued)
+    session = make_session(limit_per_host=1, trace_configs=[trace])
+    release_a = asyncio.Event()
+    upstream.reply(200, {"call": "A"}, wait_for=release_a)
+    upstream.reply(200, {"call": "C"})
+
+    async def post() -> bytes:
+        reply = await post_json(session, "p", f"{upstream.base_url}/x", headers={}, payload={},
+                                timeout_s=60)
+        return reply.body
+
+    async def a_then_cancel_b() -> bytes:
+        body = await post()
+        b.cancel()  # B was woken by A's release and has not run yet
+        return body
+
+    try:
+        a = asyncio.create_task(a_then_cancel_b())
+        b = asyncio.create_task(post())
+        c = asyncio.create_task(post())
+        await queued.wait()
+        release_a.set()
+        assert await a == b'{"call":"A"}'
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        assert await asyncio.wait_for(c, 30) == b'{"call":"C"}'
+        assert len(upstream.requests) == 2  # B never reached the upstream: it left the queue
+    finally:
+        await session.close()

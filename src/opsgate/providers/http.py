@@ -20,6 +20,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -56,7 +59,7 @@ def make_session(*, limit: int = 256, limit_per_host: int = 64,
     """
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    connector = aiohttp.TCPConnector(
+    connector = _HandOnConnector(
         ssl=context,
         limit=limit,
         limit_per_host=limit_per_host,
@@ -71,6 +74,30 @@ def make_session(*, limit: int = 256, limit_per_host: int = 64,
         raise_for_status=False,
         trace_configs=trace_configs,
     )
+
+
+class _HandOnConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, except that a request whose ``connect`` ends in an exception (its
+    timeout cancelling it while it queues for a connection) wakes the next queued request.
+
+    aiohttp wakes one queued request per freed connection. When that request is cancelled after
+    the wake-up and before it runs, aiohttp drops the wake-up: the requests queued behind it wait
+    for a connection that is free until a later release, or until their own timeout when none
+    comes (``tests/providers/test_provider_http.py`` plays the sequence). On a busy event loop,
+    token counts cut by their 2 s timeout can so leave provider requests waiting out their
+    whole timeout. Waking the next request again is harmless when nothing was dropped: aiohttp
+    wakes one only while the limits leave a connection free, and a woken request that finds
+    none queues again at the front.
+    """
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        try:
+            return await super().connect(req, traces, timeout)
+        except BaseException:
+            self._release_waiter()
+            raise
 
 
 def check_base_url(url: str) -> str:
