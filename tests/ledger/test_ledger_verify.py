@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tracemalloc
 from datetime import timedelta
 
@@ -39,6 +40,25 @@ def test_intact_chain_verifies(engine: Engine, ledger: Ledger) -> None:
     assert format_summary(report) == (
         f"OK entries=8 head=7 hash={rows[-1][2].hex()} checkpoints=0 anchored=0 unanchored=8 warnings=0 incomplete=0"
     )
+
+
+def test_parallel_workers_are_never_forks_of_the_caller(
+    engine: Engine, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork copies every lock as another thread holds it at that instant: a worker forked while
+    a gateway thread was inside SQLite waited forever on SQLite's allocator mutex, and verify (and
+    a rehearsal's last step) with it. The workers come from a forkserver: this process never forks."""
+    fill(ledger, pairs=8)
+    forks: list[int] = []
+    fork = os.fork
+
+    def counted_fork() -> int:
+        forks.append(1)
+        return fork()
+
+    monkeypatch.setattr(os, "fork", counted_fork)
+    report = verify(engine, batch_size=4, workers=2)
+    assert (report.ok, report.entries, report.head_hash, forks) == (True, 16, ledger_rows(engine)[-1][2], [])
 
 
 def test_empty_ledger_verifies(engine: Engine) -> None:

@@ -366,7 +366,11 @@ def _scans(
     With one worker, or a log of one batch, this process streams and checks the rows itself. With
     more, each worker process reads its own ranges (``seq >= start ORDER BY seq LIMIT n``) over its
     own connection, so this process only joins small results; at most ``2 * workers`` ranges are
-    in flight. Ranges cover the row count seen when verification starts (never the largest stored seq,
+    in flight. Workers are forked from a forkserver (a single-threaded process started once, with this
+    module preloaded), never from this process: a fork copies every lock as it stands, and one that
+    another thread of the caller held at that instant (SQLite's allocator mutex while a gateway or
+    ledger-writer thread queries) stays locked in the child for good, so the worker and this call
+    would wait forever. Ranges cover the row count seen when verification starts (never the largest stored seq,
     which a flipped bit can make astronomically large): the log is append-only, so rows below it
     do not change while they are read (a change would itself be tampering, caught
     by the hashes).
@@ -386,7 +390,8 @@ def _scans(
         for start in range(0, total, batch_size)
     )
     url = engine.url.render_as_string(hide_password=False)
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # takes effect when this process first starts its server
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_open_worker, initargs=(url,)
     ) as pool:
@@ -410,7 +415,7 @@ _worker_engine: Engine | None = None
 
 
 def _open_worker(url: str) -> None:
-    """Worker process initializer: its own engine (connections are never shared across fork)."""
+    """Worker process initializer: its own engine (a worker shares no connection with the caller)."""
     global _worker_engine
     from opsgate.store.db import make_engine
 
