@@ -1,10 +1,16 @@
 """The pieces of a rehearsal that need no gateway: plan scaling, cadence, sampling, the sandbox's
-``errors:<provider>:<pct>`` fault profile."""
+``errors:<provider>:<pct>`` fault profile, a request whose answer never comes."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from opsgate.rehearsal.driver import exchange
 from opsgate.rehearsal.traffic import Gate, Population, cadence_s, scaled_plan
 from opsgate.rollout.bucketing import bucket
 from opsgate.sandbox.faults import FaultProfile, FaultProfileError, FaultState, Outcome
@@ -51,3 +57,18 @@ def test_errors_profile_fails_exactly_pct_of_requests_with_400() -> None:
 def test_errors_profile_rejects_bad_arguments(bad: str) -> None:
     with pytest.raises(FaultProfileError):
         FaultProfile.parse(bad)
+
+
+async def test_an_answer_that_never_comes_fails_naming_the_request() -> None:
+    never = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/operations/email-compose", hang)
+    async with TestServer(app) as server, aiohttp.ClientSession(f"http://{server.host}:{server.port}") as http:
+        with pytest.raises(TimeoutError) as caught:
+            await exchange(http, "POST", "/v1/operations/email-compose", b"{}", {}, check=False, timeout_s=0.2)
+    assert str(caught.value) == "the gateway did not answer POST /v1/operations/email-compose within 0.2 s"

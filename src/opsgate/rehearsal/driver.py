@@ -63,6 +63,10 @@ TOKEN_REFRESH_S = 50 * 60
 ADMIN = "rehearsal-admin"
 DEFAULT_EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 NEVER_S = 1e12
+REQUEST_TIMEOUT_S = 120.0
+"""Longest wait for the whole answer to one request to the gateway, in seconds. The sandboxes answer
+at once; a provider attempt gives up after 60 s and a database lock wait after 30 s, so an answer
+still missing after this is lost, and the run fails naming the request (aiohttp's default: 300 s)."""
 ROLLED_BACK = frozenset({State.ROLLING_BACK, State.ROLLED_BACK, State.ESCALATED})
 
 
@@ -225,30 +229,25 @@ class _Run:
 
     async def _call(self, user: str, op: str) -> None:
         started = time.perf_counter()
-        async with self.http.post(f"/v1/operations/{op}", data=self.bodies[op],
-                                  headers=self._headers(user, "user")) as resp:
-            raw = await resp.read()
+        status, raw = await exchange(self.http, "POST", f"/v1/operations/{op}", self.bodies[op],
+                                     self._headers(user, "user"), check=False)
         self.tally.client_latency_ms.append((time.perf_counter() - started) * 1000)
-        self.tally.statuses[str(resp.status)] += 1
+        self.tally.statuses[str(status)] += 1
         self.tally.leaks += any(s in raw for s in self.secrets)
         doc = orjson.loads(raw)
-        if resp.status == 200:
+        if status == 200:
             self.tally.providers[doc["provider"]] += 1
         else:
             self.tally.codes[doc.get("code", "?")] += 1
 
     async def _opt_in(self, user: str, choice: bool) -> None:
         body = orjson.dumps({"opt_in": {op: choice for op in sorted(OPERATIONS)}})
-        async with self.http.put("/v1/me/settings", data=body, headers=self._headers(user, "user")) as resp:
-            await resp.read()
-            resp.raise_for_status()
+        await exchange(self.http, "PUT", "/v1/me/settings", body, self._headers(user, "user"), check=True)
         self.tally.opt_in_writes += 1
 
     async def _admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = orjson.dumps(body) if body is not None else None
-        async with self.http.request(method, path, data=data, headers=self._headers(ADMIN, "admin")) as resp:
-            raw = await resp.read()
-            resp.raise_for_status()
+        _, raw = await exchange(self.http, method, path, data, self._headers(ADMIN, "admin"), check=True)
         return orjson.loads(raw)
 
     async def _gates(self) -> dict[str, Gate]:
@@ -328,6 +327,22 @@ class _Run:
                            "decided": len(self.population.decided),
                            "opted_in": sum(self.population.decided.values())},
         }
+
+
+async def exchange(http: aiohttp.ClientSession, method: str, path: str, body: bytes | None,
+                   headers: dict[str, str], *, check: bool, timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
+    """Send one request over ``http`` and read its whole answer: ``(status, body)``. Raises
+    ``TimeoutError`` naming the request when the answer is not complete within ``timeout_s``
+    seconds, and with ``check`` ``aiohttp.ClientResponseError`` for a status of 400 or more."""
+    try:
+        async with http.request(method, path, data=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            raw = await resp.read()
+            if check:
+                resp.raise_for_status()
+            return resp.status, raw
+    except TimeoutError as exc:
+        raise TimeoutError(f"the gateway did not answer {method} {path} within {timeout_s:g} s") from exc
 
 
 def _settings(config: RehearsalConfig, scenario: Scenario, tmp: Path, receiver: AlertReceiver) -> Settings:
