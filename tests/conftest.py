@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tests.gateways import Gateway, gateway_settings, running_gateway
 
-pytest_plugins = ["opsgate.testing"]
+pytest_plugins = ["opsgate.testing", "tests.timeouts"]
 
 
 @pytest.fixture
