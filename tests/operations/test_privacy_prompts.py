@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from tests.operations.privacy_recorder import prompt_of, recorded_gateway, strings_in
+from tests.security.canaries import secret_in, shaped_secrets
 from tests.shared_data import SHARED_DATA
 
 from opsgate.operations.io import input_from_file
@@ -162,6 +163,28 @@ def test_secrets_in_a_task_note_never_reach_the_provider(tmp_path: Path) -> None
         assert PLACEHOLDERS <= set(re.findall(r"\[[A-Z_]+_\d\]", received))
         assert resp.json()["privacy"] == {"masked": LEDGERED, "pseudonymised": {},
                                           "unresolved_pseudonyms": []}
+
+
+def test_secrets_of_every_further_shape_in_instructions_never_reach_the_provider(
+    tmp_path: Path,
+) -> None:
+    """The outside probe's request: values cut at ``& ; } ,`` and the shapes it found arriving
+    verbatim (prose passwords, Stripe, GitLab, Hugging Face, npm, SendGrid, Twilio, an AWS secret
+    access key in prose, a US SSN), as the Anthropic sandbox receives them."""
+    planted = shaped_secrets()
+    instructions = "\n".join(line for line, _, _ in planted.values())
+    with recorded_gateway(tmp_path) as (gw, recorder):
+        resp = gw.post("email-compose", {"instructions": instructions, "to": ["bob@example.com"],
+                                         "tone": "friendly", "language": "en"})
+        assert resp.status_code == 200, resp.text
+        [request] = [r for r in recorder.received if r["path"].startswith("/anthropic/")]
+        prompt = prompt_of(request["body"])
+    for name, (line, secret, placeholder) in planted.items():
+        value = secret_in(name, line, secret)
+        assert value not in prompt and value[-4:] not in prompt, f"{name} reached the provider"
+        assert line.replace(value, placeholder) in prompt, name
+    assert resp.json()["privacy"]["masked"] == {
+        "password": 6, "token": 4, "api_key": 4, "secret": 1, "ssn": 1}
 
 
 def test_a_draft_refers_to_a_masked_secret_by_its_placeholder(tmp_path: Path) -> None:

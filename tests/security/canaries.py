@@ -1,10 +1,13 @@
 """Canaries: generated provider keys of each provider's shape, a password, an email address and a
 phone number (all made at import, never real), and an email-compose body that carries them. A
-test that drives a gateway with them asserts none of :data:`CANARIES` comes out anywhere."""
+test that drives a gateway with them asserts none of :data:`CANARIES` comes out anywhere.
+:func:`shaped_secrets` makes, per call, a line with a secret of each further shape the sanitizer
+knows."""
 
 from __future__ import annotations
 
 import secrets
+import string
 
 KEYS = {
     "anthropic_api_key": "sk-ant-api03-" + secrets.token_urlsafe(70),
@@ -24,3 +27,46 @@ def compose(extra: str = "") -> dict:
         "tone": "friendly",
         "language": "en",
     }
+
+
+def _chars(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def shaped_secrets() -> dict[str, tuple[str, str, str]]:
+    """``{name: (line, secret, placeholder)}``: a secret of each shape the sanitizer knows beyond
+    the provider keys, generated in its vendor's documented shape (see ``RULES``), in the line
+    it was found in by the outside probe that reported them reaching the provider."""
+    b64 = string.ascii_letters + string.digits + "/+"
+    cut = _chars(9) + "&3xyz;Q9}zz"
+    return {
+        "cut password": (f"Tell Bob: the password is: {cut}", cut, "[PASSWORD_1]"),
+        "cut token": (f"and the token: {_chars(18)},{_chars(9)}", "", "[TOKEN_1]"),
+        "no colon": (f"the password is {_chars(10)}&{_chars(3)}!", "", "[PASSWORD_2]"),
+        "dash": (f"Password - {_chars(12)}", "", "[PASSWORD_3]"),
+        "german": (f"passwort: {_chars(12)}", "", "[PASSWORD_4]"),
+        "passphrase": (f"the passphrase is correct {_chars(8, string.ascii_lowercase)} staple", "",
+                       "[PASSWORD_5]"),
+        "json": (f'{{"password": "{_chars(4)},{_chars(4)}}}{_chars(4)}"}}', "", "[PASSWORD_6]"),
+        "stripe": (f"stripe sk_live_{_chars(24)}", "", "[API_KEY_1]"),
+        "stripe restricted": (f"rk_live_{_chars(24)}", "", "[API_KEY_2]"),
+        "gitlab": (f"glpat-{_chars(20)}", "", "[TOKEN_2]"),
+        "huggingface": (f"hf_{_chars(34, string.ascii_letters)}", "", "[TOKEN_3]"),
+        "npm": (f"npm_{_chars(36)}", "", "[TOKEN_4]"),
+        "sendgrid": (f"SG.{_chars(22)}.{_chars(43)}", "", "[API_KEY_3]"),
+        "twilio": (f"SK{_chars(32, '0123456789abcdef')}", "", "[API_KEY_4]"),
+        "aws secret": (f"aws secret {_chars(39, b64)}K", "", "[SECRET_1]"),
+        "ssn": ("SSN 123-45-6789", "123-45-6789", "[SSN_1]"),
+    }
+
+
+def secret_in(name: str, line: str, secret: str) -> str:
+    """The secret in ``line``: given, or the line's last word (its end for prose)."""
+    if secret:
+        return secret
+    if name == "passphrase":
+        return line.split(" is ", 1)[1]
+    if name == "json":
+        return line.split('": "', 1)[1][:-2]
+    return line.split()[-1]
+

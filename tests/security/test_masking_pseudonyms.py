@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 import string
 
+from tests.security.canaries import secret_in, shaped_secrets
+
 from opsgate.operations.privacy import PrivacyPolicy
 from opsgate.providers.base import CompletionRequest
 from opsgate.security.masking import SecretMasker
@@ -164,3 +166,26 @@ def test_no_number_the_full_phonenumbers_matcher_finds_survives() -> None:
     assert found(sent) == 0
     assert p.counts["phone"] == 5  # distinct by E.164: 415 555 0100 and the London number twice each
     assert "2026-03-02T09:30, 10.194.236.201, order 20120113, build 20592.1022586929.4" in sent
+
+
+def test_each_shape_is_masked_whole_with_its_placeholder() -> None:
+    planted = shaped_secrets()
+    text = "\n".join(line for line, _, _ in planted.values())
+    masked = SecretMasker().mask(text)
+    lines = masked.split("\n")
+    for (name, (line, secret, placeholder)), out in zip(planted.items(), lines, strict=True):
+        value = secret_in(name, line, secret)
+        assert value not in out and value[-4:] not in out, (name, out)
+        assert out == line.replace(value, placeholder), (name, out)
+
+
+def test_the_testers_repro_masks_the_whole_password() -> None:
+    masked = SecretMasker().mask("The password is: Tr0ub4dor&3xyz!")
+    assert masked == "The password is: [PASSWORD_1]"
+
+
+def test_ordinary_prose_about_passwords_and_numbers_passes() -> None:
+    text = ("The password is incorrect; the passphrase is not set. Your pass is ready at gate 5.\n"
+            "Invoice 2025-03-14 for 1,234.50 USD, ticket #4821, order 123-456, build 9f3a2c1.")
+    masker = SecretMasker()
+    assert masker.mask(text) == text and masker.counts == {}

@@ -12,6 +12,8 @@ import pytest
 import structlog
 from uvicorn.logging import AccessFormatter
 
+from tests.security.canaries import secret_in, shaped_secrets
+
 from opsgate.errors import OpsgateError
 from opsgate.problems import problem_body
 from opsgate.security.logging import SanitizingFilter, configure_logging
@@ -64,6 +66,25 @@ def test_uvicorn_access_record_keeps_its_arguments(json_logs: io.StringIO) -> No
     SanitizingFilter().filter(record)
     line = AccessFormatter("%(request_line)s %(status_code)s", use_colors=False).format(record)
     assert KEY not in line and line.startswith("GET /v1/x?key=[REDACTED:") and line.endswith("200 OK")
+
+
+def test_every_further_shape_is_redacted_whole_in_a_log_line_and_an_exception(
+    json_logs: io.StringIO,
+) -> None:
+    planted = shaped_secrets()
+    log = logging.getLogger("opsgate.test")
+    for line, _, _ in planted.values():
+        try:
+            raise RuntimeError(f"upstream said: {line}")
+        except RuntimeError:
+            log.exception("request carried %s", line)
+    text = json_logs.getvalue()
+    for name, (line, secret, _) in planted.items():
+        value = secret_in(name, line, secret)
+        assert value not in text and value[-4:] not in text, f"{name} reached the log"
+    events = [json.loads(row)["event"] for row in text.splitlines()]
+    assert events[0] == "request carried Tell Bob: the password is: " + events[0].rsplit(" ", 1)[1]
+    assert events[0].endswith("]") and "[REDACTED:field:" in events[0]
 
 
 def test_problem_body_never_echoes_a_secret() -> None:

@@ -23,6 +23,8 @@ ALPHABETS = {
     "hex": "0123456789abcdef",
     "urlsafe": string.ascii_letters + string.digits + "-_",
     "upper": string.ascii_uppercase + string.digits,
+    "alpha": string.ascii_letters,
+    "b64": string.ascii_letters + string.digits + "/+",
 }
 TOKEN = re.compile(r"\[REDACTED:([a-z_]+):[0-9a-f]{6}\]")
 
@@ -36,7 +38,7 @@ def expand(template: str) -> tuple[str, list[str]]:
         fills.append(value)
         return value
 
-    return re.sub(r"\{(alnum|hex|urlsafe|upper):(\d+)\}", fill, template), fills
+    return re.sub(r"\{(alnum|hex|urlsafe|upper|alpha|b64):(\d+)\}", fill, template), fills
 
 
 @pytest.fixture(scope="module")
