@@ -16,15 +16,19 @@ shape, by the sanitizer's own literal matching (kind ``secret`` -> ``SECRET``).
 Placeholder kinds (sanitizer kind -> placeholder):
 
 ================================ =================
-anthropic, openai, google         ``API_KEY``
-github, slack, bearer, param      ``TOKEN``
+anthropic, openai, google,        ``API_KEY``
+stripe, sendgrid, twilio
+github, gitlab, slack,            ``TOKEN``
+huggingface, npm, bearer, param
 aws (access key id)               ``AWS_ACCESS_KEY``
 jwt                               ``JWT``
 pem                               ``PRIVATE_KEY``
 basic, url_cred                   ``CREDENTIAL``
 card                              ``CARD_NUMBER``
 iban                              ``IBAN``
-secret (a held value)             ``SECRET``
+ssn                               ``SSN``
+secret (a held value),            ``SECRET``
+aws_secret (a secret access key)
 field (by the field's name)       ``PASSWORD``, ``API_KEY``, ``AWS_ACCESS_KEY``, ``TOKEN``,
                                   ``CREDENTIAL`` or ``SECRET``
 ================================ =================
@@ -39,15 +43,19 @@ from opsgate.security.sanitizer import Sanitizer, held_secrets
 
 KIND_PLACEHOLDERS = {
     "anthropic": "API_KEY", "openai": "API_KEY", "google": "API_KEY",
+    "stripe": "API_KEY", "sendgrid": "API_KEY", "twilio": "API_KEY",
     "github": "TOKEN", "slack": "TOKEN", "bearer": "TOKEN", "param": "TOKEN",
+    "gitlab": "TOKEN", "huggingface": "TOKEN", "npm": "TOKEN",
     "aws": "AWS_ACCESS_KEY", "jwt": "JWT", "pem": "PRIVATE_KEY",
     "basic": "CREDENTIAL", "url_cred": "CREDENTIAL", "card": "CARD_NUMBER", "iban": "IBAN",
+    "ssn": "SSN",
 }  # fmt: skip
 """The placeholder kind of each sanitizer kind (``field`` is decided by the field's name; any
 other kind, such as a held value's, is ``SECRET``)."""
 
 _FIELD_PLACEHOLDERS = (
-    (re.compile(r"pass(?:word|wd|phrase|code)?(?![a-z])|pwd|\bpw\b|\bpin\b"), "PASSWORD"),
+    (re.compile(r"pass(?:word|wd|phrase|code|wort|ord|e)?(?![a-z])|pwd|\bpw\b|\bpin\b|kennwort"
+                r"|wachtwoord|senha|contrase"), "PASSWORD"),
     (re.compile(r"api[_-]?key"), "API_KEY"),
     (re.compile(r"access[_-]?key[_-]?id"), "AWS_ACCESS_KEY"),
     (re.compile(r"token|session[_-]?id|cookie|jwt|bearer|otp"), "TOKEN"),

@@ -17,30 +17,46 @@ ordinary words).
 
 Kinds and what they match (vectors: ``tests/vectors/redaction.json``):
 
-========== ===========================================================================
-anthropic  ``sk-ant-…`` keys (Anthropic console key format)
-openai     ``sk-…``, ``sk-proj-…`` keys (OpenAI, DeepSeek and other OpenAI-compatible APIs)
-google     ``AIza`` + 35 characters (Google API keys, Gemini)
-github     ``ghp_ gho_ ghu_ ghs_ ghr_`` + 36 characters, ``github_pat_…`` (GitHub token formats)
-slack      ``xoxa- xoxb- xoxp- xoxr- xoxs-`` tokens
-aws        ``AKIA``/``ASIA`` access key ids; secret access keys by their field name
-jwt        JWS compact serialisations (RFC 7515) including unsigned ``alg: none`` ones
-pem        PEM private key blocks (RFC 7468), also when cut short
-bearer     ``Bearer <b64token>`` credentials (RFC 6750 §2.1)
-basic      ``Basic <base64(user:password)>`` credentials (RFC 7617)
-url_cred   ``user:password@`` in URLs (RFC 3986 §3.2.1)
-param      ``key=`` and ``sig=`` query parameters
-secret     a value held by :func:`hold_secret` (settings secrets, secret-store values)
-field      the value of a sensitive field (``name=value``, ``name: value``, ``name is: value``, JSON,
-           headers)
-email      addresses (RFC 5322 dot-atom subset with a top-level domain)
-phone      numbers ``phonenumbers``' own ``PhoneNumberMatcher`` finds valid (``Leniency.VALID``)
-           in an international format or in one of the configured regions (ISO 3166-1
-           alpha-2 codes) -- every national format it accepts (``07911 123456`` in GB,
-           ``01 42 68 53 00`` in FR, ``089/1234567`` in DE); hashed as E.164
-card       13–19 digit payment card numbers with a card-network prefix and a valid Luhn digit
-iban       IBANs (ISO 13616) with a valid mod-97 check
-========== ===========================================================================
+=========== ===========================================================================
+anthropic   ``sk-ant-…`` keys (Anthropic console key format)
+openai      ``sk-…``, ``sk-proj-…`` keys (OpenAI, DeepSeek and other OpenAI-compatible APIs)
+google      ``AIza`` + 35 characters (Google API keys, Gemini)
+github      ``ghp_ gho_ ghu_ ghs_ ghr_`` + 36 characters, ``github_pat_…`` (GitHub token formats)
+slack       ``xoxa- xoxb- xoxp- xoxr- xoxs-`` tokens
+aws         ``AKIA``/``ASIA`` access key ids
+aws_secret  a secret access key (40 of ``A-Za-z0-9/+``, upper and lower case) within 40 characters
+            after the word ``aws`` on its line (``aws secret wJalr…``); by field name: ``field``
+stripe      ``sk_`` / ``rk_`` + ``live_`` / ``test_`` / ``prod_`` + 10-99 alphanumerics (Stripe API
+            keys; gitleaks rule ``stripe-access-token``)
+gitlab      ``glpat- gldt- glrt- glptt- glcbt- gloas-`` + 20 or more of ``[A-Za-z0-9_-]``, with the
+            routable ``.`` + 9 suffix (GitLab docs "Token prefixes"; gitleaks ``gitlab-*`` rules)
+huggingface ``hf_`` + 34 letters (Hugging Face user access tokens; gitleaks
+            ``huggingface-access-token``)
+npm         ``npm_`` + 36 alphanumerics (npm access tokens; gitleaks ``npm-access-token``)
+sendgrid    ``SG.`` + 22 + ``.`` + 43 of ``[A-Za-z0-9_-]`` (SendGrid API keys, 69 characters;
+            gitleaks ``sendgrid-api-token``)
+twilio      ``SK`` + 32 hex digits (Twilio API key SIDs; gitleaks ``twilio-api-key``)
+jwt         JWS compact serialisations (RFC 7515) including unsigned ``alg: none`` ones
+pem         PEM private key blocks (RFC 7468), also when cut short
+bearer      ``Bearer <b64token>`` credentials (RFC 6750 §2.1)
+basic       ``Basic <base64(user:password)>`` credentials (RFC 7617)
+url_cred    ``user:password@`` in URLs (RFC 3986 §3.2.1)
+param       ``key=`` and ``sig=`` query parameters
+secret      a value held by :func:`hold_secret` (settings secrets, secret-store values)
+field       the value of a sensitive field (``name=value``, ``name: value``, ``name is: value``,
+            ``the password is value``, ``Password - value``, JSON, headers), in English, German,
+            Dutch, Norwegian, French, Spanish and Portuguese words for password; where the value
+            ends in each of these contexts: :data:`_FIELD`
+email       addresses (RFC 5322 dot-atom subset with a top-level domain)
+phone       numbers ``phonenumbers``' own ``PhoneNumberMatcher`` finds valid (``Leniency.VALID``)
+            in an international format or in one of the configured regions (ISO 3166-1
+            alpha-2 codes) -- every national format it accepts (``07911 123456`` in GB,
+            ``01 42 68 53 00`` in FR, ``089/1234567`` in DE); hashed as E.164
+card        13–19 digit payment card numbers with a card-network prefix and a valid Luhn digit
+iban        IBANs (ISO 13616) with a valid mod-97 check
+ssn         US Social Security numbers ``AAA-GG-SSSS`` with a valid area (not 000, 666 or 900-999),
+            group (not 00) and serial (not 0000) (SSA, "Social Security Number Randomization")
+=========== ===========================================================================
 
 Every replacement adds one to the process's redaction count of its kind
 (:data:`opsgate.security.counts.COUNTS`).
@@ -87,18 +103,21 @@ EMAIL = (r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-
 
 SENSITIVE_WORDS = frozenset({
     "pass", "pwd", "pw", "pin", "token", "auth", "bearer", "jwt", "otp", "totp", "dsn",
-    "signature", "sig", "cred", "creds",
+    "signature", "sig", "cred", "creds", "passe", "senha",
 })  # fmt: skip
-"""Whole words of a field name that make it sensitive (``db_pass``, ``authToken``, ``pwd``)."""
+"""Whole words of a field name that make it sensitive (``db_pass``, ``authToken``, ``pwd``;
+``mot de passe``, ``senha``)."""
 
 SENSITIVE_PARTS = (
     "password", "passwd", "passphrase", "passcode", "secret", "credential", "cookie",
     "authorization", "apikey", "accesskey", "privatekey", "signingkey", "secretkey",
     "encryptionkey", "masterkey", "sessionid", "sessiontoken", "accesstoken", "refreshtoken",
     "idtoken", "authtoken", "bearertoken", "clientsecret", "webhookurl",
+    "passwort", "kennwort", "wachtwoord", "passord", "contrase",
 )  # fmt: skip
 """Parts of a field name, read with its words run together in lower case (``accessKeyId`` ->
-``accesskeyid``), that make it sensitive."""
+``accesskeyid``), that make it sensitive (``passwort``, ``kennwort``: German; ``wachtwoord``:
+Dutch; ``passord``: Norwegian; ``contrase``: Spanish ``contraseña``)."""
 
 _NOT_SENSITIVE = re.compile(r"(?i)tokens$|token_?count|tokeni[sz]e|_tokens_|tokens_")
 """Names that contain a sensitive word but carry counts (``input_tokens``, ``max_tokens``)."""
@@ -107,18 +126,70 @@ _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 """The words of a snake_case, kebab-case, camelCase or PascalCase name."""
 
 _NAME = (r"pass|pwd|pw|pin|token(?!s)|auth|bearer|jwt|otp|dsn|sig|cred|secret|cookie|key|session"
-         r"|webhook")
+         r"|webhook|kennwort|wachtwoord|senha|contrase")
 """Substrings one of which every sensitive name contains (the ``field`` rule's candidates; the
 replacer decides with :func:`is_sensitive_name`)."""
-_VALUE = (
-    rf"(?:{_DONE}"
-    r"|\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
-    rf"|(?:(?:Bearer|Basic|Token|Digest)\s+)?(?:{_DONE}|[^\s,;&}}\]\)\"'])+)"
+_PROSE_NAME = (r"passw|passphrase|passcode|passord|pwd|pin(?![a-z])|kennwort|wachtwoord|senha"
+               r"|contrase")
+"""Names that take a value after a bare ``is`` or a dash (``the passphrase is …``, ``Password -
+…``): words for a password only -- after ``token is`` or ``auth -`` comes prose far more often."""
+_NOT_A_VALUE = (
+    "not", "no", "wrong", "incorrect", "invalid", "expired", "missing", "required", "optional",
+    "valid", "too", "the", "a", "an", "set", "unset", "empty", "blank", "weak", "strong",
+    "case", "stored", "saved", "changed", "reset", "being", "still", "now", "also", "same",
+    "different", "hidden", "masked", "redacted", "unknown", "known", "ok", "fine", "good", "bad",
+    "long", "short", "secure", "insecure", "sent", "in", "on", "at", "below", "above", "attached",
+    "here", "there", "ready", "due", "about", "going", "compromised", "locked", "disabled",
+    "enabled", "needed", "your", "my", "his", "her", "their", "our", "its", "this", "that", "what",
+    "which", "encrypted", "hashed", "shown", "updated", "generated", "provided", "used", "only",
+    "just", "very", "please", "and", "or", "for", "to", "of", "by", "with", "should", "must",
+)  # fmt: skip
+"""Words that follow ``the password is`` in prose about a password rather than before one
+(``the password is wrong``): a bare ``is`` or dash followed by one of them takes no value.
+``correct`` is not one of them: ``the passphrase is correct horse battery staple``."""
+_CLOSING_QUOTE = r"[\"'](?![^\s,;:}\])>])"
+"""A quote that ends the string a value sits in (JSON, a Python repr, an HTML attribute): one
+followed by whitespace, ``, ; : } ] ) >`` or the end. Any other quote is part of the value."""
+_QUOTED = r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'"
+_SCHEME = r"(?:(?:Bearer|Basic|Token|Digest)\s+)?"
+_WORD_RUN = rf"(?:{_DONE}|[^\s\"']|(?!{_CLOSING_QUOTE})[\"'])+"
+"""A value written as one word: every character up to whitespace or a closing quote (a token
+inside it is taken whole, so a value is never cut inside a token's brackets: that made
+``orgtoken: password=…`` grow one ``]`` per pass)."""
+_PAIR_END = r"[&;](?=\s|$|\s*[\w.%\[\]-]+(?: [\w.%\[\]-]+)?=)"
+"""``&`` or ``;`` that separates ``name=value`` pairs (URL queries and form bodies, WHATWG URL
+§5.1; connection strings; cookies, RFC 6265 §4.2.1): one before another ``name=``, whitespace or
+the end. Any other ``&`` or ``;`` is part of the value (``password=Tr0ub4dor&3xyz``)."""
+_PAIR_RUN = rf"(?:{_DONE}|[^\s\"'&;]|(?!{_CLOSING_QUOTE})[\"']|(?!{_PAIR_END})[&;])+"
+_LITERAL_RUN = rf"(?:{_DONE}|[^\s\"',}}\])]|(?!{_CLOSING_QUOTE})[\"'])+"
+"""A bare literal after a quoted key (``"pin": 1234,``, ``'token': None}``): ends at whitespace,
+``, } ] )`` or a closing quote, the syntax around it."""
+_PROSE_RUN = rf"{_WORD_RUN}(?:[ \t]+{_WORD_RUN})*"
+_FIELD_NAME = rf"[\w.-]*?(?:{_NAME})[\w.-]*"
+_FIELD = (
+    rf"(?i)(?<![A-Za-z0-9])(?:"
+    rf"(?<=[\"']){_FIELD_NAME}[\"']\s*[:=]\s*(?:{_DONE}|{_QUOTED}|{_LITERAL_RUN})"
+    rf"|{_FIELD_NAME}(?:[\"']?\s*=\s*(?:{_DONE}|{_QUOTED}|{_SCHEME}{_PAIR_RUN})"
+    rf"|[\"']?\s*:\s*(?:{_DONE}|{_QUOTED}|{_SCHEME}{_WORD_RUN})"
+    rf"|\s+is\s*:\s*(?:{_DONE}|{_QUOTED}|{_PROSE_RUN}))"
+    rf"|[\w.-]*?(?:{_PROSE_NAME})[\w.-]*\s+(?:is|[-\u2013\u2014])\s+"
+    rf"(?!(?:{'|'.join(_NOT_A_VALUE)})(?![\w-]))(?:{_DONE}|{_QUOTED}|{_PROSE_RUN}))"
 )
-"""A field's value: a redaction token or placeholder, a quoted string, or a bare run of characters
-(a token inside a bare run is taken whole, so a value is never cut inside a token's brackets:
-that made ``orgtoken: password=…`` grow one ``]`` per pass)."""
+"""A sensitive field and its value. What ends the value depends on how it is written:
 
+* a quoted value (``"a,b}c"``, ``'x'``) ends at its closing quote, wherever it stands;
+* after a quoted key (JSON, a Python repr: ``"pin": 1234}``) a bare literal ends at whitespace,
+  ``, } ] )`` or a closing quote;
+* ``name=value`` ends at whitespace, a closing quote, or an ``&``/``;`` that starts the next
+  pair (:data:`_PAIR_END`);
+* ``name: value`` ends at whitespace or a closing quote: every other character (``& ; , } ] )
+  !``) belongs to it, so trailing punctuation is masked with the value -- a comma too many
+  beats a character of a password in clear;
+* prose -- ``name is: value`` for any sensitive name, ``the password is value`` and ``Password -
+  value`` for :data:`_PROSE_NAME` -- runs to the end of the line or a closing quote, because a
+  passphrase has spaces in it (``the passphrase is correct horse battery staple``); a bare ``is``
+  or dash followed by a word of :data:`_NOT_A_VALUE` is prose about a password, not one.
+"""
 
 class _Rule:
     """One alternative of the combined pattern: ``name`` (its regex group), ``regex``, and the
@@ -146,7 +217,7 @@ RULES: tuple[_Rule, ...] = (
     _Rule("url_cred", rf"(?i)\b[a-z][a-z0-9+.-]{{1,15}}://(?!{_DONE})[^\s/?#@:\"'<>]+:[^\s/?#@\"'<>]+@"),
     _Rule("email", EMAIL, ["@"]),
     _Rule("param", rf"(?i)(?<=[?&;])(?:key|sig)=(?!{_DONE})[^&\s#\"'<>]+", ["key=", "sig="]),
-    _Rule("field", rf"(?i)(?<![A-Za-z0-9])[\w.-]*?(?:{_NAME})[\w.-]*(?:\s+is)?[\"']?\s*[:=]\s*{_VALUE}"),
+    _Rule("field", _FIELD),
     _Rule("bearer", r"(?i)\bbearer\s+(?=[A-Za-z0-9._~+/-]*[0-9._~+/-])[A-Za-z0-9._~+/-]{8,}=*",
           ["bearer "], lower=True),
     _Rule("basic", r"(?i)\bbasic\s+[A-Za-z0-9+/]{4,}={0,2}(?![\w+/=])", ["basic "], lower=True),
@@ -158,12 +229,24 @@ RULES: tuple[_Rule, ...] = (
           ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
     _Rule("slack", r"(?<![\w-])xox[abprs]-[A-Za-z0-9-]{10,}", ["xox"]),
     _Rule("aws", r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])", ["AKIA", "ASIA"]),
+    _Rule("aws_secret", r"(?<![A-Za-z0-9])(?i:aws)(?![A-Za-z0-9])[^\n]{0,40}?(?<![A-Za-z0-9/+=])"
+          r"(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])[A-Za-z0-9/+]{40}"
+          r"(?![A-Za-z0-9/+=])", ["aws"], lower=True),
+    _Rule("stripe", r"(?<![\w-])[rs]k_(?:live|test|prod)_[0-9A-Za-z]{10,99}(?![\w-])",
+          ["k_live_", "k_test_", "k_prod_"]),
+    _Rule("gitlab", r"(?<![\w-])gl(?:pat|dt|rt|ptt|cbt|oas)-[\w-]{20,}(?:\.[0-9a-z]{9})?(?![\w-])",
+          ["glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "gloas-"]),
+    _Rule("huggingface", r"(?<![\w-])hf_[A-Za-z]{34}(?![\w-])", ["hf_"]),
+    _Rule("npm", r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])", ["npm_"]),
+    _Rule("sendgrid", r"(?<![\w-])SG\.[\w-]{22}\.[\w-]{43}(?![\w-])", ["SG."]),
+    _Rule("twilio", r"(?<![\w-])SK[0-9a-fA-F]{32}(?![\w-])", ["SK"]),
     _Rule("iban", r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?"
           r"(?![A-Za-z0-9])"),
     # Skipped whole so that no digit rule starts inside them: ISO 8601 times, IPv4, UUIDs.
     _Rule("skip", r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?"
           r"|(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])"
           r"|(?<![\w-])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![\w-])"),
+    _Rule("ssn", r"(?<![\w.+/@#-])(?!000|666|9)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"),
     _Rule("digits", _DIGITS + r"{6,18}(?![\w])"),
 )  # fmt: skip
 
@@ -201,7 +284,11 @@ class Sanitizer:
             "bearer": self._whole("bearer"), "basic": self._basic, "jwt": self._whole("jwt"),
             "anthropic": self._whole("anthropic"), "openai": self._whole("openai"),
             "google": self._whole("google"), "github": self._whole("github"),
-            "slack": self._whole("slack"), "aws": self._whole("aws"), "email": self._email,
+            "slack": self._whole("slack"), "aws": self._whole("aws"),
+            "aws_secret": self._aws_secret, "stripe": self._whole("stripe"),
+            "gitlab": self._whole("gitlab"), "huggingface": self._whole("huggingface"),
+            "npm": self._whole("npm"), "sendgrid": self._whole("sendgrid"),
+            "twilio": self._whole("twilio"), "ssn": self._whole("ssn"), "email": self._email,
             "iban": self._iban, "digits": self._digits,
         }  # fmt: skip
 
@@ -346,6 +433,11 @@ class Sanitizer:
             inner = self.field_token(name, inner)
         return self.sanitize(name) + sep.group() + quote + inner + quote
 
+    def _aws_secret(self, m: re.Match[str]) -> str:
+        """The 40 characters of the key, not the words before it that told it apart."""
+        text = m.group()
+        return text[:-40] + self.token("aws_secret", text[-40:])
+
     def _basic(self, m: re.Match[str]) -> str:
         scheme, _, cred = m.group().partition(" ")
         try:
@@ -400,7 +492,7 @@ _IBAN_START = r"[A-Z][A-Z][0-9][0-9](?<![A-Za-z0-9]..[0-9][0-9])"
 """Where the ``iban`` rule could match (two capitals and two digits that start a word)."""
 
 
-_DIGIT_BITS = _BIT["iban"] | _BIT["skip"] | _BIT["digits"]
+_DIGIT_BITS = _BIT["iban"] | _BIT["skip"] | _BIT["ssn"] | _BIT["digits"]
 
 
 def _triggers() -> tuple[re.Pattern[str], re.Pattern[str], tuple[tuple[int, re.Pattern[str], bool], ...]]:
@@ -519,7 +611,9 @@ def _mask(text: str) -> int:
     return mask
 
 
-_SEPARATOR = re.compile(r"[\"']?\s*[:=]\s*")
+_SEPARATOR = re.compile(r"[\"']?\s*[:=]\s*|\s+is\s*:\s*|\s+(?:is|[-\u2013\u2014])\s+",
+                        re.IGNORECASE)
+"""What stands between a field's name and its value in a match of the ``field`` rule."""
 
 
 def _sanitize_digits_in(sanitizer: Sanitizer, m: re.Match[str]) -> str:
