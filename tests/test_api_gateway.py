@@ -117,7 +117,7 @@ def test_invalid_input_is_422_without_echoing_values(gateway):
     resp = gateway.client.post(
         "/v1/operations/email-classify",
         content=b"{not json",
-        headers={"Authorization": f"Bearer {gateway.token()}"},
+        headers={"Authorization": f"Bearer {gateway.token()}", "Content-Type": "application/json"},
     )
     _assert_problem(resp, 422, "invalid_input")
     assert gateway.stats()["anthropic"]["requests"] == 0 and _ledger_kinds(gateway) == []

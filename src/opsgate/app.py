@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from opsgate import __version__, tracing
+from opsgate.bodies import read_body
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.deps import BEARER, RuntimeDep, get_runtime
@@ -36,7 +37,7 @@ from opsgate.security.counts import count_refusal
 from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation
-from opsgate.pipeline import Call, Outcome
+from opsgate.pipeline import MAX_BODY_BYTES, Call, Outcome
 from opsgate.problems import as_opsgate_error, problem_response
 from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
@@ -101,12 +102,13 @@ def _operation_endpoint(op_id: str) -> Callable[..., Any]:
     async def endpoint(request: Request) -> Response:
         runtime = get_runtime(request)
         request_id = request.state.request_id = uuid.uuid4().hex
-        body = await request.body()
         started = time.perf_counter()
         with tracing.request_span(op_id, request_id, request.headers):
             try:
+                body = await read_body(request, MAX_BODY_BYTES)
                 token = bearer_token(request.headers.get("authorization"))
-                outcome = await runtime.gateway.govern(Call(op_id, body, token, request_id))
+                outcome = await runtime.gateway.govern(
+                    Call(op_id, body, token, request_id, request.headers.get("content-type")))
             except Exception as exc:
                 known = as_opsgate_error(exc) or OpsgateError()
                 code, status = known.code, known.status

@@ -29,12 +29,13 @@ from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any, TypeVar
 
-import orjson
 from fastapi import Depends, Request, Security, params
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from opsgate.errors import InvalidInput
+from opsgate import bodies
+from opsgate.bodies import JSON
+from opsgate.errors import UnsupportedMediaType
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.rollout.service import RolloutService
 from opsgate.runtime import Runtime
@@ -45,7 +46,10 @@ from opsgate.validation import validated
 
 M = TypeVar("M", bound=BaseModel)
 FORM = "application/x-www-form-urlencoded"
-JSON = "application/json"
+MAX_JSON_BODY_BYTES = 64 * 1024
+"""The largest admin or settings body (a rollout plan, a note of 2,000 characters fit many times)."""
+MAX_FORM_BODY_BYTES = 16 * 1024
+"""The largest sign-in form (user name, password, a refresh token)."""
 
 BEARER = "bearer"
 """The OpenAPI name of the bearer-token security scheme."""
@@ -124,33 +128,48 @@ IncidentsDep = Annotated[IncidentService, Depends(get_incidents)]
 
 def json_body(model: type[M]) -> params.Depends:
     """``Depends`` on a parser of the request's JSON body into ``model``, run only after the
-    caller is authenticated (it needs :data:`PrincipalDep`). An empty body counts as ``{}``.
-    :class:`InvalidInput` (422) names fields and rules, never values."""
+    caller is authenticated (it needs :data:`PrincipalDep`) and before the route acts. An empty
+    body counts as ``{}``; any other goes through :mod:`opsgate.bodies` (413 over
+    :data:`MAX_JSON_BODY_BYTES`, 415 unless JSON, 422 for invalid JSON, a repeated key or an
+    integer past 64 bits), then ``model`` in strict mode (a JSON body has real numbers and
+    booleans: ``"5"`` is not 5, ``"true"`` not True). :class:`InvalidInput` (422) names fields
+    and rules, never values. ``model`` must forbid extra keys (``TypeError`` at import otherwise):
+    a misspelt key is refused, never silently dropped."""
+
+    if model.model_config.get("extra") != "forbid":
+        raise TypeError(f"{model.__name__} must forbid extra keys (an unknown key would be silently dropped)")
 
     async def parse(request: Request, _caller: PrincipalDep) -> M:
-        raw = await request.body()
-        try:
-            data = orjson.loads(raw or b"{}")
-        except orjson.JSONDecodeError:
-            raise InvalidInput("The request body is not valid JSON") from None
-        return validated(model, data)
+        raw = await bodies.read_body(request, MAX_JSON_BODY_BYTES)
+        data = bodies.decode_json(raw, request.headers.get("content-type")) if raw else {}
+        return validated(model, data, strict=True)
 
     parse.__name__ = f"json_{model.__name__}"
     return Depends(parse)
 
 
+class NoBody(BaseModel):
+    """The body of a route that acts on its path alone: empty or ``{}``. Declared (as
+    :data:`NoBodyDep`) so that a malformed, non-JSON or non-empty body is refused before the route
+    acts, like any other body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+NoBodyDep = Annotated[NoBody, json_body(NoBody)]
+
+
 def form_body(model: type[M]) -> params.Depends:
     """``Depends`` on a parser of an ``application/x-www-form-urlencoded`` body into ``model``
-    (for the public sign-in routes; text fields only). :class:`InvalidInput` (422) otherwise."""
+    (for the public sign-in routes; text fields only): 415 for another media type, 413 over
+    :data:`MAX_FORM_BODY_BYTES`, 422 for a malformed or repeated field
+    (:func:`opsgate.bodies.decode_form`) or a model failure."""
 
     async def parse(request: Request) -> M:
-        if request.headers.get("content-type", "").split(";")[0].strip() != FORM:
-            raise InvalidInput(f"The body must be {FORM}")
-        try:
-            form = await request.form()
-        except Exception:  # noqa: BLE001 (whatever the parser trips on is the client's malformed body)
-            raise InvalidInput("The form body could not be parsed") from None
-        return validated(model, {k: v for k, v in form.items() if isinstance(v, str)})
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
+            raise UnsupportedMediaType(f"The body must be {FORM}")
+        raw = await bodies.read_body(request, MAX_FORM_BODY_BYTES)
+        return validated(model, bodies.decode_form(raw))
 
     parse.__name__ = f"form_{model.__name__}"
     return Depends(parse)

@@ -11,12 +11,14 @@ table in docs/architecture.md, equal to the classes)::
     OpsgateError                      internal_error            500  errors
     ├── DatabaseUnavailable           database_unavailable      503  errors
     ├── HTTPError                     http_error                400  errors
+    ├── ContentTooLarge               content_too_large         413  errors
     ├── InvalidInput                  invalid_input             422  errors
     ├── MethodNotAllowed              method_not_allowed        405  errors
     ├── NotFound                      not_found                 404  errors
     │   ├── RolloutNotFound           not_found                 404  rollout.errors
     │   └── VariantNotFound           not_found                 404  rollout.errors
     ├── NotReady                      not_ready                 503  errors
+    ├── UnsupportedMediaType          unsupported_media_type    415  errors
     ├── LedgerError                   ledger_error              500  ledger.errors
     │   ├── AnchorError               ledger_anchor_failed      503  ledger.errors
     │   ├── CheckpointError           ledger_checkpoint_invalid 500  ledger.errors
@@ -94,6 +96,24 @@ class InvalidInput(OpsgateError):
     def __init__(self, detail: str, errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(detail)
         self.errors = errors or []
+
+
+class UnsupportedMediaType(OpsgateError):
+    """A request body whose ``Content-Type`` the route does not read, e.g. ``text/plain`` sent to a
+    JSON route (415, RFC 9110 §15.5.16)."""
+
+    code = "unsupported_media_type"
+    status = 415
+    title = "Unsupported media type"
+
+
+class ContentTooLarge(OpsgateError):
+    """A request body larger than the route reads; refused before it is read to the end (413,
+    RFC 9110 §15.5.14)."""
+
+    code = "content_too_large"
+    status = 413
+    title = "Content too large"
 
 
 class NotFound(OpsgateError):

@@ -14,7 +14,7 @@ path parameter, a decimal string in a JSON body) is read here, with one grammar:
 No sign ``+``, no spaces, no ``_`` separators, no exponent, no ``NaN``/``Infinity``, no other
 script's digits, at most :data:`MAX_DIGITS` characters. A leading ``-`` is part of the grammar so
 that a negative amount is refused by its range check with a message that says so. Numbers inside
-JSON bodies that are JSON numbers are already ASCII (RFC 8259 §6); :mod:`opsgate.jsonbody` refuses
+JSON bodies that are JSON numbers are already ASCII (RFC 8259 §6); :mod:`opsgate.bodies` refuses
 ``NaN`` and ``Infinity`` there.
 
 :func:`parse_int` and :func:`parse_decimal` raise :class:`ValueError` with a message that states

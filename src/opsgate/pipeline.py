@@ -40,11 +40,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ValidationError
 
+from opsgate import bodies
+from opsgate.bodies import JSON
 from opsgate.clock import Clock
-from opsgate.errors import InvalidInput, OpsgateError
+from opsgate.errors import ContentTooLarge, OpsgateError
 from opsgate.ledger.writer import AppendedEntry, InTransaction, Ledger
 from opsgate.metering.attempts import ESTIMATED, INTERRUPTED, REPORTED, AttemptCharge, billing
 from opsgate.metering.cost import cost_micro_usd
@@ -89,12 +90,14 @@ log = logging.getLogger("opsgate.pipeline")
 @dataclass(frozen=True, slots=True)
 class Call:
     """One incoming operation call: the operation id, the raw JSON body, the bearer token (the
-    API layer takes it from the ``Authorization`` header, RFC 6750 §2.1) and the request id."""
+    API layer takes it from the ``Authorization`` header, RFC 6750 §2.1), the request id and the
+    body's ``Content-Type`` (step 4 refuses one that is not JSON, 415)."""
 
     operation: str
     body: bytes
     token: str
     request_id: str
+    content_type: str | None = JSON
 
 
 @dataclass(slots=True)
@@ -286,7 +289,7 @@ class Gateway:
         op = self.authorize(principal, call.operation)
         variant = self.choose_variant(principal, op)
         await self.rate_limit(principal, op)
-        prepared, input_digest = self.validate(op, variant, call.body)
+        prepared, input_digest = self.validate(op, variant, call.body, call.content_type)
         prepared, privacy = self.minimise(op, prepared)
         spend = _Spend(variant, tokens=await self.take_tokens(principal, op, prepared))
         reserve = self.reserve(call, principal, op, prepared, spend)
@@ -334,7 +337,7 @@ class Gateway:
         shadow = replace(call, request_id=shadow_request_id(call.request_id))
         started = self._clock.monotonic()
         try:
-            prepared, input_digest = self.validate(op, variant, call.body)
+            prepared, input_digest = self.validate(op, variant, call.body, call.content_type)
             prepared, privacy = self.minimise(op, prepared)
             spend = _Spend(variant)
             reserve = self.reserve(shadow, principal, op, prepared, spend, shadow=True)
@@ -412,19 +415,18 @@ class Gateway:
 
     # 4 ------------------------------------------------------------------------------------------
     @step("validate")
-    def validate(self, op: Operation, variant: Variant, body: bytes) -> tuple[Prepared, str]:
-        """Parse and validate the JSON body; prepare the provider request with the variant's
+    def validate(self, op: Operation, variant: Variant, body: bytes,
+                 content_type: str | None = JSON) -> tuple[Prepared, str]:
+        """Parse and validate the JSON body (:func:`opsgate.bodies.decode`: 415 for a media type
+        that is not JSON, 422 for a body that is not JSON, repeats a key or overflows an integer); prepare the provider request with the variant's
         prompt version.
 
         Returns the prepared request and the SHA-256 hex of the body (the ledger stores only this).
         Error messages name fields and rules, never submitted values.
         """
         if len(body) > MAX_BODY_BYTES:
-            raise InvalidInput(f"The request body exceeds {MAX_BODY_BYTES} bytes")
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InvalidInput("The request body is not valid JSON") from None
+            raise ContentTooLarge(f"The request body exceeds {MAX_BODY_BYTES} bytes")
+        payload = bodies.decode_json(body, content_type)
         try:
             data = op.Input.model_validate(payload)
         except ValidationError as exc:

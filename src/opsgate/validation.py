@@ -56,10 +56,10 @@ def invalid_input(exc: ValidationError, detail: str) -> InvalidInput:
     return InvalidInput(detail, errors=field_errors(exc.errors(include_url=False)))
 
 
-def validated(model: type[M], data: object) -> M:
-    """``model.model_validate(data)`` for untrusted ``data`` (decoded JSON, form fields, a TOML
-    table); :class:`InvalidInput` naming the failing fields."""
+def validated(model: type[M], data: object, strict: bool | None = None) -> M:
+    """``model.model_validate(data, strict=strict)`` for untrusted ``data`` (decoded JSON, form
+    fields, a TOML table); :class:`InvalidInput` naming the failing fields."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise invalid_input(exc, "The request body does not match the expected shape") from None

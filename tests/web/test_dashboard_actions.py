@@ -15,7 +15,7 @@ from opsgate.monitoring.rules import Finding, Severity
 
 def _start_rollout(dashboard: Dashboard, operation: str) -> dict:
     return dashboard.api("/v1/admin/rollouts", user="ada", method="POST",
-                         content=orjson.dumps({"operations": [operation]}))
+                         json={"operations": [operation]})
 
 
 def _rollout(dashboard: Dashboard, rollout_id: int) -> dict:

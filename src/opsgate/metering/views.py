@@ -20,7 +20,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from opsgate.deps import AdminDep, RuntimeDep, body_doc, json_body
 from opsgate.metering.budgets import (
@@ -41,6 +41,7 @@ class BudgetIn(BaseModel):
     ``on_exhausted`` list their values in the schema; :func:`set_budget` checks them, so the API
     and the CLI refuse a bad value with the same message."""
 
+    model_config = ConfigDict(extra="forbid")
     user_id: str = Field(default=ANY, min_length=1, max_length=128)
     operation: str = Field(default=ANY, min_length=1, max_length=64)
     period: str = Field(max_length=16, json_schema_extra={"enum": list(PERIODS)})

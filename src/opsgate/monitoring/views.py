@@ -1,28 +1,31 @@
 """HTTP API of monitoring (operator or admin; errors are RFC 9457 problems):
 
-  ``GET /v1/health?window=<seconds>&operation=<id>``  the seed's HealthMetrics
+  ``GET /v1/health?window=<seconds>&operation=<id>``  the seed's HealthMetrics (an unknown
+                                                      operation is 404, never an idle one)
   ``GET /metrics``                                     Prometheus exposition (text/plain 0.0.4); an
                                                       operator JWT or the scrape token (:mod:`~opsgate.security.metrics_token`)
-  ``GET /v1/incidents?state=open``                     incidents, newest first
+  ``GET /v1/incidents?state=open``                     incidents, newest first (``state``: open,
+                                                      acknowledged or resolved; another is 422)
   ``GET /v1/incidents/{id}``                           one incident with timeline and notifications
-  ``POST /v1/incidents/{id}/ack``                      acknowledge (stops escalation)
+  ``POST /v1/incidents/{id}/ack``                      acknowledge (stops escalation; no body, or ``{}``)
   ``POST /v1/incidents/{id}/resolve``                  ``{"note": "..."}``
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsgate.deps import IncidentsDep, OperatorDep, RuntimeDep, body_doc, get_principal, json_body
+from opsgate.deps import IncidentsDep, NoBodyDep, OperatorDep, RuntimeDep, body_doc, get_principal, json_body
 from opsgate.errors import InvalidInput
 from opsgate.monitoring.health import compute_health
 from opsgate.monitoring.prometheus import exposition
+from opsgate.operations import get_operation
 from opsgate.numbers import AsciiInt
 from opsgate.responses import json_response
 from opsgate.security import metrics_token, rbac
@@ -35,7 +38,7 @@ MAX_WINDOW_S = 31 * 86400
 class ResolveBody(BaseModel):
     """Body of ``POST /v1/incidents/{id}/resolve``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     note: OperatorText = Field(min_length=1, max_length=2000, description="What was done; a resolution note is required")
 
 
@@ -45,6 +48,8 @@ async def health(_operator: OperatorDep, rt: RuntimeDep, window: AsciiInt | None
     window_s = window or rt.settings.health_window_s
     if not 0 < window_s <= MAX_WINDOW_S:
         raise InvalidInput(f"window must be between 1 and {MAX_WINDOW_S} seconds")
+    if operation is not None:
+        get_operation(operation)  # 404 naming the known ones: an unknown name is not an idle operation
     metrics = await asyncio.to_thread(compute_health, rt.engine, rt.clock.now(), window_s, operation)
     return json_response(metrics.model_dump())
 
@@ -63,7 +68,8 @@ async def metrics(_scraper: Annotated[None, Security(scraper, scopes=["operator"
 
 
 @router.get("/v1/incidents", summary="Incidents, newest first")
-async def list_incidents(_operator: OperatorDep, incidents: IncidentsDep, state: str | None = None) -> Response:
+async def list_incidents(_operator: OperatorDep, incidents: IncidentsDep,
+                         state: Literal["open", "acknowledged", "resolved"] | None = None) -> Response:
     return json_response({"incidents": await asyncio.to_thread(incidents.list, state)})
 
 
@@ -73,7 +79,7 @@ async def show_incident(_operator: OperatorDep, incidents: IncidentsDep, inciden
 
 
 @router.post("/v1/incidents/{incident_id}/ack", summary="Acknowledge an incident (ledgered)")
-async def ack_incident(operator: OperatorDep, incidents: IncidentsDep, incident_id: str) -> Response:
+async def ack_incident(operator: OperatorDep, incidents: IncidentsDep, incident_id: str, _body: NoBodyDep) -> Response:
     return json_response(await asyncio.to_thread(incidents.acknowledge, incident_id, operator.user_id))
 
 

@@ -13,7 +13,7 @@ Admin (role ``admin``; every change is written to the ledger):
                                             ``shadow`` (its shadow calls, or null) and
                                             ``comparison`` (a variant rollout's canary against
                                             control per metric, :mod:`.comparison`, or null)
-  ``POST /v1/admin/rollouts/{id}/advance``  promote now
+  ``POST /v1/admin/rollouts/{id}/advance``  promote now (no body, or ``{}``)
   ``POST /v1/admin/rollouts/{id}/rollback`` ``{"reason": "..."}``
 Any authenticated user (only their own data):
   ``GET|PUT /v1/me/settings``               opt-ins: ``{"opt_in": {"email-compose": true}}``
@@ -29,7 +29,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsgate.deps import AdminDep, RolloutDep, UserDep, body_doc, json_body
+from opsgate.deps import AdminDep, NoBodyDep, RolloutDep, UserDep, body_doc, json_body
 from opsgate.numbers import AsciiInt
 from opsgate.responses import json_response
 from opsgate.rollout.comparison import comparison
@@ -145,7 +145,7 @@ async def list_rollouts(_admin: AdminDep, svc: RolloutDep) -> Response:
 
 
 @router.post("/v1/admin/rollouts/{rollout_id}/advance", summary="Promote a rollout now")
-async def advance_rollout(admin: AdminDep, svc: RolloutDep, rollout_id: RolloutId) -> Response:
+async def advance_rollout(admin: AdminDep, svc: RolloutDep, rollout_id: RolloutId, _body: NoBodyDep) -> Response:
     decision = await asyncio.to_thread(svc.advance, rollout_id, admin.user_id)
     return json_response(_decision_json(rollout_id, decision))
 

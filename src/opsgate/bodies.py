@@ -1,0 +1,150 @@
+"""Request bodies: the one reader of every route that takes one (the operations, the admin API,
+the sign-in forms).
+
+A JSON body (:func:`decode_json`) is refused, before anything acts on it, when:
+
+* it is larger than the route's limit: :class:`~opsgate.errors.ContentTooLarge` (413), decided on
+  ``Content-Length`` or, without one, as soon as the stream passes the limit (never buffered whole);
+* it is not empty and its ``Content-Type`` is not JSON (``application/json`` or a ``+json``
+  suffix type, RFC 6839 §3.1; a ``charset`` other than UTF-8, RFC 8259 §8.1):
+  :class:`~opsgate.errors.UnsupportedMediaType` (415). A ``text/plain`` body is not read as JSON;
+* it is not JSON (RFC 8259): :class:`~opsgate.errors.InvalidInput` (422). orjson refuses what the
+  standard library would let through: ``NaN``, ``Infinity``, unpaired surrogates, invalid UTF-8,
+  nesting past 1024 levels, numbers that overflow a double;
+* an object repeats a key (RFC 8259 §4 leaves the meaning open; one parser keeps the first, another
+  the last, so the repeated value would be silently dropped), or an integer lies outside the
+  signed 64-bit range (orjson would turn it into a float, silently changing it): 422.
+
+No message quotes the body. The duplicate and range checks cost a second parse only when the
+body could hold either (more ``"…":`` key ends in the text than keys decoded, or a number of
+magnitude 2**63 or more), so an ordinary operation body is parsed once.
+
+A form body (:func:`decode_form`, ``application/x-www-form-urlencoded``) is refused (422) when it
+is not UTF-8 after percent-decoding, has more than :data:`MAX_FORM_FIELDS` fields or repeats a
+field (RFC 6749 §3.1: a parameter MUST NOT be sent more than once), and is read within a limit
+like a JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.requests import Request
+
+from opsgate.errors import ContentTooLarge, InvalidInput, UnsupportedMediaType
+
+JSON = "application/json"
+MAX_FORM_FIELDS = 32
+_KEY_END = re.compile(rb'"[ \t\n\r]*:')
+_INT64 = range(-(2**63), 2**63)
+_WIDE = 2**63
+
+
+def is_json(content_type: str | None) -> bool:
+    """True for ``application/json`` and ``type/subtype+json`` (any case), with no ``charset``
+    parameter or ``charset=utf-8``."""
+    media, *params = (content_type or "").lower().split(";")
+    media = media.strip()
+    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+        return False
+    charsets = [p.split("=", 1)[1].strip().strip('"') for p in params if p.strip().startswith("charset=")]
+    return all(c in ("utf-8", "utf8") for c in charsets)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes; :class:`ContentTooLarge` (413) as soon as the
+    declared ``Content-Length`` or the bytes received pass ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise ContentTooLarge(f"The request body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ContentTooLarge(f"The request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes, content_type: str | None) -> Any:
+    """``raw`` (a non-empty body sent as ``content_type``) decoded; :class:`UnsupportedMediaType`
+    (415) or :class:`InvalidInput` (422) as the module says."""
+    if not is_json(content_type):
+        raise UnsupportedMediaType(f"The request body must be {JSON} (UTF-8)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidInput("The request body is not valid JSON") from None
+    keys, wide = _scan(data)
+    if wide or _key_ends(raw) != keys:
+        _check_keys_and_integers(raw)
+    return data
+
+
+def _key_ends(raw: bytes) -> int:
+    """An upper bound of the keys written in ``raw``: every key ends ``"`` [whitespace] ``:``
+    (a string value may hold the same bytes, which only makes the bound larger)."""
+    return len(_KEY_END.findall(raw))
+
+
+def _scan(data: Any) -> tuple[int, bool]:
+    """How many keys the objects in ``data`` hold, nested ones included, and whether a number
+    in it may have been an integer past 64 bits (an int out of range, or a float of at least
+    2**63, which orjson makes of a larger integer). Iterative: orjson nests up to 1024 levels,
+    past Python's recursion limit."""
+    count, wide, todo = 0, False, [data]
+    while todo:
+        item = todo.pop()
+        kind = type(item)  # orjson makes exactly these types, no subclasses
+        if kind is dict:
+            count += len(item)
+            todo.extend(item.values())
+        elif kind is list:
+            todo.extend(item)
+        elif kind is int or kind is float:
+            wide = wide or abs(item) >= _WIDE
+    return count, wide
+
+
+def _check_keys_and_integers(raw: bytes) -> None:
+    """:class:`InvalidInput` when an object of ``raw`` (valid JSON) repeats a key or an integer is
+    outside the signed 64-bit range."""
+    try:
+        json.loads(raw, object_pairs_hook=_unique, parse_int=_int64)
+    except _Refused as exc:
+        raise InvalidInput(str(exc), errors=[{"loc": "body", "msg": str(exc)}]) from None
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _Refused("The request body repeats a key within one object")
+    return found
+
+
+def _int64(text: str) -> int:
+    if len(text) > 20 or int(text) not in _INT64:  # 20: a sign and 19 digits; longer never fits
+        raise _Refused("The request body holds an integer outside the signed 64-bit range")
+    return int(text)
+
+
+def decode_form(raw: bytes) -> dict[str, str]:
+    """``raw`` (an ``application/x-www-form-urlencoded`` body) as ``{field: value}``;
+    :class:`InvalidInput` (422) for invalid UTF-8, too many fields or a repeated field."""
+    try:
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict",
+                          max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:  # UnicodeDecodeError included
+        raise InvalidInput("The form body could not be parsed") from None
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise InvalidInput("The form body repeats a field")
+    return found

@@ -1,0 +1,169 @@
+"""JSON bodies (opsgate.bodies, deps.json_body): one reader for the operations and the admin
+API. A body is refused before the route acts (415 not JSON, 413 too large, 422 malformed, a
+repeated key, an integer past 64 bits, a wrong type or an unknown key), and nothing is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.routing import APIRoute
+from sqlalchemy import func, select
+
+from opsgate.app import create_app
+from opsgate.errors import InvalidInput, UnsupportedMediaType
+from opsgate.bodies import decode_json, is_json
+from opsgate.operations.io import input_from_file
+from opsgate.store.models import ledger_entries
+
+Gateway = Any  # tests/conftest.py's running-gateway fixture
+OP = "task-prioritize"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TASKS = orjson.loads(orjson.dumps(input_from_file(OP, min(EXAMPLES.glob(f"{OP}.*")), None)))
+
+
+def _admin(gateway: Gateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gateway.token('root', 'admin')}"}
+
+
+def _ledger_size(gateway: Gateway) -> int:
+    with gateway.runtime.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one()
+
+
+def _problem(answer: Any, status: int, code: str) -> dict[str, Any]:
+    assert (answer.status_code, answer.headers["content-type"]) == (status, "application/problem+json"), answer.text
+    problem = answer.json()
+    assert problem["code"] == code and problem["status"] == status
+    return problem
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/problem+json",
+                                          "Application/JSON; charset=UTF-8"])
+def test_json_media_types(content_type: str) -> None:
+    assert is_json(content_type)
+
+
+@pytest.mark.parametrize("content_type", [None, "", "text/plain", "text/json", "application/x-www-form-urlencoded",
+                                          "multipart/form-data", "application/json; charset=utf-16",
+                                          "application/jsonp"])
+def test_other_media_types_are_415(content_type: str | None) -> None:
+    assert not is_json(content_type)
+    with pytest.raises(UnsupportedMediaType):
+        decode_json(b"{}", content_type)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a": 1, "a": 2}', b'{"x": {"a": 1, "a" : 2}}', b'[{"a": 1}, {"b": 1, "b": 1}]',
+    b'{"n": 123456789012345678901234567890}', b'{"n": -9223372036854775809}', b'{"n": 9223372036854775808}',
+    b'{"n": ' + b"9" * 5000 + b"}", b'{"n": NaN}', b'{"n": Infinity}', b'{"n": 1e400}', b'"\\ud800"',
+    b"{'a': 1}", b'{"a": 1,}', b"\xff\xfe",
+])
+def test_json_that_would_lose_or_bend_a_value_is_422(raw: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        decode_json(raw, "application/json")
+
+
+def test_keys_inside_strings_and_64_bit_integers_pass() -> None:
+    raw = b'{"note": "\\"a\\": 1, \\"a\\": 2", "n": 9223372036854775807, "m": -9223372036854775808, "s": "1234567890123456789012"}'
+    assert decode_json(raw, "application/json") == orjson.loads(raw)
+
+
+def test_an_operation_body_sent_as_text_plain_is_415_before_the_ledger(gateway: Gateway) -> None:
+    before = _ledger_size(gateway)
+    token = {"Authorization": f"Bearer {gateway.token()}"}
+    for headers in ({"Content-Type": "text/plain"}, {}, {"Content-Type": "application/x-www-form-urlencoded"}):
+        answer = gateway.client.post(f"/v1/operations/{OP}", content=orjson.dumps(TASKS), headers={**token, **headers})
+        _problem(answer, 415, "unsupported_media_type")
+    repeated = gateway.client.post(f"/v1/operations/{OP}", headers={**token, "Content-Type": "application/json"},
+                                   content=b'{"tasks": [], ' + orjson.dumps(TASKS)[1:])
+    assert _problem(repeated, 422, "invalid_input")["errors"] == [
+        {"loc": "body", "msg": "The request body repeats a key within one object"}]
+    huge = gateway.client.post(f"/v1/operations/{OP}", headers={**token, "Content-Type": "application/json"},
+                               content=b'{"tasks": "' + b"x" * (2 * 1024 * 1024) + b'"}')
+    _problem(huge, 413, "content_too_large")
+    assert _ledger_size(gateway) == before
+    assert gateway.post(OP, TASKS).status_code == 200
+
+
+def test_a_malformed_advance_body_is_refused_and_the_rollout_stays(gateway: Gateway) -> None:
+    admin = _admin(gateway)
+    started = gateway.client.post("/v1/admin/rollouts", headers=admin, json={"operations": [OP]})
+    assert started.status_code == 201
+    url = f"/v1/admin/rollouts/{started.json()['id']}/advance"
+    refused = [
+        (gateway.client.post(url, headers={**admin, "Content-Type": "application/json"}, content=b'{"force": '), 422),
+        (gateway.client.post(url, headers={**admin, "Content-Type": "text/plain"}, content=b"go"), 415),
+        (gateway.client.post(url, headers=admin, json={"force": True}), 422),
+        (gateway.client.post(url, headers=admin, json=[]), 422),
+        (gateway.client.post(url, headers={**admin, "Content-Type": "application/json"},
+                             content=b"{" + b" " * 70_000 + b"}"), 413),
+    ]
+    assert [a.status_code for a, _ in refused] == [s for _, s in refused]
+    [rollout] = gateway.client.get("/v1/admin/rollouts", headers=admin).json()["rollouts"]
+    assert (rollout["percentage"], [h["action"] for h in rollout["history"]]) == (5, ["start"])
+    assert gateway.client.post(url, headers=admin, json={}).json()["stage_index"] == 1
+    assert gateway.client.post(url, headers=admin).json()["stage_index"] == 2
+
+
+def test_admin_bodies_refuse_text_plain_wrong_types_and_unknown_keys(gateway: Gateway) -> None:
+    admin = _admin(gateway)
+    budget = {"period": "day", "limit_usd": "1"}
+    before = _ledger_size(gateway)
+    answers = [
+        (gateway.client.put("/v1/admin/budgets", headers={**admin, "Content-Type": "text/plain"},
+                            content=orjson.dumps(budget)), 415),
+        (gateway.client.put("/v1/admin/budgets", headers=admin, json={**budget, "on_exhaustd": "cheaper"}), 422),
+        (gateway.client.put("/v1/admin/budgets", headers=admin, json={**budget, "limit_usd": 1}), 422),
+        (gateway.client.put(f"/v1/admin/toggles/{OP}", headers=admin, json={"enabled": "false"}), 422),
+        (gateway.client.put(f"/v1/admin/toggles/{OP}", headers={**admin, "Content-Type": "application/json"},
+                            content=b'{"enabled": true, "enabled": false}'), 422),
+        (gateway.client.post("/v1/admin/rollouts", headers=admin, json={"operations": [OP], "shadow_percent": "5"}), 422),
+        (gateway.client.post("/v1/admin/rollouts", headers=admin, json={"operations": [OP], "shadow_percent": 5.0}), 422),
+        (gateway.client.put("/v1/admin/users/root", headers=admin, json={"role": "admin", "rol": "user"}), 422),
+    ]
+    assert [a.status_code for a, _ in answers] == [s for _, s in answers]
+    for answer, _ in answers:
+        assert "Traceback" not in answer.text and answer.headers["content-type"] == "application/problem+json"
+    assert gateway.client.get("/v1/admin/budgets", headers=admin).json() == {"budgets": []}
+    assert gateway.client.get("/v1/admin/rollouts", headers=admin).json() == {"rollouts": []}
+    assert _ledger_size(gateway) == before
+
+
+def test_every_changing_api_route_reads_its_body_before_it_acts() -> None:
+    """A POST/PUT/PATCH/DELETE route of the API declares its body (json_body, form_body or
+    NoBodyDep), so a malformed one is refused before the route acts; none ignores its body. (The
+    operations read theirs in the pipeline's step 4, before the reservation and the ledger intent;
+    session logout only ends the caller's own session.)"""
+    silent = []
+    for route in create_app().routes:
+        if isinstance(route, APIRoute) and route.methods & {"POST", "PUT", "PATCH", "DELETE"} \
+                and not route.path.startswith(("/dashboard", "/v1/operations/")):
+            names = {d.call.__name__ for d in route.dependant.dependencies if d.call is not None}
+            if not any(n.startswith(("json_", "form_")) for n in names) and route.path != "/v1/auth/session/logout":
+                silent.append(f"{sorted(route.methods)} {route.path}")
+    assert silent == []
+
+
+def test_sign_in_forms_refuse_other_media_types_repeated_fields_and_huge_bodies(gateway: Gateway) -> None:
+    from opsgate.security.users import add_user, set_password
+
+    add_user(gateway.runtime.engine, gateway.runtime.clock, "ann")
+    set_password(gateway.runtime.engine, "ann", "pw-for-ann-1")
+    url = "/v1/auth/token"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    good = b"grant_type=password&username=ann&password=pw-for-ann-1"
+    answers = [
+        (gateway.client.post(url, content=good, headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+        (gateway.client.post(url, json={"grant_type": "password", "username": "ann", "password": "x"}), 415,
+         "unsupported_media_type"),
+        (gateway.client.post(url, content=good + b"&username=root", headers=form), 422, "invalid_input"),
+        (gateway.client.post(url, content=b"grant_type=password&username=%ff&password=x", headers=form), 422,
+         "invalid_input"),
+        (gateway.client.post(url, content=good + b"&pad=" + b"x" * 20_000, headers=form), 413, "content_too_large"),
+    ]
+    for answer, status, code in answers:
+        _problem(answer, status, code)
+    assert gateway.client.post(url, content=good, headers=form).status_code == 200
