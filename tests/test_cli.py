@@ -207,3 +207,29 @@ def test_budgets_set_refuses_a_secret_shaped_user_id_like_the_api(env):
     assert bad.exit_code == 2 and "user_id must not look like a secret" in bad.output and key not in bad.output
     show = runner.invoke(app, ["budgets", "show"])
     assert show.exit_code == 0 and key[:12] not in show.stdout and "user:" not in show.stdout
+
+
+def test_a_budget_past_its_limit_shows_0_left_and_over_by_in_cli_and_api(env, monkeypatch):
+    """Spent past the limit (a limit lowered below the spend): left is $0, never negative, and the
+    excess is "over by" in `budgets show` and over_micro_usd in the API/dashboard document."""
+    from datetime import UTC, datetime
+
+    from opsgate.metering.budgets import budget_statuses, period_start
+    from opsgate.metering.models import budget_counters
+    from opsgate.metering.views import status_json
+
+    monkeypatch.setenv("COLUMNS", "120")
+    assert runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "1"]).exit_code == 0
+    engine = create_engine(f"sqlite:///{env}")
+    with engine.begin() as conn:
+        conn.execute(budget_counters.insert().values(budget_id=1, period_start=period_start("day", datetime.now(UTC)),
+                                                     spent_micro_usd=1_500_000, reserved_micro_usd=250_000))
+    show = runner.invoke(app, ["budgets", "show"])
+    [shown] = _shown_budgets(show.stdout)
+    assert (shown["left"], shown["over by"]) == ("$0.000000", "$0.750000")
+    [status] = budget_statuses(engine, datetime.now(UTC))
+    document = status_json(status)
+    assert (document["left_micro_usd"], document["over_micro_usd"]) == (0, 750_000)
+    assert runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "2"]).exit_code == 0
+    [within] = _shown_budgets(runner.invoke(app, ["budgets", "show"]).stdout)
+    assert within["left"] == "$0.250000" and "over by" not in within

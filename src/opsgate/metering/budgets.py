@@ -99,7 +99,19 @@ class BudgetStatus:
 
     @property
     def left_micro_usd(self) -> int:
-        """What the limit leaves after spent and reserved (negative after an overspend)."""
+        """What the limit leaves after spent and reserved; never below 0 (see :attr:`over_micro_usd`)."""
+        return max(0, self._room)
+
+    @property
+    def over_micro_usd(self) -> int:
+        """How far spent plus reserved exceed the limit (0 when within it). A budget can be over
+        when a call's real cost passed its reserved worst case (a provider's answer longer than
+        announced) or when its limit was lowered below what was already spent; new calls are then
+        refused (or degraded), and nothing already charged is undone."""
+        return max(0, -self._room)
+
+    @property
+    def _room(self) -> int:
         return self.budget.limit_micro_usd - self.spent_micro_usd - self.reserved_micro_usd
 
 

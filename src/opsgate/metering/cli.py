@@ -20,6 +20,7 @@ budgets_app = typer.Typer(help="Budgets: limits, spent and reserved (micro-USD).
 costs_app = typer.Typer(help="Cost accuracy against provider invoices.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
+AMOUNT_NAMES = ("limit", "spent", "reserved", "left", "over by")
 
 
 def _engine() -> Engine:
@@ -70,7 +71,9 @@ def budgets_set(
 @budgets_app.command("show")
 def budgets_show() -> None:
     """List budgets with this period's spent, reserved and left amounts and the calls each refused
-    and degraded today (UTC); expired reservations are charged first. One row per budget, its
+    and degraded today (UTC); expired reservations are charged first. ``left`` is never negative:
+    a budget past its limit shows $0 left and an ``over by`` line (as the API's ``over_micro_usd``
+    and the dashboard's Over by column). One row per budget, its
     amounts stacked, so amounts and scope are never cut at 80 columns (a long scope folds)."""
     from opsgate.metering.budgets import budget_statuses
     from opsgate.metering.reservations import expire_reservations
@@ -81,8 +84,9 @@ def budgets_show() -> None:
     if not statuses:
         out.print("no budgets configured (set one with `opsgate budgets set --global --period day "
                   "--limit-usd 50`)")
-    amounts = [[_usd(m) for m in (s.budget.limit_micro_usd, s.spent_micro_usd,
-                                  s.reserved_micro_usd, s.left_micro_usd)] for s in statuses]
+    amounts = [[_usd(m) for m in (s.budget.limit_micro_usd, s.spent_micro_usd, s.reserved_micro_usd,
+                                  s.left_micro_usd, *([s.over_micro_usd] if s.over_micro_usd else []))]
+               for s in statuses]
     widest = max((len(a) for row in amounts for a in row), default=0)
     table = Table(Column("scope", overflow="fold"), Column("period\n(since)", no_wrap=True),
                   Column("on\nexhausted", no_wrap=True), Column("", no_wrap=True),
@@ -90,7 +94,7 @@ def budgets_show() -> None:
                   Column("today\n(UTC)", no_wrap=True))
     for s, usd in zip(statuses, amounts, strict=True):
         table.add_row(s.budget.scope, f"{s.budget.period}\n{s.period_start:%Y-%m-%d}",
-                      s.budget.on_exhausted, "limit\nspent\nreserved\nleft", "\n".join(usd),
+                      s.budget.on_exhausted, "\n".join(AMOUNT_NAMES[:len(usd)]), "\n".join(usd),
                       f"refused {s.refused_today}\ndegraded {s.degraded_today}", end_section=True)
     if statuses:
         out.print(table)

@@ -2,9 +2,11 @@
 
 ``GET /v1/admin/budgets`` ->
 ``{"budgets": [{"id", "user_id", "operation", "period", "scope", "limit_micro_usd",
-"on_exhausted", "period_start", "spent_micro_usd", "reserved_micro_usd", "left_micro_usd",
+"on_exhausted", "period_start", "spent_micro_usd", "reserved_micro_usd", "left_micro_usd", "over_micro_usd",
 "refused_today", "degraded_today"}]}`` for the current UTC periods (the call counts for the
-current UTC day).
+current UTC day). ``left_micro_usd`` is never negative: a budget whose spent plus reserved passed
+its limit shows 0 left and the excess as ``over_micro_usd`` (0 otherwise), as the CLI and the
+dashboard do.
 
 ``PUT /v1/admin/budgets`` with ``{"user_id": "*", "operation": "*", "period": "day"|"month",
 "limit_usd": "0.010", "on_exhausted": "refuse"|"cheaper"}`` (``*`` = any; ``limit_usd`` a decimal
@@ -58,7 +60,8 @@ def status_json(status: BudgetStatus) -> dict[str, Any]:
         "scope": b.scope, "limit_micro_usd": b.limit_micro_usd, "on_exhausted": b.on_exhausted,
         "period_start": status.period_start.isoformat(),
         "spent_micro_usd": status.spent_micro_usd, "reserved_micro_usd": status.reserved_micro_usd,
-        "left_micro_usd": status.left_micro_usd, "refused_today": status.refused_today,
+        "left_micro_usd": status.left_micro_usd, "over_micro_usd": status.over_micro_usd,
+        "refused_today": status.refused_today,
         "degraded_today": status.degraded_today,
     }
 
