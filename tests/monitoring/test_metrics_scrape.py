@@ -173,3 +173,26 @@ def test_metrics_token_command_creates_a_private_file_and_rotates_it(tmp_path: P
     assert path.read_text().strip() != token
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["metrics-token"]
+
+
+def test_budget_refusals_and_degraded_calls_are_counted_by_scope_kind_never_by_user(scraped: Scraped) -> None:
+    from opsgate.metering.budgets import SCOPE_KINDS, set_budget
+    from opsgate.metering.models import DEGRADED, budget_outcomes
+
+    rt, clock = scraped.runtime, scraped.clock
+    alice = set_budget(rt.engine, clock, user_id="alice", operation="*", period="day", limit_micro_usd=0)
+    ops = set_budget(rt.engine, clock, user_id="*", operation="email-compose", period="month", limit_micro_usd=5,
+                     on_exhausted="cheaper")
+    raw = (EXAMPLES / "email-classify.eml").read_text()
+    token = {"Authorization": f"Bearer {rt.tokens.issue('alice', 'user')}"}
+    refused = scraped.client.post("/v1/operations/email-classify", json={"raw": raw}, headers=token)
+    assert (refused.status_code, refused.json()["code"]) == (402, "budget_exceeded")
+    with rt.engine.begin() as conn:
+        conn.execute(insert(budget_outcomes).values(request_id="r-degraded", budget_id=ops.id, outcome=DEGRADED,
+                                                    created_at=clock.now()))
+    [family] = [f for f in text_string_to_metric_families(scraped.metrics(scraped.token).text)
+                if f.name == "opsgate_budget_outcomes"]
+    counted = {(s.labels["scope"], s.labels["outcome"]): s.value for s in family.samples if s.name.endswith("_total")}
+    assert family.type == "counter" and set(counted) == {(k, o) for k in SCOPE_KINDS for o in ("refused", "degraded")}
+    assert {k: v for k, v in counted.items() if v} == {("user", "refused"): 1, ("operation", "degraded"): 1}
+    assert alice.user_id not in family.samples[0].labels.values()

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from decimal import Context
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, insert, or_, select, update
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput
@@ -225,6 +225,32 @@ def budget_statuses(engine: Engine, now: datetime) -> list[BudgetStatus]:
                                        counts.get((budget.id, REFUSED), 0),
                                        counts.get((budget.id, DEGRADED), 0)))
     return result
+
+
+SCOPE_KINDS = ("global", "user", "operation", "user_operation", "shadow")
+"""The kinds of budget scope, without the names in them (a metrics label must not carry a user id)."""
+_SCOPE_KIND = case(
+    (budgets.c.operation == SHADOW, "shadow"),
+    (and_(budgets.c.user_id == ANY, budgets.c.operation == ANY), "global"),
+    (budgets.c.user_id == ANY, "operation"),
+    (budgets.c.operation == ANY, "user"),
+    else_="user_operation",
+)
+_OUTCOMES_BY_KIND = (
+    select(_SCOPE_KIND, budget_outcomes.c.outcome, func.count())
+    .select_from(budget_outcomes.join(budgets, budgets.c.id == budget_outcomes.c.budget_id))
+    .group_by(_SCOPE_KIND, budget_outcomes.c.outcome)
+)
+
+
+def outcome_counts(conn: Connection) -> dict[tuple[str, str], int]:
+    """``{(scope kind, outcome): n}`` for every :data:`SCOPE_KINDS` and outcome (``refused``,
+    ``degraded``; 0 when none): the ``budget_outcomes`` rows ever written, one per budget that had
+    no room for a call's first request (a call refused by two budgets counts twice)."""
+    found = {(kind, outcome): 0 for kind in SCOPE_KINDS for outcome in (REFUSED, DEGRADED)}
+    for kind, outcome, n in conn.execute(_OUTCOMES_BY_KIND):
+        found[(kind, outcome)] = n
+    return found
 
 
 def check_budget(user_id: str, operation: str, period: str, limit_micro_usd: int,

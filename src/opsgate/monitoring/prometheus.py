@@ -30,6 +30,10 @@ Read from the database at scrape time (the same for every replica; rules take ``
 - ``opsgate_ledger_hash_chain_intact`` (1/0, absent before the first ``opsgate ledger verify``) and
   ``opsgate_ledger_last_verification_timestamp_seconds``;
 - ``opsgate_budget_enforcement_failures_total``: enforcement failures ever signalled;
+- ``opsgate_budget_outcomes_total{scope,outcome}``: calls a budget had no room for, ``outcome``
+  ``refused`` (402) or ``degraded`` (served by a cheaper target, ``--on-exhausted cheaper``), one
+  per budget without room; ``scope`` is the budget's kind (``global``, ``user``, ``operation``,
+  ``user_operation``, ``shadow``), never a user id or operation name, so the series stay 10;
 - ``opsgate_cost_discrepancy_ratio{provider}``: the latest invoice reconciliation's
   Σ|difference| / Σ invoiced (0.01 = 1 %);
 - ``opsgate_incidents{state,severity}`` (open and acknowledged), ``opsgate_rollout_percentage
@@ -49,7 +53,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import Connection, Engine, func, select
 
-from opsgate.metering.budgets import budget_statuses
+from opsgate.metering.budgets import budget_statuses, outcome_counts
 from opsgate.metering.counting import CountOutcome
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY, latest_discrepancies
 from opsgate.monitoring.models import incidents, signals
@@ -192,7 +196,12 @@ def _alerting_families(conn: Connection) -> list[Metric]:
         .group_by(i.state, i.severity).order_by(i.state, i.severity)
     ):
         open_incidents.add_metric([state, severity], count)
-    return [enforcement, discrepancy, open_incidents]
+    outcomes = CounterMetricFamily("opsgate_budget_outcomes",
+                                   "Calls a budget had no room for, by scope kind and outcome (refused or degraded)",
+                                   labels=["scope", "outcome"])
+    for (kind, outcome), n in sorted(outcome_counts(conn).items()):
+        outcomes.add_metric([kind, outcome], n)
+    return [enforcement, outcomes, discrepancy, open_incidents]
 
 
 def _rollout_families(toggles: ToggleSnapshot) -> list[Metric]:
