@@ -216,7 +216,7 @@ class _Spend:
     case in micro-USD (one per sent attempt, in order; the last may have no attempt when the call
     broke off mid-request), the micro-USD its reservation holds so far, the worst-case tokens
     it holds against the token rate limits until it is recorded, and ``counted``: the price key,
-    request and input bound (count + overhead) the first target's provider counted, when the
+    request and input count the first target's provider counted, when the
     byte bound did not fit a budget. ``chain`` is the router's chain the call was reserved on and
     ``start`` the index of the target it starts at (> 0: degraded)."""
 
@@ -482,8 +482,8 @@ class Gateway:
     ) -> InTransaction[Reservation] | None:
         """When the byte bound did not fit a budget: ask the first target's provider for the
         exact input count of ``prepared.request`` (the minimised request, as it will be sent)
-        and return the last try's work (:meth:`reserve` with ``retry``): at that count plus its
-        overhead (kept in ``spend.counted`` for the first request's admission), or at the byte
+        and return the last try's work (:meth:`reserve` with ``retry``): at that count
+        (kept in ``spend.counted`` for the first request's admission), or at the byte
         bound again when the count failed or timed out. ``None`` when the provider has no count
         API: the first try was the last, its refusal stands."""
         first = spend.chain[0]

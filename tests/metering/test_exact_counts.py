@@ -1,6 +1,7 @@
 """Exact input counts when the byte bound does not fit a budget (issue 16, item 2), over HTTP
 against the sandboxes: the gateway asks the first target's token-count endpoint only when the
-prompt's byte bound would refuse, reserves the exact count plus the documented overhead, and
+prompt's byte bound would refuse, reserves the exact count (nothing added: it already holds
+Anthropic's tool-use system prompt, as the call's usage does), and
 keeps the byte bound (402) when the count fails or times out; DeepSeek has no count API."""
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from opsgate.metering.prices import PriceBook
 from opsgate.metering.worstcase import attempt_worst_case_micro_usd
 from opsgate.monitoring.prometheus import REGISTRY
 from opsgate.operations import get_operation
-from opsgate.providers.anthropic import TOOL_PROMPT_TOKENS
 from opsgate.providers.base import CompletionRequest
 from opsgate.providers.registry import DEFAULT_MODELS
 from opsgate.rollout.variants import DEFAULT_VARIANT
@@ -33,8 +33,6 @@ from opsgate.store.models import ai_operation_log
 
 OP = "email-classify"
 BODY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
-OVERHEAD = {"anthropic": TOOL_PROMPT_TOKENS, "gemini": 0}
-"""The documented overhead each provider's count gets (the request carries a JSON schema)."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def _learn(gateway: Gateway, first: str) -> Learned:
     request = _sent(gateway)
     held = _held(gateway, request_id)
     assert held == attempt_worst_case_micro_usd(request, key, prices)  # the byte bound
-    exact = attempt_worst_case_micro_usd(request, key, prices, row.input_tokens + OVERHEAD.get(first, 0))
+    exact = attempt_worst_case_micro_usd(request, key, prices, row.input_tokens)
     return Learned(held, exact, reply.json()["cost_micro_usd"])
 
 

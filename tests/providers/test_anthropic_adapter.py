@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from opsgate.clock import ManualClock
-from opsgate.providers.anthropic import TOOL_PROMPT_TOKENS, AnthropicProvider
+from opsgate.providers.anthropic import AnthropicProvider
 from opsgate.providers.base import CompletionRequest, FinishReason, Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
@@ -352,7 +352,7 @@ def test_plain_http_to_a_remote_host_is_refused_at_construction(session) -> None
 async def test_count_tokens_sends_the_request_without_sampling_fields(claude, upstream, anthropic_key) -> None:
     upstream.reply(200, {"input_tokens": 1234})
     counted = await claude.count_tokens(JSON_REQUEST, MODEL, 5)
-    assert (counted.tokens, counted.overhead, counted.bound) == (1234, TOOL_PROMPT_TOKENS, 1234 + TOOL_PROMPT_TOKENS)
+    assert counted.tokens == 1234  # the count holds the tool-use system prompt: nothing added
     [sent] = upstream.requests
     assert sent.path == "/v1/messages/count_tokens"
     assert sent.headers["x-api-key"] == anthropic_key and sent.headers["anthropic-version"] == "2023-06-01"
@@ -365,7 +365,7 @@ async def test_count_tokens_sends_the_request_without_sampling_fields(claude, up
         "tool_choice": {"type": "tool", "name": "classification"},
     }
     upstream.reply(200, {"input_tokens": 12})
-    assert (await claude.count_tokens(TEXT_REQUEST, MODEL, 5)).bound == 12  # no tool: no overhead
+    assert (await claude.count_tokens(TEXT_REQUEST, MODEL, 5)).tokens == 12
 
 
 async def test_count_tokens_failures_are_typed(claude, upstream) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 
@@ -257,8 +258,11 @@ def test_count_tokens_agrees_with_the_message_usage(client: anthropic.Anthropic)
                "tools": [tool], "tool_choice": {"type": "tool", "name": "triage"}}
     counted = client.messages.count_tokens(**request)  # type: ignore[arg-type]  # the SDK's TypedDicts
     message = client.messages.create(max_tokens=500, **request)  # type: ignore[arg-type]
-    assert counted.input_tokens == message.usage.input_tokens > count_tokens(
-        "Classify the mail.\nServer down, help")
+    assert counted.input_tokens == message.usage.input_tokens == count_tokens(
+        "\n".join([json.dumps([tool]), "Classify the mail.", "Server down, help"])) + 313
+    auto = client.messages.count_tokens(model=MODEL, system="Classify the mail.",  # type: ignore[arg-type]
+                                        messages=_user("Server down, help"), tools=[tool])
+    assert auto.input_tokens == counted.input_tokens + 346 - 313  # tool_choice auto: the longer prompt
     plain = client.messages.count_tokens(model=MODEL, system="Be brief.", messages=_user("Summarise my inbox"))
     assert plain.input_tokens == count_tokens("Be brief.\nSummarise my inbox")
 

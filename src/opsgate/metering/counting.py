@@ -5,8 +5,8 @@ The reservation bounds the input by the prompt's UTF-8 byte count
 bound would refuse a budget does the pipeline ask the first target's provider to count the
 request exactly as it will be sent (the minimised prompt, the same system prompt and JSON
 schema): Anthropic ``POST /v1/messages/count_tokens``, Gemini ``models/{model}:countTokens``,
-both free. It then reserves the count plus the provider's documented overhead
-(:class:`~opsgate.providers.base.InputCount`). A provider without a count API (DeepSeek and
+both free. It then reserves the count (:class:`~opsgate.providers.base.InputCount`), which
+already includes what the provider adds around the request. A provider without a count API (DeepSeek and
 other OpenAI-compatible endpoints) is not asked. A count that fails or does not answer within
 its timeout falls back to the byte bound, never to a guess: :func:`count_input` then returns
 an outcome without tokens, logged as a warning and counted by the observer
@@ -32,7 +32,7 @@ log = logging.getLogger("opsgate.metering")
 class CountOutcome:
     """What one count request gave: ``outcome`` is ``counted`` or why it failed (a provider
     error's kind such as ``timeout`` or ``server_error``, or the exception's class name);
-    ``input_tokens`` is the count plus its overhead when counted, else ``None`` (the byte bound
+    ``input_tokens`` is the count when counted, else ``None`` (the byte bound
     stays)."""
 
     provider: str
@@ -56,7 +56,7 @@ async def count_input(
         return _failed(counter.name, model, exc.kind)
     except Exception as exc:  # any failure keeps the byte bound: never a guess, never a 500
         return _failed(counter.name, model, type(exc).__name__)
-    return CountOutcome(counter.name, model, COUNTED, counted.bound)
+    return CountOutcome(counter.name, model, COUNTED, counted.tokens)
 
 
 def _failed(provider: str, model: str, why: str) -> CountOutcome:

@@ -103,7 +103,7 @@ class MeteringService:
         intent's transaction (``Ledger.append(..., work=reserve)``), so a call is admitted and
         ledgered atomically. Further requests extend it (:meth:`extend_in`). A ``shadow`` call
         reserves against the ``shadow`` budget scope only. ``input_tokens`` is the provider's
-        exact count plus its overhead when the byte bound did not fit (see
+        exact count when the byte bound did not fit (see
         :func:`~opsgate.metering.worstcase.attempt_worst_case_micro_usd`). ``cheaper`` are the
         price keys of the chain's further targets, in order (their input at the byte bound):
         where every budget without room is ``cheaper``, the first of them that fits is reserved

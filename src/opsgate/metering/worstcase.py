@@ -10,8 +10,8 @@ pricing table). A ``bytes / 3`` estimate is *not* an upper bound (CJK text is ~1
 3 bytes or worse, digits and symbols ~1 per byte), so it is not used.
 
 When this bound does not fit a budget, the pipeline asks the first target's provider for the
-exact count (:mod:`opsgate.metering.counting`) and reserves that count plus its documented
-overhead instead (``input_tokens``).
+exact count (:mod:`opsgate.metering.counting`) and reserves that count instead
+(``input_tokens``; it includes what the provider adds, Anthropic's tool-use system prompt too).
 
 Money is reserved per attempt (:func:`attempt_worst_case_micro_usd`): the intent holds the first
 attempt at the first target's price, and every further request (a retry after an answer that may

@@ -83,14 +83,6 @@ policy") and a prompt beyond the window ("prompt is too long: 208656 tokens > 20
 _RATE_LIMIT_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
 _COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 """The Messages fields count_tokens takes (no ``max_tokens``, ``temperature``, ...)."""
-TOOL_PROMPT_TOKENS = 346
-"""The count's documented overhead for a request with a tool. Anthropic's token-counting guide
-calls the count an estimate that "may differ by a small amount" and does not say whether it
-includes the tool-use system prompt Anthropic adds whenever ``tools`` are sent, which its tool-use
-pricing table puts at 346 tokens at most (``auto``/``none``; 313 for a forced tool) on current
-models. So a request with a tool adds those 346 tokens to its count: the bound holds either way."""
-
-
 class AnthropicProvider:
     """Calls Claude models through the Messages API over the shared aiohttp session.
 
@@ -148,7 +140,11 @@ class AnthropicProvider:
     ) -> InputCount:
         """The input tokens of ``request`` to ``model`` from ``count_tokens`` (free; same system
         prompt, messages, tool and tool_choice as :meth:`complete` sends, see
-        :func:`count_payload`), plus :data:`TOOL_PROMPT_TOKENS` when it carries a tool. Raises
+        :func:`count_payload`). The count already holds the tool-use system prompt Anthropic adds
+        to a request with a tool (the token counting guide's one-tool example counts 403 tokens
+        for a short tool and a one-line question, the 346-token prompt included; "Tool use
+        pricing and tokens" bills the same prompt as input), and may hold system tokens that are
+        not billed ("Token counting": "Billing reflects only your content"): nothing is added. Raises
         the :mod:`opsgate.providers.errors` class for an error status, a timeout or a transport
         failure, and :class:`MalformedResponse` for a body without ``input_tokens``."""
         key = require_key(self.name, self._api_key, self._key_env)
@@ -164,7 +160,7 @@ class AnthropicProvider:
             raise self._error(reply)
         tokens = token_count(self.name, decode_object(self.name, reply.body), "input_tokens",
                              required=True)
-        return InputCount(tokens, TOOL_PROMPT_TOKENS if request.json_schema is not None else 0)
+        return InputCount(tokens)
 
     def _completion(self, request: CompletionRequest, model: str, reply: HttpReply) -> Completion:
         body = decode_object(self.name, reply.body)

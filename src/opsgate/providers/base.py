@@ -131,17 +131,11 @@ class Provider(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class InputCount:
-    """A provider's count of one request's input tokens, from its free token-count endpoint, and
-    the ``overhead`` tokens its documentation says it may bill beyond that count. ``bound`` is
-    what a reservation holds for the input."""
+    """A provider's count of one request's input tokens, from its free token-count endpoint:
+    what a reservation holds for the input. Anthropic's and Gemini's counts include what each
+    adds around the request (Anthropic's tool-use system prompt), so nothing is added to them."""
 
     tokens: int
-    overhead: int = 0
-
-    @property
-    def bound(self) -> int:
-        """``tokens + overhead``: an upper bound on the input tokens the request is billed for."""
-        return self.tokens + self.overhead
 
 
 @runtime_checkable

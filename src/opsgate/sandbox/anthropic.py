@@ -16,8 +16,10 @@ Follows the Messages API reference (docs.anthropic.com, "Messages", "Streaming M
   ``tool_use``. Otherwise one text block; if it would exceed ``max_tokens`` it is cut and
   stop_reason is ``max_tokens``.
 - Usage: input tokens are counted over tools (as JSON), system and message texts
-  (see :mod:`opsgate.sandbox.synth`). When a system block carries ``cache_control`` and the system
-  text is at least 1,024 tokens, the system text is the cached prefix: the first request writes it
+  (see :mod:`opsgate.sandbox.synth`), plus, when ``tools`` are sent, the tool-use system prompt
+  Anthropic adds and bills (:data:`TOOL_PROMPT_TOKENS`; "Tool use pricing and tokens"). When a
+  system block carries ``cache_control`` and the system text is at least 1,024 tokens, the system
+  text is the cached prefix: the first request writes it
   (``cache_creation_input_tokens``, split by ``cache_control.ttl`` into
   ``cache_creation.ephemeral_5m_input_tokens`` / ``ephemeral_1h_input_tokens``), later ones read
   it (``cache_read_input_tokens``); ``input_tokens`` is the rest.
@@ -30,7 +32,9 @@ Follows the Messages API reference (docs.anthropic.com, "Messages", "Streaming M
   and body as a message without the sampling fields (``max_tokens``, ``temperature``, ``stream``,
   ... are refused with 400, "Extra inputs are not permitted"); answers ``{"input_tokens": N}``,
   N counted exactly as a message's input (``input_tokens`` + cache writes + cache reads of the
-  same request). Faults: :meth:`~opsgate.sandbox.faults.FaultState.decide_count`.
+  same request), the tool-use system prompt included as the real count includes it (the token
+  counting guide's one-tool example counts 403 tokens for a tool and a one-line question).
+  Faults: :meth:`~opsgate.sandbox.faults.FaultState.decide_count`.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ REQUIRED_FIELDS = ("content", "usage", "stop_reason")
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "stop_sequences", "stream",
                    "metadata", "service_tier")
 """Messages fields the count_tokens endpoint does not take."""
+TOOL_PROMPT_TOKENS = {"auto": 346, "none": 346, "any": 313, "tool": 313}
+"""The tool-use system prompt Anthropic adds to a request with ``tools``, by ``tool_choice`` type
+(absent: ``auto``), per its tool-use pricing table for current models. Billed as input, and
+counted by ``count_tokens``."""
 
 _ERRORS: dict[int, tuple[str, str]] = {
     400: ("invalid_request_error", "Invalid request."),
@@ -88,6 +96,7 @@ class _Request:
     prompt: str
     last_user: str
     tool: dict[str, Any] | None
+    tool_prompt: int
 
 
 async def create_message(request: web.Request) -> web.StreamResponse:
@@ -151,7 +160,7 @@ async def count_message_tokens(request: web.Request) -> web.Response:
     status = decision.error_status(OVERLOAD_STATUS)
     if status is not None:
         return _error(status, request_id, state)
-    return web.json_response({"input_tokens": count_tokens(parsed.prompt)},
+    return web.json_response({"input_tokens": count_tokens(parsed.prompt) + parsed.tool_prompt},
                              headers={"request-id": request_id})
 
 
@@ -181,7 +190,16 @@ def _parse(body: Any, *, counting: bool = False) -> _Request:
         prompt="\n".join(filter(None, [json.dumps(tools) if tools else "", system, *texts])),
         last_user=users[-1] if users else "",
         tool=_forced_tool(tools, body.get("tool_choice")),
+        tool_prompt=_tool_prompt(tools, body.get("tool_choice")),
     )
+
+
+def _tool_prompt(tools: list[Any], choice: Any) -> int:
+    """:data:`TOOL_PROMPT_TOKENS` for ``tool_choice`` (checked by :func:`_check`) when ``tools``
+    are sent, else 0."""
+    if not tools:
+        return 0
+    return TOOL_PROMPT_TOKENS[choice["type"] if isinstance(choice, dict) else "auto"]
 
 
 def _check(body: Any, *, counting: bool) -> None:
@@ -305,7 +323,7 @@ def _usage(req: _Request, state: SandboxState, output_tokens: int) -> dict[str, 
     hit = cached > 0 and state.cache.seen_before(PROVIDER, req.model, req.system)
     written = 0 if hit else cached
     return {
-        "input_tokens": count_tokens(req.prompt) - cached,
+        "input_tokens": count_tokens(req.prompt) + req.tool_prompt - cached,
         "output_tokens": output_tokens,
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached if hit else 0,
