@@ -9,6 +9,14 @@ order) and writes the narrative. analytics-anomaly finds anomalies in code
 (:func:`series.detect`); the model sees the :data:`MAX_SENT_ANOMALIES` strongest, numbered, and
 only narrates them (notes refer to anomalies by number; unknown numbers are dropped). Output
 lists at most :data:`MAX_ANOMALIES` anomalies, strongest first.
+
+Answer limits (each string's ``maxLength`` sets the request's ``max_tokens``, see
+:mod:`opsgate.operations.caps`), product decisions of issue 16 that follow what the prompts ask
+for: both operations' "short narrative" at most :data:`MAX_NARRATIVE_CHARS` characters (about
+200 words; was 2,000), a summary's headline at most :data:`MAX_HEADLINE_CHARS` (about 20 words;
+was 200) and each highlight at most :data:`MAX_HIGHLIGHT_CHARS` (was 300). An anomaly note's
+``explanation`` (possible causes as hypotheses) keeps 400. Each limit is in the JSON schema the
+model is given; a longer answer fails it and gets one repair request.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ MAX_CSV_CHARS = 5_000_000
 MAX_SENT_POINTS = 48
 MAX_SENT_ANOMALIES = 20
 MAX_ANOMALIES = 100
-MAX_HIGHLIGHT_CHARS = 300
+MAX_HIGHLIGHT_CHARS = 200
 """One highlight of a summary (bounds the answer, :mod:`opsgate.operations.caps`)."""
+MAX_HEADLINE_CHARS = 120
+MAX_NARRATIVE_CHARS = 1_200
 
 
 class PointIn(BaseModel):
@@ -164,8 +174,8 @@ def _figures_text(f: Figures) -> str:
 class SummaryAnswer(Answer):
     """The model's narrative: a headline, a paragraph and up to 5 highlights."""
 
-    headline: str = Field(max_length=200)
-    narrative: str = Field(max_length=2_000)
+    headline: str = Field(max_length=MAX_HEADLINE_CHARS)
+    narrative: str = Field(max_length=MAX_NARRATIVE_CHARS)
     highlights: list[Annotated[str, Field(max_length=MAX_HIGHLIGHT_CHARS)]] = Field(max_length=5)
 
 
@@ -264,7 +274,7 @@ class AnomalyAnswer(Answer):
     """The model's narration: overall severity, a narrative and per-anomaly notes."""
 
     severity: Literal["none", "low", "medium", "high"]
-    narrative: str = Field(max_length=2_000)
+    narrative: str = Field(max_length=MAX_NARRATIVE_CHARS)
     notes: list[AnomalyNote] = Field(max_length=MAX_SENT_ANOMALIES)
 
 

@@ -14,6 +14,17 @@ are dropped first — with titles, locations and descriptions cut to fixed lengt
 calendar-time computes the free slots in code (:mod:`opsgate.operations.slots`); the model sees
 only the numbered slots and ranks some of them by index. ``finish`` returns only computed slots:
 an index the code did not produce is dropped and counted in ``dropped_references``.
+
+Answer limits (each string's ``maxLength`` sets the request's ``max_tokens``, see
+:mod:`opsgate.operations.caps`), product decisions of issue 16 that follow what the prompts ask
+for: calendar-prep's "short summary" of the window at most :data:`MAX_PREP_SUMMARY_CHARS`
+characters (about 200 words; was 2,000) and each event's briefing ("what it is and what
+matters") at most :data:`MAX_BRIEFING_CHARS` (about 65 words; was 600) — with up to
+:data:`MAX_PREP_EVENTS` items the briefings dominate the cap, which reaches the 8,192-token
+ceiling from about nine events; calendar-time's "one-sentence reason" per ranked slot at most
+:data:`MAX_SLOT_REASON_CHARS` (about 33 words; was 300) and its "short summary" at most
+:data:`MAX_TIME_SUMMARY_CHARS` (about 100 words; was 1,000). Each limit is in the JSON schema the
+model is given; a longer answer fails it and gets one repair request.
 """
 
 from __future__ import annotations
@@ -55,6 +66,10 @@ MAX_DESCRIPTION_CHARS = 400
 MAX_ATTENDEES_LISTED = 10
 MAX_STEP_CHARS = 200
 """One preparation step of a briefing item (bounds the answer, :mod:`opsgate.operations.caps`)."""
+MAX_PREP_SUMMARY_CHARS = 1_200
+MAX_BRIEFING_CHARS = 400
+MAX_SLOT_REASON_CHARS = 200
+MAX_TIME_SUMMARY_CHARS = 600
 WINDOW_YEARS = (1900, 2200)
 
 
@@ -164,14 +179,14 @@ class PrepItem(Answer):
     """The model's briefing for event number ``event``."""
 
     event: int = Field(ge=0)
-    briefing: str = Field(max_length=600)
+    briefing: str = Field(max_length=MAX_BRIEFING_CHARS)
     preparation: list[Annotated[str, Field(max_length=MAX_STEP_CHARS)]] = Field(max_length=5)
 
 
 class PrepAnswer(Answer):
     """The model's agenda: an overall ``summary`` and per-event items."""
 
-    summary: str = Field(max_length=2_000)
+    summary: str = Field(max_length=MAX_PREP_SUMMARY_CHARS)
     items: list[PrepItem] = Field(max_length=MAX_PREP_EVENTS)
 
 
@@ -359,14 +374,14 @@ class RankedSlot(Answer):
     """The model's pick: ``slot`` is a slot number from the list it was given."""
 
     slot: int = Field(ge=0)
-    reason: str = Field(max_length=300)
+    reason: str = Field(max_length=MAX_SLOT_REASON_CHARS)
 
 
 class TimeAnswer(Answer):
     """The model's ranking of up to 5 slots and a one-paragraph summary."""
 
     ranked: list[RankedSlot] = Field(max_length=5)
-    summary: str = Field(max_length=1_000)
+    summary: str = Field(max_length=MAX_TIME_SUMMARY_CHARS)
 
 
 class RecommendedSlot(SlotOut):

@@ -15,6 +15,13 @@ messages of a top-posted thread; cuts fall on line breaks (see :func:`common.cli
 
 Recipients, subject and threading headers of a draft are computed in code from the message; the
 model only writes the text.
+
+Answer limits (each string's ``maxLength`` sets the request's ``max_tokens``, see
+:mod:`opsgate.operations.caps`): email-classify's ``reason`` is at most :data:`MAX_REASON_CHARS`
+characters, a product decision of issue 16 — the prompt asks for "one short sentence" (about 20
+words, 120 characters of English), and the former 400 held 100 more tokens of output, a quarter
+of the whole cap, for every call. A draft's ``body`` keeps 8,000 characters (about 1,300 words):
+a long e-mail is a legitimate answer, so its cap stays what such a body needs.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ MAX_ATTACHMENTS_LISTED = 20
 MAX_RECIPIENTS_LISTED = 20
 MAX_QUESTION_CHARS = 300
 """One open question of a draft (bounds the answer, :mod:`opsgate.operations.caps`)."""
+MAX_REASON_CHARS = 200
+"""email-classify's one-sentence reason (bounds the answer, see the module doc)."""
 
 Category = Literal[
     "personal", "work", "mailing-list", "newsletter", "promotion", "notification",
@@ -253,7 +262,7 @@ class ClassifyAnswer(Answer):
     priority: Priority
     needs_reply: bool
     confidence: float = Field(ge=0, le=1)
-    reason: str = Field(max_length=400)
+    reason: str = Field(max_length=MAX_REASON_CHARS)
 
 
 class ClassifyOutput(ClassifyAnswer):

@@ -13,6 +13,15 @@ left out in code order (due date, then priority), so every sent task appears exa
 
 task-breakdown splits one task (``task``, its index in the list) into subtasks with estimates;
 the total is added up in code.
+
+Answer limits (each string's ``maxLength`` sets the request's ``max_tokens``, see
+:mod:`opsgate.operations.caps`), product decisions of issue 16 that follow what the prompts ask
+for: task-prioritize's "one-sentence reason" per task at most :data:`MAX_RANK_REASON_CHARS`
+characters (about 33 words; was 300) and its "short summary" at most :data:`MAX_SUMMARY_CHARS`
+(about 100 words; was 1,000); task-breakdown's "short imperative title" per subtask at most
+:data:`MAX_SUBTASK_TITLE_CHARS` (about 16 words; was 200). A breakdown's ``done_when`` (200) and
+``notes`` (1,000, the assumptions) keep their limits. Each limit is in the JSON schema the model
+is given; a longer answer fails it and gets one repair request.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ MAX_PROMPT_TASKS = 60
 MAX_TITLE_CHARS = 500
 MAX_NOTES_CHARS = 300
 MAX_BREAKDOWN_NOTES_CHARS = 4_000
+MAX_RANK_REASON_CHARS = 200
+MAX_SUMMARY_CHARS = 600
+MAX_SUBTASK_TITLE_CHARS = 100
 Status = Literal["needs-action", "in-process", "completed", "cancelled"]
 _STATUSES: dict[str, Status] = {s: s for s in get_args(Status)}
 DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -184,14 +196,14 @@ class RankedTask(Answer):
     """The model's pick: ``task`` is a task number from the list it was given."""
 
     task: int = Field(ge=0)
-    reason: str = Field(max_length=300)
+    reason: str = Field(max_length=MAX_RANK_REASON_CHARS)
 
 
 class PrioritizeAnswer(Answer):
     """The model's order (most important first) and a short summary."""
 
     order: list[RankedTask] = Field(max_length=MAX_PROMPT_TASKS)
-    summary: str = Field(max_length=1_000)
+    summary: str = Field(max_length=MAX_SUMMARY_CHARS)
 
 
 class RankedTaskOut(BaseModel):
@@ -292,7 +304,7 @@ class BreakdownInput(TaskSource):
 class Subtask(Answer):
     """One step: a title, an effort estimate in minutes and how to tell it is done."""
 
-    title: str = Field(max_length=200)
+    title: str = Field(max_length=MAX_SUBTASK_TITLE_CHARS)
     estimate_minutes: int = Field(ge=1, le=480)
     done_when: str = Field(max_length=200)
 
