@@ -11,6 +11,7 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import select, text
 from starlette.routing import Route
+from tests.budgets import ADMIN
 
 from opsgate.app import create_app
 from opsgate.ledger.verify import verify
@@ -128,7 +129,7 @@ def test_failing_ledger_write_refuses_with_503_and_calls_no_provider(gateway):
     from opsgate.metering.budgets import set_budget
     from opsgate.metering.models import budget_counters, budget_reservations
 
-    set_budget(gateway.runtime.engine, SystemClock(), user_id="*", operation="*", period="day",
+    set_budget(gateway.runtime.ledger, SystemClock(), actor=ADMIN, user_id="*", operation="*", period="day",
                limit_micro_usd=10_000_000)
     with gateway.runtime.engine.begin() as conn:
         conn.execute(text(

@@ -15,6 +15,7 @@ from opsgate.operations.errors import InvalidModelOutput
 from opsgate.providers.base import CompletionRequest, Usage
 from opsgate.store.models import ai_operation_log
 from opsgate.testing import FAKE_MODEL, GovernedGateway
+from tests.budgets import ADMIN
 from tests.paths import EXAMPLES
 
 CLASSIFY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
@@ -23,7 +24,7 @@ CLASSIFY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
 async def test_the_intent_is_durable_before_the_first_byte_goes_to_a_provider(
     governed: GovernedGateway,
 ) -> None:
-    set_budget(governed.engine, governed.clock, user_id=ANY, operation=ANY, period="day",
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id=ANY, operation=ANY, period="day",
                limit_micro_usd=10**9)
     seen: list[list[tuple[str, int]]] = []
 
@@ -44,7 +45,7 @@ async def test_the_intent_is_durable_before_the_first_byte_goes_to_a_provider(
 
 
 async def test_a_402_leaves_no_intent_and_reaches_no_provider(governed: GovernedGateway) -> None:
-    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=1)
     call = governed.call("email-classify", CLASSIFY)
 
@@ -61,7 +62,7 @@ async def test_a_402_leaves_no_intent_and_reaches_no_provider(governed: Governed
 
 
 async def test_a_repaired_call_pays_for_both_answers(governed: GovernedGateway) -> None:
-    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=10**9)
     governed.provider.script = [{"category": "not a category"}]  # then a schema-valid answer
     call = governed.call("email-classify", CLASSIFY)
@@ -86,7 +87,7 @@ async def test_a_repaired_call_pays_for_both_answers(governed: GovernedGateway) 
 
 
 async def test_a_repair_request_is_first_admitted_in_a_ledgered_extension(governed: GovernedGateway) -> None:
-    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=10**9)
     governed.provider.script = [{"category": "not a category"}]  # then a schema-valid answer
     seen: list[list[str]] = []
@@ -111,7 +112,7 @@ async def test_a_402_on_an_extension_stops_the_call_and_settles_what_was_spent(
     first = await _first_worst_case(governed)
     governed.provider.script = [{"category": "not a category"}]
     call = governed.call("email-classify", CLASSIFY)
-    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=first + 1)  # the first request fits, the repair request cannot
 
     with pytest.raises(BudgetExceeded):
@@ -132,7 +133,7 @@ async def test_an_answer_cut_at_its_cap_is_repaired_once_then_refused_within_its
     """An answer that reaches ``max_tokens`` (an Anthropic tool input cut short: required fields
     missing) is billed as reported and gets the one repair request, cut too; the call ends with
     502 and both answers at the cap cost no more than the call held (operations/caps.py)."""
-    set_budget(governed.engine, governed.clock, user_id="alice", operation=ANY, period="day",
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=10**9)
     cut = {"category": "work", "priority": "high"}
     governed.provider.script = [cut, cut]
@@ -162,7 +163,7 @@ def _counters(governed: GovernedGateway, user: str) -> tuple[int, int]:
 
 async def _first_worst_case(governed: GovernedGateway) -> int:
     """The worst case the intent holds for CLASSIFY (measured with a budget that admits it)."""
-    set_budget(governed.engine, governed.clock, user_id="probe", operation=ANY, period="day",
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="probe", operation=ANY, period="day",
                limit_micro_usd=10**9)
     await governed.govern("email-classify", CLASSIFY, user="probe")
     [(_, intent)] = [e for e in governed.entries() if e[0] == "intent"]

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import Engine, select
+from tests.budgets import ADMIN
 from tests.gateways import gateway_settings, running_gateway
 from tests.paths import EXAMPLES
 
@@ -83,7 +84,7 @@ def _run(tmp_path: Path, faults: str, chain: list[str], **route: object) -> Run:
                                                         **route)})  # type: ignore[arg-type]
     with running_gateway(settings) as gateway:
         runtime: Runtime = gateway.runtime
-        set_budget(runtime.engine, SystemClock(), user_id=ANY, operation=ANY, period="day",
+        set_budget(runtime.ledger, SystemClock(), actor=ADMIN, user_id=ANY, operation=ANY, period="day",
                    limit_micro_usd=10**9)
         token = TokenService(settings, SystemClock()).issue("alice", "user")
         response = gateway.client.post(f"/v1/operations/{OP}", json=BODY,

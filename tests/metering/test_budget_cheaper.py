@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, select
+from tests.budgets import ledgered_budget
 
 from opsgate.clock import ManualClock
 from opsgate.errors import InvalidInput
-from opsgate.metering.budgets import BudgetStatus, budget_statuses, set_budget
+from opsgate.metering.budgets import BudgetStatus, budget_statuses
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, budget_outcomes, budget_reservations
 from opsgate.metering.reservations import Reservation, extend, reserve
@@ -40,8 +41,8 @@ def test_a_cheaper_budget_reserves_the_first_target_that_fits_and_counts_the_cal
     store: Engine,
 ) -> None:
     clock = ManualClock(NOW)
-    budget = set_budget(store, clock, user_id=ANY, operation=ANY, period="day",
-                        limit_micro_usd=6_500, on_exhausted="cheaper")
+    budget = ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day",
+                             limit_micro_usd=6_500, on_exhausted="cheaper")
     held = [_reserve(store, clock, f"r{i}") for i in range(3)]
     # 4,000 fits; then 2,500 is left: 3,000 does not fit, 1,000 does (twice)
     assert [(r.choice, r.degraded, r.worst_micro_usd) for r in held] == [
@@ -65,10 +66,10 @@ def test_a_cheaper_budget_reserves_the_first_target_that_fits_and_counts_the_cal
 
 def test_a_refuse_budget_without_room_refuses_even_when_the_others_are_cheaper(store: Engine) -> None:
     clock = ManualClock(NOW)
-    glob = set_budget(store, clock, user_id=ANY, operation=ANY, period="month",
-                      limit_micro_usd=2_000, on_exhausted="cheaper")
-    alice = set_budget(store, clock, user_id="alice", operation=ANY, period="day",
-                       limit_micro_usd=2_000)
+    glob = ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="month",
+                           limit_micro_usd=2_000, on_exhausted="cheaper")
+    alice = ledgered_budget(store, clock, user_id="alice", operation=ANY, period="day",
+                            limit_micro_usd=2_000)
     with pytest.raises(BudgetExceeded, match="user:alice"):
         _reserve(store, clock, "r1")
     assert _outcomes(store) == {("r1", glob.id, "refused"), ("r1", alice.id, "refused")}
@@ -78,10 +79,10 @@ def test_a_refuse_budget_without_room_refuses_even_when_the_others_are_cheaper(s
 
 def test_a_refuse_budget_with_room_lets_a_cheaper_one_degrade_the_call(store: Engine) -> None:
     clock = ManualClock(NOW)
-    glob = set_budget(store, clock, user_id=ANY, operation=ANY, period="month",
-                      limit_micro_usd=100_000)
-    alice = set_budget(store, clock, user_id="alice", operation=ANY, period="day",
-                       limit_micro_usd=3_500, on_exhausted="cheaper")
+    glob = ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="month",
+                           limit_micro_usd=100_000)
+    alice = ledgered_budget(store, clock, user_id="alice", operation=ANY, period="day",
+                            limit_micro_usd=3_500, on_exhausted="cheaper")
     r = _reserve(store, clock, "r1")
     assert (r.choice, r.worst_micro_usd) == (1, 3_000)
     assert _outcomes(store) == {("r1", alice.id, "degraded")}
@@ -92,8 +93,8 @@ def test_a_refuse_budget_with_room_lets_a_cheaper_one_degrade_the_call(store: En
 
 def test_an_extension_without_room_is_counted_refused(store: Engine) -> None:
     clock = ManualClock(NOW)
-    budget = set_budget(store, clock, user_id=ANY, operation=ANY, period="day",
-                        limit_micro_usd=5_000, on_exhausted="cheaper")
+    budget = ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day",
+                             limit_micro_usd=5_000, on_exhausted="cheaper")
     r = _reserve(store, clock, "r1")
     with store.begin() as conn, pytest.raises(BudgetExceeded, match="next request"):
         extend(conn, clock, r, 1_001)  # the refusal is caught inside the transaction, as the ledger does
@@ -103,10 +104,10 @@ def test_an_extension_without_room_is_counted_refused(store: Engine) -> None:
 
 def test_set_budget_keeps_the_policy_unless_given_and_refuses_an_unknown_one(store: Engine) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=1,
-               on_exhausted="cheaper")
-    changed = set_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=2)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=1,
+                    on_exhausted="cheaper")
+    changed = ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=2)
     assert (changed.limit_micro_usd, changed.on_exhausted) == (2, "cheaper")
     with pytest.raises(InvalidInput, match="on_exhausted"):
-        set_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=2,
-                   on_exhausted="cheapest")
+        ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=2,
+                        on_exhausted="cheapest")

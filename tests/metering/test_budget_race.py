@@ -42,12 +42,13 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import Engine, select
+from tests.budgets import ledgered_budget
 from tests.gateways import gateway_processes
 from tests.stores import fresh_postgres
 
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
-from opsgate.metering.budgets import budget_statuses, set_budget
+from opsgate.metering.budgets import budget_statuses
 from opsgate.metering.models import ANY, REFUSE, ai_operation_attempts, budget_counters
 from opsgate.metering.prices import PriceBook
 from opsgate.metering.worstcase import attempt_worst_case_micro_usd
@@ -134,8 +135,8 @@ def _setup(url: str, tmp_path: Path, limit: int | None = None, on_exhausted: str
     body = _body()
     limit = limit if limit is not None else gateway_worst_case(body) * 5 // 2
     engine = make_engine(url)
-    set_budget(engine, SystemClock(), user_id=ANY, operation=ANY, period="day", limit_micro_usd=limit,
-               on_exhausted=on_exhausted)
+    ledgered_budget(engine, SystemClock(), user_id=ANY, operation=ANY, period="day", limit_micro_usd=limit,
+                    on_exhausted=on_exhausted)
     engine.dispose()
     token = TokenService(Settings(jwt_secret=secret), SystemClock()).issue("racer", "user")
     env = {"OPSGATE_DATABASE_URL": url, "OPSGATE_JWT_SECRET": secret,

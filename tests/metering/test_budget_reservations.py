@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, select
+from tests.budgets import ledgered_budget
 
 from opsgate.clock import ManualClock
 from opsgate.errors import InvalidInput
-from opsgate.metering.budgets import budget_statuses, period_start, set_budget, usd_to_micro
+from opsgate.metering.budgets import budget_statuses, period_start, usd_to_micro
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, budget_reservations
 from opsgate.metering.reservations import expire_reservations, extend, reserve, settle
@@ -49,11 +50,11 @@ def test_usd_amounts_become_whole_micro_usd() -> None:
 
 def test_reserve_holds_against_every_applicable_budget_and_settle_releases(store: Engine) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="month", limit_micro_usd=100_000)
-    set_budget(store, clock, user_id="alice", operation=ANY, period="day", limit_micro_usd=10_000)
-    set_budget(store, clock, user_id="bob", operation=ANY, period="day", limit_micro_usd=10_000)
-    set_budget(store, clock, user_id="alice", operation="email-compose", period="day",
-               limit_micro_usd=1)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="month", limit_micro_usd=100_000)
+    ledgered_budget(store, clock, user_id="alice", operation=ANY, period="day", limit_micro_usd=10_000)
+    ledgered_budget(store, clock, user_id="bob", operation=ANY, period="day", limit_micro_usd=10_000)
+    ledgered_budget(store, clock, user_id="alice", operation="email-compose", period="day",
+                    limit_micro_usd=1)
     r = _reserve(store, clock, "r1", 4_000)
     assert [b.scope for b in r.budgets] == ["global", "user:alice"]
     assert _counters(store, clock)["global/month"] == (0, 4_000)
@@ -67,9 +68,9 @@ def test_reserve_holds_against_every_applicable_budget_and_settle_releases(store
 
 def test_refusal_rolls_back_every_budget(store: Engine) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=100_000)
-    set_budget(store, clock, user_id="alice", operation="email-classify", period="day",
-               limit_micro_usd=5_000)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=100_000)
+    ledgered_budget(store, clock, user_id="alice", operation="email-classify", period="day",
+                    limit_micro_usd=5_000)
     _reserve(store, clock, "r1", 4_000)
     with pytest.raises(BudgetExceeded) as info:
         _reserve(store, clock, "r2", 4_000)
@@ -82,7 +83,7 @@ def test_refusal_rolls_back_every_budget(store: Engine) -> None:
 
 def test_unknown_usage_is_charged_the_worst_case_and_flagged(store: Engine) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10_000)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10_000)
     r = _reserve(store, clock, "r1", 4_000)
     result = settle(store, clock, r, 10, unknown_usage=True)
     assert (result.charged_micro_usd, result.state) == (4_000, "unknown_usage")
@@ -91,7 +92,7 @@ def test_unknown_usage_is_charged_the_worst_case_and_flagged(store: Engine) -> N
 
 def test_a_charge_above_the_worst_case_is_reported_over_limit(store: Engine) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=5_000)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=5_000)
     r = _reserve(store, clock, "r1", 4_000)
     result = settle(store, clock, r, 6_000, unknown_usage=False)
     assert [b.scope for b in result.over_limit] == ["global"]
@@ -102,7 +103,7 @@ def test_crashed_reservation_expires_at_its_worst_case_then_a_late_settle_correc
     store: Engine,
 ) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="month", limit_micro_usd=10_000)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="month", limit_micro_usd=10_000)
     r = _reserve(store, clock, "crashed", 4_000)
     assert expire_reservations(store, clock) == []  # not expired yet
     clock.advance(61)  # past midnight too: still charged to the period it reserved in
@@ -128,7 +129,7 @@ def test_no_budget_means_nothing_is_written(store: Engine) -> None:
 
 def test_threads_racing_one_store_never_exceed_the_limit(store: Engine) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10_000)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10_000)
     admitted, refused = [], []
     barrier = threading.Barrier(16)
 
@@ -151,8 +152,8 @@ def test_threads_racing_one_store_never_exceed_the_limit(store: Engine) -> None:
 
 def test_extend_holds_more_on_every_budget_all_or_nothing_and_settle_releases_it(store: Engine) -> None:
     clock = ManualClock(NOW)
-    set_budget(store, clock, user_id=ANY, operation=ANY, period="month", limit_micro_usd=100_000)
-    set_budget(store, clock, user_id="alice", operation=ANY, period="day", limit_micro_usd=10_000)
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="month", limit_micro_usd=100_000)
+    ledgered_budget(store, clock, user_id="alice", operation=ANY, period="day", limit_micro_usd=10_000)
     r = _reserve(store, clock, "r1", 4_000)
     with store.begin() as conn:
         extend(conn, clock, r, 5_000)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from tests.budgets import ledgered_budget
 from tests.gateways import gateway_settings, running_gateway
 
 from opsgate.clock import ManualClock
 from opsgate.errors import OpsgateError
 from opsgate.ledger.writer import Ledger
-from opsgate.metering.budgets import set_budget
 from opsgate.metering.cost import worst_case_micro_usd
 from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
 from opsgate.metering.errors import BudgetUnavailable, PriceTableError
@@ -80,7 +80,7 @@ async def test_a_failing_store_refuses_the_call_and_publishes_an_event(tmp_path:
     url = f"sqlite:///{tmp_path / 'b.db'}"
     upgrade(url)
     engine, clock, events = make_engine(url), ManualClock(NOW), []
-    set_budget(engine, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10**9)
+    ledgered_budget(engine, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10**9)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE budget_reservations"))
     service = _service(engine, clock, events)
@@ -102,7 +102,7 @@ async def test_an_overspend_publishes_an_event(tmp_path: Path) -> None:
     engine, clock, events = make_engine(url), ManualClock(NOW), []
     service = _service(engine, clock, events)
     worst = attempt_worst_case_micro_usd(REQUEST, "claude-opus-4-5", service.prices)
-    set_budget(engine, clock, user_id="alice", operation=ANY, period="month", limit_micro_usd=worst)
+    ledgered_budget(engine, clock, user_id="alice", operation=ANY, period="month", limit_micro_usd=worst)
     ledger = Ledger(engine, clock)
     ledger.start()
     reserve = service.reserve_in("r1", "alice", "email-classify", REQUEST, "claude-opus-4-5")

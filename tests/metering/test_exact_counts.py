@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from sqlalchemy import select
+from tests.budgets import ADMIN
 from tests.gateways import Gateway, gateway_settings, running_gateway
 from tests.operations.privacy_recorder import recorded_gateway
 from tests.paths import EXAMPLES
@@ -54,7 +55,7 @@ def _gateway(tmp_path: Path, first: str, **overrides: object) -> Iterator[Gatewa
 
 
 def _budget(gateway: Gateway, limit: int) -> None:
-    set_budget(gateway.runtime.engine, SystemClock(), user_id="alice", operation=ANY, period="day",
+    set_budget(gateway.runtime.ledger, SystemClock(), actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=limit)
 
 
@@ -187,7 +188,7 @@ def test_the_count_request_carries_the_minimised_request_really_sent(tmp_path: P
 
 
 def _cheaper(gateway: Gateway, limit: int) -> None:
-    set_budget(gateway.runtime.engine, SystemClock(), user_id="alice", operation=ANY, period="day",
+    set_budget(gateway.runtime.ledger, SystemClock(), actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=limit, on_exhausted="cheaper")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import select
+from tests.budgets import ADMIN
 from tests.gateways import gateway_settings, running_gateway
 from tests.paths import EXAMPLES
 
@@ -28,7 +29,8 @@ def test_a_five_cent_daily_user_budget_admits_calls_until_less_than_one_exact_wo
     with running_gateway(settings) as gateway:
         engine = gateway.runtime.engine
         limit = usd_to_micro("0.05")
-        set_budget(engine, SystemClock(), user_id="alice", operation=ANY, period="day", limit_micro_usd=limit)
+        set_budget(gateway.runtime.ledger, SystemClock(), actor=ADMIN, user_id="alice", operation=ANY,
+                   period="day", limit_micro_usd=limit)
         token = TokenService(settings, SystemClock()).issue("alice", "user")
         with httpx.Client(base_url=gateway.base_url, timeout=60,
                           headers={"Authorization": f"Bearer {token}"}) as client:

@@ -29,6 +29,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
+from tests.budgets import ADMIN
 from tests.operations.privacy_recorder import prompt_of, recorded_gateway, strings_in
 from tests.security.canaries import secret_in, shaped_secrets
 from tests.shared_data import SHARED_DATA
@@ -374,7 +375,7 @@ def test_the_reservation_covers_the_prompt_really_sent(tmp_path: Path) -> None:
     notes = "\n".join(f"door {i} password: {p}" for i, p in enumerate(passwords))
     body = {"tasks": [{"title": "Re-key the doors", "notes": notes}], "task": 0}
     with recorded_gateway(tmp_path) as (gw, recorder):
-        set_budget(gw.runtime.engine, gw.runtime.clock, user_id="*", operation="*", period="day",
+        set_budget(gw.runtime.ledger, gw.runtime.clock, actor=ADMIN, user_id="*", operation="*", period="day",
                    limit_micro_usd=10**9)
         resp = gw.post("task-breakdown", body)
         assert resp.status_code == 200, resp.text

@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 import pytest
 from sqlalchemy import text
+from tests.budgets import ADMIN
 from tests.gateways import gateway_settings, running_gateway
 from tests.security.credentials import add_login
 
@@ -61,7 +62,7 @@ def test_refusals_over_http_are_the_reports_numbers(gateway) -> None:  # type: i
     statuses += [gateway.post("email-classify", BODY, token=forged).status_code for _ in range(2)]
     statuses.append(gateway.client.post(FORM_TOKEN, data={
         "grant_type": "password", "username": "nobody", "password": "guess"}).status_code)  # pragma: allowlist secret
-    set_budget(gateway.runtime.engine, SystemClock(), user_id="*", operation="*", period="day",
+    set_budget(gateway.runtime.ledger, SystemClock(), actor=ADMIN, user_id="*", operation="*", period="day",
                limit_micro_usd=0)
     statuses += [gateway.post("email-classify", BODY).status_code for _ in range(2)]
     assert statuses == [401] * 7 + [402] * 2

@@ -36,6 +36,7 @@ from opsgate.security.auth import TokenService
 from opsgate.store.db import make_engine, upgrade
 from opsgate.store.models import ai_operation_log
 from opsgate.testing import FAKE_MODEL, FakeProvider, GovernedGateway, gateway_settings
+from tests.budgets import ADMIN
 from tests.paths import EXAMPLES
 
 OP = "email-classify"
@@ -116,7 +117,7 @@ async def shadowed(tmp_path: Path) -> AsyncIterator[Shadowed]:
 
 
 def _budget(s: Shadowed, limit: int, *, operation: str = SHADOW) -> None:
-    set_budget(s.governed.engine, s.governed.clock, user_id=ANY, operation=operation, period="day",
+    set_budget(s.governed.ledger, s.governed.clock, actor=ADMIN, user_id=ANY, operation=operation, period="day",
                limit_micro_usd=limit)
 
 

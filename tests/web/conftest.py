@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import select
+from tests.budgets import ADMIN
 from tests.gateways import Gateway, running_gateway
 from tests.paths import EXAMPLES
 from tests.web.browsing import USERS, Dashboard
@@ -69,8 +70,9 @@ def _prepare(runtime: Runtime, clock: ManualClock) -> tuple[dict[str, str], Reco
         add_user(runtime.engine, clock, user, role)
         passwords[user] = secrets.token_urlsafe(18)
         set_password(runtime.engine, user, passwords[user])
-    set_budget(runtime.engine, clock, user_id="*", operation="*", period="day", limit_micro_usd=5_000_000)
-    set_budget(runtime.engine, clock, user_id="*", operation="*", period="month", limit_micro_usd=50_000_000)
+    for period, limit in (("day", 5_000_000), ("month", 50_000_000)):
+        set_budget(runtime.ledger, clock, actor=ADMIN, user_id="*", operation="*", period=period,
+                   limit_micro_usd=limit)
     run = reconcile(runtime.engine, clock, "anthropic", "anthropic-cost-report.csv",
                     _invoice_lines(runtime, "anthropic"))
     worker = Worker(runtime.settings, runtime.engine, runtime.ledger, clock, runtime.session, worker_id="test")
@@ -83,7 +85,7 @@ def _degrade(gateway: Gateway, clock: ManualClock) -> list[dict[str, Any]]:
     this input is ~$0.00075, Claude's ~$0.027): two served degraded, then with the limit lowered to
     what she spent plus $0.0001 a third refused. Returns the two answers."""
     runtime = gateway.runtime
-    engine, token = runtime.engine, runtime.tokens.issue("ursula", "user")
+    token = runtime.tokens.issue("ursula", "user")
     admin = {"Authorization": f"Bearer {runtime.tokens.issue('ada', 'admin')}"}
     toggle = "/v1/admin/toggles/email-classify"
     before = gateway.client.get(toggle, headers=admin).json()
@@ -93,12 +95,13 @@ def _degrade(gateway: Gateway, clock: ManualClock) -> list[dict[str, Any]]:
         "reason": "dashboard tests: ursula's degraded calls"})  # the rehearsal rolled it back
     assert opened.status_code == 200, opened.text
     body = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
-    set_budget(engine, clock, user_id="ursula", operation="*", period="day", limit_micro_usd=2_000,
-               on_exhausted="cheaper")
+    set_budget(runtime.ledger, clock, actor=ADMIN, user_id="ursula", operation="*", period="day",
+               limit_micro_usd=2_000, on_exhausted="cheaper")
     served = [gateway.post("email-classify", body, token=token) for _ in range(2)]
     assert [r.status_code for r in served] == [200, 200], served[0].text
     spent = sum(r.json()["cost_micro_usd"] for r in served)
-    set_budget(engine, clock, user_id="ursula", operation="*", period="day", limit_micro_usd=spent + 100)
+    set_budget(runtime.ledger, clock, actor=ADMIN, user_id="ursula", operation="*", period="day",
+               limit_micro_usd=spent + 100)
     refused = gateway.post("email-classify", body, token=token)
     assert refused.status_code == 402, refused.text
     restored = gateway.client.put(toggle, headers=admin, json={

@@ -38,6 +38,7 @@ from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, ins
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput
+from opsgate.ledger.writer import Ledger
 from opsgate.metering.models import (
     ANY,
     CHEAPER,
@@ -147,31 +148,53 @@ def usd_to_micro(usd: str) -> int:
 
 
 def set_budget(
-    engine: Engine, clock: Clock, *, user_id: str, operation: str, period: str, limit_micro_usd: int,
-    on_exhausted: str | None = None,
+    ledger: Ledger, clock: Clock, *, actor: str, user_id: str, operation: str, period: str,
+    limit_micro_usd: int, on_exhausted: str | None = None,
 ) -> Budget:
-    """Create or change the budget of a scope and period; ``*`` is the wildcard. Returns it.
-    ``on_exhausted`` (``refuse`` | ``cheaper``) is kept as it is when ``None`` (``refuse`` for a
-    new budget).
+    """Create or change the budget of a scope and period as ``actor``; ``*`` is the wildcard.
+    Returns it. ``on_exhausted`` (``refuse`` | ``cheaper``) is kept as it is when ``None``
+    (``refuse`` for a new budget).
 
-    Lowering a limit below what is already spent or reserved refuses new calls; it never undoes a
-    charge. Raises :class:`InvalidInput` (see :func:`check_budget`) for bad input; nothing is
+    The row is written in the transaction of its ledger entry ``budget.set`` (``actor``,
+    ``user_id``, ``operation``, ``period``, ``scope``, ``before`` and ``after``: each
+    ``{"limit_micro_usd", "on_exhausted"}``, ``before`` ``null`` for a new budget), so no budget
+    changes without its entry (docs/security.md: every admin change is ledgered before it takes
+    effect). Lowering a limit below what is already spent or reserved refuses new calls; it never
+    undoes a charge. Raises :class:`InvalidInput` (see :func:`check_budget`) for bad input and
+    :class:`~opsgate.ledger.errors.LedgerUnavailable` when the entry cannot be written; nothing is
     written then.
     """
     check_budget(user_id, operation, period, limit_micro_usd, on_exhausted)
-    now = clock.now()
     where = and_(budgets.c.user_id == user_id, budgets.c.operation == operation,
                  budgets.c.period == period)
     policy = {"on_exhausted": on_exhausted} if on_exhausted else {}
-    with engine.begin() as conn:
-        changed = conn.execute(update(budgets).where(where)
-                               .values(limit_micro_usd=limit_micro_usd, updated_at=now, **policy))
-        if not changed.rowcount:
+
+    def change(conn: Connection) -> tuple[Budget | None, Budget]:
+        before = conn.execute(select(budgets).where(where)).first()
+        values = {"limit_micro_usd": limit_micro_usd, "updated_at": clock.now(), **policy}
+        if before is None:
             conn.execute(insert(budgets).values(user_id=user_id, operation=operation, period=period,
-                                                limit_micro_usd=limit_micro_usd, updated_at=now,
-                                                **policy))
-        row = conn.execute(select(budgets).where(where)).one()
-    return _budget(row)
+                                                **values))
+        else:
+            conn.execute(update(budgets).where(where).values(**values))
+        after = conn.execute(select(budgets).where(where)).one()
+        return (None if before is None else _budget(before)), _budget(after)
+
+    entry = ledger.append_sync(
+        "budget.set", {"actor": actor, "user_id": user_id, "operation": operation, "period": period},
+        work=change, amend=_budget_change,
+    )
+    return entry.work_result[1]
+
+
+def _budget_change(change: tuple[Budget | None, Budget]) -> dict[str, Any]:
+    """The ``scope``, ``before`` and ``after`` fields of a ``budget.set`` entry."""
+    before, after = change
+    return {"scope": after.scope, "before": _terms(before) if before else None, "after": _terms(after)}
+
+
+def _terms(budget: Budget) -> dict[str, Any]:
+    return {"limit_micro_usd": budget.limit_micro_usd, "on_exhausted": budget.on_exhausted}
 
 
 _APPLICABLE = (

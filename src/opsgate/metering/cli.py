@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import getpass
 from decimal import Decimal
 from pathlib import Path
 
@@ -47,8 +48,10 @@ def budgets_set(
         help="refuse (402, the default for a new budget) | cheaper (serve the call degraded by the "
              "first cheaper target of its chain that fits). Unchanged when not given."),
 ) -> None:
-    """Create or change a budget: --user U, --operation OP, both, --global, or --scope shadow."""
+    """Create or change a budget: --user U, --operation OP, both, --global, or --scope shadow.
+    Written to the ledger (``budget.set``) as ``cli:<login>``, like the admin API."""
     from opsgate.metering.budgets import set_budget, usd_to_micro
+    from opsgate.runtime import cli_services
 
     if scope not in (None, "shadow"):
         err.print("[red]error:[/red] --scope takes one value: shadow")
@@ -57,10 +60,11 @@ def budgets_set(
         err.print("[red]error:[/red] give --global, --scope shadow, or --user and/or --operation")
         raise typer.Exit(2)
     try:
-        budget = set_budget(_engine(), SystemClock(), user_id=user or ANY,
-                            operation=SHADOW if scope else operation or ANY,
-                            period=period, limit_micro_usd=usd_to_micro(limit_usd),
-                            on_exhausted=on_exhausted)
+        with cli_services() as services:
+            budget = set_budget(services.ledger, services.clock, actor=f"cli:{getpass.getuser()}",
+                                user_id=user or ANY, operation=SHADOW if scope else operation or ANY,
+                                period=period, limit_micro_usd=usd_to_micro(limit_usd),
+                                on_exhausted=on_exhausted)
     except OpsgateError as exc:
         err.print(f"[red]error:[/red] {exc.detail}")
         raise typer.Exit(2) from None

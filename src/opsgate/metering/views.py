@@ -11,7 +11,8 @@ dashboard do.
 ``PUT /v1/admin/budgets`` with ``{"user_id": "*", "operation": "*", "period": "day"|"month",
 "limit_usd": "0.010", "on_exhausted": "refuse"|"cheaper"}`` (``*`` = any; ``limit_usd`` a decimal
 string, whole micro-USD, at most ``MAX_LIMIT_USD``; ``on_exhausted`` optional, kept when absent)
-creates or changes one budget and answers it in the same shape. The shadow scope is
+creates or changes one budget, written to the ledger as ``budget.set`` with the admin as actor in
+the same transaction, and answers it in the same shape. The shadow scope is
 ``{"user_id": "*", "operation": "@shadow"}``. Bad values are 422 ``invalid_input`` with the
 message of :func:`~opsgate.metering.budgets.check_budget`, the check the CLI uses too.
 """
@@ -73,10 +74,11 @@ async def list_budgets(_admin: AdminDep, runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @router.put("", summary="Create or change one budget (admin)", openapi_extra=body_doc(BudgetIn))
-async def put_budget(_admin: AdminDep, runtime: RuntimeDep,
+async def put_budget(admin: AdminDep, runtime: RuntimeDep,
                      body: Annotated[BudgetIn, json_body(BudgetIn)]) -> dict[str, Any]:
     budget = await asyncio.to_thread(
-        set_budget, runtime.engine, runtime.clock, user_id=body.user_id, operation=body.operation,
+        set_budget, runtime.ledger, runtime.clock, actor=admin.user_id, user_id=body.user_id,
+        operation=body.operation,
         period=body.period, limit_micro_usd=usd_to_micro(body.limit_usd),
         on_exhausted=body.on_exhausted,
     )
