@@ -172,7 +172,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         """The one validation handler (FastAPI's default, which echoes the input, is replaced)."""
-        error = InvalidInput("The request does not match the expected shape", errors=field_errors(exc.errors()))
+        errors = field_errors(exc.errors(), _declared_names(request))
+        error = InvalidInput("The request does not match the expected shape", errors=errors)
         return problem_response(error, request_id(request))
 
     @app.exception_handler(StarletteHTTPException)
@@ -182,6 +183,21 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         return problem_response(exc, request_id(request))
+
+
+def _declared_names(request: Request) -> frozenset[str]:
+    """What a FastAPI validation error's ``loc`` may name: the parameter sources (``path``,
+    ``query``, ...) and the names of the parameters the matched route and its dependencies
+    declare."""
+    names = {"path", "query", "header", "cookie", "body"}
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        d = pending.pop()
+        params = (*d.path_params, *d.query_params, *d.header_params, *d.cookie_params, *d.body_params)
+        names.update(p.alias for p in params)
+        pending.extend(d.dependencies)
+    return frozenset(names)
 
 
 def _http_problem(status: int) -> OpsgateError:

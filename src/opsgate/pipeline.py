@@ -430,7 +430,7 @@ class Gateway:
         try:
             data = op.Input.model_validate(payload)
         except ValidationError as exc:
-            raise invalid_input(exc, "The request body does not match the operation's input") from None
+            raise invalid_input(exc, op.Input, "The request body does not match the operation's input") from None
         return prepare_input(op, data, variant.prompt), hashlib.sha256(body).hexdigest()
 
     @step("minimise")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.operations.prompts import PromptVersion, package_prompt
 from opsgate.providers.base import CompletionRequest
-from opsgate.validation import field_errors
+from opsgate.validation import field_errors, schema_names
 
 log = logging.getLogger("opsgate.operations")
 
@@ -100,7 +100,8 @@ def prepare_input(op: Operation, data: BaseModel, prompt: PromptVersion | None =
         log.warning("%s: preparing the input failed (%s)", op.id, type(exc).__name__, exc_info=True)
         fields = [name for name in op.reads if getattr(data, name, None) is not None] or ["body"]
         if isinstance(exc, ValidationError):
-            rules = [f"{e['loc']}: {e['msg']}" for e in field_errors(exc.errors(include_url=False))]
+            names = schema_names(op.Input, op.ModelOutput, op.Output)
+            rules = [f"{e['loc']}: {e['msg']}" for e in field_errors(exc.errors(include_url=False), names)]
         else:
             rules = [f"could not be read ({type(exc).__name__})"]
         errors = [{"loc": name, "msg": rule} for name in fields for rule in rules]
