@@ -39,6 +39,22 @@ def test_users_add_then_token_verifies(env):
     assert principal.user_id == "bob" and principal.roles == ("operator",)
 
 
+def test_users_add_ledgers_each_role_it_grants_as_the_login(env, monkeypatch):
+    from opsgate.store.db import make_engine
+    from tests.ledgered import entries
+
+    monkeypatch.setattr("getpass.getuser", lambda: "carol")
+    for role in ("operator", "admin"):
+        assert runner.invoke(app, ["users", "add", "bob", "--role", role]).exit_code == 0
+    assert runner.invoke(app, ["users", "add", "eve", "--role", "root"]).exit_code == 2
+    engine = make_engine(f"sqlite:///{env}")
+    assert entries(engine, "user.role_set") == [
+        {"user_id": "bob", "role": "operator", "actor": "cli:carol", "before": None},
+        {"user_id": "bob", "role": "admin", "actor": "cli:carol", "before": "operator"},
+    ]
+    engine.dispose()
+
+
 def test_token_for_unknown_user_fails(env):
     result = runner.invoke(app, ["token", "nobody"])
     assert result.exit_code == 1 and "no such user" in result.output

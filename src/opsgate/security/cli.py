@@ -14,6 +14,7 @@ Exit codes: 0 done, 1 a check failed (verify), 2 usage or I/O errors.
 from __future__ import annotations
 
 import asyncio
+import getpass
 from pathlib import Path
 
 import typer
@@ -62,18 +63,22 @@ def users_add(
     password: bool = typer.Option(False, "--password", help="Set a password (asked twice, hidden)."),
     email: str | None = typer.Option(None, help="Email address (stored encrypted)."),
 ) -> None:
-    """Create a user (or change an existing user's role), optionally with a password and email."""
-    from opsgate.security.users import add_user, set_email, set_password
+    """Create a user (or change an existing user's role), optionally with a password and email.
+    The role is written to the ledger (``user.role_set``) as ``cli:<login>``, like the admin API."""
+    from opsgate.runtime import cli_services
+    from opsgate.security.users import set_email, set_password, set_role
 
     settings = Settings()
     secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
-    engine = _engine(settings)
     try:
-        created = add_user(engine, SystemClock(), user_id, role)
-        if secret is not None:
-            set_password(engine, user_id, secret)
-        if email is not None:
-            set_email(engine, _services(settings, engine).cipher, user_id, email)
+        with cli_services(settings) as services:
+            engine = services.engine
+            created = set_role(services.ledger, user_id, role, f"cli:{getpass.getuser()}",
+                               services.clock.now()) is None
+            if secret is not None:
+                set_password(engine, user_id, secret)
+            if email is not None:
+                set_email(engine, _services(settings, engine).cipher, user_id, email)
     except (ValueError, OpsgateError) as exc:
         _fail(str(exc))
     out.print(f"{'created' if created else 'updated'} {user_id} ({role})")

@@ -7,11 +7,14 @@ decryption and the database never holds the address in clear.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, insert, select, update
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.errors import NotFound
+from opsgate.ledger.writer import InTransaction, Ledger
 from opsgate.security.auth import ROLES
 from opsgate.security.crypto import FieldCipher, normalise_email
 from opsgate.security.errors import AuthFailure, Unauthorized
@@ -19,22 +22,57 @@ from opsgate.security.models import users
 from opsgate.security.passwords import hash_password, needs_rehash, verify_password
 from opsgate.security.reencrypt import USERS_EMAIL
 
+NO_SUCH_USER = "no such user; create it with `opsgate users add USER_ID`"
+
 
 def add_user(engine: Engine, clock: Clock, user_id: str, role: str = "user") -> bool:
-    """Create ``user_id`` with ``role``, or change the role of an existing user.
+    """Create ``user_id`` with ``role``, or change the role of an existing user, outside the
+    ledger: for seeding a database (demo, reports, tests). An admin's change is :func:`set_role`.
 
     Returns True when the user was created. Raises ``ValueError`` for an unknown role or an empty id.
     """
+    change = _role_change(user_id, role, clock.now())
+    with engine.begin() as conn:
+        return change(conn) is None
+
+
+def set_role(ledger: Ledger, user_id: str, role: str, actor: str, created_at: datetime | None = None) -> str | None:
+    """Give ``user_id`` the ``role`` as ``actor`` (the admin API, ``opsgate users add``), in the
+    transaction of its ledger entry ``user.role_set`` (``user_id``, ``role``, ``actor`` and
+    ``before``, the role it had, ``null`` for a new user). Returns ``before``.
+
+    With ``created_at`` a missing user is created; without, :class:`NotFound` and nothing is
+    written. Raises ``ValueError`` for an unknown role or an id that is empty or over 128
+    characters, :class:`~opsgate.ledger.errors.LedgerUnavailable` when the entry cannot be written.
+    """
+    payload = {"user_id": user_id, "role": role, "actor": actor}
+    change = _role_change(user_id, role, created_at)
+    return ledger.append_sync("user.role_set", payload, work=change, amend=_before).work_result
+
+
+def _role_change(user_id: str, role: str, created_at: datetime | None) -> InTransaction[str | None]:
+    """Work on one connection: set the role, return the one the user had (``None``: created)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
     if not user_id or len(user_id) > 128:
         raise ValueError("a user id is 1 to 128 characters")
-    with engine.begin() as conn:
-        changed = conn.execute(update(users).where(users.c.user_id == user_id).values(role=role))
-        if changed.rowcount:
-            return False
-        conn.execute(insert(users).values(user_id=user_id, role=role, created_at=clock.now()))
-        return True
+    where = users.c.user_id == user_id
+
+    def change(conn: Connection) -> str | None:
+        before: str | None = conn.execute(select(users.c.role).where(where)).scalar()
+        if before is not None:
+            conn.execute(update(users).where(where).values(role=role))
+        elif created_at is None:
+            raise NotFound(NO_SUCH_USER)
+        else:
+            conn.execute(insert(users).values(user_id=user_id, role=role, created_at=created_at))
+        return before
+
+    return change
+
+
+def _before(role: str | None) -> dict[str, str | None]:
+    return {"before": role}
 
 
 def get_role(engine: Engine, user_id: str) -> str:
@@ -42,16 +80,8 @@ def get_role(engine: Engine, user_id: str) -> str:
     with engine.connect() as conn:
         role = conn.execute(select(users.c.role).where(users.c.user_id == user_id)).scalar()
     if role is None:
-        raise NotFound("no such user; create it with `opsgate users add USER_ID`")
+        raise NotFound(NO_SUCH_USER)
     return role
-
-
-def set_role(engine: Engine, user_id: str, role: str) -> None:
-    """Change the role of an existing user. Raises ``ValueError`` for an unknown role and
-    :class:`NotFound` for an unknown user."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-    _update(engine, user_id, role=role)
 
 
 def set_password(engine: Engine, user_id: str, password: str) -> None:
@@ -115,4 +145,4 @@ def _update(engine: Engine, user_id: str, **values: object) -> None:
     with engine.begin() as conn:
         changed = conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
     if not changed.rowcount:
-        raise NotFound("no such user; create it with `opsgate users add USER_ID`")
+        raise NotFound(NO_SUCH_USER)

@@ -15,7 +15,8 @@ Dashboard sessions (cookies, see :mod:`opsgate.security.sessions`):
                                    ``{"user_id", "role", "csrf_token"}``
   ``POST /v1/auth/session/logout`` ends the session (CSRF-checked); 204
 
-Admin (role ``admin``; written to the ledger as ``user.role_set`` before it takes effect):
+Admin (role ``admin``; the role is written in the transaction of its ledger entry ``user.role_set``
+``{"user_id", "role", "actor", "before"}``; an unknown user is a 404 with neither written):
 
   ``PUT /v1/admin/users/{user_id}`` ``{"role": "user"|"operator"|"admin"}`` -> ``{"user_id", "role"}``;
                                    revokes the user's refresh tokens and sessions
@@ -175,9 +176,7 @@ async def session_logout(request: Request, services: SecurityDep) -> Response:
             summary="Change a user's role (admin)")
 async def put_user(admin: AdminDep, runtime: RuntimeDep, services: SecurityDep, user_id: str,
                    body: Annotated[RoleUpdate, json_body(RoleUpdate)]) -> Response:
-    await asyncio.to_thread(get_role, runtime.engine, user_id)  # 404 before the ledger entry
-    await runtime.ledger.append("user.role_set", {"user_id": user_id, "role": body.role, "actor": admin.user_id})
-    await asyncio.to_thread(set_role, runtime.engine, user_id, body.role)
+    await asyncio.to_thread(set_role, runtime.ledger, user_id, body.role, admin.user_id)
     await asyncio.to_thread(services.refresh.revoke_user, user_id)
     return JSONResponse({"user_id": user_id, "role": body.role})
 
