@@ -4,13 +4,15 @@ from ai_operation_log, rollouts from start to rollback and escalation, all on a 
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
+from tests.ledgered import entries
 from tests.rollout.rollout_helpers import ledger_kinds
 
 from opsgate.clock import ManualClock
@@ -316,3 +318,45 @@ def test_promotion_whose_percentage_change_failed_is_completed(
     assert service.get_toggle("email-classify").rollout_percentage == 5
     service.evaluate(rollout.id)
     assert service.get_toggle("email-classify").rollout_percentage == 25
+
+
+def test_a_toggle_change_the_database_refuses_leaves_no_ledger_entry(
+    service: RolloutService, engine: Engine,
+) -> None:
+    """The row is written in the transaction of its ``toggle.set`` entry: when the write fails,
+    the entry is not written either (it used to be appended first, in its own transaction)."""
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_toggles BEFORE UPDATE ON feature_toggles "
+                          "BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    with pytest.raises(LedgerUnavailable):
+        service.set_toggle("email-compose", ToggleChange(kill_switch=True), "admin:ada", "incident")
+    assert entries(engine, "toggle.set") == []
+    assert service.get_toggle("email-compose").kill_switch is False
+
+
+def test_concurrent_toggle_changes_all_apply_and_each_entry_has_the_state_it_replaced(
+    service: RolloutService, engine: Engine,
+) -> None:
+    """The trial's race: a kill switch and a percentage change in flight together. Each change
+    is read, merged and written under the ledger's lock, so neither is lost and the ledger's
+    ``before`` of each entry is the ``after`` of the one before it."""
+    op = "email-compose"
+    for round_ in range(8):
+        service.set_toggle(op, ToggleChange(enabled=True, rollout_percentage=100, kill_switch=False),
+                           "admin:ada", f"reset {round_}")
+        start = threading.Barrier(2)
+
+        def change(toggle_change: ToggleChange, reason: str) -> None:
+            start.wait()
+            service.set_toggle(op, toggle_change, "admin:ada", reason)
+
+        racers = [threading.Thread(target=change, args=(ToggleChange(kill_switch=True), "incident")),
+                  threading.Thread(target=change, args=(ToggleChange(rollout_percentage=50), "tune"))]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join()
+        final = service.get_toggle(op)
+        assert (final.kill_switch, final.rollout_percentage) == (True, 50), round_
+    chain = [e for e in entries(engine, "toggle.set") if e["operation"] == op]
+    assert all(later["before"] == earlier["after"] for earlier, later in zip(chain, chain[1:]))

@@ -225,24 +225,30 @@ class RolloutService:
         return Toggle(**row)
 
     def set_toggle(self, operation: str, change: ToggleChange, actor: str, reason: str = "") -> Toggle:
-        """Apply ``change`` (ledger entry ``toggle.set`` with before/after). Engaging the kill
-        switch rolls back every active rollout of the operation. Raises :class:`InvalidPlan` (422)
-        for a percentage outside 0..100 or an empty group id, :class:`NotFound` (404)."""
-        before = self.get_toggle(operation)
+        """Apply ``change`` in the transaction of its ledger entry ``toggle.set`` (before/after):
+        the row is read, merged and written while the ledger's append lock is held, so concurrent
+        changes apply one after the other and each entry's ``before`` is the state it replaced.
+        Engaging the kill switch rolls back every active rollout of the operation. Raises
+        :class:`InvalidPlan` (422) for a percentage outside 0..100 or an empty group id,
+        :class:`NotFound` (404); nothing is written then."""
+        self.get_toggle(operation)  # the 404 naming the known operations
         values = {k: v for k, v in asdict(change).items() if v is not None}
-        after = {**asdict(before), **values, "updated_at": self.clock.now(), "updated_by": actor}
-        _check_toggle(after)
-        self.ledger.append_sync("toggle.set", {
-            "operation": operation, "actor": actor, "reason": reason,
-            "before": _toggle_payload(asdict(before)),
-            "after": _toggle_payload(after),
-        })
-        with self.engine.begin() as conn:
-            conn.execute(update(feature_toggles).where(feature_toggles.c.operation == operation)
+        where = feature_toggles.c.operation == operation
+
+        def merge(conn: Connection) -> tuple[dict[str, Any], dict[str, Any]]:
+            before = dict(conn.execute(select(feature_toggles).where(where)).mappings().one())
+            after = {**before, **values, "updated_at": self.clock.now(), "updated_by": actor}
+            _check_toggle(after)
+            conn.execute(update(feature_toggles).where(where)
                          .values({k: v for k, v in after.items() if k != "operation"}))
             _bump_in(conn)
+            return before, after
+
+        payload = {"operation": operation, "actor": actor, "reason": reason}
+        before, after = self.ledger.append_sync("toggle.set", payload, work=merge,
+                                                amend=_toggle_change).work_result
         self._changed()
-        if change.kill_switch and not before.kill_switch:
+        if change.kill_switch and not before["kill_switch"]:
             for rollout in self._rollouts_with([operation], ACTIVE):
                 self.apply(rollout.id, KillSwitch(operation), actor)
         return Toggle(**after)
@@ -538,12 +544,7 @@ class RolloutService:
     def assignment(self, operation: str) -> VariantAssignment:
         """``operation``'s variant assignment (``default`` live, no candidate, without a row)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(operation_variants).where(operation_variants.c.operation == operation))
-            found = row.mappings().first()
-        if found is None:
-            return VariantAssignment(operation, DEFAULT_VARIANT, None, None, 0, operation,
-                                     datetime(1970, 1, 1, tzinfo=UTC), SEED_ACTOR)
-        return VariantAssignment(**found)
+            return _assignment_in(conn, operation)
 
     def _check_candidate(self, ops: tuple[str, ...], variant: str) -> None:
         if len(ops) != 1:
@@ -557,19 +558,22 @@ class RolloutService:
 
     def _assign(self, operation: str, actor: str, reason: str, started_by: str | None = None,
                 **changes: Any) -> VariantAssignment:
-        """Change ``operation``'s assignment: ledger ``variant.set`` (before/after, and the
-        rollout's ``started_by`` on a promotion) first, then the row and the version counter."""
-        before = self.assignment(operation)
-        after = replace(before, **changes, updated_at=self.clock.now(), updated_by=actor)
-        self.ledger.append_sync("variant.set", {
-            "operation": operation, "actor": actor, "reason": reason,
-            "before": _assignment_payload(before), "after": _assignment_payload(after),
-            **({"started_by": started_by} if started_by else {}),
-        })
-        with self.engine.begin() as conn:
+        """Change ``operation``'s assignment, the row and the version counter in the transaction
+        of its ledger entry ``variant.set`` (before/after, and the rollout's ``started_by`` on a
+        promotion): read, changed and written under the ledger's append lock."""
+
+        def reassign(conn: Connection) -> tuple[VariantAssignment, VariantAssignment]:
+            before = _assignment_in(conn, operation)
+            after = replace(before, **changes, updated_at=self.clock.now(), updated_by=actor)
             conn.execute(delete(operation_variants).where(operation_variants.c.operation == operation))
             conn.execute(insert(operation_variants).values(asdict(after)))
             _bump_in(conn)
+            return before, after
+
+        payload = {"operation": operation, "actor": actor, "reason": reason,
+                   **({"started_by": started_by} if started_by else {})}
+        _, after = self.ledger.append_sync("variant.set", payload, work=reassign,
+                                           amend=_assignment_change).work_result
         self._changed()
         return after
 
@@ -675,6 +679,28 @@ def _toggle_payload(values: Mapping[str, Any], actor: str | None = None, reason:
     if actor is not None:
         payload |= {"operation": values["operation"], "actor": actor, "reason": reason or ""}
     return payload
+
+
+def _toggle_change(change: tuple[Mapping[str, Any], Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``before`` and ``after`` fields of a ``toggle.set`` entry."""
+    before, after = change
+    return {"before": _toggle_payload(before), "after": _toggle_payload(after)}
+
+
+def _assignment_in(conn: Connection, operation: str) -> VariantAssignment:
+    """:meth:`RolloutService.assignment`, read on ``conn``."""
+    row = conn.execute(select(operation_variants).where(operation_variants.c.operation == operation))
+    found = row.mappings().first()
+    if found is None:
+        return VariantAssignment(operation, DEFAULT_VARIANT, None, None, 0, operation,
+                                 datetime(1970, 1, 1, tzinfo=UTC), SEED_ACTOR)
+    return VariantAssignment(**found)
+
+
+def _assignment_change(change: tuple[VariantAssignment, VariantAssignment]) -> dict[str, Any]:
+    """The ``before`` and ``after`` fields of a ``variant.set`` entry."""
+    before, after = change
+    return {"before": _assignment_payload(before), "after": _assignment_payload(after)}
 
 
 def _assignment_payload(a: VariantAssignment) -> dict[str, Any]:
