@@ -7,9 +7,12 @@ import asyncio
 import re
 from datetime import timedelta
 
-from sqlalchemy import insert, select
+import pytest
+from sqlalchemy import insert, select, text
+from tests.ledgered import entries
 from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env
 
+from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.monitoring.models import outbox
 from opsgate.monitoring.notifiers import Notification
 from opsgate.monitoring.outbox import outbox_rows
@@ -149,3 +152,24 @@ async def test_monitoring_flapping_condition_fires_per_episode(env: Env) -> None
 def _rows(env: Env, channel: str) -> list[dict]:
     with env.engine.connect() as conn:
         return [dict(r) for r in conn.execute(select(outbox).where(outbox.c.channel == channel)).mappings()]
+
+
+async def test_an_acknowledgement_the_ledger_cannot_take_leaves_the_incident_open(env: Env) -> None:
+    """An incident's change commits in the transaction of its ledger entry: when the entry cannot
+    be written the acknowledgement does not take effect (it used to be committed first) and
+    queues no notification; once the ledger takes entries again it goes through."""
+    worker = env.worker()
+    worker.incidents.observe(Finding("p99_latency", {"operation": "calendar-time"}, True, Severity.P2,
+                                     "6000 ms", "slow", "p99 slow", pages=False))
+    [incident] = worker.incidents.list()
+    with env.engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER refuse_entries BEFORE INSERT ON ledger_entries "
+                          "BEGIN SELECT RAISE(ABORT, 'ledger refused'); END"))
+    with pytest.raises(LedgerUnavailable):
+        worker.incidents.acknowledge(incident["id"], "operator-1")
+    shown = worker.incidents.show(incident["id"])
+    assert (shown["state"], [e["kind"] for e in shown["timeline"]]) == ("open", ["opened"])
+    with env.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_entries"))
+    assert worker.incidents.acknowledge(incident["id"], "operator-1")["state"] == "acknowledged"
+    assert [e["actor"] for e in entries(env.engine, "incident.acknowledged")] == ["operator-1"]

@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, RowMapping, func, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.errors import NotFound
 from opsgate.ledger.errors import LedgerUnavailable
-from opsgate.ledger.writer import Ledger
+from opsgate.ledger.writer import InTransaction, Ledger
 from opsgate.monitoring.errors import IncidentConflict
 from opsgate.monitoring.escalation import MAX_LEVEL, Contacts, new_targets, targets
 from opsgate.monitoring.health import LEDGER_VERIFY
@@ -124,22 +124,22 @@ class IncidentService:
         """Acknowledge an open incident: escalation and repeats stop; PagerDuty and Discord hear
         of it. :class:`NotFound` (404), :class:`IncidentConflict` (409) unless open."""
         now = self.clock.now()
-        row = self._claim(incident_id, {OPEN}, {"state": ACKNOWLEDGED, "acknowledged_at": now,
-                                                "acknowledged_by": actor[:128], "next_escalation_at": None})
+        row, claim = self._claim(incident_id, {OPEN}, {"state": ACKNOWLEDGED, "acknowledged_at": now,
+                                                       "acknowledged_by": actor[:128], "next_escalation_at": None})
         reach = [t for t in self._reached(row) if t[0] in ("pagerduty", "discord")]
         self._append("acknowledged", row, actor, f"acknowledged by {actor}", _note(row, "acknowledge", now),
-                     reach, f"{incident_id}:acknowledge")
+                     reach, f"{incident_id}:acknowledge", work=claim)
         return self.show(incident_id)
 
     def resolve(self, incident_id: str, actor: str, note: str) -> dict[str, Any]:
         """Resolve with ``note``; everyone notified so far hears of it (PagerDuty ``resolve``).
         :class:`NotFound` (404), :class:`IncidentConflict` (409) when already resolved."""
         now = self.clock.now()
-        row = self._claim(incident_id, {OPEN, ACKNOWLEDGED}, {
+        row, claim = self._claim(incident_id, {OPEN, ACKNOWLEDGED}, {
             "state": RESOLVED, "resolved_at": now, "resolved_by": actor[:128],
             "resolution_note": note, "next_escalation_at": None})
         self._append("resolved", row, actor, note, _note(row, "resolve", now, {"note": note[:500]}),
-                     self._reached(row), f"{incident_id}:resolve")
+                     self._reached(row), f"{incident_id}:resolve", work=claim)
         return self.show(incident_id)
 
     def escalate_due(self) -> list[str]:
@@ -151,13 +151,14 @@ class IncidentService:
             level = row["escalation_level"] + 1
             nxt = None if level >= MAX_LEVEL else now + timedelta(seconds=RESPONSE_TIME_S[Severity(row["severity"])])
             try:
-                row = self._claim(row["id"], {OPEN}, {"escalation_level": level, "next_escalation_at": nxt,
-                                                      "last_notified_at": now}, version=row["version"])
+                row, claim = self._claim(row["id"], {OPEN}, {"escalation_level": level, "next_escalation_at": nxt,
+                                                             "last_notified_at": now}, version=row["version"])
+                reach = new_targets(row["severity"], level, row["pages"], self.contacts)
+                self._append("escalated", row, MONITOR, f"not acknowledged: escalated to level {level}",
+                             _note(row, "escalate", now, {"level": str(level)}), reach,
+                             f"{row['id']}:escalate:{level}", work=claim)
             except IncidentConflict:
                 continue
-            reach = new_targets(row["severity"], level, row["pages"], self.contacts)
-            self._append("escalated", row, MONITOR, f"not acknowledged: escalated to level {level}",
-                         _note(row, "escalate", now, {"level": str(level)}), reach, f"{row['id']}:escalate:{level}")
             done.append(row["id"])
         return done
 
@@ -169,12 +170,12 @@ class IncidentService:
         done = []
         for row in due:
             try:
-                row = self._claim(row["id"], {OPEN}, {"repeats": row["repeats"] + 1, "last_notified_at": now},
-                                  version=row["version"])
+                row, claim = self._claim(row["id"], {OPEN}, {"repeats": row["repeats"] + 1, "last_notified_at": now},
+                                         version=row["version"])
+                self._append("notified", row, MONITOR, f"repeat {row['repeats']}", _note(row, "repeat", now),
+                             self._reached(row), f"{row['id']}:repeat:{row['repeats']}", work=claim)
             except IncidentConflict:
                 continue
-            self._append("notified", row, MONITOR, f"repeat {row['repeats']}", _note(row, "repeat", now),
-                         self._reached(row), f"{row['id']}:repeat:{row['repeats']}")
             done.append(row["id"])
         return done
 
@@ -244,13 +245,13 @@ class IncidentService:
             return None
         now = self.clock.now()
         try:
-            row = self._claim(row["id"], {OPEN, ACKNOWLEDGED}, {"severity": f.severity, "title": f.title[:255],
-                                                                "summary": f.summary}, version=row["version"])
+            row, claim = self._claim(row["id"], {OPEN, ACKNOWLEDGED}, {"severity": f.severity, "title": f.title[:255],
+                                                                       "summary": f.summary}, version=row["version"])
+            self._append("severity", row, MONITOR, f"severity raised to {f.severity}", _note(row, "escalate", now),
+                         targets(f.severity, row["escalation_level"], row["pages"], self.contacts),
+                         f"{row['id']}:severity:{f.severity}", work=claim)
         except IncidentConflict:
             return None
-        self._append("severity", row, MONITOR, f"severity raised to {f.severity}", _note(row, "escalate", now),
-                     targets(f.severity, row["escalation_level"], row["pages"], self.contacts),
-                     f"{row['id']}:severity:{f.severity}")
         return row["id"]
 
     def _refresh(self, incident_id: str, f: Finding) -> None:
@@ -264,22 +265,32 @@ class IncidentService:
         return targets(row["severity"], row["escalation_level"], row["pages"], self.contacts)
 
     def _claim(self, incident_id: str, allowed: set[str], values: dict[str, Any],
-               version: int | None = None) -> dict[str, Any]:
-        with self.engine.begin() as conn:
+               version: int | None = None) -> tuple[dict[str, Any], InTransaction[None]]:
+        """The incident as ``values`` will leave it, and the work that changes it in the
+        transaction of the ledger entry recording the change (:meth:`_append`): a compare-and-set
+        on the version read here, so the change takes effect with its entry or not at all.
+        :class:`NotFound`; :class:`IncidentConflict` when the state is not ``allowed``, the
+        version is not ``version``, or (raised by the work, refusing the append) the incident
+        changed meanwhile."""
+        with self.engine.connect() as conn:
             row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).mappings().first()
-            if row is None:
-                raise NotFound("no such incident")
-            if row["state"] not in allowed or (version is not None and row["version"] != version):
-                raise IncidentConflict(f"incident {incident_id} is {row['state']}")
-            done = conn.execute(update(incidents).where(
-                incidents.c.id == incident_id, incidents.c.version == row["version"],
-            ).values({**values, "version": row["version"] + 1}))
+        if row is None:
+            raise NotFound("no such incident")
+        if row["state"] not in allowed or (version is not None and row["version"] != version):
+            raise IncidentConflict(f"incident {incident_id} is {row['state']}")
+        seen = row["version"]
+
+        def claim(conn: Connection) -> None:
+            done = conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.version == seen)
+                                .values({**values, "version": seen + 1}))
             if done.rowcount != 1:
                 raise IncidentConflict(f"incident {incident_id} changed meanwhile")
-        return {**row, **values, "version": row["version"] + 1}
+
+        return {**row, **values, "version": seen + 1}, claim
 
     def _append(self, kind: str, row: Mapping[str, Any], actor: str, detail: str, note: Notification | None,
-                reach: builtins.list[tuple[str, str]], notify_key: str, first: builtins.list[tuple[Any, Any]] | None = None) -> None:
+                reach: builtins.list[tuple[str, str]], notify_key: str, first: builtins.list[tuple[Any, Any]] | None = None,
+                work: InTransaction[None] | None = None) -> None:
         now = self.clock.now()
         event = {"incident_id": row["id"], "at": now, "kind": kind, "actor": actor[:128], "detail": detail[:2000]}
         rows = list(first or []) + [(incident_events, event)]
@@ -290,7 +301,7 @@ class IncidentService:
             "severity": row["severity"], "state": row["state"], "actor": actor[:128],
             "level": row["escalation_level"], "detail": detail[:500],
             "notify": [f"{c}:{r}" for c, r in reach] if note is not None else [],
-        }, rows=rows)
+        }, rows=rows, work=work)
 
     def _by_key(self, key: str, episode: int) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
