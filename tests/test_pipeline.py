@@ -39,7 +39,8 @@ async def test_the_intent_is_durable_before_the_first_byte_goes_to_a_provider(
     call = governed.call("email-classify", CLASSIFY)
     outcome = await governed.gateway.govern(call)
 
-    assert seen == [[("intent", 1)]]  # the intent and its reservation, committed, nothing else
+    # the budget's own entry, then the intent and its reservation, committed, nothing else
+    assert seen == [[("budget.set", 1), ("intent", 1)]]
     assert [kind for kind, _ in governed.entries(call.request_id)] == ["intent", "result"]
     assert outcome.provider == "anthropic" and outcome.model == FAKE_MODEL
 
@@ -53,7 +54,7 @@ async def test_a_402_leaves_no_intent_and_reaches_no_provider(governed: Governed
         await governed.gateway.govern(call)
 
     assert refused.value.status == 402 and refused.value.code == "budget_exceeded"
-    assert governed.entries() == []
+    assert [kind for kind, _ in governed.entries()] == ["budget.set"]  # nothing of the call
     assert governed.provider.requests == []
     with governed.engine.connect() as conn:
         assert conn.execute(select(ai_operation_log)).all() == []
@@ -91,7 +92,7 @@ async def test_a_repair_request_is_first_admitted_in_a_ledgered_extension(govern
                limit_micro_usd=10**9)
     governed.provider.script = [{"category": "not a category"}]  # then a schema-valid answer
     seen: list[list[str]] = []
-    governed.provider.on_send = lambda request: seen.append([k for k, _ in governed.entries()])
+    governed.provider.on_send = lambda request: seen.append([k for k, _ in governed.entries(call.request_id)])
     call = governed.call("email-classify", CLASSIFY)
 
     outcome = await governed.gateway.govern(call)
