@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 from typer.testing import CliRunner
+from tests.budgets import ADMIN
 from tests.gateways import gateway_settings, running_gateway
 from tests.paths import EXAMPLES
 
@@ -180,9 +181,10 @@ def test_budget_refusals_and_degraded_calls_are_counted_by_scope_kind_never_by_u
     from opsgate.metering.models import DEGRADED, budget_outcomes
 
     rt, clock = scraped.runtime, scraped.clock
-    alice = set_budget(rt.engine, clock, user_id="alice", operation="*", period="day", limit_micro_usd=0)
-    ops = set_budget(rt.engine, clock, user_id="*", operation="email-compose", period="month", limit_micro_usd=5,
-                     on_exhausted="cheaper")
+    alice = set_budget(rt.ledger, clock, actor=ADMIN, user_id="alice", operation="*", period="day",
+                       limit_micro_usd=0)
+    ops = set_budget(rt.ledger, clock, actor=ADMIN, user_id="*", operation="email-compose", period="month",
+                     limit_micro_usd=5, on_exhausted="cheaper")
     raw = (EXAMPLES / "email-classify.eml").read_text()
     token = {"Authorization": f"Bearer {rt.tokens.issue('alice', 'user')}"}
     refused = scraped.client.post("/v1/operations/email-classify", json={"raw": raw}, headers=token)
