@@ -58,6 +58,7 @@ from opsgate.metering.models import (
     budget_reservations,
     budgets,
 )
+from opsgate.store.db import savepoint
 
 log = logging.getLogger("opsgate.metering")
 
@@ -229,10 +230,10 @@ def hold(
 def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, amount: int) -> list[Budget]:
     """Hold ``amount`` on every budget of ``found`` (in id order); the budgets without room. When
     there are any, every hold made here is undone (a savepoint)."""
-    with conn.begin_nested() as savepoint:
+    with savepoint(conn) as point:
         lacking = [b for b in found if not _hold(conn, b.id, period_start(b.period, now), amount)]
         if lacking:
-            savepoint.rollback()
+            point.rollback()
     return lacking
 
 
@@ -271,13 +272,13 @@ def extend(conn: Connection, clock: Clock, reservation: Reservation, amount: int
     rows = conn.execute(_ROWS, {"rid": reservation.request_id, "states": [OPEN]}).all()
     if len(rows) != len(reservation.budgets):
         raise BudgetExceeded("This call's budget reservation is no longer open (it expired)")
-    with conn.begin_nested() as savepoint:
+    with savepoint(conn) as point:
         short = next((budget for row, budget in zip(rows, reservation.budgets, strict=True)
                       if not _hold(conn, row.budget_id, row.period_start, amount)), None)
         if short is None:
             conn.execute(_GROW, {"rid": reservation.request_id, "amount": amount})
         else:
-            savepoint.rollback()
+            point.rollback()
     if short is not None:
         _note(conn, reservation.request_id, [short], REFUSED, clock.now())
         raise BudgetExceeded(

@@ -44,6 +44,7 @@ from opsgate.metering.worstcase import (
     call_worst_case_tokens,
 )
 from opsgate.providers.base import CompletionRequest
+from opsgate.store.db import savepoint
 
 log = logging.getLogger("opsgate.metering")
 
@@ -169,7 +170,7 @@ class MeteringService:
                 return charge(conn, self.clock, reservation, actual_micro_usd,
                               unknown_usage=unknown_usage, estimated=estimated)
             try:
-                with conn.begin_nested():
+                with savepoint(conn):
                     return charge(conn, self.clock, reservation, actual_micro_usd,
                                   unknown_usage=unknown_usage, estimated=estimated)
             except Exception as exc:

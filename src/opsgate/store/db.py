@@ -6,6 +6,8 @@ one file; PostgreSQL URLs (``postgresql://`` or ``postgresql+psycopg://``) use p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,40 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+class Savepoint:
+    """The savepoint :func:`savepoint` opened; :meth:`rollback` marks what ran in it to be undone
+    when the block ends."""
+
+    def __init__(self) -> None:
+        self.rolled_back = False
+
+    def rollback(self) -> None:
+        """Undo, when the block ends, everything the block wrote."""
+        self.rolled_back = True
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[Savepoint]:
+    """What ``conn.begin_nested()`` does, for statements on the request path: ``SAVEPOINT`` on
+    entry, ``RELEASE SAVEPOINT`` on leaving, preceded by ``ROLLBACK TO SAVEPOINT`` when the block
+    called :meth:`Savepoint.rollback` or raised (the exception then propagates). The same SQL on
+    SQLite and PostgreSQL, sent on the DB-API cursor: SQLAlchemy names each of its savepoints anew
+    (``sa_savepoint_N``) and compiles both statements on every call, ~260 us a pair on this
+    machine against ~5 us here (issue 21). Savepoints of this function nest."""
+    with closing(conn.connection.cursor()) as cursor:
+        cursor.execute("SAVEPOINT opsgate")
+        point = Savepoint()
+        try:
+            yield point
+        except BaseException:
+            cursor.execute("ROLLBACK TO SAVEPOINT opsgate")
+            cursor.execute("RELEASE SAVEPOINT opsgate")
+            raise
+        if point.rolled_back:
+            cursor.execute("ROLLBACK TO SAVEPOINT opsgate")
+        cursor.execute("RELEASE SAVEPOINT opsgate")
 
 
 def alembic_config(url: str) -> Config:
