@@ -55,6 +55,21 @@ def test_users_add_ledgers_each_role_it_grants_as_the_login(env, monkeypatch):
     engine.dispose()
 
 
+def test_users_add_role_change_revokes_logins_like_the_api(env):
+    from opsgate.clock import SystemClock
+    from opsgate.config import Settings
+    from opsgate.security.service import build_security
+    from opsgate.store.db import open_database
+
+    assert runner.invoke(app, ["users", "add", "dave", "--role", "operator"]).exit_code == 0
+    engine = open_database(Settings())
+    refresh = build_security(Settings(), SystemClock(), engine).refresh
+    login = refresh.issue("dave")  # a refresh token or dashboard session (a login family)
+    assert runner.invoke(app, ["users", "add", "dave", "--role", "user"]).stdout.strip() == "updated dave (user)"
+    assert not refresh.family_active(login.family_id)
+    engine.dispose()
+
+
 def test_token_for_unknown_user_fails(env):
     result = runner.invoke(app, ["token", "nobody"])
     assert result.exit_code == 1 and "no such user" in result.output

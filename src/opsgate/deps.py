@@ -42,6 +42,7 @@ from opsgate.runtime import Runtime
 from opsgate.security import rbac
 from opsgate.security.auth import Principal, bearer_token
 from opsgate.security.service import SecurityServices
+from opsgate.security.users import current_principal
 from opsgate.validation import validated
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,11 +90,18 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 @cache
-def require_role(role: str) -> Callable[[Principal], Principal]:
+def require_role(role: str) -> Callable[[Principal, Runtime], Principal]:
     """A dependency answering the principal when it holds ``role`` or a higher one; raises
-    :class:`Forbidden` (403) otherwise. One function per role, so FastAPI caches it per request."""
+    :class:`Forbidden` (403) otherwise. One function per role, so FastAPI caches it per request.
 
-    def dependency(principal: PrincipalDep) -> Principal:
+    Above ``user`` the token's role is capped at the user's current role in the store
+    (:func:`~opsgate.security.users.current_principal`, one read per privileged request), so a
+    demotion takes effect on the next request, in every process, for tokens issued before it.
+    ``user`` needs no read: every user holds it."""
+
+    def dependency(principal: PrincipalDep, runtime: RuntimeDep) -> Principal:
+        if role != "user":
+            principal = current_principal(runtime.engine, principal)
         rbac.require_role(principal, role)
         return principal
 

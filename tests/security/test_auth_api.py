@@ -123,6 +123,58 @@ def test_only_admins_change_roles_and_the_change_is_ledgered_and_revokes_logins(
         ("ada", "operator", "root", "user")]  # the 404 and the 422 wrote nothing
 
 
+def _role_sets(gw):
+    from opsgate.ledger.entry import decode_body
+    from opsgate.store.models import ledger_entries
+
+    with gw.runtime.engine.connect() as conn:
+        bodies = [decode_body(b) for (b,) in conn.execute(select(ledger_entries.c.body))]
+    return [(b["user_id"], b["role"], b["before"], b["actor"]) for b in bodies if b["kind"] == "user.role_set"]
+
+
+def test_a_demoted_admins_access_token_loses_admin_at_the_next_request(gw):
+    add_login(gw, "dave", "user", PASSWORD)
+    root = {"Authorization": f"Bearer {_login(gw, 'root', PASSWORD + '!').json()['access_token']}"}
+    assert gw.client.put("/v1/admin/users/dave", json={"role": "admin"}, headers=root).status_code == 200
+    dave = {"Authorization": f"Bearer {_login(gw, 'dave').json()['access_token']}"}
+    assert gw.client.get("/v1/admin/budgets", headers=dave).status_code == 200
+    assert gw.client.put("/v1/admin/users/dave", json={"role": "user"}, headers=root).status_code == 200
+    assert gw.client.get("/v1/admin/budgets", headers=dave).status_code == 403  # the same, unexpired token
+    again = gw.client.put("/v1/admin/users/dave", json={"role": "admin"}, headers=dave)
+    assert (again.status_code, again.json()["code"]) == (403, "forbidden")
+    assert gw.client.post("/v1/operations/email-classify", json={}, headers=dave).status_code != 401  # still a user
+    assert _role_sets(gw) == [("dave", "admin", "user", "root"), ("dave", "user", "admin", "root")]
+
+
+def test_a_role_change_in_another_process_applies_to_tokens_issued_before_it(gw):
+    from opsgate.security.users import set_role
+
+    add_login(gw, "olga", "operator", PASSWORD)
+    olga = {"Authorization": f"Bearer {_login(gw, 'olga').json()['access_token']}"}
+    assert gw.client.get("/v1/health", headers=olga).status_code == 200
+    set_role(gw.runtime.ledger, gw.runtime.security.refresh, "olga", "user", "cli:ops")  # e.g. the CLI
+    assert gw.client.get("/v1/health", headers=olga).status_code == 403
+    promoted_token = {"Authorization": f"Bearer {_login(gw).json()['access_token']}"}
+    set_role(gw.runtime.ledger, gw.runtime.security.refresh, "ada", "admin", "cli:ops")
+    assert gw.client.get("/v1/admin/budgets", headers=promoted_token).status_code == 403  # a promotion needs a new token
+    assert _role_sets(gw) == [("olga", "user", "operator", "cli:ops"), ("ada", "admin", "user", "cli:ops")]
+
+
+def test_nobody_changes_their_own_role(gw):
+    root = {"Authorization": f"Bearer {_login(gw, 'root', PASSWORD + '!').json()['access_token']}"}
+    refused = gw.client.put("/v1/admin/users/root", json={"role": "user"}, headers=root)
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    with gw.runtime.engine.connect() as conn:
+        assert conn.execute(select(users.c.role).where(users.c.user_id == "root")).scalar() == "admin"
+    assert _role_sets(gw) == []
+
+
+def test_an_unknown_user_is_not_ledgered(gw):
+    root = {"Authorization": f"Bearer {_login(gw, 'root', PASSWORD + '!').json()['access_token']}"}
+    assert gw.client.put("/v1/admin/users/nobody", json={"role": "admin"}, headers=root).status_code == 404
+    assert _role_sets(gw) == []
+
+
 def test_security_headers_on_every_response(gw):
     for response in (gw.client.get("/healthz"), _login(gw, "x", "y" * 12), gw.client.get("/nowhere")):
         assert response.headers["x-content-type-options"] == "nosniff"

@@ -21,14 +21,14 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsgate.deps import IncidentsDep, NoBodyDep, OperatorDep, RuntimeDep, body_doc, get_principal, json_body
+from opsgate.deps import IncidentsDep, NoBodyDep, OperatorDep, RuntimeDep, body_doc, get_principal, json_body, require_role
 from opsgate.errors import InvalidInput
 from opsgate.monitoring.health import compute_health
 from opsgate.monitoring.prometheus import exposition
 from opsgate.operations import get_operation
 from opsgate.numbers import AsciiInt
 from opsgate.responses import json_response
-from opsgate.security import metrics_token, rbac
+from opsgate.security import metrics_token
 from opsgate.security.operator_input import OperatorText
 
 router = APIRouter(tags=["monitoring"])
@@ -58,7 +58,7 @@ def scraper(request: Request, runtime: RuntimeDep) -> None:
     """``GET /metrics``'s caller: the scrape token of ``OPSGATE_METRICS_TOKEN_FILE`` (compared in
     constant time), else an operator's JWT (401 / 403 as :data:`OperatorDep`)."""
     if not metrics_token.accepts(runtime.settings.metrics_token_file, request.headers.get("authorization")):
-        rbac.require_role(get_principal(request, runtime, None), "operator")
+        require_role("operator")(get_principal(request, runtime, None), runtime)
 
 
 @router.get("/metrics", summary="Prometheus metrics (an operator JWT or the scrape token)")

@@ -64,7 +64,8 @@ def users_add(
     email: str | None = typer.Option(None, help="Email address (stored encrypted)."),
 ) -> None:
     """Create a user (or change an existing user's role), optionally with a password and email.
-    The role is written to the ledger (``user.role_set``) as ``cli:<login>``, like the admin API."""
+    The role is written to the ledger (``user.role_set``) as ``cli:<login>`` and a change revokes the
+    user's refresh tokens and dashboard sessions, like the admin API (one :func:`set_role`)."""
     from opsgate.runtime import cli_services
     from opsgate.security.users import set_email, set_password, set_role
 
@@ -73,12 +74,13 @@ def users_add(
     try:
         with cli_services(settings) as services:
             engine = services.engine
-            created = set_role(services.ledger, user_id, role, f"cli:{getpass.getuser()}",
+            security = _services(settings, engine)
+            created = set_role(services.ledger, security.refresh, user_id, role, f"cli:{getpass.getuser()}",
                                services.clock.now()) is None
             if secret is not None:
                 set_password(engine, user_id, secret)
             if email is not None:
-                set_email(engine, _services(settings, engine).cipher, user_id, email)
+                set_email(engine, security.cipher, user_id, email)
     except (ValueError, OpsgateError) as exc:
         _fail(str(exc))
     out.print(f"{'created' if created else 'updated'} {user_id} ({role})")

@@ -12,3 +12,9 @@ def require_role(principal: Principal, role: str) -> None:
     """Raise :class:`Forbidden` (403) unless ``principal`` holds ``role`` or a higher one."""
     if max(_RANK.get(r, -1) for r in principal.roles) < _RANK[role]:
         raise Forbidden(f"This action needs the {role} role")
+
+
+def capped(principal: Principal, role: str) -> Principal:
+    """``principal`` holding nothing above ``role`` (each higher role replaced by ``role``)."""
+    roles = tuple(r if _RANK.get(r, -1) <= _RANK[role] else role for r in principal.roles)
+    return principal if roles == principal.roles else Principal(principal.user_id, roles)

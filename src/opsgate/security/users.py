@@ -15,12 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from opsgate.clock import Clock
 from opsgate.errors import NotFound
 from opsgate.ledger.writer import InTransaction, Ledger
-from opsgate.security.auth import ROLES
+from opsgate.security.auth import ROLES, Principal
 from opsgate.security.crypto import FieldCipher, normalise_email
-from opsgate.security.errors import AuthFailure, Unauthorized
+from opsgate.security.errors import AuthFailure, Forbidden, Unauthorized
 from opsgate.security.models import users
+from opsgate.security.rbac import capped
 from opsgate.security.passwords import hash_password, needs_rehash, verify_password
 from opsgate.security.reencrypt import USERS_EMAIL
+from opsgate.security.refresh import RefreshTokens
 
 NO_SUCH_USER = "no such user; create it with `opsgate users add USER_ID`"
 
@@ -36,18 +38,38 @@ def add_user(engine: Engine, clock: Clock, user_id: str, role: str = "user") -> 
         return change(conn) is None
 
 
-def set_role(ledger: Ledger, user_id: str, role: str, actor: str, created_at: datetime | None = None) -> str | None:
+def set_role(ledger: Ledger, refresh: RefreshTokens, user_id: str, role: str, actor: str,
+             created_at: datetime | None = None) -> str | None:
     """Give ``user_id`` the ``role`` as ``actor`` (the admin API, ``opsgate users add``), in the
     transaction of its ledger entry ``user.role_set`` (``user_id``, ``role``, ``actor`` and
     ``before``, the role it had, ``null`` for a new user). Returns ``before``.
 
     With ``created_at`` a missing user is created; without, :class:`NotFound` and nothing is
-    written. Raises ``ValueError`` for an unknown role or an id that is empty or over 128
-    characters, :class:`~opsgate.ledger.errors.LedgerUnavailable` when the entry cannot be written.
+    written. Then every refresh token and dashboard session of the user is revoked (the one place
+    a role changes, so no path skips it); access tokens already issued are capped at the new role
+    by :func:`current_principal`. Raises ``ValueError`` for an unknown role or an id that is empty
+    or over 128 characters, :class:`Forbidden` when ``actor`` is ``user_id`` (nobody changes their
+    own role), :class:`~opsgate.ledger.errors.LedgerUnavailable` when the entry cannot be written.
     """
+    if actor == user_id:
+        raise Forbidden("Nobody may change their own role")
     payload = {"user_id": user_id, "role": role, "actor": actor}
     change = _role_change(user_id, role, created_at)
-    return ledger.append_sync("user.role_set", payload, work=change, amend=_before).work_result
+    before = ledger.append_sync("user.role_set", payload, work=change, amend=_before).work_result
+    refresh.revoke_user(user_id)
+    return before
+
+
+def current_principal(engine: Engine, principal: Principal) -> Principal:
+    """``principal`` (from an access token) capped at its user's current role in ``users``: the
+    lower of the token's role and the row's, so a demotion applies to tokens issued before it (a
+    promotion needs a new token, e.g. a refresh). One primary-key read; for privileged routes.
+
+    A principal without a row keeps its token's role: no role change can have happened to it
+    (identity-provider users, users the rehearsal and tests mint tokens for)."""
+    with engine.connect() as conn:
+        role = conn.execute(select(users.c.role).where(users.c.user_id == principal.user_id)).scalar()
+    return principal if role is None else capped(principal, role)
 
 
 def _role_change(user_id: str, role: str, created_at: datetime | None) -> InTransaction[str | None]:

@@ -176,8 +176,7 @@ async def session_logout(request: Request, services: SecurityDep) -> Response:
             summary="Change a user's role (admin)")
 async def put_user(admin: AdminDep, runtime: RuntimeDep, services: SecurityDep, user_id: str,
                    body: Annotated[RoleUpdate, json_body(RoleUpdate)]) -> Response:
-    await asyncio.to_thread(set_role, runtime.ledger, user_id, body.role, admin.user_id)
-    await asyncio.to_thread(services.refresh.revoke_user, user_id)
+    await asyncio.to_thread(set_role, runtime.ledger, services.refresh, user_id, body.role, admin.user_id)
     return JSONResponse({"user_id": user_id, "role": body.role})
 
 
