@@ -29,7 +29,7 @@ def clock():
 
 
 def _service(engine, clock, grace_s=10.0, ttl_s=86400):
-    return RefreshTokens(engine, clock, ttl_s=ttl_s, grace_s=grace_s)
+    return RefreshTokens(engine, clock, ttl_s=ttl_s, grace_s=grace_s, successor_key=b"k" * 32)
 
 
 def test_only_the_hash_is_stored_and_each_use_rotates(engine, clock):
@@ -58,14 +58,44 @@ def test_reuse_after_the_grace_window_revokes_the_whole_family(engine, clock):
     assert svc.rotate(other_login.token).user_id == "alice"  # another family is untouched
 
 
-def test_reuse_inside_the_grace_window_gets_a_sibling(engine, clock):
+def _live_tokens(engine, family_id):
+    with engine.connect() as conn:
+        return conn.execute(select(refresh_tokens.c.token_hash).where(
+            refresh_tokens.c.family_id == family_id, refresh_tokens.c.rotated_at.is_(None),
+            refresh_tokens.c.revoked_at.is_(None))).all()
+
+
+def test_replays_inside_the_grace_window_get_the_same_successor_and_mint_nothing(engine, clock):
     svc = _service(engine, clock)
     first = svc.issue("alice")
     second = svc.rotate(first.token)
     clock.advance(9.9)
-    sibling = svc.rotate(first.token)
-    assert sibling.family_id == first.family_id and sibling.token not in (first.token, second.token)
-    assert svc.rotate(second.token).family_id == first.family_id
+    replays = [svc.rotate(first.token) for _ in range(5)]
+    assert {r.token for r in replays} == {second.token}  # a lost response is answered again
+    assert {r.expires_at for r in replays} == {second.expires_at}
+    assert len(_live_tokens(engine, first.family_id)) == 1
+    third = svc.rotate(second.token)
+    assert third.family_id == first.family_id and len(_live_tokens(engine, first.family_id)) == 1
+
+
+def test_a_replay_after_the_successor_was_used_is_reuse_even_inside_the_grace_window(engine, clock):
+    svc = _service(engine, clock)
+    first = svc.issue("alice")
+    third = svc.rotate(svc.rotate(first.token).token)
+    clock.advance(1)
+    with pytest.raises(Unauthorized, match="already used"):
+        svc.rotate(first.token)
+    with pytest.raises(Unauthorized, match="not valid"):
+        svc.rotate(third.token)  # the family is revoked
+
+
+def test_every_process_derives_the_same_successor(engine, clock):
+    first = _service(engine, clock).issue("alice")
+    second = _service(engine, clock).rotate(first.token)
+    assert _service(engine, clock).rotate(first.token).token == second.token
+    other_key = RefreshTokens(engine, clock, ttl_s=86400, grace_s=10.0, successor_key=b"x" * 32)
+    with pytest.raises(Unauthorized, match="already used"):
+        other_key.rotate(first.token)  # a successor only the key's holder computes
 
 
 def test_expired_unknown_and_logged_out_tokens_fail(engine, clock):
@@ -115,7 +145,7 @@ def test_concurrent_refreshes_inside_the_grace_window_all_succeed(engine, clock)
     token = svc.issue("alice").token
     results = _race(svc, token, 8)
     assert all(not isinstance(r, Exception) for r in results)
-    assert len({r.token for r in results}) == 8 and len({r.family_id for r in results}) == 1
+    assert len({r.token for r in results}) == 1 and len({r.family_id for r in results}) == 1  # one successor
     with engine.connect() as conn:
         rotated = conn.execute(select(refresh_tokens.c.rotated_at).where(refresh_tokens.c.rotated_at.is_not(None))).all()
     assert len(rotated) == 1  # one row marked rotated: exactly one rotation won

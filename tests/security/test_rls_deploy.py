@@ -123,7 +123,7 @@ def test_the_gateway_runs_as_the_app_role_and_users_are_isolated(app_gateway: Ga
 
 def test_refresh_tokens_rotate_under_forced_rls_and_stay_private(app_gateway: Gateway) -> None:
     engine = app_gateway.runtime.engine
-    tokens = RefreshTokens(engine, SystemClock(), ttl_s=3600, grace_s=0)
+    tokens = RefreshTokens(engine, SystemClock(), ttl_s=3600, grace_s=0, successor_key=b"k" * 32)
     first = tokens.issue("alice")
     second = tokens.rotate(first.token)
     assert (second.user_id, second.family_id) == ("alice", first.family_id) and tokens.family_active(first.family_id)

@@ -173,9 +173,8 @@ def refresh_rotation(settings: Settings) -> Probe:
     presenting the rotated one after the grace window fails and revokes the family."""
     clock = ManualClock()
     with scratch_engine() as engine:
-        tokens = RefreshTokens(
-            engine, clock, settings.refresh_token_ttl_s, settings.refresh_reuse_grace_s
-        )
+        tokens = RefreshTokens(engine, clock, settings.refresh_token_ttl_s, settings.refresh_reuse_grace_s,
+                               successor_key=secrets.token_bytes(32))
         first = tokens.issue("readiness-probe")
         second = tokens.rotate(first.token)
         clock.advance(settings.refresh_reuse_grace_s + 1)

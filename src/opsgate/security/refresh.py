@@ -6,16 +6,24 @@ one login; :meth:`RefreshTokens.rotate` marks the presented token rotated and is
 in the same family, atomically (``UPDATE ... WHERE rotated_at IS NULL``), so of two concurrent
 rotations exactly one wins.
 
+A successor is not random but ``ogr_`` + base64url(HMAC-SHA256(successor key, token)): the
+successor key is derived from the master key, so only the server can compute it, and every process
+computes the same successor for the same token.
+
 Reuse detection (OAuth 2.0 Security BCP, RFC 9700 §4.14.2): presenting an already rotated token
 revokes the whole family and fails, *except* within ``refresh_reuse_grace_s`` (default 10 s) of
-its rotation, which is the loser of a concurrent refresh (two browser tabs, a retried request):
-it gets a new sibling token in the same family instead. Revoked, expired and unknown tokens fail
-with 401 ``unauthorized``.
+its rotation, which is the loser of a concurrent refresh (two browser tabs, a retried request
+whose response was lost): it gets the *same* successor again, as long as that successor is still
+unused and unrevoked, so replays inside the window mint nothing new (one live token per family).
+Once the successor was used, a replay is reuse. Revoked, expired and unknown tokens fail with 401
+``unauthorized``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -50,8 +58,9 @@ class RefreshTokens:
     and :meth:`revoke_user` run in :func:`user_scope` of that user; the others start from a
     presented token or family whose owner is not known yet, so they run in :func:`service_scope`."""
 
-    def __init__(self, engine: Engine, clock: Clock, ttl_s: int, grace_s: float) -> None:
+    def __init__(self, engine: Engine, clock: Clock, ttl_s: int, grace_s: float, *, successor_key: bytes) -> None:
         self._engine = engine
+        self._successor_key = successor_key
         self._clock = clock
         self._ttl = timedelta(seconds=ttl_s)
         self._grace = timedelta(seconds=grace_s)
@@ -59,11 +68,12 @@ class RefreshTokens:
     def issue(self, user_id: str) -> Issued:
         """Start a new family for ``user_id`` (a login) and return its first token."""
         with user_scope(self._engine, Principal(user_id, ("user",))) as conn:
-            return self._insert(conn, user_id, uuid.uuid4().hex)
+            return self._insert(conn, user_id, uuid.uuid4().hex, PREFIX + secrets.token_urlsafe(32))
 
     def rotate(self, token: str) -> Issued:
-        """Exchange ``token`` for its successor. Raises :class:`Unauthorized` when it is unknown,
-        expired, revoked, or reused after the grace window (which revokes its family)."""
+        """Exchange ``token`` for its successor (the same one for a replay inside the grace window
+        while the successor is unused). Raises :class:`Unauthorized` when it is unknown, expired,
+        revoked, or reused otherwise (which revokes its family)."""
         digest = _hash(token)
         now = self._clock.now()
         with service_scope(self._engine) as conn:  # write first: the transaction holds the row lock
@@ -76,8 +86,17 @@ class RefreshTokens:
             if row is None or row.revoked_at is not None or now >= row.expires_at:
                 COUNTS.add(TOKEN_REJECTION, AuthFailure.REFRESH_INVALID)
                 raise Unauthorized(AuthFailure.REFRESH_INVALID)  # rolls the UPDATE back
-            if won or now - row.rotated_at < self._grace:
-                return self._insert(conn, row.user_id, row.family_id)
+            successor = self._successor(token)
+            if won:
+                return self._insert(conn, row.user_id, row.family_id, successor)
+            if now - row.rotated_at < self._grace:
+                expires_at = conn.execute(
+                    select(refresh_tokens.c.expires_at).where(
+                        refresh_tokens.c.token_hash == _hash(successor),
+                        refresh_tokens.c.rotated_at.is_(None), refresh_tokens.c.revoked_at.is_(None))
+                ).scalar()
+                if expires_at is not None:
+                    return Issued(successor, row.family_id, row.user_id, expires_at)
         self.revoke_family(row.family_id)
         COUNTS.add(REFRESH_REUSE, "family_revoked")
         raise Unauthorized(AuthFailure.REFRESH_REUSED)
@@ -121,8 +140,11 @@ class RefreshTokens:
                 .values(revoked_at=self._clock.now())
             )
 
-    def _insert(self, conn: Connection, user_id: str, family_id: str) -> Issued:
-        token = PREFIX + secrets.token_urlsafe(32)
+    def _successor(self, token: str) -> str:
+        mac = hmac.new(self._successor_key, token.encode(), hashlib.sha256).digest()
+        return PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def _insert(self, conn: Connection, user_id: str, family_id: str, token: str) -> Issued:
         now = self._clock.now()
         conn.execute(
             insert(refresh_tokens).values(
