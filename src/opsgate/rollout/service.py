@@ -477,14 +477,24 @@ class RolloutService:
             raise RolloutConflict(decision.reason)
         if decision.action is Action.IGNORE:
             return decision
-        self._record(rollout_id, event.name, decision.action.value, rollout.state.state,
-                     decision.after.state, decision.after.stage_index, decision.reason, decision.numbers, actor)
-        self._save(rollout, decision, now)
+        row, payload = self._decision(event.name, decision.action.value, rollout.state.state,
+                                      decision.after.state, decision.after.stage_index, decision.reason,
+                                      decision.numbers, actor)
+
+        def save(conn: Connection) -> None:
+            """The versioned state update and the history row, in the entry's transaction: a
+            decision refused with 409 leaves no entry and no history behind."""
+            self._save(conn, rollout, decision, now)
+            conn.execute(insert(rollout_decisions).values({**row, "rollout_id": rollout_id}))
+
+        self.ledger.append_sync("rollout.decision", {"rollout_id": rollout_id, **payload}, work=save)
         self._carry_out(rollout, decision, actor, now)
         return decision
 
     # internals -------------------------------------------------------------------------------
-    def _save(self, rollout: Rollout, decision: Decision, now: datetime) -> None:
+    def _save(self, conn: Connection, rollout: Rollout, decision: Decision, now: datetime) -> None:
+        """Write ``decision``'s state on ``conn`` if the row still has the version ``rollout``
+        was read at; :class:`RolloutConflict` (nothing written) when another process changed it."""
         after = decision.after
         values: dict[str, Any] = {
             "state": after.state.value, "stage_index": after.stage_index,
@@ -497,9 +507,8 @@ class RolloutService:
             text = VARIANT_BANNER if rollout.variant else BANNER
             values |= {"rolled_back_at": now, "reason": decision.reason,
                        "banner": text.format(ops=", ".join(ops), verb="is" if len(ops) == 1 else "are")}
-        with self.engine.begin() as conn:
-            done = conn.execute(update(rollouts).where(rollouts.c.id == rollout.id,
-                                                       rollouts.c.version == rollout.version).values(values))
+        done = conn.execute(update(rollouts).where(rollouts.c.id == rollout.id,
+                                                   rollouts.c.version == rollout.version).values(values))
         if done.rowcount != 1:
             raise RolloutConflict(f"rollout {rollout.id} changed meanwhile; the decision was not applied")
 
@@ -622,12 +631,6 @@ class RolloutService:
                 listener(event)
             except Exception:
                 log.exception("rollout alert listener failed for %s", event.kind)
-
-    def _record(self, rollout_id: int, event: str, action: str, before: State, after: State,
-                stage_index: int, reason: str, numbers: dict[str, int], actor: str) -> None:
-        row, payload = self._decision(event, action, before, after, stage_index, reason, numbers, actor)
-        self.ledger.append_sync("rollout.decision", {"rollout_id": rollout_id, **payload},
-                                rows=[(rollout_decisions, {**row, "rollout_id": rollout_id})])
 
     def _decision(self, event: str, action: str, before: State, after: State, stage_index: int,
                   reason: str, numbers: dict[str, int], actor: str) -> tuple[dict[str, Any], dict[str, Any]]:
