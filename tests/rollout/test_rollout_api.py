@@ -115,6 +115,9 @@ def test_rollout_api_canary_then_rollback_shows_a_banner(gateway: Gateway) -> No
     advanced = gateway.client.post(f"/v1/admin/rollouts/{rollout['id']}/advance", headers=admin(gateway)).json()
     assert (advanced["action"], advanced["stage_index"]) == ("promote", 1)
     assert gateway.client.get("/v1/banners", headers=user(gateway)).json() == {"banners": []}
+    blank = gateway.client.post(f"/v1/admin/rollouts/{rollout['id']}/rollback", headers=admin(gateway),
+                                json={"reason": "  "})
+    assert (blank.status_code, blank.json()["code"]) == (422, "invalid_input")  # the ledger must say why
     rb = gateway.client.post(f"/v1/admin/rollouts/{rollout['id']}/rollback", headers=admin(gateway),
                              json={"reason": "users report wrong priorities"})
     assert (rb.status_code, rb.json()["state"]) == (200, "rolling_back")

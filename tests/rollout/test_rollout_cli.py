@@ -125,3 +125,11 @@ def test_rollout_cli_rollback_reason_is_stored_redacted_and_a_nul_is_refused() -
     assert code == 0, output
     code, output = run("rollout", "status")
     assert "rolling_back" in output and "bad key [REDACTED:anthropic:" in output and key not in output
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "\n\t"])
+def test_rollout_cli_rollback_refuses_a_blank_reason_as_the_api_does(reason: str) -> None:
+    assert run("rollout", "start", "email-compose")[0] == 0
+    code, output = run("rollout", "rollback", "email-compose", "--reason", reason)
+    assert (code, output.strip()) == (2, "error: invalid_input: --reason must not be blank")
+    assert "running" in run("rollout", "status")[1]  # nothing rolled back, nothing ledgered

@@ -72,7 +72,7 @@ def incidents_ack(incident_id: str) -> None:
 def incidents_resolve(incident_id: str, note: str = typer.Option(..., "--note", help="Resolution note.")) -> None:
     """Resolve an incident with a note."""
     with _service() as svc:
-        svc.resolve(incident_id, f"cli:{getpass.getuser()}", operator_text("--note", note))
+        svc.resolve(incident_id, f"cli:{getpass.getuser()}", operator_text("--note", note, required=True))
         out.print(f"{incident_id} resolved")
 
 

@@ -29,7 +29,7 @@ from opsgate.operations import get_operation
 from opsgate.numbers import AsciiInt
 from opsgate.responses import json_response
 from opsgate.security import metrics_token
-from opsgate.security.operator_input import OperatorText
+from opsgate.security.operator_input import RequiredText
 
 router = APIRouter(tags=["monitoring"])
 MAX_WINDOW_S = 31 * 86400
@@ -39,7 +39,7 @@ class ResolveBody(BaseModel):
     """Body of ``POST /v1/incidents/{id}/resolve``."""
 
     model_config = ConfigDict(extra="forbid")
-    note: OperatorText = Field(min_length=1, max_length=2000, description="What was done; a resolution note is required")
+    note: RequiredText = Field(max_length=2000, description="What was done; a resolution note is required")
 
 
 @router.get("/v1/health", summary="Health metrics over a window (default 1 h)")

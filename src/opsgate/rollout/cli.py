@@ -180,7 +180,7 @@ def rollout_rollback(
         err.print("[red]error:[/red] name operations or pass --all (not both)")
         raise typer.Exit(2)
     with _service() as svc:
-        disabled = svc.rollback_operations(None if all_ else operations, operator_text("--reason", reason),
+        disabled = svc.rollback_operations(None if all_ else operations, operator_text("--reason", reason, required=True),
                                            _actor())
     out.print(f"disabled: {', '.join(disabled) or 'none (variant rollouts rolled back, operations stay on)'}")
 

@@ -37,7 +37,7 @@ from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
 from opsgate.rollout.service import Rollout, RolloutService, ToggleChange
 from opsgate.rollout.toggles import Toggle
-from opsgate.security.operator_input import Identifier, OperatorText
+from opsgate.security.operator_input import Identifier, OperatorText, RequiredText
 
 router = APIRouter(tags=["rollout"])
 RolloutId = Annotated[AsciiInt, Path(ge=1, le=2**63 - 1)]
@@ -70,7 +70,7 @@ class RollbackBody(BaseModel):
     """Body of ``POST /v1/admin/rollouts/{id}/rollback``."""
 
     model_config = ConfigDict(extra="forbid")
-    reason: OperatorText = Field(min_length=1, max_length=500)
+    reason: RequiredText = Field(max_length=500)
 
 
 class OptIns(BaseModel):

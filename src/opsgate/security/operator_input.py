@@ -8,6 +8,7 @@ every other sink uses (:func:`opsgate.security.sanitizer.sanitize`):
 * :data:`OperatorText` (rollout and toggle reasons, incident notes): control characters other than
   tab and newline are refused (:class:`ValueError`, a 422 through pydantic); the text is then
   stored as the sanitizer returns it, secrets and personal data as ``[REDACTED:<kind>:<hash>]``.
+  :data:`RequiredText` (a rollback reason, a resolution note) is also refused when blank.
 * :data:`Identifier` (names that other rows and calls are matched on, e.g. a toggle's
   ``group_id``, a budget's ``user_id``): refused when blank, when it holds any control character
   or when the sanitizer finds a secret in it (an API key, a token, a credential). An identifier is
@@ -49,6 +50,12 @@ def _text(value: str) -> str:
     return sanitize(value)
 
 
+def _required_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return _text(value)
+
+
 def _identifier(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")
@@ -62,15 +69,20 @@ def _identifier(value: str) -> str:
 OperatorText = Annotated[str, AfterValidator(_text)]
 """Operator free text, redacted before it is stored or ledgered; control characters refused."""
 
+RequiredText = Annotated[str, AfterValidator(_required_text)]
+""":data:`OperatorText` that must say something: refused when blank (a rollback reason, an
+incident's resolution note: the ledger must say why)."""
+
 Identifier = Annotated[str, AfterValidator(_identifier)]
 """An identifier stored as sent: refused when blank, with control characters, or secret-shaped."""
 
 
-def operator_text(name: str, value: str) -> str:
-    """:data:`OperatorText`'s rule outside pydantic: ``value`` redacted; :class:`InvalidInput`
-    naming ``name`` (never the value) for control characters."""
+def operator_text(name: str, value: str, *, required: bool = False) -> str:
+    """:data:`OperatorText`'s rule outside pydantic (:data:`RequiredText`'s with ``required``):
+    ``value`` redacted; :class:`InvalidInput` naming ``name`` (never the value) for control
+    characters, or for blank text when ``required``."""
     try:
-        return _text(value)
+        return (_required_text if required else _text)(value)
     except ValueError as exc:
         raise InvalidInput(f"{name} {exc}") from None
 
