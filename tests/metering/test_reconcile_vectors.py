@@ -107,3 +107,12 @@ def test_malformed_exports_are_refused(tmp_path: Path) -> None:
     eur.write_text((VECTORS / FILES["deepseek"]).read_text().replace(",USD", ",EUR"))
     with pytest.raises(InvoiceFormatError, match="USD"):
         parse_invoice("deepseek", eur)
+
+
+def test_an_export_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    latin1 = tmp_path / "usage.csv"
+    latin1.write_bytes((VECTORS / FILES["deepseek"]).read_text().replace("USD", "USD é").encode("latin-1"))
+    with pytest.raises(InvoiceFormatError, match=r"^usage.csv is not UTF-8 text \(byte \d+ cannot be decoded\)$"):
+        parse_invoice("deepseek", latin1)
+    result = CliRunner().invoke(costs_app, ["--provider", "deepseek", "--invoice", str(latin1)])
+    assert result.exit_code == 2 and result.output.strip().startswith("error: usage.csv is not UTF-8 text")

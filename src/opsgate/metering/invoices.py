@@ -59,8 +59,12 @@ class InvoiceLine:
 
 def parse_invoice(provider: str, path: Path, prices: PriceTable | None = None) -> list[InvoiceLine]:
     """Read ``path`` as ``provider``'s export (see the module doc). Raises
-    :class:`InvoiceFormatError` for an unknown provider or a malformed file."""
-    text = path.read_text("utf-8-sig")
+    :class:`InvoiceFormatError` for an unknown provider or a malformed file (one that is not
+    UTF-8 text included: the providers export UTF-8, a BOM allowed)."""
+    try:
+        text = path.read_text("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvoiceFormatError(f"{path.name} is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
     if provider == "anthropic":
         return parse_anthropic_cost_report(text)
     if provider == "deepseek":
