@@ -11,6 +11,7 @@ from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters, budget_reservations
 from opsgate.metering.prices import PriceTable
+from opsgate.operations import get_operation
 from opsgate.operations.errors import InvalidModelOutput
 from opsgate.providers.base import CompletionRequest, Usage
 from opsgate.store.models import ai_operation_log
@@ -138,14 +139,16 @@ async def test_an_answer_cut_at_its_cap_is_repaired_once_then_refused_within_its
                limit_micro_usd=10**9)
     cut = {"category": "work", "priority": "high"}
     governed.provider.script = [cut, cut]
-    governed.provider.usage = Usage(input_tokens=1_000, output_tokens=379)  # the example's cap
+    op = get_operation("email-classify")
+    cap = op.prepare(op.Input.model_validate(CLASSIFY)).request.max_tokens  # the example's cap
+    governed.provider.usage = Usage(input_tokens=1_000, output_tokens=cap)
     call = governed.call("email-classify", CLASSIFY)
 
     with pytest.raises(InvalidModelOutput):
         await governed.gateway.govern(call)
 
     first, repair = governed.provider.requests
-    assert first.max_tokens == repair.max_tokens == 379
+    assert first.max_tokens == repair.max_tokens == cap
     one_answer = cost_micro_usd(governed.provider.usage, PriceTable.load().price_for(FAKE_MODEL))
     [(_, result)] = [e for e in governed.entries(call.request_id) if e[0] == "result"]
     assert (result["error_code"], result["cost_micro_usd"]) == ("provider_bad_response", 2 * one_answer)
