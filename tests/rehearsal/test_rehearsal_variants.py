@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from opsgate.rehearsal.driver import RehearsalConfig, rehearse
+from opsgate.rollout.controller import Thresholds
 
 
 @cache
@@ -26,7 +27,7 @@ def test_bad_model_is_rolled_back_on_its_cost_and_every_user_returns_to_the_live
     assert rollback["reason"].startswith("canary cost per call ")
     n = rollback["numbers"]
     assert n["canary_requests"] >= 100 and n["control_requests"] >= 100
-    assert n["canary_cost_per_request_micro_usd"] > 3 * n["control_cost_per_request_micro_usd"]
+    assert n["canary_cost_per_request_micro_usd"] > Thresholds().max_cost_ratio * n["control_cost_per_request_micro_usd"]
     assert 0 < n["canary_repaired"] and n["control_repaired"] == 0  # the 8 % schema misses were repaired
     assert (r["rollout"]["variant"], r["rollout"]["state"], r["live_variant"]) == ("pricey-model", "rolled_back",
                                                                                    "default")
