@@ -739,15 +739,25 @@ class Chaos:
         found = (await self._admin(base, "GET", "/v1/incidents?state=open"))["incidents"]
         for action, body in (("ack", None), ("resolve", {"note": "chaos run over"})):
             for incident in found:
-                try:
-                    await self._admin(base, "POST", f"/v1/incidents/{incident['id']}/{action}", body)
-                except RuntimeError as exc:
-                    self.operator_errors.append(str(exc)[:200])
+                await self._operator_does(base, incident["id"], action, body)
         self.closed_by_operator = len(found)
         self.ledger_checks = await asyncio.to_thread(self._ledger_checks)
         self.incidents = Counter(f"{i['severity']} {i['rule']}" for i in
                                  (await self._admin(base, "GET", "/v1/incidents"))["incidents"])
         await wait_for(lambda: asyncio.to_thread(self._outbox_drained), "the outbox to drain", DRAIN_TIMEOUT_S)
+
+    async def _operator_does(self, base: str, incident_id: str, action: str, body: Any) -> None:
+        """One operator action on an incident. A 409 ``incident_conflict`` (the monitor repeated or
+        escalated it meanwhile; changes are compare-and-set) is tried again, as an operator
+        would, up to three times; any other failure is recorded."""
+        for attempt in range(3):
+            try:
+                await self._admin(base, "POST", f"/v1/incidents/{incident_id}/{action}", body)
+                return
+            except RuntimeError as exc:
+                if "HTTP 409" not in str(exc) or attempt == 2:
+                    self.operator_errors.append(str(exc)[:200])
+                    return
 
     def _ledger_checks(self) -> list[str]:
         """The workers' periodic ledger verifications: ``ok`` or the failure's detail."""

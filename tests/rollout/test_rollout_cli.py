@@ -124,7 +124,7 @@ def test_rollout_cli_rollback_reason_is_stored_redacted_and_a_nul_is_refused() -
     code, output = run("rollout", "rollback", "email-compose", "--reason", f"bad key {key}")
     assert code == 0, output
     code, output = run("rollout", "status")
-    assert "rolling_back" in output and "bad key [REDACTED:anthropic:" in output and key not in output
+    assert "rolling_back" in output and "bad key [REDACTED" in output and key not in output
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "\n\t"])
