@@ -1,13 +1,16 @@
 """Helpers shared by the rollout tests: canary controller states at a fixed time
 (:data:`NOW`, :func:`state_of`), the expected decision table of a controller test
-(:func:`decision_table`) and the ledger entries a rollout service wrote (:func:`ledger_kinds`)."""
+(:func:`decision_table`), the ledger entries a rollout service wrote (:func:`ledger_kinds`) and
+calls released together in threads (:func:`at_once`)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -68,3 +71,24 @@ def ledger_kinds(engine: Engine) -> list[tuple[str, dict]]:
         bodies = conn.execute(select(ledger_entries.c.body).order_by(ledger_entries.c.seq)).scalars()
         entries = [json.loads(b) for b in bodies]
     return [(e["kind"], {k: v for k, v in e.items() if k not in ENVELOPE_KEYS}) for e in entries]
+
+
+def at_once(calls: list[Callable[[], Any]]) -> tuple[list[Any], list[Exception]]:
+    """Run each call in its own thread, released together; what they returned and raised."""
+    barrier = threading.Barrier(len(calls))
+    done: list[Any] = []
+    refused: list[Exception] = []
+
+    def run(call: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            done.append(call())
+        except Exception as exc:  # collected and checked by the caller
+            refused.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done, refused

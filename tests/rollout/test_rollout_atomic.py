@@ -12,14 +12,14 @@ the writers share one ledger or each has its own engine and ledger writer (as re
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
+from tests.rollout.rollout_helpers import at_once
 from tests.stores import migrated_url
 
 from opsgate.clock import ManualClock
@@ -53,27 +53,6 @@ def _services(stack: ExitStack, url: str, clock: ManualClock, n: int) -> list[Ro
     return services
 
 
-def _at_once(calls: list[Callable[[], Any]]) -> tuple[list[Any], list[Exception]]:
-    """Run each call in its own thread, released together; what they returned and raised."""
-    barrier = threading.Barrier(len(calls))
-    done: list[Any] = []
-    refused: list[Exception] = []
-
-    def run(call: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            done.append(call())
-        except Exception as exc:  # collected and checked by the caller
-            refused.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return done, refused
-
-
 def _entries(engine: Engine, kind: str) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         bodies = [json.loads(b) for b in conn.execute(
@@ -90,7 +69,7 @@ def test_concurrent_toggle_changes_all_apply_and_chain_their_before_and_after(ur
         for _ in range(3):
             services[0].set_toggle(OP, ToggleChange(enabled=True, rollout_percentage=100, kill_switch=False,
                                                     opt_in_required=False), "admin", "reset")
-            done, refused = _at_once([
+            done, refused = at_once([
                 (lambda s=services[i % processes], c=change: s.set_toggle(OP, c, "admin", "race"))
                 for i, change in enumerate(CHANGES)])
             assert (len(done), refused) == (len(CHANGES), [])
@@ -111,7 +90,7 @@ def test_a_decision_refused_with_409_leaves_no_entry_and_no_history(url: str) ->
         services = _services(stack, url, clock, 3)
         services[0].ensure_toggles([OP])
         rollout = services[0].start_rollout([OP], Plan(), "admin")
-        done, refused = _at_once([
+        done, refused = at_once([
             lambda: services[0].advance(rollout.id, "admin"),
             lambda: services[1].rollback(rollout.id, "bad", "admin"),
             lambda: services[2].advance(rollout.id, "admin"),

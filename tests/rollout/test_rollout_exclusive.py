@@ -4,13 +4,13 @@ each has its own engine and ledger writer (as separate processes or replicas do)
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
+from tests.rollout.rollout_helpers import at_once
 from tests.stores import migrated_url
 
 from opsgate.clock import ManualClock
@@ -41,23 +41,7 @@ def _service(stack: ExitStack, url: str, clock: ManualClock) -> RolloutService:
 
 def _start_at_once(services: list[RolloutService]) -> tuple[list[Rollout], list[Exception]]:
     """Each service starts a rollout of :data:`OP` in its own thread, released together."""
-    barrier = threading.Barrier(len(services))
-    started: list[Rollout] = []
-    refused: list[Exception] = []
-
-    def start(svc: RolloutService) -> None:
-        barrier.wait()
-        try:
-            started.append(svc.start_rollout([OP], Plan(), "admin"))
-        except Exception as exc:  # collected and checked below
-            refused.append(exc)
-
-    threads = [threading.Thread(target=start, args=(svc,)) for svc in services]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return started, refused
+    return at_once([lambda s=svc: s.start_rollout([OP], Plan(), "admin") for svc in services])
 
 
 def _stored(engine: Engine) -> tuple[list[tuple[int, str]], list[int]]:
