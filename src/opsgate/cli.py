@@ -180,13 +180,19 @@ async def _run_once(settings: Settings, operation: str, body: bytes, user: str) 
     from opsgate.pipeline import Call
     from opsgate.problems import problem_body
     from opsgate.runtime import start_runtime
+    from opsgate.errors import NotFound
     from opsgate.security.users import add_user, get_role
 
     runtime = await start_runtime(settings)
     try:
-        if user == CLI_USER:
-            add_user(runtime.engine, runtime.clock, user, "user")
-        token = runtime.tokens.issue(user, get_role(runtime.engine, user))
+        try:
+            role = get_role(runtime.engine, user)
+        except NotFound:
+            if user != CLI_USER:
+                raise
+            add_user(runtime.engine, runtime.clock, user, "user")  # its own user, kept as it is once made
+            role = "user"
+        token = runtime.tokens.issue(user, role)
         call = Call(operation, body, token, uuid.uuid4().hex)
         try:
             return _outcome_body(await runtime.gateway.govern(call)), None

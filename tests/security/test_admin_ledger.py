@@ -4,6 +4,7 @@ written to the ledger before it takes effect"), and the ledger still verifies af
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from tests.ledgered import entries
 from typer.testing import CliRunner
 
 from opsgate.cli import app
+from opsgate.clock import SystemClock
+from opsgate.errors import NotFound
 from opsgate.ledger.verify import verify
 from opsgate.monitoring.rules import Finding, Severity
-from opsgate.security.users import add_user
+from opsgate.security.users import add_user, get_role
 from opsgate.store.db import make_engine
 
 OP = "email-classify"
@@ -127,3 +130,63 @@ def _open_incident(gateway: Gateway) -> str:
     gateway.runtime.incidents.observe(finding)
     [incident] = gateway.runtime.incidents.list("open")
     return str(incident["id"])
+
+
+def _cli_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """A fresh SQLite database the CLI uses (as login ``carol``), migrated; its engine."""
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("OPSGATE_JWT_SECRET", secrets.token_urlsafe(48))
+    monkeypatch.setenv("OPSGATE_MASTER_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+    monkeypatch.setattr("getpass.getuser", lambda: "carol")
+    assert CliRunner().invoke(app, ["toggles", "list"]).exit_code == 0  # migrates
+    return make_engine(f"sqlite:///{db}")
+
+
+def test_seeding_never_changes_a_role_off_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _cli_database(tmp_path, monkeypatch)
+    clock = SystemClock()
+    assert add_user(engine, clock, "ada", "admin") is True
+    assert add_user(engine, clock, "ada", "admin") is False  # already so: nothing to do
+    with pytest.raises(ValueError, match="role change is ledgered: `opsgate users add USER_ID --role user`"):
+        add_user(engine, clock, "ada", "user")
+    assert get_role(engine, "ada") == "admin"
+    assert entries(engine, "user.role_set") == []
+    engine.dispose()
+
+
+def test_users_add_without_role_keeps_an_existing_users_role(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = _cli_database(tmp_path, monkeypatch)
+    runner = CliRunner()
+    made = runner.invoke(app, ["users", "add", "ada", "--role", "admin"])
+    assert made.exit_code == 0 and "created ada (admin)" in made.output, made.output
+    emailed = runner.invoke(app, ["users", "add", "ada", "--email", "ada@example.org"])
+    assert emailed.exit_code == 0 and "updated ada (admin)" in emailed.output, emailed.output
+    assert get_role(engine, "ada") == "admin"
+    assert [(e["role"], e["before"]) for e in entries(engine, "user.role_set")] == [("admin", None)]
+    fresh = runner.invoke(app, ["users", "add", "bea"])
+    assert fresh.exit_code == 0 and "created bea (user)" in fresh.output, fresh.output
+    assert get_role(engine, "bea") == "user"
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("args", "stdin", "message"), [
+    (["--password"], "short\nshort\n", "12 to 1024"),
+    (["--email", "not-an-address"], None, "not an email address"),
+    (["--email", "ada@example.org"], None, "another user has this email address"),
+])
+def test_users_add_with_bad_input_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], stdin: str | None, message: str,
+) -> None:
+    engine = _cli_database(tmp_path, monkeypatch)
+    runner = CliRunner()
+    assert runner.invoke(app, ["users", "add", "ada", "--email", "ada@example.org"]).exit_code == 0
+    before = entries(engine, "user.role_set")
+    result = runner.invoke(app, ["users", "add", "bob", "--role", "operator", *args], input=stdin)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert entries(engine, "user.role_set") == before
+    with pytest.raises(NotFound):
+        get_role(engine, "bob")
+    engine.dispose()

@@ -1,6 +1,7 @@
 """CLI of the security domain (Typer apps mounted by :mod:`opsgate.cli`):
 
-``opsgate users add USER_ID [--role R] [--password] [--email E]``  (password read from a hidden prompt)
+``opsgate users add USER_ID [--role R] [--password] [--email E]``  (password read from a hidden prompt;
+                             without --role an existing user keeps its role)
 ``opsgate keys status``      key versions, their ages, rows using each, rotation due or not
 ``opsgate keys rotate``      add a data key version (the current one from now on)
 ``opsgate keys reencrypt``   move every encrypted value to the current key (progress bar), then
@@ -59,31 +60,58 @@ def users() -> None:
 @users_app.command("add")
 def users_add(
     user_id: str = typer.Argument(..., help="The user's id."),
-    role: str = typer.Option("user", help="user | operator | admin"),
+    role: str | None = typer.Option(
+        None, help="user | operator | admin. A new user: user when not given; an existing user's "
+                   "role is kept when not given."),
     password: bool = typer.Option(False, "--password", help="Set a password (asked twice, hidden)."),
     email: str | None = typer.Option(None, help="Email address (stored encrypted)."),
 ) -> None:
-    """Create a user (or change an existing user's role), optionally with a password and email.
-    The role is written to the ledger (``user.role_set``) as ``cli:<login>`` and a change revokes the
-    user's refresh tokens and dashboard sessions, like the admin API (one :func:`set_role`)."""
+    """Create a user (or change an existing user's role with --role), optionally with a password
+    and email. A role is written to the ledger (``user.role_set``) as ``cli:<login>`` and a change
+    revokes the user's refresh tokens and dashboard sessions, like the admin API (one
+    :func:`set_role`). The password and the email are checked before anything is written."""
     from opsgate.runtime import cli_services
-    from opsgate.security.users import set_email, set_password, set_role
+    from opsgate.security.passwords import check_password
+    from opsgate.security.users import (
+        check_email,
+        find_by_email,
+        set_email,
+        set_password,
+        set_role,
+    )
 
     settings = Settings()
     secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
     try:
+        if secret is not None:
+            check_password(secret)
+        address = None if email is None else check_email(email)
         with cli_services(settings) as services:
             engine = services.engine
             security = _services(settings, engine)
-            created = set_role(services.ledger, security.refresh, user_id, role, f"cli:{getpass.getuser()}",
-                               services.clock.now()) is None
+            if address is not None and find_by_email(engine, security.cipher, address) not in (None, user_id):
+                raise ValueError("another user has this email address")
+            kept = _role_of(engine, user_id) if role is None else None
+            created = kept is None and set_role(services.ledger, security.refresh, user_id, role or "user",
+                                                f"cli:{getpass.getuser()}", services.clock.now()) is None
             if secret is not None:
                 set_password(engine, user_id, secret)
-            if email is not None:
-                set_email(engine, security.cipher, user_id, email)
+            if address is not None:
+                set_email(engine, security.cipher, user_id, address)
     except (ValueError, OpsgateError) as exc:
         _fail(str(exc))
-    out.print(f"{'created' if created else 'updated'} {user_id} ({role})")
+    out.print(f"{'created' if created else 'updated'} {user_id} ({kept or role or 'user'})")
+
+
+def _role_of(engine: Engine, user_id: str) -> str | None:
+    """The role of ``user_id``, or None when there is no such user."""
+    from opsgate.errors import NotFound
+    from opsgate.security.users import get_role
+
+    try:
+        return get_role(engine, user_id)
+    except NotFound:
+        return None
 
 
 @keys_app.command("status")

@@ -23,12 +23,17 @@ _DUMMY_HASH = _HASHER.hash("opsgate-no-such-user-" + "x" * 16)
 def hash_password(password: str) -> str:
     """The Argon2id PHC string for ``password``.
 
-    Raises ``ValueError`` when the password is shorter than 12 or longer than 1024 characters
-    (NIST SP 800-63B §5.1.1.2 minimum length; the maximum bounds hashing cost).
+    Raises ``ValueError`` as :func:`check_password` does.
     """
+    check_password(password)
+    return _HASHER.hash(password)
+
+
+def check_password(password: str) -> None:
+    """Raise ``ValueError`` when ``password`` is shorter than 12 or longer than 1024 characters
+    (NIST SP 800-63B §5.1.1.2 minimum length; the maximum bounds hashing cost)."""
     if not MIN_LENGTH <= len(password) <= MAX_LENGTH:
         raise ValueError(f"a password is {MIN_LENGTH} to {MAX_LENGTH} characters")
-    return _HASHER.hash(password)
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:

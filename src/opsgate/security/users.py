@@ -28,14 +28,25 @@ NO_SUCH_USER = "no such user; create it with `opsgate users add USER_ID`"
 
 
 def add_user(engine: Engine, clock: Clock, user_id: str, role: str = "user") -> bool:
-    """Create ``user_id`` with ``role``, or change the role of an existing user, outside the
-    ledger: for seeding a database (demo, reports, tests). An admin's change is :func:`set_role`.
+    """Create ``user_id`` with ``role`` outside the ledger, for seeding a database (demo, reports,
+    tests). Returns True when the user was created, False when it already existed with ``role``.
 
-    Returns True when the user was created. Raises ``ValueError`` for an unknown role or an empty id.
+    It never changes a role: a role change is an admin change, ledgered by :func:`set_role`
+    (``opsgate users add USER_ID --role ROLE``, ``PUT /v1/admin/users/{id}``). Raises ``ValueError``
+    for an unknown role, an id that is empty or over 128 characters, or an existing user with
+    another role (nothing is written then).
     """
-    change = _role_change(user_id, role, clock.now())
+    _check(user_id, role)
+    where = users.c.user_id == user_id
     with engine.begin() as conn:
-        return change(conn) is None
+        before = conn.execute(select(users.c.role).where(where)).scalar()
+        if before is None:
+            conn.execute(insert(users).values(user_id=user_id, role=role, created_at=clock.now()))
+            return True
+    if before != role:
+        raise ValueError(f"the user exists with role {before!r}; a role change is ledgered: "
+                         f"`opsgate users add USER_ID --role {role}` or PUT /v1/admin/users/{{id}}")
+    return False
 
 
 def set_role(ledger: Ledger, refresh: RefreshTokens, user_id: str, role: str, actor: str,
@@ -74,10 +85,7 @@ def current_principal(engine: Engine, principal: Principal) -> Principal:
 
 def _role_change(user_id: str, role: str, created_at: datetime | None) -> InTransaction[str | None]:
     """Work on one connection: set the role, return the one the user had (``None``: created)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-    if not user_id or len(user_id) > 128:
-        raise ValueError("a user id is 1 to 128 characters")
+    _check(user_id, role)
     where = users.c.user_id == user_id
 
     def change(conn: Connection) -> str | None:
@@ -91,6 +99,14 @@ def _role_change(user_id: str, role: str, created_at: datetime | None) -> InTran
         return before
 
     return change
+
+
+def _check(user_id: str, role: str) -> None:
+    """``ValueError`` for an unknown role or an id that is empty or over 128 characters."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if not user_id or len(user_id) > 128:
+        raise ValueError("a user id is 1 to 128 characters")
 
 
 def _before(role: str | None) -> dict[str, str | None]:
@@ -113,11 +129,9 @@ def set_password(engine: Engine, user_id: str, password: str) -> None:
 
 def set_email(engine: Engine, cipher: FieldCipher, user_id: str, email: str) -> None:
     """Store ``email`` encrypted with its blind index. Raises ``ValueError`` for a malformed
-    address or one another user already has, :class:`NotFound` for an unknown user."""
-    address = email.strip()
-    local, _, domain = address.rpartition("@")
-    if not local or "." not in domain or len(address) > 254 or any(c.isspace() for c in address):
-        raise ValueError("not an email address")
+    address (:func:`check_email`) or one another user already has, :class:`NotFound` for an
+    unknown user."""
+    address = check_email(email)
     try:
         _update(
             engine,
@@ -127,6 +141,16 @@ def set_email(engine: Engine, cipher: FieldCipher, user_id: str, email: str) -> 
         )
     except IntegrityError:
         raise ValueError("another user has this email address") from None
+
+
+def check_email(email: str) -> str:
+    """``email`` without surrounding spaces; ``ValueError`` when it is not ``local@domain.tld``
+    of at most 254 characters without inner whitespace."""
+    address = email.strip()
+    local, _, domain = address.rpartition("@")
+    if not local or "." not in domain or len(address) > 254 or any(c.isspace() for c in address):
+        raise ValueError("not an email address")
+    return address
 
 
 def get_email(engine: Engine, cipher: FieldCipher, user_id: str) -> str | None:
