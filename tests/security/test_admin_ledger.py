@@ -67,6 +67,7 @@ CLI = [
     Change("Set budgets", "budget.set", "cli", "budgets set",
            {"args": ["--global", "--period", "month", "--limit-usd", "100"]}),
     Change("Change roles", "user.role_set", "cli", "users add", {"args": ["bea", "--role", "admin"]}),
+    Change("Rotate keys", "key.rotate", "cli", "keys rotate"),
 ]
 
 

@@ -9,17 +9,22 @@ import secrets
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
+from tests.ledgered import entries
 from tests.security.credentials import cipher_for
 from tests.stores import migrated_engine
 
 from opsgate.clock import ManualClock
+from opsgate.ledger.errors import LedgerUnavailable
+from opsgate.ledger.verify import verify
+from opsgate.ledger.writer import Ledger
 from opsgate.security.crypto import key_id_of
 from opsgate.security.errors import DecryptionFailed, KeyRingError
 from opsgate.security.keyring import KeyRing, master_key
 from opsgate.security.models import encryption_keys, users
-from opsgate.security.reencrypt import RETIRE_AFTER_S, keys_in_use, reencrypt, retire_unused
+from opsgate.security.reencrypt import RETIRE_AFTER_S, keys_in_use, reencrypt, retire_unused, values_using_key
 from opsgate.security.users import add_user, find_by_email, get_email, set_email
+from opsgate.store.models import ledger_entries
 from opsgate.testing import gateway_settings
 
 
@@ -31,6 +36,13 @@ def env(tmp_path):
     ring, cipher = cipher_for(engine, settings, clock)
     yield engine, settings, clock, ring, cipher
     engine.dispose()
+
+
+@pytest.fixture
+def ledger(env):
+    engine, _, clock, *_ = env
+    with Ledger(engine, clock) as ledger:
+        yield ledger
 
 
 def test_ciphertext_layout_names_the_key_and_decrypts_with_a_bare_aesgcm(env):
@@ -95,49 +107,91 @@ def test_email_is_stored_encrypted_and_found_by_blind_index(env):
         set_email(engine, cipher, "bob", "not an address")
 
 
-def test_rotate_reencrypt_then_retire_only_unused_keys(env):
+def test_rotate_reencrypt_then_retire_only_unused_keys(env, ledger):
     engine, settings, clock, ring, cipher = env
     for i in range(7):
         add_user(engine, clock, f"u{i}")
         set_email(engine, cipher, f"u{i}", f"u{i}@example.org")
-    assert ring.rotate() == 2
+    assert ring.rotate(ledger, "cli:ops") == 2
     assert key_id_of(cipher.encrypt("new@example.org", "c")) == 2
     assert keys_in_use(engine) == {1: 7}
     clock.advance(RETIRE_AFTER_S)
-    assert retire_unused(engine, ring) == []  # key 1 still holds seven rows
+    assert retire_unused(engine, ring, ledger, "cli:ops") == []  # key 1 still holds seven rows
     seen = []
-    moved = reencrypt(engine, cipher, ring, batch_size=3, progress=seen.append)
+    moved = reencrypt(engine, cipher, ring, ledger, "cli:ops", batch_size=3, progress=seen.append)
     assert moved == 7 and keys_in_use(engine) == {2: 7}
     assert [(p.scanned, p.total, p.moved) for p in seen] == [(3, 7, 3), (6, 7, 6), (7, 7, 7)]
-    assert retire_unused(engine, ring) == [1]
+    assert retire_unused(engine, ring, ledger, "cli:ops") == [1]
     status = {v.key_id: v for v in ring.versions()}
     assert status[1].retired_at is not None and status[2].retired_at is None and status[0].purpose == "index"
     with engine.connect() as conn:
         assert conn.execute(select(encryption_keys.c.wrapped).where(encryption_keys.c.key_id == 1)).scalar() == b""
     assert [get_email(engine, cipher, f"u{i}") for i in range(7)] == [f"u{i}@example.org" for i in range(7)]
     assert find_by_email(engine, cipher, "U3@example.org") == "u3"
+    assert reencrypt(engine, cipher, ring, ledger, "cli:ops") == 0  # nothing left to move: no entry
 
 
-def test_a_fresh_current_key_delays_retirement_for_other_replicas(env):
+def test_rotation_reencryption_and_retirement_are_ledgered_with_key_ids_only(env, ledger):
     engine, settings, clock, ring, cipher = env
-    ring.rotate()
-    assert retire_unused(engine, ring) == []
+    for i in range(5):
+        add_user(engine, clock, f"u{i}")
+        set_email(engine, cipher, f"u{i}", f"u{i}@example.org")
+    ring.rotate(ledger, "cli:ops")
+    ring.rotate(ledger, "root")
     clock.advance(RETIRE_AFTER_S)
-    assert retire_unused(engine, ring) == [1]
+    reencrypt(engine, cipher, ring, ledger, "cli:ops", batch_size=2)
+    assert retire_unused(engine, ring, ledger, "cli:ops") == [1, 2]
+    assert entries(engine, "key.rotate") == [{"actor": "cli:ops", "key_id": 2, "before": 1},
+                                             {"actor": "root", "key_id": 3, "before": 2}]
+    assert entries(engine, "key.reencrypt") == [
+        {"actor": "cli:ops", "column": "users.email_ciphertext", "key_id": 3, "from": [1], "moved": n}
+        for n in (2, 2, 1)
+    ]
+    assert entries(engine, "key.retire") == [{"actor": "cli:ops", "key_id": 1}, {"actor": "cli:ops", "key_id": 2}]
+    with engine.connect() as conn:
+        wrapped = [bytes(w) for (w,) in conn.execute(select(encryption_keys.c.wrapped)) if w]
+        bodies = b"".join(bytes(b) for (b,) in conn.execute(select(ledger_entries.c.body)))
+    assert len(wrapped) == 2 and not any(w in bodies or base64.b64encode(w) in bodies for w in wrapped)
+    assert verify(engine).ok
 
 
-def test_the_current_key_cannot_be_retired(env):
-    *_, ring, cipher = env
-    cipher.encrypt("a@b.org", "c")
+def test_a_rotation_the_ledger_cannot_take_adds_no_key(env, ledger):
+    engine, settings, clock, ring, cipher = env
+    ring.reload()
+    with engine.begin() as conn:  # the ledger refuses every new entry from here on
+        conn.execute(text("CREATE TRIGGER refuse_entries BEFORE INSERT ON ledger_entries "
+                          "BEGIN SELECT RAISE(ABORT, 'ledger refused'); END"))
+    with pytest.raises(LedgerUnavailable):
+        ring.rotate(ledger, "cli:ops")
+    assert [v.key_id for v in ring.versions()] == [0, 1]
+
+
+def test_a_fresh_current_key_delays_retirement_for_other_replicas(env, ledger):
+    engine, settings, clock, ring, cipher = env
+    ring.rotate(ledger, "cli:ops")
+    assert retire_unused(engine, ring, ledger, "cli:ops") == []
+    clock.advance(RETIRE_AFTER_S)
+    assert retire_unused(engine, ring, ledger, "cli:ops") == [1]
+
+
+def test_the_current_key_and_a_used_key_cannot_be_retired(env, ledger):
+    engine, settings, clock, ring, cipher = env
+    add_user(engine, clock, "ada")
+    set_email(engine, cipher, "ada", "ada@example.org")
     with pytest.raises(KeyRingError, match="current"):
-        ring.retire(1)
+        ring.retire(ledger, "cli:ops", 1)
+    ring.rotate(ledger, "cli:ops")
+    with pytest.raises(KeyRingError, match="still use data key 1"):
+        ring.retire(ledger, "cli:ops", 1, values_using=values_using_key)
+    assert get_email(engine, cipher, "ada") == "ada@example.org"
+    assert entries(engine, "key.retire") == []
 
 
-def test_another_replica_sees_a_rotation_within_the_reload_interval(env):
+def test_another_replica_sees_a_rotation_within_the_reload_interval(env, ledger):
     engine, settings, clock, ring, cipher = env
     other_ring, other_cipher = cipher_for(engine, settings, clock)
     assert key_id_of(other_cipher.encrypt("a@b.org", "c")) == 1
-    ring.rotate()
+    ring.rotate(ledger, "cli:ops")
     blob = cipher.encrypt("a@b.org", "c")
     assert other_cipher.decrypt(blob, "c") == "a@b.org"  # unknown key id: reloads
     clock.advance(60)

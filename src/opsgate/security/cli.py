@@ -138,30 +138,44 @@ def keys_status() -> None:
 
 @keys_app.command("rotate")
 def keys_rotate() -> None:
-    """Add a new data key version; new values are encrypted with it at once."""
+    """Add a new data key version; new values are encrypted with it at once. Written to the
+    ledger (``key.rotate``, key ids only) as ``cli:<login>``."""
+    from opsgate.runtime import cli_services
+
     settings = Settings()
-    ring = _services(settings, _engine(settings)).keyring
-    out.print(f"data key {ring.rotate()} is now current; run `opsgate keys reencrypt` to move old values")
+    try:
+        with cli_services(settings) as services:
+            ring = _services(settings, services.engine).keyring
+            key_id = ring.rotate(services.ledger, f"cli:{getpass.getuser()}")
+    except OpsgateError as exc:
+        _fail(exc.detail)
+    out.print(f"data key {key_id} is now current; run `opsgate keys reencrypt` to move old values")
 
 
 @keys_app.command("reencrypt")
 def keys_reencrypt(batch_size: int = typer.Option(500, parser=cli_int(1), help="Rows per transaction.")) -> None:
-    """Re-encrypt old values under the current key, then retire keys no value uses."""
+    """Re-encrypt old values under the current key, then retire keys no value uses. Each batch and
+    each retirement is written to the ledger (``key.reencrypt``, ``key.retire``: key ids and
+    counts) as ``cli:<login>``, in the transaction of its change."""
+    from opsgate.runtime import cli_services
     from opsgate.security.reencrypt import Progress, reencrypt, retire_unused
 
     settings = Settings()
-    engine = _engine(settings)
-    services = _services(settings, engine)
-    ring, cipher = services.keyring, services.cipher
-    with Bar(console=out) as bar:
-        tasks: dict[str, TaskID] = {}
+    actor = f"cli:{getpass.getuser()}"
+    try:
+        with cli_services(settings) as services, Bar(console=out) as bar:
+            security = _services(settings, services.engine)
+            tasks: dict[str, TaskID] = {}
 
-        def progress(p: Progress) -> None:
-            task = tasks.setdefault(p.column, bar.add_task(p.column, total=p.total))
-            bar.update(task, completed=p.scanned)
+            def progress(p: Progress) -> None:
+                task = tasks.setdefault(p.column, bar.add_task(p.column, total=p.total))
+                bar.update(task, completed=p.scanned)
 
-        moved = reencrypt(engine, cipher, ring, batch_size=batch_size, progress=progress)
-    retired = retire_unused(engine, ring)
+            moved = reencrypt(services.engine, security.cipher, security.keyring, services.ledger, actor,
+                              batch_size=batch_size, progress=progress)
+            retired = retire_unused(services.engine, security.keyring, services.ledger, actor)
+    except OpsgateError as exc:
+        _fail(exc.detail)
     out.print(f"moved {moved} values; retired keys: {', '.join(map(str, retired)) or 'none'}")
 
 

@@ -6,6 +6,10 @@ encrypts new values, older ones still decrypt until :mod:`opsgate.security.reenc
 every row off them and they are retired. The blind-index key (``purpose="index"``) is separate and
 not rotated (rotating it would need every indexed plaintext; see docs/security.md).
 
+A rotation and a retirement are admin changes: each commits in the transaction of its ledger entry
+(``key.rotate``, ``key.retire``; key ids only, never key material), as every admin change does
+(docs/security.md). The ring's first data key and its index key are created on first use.
+
 Keys are stored wrapped: ``nonce(12) || AES-256-GCM(master_key, key, aad="opsgate-key:<purpose>:<id>")``.
 The master key comes from ``OPSGATE_MASTER_KEY`` (base64 of 32 bytes) or a file (mode 0600) created
 on first use, like the JWT key; it never reaches the database.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,12 +28,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Engine, Row, insert, select, update
+from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.keyfile import random_key_file
+from opsgate.ledger.writer import Ledger
 from opsgate.security.errors import KeyRingError
 from opsgate.security.models import encryption_keys
 
@@ -138,33 +144,55 @@ class KeyRing:
         created = next(v.created_at for v in self._versions if v.key_id == key_id)
         return (self._clock.now() - created).total_seconds()
 
-    def rotate(self) -> int:
-        """Add a new data key version and make it current; returns its id."""
-        self.reload()  # the first key exists before there is a second
-        while True:
-            rows = self._rows()
-            key_id = max((r.key_id for r in rows), default=INDEX_KEY_ID) + 1
-            if self._insert(key_id, "data"):
-                self.reload()
-                return key_id
+    def rotate(self, ledger: Ledger, actor: str) -> int:
+        """Add a new data key version and make it current, as ``actor``; returns its id.
 
-    def retire(self, key_id: int) -> None:
-        """Mark data key ``key_id`` retired (its material is deleted). The caller must first make
-        sure no row uses it (:func:`opsgate.security.reencrypt.retire_unused`); the current key
-        cannot be retired. Raises :class:`KeyRingError`."""
-        current, _ = self.current()
-        if key_id == current:
-            raise KeyRingError("the current data key cannot be retired; rotate first")
-        with self._engine.begin() as conn:
-            done = conn.execute(
-                update(encryption_keys)
-                .where(encryption_keys.c.key_id == key_id, encryption_keys.c.purpose == "data")
-                .values(retired_at=self._clock.now(), wrapped=b"")
-            )
-        if not done.rowcount:
-            raise KeyRingError(f"no data key {key_id} in the key ring")
+        The key row is written in the transaction of its ledger entry ``key.rotate`` (``actor``,
+        ``key_id`` the new key, ``before`` the key that was current), so concurrent rotations are
+        serialised by the ledger's lock and each gets its own id. Raises
+        :class:`~opsgate.ledger.errors.LedgerUnavailable` when the entry cannot be written; no key
+        is added then.
+        """
+        self.reload()  # the first key exists before there is a second
+        entry = ledger.append_sync("key.rotate", {"actor": actor}, work=self._add_data_key, amend=_rotation)
+        self.reload()
+        return entry.work_result[1]
+
+    def retire(self, ledger: Ledger, actor: str, key_id: int,
+               values_using: Callable[[Connection, int], int] | None = None) -> None:
+        """Retire data key ``key_id`` as ``actor``: mark it retired and delete its material, in the
+        transaction of its ledger entry ``key.retire`` (``actor``, ``key_id``). ``values_using``
+        counts the stored values under a key on that transaction's connection
+        (:func:`opsgate.security.reencrypt.retire_unused` passes it), so a key is never retired
+        while a value needs it. Raises :class:`KeyRingError` for the current key, an unknown or
+        retired key, or a key values still use, and
+        :class:`~opsgate.ledger.errors.LedgerUnavailable`; nothing is written then."""
+        def work(conn: Connection) -> None:
+            rows = conn.execute(select(encryption_keys.c.key_id, encryption_keys.c.purpose,
+                                       encryption_keys.c.retired_at)).all()
+            active = [r.key_id for r in rows if r.purpose == "data" and r.retired_at is None]
+            if key_id not in active:
+                raise KeyRingError(f"no active data key {key_id} in the key ring")
+            if key_id == max(active):
+                raise KeyRingError("the current data key cannot be retired; rotate first")
+            if values_using is not None and values_using(conn, key_id):
+                raise KeyRingError(f"stored values still use data key {key_id}; run `opsgate keys reencrypt`")
+            conn.execute(update(encryption_keys)
+                         .where(encryption_keys.c.key_id == key_id, encryption_keys.c.purpose == "data")
+                         .values(retired_at=self._clock.now(), wrapped=b""))
+
+        ledger.append_sync("key.retire", {"actor": actor, "key_id": key_id}, work=work)
         self._aeads.pop(key_id, None)
         self.reload()
+
+    def _add_data_key(self, conn: Connection) -> tuple[int, int]:
+        """Work of :meth:`rotate`: insert the next key id as a data key; ``(before, new)`` ids."""
+        rows = conn.execute(select(encryption_keys.c.key_id, encryption_keys.c.purpose,
+                                   encryption_keys.c.retired_at)).all()
+        before = max(r.key_id for r in rows if r.purpose == "data" and r.retired_at is None)
+        key_id = max(r.key_id for r in rows) + 1
+        conn.execute(insert(encryption_keys).values(self._wrapped(key_id, "data")))
+        return before, key_id
 
     def _rows(self) -> list[Row[*tuple[Any, ...]]]:
         with self._engine.connect() as conn:
@@ -176,27 +204,32 @@ class KeyRing:
         if not any(r.purpose == "data" for r in rows):
             self._insert(1, "data")
 
-    def _insert(self, key_id: int, purpose: str) -> bool:
-        """Insert a fresh wrapped key; False when another process took ``key_id`` first."""
+    def _insert(self, key_id: int, purpose: str) -> None:
+        """Insert a fresh wrapped key (nothing when another process took ``key_id`` first)."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(encryption_keys).values(self._wrapped(key_id, purpose)))
+        except IntegrityError:
+            pass
+
+    def _wrapped(self, key_id: int, purpose: str) -> dict[str, Any]:
+        """The ``encryption_keys`` row of a fresh random key ``key_id``, wrapped under the master key."""
         key = secrets.token_bytes(KEY_BYTES)
         nonce = secrets.token_bytes(12)
         wrapped = nonce + self._wrap.encrypt(nonce, key, _wrap_aad(key_id, purpose))
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(
-                    insert(encryption_keys).values(
-                        key_id=key_id, purpose=purpose, wrapped=wrapped, created_at=self._clock.now()
-                    )
-                )
-        except IntegrityError:
-            return False
-        return True
+        return {"key_id": key_id, "purpose": purpose, "wrapped": wrapped, "created_at": self._clock.now()}
 
     def _unwrap(self, key_id: int, purpose: str, wrapped: bytes) -> bytes:
         try:
             return self._wrap.decrypt(wrapped[:12], wrapped[12:], _wrap_aad(key_id, purpose))
         except InvalidTag:
             raise KeyRingError("the master key does not unwrap the key ring") from None
+
+
+def _rotation(ids: tuple[int, int]) -> dict[str, int]:
+    """The ``before`` and ``key_id`` fields of a ``key.rotate`` entry."""
+    before, key_id = ids
+    return {"key_id": key_id, "before": before}
 
 
 def _wrap_aad(key_id: int, purpose: str) -> bytes:

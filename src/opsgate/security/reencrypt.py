@@ -1,21 +1,27 @@
 """Moving encrypted columns to the current data key, and retiring keys no row uses.
 
 Every encrypted column is registered once as an :class:`EncryptedColumn` (``users.email`` here;
-other domains call :func:`register` for theirs). :func:`reencrypt` walks each column in primary key
-order, ``batch_size`` rows per transaction, decrypts values whose key id is not the current one and
-writes them back under the current key (the UPDATE only applies if the value is still the one read,
-so a concurrent write is never overwritten). ``progress`` is called after every batch.
-:func:`retire_unused` retires every non-current data key that no registered column still uses.
+other domains call :func:`register` for theirs). :func:`reencrypt` walks each column's values that
+are not under the current key, in primary key order, ``batch_size`` at a time: it decrypts and
+re-encrypts a batch, then writes it back in the transaction of one ``key.reencrypt`` ledger entry
+(the column, the key moved to, the keys moved from and how many values moved: ids and counts,
+never key material or values); the UPDATE only applies if the value is still the one read, so a
+concurrent write is never overwritten. ``progress`` is called after every batch.
+:func:`retire_unused` retires every non-current data key that no registered column still uses,
+each in the transaction of its ``key.retire`` entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Column, Engine, Table, func, select, update
+from sqlalchemy import Column, Connection, Engine, Table, and_, func, select, update
 
-from opsgate.security.crypto import HEADER, FieldCipher, key_id_of
+from opsgate.ledger.writer import Ledger
+from opsgate.security.crypto import FORMAT, HEADER, FieldCipher, key_id_of
+from opsgate.security.errors import KeyRingError
 from opsgate.security.keyring import RELOAD_S, KeyRing
 from opsgate.security.models import users
 
@@ -37,8 +43,9 @@ class EncryptedColumn:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """Re-encryption progress of one column: rows ``scanned`` out of ``total``, ``moved`` to the
-    current key."""
+    """Re-encryption progress of one column: ``total`` values were under another key than the
+    current one when it started; ``scanned`` of them were read so far and ``moved`` to the current
+    key (fewer when a concurrent write changed a value first)."""
 
     column: str
     scanned: int
@@ -61,16 +68,23 @@ def reencrypt(
     engine: Engine,
     cipher: FieldCipher,
     keyring: KeyRing,
+    ledger: Ledger,
+    actor: str,
     *,
     batch_size: int = 500,
     progress: Callable[[Progress], None] | None = None,
 ) -> int:
-    """Re-encrypt every registered column's old-key values under the current key; returns how many
-    values moved."""
+    """Re-encrypt every registered column's old-key values under the current key as ``actor``;
+    returns how many values moved. Each batch is written in the transaction of its
+    ``key.reencrypt`` entry (``actor``, ``column``, ``key_id``, ``from``: the key ids moved off,
+    ``moved``); a column with nothing to move writes none. Raises
+    :class:`~opsgate.ledger.errors.LedgerUnavailable` when an entry cannot be written (that batch
+    stays as it was; the batches before it are done) and
+    :class:`~opsgate.security.errors.DecryptionFailed` for a value that does not decrypt."""
     current, _ = keyring.current()
     moved = 0
     for col in COLUMNS:
-        moved += _reencrypt_column(engine, cipher, col, current, batch_size, progress)
+        moved += _reencrypt_column(engine, cipher, col, current, ledger, actor, batch_size, progress)
     return moved
 
 
@@ -79,31 +93,49 @@ def _reencrypt_column(
     cipher: FieldCipher,
     col: EncryptedColumn,
     current: int,
+    ledger: Ledger,
+    actor: str,
     batch_size: int,
     progress: Callable[[Progress], None] | None,
 ) -> int:
     name = f"{col.table.name}.{col.column.name}"
+    stale = and_(col.column.is_not(None), func.substr(col.column, 1, HEADER.size) != HEADER.pack(FORMAT, current))
     with engine.connect() as conn:
-        total = conn.execute(select(func.count()).where(col.column.is_not(None))).scalar_one()
+        total = conn.execute(select(func.count()).where(stale)).scalar_one()
     scanned = moved = 0
     last = None
     while True:
-        query = select(col.pk, col.column).where(col.column.is_not(None)).order_by(col.pk).limit(batch_size)
+        query = select(col.pk, col.column).where(stale).order_by(col.pk).limit(batch_size)
         if last is not None:
             query = query.where(col.pk > last)
-        with engine.begin() as conn:
+        with engine.connect() as conn:
             rows = list(conn.execute(query))
-            for pk, blob in rows:
-                if key_id_of(blob) != current:
-                    fresh = cipher.encrypt(cipher.decrypt(blob, col.context(pk)), col.context(pk))
-                    stmt = update(col.table).where(col.pk == pk, col.column == blob).values({col.column.name: fresh})
-                    moved += conn.execute(stmt).rowcount
         if not rows:
             break
+        fresh = [(pk, blob, cipher.encrypt(cipher.decrypt(blob, col.context(pk)), col.context(pk)))
+                 for pk, blob in rows]
+
+        def write(conn: Connection, fresh: list[tuple[Any, bytes, bytes]] = fresh) -> dict[int, int]:
+            """Write the batch; ``{old key id: values moved off it}``."""
+            off: dict[int, int] = {}
+            for pk, blob, value in fresh:
+                stmt = update(col.table).where(col.pk == pk, col.column == blob).values({col.column.name: value})
+                if conn.execute(stmt).rowcount:
+                    off[key_id_of(blob)] = off.get(key_id_of(blob), 0) + 1
+            return off
+
+        entry = ledger.append_sync("key.reencrypt", {"actor": actor, "column": name, "key_id": current},
+                                   work=write, amend=_moved)
         last, scanned = rows[-1][0], scanned + len(rows)
+        moved += sum(entry.work_result.values())
         if progress is not None:
             progress(Progress(name, scanned, total, moved))
     return moved
+
+
+def _moved(off: dict[int, int]) -> dict[str, Any]:
+    """The ``from`` and ``moved`` fields of a ``key.reencrypt`` entry."""
+    return {"from": sorted(off), "moved": sum(off.values())}
 
 
 def keys_in_use(engine: Engine) -> dict[int, int]:
@@ -118,11 +150,14 @@ def keys_in_use(engine: Engine) -> dict[int, int]:
     return counts
 
 
-def retire_unused(engine: Engine, keyring: KeyRing) -> list[int]:
-    """Retire every active, non-current data key that no stored value uses; returns their ids.
+def retire_unused(engine: Engine, keyring: KeyRing, ledger: Ledger, actor: str) -> list[int]:
+    """Retire, as ``actor``, every active, non-current data key that no stored value uses; returns
+    their ids. Each retirement re-counts the key's values in the transaction of its ``key.retire``
+    entry (:meth:`KeyRing.retire`), so a value written under it meanwhile keeps it.
 
     Nothing is retired until the current key is ``RETIRE_AFTER_S`` old: every replica reloads its
     ring at least every ``RELOAD_S`` seconds, so by then none still encrypts with an older key.
+    Raises :class:`~opsgate.ledger.errors.LedgerUnavailable` when an entry cannot be written.
     """
     current, _ = keyring.current()
     if keyring.age_s(current) < RETIRE_AFTER_S:
@@ -132,6 +167,16 @@ def retire_unused(engine: Engine, keyring: KeyRing) -> list[int]:
     for version in keyring.versions():
         if version.purpose == "data" and version.retired_at is None and version.key_id != current:
             if not used.get(version.key_id):
-                keyring.retire(version.key_id)
+                try:
+                    keyring.retire(ledger, actor, version.key_id, values_using=values_using_key)
+                except KeyRingError:
+                    continue  # used again, or retired by another process, since keys_in_use
                 retired.append(version.key_id)
     return retired
+
+
+def values_using_key(conn: Connection, key_id: int) -> int:
+    """How many stored values of the registered columns are under data key ``key_id``."""
+    header = HEADER.pack(FORMAT, key_id)
+    return sum(conn.execute(select(func.count()).where(func.substr(col.column, 1, HEADER.size) == header))
+               .scalar_one() for col in COLUMNS)
