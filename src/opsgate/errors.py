@@ -26,6 +26,7 @@ table in docs/architecture.md, equal to the classes)::
     │   ├── LedgerUnavailable         audit_unavailable         503  ledger.errors
     │   │   └── LedgerIOError         audit_unavailable         503  ledger.errors
     │   └── ProofError                ledger_proof_invalid      422  ledger.errors
+    ├── BudgetConflict                budget_conflict           409  metering.errors
     ├── BudgetExceeded                budget_exceeded           402  metering.errors
     ├── BudgetUnavailable             budget_unavailable        503  metering.errors
     ├── PriceTableError               price_table_invalid       500  metering.errors

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text
 from tests.gateways import gateway_settings, running_gateway
 from tests.ledgered import entries
 from tests.stores import migrated_engine
@@ -21,8 +21,11 @@ from opsgate.clock import ManualClock
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.verify import verify
 from opsgate.ledger.writer import Ledger
-from opsgate.metering.budgets import budget_statuses, set_budget
-from opsgate.metering.models import ANY
+from opsgate.errors import NotFound
+from opsgate.metering.budgets import budget_statuses, delete_budget, set_budget
+from opsgate.metering.errors import BudgetConflict
+from opsgate.metering.models import ANY, budget_counters, budget_outcomes, budget_reservations, budgets
+from opsgate.metering.reservations import expire_reservations, reserve, settle
 from opsgate.security.auth import TokenService
 from opsgate.store.db import make_engine
 
@@ -102,4 +105,96 @@ def test_the_cli_ledgers_the_change_as_the_login(tmp_path: Path, monkeypatch: py
     assert entries(engine, "budget.set") == [
         _entry(None, {"limit_micro_usd": 20_000, "on_exhausted": "refuse"}, actor="cli:carol",
                user_id=ANY, scope="global")]
+    engine.dispose()
+
+
+def _rows_of(engine: Engine, budget_id: int) -> dict[str, int]:
+    """How many rows of each budget table still name ``budget_id``."""
+    with engine.connect() as conn:
+        return {t.name: conn.execute(select(func.count()).select_from(t).where(
+                    (t.c.id if t is budgets else t.c.budget_id) == budget_id)).scalar_one()
+                for t in (budgets, budget_counters, budget_reservations, budget_outcomes)}
+
+
+def test_a_deletion_waits_for_open_reservations_and_late_settlements_never_fail(store: Engine) -> None:
+    clock = ManualClock(NOW)
+    with Ledger(store, clock) as ledger:
+        whole = set_budget(ledger, clock, actor="root", user_id=ANY, operation=ANY, period="day",
+                           limit_micro_usd=100_000)
+        alice = set_budget(ledger, clock, actor="root", user_id="alice", operation=ANY, period="day",
+                           limit_micro_usd=50_000)
+        call = {"user_id": "alice", "operation": "email-classify", "worst_micro_usd": 10_000, "ttl_s": 60}
+        held = reserve(store, clock, request_id="r1", **call)
+        with pytest.raises(BudgetConflict, match=r"1 call\(s\) in flight .* expires at 2026-12-05T09:01:00\+00:00"):
+            delete_budget(ledger, actor="root", budget_id=alice.id)
+        assert entries(store, "budget.delete") == [] and _rows_of(store, alice.id)["budgets"] == 1
+        assert settle(store, clock, held, 4_000, unknown_usage=False).over_limit == ()
+        late = reserve(store, clock, request_id="r2", **call)
+        clock.advance(61)
+        assert expire_reservations(store, clock) == ["r2"]  # charged its worst case, 10,000
+        gone = delete_budget(ledger, actor="ops", budget_id=alice.id)
+        with pytest.raises(NotFound, match="no such budget"):
+            delete_budget(ledger, actor="ops", budget_id=alice.id)
+    assert gone == alice
+    assert entries(store, "budget.delete") == [
+        {"actor": "ops", "budget_id": alice.id, "user_id": "alice", "operation": ANY, "period": "day",
+         "scope": "user:alice", "before": {"limit_micro_usd": 50_000, "on_exhausted": "refuse"}}]
+    assert _rows_of(store, alice.id) == {"budgets": 0, "budget_counters": 0, "budget_reservations": 0,
+                                         "budget_outcomes": 0}
+    settled = settle(store, clock, late, 3_000, unknown_usage=False)  # the call expired, then came back
+    assert (settled.charged_micro_usd, settled.over_limit) == (3_000, ())
+    assert [(s.budget.id, s.spent_micro_usd, s.reserved_micro_usd) for s in budget_statuses(store, clock.now())] == [
+        (whole.id, 7_000, 0)]
+    assert verify(store).ok
+
+
+def test_deleting_an_unknown_budget_writes_nothing(tmp_path: Path) -> None:
+    engine, clock = migrated_engine(tmp_path), ManualClock(NOW)
+    with Ledger(engine, clock) as ledger, pytest.raises(NotFound):
+        delete_budget(ledger, actor="root", budget_id=7)
+    assert entries(engine, "budget.delete") == []
+    engine.dispose()
+
+
+def test_the_admin_api_deletes_a_budget_as_the_admin(tmp_path: Path) -> None:
+    settings = gateway_settings(tmp_path)
+    tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
+    admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
+    with running_gateway(settings) as gateway:
+        runtime = gateway.runtime
+        made = gateway.client.put("/v1/admin/budgets", headers=admin,
+                                  json={"user_id": "alice", "period": "day", "limit_usd": "0.010"}).json()
+        unknown = gateway.client.delete(f"/v1/admin/budgets/{made['id'] + 1}", headers=admin)
+        assert (unknown.status_code, unknown.headers["content-type"], unknown.json()["code"]) == (
+            404, "application/problem+json", "not_found")
+        held = reserve(runtime.engine, runtime.clock, request_id="r1", user_id="alice",
+                       operation="email-classify", worst_micro_usd=1_000, ttl_s=60)
+        busy = gateway.client.delete(f"/v1/admin/budgets/{made['id']}", headers=admin)
+        assert (busy.status_code, busy.json()["code"]) == (409, "budget_conflict")
+        settle(runtime.engine, runtime.clock, held, 500, unknown_usage=False)
+        done = gateway.client.delete(f"/v1/admin/budgets/{made['id']}", headers=admin)
+        assert done.status_code == 200, done.text
+        assert done.json() == {"deleted": {"id": made["id"], "user_id": "alice", "operation": ANY, "period": "day",
+                                           "scope": "user:alice", "limit_micro_usd": 10_000, "on_exhausted": "refuse"}}
+        assert gateway.client.get("/v1/admin/budgets", headers=admin).json() == {"budgets": []}
+        assert [e["actor"] for e in entries(runtime.engine, "budget.delete")] == ["root"]
+
+
+def test_the_cli_deletes_a_budget_as_the_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "cli.db"
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("OPSGATE_JWT_SECRET", secrets.token_urlsafe(48))
+    monkeypatch.setattr("getpass.getuser", lambda: "carol")
+    runner = CliRunner()
+    assert runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "0.02"]).exit_code == 0
+    for args, message in ((["--user", "bob", "--period", "day"], "no such budget"),
+                          (["--global", "--period", "week"], "period must be one of day, month"),
+                          (["--period", "day"], "give --global, --scope shadow, or --user")):
+        refused = runner.invoke(app, ["budgets", "delete", *args])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    deleted = runner.invoke(app, ["budgets", "delete", "--global", "--period", "day"])
+    assert deleted.exit_code == 0 and "deleted the global day budget ($0.020000)" in deleted.output, deleted.output
+    engine = make_engine(f"sqlite:///{db}")
+    assert [(e["actor"], e["scope"]) for e in entries(engine, "budget.delete")] == [("cli:carol", "global")]
+    assert budget_statuses(engine, NOW) == []
     engine.dispose()

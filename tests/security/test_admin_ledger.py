@@ -32,7 +32,7 @@ OP = "email-classify"
 class Change:
     """One row of the matrix: ``action`` as the matrix names it, the ledger ``kind`` it writes,
     and the request that makes it (``method``, ``path``, ``body``; ``{id}`` is the rollout or
-    incident the walk made last)."""
+    incident the walk made last, ``{budget}`` the budget)."""
 
     action: str
     kind: str
@@ -52,6 +52,7 @@ API = [
            {"reason": "matrix walk"}),
     Change("Set budgets", "budget.set", "PUT", "/v1/admin/budgets",
            {"user_id": "ada", "period": "day", "limit_usd": "1.5"}),
+    Change("Delete budgets", "budget.delete", "DELETE", "/v1/admin/budgets/{budget}"),
     Change("Change roles", "user.role_set", "PUT", "/v1/admin/users/ada", {"role": "operator"}),
     Change("Acknowledge incidents", "incident.acknowledged", "POST", "/v1/incidents/{id}/ack"),
     Change("Resolve incidents", "incident.resolved", "POST", "/v1/incidents/{id}/resolve",
@@ -66,6 +67,7 @@ CLI = [
            {"args": [OP, "--reason", "matrix walk"]}),
     Change("Set budgets", "budget.set", "cli", "budgets set",
            {"args": ["--global", "--period", "month", "--limit-usd", "100"]}),
+    Change("Delete budgets", "budget.delete", "cli", "budgets delete", {"args": ["--global", "--period", "month"]}),
     Change("Change roles", "user.role_set", "cli", "users add", {"args": ["bea", "--role", "admin"]}),
     Change("Rotate keys", "key.rotate", "cli", "keys rotate"),
 ]
@@ -99,6 +101,8 @@ def test_every_admin_change_over_the_api_is_one_ledger_entry_by_the_admin(tmp_pa
             assert answer.status_code in (200, 201), (change.action, answer.text)
             if change.path == "/v1/admin/rollouts":
                 made["id"] = str(answer.json()["id"])
+            if change.path == "/v1/admin/budgets":
+                made["budget"] = str(answer.json()["id"])
 
         _walk(runtime.engine, API, "root", make)
 

@@ -34,20 +34,23 @@ from datetime import UTC, datetime
 from decimal import Context
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, delete, func, insert, or_, select, update
 
 from opsgate.clock import Clock
-from opsgate.errors import InvalidInput
+from opsgate.errors import InvalidInput, NotFound
 from opsgate.ledger.writer import Ledger
+from opsgate.metering.errors import BudgetConflict
 from opsgate.metering.models import (
     ANY,
     CHEAPER,
     DEGRADED,
+    OPEN,
     REFUSE,
     REFUSED,
     SHADOW,
     budget_counters,
     budget_outcomes,
+    budget_reservations,
     budgets,
 )
 from opsgate.numbers import MAX_DIGITS, parse_decimal
@@ -185,6 +188,68 @@ def set_budget(
         work=change, amend=_budget_change,
     )
     return entry.work_result[1]
+
+
+NO_SUCH_BUDGET = "no such budget; `opsgate budgets show` (or GET /v1/admin/budgets) lists them"
+
+
+def find_budget(engine: Engine, user_id: str, operation: str, period: str) -> Budget:
+    """The budget of a scope and period (``*`` the wildcard). Raises :class:`InvalidInput` for an
+    unknown period and :class:`NotFound` when no such budget is set."""
+    if period not in PERIODS:
+        raise InvalidInput(f"period must be one of {', '.join(PERIODS)}")
+    with engine.connect() as conn:
+        row = conn.execute(select(budgets).where(budgets.c.user_id == user_id, budgets.c.operation == operation,
+                                                 budgets.c.period == period)).first()
+    if row is None:
+        raise NotFound(NO_SUCH_BUDGET)
+    return _budget(row)
+
+
+def delete_budget(ledger: Ledger, *, actor: str, budget_id: int) -> Budget:
+    """Delete budget ``budget_id`` as ``actor``; returns it as it was.
+
+    The budget goes in the transaction of its ledger entry ``budget.delete`` (``actor``,
+    ``budget_id``, ``user_id``, ``operation``, ``period``, ``scope`` and ``before``:
+    ``{"limit_micro_usd", "on_exhausted"}``), with its counters, its settled and expired
+    reservation rows and its refused/degraded rows: nothing is left to attach to a budget that
+    takes its id later. A deletion is refused while calls in flight hold open reservations against
+    the budget (:class:`~opsgate.metering.errors.BudgetConflict`, 409, naming how many and when
+    the last expires): a held call then settles and extends as usual, and a later deletion leaves
+    no open reservation behind. Holds, extensions and settlements run inside ledger appends too,
+    so none can slip between the check and the deletion. A late settlement of a call that expired
+    earlier charges the budgets that remain and skips the deleted one (no error; a deleted budget
+    has no limit to overspend). Raises :class:`~opsgate.errors.NotFound` (404) for no such budget
+    and :class:`~opsgate.ledger.errors.LedgerUnavailable`; nothing is written then.
+    """
+    where = budgets.c.id == budget_id
+
+    def remove(conn: Connection) -> Budget:
+        row = conn.execute(select(budgets).where(where).with_for_update()).first()
+        if row is None:
+            raise NotFound(NO_SUCH_BUDGET)
+        held = (budget_reservations.c.budget_id == budget_id) & (budget_reservations.c.state == OPEN)
+        count, last = conn.execute(select(func.count(), func.max(budget_reservations.c.expires_at))
+                                   .where(held)).one()
+        if count:
+            raise BudgetConflict(
+                f"{count} call(s) in flight hold reservations against this budget; delete it once "
+                f"they settle (the last expires at {last.astimezone(UTC).isoformat(timespec='seconds')}"
+                "; `opsgate budgets show` charges expired ones)")
+        for table in (budget_outcomes, budget_reservations, budget_counters):
+            conn.execute(delete(table).where(table.c.budget_id == budget_id))
+        conn.execute(delete(budgets).where(where))
+        return _budget(row)
+
+    entry = ledger.append_sync("budget.delete", {"actor": actor, "budget_id": budget_id},
+                               work=remove, amend=_budget_deleted)
+    return entry.work_result
+
+
+def _budget_deleted(budget: Budget) -> dict[str, Any]:
+    """The scope fields and ``before`` of a ``budget.delete`` entry."""
+    return {"user_id": budget.user_id, "operation": budget.operation, "period": budget.period,
+            "scope": budget.scope, "before": _terms(budget)}
 
 
 def _budget_change(change: tuple[Budget | None, Budget]) -> dict[str, Any]:

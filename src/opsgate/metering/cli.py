@@ -1,4 +1,4 @@
-"""``opsgate budgets set|show`` and ``opsgate costs reconcile`` (Typer apps ``budgets_app`` and
+"""``opsgate budgets set|delete|show`` and ``opsgate costs reconcile`` (Typer apps ``budgets_app`` and
 ``costs_app``; registered in :mod:`opsgate.cli`)."""
 
 from __future__ import annotations
@@ -35,13 +35,32 @@ def _usd(micro: int) -> str:
     return f"${Decimal(micro).scaleb(-6):,.6f}"
 
 
+USER_OPTION = typer.Option(None, "--user", help="Budget of this user (with --operation: of the pair).")
+OPERATION_OPTION = typer.Option(None, "--operation", help="Budget of this operation.")
+GLOBAL_OPTION = typer.Option(False, "--global", help="The global budget.")
+SCOPE_OPTION = typer.Option(None, "--scope", help="shadow: the budget of variant rollouts' shadow calls.")
+PERIOD_OPTION = typer.Option(..., "--period", help="day | month (UTC calendar periods).")
+
+
+def _scope(user: str | None, operation: str | None, global_: bool, scope: str | None) -> tuple[str, str]:
+    """``(user_id, operation)`` of the scope the options name (``*`` the wildcard); exit 2 unless
+    exactly one of --global, --scope shadow, or --user and/or --operation is given."""
+    if scope not in (None, "shadow"):
+        err.print("[red]error:[/red] --scope takes one value: shadow")
+        raise typer.Exit(2)
+    if [global_, bool(user or operation), scope is not None].count(True) != 1:
+        err.print("[red]error:[/red] give --global, --scope shadow, or --user and/or --operation")
+        raise typer.Exit(2)
+    return user or ANY, SHADOW if scope else operation or ANY
+
+
 @budgets_app.command("set")
 def budgets_set(
-    user: str = typer.Option(None, "--user", help="Budget of this user (with --operation: of the pair)."),
-    operation: str = typer.Option(None, "--operation", help="Budget of this operation."),
-    global_: bool = typer.Option(False, "--global", help="The global budget."),
-    scope: str = typer.Option(None, "--scope", help="shadow: the budget of variant rollouts' shadow calls."),
-    period: str = typer.Option(..., "--period", help="day | month (UTC calendar periods)."),
+    user: str = USER_OPTION,
+    operation: str = OPERATION_OPTION,
+    global_: bool = GLOBAL_OPTION,
+    scope: str = SCOPE_OPTION,
+    period: str = PERIOD_OPTION,
     limit_usd: str = typer.Option(..., "--limit-usd", help="Limit in USD, e.g. 25.00."),
     on_exhausted: str = typer.Option(
         None, "--on-exhausted",
@@ -53,16 +72,11 @@ def budgets_set(
     from opsgate.metering.budgets import set_budget, usd_to_micro
     from opsgate.runtime import cli_services
 
-    if scope not in (None, "shadow"):
-        err.print("[red]error:[/red] --scope takes one value: shadow")
-        raise typer.Exit(2)
-    if [global_, bool(user or operation), scope is not None].count(True) != 1:
-        err.print("[red]error:[/red] give --global, --scope shadow, or --user and/or --operation")
-        raise typer.Exit(2)
+    user_id, operation_id = _scope(user, operation, global_, scope)
     try:
         with cli_services() as services:
             budget = set_budget(services.ledger, services.clock, actor=f"cli:{getpass.getuser()}",
-                                user_id=user or ANY, operation=SHADOW if scope else operation or ANY,
+                                user_id=user_id, operation=operation_id,
                                 period=period, limit_micro_usd=usd_to_micro(limit_usd),
                                 on_exhausted=on_exhausted)
     except OpsgateError as exc:
@@ -70,6 +84,34 @@ def budgets_set(
         raise typer.Exit(2) from None
     out.print(f"{budget.scope} {budget.period} budget: {_usd(budget.limit_micro_usd)}, "
               f"on exhausted: {budget.on_exhausted}")
+
+
+@budgets_app.command("delete")
+def budgets_delete(
+    user: str = USER_OPTION,
+    operation: str = OPERATION_OPTION,
+    global_: bool = GLOBAL_OPTION,
+    scope: str = SCOPE_OPTION,
+    period: str = PERIOD_OPTION,
+) -> None:
+    """Delete a budget (the scope options as for set), with its counters. Written to the ledger
+    (``budget.delete``) as ``cli:<login>``, like ``DELETE /v1/admin/budgets/{id}``. Refused (exit
+    2) for no such budget, and while calls in flight hold reservations against it (reservations
+    that expired are charged first, as ``budgets show`` does)."""
+    from opsgate.metering.budgets import delete_budget, find_budget
+    from opsgate.metering.reservations import expire_reservations
+    from opsgate.runtime import cli_services
+
+    user_id, operation_id = _scope(user, operation, global_, scope)
+    try:
+        with cli_services() as services:
+            found = find_budget(services.engine, user_id, operation_id, period)
+            expire_reservations(services.engine, services.clock)
+            budget = delete_budget(services.ledger, actor=f"cli:{getpass.getuser()}", budget_id=found.id)
+    except OpsgateError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
+    out.print(f"deleted the {budget.scope} {budget.period} budget ({_usd(budget.limit_micro_usd)})")
 
 
 @budgets_app.command("show")

@@ -1,5 +1,6 @@
-"""Metering refusals: budgets (402 ``budget_exceeded``), rate limits (429 ``rate_limited``), and an
-enforcement that could not run (503 ``budget_unavailable``, the gateway fails closed)."""
+"""Metering refusals: budgets (402 ``budget_exceeded``; 409 ``budget_conflict`` for a deletion
+while calls hold reservations), rate limits (429 ``rate_limited``), and an enforcement that could
+not run (503 ``budget_unavailable``, the gateway fails closed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ class BudgetExceeded(OpsgateError):
     code = "budget_exceeded"
     status = 402
     title = "A budget would be exceeded"
+
+
+class BudgetConflict(OpsgateError):
+    """The budget cannot be deleted now: calls in flight hold reservations against it (409)."""
+
+    code = "budget_conflict"
+    status = 409
+    title = "The budget cannot be changed now"
 
 
 class RateLimitExceeded(OpsgateError):

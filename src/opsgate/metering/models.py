@@ -48,6 +48,8 @@ REFUSE, CHEAPER = "refuse", "cheaper"
 """The values of ``budgets.on_exhausted``."""
 REFUSED, DEGRADED = "refused", "degraded"
 """The values of ``budget_outcomes.outcome``."""
+OPEN, SETTLED, UNKNOWN_USAGE, EXPIRED = "open", "settled", "unknown_usage", "expired"
+"""The values of ``budget_reservations.state``."""
 
 budgets = Table(
     "budgets",

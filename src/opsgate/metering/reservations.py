@@ -52,7 +52,11 @@ from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import (
     CHEAPER,
     DEGRADED,
+    EXPIRED,
+    OPEN,
     REFUSED,
+    SETTLED,
+    UNKNOWN_USAGE,
     budget_counters,
     budget_outcomes,
     budget_reservations,
@@ -62,7 +66,6 @@ from opsgate.store.db import savepoint
 
 log = logging.getLogger("opsgate.metering")
 
-OPEN, SETTLED, UNKNOWN_USAGE, EXPIRED = "open", "settled", "unknown_usage", "expired"
 _SQLITE_WRITE_LOCK = text("INSERT INTO budget_counters SELECT * FROM budget_counters WHERE 0")
 
 # Statements are built once, with bound parameters: building SQLAlchemy expressions per call cost

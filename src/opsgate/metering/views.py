@@ -15,6 +15,13 @@ creates or changes one budget, written to the ledger as ``budget.set`` with the 
 the same transaction, and answers it in the same shape. The shadow scope is
 ``{"user_id": "*", "operation": "@shadow"}``. Bad values are 422 ``invalid_input`` with the
 message of :func:`~opsgate.metering.budgets.check_budget`, the check the CLI uses too.
+
+``DELETE /v1/admin/budgets/{id}`` (the ``id`` of the list; no body, or ``{}``) deletes one budget
+with its counters, written to the ledger as ``budget.delete`` with the admin as actor in the same
+transaction, and answers ``{"deleted": {"id", "user_id", "operation", "period", "scope",
+"limit_micro_usd", "on_exhausted"}}``. 404 ``not_found`` for no such budget; 409
+``budget_conflict`` while calls in flight hold reservations against it (expired ones are charged
+first); see :func:`~opsgate.metering.budgets.delete_budget`.
 """
 
 from __future__ import annotations
@@ -22,21 +29,25 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsgate.deps import AdminDep, RuntimeDep, body_doc, json_body
+from opsgate.deps import AdminDep, NoBodyDep, RuntimeDep, body_doc, json_body
 from opsgate.metering.budgets import (
     ON_EXHAUSTED,
     PERIODS,
     BudgetStatus,
     budget_statuses,
+    delete_budget,
     set_budget,
     usd_to_micro,
 )
 from opsgate.metering.models import ANY
+from opsgate.metering.reservations import expire_reservations
+from opsgate.numbers import AsciiInt
 
 router = APIRouter(prefix="/v1/admin/budgets", tags=["budgets"])
+BudgetId = Annotated[AsciiInt, Path(ge=1, le=2**53 - 1)]  # a ledger integer (I-JSON)
 
 
 class BudgetIn(BaseModel):
@@ -84,3 +95,12 @@ async def put_budget(admin: AdminDep, runtime: RuntimeDep,
     )
     statuses = await asyncio.to_thread(budget_statuses, runtime.engine, runtime.clock.now())
     return next(status_json(s) for s in statuses if s.budget.id == budget.id)
+
+
+@router.delete("/{budget_id}", summary="Delete one budget (admin)")
+async def remove_budget(admin: AdminDep, runtime: RuntimeDep, budget_id: BudgetId,
+                        _body: NoBodyDep) -> dict[str, Any]:
+    await asyncio.to_thread(expire_reservations, runtime.engine, runtime.clock)
+    b = await asyncio.to_thread(delete_budget, runtime.ledger, actor=admin.user_id, budget_id=budget_id)
+    return {"deleted": {"id": b.id, "user_id": b.user_id, "operation": b.operation, "period": b.period,
+                        "scope": b.scope, "limit_micro_usd": b.limit_micro_usd, "on_exhausted": b.on_exhausted}}
