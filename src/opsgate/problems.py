@@ -56,12 +56,15 @@ def problem_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, An
 
 def problem_response(exc: BaseException, request_id: str) -> Response:
     """An ``application/problem+json`` response for ``exc`` with ``X-Request-ID`` (and
-    ``Retry-After`` in whole seconds when the error carries ``retry_after``)."""
+    ``Retry-After`` in whole seconds when the error carries ``retry_after``, and the error's
+    ``response_headers`` when it has them, e.g. a rate limit's ``RateLimit`` fields)."""
     status, body = problem_body(exc, request_id)
     headers = {"X-Request-ID": request_id}
-    retry_after = getattr(as_opsgate_error(exc), "retry_after", None)
+    known = as_opsgate_error(exc)
+    retry_after = getattr(known, "retry_after", None)
     if status in (429, 503) and retry_after:
         headers["Retry-After"] = str(max(1, round(retry_after)))
+    headers.update(getattr(known, "response_headers", {}))
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/problem+json", headers=headers
     )

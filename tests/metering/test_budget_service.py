@@ -19,7 +19,7 @@ from opsgate.metering.enforcement import EnforcementFailure, EnforcementHooks
 from opsgate.metering.errors import BudgetUnavailable, PriceTableError
 from opsgate.metering.models import ANY
 from opsgate.metering.prices import PriceTable
-from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
+from opsgate.metering.ratelimit import RateLimiter, RateLimits
 from opsgate.metering.attempts import ESTIMATED, REPORTED, billing
 from opsgate.metering.service import MeteringService, require_prices
 from opsgate.metering.worstcase import (
@@ -72,7 +72,7 @@ def _service(engine, clock, events: list[EnforcementFailure]) -> MeteringService
     hooks = EnforcementHooks()
     hooks.subscribe(events.append)
     hooks.subscribe(lambda e: 1 / 0)  # a broken subscriber never breaks enforcement
-    limiter = RateLimiter(RateLimits(), make_storage(None, "t"))
+    limiter = RateLimiter(RateLimits())
     return MeteringService(engine, clock, PriceTable.load(), limiter, hooks, reservation_ttl_s=60)
 
 

@@ -14,7 +14,7 @@ from tests.gateways import gateway_processes
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.metering.errors import RateLimitExceeded
-from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage
+from opsgate.metering.ratelimit import RateLimiter, RateLimits
 from opsgate.operations.io import input_from_file
 from opsgate.problems import problem_response
 from opsgate.store.db import upgrade
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 async def test_requests_per_minute_per_user_and_per_pair() -> None:
-    limiter = RateLimiter(RateLimits(user_rpm=3, user_operation_rpm=2), make_storage(None, "t"))
+    limiter = RateLimiter(RateLimits(user_rpm=3, user_operation_rpm=2))
     await limiter.admit("alice", "email-classify")
     await limiter.admit("alice", "email-classify")
     with pytest.raises(RateLimitExceeded) as info:
@@ -37,7 +37,7 @@ async def test_requests_per_minute_per_user_and_per_pair() -> None:
 
 
 async def test_tokens_per_minute_are_held_at_admission_and_settled_to_the_actual() -> None:
-    limiter = RateLimiter(RateLimits(user_tpm=1000), make_storage(None, "t"))
+    limiter = RateLimiter(RateLimits(user_tpm=1000))
     first = await limiter.take_tokens("alice", "email-classify", 600)  # worst case held
     with pytest.raises(RateLimitExceeded, match="1000 tokens per minute per user") as info:
         await limiter.take_tokens("alice", "email-classify", 600)  # 400 left: no room for 600
@@ -51,14 +51,14 @@ async def test_tokens_per_minute_are_held_at_admission_and_settled_to_the_actual
 
 
 async def test_a_call_larger_than_the_limit_is_refused_outright() -> None:
-    limiter = RateLimiter(RateLimits(user_operation_tpm=500), make_storage(None, "t"))
+    limiter = RateLimiter(RateLimits(user_operation_tpm=500))
     with pytest.raises(RateLimitExceeded, match="up to 501 tokens, more than the limit of 500"):
         await limiter.take_tokens("alice", "email-classify", 501)
     assert await limiter.take_tokens("alice", "email-classify", 500) is not None
 
 
 async def test_tokens_are_taken_from_every_scope_or_from_none() -> None:
-    limiter = RateLimiter(RateLimits(user_tpm=1000, user_operation_tpm=400), make_storage(None, "t"))
+    limiter = RateLimiter(RateLimits(user_tpm=1000, user_operation_tpm=400))
     await limiter.take_tokens("alice", "email-classify", 400)
     with pytest.raises(RateLimitExceeded, match="per user and operation"):
         await limiter.take_tokens("alice", "email-classify", 100)
@@ -75,7 +75,7 @@ def test_the_problem_carries_retry_after() -> None:
 
 
 async def test_no_limits_admit_everything() -> None:
-    limiter = RateLimiter(RateLimits(), make_storage(None, "t"))
+    limiter = RateLimiter(RateLimits())
     for _ in range(100):
         await limiter.admit("alice", "email-classify")
 

@@ -4,6 +4,8 @@ not run (503 ``budget_unavailable``, the gateway fails closed)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from opsgate.errors import OpsgateError
 
 
@@ -25,15 +27,18 @@ class BudgetConflict(OpsgateError):
 
 class RateLimitExceeded(OpsgateError):
     """A gateway-side rate limit is reached (429). ``retry_after`` is in seconds; the problem layer
-    sends it as ``Retry-After`` (RFC 9110 §10.2.3). Never counted as a provider failure."""
+    sends it as ``Retry-After`` (RFC 9110 §10.2.3), and ``response_headers`` (field name -> value, e.g. the
+    ``RateLimit`` / ``RateLimit-Policy`` fields of a request limit) as they are. Never counted as
+    a provider failure."""
 
     code = "rate_limited"
     status = 429
     title = "Too many requests"
 
-    def __init__(self, detail: str, retry_after: float) -> None:
+    def __init__(self, detail: str, retry_after: float, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.response_headers: Mapping[str, str] = headers or {}
 
 
 class BudgetUnavailable(OpsgateError):

@@ -1,23 +1,26 @@
-"""Gateway-side rate limits with the ``limits`` library (sliding window counter, one minute).
-
-The sliding window counter keeps two counters per key (this and the previous minute, weighted by
-the overlap), so counting thousands of tokens costs one increment; a moving window would store
-one timestamp per token.
+"""Gateway-side rate limits: requests and tokens per minute, per user and per (user, operation).
 
 Four limits, each off when 0 (settings ``rate_limit_user_rpm``, ``rate_limit_user_tpm``,
 ``rate_limit_user_operation_rpm``, ``rate_limit_user_operation_tpm``):
 
-- requests per minute per user, and per (user, operation): a request takes one unit at step 3;
+- requests per minute per user, and per (user, operation): at step 3 a request is logged in both
+  limits or in neither, and admitted only if each has fewer than its limit logged in the last
+  60 s -- exact: at most N requests in any 60-second window, with
+  :mod:`opsgate.metering.requestlimits` (a moving window, one Lua script on Redis);
 - tokens per minute per user, and per (user, operation): a call takes its worst-case tokens at
   admission (after validation, when its prompt is known) and is settled to its billed tokens
   (``Usage.total_tokens``) when it ends, with :mod:`opsgate.metering.tokenlimits` -- so
   concurrent calls cannot take more than a limit between them. A call whose worst case alone is
-  larger than a limit is refused.
+  larger than a limit is refused. (The token window is a sliding window *counter*: it weights the
+  previous minute and can admit more than the limit in a 60 s span that straddles two minutes.)
 
-Counters live in memory (one process) or, with ``OPSGATE_REDIS_URL``, in Redis, shared by every
-replica (``key_prefix`` separates deployments); ``opsgate serve --workers N`` refuses to start
-with limits but without Redis unless told ``--per-worker-limits``. Over a limit: :class:`RateLimitExceeded` (429,
-``Retry-After`` = seconds until the window has room again, as ``limits`` reports it). A gateway-side limit is
+Logs and counters live in memory (one process) or, with ``OPSGATE_REDIS_URL``, in Redis, shared
+by every replica (``key_prefix`` separates deployments); ``opsgate serve --workers N`` refuses to
+start with limits but without Redis unless told ``--per-worker-limits``. Over a limit:
+:class:`RateLimitExceeded` (429, ``Retry-After`` = whole seconds until the window has room). A
+refused request carries the RateLimit header fields of draft-ietf-httpapi-ratelimit-headers-11
+(sections 3 and 4), e.g. ``RateLimit-Policy: "per-user";q=5;w=60, "per-user-operation";q=3;w=60``
+and ``RateLimit: "per-user-operation";r=0;t=37`` (``t`` = ``Retry-After``). A gateway-side limit is
 never reported to the router or a circuit breaker. If Redis is unreachable the limiter fails open
 (logs an error and admits): the budget, not the rate limit, is what guards money.
 """
@@ -25,17 +28,18 @@ never reported to the router or a circuit breaker. If Redis is unreachable the l
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import dataclass
 
-from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
-from limits.errors import StorageError
 from redis.exceptions import RedisError
 
 from opsgate.metering.errors import RateLimitExceeded
+from opsgate.metering.requestlimits import (
+    WINDOW_S,
+    MemoryRequestLog,
+    RedisRequestLog,
+    RequestLog,
+    RequestScope,
+)
 from opsgate.metering.tokenlimits import (
     MemoryTokenWindows,
     RedisTokenWindows,
@@ -47,6 +51,8 @@ from opsgate.metering.tokenlimits import (
 
 log = logging.getLogger("opsgate.metering")
 
+_USER, _USER_OP = "per-user", "per-user-operation"  # request policy names in the RateLimit fields
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
@@ -57,18 +63,10 @@ class RateLimits:
     user_operation_rpm: int = 0
     user_operation_tpm: int = 0
 
-    @property
-    def enabled(self) -> bool:
-        """True when any limit is set."""
-        return any((self.user_rpm, self.user_tpm, self.user_operation_rpm, self.user_operation_tpm))
 
-
-def make_storage(redis_url: str | None, key_prefix: str) -> Storage:
-    """``limits`` async storage: Redis (redis-py) for ``redis://`` / ``rediss://`` URLs, else memory."""
-    if not redis_url:
-        return MemoryStorage()
-    return RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=key_prefix,
-                        wrap_exceptions=True)
+def make_request_log(redis_url: str | None, key_prefix: str) -> RequestLog:
+    """Request logs in Redis for ``redis://`` / ``rediss://`` URLs, else in memory."""
+    return RedisRequestLog(redis_url, key_prefix) if redis_url else MemoryRequestLog()
 
 
 def make_token_windows(redis_url: str | None, key_prefix: str) -> TokenWindows:
@@ -77,33 +75,40 @@ def make_token_windows(redis_url: str | None, key_prefix: str) -> TokenWindows:
 
 
 class RateLimiter:
-    """Checks and counts the limits of :class:`RateLimits`: requests on ``storage`` (``limits``),
-    tokens on ``windows``."""
+    """Checks and counts the limits of :class:`RateLimits`: requests in ``requests`` (a
+    :class:`RequestLog`), tokens in ``windows``; both default to this process's memory."""
 
-    def __init__(self, limits: RateLimits, storage: Storage, windows: TokenWindows | None = None) -> None:
+    def __init__(self, limits: RateLimits, requests: RequestLog | None = None,
+                 windows: TokenWindows | None = None) -> None:
         self.limits = limits
-        self._strategy = SlidingWindowCounterRateLimiter(storage)
+        self._requests = requests or MemoryRequestLog()
         self._windows = windows or MemoryTokenWindows()
-        self._per_user, self._per_pair = _items(limits.user_rpm, limits.user_operation_rpm, "rpm")
+        policies = []
+        if limits.user_rpm:
+            policies.append(f'"{_USER}";q={limits.user_rpm};w={WINDOW_S}')
+        if limits.user_operation_rpm:
+            policies.append(f'"{_USER_OP}";q={limits.user_operation_rpm};w={WINDOW_S}')
+        self._policy_field = ", ".join(policies)  # the RateLimit-Policy field value
 
     async def admit(self, user_id: str, operation: str) -> None:
-        """Step 3: raise :class:`RateLimitExceeded` if a request limit is reached; otherwise count
-        this request in every request limit (a refused request is counted in none)."""
-        if not self.limits.enabled:
+        """Step 3: raise :class:`RateLimitExceeded` if a request limit is reached; otherwise log
+        this request in every request limit (a refused request is logged in none). One atomic
+        step (one Redis round trip), so concurrent requests cannot both take the last place."""
+        scopes = self._request_scopes(user_id, operation)
+        if not scopes:
             return
         try:
-            requests = self._request_items(user_id, operation)
-            # Check every limit before counting in any of them. A hit checks and counts in one
-            # storage operation, so the first limit's hit is its check: a request it refuses is
-            # counted nowhere yet (3 storage operations per call instead of 4, issue 21).
-            for item, ids in requests[1:]:
-                if not await self._strategy.test(item, *ids):
-                    raise await self._refusal(item, ids)
-            for item, ids in requests:
-                if not await self._strategy.hit(item, *ids):  # lost a race for the last unit
-                    raise await self._refusal(item, ids)
-        except StorageError:
-            log.error("rate-limit storage unreachable; admitting without a rate limit")
+            refused = await self._requests.admit(scopes)
+        except RedisError:
+            log.error("rate-limit storage unreachable; admitting without a request limit")
+            return
+        if refused is not None:
+            wait, scope = refused.retry_after_s, refused.scope
+            raise RateLimitExceeded(
+                f"The limit of {scope.limit} requests per minute {scope.label} is reached; "
+                f"retry in {wait} s", wait,
+                headers={"RateLimit-Policy": self._policy_field,
+                         "RateLimit": f'"{scope.policy}";r=0;t={wait}'})
 
     async def take_tokens(self, user_id: str, operation: str, worst_case: int) -> TokenHold | None:
         """At admission: take ``worst_case`` tokens from every token limit of the user and the
@@ -140,17 +145,14 @@ class RateLimiter:
         except RedisError:
             log.error("rate-limit storage unreachable; this call's tokens stay at its worst case")
 
-    async def _refusal(self, item: RateLimitItem, ids: tuple[str, ...]) -> RateLimitExceeded:
-        stats = await self._strategy.get_window_stats(item, *ids)
-        return _exceeded("requests", item, stats.reset_time)
-
-    def _request_items(self, user_id: str, operation: str) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
-        items: list[tuple[RateLimitItem, tuple[str, ...]]] = []
-        if self._per_user is not None:
-            items.append((self._per_user, (user_id,)))
-        if self._per_pair is not None:
-            items.append((self._per_pair, (user_id, operation)))
-        return items
+    def _request_scopes(self, user_id: str, operation: str) -> list[RequestScope]:
+        scopes = []
+        if self.limits.user_rpm:
+            scopes.append(RequestScope(f"user:{user_id}", self.limits.user_rpm, _USER, "per user"))
+        if self.limits.user_operation_rpm:
+            scopes.append(RequestScope(f"user-op:{user_id}:{operation}", self.limits.user_operation_rpm,
+                                       _USER_OP, "per user and operation"))
+        return scopes
 
     def _token_scopes(self, user_id: str, operation: str) -> list[TokenScope]:
         scopes = []
@@ -160,19 +162,3 @@ class RateLimiter:
             scopes.append(TokenScope(f"user-op:{user_id}:{operation}", self.limits.user_operation_tpm,
                                      "per user and operation"))
         return scopes
-
-
-def _items(per_user: int, per_pair: int, kind: str) -> tuple[RateLimitItem | None, RateLimitItem | None]:
-    """The per-user and per-(user, operation) items of one kind of limit (``None`` when off),
-    built once per limiter: the ``limits`` library takes the ids per call."""
-    user = RateLimitItemPerMinute(per_user, namespace=f"opsgate-{kind}-user") if per_user else None
-    pair = RateLimitItemPerMinute(per_pair, namespace=f"opsgate-{kind}-user-op") if per_pair else None
-    return user, pair
-
-
-def _exceeded(what: str, item: RateLimitItem, reset_time: float) -> RateLimitExceeded:
-    wait = max(1, math.ceil(reset_time - time.time()))
-    scope = "per user and operation" if item.namespace.endswith("user-op") else "per user"
-    return RateLimitExceeded(
-        f"The limit of {item.amount} {what} per minute {scope} is reached; retry in {wait} s", wait
-    )

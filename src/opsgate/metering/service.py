@@ -28,7 +28,7 @@ from opsgate.metering.enforcement import (
 )
 from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable, PriceTableError, UnknownModelPrice
 from opsgate.metering.prices import PriceSource
-from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_storage, make_token_windows
+from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_request_log, make_token_windows
 from opsgate.metering.reservations import (
     Reservation,
     Settlement,
@@ -231,7 +231,7 @@ def build_metering(
         user_operation_rpm=settings.rate_limit_user_operation_rpm,
         user_operation_tpm=settings.rate_limit_user_operation_tpm,
     )
-    limiter = RateLimiter(limits, make_storage(settings.redis_url, settings.rate_limit_key_prefix),
+    limiter = RateLimiter(limits, make_request_log(settings.redis_url, settings.rate_limit_key_prefix),
                           make_token_windows(settings.redis_url, settings.rate_limit_key_prefix))
     service = MeteringService(engine, clock, prices, limiter, EnforcementHooks(),
                               reservation_ttl_s=settings.budget_reservation_ttl_s)

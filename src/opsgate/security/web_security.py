@@ -78,7 +78,7 @@ def add_web_security(app: FastAPI, origins: list[str], *, hsts: bool) -> None:
             allow_credentials=True,
             allow_methods=CORS_METHODS,
             allow_headers=CORS_HEADERS,
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
             max_age=600,
         )
     app.add_middleware(SecurityHeadersMiddleware, hsts=hsts)
