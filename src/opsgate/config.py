@@ -51,6 +51,15 @@ class ProviderConfig(BaseModel):
     json_mode: Literal["json_schema", "json_object"] = "json_schema"
     context_window: int | None = Field(default=None, ge=1)
 
+    def api_key(self) -> str | None:
+        """The endpoint's key: the value of its ``api_key_env`` variable, read from the process
+        environment at each call (``None`` when it names none or the variable is unset or empty).
+        The one place it is read: the provider registry sends it, and the sanitizer holds it
+        (:func:`opsgate.security.sanitizer.settings_secrets`)."""
+        if self.api_key_env is None:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
 
 class RouteConfig(BaseModel):
     """One ``[routes.<operation>]`` (or ``[routes.default]``) table: ``chain`` of

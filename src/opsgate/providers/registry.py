@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import aiohttp
 from pydantic import SecretStr
 
 from opsgate.clock import Clock
-from opsgate.config import ProviderConfig, Settings
+from opsgate.config import Settings
 from opsgate.providers.anthropic import AnthropicProvider
 from opsgate.providers.base import Provider
 from opsgate.providers.gemini import GeminiProvider
@@ -76,7 +74,7 @@ def _named(
             name,
             session,
             config.base_url,
-            provider_key(config),
+            config.api_key(),
             json_mode=config.json_mode,
             key_env=config.api_key_env,
             key_required=config.api_key_env is not None,
@@ -84,14 +82,6 @@ def _named(
         )
         for name, config in settings.providers.items()
     }
-
-
-def provider_key(config: ProviderConfig) -> str | None:
-    """The key of a named endpoint: the value of its ``api_key_env`` variable (``None`` when it
-    names none or the variable is unset or empty)."""
-    if config.api_key_env is None:
-        return None
-    return os.environ.get(config.api_key_env) or None
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -23,6 +23,7 @@ from opsgate.config import Settings
 from opsgate.security.errors import AuthFailure, Unauthorized, jwt_failure
 from opsgate.keyfile import random_key_file
 from opsgate.security.idp import idp_verifier
+from opsgate.security.sanitizer import hold_secret
 
 ALGORITHM = "HS256"
 ROLES = ("user", "operator", "admin")
@@ -47,7 +48,7 @@ def signing_key(settings: Settings) -> bytes:
     if settings.jwt_secret is not None:
         key = settings.jwt_secret.get_secret_value().encode()
     else:
-        key = random_key_file(settings.jwt_secret_file).encode()
+        key = hold_secret(random_key_file(settings.jwt_secret_file)).encode()
     if len(key) < 32:
         raise ValueError("OPSGATE_JWT_SECRET must be at least 32 bytes long")
     return key

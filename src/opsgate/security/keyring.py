@@ -37,6 +37,7 @@ from opsgate.keyfile import random_key_file
 from opsgate.ledger.writer import Ledger
 from opsgate.security.errors import KeyRingError
 from opsgate.security.models import encryption_keys
+from opsgate.security.sanitizer import hold_secret
 
 KEY_BYTES = 32
 INDEX_KEY_ID = 0
@@ -49,7 +50,7 @@ def master_key(settings: Settings) -> bytes:
     if settings.master_key is not None:
         raw = settings.master_key.get_secret_value()
     else:
-        raw = random_key_file(settings.master_key_file, KEY_BYTES)
+        raw = hold_secret(random_key_file(settings.master_key_file, KEY_BYTES))
     try:
         key = base64.b64decode(raw, altchars=b"-_", validate=True)
     except ValueError:

@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from opsgate.keyfile import publish_new
+from opsgate.security.sanitizer import hold_secret
 
 DEFAULT_PATH = Path(".opsgate/metrics-token")
 TOKEN_BYTES = 32
@@ -46,7 +47,7 @@ def accepts(path: Path | None, authorization: str | None) -> bool:
     if scheme.lower() != "bearer":
         return False
     try:
-        expected = path.read_text().strip()
+        expected = hold_secret(path.read_text().strip())
     except OSError:
         return False
     return bool(expected) and hmac.compare_digest(presented.strip().encode(), expected.encode())

@@ -9,8 +9,10 @@ field (:func:`is_sensitive_name`: ``password``, ``pwd``, ``secret``, ``token``, 
 ``bearer``, ``api_key``, ``privateKey``, ``accessKeyId``, ``cookie``, … in snake_case, kebab-case,
 camelCase or run together) redacts everything under it.
 
-Every value opsgate holds as a secret -- each ``SecretStr`` of the settings and every value the
-secret store reads (:mod:`opsgate.security.secrets`) -- is registered with :func:`hold_secret` and
+Every value opsgate holds as a secret -- every secret of the settings (:func:`settings_secrets`:
+``SecretStr`` fields, URL passwords, key files, named endpoints' keys), every value the secret
+store reads (:mod:`opsgate.security.secrets`), the 1Password Connect token and the key files read
+later (JWT, master key, metrics token) -- is registered with :func:`hold_secret` and
 replaced *literally* wherever it appears, whatever its shape (kind ``secret``), before any other
 rule runs. Values shorter than :data:`MIN_HELD_SECRET` characters are not held (they would blank
 ordinary words).
@@ -81,7 +83,9 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
+from urllib.parse import unquote, urlsplit
 
 import phonenumbers
 from pydantic import SecretStr
@@ -707,15 +711,65 @@ def configure(key: bytes | None = None, phone_regions: Iterable[str] = ("US", "G
 
 def configure_from_settings(settings: Settings) -> Sanitizer:
     """:func:`configure` from ``OPSGATE_REDACTION_KEY`` (its UTF-8 bytes; random when unset) and
-    ``OPSGATE_REDACTION_PHONE_REGIONS``; ``ValueError`` names unknown region codes. Every
-    ``SecretStr`` value of ``settings`` is held (:func:`hold_secret`)."""
+    ``OPSGATE_REDACTION_PHONE_REGIONS``; ``ValueError`` names unknown region codes. Every secret
+    of ``settings`` (:func:`settings_secrets`) is held (:func:`hold_secret`)."""
     key = settings.redaction_key.get_secret_value().encode() if settings.redaction_key else None
     sanitizer = configure(key, settings.redaction_phone_regions)
+    for value in settings_secrets(settings):
+        sanitizer.hold(value)
+    return sanitizer
+
+
+def settings_secrets(settings: Settings) -> Iterator[str]:
+    """Every secret value ``settings`` holds or points to, found by the shape of each field rather
+    than a list of names, so a new setting of one of these shapes is held without further code:
+
+    * each ``SecretStr`` field (provider keys, JWT, IdP and master keys, webhook URLs, bot, SMS,
+      PagerDuty and SMTP credentials, the redaction key);
+    * the password of each URL-valued field with one (``database_url``, ``redis_url``,
+      ``redis://:pw@host`` too; RFC 3986 §3.2.1 userinfo), the named endpoints' base URLs included;
+    * the content of each file a sensitively named ``Path`` field names (``jwt_secret_file``,
+      ``master_key_file``, ``ledger_signing_key_file``, ``metrics_token_file``;
+      :func:`is_sensitive_name`), when it exists and can be read; a key file created later is
+      held by the code that reads it;
+    * each named endpoint's key (``[providers.<name>] api_key_env``, :meth:`ProviderConfig.api_key`).
+
+    tests/security/test_held_secrets.py refuses a sensitively named setting typed ``str``."""
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
-            sanitizer.hold(value.get_secret_value())
-    return sanitizer
+            yield value.get_secret_value()
+        elif isinstance(value, str):
+            yield from _url_password(value)
+        elif isinstance(value, Path) and is_sensitive_name(name):
+            yield from _file_secret(value)
+    for provider in settings.providers.values():
+        yield from _url_password(provider.base_url)
+        if (key := provider.api_key()) is not None:
+            yield key
+
+
+def _url_password(value: str) -> Iterator[str]:
+    """The password of ``value`` when it is a URL with one (``scheme://user:<password>@host``)."""
+    if "://" in value and "@" in value:
+        try:
+            password = urlsplit(value).password
+        except ValueError:  # not a URL after all (a bad port, an unclosed bracket)
+            return
+        if password:
+            yield unquote(password)
+            if unquote(password) != password:
+                yield password
+
+
+def _file_secret(path: Path) -> Iterator[str]:
+    """The stripped content of the key file ``path``, when it exists and reads as text."""
+    try:
+        content = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return
+    if content:
+        yield content
 
 
 def held_secrets() -> tuple[str, ...]:
@@ -723,10 +777,12 @@ def held_secrets() -> tuple[str, ...]:
     return _default.held
 
 
-def hold_secret(value: str) -> None:
+def hold_secret(value: str) -> str:
     """Redact ``value`` literally in everything the process-wide sanitizer sees from now on
-    (:meth:`Sanitizer.hold`)."""
+    (:meth:`Sanitizer.hold`), and return it: code that reads a secret outside the settings
+    (a key file, a Connect token, a secret-store value) writes ``key = hold_secret(read())``."""
     _default.hold(value)
+    return value
 
 
 def sanitize(text: str) -> str:

@@ -163,7 +163,7 @@ def connect_from_env(session: aiohttp.ClientSession, env: Mapping[str, str] | No
     """A Connect client from ``OP_CONNECT_HOST`` and ``OP_CONNECT_TOKEN``, or None when unset."""
     env = os.environ if env is None else env
     host, token = env.get("OP_CONNECT_HOST"), env.get("OP_CONNECT_TOKEN")
-    return ConnectClient(session, host, token) if host and token else None
+    return ConnectClient(session, host, hold_secret(token)) if host and token else None
 
 
 async def resolve_provider_keys(
