@@ -68,7 +68,7 @@ async def test_the_upstream_answer_is_a_valid_answer_for_the_operation(
     assert completion.served_model == peers.MODEL
     assert completion.data == orjson.loads(orjson.loads(answer)["choices"][0]["message"]["content"])
     assert completion.usage.output_tokens == count_tokens(completion.text)
-    output = op.finish(prepared, op.ModelOutput.model_validate(completion.data))  # what govern does
+    output = op.finish(prepared, op.answer_model(prepared).model_validate(completion.data))  # what govern does
     assert isinstance(output, op.Output)
 
 

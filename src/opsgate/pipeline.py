@@ -559,7 +559,8 @@ class Gateway:
         """Send the request along the operation's provider chain, map the call's pseudonyms in
         the answer back, and validate it. Every request is first admitted (:meth:`admit`).
 
-        An answer that does not match ``op.ModelOutput`` gets one repair request that quotes the
+        An answer that does not match ``op.answer_model(prepared)`` (its ``ModelOutput``, or the
+        tighter model the input chose) gets one repair request that quotes the
         validation errors; a second miss raises :class:`InvalidModelOutput`. A degraded call
         starts at its reserved target: the dearer targets before it had no room.
         """
@@ -575,7 +576,7 @@ class Gateway:
             self.models.unavailable(op.id, _unavailable(routed.attempts))
             self.models.completed(op.id, routed.completion)
             try:
-                answer = op.ModelOutput.model_validate(privacy.restore(routed.completion.data))
+                answer = op.answer_model(prepared).model_validate(privacy.restore(routed.completion.data))
             except ValidationError as exc:
                 if attempt:
                     raise InvalidModelOutput(routed.completion.provider) from None

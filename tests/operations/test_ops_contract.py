@@ -90,12 +90,12 @@ def test_example_input_round_trips_through_prepare_and_finish(op_id: str) -> Non
     op = OPERATIONS[op_id]
     prepared = op.prepare(op.Input.model_validate(input_from_file(op_id, example(op_id))))
     jsonschema.validate(ANSWERS[op_id], prepared.request.json_schema)
-    output = op.finish(prepared, op.ModelOutput.model_validate(ANSWERS[op_id]))
+    output = op.finish(prepared, op.answer_model(prepared).model_validate(ANSWERS[op_id]))
     assert isinstance(output, op.Output)
     again = op.Output.model_validate_json(output.model_dump_json())
     assert again.model_dump(mode="json") == output.model_dump(mode="json")
     assert prepared.request.max_tokens == answer_cap(
-        op.ModelOutput, f"{prepared.request.system}\n{prepared.request.user}", CAP_ITEMS[op_id](prepared))
+        op.answer_model(prepared), f"{prepared.request.system}\n{prepared.request.user}", CAP_ITEMS[op_id](prepared))
 
 
 def test_finish_never_returns_what_the_code_did_not_compute() -> None:

@@ -30,7 +30,7 @@ def test_every_real_message_prepares(path: Path, op_id: str) -> None:
     op = OPERATIONS[op_id]
     prepared = op.prepare(op.Input.model_validate({"raw": path.read_text(encoding="utf-8")}))
     assert '<data name="email">' in prepared.request.user
-    assert prepared.request.json_schema == op.ModelOutput.model_json_schema()
+    assert prepared.request.json_schema == op.answer_model(prepared).model_json_schema()
 
 
 def test_quoted_printable_and_base64_parts_are_decoded() -> None:

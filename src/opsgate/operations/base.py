@@ -7,7 +7,7 @@ model must answer with, and anything computed locally in code), then merges the 
     data = op.Input.model_validate(body)          # 422 on failure
     prepared = prepare_input(op, data, prompt)    # any failure of op.prepare is a 422
     completion = await router.complete(prepared.request, ...)
-    answer = op.ModelOutput.model_validate(completion.data)
+    answer = op.answer_model(prepared).model_validate(completion.data)
     result = op.finish(prepared, answer)          # an op.Output instance
 """
 
@@ -39,10 +39,14 @@ class Sent:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A ready-to-send request plus what the operation computed locally (``context``)."""
+    """A ready-to-send request plus what the operation computed locally (``context``).
+    ``answer_model``, when set, is the model the answer is validated against instead of the
+    operation's ``ModelOutput`` (a subclass with tighter limits the input chose, such as a
+    draft's ``length``); ``request.json_schema`` is its schema."""
 
     request: CompletionRequest
     context: dict[str, Any] = field(default_factory=dict)
+    answer_model: type[BaseModel] | None = None
 
 
 class Operation:
@@ -78,6 +82,10 @@ class Operation:
     def finish(self, prepared: Prepared, answer: BaseModel) -> BaseModel:
         """Merge the model's validated ``answer`` with ``prepared.context`` into an ``Output``."""
         raise NotImplementedError
+
+    def answer_model(self, prepared: Prepared) -> type[BaseModel]:
+        """The model ``prepared``'s answer must match: its ``answer_model``, else ``ModelOutput``."""
+        return prepared.answer_model or self.ModelOutput
 
 
 def prepare_input(op: Operation, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:

@@ -20,16 +20,29 @@ Answer limits (each string's ``maxLength`` sets the request's ``max_tokens``, se
 :mod:`opsgate.operations.caps`): email-classify's ``reason`` is at most :data:`MAX_REASON_CHARS`
 characters, a product decision of issue 16 — the prompt asks for "one short sentence" (about 20
 words, 120 characters of English), and the former 400 held 100 more tokens of output, a quarter
-of the whole cap, for every call. A draft's ``body`` keeps 8,000 characters (about 1,300 words):
-a long e-mail is a legitimate answer, so its cap stays what such a body needs.
+of the whole cap, for every call.
+
+Draft length (email-respond and email-compose, a product decision of issue 16): the input's
+``length`` is ``short``, ``medium`` (the default) or ``long``, as writing assistants offer. Each sets
+the draft's limits (:data:`DRAFT_LIMITS`): the body's ``maxLength`` (short 600 characters, about
+100 words; medium 1,500, about 250 words; long 8,000, about 1,300 words, the one limit before) and
+how many ``open_questions`` (300 characters each) the draft may list (short 2, medium 3, long 5).
+A typical e-mail is 50-250 words, and a body of 8,000 characters for every draft held a
+``max_tokens`` of 4,890-8,192 for answers a twentieth of that (the median call reserved 27-29x its
+cost, ``./dev bench reservation``). The chosen limit is in the answer schema the model is given and
+validated against (one answer model per length, built at import: :data:`DRAFT_ANSWERS`,
+:data:`COMPOSE_ANSWERS`), and the prompt states the target ("at most about N words", at most *n*
+open questions), so a model writing longer gets the schema-repair request, as for any other
+limit; ``max_tokens`` follows from that schema (:func:`~opsgate.operations.caps.answer_cap`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from opsgate.operations.base import Operation, Prepared, Sent
 from opsgate.operations.common import Answer, build_request, clip, data_block, user_request
@@ -72,6 +85,36 @@ CATEGORY_HELP = {
 }
 Priority = Literal["low", "normal", "high", "urgent"]
 Tone = Literal["neutral", "formal", "friendly", "brief"]
+DraftLength = Literal["short", "medium", "long"]
+
+
+@dataclass(frozen=True, slots=True)
+class DraftLimit:
+    """How long a draft of one :data:`DraftLength` may be: ``words``, the target the prompt
+    states; ``body_chars``, the body's ``maxLength`` (about 6 characters of English per word with
+    its space and punctuation); ``questions``, the most ``open_questions`` it lists."""
+
+    words: int
+    body_chars: int
+    questions: int
+
+
+DRAFT_LIMITS: dict[DraftLength, DraftLimit] = {
+    "short": DraftLimit(words=100, body_chars=600, questions=2),
+    "medium": DraftLimit(words=250, body_chars=1_500, questions=3),
+    "long": DraftLimit(words=1_300, body_chars=8_000, questions=5),
+}
+"""A draft's limits per requested ``length`` (product decision, see the module doc)."""
+DRAFT_PROMPT_FIELDS = ("max_words", "max_questions")
+"""The prompt placeholders of a draft's length: the body's target in words, the most open questions."""
+
+
+def draft_prompt_fields(length: DraftLength) -> dict[str, int]:
+    """The values of :data:`DRAFT_PROMPT_FIELDS` for ``length``."""
+    limit = DRAFT_LIMITS[length]
+    return {"max_words": limit.words, "max_questions": limit.questions}
+
+
 _REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv|antw|vs|r)\s*:", re.IGNORECASE)
 
 
@@ -169,6 +212,8 @@ EMAIL_SENT = (
     Sent("quoted history (its newest part)", MAX_QUOTED_CHARS),
 )
 """What :func:`render_email` puts in a prompt."""
+LENGTH_SENT = Sent("length (as its word and open-question limits)")
+"""What a draft's ``length`` puts in a prompt (:func:`draft_prompt_fields`)."""
 
 
 def name_addr(name: str | None, address: str) -> str:
@@ -304,11 +349,12 @@ class RespondInput(RequiredEmail):
     """email-respond input: the message and how to answer it.
 
     ``me`` lists the user's own addresses (left out of the recipients); ``reply_all`` keeps the
-    original To/Cc as Cc.
+    original To/Cc as Cc; ``length`` sets the draft's limits (:data:`DRAFT_LIMITS`).
     """
 
     instructions: str | None = Field(None, max_length=2_000)
     tone: Tone = "neutral"
+    length: DraftLength = "medium"
     reply_all: bool = False
     me: list[str] = Field(default_factory=list, max_length=20)
 
@@ -316,9 +362,36 @@ class RespondInput(RequiredEmail):
 class DraftAnswer(Answer):
     """The model's reply text: ``language`` is a BCP 47 tag such as ``en`` or ``de``."""
 
+    # The widest limits, a long draft's; each request is answered in its length's model
+    # (DRAFT_ANSWERS, COMPOSE_ANSWERS), whose description adds the limits.
     language: str = Field(max_length=35)
-    body: str = Field(max_length=8_000)
-    open_questions: list[Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]] = Field(max_length=5)
+    body: str = Field(max_length=DRAFT_LIMITS["long"].body_chars)
+    open_questions: list[Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]] = Field(
+        max_length=DRAFT_LIMITS["long"].questions)
+
+
+D = TypeVar("D", bound=DraftAnswer)
+
+
+def by_length(model: type[D]) -> dict[DraftLength, type[D]]:
+    """``model`` with each :data:`DraftLength`'s limits on ``body`` and ``open_questions``, one
+    subclass per length (named ``<model>Short`` ...), its other fields unchanged; its description
+    (sent to the model with the schema) is ``model``'s plus the limits in words."""
+    return {
+        length: create_model(
+            f"{model.__name__}{length.title()}", __base__=model,
+            __doc__=f"{model.__doc__} A {length} draft: body at most {limit.body_chars} characters "
+                    f"(about {limit.words} words), at most {limit.questions} open questions.",
+            body=(str, Field(max_length=limit.body_chars)),
+            open_questions=(list[Annotated[str, Field(max_length=MAX_QUESTION_CHARS)]],
+                            Field(max_length=limit.questions)),
+        )
+        for length, limit in DRAFT_LIMITS.items()
+    }
+
+
+DRAFT_ANSWERS = by_length(DraftAnswer)
+"""email-respond's answer model per ``length``."""
 
 
 class ReplyOutput(BaseModel):
@@ -369,8 +442,8 @@ class EmailRespond(Operation):
     reads = ("raw", "email")
     ModelOutput = DraftAnswer
     Output = ReplyOutput
-    sends = (*EMAIL_SENT, Sent("instructions"), Sent("tone"))
-    prompt_fields = frozenset({"tone"})
+    sends = (*EMAIL_SENT, Sent("instructions"), Sent("tone"), LENGTH_SENT)
+    prompt_fields = frozenset({"tone", *DRAFT_PROMPT_FIELDS})
 
     def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Parse the message, compute recipients and subject, ask for the reply text."""
@@ -378,17 +451,18 @@ class EmailRespond(Operation):
         mail = data.parsed()
         text, info = render_email(mail)
         to, cc = reply_recipients(mail, data.reply_all, data.me)
-        system = self.system_prompt(prompt, tone=data.tone)
+        system = self.system_prompt(prompt, tone=data.tone, **draft_prompt_fields(data.length))
         user = text
         if data.instructions:
             user += "\n\n" + user_request(data.instructions)
-        request = build_request(system, user, DraftAnswer, "email_reply")
+        answer = DRAFT_ANSWERS[data.length]
+        request = build_request(system, user, answer, "email_reply")
         references = [*mail.references, *([mail.message_id] if mail.message_id else [])]
         context = {
             "email": info, "to": to, "cc": cc, "subject": reply_subject(mail.subject),
             "in_reply_to": mail.message_id, "references": references,
         }
-        return Prepared(request=request, context=context)
+        return Prepared(request=request, context=context, answer_model=answer)
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ReplyOutput:
         """Merge the reply text with the computed recipients and headers."""
@@ -404,7 +478,7 @@ class ComposeInput(EmailSource):
 
     Recipients are ``to``/``cc`` as given; when ``to`` is empty and a message is given, the
     draft goes to that message's Reply-To or From. Without ``instructions`` the draft is a short
-    follow-up on the given message.
+    follow-up on the given message. ``length`` sets the draft's limits (:data:`DRAFT_LIMITS`).
     """
 
     instructions: str | None = Field(None, min_length=1, max_length=4_000)
@@ -412,6 +486,7 @@ class ComposeInput(EmailSource):
     cc: list[str] = Field(default_factory=list, max_length=100)
     tone: Tone = "neutral"
     language: str | None = Field(None, max_length=35)
+    length: DraftLength = "medium"
 
     @model_validator(mode="after")
     def _something_to_write(self) -> ComposeInput:
@@ -424,6 +499,10 @@ class ComposeAnswer(DraftAnswer):
     """The model's new email: a subject besides the draft fields."""
 
     subject: str = Field(max_length=200)
+
+
+COMPOSE_ANSWERS = by_length(ComposeAnswer)
+"""email-compose's answer model per ``length``."""
 
 
 class ComposeOutput(BaseModel):
@@ -449,8 +528,8 @@ class EmailCompose(Operation):
     reads = ("raw", "email")
     ModelOutput = ComposeAnswer
     Output = ComposeOutput
-    sends = (Sent("instructions"), Sent("tone"), Sent("language"), *EMAIL_SENT)
-    prompt_fields = frozenset({"language", "tone"})
+    sends = (Sent("instructions"), Sent("tone"), Sent("language"), LENGTH_SENT, *EMAIL_SENT)
+    prompt_fields = frozenset({"language", "tone", *DRAFT_PROMPT_FIELDS})
 
     def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Build the prompt from the instructions and the optional message."""
@@ -467,10 +546,12 @@ class EmailCompose(Operation):
         language = f"Write in {data.language}." if data.language else (
             "Write in the language of the instructions, or of the email if one is given."
         )
-        system = self.system_prompt(prompt, tone=data.tone, language=language)
-        request = build_request(system, "\n\n".join(parts), ComposeAnswer, "email_draft",
-                                language=data.language)
-        return Prepared(request=request, context={"email": info, "to": to, "cc": list(data.cc)})
+        system = self.system_prompt(prompt, tone=data.tone, language=language,
+                                    **draft_prompt_fields(data.length))
+        answer = COMPOSE_ANSWERS[data.length]
+        request = build_request(system, "\n\n".join(parts), answer, "email_draft", language=data.language)
+        return Prepared(request=request, context={"email": info, "to": to, "cc": list(data.cc)},
+                        answer_model=answer)
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ComposeOutput:
         """Merge the draft with the recipients."""

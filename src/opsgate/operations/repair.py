@@ -1,6 +1,7 @@
 """The one repair request a model gets when its answer does not match the operation's schema.
 
-The pipeline's route step (step 7) validates the model's JSON answer against ``op.ModelOutput``;
+The pipeline's route step (step 7) validates the model's JSON answer against ``op.ModelOutput``
+(or the tighter answer model the input chose, ``Operation.answer_model``);
 on a miss it sends :func:`repair_request` once and, on a second miss, raises
 :class:`~opsgate.operations.errors.InvalidModelOutput` (502). The note quotes where the answer broke
 the schema (pydantic's ``loc`` and ``msg``, at most 20 errors), never the answer's values.
