@@ -11,6 +11,10 @@ twice:
    the call is admitted on the *exact* input count plus ``max_tokens``, or refused (402) when the
    gateway cannot count.
 
+The e-mail drafts (email-respond, email-compose) go through once per requested ``length``
+(:data:`~opsgate.operations.email.DRAFT_LIMITS`): ``email-compose`` is the default, ``medium``; the
+lines ``email-compose short`` and ``email-compose long`` the others.
+
 Per operation: the output cap (``max_tokens``, computed from the answer schema and the input, see
 :mod:`opsgate.operations.caps`), the sandbox answer's output tokens, and the ratio reserved ÷
 actual cost of the admitted call (the intent's hold against the call's metered cost) for both
@@ -50,8 +54,10 @@ from opsgate.metering.models import ANY, budget_reservations
 from opsgate.metering.prices import PriceBook
 from opsgate.operations import get_operation
 from opsgate.operations.base import prepare_input
+from opsgate.operations.email import DRAFT_LIMITS
 from opsgate.operations.io import input_from_file
 from opsgate.routing.policy import default_policy
+from opsgate.runtime import Runtime
 from opsgate.security.auth import TokenService
 from opsgate.store.models import ai_operation_log
 
@@ -63,7 +69,12 @@ PLAN = {
     "tasks/*.ics": ["task-prioritize", "task-breakdown"],
     "series/*.csv": ["analytics-summary", "analytics-anomaly"],
 }
+LENGTHS = {"email-respond", "email-compose"}
+"""Operations measured at every draft length besides the default."""
+DEFAULT_LENGTH = "medium"
 GOAL = 3.0
+ACTOR = "bench:reservation"
+"""Who sets the bench's budgets (each change is ledgered as ``budget.set``)."""
 
 
 def _settings(tmp: Path) -> Settings:
@@ -85,7 +96,8 @@ class Row:
 
 
 def measure() -> tuple[dict[str, list[Row]], Decimal]:
-    """Per operation, one :class:`Row` per file the operation took and answered; and the output
+    """Per line (an operation, or a draft operation at another length), one :class:`Row` per file
+    the operation took and answered; and the output
     price (µUSD per token) of the first target of the default chain, which every hold is priced at."""
     found: dict[str, list[Row]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,25 +108,35 @@ def measure() -> tuple[dict[str, list[Row]], Decimal]:
         app = create_app(settings)
         server = serve_in_thread(app)
         try:
-            engine = app.state.runtime.engine
-            set_budget(engine, SystemClock(), user_id=ANY, operation=ANY, period="day",
+            runtime = app.state.runtime
+            set_budget(runtime.ledger, SystemClock(), actor=ACTOR, user_id=ANY, operation=ANY, period="day",
                        limit_micro_usd=10**12)
             tokens = TokenService(settings, SystemClock())
             with httpx.Client(base_url=server.base_url, timeout=60) as client:
                 for pattern, ops in PLAN.items():
                     for path in sorted(DATA.glob(pattern)):
                         for op in ops:
-                            row = _one(client, engine, tokens, op, path)
-                            if row is not None:
-                                found[op].append(row)
+                            for line, options in _variants(op):
+                                row = _one(client, runtime, tokens, op, path, options)
+                                if row is not None:
+                                    found[line].append(row)
         finally:
             server.stop()
     return found, output_price
 
 
-def _one(client: httpx.Client, engine: Engine, tokens: TokenService, op: str, path: Path) -> Row | None:
+def _variants(op: str) -> list[tuple[str, dict[str, str] | None]]:
+    """``(line name, input options)`` of ``op``: its default input, and each other draft length."""
+    if op not in LENGTHS:
+        return [(op, None)]
+    return [(op if length == DEFAULT_LENGTH else f"{op} {length}", {"length": length})
+            for length in DRAFT_LIMITS]
+
+
+def _one(client: httpx.Client, runtime: Runtime, tokens: TokenService, op: str, path: Path,
+         options: dict[str, str] | None) -> Row | None:
     try:
-        body = input_from_file(op, path, None)
+        body = input_from_file(op, path, options)
         operation = get_operation(op)
         cap = prepare_input(operation, operation.Input.model_validate(body)).request.max_tokens
     except (ValueError, OpsgateError):
@@ -122,11 +144,12 @@ def _one(client: httpx.Client, engine: Engine, tokens: TokenService, op: str, pa
     first = _call(client, tokens.issue("bench", "user"), op, body)
     if first.status_code != 200:
         return None
-    bound, output_tokens = _hold(engine, first.json()["request_id"])
+    bound, output_tokens = _hold(runtime.engine, first.json()["request_id"])
     user = f"bench-{secrets.token_hex(6)}"
-    set_budget(engine, SystemClock(), user_id=user, operation=ANY, period="day", limit_micro_usd=bound - 1)
+    set_budget(runtime.ledger, SystemClock(), actor=ACTOR, user_id=user, operation=ANY, period="day",
+               limit_micro_usd=bound - 1)
     second = _call(client, tokens.issue(user, "user"), op, body)
-    exact = _hold(engine, second.json()["request_id"])[0] if second.status_code == 200 else None
+    exact = _hold(runtime.engine, second.json()["request_id"])[0] if second.status_code == 200 else None
     return Row(cap, output_tokens, bound, first.json()["cost_micro_usd"], exact,
                second.json()["cost_micro_usd"] if exact is not None else None)
 
@@ -147,7 +170,7 @@ def _hold(engine: Engine, request_id: str) -> tuple[int, int]:
 
 def main() -> None:
     found, output_price = measure()
-    print(f"{'operation':<18} {'calls':>5} {'max_tokens':>12} {'answer tok':>10} {'bytes ×':>8} "
+    print(f"{'operation':<20} {'calls':>5} {'max_tokens':>12} {'answer tok':>10} {'bytes ×':>8} "
           f"{'reserved µUSD':>14} {'actual µUSD':>12} {'median ×':>9} {'max ×':>7} {'cap for 3×':>10} "
           f"{'3× from tok':>11}")
     medians = [_line(op, found[op], output_price) for op in sorted(found)]
@@ -168,7 +191,7 @@ def _line(op: str, rows: list[Row], output_price: Decimal) -> float:
     ``3× from tok`` the median answer length (output tokens) at which the hold is 3x the cost
     (the call's input cost plus that answer at the output price)."""
     caps = sorted(r.cap for r in rows)
-    head = (f"{op:<18} {len(rows):>5} {f'{caps[0]:,}–{caps[-1]:,}':>12} "
+    head = (f"{op:<20} {len(rows):>5} {f'{caps[0]:,}–{caps[-1]:,}':>12} "
             f"{max(r.output_tokens for r in rows):>10} "
             f"{statistics.median(r.bound / r.bound_actual for r in rows):>8.2f}")
     admitted = [(r.exact, r.exact_actual) for r in rows if r.exact is not None and r.exact_actual]
