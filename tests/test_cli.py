@@ -95,6 +95,25 @@ def test_run_failure_exits_nonzero_with_the_problem_code(env):
     assert result.exit_code == 1 and "content_filtered" in result.output
 
 
+def test_run_as_an_unknown_user_is_one_line_and_exit_2(env):
+    result = runner.invoke(app, ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml"),
+                                 "--sandbox", "--user", "nobody-here"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "error: no such user; create it with `opsgate users add USER_ID`"
+    assert "Traceback" not in result.output
+
+
+def test_run_keeps_its_own_user_as_an_admin_promoted_it(env):
+    first = ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml"), "--sandbox"]
+    assert runner.invoke(app, first).exit_code == 0
+    assert runner.invoke(app, ["users", "add", "opsgate-cli", "--role", "operator"]).exit_code == 0
+    again = runner.invoke(app, first)
+    assert again.exit_code == 0, again.output  # add_user refused to demote it: a traceback before
+    role = create_engine(f"sqlite:///{env}").connect().execute(
+        text("SELECT role FROM users WHERE user_id = 'opsgate-cli'")).scalar()
+    assert role == "operator"
+
+
 def test_verify_exit_1_names_the_bad_entry(env):
     assert runner.invoke(app, ["run", "task-breakdown", "--input", str(EXAMPLES / "task-breakdown.ics"), "--sandbox"]).exit_code == 0
     engine = create_engine(f"sqlite:///{env}")

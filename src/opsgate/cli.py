@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from opsgate.clock import SystemClock
 from opsgate.config import ConfigFileError, Settings, config_path
-from opsgate.errors import OpsgateError
+from opsgate.errors import NotFound, OpsgateError
 from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
 from opsgate.metering.prices import PriceBook
@@ -168,7 +168,10 @@ def run(
     except OpsgateError as exc:
         _fail(f"{exc.code}: {exc.detail}", 1)
     settings = _settings(sandbox, faults)
-    outcome, problem = asyncio.run(_run_once(settings, operation, body, user))
+    try:
+        outcome, problem = asyncio.run(_run_once(settings, operation, body, user))
+    except NotFound as exc:
+        _fail(exc.detail)
     if problem is not None:
         sys.stderr.buffer.write(orjson.dumps(problem, option=orjson.OPT_INDENT_2) + b"\n")
         _fail(problem["code"], 1)
@@ -180,18 +183,12 @@ async def _run_once(settings: Settings, operation: str, body: bytes, user: str) 
     from opsgate.pipeline import Call
     from opsgate.problems import problem_body
     from opsgate.runtime import start_runtime
-    from opsgate.errors import NotFound
-    from opsgate.security.users import add_user, get_role
+    from opsgate.security.users import get_role, seed_user
 
     runtime = await start_runtime(settings)
     try:
-        try:
-            role = get_role(runtime.engine, user)
-        except NotFound:
-            if user != CLI_USER:
-                raise
-            add_user(runtime.engine, runtime.clock, user, "user")  # its own user, kept as it is once made
-            role = "user"
+        # its own user is made once and kept as it is; any other user must exist (NotFound)
+        role = seed_user(runtime.engine, runtime.clock, user) if user == CLI_USER else get_role(runtime.engine, user)
         token = runtime.tokens.issue(user, role)
         call = Call(operation, body, token, uuid.uuid4().hex)
         try:

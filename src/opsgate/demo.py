@@ -27,7 +27,7 @@ from opsgate.ledger.verify import format_summary, verify
 from opsgate.operations import OPERATIONS
 from opsgate.operations.io import input_from_file
 from opsgate.security.auth import TokenService
-from opsgate.security.users import add_user
+from opsgate.security.users import seed_user
 from opsgate.store.db import open_database
 
 DEMO_USER = "demo-user"
@@ -37,8 +37,8 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 def run_demo(settings: Settings, examples: Path, port: int = 0) -> int:
     """Run the demo; returns the process exit code (0 when every call succeeded and the ledger verifies)."""
     engine = open_database(settings)
-    add_user(engine, SystemClock(), DEMO_USER, "user")
-    token = TokenService(settings, SystemClock()).issue(DEMO_USER, "user")
+    role = seed_user(engine, SystemClock(), DEMO_USER)
+    token = TokenService(settings, SystemClock()).issue(DEMO_USER, role)
     bodies = {op_id: _example_body(op_id, examples) for op_id in OPERATIONS}
     server = serve_in_thread(create_app(settings), port)
     try:

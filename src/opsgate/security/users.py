@@ -122,6 +122,17 @@ def get_role(engine: Engine, user_id: str) -> str:
     return role
 
 
+def seed_user(engine: Engine, clock: Clock, user_id: str) -> str:
+    """The role of ``user_id`` as it is, creating it as a ``user`` (outside the ledger, like
+    :func:`add_user`) when there is none: the demo's and ``opsgate run``'s own users, which an admin
+    may have promoted since. Raises ``ValueError`` for an id :func:`add_user` refuses."""
+    try:
+        return get_role(engine, user_id)
+    except NotFound:
+        add_user(engine, clock, user_id, "user")
+        return get_role(engine, user_id)
+
+
 def set_password(engine: Engine, user_id: str, password: str) -> None:
     """Store the Argon2id hash of ``password`` (``ValueError`` when it is too short or too long)."""
     _update(engine, user_id, password_hash=hash_password(password))
