@@ -124,6 +124,19 @@ def test_invalid_input_is_422_without_echoing_values(gateway):
     assert gateway.stats()["anthropic"]["requests"] == 0 and _ledger_kinds(gateway) == []
 
 
+@pytest.mark.parametrize("sender", ["José Müller", '"José Müller"', "Anna-Lena Öz"])
+@pytest.mark.parametrize("op_id", ["email-classify", "email-respond"])
+def test_a_raw_utf8_display_name_is_read_not_a_500(gateway, op_id, sender):
+    """RFC 6532 allows raw UTF-8 in headers; the parser left it as lone surrogates and the
+    worst-case token bound's strict encode raised (500 internal_error)."""
+    raw = f"From: {sender} <jose@example.com>\nTo: bob@example.com\nSubject: hi\n\nHello, {sender} here\n"
+    resp = gateway.post(op_id, {"raw": raw})
+    assert resp.status_code == 200, resp.text
+    OPERATIONS[op_id].Output.model_validate(resp.json()["output"])
+    [row] = _log_rows(gateway)
+    assert row["status"] == "ok"
+
+
 def test_failing_ledger_write_refuses_with_503_and_calls_no_provider(gateway):
     from opsgate.clock import SystemClock
     from opsgate.metering.budgets import set_budget

@@ -114,6 +114,28 @@ def test_run_keeps_its_own_user_as_an_admin_promoted_it(env):
     assert role == "operator"
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_run_reads_an_8bit_display_name_in_utf8_or_latin1(env, tmp_path, encoding):
+    """Raw 8-bit From display names (RFC 6532 UTF-8, or legacy Latin-1 bytes) ended in
+    internal_error: the parser kept them as lone surrogates that a strict encode later refused."""
+    eml = tmp_path / "u.eml"
+    eml.write_bytes("From: José Müller <jose@example.com>\nTo: bob@example.com\nSubject: hi\n\nHello\n".encode(encoding))
+    result = runner.invoke(app, ["run", "email-classify", "--input", str(eml), "--sandbox"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout[result.stdout.index("{"):])["operation"] == "email-classify"
+
+
+def test_run_refuses_a_json_input_with_a_lone_surrogate_in_one_line(env, tmp_path):
+    """A .json input is read like an HTTP body: ``"\\ud800"`` (and NaN) are refused, not a traceback."""
+    for content in (b'{"raw": "From: a@example.com\\n\\n\\ud800"}', b'{"tasks": NaN}'):
+        body = tmp_path / "in.json"
+        body.write_bytes(content)
+        result = runner.invoke(app, ["run", "email-classify", "--input", str(body), "--sandbox"])
+        assert result.exit_code == 1 and not isinstance(result.exception, UnicodeError), result.output
+        assert "invalid_input: the .json input file is not valid JSON" in result.output
+        assert "Traceback" not in result.output
+
+
 def test_verify_exit_1_names_the_bad_entry(env):
     assert runner.invoke(app, ["run", "task-breakdown", "--input", str(EXAMPLES / "task-breakdown.ics"), "--sandbox"]).exit_code == 0
     engine = create_engine(f"sqlite:///{env}")

@@ -120,6 +120,29 @@ def test_path_and_query_validation_share_the_one_problem_handler(walk: tuple[Gat
     assert handler is not request_validation_exception_handler
 
 
+def test_a_lone_surrogate_in_any_body_is_a_422_never_a_500(walk: tuple[Gateway, list[Route], Canaries]) -> None:
+    """Every body field sent as the JSON escape of an unpaired surrogate (valid JSON syntax, not
+    Unicode: a strict UTF-8 encode downstream would raise), or a form field as its UTF-8-shaped
+    bytes ``%ED%A0%80``, is refused by the one body reader with 422 before anything acts on it."""
+    gateway, routes, _ = walk
+    seen = {}
+    for route in (r for r in routes if r.body_type):
+        headers = {"Authorization": f"Bearer {gateway.token('walker', route.role)}"} if route.role else {}
+        path = route.path.replace("{rollout_id}", "1")
+        for name, value in PATH_VALUES.items():
+            path = path.replace("{" + name + "}", value)
+        fields = list(route.schema.get("properties", {})) or ["x"]
+        if route.body_type == FORM:
+            content = "&".join(f"{name}=%ED%A0%80" for name in fields).encode()
+        else:
+            content = b"{" + b", ".join(b'"%s": "\\ud800"' % name.encode() for name in fields) + b"}"
+        seen[str(route)] = gateway.client.request(route.method, path, content=content,
+                                                  headers={**headers, "Content-Type": route.body_type})
+    assert len(seen) >= 19
+    assert {name: (r.status_code, r.json()["code"]) for name, r in seen.items()} == {
+        name: (422, "invalid_input") for name in seen}
+
+
 def _route(method: str, path: str, op: dict[str, Any]) -> Route:
     role = next((scopes[0] for req in op.get("security", []) for name, scopes in req.items() if name == BEARER),
                 None)

@@ -169,3 +169,37 @@ def test_structured_email_fields_work() -> None:
     assert prepared.context["cc"] == ["x@example.com"]
     assert prepared.context["subject"] == "Re: Hi"
     assert prepared.context["references"] == ["<m1@example.com>"]
+
+
+def _no_surrogate(parsed) -> bool:
+    texts = [parsed.subject, parsed.sender or "", parsed.sender_name or "", parsed.new_text, parsed.quoted_text,
+             *parsed.to, *parsed.cc, *(a.filename or "" for a in parsed.attachments)]
+    return not any(0xD800 <= ord(ch) <= 0xDFFF for text in texts for ch in text)
+
+
+def test_raw_utf8_and_latin1_header_bytes_are_decoded_never_left_as_surrogates() -> None:
+    """RFC 6532 raw UTF-8 headers, and raw Latin-1 bytes (here as the ``surrogateescape`` code
+    points a non-UTF-8 file read that way carries), give real characters: the stdlib kept them as
+    lone surrogates, which the first strict UTF-8 encode downstream turned into a 500."""
+    utf8 = parse_email('From: "José Müller" <jose@example.com>\nTo: Zoë Öz <zoe@example.com>\n'
+                       "Cc: Anna-Lena Öz <al@example.com>\nSubject: Grüße\n\nHallo\n")
+    assert (utf8.sender_name, utf8.sender, utf8.subject) == ("José Müller", "jose@example.com", "Grüße")
+    assert utf8.to == ["zoe@example.com"] and utf8.cc == ["al@example.com"]
+    latin1 = parse_email("From: Jos\udce9 M\udcfcller <jose@example.com>\nSubject: Gr\udcfc\udcdfe\n\nHallo\n")
+    assert (latin1.sender_name, latin1.subject) == ("José Müller", "Grüße")
+    assert _no_surrogate(utf8) and _no_surrogate(latin1)
+
+
+def test_header_bytes_off_their_charset_and_stray_surrogates_become_replacements() -> None:
+    # an RFC 2047 word whose bytes are not UTF-8 (the stdlib keeps them as surrogates; decoded like
+    # a raw header), a
+    # surrogate that stands for no byte, an 8-bit attachment name and a forwarded 8-bit From
+    raw = ("From: =?utf-8?q?Jos=E9?= <a@example.com>\nSubject: x \ud800 y\nContent-Type: multipart/mixed; boundary=B\n\n"
+           "--B\nContent-Type: text/plain\n\nbody \ud800\n"
+           '--B\nContent-Type: application/pdf\nContent-Disposition: attachment; filename="r\udce9sum\udce9.pdf"\n\nxx\n'
+           "--B\nContent-Type: message/rfc822\n\nFrom: Bj\udcf6rn <b@example.com>\nSubject: old\n\ninner\n--B--\n")
+    parsed = parse_email(raw)
+    assert parsed.sender_name == "José" and parsed.subject == "x \ufffd y"  # E9 read as Windows-1252
+    assert [a.filename for a in parsed.attachments] == ["résumé.pdf"]
+    assert "Forwarded message from Björn <b@example.com>: old" in parsed.new_text and "body \ufffd" in parsed.new_text
+    assert _no_surrogate(parsed)

@@ -2,7 +2,9 @@
 
 The file's suffix picks the field: ``.eml`` -> ``raw``, ``.ics`` -> ``ics``, ``.csv`` -> ``csv``;
 a ``.json`` file is the body itself (options and content together, e.g. a JSON task list or a
-calendar-time request with its duration and window). ``options`` are merged over the result.
+calendar-time request with its duration and window), read by the HTTP API's own JSON reader
+(:func:`opsgate.bodies.decode_json`: a lone-surrogate escape such as ``"\\ud800"``, ``NaN``, a
+repeated key or an integer past 64 bits is refused there as over HTTP, not passed on). ``options`` are merged over the result.
 Text files are read as UTF-8; an ``.eml`` that is not valid UTF-8 is read as Latin-1 so every
 byte survives (the MIME parser then honours each part's declared charset, see
 :func:`opsgate.operations.mailparse.decode_text`). Options not given take the operation's
@@ -12,10 +14,11 @@ defaults, which for calendars are relative to the data's own dates (see
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from opsgate.bodies import JSON, decode_json
+from opsgate.errors import InvalidInput
 from opsgate.operations import get_operation
 from opsgate.operations.common import invalid
 
@@ -40,9 +43,13 @@ def input_from_file(op_id: str, path: str | Path, options: dict[str, Any] | None
         raise invalid(f"the input file is larger than {MAX_FILE_BYTES} bytes", "input")
     if suffix == ".json":
         try:
-            body = json.loads(data)
-        except ValueError:
-            raise invalid("the .json input file is not valid JSON", "input") from None
+            body = decode_json(data, JSON)
+        except InvalidInput:
+            raise invalid(
+                "the .json input file is not valid JSON (RFC 8259, with no NaN, lone surrogate, "
+                "repeated key or integer past 64 bits)",
+                "input",
+            ) from None
         if not isinstance(body, dict):
             raise invalid("the .json input file must hold a JSON object", "input")
     else:

@@ -16,6 +16,13 @@ Parsing follows RFC 5322 / RFC 2045-2049 through the standard library ``email`` 
 - header values that reach a prompt are clipped at :data:`MAX_HEADER_CHARS` (:func:`clip_header`):
   a forwarded message's From and Subject here, the message's own headers where the prompt is
   rendered (:func:`opsgate.operations.email.render_email`);
+- 8-bit header bytes (raw UTF-8 as RFC 6532 allows, or a legacy charset such as Latin-1 with no
+  RFC 2047 encoding) are decoded like an undeclared text part (:func:`decode_text`: UTF-8, else
+  Windows-1252, else with U+FFFD replacements) before the header is parsed
+  (:meth:`_BoundedPolicy.header_source_parse`); an RFC 2047 word whose bytes do not fit its
+  charset, which the standard library keeps as lone surrogates, is decoded the same way
+  (:func:`_no_surrogates`). No string the parser returns holds a surrogate: the first strict
+  UTF-8 encode downstream (token counting, metering, JSON) raised ``UnicodeEncodeError``, a 500;
 - a header value longer than :data:`MAX_PARSED_HEADER_CHARS` is cut to that length *before* the
   standard library parses it (:class:`_BoundedPolicy`): its structured-header parser copies the
   rest of the value at every token, so a 600,000-character From took 34 s of CPU to parse.
@@ -47,6 +54,8 @@ above any real header (RFC 5322 lines stop at 998 characters; 500 recipients fit
 forged header loses its tail."""
 
 IDENTITY_HEADERS = ("from", "to", "cc", "subject", "date", "message-id", "mime-version")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_ESCAPED_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 _WESTERN = {"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252"}
 _ATTRIBUTION = re.compile(r"^(on\b.{0,200}\bwrote:|.{0,120}\bwrote:|le\b.{0,200}a écrit\s?:|am\b.{0,200}schrieb\s?.{0,80}:)\s*$", re.IGNORECASE)
 _ORIGINAL = re.compile(r"^\s*(-{2,}\s*(original message|forwarded message|ursprüngliche nachricht|message d'origine)\s*-{2,}|_{10,})\s*$", re.IGNORECASE)
@@ -92,7 +101,12 @@ class ParsedEmail:
 
 class _BoundedPolicy(EmailPolicy):
     """``policy.default`` that parses at most :data:`MAX_PARSED_HEADER_CHARS` characters of a
-    header value (whatever the message part: the parser itself reads each part's Content-Type)."""
+    header value (whatever the message part: the parser itself reads each part's Content-Type)
+    and decodes a header's 8-bit bytes (see the module docstring) as it is read."""
+
+    def header_source_parse(self, sourcelines: list[str]) -> tuple[str, str]:
+        name, value = super().header_source_parse(sourcelines)
+        return name, _no_surrogates(value)
 
     def header_fetch_parse(self, name: str, value: str) -> str:
         if isinstance(value, str) and len(value) > MAX_PARSED_HEADER_CHARS:
@@ -104,12 +118,14 @@ _POLICY = _BoundedPolicy()
 
 
 def parse_email(raw: str) -> ParsedEmail:
-    """Parse ``raw`` (the message as text; non-ASCII characters are taken as UTF-8 bytes).
+    """Parse ``raw`` (the message as text; non-ASCII characters are taken as UTF-8 bytes, a
+    ``surrogateescape`` code point U+DC80..U+DCFF as the byte it stands for, any other lone
+    surrogate as U+FFFD). No string in the result holds a surrogate.
 
     Raises :class:`opsgate.errors.InvalidInput` when the text has none of the headers From, To,
     Cc, Subject, Date, Message-ID or MIME-Version: it is then not an RFC 822 / MIME message.
     """
-    data = raw.encode("utf-8", "surrogateescape")
+    data = _NOT_ESCAPED_BYTE.sub("\ufffd", raw).encode("utf-8", "surrogateescape")
     msg = BytesParser(policy=_POLICY).parsebytes(data)
     if not any(_header(msg, name) for name in IDENTITY_HEADERS):
         raise invalid(
@@ -168,6 +184,16 @@ def decode_text(payload: bytes, declared: str | None) -> str:
     return payload.decode(label, errors="replace")
 
 
+def _no_surrogates(value: str) -> str:
+    """``value`` with its lone surrogates (bytes the standard library could not decode, kept as
+    ``surrogateescape`` code points U+DC80..U+DCFF; any other surrogate becomes U+FFFD) decoded
+    with the rest of the value's bytes by :func:`decode_text` with no declared charset."""
+    if value.isascii() or not _LONE_SURROGATE.search(value):
+        return value
+    data = _NOT_ESCAPED_BYTE.sub("\ufffd", value).encode("utf-8", "surrogateescape")
+    return decode_text(data, None)
+
+
 def html_to_text(html: str) -> str:
     """Visible text of an HTML document: scripts, styles and head removed; block elements
     (paragraphs, divs, list items, table rows, headings, ``<br>``) end lines, inline ones don't."""
@@ -220,15 +246,23 @@ def _header(msg: Message, name: str) -> str:
         value = msg.get(name)
     except (ValueError, IndexError, TypeError):
         return ""
-    return " ".join(str(value).split()) if value is not None else ""
+    return _no_surrogates(" ".join(str(value).split())) if value is not None else ""
 
 
 def _addresses(msg: Message, name: str) -> list[Address]:
     try:
         value = msg.get(name)
-        return [a for a in getattr(value, "addresses", ()) if a.addr_spec and a.addr_spec != "<>"]
+        found = [a for a in getattr(value, "addresses", ()) if a.addr_spec and a.addr_spec != "<>"]
     except (ValueError, IndexError, TypeError, AttributeError):
         return []
+    return [_clean_address(a) for a in found]
+
+
+def _clean_address(address: Address) -> Address:
+    """``address`` with no lone surrogate in its parts (see :func:`_no_surrogates`)."""
+    parts = (address.display_name, address.username, address.domain)
+    clean = tuple(_no_surrogates(part) for part in parts)
+    return address if clean == parts else Address(*clean)
 
 
 def _collect(part: Message, texts: list[tuple[str, str]], attachments: list[Attachment]) -> None:
