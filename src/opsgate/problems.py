@@ -3,7 +3,8 @@
 Body: ``{"type", "title", "status", "detail", "code", "request_id"}`` plus ``errors`` (field
 locations and messages, never values) for ``invalid_input``. Served as ``application/problem+json``.
 Only an :class:`OpsgateError`'s ``detail`` reaches a client; anything else becomes a bare
-``internal_error`` with no exception text, host, key or stack trace.
+``internal_error`` with no exception text, host, key or stack trace (the redacted traceback goes to
+the server log only).
 """
 
 from __future__ import annotations
@@ -35,10 +36,15 @@ def as_opsgate_error(exc: BaseException) -> OpsgateError | None:
 
 
 def problem_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, Any]]:
-    """The status and problem document for ``exc``; unexpected exceptions are logged, not shown."""
+    """The status and problem document for ``exc``; unexpected exceptions are logged, not shown.
+
+    The log line (ERROR, logger ``opsgate.api``) names the request and the exception type and
+    carries the traceback (``exc_info``), which the logging set-up redacts like every record
+    (:mod:`opsgate.security.logging`): an operator can find the failing line, no secret in the
+    exception's message reaches the log."""
     known = as_opsgate_error(exc)
     if known is None:
-        log.error("unhandled error in request %s: %s", request_id, type(exc).__name__)
+        log.error("unhandled error in request %s: %s", request_id, type(exc).__name__, exc_info=exc)
         known = OpsgateError()
     exc = known
     body: dict[str, Any] = {

@@ -93,6 +93,23 @@ def test_problem_body_never_echoes_a_secret() -> None:
     assert body["code"] == "internal_error" and body["request_id"] == "req-1"
 
 
+def test_an_unexpected_error_logs_its_redacted_traceback_not_only_its_type(json_logs: io.StringIO) -> None:
+    def deep_inside() -> None:
+        raise ValueError(f"could not use {KEY} for {EMAIL}")
+
+    try:
+        deep_inside()
+    except ValueError as exc:
+        status, body = problem_body(exc, "req-2")
+    assert (status, body["code"]) == (500, "internal_error") and KEY not in json.dumps(body)
+    line = json.loads(json_logs.getvalue().splitlines()[-1])
+    assert (line["logger"], line["level"]) == ("opsgate.api", "error")
+    assert line["event"] == "unhandled error in request req-2: ValueError"
+    assert "in deep_inside" in line["exception"] and "test_redaction_logging.py" in line["exception"]
+    assert "ValueError: could not use [REDACTED:anthropic:" in line["exception"]
+    assert KEY not in json_logs.getvalue() and EMAIL not in json_logs.getvalue()
+
+
 async def test_a_secret_the_store_reads_is_redacted_in_logs_whatever_its_shape(
     json_logs: io.StringIO, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
