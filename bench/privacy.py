@@ -40,7 +40,7 @@ def measure(op_id: str, pattern: str, rounds: int, policy: PrivacyPolicy) -> tup
             t0 = time.perf_counter()
             prepared = op.prepare(op.Input.model_validate(body))
             t1 = time.perf_counter()
-            policy.minimise(op_id, prepared.request)
+            policy.minimise(op_id, prepared.request, prepared.people)
             t2 = time.perf_counter()
             prepare_us.append((t1 - t0) * 1e6)
             minimise_us.append((t2 - t1) * 1e6)

@@ -438,7 +438,7 @@ class Gateway:
         """The prepared request as it will really be sent: secrets masked, personal data
         pseudonymised per the privacy policy (:mod:`opsgate.operations.privacy`). Runs before
         the reservation, so the reserved worst case covers this prompt."""
-        request, privacy = self._privacy.minimise(op.id, prepared.request)
+        request, privacy = self._privacy.minimise(op.id, prepared.request, prepared.people)
         return replace(prepared, request=request), privacy
 
     # 5 ------------------------------------------------------------------------------------------

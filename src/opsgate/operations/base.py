@@ -42,11 +42,15 @@ class Prepared:
     """A ready-to-send request plus what the operation computed locally (``context``).
     ``answer_model``, when set, is the model the answer is validated against instead of the
     operation's ``ModelOutput`` (a subclass with tighter limits the input chose, such as a
-    draft's ``length``); ``request.json_schema`` is its schema."""
+    draft's ``length``); ``request.json_schema`` is its schema. ``people`` are the ``(display
+    name, address)`` pairs the input's parser found (email headers, calendar organizers and
+    attendees), whose names the minimise step pseudonymises wherever they occur in the prompt
+    (:mod:`opsgate.security.pseudonyms`)."""
 
     request: CompletionRequest
     context: dict[str, Any] = field(default_factory=dict)
     answer_model: type[BaseModel] | None = None
+    people: tuple[tuple[str, str], ...] = ()
 
 
 class Operation:

@@ -53,6 +53,7 @@ from opsgate.operations.ical import (
     event_instances,
     freebusy_periods,
     parse_calendar,
+    people_of,
 )
 from opsgate.operations.slots import SlotRules, free_slots, merge
 
@@ -294,7 +295,7 @@ class CalendarPrep(Operation):
             "events": [_event_out(i, e) for i, e in enumerate(sent)], "conflicts": pairs,
             "trim_notes": notes,
         }
-        return Prepared(request=request, context=context)
+        return Prepared(request=request, context=context, people=tuple(people_of(events)))
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> PrepOutput:
         """Join the items with the computed events; unknown or repeated indices are dropped."""
@@ -426,7 +427,8 @@ class CalendarTime(Operation):
         calendar = parse_calendar(data.ics)
         tz = data.zone()
         start, end = data.window(calendar)
-        busy = busy_intervals(event_instances(calendar, start, end, tz), freebusy_periods(calendar, start, end, tz))
+        events = event_instances(calendar, start, end, tz)
+        busy = busy_intervals(events, freebusy_periods(calendar, start, end, tz))
         slots = free_slots((start, end), busy, tz, data.rules())
         listing = "\n".join(f"[{i}] {_fmt(s)} - {e.strftime('%H:%M')}" for i, (s, e) in enumerate(slots))
         per_day: dict[str, int] = {}
@@ -450,7 +452,7 @@ class CalendarTime(Operation):
             "duration_minutes": data.duration_minutes, "busy_count": len(busy),
             "slots": [SlotOut(index=i, start=s, end=e) for i, (s, e) in enumerate(slots)],
         }
-        return Prepared(request=request, context=context)
+        return Prepared(request=request, context=context, people=tuple(people_of(events)))
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> TimeOutput:
         """Keep the model's picks that name computed slots; never returns another slot."""

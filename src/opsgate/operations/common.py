@@ -113,3 +113,14 @@ def build_request(
         schema_name=schema_name,
         temperature=0.2,
     )
+
+
+def name_addr(name: str | None, address: str) -> str:
+    """``Name <address>`` (RFC 5322 §3.4 name-addr; the name quoted when it holds specials such as
+    a comma), or the bare address without a name. Unlike ``email.utils.formataddr`` a non-ASCII
+    name stays readable text (no RFC 2047 encoded-word)."""
+    if not name:
+        return address
+    if any(c in name for c in '()<>[]:;@\\,."'):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"

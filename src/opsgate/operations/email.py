@@ -45,7 +45,14 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from opsgate.operations.base import Operation, Prepared, Sent
-from opsgate.operations.common import Answer, build_request, clip, data_block, user_request
+from opsgate.operations.common import (
+    Answer,
+    build_request,
+    clip,
+    data_block,
+    name_addr,
+    user_request,
+)
 from opsgate.operations.prompts import PromptVersion
 from opsgate.operations.mailparse import (
     MAX_HEADER_CHARS,
@@ -216,17 +223,6 @@ LENGTH_SENT = Sent("length (as its word and open-question limits)")
 """What a draft's ``length`` puts in a prompt (:func:`draft_prompt_fields`)."""
 
 
-def name_addr(name: str | None, address: str) -> str:
-    """``Name <address>`` (RFC 5322 §3.4 name-addr; the name quoted when it holds specials such as
-    a comma), or the bare address without a name. Unlike ``email.utils.formataddr`` a non-ASCII
-    name stays readable text (no RFC 2047 encoded-word)."""
-    if not name:
-        return address
-    if any(c in name for c in '()<>[]:;@\\,."'):
-        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{name} <{address}>"
-
-
 def _headers(mail: ParsedEmail) -> tuple[str, str, str, str, list[str]]:
     """The From, To, Cc and Date values of the prompt, every header value clipped at
     :data:`MAX_HEADER_CHARS` (:func:`clip_header`), and the names of the headers that were cut."""
@@ -330,11 +326,12 @@ class EmailClassify(Operation):
     def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Parse the message and ask for a classification."""
         assert isinstance(data, ClassifyInput)
-        text, info = render_email(data.parsed())
+        mail = data.parsed()
+        text, info = render_email(mail)
         labels = "\n".join(f"- {name}: {meaning}" for name, meaning in CATEGORY_HELP.items())
         system = self.system_prompt(prompt, labels=labels)
         request = build_request(system, text, ClassifyAnswer, "email_classification")
-        return Prepared(request=request, context={"email": info})
+        return Prepared(request=request, context={"email": info}, people=tuple(mail.people))
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ClassifyOutput:
         """Merge the answer with the parsed message's info."""
@@ -462,7 +459,8 @@ class EmailRespond(Operation):
             "email": info, "to": to, "cc": cc, "subject": reply_subject(mail.subject),
             "in_reply_to": mail.message_id, "references": references,
         }
-        return Prepared(request=request, context=context, answer_model=answer)
+        return Prepared(request=request, context=context, answer_model=answer,
+                        people=tuple(mail.people))
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ReplyOutput:
         """Merge the reply text with the computed recipients and headers."""
@@ -537,8 +535,10 @@ class EmailCompose(Operation):
         parts = [user_request(data.instructions or DEFAULT_COMPOSE)]
         info = None
         to = list(data.to)
+        people: tuple[tuple[str, str], ...] = ()
         if data.has_message():
             mail = data.parsed()
+            people = tuple(mail.people)
             text, info = render_email(mail)
             parts.append(text)
             if not to:
@@ -551,7 +551,7 @@ class EmailCompose(Operation):
         answer = COMPOSE_ANSWERS[data.length]
         request = build_request(system, "\n\n".join(parts), answer, "email_draft", language=data.language)
         return Prepared(request=request, context={"email": info, "to": to, "cc": list(data.cc)},
-                        answer_model=answer)
+                        answer_model=answer, people=people)
 
     def finish(self, prepared: Prepared, answer: BaseModel) -> ComposeOutput:
         """Merge the draft with the recipients."""

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
+from collections.abc import Iterable
+from email.utils import parseaddr
 from typing import Any
 
 import icalendar
 import recurring_ical_events
 import x_wr_timezone
 
-from opsgate.operations.common import invalid
+from opsgate.operations.common import invalid, name_addr
 
 MAX_INSTANCES = 5_000
 Interval = tuple[datetime, datetime]
@@ -176,13 +178,25 @@ def _instance(component: icalendar.Event, tz: tzinfo) -> EventInstance:
     )
 
 
+def people_of(events: Iterable[EventInstance]) -> list[tuple[str, str]]:
+    """The ``(display name, address)`` of every named organizer and attendee of ``events`` (the
+    ``CN`` parameter, RFC 5545 §3.2.2), each once, in order of first appearance."""
+    found: dict[tuple[str, str], None] = {}
+    for event in events:
+        for person in (event.organizer, *event.attendees):
+            name, address = parseaddr(person)  # as :func:`_person` wrote it: ``name_addr``
+            if name.strip() and address:
+                found[(name, address)] = None
+    return list(found)
+
+
 def _person(value: Any) -> str:
     if value is None:
         return ""
     name = getattr(value, "params", {}).get("CN")
     address = str(value)
     address = address[7:] if address.lower().startswith("mailto:") else address
-    return f"{name} <{address}>" if name else address
+    return name_addr(name, address)
 
 
 def _overlaps(start: datetime, end: datetime, window_start: datetime, window_end: datetime) -> bool:

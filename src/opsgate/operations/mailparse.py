@@ -82,6 +82,8 @@ class ParsedEmail:
 
     ``new_text`` is the author's own text, ``quoted_text`` the reply history (newest first, as in
     the message), ``html_only`` whether the text came from HTML because no plain part existed.
+    ``people`` are the ``(display name, addr-spec)`` pairs of every named address in From,
+    Reply-To, To and Cc, in that order.
     """
 
     subject: str
@@ -97,6 +99,7 @@ class ParsedEmail:
     quoted_text: str
     attachments: list[Attachment] = field(default_factory=list)
     html_only: bool = False
+    people: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _BoundedPolicy(EmailPolicy):
@@ -139,6 +142,7 @@ def parse_email(raw: str) -> ParsedEmail:
     kinds = {kind for kind, text in texts if text.strip()}
     new_text, quoted = split_quoted("\n\n".join(text for _, text in texts if text.strip()))
     sender = _addresses(msg, "from")
+    named = [a for header in ("from", "reply-to", "to", "cc") for a in _addresses(msg, header)]
     return ParsedEmail(
         subject=_header(msg, "subject"),
         sender=sender[0].addr_spec if sender else None,
@@ -153,6 +157,7 @@ def parse_email(raw: str) -> ParsedEmail:
         quoted_text=quoted,
         attachments=attachments,
         html_only=kinds == {"html"},
+        people=[(a.display_name, a.addr_spec) for a in named if a.display_name.strip()],
     )
 
 

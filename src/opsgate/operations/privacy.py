@@ -93,11 +93,13 @@ class PrivacyPolicy:
         return cls(chosen, tuple(r.upper() for r in phone_regions))
 
     def minimise(
-        self, operation: str, request: CompletionRequest
+        self, operation: str, request: CompletionRequest, people: Iterable[tuple[str, str]] = ()
     ) -> tuple[CompletionRequest, CallPrivacy]:
         """The request really sent for ``operation`` (system and user text minimised) and the
         call's :class:`CallPrivacy`. Secrets are masked first, so a key that contains an ``@`` or
-        digits is never taken for an address or a phone number.
+        digits is never taken for an address or a phone number. ``people`` are the ``(display
+        name, address)`` pairs the operation's parser found (:attr:`opsgate.operations.base.Prepared.people`): their names
+        are pseudonymised wherever they occur, next to an address or not.
 
         The system prompt is the operation's rendered prompt, the same text for most calls, and
         searching it was most of this step's time (~1 ms of ~1 ms for email-compose, issue 21):
@@ -105,16 +107,19 @@ class PrivacyPolicy:
         the held secrets it was searched for and whether people were pseudonymised) and sent
         as it is next time. That is exact: the same text meets the same rules, and a text with
         no finds leaves no placeholder or pseudonym behind for the user text. Only such texts
-        are remembered, never one that held a secret or personal data."""
+        are remembered, never one that held a secret or personal data, and none is sent as it is
+        when a name of this call's ``people`` occurs in it."""
         masker = SecretMasker()
-        pseudonyms = Pseudonymiser(self.phone_regions) if operation in self.pseudonymised else None
+        pseudonyms = (Pseudonymiser(self.phone_regions, people)
+                      if operation in self.pseudonymised else None)
 
         def minimised(text: str) -> str:
             text = masker.mask(text)
             return pseudonyms.pseudonymise(text) if pseudonyms is not None else text
 
         key = (request.system, masker.held, pseudonyms is not None)
-        if key in self.as_is:
+        known_in_system = pseudonyms is not None and pseudonyms.mentions_known(request.system)
+        if key in self.as_is and not known_in_system:
             system = request.system
         else:
             system = minimised(request.system)

@@ -7,7 +7,17 @@ text it is given:
   RFC 2606 §2, RFC 6761 §6.4); angle brackets around the address are absorbed, not doubled;
 - display names in ``Name <address>`` and ``"Name" <address>`` (RFC 5322 §3.4 name-addr, as in
   address headers, quoted attributions and calendar attendees) with ``<personN>``, the same ``N``
-  as the address; a name of two or more words is also replaced wherever else it occurs;
+  as the address. An unquoted name is the run of name words directly before ``<address>``
+  (:func:`split_name`): capitalised words (any script), initials and titles (``J.``, ``Dr.``),
+  and lowercase particles inside a name (``van der``, ``de la``); a lowercase word, a word ending
+  a sentence or a word of :data:`NOT_NAMES` (``Please``, ``Email``, ``Dear``) ends it, so
+  ``Please email Anna Berg <a@x>`` keeps ``Please email`` and takes ``Anna Berg``;
+- the display names the caller already knows (``people``: the parsed To, Cc, Reply-To and From
+  headers, calendar organizers and attendees), which need not stand next to their address in
+  the text;
+- every other occurrence of a name of two or more words, in each of its written forms
+  (:func:`name_forms`: ``Berg, Anna`` is also ``Anna Berg``; ``Dr. Li Wei`` is also ``Li Wei``),
+  also followed by ``'s``;
 - phone numbers that ``phonenumbers`` finds valid (``Leniency.VALID``) in an international
   format or in one of the configured regions (ISO 3166-1 alpha-2) with ``<phone-N>``.
 
@@ -33,16 +43,89 @@ from opsgate.security.sanitizer import EMAIL
 
 DOMAIN = "example.invalid"
 
-_FIRST = r"[^\W\d_a-z][\w'’.-]*"
+MAX_NAME_WORDS = 5
+"""The most words an unquoted display name has (``Maria de la Cruz Lopez``)."""
 _WORD = r"[^\W\d_][\w'’.-]*"
 _PEOPLE = re.compile(
     rf"(?:\"(?P<quoted>[^\"\n<>]{{1,80}})\""
-    rf"|(?<![\w'’.-])(?P<name>{_FIRST}(?:[ \t]+{_WORD}){{0,3}}))"
-    rf"[ \t]*<(?P<named>{EMAIL})>"
+    rf"|(?<![\w'’.-])(?P<words>{_WORD}(?:[ \t]+{_WORD}){{0,{MAX_NAME_WORDS}}}))"
+    rf"(?P<gap>[ \t]*)<(?P<named>{EMAIL})>"
     rf"|<?(?P<bare>{EMAIL})>?"
 )
-"""A name-addr (quoted or plain display name of up to four words, the first capitalised) or a
-lone address, with or without angle brackets."""
+"""A name-addr (a quoted display name, or up to six words of any case before ``<address>``, of
+which :func:`split_name` takes the name) or a lone address, with or without angle brackets."""
+
+NOT_NAMES = frozenset({
+    "please", "pls", "email", "e-mail", "mail", "write", "send", "ask", "tell", "contact", "call",
+    "reply", "respond", "forward", "fwd", "fw", "re", "invite", "cc", "bcc", "to", "from", "dear",
+    "hi", "hello", "hey", "thanks", "thank", "and", "or", "with", "also", "then", "for", "by",
+    "the", "a", "an", "attendee", "attendees", "organizer", "organiser", "via", "ping", "remind",
+    "message", "let", "loop", "copy", "add", "include", "notify", "inform", "sender",
+    "recipient", "recipients", "me", "my", "our", "your", "team", "cheers", "regards", "best",
+    "sincerely", "subject", "date", "hallo", "liebe", "lieber", "hej", "bonjour", "hola", "olá",
+    "ciao", "cara", "caro", "querida", "querido", "chère", "cher", "beste", "schreib",
+    "schreibe", "bitte", "écris", "écrivez", "escribe", "escreva", "scrivi", "mailen",
+})  # fmt: skip
+"""Capitalised words that start or join a sentence before an address (``Please email``,
+``Dear``, ``Cc``) and are never part of the display name after them (compared in lower case)."""
+PARTICLES = frozenset({
+    "van", "von", "der", "den", "de", "del", "della", "di", "da", "das", "dos", "du", "la", "le",
+    "ter", "ten", "bin", "binti", "al", "el", "y", "zu", "af", "av",
+})  # fmt: skip
+"""Lowercase words inside a name (``Ludwig van Beethoven``, ``Maria de la Cruz``); a name does
+not start with one (a surname standing alone is written ``Van der Berg``)."""
+TITLES = frozenset({"dr.", "dr", "mr.", "mr", "mrs.", "mrs", "ms.", "ms", "prof.", "prof", "mx.",
+                    "sir", "dame", "jr.", "sr."})
+"""Titles a display name may carry (``Dr. Li Wei``); :func:`name_forms` also drops a leading one."""
+_INITIALS = re.compile(r"(?:[^\W\d_]\.){1,3}")
+_REMARK = re.compile(r"\([^()]*\)")
+
+
+def _name_word(word: str) -> bool:
+    """Whether ``word`` can be a word of a display name other than a particle."""
+    lowered = word.lower()
+    if lowered in TITLES or (_INITIALS.fullmatch(word) and word[0].isupper()):
+        return True
+    if word.endswith(".") or lowered in NOT_NAMES:
+        return False  # the end of a sentence (``CFO.``), or a sentence word (``Please``)
+    return not word[0].islower()  # capitalised, or a script without case (李伟)
+
+
+def split_name(words: str) -> tuple[str, str]:
+    """``(prose, name)``: ``words`` (written directly before ``<address>``) split where the
+    display name starts. The name is the trailing run of at most :data:`MAX_NAME_WORDS` name
+    words (:func:`_name_word`) and :data:`PARTICLES` between them, starting with a name word; ``prose`` is everything
+    before it, with the whitespace that separated them (``"Please email Anna Berg"`` ->
+    ``("Please email ", "Anna Berg")``). ``name`` is empty when the last word is no name word."""
+    parts = re.split(r"([ \t]+)", words)  # word, gap, word, ...
+    start = len(parts)
+    for i in range(len(parts) - 1, -1, -2):
+        taken = (len(parts) - i + 1) // 2
+        if taken > MAX_NAME_WORDS:
+            break
+        if _name_word(parts[i]):
+            start = i
+        elif not (parts[i] in PARTICLES and start < len(parts)):
+            break
+    return "".join(parts[:start]), "".join(parts[start:])
+
+
+def name_forms(name: str) -> list[str]:
+    """The ways ``name`` is written in running text, each of two or more words (a single word is
+    too often an ordinary one to be replaced on its own): the name itself, without a remark in
+    brackets (``Li, Wei (CFO)`` -> ``Li, Wei``), ``First Last`` for ``Last, First``, and each
+    without a leading title (``Dr. Li Wei`` -> ``Li Wei``)."""
+    name = " ".join(name.split())
+    forms = [name, " ".join(_REMARK.sub(" ", name).split()).strip(" ,")]
+    for form in list(forms):
+        last, comma, first = form.partition(", ")
+        if comma and first and "," not in first and "(" not in form:
+            forms.append(f"{first} {last}")
+    for form in list(forms):
+        title, _, rest = form.partition(" ")
+        if title.lower() in TITLES and rest:
+            forms.append(rest)
+    return [form for form in dict.fromkeys(forms) if len(form.split()) > 1]
 
 _LOOKS_LIKE = re.compile(
     r"<\s*(?:person|phone)[\s_-]*\d+[^<>\s]{0,40}\s*>|(?<![\w.-])person\d+@example\.[A-Za-z]+\b"
@@ -68,11 +151,18 @@ a long text."""
 class Pseudonymiser:
     """Pseudonyms for the personal data of one call; see the module docstring.
 
-    ``phone_regions`` are ISO 3166-1 alpha-2 codes ``phonenumbers`` supports.
+    ``phone_regions`` are ISO 3166-1 alpha-2 codes ``phonenumbers`` supports; ``people`` are
+    ``(display name, address)`` pairs the caller parsed (email headers, calendar attendees):
+    each name is replaced wherever it occurs (:func:`name_forms`), with the number of its
+    address, whether or not the address occurs next to it. Numbers are still handed out in the
+    order the text meets them.
     """
 
-    def __init__(self, phone_regions: Iterable[str] = ("US", "GB")) -> None:
+    def __init__(
+        self, phone_regions: Iterable[str] = ("US", "GB"), people: Iterable[tuple[str, str]] = ()
+    ) -> None:
         self._regions = tuple(phone_regions)
+        self._known = [(name, address) for name, address in people if name.strip() and address]
         self._people: dict[str, int] = {}  # lower-cased address -> N
         self._addresses: dict[int, str] = {}  # N -> address as first seen
         self._names: dict[int, str] = {}  # N -> display name as first seen
@@ -106,25 +196,54 @@ class Pseudonymiser:
     def __repr__(self) -> str:
         return f"Pseudonymiser(counts={self.counts})"
 
+    def mentions_known(self, text: str) -> bool:
+        """Whether a form of a known person's name (``people``) occurs in ``text``."""
+        return any(form in text for name, _ in self._known for form in name_forms(name))
+
     # pseudonymise -------------------------------------------------------------------------------
+    def _number(self, address: str) -> int:
+        return self._people.setdefault(address.lower(), len(self._people) + 1)
+
     def _person(self, m: re.Match[str]) -> str:
         address = m.group("named") or m.group("bare")
-        n = self._people.setdefault(address.lower(), len(self._people) + 1)
+        n = self._number(address)
         self._addresses.setdefault(n, address)
         pseudonym = f"<person{n}@{DOMAIN}>"
-        name = (m.group("quoted") or m.group("name") or "").strip()
-        if not name:
-            return pseudonym
+        if m.group("words") is not None:
+            prose, name = split_name(m.group("words"))
+            if not name:
+                return f"{prose}{m.group('gap')}{pseudonym}"
+        else:
+            prose, name = "", (m.group("quoted") or "").strip()
+            if not name:
+                return pseudonym
         self._names.setdefault(n, name)
-        return f"<person{n}> {pseudonym}"
+        return f"{prose}<person{n}> {pseudonym}"
 
     def _other_mentions(self, text: str) -> str:
-        names = {name: n for n, name in self._names.items() if len(name.split()) > 1}
-        if not names:
+        """Every form of every name met next to an address or known from ``people`` replaced by
+        its person's name pseudonym; a known person gets a number when first met here."""
+        forms: dict[str, tuple[int | None, str, str]] = {}  # form -> (N, address, name)
+        for n, name in self._names.items():
+            for form in name_forms(name):
+                forms.setdefault(form, (n, "", name))
+        for name, address in self._known:
+            for form in name_forms(name):
+                forms.setdefault(form, (None, address, name))
+        present = [form for form in forms if form in text]
+        if not present:
             return text
-        alternation = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
-        pattern = re.compile(rf"(?<![\w'’.-])(?:{alternation})(?![\w'’-])")
-        return pattern.sub(lambda m: f"<person{names[m.group()]}>", text)
+        alternation = "|".join(re.escape(f) for f in sorted(present, key=len, reverse=True))
+        pattern = re.compile(rf"(?<![\w'’.-])(?:{alternation})(?![\w-]|['’](?!s\b)\w)")
+
+        def pseudonym(m: re.Match[str]) -> str:
+            n, address, name = forms[m.group()]
+            if n is None:
+                n = self._number(address)
+                self._names.setdefault(n, name)
+            return f"<person{n}>"
+
+        return pattern.sub(pseudonym, text)
 
     def _phone_numbers(self, text: str) -> str:
         spans: list[tuple[int, int, str]] = []
