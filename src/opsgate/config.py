@@ -99,7 +99,9 @@ class VariantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     chain: tuple[str, ...] | None = Field(default=None, min_length=1)
-    prompt: str = "v1"
+    prompt: str | None = None
+    """A prompt version id; ``None``: the package's default for the operation
+    (:func:`opsgate.operations.prompts.default_version`)."""
 
     @field_validator("chain")
     @classmethod

@@ -42,7 +42,7 @@ def test_without_configuration_every_operation_has_only_the_default_variant(tmp_
     for op, policy in policies.items():
         assert [v.name for v in book.of(op)] == [DEFAULT_VARIANT]
         default = book.get(op, DEFAULT_VARIANT)
-        assert default.policy == policy and default.prompt.version == "v1"
+        assert default.policy == policy and default.prompt.version == ("v1.1" if op in ("email-compose", "email-respond") else "v1")
 
 
 def test_a_configured_variant_is_a_chain_plus_a_prompt_version_over_the_route(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ class Operation:
 
     def prepare(self, data: BaseModel, prompt: PromptVersion | None = None) -> Prepared:
         """Build the provider request for validated input ``data`` with the system prompt of
-        ``prompt`` (default: the package's :data:`~opsgate.operations.prompts.DEFAULT_VERSION`)."""
+        ``prompt`` (default: the package's :func:`~opsgate.operations.prompts.default_version`)."""
         raise NotImplementedError
 
     def system_prompt(self, prompt: PromptVersion | None, **fields: object) -> str:

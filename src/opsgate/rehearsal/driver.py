@@ -367,7 +367,7 @@ def _candidate_settings(scenario: Scenario, tmp: Path) -> dict[str, Any]:
     c = scenario.candidate
     if c is None:
         return {}
-    prompt = "v1"
+    prompt = None
     if c.prompt is not None:
         prompt = "v2"
         (tmp / "prompts" / c.operation).mkdir(parents=True)

@@ -2,7 +2,7 @@
 
 Every operation has the implicit variant :data:`DEFAULT_VARIANT`: its route from ``opsgate.toml``
 (``[routes.<op>]`` over ``[routes.default]``) and the package's prompt
-:data:`~opsgate.operations.prompts.DEFAULT_VERSION`. An operator declares more in
+:func:`~opsgate.operations.prompts.default_version`. An operator declares more in
 ``[variants.<operation>.<name>]`` (``chain``, unset = the route's chain; ``prompt``, a version
 id; timeouts and attempts always come from the route)::
 
@@ -29,7 +29,13 @@ from datetime import datetime
 
 from opsgate.config import Settings
 from opsgate.operations import prompt_catalogue
-from opsgate.operations.prompts import PromptCatalogue, PromptConfigError, PromptVersion, package_prompt
+from opsgate.operations.prompts import (
+    PromptCatalogue,
+    PromptConfigError,
+    PromptVersion,
+    default_version,
+    package_prompt,
+)
 from opsgate.rollout.errors import VariantNotFound
 from opsgate.routing.effective import PriceLookup
 from opsgate.routing.policy import BUILTIN_PROVIDERS, RouteConfigError, RoutePolicy, parse_target
@@ -149,7 +155,7 @@ def build_book(settings: Settings, policies: Mapping[str, RoutePolicy], prompts:
             problems += [f"{where}, target '{t.provider}/{t.model}': unknown provider {t.provider!r}"
                          for t in chain if t.provider not in known_providers]
             try:
-                prompt = prompts.get(op, cfg.prompt)
+                prompt = prompts.get(op, cfg.prompt or default_version(op))
             except KeyError as exc:
                 problems.append(f"{where}: {exc.args[0]}")
                 continue

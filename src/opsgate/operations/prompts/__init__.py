@@ -28,7 +28,13 @@ from string import Template
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_VERSION = "v1"
-"""The version every operation renders when nothing else is chosen (the package's)."""
+"""The version an operation renders when nothing else is chosen, unless :data:`DEFAULT_VERSIONS`
+names a later package version for it."""
+DEFAULT_VERSIONS: Mapping[str, str] = {"email-compose": "v1.1", "email-respond": "v1.1"}
+"""Operations whose default is a later package version. A shipped version's text never changes
+(one id, one text: the ledger's prompt hashes stay comparable across releases); a new text is a new
+id. ``v1.1`` of the drafts states the per-request draft length (``${max_words}``,
+``${max_questions}``, issue 16), where ``v1`` said "at most 5" open questions whatever the length."""
 VERSION_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 
 
@@ -88,9 +94,16 @@ def read_version(operation: str, path: Path, source: str) -> PromptVersion:
     return PromptVersion(operation, path.stem, text.removesuffix("\n"), hashlib.sha256(raw).hexdigest(), source)
 
 
+def default_version(operation: str) -> str:
+    """The package version ``operation`` renders when no variant chooses one."""
+    return DEFAULT_VERSIONS.get(operation, DEFAULT_VERSION)
+
+
 @functools.cache
-def package_prompt(operation: str, version: str = DEFAULT_VERSION) -> PromptVersion:
-    """A version shipped in the package (cached); ``FileNotFoundError`` when there is none."""
+def package_prompt(operation: str, version: str | None = None) -> PromptVersion:
+    """A version shipped in the package (cached), by default :func:`default_version`'s;
+    ``FileNotFoundError`` when there is none."""
+    version = version or default_version(operation)
     return read_version(operation, PACKAGE_DIR / operation / f"{version}.txt", "package")
 
 
