@@ -229,7 +229,7 @@ def test_a_malformed_config_file_is_one_line_naming_file_line_and_column(env, tm
     result = runner.invoke(app, command)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert (result.exit_code, started, len(lines)) == (2, [], 1), result.output
-    assert f"{config} is not valid TOML" in lines[0] and "(at line 3, column 27)" in lines[0]
+    assert f"{config} (OPSGATE_CONFIG) is not valid TOML" in lines[0] and "(at line 3, column 27)" in lines[0]
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from typer.core import TyperGroup
 
 from opsgate.clock import SystemClock
-from opsgate.config import ConfigFileError, Settings, config_path
+from opsgate.config import ConfigError, Settings, load_settings
 from opsgate.errors import NotFound, OpsgateError
 from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
@@ -35,8 +37,41 @@ from opsgate.security.cli import backup_app, keys_app, users_app
 from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
+from opsgate.security.sanitizer import sanitize
+from opsgate.store.db import check_connects, connect_failure
 
-app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True)
+
+class _Boundary(TyperGroup):
+    """The root command: every command runs inside :meth:`invoke`, the one place a configuration
+    failure becomes ``error: <one line>`` and exit 2 (a :class:`ConfigError` from settings, the
+    configuration file or the database URL, or a database connection that fails). Any other
+    exception prints its traceback through the sanitizer (no secret, no local variables) and
+    exits 1."""
+
+    def invoke(self, ctx: Any) -> Any:  # Typer's own click Context (typer._click, private)
+        try:
+            return super().invoke(ctx)
+        except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: Typer's
+            raise
+        except ConfigError as exc:
+            _fail(escape(sanitize(str(exc))))
+        except DBAPIError as exc:  # settings loaded (the callback ran) before any database use
+            failure = connect_failure(exc, Settings().database_url)
+            if failure is None:
+                _internal_error(exc)
+            _fail(escape(sanitize(str(failure))))
+        except Exception as exc:
+            _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> NoReturn:
+    """A bug, not a configuration: the traceback (no local variables), sanitized, and exit 1."""
+    sys.stderr.write(sanitize("".join(traceback.format_exception(exc))))
+    raise typer.Exit(1) from None
+
+
+app = typer.Typer(help="opsgate: a governed gateway for an app's AI operations.", no_args_is_help=True,
+                  cls=_Boundary)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(ledger_app, name="ledger")
@@ -64,16 +99,9 @@ CLI_USER = "opsgate-cli"
 @app.callback()
 def main() -> None:
     """opsgate: a governed gateway for an app's AI operations."""
-    try:
-        settings = Settings()
-    except ConfigFileError as exc:
-        _fail(str(exc))
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        _fail(f"configuration ({config_path()}): {where}: {first['msg']}")
+    settings = load_settings()  # a ConfigError ends the command here (_Boundary), before any work
     configure_sanitizer(settings)
-    configure_logging(settings.log_level.upper(), json=not sys.stderr.isatty())
+    configure_logging(settings.log_level, json=not sys.stderr.isatty())
 
 
 def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
@@ -123,11 +151,14 @@ def serve(
     if workers == 1:
         from opsgate.app import create_app
 
-        uvicorn.run(create_app(_settings(sandbox, faults)), host=host, port=port, log_level="warning")
+        settings = _settings(sandbox, faults)
+        check_connects(settings.database_url)  # refused in one line, not after uvicorn's start-up
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         return
     if sandbox:
         _fail("--sandbox runs in one process; start `opsgate sandbox` and point the *_BASE_URL variables at it")
     settings = _settings()
+    check_connects(settings.database_url)
     if _limits_set(settings) and not settings.redis_url and not per_worker_limits:
         _fail(f"rate limits without OPSGATE_REDIS_URL would be counted per worker ({workers}x each limit); "
               "set OPSGATE_REDIS_URL or pass --per-worker-limits")
@@ -269,14 +300,9 @@ def db_rls(
 
 
 def _engine(settings: Settings | None = None) -> Engine:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from opsgate.store.db import open_database
 
-    try:
-        return open_database(settings or Settings())
-    except (SQLAlchemyError, OSError) as exc:
-        _fail(f"cannot open the database: {type(exc).__name__}")
+    return open_database(settings or Settings())  # a connection failure: _Boundary, one line
 
 
 if __name__ == "__main__":

@@ -8,21 +8,33 @@ Provider credentials and endpoints use the providers' conventional variable name
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from decimal import Decimal
-from typing import Literal
 from pathlib import Path
-
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+import phonenumbers
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_PSEUDONYMISED = (
     "email-compose", "email-classify", "email-respond", "calendar-prep", "calendar-time",
@@ -370,6 +382,44 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Seconds a secret stays in the encrypted in-memory cache."
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        try:
+            parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+        except ArgumentError:  # its message repeats the URL, password included
+            raise ValueError("is not a database URL (sqlite:///PATH or postgresql://USER@HOST/DB)") from None
+        backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+        if (backend, driver) not in SUPPORTED_DATABASES:
+            raise ValueError(f"{parsed.drivername!r} is not supported: use sqlite:///PATH or "
+                             "postgresql://USER@HOST/DB (psycopg 3)")
+        return url
+
+    @field_validator("jwt_secret", "idp_hs256_secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key at least as long as the hash output. An op:// reference is
+        # resolved later (opsgate.security.secrets_connect) and its value checked where it is used.
+        value = secret.get_secret_value() if secret is not None else None
+        if value is not None and not value.startswith("op://") and len(value.encode()) < 32:
+            raise ValueError(f"must be at least 32 bytes long (it is {len(value.encode())})")
+        return secret
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
+
+    @field_validator("redaction_phone_regions")
+    @classmethod
+    def _known_regions(cls, regions: list[str]) -> list[str]:
+        unknown = [r for r in regions if r.upper() not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"unknown ISO 3166-1 alpha-2 region code(s) {unknown} (e.g. US, GB, DE)")
+        return regions
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -380,16 +430,76 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = config_path()
+        named = "OPSGATE_CONFIG" in os.environ
+        where = f"{path} (OPSGATE_CONFIG)" if named else str(path)
+        if named and not path.is_file():
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise ConfigFileError(f"configuration file {where} {what}")
         try:
             toml = TomlConfigSettingsSource(settings_cls, toml_file=path)
         except tomllib.TOMLDecodeError as exc:  # the message ends "(at line L, column C)"
-            raise ConfigFileError(f"{path} is not valid TOML: {exc}") from None
+            raise ConfigFileError(f"{where} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigFileError(f"{where} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} "
+                                  f"at offset {exc.start}") from None
+        except OSError as exc:
+            raise ConfigFileError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from None
         return (init_settings, env_settings, toml)
 
 
-class ConfigFileError(ValueError):
-    """``opsgate.toml`` (or ``$OPSGATE_CONFIG``) cannot be parsed: raised by ``Settings()``
-    with a one-line message naming the file, line and column (tomllib's own position)."""
+SUPPORTED_DATABASES = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
+"""(backend, driver) pairs ``database_url`` may name; ``postgres://`` and ``postgresql://`` take
+psycopg 3 (:func:`opsgate.store.db.normalise_url`)."""
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+"""The ``log_level`` names (any case) of the standard :mod:`logging` levels."""
+
+
+class ConfigError(ValueError):
+    """A configuration the gateway cannot use: a setting (environment variable or ``opsgate.toml``
+    value), the configuration file itself, or the database it names. The message is one line
+    naming the variable or file and what is wrong, never a secret's value; the command line prints
+    it and exits 2 (:mod:`opsgate.cli`)."""
+
+
+class ConfigFileError(ConfigError):
+    """``opsgate.toml`` (or ``$OPSGATE_CONFIG``) cannot be used: named by ``OPSGATE_CONFIG`` but
+    missing, unreadable, not UTF-8 or not TOML (then with tomllib's line and column). Raised by
+    ``Settings()``."""
+
+
+def load_settings() -> Settings:
+    """``Settings()``, or :class:`ConfigError` with one line for the first problem, naming the
+    setting and where it came from: ``OPSGATE_LOG_LEVEL (environment): must be one of ...`` or
+    ``routes.default.timeout_s (opsgate.toml): Input should be greater than 0``. Pydantic's
+    messages are used without the input value, so a secret is never repeated."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        error = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
+        raise ConfigError(f"{_origin(first['loc'])}: {error or first['msg']}") from None
+    except SettingsError as exc:  # a list or table variable that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = _origin((field.group(1),)) if field else "environment"
+        cause = exc.__cause__
+        reason = f" ({cause.msg})" if isinstance(cause, json.JSONDecodeError) else ""
+        raise ConfigError(f'{name}: must be JSON, e.g. ["a", "b"] or {{"k": 1}}{reason}') from None
+
+
+def _origin(loc: tuple[int | str, ...]) -> str:
+    """Where the setting at ``loc`` (a field name, then keys inside it) came from: the
+    environment variable that is set, ``NAME (environment)``, else the dotted path and the
+    configuration file, ``routes.default.timeout_s (opsgate.toml)``."""
+    field = Settings.model_fields.get(str(loc[0]))
+    alias = field.validation_alias if field is not None else None
+    names = ([str(c) for c in alias.choices] if isinstance(alias, AliasChoices)
+             else [f"OPSGATE_{loc[0]}".upper(), str(loc[0])])
+    present = {name.upper() for name in os.environ}
+    for name in names:
+        if name.upper() in present:
+            return f"{name.upper()} (environment)"
+    return f"{'.'.join(str(p) for p in loc)} ({config_path()})"
 
 
 def config_path() -> Path:

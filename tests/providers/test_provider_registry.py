@@ -31,7 +31,8 @@ def _no_provider_env(monkeypatch, tmp_path) -> None:
         for suffix in ("API_KEY", "BASE_URL"):
             monkeypatch.delenv(f"{name}_{suffix}", raising=False)
             monkeypatch.delenv(f"OPSGATE_{name}_{suffix}", raising=False)
-    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "absent.toml"))
+    (tmp_path / "empty.toml").write_text("")  # no providers, routes or prices
+    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "empty.toml"))
 
 
 def test_default_models() -> None:

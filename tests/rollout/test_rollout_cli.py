@@ -108,7 +108,8 @@ def test_rollout_cli_status_numbers_stages_from_one(tmp_path: Path) -> None:
 
 def test_variants_show_names_an_unknown_operation_and_the_known_ones(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "absent.toml"))
+    (tmp_path / "empty.toml").write_text("")  # no providers, routes or prices
+    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "empty.toml"))
     shown = runner.invoke(variants_app, ["show", "email-reply"])
     lines = [line for line in shown.output.splitlines() if "unknown operation" in line]  # (log lines aside)
     assert (shown.exit_code, len(lines)) == (2, 1)

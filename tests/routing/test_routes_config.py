@@ -245,7 +245,8 @@ def test_endpoint_and_price_problems_refuse_with_one_line(tmp_path, monkeypatch,
 
 
 def test_a_built_in_provider_on_plain_http_to_a_remote_host_refuses_with_one_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "absent.toml"))
+    (tmp_path / "empty.toml").write_text("")  # no providers, routes or prices
+    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "empty.toml"))
     monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://10.0.0.5:8001")
     result = runner.invoke(cli_app, ["run", "email-classify",

@@ -17,8 +17,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
-from opsgate.config import Settings
+from opsgate.config import ConfigError, Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -37,13 +38,18 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
-    """Create an engine. SQLite connections get WAL, ``busy_timeout`` 30 s and ``synchronous``."""
+    """Create an engine. SQLite connections get WAL, ``busy_timeout`` 30 s and ``synchronous``;
+    the SQLite file's directory is created (:class:`ConfigError` when it cannot be)."""
     url = normalise_url(url)
     if not is_sqlite(url):
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     path = make_url(url).database
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"SQLite database {path}: cannot create its directory "
+                              f"{Path(path).parent}: {exc.strerror or type(exc).__name__}") from None
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
     @event.listens_for(engine, "connect")
@@ -116,6 +122,36 @@ def migrations_current(engine: Engine) -> bool:
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()
     return set(current) == set(script.get_heads())
+
+
+def connect_failure(exc: BaseException, url: str) -> ConfigError | None:
+    """The :class:`ConfigError` for ``exc`` when it was raised while *connecting* to ``url``
+    (``OPSGATE_DATABASE_URL``'s value), else None. SQLAlchemy wraps a DB-API error of the connect
+    step with no statement: server down, wrong password, a SQLite file that cannot be opened. Its one line names ``OPSGATE_DATABASE_URL``, the URL
+    without its password and the driver's first line, e.g. ``OPSGATE_DATABASE_URL
+    (postgresql+psycopg://u@127.0.0.1:1/db): cannot connect: connection failed: ...
+    Connection refused``. Callers pass the line through the sanitizer before printing it."""
+    if not isinstance(exc, DBAPIError) or exc.statement is not None:
+        return None
+    shown = make_url(normalise_url(url)).set(password=None).render_as_string(hide_password=False)
+    reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+    return ConfigError(f"OPSGATE_DATABASE_URL ({shown}): cannot connect: {reason}")
+
+
+def check_connects(url: str) -> None:
+    """Open and close one connection to ``url`` (a start-up check, before a server binds its port):
+    :func:`connect_failure`'s :class:`ConfigError` when that fails."""
+    engine = make_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except DBAPIError as exc:
+        failure = connect_failure(exc, url)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        engine.dispose()
 
 
 def open_database(settings: Settings) -> Engine:

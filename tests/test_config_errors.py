@@ -1,0 +1,138 @@
+"""A configuration the gateway cannot use (a bad environment variable, an unreadable or missing
+configuration file, an unsupported or unreachable database) ends every command with one line
+``error: <variable or file>: <what is wrong>`` and exit 2: no traceback, no secret. Found by an
+outside tester (F4): each of these crashed with a 50-500 line Rich traceback and exit 1.
+
+Most cases run in-process (``CliRunner``, the same root command and boundary); the unreachable
+PostgreSQL runs as the operator runs it, ``python -m opsgate.cli`` in a fresh process, where
+Typer would print its Rich traceback."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import opsgate
+from opsgate.cli import app
+
+PASSWORD = "pw-" + secrets.token_hex(8)
+SHORT_SECRET = "short-" + secrets.token_hex(2)
+
+
+def _opsgate(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    base.update({"PYTHONPATH": str(Path(opsgate.__file__).parents[1]),  # this checkout's, from any cwd
+                 "OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}",
+                 "OPSGATE_CONFIG": str(_empty(tmp_path)), **env})
+    return subprocess.run([sys.executable, "-m", "opsgate.cli", *args], env=base, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    return path
+
+
+def _not_utf8(tmp_path: Path) -> str:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"\xff\xfe[providers")
+    return str(path)
+
+
+CASES = [
+    # (environment, command, the one line expected on stderr)
+    (lambda t: {"OPSGATE_CONFIG": _not_utf8(t)}, ["toggles", "list"],
+     lambda t: f"error: {t / 'bad.toml'} (OPSGATE_CONFIG) is not UTF-8 text: byte 0xff at offset 0"),
+    (lambda t: {"OPSGATE_CONFIG": str(t / "nonexistent.toml")}, ["toggles", "list"],
+     lambda t: f"error: configuration file {t / 'nonexistent.toml'} (OPSGATE_CONFIG) does not exist"),
+    (lambda t: {"OPSGATE_PRIVACY_PSEUDONYMISE": "notjson"}, ["toggles", "list"],
+     lambda t: 'error: OPSGATE_PRIVACY_PSEUDONYMISE (environment): must be JSON, e.g. ["a", "b"] '
+               'or {"k": 1} (Expecting value)'),
+    (lambda t: {"OPSGATE_LOG_LEVEL": "LOUD"}, ["toggles", "list"],
+     lambda t: "error: OPSGATE_LOG_LEVEL (environment): must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG"),
+    (lambda t: {"OPSGATE_REDACTION_PHONE_REGIONS": '["XX"]'}, ["toggles", "list"],
+     lambda t: "error: OPSGATE_REDACTION_PHONE_REGIONS (environment): unknown ISO 3166-1 alpha-2 "
+               "region code(s) ['XX'] (e.g. US, GB, DE)"),
+    (lambda t: {"OPSGATE_JWT_SECRET": SHORT_SECRET}, ["token", "alice"],
+     lambda t: "error: OPSGATE_JWT_SECRET (environment): must be at least 32 bytes long (it is 10)"),
+    (lambda t: {"OPSGATE_JWT_SECRET": SHORT_SECRET}, ["toggles", "list"],  # not only where tokens are made
+     lambda t: "error: OPSGATE_JWT_SECRET (environment): must be at least 32 bytes long (it is 10)"),
+    (lambda t: {"OPSGATE_DATABASE_URL": f"mysql://u:{PASSWORD}@h/db"}, ["toggles", "list"],
+     lambda t: "error: OPSGATE_DATABASE_URL (environment): 'mysql' is not supported: use "
+               "sqlite:///PATH or postgresql://USER@HOST/DB (psycopg 3)"),
+    (lambda t: {"OPSGATE_DATABASE_URL": "sqlite:////nonexistent-opsgate/dir/x.db"}, ["toggles", "list"],
+     lambda t: "error: OPSGATE_DATABASE_URL (sqlite:////nonexistent-opsgate/dir/x.db): cannot connect: "
+               "unable to open database file"),
+    (lambda t: {"OPSGATE_RATE_LIMIT_USER_RPM": "abc"}, ["toggles", "list"],
+     lambda t: "error: OPSGATE_RATE_LIMIT_USER_RPM (environment): Input should be a valid integer, "
+               "unable to parse string as an integer"),
+]
+
+
+@pytest.mark.parametrize(("env", "command", "line"), CASES)
+def test_a_bad_configuration_is_one_line_naming_it_and_exit_2(tmp_path, monkeypatch, env, command, line):
+    for name in [n for n in os.environ if n.startswith("OPSGATE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}",
+             "OPSGATE_CONFIG": str(_empty(tmp_path)), **env(tmp_path)}
+    result = CliRunner().invoke(app, command, env=given)
+    assert (result.exit_code, result.stderr.splitlines(), result.stdout) == (2, [line(tmp_path)], "")
+    assert isinstance(result.exception, SystemExit)  # no traceback: an exit, not an exception
+    assert not list(tmp_path.glob("*.db"))  # refused before any database was opened or created
+
+
+def test_an_unreachable_postgresql_is_one_line_without_its_password(tmp_path):
+    url = f"postgresql://opsgate:{PASSWORD}@127.0.0.1:1/db"  # port 1: nothing listens
+    for command in (["toggles", "list"], ["serve"]):  # a command that opens it, and start-up
+        done = _opsgate(tmp_path, {"OPSGATE_DATABASE_URL": url}, *command)
+        [line] = done.stderr.splitlines()
+        assert done.returncode == 2, (command, done.stderr)
+        assert line.startswith("error: OPSGATE_DATABASE_URL (postgresql+psycopg://"), line
+        assert line.endswith('@127.0.0.1:1/db): cannot connect: connection failed: connection to server '
+                             'at "127.0.0.1", port 1 failed: Connection refused'), line
+        assert PASSWORD not in done.stderr + done.stdout
+
+
+def test_a_missing_postgresql_database_names_it_without_the_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPSGATE_CONFIG", str(_empty(tmp_path)))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/opsgate_no_such_db")
+    result = CliRunner().invoke(app, ["toggles", "list"])
+    [line] = result.stderr.splitlines()
+    assert result.exit_code == 2 and line.endswith('FATAL:  database "opsgate_no_such_db" does not exist'), line
+    assert PASSWORD not in result.output
+
+
+def test_a_value_from_the_config_file_is_attributed_to_the_file(tmp_path, monkeypatch):
+    config = tmp_path / "opsgate.toml"
+    config.write_text("[routes.default]\ntimeout_s = -1\n")
+    monkeypatch.setenv("OPSGATE_CONFIG", str(config))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    result = CliRunner().invoke(app, ["toggles", "list"])
+    assert (result.exit_code, result.output.strip()) == (
+        2, f"error: routes.default.timeout_s ({config}): Input should be greater than 0")
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_an_unexpected_error_prints_a_sanitized_traceback_and_exit_1(tmp_path, monkeypatch):
+    secret = "sk-ant-api03-" + secrets.token_urlsafe(40)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    monkeypatch.setenv("OPSGATE_CONFIG", str(_empty(tmp_path)))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError(f"a bug that repeats the key {secret}")
+
+    monkeypatch.setattr("opsgate.store.db.open_database", broken)
+    result = CliRunner().invoke(app, ["token", "alice"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "Traceback (most recent call last)" in result.output
+    assert "RuntimeError: a bug that repeats the key [REDACTED:" in result.output
+    assert secret not in result.output
