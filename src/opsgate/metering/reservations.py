@@ -3,8 +3,10 @@
 Per budget and period there is one ``budget_counters`` row. :func:`hold` runs inside ONE transaction (the ledger intent's, on the request path; its own in
 :func:`reserve`):
 for every applicable budget (in id order, so concurrent transactions lock rows in the same order)
-it runs the conditional update (and, when that matches no row, makes sure the period's counter
-row exists and runs it once more) ::
+it runs the conditional update, all of them as one executemany (one round trip); only when they
+did not all match (no room, or a period's counter row not created yet) are they undone and run
+one by one, each making sure the period's counter row exists when it matches no row and running
+once more ::
 
     UPDATE budget_counters SET reserved = reserved + :worst
      WHERE budget_id = :b AND period_start = :p
@@ -28,9 +30,9 @@ hold, and grows those rows' ``worst_micro_usd``, all or nothing, in the caller's
 ledger ``extend`` entry's): the same guarantees as the first hold.
 
 :func:`settle` moves one call from reserved to spent (``reserved -= worst; spent += actual``) in
-one transaction: one update marking the call's open rows that returns what each held, and one
-update per counter that also returns whether the counter is now over its limit (a call that
-expired meanwhile: one read of its rows first). :func:`expire_reservations` settles reservations nobody settled before their
+one transaction: one update marking the call's open rows that returns what each held, the update
+of each counter (one executemany, in budget id order), and one read of which of the call's budgets
+are now over their limit (a call that expired meanwhile: one read of its rows first). :func:`expire_reservations` settles reservations nobody settled before their
 ``expires_at`` (a crashed request) at their worst case, state ``expired``; a late settle of such a
 call then corrects ``spent`` to the real charge. Nothing is leaked or dropped.
 """
@@ -41,6 +43,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -109,13 +112,17 @@ _GROW = (
     .where(_r.request_id == bindparam("rid"), _r.state == OPEN)
     .values(worst_micro_usd=_r.worst_micro_usd + bindparam("amount"))
 )
-_APPLY = (  # and whether the counter's spend is now above its budget's limit
+_APPLY = (  # run as one executemany over a call's counters, in budget id order
     update(budget_counters)
     .where(_c.budget_id == bindparam("b"), _c.period_start == bindparam("p"))
     .values(reserved_micro_usd=_c.reserved_micro_usd - bindparam("released"),
             spent_micro_usd=_c.spent_micro_usd + bindparam("spent_delta"))
-    .returning(_c.spent_micro_usd
-               > select(budgets.c.limit_micro_usd).where(budgets.c.id == _c.budget_id).scalar_subquery())
+)
+_OVER = (  # the budgets of a call's rows whose period spend is above their limit
+    select(_r.budget_id)
+    .join(budget_counters, (_c.budget_id == _r.budget_id) & (_c.period_start == _r.period_start))
+    .join(budgets, budgets.c.id == _r.budget_id)
+    .where(_r.request_id == bindparam("rid"), _c.spent_micro_usd > budgets.c.limit_micro_usd)
 )
 
 
@@ -233,8 +240,12 @@ def hold(
 def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, amount: int) -> list[Budget]:
     """Hold ``amount`` on every budget of ``found`` (in id order); the budgets without room. When
     there are any, every hold made here is undone (a savepoint)."""
+    starts = [period_start(b.period, now) for b in found]
+    if _held_at_once(conn, [(b.id, start) for b, start in zip(found, starts, strict=True)], amount):
+        return []
     with savepoint(conn) as point:
-        lacking = [b for b in found if not _hold(conn, b.id, period_start(b.period, now), amount)]
+        lacking = [b for b, start in zip(found, starts, strict=True)
+                   if not _hold(conn, b.id, start, amount)]
         if lacking:
             point.rollback()
     return lacking
@@ -275,13 +286,16 @@ def extend(conn: Connection, clock: Clock, reservation: Reservation, amount: int
     rows = conn.execute(_ROWS, {"rid": reservation.request_id, "states": [OPEN]}).all()
     if len(rows) != len(reservation.budgets):
         raise BudgetExceeded("This call's budget reservation is no longer open (it expired)")
-    with savepoint(conn) as point:
-        short = next((budget for row, budget in zip(rows, reservation.budgets, strict=True)
-                      if not _hold(conn, row.budget_id, row.period_start, amount)), None)
-        if short is None:
-            conn.execute(_GROW, {"rid": reservation.request_id, "amount": amount})
-        else:
-            point.rollback()
+    if _held_at_once(conn, [(row.budget_id, row.period_start) for row in rows], amount):
+        short = None
+    else:
+        with savepoint(conn) as point:
+            short = next((budget for row, budget in zip(rows, reservation.budgets, strict=True)
+                          if not _hold(conn, row.budget_id, row.period_start, amount)), None)
+            if short is not None:
+                point.rollback()
+    if short is None:
+        conn.execute(_GROW, {"rid": reservation.request_id, "amount": amount})
     if short is not None:
         _note(conn, reservation.request_id, [short], REFUSED, clock.now())
         raise BudgetExceeded(
@@ -350,6 +364,20 @@ def _lock(conn: Connection) -> None:
         conn.execute(_SQLITE_WRITE_LOCK)
 
 
+def _held_at_once(conn: Connection, counters: Sequence[tuple[int, datetime]], amount: int) -> bool:
+    """The common case of a hold in one round trip: the conditional update on every counter of
+    ``counters`` ((budget id, period start), in budget id order, so row locks are taken in the
+    same order as one by one), as one executemany. True when every counter took ``amount``; when
+    one did not (no room, or its period's row does not exist yet) nothing stays held (a
+    savepoint) and False is returned, for the caller to go one by one and learn which."""
+    with savepoint(conn) as point:
+        params = [{"b": budget_id, "p": start, "amount": amount} for budget_id, start in counters]
+        if conn.execute(_HOLD, params).rowcount == len(params):
+            return True
+        point.rollback()
+    return False
+
+
 def _hold(conn: Connection, budget_id: int, start: datetime, amount: int) -> bool:
     """The conditional update; when it matches no row, the period's counter may not exist yet:
     create it (a no-op if it does) and try once more. One statement once the counter exists."""
@@ -362,26 +390,28 @@ def _hold(conn: Connection, budget_id: int, start: datetime, amount: int) -> boo
 
 def _settle_open(conn: Connection, clock: Clock, request_id: str, state: str, charged: int) -> set[int] | None:
     """Charge ``charged`` to ``request_id``'s open rows and release what they held: one update
-    marking them (it returns each row's budget, period and worst case) and one per counter, in
-    budget id order like every hold. Returns the ids of the budgets now over their limit, or
-    ``None`` when the call has no open row (a call's rows are open, expired or settled together:
-    :func:`hold` and :func:`extend` write all of them, :func:`_close` moves all of them)."""
+    marking them (it returns each row's budget, period and worst case), then :func:`_apply`.
+    Returns the ids of the budgets now over their limit, or ``None`` when the call has no open
+    row (a call's rows are open, expired or settled together: :func:`hold` and :func:`extend`
+    write all of them, :func:`_close` moves all of them)."""
     rows = conn.execute(_SETTLE_OPEN, {"rid": request_id, "new_state": state, "amount": charged,
                                        "now": clock.now()}).all()
     if not rows:
         return None
-    over = set()
-    for row in sorted(rows, key=lambda r: r.budget_id):
-        if _apply(conn, row.budget_id, row.period_start, row.worst_micro_usd, charged):
-            over.add(row.budget_id)
-    return over
+    return _apply(conn, request_id, [
+        {"b": row.budget_id, "p": row.period_start, "released": row.worst_micro_usd,
+         "spent_delta": charged}
+        for row in rows
+    ])
 
 
-def _apply(conn: Connection, budget_id: int, start: datetime, released: int, spent_delta: int) -> bool:
-    """Move one counter: ``reserved -= released; spent += spent_delta``. True when its period's
-    spend is now above its budget's limit."""
-    return bool(conn.execute(_APPLY, {"b": budget_id, "p": start, "released": released,
-                                      "spent_delta": spent_delta}).scalar())
+def _apply(conn: Connection, request_id: str, moves: list[dict[str, Any]]) -> set[int]:
+    """Move the counters of ``request_id``'s rows, ``reserved -= released; spent += spent_delta``
+    for each of ``moves`` (``{"b", "p", "released", "spent_delta"}``, not empty), in budget id
+    order as one executemany. Returns the ids of the budgets of ``request_id``'s rows whose period
+    spend is now above their limit."""
+    conn.execute(_APPLY, sorted(moves, key=lambda move: move["b"]))
+    return set(conn.execute(_OVER, {"rid": request_id}).scalars())
 
 
 def _close(
@@ -403,11 +433,10 @@ def _close(
         return set()
     conn.execute(_MARK, {"rid": request_id, "states": list(from_states), "new_state": state,
                          "amount": charged, "now": clock.now()})
-    over = set()
+    moves = []
     for row in rows:
         amount = row.worst_micro_usd if charged is None else charged
-        released = row.worst_micro_usd if row.state == OPEN else 0
-        spent_delta = amount if row.state == OPEN else amount - row.worst_micro_usd
-        if _apply(conn, row.budget_id, row.period_start, released, spent_delta):
-            over.add(row.budget_id)
-    return over
+        moves.append({"b": row.budget_id, "p": row.period_start,
+                      "released": row.worst_micro_usd if row.state == OPEN else 0,
+                      "spent_delta": amount if row.state == OPEN else amount - row.worst_micro_usd})
+    return _apply(conn, request_id, moves)
