@@ -80,6 +80,30 @@ def test_users_add_rejects_unknown_role(env):
     assert result.exit_code == 2 and "unknown role" in result.output
 
 
+@pytest.mark.parametrize(("user_id", "message"), [
+    ("", "user_id is 1 to 128 characters"), ("x" * 129, "user_id is 1 to 128 characters"),
+    ("   ", "user_id must not be blank"), ("al\x01ice", "user_id must not contain control characters"),
+    (KEYS["anthropic_api_key"], "user_id must not look like a secret"),
+])
+def test_users_add_refuses_an_id_no_budget_could_name_in_one_line(env, user_id, message):
+    result = runner.invoke(app, ["users", "add", user_id])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert KEYS["anthropic_api_key"] not in result.output
+    count = create_engine(f"sqlite:///{env}").connect().execute(text("SELECT count(*) FROM users")).scalar()
+    assert count == 0
+
+
+def test_user_ids_are_opaque_and_a_budget_for_a_user_not_yet_there_says_so(env):
+    for user_id in ("a b", "../../etc", "auth0|5f3c2a"):
+        added = runner.invoke(app, ["users", "add", user_id])
+        assert added.exit_code == 0 and added.stdout.strip() == f"created {user_id} (user)"
+    known = runner.invoke(app, ["budgets", "set", "--user", "a b", "--period", "day", "--limit-usd", "1"])
+    assert known.exit_code == 0 and "note:" not in known.output
+    typo = runner.invoke(app, ["budgets", "set", "--user", "nosuchuser", "--period", "day", "--limit-usd", "1"])
+    assert typo.exit_code == 0 and "user:nosuchuser day budget: $1.000000" in typo.stdout
+    assert "note: there is no user 'nosuchuser' yet" in " ".join(typo.stderr.split())
+
+
 def test_run_prints_the_result_and_verify_passes(env):
     result = runner.invoke(app, ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml"), "--sandbox"])
     assert result.exit_code == 0, result.output

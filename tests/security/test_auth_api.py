@@ -113,6 +113,9 @@ def test_only_admins_change_roles_and_the_change_is_ledgered_and_revokes_logins(
     assert jwt.decode(_login(gw).json()["access_token"], options={"verify_signature": False})["role"] == "operator"
     assert gw.client.put("/v1/admin/users/nobody", json={"role": "user"}, headers=auth).status_code == 404
     assert gw.client.put("/v1/admin/users/ada", json={"role": "root"}, headers=auth).status_code == 422
+    for bad in ("x" * 129, "%20%20", "al%01ice"):  # a 129-character id was a 500 (ValueError)
+        refused = gw.client.put(f"/v1/admin/users/{bad}", json={"role": "user"}, headers=auth)
+        assert (refused.status_code, refused.json()["code"]) == (422, "invalid_input"), bad
     from opsgate.ledger.entry import decode_body
     from opsgate.store.models import ledger_entries
 

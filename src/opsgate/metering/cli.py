@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 from sqlalchemy import Engine
 
@@ -68,7 +69,9 @@ def budgets_set(
              "first cheaper target of its chain that fits). Unchanged when not given."),
 ) -> None:
     """Create or change a budget: --user U, --operation OP, both, --global, or --scope shadow.
-    Written to the ledger (``budget.set``) as ``cli:<login>``, like the admin API."""
+    Written to the ledger (``budget.set``) as ``cli:<login>``, like the admin API. A --user with
+    no ``users`` row is set (docs/budgets.md: a budget may precede the user) with a note on stderr,
+    so a mistyped id is seen."""
     from opsgate.metering.budgets import set_budget, usd_to_micro
     from opsgate.runtime import cli_services
 
@@ -79,11 +82,27 @@ def budgets_set(
                                 user_id=user_id, operation=operation_id,
                                 period=period, limit_micro_usd=usd_to_micro(limit_usd),
                                 on_exhausted=on_exhausted)
+            known = user_id == ANY or _has_user(services.engine, user_id)
     except OpsgateError as exc:
         err.print(f"[red]error:[/red] {exc.detail}")
         raise typer.Exit(2) from None
     out.print(f"{budget.scope} {budget.period} budget: {_usd(budget.limit_micro_usd)}, "
               f"on exhausted: {budget.on_exhausted}")
+    if not known:
+        err.print(f"note: there is no user {escape(repr(user_id))} yet; the budget applies to its calls once "
+                  "it exists (check the id if you meant an existing user)", highlight=False)
+
+
+def _has_user(engine: Engine, user_id: str) -> bool:
+    """Whether ``user_id`` has a row in ``users`` (a budget may name a user before it exists)."""
+    from opsgate.errors import NotFound
+    from opsgate.security.users import get_role
+
+    try:
+        get_role(engine, user_id)
+    except NotFound:
+        return False
+    return True
 
 
 @budgets_app.command("delete")

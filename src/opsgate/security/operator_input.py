@@ -13,8 +13,9 @@ every other sink uses (:func:`opsgate.security.sanitizer.sanitize`):
   ``group_id``, a budget's ``user_id``): refused when blank, when it holds any control character
   or when the sanitizer finds a secret in it (an API key, a token, a credential). An identifier is
   never silently altered, since the altered one would name something else. Personal-data shapes
-  are allowed (:data:`PERSONAL_KINDS`): ``opsgate users add`` accepts any 1-128 character id, so
-  an e-mail address or a numeric IdP ``sub`` is a user id a budget must be able to name.
+  are allowed (:data:`PERSONAL_KINDS`): an e-mail address or a numeric IdP ``sub`` is a user id
+  a budget must be able to name. A user id itself follows this rule too
+  (:func:`opsgate.security.users.check_user_id`), so every user can be named by a budget.
 
 :func:`check_identifier` and :func:`operator_text` are the same rules for callers outside pydantic
 (:func:`opsgate.metering.budgets.check_budget`, used by the CLI and the API).

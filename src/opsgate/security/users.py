@@ -13,12 +13,13 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
-from opsgate.errors import NotFound
+from opsgate.errors import InvalidInput, NotFound
 from opsgate.ledger.writer import InTransaction, Ledger
 from opsgate.security.auth import ROLES, Principal
 from opsgate.security.crypto import FieldCipher, normalise_email
 from opsgate.security.errors import AuthFailure, Forbidden, Unauthorized
 from opsgate.security.models import users
+from opsgate.security.operator_input import check_identifier
 from opsgate.security.rbac import capped
 from opsgate.security.passwords import hash_password, needs_rehash, verify_password
 from opsgate.security.reencrypt import USERS_EMAIL
@@ -33,8 +34,8 @@ def add_user(engine: Engine, clock: Clock, user_id: str, role: str = "user") -> 
 
     It never changes a role: a role change is an admin change, ledgered by :func:`set_role`
     (``opsgate users add USER_ID --role ROLE``, ``PUT /v1/admin/users/{id}``). Raises ``ValueError``
-    for an unknown role, an id that is empty or over 128 characters, or an existing user with
-    another role (nothing is written then).
+    for an unknown role or an existing user with another role, :class:`InvalidInput` for an id
+    :func:`check_user_id` refuses (nothing is written then).
     """
     _check(user_id, role)
     where = users.c.user_id == user_id
@@ -102,11 +103,22 @@ def _role_change(user_id: str, role: str, created_at: datetime | None) -> InTran
 
 
 def _check(user_id: str, role: str) -> None:
-    """``ValueError`` for an unknown role or an id that is empty or over 128 characters."""
+    """``ValueError`` for an unknown role; :class:`InvalidInput` (422 over the API) for an id that
+    breaks :func:`check_user_id`."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    check_user_id(user_id)
+
+
+def check_user_id(user_id: str) -> None:
+    """The one user-id rule (users, budgets): 1 to 128 characters, not blank, no control
+    character, not secret-shaped (:func:`~opsgate.security.operator_input.check_identifier`).
+    Otherwise an id is opaque: an IdP subject (``auth0|5f…``), an e-mail address, ``a b`` or
+    ``../x`` are ids like any other, only ever bound as SQL parameters and JSON strings, never
+    used as a path. Raises :class:`InvalidInput` naming ``user_id``, never the value."""
     if not user_id or len(user_id) > 128:
-        raise ValueError("a user id is 1 to 128 characters")
+        raise InvalidInput("user_id is 1 to 128 characters")
+    check_identifier("user_id", user_id)
 
 
 def _before(role: str | None) -> dict[str, str | None]:
