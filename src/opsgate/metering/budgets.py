@@ -55,7 +55,7 @@ from opsgate.metering.models import (
 )
 from opsgate.numbers import MAX_DIGITS, parse_decimal
 from opsgate.operations import OPERATIONS
-from opsgate.security.operator_input import check_identifier
+from opsgate.security.users import check_user_id
 
 PERIODS = ("day", "month")
 ON_EXHAUSTED = (REFUSE, CHEAPER)
@@ -346,8 +346,8 @@ def check_budget(user_id: str, operation: str, period: str, limit_micro_usd: int
     """The one check of a budget to set (CLI ``opsgate budgets set`` and ``PUT /v1/admin/budgets``
     both reach it through :func:`set_budget`). Raises :class:`InvalidInput` for: an unknown period
     or policy; an empty or too long id; a ``user_id`` that is blank, holds a control character or
-    is secret-shaped (:func:`~opsgate.security.operator_input.check_identifier`: an id is stored as
-    sent, never redacted into another one); a limit outside 0..:data:`MAX_LIMIT_MICRO_USD`; an
+    is secret-shaped (the one user-id rule, :func:`~opsgate.security.users.check_user_id`: an id
+    is stored as sent, never redacted into another one); a limit outside 0..:data:`MAX_LIMIT_MICRO_USD`; an
     operation that is neither ``*``, ``@shadow`` nor a known operation (the message names them);
     a shadow budget that is not global (``user_id`` ``*``) or is ``cheaper`` (shadow calls are
     never degraded). Unknown users are accepted: a budget may precede a user's first call."""
@@ -355,9 +355,9 @@ def check_budget(user_id: str, operation: str, period: str, limit_micro_usd: int
         raise InvalidInput(f"period must be one of {', '.join(PERIODS)}")
     if on_exhausted is not None and on_exhausted not in ON_EXHAUSTED:
         raise InvalidInput(f"on_exhausted must be one of {', '.join(ON_EXHAUSTED)}")
-    if not user_id or len(user_id) > 128 or not operation or len(operation) > 64:
-        raise InvalidInput("user_id is 1-128 characters and operation 1-64 ('*' for any)")
-    check_identifier("user_id", user_id)
+    check_user_id(user_id)
+    if not operation or len(operation) > 64:
+        raise InvalidInput("operation is 1-64 characters ('*' for any)")
     if not 0 <= limit_micro_usd <= MAX_LIMIT_MICRO_USD:
         raise InvalidInput(f"the limit must be from 0 to {MAX_LIMIT_MICRO_USD:,} micro-USD "
                            f"({MAX_LIMIT_USD:,} USD)")
