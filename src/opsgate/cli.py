@@ -38,7 +38,7 @@ from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
 from opsgate.security.sanitizer import sanitize
-from opsgate.store.db import check_connects, connect_failure
+from opsgate.store.db import begin_write, check_connects, connect_failure
 
 
 class _Boundary(TyperGroup):
@@ -284,7 +284,7 @@ def db_rls(
         _fail("row-level security needs PostgreSQL: SQLite has no roles or policies (one tenant, one file)")
     engine = make_engine(url)
     try:
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             done = deploy_rls(conn, app_role)
     except ValueError as exc:
         _fail(str(exc))

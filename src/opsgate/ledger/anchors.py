@@ -41,6 +41,7 @@ from opsgate.clock import Clock
 from opsgate.ledger.errors import AnchorError
 from opsgate.ledger.models import ledger_anchor_records, ledger_anchor_state, ledger_checkpoints
 from opsgate.ledger.verify import AnchoredNote
+from opsgate.store.db import begin_write
 
 MAX_PER_RUN = 100
 PAGE = 100
@@ -285,7 +286,7 @@ async def publish(engine: Engine, anchor: Anchor, clock: Clock) -> int:
 
 
 def _anchored_size(engine: Engine, name: str) -> int:
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         size = conn.execute(
             select(ledger_anchor_state.c.anchored_size).where(ledger_anchor_state.c.anchor == name)
         ).scalar()
@@ -321,7 +322,7 @@ def _pending(engine: Engine, anchored: int) -> list[tuple[int, bytes]]:
 
 def _record(engine: Engine, name: str, old: int, size: int, reference: str, now: datetime) -> bool:
     """Record the copy and compare-and-swap the anchored size from ``old`` to ``size``."""
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         swapped = conn.execute(
             update(ledger_anchor_state)
             .where(ledger_anchor_state.c.anchor == name, ledger_anchor_state.c.anchored_size == old)

@@ -43,7 +43,7 @@ from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_h
 from opsgate.ledger.verify import format_summary
 from opsgate.ledger.writer import Ledger
 from opsgate.numbers import cli_float, cli_int
-from opsgate.store.db import make_engine, normalise_url
+from opsgate.store.db import begin_write, make_engine, normalise_url
 
 ledger_app = typer.Typer(
     help="Verify, prove and checkpoint the tamper-evident ledger.", no_args_is_help=True
@@ -228,7 +228,7 @@ def guard_cmd(
         _fail("guard needs a PostgreSQL --admin-url and an app role")
     engine = create_engine(normalise_url(admin_url))
     try:
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             for statement in guard_postgres(conn, role, owner_role):
                 print(statement)
     except (SQLAlchemyError, ValueError) as exc:

@@ -22,6 +22,7 @@ from opsgate.ledger.errors import LedgerError
 from opsgate.ledger.merkle import CompactRange, leaf_hash
 from opsgate.ledger.models import ledger_checkpoints
 from opsgate.store.models import ledger_entries
+from opsgate.store.db import begin_write
 
 MAX_ENTRIES_PER_CHECKPOINT = 1_000_000
 
@@ -145,7 +146,7 @@ def _store(
         .from_select(["size", "root_hash", "note", "frontier", "created_at"], values)
         .returning(ledger_checkpoints.c.size)
     )
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         inserted = conn.execute(statement).scalar()
     return checkpoint if inserted == checkpoint.size else None
 

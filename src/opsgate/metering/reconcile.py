@@ -28,6 +28,7 @@ from opsgate.clock import Clock
 from opsgate.metering.attempts import ESTIMATED
 from opsgate.metering.invoices import InvoiceLine
 from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
+from opsgate.store.db import begin_write
 
 THRESHOLD_PCT = Decimal(1)
 """The seed's alert threshold: a discrepancy above 1 % of the invoiced cost."""
@@ -118,7 +119,7 @@ def _store(engine: Engine, clock: Clock, provider: str, invoice_name: str, run: 
     now = clock.now()
     if not run.rows:
         return
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         conn.execute(cost_reconciliations.insert(), [
             {"run_id": run.run_id, "provider": provider, "invoice_name": invoice_name[:255],
              "day": r.day, "model": r.model, "tracked_micro_usd": r.tracked_micro_usd,

@@ -65,7 +65,7 @@ from opsgate.metering.models import (
     budget_reservations,
     budgets,
 )
-from opsgate.store.db import savepoint
+from opsgate.store.db import begin_write, savepoint
 
 log = logging.getLogger("opsgate.metering")
 
@@ -168,7 +168,7 @@ def reserve(
     cheaper: Sequence[int] = (),
 ) -> Reservation:
     """:func:`hold` in a transaction of its own (a refusal's ``budget_outcomes`` rows commit too)."""
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         try:
             return hold(conn, clock, request_id=request_id, user_id=user_id, operation=operation,
                         worst_micro_usd=worst_micro_usd, ttl_s=ttl_s, cheaper=cheaper)
@@ -309,7 +309,7 @@ def settle(
     unknown_usage: bool, estimated: bool = False,
 ) -> Settlement:
     """:func:`charge` in a transaction of its own."""
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         return charge(conn, clock, reservation, actual_micro_usd, unknown_usage=unknown_usage,
                       estimated=estimated)
 
@@ -349,7 +349,7 @@ def expire_reservations(engine: Engine, clock: Clock) -> list[str]:
             .where(budget_reservations.c.state == OPEN, budget_reservations.c.expires_at < now)
         ).scalars().all()
     for request_id in stale:
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             _lock(conn)
             _close(conn, clock, request_id, (OPEN,), EXPIRED, None)
         log.warning("budget reservation of request %s expired unsettled; charged its worst case",

@@ -23,6 +23,7 @@ from opsgate.monitoring.health import ENFORCEMENT_FAILURE
 from opsgate.monitoring.models import signals
 from opsgate.rollout.service import RolloutEvent, RolloutService
 from opsgate.routing.served import ModelEvent, ModelWatch
+from opsgate.store.db import begin_write
 
 log = logging.getLogger("opsgate.monitoring")
 
@@ -30,7 +31,7 @@ log = logging.getLogger("opsgate.monitoring")
 def record_signal(engine: Engine, clock: Clock, kind: str, subject: str, *, ok: bool,
                   detail: str, severity: str | None = None) -> None:
     """Insert one signal row (``detail`` cut to 2,000 characters)."""
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         conn.execute(insert(signals).values(kind=kind, subject=subject[:128], severity=severity, ok=ok,
                                             detail=detail[:2000], at=clock.now()))
 

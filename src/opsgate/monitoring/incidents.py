@@ -36,6 +36,7 @@ from opsgate.monitoring.models import alerts, incident_events, incidents, outbox
 from opsgate.monitoring.notifiers import Notification, Notifier
 from opsgate.monitoring.outbox import outbox_rows
 from opsgate.monitoring.rules import RESPONSE_TIME_S, Finding, Severity, ledger_failure
+from opsgate.store.db import begin_write
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 MONITOR = "monitoring"
@@ -81,7 +82,7 @@ class IncidentService:
         values = {"rule": f.rule, "labels": json.dumps(f.labels, sort_keys=True), "firing": firing,
                   "severity": f.severity, "episode": episode, "since": now, "value": f.value[:64],
                   "updated_at": now}
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             if state is None:
                 try:
                     with conn.begin_nested():
@@ -257,7 +258,7 @@ class IncidentService:
     def _refresh(self, incident_id: str, f: Finding) -> None:
         """Keep an unresolved incident's title and summary at the latest figures, so escalations
         and repeats say what is true now, not what was true when it opened (no notification)."""
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             conn.execute(update(incidents).where(incidents.c.id == incident_id, incidents.c.state != RESOLVED)
                          .values(title=f.title[:255], summary=f.summary))
 

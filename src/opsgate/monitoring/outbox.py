@@ -41,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from opsgate.clock import Clock
 from opsgate.monitoring.models import incident_events, incidents, outbox
 from opsgate.monitoring.notifiers import DeliveryError, Notification, Notifier
+from opsgate.store.db import begin_write
 
 log = logging.getLogger("opsgate.monitoring")
 
@@ -107,7 +108,7 @@ class Outbox:
         claim = {"state": SENDING, "claimed_by": self.worker_id,
                  "claim_expires_at": now + timedelta(seconds=self.claim_s)}
         query = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             if conn.dialect.name == "postgresql":
                 ids = list(conn.execute(query.with_for_update(of=outbox, skip_locked=True)).scalars())
                 conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(claim))
@@ -182,7 +183,7 @@ class Outbox:
     def _finish(self, row: dict[str, Any], values: dict[str, Any],
                 also: Callable[[Connection], None] | None = None) -> None:
         """Record the outcome, only if this worker still holds the claim."""
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             done = conn.execute(update(outbox).where(
                 outbox.c.id == row["id"], outbox.c.state == SENDING, outbox.c.claimed_by == self.worker_id,
             ).values({**values, "claimed_by": None, "claim_expires_at": None}))

@@ -23,6 +23,7 @@ from opsgate.providers.base import CompletionRequest
 from opsgate.routing.breaker import BreakerState
 from opsgate.routing.policy import RoutePolicy
 from opsgate.routing.router import Router
+from opsgate.store.db import begin_write
 
 log = logging.getLogger("opsgate.monitoring")
 
@@ -111,7 +112,7 @@ class ProviderStatusSync:
 
     def _publish_and_apply(self) -> None:
         now = self.clock.now()
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             for snap in self.router.snapshot():
                 if snap.state is BreakerState.CLOSED:
                     self._since.pop(snap.provider, None)

@@ -47,7 +47,7 @@ from opsgate.routing.served import MODEL_SUBSTITUTED, MODEL_UNAVAILABLE
 from opsgate.monitoring.rules import OUTAGE, Finding, RuleConfig, Severity, evaluate
 from opsgate.rollout.controller import Thresholds
 from opsgate.rollout.service import RolloutService, disable_operation
-from opsgate.store.db import is_sqlite
+from opsgate.store.db import begin_write, is_sqlite
 
 log = logging.getLogger("opsgate.monitoring")
 
@@ -232,7 +232,7 @@ class Worker:
 
     def _fallback(self, f: Finding, now: datetime) -> None:
         provider = f.labels["provider"]
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             if f.firing:
                 changed = demote(conn, provider, now, f.title)
             else:
@@ -249,7 +249,7 @@ class Worker:
                                 .order_by(signals.c.id)).mappings().all()
         handled = 0
         for row in rows:
-            with self.engine.begin() as conn:
+            with begin_write(self.engine) as conn:
                 claimed = conn.execute(update(signals).where(signals.c.id == row["id"],
                                                              signals.c.handled_at.is_(None))
                                        .values(handled_at=now)).rowcount
@@ -314,7 +314,7 @@ class Worker:
 
     def _heartbeat(self) -> None:
         now = self.clock.now()
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             done = conn.execute(update(workers).where(workers.c.name == "leader").values(
                 holder=self.worker_id[:128], heartbeat_at=now))
             if not done.rowcount:

@@ -30,6 +30,7 @@ from opsgate.monitoring.notifiers import Notification, Notifier
 from opsgate.monitoring.outbox import outbox_rows
 from opsgate.reports.render import to_markdown
 from opsgate.reports.security import build_security_report
+from opsgate.store.db import begin_write
 
 REPORT_CHANNELS = ("discord", "email")
 SEVERITY = "INFO"
@@ -69,7 +70,7 @@ def queue_daily_security_report(
     )
     rows = outbox_rows(notifiers, note, targets, key, now)
     try:
-        with engine.begin() as conn:
+        with begin_write(engine) as conn:
             conn.execute(insert(outbox), rows)
     except IntegrityError:  # another worker queued it first
         return 0

@@ -67,6 +67,7 @@ from opsgate.rollout.variants import DEFAULT_VARIANT, VariantBook
 from opsgate.security.auth import Principal
 from opsgate.security.models import users
 from opsgate.security.rls import service_scope, user_scope
+from opsgate.store.db import begin_write
 
 log = logging.getLogger(__name__)
 
@@ -652,7 +653,7 @@ class RolloutService:
         return dict(found) if found else None
 
     def _bump(self) -> None:
-        with self.engine.begin() as conn:
+        with begin_write(self.engine) as conn:
             _bump_in(conn)
         self._changed()
 

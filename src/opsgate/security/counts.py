@@ -43,6 +43,7 @@ from opsgate.clock import Clock
 from opsgate.errors import OpsgateError
 from opsgate.security.errors import Unauthorized
 from opsgate.security.models import security_event_counts
+from opsgate.store.db import begin_write
 
 log = logging.getLogger("opsgate.security")
 
@@ -169,7 +170,7 @@ def add_counts(engine: Engine, day: date, counts: dict[tuple[str, str], int]) ->
         index_elements=["day", "kind", "reason"],
         set_={"count": security_event_counts.c.count + stmt.excluded["count"]},
     )
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         conn.execute(stmt)
 
 

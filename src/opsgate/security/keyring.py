@@ -38,6 +38,7 @@ from opsgate.ledger.writer import Ledger
 from opsgate.security.errors import KeyRingError
 from opsgate.security.models import encryption_keys
 from opsgate.security.sanitizer import hold_secret
+from opsgate.store.db import begin_write
 
 KEY_BYTES = 32
 INDEX_KEY_ID = 0
@@ -208,7 +209,7 @@ class KeyRing:
     def _insert(self, key_id: int, purpose: str) -> None:
         """Insert a fresh wrapped key (nothing when another process took ``key_id`` first)."""
         try:
-            with self._engine.begin() as conn:
+            with begin_write(self._engine) as conn:
                 conn.execute(insert(encryption_keys).values(self._wrapped(key_id, purpose)))
         except IntegrityError:
             pass

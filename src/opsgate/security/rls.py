@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 
 from opsgate.security.auth import Principal
+from opsgate.store.db import begin_write
 
 USER_OWNED_TABLES: dict[str, str] = {
     "user_settings": "user_id",
@@ -170,7 +171,7 @@ def service_scope(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def _scoped(engine: Engine, user_id: str, role: str) -> Iterator[Connection]:
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(
                 text("SELECT set_config('opsgate.user_id', :uid, true), set_config('opsgate.role', :role, true)"),

@@ -24,6 +24,7 @@ from opsgate.security.rbac import capped
 from opsgate.security.passwords import hash_password, needs_rehash, verify_password
 from opsgate.security.reencrypt import USERS_EMAIL
 from opsgate.security.refresh import RefreshTokens
+from opsgate.store.db import begin_write
 
 NO_SUCH_USER = "no such user; create it with `opsgate users add USER_ID`"
 
@@ -39,7 +40,7 @@ def add_user(engine: Engine, clock: Clock, user_id: str, role: str = "user") -> 
     """
     _check(user_id, role)
     where = users.c.user_id == user_id
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         before = conn.execute(select(users.c.role).where(where)).scalar()
         if before is None:
             conn.execute(insert(users).values(user_id=user_id, role=role, created_at=clock.now()))
@@ -211,7 +212,7 @@ def authenticate(engine: Engine, cipher: FieldCipher, username: str, password: s
 
 
 def _update(engine: Engine, user_id: str, **values: object) -> None:
-    with engine.begin() as conn:
+    with begin_write(engine) as conn:
         changed = conn.execute(update(users).where(users.c.user_id == user_id).values(**values))
     if not changed.rowcount:
         raise NotFound(NO_SUCH_USER)

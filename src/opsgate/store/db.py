@@ -7,7 +7,7 @@ one file; PostgreSQL URLs (``postgresql://`` or ``postgresql+psycopg://``) use p
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from opsgate.config import ConfigError, Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_WRITES = "opsgate_writes"  # the execution option begin_write sets: BEGIN IMMEDIATE on SQLite
 
 
 def normalise_url(url: str) -> str:
@@ -63,9 +64,24 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITES) else "BEGIN")
 
     return engine
+
+
+def begin_write(engine: Engine) -> AbstractContextManager[Connection]:
+    """``engine.begin()`` for a transaction that writes: a context manager yielding a connection
+    in a transaction, committed when the block ends, rolled back when it raises.
+
+    On SQLite the transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock first,
+    waiting up to ``busy_timeout`` for another writer. A plain ``BEGIN`` that reads and then writes
+    fails at its first write with an immediate "database is locked" (``SQLITE_BUSY_SNAPSHOT``, no
+    busy wait) whenever another connection committed after its read: a WAL reader cannot become a
+    writer on a stale snapshot (https://www.sqlite.org/wal.html, "Sometimes Queries Return
+    SQLITE_BUSY In WAL Mode"; https://www.sqlite.org/lang_transaction.html). On PostgreSQL it is
+    ``engine.begin()``.
+    """
+    return engine.execution_options(**{_WRITES: True}).begin()
 
 
 class Savepoint:
