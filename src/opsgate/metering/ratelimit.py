@@ -10,9 +10,9 @@ Four limits, each off when 0 (settings ``rate_limit_user_rpm``, ``rate_limit_use
 - tokens per minute per user, and per (user, operation): a call takes its worst-case tokens at
   admission (after validation, when its prompt is known) and is settled to its billed tokens
   (``Usage.total_tokens``) when it ends, with :mod:`opsgate.metering.tokenlimits` -- so
-  concurrent calls cannot take more than a limit between them. A call whose worst case alone is
-  larger than a limit is refused. (The token window is a sliding window *counter*: it weights the
-  previous minute and can admit more than the limit in a 60 s span that straddles two minutes.)
+  concurrent calls cannot take more than a limit between them; exact: at most N tokens held or
+  billed in any 60-second window (a moving window of holds). A call whose worst case alone is
+  larger than a limit is refused.
 
 Logs and counters live in memory (one process) or, with ``OPSGATE_REDIS_URL``, in Redis, shared
 by every replica (``key_prefix`` separates deployments); ``opsgate serve --workers N`` refuses to

@@ -1,33 +1,41 @@
-"""Tokens-per-minute limits that hold under concurrency: reserve the worst case, settle the actual.
+"""Tokens-per-minute limits that are exact and hold under concurrency: at most N tokens in any
+60-second window, reserved at admission and settled to what was billed.
 
 A call takes its worst-case tokens (:func:`~opsgate.metering.worstcase.call_worst_case_tokens`)
-from every applicable window *at admission*, atomically and all-or-nothing, and is refused (429)
-when one of them has no room; when it ends, the hold is settled to the tokens it was billed
+from every applicable limit *at admission*, atomically and all or none, and is refused (429) when
+one of them has no room; when it ends, the hold is settled to the tokens it was billed
 (``Usage.total_tokens``), returning the rest -- as budgets reserve and settle money. So N
 concurrent calls can never take more than the limit between them, whatever their timing.
 
-The window is a sliding window counter of one minute (the algorithm of ``limits``' sliding window
-counter and of Cloudflare's rate limiter): a counter per fixed minute, and the tokens used "in the
-last 60 s" are ``floor(previous * (1 - elapsed)) + current`` where ``elapsed`` is the fraction of
-the current minute gone. ``limits`` cannot return part of a hit to the window it was taken from,
-so the counters are our own:
+Each limit keeps a log of the holds it admitted (a moving window, as the request limits of
+:mod:`opsgate.metering.requestlimits`): the hold's time, its id and its amount, with the sum of
+the amounts younger than 60 s kept beside it. A call is admitted when ``sum + amount <= limit``
+in every scope; a hold leaves the window 60 s after it was taken. The wait for a refused call is
+the time until enough of the oldest holds have left for it to fit, rounded up to whole seconds
+(at least 1). (The sliding window *counter* this replaced weighted the previous fixed minute as if
+its tokens were spread evenly, so a burst late in one minute and another early in the next could
+take up to 1.5x the limit within 60 s.)
 
-- :class:`MemoryTokenWindows`: one process; check-and-take runs without an ``await`` in between,
-  so it is atomic on the event loop.
-- :class:`RedisTokenWindows`: every replica; check-and-take of all scopes is one Lua script
-  (atomic in Redis), and a settlement adds ``actual - reserved`` to the counter of the minute the
-  hold was taken in (floored at 0, its TTL kept).
+- :class:`MemoryTokenWindows`: one process; check-and-take has no ``await`` in between, so it is
+  atomic on the event loop. ``clock`` defaults to ``time.monotonic``.
+- :class:`RedisTokenWindows`: every replica; one Lua script checks and takes every scope (one
+  round trip), on the Redis server's clock (``TIME``) so replicas with skewed clocks share one
+  window; a settlement is one script that changes the hold's amount and the sum.
 
-Keys: ``<prefix>:tpm:<scope>:<minute number>`` where ``scope`` is ``user:<id>`` or
-``user-op:<id>:<operation>``; counters expire two minutes after their minute began.
+Redis keys per scope: ``<prefix>:tpm:<scope>``, a sorted set of hold ids scored by their time in
+seconds, and ``<prefix>:tpm:<scope>:held``, a hash of hold id -> tokens with the sum under
+``=total``; both expire 60 s after the newest hold. ``scope`` is ``user:<id>`` or
+``user-op:<id>:<operation>``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -37,8 +45,8 @@ WINDOW_S = 60
 
 @dataclass(frozen=True, slots=True)
 class TokenScope:
-    """One applicable limit: its counter ``key`` (without the minute), ``limit`` in tokens per
-    minute and a human ``label`` for the 429 detail."""
+    """One applicable limit: its log ``key``, ``limit`` in tokens per 60 s and a human ``label``
+    for the 429 detail."""
 
     key: str
     limit: int
@@ -47,16 +55,17 @@ class TokenScope:
 
 @dataclass(frozen=True, slots=True)
 class TokenHold:
-    """Tokens a call holds: ``amount`` taken from ``scopes`` in minute number ``minute``."""
+    """Tokens a call holds: ``amount`` logged as ``hold_id`` in every one of ``scopes``."""
 
     scopes: tuple[TokenScope, ...]
-    minute: int
+    hold_id: str
     amount: int
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """The first scope with no room, and the seconds until it has room for the amount asked."""
+    """The first scope with no room, and the whole seconds (>= 1) until it has room for the
+    amount asked."""
 
     scope: TokenScope
     retry_after_s: int
@@ -69,88 +78,130 @@ class TokenWindows(Protocol):
         """Take ``amount`` from every scope, or from none and return the :class:`Refusal`."""
 
     async def settle(self, hold: TokenHold, actual: int) -> None:
-        """Change the hold's counters by ``actual - hold.amount`` (floored at 0)."""
+        """Make the hold ``actual`` tokens in every scope still holding it (a hold older than the
+        window has left it already)."""
 
 
-def _minute(now: float) -> tuple[int, float]:
-    """The minute number of ``now`` (Unix seconds) and the fraction of it elapsed."""
-    minute, into = divmod(now, WINDOW_S)
-    return int(minute), into / WINDOW_S
+def _wait_s(leaves_in: float) -> int:
+    """Whole seconds until a hold ``leaves_in`` seconds from now is out of the window."""
+    return max(1, math.ceil(leaves_in))
 
 
-def _wait_s(previous: int, current: int, amount: int, limit: int, elapsed: float) -> int:
-    """Seconds until ``floor(previous * (1 - e)) + current + amount <= limit`` as time passes
-    (``current`` becomes the previous minute at the next boundary). At least 1."""
-    room = limit - current - amount
-    if room >= 0 and previous:
-        at = 1 - room / previous  # the elapsed fraction at which the previous minute weighs little enough
-        return max(1, math.ceil((at - elapsed) * WINDOW_S))
-    room_next = limit - amount
-    at_next = 1 - room_next / current if current else 0.0
-    return max(1, math.ceil((1 - elapsed + max(0.0, at_next)) * WINDOW_S))
+@dataclass(slots=True)
+class _Log:
+    """One scope's holds younger than the window, oldest first: id -> [time, tokens]; and their
+    sum."""
+
+    holds: dict[str, list[float]] = field(default_factory=dict)
+    total: int = 0
+
+    def prune(self, now: float) -> None:
+        while self.holds:
+            hold_id, (at, tokens) = next(iter(self.holds.items()))
+            if at > now - WINDOW_S:
+                return
+            del self.holds[hold_id]
+            self.total -= int(tokens)
+
+    def room_in(self, amount: int, limit: int, now: float) -> float:
+        """Seconds until ``amount`` fits (0 when it fits now)."""
+        left = self.total
+        if left + amount <= limit:
+            return 0.0
+        for at, tokens in self.holds.values():
+            left -= int(tokens)
+            if left + amount <= limit:
+                return at + WINDOW_S - now
+        return float(WINDOW_S)
 
 
 class MemoryTokenWindows:
-    """Token windows in this process's memory (``clock`` returns Unix seconds)."""
+    """Token logs in this process's memory (``clock`` returns seconds, never going back)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._counts: dict[tuple[str, int], int] = {}
+        self._logs: dict[str, _Log] = {}
+        self._ids = itertools.count(1)
 
     async def take(self, scopes: Sequence[TokenScope], amount: int) -> TokenHold | Refusal:
         """See :meth:`TokenWindows.take`; no ``await`` between the check and the take."""
-        minute, elapsed = _minute(self._clock())
-        self._drop_before(minute - 1)
+        now = self._clock()
+        logs = []
         for scope in scopes:
-            previous = self._counts.get((scope.key, minute - 1), 0)
-            current = self._counts.get((scope.key, minute), 0)
-            if math.floor(previous * (1 - elapsed)) + current + amount > scope.limit:
-                return Refusal(scope, _wait_s(previous, current, amount, scope.limit, elapsed))
-        for scope in scopes:
-            self._counts[(scope.key, minute)] = self._counts.get((scope.key, minute), 0) + amount
-        return TokenHold(tuple(scopes), minute, amount)
+            log = self._logs.setdefault(scope.key, _Log())
+            log.prune(now)
+            wait = log.room_in(amount, scope.limit, now)
+            if wait:
+                return Refusal(scope, _wait_s(wait))
+            logs.append(log)
+        hold_id = str(next(self._ids))
+        for log in logs:
+            log.holds[hold_id] = [now, amount]
+            log.total += amount
+        return TokenHold(tuple(scopes), hold_id, amount)
 
     async def settle(self, hold: TokenHold, actual: int) -> None:
-        """See :meth:`TokenWindows.settle`; a minute already dropped stays dropped."""
+        """See :meth:`TokenWindows.settle`."""
         for scope in hold.scopes:
-            key = (scope.key, hold.minute)
-            if key in self._counts:
-                self._counts[key] = max(0, self._counts[key] + actual - hold.amount)
-
-    def _drop_before(self, minute: int) -> None:
-        for key in [k for k in self._counts if k[1] < minute]:
-            del self._counts[key]
+            log = self._logs.get(scope.key)
+            entry = log.holds.get(hold.hold_id) if log else None
+            if log and entry:
+                log.total += actual - int(entry[1])
+                entry[1] = actual
 
 
 _TAKE = """
-local amount = tonumber(ARGV[1])
-local weight = tonumber(ARGV[2])
-local ttl_ms = tonumber(ARGV[3])
+local now = tonumber(ARGV[1])
+if now == nil then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local window = tonumber(ARGV[2])
+local amount = tonumber(ARGV[4])
+local oldest = string.format('%.6f', now - window)
 local n = #KEYS / 2
 for i = 1, n do
-  local previous = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local current = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  if math.floor(previous * weight) + current + amount > tonumber(ARGV[3 + i]) then
-    return {i, previous, current}
+  local log, held = KEYS[2 * i - 1], KEYS[2 * i]
+  local gone = redis.call('ZRANGEBYSCORE', log, '-inf', oldest)
+  if #gone > 0 then
+    local freed = 0
+    for _, id in ipairs(gone) do
+      freed = freed + tonumber(redis.call('HGET', held, id) or '0')
+      redis.call('HDEL', held, id)
+    end
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', oldest)
+    redis.call('HINCRBY', held, '=total', -freed)
+  end
+  local left = tonumber(redis.call('HGET', held, '=total') or '0')
+  local limit = tonumber(ARGV[4 + i])
+  if left + amount > limit then
+    local holds = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
+    for j = 1, #holds, 2 do
+      left = left - tonumber(redis.call('HGET', held, holds[j]) or '0')
+      if left + amount <= limit then
+        return {i, string.format('%.6f', tonumber(holds[j + 1]) + window - now)}
+      end
+    end
+    return {i, string.format('%.6f', window)}
   end
 end
 for i = 1, n do
-  redis.call('INCRBY', KEYS[2 * i], amount)
-  if redis.call('PTTL', KEYS[2 * i]) < 0 then
-    redis.call('PEXPIRE', KEYS[2 * i], ttl_ms)
-  end
+  redis.call('ZADD', KEYS[2 * i - 1], string.format('%.6f', now), ARGV[3])
+  redis.call('HSET', KEYS[2 * i], ARGV[3], amount)
+  redis.call('HINCRBY', KEYS[2 * i], '=total', amount)
+  redis.call('PEXPIRE', KEYS[2 * i - 1], window * 1000)
+  redis.call('PEXPIRE', KEYS[2 * i], window * 1000)
 end
-return {0, 0, 0}
+return {0, '0'}
 """
 
 _SETTLE = """
-local delta = tonumber(ARGV[1])
+local actual = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  local value = redis.call('GET', KEYS[i])
-  if value then
-    local settled = tonumber(value) + delta
-    if settled < 0 then settled = 0 end
-    redis.call('SET', KEYS[i], settled, 'KEEPTTL')
+  local held = redis.call('HGET', KEYS[i], ARGV[1])
+  if held then
+    redis.call('HSET', KEYS[i], ARGV[1], actual)
+    redis.call('HINCRBY', KEYS[i], '=total', actual - tonumber(held))
   end
 end
 return 0
@@ -158,11 +209,11 @@ return 0
 
 
 class RedisTokenWindows:
-    """Token windows in Redis, shared by every replica (``redis_url``: ``redis://`` or
-    ``rediss://``; ``prefix`` separates deployments). Redis errors propagate as
-    ``redis.exceptions.RedisError``."""
+    """Token logs in Redis, shared by every replica (``redis_url``: ``redis://`` or
+    ``rediss://``; ``prefix`` separates deployments). ``clock`` (seconds) replaces the Redis
+    server's time, for tests. Redis errors propagate as ``redis.exceptions.RedisError``."""
 
-    def __init__(self, redis_url: str, prefix: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis_url: str, prefix: str, clock: Callable[[], float] | None = None) -> None:
         self._redis = aioredis.from_url(redis_url)
         self._prefix = prefix
         self._clock = clock
@@ -171,23 +222,23 @@ class RedisTokenWindows:
 
     async def take(self, scopes: Sequence[TokenScope], amount: int) -> TokenHold | Refusal:
         """See :meth:`TokenWindows.take`: one Lua script checks and takes every scope."""
-        minute, elapsed = _minute(self._clock())
-        keys = [k for s in scopes for k in (self._key(s, minute - 1), self._key(s, minute))]
-        args: list[int | str] = [amount, repr(1 - elapsed), 2 * WINDOW_S * 1000, *(s.limit for s in scopes)]
-        refused, previous, current = await self._take(keys=keys, args=args)
+        now = "" if self._clock is None else repr(self._clock())
+        hold_id = secrets.token_hex(8)
+        keys = [k for s in scopes for k in (self._key(s), f"{self._key(s)}:held")]
+        args: list[int | str] = [now, WINDOW_S, hold_id, amount, *(s.limit for s in scopes)]
+        refused, leaves_in = await self._take(keys=keys, args=args)
         if refused:
-            scope = scopes[int(refused) - 1]
-            return Refusal(scope, _wait_s(int(previous), int(current), amount, scope.limit, elapsed))
-        return TokenHold(tuple(scopes), minute, amount)
+            return Refusal(scopes[int(refused) - 1], _wait_s(float(leaves_in)))
+        return TokenHold(tuple(scopes), hold_id, amount)
 
     async def settle(self, hold: TokenHold, actual: int) -> None:
-        """See :meth:`TokenWindows.settle`."""
-        keys = [self._key(s, hold.minute) for s in hold.scopes]
-        await self._settle(keys=keys, args=[actual - hold.amount])
+        """See :meth:`TokenWindows.settle`: one Lua script over every scope."""
+        keys = [f"{self._key(s)}:held" for s in hold.scopes]
+        await self._settle(keys=keys, args=[hold.hold_id, actual])
 
     async def close(self) -> None:
         """Close the connection pool."""
         await self._redis.aclose()
 
-    def _key(self, scope: TokenScope, minute: int) -> str:
-        return f"{self._prefix}:tpm:{scope.key}:{minute}"
+    def _key(self, scope: TokenScope) -> str:
+        return f"{self._prefix}:tpm:{scope.key}"
