@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 
 from opsgate.security.auth import Principal
-from opsgate.store.db import begin_write
 
 USER_OWNED_TABLES: dict[str, str] = {
     "user_settings": "user_id",
@@ -171,7 +170,8 @@ def service_scope(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def _scoped(engine: Engine, user_id: str, role: str) -> Iterator[Connection]:
-    with begin_write(engine) as conn:
+    # a plain BEGIN: the scopes' callers only read, or write first (store.db.begin_write)
+    with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(
                 text("SELECT set_config('opsgate.user_id', :uid, true), set_config('opsgate.role', :role, true)"),
