@@ -136,3 +136,23 @@ def test_an_unexpected_error_prints_a_sanitized_traceback_and_exit_1(tmp_path, m
     assert "Traceback (most recent call last)" in result.output
     assert "RuntimeError: a bug that repeats the key [REDACTED:" in result.output
     assert secret not in result.output
+
+
+@pytest.mark.parametrize("variable", ["ANTHROPIC_API_KEY", "LOCAL_KEY"])
+def test_a_provider_key_reference_that_cannot_be_resolved_is_one_line_naming_its_variable(
+        tmp_path, monkeypatch, variable):
+    """A built-in provider's key or a named endpoint's (``api_key_env``) given as an ``op://``
+    reference without 1Password Connect: start-up stops with one line, exit 2 (it was a traceback
+    and exit 1)."""
+    for name in [n for n in os.environ if n.startswith(("OPSGATE_", "OP_CONNECT_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "opsgate.toml"
+    config.write_text('[providers.local]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                      'api_key_env = "LOCAL_KEY"\n')  # pragma: allowlist secret
+    given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}", "OPSGATE_CONFIG": str(config),
+             variable: "op://Prod/Anthropic/keys/credential"}
+    example = Path(__file__).parents[1] / "examples" / "task-prioritize.json"
+    result = CliRunner().invoke(app, ["run", "task-prioritize", "--input", str(example)], env=given)
+    assert (result.exit_code, result.stderr.splitlines(), result.stdout) == (2, [
+        f"error: {variable} (environment): {variable} is a 1Password reference but OP_CONNECT_HOST is not set"], "")

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -47,7 +48,9 @@ class ProviderConfig(BaseModel):
     (vLLM, Ollama, a hosted OpenAI-compatible API).
 
     ``base_url`` is https, or http on loopback only (checked when the adapter is built);
-    ``api_key_env`` names the environment variable holding the key, which is sent only in the
+    ``api_key_env`` names the environment variable holding the key or an ``op://`` 1Password
+    reference to it, resolved at start-up like the built-in providers' keys
+    (:func:`opsgate.security.secrets.resolve_provider_keys`); the key is sent only in the
     ``Authorization: Bearer`` header (unset: no key is sent); ``json_mode`` is how a JSON answer
     is asked for (``json_schema`` per the OpenAI Chat Completions reference, ``json_object`` for
     endpoints that only know JSON mode); ``context_window`` (tokens, optional) is what the endpoint
@@ -62,15 +65,27 @@ class ProviderConfig(BaseModel):
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     json_mode: Literal["json_schema", "json_object"] = "json_schema"
     context_window: int | None = Field(default=None, ge=1)
+    _key: SecretStr | None = PrivateAttr(default=None)  # resolved by the secrets layer; never dumped
 
     def api_key(self) -> str | None:
-        """The endpoint's key: the value of its ``api_key_env`` variable, read from the process
-        environment at each call (``None`` when it names none or the variable is unset or empty).
-        The one place it is read: the provider registry sends it, and the sanitizer holds it
+        """The endpoint's key: once resolved (:meth:`with_key`), the value the secrets layer read;
+        before, the value of its ``api_key_env`` variable as the process environment holds it at
+        each call, an ``op://`` reference included (``None`` when it names none or the variable is
+        unset or empty). The one place it is read: the secrets layer resolves it, the provider
+        registry sends it, and the sanitizer holds it
         (:func:`opsgate.security.sanitizer.settings_secrets`)."""
+        if self._key is not None:
+            return self._key.get_secret_value()
         if self.api_key_env is None:
             return None
         return os.environ.get(self.api_key_env) or None
+
+    def with_key(self, key: str) -> ProviderConfig:
+        """This endpoint with its key resolved to ``key`` (kept out of :meth:`model_dump`, so the
+        ledgered routing configuration never holds it)."""
+        resolved = self.model_copy()
+        resolved._key = SecretStr(key)
+        return resolved
 
 
 class RouteConfig(BaseModel):

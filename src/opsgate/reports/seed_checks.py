@@ -34,12 +34,15 @@ AUDIT_TRAIL_MAX_AGE = timedelta(days=1)
 # Secret management ---------------------------------------------------------------------------
 async def onepassword_verified(ctx: Context) -> Result:
     """Every credential given as an ``op://`` reference resolves through 1Password Connect
-    (``OP_CONNECT_HOST`` / ``OP_CONNECT_TOKEN``); not applicable when none is a reference."""
+    (``OP_CONNECT_HOST`` / ``OP_CONNECT_TOKEN``): the built-in provider keys, each named
+    endpoint's ``api_key_env`` key, the JWT secret and the master key; not applicable when none
+    is a reference."""
     from opsgate.providers.http import make_session
     from opsgate.security.secrets import connect_from_env
     from opsgate.security.secrets_connect import OpReference
 
-    refs = {n: v for n in (*PROVIDER_ENV, "OPSGATE_JWT_SECRET", "OPSGATE_MASTER_KEY")
+    named = [c.api_key_env for c in ctx.settings.providers.values() if c.api_key_env is not None]
+    refs = {n: v for n in (*PROVIDER_ENV, *named, "OPSGATE_JWT_SECRET", "OPSGATE_MASTER_KEY")
             if (v := os.environ.get(n, "")).startswith("op://")}
     if not refs:
         return None, "no credential is an op:// reference: every one comes from its environment variable"

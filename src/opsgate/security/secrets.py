@@ -29,9 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 
 from opsgate.clock import Clock
-from opsgate.config import Settings
+from opsgate.config import ConfigError, Settings
 from opsgate.ledger.writer import Ledger
-from opsgate.security.errors import SecretNotFound
+from opsgate.security.errors import SecretNotFound, SecretUnavailable
 from opsgate.security.sanitizer import hold_secret
 from opsgate.security.secrets_connect import ConnectClient, OpReference
 
@@ -169,15 +169,40 @@ def connect_from_env(session: aiohttp.ClientSession, env: Mapping[str, str] | No
 async def resolve_provider_keys(
     settings: Settings, ledger: Ledger, clock: Clock, session: aiohttp.ClientSession
 ) -> Settings:
-    """``settings`` with each configured provider key read through a :class:`SecretStore`: every
-    read ledgered first (actor ``runtime``), ``op://`` references resolved through Connect
-    (``OP_CONNECT_HOST``/``OP_CONNECT_TOKEN``). Unset keys stay unset. ``SecretNotFound`` or
-    ``SecretUnavailable`` when a reference cannot be resolved."""
-    env = {name: key.get_secret_value() for name in PROVIDER_KEYS
-           if (key := getattr(settings, name.lower())) is not None}
+    """``settings`` with each configured provider key -- the built-in providers' and each named
+    endpoint's (``[providers.<name>] api_key_env``) -- read through a :class:`SecretStore`: every
+    read ledgered first (actor ``runtime``, the variable's name as ``secret``), ``op://``
+    references resolved through Connect (``OP_CONNECT_HOST``/``OP_CONNECT_TOKEN``) and held by the
+    sanitizer. Unset keys stay unset. A reference that cannot be resolved (no Connect, unknown
+    vault/item/field, Connect unreachable or refusing) raises :class:`ConfigError`, one line
+    ``<VARIABLE> (environment): <why>``, so start-up ends with it."""
+    env = provider_key_sources(settings)
     store = SecretStore(ledger, clock, env=env, connect=connect_from_env(session),
                         ttl_s=settings.secret_cache_ttl_s)
-    update = {}
-    for name in env:
-        update[name.lower()] = SecretStr(await store.get(name, actor="runtime", purpose="provider client"))
+    keys = {name: await _provider_key(store, name) for name in env}
+    update: dict[str, object] = {name.lower(): SecretStr(keys[name]) for name in PROVIDER_KEYS if name in keys}
+    update["providers"] = {
+        name: config.with_key(keys[config.api_key_env])
+        if config.api_key_env is not None and config.api_key_env in keys else config
+        for name, config in settings.providers.items()
+    }
     return settings.model_copy(update=update)
+
+
+def provider_key_sources(settings: Settings) -> dict[str, str]:
+    """``variable -> value or op:// reference`` of every configured provider key: the built-in
+    ones (``ANTHROPIC_API_KEY``, ...) as ``settings`` holds them, and each named endpoint's
+    ``api_key_env`` variable (:meth:`~opsgate.config.ProviderConfig.api_key`)."""
+    env = {name: key.get_secret_value() for name in PROVIDER_KEYS
+           if (key := getattr(settings, name.lower())) is not None}
+    for config in settings.providers.values():
+        if config.api_key_env is not None and (raw := config.api_key()) is not None:
+            env[config.api_key_env] = raw
+    return env
+
+
+async def _provider_key(store: SecretStore, name: str) -> str:
+    try:
+        return await store.get(name, actor="runtime", purpose="provider client")
+    except (SecretNotFound, SecretUnavailable) as exc:
+        raise ConfigError(f"{name} (environment): {exc.detail}") from None
