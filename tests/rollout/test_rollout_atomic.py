@@ -7,6 +7,9 @@ the writers share one ledger or each has its own engine and ledger writer (as re
   request was undone by another's stale copy, 4 rounds of 6 in an outside trial.)
 - Concurrent decisions on one rollout: a decision refused with 409 leaves no ``rollout.decision``
   entry and no history row; the entries, the history and the row agree.
+- A user's opt-ins and their ``opt_in.set`` entry: when the rows cannot be written, neither the
+  entry nor any change (not even the delete before the insert) remains. (They were two
+  transactions: the entry stayed, describing a change that never happened.)
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
+from sqlalchemy.exc import DBAPIError
 from tests.rollout.rollout_helpers import at_once
 from tests.stores import migrated_url
 
 from opsgate.clock import ManualClock
+from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.verify import verify
 from opsgate.ledger.writer import Ledger
 from opsgate.rollout.controller import Plan
@@ -108,3 +113,29 @@ def test_a_decision_refused_with_409_leaves_no_entry_and_no_history(url: str) ->
         assert final.state.state.value == decided[-1]["state_after"]
         assert final.version == len(done)
         assert verify(engine).ok
+
+
+def _broken_user_settings_insert(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    """A ``before_cursor_execute`` hook that points every insert into ``user_settings`` at a table
+    that does not exist, so the database itself refuses the row write."""
+    return statement.replace("INSERT INTO user_settings", "INSERT INTO user_settings_missing"), parameters
+
+
+def test_an_opt_in_whose_rows_fail_leaves_neither_its_entry_nor_any_change(url: str) -> None:
+    clock = ManualClock()
+    with ExitStack() as stack:
+        [service] = _services(stack, url, clock, 1)
+        service.ensure_toggles([OP, "email-compose"])
+        service.set_opt_ins("alice", {OP: True})
+        event.listen(service.engine, "before_cursor_execute", _broken_user_settings_insert, retval=True)
+        try:
+            with pytest.raises((LedgerUnavailable, DBAPIError)) as failed:
+                service.set_opt_ins("alice", {OP: False, "email-compose": True})
+        finally:
+            event.remove(service.engine, "before_cursor_execute", _broken_user_settings_insert)
+        assert service.get_opt_ins("alice") == {OP: True, "email-compose": False}  # the delete undone too
+        assert [e["choices"] for e in _entries(service.engine, "opt_in.set")] == [{OP: True}]
+        assert failed.type is LedgerUnavailable  # the append's error: nothing was written
+        assert service.set_opt_ins("alice", {OP: False}) == {OP: False, "email-compose": False}
+        assert [e["choices"] for e in _entries(service.engine, "opt_in.set")] == [{OP: True}, {OP: False}]
+        assert verify(service.engine).ok

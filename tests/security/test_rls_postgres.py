@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from opsgate.security.auth import Principal
-from opsgate.security.rls import install_rls, service_scope, user_scope
+from opsgate.security.rls import install_rls, scope_in, service_scope, user_scope
 from opsgate.store.db import upgrade
 from opsgate.store.models import ai_operation_log
 
@@ -113,3 +113,22 @@ def test_an_injected_user_id_is_a_value_not_sql(app_engine):
     _seed(app_engine)
     with user_scope(app_engine, Principal("x' OR '1'='1", ("user",))) as conn:
         assert _ids(conn) == []
+
+
+def test_a_scope_inside_an_open_transaction_covers_its_block_only(app_engine):
+    """:func:`scope_in` is how work in the ledger writer's transaction (which may run several
+    appends' work) writes a user's rows: the policies see the user inside the block, and the
+    transaction's previous scope (here: none, failing closed) again after it."""
+    _seed(app_engine)
+    with service_scope(app_engine) as conn:
+        with scope_in(conn, ALICE):
+            assert _ids(conn) == ["alice-1", "alice-2"]
+            conn.execute(insert(ai_operation_log).values(_row("alice", 3)))
+            with pytest.raises(DBAPIError, match="row-level security"), conn.begin_nested():
+                conn.execute(insert(ai_operation_log).values(_row("bob", 3)))
+        assert _ids(conn) == ["alice-1", "alice-2", "alice-3", "bob-1", "bob-2"]  # the service scope again
+    with app_engine.begin() as conn:
+        with scope_in(conn, BOB):
+            assert _ids(conn) == ["bob-1", "bob-2"]
+        assert _ids(conn) == []  # unset again: fails closed
+        assert conn.execute(text("SELECT current_setting('opsgate.user_id', true)")).scalar() == ""

@@ -66,7 +66,7 @@ from opsgate.rollout.toggles import Toggle, ToggleSnapshot, VariantAssignment
 from opsgate.rollout.variants import DEFAULT_VARIANT, VariantBook
 from opsgate.security.auth import Principal
 from opsgate.security.models import users
-from opsgate.security.rls import service_scope, user_scope
+from opsgate.security.rls import scope_in, service_scope, user_scope
 from opsgate.store.db import begin_write
 
 log = logging.getLogger(__name__)
@@ -264,23 +264,30 @@ class RolloutService:
         return {t.operation: bool(chosen.get(t.operation, False)) for t in self.list_toggles()}
 
     def set_opt_ins(self, user_id: str, choices: Mapping[str, bool]) -> dict[str, bool]:
-        """Record ``user_id``'s opt-in choices (ledger ``opt_in.set``); :class:`NotFound` for an
-        operation without a toggle. Returns all of the user's choices."""
+        """Record ``user_id``'s opt-in choices: the ``user_settings`` rows are written in the
+        transaction of their ledger entry ``opt_in.set``, as the user (row-level security on
+        PostgreSQL, :func:`~opsgate.security.rls.scope_in`), so there is never an entry without
+        its change nor a change without its entry. :class:`NotFound` for an operation without a
+        toggle, :class:`LedgerUnavailable` when the transaction fails (nothing is written then).
+        Returns all of the user's choices."""
         known = {t.operation for t in self.list_toggles()}
         unknown = sorted(set(choices) - known)
         if unknown:
             raise NotFound(f"{len(unknown)} of the operations given have no feature toggle")
-        self.ledger.append_sync("opt_in.set", {"user_id": user_id, "choices": dict(choices)})
         now = self.clock.now()
-        with user_scope(self.engine, Principal(user_id, ("user",))) as conn:  # RLS on PostgreSQL
-            conn.execute(delete(user_settings).where(user_settings.c.user_id == user_id,
-                                                     user_settings.c.operation.in_(list(choices))))
-            if choices:
-                conn.execute(insert(user_settings), [
-                    {"user_id": user_id, "operation": op, "opted_in": bool(v), "updated_at": now}
-                    for op, v in choices.items()
-                ])
+
+        def write(conn: Connection) -> None:
+            with scope_in(conn, Principal(user_id, ("user",))):
+                conn.execute(delete(user_settings).where(user_settings.c.user_id == user_id,
+                                                         user_settings.c.operation.in_(list(choices))))
+                if choices:
+                    conn.execute(insert(user_settings), [
+                        {"user_id": user_id, "operation": op, "opted_in": bool(v), "updated_at": now}
+                        for op, v in choices.items()
+                    ])
             _bump_in(conn)
+
+        self.ledger.append_sync("opt_in.set", {"user_id": user_id, "choices": dict(choices)}, work=write)
         self._changed()
         return self.get_opt_ins(user_id)
 

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from opsgate.security.auth import Principal
 
@@ -156,8 +157,7 @@ def _grant(conn: Connection, table: str, role: str) -> str:
 @contextmanager
 def user_scope(engine: Engine, principal: Principal) -> Iterator[Connection]:
     """A transaction in which the policies see ``principal`` (its id and highest role)."""
-    role = next((r for r in ("admin", "operator", "user") if r in principal.roles), "user")
-    with _scoped(engine, principal.user_id, role) as conn:
+    with _scoped(engine, principal.user_id, _role(principal)) as conn:
         yield conn
 
 
@@ -169,12 +169,46 @@ def service_scope(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def scope_in(conn: Connection, principal: Principal) -> Iterator[Connection]:
+    """The policies see ``principal`` for the statements of the block, inside a transaction
+    already open on ``conn`` -- the ledger writer's, for work that commits with its entry
+    (``Ledger.append_sync(..., work=...)``). Leaving the block restores the scope the transaction
+    had before (the writer runs several appends' work in one transaction, so the next one does not
+    run as ``principal``); a database error leaves it to the failed transaction, whose settings end
+    with it. Nothing to do on SQLite."""
+    if conn.dialect.name != "postgresql":
+        yield conn
+        return
+    before = conn.execute(text(
+        "SELECT current_setting('opsgate.user_id', true), current_setting('opsgate.role', true)")).one()
+    _set_scope(conn, principal.user_id, _role(principal))
+    restore = True
+    try:
+        yield conn
+    except DBAPIError:
+        restore = False  # PostgreSQL runs no statement in a failed transaction
+        raise
+    finally:
+        if restore:
+            _set_scope(conn, before[0] or "", before[1] or "")
+
+
+def _role(principal: Principal) -> str:
+    return next((r for r in ("admin", "operator", "user") if r in principal.roles), "user")
+
+
+@contextmanager
 def _scoped(engine: Engine, user_id: str, role: str) -> Iterator[Connection]:
     # a plain BEGIN: the scopes' callers only read, or write first (store.db.begin_write)
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.execute(
-                text("SELECT set_config('opsgate.user_id', :uid, true), set_config('opsgate.role', :role, true)"),
-                {"uid": user_id, "role": role},
-            )
+            _set_scope(conn, user_id, role)
         yield conn
+
+
+def _set_scope(conn: Connection, user_id: str, role: str) -> None:
+    """``SET LOCAL`` both settings, as bound parameters (a user id is never spliced into SQL)."""
+    conn.execute(
+        text("SELECT set_config('opsgate.user_id', :uid, true), set_config('opsgate.role', :role, true)"),
+        {"uid": user_id, "role": role},
+    )
