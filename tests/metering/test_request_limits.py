@@ -3,7 +3,9 @@
 On a fake clock, in memory and in Redis (127.0.0.1:6379, a unique key prefix per test): the
 tester's sequence (one call a second against 3 per minute), all-or-none across the user and the
 (user, operation) limits, 50 concurrent requests against a limit of 3, and two limiter instances
-(two replicas) sharing one Redis on the Redis server's own clock.
+(two replicas) sharing one Redis on the Redis server's own clock; and the RateLimit fields an
+admitted request carries (the fewest places left and the seconds until one more frees), which each
+store computes in the admitting step itself.
 """
 
 from __future__ import annotations
@@ -160,10 +162,66 @@ async def test_a_refusal_carries_the_ratelimit_fields_and_retry_after() -> None:
     assert "1 requests per minute per user and operation" in info.value.detail
 
 
+async def _ratelimit(limiter: RateLimiter, operation: str) -> str:
+    """The ``RateLimit`` field of alice's next ``operation`` request, admitted or refused."""
+    try:
+        fields = await limiter.admit("alice", operation)
+    except RateLimitExceeded as refused:
+        fields = refused.response_headers
+    return fields["RateLimit"]
+
+
+async def test_an_admitted_request_carries_the_places_left_and_the_seconds_until_one_frees(
+        make_log: MakeLog) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimits(user_operation_rpm=3), make_log(clock))
+    fields = await limiter.admit("alice", "email-classify")
+    assert fields == {"RateLimit-Policy": '"per-user-operation";q=3;w=60',
+                      "RateLimit": '"per-user-operation";r=2;t=60'}  # the only one: leaves in 60 s
+    seen = {}
+    for at in (10, 20.5, 30, 60, 61):
+        clock.now = T0 + at
+        seen[at] = await _ratelimit(limiter, "email-classify")
+    assert seen == {10: '"per-user-operation";r=1;t=50',  # the request of 0 s leaves at 60 s
+                    20.5: '"per-user-operation";r=0;t=40',  # 39.5 s, rounded up
+                    30: '"per-user-operation";r=0;t=30',  # refused: t = Retry-After
+                    60: '"per-user-operation";r=0;t=10',  # 0 s has left; 10 s is the oldest now
+                    61: '"per-user-operation";r=0;t=9'}
+
+
+async def test_the_field_names_the_policy_with_the_fewest_places_and_on_a_tie_the_later_one(
+        make_log: MakeLog) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimits(user_rpm=3, user_operation_rpm=2), make_log(clock))
+    assert await _ratelimit(limiter, "email-classify") == '"per-user-operation";r=1;t=60'
+    clock.now = T0 + 10  # 1 left in both: the user's frees at 60 s, task-breakdown's at 70 s
+    assert await _ratelimit(limiter, "task-breakdown") == '"per-user-operation";r=1;t=60'
+    clock.now = T0 + 20  # none left in both: the user has room at 60 s, task-breakdown at 70 s
+    assert await _ratelimit(limiter, "task-breakdown") == '"per-user-operation";r=0;t=50'
+    clock.now = T0 + 65  # the user has room again, task-breakdown not: t=50 above was the truth
+    assert await _outcome(limiter, "alice", "task-breakdown") == 5
+    assert await _ratelimit(limiter, "email-compose") == '"per-user";r=0;t=5'
+
+
+async def test_a_request_logged_now_leaves_in_exactly_60_s_whatever_the_clock_reads(
+        make_log: MakeLog) -> None:
+    clock = FakeClock()
+    clock.now = 8161.962517661547  # 8161.962517661547 + 60 - 8161.962517661547 > 60
+    limiter = RateLimiter(RateLimits(user_rpm=1), make_log(clock))
+    assert await _ratelimit(limiter, "email-classify") == '"per-user";r=0;t=60'
+    assert await _outcome(limiter, "alice", "email-classify") == 60  # was 61 in memory
+
+
+async def test_no_request_limit_gives_no_fields(make_log: MakeLog) -> None:
+    limiter = RateLimiter(RateLimits(user_tpm=1000, user_operation_tpm=500), make_log(FakeClock()))
+    assert await limiter.admit("alice", "email-classify") == {}
+
+
 async def test_an_unreachable_redis_admits_and_logs_an_error(caplog: pytest.LogCaptureFixture) -> None:
     log = RedisRequestLog("redis://127.0.0.1:1/0", f"opsgate-test-{uuid.uuid4().hex}")  # nothing listens
     limiter = RateLimiter(RateLimits(user_rpm=1), log)
-    outcomes = [await _outcome(limiter, "alice", "email-classify") for _ in range(3)]
+    outcomes = [await limiter.admit("alice", "email-classify") for _ in range(3)]
     await log.close()
-    assert outcomes == [None, None, None]  # fails open: the budget, not the rate limit, guards money
+    assert outcomes == [{}, {}, {}]  # fails open (the budget, not the rate limit, guards money),
+    # without RateLimit fields: nothing is known about the quota
     assert caplog.messages.count("rate-limit storage unreachable; admitting without a request limit") == 3

@@ -17,18 +17,25 @@ Four limits, each off when 0 (settings ``rate_limit_user_rpm``, ``rate_limit_use
 Logs and counters live in memory (one process) or, with ``OPSGATE_REDIS_URL``, in Redis, shared
 by every replica (``key_prefix`` separates deployments); ``opsgate serve --workers N`` refuses to
 start with limits but without Redis unless told ``--per-worker-limits``. Over a limit:
-:class:`RateLimitExceeded` (429, ``Retry-After`` = whole seconds until the window has room). A
-refused request carries the RateLimit header fields of draft-ietf-httpapi-ratelimit-headers-11
-(sections 3 and 4), e.g. ``RateLimit-Policy: "per-user";q=5;w=60, "per-user-operation";q=3;w=60``
-and ``RateLimit: "per-user-operation";r=0;t=37`` (``t`` = ``Retry-After``). A gateway-side limit is
-never reported to the router or a circuit breaker. If Redis is unreachable the limiter fails open
-(logs an error and admits): the budget, not the rate limit, is what guards money.
+:class:`RateLimitExceeded` (429, ``Retry-After`` = whole seconds until the window has room).
+Every request the request limits counted or refused carries the RateLimit header fields of
+draft-ietf-httpapi-ratelimit-headers-11 (sections 3 and 4): ``RateLimit-Policy`` lists every
+request policy, e.g. ``"per-user";q=5;w=60, "per-user-operation";q=3;w=60``, and ``RateLimit``
+names the one with the fewest requests left after this one (on a tie, the one whose place frees
+last): ``r`` = that number, ``t`` = whole seconds until its oldest counted request leaves the
+window (one more place frees), e.g. ``"per-user-operation";r=2;t=60``; on a refusal, the refusing
+policy with ``r=0`` and ``t`` = ``Retry-After``. The store answers ``r`` and ``t`` in the admitting
+step itself; the header strings are built once per request. A gateway-side limit is never
+reported to the router or a circuit breaker. If Redis is unreachable the limiter fails open (logs
+an error and admits, without RateLimit fields): the budget, not the rate limit, guards money.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from redis.exceptions import RedisError
 
@@ -38,6 +45,7 @@ from opsgate.metering.requestlimits import (
     MemoryRequestLog,
     RedisRequestLog,
     RequestLog,
+    RequestRefusal,
     RequestScope,
 )
 from opsgate.metering.tokenlimits import (
@@ -52,6 +60,7 @@ from opsgate.metering.tokenlimits import (
 log = logging.getLogger("opsgate.metering")
 
 _USER, _USER_OP = "per-user", "per-user-operation"  # request policy names in the RateLimit fields
+_NO_FIELDS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,25 +99,32 @@ class RateLimiter:
             policies.append(f'"{_USER_OP}";q={limits.user_operation_rpm};w={WINDOW_S}')
         self._policy_field = ", ".join(policies)  # the RateLimit-Policy field value
 
-    async def admit(self, user_id: str, operation: str) -> None:
+    async def admit(self, user_id: str, operation: str) -> Mapping[str, str]:
         """Step 3: raise :class:`RateLimitExceeded` if a request limit is reached; otherwise log
-        this request in every request limit (a refused request is logged in none). One atomic
-        step (one Redis round trip), so concurrent requests cannot both take the last place."""
+        this request in every request limit (a refused request is logged in none) and return the
+        response's RateLimit header fields (field name -> value; see the module docstring). One
+        atomic step (one Redis round trip), so concurrent requests cannot both take the last
+        place. No fields when no request limit applies or the storage is unreachable."""
         scopes = self._request_scopes(user_id, operation)
         if not scopes:
-            return
+            return _NO_FIELDS
         try:
-            refused = await self._requests.admit(scopes)
+            quota = await self._requests.admit(scopes)
         except RedisError:
             log.error("rate-limit storage unreachable; admitting without a request limit")
-            return
-        if refused is not None:
-            wait, scope = refused.retry_after_s, refused.scope
+            return _NO_FIELDS
+        if isinstance(quota, RequestRefusal):
+            wait, scope = quota.retry_after_s, quota.scope
             raise RateLimitExceeded(
                 f"The limit of {scope.limit} requests per minute {scope.label} is reached; "
-                f"retry in {wait} s", wait,
-                headers={"RateLimit-Policy": self._policy_field,
-                         "RateLimit": f'"{scope.policy}";r=0;t={wait}'})
+                f"retry in {wait} s", wait, headers=self._fields(scope, 0, wait))
+        return self._fields(quota.scope, quota.remaining, quota.reset_s)
+
+    def _fields(self, scope: RequestScope, remaining: int, reset_s: int) -> dict[str, str]:
+        """``RateLimit-Policy`` (every request policy) and ``RateLimit`` for ``scope``'s policy:
+        ``remaining`` requests, one more place in ``reset_s`` whole seconds."""
+        return {"RateLimit-Policy": self._policy_field,
+                "RateLimit": f'"{scope.policy}";r={remaining};t={reset_s}'}
 
     async def take_tokens(self, user_id: str, operation: str, worst_case: int) -> TokenHold | None:
         """At admission: take ``worst_case`` tokens from every token limit of the user and the

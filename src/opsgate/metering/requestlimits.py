@@ -4,7 +4,11 @@ Each limit keeps a log of the times of the requests it admitted (a moving window
 admitted when, for every applicable scope, fewer than ``limit`` logged requests are younger than
 60 s; it is then logged in every scope, all or none -- a request refused by one scope is counted
 in no other. The wait for a refused request is the time until the logged request that must leave
-(the oldest when the log is full) is 60 s old, rounded up to whole seconds (at least 1).
+(the oldest when the log is full) is 60 s old, rounded up to whole seconds (at least 1). An
+admitted request learns, in the same atomic step, what it left: the scope with the fewest places
+left after it, and the whole seconds until that scope's oldest logged request leaves the window
+(one more place frees) -- the ``r`` and ``t`` of the RateLimit field
+(:mod:`opsgate.metering.ratelimit`).
 
 A log holds at most ``limit`` times per scope, so the memory is bounded by the limits, not by the
 traffic. (The sliding window *counter* this replaced, ``limits``' ``SlidingWindowCounterRateLimiter``,
@@ -56,17 +60,32 @@ class RequestRefusal:
     retry_after_s: int
 
 
+@dataclass(slots=True)  # not frozen: one per admitted request, and a frozen __init__ costs twice
+class RequestQuota:
+    """What an admitted request left: the ``scope`` with the fewest places left after it (on a
+    tie, the one whose place frees last), its ``remaining`` places (>= 0) in the 60-second
+    window, and ``reset_s``: whole seconds (>= 1) until that scope's oldest logged request leaves
+    the window, so one more place frees (60 when this request is the only one logged)."""
+
+    scope: RequestScope
+    remaining: int
+    reset_s: int
+
+
 class RequestLog(Protocol):
     """Atomic check-and-log of one request over several scopes."""
 
-    async def admit(self, scopes: Sequence[RequestScope]) -> RequestRefusal | None:
-        """Log the request in every scope and return ``None``, or in none and return the
-        :class:`RequestRefusal` of the first full scope."""
+    async def admit(self, scopes: Sequence[RequestScope]) -> RequestQuota | RequestRefusal:
+        """Log the request in every scope (at least one) and return its :class:`RequestQuota`,
+        or in none and return the :class:`RequestRefusal` of the first full scope."""
 
 
 def _wait_s(leaves_in: float) -> int:
-    """Whole seconds until a logged request ``leaves_in`` seconds from now is out of the window."""
-    return max(1, math.ceil(leaves_in))
+    """Whole seconds until a logged request ``leaves_in`` seconds from now is out of the window.
+    Callers compute ``leaves_in`` as ``WINDOW_S - (now - logged)``: the difference of two close
+    times is exact, so a request logged now leaves in exactly 60 s (``logged + 60 - now`` can
+    round to 60.00000000001 and report 61)."""
+    return math.ceil(leaves_in) if leaves_in > 1 else 1  # max(1, ceil(...)) without a call
 
 
 class MemoryRequestLog:
@@ -76,20 +95,25 @@ class MemoryRequestLog:
         self._clock = clock
         self._logs: dict[str, deque[float]] = {}
 
-    async def admit(self, scopes: Sequence[RequestScope]) -> RequestRefusal | None:
+    async def admit(self, scopes: Sequence[RequestScope]) -> RequestQuota | RequestRefusal:
         """See :meth:`RequestLog.admit`; no ``await`` between the check and the log."""
         now = self._clock()
         logs = []
+        fewest, left, oldest = scopes[0], scopes[0].limit, now  # beaten by the first scope
         for scope in scopes:
             log = self._logs.setdefault(scope.key, deque())
             while log and log[0] <= now - WINDOW_S:
                 log.popleft()
-            if len(log) >= scope.limit:  # the entry that must leave for one more to fit
-                return RequestRefusal(scope, _wait_s(log[len(log) - scope.limit] + WINDOW_S - now))
+            if len(log) >= scope.limit:
+                leaving = log[len(log) - scope.limit]  # the entry that must leave for one more
+                return RequestRefusal(scope, _wait_s(WINDOW_S - (now - leaving)))
             logs.append(log)
+            places, first = scope.limit - len(log) - 1, log[0] if log else now
+            if places < left or (places == left and first > oldest):
+                fewest, left, oldest = scope, places, first
         for log in logs:
             log.append(now)
-        return None
+        return RequestQuota(fewest, left, _wait_s(WINDOW_S - (now - oldest)))
 
 
 _ADMIT = """
@@ -100,20 +124,30 @@ if now == nil then
 end
 local window = tonumber(ARGV[2])
 local score = string.format('%.6f', now)
+now = tonumber(score)  -- the time as logged: a request logged now is exactly 0 s old
+local fewest, left, leaves = 0, 0, 0
 for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.6f', now - window))
   local count = redis.call('ZCARD', KEYS[i])
   local limit = tonumber(ARGV[3 + i])
   if count >= limit then
     local leaving = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
-    return {i, string.format('%.6f', tonumber(leaving[2]) + window - now)}
+    return {0, i, 0, string.format('%.6f', window - (now - tonumber(leaving[2])))}
+  end
+  local places, oldest = limit - count - 1, now
+  if count > 0 then
+    oldest = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2])
+  end
+  local frees = window - (now - oldest)
+  if fewest == 0 or places < left or (places == left and frees > leaves) then
+    fewest, left, leaves = i, places, frees
   end
 end
 for i = 1, #KEYS do
   redis.call('ZADD', KEYS[i], score, ARGV[3])
   redis.call('PEXPIRE', KEYS[i], window * 1000)
 end
-return {0, '0'}
+return {1, fewest, left, string.format('%.6f', leaves)}
 """
 
 
@@ -128,15 +162,15 @@ class RedisRequestLog:
         self._clock = clock
         self._admit = self._redis.register_script(_ADMIT)
 
-    async def admit(self, scopes: Sequence[RequestScope]) -> RequestRefusal | None:
-        """See :meth:`RequestLog.admit`: one Lua script checks and logs every scope."""
+    async def admit(self, scopes: Sequence[RequestScope]) -> RequestQuota | RequestRefusal:
+        """See :meth:`RequestLog.admit`: one Lua script checks and logs every scope and answers
+        ``[admitted (1/0), scope index (from 1), places left, seconds until one frees]``."""
         now = "" if self._clock is None else repr(self._clock())
         keys = [f"{self._prefix}:rpm:{s.key}" for s in scopes]
         args: list[int | str] = [now, WINDOW_S, secrets.token_hex(8), *(s.limit for s in scopes)]
-        refused, leaves_in = await self._admit(keys=keys, args=args)
-        if refused:
-            return RequestRefusal(scopes[int(refused) - 1], _wait_s(float(leaves_in)))
-        return None
+        admitted, index, left, leaves_in = await self._admit(keys=keys, args=args)
+        scope, wait = scopes[int(index) - 1], _wait_s(float(leaves_in))
+        return RequestQuota(scope, int(left), wait) if admitted else RequestRefusal(scope, wait)
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Engine
 
@@ -72,9 +72,10 @@ class MeteringService:
         self.hooks = hooks
         self.reservation_ttl_s = reservation_ttl_s
 
-    async def rate_limit(self, user_id: str, operation: str) -> None:
-        """Step 3; raises :class:`~opsgate.metering.errors.RateLimitExceeded` (429)."""
-        await self.limiter.admit(user_id, operation)
+    async def rate_limit(self, user_id: str, operation: str) -> Mapping[str, str]:
+        """Step 3; raises :class:`~opsgate.metering.errors.RateLimitExceeded` (429). Returns the
+        response's RateLimit header fields (:meth:`RateLimiter.admit`)."""
+        return await self.limiter.admit(user_id, operation)
 
     async def take_tokens(self, user_id: str, operation: str, request: CompletionRequest) -> TokenHold | None:
         """Step 5, first half: hold the worst-case tokens of ``request`` against the token rate
