@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 import json
+import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select, text
 from starlette.routing import Route
 from tests.budgets import ADMIN
+from tests.gateways import gateway_settings, running_gateway
 
 from opsgate.app import create_app
 from opsgate.ledger.verify import verify
@@ -63,6 +65,48 @@ def test_each_operation_succeeds_and_is_metered_logged_and_ledgered(gateway, op_
     assert row["cost_micro_usd"] == body["cost_micro_usd"]
     assert row["input_tokens"] == body["usage"]["input_tokens"]
     assert _ledger_kinds(gateway) == ["intent", "result"]
+    assert "RateLimit" not in resp.headers and "RateLimit-Policy" not in resp.headers  # no limits
+
+
+def test_every_counted_call_carries_the_ratelimit_fields_from_200_to_500_402_and_429(
+        tmp_path, monkeypatch):
+    from opsgate.clock import SystemClock
+    from opsgate.metering.budgets import set_budget
+
+    async def broken_route(*args, **kwargs):
+        raise RuntimeError("a bug after admission")
+
+    settings = gateway_settings(tmp_path, rate_limit_user_rpm=5, rate_limit_user_operation_rpm=3)
+    policy = '"per-user";q=5;w=60, "per-user-operation";q=3;w=60'
+    body = _example("email-classify")
+    with running_gateway(settings) as gateway:
+        started = time.monotonic()
+        ok = gateway.post("email-classify", body)
+        with monkeypatch.context() as patch:
+            patch.setattr(gateway.runtime.gateway, "route", broken_route)
+            bug = gateway.post("email-classify", body)
+        set_budget(gateway.runtime.ledger, SystemClock(), actor=ADMIN, user_id="alice",
+                   operation="*", period="day", limit_micro_usd=1)
+        broke = gateway.post("email-classify", body)
+        limited = gateway.post("email-classify", body)
+        unknown = gateway.post("email-classify", body, token="not-a-jwt")
+        earliest = 60 - (time.monotonic() - started)  # no reset can be sooner than this
+    assert ok.status_code == 200, ok.text
+    assert (ok.headers["RateLimit-Policy"], ok.headers["RateLimit"]) == (
+        policy, '"per-user-operation";r=2;t=60')  # the only request logged: it leaves in 60 s
+    _assert_problem(bug, 500, "internal_error")  # failed after it was counted: it carries them
+    _assert_problem(broke, 402, "budget_exceeded")
+    for counted, left in ((bug, 1), (broke, 0)):
+        reset = int(counted.headers["RateLimit"].rpartition(";t=")[2])
+        assert counted.headers["RateLimit"] == f'"per-user-operation";r={left};t={reset}'
+        assert counted.headers["RateLimit-Policy"] == policy and earliest <= reset <= 60
+    _assert_problem(limited, 429, "rate_limited")
+    assert limited.headers["RateLimit-Policy"] == policy
+    wait = limited.headers["Retry-After"]
+    assert limited.headers["RateLimit"] == f'"per-user-operation";r=0;t={wait}'
+    assert earliest <= int(wait) <= 60
+    _assert_problem(unknown, 401, "unauthorized")  # never counted: no fields
+    assert "RateLimit" not in unknown.headers and "RateLimit-Policy" not in unknown.headers
 
 
 def test_log_and_ledger_hold_no_input_content(gateway):

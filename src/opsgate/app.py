@@ -7,7 +7,9 @@
                "cache_read_tokens", "reasoning_tokens"},
      "cost_micro_usd", "latency_ms"}
 
-Every error is an RFC 9457 problem (see :mod:`opsgate.problems`). OpenAPI at ``/docs``.
+Every error is an RFC 9457 problem (see :mod:`opsgate.problems`). Once the request limits counted
+a call (step 3), its answer, result or problem, carries their ``RateLimit-Policy`` and
+``RateLimit`` fields (:mod:`opsgate.metering.ratelimit`). OpenAPI at ``/docs``.
 """
 
 from __future__ import annotations
@@ -102,22 +104,26 @@ def _operation_endpoint(op_id: str) -> Callable[..., Any]:
     async def endpoint(request: Request) -> Response:
         runtime = get_runtime(request)
         request_id = request.state.request_id = uuid.uuid4().hex
+        fields: dict[str, str] = {}  # the call's response_headers, filled by the pipeline
         started = time.perf_counter()
         with tracing.request_span(op_id, request_id, request.headers):
             try:
                 body = await read_body(request, MAX_BODY_BYTES)
                 token = bearer_token(request.headers.get("authorization"))
+                content_type = request.headers.get("content-type")
                 outcome = await runtime.gateway.govern(
-                    Call(op_id, body, token, request_id, request.headers.get("content-type")))
+                    Call(op_id, body, token, request_id, content_type, fields))
             except Exception as exc:
                 known = as_opsgate_error(exc) or OpsgateError()
                 code, status = known.code, known.status
                 observe_error(op_id, code, status, (time.perf_counter() - started) * 1000, _variant(runtime, op_id))
                 count_refusal(exc)
+                request.state.response_headers = fields  # for the problem's exception handler
                 raise
             observe(outcome, _variant(runtime, op_id))
             with tracing.span("respond"):
-                return json_response(_outcome_body(outcome), headers={"X-Request-ID": request_id})
+                headers = {"X-Request-ID": request_id, **fields}
+                return json_response(_outcome_body(outcome), headers=headers)
 
     endpoint.__name__ = "operation_" + op_id.replace("-", "_")
     return endpoint
@@ -162,27 +168,29 @@ def _add_probes(app: FastAPI) -> None:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def request_id(request: Request) -> str:
-        return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+    def problem(exc: BaseException, request: Request) -> Response:
+        """The problem response with the request's id and the header fields its call earned."""
+        request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+        return problem_response(exc, request_id, getattr(request.state, "response_headers", None))
 
     @app.exception_handler(OpsgateError)
     async def opsgate_error(request: Request, exc: OpsgateError) -> Response:
-        return problem_response(exc, request_id(request))
+        return problem(exc, request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         """The one validation handler (FastAPI's default, which echoes the input, is replaced)."""
         errors = field_errors(exc.errors(), _declared_names(request))
         error = InvalidInput("The request does not match the expected shape", errors=errors)
-        return problem_response(error, request_id(request))
+        return problem(error, request)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return problem_response(_http_problem(exc.status_code), request_id(request))
+        return problem(_http_problem(exc.status_code), request)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        return problem_response(exc, request_id(request))
+        return problem(exc, request)
 
 
 def _declared_names(request: Request) -> frozenset[str]:

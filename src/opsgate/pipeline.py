@@ -5,7 +5,8 @@
   1 authenticate   JWT access token                       -> Principal          401
   2 authorize      feature toggle for (operation, user)   -> Operation          403/404
                    and the variant (route + prompt version) serving the user
-  3 rate limit     (user) and (user, operation)                                 429
+  3 rate limit     (user) and (user, operation); a counted call's answer,       429
+                   whatever it is, carries the RateLimit header fields
   4 validate       the operation's input schema           -> Prepared           422
     minimise       secrets -> placeholders, personal data -> pseudonyms (what is really sent)
   5 reserve        worst-case tokens against token limits (429), the worst case of the
@@ -35,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -91,13 +92,16 @@ log = logging.getLogger("opsgate.pipeline")
 class Call:
     """One incoming operation call: the operation id, the raw JSON body, the bearer token (the
     API layer takes it from the ``Authorization`` header, RFC 6750 §2.1), the request id and the
-    body's ``Content-Type`` (step 4 refuses one that is not JSON, 415)."""
+    body's ``Content-Type`` (step 4 refuses one that is not JSON, 415). ``response_headers``
+    (field name -> value) is filled as the call goes: once step 3 counted it, the RateLimit
+    fields; the API layer sends them with the answer, a result or any later refusal."""
 
     operation: str
     body: bytes
     token: str
     request_id: str
     content_type: str | None = JSON
+    response_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -288,7 +292,7 @@ class Gateway:
         principal = self.authenticate(call)
         op = self.authorize(principal, call.operation)
         variant = self.choose_variant(principal, op)
-        await self.rate_limit(principal, op)
+        call.response_headers.update(await self.rate_limit(principal, op))
         prepared, input_digest = self.validate(op, variant, call.body, call.content_type)
         prepared, privacy = self.minimise(op, prepared)
         spend = _Spend(variant, tokens=await self.take_tokens(principal, op, prepared))
@@ -408,10 +412,12 @@ class Gateway:
 
     # 3 ------------------------------------------------------------------------------------------
     @step("rate_limit")
-    async def rate_limit(self, principal: Principal, op: Operation) -> None:
-        """Per user and per (user, operation) request and token limits (429 with Retry-After)."""
-        if self.metering is not None:
-            await self.metering.rate_limit(principal.user_id, op.id)
+    async def rate_limit(self, principal: Principal, op: Operation) -> Mapping[str, str]:
+        """Per user and per (user, operation) request limits (429 with Retry-After); returns the
+        RateLimit header fields of the counted request (none without request limits)."""
+        if self.metering is None:
+            return {}
+        return await self.metering.rate_limit(principal.user_id, op.id)
 
     # 4 ------------------------------------------------------------------------------------------
     @step("validate")

@@ -10,6 +10,7 @@ the server log only).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -60,12 +61,15 @@ def problem_body(exc: BaseException, request_id: str) -> tuple[int, dict[str, An
     return exc.status, sanitize_obj(body)
 
 
-def problem_response(exc: BaseException, request_id: str) -> Response:
-    """An ``application/problem+json`` response for ``exc`` with ``X-Request-ID`` (and
-    ``Retry-After`` in whole seconds when the error carries ``retry_after``, and the error's
-    ``response_headers`` when it has them, e.g. a rate limit's ``RateLimit`` fields)."""
+def problem_response(
+    exc: BaseException, request_id: str, fields: Mapping[str, str] | None = None
+) -> Response:
+    """An ``application/problem+json`` response for ``exc`` with ``X-Request-ID``, the header
+    ``fields`` the call earned before it failed (e.g. the ``RateLimit`` fields of a counted
+    request), ``Retry-After`` in whole seconds when the error carries ``retry_after``, and the
+    error's own ``response_headers`` when it has them (they win: e.g. a request limit's refusal)."""
     status, body = problem_body(exc, request_id)
-    headers = {"X-Request-ID": request_id}
+    headers = {"X-Request-ID": request_id, **(fields or {})}
     known = as_opsgate_error(exc)
     retry_after = getattr(known, "retry_after", None)
     if status in (429, 503) and retry_after:
