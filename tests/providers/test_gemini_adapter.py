@@ -246,7 +246,6 @@ async def test_undocumented_or_cut_bodies_are_malformed(gemini, upstream, body, 
     ("status", "google_status", "cls"),
     [
         (400, "INVALID_ARGUMENT", InvalidRequest),
-        (400, "FAILED_PRECONDITION", InvalidRequest),
         (401, "UNAUTHENTICATED", AuthenticationFailed),
         (403, "PERMISSION_DENIED", AuthenticationFailed),
         (404, "NOT_FOUND", ModelUnavailable),  # issue 13: a retired model

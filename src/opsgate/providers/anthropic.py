@@ -75,11 +75,23 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     503: Overloaded,
     529: Overloaded,
 }
-_POLICY_MESSAGE = re.compile(r"content filtering policy", re.I)
-_CONTEXT_MESSAGE = re.compile(r"prompt is too long|exceed context limit", re.I)
-"""Anthropic's 400 messages for a content-policy block ("Output blocked by content filtering
-policy") and a prompt beyond the window ("prompt is too long: 208656 tokens > 200000 maximum",
-"input length and `max_tokens` exceed context limit: ...")."""
+_MESSAGE_CLASSES: tuple[tuple[re.Pattern[str], type[ProviderError]], ...] = (
+    (re.compile(r"content filtering policy", re.I), ContentFiltered),
+    (re.compile(r"prompt is too long|exceed context limit", re.I), ContextLengthExceeded),
+    (re.compile(r"credit balance is too low", re.I), BillingFailed),
+    (re.compile(r"reached your specified API usage limits", re.I), SpendCapReached),
+    (re.compile(r"organization has been disabled", re.I), AuthenticationFailed),
+)
+"""What an Anthropic 400 ``invalid_request_error`` means when its message says more than "bad
+request"; the type is the same for all of them, so only the message tells (first match wins):
+a content-policy block ("Output blocked by content filtering policy"), a prompt beyond the window
+("prompt is too long: 208656 tokens > 200000 maximum", "input length and `max_tokens` exceed
+context limit: ..."), and three account-level failures that another provider does not share:
+"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to
+upgrade or purchase credits.", "You have reached your specified API usage limits. You will
+regain access on 2026-04-01 at 00:00 UTC." (the console's spend limit) and "This organization
+has been disabled." (bodies as reported in anthropics/claude-code issues #4208, #38035,
+#72457)."""
 _RATE_LIMIT_BUCKETS = ("requests", "tokens", "input-tokens", "output-tokens")
 _COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 """The Messages fields count_tokens takes (no ``max_tokens``, ``temperature``, ...)."""
@@ -264,12 +276,17 @@ class AnthropicProvider:
                 self.name, detail, http_status=429, retry_after=wait, provider_request_id=request_id
             )
         cls = error_class(_STATUS_ERRORS, reply.status)
-        message = optional_str(error.get("message")) or ""
-        if cls is InvalidRequest and _POLICY_MESSAGE.search(message):
-            cls, detail = rejected(ContentFiltered, detail)
-        elif cls is InvalidRequest and _CONTEXT_MESSAGE.search(message):
-            cls, detail = rejected(ContextLengthExceeded, detail)
+        refined = _message_class(error) if cls is InvalidRequest else None
+        if refined is not None:
+            cls, detail = rejected(refined, detail)
         return cls(self.name, detail, http_status=reply.status, provider_request_id=request_id)
+
+
+def _message_class(error: dict[str, Any]) -> type[ProviderError] | None:
+    """The class :data:`_MESSAGE_CLASSES` reads from a 400 ``error`` object's message, or
+    ``None`` (a plain bad request)."""
+    message = optional_str(error.get("message")) or ""
+    return next((cls for pattern, cls in _MESSAGE_CLASSES if pattern.search(message)), None)
 
 
 _THINKS_BY_DEFAULT = re.compile(r"claude-opus-5(-\d{8})?")

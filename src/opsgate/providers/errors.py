@@ -59,7 +59,9 @@ class RateLimited(ProviderError):
 
 
 class SpendCapReached(ProviderError):
-    """A 429 that will not clear by waiting (e.g. Anthropic's monthly spend limit): no retry."""
+    """A usage limit that will not clear by waiting: an Anthropic 429 without a wait (the
+    monthly spend limit) or its 400 "You have reached your specified API usage limits", OpenAI's
+    400 ``billing_hard_limit_reached``. Falls back, never retried."""
 
     title = "The AI provider's spend limit is reached"
 
@@ -93,19 +95,24 @@ class ConnectionFailed(ProviderError):
 
 
 class AuthenticationFailed(ProviderError):
-    """401/403: the key is missing, wrong or lacks permission. Falls back, never retried."""
+    """401/403, or a 400 that says so (Gemini ``ErrorInfo.reason`` ``API_KEY_INVALID``,
+    Anthropic "This organization has been disabled."): the key or account is missing, wrong,
+    expired or lacks permission. Falls back, never retried."""
 
     title = "The AI provider rejected our credentials"
 
 
 class BillingFailed(ProviderError):
-    """402: insufficient balance or a billing error. Falls back, never retried."""
+    """402, or a 400 that says so (Anthropic "Your credit balance is too low", Gemini
+    ``FAILED_PRECONDITION`` or ``ErrorInfo.reason`` ``BILLING_DISABLED``): insufficient balance,
+    billing off or not available in the account's region. Falls back, never retried."""
 
     title = "The AI provider refused for billing reasons"
 
 
 class InvalidRequest(ProviderError):
-    """400/404/413/422: the request itself is wrong; another provider would not help."""
+    """400/413/422 (and other 4xx) that the body does not refine into an account-level failure,
+    a refusal or a retired model: the request itself is wrong; another provider would not help."""
 
     code = "provider_rejected"
     status = 502

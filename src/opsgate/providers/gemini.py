@@ -17,6 +17,7 @@ import aiohttp
 from opsgate.providers.base import Completion, CompletionRequest, FinishReason, InputCount, Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
+    BillingFailed,
     ContentFiltered,
     ContextLengthExceeded,
     EmptyAnswer,
@@ -58,6 +59,7 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
     400: InvalidRequest,
     404: ModelUnavailable,
     401: AuthenticationFailed,
+    402: BillingFailed,
     403: AuthenticationFailed,
     429: RateLimited,
     500: ServerError,
@@ -67,6 +69,42 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
 _CONTEXT_MESSAGE = re.compile(r"input token count.*exceeds the maximum", re.I | re.S)
 """Gemini's 400 INVALID_ARGUMENT for a prompt beyond the window: "The input token count (1200293)
 exceeds the maximum number of tokens allowed (1048576)."."""
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_ACCOUNT_REASONS: dict[str, type[ProviderError]] = {
+    **dict.fromkeys(
+        (
+            "API_KEY_INVALID",  # also "API key expired. Please renew the API key."
+            "API_KEY_EXPIRED",
+            "API_KEY_NOT_FOUND",
+            "API_KEY_SERVICE_BLOCKED",
+            "API_KEY_HTTP_REFERRER_BLOCKED",
+            "API_KEY_IP_ADDRESS_BLOCKED",
+            "API_KEY_ANDROID_APP_BLOCKED",
+            "API_KEY_IOS_APP_BLOCKED",
+            "SERVICE_DISABLED",
+            "CONSUMER_INVALID",
+            "CONSUMER_SUSPENDED",
+            "USER_PROJECT_DENIED",
+            "ACCESS_TOKEN_EXPIRED",
+            "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+            "ACCESS_TOKEN_TYPE_UNSUPPORTED",
+            "ACCOUNT_STATE_INVALID",
+            "SECURITY_POLICY_VIOLATED",
+        ),
+        AuthenticationFailed,
+    ),
+    "BILLING_DISABLED": BillingFailed,
+    "LOCATION_TAX_POLICY_VIOLATED": BillingFailed,
+}
+"""``google.rpc.ErrorInfo.reason`` values (googleapis ``google/api/error_reason.proto``, and
+``API_KEY_EXPIRED``/``API_KEY_NOT_FOUND`` from Service Control's check errors) that say the
+key, project or billing account is refused: the request is fine and another provider can serve
+it. Gemini sends them with 400 ``INVALID_ARGUMENT`` (e.g. "API key not valid. Please pass a
+valid API key." with reason ``API_KEY_INVALID``) as well as with 403."""
+_ACCOUNT_STATUSES: dict[str, type[ProviderError]] = {"FAILED_PRECONDITION": BillingFailed}
+"""Gemini's 400 ``FAILED_PRECONDITION``: "Gemini API free tier is not available in your country.
+Please enable billing on your project in Google AI Studio." (Gemini API "Troubleshooting"), also
+"User location is not supported for the API use.": a state of the account, not of the request."""
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
 _RETRY_IN_MESSAGE = re.compile(r"retry in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
@@ -233,8 +271,9 @@ class GeminiProvider:
         detail = error_detail(reply.status, error.get("status"))
         retry_after = retry_delay(error) if reply.status == 429 else None
         cls = error_class(_STATUS_ERRORS, reply.status)
-        if cls is InvalidRequest and _CONTEXT_MESSAGE.search(optional_str(error.get("message")) or ""):
-            cls, detail = rejected(ContextLengthExceeded, detail)
+        refined = _rejection(error) if cls is InvalidRequest else None
+        if refined is not None:
+            cls, detail = rejected(refined, detail)
         return cls(
             self.name,
             detail,
@@ -273,6 +312,25 @@ def generate_content_payload(request: CompletionRequest, model: str | None = Non
     if request.system:
         payload["systemInstruction"] = {"parts": [{"text": request.system}]}
     return payload
+
+
+def _rejection(error: dict[str, Any]) -> type[ProviderError] | None:
+    """What a 400 ``error`` object means beyond "bad request", or ``None``: an account-level
+    failure by its structured fields first (an ``ErrorInfo`` reason of :data:`_ACCOUNT_REASONS`,
+    then the ``status`` :data:`_ACCOUNT_STATUSES`), else a prompt beyond the context window by
+    its message (:data:`_CONTEXT_MESSAGE`; Gemini gives nothing structured for it). A detail
+    without ``@type`` is read as an ``ErrorInfo`` (some proxies drop the type)."""
+    details = error.get("details")
+    for item in details if isinstance(details, list) else []:
+        if isinstance(item, dict) and item.get("@type", _ERROR_INFO) == _ERROR_INFO:
+            account = _ACCOUNT_REASONS.get(str(item.get("reason")))
+            if account is not None:
+                return account
+    account = _ACCOUNT_STATUSES.get(str(error.get("status")))
+    if account is not None:
+        return account
+    message = optional_str(error.get("message")) or ""
+    return ContextLengthExceeded if _CONTEXT_MESSAGE.search(message) else None
 
 
 def retry_delay(error: dict[str, Any]) -> float | None:

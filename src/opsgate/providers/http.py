@@ -29,6 +29,7 @@ from yarl import URL
 from opsgate.providers.base import Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
+    BillingFailed,
     ConnectionFailed,
     ContentFiltered,
     ContextLengthExceeded,
@@ -37,6 +38,7 @@ from opsgate.providers.errors import (
     ProviderError,
     ProviderTimeout,
     ServerError,
+    SpendCapReached,
 )
 
 #: Largest response body an adapter reads (bytes); bigger bodies are a MalformedResponse.
@@ -318,13 +320,17 @@ def error_detail(status: int, error_type: object) -> str:
 _REJECTION_NOTES: Mapping[type[ProviderError], str] = {
     ContentFiltered: "the provider refused the content (content policy)",
     ContextLengthExceeded: "the prompt exceeds the model's context window",
+    AuthenticationFailed: "the provider refused our key or account",
+    BillingFailed: "the provider refused for billing reasons",
+    SpendCapReached: "the provider account's usage limit is reached",
 }
 
 
 def rejected(cls: type[ProviderError], detail: str) -> tuple[type[ProviderError], str]:
-    """``cls`` (:class:`ContentFiltered` or :class:`ContextLengthExceeded`, read from a 400
-    body) and ``detail`` with what it means appended, e.g. ``"HTTP 400 invalid_request_error:
-    the prompt exceeds the model's context window"``; the provider's own message stays out."""
+    """``cls`` (a key of :data:`_REJECTION_NOTES`: a refusal, or an account-level failure, read
+    from a 4xx body whose status alone says "bad request") and ``detail`` with what it means
+    appended, e.g. ``"HTTP 400 invalid_request_error: the prompt exceeds the model's context
+    window"``; the provider's own message stays out."""
     return cls, f"{detail}: {_REJECTION_NOTES[cls]}"
 
 

@@ -29,6 +29,7 @@ from opsgate.providers.errors import (
     ProviderError,
     RateLimited,
     ServerError,
+    SpendCapReached,
 )
 from opsgate.providers.http import (
     HttpReply,
@@ -74,6 +75,12 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
 }
 
 
+_ACCOUNT_CODES: dict[str, type[ProviderError]] = {
+    "billing_hard_limit_reached": SpendCapReached,
+}
+"""Error codes (``code`` or ``type``) that refuse the account, not the request, whatever the
+status: OpenAI's 400 ``billing_hard_limit_reached`` ("Billing hard limit has been reached", the
+organisation's monthly budget). Never retried; the next target is tried."""
 _POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "ResponsibleAIPolicyViolation"})
 _CONTEXT_CODES = frozenset({"context_length_exceeded"})
 _POLICY_MESSAGE = re.compile(r"content exists risk|content management policy|content policy", re.I)
@@ -254,7 +261,10 @@ class OpenAICompatProvider:
             retry_after_seconds(reply.headers, self._clock.now()) if reply.status == 429 else None
         )
         cls = error_class(_STATUS_ERRORS, reply.status)
-        if "model_not_found" in (error.get("code"), error.get("type")):
+        account = next((_ACCOUNT_CODES[c] for c in _codes(error) if c in _ACCOUNT_CODES), None)
+        if account is not None:
+            cls, detail = rejected(account, detail)
+        elif "model_not_found" in (error.get("code"), error.get("type")):
             cls = ModelUnavailable
         elif cls is InvalidRequest and (refusal := rejection(error)) is not None:
             cls, detail = rejected(refusal, detail)
@@ -274,14 +284,20 @@ def rejection(error: dict[str, Any]) -> type[ProviderError] | None:
     (:class:`ContextLengthExceeded`: ``code`` ``context_length_exceeded``, or the "This model's
     maximum context length is N tokens" message of OpenAI, DeepSeek and vLLM). The provider's
     message is only matched, never echoed."""
-    inner = as_object(error.get("innererror"))
-    codes = {c for c in (error.get("code"), error.get("type"), inner.get("code")) if isinstance(c, str)}
+    codes = _codes(error)
     message = optional_str(error.get("message")) or ""
     if codes & _POLICY_CODES or _POLICY_MESSAGE.search(message):
         return ContentFiltered
     if codes & _CONTEXT_CODES or _CONTEXT_MESSAGE.search(message):
         return ContextLengthExceeded
     return None
+
+
+def _codes(error: dict[str, Any]) -> set[str]:
+    """The string ``code``, ``type`` and Azure ``innererror.code`` of an ``error`` object."""
+    inner = as_object(error.get("innererror"))
+    values = (error.get("code"), error.get("type"), inner.get("code"))
+    return {c for c in values if isinstance(c, str)}
 
 
 def chat_payload(request: CompletionRequest, model: str, json_mode: JsonMode) -> dict[str, Any]:
