@@ -235,6 +235,10 @@ class Settings(BaseSettings):
     max_retry_wait_s: float = 30.0
     breaker_failure_threshold: int = 5
     breaker_cooldown_s: float = 30.0
+    breaker_max_cooldown_s: float = Field(
+        default=300.0, ge=0,
+        description="The longest a provider's Retry-After or rate-limit reset holds its breaker open (s).",
+    )
 
     redis_url: str | None = Field(
         default=None, description="redis:// URL for counters shared by replicas (rate limits)."

@@ -163,6 +163,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     settings = await resolve_provider_keys(settings, ledger, clock, session)
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,
+                    max_cooldown_s=settings.breaker_max_cooldown_s,
                     windows=ContextWindows.from_settings(settings, prompt_token_bound, prices))
     tokens = TokenService(settings, clock)
     routed = variants.chains()

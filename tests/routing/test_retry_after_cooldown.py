@@ -55,3 +55,36 @@ async def test_a_wait_within_patience_is_taken_and_cools_nothing() -> None:
     routed = await router.complete(REQUEST, policy)
     assert (routed.completion.provider, sleep.waits) == ("anthropic", [20.0])
     assert router.breaker("anthropic").state is BreakerState.CLOSED
+
+
+# ------------------------------------------------------------------ the cap (tester B finding 2)
+
+YEAR_S = 365 * 86_400.0
+
+
+def test_a_wait_beyond_the_cap_opens_the_circuit_only_for_the_cap() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker("custom", clock, failure_threshold=5, cooldown_s=30.0, max_wait_s=300.0)
+    breaker.cool_down(YEAR_S)
+    assert breaker.snapshot().open_for_s == 300.0
+    clock.advance(299.0)
+    assert (breaker.state, breaker.allow()) == (BreakerState.OPEN, False)
+    clock.advance(1.0)
+    assert (breaker.state, breaker.allow()) == (BreakerState.HALF_OPEN, True)
+    breaker.record_failure(RateLimited("custom", http_status=429, retry_after=YEAR_S))
+    assert (breaker.state, breaker.snapshot().open_for_s) == (BreakerState.OPEN, 300.0)
+
+
+def test_a_failure_streak_holds_the_circuit_open_at_most_for_the_cap() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker("gemini", clock, failure_threshold=2, cooldown_s=30.0, max_wait_s=120.0)
+    breaker.record_failure(RateLimited("gemini", http_status=429, retry_after=10 * YEAR_S))
+    breaker.record_failure(RateLimited("gemini", http_status=429, retry_after=5.0))
+    assert (breaker.state, breaker.snapshot().open_for_s) == (BreakerState.OPEN, 120.0)
+
+
+def test_the_cap_never_shortens_the_breakers_own_cooldown() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker("deepseek", clock, failure_threshold=1, cooldown_s=30.0, max_wait_s=10.0)
+    breaker.record_failure(RateLimited("deepseek", http_status=429, retry_after=YEAR_S))
+    assert breaker.snapshot().open_for_s == 30.0

@@ -2,13 +2,20 @@
 
 - **closed**: calls pass. ``failure_threshold`` consecutive provider faults open the circuit.
 - **open**: calls are refused until ``open_until``: the later of ``cooldown_s`` after opening and
-  the end of the longest wait a provider asked for (``retry_after``) during the failure streak.
+  the end of the longest wait a provider asked for (``retry_after``) during the failure streak,
+  that wait capped at ``max_wait_s``.
 - **half-open**: exactly one trial call at a time is admitted; concurrent callers are refused,
   not queued. Success closes the circuit; a provider fault re-opens it.
 
 A provider that asks for a longer wait than a route would take (a Retry-After beyond the route's
-``max_retry_wait_s``) is cooled down for exactly that long (:meth:`CircuitBreaker.cool_down`):
-open until then, half-open after, as after the breaker's own cooldown.
+``max_retry_wait_s``) is cooled down for that long (:meth:`CircuitBreaker.cool_down`): open until
+then, half-open after, as after the breaker's own cooldown.
+
+Every wait a provider asks for (``retry-after``, ``retry-after-ms``, Anthropic's
+``anthropic-ratelimit-*-reset``, Gemini's ``RetryInfo``: the adapters' ``retry_after``) is capped
+at ``max_wait_s`` (setting ``breaker_max_cooldown_s``, default 300 s) before it holds the circuit
+open: a quota reset days or months ahead is no health signal, and the half-open trial after the
+cap finds out whether the provider serves again (if not, its answer opens the circuit again).
 
 A *provider fault* is any :class:`~opsgate.providers.errors.ProviderError` except
 :class:`InvalidRequest`, :class:`ContentFiltered`, :class:`ContextLengthExceeded` and
@@ -33,6 +40,11 @@ from opsgate.providers.errors import (
     ModelUnavailable,
     ProviderError,
 )
+
+
+DEFAULT_MAX_WAIT_S = 300.0
+"""The longest a provider's asked-for wait holds a circuit open (setting
+``breaker_max_cooldown_s``)."""
 
 
 class BreakerState(StrEnum):
@@ -61,9 +73,10 @@ def is_provider_fault(error: ProviderError) -> bool:
 
 
 class CircuitBreaker:
-    """The breaker of one provider. ``cooldown_s`` and ``failure_threshold`` come from settings
-    (``breaker_cooldown_s``, ``breaker_failure_threshold``); times are ``clock.monotonic()``
-    seconds.
+    """The breaker of one provider. ``cooldown_s``, ``failure_threshold`` and ``max_wait_s`` come
+    from settings (``breaker_cooldown_s``, ``breaker_failure_threshold``,
+    ``breaker_max_cooldown_s``); times are ``clock.monotonic()`` seconds. ``ValueError`` for a
+    threshold below 1 or a negative time.
 
     Protocol: call :meth:`allow` before a call; if it returned ``True``, report the call's end
     with exactly one of :meth:`record_success`, :meth:`record_failure` or :meth:`record_neutral`
@@ -71,14 +84,21 @@ class CircuitBreaker:
     """
 
     def __init__(
-        self, provider: str, clock: Clock, *, failure_threshold: int = 5, cooldown_s: float = 30.0
+        self,
+        provider: str,
+        clock: Clock,
+        *,
+        failure_threshold: int = 5,
+        cooldown_s: float = 30.0,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
     ) -> None:
-        if failure_threshold < 1 or cooldown_s < 0:
-            raise ValueError("failure_threshold must be >= 1 and cooldown_s >= 0")
+        if failure_threshold < 1 or cooldown_s < 0 or max_wait_s < 0:
+            raise ValueError("failure_threshold must be >= 1, cooldown_s and max_wait_s >= 0")
         self.provider = provider
         self._clock = clock
         self._threshold = failure_threshold
         self._cooldown_s = cooldown_s
+        self._max_wait_s = max_wait_s
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._wait_until = float("-inf")  # end of the longest retry_after seen in this streak
@@ -116,17 +136,18 @@ class CircuitBreaker:
             return
         now = self._clock.monotonic()
         if error.retry_after is not None:
-            self._wait_until = max(self._wait_until, now + error.retry_after)
+            self._wait_until = max(self._wait_until, now + self._capped(error.retry_after))
         self._failures += 1
         if self._state is BreakerState.HALF_OPEN or self._failures >= self._threshold:
             self._open(now)
         self._trial_in_flight = False
 
     def cool_down(self, seconds: float) -> None:
-        """Refuse calls for ``seconds`` from now (the wait the provider asked for, when a route
-        would not take it): the circuit opens until then, or stays open longer if it already
-        was; then it half-opens as after :attr:`cooldown_s`. The failure streak is unchanged."""
-        until = self._clock.monotonic() + max(seconds, 0.0)
+        """Refuse calls for ``seconds`` from now, at most ``max_wait_s`` (the wait the provider
+        asked for, when a route would not take it): the circuit opens until then, or stays open
+        longer if it already was; then it half-opens as after :attr:`cooldown_s`. The failure
+        streak is unchanged."""
+        until = self._clock.monotonic() + self._capped(seconds)
         if self.state is BreakerState.OPEN and self._open_until >= until:
             return
         self._state = BreakerState.OPEN
@@ -145,6 +166,10 @@ class CircuitBreaker:
         return BreakerSnapshot(
             self.provider, state, self._failures, max(0.0, open_for), self._trial_in_flight
         )
+
+    def _capped(self, seconds: float) -> float:
+        """A provider's asked-for wait, in seconds, within ``[0, max_wait_s]``."""
+        return min(max(seconds, 0.0), self._max_wait_s)
 
     def _open(self, now: float) -> None:
         self._state = BreakerState.OPEN

@@ -13,7 +13,8 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry; a wait longer
    than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead, and
    a provider that asked for more than ``max_retry_wait_s`` is cooled down for the time it asked
-   for (:meth:`~opsgate.routing.breaker.CircuitBreaker.cool_down`), so later calls skip it;
+   for, at most ``max_cooldown_s`` (:meth:`~opsgate.routing.breaker.CircuitBreaker.cool_down`), so
+   later calls skip it until a half-open trial;
 4. after any other error (400/401/402/403/422, spend-cap 429, ...) or exhausted retries, fall
    back to the next target only if ``error.fallback`` is set (auth, billing, spend cap, outages,
    a prompt beyond the target's context window), or the error is :class:`ContentFiltered` and the
@@ -48,7 +49,7 @@ from opsgate.providers.errors import (
     ProviderError,
     ProviderTimeout,
 )
-from opsgate.routing.breaker import BreakerSnapshot, CircuitBreaker
+from opsgate.routing.breaker import DEFAULT_MAX_WAIT_S, BreakerSnapshot, CircuitBreaker
 from opsgate.routing.errors import (
     AllProvidersFailed,
     CircuitOpen,
@@ -121,9 +122,10 @@ class Router:
     """Routes requests over ``providers`` (by name) with retries, breakers and fallback.
 
     ``clock`` times attempts, deadlines and breakers; ``sleep`` waits between retries (inject a
-    fake in tests); ``rand`` drives backoff jitter; ``failure_threshold`` and ``cooldown_s``
-    configure each provider's breaker (settings ``breaker_failure_threshold`` and
-    ``breaker_cooldown_s``); ``observer`` (optional) sees every :class:`Attempt` as it is recorded
+    fake in tests); ``rand`` drives backoff jitter; ``failure_threshold``, ``cooldown_s`` and
+    ``max_cooldown_s`` configure each provider's breaker (settings ``breaker_failure_threshold``,
+    ``breaker_cooldown_s`` and ``breaker_max_cooldown_s``, the cap on a provider's asked-for
+    wait); ``observer`` (optional) sees every :class:`Attempt` as it is recorded
     (the Prometheus provider counters); ``windows`` (optional) skips targets whose context window
     the prompt may not fit.
     """
@@ -136,6 +138,7 @@ class Router:
         *,
         failure_threshold: int = 5,
         cooldown_s: float = 30.0,
+        max_cooldown_s: float = DEFAULT_MAX_WAIT_S,
         rand: Callable[[], float] = random.random,
         observer: Callable[[Attempt], None] | None = None,
         windows: ContextWindows | None = None,
@@ -152,7 +155,8 @@ class Router:
         self._demoted: set[str] = set()
         self._breakers = {
             name: CircuitBreaker(
-                name, clock, failure_threshold=failure_threshold, cooldown_s=cooldown_s
+                name, clock, failure_threshold=failure_threshold, cooldown_s=cooldown_s,
+                max_wait_s=max_cooldown_s,
             )
             for name in self._providers
         }
