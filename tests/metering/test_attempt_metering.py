@@ -7,6 +7,7 @@ through a real gateway (HTTP, SQLite, ledger) against the provider sandboxes and
   fallback's reported usage, each on its own provider's row;
 - a timeout followed by a successful retry (``timeout-once:<p>``): the timed-out request's worst
   case plus the retry's usage; the retry first extended the reservation (ledger ``extend``);
+  with a fallback left, the fallback answers instead of a retry, charged beside that worst case;
 - a refusal that reported its usage (``safety-blocked``): that usage, not the worst case.
 
 Each call's budget spend equals the sum of its attempt rows, nothing stays reserved, and an
@@ -218,6 +219,26 @@ def test_a_timeout_then_a_successful_retry_charges_the_timed_out_request_too(
     assert (extend["extend_micro_usd"], extend["held_micro_usd"]) == (run.worst[provider], 2 * run.worst[provider])
     billed = {provider: {MODELS[provider]: retried["cost_micro_usd"] + retried["cost_micro_usd"] // 4}}
     assert _reconciles(tmp_path, run, billed) == ["100.00"]
+
+
+def test_a_timeout_with_a_fallback_left_falls_back_and_charges_the_timed_out_request_too(
+    tmp_path: Path, provider: str
+) -> None:
+    """Tester B finding 3: the timed-out request is not retried while the chain has another
+    target; the client gets the fallback's answer, and the timed-out request keeps its flagged
+    worst case."""
+    fallback = NEXT[provider]
+    run = _run(tmp_path, f"timeout-once:{provider}", [provider, fallback], timeout_s=1.0,
+               max_attempts_per_target=3, total_timeout_s=20.0)
+
+    assert run.response.status_code == 200, run.response.text
+    timed_out, served = run.attempts
+    assert (timed_out["provider"], timed_out["billing"], timed_out["outcome"]) == (provider, ESTIMATED, "timeout")
+    assert timed_out["cost_micro_usd"] == run.worst[provider]
+    assert (served["provider"], served["billing"]) == (fallback, REPORTED)
+    assert served["cost_micro_usd"] == _reported_cost(served, MODELS[fallback], fallback) > 0
+    assert run.spent == timed_out["cost_micro_usd"] + served["cost_micro_usd"] == run.response.json()["cost_micro_usd"]
+    assert run.reserved == 0
 
 
 def test_a_refusal_that_reported_its_usage_is_charged_that_usage(tmp_path: Path, provider: str) -> None:

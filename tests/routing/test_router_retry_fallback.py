@@ -106,7 +106,6 @@ async def test_without_retry_after_waits_full_jitter_exponential_backoff() -> No
         ServerError("anthropic", http_status=500),
         ServerError("anthropic", http_status=502),
         ServerError("anthropic", http_status=504),
-        ProviderTimeout("anthropic"),
         ConnectionFailed("anthropic"),
         RateLimited("anthropic", http_status=429, retry_after=1.0),
     ],
@@ -231,3 +230,62 @@ async def test_a_wait_longer_than_the_time_left_moves_on() -> None:
     routed = await s.router.complete(REQUEST, policy(total_timeout_s=10.0))
     assert s.sleep.waits == []
     assert routed.completion.provider == "deepseek"
+
+
+# ------------------------------------------- a hanging target leaves time for the fallbacks
+# (tester B finding 3): a timeout is not retried on the same target while a later target of the
+# chain can still be called; the last callable target still retries it within the deadline.
+
+
+def hanging(s: Setup, name: str, timeout_s: float, times: int = 3) -> None:
+    """``name`` takes the whole attempt timeout, then times out, ``times`` times."""
+    s.providers[name].latency_s = timeout_s
+    s.providers[name].script = [lambda: ProviderTimeout(name)] * times
+
+
+async def test_a_hanging_primary_falls_back_at_once_and_the_fallback_gets_the_rest_of_the_deadline() -> None:
+    s = Setup()
+    hanging(s, "anthropic", 5.0)
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=10.0))
+    assert kinds(routed.attempts) == [("anthropic", "timeout"), ("deepseek", "ok")]
+    assert (s.calls("anthropic"), s.sleep.waits) == (1, [])
+    assert s.providers["deepseek"].calls == [("deepseek-chat", 5.0)]  # what is left of the deadline
+
+
+async def test_a_hanging_fallback_moves_on_too_and_the_last_target_retries_within_the_deadline() -> None:
+    s = Setup(anthropic=[BillingFailed("anthropic", http_status=402)])
+    hanging(s, "deepseek", 5.0)
+    hanging(s, "gemini", 5.0, times=1)
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=30.0))
+    assert kinds(routed.attempts) == [("anthropic", "billing_failed"), ("deepseek", "timeout"),
+                                      ("gemini", "timeout"), ("gemini", "ok")]
+    assert s.sleep.waits == [0.125]
+
+
+async def test_a_timeout_is_retried_when_every_later_target_would_be_skipped() -> None:
+    s = Setup()
+    hanging(s, "anthropic", 5.0, times=1)
+    del s.providers["gemini"]  # not configured
+    router = Router(s.providers, s.clock, s.sleep, failure_threshold=100, rand=lambda: 0.5)
+    router.breaker("deepseek").cool_down(60.0)  # open
+    routed = await router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=10.0))
+    assert kinds(routed.attempts) == [("anthropic", "timeout"), ("anthropic", "ok")]
+    assert s.calls("deepseek") == 0
+
+
+async def test_a_half_open_fallback_counts_as_callable_without_losing_its_trial() -> None:
+    s = Setup()
+    hanging(s, "anthropic", 5.0)
+    s.router.breaker("deepseek").cool_down(1.0)
+    s.clock.advance(1.0)
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=10.0))
+    assert kinds(routed.attempts) == [("anthropic", "timeout"), ("deepseek", "ok")]
+
+
+async def test_429_and_529_on_the_primary_are_still_retried_while_fallbacks_remain() -> None:
+    s = Setup(anthropic=[RateLimited("anthropic", http_status=429, retry_after=2.0),
+                         Overloaded("anthropic", http_status=529)])
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=10.0))
+    assert kinds(routed.attempts) == [("anthropic", "rate_limited"), ("anthropic", "overloaded"),
+                                      ("anthropic", "ok")]
+    assert s.sleep.waits == [2.0, 0.25]

@@ -81,7 +81,8 @@ class ServerError(ProviderError):
 
 
 class ProviderTimeout(ProviderError):
-    """No complete answer within the policy's timeout."""
+    """No complete answer within the policy's timeout. Retryable, but the router retries it
+    only on the chain's last callable target (a hanging target would use up the deadline)."""
 
     retryable = True
     title = "The AI provider timed out"

@@ -113,14 +113,20 @@ class CircuitBreaker:
         return self._state
 
     def allow(self) -> bool:
-        """Whether a call may go to the provider now. In half-open, admits one trial at a time."""
-        state = self.state
-        if state is BreakerState.CLOSED:
-            return True
-        if state is BreakerState.HALF_OPEN and not self._trial_in_flight:
+        """Whether a call may go to the provider now. In half-open, admits one trial at a time
+        (the caller then holds the trial slot)."""
+        if not self.would_allow():
+            return False
+        if self._state is BreakerState.HALF_OPEN:
             self._trial_in_flight = True
-            return True
-        return False
+        return True
+
+    def would_allow(self) -> bool:
+        """Whether :meth:`allow` would admit a call now, without taking a half-open trial slot."""
+        state = self.state
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and not self._trial_in_flight
+        )
 
     def record_success(self) -> None:
         """The call answered: close the circuit and forget the failure streak."""

@@ -10,7 +10,11 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    extends the call's budget reservation there, and a refusal it raises stops the chain as is
    (with ``error.attempts`` set), before that request leaves;
 3. after an error with ``retryable`` set (429 with a usable wait, 529, 500/502/503/504, timeouts,
-   connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry; a wait longer
+   connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry, except after
+   a timeout while a later target of the chain can still be called (its provider configured, its
+   breaker admitting, the prompt fitting): a hanging target would spend on retries the deadline
+   the fallbacks need, so the router moves on at once (the last callable target still retries
+   its timeouts within the deadline); a wait longer
    than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead, and
    a provider that asked for more than ``max_retry_wait_s`` is cooled down for the time it asked
    for, at most ``max_cooldown_s`` (:meth:`~opsgate.routing.breaker.CircuitBreaker.cool_down`), so
@@ -112,6 +116,7 @@ class _Call:
 
     request: CompletionRequest
     policy: RoutePolicy
+    chain: tuple[Target, ...]
     deadline: float
     admit: Admit | None = None
     attempts: list[Attempt] = field(default_factory=list)
@@ -228,13 +233,13 @@ class Router:
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
         chain = self.chain(policy)
-        call = _Call(request, policy, deadline, admit)
+        call = _Call(request, policy, chain, deadline, admit)
         if self._windows is not None:
             call.too_small = self._windows.too_small(request, chain)
         failures: list[ProviderError] = []
-        for target in chain:
+        for position, target in enumerate(chain):
             try:
-                result = await self._try_target(call, target)
+                result = await self._try_target(call, target, chain[position + 1:])
             except OpsgateError as refused:  # from admit: nothing more is sent
                 refused.attempts = call.attempts  # type: ignore[attr-defined]  # read back by the pipeline's getattr
                 raise
@@ -251,8 +256,11 @@ class Router:
             raise InputTooLarge(call.attempts, last_error) from last_error
         raise AllProvidersFailed(call.attempts, last_error) from last_error
 
-    async def _try_target(self, call: _Call, target: Target) -> Completion | ProviderError:
-        """Up to ``max_attempts_per_target`` attempts; the completion or the error to act on."""
+    async def _try_target(
+        self, call: _Call, target: Target, rest: Sequence[Target]
+    ) -> Completion | ProviderError:
+        """Up to ``max_attempts_per_target`` attempts; the completion or the error to act on.
+        ``rest`` are the chain's targets after this one."""
         provider = self._providers.get(target.provider)
         if provider is None:
             return self._skip(call, target, ProviderNotConfigured(target.provider))
@@ -273,6 +281,8 @@ class Router:
             if result.retry_after is not None and result.retry_after > call.policy.max_retry_wait_s:
                 breaker.cool_down(result.retry_after)
             if failures == call.policy.max_attempts_per_target:
+                return result
+            if isinstance(result, ProviderTimeout) and any(self._callable(call, t) for t in rest):
                 return result
             wait = retry_wait_s(result, failures, call.policy.max_retry_wait_s, self._rand)
             if wait is None or wait >= call.deadline - self._clock.monotonic():
@@ -320,6 +330,13 @@ class Router:
                      sent=True, usage=error.usage)
         log_provider_error(target, error)
         return error
+
+    def _callable(self, call: _Call, target: Target) -> bool:
+        """Whether ``target`` would be called now rather than skipped: its provider has an
+        adapter, the prompt may fit its window, and its breaker admits a call (asked without
+        taking a half-open trial slot)."""
+        breaker = self._breakers.get(target.provider)
+        return breaker is not None and target not in call.too_small and breaker.would_allow()
 
     def _skip(self, call: _Call, target: Target, error: ProviderError) -> ProviderError:
         self._record(call, target, error.kind, None, self._clock.monotonic(), 0.0, sent=False)
