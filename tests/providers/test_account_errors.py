@@ -57,6 +57,10 @@ FREE_TIER = google_400("FAILED_PRECONDITION", "Gemini API free tier is not avail
                        "enable billing on your project in Google AI Studio.")
 GEMINI_402 = {"error": {"code": 402, "message": "Your prepayment credits are depleted.",
                         "status": "RESOURCE_EXHAUSTED"}}
+QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details. For "
+                   "more information on this error, read the docs: "
+                   "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                   "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
 HARD_LIMIT = {"error": {"code": "billing_hard_limit_reached", "message": "Billing hard limit has been reached",
                         "param": None, "type": "invalid_request_error"}}
 
@@ -109,18 +113,21 @@ async def _raised(provider: Any) -> ProviderError:
         ("gemini", 402, GEMINI_402, BillingFailed, "HTTP 402 RESOURCE_EXHAUSTED"),
         ("deepseek", 400, HARD_LIMIT, SpendCapReached,
          "HTTP 400 invalid_request_error: the provider account's usage limit is reached"),
+        ("deepseek", 429, QUOTA, SpendCapReached,
+         "HTTP 429 insufficient_quota: the provider account's usage limit is reached"),
     ],
     ids=["anthropic-credit", "anthropic-usage-limit", "anthropic-org-disabled", "gemini-key-invalid",
          "gemini-key-expired", "gemini-billing-disabled", "gemini-region", "gemini-free-tier", "gemini-402",
-         "openai-hard-limit"],
+         "openai-hard-limit", "openai-insufficient-quota"],
 )
 async def test_account_failures_are_provider_side_and_fall_back(
     providers, upstream, assert_safe_detail, wire, status, body, cls, detail
 ) -> None:
-    upstream.reply(status, body)
+    upstream.reply(status, body, headers={"retry-after": "20"})
     error = await _raised(providers[wire])
     assert type(error) is cls
     assert (error.fallback, error.retryable, error.http_status, error.detail) == (True, False, status, detail)
+    assert error.retry_after is None  # no wait clears it: no cool-down either
     assert_safe_detail(error, "credit balance", "API key", "location", "Billing")
 
 
@@ -169,3 +176,16 @@ async def test_the_router_falls_back_at_once_after_an_account_failure(
         (chain[0], kind, 400), (chain[1], "ok", 200)]
     assert routed.completion.provider == chain[1]
     assert len(upstream.requests) == 2
+
+
+async def test_insufficient_quota_is_asked_once_then_the_chain_falls_back(providers, upstream) -> None:
+    """Tester B finding 12: the custom endpoint received 3 requests (two retries) before."""
+    upstream.reply(429, QUOTA)
+    upstream.reply(200, ANTHROPIC_OK)
+    router = Router(providers, ManualClock(), failure_threshold=100)
+    policy = RoutePolicy(chain=(Target("deepseek", "m-1"), Target("anthropic", "m-2")), timeout_s=5.0,
+                         max_attempts_per_target=3, max_retry_wait_s=30.0)
+    routed = await router.complete(REQUEST, policy)
+    assert [(a.provider, a.outcome_kind, a.http_status) for a in routed.attempts] == [
+        ("deepseek", "spend_cap", 429), ("anthropic", "ok", 200)]
+    assert [r.path for r in upstream.requests] == ["/chat/completions", "/v1/messages"]

@@ -77,10 +77,13 @@ _STATUS_ERRORS: dict[int, type[ProviderError]] = {
 
 _ACCOUNT_CODES: dict[str, type[ProviderError]] = {
     "billing_hard_limit_reached": SpendCapReached,
+    "insufficient_quota": SpendCapReached,
 }
 """Error codes (``code`` or ``type``) that refuse the account, not the request, whatever the
 status: OpenAI's 400 ``billing_hard_limit_reached`` ("Billing hard limit has been reached", the
-organisation's monthly budget). Never retried; the next target is tried."""
+organisation's monthly budget) and 429 ``insufficient_quota`` ("You exceeded your current quota,
+please check your plan and billing details": credit or quota used up, which no wait clears, unlike
+a 429 ``rate_limit_exceeded``). Never retried; the next target is tried."""
 _POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "ResponsibleAIPolicyViolation"})
 _CONTEXT_CODES = frozenset({"context_length_exceeded"})
 _POLICY_MESSAGE = re.compile(r"content exists risk|content management policy|content policy", re.I)
@@ -257,9 +260,6 @@ class OpenAICompatProvider:
         error = as_object(body.get("error"))
         request_id = reply.headers.get("x-request-id")
         detail = error_detail(reply.status, error.get("type") or error.get("code"))
-        retry_after = (
-            retry_after_seconds(reply.headers, self._clock.now()) if reply.status == 429 else None
-        )
         cls = error_class(_STATUS_ERRORS, reply.status)
         account = next((_ACCOUNT_CODES[c] for c in _codes(error) if c in _ACCOUNT_CODES), None)
         if account is not None:
@@ -268,6 +268,9 @@ class OpenAICompatProvider:
             cls = ModelUnavailable
         elif cls is InvalidRequest and (refusal := rejection(error)) is not None:
             cls, detail = rejected(refusal, detail)
+        retry_after = (
+            retry_after_seconds(reply.headers, self._clock.now()) if cls is RateLimited else None
+        )
         return cls(
             self.name,
             detail,
