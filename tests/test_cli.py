@@ -329,3 +329,42 @@ def test_a_budget_past_its_limit_shows_0_left_and_over_by_in_cli_and_api(env, mo
     assert runner.invoke(app, ["budgets", "set", "--global", "--period", "day", "--limit-usd", "2"]).exit_code == 0
     [within] = _shown_budgets(runner.invoke(app, ["budgets", "show"]).stdout)
     assert within["left"] == "$0.250000" and "over by" not in within
+
+
+FAULTS = [("bogus:thing", "unknown fault profile part 'bogus:thing'"),
+          ("slow:abc", "bad duration 'abc': use e.g. 50ms or 1.5s"),
+          ("outage:nobody", "unknown provider 'nobody': expected one of ('anthropic', 'deepseek', 'gemini')")]
+
+
+@pytest.mark.parametrize(("profile", "message"), FAULTS)
+@pytest.mark.parametrize("command", [["sandbox"], ["serve", "--sandbox"],
+                                     ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml"), "--sandbox"]])
+def test_a_bad_fault_profile_is_one_line_and_exit_2_as_the_option_is_parsed(env, monkeypatch, command, profile, message):
+    """Tester B F8: the profile was parsed only while the sandbox app was built, a 49-line
+    traceback (exit 1) or uvicorn's "Application startup failed"."""
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(a))
+    monkeypatch.setattr("opsgate.sandbox.server.run_sandbox_forever", lambda *a: started.append(a))
+    result = runner.invoke(app, [*command, "--faults", profile])
+    assert (result.exit_code, result.stderr.splitlines(), started) == (2, [f"error: --faults: {message}"], [])
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(("variables", "line"), [
+    ({"OPSGATE_SANDBOX": "true", "OPSGATE_SANDBOX_FAULTS": "bogus"},
+     "error: OPSGATE_SANDBOX_FAULTS (environment): unknown fault profile part 'bogus'"),
+    ({"OPSGATE_SANDBOX_LATENCY_SEED": "3"},
+     "error: OPSGATE_SANDBOX_LATENCY_SEED (environment): is for rehearsals only (`opsgate rehearse`, on its "
+     "simulated clock)"),
+    ({"OPSGATE_IDP_ISSUER": "https://idp.example"},
+     "error: OPSGATE_IDP_ISSUER (environment): an identity provider needs OPSGATE_IDP_AUDIENCE too"),
+])
+@pytest.mark.parametrize("command", [["serve"], ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml")]])
+def test_settings_only_start_up_read_are_checked_before_it(env, monkeypatch, variables, line, command):
+    """Each of these raised deep inside the runtime's construction: a traceback, exit 1."""
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(a))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(app, command)
+    assert (result.exit_code, result.stderr.splitlines(), started) == (2, [line], [])

@@ -73,6 +73,17 @@ CASES = [
     (lambda t: {"OPSGATE_RATE_LIMIT_USER_RPM": "abc"}, ["toggles", "list"],
      lambda t: "error: OPSGATE_RATE_LIMIT_USER_RPM (environment): Input should be a valid integer, "
                "unable to parse string as an integer"),
+    # the router's and the token service's own checks refused these only deep in start-up (tester B F8)
+    (lambda t: {"OPSGATE_BREAKER_FAILURE_THRESHOLD": "0"}, ["serve"],
+     lambda t: "error: OPSGATE_BREAKER_FAILURE_THRESHOLD (environment): Input should be greater than or equal to 1"),
+    (lambda t: {"OPSGATE_BREAKER_COOLDOWN_S": "-1"}, ["serve"],
+     lambda t: "error: OPSGATE_BREAKER_COOLDOWN_S (environment): Input should be greater than or equal to 0"),
+    (lambda t: {"OPSGATE_PROVIDER_TIMEOUT_S": "0"}, ["serve"],
+     lambda t: "error: OPSGATE_PROVIDER_TIMEOUT_S (environment): Input should be greater than 0"),
+    (lambda t: {"OPSGATE_MAX_RETRY_WAIT_S": "-5"}, ["serve"],
+     lambda t: "error: OPSGATE_MAX_RETRY_WAIT_S (environment): Input should be greater than or equal to 0"),
+    (lambda t: {"OPSGATE_ACCESS_TOKEN_TTL_S": "-5"}, ["token", "alice"],  # issued tokens already expired
+     lambda t: "error: OPSGATE_ACCESS_TOKEN_TTL_S (environment): Input should be greater than 0"),
 ]
 
 

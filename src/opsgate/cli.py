@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
 from opsgate.clock import SystemClock
-from opsgate.config import ConfigError, Settings, load_settings
+from opsgate.config import ConfigError, Settings, load_settings, setting_origin
 from opsgate.errors import NotFound, OpsgateError
 from opsgate.ledger.cli import ledger_app
 from opsgate.metering.cli import budgets_app, costs_app
@@ -33,6 +33,7 @@ from opsgate.rollout.cli import rollout_app, toggles_app, variants_app
 from opsgate.rollout.variants import checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import RouteConfigError
+from opsgate.sandbox.faults import FaultProfile, FaultProfileError
 from opsgate.security.cli import backup_app, keys_app, users_app
 from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
@@ -106,8 +107,8 @@ def main() -> None:
 
 def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
     """The settings of a command that serves calls; a routing or variant configuration that cannot
-    be served (unknown provider, missing price, unknown prompt version) refuses here, one line per
-    problem."""
+    be served (unknown provider, missing price, unknown prompt version), or a setting only the
+    gateway's start-up reads (:func:`_start_up_problems`), refuses here, one line per problem."""
     settings = Settings()
     update: dict[str, object] = {}
     if sandbox:
@@ -121,7 +122,38 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
         checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
     except RouteConfigError as exc:
         _fail(escape("; ".join(exc.problems)))
+    if problems := _start_up_problems(settings):
+        _fail(escape("; ".join(problems)))
     return settings
+
+
+def _start_up_problems(settings: Settings) -> list[str]:
+    """Settings whose values only the gateway's start-up used to check, deep inside it, with a
+    traceback: the sandboxes' fault profile, a latency seed outside a rehearsal, an identity
+    provider without an audience. Each problem names the setting and where it came from."""
+    problems = []
+    if settings.sandbox:
+        try:
+            FaultProfile.parse(settings.sandbox_faults)
+        except FaultProfileError as exc:
+            problems.append(f"{setting_origin(('sandbox_faults',))}: {exc}")
+    if settings.sandbox_latency_seed is not None:
+        problems.append(f"{setting_origin(('sandbox_latency_seed',))}: is for rehearsals only "
+                        "(`opsgate rehearse`, on its simulated clock)")
+    if settings.idp_issuer and not settings.idp_audience:
+        problems.append(f"{setting_origin(('idp_issuer',))}: an identity provider needs OPSGATE_IDP_AUDIENCE too")
+    return problems
+
+
+def _fault_profile(profile: str | None) -> str | None:
+    """The ``--faults`` option's check, as it is parsed: ``error: --faults: <what is wrong>`` and
+    exit 2 for a profile :class:`~opsgate.sandbox.faults.FaultProfile` cannot parse."""
+    if profile is not None:
+        try:
+            FaultProfile.parse(profile)
+        except FaultProfileError as exc:
+            _fail(escape(f"--faults: {exc}"))
+    return profile
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -134,7 +166,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, parser=cli_int(0, 65535), help="TCP port."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Serve providers from loopback sandboxes."),
-    faults: str = typer.Option(None, help="Sandbox fault profile (with --sandbox)."),
+    faults: str = typer.Option(None, callback=_fault_profile, help="Sandbox fault profile (with --sandbox)."),
     workers: int = typer.Option(1, parser=cli_int(1), help="Worker processes sharing the port (replicas)."),
     per_worker_limits: bool = typer.Option(
         False, "--per-worker-limits",
@@ -175,7 +207,8 @@ def _limits_set(settings: Settings) -> bool:
 def sandbox_cmd(
     host: str = typer.Option("127.0.0.1", help="Loopback interface to bind."),
     port: int = typer.Option(8100, parser=cli_int(0, 65535), help="TCP port."),
-    faults: str = typer.Option("none", help="Fault profile, e.g. flaky or outage:anthropic,slow:20ms."),
+    faults: str = typer.Option("none", callback=_fault_profile,
+                               help="Fault profile, e.g. flaky or outage:anthropic,slow:20ms."),
 ) -> None:
     """Serve the Anthropic, DeepSeek and Gemini sandboxes on one loopback port."""
     from opsgate.sandbox.server import run_sandbox_forever
@@ -189,7 +222,7 @@ def run(
     input: Path = typer.Option(..., "--input", exists=True, dir_okay=False, help="Input file."),
     user: str = typer.Option(CLI_USER, help="User id the call runs as."),
     sandbox: bool = typer.Option(False, "--sandbox", help="Use loopback provider sandboxes."),
-    faults: str = typer.Option(None, help="Sandbox fault profile (with --sandbox)."),
+    faults: str = typer.Option(None, callback=_fault_profile, help="Sandbox fault profile (with --sandbox)."),
 ) -> None:
     """Run one operation in-process through the full pipeline and print the result as JSON."""
     from opsgate.operations.io import input_from_file

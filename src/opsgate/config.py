@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     jwt_secret_file: Path = Path(".opsgate/jwt-secret")
     jwt_issuer: str = "opsgate"
     jwt_audience: str = "opsgate-api"
-    access_token_ttl_s: int = 3600
+    access_token_ttl_s: int = Field(default=3600, gt=0, description="Access token lifetime.")
 
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "OPSGATE_ANTHROPIC_API_KEY")
@@ -231,10 +231,10 @@ class Settings(BaseSettings):
         default=None, description="Rehearsals only (the simulated clock): the seed of the sandboxes' simulated "
         "provider latency, spent on that clock (unset: none).")
 
-    provider_timeout_s: float = 60.0
-    max_retry_wait_s: float = 30.0
-    breaker_failure_threshold: int = 5
-    breaker_cooldown_s: float = 30.0
+    provider_timeout_s: float = Field(default=60.0, gt=0, description="Per provider attempt, unless a route sets one.")
+    max_retry_wait_s: float = Field(default=30.0, ge=0, description="Longest wait before a retry.")
+    breaker_failure_threshold: int = Field(default=5, ge=1, description="Failures in a row that open a breaker.")
+    breaker_cooldown_s: float = Field(default=30.0, ge=0, description="An open breaker's wait before a trial.")
     breaker_max_cooldown_s: float = Field(
         default=300.0, ge=0,
         description="The longest a provider's Retry-After or rate-limit reset holds its breaker open (s).",
@@ -497,16 +497,16 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         error = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
-        raise ConfigError(f"{_origin(first['loc'])}: {error or first['msg']}") from None
+        raise ConfigError(f"{setting_origin(first['loc'])}: {error or first['msg']}") from None
     except SettingsError as exc:  # a list or table variable that is not JSON
         field = re.search(r'field "([^"]+)"', str(exc))
-        name = _origin((field.group(1),)) if field else "environment"
+        name = setting_origin((field.group(1),)) if field else "environment"
         cause = exc.__cause__
         reason = f" ({cause.msg})" if isinstance(cause, json.JSONDecodeError) else ""
         raise ConfigError(f'{name}: must be JSON, e.g. ["a", "b"] or {{"k": 1}}{reason}') from None
 
 
-def _origin(loc: tuple[int | str, ...]) -> str:
+def setting_origin(loc: tuple[int | str, ...]) -> str:
     """Where the setting at ``loc`` (a field name, then keys inside it) came from: the
     environment variable that is set, ``NAME (environment)``, else the dotted path and the
     configuration file, ``routes.default.timeout_s (opsgate.toml)``."""
