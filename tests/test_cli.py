@@ -368,3 +368,20 @@ def test_settings_only_start_up_read_are_checked_before_it(env, monkeypatch, var
         monkeypatch.setenv(name, value)
     result = runner.invoke(app, command)
     assert (result.exit_code, result.stderr.splitlines(), started) == (2, [line], [])
+
+
+@pytest.mark.parametrize("command", [["serve"], ["serve", "--workers", "2"],
+                                     ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml")]])
+def test_faults_without_the_sandboxes_is_refused(env, monkeypatch, command):
+    """Tester B F9: `serve --faults outage:anthropic` without --sandbox served the real providers,
+    silently. With OPSGATE_SANDBOX=true the profile applies (one process only)."""
+    started: list[object] = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(a))
+    result = runner.invoke(app, [*command, "--faults", "outage:anthropic"])
+    [line] = result.stderr.splitlines()
+    assert (result.exit_code, started) == (2, []) and "--faults" in line and "sandbox" in line
+    if command == ["serve"]:
+        assert line == "error: --faults needs --sandbox: without it the providers are the real ones"
+        monkeypatch.setenv("OPSGATE_SANDBOX", "true")
+        assert runner.invoke(app, [*command, "--faults", "outage:anthropic"]).exit_code == 0
+        assert len(started) == 1

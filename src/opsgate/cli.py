@@ -108,7 +108,9 @@ def main() -> None:
 def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
     """The settings of a command that serves calls; a routing or variant configuration that cannot
     be served (unknown provider, missing price, unknown prompt version), or a setting only the
-    gateway's start-up reads (:func:`_start_up_problems`), refuses here, one line per problem."""
+    gateway's start-up reads (:func:`_start_up_problems`), refuses here, one line per problem.
+    ``--faults`` without the sandboxes (``--sandbox`` or ``OPSGATE_SANDBOX``) is refused: the
+    providers would be the real ones."""
     settings = Settings()
     update: dict[str, object] = {}
     if sandbox:
@@ -116,6 +118,8 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
     if faults is not None:
         update["sandbox_faults"] = faults
     settings = settings.model_copy(update=update) if update else settings
+    if faults is not None and not settings.sandbox:
+        _fail("--faults needs --sandbox: without it the providers are the real ones")
     now = SystemClock().now
     try:
         prices = PriceBook.from_settings(settings, now)
@@ -187,8 +191,9 @@ def serve(
         check_connects(settings.database_url)  # refused in one line, not after uvicorn's start-up
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
         return
-    if sandbox:
-        _fail("--sandbox runs in one process; start `opsgate sandbox` and point the *_BASE_URL variables at it")
+    if sandbox or faults is not None:
+        _fail("--sandbox and --faults run in one process; start `opsgate sandbox --faults ...` and point the "
+              "*_BASE_URL variables at it")
     settings = _settings()
     check_connects(settings.database_url)
     if _limits_set(settings) and not settings.redis_url and not per_worker_limits:
