@@ -55,12 +55,12 @@ class _Boundary(TyperGroup):
         except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: Typer's
             raise
         except ConfigError as exc:
-            _fail(escape(sanitize(str(exc))))
+            _fail(str(exc))
         except DBAPIError as exc:  # settings loaded (the callback ran) before any database use
             failure = connect_failure(exc, Settings().database_url)
             if failure is None:
                 _internal_error(exc)
-            _fail(escape(sanitize(str(failure))))
+            _fail(str(failure))
         except Exception as exc:
             _internal_error(exc)
 
@@ -93,7 +93,7 @@ app.command("worker")(worker)
 app.command("rehearse")(rehearse)
 app.command("readiness")(readiness)
 
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # a redaction token [REDACTED:secret:…] is text, not :secret:
 CLI_USER = "opsgate-cli"
 
 
@@ -125,9 +125,9 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
         prices = PriceBook.from_settings(settings, now)
         checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
     except RouteConfigError as exc:
-        _fail(escape("; ".join(exc.problems)))
+        _fail("; ".join(exc.problems))
     if problems := _start_up_problems(settings):
-        _fail(escape("; ".join(problems)))
+        _fail("; ".join(problems))
     return settings
 
 
@@ -156,12 +156,14 @@ def _fault_profile(profile: str | None) -> str | None:
         try:
             FaultProfile.parse(profile)
         except FaultProfileError as exc:
-            _fail(escape(f"--faults: {exc}"))
+            _fail(f"--faults: {exc}")
     return profile
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    """``error: <message>`` on one line, through the sanitizer (a configuration value may hold a
+    secret) and printed as plain text, never as Rich markup; then exit ``code``."""
+    err.print(f"[red]error:[/red] {escape(sanitize(message))}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -256,3 +257,45 @@ def test_a_built_in_provider_on_plain_http_to_a_remote_host_refuses_with_one_lin
         "error: provider 'anthropic': provider base URL 'http://10.0.0.5:8001' uses plain http for a "
         "non-loopback host; use https")
     assert not list(tmp_path.glob("*.sqlite"))
+
+
+KEY_IN_URL = "sk-live-" + secrets.token_urlsafe(24)  # pragma: allowlist secret (generated at test time)
+
+
+@pytest.mark.parametrize(("base_url", "rule"), [
+    (f"https://example.com/v1?api_key={KEY_IN_URL}", "provider base URL 'https://example.com/v1' must not have a query"),
+    (f"https://example.com/v1#{KEY_IN_URL}", "provider base URL 'https://example.com/v1' must not have a query"),
+    (f"https://me:{KEY_IN_URL}@example.com/v1", "provider base URL 'https://example.com/v1' must not contain credentials"),
+    (f"ftp://example.com/v1?token={KEY_IN_URL}", "provider base URL must be an absolute https:// URL"),
+    (f"example.com/v1?k={KEY_IN_URL}", "provider base URL must be an absolute https:// URL"),
+    (f"http://10.0.0.5/v1?k={KEY_IN_URL}", "provider base URL 'http://10.0.0.5/v1' must not have a query"),
+])
+@pytest.mark.parametrize("command", [["config", "check"], ["serve"], ["variants", "list"]])
+def test_a_base_url_refused_never_repeats_its_query_fragment_or_user_info(tmp_path, monkeypatch, base_url, rule, command):
+    """Tester B F10: the refusal echoed the URL, key in the query included, at serve and config
+    check. The rule's message repeats scheme, host and path only, and every CLI error line goes
+    through the sanitizer."""
+    monkeypatch.setenv("OPSGATE_CONFIG", str(_write_config(tmp_path, _local_config(base_url))))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("LOCAL_VLLM_KEY", "local-test-key")  # pragma: allowlist secret
+    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: None)
+    result = runner.invoke(cli_app, command)
+    assert result.exit_code == (1 if command == ["config", "check"] else 2)
+    assert f"provider 'local-vllm': {rule}" in " ".join(result.stderr.split()), result.stderr
+    assert KEY_IN_URL not in result.output and KEY_IN_URL[8:20] not in result.output
+
+
+def test_a_cli_error_line_passes_through_the_sanitizer(tmp_path, monkeypatch):
+    """The one-line route problems are redacted like every other sink (a chain target or price
+    name is configuration text too), and a held secret's token is printed as it is, not as Rich's
+    :secret: emoji."""
+    from opsgate.security.sanitizer import hold_secret
+
+    hold_secret(KEY_IN_URL)
+    config = _local_config("http://127.0.0.1:9/v1")
+    config["prices"] = {**config["prices"], f"nope/{KEY_IN_URL}": {"input": "1", "output": "1"}}
+    monkeypatch.setenv("OPSGATE_CONFIG", str(_write_config(tmp_path, config)))
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    result = runner.invoke(cli_app, ["run", "email-classify", "--input", str(next(EXAMPLES.glob("email-classify.*")))])
+    assert result.exit_code == 2 and KEY_IN_URL not in result.output
+    assert re.match(r"error: price 'nope/\[REDACTED:secret:[0-9a-f]{6}\]': unknown provider 'nope'", result.stderr)

@@ -108,23 +108,31 @@ def check_base_url(url: str) -> str:
     Accepts ``https://host[:port][/path]``, and ``http://`` only for loopback hosts (127.0.0.0/8,
     ``::1``, ``localhost``) such as local sandboxes, vLLM or Ollama. Credentials, query strings and
     fragments are refused (a key must never ride in a URL). Raises ``ValueError`` naming the rule
-    that failed; this is a configuration error reported at start-up, never to API clients.
+    that failed; this is a configuration error reported at start-up, never to API clients. The
+    message repeats at most the URL's scheme, host, port and path (:func:`_shown`): never its
+    user info, query or fragment, where a key would ride, nor a text that is no absolute URL.
     """
     try:
         parsed = URL(url.strip())
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"provider base URL {url!r} is not a URL") from exc
+    except (ValueError, TypeError):
+        raise ValueError("provider base URL is not a URL") from None
     if parsed.scheme not in ("https", "http") or not parsed.host:
-        raise ValueError(f"provider base URL {url!r} must be an absolute https:// URL")
+        raise ValueError("provider base URL must be an absolute https:// URL (https://host[:port][/path])")
     if parsed.user is not None or parsed.password is not None:
-        raise ValueError("provider base URL must not contain credentials")
+        raise ValueError(f"provider base URL {_shown(parsed)} must not contain credentials")
     if parsed.query_string or parsed.fragment:
-        raise ValueError(f"provider base URL {url!r} must not have a query or fragment")
+        raise ValueError(f"provider base URL {_shown(parsed)} must not have a query or fragment")
     if parsed.scheme == "http" and not _is_loopback(parsed.host):
         raise ValueError(
-            f"provider base URL {url!r} uses plain http for a non-loopback host; use https"
+            f"provider base URL {_shown(parsed)} uses plain http for a non-loopback host; use https"
         )
     return str(parsed).rstrip("/")
+
+
+def _shown(url: URL) -> str:
+    """What an error may repeat of an absolute URL: ``'scheme://host[:port]/path'``, without its
+    user info, query and fragment."""
+    return repr(str(url.with_user(None).with_query(None).with_fragment(None)))
 
 
 def is_loopback_url(url: str) -> bool:

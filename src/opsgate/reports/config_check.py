@@ -15,10 +15,11 @@ from opsgate.config import Settings, config_path
 from opsgate.metering.prices import PriceBook
 from opsgate.routing.effective import RouteView, config_problems, effective_routes
 from opsgate.routing.policy import RouteConfigError
+from opsgate.security.sanitizer import sanitize
 
 config_app = typer.Typer(help="The routing configuration (opsgate.toml).", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # a redaction token [REDACTED:secret:…] is text, not :secret:
 
 
 @config_app.command("check")
@@ -38,7 +39,7 @@ def check() -> None:
     if views:
         out.print(route_table(views))
     for line in problems:
-        err.print(f"[red]problem:[/red] {escape(line)}", highlight=False)
+        err.print(f"[red]problem:[/red] {escape(sanitize(line))}", highlight=False)
     if problems:
         raise typer.Exit(1)
     out.print(f"ok: {len(views)} operations routable")

@@ -29,11 +29,12 @@ from opsgate.rollout.variants import VariantBook, checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import OPERATION_IDS, RouteConfigError
 from opsgate.security.operator_input import check_identifier, operator_text
+from opsgate.security.sanitizer import sanitize
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)  # a redaction token [REDACTED:secret:…] is text, not :secret:
 
 
 def _actor() -> str:
@@ -221,7 +222,7 @@ def _book() -> VariantBook:
     try:
         return checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
     except RouteConfigError as exc:
-        err.print(f"[red]error:[/red] {escape('; '.join(exc.problems))}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(sanitize('; '.join(exc.problems)))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
