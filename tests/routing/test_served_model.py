@@ -177,3 +177,43 @@ def _error_type(base: str, provider: str, model: str) -> str:
     resp = httpx.post(f"{base}/v1beta/models/{model}:generateContent", headers={"x-goog-api-key": "k"},
                       json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
     return resp.json()["error"]["status"] if resp.status_code == 404 else str(resp.status_code)
+
+
+LEAKED_KEY = "sk-ant-api03-" + "leak" * 10  # pragma: allowlist secret (a made-up key shape, lower case: the profile is)
+NOT_MODEL_IDS = [
+    # (what the provider reports, found in no row)
+    (f"m {LEAKED_KEY} maria.lopez@example.com", LEAKED_KEY),  # tester B's F11: spaces, a key, an address
+    (LEAKED_KEY, LEAKED_KEY),  # a model-id charset, but a key (the sanitizer would change it)
+    ("maria.lopez@example.com", "maria.lopez@example.com"),
+    ("m" * 5000, "m" * 129),  # longer than any model id and than the served_model columns
+]
+
+
+@pytest.mark.parametrize(("provider", "target"), [("anthropic", "anthropic/claude-opus-5"),
+                                                  ("deepseek", "deepseek/deepseek-flash"),
+                                                  ("gemini", "gemini/gemini-3.8-flash")])
+@pytest.mark.parametrize(("reported", "needle"), NOT_MODEL_IDS, ids=["prose", "key", "email", "5000"])
+def test_a_served_model_that_is_no_model_id_is_recorded_as_invalid_and_flagged(tmp_path, provider, target, reported, needle):
+    """Tester B F11: the provider's ``model``/``modelVersion`` text was stored as given, 5,000
+    characters and a key included, in the attempt and log rows, the immutable ledger and the
+    signal. Now it is ``<invalid>``: a substitution, priced at the dearest price and flagged."""
+    from opsgate.metering.models import ai_operation_attempts
+
+    gw_iter = _gateway(tmp_path, [target, "anthropic/claude-opus-5"], f"substitute:{provider}:{reported}")
+    gw = next(gw_iter)
+    try:
+        _classify(gw)
+        [row] = _rows(gw)
+        assert (row["model"], row["served_model"]) == (target.split("/")[1], "<invalid>")
+        assert row["cost_micro_usd"] == _expected_cost(row, "anthropic", "claude-opus-5")
+        [result] = _results(gw)
+        assert (result["served_model"], result["price_flag"]) == ("<invalid>", "served_model_unpriced")
+        with gw.runtime.engine.connect() as conn:
+            assert conn.execute(select(ai_operation_attempts.c.served_model)).scalars().all() == ["<invalid>"]
+        [event] = _signals(gw, "model_substituted")
+        assert event["detail"].endswith("served by <invalid>")
+        database = Path(gw.runtime.engine.url.database or "")
+        stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+        assert stored and needle.encode() not in stored
+    finally:
+        next(gw_iter, None)

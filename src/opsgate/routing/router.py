@@ -64,6 +64,7 @@ from opsgate.routing.errors import (
 )
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.retry import retry_wait_s
+from opsgate.routing.served import checked_served_model
 from opsgate.routing.windows import ContextWindows
 from opsgate.security.sanitizer import sanitize
 from opsgate.tracing import provider_call
@@ -322,6 +323,7 @@ class Router:
             raise
         else:
             breaker.record_success()
+            completion = checked_served_model(completion)
             self._record(call, target, OK, 200, started, waited,
                          sent=True, usage=completion.usage, served_model=completion.served_model)
             return completion

@@ -7,20 +7,38 @@ or a retired model rerouted by the provider), which :class:`ModelWatch` reports 
 as ``model_substituted`` (P3). A target answering ``model_unavailable`` (retired or unknown model)
 is reported once per episode as ``model_unavailable`` (P2). An episode ends when the same
 (operation, provider, model) is served by the requested model again.
+
+The reported string is the provider's text, so the router checks it before anything records it
+(:func:`checked_served_model`): a model id is a short token (``claude-opus-5-20260724``,
+``models/gemini-3.8-flash-001``, ``meta-llama/Llama-3.1-8B-Instruct``, ``llama3.1:8b``,
+``claude-3-5-sonnet@20240620``) that the sanitizer leaves as it is; any other text is recorded as
+:data:`INVALID_SERVED_MODEL`, so the attempt row, the log row, the ledger's result entry and the
+``model_substituted`` signal never hold it. That is a substitution (no requested model is called
+so), priced at the dearest price on the chain and flagged ``served_model_unpriced``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opsgate.providers.base import Completion
+from opsgate.security.sanitizer import sanitize
+
+log = logging.getLogger("opsgate.routing")
 
 MODEL_SUBSTITUTED = "model_substituted"
 MODEL_UNAVAILABLE = "model_unavailable"
 SEVERITY = {MODEL_SUBSTITUTED: "P3", MODEL_UNAVAILABLE: "P2"}
 
+MAX_MODEL_ID = 128
+"""The longest served-model string recorded (the width of the ``served_model`` columns)."""
+INVALID_SERVED_MODEL = "<invalid>"
+"""Recorded instead of a served-model string that is no model id (never a provider's model id:
+``<`` and ``>`` are outside :data:`_MODEL_ID`)."""
+_MODEL_ID = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{MAX_MODEL_ID}}}")
 _SNAPSHOT = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|\d{3}|latest)$")
 
 
@@ -28,6 +46,19 @@ def normalise_model(model: str) -> str:
     """``model`` without a ``models/`` prefix and a dated-snapshot or version suffix
     (``-20260724``, ``-2026-07-24``, ``-001``, ``-latest``), lower-cased."""
     return _SNAPSHOT.sub("", model.lower().removeprefix("models/"))
+
+
+def checked_served_model(completion: Completion) -> Completion:
+    """``completion`` with its ``served_model`` kept when it is a model id -- at most
+    :data:`MAX_MODEL_ID` of ``A-Z a-z 0-9 . _ : / @ + -`` that :func:`~opsgate.security.sanitizer.sanitize`
+    leaves unchanged (no key, e-mail address or phone number) -- else :data:`INVALID_SERVED_MODEL`
+    (logged with the provider, the requested model and the text's length, never the text)."""
+    served = completion.served_model
+    if served is None or (_MODEL_ID.fullmatch(served) and sanitize(served) == served):
+        return completion
+    log.warning("%s/%s reported a served model that is no model id (%d characters): recorded as %s",
+                completion.provider, completion.model, len(served), INVALID_SERVED_MODEL)
+    return replace(completion, served_model=INVALID_SERVED_MODEL)
 
 
 def substituted(requested: str, served: str | None) -> bool:

@@ -37,7 +37,7 @@ ai_operation_log = Table(
     Column("operation", String(64), nullable=False),
     Column("provider", String(32)),
     Column("model", String(128)),
-    Column("served_model", String(128)),  # as the provider reported it (issue 13); model = requested
+    Column("served_model", String(128)),  # as reported, checked by routing.served (issue 13); model = requested
     Column("variant", String(48)),  # the variant that served the call (issue 17, migration 0009)
     Column("repaired", Boolean),  # the answer needed the schema repair request
     Column("shadow", Boolean, nullable=False, default=False, server_default=false()),  # migration 0011
