@@ -97,9 +97,9 @@ class Runtime(Services):
 
     async def close(self) -> None:
         """Close everything :func:`start_runtime` opened, newest first: flush the security event
-        counts and the traces, stop the status sync and the checkpointer, drain the shadow calls (up to
-        5 s, then cancelled) and the ledger, dispose
-        of the engine, close the HTTP session and the sandbox. Idempotent."""
+        counts and the traces, stop the status sync (deleting this process's provider status rows)
+        and the checkpointer, drain the shadow calls (up to 5 s, then cancelled) and the ledger,
+        dispose of the engine, close the HTTP session and the sandbox. Idempotent."""
         await self.exits.aclose()
 
 
@@ -181,9 +181,9 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     checkpointer = checkpointer_for(settings, engine, clock, session)
     if checkpointer is not None:
         await stack.enter_async_context(checkpointer)
-    status_sync = asyncio.create_task(
-        ProviderStatusSync(engine, router, clock, policies).run(settings.provider_status_interval_s)
-    )
+    status = ProviderStatusSync(engine, router, clock, policies)
+    status_sync = asyncio.create_task(status.run(settings.provider_status_interval_s))
+    stack.push_async_callback(status.withdraw)  # after the task's cancel (newest first), before the engine's dispose
     stack.push_async_callback(_cancel, status_sync)
     counts = await stack.enter_async_context(CountFlusher(engine, clock))
     if tracing.configure():  # OTLP traces when the OTEL_* variables ask for them

@@ -3,6 +3,7 @@ the chain once it recovers; worker leadership moves to a standby when the leader
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,15 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+from sqlalchemy import select
+from tests.gateways import gateway_settings
 from tests.monitoring.worker_env import PAGERDUTY, Env
 
-from opsgate.monitoring.providers import ProviderStatusSync
+from opsgate.monitoring.models import provider_status
+from opsgate.monitoring.providers import ProviderStatusSync, outages
 from opsgate.providers.base import CompletionRequest
 from opsgate.providers.registry import build_providers
 from opsgate.routing.policy import policies_for
 from opsgate.routing.router import Router
-from opsgate.runtime import sandbox_settings
+from opsgate.runtime import sandbox_settings, start_runtime
 from opsgate.sandbox.server import SandboxServer
+from opsgate.store.db import make_engine
 
 REQUEST = CompletionRequest(system="s", user="u", max_tokens=32,
                             json_schema={"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
@@ -109,3 +114,44 @@ def test_monitoring_standby_takes_over_when_the_leader_dies(db, tmp_path: Path) 
     finally:
         a.kill()
         a.wait()
+
+
+async def test_a_graceful_shutdown_deletes_its_status_rows_so_a_restart_is_judged_by_its_own(env: Env) -> None:
+    """Tester B F13: a cleanly stopped gateway's open-breaker rows stayed, so the gateway started
+    after it reported the provider unavailable (metrics, readiness) for up to STALE_AFTER_S."""
+    async with SandboxServer(faults="outage:anthropic") as sandbox:
+        settings = sandbox_settings(env.settings, sandbox.base_urls)
+        policies = policies_for(settings)
+        stopping, restarted = (
+            ProviderStatusSync(env.engine, Router(build_providers(settings, env.session), env.clock, _no_sleep,
+                                                  failure_threshold=1, cooldown_s=30), env.clock, policies)
+            for _ in range(2))
+        await stopping.router.complete(REQUEST, policies["email-compose"])  # anthropic's breaker opens
+        await stopping.sync_once()
+        await restarted.sync_once()  # all closed
+        with env.engine.connect() as conn:
+            assert set(outages(conn, env.clock.now())) == {"anthropic"}
+        await stopping.withdraw()
+        await stopping.sync_once()  # a publish that was still due writes nothing now
+        with env.engine.connect() as conn:
+            assert outages(conn, env.clock.now()) == {}
+            instances = set(conn.execute(select(provider_status.c.instance)).scalars())
+        assert instances == {restarted.instance}
+
+
+async def test_closing_the_runtime_withdraws_its_status_rows(tmp_path: Path) -> None:
+    runtime = await start_runtime(gateway_settings(tmp_path, ledger_signing_key_file=tmp_path / "ledger.key"))
+    try:
+        for _ in range(100):  # the sync publishes once as it starts
+            with runtime.engine.connect() as conn:
+                published = conn.execute(select(provider_status.c.provider)).scalars().all()
+            if published:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(published) == ["anthropic", "deepseek", "gemini"]
+    finally:
+        await runtime.close()
+    engine = make_engine(str(runtime.engine.url))
+    with engine.connect() as conn:
+        assert conn.execute(select(provider_status)).all() == []
+    engine.dispose()

@@ -5,6 +5,9 @@ writes its routers' breaker states to ``monitoring_provider_status`` (with the m
 stopped being ``closed``), applies the demotions in ``monitoring_demotions`` to its router, and
 probes demoted providers whose breaker admits a trial, so a recovery is noticed although a demoted
 provider sees little traffic. The worker reads :func:`outages` and, past the threshold, demotes.
+A graceful shutdown deletes the process's own rows (:meth:`ProviderStatusSync.withdraw`), so a
+gateway started after it is judged by its own breakers; a crashed process's rows stop counting
+after :data:`STALE_AFTER_S`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
@@ -93,6 +97,8 @@ class ProviderStatusSync:
         self.models = {t.provider: t.model for p in policies.values() for t in reversed(p.chain)}
         self.probe_timeout_s = probe_timeout_s
         self._since: dict[str, datetime] = {}
+        self._lock = threading.Lock()  # one publish or the withdrawal at a time (worker threads)
+        self._withdrawn = False
 
     async def sync_once(self) -> None:
         """Probe demoted providers, publish breaker states, apply the stored demotions."""
@@ -110,7 +116,29 @@ class ProviderStatusSync:
                 log.exception("provider status sync failed")
             await asyncio.sleep(interval_s)
 
+    async def withdraw(self) -> None:
+        """Delete this instance's ``monitoring_provider_status`` rows (a graceful shutdown, after
+        :meth:`run` is cancelled); a publish still running in its thread finishes first, and none
+        writes afterwards. A database error is logged, not raised: the shutdown goes on, and the
+        rows stop counting after :data:`STALE_AFTER_S`."""
+        try:
+            await asyncio.to_thread(self._withdraw)
+        except Exception as exc:
+            log.warning("provider status rows of %s not deleted (%s): ignored after %d s",
+                        self.instance, type(exc).__name__, STALE_AFTER_S)
+
+    def _withdraw(self) -> None:
+        with self._lock:
+            self._withdrawn = True
+            with begin_write(self.engine) as conn:
+                conn.execute(delete(provider_status).where(provider_status.c.instance == self.instance))
+
     def _publish_and_apply(self) -> None:
+        with self._lock:
+            if not self._withdrawn:
+                self._publish_and_apply_locked()
+
+    def _publish_and_apply_locked(self) -> None:
         now = self.clock.now()
         with begin_write(self.engine) as conn:
             for snap in self.router.snapshot():
