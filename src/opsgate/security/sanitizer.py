@@ -151,6 +151,12 @@ _NOT_A_VALUE = (
 """Words that follow ``the password is`` in prose about a password rather than before one
 (``the password is wrong``): a bare ``is`` or dash followed by one of them takes no value.
 ``correct`` is not one of them: ``the passphrase is correct horse battery staple``."""
+_PROSE_AFTER_COLON = rf"(?:{'|'.join(_NOT_A_VALUE)})(?![\w-])[ \t]+[^\s]"
+"""After ``name:``, a word of :data:`_NOT_A_VALUE` that more words follow on the line is prose about
+the field (``ANTHROPIC_API_KEY: no ANTHROPIC_API_KEY_ROTATED_AT, so ...``, ``password: not set
+yet``), not its value. A ``name: value`` value is one word, so a secret with a space in it was
+never caught whole by this form; such a word alone (``password: no``) or glued to more
+(``token: the1ring``, ``pin: no,``) is still the value."""
 _CLOSING_QUOTE = r"[\"'](?![^\s,;:}\])>])"
 """A quote that ends the string a value sits in (JSON, a Python repr, an HTML attribute): one
 followed by whitespace, ``, ; : } ] ) >`` or the end. Any other quote is part of the value."""
@@ -174,7 +180,7 @@ _FIELD = (
     rf"(?i)(?<![A-Za-z0-9])(?:"
     rf"(?<=[\"']){_FIELD_NAME}[\"']\s*[:=]\s*(?:{_DONE}|{_QUOTED}|{_LITERAL_RUN})"
     rf"|{_FIELD_NAME}(?:[\"']?\s*=\s*(?:{_DONE}|{_QUOTED}|{_SCHEME}{_PAIR_RUN})"
-    rf"|[\"']?\s*:\s*(?:{_DONE}|{_QUOTED}|{_SCHEME}{_WORD_RUN})"
+    rf"|[\"']?\s*:\s*(?!{_PROSE_AFTER_COLON})(?:{_DONE}|{_QUOTED}|{_SCHEME}{_WORD_RUN})"
     rf"|\s+is\s*:\s*(?:{_DONE}|{_QUOTED}|{_PROSE_RUN}))"
     rf"|[\w.-]*?(?:{_PROSE_NAME})[\w.-]*\s+(?:is|[-\u2013\u2014])\s+"
     rf"(?!(?:{'|'.join(_NOT_A_VALUE)})(?![\w-]))(?:{_DONE}|{_QUOTED}|{_PROSE_RUN}))"
@@ -188,7 +194,8 @@ _FIELD = (
   pair (:data:`_PAIR_END`);
 * ``name: value`` ends at whitespace or a closing quote: every other character (``& ; , } ] )
   !``) belongs to it, so trailing punctuation is masked with the value -- a comma too many
-  beats a character of a password in clear;
+  beats a character of a password in clear; a word of :data:`_NOT_A_VALUE` that more words
+  follow is prose, not a value (:data:`_PROSE_AFTER_COLON`);
 * prose -- ``name is: value`` for any sensitive name, ``the password is value`` and ``Password -
   value`` for :data:`_PROSE_NAME` -- runs to the end of the line or a closing quote, because a
   passphrase has spaces in it (``the passphrase is correct horse battery staple``); a bare ``is``
