@@ -356,8 +356,13 @@ def test_a_bad_fault_profile_is_one_line_and_exit_2_as_the_option_is_parsed(env,
     ({"OPSGATE_SANDBOX_LATENCY_SEED": "3"},
      "error: OPSGATE_SANDBOX_LATENCY_SEED (environment): is for rehearsals only (`opsgate rehearse`, on its "
      "simulated clock)"),
-    ({"OPSGATE_IDP_ISSUER": "https://idp.example"},
-     "error: OPSGATE_IDP_ISSUER (environment): an identity provider needs OPSGATE_IDP_AUDIENCE too"),
+    ({"OPSGATE_IDP_ISSUER": "https://idp.example", "OPSGATE_IDP_JWKS_URL": "https://idp.example/jwks"},
+     "error: an identity provider needs OPSGATE_IDP_ISSUER and OPSGATE_IDP_AUDIENCE"),
+    ({"OPSGATE_IDP_ISSUER": "https://idp.example", "OPSGATE_IDP_AUDIENCE": "opsgate"},
+     "error: set exactly one of OPSGATE_IDP_HS256_SECRET and OPSGATE_IDP_JWKS_URL"),
+    ({"OPSGATE_IDP_ISSUER": "https://idp.example", "OPSGATE_IDP_AUDIENCE": "opsgate",
+      "OPSGATE_IDP_JWKS_URL": "https://idp.example/jwks", "OPSGATE_IDP_ALGORITHM": "HS999"},
+     "error: OPSGATE_IDP_ALGORITHM must be one of RS256, ES256"),
 ])
 @pytest.mark.parametrize("command", [["serve"], ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml")]])
 def test_settings_only_start_up_read_are_checked_before_it(env, monkeypatch, variables, line, command):

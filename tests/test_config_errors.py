@@ -84,6 +84,8 @@ CASES = [
      lambda t: "error: OPSGATE_MAX_RETRY_WAIT_S (environment): Input should be greater than or equal to 0"),
     (lambda t: {"OPSGATE_ACCESS_TOKEN_TTL_S": "-5"}, ["token", "alice"],  # issued tokens already expired
      lambda t: "error: OPSGATE_ACCESS_TOKEN_TTL_S (environment): Input should be greater than 0"),
+    (lambda t: {"OPSGATE_REDIS_URL": f"http://u:{PASSWORD}@127.0.0.1:6379/0"}, ["serve"],
+     lambda t: "error: OPSGATE_REDIS_URL (environment): must start with redis://, rediss://, unix://"),
 ]
 
 

@@ -35,6 +35,7 @@ from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import RouteConfigError
 from opsgate.sandbox.faults import FaultProfile, FaultProfileError
 from opsgate.security.cli import backup_app, keys_app, users_app
+from opsgate.security.idp import idp_problems
 from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
@@ -133,8 +134,9 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
 
 def _start_up_problems(settings: Settings) -> list[str]:
     """Settings whose values only the gateway's start-up used to check, deep inside it, with a
-    traceback: the sandboxes' fault profile, a latency seed outside a rehearsal, an identity
-    provider without an audience. Each problem names the setting and where it came from."""
+    traceback: the sandboxes' fault profile, a latency seed outside a rehearsal, the identity
+    provider's settings (:func:`~opsgate.security.idp.idp_problems`). Each problem names the
+    setting."""
     problems = []
     if settings.sandbox:
         try:
@@ -144,9 +146,7 @@ def _start_up_problems(settings: Settings) -> list[str]:
     if settings.sandbox_latency_seed is not None:
         problems.append(f"{setting_origin(('sandbox_latency_seed',))}: is for rehearsals only "
                         "(`opsgate rehearse`, on its simulated clock)")
-    if settings.idp_issuer and not settings.idp_audience:
-        problems.append(f"{setting_origin(('idp_issuer',))}: an identity provider needs OPSGATE_IDP_AUDIENCE too")
-    return problems
+    return problems + idp_problems(settings)
 
 
 def _fault_profile(profile: str | None) -> str | None:

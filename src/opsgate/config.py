@@ -414,6 +414,15 @@ class Settings(BaseSettings):
                              "postgresql://USER@HOST/DB (psycopg 3)")
         return url
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        # redis-py's from_url refused any other scheme only when the rate limits were built, with
+        # a traceback; its message is kept, the URL (which may hold a password) is not repeated
+        if url and url.partition("://")[0].lower() not in REDIS_SCHEMES:
+            raise ValueError(f"must start with {', '.join(f'{s}://' for s in REDIS_SCHEMES)}")
+        return url
+
     @field_validator("jwt_secret", "idp_hs256_secret")
     @classmethod
     def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
@@ -465,6 +474,9 @@ class Settings(BaseSettings):
             raise ConfigFileError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from None
         return (init_settings, env_settings, toml)
 
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+"""The schemes redis-py's ``from_url`` takes (TCP, TLS, a Unix socket)."""
 
 SUPPORTED_DATABASES = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 """(backend, driver) pairs ``database_url`` may name; ``postgres://`` and ``postgresql://`` take

@@ -35,10 +35,9 @@ class IdpVerifier:
     """Verifies one identity provider's tokens; build it with :func:`idp_verifier`."""
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
-        if not settings.idp_issuer or not settings.idp_audience:
-            raise ValueError("an identity provider needs OPSGATE_IDP_ISSUER and OPSGATE_IDP_AUDIENCE")
-        if (settings.idp_hs256_secret is None) == (settings.idp_jwks_url is None):
-            raise ValueError("set exactly one of OPSGATE_IDP_HS256_SECRET and OPSGATE_IDP_JWKS_URL")
+        problems = idp_problems(settings) if settings.idp_issuer else [_NEEDS_BOTH]
+        if problems:
+            raise ValueError(problems[0])
         self.issuer = settings.idp_issuer
         self._audience = settings.idp_audience
         self._role_claim = settings.idp_role_claim
@@ -46,8 +45,6 @@ class IdpVerifier:
         self._secret = settings.idp_hs256_secret.get_secret_value().encode() if settings.idp_hs256_secret else None
         if self._secret is not None and len(self._secret) < 32:
             raise ValueError("OPSGATE_IDP_HS256_SECRET must be at least 32 bytes long")
-        if self._secret is None and settings.idp_algorithm not in JWKS_ALGORITHMS:
-            raise ValueError(f"OPSGATE_IDP_ALGORITHM must be one of {', '.join(JWKS_ALGORITHMS)}")
         self._algorithm = "HS256" if self._secret is not None else settings.idp_algorithm
         self._jwks = (
             PyJWKClient(settings.idp_jwks_url, cache_keys=False, lifespan=300, timeout=JWKS_TIMEOUT_S)
@@ -124,6 +121,24 @@ class IdpVerifier:
         if role not in _ROLES:
             raise Unauthorized(AuthFailure.UNKNOWN_ROLE)
         return role
+
+
+_NEEDS_BOTH = "an identity provider needs OPSGATE_IDP_ISSUER and OPSGATE_IDP_AUDIENCE"
+
+
+def idp_problems(settings: Settings) -> list[str]:
+    """What makes the identity provider's settings unusable, one line each, naming the variables
+    (never a value); empty when they are usable or the IdP is off (``idp_issuer`` unset). Checked
+    before start-up (``opsgate serve``, ``run``) and by :class:`IdpVerifier`; the HS256 secret's
+    length is checked when it is read (an ``op://`` reference is resolved first)."""
+    if not settings.idp_issuer:
+        return []
+    problems = [] if settings.idp_audience else [_NEEDS_BOTH]
+    if (settings.idp_hs256_secret is None) == (settings.idp_jwks_url is None):
+        problems.append("set exactly one of OPSGATE_IDP_HS256_SECRET and OPSGATE_IDP_JWKS_URL")
+    elif settings.idp_hs256_secret is None and settings.idp_algorithm not in JWKS_ALGORITHMS:
+        problems.append(f"OPSGATE_IDP_ALGORITHM must be one of {', '.join(JWKS_ALGORITHMS)}")
+    return problems
 
 
 def idp_verifier(settings: Settings, clock: Clock) -> IdpVerifier | None:
