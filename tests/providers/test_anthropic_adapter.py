@@ -159,6 +159,26 @@ async def test_text_answer_and_unsplit_cache_writes_count_as_five_minute(claude,
 
 
 @pytest.mark.parametrize(
+    ("split", "write_5m", "write_1h"),
+    [
+        ({"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}, 1000, 0),  # stale: all 5m
+        ({"ephemeral_1h_input_tokens": 400}, 600, 400),  # 5m field missing: the rest is 5m
+        ({"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 300}, 700, 300),  # partial
+        ({"ephemeral_5m_input_tokens": 900, "ephemeral_1h_input_tokens": 300}, 900, 300),  # above: as split
+    ],
+)
+async def test_cache_writes_the_breakdown_misses_are_billed_as_five_minute_writes(
+    claude, upstream, split, write_5m, write_1h
+) -> None:
+    usage = {"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 1000,
+             "cache_creation": split}
+    upstream.reply(200, message([{"type": "text", "text": "Hi"}], usage=usage))
+    done = await claude.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert done.usage == Usage(input_tokens=10, output_tokens=5, cache_write_tokens=write_5m,
+                               cache_write_1h_tokens=write_1h)
+
+
+@pytest.mark.parametrize(
     ("raw", "expected"),
     [
         ("end_turn", FinishReason.STOP),

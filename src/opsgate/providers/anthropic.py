@@ -209,15 +209,19 @@ class AnthropicProvider:
         )
 
     def _usage(self, usage: Any) -> Usage:
+        """``usage`` as :class:`Usage`. Cache writes: the ``cache_creation`` breakdown
+        (``ephemeral_5m``/``ephemeral_1h_input_tokens``); what the top-level
+        ``cache_creation_input_tokens`` counts beyond it (no breakdown, or a partial or stale one
+        from a proxy) is billed as 5-minute writes, the documented default TTL, never as 0.
+        Raises :class:`MalformedResponse` without ``input_tokens`` or ``output_tokens``."""
         if not isinstance(usage, dict):
             raise MalformedResponse(self.name, "usage is missing", http_status=200)
         written = token_count(self.name, usage, "cache_creation_input_tokens")
         split = usage.get("cache_creation")
-        if isinstance(split, dict):
-            write_5m = token_count(self.name, split, "ephemeral_5m_input_tokens")
-            write_1h = token_count(self.name, split, "ephemeral_1h_input_tokens")
-        else:
-            write_5m, write_1h = written, 0
+        split = split if isinstance(split, dict) else {}
+        write_5m = token_count(self.name, split, "ephemeral_5m_input_tokens")
+        write_1h = token_count(self.name, split, "ephemeral_1h_input_tokens")
+        write_5m += max(written - write_5m - write_1h, 0)
         return Usage(
             input_tokens=token_count(self.name, usage, "input_tokens", required=True),
             output_tokens=token_count(self.name, usage, "output_tokens", required=True),

@@ -8,7 +8,8 @@ normalised so that each field is billed at exactly one price (see :mod:`opsgate.
   DeepSeek ``prompt_cache_miss_tokens``; Gemini ``promptTokenCount - cachedContentTokenCount +
   toolUsePromptTokenCount``).
 - ``cache_write_tokens`` / ``cache_write_1h_tokens``: input written to the 5-minute / 1-hour cache
-  (Anthropic ``cache_creation_input_tokens`` split by ``cache_creation.ephemeral_*``).
+  (Anthropic ``cache_creation_input_tokens`` split by ``cache_creation.ephemeral_*``; what the
+  split does not cover is 5-minute, the default TTL).
 - ``cache_read_tokens``: input read from the cache (Anthropic ``cache_read_input_tokens``; DeepSeek
   ``prompt_cache_hit_tokens``; Gemini ``cachedContentTokenCount``).
 - ``output_tokens``: everything billed at the output price, reasoning/thoughts included (Anthropic
