@@ -204,6 +204,25 @@ async def test_safety_finish_with_partial_content_is_still_filtered(gemini, upst
 
 
 @pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        # no promptTokenCount: the prompt is what totalTokenCount counts beyond the other parts
+        ({"candidatesTokenCount": 120, "thoughtsTokenCount": 80, "totalTokenCount": 1700},
+         Usage(input_tokens=1500, output_tokens=200, reasoning_tokens=80)),
+        ({"cachedContentTokenCount": 1000, "candidatesTokenCount": 120, "totalTokenCount": 1620},
+         Usage(input_tokens=500, cache_read_tokens=1000, output_tokens=120)),
+        # no thoughtsTokenCount although the total counts thoughts: billed as output
+        ({"promptTokenCount": 1500, "candidatesTokenCount": 120, "totalTokenCount": 1700},
+         Usage(input_tokens=1500, output_tokens=200)),
+    ],
+)
+async def test_a_missing_count_is_derived_from_the_total(gemini, upstream, usage, expected) -> None:
+    upstream.reply(200, generated([{"text": "hi"}], usage=usage))
+    done = await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert done.usage == expected
+
+
+@pytest.mark.parametrize(
     "body",
     [
         generated(finish="OTHER", content=False),
@@ -234,6 +253,7 @@ async def test_empty_answers(gemini, upstream, body) -> None:
         ),
         (generated([{"text": '{"steps": [{"title": "Ta'}], finish="MAX_TOKENS"), JSON_REQUEST),
         ({"candidates": ["text"], "usageMetadata": {}}, TEXT_REQUEST),
+        (generated([{"text": "hi"}], usage={"candidatesTokenCount": 2}), TEXT_REQUEST),  # no prompt count
     ],
 )
 async def test_undocumented_or_cut_bodies_are_malformed(gemini, upstream, body, request_) -> None:

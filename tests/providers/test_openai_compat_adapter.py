@@ -192,6 +192,29 @@ async def test_openai_style_cached_tokens_without_deepseek_fields(
     assert done.usage == expected
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        # tester B F7: the hit without the miss billed the uncached 289 tokens as 0
+        ({"prompt_cache_hit_tokens": 200}, Usage(input_tokens=289, cache_read_tokens=200, output_tokens=26)),
+        ({"prompt_cache_miss_tokens": 289}, Usage(input_tokens=289, cache_read_tokens=200, output_tokens=26)),
+        ({"prompt_cache_hit_tokens": 200, "prompt_cache_miss_tokens": None},
+         Usage(input_tokens=289, cache_read_tokens=200, output_tokens=26)),
+        # hit + miss below prompt_tokens: the rest is uncached input, never free
+        ({"prompt_cache_hit_tokens": 200, "prompt_cache_miss_tokens": 0},
+         Usage(input_tokens=289, cache_read_tokens=200, output_tokens=26)),
+        ({"prompt_cache_miss_tokens": 600}, Usage(input_tokens=600, output_tokens=26)),
+    ],
+)
+async def test_a_missing_deepseek_cache_field_is_derived_from_prompt_tokens(
+    vllm, upstream, fields, expected
+) -> None:
+    usage = {"prompt_tokens": 489, "completion_tokens": 26, "total_tokens": 515, **fields}
+    upstream.reply(200, chat("ok", usage=usage))
+    done = await vllm.complete(TEXT_REQUEST, "m", timeout_s=5)
+    assert done.usage == expected
+
+
 async def test_leading_blank_lines_under_load_are_tolerated(deepseek, upstream) -> None:
     upstream.reply(
         200, chat(orjson.dumps(ANSWER).decode()), lead=[b"\n", b"\n", b"  \n"], lead_interval_s=0.05

@@ -5,8 +5,10 @@ response into a :class:`Completion` (or raises one of :mod:`opsgate.providers.er
 normalised so that each field is billed at exactly one price (see :mod:`opsgate.metering.cost`):
 
 - ``input_tokens``: uncached input billed at the input price (Anthropic ``input_tokens``;
-  DeepSeek ``prompt_cache_miss_tokens``; Gemini ``promptTokenCount - cachedContentTokenCount +
-  toolUsePromptTokenCount``).
+  DeepSeek ``prompt_cache_miss_tokens``, at least ``prompt_tokens - prompt_cache_hit_tokens``;
+  Gemini ``promptTokenCount - cachedContentTokenCount + toolUsePromptTokenCount``). A missing
+  breakdown field is derived from the provider's totals, never read as 0 (see each adapter's
+  ``_usage``).
 - ``cache_write_tokens`` / ``cache_write_1h_tokens``: input written to the 5-minute / 1-hour cache
   (Anthropic ``cache_creation_input_tokens`` split by ``cache_creation.ephemeral_*``; what the
   split does not cover is 5-minute, the default TTL).

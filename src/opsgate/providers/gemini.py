@@ -39,6 +39,7 @@ from opsgate.providers.http import (
     error_class,
     error_detail,
     optional_str,
+    optional_token_count,
     post_json,
     rejected,
     reported_usage,
@@ -248,12 +249,28 @@ class GeminiProvider:
         )
 
     def _usage(self, meta: Any) -> Usage:
+        """``usageMetadata`` as :class:`Usage`: input ``promptTokenCount`` (cached tokens
+        included) minus ``cachedContentTokenCount`` plus ``toolUsePromptTokenCount``; cache reads
+        ``cachedContentTokenCount``; output ``candidatesTokenCount + thoughtsTokenCount``.
+        ``totalTokenCount`` is the sum of prompt, tool-use prompt, candidates and thoughts: what
+        it counts beyond the parts present is the prompt when ``promptTokenCount`` is missing,
+        else output (a missing candidates or thoughts count), so a missing count never lowers
+        the bill. Raises :class:`MalformedResponse` when cached tokens exceed the prompt or neither
+        ``promptTokenCount`` nor ``totalTokenCount`` is present (the usage is then unknown and the
+        request is charged its worst case)."""
         if not isinstance(meta, dict):
             raise MalformedResponse(self.name, "usageMetadata is missing", http_status=200)
-        prompt = token_count(self.name, meta, "promptTokenCount")
+        prompt = optional_token_count(self.name, meta, "promptTokenCount")
         cached = token_count(self.name, meta, "cachedContentTokenCount")
         tool_prompt = token_count(self.name, meta, "toolUsePromptTokenCount")
         thoughts = token_count(self.name, meta, "thoughtsTokenCount")
+        output = token_count(self.name, meta, "candidatesTokenCount") + thoughts
+        total = optional_token_count(self.name, meta, "totalTokenCount")
+        if prompt is None and total is None:
+            raise MalformedResponse(self.name, "usageMetadata counts no prompt", http_status=200)
+        unexplained = max((total or 0) - (prompt or 0) - tool_prompt - output, 0)
+        if prompt is None:
+            prompt, unexplained = unexplained, 0
         if cached > prompt:
             raise MalformedResponse(
                 self.name, "cached tokens exceed prompt tokens", http_status=200
@@ -261,7 +278,7 @@ class GeminiProvider:
         return Usage(
             input_tokens=prompt - cached + tool_prompt,
             cache_read_tokens=cached,
-            output_tokens=token_count(self.name, meta, "candidatesTokenCount") + thoughts,
+            output_tokens=output + unexplained,
             reasoning_tokens=thoughts,
         )
 

@@ -277,6 +277,12 @@ def token_count(
     return value
 
 
+def optional_token_count(provider: str, usage: Mapping[str, Any], key: str) -> int | None:
+    """``usage[key]`` read as :func:`token_count` does, ``None`` when absent or ``null`` (a
+    breakdown the caller then derives from the totals instead of reading it as 0)."""
+    return None if usage.get(key) is None else token_count(provider, usage, key)
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: datetime) -> float | None:
     """The wait a response asks for, in seconds, or ``None``.
 

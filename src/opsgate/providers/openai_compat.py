@@ -41,6 +41,7 @@ from opsgate.providers.http import (
     error_class,
     error_detail,
     optional_str,
+    optional_token_count,
     post_json,
     rejected,
     reported_usage,
@@ -226,6 +227,14 @@ class OpenAICompatProvider:
             )
 
     def _usage(self, usage: Any) -> Usage:
+        """``usage`` as :class:`Usage`: ``completion_tokens`` as output (reasoning inside it,
+        ``completion_tokens_details.reasoning_tokens``), ``prompt_tokens`` split into cache reads
+        and uncached input. The split is DeepSeek's ``prompt_cache_hit_tokens`` /
+        ``prompt_cache_miss_tokens`` (hit + miss = prompt) when either is present, a missing one
+        derived from ``prompt_tokens``; else OpenAI's ``prompt_tokens_details.cached_tokens``
+        (absent: nothing cached). Uncached input is never less than ``prompt_tokens`` minus the
+        cache reads. Raises :class:`MalformedResponse` without ``prompt_tokens`` or
+        ``completion_tokens``, or when the cache reads exceed ``prompt_tokens``."""
         if not isinstance(usage, dict):
             raise MalformedResponse(self.name, "usage is missing", http_status=200)
         prompt = token_count(self.name, usage, "prompt_tokens", required=True)
@@ -233,23 +242,22 @@ class OpenAICompatProvider:
         reasoning = (
             token_count(self.name, details, "reasoning_tokens") if isinstance(details, dict) else 0
         )
-        if "prompt_cache_hit_tokens" in usage or "prompt_cache_miss_tokens" in usage:
-            cached = token_count(self.name, usage, "prompt_cache_hit_tokens")
-            uncached = token_count(self.name, usage, "prompt_cache_miss_tokens")
-        else:
+        hit = optional_token_count(self.name, usage, "prompt_cache_hit_tokens")
+        miss = optional_token_count(self.name, usage, "prompt_cache_miss_tokens")
+        if hit is None and miss is None:
             prompt_details = usage.get("prompt_tokens_details")
-            cached = (
+            hit = (
                 token_count(self.name, prompt_details, "cached_tokens")
                 if isinstance(prompt_details, dict)
                 else 0
             )
-            uncached = prompt - cached
-        if uncached < 0:
+        cached = hit if hit is not None else max(prompt - (miss or 0), 0)
+        if cached > prompt:
             raise MalformedResponse(
                 self.name, "cached tokens exceed prompt tokens", http_status=200
             )
         return Usage(
-            input_tokens=uncached,
+            input_tokens=max(prompt - cached, miss or 0),
             cache_read_tokens=cached,
             output_tokens=token_count(self.name, usage, "completion_tokens", required=True),
             reasoning_tokens=reasoning,
