@@ -265,3 +265,23 @@ def test_an_invoice_above_what_the_flagged_requests_can_explain_is_a_discrepancy
     [row] = report.rows
     assert (row.tracked_micro_usd, row.invoiced_micro_usd, row.discrepant) == (worst, 2 * worst, True)
     assert row.accuracy_pct == "50.00"
+
+
+def test_a_substituted_model_reconciles_against_its_own_invoice_line(tmp_path: Path) -> None:
+    """Tester B F4, end to end: Claude serves the Opus request with Sonnet 4.5 (a dated
+    snapshot), the call is priced at Sonnet's price, and the export lists it under Sonnet's
+    dated name: reconciled at 100 %, with no row for the model asked for."""
+    served = "claude-sonnet-4-5-20250929"
+    run = _run(tmp_path, f"substitute:anthropic:{served}", ["anthropic"], max_attempts_per_target=1)
+
+    assert run.response.status_code == 200, run.response.text
+    [row] = run.attempts
+    assert (row["model"], row["served_model"]) == (ANTHROPIC_DEFAULT_MODEL, served)
+    assert row["cost_micro_usd"] == _reported_cost(row, "claude-sonnet-4-5", "anthropic") > 0
+    engine = _engine(tmp_path)
+    day = datetime.now(UTC).date()
+    report = reconcile(engine, SystemClock(), "anthropic", "test",
+                       _invoice("anthropic", day, {served: row["cost_micro_usd"]}))
+    engine.dispose()
+    assert [(r.model, r.tracked_micro_usd, r.accuracy_pct) for r in report.rows] == [
+        ("claude-sonnet-4-5", row["cost_micro_usd"], "100.00")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,10 @@ from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 from opsgate.clock import SystemClock
-from opsgate.metering.attempts import REPORTED, AttemptCharge
+from opsgate.metering.attempts import ESTIMATED, REPORTED, AttemptCharge
 from opsgate.metering.cli import costs_app
 from opsgate.metering.cost import cost_micro_usd
-from opsgate.metering.invoices import InvoiceFormatError, parse_invoice
+from opsgate.metering.invoices import InvoiceFormatError, InvoiceLine, parse_invoice
 from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.reconcile import reconcile
@@ -96,6 +97,31 @@ def test_cli_prints_the_table_and_exits_1_on_a_discrepancy(
     altered.write_text((VECTORS / FILES["anthropic"]).read_text().replace('"2.0"', '"2.5"'))
     bad = runner.invoke(costs_app, ["--provider", "anthropic", "--invoice", str(altered)])
     assert bad.exit_code == 1 and "DISCREPANCY" in bad.output
+
+
+def test_requests_are_matched_by_the_model_that_served_them(store: Engine) -> None:
+    """Tester B F4: three calls asked for claude-opus-5; Anthropic served them with a dated opus
+    snapshot, sonnet-4-5 and haiku-4-5, priced each at its own model, and invoiced them so. A
+    timed-out request (no served model reported) counts under the model it asked for."""
+    at = datetime.fromisoformat("2026-12-05T10:00:00+00:00")
+    asked = "claude-opus-5"
+    charges = [AttemptCharge(0, "anthropic", asked, "claude-opus-5-20260724", "ok", REPORTED, Usage(), 88_855),
+               AttemptCharge(0, "anthropic", asked, "claude-sonnet-4-5", "ok", REPORTED, Usage(), 4_500),
+               AttemptCharge(0, "anthropic", asked, "Claude-Haiku-4-5", "ok", REPORTED, Usage(), 1_500),
+               AttemptCharge(1, "anthropic", asked, None, "timeout", ESTIMATED, Usage(), 20_000)]
+    with store.begin() as conn:
+        conn.execute(ai_operation_attempts.insert(),
+                     [c.row(f"req-{i}", at) for i, c in enumerate(charges)])
+    day = at.date()
+    lines = [InvoiceLine(day, "claude-opus-5", Decimal(88_855 + 7_000)),
+             InvoiceLine(day, "claude-sonnet-4-5-20250929", Decimal(4_500)),  # the export's dated name
+             InvoiceLine(day, "claude-haiku-4-5", Decimal(1_500))]
+    report = reconcile(store, SystemClock(), "anthropic", "inv_anth.json", lines)
+    assert [(r.model, r.tracked_micro_usd, r.invoiced_micro_usd, r.accuracy_pct) for r in report.rows] == [
+        ("claude-haiku-4-5", 1_500, 1_500, "100.00"),
+        ("claude-opus-5", 95_855, 95_855, "100.00"),
+        ("claude-sonnet-4-5", 4_500, 4_500, "100.00")]
+    assert not report.discrepant
 
 
 def test_malformed_exports_are_refused(tmp_path: Path) -> None:

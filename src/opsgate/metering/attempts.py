@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from opsgate.providers.base import Usage
+from opsgate.providers.base import Usage, normalise_model
 
 REPORTED, ESTIMATED = "reported", "estimated"
 TIMEOUT = "timeout"
@@ -40,6 +40,13 @@ def billing(*, sent: bool, outcome_kind: str, http_status: int | None, reported:
     if outcome_kind == TIMEOUT or http_status == 200:
         return ESTIMATED
     return None
+
+
+def billed_model(model: str, served_model: str | None) -> str:
+    """The model a request is priced and invoiced under: the ``served_model`` the provider
+    reported, else the requested ``model``, normalised
+    (:func:`~opsgate.providers.base.normalise_model`: a dated snapshot is its model)."""
+    return normalise_model(served_model or model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,11 @@
 """Cost reconciliation: tracked cost (``ai_operation_attempts``, one row per provider request a
 call may have been billed for) against a provider's export, per UTC day and model.
 
+The model is the one that served and was priced, as the invoice lists it: a request's
+``served_model``, else its requested ``model`` when the provider reported none
+(:func:`~opsgate.metering.attempts.billed_model`); a dated snapshot on either side counts as its
+model (``claude-sonnet-4-5-20250929`` is ``claude-sonnet-4-5``).
+
 For each (day, model) in either source: ``tracked`` (the ``cost_micro_usd`` of that provider's
 requests that day: reported usage exactly, plus the part of the ``estimated`` requests' worst
 cases the invoice shows was billed, i.e. ``invoiced - reported`` clamped to ``[0, estimated]``:
@@ -25,9 +30,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from sqlalchemy import Engine, select
 
 from opsgate.clock import Clock
-from opsgate.metering.attempts import ESTIMATED
+from opsgate.metering.attempts import ESTIMATED, billed_model
 from opsgate.metering.invoices import InvoiceLine
 from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
+from opsgate.providers.base import normalise_model
 from opsgate.store.db import begin_write
 
 THRESHOLD_PCT = Decimal(1)
@@ -66,7 +72,7 @@ def reconcile(
     """Compare ``lines`` with ``provider``'s tracked calls on the same UTC days; store and return."""
     invoiced: dict[tuple[date, str], Decimal] = defaultdict(Decimal)
     for line in lines:
-        invoiced[(line.day, line.model)] += line.cost_micro_usd
+        invoiced[(line.day, normalise_model(line.model))] += line.cost_micro_usd
     days = {day for day, _ in invoiced}
     reported, estimated = _tracked(engine, provider, days)
     rows = tuple(
@@ -83,7 +89,8 @@ Totals = dict[tuple[date, str], int]
 
 
 def _tracked(engine: Engine, provider: str, days: set[date]) -> tuple[Totals, Totals]:
-    """(reported, estimated) micro-USD per (day, model) of ``provider``'s requests on ``days``."""
+    """(reported, estimated) micro-USD per (day, billed model) of ``provider``'s requests on
+    ``days``."""
     reported: Totals = defaultdict(int)
     estimated: Totals = defaultdict(int)
     if not days:
@@ -91,14 +98,15 @@ def _tracked(engine: Engine, provider: str, days: set[date]) -> tuple[Totals, To
     start = datetime.combine(min(days), time(), UTC)
     end = datetime.combine(max(days) + timedelta(days=1), time(), UTC)
     a = ai_operation_attempts.c
-    query = select(a.created_at, a.model, a.billing, a.cost_micro_usd).where(
+    query = select(a.created_at, a.model, a.served_model, a.billing, a.cost_micro_usd).where(
         a.provider == provider, a.created_at >= start, a.created_at < end
     )
     with engine.connect() as conn:
-        for created_at, model, billing, cost in conn.execute(query):
+        for created_at, model, served_model, billing, cost in conn.execute(query):
             day = created_at.date()
             if day in days:
-                (estimated if billing == ESTIMATED else reported)[(day, model)] += cost
+                key = (day, billed_model(model, served_model))
+                (estimated if billing == ESTIMATED else reported)[key] += cost
     return reported, estimated
 
 

@@ -22,6 +22,7 @@ normalised so that each field is billed at exactly one price (see :mod:`opsgate.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -118,6 +119,17 @@ class Completion:
     provider_latency_ms: float
     extra: dict[str, Any] = field(default_factory=dict)
     served_model: str | None = None
+
+
+_SNAPSHOT = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|\d{3}|latest)$")
+
+
+def normalise_model(model: str) -> str:
+    """``model`` without a ``models/`` prefix and a dated-snapshot or version suffix
+    (``-20260724``, ``-2026-07-24``, ``-001``, ``-latest``), lower-cased: the model a provider
+    names a snapshot or alias of, as routing (substitutions) and metering (the model a charge
+    and an invoice line are booked under) compare them."""
+    return _SNAPSHOT.sub("", model.lower().removeprefix("models/"))
 
 
 class Provider(Protocol):

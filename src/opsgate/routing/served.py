@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from opsgate.providers.base import Completion
+from opsgate.providers.base import Completion, normalise_model
 from opsgate.security.sanitizer import sanitize
 
 log = logging.getLogger("opsgate.routing")
@@ -39,13 +39,6 @@ INVALID_SERVED_MODEL = "<invalid>"
 """Recorded instead of a served-model string that is no model id (never a provider's model id:
 ``<`` and ``>`` are outside :data:`_MODEL_ID`)."""
 _MODEL_ID = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{MAX_MODEL_ID}}}")
-_SNAPSHOT = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|\d{3}|latest)$")
-
-
-def normalise_model(model: str) -> str:
-    """``model`` without a ``models/`` prefix and a dated-snapshot or version suffix
-    (``-20260724``, ``-2026-07-24``, ``-001``, ``-latest``), lower-cased."""
-    return _SNAPSHOT.sub("", model.lower().removeprefix("models/"))
 
 
 def checked_served_model(completion: Completion) -> Completion:

@@ -4,8 +4,9 @@ engine, blocking; call them through ``asyncio.to_thread``).
 - :func:`series`: error rate and latency percentiles per time bucket, computed with the same
   nearest-rank :func:`~opsgate.monitoring.health.percentile` and half-up
   :func:`~opsgate.monitoring.health.pct` as ``GET /v1/health``, so the window's totals equal it;
-- :func:`costs`: metered spend (integer micro-USD) by UTC day, operation, provider and model, and
-  spend since a moment (today's spend for the overview);
+- :func:`costs`: metered spend (integer micro-USD) by UTC day and operation (calls), by provider
+  and billed model (the requests each call paid for), and spend since a moment (today's spend for
+  the overview);
 - :func:`degraded_calls`: the calls a ``cheaper`` budget sent to a cheaper target;
 - :func:`reconciliation_runs`: each provider's latest invoice reconciliation, row by row;
 - :func:`ledger_status`: last verification, last checkpoint, anchors, unanchored entries and the
@@ -23,7 +24,8 @@ from sqlalchemy import Engine, false, func, select, true
 
 from opsgate.ledger.models import ledger_anchor_records, ledger_anchor_state, ledger_checkpoints
 from opsgate.ledger.service import log_size
-from opsgate.metering.models import cost_reconciliations
+from opsgate.metering.attempts import billed_model
+from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
 from opsgate.monitoring.health import LEDGER_VERIFY, pct, percentile
 from opsgate.monitoring.models import signals
 from opsgate.routing.served import substituted
@@ -94,26 +96,35 @@ def spend_since(engine: Engine, since: datetime) -> int:
 def costs(engine: Engine, since: datetime) -> dict[str, Any]:
     """Spend of the calls logged at or after ``since``: ``{"total_micro_usd", "requests",
     "by_day": [{"key": "YYYY-MM-DD", "cost_micro_usd", "requests"}], "by_operation", "by_provider",
-    "by_model"}`` (each list ordered by key; calls without a provider are grouped under ``"-"``)."""
-    log = ai_operation_log.c
-    query = select(log.created_at, log.operation, log.provider, log.model, log.cost_micro_usd).where(
-        log.created_at >= since)
+    "by_model"}``, each list ordered by key. ``by_day`` and ``by_operation`` count calls
+    (``ai_operation_log``); ``by_provider`` and ``by_model`` count the provider requests the calls
+    paid for (``ai_operation_attempts``), each under the provider that billed it and the model it
+    was priced at (:func:`~opsgate.metering.attempts.billed_model`), as the invoices and
+    ``opsgate costs reconcile`` do: a call that fell back shows each provider's share."""
     groups: dict[str, dict[str, list[int]]] = {k: defaultdict(lambda: [0, 0]) for k in
                                                 ("by_day", "by_operation", "by_provider", "by_model")}
+    log, a = ai_operation_log.c, ai_operation_attempts.c
     total = requests = 0
     with engine.connect() as conn:
-        for at, operation, provider, model, cost in conn.execute(query):
-            keys = {"by_day": at.date().isoformat(), "by_operation": operation,
-                    "by_provider": provider or "-", "by_model": model or "-"}
-            for group, key in keys.items():
-                groups[group][key][0] += cost
-                groups[group][key][1] += 1
+        for at, operation, cost in conn.execute(
+                select(log.created_at, log.operation, log.cost_micro_usd).where(log.created_at >= since)):
+            _book(groups, {"by_day": at.date().isoformat(), "by_operation": operation}, cost)
             total += cost
             requests += 1
+        for provider, model, served, cost in conn.execute(
+                select(a.provider, a.model, a.served_model, a.cost_micro_usd).where(a.created_at >= since)):
+            _book(groups, {"by_provider": provider, "by_model": billed_model(model, served)}, cost)
     doc: dict[str, Any] = {"total_micro_usd": total, "requests": requests}
     for group, found in groups.items():
         doc[group] = [{"key": k, "cost_micro_usd": v[0], "requests": v[1]} for k, v in sorted(found.items())]
     return doc
+
+
+def _book(groups: dict[str, dict[str, list[int]]], keys: dict[str, str], cost: int) -> None:
+    """Add one row of ``cost`` micro-USD to the group of each (group, key) of ``keys``."""
+    for group, key in keys.items():
+        groups[group][key][0] += cost
+        groups[group][key][1] += 1
 
 
 def degraded_calls(engine: Engine, since: datetime, limit: int) -> dict[str, Any]:
