@@ -271,7 +271,11 @@ class Gateway:
         variants: VariantBook | None = None,
         count_timeout_s: float = COUNT_TIMEOUT_S,
         count_observer: Callable[[CountOutcome], None] | None = None,
+        charge_observer: Callable[[str, Sequence[AttemptCharge]], None] | None = None,
     ) -> None:
+        """``count_observer`` gets each token count of step 5; ``charge_observer`` gets, once a
+        call (a shadow call too) is recorded, its operation and its charges, the rows just
+        written to ``ai_operation_attempts`` (the metrics' cost per provider and model)."""
         self._tokens = tokens
         self._ledger = ledger
         self.router = router
@@ -285,6 +289,7 @@ class Gateway:
         self._shadows: set[asyncio.Task[None]] = set()
         self._count_timeout_s = count_timeout_s
         self._count_observer = count_observer
+        self._charge_observer = charge_observer
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
@@ -775,23 +780,30 @@ class Gateway:
                      extra: Sequence[tuple[Any, dict[str, Any]]] = ()) -> None:
         """One transaction: the ``result`` entry, the log row, one attempt row per billed request,
         the ``extra`` rows and (with metering) the settlement, flagged when a request was charged
-        its worst case; then the token hold settles to the billed tokens (kept at its worst case
-        when usage is unknown) and overspend events go out (not for a shadow call: its budget is
-        the shadow scope's, and an event would disable the live operation)."""
+        its worst case; then the charges go to the charge observer, the token hold settles to the
+        billed tokens (kept at its worst case when usage is unknown) and overspend events go out
+        (not for a shadow call: its budget is the shadow scope's, and an event would disable the
+        live operation)."""
         rows: list[tuple[Any, dict[str, Any]]] = [(ai_operation_log, record.log_row()), *extra]
         rows += [(ai_operation_attempts, c.row(record.request_id, record.created_at))
                  for c in spend.charges]
         reservation = intent.work_result
         if reservation is None or self.metering is None:
             await self._ledger.append("result", record.ledger_payload(), rows)
+            self._charged(record.operation, spend.charges)
             return
         estimated = any(c.billing == ESTIMATED for c in spend.charges)
         settle = self.metering.settle_in(reservation, record.cost_micro_usd, unknown_usage=False,
                                          estimated=estimated)
         result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
+        self._charged(record.operation, spend.charges)
         await self.metering.settle_tokens(spend.tokens, None if estimated else record.usage.total_tokens)
         if not record.shadow:
             await self.metering.settled(reservation, result.work_result)
+
+    def _charged(self, operation: str, charges: Sequence[AttemptCharge]) -> None:
+        if self._charge_observer is not None:
+            self._charge_observer(operation, charges)
 
 
 def shadow_request_id(request_id: str) -> str:

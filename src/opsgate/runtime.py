@@ -35,7 +35,7 @@ from opsgate.metering.service import MeteringService, build_metering
 from opsgate.metering.worstcase import prompt_token_bound
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
-from opsgate.monitoring.prometheus import observe_attempt, observe_count
+from opsgate.monitoring.prometheus import observe_attempt, observe_charges, observe_count
 from opsgate.monitoring.providers import ProviderStatusSync
 from opsgate.security.counts import CountFlusher
 from opsgate.monitoring.worker import incident_service
@@ -173,7 +173,8 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
         rollout.enable_for_sandbox()
     gateway = Gateway(tokens=tokens, ledger=ledger, router=router, policies=policies, prices=prices, clock=clock,
                       metering=metering, toggles=shared.toggles, privacy=privacy, variants=variants,
-                      count_timeout_s=settings.token_count_timeout_s, count_observer=observe_count)
+                      count_timeout_s=settings.token_count_timeout_s, count_observer=observe_count,
+                      charge_observer=observe_charges)
     stack.push_async_callback(gateway.drain_shadows)  # before the ledger and the engine close
     attach_alerting(engine, clock, metering.hooks if metering else None, rollout, gateway.models)
     await ledger.append("routing_config", routing_record(settings, prices, clock.now()))

@@ -3,7 +3,9 @@ labels and buckets, and the HealthMetrics figures it carries for alert rules."""
 
 from __future__ import annotations
 
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 from typer.testing import CliRunner
 from tests.budgets import ADMIN
 from tests.gateways import gateway_settings, running_gateway
@@ -20,13 +22,16 @@ from tests.paths import EXAMPLES
 
 from opsgate.cli import app as cli
 from opsgate.clock import ManualClock
-from opsgate.metering.models import cost_reconciliations
+from opsgate.config import RouteConfig
+from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY
 from opsgate.monitoring.hooks import record_signal
 from opsgate.monitoring.models import provider_status
 from opsgate.monitoring.prometheus import LATENCY_BUCKETS_S
+from opsgate.providers.registry import ANTHROPIC_DEFAULT_MODEL, DEEPSEEK_DEFAULT_MODEL
 from opsgate.runtime import Runtime
 from opsgate.security import metrics_token
+from opsgate.store.models import ai_operation_log
 
 
 @dataclass
@@ -130,6 +135,48 @@ def test_metrics_follow_prometheus_naming_with_operation_labels(scraped: Scraped
         "opsgate_tokens_total", "opsgate_budget_enforcement_failures_total"}
     assert all(n.endswith("_total") for n, t in types.items() if t == "counter")
     assert all(n.endswith("_seconds") for n, t in types.items() if t == "histogram")
+
+
+def test_cost_is_counted_per_request_under_its_own_provider_and_model(tmp_path: Path) -> None:
+    """Tester B F5: a call served by DeepSeek after a cut Claude answer, and a call that failed
+    on both. The cost counter per provider and model equals ai_operation_attempts' sum: the cut
+    request's worst case at anthropic (was booked at deepseek), the failed call's charges (were
+    booked nowhere). The exposition stays valid for ``promtool check metrics``."""
+    token_file = tmp_path / "secrets" / "metrics-token"
+    assert metrics_token.create(token_file)
+    chain = (f"anthropic/{ANTHROPIC_DEFAULT_MODEL}", f"deepseek/{DEEPSEEK_DEFAULT_MODEL}")
+    settings = gateway_settings(tmp_path, metrics_token_file=token_file, sandbox_faults="malformed:anthropic",
+                                routes={"email-classify": RouteConfig(chain=chain, max_attempts_per_target=1)})
+    clock = ManualClock()
+    with running_gateway(settings, clock) as gateway:
+        scraped = Scraped(gateway.runtime, gateway.client, clock, token_file.read_text().strip())
+        before = scraped.samples()
+        body = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
+        user = gateway.runtime.tokens.issue("alice", "user")
+        assert gateway.post("email-classify", body, token=user).status_code == 200
+        gateway.sandbox.set_faults("malformed")
+        failed = gateway.post("email-classify", body, token=user)
+        assert failed.status_code == 503, failed.text
+        samples = scraped.samples()
+        exposition = scraped.metrics(scraped.token).text
+        a = ai_operation_attempts.c
+        with gateway.runtime.engine.connect() as conn:
+            billed = {(p, m): int(c) for p, m, c in conn.execute(
+                select(a.provider, a.model, func.sum(a.cost_micro_usd)).group_by(a.provider, a.model))}
+            failed_cost = conn.execute(select(ai_operation_log.c.cost_micro_usd).where(
+                ai_operation_log.c.request_id == failed.json()["request_id"])).scalar_one()
+
+    def delta(provider: str, model: str) -> float:
+        where = {"operation": "email-classify", "provider": provider, "model": model}
+        name = "opsgate_cost_micro_usd_total"
+        return _value(samples, name, **where) - _value(before, name, **where)
+
+    assert set(billed) == {("anthropic", ANTHROPIC_DEFAULT_MODEL), ("deepseek", DEEPSEEK_DEFAULT_MODEL)}
+    assert billed[("anthropic", ANTHROPIC_DEFAULT_MODEL)] > 0 and failed_cost > 0
+    assert {key: delta(*key) for key in billed} == billed
+    check = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=exposition,
+                           capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_metrics_carry_the_health_figures_rules_need(scraped: Scraped) -> None:

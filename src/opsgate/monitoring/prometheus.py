@@ -19,8 +19,13 @@ Counted in this process, one call per governed request or provider attempt:
 - ``opsgate_token_counts_total{provider,model,outcome}``: token-count requests made because the
   prompt's byte bound did not fit a budget (``outcome`` ``counted`` or why the count failed,
   e.g. ``timeout``: the reservation then kept the byte bound);
-- ``opsgate_cost_micro_usd_total{operation,provider,model}``,
-  ``opsgate_tokens_total{operation,provider,model,type}`` (``type`` input or output).
+- ``opsgate_cost_micro_usd_total{operation,provider,model}`` and
+  ``opsgate_tokens_total{operation,provider,model,type}`` (``type`` input or output): every
+  provider request a recorded call (successful, failed or shadow) paid for, under the provider
+  and configured model it was sent to, as written to ``ai_operation_attempts`` (so a fallback's
+  cut or timed-out requests count at their own provider, and a failed call's charges count).
+  The counter per provider and model equals the sum of that table's ``cost_micro_usd``; the
+  model label is the configured (requested) model, so the series stay bounded by the routes.
 
 Read from the database at scrape time (the same for every replica; rules take ``max``):
 
@@ -53,12 +58,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import Connection, Engine, func, select
 
+from opsgate.metering.attempts import AttemptCharge
 from opsgate.metering.budgets import budget_statuses, outcome_counts
 from opsgate.metering.counting import CountOutcome
 from opsgate.monitoring.health import ENFORCEMENT_FAILURE, LEDGER_VERIFY, latest_discrepancies
 from opsgate.monitoring.models import incidents, signals
 from opsgate.monitoring.providers import outages
-from opsgate.providers.base import Usage
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.routing.router import Attempt, Router
 from opsgate.store.models import ledger_entries
@@ -89,26 +94,32 @@ SKIPPED = frozenset({"circuit_open", "not_configured", "deadline_exceeded", "con
 class ServedOutcome(Protocol):
     """What :func:`observe` reads of a successful call: :class:`opsgate.pipeline.Outcome` has
     these fields (the pipeline sits above monitoring, so it is described here, not imported).
-    Cost in micro-USD, latency in milliseconds."""
+    Latency in milliseconds."""
 
     operation: str
     provider: str
     model: str
-    usage: Usage
-    cost_micro_usd: int
     latency_ms: float
 
 
 def observe(outcome: ServedOutcome, variant: str) -> None:
-    """Count a successful call (provider, model, cost, tokens, latency) under ``variant``."""
-    op, provider, model = outcome.operation, outcome.provider, outcome.model
-    REQUESTS.labels(op, provider, model, "ok", "", variant).inc()
+    """Count a successful call (provider, model, latency) under ``variant``; its cost and tokens
+    are counted per request by :func:`observe_charges`."""
+    op = outcome.operation
+    REQUESTS.labels(op, outcome.provider, outcome.model, "ok", "", variant).inc()
     DURATION.labels(op, "ok", variant).observe(outcome.latency_ms / 1000)
-    COST.labels(op, provider, model).inc(outcome.cost_micro_usd)
-    usage = outcome.usage
-    TOKENS.labels(op, provider, model, "input").inc(
-        usage.input_tokens + usage.cache_write_tokens + usage.cache_write_1h_tokens + usage.cache_read_tokens)
-    TOKENS.labels(op, provider, model, "output").inc(usage.output_tokens)
+
+
+def observe_charges(operation: str, charges: Iterable[AttemptCharge]) -> None:
+    """Count the cost (micro-USD) and billed tokens of each request a recorded call of
+    ``operation`` paid for, under that request's provider and configured model (the pipeline's
+    charge observer: the rows it wrote to ``ai_operation_attempts``)."""
+    for c in charges:
+        COST.labels(operation, c.provider, c.model).inc(c.cost_micro_usd)
+        usage = c.usage
+        TOKENS.labels(operation, c.provider, c.model, "input").inc(
+            usage.input_tokens + usage.cache_write_tokens + usage.cache_write_1h_tokens + usage.cache_read_tokens)
+        TOKENS.labels(operation, c.provider, c.model, "output").inc(usage.output_tokens)
 
 
 def observe_error(operation: str, code: str, http_status: int, latency_ms: float, variant: str) -> None:
