@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from tests.ledger.ledger_helpers import execute, ledger_rows
 
 from opsgate.clock import ManualClock
+from opsgate.errors import InvalidInput, OpsgateError
 from opsgate.ledger.entry import decode_body
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.verify import verify
@@ -210,3 +212,44 @@ async def test_work_runs_on_a_connection_holding_the_append_lock(engine: Engine,
     assert appended.work_result is True
     with engine.connect() as conn:
         assert holds_write_lock(conn) is False
+
+
+class _Batched:
+    """A work with a ``many``: each instance returns its ``value``, or refuses with ``refusal``;
+    ``calls`` records the works each call of ``many`` got."""
+
+    calls: list[list[str]] = []
+
+    def __init__(self, value: str, refusal: OpsgateError | None = None) -> None:
+        self.value, self.refusal = value, refusal
+
+    def __call__(self, conn: Connection) -> str:
+        raise AssertionError("a batchable work in a batch runs through many")
+
+    @staticmethod
+    def many(conn: Connection, works: list[_Batched]) -> list[str | OpsgateError]:
+        _Batched.calls.append([w.value for w in works])
+        return [w.refusal or w.value for w in works]
+
+
+async def test_works_with_one_many_run_as_one_call_and_are_chained_together(
+    engine: Engine, clock: ManualClock
+) -> None:
+    _Batched.calls = []
+    ledger = Ledger(engine, clock)
+    works: list[Any] = [_Batched("a"), lambda conn: "plain-1", _Batched("b", InvalidInput("no")),
+                        lambda conn: "plain-2", _Batched("c")]
+    tasks = [asyncio.create_task(ledger.append("intent", {"request_id": f"r{i}"}, work=work))
+             for i, work in enumerate(works)]
+    await asyncio.sleep(0)  # all five queued before the writer starts: one batch
+    ledger.start()
+    try:
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        ledger.close()
+    assert _Batched.calls == [["a", "b", "c"]] and ledger.transactions == 1
+    assert isinstance(outcomes[2], InvalidInput)  # refuses its own append only
+    assert [(o.work_result, o.seq) for o in outcomes if not isinstance(o, Exception)] == [
+        ("a", 2), ("plain-1", 0), ("plain-2", 1), ("c", 3)]
+    assert [decode_body(r[3])["request_id"] for r in ledger_rows(engine)] == ["r1", "r3", "r0", "r4"]
+    assert verify(engine).ok

@@ -7,7 +7,9 @@ everything queued (up to ``max_batch``) and writes it in ONE transaction:
    database's RESERVED lock (waiting up to ``busy_timeout``) exactly as ``BEGIN IMMEDIATE`` would;
    ``make_engine`` issues the ``BEGIN`` itself. PostgreSQL: ``pg_advisory_xact_lock(LOCK_KEY)``,
    released at commit or rollback. Either way appends from several processes are serialised.
-2. read the head (highest ``seq``, its hash and ``ts``) inside that transaction;
+2. run each request's ``work`` (see :data:`InTransaction`); works of one kind that can run
+   together (a ``many``, see :data:`BatchRun`) run as one call, the batch ordered so that they
+   are adjacent; then read the head (highest ``seq``, its hash and ``ts``) inside that transaction;
 3. assign consecutive ``seq`` values, clamp ``ts`` to ``max(clock.now(), head ts)``, hash the chain;
 4. insert the entries and every extra row the callers attached (``rows``);
 5. commit, then resolve each caller with an :class:`AppendedEntry`.
@@ -81,6 +83,14 @@ its return value comes back as :attr:`AppendedEntry.work_result`. Raising an
 disturbing the rest of the batch. Work that writes before it may raise must undo its own writes (a
 savepoint around them), so a refusal leaves nothing behind but what it means to record (a
 budget's refusal count); work that only reads needs none."""
+
+BatchRun: TypeAlias = Callable[[Connection, Sequence[Any]], list[Any]]
+"""A work's ``many``: several works of one kind run as one (e.g. the budget holds of every intent
+of a batch, one conditional update per budget counter instead of one per call). It gets the
+works, in order, and returns, for each, what that work alone would have returned or the
+:class:`~opsgate.errors.OpsgateError` it would have raised (a refusal of that append only), with
+the same guarantees. An :data:`InTransaction` that has a ``many`` attribute is batched with the
+other works of the batch that have the same one (see :func:`_grouped`)."""
 
 Amend: TypeAlias = Callable[[T], dict[str, Any]]
 """``Amend[T]``: the payload fields an append's work result adds to its entry (e.g. the target a
@@ -259,7 +269,7 @@ class Ledger:
             while (batch := self._next_batch()) is not None:
                 live = [r for r in batch if r.take()]
                 if live:
-                    self._commit(live)
+                    self._commit(_grouped(live))
         finally:
             self._drop_connection()
 
@@ -301,7 +311,7 @@ class Ledger:
         try:
             conn, transaction = self._begin_locked()
             with transaction:
-                done = [_run_work(conn, r) for r in requests]
+                done = _run_works(conn, requests)
                 accepted = [r.amended(w) for r, w in zip(requests, done, strict=True) if not _refused(w)]
                 head = _read_head(conn)
                 ts = max(self._clock.now().astimezone(UTC), head.ts)
@@ -400,6 +410,41 @@ def _rows_by_table(requests: list[_Request]) -> dict[Table, list[dict[str, Any]]
         for table, values in request.rows:
             grouped.setdefault(table, []).append(dict(values))
     return grouped
+
+
+def _grouped(requests: list[_Request]) -> list[_Request]:
+    """``requests`` in the order their work runs and their entries are chained: first those
+    without a batchable work (no ``many``, see :data:`BatchRun`), in order, then those of each
+    ``many``, together, in order of first appearance. Any order of one batch is a true order:
+    every caller waits for its append to commit, so the requests of a batch were concurrent."""
+    groups: dict[BatchRun | None, list[_Request]] = {None: []}
+    for request in requests:
+        groups.setdefault(_many(request), []).append(request)
+    return [request for group in groups.values() for request in group]
+
+
+def _many(request: _Request) -> BatchRun | None:
+    many: BatchRun | None = getattr(request.work, "many", None)
+    return many
+
+
+def _run_works(conn: Connection, requests: list[_Request]) -> list[Any]:
+    """What each request's work returned or refused with (see :func:`_run_work`), in order; the
+    works of a run of requests with the same ``many`` (:func:`_grouped` makes the runs) run as
+    one call of it."""
+    done: list[Any] = []
+    start = 0
+    while start < len(requests):
+        many = _many(requests[start])
+        end = start + 1
+        if many is None:
+            done.append(_run_work(conn, requests[start]))
+        else:
+            while end < len(requests) and _many(requests[end]) == many:
+                end += 1
+            done.extend(many(conn, [r.work for r in requests[start:end]]))
+        start = end
+    return done
 
 
 def _run_work(conn: Connection, request: _Request) -> Any:

@@ -228,20 +228,75 @@ def hold(
                 + ("" if refusing else " (nor at a cheaper target of its chain)")
             )
         choice, amount = chosen
-    conn.execute(budget_reservations.insert(), [
-        {"request_id": request_id, "budget_id": b.id, "period_start": period_start(b.period, now),
-         "worst_micro_usd": amount, "state": OPEN, "created_at": now,
-         "expires_at": now + timedelta(seconds=ttl_s)}
-        for b in found
-    ])
-    return Reservation(request_id, user_id, operation, amount, found, choice)
+    reservation = Reservation(request_id, user_id, operation, amount, found, choice)
+    conn.execute(budget_reservations.insert(), _rows(reservation, now, ttl_s))
+    return reservation
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One call's first hold, as :func:`hold` takes it: ``worst_micro_usd`` for the call
+    ``request_id`` by ``user_id`` on ``operation`` (``shadow``: against the shadow budgets)."""
+
+    request_id: str
+    user_id: str
+    operation: str
+    worst_micro_usd: int
+    shadow: bool = False
+
+
+def hold_at_once(conn: Connection, clock: Clock, holds: Sequence[Hold], ttl_s: float) -> list[Reservation] | None:
+    """The common case of several calls' first holds in one transaction (a ledger batch's
+    intents), in a number of statements that does not grow with the calls: one read of the
+    applicable budgets per (user, operation), ONE conditional update per budget counter holding
+    the sum of the worst cases of the calls it applies to (one executemany, in budget id order),
+    one insert of every call's reservation rows. Returns each call's :class:`Reservation` (choice
+    0), in order, when every counter had room for its sum: then each call alone would have fit too,
+    in any order, so the limits hold exactly as with :func:`hold` one by one.
+
+    ``None`` when any counter has no room for its sum (or its period's row does not exist yet),
+    or a shadow call has no shadow budget: nothing is held then (a savepoint) and the caller holds
+    the calls one by one with :func:`hold`, which admits those that fit and refuses or degrades
+    the others. Database errors propagate."""
+    _lock(conn)
+    scopes: dict[tuple[bool, str, str], tuple[Budget, ...]] = {}
+    for h in holds:
+        key = (h.shadow, h.user_id, h.operation)
+        if key not in scopes:
+            scopes[key] = tuple(shadow_budgets(conn) if h.shadow else budgets_for(conn, h.user_id, h.operation))
+            if h.shadow and not scopes[key]:
+                return None
+    now = clock.now()
+    sums: dict[tuple[int, datetime], int] = {}
+    for h in holds:
+        for b in scopes[(h.shadow, h.user_id, h.operation)]:
+            counter = (b.id, period_start(b.period, now))
+            sums[counter] = sums.get(counter, 0) + h.worst_micro_usd
+    if sums and not _held_at_once(conn, [(b, p, amount) for (b, p), amount in sorted(sums.items())]):
+        return None
+    reservations = [Reservation(h.request_id, h.user_id, h.operation, h.worst_micro_usd,
+                                scopes[(h.shadow, h.user_id, h.operation)]) for h in holds]
+    rows = [row for r in reservations for row in _rows(r, now, ttl_s)]
+    if rows:
+        conn.execute(budget_reservations.insert(), rows)
+    return reservations
+
+
+def _rows(reservation: Reservation, now: datetime, ttl_s: float) -> list[dict[str, Any]]:
+    """The ``budget_reservations`` rows of ``reservation`` made at ``now``: one per budget, open."""
+    return [
+        {"request_id": reservation.request_id, "budget_id": b.id,
+         "period_start": period_start(b.period, now), "worst_micro_usd": reservation.worst_micro_usd,
+         "state": OPEN, "created_at": now, "expires_at": now + timedelta(seconds=ttl_s)}
+        for b in reservation.budgets
+    ]
 
 
 def _hold_all(conn: Connection, found: Sequence[Budget], now: datetime, amount: int) -> list[Budget]:
     """Hold ``amount`` on every budget of ``found`` (in id order); the budgets without room. When
     there are any, every hold made here is undone (a savepoint)."""
     starts = [period_start(b.period, now) for b in found]
-    if _held_at_once(conn, [(b.id, start) for b, start in zip(found, starts, strict=True)], amount):
+    if _held_at_once(conn, [(b.id, start, amount) for b, start in zip(found, starts, strict=True)]):
         return []
     with savepoint(conn) as point:
         lacking = [b for b, start in zip(found, starts, strict=True)
@@ -286,7 +341,7 @@ def extend(conn: Connection, clock: Clock, reservation: Reservation, amount: int
     rows = conn.execute(_ROWS, {"rid": reservation.request_id, "states": [OPEN]}).all()
     if len(rows) != len(reservation.budgets):
         raise BudgetExceeded("This call's budget reservation is no longer open (it expired)")
-    if _held_at_once(conn, [(row.budget_id, row.period_start) for row in rows], amount):
+    if _held_at_once(conn, [(row.budget_id, row.period_start, amount) for row in rows]):
         short = None
     else:
         with savepoint(conn) as point:
@@ -364,14 +419,14 @@ def _lock(conn: Connection) -> None:
         conn.execute(_SQLITE_WRITE_LOCK)
 
 
-def _held_at_once(conn: Connection, counters: Sequence[tuple[int, datetime]], amount: int) -> bool:
+def _held_at_once(conn: Connection, holds: Sequence[tuple[int, datetime, int]]) -> bool:
     """The common case of a hold in one round trip: the conditional update on every counter of
-    ``counters`` ((budget id, period start), in budget id order, so row locks are taken in the
-    same order as one by one), as one executemany. True when every counter took ``amount``; when
-    one did not (no room, or its period's row does not exist yet) nothing stays held (a
-    savepoint) and False is returned, for the caller to go one by one and learn which."""
+    ``holds`` ((budget id, period start, micro-USD to hold), in budget id order, so row locks are
+    taken in the same order as one by one), as one executemany. True when every counter took its
+    amount; when one did not (no room, or its period's row does not exist yet) nothing stays held
+    (a savepoint) and False is returned, for the caller to go one by one and learn which."""
     with savepoint(conn) as point:
-        params = [{"b": budget_id, "p": start, "amount": amount} for budget_id, start in counters]
+        params = [{"b": budget_id, "p": start, "amount": amount} for budget_id, start, amount in holds]
         if conn.execute(_HOLD, params).rowcount == len(params):
             return True
         point.rollback()

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
+from opsgate.errors import OpsgateError
 from opsgate.ledger.writer import InTransaction
 from opsgate.metering.enforcement import (
     ENFORCEMENT_ERROR,
@@ -30,12 +32,14 @@ from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable, PriceTabl
 from opsgate.metering.prices import PriceSource
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_request_log, make_token_windows
 from opsgate.metering.reservations import (
+    Hold,
     Reservation,
     Settlement,
     charge,
     expire_reservations,
     extend,
     hold,
+    hold_at_once,
 )
 from opsgate.metering.tokenlimits import TokenHold
 from opsgate.metering.worstcase import (
@@ -118,21 +122,8 @@ class MeteringService:
         """
         worst = attempt_worst_case_micro_usd(request, model, self.prices, input_tokens)
         further = attempt_worst_cases_micro_usd(request, cheaper, self.prices)
-        loop = asyncio.get_running_loop()
-
-        def reserve(conn: Connection) -> Reservation:
-            try:
-                return hold(conn, self.clock, request_id=request_id, user_id=user_id,
-                            operation=operation, worst_micro_usd=worst, ttl_s=self.reservation_ttl_s,
-                            shadow=shadow, cheaper=further, note=note)
-            except BudgetExceeded:
-                raise
-            except Exception as exc:
-                loop.call_soon_threadsafe(self._publish, ENFORCEMENT_ERROR, operation,
-                                          f"reserve failed: {type(exc).__name__}", request_id)
-                raise BudgetUnavailable() from exc
-
-        return reserve
+        return _Reserve(self, asyncio.get_running_loop(),
+                        Hold(request_id, user_id, operation, worst, shadow), tuple(further), note)
 
     def extend_in(self, reservation: Reservation, amount_micro_usd: int) -> InTransaction[None]:
         """Step 7, before a further request of the call leaves: the work that holds
@@ -238,3 +229,56 @@ def build_metering(
                               reservation_ttl_s=settings.budget_reservation_ttl_s)
     service.expire()
     return service
+
+
+@dataclass(frozen=True, slots=True)
+class _Reserve:
+    """The work :meth:`MeteringService.reserve_in` returns: ``hold`` on call, and batchable (the
+    ledger writer's ``many``): the intents of one ledger batch hold at once."""
+
+    service: MeteringService
+    loop: asyncio.AbstractEventLoop
+    hold: Hold
+    further: tuple[int, ...]
+    note: bool
+
+    def __call__(self, conn: Connection) -> Reservation:
+        h, service = self.hold, self.service
+        try:
+            return hold(conn, service.clock, request_id=h.request_id, user_id=h.user_id,
+                        operation=h.operation, worst_micro_usd=h.worst_micro_usd,
+                        ttl_s=service.reservation_ttl_s, shadow=h.shadow, cheaper=self.further,
+                        note=self.note)
+        except BudgetExceeded:
+            raise
+        except Exception as exc:
+            self.loop.call_soon_threadsafe(service._publish, ENFORCEMENT_ERROR, h.operation,
+                                           f"reserve failed: {type(exc).__name__}", h.request_id)
+            raise BudgetUnavailable() from exc
+
+    @staticmethod
+    def many(conn: Connection, works: Sequence[_Reserve]) -> list[Reservation | OpsgateError]:
+        """Every work's :class:`Reservation`, or its refusal: all held at once
+        (:func:`~opsgate.metering.reservations.hold_at_once`) when every budget has room for all
+        of them, else each on its own, exactly as one by one. A store error in the attempt at
+        once leaves the works to meet it on their own (each then refuses with 503)."""
+        first = works[0].service
+        if len(works) > 1 and all(w.service is first for w in works):
+            try:
+                with savepoint(conn):
+                    held = hold_at_once(conn, first.clock, [w.hold for w in works],
+                                        first.reservation_ttl_s)
+            except Exception:
+                log.warning("holding a ledger batch's reservations at once failed; holding them one by one",
+                            exc_info=True)
+                held = None
+            if held is not None:
+                return list(held)
+        return [_run(conn, work) for work in works]
+
+
+def _run(conn: Connection, work: _Reserve) -> Reservation | OpsgateError:
+    try:
+        return work(conn)
+    except OpsgateError as exc:
+        return exc
