@@ -1,7 +1,8 @@
-"""The intents of one ledger batch hold their budgets at once (issue 21): one conditional update
-per budget counter for the whole batch, on real SQLite and PostgreSQL, with the limits exactly as
-one call at a time: when the batch does not fit at once, the calls that fit are admitted, in
-order, and the others refused."""
+"""The intents of one ledger batch hold their budgets at once, and its results settle at once
+(issue 21): one update per budget counter for the whole batch, on real SQLite and PostgreSQL,
+with the limits and the settlements exactly as one call at a time: when the batch does not fit
+at once, the calls that fit are admitted, in order, and the others refused; each settlement names
+the budgets over their limit once its own charge was added, in order."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from opsgate.metering.enforcement import EnforcementHooks
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, REFUSED, SHADOW, budget_outcomes, budget_reservations
 from opsgate.metering.prices import PriceTable
+from opsgate.metering.reservations import expire_reservations
 from opsgate.metering.ratelimit import RateLimiter, RateLimits
 from opsgate.metering.service import MeteringService
 from opsgate.metering.worstcase import attempt_worst_case_micro_usd
@@ -124,3 +126,62 @@ async def test_a_shadow_call_without_a_shadow_budget_is_refused_and_its_batch_ad
     assert [len(o.work_result.budgets) for o in outcomes] == [1, 1]
     worst = attempt_worst_case_micro_usd(REQUEST, MODEL, PriceTable.load())
     assert _reserved(store) == {"global": 3 * worst, "shadow": worst}
+
+
+async def _settle_batch(engine: Engine, clock: ManualClock, charges: list[tuple[Any, int]]) -> list[Any]:
+    """Append a result settling each (reservation, actual micro-USD) of ``charges``, all in one
+    ledger batch; each settlement, in order."""
+    service, ledger = _service(engine, clock), Ledger(engine, clock)
+    tasks = [asyncio.create_task(ledger.append(
+        "result", {"request_id": r.request_id}, work=service.settle_in(r, actual, unknown_usage=False)))
+        for r, actual in charges]
+    await asyncio.sleep(0)
+    ledger.start()
+    try:
+        return [result.work_result for result in await asyncio.gather(*tasks)]
+    finally:
+        ledger.close()
+        assert ledger.transactions == 1
+
+
+def _spent(engine: Engine) -> dict[str, tuple[int, int]]:
+    return {s.budget.scope: (s.spent_micro_usd, s.reserved_micro_usd) for s in budget_statuses(engine, NOW)}
+
+
+async def test_a_batch_of_results_moves_each_counter_with_one_statement(store: Engine) -> None:
+    clock = ManualClock(NOW)
+    for user in (ANY, "alice"):
+        ledgered_budget(store, clock, user_id=user, operation=ANY, period="day", limit_micro_usd=10**9)
+    held = [h.work_result for h in await _one_batch(
+        store, clock, [(f"r{i}", "alice" if i % 2 else "bob", False) for i in range(10)])]
+    with _counter_updates(store) as updates:
+        settled = await _settle_batch(store, clock, [(r, 100 + i) for i, r in enumerate(held)])
+    assert updates == [2]  # one statement, one move per counter (was 10 statements)
+    assert [(s.charged_micro_usd, s.state, s.over_limit) for s in settled] == [
+        (100 + i, "settled", ()) for i in range(10)]
+    assert _spent(store) == {"global": (sum(range(100, 110)), 0),
+                             "user:alice": (sum(100 + i for i in range(1, 10, 2)), 0)}
+
+
+async def test_each_settlement_of_a_batch_names_the_budgets_its_own_charge_took_over(store: Engine) -> None:
+    clock = ManualClock(NOW)
+    worst = attempt_worst_case_micro_usd(REQUEST, MODEL, PriceTable.load())
+    budget = ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=3 * worst)
+    held = [h.work_result for h in await _one_batch(store, clock, [(f"r{i}", "alice", False) for i in range(3)])]
+    settled = await _settle_batch(store, clock, list(zip(held, (worst, 2 * worst + 1, 0), strict=True)))
+    # in order: w (spent w), then 2w + 1 (3w + 1 > 3w: over), then 0 (still over)
+    assert [s.over_limit for s in settled] == [(), (budget,), (budget,)]
+    assert _spent(store) == {"global": (3 * worst + 1, 0)}
+
+
+async def test_a_batch_with_an_expired_call_settles_each_call_as_one_by_one(store: Engine) -> None:
+    clock = ManualClock(NOW)
+    worst = attempt_worst_case_micro_usd(REQUEST, MODEL, PriceTable.load())
+    ledgered_budget(store, clock, user_id=ANY, operation=ANY, period="day", limit_micro_usd=10**9)
+    late = (await _one_batch(store, clock, [("late", "alice", False)]))[0].work_result
+    clock.advance(61)
+    assert expire_reservations(store, clock) == ["late"]  # charged its worst case
+    fresh = (await _one_batch(store, clock, [("fresh", "alice", False)]))[0].work_result
+    settled = await _settle_batch(store, clock, [(late, 10), (fresh, 20)])
+    assert [(s.charged_micro_usd, s.state) for s in settled] == [(10, "settled"), (20, "settled")]
+    assert _spent(store) == {"global": (30, 0)}  # the late settle corrected the worst case to 10

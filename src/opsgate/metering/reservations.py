@@ -118,6 +118,12 @@ _APPLY = (  # run as one executemany over a call's counters, in budget id order
     .values(reserved_micro_usd=_c.reserved_micro_usd - bindparam("released"),
             spent_micro_usd=_c.spent_micro_usd + bindparam("spent_delta"))
 )
+_COUNTERS = (  # counters with their budget's limit, narrowed by budget ids and period starts
+    select(_c.budget_id, _c.period_start, _c.spent_micro_usd, budgets.c.limit_micro_usd)
+    .join(budgets, budgets.c.id == _c.budget_id)
+    .where(_c.budget_id.in_(bindparam("ids", expanding=True)),
+           _c.period_start.in_(bindparam("starts", expanding=True)))
+)
 _OVER = (  # the budgets of a call's rows whose period spend is above their limit
     select(_r.budget_id)
     .join(budget_counters, (_c.budget_id == _r.budget_id) & (_c.period_start == _r.period_start))
@@ -381,8 +387,7 @@ def charge(
     caller metered per attempt and ``actual`` already charges each attempt of unknown usage its
     own worst case: it is charged as is, and the rows are flagged ``unknown_usage``.
     """
-    charged = max(actual_micro_usd, reservation.worst_micro_usd) if unknown_usage else actual_micro_usd
-    state = UNKNOWN_USAGE if unknown_usage or estimated else SETTLED
+    charged, state = Charge(reservation, actual_micro_usd, unknown_usage, estimated).terms
     if not reservation.budgets:
         return Settlement(charged, state, ())
     _lock(conn)
@@ -390,6 +395,66 @@ def charge(
     if over_ids is None:  # no open row: a late settle of a call that expired meanwhile
         over_ids = _close(conn, clock, reservation.request_id, (EXPIRED,), state, charged)
     return Settlement(charged, state, tuple(b for b in reservation.budgets if b.id in over_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One call's settlement, as :func:`charge` takes it."""
+
+    reservation: Reservation
+    actual_micro_usd: int
+    unknown_usage: bool = False
+    estimated: bool = False
+
+    @property
+    def terms(self) -> tuple[int, str]:
+        """What :func:`charge` charges (micro-USD) and the state it writes."""
+        worst = self.reservation.worst_micro_usd
+        charged = max(self.actual_micro_usd, worst) if self.unknown_usage else self.actual_micro_usd
+        return charged, UNKNOWN_USAGE if self.unknown_usage or self.estimated else SETTLED
+
+
+def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) -> list[Settlement] | None:
+    """Several calls' :func:`charge` in one transaction (a ledger batch's results), written as
+    one by one in order would write them, in fewer statements: per call the update marking its
+    open rows (it returns what each held), then ONE update per budget counter moving the batch's
+    sums (one executemany, in budget id order) and one read of those counters with their limits.
+    A call's over-limit budgets are those whose spend passed their limit once its own charge was
+    added in order (the spend read after, less the charges of the calls after it). Every call
+    must hold budgets. ``None`` when a call has no open row (it expired meanwhile): nothing is
+    written then (a savepoint), for the caller to charge them one by one. Database errors
+    propagate."""
+    _lock(conn)
+    now = clock.now()
+    terms = [c.terms for c in charges]
+    with savepoint(conn) as point:
+        marked = [conn.execute(_SETTLE_OPEN, {"rid": c.reservation.request_id, "new_state": state,
+                                              "amount": charged, "now": now}).all()
+                  for c, (charged, state) in zip(charges, terms, strict=True)]
+        if not all(marked):
+            point.rollback()
+            return None
+    moved: dict[tuple[int, datetime], tuple[int, int]] = {}
+    for rows, (charged, _) in zip(marked, terms, strict=True):
+        for row in rows:
+            released, spent = moved.get((row.budget_id, row.period_start), (0, 0))
+            moved[(row.budget_id, row.period_start)] = (released + row.worst_micro_usd, spent + charged)
+    conn.execute(_APPLY, [{"b": b, "p": p, "released": released, "spent_delta": spent}
+                          for (b, p), (released, spent) in sorted(moved.items())])
+    after = {(row.budget_id, row.period_start): (row.spent_micro_usd, row.limit_micro_usd)
+             for row in conn.execute(_COUNTERS, {"ids": sorted({b for b, _ in moved}),
+                                                 "starts": sorted({p for _, p in moved})})}
+    running = {counter: after[counter][0] - moves[1] for counter, moves in moved.items()}
+    settlements = []
+    for c, rows, (charged, state) in zip(charges, marked, terms, strict=True):
+        over = set()
+        for row in rows:
+            counter = (row.budget_id, row.period_start)
+            running[counter] += charged
+            if running[counter] > after[counter][1]:
+                over.add(row.budget_id)
+        settlements.append(Settlement(charged, state, tuple(b for b in c.reservation.budgets if b.id in over)))
+    return settlements
 
 
 def expire_reservations(engine: Engine, clock: Clock) -> list[str]:

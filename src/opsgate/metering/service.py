@@ -32,10 +32,12 @@ from opsgate.metering.errors import BudgetExceeded, BudgetUnavailable, PriceTabl
 from opsgate.metering.prices import PriceSource
 from opsgate.metering.ratelimit import RateLimiter, RateLimits, make_request_log, make_token_windows
 from opsgate.metering.reservations import (
+    Charge,
     Hold,
     Reservation,
     Settlement,
     charge,
+    charge_at_once,
     expire_reservations,
     extend,
     hold,
@@ -155,24 +157,8 @@ class MeteringService:
         back to its own savepoint and returns ``None`` (the reservation then expires and is charged
         its worst case); otherwise it returns the :class:`Settlement`. ``unknown_usage`` and
         ``estimated`` are :func:`~opsgate.metering.reservations.charge`'s. Call from the event loop."""
-        loop = asyncio.get_running_loop()
-
-        def settle(conn: Connection) -> Settlement | None:
-            if not reservation.budgets:  # nothing was held: nothing to write
-                return charge(conn, self.clock, reservation, actual_micro_usd,
-                              unknown_usage=unknown_usage, estimated=estimated)
-            try:
-                with savepoint(conn):
-                    return charge(conn, self.clock, reservation, actual_micro_usd,
-                                  unknown_usage=unknown_usage, estimated=estimated)
-            except Exception as exc:
-                loop.call_soon_threadsafe(
-                    self._publish, ENFORCEMENT_ERROR, reservation.operation,
-                    f"settle failed ({type(exc).__name__}); the reservation will expire and be "
-                    "charged its worst case", reservation.request_id)
-                return None
-
-        return settle
+        return _Settle(self, asyncio.get_running_loop(),
+                       Charge(reservation, actual_micro_usd, unknown_usage, estimated))
 
     async def settled(self, reservation: Reservation, settlement: Settlement | None) -> None:
         """After the result committed: publish ``overspend`` for every budget the charge took over
@@ -282,3 +268,49 @@ def _run(conn: Connection, work: _Reserve) -> Reservation | OpsgateError:
         return work(conn)
     except OpsgateError as exc:
         return exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """The work :meth:`MeteringService.settle_in` returns: ``charge`` on call, and batchable (the
+    ledger writer's ``many``): the results of one ledger batch settle at once."""
+
+    service: MeteringService
+    loop: asyncio.AbstractEventLoop
+    charge: Charge
+
+    def __call__(self, conn: Connection) -> Settlement | None:
+        c, service = self.charge, self.service
+        if not c.reservation.budgets:  # nothing was held: nothing to write
+            return charge(conn, service.clock, c.reservation, c.actual_micro_usd,
+                          unknown_usage=c.unknown_usage, estimated=c.estimated)
+        try:
+            with savepoint(conn):
+                return charge(conn, service.clock, c.reservation, c.actual_micro_usd,
+                              unknown_usage=c.unknown_usage, estimated=c.estimated)
+        except Exception as exc:
+            self.loop.call_soon_threadsafe(
+                service._publish, ENFORCEMENT_ERROR, c.reservation.operation,
+                f"settle failed ({type(exc).__name__}); the reservation will expire and be "
+                "charged its worst case", c.reservation.request_id)
+            return None
+
+    @staticmethod
+    def many(conn: Connection, works: Sequence[_Settle]) -> list[Settlement | None]:
+        """Every work's :class:`Settlement` (``None`` where it failed): the charges of the calls
+        that hold budgets at once (:func:`~opsgate.metering.reservations.charge_at_once`), else
+        each on its own, exactly as one by one."""
+        held = [w for w in works if w.charge.reservation.budgets]
+        first = works[0].service
+        if len(held) > 1 and all(w.service is first for w in works):
+            try:
+                with savepoint(conn):
+                    settled = charge_at_once(conn, first.clock, [w.charge for w in held])
+            except Exception:
+                log.warning("settling a ledger batch's reservations at once failed; settling them "
+                            "one by one", exc_info=True)
+                settled = None
+            if settled is not None:
+                at_once = iter(settled)
+                return [next(at_once) if w.charge.reservation.budgets else w(conn) for w in works]
+        return [w(conn) for w in works]
