@@ -35,6 +35,10 @@ of each counter (one executemany, in budget id order), and one read of which of 
 are now over their limit (a call that expired meanwhile: one read of its rows first). :func:`expire_reservations` settles reservations nobody settled before their
 ``expires_at`` (a crashed request) at their worst case, state ``expired``; a late settle of such a
 call then corrects ``spent`` to the real charge. Nothing is leaked or dropped.
+
+:func:`hold_at_once` and :func:`charge_at_once` do the holds and the settlements of one ledger
+batch (several calls, one transaction) with one counter update per budget counter for all of
+them, and hand back to the one-call functions whenever the result could differ.
 """
 
 from __future__ import annotations
