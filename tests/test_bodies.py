@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from opsgate.app import create_app
 from opsgate.errors import InvalidInput, UnsupportedMediaType
-from opsgate.bodies import decode_json, is_json
+from opsgate.bodies import MAX_DEPTH, decode_json, is_json
 from opsgate.operations.io import input_from_file
 from opsgate.store.models import ledger_entries
 
@@ -69,6 +69,36 @@ def test_json_that_would_lose_or_bend_a_value_is_422(raw: bytes) -> None:
 def test_keys_inside_strings_and_64_bit_integers_pass() -> None:
     raw = b'{"note": "\\"a\\": 1, \\"a\\": 2", "n": 9223372036854775807, "m": -9223372036854775808, "s": "1234567890123456789012"}'
     assert decode_json(raw, "application/json") == orjson.loads(raw)
+
+
+def _nested(depth: int, inner: bytes = b'"x\\":"') -> bytes:
+    """``{"raw": [[...inner...]]}``: arrays ``depth - 1`` deep inside the object (``depth`` in all).
+    The default ``inner`` holds the bytes of a key end, so the duplicate-key re-parse runs."""
+    return b'{"raw": ' + b"[" * (depth - 1) + inner + b"]" * (depth - 1) + b"}"
+
+
+def test_nesting_is_limited_before_any_recursive_parse() -> None:
+    """Tester A's F2: orjson takes 1,024 levels, the standard library's re-parse raised
+    RecursionError (a 500) from about 995; each depth past MAX_DEPTH is one 422 with the rule."""
+    assert decode_json(_nested(MAX_DEPTH), "application/json")["raw"][0] is not None
+    for depth in (MAX_DEPTH + 1, 995, 1000, 1024):
+        with pytest.raises(InvalidInput, match=f"more than {MAX_DEPTH} levels deep"):
+            decode_json(_nested(depth), "application/json")
+    with pytest.raises(InvalidInput, match="levels deep"):
+        decode_json(_nested(1000, b'{"a": 1, "a": 2}'), "application/json")
+
+
+def test_deep_bodies_are_422_on_operations_and_admin_routes(gateway: Gateway) -> None:
+    token = {"Authorization": f"Bearer {gateway.token()}", "Content-Type": "application/json"}
+    admin = {**_admin(gateway), "Content-Type": "application/json"}
+    before = _ledger_size(gateway)
+    answers = [
+        gateway.client.post("/v1/operations/email-classify", headers=token, content=_nested(1000)),
+        gateway.client.put("/v1/admin/budgets", headers=admin, content=_nested(1000, b'{"a": 1, "a": 2}')),
+    ]
+    for answer in answers:
+        assert "levels deep" in _problem(answer, 422, "invalid_input")["detail"]
+    assert _ledger_size(gateway) == before
 
 
 def test_an_operation_body_sent_as_text_plain_is_415_before_the_ledger(gateway: Gateway) -> None:

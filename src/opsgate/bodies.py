@@ -11,6 +11,11 @@ A JSON body (:func:`decode_json`) is refused, before anything acts on it, when:
 * it is not JSON (RFC 8259): :class:`~opsgate.errors.InvalidInput` (422). orjson refuses what the
   standard library would let through: ``NaN``, ``Infinity``, unpaired surrogates, invalid UTF-8,
   nesting past 1024 levels, numbers that overflow a double;
+* it nests arrays and objects more than :data:`MAX_DEPTH` levels deep: 422. The depth is counted
+  without recursion, right after orjson (which does not recurse in Python) and before anything
+  that does: the standard library's re-parse below, pydantic, the ledger's canonical form. The
+  re-parse's C scanner raised ``RecursionError`` (a 500) from about 1,000 levels, which orjson
+  accepts;
 * an object repeats a key (RFC 8259 §4 leaves the meaning open; one parser keeps the first, another
   the last, so the repeated value would be silently dropped), or an integer lies outside the
   signed 64-bit range (orjson would turn it into a float, silently changing it): 422.
@@ -39,6 +44,10 @@ from opsgate.errors import ContentTooLarge, InvalidInput, UnsupportedMediaType
 
 JSON = "application/json"
 MAX_FORM_FIELDS = 32
+MAX_DEPTH = 32
+"""The deepest nesting of arrays and objects a JSON body may have (``{"a": [1]}`` is 2 deep):
+every route's body, operations and admin. The ledger's entries nest at most as deep
+(:data:`opsgate.ledger.entry.MAX_DEPTH`); no route's input nests past a few levels."""
 _KEY_END = re.compile(rb'"[ \t\n\r]*:')
 _INT64 = range(-(2**63), 2**63)
 _WIDE = 2**63
@@ -79,7 +88,9 @@ def decode_json(raw: bytes, content_type: str | None) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise InvalidInput("The request body is not valid JSON") from None
-    keys, wide = _scan(data)
+    keys, wide, depth = _scan(data)
+    if depth > MAX_DEPTH:
+        raise InvalidInput(f"The request body nests arrays and objects more than {MAX_DEPTH} levels deep")
     if wide or _key_ends(raw) != keys:
         _check_keys_and_integers(raw)
     return data
@@ -91,23 +102,23 @@ def _key_ends(raw: bytes) -> int:
     return len(_KEY_END.findall(raw))
 
 
-def _scan(data: Any) -> tuple[int, bool]:
-    """How many keys the objects in ``data`` hold, nested ones included, and whether a number
-    in it may have been an integer past 64 bits (an int out of range, or a float of at least
-    2**63, which orjson makes of a larger integer). Iterative: orjson nests up to 1024 levels,
-    past Python's recursion limit."""
-    count, wide, todo = 0, False, [data]
+def _scan(data: Any) -> tuple[int, bool, int]:
+    """How many keys the objects in ``data`` hold, nested ones included; whether a number in it
+    may have been an integer past 64 bits (an int out of range, or a float of at least 2**63,
+    which orjson makes of a larger integer); and how deep arrays and objects nest (a scalar is
+    0 deep). Iterative: orjson nests up to 1024 levels, past Python's recursion limit."""
+    count, wide, deepest, todo = 0, False, 0, [(data, 1)]
     while todo:
-        item = todo.pop()
+        item, depth = todo.pop()
         kind = type(item)  # orjson makes exactly these types, no subclasses
-        if kind is dict:
-            count += len(item)
-            todo.extend(item.values())
-        elif kind is list:
-            todo.extend(item)
+        if kind is dict or kind is list:
+            deepest = max(deepest, depth)
+            values = item.values() if kind is dict else item
+            count += len(item) if kind is dict else 0
+            todo.extend((value, depth + 1) for value in values)
         elif kind is int or kind is float:
             wide = wide or abs(item) >= _WIDE
-    return count, wide
+    return count, wide, deepest
 
 
 def _check_keys_and_integers(raw: bytes) -> None:
