@@ -9,6 +9,7 @@ import pytest
 
 from opsgate.errors import InvalidInput
 from opsgate.operations import OPERATIONS
+from opsgate.operations.base import prepare_input
 from opsgate.operations.mailparse import decode_text, html_to_text, parse_email, split_quoted
 from tests.shared_data import SHARED_DATA
 
@@ -203,3 +204,26 @@ def test_header_bytes_off_their_charset_and_stray_surrogates_become_replacements
     assert [a.filename for a in parsed.attachments] == ["résumé.pdf"]
     assert "Forwarded message from Björn <b@example.com>: old" in parsed.new_text and "body \ufffd" in parsed.new_text
     assert _no_surrogate(parsed)
+
+
+def _nested_multipart(depth: int) -> str:
+    opening = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n' for i in range(depth))
+    closing = "".join(f"--b{i}--\r\n" for i in reversed(range(depth)))
+    return f"From: a@example.com\r\nSubject: s\r\nMIME-Version: 1.0\r\n{opening}" \
+           f"Content-Type: text/plain\r\n\r\nhello\r\n{closing}"
+
+
+@pytest.mark.parametrize("raw", [
+    _nested_multipart(1500),
+    "From: a@example.com " + "(" * 1000 + ")" * 1000 + "\r\nSubject: s\r\n\r\nhi\r\n",
+], ids=["multipart-1500-deep", "from-comments-1000-deep"])
+def test_nesting_past_the_stack_is_one_clean_422_with_no_traceback_logged(raw: str, caplog) -> None:
+    """Tester A: 1,500 nested multipart/mixed parts gave a 422 only through prepare_input's
+    catch-all, which logs the RecursionError's traceback as an unanticipated failure."""
+    op = OPERATIONS["email-classify"]
+    with pytest.raises(InvalidInput) as caught:
+        prepare_input(op, op.Input.model_validate({"raw": raw}))
+    assert "nests MIME parts, forwarded messages or header comments too deeply" in caught.value.detail
+    assert caught.value.errors == [{"loc": "raw", "msg": caught.value.detail}]
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert parse_email(_nested_multipart(50)).new_text == "hello"

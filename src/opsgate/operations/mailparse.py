@@ -25,7 +25,13 @@ Parsing follows RFC 5322 / RFC 2045-2049 through the standard library ``email`` 
   UTF-8 encode downstream (token counting, metering, JSON) raised ``UnicodeEncodeError``, a 500;
 - a header value longer than :data:`MAX_PARSED_HEADER_CHARS` is cut to that length *before* the
   standard library parses it (:class:`_BoundedPolicy`): its structured-header parser copies the
-  rest of the value at every token, so a 600,000-character From took 34 s of CPU to parse.
+  rest of the value at every token, so a 600,000-character From took 34 s of CPU to parse;
+- nesting: the standard library parses nested multipart parts, forwarded messages and header
+  comments (``(a (b (c ...)))``) by recursion, as does :func:`_collect`; a message nested past
+  what the interpreter's stack allows (about 1,000 multipart levels, or 1,000 comment levels in
+  one header) is an :class:`~opsgate.errors.InvalidInput` on ``raw`` that says so, not a
+  ``RecursionError`` turned into a 422 with a logged traceback. The work is bounded by the body's
+  size (:data:`opsgate.pipeline.MAX_BODY_BYTES`).
 """
 
 from __future__ import annotations
@@ -126,9 +132,21 @@ def parse_email(raw: str) -> ParsedEmail:
     surrogate as U+FFFD). No string in the result holds a surrogate.
 
     Raises :class:`opsgate.errors.InvalidInput` when the text has none of the headers From, To,
-    Cc, Subject, Date, Message-ID or MIME-Version: it is then not an RFC 822 / MIME message.
+    Cc, Subject, Date, Message-ID or MIME-Version: it is then not an RFC 822 / MIME message; or
+    when it nests too deeply to be read (see the module docstring).
     """
     data = _NOT_ESCAPED_BYTE.sub("\ufffd", raw).encode("utf-8", "surrogateescape")
+    try:
+        return _parse(data)
+    except RecursionError:
+        raise invalid(
+            "the 'raw' field nests MIME parts, forwarded messages or header comments too deeply "
+            "to be read",
+            "raw",
+        ) from None
+
+
+def _parse(data: bytes) -> ParsedEmail:
     msg = BytesParser(policy=_POLICY).parsebytes(data)
     if not any(_header(msg, name) for name in IDENTITY_HEADERS):
         raise invalid(
