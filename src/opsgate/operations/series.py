@@ -4,7 +4,8 @@ CSV format (RFC 4180): ``timestamp,value`` rows, an optional header row (recogni
 value cell is not a number; a column named ``value`` is used when there are more columns).
 Timestamps are ISO 8601 (``2015-07-28 11:56:00``, ``2015-07-28T11:56:00Z``, ``1958-03-29``) or
 Unix epoch seconds; naive ones are UTC. Empty, ``NA``/``NaN`` or infinite values count as missing.
-Points are sorted by time.
+Points are sorted by time. A finite value of magnitude above :data:`MAX_ABS_VALUE` is refused, in
+CSV and JSON alike (:func:`finish_series`).
 
 Anomalies: a trailing rolling median / MAD robust z-score (Iglewicz & Hoaglin, 1993):
 ``score = 0.6745 * (y - median(window)) / MAD(window)`` where ``y`` is the value, log-transformed
@@ -32,6 +33,12 @@ from itertools import pairwise
 from opsgate.operations.common import invalid
 
 MAX_POINTS = 100_000
+MAX_ABS_VALUE = 1e100
+"""The largest magnitude of a value: far past any measurement, and small enough that no figure of
+up to :data:`MAX_POINTS` values (sums, squared deviations, the least-squares slope, scores)
+overflows a double. Finite values near 1.7e308 made ``statistics.fmean`` and
+``statistics.linear_regression`` raise (OverflowError, ValueError ``-inf + inf``), a 422 that
+blamed the input's format for both analytics operations (tester A)."""
 MAX_WINDOW_POINTS = 1_000
 _MISSING = {"", "na", "nan", "null", "none", "-"}
 
@@ -120,9 +127,13 @@ def parse_value(cell: str, row: int) -> float | None:
 
 
 def finish_series(points: list[Point], loc: str) -> list[Point]:
-    """Sort by time; raise InvalidInput when no point has a value."""
+    """Sort by time; raise InvalidInput when no point has a value, or when a value's magnitude is
+    above :data:`MAX_ABS_VALUE` (naming its place among the points, 1-based, never the value)."""
     if not any(p.value is not None for p in points):
         raise invalid("the series has no numeric values", loc)
+    huge = next((i for i, p in enumerate(points, 1) if p.value is not None and abs(p.value) > MAX_ABS_VALUE), None)
+    if huge is not None:
+        raise invalid(f"point {huge} of the series: a value's magnitude may be at most {MAX_ABS_VALUE:g}", loc)
     return sorted(points, key=lambda p: p.timestamp)
 
 
