@@ -329,3 +329,37 @@ def test_problem_never_carries_provider_keys(gateway):
     for key in (settings.anthropic_api_key, settings.deepseek_api_key, settings.gemini_api_key):
         assert key.get_secret_value() not in resp.text
     assert "127.0.0.1" not in orjson.dumps(body).decode()
+
+
+def test_health_is_answered_while_a_calendar_is_being_expanded(gateway, monkeypatch):
+    """Tester A F1: a calendar's expansion ran on the event loop and /healthz waited 41 s for it.
+    The expansion here is held until /healthz has answered: off the loop, /healthz answers first;
+    on the loop it cannot (the hold gives up after HOLD_S, and the order is reversed)."""
+    from concurrent.futures import ThreadPoolExecutor
+    import threading
+
+    import httpx
+    from opsgate.operations import calendar
+    from tests.operations.test_ops_calendar_bounds import SECONDLY
+
+    hold_s = 30
+    started, answered, order = threading.Event(), threading.Event(), []
+    expand = calendar.event_instances
+
+    def held(*args):
+        started.set()
+        answered.wait(hold_s)
+        order.append("expansion")
+        return expand(*args)
+
+    monkeypatch.setattr(calendar, "event_instances", held)
+    with ThreadPoolExecutor(1) as pool:
+        attack = pool.submit(gateway.post, "calendar-prep", {"ics": SECONDLY})
+        assert started.wait(hold_s)
+        health = httpx.get(f"{gateway.base_url}/healthz", timeout=2 * hold_s)
+        order.append("healthz")
+        answered.set()
+        refused = attack.result()
+    assert order == ["healthz", "expansion"]
+    assert health.status_code == 200
+    assert "make more than" in _assert_problem(refused, 422, "invalid_input")["detail"]

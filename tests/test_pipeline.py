@@ -3,15 +3,19 @@ opsgate.testing (real SQLite database, real ledger writer, real metering, a fake
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from sqlalchemy import select
 
+from opsgate import pipeline
 from opsgate.metering.budgets import budget_statuses, set_budget
 from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters, budget_reservations
 from opsgate.metering.prices import PriceTable
 from opsgate.operations import get_operation
+from opsgate.operations.base import OFF_LOOP_BYTES, prepare_input
 from opsgate.operations.errors import InvalidModelOutput
 from opsgate.providers.base import CompletionRequest, Usage
 from opsgate.store.models import ai_operation_log
@@ -174,3 +178,27 @@ async def _first_worst_case(governed: GovernedGateway) -> int:
     with governed.engine.connect() as conn:
         return conn.execute(select(budget_reservations.c.worst_micro_usd).where(
             budget_reservations.c.request_id == intent["request_id"])).scalar_one()
+
+
+@pytest.mark.parametrize("op_id, body, off_loop", [
+    ("email-classify", CLASSIFY, False),  # the hot path: no thread hop
+    ("email-classify", {"raw": CLASSIFY["raw"] + "\nmore text" * (OFF_LOOP_BYTES // 10)}, True),
+    ("calendar-prep", {"ics": (EXAMPLES / "calendar-prep.ics").read_text()}, True),  # any calendar
+])
+async def test_a_body_is_prepared_off_the_event_loop_from_its_operations_size(
+    governed: GovernedGateway, monkeypatch: pytest.MonkeyPatch, op_id: str, body: dict[str, str], off_loop: bool,
+) -> None:
+    """Tester A F1: the synchronous validate/prepare ran inside ``async def govern``, so a long
+    parse held the event loop and every other request with it."""
+    threads: list[int] = []
+
+    def recorded(*args: object) -> object:
+        threads.append(threading.get_ident())
+        return prepare_input(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "prepare_input", recorded)
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id=ANY, operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    await governed.govern(op_id, body)
+    assert threads != [] and (threads[0] != threading.get_ident()) is off_loop
+    assert get_operation(op_id).off_loop_bytes == (0 if op_id.startswith("calendar") else OFF_LOOP_BYTES)

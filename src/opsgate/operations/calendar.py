@@ -254,6 +254,7 @@ class CalendarPrep(Operation):
     id = "calendar-prep"
     Input = PrepInput
     reads = ("ics",)
+    off_loop_bytes = 0  # a few hundred bytes of RRULEs may take a second to expand (ical.MAX_RULE_STEPS)
     ModelOutput = PrepAnswer
     Output = PrepOutput
     sends = (
@@ -411,6 +412,7 @@ class CalendarTime(Operation):
     id = "calendar-time"
     Input = TimeInput
     reads = ("ics",)
+    off_loop_bytes = 0  # a few hundred bytes of RRULEs may take a second to expand (ical.MAX_RULE_STEPS)
     ModelOutput = TimeAnswer
     Output = TimeOutput
     sends = (
