@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,28 @@ def test_nesting_past_the_stack_is_one_clean_422_with_no_traceback_logged(raw: s
     assert caught.value.errors == [{"loc": "raw", "msg": caught.value.detail}]
     assert [r for r in caplog.records if r.exc_info] == []
     assert parse_email(_nested_multipart(50)).new_text == "hello"
+
+
+def _lines_run(depth: int) -> int:
+    """The Python lines executed to convert ``depth`` nested ``<div>`` to text (a measure of work)."""
+    html = "<div>\n" * depth + "hi" + "</div>" * depth
+    count = 0
+
+    def line(frame, event, arg):  # type: ignore[no-untyped-def]
+        nonlocal count
+        count += 1
+        return line
+
+    sys.settrace(lambda frame, event, arg: line)
+    try:
+        assert html_to_text(html) == "hi"
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_html_to_text_work_grows_linearly_with_nesting() -> None:
+    """BeautifulSoup's tree took time quadratic in the nesting depth (20,000 nested <div>, 220 KB
+    of an email's HTML part: 52 s): twice the depth ran 2.74 times the lines; now 2.0."""
+    assert _lines_run(1000) < 2.1 * _lines_run(500)
+    assert html_to_text("<div>" * 20_000 + "hi<br>there" + "</div>" * 20_000) == "hi\nthere"

@@ -3,8 +3,8 @@
 Parsing follows RFC 5322 / RFC 2045-2049 through the standard library ``email`` package with
 ``policy.default`` (RFC 2047 encoded headers and RFC 2231 parameters decoded by it). What we add:
 
-- body text: ``text/plain`` parts, or ``text/html`` converted to text with BeautifulSoup's
-  ``html.parser`` when a part has no plain alternative; ``multipart/alternative`` yields one part;
+- body text: ``text/plain`` parts, or ``text/html`` converted to text in one pass of the
+  standard library's ``html.parser`` (:func:`html_to_text`) when a part has no plain alternative; ``multipart/alternative`` yields one part;
   forwarded ``message/rfc822`` parts are included under a "Forwarded message" line;
 - charsets (:func:`decode_text`): the declared charset, except that bytes declared as ASCII or a
   Western single-byte charset which are valid UTF-8 are read as UTF-8 (the common mislabel); an
@@ -43,8 +43,8 @@ from email.policy import EmailPolicy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from html.parser import HTMLParser
 
-from bs4 import BeautifulSoup
 
 from opsgate.operations.common import invalid
 
@@ -65,6 +65,7 @@ _NOT_ESCAPED_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 _WESTERN = {"us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252"}
 _ATTRIBUTION = re.compile(r"^(on\b.{0,200}\bwrote:|.{0,120}\bwrote:|le\b.{0,200}a écrit\s?:|am\b.{0,200}schrieb\s?.{0,80}:)\s*$", re.IGNORECASE)
 _ORIGINAL = re.compile(r"^\s*(-{2,}\s*(original message|forwarded message|ursprüngliche nachricht|message d'origine)\s*-{2,}|_{10,})\s*$", re.IGNORECASE)
+_HIDDEN = frozenset({"script", "style", "head", "title", "noscript", "template"})
 _BLOCK_TAGS = [
     "p", "div", "li", "tr", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
     "blockquote", "pre", "hr", "section", "article", "header", "footer",
@@ -219,17 +220,42 @@ def _no_surrogates(value: str) -> str:
 
 def html_to_text(html: str) -> str:
     """Visible text of an HTML document: scripts, styles and head removed; block elements
-    (paragraphs, divs, list items, table rows, headings, ``<br>``) end lines, inline ones don't."""
-    soup = BeautifulSoup(html, "html.parser")
-    for tag in soup(["script", "style", "head", "title", "noscript", "template"]):
-        tag.decompose()
-    for br in soup.find_all("br"):
-        br.replace_with("\n")
-    for block in soup.find_all(_BLOCK_TAGS):
-        block.insert_before("\n")
-        block.insert_after("\n")
-    lines = (" ".join(line.split()) for line in soup.get_text().splitlines())
+    (paragraphs, divs, list items, table rows, headings, ``<br>``) end lines, inline ones don't.
+
+    One pass of the standard library's event parser (:class:`_TextOfHtml`), linear in the
+    document: BeautifulSoup's tree, which this replaced, took time quadratic in the nesting depth
+    (5,000 nested ``<div>`` 1.8 s, 20,000 (220 KB) 52 s)."""
+    reader = _TextOfHtml()
+    reader.feed(html)
+    reader.close()
+    lines = (" ".join(line.split()) for line in "".join(reader.text).splitlines())
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+class _TextOfHtml(HTMLParser):
+    """Collects :func:`html_to_text`'s text: character data outside :data:`_HIDDEN` elements,
+    a line break at each block element's start and end tag and at each ``<br>``."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN:
+            self.hidden += 1
+        elif tag in _BLOCK_TAGS or tag == "br":
+            self.text.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in _BLOCK_TAGS:
+            self.text.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.text.append(data)
 
 
 def split_quoted(text: str) -> tuple[str, str]:
