@@ -86,6 +86,10 @@ CASES = [
      lambda t: "error: OPSGATE_ACCESS_TOKEN_TTL_S (environment): Input should be greater than 0"),
     (lambda t: {"OPSGATE_REDIS_URL": f"http://u:{PASSWORD}@127.0.0.1:6379/0"}, ["serve"],
      lambda t: "error: OPSGATE_REDIS_URL (environment): must start with redis://, rediss://, unix://"),
+    (lambda t: {"OPSGATE_MASTER_KEY": "not base64!"}, ["keys", "status"],  # the key ring's own check
+     lambda t: "error: OPSGATE_MASTER_KEY (environment): is not base64"),
+    (lambda t: {"OPSGATE_MASTER_KEY": "c2hvcnQ="}, ["serve"],
+     lambda t: "error: OPSGATE_MASTER_KEY (environment): must decode to exactly 32 bytes"),
 ]
 
 

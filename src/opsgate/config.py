@@ -8,6 +8,7 @@ Provider credentials and endpoints use the providers' conventional variable name
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -414,6 +415,13 @@ class Settings(BaseSettings):
                              "postgresql://USER@HOST/DB (psycopg 3)")
         return url
 
+    @field_validator("master_key")
+    @classmethod
+    def _master_key_shape(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:  # was refused only when the key ring was built, with a traceback
+            master_key_bytes(key.get_secret_value())
+        return key
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
@@ -473,6 +481,22 @@ class Settings(BaseSettings):
         except OSError as exc:
             raise ConfigFileError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from None
         return (init_settings, env_settings, toml)
+
+
+MASTER_KEY_BYTES = 32
+"""The master key's length (AES-256, :mod:`opsgate.security.keyring`)."""
+
+
+def master_key_bytes(text: str) -> bytes:
+    """The master key written as ``text``: standard or URL-safe base64 of exactly
+    :data:`MASTER_KEY_BYTES` bytes; :class:`ValueError` saying which rule fails (never the text)."""
+    try:
+        key = base64.b64decode(text, altchars=b"-_", validate=True)
+    except ValueError:
+        raise ValueError("is not base64") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError(f"must decode to exactly {MASTER_KEY_BYTES} bytes")
+    return key
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")

@@ -17,7 +17,6 @@ on first use, like the JWT key; it never reaches the database.
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from sqlalchemy import Connection, Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
-from opsgate.config import Settings
+from opsgate.config import MASTER_KEY_BYTES, Settings, master_key_bytes
 from opsgate.keyfile import random_key_file
 from opsgate.ledger.writer import Ledger
 from opsgate.security.errors import KeyRingError
@@ -40,7 +39,7 @@ from opsgate.security.models import encryption_keys
 from opsgate.security.sanitizer import hold_secret
 from opsgate.store.db import begin_write
 
-KEY_BYTES = 32
+KEY_BYTES = MASTER_KEY_BYTES
 INDEX_KEY_ID = 0
 RELOAD_S = 60.0
 
@@ -53,12 +52,9 @@ def master_key(settings: Settings) -> bytes:
     else:
         raw = hold_secret(random_key_file(settings.master_key_file, KEY_BYTES))
     try:
-        key = base64.b64decode(raw, altchars=b"-_", validate=True)
-    except ValueError:
-        raise KeyRingError("OPSGATE_MASTER_KEY is not base64") from None
-    if len(key) != KEY_BYTES:
-        raise KeyRingError("OPSGATE_MASTER_KEY must decode to exactly 32 bytes")
-    return key
+        return master_key_bytes(raw)
+    except ValueError as exc:
+        raise KeyRingError(f"OPSGATE_MASTER_KEY {exc}") from None
 
 
 def derived_key(settings: Settings, purpose: str) -> bytes:
