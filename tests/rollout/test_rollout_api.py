@@ -130,3 +130,19 @@ def test_rollout_api_canary_then_rollback_shows_a_banner(gateway: Gateway) -> No
     assert [h["action"] for h in listed["history"]] == ["start", "promote", "rollback"]
     assert listed["history"][-1]["reason"] == "users report wrong priorities"
     assert json.dumps(listed)  # plain JSON all the way down
+
+
+def test_rollout_api_toggle_put_during_a_canary_is_a_409_naming_the_rollout(gateway: Gateway) -> None:
+    """Tester A F3: the PUT used to answer 200 and serve 100 % while the rollout said 5 %."""
+    rollout = gateway.client.post("/v1/admin/rollouts", headers=admin(gateway), json={"operations": [OP]}).json()
+    r = gateway.client.put(f"/v1/admin/toggles/{OP}", headers=admin(gateway), json={"rollout_percentage": 100})
+    assert (r.status_code, r.headers["content-type"], r.json()["code"]) == (
+        409, "application/problem+json", "rollout_conflict")
+    assert f"rollout {rollout['id']} (running)" in r.json()["detail"]
+    assert f"/v1/admin/rollouts/{rollout['id']}/rollback" in r.json()["detail"]
+    toggle = gateway.client.get(f"/v1/admin/toggles/{OP}", headers=admin(gateway)).json()
+    assert (toggle["rollout_percentage"], toggle["updated_by"]) == (5, f"rollout:{rollout['id']}")
+    killed = gateway.client.put(f"/v1/admin/toggles/{OP}", headers=admin(gateway), json={"kill_switch": True})
+    assert (killed.status_code, killed.json()["kill_switch"]) == (200, True)
+    [listed] = gateway.client.get("/v1/admin/rollouts", headers=admin(gateway)).json()["rollouts"]
+    assert listed["state"] == "rolling_back"

@@ -65,6 +65,8 @@ def test_rollout_cli_start_status_advance_rollback(tmp_path: Path) -> None:
     assert (code, "rollout 1 started: email-compose, task-breakdown at 10 %" in output) == (0, True)
     code, output = run("rollout", "start", "email-compose")
     assert code == 2 and "rollout_conflict" in output
+    code, output = run("toggles", "set", "email-compose", "--percent", "50")
+    assert code == 2 and "rollout_conflict" in output and "rollout 1 (running)" in output  # tester A F3
     code, output = run("rollout", "advance")
     assert code == 0 and "promote -> running at 100 %" in output
     code, output = run("rollout", "status")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert, text
 from tests.ledgered import entries
-from tests.rollout.rollout_helpers import ledger_kinds
+from tests.rollout.rollout_helpers import at_once, ledger_kinds
 
 from opsgate.clock import ManualClock
 from opsgate.ledger.errors import LedgerUnavailable
@@ -360,3 +360,70 @@ def test_concurrent_toggle_changes_all_apply_and_each_entry_has_the_state_it_rep
         assert (final.kill_switch, final.rollout_percentage) == (True, 50), round_
     chain = [e for e in entries(engine, "toggle.set") if e["operation"] == op]
     assert all(later["before"] == earlier["after"] for earlier, later in zip(chain, chain[1:]))
+
+
+def test_a_toggle_change_to_what_an_unfinished_rollout_controls_is_refused_with_409(
+    service: RolloutService, engine: Engine,
+) -> None:
+    """Tester A F3: a manual percentage (or enabled) change during a canary used to be applied,
+    serving 100 % while the rollout reported stage 1 at 5 % (and the next promotion took it back
+    to 25 %). Now it is refused, nothing is written, and the message says how to proceed; fields
+    the rollout does not control, and the kill switch, still change."""
+    op = "email-compose"
+    rollout = service.start_rollout([op], Plan(), "root")
+    written = len(entries(engine, "toggle.set"))
+    for change in (ToggleChange(rollout_percentage=100), ToggleChange(enabled=False),
+                   ToggleChange(enabled=True, rollout_percentage=100, opt_in_required=False)):
+        with pytest.raises(RolloutConflict) as refused:
+            service.set_toggle(op, change, "admin:ada", "manual")
+        assert str(refused.value) == (
+            f"rollout {rollout.id} (running) controls enabled and rollout_percentage of {op}: advance it "
+            f"(POST /v1/admin/rollouts/{rollout.id}/advance), roll it back "
+            f"(POST /v1/admin/rollouts/{rollout.id}/rollback), engage the kill switch, or wait until it has finished")
+    assert len(entries(engine, "toggle.set")) == written
+    t = service.get_toggle(op)
+    assert (t.enabled, t.rollout_percentage, t.opt_in_required) == (True, 5, True)
+    service.set_toggle(op, ToggleChange(opt_in_required=False, rollout_percentage=5), "admin:ada", "open it")
+    assert service.get_toggle(op).opt_in_required is False
+    service.advance(rollout.id, "root")  # the rollout's own stage change goes through
+    assert service.get_toggle(op).rollout_percentage == 25
+    service.set_toggle(op, ToggleChange(kill_switch=True), "oncall", "page")
+    assert service.get_rollout(rollout.id).state.state is State.ROLLING_BACK
+    assert service.get_toggle(op).enabled is False
+    with pytest.raises(RolloutConflict):  # rolling back: re-enabling would fight the 5-minute check
+        service.set_toggle(op, ToggleChange(enabled=True), "admin:ada", "too soon")
+    service.set_toggle(op, ToggleChange(kill_switch=False), "oncall", "resolved")
+    assert service.get_toggle(op).kill_switch is False
+
+
+def test_a_rollout_start_racing_a_toggle_change_never_leaves_the_toggle_off_its_stage(
+    service: RolloutService, clock: ManualClock,
+) -> None:
+    """The ownership check reads the rollouts in the toggle change's own ledger transaction: the
+    manual change either lands before the start (which then sets the stage) or is refused."""
+    op = "task-breakdown"
+    for round_ in range(6):
+        done, refused = at_once([
+            lambda: service.start_rollout([op], Plan(), "root"),
+            lambda: service.set_toggle(op, ToggleChange(enabled=True, rollout_percentage=100), "admin:ada", "race"),
+        ])
+        assert {type(e) for e in refused} <= {RolloutConflict}, round_
+        [rollout] = service._rollouts_with([op], {State.RUNNING})
+        assert service.get_toggle(op).rollout_percentage == 5, round_
+        service.rollback(rollout.id, "next round", "root")
+        clock.advance(300)
+        assert service.evaluate(rollout.id).action is Action.VERIFIED  # finished: the next start is free
+
+
+def test_disabling_an_operation_for_budget_enforcement_rolls_its_rollout_back(
+    service: RolloutService, engine: Engine, clock: ManualClock,
+) -> None:
+    """disable_operation (the monitoring worker's reaction to a budget enforcement failure) must
+    still switch the operation off during a canary: it rolls the rollout back, as the kill switch
+    does, instead of leaving a running rollout with its operation disabled behind its back."""
+    rollout = service.start_rollout(["email-classify"], Plan(), "root")
+    disable_operation(engine, "email-classify", "budget enforcement failure: x", "monitoring",
+                      ledger=service.ledger, clock=clock)
+    assert service.get_toggle("email-classify").enabled is False
+    assert service.get_rollout(rollout.id).state.state is State.ROLLING_BACK
+    assert service.history(rollout.id)[-1]["reason"] == "budget enforcement failure: x"

@@ -225,19 +225,26 @@ class RolloutService:
             raise NotFound(f"unknown operation (known: {known})")
         return Toggle(**row)
 
-    def set_toggle(self, operation: str, change: ToggleChange, actor: str, reason: str = "") -> Toggle:
+    def set_toggle(self, operation: str, change: ToggleChange, actor: str, reason: str = "",
+                   *, owner: int | None = None) -> Toggle:
         """Apply ``change`` in the transaction of its ledger entry ``toggle.set`` (before/after):
         the row is read, merged and written while the ledger's append lock is held, so concurrent
         changes apply one after the other and each entry's ``before`` is the state it replaced.
-        Engaging the kill switch rolls back every active rollout of the operation. Raises
-        :class:`InvalidPlan` (422) for a percentage outside 0..100 or an empty group id,
-        :class:`NotFound` (404); nothing is written then."""
+        Engaging the kill switch rolls back every active rollout of the operation. ``owner`` is
+        the id of the rollout making the change (its own stage changes and rollback). Raises
+        :class:`RolloutConflict` (409) when the change gives ``enabled`` or
+        ``rollout_percentage`` a new value while another unfinished toggle rollout of the
+        operation controls them (:func:`_check_owner`, read in the same transaction, so a rollout
+        starting concurrently cannot slip in between), :class:`InvalidPlan` (422) for a
+        percentage outside 0..100 or an empty group id, :class:`NotFound` (404); nothing is
+        written then."""
         self.get_toggle(operation)  # the 404 naming the known operations
         values = {k: v for k, v in asdict(change).items() if v is not None}
         where = feature_toggles.c.operation == operation
 
         def merge(conn: Connection) -> tuple[dict[str, Any], dict[str, Any]]:
             before = dict(conn.execute(select(feature_toggles).where(where)).mappings().one())
+            _check_owner(_unfinished_with(conn, (operation,)), before, values, owner)
             after = {**before, **values, "updated_at": self.clock.now(), "updated_by": actor}
             _check_toggle(after)
             conn.execute(update(feature_toggles).where(where)
@@ -359,7 +366,7 @@ class RolloutService:
             return self.get_rollout(rollout_id)
         change = ToggleChange(enabled=True, rollout_percentage=plan.percentage(0), kill_switch=False)
         for op in ops:
-            self.set_toggle(op, change, f"rollout:{rollout_id}", "canary stage 1")
+            self.set_toggle(op, change, f"rollout:{rollout_id}", "canary stage 1", owner=rollout_id)
         return self.get_rollout(rollout_id)
 
     def get_rollout(self, rollout_id: int) -> Rollout:
@@ -529,11 +536,13 @@ class RolloutService:
                 self._carry_out_variant(rollout, decision, who)
             elif decision.percentage is not None:
                 for op in rollout.operations:
-                    self.set_toggle(op, ToggleChange(rollout_percentage=decision.percentage), who, decision.reason)
+                    self.set_toggle(op, ToggleChange(rollout_percentage=decision.percentage), who, decision.reason,
+                                    owner=rollout.id)
             if decision.disable and rollout.variant is None:
                 for op in rollout.operations:
                     if self.get_toggle(op).enabled:
-                        self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback: {decision.reason}")
+                        self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback: {decision.reason}",
+                                        owner=rollout.id)
         finally:
             if decision.alert:
                 kind = "rollout.escalated" if decision.action is Action.ESCALATE else "rollout.rolled_back"
@@ -552,10 +561,11 @@ class RolloutService:
         for op in rollout.operations:
             toggle = self.get_toggle(op)
             if s.state is State.ROLLING_BACK and toggle.enabled:
-                self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback (completed): {rollout.reason}")
+                self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback (completed): {rollout.reason}",
+                                owner=rollout.id)
             elif s.state in ACTIVE and toggle.rollout_percentage != s.plan.percentage(s.stage_index):
                 self.set_toggle(op, ToggleChange(rollout_percentage=s.plan.percentage(s.stage_index)), who,
-                                "stage percentage (completed)")
+                                "stage percentage (completed)", owner=rollout.id)
 
     # variants -------------------------------------------------------------------------------
     def assignment(self, operation: str) -> VariantAssignment:
@@ -672,9 +682,14 @@ class RolloutService:
 def disable_operation(engine: Engine, op_id: str, reason: str, actor: str, *, ledger: Ledger,
                       clock: Clock) -> Toggle:
     """Turn ``op_id`` off (e.g. a budget enforcement failure), recorded in ``ledger`` as
-    ``toggle.set`` by ``actor`` with ``reason``. Other processes stop serving the operation within
-    their refresh interval."""
-    return RolloutService(engine, ledger, clock).set_toggle(op_id, ToggleChange(enabled=False), actor, reason)
+    ``toggle.set`` by ``actor`` with ``reason``. An active toggle rollout of the operation is
+    rolled back first, as the kill switch does: it owns ``enabled``, and its rollback disables the
+    operation. Other processes stop serving the operation within their refresh interval."""
+    svc = RolloutService(engine, ledger, clock)
+    for rollout in svc._rollouts_with([op_id], ACTIVE):
+        if rollout.variant is None:
+            svc.rollback(rollout.id, reason, actor)
+    return svc.set_toggle(op_id, ToggleChange(enabled=False), actor, reason)
 
 
 def _bump_in(conn: Connection) -> None:
@@ -726,6 +741,27 @@ def _check_toggle(values: Mapping[str, Any]) -> None:
         raise InvalidPlan("rollout_percentage must be an integer in 0..100")
     if not values["group_id"] or len(values["group_id"]) > 128:
         raise InvalidPlan("group_id must be 1 to 128 characters")
+
+
+_OWNED_FIELDS = ("enabled", "rollout_percentage")
+"""The toggle fields an unfinished toggle rollout sets at each stage and on rollback."""
+
+
+def _check_owner(busy: Rollout | None, before: Mapping[str, Any], values: Mapping[str, Any],
+                 owner: int | None) -> None:
+    """Refuse (:class:`RolloutConflict`, 409) a change of ``enabled`` or ``rollout_percentage``
+    (``values`` against the row ``before``) while ``busy``, the operation's unfinished rollout,
+    controls them, unless ``owner`` is that rollout. A variant rollout leaves the toggle alone;
+    disabling agrees with a rollout that is rolling back; the kill switch is never refused."""
+    if busy is None or busy.variant is not None or owner == busy.id:
+        return
+    changed = [k for k in _OWNED_FIELDS if k in values and values[k] != before[k]]
+    if not changed or (busy.state.state is State.ROLLING_BACK and changed == ["enabled"] and not values["enabled"]):
+        return
+    raise RolloutConflict(
+        f"rollout {busy.id} ({busy.state.state.value}) controls {' and '.join(_OWNED_FIELDS)} of "
+        f"{', '.join(busy.operations)}: advance it (POST /v1/admin/rollouts/{busy.id}/advance), roll it back "
+        f"(POST /v1/admin/rollouts/{busy.id}/rollback), engage the kill switch, or wait until it has finished")
 
 
 def _unfinished_with(conn: Connection, operations: tuple[str, ...]) -> Rollout | None:
