@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from tests.ledgered import entries
 
 from opsgate.operations.io import input_from_file
 from opsgate.rollout.bucketing import bucket
@@ -146,3 +147,17 @@ def test_rollout_api_toggle_put_during_a_canary_is_a_409_naming_the_rollout(gate
     assert (killed.status_code, killed.json()["kill_switch"]) == (200, True)
     [listed] = gateway.client.get("/v1/admin/rollouts", headers=admin(gateway)).json()["rollouts"]
     assert listed["state"] == "rolling_back"
+
+
+def test_rollout_api_a_toggle_put_that_changes_nothing_writes_no_ledger_entry(gateway: Gateway) -> None:
+    """Tester A: ``PUT {}`` (or the values the toggle already has) wrote a ``toggle.set`` entry
+    with before == after, noise in the audit trail. It now answers 200 with the toggle as it is."""
+    before = gateway.client.get(f"/v1/admin/toggles/{OP}", headers=admin(gateway)).json()
+    written = len(entries(gateway.runtime.engine, "toggle.set"))
+    for same in ({}, {"enabled": True, "rollout_percentage": 100, "reason": "again"}):
+        r = gateway.client.put(f"/v1/admin/toggles/{OP}", headers=admin(gateway), json=same)
+        assert (r.status_code, r.json()) == (200, before)
+    assert len(entries(gateway.runtime.engine, "toggle.set")) == written
+    changed = gateway.client.put(f"/v1/admin/toggles/{OP}", headers=admin(gateway), json={"rollout_percentage": 50})
+    assert changed.json()["rollout_percentage"] == 50
+    assert len(entries(gateway.runtime.engine, "toggle.set")) == written + 1

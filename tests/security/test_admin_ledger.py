@@ -45,7 +45,7 @@ API = [
     Change("Change feature toggles", "toggle.set", "PUT", f"/v1/admin/toggles/{OP}",
            {"enabled": True, "rollout_percentage": 10, "reason": "matrix walk"}),
     Change("Kill switches", "toggle.set", "PUT", f"/v1/admin/toggles/{OP}",
-           {"kill_switch": False, "reason": "matrix walk"}),
+           {"kill_switch": True, "reason": "matrix walk"}),
     Change("Start rollouts", "rollout.decision", "POST", "/v1/admin/rollouts", {"operations": [OP]}),
     Change("Advance rollouts", "rollout.decision", "POST", "/v1/admin/rollouts/{id}/advance"),
     Change("Roll back rollouts", "rollout.decision", "POST", "/v1/admin/rollouts/{id}/rollback",

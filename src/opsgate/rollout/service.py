@@ -230,7 +230,10 @@ class RolloutService:
         """Apply ``change`` in the transaction of its ledger entry ``toggle.set`` (before/after):
         the row is read, merged and written while the ledger's append lock is held, so concurrent
         changes apply one after the other and each entry's ``before`` is the state it replaced.
-        Engaging the kill switch rolls back every active rollout of the operation. ``owner`` is
+        A change that changes nothing (every given field already has its value) writes no entry
+        and returns the toggle as it is: there is nothing to audit, and it is ordered before any
+        concurrent change. Engaging the kill switch rolls back every active rollout of the
+        operation. ``owner`` is
         the id of the rollout making the change (its own stage changes and rollback). Raises
         :class:`RolloutConflict` (409) when the change gives ``enabled`` or
         ``rollout_percentage`` a new value while another unfinished toggle rollout of the
@@ -238,8 +241,10 @@ class RolloutService:
         starting concurrently cannot slip in between), :class:`InvalidPlan` (422) for a
         percentage outside 0..100 or an empty group id, :class:`NotFound` (404); nothing is
         written then."""
-        self.get_toggle(operation)  # the 404 naming the known operations
+        current = self.get_toggle(operation)  # the 404 naming the known operations
         values = {k: v for k, v in asdict(change).items() if v is not None}
+        if all(getattr(current, k) == v for k, v in values.items()):
+            return current
         where = feature_toggles.c.operation == operation
 
         def merge(conn: Connection) -> tuple[dict[str, Any], dict[str, Any]]:
