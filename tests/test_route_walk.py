@@ -7,7 +7,8 @@ fields an object of canaries; query parameters and integer path parameters get t
 - a protected route (one with a ``bearer`` requirement) without a token answers 401;
 - with a token of a lower role than the requirement names, 403 (authorized before validated);
 - with a token of the named role, a route with a body answers 422 problem+json naming fields;
-- a public route with a body answers 422 problem+json;
+- a public route with a body answers 422 problem+json, but the OAuth token endpoints, which answer
+  400 ``{"error", "error_description"}`` (RFC 6749 §5.2; a canary ``grant_type`` is unsupported);
 - no answer, whatever its status, carries a canary, and none is a 500.
 """
 
@@ -28,6 +29,8 @@ from opsgate.app import create_app
 from opsgate.deps import BEARER, FORM
 
 LOWER = {"user": None, "operator": "user", "admin": "operator"}
+TOKEN_ROUTES = {"POST /v1/auth/token", "POST /v1/auth/refresh"}
+"""Their refusals are RFC 6749 §5.2 errors, not problems (opsgate.security.oauth)."""
 PATH_VALUES = {"operation": "task-prioritize", "user_id": "alice", "incident_id": "no-such-incident"}
 
 
@@ -99,9 +102,12 @@ def test_the_needed_role_and_a_bad_body_is_a_422_naming_fields(walk: tuple[Gatew
     gateway, routes, canaries = walk
     seen = {str(r): (r, _send(gateway.client, r, canaries, gateway.token("walker", r.role) if r.role else None))
             for r in routes}
-    bodies = {name: resp for name, (route, resp) in seen.items() if route.body_type}
+    bodies = {name: resp for name, (route, resp) in seen.items() if route.body_type and name not in TOKEN_ROUTES}
     assert {name: (r.status_code, r.headers["content-type"], r.json()["code"]) for name, r in bodies.items()} == {
         name: (422, "application/problem+json", "invalid_input") for name in bodies}
+    assert {name: (r.status_code, r.headers["content-type"], r.json()["error"])
+            for name, (_, r) in seen.items() if name in TOKEN_ROUTES} == {
+        name: (400, "application/json", "unsupported_grant_type") for name in TOKEN_ROUTES}
     assert all(r.json()["errors"] and all(set(e) == {"loc", "msg"} and e["loc"] for e in r.json()["errors"])
                for r in bodies.values())
     assert {name: r.status_code for name, (_, r) in seen.items() if r.status_code >= 500} == {}
@@ -139,8 +145,8 @@ def test_a_lone_surrogate_in_any_body_is_a_422_never_a_500(walk: tuple[Gateway, 
         seen[str(route)] = gateway.client.request(route.method, path, content=content,
                                                   headers={**headers, "Content-Type": route.body_type})
     assert len(seen) >= 19
-    assert {name: (r.status_code, r.json()["code"]) for name, r in seen.items()} == {
-        name: (422, "invalid_input") for name in seen}
+    assert {name: (r.status_code, r.json().get("code") or r.json()["error"]) for name, r in seen.items()} == {
+        name: (400, "invalid_request") if name in TOKEN_ROUTES else (422, "invalid_input") for name in seen}
 
 
 def _route(method: str, path: str, op: dict[str, Any]) -> Route:

@@ -24,8 +24,10 @@ No message quotes the body. The duplicate and range checks cost a second parse o
 body could hold either (more ``"…":`` key ends in the text than keys decoded, or a number of
 magnitude 2**63 or more), so an ordinary operation body is parsed once.
 
-A form body (:func:`decode_form`, ``application/x-www-form-urlencoded``) is refused (422) when it
-is not UTF-8 after percent-decoding, has more than :data:`MAX_FORM_FIELDS` fields or repeats a
+A form body (:func:`decode_form`, ``application/x-www-form-urlencoded``, :func:`is_form`) is
+refused with 415 when its ``Content-Type`` declares a ``charset`` other than UTF-8 (the body is
+always decoded as UTF-8, so a Latin-1 form would be misread), and with 422 when it is not UTF-8
+after percent-decoding, has more than :data:`MAX_FORM_FIELDS` fields or repeats a
 field (RFC 6749 §3.1: a parameter MUST NOT be sent more than once), and is read within a limit
 like a JSON body.
 """
@@ -43,6 +45,7 @@ from starlette.requests import Request
 from opsgate.errors import ContentTooLarge, InvalidInput, UnsupportedMediaType
 
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 MAX_FORM_FIELDS = 32
 MAX_DEPTH = 32
 """The deepest nesting of arrays and objects a JSON body may have (``{"a": [1]}`` is 2 deep):
@@ -56,10 +59,26 @@ _WIDE = 2**63
 def is_json(content_type: str | None) -> bool:
     """True for ``application/json`` and ``type/subtype+json`` (any case), with no ``charset``
     parameter or ``charset=utf-8``."""
+    media, params = _media_type(content_type)
+    json_type = media == JSON or (media.startswith("application/") and media.endswith("+json"))
+    return json_type and _utf8(params)
+
+
+def is_form(content_type: str | None) -> bool:
+    """True for ``application/x-www-form-urlencoded`` (any case) with no ``charset`` parameter or
+    ``charset=utf-8``."""
+    media, params = _media_type(content_type)
+    return media == FORM and _utf8(params)
+
+
+def _media_type(content_type: str | None) -> tuple[str, list[str]]:
+    """The lower-cased media type of a ``Content-Type`` value and its parameters."""
     media, *params = (content_type or "").lower().split(";")
-    media = media.strip()
-    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
-        return False
+    return media.strip(), params
+
+
+def _utf8(params: list[str]) -> bool:
+    """No ``charset`` among ``params``, or only UTF-8 (RFC 8259 §8.1; the WHATWG form encoding)."""
     charsets = [p.split("=", 1)[1].strip().strip('"') for p in params if p.strip().startswith("charset=")]
     return all(c in ("utf-8", "utf8") for c in charsets)
 

@@ -34,7 +34,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from opsgate import bodies
-from opsgate.bodies import JSON
+from opsgate.bodies import FORM, JSON
 from opsgate.errors import UnsupportedMediaType
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.rollout.service import RolloutService
@@ -46,7 +46,6 @@ from opsgate.security.users import current_principal
 from opsgate.validation import validated
 
 M = TypeVar("M", bound=BaseModel)
-FORM = "application/x-www-form-urlencoded"
 MAX_JSON_BODY_BYTES = 64 * 1024
 """The largest admin or settings body (a rollout plan, a note of 2,000 characters fit many times)."""
 MAX_FORM_BODY_BYTES = 16 * 1024
@@ -167,17 +166,22 @@ class NoBody(BaseModel):
 NoBodyDep = Annotated[NoBody, json_body(NoBody)]
 
 
+async def read_form(request: Request) -> dict[str, str]:
+    """The request's ``application/x-www-form-urlencoded`` body as ``{field: value}``: 415
+    (:class:`UnsupportedMediaType`) for another media type or a charset other than UTF-8, 413
+    over :data:`MAX_FORM_BODY_BYTES`, 422 for a malformed or repeated field
+    (:func:`opsgate.bodies.decode_form`)."""
+    if not bodies.is_form(request.headers.get("content-type")):
+        raise UnsupportedMediaType(f"The body must be {FORM} in UTF-8")
+    return bodies.decode_form(await bodies.read_body(request, MAX_FORM_BODY_BYTES))
+
+
 def form_body(model: type[M]) -> params.Depends:
-    """``Depends`` on a parser of an ``application/x-www-form-urlencoded`` body into ``model``
-    (for the public sign-in routes; text fields only): 415 for another media type, 413 over
-    :data:`MAX_FORM_BODY_BYTES`, 422 for a malformed or repeated field
-    (:func:`opsgate.bodies.decode_form`) or a model failure."""
+    """``Depends`` on a parser of a form body (:func:`read_form`) into ``model`` (for the public
+    sign-in routes; text fields only); 422 for a model failure too."""
 
     async def parse(request: Request) -> M:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
-            raise UnsupportedMediaType(f"The body must be {FORM}")
-        raw = await bodies.read_body(request, MAX_FORM_BODY_BYTES)
-        return validated(model, bodies.decode_form(raw))
+        return validated(model, await read_form(request))
 
     parse.__name__ = f"form_{model.__name__}"
     return Depends(parse)

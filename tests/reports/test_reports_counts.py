@@ -60,12 +60,12 @@ def test_refusals_over_http_are_the_reports_numbers(gateway) -> None:  # type: i
     statuses = [gateway.client.post("/v1/operations/email-classify", json=BODY).status_code]
     statuses += [gateway.post("email-classify", BODY, token=expired).status_code for _ in range(3)]
     statuses += [gateway.post("email-classify", BODY, token=forged).status_code for _ in range(2)]
-    statuses.append(gateway.client.post(FORM_TOKEN, data={
+    statuses.append(gateway.client.post(FORM_TOKEN, data={  # RFC 6749 §5.2 invalid_grant: 400
         "grant_type": "password", "username": "nobody", "password": "guess"}).status_code)  # pragma: allowlist secret
     set_budget(gateway.runtime.ledger, SystemClock(), actor=ADMIN, user_id="*", operation="*", period="day",
                limit_micro_usd=0)
     statuses += [gateway.post("email-classify", BODY).status_code for _ in range(2)]
-    assert statuses == [401] * 7 + [402] * 2
+    assert statuses == [401] * 6 + [400] + [402] * 2
     assert gateway.runtime.security_counts.flush() == 5  # five (kind, reason) rows, one write
 
     s = _report(gateway.runtime)
@@ -90,9 +90,9 @@ def test_refresh_reuse_is_counted_once_per_detection(tmp_path) -> None:  # type:
         grant = {"grant_type": "refresh_token", "refresh_token": first}
         assert gw.client.post("/v1/auth/refresh", data=grant).status_code == 200
         reuse = gw.client.post("/v1/auth/refresh", data=grant)
-        assert reuse.status_code == 401 and "already used" in reuse.json()["detail"]
+        assert reuse.status_code == 400 and "already used" in reuse.json()["error_description"]
         again = gw.client.post("/v1/auth/refresh", data=grant)  # the family is revoked now
-        assert again.status_code == 401
+        assert (again.status_code, again.json()["error"]) == (400, "invalid_grant")
         gw.runtime.security_counts.flush()
         s = _report(gw.runtime)
     assert s["refresh_reuse"] == {"available": True, "total": 1, "rows": [

@@ -23,6 +23,15 @@ def gw(tmp_path):
         yield gateway
 
 
+def _oauth_error(response, error):
+    """An RFC 6749 §5.2 error: 400, JSON ``{"error", "error_description"}``, not cached."""
+    assert (response.status_code, response.headers["content-type"]) == (400, "application/json"), response.text
+    assert response.headers["cache-control"] == "no-store" and response.headers["x-request-id"]
+    body = response.json()
+    assert set(body) == {"error", "error_description"} and body["error"] == error, body
+    return body["error_description"]
+
+
 def _login(gw, username="ada", password=PASSWORD):
     return gw.client.post("/v1/auth/token", data={"grant_type": "password", "username": username, "password": password})
 
@@ -48,22 +57,59 @@ def test_login_by_email_and_the_stored_hash_is_argon2id(gw):
 
 @pytest.mark.parametrize("username,password", [("ada", "wrong password 1"), ("nobody", PASSWORD),
                                                ("nobody@example.org", PASSWORD)])
-def test_wrong_password_and_unknown_user_get_the_same_401(gw, username, password):
+def test_wrong_password_and_unknown_user_get_the_same_invalid_grant(gw, username, password):
     response = _login(gw, username, password)
-    assert response.status_code == 401
-    assert response.json()["detail"] == "Unknown user or wrong password"
+    assert _oauth_error(response, "invalid_grant") == "Unknown user or wrong password"
     assert password not in response.text
 
 
 def test_validation_errors_do_not_echo_the_password(gw):
     secret = "hunter2-secret-" + "x" * 1100
     response = gw.client.post("/v1/auth/token", data={"grant_type": "password", "username": "ada", "password": secret})
-    assert response.status_code == 422 and response.json()["code"] == "invalid_input"
+    assert _oauth_error(response, "invalid_request") == (
+        "The request body does not match the expected shape: [password] String should have at most 1024 characters")
     assert "hunter2" not in response.text
-    assert [e["loc"] for e in response.json()["errors"]] == ["password"]
     as_json = gw.client.post("/v1/auth/token", json={"grant_type": "password", "username": "ada", "password": "hunter2"})
-    assert (as_json.status_code, as_json.json()["code"]) == (415, "unsupported_media_type")
+    assert _oauth_error(as_json, "invalid_request") == "The body must be application/x-www-form-urlencoded in UTF-8"
     assert "hunter2" not in as_json.text
+
+
+@pytest.mark.parametrize("url", ["/v1/auth/token", "/v1/auth/refresh"])
+def test_token_endpoint_errors_follow_rfc6749_section_5_2(gw, url):
+    """Tester A F4: a wrong grant type was a 422 problem and a wrong password a 401 problem, which
+    OAuth client libraries do not read; a Latin-1 form was decoded as UTF-8 and accepted."""
+    post = gw.client.post
+    assert _oauth_error(post(url, data={"username": "ada", "password": PASSWORD}), "invalid_request") == (
+        "grant_type is required")
+    other = post(url, data={"grant_type": "client_credentials", "username": "ada", "password": PASSWORD})
+    assert "grant_type must be " in _oauth_error(other, "unsupported_grant_type")
+    assert "client_credentials" not in other.text
+    missing = post(url, data={"grant_type": "refresh_token"})
+    assert "[refresh_token] Field required" in _oauth_error(missing, "invalid_request")
+    unknown = post(url, data={"grant_type": "refresh_token", "refresh_token": "ogr_" + "A" * 43})
+    assert _oauth_error(unknown, "invalid_grant") == "The refresh token is not valid"
+    refresh = _login(gw).json()["refresh_token"]
+    for charset in ("latin1", "ISO-8859-1", '"windows-1252"'):
+        latin = post(url, content=f"grant_type=refresh_token&refresh_token={refresh}".encode(),
+                     headers={"Content-Type": f"application/x-www-form-urlencoded; charset={charset}"})
+        assert _oauth_error(latin, "invalid_request") == "The body must be application/x-www-form-urlencoded in UTF-8"
+    utf8 = post(url, content=f"grant_type=refresh_token&refresh_token={refresh}".encode(),
+                headers={"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"})
+    assert utf8.status_code == 200, utf8.text
+
+
+def test_the_token_endpoint_takes_the_refresh_grant_as_rfc6749_section_6_says(gw):
+    first = _login(gw).json()["refresh_token"]
+    rotated = gw.client.post("/v1/auth/token", data={"grant_type": "refresh_token", "refresh_token": first})
+    assert rotated.status_code == 200 and rotated.json()["refresh_token"] not in ("", first)
+    assert rotated.headers["cache-control"] == "no-store"
+    assert gw.runtime.tokens.verify(rotated.json()["access_token"]).user_id == "ada"
+
+
+def test_a_form_in_another_charset_is_refused_by_the_sign_in_routes_too(gw):
+    latin = gw.client.post("/v1/auth/session", content=f"username=ada&password={PASSWORD}".encode(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded; charset=latin1"})
+    assert (latin.status_code, latin.json()["code"]) == (415, "unsupported_media_type")
 
 
 def test_refresh_rotates_and_reuse_revokes_the_family_over_http(gw):
@@ -73,9 +119,9 @@ def test_refresh_rotates_and_reuse_revokes_the_family_over_http(gw):
     assert second.status_code == 200 and second.json()["refresh_token"] != first
     _age_rotation(gw, seconds=11)  # the gateway runs on the system clock: age the rotation instead
     reuse = gw.client.post("/v1/auth/refresh", data={**grant, "refresh_token": first})
-    assert reuse.status_code == 401 and "already used" in reuse.json()["detail"]
+    assert "already used" in _oauth_error(reuse, "invalid_grant")
     victim = gw.client.post("/v1/auth/refresh", data={**grant, "refresh_token": second.json()["refresh_token"]})
-    assert victim.status_code == 401
+    _oauth_error(victim, "invalid_grant")
 
 
 def _age_rotation(gw, seconds: float) -> None:
@@ -97,7 +143,7 @@ def test_logout_revokes_the_refresh_token(gw):
     refresh = _login(gw).json()["refresh_token"]
     assert gw.client.post("/v1/auth/logout", data={"refresh_token": refresh}).status_code == 204
     again = gw.client.post("/v1/auth/refresh", data={"grant_type": "refresh_token", "refresh_token": refresh})
-    assert again.status_code == 401
+    _oauth_error(again, "invalid_grant")
 
 
 def test_only_admins_change_roles_and_the_change_is_ledgered_and_revokes_logins(gw):
@@ -109,7 +155,7 @@ def test_only_admins_change_roles_and_the_change_is_ledgered_and_revokes_logins(
     auth = {"Authorization": f"Bearer {admin}"}
     changed = gw.client.put("/v1/admin/users/ada", json={"role": "operator"}, headers=auth)
     assert changed.status_code == 200 and changed.json() == {"user_id": "ada", "role": "operator"}
-    assert gw.client.post("/v1/auth/refresh", data={"grant_type": "refresh_token", "refresh_token": refresh}).status_code == 401
+    assert gw.client.post("/v1/auth/refresh", data={"grant_type": "refresh_token", "refresh_token": refresh}).status_code == 400
     assert jwt.decode(_login(gw).json()["access_token"], options={"verify_signature": False})["role"] == "operator"
     assert gw.client.put("/v1/admin/users/nobody", json={"role": "user"}, headers=auth).status_code == 404
     assert gw.client.put("/v1/admin/users/ada", json={"role": "root"}, headers=auth).status_code == 422

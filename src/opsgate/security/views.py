@@ -1,11 +1,13 @@
-"""HTTP API of the security domain (FastAPI router; errors are RFC 9457 problems).
+"""HTTP API of the security domain (FastAPI router; errors are RFC 9457 problems, but the token
+endpoints' client errors, which follow RFC 6749 §5.2, :mod:`opsgate.security.oauth`).
 
-OAuth 2.0 style token endpoints (RFC 6749; bodies ``application/x-www-form-urlencoded``,
+OAuth 2.0 token endpoints (RFC 6749; bodies ``application/x-www-form-urlencoded`` in UTF-8,
 answers ``{"access_token", "token_type": "Bearer", "expires_in", "refresh_token"}`` with
-``Cache-Control: no-store``, §5.1):
+``Cache-Control: no-store``, §5.1; a refusal is 400 ``{"error", "error_description"}``, §5.2):
 
   ``POST /v1/auth/token``          ``grant_type=password&username=&password=`` (§4.3); the username
-                                   is a user id or an email address
+                                   is a user id or an email address; or
+                                   ``grant_type=refresh_token&refresh_token=`` (§6)
   ``POST /v1/auth/refresh``        ``grant_type=refresh_token&refresh_token=`` (§6); rotates it
   ``POST /v1/auth/logout``         ``refresh_token=``; revokes its family; 204
 
@@ -22,15 +24,16 @@ Admin (role ``admin``; the role is written in the transaction of its ledger entr
                                    revokes the user's refresh tokens and sessions
 
 Validation errors name fields, never submitted values. A wrong password and an unknown user get
-the same 401.
+the same answer (400 ``invalid_grant`` from the token endpoint, 401 from the session sign-in).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+import uuid
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, params
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -46,15 +49,19 @@ from opsgate.deps import (
     form_body,
     get_runtime,
     json_body,
+    read_form,
 )
 from opsgate.problems import problem_response
 from opsgate.runtime import Runtime
 from opsgate.security.counts import COUNTS, SIGN_IN_FAILURE
-from opsgate.security.errors import Unauthorized
+from opsgate.errors import NotFound
+from opsgate.security.errors import AuthFailure, Unauthorized
+from opsgate.security.oauth import INVALID_REQUEST, NO_STORE, UNSUPPORTED_GRANT_TYPE, OAuthError, oauth_errors
 from opsgate.security.service import SecurityServices
 from opsgate.security.sessions import CSRFMiddleware
 from opsgate.security.users import authenticate, get_role, set_role
 from opsgate.security.web_security import add_web_security
+from opsgate.validation import validated
 
 router = APIRouter(tags=["auth"], responses=PROBLEM_RESPONSES)
 _Text = Field(min_length=1, max_length=1024)
@@ -123,26 +130,68 @@ class UserAnswer(BaseModel):
     role: str
 
 
-@router.post("/v1/auth/token", response_model=TokenAnswer, openapi_extra=body_doc(PasswordGrant, FORM),
-             summary="Password grant: access + refresh token")
-async def token(grant: Annotated[PasswordGrant, form_body(PasswordGrant)], runtime: RuntimeDep,
-                services: SecurityDep) -> Response:
-    user_id, role = await _sign_in(runtime, services, grant.username, grant.password)
+class OAuthErrorAnswer(BaseModel):
+    """RFC 6749 §5.2 error response (HTTP 400)."""
+
+    error: Literal["invalid_request", "invalid_grant", "unsupported_grant_type"]
+    error_description: str
+
+
+OAUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "RFC 6749 §5.2 error", "model": OAuthErrorAnswer},
+}
+
+
+def grant_form(*grants: type[BaseModel]) -> params.Depends:
+    """``Depends`` on the grant of a token request (a form, :func:`read_form`), parsed into the
+    model of ``grants`` whose ``grant_type`` literal it names. Every refusal is an
+    :class:`OAuthError` (400, RFC 6749 §5.2): ``invalid_request`` without ``grant_type``, for a
+    body that is not a UTF-8 form, too large or malformed, or a model failure;
+    ``unsupported_grant_type`` for another grant type."""
+    by_type = {get_args(m.model_fields["grant_type"].annotation)[0]: m for m in grants}
+    accepted = " or ".join(by_type)
+
+    async def parse(request: Request) -> BaseModel:
+        with oauth_errors():
+            data = await read_form(request)
+            if not data.get("grant_type"):
+                raise OAuthError(INVALID_REQUEST, "grant_type is required")
+            model = by_type.get(data["grant_type"])
+            if model is None:
+                raise OAuthError(UNSUPPORTED_GRANT_TYPE, f"grant_type must be {accepted}")
+            return validated(model, data)
+
+    parse.__name__ = "form_grant"
+    return Depends(parse)
+
+
+def grants_doc(*grants: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a form body that is one of ``grants``: their fields merged,
+    ``grant_type`` one of their literals (the only field every grant requires)."""
+    schemas = [g.model_json_schema() for g in grants]
+    properties = {k: v for s in schemas for k, v in s["properties"].items()}
+    properties["grant_type"] = {"type": "string", "enum": [s["properties"]["grant_type"]["const"] for s in schemas]}
+    schema = {"type": "object", "required": ["grant_type"], "properties": properties}
+    return {"requestBody": {"required": True, "content": {FORM: {"schema": schema}}}}
+
+
+@router.post("/v1/auth/token", response_model=TokenAnswer, openapi_extra=grants_doc(PasswordGrant, RefreshGrant),
+             responses=OAUTH_RESPONSES, summary="Token endpoint: password or refresh_token grant")
+async def token(grant: Annotated[PasswordGrant | RefreshGrant, grant_form(PasswordGrant, RefreshGrant)],
+                runtime: RuntimeDep, services: SecurityDep) -> Response:
+    if isinstance(grant, RefreshGrant):
+        return await _rotate(runtime, services, grant.refresh_token)
+    with oauth_errors():
+        user_id, role = await _sign_in(runtime, services, grant.username, grant.password)
     issued = await asyncio.to_thread(services.refresh.issue, user_id)
     return _token_answer(runtime, user_id, role, issued.token)
 
 
 @router.post("/v1/auth/refresh", response_model=TokenAnswer, openapi_extra=body_doc(RefreshGrant, FORM),
-             summary="Rotate a refresh token")
-async def refresh(grant: Annotated[RefreshGrant, form_body(RefreshGrant)], runtime: RuntimeDep,
+             responses=OAUTH_RESPONSES, summary="Rotate a refresh token")
+async def refresh(grant: Annotated[RefreshGrant, grant_form(RefreshGrant)], runtime: RuntimeDep,
                   services: SecurityDep) -> Response:
-    issued = await asyncio.to_thread(services.refresh.rotate, grant.refresh_token)
-    try:
-        role = await asyncio.to_thread(get_role, runtime.engine, issued.user_id)
-    except Exception:
-        await asyncio.to_thread(services.refresh.revoke_family, issued.family_id)
-        raise
-    return _token_answer(runtime, issued.user_id, role, issued.token)
+    return await _rotate(runtime, services, grant.refresh_token)
 
 
 @router.post("/v1/auth/logout", status_code=204, openapi_extra=body_doc(LogoutForm, FORM),
@@ -180,6 +229,22 @@ async def put_user(admin: AdminDep, runtime: RuntimeDep, services: SecurityDep, 
     return JSONResponse({"user_id": user_id, "role": body.role})
 
 
+async def _rotate(runtime: Runtime, services: SecurityServices, refresh_token: str) -> Response:
+    """The refresh grant: rotate ``refresh_token`` and answer with a new access token for the
+    user's current role; a refused token is ``invalid_grant``, and so is the token of a user
+    deleted since the login (its family is revoked)."""
+    with oauth_errors():
+        issued = await asyncio.to_thread(services.refresh.rotate, refresh_token)
+        try:
+            role = await asyncio.to_thread(get_role, runtime.engine, issued.user_id)
+        except Exception as exc:
+            await asyncio.to_thread(services.refresh.revoke_family, issued.family_id)
+            if isinstance(exc, NotFound):
+                raise Unauthorized(AuthFailure.REFRESH_INVALID) from None
+            raise
+    return _token_answer(runtime, issued.user_id, role, issued.token)
+
+
 async def _sign_in(runtime: Runtime, services: SecurityServices, username: str, password: str) -> tuple[str, str]:
     """:func:`authenticate` off the event loop; a refusal is counted as a failed sign-in."""
     try:
@@ -193,13 +258,21 @@ def _token_answer(runtime: Runtime, user_id: str, role: str, refresh_token: str)
     access = runtime.tokens.issue(user_id, role)
     body = {"access_token": access, "token_type": "Bearer",
             "expires_in": runtime.settings.access_token_ttl_s, "refresh_token": refresh_token}
-    return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return JSONResponse(body, headers=NO_STORE)
+
+
+async def oauth_error_response(request: Request, exc: Exception) -> Response:
+    """The §5.2 answer to an :class:`OAuthError` (with ``X-Request-ID``, like a problem)."""
+    assert isinstance(exc, OAuthError)
+    request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+    return JSONResponse(exc.body(), status_code=exc.status, headers={**NO_STORE, "X-Request-ID": request_id})
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Add this router, the CSRF check for cookie sessions, the CORS allowlist and the security
     headers (outermost, so every response, errors included, carries them) to ``app``."""
     app.include_router(router)
+    app.add_exception_handler(OAuthError, oauth_error_response)
     app.add_middleware(CSRFMiddleware, sessions=lambda scope: get_runtime(Request(scope)).security.sessions,
                        problem=problem_response)
     add_web_security(app, settings.cors_origins, hsts=settings.session_cookie_secure)
