@@ -108,3 +108,28 @@ def test_generated_key_file_is_private_and_stable(tmp_path, clock):
     first = TokenService(settings, clock).issue("alice", "user")
     assert (tmp_path / "k" / "jwt-secret").stat().st_mode & 0o777 == 0o600
     assert TokenService(settings, clock).verify(first).user_id == "alice"
+
+
+def _signed(settings, clock, **over):
+    """A local token signed with the real key, its claims changed by ``over``."""
+    now = int(clock.now().timestamp())
+    claims = {"sub": "alice", "role": "user", "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
+              "iat": now, "nbf": now, "exp": now + 3600, "jti": "j1"} | over
+    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+
+
+@pytest.mark.parametrize("over,reason", [
+    ({"iat": "x"}, "malformed or its signature"),                   # tester A F5: was accepted
+    ({"iat": None}, "malformed or its signature"),
+    ({"iat": True}, "malformed or its signature"),                  # a boolean is not a NumericDate
+    ({"exp": True}, "malformed or its signature"),
+    ({"iat": "__future__"}, "not valid yet"),                       # tester A F5: 10^6 s ahead was accepted
+])
+def test_iat_is_a_number_not_in_the_future_like_exp_and_nbf(settings, clock, tokens, over, reason):
+    """RFC 7519 §4.1.6 and docs/security.md: ``iat`` is required, a NumericDate, and checked against
+    the injected clock with no leeway (PyJWT's verify_iat refuses a future iat the same way)."""
+    if over.get("iat") == "__future__":
+        over = {"iat": int(clock.now().timestamp()) + 1_000_000}
+    with pytest.raises(Unauthorized, match=reason):
+        tokens.verify(_signed(settings, clock, **over))
+    assert tokens.verify(_signed(settings, clock, iat=int(clock.now().timestamp()) - 5)).user_id == "alice"

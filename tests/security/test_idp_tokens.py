@@ -236,3 +236,14 @@ def _tamper(token: str) -> str:
     header, payload, sig = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     return f"{header}.{_b64({**claims, 'role': 'admin', 'sub': 'mallory'})}.{sig}"
+
+
+def test_an_idp_token_issued_in_the_future_is_refused_even_with_an_nbf(clock):
+    """The IdP verifier only checked ``iat`` when ``nbf`` was absent (as its stand-in); now both
+    verifiers share one time check (opsgate.security.claims)."""
+    secret = secrets.token_urlsafe(48)
+    service = _service(clock, idp_hs256_secret=secret)
+    now = int(clock.now().timestamp())
+    for over, reason in (({"iat": now + 600}, "not valid yet"), ({"iat": "yesterday"}, "malformed")):
+        with pytest.raises(Unauthorized, match=reason):
+            service.verify(jwt.encode(_claims(clock, **over), secret, algorithm="HS256"))

@@ -20,6 +20,7 @@ import jwt
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
+from opsgate.security.claims import check_times
 from opsgate.security.errors import AuthFailure, Unauthorized, jwt_failure
 from opsgate.keyfile import random_key_file
 from opsgate.security.idp import idp_verifier
@@ -86,7 +87,8 @@ class TokenService:
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> Principal:
-        """Check signature, algorithm, issuer, audience and times; return the :class:`Principal`.
+        """Check signature, algorithm, issuer, audience and times (``exp``, ``nbf``, ``iat``:
+        :func:`~opsgate.security.claims.check_times`); return the :class:`Principal`.
 
         Raises :class:`Unauthorized` with a reason that names the failed check, never the token.
         """
@@ -99,7 +101,7 @@ class TokenService:
             if len(self._verified) >= _VERIFIED_CACHE_SIZE:
                 self._verified.clear()
             self._verified[token] = claims
-        self._check_times(claims)
+        check_times(claims, self._clock.now().timestamp())
         return Principal(user_id=claims["sub"], roles=(claims["role"],))
 
     def _decode(self, token: str) -> dict[str, Any]:
@@ -120,17 +122,6 @@ class TokenService:
         if claims["role"] not in ROLES or not isinstance(claims["sub"], str):
             raise Unauthorized(AuthFailure.UNKNOWN_ROLE)
         return claims
-
-    def _check_times(self, claims: dict[str, Any]) -> None:
-        """``nbf`` and ``exp`` against the injected clock (RFC 7519 §4.1.4-5), no leeway."""
-        now = self._clock.now().timestamp()
-        if not isinstance(claims["exp"], int | float) or not isinstance(claims["nbf"], int | float):
-            raise Unauthorized(AuthFailure.MALFORMED)
-        if now >= claims["exp"]:
-            raise Unauthorized(AuthFailure.EXPIRED)
-        if now < claims["nbf"]:
-            raise Unauthorized(AuthFailure.NOT_YET_VALID)
-
 
 def _unverified_issuer(token: str) -> object:
     try:

@@ -23,6 +23,7 @@ from jwt import PyJWKClient, PyJWKClientError
 
 from opsgate.clock import Clock
 from opsgate.config import Settings
+from opsgate.security.claims import check_times
 from opsgate.security.errors import AuthFailure, Unauthorized, jwt_failure
 
 JWKS_ALGORITHMS = ("RS256", "ES256")
@@ -71,7 +72,9 @@ class IdpVerifier:
             raise Unauthorized(AuthFailure.WRONG_AUDIENCE) from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(jwt_failure(exc)) from None
-        self._check_times(claims)
+        if not isinstance(claims["sub"], str):
+            raise Unauthorized(AuthFailure.MALFORMED)
+        check_times(claims, self._clock.now().timestamp())
         return claims["sub"], self._role(claims)
 
     def _jwk(self, token: str) -> Any:
@@ -103,16 +106,6 @@ class IdpVerifier:
         except PyJWKClientError:
             raise Unauthorized(AuthFailure.IDP_UNAVAILABLE) from None
         return next((k for k in keys if k.key_id == kid), None)
-
-    def _check_times(self, claims: dict[str, Any]) -> None:
-        now = self._clock.now().timestamp()
-        exp, nbf = claims["exp"], claims.get("nbf", claims["iat"])
-        if not isinstance(exp, int | float) or not isinstance(nbf, int | float) or not isinstance(claims["sub"], str):
-            raise Unauthorized(AuthFailure.MALFORMED)
-        if now >= exp:
-            raise Unauthorized(AuthFailure.EXPIRED)
-        if now < nbf:
-            raise Unauthorized(AuthFailure.NOT_YET_VALID)
 
     def _role(self, claims: dict[str, Any]) -> str:
         if self._role_claim is None:
