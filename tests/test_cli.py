@@ -83,6 +83,8 @@ def test_users_add_rejects_unknown_role(env):
 @pytest.mark.parametrize(("user_id", "message"), [
     ("", "user_id is 1 to 128 characters"), ("x" * 129, "user_id is 1 to 128 characters"),
     ("   ", "user_id must not be blank"), ("al\x01ice", "user_id must not contain control characters"),
+    ("ghost  ", "user_id must not start or end with whitespace"), (" ghost", "must not start or end with whitespace"),
+    ("ghost\u00a0", "user_id must not start or end with whitespace"),
     (KEYS["anthropic_api_key"], "user_id must not look like a secret"),
 ])
 def test_users_add_refuses_an_id_no_budget_could_name_in_one_line(env, user_id, message):

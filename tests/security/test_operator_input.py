@@ -65,7 +65,9 @@ def test_a_nul_in_a_rollback_reason_is_a_422_and_nothing_is_written(gateway: Gat
 def test_a_secret_shaped_blank_or_control_budget_user_id_is_a_422_and_nothing_is_written(gateway: Gateway) -> None:
     entries = ledger_count(gateway)
     for user_id, why in [(KEY, "must not look like a secret"), ("  ", "must not be blank"),
-                         ("al\x00ice", "must not contain control characters")]:
+                         ("al\x00ice", "must not contain control characters"),
+                         ("ghost  ", "must not start or end with whitespace"),  # tester A: was accepted
+                         (" ghost", "must not start or end with whitespace")]:
         put = gateway.client.put("/v1/admin/budgets", headers=admin(gateway),
                                  json={"user_id": user_id, "period": "day", "limit_usd": "1.00"})
         assert (put.status_code, put.json()["code"]) == (422, "invalid_input"), put.text

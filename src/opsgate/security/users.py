@@ -113,13 +113,18 @@ def _check(user_id: str, role: str) -> None:
 
 def check_user_id(user_id: str) -> None:
     """The one user-id rule (users, budgets): 1 to 128 characters, not blank, no control
-    character, not secret-shaped (:func:`~opsgate.security.operator_input.check_identifier`).
-    Otherwise an id is opaque: an IdP subject (``auth0|5f…``), an e-mail address, ``a b`` or
-    ``../x`` are ids like any other, only ever bound as SQL parameters and JSON strings, never
-    used as a path. Raises :class:`InvalidInput` naming ``user_id``, never the value."""
+    character, not secret-shaped (:func:`~opsgate.security.operator_input.check_identifier`), no
+    leading or trailing whitespace (``"ghost  "`` would be a different user from ``ghost``, so
+    a budget set for it would silently miss the user meant; the id is never trimmed, since the
+    trimmed one would name someone else). Otherwise an id is opaque: an IdP subject
+    (``auth0|5f…``), an e-mail address, ``a b`` or ``../x`` are ids like any other, only ever
+    bound as SQL parameters and JSON strings, never used as a path. Raises
+    :class:`InvalidInput` naming ``user_id``, never the value."""
     if not user_id or len(user_id) > 128:
         raise InvalidInput("user_id is 1 to 128 characters")
     check_identifier("user_id", user_id)
+    if user_id != user_id.strip():
+        raise InvalidInput("user_id must not start or end with whitespace")
 
 
 def _before(role: str | None) -> dict[str, str | None]:
