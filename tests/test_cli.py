@@ -392,3 +392,17 @@ def test_faults_without_the_sandboxes_is_refused(env, monkeypatch, command):
         monkeypatch.setenv("OPSGATE_SANDBOX", "true")
         assert runner.invoke(app, [*command, "--faults", "outage:anthropic"]).exit_code == 0
         assert len(started) == 1
+
+
+def test_sandbox_on_a_port_in_use_is_one_line_and_exit_2(env):
+    """Was a 44-line OSError traceback, exit 1 (found beside tester B F8)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["sandbox", "--port", str(port)])
+    assert (result.exit_code, result.stderr.splitlines()) == (
+        2, [f"error: cannot listen on 127.0.0.1:{port}: error while attempting to bind on address "
+            f"('127.0.0.1', {port}): address already in use"])

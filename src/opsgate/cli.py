@@ -217,10 +217,14 @@ def sandbox_cmd(
     faults: str = typer.Option("none", callback=_fault_profile,
                                help="Fault profile, e.g. flaky or outage:anthropic,slow:20ms."),
 ) -> None:
-    """Serve the Anthropic, DeepSeek and Gemini sandboxes on one loopback port."""
+    """Serve the Anthropic, DeepSeek and Gemini sandboxes on one loopback port; a port that cannot
+    be listened on (in use, not permitted, an unknown host) is one line and exit 2."""
     from opsgate.sandbox.server import run_sandbox_forever
 
-    run_sandbox_forever(host, port, faults)
+    try:
+        run_sandbox_forever(host, port, faults)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
 
 
 @app.command()
