@@ -34,8 +34,11 @@ domains; without them (``toggles=None``, ``metering=None``) those steps admit ev
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -84,6 +87,12 @@ COUNT_TIMEOUT_S = 2.0
 SERVED_MODEL_UNPRICED = "served_model_unpriced"
 SHADOW_DRAIN_S = 5.0
 """How long shutdown waits for shadow calls in flight before cancelling them."""
+PREPARE_THREADS = 4
+"""The worker threads of :meth:`Gateway.prepare` (one pool per gateway, its own): requests whose
+input is prepared off the event loop wait for one of these, never for the loop's default
+executor, which token refreshes, admin routes, /metrics and ledger checkpoints share (six
+threads on a two-core machine) and a few slow parses would otherwise fill. Parsing is CPU work
+under the GIL, so more threads would not prepare more at once."""
 
 log = logging.getLogger("opsgate.pipeline")
 
@@ -290,6 +299,7 @@ class Gateway:
         self._count_timeout_s = count_timeout_s
         self._count_observer = count_observer
         self._charge_observer = charge_observer
+        self._prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="opsgate-prepare")
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
@@ -427,15 +437,17 @@ class Gateway:
     # 4 ------------------------------------------------------------------------------------------
     async def prepare(self, op: Operation, variant: Variant, body: bytes,
                       content_type: str | None = JSON) -> tuple[Prepared, str]:
-        """:meth:`validate`, in a worker thread (:func:`asyncio.to_thread`) when ``body`` has at
-        least ``op.off_loop_bytes`` bytes (:data:`opsgate.operations.base.OFF_LOOP_BYTES`; 0 for
+        """:meth:`validate`, in a thread of the gateway's own pool (:data:`PREPARE_THREADS`, with
+        the caller's context variables, as :func:`asyncio.to_thread` passes them) when ``body`` has
+        at least ``op.off_loop_bytes`` bytes (:data:`opsgate.operations.base.OFF_LOOP_BYTES`; 0 for
         the calendar operations), so a long parse does not hold the event loop and with it every
         other request, health checks included (tester A F1: a 200-byte calendar held the process
         41 s; a 1.9 MB CSV held /healthz 2.5 s). A smaller body is validated on the loop, without
         the thread hop."""
         if len(body) < op.off_loop_bytes:
             return self.validate(op, variant, body, content_type)
-        return await asyncio.to_thread(self.validate, op, variant, body, content_type)
+        work = functools.partial(contextvars.copy_context().run, self.validate, op, variant, body, content_type)
+        return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, work)
 
     @step("validate")
     def validate(self, op: Operation, variant: Variant, body: bytes,
