@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 import opsgate
 from opsgate.cli import app
+from opsgate.config import Settings
 
 PASSWORD = "pw-" + secrets.token_hex(8)  # pragma: allowlist secret (generated at test time)
 SHORT_SECRET = "short-" + secrets.token_hex(2)  # pragma: allowlist secret (generated at test time)
@@ -57,6 +58,8 @@ CASES = [
                'or {"k": 1} (Expecting value)'),
     (lambda t: {"OPSGATE_LOG_LEVEL": "LOUD"}, ["toggles", "list"],
      lambda t: "error: OPSGATE_LOG_LEVEL (environment): must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG"),
+    (lambda t: {"OPSGATE_LEDGER_SYNCHRONOUS": "OFF"}, ["toggles", "list"],  # it was taken as FULL
+     lambda t: "error: OPSGATE_LEDGER_SYNCHRONOUS (environment): Input should be 'FULL' or 'NORMAL'"),
     (lambda t: {"OPSGATE_REDACTION_PHONE_REGIONS": '["XX"]'}, ["toggles", "list"],
      lambda t: "error: OPSGATE_REDACTION_PHONE_REGIONS (environment): unknown ISO 3166-1 alpha-2 "
                "region code(s) ['XX'] (e.g. US, GB, DE)"),
@@ -173,3 +176,7 @@ def test_a_provider_key_reference_that_cannot_be_resolved_is_one_line_naming_its
     result = CliRunner().invoke(app, ["run", "task-prioritize", "--input", str(example)], env=given)
     assert (result.exit_code, result.stderr.splitlines(), result.stdout) == (2, [
         f"error: {variable} (environment): {variable} is a 1Password reference but OP_CONNECT_HOST is not set"], "")
+
+
+def test_the_ledger_synchronous_pragma_ignores_case() -> None:
+    assert Settings(ledger_synchronous="normal").ledger_synchronous == "NORMAL"

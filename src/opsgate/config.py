@@ -257,7 +257,7 @@ class Settings(BaseSettings):
         description="Wait for a provider's token count when the byte bound does not fit a budget.",
     )
 
-    ledger_synchronous: str = Field(
+    ledger_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="SQLite PRAGMA synchronous for ledger commits (FULL or NORMAL)."
     )
     ledger_checkpoint_every: int = Field(
@@ -447,6 +447,11 @@ class Settings(BaseSettings):
         if level.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return level.upper()
+
+    @field_validator("ledger_synchronous", mode="before")
+    @classmethod
+    def _pragma_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value  # PRAGMA values ignore case
 
     @field_validator("redaction_phone_regions")
     @classmethod
