@@ -15,25 +15,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-import redis.asyncio as aioredis
+from tests.limitstores import REDIS_URL, FakeClock, redis_prefix
 
 from opsgate.metering.errors import RateLimitExceeded
 from opsgate.metering.ratelimit import RateLimiter, RateLimits
 from opsgate.metering.requestlimits import MemoryRequestLog, RedisRequestLog, RequestLog
 from opsgate.problems import problem_response
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = 1_000_000.25  # a start time whose sums with whole and half seconds are exact in binary
-
-
-class FakeClock:
-    """Seconds that move only when told to."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 MakeLog = Callable[[Callable[[], float] | None], RequestLog]
@@ -43,24 +32,15 @@ MakeLog = Callable[[Callable[[], float] | None], RequestLog]
 async def make_log(request: pytest.FixtureRequest) -> AsyncIterator[MakeLog]:
     """A factory of request logs on one store; every Redis log of one test shares a fresh prefix
     (so two of them are two replicas) and its keys are deleted afterwards."""
-    prefix = f"opsgate-test-{uuid.uuid4().hex}"
-    made: list[RedisRequestLog] = []
+    async with redis_prefix() as (prefix, made):
 
-    def make(clock: Callable[[], float] | None) -> RequestLog:
-        if request.param == "memory":
-            return MemoryRequestLog(clock) if clock is not None else MemoryRequestLog()
-        made.append(RedisRequestLog(REDIS_URL, prefix, clock))
-        return made[-1]
+        def make(clock: Callable[[], float] | None) -> RequestLog:
+            if request.param == "memory":
+                return MemoryRequestLog(clock) if clock is not None else MemoryRequestLog()
+            made.append(RedisRequestLog(REDIS_URL, prefix, clock))
+            return made[-1]
 
-    yield make
-    if made:
-        client = aioredis.from_url(REDIS_URL)
-        keys = [k async for k in client.scan_iter(f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        for log in made:
-            await log.close()
+        yield make
 
 
 async def _outcome(limiter: RateLimiter, user: str, operation: str) -> int | None:
@@ -73,7 +53,7 @@ async def _outcome(limiter: RateLimiter, user: str, operation: str) -> int | Non
 
 
 async def test_the_testers_sequence_admits_three_in_any_minute(make_log: MakeLog) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_rpm=5, user_operation_rpm=3), make_log(clock))
     outcomes = {}
     for second in range(71):  # one call a second for 70 s, as the tester did
@@ -86,7 +66,7 @@ async def test_the_testers_sequence_admits_three_in_any_minute(make_log: MakeLog
 
 
 async def test_a_request_leaves_the_window_exactly_60_s_after_it_was_admitted(make_log: MakeLog) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_rpm=1), make_log(clock))
     await limiter.admit("alice", "email-classify")
     clock.now = T0 + 59.5
@@ -96,7 +76,7 @@ async def test_a_request_leaves_the_window_exactly_60_s_after_it_was_admitted(ma
 
 
 async def test_a_request_refused_by_one_limit_is_counted_in_no_other(make_log: MakeLog) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_rpm=2, user_operation_rpm=2), make_log(clock))
     await limiter.admit("alice", "email-classify")
     await limiter.admit("alice", "email-classify")
@@ -114,7 +94,7 @@ async def test_a_request_refused_by_one_limit_is_counted_in_no_other(make_log: M
 
 
 async def test_fifty_concurrent_requests_against_a_limit_of_three_admit_three(make_log: MakeLog) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_rpm=3, user_operation_rpm=2), make_log(clock))
     operations = ["email-classify", "task-breakdown"]
     outcomes = await asyncio.gather(*(_outcome(limiter, "alice", operations[i % 2]) for i in range(50)))
@@ -129,7 +109,7 @@ async def test_concurrent_requests_refused_by_the_pair_limit_leave_the_user_limi
         make_log: MakeLog) -> None:
     # The old test-then-hit sequence let all 50 pass the pair test, then counted 10 of them in the
     # user limit before 8 of those lost the pair's last places: 2 admitted, the user limit full.
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_rpm=10, user_operation_rpm=2), make_log(clock))
     outcomes = await asyncio.gather(*(_outcome(limiter, "alice", "email-classify") for _ in range(50)))
     assert outcomes.count(None) == 2
@@ -148,7 +128,7 @@ async def test_two_replicas_sharing_redis_admit_three_between_them(make_log: Mak
 
 
 async def test_a_refusal_carries_the_ratelimit_fields_and_retry_after() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_rpm=5, user_operation_rpm=1), MemoryRequestLog(clock))
     await limiter.admit("alice", "email-classify")
     clock.now = T0 + 23
@@ -173,7 +153,7 @@ async def _ratelimit(limiter: RateLimiter, operation: str) -> str:
 
 async def test_an_admitted_request_carries_the_places_left_and_the_seconds_until_one_frees(
         make_log: MakeLog) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_operation_rpm=3), make_log(clock))
     fields = await limiter.admit("alice", "email-classify")
     assert fields == {"RateLimit-Policy": '"per-user-operation";q=3;w=60',
@@ -191,7 +171,7 @@ async def test_an_admitted_request_carries_the_places_left_and_the_seconds_until
 
 async def test_the_field_names_the_policy_with_the_fewest_places_and_on_a_tie_the_later_one(
         make_log: MakeLog) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limiter = RateLimiter(RateLimits(user_rpm=3, user_operation_rpm=2), make_log(clock))
     assert await _ratelimit(limiter, "email-classify") == '"per-user-operation";r=1;t=60'
     clock.now = T0 + 10  # 1 left in both: the user's frees at 60 s, task-breakdown's at 70 s
@@ -205,7 +185,7 @@ async def test_the_field_names_the_policy_with_the_fewest_places_and_on_a_tie_th
 
 async def test_a_request_logged_now_leaves_in_exactly_60_s_whatever_the_clock_reads(
         make_log: MakeLog) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     clock.now = 8161.962517661547  # 8161.962517661547 + 60 - 8161.962517661547 > 60
     limiter = RateLimiter(RateLimits(user_rpm=1), make_log(clock))
     assert await _ratelimit(limiter, "email-classify") == '"per-user";r=0;t=60'
@@ -213,7 +193,7 @@ async def test_a_request_logged_now_leaves_in_exactly_60_s_whatever_the_clock_re
 
 
 async def test_no_request_limit_gives_no_fields(make_log: MakeLog) -> None:
-    limiter = RateLimiter(RateLimits(user_tpm=1000, user_operation_tpm=500), make_log(FakeClock()))
+    limiter = RateLimiter(RateLimits(user_tpm=1000, user_operation_tpm=500), make_log(FakeClock(T0)))
     assert await limiter.admit("alice", "email-classify") == {}
 
 

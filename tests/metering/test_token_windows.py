@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-import redis.asyncio as aioredis
+from tests.limitstores import REDIS_URL, FakeClock, redis_prefix
 
 from opsgate.metering.tokenlimits import (
     MemoryTokenWindows,
@@ -24,20 +24,9 @@ from opsgate.metering.tokenlimits import (
     TokenWindows,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = 6_000_000.25  # one second before a whole minute (6,000,060 s is minute 100,001)
 USER = TokenScope("user:ada", 1000, "per user")
 PAIR = TokenScope("user-op:ada:email-classify", 600, "per user and operation")
-
-
-class FakeClock:
-    """Seconds that move only when told to."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 MakeWindows = Callable[[Callable[[], float] | None], TokenWindows]
@@ -47,28 +36,19 @@ MakeWindows = Callable[[Callable[[], float] | None], TokenWindows]
 async def make_windows(request: pytest.FixtureRequest) -> AsyncIterator[MakeWindows]:
     """A factory of token windows on one store; the Redis ones of a test share a fresh prefix (two
     of them are two replicas) and their keys are deleted afterwards."""
-    prefix = f"opsgate-test-{uuid.uuid4().hex}"
-    made: list[RedisTokenWindows] = []
+    async with redis_prefix() as (prefix, made):
 
-    def make(clock: Callable[[], float] | None) -> TokenWindows:
-        if request.param == "memory":
-            return MemoryTokenWindows(clock) if clock is not None else MemoryTokenWindows()
-        made.append(RedisTokenWindows(REDIS_URL, prefix, clock))
-        return made[-1]
+        def make(clock: Callable[[], float] | None) -> TokenWindows:
+            if request.param == "memory":
+                return MemoryTokenWindows(clock) if clock is not None else MemoryTokenWindows()
+            made.append(RedisTokenWindows(REDIS_URL, prefix, clock))
+            return made[-1]
 
-    yield make
-    if made:
-        client = aioredis.from_url(REDIS_URL)
-        keys = [k async for k in client.scan_iter(f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-        for windows in made:
-            await windows.close()  # type: ignore[attr-defined]
+        yield make
 
 
 async def test_a_burst_either_side_of_a_minute_boundary_stays_within_the_limit(make_windows: MakeWindows) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     windows = make_windows(clock)
     assert isinstance(await windows.take([USER], 1000), TokenHold)  # at 59.25 s into a minute
     clock.now = T0 + 31  # 30 s into the next minute: the counter weighed the 1000 as 500
@@ -81,7 +61,7 @@ async def test_a_burst_either_side_of_a_minute_boundary_stays_within_the_limit(m
 
 
 async def test_the_wait_is_until_enough_of_the_oldest_holds_have_left(make_windows: MakeWindows) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     windows = make_windows(clock)
     for step in range(4):  # 250 tokens at T0, T0 + 10, T0 + 20, T0 + 30
         clock.now = T0 + 10 * step
@@ -91,7 +71,7 @@ async def test_the_wait_is_until_enough_of_the_oldest_holds_have_left(make_windo
 
 
 async def test_settling_gives_back_what_was_not_billed(make_windows: MakeWindows) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     windows = make_windows(clock)
     hold = await windows.take([USER], 900)
     assert isinstance(hold, TokenHold)
@@ -102,7 +82,7 @@ async def test_settling_gives_back_what_was_not_billed(make_windows: MakeWindows
 
 
 async def test_a_settlement_after_the_hold_left_the_window_changes_nothing(make_windows: MakeWindows) -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     windows = make_windows(clock)
     hold = await windows.take([USER], 1000)
     assert isinstance(hold, TokenHold)
@@ -113,7 +93,7 @@ async def test_a_settlement_after_the_hold_left_the_window_changes_nothing(make_
 
 
 async def test_all_or_none_across_scopes(make_windows: MakeWindows) -> None:
-    windows = make_windows(FakeClock())
+    windows = make_windows(FakeClock(T0))
     assert isinstance(await windows.take([USER, PAIR], 500), TokenHold)
     refused = await windows.take([USER, PAIR], 200)  # the user has room, the pair does not
     assert isinstance(refused, Refusal) and refused.scope == PAIR

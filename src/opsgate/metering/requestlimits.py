@@ -116,7 +116,9 @@ class MemoryRequestLog:
         return RequestQuota(fewest, left, _wait_s(WINDOW_S - (now - oldest)))
 
 
-_ADMIT = """
+# The head of a Lua script over logs of one window: ``now`` (ARGV[1], or the Redis server's TIME
+# when it is empty) as ``score``, the time as logged with 6 decimals, and ``window`` (ARGV[2], s).
+LUA_NOW = """
 local now = tonumber(ARGV[1])
 if now == nil then
   local t = redis.call('TIME')
@@ -124,7 +126,10 @@ if now == nil then
 end
 local window = tonumber(ARGV[2])
 local score = string.format('%.6f', now)
-now = tonumber(score)  -- the time as logged: a request logged now is exactly 0 s old
+now = tonumber(score)  -- the time as logged: an entry logged now is exactly 0 s old
+"""
+
+_ADMIT = LUA_NOW + """
 local fewest, left, leaves = 0, 0, 0
 for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.6f', now - window))

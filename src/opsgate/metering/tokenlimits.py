@@ -40,6 +40,8 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from opsgate.metering.requestlimits import LUA_NOW
+
 WINDOW_S = 60
 
 
@@ -111,7 +113,7 @@ class _Log:
         for at, tokens in self.holds.values():
             left -= int(tokens)
             if left + amount <= limit:
-                return at + WINDOW_S - now
+                return WINDOW_S - (now - at)
         return float(WINDOW_S)
 
 
@@ -150,13 +152,7 @@ class MemoryTokenWindows:
                 entry[1] = actual
 
 
-_TAKE = """
-local now = tonumber(ARGV[1])
-if now == nil then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local window = tonumber(ARGV[2])
+_TAKE = LUA_NOW + """
 local amount = tonumber(ARGV[4])
 local oldest = string.format('%.6f', now - window)
 local n = #KEYS / 2
@@ -179,14 +175,14 @@ for i = 1, n do
     for j = 1, #holds, 2 do
       left = left - tonumber(redis.call('HGET', held, holds[j]) or '0')
       if left + amount <= limit then
-        return {i, string.format('%.6f', tonumber(holds[j + 1]) + window - now)}
+        return {i, string.format('%.6f', window - (now - tonumber(holds[j + 1])))}
       end
     end
     return {i, string.format('%.6f', window)}
   end
 end
 for i = 1, n do
-  redis.call('ZADD', KEYS[2 * i - 1], string.format('%.6f', now), ARGV[3])
+  redis.call('ZADD', KEYS[2 * i - 1], score, ARGV[3])
   redis.call('HSET', KEYS[2 * i], ARGV[3], amount)
   redis.call('HINCRBY', KEYS[2 * i], '=total', amount)
   redis.call('PEXPIRE', KEYS[2 * i - 1], window * 1000)
