@@ -97,6 +97,7 @@ from opsgate.monitoring.models import outbox, signals, workers
 from opsgate.operations import OPERATIONS
 from opsgate.operations.io import input_from_file
 from opsgate.security.auth import TokenService
+from opsgate.security.users import add_user
 from opsgate.store.db import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -608,6 +609,7 @@ class Chaos:
         try:
             await self.setup()
             tokens = TokenService(Settings(jwt_secret=self.jwt_secret), SystemClock())
+            add_user(self.engine, SystemClock(), "chaos-operator", "admin")  # a local admin token needs its row
             self.admin = tokens.issue("chaos-operator", "admin")
             load = Load(f"http://127.0.0.1:{self.balancer.port}",
                         {u: tokens.issue(u, "user") for u in self.users}, _bodies())

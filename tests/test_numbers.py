@@ -82,10 +82,12 @@ def test_api_path_and_query_numbers_follow_the_grammar(tmp_path: Path) -> None:
 
     from opsgate.clock import ManualClock
     from opsgate.security.auth import TokenService
+    from opsgate.security.users import add_user
 
     settings = gateway_settings(tmp_path)
     admin = {"Authorization": f"Bearer {TokenService(settings, ManualClock(datetime.now(UTC))).issue('root', 'admin')}"}
     with running_gateway(settings) as gateway:
+        add_user(gateway.runtime.engine, gateway.runtime.clock, "root", "admin")  # its admin token needs the row
         for window in ("3_600", "\uff13\uff16\uff10\uff10", " 3600"):
             answer = gateway.client.get("/v1/health", params={"window": window}, headers=admin)
             assert (answer.status_code, answer.json()["code"]) == (422, "invalid_input"), window

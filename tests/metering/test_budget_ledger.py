@@ -27,6 +27,7 @@ from opsgate.metering.errors import BudgetConflict
 from opsgate.metering.models import ANY, budget_counters, budget_outcomes, budget_reservations, budgets
 from opsgate.metering.reservations import expire_reservations, reserve, settle
 from opsgate.security.auth import TokenService
+from opsgate.security.users import add_user
 from opsgate.store.db import make_engine
 
 NOW = datetime(2026, 12, 5, 9, tzinfo=UTC)
@@ -80,6 +81,7 @@ def test_the_admin_api_ledgers_the_change_as_the_admin(tmp_path: Path) -> None:
     tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
     admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
     with running_gateway(settings) as gateway:
+        add_user(gateway.runtime.engine, gateway.runtime.clock, "root", "admin")  # its admin token needs the row
         for body in ({"user_id": "alice", "period": "day", "limit_usd": "0.010"},
                      {"user_id": "alice", "period": "day", "limit_usd": "0.020", "on_exhausted": "cheaper"}):
             answer = gateway.client.put("/v1/admin/budgets", headers=admin, json=body)
@@ -161,6 +163,7 @@ def test_the_admin_api_deletes_a_budget_as_the_admin(tmp_path: Path) -> None:
     tokens = TokenService(settings, ManualClock(datetime.now(UTC)))
     admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
     with running_gateway(settings) as gateway:
+        add_user(gateway.runtime.engine, gateway.runtime.clock, "root", "admin")  # its admin token needs the row
         runtime = gateway.runtime
         made = gateway.client.put("/v1/admin/budgets", headers=admin,
                                   json={"user_id": "alice", "period": "day", "limit_usd": "0.010"}).json()

@@ -30,6 +30,7 @@ from opsgate.metering.worstcase import (
 from opsgate.numbers import DECIMAL_RULE
 from opsgate.providers.base import CompletionRequest
 from opsgate.security.auth import TokenService
+from opsgate.security.users import add_user
 from opsgate.store.db import make_engine, upgrade
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
@@ -121,6 +122,7 @@ def test_admin_api_sets_and_lists_budgets(tmp_path: Path) -> None:
     admin = {"Authorization": f"Bearer {tokens.issue('root', 'admin')}"}
     user = {"Authorization": f"Bearer {tokens.issue('alice', 'user')}"}
     with running_gateway(settings) as gateway:
+        add_user(gateway.runtime.engine, gateway.runtime.clock, "root", "admin")  # its admin token needs the row
         client = gateway.client
         put = client.put("/v1/admin/budgets", headers=admin,
                          json={"user_id": "alice", "period": "day", "limit_usd": "0.010"})
@@ -172,6 +174,7 @@ def test_admin_api_refuses_bad_budgets_with_the_clis_messages(tmp_path: Path) ->
         ({**day, "period": "mon"}, "period must be one of day, month"),
     ]
     with running_gateway(settings) as gateway:
+        add_user(gateway.runtime.engine, gateway.runtime.clock, "root", "admin")  # its admin token needs the row
         for body, message in refused:
             answer = gateway.client.put("/v1/admin/budgets", headers=admin, json=body)
             assert (answer.status_code, answer.json()["code"], answer.json()["detail"]) == (

@@ -32,6 +32,7 @@ from opsgate.providers.registry import ANTHROPIC_DEFAULT_MODEL, DEEPSEEK_DEFAULT
 from opsgate.runtime import Runtime
 from opsgate.security import metrics_token
 from opsgate.store.models import ai_operation_log
+from opsgate.security.users import add_user
 
 
 @dataclass
@@ -64,6 +65,7 @@ def scraped(tmp_path: Path) -> Iterator[Scraped]:
 
 
 def test_metrics_scrape_token_is_still_accepted_after_the_jwt_lifetime(scraped: Scraped) -> None:
+    add_user(scraped.runtime.engine, scraped.clock, "ops", "operator")  # a local operator token needs its row
     operator_jwt = scraped.runtime.tokens.issue("ops", "operator")
     assert scraped.metrics(operator_jwt).status_code == 200
     assert scraped.metrics(scraped.token).status_code == 200

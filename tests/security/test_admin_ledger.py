@@ -90,6 +90,7 @@ def test_every_admin_change_over_the_api_is_one_ledger_entry_by_the_admin(tmp_pa
     with running_gateway(gateway_settings(tmp_path)) as gateway:
         runtime = gateway.runtime
         add_user(runtime.engine, runtime.clock, "ada", "user")
+        add_user(runtime.engine, runtime.clock, "root", "admin")  # a local admin token needs its row
         admin = {"Authorization": f"Bearer {runtime.tokens.issue('root', 'admin')}"}
         made: dict[str, str] = {}
 

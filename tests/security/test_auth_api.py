@@ -230,3 +230,18 @@ def test_security_headers_on_every_response(gw):
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
         assert response.headers["x-frame-options"] == "DENY"
         assert response.headers["referrer-policy"] == "no-referrer"
+
+
+def test_a_local_admin_token_for_a_user_with_no_row_is_only_a_user(gw):
+    """Tester A F5: a locally signed ``{"sub": "ghost-admin", "role": "admin"}`` got 200 on admin
+    routes, and could be neither demoted nor revoked (``PUT /v1/admin/users/ghost-admin`` is 404).
+    opsgate issues local tokens only for existing users, so a row-less one is capped at ``user``."""
+    from opsgate.clock import SystemClock
+    from opsgate.security.auth import TokenService
+
+    ghost = {"Authorization": f"Bearer {TokenService(gw.settings, SystemClock()).issue('ghost-admin', 'admin')}"}
+    refused = gw.client.get("/v1/admin/budgets", headers=ghost)
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+    assert gw.client.get("/v1/me/settings", headers=ghost).status_code == 200  # still a user
+    root = {"Authorization": f"Bearer {_login(gw, 'root', PASSWORD + '!').json()['access_token']}"}
+    assert gw.client.get("/v1/admin/budgets", headers=root).status_code == 200  # a row: its role

@@ -247,3 +247,21 @@ def test_an_idp_token_issued_in_the_future_is_refused_even_with_an_nbf(clock):
     for over, reason in (({"iat": now + 600}, "not valid yet"), ({"iat": "yesterday"}, "malformed")):
         with pytest.raises(Unauthorized, match=reason):
             service.verify(jwt.encode(_claims(clock, **over), secret, algorithm="HS256"))
+
+
+def test_an_idp_principal_without_a_users_row_keeps_the_role_the_idp_asserts(clock, tmp_path):
+    """IdP users have no row by design: their role comes from OPSGATE_IDP_ROLE_CLAIM, so
+    current_principal does not cap them (a local token without a row is capped at user)."""
+    from opsgate.security.users import current_principal
+    from opsgate.store.db import make_engine, upgrade
+
+    url = f"sqlite:///{tmp_path / 'idp.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    secret = secrets.token_urlsafe(48)
+    service = _service(clock, idp_hs256_secret=secret, idp_role_claim="app_role")
+    idp = service.verify(jwt.encode(_claims(clock, app_role="operator"), secret, algorithm="HS256"))
+    local = service.verify(service.issue("ghost", "operator"))
+    assert current_principal(engine, idp).roles == ("operator",)
+    assert current_principal(engine, local).roles == ("user",)
+    engine.dispose()

@@ -57,6 +57,7 @@ from opsgate.rollout.controller import Action, State
 from opsgate.rollout.service import RolloutEvent
 from opsgate.runtime import Runtime
 from opsgate.security.auth import TokenService
+from opsgate.security.users import add_user
 
 START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 TOKEN_REFRESH_S = 50 * 60
@@ -149,6 +150,7 @@ class _Run:
         self.rollout_id = 0
         self.end = START + timedelta(hours=config.hours)
         self.secrets = _secrets(runtime.settings)
+        add_user(runtime.engine, clock, ADMIN, "admin")  # its admin calls need a row (current_principal)
 
     # the run ---------------------------------------------------------------------------------
     async def execute(self, http: aiohttp.ClientSession, notify: aiohttp.ClientSession,

@@ -36,10 +36,13 @@ _REQUIRED = ["sub", "role", "iss", "aud", "iat", "nbf", "exp"]
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: ``user_id`` and ``roles`` (a tuple of role names)."""
+    """Who is calling: ``user_id`` and ``roles`` (a tuple of role names); ``external`` for an
+    identity provider's user, whose role the IdP asserts (a local token's role is opsgate's own,
+    and is trusted on a privileged route only as far as the user's ``users`` row allows)."""
 
     user_id: str
     roles: tuple[str, ...]
+    external: bool = False
 
 
 def signing_key(settings: Settings) -> bytes:
@@ -94,7 +97,7 @@ class TokenService:
         """
         if self._idp is not None and _unverified_issuer(token) == self._idp.issuer:
             user_id, role = self._idp.verify(token)
-            return Principal(user_id=user_id, roles=(role,))
+            return Principal(user_id=user_id, roles=(role,), external=True)
         claims = self._verified.get(token)
         if claims is None:
             claims = self._decode(token)

@@ -78,11 +78,15 @@ def current_principal(engine: Engine, principal: Principal) -> Principal:
     lower of the token's role and the row's, so a demotion applies to tokens issued before it (a
     promotion needs a new token, e.g. a refresh). One primary-key read; for privileged routes.
 
-    A principal without a row keeps its token's role: no role change can have happened to it
-    (identity-provider users, users the rehearsal and tests mint tokens for)."""
+    A principal without a row: an identity provider's user (``external``) keeps the role the IdP
+    asserts; a local token's is capped at ``user`` (tester A F5: a locally signed admin token for
+    a user that does not exist could be neither demoted nor revoked). opsgate issues local tokens
+    only for existing users, so such a token was minted outside the user table."""
     with engine.connect() as conn:
         role = conn.execute(select(users.c.role).where(users.c.user_id == principal.user_id)).scalar()
-    return principal if role is None else capped(principal, role)
+    if role is None:
+        return principal if principal.external else capped(principal, "user")
+    return capped(principal, role)
 
 
 def _role_change(user_id: str, role: str, created_at: datetime | None) -> InTransaction[str | None]:
