@@ -38,6 +38,7 @@ MIN_REQUESTS = 20
 
 
 def _admin(gateway: Gateway) -> dict[str, str]:
+    add_user(gateway.runtime.engine, gateway.runtime.clock, "root", "admin")  # a local admin token needs its row
     return {"Authorization": f"Bearer {gateway.runtime.tokens.issue('root', 'admin')}"}
 
 
