@@ -84,8 +84,12 @@ async def test_close_stops_everything_start_runtime_opened(tmp_path: Path, sandb
     threads_before = _ledger_threads()
     runtime = await start_runtime(gateway_settings(tmp_path, ledger_signing_key_file=tmp_path / "ledger.key"))
     assert len(_ledger_threads() - threads_before) == 1 and len(_checkpoint_tasks()) == 1
+    pool = runtime.gateway._prepare_pool  # the thread a large or calendar input is prepared in
+    preparer = await asyncio.get_running_loop().run_in_executor(pool, threading.current_thread)
     await runtime.close()
     assert _ledger_threads() - threads_before == set()
+    preparer.join(5)
+    assert not preparer.is_alive()
     assert await _refuses(sandboxes[0].base_urls["anthropic"])
     assert _checkpoint_tasks() == [] and runtime.session.closed
 

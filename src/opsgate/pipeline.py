@@ -391,6 +391,10 @@ class Gateway:
                 "live_cost_micro_usd": live.cost_micro_usd, "shadow_cost_micro_usd": cost,
                 "created_at": self._clock.now()}
 
+    def close_prepare_pool(self) -> None:
+        """Shutdown: let the :meth:`prepare` threads end once their work is done (no wait)."""
+        self._prepare_pool.shutdown(wait=False)
+
     async def drain_shadows(self, timeout_s: float = SHADOW_DRAIN_S) -> None:
         """Shutdown: wait up to ``timeout_s`` for the shadow calls in flight, then cancel the
         rest (a cancelled call's reservation expires and is charged its worst case, like any

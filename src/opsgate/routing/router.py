@@ -117,7 +117,6 @@ class _Call:
 
     request: CompletionRequest
     policy: RoutePolicy
-    chain: tuple[Target, ...]
     deadline: float
     admit: Admit | None = None
     attempts: list[Attempt] = field(default_factory=list)
@@ -234,7 +233,7 @@ class Router:
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
         chain = self.chain(policy)
-        call = _Call(request, policy, chain, deadline, admit)
+        call = _Call(request, policy, deadline, admit)
         if self._windows is not None:
             call.too_small = self._windows.too_small(request, chain)
         failures: list[ProviderError] = []
