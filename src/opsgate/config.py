@@ -295,6 +295,10 @@ class Settings(BaseSettings):
     idp_hs256_secret: SecretStr | None = Field(default=None, description="IdP HS256 shared secret.")
     idp_jwks_url: str | None = Field(default=None, description="IdP JWKS URL (RS256/ES256 keys).")
     idp_algorithm: str = Field(default="RS256", description="Pinned JWKS algorithm: RS256 or ES256.")
+    idp_clock_skew_s: float = Field(
+        default=60.0, ge=0, le=300,
+        description="Leeway for the IdP's exp/nbf/iat against this clock (s; RFC 7519 §4.1.4).",
+    )
     idp_role_claim: str | None = Field(
         default=None, description="Claim holding user|operator|admin; unset = every IdP user is `user`."
     )

@@ -151,8 +151,8 @@ def _attacks(clock, rsa_key):
     return {
         "alg_none": f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': 'k1'})}.{_b64(good)}.",
         "hs_rs_confusion": hs_confusion,
-        "expired": jwt.encode({**good, "exp": good["iat"] - 1}, rsa_key, algorithm="RS256", headers={"kid": "k1"}),
-        "not_yet_valid": jwt.encode({**good, "nbf": good["iat"] + 60}, rsa_key, algorithm="RS256", headers={"kid": "k1"}),
+        "expired": jwt.encode({**good, "exp": good["iat"] - 61}, rsa_key, algorithm="RS256", headers={"kid": "k1"}),
+        "not_yet_valid": jwt.encode({**good, "nbf": good["iat"] + 61}, rsa_key, algorithm="RS256", headers={"kid": "k1"}),
         "wrong_audience": jwt.encode({**good, "aud": "other"}, rsa_key, algorithm="RS256", headers={"kid": "k1"}),
         "tampered": tampered,
         "unknown_kid": jwt.encode(good, rsa_key, algorithm="RS256", headers={"kid": "nope"}),
@@ -202,7 +202,7 @@ def test_hs256_idp_refuses_an_rs256_token_and_alg_none(clock, rsa_key):
     for token in (
         jwt.encode(_claims(clock), rsa_key, algorithm="RS256"),
         f"{_b64({'alg': 'none'})}.{_b64(_claims(clock))}.",
-        jwt.encode(_claims(clock, exp=int(clock.now().timestamp())), secret, algorithm="HS256"),
+        jwt.encode(_claims(clock, exp=int(clock.now().timestamp()) - 61), secret, algorithm="HS256"),
     ):
         with pytest.raises(Unauthorized):
             service.verify(token)
@@ -265,3 +265,20 @@ def test_an_idp_principal_without_a_users_row_keeps_the_role_the_idp_asserts(clo
     assert current_principal(engine, idp).roles == ("operator",)
     assert current_principal(engine, local).roles == ("user",)
     engine.dispose()
+
+
+def test_an_idp_token_is_allowed_the_idp_clock_skew_and_no_more(clock):
+    """The IdP's clock is another machine's: a token used the moment it was issued by a clock a
+    few seconds ahead (or just past its exp by a slower one) passes within OPSGATE_IDP_CLOCK_SKEW_S
+    (60 s by default); beyond it, it is refused as before. Local tokens get no leeway."""
+    secret = secrets.token_urlsafe(48)
+    now = int(clock.now().timestamp())
+    service = _service(clock, idp_hs256_secret=secret)
+    for over in ({"iat": now + 5, "nbf": now + 5}, {"exp": now - 5}, {"iat": now + 60, "nbf": now + 60}):
+        assert service.verify(jwt.encode(_claims(clock, **over), secret, algorithm="HS256")).user_id == "6f1c-user"
+    for over, reason in (({"iat": now + 61, "nbf": now + 61}, "not valid yet"), ({"exp": now - 60}, "expired")):
+        with pytest.raises(Unauthorized, match=reason):
+            service.verify(jwt.encode(_claims(clock, **over), secret, algorithm="HS256"))
+    strict = _service(clock, idp_hs256_secret=secret, idp_clock_skew_s=0)
+    with pytest.raises(Unauthorized, match="not valid yet"):
+        strict.verify(jwt.encode(_claims(clock, iat=now + 5, nbf=now + 5), secret, algorithm="HS256"))

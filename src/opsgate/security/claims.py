@@ -1,6 +1,6 @@
-"""The time claims of a JWT (RFC 7519 §4.1.4-4.1.6), checked against the injected clock with no
-leeway, for local tokens (:mod:`opsgate.security.auth`) and identity-provider tokens
-(:mod:`opsgate.security.idp`) alike.
+"""The time claims of a JWT (RFC 7519 §4.1.4-4.1.6), checked against the injected clock, for local
+tokens (:mod:`opsgate.security.auth`, no leeway) and identity-provider tokens
+(:mod:`opsgate.security.idp`, ``idp_clock_skew_s`` of leeway: another machine's clock) alike.
 
 A NumericDate (§2) is a JSON number of seconds since the epoch: an int or a float, never a
 boolean or a string. ``exp`` and ``iat`` are required, ``nbf`` is checked when present. Refusals
@@ -18,14 +18,17 @@ from typing import Any
 from opsgate.security.errors import AuthFailure, Unauthorized
 
 
-def check_times(claims: Mapping[str, Any], now: float) -> None:
+def check_times(claims: Mapping[str, Any], now: float, leeway_s: float = 0.0) -> None:
     """Check ``exp``, ``iat`` and (when present) ``nbf`` of ``claims`` at ``now`` (seconds since
-    the epoch, from the injected clock). Raises :class:`Unauthorized` as the module says."""
+    the epoch, from the injected clock), allowing ``leeway_s`` seconds of clock skew between the
+    issuer and this process (RFC 7519 §4.1.4/§4.1.5: "some small leeway, usually no more than a
+    few minutes"; 0 for opsgate's own tokens, which this process's clock issues). Raises
+    :class:`Unauthorized` as the module says."""
     times = [claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])]
     if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
         raise Unauthorized(AuthFailure.MALFORMED)
     exp, iat, nbf = times
-    if now >= exp:
+    if now - leeway_s >= exp:
         raise Unauthorized(AuthFailure.EXPIRED)
-    if now < nbf or now < iat:
+    if now + leeway_s < nbf or now + leeway_s < iat:
         raise Unauthorized(AuthFailure.NOT_YET_VALID)

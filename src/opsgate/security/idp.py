@@ -10,7 +10,8 @@ Configured by ``idp_issuer`` and ``idp_audience`` plus exactly one key source:
 
 Each mode pins its algorithm list, so ``alg: none`` and HS/RS confusion (an RSA public key used as
 an HMAC secret) cannot verify. ``iss``, ``aud``, ``exp``, ``nbf`` (when present) and ``iat`` are
-checked against the injected clock with no leeway. The principal is ``sub`` with the role from
+checked against the injected clock, with ``idp_clock_skew_s`` of leeway (default 60 s) for the
+IdP's own clock. The principal is ``sub`` with the role from
 ``idp_role_claim`` when configured (a value outside user/operator/admin is refused), else ``user``.
 """
 
@@ -42,6 +43,7 @@ class IdpVerifier:
         self.issuer = settings.idp_issuer
         self._audience = settings.idp_audience
         self._role_claim = settings.idp_role_claim
+        self._skew_s = settings.idp_clock_skew_s
         self._clock = clock
         self._secret = settings.idp_hs256_secret.get_secret_value().encode() if settings.idp_hs256_secret else None
         if self._secret is not None and len(self._secret) < 32:
@@ -74,7 +76,7 @@ class IdpVerifier:
             raise Unauthorized(jwt_failure(exc)) from None
         if not isinstance(claims["sub"], str):
             raise Unauthorized(AuthFailure.MALFORMED)
-        check_times(claims, self._clock.now().timestamp())
+        check_times(claims, self._clock.now().timestamp(), self._skew_s)
         return claims["sub"], self._role(claims)
 
     def _jwk(self, token: str) -> Any:
