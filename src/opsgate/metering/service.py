@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -53,6 +54,7 @@ from opsgate.providers.base import CompletionRequest
 from opsgate.store.db import savepoint
 
 log = logging.getLogger("opsgate.metering")
+T = TypeVar("T")
 
 class MeteringService:
     """Rate limits, budget reservations and settlements for one gateway process.
@@ -250,17 +252,23 @@ class _Reserve:
         once leaves the works to meet it on their own (each then refuses with 503)."""
         first = works[0].service
         if len(works) > 1 and all(w.service is first for w in works):
-            try:
-                with savepoint(conn):
-                    held = hold_at_once(conn, first.clock, [w.hold for w in works],
-                                        first.reservation_ttl_s)
-            except Exception:
-                log.warning("holding a ledger batch's reservations at once failed; holding them one by one",
-                            exc_info=True)
-                held = None
+            held = _at_once(conn, "holding", lambda: hold_at_once(
+                conn, first.clock, [w.hold for w in works], first.reservation_ttl_s))
             if held is not None:
                 return list(held)
         return [_run(conn, work) for work in works]
+
+
+def _at_once(conn: Connection, doing: str, attempt: Callable[[], T | None]) -> T | None:
+    """``attempt()`` (a ledger batch's holds or settlements at once) in a savepoint; ``None``,
+    logged, when it raises, for the caller to go one by one."""
+    try:
+        with savepoint(conn):
+            return attempt()
+    except Exception:
+        log.warning("%s a ledger batch's reservations at once failed; %s them one by one",
+                    doing, doing, exc_info=True)
+        return None
 
 
 def _run(conn: Connection, work: _Reserve) -> Reservation | OpsgateError:
@@ -281,13 +289,16 @@ class _Settle:
 
     def __call__(self, conn: Connection) -> Settlement | None:
         c, service = self.charge, self.service
-        if not c.reservation.budgets:  # nothing was held: nothing to write
+
+        def settle() -> Settlement:
             return charge(conn, service.clock, c.reservation, c.actual_micro_usd,
                           unknown_usage=c.unknown_usage, estimated=c.estimated)
+
+        if not c.reservation.budgets:  # nothing was held: nothing to write
+            return settle()
         try:
             with savepoint(conn):
-                return charge(conn, service.clock, c.reservation, c.actual_micro_usd,
-                              unknown_usage=c.unknown_usage, estimated=c.estimated)
+                return settle()
         except Exception as exc:
             self.loop.call_soon_threadsafe(
                 service._publish, ENFORCEMENT_ERROR, c.reservation.operation,
@@ -303,13 +314,8 @@ class _Settle:
         held = [w for w in works if w.charge.reservation.budgets]
         first = works[0].service
         if len(held) > 1 and all(w.service is first for w in works):
-            try:
-                with savepoint(conn):
-                    settled = charge_at_once(conn, first.clock, [w.charge for w in held])
-            except Exception:
-                log.warning("settling a ledger batch's reservations at once failed; settling them "
-                            "one by one", exc_info=True)
-                settled = None
+            settled = _at_once(conn, "settling",
+                               lambda: charge_at_once(conn, first.clock, [w.charge for w in held]))
             if settled is not None:
                 at_once = iter(settled)
                 return [next(at_once) if w.charge.reservation.budgets else w(conn) for w in works]
