@@ -187,6 +187,8 @@ def test_error_class_defaults_and_detail_sanitising() -> None:
     assert error_class(table, 503) is Overloaded
     assert error_class(table, 502) is ServerError
     assert error_class(table, 418) is InvalidRequest
+    assert error_class(table, 408) is ServerError  # the provider gave up waiting: retried, falls back
+    assert error_class(table, 408)("x", http_status=408).timed_out
     assert error_detail(529, "overloaded_error") == "HTTP 529 overloaded_error"
     assert error_detail(500, "see https://evil.example/x?key=1") == "HTTP 500"
     assert error_detail(500, None) == "HTTP 500"

@@ -105,7 +105,6 @@ async def test_without_retry_after_waits_full_jitter_exponential_backoff() -> No
         Overloaded("anthropic", http_status=503),
         ServerError("anthropic", http_status=500),
         ServerError("anthropic", http_status=502),
-        ServerError("anthropic", http_status=504),
         ConnectionFailed("anthropic"),
         RateLimited("anthropic", http_status=429, retry_after=1.0),
     ],
@@ -289,3 +288,69 @@ async def test_429_and_529_on_the_primary_are_still_retried_while_fallbacks_rema
     assert kinds(routed.attempts) == [("anthropic", "rate_limited"), ("anthropic", "overloaded"),
                                       ("anthropic", "ok")]
     assert s.sleep.waits == [2.0, 0.25]
+
+
+# ------------------------------------------- late failures leave time for the fallbacks too
+# A failure that says the provider is not answering in time (408, 504) or that took at least
+# half of its attempt's limit falls through like a timeout; fast failures keep their retries.
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ServerError("anthropic", "HTTP 504 timeout_error", http_status=504),
+        ServerError("gemini", "HTTP 504 DEADLINE_EXCEEDED", http_status=504),
+        ServerError("deepseek", "HTTP 408", http_status=408),
+    ],
+    ids=lambda e: f"{e.provider}-{e.http_status}",
+)
+async def test_a_provider_saying_it_did_not_answer_in_time_is_left_at_once(error: ServerError) -> None:
+    s = Setup(anthropic=[error] * 3)
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=10.0))
+    assert kinds(routed.attempts) == [("anthropic", "server_error"), ("deepseek", "ok")]
+    assert (s.calls("anthropic"), s.sleep.waits) == (1, [])
+
+
+async def test_a_slow_overload_falls_back_with_the_rest_of_the_deadline() -> None:
+    """A 529 after 4 of the attempt's 5 s: retried in place, the deadline ran out and the
+    fallbacks were recorded deadline_exceeded without a call."""
+    s = Setup(anthropic=[Overloaded("anthropic", http_status=529)] * 3)
+    s.providers["anthropic"].latency_s = 4.0
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=10.0))
+    assert kinds(routed.attempts) == [("anthropic", "overloaded"), ("deepseek", "ok")]
+    assert s.providers["deepseek"].calls == [("deepseek-chat", 5.0)]
+    assert s.sleep.waits == []
+
+
+@pytest.mark.parametrize(("latency_s", "attempts"), [(2.4, 2), (2.5, 1)])
+async def test_a_failure_is_late_from_half_of_its_attempt_limit(latency_s: float, attempts: int) -> None:
+    s = Setup(anthropic=[ServerError("anthropic", http_status=500)])
+    s.providers["anthropic"].latency_s = latency_s
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=20.0))
+    assert s.calls("anthropic") == attempts
+    assert routed.completion.provider == ("anthropic" if attempts == 2 else "deepseek")
+
+
+async def test_the_limit_a_failure_is_measured_against_shrinks_with_the_deadline() -> None:
+    """After a 3 s wait, 3 s of the deadline are left: a 500 after 1.6 s is under half of
+    timeout_s (5 s) but over half of the attempt's limit (3 s)."""
+    s = Setup()
+
+    def slow_500() -> ServerError:
+        s.clock.advance(1.6)
+        return ServerError("anthropic", http_status=500)
+
+    s.providers["anthropic"].script = [RateLimited("anthropic", http_status=429, retry_after=3.0), slow_500]
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=6.0))
+    assert kinds(routed.attempts) == [("anthropic", "rate_limited"), ("anthropic", "server_error"),
+                                      ("deepseek", "ok")]
+    assert s.providers["anthropic"].calls == [("claude-opus-4-5", 5.0), ("claude-opus-4-5", 3.0)]
+    assert s.providers["deepseek"].calls == [("deepseek-chat", pytest.approx(1.4))]
+
+
+async def test_the_last_callable_target_retries_its_late_failures_within_the_deadline() -> None:
+    s = Setup(anthropic=[ServerError("anthropic", "HTTP 504 timeout_error", http_status=504)])
+    s.providers["anthropic"].latency_s = 4.0
+    routed = await s.router.complete(REQUEST, policy(chain=CHAIN[:1], timeout_s=5.0, total_timeout_s=10.0))
+    assert kinds(routed.attempts) == [("anthropic", "server_error"), ("anthropic", "ok")]
+    assert s.sleep.waits == [0.125]

@@ -50,6 +50,19 @@ class ProviderError(OpsgateError):
         """A short stable name for logs and the operation log, e.g. ``rate_limited``."""
         return _KINDS.get(type(self), "provider_error")
 
+    @property
+    def timed_out(self) -> bool:
+        """Whether the failure says the provider did not answer in time: HTTP 408 Request Timeout
+        or 504 Gateway Timeout (Anthropic ``timeout_error``, Gemini ``DEADLINE_EXCEEDED``,
+        a proxy's gateway timeout; RFC 9110 §15.5.9, §15.6.5), or our own attempt timeout
+        (:class:`ProviderTimeout`). The router does not retry these in place while a later
+        target can be called."""
+        return self.http_status in TIMED_OUT_STATUSES
+
+
+TIMED_OUT_STATUSES = frozenset({408, 504})
+"""Provider statuses that mean "no answer in time" (:attr:`ProviderError.timed_out`)."""
+
 
 class RateLimited(ProviderError):
     """429 with a wait we can honour (Retry-After, Anthropic reset headers, Gemini RetryInfo)."""
@@ -74,7 +87,8 @@ class Overloaded(ProviderError):
 
 
 class ServerError(ProviderError):
-    """500, 502, 504 from the provider."""
+    """500, 502, 504 and other 5xx from the provider, and 408 Request Timeout (the provider gave
+    up waiting; RFC 9110 §15.5.9 lets the client repeat the request)."""
 
     retryable = True
     title = "The AI provider failed"
@@ -82,10 +96,16 @@ class ServerError(ProviderError):
 
 class ProviderTimeout(ProviderError):
     """No complete answer within the policy's timeout. Retryable, but the router retries it
-    only on the chain's last callable target (a hanging target would use up the deadline)."""
+    only on the chain's last callable target (a hanging target would use up the deadline; see
+    :attr:`ProviderError.timed_out`)."""
 
     retryable = True
     title = "The AI provider timed out"
+
+    @property
+    def timed_out(self) -> bool:
+        """Always ``True``: no answer within the attempt's time limit."""
+        return True
 
 
 class ConnectionFailed(ProviderError):

@@ -319,10 +319,11 @@ def _number(value: str | None) -> float | None:
 
 def error_class(table: Mapping[int, type[ProviderError]], status: int) -> type[ProviderError]:
     """The error class for a non-2xx ``status`` from a provider's ``table``; statuses the table
-    does not name map to :class:`ServerError` (5xx) or :class:`InvalidRequest` (anything else)."""
+    does not name map to :class:`ServerError` (5xx, and 408 Request Timeout: the provider gave up
+    waiting, which says nothing against the request) or :class:`InvalidRequest` (anything else)."""
     if status in table:
         return table[status]
-    return ServerError if status >= 500 else InvalidRequest
+    return ServerError if status >= 500 or status == 408 else InvalidRequest
 
 
 def error_detail(status: int, error_type: object) -> str:

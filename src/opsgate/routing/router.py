@@ -9,12 +9,17 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    Before each call the policy's ``admit`` hook (if any) runs with the target: the pipeline
    extends the call's budget reservation there, and a refusal it raises stops the chain as is
    (with ``error.attempts`` set), before that request leaves;
-3. after an error with ``retryable`` set (429 with a usable wait, 529, 500/502/503/504, timeouts,
+3. after an error with ``retryable`` set (429 with a usable wait, 529, 5xx, 408, timeouts,
    connection failures) wait :func:`~opsgate.routing.retry.retry_wait_s` and retry, except after
-   a timeout while a later target of the chain can still be called (its provider configured, its
-   breaker admitting, the prompt fitting): a hanging target would spend on retries the deadline
-   the fallbacks need, so the router moves on at once (the last callable target still retries
-   its timeouts within the deadline); a wait longer
+   a *late* failure while a later target of the chain can still be called (its provider
+   configured, its breakers admitting, the prompt fitting): the router moves on at once, because
+   retrying in place would spend on a provider that is not answering in time the deadline the
+   fallbacks need. A failure is late when it says the provider did not answer in time
+   (:attr:`~opsgate.providers.errors.ProviderError.timed_out`: our attempt timeout, HTTP 408,
+   HTTP 504 such as Anthropic's ``timeout_error`` or Gemini's ``DEADLINE_EXCEEDED``), or when its
+   attempt took at least :data:`SLOW_FAILURE_SHARE` of the attempt's time limit (a 529 or 500
+   after a long wait: a retry would likely wait as long again). The last callable target still
+   retries its late failures within the deadline; a wait longer
    than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead, and
    a provider that asked for more than ``max_retry_wait_s`` is cooled down for the time it asked
    for, at most ``max_cooldown_s`` (:meth:`~opsgate.routing.breaker.CircuitBreaker.cool_down`), so
@@ -70,6 +75,12 @@ from opsgate.security.sanitizer import sanitize
 from opsgate.tracing import provider_call
 
 OK = "ok"
+
+SLOW_FAILURE_SHARE = 0.5
+"""A failed attempt that took at least this share of its time limit (``timeout_s``, or the time
+left of ``total_timeout_s`` when less) is late: it is not retried in place while a later target
+can be called. Half, because a retry likely takes as long again, and two such attempts use up
+the attempt's whole limit, which a hang (a timeout) is not granted either."""
 
 log = logging.getLogger("opsgate.routing")
 
@@ -282,7 +293,9 @@ class Router:
                 breaker.cool_down(result.retry_after)
             if failures == call.policy.max_attempts_per_target:
                 return result
-            if isinstance(result, ProviderTimeout) and any(self._callable(call, t) for t in rest):
+            if _late(result, call.attempts[-1], min(call.policy.timeout_s, remaining)) and any(
+                self._callable(call, t) for t in rest
+            ):
                 return result
             wait = retry_wait_s(result, failures, call.policy.max_retry_wait_s, self._rand)
             if wait is None or wait >= call.deadline - self._clock.monotonic():
@@ -376,6 +389,12 @@ def log_provider_error(target: Target, error: ProviderError) -> None:
         f"request_id={error.provider_request_id or 'none'}"
     )
     log.warning(sanitize(line))
+
+
+def _late(error: ProviderError, attempt: Attempt, limit_s: float) -> bool:
+    """Whether ``error`` (recorded as ``attempt``, whose time limit was ``limit_s`` seconds) says
+    the provider is not answering in time (see the module docstring, step 3)."""
+    return error.timed_out or attempt.latency_ms >= SLOW_FAILURE_SHARE * limit_s * 1000
 
 
 def _falls_back(error: ProviderError, policy: RoutePolicy) -> bool:
