@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
+from tests.routing.routing_fakes import RecordingSleep, ScriptedProvider
 
+from opsgate.clock import ManualClock
 from opsgate.providers.base import CompletionRequest, FinishReason, Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
@@ -17,8 +21,11 @@ from opsgate.providers.errors import (
     ProviderError,
     RateLimited,
     ServerError,
+    SpendCapReached,
 )
-from opsgate.providers.gemini import GeminiProvider, generate_content_payload
+from opsgate.providers.gemini import GeminiProvider, daily_quota_reset_s, generate_content_payload
+from opsgate.routing.policy import RoutePolicy, Target
+from opsgate.routing.router import Router
 
 SCHEMA = {
     "$defs": {
@@ -335,6 +342,86 @@ async def test_429_falls_back_to_the_retry_phrase(gemini, upstream, message, exp
     with pytest.raises(RateLimited) as info:
         await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
     assert info.value.retry_after == expected
+
+
+# A per-day quota clears only at midnight Pacific time (Gemini API "Rate limits"): it is a quota
+# cap (spend_cap: asked once, the chain falls back, the breaker cools down), not a rate limit
+# to retry, whether or not the answer carries a RetryInfo.
+
+def quota_failure(*quota_ids: str) -> dict:
+    return {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaId": quota_id, "quotaDimensions": {"location": "global", "model": MODEL}}
+                           for quota_id in quota_ids]}
+
+
+PER_DAY = quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier")
+PER_MINUTE = quota_failure("GenerateRequestsPerMinutePerProjectPerModel-FreeTier")
+QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+SAT_2AM_PST = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        [PER_DAY],
+        [quota_failure("GenerateContentInputTokensPerModelPerMinute-FreeTier",
+                       "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                       "GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+         {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "20s"}],
+    ],
+    ids=["without-retry-info", "with-a-short-retry-info"],
+)
+async def test_a_per_day_quota_is_a_quota_cap_until_midnight_pacific(session, upstream, gemini_key, details) -> None:
+    gemini = GeminiProvider(session, gemini_key, base_url=upstream.base_url, clock=ManualClock(SAT_2AM_PST))
+    upstream.reply(429, google_error(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE, details))
+    with pytest.raises(SpendCapReached) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert (info.value.kind, info.value.retryable, info.value.fallback) == ("spend_cap", False, True)
+    assert info.value.retry_after == 22 * 3600.0  # 02:00 PST to midnight
+    assert info.value.detail == "HTTP 429 RESOURCE_EXHAUSTED: the provider account's usage limit is reached"
+
+
+async def test_a_per_minute_quota_without_retry_info_stays_a_rate_limit_retried_with_backoff(gemini, upstream) -> None:
+    upstream.reply(429, google_error(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE, [PER_MINUTE]))
+    with pytest.raises(RateLimited) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert (info.value.retryable, info.value.retry_after) == (True, None)
+
+
+@pytest.mark.parametrize(
+    ("now", "expected_s"),
+    [
+        (datetime(2026, 3, 8, 7, 30, tzinfo=UTC), 1800.0),  # 23:30 PST, the night summer time starts
+        (datetime(2026, 3, 8, 9, 0, tzinfo=UTC), 22 * 3600.0),  # 01:00 PST; midnight PDT is 07:00 UTC
+        (datetime(2026, 11, 1, 7, 0, tzinfo=UTC), 25 * 3600.0),  # midnight PDT: the day summer time ends
+        (datetime(2026, 12, 5, 8, 0, tzinfo=UTC), 24 * 3600.0),  # midnight PST exactly: the next one
+    ],
+)
+def test_the_daily_reset_is_midnight_pacific_across_summer_time(now: datetime, expected_s: float) -> None:
+    assert daily_quota_reset_s(now) == expected_s
+
+
+async def test_a_per_day_quota_falls_back_at_once_and_cools_the_breaker_down(session, upstream, gemini_key) -> None:
+    """Read as a rate limit, the per-day 429 was retried twice with backoff on every call before
+    the fallback answered, and never cooled down."""
+    clock = ManualClock(SAT_2AM_PST)
+    gemini = GeminiProvider(session, gemini_key, base_url=upstream.base_url, clock=clock)
+    for _ in range(3):
+        upstream.reply(429, google_error(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE, [PER_DAY]))
+    sleep = RecordingSleep(clock)
+    router = Router({"gemini": gemini, "deepseek": ScriptedProvider("deepseek", clock)}, clock, sleep,
+                    failure_threshold=5, cooldown_s=30.0, max_cooldown_s=300.0)
+    policy = RoutePolicy(chain=(Target("gemini", MODEL), Target("deepseek", "deepseek-flash")),
+                         timeout_s=10.0, max_attempts_per_target=3, max_retry_wait_s=30.0)
+
+    first = await router.complete(TEXT_REQUEST, policy)
+    clock.advance(299.0)
+    second = await router.complete(TEXT_REQUEST, policy)
+
+    assert [(a.provider, a.outcome_kind) for a in first.attempts] == [("gemini", "spend_cap"), ("deepseek", "ok")]
+    assert [(a.provider, a.outcome_kind) for a in second.attempts] == [("gemini", "circuit_open"), ("deepseek", "ok")]
+    assert (len(upstream.requests), sleep.waits) == (1, [])
 
 
 async def test_path_injection_in_the_model_name_is_refused_locally(gemini, upstream) -> None:

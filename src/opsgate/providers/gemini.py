@@ -10,10 +10,13 @@ travels in the ``x-goog-api-key`` header, never as ``?key=`` (URLs end up in log
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
+from opsgate.clock import Clock, SystemClock
 from opsgate.providers.base import Completion, CompletionRequest, FinishReason, InputCount, Usage
 from opsgate.providers.errors import (
     AuthenticationFailed,
@@ -28,6 +31,7 @@ from opsgate.providers.errors import (
     ProviderError,
     RateLimited,
     ServerError,
+    SpendCapReached,
 )
 from opsgate.providers.http import (
     HttpReply,
@@ -107,6 +111,10 @@ _ACCOUNT_STATUSES: dict[str, type[ProviderError]] = {"FAILED_PRECONDITION": Bill
 Please enable billing on your project in Google AI Studio." (Gemini API "Troubleshooting"), also
 "User location is not supported for the API use.": a state of the account, not of the request."""
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+QUOTA_DAY_ZONE = ZoneInfo("America/Los_Angeles")
+"""Gemini's per-day quotas (requests or tokens per day) reset at midnight Pacific time (Gemini
+API "Rate limits", read 2026-12-05)."""
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
 _RETRY_IN_MESSAGE = re.compile(r"retry in (\d+(?:\.\d+)?)\s*(ms|s)\b", re.IGNORECASE)
 
@@ -117,7 +125,8 @@ class GeminiProvider:
     A schema request sends ``responseMimeType: application/json`` and ``responseSchema`` (the
     schema converted by :func:`opsgate.providers.schema.to_gemini_schema`). ``api_key`` may be
     ``None``: calls then raise :class:`AuthenticationFailed` ("GEMINI_API_KEY is not set")
-    without a network call. ``base_url`` is checked with ``check_base_url``.
+    without a network call. ``base_url`` is checked with ``check_base_url``. ``clock`` dates a
+    per-day quota's reset (:func:`daily_quota_reset_s`).
     """
 
     def __init__(
@@ -128,12 +137,14 @@ class GeminiProvider:
         base_url: str = GEMINI_BASE_URL,
         name: str = "gemini",
         key_env: str = "GEMINI_API_KEY",
+        clock: Clock | None = None,
     ) -> None:
         self.name = name
         self._session = session
         self._api_key = api_key
         self._key_env = key_env
         self._base = check_base_url(base_url)
+        self._clock = clock or SystemClock()
 
     async def complete(
         self, request: CompletionRequest, model: str, timeout_s: float
@@ -291,6 +302,9 @@ class GeminiProvider:
         refined = _rejection(error) if cls is InvalidRequest else None
         if refined is not None:
             cls, detail = rejected(refined, detail)
+        elif cls is RateLimited and daily_quota(error):
+            cls, detail = rejected(SpendCapReached, detail)
+            retry_after = daily_quota_reset_s(self._clock.now())
         return cls(
             self.name,
             detail,
@@ -348,6 +362,29 @@ def _rejection(error: dict[str, Any]) -> type[ProviderError] | None:
         return account
     message = optional_str(error.get("message")) or ""
     return ContextLengthExceeded if _CONTEXT_MESSAGE.search(message) else None
+
+
+def daily_quota(error: dict[str, Any]) -> bool:
+    """Whether a Gemini 429 ``error`` object names a per-day quota among its
+    ``google.rpc.QuotaFailure`` violations (a ``quotaId`` such as
+    ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``). Such a quota clears only at midnight
+    Pacific time, whatever ``RetryInfo`` or "Please retry in 20s" the same answer carries."""
+    details = error.get("details")
+    for item in details if isinstance(details, list) else []:
+        if isinstance(item, dict) and item.get("@type") == _QUOTA_FAILURE:
+            violations = item.get("violations")
+            for violation in violations if isinstance(violations, list) else []:
+                if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
+                    return True
+    return False
+
+
+def daily_quota_reset_s(now: datetime) -> float:
+    """Seconds from ``now`` (timezone-aware) to the next midnight in :data:`QUOTA_DAY_ZONE`, when
+    Gemini's per-day quotas reset."""
+    local = now.astimezone(QUOTA_DAY_ZONE)
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), QUOTA_DAY_ZONE)
+    return (midnight - now).total_seconds()
 
 
 def retry_delay(error: dict[str, Any]) -> float | None:

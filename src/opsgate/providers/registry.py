@@ -62,6 +62,7 @@ def _builtin(
             session,
             _secret(settings.gemini_api_key),
             base_url=settings.gemini_base_url,
+            clock=clock,
         ),
     }
 
