@@ -172,7 +172,7 @@ def test_a_retry_after_beyond_the_routes_patience_cools_the_provider_down(tmp_pa
         second = _classify(gw)
         assert second.status_code == 200 and second.json()["provider"] == fallback.split("/")[0]
         assert gw.stats()[sandbox]["requests"] == 1  # skipped while cooling down
-        breaker = gw.runtime.router.breaker(sandbox).snapshot()
+        breaker = gw.runtime.router.breaker(sandbox, TARGETS[wire].split("/", 1)[1]).snapshot()  # the model's
         assert breaker.state == "open" and 0 < breaker.open_for_s <= 2.0
         gw.sandbox.set_faults("none")
         import time

@@ -165,7 +165,8 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,
                     max_cooldown_s=settings.breaker_max_cooldown_s,
-                    windows=ContextWindows.from_settings(settings, prompt_token_bound, prices))
+                    windows=ContextWindows.from_settings(settings, prompt_token_bound, prices),
+                    targets=variants.targets())
     tokens = TokenService(settings, clock)
     routed = variants.chains()
     metering = build_metering(settings, engine, clock, prices, routed)

@@ -206,6 +206,28 @@ def test_metrics_carry_the_health_figures_rules_need(scraped: Scraped) -> None:
     assert value["opsgate_rollout_percentage"][(("operation", "email-classify"),)] == 100
 
 
+def test_breakers_are_exported_per_provider_and_per_configured_model(scraped: Scraped) -> None:
+    """opsgate_model_breaker_state has one series per configured target (labels from the routes,
+    never from an answer); opsgate_breaker_state is the provider's availability: open only when
+    none of its configured models can be called, as the published provider status says."""
+    router = scraped.runtime.router
+    configured = {(t.provider, t.model) for t in scraped.runtime.rollout.variants.targets()}
+    assert configured == {("anthropic", ANTHROPIC_DEFAULT_MODEL), ("deepseek", DEEPSEEK_DEFAULT_MODEL),
+                          ("gemini", "gemini-3.8-flash")}  # the default routes
+    router.breaker("anthropic", ANTHROPIC_DEFAULT_MODEL).cool_down(60.0)
+    router.breaker("gemini", "gemini-2.5-flash").cool_down(60.0)  # a second Gemini model, as a route could add
+    router.breaker("gemini", "gemini-3.8-flash").cool_down(60.0)
+    samples = scraped.samples()
+    per_model = {(labels["provider"], labels["model"]): v for labels, v in samples["opsgate_model_breaker_state"]}
+    per_provider = {labels["provider"]: v for labels, v in samples["opsgate_breaker_state"]}
+    assert per_model == {("anthropic", ANTHROPIC_DEFAULT_MODEL): 2, ("deepseek", DEEPSEEK_DEFAULT_MODEL): 0,
+                         ("gemini", "gemini-2.5-flash"): 2, ("gemini", "gemini-3.8-flash"): 2}
+    assert per_provider == {"anthropic": 2, "deepseek": 0, "gemini": 2}  # no model of it can be called
+    router.breaker("gemini", "gemini-2.5-flash").record_success()
+    per_provider = {labels["provider"]: v for labels, v in scraped.samples()["opsgate_breaker_state"]}
+    assert per_provider == {"anthropic": 2, "deepseek": 0, "gemini": 0}  # one Gemini model serves
+
+
 def test_metrics_token_command_creates_a_private_file_and_rotates_it(tmp_path: Path) -> None:
     path = tmp_path / "metrics-token"
     env = {"OPSGATE_METRICS_TOKEN_FILE": str(path)}

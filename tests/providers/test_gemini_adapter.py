@@ -20,6 +20,7 @@ from opsgate.providers.errors import (
     Overloaded,
     ProviderError,
     RateLimited,
+    Scope,
     ServerError,
     SpendCapReached,
 )
@@ -380,6 +381,16 @@ async def test_a_per_day_quota_is_a_quota_cap_until_midnight_pacific(session, up
     assert (info.value.kind, info.value.retryable, info.value.fallback) == ("spend_cap", False, True)
     assert info.value.retry_after == 22 * 3600.0  # 02:00 PST to midnight
     assert info.value.detail == "HTTP 429 RESOURCE_EXHAUSTED: the provider account's usage limit is reached"
+    assert info.value.scope is Scope.MODEL  # ...PerModel: the project's other models still serve
+
+
+async def test_a_per_day_quota_naming_no_model_holds_back_the_whole_provider(session, upstream, gemini_key) -> None:
+    gemini = GeminiProvider(session, gemini_key, base_url=upstream.base_url, clock=ManualClock(SAT_2AM_PST))
+    upstream.reply(429, google_error(429, "RESOURCE_EXHAUSTED", QUOTA_MESSAGE,
+                                     [quota_failure("GenerateRequestsPerDayPerProject")]))
+    with pytest.raises(SpendCapReached) as info:
+        await gemini.complete(TEXT_REQUEST, MODEL, timeout_s=5)
+    assert info.value.scope is Scope.PROVIDER
 
 
 async def test_a_per_minute_quota_without_retry_info_stays_a_rate_limit_retried_with_backoff(gemini, upstream) -> None:

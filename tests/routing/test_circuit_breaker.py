@@ -160,7 +160,7 @@ async def test_router_skips_a_provider_whose_breaker_is_open() -> None:
     router, providers, clock = router_setup([OVERLOADED, OVERLOADED])
     for _ in range(2):
         await router.complete(REQUEST, chain_policy())
-    assert router.breaker("deepseek").state is BreakerState.OPEN
+    assert router.breaker("deepseek", "deepseek-chat").state is BreakerState.OPEN  # a 529: the model's
     routed = await router.complete(REQUEST, chain_policy())
     assert [(a.provider, a.outcome_kind) for a in routed.attempts] == [
         ("deepseek", "circuit_open"),
@@ -170,7 +170,7 @@ async def test_router_skips_a_provider_whose_breaker_is_open() -> None:
     clock.advance(30)
     routed = await router.complete(REQUEST, chain_policy())
     assert routed.completion.provider == "deepseek"
-    assert router.breaker("deepseek").state is BreakerState.CLOSED
+    assert router.breaker("deepseek", "deepseek-chat").state is BreakerState.CLOSED
 
 
 async def test_router_lets_one_half_open_trial_through_and_rejects_concurrent_callers() -> None:
@@ -201,14 +201,18 @@ async def test_cancelled_trial_releases_the_half_open_slot() -> None:
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
         await trial
-    assert router.breaker("deepseek").snapshot().trial_in_flight is False
-    assert router.breaker("deepseek").state is BreakerState.HALF_OPEN
+    assert router.breaker("deepseek", "deepseek-chat").snapshot().trial_in_flight is False
+    assert router.breaker("deepseek", "deepseek-chat").state is BreakerState.HALF_OPEN
 
 
 async def test_router_snapshot_lists_every_provider() -> None:
     router, _, _ = router_setup([ServerError("deepseek", http_status=500)])
     await router.complete(REQUEST, chain_policy())
     assert {(s.provider, s.state, s.consecutive_failures) for s in router.snapshot()} == {
-        ("deepseek", BreakerState.CLOSED, 1),
+        ("deepseek", BreakerState.CLOSED, 0),  # a 500 counts against the model's breaker
         ("gemini", BreakerState.CLOSED, 0),
     }
+    assert [(s.provider, s.model, s.state, s.consecutive_failures) for s in router.model_snapshot()] == [
+        ("deepseek", "deepseek-chat", BreakerState.CLOSED, 1),
+        ("gemini", "gemini-2.0-flash", BreakerState.CLOSED, 0),
+    ]

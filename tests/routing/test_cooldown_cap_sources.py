@@ -49,14 +49,14 @@ async def test_a_long_asked_for_wait_skips_the_provider_only_until_the_cap(sourc
                     RecordingSleep(clock), failure_threshold=5, cooldown_s=30.0)
     first = await router.complete(REQUEST, POLICY)
     assert [(a.provider, a.outcome_kind) for a in first.attempts] == [("anthropic", "rate_limited"), ("deepseek", "ok")]
-    assert router.breaker("anthropic").snapshot().open_for_s == 300.0
+    assert router.breaker("anthropic", "claude-opus-5").snapshot().open_for_s == 300.0  # a 429: the model's
     clock.advance(299.0)
     skipped = await router.complete(REQUEST, POLICY)
     assert [(a.provider, a.outcome_kind) for a in skipped.attempts] == [("anthropic", "circuit_open"), ("deepseek", "ok")]
     clock.advance(1.0)
     trial = await router.complete(REQUEST, POLICY)
     assert [(a.provider, a.outcome_kind) for a in trial.attempts] == [("anthropic", "ok")]
-    assert router.breaker("anthropic").state is BreakerState.CLOSED
+    assert router.breaker("anthropic", "claude-opus-5").state is BreakerState.CLOSED
 
 
 async def test_the_router_takes_the_cap_from_its_setting() -> None:
@@ -65,5 +65,5 @@ async def test_the_router_takes_the_cap_from_its_setting() -> None:
     router = Router({"anthropic": anthropic, "deepseek": ScriptedProvider("deepseek", clock)}, clock,
                     RecordingSleep(clock), max_cooldown_s=60.0)
     await router.complete(REQUEST, POLICY)
-    assert router.breaker("anthropic").snapshot().open_for_s == 60.0
+    assert router.breaker("anthropic", "claude-opus-5").snapshot().open_for_s == 60.0
     assert Settings(_env_file=None).breaker_max_cooldown_s == 300.0

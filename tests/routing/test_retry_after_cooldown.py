@@ -54,7 +54,7 @@ async def test_a_wait_within_patience_is_taken_and_cools_nothing() -> None:
     policy = RoutePolicy(chain=CHAIN, timeout_s=10.0, max_attempts_per_target=3, max_retry_wait_s=30.0)
     routed = await router.complete(REQUEST, policy)
     assert (routed.completion.provider, sleep.waits) == ("anthropic", [20.0])
-    assert router.breaker("anthropic").state is BreakerState.CLOSED
+    assert router.breaker("anthropic", CHAIN[0].model).state is BreakerState.CLOSED
 
 
 # ------------------------------------------------------------------ the cap (tester B finding 2)

@@ -45,7 +45,9 @@ Read from the database at scrape time (the same for every replica; rules take ``
   {operation}``, ``opsgate_budget_limit_micro_usd`` / ``opsgate_budget_spent_micro_usd`` /
   ``opsgate_budget_reserved_micro_usd{budget,period,operation}`` (``budget`` is the budget's id);
 - ``opsgate_ledger_entries`` and this instance's ``opsgate_breaker_state{provider}`` (0 closed,
-  1 half-open, 2 open).
+  1 half-open, 2 open: the provider's availability, :meth:`Router.snapshot`, as published to the
+  database) and ``opsgate_model_breaker_state{provider,model}`` (each configured target's own
+  breaker; the model label comes from the routes, never from a provider's answer).
 """
 
 from __future__ import annotations
@@ -162,16 +164,21 @@ def _provider_families(conn: Connection, now: datetime, router: Router) -> list[
     down_for = GaugeMetricFamily("opsgate_provider_unavailable_duration_seconds",
                                  "How long the provider has been unavailable (0 when available)",
                                  labels=["provider"])
+    model_breaker = GaugeMetricFamily("opsgate_model_breaker_state",
+                                      "0 closed, 1 half-open, 2 open (this instance, one configured model)",
+                                      labels=["provider", "model"])
     out = outages(conn, now)
     snapshot = router.snapshot()
     names = {s.provider for s in snapshot} | set(out)
     for snap in snapshot:
         breaker.add_metric([snap.provider], BREAKER_VALUE[snap.state.value])
+    for snap in router.model_snapshot():
+        model_breaker.add_metric([snap.provider, snap.model or ""], BREAKER_VALUE[snap.state.value])
     for name in sorted(names):
         since = out.get(name)
         available.add_metric([name], 0 if since else 1)
         down_for.add_metric([name], (now - since).total_seconds() if since else 0)
-    return [breaker, available, down_for]
+    return [breaker, model_breaker, available, down_for]
 
 
 def _ledger_families(conn: Connection) -> list[Metric]:

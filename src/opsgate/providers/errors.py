@@ -7,13 +7,35 @@ Each class carries two policy flags:
 - ``fallback``: the next provider in the chain may be tried. Content-policy refusals fall back only
   when the routing policy says so.
 
+and one ``scope``, what the failure says is unhealthy (:class:`Scope`): the router's circuit
+breakers are kept per provider and per (provider, model), and each failure counts against the
+one its scope names.
+
 ``detail`` is safe to show a client: it never contains the provider's raw body, a key or a host.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from opsgate.errors import OpsgateError
 from opsgate.providers.base import Usage
+
+
+class Scope(StrEnum):
+    """What a failure says is unhealthy, for the router's circuit breakers
+    (:mod:`opsgate.routing.breaker`)."""
+
+    REQUEST = "request"
+    """Nothing: the request itself (invalid, refused, too long) or a model the provider does not
+    serve; neither breaker counts it."""
+    MODEL = "model"
+    """One model of the provider: rate limits, overload, 5xx, timeouts, unusable answers. Counts
+    against the target's (provider, model) breaker; the provider's other models stay callable."""
+    PROVIDER = "provider"
+    """The provider's endpoint or account: connection, TLS and DNS failures, credentials,
+    billing, an account's spend cap. Counts against the provider's breaker: every model of it
+    is skipped."""
 
 
 class ProviderError(OpsgateError):
@@ -21,13 +43,16 @@ class ProviderError(OpsgateError):
     the provider's status (``None`` for transport failures); ``retry_after`` is in seconds.
     ``usage`` is what the provider reported billing for an answer that could not be used (a
     refusal or an unusable 200 that still carried its usage object), ``None`` when it reported
-    nothing; the adapters set it, the metering charges it."""
+    nothing; the adapters set it, the metering charges it. ``scope`` is the class's
+    :class:`Scope`; an adapter may set it on one error when the answer says more (a Gemini
+    per-day quota of one model)."""
 
     code = "provider_unavailable"
     status = 503
     title = "The AI provider is unavailable"
     retryable = False
     fallback = True
+    scope = Scope.PROVIDER
 
     def __init__(
         self,
@@ -68,6 +93,7 @@ class RateLimited(ProviderError):
     """429 with a wait we can honour (Retry-After, Anthropic reset headers, Gemini RetryInfo)."""
 
     retryable = True
+    scope = Scope.MODEL
     title = "The AI provider is rate limiting"
 
 
@@ -83,6 +109,7 @@ class Overloaded(ProviderError):
     """Anthropic 529 overloaded_error, 503 UNAVAILABLE / server overloaded."""
 
     retryable = True
+    scope = Scope.MODEL
     title = "The AI provider is overloaded"
 
 
@@ -91,6 +118,7 @@ class ServerError(ProviderError):
     up waiting; RFC 9110 §15.5.9 lets the client repeat the request)."""
 
     retryable = True
+    scope = Scope.MODEL
     title = "The AI provider failed"
 
 
@@ -100,6 +128,7 @@ class ProviderTimeout(ProviderError):
     :attr:`ProviderError.timed_out`)."""
 
     retryable = True
+    scope = Scope.MODEL
     title = "The AI provider timed out"
 
     @property
@@ -138,6 +167,7 @@ class InvalidRequest(ProviderError):
     code = "provider_rejected"
     status = 502
     fallback = False
+    scope = Scope.REQUEST
     title = "The AI provider rejected the request"
 
 
@@ -147,6 +177,7 @@ class ModelUnavailable(ProviderError):
     ``NOT_FOUND``. Never retried on the same target; the next target is tried."""
 
     code = "model_unavailable"
+    scope = Scope.REQUEST
     title = "The AI provider no longer serves the configured model"
 
 
@@ -158,6 +189,7 @@ class ContentFiltered(ProviderError):
     code = "content_filtered"
     status = 422
     fallback = False
+    scope = Scope.REQUEST
     title = "The AI provider declined to answer this content"
 
 
@@ -171,6 +203,7 @@ class ContextLengthExceeded(ProviderError):
 
     code = "input_too_large"
     status = 413
+    scope = Scope.REQUEST
     title = "The input is too large for the AI models of this operation"
 
 
@@ -179,6 +212,7 @@ class EmptyAnswer(ProviderError):
 
     code = "provider_bad_response"
     status = 502
+    scope = Scope.MODEL
     title = "The AI provider returned an empty answer"
 
 
@@ -187,6 +221,7 @@ class MalformedResponse(ProviderError):
 
     code = "provider_bad_response"
     status = 502
+    scope = Scope.MODEL
     title = "The AI provider returned a malformed answer"
 
 

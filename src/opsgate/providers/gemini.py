@@ -30,6 +30,7 @@ from opsgate.providers.errors import (
     Overloaded,
     ProviderError,
     RateLimited,
+    Scope,
     ServerError,
     SpendCapReached,
 )
@@ -302,16 +303,20 @@ class GeminiProvider:
         refined = _rejection(error) if cls is InvalidRequest else None
         if refined is not None:
             cls, detail = rejected(refined, detail)
-        elif cls is RateLimited and daily_quota(error):
+        quota = daily_quota(error) if cls is RateLimited else None
+        if quota is not None:
             cls, detail = rejected(SpendCapReached, detail)
             retry_after = daily_quota_reset_s(self._clock.now())
-        return cls(
+        found = cls(
             self.name,
             detail,
             http_status=reply.status,
             retry_after=retry_after,
             provider_request_id=reply.headers.get("x-goog-request-id"),
         )
+        if quota is not None and "PerModel" in quota:
+            found.scope = Scope.MODEL  # the model's own daily quota: the project's other models still serve
+        return found
 
 
 GEMINI_3_THINKING_LEVEL = "low"
@@ -364,19 +369,21 @@ def _rejection(error: dict[str, Any]) -> type[ProviderError] | None:
     return ContextLengthExceeded if _CONTEXT_MESSAGE.search(message) else None
 
 
-def daily_quota(error: dict[str, Any]) -> bool:
-    """Whether a Gemini 429 ``error`` object names a per-day quota among its
+def daily_quota(error: dict[str, Any]) -> str | None:
+    """The first per-day quota a Gemini 429 ``error`` object names among its
     ``google.rpc.QuotaFailure`` violations (a ``quotaId`` such as
-    ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``). Such a quota clears only at midnight
-    Pacific time, whatever ``RetryInfo`` or "Please retry in 20s" the same answer carries."""
+    ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``), else ``None``. Such a quota clears
+    only at midnight Pacific time, whatever ``RetryInfo`` or "Please retry in 20s" the same
+    answer carries."""
     details = error.get("details")
     for item in details if isinstance(details, list) else []:
         if isinstance(item, dict) and item.get("@type") == _QUOTA_FAILURE:
             violations = item.get("violations")
             for violation in violations if isinstance(violations, list) else []:
-                if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
-                    return True
-    return False
+                quota_id = violation.get("quotaId") if isinstance(violation, dict) else None
+                if isinstance(quota_id, str) and "PerDay" in quota_id:
+                    return quota_id
+    return None
 
 
 def daily_quota_reset_s(now: datetime) -> float:

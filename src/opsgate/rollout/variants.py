@@ -38,7 +38,7 @@ from opsgate.operations.prompts import (
 )
 from opsgate.rollout.errors import VariantNotFound
 from opsgate.routing.effective import PriceLookup
-from opsgate.routing.policy import BUILTIN_PROVIDERS, RouteConfigError, RoutePolicy, parse_target
+from opsgate.routing.policy import BUILTIN_PROVIDERS, RouteConfigError, RoutePolicy, Target, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,10 @@ class VariantBook:
     def chains(self) -> list[str]:
         """Every ``"provider/model"`` any variant may call (prices must cover them all)."""
         return sorted({t for ops in self.variants.values() for v in ops.values() for t in v.targets()})
+
+    def targets(self) -> set[Target]:
+        """Every target any variant may call (the router keeps a breaker for each)."""
+        return {t for ops in self.variants.values() for v in ops.values() for t in v.policy.chain}
 
 
 def default_book(policies: Mapping[str, RoutePolicy]) -> VariantBook:

@@ -1,4 +1,5 @@
-"""A circuit breaker per provider (closed -> open -> half-open -> closed), on an injected clock.
+"""Circuit breakers (closed -> open -> half-open -> closed), on an injected clock: one per provider
+and one per (provider, model) target.
 
 - **closed**: calls pass. ``failure_threshold`` consecutive provider faults open the circuit.
 - **open**: calls are refused until ``open_until``: the later of ``cooldown_s`` after opening and
@@ -17,11 +18,17 @@ at ``max_wait_s`` (setting ``breaker_max_cooldown_s``, default 300 s) before it 
 open: a quota reset days or months ahead is no health signal, and the half-open trial after the
 cap finds out whether the provider serves again (if not, its answer opens the circuit again).
 
-A *provider fault* is any :class:`~opsgate.providers.errors.ProviderError` except
-:class:`InvalidRequest`, :class:`ContentFiltered`, :class:`ContextLengthExceeded` and
-:class:`ModelUnavailable` (a retired model, while the provider serves others), which say something
-about the request, not about the provider's health: they neither count as failures nor as
-successes.
+A *fault* is a :class:`~opsgate.providers.errors.ProviderError` whose ``scope`` is not
+:attr:`~opsgate.providers.errors.Scope.REQUEST`: :class:`InvalidRequest`, :class:`ContentFiltered`,
+:class:`ContextLengthExceeded` and :class:`ModelUnavailable` (a retired model, while the provider
+serves others) say something about the request, not about the provider's health: they neither
+count as failures nor as successes.
+
+A call to one target passes two breakers (:class:`TargetBreakers`): its provider's and its
+model's. A failure counts against the breaker its ``scope`` names (a 529, 5xx, 429 or timeout
+against the model's, so the provider's other models stay callable; a connection, credential,
+billing or account spend-cap failure against the provider's, so every model of it is skipped),
+and is neutral for the other; a success closes both; a call is skipped when either refuses.
 
 Concurrency: meant for one asyncio event loop. No method awaits, so each runs atomically with
 respect to other tasks; it is not safe to share across OS threads.
@@ -33,13 +40,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from opsgate.clock import Clock
-from opsgate.providers.errors import (
-    ContentFiltered,
-    ContextLengthExceeded,
-    InvalidRequest,
-    ModelUnavailable,
-    ProviderError,
-)
+from opsgate.providers.errors import ProviderError, Scope
 
 
 DEFAULT_MAX_WAIT_S = 300.0
@@ -58,23 +59,26 @@ class BreakerState(StrEnum):
 @dataclass(frozen=True, slots=True)
 class BreakerSnapshot:
     """A breaker's state for /metrics and logs. ``open_for_s`` is how long it stays open (0 when
-    not open); ``consecutive_failures`` the current streak."""
+    not open); ``consecutive_failures`` the current streak; ``model`` is ``None`` for a
+    provider's breaker, else the configured model of a (provider, model) breaker."""
 
     provider: str
     state: BreakerState
     consecutive_failures: int
     open_for_s: float
     trial_in_flight: bool
+    model: str | None = None
 
 
-def is_provider_fault(error: ProviderError) -> bool:
-    """Whether ``error`` says the provider is unhealthy (see the module docstring)."""
-    return not isinstance(error, (InvalidRequest, ContentFiltered, ContextLengthExceeded, ModelUnavailable))
+def is_fault(error: ProviderError) -> bool:
+    """Whether ``error`` says the provider or its model is unhealthy (see the module docstring)."""
+    return error.scope is not Scope.REQUEST
 
 
 class CircuitBreaker:
-    """The breaker of one provider. ``cooldown_s``, ``failure_threshold`` and ``max_wait_s`` come
-    from settings (``breaker_cooldown_s``, ``breaker_failure_threshold``,
+    """The breaker of one provider, or of one model of it when ``model`` is given (a configured
+    model id, never one read from a provider's answer). ``cooldown_s``, ``failure_threshold``
+    and ``max_wait_s`` come from settings (``breaker_cooldown_s``, ``breaker_failure_threshold``,
     ``breaker_max_cooldown_s``); times are ``clock.monotonic()`` seconds. ``ValueError`` for a
     threshold below 1 or a negative time.
 
@@ -88,6 +92,7 @@ class CircuitBreaker:
         provider: str,
         clock: Clock,
         *,
+        model: str | None = None,
         failure_threshold: int = 5,
         cooldown_s: float = 30.0,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
@@ -95,6 +100,7 @@ class CircuitBreaker:
         if failure_threshold < 1 or cooldown_s < 0 or max_wait_s < 0:
             raise ValueError("failure_threshold must be >= 1, cooldown_s and max_wait_s >= 0")
         self.provider = provider
+        self.model = model
         self._clock = clock
         self._threshold = failure_threshold
         self._cooldown_s = cooldown_s
@@ -136,8 +142,8 @@ class CircuitBreaker:
         self._trial_in_flight = False
 
     def record_failure(self, error: ProviderError) -> None:
-        """The call failed with ``error``; provider faults count towards opening the circuit."""
-        if not is_provider_fault(error):
+        """The call failed with ``error``; faults count towards opening the circuit."""
+        if not is_fault(error):
             self.record_neutral()
             return
         now = self._clock.monotonic()
@@ -170,7 +176,7 @@ class CircuitBreaker:
         state = self.state
         open_for = self._open_until - self._clock.monotonic() if state is BreakerState.OPEN else 0
         return BreakerSnapshot(
-            self.provider, state, self._failures, max(0.0, open_for), self._trial_in_flight
+            self.provider, state, self._failures, max(0.0, open_for), self._trial_in_flight, self.model
         )
 
     def _capped(self, seconds: float) -> float:
@@ -180,3 +186,53 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self._state = BreakerState.OPEN
         self._open_until = max(now + self._cooldown_s, self._wait_until)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetBreakers:
+    """The two breakers a call to one (provider, model) target passes, with the protocol of
+    :class:`CircuitBreaker`: :meth:`allow` before the call, then exactly one of the ``record_*``
+    methods. Each outcome goes to the breaker of its scope (see the module docstring)."""
+
+    provider: CircuitBreaker
+    model: CircuitBreaker
+
+    def would_allow(self) -> bool:
+        """Whether both breakers would admit a call now (no trial slot taken)."""
+        return self.provider.would_allow() and self.model.would_allow()
+
+    def allow(self) -> bool:
+        """Whether a call may go now; when both admit it, each half-open one's trial slot is
+        taken. Neither slot is taken when one refuses."""
+        if not self.would_allow():
+            return False
+        self.provider.allow()
+        self.model.allow()
+        return True
+
+    def record_success(self) -> None:
+        """The target answered: both circuits close."""
+        self.provider.record_success()
+        self.model.record_success()
+
+    def record_failure(self, error: ProviderError) -> None:
+        """``error`` counts against the breaker of its scope; the other only releases its slot."""
+        counted, other = self._by_scope(error)
+        counted.record_failure(error)
+        other.record_neutral()
+
+    def record_neutral(self) -> None:
+        """The call told nothing about health (cancelled, refused before it left)."""
+        self.provider.record_neutral()
+        self.model.record_neutral()
+
+    def cool_down(self, error: ProviderError, seconds: float) -> None:
+        """:meth:`CircuitBreaker.cool_down` on the breaker of ``error``'s scope (a 429's wait
+        holds only its model back; a request-scoped error cools nothing down)."""
+        if is_fault(error):
+            self._by_scope(error)[0].cool_down(seconds)
+
+    def _by_scope(self, error: ProviderError) -> tuple[CircuitBreaker, CircuitBreaker]:
+        if error.scope is Scope.PROVIDER:
+            return self.provider, self.model
+        return self.model, self.provider

@@ -2,7 +2,8 @@
 
 For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in order:
 
-1. skip it when its provider has no adapter, its circuit breaker refuses, or the prompt may not fit
+1. skip it when its provider has no adapter, one of its two circuit breakers refuses (the
+   provider's, or the target's own (provider, model) breaker), or the prompt may not fit
    its context window while another target has room (:mod:`opsgate.routing.windows`) (recorded);
 2. call it, up to ``max_attempts_per_target`` times, each attempt limited to ``timeout_s`` (and
    to what is left of ``total_timeout_s``);
@@ -36,7 +37,12 @@ every target refused the prompt for its length, else
 :class:`~opsgate.routing.errors.AllProvidersFailed`. Every failed provider call is logged (one
 WARNING line through the sanitizer: provider, model, status, error kind, provider request id;
 never the provider's body).
-Every outcome is reported to the provider's :class:`~opsgate.routing.breaker.CircuitBreaker`.
+Every outcome is reported to the target's
+:class:`~opsgate.routing.breaker.TargetBreakers`: a failure counts against the provider's breaker
+or the (provider, model) breaker by its :class:`~opsgate.providers.errors.Scope`, so one model's
+overload, 5xx streak or rate limit leaves the provider's other models callable, while a
+connection, credential or account failure skips every model of the provider. Model breakers are
+keyed by the configured targets (routes, variants, probes): never by a model a provider names.
 A provider the alerting system :meth:`~Router.demote` (after a long outage) is tried after every other
 target until :meth:`~Router.restore`; :meth:`~Router.probe` checks whether it recovered.
 """
@@ -44,10 +50,11 @@ target until :meth:`~Router.restore`; :meth:`~Router.probe` checks whether it re
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from opsgate.clock import Clock
 from opsgate.errors import OpsgateError
@@ -58,7 +65,13 @@ from opsgate.providers.errors import (
     ProviderError,
     ProviderTimeout,
 )
-from opsgate.routing.breaker import DEFAULT_MAX_WAIT_S, BreakerSnapshot, CircuitBreaker
+from opsgate.routing.breaker import (
+    DEFAULT_MAX_WAIT_S,
+    BreakerSnapshot,
+    BreakerState,
+    CircuitBreaker,
+    TargetBreakers,
+)
 from opsgate.routing.errors import (
     AllProvidersFailed,
     CircuitOpen,
@@ -139,11 +152,14 @@ class Router:
 
     ``clock`` times attempts, deadlines and breakers; ``sleep`` waits between retries (inject a
     fake in tests); ``rand`` drives backoff jitter; ``failure_threshold``, ``cooldown_s`` and
-    ``max_cooldown_s`` configure each provider's breaker (settings ``breaker_failure_threshold``,
-    ``breaker_cooldown_s`` and ``breaker_max_cooldown_s``, the cap on a provider's asked-for
-    wait); ``observer`` (optional) sees every :class:`Attempt` as it is recorded
-    (the Prometheus provider counters); ``windows`` (optional) skips targets whose context window
-    the prompt may not fit.
+    ``max_cooldown_s`` configure each provider's and each model's breaker (settings
+    ``breaker_failure_threshold``, ``breaker_cooldown_s`` and ``breaker_max_cooldown_s``, the cap
+    on a provider's asked-for wait); ``targets`` are the configured (provider, model) targets
+    whose breakers exist from the start, so a provider's availability (:meth:`snapshot`) counts
+    its models not yet called (a target first met in a policy gets its breaker then);
+    ``observer`` (optional) sees every :class:`Attempt` as it is recorded (the Prometheus
+    provider counters); ``windows`` (optional) skips targets whose context window the prompt may
+    not fit.
     """
 
     def __init__(
@@ -158,6 +174,7 @@ class Router:
         rand: Callable[[], float] = random.random,
         observer: Callable[[Attempt], None] | None = None,
         windows: ContextWindows | None = None,
+        targets: Iterable[Target] = (),
     ) -> None:
         self._providers = dict(providers)
         # isinstance against the runtime-checkable TokenCounter walks the protocol's members
@@ -169,17 +186,31 @@ class Router:
         self._sleep = sleep
         self._rand = rand
         self._demoted: set[str] = set()
-        self._breakers = {
-            name: CircuitBreaker(
-                name, clock, failure_threshold=failure_threshold, cooldown_s=cooldown_s,
-                max_wait_s=max_cooldown_s,
-            )
-            for name in self._providers
-        }
+        self._new_breaker = functools.partial(
+            CircuitBreaker, clock=clock, failure_threshold=failure_threshold, cooldown_s=cooldown_s,
+            max_wait_s=max_cooldown_s,
+        )
+        self._breakers = {name: self._new_breaker(name) for name in self._providers}
+        self._model_breakers: dict[Target, CircuitBreaker] = {}
+        for target in targets:
+            if target.provider in self._providers:
+                self.breaker(target.provider, target.model)
 
-    def breaker(self, provider: str) -> CircuitBreaker:
-        """The circuit breaker of ``provider``; ``KeyError`` if it is not configured."""
-        return self._breakers[provider]
+    def breaker(self, provider: str, model: str | None = None) -> CircuitBreaker:
+        """The circuit breaker of ``provider``, or of its configured ``model`` (created on first
+        use); ``KeyError`` if the provider is not configured."""
+        own = self._breakers[provider]
+        if model is None:
+            return own
+        target = Target(provider, model)
+        found = self._model_breakers.get(target)
+        if found is None:
+            found = self._model_breakers[target] = self._new_breaker(provider, model=model)
+        return found
+
+    def _target_breakers(self, target: Target) -> TargetBreakers:
+        """The provider's and the target's breakers (``KeyError`` for an unconfigured provider)."""
+        return TargetBreakers(self._breakers[target.provider], self.breaker(target.provider, target.model))
 
     def counter(self, provider: str) -> TokenCounter | None:
         """``provider``'s adapter when its API counts input tokens (Anthropic, Gemini), else
@@ -187,8 +218,29 @@ class Router:
         return self._counters.get(provider)
 
     def snapshot(self) -> list[BreakerSnapshot]:
-        """Every provider breaker's state, for /metrics."""
-        return [breaker.snapshot() for breaker in self._breakers.values()]
+        """Each provider's availability as one breaker state, for /metrics
+        (``opsgate_breaker_state``), the published provider status and the dashboard: its own
+        breaker's snapshot, unless that is closed while every model breaker it has refuses
+        (no configured model of it can be called): then the snapshot of the model breaker
+        that admits a call soonest (half-open first, else the shortest ``open_for_s``), with
+        ``model`` ``None``."""
+        found = []
+        for name, breaker in self._breakers.items():
+            own = breaker.snapshot()
+            models = [b.snapshot() for t, b in self._model_breakers.items() if t.provider == name]
+            if own.state is BreakerState.CLOSED and models and all(
+                m.state is not BreakerState.CLOSED for m in models
+            ):
+                soonest = min(models, key=lambda m: (m.state is BreakerState.OPEN, m.open_for_s))
+                own = replace(soonest, model=None)
+            found.append(own)
+        return found
+
+    def model_snapshot(self) -> list[BreakerSnapshot]:
+        """Every (provider, model) breaker's state, ordered by provider and model, for /metrics
+        (``opsgate_model_breaker_state``)."""
+        ordered = sorted(self._model_breakers, key=lambda t: (t.provider, t.model))
+        return [self._model_breakers[t].snapshot() for t in ordered]
 
     @property
     def demoted(self) -> frozenset[str]:
@@ -209,11 +261,14 @@ class Router:
         return tuple(sorted(policy.chain, key=lambda t: t.provider in self._demoted))
 
     async def probe(self, provider: str, model: str, request: CompletionRequest, timeout_s: float) -> bool:
-        """One health-check call to ``provider`` if its breaker admits it (a half-open trial);
-        the outcome is reported to the breaker. True when the provider answered. Used to notice
-        that a demoted provider recovered, since a demoted provider sees little traffic."""
-        breaker = self._breakers.get(provider)
-        if breaker is None or not breaker.allow():
+        """One health-check call to ``model`` of ``provider`` if its breakers admit it (a
+        half-open trial); the outcome is reported to them as a routed call's is. True when the
+        provider answered. Used to notice that a demoted provider recovered, since a demoted
+        provider sees little traffic."""
+        if provider not in self._breakers:
+            return False
+        breaker = self._target_breakers(Target(provider, model))
+        if not breaker.allow():
             return False
         try:
             async with asyncio.timeout(timeout_s):
@@ -278,7 +333,7 @@ class Router:
         if target in call.too_small:
             return self._skip(call, target, ContextWindowTooSmall(
                 target.provider, "the prompt may not fit the model's context window"))
-        breaker = self._breakers[target.provider]
+        breaker = self._target_breakers(target)
         waited = 0.0
         for failures in range(1, call.policy.max_attempts_per_target + 1):
             remaining = call.deadline - self._clock.monotonic()
@@ -290,7 +345,7 @@ class Router:
             if isinstance(result, Completion):
                 return result
             if result.retry_after is not None and result.retry_after > call.policy.max_retry_wait_s:
-                breaker.cool_down(result.retry_after)
+                breaker.cool_down(result, result.retry_after)
             if failures == call.policy.max_attempts_per_target:
                 return result
             if _late(result, call.attempts[-1], min(call.policy.timeout_s, remaining)) and any(
@@ -309,11 +364,12 @@ class Router:
         call: _Call,
         target: Target,
         provider: Provider,
-        breaker: CircuitBreaker,
+        breaker: TargetBreakers,
         remaining: float,
         waited: float,
     ) -> Completion | ProviderError:
-        """One call to ``provider``, reported to its breaker and recorded in ``call.attempts``."""
+        """One call to ``provider``, reported to the target's breakers and recorded in
+        ``call.attempts``."""
         timeout = min(call.policy.timeout_s, remaining)
         if call.admit is not None:
             try:
@@ -347,10 +403,10 @@ class Router:
 
     def _callable(self, call: _Call, target: Target) -> bool:
         """Whether ``target`` would be called now rather than skipped: its provider has an
-        adapter, the prompt may fit its window, and its breaker admits a call (asked without
+        adapter, the prompt may fit its window, and its breakers admit a call (asked without
         taking a half-open trial slot)."""
-        breaker = self._breakers.get(target.provider)
-        return breaker is not None and target not in call.too_small and breaker.would_allow()
+        return (target.provider in self._breakers and target not in call.too_small
+                and self._target_breakers(target).would_allow())
 
     def _skip(self, call: _Call, target: Target, error: ProviderError) -> ProviderError:
         self._record(call, target, error.kind, None, self._clock.monotonic(), 0.0, sent=False)
