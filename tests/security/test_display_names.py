@@ -54,9 +54,55 @@ def test_a_display_name_is_the_run_of_name_words_before_the_address(words: str, 
 
 def test_name_forms_cover_last_first_and_titles_but_never_one_word() -> None:
     assert name_forms("Berg,  Anna") == ["Berg, Anna", "Anna Berg"]
-    assert name_forms("Dr. Li Wei") == ["Dr. Li Wei", "Li Wei"]
+    assert name_forms("Dr. Li Wei") == ["Dr. Li Wei", "Li Wei", "Wei, Li"]
+    assert name_forms("Anna Berg") == ["Anna Berg", "Berg, Anna"]
+    assert name_forms("Maria de la Cruz") == ["Maria de la Cruz", "de la Cruz, Maria"]
     assert name_forms("Li, Wei (CFO)") == ["Li, Wei (CFO)", "Li, Wei", "Wei Li"]
     assert name_forms("Anna") == []
+
+
+VARIANTS = (  # tester-priv F3 (e7.eml, e8.eml): how mail writes a name the headers gave as Anna Berg
+    "ready.Anna Berg,", "_Anna Berg_", "Anna  Berg", "Anna\tBerg", "Anna\u00a0Berg", "Anna\u2009Berg",
+    "Anna\u200bBerg", "Anna\nBerg", "Anna\r\n Berg", "ANNA BERG", "anna berg", "Berg, Anna", "Berg,Anna",
+    "x.Anna Berg", "-Anna Berg", "'Anna Berg'", "\uff21\uff4e\uff4e\uff41 \uff22\uff45\uff52\uff47",
+    "> Anna\n> Berg wrote:", "Anna Berg\u2019s", "Anna Berg's", "Dr. Anna Berg", "(Anna Berg)",
+)
+NOT_HER = ("Anna Berg-Schmidt", "Marie-Anna Berg", "AnnaBerg", "Anna_Berg", "Anna.Berg", "Anna Bergs",
+           "Hanna Berg", "Anna Berg2", "A. Berg", "Berg Anna", "Anna B.", "Anna Bérg")
+
+
+@pytest.mark.parametrize("written", VARIANTS)
+def test_every_written_variant_of_a_known_name_is_replaced(written: str) -> None:
+    p = Pseudonymiser(people=[("Anna Berg", "anna@corp.example")])
+    sent = p.pseudonymise(f"Hi,\n{written}\nthanks")
+    assert "<person1>" in sent, sent
+    assert not re.search(r"(?i)anna|berg|\uff21|\uff22", sent), sent
+    assert p.restore("<person1>") == "Anna Berg"
+
+
+@pytest.mark.parametrize("written", NOT_HER)
+def test_a_longer_or_other_word_is_not_taken_for_the_name(written: str) -> None:
+    p = Pseudonymiser(people=[("Anna Berg", "anna@corp.example")])
+    assert p.pseudonymise(f"Hi {written} here") == f"Hi {written} here"
+
+
+def test_a_decomposed_body_and_punctuated_mentions_of_a_header_name_are_replaced() -> None:
+    """tester-priv F3 e8.eml: macOS Mail writes the body in NFD; the span replaced is the one
+    written, so the characters around it are kept exactly."""
+    import unicodedata
+
+    body = unicodedata.normalize("NFD", "Regards from Jörg Müller, and 'Jörg Müller' quoted\n-Jörg Müller\n"
+                                        "please ask Jörg\nMüller; MÜLLER, JÖRG agrees. Zoë")
+    p = Pseudonymiser(people=[("Jörg Müller", "j@corp.example")])
+    assert p.pseudonymise(body) == unicodedata.normalize("NFD", (
+        "Regards from <person1>, and '<person1>' quoted\n-<person1>\n"
+        "please ask <person1>; <person1> agrees. Zoë"))
+
+
+def test_a_name_met_beside_its_address_is_also_replaced_surname_first() -> None:
+    p = Pseudonymiser()
+    sent = p.pseudonymise("Anna Berg <anna@example.com> wrote: Berg, Anna and ANNA BERG agree")
+    assert sent == "<person1> <person1@example.invalid> wrote: <person1> and <person1> agree"
 
 
 def test_the_testers_instruction_keeps_its_words_and_every_mention_is_replaced() -> None:
@@ -88,6 +134,10 @@ def test_a_known_name_in_the_system_prompt_is_never_sent_from_the_cache() -> Non
     request = CompletionRequest(system="Write as John Smith would.", user="hi", max_tokens=10)
     policy.minimise("email-respond", request)  # no people: remembered as having nothing to do
     sent, _ = policy.minimise("email-respond", request, [("John Smith", "john@example.com")])
+    assert sent.system == "Write as <person1> would."
+    shouted = CompletionRequest(system="Write as JOHN\u00a0SMITH would.", user="hi", max_tokens=10)
+    policy.minimise("email-respond", shouted)
+    sent, _ = policy.minimise("email-respond", shouted, [("John Smith", "john@example.com")])
     assert sent.system == "Write as <person1> would."
 
 

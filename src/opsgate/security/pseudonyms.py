@@ -34,7 +34,9 @@ and listed in :attr:`~Pseudonymiser.unresolved`; it is never guessed.
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from collections.abc import Iterable
 
 import phonenumbers
@@ -113,8 +115,10 @@ def split_name(words: str) -> tuple[str, str]:
 def name_forms(name: str) -> list[str]:
     """The ways ``name`` is written in running text, each of two or more words (a single word is
     too often an ordinary one to be replaced on its own): the name itself, without a remark in
-    brackets (``Li, Wei (CFO)`` -> ``Li, Wei``), ``First Last`` for ``Last, First``, and each
-    without a leading title (``Dr. Li Wei`` -> ``Li Wei``)."""
+    brackets (``Li, Wei (CFO)`` -> ``Li, Wei``), ``First Last`` for ``Last, First``, each
+    without a leading title (``Dr. Li Wei`` -> ``Li Wei``), and ``Family, Given`` for a title-less
+    ``Given Family`` (``Anna Berg`` -> ``Berg, Anna``; the family name is the last word with the
+    :data:`PARTICLES` before it: ``Maria de la Cruz`` -> ``de la Cruz, Maria``)."""
     name = " ".join(name.split())
     forms = [name, " ".join(_REMARK.sub(" ", name).split()).strip(" ,")]
     for form in list(forms):
@@ -125,7 +129,98 @@ def name_forms(name: str) -> list[str]:
         title, _, rest = form.partition(" ")
         if title.lower() in TITLES and rest:
             forms.append(rest)
+    for form in list(forms):
+        words = form.split(" ")
+        if "," in form or "(" in form or words[0].lower() in TITLES or len(words) < 2:
+            continue
+        family = len(words) - 1
+        while family > 1 and words[family - 1] in PARTICLES:
+            family -= 1
+        forms.append(f"{' '.join(words[family:])}, {' '.join(words[:family])}")
     return [form for form in dict.fromkeys(forms) if len(form.split()) > 1]
+
+
+def canonical_name(name: str) -> str:
+    """``name`` as a pseudonym is restored (docs/privacy.md): without a remark in brackets and
+    ``Given Family`` where it was written ``Family, Given`` (``O'Brien, Zoë`` -> ``Zoë O'Brien``,
+    ``Li, Wei (CFO)`` -> ``Wei Li``); a name that is only a remark is kept as it is."""
+    plain = " ".join(_REMARK.sub(" ", name).split()).strip(" ,")
+    last, comma, first = plain.partition(", ")
+    if comma and first and "," not in first:
+        return f"{first} {last}"
+    return plain or name
+
+
+_GAP = r"(?:[\s\u200b]|(?<=[\n>])>)"
+"""One character between the words of a name: any run of whitespace (NBSP, thin space, tab, line break), zero
+width spaces, and the ``>`` of quoted lines at the start of a wrapped line."""
+_LETTER = "[^\\W_]"
+_BEFORE = rf"(?<!{_LETTER})(?<!{_LETTER}[-\u2010\u2011'\u2019])"
+_AFTER = rf"(?![\u0300-\u036f]|{_LETTER}|[-\u2010\u2011]{_LETTER}|['\u2019](?!s(?!{_LETTER})){_LETTER})"
+"""A mention is not part of a longer word: no letter or digit (Unicode categories L and N, as
+``[^\\W_]``) touches it, nor joins it by a hyphen or apostrophe (``Anna Berg-Schmidt``,
+``Marie-Anna Berg``), except the possessive ``'s``; punctuation, quotes and underscores may
+(``'Anna Berg'``, ``_Anna Berg_``, ``-Anna Berg``, ``ready.Anna Berg``)."""
+_RUNS = re.compile(r"[\W_]+")
+
+
+def _folded(text: str) -> str:
+    """``text`` in compatibility-composed form, case folded (Unicode NFKC, then ``casefold``):
+    the view :func:`mention_pattern`'s variants all have in common, used to preselect names."""
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _char_pattern(char: str) -> str:
+    """The ways ``char`` (of a name in NFC) can be written: composed or decomposed (NFD, as
+    macOS Mail writes), a fullwidth ASCII letter, any apostrophe or hyphen for ``'`` and ``-``;
+    letter case is the pattern's (``re.IGNORECASE``)."""
+    if char in "'\u2019\u02bc":
+        return "['\u2019\u02bc]"
+    if char in "-\u2010\u2011":
+        return "[-\u2010\u2011]"
+    variants = {char, unicodedata.normalize("NFD", char)}
+    if char.isascii() and char.isalnum():
+        variants.add(chr(ord(char) + 0xFEE0))
+    return "(?:" + "|".join(re.escape(v) for v in sorted(variants, key=len, reverse=True)) + ")"
+
+
+def mention_pattern(forms: Iterable[str]) -> re.Pattern[str]:
+    """One pattern for every written variant of ``forms`` (:func:`name_forms`): any letter case,
+    composed or decomposed accents, fullwidth letters, curly apostrophes, and any whitespace run
+    between words (a name wrapped across lines, two spaces, NBSP) or none after a comma
+    (``Berg,Anna``); bounded by :data:`_AFTER` and the like before. A match is the exact span of
+    the original text. Longer forms are tried first. Built once per set of forms (the same
+    people meet the same forms call after call)."""
+    return _mention_pattern(tuple(sorted(set(forms), key=lambda form: (-len(form), form))))
+
+
+@functools.lru_cache(maxsize=512)
+def _mention_pattern(forms: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = []
+    for form in forms:
+        words = unicodedata.normalize("NFC", form).split()
+        parts = []
+        for i, word in enumerate(words):
+            if i:
+                parts.append(_GAP + ("*" if words[i - 1].endswith(",") else "+"))
+            parts.append("".join(_char_pattern(c) for c in word))
+        alternatives.append("".join(parts))
+    return re.compile(rf"{_BEFORE}(?:{'|'.join(alternatives)}){_AFTER}", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _forms_and_words(name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each of :func:`name_forms` of ``name`` with its :func:`_words` (the same names recur in
+    call after call: a sender, a calendar's attendees)."""
+    return tuple((form, _words(form)) for form in name_forms(name))
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """The letter and digit runs of ``text`` in the :func:`_folded` view: equal for every variant
+    :func:`mention_pattern` matches of one form (``Anna\u00a0BERG`` and ``anna berg``), and each
+    run a substring of the folded text a variant occurs in."""
+    return tuple(run for run in _RUNS.split(_folded(text)) if run)
+
 
 _LOOKS_LIKE = re.compile(
     r"<\s*(?:person|phone)[\s_-]*\d+[^<>\s]{0,40}\s*>|(?<![\w.-])person\d+@example\.[A-Za-z]+\b"
@@ -197,8 +292,10 @@ class Pseudonymiser:
         return f"Pseudonymiser(counts={self.counts})"
 
     def mentions_known(self, text: str) -> bool:
-        """Whether a form of a known person's name (``people``) occurs in ``text``."""
-        return any(form in text for name, _ in self._known for form in name_forms(name))
+        """Whether a form of a known person's name (``people``), written in any of its variants
+        (:func:`mention_pattern`), occurs in ``text``."""
+        forms = self._mentioned_forms(text)
+        return bool(forms) and mention_pattern(form for form, *_ in forms.values()).search(text) is not None
 
     # pseudonymise -------------------------------------------------------------------------------
     def _number(self, address: str) -> int:
@@ -221,29 +318,35 @@ class Pseudonymiser:
         return f"{prose}<person{n}> {pseudonym}"
 
     def _other_mentions(self, text: str) -> str:
-        """Every form of every name met next to an address or known from ``people`` replaced by
-        its person's name pseudonym; a known person gets a number when first met here."""
-        forms: dict[str, tuple[int | None, str, str]] = {}  # form -> (N, address, name)
-        for n, name in self._names.items():
-            for form in name_forms(name):
-                forms.setdefault(form, (n, "", name))
-        for name, address in self._known:
-            for form in name_forms(name):
-                forms.setdefault(form, (None, address, name))
-        present = [form for form in forms if form in text]
-        if not present:
+        """Every written variant (:func:`mention_pattern`) of every form of every name met next
+        to an address or known from ``people`` replaced by its person's name pseudonym; a known
+        person gets a number when first met here."""
+        forms = self._mentioned_forms(text)
+        if not forms:
             return text
-        alternation = "|".join(re.escape(f) for f in sorted(present, key=len, reverse=True))
-        pattern = re.compile(rf"(?<![\w'’.-])(?:{alternation})(?![\w-]|['’](?!s\b)\w)")
 
         def pseudonym(m: re.Match[str]) -> str:
-            n, address, name = forms[m.group()]
+            _, n, address, name = forms[_words(m.group())]
             if n is None:
                 n = self._number(address)
                 self._names.setdefault(n, name)
             return f"<person{n}>"
 
-        return pattern.sub(pseudonym, text)
+        return mention_pattern(form for form, *_ in forms.values()).sub(pseudonym, text)
+
+    def _mentioned_forms(self, text: str) -> dict[tuple[str, ...], tuple[str, int | None, str, str]]:
+        """The forms of names (met next to an address, or known) that may occur in ``text``,
+        as ``{words: (form, N or None, address, name)}`` (``words``: :func:`_words`)."""
+        found: dict[tuple[str, ...], tuple[str, int | None, str, str]] = {}
+        if not (self._names or self._known):
+            return found
+        folded = _folded(text)
+        named = [(n, "", name) for n, name in self._names.items()]
+        for n, address, name in [*named, *((None, a, name) for name, a in self._known)]:
+            for form, words in _forms_and_words(name):
+                if words not in found and all(word in folded for word in words):
+                    found[words] = (form, n, address, name)
+        return found
 
     def _phone_numbers(self, text: str) -> str:
         spans: list[tuple[int, int, str]] = []
