@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -171,3 +172,26 @@ def test_tracing_is_off_without_an_otlp_endpoint(tmp_path: Path, monkeypatch: py
                                      headers={"Authorization": f"Bearer {token}", "traceparent": f"00-{'1' * 32}-{'2' * 16}-01"})
         assert answer.status_code == 200
         assert not tracing.enabled()
+
+
+def test_a_call_made_in_process_is_one_trace_under_its_root(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``opsgate run`` governs without HTTP: its steps are children of one INTERNAL root span
+    (they were ten root spans, one trace each, with no operation or request id)."""
+    import asyncio
+
+    from opsgate.cli import CLI_USER, _run_once
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    body = orjson.dumps(compose())
+    outcome, problem = asyncio.run(_run_once(gateway_settings(tmp_path), "email-compose", body, CLI_USER))
+    assert problem is None and outcome is not None
+    _, spans = receiver.spans()
+    (root,) = [s for s in spans if s.parent_span_id == b""]
+    assert (root.name, root.kind) == ("govern email-compose", Span.SPAN_KIND_INTERNAL)
+    assert _attributes(root.attributes) == {"opsgate.operation": "email-compose",
+                                            "opsgate.request_id": outcome["request_id"]}
+    assert {s.trace_id for s in spans} == {root.trace_id}
+    assert [s.name for s in _children(spans, root)] == STEPS[:-1]  # no HTTP answer to write

@@ -254,6 +254,7 @@ def run(
 
 
 async def _run_once(settings: Settings, operation: str, body: bytes, user: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    from opsgate import tracing
     from opsgate.app import _outcome_body
     from opsgate.pipeline import Call
     from opsgate.problems import problem_body
@@ -267,7 +268,9 @@ async def _run_once(settings: Settings, operation: str, body: bytes, user: str) 
         token = runtime.tokens.issue(user, role)
         call = Call(operation, body, token, uuid.uuid4().hex)
         try:
-            return _outcome_body(await runtime.gateway.govern(call)), None
+            with tracing.call_span(operation, call.request_id):
+                outcome = await runtime.gateway.govern(call)
+            return _outcome_body(outcome), None
         except Exception as exc:  # reported as a problem document, like the API does
             return None, problem_body(exc, call.request_id)[1]
     finally:

@@ -10,7 +10,8 @@ check of one module variable: no span, no context, no attribute is built.
 One trace per governed call (span names are low-cardinality):
 
 - ``POST /v1/operations/{operation}`` (SERVER, :func:`request_span`), the child of an incoming W3C
-  ``traceparent`` (https://www.w3.org/TR/trace-context/) when the request has one;
+  ``traceparent`` (https://www.w3.org/TR/trace-context/) when the request has one; a call made
+  in-process (``opsgate run``) has ``govern {operation}`` (INTERNAL, :func:`call_span`) instead;
 - one INTERNAL span per pipeline step, named after it (:func:`step`): ``authenticate``,
   ``authorize``, ``rate_limit``, ``validate``, ``minimise`` (privacy), ``take_tokens``, ``reserve``, ``ledger_intent``, ``route``,
   ``record`` (with ``meter`` inside), ``respond``;
@@ -113,20 +114,46 @@ def request_span(operation: str, request_id: str, headers: Mapping[str, str]) ->
     from opentelemetry.trace import SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = TraceContextTextMapPropagator().extract(carrier=dict(headers))
     route = f"/v1/operations/{operation}"
-    with _tracer.start_as_current_span(f"POST {route}", context=parent, kind=SpanKind.SERVER,
-                                       record_exception=False, set_status_on_exception=False) as span:
-        _set(span, {"http.request.method": "POST", "http.route": route, "opsgate.operation": operation,
-                    "opsgate.request_id": request_id})
+    with _root(f"POST {route}", SpanKind.SERVER, TraceContextTextMapPropagator().extract(carrier=dict(headers)),
+               {"http.request.method": "POST", "http.route": route}, operation, request_id, http=True):
+        yield
+
+
+@contextmanager
+def call_span(operation: str, request_id: str) -> Iterator[None]:
+    """The root span of one governed call made in-process, without HTTP (``opsgate run``):
+    INTERNAL ``govern {operation}``, so its steps form one trace as a served call's do. An
+    escaping :class:`OpsgateError` sets ``error.type`` to its ``code`` (an error status only
+    for a 5xx one)."""
+    if _tracer is None:
+        yield
+        return
+    from opentelemetry.trace import SpanKind
+
+    with _root(f"govern {operation}", SpanKind.INTERNAL, None, {}, operation, request_id, http=False):
+        yield
+
+
+@contextmanager
+def _root(name: str, kind: Any, parent: Any, attributes: dict[str, Any], operation: str, request_id: str,
+          http: bool) -> Iterator[None]:
+    """A call's root span ``name`` of ``kind`` under ``parent`` (a context, or ``None``) with
+    ``attributes``, the operation and the request id; ``http`` adds ``http.response.status_code``."""
+    assert _tracer is not None
+    with _tracer.start_as_current_span(name, context=parent, kind=kind, record_exception=False,
+                                       set_status_on_exception=False) as span:
+        _set(span, {**attributes, "opsgate.operation": operation, "opsgate.request_id": request_id})
         try:
             yield
         except Exception as exc:
             status = getattr(exc, "status", 500)
             _fail(span, getattr(exc, "code", "internal_error"), error=status >= 500)  # 4xx: unset (semconv)
-            _set(span, {"http.response.status_code": status})
+            if http:
+                _set(span, {"http.response.status_code": status})
             raise
-        _set(span, {"http.response.status_code": 200})
+        if http:
+            _set(span, {"http.response.status_code": 200})
 
 
 @contextmanager
