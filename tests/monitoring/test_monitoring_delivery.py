@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert, select, text
 from tests.ledgered import entries
-from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env
+from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env, cycle
 
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.monitoring.models import outbox
@@ -32,7 +32,7 @@ def failing_calls(env: Env, op: str = "email-compose", n: int = 100, errors: int
 async def test_monitoring_p1_reaches_every_channel_once(env: Env) -> None:
     failing_calls(env)
     worker = env.worker()
-    assert await worker.tick()
+    assert await cycle(worker)
     [incident] = worker.incidents.list()
     assert (incident["severity"], incident["rule"], incident["state"]) == ("P1", "error_rate", "open")
     [pd] = env.http.bodies(PAGERDUTY)
@@ -46,7 +46,7 @@ async def test_monitoring_p1_reaches_every_channel_once(env: Env) -> None:
     assert sms["To"] == "+15005550001" and sms["From"] == "+15005550006"
     assert [r.auth.split()[0] for r in env.http.received if r.path == env.sms_path] == ["Basic"]
     assert [m["to"] for m in env.smtp.messages] == ["oncall@example.test"]
-    assert await worker.tick()  # nothing new: no second copy anywhere
+    assert await cycle(worker)  # nothing new: no second copy anywhere
     assert len(env.http.received) == 3 and len(env.smtp.messages) == 1
 
 
@@ -57,14 +57,14 @@ async def test_monitoring_retry_429_then_500s_then_200_delivers_exactly_once(env
         env.clock.now() - start).total_seconds() < 150 and not env.http.script.get(DISCORD) else None
     failing_calls(env)
     worker = env.worker()
-    await worker.tick()
+    await cycle(worker)
     assert env.http.bodies(DISCORD) == [] and env.http.bodies(PAGERDUTY) == []
     [row] = _rows(env, "discord")
     assert row["state"] == "pending" and row["last_status"] == 429
     assert row["next_attempt_at"].replace(tzinfo=None) >= (start + timedelta(seconds=30)).replace(tzinfo=None)
     for _ in range(60):  # three minutes in five-second ticks
         env.clock.advance(5)
-        await worker.tick()
+        await cycle(worker)
     assert len(env.http.bodies(DISCORD)) == 1 and len(env.http.bodies(PAGERDUTY)) == 1
     [row] = _rows(env, "discord")
     assert row["state"] == "sent" and row["attempts"] >= 3
@@ -90,15 +90,15 @@ async def test_monitoring_acknowledged_alert_stops_escalating(env: Env) -> None:
     await worker.outbox.dispatch_once()
     assert env.http.bodies(PAGERDUTY) == [] and len(env.http.bodies(DISCORD)) == 1
     env.clock.advance(15 * 60 + 1)  # P2 response time passed: level 1 adds PagerDuty and SMS
-    await worker.tick()
+    await cycle(worker)
     assert [b["event_action"] for b in env.http.bodies(PAGERDUTY)] == ["trigger"]
     assert len(env.http.bodies(env.sms_path)) == 1
     [incident] = worker.incidents.list()
     worker.incidents.acknowledge(incident["id"], "operator-1")
-    await worker.tick()
+    await cycle(worker)
     assert [b["event_action"] for b in env.http.bodies(PAGERDUTY)] == ["trigger", "acknowledge"]
     env.clock.advance(3 * 3600)
-    await worker.tick()
+    await cycle(worker)
     assert [m["to"] for m in env.smtp.messages].count("admin@example.test") == 0
     assert len(env.http.bodies(env.sms_path)) == 1
     shown = worker.incidents.show(incident["id"])
@@ -116,7 +116,7 @@ async def test_monitoring_unacknowledged_alert_reaches_admins(env: Env) -> None:
     worker.incidents.observe(Finding("cost_discrepancy", {"provider": "gemini"}, True, Severity.P2, "3%", "c", "c"))
     for _ in range(2):
         env.clock.advance(15 * 60 + 1)
-        await worker.tick()
+        await cycle(worker)
     assert "admin@example.test" in [m["to"] for m in env.smtp.messages]
     assert "+15005550009" in [b["To"] for b in env.http.bodies(env.sms_path)]
 
@@ -124,7 +124,7 @@ async def test_monitoring_unacknowledged_alert_reaches_admins(env: Env) -> None:
 async def test_monitoring_two_workers_page_once_per_dedup_key(env: Env) -> None:
     failing_calls(env)
     a, b = env.worker("a", "a.lock"), env.worker("b", "b.lock")  # separate locks: both lead
-    await asyncio.gather(a.tick(), b.tick(), a.tick(), b.tick())
+    await asyncio.gather(cycle(a), cycle(b), cycle(a), cycle(b))
     pages = env.http.bodies(PAGERDUTY)
     assert [p["dedup_key"] for p in pages] == ["error_rate:operation=email-compose"]
     assert len(a.incidents.list()) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from tests.gateways import gateway_settings
-from tests.monitoring.worker_env import PAGERDUTY, Env
+from tests.monitoring.worker_env import PAGERDUTY, Env, cycle
 
 from opsgate.monitoring.models import provider_status
 from opsgate.monitoring.providers import ProviderStatusSync, outages
@@ -47,12 +47,12 @@ async def test_monitoring_outage_demotes_then_restores_provider(env: Env) -> Non
         worker = env.worker()
         env.clock.advance(29 * 60)
         await sync.sync_once()
-        await worker.tick()
+        await cycle(worker)
         assert router.demoted == frozenset()  # 29 minutes: not yet
         env.clock.advance(2 * 60)
         await sync.sync_once()
         worker._last.clear()
-        await worker.tick()
+        await cycle(worker)
         await sync.sync_once()
         assert router.demoted == {"anthropic"}
         assert [t.provider for t in router.chain(policy)] == ["deepseek", "gemini", "anthropic"]
@@ -61,7 +61,7 @@ async def test_monitoring_outage_demotes_then_restores_provider(env: Env) -> Non
         env.clock.advance(31)
         await sync.sync_once()  # the breaker admits a trial: the probe succeeds and closes it
         worker._last.clear()
-        await worker.tick()
+        await cycle(worker)
         await sync.sync_once()
         assert router.demoted == frozenset()
         assert [t.provider for t in router.chain(policy)] == ["anthropic", "deepseek", "gemini"]

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 from sqlalchemy import delete, insert, select
-from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env
+from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env, cycle
 
 from opsgate.ledger.anchors import DirectoryAnchor, publish
 from opsgate.ledger.guards import drop_triggers
@@ -42,7 +42,7 @@ async def test_receiver_that_never_answers_cannot_freeze_the_worker(env: Env) ->
     worker = env.worker()
     worker.outbox.send_timeout_s = 0.3
     worker.incidents.observe(Finding("cost_discrepancy", {"provider": "gemini"}, True, Severity.P1, "3%", "c", "c"))
-    assert await asyncio.wait_for(worker.tick(), 20)
+    assert await asyncio.wait_for(cycle(worker), 20)
     [row] = _rows(env, "discord")
     assert (row["state"], row["attempts"], row["last_error"]) == ("pending", 1, "no answer within 0.3 s")
     assert [b["event_action"] for b in env.http.bodies(PAGERDUTY)] == ["trigger"]
@@ -84,14 +84,14 @@ async def test_acknowledgement_cancels_escalations_queued_for_retry(env: Env) ->
     await worker.outbox.dispatch_once()
     env.http.failing = lambda path: (503, {})
     env.clock.advance(15 * 60 + 1)  # level 1 adds PagerDuty and SMS, both answer 503
-    await worker.tick()
+    await cycle(worker)
     queued = [r for r in _rows(env, "pagerduty") + _rows(env, "sms") if ":escalate:" in r["notify_key"]]
     assert queued and all(r["state"] == "pending" for r in queued)
     [incident] = worker.incidents.list()
     worker.incidents.acknowledge(incident["id"], "operator-1")
     env.http.failing = None
     env.clock.advance(120)
-    await worker.tick()
+    await cycle(worker)
     after = {r["id"]: r["state"] for r in _rows(env, "pagerduty") + _rows(env, "sms")}
     assert {after[r["id"]] for r in queued} == {"cancelled"}
     assert env.http.bodies(env.sms_path) == []
@@ -143,6 +143,6 @@ async def test_escalation_carries_the_latest_figures_not_the_opening_ones(env: E
     await worker.outbox.dispatch_once()
     assert "p99 is 6000 ms" in env.http.bodies(DISCORD)[0]["content"]  # the trigger: figures at opening
     env.clock.advance(15 * 60 + 1)  # P2 response time passed: escalated to PagerDuty and SMS
-    await worker.tick()
+    await cycle(worker)
     [page] = env.http.bodies(PAGERDUTY)
     assert "p99 is 9400 ms" in str(page["payload"]) and "6000" not in str(page["payload"])

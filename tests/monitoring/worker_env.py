@@ -37,3 +37,12 @@ class Env:
     @property
     def sms_path(self) -> str:
         return f"/2010-04-01/Accounts/{self.sid}/Messages.json"
+
+
+async def cycle(worker: Worker) -> bool:
+    """One pass of each of the worker's two loops, in the order :meth:`Worker.run` starts them:
+    the jobs (:meth:`Worker.tick`), then the deliveries (:meth:`Worker.deliver`). True when the
+    worker leads."""
+    leads = await worker.tick()
+    await worker.deliver()
+    return leads

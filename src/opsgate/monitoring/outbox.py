@@ -2,7 +2,8 @@
 
 A notification is rendered into wire payloads and stored (``monitoring_outbox``) in the same
 transaction as the incident change that caused it, before any send. :meth:`Outbox.dispatch_once`
-then delivers due rows:
+then delivers due rows (the worker runs it in its own delivery loop, one per channel, apart from
+the rules and the canary evaluation, so a slow receiver never delays them):
 
 - **claiming**: PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` then an UPDATE to ``sending``
   in one transaction; SQLite a conditional ``UPDATE ... WHERE id = ? AND <still due>`` whose
@@ -13,6 +14,9 @@ then delivers due rows:
 - **order**: rows of one incident to one (channel, recipient) go out in the order they were
   stored: a row is not due while an earlier one of the same stream is pending or being sent, so a
   resolve never overtakes its rate-limited trigger (it is claimed once the trigger is out).
+- **concurrency**: the rows of one claim are sent together, at most ``per_channel`` at a time on
+  each channel. A claim holds at most one row per stream (the rule above), so sending them
+  together never reorders a stream.
 - **deadline**: every send has ``send_timeout_s``; a receiver that accepts and never answers is a
   retryable failure, never a frozen worker.
 - **retry**: 429 waits ``max(Retry-After, backoff)``; 5xx and network errors back off
@@ -46,6 +50,7 @@ from opsgate.store.db import begin_write
 log = logging.getLogger("opsgate.monitoring")
 
 CHANNEL_ORDER = ("discord", "email", "pagerduty", "sms")
+"""Every channel a row can name, in the order a delivery-failure notice picks another one."""
 PENDING, SENDING, SENT, FAILED, CANCELLED = "pending", "sending", "sent", "failed", "cancelled"
 STOPPED_WHEN_NOT_OPEN = ("escalate", "repeat")
 """Notification events (the second field of a notify key ``<incident>:<event>:...``) that are only
@@ -75,13 +80,14 @@ class Outbox:
     """Delivers stored notifications through ``notifiers`` (by channel name).
 
     ``fallback_recipient(channel)`` names who gets a delivery-failure notice on that channel
-    (empty string for webhook channels). Times come from ``clock``; ``worker_id`` marks claims.
+    (empty string for webhook channels). Times come from ``clock``; ``worker_id`` marks claims;
+    ``per_channel`` bounds the sends in flight on one channel.
     """
 
     def __init__(self, engine: Engine, clock: Clock, notifiers: Mapping[str, Notifier], worker_id: str,
                  fallback_recipients: Recipients, *, max_backoff_s: float = 300.0,
                  give_up_s: float = 86400.0, claim_s: float = 120.0, send_timeout_s: float = 30.0,
-                 max_retry_after_s: float = 3600.0) -> None:
+                 max_retry_after_s: float = 3600.0, per_channel: int = 4) -> None:
         self.engine = engine
         self.clock = clock
         self.notifiers = dict(notifiers)
@@ -92,11 +98,18 @@ class Outbox:
         self.claim_s = claim_s
         self.send_timeout_s = send_timeout_s
         self.max_retry_after_s = max_retry_after_s
+        self.per_channel = per_channel
 
-    def claim(self, limit: int = 50) -> list[dict[str, Any]]:
-        """Claim up to ``limit`` due rows for this worker (see the module docstring). SQLite takes
-        them with one ``UPDATE ... RETURNING``, which holds the write lock from its first step (a
-        read followed by a write would fail with "database is locked" under load)."""
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Every channel a row may name: :data:`CHANNEL_ORDER` and any other configured one."""
+        return tuple(dict.fromkeys((*CHANNEL_ORDER, *self.notifiers)))
+
+    def claim(self, limit: int = 50, channel: str | None = None) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` due rows (of ``channel`` only, when given) for this worker (see
+        the module docstring). SQLite takes them with one ``UPDATE ... RETURNING``, which holds
+        the write lock from its first step (a read followed by a write would fail with "database
+        is locked" under load)."""
         now = self.clock.now()
         earlier = outbox.alias("earlier")
         blocked = exists().where(
@@ -105,6 +118,8 @@ class Outbox:
             earlier.c.state.in_((PENDING, SENDING)))
         due = and_(or_(and_(outbox.c.state == PENDING, outbox.c.next_attempt_at <= now),
                        and_(outbox.c.state == SENDING, outbox.c.claim_expires_at <= now)), ~blocked)
+        if channel is not None:
+            due = and_(due, outbox.c.channel == channel)
         claim = {"state": SENDING, "claimed_by": self.worker_id,
                  "claim_expires_at": now + timedelta(seconds=self.claim_s)}
         query = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
@@ -118,21 +133,30 @@ class Outbox:
             return [dict(r) for r in conn.execute(select(outbox).where(outbox.c.id.in_(ids))
                                                   .order_by(outbox.c.id)).mappings()]
 
-    async def dispatch_once(self, limit: int = 50) -> int:
-        """Claim and send due rows one by one, claiming again while a round finished rows (a
+    async def dispatch_once(self, limit: int = 50, channel: str | None = None) -> int:
+        """Claim due rows (of ``channel`` only, when given) and send them, at most
+        ``per_channel`` at a time on each channel, claiming again while a round finished rows (a
         finished row makes the next one of its stream due); returns how many were sent. At most
         ``limit`` rows are handled."""
         sent = handled = 0
-        while handled < limit and (batch := self.claim(limit - handled)):
+        while handled < limit and (batch := self.claim(limit - handled, channel)):
             handled += len(batch)
-            finished = 0
-            for row in batch:
-                outcome = await self._deliver(row)
-                sent += outcome == SENT
-                finished += outcome in (SENT, CANCELLED)
-            if not finished:
+            outcomes = await self._send_all(batch)
+            sent += outcomes.count(SENT)
+            if not any(o in (SENT, CANCELLED) for o in outcomes):
                 break
         return sent
+
+    async def _send_all(self, batch: list[dict[str, Any]]) -> list[str]:
+        """Deliver ``batch`` (one claim: at most one row per stream), ``per_channel`` at a time on
+        each channel; the new states in ``batch``'s order."""
+        gates = {row["channel"]: asyncio.Semaphore(self.per_channel) for row in batch}
+
+        async def bounded(row: dict[str, Any]) -> str:
+            async with gates[row["channel"]]:
+                return await self._deliver(row)
+
+        return list(await asyncio.gather(*(bounded(row) for row in batch)))
 
     async def _deliver(self, row: dict[str, Any]) -> str:
         """Send one claimed row; returns its new state."""

@@ -5,10 +5,16 @@ server releases it when that session dies); SQLite an exclusive ``flock`` on
 ``worker_lock_file`` (the kernel releases it when the process dies). A standby retries every tick
 and takes over as soon as the leader is gone. The leader records itself in ``monitoring_workers``.
 
-Jobs per tick (``worker_tick_s``), each on its cadence: signals → incidents (and disabling an
-operation after a budget enforcement failure); alert rules every ``alert_eval_interval_s`` (with
-the outage fallback: demote / restore); the canary evaluation every ``canary_eval_interval_s``
-while a rollout is active; ledger verification hourly; escalations and repeats; the outbox.
+Two loops run side by side while the worker leads, each every ``worker_tick_s``:
+
+- the jobs (:meth:`Worker.tick`), each on its cadence: signals → incidents (and disabling an
+  operation after a budget enforcement failure); alert rules every ``alert_eval_interval_s`` (with
+  the outage fallback: demote / restore); the canary evaluation every ``canary_eval_interval_s``
+  while a rollout is active; ledger verification hourly; escalations and repeats;
+- the deliveries (:meth:`Worker.deliver`): the outbox, one drain per channel, at most
+  ``Outbox.per_channel`` sends in flight on each. A receiver that hangs holds up its own channel
+  (up to ``send_timeout_s`` a send), never the other channels, the rules or the canary: an
+  automatic rollback is never late because a pager is slow.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import socket
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 import aiohttp
@@ -184,37 +191,47 @@ class Worker:
             await asyncio.to_thread(self.evaluate_canary)
         await asyncio.to_thread(self.incidents.escalate_due)
         await asyncio.to_thread(self.incidents.repeat_due)
-        while await self.outbox.dispatch_once():
-            pass
         return True
+
+    async def deliver(self) -> int:
+        """Send the due outbox rows if this worker leads (a standby sends nothing): every channel
+        drained side by side, each until a round sends nothing; returns how many were sent."""
+        if not self.leadership.held:
+            return 0
+        return sum(await asyncio.gather(*(self._drain(c) for c in self.outbox.channels)))
+
+    async def _drain(self, channel: str) -> int:
+        sent = 0
+        while n := await self.outbox.dispatch_once(channel=channel):
+            sent += n
+        return sent
 
     async def run(self, stop: asyncio.Event) -> None:
-        """:meth:`tick` every ``worker_tick_s`` until ``stop`` is set; errors are logged. Setting
-        ``stop`` (SIGTERM) cancels a tick in progress: shutdown never waits on a receiver."""
+        """:meth:`tick` and :meth:`deliver`, each in its own loop every ``worker_tick_s``, until
+        ``stop`` is set; errors are logged. Setting ``stop`` (SIGTERM) cancels both loops with
+        whatever they are doing: shutdown never waits on a receiver (a send cut short keeps its
+        claim, which expires, and the row is sent again: at least once)."""
+        loops = [asyncio.create_task(self._every(stop, self.tick, "worker tick")),
+                 asyncio.create_task(self._every(stop, self.deliver, "outbox delivery"))]
         try:
-            while not stop.is_set():
-                if not await self._tick_unless(stop):
-                    return
-                try:
-                    await asyncio.wait_for(stop.wait(), self.settings.worker_tick_s)
-                except TimeoutError:
-                    pass
+            await stop.wait()
         finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             self.leadership.release()
 
-    async def _tick_unless(self, stop: asyncio.Event) -> bool:
-        """Run one tick; False when ``stop`` was set first (the tick is then cancelled)."""
-        tick = asyncio.ensure_future(self.tick())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({tick, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not tick.done():
-            tick.cancel()
-            await asyncio.gather(tick, return_exceptions=True)
-            return False
-        if not tick.cancelled() and tick.exception() is not None:
-            log.error("worker tick failed", exc_info=tick.exception())
-        return True
+    async def _every(self, stop: asyncio.Event, job: Callable[[], Awaitable[object]], name: str) -> None:
+        """``job`` every ``worker_tick_s`` until ``stop`` is set; a job that raises is logged."""
+        while not stop.is_set():
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed", name)
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.worker_tick_s)
+            except TimeoutError:
+                pass
 
     # jobs -------------------------------------------------------------------------------------
     def evaluate_rules(self) -> list[Finding]:
