@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from opsgate.app import create_app
@@ -159,3 +160,16 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> Non
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"{url}/readyz did not answer 200 in {timeout_s:.0f} s")
+
+
+def stand_in_servers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Stand in for ``opsgate serve``'s servers: :func:`opsgate.localserver.serve` and
+    ``serve_workers`` record the number of workers each call would have started (1 for one
+    process) and serve nothing; the port is not bound. Start-up's own checks still run
+    (``--workers N`` starts and closes the runtime once)."""
+    started: list[int] = []
+    monkeypatch.setattr("opsgate.localserver.bind", lambda host, port: None)
+    monkeypatch.setattr("opsgate.localserver.serve", lambda open_app, sock: started.append(1))
+    monkeypatch.setattr("opsgate.localserver.serve_workers",
+                        lambda factory, sock, workers: started.append(workers) or [])
+    return started

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from tests.gateways import stand_in_servers
 from tests.security.canaries import KEYS
 from typer.testing import CliRunner
 
@@ -191,8 +192,7 @@ def test_serve_refuses_sandbox_with_several_workers(env):
 
 
 def test_serve_refuses_several_workers_with_rate_limits_but_no_redis(env, monkeypatch):
-    started: list[dict] = []
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(kw))
+    started = stand_in_servers(monkeypatch)
     monkeypatch.setenv("OPSGATE_RATE_LIMIT_USER_TPM", "50000")
     result = runner.invoke(app, ["serve", "--workers", "3"])
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -202,7 +202,7 @@ def test_serve_refuses_several_workers_with_rate_limits_but_no_redis(env, monkey
     assert runner.invoke(app, ["serve", "--workers", "3", "--per-worker-limits"]).exit_code == 0
     monkeypatch.setenv("OPSGATE_REDIS_URL", "redis://127.0.0.1:6379/0")
     assert runner.invoke(app, ["serve", "--workers", "3"]).exit_code == 0
-    assert [kw["workers"] for kw in started] == [3, 3]
+    assert started == [3, 3]
 
 
 def _shown_budgets(stdout: str) -> list[dict[str, str]]:
@@ -250,8 +250,7 @@ def test_a_malformed_config_file_is_one_line_naming_file_line_and_column(env, tm
     config = tmp_path / "opsgate.toml"
     config.write_text('[providers.local]\nbase_url = "http://127.0.0.1:9/v1"\n[variants.email-classify.x\n')
     monkeypatch.setenv("OPSGATE_CONFIG", str(config))
-    started: list[dict] = []
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(kw))
+    started = stand_in_servers(monkeypatch)
     result = runner.invoke(app, command)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert (result.exit_code, started, len(lines)) == (2, [], 1), result.output
@@ -344,9 +343,8 @@ FAULTS = [("bogus:thing", "unknown fault profile part 'bogus:thing'"),
 def test_a_bad_fault_profile_is_one_line_and_exit_2_as_the_option_is_parsed(env, monkeypatch, command, profile, message):
     """Tester B F8: the profile was parsed only while the sandbox app was built, a 49-line
     traceback (exit 1) or uvicorn's "Application startup failed"."""
-    started: list[object] = []
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(a))
-    monkeypatch.setattr("opsgate.sandbox.server.run_sandbox_forever", lambda *a: started.append(a))
+    started = stand_in_servers(monkeypatch)
+    monkeypatch.setattr("opsgate.sandbox.server.run_sandbox_forever", lambda *a: started.append(0))
     result = runner.invoke(app, [*command, "--faults", profile])
     assert (result.exit_code, result.stderr.splitlines(), started) == (2, [f"error: --faults: {message}"], [])
     assert isinstance(result.exception, SystemExit)
@@ -369,8 +367,7 @@ def test_a_bad_fault_profile_is_one_line_and_exit_2_as_the_option_is_parsed(env,
 @pytest.mark.parametrize("command", [["serve"], ["run", "email-classify", "--input", str(EXAMPLES / "email-classify.eml")]])
 def test_settings_only_start_up_read_are_checked_before_it(env, monkeypatch, variables, line, command):
     """Each of these raised deep inside the runtime's construction: a traceback, exit 1."""
-    started: list[object] = []
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(a))
+    started = stand_in_servers(monkeypatch)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     result = runner.invoke(app, command)
@@ -382,8 +379,7 @@ def test_settings_only_start_up_read_are_checked_before_it(env, monkeypatch, var
 def test_faults_without_the_sandboxes_is_refused(env, monkeypatch, command):
     """Tester B F9: `serve --faults outage:anthropic` without --sandbox served the real providers,
     silently. With OPSGATE_SANDBOX=true the profile applies (one process only)."""
-    started: list[object] = []
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(a))
+    started = stand_in_servers(monkeypatch)
     result = runner.invoke(app, [*command, "--faults", "outage:anthropic"])
     [line] = result.stderr.splitlines()
     assert (result.exit_code, started) == (2, []) and "--faults" in line and "sandbox" in line

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_a_bad_configuration_is_one_line_naming_it_and_exit_2(tmp_path, monkeypa
 
 def test_an_unreachable_postgresql_is_one_line_without_its_password(tmp_path):
     url = f"postgresql://opsgate:{PASSWORD}@127.0.0.1:1/db"  # port 1: nothing listens
-    for command in (["toggles", "list"], ["serve"]):  # a command that opens it, and start-up
+    for command in (["toggles", "list"], ["serve", "--port", "0"]):  # a command that opens it, and start-up
         done = _opsgate(tmp_path, {"OPSGATE_DATABASE_URL": url}, *command)
         [line] = done.stderr.splitlines()
         assert done.returncode == 2, (command, done.stderr)
@@ -176,6 +177,81 @@ def test_a_provider_key_reference_that_cannot_be_resolved_is_one_line_naming_its
     result = CliRunner().invoke(app, ["run", "task-prioritize", "--input", str(example)], env=given)
     assert (result.exit_code, result.stderr.splitlines(), result.stdout) == (2, [
         f"error: {variable} (environment): {variable} is a 1Password reference but OP_CONNECT_HOST is not set"], "")
+
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+START_UPS = [  # every command that starts the gateway (opsgate.app.open_app)
+    pytest.param(["run", "task-prioritize", "--input", str(EXAMPLES / "task-prioritize.json")], id="run"),
+    pytest.param(["serve", "--port", "0"], id="serve"),
+    pytest.param(["serve", "--port", "0", "--workers", "2"], id="serve-workers-2"),  # start-up runs in the parent first
+    pytest.param(["demo", "--examples", str(EXAMPLES)], id="demo"),
+    pytest.param(["rehearse", "--hours", "1", "--users", "10", "--examples", str(EXAMPLES)], id="rehearse"),
+]
+
+
+def _clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith(("OPSGATE_", "OP_CONNECT_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def _one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    """The command's error line: the last line on stderr (a sandbox command announces sandbox
+    mode on the line before), with no traceback anywhere."""
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr, result.stderr
+    assert isinstance(result.exception, SystemExit)  # an exit, not an exception
+    lines = [line for line in result.stderr.splitlines() if "SANDBOX MODE" not in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", START_UPS)
+def test_an_unresolvable_key_reference_stops_every_start_up_with_one_line(tmp_path, monkeypatch, command):
+    """Start-up ran inside uvicorn's lifespan for serve, demo and rehearse: uvicorn logged the
+    ConfigError's traceback and exited 3 (serve), or the commands died with "the local server
+    did not start" and exit 1 (demo, rehearse); serve --workers 2 logged a traceback per worker
+    and exited 0. Now each is the one line `opsgate run` prints, exit 2."""
+    _clean_env(tmp_path, monkeypatch)
+    given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}", "OPSGATE_CONFIG": str(_empty(tmp_path)),
+             "ANTHROPIC_API_KEY": "op://Prod/Anthropic/keys/credential"}
+    result = CliRunner().invoke(app, command, env=given)
+    assert (result.exit_code, _one_error_line(result)) == (2, "error: ANTHROPIC_API_KEY (environment): "
+                                                              "ANTHROPIC_API_KEY is a 1Password reference but "
+                                                              "OP_CONNECT_HOST is not set")
+
+
+@pytest.mark.parametrize("command", START_UPS[1:])
+def test_an_unreachable_database_stops_every_start_up_with_one_line_without_its_password(
+        tmp_path, monkeypatch, command):
+    """The rehearsal's own --database-url is the URL named (the boundary named
+    OPSGATE_DATABASE_URL's value, a SQLite file, when the rehearsal's PostgreSQL refused)."""
+    _clean_env(tmp_path, monkeypatch)
+    url = f"postgresql://opsgate:{PASSWORD}@127.0.0.1:1/db"  # port 1: nothing listens
+    given = {"OPSGATE_CONFIG": str(_empty(tmp_path)),
+             "OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}" if command[0] == "rehearse" else url}
+    extra = ["--database-url", url] if command[0] == "rehearse" else []
+    result = CliRunner().invoke(app, [*command, *extra], env=given)
+    line = _one_error_line(result)
+    assert result.exit_code == 2 and line.startswith("error: OPSGATE_DATABASE_URL (postgresql+psycopg://"), line
+    assert line.endswith('@127.0.0.1:1/db): cannot connect: connection failed: connection to server at '
+                         '"127.0.0.1", port 1 failed: Connection refused'), line
+    assert PASSWORD not in result.output + result.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    """uvicorn logged "[Errno 98] error while attempting to bind ..." and exited 3, after the
+    gateway had started; now the port is bound first."""
+    _clean_env(tmp_path, monkeypatch)
+    given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}", "OPSGATE_CONFIG": str(_empty(tmp_path))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            result = CliRunner().invoke(app, ["serve", "--port", str(port), "--workers", workers], env=given)
+            assert (result.exit_code, result.stderr.splitlines()) == (
+                2, [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]), workers
+    assert not list(tmp_path.glob("*.db"))  # refused before the gateway started
 
 
 def test_the_ledger_synchronous_pragma_ignores_case() -> None:

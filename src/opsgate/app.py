@@ -50,18 +50,36 @@ from opsgate.store.db import migrations_current
 from opsgate.validation import field_errors
 from opsgate.web.views import router as dashboard_router
 
-def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
-    """Build the app. The runtime (database, ledger, providers) opens in the lifespan."""
+async def open_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+    """The app with its runtime (database, ledger, providers) already open, for a server to start
+    once start-up has succeeded (:mod:`opsgate.localserver`): what start-up raises -- a
+    :class:`~opsgate.config.ConfigError` for a provider key reference that cannot be resolved, a
+    database that refuses the connection -- propagates to the caller here instead of into the
+    server's lifespan, where uvicorn logs it as a traceback. ``app.state.runtime`` is the open
+    runtime; the app's lifespan shutdown closes it."""
+    runtime = await start_runtime(settings, clock)
+    try:
+        return create_app(settings, clock, runtime)
+    except BaseException:
+        await runtime.close()
+        raise
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None,
+               runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. The runtime (database, ledger, providers) opens in the lifespan, unless
+    ``runtime`` is one already open for ``settings`` (:func:`open_app`); either way the lifespan
+    shutdown closes it."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await start_runtime(settings, clock)
-        app.state.runtime = runtime
+        opened = runtime or await start_runtime(settings, clock)
+        app.state.runtime = opened
         try:
             yield
         finally:
-            await runtime.close()
+            await opened.close()
 
     app = FastAPI(
         title="opsgate",
@@ -94,6 +112,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(rollout_router)
     app.include_router(dashboard_router)
     app.openapi = _with_components(app, components)  # type: ignore[method-assign]  # FastAPI's documented override
+    if runtime is not None:
+        app.state.runtime = runtime
     return app
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import traceback
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,15 +42,17 @@ from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
 from opsgate.security.sanitizer import sanitize
-from opsgate.store.db import begin_write, check_connects, connect_failure
+from opsgate.store.db import begin_write, connect_failure
 
 
 class _Boundary(TyperGroup):
     """The root command: every command runs inside :meth:`invoke`, the one place a configuration
-    failure becomes ``error: <one line>`` and exit 2 (a :class:`ConfigError` from settings, the
-    configuration file or the database URL, or a database connection that fails). Any other
-    exception prints its traceback through the sanitizer (no secret, no local variables) and
-    exits 1."""
+    failure becomes ``error: <one line>`` and exit 2: a :class:`ConfigError` from settings, the
+    configuration file, the database URL or start-up (a provider key reference that cannot be
+    resolved), a routing configuration that cannot be served, a database connection that fails.
+    The gateway's start-up raises into it for serve, run, demo and rehearse alike
+    (:func:`opsgate.app.open_app`). Any other exception prints its traceback through the
+    sanitizer (no secret, no local variables) and exits 1."""
 
     def invoke(self, ctx: Any) -> Any:  # Typer's own click Context (typer._click, private)
         try:
@@ -57,6 +61,8 @@ class _Boundary(TyperGroup):
             raise
         except ConfigError as exc:
             _fail(str(exc))
+        except RouteConfigError as exc:
+            _fail("; ".join(exc.problems))
         except DBAPIError as exc:  # settings loaded (the callback ran) before any database use
             failure = connect_failure(exc, Settings().database_url)
             if failure is None:
@@ -122,11 +128,8 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
     if faults is not None and not settings.sandbox:
         _fail("--faults needs --sandbox: without it the providers are the real ones")
     now = SystemClock().now
-    try:
-        prices = PriceBook.from_settings(settings, now)
-        checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
-    except RouteConfigError as exc:
-        _fail("; ".join(exc.problems))
+    prices = PriceBook.from_settings(settings, now)
+    checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
     if problems := _start_up_problems(settings):
         _fail("; ".join(problems))
     return settings
@@ -183,26 +186,55 @@ def serve(
     (own event loop, ledger writer and provider session) over the same database: worth it on
     PostgreSQL; on SQLite the single database writer serialises them. Rate limits set without
     ``OPSGATE_REDIS_URL`` would be counted per worker, so N > 1 workers refuse to start then,
-    unless ``--per-worker-limits`` accepts it."""
-    import uvicorn
+    unless ``--per-worker-limits`` accepts it.
+
+    The gateway starts (:func:`opsgate.app.open_app`) before the port accepts a connection and
+    outside uvicorn's lifespan, so what start-up raises reaches this command's boundary: an
+    unresolvable key reference, a database that refuses, a port that cannot be bound are one
+    line and exit 2. With N workers the start-up runs once here first (then closes), since
+    uvicorn's worker processes would each log their own traceback."""
+    from opsgate.app import open_app
+    from opsgate.localserver import serve as serve_app
+    from opsgate.localserver import serve_workers
 
     if workers == 1:
-        from opsgate.app import create_app
-
         settings = _settings(sandbox, faults)
-        check_connects(settings.database_url)  # refused in one line, not after uvicorn's start-up
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        serve_app(partial(open_app, settings), _listen(host, port))
         return
     if sandbox or faults is not None:
         _fail("--sandbox and --faults run in one process; start `opsgate sandbox --faults ...` and point the "
               "*_BASE_URL variables at it")
     settings = _settings()
-    check_connects(settings.database_url)
     if _limits_set(settings) and not settings.redis_url and not per_worker_limits:
         _fail(f"rate limits without OPSGATE_REDIS_URL would be counted per worker ({workers}x each limit); "
               "set OPSGATE_REDIS_URL or pass --per-worker-limits")
-    uvicorn.run("opsgate.app:create_app", factory=True, workers=workers, host=host, port=port,
-                log_level="warning")
+    sock = _listen(host, port)
+    asyncio.run(_start_and_close(settings))
+    if failed := serve_workers("opsgate.app:create_app", sock, workers):
+        _fail(f"worker process {', '.join(map(str, failed))} failed to start (its error is above)")
+
+
+async def _start_and_close(settings: Settings) -> None:
+    """Open the gateway's runtime and close it again: start-up's own check, raising what start-up
+    raises (``opsgate serve --workers N`` before its workers start)."""
+    from opsgate.runtime import start_runtime
+
+    await (await start_runtime(settings)).close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """``host:port`` bound (:func:`opsgate.localserver.bind`), or one line and exit 2 when it cannot
+    be (in use, not permitted, an unknown host)."""
+    from opsgate.localserver import bind
+
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        _listen_failed(host, port, exc)
+
+
+def _listen_failed(host: str, port: int, exc: OSError) -> NoReturn:
+    _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
 
 
 def _limits_set(settings: Settings) -> bool:
@@ -224,7 +256,7 @@ def sandbox_cmd(
     try:
         run_sandbox_forever(host, port, faults)
     except OSError as exc:
-        _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
+        _listen_failed(host, port, exc)
 
 
 @app.command()

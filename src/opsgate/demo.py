@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.console import JustifyMethod
 from rich.table import Table
 
-from opsgate.app import create_app
+from opsgate.app import open_app
 from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.localserver import serve_in_thread
@@ -40,7 +41,7 @@ def run_demo(settings: Settings, examples: Path, port: int = 0) -> int:
     role = seed_user(engine, SystemClock(), DEMO_USER)
     token = TokenService(settings, SystemClock()).issue(DEMO_USER, role)
     bodies = {op_id: _example_body(op_id, examples) for op_id in OPERATIONS}
-    server = serve_in_thread(create_app(settings), port)
+    server = serve_in_thread(port=port, open_app=partial(open_app, settings))  # a start-up failure raises here
     try:
         rows = asyncio.run(_call_all(server.base_url, token, bodies))
     finally:

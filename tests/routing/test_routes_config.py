@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 from typer.testing import CliRunner
-from tests.gateways import Gateway, gateway_settings, running_gateway
+from tests.gateways import Gateway, gateway_settings, running_gateway, stand_in_servers
 from tests.paths import EXAMPLES
 
 from opsgate.cli import app as cli_app
@@ -188,8 +188,7 @@ def test_unservable_config_refuses_start_with_one_clear_line(tmp_path, monkeypat
                                      "--input", str(next(EXAMPLES.glob("email-classify.*")))])
     assert result.exit_code == 2
     assert " ".join(result.output.split()) == f"error: {line}"
-    started: list[dict] = []
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: started.append(kw))
+    started = stand_in_servers(monkeypatch)
     result = runner.invoke(cli_app, ["serve", "--workers", "2"])
     assert (result.exit_code, started) == (2, [])
     assert " ".join(result.output.split()) == f"error: {line}"
@@ -278,7 +277,7 @@ def test_a_base_url_refused_never_repeats_its_query_fragment_or_user_info(tmp_pa
     monkeypatch.setenv("OPSGATE_CONFIG", str(_write_config(tmp_path, _local_config(base_url))))
     monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
     monkeypatch.setenv("LOCAL_VLLM_KEY", "local-test-key")  # pragma: allowlist secret
-    monkeypatch.setattr("uvicorn.run", lambda *a, **kw: None)
+    stand_in_servers(monkeypatch)
     result = runner.invoke(cli_app, command)
     assert result.exit_code == (1 if command == ["config", "check"] else 2)
     assert f"provider 'local-vllm': {rule}" in " ".join(result.stderr.split()), result.stderr

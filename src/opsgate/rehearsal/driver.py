@@ -33,13 +33,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
+from fastapi import FastAPI
 
-from opsgate.app import create_app
+from opsgate.app import open_app
 from opsgate.clock import ManualClock
 from opsgate.config import PriceConfig, Settings, VariantConfig
 from opsgate.ledger.verify import verify
@@ -105,7 +107,9 @@ class Tally:
 async def rehearse(config: RehearsalConfig, progress: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Run the rehearsal and return its report (:func:`opsgate.rehearsal.report.build_report`).
     ``progress`` receives the simulated fraction done (0..1). Raises ``KeyError`` for an unknown
-    scenario, ``RuntimeError`` when the gateway does not start."""
+    scenario; what the gateway's start-up raises (:func:`opsgate.app.open_app`: a
+    :class:`~opsgate.config.ConfigError` for a key reference that cannot be resolved, a database
+    that refuses) as itself."""
     scenario = get_scenario(config.scenario)
     bodies = {op: orjson.dumps(input_from_file(op, _example(config.examples, op))) for op in OPERATIONS}
     wall = time.perf_counter()
@@ -115,10 +119,11 @@ async def rehearse(config: RehearsalConfig, progress: Callable[[float], None] | 
         try:
             settings = _settings(config, scenario, Path(tmp), receiver)
             clock = ManualClock(START)
-            app = create_app(settings, clock)
-            server = await asyncio.to_thread(serve_in_thread, app)
+            server = await asyncio.to_thread(  # a start-up failure raises here
+                partial(serve_in_thread, open_app=partial(open_app, settings, clock)))
             try:
-                run = _Run(config, scenario, settings, clock, app.state.runtime, receiver, bodies)
+                run = _Run(config, scenario, settings, clock, cast(FastAPI, server.app).state.runtime, receiver,
+                           bodies)
                 async with aiohttp.ClientSession(server.base_url) as http, make_session() as notify:
                     await run.execute(http, notify, progress)
                     facts = await asyncio.to_thread(run.facts)

@@ -154,24 +154,16 @@ def connect_failure(exc: BaseException, url: str) -> ConfigError | None:
     return ConfigError(f"OPSGATE_DATABASE_URL ({shown}): cannot connect: {reason}")
 
 
-def check_connects(url: str) -> None:
-    """Open and close one connection to ``url`` (a start-up check, before a server binds its port):
-    :func:`connect_failure`'s :class:`ConfigError` when that fails."""
-    engine = make_engine(url)
-    try:
-        with engine.connect():
-            pass
-    except DBAPIError as exc:
-        failure = connect_failure(exc, url)
-        if failure is None:
-            raise
-        raise failure from None
-    finally:
-        engine.dispose()
-
-
 def open_database(settings: Settings) -> Engine:
-    """The engine for ``settings.database_url``, migrated first when ``settings.auto_migrate``."""
+    """The engine for ``settings.database_url``, migrated first when ``settings.auto_migrate``;
+    a migration that cannot connect raises :func:`connect_failure`'s :class:`ConfigError`
+    showing this URL (the command line's boundary only knows ``OPSGATE_DATABASE_URL``'s, and
+    ``opsgate rehearse --database-url`` opens another)."""
     if settings.auto_migrate:
-        upgrade(settings.database_url)
+        try:
+            upgrade(settings.database_url)
+        except DBAPIError as exc:
+            if (failure := connect_failure(exc, settings.database_url)) is None:
+                raise
+            raise failure from None
     return make_engine(settings.database_url, synchronous=settings.ledger_synchronous)
