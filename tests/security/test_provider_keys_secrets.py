@@ -8,6 +8,7 @@ one line naming its variable."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -174,3 +175,26 @@ async def test_the_readiness_check_resolves_a_named_endpoints_reference(
     assert await onepassword_verified(ctx) == (
         True, "1 op:// reference(s) resolved through 1Password Connect: LOCAL_KEY")
     assert len(connect_requests) == 3
+
+
+@pytest.mark.parametrize("variable", ["OPSGATE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"])
+async def test_the_readiness_check_finds_a_reference_under_either_name_the_gateway_reads(
+    connect, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str  # noqa: F811
+) -> None:
+    """The gateway reads Anthropic's key from ANTHROPIC_API_KEY or OPSGATE_ANTHROPIC_API_KEY
+    (config.py's aliases) and resolves a reference in either; the check looked at the first
+    name only and found the second "not applicable" without resolving it."""
+    _, connect_requests, _, port = connect
+    for name in [n for n in os.environ if n.startswith("OPSGATE_") or n in PROVIDER_ENV]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no opsgate.toml
+    monkeypatch.setenv("OP_CONNECT_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OP_CONNECT_TOKEN", TOKEN)
+    monkeypatch.setenv(variable, REFERENCE)
+    ctx = Context(Settings(), create_engine("sqlite://"), ManualClock(datetime(2026, 12, 5, tzinfo=UTC)), tmp_path)
+    assert await onepassword_verified(ctx) == (
+        True, "1 op:// reference(s) resolved through 1Password Connect: ANTHROPIC_API_KEY")
+    assert len(connect_requests) == 3
+    monkeypatch.delenv("OP_CONNECT_HOST")
+    assert await onepassword_verified(ctx) == (
+        False, "ANTHROPIC_API_KEY are op:// references but OP_CONNECT_HOST/OP_CONNECT_TOKEN are unset")

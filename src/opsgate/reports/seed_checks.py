@@ -35,15 +35,20 @@ AUDIT_TRAIL_MAX_AGE = timedelta(days=1)
 async def onepassword_verified(ctx: Context) -> Result:
     """Every credential given as an ``op://`` reference resolves through 1Password Connect
     (``OP_CONNECT_HOST`` / ``OP_CONNECT_TOKEN``): the built-in provider keys, each named
-    endpoint's ``api_key_env`` key, the JWT secret and the master key; not applicable when none
-    is a reference."""
+    endpoint's ``api_key_env`` key, the JWT secret and the master key, read from the settings
+    as the gateway reads them (a provider key from ``ANTHROPIC_API_KEY`` or
+    ``OPSGATE_ANTHROPIC_API_KEY``, :func:`~opsgate.security.secrets.provider_key_sources`);
+    not applicable when none is a reference."""
     from opsgate.providers.http import make_session
-    from opsgate.security.secrets import connect_from_env
+    from opsgate.security.secrets import connect_from_env, provider_key_sources
     from opsgate.security.secrets_connect import OpReference
 
-    named = [c.api_key_env for c in ctx.settings.providers.values() if c.api_key_env is not None]
-    refs = {n: v for n in (*PROVIDER_ENV, *named, "OPSGATE_JWT_SECRET", "OPSGATE_MASTER_KEY")
-            if (v := os.environ.get(n, "")).startswith("op://")}
+    s = ctx.settings
+    credentials = provider_key_sources(s) | {
+        name: secret.get_secret_value()
+        for name, secret in (("OPSGATE_JWT_SECRET", s.jwt_secret), ("OPSGATE_MASTER_KEY", s.master_key))
+        if secret is not None}
+    refs = {name: value for name, value in credentials.items() if value.startswith("op://")}
     if not refs:
         return None, "no credential is an op:// reference: every one comes from its environment variable"
     session = make_session()
