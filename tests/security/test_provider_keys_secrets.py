@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -28,10 +28,11 @@ from opsgate.config import ConfigError, Settings
 from opsgate.operations.io import input_from_file
 from opsgate.pipeline import Call
 from opsgate.reports.readiness import Context
-from opsgate.reports.seed_checks import PROVIDER_ENV, onepassword_verified
+from opsgate.reports.seed_checks import onepassword_verified, provider_key_rotation
 from opsgate.runtime import start_runtime
 from opsgate.sandbox.server import SandboxServer
 from opsgate.security.sanitizer import sanitize, settings_secrets
+from opsgate.security.secrets import PROVIDER_KEYS
 from opsgate.security.users import add_user
 from opsgate.store.models import ledger_entries
 
@@ -165,7 +166,7 @@ async def test_the_readiness_check_resolves_a_named_endpoints_reference(
     connect, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     _, connect_requests, _, port = connect
-    for name in (*PROVIDER_ENV, "OPSGATE_JWT_SECRET", "OPSGATE_MASTER_KEY"):
+    for name in (*PROVIDER_KEYS, "OPSGATE_JWT_SECRET", "OPSGATE_MASTER_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OP_CONNECT_HOST", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("OP_CONNECT_TOKEN", TOKEN)
@@ -185,7 +186,7 @@ async def test_the_readiness_check_finds_a_reference_under_either_name_the_gatew
     (config.py's aliases) and resolves a reference in either; the check looked at the first
     name only and found the second "not applicable" without resolving it."""
     _, connect_requests, _, port = connect
-    for name in [n for n in os.environ if n.startswith("OPSGATE_") or n in PROVIDER_ENV]:
+    for name in [n for n in os.environ if n.startswith("OPSGATE_") or n in PROVIDER_KEYS]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no opsgate.toml
     monkeypatch.setenv("OP_CONNECT_HOST", f"http://127.0.0.1:{port}")
@@ -198,3 +199,25 @@ async def test_the_readiness_check_finds_a_reference_under_either_name_the_gatew
     monkeypatch.delenv("OP_CONNECT_HOST")
     assert await onepassword_verified(ctx) == (
         False, "ANTHROPIC_API_KEY are op:// references but OP_CONNECT_HOST/OP_CONNECT_TOKEN are unset")
+
+
+def test_a_named_endpoints_key_is_age_checked_like_the_built_in_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readiness audit's provider_key_rotation dated the three built-in keys only: with the
+    named endpoint's key the only one it was "not applicable", beside them it was never looked
+    at, whatever its age."""
+    for name in [n for n in os.environ if n in PROVIDER_KEYS or n.startswith(("OPSGATE_", KEY_ENV))]:
+        monkeypatch.delenv(name)
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    ctx = Context(_endpoint_settings(tmp_path, "http://127.0.0.1:9/deepseek"), create_engine("sqlite://"),
+                  ManualClock(now), tmp_path)
+    monkeypatch.setenv(KEY_ENV, "sk-" + secrets.token_hex(24))  # pragma: allowlist secret (generated)
+    assert provider_key_rotation(ctx) == (
+        False, "LOCAL_KEY: no LOCAL_KEY_ROTATED_AT, so its age is unknown (policy 30 days)")
+    monkeypatch.setenv(f"{KEY_ENV}_ROTATED_AT", (now - timedelta(days=45)).isoformat())
+    assert provider_key_rotation(ctx) == (False, "LOCAL_KEY: rotated 45 days ago (policy 30 days)")
+    monkeypatch.setenv(f"{KEY_ENV}_ROTATED_AT", (now - timedelta(days=10)).isoformat())
+    assert provider_key_rotation(ctx) == (True, "LOCAL_KEY: rotated 10 days ago (policy 30 days)")
+    monkeypatch.setenv(KEY_ENV, REFERENCE)
+    assert provider_key_rotation(ctx) == (True, "LOCAL_KEY: dated by 1Password (policy 30 days)")

@@ -45,8 +45,15 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
 def run(tmp_path: Path, env: dict[str, str], *args: str) -> Result:
     base: dict[str, str | None] = {n: None for n in NAMES}
     base |= {f"{n}_PREVIOUS": None for n in NAMES} | {"OP_CONNECT_HOST": None, "OP_CONNECT_TOKEN": None}
+    base |= {"OPSGATE_CONFIG": str(_no_config(tmp_path)), "LOCAL_KEY": None, "LOCAL_KEY_ROTATED_AT": None}
     base["OPSGATE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'cli.db'}"
     return CliRunner().invoke(app, ["secrets", "check", *args], env={**base, **env})
+
+
+def _no_config(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    return path
 
 
 def row(output: str, name: str) -> str:
@@ -87,6 +94,22 @@ def test_policy_comes_from_settings_and_bad_dates_warn(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "older than 30 days: rotate" in row(result.output, "GEMINI_API_KEY")
     assert "DEEPSEEK_API_KEY_ROTATED_AT is not ISO 8601" in row(result.output, "DEEPSEEK_API_KEY")
+
+
+def test_a_named_endpoints_key_is_checked_by_default(tmp_path: Path) -> None:
+    """A named OpenAI-compatible endpoint's key (``[providers.local] api_key_env = "LOCAL_KEY"``)
+    is a provider key like the built-in ones: it was not checked unless named on the command
+    line, so a key of any age passed ``--strict``."""
+    config = tmp_path / "opsgate.toml"
+    config.write_text('[providers.local]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:9/v1"\n'
+                      'api_key_env = "LOCAL_KEY"\n')  # pragma: allowlist secret
+    key = deepseek_key()
+    env = {"OPSGATE_CONFIG": str(config), "LOCAL_KEY": key, "LOCAL_KEY_ROTATED_AT": days_ago(120)}
+    result = run(tmp_path, env, "--strict")
+    assert result.exit_code == 1, result.output
+    local = row(result.output, "LOCAL_KEY")
+    assert "env:LOCAL_KEY" in local and " 120 " in local and "older than 90 days: rotate" in local
+    assert "1 warning(s); policy: at most 90 days" in result.output and key not in result.output
 
 
 async def test_op_reference_is_dated_by_its_item_and_ledgered(connect, tmp_path: Path) -> None:  # noqa: F811

@@ -27,7 +27,6 @@ URL_SETTINGS = (
     "anthropic_base_url", "deepseek_base_url", "gemini_base_url", "pagerduty_url", "twilio_base_url",
 )
 SECRET_URL_SETTINGS = ("discord_webhook_url", "ledger_discord_webhook_url")
-PROVIDER_ENV = ("ANTHROPIC_API_KEY", "DEEPSEEK_API_KEY", "GEMINI_API_KEY")
 AUDIT_TRAIL_MAX_AGE = timedelta(days=1)
 
 
@@ -109,27 +108,33 @@ def https_everywhere(ctx: Context) -> Result:
 
 
 def provider_key_rotation(ctx: Context) -> Result:
-    """Each provider key from an environment variable has a rotation date
-    (``<NAME>_ROTATED_AT``, ISO 8601) within the rotation policy (``key_rotation_days``);
-    ``op://`` keys are dated by 1Password (``opsgate secrets check``); during a rotation the old
-    key stays valid as ``<NAME>_PREVIOUS`` (docs/security.md)."""
+    """Each configured provider key -- the built-in providers' and each named endpoint's
+    (``[providers.<name>] api_key_env``), as the gateway reads them
+    (:func:`~opsgate.security.secrets.provider_key_sources`) -- has a rotation date
+    (``<NAME>_ROTATED_AT``, ISO 8601, :func:`~opsgate.security.secrets.rotation_age`) within
+    the rotation policy (``key_rotation_days``); ``op://`` keys are dated by 1Password
+    (``opsgate secrets check``); during a rotation the old key stays valid as
+    ``<NAME>_PREVIOUS`` (docs/security.md)."""
+    from opsgate.security.secrets import provider_key_sources, rotation_age
+
     s, now = ctx.settings, ctx.clock.now()
-    configured = [n for n in PROVIDER_ENV if getattr(s, n.lower()) is not None]
-    if not configured:
+    keys = provider_key_sources(s)
+    if not keys:
         return None, "no provider key is configured (sandbox)"
     found, bad = [], []
-    for name in configured:
-        raw = os.environ.get(name) or os.environ.get(f"OPSGATE_{name}") or ""
+    for name, raw in keys.items():
         if raw.startswith("op://"):
             found.append(f"{name}: dated by 1Password")
             continue
-        stamp = os.environ.get(f"{name}_ROTATED_AT")
-        if not stamp:
+        try:
+            age = rotation_age(name, os.environ, now)
+        except ValueError:
+            bad.append(f"{name}: {name}_ROTATED_AT is not ISO 8601")
+            continue
+        if age is None:
             bad.append(f"{name}: no {name}_ROTATED_AT, so its age is unknown")
             continue
-        age = now - _utc(stamp)
-        (bad if age.days > s.key_rotation_days else found).append(
-            f"{name}: rotated {age.days} days ago")
+        (bad if age.days > s.key_rotation_days else found).append(f"{name}: rotated {age.days} days ago")
     text = "; ".join(bad + found) + f" (policy {s.key_rotation_days} days)"
     return not bad, text
 
@@ -390,9 +395,3 @@ def daily_report_queued(ctx: Context) -> Result:
     if not n:
         return False, f"no security report for {day} was queued: run `opsgate worker` (it sends one daily)"
     return True, f"the security report for {day} was queued {n} time(s) (one per channel and recipient)"
-
-
-def _utc(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-

@@ -137,8 +137,7 @@ class SecretStore:
             await self.get(name, actor=actor, purpose="secrets check")
             updated = self._dates.get(name)
             return SecretInfo(name, raw, self._clock.now() - updated if updated else None)
-        rotated = self._env.get(f"{name}_ROTATED_AT")
-        return SecretInfo(name, f"env:{name}", self._clock.now() - _utc(rotated) if rotated else None)
+        return SecretInfo(name, f"env:{name}", rotation_age(name, self._env, self._clock.now()))
 
     async def _load(self, name: str) -> str:
         raw = self._env.get(name)
@@ -151,6 +150,15 @@ class SecretStore:
         resolved = await self._connect.resolve(OpReference.parse(raw))
         self._dates[name] = resolved.updated_at
         return resolved.value
+
+
+def rotation_age(name: str, env: Mapping[str, str], now: datetime) -> timedelta | None:
+    """How long before ``now`` the secret in variable ``name`` was last rotated, by
+    ``<NAME>_ROTATED_AT`` in ``env`` (ISO 8601, naive = UTC): the one reading of the date, for
+    ``opsgate secrets check`` (:meth:`SecretStore.info`) and the readiness audit's
+    ``provider_key_rotation``. None when the date is unset; ``ValueError`` when it is not ISO 8601."""
+    rotated = env.get(f"{name}_ROTATED_AT")
+    return now - _utc(rotated) if rotated else None
 
 
 def _utc(moment: str) -> datetime:
@@ -187,6 +195,13 @@ async def resolve_provider_keys(
         for name, config in settings.providers.items()
     }
     return settings.model_copy(update=update)
+
+
+def provider_key_names(settings: Settings) -> list[str]:
+    """The variable of every provider key the gateway reads, set or not: the built-in ones
+    (:data:`PROVIDER_KEYS`) and each named endpoint's ``api_key_env``."""
+    named = [c.api_key_env for c in settings.providers.values() if c.api_key_env is not None]
+    return [*PROVIDER_KEYS, *dict.fromkeys(n for n in named if n not in PROVIDER_KEYS)]
 
 
 def provider_key_sources(settings: Settings) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """``opsgate secrets check``: where each secret comes from, how old it is, and which break the policy.
 
 Checked by default: the provider keys (``ANTHROPIC_API_KEY``, ``DEEPSEEK_API_KEY``,
-``GEMINI_API_KEY``) and, during a rotation window, their ``<NAME>_PREVIOUS`` keys; more names may
-be given as arguments. Sources and ages come from :meth:`SecretStore.info` over the process
+``GEMINI_API_KEY``, and each named endpoint's ``api_key_env`` variable) and, during a rotation
+window, their ``<NAME>_PREVIOUS`` keys; more names may be given as arguments. Sources and ages come from :meth:`SecretStore.info` over the process
 environment: ``env:NAME`` dated by ``<NAME>_ROTATED_AT`` (ISO 8601), or an ``op://`` reference
 dated by the 1Password item's ``updatedAt`` (resolved through Connect, ledgered as a
 ``secret_access`` by ``opsgate-cli``).
@@ -33,7 +33,7 @@ from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.ledger.writer import Ledger
 from opsgate.numbers import cli_int
-from opsgate.security.secrets import PROVIDER_KEYS, SecretInfo, SecretStore, connect_from_env
+from opsgate.security.secrets import SecretInfo, SecretStore, connect_from_env, provider_key_names
 from opsgate.store.db import make_engine, upgrade
 
 CLI_ACTOR = "opsgate-cli"
@@ -55,7 +55,8 @@ def check(
     """Report each secret's source and age; warn when one is older than the policy."""
     settings = Settings()
     policy = timedelta(days=max_age_days or settings.secret_max_age_days)
-    checked = default_names() + [n for n in names or [] if n not in default_names()]
+    defaults = default_names(settings)
+    checked = defaults + [n for n in names or [] if n not in defaults]
     try:
         if settings.auto_migrate:
             upgrade(settings.database_url)
@@ -72,9 +73,11 @@ def check(
         raise typer.Exit(1)
 
 
-def default_names() -> list[str]:
-    """The provider keys, and each one's ``_PREVIOUS`` key while it is set (rotation window)."""
-    names = list(PROVIDER_KEYS)
+def default_names(settings: Settings) -> list[str]:
+    """The provider keys -- the built-in providers' and each named endpoint's ``api_key_env``
+    (:func:`~opsgate.security.secrets.provider_key_names`) -- and each one's ``_PREVIOUS`` key
+    while it is set (rotation window)."""
+    names = provider_key_names(settings)
     return names + [f"{n}_PREVIOUS" for n in names if os.environ.get(f"{n}_PREVIOUS")]
 
 
