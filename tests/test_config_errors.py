@@ -213,7 +213,7 @@ def test_an_unresolvable_key_reference_stops_every_start_up_with_one_line(tmp_pa
     and exited 0. Now each is the one line `opsgate run` prints, exit 2."""
     _clean_env(tmp_path, monkeypatch)
     given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}", "OPSGATE_CONFIG": str(_empty(tmp_path)),
-             "ANTHROPIC_API_KEY": "op://Prod/Anthropic/keys/credential"}
+             "ANTHROPIC_API_KEY": "op://Prod/Anthropic/keys/credential"}  # pragma: allowlist secret (a reference)
     result = CliRunner().invoke(app, command, env=given)
     assert (result.exit_code, _one_error_line(result)) == (2, "error: ANTHROPIC_API_KEY (environment): "
                                                               "ANTHROPIC_API_KEY is a 1Password reference but "

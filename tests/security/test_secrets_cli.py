@@ -97,8 +97,8 @@ def test_policy_comes_from_settings_and_bad_dates_warn(tmp_path: Path) -> None:
 
 
 def test_a_named_endpoints_key_is_checked_by_default(tmp_path: Path) -> None:
-    """A named OpenAI-compatible endpoint's key (``[providers.local] api_key_env = "LOCAL_KEY"``)
-    is a provider key like the built-in ones: it was not checked unless named on the command
+    """A named OpenAI-compatible endpoint's key (the variable its ``api_key_env`` names, here
+    LOCAL_KEY) is a provider key like the built-in ones: it was not checked unless named on the command
     line, so a key of any age passed ``--strict``."""
     config = tmp_path / "opsgate.toml"
     config.write_text('[providers.local]\nkind = "openai-compatible"\nbase_url = "http://127.0.0.1:9/v1"\n'
