@@ -13,8 +13,6 @@ from typing import Any, NoReturn
 
 import orjson
 import typer
-from rich.console import Console
-from rich.markup import escape
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
@@ -42,6 +40,7 @@ from opsgate.security.secrets_cli import secrets_app
 from opsgate.security.logging import configure_logging
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
 from opsgate.security.sanitizer import sanitize
+from opsgate.security.errorline import fail
 from opsgate.store.db import begin_write, connect_failure
 
 
@@ -60,14 +59,14 @@ class _Boundary(TyperGroup):
         except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: Typer's
             raise
         except ConfigError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         except RouteConfigError as exc:
-            _fail("; ".join(exc.problems))
+            fail("; ".join(exc.problems))
         except DBAPIError as exc:  # settings loaded (the callback ran) before any database use
             failure = connect_failure(exc, Settings().database_url)
             if failure is None:
                 _internal_error(exc)
-            _fail(str(failure))
+            fail(str(failure))
         except Exception as exc:
             _internal_error(exc)
 
@@ -100,7 +99,6 @@ app.command("worker")(worker)
 app.command("rehearse")(rehearse)
 app.command("readiness")(readiness)
 
-err = Console(stderr=True, emoji=False)  # a redaction token [REDACTED:secret:…] is text, not :secret:
 CLI_USER = "opsgate-cli"
 
 
@@ -126,12 +124,12 @@ def _settings(sandbox: bool = False, faults: str | None = None) -> Settings:
         update["sandbox_faults"] = faults
     settings = settings.model_copy(update=update) if update else settings
     if faults is not None and not settings.sandbox:
-        _fail("--faults needs --sandbox: without it the providers are the real ones")
+        fail("--faults needs --sandbox: without it the providers are the real ones")
     now = SystemClock().now
     prices = PriceBook.from_settings(settings, now)
     checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
     if problems := _start_up_problems(settings):
-        _fail("; ".join(problems))
+        fail("; ".join(problems))
     return settings
 
 
@@ -159,15 +157,8 @@ def _fault_profile(profile: str | None) -> str | None:
         try:
             FaultProfile.parse(profile)
         except FaultProfileError as exc:
-            _fail(f"--faults: {exc}")
+            fail(f"--faults: {exc}")
     return profile
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """``error: <message>`` on one line, through the sanitizer (a configuration value may hold a
-    secret) and printed as plain text, never as Rich markup; then exit ``code``."""
-    err.print(f"[red]error:[/red] {escape(sanitize(message))}", soft_wrap=True)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -202,16 +193,16 @@ def serve(
         serve_app(partial(open_app, settings), _listen(host, port))
         return
     if sandbox or faults is not None:
-        _fail("--sandbox and --faults run in one process; start `opsgate sandbox --faults ...` and point the "
+        fail("--sandbox and --faults run in one process; start `opsgate sandbox --faults ...` and point the "
               "*_BASE_URL variables at it")
     settings = _settings()
     if _limits_set(settings) and not settings.redis_url and not per_worker_limits:
-        _fail(f"rate limits without OPSGATE_REDIS_URL would be counted per worker ({workers}x each limit); "
+        fail(f"rate limits without OPSGATE_REDIS_URL would be counted per worker ({workers}x each limit); "
               "set OPSGATE_REDIS_URL or pass --per-worker-limits")
     sock = _listen(host, port)
     asyncio.run(_start_and_close(settings))
     if failed := serve_workers("opsgate.app:create_app", sock, workers):
-        _fail(f"worker process {', '.join(map(str, failed))} failed to start (its error is above)")
+        fail(f"worker process {', '.join(map(str, failed))} failed to start (its error is above)")
 
 
 async def _start_and_close(settings: Settings) -> None:
@@ -234,7 +225,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def _listen_failed(host: str, port: int, exc: OSError) -> NoReturn:
-    _fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
+    fail(f"cannot listen on {host}:{port}: {exc.strerror or type(exc).__name__}")
 
 
 def _limits_set(settings: Settings) -> bool:
@@ -273,15 +264,15 @@ def run(
     try:
         body = orjson.dumps(input_from_file(operation, input, None))
     except OpsgateError as exc:
-        _fail(f"{exc.code}: {exc.detail}", 1)
+        fail(f"{exc.code}: {exc.detail}", 1)
     settings = _settings(sandbox, faults)
     try:
         outcome, problem = asyncio.run(_run_once(settings, operation, body, user))
     except NotFound as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     if problem is not None:
         sys.stderr.buffer.write(orjson.dumps(problem, option=orjson.OPT_INDENT_2) + b"\n")
-        _fail(problem["code"], 1)
+        fail(problem["code"], 1)
     sys.stdout.buffer.write(orjson.dumps(outcome, option=orjson.OPT_INDENT_2) + b"\n")
 
 
@@ -331,7 +322,7 @@ def token(user_id: str = typer.Argument(..., help="An existing user's id.")) -> 
     try:
         role = get_role(engine, user_id)
     except OpsgateError as exc:
-        _fail(exc.detail, 1)
+        fail(exc.detail, 1)
     print(TokenService(settings, SystemClock()).issue(user_id, role))
 
 
@@ -360,15 +351,15 @@ def db_rls(
 
     url = normalise_url(admin_url or Settings().database_url)
     if is_sqlite(url):
-        _fail("row-level security needs PostgreSQL: SQLite has no roles or policies (one tenant, one file)")
+        fail("row-level security needs PostgreSQL: SQLite has no roles or policies (one tenant, one file)")
     engine = make_engine(url)
     try:
         with begin_write(engine) as conn:
             done = deploy_rls(conn, app_role)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except SQLAlchemyError as exc:
-        _fail(f"cannot install row-level security: {type(exc).__name__}: {getattr(exc, 'orig', exc)}", 1)
+        fail(f"cannot install row-level security: {type(exc).__name__}: {getattr(exc, 'orig', exc)}", 1)
     finally:
         engine.dispose()
     print(f"app role {done.app_role}: {'created (set its password)' if done.role_created else 'exists, checked'}")

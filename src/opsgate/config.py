@@ -42,6 +42,8 @@ DEFAULT_PSEUDONYMISED = (
     "email-compose", "email-classify", "email-respond", "calendar-prep", "calendar-time",
 )
 """Operations whose prompts are pseudonymised unless ``privacy_pseudonymise`` says otherwise."""
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""An environment variable's name (a named endpoint's ``api_key_env``, ``opsgate secrets check``'s names)."""
 
 
 class ProviderConfig(BaseModel):
@@ -63,7 +65,7 @@ class ProviderConfig(BaseModel):
 
     kind: Literal["openai-compatible"]
     base_url: str
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_env: str | None = Field(default=None, pattern=ENV_NAME)
     json_mode: Literal["json_schema", "json_object"] = "json_schema"
     context_window: int | None = Field(default=None, ge=1)
     _key: SecretStr | None = PrivateAttr(default=None)  # resolved by the secrets layer; never dumped

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import aiohttp
 import typer
@@ -43,6 +42,7 @@ from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_h
 from opsgate.ledger.verify import format_summary
 from opsgate.ledger.writer import Ledger
 from opsgate.numbers import cli_float, cli_int
+from opsgate.security.errorline import fail
 from opsgate.store.db import begin_write, make_engine, normalise_url
 
 ledger_app = typer.Typer(
@@ -50,16 +50,11 @@ ledger_app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
 def _engine(settings: Settings) -> Engine:
     try:
         return make_engine(settings.database_url)
     except (SQLAlchemyError, OSError) as exc:
-        _fail(f"cannot open the database: {type(exc).__name__}")
+        fail(f"cannot open the database: {type(exc).__name__}")
 
 
 @ledger_app.command("verify")
@@ -76,13 +71,13 @@ def verify_cmd(
     Discord channel). Prints ``OK ...`` (exit 0) or ``FAIL seq=N reason=...`` (exit 1)."""
     settings = Settings()
     if discord and (settings.ledger_discord_webhook_url is None or settings.ledger_discord_bot_token is None):
-        _fail("--discord needs OPSGATE_LEDGER_DISCORD_WEBHOOK_URL and OPSGATE_LEDGER_DISCORD_BOT_TOKEN")
+        fail("--discord needs OPSGATE_LEDGER_DISCORD_WEBHOOK_URL and OPSGATE_LEDGER_DISCORD_BOT_TOKEN")
     try:
         engine = _engine(settings)
         report = verify_configured(settings, engine, anchor_dir=anchors,
                                    verifier=Verifier(vkey) if vkey is not None else None)
     except (LedgerError, OSError, ValueError) as exc:
-        _fail(f"cannot verify: {type(exc).__name__}: {exc}")
+        fail(f"cannot verify: {type(exc).__name__}: {exc}")
     print(format_summary(report))
     raise typer.Exit(0 if report.ok else 1)
 
@@ -96,16 +91,16 @@ def prove_cmd(seq: int = typer.Argument(..., parser=cli_int(0), help="Entry sequ
         verifier = signer_for(settings, create=False).verifier()
         latest = latest_checkpoint(engine)
         if latest is None or not 0 <= seq < latest.size:
-            _fail(
+            fail(
                 f"entry {seq} is not covered by a signed checkpoint (run `opsgate ledger checkpoint`)"
             )
         leaves = leaf_hashes(engine, latest.size)
         proof = inclusion_proof(leaves, seq, latest.size)
         verify_inclusion_against(leaves[seq], proof, latest.note, verifier)
     except ProofError as exc:
-        _fail(f"proof does not verify: {exc.detail}", 1)
+        fail(f"proof does not verify: {exc.detail}", 1)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     _print({"leaf_hash": _b64(leaves[seq]), **proof.to_json(), "checkpoint": latest.note.decode()})
 
 
@@ -118,13 +113,13 @@ def consistency_cmd(old: int = typer.Argument(..., parser=cli_int(0)), new: int 
         verifier = signer_for(settings, create=False).verifier()
         old_cp, new_cp = checkpoint_of_size(engine, old), checkpoint_of_size(engine, new)
         if old_cp is None or new_cp is None:
-            _fail(f"no signed checkpoint of size {old if old_cp is None else new}")
+            fail(f"no signed checkpoint of size {old if old_cp is None else new}")
         proof = consistency_proof(leaf_hashes(engine, new), old, new)
         verify_consistency_against(proof, old_cp.note, new_cp.note, verifier)
     except ProofError as exc:
-        _fail(f"proof does not verify: {exc.detail}", 1)
+        fail(f"proof does not verify: {exc.detail}", 1)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     _print(
         {
             **proof.to_json(),
@@ -143,16 +138,16 @@ def checkpoint_cmd() -> None:
         signer = signer_for(settings, create=engine.dialect.name == "sqlite")
         made = asyncio.run(_checkpoint(settings, engine, signer))
     except LedgerRolledBack as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     latest = latest_checkpoint(engine)
     state = "signed" if made is not None else "unchanged"
     print(f"checkpoint {state}: size={latest.size if latest else 0}")
     if settings.ledger_anchor_dir is not None and latest is not None:
         held = DirectoryAnchor(Path(settings.ledger_anchor_dir)).anchored_size()
         if held < latest.size:
-            _fail(f"the directory anchor holds {held} entries, behind the latest checkpoint ({latest.size}): "
+            fail(f"the directory anchor holds {held} entries, behind the latest checkpoint ({latest.size}): "
                   f"anchoring is stuck (check ledger_anchor_state)", 1)
 
 
@@ -174,14 +169,14 @@ def accept_rollback_cmd(
     a marker message) and let signing resume."""
     settings = Settings()
     if settings.ledger_anchor_dir is None and settings.ledger_discord_webhook_url is None:
-        _fail("no anchor is configured (OPSGATE_LEDGER_ANCHOR_DIR, OPSGATE_LEDGER_DISCORD_WEBHOOK_URL)")
+        fail("no anchor is configured (OPSGATE_LEDGER_ANCHOR_DIR, OPSGATE_LEDGER_DISCORD_WEBHOOK_URL)")
     engine = _engine(settings)
     clock = SystemClock()
     try:
         with Ledger(engine, clock) as ledger:
             anchored, size = asyncio.run(_accept_rollback(settings, engine, ledger, clock, reason, actor))
     except (LedgerError, OSError, SQLAlchemyError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     print(f"rollback accepted: anchored size {anchored} lost {anchored - size} entries; the log has {size}")
 
 
@@ -205,7 +200,7 @@ def recover_cmd(
         with Ledger(engine, clock) as ledger:
             closed = asyncio.run(recover(engine, ledger, clock, older_than))
     except (LedgerError, SQLAlchemyError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     print(f"recovered {len(closed)} interrupted operation(s)")
     for request_id in closed:
         print(request_id)
@@ -225,14 +220,14 @@ def guard_cmd(
     settings = Settings()
     role = app_role or make_url(normalise_url(settings.database_url)).username
     if not role or not normalise_url(admin_url).startswith("postgresql"):
-        _fail("guard needs a PostgreSQL --admin-url and an app role")
+        fail("guard needs a PostgreSQL --admin-url and an app role")
     engine = create_engine(normalise_url(admin_url))
     try:
         with begin_write(engine) as conn:
             for statement in guard_postgres(conn, role, owner_role):
                 print(statement)
     except (SQLAlchemyError, ValueError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     finally:
         engine.dispose()
 
@@ -244,7 +239,7 @@ def keygen_cmd() -> None:
     try:
         signer = write_key_file(Path(settings.ledger_signing_key_file), settings.ledger_origin)
     except (OSError, LedgerError) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        fail(f"{type(exc).__name__}: {exc}")
     print(signer.verifier_key())
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Column, Table
 from sqlalchemy import Engine
 
@@ -17,11 +16,11 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.metering.models import ANY, SHADOW
+from opsgate.security.errorline import error, fail
 
 budgets_app = typer.Typer(help="Budgets: limits, spent and reserved (micro-USD).", no_args_is_help=True)
 costs_app = typer.Typer(help="Cost accuracy against provider invoices.", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
 AMOUNT_NAMES = ("limit", "spent", "reserved", "left", "over by")
 
 
@@ -47,11 +46,9 @@ def _scope(user: str | None, operation: str | None, global_: bool, scope: str | 
     """``(user_id, operation)`` of the scope the options name (``*`` the wildcard); exit 2 unless
     exactly one of --global, --scope shadow, or --user and/or --operation is given."""
     if scope not in (None, "shadow"):
-        err.print("[red]error:[/red] --scope takes one value: shadow")
-        raise typer.Exit(2)
+        fail("--scope takes one value: shadow")
     if [global_, bool(user or operation), scope is not None].count(True) != 1:
-        err.print("[red]error:[/red] give --global, --scope shadow, or --user and/or --operation")
-        raise typer.Exit(2)
+        fail("give --global, --scope shadow, or --user and/or --operation")
     return user or ANY, SHADOW if scope else operation or ANY
 
 
@@ -84,13 +81,12 @@ def budgets_set(
                                 on_exhausted=on_exhausted)
             known = user_id == ANY or _has_user(services.engine, user_id)
     except OpsgateError as exc:
-        err.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(2) from None
+        fail(exc.detail)
     out.print(f"{budget.scope} {budget.period} budget: {_usd(budget.limit_micro_usd)}, "
               f"on exhausted: {budget.on_exhausted}")
     if not known:
-        err.print(f"note: there is no user {escape(repr(user_id))} yet; the budget applies to its calls once "
-                  "it exists (check the id if you meant an existing user)", highlight=False)
+        error(f"there is no user {user_id!r} yet; the budget applies to its calls once it exists (check the id "
+              "if you meant an existing user)", label="note")
 
 
 def _has_user(engine: Engine, user_id: str) -> bool:
@@ -128,8 +124,7 @@ def budgets_delete(
             expire_reservations(services.engine, services.clock)
             budget = delete_budget(services.ledger, actor=f"cli:{getpass.getuser()}", budget_id=found.id)
     except OpsgateError as exc:
-        err.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(2) from None
+        fail(exc.detail)
     out.print(f"deleted the {budget.scope} {budget.period} budget ({_usd(budget.limit_micro_usd)})")
 
 
@@ -180,8 +175,7 @@ def costs_reconcile(
     try:
         lines = parse_invoice(provider, invoice)
     except InvoiceFormatError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     report = reconcile(_engine(), SystemClock(), provider, invoice.name, lines)
     table = Table("day (UTC)", "model", "tracked", "invoiced", "difference", "accuracy")
     for r in report.rows:

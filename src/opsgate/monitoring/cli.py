@@ -24,11 +24,11 @@ from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.worker import Worker
+from opsgate.security.errorline import fail
 from opsgate.security.operator_input import operator_text
 
 incidents_app = typer.Typer(help="Incidents: list, show, acknowledge, resolve.", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True)
 
 
 @contextmanager
@@ -39,8 +39,7 @@ def _service() -> Iterator[IncidentService]:
         with cli_services() as services:
             yield services.incidents
     except OpsgateError as exc:
-        err.print(f"[red]error:[/red] {exc.code}: {exc.detail}")
-        raise typer.Exit(2) from None
+        fail(f"{exc.code}: {exc.detail}")
 
 
 @incidents_app.command("list")

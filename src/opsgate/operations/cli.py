@@ -15,6 +15,7 @@ import typer
 from opsgate.config import Settings
 from opsgate.operations.manifest import manifest, to_json, to_markdown
 from opsgate.operations.privacy import PrivacyPolicy
+from opsgate.security.errorline import fail
 
 privacy_app = typer.Typer(
     help="What leaves the machine: the privacy manifest.", no_args_is_help=True
@@ -29,7 +30,6 @@ def manifest_command(
     try:
         policy = PrivacyPolicy.from_settings(Settings())
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     rows = manifest(policy)
     typer.echo(json.dumps(to_json(rows), indent=2) if as_json else to_markdown(rows))

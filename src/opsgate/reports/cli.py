@@ -27,6 +27,7 @@ from opsgate.rehearsal.report import criteria_table
 from opsgate.reports.readiness import DEPLOYMENT_CHECKLIST, Audit, Context, run_readiness
 from opsgate.reports.render import FORMATS, render
 from opsgate.reports.security import build_security_report
+from opsgate.security.errorline import fail
 from opsgate.store.db import open_database
 
 report_app = typer.Typer(help="Operator reports.", no_args_is_help=True)
@@ -38,8 +39,7 @@ def _engine(settings: Settings) -> Engine:
     try:
         return open_database(settings)
     except (SQLAlchemyError, OSError) as exc:
-        err.print(f"[red]error:[/red] cannot open the database: {type(exc).__name__}")
-        raise typer.Exit(2) from None
+        fail(f"cannot open the database: {type(exc).__name__}")
 
 
 @report_app.callback()
@@ -67,12 +67,14 @@ def security(
             build_security_report(_engine(settings), settings, chosen, SystemClock().now()), fmt
         )
     except (LedgerError, SQLAlchemyError) as exc:
-        err.print(f"[red]error:[/red] cannot read the database: {type(exc).__name__}")
-        raise typer.Exit(2) from None
+        fail(f"cannot read the database: {type(exc).__name__}")
     if output is None:
         print(text, end="")
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or type(exc).__name__}")
         err.print(f"report written to {output}")
 
 

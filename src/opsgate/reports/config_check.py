@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from opsgate.clock import SystemClock
@@ -15,11 +14,10 @@ from opsgate.config import Settings, config_path
 from opsgate.metering.prices import PriceBook
 from opsgate.routing.effective import RouteView, config_problems, effective_routes
 from opsgate.routing.policy import RouteConfigError
-from opsgate.security.sanitizer import sanitize
+from opsgate.security.errorline import error
 
 config_app = typer.Typer(help="The routing configuration (opsgate.toml).", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True, emoji=False)  # a redaction token [REDACTED:secret:…] is text, not :secret:
 
 
 @config_app.command("check")
@@ -39,7 +37,7 @@ def check() -> None:
     if views:
         out.print(route_table(views))
     for line in problems:
-        err.print(f"[red]problem:[/red] {escape(sanitize(line))}", highlight=False)
+        error(line, label="problem")
     if problems:
         raise typer.Exit(1)
     out.print(f"ok: {len(views)} operations routable")

@@ -16,7 +16,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from opsgate.errors import OpsgateError
@@ -28,13 +27,12 @@ from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import VariantBook, checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import OPERATION_IDS, RouteConfigError
+from opsgate.security.errorline import fail
 from opsgate.security.operator_input import check_identifier, operator_text
-from opsgate.security.sanitizer import sanitize
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
 out = Console()
-err = Console(stderr=True, emoji=False)  # a redaction token [REDACTED:secret:…] is text, not :secret:
 
 
 def _actor() -> str:
@@ -51,11 +49,9 @@ def _service() -> Iterator[RolloutService]:
             services.rollout.ensure_toggles(OPERATIONS)
             yield services.rollout
     except OpsgateError as exc:
-        err.print(f"[red]error:[/red] {escape(f'{exc.code}: {exc.detail}')}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(f"{exc.code}: {exc.detail}")
     except OSError as exc:
-        err.print(f"[red]error:[/red] {escape(f'{type(exc).__name__}: {exc}')}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(f"{type(exc).__name__}: {exc}")
 
 
 @toggles_app.command("list")
@@ -101,7 +97,9 @@ def toggles_check(
     operation: str = typer.Argument(..., help="Operation id."),
     user_id: str = typer.Argument(..., help="The user to check."),
 ) -> None:
-    """Whether USER_ID gets OPERATION, the user's bucket (1-100) and why. Exit 0 yes, 1 no."""
+    """Whether USER_ID gets OPERATION, the user's bucket (1-100) and why. Exit 0 yes, 1 no;
+    exit 2 for an unknown operation."""
+    _known_operation(operation)
     with _service() as svc:
         snapshot = ToggleSnapshot(svc.engine, svc.clock)
         verdict = snapshot.check(operation, user_id)
@@ -178,8 +176,7 @@ def rollout_rollback(
 ) -> None:
     """Disable OPERATIONS (or --all) and roll back their rollouts."""
     if bool(operations) == all_:
-        err.print("[red]error:[/red] name operations or pass --all (not both)")
-        raise typer.Exit(2)
+        fail("name operations or pass --all (not both)")
     with _service() as svc:
         disabled = svc.rollback_operations(None if all_ else operations, operator_text("--reason", reason, required=True),
                                            _actor())
@@ -189,8 +186,7 @@ def rollout_rollback(
 def _only_active(svc: RolloutService) -> int:
     active = svc.list_rollouts(ACTIVE)
     if len(active) != 1:
-        err.print(f"[red]error:[/red] {len(active)} rollouts in progress; name one with --id")
-        raise typer.Exit(2)
+        fail(f"{len(active)} rollouts in progress; name one with --id")
     return active[0].id
 
 
@@ -222,8 +218,7 @@ def _book() -> VariantBook:
     try:
         return checked_variants(settings, checked_routes(settings, prices, now()), prices, now())
     except RouteConfigError as exc:
-        err.print(f"[red]error:[/red] {escape(sanitize('; '.join(exc.problems)))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail("; ".join(exc.problems))
 
 
 @variants_app.command("list")
@@ -248,10 +243,7 @@ def variants_list() -> None:
 def variants_show(operation: str = typer.Argument(..., help="Operation id, e.g. email-classify.")) -> None:
     """Every variant of OPERATION: its route, prompt version id, digest and source, and its role."""
     book = _book()
-    if operation not in OPERATION_IDS:
-        known = ", ".join(OPERATION_IDS)
-        err.print(f"[red]error:[/red] {escape(f'unknown operation {operation!r} (known: {known})')}", soft_wrap=True)
-        raise typer.Exit(2)
+    _known_operation(operation)
     with _service() as svc:
         a = svc.assignment(operation)
     roles = {a.live: "live", **({a.candidate: f"candidate {a.candidate_percentage} %"} if a.candidate else {})}
@@ -263,3 +255,10 @@ def variants_show(operation: str = typer.Argument(..., help="Operation id, e.g. 
         table.add_row(v.name, role, " > ".join(v.targets()), v.prompt.version, v.prompt.sha256,
                       v.prompt.source)
     out.print(table)
+
+
+def _known_operation(operation: str) -> None:
+    """Exit 2 with ``error: unknown operation '<operation>' (known: ...)`` unless ``operation`` is
+    one of the nine operation ids."""
+    if operation not in OPERATION_IDS:
+        fail(f"unknown operation {operation!r} (known: {', '.join(OPERATION_IDS)})")

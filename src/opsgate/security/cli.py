@@ -29,6 +29,7 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.numbers import cli_int
+from opsgate.security.errorline import fail
 from opsgate.security.service import SecurityServices, build_security
 from opsgate.store.db import open_database
 
@@ -36,16 +37,11 @@ users_app = typer.Typer(help="Manage users, roles, passwords and email addresses
 keys_app = typer.Typer(help="Field encryption keys: status, rotation, re-encryption; the /metrics scrape token.",
                         no_args_is_help=True)
 backup_app = typer.Typer(help="Encrypted backups: create, verify, restore.", no_args_is_help=True)
-out, err = Console(), Console(stderr=True)
+out = Console()
 
 
 def _engine(settings: Settings) -> Engine:
     return open_database(settings)
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
 
 
 def _services(settings: Settings, engine: Engine) -> SecurityServices:
@@ -99,7 +95,7 @@ def users_add(
             if address is not None:
                 set_email(engine, security.cipher, user_id, address)
     except (ValueError, OpsgateError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"{'created' if created else 'updated'} {user_id} ({kept or role or 'user'})")
 
 
@@ -148,7 +144,7 @@ def keys_rotate() -> None:
             ring = _services(settings, services.engine).keyring
             key_id = ring.rotate(services.ledger, f"cli:{getpass.getuser()}")
     except OpsgateError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     out.print(f"data key {key_id} is now current; run `opsgate keys reencrypt` to move old values")
 
 
@@ -175,7 +171,7 @@ def keys_reencrypt(batch_size: int = typer.Option(500, parser=cli_int(1), help="
                               batch_size=batch_size, progress=progress)
             retired = retire_unused(services.engine, security.keyring, services.ledger, actor)
     except OpsgateError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     out.print(f"moved {moved} values; retired keys: {', '.join(map(str, retired)) or 'none'}")
 
 
@@ -192,7 +188,7 @@ def keys_metrics_token(
     try:
         created = metrics_token.create(path, rotate=rotate)
     except OSError as exc:
-        _fail(f"cannot write {path}: {exc.strerror}")
+        fail(f"cannot write {path}: {exc.strerror}")
     if not created:
         out.print(f"kept the existing token in {path} (--rotate replaces it)")
     else:
@@ -210,7 +206,7 @@ def backup_create(path: Path = typer.Argument(..., help="Where to write the encr
     try:
         size = create(Settings(), path)
     except (BackupError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"wrote {path} ({size} bytes before encryption)")
 
 
@@ -224,7 +220,7 @@ def backup_verify(path: Path = typer.Argument(..., help="An encrypted backup."))
     try:
         found = verify_backup(Settings(), path)
     except (BackupError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"{found.kind} backup, {found.size} bytes: {format_summary(found.report)}")
     raise typer.Exit(0 if found.report.ok else 1)
 
@@ -251,20 +247,20 @@ def backup_restore(
     try:
         restore(settings, path, url)
     except (BackupError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"restored {path} into the database")
     restored = settings.model_copy(update={"database_url": url})
     engine = make_engine(url)
     try:
         asyncio.run(check_configured(restored, engine))
     except AnchorError as exc:
-        _fail(f"the restored ledger could not be compared with its anchors: {exc}")
+        fail(f"the restored ledger could not be compared with its anchors: {exc}")
     except LedgerRolledBack as exc:
         detail = (f"rolled_back at seq {exc.log_size}: backup restore left the ledger behind its anchor "
                   f"({exc.anchored_size} > {exc.log_size} entries)")
         with cli_services(restored) as services:
             incident = services.incidents.ledger_failed(detail)
-        _fail(f"the restored ledger is behind its anchor ({exc.anchored_size} > {exc.log_size} entries), "
+        fail(f"the restored ledger is behind its anchor ({exc.anchored_size} > {exc.log_size} entries), "
               f"P1 incident {incident or 'already open'}: {exc}", 1)
     finally:
         engine.dispose()

@@ -33,7 +33,7 @@ def check_password(password: str) -> None:
     """Raise ``ValueError`` when ``password`` is shorter than 12 or longer than 1024 characters
     (NIST SP 800-63B §5.1.1.2 minimum length; the maximum bounds hashing cost)."""
     if not MIN_LENGTH <= len(password) <= MAX_LENGTH:
-        raise ValueError(f"a password is {MIN_LENGTH} to {MAX_LENGTH} characters")
+        raise ValueError(f"a password must have {MIN_LENGTH} to {MAX_LENGTH} characters")
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:

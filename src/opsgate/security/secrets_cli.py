@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from datetime import timedelta
 from typing import Annotated
 
@@ -29,16 +30,17 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from opsgate.clock import SystemClock
-from opsgate.config import Settings
+from opsgate.config import ENV_NAME, Settings
 from opsgate.errors import OpsgateError
 from opsgate.ledger.writer import Ledger
 from opsgate.numbers import cli_int
+from opsgate.security.errorline import fail
 from opsgate.security.secrets import SecretInfo, SecretStore, connect_from_env, provider_key_names
 from opsgate.store.db import make_engine, upgrade
 
 CLI_ACTOR = "opsgate-cli"
 secrets_app = typer.Typer(help="Secrets: sources, ages and the rotation policy.", no_args_is_help=True)
-out, err = Console(), Console(stderr=True)
+out = Console()
 
 
 @secrets_app.callback()
@@ -53,6 +55,8 @@ def check(
     max_age_days: int = typer.Option(None, parser=cli_int(1), help="Policy age (default OPSGATE_SECRET_MAX_AGE_DAYS)."),
 ) -> None:
     """Report each secret's source and age; warn when one is older than the policy."""
+    if not_names := [n for n in names or [] if not re.fullmatch(ENV_NAME, n)]:  # e.g. a key pasted for its name
+        fail(f"not an environment variable name: {', '.join(not_names)}")
     settings = Settings()
     policy = timedelta(days=max_age_days or settings.secret_max_age_days)
     defaults = default_names(settings)
@@ -62,8 +66,7 @@ def check(
             upgrade(settings.database_url)
         ledger = Ledger(make_engine(settings.database_url), SystemClock())
     except (SQLAlchemyError, OSError) as exc:
-        err.print(f"[red]error:[/red] cannot open the database: {type(exc).__name__}")
-        raise typer.Exit(2) from None
+        fail(f"cannot open the database: {type(exc).__name__}")
     with ledger:
         rows = asyncio.run(_inspect(ledger, checked, policy))
     out.print(_table(rows, policy))
