@@ -88,14 +88,22 @@ def serve(open_app: Opener, sock: socket.socket,
         pass
 
 
+WORKER_HEALTHCHECK_S = 60
+"""How long uvicorn's supervisor waits for a worker process to answer its ping before it kills
+and replaces it (uvicorn's default is 5 s). A worker answers only once its interpreter has
+imported the gateway: ``import opsgate.cli`` took 8.6 s at load 9 on a 2-core machine, and with
+5 s every worker was killed before it could serve, again and again."""
+
+
 def serve_workers(factory: str, sock: socket.socket, workers: int) -> list[int]:
     """Serve the app that ``factory`` (``"module:function"``) builds in each of ``workers``
     uvicorn worker processes sharing the bound ``sock`` (uvicorn's supervisor: a worker that dies
-    is replaced; SIGINT/SIGTERM stop them all), until they stop. Returns the process ids of the
-    workers that failed to start (exit status 3, uvicorn's start-up failure, which also stops the
-    others); each logged its own error."""
-    supervisor = Multiprocess(uvicorn.Config(factory, factory=True, workers=workers, log_level="warning"),
-                              sockets=[sock])
+    or does not answer within :data:`WORKER_HEALTHCHECK_S` is replaced; SIGINT/SIGTERM stop them
+    all), until they stop. Returns the process ids of the workers that failed to start (exit
+    status 3, uvicorn's start-up failure, which also stops the others); each logged its own
+    error."""
+    supervisor = Multiprocess(uvicorn.Config(factory, factory=True, workers=workers, log_level="warning",
+                                             timeout_worker_healthcheck=WORKER_HEALTHCHECK_S), sockets=[sock])
     supervisor.run()
     return [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE and p.pid is not None]
 
