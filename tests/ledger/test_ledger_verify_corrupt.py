@@ -50,7 +50,7 @@ def test_body_rewritten_as_text_is_bad_type(sqlite_ledger: tuple[Engine, Ledger]
     report = verify(engine)
     assert (report.failure.seq, report.failure.reason) == (3, "bad_type")
     assert format_summary(report) == (
-        "FAIL seq=3 reason=bad_type: a stored column holds a value of an unexpected type"
+        "FAIL seq=3 reason=bad_type: ledger_entries row seq=3, column body holds TEXT, not BLOB"
     )
 
 

@@ -39,7 +39,13 @@ from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
 from opsgate.ledger.errors import AnchorError
-from opsgate.ledger.models import ledger_anchor_records, ledger_anchor_state, ledger_checkpoints
+from opsgate.ledger.models import (
+    ledger_anchor_records,
+    ledger_anchor_state,
+    ledger_checkpoints,
+    stored_bytes,
+    stored_int,
+)
 from opsgate.ledger.verify import AnchoredNote
 from opsgate.store.db import begin_write
 
@@ -297,7 +303,7 @@ def _anchored_size(engine: Engine, name: str) -> int:
             except IntegrityError:  # created concurrently
                 return _anchored_size(engine, name)
             return 0
-        return int(size)
+        return stored_int(size, f"ledger_anchor_state row anchor={name}, column anchored_size")
 
 
 def recorded_size(engine: Engine, name: str) -> int:
@@ -306,7 +312,8 @@ def recorded_size(engine: Engine, name: str) -> int:
         size = conn.execute(
             select(ledger_anchor_state.c.anchored_size).where(ledger_anchor_state.c.anchor == name)
         ).scalar()
-    return int(size or 0)
+    where = f"ledger_anchor_state row anchor={name}, column anchored_size"
+    return 0 if size is None else stored_int(size, where)
 
 
 def _pending(engine: Engine, anchored: int) -> list[tuple[int, bytes]]:
@@ -317,7 +324,9 @@ def _pending(engine: Engine, anchored: int) -> list[tuple[int, bytes]]:
             .order_by(ledger_checkpoints.c.size)
             .limit(MAX_PER_RUN)
         )
-        return [(r[0], bytes(r[1])) for r in rows]
+        where = "ledger_checkpoints row size={!r:.40}, column {}".format
+        return [(stored_int(size, where(size, "size")), stored_bytes(note, where(size, "note")))
+                for size, note in rows]
 
 
 def _record(engine: Engine, name: str, old: int, size: int, reference: str, now: datetime) -> bool:

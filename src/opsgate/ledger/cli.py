@@ -1,7 +1,7 @@
 """``opsgate ledger ...``: verify, prove, consistency, checkpoint, recover, guard, keygen.
 
-Exit status: 0 ok; 1 tampering found (``verify`` printed ``FAIL ...``) or a proof that does not
-verify; 2 configuration or I/O errors (no database, no key, unreadable anchor, unknown size).
+Exit status: 0 ok; 1 tampering found (``verify`` printed ``FAIL ...``; a stored value of the
+wrong type met by ``prove`` / ``consistency``) or a proof that does not verify; 2 configuration or I/O errors (no database, no key, unreadable anchor, unknown size).
 Settings come from ``OPSGATE_*`` (``opsgate.config.Settings``).
 """
 
@@ -22,7 +22,7 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.ledger.anchors import DirectoryAnchor
 from opsgate.ledger.checkpoint import Verifier, write_key_file
-from opsgate.ledger.errors import LedgerError, LedgerRolledBack, ProofError
+from opsgate.ledger.errors import LedgerError, LedgerRolledBack, ProofError, StoredValueError
 from opsgate.ledger.guards import OWNER_ROLE, guard_postgres
 from opsgate.ledger.proofs import (
     consistency_proof,
@@ -99,6 +99,8 @@ def prove_cmd(seq: int = typer.Argument(..., parser=cli_int(0), help="Entry sequ
         verify_inclusion_against(leaves[seq], proof, latest.note, verifier)
     except ProofError as exc:
         fail(f"proof does not verify: {exc.detail}", 1)
+    except StoredValueError as exc:
+        fail(f"the ledger was tampered with: {exc.detail}", 1)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
         fail(f"{type(exc).__name__}: {exc}")
     _print({"leaf_hash": _b64(leaves[seq]), **proof.to_json(), "checkpoint": latest.note.decode()})
@@ -118,6 +120,8 @@ def consistency_cmd(old: int = typer.Argument(..., parser=cli_int(0)), new: int 
         verify_consistency_against(proof, old_cp.note, new_cp.note, verifier)
     except ProofError as exc:
         fail(f"proof does not verify: {exc.detail}", 1)
+    except StoredValueError as exc:
+        fail(f"the ledger was tampered with: {exc.detail}", 1)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
         fail(f"{type(exc).__name__}: {exc}")
     _print(

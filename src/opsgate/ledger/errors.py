@@ -10,6 +10,8 @@
   operator runs ``opsgate ledger accept-rollback``.
 - :class:`LedgerIOError` — the ledger could not be *read* (missing table, unreachable database).
   The CLI maps it to exit status 2, distinct from tampering (exit 1).
+- :class:`StoredValueError` — a stored ledger column holds a value of another type or shape than
+  the schema's (SQLite keeps any type in any column): tampering, reported, never a crash.
 """
 
 from __future__ import annotations
@@ -69,3 +71,12 @@ class LedgerRolledBack(LedgerError):
         super().__init__(detail)
         self.anchored_size = anchored_size
         self.log_size = log_size
+
+
+class StoredValueError(LedgerError):
+    """A stored ledger column holds a value of another type or shape than the schema's (TEXT in a
+    BLOB column, a NULL, a negative size): the database was written around the application.
+    ``detail`` names the table, the row and the column."""
+
+    code = "ledger_tampered"
+    title = "Ledger value of the wrong type"

@@ -5,6 +5,9 @@ checked against its signed root first) with the entries appended since, re-check
 hashes and links, signs the new tree head and stores it with one conditional INSERT that only
 succeeds when no checkpoint of that size or larger exists — so no size is ever signed twice and
 checkpoints only grow, whichever process or replica gets there first.
+
+Every value read back is type-checked (``models.stored_*``): a column rewritten with another type
+raises :class:`StoredValueError` (a :class:`LedgerError`) naming the row and the column.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from opsgate.ledger.checkpoint import Checkpoint, Signer
 from opsgate.ledger.entry import CHAIN_DOMAIN, GENESIS_PREV_HASH
 from opsgate.ledger.errors import LedgerError
 from opsgate.ledger.merkle import CompactRange, leaf_hash
-from opsgate.ledger.models import ledger_checkpoints
+from opsgate.ledger.models import ledger_checkpoints, stored_bytes, stored_int
 from opsgate.store.models import ledger_entries
 from opsgate.store.db import begin_write
 
@@ -46,7 +49,7 @@ def latest_checkpoint(engine: Engine) -> StoredCheckpoint | None:
             .order_by(ledger_checkpoints.c.size.desc())
             .limit(1)
         ).first()
-    return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]))
+    return None if row is None else _checkpoint(row[0], row[1], row[2])
 
 
 def checkpoint_of_size(engine: Engine, size: int) -> StoredCheckpoint | None:
@@ -57,14 +60,22 @@ def checkpoint_of_size(engine: Engine, size: int) -> StoredCheckpoint | None:
                 ledger_checkpoints.c.size == size
             )
         ).first()
-    return None if row is None else StoredCheckpoint(size, bytes(row[0]), bytes(row[1]))
+    return None if row is None else _checkpoint(size, row[0], row[1])
+
+
+def _checkpoint(size: object, root: object, note: object) -> StoredCheckpoint:
+    """A checkpoint row's values, type-checked (StoredValueError naming the row and column)."""
+    row = f"ledger_checkpoints row size={size!r:.40}"
+    return StoredCheckpoint(stored_int(size, f"{row}, column size"),
+                            stored_bytes(root, f"{row}, column root_hash", length=32),
+                            stored_bytes(note, f"{row}, column note"))
 
 
 def log_size(engine: Engine) -> int:
     """Number of entries (highest seq + 1; 0 when empty)."""
     with engine.connect() as conn:
         head = conn.execute(select(func.max(ledger_entries.c.seq))).scalar()
-    return 0 if head is None else head + 1
+    return 0 if head is None else stored_int(head, "ledger_entries max(seq)") + 1
 
 
 def leaf_hashes(engine: Engine, size: int) -> list[bytes]:
@@ -120,14 +131,16 @@ def _resume(engine: Engine, signer: Signer) -> tuple[CompactRange, bytes]:
         head_hash = conn.execute(
             select(ledger_entries.c.entry_hash).where(ledger_entries.c.seq == row[0] - 1)
         ).scalar()
-    signed = signer.verifier().open_checkpoint(bytes(row[1]))
+    where = f"ledger_checkpoints row size={row[0]!r:.40}, column"
+    size = stored_int(row[0], f"{where} size")
+    signed = signer.verifier().open_checkpoint(stored_bytes(row[1], f"{where} note"))
     try:
-        tree = CompactRange.restore(row[0], bytes(row[2]))
+        tree = CompactRange.restore(size, stored_bytes(row[2], f"{where} frontier"))
     except ValueError as exc:
-        raise LedgerError(f"checkpoint {row[0]}: {exc}") from None
-    if signed.size != row[0] or tree.root() != signed.root or head_hash is None:
-        raise LedgerError(f"checkpoint {row[0]} does not match its signed note or the log")
-    return tree, bytes(head_hash)
+        raise LedgerError(f"checkpoint {size}: {exc}") from None
+    if signed.size != size or tree.root() != signed.root or head_hash is None:
+        raise LedgerError(f"checkpoint {size} does not match its signed note or the log")
+    return tree, stored_bytes(head_hash, f"ledger_entries row seq={size - 1}, column entry_hash")
 
 
 def _store(
@@ -164,5 +177,7 @@ def _rows(engine: Engine, start: int, end: int) -> Iterator[tuple[int, bytes, by
     )
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=10_000).execute(query)
-        for row in result:
-            yield row[0], bytes(row[1]), bytes(row[2]), bytes(row[3])
+        for seq, prev_hash, entry_hash, body in result:
+            row = f"ledger_entries row seq={seq!r:.40}, column"
+            yield (stored_int(seq, f"{row} seq"), stored_bytes(prev_hash, f"{row} prev_hash"),
+                   stored_bytes(entry_hash, f"{row} entry_hash"), stored_bytes(body, f"{row} body"))

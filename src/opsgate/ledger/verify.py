@@ -14,10 +14,15 @@ Failures (the first one stops the scan; its ``seq`` is where trust ends):
 
 ``bad_signature``  a checkpoint (stored or anchored) is not validly signed by the ledger's key, or
                    its stored root differs from its note; seq = the checkpoint's last entry.
-``bad_type``       a stored column holds a value of another type than the schema's (an integer seq,
-                   byte strings for the hashes and the body), e.g. a body rewritten as TEXT.
-``seq_gap``        the row's seq is not the previous seq + 1 (the first row must be 0); the failure
-                   names the first missing seq.
+``bad_type``       a stored column holds a value of another type or shape than the schema's (an
+                   integer seq counting from 0, byte strings for the hashes and the body; in
+                   ``ledger_checkpoints`` an integer size >= 0, a 32-byte root hash, a byte-string
+                   note), e.g. a body or a note rewritten as TEXT, a NULL, a negative seq. The
+                   detail names the table, the row and the column; SQLite keeps whatever type is
+                   written into any column, so nothing read back is trusted to have its declared
+                   type. For a checkpoint row, seq = its last entry (0 when its size is unusable).
+``seq_gap``        the row's seq is larger than the previous seq + 1 (the first row must be 0);
+                   the failure names the first missing seq.
 ``bad_body``       the body is not the canonical v1 JSON the writer produces (``entry.decode_body``).
 ``seq_mismatch``   the body's own ``seq`` differs from the row's (e.g. two bodies swapped).
 ``hash_mismatch``  ``SHA-256(domain || prev_hash || body)`` differs from the stored ``entry_hash``.
@@ -41,9 +46,11 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,9 +59,9 @@ from sqlalchemy.exc import DBAPIError
 
 from opsgate.ledger.checkpoint import Checkpoint, Verifier, parse_checkpoint
 from opsgate.ledger.entry import CHAIN_DOMAIN, GENESIS_PREV_HASH, decode_body_fast
-from opsgate.ledger.errors import CheckpointError, LedgerError, LedgerIOError
+from opsgate.ledger.errors import CheckpointError, LedgerError, LedgerIOError, StoredValueError
 from opsgate.ledger.merkle import CompactRange
-from opsgate.ledger.models import ledger_checkpoints
+from opsgate.ledger.models import ledger_checkpoints, stored_bytes, stored_int
 from opsgate.store.models import ledger_entries
 
 MAX_KEPT_WARNINGS = 100
@@ -189,8 +196,11 @@ def _check_row(
     """The row's parsed body, or the Finding of its first failed check (in the documented order;
     the link is only checked here when ``head_hash`` is known, i.e. not for a batch's first row)."""
     if type(seq) is not int or not (type(prev_hash) is type(entry_hash) is type(body) is bytes):
-        return Finding(expected, "bad_type", "a stored column holds a value of an unexpected type")
+        return Finding(expected, "bad_type", _type_problem(seq, prev_hash, entry_hash, body))
     if seq != expected:
+        if seq < expected:  # rows come in seq order: a negative (or repeated) seq
+            return Finding(expected, "bad_type",
+                           f"ledger_entries row seq={seq}, column seq holds {seq}, below {expected}")
         return Finding(expected, "seq_gap", f"entry {expected} is missing (next row is {seq})")
     try:
         obj = decode_body_fast(body)
@@ -206,6 +216,24 @@ def _check_row(
     if head_hash and prev_hash != head_hash:
         return Finding(seq, "link_mismatch", "prev_hash is not the previous entry's hash")
     return obj
+
+
+def _type_problem(seq: object, prev_hash: object, entry_hash: object, body: object) -> str:
+    """The detail of an entry row with a value of the wrong type: the row (by its seq as
+    stored) and the first such column."""
+    row = f"ledger_entries row seq={_shown(seq)}"
+    try:
+        stored_int(seq, f"{row}, column seq", minimum=None)
+        for column, value in (("prev_hash", prev_hash), ("entry_hash", entry_hash), ("body", body)):
+            stored_bytes(value, f"{row}, column {column}")
+    except StoredValueError as exc:
+        return exc.detail
+    return f"{row}: a column holds a value of an unexpected type"
+
+
+def _shown(value: object) -> str:
+    """A stored value as it can name a row in a finding (at most 40 characters)."""
+    return str(value) if type(value) is int else repr(value)[:40]
 
 
 class _Checker:
@@ -332,10 +360,10 @@ def verify(
     Raises :class:`LedgerIOError` if the ledger cannot be read (no table, database unreachable).
     """
     try:
-        stored = _stored_checkpoints(engine)
+        stored, failure = _stored_checkpoints(engine)
     except DBAPIError as exc:
         raise LedgerIOError(f"could not read the checkpoints: {type(exc.orig).__name__}") from exc
-    targets, failure = _targets(stored, anchored, verifier)
+    targets, failure = _targets(stored, anchored, verifier) if failure is None else ({}, failure)
     checker = _Checker(targets)
     if failure is not None:
         checker.failure = failure
@@ -427,25 +455,41 @@ def _scan_range(job: tuple[int, int, frozenset[int]]) -> _Scan:
     as a row whose seq is not the expected one, exactly as in the streamed scan."""
     start, count, sizes = job
     assert _worker_engine is not None
-    sql = f"{_ROWS_SQL.replace('ORDER BY', f'WHERE seq >= {int(start)} ORDER BY')} LIMIT {int(count)}"
+    # the first range has no lower bound, so a row below seq 0 is read (and fails) as in the streamed scan
+    where = f"WHERE seq >= {int(start)} " if start else ""
+    sql = f"{_ROWS_SQL.replace('ORDER BY', f'{where}ORDER BY')} LIMIT {int(count)}"
     with _worker_engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         assert raw is not None
         cursor = raw.cursor()
         try:
-            cursor.execute(sql)
-            rows = cursor.fetchall()
+            with _any_text(raw):
+                cursor.execute(sql)
+                rows = cursor.fetchall()
         finally:
             cursor.close()
     return _scan_batch((start, rows, sizes))  # type: ignore[arg-type]  # DB-API rows are untyped tuples
 
 
-def _stored_checkpoints(engine: Engine) -> list[tuple[int, bytes, bytes]]:
+def _stored_checkpoints(engine: Engine) -> tuple[list[tuple[int, bytes, bytes]], Finding | None]:
+    """Every stored checkpoint as ``(size, root, note)`` by size, each value's type and shape
+    checked; or the first row with a value of the wrong type as a ``bad_type`` Finding."""
     query = select(
         ledger_checkpoints.c.size, ledger_checkpoints.c.root_hash, ledger_checkpoints.c.note
     ).order_by(ledger_checkpoints.c.size)
-    with engine.connect() as conn:
-        return [(r[0], bytes(r[1]), bytes(r[2])) for r in conn.execute(query)]
+    with engine.connect() as conn, _any_text(conn.connection.dbapi_connection):
+        rows = conn.execute(query).all()
+    checked = []
+    for size, root, note in rows:
+        row = f"ledger_checkpoints row size={_shown(size)}"
+        try:
+            checked.append((stored_int(size, f"{row}, column size"),
+                            stored_bytes(root, f"{row}, column root_hash", length=32),
+                            stored_bytes(note, f"{row}, column note")))
+        except StoredValueError as exc:
+            seq = max(size - 1, 0) if type(size) is int else 0
+            return checked, Finding(seq, "bad_type", exc.detail)
+    return checked, None
 
 
 def _targets(
@@ -513,11 +557,34 @@ def row_batches(engine: Engine, batch_size: int) -> Iterator[list[tuple[int, byt
                 else raw.cursor()
             )
             try:
-                cursor.execute(_ROWS_SQL)
-                while batch := cursor.fetchmany(batch_size):
-                    yield batch  # type: ignore[misc]  # DBAPI rows are (int, bytes, bytes, bytes)
+                with _any_text(raw):
+                    cursor.execute(_ROWS_SQL)
+                    while batch := cursor.fetchmany(batch_size):
+                        yield batch  # type: ignore[misc]  # DBAPI rows are (int, bytes, bytes, bytes)
             finally:
                 cursor.close()
+
+
+@contextmanager
+def _any_text(raw: Any) -> Iterator[None]:
+    """While reading through ``raw`` (a DB-API connection): on SQLite, TEXT that is not valid
+    UTF-8 (a hash or body rewritten as TEXT byte for byte) comes back as a ``str`` with
+    surrogate escapes instead of failing the fetch, so verification reports it as a value of the
+    wrong type (``bad_type``) rather than as an unreadable store. The ledger tables have no TEXT
+    column the verifier reads, so nothing legitimate is decoded differently."""
+    if not isinstance(raw, sqlite3.Connection):
+        yield
+        return
+    previous = raw.text_factory
+    raw.text_factory = _decode_any
+    try:
+        yield
+    finally:
+        raw.text_factory = previous
+
+
+def _decode_any(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def format_summary(report: VerifyReport) -> str:

@@ -307,11 +307,15 @@ class Worker:
 
     def verify_ledger(self) -> bool:
         """Verify the whole ledger exactly as ``opsgate ledger verify`` does (signing key and
-        directory anchor included) and store the result (``hashChainIntegrity``); a ledger that
-        cannot be verified at all is a failure too."""
+        directory anchor included) and store the result (``hashChainIntegrity``). Fails closed: a
+        ledger that cannot be verified at all, whatever the exception (an unreadable store, an
+        anchor, a value nobody expected), is a failed verification too — its signal opens the P1
+        ``ledger_integrity`` incident at the next rule evaluation — and the exception is logged
+        (through the sanitizing log pipeline), never raised out of the tick."""
         try:
             report = verify_configured(self.settings, self.engine)
-        except (OpsgateError, OSError) as exc:
+        except Exception as exc:  # fail closed: an unverifiable ledger is a failed one
+            log.error("ledger verification could not run: %s", type(exc).__name__, exc_info=exc)
             record_signal(self.engine, self.clock, LEDGER_VERIFY, "ledger", ok=False,
                           detail=f"cannot verify: {type(exc).__name__}")
             return False
