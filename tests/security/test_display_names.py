@@ -209,3 +209,33 @@ def test_calendar_attendees_are_pseudonymised_in_descriptions(tmp_path: Path) ->
     assert [n for n in names if n in received] == []
     assert "Board prep with <person" in received
     assert resp.json()["output"]["summary"] == "Berg, Anna and Tomás Ortega de la Vega meet."
+
+
+COMMENT_FORM = (  # tester-priv F12 (e10.eml): RFC 5322 comment-form names beside name-addrs
+    "From: anna.berg@corp.example (Anna Berg)\n"
+    "To: karl@corp.example (Karl Weiss), \"Weiss, Karla\" <karla@corp.example>, bo@corp.example\n"
+    "Cc: joerg@corp.example (=?utf-8?q?J=C3=B6rg_M=C3=BCller?=)\n"
+    "Subject: hello Karl Weiss\n"
+    "Content-Type: text/plain; charset=utf-8\n\n"
+    "Hi Karl Weiss, Karla Weiss and Jörg Müller, Lena here. Cheers, Anna Berg\n"
+)
+
+
+def test_a_comment_form_name_is_a_display_name() -> None:
+    mail = parse_email(COMMENT_FORM)
+    assert (mail.sender, mail.sender_name) == ("anna.berg@corp.example", "Anna Berg")
+    assert mail.people == [
+        ("Anna Berg", "anna.berg@corp.example"), ("Karl Weiss", "karl@corp.example"),
+        ("Weiss, Karla", "karla@corp.example"), ("Jörg Müller", "joerg@corp.example"),
+    ]  # fmt: skip
+
+
+def test_comment_form_names_never_reach_the_provider() -> None:
+    from opsgate.operations import OPERATIONS
+
+    op = OPERATIONS["email-respond"]
+    prepared = op.prepare(op.Input.model_validate({"raw": COMMENT_FORM}))
+    sent, _ = PrivacyPolicy().minimise("email-respond", prepared.request, prepared.people)
+    text = sent.system + sent.user
+    assert [n for n in ("Anna", "Berg", "Karl", "Weiss", "Jörg", "Müller") if n in text] == []
+    assert "Hi <person2>, <person3> and <person5>, Lena here. Cheers, <person1>" in text

@@ -11,6 +11,9 @@ Parsing follows RFC 5322 / RFC 2045-2049 through the standard library ``email`` 
   unknown or wrong charset falls back to UTF-8, then Windows-1252, then to the declared one with
   ``errors="replace"``;
 - attachments: file name, MIME type and decoded size only — never their bytes;
+- display names: ``email.headerregistry``'s, and for an address written in the RFC 5322 comment
+  form ``anna@corp.example (Anna Berg)``, which it drops, the comment as
+  ``email.utils.getaddresses`` reads it (:func:`_comment_names`);
 - reply chains (:func:`split_quoted`): ``>``-quoted lines, "On ... wrote:" attributions and
   everything after an "Original Message"/Outlook header block are history, the rest is new text;
 - header values that reach a prompt are clipped at :data:`MAX_HEADER_CHARS` (:func:`clip_header`):
@@ -39,10 +42,13 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.policy import EmailPolicy
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from email.utils import getaddresses
 from html.parser import HTMLParser
 
 
@@ -299,12 +305,37 @@ def _header(msg: Message, name: str) -> str:
 
 
 def _addresses(msg: Message, name: str) -> list[Address]:
+    """The addresses of header ``name``; one written ``addr (Name)`` gets ``Name`` as its display
+    name (:func:`_comment_names`)."""
     try:
         value = msg.get(name)
         found = [a for a in getattr(value, "addresses", ()) if a.addr_spec and a.addr_spec != "<>"]
     except (ValueError, IndexError, TypeError, AttributeError):
         return []
+    if any(not a.display_name for a in found):
+        named = _comment_names(msg, name)
+        found = [a if a.display_name or a.addr_spec.lower() not in named
+                 else Address(named[a.addr_spec.lower()], a.username, a.domain) for a in found]
     return [_clean_address(a) for a in found]
+
+
+def _comment_names(msg: Message, name: str) -> dict[str, str]:
+    """``{lower-cased addr-spec: name}`` for the addresses of header ``name`` written in the
+    comment form ``anna@corp.example (Anna Berg)`` (RFC 5322 §3.4 obsolete syntax that mailing
+    lists, cron and older clients still send; ``email.headerregistry`` drops the comment, while
+    ``email.utils.getaddresses`` returns it as the name). RFC 2047 words in the comment are
+    decoded; a raw value is read up to :data:`MAX_PARSED_HEADER_CHARS` characters."""
+    raw = [value[:MAX_PARSED_HEADER_CHARS] for key, value in msg.raw_items()
+           if key.lower() == name and "(" in value]
+    named: dict[str, str] = {}
+    for comment, address in getaddresses(raw) if raw else ():
+        if comment.strip() and address:
+            try:
+                comment = str(make_header(decode_header(comment)))
+            except (HeaderParseError, LookupError, UnicodeError):
+                pass
+            named.setdefault(address.lower(), " ".join(comment.split()))
+    return named
 
 
 def _clean_address(address: Address) -> Address:
