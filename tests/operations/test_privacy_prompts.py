@@ -305,7 +305,7 @@ def test_invented_and_mangled_pseudonyms_are_kept_and_flagged(
         prompt = prompt_of(recorder.received[0]["body"])
         spec = gw.client.get("/openapi.json").json()
         database = b"".join(p.read_bytes() for p in tmp_path.glob("opsgate.db*"))
-    for original in ("ann.lee@example.com", "Lee, Ann", "7946 0958", "me@example.org"):
+    for original in ("ann.lee@example.com", "Lee, Ann", "Ann Lee", "7946 0958", "me@example.org"):
         assert original.encode() not in database  # the mapping is never ledgered or stored
         assert original not in caplog.text  # nor logged
     assert "opsgate" in caplog.text  # the gateway did log (at DEBUG) through the capture
@@ -317,7 +317,7 @@ def test_invented_and_mangled_pseudonyms_are_kept_and_flagged(
     assert "ann.lee" not in prompt and "7946" not in prompt
     doc = resp.json()
     assert doc["output"]["body"] == (
-        "Hi Lee, Ann, I will call +44 20 7946 0958. Copying <person7@example.invalid> and "
+        "Hi Ann Lee, I will call +44 20 7946 0958. Copying <person7@example.invalid> and "
         "<person1@example.com>, ask <phone-9>.")
     assert doc["privacy"]["unresolved_pseudonyms"] == [
         "<person7@example.invalid>", "<person1@example.com>", "<phone-9>"]

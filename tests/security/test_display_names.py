@@ -208,7 +208,7 @@ def test_calendar_attendees_are_pseudonymised_in_descriptions(tmp_path: Path) ->
     names = ("Anna", "Berg", "Tomás", "Ortega", "Member", "Björn", "Ångström", "Wei", "CFO")
     assert [n for n in names if n in received] == []
     assert "Board prep with <person" in received
-    assert resp.json()["output"]["summary"] == "Berg, Anna and Tomás Ortega de la Vega meet."
+    assert resp.json()["output"]["summary"] == "Anna Berg and Tomás Ortega de la Vega meet."
 
 
 COMMENT_FORM = (  # tester-priv F12 (e10.eml): RFC 5322 comment-form names beside name-addrs

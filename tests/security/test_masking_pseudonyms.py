@@ -82,10 +82,43 @@ def test_pseudonyms_are_stable_per_call_and_restore_exactly() -> None:
     answer = {"body": "Dear <person1>, <person2@example.invalid> and <person1> <person1@example.invalid> "
                       "will call <phone-1>.", "n": 3, "list": ["person2@example.invalid"]}
     assert p.restore(answer) == {
-        "body": "Dear Lee, Ann, bo@example.org and Lee, Ann <Ann.Lee@example.com> will call 020 7946 0958.",
+        "body": "Dear Ann Lee, bo@example.org and Ann Lee <Ann.Lee@example.com> will call 020 7946 0958.",
         "n": 3, "list": ["bo@example.org"]}
     assert p.unresolved == []
     assert "example.com" not in repr(p) and "7946" not in repr(p)
+
+
+def test_pseudonym_shaped_input_keeps_its_number_and_is_never_restored() -> None:
+    """tester-priv F7: the sender typed ``<phone-1>`` and ``<person1>``; the call's own
+    pseudonyms skip those numbers, so the model can tell them apart and the answer's literal
+    text is not "restored" as a real number or name (nor flagged as invented)."""
+    p = Pseudonymiser(["GB"])
+    sent = p.pseudonymise("typed: <phone-1>, <person1>, person3@example.invalid. "
+                          "Call +44 20 7946 0958, Bo <bo@example.org>, Cy <cy@example.org>")
+    assert sent == ("typed: <phone-1>, <person1>, <person2@example.invalid>. "
+                    "Call <phone-2>, <person4> <person4@example.invalid>, <person5> <person5@example.invalid>")
+    answer = "<phone-1> is not <phone-2>; <person1> is not <person4>; <person3> is not <person5>"
+    assert p.restore(answer) == "<phone-1> is not +44 20 7946 0958; <person1> is not Bo; <person3> is not Cy"
+    assert p.restore("<person2@example.invalid>") == "person3@example.invalid"
+    assert p.unresolved == ["<person3>"]
+
+
+def test_the_policy_reserves_the_user_texts_pseudonym_shapes_before_the_system_hands_any_out() -> None:
+    policy = PrivacyPolicy.of(["email-respond"], ["US"])
+    request = CompletionRequest(system="Sign as: Ann Lee <ann@example.org>.",
+                                user="She wrote <person1> in her mail", max_tokens=10)
+    sent, privacy = policy.minimise("email-respond", request)
+    assert (sent.system, sent.user) == ("Sign as: <person2> <person2@example.invalid>.", request.user)
+    assert privacy.restore({"body": "<person1> and <person2>"}) == {"body": "<person1> and Ann Lee"}
+
+
+def test_a_name_comes_back_given_name_first_whatever_form_met_it_first() -> None:
+    """tester-priv F8: ``"O'Brien, Zoë"`` came back as ``O'Brien, Zoë's draft``."""
+    p = Pseudonymiser(people=[("Li, Wei (CFO)", "li@example.cn")])
+    sent = p.pseudonymise('"O\'Brien, Zoë" <zoe@example.org> wrote: Zoë O\'Brien, Sean and Wei Li agree.')
+    assert sent == "<person1> <person1@example.invalid> wrote: <person1>, Sean and <person2> agree."
+    assert p.restore("<person1>'s draft, <person1> <person1@example.invalid>, <person2>") == (
+        "Zoë O'Brien's draft, Zoë O'Brien <zoe@example.org>, Wei Li")
 
 
 def test_a_multi_word_name_is_replaced_wherever_it_occurs() -> None:

@@ -16,20 +16,24 @@ text it is given:
   headers, calendar organizers and attendees), which need not stand next to their address in
   the text;
 - every other occurrence of a name of two or more words, in each of its written forms
-  (:func:`name_forms`: ``Berg, Anna`` is also ``Anna Berg``; ``Dr. Li Wei`` is also ``Li Wei``),
-  also followed by ``'s``;
+  (:func:`name_forms`: ``Berg, Anna`` is also ``Anna Berg`` and the other way round; ``Dr. Li
+  Wei`` is also ``Li Wei``), also followed by ``'s``, however it is typed
+  (:func:`mention_pattern`: case, accents composed or not, whitespace, punctuation around it);
 - phone numbers that ``phonenumbers`` finds valid (``Leniency.VALID``) in an international
   format or in one of the configured regions (ISO 3166-1 alpha-2) with ``<phone-N>``.
 
-``N`` counts from 1 per kind, in order of first appearance; the same address (case-insensitive) or
-number (E.164) always gets the same pseudonym within the call. The mapping lives only in this
-object: it has no ``repr`` of its values and is never logged, ledgered or stored.
+``N`` counts from 1 per kind, in order of first appearance, skipping the numbers of
+pseudonym-shaped text the input itself holds (:meth:`~Pseudonymiser.reserve`); the same address
+(case-insensitive) or number (E.164) always gets the same pseudonym within the call. The mapping
+lives only in this object: it has no ``repr`` of its values and is never logged, ledgered or
+stored.
 
 :meth:`~Pseudonymiser.restore` maps the pseudonyms in a decoded JSON answer back to the original
 text (``<personN@example.invalid>`` right after a name pseudonym comes back as ``<address>``, else
-as the bare address). Anything that looks like a pseudonym but is not one this call handed out
-(an invented ``<person9>``, a mangled ``<person1@example.com>``, ``<phone-1 >``) is left as it is
-and listed in :attr:`~Pseudonymiser.unresolved`; it is never guessed.
+as the bare address; ``<personN>`` as :func:`canonical_name`, ``Given Family``). Anything that
+looks like a pseudonym but is not one this call handed out (an invented ``<person9>``, a mangled
+``<person1@example.com>``, ``<phone-1 >``) is left as it is and listed in
+:attr:`~Pseudonymiser.unresolved`, unless the input itself held it; it is never guessed.
 """
 
 from __future__ import annotations
@@ -263,6 +267,9 @@ class Pseudonymiser:
         self._names: dict[int, str] = {}  # N -> display name as first seen
         self._phones: dict[str, int] = {}  # E.164 -> N
         self._phone_texts: dict[int, str] = {}  # N -> number as first seen
+        self._last = {"person": 0, "phone": 0}  # the last N handed out of each kind
+        self._reserved: dict[str, set[int]] = {"person": set(), "phone": set()}
+        self._literals: set[str] = set()  # pseudonym-shaped text the input itself holds
         self.unresolved: list[str] = []
 
     @property
@@ -271,8 +278,24 @@ class Pseudonymiser:
         ``phone``)."""
         return {"email": len(self._addresses), "name": len(self._names), "phone": len(self._phones)}
 
+    def reserve(self, *texts: str) -> None:
+        """Keep the numbers of the pseudonym-shaped text in ``texts`` (``<person2>``,
+        ``person2@example.invalid``, ``<phone-1>`` written in the input itself) from being handed
+        out, so the model never sees a real person's pseudonym that equals text the input
+        already held, and :meth:`restore` leaves that text as it is. Call it with every text of
+        the call before the first :meth:`pseudonymise`; :meth:`pseudonymise` reserves its own."""
+        for text in texts:
+            if "person" not in text and "phone-" not in text:
+                continue
+            for m in _EXACT.finditer(text):
+                name_n, address_n, phone_n = m.groups()
+                self._literals.add(m.group())
+                self._reserved["phone" if phone_n else "person"].add(int(name_n or address_n or phone_n))
+
     def pseudonymise(self, text: str) -> str:
-        """``text`` with addresses, display names and phone numbers replaced by pseudonyms."""
+        """``text`` with addresses, display names and phone numbers replaced by pseudonyms
+        (numbers :meth:`reserve` kept are skipped)."""
+        self.reserve(text)
         text = _PEOPLE.sub(self._person, text)
         text = self._other_mentions(text)
         return self._phone_numbers(text)
@@ -298,8 +321,19 @@ class Pseudonymiser:
         return bool(forms) and mention_pattern(form for form, *_ in forms.values()).search(text) is not None
 
     # pseudonymise -------------------------------------------------------------------------------
+    def _fresh(self, kind: str) -> int:
+        """The next number of ``kind`` (``person`` or ``phone``) that is not reserved."""
+        n = self._last[kind] + 1
+        while n in self._reserved[kind]:
+            n += 1
+        self._last[kind] = n
+        return n
+
     def _number(self, address: str) -> int:
-        return self._people.setdefault(address.lower(), len(self._people) + 1)
+        key = address.lower()
+        if key not in self._people:
+            self._people[key] = self._fresh("person")
+        return self._people[key]
 
     def _person(self, m: re.Match[str]) -> str:
         address = m.group("named") or m.group("bare")
@@ -359,8 +393,9 @@ class Pseudonymiser:
                     if not any(s < end and start < e for s, e, _ in spans):
                         spans.append((start, end, phonenumbers.format_number(found.number, _E164)))
         for start, end, e164 in sorted(spans):
-            n = self._phones.setdefault(e164, len(self._phones) + 1)
-            self._phone_texts.setdefault(n, text[start:end])
+            if e164 not in self._phones:
+                self._phones[e164] = self._fresh("phone")
+            self._phone_texts.setdefault(self._phones[e164], text[start:end])
         for start, end, e164 in sorted(spans, reverse=True):
             text = f"{text[:start]}<phone-{self._phones[e164]}>{text[end:]}"
         return text
@@ -371,7 +406,7 @@ class Pseudonymiser:
         exact = _EXACT.fullmatch(found)
         original = self._lookup(exact, m) if exact else None
         if original is None:
-            if found not in self.unresolved:
+            if found not in self.unresolved and found not in self._literals:
                 self.unresolved.append(found)
             return found
         return original
@@ -379,7 +414,8 @@ class Pseudonymiser:
     def _lookup(self, exact: re.Match[str], m: re.Match[str]) -> str | None:
         name_n, address_n, phone_n = exact.groups()
         if name_n is not None:
-            return self._names.get(int(name_n))
+            name = self._names.get(int(name_n))
+            return None if name is None else canonical_name(name)
         if phone_n is not None:
             return self._phone_texts.get(int(phone_n))
         address = self._addresses.get(int(address_n))
