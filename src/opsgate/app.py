@@ -45,6 +45,7 @@ from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
 from opsgate.runtime import Runtime, start_runtime
 from opsgate.security.auth import bearer_token
+from opsgate.security.errors import KeyRingError
 from opsgate.security.views import install as install_security
 from opsgate.store.db import migrations_current
 from opsgate.validation import field_errors
@@ -175,7 +176,8 @@ def _add_probes(app: FastAPI) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["probes"], summary="Readiness: database reachable, migrations current")
+    @app.get("/readyz", tags=["probes"],
+             summary="Readiness: database reachable, migrations current, the master key unwraps the key ring")
     async def readyz(request: Request, runtime: RuntimeDep) -> Response:
         request.state.request_id = uuid.uuid4().hex
         try:
@@ -184,6 +186,10 @@ def _add_probes(app: FastAPI) -> None:
             return problem_response(NotReady("The database is not reachable"), request.state.request_id)
         if not current:
             return problem_response(NotReady("Database migrations are not current"), request.state.request_id)
+        try:
+            await asyncio.to_thread(runtime.security.keyring.reload)
+        except KeyRingError as exc:
+            return problem_response(NotReady(exc.detail), request.state.request_id)
         return json_response({"status": "ready"})
 
 

@@ -33,6 +33,7 @@ from opsgate.rollout.cli import rollout_app, toggles_app, variants_app
 from opsgate.rollout.variants import checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import RouteConfigError
+from opsgate.security.errors import KeyRingError
 from opsgate.sandbox.faults import FaultProfile, FaultProfileError
 from opsgate.security.cli import backup_app, keys_app, users_app
 from opsgate.security.idp import idp_problems
@@ -48,7 +49,8 @@ class _Boundary(TyperGroup):
     """The root command: every command runs inside :meth:`invoke`, the one place a configuration
     failure becomes ``error: <one line>`` and exit 2: a :class:`ConfigError` from settings, the
     configuration file, the database URL or start-up (a provider key reference that cannot be
-    resolved), a routing configuration that cannot be served, a database connection that fails.
+    resolved), a routing configuration that cannot be served, a database connection that fails,
+    a :class:`KeyRingError` (a master key that is missing or does not unwrap the key ring).
     The gateway's start-up raises into it for serve, run, demo and rehearse alike
     (:func:`opsgate.app.open_app`). Any other exception prints its traceback through the
     sanitizer (no secret, no local variables) and exits 1."""
@@ -58,7 +60,7 @@ class _Boundary(TyperGroup):
             return super().invoke(ctx)
         except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: Typer's
             raise
-        except ConfigError as exc:
+        except (ConfigError, KeyRingError) as exc:  # KeyRingError: a master key missing or not unwrapping the ring
             fail(str(exc))
         except RouteConfigError as exc:
             fail("; ".join(exc.problems))

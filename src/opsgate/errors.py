@@ -62,7 +62,7 @@ table in docs/architecture.md, equal to the classes)::
     ├── DecryptionFailed              decryption_failed         500  security.errors
     ├── Forbidden                     forbidden                 403  security.errors
     │   └── CSRFFailed                csrf_failed               403  security.errors
-    ├── KeyRingError                  key_ring_error            500  security.errors
+    ├── KeyRingError                  key_ring_error            503  security.errors
     ├── SecretNotFound                secret_not_found          500  security.errors
     ├── SecretUnavailable             secret_unavailable        503  security.errors
     └── Unauthorized                  unauthorized              401  security.errors
@@ -126,7 +126,8 @@ class NotFound(OpsgateError):
 
 
 class NotReady(OpsgateError):
-    """Readiness probe: the database is unreachable or its migrations are not current (503)."""
+    """Readiness probe: the database is unreachable, its migrations are not current, or the master
+    key does not unwrap the key ring (503)."""
 
     code = "not_ready"
     status = 503

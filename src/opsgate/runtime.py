@@ -182,6 +182,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     attach_alerting(engine, clock, metering.hooks if metering else None, rollout, gateway.models)
     await ledger.append("routing_config", routing_record(settings, prices, clock.now()))
     security = build_security(settings, clock, engine)
+    await asyncio.to_thread(security.keyring.reload)  # KeyRingError: the master key does not unwrap the ring
     checkpointer = checkpointer_for(settings, engine, clock, session)
     if checkpointer is not None:
         await stack.enter_async_context(checkpointer)

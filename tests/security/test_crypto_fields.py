@@ -118,8 +118,8 @@ def test_rotate_reencrypt_then_retire_only_unused_keys(env, ledger):
     clock.advance(RETIRE_AFTER_S)
     assert retire_unused(engine, ring, ledger, "cli:ops") == []  # key 1 still holds seven rows
     seen = []
-    moved = reencrypt(engine, cipher, ring, ledger, "cli:ops", batch_size=3, progress=seen.append)
-    assert moved == 7 and keys_in_use(engine) == {2: 7}
+    done = reencrypt(engine, cipher, ring, ledger, "cli:ops", batch_size=3, progress=seen.append)
+    assert done.moved == 7 and done.undecryptable == [] and keys_in_use(engine) == {2: 7}
     assert [(p.scanned, p.total, p.moved) for p in seen] == [(3, 7, 3), (6, 7, 6), (7, 7, 7)]
     assert retire_unused(engine, ring, ledger, "cli:ops") == [1]
     status = {v.key_id: v for v in ring.versions()}
@@ -128,7 +128,39 @@ def test_rotate_reencrypt_then_retire_only_unused_keys(env, ledger):
         assert conn.execute(select(encryption_keys.c.wrapped).where(encryption_keys.c.key_id == 1)).scalar() == b""
     assert [get_email(engine, cipher, f"u{i}") for i in range(7)] == [f"u{i}@example.org" for i in range(7)]
     assert find_by_email(engine, cipher, "U3@example.org") == "u3"
-    assert reencrypt(engine, cipher, ring, ledger, "cli:ops") == 0  # nothing left to move: no entry
+    assert reencrypt(engine, cipher, ring, ledger, "cli:ops").moved == 0  # nothing left to move: no entry
+
+
+def test_undecryptable_values_are_named_the_rest_move_and_their_key_stays(env, ledger):
+    """tester-priv F10: one corrupted ciphertext stopped `keys reencrypt` without naming its row,
+    so no old key could ever be retired."""
+    engine, settings, clock, ring, cipher = env
+    for i in range(6):
+        add_user(engine, clock, f"u{i}")
+        set_email(engine, cipher, f"u{i}", f"u{i}@example.org")
+    with engine.begin() as conn:
+        blobs = dict(conn.execute(select(users.c.user_id, users.c.email_ciphertext)).all())
+        bad = {"u1": blobs["u1"][:-1] + bytes([blobs["u1"][-1] ^ 1]),  # flipped tag byte, still under key 1
+               "u3": blobs["u3"][:3],  # truncated inside its header
+               "u4": blobs["u4"][:1] + (9).to_bytes(4, "big") + blobs["u4"][5:]}  # names a key the ring lacks
+        for user_id, blob in bad.items():
+            conn.execute(users.update().where(users.c.user_id == user_id).values(email_ciphertext=blob))
+    ring.rotate(ledger, "cli:ops")
+    clock.advance(RETIRE_AFTER_S)
+    seen = []
+    done = reencrypt(engine, cipher, ring, ledger, "cli:ops", batch_size=2, progress=seen.append)
+    assert done.moved == 3
+    assert [str(u) for u in done.undecryptable] == [
+        "users.email_ciphertext row user_id=u1: a stored ciphertext failed authentication",
+        "users.email_ciphertext row user_id=u3: a stored ciphertext is truncated",
+        "users.email_ciphertext row user_id=u4: a stored ciphertext names a key the ring does not hold",
+    ]
+    assert [(p.scanned, p.total, p.moved) for p in seen] == [(2, 6, 1), (4, 6, 2), (6, 6, 3)]
+    assert [get_email(engine, cipher, u) for u in ("u0", "u2", "u5")] == ["u0@example.org", "u2@example.org",
+                                                                          "u5@example.org"]
+    assert keys_in_use(engine) == {1: 1, 2: 3, 9: 1}  # u3's header is unreadable: it names no key
+    assert retire_unused(engine, ring, ledger, "cli:ops") == []  # u1 still needs key 1
+    assert [e["moved"] for e in entries(engine, "key.reencrypt")] == [1, 1, 1]
 
 
 def test_rotation_reencryption_and_retirement_are_ledgered_with_key_ids_only(env, ledger):

@@ -18,13 +18,14 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 from tests.operations.privacy_recorder import prompt_of, recorded_gateway
+from tests.stores import migrated_engine
 
 from opsgate import testing
 from opsgate.config import Settings
 from opsgate.keyfile import publish_new
 from opsgate.security import metrics_token
 from opsgate.security.auth import signing_key
-from opsgate.security.keyring import master_key
+from opsgate.security.keyring import provision_master_key
 from opsgate.security.masking import SecretMasker
 from opsgate.security.sanitizer import (
     configure_from_settings,
@@ -89,7 +90,9 @@ def test_key_files_created_after_start_up_are_held_when_read(tmp_path: Path) -> 
     settings = testing.gateway_settings(
         tmp_path, jwt_secret=None, master_key=None,
         jwt_secret_file=tmp_path / "jwt", master_key_file=tmp_path / "master")  # fmt: skip
-    jwt_key, master = signing_key(settings).decode(), master_key(settings)
+    engine = migrated_engine(tmp_path)
+    jwt_key, master = signing_key(settings).decode(), provision_master_key(settings, engine)
+    engine.dispose()
     assert jwt_key in held_secrets()
     assert base64.urlsafe_b64encode(master).decode() in held_secrets()
     token_file = tmp_path / "metrics-token"

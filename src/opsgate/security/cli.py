@@ -5,7 +5,8 @@
 ``opsgate keys status``      key versions, their ages, rows using each, rotation due or not
 ``opsgate keys rotate``      add a data key version (the current one from now on)
 ``opsgate keys reencrypt``   move every encrypted value to the current key (progress bar), then
-                             retire the keys no row uses
+                             retire the keys no row uses; a value that does not decrypt is
+                             named (table, row, column), left as it is, and the exit code is 1
 ``opsgate keys metrics-token [--rotate]``  the /metrics scrape token file (mode 0600)
 ``opsgate backup create PATH | verify PATH | restore PATH [--target URL]``
 
@@ -29,7 +30,7 @@ from opsgate.clock import SystemClock
 from opsgate.config import Settings
 from opsgate.errors import OpsgateError
 from opsgate.numbers import cli_int
-from opsgate.security.errorline import fail
+from opsgate.security.errorline import error, fail
 from opsgate.security.service import SecurityServices, build_security
 from opsgate.store.db import open_database
 
@@ -117,9 +118,12 @@ def keys_status() -> None:
 
     settings = Settings()
     engine = _engine(settings)
-    ring = _services(settings, engine).keyring
+    try:
+        ring = _services(settings, engine).keyring
+        current, _ = ring.current()
+    except OpsgateError as exc:  # a master key that is missing or does not unwrap the ring
+        fail(exc.detail)
     used = keys_in_use(engine)
-    current, _ = ring.current()
     table = Table("key", "purpose", "created (UTC)", "age (days)", "values", "state")
     for v in ring.versions():
         age = ring.age_s(v.key_id) / 86400
@@ -152,7 +156,9 @@ def keys_rotate() -> None:
 def keys_reencrypt(batch_size: int = typer.Option(500, parser=cli_int(1), help="Rows per transaction.")) -> None:
     """Re-encrypt old values under the current key, then retire keys no value uses. Each batch and
     each retirement is written to the ledger (``key.reencrypt``, ``key.retire``: key ids and
-    counts) as ``cli:<login>``, in the transaction of its change."""
+    counts) as ``cli:<login>``, in the transaction of its change. Each value that does not decrypt
+    is printed (table, row, column, why) and left as it is, the rest still move, and the exit code
+    is 1; the key such a value names is not retired."""
     from opsgate.runtime import cli_services
     from opsgate.security.reencrypt import Progress, reencrypt, retire_unused
 
@@ -167,12 +173,17 @@ def keys_reencrypt(batch_size: int = typer.Option(500, parser=cli_int(1), help="
                 task = tasks.setdefault(p.column, bar.add_task(p.column, total=p.total))
                 bar.update(task, completed=p.scanned)
 
-            moved = reencrypt(services.engine, security.cipher, security.keyring, services.ledger, actor,
-                              batch_size=batch_size, progress=progress)
+            done = reencrypt(services.engine, security.cipher, security.keyring, services.ledger, actor,
+                             batch_size=batch_size, progress=progress)
             retired = retire_unused(services.engine, security.keyring, services.ledger, actor)
     except OpsgateError as exc:
         fail(exc.detail)
-    out.print(f"moved {moved} values; retired keys: {', '.join(map(str, retired)) or 'none'}")
+    for bad in done.undecryptable:
+        error(str(bad), label="undecryptable")
+    out.print(f"moved {done.moved} values; retired keys: {', '.join(map(str, retired)) or 'none'}")
+    if done.undecryptable:
+        fail(f"{len(done.undecryptable)} values do not decrypt and were left as they are; the keys they name "
+             "stay until they are repaired or cleared", 1)
 
 
 @keys_app.command("metrics-token")

@@ -137,13 +137,16 @@ class DecryptionFailed(OpsgateError):
 
 
 class KeyRingError(OpsgateError):
-    """The key ring cannot serve a request: unknown key id, a master key that is not 32 base64
-    bytes or does not unwrap the ring, retiring the current key (500). Messages name the setting
-    or the key id, never key material."""
+    """The key ring cannot serve a request: unknown key id, a master key that is missing, not 32
+    base64 bytes or does not unwrap the ring, retiring the current key. A server-side fault the
+    client cannot fix (503 with ``Retry-After``, like every server failure of the token endpoint;
+    ``/readyz`` reports it as not ready). Messages name the setting or the key id, never key
+    material."""
 
     code = "key_ring_error"
-    status = 500
+    status = 503
     title = "The key ring cannot serve this request"
+    retry_after = 60.0
 
 
 class BackupError(OpsgateError):

@@ -11,8 +11,11 @@ A rotation and a retirement are admin changes: each commits in the transaction o
 (docs/security.md). The ring's first data key and its index key are created on first use.
 
 Keys are stored wrapped: ``nonce(12) || AES-256-GCM(master_key, key, aad="opsgate-key:<purpose>:<id>")``.
-The master key comes from ``OPSGATE_MASTER_KEY`` (base64 of 32 bytes) or a file (mode 0600) created
-on first use, like the JWT key; it never reaches the database.
+The master key comes from ``OPSGATE_MASTER_KEY`` (base64 of 32 bytes) or a file (mode 0600); it
+never reaches the database. The file is created only for a database that holds no key ring yet
+(:func:`provision_master_key`): a new master key beside keys wrapped under another one would make
+every encrypted value unreadable, so a missing file then is refused (tester-priv F10).
+:meth:`KeyRing.reload` unwraps every active key: at start-up and on every readiness probe too.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Connection, Engine, Row, insert, select, update
+from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from opsgate.clock import Clock
@@ -45,16 +48,36 @@ RELOAD_S = 60.0
 
 
 def master_key(settings: Settings) -> bytes:
-    """The 32-byte master key from ``settings.master_key`` (base64) or ``settings.master_key_file``
-    (created with a random key, mode 0600, on first use). Raises :class:`KeyRingError` otherwise."""
+    """The 32-byte master key from ``settings.master_key`` (base64) or the existing
+    ``settings.master_key_file``. Raises :class:`KeyRingError` when neither is there (only
+    :func:`provision_master_key` creates the file) or the key is not 32 base64 bytes."""
     if settings.master_key is not None:
         raw = settings.master_key.get_secret_value()
+    elif settings.master_key_file.exists():
+        raw = hold_secret(settings.master_key_file.read_text().strip())
     else:
-        raw = hold_secret(random_key_file(settings.master_key_file, KEY_BYTES))
+        raise KeyRingError(f"no master key: OPSGATE_MASTER_KEY is unset and {settings.master_key_file} does not exist")
     try:
         return master_key_bytes(raw)
     except ValueError as exc:
         raise KeyRingError(f"OPSGATE_MASTER_KEY {exc}") from None
+
+
+def provision_master_key(settings: Settings, engine: Engine) -> bytes:
+    """The master key (:func:`master_key`), first creating ``settings.master_key_file`` (random,
+    mode 0600) when no key is configured, the file is missing and ``encryption_keys`` is empty.
+    Raises :class:`KeyRingError` when the file is missing but the database holds wrapped keys:
+    they were wrapped under a master key that is gone, and a new one would unwrap none of them."""
+    if settings.master_key is None and not settings.master_key_file.exists():
+        with engine.connect() as conn:
+            wrapped = conn.execute(select(func.count()).select_from(encryption_keys)).scalar_one()
+        if wrapped:
+            raise KeyRingError(
+                f"the master key file {settings.master_key_file} is missing but the database holds {wrapped} "
+                "keys wrapped under a master key; restore the file or set OPSGATE_MASTER_KEY (a new master "
+                "key would make every encrypted value unreadable)")
+        random_key_file(settings.master_key_file, KEY_BYTES)
+    return master_key(settings)
 
 
 def derived_key(settings: Settings, purpose: str) -> bytes:
@@ -119,7 +142,9 @@ class KeyRing:
         return list(self._versions)
 
     def reload(self) -> None:
-        """Read the ring from the database, creating the first data key and the index key if absent."""
+        """Read the ring from the database, creating the first data key and the index key if absent,
+        and unwrap every active key: also the start-up and readiness check of the master key.
+        Raises :class:`KeyRingError` when the master key does not unwrap an active key."""
         rows = self._rows()
         if not any(r.purpose == "data" for r in rows) or not any(r.purpose == "index" for r in rows):
             self._create_missing(rows)

@@ -6,9 +6,13 @@ are not under the current key, in primary key order, ``batch_size`` at a time: i
 re-encrypts a batch, then writes it back in the transaction of one ``key.reencrypt`` ledger entry
 (the column, the key moved to, the keys moved from and how many values moved: ids and counts,
 never key material or values); the UPDATE only applies if the value is still the one read, so a
-concurrent write is never overwritten. ``progress`` is called after every batch.
+concurrent write is never overwritten. ``progress`` is called after every batch. A value that does
+not decrypt (tampered, truncated, naming a key the ring does not hold) is reported by table, row
+and column as an :class:`Undecryptable` and left as it is; the others still move (tester-priv F10:
+one bad row used to stop the whole run, so old keys could never be retired).
 :func:`retire_unused` retires every non-current data key that no registered column still uses,
-each in the transaction of its ``key.retire`` entry.
+each in the transaction of its ``key.retire`` entry; an undecryptable value still names its key
+in its header, so that key stays.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from sqlalchemy import Column, Connection, Engine, Table, and_, func, select, up
 
 from opsgate.ledger.writer import Ledger
 from opsgate.security.crypto import FORMAT, HEADER, FieldCipher, key_id_of
-from opsgate.security.errors import KeyRingError
+from opsgate.security.errors import DecryptionFailed, KeyRingError
 from opsgate.security.keyring import RELOAD_S, KeyRing
 from opsgate.security.models import users
 
@@ -53,6 +57,30 @@ class Progress:
     moved: int
 
 
+@dataclass(frozen=True, slots=True)
+class Undecryptable:
+    """A stored value that did not decrypt: ``table``, primary key column ``pk_column`` and value
+    ``pk`` of its row, its ``column``, and ``reason`` (the :class:`DecryptionFailed` detail)."""
+
+    table: str
+    pk_column: str
+    pk: str
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column} row {self.pk_column}={self.pk}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reencrypted:
+    """What :func:`reencrypt` did: ``moved`` values to the current key, and the ``undecryptable``
+    ones it left in place (empty when every value moved)."""
+
+    moved: int
+    undecryptable: list[Undecryptable]
+
+
 RETIRE_AFTER_S = 5 * RELOAD_S
 USERS_EMAIL = EncryptedColumn(users, users.c.user_id, users.c.email_ciphertext, "users.email")
 COLUMNS: list[EncryptedColumn] = [USERS_EMAIL]
@@ -73,19 +101,19 @@ def reencrypt(
     *,
     batch_size: int = 500,
     progress: Callable[[Progress], None] | None = None,
-) -> int:
+) -> Reencrypted:
     """Re-encrypt every registered column's old-key values under the current key as ``actor``;
-    returns how many values moved. Each batch is written in the transaction of its
-    ``key.reencrypt`` entry (``actor``, ``column``, ``key_id``, ``from``: the key ids moved off,
-    ``moved``); a column with nothing to move writes none. Raises
+    returns how many values moved and which did not decrypt (those stay as they are and the run
+    goes on). Each batch is written in the transaction of its ``key.reencrypt`` entry
+    (``actor``, ``column``, ``key_id``, ``from``: the key ids moved off, ``moved``); a column or
+    batch with nothing to move writes none. Raises
     :class:`~opsgate.ledger.errors.LedgerUnavailable` when an entry cannot be written (that batch
-    stays as it was; the batches before it are done) and
-    :class:`~opsgate.security.errors.DecryptionFailed` for a value that does not decrypt."""
+    stays as it was; the batches before it are done)."""
     current, _ = keyring.current()
-    moved = 0
+    moved, undecryptable = 0, list[Undecryptable]()
     for col in COLUMNS:
-        moved += _reencrypt_column(engine, cipher, col, current, ledger, actor, batch_size, progress)
-    return moved
+        moved += _reencrypt_column(engine, cipher, col, current, ledger, actor, batch_size, progress, undecryptable)
+    return Reencrypted(moved, undecryptable)
 
 
 def _reencrypt_column(
@@ -97,6 +125,7 @@ def _reencrypt_column(
     actor: str,
     batch_size: int,
     progress: Callable[[Progress], None] | None,
+    undecryptable: list[Undecryptable],
 ) -> int:
     name = f"{col.table.name}.{col.column.name}"
     stale = and_(col.column.is_not(None), func.substr(col.column, 1, HEADER.size) != HEADER.pack(FORMAT, current))
@@ -112,25 +141,36 @@ def _reencrypt_column(
             rows = list(conn.execute(query))
         if not rows:
             break
-        fresh = [(pk, blob, cipher.encrypt(cipher.decrypt(blob, col.context(pk)), col.context(pk)))
-                 for pk, blob in rows]
-
-        def write(conn: Connection, fresh: list[tuple[Any, bytes, bytes]] = fresh) -> dict[int, int]:
-            """Write the batch; ``{old key id: values moved off it}``."""
-            off: dict[int, int] = {}
-            for pk, blob, value in fresh:
-                stmt = update(col.table).where(col.pk == pk, col.column == blob).values({col.column.name: value})
-                if conn.execute(stmt).rowcount:
-                    off[key_id_of(blob)] = off.get(key_id_of(blob), 0) + 1
-            return off
-
-        entry = ledger.append_sync("key.reencrypt", {"actor": actor, "column": name, "key_id": current},
-                                   work=write, amend=_moved)
+        fresh = []
+        for pk, blob in rows:
+            try:
+                fresh.append((pk, blob, cipher.encrypt(cipher.decrypt(blob, col.context(pk)), col.context(pk))))
+            except DecryptionFailed as exc:
+                undecryptable.append(Undecryptable(col.table.name, col.pk.name, str(pk), col.column.name, exc.detail))
+        if fresh:
+            moved += _write_batch(col, fresh, current, ledger, actor, name)
         last, scanned = rows[-1][0], scanned + len(rows)
-        moved += sum(entry.work_result.values())
         if progress is not None:
             progress(Progress(name, scanned, total, moved))
     return moved
+
+
+def _write_batch(col: EncryptedColumn, fresh: list[tuple[Any, bytes, bytes]], current: int, ledger: Ledger,
+                 actor: str, name: str) -> int:
+    """Write ``fresh`` (``(pk, value read, value under key current)``) in the transaction of one
+    ``key.reencrypt`` entry; returns how many rows still held the value read and moved."""
+    def write(conn: Connection) -> dict[int, int]:
+        """Write the batch; ``{old key id: values moved off it}``."""
+        off: dict[int, int] = {}
+        for pk, blob, value in fresh:
+            stmt = update(col.table).where(col.pk == pk, col.column == blob).values({col.column.name: value})
+            if conn.execute(stmt).rowcount:
+                off[key_id_of(blob)] = off.get(key_id_of(blob), 0) + 1
+        return off
+
+    entry = ledger.append_sync("key.reencrypt", {"actor": actor, "column": name, "key_id": current},
+                               work=write, amend=_moved)
+    return sum(entry.work_result.values())
 
 
 def _moved(off: dict[int, int]) -> dict[str, Any]:
@@ -139,14 +179,19 @@ def _moved(off: dict[int, int]) -> dict[str, Any]:
 
 
 def keys_in_use(engine: Engine) -> dict[int, int]:
-    """``{key_id: number of stored values}`` over every registered column."""
+    """``{key_id: number of stored values}`` over every registered column, by the key id in each
+    value's header (an undecryptable value counts for the key it names; one without a readable
+    header, truncated or of another format, names no key and is not counted)."""
     counts: dict[int, int] = {}
     for col in COLUMNS:
         header = func.substr(col.column, 1, HEADER.size)
         query = select(header, func.count()).where(col.column.is_not(None)).group_by(header)
         with engine.connect() as conn:
             for prefix, n in conn.execute(query):
-                counts[key_id_of(bytes(prefix))] = counts.get(key_id_of(bytes(prefix)), 0) + n
+                raw = bytes(prefix)
+                if len(raw) == HEADER.size and raw[0] == FORMAT:
+                    key_id = key_id_of(raw)
+                    counts[key_id] = counts.get(key_id, 0) + n
     return counts
 
 

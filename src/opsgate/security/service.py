@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.security.crypto import FieldCipher
-from opsgate.security.keyring import KeyRing, derived_key, master_key
+from opsgate.security.keyring import KeyRing, derived_key, provision_master_key
 from opsgate.security.refresh import RefreshTokens
 from opsgate.security.sessions import SessionManager
 
@@ -26,9 +26,11 @@ class SecurityServices:
 
 def build_security(settings: Settings, clock: Clock, engine: Engine) -> SecurityServices:
     """The :class:`SecurityServices` over ``engine``: the master key from ``settings`` (env or key
-    file, see :func:`~opsgate.security.keyring.master_key`; :class:`KeyRingError` when unusable),
+    file, created only for a database without a key ring, see
+    :func:`~opsgate.security.keyring.provision_master_key`; :class:`KeyRingError` when unusable),
     refresh-token lifetimes and successor key, and the session cookie settings. Built once, by the runtime."""
-    keyring = KeyRing(engine, master_key(settings), clock)
+    keyring = KeyRing(engine, provision_master_key(settings, engine), clock)
     refresh = RefreshTokens(engine, clock, settings.refresh_token_ttl_s, settings.refresh_reuse_grace_s,
                             successor_key=derived_key(settings, "refresh-successors"))
     return SecurityServices(keyring, FieldCipher(keyring), refresh, SessionManager(settings, clock, refresh))
+
