@@ -90,3 +90,27 @@ def test_cors_allows_only_the_listed_origin_without_reflection(gw):
 def test_unsafe_cors_origins_are_refused_at_start(bad):
     with pytest.raises(ValueError, match="exact"):
         checked_origins([bad])
+
+
+def test_operation_routes_served_ahead_of_the_stack_keep_its_headers_csrf_and_cors(gw, monkeypatch):
+    """``app.OperationRoutes`` serves the operations ahead of Starlette's middleware stack, through
+    the app's own middlewares: a live session still needs its CSRF token there, and an unexpected
+    failure is the 500 problem with the security headers and, for an allowed Origin, the CORS
+    answer (the stack's ServerErrorMiddleware sent it outside both: the old code fails here)."""
+
+    async def broken(call):
+        raise RuntimeError("a bug in the pipeline")
+
+    monkeypatch.setattr(gw.runtime.gateway, "govern", broken)
+    bearer = {"Authorization": f"Bearer {gw.token()}"}
+    _session(gw)
+    refused = gw.client.post("/v1/operations/email-classify", json={}, headers=bearer)
+    assert refused.status_code == 403 and refused.json()["code"] == "csrf_failed"
+    assert refused.headers["x-frame-options"] == "DENY"
+    gw.client.cookies.clear()  # no session: the call reaches the pipeline
+    bug = gw.client.post("/v1/operations/email-classify", json={}, headers={**bearer, "Origin": ORIGIN})
+    assert bug.status_code == 500 and bug.headers["content-type"] == "application/problem+json"
+    assert bug.json()["code"] == "internal_error" and bug.headers["x-request-id"] == bug.json()["request_id"]
+    assert bug.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in bug.headers["content-security-policy"]
+    assert bug.headers["access-control-allow-origin"] == ORIGIN
