@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -229,7 +228,7 @@ def _outcome_body(outcome: Outcome) -> dict[str, Any]:
         "model": outcome.model,
         "attempts": outcome.attempts,
         "degraded": outcome.degraded,
-        "usage": asdict(outcome.usage),
+        "usage": outcome.usage.as_dict(),
         "cost_micro_usd": outcome.cost_micro_usd,
         "latency_ms": round(outcome.latency_ms, 3),
         "privacy": outcome.privacy,

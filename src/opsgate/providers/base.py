@@ -23,7 +23,7 @@ normalised so that each field is billed at exactly one price (see :mod:`opsgate.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -77,6 +77,15 @@ class Usage:
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
+
+    def as_dict(self) -> dict[str, int]:
+        """The six counts by field name, in declaration order (the API's ``usage`` object):
+        what :func:`dataclasses.asdict` gives, without its recursive deep copy (~20 us a call
+        instead of ~1.5 us, issue 21)."""
+        return {name: getattr(self, name) for name in _USAGE_FIELDS}
+
+
+_USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 @dataclass(frozen=True, slots=True)
