@@ -122,6 +122,27 @@ def test_secrets_in_an_email_body_never_reach_the_provider(tmp_path: Path) -> No
         assert_nothing_stored(gw, planted)
 
 
+def test_internationalised_quoted_literal_and_percent_encoded_addresses_never_reach_the_provider(
+    tmp_path: Path,
+) -> None:
+    """Tester F2's e5.eml: an RFC 6531 address (in a display name's angle brackets too), a quoted
+    local part, a domain literal and a percent-encoded address in a URL arrive as pseudonyms."""
+    raw = ('From: Jörg Müller <jörg@müller.example>\nTo: "john doe"@corp.example, 用户@例子.广告\n'
+           "Cc: admin@[192.168.1.1]\nSubject: access\nContent-Type: text/plain; charset=utf-8\n\n"
+           'Write to jörg@müller.example or "john doe"@corp.example or 用户@例子.广告 or '
+           "admin@[192.168.1.1]; the invite is https://corp.example/join?email=anna.berg%40corp.example\n")
+    with recorded_gateway(tmp_path) as (gw, recorder):
+        resp = gw.post("email-respond", {"raw": raw})
+        assert resp.status_code == 200, resp.text
+        received = recorder.texts()
+    leaked = [part for part in ("jörg", "müller", "john doe", "用户", "例子", "192.168.1.1", "anna.berg")
+              if part in received.lower()]
+    assert leaked == []
+    assert "join?email=<person5@example.invalid>" in received
+    assert resp.json()["privacy"]["pseudonymised"] == {"email": 5, "name": 1}
+    assert resp.json()["output"]["to"] == ["jörg@müller.example"]
+
+
 def _calendar(descriptions: list[str]) -> str:
     cal = icalendar.Calendar()
     cal.add("prodid", "-//opsgate tests//privacy//EN")
@@ -169,9 +190,11 @@ def test_secrets_in_a_task_note_never_reach_the_provider(tmp_path: Path) -> None
 def test_secrets_of_every_further_shape_in_instructions_never_reach_the_provider(
     tmp_path: Path,
 ) -> None:
-    """The outside probe's request: values cut at ``& ; } ,`` and the shapes it found arriving
+    """The outside probes' request: values cut at ``& ; } ,`` and the shapes they found arriving
     verbatim (prose passwords, Stripe, GitLab, Hugging Face, npm, SendGrid, Twilio, an AWS secret
-    access key in prose, a US SSN), as the Anthropic sandbox receives them."""
+    access key in prose, a US SSN; a Redis URL with an empty user, a URL password with ``@``, an
+    Azure AccountKey, Slack and Discord webhook URLs, a Slack app-level token), as the Anthropic
+    sandbox receives them."""
     planted = shaped_secrets()
     instructions = "\n".join(line for line, _, _ in planted.values())
     with recorded_gateway(tmp_path) as (gw, recorder):
@@ -185,7 +208,7 @@ def test_secrets_of_every_further_shape_in_instructions_never_reach_the_provider
         assert value not in prompt and value[-4:] not in prompt, f"{name} reached the provider"
         assert line.replace(value, placeholder) in prompt, name
     assert resp.json()["privacy"]["masked"] == {
-        "password": 6, "token": 4, "api_key": 4, "secret": 1, "ssn": 1}
+        "password": 6, "token": 7, "api_key": 4, "secret": 2, "ssn": 1, "credential": 2}
 
 
 def test_a_draft_refers_to_a_masked_secret_by_its_placeholder(tmp_path: Path) -> None:

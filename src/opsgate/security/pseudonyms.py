@@ -3,8 +3,10 @@
 One :class:`Pseudonymiser` serves one call. :meth:`~Pseudonymiser.pseudonymise` replaces, in the
 text it is given:
 
-- email addresses with ``<personN@example.invalid>`` (``example.invalid`` can never be delivered:
-  RFC 2606 §2, RFC 6761 §6.4); angle brackets around the address are absorbed, not doubled;
+- email addresses (:data:`opsgate.security.addresses.EMAIL`: quoted local parts, UTF-8, domain
+  literals and ``%40`` in URLs too) with ``<personN@example.invalid>`` (``example.invalid`` can
+  never be delivered: RFC 2606 §2, RFC 6761 §6.4); angle brackets around the address are
+  absorbed, not doubled;
 - display names in ``Name <address>`` and ``"Name" <address>`` (RFC 5322 §3.4 name-addr, as in
   address headers, quoted attributions and calendar attendees) with ``<personN>``, the same ``N``
   as the address. An unquoted name is the run of name words directly before ``<address>``
@@ -24,9 +26,9 @@ text it is given:
 
 ``N`` counts from 1 per kind, in order of first appearance, skipping the numbers of
 pseudonym-shaped text the input itself holds (:meth:`~Pseudonymiser.reserve`); the same address
-(case-insensitive) or number (E.164) always gets the same pseudonym within the call. The mapping
-lives only in this object: it has no ``repr`` of its values and is never logged, ledgered or
-stored.
+(in any spelling: case, ``%40``, ``xn--`` labels; :func:`~opsgate.security.addresses.address_key`)
+or number (E.164) always gets the same pseudonym within the call. The mapping lives only in this
+object: it has no ``repr`` of its values and is never logged, ledgered or stored.
 
 :meth:`~Pseudonymiser.restore` maps the pseudonyms in a decoded JSON answer back to the original
 text (``<personN@example.invalid>`` right after a name pseudonym comes back as ``<address>``, else
@@ -45,7 +47,7 @@ from collections.abc import Iterable
 
 import phonenumbers
 
-from opsgate.security.sanitizer import EMAIL
+from opsgate.security.addresses import EMAIL, address_key
 
 DOMAIN = "example.invalid"
 
@@ -262,7 +264,7 @@ class Pseudonymiser:
     ) -> None:
         self._regions = tuple(phone_regions)
         self._known = [(name, address) for name, address in people if name.strip() and address]
-        self._people: dict[str, int] = {}  # lower-cased address -> N
+        self._people: dict[str, int] = {}  # address_key(address) -> N
         self._addresses: dict[int, str] = {}  # N -> address as first seen
         self._names: dict[int, str] = {}  # N -> display name as first seen
         self._phones: dict[str, int] = {}  # E.164 -> N
@@ -331,7 +333,7 @@ class Pseudonymiser:
         return n
 
     def _number(self, address: str) -> int:
-        key = address.lower()
+        key = address_key(address)
         if key not in self._people:
             self._people[key] = self._fresh("person")
         return self._people[key]

@@ -6,8 +6,8 @@ process unless :func:`configure` sets one (``OPSGATE_REDACTION_KEY``), so the sa
 across lines without being revealed. The output is a fixed point: ``sanitize(sanitize(t)) ==
 sanitize(t)``. :func:`sanitize_obj` walks dicts, lists and tuples; a dict key that names a sensitive
 field (:func:`is_sensitive_name`: ``password``, ``pwd``, ``secret``, ``token``, ``auth``,
-``bearer``, ``api_key``, ``privateKey``, ``accessKeyId``, ``cookie``, … in snake_case, kebab-case,
-camelCase or run together) redacts everything under it.
+``bearer``, ``api_key``, ``privateKey``, ``accessKeyId``, ``AccountKey``, ``cookie``, … in
+snake_case, kebab-case, camelCase or run together) redacts everything under it.
 
 Every value opsgate holds as a secret -- every secret of the settings (:func:`settings_secrets`:
 ``SecretStr`` fields, URL passwords, key files, named endpoints' keys), every value the secret
@@ -24,7 +24,12 @@ anthropic   ``sk-ant-…`` keys (Anthropic console key format)
 openai      ``sk-…``, ``sk-proj-…`` keys (OpenAI, DeepSeek and other OpenAI-compatible APIs)
 google      ``AIza`` + 35 characters (Google API keys, Gemini)
 github      ``ghp_ gho_ ghu_ ghs_ ghr_`` + 36 characters, ``github_pat_…`` (GitHub token formats)
-slack       ``xoxa- xoxb- xoxp- xoxr- xoxs-`` tokens
+slack       ``xoxa- xoxb- xoxp- xoxr- xoxs- xoxe-`` and ``xoxe.xoxp-`` tokens and ``xapp-``
+            app-level tokens (Slack "Token types")
+webhook     the credential path of Slack (``https://hooks.slack.com/services/…``, ``/workflows/``,
+            ``/triggers/``) and Discord (``https://discord.com/api/webhooks/<id>/<token>``, also
+            ``discordapp.com``, ``canary.``/``ptb.`` and ``/api/v10/``) webhook URLs: whoever has
+            the URL can post
 aws         ``AKIA``/``ASIA`` access key ids
 aws_secret  a secret access key (40 of ``A-Za-z0-9/+``, upper and lower case) within 40 characters
             after the word ``aws`` on its line (``aws secret wJalr…``); by field name: ``field``
@@ -39,17 +44,21 @@ sendgrid    ``SG.`` + 22 + ``.`` + 43 of ``[A-Za-z0-9_-]`` (SendGrid API keys, 6
             gitleaks ``sendgrid-api-token``)
 twilio      ``SK`` + 32 hex digits (Twilio API key SIDs; gitleaks ``twilio-api-key``)
 jwt         JWS compact serialisations (RFC 7515) including unsigned ``alg: none`` ones
-pem         PEM private key blocks (RFC 7468), also when cut short
+pem         PEM private key blocks (RFC 7468) and OpenPGP armored private keys (RFC 4880 §6.2),
+            also when cut short
 bearer      ``Bearer <b64token>`` credentials (RFC 6750 §2.1)
 basic       ``Basic <base64(user:password)>`` credentials (RFC 7617)
-url_cred    ``user:password@`` in URLs (RFC 3986 §3.2.1)
+url_cred    ``user:password@`` in URLs (RFC 3986 §3.2.1): the user may be empty (``redis://:pw@``)
+            and the password may hold ``@`` (the host is what follows the last ``@``)
 param       ``key=`` and ``sig=`` query parameters
 secret      a value held by :func:`hold_secret` (settings secrets, secret-store values)
 field       the value of a sensitive field (``name=value``, ``name: value``, ``name is: value``,
             ``the password is value``, ``Password - value``, JSON, headers), in English, German,
             Dutch, Norwegian, French, Spanish and Portuguese words for password; where the value
             ends in each of these contexts: :data:`_FIELD`
-email       addresses (RFC 5322 dot-atom subset with a top-level domain)
+email       addresses (:data:`opsgate.security.addresses.EMAIL`: RFC 5322 addr-spec with a quoted
+            local part or domain literal, RFC 6531 UTF-8, ``%40`` in URLs), hashed in the form
+            all spellings share (:func:`~opsgate.security.addresses.address_key`)
 phone       numbers ``phonenumbers``' own ``PhoneNumberMatcher`` finds valid (``Leniency.VALID``)
             in an international format or in one of the configured regions (ISO 3166-1
             alpha-2 codes) -- every national format it accepts (``07911 123456`` in GB,
@@ -90,6 +99,7 @@ from urllib.parse import unquote, urlsplit
 import phonenumbers
 from pydantic import SecretStr
 
+from opsgate.security.addresses import EMAIL, address_key
 from opsgate.security.counts import COUNTS, REDACTION
 
 if TYPE_CHECKING:
@@ -101,9 +111,6 @@ PLACEHOLDER = r"\[[A-Z]+(?:_[A-Z]+)*_[0-9]+\]"
 :mod:`opsgate.security.masking`): like a redaction token, it is never redacted again."""
 _DONE = rf"\[REDACTED:[a-z_]+:[0-9a-f]{{{HASH_HEX}}}\]|{PLACEHOLDER}"
 TOKEN_RE = re.compile(_DONE)
-EMAIL = (r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-         r"(?![\w-])")
-"""Email addresses (RFC 5322 dot-atom subset with a top-level domain)."""
 
 SENSITIVE_WORDS = frozenset({
     "pass", "pwd", "pw", "pin", "token", "auth", "bearer", "jwt", "otp", "totp", "dsn",
@@ -116,12 +123,13 @@ SENSITIVE_PARTS = (
     "password", "passwd", "passphrase", "passcode", "secret", "credential", "cookie",
     "authorization", "apikey", "accesskey", "privatekey", "signingkey", "secretkey",
     "encryptionkey", "masterkey", "sessionid", "sessiontoken", "accesstoken", "refreshtoken",
-    "idtoken", "authtoken", "bearertoken", "clientsecret", "webhookurl",
+    "idtoken", "authtoken", "bearertoken", "clientsecret", "webhookurl", "accountkey",
     "passwort", "kennwort", "wachtwoord", "passord", "contrase",
 )  # fmt: skip
 """Parts of a field name, read with its words run together in lower case (``accessKeyId`` ->
 ``accesskeyid``), that make it sensitive (``passwort``, ``kennwort``: German; ``wachtwoord``:
-Dutch; ``passord``: Norwegian; ``contrase``: Spanish ``contraseña``)."""
+Dutch; ``passord``: Norwegian; ``contrase``: Spanish ``contraseña``; ``accountkey``: the key of an
+Azure storage or Cosmos DB connection string, ``AccountKey=…``)."""
 
 _NOT_SENSITIVE = re.compile(r"(?i)tokens$|token_?count|tokeni[sz]e|_tokens_|tokens_")
 """Names that contain a sensitive word but carry counts (``input_tokens``, ``max_tokens``)."""
@@ -225,8 +233,9 @@ RULES: tuple[_Rule, ...] = (
         ["cookie", "authorization"],
         lower=True,
     ),
-    _Rule("url_cred", rf"(?i)\b[a-z][a-z0-9+.-]{{1,15}}://(?!{_DONE})[^\s/?#@:\"'<>]+:[^\s/?#@\"'<>]+@"),
-    _Rule("email", EMAIL, ["@"]),
+    _Rule("url_cred", rf"(?i)\b[a-z][a-z0-9+.-]{{1,15}}://(?!{_DONE})[^\s/?#:\"'<>]*+:(?!@)"
+          rf"[^\s/?#\"'<>]*@"),
+    _Rule("email", EMAIL, ["@", "%40"]),
     _Rule("param", rf"(?i)(?<=[?&;])(?:key|sig)=(?!{_DONE})[^&\s#\"'<>]+", ["key=", "sig="]),
     _Rule("field", _FIELD),
     _Rule("bearer", r"(?i)\bbearer\s+(?=[A-Za-z0-9._~+/-]*[0-9._~+/-])[A-Za-z0-9._~+/-]{8,}=*",
@@ -238,7 +247,11 @@ RULES: tuple[_Rule, ...] = (
     _Rule("google", r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])", ["AIza"]),
     _Rule("github", r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22,})(?!\w)",
           ["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"]),
-    _Rule("slack", r"(?<![\w-])xox[abprs]-[A-Za-z0-9-]{10,}", ["xox"]),
+    _Rule("slack", r"(?<![\w-])(?:xox[abeprs](?:\.xox[bp])?|xapp)-[A-Za-z0-9-]{10,}",
+          ["xox", "xapp-"]),
+    _Rule("webhook", rf"(?i)\bhttps?://(?:hooks\.slack\.com/(?:services|workflows|triggers)/"
+          rf"|(?:(?:canary|ptb)\.)?discord(?:app)?\.com/api(?:/v\d{{1,2}})?/webhooks/)"
+          rf"(?!{_DONE})[\w/-]+", ["hooks.slack.com/", "/webhooks/"], lower=True),
     _Rule("aws", r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])", ["AKIA", "ASIA"]),
     _Rule("aws_secret", r"(?<![A-Za-z0-9])(?i:aws)(?![A-Za-z0-9])[^\n]{0,40}?(?<![A-Za-z0-9/+=])"
           r"(?=[A-Za-z0-9/+]{0,39}[A-Z])(?=[A-Za-z0-9/+]{0,39}[a-z])[A-Za-z0-9/+]{40}"
@@ -295,7 +308,7 @@ class Sanitizer:
             "bearer": self._whole("bearer"), "basic": self._basic, "jwt": self._whole("jwt"),
             "anthropic": self._whole("anthropic"), "openai": self._whole("openai"),
             "google": self._whole("google"), "github": self._whole("github"),
-            "slack": self._whole("slack"), "aws": self._whole("aws"),
+            "slack": self._whole("slack"), "webhook": self._webhook, "aws": self._whole("aws"),
             "aws_secret": self._aws_secret, "stripe": self._whole("stripe"),
             "gitlab": self._whole("gitlab"), "huggingface": self._whole("huggingface"),
             "npm": self._whole("npm"), "sendgrid": self._whole("sendgrid"),
@@ -329,7 +342,7 @@ class Sanitizer:
             return text
         if self._held:
             text = self._literals(text)
-        if "PRIVATE KEY-----" in text:
+        if "PRIVATE KEY" in text:
             text = _PEM.sub(self._replace, text)
         if "\n" in text:
             return self._lines(text)
@@ -427,6 +440,14 @@ class Sanitizer:
         scheme, _, cred = m.group()[:-1].partition("://")
         return f"{scheme}://{self.token('url_cred', cred)}@"
 
+    def _webhook(self, m: re.Match[str]) -> str:
+        """The path after ``/services/``, ``/workflows/``, ``/triggers/`` or ``/webhooks/``, which
+        is the credential, redacted; the host and the path before it say whose webhook it was."""
+        text = m.group()
+        cut = _WEBHOOK_PATH.search(text)
+        assert cut is not None  # the rule requires one
+        return text[: cut.end()] + self.token("webhook", text[cut.end():])
+
     def _param(self, m: re.Match[str]) -> str:
         name, _, value = m.group().partition("=")
         return f"{name}={self.token('param', value)}"
@@ -458,7 +479,7 @@ class Sanitizer:
         return f"{scheme} {self.token('basic', cred.strip())}" if b":" in decoded else m.group()
 
     def _email(self, m: re.Match[str]) -> str:
-        return self.token("email", m.group().lower())
+        return self.token("email", address_key(m.group()))
 
     def _iban(self, m: re.Match[str]) -> str:
         compact = m.group().replace(" ", "")
@@ -490,11 +511,18 @@ class Sanitizer:
 
 
 _PEM = re.compile(
-    r"(?P<pem>-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----(?:.*?-----END[A-Z0-9 ]*PRIVATE KEY-----"
-    r"|[A-Za-z0-9+/=\s:,-]*))",
-    re.DOTALL,
+    r"(?P<pem>-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+    r"(?:(?:[^-]++|-(?!----(?:BEGIN|END)))*+-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+    r"|(?:\s*[A-Za-z][A-Za-z0-9-]*:[ \t][^\r\n]*)*+[A-Za-z0-9+/=\s:,-]*+))"
 )
-"""PEM private key blocks (RFC 7468), whole, or to the end of the base64 when cut short."""
+"""Private key blocks: PEM (RFC 7468: ``PRIVATE KEY``, ``RSA PRIVATE KEY``, ``ENCRYPTED PRIVATE
+KEY``, ``OPENSSH PRIVATE KEY``, ...) and OpenPGP ASCII armor (RFC 4880 §6.2, the ``PRIVATE KEY
+BLOCK`` label), whole, or when cut short to the end of its header lines (``Proc-Type:``,
+``Version:``, ``Comment:``) and base64. Linear: the body is taken possessively up to the next
+``-----BEGIN`` or ``-----END``, so each character is read by one block's attempt."""
+
+_WEBHOOK_PATH = re.compile(r"(?i)/(?:services|workflows|triggers|webhooks)/")
+"""Where the credential of a ``webhook`` match starts."""
 
 _BIT = {rule.name: 1 << i for i, rule in enumerate(RULES)}
 
