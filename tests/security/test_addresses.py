@@ -63,6 +63,14 @@ def test_the_sanitizer_and_the_pseudonymiser_see_one_person_in_every_spelling() 
         "<person1@example.invalid> / mailto:<person1@example.invalid> / <person1@example.invalid>")
 
 
+def test_an_address_only_percent_encoded_is_pseudonymised() -> None:
+    """The pseudonymiser skips texts without an address; ``%40`` is one (no ``@`` in the text)."""
+    people = Pseudonymiser()
+    sent = people.pseudonymise("join via https://corp.example/invite?email=anna.berg%40corp.example")
+    assert sent == "join via https://corp.example/invite?email=<person1@example.invalid>"
+    assert people.restore("<person1@example.invalid>") == "anna.berg%40corp.example"
+
+
 ADVERSARIAL = {
     "a@ repeated": ("a@" * 500_000, 0),
     "one long domain without a top-level domain": ("x@" + "a." * 500_000 + "1", 0),
