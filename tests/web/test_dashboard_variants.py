@@ -84,7 +84,7 @@ def variant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway,
         for i in range(100):
             _call(gateway, f"user-{i}")
         clock.advance(600)
-        gateway.runtime.rollout.evaluate_all(0)
+        gateway.runtime.rollout.evaluate_all()
         [rollout] = gateway.client.get("/v1/admin/rollouts", headers=admin).json()["rollouts"]
         add_user(gateway.runtime.engine, clock, "oscar", "operator")
         password = secrets.token_urlsafe(18)

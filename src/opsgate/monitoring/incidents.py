@@ -17,7 +17,7 @@ from __future__ import annotations
 import builtins
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,7 @@ from opsgate.monitoring.models import alerts, incident_events, incidents, outbox
 from opsgate.monitoring.notifiers import Notification, Notifier
 from opsgate.monitoring.outbox import outbox_rows
 from opsgate.monitoring.rules import RESPONSE_TIME_S, Finding, Severity, ledger_failure
+from opsgate.rollout.service import Rollout
 from opsgate.store.db import begin_write
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
@@ -230,11 +231,13 @@ class IncidentService:
                                  for n in notes]
         return body
 
-    def open_count(self, severity: str) -> int:
-        """Unresolved incidents of ``severity`` (the canary controller's ``open_p1``)."""
+    def open_p1(self, rollout: Rollout) -> int:
+        """The canary controller's ``open_p1`` for ``rollout``: unresolved (open or acknowledged)
+        P1 incidents that :func:`concerns` it. A P1 about another operation does not roll it back."""
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(incidents).where(
-                incidents.c.severity == severity, incidents.c.state != RESOLVED)).scalar() or 0
+            labels = conn.execute(select(incidents.c.labels).where(
+                incidents.c.severity == Severity.P1.value, incidents.c.state != RESOLVED)).scalars().all()
+        return sum(concerns(json.loads(found), rollout.operations, rollout.id) for found in labels)
 
     # internals ------------------------------------------------------------------------------
     def _maybe_raise(self, key: str, episode: int, f: Finding) -> str | None:
@@ -314,6 +317,22 @@ class IncidentService:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(select(incidents).where(where).order_by(incidents.c.opened_at))
                     .mappings()]
+
+
+def concerns(labels: Mapping[str, str], operations: Collection[str], rollout_id: int) -> bool:
+    """Whether an incident with ``labels`` concerns the rollout ``rollout_id`` of ``operations``:
+    it names one of them (``operation``; a model event's ``target``, ``"<operation>
+    <provider>/<model>"``), every operation (``operation="*"``: a budget enforcement failure not
+    tied to one) or the rollout itself (``rollout``). An incident about a provider (outage, cost
+    discrepancy) or the ledger concerns no rollout: an outage hits canary and control alike, which
+    the controller's pause rule handles."""
+    operation = labels.get("operation")
+    if operation == "*" or operation in operations:
+        return True
+    target = labels.get("target")
+    if target is not None and target.split(" ", 1)[0] in operations:
+        return True
+    return labels.get("rollout") == str(rollout_id)
 
 
 def _note(row: Mapping[str, Any], event: str, now: datetime, details: Mapping[str, str] | None = None) -> Notification:

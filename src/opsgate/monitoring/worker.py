@@ -302,8 +302,9 @@ class Worker:
             log.error("could not disable %s after an enforcement failure: %s", op, exc)
 
     def evaluate_canary(self) -> int:
-        """Evaluate every active rollout with the open P1 count; returns decisions taken."""
-        return len(self.rollout.evaluate_all(open_p1=self.incidents.open_count("P1")))
+        """Evaluate every active rollout, each with the unresolved P1 incidents that concern it
+        (:meth:`IncidentService.open_p1`); returns decisions taken."""
+        return len(self.rollout.evaluate_all(open_p1=self.incidents.open_p1))
 
     def verify_ledger(self) -> bool:
         """Verify the whole ledger exactly as ``opsgate ledger verify`` does (signing key and

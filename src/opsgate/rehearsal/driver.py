@@ -7,7 +7,7 @@ scenario's faults, let first-time users opt in or out (``PUT /v1/me/settings``),
 first alone, so a half-open breaker's trial is not raced, then up to ``concurrency`` at once; by
 default one after another, see below); at the
 window's end run the worker's jobs (signals -> incidents, alert rules, escalations, the outbox to
-the loopback receivers) and ``RolloutService.evaluate_all`` with the open P1 count, exactly as
+the loopback receivers) and ``RolloutService.evaluate_all`` with the P1 incidents that concern each rollout, exactly as
 ``opsgate worker`` does. The clock only moves while no request is in flight, so every row of
 ``ai_operation_log`` gets a reproducible time. The sandboxes answer at once with a seeded simulated
 latency (:mod:`opsgate.sandbox.latency`, seed = the run's) that each request spends on the clock, so
@@ -214,7 +214,7 @@ class _Run:
         await asyncio.to_thread(w.evaluate_rules)
         await asyncio.to_thread(w.incidents.escalate_due)
         await asyncio.to_thread(w.incidents.repeat_due)
-        decisions = await asyncio.to_thread(w.rollout.evaluate_all, w.incidents.open_count("P1"))
+        decisions = await asyncio.to_thread(w.rollout.evaluate_all, w.incidents.open_p1)
         await asyncio.to_thread(w.handle_signals)
         while await w.outbox.dispatch_once():
             pass

@@ -461,10 +461,12 @@ class RolloutService:
         return self.apply(rollout_id, Evaluate(canary, control, open_p1, recent_canary, recent_control,
                                                 relative=rollout.variant is not None), "controller")
 
-    def evaluate_all(self, open_p1: int = 0) -> dict[int, Decision]:
-        """Evaluate every unfinished rollout (the monitoring cadence calls this)."""
+    def evaluate_all(self, open_p1: Callable[[Rollout], int] | None = None) -> dict[int, Decision]:
+        """Evaluate every unfinished rollout (the monitoring cadence calls this); ``open_p1(rollout)``
+        counts the unresolved P1 incidents that concern that rollout (None: none)."""
         found = self.list_rollouts(ACTIVE | {State.ROLLING_BACK})
-        return {r.id: d for r in found if (d := self.evaluate(r.id, open_p1)) is not None}
+        return {r.id: d for r in found
+                if (d := self.evaluate(r.id, open_p1(r) if open_p1 else 0)) is not None}
 
     def banners(self) -> list[dict[str, Any]]:
         """In-app banners: one per rolled-back rollout whose operations are still disabled, and one
