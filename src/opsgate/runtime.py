@@ -108,13 +108,17 @@ def open_services(
     stack: ExitStack | AsyncExitStack, settings: Settings, clock: Clock, session: aiohttp.ClientSession | None
 ) -> Services:
     """Open the database (migrating it when ``auto_migrate``) and start the ledger writer, both
-    closed by ``stack``; build toggles, rollouts and incidents over them. Without ``session`` (a
-    CLI command) the incident notifiers only render: the worker sends the outbox."""
+    closed by ``stack``; build toggles, rollouts and incidents over them. The rollouts' alert
+    events (``rollout.rolled_back``, ``rollout.escalated``) become monitoring signals here, so a
+    rollback from the CLI, the API or the worker opens the same incident and sends the same
+    notifications. Without ``session`` (a CLI command) the incident notifiers only render: the
+    worker sends the outbox."""
     engine = open_database(settings)
     stack.callback(engine.dispose)
     ledger = stack.enter_context(Ledger(engine, clock))
     toggles = ToggleSnapshot(engine, clock)
     rollout = RolloutService(engine, ledger, clock, toggles, Thresholds.from_settings(settings))
+    attach_alerting(engine, clock, None, rollout)
     return Services(settings, clock, engine, ledger, toggles, rollout,
                     incident_service(settings, engine, ledger, clock, session))
 
@@ -179,7 +183,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
                       charge_observer=observe_charges)
     stack.callback(gateway.close_prepare_pool)
     stack.push_async_callback(gateway.drain_shadows)  # before the ledger and the engine close
-    attach_alerting(engine, clock, metering.hooks if metering else None, rollout, gateway.models)
+    attach_alerting(engine, clock, metering.hooks if metering else None, None, gateway.models)  # rollout: open_services
     await ledger.append("routing_config", routing_record(settings, prices, clock.now()))
     security = build_security(settings, clock, engine)
     await asyncio.to_thread(security.keyring.reload)  # KeyRingError: the master key does not unwrap the ring

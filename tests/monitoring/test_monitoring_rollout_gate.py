@@ -60,3 +60,21 @@ async def test_an_acknowledged_p1_about_its_operation_rolls_the_rollout_back(env
 ])
 def test_which_incidents_concern_a_rollout(labels: dict[str, str], expected: bool) -> None:
     assert concerns(labels, ("task-breakdown",), 7) is expected
+
+
+async def test_a_budget_enforcement_failure_that_rolls_a_rollout_back_alerts(env: Env) -> None:
+    """The worker disables the operation through its own rollout service, whose alert events
+    are attached: the rollback it causes opens its rollout.rolled_back incident too."""
+    from opsgate.monitoring.health import ENFORCEMENT_FAILURE
+    from opsgate.monitoring.hooks import record_signal
+
+    worker = env.worker()
+    worker.rollout.ensure_toggles(["task-breakdown"])
+    rollout = worker.rollout.start_rollout(["task-breakdown"], PLAN, "test")
+    record_signal(env.engine, env.clock, ENFORCEMENT_FAILURE, "task-breakdown", ok=False, severity="P1",
+                  detail="reserve failed: x")
+    assert worker.handle_signals() == 1  # the enforcement failure: disables, rolls back
+    assert _rollout_state(worker, rollout.id) is State.ROLLING_BACK
+    assert worker.handle_signals() == 1  # the rollback's own alert
+    titles = sorted(i["title"] for i in worker.incidents.list())
+    assert titles == ["Budget enforcement failure (task-breakdown)", f"Rollout {rollout.id}: rollout.rolled_back"]

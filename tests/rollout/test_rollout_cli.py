@@ -136,3 +136,43 @@ def test_rollout_cli_rollback_refuses_a_blank_reason_as_the_api_does(reason: str
     code, output = run("rollout", "rollback", "email-compose", "--reason", reason)
     assert (code, output.strip()) == (2, "error: invalid_input: --reason must not be blank")
     assert "running" in run("rollout", "status")[1]  # nothing rolled back, nothing ledgered
+
+
+@pytest.mark.parametrize("command", [
+    ("rollout", "rollback", "email-compose", "--reason", "bad answers"),
+    ("rollout", "rollback", "--all", "--reason", "bad answers"),
+    ("toggles", "set", "email-compose", "--kill", "--reason", "bad answers"),
+])
+def test_rollout_cli_rollback_alerts_like_the_api(command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """tester-ops F4: a rollback from the CLI sent no rollout.rolled_back alert and opened no incident."""
+    from sqlalchemy import select
+
+    from opsgate.monitoring.models import outbox
+    from opsgate.monitoring.worker import Worker
+    from opsgate.runtime import cli_services
+
+    monkeypatch.setenv("OPSGATE_DISCORD_WEBHOOK_URL", "http://127.0.0.1:9/api/webhooks/1/t")
+    assert run("rollout", "start", "email-compose")[0] == 0
+    code, output = run(*command)
+    assert code == 0, output
+    with cli_services() as services:
+        worker = Worker(services.settings, services.engine, services.ledger, services.clock, None,  # type: ignore[arg-type]
+                        incidents=services.incidents, rollout=services.rollout)
+        assert worker.handle_signals() == 1
+        [incident] = services.incidents.list()
+        with services.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.channel, outbox.c.incident_id, outbox.c.state)).all()
+    assert (incident["title"], incident["severity"], incident["state"]) == (
+        "Rollout 1: rollout.rolled_back", "P2", "open")
+    assert rows == [("discord", incident["id"], "pending")]
+
+
+@pytest.mark.parametrize("command", [("rollout", "rollback", "email-compose"), ("toggles", "set", "email-compose")])
+def test_rollout_cli_reason_is_capped_at_the_api_limit(command: tuple[str, ...]) -> None:
+    assert run("rollout", "start", "email-compose")[0] == 0
+    code, output = run(*command, "--reason", "x" * 501)
+    assert (code, output.strip()) == (2, "error: invalid_input: --reason must be at most 500 characters (got 501)")
+    assert "running" in run("rollout", "status")[1]
+    code, output = run(*command, "--reason", "x" * 500, *(["--kill"] if command[0] == "toggles" else []))
+    assert code == 0, output
+    assert "rolling_back" in run("rollout", "status")[1]

@@ -91,6 +91,6 @@ def worker() -> None:
             stack.push_async_callback(session.close)
             shared = open_services(stack, Settings(), SystemClock(), session)
             await Worker(shared.settings, shared.engine, shared.ledger, shared.clock, session,
-                         incidents=shared.incidents).run(stop)
+                         incidents=shared.incidents, rollout=shared.rollout).run(stop)
 
     asyncio.run(main())

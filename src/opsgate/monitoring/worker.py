@@ -53,7 +53,7 @@ from opsgate.monitoring.providers import demote, restore
 from opsgate.routing.served import MODEL_SUBSTITUTED, MODEL_UNAVAILABLE
 from opsgate.monitoring.rules import OUTAGE, Finding, RuleConfig, Severity, evaluate
 from opsgate.rollout.controller import Thresholds
-from opsgate.rollout.service import RolloutService, disable_operation
+from opsgate.rollout.service import RolloutService
 from opsgate.store.db import begin_write, is_sqlite
 
 log = logging.getLogger("opsgate.monitoring")
@@ -161,7 +161,7 @@ class Worker:
 
     def __init__(self, settings: Settings, engine: Engine, ledger: Ledger, clock: Clock,
                  session: aiohttp.ClientSession, *, worker_id: str | None = None,
-                 incidents: IncidentService | None = None) -> None:
+                 incidents: IncidentService | None = None, rollout: RolloutService | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.ledger = ledger
@@ -172,8 +172,10 @@ class Worker:
         self.outbox = Outbox(engine, clock, self.notifiers, self.worker_id, self.contacts.recipients,
                              max_backoff_s=settings.outbox_max_backoff_s, give_up_s=settings.outbox_give_up_s)
         self.rules = RuleConfig.from_settings(settings)
-        self.rollout = RolloutService(engine, ledger, clock, limits=Thresholds.from_settings(settings))
-        attach(engine, clock, None, self.rollout)
+        if rollout is None:  # not from open_services, which attaches its alert events itself
+            rollout = RolloutService(engine, ledger, clock, limits=Thresholds.from_settings(settings))
+            attach(engine, clock, None, rollout)
+        self.rollout = rollout
         self.leadership = Leadership(engine, settings.worker_lock_file)
         self._last: dict[str, float] = {}
 
@@ -296,8 +298,7 @@ class Worker:
 
     def _disable(self, op: str, why: str) -> None:
         try:
-            disable_operation(self.engine, op, f"budget enforcement failure: {why}"[:500], "monitoring",
-                              ledger=self.ledger, clock=self.clock)
+            self.rollout.disable_operation(op, f"budget enforcement failure: {why}"[:500], "monitoring")
         except OpsgateError as exc:
             log.error("could not disable %s after an enforcement failure: %s", op, exc)
 

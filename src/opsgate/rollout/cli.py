@@ -28,7 +28,7 @@ from opsgate.rollout.variants import VariantBook, checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import OPERATION_IDS, RouteConfigError
 from opsgate.security.errorline import fail
-from opsgate.security.operator_input import check_identifier, operator_text
+from opsgate.security.operator_input import REASON_MAX_CHARS, check_identifier, operator_text
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Canary rollouts with automatic rollback.", no_args_is_help=True)
@@ -87,7 +87,8 @@ def toggles_set(
     with _service() as svc:
         if group_id is not None:
             check_identifier("--group-id", group_id)
-        t = svc.set_toggle(operation, change, _actor(), operator_text("--reason", reason))
+        t = svc.set_toggle(operation, change, _actor(),
+                           operator_text("--reason", reason, max_length=REASON_MAX_CHARS))
     out.print(f"{t.operation}: enabled={_yes(t.enabled)} rollout={t.rollout_percentage} % "
               f"group={t.group_id} opt-in={_yes(t.opt_in_required)} kill-switch={_yes(t.kill_switch)}")
 
@@ -178,8 +179,8 @@ def rollout_rollback(
     if bool(operations) == all_:
         fail("name operations or pass --all (not both)")
     with _service() as svc:
-        disabled = svc.rollback_operations(None if all_ else operations, operator_text("--reason", reason, required=True),
-                                           _actor())
+        why = operator_text("--reason", reason, required=True, max_length=REASON_MAX_CHARS)
+        disabled = svc.rollback_operations(None if all_ else operations, why, _actor())
     out.print(f"disabled: {', '.join(disabled) or 'none (variant rollouts rolled back, operations stay on)'}")
 
 

@@ -437,6 +437,14 @@ class RolloutService:
             disabled.add(op)
         return sorted(disabled)
 
+    def disable_operation(self, op_id: str, reason: str, actor: str) -> Toggle:
+        """:func:`disable_operation` through this service, so the rollback it may cause reaches
+        :attr:`listeners` (the ``rollout.rolled_back`` alert)."""
+        for rollout in self._rollouts_with([op_id], ACTIVE):
+            if rollout.variant is None:
+                self.rollback(rollout.id, reason, actor)
+        return self.set_toggle(op_id, ToggleChange(enabled=False), actor, reason)
+
     def evaluate(self, rollout_id: int, open_p1: int = 0) -> Decision | None:
         """Evaluate one rollout on metrics from ``ai_operation_log``: the stage window and its most
         recent ``limits.recent_window_s`` while active, the last ``limits.verify_window_s`` while
@@ -692,11 +700,7 @@ def disable_operation(engine: Engine, op_id: str, reason: str, actor: str, *, le
     ``toggle.set`` by ``actor`` with ``reason``. An active toggle rollout of the operation is
     rolled back first, as the kill switch does: it owns ``enabled``, and its rollback disables the
     operation. Other processes stop serving the operation within their refresh interval."""
-    svc = RolloutService(engine, ledger, clock)
-    for rollout in svc._rollouts_with([op_id], ACTIVE):
-        if rollout.variant is None:
-            svc.rollback(rollout.id, reason, actor)
-    return svc.set_toggle(op_id, ToggleChange(enabled=False), actor, reason)
+    return RolloutService(engine, ledger, clock).disable_operation(op_id, reason, actor)
 
 
 def _bump_in(conn: Connection) -> None:

@@ -37,7 +37,7 @@ from opsgate.rollout.controller import Decision, Plan
 from opsgate.rollout.plans import parse_plan
 from opsgate.rollout.service import Rollout, RolloutService, ToggleChange
 from opsgate.rollout.toggles import Toggle
-from opsgate.security.operator_input import Identifier, OperatorText, RequiredText
+from opsgate.security.operator_input import REASON_MAX_CHARS, Identifier, OperatorText, RequiredText
 
 router = APIRouter(tags=["rollout"])
 RolloutId = Annotated[AsciiInt, Path(ge=1, le=2**63 - 1)]
@@ -52,7 +52,7 @@ class ToggleUpdate(BaseModel):
     group_id: Identifier | None = Field(default=None, min_length=1, max_length=128)
     opt_in_required: bool | None = None
     kill_switch: bool | None = None
-    reason: OperatorText = Field(default="", max_length=500)
+    reason: OperatorText = Field(default="", max_length=REASON_MAX_CHARS)
 
 
 class RolloutStart(BaseModel):
@@ -70,7 +70,7 @@ class RollbackBody(BaseModel):
     """Body of ``POST /v1/admin/rollouts/{id}/rollback``."""
 
     model_config = ConfigDict(extra="forbid")
-    reason: RequiredText = Field(max_length=500)
+    reason: RequiredText = Field(max_length=REASON_MAX_CHARS)
 
 
 class OptIns(BaseModel):

@@ -67,6 +67,9 @@ def _identifier(value: str) -> str:
     return value
 
 
+REASON_MAX_CHARS = 500
+"""The longest toggle or rollout reason accepted, by the admin API and the CLI alike."""
+
 OperatorText = Annotated[str, AfterValidator(_text)]
 """Operator free text, redacted before it is stored or ledgered; control characters refused."""
 
@@ -78,10 +81,13 @@ Identifier = Annotated[str, AfterValidator(_identifier)]
 """An identifier stored as sent: refused when blank, with control characters, or secret-shaped."""
 
 
-def operator_text(name: str, value: str, *, required: bool = False) -> str:
+def operator_text(name: str, value: str, *, required: bool = False, max_length: int | None = None) -> str:
     """:data:`OperatorText`'s rule outside pydantic (:data:`RequiredText`'s with ``required``):
     ``value`` redacted; :class:`InvalidInput` naming ``name`` (never the value) for control
-    characters, or for blank text when ``required``."""
+    characters, for blank text when ``required``, or for more than ``max_length`` characters
+    (the API field's ``max_length``, e.g. :data:`REASON_MAX_CHARS`)."""
+    if max_length is not None and len(value) > max_length:
+        raise InvalidInput(f"{name} must be at most {max_length} characters (got {len(value)})")
     try:
         return (_required_text if required else _text)(value)
     except ValueError as exc:
