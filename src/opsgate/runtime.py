@@ -171,7 +171,11 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
                     max_cooldown_s=settings.breaker_max_cooldown_s,
                     windows=ContextWindows.from_settings(settings, prompt_token_bound, prices),
                     targets=variants.targets())
-    tokens = TokenService(settings, clock)
+    security = build_security(settings, clock, engine)
+    await asyncio.to_thread(security.keyring.reload)  # KeyRingError: the master key does not unwrap the ring
+    revocations = asyncio.create_task(security.revoked.run())
+    stack.push_async_callback(_cancel, revocations)
+    tokens = TokenService(settings, clock, security.revoked)
     routed = variants.chains()
     metering = build_metering(settings, engine, clock, prices, routed)
     rollout.ensure_toggles(OPERATIONS)
@@ -185,8 +189,6 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     stack.push_async_callback(gateway.drain_shadows)  # before the ledger and the engine close
     attach_alerting(engine, clock, metering.hooks if metering else None, None, gateway.models)  # rollout: open_services
     await ledger.append("routing_config", routing_record(settings, prices, clock.now()))
-    security = build_security(settings, clock, engine)
-    await asyncio.to_thread(security.keyring.reload)  # KeyRingError: the master key does not unwrap the ring
     checkpointer = checkpointer_for(settings, engine, clock, session)
     if checkpointer is not None:
         await stack.enter_async_context(checkpointer)

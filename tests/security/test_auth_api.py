@@ -185,9 +185,12 @@ def test_a_demoted_admins_access_token_loses_admin_at_the_next_request(gw):
     add_login(gw, "dave", "user", PASSWORD)
     root = {"Authorization": f"Bearer {_login(gw, 'root', PASSWORD + '!').json()['access_token']}"}
     assert gw.client.put("/v1/admin/users/dave", json={"role": "admin"}, headers=root).status_code == 200
-    dave = {"Authorization": f"Bearer {_login(gw, 'dave').json()['access_token']}"}
+    login = {"Authorization": f"Bearer {_login(gw, 'dave').json()['access_token']}"}
+    dave = {"Authorization": f"Bearer {gw.runtime.tokens.issue('dave', 'admin')}"}  # of no login (`opsgate token`)
+    assert gw.client.get("/v1/admin/budgets", headers=login).status_code == 200
     assert gw.client.get("/v1/admin/budgets", headers=dave).status_code == 200
     assert gw.client.put("/v1/admin/users/dave", json={"role": "user"}, headers=root).status_code == 200
+    assert gw.client.get("/v1/admin/budgets", headers=login).status_code == 401  # the role change ended the login
     assert gw.client.get("/v1/admin/budgets", headers=dave).status_code == 403  # the same, unexpired token
     again = gw.client.put("/v1/admin/users/dave", json={"role": "admin"}, headers=dave)
     assert (again.status_code, again.json()["code"]) == (403, "forbidden")
@@ -199,11 +202,11 @@ def test_a_role_change_in_another_process_applies_to_tokens_issued_before_it(gw)
     from opsgate.security.users import set_role
 
     add_login(gw, "olga", "operator", PASSWORD)
-    olga = {"Authorization": f"Bearer {_login(gw, 'olga').json()['access_token']}"}
+    olga = {"Authorization": f"Bearer {gw.runtime.tokens.issue('olga', 'operator')}"}  # of no login: capped, not revoked
     assert gw.client.get("/v1/health", headers=olga).status_code == 200
     set_role(gw.runtime.ledger, gw.runtime.security.refresh, "olga", "user", "cli:ops")  # e.g. the CLI
     assert gw.client.get("/v1/health", headers=olga).status_code == 403
-    promoted_token = {"Authorization": f"Bearer {_login(gw).json()['access_token']}"}
+    promoted_token = {"Authorization": f"Bearer {gw.runtime.tokens.issue('ada', 'user')}"}
     set_role(gw.runtime.ledger, gw.runtime.security.refresh, "ada", "admin", "cli:ops")
     assert gw.client.get("/v1/admin/budgets", headers=promoted_token).status_code == 403  # a promotion needs a new token
     assert _role_sets(gw) == [("olga", "user", "operator", "cli:ops"), ("ada", "admin", "user", "cli:ops")]

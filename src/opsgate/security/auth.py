@@ -1,8 +1,12 @@
 """Access tokens: JWT (RFC 7519) signed HS256 (RFC 7518 §3.2), algorithm pinned, 1 hour by default.
 
 Claims: ``sub`` (user id), ``role`` (user | operator | admin), ``iss``, ``aud``, ``iat``, ``nbf``,
-``exp``, ``jti``. Verification pins ``algorithms=["HS256"]`` (so ``alg: none`` and algorithm
-confusion are rejected), requires every registered claim and checks issuer and audience.
+``exp``, ``jti``, and ``sid`` for a token a login issued (the login's refresh-token family).
+Verification pins ``algorithms=["HS256"]`` (so ``alg: none`` and algorithm confusion are
+rejected), requires every registered claim and checks issuer and audience, and refuses a token
+whose ``sid`` is revoked (:mod:`opsgate.security.revocations`: at once in the revoking process,
+within a second in the others). A token without ``sid`` (``opsgate token USER``, the demo) belongs
+to no login and lives until it expires.
 
 When an external identity provider is configured (:mod:`opsgate.security.idp`), a token whose
 unverified ``iss`` is the IdP's goes to the IdP verifier instead; the unverified claim only picks
@@ -12,6 +16,7 @@ the verifier, each of which pins its own algorithms, key, issuer and audience.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,21 +64,26 @@ def signing_key(settings: Settings) -> bytes:
 
 
 class TokenService:
-    """Issues and verifies access tokens with one key, issuer, audience and lifetime."""
+    """Issues and verifies access tokens with one key, issuer, audience and lifetime; ``revoked``
+    holds the revoked logins' ids (:class:`~opsgate.security.revocations.RevokedLogins`; none:
+    nothing is revoked, for a process that only issues)."""
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
+    def __init__(self, settings: Settings, clock: Clock, revoked: Container[str] = frozenset()) -> None:
         self._key = signing_key(settings)
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._ttl = timedelta(seconds=settings.access_token_ttl_s)
         self._clock = clock
+        self._revoked = revoked
         self._idp = idp_verifier(settings, clock)
         self._verified: dict[str, dict[str, Any]] = {}  # token -> claims whose signature already checked out
         if self._idp is not None and self._idp.issuer == self._issuer:
             raise ValueError("OPSGATE_IDP_ISSUER must differ from OPSGATE_JWT_ISSUER")
 
-    def issue(self, user_id: str, role: str) -> str:
-        """Return a signed access token for ``user_id`` with ``role``, valid for the configured TTL."""
+    def issue(self, user_id: str, role: str, sid: str | None = None) -> str:
+        """Return a signed access token for ``user_id`` with ``role``, valid for the configured TTL;
+        ``sid`` is the id of the login it belongs to (its refresh-token family), refused once that
+        is revoked."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
         now = self._clock.now()
@@ -87,11 +97,14 @@ class TokenService:
             "exp": now + self._ttl,
             "jti": uuid.uuid4().hex,
         }
+        if sid is not None:
+            claims["sid"] = sid
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> Principal:
         """Check signature, algorithm, issuer, audience and times (``exp``, ``nbf``, ``iat``:
-        :func:`~opsgate.security.claims.check_times`); return the :class:`Principal`.
+        :func:`~opsgate.security.claims.check_times`) and that the login (``sid``) is not revoked
+        (a set lookup, no database read); return the :class:`Principal`.
 
         Raises :class:`Unauthorized` with a reason that names the failed check, never the token.
         """
@@ -105,6 +118,8 @@ class TokenService:
                 self._verified.clear()
             self._verified[token] = claims
         check_times(claims, self._clock.now().timestamp())
+        if claims.get("sid") in self._revoked:
+            raise Unauthorized(AuthFailure.REVOKED)
         return Principal(user_id=claims["sub"], roles=(claims["role"],))
 
     def _decode(self, token: str) -> dict[str, Any]:
@@ -124,6 +139,8 @@ class TokenService:
             raise Unauthorized(jwt_failure(exc)) from None
         if claims["role"] not in ROLES or not isinstance(claims["sub"], str):
             raise Unauthorized(AuthFailure.UNKNOWN_ROLE)
+        if not isinstance(claims.get("sid", ""), str):
+            raise Unauthorized(AuthFailure.MALFORMED)
         return claims
 
 def _unverified_issuer(token: str) -> object:

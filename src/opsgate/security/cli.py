@@ -66,7 +66,8 @@ def users_add(
     """Create a user (or change an existing user's role with --role), optionally with a password
     and email. A role is written to the ledger (``user.role_set``) as ``cli:<login>`` and a change
     revokes the user's refresh tokens and dashboard sessions, like the admin API (one
-    :func:`set_role`). The password and the email are checked before anything is written."""
+    :func:`set_role`); so does a new password for an existing user (and with them every access
+    token of those logins). The password and the email are checked before anything is written."""
     from opsgate.runtime import cli_services
     from opsgate.security.passwords import check_password
     from opsgate.security.users import (
@@ -93,6 +94,8 @@ def users_add(
                                                 f"cli:{getpass.getuser()}", services.clock.now()) is None
             if secret is not None:
                 set_password(engine, user_id, secret)
+                if not created:  # a password change ends every login of the user, access tokens included
+                    security.refresh.revoke_user(user_id)
             if address is not None:
                 set_email(engine, security.cipher, user_id, address)
     except (ValueError, OpsgateError) as exc:

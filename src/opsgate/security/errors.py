@@ -51,6 +51,9 @@ class AuthFailure(StrEnum):
     """A password sign-in with an unknown user or a wrong password."""
     NO_SESSION = "no_session"
     """A dashboard page without a valid session cookie."""
+    REVOKED = "revoked"
+    """An access token whose login (``sid``) was revoked: logout, refresh-token reuse, a role or
+    password change (:mod:`opsgate.security.revocations`)."""
 
 
 _INVALID = "The access token is malformed or its signature is invalid"
@@ -70,6 +73,7 @@ _DETAILS = {
     AuthFailure.REFRESH_REUSED: "The refresh token was already used; every session of this login is revoked",
     AuthFailure.BAD_CREDENTIALS: "Unknown user or wrong password",
     AuthFailure.NO_SESSION: "Sign in to the dashboard first",
+    AuthFailure.REVOKED: "The access token's login was revoked; sign in again",
 }
 """The client's sentence per reason (one sentence for the three ways a signature check fails, so
 a caller learns no more than "invalid")."""

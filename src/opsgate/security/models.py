@@ -9,7 +9,9 @@ writes it.
 ``encryption_keys``: the versioned key ring. ``wrapped`` is ``nonce(12) || AES-256-GCM(master key,
 data key)``; ``purpose`` is ``data`` (field encryption, rotated) or ``index`` (blind index).
 
-``refresh_tokens``: opaque refresh tokens by SHA-256 hash, grouped in rotation families.
+``refresh_tokens``: opaque refresh tokens by SHA-256 hash, grouped in rotation families (one per
+login; the family id is the ``sid`` of that login's access tokens, refused once it is revoked:
+:mod:`opsgate.security.revocations`).
 
 ``security_event_counts``: the security event counts per UTC day, kind and reason.
 """
@@ -64,6 +66,7 @@ refresh_tokens = Table(
 )
 Index("ix_refresh_tokens_family", refresh_tokens.c.family_id)
 Index("ix_refresh_tokens_user", refresh_tokens.c.user_id)
+Index("ix_refresh_tokens_revoked", refresh_tokens.c.revoked_at)  # migration 0013: the revoked logins' range read
 
 security_event_counts = Table(
     "security_event_counts",

@@ -17,6 +17,11 @@ whose response was lost): it gets the *same* successor again, as long as that su
 unused and unrevoked, so replays inside the window mint nothing new (one live token per family).
 Once the successor was used, a replay is reuse. Revoked, expired and unknown tokens fail with 401
 ``unauthorized``.
+
+The family id is the ``sid`` of the login's access tokens: every revocation here (logout, reuse,
+:meth:`RefreshTokens.revoke_user`) is passed to ``on_revoke`` once it is committed
+(:meth:`~opsgate.security.revocations.RevokedLogins.add`), so this process refuses those access
+tokens at once; other processes read it from ``revoked_at``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -58,8 +64,10 @@ class RefreshTokens:
     and :meth:`revoke_user` run in :func:`user_scope` of that user; the others start from a
     presented token or family whose owner is not known yet, so they run in :func:`service_scope`."""
 
-    def __init__(self, engine: Engine, clock: Clock, ttl_s: int, grace_s: float, *, successor_key: bytes) -> None:
+    def __init__(self, engine: Engine, clock: Clock, ttl_s: int, grace_s: float, *, successor_key: bytes,
+                 on_revoke: Callable[[Iterable[str]], None] = lambda families: None) -> None:
         self._engine = engine
+        self._on_revoke = on_revoke
         self._successor_key = successor_key
         self._clock = clock
         self._ttl = timedelta(seconds=ttl_s)
@@ -123,22 +131,23 @@ class RefreshTokens:
             return any(now < expires_at for expires_at in rows)
 
     def revoke_family(self, family_id: str) -> None:
-        """Revoke every token of ``family_id``."""
+        """Revoke every token of ``family_id``, and with it the login's access tokens."""
         with service_scope(self._engine) as conn:
             conn.execute(
                 update(refresh_tokens)
                 .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
                 .values(revoked_at=self._clock.now())
             )
+        self._on_revoke([family_id])
 
     def revoke_user(self, user_id: str) -> None:
-        """Revoke every refresh token of ``user_id`` (role change, password change)."""
+        """Revoke every refresh token of ``user_id`` (role change, password change), and with them
+        the access tokens of every login of the user."""
+        live = (refresh_tokens.c.user_id == user_id, refresh_tokens.c.revoked_at.is_(None))
         with user_scope(self._engine, Principal(user_id, ("user",))) as conn:
-            conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.user_id == user_id, refresh_tokens.c.revoked_at.is_(None))
-                .values(revoked_at=self._clock.now())
-            )
+            families = conn.execute(select(refresh_tokens.c.family_id).where(*live).distinct()).scalars().all()
+            conn.execute(update(refresh_tokens).where(*live).values(revoked_at=self._clock.now()))
+        self._on_revoke(families)
 
     def _successor(self, token: str) -> str:
         mac = hmac.new(self._successor_key, token.encode(), hashlib.sha256).digest()

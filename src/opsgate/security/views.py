@@ -184,7 +184,7 @@ async def token(grant: Annotated[PasswordGrant | RefreshGrant, grant_form(Passwo
     with oauth_errors():
         user_id, role = await _sign_in(runtime, services, grant.username, grant.password)
     issued = await asyncio.to_thread(services.refresh.issue, user_id)
-    return _token_answer(runtime, user_id, role, issued.token)
+    return _token_answer(runtime, user_id, role, issued.token, issued.family_id)
 
 
 @router.post("/v1/auth/refresh", response_model=TokenAnswer, openapi_extra=body_doc(RefreshGrant, FORM),
@@ -242,7 +242,7 @@ async def _rotate(runtime: Runtime, services: SecurityServices, refresh_token: s
             if isinstance(exc, NotFound):
                 raise Unauthorized(AuthFailure.REFRESH_INVALID) from None
             raise
-    return _token_answer(runtime, issued.user_id, role, issued.token)
+    return _token_answer(runtime, issued.user_id, role, issued.token, issued.family_id)
 
 
 async def _sign_in(runtime: Runtime, services: SecurityServices, username: str, password: str) -> tuple[str, str]:
@@ -254,8 +254,10 @@ async def _sign_in(runtime: Runtime, services: SecurityServices, username: str, 
         raise
 
 
-def _token_answer(runtime: Runtime, user_id: str, role: str, refresh_token: str) -> Response:
-    access = runtime.tokens.issue(user_id, role)
+def _token_answer(runtime: Runtime, user_id: str, role: str, refresh_token: str, login: str) -> Response:
+    """The RFC 6749 §5.1 answer: a new access token of the login ``login`` (its ``sid``: the
+    refresh-token family) and ``refresh_token``."""
+    access = runtime.tokens.issue(user_id, role, sid=login)
     body = {"access_token": access, "token_type": "Bearer",
             "expires_in": runtime.settings.access_token_ttl_s, "refresh_token": refresh_token}
     return JSONResponse(body, headers=NO_STORE)
