@@ -287,6 +287,9 @@ class Decision:
 
     ``percentage`` is the rollout percentage to set (None: unchanged); ``disable`` turns the
     rollout's operations off; ``alert`` is a severity (``P1``/``P2``) to notify, or None.
+    ``recorded`` False: nothing to audit (the wait for a rollback's verification, which the
+    rollback's own entry already implies and whose numbers decide nothing), so the service writes
+    it neither to the ledger nor to the history.
     """
 
     action: Action
@@ -296,6 +299,7 @@ class Decision:
     percentage: int | None = None
     disable: bool = False
     alert: str | None = None
+    recorded: bool = True
 
 
 def step(state: RolloutState, event: Event, now: datetime, limits: Thresholds = Thresholds()) -> Decision:
@@ -425,7 +429,7 @@ def _rollback(state: RolloutState, now: datetime, limits: Thresholds, why: str,
 def _verify(state: RolloutState, ev: Evaluate, now: datetime, limits: Thresholds,
             numbers: dict[str, int]) -> Decision:
     if state.check_due_at is not None and now < state.check_due_at:
-        return Decision(Action.HOLD, state, "rollback verification pending", numbers)
+        return Decision(Action.HOLD, state, "rollback verification pending", numbers, recorded=False)
     if ev.canary.error_bp_exceeds(limits.rollback_error_bp):
         after = replace(state, state=State.ESCALATED)
         return Decision(Action.ESCALATE, after, "error rate did not drop within 5 minutes of the rollback",

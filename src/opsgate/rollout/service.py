@@ -505,7 +505,7 @@ class RolloutService:
         decision = step(rollout.state, event, now, self.limits)
         if decision.action is Action.REJECT:
             raise RolloutConflict(decision.reason)
-        if decision.action is Action.IGNORE:
+        if decision.action is Action.IGNORE or not decision.recorded:
             return decision
         row, payload = self._decision(event.name, decision.action.value, rollout.state.state,
                                       decision.after.state, decision.after.stage_index, decision.reason,
