@@ -189,34 +189,28 @@ def _operation_endpoint(op_id: str) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         runtime = get_runtime(request)
         request_id = request.state.request_id = uuid.uuid4().hex
-        fields: dict[str, str] = {}  # the call's response_headers, filled by the pipeline
         started = time.perf_counter()
-        with tracing.request_span(op_id, request_id, request.headers):
+        call = Call(op_id, b"", "", request_id, request.headers.get("content-type"))  # the pipeline fills
+        with tracing.request_span(op_id, request_id, request.headers):  # its headers and variant
             try:
-                body = await read_body(request, MAX_BODY_BYTES)
-                token = bearer_token(request.headers.get("authorization"))
-                content_type = request.headers.get("content-type")
-                outcome = await runtime.gateway.govern(
-                    Call(op_id, body, token, request_id, content_type, fields))
+                call.body = await read_body(request, MAX_BODY_BYTES)
+                call.token = bearer_token(request.headers.get("authorization"))
+                outcome = await runtime.gateway.govern(call)
             except Exception as exc:
                 known = as_opsgate_error(exc) or OpsgateError()
                 code, status = known.code, known.status
-                observe_error(op_id, code, status, (time.perf_counter() - started) * 1000, _variant(runtime, op_id))
+                observe_error(op_id, code, status, (time.perf_counter() - started) * 1000,
+                              runtime.toggles.variant(op_id, call.variant))
                 count_refusal(exc)
-                request.state.response_headers = fields  # for the problem's exception handler
+                request.state.response_headers = call.response_headers  # for the problem's exception handler
                 raise
-            observe(outcome, _variant(runtime, op_id))
+            observe(outcome, runtime.toggles.variant(op_id, call.variant))
             with tracing.span("respond"):
-                headers = {"X-Request-ID": request_id, **fields}
+                headers = {"X-Request-ID": request_id, **call.response_headers}
                 return json_response(_outcome_body(outcome), headers=headers)
 
     endpoint.__name__ = "operation_" + op_id.replace("-", "_")
     return endpoint
-
-
-def _variant(runtime: Runtime, op_id: str) -> str:
-    """The ``variant`` metrics label of ``op_id`` (``canary`` or ``stable``)."""
-    return runtime.toggles.variant(op_id)
 
 
 def _outcome_body(outcome: Outcome) -> dict[str, Any]:

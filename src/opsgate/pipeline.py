@@ -97,13 +97,15 @@ under the GIL, so more threads would not prepare more at once."""
 log = logging.getLogger("opsgate.pipeline")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """One incoming operation call: the operation id, the raw JSON body, the bearer token (the
     API layer takes it from the ``Authorization`` header, RFC 6750 §2.1), the request id and the
     body's ``Content-Type`` (step 4 refuses one that is not JSON, 415). ``response_headers``
     (field name -> value) is filled as the call goes: once step 3 counted it, the RateLimit
-    fields; the API layer sends them with the answer, a result or any later refusal."""
+    fields; the API layer sends them with the answer, a result or any later refusal.
+    ``variant`` is the name of the variant chosen to serve it (None before step 2 chose one),
+    for the API layer's metrics label."""
 
     operation: str
     body: bytes
@@ -111,6 +113,7 @@ class Call:
     request_id: str
     content_type: str | None = JSON
     response_headers: dict[str, str] = field(default_factory=dict)
+    variant: str | None = None
 
 
 @dataclass(slots=True)
@@ -307,6 +310,7 @@ class Gateway:
         principal = self.authenticate(call)
         op = self.authorize(principal, call.operation)
         variant = self.choose_variant(principal, op)
+        call.variant = variant.name
         call.response_headers.update(await self.rate_limit(principal, op))
         prepared, input_digest = await self.prepare(op, variant, call.body, call.content_type)
         prepared, privacy = self.minimise(op, prepared)

@@ -128,3 +128,38 @@ def test_a_variant_rollout_refuses_an_unknown_variant_and_more_than_one_operatio
                             json={"operations": [OP], "variant": "default"})
     assert (r.status_code, r.json()["detail"]) == (409, f"default is already the live variant of {OP}")
     assert gateway.client.get("/v1/admin/rollouts", headers=_admin(gateway)).json()["rollouts"] == []
+
+
+
+def _scrape(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = gateway.client.get("/metrics", headers={"Authorization": f"Bearer {gateway.token('ops', 'operator')}"})
+    assert r.status_code == 200, r.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def _ok_calls(scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float], variant: str) -> float:
+    """``opsgate_requests_total`` of OP's successful calls labelled ``variant``, any provider."""
+    return sum(v for (name, labels), v in scraped.items() if name == "opsgate_requests_total"
+               and {("operation", OP), ("status", "ok"), ("variant", variant)} <= set(labels))
+
+
+def test_prometheus_tells_the_candidate_from_the_live_variant(gateway: Gateway) -> None:
+    """tester-ops F9: candidate calls were exported as variant="stable" and the only rollout gauge
+    read the toggle's 100 %."""
+    before = _scrape(gateway)
+    r = gateway.client.post("/v1/admin/rollouts", headers=_admin(gateway), json={"operations": [OP], "variant": CANDIDATE})
+    assert r.status_code == 201, r.text
+    served = _served(gateway)
+    inside = [u for u, v in zip(IDS, served) if v == CANDIDATE][:3]
+    outside = [u for u, v in zip(IDS, served) if v == "default"][:2]
+    for u in inside + outside:
+        _call(gateway, u)
+    after = _scrape(gateway)
+    assert _ok_calls(after, "candidate") - _ok_calls(before, "candidate") == 3
+    assert _ok_calls(after, "stable") - _ok_calls(before, "stable") == 2
+    assert after[("opsgate_rollout_candidate_percentage", (("operation", OP),))] == 5
+    assert after[("opsgate_rollout_candidate_percentage", (("operation", "email-compose"),))] == 0
+    assert after[("opsgate_rollout_percentage", (("operation", OP),))] == 100  # the toggle's share

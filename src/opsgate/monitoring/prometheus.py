@@ -9,8 +9,9 @@ Counted in this process, one call per governed request or provider attempt:
 - ``opsgate_requests_total{operation,provider,model,status,code,variant}``: ``status`` is ``ok``,
   ``error`` (opsgate or a provider failed: a 5xx answer) or ``refused`` (the caller was turned
   down: a 4xx answer); ``code`` the stable error code (empty when ``ok``); ``provider``/``model``
-  what served an ``ok`` call (empty otherwise); ``variant`` ``canary`` while the operation's toggle
-  is rolled out to 1-99 % of users, else ``stable``;
+  what served an ``ok`` call (empty otherwise); ``variant`` ``candidate`` for a call served by a
+  variant rollout's candidate, else ``canary`` while the operation's toggle is rolled out to
+  1-99 % of users, else ``stable`` (three values: the variants' names never become labels);
 - ``opsgate_request_duration_seconds{operation,status,variant}``: end-to-end latency histogram,
   buckets :data:`LATENCY_BUCKETS_S` (10 ms to 60 s, LLM calls);
 - ``opsgate_provider_requests_total{provider,model,outcome}`` and
@@ -42,7 +43,8 @@ Read from the database at scrape time (the same for every replica; rules take ``
 - ``opsgate_cost_discrepancy_ratio{provider}``: the latest invoice reconciliation's
   Σ|difference| / Σ invoiced (0.01 = 1 %);
 - ``opsgate_incidents{state,severity}`` (open and acknowledged), ``opsgate_rollout_percentage
-  {operation}``, ``opsgate_budget_limit_micro_usd`` / ``opsgate_budget_spent_micro_usd`` /
+  {operation}`` (the toggle's share) and ``opsgate_rollout_candidate_percentage{operation}`` (a
+  variant rollout's candidate's share, 0 without one), ``opsgate_budget_limit_micro_usd`` / ``opsgate_budget_spent_micro_usd`` /
   ``opsgate_budget_reserved_micro_usd{budget,period,operation}`` (``budget`` is the budget's id);
 - ``opsgate_ledger_entries`` and this instance's ``opsgate_breaker_state{provider}`` (0 closed,
   1 half-open, 2 open: the provider's availability, :meth:`Router.snapshot`, as published to the
@@ -226,10 +228,16 @@ def _rollout_families(toggles: ToggleSnapshot) -> list[Metric]:
     gauge = GaugeMetricFamily("opsgate_rollout_percentage",
                               "Share of users the operation's toggle admits (0 when disabled or killed)",
                               labels=["operation"])
+    candidate = GaugeMetricFamily("opsgate_rollout_candidate_percentage",
+                                  "Share of users a variant rollout's candidate serves (0 without a candidate)",
+                                  labels=["operation"])
+    assignments = toggles.assignments()
     for op, toggle in sorted(toggles.toggles().items()):
         live = toggle.enabled and not toggle.kill_switch
         gauge.add_metric([op], toggle.rollout_percentage if live else 0)
-    return [gauge]
+        assignment = assignments.get(op)
+        candidate.add_metric([op], assignment.candidate_percentage if assignment and assignment.candidate else 0)
+    return [gauge, candidate]
 
 
 def _budget_families(engine: Engine, now: datetime) -> list[Metric]:

@@ -165,9 +165,15 @@ class ToggleSnapshot:
             raise OperationDisabled(verdict.explain(), verdict.reason)
         return verdict
 
-    def variant(self, operation: str) -> str:
-        """``canary`` while ``operation``'s toggle admits 1-99 % of users, else ``stable``: the
-        ``variant`` label of opsgate's Prometheus metrics. Reads the current snapshot, no refresh."""
+    def variant(self, operation: str, served: str | None = None) -> str:
+        """The ``variant`` label of opsgate's Prometheus metrics for a call of ``operation``
+        served by the variant named ``served`` (None: not chosen yet): ``candidate`` when that is
+        the candidate of a variant rollout, else ``canary`` while the toggle admits 1-99 % of
+        users, else ``stable`` (three values, whatever the variants are called). Reads the current
+        snapshot, no refresh."""
+        assignment = self._state.variants.get(operation)
+        if served is not None and assignment is not None and assignment.candidate == served:
+            return "candidate"
         toggle = self._state.toggles.get(operation)
         return "canary" if toggle is not None and 0 < toggle.rollout_percentage < 100 else "stable"
 
