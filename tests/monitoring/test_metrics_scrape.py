@@ -119,7 +119,7 @@ def test_metrics_follow_prometheus_naming_with_operation_labels(scraped: Scraped
     assert delta("opsgate_requests_total", **op, provider="", model="", status="refused",
                  code="invalid_input", variant="stable") == 1
     buckets = [float(s["le"]) for s, _ in samples["opsgate_request_duration_seconds_bucket"]
-               if s["operation"] == "email-classify" and s["status"] == "ok"]
+               if s["operation"] == "email-classify" and s["status"] == "ok" and s["variant"] == "stable"]
     assert buckets == [*LATENCY_BUCKETS_S, float("inf")]
     assert (buckets[0], buckets[-2]) == (0.01, 60)
     where = {**op, "provider": served["provider"], "model": served["model"]}
