@@ -6,6 +6,7 @@ fails (never skips) when the server at 127.0.0.1:5432 is down.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +16,11 @@ from sqlalchemy import Engine
 from tests.stores import migrated_url
 
 from opsgate.clock import ManualClock
+from opsgate.config import Settings
+from opsgate.ledger.anchors import DirectoryAnchor
+from opsgate.ledger.scheduled import Checkpointer, signer_for, verify_configured
 from opsgate.ledger.writer import Ledger
-from opsgate.store.db import make_engine
+from opsgate.store.db import make_engine, upgrade
 
 LEDGER_EPOCH = datetime(2026, 11, 30, 6, 1, 2, 123456, tzinfo=UTC)
 
@@ -56,3 +60,28 @@ def ledger(engine: Engine, clock: ManualClock) -> Iterator[Ledger]:
     led.start()
     yield led
     led.close()
+
+
+@pytest.fixture
+def anchored_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """``OPSGATE_*`` of a SQLite ledger file with 8 intents, checkpoints signed at 4 and 8 entries
+    and both anchored in a directory (``tmp_path / "anchors"``); it verifies."""
+    env = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+           "OPSGATE_LEDGER_SIGNING_KEY_FILE": str(tmp_path / "ledger.key"),
+           "OPSGATE_LEDGER_ANCHOR_DIR": str(tmp_path / "anchors")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    upgrade(env["OPSGATE_DATABASE_URL"])
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    clock = ManualClock()
+    checkpointer = Checkpointer(engine, signer_for(settings, create=True), settings.ledger_origin,
+                                clock, [DirectoryAnchor(Path(settings.ledger_anchor_dir))])
+    with Ledger(engine, clock) as ledger:
+        for i in range(8):
+            ledger.append_sync("intent", {"request_id": f"req-{i}", "user_id": "alice"})
+            if i in (3, 7):
+                asyncio.run(checkpointer.run_once(force=True))
+    assert verify_configured(settings, engine).ok
+    engine.dispose()
+    return settings

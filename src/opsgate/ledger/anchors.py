@@ -85,9 +85,10 @@ class Anchor(Protocol):
 class DirectoryAnchor:
     """Append-only directory of checkpoint files (see the module docstring)."""
 
+    name = "directory"
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.name = "directory"
 
     async def publish(self, size: int, note: bytes) -> str:
         """Write ``<size>.checkpoint`` once; an identical existing file is accepted, a different
@@ -115,9 +116,10 @@ class DirectoryAnchor:
         return target.name
 
     def read(self) -> list[AnchoredNote]:
-        """Every checkpoint file in the directory, by size. OSError if it cannot be read."""
-        files = sorted(p for p in self.path.iterdir() if _FILE_RE.match(p.name))
-        return [AnchoredNote(str(p), p.read_bytes()) for p in files]
+        """Every checkpoint file in the directory, by size, each with the size its name claims.
+        OSError if it cannot be read."""
+        files = sorted((p, int(m.group(1))) for p in self.path.iterdir() if (m := _FILE_RE.match(p.name)))
+        return [AnchoredNote(str(p), p.read_bytes(), self.name, size) for p, size in files]
 
     async def notes(self) -> list[AnchoredNote]:
         """:meth:`read` in a thread."""
@@ -222,7 +224,7 @@ class DiscordAnchor:
                     floor = int(marker[1]) if floor is None else min(floor, int(marker[1]))
                 elif (found := _CHECKPOINT_RE.match(content)) and (floor is None or int(found[1]) <= floor):
                     current.append((int(found[1]), AnchoredNote(f"discord:{webhook_message.get('id')}",
-                                                                 found[2].encode())))
+                                                                 found[2].encode(), self.name, int(found[1]))))
             yield current
 
     async def _pages(self) -> AsyncIterator[list[dict[str, Any]]]:

@@ -39,7 +39,7 @@ from opsgate.ledger.scheduled import (
     verify_configured,
 )
 from opsgate.ledger.service import checkpoint_of_size, latest_checkpoint, leaf_hashes
-from opsgate.ledger.verify import format_summary
+from opsgate.ledger.verify import format_summary, verify
 from opsgate.ledger.writer import Ledger
 from opsgate.numbers import cli_float, cli_int
 from opsgate.security.errorline import fail
@@ -135,13 +135,18 @@ def consistency_cmd(old: int = typer.Argument(..., parser=cli_int(0)), new: int 
 
 @ledger_app.command("checkpoint")
 def checkpoint_cmd() -> None:
-    """Sign a checkpoint of the whole log now and post pending checkpoints to every anchor."""
+    """Verify the whole log against its stored checkpoints (exit 1, nothing signed, when it does
+    not verify: a signature must never look like an endorsement of a damaged log), then sign a
+    checkpoint of it and post pending checkpoints to every anchor."""
     settings = Settings()
     engine = _engine(settings)
     try:
         signer = signer_for(settings, create=engine.dialect.name == "sqlite")
+        report = verify(engine, verifier=signer.verifier())
+        if not report.ok:
+            fail(f"refusing to sign over a log that does not verify: {format_summary(report)}", 1)
         made = asyncio.run(_checkpoint(settings, engine, signer))
-    except LedgerRolledBack as exc:
+    except (LedgerRolledBack, StoredValueError) as exc:
         fail(str(exc), 1)
     except (LedgerError, OSError, SQLAlchemyError) as exc:
         fail(f"{type(exc).__name__}: {exc}")

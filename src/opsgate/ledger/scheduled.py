@@ -25,9 +25,9 @@ from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.ledger.anchors import Anchor, DirectoryAnchor, DiscordAnchor, publish, recorded_size
 from opsgate.ledger.checkpoint import Signer, Verifier, load_key_file, write_key_file
-from opsgate.ledger.errors import LedgerError, LedgerRolledBack
+from opsgate.ledger.errors import LedgerError, LedgerRolledBack, StoredValueError
 from opsgate.ledger.service import StoredCheckpoint, create_checkpoint, latest_checkpoint, log_size
-from opsgate.ledger.verify import AnchoredNote, VerifyReport, verify
+from opsgate.ledger.verify import AnchoredNote, Finding, VerifyReport, failed, recorded_anchors, verify
 from opsgate.ledger.writer import Ledger
 
 log = logging.getLogger(__name__)
@@ -160,18 +160,27 @@ def verify_configured(settings: Settings, engine: Engine, *, anchor_dir: Path | 
     both run: signatures checked with ``verifier`` (default: the signing key file's, when it
     exists) and the checkpoints read back from every configured anchor itself — the directory
     (``anchor_dir``, default ``settings.ledger_anchor_dir``) and the Discord channel — so a
-    rollback or truncation of the database below an anchored size fails (``rolled_back``).
+    rollback or truncation of the database below an anchored size fails (``rolled_back``), and
+    a checkpoint the database records as posted to one of them that the anchor no longer holds
+    (a file deleted or replaced) fails ``anchor_mismatch``.
     Call it outside an event loop (Discord is read with ``asyncio.run``). Raises what
     :func:`verify`, the anchors and reading the key file raise."""
     if verifier is None and Path(settings.ledger_signing_key_file).exists():
         verifier = signer_for(settings, create=False).verifier()
+    try:  # before the anchors: a checkpoint published meanwhile is in the anchor, not missing
+        recorded = recorded_anchors(engine)
+    except StoredValueError as exc:
+        return failed(Finding(0, "bad_type", exc.detail))
     directory = anchor_dir or settings.ledger_anchor_dir
     notes = _directory_notes(engine, Path(directory)) if directory is not None else []
+    read = [DirectoryAnchor.name] if directory is not None else []
     if settings.ledger_discord_webhook_url is not None:
         notes += asyncio.run(_discord_notes(settings))
+        read.append(DiscordAnchor.name)
     if notes and verifier is None:
         raise LedgerError("anchored checkpoints need the verifier key (the signing key file)")
-    return verify(engine, verifier=verifier, anchored=notes)
+    return verify(engine, verifier=verifier, anchored=notes,
+                  recorded={name: recorded.get(name, frozenset()) for name in read})
 
 
 def _directory_notes(engine: Engine, path: Path) -> list[AnchoredNote]:

@@ -35,6 +35,12 @@ Failures (the first one stops the scan; its ``seq`` is where trust ends):
                    seq = the first missing entry.
 ``rolled_back``    an external anchor holds a checkpoint larger than the log and the database has no
                    such checkpoint (e.g. restored from an older backup); seq = the first missing entry.
+``anchor_mismatch`` an anchor does not hold what the database records as posted to it
+                   (``ledger_anchor_records``, ``ledger_anchor_state``): a checkpoint file deleted
+                   or replaced by another note; or an anchored note is filed under another size
+                   than the one it signs. A missing checkpoint is looked for after the entries
+                   (their failures come first; seq = the last entry of the smallest one missing),
+                   a misfiled note with the signatures (seq = the last entry of the smaller size).
 
 Warnings, not failures: ``clock_regression`` (a ``ts`` earlier than its predecessor's; the writer
 clamps, so it means another writer's clock or a hand-made entry). ``incomplete_intents`` counts
@@ -48,7 +54,7 @@ import multiprocessing
 import os
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,7 +67,14 @@ from opsgate.ledger.checkpoint import Checkpoint, Verifier, parse_checkpoint
 from opsgate.ledger.entry import CHAIN_DOMAIN, GENESIS_PREV_HASH, decode_body_fast
 from opsgate.ledger.errors import CheckpointError, LedgerError, LedgerIOError, StoredValueError
 from opsgate.ledger.merkle import CompactRange
-from opsgate.ledger.models import ledger_checkpoints, stored_bytes, stored_int
+from opsgate.ledger.models import (
+    ledger_anchor_records,
+    ledger_anchor_state,
+    ledger_checkpoints,
+    stored_bytes,
+    stored_int,
+    stored_text,
+)
 from opsgate.store.models import ledger_entries
 
 MAX_KEPT_WARNINGS = 100
@@ -82,10 +95,15 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class AnchoredNote:
-    """A signed checkpoint note read back from an external anchor named ``source``."""
+    """A signed checkpoint note read back from an external anchor: ``source`` names the copy (a
+    file path, ``discord:<message id>``), ``anchor`` the anchor (``directory``, ``discord``; as in
+    ``ledger_anchor_records``), ``claimed`` the size the anchor files it under (the file name, the
+    message's header), None when unknown."""
 
     source: str
     note: bytes
+    anchor: str = ""
+    claimed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,12 +366,16 @@ def verify(
     batch_size: int = 8192,
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    recorded: Mapping[str, Collection[int]] | None = None,
 ) -> VerifyReport:
     """Recompute ``engine``'s ledger from the stored bytes (see the module docstring).
 
     ``verifier`` checks the signatures of stored checkpoints and of the ``anchored`` notes (read
     from external anchors); without it stored checkpoints are compared by root only and anchored
-    notes are refused. ``progress`` (optional) is called with the rows checked after each batch.
+    notes are refused. ``recorded`` maps anchors whose every current note is in ``anchored`` to
+    the sizes the database records as posted to them (:func:`recorded_anchors`, read *before*
+    the anchors, so a checkpoint published meanwhile is never missing): each must be there
+    (``anchor_mismatch`` otherwise). ``progress`` (optional) is called with the rows checked after each batch.
     Batches (``batch_size`` rounded up to a power of two) are checked by ``workers`` processes
     (default: one per CPU; 1 = in this process) while this process reads the next ones and joins
     the results in order.
@@ -378,8 +400,58 @@ def verify(
         cause = exc.orig if isinstance(exc, DBAPIError) else exc
         raise LedgerIOError(f"could not read the ledger: {type(cause).__name__}") from exc
     checker.finish()
+    if checker.failure is None and recorded:
+        checker.failure = _missing_from_anchors(anchored, recorded)
     external = [t.size for t in targets.values() if set(t.sources) - {DB_SOURCE}]
     return checker.report(max(external, default=0))
+
+
+def recorded_anchors(engine: Engine) -> dict[str, frozenset[int]]:
+    """Per anchor name, the checkpoint sizes the database records as posted to it: the rows of
+    ``ledger_anchor_records`` and its ``ledger_anchor_state.anchored_size`` (when > 0). Read it
+    before reading the anchors (a publisher writes the anchor first, then the record).
+    :class:`StoredValueError` for a value of the wrong type, naming its row and column;
+    :class:`LedgerIOError` when the tables cannot be read."""
+    records = select(ledger_anchor_records.c.anchor, ledger_anchor_records.c.size)
+    states = select(ledger_anchor_state.c.anchor, ledger_anchor_state.c.anchored_size)
+    try:
+        with engine.connect() as conn, _any_text(conn.connection.dbapi_connection):
+            rows = [(table, column, *row) for table, column, query in (
+                ("ledger_anchor_records", "size", records), ("ledger_anchor_state", "anchored_size", states))
+                for row in conn.execute(query).all()]
+    except DBAPIError as exc:
+        raise LedgerIOError(f"could not read the anchor records: {type(exc.orig).__name__}") from exc
+    found: dict[str, set[int]] = {}
+    for table, column, anchor, value in rows:
+        where = f"{table} row anchor={_shown(anchor)}, {column}={_shown(value)}, column"
+        sizes = found.setdefault(stored_text(anchor, f"{where} anchor"), set())
+        if (size := stored_int(value, f"{where} {column}")) > 0:
+            sizes.add(size)
+    return {name: frozenset(sizes) for name, sizes in found.items()}
+
+
+def failed(finding: Finding) -> VerifyReport:
+    """The report of a verification that failed with ``finding`` before reading any entry."""
+    return VerifyReport(ok=False, entries=0, head_seq=None, head_hash=None, failure=finding,
+                        warnings=(), warning_count=0, incomplete_intents=0)
+
+
+def _missing_from_anchors(
+    anchored: Sequence[AnchoredNote], recorded: Mapping[str, Collection[int]]
+) -> Finding | None:
+    """``anchor_mismatch`` when an anchor lacks a checkpoint the database ``recorded`` as posted
+    to it. A note counts at the size it is filed under (its signed size was checked against that
+    before the scan)."""
+    held = {(note.anchor, note.claimed) for note in anchored}
+    missing = {name: sorted(s for s in sizes if (name, s) not in held) for name, sizes in recorded.items()}
+    missing = {name: sizes for name, sizes in missing.items() if sizes}
+    if not missing:
+        return None
+    name, sizes = min(missing.items(), key=lambda item: item[1][0])
+    return Finding(sizes[0] - 1, "anchor_mismatch",
+                   f"the database records the checkpoints of size {', '.join(map(str, sizes))} as "
+                   f"posted to the {name} anchor, which does not hold them (deleted, or replaced by "
+                   f"another note)")
 
 
 def _power_of_two(n: int) -> int:
@@ -499,10 +571,10 @@ def _targets(
 ) -> tuple[dict[int, _Target], Finding | None]:
     """Every checkpoint by size, each signature checked; or the first bad one as a Finding."""
     targets: dict[int, _Target] = {}
-    notes: list[tuple[str, bytes, int | None, bytes | None]]
-    notes = [(DB_SOURCE, note, size, root) for size, root, note in stored]
-    notes += [(a.source, a.note, None, None) for a in anchored]
-    for source, note, size, root in notes:
+    notes: list[tuple[str, bytes, int | None, bytes | None, int | None]]
+    notes = [(DB_SOURCE, note, size, root, None) for size, root, note in stored]
+    notes += [(a.source, a.note, None, None, a.claimed) for a in anchored]
+    for source, note, size, root, claimed in notes:
         try:
             checkpoint = _open(note, verifier)
         except CheckpointError as exc:
@@ -515,6 +587,13 @@ def _targets(
                 max(checkpoint.size - 1, 0),
                 "bad_signature",
                 f"checkpoint from {source}: stored size/root differ from its signed note",
+            )
+        if claimed is not None and claimed != checkpoint.size:
+            return targets, Finding(
+                max(min(claimed, checkpoint.size) - 1, 0),
+                "anchor_mismatch",
+                f"{source} is filed as the checkpoint of size {claimed} but holds the one of size "
+                f"{checkpoint.size}",
             )
         target = targets.setdefault(checkpoint.size, _Target(checkpoint.size, checkpoint.root))
         if target.root != checkpoint.root:
