@@ -151,7 +151,7 @@ def test_an_unexpected_error_prints_a_sanitized_traceback_and_exit_1(tmp_path, m
     def broken(*_args: object) -> None:
         raise RuntimeError(f"a bug that repeats the key {secret}")
 
-    monkeypatch.setattr("opsgate.store.db.open_database", broken)
+    monkeypatch.setattr("opsgate.runtime.open_database", broken)  # opsgate token opens it through cli_services
     result = CliRunner().invoke(app, ["token", "alice"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "Traceback (most recent call last)" in result.output
@@ -217,6 +217,19 @@ def test_an_unresolvable_key_reference_stops_every_start_up_with_one_line(tmp_pa
     result = CliRunner().invoke(app, command, env=given)
     assert (result.exit_code, _one_error_line(result)) == (2, "error: ANTHROPIC_API_KEY (environment): "
                                                               "ANTHROPIC_API_KEY is a 1Password reference but "
+                                                              "OP_CONNECT_HOST is not set")
+
+
+@pytest.mark.parametrize("command", [*START_UPS[:4], pytest.param(["token", "alice"], id="token")])
+def test_an_unresolvable_jwt_secret_reference_stops_every_start_up_with_one_line(tmp_path, monkeypatch, command):
+    """Tester-ops F1: OPSGATE_JWT_SECRET=op://... was never resolved; serve, run and demo started and
+    signed tokens with the reference's text (the rehearsal makes its own key)."""
+    _clean_env(tmp_path, monkeypatch)
+    given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}", "OPSGATE_CONFIG": str(_empty(tmp_path)),
+             "OPSGATE_JWT_SECRET": "op://Prod/opsgate/jwt-signing-secret"}  # pragma: allowlist secret (a reference)
+    result = CliRunner().invoke(app, command, env=given)
+    assert (result.exit_code, _one_error_line(result)) == (2, "error: OPSGATE_JWT_SECRET (environment): "
+                                                              "OPSGATE_JWT_SECRET is a 1Password reference but "
                                                               "OP_CONNECT_HOST is not set")
 
 

@@ -13,7 +13,6 @@ from typing import Any, NoReturn
 
 import orjson
 import typer
-from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
@@ -315,17 +314,18 @@ def demo(
 
 @app.command()
 def token(user_id: str = typer.Argument(..., help="An existing user's id.")) -> None:
-    """Print a 1-hour access token for USER_ID."""
+    """Print a 1-hour access token for USER_ID, signed with the key the gateway verifies with
+    (an ``op://`` reference in OPSGATE_JWT_SECRET resolved first, as at start-up)."""
+    from opsgate.runtime import cli_services
     from opsgate.security.auth import TokenService
     from opsgate.security.users import get_role
 
-    settings = Settings()
-    engine = _engine(settings)
-    try:
-        role = get_role(engine, user_id)
-    except OpsgateError as exc:
-        fail(exc.detail, 1)
-    print(TokenService(settings, SystemClock()).issue(user_id, role))
+    with cli_services() as services:
+        try:
+            role = get_role(services.engine, user_id)
+        except OpsgateError as exc:
+            fail(exc.detail, 1)
+        print(TokenService(services.settings, services.clock).issue(user_id, role))
 
 
 @db_app.command("upgrade")
@@ -369,12 +369,6 @@ def db_rls(
         print(f"granted {privileges} on {table}")
     print(f"row-level security enabled and forced, policies installed: {', '.join(done.forced)}")
     print(f"connect the gateway as {done.app_role} with OPSGATE_AUTO_MIGRATE=false")
-
-
-def _engine(settings: Settings | None = None) -> Engine:
-    from opsgate.store.db import open_database
-
-    return open_database(settings or Settings())  # a connection failure: _Boundary, one line
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import (
@@ -44,6 +45,15 @@ DEFAULT_PSEUDONYMISED = (
 """Operations whose prompts are pseudonymised unless ``privacy_pseudonymise`` says otherwise."""
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 """An environment variable's name (a named endpoint's ``api_key_env``, ``opsgate secrets check``'s names)."""
+REFERENCE_SETTINGS = (
+    "jwt_secret", "idp_hs256_secret", "master_key", "ledger_discord_webhook_url", "ledger_discord_bot_token",
+    "discord_webhook_url", "pagerduty_routing_key", "twilio_auth_token", "smtp_password",
+)
+"""Secret settings that may hold an ``op://`` 1Password reference instead of the value (the
+provider keys too, :data:`opsgate.security.secrets.PROVIDER_KEYS`): resolved through the secrets
+layer at start-up (:func:`opsgate.security.secrets.resolve_secrets`) and read through
+:meth:`Settings.secret`, which refuses one still unresolved. ``redaction_key`` is not one: the
+sanitizer needs it before anything is resolved."""
 
 
 class ProviderConfig(BaseModel):
@@ -53,7 +63,7 @@ class ProviderConfig(BaseModel):
     ``base_url`` is https, or http on loopback only (checked when the adapter is built);
     ``api_key_env`` names the environment variable holding the key or an ``op://`` 1Password
     reference to it, resolved at start-up like the built-in providers' keys
-    (:func:`opsgate.security.secrets.resolve_provider_keys`); the key is sent only in the
+    (:func:`opsgate.security.secrets.resolve_secrets`); the key is sent only in the
     ``Authorization: Bearer`` header (unset: no key is sent); ``json_mode`` is how a JSON answer
     is asked for (``json_schema`` per the OpenAI Chat Completions reference, ``json_object`` for
     endpoints that only know JSON mode); ``context_window`` (tokens, optional) is what the endpoint
@@ -421,11 +431,20 @@ class Settings(BaseSettings):
                              "postgresql://USER@HOST/DB (psycopg 3)")
         return url
 
-    @field_validator("master_key")
+    @field_validator(*REFERENCE_SETTINGS)
     @classmethod
-    def _master_key_shape(cls, key: SecretStr | None) -> SecretStr | None:
-        if key is not None:  # was refused only when the key ring was built, with a traceback
-            master_key_bytes(key.get_secret_value())
+    def _secret_shape(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # an op:// reference is checked once resolved (opsgate.security.secrets.resolve_secrets)
+        if secret is not None and not is_reference(value := secret.get_secret_value()):
+            check_secret(str(info.field_name), value)
+        return secret
+
+    @field_validator("redaction_key")
+    @classmethod
+    def _not_a_reference(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and is_reference(key.get_secret_value()):
+            raise ValueError("cannot be a 1Password reference (op://): the sanitizer reads it before any "
+                             "secret is resolved; set the key itself")
         return key
 
     @field_validator("redis_url")
@@ -436,16 +455,6 @@ class Settings(BaseSettings):
         if url and url.partition("://")[0].lower() not in REDIS_SCHEMES:
             raise ValueError(f"must start with {', '.join(f'{s}://' for s in REDIS_SCHEMES)}")
         return url
-
-    @field_validator("jwt_secret", "idp_hs256_secret")
-    @classmethod
-    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
-        # RFC 7518 §3.2: an HS256 key at least as long as the hash output. An op:// reference is
-        # resolved later (opsgate.security.secrets_connect) and its value checked where it is used.
-        value = secret.get_secret_value() if secret is not None else None
-        if value is not None and not value.startswith("op://") and len(value.encode()) < 32:
-            raise ValueError(f"must be at least 32 bytes long (it is {len(value.encode())})")
-        return secret
 
     @field_validator("log_level")
     @classmethod
@@ -466,6 +475,28 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown ISO 3166-1 alpha-2 region code(s) {unknown} (e.g. US, GB, DE)")
         return regions
+
+    def references(self) -> dict[str, str]:
+        """``setting -> op:// reference`` of every secret setting (:data:`REFERENCE_SETTINGS`)
+        that holds a reference, not (yet) its value."""
+        return {name: raw for name in REFERENCE_SETTINGS
+                if (secret := getattr(self, name)) is not None and is_reference(raw := secret.get_secret_value())}
+
+    def secret(self, name: str) -> str | None:
+        """The value of secret setting ``name`` (a field of :data:`REFERENCE_SETTINGS`), None when
+        unset: the one way code reads them. :class:`ConfigError` naming the setting (never the
+        value) while it is still an ``op://`` reference, so a command that did not resolve it
+        (:func:`opsgate.security.secrets.resolve_secrets`) refuses instead of using the
+        reference's text as the secret."""
+        secret: SecretStr | None = getattr(self, name)
+        if secret is None:
+            return None
+        value = secret.get_secret_value()
+        if is_reference(value):
+            raise ConfigError(f"{setting_origin((name,))}: is a 1Password reference (op://) that was not "
+                              "resolved; it is resolved at start-up (serve, run, worker, token and the "
+                              "commands that open the database) through OP_CONNECT_HOST/OP_CONNECT_TOKEN")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -493,6 +524,25 @@ class Settings(BaseSettings):
             raise ConfigFileError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from None
         return (init_settings, env_settings, toml)
 
+
+def is_reference(value: str) -> bool:
+    """``value`` is a 1Password secret reference (``op://vault/item/[section/]field``)."""
+    return value.startswith("op://")
+
+
+def check_secret(name: str, value: str) -> None:
+    """The shape rule of secret setting ``name`` (a field of :data:`REFERENCE_SETTINGS`) for its
+    ``value``, set directly or resolved from an ``op://`` reference: the HS256 keys
+    (``jwt_secret``, ``idp_hs256_secret``) at least 32 bytes (RFC 7518 §3.2: as long as the hash
+    output), the master key base64 of 32 bytes (:func:`master_key_bytes`); :class:`ValueError`
+    saying which rule fails, never the value."""
+    if name in HS256_SETTINGS and len(value.encode()) < 32:
+        raise ValueError(f"must be at least 32 bytes long (it is {len(value.encode())})")
+    if name == "master_key":
+        master_key_bytes(value)
+
+
+HS256_SETTINGS = ("jwt_secret", "idp_hs256_secret")
 
 MASTER_KEY_BYTES = 32
 """The master key's length (AES-256, :mod:`opsgate.security.keyring`)."""

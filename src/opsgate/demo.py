@@ -27,7 +27,7 @@ from opsgate.localserver import serve_in_thread
 from opsgate.ledger.verify import format_summary, verify
 from opsgate.operations import OPERATIONS
 from opsgate.operations.io import input_from_file
-from opsgate.security.auth import TokenService
+from opsgate.runtime import Runtime
 from opsgate.security.users import seed_user
 from opsgate.store.db import open_database
 
@@ -39,10 +39,11 @@ def run_demo(settings: Settings, examples: Path, port: int = 0) -> int:
     """Run the demo; returns the process exit code (0 when every call succeeded and the ledger verifies)."""
     engine = open_database(settings)
     role = seed_user(engine, SystemClock(), DEMO_USER)
-    token = TokenService(settings, SystemClock()).issue(DEMO_USER, role)
     bodies = {op_id: _example_body(op_id, examples) for op_id in OPERATIONS}
     server = serve_in_thread(port=port, open_app=partial(open_app, settings))  # a start-up failure raises here
     try:
+        runtime: Runtime = server.app.state.runtime  # type: ignore[attr-defined]  # the FastAPI app open_app built
+        token = runtime.tokens.issue(DEMO_USER, role)  # its key resolved at start-up (an op:// reference)
         rows = asyncio.run(_call_all(server.base_url, token, bodies))
     finally:
         server.stop()

@@ -55,7 +55,7 @@ from opsgate.sandbox.latency import LatencyModel, spending_trace
 from opsgate.sandbox.server import SandboxServer
 from opsgate.security.auth import TokenService
 from opsgate.security.sanitizer import configure_from_settings as configure_sanitizer
-from opsgate.security.secrets import resolve_provider_keys
+from opsgate.security.secrets import has_references, resolve_secrets, secret_problems
 from opsgate.security.service import SecurityServices, build_security
 from opsgate.store.db import open_database
 
@@ -82,7 +82,8 @@ class Services:
 
 @dataclass(frozen=True, slots=True)
 class Runtime(Services):
-    """Everything one gateway process holds open (``settings`` with the provider keys resolved)."""
+    """Everything one gateway process holds open (``settings`` with the provider keys and every
+    ``op://`` reference resolved)."""
 
     session: aiohttp.ClientSession
     router: Router
@@ -104,18 +105,32 @@ class Runtime(Services):
         await self.exits.aclose()
 
 
-def open_services(
-    stack: ExitStack | AsyncExitStack, settings: Settings, clock: Clock, session: aiohttp.ClientSession | None
+async def open_services(
+    stack: ExitStack | AsyncExitStack, settings: Settings, clock: Clock, session: aiohttp.ClientSession | None,
+    *, provider_keys: bool = False,
 ) -> Services:
     """Open the database (migrating it when ``auto_migrate``) and start the ledger writer, both
-    closed by ``stack``; build toggles, rollouts and incidents over them. The rollouts' alert
-    events (``rollout.rolled_back``, ``rollout.escalated``) become monitoring signals here, so a
-    rollback from the CLI, the API or the worker opens the same incident and sends the same
-    notifications. Without ``session`` (a CLI command) the incident notifiers only render: the
-    worker sends the outbox."""
+    closed by ``stack``; read the secrets through the secrets layer
+    (:func:`~opsgate.security.secrets.resolve_secrets`: every ``op://`` reference of a secret
+    setting resolved, and the provider keys with ``provider_keys``; ``ConfigError`` when one
+    cannot be); build toggles, rollouts and incidents over them. ``Services.settings`` holds the
+    resolved values. The rollouts' alert events (``rollout.rolled_back``, ``rollout.escalated``)
+    become monitoring signals here, so a rollback from the CLI, the API or the worker opens the
+    same incident and sends the same notifications. Without ``session`` (a CLI command) the
+    incident notifiers only render: the worker sends the outbox."""
+    engine, ledger = _open_store(stack, settings, clock)
+    settings = await resolve_secrets(settings, ledger, clock, session, provider_keys=provider_keys)
+    return _services(settings, clock, engine, ledger, session)
+
+
+def _open_store(stack: ExitStack | AsyncExitStack, settings: Settings, clock: Clock) -> tuple[Engine, Ledger]:
     engine = open_database(settings)
     stack.callback(engine.dispose)
-    ledger = stack.enter_context(Ledger(engine, clock))
+    return engine, stack.enter_context(Ledger(engine, clock))
+
+
+def _services(settings: Settings, clock: Clock, engine: Engine, ledger: Ledger,
+              session: aiohttp.ClientSession | None) -> Services:
     toggles = ToggleSnapshot(engine, clock)
     rollout = RolloutService(engine, ledger, clock, toggles, Thresholds.from_settings(settings))
     attach_alerting(engine, clock, None, rollout)
@@ -126,16 +141,37 @@ def open_services(
 @contextmanager
 def cli_services(settings: Settings | None = None, clock: Clock | None = None) -> Iterator[Services]:
     """``with cli_services() as services:`` the :class:`Services` of one CLI command, from
-    ``settings`` (default: the environment), closed when the block ends."""
+    ``settings`` (default: the environment), closed when the block ends; as :func:`open_services`
+    (without the provider keys), the ``op://`` references resolved with ``asyncio.run``, so a
+    command whose settings hold one calls it outside an event loop."""
+    settings, clock = settings or Settings(), clock or SystemClock()
     with ExitStack() as stack:
-        yield open_services(stack, settings or Settings(), clock or SystemClock(), None)
+        engine, ledger = _open_store(stack, settings, clock)
+        if settings.references():
+            settings = asyncio.run(resolve_secrets(settings, ledger, clock, None, provider_keys=False))
+        yield _services(settings, clock, engine, ledger, None)
+
+
+def unresolvable_secrets(settings: Settings, clock: Clock | None = None) -> list[str]:
+    """One line per secret of ``settings`` that start-up could not read
+    (:func:`~opsgate.security.secrets.secret_problems`: an ``op://`` reference without Connect or
+    that Connect cannot resolve, a resolved value that breaks its setting's rule), read as
+    start-up reads them, ledgered (actor ``opsgate-cli``) on the database's ledger; ``[]``
+    without opening anything when no secret is a reference. For ``opsgate config check``; call
+    it outside an event loop."""
+    if not has_references(settings):
+        return []
+    clock = clock or SystemClock()
+    with ExitStack() as stack:
+        _, ledger = _open_store(stack, settings, clock)
+        return asyncio.run(secret_problems(settings, ledger, clock, actor="opsgate-cli"))
 
 
 async def start_runtime(settings: Settings, clock: Clock | None = None) -> Runtime:
     """Open every service of a gateway process (see the module docstring); with
     ``settings.sandbox`` the in-process provider sandboxes first. The sanitizer takes its key and
-    phone regions from ``settings``; provider keys are read through the secrets layer (ledgered,
-    ``op://`` references resolved) before the providers are built. Whatever raises half-way, what
+    phone regions from ``settings``; provider keys and every secret setting's ``op://`` reference are
+    read through the secrets layer (ledgered, :func:`open_services`) before anything uses them. Whatever raises half-way, what
     was already open is closed before the error propagates. A routing configuration that cannot
     be served raises :class:`~opsgate.routing.policy.RouteConfigError` before anything is opened;
     the effective routing configuration and its digest are appended to the ledger."""
@@ -162,10 +198,9 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     traces = [spending_trace(clock)] if latency is not None and isinstance(clock, ManualClock) else None
     session = make_session(trace_configs=traces)
     stack.push_async_callback(session.close)
-    shared = open_services(stack, settings, clock, session)
-    engine, ledger, rollout = shared.engine, shared.ledger, shared.rollout
+    shared = await open_services(stack, settings, clock, session, provider_keys=True)
+    settings, engine, ledger, rollout = shared.settings, shared.engine, shared.ledger, shared.rollout
     rollout.variants = variants
-    settings = await resolve_provider_keys(settings, ledger, clock, session)
     router = Router(build_providers(settings, session), clock, observer=observe_attempt,
                     failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,
                     max_cooldown_s=settings.breaker_max_cooldown_s,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Self
 
 import aiohttp
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
 from opsgate.clock import Clock
@@ -207,13 +208,15 @@ async def check_configured(settings: Settings, engine: Engine) -> None:
 
 def anchors_for(settings: Settings, session: aiohttp.ClientSession | None) -> list[Anchor]:
     """The anchors configured in ``settings`` (a directory and/or a Discord webhook; the webhook
-    needs the shared aiohttp ``session``)."""
+    needs the shared aiohttp ``session``; its URL and bot token are read through
+    :meth:`~opsgate.config.Settings.secret`, ``ConfigError`` for an unresolved ``op://``
+    reference)."""
     anchors: list[Anchor] = []
     if settings.ledger_anchor_dir is not None:
         anchors.append(DirectoryAnchor(Path(settings.ledger_anchor_dir)))
-    if settings.ledger_discord_webhook_url is not None and session is not None:
-        anchors.append(DiscordAnchor(settings.ledger_discord_webhook_url, session,
-                                     bot_token=settings.ledger_discord_bot_token))
+    if (webhook := settings.secret("ledger_discord_webhook_url")) is not None and session is not None:
+        bot = settings.secret("ledger_discord_bot_token")
+        anchors.append(DiscordAnchor(SecretStr(webhook), session, bot_token=SecretStr(bot) if bot is not None else None))
     return anchors
 
 

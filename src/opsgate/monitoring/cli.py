@@ -89,7 +89,7 @@ def worker() -> None:
         async with AsyncExitStack() as stack:
             session = make_session()
             stack.push_async_callback(session.close)
-            shared = open_services(stack, Settings(), SystemClock(), session)
+            shared = await open_services(stack, Settings(), SystemClock(), session)
             await Worker(shared.settings, shared.engine, shared.ledger, shared.clock, session,
                          incidents=shared.incidents, rollout=shared.rollout).run(stop)
 

@@ -129,21 +129,21 @@ def _alive(conn: Connection) -> bool:
 
 
 def build_notifiers(settings: Settings, session: aiohttp.ClientSession) -> dict[str, Notifier]:
-    """A notifier for every channel whose settings are complete."""
+    """A notifier for every channel whose settings are complete, its credentials read through
+    :meth:`~opsgate.config.Settings.secret` (``ConfigError`` for an unresolved ``op://``
+    reference)."""
     found: dict[str, Notifier] = {}
-    if settings.discord_webhook_url:
-        found["discord"] = DiscordNotifier(session, settings.discord_webhook_url.get_secret_value())
-    if settings.pagerduty_routing_key:
-        found["pagerduty"] = PagerDutyNotifier(session, settings.pagerduty_url,
-                                               settings.pagerduty_routing_key.get_secret_value())
-    if settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_from:
+    if webhook := settings.secret("discord_webhook_url"):
+        found["discord"] = DiscordNotifier(session, webhook)
+    if routing_key := settings.secret("pagerduty_routing_key"):
+        found["pagerduty"] = PagerDutyNotifier(session, settings.pagerduty_url, routing_key)
+    if settings.twilio_account_sid and (auth_token := settings.secret("twilio_auth_token")) and settings.twilio_from:
         found["sms"] = TwilioSmsNotifier(session, settings.twilio_base_url, settings.twilio_account_sid,
-                                         settings.twilio_auth_token.get_secret_value(), settings.twilio_from)
+                                         auth_token, settings.twilio_from)
     if settings.smtp_host and settings.email_from:
         found["email"] = EmailNotifier(
             settings.smtp_host, settings.smtp_port, settings.email_from, username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            starttls=settings.smtp_starttls)
+            password=settings.secret("smtp_password"), starttls=settings.smtp_starttls)
     return found
 
 

@@ -23,13 +23,17 @@ out = Console()
 @config_app.command("check")
 def check() -> None:
     """Print each operation's effective route (targets, key source, price per MTok in/out and
-    its source, timeouts); exit 1 on any problem (unknown provider, missing key, missing price)."""
+    its source, timeouts); exit 1 on any problem (unknown provider, missing key, missing price,
+    and every ``op://`` reference start-up could not resolve, found by resolving it the way
+    start-up does: :func:`opsgate.runtime.unresolvable_secrets`)."""
+    from opsgate.runtime import unresolvable_secrets
+
     settings = Settings()
     clock = SystemClock()
     book = PriceBook.from_settings(settings, clock.now)
     path = config_path()
     out.print(f"config: {path} ({'read' if path.is_file() else 'absent: built-in defaults'})")
-    problems = config_problems(settings, book, clock.now())
+    problems = config_problems(settings, book, clock.now()) + unresolvable_secrets(settings, clock)
     try:
         views = effective_routes(settings, book, clock.now())
     except RouteConfigError:

@@ -291,7 +291,7 @@ def auth_configured(ctx: Context) -> Result:
             accepted += 1
         except Unauthorized:
             pass
-    secret = s.jwt_secret.get_secret_value() if s.jwt_secret else ""
+    secret = s.secret("jwt_secret") or ""
     problems = ([f"{accepted} forged token(s) accepted"] if accepted else []) + (
         ["OPSGATE_JWT_SECRET unset or shorter than 32 bytes (a local key file is used)"]
         if len(secret.encode()) < 32 else [])

@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 
 from opsgate.clock import Clock
-from opsgate.config import Settings
+from opsgate.config import ConfigError, Settings
 from opsgate.security.claims import check_times
 from opsgate.security.errors import AuthFailure, Unauthorized, jwt_failure
 from opsgate.keyfile import random_key_file
@@ -51,15 +51,16 @@ class Principal:
 
 
 def signing_key(settings: Settings) -> bytes:
-    """The HS256 key: ``OPSGATE_JWT_SECRET`` if set, else a random 256-bit key kept (mode 0600) in
-    ``settings.jwt_secret_file``, created on first use. Raises ``ValueError`` for a key under 32 bytes
-    (RFC 7518 §3.2 requires a key at least as long as the hash output)."""
-    if settings.jwt_secret is not None:
-        key = settings.jwt_secret.get_secret_value().encode()
-    else:
-        key = hold_secret(random_key_file(settings.jwt_secret_file)).encode()
+    """The HS256 key: ``OPSGATE_JWT_SECRET`` if set (:meth:`~opsgate.config.Settings.secret`: its
+    ``op://`` reference resolved, or :class:`ConfigError`; never the reference's text), else a
+    random 256-bit key kept (mode 0600) in ``settings.jwt_secret_file``, created on first use.
+    Raises :class:`ConfigError` for a key under 32 bytes (RFC 7518 §3.2 requires a key at least
+    as long as the hash output)."""
+    secret = settings.secret("jwt_secret")
+    key = (secret if secret is not None else hold_secret(random_key_file(settings.jwt_secret_file))).encode()
     if len(key) < 32:
-        raise ValueError("OPSGATE_JWT_SECRET must be at least 32 bytes long")
+        name = "OPSGATE_JWT_SECRET" if secret is not None else f"{settings.jwt_secret_file} (OPSGATE_JWT_SECRET_FILE)"
+        raise ConfigError(f"{name}: must be at least 32 bytes long (it is {len(key)})")
     return key
 
 

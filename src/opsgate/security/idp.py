@@ -45,7 +45,8 @@ class IdpVerifier:
         self._role_claim = settings.idp_role_claim
         self._skew_s = settings.idp_clock_skew_s
         self._clock = clock
-        self._secret = settings.idp_hs256_secret.get_secret_value().encode() if settings.idp_hs256_secret else None
+        secret = settings.secret("idp_hs256_secret")
+        self._secret = secret.encode() if secret is not None else None
         if self._secret is not None and len(self._secret) < 32:
             raise ValueError("OPSGATE_IDP_HS256_SECRET must be at least 32 bytes long")
         self._algorithm = "HS256" if self._secret is not None else settings.idp_algorithm

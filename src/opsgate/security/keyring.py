@@ -48,14 +48,14 @@ RELOAD_S = 60.0
 
 
 def master_key(settings: Settings) -> bytes:
-    """The 32-byte master key from ``settings.master_key`` (base64) or the existing
-    ``settings.master_key_file``. Raises :class:`KeyRingError` when neither is there (only
-    :func:`provision_master_key` creates the file) or the key is not 32 base64 bytes."""
-    if settings.master_key is not None:
-        raw = settings.master_key.get_secret_value()
-    elif settings.master_key_file.exists():
+    """The 32-byte master key from ``settings.master_key`` (base64; its ``op://`` reference
+    resolved, else :class:`~opsgate.config.ConfigError`: :meth:`~opsgate.config.Settings.secret`)
+    or the existing ``settings.master_key_file``. Raises :class:`KeyRingError` when neither is
+    there (only :func:`provision_master_key` creates the file) or the key is not 32 base64 bytes."""
+    raw = settings.secret("master_key")
+    if raw is None and settings.master_key_file.exists():
         raw = hold_secret(settings.master_key_file.read_text().strip())
-    else:
+    elif raw is None:
         raise KeyRingError(f"no master key: OPSGATE_MASTER_KEY is unset and {settings.master_key_file} does not exist")
     try:
         return master_key_bytes(raw)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import AsyncExitStack
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,8 +30,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 
 from opsgate.clock import Clock
-from opsgate.config import ConfigError, Settings
+from opsgate.config import ConfigError, Settings, check_secret, is_reference
 from opsgate.ledger.writer import Ledger
+from opsgate.providers.http import make_session
 from opsgate.security.errors import SecretNotFound, SecretUnavailable
 from opsgate.security.sanitizer import hold_secret
 from opsgate.security.secrets_connect import ConnectClient, OpReference
@@ -133,7 +135,7 @@ class SecretStore:
         raw = self._env.get(name)
         if not raw:
             return SecretInfo(name, "unset", None)
-        if raw.startswith("op://"):
+        if is_reference(raw):
             await self.get(name, actor=actor, purpose="secrets check")
             updated = self._dates.get(name)
             return SecretInfo(name, raw, self._clock.now() - updated if updated else None)
@@ -143,7 +145,7 @@ class SecretStore:
         raw = self._env.get(name)
         if not raw:
             raise SecretNotFound(f"environment variable {name} is not set")
-        if not raw.startswith("op://"):
+        if not is_reference(raw):
             return raw
         if self._connect is None:
             raise SecretNotFound(f"{name} is a 1Password reference but OP_CONNECT_HOST is not set")
@@ -174,27 +176,78 @@ def connect_from_env(session: aiohttp.ClientSession, env: Mapping[str, str] | No
     return ConnectClient(session, host, hold_secret(token)) if host and token else None
 
 
-async def resolve_provider_keys(
-    settings: Settings, ledger: Ledger, clock: Clock, session: aiohttp.ClientSession
+async def resolve_secrets(
+    settings: Settings, ledger: Ledger, clock: Clock, session: aiohttp.ClientSession | None, *,
+    provider_keys: bool = True,
 ) -> Settings:
-    """``settings`` with each configured provider key -- the built-in providers' and each named
-    endpoint's (``[providers.<name>] api_key_env``) -- read through a :class:`SecretStore`: every
-    read ledgered first (actor ``runtime``, the variable's name as ``secret``), ``op://``
-    references resolved through Connect (``OP_CONNECT_HOST``/``OP_CONNECT_TOKEN``) and held by the
-    sanitizer. Unset keys stay unset. A reference that cannot be resolved (no Connect, unknown
-    vault/item/field, Connect unreachable or refusing) raises :class:`ConfigError`, one line
-    ``<VARIABLE> (environment): <why>``, so start-up ends with it."""
-    env = provider_key_sources(settings)
-    store = SecretStore(ledger, clock, env=env, connect=connect_from_env(session),
-                        ttl_s=settings.secret_cache_ttl_s)
-    keys = {name: await _provider_key(store, name) for name in env}
-    update: dict[str, object] = {name.lower(): SecretStr(keys[name]) for name in PROVIDER_KEYS if name in keys}
-    update["providers"] = {
-        name: config.with_key(keys[config.api_key_env])
-        if config.api_key_env is not None and config.api_key_env in keys else config
-        for name, config in settings.providers.items()
-    }
-    return settings.model_copy(update=update)
+    """``settings`` with its secrets read through one :class:`SecretStore`: every read ledgered
+    first (actor ``runtime``, the variable's name as ``secret``), ``op://`` references resolved
+    through Connect (``OP_CONNECT_HOST``/``OP_CONNECT_TOKEN``, over ``session``, or a session of
+    its own for the reads when None) and held by the sanitizer.
+
+    Read: with ``provider_keys``, each configured provider key -- the built-in providers' and each
+    named endpoint's (``[providers.<name>] api_key_env``) -- whether a value or a reference; and
+    every secret setting of :data:`~opsgate.config.REFERENCE_SETTINGS` (the JWT secret, the IdP's
+    HS256 secret, the master key, the notifiers' and the ledger anchor's credentials) that holds an
+    ``op://`` reference, under its ``OPSGATE_*`` name; its resolved value must pass the setting's
+    shape rule (:func:`~opsgate.config.check_secret`: 32 bytes for an HS256 key, ...). Unset ones
+    stay unset; values set directly are not read again. A reference that cannot be resolved (no
+    Connect, unknown vault/item/field, Connect unreachable or refusing) or resolves to a value
+    that breaks its rule raises :class:`ConfigError`, one line ``<VARIABLE> (environment):
+    <why>; ...`` naming every such setting (:func:`secret_problems`), never a value, so start-up
+    ends with it."""
+    resolved, problems = await _read_secrets(settings, ledger, clock, session, provider_keys, "runtime")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return resolved
+
+
+async def secret_problems(settings: Settings, ledger: Ledger, clock: Clock, *, actor: str) -> list[str]:
+    """What :func:`resolve_secrets` (provider keys included) would refuse start-up for, one line
+    per secret, read the same way (ledgered under ``actor``): ``opsgate config check``."""
+    return (await _read_secrets(settings, ledger, clock, None, True, actor))[1]
+
+
+def has_references(settings: Settings) -> bool:
+    """Some secret of ``settings`` -- a provider key or a :data:`~opsgate.config.REFERENCE_SETTINGS`
+    setting -- is an ``op://`` reference."""
+    return bool(settings.references()) or any(is_reference(v) for v in provider_key_sources(settings).values())
+
+
+async def _read_secrets(settings: Settings, ledger: Ledger, clock: Clock, session: aiohttp.ClientSession | None,
+                        provider_keys: bool, actor: str) -> tuple[Settings, list[str]]:
+    """``(settings resolved, problems)``: see :func:`resolve_secrets`."""
+    env = provider_key_sources(settings) if provider_keys else {}
+    references = {f"OPSGATE_{name.upper()}": (name, raw) for name, raw in settings.references().items()}
+    env.update({variable: raw for variable, (_, raw) in references.items()})
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    async with AsyncExitStack() as stack:
+        if session is None and any(is_reference(raw) for raw in env.values()):
+            session = await stack.enter_async_context(make_session())
+        connect = connect_from_env(session) if session is not None else None
+        store = SecretStore(ledger, clock, env=env, connect=connect, ttl_s=settings.secret_cache_ttl_s)
+        for variable in env:
+            purpose = "settings" if variable in references else "provider client"
+            try:
+                values[variable] = await store.get(variable, actor=actor, purpose=purpose)
+                if variable in references:
+                    check_secret(references[variable][0], values[variable])
+            except (SecretNotFound, SecretUnavailable) as exc:
+                problems.append(f"{variable} (environment): {exc.detail}")
+            except ValueError as exc:
+                problems.append(f"{variable} (environment): its 1Password value {exc}")
+    if problems:
+        return settings, problems
+    update: dict[str, object] = {name.lower(): SecretStr(values[name]) for name in PROVIDER_KEYS if name in values}
+    update.update({name: SecretStr(values[variable]) for variable, (name, _) in references.items()})
+    if provider_keys:
+        update["providers"] = {
+            name: config.with_key(values[config.api_key_env])
+            if config.api_key_env is not None and config.api_key_env in values else config
+            for name, config in settings.providers.items()
+        }
+    return settings.model_copy(update=update), problems
 
 
 def provider_key_names(settings: Settings) -> list[str]:
@@ -214,10 +267,3 @@ def provider_key_sources(settings: Settings) -> dict[str, str]:
         if config.api_key_env is not None and (raw := config.api_key()) is not None:
             env[config.api_key_env] = raw
     return env
-
-
-async def _provider_key(store: SecretStore, name: str) -> str:
-    try:
-        return await store.get(name, actor="runtime", purpose="provider client")
-    except (SecretNotFound, SecretUnavailable) as exc:
-        raise ConfigError(f"{name} (environment): {exc.detail}") from None
