@@ -121,6 +121,13 @@ def _key_ends(raw: bytes) -> int:
     return len(_KEY_END.findall(raw))
 
 
+def nesting_depth(data: Any) -> int:
+    """How deep arrays and objects nest in ``data`` (as orjson or :mod:`json` decode it; a scalar
+    is 0 deep, ``{"a": [1]}`` 2), counted without recursion: for a JSON document read from
+    elsewhere (an invoice export) to follow the :data:`MAX_DEPTH` rule."""
+    return _scan(data)[2]
+
+
 def _scan(data: Any) -> tuple[int, bool, int]:
     """How many keys the objects in ``data`` hold, nested ones included; whether a number in it
     may have been an integer past 64 bits (an int out of range, or a float of at least 2**63,

@@ -19,6 +19,7 @@ from opsgate.metering.invoices import InvoiceFormatError, InvoiceLine, parse_inv
 from opsgate.metering.models import ai_operation_attempts, cost_reconciliations
 from opsgate.metering.prices import PriceTable
 from opsgate.metering.reconcile import reconcile
+from opsgate.monitoring.health import latest_discrepancies
 from opsgate.providers.base import Usage
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "invoices"
@@ -142,3 +143,63 @@ def test_an_export_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) -> No
         parse_invoice("deepseek", latin1)
     result = CliRunner().invoke(costs_app, ["--provider", "deepseek", "--invoice", str(latin1)])
     assert result.exit_code == 2 and result.output.strip().startswith("error: usage.csv is not UTF-8 text")
+
+
+DEEPSEEK_HEADER = "date,model,prompt_cache_hit_tokens,prompt_cache_miss_tokens,completion_tokens,cost_usd,currency\n"
+
+
+def test_a_day_whose_invoice_is_below_zero_is_a_discrepancy_never_over_100_percent(store: Engine) -> None:
+    """Tester-ops F5: an invoice of -5 USD against nothing tracked read accuracy 200 %, exported a
+    discrepancy ratio of -1.0 (the shipped alert rule never fires on it) and resolved the open
+    cost-discrepancy incident. Credits and adjustments are lines of their own (Cloud Billing's
+    cost_type adjustment, rounding_error), so a day can sum below 0: it is compared by magnitude."""
+    day = date(2026, 12, 5)
+    at = datetime.fromisoformat("2026-12-05T10:00:00+00:00")
+    with store.begin() as conn:
+        conn.execute(ai_operation_attempts.insert(), [
+            AttemptCharge(0, "deepseek", "deepseek-chat", None, "ok", REPORTED, Usage(), 1_000).row("req-0", at)])
+    credit = reconcile(store, SystemClock(), "deepseek", "neg.csv", [InvoiceLine(day, "deepseek-flash", Decimal(-5_000_000))])
+    assert [(r.model, r.tracked_micro_usd, r.invoiced_micro_usd, r.difference_micro_usd, r.accuracy_pct, r.discrepant)
+            for r in credit.rows] == [("deepseek-chat", 1_000, 0, -1_000, "0.00", True),
+                                      ("deepseek-flash", 0, -5_000_000, -5_000_000, "0.00", True)]
+    with store.connect() as conn:
+        assert latest_discrepancies(conn) == {"deepseek": Decimal(5_001_000 * 100) / 5_000_000}
+    mixed = reconcile(store, SystemClock(), "deepseek", "mixed.csv",  # a credit smaller than the day's cost
+                      [InvoiceLine(day, "deepseek-chat", Decimal(1_100)), InvoiceLine(day, "deepseek-chat", Decimal(-100))])
+    assert [(r.invoiced_micro_usd, r.accuracy_pct, r.discrepant) for r in mixed.rows] == [(1_000, "100.00", False)]
+
+
+@pytest.mark.parametrize(("cost", "problem"), [
+    ("1e400", "line 2: cost_usd must be a decimal number in ASCII digits 0-9 with an optional '.' (optional "
+              "leading '-'; no spaces, '+', '_' or exponent)"),
+    ("99999999999999999999999999999999.123456789", "line 2: cost_usd must be a decimal number"),
+    ("99999999999999999999999999999999", "big.csv: its amounts add up to more than 1,000,000,000 USD"),
+])
+def test_an_amount_outside_the_number_rules_is_one_line_and_exit_2(tmp_path: Path, cost: str, problem: str) -> None:
+    """Tester-ops F7: 1e400 and a 32-digit amount ended in an OverflowError traceback (SQLite
+    INTEGER); amounts follow the grammar and bound ``opsgate budgets set`` uses."""
+    big = tmp_path / "big.csv"
+    big.write_text(f"{DEEPSEEK_HEADER}2026-12-05,deepseek-flash,0,100,10,{cost},USD\n")
+    with pytest.raises(InvoiceFormatError) as info:
+        parse_invoice("deepseek", big)
+    assert str(info.value).startswith(problem)
+    result = CliRunner().invoke(costs_app, ["--provider", "deepseek", "--invoice", str(big)])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [f"error: {info.value}"]
+
+
+def test_a_json_export_nested_deeper_than_bodies_may_be_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Tester-ops F7: '[' * 100000 ended in a RecursionError traceback; a JSON export follows the
+    nesting rule of every HTTP body (bodies.MAX_DEPTH, 32)."""
+    flood = tmp_path / "flood.json"
+    flood.write_text("[" * 100_000)
+    deep = tmp_path / "deep.json"  # a valid report with an extra field 40 levels deep
+    report = json.loads((VECTORS / FILES["anthropic"]).read_text())
+    report["data"][0]["results"][0]["extra"] = json.loads("[" * 40 + "]" * 40)
+    deep.write_text(json.dumps(report))
+    outputs = []
+    for path in (flood, deep):
+        result = CliRunner().invoke(costs_app, ["--provider", "anthropic", "--invoice", str(path)])
+        assert result.exit_code == 2, result.output
+        outputs.append(result.output.strip())
+    assert outputs[0].startswith("error: not JSON: ") and len(outputs[0].splitlines()) == 1
+    assert outputs[1] == "error: nests arrays and objects more than 32 levels deep"

@@ -21,27 +21,41 @@
   written with spaces (``gemini-2.0-flash`` -> ``gemini 2.0 flash``), appears in the SKU
   description (the longest such name wins); unmatched SKUs keep their description as the model.
 
-Costs are exact Decimal micro-USD; lines of the same (day, model) are summed by the caller.
+Costs are exact Decimal micro-USD; lines of the same (day, model) are summed by the caller. An
+amount is read with the one number grammar people's numbers follow (:func:`opsgate.numbers.parse_decimal`,
+as ``opsgate budgets set`` reads a limit: ASCII digits, an optional ``.`` and leading ``-``; no
+exponent, ``NaN`` or ``Infinity``, at most 40 characters); a negative amount is a credit or an
+adjustment line (Cloud Billing's ``cost_type`` ``adjustment`` or ``rounding_error``). The amounts of
+one file add up, in magnitude, to at most :data:`~opsgate.metering.budgets.MAX_LIMIT_USD` USD (a
+budget's largest limit), so every sum stays far inside the 64-bit integer columns. A JSON export
+nests at most :data:`~opsgate.bodies.MAX_DEPTH` levels, the rule every HTTP body follows. Each
+refusal is an :class:`InvoiceFormatError` naming the line (CSV) or item (JSON) and the field.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from opsgate.bodies import MAX_DEPTH, nesting_depth
+from opsgate.metering.budgets import MAX_LIMIT_USD
 from opsgate.metering.prices import PriceTable
+from opsgate.numbers import parse_decimal
 
 PROVIDERS = ("anthropic", "deepseek", "gemini")
 GEMINI_SERVICES = frozenset({"gemini api", "generative language api"})
 MICRO_PER_CENT = Decimal(10_000)
 MICRO_PER_USD = Decimal(1_000_000)
+MAX_TOTAL_MICRO_USD = MAX_LIMIT_USD * MICRO_PER_USD
+"""The most one export's amounts may add up to, in magnitude (micro-USD)."""
 
 
 class InvoiceFormatError(ValueError):
@@ -60,36 +74,45 @@ class InvoiceLine:
 def parse_invoice(provider: str, path: Path, prices: PriceTable | None = None) -> list[InvoiceLine]:
     """Read ``path`` as ``provider``'s export (see the module doc). Raises
     :class:`InvoiceFormatError` for an unknown provider or a malformed file (one that is not
-    UTF-8 text included: the providers export UTF-8, a BOM allowed)."""
+    UTF-8 text or cannot be read included: the providers export UTF-8, a BOM allowed)."""
     try:
         text = path.read_text("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvoiceFormatError(f"{path.name} is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    except OSError as exc:
+        raise InvoiceFormatError(f"{path.name} cannot be read: {exc.strerror or type(exc).__name__}") from None
     if provider == "anthropic":
-        return parse_anthropic_cost_report(text)
-    if provider == "deepseek":
-        return parse_deepseek_usage_csv(text)
-    if provider == "gemini":
-        return parse_gcp_billing_csv(text, (prices or PriceTable.load()).prices)
-    raise InvoiceFormatError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+        lines = parse_anthropic_cost_report(text)
+    elif provider == "deepseek":
+        lines = parse_deepseek_usage_csv(text)
+    elif provider == "gemini":
+        lines = parse_gcp_billing_csv(text, (prices or PriceTable.load()).prices)
+    else:
+        raise InvoiceFormatError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+    if sum(abs(line.cost_micro_usd) for line in lines) > MAX_TOTAL_MICRO_USD:
+        raise InvoiceFormatError(f"{path.name}: its amounts add up to more than {MAX_LIMIT_USD:,} USD")
+    return lines
 
 
 def parse_anthropic_cost_report(text: str) -> list[InvoiceLine]:
     """Lines from a cost report page (or a list of pages); ``amount`` is in cents."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+        doc = orjson.loads(text)  # no recursion in Python, whatever the nesting
+    except orjson.JSONDecodeError as exc:
         raise InvoiceFormatError(f"not JSON: {exc}") from None
+    if nesting_depth(doc) > MAX_DEPTH:
+        raise InvoiceFormatError(f"nests arrays and objects more than {MAX_DEPTH} levels deep")
     pages = doc if isinstance(doc, list) else [doc]
     lines = []
-    for page in pages:
-        for bucket in _field(page, "data", list):
+    for p, page in enumerate(pages):
+        for b, bucket in enumerate(_field(page, "data", list)):
             day = _utc_day(_field(bucket, "starting_at", str))
-            for item in _field(bucket, "results", list):
+            for r, item in enumerate(_field(bucket, "results", list)):
                 if not item.get("model"):
                     continue
                 _require_usd(item.get("currency", "USD"))
-                cents = _decimal(_field(item, "amount", str), "amount")
+                where = f"{'' if page is doc else f'page {p} '}data[{b}].results[{r}]"
+                cents = _decimal(_field(item, "amount", str), "amount", where)
                 lines.append(InvoiceLine(day, item["model"], cents * MICRO_PER_CENT))
     return lines
 
@@ -99,10 +122,11 @@ def parse_deepseek_usage_csv(text: str) -> list[InvoiceLine]:
     rows = _csv(text, ("date", "model", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens",
                        "completion_tokens", "cost_usd"))
     lines = []
-    for row in rows:
+    for number, row in rows:
         _require_usd(row.get("currency") or "USD")
         day = _utc_day(row["date"])
-        lines.append(InvoiceLine(day, row["model"], _decimal(row["cost_usd"], "cost_usd") * MICRO_PER_USD))
+        cost = _decimal(row["cost_usd"], "cost_usd", f"line {number}")
+        lines.append(InvoiceLine(day, row["model"], cost * MICRO_PER_USD))
     return lines
 
 
@@ -113,23 +137,25 @@ def parse_gcp_billing_csv(text: str, known_models: Iterable[str]) -> list[Invoic
     phrases = sorted(((m.replace("-", " ").lower(), m) for m in known_models if m.startswith("gemini")),
                      key=lambda p: -len(p[0]))
     lines = []
-    for row in rows:
+    for number, row in rows:
         if row["service.description"].strip().lower() not in GEMINI_SERVICES:
             continue
         _require_usd(row["currency"])
         sku = row["sku.description"].strip()
         model = next((m for phrase, m in phrases if phrase in sku.lower()), sku)
         day = _utc_day(row["usage_start_time"])
-        lines.append(InvoiceLine(day, model, _decimal(row["cost"], "cost") * MICRO_PER_USD))
+        lines.append(InvoiceLine(day, model, _decimal(row["cost"], "cost", f"line {number}") * MICRO_PER_USD))
     return lines
 
 
-def _csv(text: str, required: tuple[str, ...]) -> list[dict[str, str]]:
+def _csv(text: str, required: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` of each CSV record (the number of the line it ends on, 1-based,
+    the header being line 1)."""
     reader = csv.DictReader(io.StringIO(text))
     missing = [c for c in required if c not in (reader.fieldnames or [])]
     if missing:
         raise InvoiceFormatError(f"missing column(s): {', '.join(missing)}")
-    return list(reader)
+    return [(reader.line_num, row) for row in reader]
 
 
 def _field(obj: Any, name: str, kind: type) -> Any:
@@ -138,14 +164,13 @@ def _field(obj: Any, name: str, kind: type) -> Any:
     return obj[name]
 
 
-def _decimal(value: str, name: str) -> Decimal:
+def _decimal(value: str | None, name: str, where: str) -> Decimal:
+    """``value`` (field ``name`` at ``where``) under :func:`~opsgate.numbers.parse_decimal`'s
+    grammar, surrounding spaces allowed (a CSV cell may pad them)."""
     try:
-        number = Decimal(value.strip())
-    except (InvalidOperation, AttributeError):
-        raise InvoiceFormatError(f"{name} is not a decimal: {value!r}") from None
-    if not number.is_finite():
-        raise InvoiceFormatError(f"{name} is not finite: {value!r}")
-    return number
+        return parse_decimal((value or "").strip())
+    except ValueError as exc:
+        raise InvoiceFormatError(f"{where}: {name} {exc}") from None
 
 
 def _utc_day(value: str) -> date:

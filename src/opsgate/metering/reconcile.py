@@ -12,10 +12,14 @@ cases the invoice shows was billed, i.e. ``invoiced - reported`` clamped to ``[0
 the usage of a timed-out or cut request is unknown, its worst case is only a bound, and the
 invoice is what reveals it; such a request can therefore hide a discrepancy no larger than its
 bound), ``invoiced`` (sum of the export's lines, rounded once, half up, to micro-USD),
-``difference = invoiced - tracked`` and ``accuracy = 100 - |difference| / invoiced × 100`` (two
-decimals, half up, at least 0; 100.00 when both are 0, 0.00 when only the invoice is 0). A row whose
-``|difference|`` is above :data:`THRESHOLD_PCT` of ``invoiced`` (or any tracked spend against a
-zero invoice) is a discrepancy. Every row is stored in ``cost_reconciliations`` under one run id.
+``difference = invoiced - tracked`` and ``accuracy = 100 - |difference| / |invoiced| × 100`` (two
+decimals, half up, from 0 to 100; 100.00 when both are 0, 0.00 when only the invoice is 0). A row whose
+``|difference|`` is above :data:`THRESHOLD_PCT` of ``|invoiced|`` (or any tracked spend against a
+zero invoice) is a discrepancy. ``invoiced`` is below 0 only when an export's credit or adjustment
+lines (Cloud Billing's ``cost_type`` ``adjustment``, ``rounding_error``) outweigh its costs that
+day; against it, tracked spend (never below 0) is off by more than the invoice's size, so such a
+row is always a discrepancy, never an accuracy above 100 %. Every row is stored in
+``cost_reconciliations`` under one run id.
 """
 
 from __future__ import annotations
@@ -114,12 +118,13 @@ def _row(day: date, model: str, reported: int, estimated: int, invoiced_exact: D
     invoiced = int(invoiced_exact.to_integral_value(rounding=ROUND_HALF_UP))
     tracked = reported + min(max(invoiced - reported, 0), estimated)
     difference = invoiced - tracked
-    if invoiced == 0:
+    scale = abs(invoiced)  # a credit can leave a day's invoice below 0: the ratio stays a magnitude
+    if scale == 0:
         accuracy = Decimal(100) if tracked == 0 else Decimal(0)
     else:
-        accuracy = max(Decimal(0), 100 - Decimal(abs(difference)) * 100 / invoiced)
+        accuracy = max(Decimal(0), 100 - Decimal(abs(difference)) * 100 / scale)
     accuracy = accuracy.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-    discrepant = abs(difference) * 100 > THRESHOLD_PCT * invoiced if invoiced else tracked > 0
+    discrepant = abs(difference) * 100 > THRESHOLD_PCT * scale if scale else tracked > 0
     return ReconciledRow(day, model, tracked, invoiced, difference, f"{accuracy:.2f}", discrepant)
 
 

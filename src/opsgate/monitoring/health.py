@@ -6,7 +6,7 @@ Over a window ending now (default 1 h, setting ``health_window_s``), for one ope
 - ``averageLatency``, ``p95Latency``, ``p99Latency``: end-to-end ``latency_ms``; percentiles are
   exact nearest-rank values over every row (the smallest value with at least p % of rows at or
   below it), not estimates;
-- ``costAccuracy``: 100 − the largest provider discrepancy (Σ|difference| / Σ invoiced × 100 over
+- ``costAccuracy``: 100 − the largest provider discrepancy (Σ|difference| / Σ|invoiced| × 100 over
   that provider's latest reconciliation run, ``cost_reconciliations``), ``None`` before any run;
 - ``budgetEnforcement``: False when a budget enforcement failure was signalled in the window;
 - ``providerAvailability``: per provider, ``available`` (no serving instance reports its circuit
@@ -127,8 +127,9 @@ def _providers(rows: Sequence[Row[*tuple[Any, ...]]], unavailable: set[str]) -> 
 
 
 def latest_discrepancies(conn: Connection) -> dict[str, Decimal]:
-    """Per provider, Σ|difference| / Σ invoiced × 100 over its latest reconciliation run
-    (100 when only tracked spend exists)."""
+    """Per provider, Σ|difference| / Σ|invoiced| × 100 over its latest reconciliation run
+    (100 when only tracked spend exists): never below 0, whatever the sign of an invoiced row
+    (:mod:`opsgate.metering.reconcile`)."""
     rec = cost_reconciliations.c
     latest = (select(rec.provider, func.max(rec.created_at).label("at"))
               .group_by(rec.provider).subquery())
@@ -139,7 +140,7 @@ def latest_discrepancies(conn: Connection) -> dict[str, Decimal]:
     invoiced: dict[str, int] = defaultdict(int)
     for provider, _run, difference, inv, _at in rows:
         diff[provider] += abs(difference)
-        invoiced[provider] += inv
+        invoiced[provider] += abs(inv)
     return {p: (Decimal(diff[p] * 100) / invoiced[p]) if invoiced[p] else Decimal(100 if diff[p] else 0)
             for p in diff}
 

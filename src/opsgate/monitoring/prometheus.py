@@ -41,7 +41,7 @@ Read from the database at scrape time (the same for every replica; rules take ``
   per budget without room; ``scope`` is the budget's kind (``global``, ``user``, ``operation``,
   ``user_operation``, ``shadow``), never a user id or operation name, so the series stay 10;
 - ``opsgate_cost_discrepancy_ratio{provider}``: the latest invoice reconciliation's
-  Σ|difference| / Σ invoiced (0.01 = 1 %);
+  Σ|difference| / Σ|invoiced| (0.01 = 1 %; never below 0);
 - ``opsgate_incidents{state,severity}`` (open and acknowledged), ``opsgate_rollout_percentage
   {operation}`` (the toggle's share) and ``opsgate_rollout_candidate_percentage{operation}`` (a
   variant rollout's candidate's share, 0 without one), ``opsgate_budget_limit_micro_usd`` / ``opsgate_budget_spent_micro_usd`` /
@@ -204,7 +204,7 @@ def _alerting_families(conn: Connection) -> list[Metric]:
     enforcement = CounterMetricFamily("opsgate_budget_enforcement_failures",
                                       "Budget enforcement failures signalled by metering", value=failures)
     discrepancy = GaugeMetricFamily("opsgate_cost_discrepancy_ratio",
-                                    "Latest invoice reconciliation: sum |difference| / sum invoiced",
+                                    "Latest invoice reconciliation: sum |difference| / sum |invoiced|",
                                     labels=["provider"])
     for provider, pct in sorted(latest_discrepancies(conn).items()):
         discrepancy.add_metric([provider], float(pct / 100))
