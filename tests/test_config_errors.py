@@ -48,8 +48,16 @@ def _not_utf8(tmp_path: Path) -> str:
     return str(path)
 
 
+def _too_deep(tmp_path: Path) -> str:
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "[" * 100_000)  # tomllib recurses per level: RecursionError (tester-ops F8's kind)
+    return str(path)
+
+
 CASES = [
     # (environment, command, the one line expected on stderr)
+    (lambda t: {"OPSGATE_CONFIG": _too_deep(t)}, ["config", "check"],
+     lambda t: f"error: {t / 'deep.toml'} (OPSGATE_CONFIG) nests arrays and tables too deep to read"),
     (lambda t: {"OPSGATE_CONFIG": _not_utf8(t)}, ["toggles", "list"],
      lambda t: f"error: {t / 'bad.toml'} (OPSGATE_CONFIG) is not UTF-8 text: byte 0xff at offset 0"),
     (lambda t: {"OPSGATE_CONFIG": str(t / "nonexistent.toml")}, ["toggles", "list"],

@@ -520,6 +520,8 @@ class Settings(BaseSettings):
         except UnicodeDecodeError as exc:
             raise ConfigFileError(f"{where} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} "
                                   f"at offset {exc.start}") from None
+        except RecursionError:  # tomllib recurses per nested array or table
+            raise ConfigFileError(f"{where} nests arrays and tables too deep to read") from None
         except OSError as exc:
             raise ConfigFileError(f"{where} cannot be read: {exc.strerror or type(exc).__name__}") from None
         return (init_settings, env_settings, toml)

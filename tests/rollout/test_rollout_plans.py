@@ -51,3 +51,34 @@ def test_plan_files_get_the_same_check(tmp_path: Path) -> None:
             load_plan(tmp_path / name)
         messages.append(str(refused.value))
     assert messages == ["stages[0].seconds must be an integer number of seconds", f"observation_s {TOO_LONG}"]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("bad.json", b"\xff\xfe", "bad.json is not UTF-8 text (byte 0 cannot be decoded)"),
+    ("flood.json", b"[" * 100_000, "flood.json is not valid json: "),
+    ("deep.json", b'{"stages": ' + b"[" * 40 + b"]" * 40 + b"}", "deep.json nests arrays and tables more than 32 levels deep"),
+    ("deep.toml", b"stages = " + b"[" * 100_000, "deep.toml nests arrays and tables more than 32 levels deep"),
+])
+def test_a_plan_file_that_cannot_be_read_is_one_invalid_plan(tmp_path: Path, name: str, content: bytes,
+                                                              message: str) -> None:
+    """Tester-ops F8: non-UTF-8 bytes were a UnicodeDecodeError traceback; a JSON or TOML plan
+    nested past Python's recursion limit was a RecursionError traceback."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InvalidPlan) as refused:
+        load_plan(tmp_path / name)
+    assert str(refused.value).startswith(message)
+
+
+def test_opsgate_rollout_start_with_a_non_utf8_plan_is_one_line_and_exit_2(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from opsgate.cli import app
+
+    (tmp_path / "plan.json").write_bytes(b"\xff\xfe")
+    monkeypatch.setenv("OPSGATE_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("OPSGATE_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    result = CliRunner().invoke(app, ["rollout", "start", "email-compose", "--plan", str(tmp_path / "plan.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: invalid_input: plan.json is not UTF-8 text (byte 0 cannot be decoded)"

@@ -10,11 +10,13 @@ e.g. 0.5). The API's ``plan`` and the CLI's plan files both go through :func:`pa
 from __future__ import annotations
 
 import itertools
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from opsgate.bodies import MAX_DEPTH, nesting_depth
 from opsgate.rollout.controller import Plan, Stage
 from opsgate.rollout.errors import InvalidPlan
 
@@ -40,12 +42,24 @@ def parse_plan(data: dict[str, Any]) -> Plan:
 
 
 def load_plan(path: Path) -> Plan:
-    """Read a plan file: ``.toml`` as TOML, anything else as JSON."""
-    text = path.read_text(encoding="utf-8")
+    """Read a plan file: ``.toml`` as TOML, anything else as JSON (orjson, nesting at most
+    :data:`~opsgate.bodies.MAX_DEPTH` levels, the rule of every HTTP body). :class:`InvalidPlan`
+    when the file cannot be read, is not UTF-8 text, is not valid TOML/JSON or nests deeper."""
+    kind = path.suffix.lstrip(".") or "JSON"
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidPlan(f"{path.name} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPlan(f"{path.name} is not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    except OSError as exc:
+        raise InvalidPlan(f"{path.name} cannot be read: {exc.strerror or type(exc).__name__}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else orjson.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise InvalidPlan(f"{path.name} is not valid {kind}: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array or table
+        raise InvalidPlan(f"{path.name} nests arrays and tables more than {MAX_DEPTH} levels deep") from None
+    if nesting_depth(data) > MAX_DEPTH:
+        raise InvalidPlan(f"{path.name} nests arrays and tables more than {MAX_DEPTH} levels deep")
     if not isinstance(data, dict):
         raise InvalidPlan("a plan is an object with a stages list")
     return parse_plan(data)
