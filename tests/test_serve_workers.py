@@ -48,3 +48,75 @@ def test_workers_whose_cold_start_outlasts_uvicorns_default_healthcheck_serve(tm
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=60)
     assert status == 200, output
+
+
+class _FakeProcess:
+    """A uvicorn worker process stand-in: ``alive`` answers the ping or not."""
+
+    started: list[int] = []
+
+    def __init__(self, *_args: object, pid: int = 0, alive: bool = True) -> None:
+        self.pid, self.alive, self.exitcode = pid or 200 + len(_FakeProcess.started), alive, None
+
+    def is_alive(self, timeout: float) -> bool:
+        return self.alive
+
+    def kill(self) -> None:
+        self.alive = False
+
+    def join(self) -> None:
+        self.exitcode = -9
+
+    def start(self) -> None:
+        _FakeProcess.started.append(self.pid)
+
+
+def test_a_worker_replaced_by_the_supervisor_is_logged_at_warning(monkeypatch, caplog) -> None:
+    """Tester-ops F6: uvicorn logs a replaced worker ("Child process [...] died") at info, below
+    serve's warning level, so workers killed and restarted forever left an empty log."""
+    import logging
+
+    import uvicorn
+    import uvicorn.supervisors.multiprocess as multiprocess
+
+    from opsgate.localserver import _Supervisor
+
+    monkeypatch.setattr(multiprocess.signal, "signal", lambda *_args: None)  # keep pytest's handlers
+    monkeypatch.setattr(multiprocess, "Process", _FakeProcess)
+    supervisor = _Supervisor(uvicorn.Config("opsgate.app:create_app", factory=True, workers=2,
+                                            timeout_worker_healthcheck=7), sockets=[])
+    supervisor.processes = [_FakeProcess(pid=101), _FakeProcess(pid=102, alive=False)]
+    with caplog.at_level(logging.WARNING, logger="opsgate"):
+        supervisor.keep_subprocess_alive()
+    replaced = supervisor.processes[1].pid
+    assert [r.getMessage() for r in caplog.records if r.name == "opsgate"] == [
+        f"worker process 102 died or did not answer the health check within 7 s; started worker process "
+        f"{replaced} in its place (opsgate serve --worker-healthcheck-s)"]
+    assert supervisor.processes[0].pid == 101 and replaced != 102
+
+
+def test_worker_healthcheck_s_reaches_uvicorns_supervisor(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import opsgate.localserver as localserver
+    from opsgate.cli import app
+
+    seen: list[int] = []
+
+    class Recording:
+        def __init__(self, config, sockets) -> None:  # type: ignore[no-untyped-def]
+            seen.append(config.timeout_worker_healthcheck)
+            self.processes: list[object] = []
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(localserver, "_Supervisor", Recording)
+    (tmp_path / "empty.toml").write_text("")
+    env = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "OPSGATE_CONFIG": str(tmp_path / "empty.toml")}
+    for extra in ([], ["--worker-healthcheck-s", "90"]):
+        result = CliRunner().invoke(app, ["serve", "--port", "0", "--workers", "2", *extra], env=env)
+        assert result.exit_code == 0, result.output
+    assert seen == [60, 90]
+    refused = CliRunner().invoke(app, ["serve", "--workers", "2", "--worker-healthcheck-s", "0"], env=env)
+    assert refused.exit_code == 2

@@ -173,6 +173,10 @@ def serve(
         False, "--per-worker-limits",
         help="With --workers N and no OPSGATE_REDIS_URL: accept that every worker counts the rate "
              "limits on its own (each limit is multiplied by N)."),
+    worker_healthcheck_s: int = typer.Option(
+        None, "--worker-healthcheck-s", parser=cli_int(1), show_default=False,
+        help="With --workers N: seconds a worker may take to answer the supervisor's ping (its cold "
+             "start included) before it is killed and replaced [default: 60]."),
 ) -> None:
     """Run the HTTP API (OpenAPI at /docs). With ``--workers N`` each worker is a full replica
     (own event loop, ledger writer and provider session) over the same database: worth it on
@@ -187,7 +191,7 @@ def serve(
     uvicorn's worker processes would each log their own traceback."""
     from opsgate.app import open_app
     from opsgate.localserver import serve as serve_app
-    from opsgate.localserver import serve_workers
+    from opsgate.localserver import WORKER_HEALTHCHECK_S, serve_workers
 
     if workers == 1:
         settings = _settings(sandbox, faults)
@@ -202,7 +206,7 @@ def serve(
               "set OPSGATE_REDIS_URL or pass --per-worker-limits")
     sock = _listen(host, port)
     asyncio.run(_start_and_close(settings))
-    if failed := serve_workers("opsgate.app:create_app", sock, workers):
+    if failed := serve_workers("opsgate.app:create_app", sock, workers, worker_healthcheck_s or WORKER_HEALTHCHECK_S):
         fail(f"worker process {', '.join(map(str, failed))} failed to start (its error is above)")
 
 

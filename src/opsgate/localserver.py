@@ -13,6 +13,7 @@ and in the thread, only "the local server did not start".
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -89,21 +90,40 @@ def serve(open_app: Opener, sock: socket.socket,
 
 
 WORKER_HEALTHCHECK_S = 60
-"""How long uvicorn's supervisor waits for a worker process to answer its ping before it kills
-and replaces it (uvicorn's default is 5 s). A worker answers only once its interpreter has
-imported the gateway: ``import opsgate.cli`` took 8.6 s at load 9 on a 2-core machine, and with
-5 s every worker was killed before it could serve, again and again."""
+"""How long uvicorn's supervisor waits by default for a worker process to answer its ping before
+it kills and replaces it (uvicorn's default is 5 s; ``opsgate serve --worker-healthcheck-s``). A
+worker answers only once its interpreter has imported the gateway: ``import opsgate.cli`` took
+8.6 s at load 9 on a 2-core machine, and with 5 s every worker was killed before it could serve,
+again and again."""
+
+log = logging.getLogger("opsgate")
 
 
-def serve_workers(factory: str, sock: socket.socket, workers: int) -> list[int]:
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, saying at warning level (the level ``opsgate serve`` logs at) when it
+    replaces a worker: uvicorn logs "Child process [...] died" at info, which was hidden, so
+    workers killed and restarted forever left an empty log (tester-ops F6)."""
+
+    def keep_subprocess_alive(self) -> None:
+        before = [process.pid for process in self.processes]
+        super().keep_subprocess_alive()
+        for old, process in zip(before, self.processes, strict=True):
+            if process.pid != old:
+                log.warning("worker process %s died or did not answer the health check within %d s; "
+                            "started worker process %s in its place (opsgate serve --worker-healthcheck-s)",
+                            old, self.config.timeout_worker_healthcheck, process.pid)
+
+
+def serve_workers(factory: str, sock: socket.socket, workers: int,
+                  healthcheck_s: int = WORKER_HEALTHCHECK_S) -> list[int]:
     """Serve the app that ``factory`` (``"module:function"``) builds in each of ``workers``
     uvicorn worker processes sharing the bound ``sock`` (uvicorn's supervisor: a worker that dies
-    or does not answer within :data:`WORKER_HEALTHCHECK_S` is replaced; SIGINT/SIGTERM stop them
-    all), until they stop. Returns the process ids of the workers that failed to start (exit
-    status 3, uvicorn's start-up failure, which also stops the others); each logged its own
-    error."""
-    supervisor = Multiprocess(uvicorn.Config(factory, factory=True, workers=workers, log_level="warning",
-                                             timeout_worker_healthcheck=WORKER_HEALTHCHECK_S), sockets=[sock])
+    or does not answer its ping within ``healthcheck_s`` seconds is replaced, with a warning
+    logged; SIGINT/SIGTERM stop them all), until they stop. Returns the process ids of the
+    workers that failed to start (exit status 3, uvicorn's start-up failure, which also stops the
+    others); each logged its own error."""
+    supervisor = _Supervisor(uvicorn.Config(factory, factory=True, workers=workers, log_level="warning",
+                                            timeout_worker_healthcheck=healthcheck_s), sockets=[sock])
     supervisor.run()
     return [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE and p.pid is not None]
 
