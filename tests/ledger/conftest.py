@@ -63,16 +63,22 @@ def ledger(engine: Engine, clock: ManualClock) -> Iterator[Ledger]:
 
 
 @pytest.fixture
-def anchored_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """``OPSGATE_*`` of a SQLite ledger file with 8 intents, checkpoints signed at 4 and 8 entries
-    and both anchored in a directory (``tmp_path / "anchors"``); it verifies."""
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """``OPSGATE_*`` of a migrated, empty SQLite ledger file, its signing key file and an anchor
+    directory in ``tmp_path`` (``ledger.db``, ``ledger.key``, ``anchors``), set in the environment."""
     env = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
            "OPSGATE_LEDGER_SIGNING_KEY_FILE": str(tmp_path / "ledger.key"),
            "OPSGATE_LEDGER_ANCHOR_DIR": str(tmp_path / "anchors")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     upgrade(env["OPSGATE_DATABASE_URL"])
-    settings = Settings()
+    return Settings()
+
+
+@pytest.fixture
+def anchored_settings(settings: Settings) -> Settings:
+    """:func:`settings` with 8 intents, checkpoints signed at 4 and 8 entries and both anchored in
+    the directory; it verifies."""
     engine = make_engine(settings.database_url)
     clock = ManualClock()
     checkpointer = Checkpointer(engine, signer_for(settings, create=True), settings.ledger_origin,

@@ -25,19 +25,8 @@ from opsgate.ledger.service import latest_checkpoint
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.rules import LEDGER, RuleConfig, evaluate
 from opsgate.runtime import cli_services
-from opsgate.store.db import make_engine, upgrade
+from opsgate.store.db import make_engine
 from opsgate.store.models import ledger_entries
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    env = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
-           "OPSGATE_LEDGER_SIGNING_KEY_FILE": str(tmp_path / "ledger.key"),
-           "OPSGATE_LEDGER_ANCHOR_DIR": str(tmp_path / "anchors")}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    upgrade(env["OPSGATE_DATABASE_URL"])
-    return Settings()
 
 
 def grow(settings: Settings, clock: ManualClock, entries: int) -> None:

@@ -8,18 +8,14 @@ import asyncio
 
 import pytest
 from sqlalchemy import delete, insert, select
-from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env, cycle
+from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env, anchored_worker, cycle
 
-from opsgate.ledger.anchors import DirectoryAnchor, publish
 from opsgate.ledger.guards import drop_triggers
 from opsgate.ledger.models import ledger_checkpoints
-from opsgate.ledger.scheduled import signer_for
-from opsgate.ledger.service import create_checkpoint
 from opsgate.monitoring.models import outbox, signals
 from opsgate.monitoring.notifiers import Notification
 from opsgate.monitoring.outbox import outbox_rows
 from opsgate.monitoring.rules import Finding, Severity
-from opsgate.monitoring.worker import Worker
 from opsgate.store.models import ledger_entries
 
 
@@ -100,14 +96,7 @@ async def test_acknowledgement_cancels_escalations_queued_for_retry(env: Env) ->
 
 
 async def test_periodic_ledger_check_sees_a_database_rolled_back_below_its_anchor(env: Env, tmp_path) -> None:
-    settings = env.settings.model_copy(update={
-        "ledger_signing_key_file": tmp_path / "ledger.key", "ledger_anchor_dir": tmp_path / "anchors"})
-    signer = signer_for(settings, create=True)
-    for i in range(6):
-        env.ledger.append_sync("intent", {"request_id": f"req-{i}", "user_id": "alice"})
-    assert create_checkpoint(env.engine, signer, settings.ledger_origin, env.clock) is not None
-    assert await publish(env.engine, DirectoryAnchor(tmp_path / "anchors"), env.clock) == 6
-    worker = Worker(settings, env.engine, env.ledger, env.clock, env.session, worker_id="w1")
+    worker = await anchored_worker(env, tmp_path)
     assert worker.verify_ledger() is True
     with env.engine.begin() as conn:  # what restoring an older backup leaves behind
         drop_triggers(conn)

@@ -13,29 +13,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.monitoring.worker_env import Env
+from tests.monitoring.worker_env import Env, anchored_worker
 
-from opsgate.ledger.anchors import DirectoryAnchor, publish
-from opsgate.ledger.scheduled import signer_for
-from opsgate.ledger.service import create_checkpoint
 from opsgate.monitoring import worker as worker_module
 from opsgate.monitoring.models import signals
-from opsgate.monitoring.worker import Worker
 from opsgate.security.logging import configure_logging
 
 KEY = "sk-ant-api03-" + secrets.token_urlsafe(40)
-
-
-async def anchored_worker(env: Env, tmp_path: Path) -> Worker:
-    """A worker over 6 entries with a signed checkpoint anchored in a directory."""
-    settings = env.settings.model_copy(update={
-        "ledger_signing_key_file": tmp_path / "ledger.key", "ledger_anchor_dir": tmp_path / "anchors"})
-    signer = signer_for(settings, create=True)
-    for i in range(6):
-        env.ledger.append_sync("intent", {"request_id": f"req-{i}", "user_id": "alice"})
-    assert create_checkpoint(env.engine, signer, settings.ledger_origin, env.clock) is not None
-    assert await publish(env.engine, DirectoryAnchor(tmp_path / "anchors"), env.clock) == 6
-    return Worker(settings, env.engine, env.ledger, env.clock, env.session, worker_id="w1")
 
 
 def ledger_signals(env: Env) -> list[tuple[bool, str]]:

@@ -5,6 +5,7 @@ Discord and PagerDuty paths. The ``env`` fixture that builds it is in ``conftest
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from sqlalchemy import Engine
@@ -12,6 +13,9 @@ from tests.monitoring.monitoring_receivers import HttpReceiver, SmtpReceiver
 
 from opsgate.clock import ManualClock
 from opsgate.config import Settings
+from opsgate.ledger.anchors import DirectoryAnchor, publish
+from opsgate.ledger.scheduled import signer_for
+from opsgate.ledger.service import create_checkpoint
 from opsgate.ledger.writer import Ledger
 from opsgate.monitoring.worker import Worker
 
@@ -46,3 +50,15 @@ async def cycle(worker: Worker) -> bool:
     leads = await worker.tick()
     await worker.deliver()
     return leads
+
+
+async def anchored_worker(env: Env, tmp_path: Path) -> Worker:
+    """A worker over 6 entries with a signed checkpoint anchored in a directory."""
+    settings = env.settings.model_copy(update={
+        "ledger_signing_key_file": tmp_path / "ledger.key", "ledger_anchor_dir": tmp_path / "anchors"})
+    signer = signer_for(settings, create=True)
+    for i in range(6):
+        env.ledger.append_sync("intent", {"request_id": f"req-{i}", "user_id": "alice"})
+    assert create_checkpoint(env.engine, signer, settings.ledger_origin, env.clock) is not None
+    assert await publish(env.engine, DirectoryAnchor(tmp_path / "anchors"), env.clock) == 6
+    return Worker(settings, env.engine, env.ledger, env.clock, env.session, worker_id="w1")
