@@ -170,8 +170,10 @@ def test_a_day_whose_invoice_is_below_zero_is_a_discrepancy_never_over_100_perce
 
 
 @pytest.mark.parametrize(("cost", "problem"), [
-    ("1e400", "line 2: cost_usd must be a decimal number in ASCII digits 0-9 with an optional '.' (optional "
-              "leading '-'; no spaces, '+', '_' or exponent)"),
+    ("1e400", "line 2: cost_usd must be a decimal number (ASCII digits, an optional '.' and leading '-'), "
+              "or one in scientific notation with an exponent of at most two digits (1.2e-05)"),
+    ("1e99", "big.csv: its amounts add up to more than 1,000,000,000 USD"),
+    ("NaN", "line 2: cost_usd must be a decimal number"),
     ("99999999999999999999999999999999.123456789", "line 2: cost_usd must be a decimal number"),
     ("99999999999999999999999999999999", "big.csv: its amounts add up to more than 1,000,000,000 USD"),
 ])
@@ -185,6 +187,16 @@ def test_an_amount_outside_the_number_rules_is_one_line_and_exit_2(tmp_path: Pat
     assert str(info.value).startswith(problem)
     result = CliRunner().invoke(costs_app, ["--provider", "deepseek", "--invoice", str(big)])
     assert result.exit_code == 2 and result.output.strip().splitlines() == [f"error: {info.value}"]
+
+
+@pytest.mark.parametrize(("cost", "micro_usd"), [("1.2e-05", 12), ("4.2E-5", 42), ("-3e-06", -3), ("0.000012", 12)])
+def test_an_amount_in_scientific_notation_is_read_exactly(tmp_path: Path, cost: str, micro_usd: int) -> None:
+    """BigQuery's CSV download writes a small FLOAT64 cost as ``1.2e-05``: read exactly, not refused."""
+    export = tmp_path / "gcp.csv"
+    export.write_text("usage_start_time,service.description,sku.description,cost,currency\n"
+                      f"2026-12-05 10:00:00 UTC,Gemini API,Generate content input token count gemini 2.0 flash,{cost},USD\n")
+    [line] = parse_invoice("gemini", export)
+    assert line.cost_micro_usd == Decimal(micro_usd)
 
 
 def test_a_json_export_nested_deeper_than_bodies_may_be_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@
 Costs are exact Decimal micro-USD; lines of the same (day, model) are summed by the caller. An
 amount is read with the one number grammar people's numbers follow (:func:`opsgate.numbers.parse_decimal`,
 as ``opsgate budgets set`` reads a limit: ASCII digits, an optional ``.`` and leading ``-``; no
-exponent, ``NaN`` or ``Infinity``, at most 40 characters); a negative amount is a credit or an
+``NaN`` or ``Infinity``, at most 40 characters), or in the scientific notation machine exports
+write small floats in, with an exponent of two digits at most (:data:`AMOUNT_RULE`); a negative amount is a credit or an
 adjustment line (Cloud Billing's ``cost_type`` ``adjustment`` or ``rounding_error``). The amounts of
 one file add up, in magnitude, to at most :data:`~opsgate.metering.budgets.MAX_LIMIT_USD` USD (a
 budget's largest limit), so every sum stays far inside the 64-bit integer columns. A JSON export
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -164,13 +166,24 @@ def _field(obj: Any, name: str, kind: type) -> Any:
     return obj[name]
 
 
+_SCIENTIFIC = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,20})?[eE][-+]?[0-9]{1,2}")
+AMOUNT_RULE = ("a decimal number (ASCII digits, an optional '.' and leading '-'), or one in scientific "
+               "notation with an exponent of at most two digits (1.2e-05)")
+"""An invoice amount: :func:`~opsgate.numbers.parse_decimal`'s grammar, or the scientific notation
+machine exports write small floats in (BigQuery's CSV download of a FLOAT64 cost such as
+``1.2e-05``); the exponent's two digits and the file's magnitude bound keep every sum in range."""
+
+
 def _decimal(value: str | None, name: str, where: str) -> Decimal:
-    """``value`` (field ``name`` at ``where``) under :func:`~opsgate.numbers.parse_decimal`'s
-    grammar, surrounding spaces allowed (a CSV cell may pad them)."""
+    """``value`` (field ``name`` at ``where``) under :data:`AMOUNT_RULE`, surrounding spaces
+    allowed (a CSV cell may pad them); :class:`InvoiceFormatError` naming the rule otherwise."""
+    text = (value or "").strip()
+    if _SCIENTIFIC.fullmatch(text):
+        return Decimal(text)
     try:
-        return parse_decimal((value or "").strip())
-    except ValueError as exc:
-        raise InvoiceFormatError(f"{where}: {name} {exc}") from None
+        return parse_decimal(text)
+    except ValueError:
+        raise InvoiceFormatError(f"{where}: {name} must be {AMOUNT_RULE}") from None
 
 
 def _utc_day(value: str) -> date:
