@@ -194,6 +194,12 @@ class Settings(BaseSettings):
     jwt_issuer: str = "opsgate"
     jwt_audience: str = "opsgate-api"
     access_token_ttl_s: int = Field(default=3600, gt=0, description="Access token lifetime.")
+    sign_in_failures_per_account: int = Field(
+        default=10, ge=0, description="Failed password sign-ins per account per window before 429; 0 = off.")
+    sign_in_failures_per_address: int = Field(
+        default=100, ge=0, description="Failed password sign-ins per client address per window before 429; 0 = off.")
+    sign_in_failure_window_s: int = Field(
+        default=900, gt=0, description="Window of the failed sign-in limits (s).")
 
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "OPSGATE_ANTHROPIC_API_KEY")

@@ -32,6 +32,7 @@ from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceBook
 from opsgate.metering.service import MeteringService, build_metering
+from opsgate.metering.signins import SignInThrottle, build_sign_in_throttle
 from opsgate.metering.worstcase import prompt_token_bound
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
@@ -91,6 +92,7 @@ class Runtime(Services):
     gateway: Gateway
     tokens: TokenService
     security: SecurityServices
+    sign_ins: SignInThrottle
     sandbox: SandboxServer | None
     checkpointer: Checkpointer | None
     security_counts: CountFlusher
@@ -235,7 +237,8 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     if tracing.configure():  # OTLP traces when the OTEL_* variables ask for them
         stack.callback(tracing.shutdown)
     return Runtime(settings, clock, engine, ledger, shared.toggles, rollout, shared.incidents, session, router,
-                   metering, gateway, tokens, security, sandbox, checkpointer, counts, stack)
+                   metering, gateway, tokens, security, build_sign_in_throttle(settings), sandbox, checkpointer,
+                   counts, stack)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

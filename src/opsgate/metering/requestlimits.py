@@ -75,9 +75,10 @@ class RequestQuota:
 class RequestLog(Protocol):
     """Atomic check-and-log of one request over several scopes."""
 
-    async def admit(self, scopes: Sequence[RequestScope]) -> RequestQuota | RequestRefusal:
+    async def admit(self, scopes: Sequence[RequestScope], log: bool = True) -> RequestQuota | RequestRefusal:
         """Log the request in every scope (at least one) and return its :class:`RequestQuota`,
-        or in none and return the :class:`RequestRefusal` of the first full scope."""
+        or in none and return the :class:`RequestRefusal` of the first full scope. With ``log``
+        False nothing is logged: the answer is what logging would have answered (a check)."""
 
 
 def _wait_s(leaves_in: float) -> int:
@@ -89,31 +90,34 @@ def _wait_s(leaves_in: float) -> int:
 
 
 class MemoryRequestLog:
-    """Request logs in this process's memory (``clock`` returns seconds, never going back)."""
+    """Request logs in this process's memory (``clock`` returns seconds, never going back) over a
+    moving window of ``window_s`` seconds."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, window_s: int = WINDOW_S) -> None:
         self._clock = clock
+        self._window = window_s
         self._logs: dict[str, deque[float]] = {}
 
-    async def admit(self, scopes: Sequence[RequestScope]) -> RequestQuota | RequestRefusal:
+    async def admit(self, scopes: Sequence[RequestScope], log: bool = True) -> RequestQuota | RequestRefusal:
         """See :meth:`RequestLog.admit`; no ``await`` between the check and the log."""
-        now = self._clock()
+        now, window = self._clock(), self._window
         logs = []
         fewest, left, oldest = scopes[0], scopes[0].limit, now  # beaten by the first scope
         for scope in scopes:
-            log = self._logs.setdefault(scope.key, deque())
-            while log and log[0] <= now - WINDOW_S:
-                log.popleft()
-            if len(log) >= scope.limit:
-                leaving = log[len(log) - scope.limit]  # the entry that must leave for one more
-                return RequestRefusal(scope, _wait_s(WINDOW_S - (now - leaving)))
-            logs.append(log)
-            places, first = scope.limit - len(log) - 1, log[0] if log else now
+            entries = self._logs.setdefault(scope.key, deque())
+            while entries and entries[0] <= now - window:
+                entries.popleft()
+            if len(entries) >= scope.limit:
+                leaving = entries[len(entries) - scope.limit]  # the entry that must leave for one more
+                return RequestRefusal(scope, _wait_s(window - (now - leaving)))
+            logs.append(entries)
+            places, first = scope.limit - len(entries) - 1, entries[0] if entries else now
             if places < left or (places == left and first > oldest):
                 fewest, left, oldest = scope, places, first
-        for log in logs:
-            log.append(now)
-        return RequestQuota(fewest, left, _wait_s(WINDOW_S - (now - oldest)))
+        if log:
+            for entries in logs:
+                entries.append(now)
+        return RequestQuota(fewest, left, _wait_s(window - (now - oldest)))
 
 
 # The head of a Lua script over logs of one window: ``now`` (ARGV[1], or the Redis server's TIME
@@ -149,8 +153,10 @@ for i = 1, #KEYS do
   end
 end
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], score, ARGV[3])
-  redis.call('PEXPIRE', KEYS[i], window * 1000)
+  if ARGV[3] ~= '' then  -- an empty request id: a check, nothing logged
+    redis.call('ZADD', KEYS[i], score, ARGV[3])
+    redis.call('PEXPIRE', KEYS[i], window * 1000)
+  end
 end
 return {1, fewest, left, string.format('%.6f', leaves)}
 """
@@ -158,21 +164,24 @@ return {1, fewest, left, string.format('%.6f', leaves)}
 
 class RedisRequestLog:
     """Request logs in Redis, shared by every replica (``redis_url``: ``redis://`` or
-    ``rediss://``; ``prefix`` separates deployments). ``clock`` (seconds) replaces the Redis
-    server's time, for tests. Redis errors propagate as ``redis.exceptions.RedisError``."""
+    ``rediss://``; ``prefix`` separates deployments), over a moving window of ``window_s`` seconds.
+    ``clock`` (seconds) replaces the Redis server's time, for tests. Redis errors propagate as
+    ``redis.exceptions.RedisError``."""
 
-    def __init__(self, redis_url: str, prefix: str, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, redis_url: str, prefix: str, clock: Callable[[], float] | None = None,
+                 window_s: int = WINDOW_S) -> None:
         self._redis = aioredis.from_url(redis_url)
         self._prefix = prefix
         self._clock = clock
+        self._window = window_s
         self._admit = self._redis.register_script(_ADMIT)
 
-    async def admit(self, scopes: Sequence[RequestScope]) -> RequestQuota | RequestRefusal:
+    async def admit(self, scopes: Sequence[RequestScope], log: bool = True) -> RequestQuota | RequestRefusal:
         """See :meth:`RequestLog.admit`: one Lua script checks and logs every scope and answers
         ``[admitted (1/0), scope index (from 1), places left, seconds until one frees]``."""
         now = "" if self._clock is None else repr(self._clock())
         keys = [f"{self._prefix}:rpm:{s.key}" for s in scopes]
-        args: list[int | str] = [now, WINDOW_S, secrets.token_hex(8), *(s.limit for s in scopes)]
+        args: list[int | str] = [now, self._window, secrets.token_hex(8) if log else "", *(s.limit for s in scopes)]
         admitted, index, left, leaves_in = await self._admit(keys=keys, args=args)
         scope, wait = scopes[int(index) - 1], _wait_s(float(leaves_in))
         return RequestQuota(scope, int(left), wait) if admitted else RequestRefusal(scope, wait)

@@ -13,8 +13,9 @@ problem. The codes opsgate answers:
 
 ``invalid_client`` (and its 401 with ``WWW-Authenticate``) is never answered: opsgate has no
 client authentication (every client is public, §2.1), so ``client_id`` is ignored. Server-side
-failures (503 ``audit_unavailable``, ``database_unavailable``) stay RFC 9457 problems with
-``Retry-After``: §5.2 defines client errors only. ``error_description`` is the problem detail the
+failures (503 ``audit_unavailable``, ``database_unavailable``) and a throttled sign-in (429
+``rate_limited``, RFC 6585 §4, :mod:`opsgate.metering.signins`) stay RFC 9457 problems with
+``Retry-After``: §5.2 defines no code that tells a client to wait. ``error_description`` is the problem detail the
 other routes would give (it never quotes what the client sent), reduced to the characters §5.2
 allows (``%x20-21 / %x23-5B / %x5D-7E``).
 """
@@ -55,8 +56,9 @@ class OAuthError(Exception):
 def as_oauth_error(exc: OpsgateError) -> OAuthError | None:
     """The §5.2 error for a refusal raised on a token endpoint: :class:`Unauthorized` (a credential
     refused) is ``invalid_grant``, any other client error (4xx) ``invalid_request`` naming the
-    fields at fault; None for a server-side failure (5xx), which stays a problem."""
-    if exc.status >= 500:
+    fields at fault; None for a server-side failure (5xx) or a throttled sign-in (429), which stay
+    problems."""
+    if exc.status >= 500 or exc.status == 429:
         return None
     if isinstance(exc, Unauthorized):
         return OAuthError(INVALID_GRANT, exc.detail)

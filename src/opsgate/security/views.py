@@ -178,11 +178,11 @@ def grants_doc(*grants: type[BaseModel]) -> dict[str, Any]:
 @router.post("/v1/auth/token", response_model=TokenAnswer, openapi_extra=grants_doc(PasswordGrant, RefreshGrant),
              responses=OAUTH_RESPONSES, summary="Token endpoint: password or refresh_token grant")
 async def token(grant: Annotated[PasswordGrant | RefreshGrant, grant_form(PasswordGrant, RefreshGrant)],
-                runtime: RuntimeDep, services: SecurityDep) -> Response:
+                request: Request, runtime: RuntimeDep, services: SecurityDep) -> Response:
     if isinstance(grant, RefreshGrant):
         return await _rotate(runtime, services, grant.refresh_token)
     with oauth_errors():
-        user_id, role = await _sign_in(runtime, services, grant.username, grant.password)
+        user_id, role = await sign_in(request, runtime, grant.username, grant.password)
     issued = await asyncio.to_thread(services.refresh.issue, user_id)
     return _token_answer(runtime, user_id, role, issued.token, issued.family_id)
 
@@ -203,9 +203,9 @@ async def logout(form: Annotated[LogoutForm, form_body(LogoutForm)], services: S
 
 @router.post("/v1/auth/session", response_model=SessionAnswer, openapi_extra=body_doc(SessionLogin, FORM),
              summary="Dashboard login (session cookie)")
-async def session_login(form: Annotated[SessionLogin, form_body(SessionLogin)], runtime: RuntimeDep,
-                        services: SecurityDep) -> Response:
-    user_id, role = await _sign_in(runtime, services, form.username, form.password)
+async def session_login(form: Annotated[SessionLogin, form_body(SessionLogin)], request: Request,
+                        runtime: RuntimeDep, services: SecurityDep) -> Response:
+    user_id, role = await sign_in(request, runtime, form.username, form.password)
     cookies = Response()
     csrf = await asyncio.to_thread(services.sessions.login, cookies, user_id, role)
     response = JSONResponse({"user_id": user_id, "role": role, "csrf_token": csrf},
@@ -245,12 +245,19 @@ async def _rotate(runtime: Runtime, services: SecurityServices, refresh_token: s
     return _token_answer(runtime, issued.user_id, role, issued.token, issued.family_id)
 
 
-async def _sign_in(runtime: Runtime, services: SecurityServices, username: str, password: str) -> tuple[str, str]:
-    """:func:`authenticate` off the event loop; a refusal is counted as a failed sign-in."""
+async def sign_in(request: Request, runtime: Runtime, username: str, password: str) -> tuple[str, str]:
+    """Every password sign-in (token endpoint, session, dashboard form): the failed sign-in throttle
+    (:mod:`opsgate.metering.signins`: :class:`~opsgate.metering.errors.RateLimitExceeded`, 429,
+    before the password is checked), then :func:`authenticate` off the event loop; returns
+    ``(user_id, role)``. A refusal (:class:`Unauthorized`) is counted as a failed sign-in and
+    logged in the throttle for the account and the client address."""
+    address = request.client.host if request.client is not None else None
+    await runtime.sign_ins.check(username, address)
     try:
-        return await asyncio.to_thread(authenticate, runtime.engine, services.cipher, username, password)
+        return await asyncio.to_thread(authenticate, runtime.engine, runtime.security.cipher, username, password)
     except Unauthorized as exc:
         COUNTS.add(SIGN_IN_FAILURE, exc.reason)
+        await runtime.sign_ins.failed(username, address)
         raise
 
 

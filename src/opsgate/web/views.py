@@ -42,7 +42,8 @@ from opsgate.runtime import Runtime
 from opsgate.security.auth import Principal
 from opsgate.security.operator_input import operator_text
 from opsgate.security.rbac import require_role
-from opsgate.security.users import authenticate
+from opsgate.security.views import sign_in
+from opsgate.metering.errors import RateLimitExceeded
 from opsgate.web import data
 from opsgate.web.access import CHANGE_ROLE, VIEW_ROLE, SessionDep, can_change, csrf_value
 from opsgate.web.format import figure, show
@@ -84,8 +85,11 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
     services = runtime.security
     target = _safe_next(form.get("next", ""))
     try:
-        user_id, role = await asyncio.to_thread(authenticate, runtime.engine, services.cipher,
-                                                form.get("username", ""), form.get("password", ""))
+        user_id, role = await sign_in(request, runtime, form.get("username", ""), form.get("password", ""))
+    except RateLimitExceeded as exc:
+        refused = _login_error(request, target, f"Too many failed sign-ins; try again in {round(exc.retry_after)} s.", 429)
+        refused.headers["Retry-After"] = str(round(exc.retry_after))
+        return refused
     except OpsgateError:
         return _login_error(request, target, "Wrong user name or password.", 401)
     if not _may_view(Principal(user_id, (role,))):
