@@ -245,7 +245,7 @@ def _add_probes(app: FastAPI) -> None:
         if not current:
             return problem_response(NotReady("Database migrations are not current"), request.state.request_id)
         try:
-            await asyncio.to_thread(runtime.security.keyring.reload)
+            await asyncio.to_thread(runtime.security.keyring.check)
         except KeyRingError as exc:
             return problem_response(NotReady(exc.detail), request.state.request_id)
         return json_response({"status": "ready"})

@@ -209,7 +209,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
                     windows=ContextWindows.from_settings(settings, prompt_token_bound, prices),
                     targets=variants.targets())
     security = build_security(settings, clock, engine)
-    await asyncio.to_thread(security.keyring.reload)  # KeyRingError: the master key does not unwrap the ring
+    await asyncio.to_thread(security.keyring.check)  # KeyRingError: the master key does not unwrap the ring
     revocations = asyncio.create_task(security.revoked.run())
     stack.push_async_callback(_cancel, revocations)
     tokens = TokenService(settings, clock, security.revoked)

@@ -92,6 +92,7 @@ def test_serve_and_keys_status_say_it_in_one_line(tmp_path, monkeypatch):
 
 def test_readyz_is_not_ready_when_the_ring_stops_unwrapping(tmp_path):
     with running_gateway(gateway_settings(tmp_path)) as gw:
+        gw.runtime.security.keyring.current()  # the ring, made on first use
         assert gw.client.get("/readyz").json() == {"status": "ready"}
         other = AESGCM(secrets.token_bytes(32))  # a ring restored from another deployment's database
         with gw.runtime.engine.begin() as conn:

@@ -15,7 +15,7 @@ The master key comes from ``OPSGATE_MASTER_KEY`` (base64 of 32 bytes) or a file 
 never reaches the database. The file is created only for a database that holds no key ring yet
 (:func:`provision_master_key`): a new master key beside keys wrapped under another one would make
 every encrypted value unreadable, so a missing file then is refused (tester-priv F10).
-:meth:`KeyRing.reload` unwraps every active key: at start-up and on every readiness probe too.
+:meth:`KeyRing.check` unwraps every active key at start-up and on every readiness probe.
 """
 
 from __future__ import annotations
@@ -141,10 +141,18 @@ class KeyRing:
         self.reload()
         return list(self._versions)
 
+    def check(self) -> None:
+        """The start-up and readiness check of the master key: unwrap every active key stored,
+        creating none (a database a rehearsal or a test merely opens gets no ring under a
+        throwaway key). Raises :class:`KeyRingError` when one does not unwrap."""
+        for r in self._rows():
+            if r.retired_at is None:
+                self._unwrap(r.key_id, r.purpose, r.wrapped)
+
     def reload(self) -> None:
         """Read the ring from the database, creating the first data key and the index key if absent,
-        and unwrap every active key: also the start-up and readiness check of the master key.
-        Raises :class:`KeyRingError` when the master key does not unwrap an active key."""
+        and unwrap every active key. Raises :class:`KeyRingError` when the master key does not
+        unwrap an active key."""
         rows = self._rows()
         if not any(r.purpose == "data" for r in rows) or not any(r.purpose == "index" for r in rows):
             self._create_missing(rows)
