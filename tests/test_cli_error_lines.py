@@ -6,6 +6,7 @@ commands printed their errors unsanitized (an OSError's path, an unknown operati
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from collections.abc import Callable
@@ -23,12 +24,14 @@ SHAPES: dict[str, Callable[[], str]] = {  # the providers' documented key shapes
 }
 Case = Callable[[Path, str], tuple[list[str], dict[str, str]]]
 NO_DIR = "/proc/{key}"  # a directory that cannot exist or be created
+MASTER_KEY = {"OPSGATE_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+"""What backup verify needs to reach the file: without a master key it stops before (8465124)."""
 
 # name: (provider shape, (arguments, environment) for the key, exit status, the error echoes the value)
 CASES: dict[str, tuple[str, Case, int, bool]] = {
     "variants show": ("anthropic", lambda t, k: (["variants", "show", k], {}), 2, True),
     "toggles check": ("deepseek", lambda t, k: (["toggles", "check", k, "alice"], {}), 2, True),
-    "backup verify": ("gemini", lambda t, k: (["backup", "verify", str(t / f"{k}.bak")], {}), 2, True),
+    "backup verify": ("gemini", lambda t, k: (["backup", "verify", str(t / f"{k}.bak")], MASTER_KEY), 2, True),
     "backup create": ("anthropic", lambda t, k: (["backup", "create", str(t / k / "x.bak")], {}), 2, True),
     "ledger keygen": ("deepseek", lambda t, k: (
         ["ledger", "keygen"], {"OPSGATE_LEDGER_SIGNING_KEY_FILE": f"{NO_DIR.format(key=k)}/key"}), 2, True),

@@ -25,7 +25,8 @@ table in docs/architecture.md, equal to the classes)::
     │   ├── LedgerRolledBack          ledger_error              500  ledger.errors
     │   ├── LedgerUnavailable         audit_unavailable         503  ledger.errors
     │   │   └── LedgerIOError         audit_unavailable         503  ledger.errors
-    │   └── ProofError                ledger_proof_invalid      422  ledger.errors
+    │   ├── ProofError                ledger_proof_invalid      422  ledger.errors
+    │   └── StoredValueError          ledger_tampered           500  ledger.errors
     ├── BudgetConflict                budget_conflict           409  metering.errors
     ├── BudgetExceeded                budget_exceeded           402  metering.errors
     ├── BudgetUnavailable             budget_unavailable        503  metering.errors
