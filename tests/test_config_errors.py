@@ -219,26 +219,30 @@ def test_an_unresolvable_key_reference_stops_every_start_up_with_one_line(tmp_pa
     ConfigError's traceback and exited 3 (serve), or the commands died with "the local server
     did not start" and exit 1 (demo, rehearse); serve --workers 2 logged a traceback per worker
     and exited 0. Now each is the one line `opsgate run` prints, exit 2."""
-    _clean_env(tmp_path, monkeypatch)
-    given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}", "OPSGATE_CONFIG": str(_empty(tmp_path)),
-             "ANTHROPIC_API_KEY": "op://Prod/Anthropic/keys/credential"}  # pragma: allowlist secret (a reference)
-    result = CliRunner().invoke(app, command, env=given)
-    assert (result.exit_code, _one_error_line(result)) == (2, "error: ANTHROPIC_API_KEY (environment): "
-                                                              "ANTHROPIC_API_KEY is a 1Password reference but "
-                                                              "OP_CONNECT_HOST is not set")
+    assert _start_with_reference(tmp_path, monkeypatch, command, "ANTHROPIC_API_KEY",
+                                 "op://Prod/Anthropic/keys/credential") == (2, _unresolvable("ANTHROPIC_API_KEY"))
 
 
 @pytest.mark.parametrize("command", [*START_UPS[:4], pytest.param(["token", "alice"], id="token")])
 def test_an_unresolvable_jwt_secret_reference_stops_every_start_up_with_one_line(tmp_path, monkeypatch, command):
     """Tester-ops F1: OPSGATE_JWT_SECRET=op://... was never resolved; serve, run and demo started and
     signed tokens with the reference's text (the rehearsal makes its own key)."""
+    assert _start_with_reference(tmp_path, monkeypatch, command, "OPSGATE_JWT_SECRET",
+                                 "op://Prod/opsgate/jwt-signing-secret") == (2, _unresolvable("OPSGATE_JWT_SECRET"))
+
+
+def _start_with_reference(tmp_path, monkeypatch, command, name, reference):  # type: ignore[no-untyped-def]
+    """``command``'s exit code and one error line with setting ``name`` given a 1Password
+    ``reference`` and no OP_CONNECT_HOST."""
     _clean_env(tmp_path, monkeypatch)
     given = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'ok.db'}", "OPSGATE_CONFIG": str(_empty(tmp_path)),
-             "OPSGATE_JWT_SECRET": "op://Prod/opsgate/jwt-signing-secret"}  # pragma: allowlist secret (a reference)
+             name: reference}
     result = CliRunner().invoke(app, command, env=given)
-    assert (result.exit_code, _one_error_line(result)) == (2, "error: OPSGATE_JWT_SECRET (environment): "
-                                                              "OPSGATE_JWT_SECRET is a 1Password reference but "
-                                                              "OP_CONNECT_HOST is not set")
+    return result.exit_code, _one_error_line(result)
+
+
+def _unresolvable(name: str) -> str:
+    return f"error: {name} (environment): {name} is a 1Password reference but OP_CONNECT_HOST is not set"
 
 
 @pytest.mark.parametrize("command", START_UPS[1:])
