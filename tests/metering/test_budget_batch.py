@@ -58,12 +58,12 @@ async def _one_batch(engine: Engine, clock: ManualClock, calls: list[tuple[str, 
 
 
 @contextmanager
-def _counter_updates(engine: Engine) -> Iterator[list[int]]:
-    """The number of parameter sets of each ``UPDATE budget_counters`` sent while inside."""
+def _counter_updates(engine: Engine, table: str = "budget_counters") -> Iterator[list[int]]:
+    """The number of parameter sets of each ``UPDATE <table>`` sent while inside."""
     seen: list[int] = []
 
     def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        if statement.lstrip().upper().startswith("UPDATE BUDGET_COUNTERS"):
+        if statement.lstrip().upper().startswith(f"UPDATE {table.upper()}"):
             seen.append(len(parameters) if many else 1)
 
     event.listen(engine, "before_cursor_execute", count)
@@ -161,6 +161,22 @@ async def test_a_batch_of_results_moves_each_counter_with_one_statement(store: E
         (100 + i, "settled", ()) for i in range(10)]
     assert _spent(store) == {"global": (sum(range(100, 110)), 0),
                              "user:alice": (sum(100 + i for i in range(1, 10, 2)), 0)}
+
+
+async def test_a_batch_of_results_marks_its_reservations_with_one_statement(store: Engine) -> None:
+    clock = ManualClock(NOW)
+    for user in (ANY, "alice"):
+        ledgered_budget(store, clock, user_id=user, operation=ANY, period="day", limit_micro_usd=10**9)
+    held = [h.work_result for h in await _one_batch(
+        store, clock, [(f"r{i}", "alice" if i % 2 else "bob", False) for i in range(6)])]
+    with _counter_updates(store, "budget_reservations") as marks:
+        await _settle_batch(store, clock, [(r, 10 + i) for i, r in enumerate(held)])
+    assert marks == [6]  # one executemany, one parameter set per call (was one update per call)
+    with store.connect() as conn:
+        rows = conn.execute(select(budget_reservations.c.request_id, budget_reservations.c.state,
+                                   budget_reservations.c.actual_micro_usd)).all()
+    assert sorted(rows) == sorted([(f"r{i}", "settled", 10 + i) for i in range(6)]
+                                  + [(f"r{i}", "settled", 10 + i) for i in range(1, 6, 2)])
 
 
 async def test_each_settlement_of_a_batch_names_the_budgets_its_own_charge_took_over(store: Engine) -> None:

@@ -111,6 +111,18 @@ _SETTLE_OPEN = (  # a settlement's common case: mark the call's open rows, learn
             actual_micro_usd=bindparam("amount"))
     .returning(_r.budget_id, _r.period_start, _r.worst_micro_usd)
 )
+_OPEN_OF = (  # a batch's settlements: the open rows of several calls, read (and locked) at once
+    select(_r.request_id, _r.budget_id, _r.period_start, _r.worst_micro_usd)
+    .where(_r.request_id.in_(bindparam("rids", expanding=True)), _r.state == OPEN)
+    .order_by(_r.request_id, _r.budget_id)
+    .with_for_update()
+)
+_MARK_OPEN = (  # then marked, one executemany: what _SETTLE_OPEN writes, without returning
+    update(budget_reservations)
+    .where(_r.request_id == bindparam("rid"), _r.state == OPEN)
+    .values(state=bindparam("new_state"), settled_at=bindparam("now"),
+            actual_micro_usd=bindparam("amount"))
+)
 _GROW = (
     update(budget_reservations)
     .where(_r.request_id == bindparam("rid"), _r.state == OPEN)
@@ -420,24 +432,31 @@ class Charge:
 
 def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) -> list[Settlement] | None:
     """Several calls' :func:`charge` in one transaction (a ledger batch's results), written as
-    one by one in order would write them, in fewer statements: per call the update marking its
-    open rows (it returns what each held), then ONE update per budget counter moving the batch's
-    sums (one executemany, in budget id order) and one read of those counters with their limits.
-    A call's over-limit budgets are those whose spend passed their limit once its own charge was
-    added in order (the spend read after, less the charges of the calls after it). Every call
-    must hold budgets. ``None`` when a call has no open row (it expired meanwhile): nothing is
-    written then (a savepoint), for the caller to charge them one by one. Database errors
-    propagate."""
+    one by one in order would write them, in fewer statements: one read of every call's open
+    rows (locked: ``FOR UPDATE`` on PostgreSQL; on SQLite the transaction holds the database's
+    write lock) and one update marking them (an executemany, one parameter set per call), then
+    ONE update per budget counter moving the batch's sums (one executemany, in budget id order)
+    and one read of those counters with their limits. A call's over-limit budgets are those
+    whose spend passed their limit once its own charge was added in order (the spend read after,
+    less the charges of the calls after it). Every call must hold budgets. ``None`` when a call
+    has no open row (it expired meanwhile) or two charges name one request: nothing is written
+    then (a savepoint), for the caller to charge them one by one. Database errors propagate."""
     _lock(conn)
     now = clock.now()
     terms = [c.terms for c in charges]
+    rids = [c.reservation.request_id for c in charges]
+    if len(set(rids)) != len(rids):
+        return None
     with savepoint(conn) as point:
-        marked = [conn.execute(_SETTLE_OPEN, {"rid": c.reservation.request_id, "new_state": state,
-                                              "amount": charged, "now": now}).all()
-                  for c, (charged, state) in zip(charges, terms, strict=True)]
+        open_rows: dict[str, list[Any]] = {}
+        for row in conn.execute(_OPEN_OF, {"rids": rids}):
+            open_rows.setdefault(row.request_id, []).append(row)
+        marked = [open_rows.get(rid, []) for rid in rids]
         if not all(marked):
             point.rollback()
             return None
+        conn.execute(_MARK_OPEN, [{"rid": rid, "new_state": state, "amount": charged, "now": now}
+                                  for rid, (charged, state) in zip(rids, terms, strict=True)])
     moved: dict[tuple[int, datetime], tuple[int, int]] = {}
     for rows, (charged, _) in zip(marked, terms, strict=True):
         for row in rows:
