@@ -308,6 +308,11 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="A rotated refresh token reused within this is a concurrent "
         "refresh (new sibling token), later it revokes the whole family."
     )
+    token_clock_leeway_s: float = Field(
+        default=30.0, ge=0, le=300,
+        description="Leeway for opsgate's own access tokens' exp/nbf/iat against this clock (s; RFC 7519 "
+        "§4.1.4): a token issued by a replica whose clock runs ahead is valid at once on the others.",
+    )
     idp_issuer: str | None = Field(default=None, description="External IdP `iss`; unset = IdP off.")
     idp_audience: str | None = None
     idp_hs256_secret: SecretStr | None = Field(default=None, description="IdP HS256 shared secret.")

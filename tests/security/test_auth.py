@@ -42,13 +42,39 @@ def test_issued_token_carries_user_role_and_one_hour_expiry(tokens, settings, cl
     assert principal.user_id == "alice" and principal.roles == ("operator",)
 
 
-def test_token_expires_after_exactly_one_hour(tokens, clock):
+def test_token_expires_one_hour_and_the_clock_leeway_after_issue(tokens, clock, settings):
+    """``exp`` is one hour after issue; it is checked with ``token_clock_leeway_s`` (30 s) of
+    leeway, like ``nbf`` and ``iat`` (RFC 7519 §4.1.4), so the token dies 3,630 s after issue."""
+    assert settings.token_clock_leeway_s == 30
     token = tokens.issue("alice", "user")
-    clock.advance(3599)
+    clock.advance(3629)
     assert tokens.verify(token).user_id == "alice"
     clock.advance(1)
     with pytest.raises(Unauthorized, match="expired"):
         tokens.verify(token)
+
+
+def test_a_token_from_a_replica_whose_clock_runs_ahead_is_valid_at_once(settings, clock, tokens):
+    """tester-wire F7: a token issued by another replica whose clock runs 1 s ahead was refused
+    ``not valid yet`` (no leeway); within ``token_clock_leeway_s`` it is accepted, beyond it
+    refused, and a leeway of 0 refuses even the 1 s."""
+    ahead = ManualClock(clock.now())
+    ahead.advance(1)
+    token = TokenService(settings, ahead).issue("alice", "user")
+    assert tokens.verify(token).user_id == "alice"
+    ahead.advance(30)  # 31 s ahead: past the 30 s leeway
+    with pytest.raises(Unauthorized, match="not valid yet"):
+        tokens.verify(TokenService(settings, ahead).issue("alice", "user"))
+    strict = TokenService(settings.model_copy(update={"token_clock_leeway_s": 0}), clock)
+    with pytest.raises(Unauthorized, match="not valid yet"):
+        strict.verify(token)
+
+
+def test_the_token_clock_leeway_is_bounded():
+    """``OPSGATE_TOKEN_CLOCK_LEEWAY_S`` is "small" (RFC 7519 §4.1.4): 0 to 300 s."""
+    for bad in (-1, 301):
+        with pytest.raises(ValueError, match="token_clock_leeway_s"):
+            Settings(jwt_secret=secrets.token_urlsafe(48), token_clock_leeway_s=bad)
 
 
 def test_alg_none_is_rejected(tokens):
@@ -127,7 +153,8 @@ def _signed(settings, clock, **over):
 ])
 def test_iat_is_a_number_not_in_the_future_like_exp_and_nbf(settings, clock, tokens, over, reason):
     """RFC 7519 §4.1.6 and docs/security.md: ``iat`` is required, a NumericDate, and checked against
-    the injected clock with no leeway (PyJWT's verify_iat refuses a future iat the same way)."""
+    the injected clock, a future one beyond the leeway refused (PyJWT's verify_iat refuses a future
+    iat the same way)."""
     if over.get("iat") == "__future__":
         over = {"iat": int(clock.now().timestamp()) + 1_000_000}
     with pytest.raises(Unauthorized, match=reason):

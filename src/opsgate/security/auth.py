@@ -74,6 +74,7 @@ class TokenService:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._ttl = timedelta(seconds=settings.access_token_ttl_s)
+        self._leeway_s = settings.token_clock_leeway_s
         self._clock = clock
         self._revoked = revoked
         self._idp = idp_verifier(settings, clock)
@@ -104,7 +105,7 @@ class TokenService:
 
     def verify(self, token: str) -> Principal:
         """Check signature, algorithm, issuer, audience and times (``exp``, ``nbf``, ``iat``:
-        :func:`~opsgate.security.claims.check_times`) and that the login (``sid``) is not revoked
+        :func:`~opsgate.security.claims.check_times`, with ``token_clock_leeway_s`` of leeway) and that the login (``sid``) is not revoked
         (a set lookup, no database read); return the :class:`Principal`.
 
         Raises :class:`Unauthorized` with a reason that names the failed check, never the token.
@@ -118,7 +119,7 @@ class TokenService:
             if len(self._verified) >= _VERIFIED_CACHE_SIZE:
                 self._verified.clear()
             self._verified[token] = claims
-        check_times(claims, self._clock.now().timestamp())
+        check_times(claims, self._clock.now().timestamp(), leeway_s=self._leeway_s)
         if claims.get("sid") in self._revoked:
             raise Unauthorized(AuthFailure.REVOKED)
         return Principal(user_id=claims["sub"], roles=(claims["role"],))

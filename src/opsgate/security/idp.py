@@ -77,7 +77,7 @@ class IdpVerifier:
             raise Unauthorized(jwt_failure(exc)) from None
         if not isinstance(claims["sub"], str):
             raise Unauthorized(AuthFailure.MALFORMED)
-        check_times(claims, self._clock.now().timestamp(), self._skew_s)
+        check_times(claims, self._clock.now().timestamp(), leeway_s=self._skew_s)
         return claims["sub"], self._role(claims)
 
     def _jwk(self, token: str) -> Any:

@@ -13,7 +13,8 @@ transaction commits); every other process's revocations are read from the databa
 ``REFRESH_S`` seconds by :meth:`RevokedLogins.run`. So another process refuses a revoked login's
 access token at most ``REFRESH_S`` seconds (plus one query) after the revocation committed.
 
-Only families revoked within ``horizon_s`` (the access-token lifetime plus a minute of clock skew
+Only families revoked within ``horizon_s`` (the access-token lifetime, plus the
+``token_clock_leeway_s`` an expired token is still accepted for, plus a minute of clock skew
 between processes) are read and kept: an access token of a family revoked earlier has expired.
 If the database cannot be read the set keeps what it had and the read is retried at the next
 interval (logged); revocations made meanwhile by other processes are seen when it answers again.

@@ -34,7 +34,7 @@ def build_security(settings: Settings, clock: Clock, engine: Engine) -> Security
     refresh-token lifetimes and successor key, the revoked logins (told of every revocation made
     here), and the session cookie settings. Built once, by the runtime."""
     keyring = KeyRing(engine, provision_master_key(settings, engine), clock)
-    revoked = RevokedLogins(engine, clock, settings.access_token_ttl_s)
+    revoked = RevokedLogins(engine, clock, settings.access_token_ttl_s + settings.token_clock_leeway_s)
     refresh = RefreshTokens(engine, clock, settings.refresh_token_ttl_s, settings.refresh_reuse_grace_s,
                             successor_key=derived_key(settings, "refresh-successors"), on_revoke=revoked.add)
     return SecurityServices(keyring, FieldCipher(keyring), refresh, revoked, SessionManager(settings, clock, refresh))
