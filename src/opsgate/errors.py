@@ -102,11 +102,17 @@ class InvalidInput(OpsgateError):
 
 class UnsupportedMediaType(OpsgateError):
     """A request body whose ``Content-Type`` the route does not read, e.g. ``text/plain`` sent to a
-    JSON route (415, RFC 9110 §15.5.16)."""
+    JSON route, or whose ``Content-Encoding`` is not ``identity`` (415, RFC 9110 §15.5.16).
+    ``response_headers`` go on the problem response (``Accept-Encoding`` for a content coding,
+    as §15.5.16 asks)."""
 
     code = "unsupported_media_type"
     status = 415
     title = "Unsupported media type"
+
+    def __init__(self, detail: str | None = None, response_headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.response_headers = response_headers or {}
 
 
 class ContentTooLarge(OpsgateError):

@@ -2,11 +2,18 @@
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout so several processes can share
 one file; PostgreSQL URLs (``postgresql://`` or ``postgresql+psycopg://``) use psycopg 3.
+
+Both refuse, before the statement runs, a text parameter that holds a NUL character
+(:func:`_refuse_nul`, :class:`~opsgate.errors.InvalidInput`, 422): PostgreSQL ``text`` cannot hold
+one (psycopg's ``DataError``, a 500 through any path that reached it: a ``%00`` in a route's path,
+a form field) while SQLite stores it, so the same input would be a 500 on one store and kept on
+the other. Request bodies are refused earlier, naming the field (:mod:`opsgate.bodies`); this is
+the one rule for every other way text reaches a store. The transaction it aborts is rolled back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from opsgate.config import ConfigError, Settings
+from opsgate.errors import InvalidInput
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITES = "opsgate_writes"  # the execution option begin_write sets: BEGIN IMMEDIATE on SQLite
@@ -43,7 +51,9 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     the SQLite file's directory is created (:class:`ConfigError` when it cannot be)."""
     url = normalise_url(url)
     if not is_sqlite(url):
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        event.listen(engine, "before_cursor_execute", _refuse_nul)
+        return engine
     path = make_url(url).database
     if path and path != ":memory:":
         try:
@@ -52,6 +62,7 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
             raise ConfigError(f"SQLite database {path}: cannot create its directory "
                               f"{Path(path).parent}: {exc.strerror or type(exc).__name__}") from None
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    event.listen(engine, "before_cursor_execute", _refuse_nul)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: object) -> None:
@@ -67,6 +78,21 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITES) else "BEGIN")
 
     return engine
+
+
+NUL_REFUSED = "A text value must not contain a NUL character (U+0000), which the database cannot store"
+
+
+def _refuse_nul(_conn: Connection, _cursor: Any, _statement: str, parameters: Any, _context: Any,
+                executemany: bool) -> None:
+    """``before_cursor_execute``: :class:`InvalidInput` (422, :data:`NUL_REFUSED`, no value quoted)
+    when a ``str`` among the statement's DB-API ``parameters`` (a mapping or a sequence; a list of
+    them for ``executemany``) holds ``"\\x00"``. See the module docstring."""
+    for row in parameters if executemany else (parameters,):
+        values = row.values() if isinstance(row, Mapping) else (row or ())
+        for value in values:
+            if type(value) is str and "\x00" in value:
+                raise InvalidInput(NUL_REFUSED)
 
 
 def begin_write(engine: Engine) -> AbstractContextManager[Connection]:
