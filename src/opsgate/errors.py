@@ -44,6 +44,7 @@ table in docs/architecture.md, equal to the classes)::
     │   │   ├── ContextWindowTooSmall input_too_large           413  routing.errors
     │   │   └── InputTooLarge         input_too_large           413  routing.errors
     │   ├── EmptyAnswer               provider_bad_response     502  providers.errors
+    │   ├── IncompleteAnswer          provider_bad_response     502  providers.errors
     │   ├── InvalidRequest            provider_rejected         502  providers.errors
     │   ├── MalformedResponse         provider_bad_response     502  providers.errors
     │   ├── ModelUnavailable          model_unavailable         503  providers.errors
@@ -53,6 +54,7 @@ table in docs/architecture.md, equal to the classes)::
     │   ├── ServerError               provider_unavailable      503  providers.errors
     │   ├── SpendCapReached           provider_unavailable      503  providers.errors
     │   ├── AllProvidersFailed        provider_unavailable      503  routing.errors
+    │   │   └── NoUsableAnswer        provider_bad_response     502  routing.errors
     │   ├── CircuitOpen               provider_unavailable      503  routing.errors
     │   ├── DeadlineExceeded          provider_unavailable      503  routing.errors
     │   └── ProviderNotConfigured     provider_unavailable      503  routing.errors

@@ -171,7 +171,8 @@ def provider(request: pytest.FixtureRequest) -> Iterator[str]:
 def test_a_body_cut_after_its_200_is_charged_its_worst_case_flagged(tmp_path: Path, provider: str) -> None:
     run = _run(tmp_path, f"malformed:{provider}", [provider], max_attempts_per_target=1)
 
-    assert run.response.status_code == 503 and run.response.json()["code"] == "provider_unavailable"
+    # an answer arrived but could not be used: 502 provider_bad_response, not 503 (tester-wire F10)
+    assert run.response.status_code == 502 and run.response.json()["code"] == "provider_bad_response"
     [cut] = run.attempts
     assert (cut["provider"], cut["billing"], cut["outcome"]) == (provider, ESTIMATED, "malformed_response")
     assert cut["cost_micro_usd"] == run.worst[provider] > 0

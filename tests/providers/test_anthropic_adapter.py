@@ -14,6 +14,7 @@ from opsgate.providers.errors import (
     BillingFailed,
     ContentFiltered,
     EmptyAnswer,
+    IncompleteAnswer,
     InvalidRequest,
     ModelUnavailable,
     MalformedResponse,
@@ -183,9 +184,6 @@ async def test_cache_writes_the_breakdown_misses_are_billed_as_five_minute_write
     [
         ("end_turn", FinishReason.STOP),
         ("stop_sequence", FinishReason.STOP),
-        ("max_tokens", FinishReason.LENGTH),
-        ("pause_turn", FinishReason.PAUSE),
-        ("model_context_window_exceeded", FinishReason.CONTEXT_EXCEEDED),
         ("brand_new_reason", FinishReason.UNKNOWN),
     ],
 )
@@ -194,6 +192,33 @@ async def test_stop_reasons_map_without_loss(claude, upstream, raw, expected) ->
     done = await claude.complete(TEXT_REQUEST, MODEL, timeout_s=5)
     assert done.finish_reason is expected
     assert done.raw_finish_reason == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("max_tokens", FinishReason.LENGTH),
+        ("pause_turn", FinishReason.PAUSE),
+        ("model_context_window_exceeded", FinishReason.CONTEXT_EXCEEDED),
+    ],
+)
+async def test_a_cut_off_answer_is_incomplete_even_when_its_tool_input_is_valid(
+    claude, upstream, raw, expected
+) -> None:
+    # tester-wire F2: a schema-valid tool input whose text was cut mid-sentence came back as a 200
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "classification",
+            "input": {"label": "urgent", "score": 0.9}}
+    upstream.reply(200, message([tool], stop_reason=raw, usage={"input_tokens": 25, "output_tokens": 256}),
+                   headers={"request-id": "req_cut"})
+    with pytest.raises(IncompleteAnswer) as info:
+        await claude.complete(JSON_REQUEST, MODEL, timeout_s=5)
+    cut = info.value
+    assert (cut.status, cut.code, cut.kind) == (502, "provider_bad_response", "incomplete_answer")
+    assert cut.finish_reason is expected
+    assert cut.detail == f"the answer stopped before it was complete ({raw})"
+    assert cut.usage == Usage(input_tokens=25, output_tokens=256)  # still billed as reported
+    assert (cut.http_status, cut.provider_request_id) == (200, "req_cut")
+    assert (cut.retryable, cut.fallback) == (False, True)
 
 
 async def test_refusal_is_content_filtered(claude, upstream) -> None:

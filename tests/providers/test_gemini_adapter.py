@@ -14,6 +14,7 @@ from opsgate.providers.errors import (
     AuthenticationFailed,
     ContentFiltered,
     EmptyAnswer,
+    IncompleteAnswer,
     InvalidRequest,
     ModelUnavailable,
     MalformedResponse,
@@ -152,18 +153,38 @@ async def test_json_answer_with_cached_thought_and_tool_prompt_tokens(
 async def test_text_request_without_system_or_schema(gemini, upstream) -> None:
     upstream.reply(
         200,
-        generated([{"text": "Hi"}, {"text": "!"}], finish="MAX_TOKENS"),
+        generated([{"text": "Hi"}, {"text": "!"}], finish="STOP"),
         headers={"x-goog-request-id": "goog-1"},
     )
     done = await gemini.complete(TEXT_REQUEST, "models/gemini-2.0-flash", timeout_s=5)
     assert (done.text, done.data) == ("Hi!", None)
-    assert done.finish_reason is FinishReason.LENGTH
+    assert done.finish_reason is FinishReason.STOP
     assert done.provider_request_id == "goog-1"
     assert done.usage == Usage(input_tokens=8, output_tokens=2)
     body = upstream.requests[0].body
     assert "systemInstruction" not in body
     assert body["generationConfig"] == {"maxOutputTokens": 16, "temperature": 0.2}
     assert upstream.requests[0].path == "/v1beta/models/gemini-2.0-flash:generateContent"
+
+
+@pytest.mark.parametrize(
+    ("request_", "parts"),
+    [
+        (JSON_REQUEST, [{"text": '{"steps": [{"title": "Ta'}]),  # cut: not JSON
+        (JSON_REQUEST, [{"text": '{"steps": [{"title": "Tag"}]}'}]),  # cut, but still parses
+        (TEXT_REQUEST, [{"text": "Hi"}, {"text": "!"}]),
+        (TEXT_REQUEST, [{"text": "pondering", "thought": True}]),  # thoughts used up the limit
+    ],
+)
+async def test_max_tokens_is_an_incomplete_answer(gemini, upstream, request_, parts) -> None:
+    upstream.reply(200, generated(parts, finish="MAX_TOKENS"), headers={"x-goog-request-id": "goog-cut"})
+    with pytest.raises(IncompleteAnswer) as info:
+        await gemini.complete(request_, MODEL, timeout_s=5)
+    cut = info.value
+    assert (cut.status, cut.code, cut.finish_reason) == (502, "provider_bad_response", FinishReason.LENGTH)
+    assert cut.detail == "the answer stopped before it was complete (MAX_TOKENS)"
+    assert cut.usage == Usage(input_tokens=8, output_tokens=2)
+    assert cut.provider_request_id == "goog-cut"
 
 
 @pytest.mark.parametrize(
@@ -259,7 +280,6 @@ async def test_empty_answers(gemini, upstream, body) -> None:
             ),
             TEXT_REQUEST,
         ),
-        (generated([{"text": '{"steps": [{"title": "Ta'}], finish="MAX_TOKENS"), JSON_REQUEST),
         ({"candidates": ["text"], "usageMetadata": {}}, TEXT_REQUEST),
         (generated([{"text": "hi"}], usage={"candidatesTokenCount": 2}), TEXT_REQUEST),  # no prompt count
     ],

@@ -14,6 +14,7 @@ from opsgate.providers.errors import (
     BillingFailed,
     ContentFiltered,
     EmptyAnswer,
+    IncompleteAnswer,
     InvalidRequest,
     ModelUnavailable,
     MalformedResponse,
@@ -229,7 +230,6 @@ async def test_leading_blank_lines_under_load_are_tolerated(deepseek, upstream) 
     ("raw", "expected"),
     [
         ("stop", FinishReason.STOP),
-        ("length", FinishReason.LENGTH),
         ("tool_calls", FinishReason.TOOL_USE),
         ("function_call", FinishReason.TOOL_USE),
         ("eos_token_reached", FinishReason.UNKNOWN),
@@ -275,18 +275,68 @@ async def test_empty_answers(deepseek, upstream, body) -> None:
     ("content", "detail"),
     [
         ('{"label": "billing", "reas', "the answer is not valid JSON"),
-        ('```json\n{"label": "billing"}\n```', "the answer is not valid JSON"),
         ('["billing"]', "the answer is not a JSON object"),
+        # only a leading think block and one fence around the whole answer are removed:
+        # the text is never searched for JSON
+        ('Here you go: {"label": "billing", "reason": "x"}', "the answer is not valid JSON"),
+        ('{"label": "billing", "reason": "x"}\nHope that helps!', "the answer is not valid JSON"),
+        ('<think>billing?', "the answer is not valid JSON"),  # the think block never closed
+        ('Sure.\n```json\n{"label": "billing", "reason": "x"}\n```', "the answer is not valid JSON"),
+        ('```python\n{"label": "billing", "reason": "x"}\n```', "the answer is not valid JSON"),
+        ('```json\n{"label": "billing", "reason": "x"}\n```\n```json\n{"label": "billing", "reason": "y"}\n```',
+         "the answer is not valid JSON"),
+        ('```json {"label": "billing", "reason": "x"} ```', "the answer is not valid JSON"),
+        ('I think </think>{"label": "billing", "reason": "x"}', "the answer is not valid JSON"),
     ],
 )
 async def test_content_that_is_not_a_json_object_is_malformed(
     deepseek, upstream, content, detail
 ) -> None:
-    upstream.reply(200, chat(content, finish_reason="length"))
+    upstream.reply(200, chat(content))
     with pytest.raises(MalformedResponse) as info:
         await deepseek.complete(JSON_REQUEST, "deepseek-chat", timeout_s=5)
     assert info.value.detail == detail
     assert "billing" not in info.value.detail
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # Qwen3 on vLLM without --reasoning-parser (tester-wire F6, the README's local-vllm example)
+        '<think>\nThe email mentions an invoice, so {"label": "spam"} is wrong.\n</think>\n\n'
+        '{"label": "billing", "reason": "mentions an invoice"}',
+        '```json\n{"label": "billing", "reason": "mentions an invoice"}\n```',
+        '```\n{"label": "billing", "reason": "mentions an invoice"}\n```\n',
+        '  <think></think>\n```JSON\r\n{"label": "billing", "reason": "mentions an invoice"}\r\n```  ',
+    ],
+)
+@pytest.mark.parametrize("json_mode", ["json_object", "json_schema"])  # DeepSeek, vLLM
+async def test_a_think_block_or_one_fence_around_the_answer_is_removed(
+    session, upstream, json_mode, content
+) -> None:
+    provider = OpenAICompatProvider("local-vllm", session, f"{upstream.base_url}/v1", "token-abc123",
+                                    json_mode=json_mode)
+    upstream.reply(200, chat(content))
+    done = await provider.complete(JSON_REQUEST, "qwen3-8b", timeout_s=5)
+    assert done.data == ANSWER
+    assert done.text == '{"label": "billing", "reason": "mentions an invoice"}'
+    assert done.usage == Usage(input_tokens=40, output_tokens=12)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"label": "billing", "reason": "mentions an invoice"}', '{"label": "billing", "rea', ""],
+)
+async def test_length_is_an_incomplete_answer_even_when_it_parses(deepseek, upstream, content) -> None:
+    # tester-wire F2/F10: finish_reason "length" was returned as a success when the cut text parsed
+    upstream.reply(200, chat(content, finish_reason="length"), headers={"x-request-id": "ds-cut"})
+    with pytest.raises(IncompleteAnswer) as info:
+        await deepseek.complete(JSON_REQUEST, "deepseek-chat", timeout_s=5)
+    cut = info.value
+    assert (cut.status, cut.code, cut.finish_reason) == (502, "provider_bad_response", FinishReason.LENGTH)
+    assert cut.detail == "the answer stopped before it was complete (length)"
+    assert cut.usage == Usage(input_tokens=40, output_tokens=12)
+    assert cut.provider_request_id == "ds-cut"
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,17 @@ from opsgate.providers.errors import (
     ConnectionFailed,
     ContentFiltered,
     EmptyAnswer,
+    IncompleteAnswer,
     InvalidRequest,
+    MalformedResponse,
     Overloaded,
     ProviderTimeout,
     RateLimited,
     ServerError,
     SpendCapReached,
 )
-from opsgate.routing.errors import AllProvidersFailed
+from opsgate.providers.base import FinishReason
+from opsgate.routing.errors import AllProvidersFailed, NoUsableAnswer
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.router import Attempt, Router
 
@@ -181,6 +184,51 @@ async def test_all_failing_raises_all_providers_failed_with_every_attempt() -> N
     ]
     assert error.last_error is error.__cause__
     assert isinstance(error.last_error, ServerError) and error.last_error.http_status == 500
+
+
+def cut(provider: str, raw: str = "max_tokens") -> IncompleteAnswer:
+    return IncompleteAnswer(provider, FinishReason.LENGTH, raw)
+
+
+@pytest.mark.parametrize(
+    ("scripts", "detail"),
+    [
+        # each target answered, none usably (tester-wire F10: 503 "No AI provider could answer")
+        ({"anthropic": [cut("anthropic")], "deepseek": [EmptyAnswer("deepseek", "no choices in the answer")],
+          "gemini": [cut("gemini", "MAX_TOKENS")]},
+         "the answer stopped before it was complete (MAX_TOKENS)"),
+        # one answered unusably; the others were down: a provider did answer
+        ({"anthropic": [MalformedResponse("anthropic", "usage is missing", http_status=200)],
+          "deepseek": [BillingFailed("deepseek", http_status=402)],
+          "gemini": [AuthenticationFailed("gemini", http_status=401)]},
+         "usage is missing"),
+    ],
+)
+async def test_a_chain_that_got_only_unusable_answers_is_a_bad_response_not_an_outage(
+    scripts: dict[str, list], detail: str
+) -> None:
+    s = Setup(**scripts)
+    with pytest.raises(NoUsableAnswer) as info:
+        await s.router.complete(REQUEST, policy(max_attempts_per_target=3))
+    error = info.value
+    assert (error.code, error.status, error.title) == (
+        "provider_bad_response", 502, "No AI provider gave a usable answer")
+    assert error.detail == detail
+    assert isinstance(error, AllProvidersFailed) and len(error.attempts) == 3
+    assert error.last_error is error.__cause__ and error.last_error.provider == "gemini"
+    # an unusable answer is not retried on the same target: one request each
+    assert [s.calls(n) for n in ("anthropic", "deepseek", "gemini")] == [1, 1, 1]
+
+
+async def test_a_cut_off_answer_falls_back_without_a_retry_and_keeps_breakers_closed() -> None:
+    s = Setup(anthropic=[cut("anthropic")] * 6)
+    # the request's output limit, not the model's health: with a threshold of 5 anthropic's
+    # breaker stays closed after 6 cut-off answers in a row
+    s.router = Router(s.providers, s.clock, s.sleep, failure_threshold=5, rand=lambda: 0.5)
+    for _ in range(6):
+        routed = await s.router.complete(REQUEST, policy())
+        assert kinds(routed.attempts) == [("anthropic", "incomplete_answer"), ("deepseek", "ok")]
+    assert (s.calls("anthropic"), s.calls("deepseek")) == (6, 6)
 
 
 async def test_unconfigured_provider_is_skipped_and_recorded() -> None:

@@ -34,6 +34,7 @@ from opsgate.providers.errors import (
     RateLimited,
     ServerError,
     SpendCapReached,
+    require_complete,
 )
 from opsgate.providers.http import (
     HttpReply,
@@ -127,8 +128,10 @@ class AnthropicProvider:
     ) -> Completion:
         """One Messages call. Returns the normalised :class:`Completion`; raises the
         :mod:`opsgate.providers.errors` class for the status (see module tables), a refusal
-        (:class:`ContentFiltered`), no text/tool input (:class:`EmptyAnswer`) or a body that is
-        not the documented shape (:class:`MalformedResponse`)."""
+        (:class:`ContentFiltered`), an answer cut off or paused (:class:`IncompleteAnswer`:
+        ``stop_reason`` ``max_tokens``, ``model_context_window_exceeded``, ``pause_turn``), no
+        text/tool input (:class:`EmptyAnswer`) or a body that is not the documented shape
+        (:class:`MalformedResponse`)."""
         key = require_key(self.name, self._api_key, self._key_env)
         headers = {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
         reply = await post_json(
@@ -185,6 +188,8 @@ class AnthropicProvider:
                 http_status=200,
                 provider_request_id=request_id,
             )
+        finish = _STOP_REASONS.get(raw_stop or "", FinishReason.UNKNOWN)
+        require_complete(self.name, finish, raw_stop, request_id)
         usage = self._usage(body.get("usage"))
         content = body.get("content")
         if not isinstance(content, list):
@@ -202,7 +207,7 @@ class AnthropicProvider:
             text=text,
             data=data,
             usage=usage,
-            finish_reason=_STOP_REASONS.get(raw_stop or "", FinishReason.UNKNOWN),
+            finish_reason=finish,
             raw_finish_reason=raw_stop,
             provider_request_id=request_id,
             provider_latency_ms=reply.latency_ms,

@@ -44,6 +44,18 @@ class FinishReason(StrEnum):
     CONTEXT_EXCEEDED = "context_exceeded"
     UNKNOWN = "unknown"
 
+    @property
+    def incomplete(self) -> bool:
+        """Whether generation stopped before the answer was complete: the output limit
+        (Anthropic ``max_tokens``, OpenAI ``length``, Gemini ``MAX_TOKENS``), the context window
+        (Anthropic ``model_context_window_exceeded``) or a paused turn (Anthropic ``pause_turn``,
+        "Handling stop reasons": the turn is to be continued). Such an answer is never used
+        (:class:`opsgate.providers.errors.IncompleteAnswer`), even when what arrived parses."""
+        return self in _INCOMPLETE
+
+
+_INCOMPLETE = frozenset({FinishReason.LENGTH, FinishReason.PAUSE, FinishReason.CONTEXT_EXCEEDED})
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from opsgate.errors import OpsgateError
-from opsgate.providers.base import Usage
+from opsgate.providers.base import FinishReason, Usage
 
 
 class Scope(StrEnum):
@@ -43,7 +43,9 @@ class ProviderError(OpsgateError):
     the provider's status (``None`` for transport failures); ``retry_after`` is in seconds.
     ``usage`` is what the provider reported billing for an answer that could not be used (a
     refusal or an unusable 200 that still carried its usage object), ``None`` when it reported
-    nothing; the adapters set it, the metering charges it. ``scope`` is the class's
+    nothing; the adapters set it, the metering charges it. ``finish_reason`` is the normalised
+    stop reason of a 200 answer that could not be used (:class:`IncompleteAnswer`), ``None``
+    otherwise; the pipeline records it. ``scope`` is the class's
     :class:`Scope`; an adapter may set it on one error when the answer says more (a Gemini
     per-day quota of one model)."""
 
@@ -69,6 +71,7 @@ class ProviderError(OpsgateError):
         self.retry_after = retry_after
         self.provider_request_id = provider_request_id
         self.usage: Usage | None = None
+        self.finish_reason: FinishReason | None = None
 
     @property
     def kind(self) -> str:
@@ -225,6 +228,55 @@ class MalformedResponse(ProviderError):
     title = "The AI provider returned a malformed answer"
 
 
+class IncompleteAnswer(ProviderError):
+    """A 200 whose answer stopped before it was complete (:attr:`FinishReason.incomplete`):
+    Anthropic ``stop_reason`` ``max_tokens``, ``model_context_window_exceeded`` or
+    ``pause_turn``, OpenAI-compatible ``finish_reason`` ``length``, Gemini ``finishReason``
+    ``MAX_TOKENS``. Never used as an answer, even when the cut-off text still parses and
+    validates (a draft cut mid-sentence). Billed at the usage it reports. Not retried on the same
+    target (the same request stops at the same limit) and not counted against a breaker (the
+    request's output limit, not the model's health); the next target is tried."""
+
+    code = "provider_bad_response"
+    status = 502
+    scope = Scope.REQUEST
+    title = "The AI provider's answer was cut off"
+
+    def __init__(
+        self,
+        provider: str,
+        finish_reason: FinishReason,
+        raw_finish_reason: str | None,
+        *,
+        provider_request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            provider,
+            f"the answer stopped before it was complete ({raw_finish_reason or finish_reason.value})",
+            http_status=200,
+            provider_request_id=provider_request_id,
+        )
+        self.finish_reason = finish_reason
+
+
+def require_complete(
+    provider: str, finish: FinishReason, raw: str | None, request_id: str | None
+) -> FinishReason:
+    """``finish`` (the normalised stop reason of a 200 answer, ``raw`` the provider's own
+    value, only ever one the adapter's table maps) when the answer is complete; raises
+    :class:`IncompleteAnswer` when it stopped early (:attr:`FinishReason.incomplete`). Each
+    adapter calls it before it reads the answer's content."""
+    if finish.incomplete:
+        raise IncompleteAnswer(provider, finish, raw, provider_request_id=request_id)
+    return finish
+
+
+UNUSABLE_ANSWERS: tuple[type[ProviderError], ...] = (EmptyAnswer, MalformedResponse, IncompleteAnswer)
+"""The failures that say a provider answered (a 200) but the answer could not be used.
+A chain that ends without a usable answer after one of them is ``provider_bad_response``
+(502), not ``provider_unavailable`` (:func:`opsgate.routing.errors.chain_failed`)."""
+
+
 _KINDS: dict[type[ProviderError], str] = {
     RateLimited: "rate_limited",
     SpendCapReached: "spend_cap",
@@ -240,4 +292,5 @@ _KINDS: dict[type[ProviderError], str] = {
     ContextLengthExceeded: "context_length",
     EmptyAnswer: "empty_answer",
     MalformedResponse: "malformed_response",
+    IncompleteAnswer: "incomplete_answer",
 }

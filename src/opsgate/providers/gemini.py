@@ -33,6 +33,7 @@ from opsgate.providers.errors import (
     Scope,
     ServerError,
     SpendCapReached,
+    require_complete,
 )
 from opsgate.providers.http import (
     HttpReply,
@@ -151,8 +152,8 @@ class GeminiProvider:
         self, request: CompletionRequest, model: str, timeout_s: float
     ) -> Completion:
         """One generateContent call. Raises the :mod:`opsgate.providers.errors` class for the
-        status, :class:`ContentFiltered` (blocked prompt or a safety finish), :class:`EmptyAnswer`
-        (no candidate or no text) or :class:`MalformedResponse`; :class:`InvalidRequest` for a
+        status, :class:`ContentFiltered` (blocked prompt or a safety finish),
+        :class:`IncompleteAnswer` (``MAX_TOKENS``), :class:`EmptyAnswer` (no candidate or no text) or :class:`MalformedResponse`; :class:`InvalidRequest` for a
         model name that is not a plain model id."""
         key = require_key(self.name, self._api_key, self._key_env)
         reply = await post_json(
@@ -215,6 +216,8 @@ class GeminiProvider:
                 http_status=200,
                 provider_request_id=request_id,
             )
+        finish = _FINISH_REASONS.get(raw_finish or "", FinishReason.UNKNOWN)
+        require_complete(self.name, finish, raw_finish, request_id)
         usage = self._usage(body.get("usageMetadata"))
         text = _answer_text(candidate.get("content"))
         if not text.strip():
@@ -231,7 +234,7 @@ class GeminiProvider:
             text=text,
             data=data,
             usage=usage,
-            finish_reason=_FINISH_REASONS.get(raw_finish or "", FinishReason.UNKNOWN),
+            finish_reason=finish,
             raw_finish_reason=raw_finish,
             provider_request_id=request_id,
             provider_latency_ms=reply.latency_ms,

@@ -364,6 +364,26 @@ def optional_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_THINK_BLOCK = re.compile(r"\A\s*<think>.*?</think>", re.S)
+_FENCED = re.compile(r"\A```[ \t]*(?:json)?[ \t]*\r?\n(?P<body>.*)\r?\n[ \t]*```\Z", re.S | re.I)
+
+
+def unwrap_answer(text: str) -> str:
+    """An OpenAI-compatible answer's text without the two wrappers models put around a JSON
+    answer, in this order: one leading ``<think>…</think>`` reasoning block (Qwen3 and
+    DeepSeek-R1 style models on vLLM or Ollama without a reasoning parser emit it before the
+    answer), then one fenced code block around the whole rest (a line ```` ```json ```` or
+    ```` ``` ````, the answer, a closing ```` ``` ```` line; CommonMark "Fenced code blocks").
+    Anything else is returned stripped and unchanged: the text is never searched for JSON, so
+    an answer with prose around it, an unclosed think block or two fences stays a bad response
+    for :func:`answer_object`."""
+    think = _THINK_BLOCK.match(text)
+    rest = text[think.end():] if think else text
+    rest = rest.strip()
+    fenced = _FENCED.match(rest)
+    return fenced["body"].strip() if fenced else rest
+
+
 def answer_object(provider: str, text: str, request_id: str | None) -> dict[str, Any]:
     """Parse an answer's text that must be one JSON object (surrounding whitespace allowed).
 

@@ -30,6 +30,7 @@ from opsgate.providers.errors import (
     RateLimited,
     ServerError,
     SpendCapReached,
+    require_complete,
 )
 from opsgate.providers.http import (
     HttpReply,
@@ -48,6 +49,7 @@ from opsgate.providers.http import (
     require_key,
     retry_after_seconds,
     token_count,
+    unwrap_answer,
 )
 
 DEEPSEEK_BASE_URL = "https://api.deepseek.com"
@@ -137,8 +139,10 @@ class OpenAICompatProvider:
     ) -> Completion:
         """One Chat Completions call. Raises the :mod:`opsgate.providers.errors` class for the
         status, :class:`ContentFiltered` (``content_filter``), :class:`Overloaded` (DeepSeek
-        ``insufficient_system_resource``), :class:`EmptyAnswer` (no choice or empty content) or
-        :class:`MalformedResponse` (bad body, or content that is not a JSON object when asked)."""
+        ``insufficient_system_resource``), :class:`IncompleteAnswer` (``length``),
+        :class:`EmptyAnswer` (no choice or empty content) or :class:`MalformedResponse` (bad body,
+        or content that is not a JSON object when asked, once the two wrappers
+        :func:`~opsgate.providers.http.unwrap_answer` removes are gone)."""
         headers = {}
         if self._key_required or self._api_key:
             key = require_key(self.name, self._api_key, self._key_env)
@@ -176,6 +180,8 @@ class OpenAICompatProvider:
         raw_finish = optional_str(choices[0].get("finish_reason"))
         message = choices[0].get("message")
         self._raise_for_finish(raw_finish, message, request_id)
+        finish = _FINISH_REASONS.get(raw_finish or "", FinishReason.UNKNOWN)
+        require_complete(self.name, finish, raw_finish, request_id)
         usage = self._usage(body.get("usage"))
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str) or not content.strip():
@@ -185,11 +191,11 @@ class OpenAICompatProvider:
                 http_status=200,
                 provider_request_id=request_id,
             )
-        data = (
-            answer_object(self.name, content, request_id)
-            if request.json_schema is not None
-            else None
-        )
+        if request.json_schema is not None:
+            content = unwrap_answer(content)
+            data = answer_object(self.name, content, request_id)
+        else:
+            data = None
         return Completion(
             provider=self.name,
             model=model,
@@ -197,7 +203,7 @@ class OpenAICompatProvider:
             text=content,
             data=data,
             usage=usage,
-            finish_reason=_FINISH_REASONS.get(raw_finish or "", FinishReason.UNKNOWN),
+            finish_reason=finish,
             raw_finish_reason=raw_finish,
             provider_request_id=request_id,
             provider_latency_ms=reply.latency_ms,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from opsgate.providers.errors import ContextLengthExceeded, ProviderError
+from opsgate.providers.errors import UNUSABLE_ANSWERS, ContextLengthExceeded, ProviderError
 
 if TYPE_CHECKING:
     from opsgate.routing.router import Attempt
@@ -54,6 +54,39 @@ class AllProvidersFailed(ProviderError):
         super().__init__(provider, self.title)
         self.attempts = list(attempts)
         self.last_error = last_error
+
+
+class NoUsableAnswer(AllProvidersFailed):
+    """No target of the chain gave a usable answer, and at least one did answer (a 200) with
+    one that could not be used: empty, malformed or cut off (:data:`UNUSABLE_ANSWERS`). 502
+    ``provider_bad_response``, as the one target's own failure would be: the providers
+    answered, so "no AI provider could answer" (503) would send an operator after an outage
+    that is not there. ``unusable`` is the last such failure; its ``detail`` (client-safe: it
+    names the failure, never the provider's text) and ``finish_reason`` are this error's.
+    ``attempts`` and ``last_error`` (the chain's final failure, which may be another kind) as
+    in :class:`AllProvidersFailed`."""
+
+    code = "provider_bad_response"
+    status = 502
+    title = "No AI provider gave a usable answer"
+
+    def __init__(self, attempts: Sequence[Attempt], last_error: ProviderError | None,
+                 unusable: ProviderError) -> None:
+        super().__init__(attempts, last_error)
+        self.detail = unusable.detail
+        self.unusable = unusable
+        self.finish_reason = unusable.finish_reason
+
+
+def chain_failed(attempts: Sequence[Attempt], failures: Sequence[ProviderError]) -> AllProvidersFailed:
+    """The error of a chain whose every target failed or was skipped (``failures`` in order,
+    ``attempts`` as recorded): :class:`NoUsableAnswer` (502) when a provider answered with an
+    answer that could not be used, else :class:`AllProvidersFailed` (503: nothing answered)."""
+    last_error = failures[-1] if failures else None
+    unusable = [f for f in failures if isinstance(f, UNUSABLE_ANSWERS)]
+    if unusable:
+        return NoUsableAnswer(attempts, last_error, unusable[-1])
+    return AllProvidersFailed(attempts, last_error)
 
 
 class ContextWindowTooSmall(ContextLengthExceeded):

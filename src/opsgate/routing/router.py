@@ -34,7 +34,9 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
 A request-side error that must not fall back is re-raised as is, with ``error.attempts`` set.
 When the chain is exhausted, :class:`~opsgate.routing.errors.InputTooLarge` (413) is raised if
 every target refused the prompt for its length, else
-:class:`~opsgate.routing.errors.AllProvidersFailed`. Every failed provider call is logged (one
+:class:`~opsgate.routing.errors.AllProvidersFailed` (503), or its
+:class:`~opsgate.routing.errors.NoUsableAnswer` (502 ``provider_bad_response``) when a target
+answered but its answer could not be used (empty, malformed, cut off). Every failed provider call is logged (one
 WARNING line through the sanitizer: provider, model, status, error kind, provider request id;
 never the provider's body).
 Every outcome is reported to the target's
@@ -73,12 +75,12 @@ from opsgate.routing.breaker import (
     TargetBreakers,
 )
 from opsgate.routing.errors import (
-    AllProvidersFailed,
     CircuitOpen,
     ContextWindowTooSmall,
     DeadlineExceeded,
     InputTooLarge,
     ProviderNotConfigured,
+    chain_failed,
 )
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.retry import retry_wait_s
@@ -294,7 +296,8 @@ class Router:
         Returns :class:`Routed`. Raises :class:`ContentFiltered` or :class:`InvalidRequest` (with
         ``.attempts``) when they may not fall back, :class:`InputTooLarge` when every target
         refused the prompt's length, the :class:`OpsgateError` ``admit`` raised (with
-        ``.attempts``), else :class:`AllProvidersFailed`.
+        ``.attempts``), else :class:`AllProvidersFailed` (:class:`NoUsableAnswer`, 502, when a
+        target answered with an answer that could not be used; see :func:`chain_failed`).
         """
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
@@ -320,7 +323,7 @@ class Router:
         last_error = failures[-1] if failures else None
         if failures and all(isinstance(f, ContextLengthExceeded) for f in failures):
             raise InputTooLarge(call.attempts, last_error) from last_error
-        raise AllProvidersFailed(call.attempts, last_error) from last_error
+        raise chain_failed(call.attempts, failures) from last_error
 
     async def _try_target(
         self, call: _Call, target: Target, rest: Sequence[Target]
