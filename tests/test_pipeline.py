@@ -17,7 +17,9 @@ from opsgate.metering.prices import PriceTable
 from opsgate.operations import get_operation
 from opsgate.operations.base import OFF_LOOP_BYTES, prepare_input
 from opsgate.operations.errors import InvalidModelOutput
-from opsgate.providers.base import CompletionRequest, Usage
+from opsgate.providers.base import CompletionRequest, FinishReason, Usage
+from opsgate.providers.errors import IncompleteAnswer
+from opsgate.routing.errors import NoUsableAnswer
 from opsgate.store.models import ai_operation_log
 from opsgate.testing import FAKE_MODEL, GovernedGateway
 from tests.budgets import ADMIN
@@ -136,9 +138,10 @@ async def test_a_402_on_an_extension_stops_the_call_and_settles_what_was_spent(
 async def test_an_answer_cut_at_its_cap_is_repaired_once_then_refused_within_its_hold(
     governed: GovernedGateway,
 ) -> None:
-    """An answer that reaches ``max_tokens`` (an Anthropic tool input cut short: required fields
-    missing) is billed as reported and gets the one repair request, cut too; the call ends with
-    502 and both answers at the cap cost no more than the call held (operations/caps.py)."""
+    """An answer that uses its whole ``max_tokens`` and still misses the schema (required fields
+    missing; its stop reason says it ended, else it is an IncompleteAnswer, see the next tests)
+    is billed as reported and gets the one repair request, missing too; the call ends with 502
+    and both answers at the cap cost no more than the call held (operations/caps.py)."""
     set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
                limit_micro_usd=10**9)
     cut = {"category": "work", "priority": "high"}
@@ -160,6 +163,66 @@ async def test_an_answer_cut_at_its_cap_is_repaired_once_then_refused_within_its
         held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalar_one()
     assert _counters(governed, "alice") == (2 * one_answer, 0)
     assert 2 * one_answer <= held
+
+
+async def test_a_used_answer_records_its_stop_reason_in_the_result_entry(governed: GovernedGateway) -> None:
+    call = governed.call("email-classify", CLASSIFY)
+    await governed.gateway.govern(call)
+    [(_, result)] = [e for e in governed.entries(call.request_id) if e[0] == "result"]
+    assert (result["status"], result["finish_reason"]) == ("ok", "stop")
+
+
+@pytest.mark.parametrize("stop", [FinishReason.LENGTH, FinishReason.PAUSE, FinishReason.CONTEXT_EXCEEDED])
+async def test_a_cut_off_answer_is_never_a_success_even_when_it_validates(
+    governed: GovernedGateway, stop: FinishReason
+) -> None:
+    """tester-wire F2: a schema-valid answer whose generation stopped early (the provider's
+    ``max_tokens``/``length``/``MAX_TOKENS``, a paused turn, the context window) came back 200.
+    Here a provider returns it as a completion (the adapters raise IncompleteAnswer instead,
+    tests/providers): the call ends 502 ``provider_bad_response``, billed as reported, and the
+    result entry says why it stopped."""
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    governed.provider.finish_reason = stop
+    call = governed.call("email-classify", CLASSIFY)
+
+    with pytest.raises(IncompleteAnswer) as info:
+        await governed.gateway.govern(call)
+
+    assert (info.value.status, info.value.code, info.value.finish_reason) == (502, "provider_bad_response", stop)
+    assert len(governed.provider.requests) == 1  # not repaired: the same request stops at the same limit
+    one_answer = cost_micro_usd(governed.provider.usage, PriceTable.load().price_for(FAKE_MODEL))
+    [(_, result)] = [e for e in governed.entries(call.request_id) if e[0] == "result"]
+    assert (result["status"], result["error_code"], result["finish_reason"], result["cost_micro_usd"]) == (
+        "error", "provider_bad_response", stop.value, one_answer)
+    assert _counters(governed, "alice") == (one_answer, 0)
+
+
+async def test_a_chain_of_cut_off_answers_is_a_bad_response_recorded_with_its_stop_reason(
+    governed: GovernedGateway,
+) -> None:
+    """tester-wire F2/F10: the adapters' IncompleteAnswer (billed at its reported usage) ends a
+    one-target chain as 502 ``provider_bad_response``, not 503 "No AI provider could answer";
+    the attempt row and the result entry say the answer was cut off."""
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=10**9)
+    cut = IncompleteAnswer("anthropic", FinishReason.LENGTH, "max_tokens")
+    cut.usage = governed.provider.usage
+    governed.provider.script = [cut]
+    call = governed.call("email-classify", CLASSIFY)
+
+    with pytest.raises(NoUsableAnswer) as info:
+        await governed.gateway.govern(call)
+
+    assert (info.value.status, info.value.code) == (502, "provider_bad_response")
+    assert info.value.detail == "the answer stopped before it was complete (max_tokens)"
+    one_answer = cost_micro_usd(governed.provider.usage, PriceTable.load().price_for(FAKE_MODEL))
+    [(_, result)] = [e for e in governed.entries(call.request_id) if e[0] == "result"]
+    assert (result["error_code"], result["finish_reason"], result["cost_micro_usd"]) == (
+        "provider_bad_response", "length", one_answer)
+    with governed.engine.connect() as conn:
+        rows = conn.execute(select(ai_operation_attempts.c.outcome, ai_operation_attempts.c.billing)).all()
+    assert [tuple(r) for r in rows] == [("incomplete_answer", "reported")]
 
 
 def _counters(governed: GovernedGateway, user: str) -> tuple[int, int]:

@@ -66,7 +66,8 @@ from opsgate.operations.base import Operation, Prepared, prepare_input
 from opsgate.operations.errors import InvalidModelOutput
 from opsgate.operations.privacy import CallPrivacy, PrivacyPolicy
 from opsgate.operations.repair import repair_request
-from opsgate.providers.base import Completion, CompletionRequest, Usage
+from opsgate.providers.base import Completion, CompletionRequest, FinishReason, Usage
+from opsgate.providers.errors import IncompleteAnswer, ProviderError
 from opsgate.rollout.models import shadow_calls
 from opsgate.rollout.shadow import ERROR as SHADOW_ERROR
 from opsgate.rollout.shadow import OK as SHADOW_OK
@@ -143,7 +144,10 @@ class CallRecord:
     ``created_at`` tz-aware UTC from the injected Clock;
     ``variant`` served the call, ``repaired`` says its answer needed the schema repair request,
     ``shadow`` marks a shadow call (:meth:`Gateway.shadow`), ``degraded`` a call a ``cheaper``
-    budget sent past its chain's first target."""
+    budget sent past its chain's first target. ``finish_reason`` is why the last answer's
+    generation stopped (:class:`~opsgate.providers.base.FinishReason` value: ``stop``,
+    ``tool_use``, ... for a used answer; ``length``, ``pause`` or ``context_exceeded`` for a
+    call that failed on a cut-off answer), ``None`` when no answer arrived."""
 
     request_id: str
     user_id: str
@@ -166,6 +170,7 @@ class CallRecord:
     repaired: bool = False
     shadow: bool = False
     degraded: bool = False
+    finish_reason: str | None = None
 
     @property
     def cache_write_tokens(self) -> int:
@@ -202,8 +207,9 @@ class CallRecord:
     def ledger_payload(self) -> dict[str, Any]:
         """The payload of the ledger ``result`` entry (no user id, no latencies: those stay in
         the log row; ``intent_seq`` links it to its intent). It names the price's source and
-        version, so the call can be re-priced later, ``price_flag`` when there is one and
-        ``degraded: true`` when the call was degraded."""
+        version, so the call can be re-priced later, ``price_flag`` when there is one,
+        ``degraded: true`` when the call was degraded, and the last answer's ``finish_reason``
+        (a truncated answer is never a success, so ``ok`` never comes with ``length``)."""
         flag: dict[str, Any] = {"price_flag": self.price_flag} if self.price_flag else {}
         flag |= {"shadow": True} if self.shadow else {}
         flag |= {"degraded": True} if self.degraded else {}
@@ -222,6 +228,7 @@ class CallRecord:
             "cost_micro_usd": self.cost_micro_usd,
             "price_source": self.price.source if self.price else None,
             "price_version": self.price.version if self.price else None,
+            "finish_reason": self.finish_reason,
         }
 
 
@@ -605,7 +612,10 @@ class Gateway:
         An answer that does not match ``op.answer_model(prepared)`` (its ``ModelOutput``, or the
         tighter model the input chose) gets one repair request that quotes the
         validation errors; a second miss raises :class:`InvalidModelOutput`. A degraded call
-        starts at its reserved target: the dearer targets before it had no room.
+        starts at its reserved target: the dearer targets before it had no room. An answer whose
+        generation stopped early (:attr:`FinishReason.incomplete`, e.g. cut at ``max_tokens``)
+        is never returned: the adapters refuse it, so the router falls back as after any
+        unusable answer, and one that still arrives here raises :class:`IncompleteAnswer` (502).
         """
         policy = spend.variant.policy
         if spend.start:
@@ -618,6 +628,7 @@ class Gateway:
             spend.attempts += routed.attempts
             self.models.unavailable(op.id, _unavailable(routed.attempts))
             self.models.completed(op.id, routed.completion)
+            _require_complete(routed.completion)
             try:
                 answer = op.answer_model(prepared).model_validate(privacy.restore(routed.completion.data))
             except ValidationError as exc:
@@ -768,7 +779,9 @@ class Gateway:
         attempts = list(getattr(exc, "attempts", ()) or ())
         spend.attempts += [a for a in attempts if isinstance(a, Attempt)]
         self.models.unavailable(call.operation, _unavailable(attempts))
-        return self._call_record(call, principal, intent, spend, started, error_code=code, shadow=shadow)
+        stopped = exc.finish_reason if isinstance(exc, ProviderError) else None
+        return self._call_record(call, principal, intent, spend, started, error_code=code, shadow=shadow,
+                                 finish_reason=stopped)
 
     def _call_record(
         self,
@@ -780,9 +793,14 @@ class Gateway:
         *,
         error_code: str | None,
         shadow: bool = False,
+        finish_reason: FinishReason | None = None,
     ) -> CallRecord:
+        """The :class:`CallRecord` of the call so far; ``finish_reason`` is the stop reason of
+        the answer a failed call ended on (:attr:`ProviderError.finish_reason`), else the last
+        completion's is recorded."""
         usage, cost = self.meter(spend)
         last = spend.completions[-1] if spend.completions else None
+        stopped = finish_reason or (last.finish_reason if last else None)
         price, flag = spend.prices[-1] if spend.prices else (None, None)
         return CallRecord(
             request_id=call.request_id,
@@ -806,6 +824,7 @@ class Gateway:
             repaired=len(spend.completions) > 1,
             shadow=shadow,
             degraded=spend.start > 0,
+            finish_reason=stopped.value if stopped else None,
         )
 
     async def _write(self, record: CallRecord, intent: Intent, spend: _Spend,
@@ -852,6 +871,16 @@ def _degraded(chain: Sequence[Target]) -> Callable[[Reservation], dict[str, Any]
     """The intent's extra fields for a reservation on ``chain``: ``degraded`` and the ``target``
     chosen when it is not the first, none otherwise."""
     return lambda r: {"degraded": True, "target": _key(chain[r.choice])} if r.degraded else {}
+
+
+def _require_complete(completion: Completion) -> None:
+    """Raise :class:`IncompleteAnswer` (502) for a ``completion`` whose generation stopped
+    early (:attr:`FinishReason.incomplete`): the pipeline's own check, for a provider that
+    returned one instead of raising as the built-in adapters do."""
+    if completion.finish_reason.incomplete:
+        raise IncompleteAnswer(completion.provider, completion.finish_reason,
+                               completion.raw_finish_reason,
+                               provider_request_id=completion.provider_request_id)
 
 
 def _unavailable(attempts: Any) -> list[tuple[str, str]]:

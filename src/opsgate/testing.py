@@ -75,7 +75,9 @@ schema-valid instance of the request's ``json_schema`` (see :mod:`opsgate.sandbo
 class FakeProvider:
     """A provider that answers from ``script`` in order, then with schema-valid instances.
 
-    ``usage`` is billed for every answer (tokens, integers). ``requests`` holds every
+    ``usage`` is billed for every answer (tokens, integers); ``finish_reason`` is every answer's
+    stop reason (``STOP``; ``LENGTH`` plays a provider that returns a cut-off answer instead of
+    raising as the built-in adapters do). ``requests`` holds every
     :class:`CompletionRequest` received, in order; ``on_send`` (if set) runs with each request
     before the answer is made, i.e. at the moment a real adapter would send its first byte.
     """
@@ -83,6 +85,7 @@ class FakeProvider:
     name: str = FAKE_PROVIDER
     script: list[Answer] = field(default_factory=list)
     usage: Usage = field(default_factory=lambda: Usage(input_tokens=1_000, output_tokens=200))
+    finish_reason: FinishReason = FinishReason.STOP
     on_send: Callable[[CompletionRequest], None] | None = None
     requests: list[CompletionRequest] = field(default_factory=list)
 
@@ -101,8 +104,8 @@ class FakeProvider:
             text=orjson.dumps(data).decode(),
             data=data,
             usage=self.usage,
-            finish_reason=FinishReason.STOP,
-            raw_finish_reason="end_turn",
+            finish_reason=self.finish_reason,
+            raw_finish_reason="end_turn" if self.finish_reason is FinishReason.STOP else self.finish_reason.value,
             provider_request_id=f"fake-{len(self.requests)}",
             provider_latency_ms=1.0,
         )
