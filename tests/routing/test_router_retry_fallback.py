@@ -402,3 +402,31 @@ async def test_the_last_callable_target_retries_its_late_failures_within_the_dea
     routed = await s.router.complete(REQUEST, policy(chain=CHAIN[:1], timeout_s=5.0, total_timeout_s=10.0))
     assert kinds(routed.attempts) == [("anthropic", "server_error"), ("anthropic", "ok")]
     assert s.sleep.waits == [0.125]
+
+
+# ----------------------- a failure after the provider's 200 is late: the provider may bill it
+# A body cut after the 200 headers (ConnectionFailed with http_status 200) was retried in place
+# like a refused connection: each retry a new possibly billed request (tester-wire F4).
+
+
+def cut_200(provider: str) -> ConnectionFailed:
+    return ConnectionFailed(provider, "answer cut (ClientPayloadError)", http_status=200)
+
+
+async def test_a_body_cut_after_its_200_falls_back_at_once_unlike_a_refused_connection() -> None:
+    s = Setup(anthropic=[cut_200("anthropic")] * 3)
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=20.0))
+    assert kinds(routed.attempts) == [("anthropic", "connection_failed"), ("deepseek", "ok")]
+    assert routed.attempts[0].http_status == 200
+    assert (s.calls("anthropic"), s.calls("deepseek"), s.sleep.waits) == (1, 1, [])
+
+    # a connection refused before any answer cannot have been billed: retried in place
+    s = Setup(anthropic=[ConnectionFailed("anthropic", "transport failure (ClientConnectorError)")])
+    routed = await s.router.complete(REQUEST, policy(timeout_s=5.0, total_timeout_s=20.0))
+    assert kinds(routed.attempts) == [("anthropic", "connection_failed"), ("anthropic", "ok")]
+    assert s.sleep.waits == [0.125]
+
+    # the chain's last callable target retries a cut 200 within the deadline, as any late failure
+    s = Setup(anthropic=[cut_200("anthropic")])
+    routed = await s.router.complete(REQUEST, policy(chain=CHAIN[:1], timeout_s=5.0, total_timeout_s=20.0))
+    assert kinds(routed.attempts) == [("anthropic", "connection_failed"), ("anthropic", "ok")]

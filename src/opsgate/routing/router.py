@@ -20,7 +20,11 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    HTTP 504 such as Anthropic's ``timeout_error`` or Gemini's ``DEADLINE_EXCEEDED``), or when its
    attempt took at least :data:`SLOW_FAILURE_SHARE` of the attempt's time limit (a 529 or 500
    after a long wait: a retry would likely wait as long again). The last callable target still
-   retries its late failures within the deadline; a wait longer
+   retries its late failures within the deadline. A failure after the provider sent its 2xx
+   status (a 200 whose body was cut: :class:`~opsgate.providers.errors.ConnectionFailed` with
+   ``http_status`` 200) is late too: the provider answered and may bill it, so asking the same
+   target again risks a second bill for one answer, while a refused connection cannot have been
+   billed and keeps its retries; a wait longer
    than ``max_retry_wait_s`` or than the time left is not taken, the router moves on instead, and
    a provider that asked for more than ``max_retry_wait_s`` is cooled down for the time it asked
    for, at most ``max_cooldown_s`` (:meth:`~opsgate.routing.breaker.CircuitBreaker.cool_down`), so
@@ -453,7 +457,19 @@ def log_provider_error(target: Target, error: ProviderError) -> None:
 def _late(error: ProviderError, attempt: Attempt, limit_s: float) -> bool:
     """Whether ``error`` (recorded as ``attempt``, whose time limit was ``limit_s`` seconds) says
     the provider is not answering in time (see the module docstring, step 3)."""
-    return error.timed_out or attempt.latency_ms >= SLOW_FAILURE_SHARE * limit_s * 1000
+    return (error.timed_out or _answered(error)
+            or attempt.latency_ms >= SLOW_FAILURE_SHARE * limit_s * 1000)
+
+
+def _answered(error: ProviderError) -> bool:
+    """Whether ``error`` came after the provider sent a 2xx status (RFC 9110 §15.3): the request
+    was accepted and answered, so the provider may bill it (a body cut after the headers). Such a
+    failure is late (module docstring, step 3): the same target is not asked again while a later
+    target can be called."""
+    status = error.http_status
+    return status is not None and 200 <= status < 300
+
+
 
 
 def _falls_back(error: ProviderError, policy: RoutePolicy) -> bool:
