@@ -799,9 +799,9 @@ class Gateway:
         the answer a failed call ended on (:attr:`ProviderError.finish_reason`), else the last
         completion's is recorded."""
         usage, cost = self.meter(spend)
+        provider, model, served_model, price, flag = self._named(spend)
         last = spend.completions[-1] if spend.completions else None
         stopped = finish_reason or (last.finish_reason if last else None)
-        price, flag = spend.prices[-1] if spend.prices else (None, None)
         return CallRecord(
             request_id=call.request_id,
             user_id=principal.user_id,
@@ -809,9 +809,9 @@ class Gateway:
             intent_seq=intent.seq,
             status="ok" if error_code is None else "error",
             error_code=error_code,
-            provider=last.provider if last else None,
-            model=last.model if last else None,
-            served_model=(last.served_model or last.model) if last else None,
+            provider=provider,
+            model=model,
+            served_model=served_model,
             attempts=len(spend.attempts),
             latency_ms=(self._clock.monotonic() - started) * 1000,
             provider_latency_ms=sum(c.provider_latency_ms for c in spend.completions) or None,
@@ -826,6 +826,33 @@ class Gateway:
             degraded=spend.start > 0,
             finish_reason=stopped.value if stopped else None,
         )
+
+    def _named(
+        self, spend: _Spend,
+    ) -> tuple[str | None, str | None, str | None, ResolvedPrice | None, str | None]:
+        """The provider, model, served model, price and price flag a call's record names, after
+        :meth:`meter`: the last completion's (a success; its price is the last one
+        :meth:`charges` resolved, which is that completion's request), else, for a failed call,
+        those of its last *billed* request (``spend.charges[-1]``, the last
+        ``ai_operation_attempts`` row): a reported charge with the price it was charged at, an
+        estimated one with the requested model's price (source and version) at the call's time,
+        from which its worst case was computed, and its served model unknown, so the requested
+        model is named, as for a success without one. When several requests were billed, the
+        attempt rows hold each one's provider, model and cost; the record names the last.
+        All ``None`` when nothing was billed."""
+        if spend.completions:
+            last = spend.completions[-1]
+            price, flag = spend.prices[-1] if spend.prices else (None, None)
+            return last.provider, last.model, last.served_model or last.model, price, flag
+        if not spend.charges:
+            return None, None, None, None, None
+        billed = spend.charges[-1]
+        if billed.billing == REPORTED and spend.prices:
+            price, flag = spend.prices[-1]
+        else:
+            price = self._prices.lookup(billed.provider, billed.model, spend.priced_at or self._clock.now())
+            flag = None
+        return billed.provider, billed.model, billed.served_model or billed.model, price, flag
 
     async def _write(self, record: CallRecord, intent: Intent, spend: _Spend,
                      extra: Sequence[tuple[Any, dict[str, Any]]] = ()) -> None:
