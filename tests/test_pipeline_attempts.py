@@ -1,12 +1,16 @@
-"""A failed call's record (tester-wire F5), through a real in-process gateway (SQLite, the
+"""A failed call's record (tester-wire F3, F5), through a real in-process gateway (SQLite, the
 ledger writer, metering) and the fake provider:
 
+- a client that goes away stops the call before its next request (here the schema repair): the
+  call ends ``client_closed`` (499) in its ``result`` entry and log row, what it spent is charged
+  and nothing stays reserved;
 - the ``result`` entry of a failed call that was charged names the last billed request's
   provider, model, served model and price (source and version), as its attempt row does.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -14,16 +18,30 @@ from sqlalchemy import select
 
 from opsgate.metering.budgets import set_budget
 from opsgate.metering.cost import cost_micro_usd
-from opsgate.metering.models import ANY, ai_operation_attempts
+from opsgate.metering.models import ANY, ai_operation_attempts, budget_reservations
 from opsgate.metering.prices import PriceBook, PriceTable
 from opsgate.providers.base import Usage
 from opsgate.providers.errors import ConnectionFailed, ContentFiltered
-from opsgate.routing.errors import AllProvidersFailed
+from opsgate.routing.errors import AllProvidersFailed, ClientClosed
+from opsgate.store.models import ai_operation_log
 from opsgate.testing import FAKE_MODEL, GovernedGateway
 from tests.budgets import ADMIN
 from tests.paths import EXAMPLES
 
 CLASSIFY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
+
+
+class Leaving:
+    """A :class:`~opsgate.routing.router.Cancel` whose caller leaves when told."""
+
+    def __init__(self) -> None:
+        self.left = asyncio.Event()
+
+    async def gone(self) -> bool:
+        return self.left.is_set()
+
+    async def wait_gone(self) -> None:
+        await self.left.wait()
 
 
 def _budget(governed: GovernedGateway) -> None:
@@ -52,6 +70,33 @@ def _price(governed: GovernedGateway) -> tuple[str, str]:
     found = PriceBook(PriceTable.load(), now=governed.clock.now).lookup("anthropic", FAKE_MODEL, governed.clock.now())
     assert found is not None
     return found.source, found.version
+
+
+async def test_a_client_gone_before_the_repair_request_ends_the_call_client_closed_and_settled(
+    governed: GovernedGateway,
+) -> None:
+    _budget(governed)
+    leaving = Leaving()
+    governed.provider.script = [{"category": "not a category"}]  # would get a repair request
+    governed.provider.on_send = lambda request: leaving.left.set()  # the client leaves meanwhile
+    call = governed.call("email-classify", CLASSIFY)
+    call.cancel = leaving
+
+    with pytest.raises(ClientClosed) as closed:
+        await governed.gateway.govern(call)
+
+    assert (closed.value.code, closed.value.status) == ("client_closed", 499)
+    assert len(governed.provider.requests) == 1  # no repair request left
+    one_answer = cost_micro_usd(governed.provider.usage, PriceTable.load().price_for(FAKE_MODEL))
+    result = _result(governed, call.request_id)
+    assert (result["status"], result["error_code"], result["cost_micro_usd"]) == ("error", "client_closed", one_answer)
+    assert _named(result) == ("anthropic", FAKE_MODEL, FAKE_MODEL, *_price(governed))
+    with governed.engine.connect() as conn:
+        logged = conn.execute(select(ai_operation_log.c.error_code, ai_operation_log.c.cost_micro_usd)).one()
+        reservation = conn.execute(select(budget_reservations.c.state)).scalar_one()
+    assert tuple(logged) == ("client_closed", one_answer)
+    assert reservation == "settled"
+    assert _attempt_rows(governed) == [("anthropic", FAKE_MODEL, None, "ok", "reported", one_answer)]
 
 
 async def test_a_refusal_that_reported_usage_names_its_provider_model_and_price(governed: GovernedGateway) -> None:

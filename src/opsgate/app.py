@@ -190,7 +190,8 @@ def _operation_endpoint(op_id: str) -> Endpoint:
         runtime = get_runtime(request)
         request_id = request.state.request_id = uuid.uuid4().hex
         started = time.perf_counter()
-        call = Call(op_id, b"", "", request_id, request.headers.get("content-type"))  # the pipeline fills
+        call = Call(op_id, b"", "", request_id, request.headers.get("content-type"),  # the pipeline fills
+                    cancel=ClientDisconnect(request))
         with tracing.request_span(op_id, request_id, request.headers):  # its headers and variant
             try:
                 call.body = await read_body(request, MAX_BODY_BYTES)
@@ -211,6 +212,36 @@ def _operation_endpoint(op_id: str) -> Endpoint:
 
     endpoint.__name__ = "operation_" + op_id.replace("-", "_")
     return endpoint
+
+
+class ClientDisconnect:
+    """The router's :class:`~opsgate.routing.router.Cancel` for one HTTP request: whether its
+    client closed the connection (ASGI ``http.disconnect``; the ASGI spec's HTTP ``receive``
+    returns it once the body was read and the client went away).
+
+    Nothing is read from the connection until the router asks, which it does only before a
+    retry, a fallback or a repair and during a retry's wait: a call whose first request
+    succeeds costs this object's creation and nothing else (issue 21). :meth:`gone` is
+    Starlette's ``Request.is_disconnected`` (a ``receive`` that does not wait); :meth:`wait_gone`
+    awaits ``receive`` until ``http.disconnect``. Both only once the body has been read."""
+
+    __slots__ = ("_request", "_gone")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._gone = False
+
+    async def gone(self) -> bool:
+        """Whether the client has disconnected (answers without waiting; stays ``True``)."""
+        if not self._gone:
+            self._gone = await self._request.is_disconnected()
+        return self._gone
+
+    async def wait_gone(self) -> None:
+        """Return once the client has disconnected (never, while it stays connected)."""
+        while not self._gone:
+            message = await self._request.receive()
+            self._gone = message.get("type") == "http.disconnect"
 
 
 def _outcome_body(outcome: Outcome) -> dict[str, Any]:

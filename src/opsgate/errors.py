@@ -58,6 +58,7 @@ table in docs/architecture.md, equal to the classes)::
     │   ├── CircuitOpen               provider_unavailable      503  routing.errors
     │   ├── DeadlineExceeded          provider_unavailable      503  routing.errors
     │   └── ProviderNotConfigured     provider_unavailable      503  routing.errors
+    ├── ClientClosed                  client_closed             499  routing.errors
     ├── InvalidPlan                   invalid_input             422  rollout.errors
     ├── OperationDisabled             operation_disabled        403  rollout.errors
     ├── RolloutConflict               rollout_conflict          409  rollout.errors

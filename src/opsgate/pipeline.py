@@ -75,7 +75,8 @@ from opsgate.rollout.shadow import REFUSED, agrees
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import DEFAULT_VARIANT, Variant, VariantBook, default_book
 from opsgate.routing.policy import RoutePolicy, Target
-from opsgate.routing.router import Admit, Attempt, Router
+from opsgate.routing.errors import ClientClosed
+from opsgate.routing.router import Admit, Attempt, Cancel, Router
 from opsgate.routing.served import MODEL_UNAVAILABLE, ModelWatch, substituted
 from opsgate.security.auth import Principal, TokenService
 from opsgate.store.models import ai_operation_log
@@ -106,7 +107,10 @@ class Call:
     (field name -> value) is filled as the call goes: once step 3 counted it, the RateLimit
     fields; the API layer sends them with the answer, a result or any later refusal.
     ``variant`` is the name of the variant chosen to serve it (None before step 2 chose one),
-    for the API layer's metrics label."""
+    for the API layer's metrics label. ``cancel`` (the API layer's
+    :class:`~opsgate.app.ClientDisconnect`; ``None`` in process, e.g. ``opsgate run``) tells
+    step 7 that the client went away: no further provider request, retry, fallback or repair
+    starts, and the call is recorded ``client_closed`` (:class:`~opsgate.routing.router.Cancel`)."""
 
     operation: str
     body: bytes
@@ -115,6 +119,7 @@ class Call:
     content_type: str | None = JSON
     response_headers: dict[str, str] = field(default_factory=dict)
     variant: str | None = None
+    cancel: Cancel | None = None
 
 
 @dataclass(slots=True)
@@ -364,7 +369,8 @@ class Gateway:
         recorded like any call (log row ``shadow``), plus its ``shadow_calls`` row: whether it
         agrees with ``live`` (:func:`~opsgate.rollout.shadow.agrees`) and both costs. Never
         raises: a failure is recorded or logged."""
-        shadow = replace(call, request_id=shadow_request_id(call.request_id))
+        # nobody waits for a shadow's answer: the live client leaving does not stop it
+        shadow = replace(call, request_id=shadow_request_id(call.request_id), cancel=None)
         started = self._clock.monotonic()
         try:
             prepared, input_digest = await self.prepare(op, variant, call.body, call.content_type)
@@ -616,6 +622,8 @@ class Gateway:
         generation stopped early (:attr:`FinishReason.incomplete`, e.g. cut at ``max_tokens``)
         is never returned: the adapters refuse it, so the router falls back as after any
         unusable answer, and one that still arrives here raises :class:`IncompleteAnswer` (502).
+        With ``call.cancel``, no retry, fallback or repair request starts once the client has
+        gone (:class:`ClientClosed`, 499 ``client_closed``).
         """
         policy = spend.variant.policy
         if spend.start:
@@ -623,7 +631,9 @@ class Gateway:
         request = prepared.request
         admit = self.admit(call, spend, intent)
         for attempt in range(2):
-            routed = await self.router.complete(request, policy, admit)
+            if attempt and call.cancel is not None and await call.cancel.gone():
+                raise ClientClosed()
+            routed = await self.router.complete(request, policy, admit, call.cancel)
             spend.completions.append(routed.completion)
             spend.attempts += routed.attempts
             self.models.unavailable(op.id, _unavailable(routed.attempts))

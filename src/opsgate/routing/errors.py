@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from opsgate.errors import OpsgateError
 from opsgate.providers.errors import UNUSABLE_ANSWERS, ContextLengthExceeded, ProviderError
 
 if TYPE_CHECKING:
@@ -87,6 +88,24 @@ def chain_failed(attempts: Sequence[Attempt], failures: Sequence[ProviderError])
     if unusable:
         return NoUsableAnswer(attempts, last_error, unusable[-1])
     return AllProvidersFailed(attempts, last_error)
+
+
+class ClientClosed(OpsgateError):
+    """The caller went away before the call was served (the HTTP client closed its connection;
+    status 499 "Client Closed Request", nginx's code for it, since HTTP has none): the router
+    starts no further provider request, retry, fallback or schema repair once it has seen this
+    (:class:`~opsgate.routing.router.Cancel`). A request already in flight was let finish and is
+    charged as usual. ``attempts`` lists the attempts made before it, as in
+    :class:`AllProvidersFailed`. Nobody reads the answer; the code is for the log, the ledger's
+    ``result`` entry and the metrics."""
+
+    code = "client_closed"
+    status = 499
+    title = "The client closed the request before it was served"
+
+    def __init__(self, attempts: Sequence[Attempt] = ()) -> None:
+        super().__init__("The client closed the connection; no further provider request was sent")
+        self.attempts = list(attempts)
 
 
 class ContextWindowTooSmall(ContextLengthExceeded):

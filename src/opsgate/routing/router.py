@@ -33,7 +33,14 @@ For each target of a :class:`~opsgate.routing.policy.RoutePolicy` chain, in orde
    back to the next target only if ``error.fallback`` is set (auth, billing, spend cap, outages,
    a prompt beyond the target's context window), or the error is :class:`ContentFiltered` and the
    policy allows it. :class:`InvalidRequest` never falls back; a :class:`ContentFiltered` or
-   :class:`ContextLengthExceeded` is never retried on the same target.
+   :class:`ContextLengthExceeded` is never retried on the same target;
+5. when the caller gave a :class:`Cancel` (the HTTP layer does; ``opsgate run`` has none), the
+   router asks it before every request that follows one already sent in this routing call (a
+   retry or a fallback), and a retry's wait ends when the caller goes away: once it has gone,
+   :class:`~opsgate.routing.errors.ClientClosed` is raised with ``attempts`` set and nothing more
+   is sent (a request in flight is let finish; what it may have billed is charged as usual).
+   The first request is not preceded by a check, so a call that succeeds at once pays nothing
+   for it.
 
 A request-side error that must not fall back is re-raised as is, with ``error.attempts`` set.
 When the chain is exhausted, :class:`~opsgate.routing.errors.InputTooLarge` (413) is raised if
@@ -61,6 +68,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from opsgate.clock import Clock
 from opsgate.errors import OpsgateError
@@ -80,6 +88,7 @@ from opsgate.routing.breaker import (
 )
 from opsgate.routing.errors import (
     CircuitOpen,
+    ClientClosed,
     ContextWindowTooSmall,
     DeadlineExceeded,
     InputTooLarge,
@@ -106,6 +115,24 @@ log = logging.getLogger("opsgate.routing")
 Admit = Callable[[Target, CompletionRequest, "Sequence[Attempt]"], Awaitable[None]]
 """Runs before each request leaves, with the target, the request and this routing call's attempts
 so far; raises an :class:`OpsgateError` to stop the call there."""
+
+
+class Cancel(Protocol):
+    """Tells the router that the caller of a routed call went away (the HTTP client closed its
+    connection), so no further provider request should start (module docstring, step 5).
+
+    ``gone()`` answers at once (no waiting): ``True`` once the caller has gone, and from then on.
+    ``wait_gone()`` returns when the caller goes away (possibly never; the router cancels it when
+    its wait is over). The HTTP implementation is :class:`opsgate.app.ClientDisconnect`
+    (Starlette's ``Request.is_disconnected``, the ASGI ``http.disconnect`` message)."""
+
+    async def gone(self) -> bool:
+        """Whether the caller has gone away; answers without waiting."""
+        ...
+
+    async def wait_gone(self) -> None:
+        """Return when the caller goes away."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +176,7 @@ class _Call:
     policy: RoutePolicy
     deadline: float
     admit: Admit | None = None
+    cancel: Cancel | None = None
     attempts: list[Attempt] = field(default_factory=list)
     too_small: set[Target] = field(default_factory=set)
 
@@ -292,28 +320,31 @@ class Router:
         return True
 
     async def complete(
-        self, request: CompletionRequest, policy: RoutePolicy, admit: Admit | None = None
+        self, request: CompletionRequest, policy: RoutePolicy, admit: Admit | None = None,
+        cancel: Cancel | None = None,
     ) -> Routed:
         """Serve ``request`` along ``policy.chain``; see the module docstring for the rules.
-        ``admit(target, request, attempts)`` runs before every request that leaves (see step 2).
+        ``admit(target, request, attempts)`` runs before every request that leaves (see step 2);
+        ``cancel`` (optional) says when the caller went away (step 5).
 
         Returns :class:`Routed`. Raises :class:`ContentFiltered` or :class:`InvalidRequest` (with
         ``.attempts``) when they may not fall back, :class:`InputTooLarge` when every target
         refused the prompt's length, the :class:`OpsgateError` ``admit`` raised (with
-        ``.attempts``), else :class:`AllProvidersFailed` (:class:`NoUsableAnswer`, 502, when a
-        target answered with an answer that could not be used; see :func:`chain_failed`).
+        ``.attempts``), :class:`ClientClosed` (with ``.attempts``) when ``cancel`` said the caller
+        went away before a further request, else :class:`AllProvidersFailed` (:class:`NoUsableAnswer`,
+        502, when a target answered with an answer that could not be used; see :func:`chain_failed`).
         """
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
         chain = self.chain(policy)
-        call = _Call(request, policy, deadline, admit)
+        call = _Call(request, policy, deadline, admit, cancel)
         if self._windows is not None:
             call.too_small = self._windows.too_small(request, chain)
         failures: list[ProviderError] = []
         for position, target in enumerate(chain):
             try:
                 result = await self._try_target(call, target, chain[position + 1:])
-            except OpsgateError as refused:  # from admit: nothing more is sent
+            except OpsgateError as refused:  # from admit, or ClientClosed: nothing more is sent
                 refused.attempts = call.attempts  # type: ignore[attr-defined]  # read back by the pipeline's getattr
                 raise
             if isinstance(result, Completion):
@@ -346,6 +377,9 @@ class Router:
             remaining = call.deadline - self._clock.monotonic()
             if remaining <= 0:
                 return self._skip(call, target, DeadlineExceeded(target.provider))
+            if (call.cancel is not None and call.attempts and any(a.sent for a in call.attempts)
+                    and await call.cancel.gone()):
+                raise ClientClosed(call.attempts)
             if not breaker.allow():
                 return self._skip(call, target, CircuitOpen(target.provider))
             result = await self._attempt(call, target, provider, breaker, remaining, waited)
@@ -362,9 +396,25 @@ class Router:
             wait = retry_wait_s(result, failures, call.policy.max_retry_wait_s, self._rand)
             if wait is None or wait >= call.deadline - self._clock.monotonic():
                 return result
-            await self._sleep(wait)
+            await self._wait(call, wait)
             waited = wait
         raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    async def _wait(self, call: _Call, wait_s: float) -> None:
+        """Sleep ``wait_s`` seconds before a retry; with a :class:`Cancel`, stop sooner when the
+        caller goes away (the next attempt's check then raises :class:`ClientClosed`)."""
+        if call.cancel is None:
+            await self._sleep(wait_s)
+            return
+        if await call.cancel.gone():
+            return
+        sleeping = asyncio.ensure_future(self._sleep(wait_s))
+        watching = asyncio.ensure_future(call.cancel.wait_gone())
+        try:
+            await asyncio.wait((sleeping, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            watching.cancel()
 
     async def _attempt(
         self,
@@ -468,8 +518,6 @@ def _answered(error: ProviderError) -> bool:
     target can be called."""
     status = error.http_status
     return status is not None and 200 <= status < 300
-
-
 
 
 def _falls_back(error: ProviderError, policy: RoutePolicy) -> bool:
