@@ -76,7 +76,7 @@ from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import DEFAULT_VARIANT, Variant, VariantBook, default_book
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.errors import ClientClosed
-from opsgate.routing.router import Admit, Attempt, Cancel, Router
+from opsgate.routing.router import CALLER, Admit, Attempt, Cancel, Router
 from opsgate.routing.served import MODEL_UNAVAILABLE, ModelWatch, substituted
 from opsgate.security.auth import Principal, TokenService
 from opsgate.store.models import ai_operation_log
@@ -630,23 +630,27 @@ class Gateway:
             policy = replace(policy, chain=spend.chain[spend.start:])
         request = prepared.request
         admit = self.admit(call, spend, intent)
-        for attempt in range(2):
-            if attempt and call.cancel is not None and await call.cancel.gone():
-                raise ClientClosed()
-            routed = await self.router.complete(request, policy, admit, call.cancel)
-            spend.completions.append(routed.completion)
-            spend.attempts += routed.attempts
-            self.models.unavailable(op.id, _unavailable(routed.attempts))
-            self.models.completed(op.id, routed.completion)
-            _require_complete(routed.completion)
-            try:
-                answer = op.answer_model(prepared).model_validate(privacy.restore(routed.completion.data))
-            except ValidationError as exc:
-                if attempt:
-                    raise InvalidModelOutput(routed.completion.provider) from None
-                request = repair_request(prepared.request, exc)
-                continue
-            return op.finish(prepared, answer)
+        caller = CALLER.set(call.cancel)  # the router reads it (its signature stays as it is)
+        try:
+            for attempt in range(2):
+                if attempt and call.cancel is not None and await call.cancel.gone():
+                    raise ClientClosed()
+                routed = await self.router.complete(request, policy, admit)
+                spend.completions.append(routed.completion)
+                spend.attempts += routed.attempts
+                self.models.unavailable(op.id, _unavailable(routed.attempts))
+                self.models.completed(op.id, routed.completion)
+                _require_complete(routed.completion)
+                try:
+                    answer = op.answer_model(prepared).model_validate(privacy.restore(routed.completion.data))
+                except ValidationError as exc:
+                    if attempt:
+                        raise InvalidModelOutput(routed.completion.provider) from None
+                    request = repair_request(prepared.request, exc)
+                    continue
+                return op.finish(prepared, answer)
+        finally:
+            CALLER.reset(caller)
         raise AssertionError("unreachable")
 
     def admit(self, call: Call, spend: _Spend, intent: Intent) -> Admit:

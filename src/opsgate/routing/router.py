@@ -63,6 +63,7 @@ target until :meth:`~Router.restore`; :meth:`~Router.probe` checks whether it re
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import random
@@ -133,6 +134,12 @@ class Cancel(Protocol):
     async def wait_gone(self) -> None:
         """Return when the caller goes away."""
         ...
+
+
+CALLER: contextvars.ContextVar[Cancel | None] = contextvars.ContextVar("opsgate_routing_caller", default=None)
+"""The :class:`Cancel` of the call being routed in this task, used by :meth:`Router.complete` when
+it is given none: the pipeline sets it around step 7 (``Call.cancel``), so the router's call
+signature stays ``complete(request, policy, admit)`` for its callers and wrappers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +332,7 @@ class Router:
     ) -> Routed:
         """Serve ``request`` along ``policy.chain``; see the module docstring for the rules.
         ``admit(target, request, attempts)`` runs before every request that leaves (see step 2);
-        ``cancel`` (optional) says when the caller went away (step 5).
+        ``cancel`` (optional; else :data:`CALLER`'s) says when the caller went away (step 5).
 
         Returns :class:`Routed`. Raises :class:`ContentFiltered` or :class:`InvalidRequest` (with
         ``.attempts``) when they may not fall back, :class:`InputTooLarge` when every target
@@ -337,7 +344,7 @@ class Router:
         total = policy.total_timeout_s
         deadline = self._clock.monotonic() + total if total is not None else float("inf")
         chain = self.chain(policy)
-        call = _Call(request, policy, deadline, admit, cancel)
+        call = _Call(request, policy, deadline, admit, cancel if cancel is not None else CALLER.get())
         if self._windows is not None:
             call.too_small = self._windows.too_small(request, chain)
         failures: list[ProviderError] = []
