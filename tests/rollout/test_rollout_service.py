@@ -25,6 +25,7 @@ from opsgate.rollout.errors import InvalidPlan, OperationDisabled, RolloutConfli
 from opsgate.rollout.metrics import metrics_from_log
 from opsgate.rollout.service import (
     SEED_ACTOR,
+    RollbackReport,
     RolloutEvent,
     RolloutService,
     ToggleChange,
@@ -256,7 +257,7 @@ def test_rollout_kill_switch_rolls_back_the_active_rollout(service: RolloutServi
 def test_rollout_rollback_all_disables_every_operation(service: RolloutService) -> None:
     for op in OPS:
         service.set_toggle(op, ToggleChange(enabled=True, rollout_percentage=100), "root")
-    assert service.rollback_operations(None, "incident 42", "root") == sorted(OPS)
+    assert service.rollback_operations(None, "incident 42", "root") == RollbackReport(sorted(OPS), [])
     assert not any(t.enabled for t in service.list_toggles())
 
 

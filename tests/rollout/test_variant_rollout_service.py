@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, update
 from tests.rollout.rollout_helpers import ledger_kinds
 
 from opsgate.clock import ManualClock
@@ -21,6 +21,7 @@ from opsgate.operations import prompt_catalogue
 from opsgate.rollout.controller import Action, Plan, Stage, State
 from opsgate.rollout.errors import InvalidPlan
 from opsgate.rollout.metrics import metrics_by_variant, metrics_from_log
+from opsgate.rollout.models import operation_variants
 from opsgate.rollout.service import RolloutEvent, RolloutService, variant_group
 from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import build_book
@@ -119,7 +120,9 @@ def test_an_automatic_rollback_clears_the_candidate_alerts_naming_the_variant(se
 
 def test_a_half_done_stage_change_is_completed_from_the_rollout_row(service: RolloutService) -> None:
     r = service.start_rollout([OP], PLAN, "alice", variant="cand")
-    service._assign(OP, "someone", "lost write", candidate=None, candidate_percentage=0)
+    with service.engine.begin() as conn:  # the stage's assignment write lost
+        conn.execute(update(operation_variants).where(operation_variants.c.operation == OP)
+                     .values(candidate=None, candidate_percentage=0))
     service.evaluate(r.id)  # converges first: the rollout row says stage 1 at 5 %
     a = service.assignment(OP)
     assert (a.candidate, a.candidate_percentage) == ("cand", 5)

@@ -3,7 +3,8 @@
 
 They act on ``OPSGATE_DATABASE_URL`` directly as the operator ``cli:<login>`` and write every
 change to the ledger, like the admin API. Exit status: 0 done, 1 ``toggles check`` refused the
-user, 2 an error (printed, never a traceback).
+user or ``rollout rollback`` left some rollout not rolled back, 2 an error (printed, never a
+traceback).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from opsgate.rollout.toggles import ToggleSnapshot
 from opsgate.rollout.variants import VariantBook, checked_variants
 from opsgate.routing.effective import checked_routes
 from opsgate.routing.policy import OPERATION_IDS, RouteConfigError
-from opsgate.security.errorline import fail
+from opsgate.security.errorline import error, fail
 from opsgate.security.operator_input import REASON_MAX_CHARS, check_identifier, operator_text
 
 toggles_app = typer.Typer(help="Feature toggles per operation.", no_args_is_help=True)
@@ -175,13 +176,19 @@ def rollout_rollback(
     all_: bool = typer.Option(False, "--all", help="Every operation."),
     reason: str = typer.Option(..., "--reason", help="Why (shown in the ledger and the history)."),
 ) -> None:
-    """Disable OPERATIONS (or --all) and roll back their rollouts."""
+    """Disable OPERATIONS (or --all) and roll back their rollouts. Every rollout is attempted;
+    any that could not be rolled back is named on an ``error:`` line and the exit status is 1."""
     if bool(operations) == all_:
         fail("name operations or pass --all (not both)")
     with _service() as svc:
         why = operator_text("--reason", reason, required=True, max_length=REASON_MAX_CHARS)
-        disabled = svc.rollback_operations(None if all_ else operations, why, _actor())
-    out.print(f"disabled: {', '.join(disabled) or 'none (variant rollouts rolled back, operations stay on)'}")
+        report = svc.rollback_operations(None if all_ else operations, why, _actor())
+    out.print(f"disabled: {', '.join(report.disabled) or 'none (variant rollouts rolled back, operations stay on)'}")
+    if report.failed:
+        for f in report.failed:
+            what = f"rollout {f.rollout_id}" if f.rollout_id is not None else "operation"
+            error(f"{what} ({', '.join(f.operations)}) was not rolled back: {f.detail}")
+        fail(f"{len(report.failed)} could not be rolled back; run the command again", 1)
 
 
 def _only_active(svc: RolloutService) -> int:

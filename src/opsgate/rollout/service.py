@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RowMapping, delete, insert, select, update
 
 from opsgate.clock import Clock
-from opsgate.errors import NotFound
+from opsgate.errors import NotFound, OpsgateError
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.writer import Ledger
 from opsgate.rollout.bucketing import bucket
@@ -365,13 +365,10 @@ class RolloutService:
         rollout_id = self.ledger.append_sync("rollout.decision", payload, work=insert_if_free,
                                              amend=lambda rid: {"rollout_id": rid}).work_result
         if variant is not None:
-            self._assign(ops[0], f"rollout:{rollout_id}", "variant canary stage 1", candidate=variant,
-                         candidate_percentage=plan.percentage(0), group_id=variant_group(ops[0], variant),
-                         shadow_percentage=shadow_percent or 0)
+            self._enact_variant(rollout_id, "variant canary stage 1")
             return self.get_rollout(rollout_id)
-        change = ToggleChange(enabled=True, rollout_percentage=plan.percentage(0), kill_switch=False)
         for op in ops:
-            self.set_toggle(op, change, f"rollout:{rollout_id}", "canary stage 1", owner=rollout_id)
+            self._enact_toggle(rollout_id, op, "canary stage 1", starting=True)
         return self.get_rollout(rollout_id)
 
     def get_rollout(self, rollout_id: int) -> Rollout:
@@ -419,23 +416,39 @@ class RolloutService:
         """Roll one rollout back (disable its operations, banner, alert, 5-minute check)."""
         return self.apply(rollout_id, Rollback(reason), actor)
 
-    def rollback_operations(self, operations: Iterable[str] | None, reason: str, actor: str) -> list[str]:
+    def rollback_operations(self, operations: Iterable[str] | None, reason: str, actor: str) -> RollbackReport:
         """Roll back every unfinished rollout touching ``operations`` (None: every operation) and
         disable the named operations that have none. An operation whose variant rollout is rolled
-        back stays on (its users go back to the live variant). Returns the operations now disabled."""
+        back stays on (its users go back to the live variant). Every rollout and operation is
+        attempted: one that cannot be rolled back or disabled (an :class:`OpsgateError` such as
+        :class:`RolloutConflict` after :data:`ROLLBACK_ATTEMPTS`, or ``LedgerUnavailable``) is
+        listed in the report's ``failed`` and the others still go ahead. :class:`NotFound` (404,
+        nothing done) for an unknown operation."""
         names = [t.operation for t in self.list_toggles()] if operations is None else list(operations)
         for op in names:
             self.get_toggle(op)
         disabled: set[str] = set()
         on_live: set[str] = set()
+        failed: list[RollbackFailure] = []
         for rollout in self._rollouts_with(names, ACTIVE):
-            self.rollback(rollout.id, reason, actor)
+            try:
+                self.rollback(rollout.id, reason, actor)
+            except OpsgateError as exc:
+                log.warning("rollout %d could not be rolled back: %s", rollout.id, exc.detail)
+                failed.append(RollbackFailure(rollout.id, rollout.operations, exc.detail))
+                continue
             (on_live if rollout.variant else disabled).update(rollout.operations)
-        for op in set(names) - on_live:
-            if op not in disabled and self.get_toggle(op).enabled:
-                self.set_toggle(op, ToggleChange(enabled=False), actor, reason)
+        not_done = {op for f in failed for op in f.operations}
+        for op in sorted(set(names) - on_live - not_done):
+            try:
+                if op not in disabled and self.get_toggle(op).enabled:
+                    self.set_toggle(op, ToggleChange(enabled=False), actor, reason)
+            except OpsgateError as exc:
+                log.warning("%s could not be disabled: %s", op, exc.detail)
+                failed.append(RollbackFailure(None, (op,), exc.detail))
+                continue
             disabled.add(op)
-        return sorted(disabled)
+        return RollbackReport(sorted(disabled), failed)
 
     def disable_operation(self, op_id: str, reason: str, actor: str) -> Toggle:
         """:func:`disable_operation` through this service, so the rollback it may cause reaches
@@ -498,28 +511,50 @@ class RolloutService:
 
     def apply(self, rollout_id: int, event: Event, actor: str) -> Decision:
         """Run one controller step and carry out its decision: ledger + history, state update,
-        toggle changes, banner and alerts. :class:`RolloutConflict` (409) for a rejected event or
-        when another process changed the rollout meanwhile."""
-        rollout = self.get_rollout(rollout_id)
-        now = self.clock.now()
-        decision = step(rollout.state, event, now, self.limits)
-        if decision.action is Action.REJECT:
-            raise RolloutConflict(decision.reason)
-        if decision.action is Action.IGNORE or not decision.recorded:
+        toggle changes, banner and alerts. The state is saved only if the row still has the
+        version it was read at (optimistic concurrency). When another process changed the rollout
+        meanwhile, a rollback decision (an operator's or the controller's rollback, the kill
+        switch) is the safety action and wins: the row is read again and the event stepped again,
+        up to :data:`ROLLBACK_ATTEMPTS` times; any other decision (advance, promotion, pause)
+        loses. :class:`RolloutConflict` (409) for a rejected event, a non-rollback decision that
+        lost the race, or a rollback still conflicting after its attempts."""
+        for attempt in range(1, ROLLBACK_ATTEMPTS + 1):
+            rollout = self.get_rollout(rollout_id)
+            now = self.clock.now()
+            decision = step(rollout.state, event, now, self.limits)
+            if decision.action is Action.REJECT:
+                raise RolloutConflict(decision.reason)
+            if decision.action is Action.IGNORE or not decision.recorded:
+                return decision
+            try:
+                self._record(rollout, event, decision, actor, now)
+            except RolloutConflict:  # only _save raises it in _record: the row's version moved on
+                if not decision.disable:
+                    raise
+                if attempt == ROLLBACK_ATTEMPTS:
+                    raise RolloutConflict(
+                        f"rollout {rollout_id} kept changing; the rollback was not applied after "
+                        f"{ROLLBACK_ATTEMPTS} attempts: roll it back again") from None
+                log.info("rollout %d changed meanwhile; applying the rollback again (attempt %d)",
+                         rollout_id, attempt + 1)
+                continue
+            self._carry_out(rollout, decision, actor, now)
             return decision
+        raise AssertionError("unreachable")
+
+    def _record(self, rollout: Rollout, event: Event, decision: Decision, actor: str, now: datetime) -> None:
+        """Save ``decision`` (:meth:`_save`) with its history row in its ``rollout.decision``
+        entry's transaction: a decision refused as stale leaves no entry and no history behind.
+        Raises :class:`RolloutConflict` when the row's version moved on since ``rollout`` was read."""
         row, payload = self._decision(event.name, decision.action.value, rollout.state.state,
                                       decision.after.state, decision.after.stage_index, decision.reason,
                                       decision.numbers, actor)
 
         def save(conn: Connection) -> None:
-            """The versioned state update and the history row, in the entry's transaction: a
-            decision refused with 409 leaves no entry and no history behind."""
             self._save(conn, rollout, decision, now)
-            conn.execute(insert(rollout_decisions).values({**row, "rollout_id": rollout_id}))
+            conn.execute(insert(rollout_decisions).values({**row, "rollout_id": rollout.id}))
 
-        self.ledger.append_sync("rollout.decision", {"rollout_id": rollout_id, **payload}, work=save)
-        self._carry_out(rollout, decision, actor, now)
-        return decision
+        self.ledger.append_sync("rollout.decision", {"rollout_id": rollout.id, **payload}, work=save)
 
     # internals -------------------------------------------------------------------------------
     def _save(self, conn: Connection, rollout: Rollout, decision: Decision, now: datetime) -> None:
@@ -543,21 +578,20 @@ class RolloutService:
             raise RolloutConflict(f"rollout {rollout.id} changed meanwhile; the decision was not applied")
 
     def _carry_out(self, rollout: Rollout, decision: Decision, actor: str, now: datetime) -> None:
-        """The toggle changes of a saved decision, then its alert, which goes out even when a
-        toggle change fails (that change is retried from the saved state, see :meth:`_converge`)."""
-        who = f"rollout:{rollout.id}"
+        """The toggle (or variant assignment) changes of a saved decision, then its alert, which
+        goes out even when a change fails (it is retried from the saved state, see
+        :meth:`_converge`). Each change is written as the rollout row says *when it is written*
+        (:meth:`_enact_toggle`, :meth:`_enact_variant`), not as this decision said: a decision
+        overtaken by a newer one writes the newer stage or nothing, never its own older one."""
+        reason = f"rollback: {decision.reason}" if decision.disable else decision.reason
         try:
-            if rollout.variant is not None:
-                self._carry_out_variant(rollout, decision, who)
-            elif decision.percentage is not None:
-                for op in rollout.operations:
-                    self.set_toggle(op, ToggleChange(rollout_percentage=decision.percentage), who, decision.reason,
-                                    owner=rollout.id)
-            if decision.disable and rollout.variant is None:
-                for op in rollout.operations:
-                    if self.get_toggle(op).enabled:
-                        self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback: {decision.reason}",
-                                        owner=rollout.id)
+            if decision.disable or decision.percentage is not None or (
+                    rollout.variant is not None and decision.after.state is State.OBSERVING):
+                if rollout.variant is not None:
+                    self._enact_variant(rollout.id, reason)
+                else:
+                    for op in rollout.operations:
+                        self._enact_toggle(rollout.id, op, reason)
         finally:
             if decision.alert:
                 kind = "rollout.escalated" if decision.action is Action.ESCALATE else "rollout.rolled_back"
@@ -569,18 +603,17 @@ class RolloutService:
         the rollout row is the durable record of what its toggles must be. Rolling back: every
         operation off. Active: every operation at the stage's percentage. Raises what
         :meth:`set_toggle` raises, so the next evaluation tries again."""
-        s, who = rollout.state, f"rollout:{rollout.id}"
+        s = rollout.state
+        why = f"rollback (completed): {rollout.reason}" if s.state is State.ROLLING_BACK else "stage (completed)"
         if rollout.variant is not None:
-            self._converge_variant(rollout, who)
+            current = self.assignment(rollout.operations[0])
+            if _variant_target(rollout, current):
+                self._enact_variant(rollout.id, why)
             return
         for op in rollout.operations:
-            toggle = self.get_toggle(op)
-            if s.state is State.ROLLING_BACK and toggle.enabled:
-                self.set_toggle(op, ToggleChange(enabled=False), who, f"rollback (completed): {rollout.reason}",
-                                owner=rollout.id)
-            elif s.state in ACTIVE and toggle.rollout_percentage != s.plan.percentage(s.stage_index):
-                self.set_toggle(op, ToggleChange(rollout_percentage=s.plan.percentage(s.stage_index)), who,
-                                "stage percentage (completed)", owner=rollout.id)
+            toggle = self._toggle_row(op)
+            if toggle is not None and _differs(toggle, _toggle_target(rollout)):
+                self._enact_toggle(rollout.id, op, why)
 
     # variants -------------------------------------------------------------------------------
     def assignment(self, operation: str) -> VariantAssignment:
@@ -598,65 +631,85 @@ class RolloutService:
         if self.assignment(ops[0]).live == variant:
             raise RolloutConflict(f"{variant} is already the live variant of {ops[0]}")
 
-    def _assign(self, operation: str, actor: str, reason: str, started_by: str | None = None,
-                **changes: Any) -> VariantAssignment:
-        """Change ``operation``'s assignment, the row and the version counter in the transaction
-        of its ledger entry ``variant.set`` (before/after, and the rollout's ``started_by`` on a
-        promotion): read, changed and written under the ledger's append lock."""
+    def _enact_variant(self, rollout_id: int, reason: str) -> VariantAssignment:
+        """Bring the variant assignment of variant rollout ``rollout_id`` to what its row says
+        (:func:`_variant_target`): the row is read, and the assignment read, changed and written
+        with the version counter, in the transaction of the ``variant.set`` entry (under the
+        ledger's append lock, so no decision can be saved in between). The entry records
+        ``before``/``after`` and the rollout ``version``, ``state`` and ``stage_index`` it carried
+        out (and ``started_by`` on a promotion). Nothing is written when the assignment already
+        is so. Returns the assignment."""
+        op = self.get_rollout(rollout_id).operations[0]
+        nothing = RolloutConflict("nothing to change")
 
-        def reassign(conn: Connection) -> tuple[VariantAssignment, VariantAssignment]:
-            before = _assignment_in(conn, operation)
-            after = replace(before, **changes, updated_at=self.clock.now(), updated_by=actor)
-            conn.execute(delete(operation_variants).where(operation_variants.c.operation == operation))
+        def reassign(conn: Connection) -> tuple[VariantAssignment, VariantAssignment, Rollout]:
+            rollout = _rollout_in(conn, rollout_id)
+            before = _assignment_in(conn, op)
+            changes = _variant_target(rollout, before)
+            if not changes:
+                raise nothing
+            after = replace(before, **changes, updated_at=self.clock.now(), updated_by=f"rollout:{rollout_id}")
+            conn.execute(delete(operation_variants).where(operation_variants.c.operation == op))
             conn.execute(insert(operation_variants).values(asdict(after)))
             _bump_in(conn)
-            return before, after
+            return before, after, rollout
 
-        payload = {"operation": operation, "actor": actor, "reason": reason,
-                   **({"started_by": started_by} if started_by else {})}
-        _, after = self.ledger.append_sync("variant.set", payload, work=reassign,
-                                           amend=_assignment_change).work_result
+        def amend(done: tuple[VariantAssignment, VariantAssignment, Rollout]) -> dict[str, Any]:
+            before, after, rollout = done
+            fields = {**_assignment_change((before, after)), **_carried_out(rollout)}
+            if after.live != before.live and after.live == rollout.variant:
+                fields |= {"started_by": rollout.created_by, "reason": f"{rollout.variant} becomes live: {reason}"}
+            return fields
+
+        payload = {"operation": op, "actor": f"rollout:{rollout_id}", "reason": reason}
+        try:
+            _, after, _ = self.ledger.append_sync("variant.set", payload, work=reassign, amend=amend).work_result
+        except RolloutConflict as exc:
+            if exc is not nothing:
+                raise
+            return self.assignment(op)
         self._changed()
         return after
 
-    def _carry_out_variant(self, rollout: Rollout, decision: Decision, who: str) -> None:
-        op, variant = rollout.operations[0], rollout.variant
-        if decision.disable:
-            self._variant_rollback(rollout, who, f"rollback: {decision.reason}")
-        elif decision.action is Action.PROMOTE and decision.after.state is State.OBSERVING:
-            self._promote_variant(rollout, who, decision.reason)
-        elif decision.percentage is not None:
-            self._assign(op, who, decision.reason, candidate=variant, candidate_percentage=decision.percentage)
+    def _enact_toggle(self, rollout_id: int, operation: str, reason: str, *, starting: bool = False) -> Toggle:
+        """Bring ``operation``'s toggle to what toggle rollout ``rollout_id``'s row says
+        (:func:`_toggle_target`; ``starting``: also enabled with the kill switch released): the
+        row is read, and the toggle read, merged and written, in the transaction of the
+        ``toggle.set`` entry (under the ledger's append lock, so no decision can be saved in
+        between). A decision overtaken by a newer one therefore writes the newer stage's
+        percentage, or nothing, never its own older one; the entry records ``before``/``after``
+        and the rollout ``version``, ``state`` and ``stage_index`` it carried out. Nothing is
+        written when the toggle already is so. Raises what :meth:`set_toggle` raises."""
+        where = feature_toggles.c.operation == operation
+        nothing = RolloutConflict("nothing to change")
 
-    def _promote_variant(self, rollout: Rollout, who: str, reason: str) -> None:
-        op, current = rollout.operations[0], self.assignment(rollout.operations[0])
-        self._assign(op, who, f"{rollout.variant} becomes live: {reason}", started_by=rollout.created_by,
-                     live=rollout.variant, previous=current.live, candidate=None, candidate_percentage=0)
+        def merge(conn: Connection) -> tuple[dict[str, Any], dict[str, Any], Rollout]:
+            rollout = _rollout_in(conn, rollout_id)
+            before = dict(conn.execute(select(feature_toggles).where(where)).mappings().one())
+            values = _toggle_target(rollout, starting=starting)
+            if not _differs(before, values):
+                raise nothing
+            _check_owner(_unfinished_with(conn, (operation,)), before, values, rollout_id)
+            after = {**before, **values, "updated_at": self.clock.now(), "updated_by": f"rollout:{rollout_id}"}
+            _check_toggle(after)
+            conn.execute(update(feature_toggles).where(where)
+                         .values({k: v for k, v in after.items() if k != "operation"}))
+            _bump_in(conn)
+            return before, after, rollout
 
-    def _variant_rollback(self, rollout: Rollout, who: str, reason: str) -> None:
-        """Every user back on the live variant (the previous live one if the candidate was
-        already promoted); nothing is written when that is already so."""
-        current = self.assignment(rollout.operations[0])
-        changes: dict[str, Any] = {}
-        if current.candidate == rollout.variant:
-            changes |= {"candidate": None, "candidate_percentage": 0}
-        if current.live == rollout.variant and current.previous is not None:
-            changes |= {"live": current.previous, "previous": None}
-        if changes:
-            self._assign(rollout.operations[0], who, reason, **changes)
+        def amend(done: tuple[dict[str, Any], dict[str, Any], Rollout]) -> dict[str, Any]:
+            before, after, rollout = done
+            return {**_toggle_change((before, after)), **_carried_out(rollout)}
 
-    def _converge_variant(self, rollout: Rollout, who: str) -> None:
-        s, current = rollout.state, self.assignment(rollout.operations[0])
-        observing = s.stage_index >= len(s.plan.stages)
-        if s.state is State.ROLLING_BACK:
-            self._variant_rollback(rollout, who, f"rollback (completed): {rollout.reason}")
-        elif s.state in ACTIVE and observing and current.live != rollout.variant:
-            self._promote_variant(rollout, who, "promotion (completed)")
-        elif s.state in ACTIVE and not observing and (
-                current.candidate != rollout.variant
-                or current.candidate_percentage != s.plan.percentage(s.stage_index)):
-            self._assign(rollout.operations[0], who, "stage percentage (completed)", candidate=rollout.variant,
-                         candidate_percentage=s.plan.percentage(s.stage_index))
+        payload = {"operation": operation, "actor": f"rollout:{rollout_id}", "reason": reason}
+        try:
+            _, after, _ = self.ledger.append_sync("toggle.set", payload, work=merge, amend=amend).work_result
+        except RolloutConflict as exc:
+            if exc is not nothing:
+                raise
+            return self.get_toggle(operation)
+        self._changed()
+        return Toggle(**after)
 
     def _notify(self, event: RolloutEvent) -> None:
         for listener in self.listeners:
@@ -701,6 +754,89 @@ def disable_operation(engine: Engine, op_id: str, reason: str, actor: str, *, le
     rolled back first, as the kill switch does: it owns ``enabled``, and its rollback disables the
     operation. Other processes stop serving the operation within their refresh interval."""
     return RolloutService(engine, ledger, clock).disable_operation(op_id, reason, actor)
+
+
+ROLLBACK_ATTEMPTS = 8
+"""How many times :meth:`RolloutService.apply` reads a rollout again and re-applies a rollback
+whose save found the row changed by another process (each attempt is one read and one
+version-checked save; only decisions concurrently saved by other callers make it retry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackFailure:
+    """One rollout (``rollout_id``; None: an operation without a rollout that could not be
+    disabled) of :meth:`RolloutService.rollback_operations` left as it was: its
+    ``operations`` and the error's ``detail`` (the 409/503 problem detail)."""
+
+    rollout_id: int | None
+    operations: tuple[str, ...]
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackReport:
+    """What :meth:`RolloutService.rollback_operations` did: the operations now ``disabled``
+    (sorted) and every rollout or operation it could not roll back (``failed``, in the order
+    attempted; empty when all went through)."""
+
+    disabled: list[str]
+    failed: list[RollbackFailure]
+
+
+def _toggle_target(rollout: Rollout, *, starting: bool = False) -> dict[str, Any]:
+    """The toggle fields toggle rollout ``rollout`` (as saved) implies for each of its
+    operations: rolling back, off; active, the stage's percentage (``starting``: also enabled,
+    kill switch released); finished, nothing (the toggle is no longer the rollout's)."""
+    s = rollout.state
+    if s.state is State.ROLLING_BACK:
+        return {"enabled": False}
+    if s.state not in ACTIVE:
+        return {}
+    values: dict[str, Any] = {"rollout_percentage": s.plan.percentage(s.stage_index)}
+    return values | ({"enabled": True, "kill_switch": False} if starting else {})
+
+
+def _variant_target(rollout: Rollout, before: VariantAssignment) -> dict[str, Any]:
+    """The changes variant rollout ``rollout`` (as saved) implies for its operation's
+    assignment ``before``: rolling back, every user on the live variant (the previous live one
+    if the candidate was promoted); in a stage, the candidate at the stage's share in its own
+    group; observing (promoted), the candidate live, the old live one kept as ``previous``;
+    finished, nothing. Only the fields that differ from ``before``; ``{}`` when it already is so."""
+    s, variant, op = rollout.state, rollout.variant, rollout.operations[0]
+    wanted: dict[str, Any] = {}
+    if s.state is State.ROLLING_BACK:
+        if before.candidate == variant:
+            wanted |= {"candidate": None, "candidate_percentage": 0}
+        if before.live == variant and before.previous is not None:
+            wanted |= {"live": before.previous, "previous": None}
+        return wanted
+    if s.state not in ACTIVE or variant is None:
+        return {}
+    if s.stage_index >= len(s.plan.stages):
+        wanted = {"candidate": None, "candidate_percentage": 0}
+        if before.live != variant:
+            wanted |= {"live": variant, "previous": before.live}
+        elif before.candidate != variant:
+            return {}
+    else:
+        wanted = {"candidate": variant, "candidate_percentage": s.plan.percentage(s.stage_index),
+                  "group_id": variant_group(op, variant), "shadow_percentage": rollout.shadow_percent or 0}
+    return {k: v for k, v in wanted.items() if getattr(before, k) != v}
+
+
+def _differs(row: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    return any(row[k] != v for k, v in values.items())
+
+
+def _carried_out(rollout: Rollout) -> dict[str, Any]:
+    """The ledger fields naming the saved rollout state a toggle or assignment change carries out."""
+    return {"rollout_version": rollout.version, "rollout_state": rollout.state.state.value,
+            "stage_index": rollout.state.stage_index}
+
+
+def _rollout_in(conn: Connection, rollout_id: int) -> Rollout:
+    """Rollout ``rollout_id`` read on ``conn``."""
+    return _rollout(conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().one())
 
 
 def _bump_in(conn: Connection) -> None:
