@@ -35,6 +35,10 @@ def _checkpoint_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name() == "ledger-checkpoints" and not t.done()]
 
 
+def _expiry_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == runtime_module.EXPIRY_TASK and not t.done()]
+
+
 @pytest.fixture
 def sandboxes(monkeypatch: pytest.MonkeyPatch) -> list[SandboxServer]:
     """Every sandbox the runtime starts."""
@@ -77,13 +81,14 @@ async def test_a_failing_start_up_step_leaves_no_thread_sandbox_or_task(
     assert seen["checkpoints"] == (1 if step == "ProviderStatusSync" else 0)
     assert _ledger_threads() - threads_before == set()
     assert await _refuses(sandboxes[0].base_urls["anthropic"])
-    assert _checkpoint_tasks() == []
+    assert _checkpoint_tasks() == [] and _expiry_tasks() == []
 
 
 async def test_close_stops_everything_start_runtime_opened(tmp_path: Path, sandboxes: list[SandboxServer]) -> None:
     threads_before = _ledger_threads()
     runtime = await start_runtime(gateway_settings(tmp_path, ledger_signing_key_file=tmp_path / "ledger.key"))
     assert len(_ledger_threads() - threads_before) == 1 and len(_checkpoint_tasks()) == 1
+    assert len(_expiry_tasks()) == 1  # the reservation expiry timer runs while the gateway serves
     pool = runtime.gateway._prepare_pool  # the thread a large or calendar input is prepared in
     preparer = await asyncio.get_running_loop().run_in_executor(pool, threading.current_thread)
     await runtime.close()
@@ -91,7 +96,7 @@ async def test_close_stops_everything_start_runtime_opened(tmp_path: Path, sandb
     preparer.join(5)
     assert not preparer.is_alive()
     assert await _refuses(sandboxes[0].base_urls["anthropic"])
-    assert _checkpoint_tasks() == [] and runtime.session.closed
+    assert _checkpoint_tasks() == [] and _expiry_tasks() == [] and runtime.session.closed
 
 
 def test_cli_services_close_their_ledger_writer(tmp_path: Path) -> None:

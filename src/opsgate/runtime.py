@@ -4,7 +4,7 @@
 toggles and rollouts, incidents with their notifiers and contacts) onto an exit stack the caller
 owns; :func:`cli_services` is that for one CLI command. :func:`start_runtime` adds what serving
 needs (sandboxes, the shared aiohttp session, provider keys, router, metering, security services,
-pipeline, checkpointer, provider status sync, security-count flusher) on an
+pipeline, checkpointer, provider status sync, reservation expiry timer, security-count flusher) on an
 :class:`~contextlib.AsyncExitStack` the :class:`Runtime` keeps: each step that opens something
 registers how to close it as it goes, so a step that raises closes what was already open (ledger
 writer thread, sandbox, session, engine) in reverse order, and :meth:`Runtime.close` closes
@@ -28,9 +28,11 @@ from sqlalchemy import Engine
 from opsgate import tracing
 from opsgate.clock import Clock, ManualClock, SystemClock
 from opsgate.config import Settings
+from opsgate.ledger.recovery import recover
 from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceBook
+from opsgate.metering.reservations import release_interrupted
 from opsgate.metering.service import MeteringService, build_metering
 from opsgate.metering.signins import SignInThrottle, build_sign_in_throttle
 from opsgate.metering.worstcase import prompt_token_bound
@@ -154,6 +156,14 @@ def cli_services(settings: Settings | None = None, clock: Clock | None = None) -
         yield _services(settings, clock, engine, ledger, None)
 
 
+async def recover_interrupted(engine: Engine, ledger: Ledger, clock: Clock, older_than_s: float) -> list[str]:
+    """``opsgate ledger recover``: :func:`~opsgate.ledger.recovery.recover` with each closed
+    intent's open budget reservation released in the same transaction, charged its worst case
+    (:func:`~opsgate.metering.reservations.release_interrupted`). Returns the request ids closed."""
+    return await recover(engine, ledger, clock, older_than_s,
+                         release=lambda conn, request_id: release_interrupted(conn, clock, request_id))
+
+
 def unresolvable_secrets(settings: Settings, clock: Clock | None = None) -> list[str]:
     """One line per secret of ``settings`` that start-up could not read
     (:func:`~opsgate.security.secrets.secret_problems`: an ``op://`` reference without Connect or
@@ -215,6 +225,8 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     tokens = TokenService(settings, clock, security.revoked)
     routed = variants.chains()
     metering = build_metering(settings, engine, clock, prices, routed)
+    expiry = asyncio.create_task(metering.expire_every(), name=EXPIRY_TASK)  # stale holds released while serving
+    stack.push_async_callback(_cancel, expiry)
     rollout.ensure_toggles(OPERATIONS)
     if settings.sandbox:
         rollout.enable_for_sandbox()
@@ -239,6 +251,10 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     return Runtime(settings, clock, engine, ledger, shared.toggles, rollout, shared.incidents, session, router,
                    metering, gateway, tokens, security, build_sign_in_throttle(settings), sandbox, checkpointer,
                    counts, stack)
+
+
+EXPIRY_TASK = "opsgate-reservation-expiry"
+"""The name of the gateway's reservation expiry timer task (:meth:`MeteringService.expire_every`)."""
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -30,7 +30,7 @@ from opsgate.ledger.proofs import (
     verify_consistency_against,
     verify_inclusion_against,
 )
-from opsgate.ledger.recovery import DEFAULT_OLDER_THAN_S, recover
+from opsgate.ledger.recovery import DEFAULT_OLDER_THAN_S
 from opsgate.ledger.scheduled import (
     Checkpointer,
     accept_rollback,
@@ -201,13 +201,16 @@ def recover_cmd(
         DEFAULT_OLDER_THAN_S, parser=cli_float(0), help="Only intents older than this (s)."
     ),
 ) -> None:
-    """Append an ``interrupted`` result for every intent left open by a crash."""
+    """Append an ``interrupted`` result for every intent left open by a crash, releasing its
+    budget reservation (charged its worst case) in the same transaction."""
+    from opsgate.runtime import recover_interrupted  # the adapter's one upward import
+
     settings = Settings()
     engine = _engine(settings)
     clock = SystemClock()
     try:
         with Ledger(engine, clock) as ledger:
-            closed = asyncio.run(recover(engine, ledger, clock, older_than))
+            closed = asyncio.run(recover_interrupted(engine, ledger, clock, older_than))
     except (LedgerError, SQLAlchemyError) as exc:
         fail(f"{type(exc).__name__}: {exc}")
     print(f"recovered {len(closed)} interrupted operation(s)")

@@ -11,9 +11,11 @@ from requests still running in another replica.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeAlias
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from opsgate.clock import Clock
 from opsgate.ledger.entry import decode_body_fast, format_ts
@@ -43,11 +45,21 @@ def open_intents(engine: Engine, before: str) -> dict[str, int]:
     return pending
 
 
+Release: TypeAlias = Callable[[Connection, str], object]
+"""``release(conn, request_id)``: what else closes with a crashed call, run in its ``interrupted``
+result's transaction (the budget reservation's release,
+:func:`opsgate.metering.reservations.release_interrupted`, wired by :func:`opsgate.runtime.recover_interrupted`;
+the ledger cannot import metering)."""
+
+
 async def recover(
-    engine: Engine, ledger: Ledger, clock: Clock, older_than_s: float = DEFAULT_OLDER_THAN_S
+    engine: Engine, ledger: Ledger, clock: Clock, older_than_s: float = DEFAULT_OLDER_THAN_S,
+    release: Release | None = None,
 ) -> list[str]:
     """Append an ``interrupted`` result for every open intent older than ``older_than_s``;
-    return their request ids (those another recovery closed first are left out)."""
+    return their request ids (those another recovery closed first are left out). With
+    ``release`` each append also runs ``release(conn, request_id)`` in its transaction, so the
+    call's budget hold is released exactly when (and only if) its intent is closed."""
     before = format_ts(clock.now() - timedelta(seconds=older_than_s))
     closed = []
     for request_id, seq in open_intents(engine, before).items():
@@ -59,8 +71,16 @@ async def recover(
         }
         row = {"request_id": request_id, "intent_seq": seq, "created_at": clock.now()}
         try:
-            await ledger.append("result", payload, rows=[(ledger_recoveries, row)])
+            await ledger.append("result", payload, rows=[(ledger_recoveries, row)],
+                                work=_bound(release, request_id))
         except LedgerUnavailable:
             continue
         closed.append(request_id)
     return closed
+
+
+def _bound(release: Release | None, request_id: str) -> Callable[[Connection], object] | None:
+    """``release`` for one request, as the append's work (``None`` without one)."""
+    if release is None:
+        return None
+    return lambda conn: release(conn, request_id)

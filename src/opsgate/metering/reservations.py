@@ -409,7 +409,7 @@ def charge(
     _lock(conn)
     over_ids = _settle_open(conn, clock, reservation.request_id, state, charged)
     if over_ids is None:  # no open row: a late settle of a call that expired meanwhile
-        over_ids = _close(conn, clock, reservation.request_id, (EXPIRED,), state, charged)
+        over_ids = _close(conn, clock, reservation.request_id, (EXPIRED,), state, charged) or set()
     return Settlement(charged, state, tuple(b for b in reservation.budgets if b.id in over_ids))
 
 
@@ -483,7 +483,13 @@ def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) ->
 def expire_reservations(engine: Engine, clock: Clock) -> list[str]:
     """Settle every open reservation past its ``expires_at`` at its worst case (state ``expired``).
 
-    Returns the request ids expired. Run at start-up, by ``opsgate budgets show`` and periodically.
+    Returns the request ids this call expired (one another process expired first, between the
+    read and the write, is left out and not logged). Run at start-up of every gateway, by
+    ``opsgate budgets show``, before a budget is deleted, and every ``reservation TTL / 2``
+    seconds by each running gateway (:meth:`~opsgate.metering.service.MeteringService.expire_every`).
+    Only rows past ``expires_at`` (created + ``OPSGATE_BUDGET_RESERVATION_TTL_S``, longer than any
+    call) are touched, so a call still in flight keeps its hold. One indexed read
+    (``ix_budget_reservations_state_expires``) when nothing is stale.
     """
     now = clock.now()
     with engine.connect() as conn:
@@ -491,13 +497,36 @@ def expire_reservations(engine: Engine, clock: Clock) -> list[str]:
             select(budget_reservations.c.request_id).distinct()
             .where(budget_reservations.c.state == OPEN, budget_reservations.c.expires_at < now)
         ).scalars().all()
+    expired = []
     for request_id in stale:
         with begin_write(engine) as conn:
             _lock(conn)
-            _close(conn, clock, request_id, (OPEN,), EXPIRED, None)
+            closed = _close(conn, clock, request_id, (OPEN,), EXPIRED, None)
+        if closed is None:
+            continue
+        expired.append(request_id)
         log.warning("budget reservation of request %s expired unsettled; charged its worst case",
                     request_id)
-    return list(stale)
+    return expired
+
+
+def release_interrupted(conn: Connection, clock: Clock, request_id: str) -> bool:
+    """Close ``request_id``'s open reservation rows as ``expired``, charged their worst case, in
+    the caller's transaction: the work of ``opsgate ledger recover``'s ``interrupted`` result
+    append (:func:`opsgate.ledger.recovery.recover`), so the ledger's closing of a crashed call and
+    the release of its hold commit together. The usage of an interrupted call is unknown, and a
+    request the provider may have billed is never charged 0 (docs/budgets.md); a late settle of the
+    call still corrects ``spent`` to the real charge, as after :func:`expire_reservations`.
+
+    Returns True when open rows were closed, False when the call held none (no budget applied,
+    or it was settled or expired already)."""
+    _lock(conn)
+    closed = _close(conn, clock, request_id, (OPEN,), EXPIRED, None)
+    if closed is None:
+        return False
+    log.warning("budget reservation of interrupted request %s released; charged its worst case",
+                request_id)
+    return True
 
 
 def _lock(conn: Connection) -> None:
@@ -564,16 +593,17 @@ def _close(
     from_states: Sequence[str],
     state: str,
     charged: int | None,
-) -> set[int]:
+) -> set[int] | None:
     """Move ``request_id``'s rows in ``from_states`` to ``state`` and apply them to the counters.
 
     ``charged`` None means "the worst case" (expiry). An ``open`` row releases its worst case from
     ``reserved``; an ``expired`` row (already charged its worst case) corrects ``spent``.
-    Returns the ids of the budgets whose period spend is now above their limit.
+    Returns the ids of the budgets whose period spend is now above their limit, or ``None`` when
+    ``request_id`` has no row in ``from_states`` (nothing was written).
     """
     rows = conn.execute(_ROWS, {"rid": request_id, "states": list(from_states)}).all()
     if not rows:
-        return set()
+        return None
     conn.execute(_MARK, {"rid": request_id, "states": list(from_states), "new_state": state,
                          "amount": charged, "now": clock.now()})
     moves = []

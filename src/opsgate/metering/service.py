@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -175,6 +175,26 @@ class MeteringService:
     def expire(self) -> list[str]:
         """Charge expired reservations at their worst case (see :func:`expire_reservations`)."""
         return expire_reservations(self.engine, self.clock)
+
+    @property
+    def expiry_interval_s(self) -> float:
+        """Seconds between two runs of :meth:`expire_every`: half the reservation TTL, so a
+        reservation nobody settled is expired at most ``1.5 x TTL`` after it was taken."""
+        return self.reservation_ttl_s / 2
+
+    async def expire_every(self, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+        """Run :meth:`expire` (in a thread) every :attr:`expiry_interval_s` seconds until cancelled:
+        the gateway's timer (started by :func:`opsgate.runtime.start_runtime`, cancelled on close),
+        so a crashed call's hold is released while gateways keep running, not only when one
+        restarts. No work on the request path. A failed run (database unreachable) is logged and
+        the next one tries again. ``sleep`` is injectable for tests."""
+        while True:
+            await sleep(self.expiry_interval_s)
+            try:
+                await asyncio.to_thread(self.expire)
+            except Exception as exc:  # the next run retries; the hold only waits longer
+                log.warning("expiring budget reservations failed (%s); retried in %g s",
+                            type(exc).__name__, self.expiry_interval_s)
 
     def _publish(self, reason: str, operation: str, detail: str, request_id: str | None) -> None:
         self.hooks.publish(EnforcementFailure(reason, operation, detail, self.clock.now(), request_id))

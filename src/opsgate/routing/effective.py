@@ -108,6 +108,7 @@ def config_problems(
     problems = route_problems(settings)
     if problems:
         return problems
+    problems = reservation_ttl_problems(settings)
     seen: set[str] = set()
     for view in effective_routes(settings, book, at):
         for t in view.targets:
@@ -119,6 +120,39 @@ def config_problems(
                 problems.append(f"{where}: no key ({t.key_source.removeprefix('env ')} is not set)")
                 seen.add(t.name)
             seen.add(where)
+    return problems
+
+
+def longest_call_s(policy: RoutePolicy, settings: Settings) -> float | None:
+    """The longest a call on ``policy`` can hold its budget reservation, in seconds: its answer
+    and its one schema repair request are each routed under ``total_timeout_s`` (retries, waits
+    and fallbacks included, :class:`~opsgate.routing.router.Router`), after at most
+    ``token_count_timeout_s`` waiting for an input token count. ``None`` when the policy has no
+    overall deadline (a policy built in code; the configuration always sets one)."""
+    if policy.total_timeout_s is None:
+        return None
+    return 2 * policy.total_timeout_s + settings.token_count_timeout_s
+
+
+def reservation_ttl_problems(settings: Settings) -> list[str]:
+    """One line per route whose longest call (:func:`longest_call_s`) is not shorter than
+    ``budget_reservation_ttl_s``: a reservation expires (charged its worst case, its further
+    attempts refused) only when no call can still be in flight, so the TTL must outlast every
+    call (docs/budgets.md, "Crashes"). Raises :class:`RouteConfigError` as :func:`policies_for`."""
+    ttl = settings.budget_reservation_ttl_s
+    policies = policies_for(settings)
+    problems: list[str] = []
+    for op in OPERATION_IDS:
+        route = op if op in settings.routes else "default"
+        longest = longest_call_s(policies[op], settings)
+        if longest is None or longest < ttl:
+            continue
+        line = (f"OPSGATE_BUDGET_RESERVATION_TTL_S ({ttl:g} s) must be longer than the longest call "
+                f"of route {route!r} ({longest:g} s: twice total_timeout_s, the answer and its repair "
+                f"request, plus OPSGATE_TOKEN_COUNT_TIMEOUT_S), or a reservation could expire while "
+                f"its call is in flight")
+        if line not in problems:
+            problems.append(line)
     return problems
 
 
