@@ -12,7 +12,7 @@ from tests.monitoring.worker_env import DISCORD, PAGERDUTY, Env, anchored_worker
 
 from opsgate.ledger.guards import drop_triggers
 from opsgate.ledger.models import ledger_checkpoints
-from opsgate.monitoring.models import outbox, signals
+from opsgate.monitoring.models import incidents, outbox, signals
 from opsgate.monitoring.notifiers import Notification
 from opsgate.monitoring.outbox import outbox_rows
 from opsgate.monitoring.rules import Finding, Severity
@@ -135,3 +135,47 @@ async def test_escalation_carries_the_latest_figures_not_the_opening_ones(env: E
     await cycle(worker)
     [page] = env.http.bodies(PAGERDUTY)
     assert "p99 is 9400 ms" in str(page["payload"]) and "6000" not in str(page["payload"])
+
+
+async def test_a_send_cut_off_by_a_worker_crash_is_counted_before_it_goes_out(env: Env) -> None:
+    """tester-crash F8: a worker killed mid-send, the row re-sent after its claim expired, showed
+    ``attempts = 1`` after two sends; the claim now counts the attempt, durably before the send."""
+    crashed = env.worker()
+    _queue(env, "trigger")
+    [claimed] = crashed.outbox.claim()  # the worker claims the row, then dies before it finishes
+    [row] = _rows(env, "discord")
+    assert (claimed["attempts"], row["state"], row["attempts"]) == (1, "sending", 1)
+    assert env.http.bodies(DISCORD) == []
+    env.clock.advance(crashed.outbox.claim_s)  # the dead worker's claim expires
+    restarted = env.worker()
+    assert await restarted.outbox.dispatch_once() == 1
+    [row] = _rows(env, "discord")
+    assert (row["state"], row["attempts"], row["claimed_by"]) == ("sent", 2, None)
+    assert len(env.http.bodies(DISCORD)) == 1  # the only send that reached the receiver
+
+
+async def test_attempts_count_failed_sends_a_crashed_one_and_never_a_cancelled_row(env: Env) -> None:
+    env.http.script[DISCORD] = [(503, {}), (503, {})]
+    worker = env.worker()
+    _queue(env, "trigger")
+    assert await worker.outbox.dispatch_once() == 0
+    env.clock.advance(1)  # the first backoff: 2 ** (1 - 1) s
+    assert await worker.outbox.dispatch_once() == 0
+    [row] = _rows(env, "discord")
+    wait = (row["next_attempt_at"].replace(tzinfo=None) - env.clock.now().replace(tzinfo=None)).total_seconds()
+    assert (row["state"], row["attempts"], row["last_status"], wait) == ("pending", 2, 503, 2.0)
+    env.clock.advance(2)
+    [claimed] = env.worker().outbox.claim()  # a third send, cut off by a crash
+    assert claimed["attempts"] == 3
+    env.clock.advance(worker.outbox.claim_s)
+    assert await worker.outbox.dispatch_once() == 1
+    assert [r["attempts"] for r in _rows(env, "discord")] == [4]  # 503, 503, crashed, 204
+    assert len(env.http.bodies(DISCORD)) == 1  # the one the receiver accepted (it refused two with 503)
+    with env.engine.begin() as conn:  # an incident resolved meanwhile: its escalation is cancelled
+        conn.execute(insert(incidents).values(
+            id="inc-done", dedup_key="k", episode=1, rule="r", severity="P1", title="t", summary="s",
+            labels="{}", pages=True, state="resolved", opened_at=env.clock.now(), escalation_level=0,
+            last_notified_at=env.clock.now(), repeats=0, version=1))
+    _queue(env, "escalate", incident="inc-done")
+    assert await worker.outbox.dispatch_once() == 0
+    assert [(r["state"], r["attempts"]) for r in _rows(env, "discord")] == [("sent", 4), ("cancelled", 0)]

@@ -8,7 +8,9 @@ the rules and the canary evaluation, so a slow receiver never delays them):
 - **claiming**: PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` then an UPDATE to ``sending``
   in one transaction; SQLite a conditional ``UPDATE ... WHERE id = ? AND <still due>`` whose
   rowcount says who won. A claim lasts ``claim_s``; a worker that died mid-send leaves a claim that
-  expires and is taken again (nothing is lost across a restart). Two workers never hold one row,
+  expires and is taken again (nothing is lost across a restart). The claim counts the attempt
+  (``attempts + 1``, committed before the send), so ``attempts`` is the number of sends tried,
+  a send cut off by a crash included (a claim that sends nothing, a stale row, gives it back). Two workers never hold one row,
   and the unique (channel, recipient, notify_key) means one event is stored once, so a dedup key
   and state are sent once.
 - **order**: rows of one incident to one (channel, recipient) go out in the order they were
@@ -107,7 +109,8 @@ class Outbox:
 
     def claim(self, limit: int = 50, channel: str | None = None) -> list[dict[str, Any]]:
         """Claim up to ``limit`` due rows (of ``channel`` only, when given) for this worker (see
-        the module docstring). SQLite takes them with one ``UPDATE ... RETURNING``, which holds
+        the module docstring), counting the attempt each is claimed for: the rows come back with
+        ``attempts`` already incremented, durably before any send. SQLite takes them with one ``UPDATE ... RETURNING``, which holds
         the write lock from its first step (a read followed by a write would fail with "database
         is locked" under load)."""
         now = self.clock.now()
@@ -120,7 +123,7 @@ class Outbox:
                        and_(outbox.c.state == SENDING, outbox.c.claim_expires_at <= now)), ~blocked)
         if channel is not None:
             due = and_(due, outbox.c.channel == channel)
-        claim = {"state": SENDING, "claimed_by": self.worker_id,
+        claim = {"state": SENDING, "claimed_by": self.worker_id, "attempts": outbox.c.attempts + 1,
                  "claim_expires_at": now + timedelta(seconds=self.claim_s)}
         query = select(outbox.c.id).where(due).order_by(outbox.c.id).limit(limit)
         with begin_write(self.engine) as conn:
@@ -159,9 +162,9 @@ class Outbox:
         return list(await asyncio.gather(*(bounded(row) for row in batch)))
 
     async def _deliver(self, row: dict[str, Any]) -> str:
-        """Send one claimed row; returns its new state."""
-        if self._stale(row):
-            self._finish(row, {"state": CANCELLED})
+        """Send one claimed row (its attempt already counted by :meth:`claim`); returns its new state."""
+        if self._stale(row):  # nothing is sent: the claim's count is given back
+            self._finish(row, {"state": CANCELLED, "attempts": row["attempts"] - 1})
             return CANCELLED
         notifier = self.notifiers.get(row["channel"])
         try:
@@ -176,14 +179,14 @@ class Outbox:
         except Exception as exc:  # a bug in a notifier must not stop the others
             log.exception("notifier %s raised", row["channel"])
             return self._failed_attempt(row, DeliveryError(type(exc).__name__))
-        self._finish(row, {"state": SENT, "sent_at": self.clock.now(), "last_status": None,
-                           "attempts": row["attempts"] + 1})
+        self._finish(row, {"state": SENT, "sent_at": self.clock.now(), "last_status": None})
         return SENT
 
     def _failed_attempt(self, row: dict[str, Any], exc: DeliveryError) -> str:
-        """Record a failed send: ``failed`` for good or ``pending`` until its next attempt."""
+        """Record a failed send: ``failed`` for good or ``pending`` until its next attempt (the
+        ``attempts``-th, counted when claimed, decides the backoff)."""
         now = self.clock.now()
-        attempts = row["attempts"] + 1
+        attempts = row["attempts"]
         values = {"attempts": attempts, "last_status": exc.status, "last_error": exc.detail[:1000]}
         given_up = now - row["created_at"] >= timedelta(seconds=self.give_up_s)
         if exc.permanent or given_up:
