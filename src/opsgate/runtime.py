@@ -39,7 +39,7 @@ from opsgate.metering.worstcase import prompt_token_bound
 from opsgate.monitoring.hooks import attach as attach_alerting
 from opsgate.monitoring.incidents import IncidentService
 from opsgate.monitoring.prometheus import observe_attempt, observe_charges, observe_count
-from opsgate.monitoring.providers import ProviderStatusSync
+from opsgate.monitoring.providers import ProviderStatusSync, shared_database_limits_problem
 from opsgate.security.counts import CountFlusher
 from opsgate.monitoring.worker import incident_service
 from opsgate.operations import OPERATIONS
@@ -242,6 +242,10 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     if checkpointer is not None:
         await stack.enter_async_context(checkpointer)
     status = ProviderStatusSync(engine, router, clock, policies)
+    shared_limits = await asyncio.to_thread(shared_database_limits_problem, settings, engine, clock.now(),
+                                            status.instance)
+    if shared_limits is not None:  # a warning, not a refusal: a rolling restart has two for a while
+        log.warning("rate limits: %s", shared_limits)
     status_sync = asyncio.create_task(status.run(settings.provider_status_interval_s))
     stack.push_async_callback(status.withdraw)  # after the task's cancel (newest first), before the engine's dispose
     stack.push_async_callback(_cancel, status_sync)

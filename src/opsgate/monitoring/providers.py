@@ -7,7 +7,9 @@ probes demoted providers whose breaker admits a trial, so a recovery is noticed 
 provider sees little traffic. The worker reads :func:`outages` and, past the threshold, demotes.
 A graceful shutdown deletes the process's own rows (:meth:`ProviderStatusSync.withdraw`), so a
 gateway started after it is judged by its own breakers; a crashed process's rows stop counting
-after :data:`STALE_AFTER_S`.
+after :data:`STALE_AFTER_S`. The rows are also each gateway's presence in the database
+(:func:`live_instances`): a gateway counting its rate limits in memory warns at start-up when
+another one is live (:func:`shared_database_limits_problem`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from opsgate.clock import Clock
+from opsgate.config import Settings
 from opsgate.monitoring.models import demotions, provider_status
 from opsgate.providers.base import CompletionRequest
 from opsgate.routing.breaker import BreakerState
@@ -78,6 +81,51 @@ def demote(conn: Connection, provider: str, now: datetime, reason: str) -> bool:
 def restore(conn: Connection, provider: str) -> bool:
     """Remove a demotion; True when there was one."""
     return conn.execute(delete(demotions).where(demotions.c.provider == provider)).rowcount > 0
+
+
+def live_instances(engine: Engine, now: datetime, within_s: float) -> dict[str, datetime]:
+    """``instance -> last heartbeat`` of every serving process whose status rows were refreshed
+    within ``within_s`` seconds of ``now``: each gateway writes them at start and every
+    ``provider_status_interval_s`` (:class:`ProviderStatusSync`, a timer, never per call) and
+    deletes them on a graceful shutdown, so they double as its presence in the database."""
+    st = provider_status.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(st.instance, func.max(st.updated_at))
+            .where(st.updated_at >= now - timedelta(seconds=within_s)).group_by(st.instance)
+        ).all()
+    return {instance: at for instance, at in rows}
+
+
+def per_process_limits(settings: Settings) -> bool:
+    """True when ``settings`` set a rate limit without ``OPSGATE_REDIS_URL``: each process then
+    counts the limits in its own memory (:mod:`opsgate.metering.ratelimit`)."""
+    return not settings.redis_url and any((
+        settings.rate_limit_user_rpm, settings.rate_limit_user_tpm,
+        settings.rate_limit_user_operation_rpm, settings.rate_limit_user_operation_tpm))
+
+
+def shared_database_limits_problem(settings: Settings, engine: Engine, now: datetime,
+                                   exclude: str | None = None) -> str | None:
+    """The warning when the rate limits of ``settings`` are counted per process
+    (:func:`per_process_limits`) while more than one gateway is live on the same database
+    (:func:`live_instances` within 3 x ``provider_status_interval_s``): every gateway admits each
+    limit, so N gateways admit N x each limit (tester-crash F5). ``exclude`` is the calling
+    gateway's own instance (it counts as one live gateway, whether its rows are written yet or
+    not); without it (``opsgate readiness``, no gateway itself) two live instances are needed.
+    ``None`` when there is nothing to warn about. Refusing would break a rolling restart, so
+    :func:`opsgate.runtime.start_runtime` logs it and ``opsgate readiness`` fails its rate-limit
+    item with it."""
+    if not per_process_limits(settings):
+        return None
+    live = set(live_instances(engine, now, 3 * settings.provider_status_interval_s))
+    if exclude is not None:
+        live.add(exclude)
+    if len(live) < 2:
+        return None
+    return (f"{len(live)} gateways are live on this database ({', '.join(sorted(live))}) and the rate "
+            f"limits are counted per process without OPSGATE_REDIS_URL: each gateway admits each "
+            f"limit, {len(live)}x in all; set OPSGATE_REDIS_URL to share them")
 
 
 class ProviderStatusSync:

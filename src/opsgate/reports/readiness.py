@@ -235,8 +235,11 @@ def rls_forced(ctx: Context) -> tuple[bool | None, str]:
 
 
 def limits_configured(ctx: Context) -> tuple[bool, str]:
-    """A per-user rate limit is set and at least one budget exists."""
+    """A per-user rate limit is set and at least one budget exists, and the limits hold: fails
+    when they are counted per process (no ``OPSGATE_REDIS_URL``) while more than one gateway is
+    live on the database (:func:`~opsgate.monitoring.providers.shared_database_limits_problem`)."""
     from opsgate.metering.budgets import budget_statuses
+    from opsgate.monitoring.providers import shared_database_limits_problem
 
     s = ctx.settings
     limits = {
@@ -251,6 +254,9 @@ def limits_configured(ctx: Context) -> tuple[bool, str]:
     }
     budgets = budget_statuses(ctx.engine, ctx.clock.now())
     text_ = f"rate limits {limits or 'all off'}; {len(budgets)} budget(s)"
+    shared = shared_database_limits_problem(s, ctx.engine, ctx.clock.now())
+    if shared is not None:  # the limits hold per gateway only: N live gateways admit N x each
+        return False, f"{text_}; {shared}"
     return bool(limits) and bool(budgets), text_
 
 
