@@ -205,6 +205,39 @@ def test_failing_ledger_write_refuses_with_503_and_calls_no_provider(gateway):
         assert conn.execute(select(budget_reservations)).all() == []
 
 
+def test_a_served_call_whose_result_the_store_refuses_is_answered_and_readyz_says_not_ready(gateway):
+    """tester-crash F3/F6: the store refuses the result write (a trigger stands in for a full
+    disk) after the provider answered: the answer still goes out (it was served and billed),
+    marked ``Opsgate-Record: pending``; /readyz answers 503 until the pending result is written."""
+    import asyncio
+
+    gw = gateway.runtime.gateway
+    gw._record_retry_delays_s = (0.0,)  # the in-call retry without its back-off
+    assert gateway.client.get("/readyz").status_code == 200
+    with gateway.runtime.engine.begin() as conn:
+        conn.execute(text(
+            "CREATE TRIGGER log_down BEFORE INSERT ON ai_operation_log "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        ))
+    resp = gateway.post("email-classify", _example("email-classify"))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Opsgate-Record"] == "pending"
+    OPERATIONS["email-classify"].Output.model_validate(resp.json()["output"])
+    assert _ledger_kinds(gateway) == ["intent"] and _log_rows(gateway) == []
+    body = _assert_problem(gateway.client.get("/readyz"), 503, "not_ready")
+    assert "1 call result(s)" in body["detail"] and "disk" not in body["detail"]
+
+    with gateway.runtime.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER log_down"))
+    flush = asyncio.run_coroutine_threadsafe(gw.flush_pending(), gw._retrier.get_loop())
+    assert flush.result(30) == 0
+    assert _ledger_kinds(gateway) == ["intent", "result"]
+    [row] = _log_rows(gateway)
+    assert (row["request_id"], row["status"], row["cost_micro_usd"]) == (
+        resp.headers["X-Request-ID"], "ok", resp.json()["cost_micro_usd"])
+    assert gateway.client.get("/readyz").json() == {"status": "ready"}
+
+
 def test_flaky_provider_is_retried_after_its_retry_after(gateway):
     gateway.sandbox.set_faults("flaky")
     statuses = [gateway.post("email-classify", _example("email-classify")).status_code for _ in range(6)]

@@ -40,7 +40,7 @@ from opsgate.security.counts import count_refusal
 from opsgate.monitoring.views import router as monitoring_router
 from opsgate.operations import OPERATIONS
 from opsgate.operations.base import Operation
-from opsgate.pipeline import MAX_BODY_BYTES, Call, Outcome
+from opsgate.pipeline import MAX_BODY_BYTES, RECORD_PENDING_HEADER, Call, Outcome
 from opsgate.problems import as_opsgate_error, problem_response
 from opsgate.responses import json_response
 from opsgate.rollout.views import router as rollout_router
@@ -208,6 +208,8 @@ def _operation_endpoint(op_id: str) -> Endpoint:
             observe(outcome, runtime.toggles.variant(op_id, call.variant))
             with tracing.span("respond"):
                 headers = {"X-Request-ID": request_id, **call.response_headers}
+                if not outcome.recorded:  # served and billed; its result is pending (see docs/ledger.md)
+                    headers[RECORD_PENDING_HEADER] = "pending"
                 return json_response(_outcome_body(outcome), headers=headers)
 
     endpoint.__name__ = "operation_" + op_id.replace("-", "_")
@@ -266,9 +268,14 @@ def _add_probes(app: FastAPI) -> None:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["probes"],
-             summary="Readiness: database reachable, migrations current, the master key unwraps the key ring")
+             summary="Readiness: database reachable and taking writes, migrations current, the master key "
+                     "unwraps the key ring")
     async def readyz(request: Request, runtime: RuntimeDep) -> Response:
         request.state.request_id = uuid.uuid4().hex
+        if not runtime.gateway.storage_ready():  # two attributes: no write, no read per probe
+            pending = runtime.gateway.pending_results
+            return problem_response(NotReady(f"The database refuses writes; {pending} call result(s) "
+                                             "are waiting to be recorded"), request.state.request_id)
         try:
             current = await asyncio.to_thread(migrations_current, runtime.engine)
         except Exception:

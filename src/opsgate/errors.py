@@ -26,6 +26,7 @@ table in docs/architecture.md, equal to the classes)::
     │   ├── LedgerUnavailable         audit_unavailable         503  ledger.errors
     │   │   └── LedgerIOError         audit_unavailable         503  ledger.errors
     │   ├── ProofError                ledger_proof_invalid      422  ledger.errors
+    │   ├── ResultClosed              ledger_result_closed      409  ledger.errors
     │   └── StoredValueError          ledger_tampered           500  ledger.errors
     ├── BudgetConflict                budget_conflict           409  metering.errors
     ├── BudgetExceeded                budget_exceeded           402  metering.errors

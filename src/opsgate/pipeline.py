@@ -23,7 +23,10 @@
                    micro-USD at the served model's price, unknown usage -> that
                    request's worst case (flagged)
   9 record         ledger result entry + ai_operation_log row (one CallRecord) + one
-                  ai_operation_attempts row per billed request + settlement, in one transaction
+                  ai_operation_attempts row per billed request + settlement, in one transaction;
+                  when the store refuses it, retried (short back-off), then kept pending in the
+                  process and written by a background retry once the store is back: the answer,
+                  served and billed, still goes out (``Outcome.recorded`` False)
  10 respond        the API layer turns the Outcome or the OpsgateError into HTTP
 
 Each step runs in its own OpenTelemetry span when tracing is configured (:mod:`opsgate.tracing`).
@@ -50,6 +53,8 @@ from opsgate import bodies
 from opsgate.bodies import JSON
 from opsgate.clock import Clock
 from opsgate.errors import ContentTooLarge, OpsgateError
+from opsgate.ledger.errors import LedgerUnavailable, ResultClosed
+from opsgate.ledger.recovery import RECORDED, unless_closed
 from opsgate.ledger.writer import AppendedEntry, InTransaction, Ledger
 from opsgate.metering.attempts import ESTIMATED, INTERRUPTED, REPORTED, AttemptCharge, billing
 from opsgate.metering.cost import cost_micro_usd
@@ -89,6 +94,13 @@ COUNT_TIMEOUT_S = 2.0
 SERVED_MODEL_UNPRICED = "served_model_unpriced"
 SHADOW_DRAIN_S = 5.0
 """How long shutdown waits for shadow calls in flight before cancelling them."""
+RECORD_RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.25, 1.0)
+"""Step 9's waits, in seconds, before each further try of a result write the store refused,
+within the call (1.3 s at most): a PostgreSQL restart or a lost connection often passes in that."""
+PENDING_RETRY_S = 2.0
+"""How often, in seconds, the background retry tries the results still pending."""
+RECORD_PENDING_HEADER = "Opsgate-Record"
+"""The response header field (value ``pending``) of an answer whose result is not recorded yet."""
 PREPARE_THREADS = 4
 """The worker threads of :meth:`Gateway.prepare` (one pool per gateway, its own): requests whose
 input is prepared off the event loop wait for one of these, never for the loop's default
@@ -137,6 +149,9 @@ class Outcome:
     attempts: int
     privacy: dict[str, Any] = field(default_factory=dict)
     degraded: bool = False
+    recorded: bool = True
+    """False when the result could not be written yet: it is pending in the process
+    (:meth:`Gateway.flush_pending`), its intent durable and its reservation still held."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +291,17 @@ Intent = AppendedEntry[Reservation | None]
 without metering)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A call's step 9 write, complete and ready to append again: its record, its intent (with
+    the reservation to settle), its spend (charges and token hold) and every row of the write."""
+
+    record: CallRecord
+    intent: Intent
+    spend: _Spend
+    rows: tuple[tuple[Any, dict[str, Any]], ...]
+
+
 class Gateway:
     """Runs governed operations. One instance per process; safe for concurrent calls."""
 
@@ -296,10 +322,14 @@ class Gateway:
         count_timeout_s: float = COUNT_TIMEOUT_S,
         count_observer: Callable[[CountOutcome], None] | None = None,
         charge_observer: Callable[[str, Sequence[AttemptCharge]], None] | None = None,
+        record_retry_delays_s: Sequence[float] = RECORD_RETRY_DELAYS_S,
+        pending_retry_s: float = PENDING_RETRY_S,
     ) -> None:
         """``count_observer`` gets each token count of step 5; ``charge_observer`` gets, once a
         call (a shadow call too) is recorded, its operation and its charges, the rows just
-        written to ``ai_operation_attempts`` (the metrics' cost per provider and model)."""
+        written to ``ai_operation_attempts`` (the metrics' cost per provider and model).
+        ``record_retry_delays_s`` and ``pending_retry_s`` pace step 9's retries (seconds, see
+        :data:`RECORD_RETRY_DELAYS_S`, :data:`PENDING_RETRY_S`)."""
         self._tokens = tokens
         self._ledger = ledger
         self.router = router
@@ -315,6 +345,11 @@ class Gateway:
         self._count_observer = count_observer
         self._charge_observer = charge_observer
         self._prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="opsgate-prepare")
+        self._record_retry_delays_s = tuple(record_retry_delays_s)
+        self._pending_retry_s = pending_retry_s
+        self._pending: list[_Pending] = []
+        self._flushing = asyncio.Lock()
+        self._retrier: asyncio.Task[None] | None = None
 
     async def govern(self, call: Call) -> Outcome:
         """Run ``call`` through the ten steps; raise an :class:`OpsgateError` subclass on refusal."""
@@ -753,9 +788,12 @@ class Gateway:
         started: float,
     ) -> Outcome:
         """Append the ``result`` entry and the ``ai_operation_log`` row and settle the reservation,
-        in one transaction; build the Outcome."""
+        in one transaction; build the Outcome. When the store refuses the write (see
+        :meth:`_write`) the answer is still returned, ``recorded=False``: the provider served
+        and billed it, its intent is durable and its reservation stays held until the pending
+        result is written, so refusing it would only make the user pay again for a retry."""
         record = self._call_record(call, principal, intent, spend, started, error_code=None)
-        await self._write(record, intent, spend)
+        recorded = await self._write(record, intent, spend)
         last = spend.completions[-1]
         return Outcome(
             request_id=call.request_id,
@@ -768,6 +806,7 @@ class Gateway:
             latency_ms=record.latency_ms,
             attempts=record.attempts,
             degraded=record.degraded,
+            recorded=recorded,
         )
 
     @step("record")
@@ -781,7 +820,9 @@ class Gateway:
         started: float,
     ) -> None:
         """Record a failed call (every request the provider may have billed is still metered)
-        and settle its reservation; usage billed unseen is charged at that request's worst case."""
+        and settle its reservation; usage billed unseen is charged at that request's worst case.
+        When the store refuses the write the record is kept pending (:meth:`_write`) and the
+        call's own error still goes to the caller, not ``audit_unavailable``."""
         record = self._failure_record(call, principal, intent, spend, exc, started)
         await self._write(record, intent, spend)
 
@@ -869,29 +910,137 @@ class Gateway:
         return billed.provider, billed.model, billed.served_model or billed.model, price, flag
 
     async def _write(self, record: CallRecord, intent: Intent, spend: _Spend,
-                     extra: Sequence[tuple[Any, dict[str, Any]]] = ()) -> None:
+                     extra: Sequence[tuple[Any, dict[str, Any]]] = ()) -> bool:
         """One transaction: the ``result`` entry, the log row, one attempt row per billed request,
         the ``extra`` rows and (with metering) the settlement, flagged when a request was charged
-        its worst case; then the charges go to the charge observer, the token hold settles to the
-        billed tokens (kept at its worst case when usage is unknown) and overspend events go out
-        (not for a shadow call: its budget is the shadow scope's, and an event would disable the
-        live operation)."""
+        its worst case; then :meth:`_recorded`. True once written.
+
+        When the store refuses it (:class:`LedgerUnavailable`: disk full, a database restart),
+        it is tried again after each of ``record_retry_delays_s``, each time checking under the
+        append lock that the call is not already closed (:func:`~opsgate.ledger.recovery.unless_closed`:
+        a commit whose acknowledgement was lost is not written twice). If the store still
+        refuses it, the write is kept pending in the process (its reservation stays held, so no
+        overspend) for the background retry (:meth:`flush_pending`), and False is returned. The
+        first try issues exactly the statements it always did."""
         rows: list[tuple[Any, dict[str, Any]]] = [(ai_operation_log, record.log_row()), *extra]
         rows += [(ai_operation_attempts, c.row(record.request_id, record.created_at))
                  for c in spend.charges]
-        reservation = intent.work_result
+        pending = _Pending(record, intent, spend, tuple(rows))
+        try:
+            result = await self._append_result(pending, self._settle_work(pending))
+        except LedgerUnavailable:
+            try:
+                for delay in self._record_retry_delays_s:
+                    await asyncio.sleep(delay)
+                    try:
+                        await self._write_again(pending)
+                        return True
+                    except LedgerUnavailable:
+                        continue
+            except asyncio.CancelledError:  # the caller went away: the write is still owed
+                self._defer(pending)
+                raise
+            self._defer(pending)
+            return False
+        await self._recorded(pending, result)
+        return True
+
+    def _settle_work(self, pending: _Pending) -> InTransaction[Any] | None:
+        """The settlement of ``pending``'s reservation (``None`` without one or without metering)."""
+        reservation = pending.intent.work_result
         if reservation is None or self.metering is None:
-            await self._ledger.append("result", record.ledger_payload(), rows)
-            self._charged(record.operation, spend.charges)
+            return None
+        estimated = any(c.billing == ESTIMATED for c in pending.spend.charges)
+        return self.metering.settle_in(reservation, pending.record.cost_micro_usd, unknown_usage=False,
+                                       estimated=estimated)
+
+    async def _append_result(self, pending: _Pending, work: InTransaction[Any] | None) -> AppendedEntry[Any]:
+        return await self._ledger.append("result", pending.record.ledger_payload(), pending.rows, work=work)
+
+    async def _write_again(self, pending: _Pending) -> None:
+        """A later try of ``pending``'s write, idempotent per call (see :meth:`_write`); then
+        :meth:`_recorded`. A call found already recorded (by a lost acknowledgement) is done; one
+        ``opsgate ledger recover`` closed as ``interrupted`` meanwhile is dropped, logged (its
+        reservation expires at its worst case). Raises :class:`LedgerUnavailable` while the store
+        refuses it."""
+        try:
+            result = await self._append_result(pending, unless_closed(pending.record.request_id,
+                                                                      self._settle_work(pending)))
+        except ResultClosed as closed:
+            if closed.by != RECORDED:
+                log.warning("the pending result of %s was not written: its intent was %s first",
+                            closed.request_id, closed.by)
+                return
+            result = None
+        await self._recorded(pending, result)
+
+    async def _recorded(self, pending: _Pending, result: AppendedEntry[Any] | None) -> None:
+        """After the write committed (``result`` None: found committed by an earlier try): the
+        charges go to the charge observer, the token hold settles to the billed tokens (kept at
+        its worst case when usage is unknown) and overspend events go out (not for a shadow
+        call: its budget is the shadow scope's, and an event would disable the live operation)."""
+        record, spend = pending.record, pending.spend
+        self._charged(record.operation, spend.charges)
+        reservation = pending.intent.work_result
+        if reservation is None or self.metering is None:
             return
         estimated = any(c.billing == ESTIMATED for c in spend.charges)
-        settle = self.metering.settle_in(reservation, record.cost_micro_usd, unknown_usage=False,
-                                         estimated=estimated)
-        result = await self._ledger.append("result", record.ledger_payload(), rows, work=settle)
-        self._charged(record.operation, spend.charges)
         await self.metering.settle_tokens(spend.tokens, None if estimated else record.usage.total_tokens)
-        if not record.shadow:
+        if not record.shadow and result is not None:
             await self.metering.settled(reservation, result.work_result)
+
+    # pending results ----------------------------------------------------------------------------
+    @property
+    def pending_results(self) -> int:
+        """How many calls' results are waiting in this process for the store to take them."""
+        return len(self._pending)
+
+    def storage_ready(self) -> bool:
+        """False while results are pending or the store refused the last write
+        (:meth:`Ledger.storage_failing`): what ``/readyz`` reports. Reads two attributes."""
+        return not self._pending and not self._ledger.storage_failing()
+
+    def _defer(self, pending: _Pending) -> None:
+        log.error("the result of %s could not be recorded (the store refuses writes); kept pending, "
+                  "retried every %.1f s", pending.record.request_id, self._pending_retry_s)
+        self._pending.append(pending)
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.create_task(self._retry_pending())
+
+    async def _retry_pending(self) -> None:
+        """The background retry: every ``pending_retry_s`` seconds, :meth:`flush_pending`, until
+        nothing is pending."""
+        while self._pending:
+            await asyncio.sleep(self._pending_retry_s)
+            try:
+                await self.flush_pending()
+            except Exception:  # a bug, not the store: keep the results, keep trying
+                log.exception("retrying the pending results failed")
+
+    async def flush_pending(self) -> int:
+        """Write the pending results, oldest first, each idempotently (:meth:`_write_again`),
+        stopping at the first the store still refuses; return how many remain. One flush at
+        a time (a lock), so a result's follow-up runs once."""
+        async with self._flushing:
+            while self._pending:
+                try:
+                    await self._write_again(self._pending[0])
+                except LedgerUnavailable:
+                    break
+                self._pending.pop(0)
+            return len(self._pending)
+
+    async def drain_pending(self) -> None:
+        """Shutdown, before the ledger closes: stop the background retry, try the pending
+        results once more, and log each still pending (its intent stays open; ``opsgate ledger
+        recover`` closes it as ``interrupted``, its reservation expires at its worst case)."""
+        if self._retrier is not None:
+            self._retrier.cancel()
+            await asyncio.gather(self._retrier, return_exceptions=True)
+        if await self.flush_pending():
+            for pending in self._pending:
+                log.error("the result of %s was never recorded: `opsgate ledger recover` will close "
+                          "it as interrupted", pending.record.request_id)
 
     def _charged(self, operation: str, charges: Sequence[AttemptCharge]) -> None:
         if self._charge_observer is not None:

@@ -103,7 +103,8 @@ class Runtime(Services):
     async def close(self) -> None:
         """Close everything :func:`start_runtime` opened, newest first: flush the security event
         counts and the traces, stop the status sync (deleting this process's provider status rows)
-        and the checkpointer, drain the shadow calls (up to 5 s, then cancelled), end the gateway's
+        and the checkpointer, drain the shadow calls (up to 5 s, then cancelled), try the pending
+        call results once more (those still refused are logged), end the gateway's
         prepare threads, drain the ledger, dispose of the engine, close the HTTP session and the
         sandbox. Idempotent."""
         await self.exits.aclose()
@@ -235,6 +236,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
                       count_timeout_s=settings.token_count_timeout_s, count_observer=observe_count,
                       charge_observer=observe_charges)
     stack.callback(gateway.close_prepare_pool)
+    stack.push_async_callback(gateway.drain_pending)  # after the shadow calls, before the ledger closes
     stack.push_async_callback(gateway.drain_shadows)  # before the ledger and the engine close
     attach_alerting(engine, clock, metering.hooks if metering else None, None, gateway.models)  # rollout: open_services
     await ledger.append("routing_config", routing_record(settings, prices, clock.now()))

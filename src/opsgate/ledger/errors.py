@@ -12,6 +12,9 @@
   The CLI maps it to exit status 2, distinct from tampering (exit 1).
 - :class:`StoredValueError` — a stored ledger column holds a value of another type or shape than
   the schema's (SQLite keeps any type in any column): tampering, reported, never a crash.
+- :class:`ResultClosed` — a ``result`` append refused because the call already has one (its
+  ``ai_operation_log`` row, or a recovery's ``ledger_recoveries`` row): the refusal that makes a
+  late result write and ``opsgate ledger recover`` idempotent per intent. Never reaches HTTP.
 """
 
 from __future__ import annotations
@@ -80,3 +83,19 @@ class StoredValueError(LedgerError):
 
     code = "ledger_tampered"
     title = "Ledger value of the wrong type"
+
+
+class ResultClosed(LedgerError):
+    """A ``result`` append refused inside its transaction because the call's intent is already
+    closed: ``by`` is ``"recorded"`` (the call's ``ai_operation_log`` row exists: its result was
+    written, perhaps by a commit whose acknowledgement was lost) or ``"recovered"`` (``opsgate
+    ledger recover`` closed it as ``interrupted``). Nothing of the refused append is written."""
+
+    code = "ledger_result_closed"
+    status = 409
+    title = "The call's result is already recorded"
+
+    def __init__(self, request_id: str, by: str) -> None:
+        super().__init__(f"the result of {request_id} is already {by}")
+        self.request_id = request_id
+        self.by = by

@@ -18,6 +18,10 @@ If the transaction fails, every caller in the batch gets :class:`LedgerUnavailab
 holds none of the batch. One exception: an integrity error (a caller's row breaks a unique
 constraint) makes the writer retry the batch's requests one by one, so one bad row cannot take the
 others down with it.
+
+A failed transaction also marks the store as refusing writes (:meth:`Ledger.storage_failing`,
+what ``/readyz`` reads) until the next transaction commits: an attribute set by the writer
+thread, no statement of its own.
 """
 
 from __future__ import annotations
@@ -67,6 +71,11 @@ _HEAD = (
     .limit(1)
 )
 _STOP = object()
+STORAGE_RECHECK_S = 5.0
+"""How long after a failed transaction, with no transaction committed since, the store still
+counts as refusing writes (:meth:`Ledger.storage_failing`): long enough for a load balancer to
+take the replica out, short enough that one with nothing left to write (whose next write is
+the only test of the store) is tried again."""
 _WRITERS: weakref.WeakSet[Connection] = weakref.WeakSet()
 """The writer threads' connections: every transaction on one of them takes the append lock (on
 SQLite the database write lock) before any work runs (see :func:`holds_write_lock`)."""
@@ -167,6 +176,7 @@ class Ledger:
         self._conn: Connection | None = None
         self.transactions = 0
         self.entries = 0
+        self._failed_at: float | None = None
 
     def start(self) -> None:
         """Start the writer thread (once)."""
@@ -187,6 +197,13 @@ class Ledger:
             self._thread.join()
         else:
             self._fail_queued()
+
+    def storage_failing(self, recheck_s: float = STORAGE_RECHECK_S) -> bool:
+        """True when the last transaction failed (the database refused the write: disk full, a
+        restart, a lost connection; not a caller's bad row) less than ``recheck_s`` seconds ago
+        on the clock's ``monotonic``, and none has committed since. Reads one attribute."""
+        failed = self._failed_at
+        return failed is not None and self._clock.monotonic() - failed < recheck_s
 
     def __enter__(self) -> Self:
         self.start()
@@ -303,8 +320,10 @@ class Ledger:
             return
         except Exception:
             log.exception("ledger transaction failed")
+            self._failed_at = self._clock.monotonic()
             self._fail(requests, "the ledger transaction failed")
             return
+        self._failed_at = None
         _settle(requests, appended)
 
     def _transaction(self, requests: list[_Request]) -> list[Outcome]:
