@@ -25,20 +25,23 @@ from opsgate.pipeline import Gateway
 from opsgate.providers.errors import ServerError
 from opsgate.routing.errors import AllProvidersFailed
 from opsgate.store.models import ai_operation_log
-from opsgate.testing import GovernedGateway
+from opsgate.testing import FakeProvider, GovernedGateway, gateway_settings, governed_gateway
 from tests.budgets import ADMIN
 from tests.paths import EXAMPLES
+from tests.stores import fresh_postgres
 
 CLASSIFY = {"raw": (EXAMPLES / "email-classify.eml").read_text()}
 
 
 class DiskFull:
     """Fails the next ``times`` inserts into ``ai_operation_log`` (every one with ``times=None``)
-    with SQLite's full-disk error, counting the failures in ``failed``."""
+    with SQLite's full-disk error (``error``: another exception, e.g. PostgreSQL's), counting the
+    failures in ``failed``."""
 
-    def __init__(self, times: int | None = None) -> None:
+    def __init__(self, times: int | None = None, error: Exception | None = None) -> None:
         self.times = times
         self.failed = 0
+        self.error = error or sqlite3.OperationalError("database or disk is full")
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if not statement.lstrip().upper().startswith("INSERT INTO AI_OPERATION_LOG"):
@@ -46,12 +49,12 @@ class DiskFull:
         if self.times is not None and self.failed >= self.times:
             return
         self.failed += 1
-        raise sqlite3.OperationalError("database or disk is full")
+        raise self.error
 
 
 @contextmanager
-def disk_full(engine: Engine, times: int | None = None) -> Iterator[DiskFull]:
-    fault = DiskFull(times)
+def disk_full(engine: Engine, times: int | None = None, error: Exception | None = None) -> Iterator[DiskFull]:
+    fault = DiskFull(times, error)
     event.listen(engine, "before_cursor_execute", fault)
     try:
         yield fault
@@ -202,3 +205,33 @@ async def test_the_store_counts_as_refusing_writes_until_one_commits(governed: G
 def _row(request_id: str, clock: Any) -> dict[str, Any]:
     return {"request_id": request_id, "user_id": "alice", "operation": "email-classify", "status": "ok",
             "latency_ms": 1.0, "cost_micro_usd": 1, "created_at": clock.now()}
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_pending_result_is_written_once_and_a_stale_recovery_writes_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same promises on PostgreSQL (a restart shows as an OperationalError on the insert):
+    the closed-call lookups and the settlement run under its advisory lock."""
+    import psycopg
+
+    with fresh_postgres("opsgate_record") as url:
+        async with governed_gateway(gateway_settings(tmp_path, database_url=url), FakeProvider()) as governed:
+            _budget(governed)
+            _no_waits(governed.gateway, tries=1)
+            call = governed.call("email-classify", CLASSIFY)
+            restart = psycopg.OperationalError("terminating connection due to administrator command")
+            with disk_full(governed.engine, error=restart):
+                outcome = await governed.gateway.govern(call)
+            assert outcome.recorded is False and governed.gateway.storage_ready() is False
+            stale = recovery.open_intents(governed.engine, "9999")
+            assert list(stale) == [call.request_id]
+
+            assert await governed.gateway.flush_pending() == 0
+            monkeypatch.setattr(recovery, "open_intents", lambda engine, before: stale)
+            assert await recover(governed.engine, governed.ledger, governed.clock, older_than_s=0) == []
+
+            results = [p for k, p in governed.entries(call.request_id) if k == "result"]
+            assert [(r["status"], r["cost_micro_usd"]) for r in results] == [("ok", outcome.cost_micro_usd)]
+            assert _money(governed) == (["settled"], (outcome.cost_micro_usd, 0), 1)
+            assert governed.gateway.storage_ready() is True
