@@ -960,8 +960,8 @@ class Gateway:
     async def _write_again(self, pending: _Pending) -> None:
         """A later try of ``pending``'s write, idempotent per call (see :meth:`_write`); then
         :meth:`_recorded`. A call found already recorded (by a lost acknowledgement) is done; one
-        ``opsgate ledger recover`` closed as ``interrupted`` meanwhile is dropped, logged (its
-        reservation expires at its worst case). Raises :class:`LedgerUnavailable` while the store
+        ``opsgate ledger recover`` closed as ``interrupted`` meanwhile is dropped, logged (recovery
+        released its reservation at its worst case). Raises :class:`LedgerUnavailable` while the store
         refuses it."""
         try:
             result = await self._append_result(pending, unless_closed(pending.record.request_id,
@@ -1033,7 +1033,7 @@ class Gateway:
     async def drain_pending(self) -> None:
         """Shutdown, before the ledger closes: stop the background retry, try the pending
         results once more, and log each still pending (its intent stays open; ``opsgate ledger
-        recover`` closes it as ``interrupted``, its reservation expires at its worst case)."""
+        recover`` closes it as ``interrupted`` and releases its reservation at its worst case)."""
         if self._retrier is not None:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
