@@ -171,7 +171,9 @@ async def test_a_batch_of_results_marks_its_reservations_with_one_statement(stor
         store, clock, [(f"r{i}", "alice" if i % 2 else "bob", False) for i in range(6)])]
     with _counter_updates(store, "budget_reservations") as marks:
         await _settle_batch(store, clock, [(r, 10 + i) for i, r in enumerate(held)])
-    assert marks == [6]  # one executemany, one parameter set per call (was one update per call)
+    # one executemany, one parameter set per reservation row: alice's 3 calls hold 2 budgets,
+    # bob's 3 one (was one update per call)
+    assert marks == [9]
     with store.connect() as conn:
         rows = conn.execute(select(budget_reservations.c.request_id, budget_reservations.c.state,
                                    budget_reservations.c.actual_micro_usd)).all()

@@ -117,9 +117,10 @@ _OPEN_OF = (  # a batch's settlements: the open rows of several calls, read (and
     .order_by(_r.request_id, _r.budget_id)
     .with_for_update()
 )
-_MARK_OPEN = (  # then marked, one executemany: what _SETTLE_OPEN writes, without returning
-    update(budget_reservations)
-    .where(_r.request_id == bindparam("rid"), _r.state == OPEN)
+_MARK_OPEN = (  # then marked, one executemany over those rows: what _SETTLE_OPEN writes, each
+    update(budget_reservations)  # row found by its primary key (SQLite would otherwise search
+    .where(_r.request_id == bindparam("rid"), _r.budget_id == bindparam("b"),  # the state index)
+           _r.state == OPEN)
     .values(state=bindparam("new_state"), settled_at=bindparam("now"),
             actual_micro_usd=bindparam("amount"))
 )
@@ -434,7 +435,8 @@ def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) ->
     """Several calls' :func:`charge` in one transaction (a ledger batch's results), written as
     one by one in order would write them, in fewer statements: one read of every call's open
     rows (locked: ``FOR UPDATE`` on PostgreSQL; on SQLite the transaction holds the database's
-    write lock) and one update marking them (an executemany, one parameter set per call), then
+    write lock) and one update marking them (an executemany, one parameter set per row, found by
+    its primary key), then
     ONE update per budget counter moving the batch's sums (one executemany, in budget id order)
     and one read of those counters with their limits. A call's over-limit budgets are those
     whose spend passed their limit once its own charge was added in order (the spend read after,
@@ -455,8 +457,10 @@ def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) ->
         if not all(marked):
             point.rollback()
             return None
-        conn.execute(_MARK_OPEN, [{"rid": rid, "new_state": state, "amount": charged, "now": now}
-                                  for rid, (charged, state) in zip(rids, terms, strict=True)])
+        conn.execute(_MARK_OPEN, [{"rid": rid, "b": row.budget_id, "new_state": state, "amount": charged,
+                                   "now": now}
+                                  for rid, rows, (charged, state) in zip(rids, marked, terms, strict=True)
+                                  for row in rows])
     moved: dict[tuple[int, datetime], tuple[int, int]] = {}
     for rows, (charged, _) in zip(marked, terms, strict=True):
         for row in rows:
