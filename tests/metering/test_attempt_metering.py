@@ -255,6 +255,24 @@ def test_a_refusal_that_reported_its_usage_is_charged_that_usage(tmp_path: Path,
     assert _reconciles(tmp_path, run, {provider: {MODELS[provider]: cost}}) == ["100.00"]
 
 
+@pytest.mark.parametrize(("wire", "served"), [("anthropic", "claude-opus-4-1-20250805"),
+                                             ("deepseek", "deepseek-v4-pro")])
+def test_a_refusal_by_a_substituted_model_is_priced_at_the_model_that_served_it(
+    tmp_path: Path, wire: str, served: str,
+) -> None:
+    """Tester-wire F8: the refusal's 200 names the model that answered; the attempt row keeps it
+    and its reported usage is charged at that model's price, not the requested one's."""
+    run = _run(tmp_path, f"safety-blocked,substitute:{wire}:{served}", [wire], max_attempts_per_target=1)
+
+    assert run.response.status_code == 422 and run.response.json()["code"] == "content_filtered"
+    [refused] = run.attempts
+    assert (refused["model"], refused["served_model"], refused["billing"]) == (MODELS[wire], served, REPORTED)
+    cost = _reported_cost(refused, served, wire)
+    assert 0 < cost == refused["cost_micro_usd"] == run.spent
+    assert cost > _reported_cost(refused, MODELS[wire], wire)  # the dearer served model's price
+    assert run.state == "settled" and run.reserved == 0
+
+
 def test_an_invoice_above_what_the_flagged_requests_can_explain_is_a_discrepancy(tmp_path: Path) -> None:
     run = _run(tmp_path, "malformed:deepseek", ["deepseek"], max_attempts_per_target=1)
     worst = run.worst["deepseek"]

@@ -6,11 +6,20 @@ put into the client-visible detail."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from opsgate.providers.anthropic import AnthropicProvider
 from opsgate.providers.base import CompletionRequest
-from opsgate.providers.errors import ContentFiltered, ContextLengthExceeded, InvalidRequest, ProviderError
+from opsgate.providers.errors import (
+    ContentFiltered,
+    ContextLengthExceeded,
+    EmptyAnswer,
+    InvalidRequest,
+    MalformedResponse,
+    ProviderError,
+)
 from opsgate.providers.gemini import GeminiProvider
 from opsgate.providers.openai_compat import OpenAICompatProvider
 
@@ -188,3 +197,59 @@ async def test_other_400s_stay_provider_rejected(claude, deepseek, gemini, upstr
     error = await _raised(provider, "some-model")
     assert type(error) is InvalidRequest
     assert (error.code, error.status) == ("provider_rejected", 502)
+
+
+# -------------------------------------------------------------------------- the served model of an unusable 200
+
+
+SERVED_UNUSABLE = [
+    # (wire format, model asked, body of a 200 that cannot be used, error class, model it names)
+    ("anthropic", "claude-opus-5",
+     {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-opus-4-1-20250805",
+      "content": [], "stop_reason": "refusal", "usage": {"input_tokens": 30, "output_tokens": 2}},
+     ContentFiltered, "claude-opus-4-1-20250805"),
+    ("anthropic", "claude-opus-5",
+     {"id": "msg_2", "type": "message", "role": "assistant", "model": "claude-opus-4-1-20250805",
+      "content": [], "stop_reason": "end_turn", "usage": {"input_tokens": 30, "output_tokens": 0}},
+     EmptyAnswer, "claude-opus-4-1-20250805"),
+    ("openai", "deepseek-flash",
+     {"id": "c1", "model": "deepseek-v4-pro", "choices": [{"index": 0, "finish_reason": "content_filter",
+                                                          "message": {"role": "assistant", "content": ""}}],
+      "usage": {"prompt_tokens": 20, "completion_tokens": 0, "total_tokens": 20}},
+     ContentFiltered, "deepseek-v4-pro"),
+    ("openai", "deepseek-flash",
+     {"id": "c2", "model": "deepseek-v4-pro", "choices": [],
+      "usage": {"prompt_tokens": 20, "completion_tokens": 0, "total_tokens": 20}},
+     EmptyAnswer, "deepseek-v4-pro"),
+    ("openai", "deepseek-flash",
+     {"id": "c3", "model": "deepseek-v4-pro", "choices": [{"index": 0, "finish_reason": "stop",
+                                                          "message": {"role": "assistant", "content": "{not json"}}],
+      "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}},
+     MalformedResponse, "deepseek-v4-pro"),
+    ("gemini", "gemini-2.5-flash",
+     {"candidates": [{"finishReason": "SAFETY", "index": 0}], "modelVersion": "gemini-3.5-flash",
+      "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9}, "responseId": "g1"},
+     ContentFiltered, "gemini-3.5-flash"),
+]
+
+
+@pytest.mark.parametrize(("wire", "model", "body", "error_class", "served"), SERVED_UNUSABLE,
+                         ids=[f"{s[0]}-{s[3].__name__}" for s in SERVED_UNUSABLE])
+async def test_an_unusable_200_names_the_model_that_served_it(
+    claude, deepseek, gemini, upstream, wire, model, body, error_class, served,
+) -> None:
+    """Tester-wire F8: a refusal, an empty or a malformed 200 is billed at the model that
+    answered, so the error carries it beside the usage (it was read only from good answers)."""
+    upstream.reply(200, body)
+    provider = {"anthropic": claude, "openai": deepseek, "gemini": gemini}[wire]
+    with pytest.raises(ProviderError) as raised:  # a JSON answer is asked for: "{not json" is malformed
+        await provider.complete(replace(REQUEST, json_schema={"type": "object"}), model, timeout_s=5)
+    error = raised.value
+    assert type(error) is error_class
+    assert error.served_model == served and error.usage is not None
+
+
+async def test_an_unusable_200_that_is_no_json_object_names_no_model(deepseek, upstream) -> None:
+    upstream.reply(200, b"[1, 2]")
+    error = await _raised(deepseek, "deepseek-flash")
+    assert type(error) is MalformedResponse and (error.served_model, error.usage) == (None, None)

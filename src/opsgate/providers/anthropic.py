@@ -47,6 +47,7 @@ from opsgate.providers.http import (
     optional_str,
     post_json,
     rejected,
+    reported_model,
     reported_usage,
     require_key,
     retry_after_seconds,
@@ -148,6 +149,7 @@ class AnthropicProvider:
             return self._completion(request, model, reply)
         except ProviderError as exc:  # an unusable 200 is still billed for what it reported
             exc.usage = reported_usage(reply.body, "usage", self._usage)
+            exc.served_model = reported_model(reply.body, "model")
             raise
 
     async def count_tokens(

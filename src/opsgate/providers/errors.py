@@ -43,7 +43,9 @@ class ProviderError(OpsgateError):
     the provider's status (``None`` for transport failures); ``retry_after`` is in seconds.
     ``usage`` is what the provider reported billing for an answer that could not be used (a
     refusal or an unusable 200 that still carried its usage object), ``None`` when it reported
-    nothing; the adapters set it, the metering charges it. ``finish_reason`` is the normalised
+    nothing; the adapters set it, the metering charges it. ``served_model`` is the model such an
+    answer says answered (``model``, Gemini's ``modelVersion``), ``None`` when it names none: the
+    metering prices ``usage`` at that model. ``finish_reason`` is the normalised
     stop reason of a 200 answer that could not be used (:class:`IncompleteAnswer`), ``None``
     otherwise; the pipeline records it. ``scope`` is the class's
     :class:`Scope`; an adapter may set it on one error when the answer says more (a Gemini
@@ -72,6 +74,7 @@ class ProviderError(OpsgateError):
         self.provider_request_id = provider_request_id
         self.usage: Usage | None = None
         self.finish_reason: FinishReason | None = None
+        self.served_model: str | None = None
 
     @property
     def kind(self) -> str:

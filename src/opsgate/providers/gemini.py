@@ -48,6 +48,7 @@ from opsgate.providers.http import (
     optional_token_count,
     post_json,
     rejected,
+    reported_model,
     reported_usage,
     require_key,
     safe_token,
@@ -170,6 +171,7 @@ class GeminiProvider:
             return self._completion(request, model, reply)
         except ProviderError as exc:  # an unusable 200 is still billed for what it reported
             exc.usage = reported_usage(reply.body, "usageMetadata", self._usage)
+            exc.served_model = reported_model(reply.body, "modelVersion")
             raise
 
     async def count_tokens(

@@ -254,6 +254,18 @@ def reported_usage(body: bytes, key: str, parse: Callable[[Any], Usage]) -> Usag
         return None
 
 
+def reported_model(body: bytes, key: str) -> str | None:
+    """The model a 200 JSON ``body`` names under ``key`` (``model``; Gemini ``modelVersion``), for
+    an answer that could not be used but may have been billed at that model's price; ``None``
+    when the body is not a JSON object or the value is no non-empty string. The router checks
+    the text before anything records it (:func:`opsgate.routing.served.checked_model_id`)."""
+    try:
+        value = orjson.loads(body.strip())
+    except orjson.JSONDecodeError:
+        return None
+    return optional_str(value.get(key)) if isinstance(value, dict) else None
+
+
 def safe_token(value: object) -> str | None:
     """Return ``value`` if it is a short identifier-like string (a provider error type such as
     ``overloaded_error`` or ``RESOURCE_EXHAUSTED``) that is safe to echo, else ``None``."""

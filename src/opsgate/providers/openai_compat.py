@@ -45,6 +45,7 @@ from opsgate.providers.http import (
     optional_token_count,
     post_json,
     rejected,
+    reported_model,
     reported_usage,
     require_key,
     retry_after_seconds,
@@ -164,6 +165,7 @@ class OpenAICompatProvider:
             return self._completion(request, model, reply)
         except ProviderError as exc:  # an unusable 200 is still billed for what it reported
             exc.usage = reported_usage(reply.body, "usage", self._usage)
+            exc.served_model = reported_model(reply.body, "model")
             raise
 
     def _completion(self, request: CompletionRequest, model: str, reply: HttpReply) -> Completion:

@@ -98,7 +98,7 @@ from opsgate.routing.errors import (
 )
 from opsgate.routing.policy import RoutePolicy, Target
 from opsgate.routing.retry import retry_wait_s
-from opsgate.routing.served import checked_served_model
+from opsgate.routing.served import checked_model_id, checked_served_model
 from opsgate.routing.windows import ContextWindows
 from opsgate.security.sanitizer import sanitize
 from opsgate.tracing import provider_call
@@ -153,7 +153,8 @@ class Attempt:
     this attempt, in seconds. ``sent`` is True when the request went to the provider (False for
     skips); ``usage`` what the provider reported for it (the completion's, or an unusable
     answer's), ``None`` when it reported none; ``served_model`` the model the provider said
-    answered (successes only). These three are details of the attempt and take no part in
+    answered (a success's, or an unusable 200's that named one: a refusal, an empty or
+    malformed answer, which the metering prices at that model). These three are details of the attempt and take no part in
     comparing attempts."""
 
     provider: str
@@ -460,8 +461,9 @@ class Router:
                          sent=True, usage=completion.usage, served_model=completion.served_model)
             return completion
         breaker.record_failure(error)
-        self._record(call, target, error.kind, error.http_status, started, waited,
-                     sent=True, usage=error.usage)
+        self._record(call, target, error.kind, error.http_status, started, waited, sent=True,
+                     usage=error.usage,
+                     served_model=checked_model_id(target.provider, target.model, error.served_model))
         log_provider_error(target, error)
         return error
 

@@ -42,16 +42,22 @@ _MODEL_ID = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{MAX_MODEL_ID}}}")
 
 
 def checked_served_model(completion: Completion) -> Completion:
-    """``completion`` with its ``served_model`` kept when it is a model id -- at most
+    """``completion`` with its ``served_model`` checked by :func:`checked_model_id`."""
+    served = checked_model_id(completion.provider, completion.model, completion.served_model)
+    return completion if served == completion.served_model else replace(completion, served_model=served)
+
+
+def checked_model_id(provider: str, model: str, served: str | None) -> str | None:
+    """``served`` (what ``provider`` reported answered a request for ``model``, a completion's
+    or an unusable answer's) when it is ``None`` or a model id -- at most
     :data:`MAX_MODEL_ID` of ``A-Z a-z 0-9 . _ : / @ + -`` that :func:`~opsgate.security.sanitizer.sanitize`
     leaves unchanged (no key, e-mail address or phone number) -- else :data:`INVALID_SERVED_MODEL`
     (logged with the provider, the requested model and the text's length, never the text)."""
-    served = completion.served_model
     if served is None or (_MODEL_ID.fullmatch(served) and sanitize(served) == served):
-        return completion
+        return served
     log.warning("%s/%s reported a served model that is no model id (%d characters): recorded as %s",
-                completion.provider, completion.model, len(served), INVALID_SERVED_MODEL)
-    return replace(completion, served_model=INVALID_SERVED_MODEL)
+                provider, model, len(served), INVALID_SERVED_MODEL)
+    return INVALID_SERVED_MODEL
 
 
 def substituted(requested: str, served: str | None) -> bool:
