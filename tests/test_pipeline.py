@@ -3,7 +3,9 @@ opsgate.testing (real SQLite database, real ledger writer, real metering, a fake
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -13,7 +15,9 @@ from opsgate.metering.budgets import budget_statuses, set_budget
 from opsgate.metering.cost import cost_micro_usd
 from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters, budget_reservations
-from opsgate.metering.prices import PriceTable
+from opsgate.clock import ManualClock
+from opsgate.metering.prices import PriceBook, PriceTable
+from opsgate.metering.worstcase import attempt_worst_case_micro_usd
 from opsgate.operations import get_operation
 from opsgate.operations.base import OFF_LOOP_BYTES, prepare_input
 from opsgate.operations.errors import InvalidModelOutput
@@ -21,7 +25,7 @@ from opsgate.providers.base import CompletionRequest, FinishReason, Usage
 from opsgate.providers.errors import IncompleteAnswer
 from opsgate.routing.errors import NoUsableAnswer
 from opsgate.store.models import ai_operation_log
-from opsgate.testing import FAKE_MODEL, GovernedGateway
+from opsgate.testing import FAKE_MODEL, FakeProvider, GovernedGateway, gateway_settings, governed_gateway
 from tests.budgets import ADMIN
 from tests.paths import EXAMPLES
 
@@ -266,3 +270,67 @@ async def test_a_body_is_prepared_off_the_event_loop_from_its_operations_size(
     await governed.govern(op_id, body)
     assert threads == ["opsgate-prepare_0" if off_loop else threading.current_thread().name]
     assert get_operation(op_id).off_loop_bytes == (0 if op_id.startswith("calendar") else OFF_LOOP_BYTES)
+
+
+# -- a provider serving a dearer model than the one asked for (tester-wire F1) -------------------
+
+DEARER = "claude-opus-4-1-20250805"  # $15/$75 per MTok, three times FAKE_MODEL's $5/$25
+
+
+def _dearer_answers(governed: GovernedGateway) -> int:
+    """Make every answer Claude Opus 4.1's, billed its whole output cap; returns the byte-bound
+    worst case of CLASSIFY at FAKE_MODEL's price (what the old reservation held)."""
+    op = get_operation("email-classify")
+    prepared, _ = governed.gateway.minimise(op, op.prepare(op.Input.model_validate(CLASSIFY)))
+    governed.provider.served_model = DEARER
+    governed.provider.usage = Usage(input_tokens=1_000, output_tokens=prepared.request.max_tokens)
+    return attempt_worst_case_micro_usd(prepared.request, f"anthropic/{FAKE_MODEL}", PriceBook(PriceTable.load()))
+
+
+def _dearer_cost(governed: GovernedGateway) -> int:
+    """What one answer costs at the served model's (Opus 4.1's) price."""
+    return cost_micro_usd(governed.provider.usage, PriceBook(PriceTable.load()).price_for(f"anthropic/{DEARER}"))
+
+
+async def test_concurrent_calls_served_by_a_configured_dearer_model_never_pass_the_limit(
+    tmp_path: Path, fake_provider: FakeProvider, manual_clock: ManualClock,
+) -> None:
+    async with governed_gateway(gateway_settings(tmp_path), fake_provider, clock=manual_clock,
+                                may_serve={f"anthropic/{FAKE_MODEL}": [DEARER]}) as governed:
+        worst = _dearer_answers(governed)
+        cost = _dearer_cost(governed)
+        assert cost > worst  # each answer costs more than the requested model's worst case
+        limit = 4 * cost
+        set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
+                   limit_micro_usd=limit)
+
+        results = await asyncio.gather(*(governed.govern("email-classify", CLASSIFY) for _ in range(12)),
+                                       return_exceptions=True)
+
+        served = [r for r in results if isinstance(r, pipeline.Outcome)]
+        assert all(isinstance(r, (pipeline.Outcome, BudgetExceeded)) for r in results)
+        assert served and {(o.model, o.served_model, o.cost_micro_usd) for o in served} == {(FAKE_MODEL, DEARER, cost)}
+        spent, reserved = _counters(governed, "alice")
+        assert (spent, reserved) == (len(served) * cost, 0) and spent <= limit
+        with governed.engine.connect() as conn:
+            held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalars().all()
+        assert held and min(held) >= cost
+
+
+async def test_an_unseen_dearer_model_overspends_once_then_every_reservation_covers_it(
+    governed: GovernedGateway,
+) -> None:
+    worst = _dearer_answers(governed)
+    cost = _dearer_cost(governed)
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=worst)  # room for one call at the requested model's price
+
+    first = await governed.govern("email-classify", CLASSIFY)
+    assert (first.model, first.served_model, first.cost_micro_usd) == (FAKE_MODEL, DEARER, cost)
+    assert _counters(governed, "alice") == (cost, 0) and cost > worst  # the true cost, over the limit
+
+    set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
+               limit_micro_usd=cost + worst)  # room again for one call at the requested model's price
+    with pytest.raises(BudgetExceeded):
+        await governed.govern("email-classify", CLASSIFY)
+    assert len(governed.provider.requests) == 1 and _counters(governed, "alice") == (cost, 0)

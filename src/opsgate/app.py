@@ -253,6 +253,7 @@ def _outcome_body(outcome: Outcome) -> dict[str, Any]:
         "output": outcome.output,
         "provider": outcome.provider,
         "model": outcome.model,
+        "served_model": outcome.served_model,
         "attempts": outcome.attempts,
         "degraded": outcome.degraded,
         "usage": outcome.usage.as_dict(),

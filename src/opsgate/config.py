@@ -236,6 +236,11 @@ class Settings(BaseSettings):
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict, description='Prices of "provider/model" targets (USD per MTok).'
     )
+    may_serve: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description='[may_serve] "provider/model" = [model ids the provider may answer that model\'s '
+                    'requests with]; budget reservations cover their prices too.',
+    )
     prompts_dir: Path | None = Field(
         default=None, description="Operator prompt versions, <dir>/<operation>/<version>.txt (unset: the package's only)."
     )
@@ -428,6 +433,16 @@ class Settings(BaseSettings):
     secret_cache_ttl_s: float = Field(
         default=300.0, gt=0, description="Seconds a secret stays in the encrypted in-memory cache."
     )
+
+    @field_validator("may_serve")
+    @classmethod
+    def _may_serve(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        _check_targets(tuple(value))
+        for key, models in value.items():
+            for model in models:
+                if not model.strip():
+                    raise ValueError(f"{key!r}: a model id must not be empty")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -136,7 +136,9 @@ class Call:
 
 @dataclass(slots=True)
 class Outcome:
-    """A successful operation: the validated output plus what it cost and where it ran."""
+    """A successful operation: the validated output plus what it cost and where it ran:
+    ``provider`` and ``model`` the target asked (the route's), ``served_model`` the model the
+    provider said answered (``model`` when it named none), whose price ``cost_micro_usd`` is."""
 
     request_id: str
     operation: str
@@ -152,6 +154,7 @@ class Outcome:
     recorded: bool = True
     """False when the result could not be written yet: it is pending in the process
     (:meth:`Gateway.flush_pending`), its intent durable and its reservation still held."""
+    served_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,9 +699,10 @@ class Gateway:
         stops with :class:`BudgetExceeded` (402) and nothing more is sent."""
 
         async def admit(target: Target, request: CompletionRequest, routing: Sequence[Attempt]) -> None:
+            so_far = replace(spend, attempts=[*spend.attempts, *routing], prices=[])
+            self.learn_served(so_far.attempts)
             worst = attempt_worst_case_micro_usd(request, _key(target), self._prices,
                                                  spend.input_tokens(target, request))
-            so_far = replace(spend, attempts=[*spend.attempts, *routing], prices=[])
             owed = sum(c.cost_micro_usd for c in self.charges(so_far, self._clock.now()))
             missing = owed + worst - spend.held_micro_usd
             reservation = intent.work_result
@@ -718,6 +722,7 @@ class Gateway:
     def meter(self, spend: _Spend) -> tuple[Usage, int]:
         """Total reported usage and the call's cost in integer micro-USD: the sum of
         :meth:`charges` at the call's time (kept in ``spend.charges``)."""
+        self.learn_served(spend.attempts)
         now = self._clock.now()
         spend.priced_at = now
         spend.charges = self.charges(spend, now, spend.prices)
@@ -725,6 +730,18 @@ class Gateway:
         for c in spend.charges:
             usage += c.usage
         return usage, sum(c.cost_micro_usd for c in spend.charges)
+
+    def learn_served(self, attempts: Sequence[Attempt]) -> None:
+        """Teach the price book every model other than the requested one that ``attempts`` were
+        answered with (:meth:`PriceBook.observe_served`, in memory), so that every later
+        reservation for that target covers its price: a dearer model a provider substitutes
+        unannounced can take a budget over its limit only with the requests to that target
+        already sent when its first answer arrives. Called as soon as answers are seen: before
+        each further request of a call is admitted and when the call is metered."""
+        for a in attempts:
+            if a.sent and self._prices.observe_served(a.provider, a.model, a.served_model):
+                log.warning("%s/%s answered by %s: budget reservations for it now cover that "
+                            "model's price", a.provider, a.model, a.served_model)
 
     def charges(
         self, spend: _Spend, at: datetime, prices: list[tuple[ResolvedPrice, str | None]] | None = None,
@@ -807,6 +824,7 @@ class Gateway:
             attempts=record.attempts,
             degraded=record.degraded,
             recorded=recorded,
+            served_model=record.served_model,
         )
 
     @step("record")

@@ -33,6 +33,7 @@ from opsgate.ledger.scheduled import Checkpointer, checkpointer_for
 from opsgate.ledger.writer import Ledger
 from opsgate.metering.prices import PriceBook
 from opsgate.metering.reservations import release_interrupted
+from opsgate.metering.served import learn_served_models
 from opsgate.metering.service import MeteringService, build_metering
 from opsgate.metering.signins import SignInThrottle, build_sign_in_throttle
 from opsgate.metering.worstcase import prompt_token_bound
@@ -226,6 +227,7 @@ async def _open(stack: AsyncExitStack, settings: Settings, clock: Clock) -> Runt
     tokens = TokenService(settings, clock, security.revoked)
     routed = variants.chains()
     metering = build_metering(settings, engine, clock, prices, routed)
+    learn_served_models(engine, prices)  # reservations cover what targets were seen to serve
     expiry = asyncio.create_task(metering.expire_every(), name=EXPIRY_TASK)  # stale holds released while serving
     stack.push_async_callback(_cancel, expiry)
     rollout.ensure_toggles(OPERATIONS)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +77,8 @@ class FakeProvider:
 
     ``usage`` is billed for every answer (tokens, integers); ``finish_reason`` is every answer's
     stop reason (``STOP``; ``LENGTH`` plays a provider that returns a cut-off answer instead of
-    raising as the built-in adapters do). ``requests`` holds every
+    raising as the built-in adapters do); ``served_model`` is the model every answer says served
+    it (``None``: it names none, as the requested one). ``requests`` holds every
     :class:`CompletionRequest` received, in order; ``on_send`` (if set) runs with each request
     before the answer is made, i.e. at the moment a real adapter would send its first byte.
     """
@@ -88,6 +89,7 @@ class FakeProvider:
     finish_reason: FinishReason = FinishReason.STOP
     on_send: Callable[[CompletionRequest], None] | None = None
     requests: list[CompletionRequest] = field(default_factory=list)
+    served_model: str | None = None
 
     async def complete(self, request: CompletionRequest, model: str, timeout_s: float) -> Completion:
         """Record ``request``, run ``on_send``, then answer the next scripted step."""
@@ -108,6 +110,7 @@ class FakeProvider:
             raw_finish_reason="end_turn" if self.finish_reason is FinishReason.STOP else self.finish_reason.value,
             provider_request_id=f"fake-{len(self.requests)}",
             provider_latency_ms=1.0,
+            served_model=self.served_model,
         )
 
 
@@ -180,17 +183,19 @@ async def governed_gateway(
     *,
     clock: ManualClock | None = None,
     metering: bool = True,
+    may_serve: Mapping[str, Sequence[str]] | None = None,
 ) -> AsyncIterator[GovernedGateway]:
     """Migrate ``settings.database_url``, start a ledger writer and build a :class:`Gateway`
     whose every operation routes to ``provider`` (model :data:`FAKE_MODEL`, one attempt, no
-    waits). ``metering=False`` leaves out rate limits and budgets. The ledger is closed on exit."""
+    waits). ``metering=False`` leaves out rate limits and budgets; ``may_serve`` is the price
+    book's (``"provider/model"`` -> the other models it may serve). The ledger is closed on exit."""
     clock = clock or ManualClock()
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     ledger = Ledger(engine, clock)
     ledger.start()
     try:
-        prices = PriceBook(PriceTable.load(), now=clock.now)
+        prices = PriceBook(PriceTable.load(), now=clock.now, may_serve=may_serve)
         tokens = TokenService(settings, clock)
         gateway = Gateway(
             tokens=tokens,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -32,6 +32,7 @@ from genai_prices import types as genai_types
 
 from opsgate.config import Settings
 from opsgate.metering.errors import PriceTableError, UnknownModelPrice
+from opsgate.providers.base import normalise_model
 
 PRICE_FIELDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
 """The priced fields of every model, in USD per million tokens."""
@@ -206,6 +207,14 @@ class PriceBook:
     applies prices that change on a date or by time of day (DeepSeek's peak hours, weekdays only:
     :data:`WEEKEND_OFF_PEAK`) at the call's time. Tiered prices (long-context tiers) take the tier
     of the call's input token count.
+
+    A provider may answer a request for one model with another (an alias moved, a retired model
+    rerouted: the *served* model), and the call is charged at the served model's price. So what a
+    reservation holds for a target (:meth:`price_for`) covers every model the target may serve:
+    the requested model, the models configured for it (``may_serve``: ``"provider/model"`` ->
+    model ids of that provider, ``[may_serve]`` in ``opsgate.toml``) and every model it has been
+    seen to serve (:meth:`observe_served`; the gateway reads them from the operation log at
+    start-up, :func:`opsgate.metering.served.learn_served_models`).
     """
 
     def __init__(
@@ -216,8 +225,14 @@ class PriceBook:
         overrides_version: str = "none",
         now: Callable[[], datetime] | None = None,
         horizon_s: float = 900.0,
+        may_serve: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.table = table
+        self._may_serve: dict[tuple[str, str], frozenset[str]] = {
+            (key.partition("/")[0], key.partition("/")[2]): frozenset(models)
+            for key, models in (may_serve or {}).items()
+        }
+        self._observed: dict[tuple[str, str], set[str]] = {}
         self._now = now or (lambda: datetime.now(UTC))
         self._horizon_s = horizon_s
         self._overrides = {
@@ -241,14 +256,52 @@ class PriceBook:
                          option=orjson.OPT_SORT_KEYS)
         ).hexdigest()[:16]
         return cls(table or PriceTable.load(), overrides, overrides_version=f"sha256:{digest}",
-                   now=now, horizon_s=settings.budget_reservation_ttl_s)
+                   now=now, horizon_s=settings.budget_reservation_ttl_s, may_serve=settings.may_serve)
 
     def price_for(self, key: str) -> ModelPrice:
-        """The dearest price of ``"provider/model"`` from now over the reservation horizon: what
-        a budget reservation must hold (see :func:`opsgate.metering.worstcase`). Raises
-        :class:`UnknownModelPrice`."""
+        """What a budget reservation must hold per token for a request to ``"provider/model"``
+        (see :func:`opsgate.metering.worstcase`): per field, the highest price from now over the
+        reservation horizon of the model and of every model the target may serve
+        (:meth:`may_serve`), reported under the requested model's name. A served model's price
+        is never below what that model's call is charged, so a call the target answers with any
+        of those models costs at most its reservation. Raises :class:`UnknownModelPrice` for an
+        unpriced requested or configured (``may_serve``) model; a model only observed that has
+        no price (any more) is left out (its calls are charged as ``served_model_unpriced``)."""
         provider, _, model = key.partition("/")
-        return self.dearest(provider, model, self._now(), self._horizon_s)
+        start = self._now()
+        price = self.dearest(provider, model, start, self._horizon_s)
+        others = []
+        for served in sorted(self._may_serve.get((provider, model), ())):
+            others.append(self.dearest(provider, served, start, self._horizon_s))
+        for served in sorted(self._observed.get((provider, model), ())):
+            try:
+                others.append(self.dearest(provider, served, start, self._horizon_s))
+            except UnknownModelPrice:
+                continue
+        if not others:
+            return price
+        return replace(price, **{f: max(getattr(p, f) for p in (price, *others)) for f in PRICE_FIELDS})
+
+    def may_serve(self, provider: str, model: str) -> frozenset[str]:
+        """The models other than ``model`` that ``provider`` may answer a request for ``model``
+        with: the configured ones and the ones observed (:meth:`observe_served`)."""
+        return self._may_serve.get((provider, model), frozenset()) | self._observed.get((provider, model), set())
+
+    def observe_served(self, provider: str, model: str, served_model: str | None) -> bool:
+        """Learn that ``provider`` answered a request for ``model`` with ``served_model`` (the
+        model the provider reported; ``None`` or a dated snapshot of ``model`` is the model
+        itself). From now on :meth:`price_for` of ``provider/model`` covers it, when it has a
+        price. Returns whether it was new. In memory, per ``(provider, model)``; event-loop
+        confined like the gateway (no lock)."""
+        if served_model is None or normalise_model(served_model) == normalise_model(model):
+            return False
+        if self.lookup(provider, served_model, self._now()) is None:
+            return False
+        seen = self._observed.setdefault((provider, model), set())
+        if served_model in seen:
+            return False
+        seen.add(served_model)
+        return True
 
     def lookup(
         self, provider: str, model: str, at: datetime, input_tokens: int = 0

@@ -13,6 +13,10 @@ When this bound does not fit a budget, the pipeline asks the first target's prov
 exact count (:mod:`opsgate.metering.counting`) and reserves that count instead
 (``input_tokens``; it includes what the provider adds, Anthropic's tool-use system prompt too).
 
+A target is priced by ``prices.price_for``: for a :class:`~opsgate.metering.prices.PriceBook`,
+per token kind the dearest of the target's model and every model the target may serve
+(configured ``[may_serve]`` or seen), since a call is charged at the model that served it.
+
 Money is reserved per attempt (:func:`attempt_worst_case_micro_usd`): the intent holds the first
 attempt at the first target's price, and every further request (a retry after an answer that may
 have been billed, a fallback to a dearer target, a schema-repair request, whose prompt is then

@@ -103,8 +103,9 @@ def checked_routes(settings: Settings, prices: PriceLookup, at: datetime) -> dic
 def config_problems(
     settings: Settings, book: PriceLookup, at: datetime, *, check_keys: bool = True
 ) -> list[str]:
-    """One line per problem: routes naming an unknown operation or provider, targets without a
-    price at ``at`` and, with ``check_keys``, targets whose key is not set (never in sandbox)."""
+    """One line per problem: routes naming an unknown operation or provider, targets and
+    ``may_serve`` models (the budget reservation covers their prices) without a price at ``at``
+    and, with ``check_keys``, targets whose key is not set (never in sandbox)."""
     problems = route_problems(settings)
     if problems:
         return problems
@@ -120,6 +121,11 @@ def config_problems(
                 problems.append(f"{where}: no key ({t.key_source.removeprefix('env ')} is not set)")
                 seen.add(t.name)
             seen.add(where)
+    for key, models in settings.may_serve.items():
+        provider = key.partition("/")[0]
+        problems += [f"may_serve {key!r}: {model!r} has no price (add [prices.\"{provider}/{model}\"] "
+                     "with input and output in USD per million tokens)"
+                     for model in models if book.lookup(provider, model, at) is None]
     return problems
 
 
