@@ -232,7 +232,7 @@ class PriceBook:
             (key.partition("/")[0], key.partition("/")[2]): frozenset(models)
             for key, models in (may_serve or {}).items()
         }
-        self._observed: dict[tuple[str, str], set[str]] = {}
+        self._observed: dict[tuple[str, str], frozenset[str]] = {}
         self._now = now or (lambda: datetime.now(UTC))
         self._horizon_s = horizon_s
         self._overrides = {
@@ -285,7 +285,7 @@ class PriceBook:
     def may_serve(self, provider: str, model: str) -> frozenset[str]:
         """The models other than ``model`` that ``provider`` may answer a request for ``model``
         with: the configured ones and the ones observed (:meth:`observe_served`)."""
-        return self._may_serve.get((provider, model), frozenset()) | self._observed.get((provider, model), set())
+        return self._may_serve.get((provider, model), frozenset()) | self._observed.get((provider, model), frozenset())
 
     def observe_served(self, provider: str, model: str, served_model: str | None) -> bool:
         """Learn that ``provider`` answered a request for ``model`` with ``served_model`` (the
@@ -297,10 +297,10 @@ class PriceBook:
             return False
         if self.lookup(provider, served_model, self._now()) is None:
             return False
-        seen = self._observed.setdefault((provider, model), set())
+        seen = self._observed.get((provider, model), frozenset())
         if served_model in seen:
             return False
-        seen.add(served_model)
+        self._observed[(provider, model)] = seen | {served_model}  # a new set: readers never see one change
         return True
 
     def lookup(
