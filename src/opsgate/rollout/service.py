@@ -662,14 +662,8 @@ class RolloutService:
             return fields
 
         payload = {"operation": op, "actor": f"rollout:{rollout_id}", "reason": reason}
-        try:
-            _, after, _ = self.ledger.append_sync("variant.set", payload, work=reassign, amend=amend).work_result
-        except RolloutConflict as exc:
-            if exc is not nothing:
-                raise
-            return self.assignment(op)
-        self._changed()
-        return after
+        done = self._carry_out_entry("variant.set", payload, reassign, amend, nothing)
+        return self.assignment(op) if done is None else done[1]
 
     def _enact_toggle(self, rollout_id: int, operation: str, reason: str, *, starting: bool = False) -> Toggle:
         """Bring ``operation``'s toggle to what toggle rollout ``rollout_id``'s row says
@@ -702,14 +696,22 @@ class RolloutService:
             return {**_toggle_change((before, after)), **_carried_out(rollout)}
 
         payload = {"operation": operation, "actor": f"rollout:{rollout_id}", "reason": reason}
+        done = self._carry_out_entry("toggle.set", payload, merge, amend, nothing)
+        return self.get_toggle(operation) if done is None else Toggle(**done[1])
+
+    def _carry_out_entry(self, kind: str, payload: dict[str, Any], work: Callable[[Connection], Any],
+                         amend: Callable[[Any], dict[str, Any]], nothing: RolloutConflict) -> Any:
+        """Append a ``kind`` ledger entry whose transaction runs ``work`` (and ``amend`` on its
+        result); ``work``'s result, or ``None`` when ``work`` raised ``nothing`` (there was nothing
+        to change, no entry). Another :class:`RolloutConflict` propagates."""
         try:
-            _, after, _ = self.ledger.append_sync("toggle.set", payload, work=merge, amend=amend).work_result
+            done = self.ledger.append_sync(kind, payload, work=work, amend=amend).work_result
         except RolloutConflict as exc:
             if exc is not nothing:
                 raise
-            return self.get_toggle(operation)
+            return None
         self._changed()
-        return Toggle(**after)
+        return done
 
     def _notify(self, event: RolloutEvent) -> None:
         for listener in self.listeners:
