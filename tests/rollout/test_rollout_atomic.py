@@ -14,16 +14,15 @@ the writers share one ledger or each has its own engine and ledger writer (as re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, select
+from sqlalchemy import event, select
 from sqlalchemy.exc import DBAPIError
 from tests.rollout.rollout_helpers import at_once
+from tests import ledgered
 from tests.stores import migrated_url
 
 from opsgate.clock import ManualClock
@@ -35,7 +34,6 @@ from opsgate.rollout.errors import RolloutConflict
 from opsgate.rollout.models import rollout_decisions
 from opsgate.rollout.service import RolloutService, ToggleChange
 from opsgate.store.db import make_engine
-from opsgate.store.models import ledger_entries
 
 OP = "calendar-time"
 CHANGES = [ToggleChange(kill_switch=True), ToggleChange(rollout_percentage=50),
@@ -58,13 +56,6 @@ def _services(stack: ExitStack, url: str, clock: ManualClock, n: int) -> list[Ro
     return services
 
 
-def _entries(engine: Engine, kind: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        bodies = [json.loads(b) for b in conn.execute(
-            select(ledger_entries.c.body).order_by(ledger_entries.c.seq)).scalars()]
-    return [b for b in bodies if b["kind"] == kind]
-
-
 @pytest.mark.parametrize("processes", [1, len(CHANGES)], ids=["one-ledger", "ledger-per-process"])
 def test_concurrent_toggle_changes_all_apply_and_chain_their_before_and_after(url: str, processes: int) -> None:
     clock = ManualClock()
@@ -81,7 +72,7 @@ def test_concurrent_toggle_changes_all_apply_and_chain_their_before_and_after(ur
             row = services[0].get_toggle(OP)
             assert (row.kill_switch, row.rollout_percentage, row.opt_in_required, row.enabled) == (
                 True, 50, True, False)
-        entries = _entries(services[0].engine, "toggle.set")
+        entries = ledgered.entries(services[0].engine, "toggle.set")
         assert len(entries) == 3 * (1 + len(CHANGES))
         for previous, entry in zip(entries, entries[1:], strict=False):
             assert entry["before"] == previous["after"]
@@ -103,7 +94,7 @@ def test_a_decision_refused_with_409_leaves_no_entry_and_no_history(url: str) ->
         assert len(done) >= 1 and len(done) + len(refused) == 3
         assert {type(e) for e in refused} <= {RolloutConflict}
         engine = services[0].engine
-        decided = [e for e in _entries(engine, "rollout.decision") if e["action"] != "start"]
+        decided = [e for e in ledgered.entries(engine, "rollout.decision") if e["action"] != "start"]
         with engine.connect() as conn:
             history = list(conn.execute(select(rollout_decisions.c.action).where(
                 rollout_decisions.c.action != "start").order_by(rollout_decisions.c.id)).scalars())
@@ -134,8 +125,8 @@ def test_an_opt_in_whose_rows_fail_leaves_neither_its_entry_nor_any_change(url: 
         finally:
             event.remove(service.engine, "before_cursor_execute", _broken_user_settings_insert)
         assert service.get_opt_ins("alice") == {OP: True, "email-compose": False}  # the delete undone too
-        assert [e["choices"] for e in _entries(service.engine, "opt_in.set")] == [{OP: True}]
+        assert [e["choices"] for e in ledgered.entries(service.engine, "opt_in.set")] == [{OP: True}]
         assert failed.type is LedgerUnavailable  # the append's error: nothing was written
         assert service.set_opt_ins("alice", {OP: False}) == {OP: False, "email-compose": False}
-        assert [e["choices"] for e in _entries(service.engine, "opt_in.set")] == [{OP: True}, {OP: False}]
+        assert [e["choices"] for e in ledgered.entries(service.engine, "opt_in.set")] == [{OP: True}, {OP: False}]
         assert verify(service.engine).ok

@@ -13,7 +13,6 @@ threads: one service's append of a given kind is held until the other service ha
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
+from tests import ledgered
 from tests.stores import migrated_url
 
 from opsgate.clock import ManualClock
@@ -32,7 +32,6 @@ from opsgate.rollout.controller import Plan, State
 from opsgate.rollout.models import rollout_decisions
 from opsgate.rollout.service import RollbackFailure, RolloutService
 from opsgate.store.db import make_engine
-from opsgate.store.models import ledger_entries
 
 OP = "task-breakdown"
 OTHER = "calendar-time"
@@ -110,13 +109,6 @@ def _held(service: RolloutService, kind: str, call: Callable[[], Any], meanwhile
     return outcome
 
 
-def _entries(engine: Engine, kind: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        bodies = [json.loads(b) for b in conn.execute(
-            select(ledger_entries.c.body).order_by(ledger_entries.c.seq)).scalars()]
-    return [b for b in bodies if b["kind"] == kind]
-
-
 def test_a_stale_advance_never_writes_its_older_percentage(url: str) -> None:
     with ExitStack() as stack:
         a, b = _two(stack, url)
@@ -130,7 +122,7 @@ def test_a_stale_advance_never_writes_its_older_percentage(url: str) -> None:
         toggle = a.get_toggle(OP)
         assert (toggle.enabled, toggle.rollout_percentage) == (True, 100)
         changes = [(e["before"]["rollout_percentage"], e["after"]["rollout_percentage"], e["rollout_version"])
-                   for e in _entries(a.engine, "toggle.set")]
+                   for e in ledgered.entries(a.engine, "toggle.set")]
         assert changes == [(0, 5, 0), (5, 100, 2)]  # a's late write had nothing left to do
         assert verify(a.engine).ok
 
@@ -160,7 +152,7 @@ def test_a_variant_advance_overtaken_by_a_rollback_leaves_every_user_on_the_live
         assert a.get_rollout(rollout.id).state.state is State.ROLLING_BACK
         assignment = a.assignment(OP)
         assert (assignment.live, assignment.candidate, assignment.candidate_percentage) == ("default", None, 0)
-        after = [(e["after"]["candidate"], e["after"]["candidate_percentage"]) for e in _entries(a.engine, "variant.set")]
+        after = [(e["after"]["candidate"], e["after"]["candidate_percentage"]) for e in ledgered.entries(a.engine, "variant.set")]
         assert after == [("cand", 5), (None, 0)]
         assert verify(a.engine).ok
 
