@@ -4,7 +4,7 @@ cross-check of every model on the default routes (issue 13)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import genai_prices
 import pytest
 
 from opsgate.config import Settings
-from opsgate.metering.cost import cost_micro_usd
+from opsgate.metering.cost import cost_micro_usd, worst_case_micro_usd
 from opsgate.metering.prices import GENAI_PRICES_PROVIDERS, PriceBook, PriceTable
 from opsgate.providers.base import Usage
 from opsgate.routing.policy import policies_for
@@ -105,3 +105,35 @@ def test_reservations_hold_the_dearest_price_over_the_horizon() -> None:
     assert (dearest.input, dearest.output) == (Decimal("0.3"), Decimal("1.2"))
     calm = BOOK.dearest("deepseek", "deepseek-flash", _at("2026-12-03T00:10:00Z"), 900)
     assert (calm.input, calm.output) == (Decimal("0.15"), Decimal("0.6"))
+
+
+def _book_without_packaged_deepseek() -> PriceBook:
+    """A book whose packaged table lacks the DeepSeek models, so ``deepseek-chat`` is priced by
+    genai-prices 0.2.3: $0.135/$0.55 off-peak (16:30-00:30 UTC), $0.27/$1.10 from 00:30 UTC."""
+    table = PriceTable.from_mapping({
+        "version": "test",
+        "providers": {"anthropic": {"source": "https://example.test/pricing", "read_on": date(2026, 11, 30)}},
+        "models": {"claude-opus-4-5": {"provider": "anthropic", "input": "5", "output": "25", "cache_write": "6.25",
+                                       "cache_write_1h": "10", "cache_read": "0.5"}},
+    })
+    return PriceBook(table)
+
+
+def test_a_price_change_on_the_half_hour_inside_the_horizon_is_reserved() -> None:
+    """The maintained data changes deepseek-chat's price at 00:30 UTC. A reservation taken at
+    00:20 with a 15-minute horizon must hold the 00:30 price, which a call metered at 00:31 pays;
+    sampling whole hours only (the old code) reserved the 00:20 price, half of it."""
+    book = _book_without_packaged_deepseek()
+    start, metered = _at("2026-12-03T00:20:00Z"), _at("2026-12-03T00:31:00Z")
+    charged = book.price_at("deepseek", "deepseek-chat", metered).price
+    assert (charged.input, charged.output) == (Decimal("0.27"), Decimal("1.1"))
+    held = book.dearest("deepseek", "deepseek-chat", start, 900)
+    assert (held.input, held.output, held.cache_read) == (Decimal("0.27"), Decimal("1.1"), Decimal("0.07"))
+    usage = Usage(input_tokens=4_000, output_tokens=1_000)
+    assert cost_micro_usd(usage, charged) <= worst_case_micro_usd(4_000, 1_000, held, cache_writes=False)
+    # a window that closes before the change keeps the cheaper price (no needless hold)
+    calm = book.dearest("deepseek", "deepseek-chat", _at("2026-12-03T00:05:00Z"), 900)
+    assert (calm.input, calm.output) == (Decimal("0.135"), Decimal("0.55"))
+    # the evening change (16:30, to off-peak) is read too: the dearer side is the one before it
+    evening = book.dearest("deepseek", "deepseek-chat", _at("2026-12-03T16:20:00Z"), 900)
+    assert (evening.input, evening.output) == (Decimal("0.27"), Decimal("1.1"))

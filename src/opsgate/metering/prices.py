@@ -241,7 +241,7 @@ class PriceBook:
         }
         self._overrides_version = overrides_version
         self._dearest_hour: datetime | None = None
-        self._dearest: dict[tuple[str, str, int], ModelPrice] = {}
+        self._dearest: dict[tuple[str, str, datetime, datetime], ModelPrice] = {}
 
     @classmethod
     def from_settings(
@@ -330,25 +330,77 @@ class PriceBook:
         info = _genai_model(provider, model)
         return info.context_window if info is not None else None
 
+    def change_times(self, models: Iterable[tuple[str, str]], start: datetime) -> list[datetime]:
+        """``start`` and every instant within the reservation horizon after it at which a price of
+        one of ``models`` (``(provider, model)`` pairs) may change: each whole hour and each
+        time-of-day change of the maintained data (:func:`price_changes`), sorted. Between two
+        of them no price of those models changes, so the most a usage can cost anywhere in
+        ``[start, start + horizon]`` is the most it costs at one of these (what the pipeline holds
+        for a call's requests already answered, :meth:`opsgate.pipeline.Gateway.owed`)."""
+        end = start + timedelta(seconds=self._horizon_s)
+        times = {start}
+        hour = start.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        while hour <= end:
+            times.add(hour)
+            hour += timedelta(hours=1)
+        for provider, model in models:
+            times.update(price_changes(provider, model, start, end))
+        return sorted(times)
+
     def dearest(self, provider: str, model: str, start: datetime, horizon_s: float) -> ModelPrice:
         """Per field, the highest price ``model`` has between ``start`` and ``start + horizon_s``
-        (prices change only on whole hours: peak windows, dated changes), for reservations.
-        Raises :class:`UnknownModelPrice`.
+        (tz-aware; seconds), for reservations. Raises :class:`UnknownModelPrice`.
 
-        So the answer depends only on ``start``'s hour and how many hour boundaries the horizon
-        crosses; it is remembered for that hour (the request path asks it for every call)."""
-        floor = start.replace(minute=0, second=0, microsecond=0)
-        crossed = int((start + timedelta(seconds=horizon_s) - floor) // timedelta(hours=1))
-        key = (provider, model, crossed)
+        A price changes on a whole hour (a dated change starts at 00:00 UTC) or where a
+        time-of-day window of the maintained data opens or closes, which need not be a whole
+        hour (genai-prices 0.2.3 has DeepSeek's old 00:30 and 16:30 UTC windows): the price is
+        read at the window's first minute, at every whole hour and at every such opening or
+        closing inside it. Before, only whole hours were read, so a window ending after 00:30
+        but before 01:00 was reserved at the price before 00:30 (:func:`price_changes`).
+
+        The window is widened to whole minutes (a few seconds more, never less), so the answer
+        depends only on those two minutes; it is remembered for the hour of the first (the
+        request path asks it for every call)."""
+        first = start.replace(second=0, microsecond=0)
+        end = start + timedelta(seconds=horizon_s)
+        last = end.replace(second=0, microsecond=0)
+        if last < end:
+            last += timedelta(minutes=1)
+        floor = first.replace(minute=0)
+        key = (provider, model, first, last)
         if self._dearest_hour != floor:
             self._dearest_hour, self._dearest = floor, {}
         if key not in self._dearest:
-            times = [start, *(floor + timedelta(hours=h) for h in range(1, crossed + 1))]
-            prices = [self.price_at(provider, model, t, 10**9).price for t in times]
-            first = prices[0]
-            self._dearest[key] = replace(first, **{f: max(getattr(p, f) for p in prices)
-                                                   for f in PRICE_FIELDS})
+            times = {first, *price_changes(provider, model, first, last)}
+            hour = floor + timedelta(hours=1)
+            while hour <= last:
+                times.add(hour)
+                hour += timedelta(hours=1)
+            prices = [self.price_at(provider, model, t, 10**9).price for t in sorted(times)]
+            self._dearest[key] = replace(prices[0], **{f: max(getattr(p, f) for p in prices)
+                                                       for f in PRICE_FIELDS})
         return self._dearest[key]
+
+
+def price_changes(provider: str, model: str, first: datetime, last: datetime) -> list[datetime]:
+    """The instants in ``(first, last]`` (tz-aware) at which a time-of-day window of ``model``'s
+    ``genai-prices`` prices opens or closes (``TimeOfDateConstraint`` start and end times, on
+    every UTC day the interval touches); empty for a model the maintained data does not price.
+    Dated changes (``StartDateConstraint``) start at 00:00 UTC, a whole hour, which
+    :meth:`PriceBook.dearest` reads anyway."""
+    info = _genai_model(provider, model)
+    conditional = info.prices if info is not None and isinstance(info.prices, list) else []
+    times = [c.constraint for c in conditional if isinstance(c.constraint, genai_types.TimeOfDateConstraint)]
+    found: list[datetime] = []
+    day = first.astimezone(UTC).date() - timedelta(days=1)
+    while day <= last.astimezone(UTC).date() + timedelta(days=1):
+        for window in times:
+            for edge in (window.start_time, window.end_time):
+                at = datetime.combine(day, edge.replace(tzinfo=None), tzinfo=edge.tzinfo or UTC)
+                if first < at <= last:
+                    found.append(at.astimezone(UTC))
+        day += timedelta(days=1)
+    return found
 
 
 def genai_prices_version() -> str:
