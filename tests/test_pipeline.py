@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from opsgate.metering.errors import BudgetExceeded
 from opsgate.metering.models import ANY, ai_operation_attempts, budget_counters, budget_reservations
 from opsgate.clock import ManualClock
 from opsgate.metering.prices import PriceBook, PriceTable
-from opsgate.metering.worstcase import attempt_worst_case_micro_usd
+from opsgate.metering.worstcase import attempt_worst_case_micro_usd, prompt_token_bound
 from opsgate.operations import get_operation
 from opsgate.operations.base import OFF_LOOP_BYTES, prepare_input
 from opsgate.operations.errors import InvalidModelOutput
@@ -334,3 +336,38 @@ async def test_an_unseen_dearer_model_overspends_once_then_every_reservation_cov
     with pytest.raises(BudgetExceeded):
         await governed.govern("email-classify", CLASSIFY)
     assert len(governed.provider.requests) == 1 and _counters(governed, "alice") == (cost, 0)
+
+
+async def test_a_repair_sent_just_before_a_peak_window_is_metered_within_its_hold(tmp_path: Path) -> None:
+    """deepseek-flash (genai-prices) doubles at 01:00 UTC on weekdays. The first answer (at its
+    whole prompt bound and output cap, missing the schema) comes at 00:59:50, off-peak; the
+    repair is admitted then too, and answered at 01:00:05. The call is metered at the peak price,
+    both answers; the extension before the repair must hold that (it priced the first answer at
+    00:59:50 only, so the call cost more than its hold: an overspend at a budget's edge)."""
+    clock = ManualClock(datetime(2026, 12, 3, 0, 59, 50, tzinfo=UTC))  # a Thursday
+    provider = FakeProvider(name="deepseek")
+    async with governed_gateway(gateway_settings(tmp_path), provider, clock=clock,
+                                model="deepseek-flash") as governed:
+        set_budget(governed.ledger, clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
+                   limit_micro_usd=10**9)
+        provider.script = [{"category": "work", "priority": "high"}]  # misses fields: one repair
+
+        def at_send(request: CompletionRequest) -> None:
+            provider.usage = Usage(input_tokens=prompt_token_bound(request), output_tokens=request.max_tokens)
+            if len(provider.requests) == 2:
+                clock.advance(15)  # the repair is answered at 01:00:05
+
+        provider.on_send = at_send
+        call = governed.call("email-classify", CLASSIFY)
+        outcome = await governed.gateway.govern(call)
+
+        peak = PriceBook(PriceTable.load()).price_at("deepseek", "deepseek-flash", clock.now()).price
+        assert (peak.input, peak.output) == (Decimal("0.3"), Decimal("1.2"))
+        first, repair = provider.requests
+        answers = [Usage(input_tokens=prompt_token_bound(r), output_tokens=r.max_tokens) for r in (first, repair)]
+        cost = sum(cost_micro_usd(u, peak) for u in answers)
+        assert outcome.cost_micro_usd == cost
+        with governed.engine.connect() as conn:
+            held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalar_one()
+        assert cost <= held
+        assert _counters(governed, "alice") == (cost, 0)

@@ -703,7 +703,7 @@ class Gateway:
             self.learn_served(so_far.attempts)
             worst = attempt_worst_case_micro_usd(request, _key(target), self._prices,
                                                  spend.input_tokens(target, request))
-            owed = sum(c.cost_micro_usd for c in self.charges(so_far, self._clock.now()))
+            owed = self.owed(so_far, self._clock.now())
             missing = owed + worst - spend.held_micro_usd
             reservation = intent.work_result
             if missing > 0 and reservation is not None and reservation.budgets and self.metering:
@@ -716,6 +716,22 @@ class Gateway:
             spend.admitted.append((target, worst))
 
         return admit
+
+    def owed(self, spend: _Spend, now: datetime) -> int:
+        """The most the requests ``spend`` has admitted so far can be charged when the call is
+        metered, in micro-USD: per request, the highest of its :meth:`charges` at ``now`` and at
+        every later instant of the reservation horizon where a price of its models may change
+        (:meth:`PriceBook.change_times`). The call is metered within that horizon, at the meter's
+        time, so an answer taken off-peak and metered after a peak window opened (DeepSeek's
+        01:00 UTC) costs no more than this. Before, the answers were priced at ``now`` only, and
+        the extension for a repair or a retry taken just before a price rise held too little."""
+        models = {(a.provider, m) for a in spend.attempts if a.sent and a.usage is not None
+                  for m in (a.model, a.served_model) if m}
+        most: dict[int, int] = {}
+        for at in self._prices.change_times(models, now) if models else [now]:
+            for c in self.charges(spend, at):
+                most[c.seq] = max(most.get(c.seq, 0), c.cost_micro_usd)
+        return sum(most.values())
 
     # 8 ------------------------------------------------------------------------------------------
     @step("meter")

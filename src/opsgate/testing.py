@@ -184,11 +184,13 @@ async def governed_gateway(
     clock: ManualClock | None = None,
     metering: bool = True,
     may_serve: Mapping[str, Sequence[str]] | None = None,
+    model: str = FAKE_MODEL,
 ) -> AsyncIterator[GovernedGateway]:
     """Migrate ``settings.database_url``, start a ledger writer and build a :class:`Gateway`
-    whose every operation routes to ``provider`` (model :data:`FAKE_MODEL`, one attempt, no
-    waits). ``metering=False`` leaves out rate limits and budgets; ``may_serve`` is the price
-    book's (``"provider/model"`` -> the other models it may serve). The ledger is closed on exit."""
+    whose every operation routes to ``provider`` (``model``, default :data:`FAKE_MODEL`, one
+    attempt, no waits; it must have a price). ``metering=False`` leaves out rate limits and
+    budgets; ``may_serve`` is the price book's (``"provider/model"`` -> the other models it may
+    serve). The ledger is closed on exit."""
     clock = clock or ManualClock()
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -201,10 +203,10 @@ async def governed_gateway(
             tokens=tokens,
             ledger=ledger,
             router=Router({provider.name: provider}, clock),
-            policies=_policies(provider.name, [FAKE_MODEL]),
+            policies=_policies(provider.name, [model]),
             prices=prices,
             clock=clock,
-            metering=(build_metering(settings, engine, clock, prices, [f"{provider.name}/{FAKE_MODEL}"])
+            metering=(build_metering(settings, engine, clock, prices, [f"{provider.name}/{model}"])
                       if metering else None),
         )
         yield GovernedGateway(gateway, engine, ledger, tokens, clock, provider)
