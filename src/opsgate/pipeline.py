@@ -564,7 +564,7 @@ class Gateway:
             return None
         spend.chain = self.router.chain(spend.variant.policy)
         first, *further = (_key(t) for t in spend.chain)
-        last = retry or self.router.counter(spend.chain[0].provider) is None
+        last = retry or not self.countable(spend.chain[0])
         return self.metering.reserve_in(call.request_id, principal.user_id, op.id, prepared.request,
                                         first, shadow=shadow, input_tokens=input_tokens,
                                         cheaper=further if last and not shadow else (), note=last)
@@ -582,7 +582,7 @@ class Gateway:
         API: the first try was the last, its refusal stands."""
         first = spend.chain[0]
         counter = self.router.counter(first.provider)
-        if self.metering is None or counter is None:
+        if self.metering is None or counter is None or not self.countable(first):
             return None
         counted = await count_input(counter, prepared.request, first.model, self._count_timeout_s)
         if self._count_observer is not None:
@@ -591,6 +591,16 @@ class Gateway:
             spend.counted = (_key(first), prepared.request, counted.input_tokens)
         return self.reserve(call, principal, op, prepared, spend, shadow=shadow,
                             input_tokens=counted.input_tokens, retry=True)
+
+    def countable(self, target: Target) -> bool:
+        """Whether a reservation for ``target`` may rest on its provider's input count: the
+        provider counts (:meth:`Router.counter`) and ``target`` may serve no other model
+        (:meth:`PriceBook.may_serve`: configured or seen). The count is the requested model's;
+        a substitute with another tokenizer can bill more tokens for the same text, so such a
+        target keeps the byte bound, which holds for every tokenizer of the three providers."""
+        if self.router.counter(target.provider) is None:
+            return False
+        return not self._prices.may_serve(target.provider, target.model)
 
     # 6 ------------------------------------------------------------------------------------------
     @step("ledger_intent")

@@ -6,7 +6,9 @@ bound would refuse a budget does the pipeline ask the first target's provider to
 request exactly as it will be sent (the minimised prompt, the same system prompt and JSON
 schema): Anthropic ``POST /v1/messages/count_tokens``, Gemini ``models/{model}:countTokens``,
 both free. It then reserves the count (:class:`~opsgate.providers.base.InputCount`), which
-already includes what the provider adds around the request. A provider without a count API (DeepSeek and
+already includes what the provider adds around the request, plus a margin, since the provider
+calls it an estimate (:func:`~opsgate.metering.worstcase.input_token_bound`); a target that may
+serve another model is not counted (:meth:`opsgate.pipeline.Gateway.countable`). A provider without a count API (DeepSeek and
 other OpenAI-compatible endpoints) is not asked. A count that fails or does not answer within
 its timeout falls back to the byte bound, never to a guess: :func:`count_input` then returns
 an outcome without tokens, logged as a warning and counted by the observer

@@ -10,8 +10,13 @@ pricing table). A ``bytes / 3`` estimate is *not* an upper bound (CJK text is ~1
 3 bytes or worse, digits and symbols ~1 per byte), so it is not used.
 
 When this bound does not fit a budget, the pipeline asks the first target's provider for the
-exact count (:mod:`opsgate.metering.counting`) and reserves that count instead
-(``input_tokens``; it includes what the provider adds, Anthropic's tool-use system prompt too).
+count (:mod:`opsgate.metering.counting`) and reserves that count instead (``input_tokens``; it
+includes what the provider adds, Anthropic's tool-use system prompt too), plus
+:func:`count_margin`: Anthropic calls its count "an estimate" ("the actual number of input
+tokens used when creating a message may differ by a small amount", token counting guide), so the
+count alone is no bound; never more than the byte bound, which is one. A target that may serve
+another model is not counted (the count is the requested model's, and another model's tokenizer
+can need more tokens for the same text), see :meth:`opsgate.pipeline.Gateway.countable`.
 
 A target is priced by ``prices.price_for``: for a :class:`~opsgate.metering.prices.PriceBook`,
 per token kind the dearest of the target's model and every model the target may serve
@@ -37,6 +42,10 @@ from opsgate.providers.base import CompletionRequest
 
 PROMPT_OVERHEAD_TOKENS = 512
 REPAIR_NOTE_ALLOWANCE_BYTES = 8192
+COUNT_MARGIN_MIN_TOKENS = 64
+COUNT_MARGIN_DIVISOR = 20
+"""A provider's input count is reserved with ``max(count / 20, 64)`` tokens more (5 %, at least
+64): :func:`count_margin`."""
 
 
 def prompt_token_bound(request: CompletionRequest) -> int:
@@ -47,19 +56,38 @@ def prompt_token_bound(request: CompletionRequest) -> int:
     return size + PROMPT_OVERHEAD_TOKENS
 
 
+def count_margin(counted: int) -> int:
+    """The tokens reserved on top of a provider's input count of ``counted`` tokens: 5 %
+    (rounded up), at least :data:`COUNT_MARGIN_MIN_TOKENS`. An engineering margin for a count the
+    provider calls an estimate, not a bound it documents; a billed input beyond it is recorded
+    and charged in full (docs/budgets.md, "What the worst case cannot bound")."""
+    return max(-(-counted // COUNT_MARGIN_DIVISOR), COUNT_MARGIN_MIN_TOKENS)
+
+
+def input_token_bound(request: CompletionRequest, input_tokens: int | None = None) -> int:
+    """The input tokens one request of ``request`` is reserved for: :func:`prompt_token_bound`,
+    or, when the provider counted ``input_tokens``, that count plus :func:`count_margin`, never
+    more than the byte bound (which holds for every tokenizer of the three providers)."""
+    bound = prompt_token_bound(request)
+    if input_tokens is None:
+        return bound
+    return min(bound, input_tokens + count_margin(input_tokens))
+
+
 def attempt_worst_case_micro_usd(
     request: CompletionRequest, model: str, prices: PriceSource, input_tokens: int | None = None,
 ) -> int:
     """The most one request of ``request`` to ``model`` (a ``prices`` key, ``provider/model`` for a
     :class:`~opsgate.metering.prices.PriceBook`) can cost, in integer micro-USD rounded up: the
-    prompt bound (``input_tokens`` when the provider counted them, see
-    :class:`~opsgate.providers.base.InputCount`, else :func:`prompt_token_bound`) plus
+    input bound (:func:`input_token_bound`: ``input_tokens`` when the provider counted them,
+    see :class:`~opsgate.providers.base.InputCount`, plus a margin, else
+    :func:`prompt_token_bound`) plus
     ``max_tokens`` at the model's price. The input is priced without cache
     writes: opsgate's requests carry no ``cache_control`` mark, and Anthropic writes to its cache
     only what such a mark asks for (prompt caching docs; DeepSeek and Gemini cache implicitly and
     bill no writes, and a cache read is never dearer than input). Raises
     :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
-    prompt = prompt_token_bound(request) if input_tokens is None else input_tokens
+    prompt = input_token_bound(request, input_tokens)
     return worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(model), cache_writes=False)
 
 
