@@ -264,7 +264,8 @@ class _Spend:
     it holds against the token rate limits until it is recorded, and ``counted``: the price key,
     request and input count the first target's provider counted, when the
     byte bound did not fit a budget. ``chain`` is the router's chain the call was reserved on and
-    ``start`` the index of the target it starts at (> 0: degraded)."""
+    ``start`` the index of the target it starts at (> 0: degraded). ``max_tokens`` is the output
+    cap of its requests (a repair keeps the first request's), set when the first is admitted."""
 
     variant: Variant
     completions: list[Completion] = field(default_factory=list)
@@ -278,6 +279,7 @@ class _Spend:
     counted: tuple[str, CompletionRequest, int] | None = None
     chain: tuple[Target, ...] = ()
     start: int = 0
+    max_tokens: int = 0
 
     def input_tokens(self, target: Target, request: CompletionRequest) -> int | None:
         """The counted input bound of ``request`` to ``target`` when that is the request the
@@ -709,8 +711,10 @@ class Gateway:
         stops with :class:`BudgetExceeded` (402) and nothing more is sent."""
 
         async def admit(target: Target, request: CompletionRequest, routing: Sequence[Attempt]) -> None:
+            spend.max_tokens = request.max_tokens
             so_far = replace(spend, attempts=[*spend.attempts, *routing], prices=[])
             self.learn_served(so_far.attempts)
+            self.learn_output(so_far.attempts, request.max_tokens)
             worst = attempt_worst_case_micro_usd(request, _key(target), self._prices,
                                                  spend.input_tokens(target, request))
             owed = self.owed(so_far, self._clock.now())
@@ -749,6 +753,7 @@ class Gateway:
         """Total reported usage and the call's cost in integer micro-USD: the sum of
         :meth:`charges` at the call's time (kept in ``spend.charges``)."""
         self.learn_served(spend.attempts)
+        self.learn_output(spend.attempts, spend.max_tokens)
         now = self._clock.now()
         spend.priced_at = now
         spend.charges = self.charges(spend, now, spend.prices)
@@ -768,6 +773,20 @@ class Gateway:
             if a.sent and self._prices.observe_served(a.provider, a.model, a.served_model):
                 log.warning("%s/%s answered by %s: budget reservations for it now cover that "
                             "model's price", a.provider, a.model, a.served_model)
+
+    def learn_output(self, attempts: Sequence[Attempt], max_tokens: int) -> None:
+        """Teach the price book every target that billed more output than the ``max_tokens``
+        cap its request carried (:meth:`PriceBook.observe_output`, in memory): Gemini bills its
+        thoughts as output, and Google's thinking guide describes them as apart from
+        ``maxOutputTokens``; any provider may ignore its cap. Every later reservation for that
+        target then holds output at the highest ratio seen, so, as with an unannounced dearer
+        model (:meth:`learn_served`), only the requests already sent when the first such answer
+        arrives can cost more than they hold. Called where :meth:`learn_served` is."""
+        for a in attempts:
+            if (a.sent and a.usage is not None
+                    and self._prices.observe_output(a.provider, a.model, max_tokens, a.usage.output_tokens)):
+                log.warning("%s/%s billed %d output tokens for a cap of %d: budget reservations for it "
+                            "now hold that ratio", a.provider, a.model, a.usage.output_tokens, max_tokens)
 
     def charges(
         self, spend: _Spend, at: datetime, prices: list[tuple[ResolvedPrice, str | None]] | None = None,

@@ -1,6 +1,6 @@
-"""What the worst case must bound that the first overspend audit found it did not (audit after
-tester-wire F1): a provider's input count is an estimate, and a count of the requested model does
-not bound a substitute's input."""
+"""What the worst case must bound that the overspend audit after tester-wire F1 found it did
+not: a provider's input count is an estimate, a count of the requested model does not bound a
+substitute's input, and an answer can bill more output than its cap (Gemini's thoughts)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,33 @@ async def test_a_target_that_may_serve_another_model_is_not_reserved_at_its_coun
             held = conn.execute(select(budget_reservations.c.worst_micro_usd)).scalar_one()
         assert held == counted
 
+
+async def test_a_target_that_bills_output_beyond_its_cap_is_reserved_for_it_from_then_on(tmp_path: Path) -> None:
+    """Gemini bills thoughts as output (``candidatesTokenCount + thoughtsTokenCount``), and its
+    thinking guide describes them as apart from ``maxOutputTokens``. An answer billed at ten
+    times its cap costs more than the first call held (charged in full, never capped); from then
+    on the target's reservations hold that ratio, so the next call is within its hold (the old
+    code held ``max_tokens`` of output every time)."""
+    provider = FakeProvider(name="gemini")
+    async with governed_gateway(gateway_settings(tmp_path), provider, clock=ManualClock(),
+                                model="gemini-3.8-flash") as governed:
+        set_budget(governed.ledger, governed.clock, actor=ADMIN, user_id="alice", operation=ANY, period="day",
+                   limit_micro_usd=10**9)
+
+        def at_send(request: CompletionRequest) -> None:
+            provider.usage = Usage(input_tokens=100, output_tokens=10 * request.max_tokens,
+                                   reasoning_tokens=9 * request.max_tokens)
+
+        provider.on_send = at_send
+        first = await governed.govern("email-classify", CLASSIFY)
+        second = await governed.govern("email-classify", CLASSIFY)
+
+        with governed.engine.connect() as conn:
+            held = dict(conn.execute(select(budget_reservations.c.request_id,
+                                            budget_reservations.c.worst_micro_usd)).all())
+        cap = provider.requests[0].max_tokens
+        price = PriceBook(PriceTable.load()).price_at("gemini", "gemini-3.8-flash", governed.clock.now()).price
+        cost = cost_micro_usd(Usage(input_tokens=100, output_tokens=10 * cap), price)
+        assert first.cost_micro_usd == second.cost_micro_usd == cost
+        assert held[first.request_id] < cost  # the first answer over its cap: recorded in full
+        assert held[second.request_id] >= cost

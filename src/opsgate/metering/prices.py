@@ -15,11 +15,13 @@ like 0.028 exactly. The file's shape::
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -61,6 +63,11 @@ class PriceSource(Protocol):
     ``"provider/model"``)."""
 
     def price_for(self, key: str) -> ModelPrice: ...
+
+    def output_bound(self, key: str, max_tokens: int) -> int:
+        """The most output tokens a request capped at ``max_tokens`` to ``key`` is reserved for
+        (``max_tokens`` unless the target was seen to bill more, :meth:`PriceBook.observe_output`)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,10 @@ class PriceTable:
             for model, entry in _table(raw, "models").items()
         }
         return cls(version, prices, sources)
+
+    def output_bound(self, key: str, max_tokens: int) -> int:
+        """``max_tokens``: a static table learns nothing about a target's answers."""
+        return max_tokens
 
     def price_for(self, model: str) -> ModelPrice:
         """The prices of ``model``; raises :class:`UnknownModelPrice` when it has none."""
@@ -233,6 +244,7 @@ class PriceBook:
             for key, models in (may_serve or {}).items()
         }
         self._observed: dict[tuple[str, str], frozenset[str]] = {}
+        self._overflow: dict[tuple[str, str], Fraction] = {}
         self._now = now or (lambda: datetime.now(UTC))
         self._horizon_s = horizon_s
         self._overrides = {
@@ -302,6 +314,29 @@ class PriceBook:
             return False
         self._observed[(provider, model)] = seen | {served_model}  # a new set: readers never see one change
         return True
+
+    def observe_output(self, provider: str, model: str, max_tokens: int, output_tokens: int) -> bool:
+        """Learn that ``provider`` billed ``output_tokens`` of output for a request to ``model``
+        capped at ``max_tokens``: more than the cap is an answer the cap did not bound (Gemini's
+        thoughts, which Google's thinking guide describes as apart from ``maxOutputTokens``; a
+        provider that ignores its cap). From now on :meth:`output_bound` of ``provider/model``
+        holds the highest such ratio. Returns whether the ratio grew. In memory, per ``(provider,
+        model)``, event-loop confined like :meth:`observe_served`."""
+        if max_tokens <= 0 or output_tokens <= max_tokens:
+            return False
+        ratio = Fraction(output_tokens, max_tokens)
+        if ratio <= self._overflow.get((provider, model), Fraction(1)):
+            return False
+        self._overflow = {**self._overflow, (provider, model): ratio}  # readers never see one change
+        return True
+
+    def output_bound(self, key: str, max_tokens: int) -> int:
+        """The output tokens a request capped at ``max_tokens`` to ``key`` (``"provider/model"``)
+        is reserved for: ``max_tokens``, times the highest ratio of billed output to cap the
+        target was seen to answer with (:meth:`observe_output`), rounded up."""
+        provider, _, model = key.partition("/")
+        ratio = self._overflow.get((provider, model))
+        return max_tokens if ratio is None else math.ceil(max_tokens * ratio)
 
     def lookup(
         self, provider: str, model: str, at: datetime, input_tokens: int = 0

@@ -82,13 +82,15 @@ def attempt_worst_case_micro_usd(
     input bound (:func:`input_token_bound`: ``input_tokens`` when the provider counted them,
     see :class:`~opsgate.providers.base.InputCount`, plus a margin, else
     :func:`prompt_token_bound`) plus
-    ``max_tokens`` at the model's price. The input is priced without cache
+    ``max_tokens`` (more when the target was seen to bill more output than its cap,
+    ``prices.output_bound``) at the model's price. The input is priced without cache
     writes: opsgate's requests carry no ``cache_control`` mark, and Anthropic writes to its cache
     only what such a mark asks for (prompt caching docs; DeepSeek and Gemini cache implicitly and
     bill no writes, and a cache read is never dearer than input). Raises
     :class:`~opsgate.metering.prices.UnknownModelPrice` for a model without a price."""
     prompt = input_token_bound(request, input_tokens)
-    return worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(model), cache_writes=False)
+    output = prices.output_bound(model, request.max_tokens)
+    return worst_case_micro_usd(prompt, output, prices.price_for(model), cache_writes=False)
 
 
 def attempt_worst_cases_micro_usd(
@@ -100,7 +102,8 @@ def attempt_worst_cases_micro_usd(
     if not models:
         return []
     prompt = prompt_token_bound(request)
-    return [worst_case_micro_usd(prompt, request.max_tokens, prices.price_for(m), cache_writes=False)
+    return [worst_case_micro_usd(prompt, prices.output_bound(m, request.max_tokens), prices.price_for(m),
+                                 cache_writes=False)
             for m in models]
 
 
