@@ -11,7 +11,8 @@ everything queued (up to ``max_batch``) and writes it in ONE transaction:
    together (a ``many``, see :data:`BatchRun`) run as one call, the batch ordered so that they
    are adjacent; then read the head (highest ``seq``, its hash and ``ts``) inside that transaction;
 3. assign consecutive ``seq`` values, clamp ``ts`` to ``max(clock.now(), head ts)``, hash the chain;
-4. insert the entries and every extra row the callers attached (``rows``);
+4. insert the entries and every extra row the callers attached (``rows``), one executemany per
+   table (:func:`~opsgate.store.inserts.insert_rows`: the statement compiled once per table);
 5. commit, then resolve each caller with an :class:`AppendedEntry`.
 
 If the transaction fails, every caller in the batch gets :class:`LedgerUnavailable` and the database
@@ -54,6 +55,7 @@ from opsgate.ledger.entry import (
     parse_ts,
 )
 from opsgate.ledger.errors import LedgerError, LedgerUnavailable
+from opsgate.store.inserts import insert_rows
 from opsgate.store.models import ledger_entries
 
 log = logging.getLogger(__name__)
@@ -335,10 +337,9 @@ class Ledger:
                 head = _read_head(conn)
                 ts = max(self._clock.now().astimezone(UTC), head.ts)
                 chained = _chain(head, format_ts(ts), accepted)
-                if chained:
-                    conn.execute(ledger_entries.insert(), [_row(e) for e in chained])
+                insert_rows(conn, ledger_entries, [_row(e) for e in chained])
                 for table, rows in _rows_by_table(accepted).items():
-                    conn.execute(table.insert(), rows)  # one executemany per table
+                    insert_rows(conn, table, rows)  # one executemany per table
         except Exception:
             self._drop_connection()
             raise
@@ -423,11 +424,13 @@ def _resolve_all(pending: list[tuple[asyncio.Future[Any], Outcome]]) -> None:
             _resolve(future, outcome)
 
 
-def _rows_by_table(requests: list[_Request]) -> dict[Table, list[dict[str, Any]]]:
-    grouped: dict[Table, list[dict[str, Any]]] = {}
+def _rows_by_table(requests: list[_Request]) -> dict[Table, list[Mapping[str, Any]]]:
+    """The requests' extra rows by table, in order (the rows as the callers passed them:
+    :func:`~opsgate.store.inserts.insert_rows` reads them, never keeps them)."""
+    grouped: dict[Table, list[Mapping[str, Any]]] = {}
     for request in requests:
         for table, values in request.rows:
-            grouped.setdefault(table, []).append(dict(values))
+            grouped.setdefault(table, []).append(values)
     return grouped
 
 

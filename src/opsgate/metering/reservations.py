@@ -70,6 +70,7 @@ from opsgate.metering.models import (
     budgets,
 )
 from opsgate.store.db import begin_write, savepoint
+from opsgate.store.inserts import insert_rows
 
 log = logging.getLogger("opsgate.metering")
 
@@ -252,7 +253,7 @@ def hold(
             )
         choice, amount = chosen
     reservation = Reservation(request_id, user_id, operation, amount, found, choice)
-    conn.execute(budget_reservations.insert(), _rows(reservation, now, ttl_s))
+    insert_rows(conn, budget_reservations, _rows(reservation, now, ttl_s))
     return reservation
 
 
@@ -300,8 +301,7 @@ def hold_at_once(conn: Connection, clock: Clock, holds: Sequence[Hold], ttl_s: f
     reservations = [Reservation(h.request_id, h.user_id, h.operation, h.worst_micro_usd,
                                 scopes[(h.shadow, h.user_id, h.operation)]) for h in holds]
     rows = [row for r in reservations for row in _rows(r, now, ttl_s)]
-    if rows:
-        conn.execute(budget_reservations.insert(), rows)
+    insert_rows(conn, budget_reservations, rows)
     return reservations
 
 
