@@ -58,8 +58,9 @@ def old_bind_processor(self: UTCDateTime, dialect: Any) -> Any:
 
 
 def old_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """The writer's insert before issue 21's change."""
-    conn.execute(table.insert(), [dict(row) for row in rows])
+    """The writer's insert before issue 21's change (which skipped an empty list)."""
+    if rows:
+        conn.execute(table.insert(), [dict(row) for row in rows])
 
 
 def test_sqlite_text_is_sqlalchemys_text_for_every_time() -> None:
