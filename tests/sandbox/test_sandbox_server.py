@@ -125,7 +125,7 @@ def test_run_sandbox_forever_prints_base_urls_and_stops_on_interrupt() -> None:
         stats = httpx.get(f"http://127.0.0.1:{port}/_sandbox/stats").json()
         assert stats["faults"] == "flaky"
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=10)  # drains the pipes: a full stderr pipe cannot stall the exit
+        _, stderr = process.communicate(timeout=30)  # drains the pipes: a full stderr pipe cannot stall the exit
         assert "PROVIDER SANDBOX" in stderr
     finally:
         if process.poll() is None:
