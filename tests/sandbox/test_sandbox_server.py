@@ -115,6 +115,7 @@ def test_run_sandbox_forever_prints_base_urls_and_stops_on_interrupt() -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a `&` job inherits it
     )
     try:
         lines = [process.stdout.readline().strip() for _ in range(3)]  # type: ignore[union-attr]
@@ -125,8 +126,8 @@ def test_run_sandbox_forever_prints_base_urls_and_stops_on_interrupt() -> None:
         stats = httpx.get(f"http://127.0.0.1:{port}/_sandbox/stats").json()
         assert stats["faults"] == "flaky"
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)  # drains the pipes: a full stderr pipe cannot stall the exit
-        assert "PROVIDER SANDBOX" in stderr
+        _, stderr = process.communicate(timeout=10)  # drains the pipes: a full stderr pipe cannot stall the exit
+        assert process.returncode == 0 and "PROVIDER SANDBOX" in stderr
     finally:
         if process.poll() is None:
             process.kill()

@@ -4,6 +4,7 @@ forever for the CLI (``opsgate sandbox``)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -170,11 +171,18 @@ class SandboxThread:
 
 
 def run_sandbox_forever(host: str = "127.0.0.1", port: int = 8787, faults: str = "none") -> None:
-    """Serve the sandboxes until interrupted (Ctrl-C), announcing the mode and base URLs loudly."""
+    """Serve the sandboxes until SIGINT (Ctrl-C) or SIGTERM, announcing the mode and base URLs
+    loudly, then stop and return. Call it from the main thread (it installs the two handlers,
+    even where the process inherited SIGINT ignored, as a job started with ``&`` by a
+    non-interactive shell does: asyncio's own Ctrl-C handling is then off)."""
     asyncio.run(_serve_forever(host, port, faults))
 
 
 async def _serve_forever(host: str, port: int, faults: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with running_sandbox(faults, host, port) as server:
         print(
             "*** opsgate PROVIDER SANDBOX: fake Anthropic, DeepSeek and Gemini APIs ***",
@@ -183,7 +191,7 @@ async def _serve_forever(host: str, port: int, faults: str) -> None:
         print(f"fault profile: {faults}", file=sys.stderr)
         for provider, url in server.base_urls.items():
             print(f"{provider} base URL: {url}", flush=True)
-        await asyncio.Event().wait()
+        await stop.wait()
 
 
 def _url_host(host: str) -> str:
