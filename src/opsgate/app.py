@@ -34,6 +34,7 @@ from opsgate.clock import Clock
 from opsgate.config import Settings
 from opsgate.deps import BEARER, RuntimeDep, get_runtime
 from opsgate.errors import HTTPError, InvalidInput, MethodNotAllowed, NotFound, NotReady, OpsgateError
+from opsgate.localserver import freeze_heap
 from opsgate.metering.views import router as budgets_router
 from opsgate.monitoring.prometheus import observe, observe_error
 from opsgate.security.counts import count_refusal
@@ -68,16 +69,19 @@ async def open_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
 
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None,
-               runtime: Runtime | None = None) -> FastAPI:
+               runtime: Runtime | None = None, *, freeze: bool = False) -> FastAPI:
     """Build the app. The runtime (database, ledger, providers) opens in the lifespan, unless
     ``runtime`` is one already open for ``settings`` (:func:`open_app`); either way the lifespan
-    shutdown closes it."""
+    shutdown closes it. ``freeze``: the lifespan freezes the heap once the runtime is open
+    (:func:`opsgate.localserver.freeze_heap`; for a process that serves until it exits)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         opened = runtime or await start_runtime(settings, clock)
         app.state.runtime = opened
+        if freeze:
+            freeze_heap()
         try:
             yield
         finally:
@@ -119,6 +123,12 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None,
     if runtime is not None:
         app.state.runtime = runtime
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The app of one worker process of ``opsgate serve --workers N`` (uvicorn's factory, called
+    with no arguments): :func:`create_app` with its heap frozen once its runtime is open."""
+    return create_app(freeze=True)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

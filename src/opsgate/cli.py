@@ -195,7 +195,7 @@ def serve(
 
     if workers == 1:
         settings = _settings(sandbox, faults)
-        serve_app(partial(open_app, settings), _listen(host, port))
+        serve_app(partial(open_app, settings), _listen(host, port), freeze=True)
         return
     if sandbox or faults is not None:
         fail("--sandbox and --faults run in one process; start `opsgate sandbox --faults ...` and point the "
@@ -206,7 +206,7 @@ def serve(
               "set OPSGATE_REDIS_URL or pass --per-worker-limits")
     sock = _listen(host, port)
     asyncio.run(_start_and_close(settings))
-    if failed := serve_workers("opsgate.app:create_app", sock, workers, worker_healthcheck_s or WORKER_HEALTHCHECK_S):
+    if failed := serve_workers("opsgate.app:create_served_app", sock, workers, worker_healthcheck_s or WORKER_HEALTHCHECK_S):
         fail(f"worker process {', '.join(map(str, failed))} failed to start (its error is above)")
 
 

@@ -13,6 +13,7 @@ and in the thread, only "the local server did not start".
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import threading
@@ -65,18 +66,43 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Container objects allocated (net of those freed) between two young collections in a serving
+process; Python's default is 700 (``gc.get_threshold()``)."""
+
+
+def freeze_heap() -> None:
+    """Tune the garbage collector of a process that serves until it exits, once it has started
+    (Python's ``gc`` module docs): collect, move every object alive into the permanent generation
+    (:func:`gc.freeze`: the imported modules, settings, price data and caches held for the whole
+    life of the process are never traversed again) and let :data:`YOUNG_COLLECTION_THRESHOLD`
+    allocations pass between young collections, so most of a call's short-lived containers are
+    freed by reference counting before a collection ever looks at them.
+
+    Measured on a governed call at concurrency 32 (8,000 calls, gc callbacks, issue 21): collections
+    took 92 µs per call, a full one ~77 ms of the event loop at once (~211,000 objects); after,
+    ~1 µs per call and no full collection. Objects frozen are never collected, so never call this
+    in a process that builds many apps (tests, :func:`serve_in_thread`)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def serve(open_app: Opener, sock: socket.socket,
-          started: Callable[[uvicorn.Server], None] | None = None) -> None:
+          started: Callable[[uvicorn.Server], None] | None = None, *, freeze: bool = False) -> None:
     """Open the app (``await open_app()``), then serve it on the bound ``sock`` with uvicorn (log
     level warning, the app's lifespan run by uvicorn), in the event loop ``uvicorn.run`` would
     choose (uvloop when installed), until uvicorn is asked to exit (SIGINT or SIGTERM when this
     is the main thread, or ``should_exit``); an interrupt ends it quietly, as ``uvicorn.run``
     does. What opening raises propagates from here before any connection is accepted.
-    ``started`` receives the uvicorn server before it starts (to stop it from another thread)."""
+    ``started`` receives the uvicorn server before it starts (to stop it from another thread);
+    ``freeze``: :func:`freeze_heap` once the app is open (a process that serves until it exits)."""
     config = uvicorn.Config(cast(ASGIApp, None), log_level="warning", lifespan="on")  # its app once open
 
     async def main() -> None:
         config.app = await open_app()
+        if freeze:
+            freeze_heap()
         server = uvicorn.Server(config)
         if started is not None:
             started(server)

@@ -91,10 +91,13 @@ def _wait_s(leaves_in: float) -> int:
 
 @dataclass(slots=True)
 class _Log:
-    """One scope's holds younger than the window, oldest first: id -> [time, tokens]; and their
-    sum."""
+    """One scope's holds younger than the window, oldest first: id -> (time, tokens); and their
+    sum. A hold is a tuple, replaced when settled (a dict keeps the key's place): a tuple of
+    numbers is untracked by the garbage collector after its first collection, where a list
+    stays tracked, and a minute of holds at ~1,000 calls/s kept ~100,000 lists in every full
+    collection (issue 21)."""
 
-    holds: dict[str, list[float]] = field(default_factory=dict)
+    holds: dict[str, tuple[float, int]] = field(default_factory=dict)
     total: int = 0
 
     def prune(self, now: float) -> None:
@@ -103,7 +106,7 @@ class _Log:
             if at > now - WINDOW_S:
                 return
             del self.holds[hold_id]
-            self.total -= int(tokens)
+            self.total -= tokens
 
     def room_in(self, amount: int, limit: int, now: float) -> float:
         """Seconds until ``amount`` fits (0 when it fits now)."""
@@ -111,7 +114,7 @@ class _Log:
         if left + amount <= limit:
             return 0.0
         for at, tokens in self.holds.values():
-            left -= int(tokens)
+            left -= tokens
             if left + amount <= limit:
                 return WINDOW_S - (now - at)
         return float(WINDOW_S)
@@ -138,7 +141,7 @@ class MemoryTokenWindows:
             logs.append(log)
         hold_id = str(next(self._ids))
         for log in logs:
-            log.holds[hold_id] = [now, amount]
+            log.holds[hold_id] = (now, amount)
             log.total += amount
         return TokenHold(tuple(scopes), hold_id, amount)
 
@@ -148,8 +151,8 @@ class MemoryTokenWindows:
             log = self._logs.get(scope.key)
             entry = log.holds.get(hold.hold_id) if log else None
             if log and entry:
-                log.total += actual - int(entry[1])
-                entry[1] = actual
+                log.total += actual - entry[1]
+                log.holds[hold.hold_id] = (entry[0], actual)
 
 
 _TAKE = LUA_NOW + """
