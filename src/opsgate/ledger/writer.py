@@ -9,10 +9,12 @@ everything queued (up to ``max_batch``) and writes it in ONE transaction:
    released at commit or rollback. Either way appends from several processes are serialised.
 2. run each request's ``work`` (see :data:`InTransaction`); works of one kind that can run
    together (a ``many``, see :data:`BatchRun`) run as one call, the batch ordered so that they
-   are adjacent; then read the head (highest ``seq``, its hash and ``ts``) inside that transaction;
+   are adjacent; then read the head (highest ``seq``, its hash and ``ts``) inside that transaction
+   (on the DB-API cursor, :func:`~opsgate.store.statements.fetch`);
 3. assign consecutive ``seq`` values, clamp ``ts`` to ``max(clock.now(), head ts)``, hash the chain;
 4. insert the entries and every extra row the callers attached (``rows``), one executemany per
-   table (:func:`~opsgate.store.inserts.insert_rows`: the statement compiled once per table);
+   table (:func:`~opsgate.store.inserts.insert_rows`: the statement compiled once per table, sent
+   on the DB-API cursor);
 5. commit, then resolve each caller with an :class:`AppendedEntry`.
 
 If the transaction fails, every caller in the batch gets :class:`LedgerUnavailable` and the database
@@ -56,6 +58,7 @@ from opsgate.ledger.entry import (
 )
 from opsgate.ledger.errors import LedgerError, LedgerUnavailable
 from opsgate.store.inserts import insert_rows
+from opsgate.store.statements import fetch
 from opsgate.store.models import ledger_entries
 
 log = logging.getLogger(__name__)
@@ -491,9 +494,12 @@ def _resolve(future: Future[Any] | asyncio.Future[Any], outcome: Outcome) -> Non
 
 
 def _read_head(conn: Connection) -> _Head:
-    row = conn.execute(_HEAD).first()
-    if row is None:
+    """The highest entry's seq, hash and ts, read in the append's transaction on the DB-API
+    cursor (:func:`~opsgate.store.statements.fetch`); before the first entry, the genesis."""
+    rows = fetch(conn, _HEAD)
+    if not rows:
         return _Head(FIRST_SEQ - 1, GENESIS_PREV_HASH, datetime.min.replace(tzinfo=UTC))
+    row = rows[0]
     return _Head(row.seq, bytes(row.entry_hash), parse_ts(json.loads(bytes(row.body))["ts"]))
 
 
