@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from decimal import Context
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, delete, func, insert, or_, select, update
 
 from opsgate.clock import Clock
 from opsgate.errors import InvalidInput, NotFound
@@ -56,6 +56,7 @@ from opsgate.metering.models import (
 from opsgate.numbers import MAX_DIGITS, parse_decimal
 from opsgate.operations import OPERATIONS
 from opsgate.security.users import check_user_id
+from opsgate.store.statements import fetch
 
 PERIODS = ("day", "month")
 ON_EXHAUSTED = (REFUSE, CHEAPER)
@@ -272,8 +273,9 @@ _APPLICABLE = (
 
 def budgets_for(conn: Connection, user_id: str, operation: str) -> list[Budget]:
     """Every budget that a call by ``user_id`` on ``operation`` is charged against, by id, read on
-    ``conn`` (inside the caller's transaction)."""
-    rows = conn.execute(_APPLICABLE, {"user_id": user_id, "operation": operation})
+    ``conn`` (inside the caller's transaction, on its DB-API cursor:
+    :func:`~opsgate.store.statements.fetch`)."""
+    rows = fetch(conn, _APPLICABLE, {"user_id": user_id, "operation": operation})
     return [_budget(row) for row in rows]
 
 
@@ -370,6 +372,8 @@ def check_budget(user_id: str, operation: str, period: str, limit_micro_usd: int
         raise InvalidInput(f"unknown operation; known: {', '.join(sorted(OPERATIONS))}")
 
 
-def _budget(row: Row[*tuple[Any, ...]]) -> Budget:
+def _budget(row: Any) -> Budget:
+    """The :class:`Budget` of a ``budgets`` row (a SQLAlchemy ``Row`` or the named tuple of
+    :func:`~opsgate.store.statements.fetch`: attributes named by the columns)."""
     return Budget(row.id, row.user_id, row.operation, row.period, row.limit_micro_usd,
                   row.on_exhausted)

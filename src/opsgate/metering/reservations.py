@@ -71,6 +71,7 @@ from opsgate.metering.models import (
 )
 from opsgate.store.db import begin_write, savepoint
 from opsgate.store.inserts import insert_rows
+from opsgate.store.statements import fetch, run
 
 log = logging.getLogger("opsgate.metering")
 
@@ -457,17 +458,17 @@ def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) ->
         if not all(marked):
             point.rollback()
             return None
-        conn.execute(_MARK_OPEN, [{"rid": rid, "b": row.budget_id, "new_state": state, "amount": charged,
-                                   "now": now}
-                                  for rid, rows, (charged, state) in zip(rids, marked, terms, strict=True)
-                                  for row in rows])
+        run(conn, _MARK_OPEN, [{"rid": rid, "b": row.budget_id, "new_state": state, "amount": charged,
+                                "now": now}
+                               for rid, rows, (charged, state) in zip(rids, marked, terms, strict=True)
+                               for row in rows])
     moved: dict[tuple[int, datetime], tuple[int, int]] = {}
     for rows, (charged, _) in zip(marked, terms, strict=True):
         for row in rows:
             released, spent = moved.get((row.budget_id, row.period_start), (0, 0))
             moved[(row.budget_id, row.period_start)] = (released + row.worst_micro_usd, spent + charged)
-    conn.execute(_APPLY, [{"b": b, "p": p, "released": released, "spent_delta": spent}
-                          for (b, p), (released, spent) in sorted(moved.items())])
+    run(conn, _APPLY, [{"b": b, "p": p, "released": released, "spent_delta": spent}
+                       for (b, p), (released, spent) in sorted(moved.items())])
     after = {(row.budget_id, row.period_start): (row.spent_micro_usd, row.limit_micro_usd)
              for row in conn.execute(_COUNTERS, {"ids": sorted({b for b, _ in moved}),
                                                  "starts": sorted({p for _, p in moved})})}
@@ -548,7 +549,7 @@ def _held_at_once(conn: Connection, holds: Sequence[tuple[int, datetime, int]]) 
     (a savepoint) and False is returned, for the caller to go one by one and learn which."""
     with savepoint(conn) as point:
         params = [{"b": budget_id, "p": start, "amount": amount} for budget_id, start, amount in holds]
-        if conn.execute(_HOLD, params).rowcount == len(params):
+        if run(conn, _HOLD, params) == len(params):
             return True
         point.rollback()
     return False
@@ -558,10 +559,10 @@ def _hold(conn: Connection, budget_id: int, start: datetime, amount: int) -> boo
     """The conditional update; when it matches no row, the period's counter may not exist yet:
     create it (a no-op if it does) and try once more. One statement once the counter exists."""
     values = {"b": budget_id, "p": start, "amount": amount}
-    if conn.execute(_HOLD, values).rowcount == 1:
+    if run(conn, _HOLD, values) == 1:
         return True
     conn.execute(_ENSURE[conn.dialect.name], values)
-    return conn.execute(_HOLD, values).rowcount == 1
+    return run(conn, _HOLD, values) == 1
 
 
 def _settle_open(conn: Connection, clock: Clock, request_id: str, state: str, charged: int) -> set[int] | None:
@@ -570,8 +571,8 @@ def _settle_open(conn: Connection, clock: Clock, request_id: str, state: str, ch
     Returns the ids of the budgets now over their limit, or ``None`` when the call has no open
     row (a call's rows are open, expired or settled together: :func:`hold` and :func:`extend`
     write all of them, :func:`_close` moves all of them)."""
-    rows = conn.execute(_SETTLE_OPEN, {"rid": request_id, "new_state": state, "amount": charged,
-                                       "now": clock.now()}).all()
+    rows = fetch(conn, _SETTLE_OPEN, {"rid": request_id, "new_state": state, "amount": charged,
+                                      "now": clock.now()})
     if not rows:
         return None
     return _apply(conn, request_id, [
@@ -586,8 +587,8 @@ def _apply(conn: Connection, request_id: str, moves: list[dict[str, Any]]) -> se
     for each of ``moves`` (``{"b", "p", "released", "spent_delta"}``, not empty), in budget id
     order as one executemany. Returns the ids of the budgets of ``request_id``'s rows whose period
     spend is now above their limit."""
-    conn.execute(_APPLY, sorted(moves, key=lambda move: move["b"]))
-    return set(conn.execute(_OVER, {"rid": request_id}).scalars())
+    run(conn, _APPLY, sorted(moves, key=lambda move: move["b"]))
+    return {row.budget_id for row in fetch(conn, _OVER, {"rid": request_id})}
 
 
 def _close(
