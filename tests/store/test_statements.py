@@ -162,12 +162,36 @@ def test_an_executemany_rowcount_is_the_sum_of_the_rows_changed(engine: Engine) 
                             .order_by(budget_counters.c.budget_id)).scalars().all() == [190, 900, 130, 0]
 
 
-def test_a_statement_sqlalchemy_expands_goes_its_way_and_reads_the_same(engine: Engine) -> None:
-    params = {"rids": ["r1", "r2"]}
-    old, old_sent, _ = _sent(engine, lambda conn: conn.execute(r._OPEN_OF, params).all())
-    new, new_sent, _ = _sent(engine, lambda conn: fetch(conn, r._OPEN_OF, params))
-    assert statements._plan(engine.dialect, r._OPEN_OF, ("rids",), False) is None
-    assert new == old and len(new) == 7 and new_sent == old_sent
+EXPANDING = [  # (statement, parameters, rows): a batch's settlement reads, IN lists of any length
+    (r._OPEN_OF, {"rids": ["r1", "r2"]}, 7),
+    (r._OPEN_OF, {"rids": ["r2"]}, 4),
+    (r._OPEN_OF, {"rids": []}, 0),
+    (r._COUNTERS, {"ids": [1, 2, 4], "starts": [DAY]}, 3),
+    (r._COUNTERS, {"ids": [3], "starts": [DAY, DAY + timedelta(days=1)]}, 1),
+]
+
+
+@pytest.mark.parametrize(("statement", "params", "count"), EXPANDING)
+def test_an_expanding_in_sends_what_sqlalchemy_sends_for_each_length(
+    engine: Engine, statement: Any, params: dict[str, Any], count: int
+) -> None:
+    old, old_sent, _ = _sent(engine, lambda conn: conn.execute(statement, params).all())
+    new, new_sent, _ = _sent(engine, lambda conn: fetch(conn, statement, params))
+    expanding = statements._plan(engine.dialect, statement, tuple(params), False)
+    assert isinstance(expanding, statements._Expanding)
+    assert expanding.plans[tuple(len(params[k]) for k in expanding.expanding)] is not None  # the fast path
+    assert new_sent == old_sent and len(new_sent) == 1
+    assert _rows(new) == _rows(old) and len(new) == count
+
+
+def test_a_statement_with_a_python_side_default_goes_sqlalchemys_way(engine: Engine) -> None:
+    """``spent_micro_usd`` left out: SQLAlchemy fills its default in; the same row is written."""
+    counter = {"budget_id": 1, "period_start": DAY + timedelta(days=1), "reserved_micro_usd": 5}
+    statement = insert(budget_counters)
+    old, old_sent, old_after = _sent(engine, lambda conn: conn.execute(statement, counter))
+    new, new_sent, new_after = _sent(engine, lambda conn: run(conn, statement, counter))
+    assert statements._plan(engine.dialect, statement, tuple(counter), False) is None
+    assert new_sent == old_sent and new_after == old_after and len(new_after[0]) == 5
 
 
 def test_a_broken_constraint_is_sqlalchemys_integrity_error(engine: Engine) -> None:

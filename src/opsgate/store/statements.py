@@ -27,11 +27,13 @@ inside its transaction:
   wraps them (``DBAPIError.instance``: an ``IntegrityError`` stays one; a disconnect
   invalidates the connection, as ``Connection._handle_dbapi_exception`` does).
 
-A statement the plan cannot send as SQLAlchemy would (expanding or literal-execute parameters,
-Python-side defaults to fill in, a required bind without a value, ``setinputsizes``, escaped
-bind names, multi-row ``VALUES`` batching, a connection outside a transaction, an engine with
-``after_cursor_execute`` or ``handle_error`` listeners) goes through
-``conn.execute`` instead, so nothing is ever sent differently. Statements are module constants:
+A statement with expanding ``IN`` parameters gets one plan per length of its lists, expanded
+as SQLAlchemy expands it. A statement the plan cannot send as SQLAlchemy would (literal-execute
+or tuple ``IN`` parameters, expanding ones in an executemany, Python-side defaults to fill in, a
+required bind without a value, ``setinputsizes``, escaped bind names, multi-row ``VALUES``
+batching, a connection outside a transaction, an engine with ``after_cursor_execute`` or
+``handle_error`` listeners) goes through ``conn.execute`` instead, so nothing is ever sent
+differently. Statements are module constants:
 plans are cached by the statement object.
 """
 
@@ -61,12 +63,13 @@ _Processor = Callable[[Any], Any]
 @dataclass(slots=True)
 class _Plan:
     """A compiled statement: its SQL; per DB-API parameter in order, its name, the caller's key
-    (None: the bind's own value, already processed, in ``template``) and bind processor; and,
-    for a statement returning rows, the row type and its columns' types."""
+    (None: the bind's own value, already processed, in ``template``), the item of the caller's
+    list for an element of an expanding ``IN`` (else None) and bind processor; and, for a
+    statement returning rows, the row type and its columns' types."""
 
     sql: str
     names: tuple[str, ...]
-    taken: tuple[tuple[int, str, _Processor | None], ...]
+    taken: tuple[tuple[int, str, int | None, _Processor | None], ...]
     template: tuple[Any, ...]
     positional: bool
     row: Any
@@ -76,8 +79,8 @@ class _Plan:
     def parameters(self, values: Mapping[str, Any]) -> Any:
         """The DB-API parameters of one parameter set."""
         out = list(self.template)
-        for index, key, process in self.taken:
-            value = values[key]
+        for index, key, item, process in self.taken:
+            value = values[key] if item is None else values[key][item]
             out[index] = value if process is None else process(value)
         return tuple(out) if self.positional else dict(zip(self.names, out, strict=True))
 
@@ -98,7 +101,36 @@ class _Plan:
                 for row in fetched]
 
 
-_PLANS: weakref.WeakKeyDictionary[Dialect, dict[tuple[Executable, tuple[str, ...], bool], _Plan | None]] = (
+@dataclass(slots=True)
+class _Expanding:
+    """A compiled statement with expanding ``IN`` parameters (``bindparam(..., expanding=True)``),
+    whose SQL SQLAlchemy renders per execution for the lists' lengths: its plans by the lengths
+    of the caller's lists (``expanding``, in order), each made as SQLAlchemy expands the
+    statement (``_process_parameters_for_postcompile``)."""
+
+    compiled: Any
+    keys: tuple[str, ...]
+    expanding: tuple[str, ...]
+    plans: dict[tuple[int, ...], _Plan | None] = field(default_factory=dict)
+
+    def sized(self, values: Mapping[str, Any]) -> _Plan | None:
+        """The plan for the lengths of ``values``' lists."""
+        lengths = tuple(len(values[key]) for key in self.expanding)
+        try:
+            return self.plans[lengths]
+        except KeyError:
+            compiled = self.compiled
+            state = compiled._process_parameters_for_postcompile(compiled.construct_params(dict(values)))
+            names = tuple(state.positiontup) if compiled.positional else tuple(state.parameters)
+            items = {name: (bound, item) for bound, names in state.parameter_expansion.items()
+                     for item, name in enumerate(names)}
+            plan = self.plans[lengths] = _planned(compiled, state.statement, names, self.keys, items,
+                                                  {**compiled._bind_processors, **state.processors})
+            return plan
+
+
+_PLANS: weakref.WeakKeyDictionary[
+    Dialect, dict[tuple[Executable, tuple[str, ...], bool], _Plan | _Expanding | None]] = (
     weakref.WeakKeyDictionary())
 """Each engine's dialect's plans, by (statement, keys, many); dropped with the dialect."""
 
@@ -146,7 +178,8 @@ def _execute(conn: Connection, statement: Executable, parameters: Any, many: boo
     read without result columns), hand the statement to ``conn.execute`` and ``fallback``."""
     keys = tuple(parameters[0] if many else parameters)
     dialect = conn.dialect
-    plan = _plan(dialect, statement, keys, many)
+    planned = _plan(dialect, statement, keys, many)
+    plan = planned.sized(parameters) if isinstance(planned, _Expanding) else planned
     if (plan is None or not conn.in_transaction() or (read is _rows and plan.row is None)
             or conn.dispatch.after_cursor_execute or conn.dialect.dispatch.handle_error
             or (many and any(tuple(p) != keys for p in parameters))):
@@ -176,7 +209,7 @@ def _execute(conn: Connection, statement: Executable, parameters: Any, many: boo
         cursor.close()
 
 
-def _plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...], many: bool) -> _Plan | None:
+def _plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...], many: bool) -> _Plan | _Expanding | None:
     plans = _PLANS.get(dialect)
     if plans is None:
         plans = _PLANS.setdefault(dialect, {})
@@ -187,35 +220,53 @@ def _plan(dialect: Dialect, statement: Executable, keys: tuple[str, ...], many: 
         return plan
 
 
-def _compile(dialect: Dialect, statement: Executable, keys: tuple[str, ...], many: bool) -> _Plan | None:
+def _compile(dialect: Dialect, statement: Executable, keys: tuple[str, ...], many: bool) -> _Plan | _Expanding | None:
     """The plan of ``statement`` for parameter sets with ``keys`` on ``dialect``, compiled as
-    ``Connection.execute`` compiles it, or None when its parameters need more than the bind
-    processors (see the module docstring) or its rows cannot be named tuples."""
+    ``Connection.execute`` compiles it (an :class:`_Expanding` when it has expanding ``IN``
+    parameters), or None when its parameters need more than the bind processors (see the module
+    docstring) or its rows cannot be named tuples."""
     if dialect.bind_typing is BindTyping.SETINPUTSIZES or len(set(keys)) != len(keys):
         return None
     compiled: Any = cast(ClauseElement, statement).compile(dialect=dialect, column_keys=sorted(keys), for_executemany=many)
     if (compiled.escaped_bind_names or compiled._insertmanyvalues or compiled.literal_execute_params
-            or compiled.post_compile_params or compiled.insert_prefetch or compiled.update_prefetch
-            or compiled.schema_translate_map):
+            or compiled.insert_prefetch or compiled.update_prefetch or compiled.schema_translate_map):
         return None
+    if compiled.post_compile_params:  # expanding IN: SQLAlchemy refuses them in an executemany
+        binds = compiled.post_compile_params
+        if many or any(bind.type._is_tuple_type or (bind.key not in keys and compiled.bind_names[bind] in keys)
+                       for bind in binds):
+            return None
+        return _Expanding(compiled, keys, tuple(bind.key for bind in binds if bind.key in keys))
     names = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.bind_names.values())
-    processors = compiled._bind_processors
-    taken, template = [], []
+    return _planned(compiled, compiled.string, names, keys, {}, compiled._bind_processors)
+
+
+def _planned(compiled: Any, sql: str, names: tuple[str, ...], keys: tuple[str, ...],
+             items: Mapping[str, tuple[str, int]], processors: Mapping[str, _Processor]) -> _Plan | None:
+    """The plan sending ``sql`` with the DB-API parameters ``names`` (each a bind of
+    ``compiled``, or in ``items`` an element of an expanding bind's list: (bind name, index)),
+    each the caller's value for the bind's key (or name) when ``keys`` has it, else the bind's
+    own, through ``processors`` (by parameter name); None when a required bind has no value."""
+    taken: list[tuple[int, str, int | None, _Processor | None]] = []
+    template: list[Any] = []
     for index, name in enumerate(names):
-        bind = compiled.binds[name]
+        bound, item = items.get(name, (name, None))
+        bind = compiled.binds[bound]
         process = processors.get(name)
-        key = bind.key if bind.key in keys else name if name in keys else None
+        key = bind.key if bind.key in keys else bound if bound in keys else None
         if key is None and (bind.required or bind.callable is not None):
             return None
         if key is not None:
-            taken.append((index, key, process))
-        template.append(None if key is not None else
-                        bind.effective_value if process is None else process(bind.effective_value))
+            taken.append((index, key, item, process))
+            template.append(None)
+            continue
+        value = bind.effective_value if item is None else bind.effective_value[item]
+        template.append(value if process is None else process(value))
     columns = [(entry.keyname, entry.type) for entry in compiled._result_columns]
     row = _row_type([name for name, _ in columns])
     if columns and row is None:
         return None
-    return _Plan(compiled.string, names, tuple(taken), tuple(template), bool(compiled.positional),
+    return _Plan(sql, names, tuple(taken), tuple(template), bool(compiled.positional),
                  row, tuple(type_ for _, type_ in columns))
 
 
