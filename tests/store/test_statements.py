@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.exc import IntegrityError
 from tests.stores import migrated_url
 
@@ -220,3 +220,24 @@ def test_a_nul_in_a_text_parameter_is_refused_before_anything_is_sent(engine: En
             run(conn, r._MARK_OPEN, marks)
         states = conn.execute(select(budget_reservations.c.state)).scalars().all()
     assert states == [OPEN] * 7
+
+
+def test_an_engine_that_logs_its_statements_logs_these_and_hidden_parameters_stay_hidden(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    logging, hiding = create_engine(url, echo=True), create_engine(url, hide_parameters=True)
+    try:
+        with caplog.at_level("INFO", "sqlalchemy.engine"), logging.connect() as conn, conn.begin():
+            assert [row.id for row in fetch(conn, budgets_module._APPLICABLE,
+                                            {"user_id": "alice", "operation": "email-compose"})] == [1, 2, 3]
+        assert any(m.startswith("SELECT budgets.id") for m in caplog.messages)
+        row = {"request_id": "r1", "budget_id": 1, "period_start": DAY, "worst_micro_usd": 1,
+               "state": OPEN, "created_at": NOW, "expires_at": NOW}
+        with pytest.raises(IntegrityError) as raised, hiding.connect() as conn, conn.begin():
+            run(conn, budget_reservations.insert(), row)
+        assert "[SQL parameters hidden due to hide_parameters=True]" in str(raised.value)
+        assert "'r1'" not in str(raised.value)
+    finally:
+        logging.dispose()
+        hiding.dispose()

@@ -24,15 +24,17 @@ inside its transaction:
   calls them (``context`` None), so the NUL refusal of :mod:`opsgate.store.db` raises the same
   :class:`~opsgate.errors.InvalidInput` before the statement is sent, and a listener's
   replacement statement or parameters are what is sent; DB-API errors wrapped as SQLAlchemy
-  wraps them (``DBAPIError.instance``: an ``IntegrityError`` stays one; a disconnect
-  invalidates the connection, as ``Connection._handle_dbapi_exception`` does).
+  wraps them (``DBAPIError.instance``: an ``IntegrityError`` stays one; the engine's
+  ``hide_parameters``; a disconnect invalidates the connection, as
+  ``Connection._handle_dbapi_exception`` does).
 
 A statement with expanding ``IN`` parameters gets one plan per length of its lists, expanded
 as SQLAlchemy expands it. A statement the plan cannot send as SQLAlchemy would (literal-execute
 or tuple ``IN`` parameters, expanding ones in an executemany, Python-side defaults to fill in, a
 required bind without a value, ``setinputsizes``, escaped bind names, multi-row ``VALUES``
-batching, a connection outside a transaction, an engine with ``after_cursor_execute`` or
-``handle_error`` listeners) goes through ``conn.execute`` instead, so nothing is ever sent
+batching, a connection outside a transaction, an engine that logs its statements (``echo``, the
+``sqlalchemy.engine`` logger at INFO) or has ``after_cursor_execute`` or ``handle_error``
+listeners) goes through ``conn.execute`` instead, so nothing is ever sent
 differently. Statements are module constants:
 plans are cached by the statement object.
 """
@@ -181,7 +183,7 @@ def _execute(conn: Connection, statement: Executable, parameters: Any, many: boo
     planned = _plan(dialect, statement, keys, many)
     plan = planned.sized(parameters) if isinstance(planned, _Expanding) else planned
     if (plan is None or not conn.in_transaction() or (read is _rows and plan.row is None)
-            or conn.dispatch.after_cursor_execute or conn.dialect.dispatch.handle_error
+            or conn._echo or conn.dispatch.after_cursor_execute or conn.dialect.dispatch.handle_error
             or (many and any(tuple(p) != keys for p in parameters))):
         return fallback(conn.execute(statement, [dict(p) for p in parameters] if many else parameters))
     params = [plan.parameters(p) for p in parameters] if many else plan.parameters(parameters)
@@ -203,6 +205,7 @@ def _execute(conn: Connection, statement: Executable, parameters: Any, many: boo
             if lost:
                 conn.invalidate(exc)
             raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error,
+                                      hide_parameters=conn.engine.hide_parameters,
                                       connection_invalidated=lost, dialect=dialect,
                                       ismulti=many) from exc
     finally:
