@@ -254,3 +254,16 @@ def test_ordinary_prose_about_passwords_and_numbers_passes() -> None:
             "Invoice 2025-03-14 for 1,234.50 USD, ticket #4821, order 123-456, build 9f3a2c1.")
     masker = SecretMasker()
     assert masker.mask(text) == text and masker.counts == {}
+
+
+
+def test_a_phone_number_of_seven_digits_in_any_script_is_pseudonymised() -> None:
+    """The digit count that lets a text skip the phone scan (issue 21) counts the fewest digits
+    a number has (Niue's ``+683 4002``: seven) and every script's digits (Arabic-Indic), each
+    text on its own."""
+    p = Pseudonymiser(("US", "GB"))
+    arabic = "+\u0664\u0664 \u0662\u0660 \u0667\u0669\u0664\u0666 \u0660\u0669\u0665\u0668"
+    assert p.pseudonymise("ring +683 4002") == "ring <phone-1>"
+    assert p.pseudonymise(f"or {arabic}") == "or <phone-2>"
+    assert p.pseudonymise("at 12:30 on day 45") == "at 12:30 on day 45"
+    assert p.restore("<phone-1>, <phone-2>") == f"+683 4002, {arabic}"

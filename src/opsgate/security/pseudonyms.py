@@ -247,6 +247,11 @@ _DIGIT_RUN = re.compile(
 trunk prefix) with separators between them, not inside a longer run; ISO 8601 dates and times
 are skipped whole. Only runs are handed to ``phonenumbers``, whose matcher costs milliseconds on
 a long text."""
+_DIGIT = re.compile(r"\d")
+MIN_RUN_DIGITS = 7
+"""The fewest digits (Unicode ``\\d``, as in :data:`_DIGIT_RUN`) a ``run`` holds: a text with
+fewer has no phone number, and counting them (~1.5 us for 200 characters) is ~6x cheaper than
+the scan for runs (issue 21)."""
 
 
 class Pseudonymiser:
@@ -387,6 +392,8 @@ class Pseudonymiser:
         return found
 
     def _phone_numbers(self, text: str) -> str:
+        if len(_DIGIT.findall(text)) < MIN_RUN_DIGITS:
+            return text
         spans: list[tuple[int, int, str]] = []
         for candidate in _DIGIT_RUN.finditer(text):
             if candidate.group("run") is None:
