@@ -300,6 +300,8 @@ class Router:
 
     def chain(self, policy: RoutePolicy) -> tuple[Target, ...]:
         """``policy.chain`` with demoted providers' targets moved to the end, in their order."""
+        if not self._demoted:  # asked twice per call (reserve, route): no sort while none is demoted
+            return tuple(policy.chain)
         return tuple(sorted(policy.chain, key=lambda t: t.provider in self._demoted))
 
     async def probe(self, provider: str, model: str, request: CompletionRequest, timeout_s: float) -> bool:
