@@ -37,6 +37,8 @@ TS = "2026-11-30T06:01:02.123456Z"
         ("intent", {"x": b"raw"}, "payload.x: bytes is not a JSON value"),
         ("intent", {"x": MAX_SAFE_INT + 1}, "payload.x: integer outside"),
         ("intent", {"x": "\ud800"}, "payload.x: string is not valid Unicode"),
+        ("intent", {"x": [{"\udc00": 1}]}, "payload.x[0]: string is not valid Unicode"),
+        ("intent", {"x": {"y": [-MAX_SAFE_INT - 1]}}, "payload.x.y[0]: integer outside"),
         ("Intent", {}, "ledger kind 'Intent' must match"),
         ("", {}, "ledger kind '' must match"),
         ("intent", [], "ledger payload must be a dict, not list"),
@@ -52,6 +54,14 @@ def test_deep_nesting_is_refused() -> None:
     deep: object = "leaf"
     for _ in range(40):
         deep = [deep]
+    with pytest.raises(LedgerError, match="nested deeper than 32"):
+        clean_payload("intent", {"x": deep})
+
+
+def test_deep_nesting_of_objects_is_refused() -> None:
+    deep: object = {"leaf": 1}
+    for _ in range(40):
+        deep = {"x": deep}
     with pytest.raises(LedgerError, match="nested deeper than 32"):
         clean_payload("intent", {"x": deep})
 
