@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, event, func, make_url, select
 from tests.ledger.ledger_helpers import execute, ledger_rows
 
 from opsgate.clock import ManualClock
@@ -17,6 +18,7 @@ from opsgate.ledger.entry import decode_body
 from opsgate.ledger.errors import LedgerUnavailable
 from opsgate.ledger.verify import verify
 from opsgate.ledger.writer import Ledger, holds_write_lock
+from opsgate.store.db import make_engine
 from opsgate.store.models import ai_operation_log
 
 
@@ -212,6 +214,32 @@ async def test_work_runs_on_a_connection_holding_the_append_lock(engine: Engine,
     assert appended.work_result is True
     with engine.connect() as conn:
         assert holds_write_lock(conn) is False
+
+
+def test_on_sqlite_the_writers_begin_takes_the_write_lock(sqlite_url: str) -> None:
+    """SQLite: an append's transaction opens with ``BEGIN IMMEDIATE`` and nothing else before its
+    work runs, and while it runs the database's write lock is held (another connection, not
+    waiting, cannot begin a write)."""
+    engine = make_engine(sqlite_url)
+    sent: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: sent.append(statement))
+    other = sqlite3.connect(make_url(sqlite_url).database or "", timeout=0, isolation_level=None,
+                            check_same_thread=False)
+
+    def work(conn: Connection) -> tuple[list[str], str]:
+        before = list(sent)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            return before, str(exc)
+        other.execute("ROLLBACK")
+        return before, "not locked"
+
+    with Ledger(engine, ManualClock()) as ledger:
+        appended = ledger.append_sync("intent", {"request_id": "req-locked"}, work=work)
+    other.close()
+    engine.dispose()
+    assert appended.work_result == (["BEGIN IMMEDIATE"], "database is locked")
 
 
 class _Batched:

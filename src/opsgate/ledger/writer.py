@@ -3,10 +3,12 @@
 One writer thread owns one database connection. Callers enqueue requests; the thread takes
 everything queued (up to ``max_batch``) and writes it in ONE transaction:
 
-1. take the ledger's write lock — SQLite: the first statement is a write, which acquires the
-   database's RESERVED lock (waiting up to ``busy_timeout``) exactly as ``BEGIN IMMEDIATE`` would;
-   ``make_engine`` issues the ``BEGIN`` itself. PostgreSQL: ``pg_advisory_xact_lock(LOCK_KEY)``,
-   released at commit or rollback. Either way appends from several processes are serialised.
+1. take the ledger's write lock — SQLite: the writer's connection begins every transaction with
+   ``BEGIN IMMEDIATE`` (:func:`~opsgate.store.db.writing`), which acquires the database's
+   RESERVED lock (waiting up to ``busy_timeout``) before any statement of the batch runs.
+   PostgreSQL: ``pg_advisory_xact_lock(LOCK_KEY)`` (on the DB-API cursor,
+   :func:`~opsgate.store.statements.run`), released at commit or rollback. Either way appends
+   from several processes are serialised.
 2. run each request's ``work`` (see :data:`InTransaction`); works of one kind that can run
    together (a ``many``, see :data:`BatchRun`) run as one call, the batch ordered so that they
    are adjacent; then read the head (highest ``seq``, its hash and ``ts``) inside that transaction
@@ -57,8 +59,9 @@ from opsgate.ledger.entry import (
     parse_ts,
 )
 from opsgate.ledger.errors import LedgerError, LedgerUnavailable
+from opsgate.store.db import writing
 from opsgate.store.inserts import insert_rows
-from opsgate.store.statements import fetch
+from opsgate.store.statements import fetch, run
 from opsgate.store.models import ledger_entries
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ LOCK_KEY = 0x6F70_7367_6174_654C
 """PostgreSQL advisory lock id of the ledger's append lock (ASCII "opsgateL", a signed bigint)."""
 
 _LOCK_SQL = {
-    "sqlite": text("INSERT INTO ledger_entries SELECT * FROM ledger_entries WHERE 0"),
+    "sqlite": None,  # the BEGIN IMMEDIATE of the writer's connection takes the lock
     "postgresql": text(f"SELECT pg_advisory_xact_lock({LOCK_KEY})"),
 }
 _HEAD = (
@@ -355,14 +358,17 @@ class Ledger:
         ]
 
     def _begin_locked(self) -> tuple[Connection, RootTransaction]:
-        """Begin a transaction and take the append lock. A connection the server closed since the
-        last batch (a database restart) fails on this first statement, before anything is
-        written, so it is replaced once and the lock taken on the new one."""
+        """Begin a transaction and take the append lock (step 1 of the module doc). On PostgreSQL
+        a connection the server closed since the last batch (a database restart) fails on the
+        lock, the first statement, before anything is written, so it is replaced once and the
+        lock taken on the new one."""
+        lock = _LOCK_SQL[self._engine.dialect.name]
         for attempt in (1, 2):
             conn = self._connection()
             transaction = conn.begin()
             try:
-                conn.execute(_LOCK_SQL[self._engine.dialect.name])
+                if lock is not None:
+                    run(conn, lock)
                 return conn, transaction
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
@@ -373,7 +379,7 @@ class Ledger:
 
     def _connection(self) -> Connection:
         if self._conn is None:
-            self._conn = self._engine.connect()
+            self._conn = writing(self._engine.connect())
             _WRITERS.add(self._conn)
         return self._conn
 

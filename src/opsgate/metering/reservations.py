@@ -21,8 +21,8 @@ transaction.
 On PostgreSQL (READ COMMITTED) a concurrent UPDATE waits for the row lock and re-evaluates its
 WHERE clause on the committed row, so two replicas can never both pass the check; on SQLite the
 transaction's first statement is a write, which takes the database write lock (waiting up to the
-busy timeout) before anything is read -- in a ledger append's transaction the ledger's own lock
-statement is that write, so these functions issue none there (``holds_write_lock``).
+busy timeout) before anything is read -- a ledger append's transaction took that lock with its
+``BEGIN IMMEDIATE``, so these functions issue none there (``holds_write_lock``).
 
 :func:`extend` (per attempt: a retry, a fallback or a repair request the first hold does not
 cover) runs the same conditional UPDATE for the extra amount on the counters the call's open rows

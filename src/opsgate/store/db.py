@@ -110,6 +110,14 @@ def begin_write(engine: Engine) -> AbstractContextManager[Connection]:
     return engine.execution_options(**{_WRITES: True}).begin()
 
 
+def writing(conn: Connection) -> Connection:
+    """``conn`` (the same object, its execution options changed) with every transaction it begins
+    starting as :func:`begin_write`'s do: ``BEGIN IMMEDIATE`` on SQLite, the write lock taken by
+    the ``BEGIN`` itself (waiting up to ``busy_timeout``); no change on PostgreSQL. For a
+    connection held open for writes (the ledger writer's)."""
+    return conn.execution_options(**{_WRITES: True})
+
+
 class Savepoint:
     """The savepoint :func:`savepoint` opened; :meth:`rollback` marks what ran in it to be undone
     when the block ends."""
