@@ -137,3 +137,20 @@ def test_a_price_change_on_the_half_hour_inside_the_horizon_is_reserved() -> Non
     # the evening change (16:30, to off-peak) is read too: the dearer side is the one before it
     evening = book.dearest("deepseek", "deepseek-chat", _at("2026-12-03T16:20:00Z"), 900)
     assert (evening.input, evening.output) == (Decimal("0.27"), Decimal("1.1"))
+
+
+
+def test_a_remembered_reservation_price_is_read_again_when_the_window_reaches_a_change() -> None:
+    """:meth:`PriceBook.price_for` remembers its answer while the window's whole minutes stay
+    the same (issue 21). One microsecond after 00:14:00 the 15-minute window ends after 00:29
+    and reaches the 00:30 change, in the same first minute: the price remembered at 00:14:00
+    (off-peak) must not be held for it, nor the peak price after the clock steps back."""
+    now = [_at("2026-12-03T00:14:00Z")]
+    book = PriceBook(_book_without_packaged_deepseek().table, now=lambda: now[0], horizon_s=900)
+    held = [book.price_for("deepseek/deepseek-chat")]
+    for at in ("2026-12-03T00:14:00.000001Z", "2026-12-03T00:13:59.999999Z", "2026-12-03T00:14:59.999999Z",
+               "2026-12-03T16:30:00Z", "2026-12-03T16:29:30Z"):  # 16:30 ends the peak; the clock steps back
+        now[0] = _at(at)
+        held.append(book.price_for("deepseek/deepseek-chat"))
+    peak, off_peak = (Decimal("0.27"), Decimal("1.1")), (Decimal("0.135"), Decimal("0.55"))
+    assert [(p.input, p.output) for p in held] == [off_peak, peak, off_peak, peak, off_peak, peak]

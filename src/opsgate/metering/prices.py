@@ -254,6 +254,8 @@ class PriceBook:
         self._overrides_version = overrides_version
         self._dearest_hour: datetime | None = None
         self._dearest: dict[tuple[str, str, datetime, datetime], ModelPrice] = {}
+        self._window: tuple[datetime, datetime, datetime, datetime, Any] | None = None
+        self._held: dict[str, tuple[ModelPrice, frozenset[str] | None]] = {}
 
     @classmethod
     def from_settings(
@@ -278,9 +280,38 @@ class PriceBook:
         is never below what that model's call is charged, so a call the target answers with any
         of those models costs at most its reservation. Raises :class:`UnknownModelPrice` for an
         unpriced requested or configured (``may_serve``) model; a model only observed that has
-        no price (any more) is left out (its calls are charged as ``served_model_unpriced``)."""
+        no price (any more) is left out (its calls are charged as ``served_model_unpriced``).
+
+        The answer depends only on the whole minutes :meth:`dearest` widens the window to and
+        on the models observed for the target, so it is remembered per key while both stay the
+        same (:meth:`_in_window`; ~1 us instead of ~5 us per call, issue 21)."""
         provider, _, model = key.partition("/")
         start = self._now()
+        observed = self._observed.get((provider, model))
+        if self._in_window(start):
+            held = self._held.get(key)
+            if held is not None and held[1] is observed:
+                return held[0]
+        else:
+            first, last = _whole_minutes(start, self._horizon_s)
+            horizon = timedelta(seconds=self._horizon_s)
+            self._window = (first, first + _MINUTE, last - _MINUTE - horizon, last - horizon, start.tzinfo)
+            self._held = {}
+        price = self._price_for(provider, model, start)
+        self._held[key] = (price, observed)
+        return price
+
+    def _in_window(self, start: datetime) -> bool:
+        """Whether :func:`_whole_minutes` of ``start`` (same ``tzinfo``) are those of the start
+        the remembered prices were read for: ``first <= start < first + 1 min`` and
+        ``last - 1 min < start + horizon <= last`` (exact: datetime arithmetic is in whole
+        microseconds)."""
+        window = self._window
+        return (window is not None and start.tzinfo is window[4]
+                and window[0] <= start < window[1] and window[2] < start <= window[3])
+
+    def _price_for(self, provider: str, model: str, start: datetime) -> ModelPrice:
+        """:meth:`price_for` of ``provider/model`` for a reservation starting at ``start``."""
         price = self.dearest(provider, model, start, self._horizon_s)
         others = []
         for served in sorted(self._may_serve.get((provider, model), ())):
@@ -396,11 +427,7 @@ class PriceBook:
         The window is widened to whole minutes (a few seconds more, never less), so the answer
         depends only on those two minutes; it is remembered for the hour of the first (the
         request path asks it for every call)."""
-        first = start.replace(second=0, microsecond=0)
-        end = start + timedelta(seconds=horizon_s)
-        last = end.replace(second=0, microsecond=0)
-        if last < end:
-            last += timedelta(minutes=1)
+        first, last = _whole_minutes(start, horizon_s)
         floor = first.replace(minute=0)
         key = (provider, model, first, last)
         if self._dearest_hour != floor:
@@ -415,6 +442,18 @@ class PriceBook:
             self._dearest[key] = replace(prices[0], **{f: max(getattr(p, f) for p in prices)
                                                        for f in PRICE_FIELDS})
         return self._dearest[key]
+
+
+_MINUTE = timedelta(minutes=1)
+
+
+def _whole_minutes(start: datetime, horizon_s: float) -> tuple[datetime, datetime]:
+    """``(first, last)``: ``start`` rounded down and ``start + horizon_s`` (seconds) rounded up
+    to a whole minute, the window :meth:`PriceBook.dearest` reads prices in."""
+    first = start.replace(second=0, microsecond=0)
+    end = start + timedelta(seconds=horizon_s)
+    last = end.replace(second=0, microsecond=0)
+    return first, (last + _MINUTE if last < end else last)
 
 
 def price_changes(provider: str, model: str, first: datetime, last: datetime) -> list[datetime]:
