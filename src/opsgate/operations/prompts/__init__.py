@@ -60,11 +60,20 @@ class PromptVersion:
     def render(self, fields: Mapping[str, object]) -> str:
         """The system prompt with ``fields`` substituted; ``KeyError`` for a placeholder without a
         value (prevented at load time by :func:`load_catalogue`'s check)."""
-        return Template(self.template).substitute({k: str(v) for k, v in fields.items()})
+        return _render(self.template, tuple((k, str(v)) for k, v in fields.items()))
 
     def ledger_ref(self) -> dict[str, str]:
         """``{"version", "sha256"}``: what the ledger records of the prompt (never its text)."""
         return {"version": self.version, "sha256": self.sha256}
+
+
+@functools.lru_cache(maxsize=256)
+def _render(template: str, fields: tuple[tuple[str, str], ...]) -> str:
+    """``template`` with ``fields`` (``(placeholder, text)`` pairs) substituted. Remembered:
+    most calls of an operation render the same fields (a tone, a length), and the same string
+    object lets :meth:`opsgate.operations.privacy.PrivacyPolicy.minimise` find it without
+    hashing or comparing its text again (issue 21)."""
+    return Template(template).substitute(dict(fields))
 
 
 @dataclass(frozen=True, slots=True)
