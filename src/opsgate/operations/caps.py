@@ -96,10 +96,19 @@ def answer_cap(
     system and user text is ``prompt``, written in ``language`` when the input names one (see the
     module doc). ``items`` caps list fields, at any level, by property name at fewer items than
     their ``maxItems`` (never more). Raises :class:`UnboundedAnswer`."""
-    schema = answer_schema(model)
-    structure, text = _Bound(schema, items or {}).value(schema, "")
+    structure, text = _schema_bound(model, tuple(sorted((items or {}).items())))
     rate = chars_per_token(prompt, language)
     return min(MAX_ANSWER_TOKENS, FRAMING_TOKENS + structure + math.ceil(text / rate))
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_bound(model: type[BaseModel], items: tuple[tuple[str, int], ...]) -> tuple[int, int]:
+    """``(structure characters, text characters)`` of the longest answer valid against
+    ``model``'s schema with the list fields of ``items`` (``(name, count)`` pairs) capped: a
+    function of the two alone (:func:`answer_schema` is made once per model), remembered rather
+    than walked for every request (issue 21). Raises :class:`UnboundedAnswer`."""
+    schema = answer_schema(model)
+    return _Bound(schema, dict(items)).value(schema, "")
 
 
 class _Bound:
