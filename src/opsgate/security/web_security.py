@@ -90,21 +90,20 @@ class SecurityHeadersMiddleware:
 
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
         self.app = app
-        self._extra = BASE_HEADERS + ((HSTS,) if hsts else ())
+        extra = BASE_HEADERS + ((HSTS,) if hsts else ())
+        self._added = {csp: ((b"content-security-policy", csp.encode()), *extra) for csp in (CSP, DOCS_CSP)}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else CSP
+        added = self._added[DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else CSP]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                for name, value in ((b"content-security-policy", csp.encode()), *self._extra):
-                    if name not in present:
-                        headers.append((name, value))
+                headers += [header for header in added if header[0] not in present]
                 message["headers"] = headers
             await send(message)
 
