@@ -166,7 +166,7 @@ class CSRFMiddleware:
         self._problem = problem
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS:
+        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS or not _has_cookies(scope):
             await self.app(scope, receive, send)
             return
         manager = self._sessions(scope)
@@ -182,6 +182,13 @@ class CSRFMiddleware:
             await self._problem(exc, secrets.token_hex(16))(scope, _replay(b""), send)
             return
         await self.app(scope, _replay(body), send)
+
+
+def _has_cookies(scope: Scope) -> bool:
+    """Whether the request has a ``Cookie`` header (ASGI header names are lower case): without
+    one it carries no session cookie, and is passed on without building a ``Request`` and
+    resolving the session manager (two per API call, issue 21)."""
+    return any(name == b"cookie" for name, _ in scope["headers"])
 
 
 async def _read_body(receive: Receive) -> bytes:
