@@ -267,3 +267,13 @@ def test_a_phone_number_of_seven_digits_in_any_script_is_pseudonymised() -> None
     assert p.pseudonymise(f"or {arabic}") == "or <phone-2>"
     assert p.pseudonymise("at 12:30 on day 45") == "at 12:30 on day 45"
     assert p.restore("<phone-1>, <phone-2>") == f"+683 4002, {arabic}"
+
+
+def test_pseudonyms_in_any_letter_case_are_looked_at_when_restoring() -> None:
+    """Restoring skips strings without ``person`` or ``phone`` (issue 21), in any letter case:
+    a mangled ``<PHONE-1 >`` or ``PERSON2@EXAMPLE.INVALID`` is still listed as unresolved."""
+    p = Pseudonymiser(("US", "GB"))
+    assert p.pseudonymise("ring +44 20 7946 0958") == "ring <phone-1>"
+    assert p.restore({"a": "Call <PHONE-1 > or PERSON2@EXAMPLE.INVALID", "b": ["no one", "<phone-1>"]}) == {
+        "a": "Call <PHONE-1 > or PERSON2@EXAMPLE.INVALID", "b": ["no one", "+44 20 7946 0958"]}
+    assert p.unresolved == ["<PHONE-1 >", "PERSON2@EXAMPLE.INVALID"]

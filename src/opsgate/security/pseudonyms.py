@@ -234,6 +234,9 @@ _LOOKS_LIKE = re.compile(
     re.IGNORECASE,
 )
 """Pseudonyms, and what a model makes of them when it mangles one."""
+_PSEUDONYM_WORD = re.compile(r"person|phone", re.IGNORECASE)
+"""What every match of :data:`_LOOKS_LIKE` holds (under the same flags): a string without it is
+restored as it is, without the ~40 ns a character that scan costs (issue 21)."""
 _EXACT = re.compile(rf"<person(\d+)>|<?person(\d+)@{re.escape(DOMAIN)}>?|<phone-(\d+)>")
 _NAME_BEFORE = re.compile(r"<person\d+>[ \t]?$")
 _VALID, _E164 = phonenumbers.Leniency.VALID, phonenumbers.PhoneNumberFormat.E164
@@ -313,7 +316,7 @@ class Pseudonymiser:
         """A copy of ``data`` (decoded JSON: dicts, lists, strings, scalars) with this call's
         pseudonyms mapped back; unknown or mangled ones are kept and added to :attr:`unresolved`."""
         if isinstance(data, str):
-            return _LOOKS_LIKE.sub(self._original, data)
+            return data if _PSEUDONYM_WORD.search(data) is None else _LOOKS_LIKE.sub(self._original, data)
         if isinstance(data, dict):
             return {key: self.restore(value) for key, value in data.items()}
         if isinstance(data, list):
