@@ -258,15 +258,16 @@ def test_ordinary_prose_about_passwords_and_numbers_passes() -> None:
 
 
 def test_a_phone_number_of_seven_digits_in_any_script_is_pseudonymised() -> None:
-    """The digit count that lets a text skip the phone scan (issue 21) counts the fewest digits
-    a number has (Niue's ``+683 4002``: seven) and every script's digits (Arabic-Indic), each
-    text on its own."""
+    """The search that lets a text skip the phone scan (issue 21) finds the fewest digits a
+    number has (Niue's ``+683 4002``: seven), every script's digits (Arabic-Indic) and three
+    separators between two digits, each text on its own."""
     p = Pseudonymiser(("US", "GB"))
     arabic = "+\u0664\u0664 \u0662\u0660 \u0667\u0669\u0664\u0666 \u0660\u0669\u0665\u0668"
     assert p.pseudonymise("ring +683 4002") == "ring <phone-1>"
     assert p.pseudonymise(f"or {arabic}") == "or <phone-2>"
+    assert p.pseudonymise("or 020 - 7946 - 0959") == "or <phone-3>"
     assert p.pseudonymise("at 12:30 on day 45") == "at 12:30 on day 45"
-    assert p.restore("<phone-1>, <phone-2>") == f"+683 4002, {arabic}"
+    assert p.restore("<phone-1>, <phone-2>, <phone-3>") == f"+683 4002, {arabic}, 020 - 7946 - 0959"
 
 
 def test_pseudonyms_in_any_letter_case_are_looked_at_when_restoring() -> None:
