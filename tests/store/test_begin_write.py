@@ -9,15 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import OperationalError
 from tests.stores import migrated_engine
 
 from opsgate.clock import ManualClock
 from opsgate.security.users import add_user, get_role
-from opsgate.store.db import begin_write, make_engine
+from opsgate.store.db import begin_write, make_engine, writing
 
 HOLD_S = 0.3
 
@@ -81,3 +82,48 @@ def test_add_user_beside_a_committing_writer(tmp_path: Path) -> None:
     other.join()
     assert (get_role(engine, "ada"), get_role(engine, "bo")) == ("admin", "user")
     engine.dispose()
+
+
+def test_the_begin_is_sent_on_the_dbapi_cursor_past_the_listeners(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[str, Any]] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, parameters, *_: sent.append((statement, parameters)))
+    executed: list[str] = []
+    real = Connection._execute_context
+    monkeypatch.setattr(Connection, "_execute_context",
+                        lambda self, *a, **k: executed.append(a[2]) or real(self, *a, **k))
+    with begin_write(engine) as conn:
+        conn.exec_driver_sql("INSERT INTO probe VALUES (1)")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO probe VALUES (2)")
+    assert sent == [("BEGIN IMMEDIATE", ()), ("INSERT INTO probe VALUES (1)", ()),
+                    ("BEGIN", ()), ("INSERT INTO probe VALUES (2)", ())]
+    assert executed == ["INSERT INTO probe VALUES (1)", "INSERT INTO probe VALUES (2)"]
+
+
+def test_a_begin_that_cannot_take_the_write_lock_raises_sqlalchemys_error(engine: Engine) -> None:
+    other = _commit_later(engine, "INSERT INTO probe VALUES (100)")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA busy_timeout=0")
+        conn.commit()
+        with pytest.raises(OperationalError, match="database is locked") as raised:
+            writing(conn).begin()
+        assert not conn.in_transaction()
+        other.join()
+        with conn.begin():  # the connection is still usable once the lock is free
+            conn.exec_driver_sql("INSERT INTO probe VALUES (1)")
+    assert raised.value.statement == "BEGIN IMMEDIATE"
+    with engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT n FROM probe")).scalars()) == [1, 100]
+
+
+def test_an_engine_that_logs_its_statements_logs_its_begin(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine.echo = True
+    with caplog.at_level("INFO", "sqlalchemy.engine"), begin_write(engine) as conn:
+        conn.exec_driver_sql("INSERT INTO probe VALUES (1)")
+    assert [m for m in caplog.messages if "probe" in m or "BEGIN IMMEDIATE" in m] == [
+        "BEGIN IMMEDIATE", "INSERT INTO probe VALUES (1)"]

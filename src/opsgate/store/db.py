@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from opsgate.config import ConfigError, Settings
 from opsgate.errors import InvalidInput
+from opsgate.store.statements import send
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITES = "opsgate_writes"  # the execution option begin_write sets: BEGIN IMMEDIATE on SQLite
@@ -74,8 +75,8 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITES) else "BEGIN")
+    def _begin(conn: Connection) -> None:  # on the DB-API cursor, as exec_driver_sql sends it
+        send(conn, "BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITES) else "BEGIN")
 
     return engine
 
