@@ -254,8 +254,7 @@ class PriceBook:
         self._overrides_version = overrides_version
         self._dearest_hour: datetime | None = None
         self._dearest: dict[tuple[str, str, datetime, datetime], ModelPrice] = {}
-        self._window: tuple[datetime, datetime, datetime, datetime, Any] | None = None
-        self._held: dict[str, tuple[ModelPrice, frozenset[str] | None]] = {}
+        self._held: tuple[_Window, dict[str, tuple[ModelPrice, frozenset[str] | None]]] | None = None
 
     @classmethod
     def from_settings(
@@ -284,31 +283,23 @@ class PriceBook:
 
         The answer depends only on the whole minutes :meth:`dearest` widens the window to and
         on the models observed for the target, so it is remembered per key while both stay the
-        same (:meth:`_in_window`; ~1 us instead of ~5 us per call, issue 21)."""
+        same (:func:`_in_window`; ~1 us instead of ~5 us per call, issue 21)."""
         provider, _, model = key.partition("/")
         start = self._now()
         observed = self._observed.get((provider, model))
-        if self._in_window(start):
-            held = self._held.get(key)
-            if held is not None and held[1] is observed:
-                return held[0]
+        held = self._held  # one read: the window and its prices always belong together
+        if held is not None and _in_window(held[0], start):
+            known = held[1].get(key)
+            if known is not None and known[1] is observed:
+                return known[0]
         else:
             first, last = _whole_minutes(start, self._horizon_s)
             horizon = timedelta(seconds=self._horizon_s)
-            self._window = (first, first + _MINUTE, last - _MINUTE - horizon, last - horizon, start.tzinfo)
-            self._held = {}
+            held = ((first, first + _MINUTE, last - _MINUTE - horizon, last - horizon, start.tzinfo), {})
+            self._held = held
         price = self._price_for(provider, model, start)
-        self._held[key] = (price, observed)
+        held[1][key] = (price, observed)
         return price
-
-    def _in_window(self, start: datetime) -> bool:
-        """Whether :func:`_whole_minutes` of ``start`` (same ``tzinfo``) are those of the start
-        the remembered prices were read for: ``first <= start < first + 1 min`` and
-        ``last - 1 min < start + horizon <= last`` (exact: datetime arithmetic is in whole
-        microseconds)."""
-        window = self._window
-        return (window is not None and start.tzinfo is window[4]
-                and window[0] <= start < window[1] and window[2] < start <= window[3])
 
     def _price_for(self, provider: str, model: str, start: datetime) -> ModelPrice:
         """:meth:`price_for` of ``provider/model`` for a reservation starting at ``start``."""
@@ -445,6 +436,18 @@ class PriceBook:
 
 
 _MINUTE = timedelta(minutes=1)
+
+_Window = tuple[datetime, datetime, datetime, datetime, Any]
+"""``(first, first + 1 min, last - 1 min - horizon, last - horizon, tzinfo)`` of a start whose
+:func:`_whole_minutes` are ``(first, last)``."""
+
+
+def _in_window(window: _Window, start: datetime) -> bool:
+    """Whether :func:`_whole_minutes` of ``start`` (same ``tzinfo``) are those of ``window``:
+    ``first <= start < first + 1 min`` and ``last - 1 min < start + horizon <= last`` (exact:
+    datetime arithmetic is in whole microseconds)."""
+    return (start.tzinfo is window[4] and window[0] <= start < window[1]
+            and window[2] < start <= window[3])
 
 
 def _whole_minutes(start: datetime, horizon_s: float) -> tuple[datetime, datetime]:
