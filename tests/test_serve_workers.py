@@ -95,17 +95,20 @@ def test_a_worker_replaced_by_the_supervisor_is_logged_at_warning(monkeypatch, c
     assert supervisor.processes[0].pid == 101 and replaced != 102
 
 
-def test_worker_healthcheck_s_reaches_uvicorns_supervisor(tmp_path: Path, monkeypatch) -> None:
+def test_worker_healthcheck_s_and_the_freezing_factory_reach_uvicorns_supervisor(tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """The workers serve :func:`opsgate.app.create_served_app` (its heap frozen once started,
+    tests/test_served_heap.py) with the health check's seconds."""
     from typer.testing import CliRunner
 
     import opsgate.localserver as localserver
     from opsgate.cli import app
 
-    seen: list[int] = []
+    seen: list[tuple[str, int]] = []
 
     class Recording:
         def __init__(self, config, sockets) -> None:  # type: ignore[no-untyped-def]
-            seen.append(config.timeout_worker_healthcheck)
+            seen.append((config.app, config.timeout_worker_healthcheck))
             self.processes: list[object] = []
 
         def run(self) -> None:
@@ -117,6 +120,6 @@ def test_worker_healthcheck_s_reaches_uvicorns_supervisor(tmp_path: Path, monkey
     for extra in ([], ["--worker-healthcheck-s", "90"]):
         result = CliRunner().invoke(app, ["serve", "--port", "0", "--workers", "2", *extra], env=env)
         assert result.exit_code == 0, result.output
-    assert seen == [60, 90]
+    assert seen == [("opsgate.app:create_served_app", 60), ("opsgate.app:create_served_app", 90)]
     refused = CliRunner().invoke(app, ["serve", "--workers", "2", "--worker-healthcheck-s", "0"], env=env)
     assert refused.exit_code == 2

@@ -64,27 +64,3 @@ def test_a_worker_app_freezes_its_heap_after_its_runtime_opens(tmp_path: Path, m
             assert client.get("/healthz").status_code == 200
     assert seen == [True]
     assert gc.get_freeze_count() == 0  # this test process froze nothing
-
-
-def test_serve_with_several_workers_runs_the_freezing_factory(tmp_path: Path, monkeypatch) -> None:
-    from typer.testing import CliRunner
-
-    import opsgate.localserver as localserver
-    from opsgate.cli import app
-
-    factories: list[str] = []
-
-    class Recording:
-        def __init__(self, config, sockets) -> None:  # type: ignore[no-untyped-def]
-            factories.append(config.app)
-            self.processes: list[object] = []
-
-        def run(self) -> None:
-            pass
-
-    monkeypatch.setattr(localserver, "_Supervisor", Recording)
-    (tmp_path / "empty.toml").write_text("")
-    env = {"OPSGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "OPSGATE_CONFIG": str(tmp_path / "empty.toml")}
-    result = CliRunner().invoke(app, ["serve", "--port", "0", "--workers", "2"], env=env)
-    assert result.exit_code == 0, result.output
-    assert factories == ["opsgate.app:create_served_app"]
