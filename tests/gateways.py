@@ -169,7 +169,7 @@ def stand_in_servers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     (``--workers N`` starts and closes the runtime once)."""
     started: list[int] = []
     monkeypatch.setattr("opsgate.localserver.bind", lambda host, port: None)
-    monkeypatch.setattr("opsgate.localserver.serve", lambda open_app, sock: started.append(1))
+    monkeypatch.setattr("opsgate.localserver.serve", lambda open_app, sock, *, freeze: started.append(1))
     monkeypatch.setattr("opsgate.localserver.serve_workers",
                         lambda factory, sock, workers, healthcheck_s: started.append(workers) or [])
     return started
