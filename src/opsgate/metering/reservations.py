@@ -452,7 +452,7 @@ def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) ->
         return None
     with savepoint(conn) as point:
         open_rows: dict[str, list[Any]] = {}
-        for row in conn.execute(_OPEN_OF, {"rids": rids}):
+        for row in fetch(conn, _OPEN_OF, {"rids": rids}):
             open_rows.setdefault(row.request_id, []).append(row)
         marked = [open_rows.get(rid, []) for rid in rids]
         if not all(marked):
@@ -470,8 +470,8 @@ def charge_at_once(conn: Connection, clock: Clock, charges: Sequence[Charge]) ->
     run(conn, _APPLY, [{"b": b, "p": p, "released": released, "spent_delta": spent}
                        for (b, p), (released, spent) in sorted(moved.items())])
     after = {(row.budget_id, row.period_start): (row.spent_micro_usd, row.limit_micro_usd)
-             for row in conn.execute(_COUNTERS, {"ids": sorted({b for b, _ in moved}),
-                                                 "starts": sorted({p for _, p in moved})})}
+             for row in fetch(conn, _COUNTERS, {"ids": sorted({b for b, _ in moved}),
+                                                "starts": sorted({p for _, p in moved})})}
     running = {counter: after[counter][0] - moves[1] for counter, moves in moved.items()}
     settlements = []
     for c, rows, (charged, state) in zip(charges, marked, terms, strict=True):
