@@ -161,16 +161,24 @@ def write(engine: Engine, inserting: Callable[[Connection, Table, Sequence[Mappi
             inserting(conn, table, rows_of(table, rows()))
 
 
+def write_both_ways(old: Engine, new: Engine, monkeypatch: pytest.MonkeyPatch,
+                    rows_of: Callable[[Table, list[dict[str, Any]]], list[dict[str, Any]]] = lambda _t, rows: rows,
+                    ) -> None:
+    """:func:`write` the rows into ``old`` the old way (SQLAlchemy's insert and datetime binding)
+    and into ``new`` with :func:`insert_rows`; assert every table stores the same rows."""
+    with monkeypatch.context() as patch:
+        patch.setattr(UTCDateTime, "bind_processor", old_bind_processor)
+        write(old, old_insert, rows_of)
+    write(new, insert_rows, rows_of)
+    for table in [*ORDER]:
+        assert stored(new, table) == stored(old, table), table
+
+
 def test_insert_rows_stores_what_sqlalchemys_insert_stored(
     store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with two_stores(store, tmp_path) as (old, new):
-        with monkeypatch.context() as patch:
-            patch.setattr(UTCDateTime, "bind_processor", old_bind_processor)
-            write(old, old_insert)
-        write(new, insert_rows)
-        for table in [*ORDER]:
-            assert stored(new, table) == stored(old, table), table
+        write_both_ways(old, new, monkeypatch)
         assert len(stored(new, "ai_operation_log")) == len(TIMES)
 
 
@@ -185,12 +193,7 @@ def test_rows_without_a_defaulted_column_go_sqlalchemys_way_and_store_the_same(
         return [dict(reversed(row.items())) if n % 2 else row for n, row in enumerate(rows)]
 
     with two_stores(store, tmp_path) as (old, new):
-        with monkeypatch.context() as patch:
-            patch.setattr(UTCDateTime, "bind_processor", old_bind_processor)
-            write(old, old_insert, uneven)
-        write(new, insert_rows, uneven)
-        for table in [*ORDER]:
-            assert stored(new, table) == stored(old, table), table
+        write_both_ways(old, new, monkeypatch, uneven)
         assert len(stored(new, "ai_operation_attempts")) == 2 * len(TIMES)
 
 
